@@ -1,0 +1,216 @@
+//! The asset model: keys, kinds, code versions and partitions definitions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+/// The name of an asset or source: an SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 128
+/// characters). Keys are compared case-sensitively; the project loader lower-cases nothing.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AssetKey(Arc<str>);
+
+/// Why a string cannot be an [`AssetKey`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidAssetKey {
+    #[error("an asset key cannot be empty")]
+    Empty,
+    #[error("an asset key is at most 128 characters long, this one has {0}")]
+    TooLong(usize),
+    #[error("an asset key must start with a letter or `_`, not `{0}`")]
+    BadStart(char),
+    #[error("an asset key may contain only letters, digits and `_`, not `{0}`")]
+    BadCharacter(char),
+}
+
+impl AssetKey {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn new(name: &str) -> Result<AssetKey, InvalidAssetKey> {
+        let mut chars = name.chars();
+        let first = chars.next().ok_or(InvalidAssetKey::Empty)?;
+        let count = name.chars().count();
+        if count > Self::MAX_LEN {
+            return Err(InvalidAssetKey::TooLong(count));
+        }
+        if !(first.is_ascii_alphabetic() || first == '_') {
+            return Err(InvalidAssetKey::BadStart(first));
+        }
+        if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
+            return Err(InvalidAssetKey::BadCharacter(bad));
+        }
+        Ok(AssetKey(Arc::from(name)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AssetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for AssetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// What produces an asset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AssetKind {
+    /// One SELECT whose result becomes the asset's table.
+    Sql,
+    /// A program run in a checkout of the commit that writes the asset's table.
+    Command,
+    /// An external table the pipeline reads but does not produce.
+    Source,
+}
+
+impl AssetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssetKind::Sql => "sql",
+            AssetKind::Command => "command",
+            AssetKind::Source => "source",
+        }
+    }
+
+    pub fn is_materializable(self) -> bool {
+        !matches!(self, AssetKind::Source)
+    }
+}
+
+/// The version of an asset's code. A user-supplied string wins; otherwise it is derived from the
+/// canonical definition so that formatting-only edits do not change it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CodeVersion {
+    pub value: String,
+    pub derived: bool,
+}
+
+impl CodeVersion {
+    pub fn explicit(value: impl Into<String>) -> CodeVersion {
+        CodeVersion { value: value.into(), derived: false }
+    }
+
+    pub fn derived(value: impl Into<String>) -> CodeVersion {
+        CodeVersion { value: value.into(), derived: true }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimeCadence {
+    Hourly,
+    Daily,
+    Weekly,
+    Monthly,
+}
+
+impl TimeCadence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeCadence::Hourly => "hourly",
+            TimeCadence::Daily => "daily",
+            TimeCadence::Weekly => "weekly",
+            TimeCadence::Monthly => "monthly",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TimeCadence> {
+        Some(match text {
+            "hourly" => TimeCadence::Hourly,
+            "daily" => TimeCadence::Daily,
+            "weekly" => TimeCadence::Weekly,
+            "monthly" => TimeCadence::Monthly,
+            _ => return None,
+        })
+    }
+}
+
+/// How an asset is split into partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PartitionsDefinition {
+    Time { cadence: TimeCadence, start: String, end: Option<String> },
+    Static { keys: Vec<String> },
+}
+
+impl fmt::Display for PartitionsDefinition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PartitionsDefinition::Time { cadence, start, end } => {
+                write!(f, "{} from {}", cadence.as_str(), start)?;
+                if let Some(end) = end {
+                    write!(f, " to {end}")?;
+                }
+                Ok(())
+            }
+            PartitionsDefinition::Static { keys } => write!(f, "static [{}]", keys.join(", ")),
+        }
+    }
+}
+
+/// Where an asset is defined, for diagnostics and the UI.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Location {
+    pub path: String,
+    pub line: u32,
+}
+
+/// One asset (or source) of a snapshot, as its definition says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Asset {
+    pub key: AssetKey,
+    pub kind: AssetKind,
+    pub group: String,
+    pub description: Option<String>,
+    pub deps: BTreeSet<AssetKey>,
+    /// The definition as written (SQL body or command line), for code diffs. Empty for sources.
+    pub code: Arc<str>,
+    pub code_version: CodeVersion,
+    pub tags: BTreeMap<String, String>,
+    /// Values are canonical renderings (strings as they are, other values in TOML notation).
+    pub metadata: BTreeMap<String, String>,
+    pub partitions: Option<PartitionsDefinition>,
+    pub owners: Vec<String>,
+    pub location: Location,
+}
+
+impl Asset {
+    /// A minimal asset, for tests and loaders that fill fields in afterwards.
+    pub fn new(key: AssetKey, kind: AssetKind) -> Asset {
+        Asset {
+            key,
+            kind,
+            group: "default".to_owned(),
+            description: None,
+            deps: BTreeSet::new(),
+            code: Arc::from(""),
+            code_version: CodeVersion::derived(""),
+            tags: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            partitions: None,
+            owners: Vec::new(),
+            location: Location::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_sql_identifiers() {
+        assert!(AssetKey::new("stg_orders").is_ok());
+        assert!(AssetKey::new("_x1").is_ok());
+        assert_eq!(AssetKey::new(""), Err(InvalidAssetKey::Empty));
+        assert_eq!(AssetKey::new("1x"), Err(InvalidAssetKey::BadStart('1')));
+        assert_eq!(AssetKey::new("a-b"), Err(InvalidAssetKey::BadCharacter('-')));
+        assert_eq!(AssetKey::new("a;drop"), Err(InvalidAssetKey::BadCharacter(';')));
+        assert_eq!(AssetKey::new("é"), Err(InvalidAssetKey::BadStart('é')));
+        assert_eq!(AssetKey::new(&"a".repeat(129)), Err(InvalidAssetKey::TooLong(129)));
+    }
+}

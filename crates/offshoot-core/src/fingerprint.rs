@@ -1,0 +1,84 @@
+//! Fingerprints: a hash per asset of everything that decides its data, including the fingerprints
+//! of everything upstream. Two deployments whose asset has the same fingerprint would build the
+//! same table from the same inputs.
+//!
+//! Tags, metadata, group and description are deliberately left out: they do not change data.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::{Asset, PartitionsDefinition};
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// `upstream` must be the fingerprints of `asset.deps`, in the deps' (sorted) order.
+    pub fn compute<'a>(asset: &Asset, upstream: impl IntoIterator<Item = &'a Fingerprint>) -> Fingerprint {
+        let mut hasher = Sha256::new();
+        let mut field = |name: &str, value: &[u8]| {
+            hasher.update(name.as_bytes());
+            hasher.update((value.len() as u64).to_le_bytes());
+            hasher.update(value);
+        };
+        field("key", asset.key.as_str().as_bytes());
+        field("kind", asset.kind.as_str().as_bytes());
+        field("code_version", asset.code_version.value.as_bytes());
+        match &asset.partitions {
+            None => field("partitions", b""),
+            Some(PartitionsDefinition::Time { cadence, start, end }) => {
+                field("partitions", cadence.as_str().as_bytes());
+                field("start", start.as_bytes());
+                field("end", end.as_deref().unwrap_or("").as_bytes());
+            }
+            Some(PartitionsDefinition::Static { keys }) => {
+                field("partitions", b"static");
+                for key in keys {
+                    field("partition_key", key.as_bytes());
+                }
+            }
+        }
+        for (dep, fingerprint) in asset.deps.iter().zip(upstream) {
+            field("dep", dep.as_str().as_bytes());
+            field("dep_fingerprint", &fingerprint.0);
+        }
+        Fingerprint(hasher.finalize().into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// The first 12 hex digits, for display.
+    pub fn short(&self) -> String {
+        hex(&self.0[..6])
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.short())
+    }
+}
+
+/// Lower-case hexadecimal of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    out
+}
+
+/// SHA-256 of `bytes` in hex: the derived code versions use it.
+pub fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hex(&hasher.finalize())
+}
