@@ -1,0 +1,39 @@
+//! The port through which project files are read: a commit's tree, a working directory, or a map.
+
+use std::collections::BTreeMap;
+
+/// An I/O failure of the underlying store, already worded for a user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FilesError(pub String);
+
+/// Read access to one version of a project. Paths are relative to the repository root and use `/`.
+pub trait ProjectFiles {
+    /// Every file path under `assets/`, in any order.
+    fn asset_paths(&self) -> Result<Vec<String>, FilesError>;
+    /// The file's bytes, or `None` if there is no file at `path`.
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, FilesError>;
+}
+
+/// Files held in memory, for tests and generated projects.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryFiles {
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+impl MemoryFiles {
+    pub fn new<P: Into<String>, C: Into<Vec<u8>>>(files: impl IntoIterator<Item = (P, C)>) -> MemoryFiles {
+        MemoryFiles { files: files.into_iter().map(|(p, c)| (p.into(), c.into())).collect() }
+    }
+}
+
+impl ProjectFiles for MemoryFiles {
+    fn asset_paths(&self) -> Result<Vec<String>, FilesError> {
+        let prefix = format!("{}/", crate::ASSETS_DIR);
+        Ok(self.files.keys().filter(|p| p.starts_with(&prefix)).cloned().collect())
+    }
+
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, FilesError> {
+        Ok(self.files.get(path).cloned())
+    }
+}

@@ -1,0 +1,476 @@
+//! Loads a project from [`ProjectFiles`] into a validated [`Snapshot`], collecting every problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use offshoot_core::fingerprint::sha256_hex;
+use offshoot_core::graph::{self, Dependencies};
+use offshoot_core::snapshot::render_cycle;
+use offshoot_core::{Asset, AssetKey, AssetKind, CodeVersion, Location, PartitionsDefinition, Snapshot, TimeCadence};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diagnostic::{line_column, toml_error_message, toml_error_position, Diagnostic};
+use crate::files::{FilesError, ProjectFiles};
+use crate::manifest::{self, Manifest};
+use crate::sql::{self, TableReference};
+use crate::{toml_value, ASSETS_DIR, MANIFEST_PATH};
+
+/// A valid project at one version.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub manifest: Manifest,
+    pub snapshot: Snapshot,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The definitions have problems; every one found is listed, sorted by path and position.
+    #[error("{} problem(s) in the project", .0.len())]
+    Invalid(Vec<Diagnostic>),
+    /// The files could not be read at all.
+    #[error(transparent)]
+    Files(#[from] FilesError),
+}
+
+/// The keys an asset file may set: a command asset's whole file, or an SQL asset's header.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AssetFile {
+    #[serde(default)]
+    command: Option<Spanned<String>>,
+    #[serde(default)]
+    inputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    deps: Vec<Spanned<String>>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    code_version: Option<String>,
+    #[serde(default)]
+    partitions: Option<Spanned<PartitionsFile>>,
+    #[serde(default)]
+    owners: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitionsFile {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    start: Option<String>,
+    #[serde(default)]
+    end: Option<String>,
+    #[serde(default)]
+    keys: Option<Vec<String>>,
+}
+
+/// A dependency named explicitly (`deps = [...]`), with its position in the file.
+struct NamedDep {
+    name: String,
+    position: (u32, u32),
+}
+
+/// An asset before its references are resolved.
+struct Draft {
+    asset: Asset,
+    references: Vec<TableReference>,
+    named_deps: Vec<NamedDep>,
+}
+
+pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
+    let mut diagnostics = Vec::new();
+    let manifest = match files.read(MANIFEST_PATH)? {
+        None => {
+            diagnostics.push(
+                Diagnostic::new(MANIFEST_PATH, (1, 1), "no offshoot.toml at the repository root")
+                    .hint("run `offshoot init` to create one, or point --repo at the project's repository"),
+            );
+            None
+        }
+        Some(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => manifest::parse(&text, &mut diagnostics),
+            Err(error) => {
+                diagnostics.push(not_utf8(MANIFEST_PATH, &error));
+                None
+            }
+        },
+    };
+    let dialect = manifest.as_ref().map_or(crate::Dialect::Generic, |m| m.dialect);
+
+    let mut paths = files.asset_paths()?;
+    paths.sort();
+    let mut drafts: Vec<Draft> = Vec::new();
+    for path in &paths {
+        let Some(kind) = asset_kind_of(path) else { continue };
+        let Some(key) = key_of(path, &mut diagnostics) else { continue };
+        let Some(bytes) = files.read(path)? else { continue };
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(error) => {
+                diagnostics.push(not_utf8(path, &error));
+                continue;
+            }
+        };
+        let draft = match kind {
+            AssetKind::Sql => sql_asset(path, key, &text, dialect, &mut diagnostics),
+            _ => command_asset(path, key, &text, files, &mut diagnostics)?,
+        };
+        drafts.extend(draft);
+    }
+
+    let sources = manifest.as_ref().map(|m| m.sources.clone()).unwrap_or_default();
+    let external: Vec<String> = manifest.as_ref().map(|m| m.external.clone()).unwrap_or_default();
+    let keys = check_duplicates(&sources, &drafts, &mut diagnostics);
+    let mut assets: Vec<Asset> = sources;
+    let mut reference_positions: BTreeMap<(AssetKey, AssetKey), (String, (u32, u32))> = BTreeMap::new();
+    for mut draft in drafts {
+        let path = draft.asset.location.path.clone();
+        for reference in &draft.references {
+            if external.contains(&reference.written().to_lowercase())
+                || external.contains(&reference.parts.iter().map(|(v, _)| v.to_lowercase()).collect::<Vec<_>>().join("."))
+            {
+                continue;
+            }
+            let (name, quoted) = reference.parts.last().expect("references have at least one part");
+            let found = if *quoted { keys.exact.get(name) } else { keys.folded.get(&name.to_lowercase()) };
+            let position = (reference.line, reference.column);
+            match found {
+                Some(key) => {
+                    reference_positions.entry((draft.asset.key.clone(), key.clone())).or_insert((path.clone(), position));
+                    draft.asset.deps.insert(key.clone());
+                }
+                None => diagnostics.push(unknown_reference(&path, position, &reference.written(), &keys)),
+            }
+        }
+        for named in &draft.named_deps {
+            match keys.exact.get(&named.name) {
+                Some(key) => {
+                    reference_positions.entry((draft.asset.key.clone(), key.clone())).or_insert((path.clone(), named.position));
+                    draft.asset.deps.insert(key.clone());
+                }
+                None => diagnostics.push(unknown_reference(&path, named.position, &named.name, &keys)),
+            }
+        }
+        assets.push(draft.asset);
+    }
+
+    let dependencies: Dependencies = assets.iter().map(|a| (a.key.clone(), a.deps.clone())).collect();
+    if graph::topological_order(&dependencies).is_err() {
+        for cycle in graph::find_cycles(&dependencies) {
+            let next = cycle.get(1).unwrap_or(&cycle[0]);
+            let (path, position) = reference_positions
+                .get(&(cycle[0].clone(), next.clone()))
+                .cloned()
+                .unwrap_or_else(|| (MANIFEST_PATH.to_owned(), (1, 1)));
+            diagnostics.push(
+                Diagnostic::new(&path, position, format!("dependency cycle: {}", render_cycle(&cycle)))
+                    .hint("an asset cannot read from itself, directly or through other assets; break the cycle"),
+            );
+        }
+    }
+
+    match manifest {
+        Some(manifest) if diagnostics.is_empty() => {
+            let snapshot = Snapshot::new(assets).map_err(|error| {
+                LoadError::Invalid(vec![Diagnostic::new(MANIFEST_PATH, (1, 1), error.to_string())])
+            })?;
+            Ok(Project { manifest, snapshot })
+        }
+        _ => {
+            diagnostics.sort();
+            diagnostics.dedup();
+            Err(LoadError::Invalid(diagnostics))
+        }
+    }
+}
+
+fn asset_kind_of(path: &str) -> Option<AssetKind> {
+    if path.ends_with(".sql") {
+        Some(AssetKind::Sql)
+    } else if path.ends_with(".toml") {
+        Some(AssetKind::Command)
+    } else {
+        None
+    }
+}
+
+fn key_of(path: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<AssetKey> {
+    let file_name = path.rsplit('/').next().unwrap_or(path);
+    let stem = file_name.rsplit_once('.').map_or(file_name, |(stem, _)| stem);
+    match AssetKey::new(stem) {
+        Ok(key) => Some(key),
+        Err(error) => {
+            diagnostics.push(
+                Diagnostic::new(path, (1, 1), format!("invalid asset file name `{file_name}`: {error}"))
+                    .hint("the file name (without extension) is the asset's table name: rename it to letters, digits and `_`, like `stg_orders.sql`"),
+            );
+            None
+        }
+    }
+}
+
+/// The first folder under `assets/`, or `default`.
+fn default_group(path: &str) -> String {
+    let inner = path.strip_prefix(ASSETS_DIR).and_then(|p| p.strip_prefix('/')).unwrap_or(path);
+    match inner.split_once('/') {
+        Some((folder, _)) => folder.to_owned(),
+        None => "default".to_owned(),
+    }
+}
+
+fn not_utf8(path: &str, error: &std::string::FromUtf8Error) -> Diagnostic {
+    let offset = error.utf8_error().valid_up_to();
+    let text = String::from_utf8_lossy(&error.as_bytes()[..offset]);
+    Diagnostic::new(path, line_column(&text, offset), "the file is not valid UTF-8")
+        .hint("save the file as UTF-8")
+}
+
+fn parse_asset_file(path: &str, file: &str, toml_text: &str, offset: usize, diagnostics: &mut Vec<Diagnostic>) -> Option<AssetFile> {
+    match toml::from_str::<AssetFile>(toml_text) {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            diagnostics.push(
+                Diagnostic::new(path, toml_error_position(file, &error, offset), toml_error_message(&error)).hint(
+                    "valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners",
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Applies the keys both kinds share; returns false if something was invalid.
+fn apply_attributes(asset: &mut Asset, file: &AssetFile, path: &str, text: &str, offset: usize, diagnostics: &mut Vec<Diagnostic>) {
+    if let Some(group) = &file.group {
+        asset.group = group.clone();
+    }
+    asset.description = file.description.clone();
+    asset.tags = file.tags.clone();
+    asset.metadata = file.metadata.iter().map(|(k, v)| (k.clone(), toml_value::canonical(v))).collect();
+    asset.owners = file.owners.clone();
+    if let Some(partitions) = &file.partitions {
+        let position = line_column(text, offset + partitions.span().start);
+        match partitions_definition(partitions.get_ref()) {
+            Ok(definition) => asset.partitions = Some(definition),
+            Err(message) => diagnostics.push(Diagnostic::new(path, position, message).hint(
+                "write partitions = { type = \"daily\", start = \"2024-01-01\" } (hourly, daily, weekly, monthly) or { type = \"static\", keys = [\"eu\", \"us\"] }",
+            )),
+        }
+    }
+}
+
+fn partitions_definition(file: &PartitionsFile) -> Result<PartitionsDefinition, String> {
+    if file.kind == "static" {
+        let keys = file.keys.clone().ok_or("static partitions need `keys`")?;
+        if keys.is_empty() {
+            return Err("static partitions need at least one key".into());
+        }
+        let unique: BTreeSet<&String> = keys.iter().collect();
+        if unique.len() != keys.len() {
+            return Err("static partition keys must be unique".into());
+        }
+        return Ok(PartitionsDefinition::Static { keys });
+    }
+    let cadence = TimeCadence::parse(&file.kind).ok_or_else(|| format!("unknown partitions type `{}`", file.kind))?;
+    let start = file.start.clone().ok_or_else(|| format!("{} partitions need a `start` date", file.kind))?;
+    if !looks_like_date(&start) {
+        return Err(format!("partitions start `{start}` is not a date like 2024-01-01"));
+    }
+    if let Some(end) = &file.end {
+        if !looks_like_date(end) || end.as_str() <= start.as_str() {
+            return Err(format!("partitions end `{end}` must be a date after the start"));
+        }
+    }
+    Ok(PartitionsDefinition::Time { cadence, start, end: file.end.clone() })
+}
+
+/// `YYYY-MM-DD`, optionally followed by a time.
+fn looks_like_date(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() >= 10
+        && bytes[..10].iter().enumerate().all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() })
+}
+
+fn named_deps(file: &AssetFile, text: &str, offset: usize) -> Vec<NamedDep> {
+    file.deps
+        .iter()
+        .map(|dep| NamedDep { name: dep.get_ref().clone(), position: line_column(text, offset + dep.span().start) })
+        .collect()
+}
+
+fn sql_asset(path: &str, key: AssetKey, text: &str, dialect: crate::Dialect, diagnostics: &mut Vec<Diagnostic>) -> Option<Draft> {
+    let mut asset = Asset::new(key, AssetKind::Sql);
+    asset.group = default_group(path);
+    asset.location = Location { path: path.to_owned(), line: 1 };
+    let (header, body) = match sql::split_header(text) {
+        Ok(Some(header)) => {
+            let parsed = parse_asset_file(path, text, header.toml, header.offset, diagnostics);
+            (parsed.map(|file| (file, header.offset)), header.body)
+        }
+        Ok(None) => (None, text),
+        Err(position) => {
+            diagnostics.push(Diagnostic::new(path, position, "the `/* offshoot` header is never closed").hint("end the header with `*/`"));
+            return None;
+        }
+    };
+    let mut named = Vec::new();
+    let mut explicit_version = None;
+    if let Some((file, offset)) = &header {
+        if let Some(command) = &file.command {
+            diagnostics.push(
+                Diagnostic::new(path, line_column(text, offset + command.span().start), "`command` is not allowed in an SQL asset's header")
+                    .hint("command assets are .toml files of their own"),
+            );
+        }
+        if let Some(input) = file.inputs.first() {
+            diagnostics.push(
+                Diagnostic::new(path, line_column(text, offset + input.span().start), "`inputs` is not allowed in an SQL asset's header")
+                    .hint("only command assets declare input files"),
+            );
+        }
+        apply_attributes(&mut asset, file, path, text, *offset, diagnostics);
+        named = named_deps(file, text, *offset);
+        explicit_version = file.code_version.clone();
+    }
+    let parsed = match sql::parse(path, text, dialect) {
+        Ok(parsed) => parsed,
+        Err(diagnostic) => {
+            diagnostics.push(diagnostic);
+            return None;
+        }
+    };
+    let code = format!("{}\n", body.trim());
+    asset.code = Arc::from(code);
+    asset.code_version = match explicit_version {
+        Some(version) => CodeVersion::explicit(version),
+        None => CodeVersion::derived(sha256_hex(&[b"sql", parsed.canonical.as_bytes()])),
+    };
+    Some(Draft { asset, references: parsed.references, named_deps: named })
+}
+
+fn command_asset(
+    path: &str,
+    key: AssetKey,
+    text: &str,
+    files: &dyn ProjectFiles,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<Option<Draft>, FilesError> {
+    let Some(file) = parse_asset_file(path, text, text, 0, diagnostics) else { return Ok(None) };
+    let mut asset = Asset::new(key, AssetKind::Command);
+    asset.group = default_group(path);
+    asset.location = Location { path: path.to_owned(), line: 1 };
+    apply_attributes(&mut asset, &file, path, text, 0, diagnostics);
+    let Some(command) = file.command.as_ref().filter(|c| !c.get_ref().trim().is_empty()) else {
+        diagnostics.push(
+            Diagnostic::new(path, (1, 1), "a command asset needs a non-empty `command`")
+                .hint("add command = \"python3 scripts/load.py\"; it runs in a checkout of the commit"),
+        );
+        return Ok(None);
+    };
+    let mut version_parts: Vec<Vec<u8>> = vec![b"command".to_vec(), command.get_ref().as_bytes().to_vec()];
+    for input in &file.inputs {
+        let position = line_column(text, input.span().start);
+        let input_path = input.get_ref();
+        if !is_relative_path(input_path) {
+            diagnostics.push(
+                Diagnostic::new(path, position, format!("input `{input_path}` must be a relative path inside the repository"))
+                    .hint("write paths from the repository root without `..`, like \"scripts/load.py\""),
+            );
+            continue;
+        }
+        match files.read(input_path)? {
+            Some(content) => {
+                version_parts.push(input_path.as_bytes().to_vec());
+                version_parts.push(content);
+            }
+            None => diagnostics.push(
+                Diagnostic::new(path, position, format!("input file `{input_path}` does not exist"))
+                    .hint("inputs are files from the repository root whose content is part of the code version"),
+            ),
+        }
+    }
+    let parts: Vec<&[u8]> = version_parts.iter().map(Vec::as_slice).collect();
+    asset.code_version = match &file.code_version {
+        Some(version) => CodeVersion::explicit(version.clone()),
+        None => CodeVersion::derived(sha256_hex(&parts)),
+    };
+    let inputs: Vec<&str> = file.inputs.iter().map(|i| i.get_ref().as_str()).collect();
+    let code = if inputs.is_empty() {
+        format!("{}\n", command.get_ref())
+    } else {
+        format!("{}\n# inputs: {}\n", command.get_ref(), inputs.join(", "))
+    };
+    asset.code = Arc::from(code);
+    Ok(Some(Draft { asset, references: Vec::new(), named_deps: named_deps(&file, text, 0) }))
+}
+
+fn is_relative_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\\')
+        && !path.contains('\0')
+        && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
+/// The keys references resolve to: exact (quoted) and case-folded (unquoted) lookups.
+struct KnownKeys {
+    exact: BTreeMap<String, AssetKey>,
+    folded: BTreeMap<String, AssetKey>,
+}
+
+fn check_duplicates(sources: &[Asset], drafts: &[Draft], diagnostics: &mut Vec<Diagnostic>) -> KnownKeys {
+    let mut known = KnownKeys { exact: BTreeMap::new(), folded: BTreeMap::new() };
+    let mut first: BTreeMap<String, Location> = BTreeMap::new();
+    for asset in sources.iter().chain(drafts.iter().map(|d| &d.asset)) {
+        let folded = asset.key.as_str().to_lowercase();
+        if let Some(previous) = first.get(&folded) {
+            diagnostics.push(
+                Diagnostic::new(&asset.location.path, (asset.location.line, 1), format!("duplicate key `{}`", asset.key))
+                    .hint(format!("`{}` is already defined at {}:{}; asset and source names must be unique (ignoring case)", asset.key, previous.path, previous.line)),
+            );
+            continue;
+        }
+        first.insert(folded.clone(), asset.location.clone());
+        known.exact.insert(asset.key.as_str().to_owned(), asset.key.clone());
+        known.folded.insert(folded, asset.key.clone());
+    }
+    known
+}
+
+fn unknown_reference(path: &str, position: (u32, u32), name: &str, keys: &KnownKeys) -> Diagnostic {
+    let last = name.rsplit('.').next().unwrap_or(name).trim_matches('"').to_lowercase();
+    let suggestion = keys
+        .folded
+        .keys()
+        .map(|k| (edit_distance(k, &last), k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len())
+        .min()
+        .map(|(_, k)| format!("did you mean `{k}`? Otherwise "))
+        .unwrap_or_default();
+    Diagnostic::new(path, position, format!("`{name}` is not an asset, a source or a declared external table")).hint(format!(
+        "{suggestion}add an asset file for it, declare it under [sources.{last}] in offshoot.toml, or list it in `external`"
+    ))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = if ca == *cb { previous } else { 1 + previous.min(row[j]).min(current) };
+            previous = current;
+        }
+    }
+    row[b.len()]
+}

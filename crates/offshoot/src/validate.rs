@@ -1,0 +1,75 @@
+//! `offshoot validate`: every problem of a working directory or a commit, in one pass.
+
+use anyhow::Context;
+use offshoot_core::AssetKind;
+use offshoot_project::{LoadError, Project};
+use offshoot_repo::{GitRepository, WorkingDirectory};
+
+use crate::{Format, Outcome, RepoArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Validate this commit (branch, tag or SHA) instead of the working directory.
+    #[arg(long)]
+    rev: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let (what, result) = match &args.rev {
+        Some(rev) => {
+            let repo = GitRepository::open(&args.repo.repo)?;
+            let commit = repo.resolve(rev)?;
+            let files = repo.files_at(&commit.sha)?;
+            (format!("{rev} ({})", &commit.sha[..12]), offshoot_project::load(&files))
+        }
+        None => {
+            let root = match GitRepository::open(&args.repo.repo) {
+                Ok(repo) => repo.workdir().map(|p| p.to_path_buf()).unwrap_or_else(|| args.repo.repo.clone()),
+                Err(_) => args.repo.repo.clone(),
+            };
+            let root = root.canonicalize().with_context(|| format!("{} cannot be read", root.display()))?;
+            (root.display().to_string(), offshoot_project::load(&WorkingDirectory::new(root)))
+        }
+    };
+    match result {
+        Ok(project) => {
+            print_valid(&project, &what, args.format);
+            Ok(Outcome::Ok)
+        }
+        Err(LoadError::Invalid(diagnostics)) => {
+            match args.format {
+                Format::Json => {
+                    let list: Vec<serde_json::Value> = diagnostics
+                        .iter()
+                        .map(|d| serde_json::json!({"path": d.path, "line": d.line, "column": d.column, "message": d.message, "hint": d.hint}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&serde_json::json!({"valid": false, "diagnostics": list}))?);
+                }
+                _ => {
+                    for diagnostic in &diagnostics {
+                        eprintln!("{diagnostic}");
+                    }
+                    eprintln!("\n{} problem(s) in {what}", diagnostics.len());
+                }
+            }
+            Ok(Outcome::Failed)
+        }
+        Err(LoadError::Files(error)) => Err(error).context(format!("reading {what}")),
+    }
+}
+
+fn print_valid(project: &Project, what: &str, format: Format) {
+    let count = |kind| project.snapshot.assets().filter(|a| a.kind == kind).count();
+    let (sql, command, source) = (count(AssetKind::Sql), count(AssetKind::Command), count(AssetKind::Source));
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"valid": true, "project": project.manifest.name, "sql_assets": sql, "command_assets": command, "sources": source})
+        ),
+        _ => println!("ok: {what}: {sql} SQL assets, {command} command assets, {source} sources"),
+    }
+}
