@@ -45,6 +45,12 @@ impl ChangeReason {
         }
     }
 
+    /// Whether the change can alter the asset's data. Tag and metadata edits cannot, so they do
+    /// not make anything downstream IMPACTED.
+    pub fn affects_data(self) -> bool {
+        !matches!(self, ChangeReason::Tags | ChangeReason::Metadata | ChangeReason::Removed)
+    }
+
     pub fn parse(name: &str) -> Option<ChangeReason> {
         ChangeReason::ALL.into_iter().find(|r| r.as_str().eq_ignore_ascii_case(name))
     }
@@ -236,16 +242,18 @@ fn compare(old: &Asset, new: &Asset) -> Option<AssetChange> {
     (!reasons.is_empty()).then(|| AssetChange { key: new.key.clone(), reasons, details })
 }
 
-/// Multi-source breadth-first search downstream from every changed asset of head, so each
-/// impacted asset gets a shortest path from its nearest change.
+/// Multi-source breadth-first search downstream from every asset of head whose data may change,
+/// so each impacted asset gets a shortest path from its nearest change. Assets with any change
+/// are reported as changed, never as impacted.
 fn impacted_by(head: &Snapshot, changes: &[AssetChange]) -> Vec<Impacted> {
-    let changed: BTreeSet<&AssetKey> = changes
+    let changed: BTreeSet<&AssetKey> = changes.iter().map(|c| &c.key).collect();
+    let sources: Vec<&AssetKey> = changes
         .iter()
-        .filter(|c| c.reasons != [ChangeReason::Removed])
+        .filter(|c| c.reasons.iter().any(|r| r.affects_data()))
         .map(|c| &c.key)
         .collect();
-    let mut came_from: BTreeMap<&AssetKey, Option<&AssetKey>> = changed.iter().map(|k| (*k, None)).collect();
-    let mut queue: VecDeque<&AssetKey> = changed.iter().copied().collect();
+    let mut came_from: BTreeMap<&AssetKey, Option<&AssetKey>> = sources.iter().map(|k| (*k, None)).collect();
+    let mut queue: VecDeque<&AssetKey> = sources.into_iter().collect();
     while let Some(key) = queue.pop_front() {
         for child in head.downstream_of(key) {
             if !came_from.contains_key(child) {
@@ -256,7 +264,7 @@ fn impacted_by(head: &Snapshot, changes: &[AssetChange]) -> Vec<Impacted> {
     }
     let mut impacted = Vec::new();
     for (key, parent) in &came_from {
-        if parent.is_none() {
+        if parent.is_none() || changed.contains(key) {
             continue;
         }
         let mut path = vec![(*key).clone()];

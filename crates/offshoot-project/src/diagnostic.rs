@@ -56,8 +56,3 @@ pub fn toml_error_position(file: &str, error: &toml::de::Error, base: usize) -> 
 pub fn toml_error_message(error: &toml::de::Error) -> String {
     error.message().trim().trim_end_matches('.').to_owned()
 }
-
-/// The line (1-based) of the first line of `text` that contains `needle`, or 1.
-pub fn line_of(text: &str, needle: &str) -> u32 {
-    text.lines().position(|l| l.contains(needle)).map_or(1, |i| i as u32 + 1)
-}

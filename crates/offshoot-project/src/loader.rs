@@ -128,7 +128,7 @@ pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
 
     let sources = manifest.as_ref().map(|m| m.sources.clone()).unwrap_or_default();
     let external: Vec<String> = manifest.as_ref().map(|m| m.external.clone()).unwrap_or_default();
-    let keys = check_duplicates(&sources, &drafts, &mut diagnostics);
+    let (keys, drafts) = check_duplicates(&sources, drafts, &mut diagnostics);
     let mut assets: Vec<Asset> = sources;
     let mut reference_positions: BTreeMap<(AssetKey, AssetKey), (String, (u32, u32))> = BTreeMap::new();
     for mut draft in drafts {
@@ -426,23 +426,30 @@ struct KnownKeys {
     folded: BTreeMap<String, AssetKey>,
 }
 
-fn check_duplicates(sources: &[Asset], drafts: &[Draft], diagnostics: &mut Vec<Diagnostic>) -> KnownKeys {
+/// Reports every key defined twice (ignoring case) and keeps only the first definition, so one
+/// duplicate does not hide the rest of the graph's problems.
+fn check_duplicates(sources: &[Asset], drafts: Vec<Draft>, diagnostics: &mut Vec<Diagnostic>) -> (KnownKeys, Vec<Draft>) {
     let mut known = KnownKeys { exact: BTreeMap::new(), folded: BTreeMap::new() };
     let mut first: BTreeMap<String, Location> = BTreeMap::new();
-    for asset in sources.iter().chain(drafts.iter().map(|d| &d.asset)) {
+    let mut is_new = |asset: &Asset, diagnostics: &mut Vec<Diagnostic>| {
         let folded = asset.key.as_str().to_lowercase();
         if let Some(previous) = first.get(&folded) {
             diagnostics.push(
                 Diagnostic::new(&asset.location.path, (asset.location.line, 1), format!("duplicate key `{}`", asset.key))
                     .hint(format!("`{}` is already defined at {}:{}; asset and source names must be unique (ignoring case)", asset.key, previous.path, previous.line)),
             );
-            continue;
+            return false;
         }
         first.insert(folded.clone(), asset.location.clone());
         known.exact.insert(asset.key.as_str().to_owned(), asset.key.clone());
         known.folded.insert(folded, asset.key.clone());
+        true
+    };
+    for source in sources {
+        is_new(source, diagnostics);
     }
-    known
+    let drafts = drafts.into_iter().filter(|d| is_new(&d.asset, diagnostics)).collect();
+    (known, drafts)
 }
 
 fn unknown_reference(path: &str, position: (u32, u32), name: &str, keys: &KnownKeys) -> Diagnostic {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use offshoot_core::{Asset, AssetKey, AssetKind, CodeVersion, Location};
 use serde::Deserialize;
 
-use crate::diagnostic::{line_of, toml_error_message, toml_error_position, Diagnostic};
+use crate::diagnostic::{toml_error_message, toml_error_position, Diagnostic};
 use crate::toml_value;
 use crate::MANIFEST_PATH;
 
@@ -122,7 +122,7 @@ pub fn parse(text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Manifest> 
     };
     let mut sources = Vec::new();
     for (name, section) in file.sources {
-        let line = line_of(text, &format!("sources.{name}"));
+        let line = text.lines().position(|l| l.contains("sources") && l.contains(name.as_str())).map_or(1, |i| i as u32 + 1);
         let key = match AssetKey::new(&name) {
             Ok(key) => key,
             Err(error) => {
