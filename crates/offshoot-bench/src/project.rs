@@ -219,9 +219,9 @@ fn generate_specs(n: usize, rng: &mut Lcg) -> Vec<AssetSpec> {
         };
         let domain = *rng.pick(&DOMAINS);
         let key = format!("{}_{domain}_{i:05}", layer.prefix());
-        let refs = 1 + rng.below(3);
+        let refs = if layer == Layer::Staging { 1 + usize::from(rng.chance(30)) } else { 1 + rng.below(3) };
         let upstream = match layer {
-            Layer::Staging => pick_upstream(rng, 1 + usize::from(rng.chance(30)), &[(&sources, 1)]),
+            Layer::Staging => pick_upstream(rng, refs, &[(&sources, 1)]),
             Layer::Intermediate => pick_upstream(rng, refs, &[(&staging, 6), (&intermediate, 4)]),
             Layer::Marts => pick_upstream(rng, refs, &[(&intermediate, 5), (&staging, 2), (&marts, 3)]),
         };

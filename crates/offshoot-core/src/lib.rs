@@ -6,12 +6,19 @@
 
 pub mod asset;
 pub mod change;
+pub mod deployment;
 pub mod fingerprint;
 pub mod graph;
+pub mod run;
 pub mod selection;
 pub mod snapshot;
 
 pub use asset::{Asset, AssetKey, AssetKind, CodeVersion, InvalidAssetKey, Location, PartitionsDefinition, TimeCadence};
+pub use deployment::{
+    deployment_name_for_branch, pushed_commit_is_newer, BranchName, CommitRelation, CommitSha, DeploymentKind, DeploymentName,
+    DeploymentStatus, InvalidName, PullRequestStatus, RepositoryName, RevisionStatus, SchemaName, UnixMillis,
+};
+pub use run::{PlannedStep, RunPlan, RunStatus, StepStatus};
 pub use change::{diff, AssetChange, ChangeDetails, ChangeReason, ChangeSet, CodeChange, Impacted, MapChange, SetChange};
 pub use fingerprint::Fingerprint;
 pub use selection::{Selection, SelectionError};

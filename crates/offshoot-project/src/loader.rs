@@ -402,13 +402,7 @@ fn command_asset(
         Some(version) => CodeVersion::explicit(version.clone()),
         None => CodeVersion::derived(sha256_hex(&parts)),
     };
-    let inputs: Vec<&str> = file.inputs.iter().map(|i| i.get_ref().as_str()).collect();
-    let code = if inputs.is_empty() {
-        format!("{}\n", command.get_ref())
-    } else {
-        format!("{}\n# inputs: {}\n", command.get_ref(), inputs.join(", "))
-    };
-    asset.code = Arc::from(code);
+    asset.code = Arc::from(format!("{}\n", command.get_ref().trim_end()));
     Ok(Some(Draft { asset, references: Vec::new(), named_deps: named_deps(&file, text, 0) }))
 }
 

@@ -85,6 +85,27 @@ impl GitRepository {
         }
     }
 
+    /// Whether `ancestor` is `descendant` or one of its ancestors (both full SHAs or revisions).
+    pub fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, RepoError> {
+        let a = Oid::from_str(&self.resolve(ancestor)?.sha).map_err(git_error)?;
+        let d = Oid::from_str(&self.resolve(descendant)?.sha).map_err(git_error)?;
+        if a == d {
+            return Ok(true);
+        }
+        self.repo.graph_descendant_of(d, a).map_err(git_error)
+    }
+
+    /// Writes the files of commit `sha` into `target` (which must not exist yet), without touching
+    /// the repository's own working directory or index. Command assets run there.
+    pub fn export_tree(&self, sha: &str, target: &Path) -> Result<(), RepoError> {
+        let oid = Oid::from_str(&self.resolve(sha)?.sha).map_err(git_error)?;
+        let tree = self.repo.find_commit(oid).and_then(|c| c.tree()).map_err(git_error)?;
+        std::fs::create_dir_all(target).map_err(|e| RepoError::Git(format!("{}: {e}", target.display())))?;
+        let mut checkout = git2::build::CheckoutBuilder::new();
+        checkout.target_dir(target).force().recreate_missing(true);
+        self.repo.checkout_tree(tree.as_object(), Some(&mut checkout)).map_err(git_error)
+    }
+
     /// The project files of one commit, read from the object database.
     pub fn files_at(&self, sha: &str) -> Result<CommitFiles<'_>, RepoError> {
         let oid = Oid::from_str(&self.resolve(sha)?.sha).map_err(git_error)?;

@@ -1,10 +1,13 @@
 //! The `offshoot` binary: argument parsing and glue. Libraries do the work; this file maps their
 //! errors to messages and exit codes (0 ok, 1 failure or invalid definitions, 2 usage).
 
+mod client;
 mod demo;
 mod diff;
 mod init;
+mod remote;
 mod report;
+mod serve;
 mod shop;
 mod validate;
 
@@ -28,9 +31,22 @@ enum Command {
     Validate(validate::Args),
     /// Show which assets a revision adds, removes or changes against a base.
     Diff(diff::Args),
-    /// Build a demo repository from the example shop project, with a feature branch, and show
-    /// what the branch changes.
+    /// The whole workflow on one machine: a demo repository with a feature branch, the server on
+    /// embedded defaults, prod and the branch deployed and materialized.
     Demo(demo::Args),
+    /// Run the server: REST API, deploys, runs, and (with --repo) watching a local repository.
+    Serve(serve::Args),
+    /// Manage branch deployments on a server (flags mirror dagster-cloud's).
+    #[command(subcommand)]
+    BranchDeployment(remote::BranchDeploymentCommand),
+    /// Inspect deployments on a server.
+    #[command(subcommand)]
+    Deployment(remote::DeploymentCommand),
+    /// Materialize a selection in a deployment on a server.
+    Materialize(remote::MaterializeArgs),
+    /// List, show and cancel runs on a server.
+    #[command(subcommand)]
+    Runs(remote::RunsCommand),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,6 +69,11 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::BranchDeployment(command) => remote::branch_deployment(command),
+        Command::Deployment(command) => remote::deployment(command),
+        Command::Materialize(args) => remote::materialize(args),
+        Command::Runs(command) => remote::runs(command),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -1,11 +1,11 @@
 //! Renders a change set as text for terminals, JSON (a stable, documented shape) and Markdown
 //! ready to paste into a pull-request comment.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use offshoot_core::{AssetChange, ChangeReason, ChangeSet, MapChange};
 use offshoot_repo::CommitInfo;
+use offshoot_server::changes::{code_diff, ChangeSetJson};
 use serde::Serialize;
 
 pub struct Comparison<'a> {
@@ -80,11 +80,6 @@ fn detail_lines(change: &AssetChange) -> Vec<String> {
     lines
 }
 
-fn code_diff(change: &AssetChange) -> Option<String> {
-    let code = change.details.code.as_ref()?;
-    Some(code.unified_diff(&format!("base/{}", change.key), &format!("head/{}", change.key)))
-}
-
 fn label(change: &AssetChange) -> &'static str {
     match change.reasons.as_slice() {
         [ChangeReason::New] => "NEW",
@@ -132,9 +127,8 @@ pub struct DiffJson<'a> {
     base: BaseJson<'a>,
     head: RevisionJson<'a>,
     against: &'a str,
-    summary: SummaryJson,
-    assets: Vec<AssetJson>,
-    impacted: Vec<ImpactedJson>,
+    #[serde(flatten)]
+    changes: ChangeSetJson,
 }
 
 #[derive(Serialize)]
@@ -152,128 +146,12 @@ struct RevisionJson<'a> {
     commit: &'a str,
 }
 
-#[derive(Serialize)]
-struct SummaryJson {
-    new: usize,
-    changed: usize,
-    removed: usize,
-    impacted: usize,
-}
-
-#[derive(Serialize)]
-pub struct AssetJson {
-    key: String,
-    reasons: Vec<&'static str>,
-    details: DetailsJson,
-}
-
-#[derive(Serialize, Default)]
-struct DetailsJson {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<CodeJson>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dependencies: Option<DepsJson>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    partitions: Option<PartitionsJson>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tags: Option<MapJson>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<MapJson>,
-}
-
-#[derive(Serialize)]
-struct CodeJson {
-    old_version: String,
-    new_version: String,
-    derived: bool,
-    diff: String,
-}
-
-#[derive(Serialize)]
-struct DepsJson {
-    added: Vec<String>,
-    removed: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct PartitionsJson {
-    old: Option<String>,
-    new: Option<String>,
-}
-
-#[derive(Serialize)]
-struct MapJson {
-    added: BTreeMap<String, String>,
-    changed: BTreeMap<String, OldNew>,
-    removed: BTreeMap<String, String>,
-}
-
-#[derive(Serialize)]
-struct OldNew {
-    old: String,
-    new: String,
-}
-
-#[derive(Serialize)]
-struct ImpactedJson {
-    key: String,
-    path: Vec<String>,
-}
-
-fn map_json(change: &MapChange) -> MapJson {
-    MapJson {
-        added: change.added.clone(),
-        changed: change.changed.iter().map(|(k, (o, n))| (k.clone(), OldNew { old: o.clone(), new: n.clone() })).collect(),
-        removed: change.removed.clone(),
-    }
-}
-
-pub fn asset_json(change: &AssetChange) -> AssetJson {
-    let d = &change.details;
-    AssetJson {
-        key: change.key.to_string(),
-        reasons: change.reasons.iter().map(|r| r.as_str()).collect(),
-        details: DetailsJson {
-            code: d.code.as_ref().map(|code| CodeJson {
-                old_version: code.old_version.value.clone(),
-                new_version: code.new_version.value.clone(),
-                derived: code.new_version.derived,
-                diff: code_diff(change).unwrap_or_default(),
-            }),
-            dependencies: d.dependencies.as_ref().map(|deps| DepsJson {
-                added: deps.added.iter().map(|k| k.to_string()).collect(),
-                removed: deps.removed.iter().map(|k| k.to_string()).collect(),
-            }),
-            partitions: d.partitions.as_ref().map(|(old, new)| PartitionsJson {
-                old: old.as_ref().map(|p| p.to_string()),
-                new: new.as_ref().map(|p| p.to_string()),
-            }),
-            tags: d.tags.as_ref().map(map_json),
-            metadata: d.metadata.as_ref().map(map_json),
-        },
-    }
-}
-
 pub fn json<'a>(c: &'a Comparison) -> DiffJson<'a> {
-    let new = c.changes.count(ChangeReason::New);
-    let removed = c.changes.count(ChangeReason::Removed);
     DiffJson {
         base: BaseJson { rev: c.base_rev, commit: &c.compared.sha, tip: &c.base_tip.sha },
         head: RevisionJson { rev: c.head_rev, commit: &c.head.sha },
         against: c.against,
-        summary: SummaryJson {
-            new,
-            removed,
-            changed: c.changes.changes.len() - new - removed,
-            impacted: c.changes.impacted.len(),
-        },
-        assets: c.changes.changes.iter().map(asset_json).collect(),
-        impacted: c
-            .changes
-            .impacted
-            .iter()
-            .map(|i| ImpactedJson { key: i.key.to_string(), path: i.path.iter().map(|k| k.to_string()).collect() })
-            .collect(),
+        changes: ChangeSetJson::from(c.changes),
     }
 }
 

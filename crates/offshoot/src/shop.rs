@@ -69,3 +69,34 @@ GROUP BY 1
     );
     tree
 }
+
+/// The production warehouse's source tables for the demo: deterministic, a few thousand rows.
+pub const SEED_SQL: &str = "
+DROP TABLE IF EXISTS raw_customers;
+CREATE TABLE raw_customers AS
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+SELECT i AS id,
+       'Customer' || i || '@Shop.example' AS email,
+       CASE i % 5 WHEN 0 THEN 'DE' WHEN 1 THEN 'US' WHEN 2 THEN 'GB' WHEN 3 THEN 'CH' ELSE 'FR' END AS country,
+       datetime('2024-01-01', '+' || (i % 300) || ' days') AS created_at
+FROM n;
+DROP TABLE IF EXISTS raw_orders;
+CREATE TABLE raw_orders AS
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+SELECT i AS id,
+       1 + (i * 7) % 300 AS customer_id,
+       CASE WHEN i % 11 = 0 THEN 'cancelled' ELSE 'completed' END AS status,
+       datetime('2024-03-01', '+' || (i % 270) || ' days', '+' || (i % 24) || ' hours') AS ordered_at,
+       CASE i % 4 WHEN 0 THEN 'EUR' WHEN 1 THEN 'USD' WHEN 2 THEN 'GBP' ELSE 'CHF' END AS currency,
+       CASE WHEN i % 97 = 0 THEN 1 ELSE 0 END AS is_test
+FROM n;
+DROP TABLE IF EXISTS raw_payments;
+CREATE TABLE raw_payments AS
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+SELECT i AS id,
+       i AS order_id,
+       CASE i % 3 WHEN 0 THEN 'card' WHEN 1 THEN 'paypal' ELSE 'invoice' END AS method,
+       CASE WHEN i % 17 = 0 THEN 0 ELSE 500 + (i * 37) % 20000 END AS amount_cents,
+       CASE WHEN i % 13 = 0 THEN 'failed' WHEN i % 29 = 0 THEN 'settled' ELSE 'succeeded' END AS status
+FROM n;
+";

@@ -1,0 +1,386 @@
+//! The REST API under `/api/v1`, plus `/healthz` and `/metrics`. Writes need a bearer token from
+//! the configuration; reads too unless `public_reads`. Errors are `{"error": {code, message}}`.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use offshoot_core::{BranchName, DeploymentName, PullRequestStatus, RepositoryName};
+use offshoot_store::{Deployment, DeploymentFilter, RunFilter, RunId};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::changes::ChangeSetJson;
+use crate::deploy::{self, Push};
+use crate::dto::{self, ChangesJson, DeploymentJson, RunJson};
+use crate::error::{ApiError, ApiResult};
+use crate::state::{AppState, Metrics, SharedState};
+use crate::{lifecycle, openapi, runs};
+
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/api/v1/deployments", get(list_deployments))
+        .route("/api/v1/branch-deployments", post(create_or_update))
+        .route("/api/v1/deployments/{name}", get(show_deployment).delete(delete_deployment))
+        .route("/api/v1/deployments/{name}/close", post(close_deployment))
+        .route("/api/v1/deployments/{name}/reopen", post(reopen_deployment))
+        .route("/api/v1/deployments/{name}/pin", post(pin_deployment))
+        .route("/api/v1/deployments/{name}/revisions", get(list_revisions))
+        .route("/api/v1/deployments/{name}/changes", get(show_changes))
+        .route("/api/v1/deployments/{name}/runs", post(launch_run))
+        .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/runs/{id}", get(show_run))
+        .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .with_state(state)
+}
+
+/// A JSON body whose rejection is one of our errors, not axum's plain text.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(ApiError::bad_request("invalid_request", body_error(&rejection))),
+        }
+    }
+}
+
+fn body_error(rejection: &JsonRejection) -> String {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => "send the body as JSON with `Content-Type: application/json`".to_owned(),
+        other => format!("invalid JSON body: {}", other.body_text()),
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn check_token(state: &AppState, parts: &Parts) -> ApiResult<()> {
+    let presented = bearer(parts);
+    let valid = presented.is_some_and(|token| state.config.api_tokens.iter().any(|known| same_secret(known, token)));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send `Authorization: Bearer <token>` with a configured API token"))
+    }
+}
+
+/// Proof that the request may write.
+pub struct Writer;
+
+impl FromRequestParts<SharedState> for Writer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        Metrics::increment(&state.metrics.http_requests);
+        check_token(state, parts).map(|_| Writer)
+    }
+}
+
+/// Proof that the request may read.
+pub struct Reader;
+
+impl FromRequestParts<SharedState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        Metrics::increment(&state.metrics.http_requests);
+        if state.config.public_reads {
+            return Ok(Reader);
+        }
+        check_token(state, parts).map(|_| Reader)
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct RepositoryQuery {
+    repository: Option<String>,
+    #[serde(default)]
+    include_closed: bool,
+}
+
+/// The named repository, or the only one configured.
+pub fn pick_repository(state: &AppState, name: Option<&str>) -> ApiResult<RepositoryName> {
+    match name {
+        Some(name) => {
+            let name = RepositoryName::from_any(name)
+                .map_err(|e| ApiError::not_found("repository_not_found", format!("`{name}` is not a repository name: {e}")))?;
+            deploy::repository_config(state, &name).map(|r| r.name.clone())
+        }
+        None => match state.config.repositories.as_slice() {
+            [only] => Ok(only.name.clone()),
+            [] => Err(ApiError::not_found("repository_not_found", "no repository is configured")),
+            many => {
+                let names: Vec<&str> = many.iter().map(|r| r.name.as_str()).collect();
+                Err(ApiError::bad_request("invalid_request", format!("name the repository: one of {}", names.join(", "))))
+            }
+        },
+    }
+}
+
+async fn find_deployment(state: &AppState, repository: Option<&str>, name: &str) -> ApiResult<Deployment> {
+    let repository = pick_repository(state, repository)?;
+    let missing = || ApiError::not_found("deployment_not_found", format!("no deployment named `{name}` in `{repository}`"));
+    let name = DeploymentName::new(name).map_err(|_| missing())?;
+    state.store.find_deployment(&repository, &name).await?.ok_or_else(missing)
+}
+
+async fn deployment_view(state: &AppState, deployment: &Deployment) -> ApiResult<DeploymentJson> {
+    let latest = state.store.list_revisions(deployment.id, 1).await?.into_iter().next();
+    let current = match deployment.current_revision {
+        Some(id) if latest.as_ref().is_some_and(|l| l.id == id) => latest.clone(),
+        Some(id) => Some(state.store.get_revision(id).await?),
+        None => None,
+    };
+    Ok(dto::deployment_json(deployment, current.as_ref(), latest.as_ref()))
+}
+
+async fn metrics(State(state): State<SharedState>, _: Reader) -> ApiResult<Response> {
+    let open = state.store.list_deployments(&DeploymentFilter::default()).await?.len();
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(open)).into_response())
+}
+
+async fn list_deployments(State(state): State<SharedState>, _: Reader, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<Vec<DeploymentJson>>> {
+    let repository = match query.repository.as_deref() {
+        Some(name) => Some(pick_repository(&state, Some(name))?),
+        None => None,
+    };
+    let deployments = state.store.list_deployments(&DeploymentFilter { repository, include_closed: query.include_closed }).await?;
+    let mut views = Vec::with_capacity(deployments.len());
+    for deployment in &deployments {
+        views.push(deployment_view(&state, deployment).await?);
+    }
+    Ok(Json(views))
+}
+
+/// The body of `branch-deployment create-or-update`; names mirror dagster-cloud's flags.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrUpdate {
+    git_repo_name: Option<String>,
+    branch_name: String,
+    commit_hash: String,
+    #[serde(default)]
+    timestamp: Option<f64>,
+    pull_request_url: Option<String>,
+    pull_request_id: Option<String>,
+    pull_request_status: Option<String>,
+    #[serde(default)]
+    commit_message: Option<String>,
+    #[serde(default)]
+    author_name: Option<String>,
+    #[serde(default)]
+    author_email: Option<String>,
+    base_deployment_name: Option<String>,
+}
+
+async fn create_or_update(State(state): State<SharedState>, _: Writer, Body(body): Body<CreateOrUpdate>) -> ApiResult<Json<serde_json::Value>> {
+    // Commit message, author and timestamp come from git itself; the fields are accepted so the
+    // dagster-cloud flags can be passed through unchanged.
+    let _ = (&body.timestamp, &body.commit_message, &body.author_name, &body.author_email);
+    let repository = pick_repository(&state, body.git_repo_name.as_deref())?;
+    let branch = BranchName::new(&body.branch_name).map_err(|e| ApiError::bad_request("invalid_branch_name", e.to_string()))?;
+    let pull_request_status = match body.pull_request_status.as_deref() {
+        None => None,
+        Some(text) => Some(PullRequestStatus::parse(text).ok_or_else(|| {
+            ApiError::bad_request("invalid_request", format!("pull_request_status `{text}` is not OPEN, CLOSED or MERGED"))
+        })?),
+    };
+    let base_deployment = match body.base_deployment_name.as_deref() {
+        None => None,
+        Some(text) => Some(
+            DeploymentName::new(text)
+                .map_err(|_| ApiError::not_found("deployment_not_found", format!("no base deployment named `{text}`")))?,
+        ),
+    };
+    if let Some(base) = &base_deployment {
+        if state.store.find_deployment(&repository, base).await?.is_none() {
+            return Err(ApiError::not_found("deployment_not_found", format!("no base deployment named `{base}`")));
+        }
+    }
+    if body.commit_hash.is_empty() || body.commit_hash.len() > 64 || !body.commit_hash.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request("invalid_request", "commit_hash must be a hexadecimal commit id"));
+    }
+    let outcome = deploy::create_or_update(
+        &state,
+        Push {
+            repository,
+            branch,
+            commit: body.commit_hash,
+            pull_request_id: body.pull_request_id,
+            pull_request_url: body.pull_request_url,
+            pull_request_status,
+            base_deployment,
+        },
+    )
+    .await?;
+    let view = deployment_view(&state, &outcome.deployment).await?;
+    Ok(Json(serde_json::json!({
+        "name": outcome.deployment.name.to_string(),
+        "deployment": view,
+        "revision": outcome.revision.as_ref().map(dto::revision_json),
+    })))
+}
+
+async fn show_deployment(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<DeploymentJson>> {
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    Ok(Json(deployment_view(&state, &deployment).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CloseBody {
+    pull_request_status: Option<String>,
+}
+
+async fn close_deployment(
+    State(state): State<SharedState>,
+    _: Writer,
+    Path(name): Path<String>,
+    Query(query): Query<RepositoryQuery>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<DeploymentJson>> {
+    // The body is optional: an empty one closes without a pull-request status.
+    let body: CloseBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CloseBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_request", format!("invalid JSON body: {e}")))?
+    };
+    let mut deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    let status = match body.pull_request_status {
+        None => None,
+        Some(text) => Some(PullRequestStatus::parse(&text).filter(|s| *s != PullRequestStatus::Open).ok_or_else(|| {
+            ApiError::bad_request("invalid_request", format!("pull_request_status `{text}` must be CLOSED or MERGED"))
+        })?),
+    };
+    if let (Some(status), Some(pull_request)) = (status, deployment.pull_request.as_mut()) {
+        pull_request.status = status;
+    }
+    let reason = status.map_or("closed by request".to_owned(), |s| format!("pull request {}", s.as_str().to_lowercase()));
+    let deployment = lifecycle::close(&state, deployment, &reason).await?;
+    Ok(Json(deployment_view(&state, &deployment).await?))
+}
+
+async fn reopen_deployment(State(state): State<SharedState>, _: Writer, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<DeploymentJson>> {
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    let deployment = lifecycle::reopen(&state, deployment).await?;
+    Ok(Json(deployment_view(&state, &deployment).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinBody {
+    pinned: bool,
+}
+
+async fn pin_deployment(
+    State(state): State<SharedState>,
+    _: Writer,
+    Path(name): Path<String>,
+    Query(query): Query<RepositoryQuery>,
+    Body(body): Body<PinBody>,
+) -> ApiResult<Json<DeploymentJson>> {
+    let mut deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    deployment.pinned = body.pinned;
+    state.store.update_deployment(&deployment).await?;
+    Ok(Json(deployment_view(&state, &deployment).await?))
+}
+
+async fn delete_deployment(State(state): State<SharedState>, _: Writer, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<StatusCode> {
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    lifecycle::delete(&state, deployment).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_revisions(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<Vec<dto::RevisionJson>>> {
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    let revisions = state.store.list_revisions(deployment.id, 0).await?;
+    Ok(Json(revisions.iter().map(dto::revision_json).collect()))
+}
+
+async fn show_changes(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<ChangesJson>> {
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    let revision = match deployment.current_revision {
+        Some(id) => Some(state.store.get_revision(id).await?),
+        None => None,
+    };
+    let changes: Option<ChangeSetJson> = revision.as_ref().and_then(|r| r.changes_json.as_deref()).and_then(|j| serde_json::from_str(j).ok());
+    Ok(Json(ChangesJson { deployment: deployment.name.to_string(), revision: revision.as_ref().map(dto::revision_json), changes }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchBody {
+    selection: String,
+}
+
+async fn launch_run(
+    State(state): State<SharedState>,
+    _: Writer,
+    Path(name): Path<String>,
+    Query(query): Query<RepositoryQuery>,
+    Body(body): Body<LaunchBody>,
+) -> ApiResult<(StatusCode, Json<RunJson>)> {
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    let run = runs::launch(&state, &deployment, &body.selection).await?;
+    let steps = state.store.list_steps(run.id).await?;
+    Ok((StatusCode::CREATED, Json(dto::run_json(&run, &deployment, &steps))))
+}
+
+#[derive(Deserialize, Default)]
+pub struct RunsQuery {
+    repository: Option<String>,
+    deployment: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_runs(State(state): State<SharedState>, _: Reader, Query(query): Query<RunsQuery>) -> ApiResult<Json<Vec<RunJson>>> {
+    let deployment = match query.deployment.as_deref() {
+        Some(name) => Some(find_deployment(&state, query.repository.as_deref(), name).await?),
+        None => None,
+    };
+    let filter = RunFilter { deployment_id: deployment.as_ref().map(|d| d.id), statuses: Vec::new(), limit: query.limit.unwrap_or(50).min(500) };
+    let mut out = Vec::new();
+    for run in state.store.list_runs(&filter).await? {
+        let owner = match &deployment {
+            Some(d) => d.clone(),
+            None => state.store.get_deployment(run.deployment_id).await?,
+        };
+        out.push(dto::run_json(&run, &owner, &[]));
+    }
+    Ok(Json(out))
+}
+
+async fn run_view(state: &AppState, id: i64) -> ApiResult<RunJson> {
+    let run = state.store.get_run(RunId(id)).await.map_err(|_| ApiError::not_found("run_not_found", format!("no run {id}")))?;
+    let deployment = state.store.get_deployment(run.deployment_id).await?;
+    let steps = state.store.list_steps(run.id).await?;
+    Ok(dto::run_json(&run, &deployment, &steps))
+}
+
+async fn show_run(State(state): State<SharedState>, _: Reader, Path(id): Path<i64>) -> ApiResult<Json<RunJson>> {
+    Ok(Json(run_view(&state, id).await?))
+}
+
+async fn cancel_run(State(state): State<SharedState>, _: Writer, Path(id): Path<i64>) -> ApiResult<Json<RunJson>> {
+    let run = state.store.get_run(RunId(id)).await.map_err(|_| ApiError::not_found("run_not_found", format!("no run {id}")))?;
+    runs::cancel(&state, run).await?;
+    Ok(Json(run_view(&state, id).await?))
+}

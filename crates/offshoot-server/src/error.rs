@@ -1,0 +1,77 @@
+//! One API error type: a stable machine code, an HTTP status and a message for people. Internal
+//! details are logged once and never sent to clients.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use offshoot_store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// Logs `detail` and answers with a generic message.
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        tracing::error!("internal error: {detail}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log")
+    }
+}
+
+/// The table of codes, for the OpenAPI document and the docs.
+pub const ERROR_CODES: &[(&str, u16, &str)] = &[
+    ("unauthorized", 401, "missing or wrong bearer token"),
+    ("invalid_request", 400, "the body or a parameter is malformed"),
+    ("invalid_branch_name", 400, "the branch name is empty, too long or has control characters"),
+    ("invalid_selection", 400, "the selection does not parse; the message has the column"),
+    ("empty_selection", 400, "the selection picks no asset that can be materialized"),
+    ("repository_not_found", 404, "no configured repository has that name"),
+    ("deployment_not_found", 404, "no deployment has that name"),
+    ("run_not_found", 404, "no run has that id"),
+    ("revision_not_found", 404, "no revision has that id"),
+    ("commit_not_found", 422, "the commit is not in the repository"),
+    ("production_protected", 409, "prod cannot be closed or deleted"),
+    ("deployment_closed", 409, "the deployment is closed; reopen it first"),
+    ("deployment_not_ready", 409, "the deployment has no ready revision yet"),
+    ("deployment_limit_reached", 409, "too many open branch deployments"),
+    ("run_finished", 409, "the run has finished already"),
+    ("internal_error", 500, "a server-side failure; details are in the server log"),
+];
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::NotFound(what) => ApiError::not_found("not_found", format!("{what} not found")),
+            StoreError::Conflict(what) => ApiError::conflict("conflict", what),
+            StoreError::Backend(detail) => ApiError::internal(detail),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

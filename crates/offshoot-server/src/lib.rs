@@ -1,0 +1,51 @@
+//! The Offshoot server: REST API, deploy pipeline, branch deployment lifecycle, runs and local
+//! watch mode, on injected `Store` and `Warehouse` implementations (the binary picks them).
+//!
+//! `router` builds the HTTP app without a socket (tests call it directly); `serve` reconciles
+//! after a restart, starts the background workers and serves until `shutdown` resolves.
+
+pub mod api;
+pub mod changes;
+pub mod config;
+pub mod deploy;
+pub mod dto;
+pub mod error;
+pub mod git;
+pub mod lifecycle;
+pub mod openapi;
+pub mod runs;
+pub mod state;
+pub mod watch;
+
+use std::future::Future;
+
+pub use api::router;
+pub use config::{RepositoryConfig, ServerConfig, WatchConfig};
+pub use state::{AppState, SharedState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reconciling state at start-up: {0}")]
+    Reconcile(String),
+    #[error("serving HTTP: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Reconciles, starts the deploy worker, run executor, TTL sweep and watchers, and serves the
+/// API on `listener` until `shutdown` resolves.
+pub async fn serve(state: SharedState, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    lifecycle::reconcile(&state).await.map_err(|e| ServeError::Reconcile(e.message))?;
+    let mut workers = tokio::task::JoinSet::new();
+    workers.spawn(deploy::worker(state.clone()));
+    workers.spawn(runs::executor(state.clone()));
+    workers.spawn(lifecycle::ttl_loop(state.clone()));
+    for repo in &state.config.repositories {
+        if let Some(watch) = &repo.watch {
+            workers.spawn(watch::watch_loop(state.clone(), repo.clone(), watch.clone()));
+        }
+    }
+    let app = router(state.clone());
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    workers.abort_all();
+    result.map_err(ServeError::Http)
+}

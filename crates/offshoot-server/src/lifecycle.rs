@@ -1,0 +1,172 @@
+//! Branch deployment lifecycle beyond deploys: close (drop the branch's warehouse objects, keep
+//! history), reopen, delete, the TTL sweep, and the start-up reconciliation after a crash.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use offshoot_core::{DeploymentKind, DeploymentStatus, RevisionStatus, RunStatus, SchemaName, StepStatus};
+use offshoot_store::{Deployment, DeploymentFilter, RunFilter};
+
+use crate::deploy;
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now, AppState, SharedState};
+
+fn refuse_production(deployment: &Deployment, action: &str) -> ApiResult<()> {
+    if deployment.kind == DeploymentKind::Production {
+        return Err(ApiError::conflict("production_protected", format!("`{}` is production; it cannot be {action}", deployment.name)));
+    }
+    Ok(())
+}
+
+/// Marks the deployment closed, cancels its runs and drops its warehouse objects. History stays.
+pub async fn close(state: &AppState, mut deployment: Deployment, reason: &str) -> ApiResult<Deployment> {
+    refuse_production(&deployment, "closed")?;
+    cancel_active_runs(state, &deployment).await?;
+    let time = now();
+    for mut revision in state.store.list_revisions(deployment.id, 0).await? {
+        if matches!(revision.status, RevisionStatus::Queued | RevisionStatus::Deploying) {
+            revision.status = RevisionStatus::Superseded;
+            revision.error = Some(format!("the deployment was closed ({reason})"));
+            revision.finished_at = Some(time);
+            state.store.update_revision(&revision).await?;
+        }
+    }
+    if deployment.status != DeploymentStatus::Closed {
+        deployment.status = DeploymentStatus::Closed;
+        deployment.closed_at = Some(time);
+        deployment.close_reason = Some(reason.to_owned());
+        deployment.updated_at = time;
+        // Durable first: if the teardown below is interrupted, start-up reconciliation finishes it.
+        state.store.update_deployment(&deployment).await?;
+    }
+    state.warehouse.teardown(&state.target(&deployment)).await.map_err(ApiError::internal)?;
+    tracing::info!("closed {}/{}: {reason}", deployment.repository, deployment.name);
+    Ok(deployment)
+}
+
+/// Opens a closed deployment again and redeploys its newest commit.
+pub async fn reopen(state: &SharedState, mut deployment: Deployment) -> ApiResult<Deployment> {
+    if deployment.status == DeploymentStatus::Open {
+        return Ok(deployment);
+    }
+    let open = state.store.list_deployments(&DeploymentFilter::default()).await?;
+    if open.iter().filter(|d| d.kind == DeploymentKind::Branch).count() >= state.config.max_open_branch_deployments {
+        return Err(ApiError::conflict("deployment_limit_reached", "too many open branch deployments; close one first"));
+    }
+    deployment.status = DeploymentStatus::Open;
+    deployment.closed_at = None;
+    deployment.close_reason = None;
+    deployment.current_revision = None;
+    deployment.last_push_at = now();
+    deployment.updated_at = now();
+    if let Some(pull_request) = deployment.pull_request.as_mut() {
+        pull_request.status = offshoot_core::PullRequestStatus::Open;
+    }
+    state.store.update_deployment(&deployment).await?;
+    let newest = state.store.list_revisions(deployment.id, 0).await?.into_iter().find(|r| r.status != RevisionStatus::Superseded);
+    if let Some(newest) = newest {
+        deploy::enqueue(state, &deployment, newest.commit).await?;
+    }
+    Ok(deployment)
+}
+
+/// Removes a branch deployment, its warehouse objects and its history.
+pub async fn delete(state: &AppState, deployment: Deployment) -> ApiResult<()> {
+    refuse_production(&deployment, "deleted")?;
+    cancel_active_runs(state, &deployment).await?;
+    state.warehouse.teardown(&state.target(&deployment)).await.map_err(ApiError::internal)?;
+    state.store.delete_deployment(deployment.id).await?;
+    tracing::info!("deleted {}/{}", deployment.repository, deployment.name);
+    Ok(())
+}
+
+async fn cancel_active_runs(state: &AppState, deployment: &Deployment) -> ApiResult<()> {
+    let filter = RunFilter { deployment_id: Some(deployment.id), statuses: vec![RunStatus::Queued, RunStatus::Running], limit: 0 };
+    for run in state.store.list_runs(&filter).await? {
+        crate::runs::cancel(state, run).await?;
+    }
+    Ok(())
+}
+
+/// Closes open branch deployments without a push for longer than the TTL, unless pinned.
+pub async fn sweep_expired(state: &AppState) -> ApiResult<usize> {
+    let cutoff = now() - state.config.ttl.as_millis() as i64;
+    let mut closed = 0;
+    for deployment in state.store.list_deployments(&DeploymentFilter::default()).await? {
+        if deployment.kind == DeploymentKind::Branch && !deployment.pinned && deployment.last_push_at < cutoff {
+            let days = state.config.ttl.as_secs() / 86_400;
+            close(state, deployment, &format!("no push for {days} day(s) (TTL)")).await?;
+            closed += 1;
+        }
+    }
+    Ok(closed)
+}
+
+pub async fn ttl_loop(state: SharedState) {
+    loop {
+        if let Err(error) = sweep_expired(&state).await {
+            tracing::error!("TTL sweep failed: {}", error.message);
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
+/// After a crash or restart: deploys that were in flight are queued again (deploys are
+/// idempotent), runs that were executing fail with a reason, closed deployments and schemas that
+/// belong to no open deployment are dropped, and every repository has its `prod`.
+pub async fn reconcile(state: &SharedState) -> ApiResult<()> {
+    let time = now();
+    for mut revision in state.store.revisions_with_status(&[RevisionStatus::Deploying]).await? {
+        tracing::warn!("revision {} was deploying when the server stopped; deploying it again", revision.id.0);
+        revision.status = RevisionStatus::Queued;
+        revision.started_at = None;
+        state.store.update_revision(&revision).await?;
+    }
+    let running = RunFilter { deployment_id: None, statuses: vec![RunStatus::Running], limit: 0 };
+    for mut run in state.store.list_runs(&running).await? {
+        tracing::warn!("run {} was executing when the server stopped; marking it failed", run.id.0);
+        for mut step in state.store.list_steps(run.id).await? {
+            let status = match step.status {
+                StepStatus::Running => StepStatus::Failed,
+                StepStatus::Pending => StepStatus::Skipped,
+                other => other,
+            };
+            if status != step.status {
+                if status == StepStatus::Failed {
+                    step.error = Some("the server stopped while this step ran".into());
+                }
+                step.status = status;
+                step.finished_at = Some(time);
+                state.store.update_step(&step).await?;
+            }
+        }
+        run.status = RunStatus::Failed;
+        run.error = Some("the server stopped during the run; launch it again".into());
+        run.finished_at = Some(time);
+        state.store.update_run(&run).await?;
+    }
+    for repo in &state.config.repositories {
+        deploy::ensure_production(state, repo).await?;
+    }
+    let all = state.store.list_deployments(&DeploymentFilter { repository: None, include_closed: true }).await?;
+    let mut live: BTreeSet<SchemaName> = BTreeSet::new();
+    for deployment in &all {
+        let target = state.target(deployment);
+        if deployment.status == DeploymentStatus::Closed {
+            state.warehouse.teardown(&target).await.map_err(ApiError::internal)?;
+        } else {
+            live.insert(target.schema.clone());
+        }
+    }
+    for schema in state.warehouse.schemas().await.map_err(ApiError::internal)? {
+        let is_production = schema.as_str().ends_with("__prod");
+        if !live.contains(&schema) && !is_production {
+            tracing::warn!("dropping orphan warehouse schema {schema}");
+            // Teardown refuses a target that is its own production; an orphan is nobody's.
+            let nobody = SchemaName::parse("orphan__prod").expect("a valid schema name");
+            let orphan = offshoot_warehouse::Target { schema, production: nobody };
+            state.warehouse.teardown(&orphan).await.map_err(ApiError::internal)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The OpenAPI 3.0 document served at `/api/v1/openapi.json`, written by hand next to the routes
+//! in `api.rs`; a test checks that every route is documented.
+
+use serde_json::{json, Value};
+
+use crate::error::ERROR_CODES;
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn ok(schema: Value) -> Value {
+    json!({ "description": "OK", "content": { "application/json": { "schema": schema } } })
+}
+
+fn reference(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn array_of(name: &str) -> Value {
+    json!({ "type": "array", "items": reference(name) })
+}
+
+fn name_parameter() -> Value {
+    json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" }, "description": "deployment name (`prod` or a branch slug)" })
+}
+
+fn repository_parameter() -> Value {
+    json!({ "name": "repository", "in": "query", "required": false, "schema": { "type": "string" }, "description": "repository name; optional when one is configured" })
+}
+
+fn id_parameter() -> Value {
+    json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } })
+}
+
+fn body(schema: Value) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": schema } } })
+}
+
+fn write(summary: &str, parameters: Value, request: Option<Value>, response: Value) -> Value {
+    let mut operation = json!({
+        "summary": summary,
+        "security": [{ "bearer": [] }],
+        "parameters": parameters,
+        "responses": {
+            "200": response,
+            "400": error_response("invalid request"),
+            "401": error_response("missing or wrong token"),
+            "404": error_response("not found"),
+            "409": error_response("conflict with the deployment's state")
+        }
+    });
+    if let Some(request) = request {
+        operation["requestBody"] = request;
+    }
+    operation
+}
+
+fn read(summary: &str, parameters: Value, response: Value) -> Value {
+    json!({ "summary": summary, "parameters": parameters, "responses": { "200": response, "404": error_response("not found") } })
+}
+
+pub fn document() -> Value {
+    let codes: Vec<Value> = ERROR_CODES.iter().map(|(code, _, _)| json!(code)).collect();
+    let code_table: Vec<String> = ERROR_CODES.iter().map(|(code, status, meaning)| format!("`{code}` ({status}): {meaning}")).collect();
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Offshoot API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!("Branch deployments for data pipelines. Error codes: {}", code_table.join("; "))
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
+                    "code": { "type": "string", "enum": codes }, "message": { "type": "string" } } } } },
+                "Commit": { "type": "object", "properties": { "sha": {"type": "string"}, "message": {"type": "string"}, "author_name": {"type": "string"}, "author_email": {"type": "string"}, "time": {"type": "integer"} } },
+                "Revision": { "type": "object", "properties": {
+                    "id": {"type": "integer"}, "number": {"type": "integer"}, "commit": reference("Commit"),
+                    "status": { "type": "string", "enum": ["queued", "deploying", "ready", "failed", "superseded"] },
+                    "error": {"type": "string", "nullable": true}, "diagnostics": {"type": "array", "nullable": true, "items": {"type": "object"}},
+                    "base_commit": {"type": "string", "nullable": true}, "asset_count": {"type": "integer"}, "changed_count": {"type": "integer"},
+                    "impacted_count": {"type": "integer"}, "queued_at": {"type": "integer"}, "started_at": {"type": "integer", "nullable": true},
+                    "finished_at": {"type": "integer", "nullable": true}, "duration_ms": {"type": "integer", "nullable": true} } },
+                "Deployment": { "type": "object", "properties": {
+                    "name": {"type": "string"}, "repository": {"type": "string"}, "kind": {"type": "string", "enum": ["production", "branch"]},
+                    "branch": {"type": "string"}, "status": {"type": "string", "enum": ["open", "closed"]},
+                    "pull_request": {"type": "object", "nullable": true, "properties": {"id": {"type": "string"}, "url": {"type": "string"}, "status": {"type": "string", "enum": ["OPEN", "CLOSED", "MERGED"]}}},
+                    "base_deployment": {"type": "string", "nullable": true}, "pinned": {"type": "boolean"},
+                    "created_at": {"type": "integer"}, "updated_at": {"type": "integer"}, "last_push_at": {"type": "integer"},
+                    "closed_at": {"type": "integer", "nullable": true}, "close_reason": {"type": "string", "nullable": true},
+                    "current_revision": reference("Revision"), "latest_revision": reference("Revision") } },
+                "ChangeSet": { "type": "object", "properties": {
+                    "summary": {"type": "object", "properties": {"new": {"type": "integer"}, "changed": {"type": "integer"}, "removed": {"type": "integer"}, "impacted": {"type": "integer"}}},
+                    "assets": {"type": "array", "items": {"type": "object", "properties": {"key": {"type": "string"}, "reasons": {"type": "array", "items": {"type": "string", "enum": ["NEW", "REMOVED", "CODE_VERSION", "DEPENDENCIES", "PARTITIONS_DEFINITION", "TAGS", "METADATA"]}}, "details": {"type": "object"}}}},
+                    "impacted": {"type": "array", "items": {"type": "object", "properties": {"key": {"type": "string"}, "path": {"type": "array", "items": {"type": "string"}}}}} } },
+                "Changes": { "type": "object", "properties": { "deployment": {"type": "string"}, "revision": reference("Revision"), "changes": reference("ChangeSet") } },
+                "Step": { "type": "object", "properties": {
+                    "asset_key": {"type": "string"}, "status": {"type": "string", "enum": ["pending", "running", "succeeded", "failed", "skipped", "canceled"]},
+                    "started_at": {"type": "integer", "nullable": true}, "finished_at": {"type": "integer", "nullable": true}, "duration_ms": {"type": "integer", "nullable": true},
+                    "row_count": {"type": "integer", "nullable": true}, "error": {"type": "string", "nullable": true}, "log": {"type": "string"} } },
+                "Run": { "type": "object", "properties": {
+                    "id": {"type": "integer"}, "deployment": {"type": "string"}, "repository": {"type": "string"}, "revision_id": {"type": "integer"},
+                    "selection": {"type": "string"}, "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+                    "error": {"type": "string", "nullable": true}, "created_at": {"type": "integer"}, "started_at": {"type": "integer", "nullable": true},
+                    "finished_at": {"type": "integer", "nullable": true}, "cancel_requested": {"type": "boolean"}, "steps": array_of("Step") } },
+                "CreateOrUpdate": { "type": "object", "required": ["branch_name", "commit_hash"], "additionalProperties": false, "properties": {
+                    "git_repo_name": {"type": "string"}, "branch_name": {"type": "string"}, "commit_hash": {"type": "string"}, "timestamp": {"type": "number"},
+                    "pull_request_url": {"type": "string"}, "pull_request_id": {"type": "string"}, "pull_request_status": {"type": "string", "enum": ["OPEN", "CLOSED", "MERGED"]},
+                    "commit_message": {"type": "string"}, "author_name": {"type": "string"}, "author_email": {"type": "string"}, "base_deployment_name": {"type": "string"} } }
+            }
+        },
+        "paths": {
+            "/healthz": { "get": { "summary": "liveness", "responses": { "200": { "description": "ok" } } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text/plain metrics" } } } },
+            "/api/v1/openapi.json": { "get": { "summary": "this document", "responses": { "200": { "description": "OpenAPI 3.0" } } } },
+            "/api/v1/deployments": { "get": read("list deployments", json!([repository_parameter(), {"name": "include_closed", "in": "query", "schema": {"type": "boolean"}}]), ok(array_of("Deployment"))) },
+            "/api/v1/branch-deployments": { "post": write("create or update the branch deployment of a branch and queue a commit (dagster-cloud's create-or-update)", json!([]), Some(body(reference("CreateOrUpdate"))),
+                ok(json!({"type": "object", "properties": {"name": {"type": "string"}, "deployment": reference("Deployment"), "revision": reference("Revision")}}))) },
+            "/api/v1/deployments/{name}": {
+                "get": read("one deployment", json!([name_parameter(), repository_parameter()]), ok(reference("Deployment"))),
+                "delete": write("delete a branch deployment, its warehouse objects and history (prod is refused)", json!([name_parameter(), repository_parameter()]), None, json!({"description": "deleted"}))
+            },
+            "/api/v1/deployments/{name}/close": { "post": write("close a branch deployment: drop its warehouse objects, keep its history", json!([name_parameter(), repository_parameter()]),
+                Some(json!({"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"pull_request_status": {"type": "string", "enum": ["CLOSED", "MERGED"]}}}}}})), ok(reference("Deployment"))) },
+            "/api/v1/deployments/{name}/reopen": { "post": write("reopen a closed branch deployment and redeploy its newest commit", json!([name_parameter(), repository_parameter()]), None, ok(reference("Deployment"))) },
+            "/api/v1/deployments/{name}/pin": { "post": write("pin (or unpin) so the TTL never closes it", json!([name_parameter(), repository_parameter()]),
+                Some(body(json!({"type": "object", "required": ["pinned"], "properties": {"pinned": {"type": "boolean"}}}))), ok(reference("Deployment"))) },
+            "/api/v1/deployments/{name}/revisions": { "get": read("revision history, newest first", json!([name_parameter(), repository_parameter()]), ok(array_of("Revision"))) },
+            "/api/v1/deployments/{name}/changes": { "get": read("the serving revision's change set", json!([name_parameter(), repository_parameter()]), ok(reference("Changes"))) },
+            "/api/v1/deployments/{name}/runs": { "post": write("materialize a selection, e.g. `changed_in_branch:ANY+`", json!([name_parameter(), repository_parameter()]),
+                Some(body(json!({"type": "object", "required": ["selection"], "properties": {"selection": {"type": "string"}}}))), ok(reference("Run"))) },
+            "/api/v1/runs": { "get": read("runs, newest first", json!([repository_parameter(), {"name": "deployment", "in": "query", "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}]), ok(array_of("Run"))) },
+            "/api/v1/runs/{id}": { "get": read("one run with its steps and logs", json!([id_parameter()]), ok(reference("Run"))) },
+            "/api/v1/runs/{id}/cancel": { "post": write("cancel a run", json!([id_parameter()]), None, ok(reference("Run"))) }
+        }
+    })
+}

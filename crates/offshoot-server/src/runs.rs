@@ -1,0 +1,475 @@
+//! Runs: launching a selection in a deployment and executing it. Steps run in dependency order
+//! with bounded parallelism; SQL assets build in the warehouse, command assets run in a checkout
+//! of the revision's commit. A failed step skips its downstream; a cancel stops at step
+//! boundaries and kills running commands. Production and branches have separate run pools.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use offshoot_core::{diff, Asset, AssetKind, ChangeSet, DeploymentKind, DeploymentStatus, RunPlan, RunStatus, Selection, StepStatus};
+use offshoot_store::{Deployment, Materialization, NewRun, Revision, Run, RunFilter, RunId, RunStep};
+use offshoot_warehouse::Target;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::error::{ApiError, ApiResult};
+use crate::git;
+use crate::state::{now, AppState, Metrics, SharedState};
+
+/// A step's log is cut beyond this many bytes.
+const MAX_LOG_BYTES: usize = 1 << 20;
+
+/// Starts a run of `selection` in the deployment's serving revision.
+pub async fn launch(state: &SharedState, deployment: &Deployment, selection_text: &str) -> ApiResult<Run> {
+    if deployment.status == DeploymentStatus::Closed {
+        return Err(ApiError::conflict("deployment_closed", format!("`{}` is closed; reopen it to run", deployment.name)));
+    }
+    let Some(revision_id) = deployment.current_revision else {
+        return Err(ApiError::conflict("deployment_not_ready", format!("`{}` has no ready revision yet", deployment.name)));
+    };
+    let selection = Selection::parse(selection_text).map_err(|e| ApiError::bad_request("invalid_selection", e.render(selection_text)))?;
+    let revision = state.store.get_revision(revision_id).await?;
+    let (snapshot_project, changes) = head_and_changes(state, deployment, &revision).await?;
+    let snapshot = &snapshot_project.snapshot;
+    let keys = selection.evaluate(snapshot, &changes);
+    let plan = RunPlan::new(snapshot, &keys);
+    if plan.steps.is_empty() {
+        return Err(ApiError::bad_request("empty_selection", format!("`{selection_text}` selects no asset that can be materialized")));
+    }
+    let run = state
+        .store
+        .insert_run(NewRun {
+            deployment_id: deployment.id,
+            revision_id,
+            selection: selection_text.to_owned(),
+            steps: plan.steps.iter().map(|s| s.key.clone()).collect(),
+            now: now(),
+        })
+        .await?;
+    state.run_wakeup.notify_one();
+    Ok(run)
+}
+
+/// The revision's project and its change set against the base it was deployed against.
+pub async fn head_and_changes(
+    state: &AppState,
+    deployment: &Deployment,
+    revision: &Revision,
+) -> ApiResult<(offshoot_project::Project, ChangeSet)> {
+    let repo = crate::deploy::repository_config(state, &deployment.repository)?;
+    let head = git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await.map_err(ApiError::internal)?;
+    let head = head.as_ref().as_ref().map_err(|_| ApiError::internal("a ready revision has invalid definitions"))?.clone();
+    let changes = match &revision.base_commit {
+        Some(base_commit) => {
+            let base = git::load(state, &repo.name, repo.path.clone(), base_commit).await.map_err(ApiError::internal)?;
+            match base.as_ref() {
+                Ok(base) => diff(&base.snapshot, &head.snapshot),
+                Err(_) => ChangeSet::default(),
+            }
+        }
+        None => ChangeSet::default(),
+    };
+    Ok((head, changes))
+}
+
+/// Cancels a queued run at once, or asks a running one to stop.
+pub async fn cancel(state: &AppState, mut run: Run) -> ApiResult<Run> {
+    if run.status.is_finished() {
+        return Err(ApiError::conflict("run_finished", format!("run {} has finished already ({})", run.id.0, run.status)));
+    }
+    let time = now();
+    run.cancel_requested = true;
+    if run.status == RunStatus::Queued {
+        for mut step in state.store.list_steps(run.id).await? {
+            step.status = StepStatus::Canceled;
+            step.finished_at = Some(time);
+            state.store.update_step(&step).await?;
+        }
+        run.status = RunStatus::Canceled;
+        run.finished_at = Some(time);
+        Metrics::increment(&state.metrics.runs_canceled);
+    }
+    state.store.update_run(&run).await?;
+    if let Some(switch) = state.cancel_switches.lock().expect("never poisoned: no panics inside").get(&run.id) {
+        let _ = switch.send(true);
+    }
+    Ok(run)
+}
+
+/// Runs forever: starts queued runs as their pool has room.
+pub async fn executor(state: SharedState) {
+    let production_pool = Arc::new(Semaphore::new(state.config.production_run_concurrency.max(1)));
+    let branch_pool = Arc::new(Semaphore::new(state.config.branch_run_concurrency.max(1)));
+    let in_flight: Arc<std::sync::Mutex<BTreeSet<RunId>>> = Arc::default();
+    loop {
+        let filter = RunFilter { deployment_id: None, statuses: vec![RunStatus::Queued], limit: 0 };
+        match state.store.list_runs(&filter).await {
+            Ok(mut queued) => {
+                queued.reverse(); // oldest first
+                for run in queued {
+                    if !in_flight.lock().expect("never poisoned").insert(run.id) {
+                        continue;
+                    }
+                    let kind = match state.store.get_deployment(run.deployment_id).await {
+                        Ok(d) => d.kind,
+                        Err(error) => {
+                            tracing::error!("run {}: {error}", run.id.0);
+                            continue;
+                        }
+                    };
+                    let pool = if kind == DeploymentKind::Production { production_pool.clone() } else { branch_pool.clone() };
+                    let state = state.clone();
+                    let in_flight = in_flight.clone();
+                    tokio::spawn(async move {
+                        let Ok(permit) = pool.acquire_owned().await else { return };
+                        let id = run.id;
+                        if let Err(error) = execute(&state, run).await {
+                            tracing::error!("run {} stopped on a store error: {error}", id.0);
+                        }
+                        drop(permit);
+                        in_flight.lock().expect("never poisoned").remove(&id);
+                    });
+                }
+            }
+            Err(error) => tracing::error!("run executor cannot read the queue: {error}"),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), state.run_wakeup.notified()).await;
+    }
+}
+
+/// What every step of one run shares.
+struct RunContext {
+    state: SharedState,
+    deployment: Deployment,
+    revision: Revision,
+    target: Target,
+    run_id: RunId,
+    checkout_dir: PathBuf,
+    repository_path: PathBuf,
+}
+
+async fn execute(state: &SharedState, mut run: Run) -> Result<(), offshoot_store::StoreError> {
+    // Re-read: it may have been canceled while waiting for a pool slot.
+    run = state.store.get_run(run.id).await?;
+    if run.status != RunStatus::Queued {
+        return Ok(());
+    }
+    let deployment = state.store.get_deployment(run.deployment_id).await?;
+    let revision = state.store.get_revision(run.revision_id).await?;
+    let mut steps = state.store.list_steps(run.id).await?;
+    let (switch, cancelled) = watch::channel(false);
+    state.cancel_switches.lock().expect("never poisoned").insert(run.id, switch);
+
+    run.status = RunStatus::Running;
+    run.started_at = Some(now());
+    state.store.update_run(&run).await?;
+
+    let prepared = match state.repository(&deployment.repository) {
+        None => Err(format!("repository `{}` is no longer configured", deployment.repository)),
+        Some(repo) => match git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await {
+            Ok(loaded) => match loaded.as_ref() {
+                Ok(project) => Ok((project.snapshot.clone(), repo.path.clone())),
+                Err(_) => Err("the revision's definitions are invalid".to_owned()),
+            },
+            Err(error) => Err(error.to_string()),
+        },
+    };
+    let (snapshot, repository_path) = match prepared {
+        Ok(prepared) => prepared,
+        Err(message) => return finish_early(state, run, steps, message).await,
+    };
+    let keys: BTreeSet<_> = steps.iter().map(|s| s.asset_key.clone()).collect();
+    let plan = RunPlan::new(&snapshot, &keys);
+    // Steps are stored in plan order; keep them aligned by key anyway.
+    let by_key: BTreeMap<_, _> = steps.drain(..).map(|s| (s.asset_key.clone(), s)).collect();
+    let mut steps: Vec<RunStep> = plan.steps.iter().filter_map(|p| by_key.get(&p.key).cloned()).collect();
+    if steps.len() != plan.steps.len() {
+        return finish_early(state, run, steps, "the run's steps no longer match the revision".to_owned()).await;
+    }
+    let context = Arc::new(RunContext {
+        state: state.clone(),
+        target: state.target(&deployment),
+        checkout_dir: state.config.checkouts_dir().join(revision.commit.sha.as_str()),
+        deployment,
+        revision,
+        run_id: run.id,
+        repository_path,
+    });
+
+    let mut statuses: Vec<StepStatus> = steps.iter().map(|s| s.status).collect();
+    let mut running: JoinSet<(usize, RunStep)> = JoinSet::new();
+    let parallelism = state.config.step_parallelism.max(1);
+    loop {
+        let cancel_now = *cancelled.borrow() || state.store.get_run(run.id).await?.cancel_requested;
+        if cancel_now {
+            for (i, status) in statuses.iter_mut().enumerate() {
+                if *status == StepStatus::Pending {
+                    *status = StepStatus::Canceled;
+                    steps[i].status = StepStatus::Canceled;
+                    steps[i].finished_at = Some(now());
+                    state.store.update_step(&steps[i]).await?;
+                }
+            }
+        } else {
+            for index in plan.ready(&statuses) {
+                if running.len() >= parallelism {
+                    break;
+                }
+                let Some(asset) = snapshot.get(&plan.steps[index].key).cloned() else { continue };
+                statuses[index] = StepStatus::Running;
+                let step = steps[index].clone();
+                let context = context.clone();
+                let cancelled = cancelled.clone();
+                running.spawn(async move { (index, run_step(&context, step, asset, cancelled).await) });
+            }
+        }
+        let Some(joined) = running.join_next().await else { break };
+        match joined {
+            Ok((index, step)) => {
+                statuses[index] = step.status;
+                steps[index] = step;
+            }
+            Err(error) => tracing::error!("a step task of run {} panicked: {error}", run.id.0),
+        }
+        for index in plan.skip_downstream_of_failures(&mut statuses) {
+            steps[index].status = StepStatus::Skipped;
+            steps[index].error = Some("an upstream step did not succeed".into());
+            steps[index].finished_at = Some(now());
+            state.store.update_step(&steps[index]).await?;
+        }
+    }
+    state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
+    // Anything still pending here was never reachable (e.g. a step task panicked).
+    for (i, status) in statuses.iter_mut().enumerate() {
+        if !status.is_finished() {
+            *status = StepStatus::Skipped;
+            steps[i].status = StepStatus::Skipped;
+            steps[i].finished_at = Some(now());
+            state.store.update_step(&steps[i]).await?;
+        }
+    }
+    run = state.store.get_run(run.id).await?;
+    run.status = RunPlan::outcome(&statuses).unwrap_or(RunStatus::Failed);
+    run.finished_at = Some(now());
+    if run.status == RunStatus::Failed {
+        let failed: Vec<String> = steps.iter().filter(|s| s.status == StepStatus::Failed).map(|s| s.asset_key.to_string()).collect();
+        run.error = Some(format!("failed: {}", failed.join(", ")));
+    }
+    state.store.update_run(&run).await?;
+    let counter = match run.status {
+        RunStatus::Succeeded => &state.metrics.runs_succeeded,
+        RunStatus::Canceled => &state.metrics.runs_canceled,
+        _ => &state.metrics.runs_failed,
+    };
+    Metrics::increment(counter);
+    tracing::info!("run {} in {} finished: {}", run.id.0, context.deployment.name, run.status);
+    Ok(())
+}
+
+async fn finish_early(state: &AppState, mut run: Run, steps: Vec<RunStep>, message: String) -> Result<(), offshoot_store::StoreError> {
+    for mut step in steps {
+        step.status = StepStatus::Skipped;
+        step.finished_at = Some(now());
+        state.store.update_step(&step).await?;
+    }
+    state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
+    run.status = RunStatus::Failed;
+    run.error = Some(message);
+    run.finished_at = Some(now());
+    Metrics::increment(&state.metrics.runs_failed);
+    state.store.update_run(&run).await
+}
+
+/// Executes one step and records its outcome; returns the step as stored.
+async fn run_step(context: &RunContext, mut step: RunStep, asset: Asset, cancelled: watch::Receiver<bool>) -> RunStep {
+    let store = &context.state.store;
+    let started = Instant::now();
+    step.status = StepStatus::Running;
+    step.started_at = Some(now());
+    if let Err(error) = store.update_step(&step).await {
+        tracing::error!("step {}: {error}", step.id.0);
+    }
+    Metrics::increment(&context.state.metrics.steps_executed);
+    let outcome = match asset.kind {
+        AssetKind::Sql => run_sql(context, &step, &asset).await,
+        AssetKind::Command => run_command(context, &step, &asset, cancelled).await,
+        AssetKind::Source => Err("a source is not materialized".to_owned()),
+    };
+    let duration_ms = started.elapsed().as_millis() as i64;
+    step.finished_at = Some(now());
+    match outcome {
+        Ok(rows) => {
+            step.status = StepStatus::Succeeded;
+            step.row_count = rows.map(|r| r as i64);
+            let materialization = Materialization {
+                deployment_id: context.deployment.id,
+                run_id: context.run_id,
+                asset_key: asset.key.clone(),
+                commit: context.revision.commit.sha.clone(),
+                row_count: step.row_count,
+                duration_ms,
+                created_at: now(),
+            };
+            if let Err(error) = store.record_materialization(&materialization).await {
+                tracing::error!("recording the materialization of {}: {error}", asset.key);
+            }
+        }
+        Err(message) if message == CANCELED => {
+            step.status = StepStatus::Canceled;
+            step.error = Some("canceled".into());
+        }
+        Err(message) => {
+            step.status = StepStatus::Failed;
+            append_log(context, &step, &format!("error: {message}\n")).await;
+            step.error = Some(message);
+        }
+    }
+    if let Err(error) = store.update_step(&step).await {
+        tracing::error!("step {}: {error}", step.id.0);
+    }
+    step
+}
+
+const CANCELED: &str = "canceled";
+
+async fn append_log(context: &RunContext, step: &RunStep, text: &str) {
+    if let Err(error) = context.state.store.append_step_log(step.id, text).await {
+        tracing::error!("step {} log: {error}", step.id.0);
+    }
+}
+
+async fn run_sql(context: &RunContext, step: &RunStep, asset: &Asset) -> Result<Option<u64>, String> {
+    append_log(context, step, &format!("building {}.{} from SQL\n", context.target.schema, asset.key)).await;
+    let rows = context.state.warehouse.materialize_sql(&context.target, &asset.key, &asset.code).await.map_err(|e| e.to_string())?;
+    append_log(context, step, &format!("{rows} rows\n")).await;
+    Ok(Some(rows))
+}
+
+/// The environment of a command asset: only what it needs, never the server's own secrets.
+fn command_environment(context: &RunContext, asset: &Asset) -> Vec<(String, String)> {
+    let deployment = &context.deployment;
+    let pull_request = deployment.pull_request.as_ref();
+    let mut env: Vec<(String, String)> = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    let is_branch = deployment.kind == DeploymentKind::Branch;
+    env.extend([
+        ("OFFSHOOT_DEPLOYMENT_NAME".to_owned(), deployment.name.to_string()),
+        ("OFFSHOOT_IS_BRANCH_DEPLOYMENT".to_owned(), if is_branch { "1" } else { "0" }.to_owned()),
+        ("OFFSHOOT_ASSET_KEY".to_owned(), asset.key.to_string()),
+        ("OFFSHOOT_GIT_SHA".to_owned(), context.revision.commit.sha.to_string()),
+        ("OFFSHOOT_GIT_BRANCH".to_owned(), deployment.branch.to_string()),
+        ("OFFSHOOT_PULL_REQUEST_ID".to_owned(), pull_request.map(|p| p.id.clone()).unwrap_or_default()),
+        ("OFFSHOOT_PULL_REQUEST_STATUS".to_owned(), pull_request.map(|p| p.status.as_str().to_owned()).unwrap_or_default()),
+        // Runs materialize whole assets; per-partition runs are not supported yet.
+        ("OFFSHOOT_PARTITION_KEY".to_owned(), String::new()),
+        ("OFFSHOOT_RUN_ID".to_owned(), context.run_id.0.to_string()),
+    ]);
+    env.extend(context.state.warehouse.command_environment(&context.target));
+    env
+}
+
+/// The commit's files for command assets, exported once per commit.
+async fn ensure_checkout(context: &RunContext) -> Result<PathBuf, String> {
+    let dir = context.checkout_dir.clone();
+    if dir.exists() {
+        return Ok(dir);
+    }
+    let staging = dir.with_extension(format!("partial-{}-{}", std::process::id(), context.run_id.0));
+    let sha = context.revision.commit.sha.to_string();
+    let target = staging.clone();
+    git::blocking(context.repository_path.clone(), move |repo| Ok(repo.export_tree(&sha, &target)?))
+        .await
+        .map_err(|e| format!("checking out {}: {e}", context.revision.commit.sha.short()))?;
+    if std::fs::rename(&staging, &dir).is_err() {
+        // Another step exported the same commit first.
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    if dir.exists() {
+        Ok(dir)
+    } else {
+        Err(format!("could not prepare the checkout at {}", dir.display()))
+    }
+}
+
+async fn run_command(context: &RunContext, step: &RunStep, asset: &Asset, mut cancelled: watch::Receiver<bool>) -> Result<Option<u64>, String> {
+    let checkout = ensure_checkout(context).await?;
+    let command_line = asset.code.trim_end().to_owned();
+    append_log(context, step, &format!("$ {command_line}\n")).await;
+    let mut child = spawn_command(&command_line, &checkout, command_environment(context, asset))?;
+    let process_group = child.id();
+    let (lines_tx, mut lines) = mpsc::channel::<String>(256);
+    for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), child.stderr.take().map(|s| Box::new(s) as _)].into_iter().flatten() {
+        let tx = lines_tx.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(lines_tx);
+    let mut logged = 0usize;
+    let mut wait = Box::pin(child.wait());
+    let status = loop {
+        tokio::select! {
+            status = &mut wait => break status.map_err(|e| format!("waiting for the command: {e}"))?,
+            Some(line) = lines.recv() => {
+                if logged < MAX_LOG_BYTES {
+                    logged += line.len() + 1;
+                    let text = if logged >= MAX_LOG_BYTES { "[log truncated]\n".to_owned() } else { format!("{line}\n") };
+                    append_log(context, step, &text).await;
+                }
+            }
+            changed = cancelled.changed() => {
+                if changed.is_ok() && *cancelled.borrow() {
+                    drop(wait);
+                    // The command runs in its own process group: end the shell and its children.
+                    if let Some(group) = process_group {
+                        let _ = std::process::Command::new("kill").arg("-KILL").arg(format!("-{group}")).status();
+                    }
+                    append_log(context, step, "canceled: the command was killed\n").await;
+                    return Err(CANCELED.to_owned());
+                }
+            }
+        }
+    };
+    while let Ok(line) = lines.try_recv() {
+        if logged < MAX_LOG_BYTES {
+            logged += line.len() + 1;
+            append_log(context, step, &format!("{line}\n")).await;
+        }
+    }
+    if !status.success() {
+        return Err(format!("the command exited with {status}"));
+    }
+    let own = context.state.warehouse.own_tables(&context.target).await.map_err(|e| e.to_string())?;
+    if !own.iter().any(|t| t == asset.key.as_str()) {
+        return Err(format!("the command succeeded but did not create the table `{}` in {}", asset.key, context.target.schema));
+    }
+    let rows = context.state.warehouse.row_count(&context.target, asset.key.as_str()).await.map_err(|e| e.to_string())?;
+    Ok(rows)
+}
+
+fn spawn_command(command_line: &str, dir: &Path, env: Vec<(String, String)>) -> Result<tokio::process::Child, String> {
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(command_line)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    command.spawn().map_err(|e| format!("starting `{command_line}`: {e}"))
+}

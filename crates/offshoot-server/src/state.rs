@@ -1,0 +1,137 @@
+//! Shared server state: the injected store and warehouse, configuration, wake-ups for the
+//! background workers, the snapshot cache, cancel switches of running runs, and metrics.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use offshoot_core::{CommitSha, DeploymentName, RepositoryName, SchemaName, UnixMillis};
+use offshoot_project::{Diagnostic, Project};
+use offshoot_store::{Deployment, RunId, Store};
+use offshoot_warehouse::{Target, Warehouse};
+use tokio::sync::{watch, Notify};
+
+use crate::config::{RepositoryConfig, ServerConfig};
+
+pub type SharedState = Arc<AppState>;
+
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub warehouse: Arc<dyn Warehouse>,
+    pub config: ServerConfig,
+    /// Wakes the deploy worker when a revision is queued.
+    pub deploy_wakeup: Notify,
+    /// Wakes the run executor when a run is queued.
+    pub run_wakeup: Notify,
+    pub snapshots: SnapshotCache,
+    /// Per running run: flipping the switch to `true` cancels it.
+    pub cancel_switches: Mutex<HashMap<RunId, watch::Sender<bool>>>,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, warehouse: Arc<dyn Warehouse>, config: ServerConfig) -> SharedState {
+        Arc::new(AppState {
+            store,
+            warehouse,
+            config,
+            deploy_wakeup: Notify::new(),
+            run_wakeup: Notify::new(),
+            snapshots: SnapshotCache::new(64),
+            cancel_switches: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+        })
+    }
+
+    pub fn repository(&self, name: &RepositoryName) -> Option<&RepositoryConfig> {
+        self.config.repositories.iter().find(|r| &r.name == name)
+    }
+
+    /// Where a deployment reads and writes in the warehouse.
+    pub fn target(&self, deployment: &Deployment) -> Target {
+        Target {
+            schema: SchemaName::for_deployment(&deployment.repository, &deployment.name),
+            production: SchemaName::for_deployment(&deployment.repository, &DeploymentName::production()),
+        }
+    }
+}
+
+pub fn now() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as UnixMillis)
+        .unwrap_or(0)
+}
+
+/// A loaded project, or the diagnostics that made it invalid.
+pub type Loaded = Arc<Result<Project, Vec<Diagnostic>>>;
+
+/// Recently loaded snapshots by (repository, commit): loading is pure in the commit, so entries
+/// never go stale; the bound keeps memory flat with many open deployments.
+pub struct SnapshotCache {
+    capacity: usize,
+    entries: Mutex<VecDeque<((RepositoryName, CommitSha), Loaded)>>,
+}
+
+impl SnapshotCache {
+    pub fn new(capacity: usize) -> SnapshotCache {
+        SnapshotCache { capacity, entries: Mutex::new(VecDeque::new()) }
+    }
+
+    pub fn get(&self, repository: &RepositoryName, commit: &CommitSha) -> Option<Loaded> {
+        let mut entries = self.entries.lock().expect("cache lock is never poisoned: no panics inside");
+        let index = entries.iter().position(|((r, c), _)| r == repository && c == commit)?;
+        let entry = entries.remove(index).expect("index is in range");
+        let loaded = entry.1.clone();
+        entries.push_front(entry);
+        Some(loaded)
+    }
+
+    pub fn insert(&self, repository: RepositoryName, commit: CommitSha, loaded: Loaded) {
+        let mut entries = self.entries.lock().expect("cache lock is never poisoned: no panics inside");
+        entries.retain(|((r, c), _)| !(r == &repository && c == &commit));
+        entries.push_front(((repository, commit), loaded));
+        entries.truncate(self.capacity);
+    }
+}
+
+/// Counters for `/metrics` (Prometheus text format).
+#[derive(Default)]
+pub struct Metrics {
+    pub http_requests: AtomicU64,
+    pub deploys_ready: AtomicU64,
+    pub deploys_failed: AtomicU64,
+    pub deploys_superseded: AtomicU64,
+    pub runs_succeeded: AtomicU64,
+    pub runs_failed: AtomicU64,
+    pub runs_canceled: AtomicU64,
+    pub steps_executed: AtomicU64,
+}
+
+impl Metrics {
+    pub fn increment(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, open_deployments: usize) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "# HELP offshoot_http_requests_total HTTP requests served.\n# TYPE offshoot_http_requests_total counter\noffshoot_http_requests_total {}\n\
+# HELP offshoot_deploys_total Finished deploys by outcome.\n# TYPE offshoot_deploys_total counter\n\
+offshoot_deploys_total{{status=\"ready\"}} {}\noffshoot_deploys_total{{status=\"failed\"}} {}\noffshoot_deploys_total{{status=\"superseded\"}} {}\n\
+# HELP offshoot_runs_total Finished runs by outcome.\n# TYPE offshoot_runs_total counter\n\
+offshoot_runs_total{{status=\"succeeded\"}} {}\noffshoot_runs_total{{status=\"failed\"}} {}\noffshoot_runs_total{{status=\"canceled\"}} {}\n\
+# HELP offshoot_steps_total Run steps executed.\n# TYPE offshoot_steps_total counter\noffshoot_steps_total {}\n\
+# HELP offshoot_open_deployments Open deployments, production included.\n# TYPE offshoot_open_deployments gauge\noffshoot_open_deployments {}\n",
+            get(&self.http_requests),
+            get(&self.deploys_ready),
+            get(&self.deploys_failed),
+            get(&self.deploys_superseded),
+            get(&self.runs_succeeded),
+            get(&self.runs_failed),
+            get(&self.runs_canceled),
+            get(&self.steps_executed),
+            open_deployments
+        )
+    }
+}

@@ -1,0 +1,378 @@
+//! The embedded warehouse (PRODUCT.md section 6): one SQLite database file per deployment schema,
+//! `<root>/<schema>.db`. A branch target opens its own file as `main` and attaches production's
+//! file read-only as `prod`, so unqualified names resolve to the branch's own table first and to
+//! production's otherwise, and SQLite itself refuses writes to production ("readonly database").
+//!
+//! Fresh resolution: every operation opens its own connection and closes it at the end (cheap
+//! for SQLite: one file open, no server). Checked with the bundled SQLite 3.51.3: a statement
+//! prepared while `t` meant `prod.t` keeps that meaning after the branch creates `main.t`, and a
+//! connection that was open when *another* connection created `main.t` resolves `t` to
+//! production even in statements it prepares afresh (it re-reads a schema only when a statement
+//! touches that database). So `persistent(false)` alone would not do, nor would a pool: no
+//! connection outlives an operation, and sqlx's statement cache never matters.
+//!
+//! Not here: views onto production (SQLite views cannot reference an attached database) and any
+//! copying of data.
+
+mod checksum;
+mod sql_text;
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use offshoot_core::{AssetKey, SchemaName};
+use offshoot_warehouse::{Target, Warehouse, WarehouseError, WarehouseResult};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+
+use crate::sql_text::{quote_identifier, single_statement};
+
+/// The schema name under which a branch connection sees production.
+const PRODUCTION_ALIAS: &str = "prod";
+
+/// Suffix of the table a materialization builds before it replaces the asset's table.
+const STAGING_SUFFIX: &str = "__offshoot_new";
+
+/// How long an operation waits for another connection's lock on the same file (a parallel
+/// materialization in the same deployment, or production committing while a branch reads it).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The files a deployment schema may leave beside `<schema>.db`.
+const SIDE_FILE_SUFFIXES: [&str; 3] = ["-journal", "-wal", "-shm"];
+
+/// SQLite warehouse rooted at one folder; see the crate documentation.
+#[derive(Debug, Clone)]
+pub struct SqliteWarehouse {
+    /// Absolute, so file URLs handed to commands and the read-only attach URI are absolute.
+    root: PathBuf,
+}
+
+/// What opening a connection does when the target's own file does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenMissing {
+    Create,
+    Fail,
+}
+
+impl SqliteWarehouse {
+    /// A warehouse keeping its files in `root`, which is created if missing.
+    pub fn new(root: PathBuf) -> WarehouseResult<SqliteWarehouse> {
+        std::fs::create_dir_all(&root).map_err(|error| file_error("create the warehouse folder", &root, error))?;
+        let root =
+            std::fs::canonicalize(&root).map_err(|error| file_error("resolve the warehouse folder", &root, error))?;
+        Ok(SqliteWarehouse { root })
+    }
+
+    /// The (absolute) folder holding one `<schema>.db` per deployment schema.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The database file of `schema`, whether or not it exists.
+    pub fn schema_path(&self, schema: &SchemaName) -> PathBuf {
+        self.root.join(format!("{}.db", schema.as_str()))
+    }
+
+    /// Runs a multi-statement script read-write against production's file, creating it if
+    /// missing: seeding source tables for the demo and tests. Never give it a branch's input.
+    pub async fn execute_production_script(&self, production: &SchemaName, sql: &str) -> WarehouseResult<()> {
+        let target = Target { schema: production.clone(), production: production.clone() };
+        let mut connection = self.connect(&target, WhenMissing::Create).await?;
+        let result = sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut connection).await.map_err(query_error);
+        close(connection).await;
+        result.map(|_| ())
+    }
+
+    /// A connection exactly like the ones every operation opens for `target` (for a branch: its
+    /// own file as `main`, production's attached read-only as `prod`). The target's file must
+    /// exist. For tests and tools. It resolves names as of when it opened: after a
+    /// copy-on-write in the same target, open a new one.
+    pub async fn open_connection(&self, target: &Target) -> WarehouseResult<SqliteConnection> {
+        self.connect(target, WhenMissing::Fail).await
+    }
+
+    async fn connect(&self, target: &Target, when_missing: WhenMissing) -> WarehouseResult<SqliteConnection> {
+        let own_path = self.schema_path(&target.schema);
+        let production_path = self.schema_path(&target.production);
+        if !target.is_production() && !file_exists(&production_path).await? {
+            return Err(WarehouseError::Refused(format!("production schema `{}` does not exist", target.production)));
+        }
+        if when_missing == WhenMissing::Fail && !file_exists(&own_path).await? {
+            return Err(WarehouseError::Backend(format!(
+                "schema `{}` does not exist; prepare it first",
+                target.schema
+            )));
+        }
+
+        let options = SqliteConnectOptions::new()
+            .filename(&own_path)
+            .create_if_missing(when_missing == WhenMissing::Create)
+            .busy_timeout(BUSY_TIMEOUT);
+        let mut connection = options.connect().await.map_err(backend_error)?;
+        if !target.is_production() {
+            // Bound as a parameter, not spliced: the path may hold any character. sqlx opens
+            // every connection with SQLITE_OPEN_URI, so ATTACH honours `mode=ro`.
+            let attach = format!("ATTACH DATABASE ?1 AS {}", quote_identifier(PRODUCTION_ALIAS));
+            let uri = read_only_uri(&production_path)?;
+            if let Err(error) = sqlx::query(AssertSqlSafe(attach)).bind(uri).execute(&mut connection).await {
+                close(connection).await;
+                return Err(backend_error(error));
+            }
+        }
+        Ok(connection)
+    }
+
+    /// The schema (`main`, then `prod` for a branch) in which `table` resolves for `target`,
+    /// the way an unqualified name does; `None` if neither has it.
+    async fn resolve(
+        connection: &mut SqliteConnection,
+        target: &Target,
+        table: &str,
+    ) -> WarehouseResult<Option<&'static str>> {
+        for &schema in search_path(target) {
+            // Identifiers match ASCII case-insensitively in SQLite; so does NOCASE.
+            let sql = format!(
+                "SELECT count(*) FROM {}.sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+                quote_identifier(schema)
+            );
+            let found: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(table)
+                .fetch_one(&mut *connection)
+                .await
+                .map_err(backend_error)?;
+            if found > 0 {
+                return Ok(Some(schema));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl Warehouse for SqliteWarehouse {
+    async fn prepare(&self, target: &Target) -> WarehouseResult<()> {
+        // Opening creates the (empty) file; reading each schema proves the files are databases
+        // and, for a branch, that production attaches. Nothing is copied.
+        let mut connection = self.connect(target, WhenMissing::Create).await?;
+        let mut result = Ok(());
+        for &schema in search_path(target) {
+            let sql = format!("SELECT count(*) FROM {}.sqlite_master", quote_identifier(schema));
+            if let Err(error) = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql)).fetch_one(&mut connection).await {
+                result = Err(backend_error(error));
+                break;
+            }
+        }
+        close(connection).await;
+        result
+    }
+
+    async fn materialize_sql(&self, target: &Target, key: &AssetKey, select: &str) -> WarehouseResult<u64> {
+        if key.as_str().ends_with(STAGING_SUFFIX) {
+            return Err(WarehouseError::Refused(format!("asset keys ending in `{STAGING_SUFFIX}` are reserved")));
+        }
+        let statement = single_statement(select)?;
+        let mut connection = self.connect(target, WhenMissing::Fail).await?;
+        let result = replace_table(&mut connection, key.as_str(), statement).await;
+        close(connection).await;
+        result
+    }
+
+    fn command_environment(&self, target: &Target) -> Vec<(String, String)> {
+        vec![
+            ("OFFSHOOT_WAREHOUSE_URL".to_owned(), sqlite_url(&self.schema_path(&target.schema))),
+            ("OFFSHOOT_SCHEMA".to_owned(), target.schema.as_str().to_owned()),
+            ("OFFSHOOT_PRODUCTION_URL".to_owned(), sqlite_url(&self.schema_path(&target.production))),
+        ]
+    }
+
+    async fn own_tables(&self, target: &Target) -> WarehouseResult<Vec<String>> {
+        let mut connection = self.connect(target, WhenMissing::Fail).await?;
+        let result = sqlx::query_scalar::<_, String>(
+            "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+        )
+        .fetch_all(&mut connection)
+        .await
+        .map_err(backend_error);
+        close(connection).await;
+        let mut tables: Vec<String> = result?.into_iter().filter(|name| !name.ends_with(STAGING_SUFFIX)).collect();
+        tables.sort();
+        Ok(tables)
+    }
+
+    async fn row_count(&self, target: &Target, table: &str) -> WarehouseResult<Option<u64>> {
+        let mut connection = self.connect(target, WhenMissing::Fail).await?;
+        let result = async {
+            let Some(schema) = Self::resolve(&mut connection, target, table).await? else {
+                return Ok(None);
+            };
+            let sql = format!("SELECT count(*) FROM {}.{}", quote_identifier(schema), quote_identifier(table));
+            let rows: i64 =
+                sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut connection).await.map_err(backend_error)?;
+            Ok(Some(count_to_u64(rows)))
+        }
+        .await;
+        close(connection).await;
+        result
+    }
+
+    async fn table_checksum(&self, target: &Target, table: &str) -> WarehouseResult<Option<String>> {
+        let mut connection = self.connect(target, WhenMissing::Fail).await?;
+        let result = async {
+            let Some(schema) = Self::resolve(&mut connection, target, table).await? else {
+                return Ok(None);
+            };
+            checksum::table_checksum(&mut connection, schema, table).await.map(Some).map_err(backend_error)
+        }
+        .await;
+        close(connection).await;
+        result
+    }
+
+    async fn teardown(&self, target: &Target) -> WarehouseResult<()> {
+        if target.is_production() {
+            return Err(WarehouseError::Refused(format!("`{}` is production; it is never torn down", target.schema)));
+        }
+        let path = self.schema_path(&target.schema);
+        // Side files first: a journal left behind would be "rolled back" into a database later
+        // created under the same name.
+        for suffix in SIDE_FILE_SUFFIXES {
+            let mut side_file = path.clone().into_os_string();
+            side_file.push(suffix);
+            remove_if_present(Path::new(&side_file)).await?;
+        }
+        remove_if_present(&path).await
+    }
+
+    async fn schemas(&self) -> WarehouseResult<Vec<SchemaName>> {
+        let mut entries = tokio::fs::read_dir(&self.root)
+            .await
+            .map_err(|error| file_error("list the warehouse folder", &self.root, error))?;
+        let mut schemas = Vec::new();
+        while let Some(entry) =
+            entries.next_entry().await.map_err(|error| file_error("list the warehouse folder", &self.root, error))?
+        {
+            let file_name = entry.file_name();
+            let Some(schema) = file_name.to_str().and_then(|name| name.strip_suffix(".db")).and_then(SchemaName::parse)
+            else {
+                continue;
+            };
+            let is_file = entry.file_type().await.map(|kind| kind.is_file()).unwrap_or(false);
+            if is_file {
+                schemas.push(schema);
+            }
+        }
+        schemas.sort();
+        Ok(schemas)
+    }
+}
+
+/// Builds `key` from `statement` under a staging name and swaps it in, all in one transaction:
+/// a failing select leaves the previous table as it was and no staging table behind.
+async fn replace_table(connection: &mut SqliteConnection, key: &str, statement: &str) -> WarehouseResult<u64> {
+    let table = format!("main.{}", quote_identifier(key));
+    let staging = format!("main.{}", quote_identifier(&format!("{key}{STAGING_SUFFIX}")));
+    let new_name = quote_identifier(key);
+    // IMMEDIATE takes the write lock up front, so a concurrent writer waits (busy timeout)
+    // instead of failing on a lock upgrade halfway through.
+    let mut transaction = connection.begin_with("BEGIN IMMEDIATE").await.map_err(backend_error)?;
+    let result = async {
+        execute(&mut transaction, format!("DROP TABLE IF EXISTS {staging}")).await.map_err(backend_error)?;
+        execute(&mut transaction, format!("CREATE TABLE {staging} AS {statement}")).await.map_err(query_error)?;
+        execute(&mut transaction, format!("DROP TABLE IF EXISTS {table}")).await.map_err(backend_error)?;
+        execute(&mut transaction, format!("ALTER TABLE {staging} RENAME TO {new_name}"))
+            .await
+            .map_err(backend_error)?;
+        let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(backend_error)?;
+        Ok(count_to_u64(rows))
+    }
+    .await;
+    match result {
+        Ok(rows) => {
+            transaction.commit().await.map_err(backend_error)?;
+            Ok(rows)
+        }
+        Err(error) => {
+            // Rolling back can only fail if the connection is gone, which rolls back too.
+            let _ = transaction.rollback().await;
+            Err(error)
+        }
+    }
+}
+
+/// The schemas an unqualified name is looked up in, in order.
+fn search_path(target: &Target) -> &'static [&'static str] {
+    if target.is_production() {
+        &["main"]
+    } else {
+        &["main", PRODUCTION_ALIAS]
+    }
+}
+
+async fn execute(connection: &mut SqliteConnection, sql: String) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(sql)).execute(connection).await.map(|_| ())
+}
+
+/// Closes a connection whose operation is over. A failure to close changes nothing about the
+/// outcome: committed work is on disk, uncommitted work is rolled back when the handle goes.
+async fn close(connection: SqliteConnection) {
+    let _ = connection.close().await;
+}
+
+/// `file:` URI of `path` opened read-only, percent-encoding everything but unreserved characters
+/// and `/` (a `?` or `#` in a folder name would otherwise end the path).
+fn read_only_uri(path: &Path) -> WarehouseResult<String> {
+    let text = path.to_str().ok_or_else(|| WarehouseError::Backend(format!("path {} is not UTF-8", path.display())))?;
+    let mut uri = String::from("file:");
+    for &byte in text.as_bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'-' | b'.' | b'_' | b'~') {
+            uri.push(char::from(byte));
+        } else {
+            write!(uri, "%{byte:02X}").expect("writing to a String cannot fail");
+        }
+    }
+    uri.push_str("?mode=ro");
+    Ok(uri)
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+fn count_to_u64(count: i64) -> u64 {
+    u64::try_from(count).expect("count(*) is never negative")
+}
+
+async fn file_exists(path: &Path) -> WarehouseResult<bool> {
+    tokio::fs::try_exists(path).await.map_err(|error| file_error("check", path, error))
+}
+
+async fn remove_if_present(path: &Path) -> WarehouseResult<()> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(file_error("delete", path, error)),
+    }
+}
+
+fn file_error(action: &str, path: &Path, error: io::Error) -> WarehouseError {
+    WarehouseError::Backend(format!("cannot {action} {}: {error}", path.display()))
+}
+
+/// For SQL the asset wrote: the database's own message.
+fn query_error(error: sqlx::Error) -> WarehouseError {
+    match error {
+        sqlx::Error::Database(error) => WarehouseError::Query(error.message().to_owned()),
+        other => WarehouseError::Backend(other.to_string()),
+    }
+}
+
+/// For SQL the adapter wrote.
+fn backend_error(error: sqlx::Error) -> WarehouseError {
+    WarehouseError::Backend(error.to_string())
+}

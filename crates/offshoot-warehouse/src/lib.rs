@@ -1,0 +1,69 @@
+//! The warehouse port (PRODUCT.md section 6). A deployment's schema starts as a zero-copy clone of
+//! production: it copies no data and reads production's table for every asset it has not built.
+//! Materializing in a branch writes a branch-owned table (copy-on-write); production objects are
+//! never written, altered or dropped through a branch target. Teardown drops exactly the branch's
+//! own objects.
+
+use async_trait::async_trait;
+use offshoot_core::{AssetKey, SchemaName};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WarehouseError {
+    /// The asset's SQL failed in the warehouse; the message is the database's own.
+    #[error("{0}")]
+    Query(String),
+    /// A branch target tried to write production, or production is missing.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("warehouse error: {0}")]
+    Backend(String),
+}
+
+pub type WarehouseResult<T> = Result<T, WarehouseError>;
+
+/// Where a deployment reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The deployment's own schema.
+    pub schema: SchemaName,
+    /// Production's schema, which a branch reads (never writes) for what it has not built.
+    pub production: SchemaName,
+}
+
+impl Target {
+    pub fn is_production(&self) -> bool {
+        self.schema == self.production
+    }
+}
+
+#[async_trait]
+pub trait Warehouse: Send + Sync + 'static {
+    /// Makes the target's schema exist. Idempotent; copies no table data, so its cost does not
+    /// grow with production's size.
+    async fn prepare(&self, target: &Target) -> WarehouseResult<()>;
+
+    /// Runs `select` (one SELECT; unqualified names resolve to the target's own tables first, then
+    /// production's) and atomically replaces the target's table `key` with its result. Returns the
+    /// number of rows.
+    async fn materialize_sql(&self, target: &Target, key: &AssetKey, select: &str) -> WarehouseResult<u64>;
+
+    /// Environment variables a command asset needs to write its table into the target:
+    /// at least `OFFSHOOT_WAREHOUSE_URL` and `OFFSHOOT_SCHEMA`.
+    fn command_environment(&self, target: &Target) -> Vec<(String, String)>;
+
+    /// Tables the target's schema owns (for a branch: what it built itself), sorted.
+    async fn own_tables(&self, target: &Target) -> WarehouseResult<Vec<String>>;
+
+    /// Rows of `table` as the target sees it (branch first, then production); `None` if absent.
+    async fn row_count(&self, target: &Target, table: &str) -> WarehouseResult<Option<u64>>;
+
+    /// A checksum of `table`'s content as the target sees it; `None` if absent. For tests and
+    /// for proving production unchanged.
+    async fn table_checksum(&self, target: &Target, table: &str) -> WarehouseResult<Option<String>>;
+
+    /// Drops exactly the target's own objects. Idempotent. Refuses production.
+    async fn teardown(&self, target: &Target) -> WarehouseResult<()>;
+
+    /// Every deployment schema that exists, production included (to find orphans).
+    async fn schemas(&self) -> WarehouseResult<Vec<SchemaName>>;
+}

@@ -1,0 +1,384 @@
+//! Client subcommands that talk to a running server: `branch-deployment`, `deployment`,
+//! `materialize` and `runs`. Flag names of `branch-deployment` mirror dagster-cloud's.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde_json::{json, Value};
+
+use crate::client::{encode, Client, ClientArgs};
+use crate::{Format, Outcome};
+
+#[derive(clap::Subcommand)]
+pub enum BranchDeploymentCommand {
+    /// Create the branch's deployment or queue a new commit in it; prints the deployment name.
+    CreateOrUpdate(CreateOrUpdateArgs),
+    /// Close a branch deployment: drop its warehouse objects, keep its history.
+    Close {
+        name: String,
+        #[arg(long, value_parser = ["CLOSED", "MERGED"])]
+        pull_request_status: Option<String>,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Delete a branch deployment with its warehouse objects and history (prod is refused).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// List branch deployments.
+    List(ListArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CreateOrUpdateArgs {
+    #[arg(long)]
+    git_repo_name: Option<String>,
+    #[arg(long)]
+    branch_name: String,
+    #[arg(long)]
+    commit_hash: String,
+    #[arg(long)]
+    timestamp: Option<f64>,
+    #[arg(long)]
+    pull_request_url: Option<String>,
+    #[arg(long)]
+    pull_request_id: Option<String>,
+    #[arg(long, value_parser = ["OPEN", "CLOSED", "MERGED"])]
+    pull_request_status: Option<String>,
+    #[arg(long)]
+    commit_message: Option<String>,
+    #[arg(long)]
+    author_name: Option<String>,
+    #[arg(long)]
+    author_email: Option<String>,
+    #[arg(long)]
+    base_deployment_name: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Which server and repository a command addresses.
+#[derive(clap::Args)]
+pub struct Scope {
+    /// Repository name; optional when the server has one.
+    #[arg(long)]
+    repository: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+impl Scope {
+    fn query(&self) -> String {
+        self.repository.as_deref().map(|r| format!("?repository={}", encode(r))).unwrap_or_default()
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    include_closed: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    #[command(flatten)]
+    scope: Scope,
+}
+
+#[derive(clap::Subcommand)]
+pub enum DeploymentCommand {
+    /// All deployments, production first.
+    List(ListArgs),
+    /// One deployment's status; `--wait` blocks until its newest revision has finished deploying.
+    Status {
+        name: String,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        #[command(flatten)]
+        scope: Scope,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct MaterializeArgs {
+    #[arg(long)]
+    deployment: String,
+    /// For example 'changed_in_branch:ANY+' (changed assets and everything downstream).
+    #[arg(long)]
+    select: String,
+    /// Wait for the run to finish and print its steps; exit 1 if it did not succeed.
+    #[arg(long)]
+    wait: bool,
+    #[arg(long, default_value_t = 3600)]
+    timeout_secs: u64,
+    #[command(flatten)]
+    scope: Scope,
+}
+
+#[derive(clap::Subcommand)]
+pub enum RunsCommand {
+    /// Recent runs, newest first.
+    List {
+        #[arg(long)]
+        deployment: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// One run with its steps and logs.
+    Show {
+        id: i64,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a run.
+    Cancel {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Outcome> {
+    match command {
+        BranchDeploymentCommand::CreateOrUpdate(args) => {
+            let mut body = json!({ "branch_name": args.branch_name, "commit_hash": args.commit_hash });
+            let optional = [
+                ("git_repo_name", args.git_repo_name.map(Value::from)),
+                ("timestamp", args.timestamp.map(Value::from)),
+                ("pull_request_url", args.pull_request_url.map(Value::from)),
+                ("pull_request_id", args.pull_request_id.map(Value::from)),
+                ("pull_request_status", args.pull_request_status.map(Value::from)),
+                ("commit_message", args.commit_message.map(Value::from)),
+                ("author_name", args.author_name.map(Value::from)),
+                ("author_email", args.author_email.map(Value::from)),
+                ("base_deployment_name", args.base_deployment_name.map(Value::from)),
+            ];
+            for (key, value) in optional {
+                if let Some(value) = value {
+                    body[key] = value;
+                }
+            }
+            let answer = Client::new(&args.client).post("/api/v1/branch-deployments", &body)?;
+            println!("{}", answer["name"].as_str().unwrap_or_default());
+            Ok(Outcome::Ok)
+        }
+        BranchDeploymentCommand::Close { name, pull_request_status, scope } => {
+            let body = match pull_request_status {
+                Some(status) => json!({ "pull_request_status": status }),
+                None => json!({}),
+            };
+            let answer = Client::new(&scope.client).post(&format!("/api/v1/deployments/{}/close{}", encode(&name), scope.query()), &body)?;
+            println!("closed {}", answer["name"].as_str().unwrap_or(&name));
+            Ok(Outcome::Ok)
+        }
+        BranchDeploymentCommand::Delete { name, scope } => {
+            Client::new(&scope.client).delete(&format!("/api/v1/deployments/{}{}", encode(&name), scope.query()))?;
+            println!("deleted {name}");
+            Ok(Outcome::Ok)
+        }
+        BranchDeploymentCommand::List(args) => list(args, true),
+    }
+}
+
+pub fn deployment(command: DeploymentCommand) -> anyhow::Result<Outcome> {
+    match command {
+        DeploymentCommand::List(args) => list(args, false),
+        DeploymentCommand::Status { name, wait, timeout_secs, format, scope } => {
+            let client = Client::new(&scope.client);
+            let path = format!("/api/v1/deployments/{}{}", encode(&name), scope.query());
+            let started = Instant::now();
+            let deployment = loop {
+                let deployment = client.get(&path)?;
+                let latest = deployment["latest_revision"]["status"].as_str().unwrap_or("");
+                let settled = matches!(latest, "ready" | "failed" | "superseded") || deployment["status"] == "closed";
+                if !wait || settled {
+                    break deployment;
+                }
+                if started.elapsed() > Duration::from_secs(timeout_secs) {
+                    bail!("`{name}` did not finish deploying within {timeout_secs} s (latest revision: {latest})");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&deployment)?),
+                _ => print_deployment(&deployment),
+            }
+            let failed = deployment["latest_revision"]["status"] == "failed";
+            Ok(if wait && failed { Outcome::Failed } else { Outcome::Ok })
+        }
+    }
+}
+
+fn list(args: ListArgs, branches_only: bool) -> anyhow::Result<Outcome> {
+    let mut query = vec![format!("include_closed={}", args.include_closed)];
+    if let Some(repository) = &args.scope.repository {
+        query.push(format!("repository={}", encode(repository)));
+    }
+    let answer = Client::new(&args.scope.client).get(&format!("/api/v1/deployments?{}", query.join("&")))?;
+    let deployments: Vec<&Value> = answer.as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let deployments: Vec<&Value> = deployments.into_iter().filter(|d| !branches_only || d["kind"] == "branch").collect();
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&deployments)?),
+        _ => {
+            println!("{:<42} {:<8} {:<11} {:<13} {:>8} {:>9}  BRANCH", "NAME", "STATUS", "REVISION", "COMMIT", "CHANGED", "IMPACTED");
+            for d in deployments {
+                let latest = &d["latest_revision"];
+                println!(
+                    "{:<42} {:<8} {:<11} {:<13} {:>8} {:>9}  {}",
+                    d["name"].as_str().unwrap_or(""),
+                    d["status"].as_str().unwrap_or(""),
+                    latest["status"].as_str().unwrap_or("-"),
+                    latest["commit"]["sha"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or("-"),
+                    d["current_revision"]["changed_count"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),
+                    d["current_revision"]["impacted_count"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),
+                    d["branch"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn print_deployment(d: &Value) {
+    println!("{} ({}, {}) — branch {}", d["name"].as_str().unwrap_or(""), d["kind"].as_str().unwrap_or(""), d["status"].as_str().unwrap_or(""), d["branch"].as_str().unwrap_or(""));
+    if let Some(pr) = d["pull_request"].as_object() {
+        println!("  pull request {} {} {}", pr["id"].as_str().unwrap_or(""), pr["status"].as_str().unwrap_or(""), pr["url"].as_str().unwrap_or(""));
+    }
+    for (label, revision) in [("serving", &d["current_revision"]), ("latest", &d["latest_revision"])] {
+        if revision.is_null() {
+            println!("  {label}: none");
+            continue;
+        }
+        println!(
+            "  {label}: revision {} {} at {} \"{}\" — {} assets, {} changed, {} impacted{}",
+            revision["number"],
+            revision["status"].as_str().unwrap_or(""),
+            revision["commit"]["sha"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or(""),
+            revision["commit"]["message"].as_str().unwrap_or(""),
+            revision["asset_count"],
+            revision["changed_count"],
+            revision["impacted_count"],
+            revision["duration_ms"].as_i64().map(|ms| format!(", deployed in {ms} ms")).unwrap_or_default()
+        );
+        if let Some(error) = revision["error"].as_str() {
+            println!("    error: {error}");
+        }
+        for diagnostic in revision["diagnostics"].as_array().into_iter().flatten() {
+            println!(
+                "    {}:{}:{}: error: {}",
+                diagnostic["path"].as_str().unwrap_or(""),
+                diagnostic["line"],
+                diagnostic["column"],
+                diagnostic["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
+pub fn materialize(args: MaterializeArgs) -> anyhow::Result<Outcome> {
+    let client = Client::new(&args.scope.client);
+    let path = format!("/api/v1/deployments/{}/runs{}", encode(&args.deployment), args.scope.query());
+    let run = client.post(&path, &json!({ "selection": args.select }))?;
+    let id = run["id"].as_i64().unwrap_or_default();
+    let keys: Vec<&str> = run["steps"].as_array().into_iter().flatten().filter_map(|s| s["asset_key"].as_str()).collect();
+    println!("run {id} in {}: {} step(s): {}", args.deployment, keys.len(), keys.join(", "));
+    if !args.wait {
+        return Ok(Outcome::Ok);
+    }
+    let run = wait_for_run(&client, id, Duration::from_secs(args.timeout_secs))?;
+    print_run(&run, false);
+    Ok(if run["status"] == "succeeded" { Outcome::Ok } else { Outcome::Failed })
+}
+
+pub fn wait_for_run(client: &Client, id: i64, timeout: Duration) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    loop {
+        let run = client.get(&format!("/api/v1/runs/{id}"))?;
+        if matches!(run["status"].as_str(), Some("succeeded" | "failed" | "canceled")) {
+            return Ok(run);
+        }
+        if started.elapsed() > timeout {
+            bail!("run {id} did not finish within {} s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn print_run(run: &Value, with_logs: bool) {
+    println!(
+        "run {} in {}: {} ({}){}",
+        run["id"],
+        run["deployment"].as_str().unwrap_or(""),
+        run["status"].as_str().unwrap_or(""),
+        run["selection"].as_str().unwrap_or(""),
+        run["error"].as_str().map(|e| format!(" — {e}")).unwrap_or_default()
+    );
+    for step in run["steps"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<30} {:<10} {:>8} {:>8}{}",
+            step["asset_key"].as_str().unwrap_or(""),
+            step["status"].as_str().unwrap_or(""),
+            step["row_count"].as_i64().map(|n| format!("{n} rows")).unwrap_or_default(),
+            step["duration_ms"].as_i64().map(|n| format!("{n} ms")).unwrap_or_default(),
+            step["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default()
+        );
+        if with_logs {
+            for line in step["log"].as_str().unwrap_or("").lines() {
+                println!("      | {line}");
+            }
+        }
+    }
+}
+
+pub fn runs(command: RunsCommand) -> anyhow::Result<Outcome> {
+    match command {
+        RunsCommand::List { deployment, limit, format, scope } => {
+            let mut query = vec![format!("limit={limit}")];
+            if let Some(deployment) = &deployment {
+                query.push(format!("deployment={}", encode(deployment)));
+            }
+            if let Some(repository) = &scope.repository {
+                query.push(format!("repository={}", encode(repository)));
+            }
+            let runs = Client::new(&scope.client).get(&format!("/api/v1/runs?{}", query.join("&")))?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
+                _ => {
+                    for run in runs.as_array().into_iter().flatten() {
+                        println!(
+                            "{:>6}  {:<10} {:<30} {}",
+                            run["id"],
+                            run["status"].as_str().unwrap_or(""),
+                            run["deployment"].as_str().unwrap_or(""),
+                            run["selection"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        RunsCommand::Show { id, format, client } => {
+            let run = Client::new(&client).get(&format!("/api/v1/runs/{id}"))?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&run)?),
+                _ => print_run(&run, true),
+            }
+            Ok(Outcome::Ok)
+        }
+        RunsCommand::Cancel { id, client } => {
+            let run = Client::new(&client).post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))?;
+            println!("run {id}: {}", run["status"].as_str().unwrap_or(""));
+            Ok(Outcome::Ok)
+        }
+    }
+}

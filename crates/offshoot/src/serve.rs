@@ -1,0 +1,249 @@
+//! `offshoot serve`: configuration (TOML file < `OFFSHOOT_*` variables < flags), the embedded
+//! backends under one data directory, and the server itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use offshoot_core::RepositoryName;
+use offshoot_server::{AppState, RepositoryConfig, ServerConfig, SharedState, WatchConfig};
+use offshoot_store_sqlite::SqliteStore;
+use offshoot_warehouse_sqlite::SqliteWarehouse;
+use serde::Deserialize;
+
+use crate::Outcome;
+
+#[derive(clap::Args, Clone, Default)]
+pub struct Args {
+    /// A TOML configuration file; variables and flags override it.
+    #[arg(long, env = "OFFSHOOT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the embedded metadata store, warehouse files and checkouts live.
+    #[arg(long, env = "OFFSHOOT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "OFFSHOOT_LISTEN")]
+    pub listen: Option<String>,
+    /// The URL people reach the server at (for links).
+    #[arg(long, env = "OFFSHOOT_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Watch this local repository: its production branch deploys to prod, other branches
+    /// matching --branches get branch deployments.
+    #[arg(long, env = "OFFSHOOT_REPO")]
+    pub repo: Option<PathBuf>,
+    /// Name of the --repo repository (default: its folder name).
+    #[arg(long, env = "OFFSHOOT_REPO_NAME")]
+    pub repo_name: Option<String>,
+    #[arg(long, env = "OFFSHOOT_PRODUCTION_BRANCH")]
+    pub production_branch: Option<String>,
+    /// Which branches of --repo get branch deployments (`*` matches anything).
+    #[arg(long, env = "OFFSHOOT_BRANCHES")]
+    pub branches: Option<String>,
+    #[arg(long, env = "OFFSHOOT_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: Option<u64>,
+    /// An API token accepted for writes (repeatable). Without any, one is generated into
+    /// DATA_DIR/api-token.
+    #[arg(long = "api-token", env = "OFFSHOOT_API_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub api_tokens: Vec<String>,
+    /// Require a token for reads too.
+    #[arg(long, env = "OFFSHOOT_PRIVATE_READS")]
+    pub private_reads: bool,
+    #[arg(long, env = "OFFSHOOT_TTL_DAYS")]
+    pub ttl_days: Option<u64>,
+    #[arg(long, env = "OFFSHOOT_MAX_OPEN_BRANCH_DEPLOYMENTS")]
+    pub max_open_branch_deployments: Option<usize>,
+    #[arg(long, env = "OFFSHOOT_BRANCH_RUN_CONCURRENCY")]
+    pub branch_run_concurrency: Option<usize>,
+    #[arg(long, env = "OFFSHOOT_PRODUCTION_RUN_CONCURRENCY")]
+    pub production_run_concurrency: Option<usize>,
+}
+
+/// The configuration file's shape.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    public_url: Option<String>,
+    #[serde(default)]
+    api_tokens: Vec<String>,
+    public_reads: Option<bool>,
+    ttl_days: Option<u64>,
+    max_open_branch_deployments: Option<usize>,
+    branch_run_concurrency: Option<usize>,
+    production_run_concurrency: Option<usize>,
+    #[serde(default)]
+    repositories: Vec<FileRepository>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRepository {
+    name: Option<String>,
+    path: PathBuf,
+    production_branch: Option<String>,
+    #[serde(default)]
+    watch: bool,
+    branches: Option<String>,
+    poll_interval_ms: Option<u64>,
+}
+
+/// The checked configuration and where to listen.
+pub struct Settings {
+    pub config: ServerConfig,
+    pub listen: String,
+    /// Where a generated token was written, if one was.
+    pub token_file: Option<PathBuf>,
+}
+
+fn repository_name(name: Option<&str>, path: &Path) -> anyhow::Result<RepositoryName> {
+    let text = match name {
+        Some(name) => name.to_owned(),
+        None => std::fs::canonicalize(path)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "repo".to_owned()),
+    };
+    RepositoryName::from_any(&text).with_context(|| format!("`{text}` cannot name a repository"))
+}
+
+pub fn settings(args: &Args) -> anyhow::Result<Settings> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).map_err(|e| {
+                let at = e.span().map(|s| text[..s.start].lines().count().max(1)).unwrap_or(1);
+                anyhow::anyhow!("{}:{at}: {}", path.display(), e.message())
+            })?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".offshoot"));
+    let mut config = ServerConfig::new(data_dir.clone());
+    let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:3000".to_owned());
+    config.public_url = args.public_url.clone().or(file.public_url).unwrap_or_else(|| format!("http://{listen}"));
+    config.public_reads = if args.private_reads { false } else { file.public_reads.unwrap_or(true) };
+    if let Some(days) = args.ttl_days.or(file.ttl_days) {
+        config.ttl = Duration::from_secs(days * 86_400);
+    }
+    if let Some(n) = args.max_open_branch_deployments.or(file.max_open_branch_deployments) {
+        config.max_open_branch_deployments = n;
+    }
+    if let Some(n) = args.branch_run_concurrency.or(file.branch_run_concurrency) {
+        config.branch_run_concurrency = n;
+    }
+    if let Some(n) = args.production_run_concurrency.or(file.production_run_concurrency) {
+        config.production_run_concurrency = n;
+    }
+    for repo in file.repositories {
+        let watch = repo.watch.then(|| WatchConfig {
+            branches: repo.branches.clone().unwrap_or_else(|| "*".to_owned()),
+            interval: Duration::from_millis(repo.poll_interval_ms.unwrap_or(2000)),
+        });
+        config.repositories.push(RepositoryConfig {
+            name: repository_name(repo.name.as_deref(), &repo.path)?,
+            production_branch: repo.production_branch.unwrap_or_else(|| "main".to_owned()),
+            path: repo.path,
+            watch,
+        });
+    }
+    if let Some(path) = &args.repo {
+        let name = repository_name(args.repo_name.as_deref(), path)?;
+        config.repositories.retain(|r| r.name != name);
+        config.repositories.push(RepositoryConfig {
+            name,
+            path: path.clone(),
+            production_branch: args.production_branch.clone().unwrap_or_else(|| "main".to_owned()),
+            watch: Some(WatchConfig {
+                branches: args.branches.clone().unwrap_or_else(|| "*".to_owned()),
+                interval: Duration::from_millis(args.poll_interval_ms.unwrap_or(1000)),
+            }),
+        });
+    }
+    let mut names: Vec<&str> = config.repositories.iter().map(|r| r.name.as_str()).collect();
+    names.sort();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        bail!("two repositories have the same name; give them distinct `name`s");
+    }
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    config.api_tokens = args.api_tokens.iter().chain(file.api_tokens.iter()).filter(|t| !t.is_empty()).cloned().collect();
+    let mut token_file = None;
+    if config.api_tokens.is_empty() {
+        let path = data_dir.join("api-token");
+        config.api_tokens.push(generated_token(&path)?);
+        token_file = Some(path);
+    }
+    Ok(Settings { config, listen, token_file })
+}
+
+/// The token in `path`, or a new random one written there readable by the owner only.
+pub fn generated_token(path: &Path) -> anyhow::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let existing = existing.trim().to_owned();
+        if !existing.is_empty() {
+            return Ok(existing);
+        }
+    }
+    let mut bytes = [0u8; 24];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    options.open(path).and_then(|mut f| f.write_all(token.as_bytes())).with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
+/// The embedded backends under the data directory.
+pub async fn embedded_state(config: ServerConfig) -> anyhow::Result<(SharedState, Arc<SqliteWarehouse>)> {
+    let store = SqliteStore::open(&config.data_dir.join("offshoot.db")).await.context("opening the metadata store")?;
+    let warehouse = Arc::new(SqliteWarehouse::new(config.data_dir.join("warehouse")).context("opening the warehouse")?);
+    let state = AppState::new(Arc::new(store), warehouse.clone(), config);
+    Ok((state, warehouse))
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    init_logging();
+    let settings = settings(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
+        let address = listener.local_addr()?;
+        let (state, _warehouse) = embedded_state(settings.config.clone()).await?;
+        eprintln!("offshoot serving on http://{address} (data in {})", settings.config.data_dir.display());
+        if let Some(path) = &settings.token_file {
+            eprintln!("API token for writes: in {} (export OFFSHOOT_API_TOKEN=$(cat {}))", path.display(), path.display());
+        }
+        for repo in &settings.config.repositories {
+            let mode = if repo.watch.is_some() { "watching" } else { "serving" };
+            eprintln!("{mode} repository `{}` at {} (production branch `{}`)", repo.name, repo.path.display(), repo.production_branch);
+        }
+        offshoot_server::serve(state, listener, shutdown_signal()).await?;
+        Ok(Outcome::Ok)
+    })
+}
+
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
