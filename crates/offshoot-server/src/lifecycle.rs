@@ -146,7 +146,16 @@ pub async fn reconcile(state: &SharedState) -> ApiResult<()> {
         state.store.update_run(&run).await?;
     }
     for repo in &state.config.repositories {
-        deploy::ensure_production(state, repo).await?;
+        let production = deploy::ensure_production(state, repo).await?;
+        // A repository nobody has deployed yet starts with its production branch's tip.
+        if state.store.list_revisions(production.id, 1).await?.is_empty() {
+            match crate::git::resolve(repo.path.clone(), repo.production_branch.clone()).await {
+                Ok(commit) => {
+                    deploy::enqueue(state, &production, commit).await?;
+                }
+                Err(error) => tracing::warn!("repository `{}`: cannot deploy prod yet: {error}", repo.name),
+            }
+        }
     }
     let all = state.store.list_deployments(&DeploymentFilter { repository: None, include_closed: true }).await?;
     let mut live: BTreeSet<SchemaName> = BTreeSet::new();

@@ -2,8 +2,8 @@
 //! committed method survives a crash or power loss, foreign keys on, and the schema's migrations
 //! embedded in the binary and applied at open.
 //!
-//! SQL lives in this file next to the method it serves; [`rows`] turns result rows back into the
-//! port's types, and [`translate`] turns driver errors into the port's meaning.
+//! SQL lives in this file next to the method it serves; `rows` turns result rows back into the
+//! port's types, and `translate` turns driver errors into the port's meaning.
 
 mod rows;
 

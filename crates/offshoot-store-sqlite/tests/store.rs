@@ -122,3 +122,54 @@ async fn a_database_in_a_missing_directory_is_a_backend_error() {
     let result = SqliteStore::open(&path).await;
     assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
 }
+
+/// Writers on several connections wait for each other (busy timeout, `BEGIN IMMEDIATE`) instead
+/// of failing, and revision numbers stay unique under concurrent pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_wait_for_each_other() {
+    let database = TempDatabase::new("concurrent");
+    let store = SqliteStore::open(database.path()).await.expect("open a new database");
+    let new = NewDeployment {
+        repository: RepositoryName::new("shop").expect("valid"),
+        name: DeploymentName::new("busy").expect("valid"),
+        kind: DeploymentKind::Branch,
+        branch: BranchName::new("busy").expect("valid"),
+        pull_request: None,
+        base_deployment: None,
+        now: 1_000,
+    };
+    let deployment = store.create_deployment(new).await.expect("create");
+
+    let mut tasks = Vec::new();
+    for i in 0..16_u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let commit = CommitDetails {
+                sha: CommitSha::new(&format!("{i:02x}").repeat(20)).expect("valid"),
+                message: format!("push {i}"),
+                author_name: "Alice".to_owned(),
+                author_email: "alice@example.org".to_owned(),
+                time: i64::from(i),
+            };
+            let new =
+                NewRevision { deployment_id: deployment.id, commit, status: RevisionStatus::Queued, error: None, now: 2_000 };
+            let revision = store.insert_revision(new).await.expect("insert revision");
+            let steps = vec![AssetKey::new("a").expect("valid"), AssetKey::new("b").expect("valid")];
+            let new =
+                NewRun { deployment_id: deployment.id, revision_id: revision.id, selection: "*".to_owned(), steps, now: 3_000 };
+            let run = store.insert_run(new).await.expect("insert run");
+            let steps = store.list_steps(run.id).await.expect("list steps");
+            for line in 0..5 {
+                store.append_step_log(steps[0].id, &format!("{line}\n")).await.expect("append");
+            }
+            revision.number
+        }));
+    }
+    let mut numbers = Vec::new();
+    for task in tasks {
+        numbers.push(task.await.expect("the task finished"));
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=16).collect::<Vec<u32>>(), "every push got its own number");
+    store.close().await;
+}

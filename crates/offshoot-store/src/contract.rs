@@ -2,9 +2,10 @@
 //!
 //! This is test code that lives in the library so that every backend's integration tests can run
 //! it: its functions panic on the first broken rule. Each function uses repositories of its own,
-//! so all of them can share one store (and a store that already holds other data); queries that
-//! span repositories (`revisions_with_status`, `list_runs` without a deployment) are checked only
-//! on the rows the function created, plus the ordering of the whole answer.
+//! so all of them can share one store, even one holding other data (but not an earlier run's: the
+//! stories create fixed names, which would conflict). Queries that span repositories
+//! (`revisions_with_status`, `list_runs` without a deployment) are checked on the rows the story
+//! created, plus the ordering of the whole answer.
 //!
 //! Rules pinned here that the trait's signatures leave open:
 //! - a deployment's identity (`id`, `repository`, `name`, `kind`, `branch`, `created_at`) is

@@ -1,0 +1,371 @@
+//! The server as a real process: deployments driven by the CLI and the REST API against git
+//! repositories built by real `git`, and crash safety by SIGKILL.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use offshoot_core::{DeploymentName, RepositoryName, SchemaName};
+use offshoot_warehouse::{Target, Warehouse};
+use offshoot_warehouse_sqlite::SqliteWarehouse;
+use serde_json::json;
+
+use crate::support::*;
+
+/// `offshoot` as a client of `server`.
+fn client(server: &Server, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_offshoot"))
+        .args(args)
+        .env("OFFSHOOT_URL", &server.url)
+        .env("OFFSHOOT_API_TOKEN", TOKEN)
+        .output()
+        .expect("offshoot runs")
+}
+
+fn production_target() -> Target {
+    let production = SchemaName::for_deployment(&RepositoryName::new("shop").expect("valid"), &DeploymentName::production());
+    Target { schema: production.clone(), production }
+}
+
+fn branch_target(name: &str) -> Target {
+    let repository = RepositoryName::new("shop").expect("valid");
+    Target {
+        schema: SchemaName::for_deployment(&repository, &DeploymentName::new(name).expect("valid")),
+        production: production_target().production,
+    }
+}
+
+fn warehouse(server: &Server) -> SqliteWarehouse {
+    SqliteWarehouse::new(server.data_dir.join("warehouse")).expect("warehouse")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+const SEED: &str = "
+CREATE TABLE raw_customers AS SELECT 1 AS id, 'A@x.example' AS email, 'DE' AS country, '2024-01-01' AS created_at
+  UNION ALL SELECT 2, 'b@x.example', 'US', '2024-02-01';
+CREATE TABLE raw_orders AS SELECT 1 AS id, 1 AS customer_id, 'completed' AS status, '2024-03-01 10:00' AS ordered_at, 'EUR' AS currency, 0 AS is_test
+  UNION ALL SELECT 2, 2, 'completed', '2024-03-02 11:00', 'USD', 0
+  UNION ALL SELECT 3, 2, 'completed', '2024-03-03 12:00', 'USD', 0;
+CREATE TABLE raw_payments AS SELECT 1 AS id, 1 AS order_id, 'card' AS method, 1000 AS amount_cents, 'succeeded' AS status
+  UNION ALL SELECT 2, 2, 'card', 0, 'succeeded'
+  UNION ALL SELECT 3, 3, 'paypal', 2500, 'succeeded';
+";
+
+fn seed_production(server: &Server) {
+    runtime().block_on(async {
+        warehouse(server).execute_production_script(&production_target().production, SEED).await.expect("seed");
+    });
+}
+
+/// Deploys prod at main's tip (the server does so at start) and waits for it.
+fn wait_for_prod(server: &Server, repo: &Path) -> serde_json::Value {
+    let main = git(repo, &["rev-parse", "main"]);
+    server.wait_for_deployment("prod", "ready at main", |d| serving_commit(d) == main)
+}
+
+fn create_or_update(server: &Server, branch: &str, sha: &str) -> String {
+    let output = client(server, &["branch-deployment", "create-or-update", "--branch-name", branch, "--commit-hash", sha]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output).trim().to_owned()
+}
+
+fn commit_file(repo: &Path, branch: &str, path: &str, content: &str, message: &str) -> String {
+    git(repo, &["checkout", "-q", branch]);
+    let full = repo.join(path);
+    std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&full, content).expect("write");
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", message]);
+    let sha = git(repo, &["rev-parse", "HEAD"]);
+    git(repo, &["checkout", "-q", "main"]);
+    sha
+}
+
+#[test]
+fn branch_deployment_lifecycle() {
+    let (dir, repo) = shop_repo("lifecycle");
+    let server = Server::start(&dir.0, &repo, "");
+    wait_for_prod(&server, &repo);
+
+    // Create: the CLI prints the deployment name; the branch is shown verbatim.
+    let first = git(&repo, &["rev-parse", "feature/eur"]);
+    let output = client(
+        &server,
+        &["branch-deployment", "create-or-update", "--git-repo-name", "acme/shop", "--branch-name", "feature/eur", "--commit-hash", &first,
+          "--pull-request-id", "7", "--pull-request-url", "https://git.example/acme/shop/pull/7", "--pull-request-status", "OPEN"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let name = stdout(&output).trim().to_owned();
+    assert!(name.starts_with("feature-eur-") && name.len() == "feature-eur-".len() + 8, "{name}");
+    let deployment = server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == first);
+    assert_eq!(deployment["branch"], "feature/eur");
+    assert_eq!(deployment["pull_request"], json!({"id": "7", "url": "https://git.example/acme/shop/pull/7", "status": "OPEN"}));
+    assert_eq!(deployment["current_revision"]["changed_count"], 4);
+    assert_eq!(deployment["current_revision"]["impacted_count"], 2);
+    let changes = server.get(&format!("/api/v1/deployments/{name}/changes"));
+    let keys: Vec<&str> = changes["changes"]["assets"].as_array().expect("assets").iter().map(|a| a["key"].as_str().expect("key")).collect();
+    assert_eq!(keys, ["customer_lifetime_value", "fct_orders", "orders_by_country", "weekly_revenue"]);
+    let status = client(&server, &["deployment", "status", &name, "--wait"]);
+    assert!(status.status.success() && stdout(&status).contains("serving: revision 1 ready"), "{}", stdout(&status));
+
+    // A second push deploys; the first revision is replaced.
+    let second = commit_file(&repo, "feature/eur", "assets/marts/big_orders.sql", "SELECT * FROM fct_orders WHERE amount_eur > 100\n", "Big orders");
+    assert_eq!(create_or_update(&server, "feature/eur", &second), name);
+    server.wait_for_deployment(&name, "ready at the second push", |d| serving_commit(d) == second);
+
+    // The first push delivered again, late: recorded, superseded, never serving.
+    create_or_update(&server, "feature/eur", &first);
+    let revisions = server.get(&format!("/api/v1/deployments/{name}/revisions"));
+    let statuses: Vec<(u64, &str)> = revisions.as_array().expect("list").iter().map(|r| (r["number"].as_u64().expect("n"), r["status"].as_str().expect("s"))).collect();
+    assert_eq!(statuses, [(3, "superseded"), (2, "ready"), (1, "superseded")]);
+    assert!(revisions[0]["error"].as_str().expect("why").contains("older than"), "{}", revisions[0]);
+    assert_eq!(serving_commit(&server.get(&format!("/api/v1/deployments/{name}"))), second);
+
+    // Invalid definitions fail the revision with diagnostics; the previous one keeps serving.
+    let broken = commit_file(&repo, "feature/eur", "assets/marts/broken.sql", "SELECT id FROM\nWHERE 1\n", "Broken");
+    create_or_update(&server, "feature/eur", &broken);
+    let deployment = server.wait_for_deployment(&name, "failed", |d| d["latest_revision"]["status"] == "failed");
+    assert_eq!(serving_commit(&deployment), second);
+    let diagnostic = &deployment["latest_revision"]["diagnostics"][0];
+    assert_eq!((diagnostic["path"].as_str(), diagnostic["line"].as_u64(), diagnostic["column"].as_u64()), (Some("assets/marts/broken.sql"), Some(2), Some(1)));
+    let status = client(&server, &["deployment", "status", &name]);
+    assert!(stdout(&status).contains("assets/marts/broken.sql:2:1: error: SQL syntax error"), "{}", stdout(&status));
+
+    // Close (merged): the branch's warehouse file is dropped, history stays, runs are refused.
+    let fixed = commit_file(&repo, "feature/eur", "assets/marts/broken.sql", "SELECT order_id FROM fct_orders\n", "Fix");
+    create_or_update(&server, "feature/eur", &fixed);
+    server.wait_for_deployment(&name, "ready at the fix", |d| serving_commit(d) == fixed);
+    let branch_file = server.data_dir.join("warehouse").join(format!("{}.db", branch_target(&name).schema));
+    assert!(branch_file.exists());
+    let output = client(&server, &["branch-deployment", "close", &name, "--pull-request-status", "MERGED"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let closed = server.get(&format!("/api/v1/deployments/{name}"));
+    assert_eq!((closed["status"].as_str(), closed["pull_request"]["status"].as_str()), (Some("closed"), Some("MERGED")));
+    assert!(!branch_file.exists(), "closing drops the branch's warehouse objects");
+    assert_eq!(server.get(&format!("/api/v1/deployments/{name}/revisions")).as_array().expect("list").len(), 5);
+    let (status, body) = server.request("POST", &format!("/api/v1/deployments/{name}/runs"), Some(json!({"selection": "key:*"})), Some(TOKEN));
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("deployment_closed")));
+    let listed = client(&server, &["branch-deployment", "list"]);
+    assert!(!stdout(&listed).contains(&name), "closed deployments are hidden by default");
+    let listed = client(&server, &["branch-deployment", "list", "--include-closed"]);
+    assert!(stdout(&listed).contains(&name), "{}", stdout(&listed));
+
+    // Reopen redeploys the newest commit.
+    server.post(&format!("/api/v1/deployments/{name}/reopen"), json!({}));
+    server.wait_for_deployment(&name, "ready after reopening", |d| d["status"] == "open" && serving_commit(d) == fixed);
+    assert!(branch_file.exists());
+
+    // Production cannot be closed or deleted.
+    let (status, body) = server.request("POST", "/api/v1/deployments/prod/close", None, Some(TOKEN));
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("production_protected")));
+    let output = client(&server, &["branch-deployment", "delete", "prod"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("production_protected"), "{}", stderr(&output));
+
+    // Delete removes everything.
+    let output = client(&server, &["branch-deployment", "delete", &name]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (status, body) = server.request("GET", &format!("/api/v1/deployments/{name}"), None, None);
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("deployment_not_found")));
+    assert!(!branch_file.exists());
+}
+
+#[test]
+fn materializing_changed_and_downstream_never_touches_production() {
+    let (dir, repo) = shop_repo("materialize");
+    let server = Server::start(&dir.0, &repo, "");
+    wait_for_prod(&server, &repo);
+    seed_production(&server);
+    let output = client(&server, &["materialize", "--deployment", "prod", "--select", "key:*", "--wait"]);
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+
+    let warehouse = warehouse(&server);
+    let rt = runtime();
+    let checksums = || -> Vec<(String, Option<String>)> {
+        rt.block_on(async {
+            let target = production_target();
+            let mut all = Vec::new();
+            for table in warehouse.own_tables(&target).await.expect("tables") {
+                let checksum = warehouse.table_checksum(&target, &table).await.expect("checksum");
+                all.push((table, checksum));
+            }
+            all
+        })
+    };
+    let before = checksums();
+    assert!(before.len() >= 12, "production has its tables: {before:?}");
+
+    let name = create_or_update(&server, "feature/eur", &git(&repo, &["rev-parse", "feature/eur"]));
+    server.wait_for_deployment(&name, "ready", |d| d["current_revision"].is_object());
+    let output = client(&server, &["materialize", "--deployment", &name, "--select", "changed_in_branch:ANY+", "--wait"]);
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    let runs = server.get(&format!("/api/v1/runs?deployment={name}"));
+    let run = server.get(&format!("/api/v1/runs/{}", runs[0]["id"]));
+    let built: BTreeSet<&str> = run["steps"].as_array().expect("steps").iter().map(|s| s["asset_key"].as_str().expect("key")).collect();
+    assert_eq!(built, BTreeSet::from(["customer_lifetime_value", "daily_revenue", "dim_customers", "fct_orders", "weekly_revenue"]));
+    assert!(run["steps"].as_array().expect("steps").iter().all(|s| s["status"] == "succeeded"), "{run:#}");
+
+    assert_eq!(checksums(), before, "branch runs leave every production table as it was");
+    rt.block_on(async {
+        let branch = branch_target(&name);
+        let own = warehouse.own_tables(&branch).await.expect("tables");
+        assert_eq!(own, ["customer_lifetime_value", "daily_revenue", "dim_customers", "fct_orders", "weekly_revenue"], "copy-on-write: only rebuilt assets");
+        // The branch skips unpaid orders; production still counts them.
+        let production_rows = warehouse.row_count(&production_target(), "fct_orders").await.expect("count");
+        let branch_rows = warehouse.row_count(&branch, "fct_orders").await.expect("count");
+        assert_eq!((production_rows, branch_rows), (Some(3), Some(2)));
+        // Unbuilt assets are read from production.
+        assert_eq!(warehouse.row_count(&branch, "stg_orders").await.expect("count"), Some(3));
+    });
+
+    // A failing step skips its downstream and fails the run.
+    let broken = commit_file(&repo, "feature/eur", "assets/marts/fct_orders.sql", "SELECT no_such_column FROM int_order_payments\n", "Break fct_orders at run time");
+    create_or_update(&server, "feature/eur", &broken);
+    server.wait_for_deployment(&name, "ready at the broken commit", |d| serving_commit(d) == broken);
+    let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:fct_orders+"}));
+    let run = server.wait_for_run(run["id"].as_i64().expect("id"));
+    assert_eq!(run["status"], "failed");
+    let step = |key: &str| run["steps"].as_array().expect("steps").iter().find(|s| s["asset_key"] == key).expect("step").clone();
+    assert_eq!(step("fct_orders")["status"], "failed");
+    assert!(step("fct_orders")["error"].as_str().expect("error").contains("no_such_column"), "{run:#}");
+    assert_eq!(step("daily_revenue")["status"], "skipped");
+    assert_eq!(checksums(), before);
+}
+
+#[test]
+fn hostile_branch_names_and_requests() {
+    let (dir, repo) = shop_repo("hostile");
+    let server = Server::start(&dir.0, &repo, "");
+    wait_for_prod(&server, &repo);
+    let sha = git(&repo, &["rev-parse", "feature/eur"]);
+    let long = "a".repeat(300);
+    let branches = ["x'; DROP TABLE raw_orders; --", "a\"b", "ünïcødé/ブランチ", long.as_str(), "feature/x", "feature_x", "feature-x", "prod", "../../etc/passwd", "$(rm -rf /)"];
+    let mut names = BTreeSet::new();
+    for branch in branches {
+        let (status, body) = server.request("POST", "/api/v1/branch-deployments", Some(json!({"branch_name": branch, "commit_hash": sha})), Some(TOKEN));
+        assert_eq!(status, 200, "{branch}: {body}");
+        let name = body["name"].as_str().expect("name").to_owned();
+        assert!(DeploymentName::new(&name).is_ok(), "{branch} -> {name}");
+        assert_eq!(body["deployment"]["branch"], branch, "shown verbatim");
+        names.insert(name);
+    }
+    assert_eq!(names.len(), branches.len(), "names never collide: {names:?}");
+    assert!(names.contains("feature-x"), "a lossless slug is the branch itself");
+    assert!(!names.contains("prod"));
+    for name in &names {
+        server.wait_for_deployment(name, "ready", |d| d["current_revision"]["status"] == "ready");
+    }
+    let files: BTreeSet<String> = std::fs::read_dir(server.data_dir.join("warehouse"))
+        .expect("warehouse dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), branches.len() + 1, "{files:?}");
+    assert!(files.iter().all(|f| f.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')), "{files:?}");
+
+    let bad_requests = [
+        (json!({"branch_name": "", "commit_hash": sha}), 400, "invalid_branch_name"),
+        (json!({"branch_name": "a\nb", "commit_hash": sha}), 400, "invalid_branch_name"),
+        (json!({"branch_name": "x", "commit_hash": sha, "colour": "red"}), 400, "invalid_request"),
+        (json!({"branch_name": "x"}), 400, "invalid_request"),
+        (json!({"branch_name": "x", "commit_hash": "not hex"}), 400, "invalid_request"),
+        (json!({"branch_name": "x", "commit_hash": "0123456789abcdef0123456789abcdef01234567"}), 422, "commit_not_found"),
+        (json!({"branch_name": "x", "commit_hash": sha, "pull_request_status": "REOPENED"}), 400, "invalid_request"),
+        (json!({"branch_name": "x", "commit_hash": sha, "git_repo_name": "other"}), 404, "repository_not_found"),
+        (json!({"branch_name": "x", "commit_hash": sha, "base_deployment_name": "nope"}), 404, "deployment_not_found"),
+    ];
+    for (body, status, code) in bad_requests {
+        let (got, answer) = server.request("POST", "/api/v1/branch-deployments", Some(body.clone()), Some(TOKEN));
+        assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{body}: {answer}");
+    }
+    let (status, _) = server.request("POST", "/api/v1/branch-deployments", Some(json!({"branch_name": "y", "commit_hash": sha})), None);
+    assert_eq!(status, 401);
+    let (status, body) = server.request("POST", "/api/v1/branch-deployments", Some(json!({"branch_name": "y", "commit_hash": sha})), Some("wrong"));
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
+    assert!(!server.log().contains(TOKEN), "secrets never reach the log");
+    let (status, body) = server.request("POST", "/api/v1/deployments/prod/runs", Some(json!({"selection": "key:a and"})), Some(TOKEN));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_selection")));
+    assert!(body["error"]["message"].as_str().expect("message").contains("column 10"), "{body}");
+    let openapi = server.get("/api/v1/openapi.json");
+    assert_eq!(openapi["openapi"], "3.0.3");
+    let metrics = ureq::get(&format!("{}/metrics", server.url)).call().expect("metrics").body_mut().read_to_string().expect("text");
+    assert!(metrics.contains("offshoot_deploys_total{status=\"ready\"}"), "{metrics}");
+}
+
+/// Generates `count` SQL assets so that loading takes long enough to be interrupted.
+fn commit_big_project(repo: &Path, branch: &str, count: usize) -> String {
+    git(repo, &["checkout", "-q", "-b", branch, "main"]);
+    let folder = repo.join("assets/generated");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    for i in 0..count {
+        let upstream = if i == 0 { "stg_orders".to_owned() } else { format!("gen_{}", i / 2) };
+        std::fs::write(folder.join(format!("gen_{i}.sql")), format!("SELECT order_id, {i} AS n FROM {upstream} WHERE order_id > {i}\n")).expect("write");
+    }
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", "Generated"]);
+    let sha = git(repo, &["rev-parse", "HEAD"]);
+    git(repo, &["checkout", "-q", "main"]);
+    sha
+}
+
+#[test]
+fn sigkill_during_a_deploy_and_during_a_run_converges_after_restart() {
+    let (dir, repo) = shop_repo("crash");
+    let mut server = Server::start(&dir.0, &repo, "");
+    wait_for_prod(&server, &repo);
+    seed_production(&server);
+    let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
+    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded");
+
+    // A run whose command asset takes long: kill the server while it executes.
+    let slow = commit_file(&repo, "feature/eur", "assets/ops/slow_export.toml", "command = \"sleep 30\"\ndeps = [\"fct_orders\"]\n", "Slow export");
+    let name = create_or_update(&server, "feature/eur", &slow);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == slow);
+    let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:slow_export"}));
+    let run_id = run["id"].as_i64().expect("id");
+    let started = std::time::Instant::now();
+    while server.get(&format!("/api/v1/runs/{run_id}"))["steps"][0]["status"] != "running" {
+        assert!(started.elapsed().as_secs() < 30, "the step never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server.kill();
+    server.restart();
+    let run = server.get(&format!("/api/v1/runs/{run_id}"));
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert!(run["error"].as_str().expect("reason").contains("server stopped"), "{run:#}");
+    assert_eq!(run["steps"][0]["status"], "failed");
+
+    // A deploy: kill while the revision is deploying; after restart it resumes and converges.
+    let big = commit_big_project(&repo, "feature/big", 3000);
+    let big_name = create_or_update(&server, "feature/big", &big);
+    let started = std::time::Instant::now();
+    let mut caught_deploying = false;
+    while started.elapsed().as_secs() < 30 {
+        let (_, deployment) = server.request("GET", &format!("/api/v1/deployments/{big_name}"), None, None);
+        match deployment["latest_revision"]["status"].as_str() {
+            Some("deploying") => {
+                caught_deploying = true;
+                break;
+            }
+            Some("ready") => break,
+            _ => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    }
+    assert!(caught_deploying, "the 3,000-asset deploy finished before it could be interrupted; make it bigger");
+    server.kill();
+    // Meanwhile a closed deployment's file reappears and an orphan appears: reconciliation drops both.
+    let warehouse_dir = server.data_dir.join("warehouse");
+    std::fs::write(warehouse_dir.join("shop__ghost.db"), b"").expect("orphan");
+    server.restart();
+    let deployment = server.wait_for_deployment(&big_name, "ready after the restart", |d| serving_commit(d) == big);
+    assert_eq!(deployment["current_revision"]["asset_count"], 3013);
+    server.wait_for_deployment(&name, "still serving", |d| serving_commit(d) == slow);
+    assert!(server.log().contains("was deploying when the server stopped"), "{}", server.log());
+    assert!(!warehouse_dir.join("shop__ghost.db").exists(), "orphan schemas are dropped at start");
+
+    // Everything still works: a new run succeeds.
+    let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:fct_orders"}));
+    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded");
+}

@@ -1,0 +1,250 @@
+//! Shared helpers: temporary folders, fixture repositories built by real `git`, running the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("offshoot-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The shop history from fixtures/shop_history.sh, in its own temporary folder.
+pub fn shop_repo(name: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(name);
+    let repo = dir.0.join("repo");
+    let status = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/shop_history.sh"))
+        .arg(workspace().join("examples/shop"))
+        .arg(&repo)
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "the fixture script failed");
+    (dir, repo)
+}
+
+pub fn offshoot(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_offshoot")).args(args).output().expect("offshoot runs")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Replaces 12-hex-digit SHAs so expectations do not depend on commit dates.
+pub fn redact(text: &str) -> String {
+    let mut out = String::new();
+    let mut run = String::new();
+    for ch in text.chars().chain(std::iter::once(' ')) {
+        if ch.is_ascii_hexdigit() {
+            run.push(ch);
+            continue;
+        }
+        if run.len() >= 12 && run.chars().any(|c| c.is_ascii_digit()) {
+            out.push_str("<sha>");
+        } else {
+            out.push_str(&run);
+        }
+        run.clear();
+        out.push(ch);
+    }
+    out.pop();
+    out
+}
+
+
+/// Runs git in `repo` with a fixed identity; panics on failure.
+pub fn git(repo: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Test Author")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test Author")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .expect("git runs");
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A real `offshoot serve` process on a free port, killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    /// This start's log; each start has its own.
+    pub log: PathBuf,
+    starts: u32,
+}
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+impl Server {
+    /// Serves `repo` (not watched) with its data in `dir/data`.
+    pub fn start(dir: &Path, repo: &Path, extra_config: &str) -> Server {
+        let config = dir.join("offshoot-server.toml");
+        let data_dir = dir.join("data");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\napi_tokens = [{TOKEN:?}]\n{extra_config}\n[[repositories]]\nname = \"shop\"\npath = {repo:?}\nproduction_branch = \"main\"\n",
+                data = data_dir.to_str().expect("utf-8 path"),
+                repo = repo.to_str().expect("utf-8 path"),
+            ),
+        )
+        .expect("write config");
+        Server::spawn(config, data_dir, 1)
+    }
+
+    /// Starts the process again on the same configuration (after a kill).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Server::spawn(self.config.clone(), self.data_dir.clone(), self.starts + 1);
+    }
+
+    fn spawn(config: PathBuf, data_dir: PathBuf, starts: u32) -> Server {
+        let log = config.with_file_name(format!("server-{starts}.log"));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_offshoot"))
+            .args(["serve", "--config", config.to_str().expect("utf-8 path")])
+            .env_remove("OFFSHOOT_API_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("offshoot serve starts");
+        let started = std::time::Instant::now();
+        let url = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with("offshoot serving on ")) {
+                break line.trim_start_matches("offshoot serving on ").split_whitespace().next().expect("url").to_owned();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the server exited with {status}:\n{text}");
+            }
+            assert!(started.elapsed().as_secs() < 30, "the server did not start:\n{text}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        Server { child, url, data_dir, config, log, starts }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill the server");
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build())
+    }
+
+    /// (status, JSON body or Null).
+    pub fn request(&self, method: &str, path: &str, body: Option<serde_json::Value>, token: Option<&str>) -> (u16, serde_json::Value) {
+        let agent = Server::agent();
+        let url = format!("{}{path}", self.url);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let response = match (method, body) {
+            ("GET", _) => {
+                let mut request = agent.get(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.call()
+            }
+            ("DELETE", _) => {
+                let mut request = agent.delete(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.call()
+            }
+            (_, body) => {
+                let mut request = agent.post(&url).header("Content-Type", "application/json");
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.send(body.unwrap_or(serde_json::json!({})).to_string())
+            }
+        };
+        let mut response = response.expect("the server answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.request("GET", path, None, Some(TOKEN));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    pub fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, answer) = self.request("POST", path, Some(body), Some(TOKEN));
+        assert!(status == 200 || status == 201, "POST {path}: {status} {answer}");
+        answer
+    }
+
+    /// Waits until `check` holds for the deployment's JSON, or panics with the last one seen.
+    pub fn wait_for_deployment(&self, name: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, deployment) = self.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(TOKEN));
+            if status == 200 && check(&deployment) {
+                return deployment;
+            }
+            assert!(started.elapsed().as_secs() < 60, "{name} never became {what}: {deployment:#}\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_for_run(&self, id: i64) -> serde_json::Value {
+        let started = std::time::Instant::now();
+        loop {
+            let run = self.get(&format!("/api/v1/runs/{id}"));
+            if matches!(run["status"].as_str(), Some("succeeded" | "failed" | "canceled")) {
+                return run;
+            }
+            assert!(started.elapsed().as_secs() < 120, "run {id} never finished: {run:#}\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The serving revision's commit.
+pub fn serving_commit(deployment: &serde_json::Value) -> String {
+    deployment["current_revision"]["commit"]["sha"].as_str().unwrap_or("").to_owned()
+}
