@@ -107,8 +107,11 @@ pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
 
     let mut paths = files.asset_paths()?;
     paths.sort();
-    let mut drafts: Vec<Draft> = Vec::new();
-    for path in &paths {
+    // Reading stays on this thread (the files may be a git handle); SQL parsing, most of the
+    // work, is pure and runs on every core.
+    let mut sql_files: Vec<(usize, &str, AssetKey, String)> = Vec::new();
+    let mut drafts: Vec<(usize, Draft)> = Vec::new();
+    for (index, path) in paths.iter().enumerate() {
         let Some(kind) = asset_kind_of(path) else { continue };
         let Some(key) = key_of(path, &mut diagnostics) else { continue };
         let Some(bytes) = files.read(path)? else { continue };
@@ -119,18 +122,29 @@ pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
                 continue;
             }
         };
-        let draft = match kind {
-            AssetKind::Sql => sql_asset(path, key, &text, dialect, &mut diagnostics),
-            _ => command_asset(path, key, &text, files, &mut diagnostics)?,
-        };
-        drafts.extend(draft);
+        match kind {
+            AssetKind::Sql => sql_files.push((index, path, key, text)),
+            _ => {
+                let draft = command_asset(path, key.clone(), &text, files, &mut diagnostics)?;
+                drafts.push((index, draft.unwrap_or_else(|| placeholder(path, key, kind))));
+            }
+        }
     }
+    for (index, draft, found) in parse_sql_files(sql_files, dialect) {
+        diagnostics.extend(found);
+        drafts.push((index, draft));
+    }
+    drafts.sort_by_key(|(index, _)| *index);
+    let drafts: Vec<Draft> = drafts.into_iter().map(|(_, d)| d).collect();
 
     let sources = manifest.as_ref().map(|m| m.sources.clone()).unwrap_or_default();
     let external: Vec<String> = manifest.as_ref().map(|m| m.external.clone()).unwrap_or_default();
     let (keys, drafts) = check_duplicates(&sources, drafts, &mut diagnostics);
     let mut assets: Vec<Asset> = sources;
     let mut reference_positions: BTreeMap<(AssetKey, AssetKey), (String, (u32, u32))> = BTreeMap::new();
+    // One suggestion search per distinct unknown name: a deleted source read by thousands of
+    // assets must not cost thousands of searches.
+    let mut suggestions: BTreeMap<String, Option<String>> = BTreeMap::new();
     for mut draft in drafts {
         let path = draft.asset.location.path.clone();
         for reference in &draft.references {
@@ -147,7 +161,7 @@ pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
                     reference_positions.entry((draft.asset.key.clone(), key.clone())).or_insert((path.clone(), position));
                     draft.asset.deps.insert(key.clone());
                 }
-                None => diagnostics.push(unknown_reference(&path, position, &reference.written(), &keys)),
+                None => diagnostics.push(unknown_reference(&path, position, &reference.written(), &keys, &mut suggestions)),
             }
         }
         for named in &draft.named_deps {
@@ -156,7 +170,7 @@ pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
                     reference_positions.entry((draft.asset.key.clone(), key.clone())).or_insert((path.clone(), named.position));
                     draft.asset.deps.insert(key.clone());
                 }
-                None => diagnostics.push(unknown_reference(&path, named.position, &named.name, &keys)),
+                None => diagnostics.push(unknown_reference(&path, named.position, &named.name, &keys, &mut suggestions)),
             }
         }
         assets.push(draft.asset);
@@ -190,6 +204,45 @@ pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
             Err(LoadError::Invalid(diagnostics))
         }
     }
+}
+
+type ParsedSqlFile = (usize, Draft, Vec<Diagnostic>);
+
+/// Stands in for an asset whose file has errors (already reported), so that references to it
+/// resolve and one broken file does not make every reader report "not an asset" too. A project
+/// with errors never becomes a snapshot, so the placeholder never reaches one.
+fn placeholder(path: &str, key: AssetKey, kind: AssetKind) -> Draft {
+    let mut asset = Asset::new(key, kind);
+    asset.location = Location { path: path.to_owned(), line: 1 };
+    Draft { asset, references: Vec::new(), named_deps: Vec::new() }
+}
+
+/// Parses SQL assets on up to four threads, in contiguous chunks so the results keep their order.
+fn parse_sql_files(files: Vec<(usize, &str, AssetKey, String)>, dialect: crate::Dialect) -> Vec<ParsedSqlFile> {
+    let parse = |(index, path, key, text): (usize, &str, AssetKey, String)| {
+        let mut found = Vec::new();
+        let draft = sql_asset(path, key.clone(), &text, dialect, &mut found).unwrap_or_else(|| placeholder(path, key, AssetKind::Sql));
+        (index, draft, found)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    if threads < 2 || files.len() < 64 {
+        return files.into_iter().map(parse).collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<(usize, &str, AssetKey, String)>> = Vec::new();
+    let mut rest = files.into_iter();
+    loop {
+        let part: Vec<_> = rest.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        chunks.push(part);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks.into_iter().map(|part| scope.spawn(move || part.into_iter().map(parse).collect::<Vec<_>>())).collect();
+        // A panic in the parser is a bug; surface it rather than losing assets.
+        handles.into_iter().flat_map(|h| h.join().expect("SQL parsing does not panic")).collect()
+    })
 }
 
 fn asset_kind_of(path: &str) -> Option<AssetKind> {
@@ -446,16 +499,24 @@ fn check_duplicates(sources: &[Asset], drafts: Vec<Draft>, diagnostics: &mut Vec
     (known, drafts)
 }
 
-fn unknown_reference(path: &str, position: (u32, u32), name: &str, keys: &KnownKeys) -> Diagnostic {
+fn unknown_reference(
+    path: &str,
+    position: (u32, u32),
+    name: &str,
+    keys: &KnownKeys,
+    suggestions: &mut BTreeMap<String, Option<String>>,
+) -> Diagnostic {
     let last = name.rsplit('.').next().unwrap_or(name).trim_matches('"').to_lowercase();
-    let suggestion = keys
-        .folded
-        .keys()
-        .map(|k| (edit_distance(k, &last), k))
-        .filter(|(d, k)| *d <= 2 && *d < k.len())
-        .min()
-        .map(|(_, k)| format!("did you mean `{k}`? Otherwise "))
-        .unwrap_or_default();
+    let closest = suggestions.entry(last.clone()).or_insert_with(|| {
+        keys.folded
+            .keys()
+            .filter(|k| k.len().abs_diff(last.len()) <= 2)
+            .map(|k| (edit_distance(k, &last), k))
+            .filter(|(d, k)| *d <= 2 && *d < k.len())
+            .min()
+            .map(|(_, k)| k.clone())
+    });
+    let suggestion = closest.as_ref().map(|k| format!("did you mean `{k}`? Otherwise ")).unwrap_or_default();
     Diagnostic::new(path, position, format!("`{name}` is not an asset, a source or a declared external table")).hint(format!(
         "{suggestion}add an asset file for it, declare it under [sources.{last}] in offshoot.toml, or list it in `external`"
     ))

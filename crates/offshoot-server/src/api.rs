@@ -37,6 +37,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .merge(crate::hooks::router())
+        .merge(crate::ui::router())
         .with_state(state)
 }
 

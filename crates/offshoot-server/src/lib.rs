@@ -11,10 +11,12 @@ pub mod deploy;
 pub mod dto;
 pub mod error;
 pub mod git;
+pub mod hooks;
 pub mod lifecycle;
 pub mod openapi;
 pub mod runs;
 pub mod state;
+pub mod ui;
 pub mod watch;
 
 use std::future::Future;

@@ -169,3 +169,24 @@ fn hostile_file_names_and_contents_never_panic() {
     let project = files(&[("assets/deep.sql", deep.as_str()), ("assets/header.sql", long_header.as_str())]);
     assert!(matches!(load(&project), Err(LoadError::Invalid(d)) if d.len() == 2));
 }
+
+#[test]
+fn large_projects_parse_in_parallel_with_the_same_results() {
+    let mut entries: Vec<(String, String)> = (0..300)
+        .map(|i| {
+            let upstream = if i == 0 { "raw_orders".to_owned() } else { format!("a{}", i - 1) };
+            (format!("assets/a{i}.sql"), format!("SELECT id FROM {upstream}"))
+        })
+        .collect();
+    let borrowed: Vec<(&str, &str)> = entries.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let project = load_ok(&borrowed);
+    assert_eq!(project.snapshot.len(), 302);
+    let order: Vec<&str> = project.snapshot.topological_order().iter().map(|k| k.as_str()).filter(|k| k.starts_with('a')).collect();
+    assert_eq!(order.len(), 300);
+    entries[17].1 = "SELECT FROM WHERE".to_owned();
+    entries[250].1 = "SELECT id FROM a9999".to_owned();
+    let borrowed: Vec<(&str, &str)> = entries.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let Err(LoadError::Invalid(diagnostics)) = load(&files(&borrowed)) else { panic!("expected problems") };
+    let places: Vec<String> = diagnostics.iter().map(|d| format!("{}:{}:{}", d.path, d.line, d.column)).collect();
+    assert_eq!(places, ["assets/a17.sql:1:13", "assets/a250.sql:1:16"], "a broken file does not make its readers fail too");
+}
