@@ -38,6 +38,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
         .merge(crate::hooks::router())
+        .merge(crate::catalog::router())
         .merge(crate::ui::router())
         .with_state(state)
 }
@@ -137,7 +138,7 @@ pub fn pick_repository(state: &AppState, name: Option<&str>) -> ApiResult<Reposi
     }
 }
 
-async fn find_deployment(state: &AppState, repository: Option<&str>, name: &str) -> ApiResult<Deployment> {
+pub async fn find_deployment(state: &AppState, repository: Option<&str>, name: &str) -> ApiResult<Deployment> {
     let repository = pick_repository(state, repository)?;
     let missing = || ApiError::not_found("deployment_not_found", format!("no deployment named `{name}` in `{repository}`"));
     let name = DeploymentName::new(name).map_err(|_| missing())?;

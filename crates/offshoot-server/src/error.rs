@@ -47,6 +47,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("repository_not_found", 404, "no configured repository has that name"),
     ("deployment_not_found", 404, "no deployment has that name"),
     ("run_not_found", 404, "no run has that id"),
+    ("asset_not_found", 404, "the serving revision has no asset with that key"),
     ("revision_not_found", 404, "no revision has that id"),
     ("commit_not_found", 422, "the commit is not in the repository"),
     ("production_protected", 409, "prod cannot be closed or deleted"),

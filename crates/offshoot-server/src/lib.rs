@@ -5,6 +5,7 @@
 //! after a restart, starts the background workers and serves until `shutdown` resolves.
 
 pub mod api;
+pub mod catalog;
 pub mod changes;
 pub mod config;
 pub mod deploy;

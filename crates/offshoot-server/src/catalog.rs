@@ -1,0 +1,231 @@
+//! The asset catalog of a deployment for the UI and API: every asset of the serving revision with
+//! its change badge, where its data comes from right now, one asset in detail, and selection
+//! evaluation (`changed_in_branch:ANY+` and friends).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use offshoot_core::{AssetKey, ChangeReason, ChangeSet, DeploymentKind, PartitionsDefinition, Selection};
+use offshoot_store::{Deployment, Materialization, Revision};
+use offshoot_warehouse::Target;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{find_deployment, Reader};
+use crate::changes::AssetChangeJson;
+use crate::dto::{self, RevisionJson};
+use crate::error::{ApiError, ApiResult};
+use crate::runs::head_and_changes;
+use crate::state::{AppState, SharedState};
+
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/api/v1/deployments/{name}/graph", get(graph))
+        .route("/api/v1/deployments/{name}/select", get(select))
+        .route("/api/v1/deployments/{name}/assets/{key}", get(asset))
+}
+
+#[derive(Deserialize, Default)]
+pub struct CatalogQuery {
+    repository: Option<String>,
+    selection: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct GraphNodeJson {
+    key: String,
+    kind: &'static str,
+    group: String,
+    description: Option<String>,
+    deps: Vec<String>,
+    tags: BTreeMap<String, String>,
+    /// Reasons this asset differs from the base, when it does.
+    reasons: Option<Vec<&'static str>>,
+    /// For an unchanged asset downstream of a change: the path from that change.
+    impacted_via: Option<Vec<String>>,
+    /// Where a read of this asset in this deployment lands: "branch" (its own table),
+    /// "production", or "none" (not materialized anywhere yet). Sources report "production".
+    data: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct GraphJson {
+    deployment: String,
+    kind: &'static str,
+    revision: Option<RevisionJson>,
+    base_commit: Option<String>,
+    assets: Vec<GraphNodeJson>,
+    /// Assets the base has and this revision removed.
+    removed: Vec<String>,
+}
+
+/// Tables owned by the deployment and by production, to say where each asset's data is.
+struct DataLocations {
+    own: BTreeSet<String>,
+    production: BTreeSet<String>,
+    is_production: bool,
+}
+
+impl DataLocations {
+    async fn read(state: &AppState, target: &Target) -> DataLocations {
+        let production_target = Target { schema: target.production.clone(), production: target.production.clone() };
+        // A schema that does not exist (closed, never prepared) simply owns nothing.
+        let own = state.warehouse.own_tables(target).await.unwrap_or_default().into_iter().collect();
+        let production = if target.is_production() {
+            BTreeSet::new()
+        } else {
+            state.warehouse.own_tables(&production_target).await.unwrap_or_default().into_iter().collect()
+        };
+        DataLocations { own, production, is_production: target.is_production() }
+    }
+
+    fn of(&self, key: &AssetKey, is_source: bool) -> &'static str {
+        let key = key.as_str();
+        if is_source {
+            return "production";
+        }
+        match (self.own.contains(key), self.is_production, self.production.contains(key)) {
+            (true, true, _) => "production",
+            (true, false, _) => "branch",
+            (false, false, true) => "production",
+            _ => "none",
+        }
+    }
+}
+
+async fn serving_revision(state: &AppState, deployment: &Deployment) -> ApiResult<Option<Revision>> {
+    match deployment.current_revision {
+        Some(id) => Ok(Some(state.store.get_revision(id).await?)),
+        None => Ok(None),
+    }
+}
+
+fn reasons(changes: &ChangeSet, key: &AssetKey) -> Option<Vec<&'static str>> {
+    changes.change(key).map(|c| c.reasons.iter().map(|r| r.as_str()).collect())
+}
+
+async fn graph(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<CatalogQuery>) -> ApiResult<Json<GraphJson>> {
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    let kind = deployment.kind.as_str();
+    let Some(revision) = serving_revision(&state, &deployment).await? else {
+        return Ok(Json(GraphJson { deployment: deployment.name.to_string(), kind, revision: None, base_commit: None, assets: Vec::new(), removed: Vec::new() }));
+    };
+    let (project, changes) = head_and_changes(&state, &deployment, &revision).await?;
+    let locations = DataLocations::read(&state, &state.target(&deployment)).await;
+    let assets = project
+        .snapshot
+        .assets()
+        .map(|asset| GraphNodeJson {
+            key: asset.key.to_string(),
+            kind: asset.kind.as_str(),
+            group: asset.group.clone(),
+            description: asset.description.clone(),
+            deps: asset.deps.iter().map(|d| d.to_string()).collect(),
+            tags: asset.tags.clone(),
+            reasons: reasons(&changes, &asset.key),
+            impacted_via: changes.impacted(&asset.key).map(|i| i.path.iter().map(|k| k.to_string()).collect()),
+            data: locations.of(&asset.key, !asset.kind.is_materializable()),
+        })
+        .collect();
+    let removed = changes.changes.iter().filter(|c| c.reasons == [ChangeReason::Removed]).map(|c| c.key.to_string()).collect();
+    Ok(Json(GraphJson {
+        deployment: deployment.name.to_string(),
+        kind,
+        base_commit: revision.base_commit.as_ref().map(|c| c.to_string()),
+        revision: Some(dto::revision_json(&revision)),
+        assets,
+        removed,
+    }))
+}
+
+async fn select(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<CatalogQuery>) -> ApiResult<Json<serde_json::Value>> {
+    let text = query.selection.unwrap_or_default();
+    let selection = Selection::parse(&text).map_err(|e| ApiError::bad_request("invalid_selection", e.render(&text)))?;
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    let Some(revision) = serving_revision(&state, &deployment).await? else {
+        return Err(ApiError::conflict("deployment_not_ready", format!("`{}` has no ready revision yet", deployment.name)));
+    };
+    let (project, changes) = head_and_changes(&state, &deployment, &revision).await?;
+    let keys: Vec<String> = selection.evaluate(&project.snapshot, &changes).iter().map(|k| k.to_string()).collect();
+    Ok(Json(serde_json::json!({ "selection": text, "keys": keys })))
+}
+
+#[derive(Serialize)]
+pub struct MaterializationJson {
+    run_id: i64,
+    commit: String,
+    row_count: Option<i64>,
+    duration_ms: i64,
+    created_at: i64,
+}
+
+fn materialization_json(m: &Materialization) -> MaterializationJson {
+    MaterializationJson { run_id: m.run_id.0, commit: m.commit.to_string(), row_count: m.row_count, duration_ms: m.duration_ms, created_at: m.created_at }
+}
+
+#[derive(Serialize)]
+pub struct AssetJson {
+    key: String,
+    kind: &'static str,
+    group: String,
+    description: Option<String>,
+    path: String,
+    code: String,
+    code_version: String,
+    code_version_derived: bool,
+    fingerprint: Option<String>,
+    upstream: Vec<String>,
+    downstream: Vec<String>,
+    tags: BTreeMap<String, String>,
+    metadata: BTreeMap<String, String>,
+    owners: Vec<String>,
+    partitions: Option<String>,
+    change: Option<AssetChangeJson>,
+    impacted_via: Option<Vec<String>>,
+    data: &'static str,
+    materializations: Vec<MaterializationJson>,
+    /// In a branch deployment: production's history of this asset.
+    production_materializations: Vec<MaterializationJson>,
+}
+
+async fn asset(State(state): State<SharedState>, _: Reader, Path((name, key)): Path<(String, String)>, Query(query): Query<CatalogQuery>) -> ApiResult<Json<AssetJson>> {
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    let missing = || ApiError::not_found("asset_not_found", format!("no asset `{key}` in `{name}`"));
+    let key = AssetKey::new(&key).map_err(|_| missing())?;
+    let revision = serving_revision(&state, &deployment).await?.ok_or_else(missing)?;
+    let (project, changes) = head_and_changes(&state, &deployment, &revision).await?;
+    let asset = project.snapshot.get(&key).ok_or_else(missing)?;
+    let locations = DataLocations::read(&state, &state.target(&deployment)).await;
+    let materializations = state.store.list_materializations(deployment.id, Some(&key), 20).await?;
+    let production_materializations = if deployment.kind == DeploymentKind::Branch {
+        match state.store.find_deployment(&deployment.repository, &offshoot_core::DeploymentName::production()).await? {
+            Some(production) => state.store.list_materializations(production.id, Some(&key), 20).await?,
+            None => Vec::new(),
+        }
+    } else {
+        Vec::new()
+    };
+    Ok(Json(AssetJson {
+        key: asset.key.to_string(),
+        kind: asset.kind.as_str(),
+        group: asset.group.clone(),
+        description: asset.description.clone(),
+        path: asset.location.path.clone(),
+        code: asset.code.to_string(),
+        code_version: asset.code_version.value.clone(),
+        code_version_derived: asset.code_version.derived,
+        fingerprint: project.snapshot.fingerprint(&key).map(|f| f.to_hex()),
+        upstream: asset.deps.iter().map(|d| d.to_string()).collect(),
+        downstream: project.snapshot.downstream_of(&key).iter().map(|d| d.to_string()).collect(),
+        tags: asset.tags.clone(),
+        metadata: asset.metadata.clone(),
+        owners: asset.owners.clone(),
+        partitions: asset.partitions.as_ref().map(PartitionsDefinition::to_string),
+        change: changes.change(&key).map(AssetChangeJson::from),
+        impacted_via: changes.impacted(&key).map(|i| i.path.iter().map(|k| k.to_string()).collect()),
+        data: locations.of(&key, !asset.kind.is_materializable()),
+        materializations: materializations.iter().map(materialization_json).collect(),
+        production_materializations: production_materializations.iter().map(materialization_json).collect(),
+    }))
+}

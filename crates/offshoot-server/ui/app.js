@@ -1,0 +1,390 @@
+// The Offshoot web UI: deployments, one deployment (lineage with change badges, table, revisions,
+// runs), one asset (definition, diff against the base, history), one run (steps, live logs).
+// Preact + htm render; data comes from the REST API; a hash router keeps pages linkable.
+import { html, render, useCallback, useEffect, useMemo, useState } from './vendor/preact-htm.js';
+import hljs from './vendor/highlight-core.js';
+import sql from './vendor/highlight-sql.js';
+import diffLanguage from './vendor/highlight-diff.js';
+import { LineageGraph, badgeText, nodeClass } from './graph.js';
+
+hljs.registerLanguage('sql', sql);
+hljs.registerLanguage('diff', diffLanguage);
+
+// ---- API ---------------------------------------------------------------------------------------
+
+const TOKEN_KEY = 'offshoot.token';
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: 'application/json' };
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = 'Bearer ' + token;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!response.ok) {
+    const error = (data && data.error) || { code: 'http_' + response.status, message: text };
+    throw new ApiError(response.status, error.code, error.message);
+  }
+  return data;
+}
+
+const q = (repository) => (repository ? '?repository=' + encodeURIComponent(repository) : '');
+const enc = encodeURIComponent;
+
+/** Polls `load` every `ms` while `active`; returns [data, error, reload]. */
+function usePolling(load, deps, ms, active = true) {
+  const [state, setState] = useState({ data: null, error: null });
+  const reload = useCallback(() => load().then((data) => setState({ data, error: null }), (error) => setState((s) => ({ data: s.data, error }))), deps);
+  useEffect(() => {
+    reload();
+    if (!active || !ms) return undefined;
+    const timer = setInterval(reload, ms);
+    return () => clearInterval(timer);
+  }, [reload, ms, active]);
+  return [state.data, state.error, reload];
+}
+
+// ---- Formatting --------------------------------------------------------------------------------
+
+function ago(ms) {
+  if (!ms) return '';
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 60) return s + ' s ago';
+  if (s < 3600) return Math.round(s / 60) + ' min ago';
+  if (s < 86400) return Math.round(s / 3600) + ' h ago';
+  return Math.round(s / 86400) + ' d ago';
+}
+
+function duration(ms) {
+  if (ms === null || ms === undefined) return '';
+  return ms < 1000 ? ms + ' ms' : (ms / 1000).toFixed(1) + ' s';
+}
+
+/** Only http(s) URLs become links: a pull-request URL is user input. */
+function safeUrl(url) {
+  return /^https?:\/\//i.test(url || '') ? url : null;
+}
+
+function Status({ status, since }) {
+  const busy = ['queued', 'deploying', 'running', 'pending'].includes(status);
+  return html`<span>
+    <span class=${'chip ' + status} role="status">${busy ? html`<span class="spinner" aria-hidden="true"></span>` : null}${status}${busy && since ? ' · ' + duration(Date.now() - since) : ''}</span>
+    ${status === 'deploying' ? html`<div class="progress" aria-hidden="true"></div>` : null}
+  </span>`;
+}
+
+function ErrorBox({ error }) {
+  if (!error) return null;
+  return html`<p class="error" role="alert">${error.message}${error.code ? ' (' + error.code + ')' : ''}</p>`;
+}
+
+function Highlighted({ code, language }) {
+  const highlighted = useMemo(() => (hljs.getLanguage(language) ? hljs.highlight(code || '', { language }).value : null), [code, language]);
+  if (highlighted === null) return html`<pre><code>${code}</code></pre>`;
+  // hljs escapes the code it returns; nothing else is injected as HTML.
+  return html`<pre class=${language === 'diff' ? 'diff' : ''}><code dangerouslySetInnerHTML=${{ __html: highlighted }}></code></pre>`;
+}
+
+// ---- Pages -------------------------------------------------------------------------------------
+
+function Deployments() {
+  const [showClosed, setShowClosed] = useState(false);
+  const [deployments, error] = usePolling(() => api('GET', '/api/v1/deployments?include_closed=' + showClosed), [showClosed], 2000);
+  return html`
+    <h1>Deployments</h1>
+    <p class="sub">Production and one branch deployment per open pull request. Updates live.</p>
+    <div class="toolbar">
+      <label><input type="checkbox" checked=${showClosed} onChange=${(e) => setShowClosed(e.target.checked)} /> Show closed</label>
+    </div>
+    <${ErrorBox} error=${error} />
+    ${!deployments ? html`<p class="loading">Loading…</p>` : html`
+    <table aria-label="Deployments">
+      <thead><tr><th>Deployment</th><th>Branch / pull request</th><th>Head commit</th><th>Latest revision</th><th>Changes</th></tr></thead>
+      <tbody>
+        ${deployments.map((d) => {
+          const latest = d.latest_revision;
+          const current = d.current_revision;
+          const url = d.pull_request && safeUrl(d.pull_request.url);
+          return html`<tr class=${d.status} data-deployment=${d.name}>
+            <td><a href=${'#/d/' + enc(d.repository) + '/' + enc(d.name)}>${d.name}</a>${d.kind === 'production' ? html` <span class="chip open">production</span>` : ''}
+              ${d.status === 'closed' ? html` <span class="chip closed">closed</span>` : ''}</td>
+            <td><span class="mono">${d.branch}</span>
+              ${d.pull_request ? html`<div>${url ? html`<a href=${url} rel="noreferrer noopener">PR ${d.pull_request.id || ''}</a>` : 'PR ' + d.pull_request.id}
+                <span class=${'chip ' + d.pull_request.status.toLowerCase()}>${d.pull_request.status.toLowerCase()}</span></div>` : ''}</td>
+            <td>${latest ? html`<span class="mono">${latest.commit.sha.slice(0, 10)}</span> ${latest.commit.message}
+              <div class="note">${latest.commit.author_name} · ${ago(latest.commit.time * 1000)}</div>` : html`<span class="note">none yet</span>`}</td>
+            <td>${latest ? html`<${Status} status=${latest.status} since=${latest.started_at || latest.queued_at} />
+              ${latest.status === 'failed' ? html`<div class="note">${current ? 'revision ' + current.number + ' keeps serving' : 'nothing serving'}</div>` : ''}` : ''}</td>
+            <td>${current && d.kind === 'branch' ? html`<div class="counts">
+                <span class="badge changed">${current.changed_count} changed</span>
+                <span class="badge impacted">${current.impacted_count} impacted</span></div>` : html`<span class="note">${current ? current.asset_count + ' assets' : ''}</span>`}</td>
+          </tr>`;
+        })}
+      </tbody>
+    </table>`}`;
+}
+
+function Diagnostics({ revision }) {
+  if (!revision || revision.status !== 'failed') return null;
+  return html`<div class="error" role="alert">
+    <strong>Revision ${revision.number} (${revision.commit.sha.slice(0, 10)}) failed:</strong> ${revision.error}
+    ${revision.diagnostics ? html`<ul>${revision.diagnostics.map((d) => html`<li class="mono">${d.path}:${d.line}:${d.column}: error: ${d.message}${d.hint ? html`<br /><span class="note">= hint: ${d.hint}</span>` : ''}</li>`)}</ul>` : ''}
+  </div>`;
+}
+
+function LaunchControls({ deployment, onLaunched }) {
+  const [selection, setSelection] = useState('');
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const launch = async (text) => {
+    setBusy(true);
+    setError(null);
+    try {
+      const run = await api('POST', '/api/v1/deployments/' + enc(deployment.name) + '/runs' + q(deployment.repository), { selection: text });
+      onLaunched(run);
+    } catch (e) {
+      setError(e.status === 401 ? new ApiError(401, e.code, 'Launching runs needs an API token: paste one in the header.') : e);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const isBranch = deployment.kind === 'branch';
+  return html`<div class="toolbar">
+      ${isBranch ? html`<button class="primary" disabled=${busy || !deployment.current_revision} onClick=${() => launch('changed_in_branch:ANY+')}>Materialize changed and downstream</button>` : ''}
+      <label for="launch-selection">Materialize</label>
+      <input id="launch-selection" class="selection" type="text" placeholder=${isBranch ? 'key:fct_orders+' : 'key:*'} value=${selection} onInput=${(e) => setSelection(e.target.value)} />
+      <button disabled=${busy || !selection || !deployment.current_revision} onClick=${() => launch(selection)}>Launch run</button>
+    </div><${ErrorBox} error=${error} />`;
+}
+
+function ChangeBadge({ asset }) {
+  const cls = nodeClass(asset);
+  if (!cls || cls === 'source') return null;
+  return html`<span class=${'badge ' + cls}>${badgeText(asset)}</span>`;
+}
+
+function AssetTable({ assets, highlight, base }) {
+  const rows = highlight ? assets.filter((a) => highlight.has(a.key)) : assets;
+  return html`<table aria-label="Assets">
+    <thead><tr><th>Asset</th><th>Group</th><th>Kind</th><th>Change</th><th>Data read from</th><th>Upstream</th></tr></thead>
+    <tbody>${rows.map((a) => html`<tr data-asset=${a.key}>
+      <td><a href=${base + '/a/' + enc(a.key)}>${a.key}</a></td><td>${a.group}</td><td>${a.kind}</td>
+      <td><${ChangeBadge} asset=${a} /></td>
+      <td>${a.data === 'branch' ? 'this branch' : a.data === 'production' ? 'production' : html`<span class="note">not built</span>`}</td>
+      <td>${a.deps.length}</td></tr>`)}</tbody>
+  </table>`;
+}
+
+function Deployment({ repository, name }) {
+  const base = '#/d/' + enc(repository) + '/' + enc(name);
+  const [deployment, error, reloadDeployment] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + q(repository)), [repository, name], 2000);
+  const servingId = deployment && deployment.current_revision && deployment.current_revision.id;
+  const [graph, graphError] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/graph' + q(repository)), [repository, name, servingId], 0);
+  const [revisions] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/revisions' + q(repository)), [repository, name], 3000);
+  const [runs, , reloadRuns] = usePolling(() => api('GET', '/api/v1/runs?limit=10&deployment=' + enc(name) + (repository ? '&repository=' + enc(repository) : '')), [repository, name], 3000);
+  const [filter, setFilter] = useState('');
+  const [highlight, setHighlight] = useState(null);
+  const [filterError, setFilterError] = useState(null);
+  const [view, setView] = useState('graph');
+
+  useEffect(() => {
+    if (!filter.trim()) {
+      setHighlight(null);
+      setFilterError(null);
+      return undefined;
+    }
+    const timer = setTimeout(() => {
+      api('GET', '/api/v1/deployments/' + enc(name) + '/select?selection=' + enc(filter) + (repository ? '&repository=' + enc(repository) : ''))
+        .then((answer) => { setHighlight(new Set(answer.keys)); setFilterError(null); })
+        .catch((e) => { setHighlight(new Set()); setFilterError(e); });
+    }, 200);
+    return () => clearTimeout(timer);
+  }, [filter, name, repository, servingId]);
+
+  if (!deployment) return html`<${ErrorBox} error=${error} /><p class="loading">Loading…</p>`;
+  const url = deployment.pull_request && safeUrl(deployment.pull_request.url);
+  const assets = (graph && graph.assets) || [];
+  const changed = assets.filter((a) => a.reasons);
+  const impacted = assets.filter((a) => a.impacted_via);
+  const open = (key) => { location.hash = base + '/a/' + enc(key); };
+  return html`
+    <p class="note"><a href="#/">Deployments</a> /</p>
+    <h1>${deployment.name} ${deployment.status === 'closed' ? html`<span class="chip closed">closed</span>` : ''}</h1>
+    <p class="sub">${deployment.kind === 'production' ? 'Production' : 'Branch deployment'} of <span class="mono">${deployment.branch}</span>
+      ${deployment.pull_request ? html` · ${url ? html`<a href=${url} rel="noreferrer noopener">pull request ${deployment.pull_request.id}</a>` : 'pull request ' + deployment.pull_request.id} (${deployment.pull_request.status.toLowerCase()})` : ''}
+      ${deployment.close_reason ? ' · closed: ' + deployment.close_reason : ''}</p>
+    <${ErrorBox} error=${error} />
+    <${Diagnostics} revision=${deployment.latest_revision} />
+    ${deployment.latest_revision && ['queued', 'deploying'].includes(deployment.latest_revision.status) ? html`<p>Deploying ${deployment.latest_revision.commit.sha.slice(0, 10)}: <${Status} status=${deployment.latest_revision.status} since=${deployment.latest_revision.started_at || deployment.latest_revision.queued_at} /></p>` : ''}
+    ${deployment.status === 'open' ? html`<${LaunchControls} deployment=${deployment} onLaunched=${(run) => { location.hash = '#/runs/' + run.id; reloadRuns(); reloadDeployment(); }} />` : ''}
+    ${deployment.kind === 'branch' && graph && graph.revision ? html`<div class="counts" aria-label="Change summary">
+      <span class="badge new">${changed.filter((a) => a.reasons.includes('NEW')).length} new in branch</span>
+      <span class="badge changed">${changed.filter((a) => !a.reasons.includes('NEW')).length} changed in branch</span>
+      <span class="badge impacted">${impacted.length} impacted downstream</span>
+      <span class="badge removed">${graph.removed.length} removed</span>
+      <span class="note">against ${graph.base_commit ? 'merge-base ' + graph.base_commit.slice(0, 10) : 'no base'}</span></div>` : ''}
+    ${graph && graph.removed.length ? html`<p>Removed in branch: ${graph.removed.map((k) => html`<span class="badge removed mono">${k}</span> `)}</p>` : ''}
+    <div class="toolbar">
+      <label for="filter">Filter</label>
+      <input id="filter" class="selection" type="text" placeholder="changed_in_branch:ANY+" value=${filter} onInput=${(e) => setFilter(e.target.value)}
+             aria-describedby="filter-help" />
+      <span id="filter-help" class="note">${highlight ? highlight.size + ' of ' + assets.length + ' assets match' : 'selection syntax: key:, group:, tag:, kind:, changed_in_branch:ANY, +sel, sel+, and, or, not'}</span>
+    </div>
+    ${filterError ? html`<pre class="error" role="alert">${filterError.message}</pre>` : ''}
+    <div class="tabs" role="tablist">
+      <button role="tab" aria-selected=${view === 'graph'} onClick=${() => setView('graph')}>Lineage</button>
+      <button role="tab" aria-selected=${view === 'table'} onClick=${() => setView('table')}>Table</button>
+    </div>
+    <${ErrorBox} error=${graphError} />
+    ${!graph ? html`<p class="loading">Loading the graph…</p>` : !graph.revision ? html`<p class="note">No revision is serving yet.</p>` :
+      view === 'graph' ? html`<div class="legend"><span class="badge new">New in branch</span><span class="badge changed">Changed in branch</span><span class="badge impacted">Impacted</span><span>${assets.length} assets · drag to pan, wheel to zoom</span></div>
+        <${LineageGraph} assets=${assets} highlight=${highlight} onOpen=${open} />` :
+      html`<${AssetTable} assets=${assets} highlight=${highlight} base=${base} />`}
+    <div class="grid2">
+      <section><h2>Revisions</h2>
+        <table aria-label="Revisions"><thead><tr><th>#</th><th>Status</th><th>Commit</th><th>Deploy time</th></tr></thead>
+          <tbody>${(revisions || []).map((r) => html`<tr><td>${r.number}</td><td><${Status} status=${r.status} since=${r.started_at || r.queued_at} />
+            ${deployment.current_revision && r.id === deployment.current_revision.id ? html` <span class="note">serving</span>` : ''}</td>
+            <td><span class="mono">${r.commit.sha.slice(0, 10)}</span> ${r.commit.message}<div class="note">${r.commit.author_name} · ${ago(r.queued_at)}${r.error ? ' · ' + r.error : ''}</div></td>
+            <td>${duration(r.duration_ms)}</td></tr>`)}</tbody></table>
+      </section>
+      <section><h2>Runs</h2>
+        <table aria-label="Runs"><thead><tr><th>Run</th><th>Status</th><th>Selection</th><th>Started</th></tr></thead>
+          <tbody>${(runs || []).map((r) => html`<tr><td><a href=${'#/runs/' + r.id}>${r.id}</a></td><td><${Status} status=${r.status} since=${r.started_at} /></td>
+            <td class="mono">${r.selection}</td><td>${ago(r.created_at)}</td></tr>`)}</tbody></table>
+      </section>
+    </div>`;
+}
+
+function MapChanges({ label, change }) {
+  if (!change) return null;
+  const rows = [
+    ...Object.entries(change.added).map(([k, v]) => html`<li>added <code>${k}</code> = <code>${v}</code></li>`),
+    ...Object.entries(change.changed).map(([k, v]) => html`<li>changed <code>${k}</code>: <code>${v.old}</code> → <code>${v.new}</code></li>`),
+    ...Object.entries(change.removed).map(([k, v]) => html`<li>removed <code>${k}</code> (was <code>${v}</code>)</li>`),
+  ];
+  return html`<h3>${label}</h3><ul>${rows}</ul>`;
+}
+
+function History({ title, rows }) {
+  return html`<section><h2>${title}</h2>${rows.length === 0 ? html`<p class="note">Never materialized.</p>` : html`
+    <table><thead><tr><th>Run</th><th>Commit</th><th>Rows</th><th>Duration</th><th>When</th></tr></thead>
+    <tbody>${rows.map((m) => html`<tr><td><a href=${'#/runs/' + m.run_id}>${m.run_id}</a></td><td class="mono">${m.commit.slice(0, 10)}</td>
+      <td>${m.row_count ?? ''}</td><td>${duration(m.duration_ms)}</td><td>${ago(m.created_at)}</td></tr>`)}</tbody></table>`}</section>`;
+}
+
+function Asset({ repository, name, assetKey }) {
+  const base = '#/d/' + enc(repository) + '/' + enc(name);
+  const [asset, error] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/assets/' + enc(assetKey) + q(repository)), [repository, name, assetKey], 5000);
+  if (!asset) return html`<${ErrorBox} error=${error} /><p class="loading">Loading…</p>`;
+  const change = asset.change;
+  const link = (key) => html`<a href=${base + '/a/' + enc(key)}>${key}</a> `;
+  const source = { branch: 'this branch deployment\u2019s own table (rebuilt here)', production: 'production\u2019s table (not rebuilt in this deployment)', none: 'nowhere yet: not materialized in this deployment or production' }[asset.data];
+  return html`
+    <p class="note"><a href="#/">Deployments</a> / <a href=${base}>${name}</a> /</p>
+    <h1>${asset.key} ${change ? html`<span class=${'badge ' + (change.reasons.includes('NEW') ? 'new' : 'changed')}>${change.reasons.includes('NEW') ? 'New in branch' : 'Changed in branch: ' + change.reasons.join(', ')}</span>` : ''}
+      ${asset.impacted_via ? html`<span class="badge impacted">Impacted via ${asset.impacted_via.join(' → ')}</span>` : ''}</h1>
+    <p class="sub">${asset.description || ''}</p>
+    <dl class="kv">
+      <dt>Reads come from</dt><dd>${source}</dd>
+      <dt>Kind · group</dt><dd>${asset.kind} · ${asset.group}</dd>
+      <dt>Defined in</dt><dd class="mono">${asset.path}</dd>
+      <dt>Code version</dt><dd class="mono">${asset.code_version_derived ? 'derived ' + asset.code_version.slice(0, 12) : asset.code_version}</dd>
+      ${asset.partitions ? html`<dt>Partitions</dt><dd>${asset.partitions}</dd>` : ''}
+      <dt>Upstream</dt><dd>${asset.upstream.length ? asset.upstream.map(link) : html`<span class="note">none</span>`}</dd>
+      <dt>Downstream</dt><dd>${asset.downstream.length ? asset.downstream.map(link) : html`<span class="note">none</span>`}</dd>
+      <dt>Tags</dt><dd>${Object.entries(asset.tags).map(([k, v]) => html`<code>${k}=${v}</code> `)}</dd>
+      ${Object.keys(asset.metadata).length ? html`<dt>Metadata</dt><dd>${Object.entries(asset.metadata).map(([k, v]) => html`<code>${k}=${v}</code> `)}</dd>` : ''}
+    </dl>
+    ${change && !change.reasons.includes('NEW') ? html`<section><h2>Changes against the base</h2>
+      ${change.details.code ? html`<h3>Code</h3><${Highlighted} code=${change.details.code.diff} language="diff" />` : ''}
+      ${change.details.dependencies ? html`<h3>Dependencies</h3><ul>${change.details.dependencies.added.map((k) => html`<li>added ${link(k)}</li>`)}${change.details.dependencies.removed.map((k) => html`<li>removed <code>${k}</code></li>`)}</ul>` : ''}
+      ${change.details.partitions ? html`<h3>Partitions</h3><p><code>${change.details.partitions.old || 'none'}</code> → <code>${change.details.partitions.new || 'none'}</code></p>` : ''}
+      <${MapChanges} label="Tags" change=${change.details.tags} />
+      <${MapChanges} label="Metadata" change=${change.details.metadata} />
+    </section>` : ''}
+    <h2>Definition</h2>
+    ${asset.kind === 'source' ? html`<p class="note">A source: read from production, never built by Offshoot.</p>` : html`<${Highlighted} code=${asset.code} language=${asset.kind === 'sql' ? 'sql' : 'shell'} />`}
+    <div class="grid2">
+      <${History} title="Materializations in this deployment" rows=${asset.materializations} />
+      ${asset.production_materializations.length || name !== 'prod' ? html`<${History} title="Materializations in production" rows=${asset.production_materializations} />` : ''}
+    </div>`;
+}
+
+function Run({ id }) {
+  const [finished, setFinished] = useState(false);
+  const [run, error, reload] = usePolling(() => api('GET', '/api/v1/runs/' + enc(id)), [id], 1000, !finished);
+  const [open, setOpen] = useState({});
+  const [cancelError, setCancelError] = useState(null);
+  useEffect(() => { if (run && ['succeeded', 'failed', 'canceled'].includes(run.status)) setFinished(true); }, [run]);
+  if (!run) return html`<${ErrorBox} error=${error} /><p class="loading">Loading…</p>`;
+  const cancel = () => api('POST', '/api/v1/runs/' + enc(id) + '/cancel', {}).then(reload, setCancelError);
+  const active = ['queued', 'running'].includes(run.status);
+  return html`
+    <p class="note"><a href="#/">Deployments</a> / <a href=${'#/d/' + enc(run.repository) + '/' + enc(run.deployment)}>${run.deployment}</a> /</p>
+    <h1>Run ${run.id} <${Status} status=${run.status} since=${run.started_at} /></h1>
+    <p class="sub"><span class="mono">${run.selection}</span> · ${run.steps.length} steps${run.error ? ' · ' + run.error : ''}</p>
+    ${active ? html`<div class="toolbar"><button class="danger" onClick=${cancel}>Cancel run</button></div>` : ''}
+    <${ErrorBox} error=${cancelError} />
+    <table aria-label="Steps"><thead><tr><th>Step</th><th>Status</th><th>Rows</th><th>Duration</th><th>Log</th></tr></thead>
+      <tbody>${run.steps.map((s) => html`<tr data-step=${s.asset_key}>
+        <td><a href=${'#/d/' + enc(run.repository) + '/' + enc(run.deployment) + '/a/' + enc(s.asset_key)}>${s.asset_key}</a>${s.error ? html`<div class="note">${s.error}</div>` : ''}</td>
+        <td><${Status} status=${s.status} since=${s.started_at} /></td><td>${s.row_count ?? ''}</td><td>${duration(s.duration_ms)}</td>
+        <td>${s.log ? html`<button aria-expanded=${!!open[s.asset_key]} onClick=${() => setOpen({ ...open, [s.asset_key]: !open[s.asset_key] })}>${open[s.asset_key] ? 'Hide' : 'Show'} log</button>` : ''}
+          ${open[s.asset_key] || s.status === 'running' ? html`<pre aria-live="polite">${s.log}</pre>` : ''}</td></tr>`)}</tbody></table>`;
+}
+
+// ---- Shell and router --------------------------------------------------------------------------
+
+function TokenField() {
+  const [token, setToken] = useState(localStorage.getItem(TOKEN_KEY) || '');
+  const save = (value) => {
+    setToken(value);
+    if (value) localStorage.setItem(TOKEN_KEY, value);
+    else localStorage.removeItem(TOKEN_KEY);
+  };
+  return html`<div class="token"><label for="token">API token</label>
+    <input id="token" type="password" autocomplete="off" placeholder="needed to launch runs" value=${token} onInput=${(e) => save(e.target.value.trim())} /></div>`;
+}
+
+function parseRoute(hash) {
+  const parts = hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  if (parts[0] === 'd' && parts.length >= 3) {
+    if (parts[3] === 'a' && parts[4]) return { page: 'asset', repository: parts[1], name: parts[2], key: parts[4] };
+    return { page: 'deployment', repository: parts[1], name: parts[2] };
+  }
+  if (parts[0] === 'runs' && parts[1]) return { page: 'run', id: parts[1] };
+  return { page: 'deployments' };
+}
+
+function App() {
+  const [route, setRoute] = useState(parseRoute(location.hash));
+  useEffect(() => {
+    const onHash = () => { setRoute(parseRoute(location.hash)); window.scrollTo(0, 0); };
+    window.addEventListener('hashchange', onHash);
+    return () => window.removeEventListener('hashchange', onHash);
+  }, []);
+  let page;
+  if (route.page === 'deployment') page = html`<${Deployment} key=${route.repository + '/' + route.name} repository=${route.repository} name=${route.name} />`;
+  else if (route.page === 'asset') page = html`<${Asset} key=${route.name + '/' + route.key} repository=${route.repository} name=${route.name} assetKey=${route.key} />`;
+  else if (route.page === 'run') page = html`<${Run} key=${route.id} id=${route.id} />`;
+  else page = html`<${Deployments} />`;
+  return html`
+    <header class="top"><a class="brand" href="#/">Offshoot</a>
+      <nav aria-label="Main"><a href="#/">Deployments</a><a href="/api/v1/openapi.json">API</a></nav>
+      <${TokenField} /></header>
+    <main id="main">${page}</main>`;
+}
+
+const root = document.getElementById('app');
+root.textContent = '';
+render(html`<${App} />`, root);
