@@ -56,6 +56,8 @@ fn build_repository(dir: &std::path::Path) -> anyhow::Result<()> {
     repo.commit_tree(FEATURE_BRANCH, Some("main"), &feature, "Revenue in EUR: skip unpaid orders, weekly revenue", AUTHOR)?;
     repo.commit_tree("main", None, &shop::main_after_fork(main_tree), "Count settled payments too", AUTHOR)?;
     repo.checkout("main")?;
+    // The server's data lives in DIR/.offshoot; keep it out of `git add -A` in the demo repository.
+    std::fs::write(dir.join(".git/info/exclude"), ".offshoot/\n").context("writing .git/info/exclude")?;
     Ok(())
 }
 

@@ -1,0 +1,218 @@
+// Browser tests of the web UI: `offshoot demo` serves a real repository with prod and a feature
+// branch deployed and materialized; Debian's Chromium, driven by playwright-core, loads each page,
+// filters, launches a run and watches it finish, checks the change badges, a failed revision's
+// diagnostics, keyboard navigation and contrast, and saves screenshots under docs/screenshots/.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const binary = process.env.OFFSHOOT_BIN || join(root, 'target', 'debug', 'offshoot');
+const screenshots = join(root, 'docs', 'screenshots');
+let server;
+let base;
+let token;
+let demoDir;
+let browser;
+let branch;
+
+function waitForLine(child, pattern, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    let seen = '';
+    const timer = setTimeout(() => reject(new Error('timed out waiting for ' + pattern + '\n' + seen)), timeoutMs);
+    const onData = (chunk) => {
+      seen += chunk.toString();
+      const match = seen.match(pattern);
+      if (match) {
+        clearTimeout(timer);
+        resolve({ match, seen });
+      }
+    };
+    child.stdout.on('data', onData);
+    child.on('exit', (code) => reject(new Error('offshoot demo exited with ' + code + '\n' + seen)));
+  });
+}
+
+async function api(method, path, body) {
+  const response = await fetch(base + path, {
+    method,
+    headers: { Authorization: 'Bearer ' + token, 'Content-Type': 'application/json' },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  return response.json();
+}
+
+before(async () => {
+  demoDir = mkdtempSync(join(tmpdir(), 'offshoot-ui-'));
+  server = spawn(binary, ['demo', '--dir', join(demoDir, 'repo'), '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const started = await waitForLine(server, /Offshoot is serving on (http:\/\/[0-9.:]+)/, 60000);
+  base = started.match[1];
+  await waitForLine(server, /Serving until Ctrl-C/, 120000);
+  token = readFileSync(join(demoDir, 'repo', '.offshoot', 'api-token'), 'utf8').trim();
+  const deployments = await api('GET', '/api/v1/deployments');
+  branch = deployments.find((d) => d.kind === 'branch').name;
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  mkdirSync(screenshots, { recursive: true });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) server.kill('SIGTERM');
+  if (demoDir) rmSync(demoDir, { recursive: true, force: true });
+});
+
+async function newPage() {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+  page.errors = errors;
+  return page;
+}
+
+test('the deployments page lists prod and the branch with change counts, closed ones behind a toggle', async () => {
+  const sha = execFileSync('git', ['-C', join(demoDir, 'repo'), 'rev-parse', 'main']).toString().trim();
+  const created = await api('POST', '/api/v1/branch-deployments', { branch_name: 'feature/old-idea', commit_hash: sha, pull_request_id: '3', pull_request_url: 'javascript:alert(1)' });
+  await api('POST', '/api/v1/deployments/' + created.name + '/close', { pull_request_status: 'CLOSED' });
+  const page = await newPage();
+  await page.goto(base + '/#/');
+  const row = page.locator(`tr[data-deployment="${branch}"]`);
+  await row.waitFor();
+  assert.match(await row.innerText(), /feature\/eur-revenue/);
+  assert.match(await row.innerText(), /4 changed/);
+  assert.match(await row.innerText(), /2 impacted/);
+  assert.match(await page.locator('tr[data-deployment="prod"]').innerText(), /ready/);
+  assert.equal(await page.locator(`tr[data-deployment="${created.name}"]`).count(), 0, 'closed deployments are hidden');
+  await page.getByLabel('Show closed').check();
+  const closed = page.locator(`tr[data-deployment="${created.name}"]`);
+  await closed.waitFor();
+  assert.match(await closed.innerText(), /closed/);
+  assert.equal(await closed.locator('a[href^="javascript"]').count(), 0, 'a hostile pull-request URL is never a link');
+  await page.getByLabel('Show closed').uncheck();
+  await page.screenshot({ path: join(screenshots, 'deployments.png') });
+  assert.deepEqual(page.errors, []);
+});
+
+test('the deployment page marks new, changed, impacted and removed assets, and filters by selection', async () => {
+  const page = await newPage();
+  await page.goto(base + '/#/d/shop/' + branch);
+  const node = (key) => page.locator(`g.node[data-key="${key}"]`);
+  await node('fct_orders').waitFor();
+  assert.match(await node('weekly_revenue').getAttribute('class'), /\bnew\b/);
+  assert.match(await node('fct_orders').getAttribute('class'), /\bchanged\b/);
+  assert.match(await node('fct_orders').getAttribute('aria-label'), /Changed in branch: CODE_VERSION/);
+  assert.match(await node('customer_lifetime_value').getAttribute('aria-label'), /Changed in branch: TAGS/);
+  assert.match(await node('dim_customers').getAttribute('class'), /\bimpacted\b/);
+  assert.match(await node('stg_orders').getAttribute('class'), /^node\s+$|^node\s*(dim|hit)?\s*$/, 'a formatting-only edit is not a change');
+  assert.match(await page.getByText('Removed in branch').innerText(), /orders_by_country/);
+  await page.screenshot({ path: join(screenshots, 'deployment.png') });
+
+  await page.getByLabel('Filter').fill('changed_in_branch:ANY+');
+  await page.getByText('5 of 13 assets match').waitFor();
+  assert.match(await node('daily_revenue').getAttribute('class'), /\bhit\b/);
+  assert.match(await node('stg_orders').getAttribute('class'), /\bdim\b/);
+  await page.getByRole('tab', { name: 'Table' }).click();
+  assert.equal(await page.locator('tr[data-asset]').count(), 5);
+  await page.screenshot({ path: join(screenshots, 'deployment-filtered-table.png') });
+  await page.getByLabel('Filter').fill('changed_in_branch:CODE and');
+  const error = page.getByRole('alert').filter({ hasText: 'selection error' });
+  await error.waitFor();
+  assert.match(await error.innerText(), /column 19/);
+  assert.deepEqual(page.errors.filter((e) => !/400/.test(e)), []);
+});
+
+test('keyboard: Tab reaches a graph node and Enter opens the asset page with its diff', async () => {
+  const page = await newPage();
+  await page.goto(base + '/#/d/shop/' + branch);
+  await page.locator('g.node[data-key="fct_orders"]').focus();
+  await page.keyboard.press('Enter');
+  await page.getByText('Changes against the base').waitFor();
+  assert.match(await page.locator('pre.diff').innerText(), /\+WHERE p\.amount_cents > 0/);
+  assert.match(await page.locator('dl.kv').innerText(), /this branch deployment.s own table/);
+  assert.match(await page.getByText('Materializations in production').locator('..').innerText(), /2700/);
+  await page.screenshot({ path: join(screenshots, 'asset.png'), fullPage: true });
+  assert.deepEqual(page.errors, []);
+});
+
+test('launching a run from the UI needs the token, then runs to success with live steps', async () => {
+  const page = await newPage();
+  await page.goto(base + '/#/d/shop/' + branch);
+  await page.getByRole('button', { name: 'Materialize changed and downstream' }).click();
+  await page.getByText('needs an API token').waitFor();
+  await page.getByLabel('API token').fill(token);
+  await page.getByRole('button', { name: 'Materialize changed and downstream' }).click();
+  await page.waitForURL(/#\/runs\/\d+/);
+  await page.locator('h1 .chip.succeeded').waitFor({ timeout: 60000 });
+  assert.equal(await page.locator('tr[data-step]').count(), 5);
+  await page.locator('tr[data-step="fct_orders"] button').click();
+  assert.match(await page.locator('tr[data-step="fct_orders"] pre').innerText(), /rows/);
+  await page.screenshot({ path: join(screenshots, 'run.png') });
+  assert.deepEqual(page.errors.filter((e) => !/401/.test(e)), []);
+});
+
+test('a failed revision shows its diagnostics with path:line:col', async () => {
+  const repo = join(demoDir, 'repo');
+  execFileSync('git', ['-C', repo, 'checkout', '-q', '-b', 'feature/broken', 'main']);
+  writeFileSync(join(repo, 'assets', 'marts', 'broken.sql'), 'SELECT order_id FROM\nWHERE 1\n');
+  execFileSync('git', ['-C', repo, 'add', '-A']);
+  execFileSync('git', ['-C', repo, '-c', 'user.name=T', '-c', 'user.email=t@example.com', 'commit', '-q', '-m', 'Broken model']);
+  execFileSync('git', ['-C', repo, 'checkout', '-q', 'main']);
+  const page = await newPage();
+  await page.goto(base + '/#/');
+  const row = page.locator('tr', { hasText: 'feature/broken' });
+  await row.locator('.chip.failed').waitFor({ timeout: 30000 });
+  await row.locator('a').first().click();
+  const alert = page.getByRole('alert').filter({ hasText: 'failed' });
+  await alert.waitFor();
+  assert.match(await alert.innerText(), /assets\/marts\/broken\.sql:2:1: error: SQL syntax error/);
+  await page.screenshot({ path: join(screenshots, 'failed-revision.png') });
+});
+
+function luminance([r, g, b]) {
+  const c = [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+  return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+}
+
+test('accessibility basics: labelled controls, named buttons, text contrast of 4.5:1 or more', async () => {
+  const page = await newPage();
+  for (const path of ['/#/', '/#/d/shop/' + branch, '/#/d/shop/' + branch + '/a/fct_orders']) {
+    await page.goto(base + path);
+    await page.locator('main h1').waitFor();
+    await page.waitForTimeout(300);
+    const report = await page.evaluate(() => {
+      const unlabelled = [...document.querySelectorAll('input, select, textarea')].filter((el) => {
+        const id = el.id && document.querySelector(`label[for="${el.id}"]`);
+        return !id && !el.closest('label') && !el.getAttribute('aria-label');
+      }).map((el) => el.outerHTML);
+      const unnamed = [...document.querySelectorAll('button, a')].filter((el) => !(el.innerText.trim() || el.getAttribute('aria-label'))).map((el) => el.outerHTML);
+      const parse = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+      const colours = [...document.querySelectorAll('.chip, .badge, td, h1, p, a, label, .note')].filter((el) => el.innerText.trim()).slice(0, 300).map((el) => {
+        let bg = el;
+        let background = 'rgba(0, 0, 0, 0)';
+        while (bg && /rgba\(\d+, \d+, \d+, 0\)|transparent/.test(background)) {
+          background = getComputedStyle(bg).backgroundColor;
+          bg = bg.parentElement;
+        }
+        if (/rgba\(\d+, \d+, \d+, 0\)/.test(background)) background = 'rgb(255, 255, 255)';
+        return { text: el.innerText.slice(0, 30), fg: parse(getComputedStyle(el).color), bg: parse(background) };
+      });
+      return { unlabelled, unnamed, colours, lang: document.documentElement.lang };
+    });
+    assert.deepEqual(report.unlabelled, [], path);
+    assert.deepEqual(report.unnamed, [], path);
+    assert.equal(report.lang, 'en');
+    for (const { text, fg, bg } of report.colours) {
+      const [a, b] = [luminance(fg), luminance(bg)].sort((x, y) => y - x);
+      const ratio = (a + 0.05) / (b + 0.05);
+      assert.ok(ratio >= 4.5, `${path}: "${text}" has contrast ${ratio.toFixed(2)} (${fg} on ${bg})`);
+    }
+  }
+});
