@@ -16,7 +16,6 @@ const FILES: &[(&str, &str, &str)] = &[
     ("graph.js", "text/javascript; charset=utf-8", include_str!("../ui/graph.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("../ui/style.css")),
     ("vendor/preact-htm.js", "text/javascript; charset=utf-8", include_str!("../ui/vendor/preact-htm.js")),
-    ("vendor/dagre.min.js", "text/javascript; charset=utf-8", include_str!("../ui/vendor/dagre.min.js")),
     ("vendor/highlight-core.js", "text/javascript; charset=utf-8", include_str!("../ui/vendor/highlight-core.js")),
     ("vendor/highlight-sql.js", "text/javascript; charset=utf-8", include_str!("../ui/vendor/highlight-sql.js")),
     ("vendor/highlight-diff.js", "text/javascript; charset=utf-8", include_str!("../ui/vendor/highlight-diff.js")),
