@@ -221,6 +221,8 @@ async fn create_or_update(State(state): State<SharedState>, _: Writer, Body(body
     if body.commit_hash.is_empty() || body.commit_hash.len() > 64 || !body.commit_hash.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request("invalid_request", "commit_hash must be a hexadecimal commit id"));
     }
+    // A remote repository may not have fetched the commit yet: CI often calls before any webhook.
+    crate::mirror::ensure_commit(&state, &repository, &body.commit_hash).await?;
     let outcome = deploy::create_or_update(
         &state,
         Push {

@@ -37,6 +37,10 @@ pub struct RepositoryConfig {
     /// Poll the repository for branches: the production branch deploys to `prod`, every other
     /// branch matching the glob gets a branch deployment, a deleted branch closes its deployment.
     pub watch: Option<WatchConfig>,
+    /// Set when the repository is fetched from a URL into the mirror at `path`.
+    pub remote: Option<RemoteConfig>,
+    /// The git host, for webhooks and pull-request feedback.
+    pub forge: Option<ForgeConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,5 +69,111 @@ impl ServerConfig {
 
     pub fn checkouts_dir(&self) -> PathBuf {
         self.data_dir.join("checkouts")
+    }
+
+    /// The bare mirror of a repository configured by URL.
+    pub fn mirror_path(&self, name: &RepositoryName) -> PathBuf {
+        self.data_dir.join("mirrors").join(format!("{name}.git"))
+    }
+}
+
+/// Where a repository is fetched from when it is not a local path: `path` is then a bare mirror
+/// under the data directory (see `ServerConfig::mirror_path`), fetched before each hook event.
+/// `Debug` redacts credentials written into the URL.
+#[derive(Clone)]
+pub struct RemoteConfig {
+    /// `https://`, `ssh://`, `git@host:path` or `file://`. Credentials embedded in an https URL
+    /// are taken out and handed to git through its askpass helper, never on a command line.
+    pub url: String,
+    /// For https: the user name sent with `token` (hosts accept any non-empty one with a token).
+    pub username: String,
+    /// For https: a token or password, given to git through `GIT_ASKPASS`.
+    pub token: Option<Secret>,
+    /// For ssh: a private key file.
+    pub ssh_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RemoteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteConfig")
+            .field("url", &crate::mirror::redact(&self.url, self.token.as_ref()))
+            .field("username", &self.username)
+            .field("token", &self.token)
+            .field("ssh_key", &self.ssh_key)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForgeKind {
+    GitHub,
+    GitLab,
+}
+
+impl ForgeKind {
+    pub fn parse(text: &str) -> Option<ForgeKind> {
+        match text.to_ascii_lowercase().as_str() {
+            "github" => Some(ForgeKind::GitHub),
+            "gitlab" => Some(ForgeKind::GitLab),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForgeKind::GitHub => "github",
+            ForgeKind::GitLab => "gitlab",
+        }
+    }
+
+    /// The public API of the hosted service; self-hosted instances configure their own.
+    pub fn public_api_url(self) -> &'static str {
+        match self {
+            ForgeKind::GitHub => "https://api.github.com",
+            ForgeKind::GitLab => "https://gitlab.com/api/v4",
+        }
+    }
+}
+
+/// The git host a repository lives on: which webhooks it accepts and where pull-request feedback
+/// goes.
+#[derive(Debug, Clone)]
+pub struct ForgeConfig {
+    pub kind: ForgeKind,
+    /// `owner/repo` on GitHub, the project's full path (or numeric id) on GitLab. Matched against
+    /// webhook payloads and used for API calls; when absent, webhooks match by the remote URL or
+    /// the repository name, and feedback takes the project from the pull request's URL.
+    pub project: Option<String>,
+    /// `https://api.github.com`, `https://github.example.com/api/v3`, `https://gitlab.example.com/api/v4`.
+    pub api_url: String,
+    /// For pull-request comments and commit statuses; no feedback without it.
+    pub token: Option<Secret>,
+    /// GitHub: the HMAC key of `X-Hub-Signature-256`; GitLab: the `X-Gitlab-Token`. No webhook
+    /// is accepted for the repository without it.
+    pub webhook_secret: Option<Secret>,
+    /// Deploy pull requests whose head is in a fork. Off by default: a fork's code would run
+    /// with this server's warehouse credentials.
+    pub deploy_forks: bool,
+}
+
+/// A credential: compared and sent, never printed (`Debug` hides it, there is no `Display`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// `None` for an empty or blank value, so an unset variable never becomes a valid secret.
+    pub fn new(value: impl Into<String>) -> Option<Secret> {
+        let value = value.into();
+        (!value.trim().is_empty()).then_some(Secret(value))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
     }
 }

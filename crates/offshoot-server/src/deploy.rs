@@ -175,8 +175,11 @@ pub async fn enqueue(state: &SharedState, deployment: &Deployment, commit: Commi
     let time = now();
     if let Some(newest) = newest {
         let relation = git::relation(repo.path.clone(), commit.clone(), newest.commit.clone()).await.map_err(ApiError::internal)?;
-        let reopened_without_schema = deployment.current_revision.is_none() && newest.status == RevisionStatus::Ready;
-        if !pushed_commit_is_newer(relation) && !(reopened_without_schema && newest.commit.sha == commit.sha) {
+        // The same commit deploys again after a reopen (its schema was dropped) or a failure (a
+        // retry: the failure may have been the warehouse's, not the definitions').
+        let redeploy_same = newest.commit.sha == commit.sha
+            && ((deployment.current_revision.is_none() && newest.status == RevisionStatus::Ready) || newest.status == RevisionStatus::Failed);
+        if !pushed_commit_is_newer(relation) && !redeploy_same {
             if newest.commit.sha == commit.sha {
                 return Ok(newest.clone());
             }
@@ -277,6 +280,7 @@ pub async fn deploy(state: &SharedState, mut revision: Revision) -> Result<(), o
             tracing::info!("revision {} of {} is ready", revision.number, deployment.name);
         }
     }
+    crate::feedback::revision_finished(state, &deployment, &revision);
     Ok(())
 }
 

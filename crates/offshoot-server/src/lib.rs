@@ -11,9 +11,11 @@ pub mod config;
 pub mod deploy;
 pub mod dto;
 pub mod error;
+pub mod feedback;
 pub mod git;
 pub mod hooks;
 pub mod lifecycle;
+pub mod mirror;
 pub mod openapi;
 pub mod runs;
 pub mod state;
@@ -42,6 +44,10 @@ pub async fn serve(state: SharedState, listener: tokio::net::TcpListener, shutdo
     workers.spawn(deploy::worker(state.clone()));
     workers.spawn(runs::executor(state.clone()));
     workers.spawn(lifecycle::ttl_loop(state.clone()));
+    workers.spawn({
+        let state = state.clone();
+        async move { mirror::prepare_all(&state).await }
+    });
     for repo in &state.config.repositories {
         if let Some(watch) = &repo.watch {
             workers.spawn(watch::watch_loop(state.clone(), repo.clone(), watch.clone()));

@@ -100,6 +100,8 @@ fn demo_config(dir: &std::path::Path) -> anyhow::Result<ServerConfig> {
         path: dir.to_path_buf(),
         production_branch: "main".to_owned(),
         watch: Some(WatchConfig { branches: "*".to_owned(), interval: Duration::from_millis(500) }),
+        remote: None,
+        forge: None,
     });
     Ok(config)
 }

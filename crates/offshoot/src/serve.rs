@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use offshoot_core::RepositoryName;
+use offshoot_server::config::{ForgeConfig, ForgeKind, RemoteConfig, Secret};
 use offshoot_server::{AppState, RepositoryConfig, ServerConfig, SharedState, WatchConfig};
 use offshoot_store_sqlite::SqliteStore;
 use offshoot_warehouse_sqlite::SqliteWarehouse;
@@ -81,12 +82,32 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileRepository {
     name: Option<String>,
-    path: PathBuf,
+    /// A local repository; or `url`.
+    path: Option<PathBuf>,
+    /// A remote repository (https, ssh or file URL), mirrored under the data directory.
+    url: Option<String>,
     production_branch: Option<String>,
     #[serde(default)]
     watch: bool,
     branches: Option<String>,
     poll_interval_ms: Option<u64>,
+    /// `github` or `gitlab` (inferred for github.com and gitlab.com URLs).
+    forge: Option<String>,
+    /// `owner/repo` (GitHub) or the project's full path (GitLab).
+    project: Option<String>,
+    api_url: Option<String>,
+    /// Secrets, inline or from the named environment variable.
+    token: Option<String>,
+    token_env: Option<String>,
+    webhook_secret: Option<String>,
+    webhook_secret_env: Option<String>,
+    #[serde(default)]
+    deploy_forks: bool,
+    /// Credentials for fetching `url` over https (default: `token`) or ssh.
+    git_username: Option<String>,
+    git_token: Option<String>,
+    git_token_env: Option<String>,
+    ssh_key: Option<PathBuf>,
 }
 
 /// The checked configuration and where to listen.
@@ -106,6 +127,126 @@ fn repository_name(name: Option<&str>, path: &Path) -> anyhow::Result<Repository
             .unwrap_or_else(|| "repo".to_owned()),
     };
     RepositoryName::from_any(&text).with_context(|| format!("`{text}` cannot name a repository"))
+}
+
+/// A secret from the file, from the environment variable the file names, or else from the
+/// fallback variable. Never printed: errors name the variable, not its value.
+fn secret(inline: Option<String>, env_name: Option<&str>, fallback_env: Option<&str>, key: &str) -> anyhow::Result<Option<Secret>> {
+    if let Some(name) = env_name {
+        let value = std::env::var(name).ok().and_then(Secret::new);
+        return match value {
+            Some(value) => Ok(Some(value)),
+            None => bail!("`{key}_env` names `{name}`, which is not set"),
+        };
+    }
+    Ok(inline.and_then(Secret::new).or_else(|| fallback_env.and_then(|name| std::env::var(name).ok()).and_then(Secret::new)))
+}
+
+/// The host of an `https://`, `ssh://` or `user@host:path` URL, lower-cased.
+fn url_host(url: &str) -> Option<String> {
+    let rest = match url.split_once("://") {
+        Some((_, rest)) => rest,
+        None => url.split_once(':')?.0,
+    };
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit('@').next()?.split(':').next()?;
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// A `[[repositories]]` entry, checked: exactly one of `path` and `url`; forge settings only
+/// with a forge.
+fn file_repository(config: &ServerConfig, repo: FileRepository) -> anyhow::Result<RepositoryConfig> {
+    let name = match (&repo.path, &repo.url) {
+        (Some(_), Some(_)) => bail!("a repository has both `path` and `url`; give one"),
+        (None, None) => bail!("a repository needs `path` (a local repository) or `url` (a remote one)"),
+        (Some(path), None) => repository_name(repo.name.as_deref(), path)?,
+        (None, Some(url)) => {
+            let text = repo.name.clone().unwrap_or_else(|| offshoot_server::mirror::redact(url, None));
+            RepositoryName::from_any(&text).with_context(|| format!("`{text}` cannot name a repository; set `name`"))?
+        }
+    };
+    let host = repo.url.as_deref().and_then(url_host);
+    let kind = match repo.forge.as_deref() {
+        Some(text) => Some(ForgeKind::parse(text).with_context(|| format!("repository `{name}`: forge `{text}` is not `github` or `gitlab`"))?),
+        None => match host.as_deref() {
+            Some("github.com") => Some(ForgeKind::GitHub),
+            Some("gitlab.com") => Some(ForgeKind::GitLab),
+            _ => None,
+        },
+    };
+    let forge_keys = repo.project.is_some() || repo.api_url.is_some() || repo.token.is_some() || repo.token_env.is_some()
+        || repo.webhook_secret.is_some() || repo.webhook_secret_env.is_some() || repo.deploy_forks;
+    if kind.is_none() && forge_keys {
+        bail!("repository `{name}`: set `forge = \"github\"` or `forge = \"gitlab\"` to use webhooks or pull-request feedback");
+    }
+    let forge = match kind {
+        None => None,
+        Some(kind) => {
+            let fallback_token = match kind {
+                ForgeKind::GitHub => "OFFSHOOT_GITHUB_TOKEN",
+                ForgeKind::GitLab => "OFFSHOOT_GITLAB_TOKEN",
+            };
+            // Self-hosted: the API lives on the host the repository is cloned from.
+            let api_url = repo.api_url.clone().unwrap_or_else(|| match (kind, host.as_deref()) {
+                (_, None | Some("github.com" | "gitlab.com")) => kind.public_api_url().to_owned(),
+                (ForgeKind::GitHub, Some(host)) => format!("https://{host}/api/v3"),
+                (ForgeKind::GitLab, Some(host)) => format!("https://{host}/api/v4"),
+            });
+            if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+                bail!("repository `{name}`: `api_url` must start with https:// or http://");
+            }
+            Some(ForgeConfig {
+                kind,
+                project: repo.project.clone().map(|p| p.trim_matches('/').to_owned()),
+                api_url,
+                token: secret(repo.token.clone(), repo.token_env.as_deref(), Some(fallback_token), "token")?,
+                webhook_secret: secret(repo.webhook_secret.clone(), repo.webhook_secret_env.as_deref(), Some("OFFSHOOT_WEBHOOK_SECRET"), "webhook_secret")?,
+                deploy_forks: repo.deploy_forks,
+            })
+        }
+    };
+    let remote = match &repo.url {
+        None => None,
+        Some(url) => {
+            if repo.watch {
+                bail!("repository `{name}`: `watch` needs a local `path`; a repository with a `url` is fetched on each webhook event");
+            }
+            // An explicit git token, else the API token, else the fallback variable.
+            let git_token = match secret(repo.git_token.clone(), repo.git_token_env.as_deref(), None, "git_token")? {
+                Some(token) => Some(token),
+                None => forge.as_ref().and_then(|f| f.token.clone()).or(secret(None, None, Some("OFFSHOOT_GIT_TOKEN"), "git_token")?),
+            };
+            let username = repo.git_username.clone().unwrap_or_else(|| match kind {
+                Some(ForgeKind::GitHub) => "x-access-token".to_owned(),
+                Some(ForgeKind::GitLab) => "oauth2".to_owned(),
+                None => "git".to_owned(),
+            });
+            Some(RemoteConfig {
+                url: url.clone(),
+                username,
+                token: git_token,
+                ssh_key: repo.ssh_key.clone(),
+            })
+        }
+    };
+    let path = match (&repo.path, &remote) {
+        (Some(path), _) => path.clone(),
+        (None, _) => {
+            let path = config.mirror_path(&name);
+            offshoot_server::mirror::initialize(&path).with_context(|| format!("repository `{name}`: preparing its mirror"))?;
+            path
+        }
+    };
+    if let Some(forge) = &forge {
+        if forge.token.is_some() && forge.api_url.starts_with("https://") && !offshoot_server::feedback::TLS {
+            eprintln!("warning: repository `{name}`: {} is https, but this build has no TLS; pull-request feedback needs the `tls` feature", forge.api_url);
+        }
+    }
+    let watch = repo.watch.then(|| WatchConfig {
+        branches: repo.branches.clone().unwrap_or_else(|| "*".to_owned()),
+        interval: Duration::from_millis(repo.poll_interval_ms.unwrap_or(2000)),
+    });
+    Ok(RepositoryConfig { name, path, production_branch: repo.production_branch.unwrap_or_else(|| "main".to_owned()), watch, remote, forge })
 }
 
 pub fn settings(args: &Args) -> anyhow::Result<Settings> {
@@ -137,16 +278,8 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
         config.production_run_concurrency = n;
     }
     for repo in file.repositories {
-        let watch = repo.watch.then(|| WatchConfig {
-            branches: repo.branches.clone().unwrap_or_else(|| "*".to_owned()),
-            interval: Duration::from_millis(repo.poll_interval_ms.unwrap_or(2000)),
-        });
-        config.repositories.push(RepositoryConfig {
-            name: repository_name(repo.name.as_deref(), &repo.path)?,
-            production_branch: repo.production_branch.unwrap_or_else(|| "main".to_owned()),
-            path: repo.path,
-            watch,
-        });
+        let repository = file_repository(&config, repo)?;
+        config.repositories.push(repository);
     }
     if let Some(path) = &args.repo {
         let name = repository_name(args.repo_name.as_deref(), path)?;
@@ -159,6 +292,8 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
                 branches: args.branches.clone().unwrap_or_else(|| "*".to_owned()),
                 interval: Duration::from_millis(args.poll_interval_ms.unwrap_or(1000)),
             }),
+            remote: None,
+            forge: None,
         });
     }
     let mut names: Vec<&str> = config.repositories.iter().map(|r| r.name.as_str()).collect();

@@ -2,5 +2,6 @@
 //! driven over HTTP and by the CLI, against git repositories built by real `git`.
 
 mod commands;
+mod hooks;
 mod server;
 mod support;

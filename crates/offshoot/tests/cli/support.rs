@@ -105,14 +105,19 @@ pub const TOKEN: &str = "test-token-0123456789";
 impl Server {
     /// Serves `repo` (not watched) with its data in `dir/data`.
     pub fn start(dir: &Path, repo: &Path, extra_config: &str) -> Server {
+        Server::start_with_repository(dir, &format!("path = {:?}", repo.to_str().expect("utf-8 path")), extra_config)
+    }
+
+    /// Serves one repository named `shop` (production branch `main`) whose other keys are
+    /// `repository_keys` (TOML lines: `path` or `url`, forge settings, ...).
+    pub fn start_with_repository(dir: &Path, repository_keys: &str, extra_config: &str) -> Server {
         let config = dir.join("offshoot-server.toml");
         let data_dir = dir.join("data");
         std::fs::write(
             &config,
             format!(
-                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\napi_tokens = [{TOKEN:?}]\n{extra_config}\n[[repositories]]\nname = \"shop\"\npath = {repo:?}\nproduction_branch = \"main\"\n",
+                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\napi_tokens = [{TOKEN:?}]\n{extra_config}\n[[repositories]]\nname = \"shop\"\nproduction_branch = \"main\"\n{repository_keys}\n",
                 data = data_dir.to_str().expect("utf-8 path"),
-                repo = repo.to_str().expect("utf-8 path"),
             ),
         )
         .expect("write config");

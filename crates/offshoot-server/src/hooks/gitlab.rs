@@ -1,0 +1,183 @@
+//! `POST /hooks/gitlab`: `X-Gitlab-Token` (the repository's webhook secret, compared in constant
+//! time), `Merge Request Hook` and `Push Hook` events, dedupe by `X-Gitlab-Event-UUID`. Payload
+//! fields follow GitLab's documented webhook events.
+
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::{
+    admit, branch_name, branch_of_ref, commit_id, find_repository, header, hook_repositories, ignored, malformed, same_secret, unauthorized,
+    HeadTrigger, HookJob, Hooks, PayloadRepository, PullRequestRef,
+};
+use crate::config::{ForgeKind, RepositoryConfig};
+use crate::error::ApiError;
+use crate::state::{Metrics, SharedState};
+
+pub async fn receive(state: &SharedState, hooks: &Hooks, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+    Metrics::increment(&state.metrics.http_requests);
+    let candidates = hook_repositories(state, ForgeKind::GitLab);
+    if candidates.is_empty() {
+        return Err(unauthorized("no repository accepts GitLab webhooks: configure `forge = \"gitlab\"` and a `webhook_secret`"));
+    }
+    let token = header(headers, "x-gitlab-token").ok_or_else(|| unauthorized("the X-Gitlab-Token header is missing; set the webhook's secret token"))?;
+    let verified: Vec<&RepositoryConfig> = candidates
+        .iter()
+        .filter(|(_, _, secret)| same_secret(token.as_bytes(), secret.expose().as_bytes()))
+        .map(|(repo, _, _)| *repo)
+        .collect();
+    if verified.is_empty() {
+        return Err(unauthorized("the X-Gitlab-Token does not match the webhook secret"));
+    }
+    let event = header(headers, "x-gitlab-event").ok_or_else(|| malformed("the X-Gitlab-Event header is missing"))?;
+    let payload: serde_json::Value = serde_json::from_slice(body).map_err(|e| malformed(format!("the body is not JSON: {e}")))?;
+    let (repository, job) = match interpret(event, payload)? {
+        Interpretation::Ignored(reason) => return Ok(ignored(&reason)),
+        Interpretation::Job(repository, job) => (repository, job),
+    };
+    let configured: Vec<&RepositoryConfig> = candidates.iter().map(|(repo, _, _)| *repo).collect();
+    let Some(repo) = find_repository(&configured, &repository) else {
+        return Ok(ignored(&format!("no configured repository is {:?}", repository.full_name)));
+    };
+    if !verified.iter().any(|v| v.name == repo.name) {
+        return Err(unauthorized("the X-Gitlab-Token does not match this repository's webhook secret"));
+    }
+    let forge = repo.forge.as_ref().expect("hook repositories have a forge");
+    if let Err(reason) = admit(repo, forge, &job) {
+        return Ok(ignored(&reason));
+    }
+    hooks.accept(state, repo, ForgeKind::GitLab, header(headers, "x-gitlab-event-uuid"), job)
+}
+
+#[derive(Debug)]
+pub enum Interpretation {
+    Ignored(String),
+    Job(PayloadRepository, HookJob),
+}
+
+/// Translates one event; `Err` (400) when a field the event needs is missing or malformed.
+pub fn interpret(event: &str, payload: serde_json::Value) -> Result<Interpretation, ApiError> {
+    match event {
+        "Merge Request Hook" => merge_request(payload),
+        "Push Hook" => push(payload),
+        other => Ok(Interpretation::Ignored(format!("`{}` events are not used", other.escape_debug()))),
+    }
+}
+
+#[derive(Deserialize)]
+struct Project {
+    id: u64,
+    path_with_namespace: String,
+    git_http_url: Option<String>,
+    git_ssh_url: Option<String>,
+    web_url: Option<String>,
+}
+
+impl Project {
+    fn describe(self) -> PayloadRepository {
+        PayloadRepository {
+            full_name: self.path_with_namespace,
+            id: Some(self.id),
+            urls: [self.git_http_url, self.git_ssh_url, self.web_url].into_iter().flatten().collect(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct MergeRequestEvent {
+    project: Project,
+    object_attributes: MergeRequest,
+    #[serde(default)]
+    changes: Option<Changes>,
+}
+
+#[derive(Deserialize)]
+struct MergeRequest {
+    iid: u64,
+    action: Option<String>,
+    source_branch: String,
+    target_branch: String,
+    source_project_id: u64,
+    target_project_id: u64,
+    url: String,
+    last_commit: LastCommit,
+    /// Present on `update` when new commits were pushed.
+    oldrev: Option<String>,
+    source: Option<SourceProject>,
+}
+
+#[derive(Deserialize)]
+struct LastCommit {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct SourceProject {
+    path_with_namespace: String,
+}
+
+#[derive(Deserialize)]
+struct Changes {
+    target_branch: Option<serde_json::Value>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(payload: serde_json::Value, event: &str) -> Result<T, ApiError> {
+    serde_json::from_value(payload).map_err(|e| malformed(format!("not a `{event}` payload: {e}")))
+}
+
+fn merge_request(payload: serde_json::Value) -> Result<Interpretation, ApiError> {
+    let event: MergeRequestEvent = parse(payload, "Merge Request Hook")?;
+    let attributes = &event.object_attributes;
+    let base_changed = event.changes.as_ref().and_then(|c| c.target_branch.as_ref()).is_some();
+    let trigger = match attributes.action.as_deref() {
+        Some("open" | "reopen") => Some(HeadTrigger::Opened),
+        Some("update") if base_changed => Some(HeadTrigger::BaseChanged),
+        Some("update") if attributes.oldrev.is_some() => Some(HeadTrigger::NewCommit),
+        Some("update") => return Ok(Interpretation::Ignored("the merge request was updated without new commits or a new target branch".to_owned())),
+        Some("close" | "merge") => None,
+        other => {
+            let action = other.unwrap_or("(none)").escape_debug().to_string();
+            return Ok(Interpretation::Ignored(format!("merge request action `{action}` changes no deployment")));
+        }
+    };
+    let from_fork = attributes.source_project_id != attributes.target_project_id;
+    // A fork's branch is named `namespace/project:branch`, so it can never be taken for a branch
+    // of the project itself.
+    let branch = if from_fork {
+        let owner = attributes.source.as_ref().map(|s| s.path_with_namespace.clone()).unwrap_or_else(|| format!("fork-{}", attributes.source_project_id));
+        branch_name(&format!("{owner}:{}", attributes.source_branch), "object_attributes.source_branch")?
+    } else {
+        branch_name(&attributes.source_branch, "object_attributes.source_branch")?
+    };
+    let pull_request = PullRequestRef { branch, id: attributes.iid.to_string(), url: attributes.url.clone(), from_fork };
+    let job = match trigger {
+        None => HookJob::PullRequestClosed { pull_request, merged: attributes.action.as_deref() == Some("merge") },
+        Some(trigger) => HookJob::PullRequestHead {
+            pull_request,
+            commit: commit_id(&attributes.last_commit.id, "object_attributes.last_commit.id")?,
+            base_branch: attributes.target_branch.clone(),
+            trigger,
+        },
+    };
+    Ok(Interpretation::Job(event.project.describe(), job))
+}
+
+#[derive(Deserialize)]
+struct PushEvent {
+    #[serde(rename = "ref")]
+    reference: String,
+    after: String,
+    project: Project,
+}
+
+fn push(payload: serde_json::Value) -> Result<Interpretation, ApiError> {
+    let event: PushEvent = parse(payload, "Push Hook")?;
+    let Some(branch) = branch_of_ref(&event.reference) else {
+        return Ok(Interpretation::Ignored("a push to a tag or another non-branch ref".to_owned()));
+    };
+    let branch = branch_name(branch, "ref")?;
+    let commit = commit_id(&event.after, "after")?;
+    // GitLab announces a deleted branch as a push whose `after` is all zeros.
+    let job = if commit.chars().all(|c| c == '0') { HookJob::BranchDeleted { branch } } else { HookJob::BranchPushed { branch, commit } };
+    Ok(Interpretation::Job(event.project.describe(), job))
+}
