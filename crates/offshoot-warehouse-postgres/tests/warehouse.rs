@@ -1,0 +1,726 @@
+//! Integration tests of the PostgreSQL warehouse: zero-copy clones, copy-on-write with
+//! branch-first resolution, production protected by the branch role, production rebuilding its
+//! tables under a branch, atomic replacement, teardown, identifier quoting, hostile SQL, commands.
+//!
+//! Each test creates its own database and branch role on the server at
+//! `OFFSHOOT_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432`, no database part;
+//! the user must be able to create databases and roles) and drops both afterwards, also when the
+//! test fails. A server that is down fails the tests; `OFFSHOOT_SKIP_POSTGRES=1` skips them.
+
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use offshoot_core::{AssetKey, DeploymentName, RepositoryName, SchemaName};
+use offshoot_warehouse::{Target, Warehouse, WarehouseError};
+use offshoot_warehouse_postgres::{PostgresWarehouse, PostgresWarehouseOptions, DEFAULT_BRANCH_ROLE};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+/// A database and role names of its own on the test server (a branch role, and a login for tests
+/// that need one); all are dropped (the database with `FORCE`, so open connections do not keep
+/// it alive) when the guard is dropped, even while a failed test unwinds.
+struct TestDatabase {
+    server: String,
+    name: String,
+    role: String,
+    login: String,
+}
+
+impl TestDatabase {
+    /// `None` when PostgreSQL tests are skipped on purpose; panics when the server is unreachable.
+    async fn create() -> Option<TestDatabase> {
+        if std::env::var("OFFSHOOT_SKIP_POSTGRES").is_ok_and(|value| value == "1") {
+            eprintln!("skipped: OFFSHOOT_SKIP_POSTGRES=1");
+            return None;
+        }
+        let server = std::env::var("OFFSHOOT_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+            .trim_end_matches('/')
+            .to_owned();
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_nanos();
+        let name = format!("offshoot_test_{}_{nanos}", std::process::id());
+        let mut connection = maintenance_connection(&server).await.unwrap_or_else(|error| {
+            panic!(
+                "PostgreSQL at {server} is not reachable ({error}). Start it (`.ci/run` does), point \
+                 OFFSHOOT_TEST_POSTGRES_URL at another server, or set OFFSHOOT_SKIP_POSTGRES=1 to skip these tests"
+            )
+        });
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut connection)
+            .await
+            .expect("create the test database");
+        let _ = connection.close().await;
+        let role = format!("{name}_branch");
+        let login = format!("{name}_login");
+        Some(TestDatabase { server, name, role, login })
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.server, self.name)
+    }
+
+    /// The URL of the test database for another user.
+    fn url_as(&self, user: &str, password: &str) -> String {
+        let server: PgConnectOptions = self.server.parse().expect("a valid server URL");
+        format!("postgres://{user}:{password}@{}:{}/{}", server.get_host(), server.get_port(), self.name)
+    }
+
+    /// A connection of the test's own to its database, as the login user.
+    async fn connection(&self) -> PgConnection {
+        PgConnection::connect(&self.url()).await.expect("connect to the test database")
+    }
+}
+
+async fn maintenance_connection(server: &str) -> Result<PgConnection, sqlx::Error> {
+    PgConnection::connect(&format!("{server}/postgres")).await
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        let statements = [
+            format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
+            // After the database: the role's privileges and tables lived there.
+            format!("DROP ROLE IF EXISTS \"{}\"", self.role),
+            format!("DROP ROLE IF EXISTS \"{}\"", self.login),
+        ];
+        // A runtime of its own on a thread of its own: this may run inside the test's runtime,
+        // which cannot be blocked on from within.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut connection = maintenance_connection(&server).await.map_err(|e| e.to_string())?;
+                let mut result = Ok(());
+                for statement in statements {
+                    if let Err(error) = sqlx::raw_sql(AssertSqlSafe(statement)).execute(&mut connection).await {
+                        result = Err(error.to_string());
+                        break;
+                    }
+                }
+                let _ = connection.close().await;
+                result
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("could not drop test database {}: {error}", self.name),
+            Err(_) => eprintln!("could not drop test database {}: the dropping thread panicked", self.name),
+        }
+    }
+}
+
+fn schema(deployment: &str) -> SchemaName {
+    SchemaName::for_deployment(
+        &RepositoryName::new("shop").expect("valid repository"),
+        &DeploymentName::new(deployment).expect("valid deployment"),
+    )
+}
+
+fn key(name: &str) -> AssetKey {
+    AssetKey::new(name).expect("valid asset key")
+}
+
+fn branch_of(deployment: &str) -> Target {
+    Target { schema: schema(deployment), production: schema("prod") }
+}
+
+const SEED: &str = "
+    CREATE TABLE raw_orders (id INTEGER, amount NUMERIC, customer TEXT);
+    INSERT INTO raw_orders VALUES (1, 10.5, 'ada'), (2, 20.0, 'bob'), (3, -1.0, 'cy');
+    CREATE TABLE orders AS SELECT id, amount, customer FROM raw_orders;
+    CREATE TABLE \"Customers\" (name TEXT);
+    INSERT INTO \"Customers\" VALUES ('ada'), ('bob');
+";
+
+/// A warehouse with production seeded and set up for branches, and one branch prepared. Fields
+/// drop in order: the warehouse's pool before the database.
+struct Fixture {
+    warehouse: PostgresWarehouse,
+    production: Target,
+    branch: Target,
+    database: TestDatabase,
+}
+
+impl Fixture {
+    async fn new() -> Option<Fixture> {
+        Fixture::with_seed(SEED).await
+    }
+
+    async fn with_seed(seed: &str) -> Option<Fixture> {
+        let database = TestDatabase::create().await?;
+        let warehouse = connect(&database).await;
+        let production = Target { schema: schema("prod"), production: schema("prod") };
+        warehouse.prepare(&production).await.expect("prepare production");
+        warehouse.execute_production_script(&production.schema, seed).await.expect("seed production");
+        warehouse.setup_roles(&production.schema).await.expect("set up the branch role");
+        let branch = branch_of("feature-1-ab12cd34");
+        warehouse.prepare(&branch).await.expect("prepare branch");
+        Some(Fixture { warehouse, production, branch, database })
+    }
+
+    async fn materialize(&self, target: &Target, name: &str, select: &str) -> Result<u64, WarehouseError> {
+        self.warehouse.materialize_sql(target, &key(name), select).await
+    }
+
+    async fn rows(&self, target: &Target, table: &str) -> Option<u64> {
+        self.warehouse.row_count(target, table).await.expect("row count")
+    }
+
+    async fn checksum(&self, target: &Target, table: &str) -> String {
+        self.warehouse.table_checksum(target, table).await.expect("checksum").expect("the table exists")
+    }
+
+    async fn own_tables(&self, target: &Target) -> Vec<String> {
+        self.warehouse.own_tables(target).await.expect("own tables")
+    }
+
+    /// Checksums of every production table, by name.
+    async fn production_checksums(&self) -> Vec<(String, String)> {
+        let mut checksums = Vec::new();
+        for table in self.own_tables(&self.production).await {
+            let checksum = self.checksum(&self.production, &table).await;
+            checksums.push((table, checksum));
+        }
+        checksums
+    }
+
+    /// Every table in the target's schema, staging tables included.
+    async fn all_own_tables(&self, target: &Target) -> Vec<String> {
+        let mut connection = self.database.connection().await;
+        let names: Vec<String> = sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1")
+            .bind(target.schema.as_str())
+            .fetch_all(&mut connection)
+            .await
+            .expect("list tables");
+        connection.close().await.expect("close");
+        names
+    }
+
+    /// A connection that sees the branch the way its materializations do: as the branch role,
+    /// with `search_path` branch first.
+    async fn branch_role_connection(&self) -> PgConnection {
+        let mut connection = self.database.connection().await;
+        let setup = format!(
+            "SET ROLE \"{}\"; SET search_path = \"{}\", \"{}\"",
+            self.database.role, self.branch.schema, self.branch.production
+        );
+        sqlx::raw_sql(AssertSqlSafe(setup)).execute(&mut connection).await.expect("become the branch role");
+        connection
+    }
+}
+
+async fn connect(database: &TestDatabase) -> PostgresWarehouse {
+    let options = PostgresWarehouseOptions { branch_role: database.role.clone(), ..PostgresWarehouseOptions::default() };
+    PostgresWarehouse::connect(&database.url(), options).await.expect("connect the warehouse")
+}
+
+/// `count(*)` of a query run afresh (simple protocol, nothing prepared) on `connection`.
+async fn count(connection: &mut PgConnection, sql: &str) -> i64 {
+    use sqlx::Row;
+    let row = sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).fetch_one(connection).await.expect(sql);
+    row.try_get(0).expect("a count")
+}
+
+#[tokio::test]
+async fn a_branch_reads_production_without_copying_it() {
+    // About 7 MB in production: 100 000 rows of 64 characters.
+    let seed = "CREATE TABLE big AS SELECT i AS id, md5(i::text) || md5((-i)::text) AS payload
+                FROM generate_series(1, 100000) AS i;
+                CREATE TABLE small AS SELECT * FROM big WHERE id <= 100;";
+    let Some(fixture) = Fixture::with_seed(seed).await else { return };
+    let (production, branch) = (&fixture.production, &fixture.branch);
+
+    let mut connection = fixture.database.connection().await;
+    let bytes_in = |schema: &SchemaName| {
+        format!(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}'"
+        )
+    };
+    assert!(count(&mut connection, &bytes_in(&production.schema)).await > 5_000_000);
+    assert_eq!(count(&mut connection, &bytes_in(&branch.schema)).await, 0, "a prepared branch holds no data");
+    assert_eq!(fixture.own_tables(branch).await, Vec::<String>::new());
+
+    // Before building anything, the branch sees production's tables.
+    assert_eq!(fixture.rows(branch, "big").await, Some(100_000));
+    assert_eq!(fixture.checksum(branch, "small").await, fixture.checksum(production, "small").await);
+    assert_eq!(fixture.materialize(branch, "big_summary", "SELECT count(*) AS n FROM big").await, Ok(1));
+    assert_eq!(fixture.own_tables(branch).await, ["big_summary"]);
+
+    // Preparing again keeps what the branch built and still copies nothing.
+    fixture.warehouse.prepare(branch).await.expect("prepare is idempotent");
+    assert_eq!(fixture.own_tables(branch).await, ["big_summary"]);
+    assert!(count(&mut connection, &bytes_in(&branch.schema)).await < 100_000);
+    connection.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn materializing_in_a_branch_writes_the_branch_and_leaves_production_alone() {
+    let Some(fixture) = Fixture::new().await else { return };
+    let (production, branch) = (&fixture.production, &fixture.branch);
+    let production_before = fixture.production_checksums().await;
+    // Opened before the copy-on-write, and kept open across it.
+    let mut reader = fixture.branch_role_connection().await;
+    assert_eq!(count(&mut reader, "SELECT count(*) FROM orders").await, 3, "the branch reads production's orders");
+
+    // `large_orders` reads production's `orders` while the branch has none of its own.
+    let downstream = "SELECT * FROM orders WHERE amount > 0";
+    assert_eq!(fixture.materialize(branch, "large_orders", downstream).await, Ok(2));
+
+    // Copy-on-write: the branch gets its own `orders` and from now on reads it.
+    assert_eq!(fixture.materialize(branch, "orders", "SELECT * FROM raw_orders WHERE id = 1").await, Ok(1));
+    assert_eq!(fixture.own_tables(branch).await, ["large_orders", "orders"]);
+    assert_eq!(fixture.rows(branch, "orders").await, Some(1));
+    assert_ne!(fixture.checksum(branch, "orders").await, fixture.checksum(production, "orders").await);
+    assert_eq!(count(&mut reader, "SELECT count(*) FROM orders").await, 1, "a fresh statement sees the branch's table");
+
+    // The same downstream SQL now resolves `orders` to the branch's table.
+    assert_eq!(fixture.materialize(branch, "large_orders", downstream).await, Ok(1));
+    assert_eq!(fixture.rows(branch, "large_orders").await, Some(1));
+
+    // Production is exactly as it was.
+    assert_eq!(fixture.rows(production, "orders").await, Some(3));
+    assert_eq!(fixture.production_checksums().await, production_before);
+    assert_eq!(fixture.own_tables(production).await, ["Customers", "orders", "raw_orders"]);
+    reader.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn production_cannot_be_written_by_the_branch_role() {
+    let Some(fixture) = Fixture::new().await else { return };
+    let production_before = fixture.production_checksums().await;
+
+    let mut connection = fixture.branch_role_connection().await;
+    let prod = fixture.production.schema.as_str();
+    let writes = [
+        format!("INSERT INTO {prod}.orders VALUES (9, 9.0, 'eve')"),
+        // Unqualified, `orders` resolves to production's table: still refused.
+        "UPDATE orders SET amount = 0".to_owned(),
+        "DELETE FROM orders".to_owned(),
+        "TRUNCATE orders".to_owned(),
+        format!("DROP TABLE {prod}.orders"),
+        format!("ALTER TABLE {prod}.orders RENAME TO gone"),
+        format!("CREATE TABLE {prod}.intruder (x int)"),
+        format!("CREATE TABLE {prod}.intruder AS SELECT 1 AS x"),
+        format!("DROP SCHEMA {prod} CASCADE"),
+        format!("ALTER TABLE {prod}.orders ADD COLUMN intruder int"),
+        format!("CREATE INDEX ON {prod}.orders (id)"),
+        format!("COMMENT ON TABLE {prod}.orders IS 'owned'"),
+    ];
+    for write in &writes {
+        let error = sqlx::raw_sql(AssertSqlSafe(write.clone())).execute(&mut connection).await.expect_err(write);
+        let message = error.to_string();
+        // Writes and CREATE say "permission denied"; DROP, ALTER, indexes and comments need ownership.
+        assert!(message.contains("permission denied") || message.contains("must be owner"), "{write}: {message}");
+    }
+    connection.close().await.expect("close");
+
+    // The warehouse's own branch path, with SQL that tries to write production.
+    let attempts = [
+        "WITH gone AS (DELETE FROM orders RETURNING *) SELECT * FROM gone",
+        "WITH moved AS (UPDATE orders SET amount = 0 RETURNING *) SELECT * FROM moved",
+        "SELECT * FROM orders FOR UPDATE",
+    ];
+    for attempt in attempts {
+        let result = fixture.materialize(&fixture.branch, "probe", attempt).await;
+        let Err(WarehouseError::Query(message)) = &result else { panic!("{attempt}: {result:?}") };
+        assert!(message.contains("permission denied"), "{attempt}: {message}");
+    }
+
+    // A whole branch run, rebuilding production's names in the branch.
+    let branch = &fixture.branch;
+    assert_eq!(fixture.materialize(branch, "orders", "SELECT * FROM raw_orders WHERE amount > 0").await, Ok(2));
+    assert_eq!(fixture.materialize(branch, "raw_orders", "SELECT 1 AS id").await, Ok(1));
+    assert_eq!(fixture.materialize(branch, "Customers", "SELECT 'zed' AS name").await, Ok(1));
+    assert_eq!(fixture.production_checksums().await, production_before, "production is unchanged");
+    assert_eq!(fixture.own_tables(&fixture.production).await, ["Customers", "orders", "raw_orders"]);
+}
+
+#[tokio::test]
+async fn production_can_drop_and_rebuild_its_table_while_a_branch_reads_it() {
+    let Some(fixture) = Fixture::new().await else { return };
+    let (production, branch) = (&fixture.production, &fixture.branch);
+    assert_eq!(fixture.materialize(branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await, Ok(2));
+
+    // Nothing of the branch depends on production's table: production drops and recreates it.
+    let rebuild = "DROP TABLE orders;
+                   CREATE TABLE orders AS SELECT i AS id, i * 10.0 AS amount, 'x' AS customer FROM generate_series(1, 5) AS i;";
+    fixture.warehouse.execute_production_script(&production.schema, rebuild).await.expect("production rebuilds orders");
+    assert_eq!(fixture.rows(branch, "orders").await, Some(5), "the branch sees production's new table");
+    assert_eq!(fixture.materialize(branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await, Ok(5));
+
+    // And production's own copy-on-write materialization, as the login user.
+    assert_eq!(fixture.materialize(production, "orders", "SELECT * FROM raw_orders").await, Ok(3));
+    assert_eq!(fixture.materialize(branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await, Ok(2));
+    assert_eq!(fixture.own_tables(branch).await, ["large_orders"]);
+}
+
+#[tokio::test]
+async fn an_asset_select_is_one_statement_and_cannot_escape_its_role() {
+    let Some(fixture) = Fixture::new().await else { return };
+    let (production, branch) = (&fixture.production, &fixture.branch);
+    let production_before = fixture.production_checksums().await;
+
+    let refused = |result: &Result<u64, WarehouseError>| matches!(result, Err(WarehouseError::Refused(_)));
+    let cases: &[(&str, bool)] = &[
+        ("SELECT 1 AS x", false),
+        ("SELECT 1 AS x;", false),
+        ("SELECT 1 AS x; ;\n -- done\n /* really */", false),
+        ("/* leading; comment */ SELECT 1 AS x", false),
+        ("SELECT ';' AS x", false),
+        ("SELECT 1 AS \"x;y\"", false),
+        ("SELECT E'\\';' AS x", false),
+        ("SELECT $$;$$ AS x", false),
+        ("SELECT $tag$ ; $$ ; $tag$ AS x", false),
+        ("SELECT 'it''s; fine' AS x -- trailing; comment", false),
+        ("select 1; drop schema shop__prod cascade", true),
+        ("SELECT 1 AS x; DELETE FROM shop__prod.orders", true),
+        ("SELECT 1 AS x /* ; */ ; DROP TABLE shop__prod.orders", true),
+        ("SELECT 'a'';' AS x; DROP TABLE orders", true),
+        ("SELECT 1 AS x -- comment\r; DROP TABLE orders", true),
+        ("SELECT 1 AS x\0; DROP TABLE orders", true),
+        // Leaving the branch role from inside the statement is noticed and rolled back.
+        ("SELECT set_config('role', 'none', true) AS x", true),
+        ("SELECT set_config('role', 'none', false) AS x", true),
+    ];
+    for &(select, expect_refused) in cases {
+        let result = fixture.materialize(branch, "probe", select).await;
+        assert_eq!(refused(&result), expect_refused, "{select:?}: {result:?}");
+        if !expect_refused {
+            assert_eq!(result, Ok(1), "{select:?}");
+        }
+    }
+    assert_eq!(fixture.rows(branch, "probe").await, Some(1));
+    assert_eq!(fixture.checksum(branch, "probe").await, fixture.checksum(branch, "probe").await);
+
+    // A single statement spliced after `CREATE TABLE … AS` can only be a query.
+    for statement in ["DELETE FROM orders", "DROP TABLE shop__prod.orders", "RESET ROLE", "SET ROLE NONE"] {
+        let result = fixture.materialize(branch, "probe", statement).await;
+        assert!(matches!(result, Err(WarehouseError::Query(_))), "{statement}: {result:?}");
+    }
+
+    assert_eq!(fixture.production_checksums().await, production_before);
+    assert_eq!(fixture.own_tables(production).await, ["Customers", "orders", "raw_orders"]);
+    assert_eq!(fixture.all_own_tables(branch).await, ["probe"]);
+}
+
+#[tokio::test]
+async fn rematerializing_replaces_the_table_and_a_failure_keeps_the_previous_one() {
+    let Some(fixture) = Fixture::new().await else { return };
+    let branch = &fixture.branch;
+
+    assert_eq!(fixture.materialize(branch, "totals", "SELECT 1 AS a UNION ALL SELECT 2").await, Ok(2));
+    assert_eq!(fixture.materialize(branch, "totals", "SELECT 5 AS b").await, Ok(1));
+    let replaced = fixture.checksum(branch, "totals").await;
+
+    // Fails while planning, and fails at run time after the first rows were written.
+    let failing = [
+        ("SELECT * FROM no_such_table", "relation \"no_such_table\" does not exist"),
+        ("SELECT 1 / (x - 2) AS b FROM generate_series(1, 3) AS x", "division by zero"),
+    ];
+    for (select, message) in failing {
+        let result = fixture.materialize(branch, "totals", select).await;
+        assert_eq!(result, Err(WarehouseError::Query(message.to_owned())), "{select}");
+        assert_eq!(fixture.checksum(branch, "totals").await, replaced, "{select}");
+        assert_eq!(fixture.all_own_tables(branch).await, ["totals"], "{select}");
+    }
+
+    // A staging table left behind (by hand here) is ignored by `own_tables` and replaced by the
+    // next build.
+    let mut connection = fixture.branch_role_connection().await;
+    let leftover = format!("CREATE TABLE \"{}\".totals__offshoot_new AS SELECT 'stale' AS c", branch.schema);
+    sqlx::raw_sql(AssertSqlSafe(leftover)).execute(&mut connection).await.expect("leave a staging table behind");
+    connection.close().await.expect("close");
+    assert_eq!(fixture.own_tables(branch).await, ["totals"]);
+    assert_eq!(fixture.materialize(branch, "totals", "SELECT 7 AS b").await, Ok(1));
+    assert_eq!(fixture.all_own_tables(branch).await, ["totals"]);
+
+    let reserved = fixture.materialize(branch, "totals__offshoot_new", "SELECT 1 AS b").await;
+    assert!(matches!(reserved, Err(WarehouseError::Refused(_))), "{reserved:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_materializations_wait_for_each_other() {
+    let Some(fixture) = Fixture::new().await else { return };
+    let (production, branch) = (&fixture.production, &fixture.branch);
+    let heavy = "SELECT i FROM generate_series(1, 200000) AS i";
+    let (a, b, c, d) = tokio::join!(
+        fixture.materialize(branch, "a", heavy),
+        fixture.materialize(branch, "b", heavy),
+        fixture.materialize(branch, "a", "SELECT * FROM orders"),
+        // Production writes while the branch reads it.
+        fixture.materialize(production, "daily", heavy),
+    );
+    assert_eq!((b, d), (Ok(200_000), Ok(200_000)));
+    assert!(matches!((a, c), (Ok(200_000), Ok(3))), "both builds of `a` succeed, one after the other");
+    assert_eq!(fixture.all_own_tables(branch).await, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn teardown_drops_exactly_the_branch_schema() {
+    let Some(fixture) = Fixture::new().await else { return };
+    let (production, branch) = (&fixture.production, &fixture.branch);
+    let other = branch_of("other-branch");
+    fixture.warehouse.prepare(&other).await.expect("prepare other");
+    assert_eq!(fixture.materialize(branch, "orders", "SELECT * FROM raw_orders").await, Ok(3));
+    assert_eq!(fixture.materialize(&other, "orders", "SELECT * FROM raw_orders LIMIT 1").await, Ok(1));
+    let production_before = fixture.production_checksums().await;
+
+    fixture.warehouse.teardown(branch).await.expect("teardown");
+    assert!(!fixture.warehouse.schemas().await.expect("schemas").contains(&branch.schema));
+    fixture.warehouse.teardown(branch).await.expect("teardown is idempotent");
+
+    assert_eq!(fixture.production_checksums().await, production_before);
+    assert_eq!(fixture.rows(&other, "orders").await, Some(1));
+    assert_eq!(fixture.warehouse.schemas().await.expect("schemas"), [schema("other-branch"), schema("prod")]);
+
+    let refused = fixture.warehouse.teardown(production).await;
+    assert!(matches!(refused, Err(WarehouseError::Refused(_))), "{refused:?}");
+    assert_eq!(fixture.production_checksums().await, production_before);
+
+    // Operations on a torn-down branch fail instead of silently re-creating it.
+    for result in [
+        fixture.warehouse.own_tables(branch).await.map(|_| ()),
+        fixture.warehouse.row_count(branch, "orders").await.map(|_| ()),
+        fixture.warehouse.materialize_sql(branch, &key("orders"), "SELECT 1 AS x").await.map(|_| ()),
+    ] {
+        assert!(matches!(result, Err(WarehouseError::Backend(_))), "{result:?}");
+    }
+    assert!(!fixture.warehouse.schemas().await.expect("schemas").contains(&branch.schema));
+}
+
+#[tokio::test]
+async fn identifiers_are_quoted() {
+    let Some(fixture) = Fixture::new().await else { return };
+    let branch = &fixture.branch;
+
+    assert_eq!(fixture.materialize(branch, "select", "SELECT * FROM orders").await, Ok(3));
+    assert_eq!(fixture.materialize(branch, "order", "SELECT * FROM \"select\" WHERE id > 1").await, Ok(2));
+    assert_eq!(fixture.materialize(branch, "MixedCase", "SELECT * FROM \"Customers\"").await, Ok(2));
+    assert_eq!(fixture.materialize(branch, "user", "SELECT * FROM \"order\"").await, Ok(2));
+    assert_eq!(fixture.own_tables(branch).await, ["MixedCase", "order", "select", "user"]);
+    assert_eq!(fixture.rows(branch, "order").await, Some(2));
+    assert_eq!(fixture.rows(branch, "MixedCase").await, Some(2));
+    assert_eq!(fixture.rows(branch, "Customers").await, Some(2));
+    // Quoted PostgreSQL identifiers are case-sensitive, and so is the lookup.
+    assert_eq!(fixture.rows(branch, "mixedcase").await, None);
+    assert_eq!(fixture.rows(branch, "customers").await, None);
+
+    // Table names given to lookups are data, never SQL.
+    for hostile in ["a\"b", "orders\"; DROP TABLE orders; --", "orders; DROP TABLE orders", "pg_class", "x\0y"] {
+        assert_eq!(fixture.rows(branch, hostile).await, None, "{hostile}");
+        assert_eq!(fixture.warehouse.table_checksum(branch, hostile).await, Ok(None), "{hostile}");
+    }
+    assert_eq!(fixture.rows(&fixture.production, "orders").await, Some(3));
+}
+
+#[tokio::test]
+async fn checksums_are_stable_and_see_every_change() {
+    let Some(fixture) = Fixture::new().await else { return };
+    let branch = &fixture.branch;
+    let distinct = [
+        "SELECT 1 AS v",
+        "SELECT 1::bigint AS v",
+        "SELECT 1.0 AS v",
+        "SELECT '1'::text AS v",
+        "SELECT '\\x31'::bytea AS v",
+        "SELECT NULL::int AS v",
+        "SELECT ''::text AS v",
+        "SELECT NULL::text AS v",
+        "SELECT 2 AS v",
+        "SELECT 1 AS w",
+        "SELECT 'ab'::text AS v",
+        "SELECT 'a'::text AS v UNION ALL SELECT 'b'",
+        "SELECT 1 AS v UNION ALL SELECT 1",
+        "SELECT 1 AS v, 2 AS w",
+        "SELECT 12 AS v",
+        "SELECT 1 AS v WHERE false",
+    ];
+    let mut seen: Vec<(&str, String)> = Vec::new();
+    for select in distinct {
+        fixture.materialize(branch, "t", select).await.expect(select);
+        let checksum = fixture.checksum(branch, "t").await;
+        assert!(!seen.iter().any(|(_, earlier)| earlier == &checksum), "{select} collides with {seen:?}");
+        seen.push((select, checksum));
+    }
+
+    // Same content, built in another order or again: same checksum.
+    let first_order = "SELECT 2 AS v, 'b'::text AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 1, NULL";
+    fixture.materialize(branch, "t", first_order).await.expect("t");
+    let first = fixture.checksum(branch, "t").await;
+    let other_order = "SELECT 1 AS v, NULL::text AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 2, 'b'";
+    fixture.materialize(branch, "t", other_order).await.expect("t");
+    assert_eq!(fixture.checksum(branch, "t").await, first);
+    assert_eq!(fixture.checksum(branch, "t").await, first);
+}
+
+#[tokio::test]
+async fn schemas_lists_the_deployment_schemas() {
+    let Some(fixture) = Fixture::new().await else { return };
+    fixture.warehouse.prepare(&branch_of("another-one")).await.expect("prepare");
+    let mut connection = fixture.database.connection().await;
+    let strays = "CREATE SCHEMA \"Not__A_Schema\"; CREATE SCHEMA plain; CREATE SCHEMA \"shop__x;y\"";
+    sqlx::raw_sql(strays).execute(&mut connection).await.expect("stray schemas");
+    connection.close().await.expect("close");
+
+    let schemas = fixture.warehouse.schemas().await.expect("schemas");
+    assert_eq!(schemas, [schema("another-one"), schema("feature-1-ab12cd34"), schema("prod")]);
+}
+
+#[tokio::test]
+async fn commands_get_the_url_without_password_and_resolve_branch_first() {
+    let Some(fixture) = Fixture::new().await else { return };
+    let (production, branch) = (&fixture.production, &fixture.branch);
+    let environment = fixture.warehouse.command_environment(branch);
+    let names: Vec<&str> = environment.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["OFFSHOOT_WAREHOUSE_URL", "OFFSHOOT_SCHEMA", "OFFSHOOT_PRODUCTION_SCHEMA", "PGOPTIONS"]);
+    let value = |name: &str| environment.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).expect(name);
+    assert_eq!(value("OFFSHOOT_SCHEMA"), "shop__feature_1_ab12cd34");
+    assert_eq!(value("OFFSHOOT_PRODUCTION_SCHEMA"), "shop__prod");
+    assert_eq!(
+        value("PGOPTIONS"),
+        format!("-c search_path=shop__feature_1_ab12cd34,shop__prod -c role={}", fixture.database.role)
+    );
+    assert!(value("OFFSHOOT_WAREHOUSE_URL").ends_with(&format!("/{}", fixture.database.name)));
+    let production_environment = fixture.warehouse.command_environment(production);
+    assert!(production_environment.contains(&("PGOPTIONS".to_owned(), "-c search_path=shop__prod".to_owned())));
+
+    // What a command asset does with them: psql connects, reads production's `orders`, builds
+    // the branch's own `orders`, then reads that one; writing production is refused.
+    let psql = |sql: &str| {
+        let output = Command::new("psql")
+            .arg(value("OFFSHOOT_WAREHOUSE_URL"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .envs(environment.iter().map(|(name, value)| (name.as_str(), value.as_str())))
+            .output()
+            .expect("psql runs (PostgreSQL's client must be installed for this test)");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
+        (output.status.success(), text(&output.stdout), text(&output.stderr))
+    };
+    let (ok, out, err) = psql("SELECT current_user, count(*) FROM orders GROUP BY 1");
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("{}|3", fixture.database.role));
+    let (ok, _, err) = psql("CREATE TABLE orders AS SELECT * FROM raw_orders WHERE id = 2");
+    assert!(ok, "{err}");
+    assert_eq!(fixture.own_tables(branch).await, ["orders"]);
+    let (ok, out, err) = psql("SELECT count(*) FROM orders");
+    assert!(ok, "{err}");
+    assert_eq!(out, "1", "the command reads the branch's table once it exists");
+    let (ok, _, err) = psql("DELETE FROM shop__prod.orders");
+    assert!(!ok && err.contains("permission denied"), "{err}");
+    assert_eq!(fixture.rows(production, "orders").await, Some(3));
+
+    // The command's table belongs to the branch role, so an SQL asset can replace it.
+    assert_eq!(fixture.materialize(branch, "orders", "SELECT * FROM raw_orders").await, Ok(3));
+}
+
+#[tokio::test]
+async fn a_branch_needs_production_set_up_and_its_own_prepared_schema() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let warehouse = connect(&database).await;
+    let production = Target { schema: schema("prod"), production: schema("prod") };
+    let branch = branch_of("feature");
+
+    let missing_production = warehouse.prepare(&branch).await;
+    assert!(matches!(missing_production, Err(WarehouseError::Refused(_))), "{missing_production:?}");
+
+    warehouse.execute_production_script(&production.schema, SEED).await.expect("seed");
+    let not_set_up = warehouse.prepare(&branch).await;
+    let Err(WarehouseError::Backend(message)) = &not_set_up else { panic!("{not_set_up:?}") };
+    assert!(message.contains("setup_roles"), "{message}");
+
+    warehouse.setup_roles(&production.schema).await.expect("setup roles");
+    warehouse.setup_roles(&production.schema).await.expect("setup roles is idempotent");
+    let unprepared = warehouse.materialize_sql(&branch, &key("orders"), "SELECT 1 AS x").await;
+    assert!(matches!(unprepared, Err(WarehouseError::Backend(_))), "{unprepared:?}");
+
+    warehouse.prepare(&branch).await.expect("prepare");
+    assert_eq!(warehouse.row_count(&branch, "orders").await, Ok(Some(3)));
+    assert_eq!(warehouse.materialize_sql(&branch, &key("orders"), "SELECT 1 AS x").await, Ok(1));
+    assert_eq!(warehouse.row_count(&production, "orders").await, Ok(Some(3)));
+
+    // Tables production creates after the setup are readable by branches too.
+    warehouse.execute_production_script(&production.schema, "CREATE TABLE later AS SELECT 1 AS x").await.expect("later");
+    assert_eq!(warehouse.materialize_sql(&branch, &key("from_later"), "SELECT * FROM later").await, Ok(1));
+    warehouse.close().await;
+}
+
+/// The recommended set-up: the warehouse logs in as a user that is no superuser, with CREATEROLE
+/// and CREATE on its database only. Everything works as with a superuser, and SQL that leaves the
+/// branch role is refused and rolled back.
+#[tokio::test]
+async fn a_login_that_is_not_a_superuser_runs_everything() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let mut admin = database.connection().await;
+    let create_login = format!(
+        "CREATE ROLE \"{login}\" LOGIN CREATEROLE PASSWORD 'offshoot-test';
+         GRANT CREATE ON DATABASE \"{name}\" TO \"{login}\"",
+        login = database.login,
+        name = database.name
+    );
+    sqlx::raw_sql(AssertSqlSafe(create_login)).execute(&mut admin).await.expect("create the login");
+    let options = PostgresWarehouseOptions { branch_role: database.role.clone(), ..PostgresWarehouseOptions::default() };
+    let url = database.url_as(&database.login, "offshoot-test");
+    let warehouse = PostgresWarehouse::connect(&url, options).await.expect("connect as the login");
+
+    let production = Target { schema: schema("prod"), production: schema("prod") };
+    let branch = branch_of("feature");
+    warehouse.prepare(&production).await.expect("prepare production");
+    warehouse.execute_production_script(&production.schema, SEED).await.expect("seed");
+    warehouse.setup_roles(&production.schema).await.expect("the login creates the branch role and may become it");
+    warehouse.prepare(&branch).await.expect("prepare the branch");
+    let orders = warehouse.table_checksum(&production, "orders").await.expect("checksum");
+
+    let materialize = |target: &Target, name: &str, select: &str| {
+        let (warehouse, target, key, select) = (&warehouse, target.clone(), key(name), select.to_owned());
+        async move { warehouse.materialize_sql(&target, &key, &select).await }
+    };
+    assert_eq!(materialize(&branch, "orders", "SELECT * FROM raw_orders WHERE id > 1").await, Ok(2));
+    assert_eq!(materialize(&branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await, Ok(1));
+    let escape = materialize(&branch, "probe", "SELECT set_config('role', 'none', true) AS x").await;
+    assert!(matches!(escape, Err(WarehouseError::Refused(_))), "{escape:?}");
+    let delete =
+        materialize(&branch, "probe", "WITH gone AS (DELETE FROM shop__prod.orders RETURNING *) SELECT * FROM gone").await;
+    assert!(matches!(&delete, Err(WarehouseError::Query(message)) if message.contains("permission denied")), "{delete:?}");
+    assert_eq!(materialize(&production, "orders", "SELECT * FROM raw_orders").await, Ok(3), "production rebuilds");
+    assert_eq!(materialize(&branch, "from_production", "SELECT * FROM shop__prod.orders").await, Ok(3));
+    assert_eq!(warehouse.table_checksum(&production, "orders").await.expect("checksum"), orders);
+
+    warehouse.teardown(&branch).await.expect("the login drops the branch schema and the role's tables in it");
+    assert_eq!(warehouse.schemas().await.expect("schemas"), [schema("prod")]);
+    warehouse.close().await;
+
+    let superuser: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1")
+        .bind(&database.login)
+        .fetch_one(&mut admin)
+        .await
+        .expect("read the login");
+    assert!(!superuser);
+    admin.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_role_that_could_write_production_is_refused() {
+    let Some(database) = TestDatabase::create().await else { return };
+    let options = PostgresWarehouseOptions { branch_role: "postgres".to_owned(), ..PostgresWarehouseOptions::default() };
+    let warehouse = PostgresWarehouse::connect(&database.url(), options).await.expect("connect");
+    let result = warehouse.setup_roles(&schema("prod")).await;
+    assert!(matches!(result, Err(WarehouseError::Refused(_))), "{result:?}");
+    warehouse.close().await;
+
+    let options = PostgresWarehouseOptions { branch_role: "Bad-Name".to_owned(), ..PostgresWarehouseOptions::default() };
+    let result = PostgresWarehouse::connect(&database.url(), options).await;
+    assert!(matches!(result, Err(WarehouseError::Backend(_))), "{result:?}");
+    assert_eq!(PostgresWarehouseOptions::default().branch_role, DEFAULT_BRANCH_ROLE);
+    assert_eq!(DEFAULT_BRANCH_ROLE, "offshoot_branch");
+}
+
+#[tokio::test]
+async fn connection_errors_do_not_show_the_password() {
+    // Needs no server: nothing listens on port 1.
+    let result = PostgresWarehouse::connect("postgres://alice:s3cret-pa55@127.0.0.1:1/ware", Default::default()).await;
+    let Err(WarehouseError::Backend(message)) = result else { panic!("expected a backend error, got {result:?}") };
+    assert!(!message.contains("s3cret-pa55"), "{message}");
+    assert!(message.contains("postgres://alice@127.0.0.1:1/ware"), "the message names the server: {message}");
+}
