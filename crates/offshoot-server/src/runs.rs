@@ -337,7 +337,9 @@ async fn run_step(context: &RunContext, mut step: RunStep, asset: Asset, cancell
 const CANCELED: &str = "canceled";
 
 async fn append_log(context: &RunContext, step: &RunStep, text: &str) {
-    if let Err(error) = context.state.store.append_step_log(step.id, text).await {
+    // Command output is arbitrary bytes; PostgreSQL text cannot hold NUL.
+    let text = text.replace('\0', "\u{fffd}");
+    if let Err(error) = context.state.store.append_step_log(step.id, &text).await {
         tracing::error!("step {} log: {error}", step.id.0);
     }
 }

@@ -6,7 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use offshoot_core::RepositoryName;
+use offshoot_core::{DeploymentName, RepositoryName, SchemaName};
+use offshoot_store::Store;
+use offshoot_store_postgres::PostgresStore;
+use offshoot_warehouse::{Target, Warehouse};
+use offshoot_warehouse_postgres::{PostgresWarehouse, PostgresWarehouseOptions};
 use offshoot_server::config::{ForgeConfig, ForgeKind, RemoteConfig, Secret};
 use offshoot_server::{AppState, RepositoryConfig, ServerConfig, SharedState, WatchConfig};
 use offshoot_store_sqlite::SqliteStore;
@@ -58,6 +62,16 @@ pub struct Args {
     pub branch_run_concurrency: Option<usize>,
     #[arg(long, env = "OFFSHOOT_PRODUCTION_RUN_CONCURRENCY")]
     pub production_run_concurrency: Option<usize>,
+    /// The metadata store: `postgres://...`, or `sqlite://PATH` (default DATA_DIR/offshoot.db).
+    #[arg(long, env = "OFFSHOOT_METADATA_URL", hide_env_values = true)]
+    pub metadata_url: Option<String>,
+    /// The warehouse: `postgres://...` (one schema per deployment), or SQLite files under
+    /// DATA_DIR/warehouse (default).
+    #[arg(long, env = "OFFSHOOT_WAREHOUSE_URL", hide_env_values = true)]
+    pub warehouse_url: Option<String>,
+    /// The PostgreSQL role branch materializations run as (NOLOGIN; created if missing).
+    #[arg(long, env = "OFFSHOOT_BRANCH_ROLE")]
+    pub branch_role: Option<String>,
 }
 
 /// The configuration file's shape.
@@ -74,6 +88,9 @@ struct FileConfig {
     max_open_branch_deployments: Option<usize>,
     branch_run_concurrency: Option<usize>,
     production_run_concurrency: Option<usize>,
+    metadata_url: Option<String>,
+    warehouse_url: Option<String>,
+    branch_role: Option<String>,
     #[serde(default)]
     repositories: Vec<FileRepository>,
 }
@@ -113,6 +130,7 @@ struct FileRepository {
 /// The checked configuration and where to listen.
 pub struct Settings {
     pub config: ServerConfig,
+    pub backends: Backends,
     pub listen: String,
     /// Where a generated token was written, if one was.
     pub token_file: Option<PathBuf>,
@@ -309,7 +327,12 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
         config.api_tokens.push(generated_token(&path)?);
         token_file = Some(path);
     }
-    Ok(Settings { config, listen, token_file })
+    let backends = Backends {
+        metadata_url: args.metadata_url.clone().or(file.metadata_url),
+        warehouse_url: args.warehouse_url.clone().or(file.warehouse_url),
+        branch_role: args.branch_role.clone().or(file.branch_role),
+    };
+    Ok(Settings { config, backends, listen, token_file })
 }
 
 /// The token in `path`, or a new random one written there readable by the owner only.
@@ -333,6 +356,49 @@ pub fn generated_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Which store and warehouse to use; `None` means the embedded SQLite defaults.
+#[derive(Clone, Default)]
+pub struct Backends {
+    pub metadata_url: Option<String>,
+    pub warehouse_url: Option<String>,
+    pub branch_role: Option<String>,
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The configured backends (the binary is the only place that picks them).
+pub async fn state_for(config: ServerConfig, backends: &Backends) -> anyhow::Result<SharedState> {
+    let store: Arc<dyn Store> = match backends.metadata_url.as_deref() {
+        Some(url) if is_postgres(url) => Arc::new(PostgresStore::connect(url).await.context("connecting to the PostgreSQL metadata store")?),
+        Some(url) => {
+            let path = url.strip_prefix("sqlite://").with_context(|| "metadata_url must start with postgres:// or sqlite://")?;
+            Arc::new(SqliteStore::open(Path::new(path)).await.context("opening the metadata store")?)
+        }
+        None => Arc::new(SqliteStore::open(&config.data_dir.join("offshoot.db")).await.context("opening the metadata store")?),
+    };
+    let warehouse: Arc<dyn Warehouse> = match backends.warehouse_url.as_deref() {
+        Some(url) if is_postgres(url) => {
+            let mut options = PostgresWarehouseOptions::default();
+            if let Some(role) = &backends.branch_role {
+                options.branch_role = role.clone();
+            }
+            let warehouse = PostgresWarehouse::connect(url, options).await.context("connecting to the PostgreSQL warehouse")?;
+            for repo in &config.repositories {
+                let production = SchemaName::for_deployment(&repo.name, &DeploymentName::production());
+                let target = Target { schema: production.clone(), production: production.clone() };
+                warehouse.prepare(&target).await.context("creating the production schema")?;
+                warehouse.setup_roles(&production).await.context("setting up the branch role")?;
+            }
+            Arc::new(warehouse)
+        }
+        Some(_) => anyhow::bail!("warehouse_url must start with postgres://; leave it out for the embedded SQLite warehouse"),
+        None => Arc::new(SqliteWarehouse::new(config.data_dir.join("warehouse")).context("opening the warehouse")?),
+    };
+    Ok(AppState::new(store, warehouse, config))
+}
+
 /// The embedded backends under the data directory.
 pub async fn embedded_state(config: ServerConfig) -> anyhow::Result<(SharedState, Arc<SqliteWarehouse>)> {
     let store = SqliteStore::open(&config.data_dir.join("offshoot.db")).await.context("opening the metadata store")?;
@@ -352,7 +418,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
         let address = listener.local_addr()?;
-        let (state, _warehouse) = embedded_state(settings.config.clone()).await?;
+        let state = state_for(settings.config.clone(), &settings.backends).await?;
         eprintln!("offshoot serving on http://{address} (data in {})", settings.config.data_dir.display());
         if let Some(path) = &settings.token_file {
             eprintln!("API token for writes: in {} (export OFFSHOOT_API_TOKEN=$(cat {}))", path.display(), path.display());

@@ -369,3 +369,67 @@ fn sigkill_during_a_deploy_and_during_a_run_converges_after_restart() {
     let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:fct_orders"}));
     assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded");
 }
+
+fn psql(database: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        .output()
+        .expect("psql runs (PostgreSQL's client is on the machine)");
+    assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A fresh database, dropped when the test ends (also on failure).
+struct Database(String);
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0)])
+            .output();
+    }
+}
+
+#[test]
+fn postgres_store_and_warehouse_serve_branch_deployments() {
+    if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+        return;
+    }
+    let database = Database(format!("offshoot_cli_{}", std::process::id()));
+    psql("postgres", &format!("CREATE DATABASE {}", database.0));
+    let dir = TempDir::new("postgres");
+    let repo = dir.0.join("repo");
+    std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
+    std::fs::write(repo.join("offshoot.toml"), "[project]\nname = \"shop\"\ndialect = \"postgres\"\n\n[sources.raw_orders]\n").expect("manifest");
+    std::fs::write(repo.join("assets/orders.sql"), "SELECT id, amount FROM raw_orders WHERE amount > 0\n").expect("asset");
+    std::fs::write(repo.join("assets/big_orders.sql"), "SELECT id, amount FROM orders WHERE amount > 10\n").expect("asset");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "Orders"]);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{}", database.0);
+    let server = Server::start(&dir.0, &repo, &format!("metadata_url = \"{url}\"\nwarehouse_url = \"{url}\"\nbranch_role = \"offshoot_branch_{}\"", std::process::id()));
+    wait_for_prod(&server, &repo);
+    psql(&database.0, "CREATE TABLE shop__prod.raw_orders AS SELECT g AS id, g * 3 AS amount FROM generate_series(0, 9) AS g");
+    let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
+    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded");
+    let production_before = psql(&database.0, "SELECT md5(string_agg(id || ':' || amount, ',' ORDER BY id)) FROM shop__prod.big_orders");
+
+    git(&repo, &["branch", "feature/bigger"]);
+    let sha = commit_file(&repo, "feature/bigger", "assets/big_orders.sql", "SELECT id, amount FROM orders WHERE amount > 20\n", "Bigger orders only");
+    let name = create_or_update(&server, "feature/bigger", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "changed_in_branch:ANY+"}));
+    let run = server.wait_for_run(run["id"].as_i64().expect("id"));
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let schema = branch_target(&name).schema;
+    assert_eq!(psql(&database.0, &format!("SELECT count(*) FROM \"{schema}\".big_orders")), "3");
+    assert_eq!(psql(&database.0, "SELECT count(*) FROM shop__prod.big_orders"), "6");
+    assert_eq!(psql(&database.0, &format!("SELECT string_agg(table_name, ',') FROM information_schema.tables WHERE table_schema = '{schema}'")), "big_orders");
+    assert_eq!(psql(&database.0, "SELECT md5(string_agg(id || ':' || amount, ',' ORDER BY id)) FROM shop__prod.big_orders"), production_before);
+
+    server.post(&format!("/api/v1/deployments/{name}/close"), json!({}));
+    assert_eq!(psql(&database.0, &format!("SELECT count(*) FROM information_schema.schemata WHERE schema_name = '{schema}'")), "0");
+    drop(server);
+    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
+    psql("postgres", &format!("DROP ROLE IF EXISTS offshoot_branch_{}", std::process::id()));
+}
