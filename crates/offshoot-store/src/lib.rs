@@ -5,6 +5,7 @@
 //! [`contract`] is the behaviour every implementation must show; each backend's tests run it.
 
 pub mod contract;
+pub mod rows;
 
 use async_trait::async_trait;
 use offshoot_core::{

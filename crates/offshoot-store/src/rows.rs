@@ -1,0 +1,166 @@
+//! Store rows to domain types, shared by every SQL backend: a backend exposes a row's columns
+//! through [`Columns`] and these functions rebuild the port's types through the core's validating
+//! constructors, so a corrupt value is a `Backend` error, never a panic, and no driver type
+//! reaches the domain. Integers are 64-bit, booleans are booleans, everything else is text.
+
+use std::fmt::Display;
+
+use offshoot_core::{
+    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, PullRequestStatus, RepositoryName,
+    RevisionStatus, RunStatus, StepStatus,
+};
+
+use crate::{
+    CommitDetails, Deployment, DeploymentId, Materialization, PullRequest, Revision, RevisionId, Run, RunId, RunStep, StepId,
+    StoreError, StoreResult,
+};
+
+/// One row's columns, by name; `None` is SQL NULL.
+pub trait Columns {
+    fn integer(&self, column: &str) -> StoreResult<Option<i64>>;
+    fn text(&self, column: &str) -> StoreResult<Option<String>>;
+    fn boolean(&self, column: &str) -> StoreResult<Option<bool>>;
+}
+
+pub fn deployment(row: &dyn Columns) -> StoreResult<Deployment> {
+    let pull_request = match (
+        optional_text(row, "pull_request_id")?,
+        optional_text(row, "pull_request_url")?,
+        parsed_optional(row, "pull_request_status", |text| PullRequestStatus::parse(text).ok_or("unknown status"))?,
+    ) {
+        (Some(id), Some(url), Some(status)) => Some(PullRequest { id, url, status }),
+        (None, None, None) => None,
+        _ => return Err(corrupt("pull_request_*", "partly null")),
+    };
+    Ok(Deployment {
+        id: DeploymentId(integer(row, "id")?),
+        repository: parsed(row, "repository", RepositoryName::new)?,
+        name: parsed(row, "name", DeploymentName::new)?,
+        kind: parsed(row, "kind", |text| DeploymentKind::parse(text).ok_or("unknown kind"))?,
+        branch: parsed(row, "branch", BranchName::new)?,
+        status: parsed(row, "status", |text| DeploymentStatus::parse(text).ok_or("unknown status"))?,
+        pull_request,
+        base_deployment: parsed_optional(row, "base_deployment", DeploymentName::new)?,
+        pinned: boolean(row, "pinned")?,
+        current_revision: optional_integer(row, "current_revision_id")?.map(RevisionId),
+        created_at: integer(row, "created_at")?,
+        updated_at: integer(row, "updated_at")?,
+        last_push_at: integer(row, "last_push_at")?,
+        closed_at: optional_integer(row, "closed_at")?,
+        close_reason: optional_text(row, "close_reason")?,
+    })
+}
+
+pub fn revision(row: &dyn Columns) -> StoreResult<Revision> {
+    Ok(Revision {
+        id: RevisionId(integer(row, "id")?),
+        deployment_id: DeploymentId(integer(row, "deployment_id")?),
+        number: count(row, "number")?,
+        commit: CommitDetails {
+            sha: parsed(row, "commit_sha", commit_sha)?,
+            message: text(row, "commit_message")?,
+            author_name: text(row, "commit_author_name")?,
+            author_email: text(row, "commit_author_email")?,
+            time: integer(row, "commit_time")?,
+        },
+        status: parsed(row, "status", |text| RevisionStatus::parse(text).ok_or("unknown status"))?,
+        error: optional_text(row, "error")?,
+        diagnostics_json: optional_text(row, "diagnostics_json")?,
+        base_commit: parsed_optional(row, "base_commit", commit_sha)?,
+        changes_json: optional_text(row, "changes_json")?,
+        asset_count: count(row, "asset_count")?,
+        changed_count: count(row, "changed_count")?,
+        impacted_count: count(row, "impacted_count")?,
+        queued_at: integer(row, "queued_at")?,
+        started_at: optional_integer(row, "started_at")?,
+        finished_at: optional_integer(row, "finished_at")?,
+    })
+}
+
+pub fn run(row: &dyn Columns) -> StoreResult<Run> {
+    Ok(Run {
+        id: RunId(integer(row, "id")?),
+        deployment_id: DeploymentId(integer(row, "deployment_id")?),
+        revision_id: RevisionId(integer(row, "revision_id")?),
+        selection: text(row, "selection")?,
+        status: parsed(row, "status", |text| RunStatus::parse(text).ok_or("unknown status"))?,
+        error: optional_text(row, "error")?,
+        created_at: integer(row, "created_at")?,
+        started_at: optional_integer(row, "started_at")?,
+        finished_at: optional_integer(row, "finished_at")?,
+        cancel_requested: boolean(row, "cancel_requested")?,
+    })
+}
+
+pub fn step(row: &dyn Columns) -> StoreResult<RunStep> {
+    Ok(RunStep {
+        id: StepId(integer(row, "id")?),
+        run_id: RunId(integer(row, "run_id")?),
+        position: count(row, "position")?,
+        asset_key: parsed(row, "asset_key", AssetKey::new)?,
+        status: parsed(row, "status", |text| StepStatus::parse(text).ok_or("unknown status"))?,
+        started_at: optional_integer(row, "started_at")?,
+        finished_at: optional_integer(row, "finished_at")?,
+        row_count: optional_integer(row, "row_count")?,
+        error: optional_text(row, "error")?,
+        log: text(row, "log")?,
+    })
+}
+
+pub fn materialization(row: &dyn Columns) -> StoreResult<Materialization> {
+    Ok(Materialization {
+        deployment_id: DeploymentId(integer(row, "deployment_id")?),
+        run_id: RunId(integer(row, "run_id")?),
+        asset_key: parsed(row, "asset_key", AssetKey::new)?,
+        commit: parsed(row, "commit_sha", commit_sha)?,
+        row_count: optional_integer(row, "row_count")?,
+        duration_ms: integer(row, "duration_ms")?,
+        created_at: integer(row, "created_at")?,
+    })
+}
+
+fn required<T>(value: Option<T>, column: &str) -> StoreResult<T> {
+    value.ok_or_else(|| corrupt(column, "is NULL"))
+}
+
+fn integer(row: &dyn Columns, column: &str) -> StoreResult<i64> {
+    required(row.integer(column)?, column)
+}
+
+fn optional_integer(row: &dyn Columns, column: &str) -> StoreResult<Option<i64>> {
+    row.integer(column)
+}
+
+fn text(row: &dyn Columns, column: &str) -> StoreResult<String> {
+    required(row.text(column)?, column)
+}
+
+fn optional_text(row: &dyn Columns, column: &str) -> StoreResult<Option<String>> {
+    row.text(column)
+}
+
+fn boolean(row: &dyn Columns, column: &str) -> StoreResult<bool> {
+    required(row.boolean(column)?, column)
+}
+
+/// A text column checked by `parse` (a validating constructor or an enum's `parse`).
+fn parsed<T, E: Display>(row: &dyn Columns, column: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> StoreResult<T> {
+    parse(&text(row, column)?).map_err(|error| corrupt(column, error))
+}
+
+fn parsed_optional<T, E: Display>(row: &dyn Columns, column: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> StoreResult<Option<T>> {
+    optional_text(row, column)?.map(|text| parse(&text).map_err(|error| corrupt(column, error))).transpose()
+}
+
+/// Counts and positions are `u32` in the domain and 64-bit integers in the databases.
+fn count(row: &dyn Columns, column: &str) -> StoreResult<u32> {
+    u32::try_from(integer(row, column)?).map_err(|error| corrupt(column, error))
+}
+
+fn commit_sha(text: &str) -> Result<CommitSha, &'static str> {
+    CommitSha::new(text).ok_or("not a commit id")
+}
+
+fn corrupt(column: &str, error: impl Display) -> StoreError {
+    StoreError::Backend(format!("column {column} holds an invalid value: {error}"))
+}
