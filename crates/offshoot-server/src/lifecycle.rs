@@ -103,11 +103,13 @@ pub async fn sweep_expired(state: &AppState) -> ApiResult<usize> {
 }
 
 pub async fn ttl_loop(state: SharedState) {
+    // Every minute, or more often for short TTLs, so nothing outlives its TTL by much.
+    let interval = (state.config.ttl / 24).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         if let Err(error) = sweep_expired(&state).await {
             tracing::error!("TTL sweep failed: {}", error.message);
         }
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -433,3 +433,78 @@ fn postgres_store_and_warehouse_serve_branch_deployments() {
     psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
     psql("postgres", &format!("DROP ROLE IF EXISTS offshoot_branch_{}", std::process::id()));
 }
+
+#[test]
+fn cap_ttl_cancel_and_watched_branch_deletion() {
+    let (dir, repo) = shop_repo("limits");
+    let sha = git(&repo, &["rev-parse", "feature/eur"]);
+
+    // The cap on open branch deployments.
+    let server = Server::start(&dir.0, &repo, "max_open_branch_deployments = 1");
+    wait_for_prod(&server, &repo);
+    let first = create_or_update(&server, "feature/eur", &sha);
+    let (status, body) = server.request("POST", "/api/v1/branch-deployments", Some(json!({"branch_name": "feature/two", "commit_hash": sha})), Some(TOKEN));
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("deployment_limit_reached")), "{body}");
+    server.wait_for_deployment(&first, "ready", |d| d["current_revision"].is_object());
+
+    // Cancel: a running command is killed and the run ends canceled.
+    seed_production(&server);
+    let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
+    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded");
+    let slow = commit_file(&repo, "feature/eur", "assets/ops/slow_export.toml", "command = \"sleep 30\"\n", "Slow export");
+    create_or_update(&server, "feature/eur", &slow);
+    server.wait_for_deployment(&first, "ready at the slow commit", |d| serving_commit(d) == slow);
+    let run = server.post(&format!("/api/v1/deployments/{first}/runs"), json!({"selection": "key:slow_export or key:fct_orders+"}));
+    let id = run["id"].as_i64().expect("id");
+    let started = std::time::Instant::now();
+    while !server.get(&format!("/api/v1/runs/{id}"))["steps"].as_array().expect("steps").iter().any(|s| s["asset_key"] == "slow_export" && s["status"] == "running") {
+        assert!(started.elapsed().as_secs() < 30, "the slow step never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = client(&server, &["runs", "cancel", &id.to_string()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let run = server.wait_for_run(id);
+    assert_eq!(run["status"], "canceled", "{run:#}");
+    let slow_step = run["steps"].as_array().expect("steps").iter().find(|s| s["asset_key"] == "slow_export").expect("step").clone();
+    assert_eq!(slow_step["status"], "canceled");
+    assert!(started.elapsed().as_secs() < 25, "the command was killed, not waited for");
+    drop(server);
+
+    // TTL: with a TTL of zero days, branch deployments close at the next sweep; pinned ones stay.
+    let ttl_dir = TempDir::new("limits-ttl");
+    let server = Server::start(&ttl_dir.0, &repo, "ttl_days = 0");
+    wait_for_prod(&server, &repo);
+    let pinned = create_or_update(&server, "feature/eur", &sha);
+    server.post(&format!("/api/v1/deployments/{pinned}/pin"), json!({"pinned": true}));
+    let expiring = create_or_update(&server, "broken", &git(&repo, &["rev-parse", "main"]));
+    let closed = server.wait_for_deployment(&expiring, "closed by the TTL", |d| d["status"] == "closed");
+    assert!(closed["close_reason"].as_str().expect("reason").contains("TTL"), "{closed}");
+    assert_eq!(server.get(&format!("/api/v1/deployments/{pinned}"))["status"], "open");
+    drop(server);
+
+    // Watch mode: a new branch deploys, a deleted branch closes its deployment.
+    let watch_dir = TempDir::new("limits-watch");
+    let server = Server::start_with_config(
+        &watch_dir.0,
+        &format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\napi_tokens = [{TOKEN:?}]\n[[repositories]]\nname = \"shop\"\npath = {:?}\nwatch = true\nbranches = \"feature/*\"\npoll_interval_ms = 100\n",
+            watch_dir.0.join("data").to_str().expect("utf-8"),
+            repo.to_str().expect("utf-8")
+        ),
+    );
+    git(&repo, &["branch", "feature/watched", "main"]);
+    let started = std::time::Instant::now();
+    let name = loop {
+        let list = server.get("/api/v1/deployments");
+        if let Some(d) = list.as_array().expect("list").iter().find(|d| d["branch"] == "feature/watched") {
+            break d["name"].as_str().expect("name").to_owned();
+        }
+        assert!(started.elapsed().as_secs() < 30, "the watcher never deployed the new branch: {list}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let deployments = server.get("/api/v1/deployments");
+    assert!(!deployments.as_array().expect("list").iter().any(|d| d["branch"] == "broken"), "branches outside the glob are ignored");
+    git(&repo, &["branch", "-D", "feature/watched"]);
+    let closed = server.wait_for_deployment(&name, "closed after the branch was deleted", |d| d["status"] == "closed");
+    assert_eq!(closed["close_reason"], "the branch was deleted");
+}

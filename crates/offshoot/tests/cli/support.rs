@@ -124,6 +124,14 @@ impl Server {
         Server::spawn(config, data_dir, 1)
     }
 
+    /// Serves with a whole configuration file of the test's own (it must set data_dir, listen
+    /// = "127.0.0.1:0" and api_tokens = [TOKEN]).
+    pub fn start_with_config(dir: &Path, config_text: &str) -> Server {
+        let config = dir.join("offshoot-server.toml");
+        std::fs::write(&config, config_text).expect("write config");
+        Server::spawn(config, dir.join("data"), 1)
+    }
+
     /// Starts the process again on the same configuration (after a kill).
     pub fn restart(&mut self) {
         let _ = self.child.kill();
