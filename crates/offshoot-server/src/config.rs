@@ -23,6 +23,12 @@ pub struct ServerConfig {
     pub deploy_concurrency: usize,
     /// Branch deployments without a push for this long are closed unless pinned.
     pub ttl: Duration,
+    /// Names this server in leases. Servers sharing a store need distinct ids; a restarted server
+    /// with the same id takes its own unfinished work back at once.
+    pub server_id: String,
+    /// How long a deploy or run stays claimed without a renewal; after that another server (or
+    /// this one, restarted) takes it over. Renewed every third of it.
+    pub lease: Duration,
     pub max_open_branch_deployments: usize,
     /// The URL people reach the server at, for links.
     pub public_url: String,
@@ -50,8 +56,13 @@ pub struct WatchConfig {
     pub interval: Duration,
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".to_owned())
+}
+
 impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> ServerConfig {
+        let server_id = format!("{}:{}", hostname(), data_dir.display());
         ServerConfig {
             data_dir,
             repositories: Vec::new(),
@@ -62,6 +73,8 @@ impl ServerConfig {
             step_parallelism: 4,
             deploy_concurrency: 4,
             ttl: Duration::from_secs(7 * 24 * 3600),
+            server_id,
+            lease: Duration::from_secs(30),
             max_open_branch_deployments: 100,
             public_url: "http://127.0.0.1:3000".to_owned(),
         }

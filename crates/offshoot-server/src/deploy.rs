@@ -11,7 +11,7 @@ use offshoot_core::{
     deployment_name_for_branch, diff, pushed_commit_is_newer, BranchName, ChangeSet, CommitSha, DeploymentKind, DeploymentName,
     DeploymentStatus, PullRequestStatus, RepositoryName, RevisionStatus,
 };
-use offshoot_store::{CommitDetails, Deployment, DeploymentFilter, NewDeployment, NewRevision, PullRequest, Revision, RevisionId};
+use offshoot_store::{CommitDetails, Deployment, DeploymentFilter, NewDeployment, NewRevision, PullRequest, Revision};
 use tokio::sync::Semaphore;
 
 use crate::changes::ChangeSetJson;
@@ -207,29 +207,34 @@ pub async fn enqueue(state: &SharedState, deployment: &Deployment, commit: Commi
     Ok(revision)
 }
 
-/// Runs forever: deploys queued revisions, several deployments at once.
+/// Runs forever: claims queued revisions (and deploying ones whose server's lease expired) and
+/// deploys them, several deployments at once. A claim succeeds for exactly one server.
 pub async fn worker(state: SharedState) {
     let slots = Arc::new(Semaphore::new(state.config.deploy_concurrency.max(1)));
-    let in_flight: Arc<std::sync::Mutex<BTreeSet<RevisionId>>> = Arc::default();
     loop {
-        match state.store.revisions_with_status(&[RevisionStatus::Queued]).await {
-            Ok(queued) => {
-                for revision in queued {
-                    {
-                        let mut flying = in_flight.lock().expect("never poisoned: no panics inside");
-                        if !flying.insert(revision.id) {
+        match state.store.revisions_with_status(&[RevisionStatus::Queued, RevisionStatus::Deploying]).await {
+            Ok(candidates) => {
+                for candidate in candidates {
+                    let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                    let time = now();
+                    let lease_until = time + state.config.lease.as_millis() as i64;
+                    let claimed = match state.store.claim_revision(candidate.id, &state.config.server_id, time, lease_until).await {
+                        Ok(Some(claimed)) => claimed,
+                        Ok(None) => continue,
+                        Err(error) => {
+                            tracing::error!("claiming revision {}: {error}", candidate.id.0);
                             continue;
                         }
+                    };
+                    if claimed.taken_over {
+                        tracing::warn!("revision {} was deploying on a server that stopped; deploying it again", candidate.id.0);
                     }
-                    let Ok(permit) = slots.clone().acquire_owned().await else { return };
                     let state = state.clone();
-                    let in_flight = in_flight.clone();
                     tokio::spawn(async move {
-                        let id = revision.id;
-                        if let Err(error) = deploy(&state, revision).await {
+                        let id = claimed.row.id;
+                        if let Err(error) = deploy(&state, claimed.row).await {
                             tracing::error!("deploy of revision {} failed unexpectedly: {error}", id.0);
                         }
-                        in_flight.lock().expect("never poisoned: no panics inside").remove(&id);
                         drop(permit);
                         state.deploy_wakeup.notify_one();
                     });
@@ -250,9 +255,7 @@ pub async fn deploy(state: &SharedState, mut revision: Revision) -> Result<(), o
         revision.finished_at = Some(now());
         return state.store.update_revision(&revision).await;
     }
-    revision.status = RevisionStatus::Deploying;
-    revision.started_at = Some(now());
-    state.store.update_revision(&revision).await?;
+    // The claim made it `deploying` under this server's lease.
     tracing::info!("deploying {} of {}/{}", revision.commit.sha.short(), deployment.repository, deployment.name);
 
     let outcome = prepare(state, &deployment, &mut revision).await;

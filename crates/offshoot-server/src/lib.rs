@@ -44,6 +44,7 @@ pub async fn serve(state: SharedState, listener: tokio::net::TcpListener, shutdo
     workers.spawn(deploy::worker(state.clone()));
     workers.spawn(runs::executor(state.clone()));
     workers.spawn(lifecycle::ttl_loop(state.clone()));
+    workers.spawn(lifecycle::heartbeat(state.clone()));
     workers.spawn({
         let state = state.clone();
         async move { mirror::prepare_all(&state).await }

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use offshoot_core::{DeploymentKind, DeploymentStatus, RevisionStatus, RunStatus, SchemaName, StepStatus};
+use offshoot_core::{DeploymentKind, DeploymentStatus, RevisionStatus, RunStatus, SchemaName};
 use offshoot_store::{Deployment, DeploymentFilter, RunFilter};
 
 use crate::deploy;
@@ -102,6 +102,18 @@ pub async fn sweep_expired(state: &AppState) -> ApiResult<usize> {
     Ok(closed)
 }
 
+/// Renews this server's leases every third of their length, so live work is never taken over.
+pub async fn heartbeat(state: SharedState) {
+    let interval = (state.config.lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(interval).await;
+        let until = now() + state.config.lease.as_millis() as i64;
+        if let Err(error) = state.store.renew_leases(&state.config.server_id, until).await {
+            tracing::error!("renewing leases failed: {error}");
+        }
+    }
+}
+
 pub async fn ttl_loop(state: SharedState) {
     // Every minute, or more often for short TTLs, so nothing outlives its TTL by much.
     let interval = (state.config.ttl / 24).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -117,35 +129,12 @@ pub async fn ttl_loop(state: SharedState) {
 /// idempotent), runs that were executing fail with a reason, closed deployments and schemas that
 /// belong to no open deployment are dropped, and every repository has its `prod`.
 pub async fn reconcile(state: &SharedState) -> ApiResult<()> {
-    let time = now();
-    for mut revision in state.store.revisions_with_status(&[RevisionStatus::Deploying]).await? {
-        tracing::warn!("revision {} was deploying when the server stopped; deploying it again", revision.id.0);
-        revision.status = RevisionStatus::Queued;
-        revision.started_at = None;
-        state.store.update_revision(&revision).await?;
-    }
-    let running = RunFilter { deployment_id: None, statuses: vec![RunStatus::Running], limit: 0 };
-    for mut run in state.store.list_runs(&running).await? {
-        tracing::warn!("run {} was executing when the server stopped; marking it failed", run.id.0);
-        for mut step in state.store.list_steps(run.id).await? {
-            let status = match step.status {
-                StepStatus::Running => StepStatus::Failed,
-                StepStatus::Pending => StepStatus::Skipped,
-                other => other,
-            };
-            if status != step.status {
-                if status == StepStatus::Failed {
-                    step.error = Some("the server stopped while this step ran".into());
-                }
-                step.status = status;
-                step.finished_at = Some(time);
-                state.store.update_step(&step).await?;
-            }
-        }
-        run.status = RunStatus::Failed;
-        run.error = Some("the server stopped during the run; launch it again".into());
-        run.finished_at = Some(time);
-        state.store.update_run(&run).await?;
+    // Work this server (same id, before a restart) had claimed is given up at once: the deploy
+    // worker deploys those revisions again (deploys are idempotent) and the run executor fails
+    // those runs with the reason. Other servers' work is taken over only when its lease expires.
+    let released = state.store.renew_leases(&state.config.server_id, 0).await?;
+    if released > 0 {
+        tracing::warn!("taking back {released} deploy(s) or run(s) this server was executing when it stopped");
     }
     for repo in &state.config.repositories {
         let production = deploy::ensure_production(state, repo).await?;

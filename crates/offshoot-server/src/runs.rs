@@ -100,17 +100,19 @@ pub async fn cancel(state: &AppState, mut run: Run) -> ApiResult<Run> {
     Ok(run)
 }
 
-/// Runs forever: starts queued runs as their pool has room.
+/// Runs forever: claims queued runs as their pool has room, and fails runs whose server died
+/// (its lease expired) with the reason. A claim succeeds for exactly one server, so each step of
+/// a run executes on one server, once.
 pub async fn executor(state: SharedState) {
     let production_pool = Arc::new(Semaphore::new(state.config.production_run_concurrency.max(1)));
     let branch_pool = Arc::new(Semaphore::new(state.config.branch_run_concurrency.max(1)));
     let in_flight: Arc<std::sync::Mutex<BTreeSet<RunId>>> = Arc::default();
     loop {
-        let filter = RunFilter { deployment_id: None, statuses: vec![RunStatus::Queued], limit: 0 };
+        let filter = RunFilter { deployment_id: None, statuses: vec![RunStatus::Queued, RunStatus::Running], limit: 0 };
         match state.store.list_runs(&filter).await {
-            Ok(mut queued) => {
-                queued.reverse(); // oldest first
-                for run in queued {
+            Ok(mut candidates) => {
+                candidates.reverse(); // oldest first
+                for run in candidates {
                     if !in_flight.lock().expect("never poisoned").insert(run.id) {
                         continue;
                     }
@@ -118,6 +120,7 @@ pub async fn executor(state: SharedState) {
                         Ok(d) => d.kind,
                         Err(error) => {
                             tracing::error!("run {}: {error}", run.id.0);
+                            in_flight.lock().expect("never poisoned").remove(&run.id);
                             continue;
                         }
                     };
@@ -127,7 +130,7 @@ pub async fn executor(state: SharedState) {
                     tokio::spawn(async move {
                         let Ok(permit) = pool.acquire_owned().await else { return };
                         let id = run.id;
-                        if let Err(error) = execute(&state, run).await {
+                        if let Err(error) = claim_and_execute(&state, id).await {
                             tracing::error!("run {} stopped on a store error: {error}", id.0);
                         }
                         drop(permit);
@@ -141,6 +144,44 @@ pub async fn executor(state: SharedState) {
     }
 }
 
+async fn claim_and_execute(state: &SharedState, id: RunId) -> Result<(), offshoot_store::StoreError> {
+    let time = now();
+    let lease_until = time + state.config.lease.as_millis() as i64;
+    match state.store.claim_run(id, &state.config.server_id, time, lease_until).await? {
+        None => Ok(()),
+        Some(claimed) if claimed.taken_over => fail_interrupted(state, claimed.row).await,
+        Some(claimed) => execute(state, claimed.row).await,
+    }
+}
+
+/// A run whose server stopped mid-way: the step that was executing may have half-written its
+/// table, so nothing is re-executed behind the user's back. It fails with the reason; launching
+/// it again rebuilds what it selected.
+pub async fn fail_interrupted(state: &AppState, mut run: Run) -> Result<(), offshoot_store::StoreError> {
+    tracing::warn!("run {} was executing on a server that stopped; marking it failed", run.id.0);
+    let time = now();
+    for mut step in state.store.list_steps(run.id).await? {
+        let status = match step.status {
+            StepStatus::Running => StepStatus::Failed,
+            StepStatus::Pending => StepStatus::Skipped,
+            other => other,
+        };
+        if status != step.status {
+            if status == StepStatus::Failed {
+                step.error = Some("the server stopped while this step ran".into());
+            }
+            step.status = status;
+            step.finished_at = Some(time);
+            state.store.update_step(&step).await?;
+        }
+    }
+    run.status = RunStatus::Failed;
+    run.error = Some("the server stopped during the run; launch it again".into());
+    run.finished_at = Some(time);
+    Metrics::increment(&state.metrics.runs_failed);
+    state.store.update_run(&run).await
+}
+
 /// What every step of one run shares.
 struct RunContext {
     state: SharedState,
@@ -152,21 +193,13 @@ struct RunContext {
     repository_path: PathBuf,
 }
 
+/// Executes a run this server has claimed (it is `running` under this server's lease).
 async fn execute(state: &SharedState, mut run: Run) -> Result<(), offshoot_store::StoreError> {
-    // Re-read: it may have been canceled while waiting for a pool slot.
-    run = state.store.get_run(run.id).await?;
-    if run.status != RunStatus::Queued {
-        return Ok(());
-    }
     let deployment = state.store.get_deployment(run.deployment_id).await?;
     let revision = state.store.get_revision(run.revision_id).await?;
     let mut steps = state.store.list_steps(run.id).await?;
     let (switch, cancelled) = watch::channel(false);
     state.cancel_switches.lock().expect("never poisoned").insert(run.id, switch);
-
-    run.status = RunStatus::Running;
-    run.started_at = Some(now());
-    state.store.update_run(&run).await?;
 
     let prepared = match state.repository(&deployment.repository) {
         None => Err(format!("repository `{}` is no longer configured", deployment.repository)),

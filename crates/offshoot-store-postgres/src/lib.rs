@@ -14,16 +14,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use offshoot_core::{
+    UnixMillis,
     AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, RepositoryName, RevisionStatus, RunStatus,
     StepStatus,
 };
 use offshoot_store::{
-    Deployment, DeploymentFilter, DeploymentId, Materialization, NewDeployment, NewRevision, NewRun, Revision, RevisionId, Run,
+    Claimed, Deployment, DeploymentFilter, DeploymentId, Materialization, NewDeployment, NewRevision, NewRun, Revision, RevisionId, Run,
     RunFilter, RunId, RunStep, StepId, Store, StoreError, StoreResult,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
-use sqlx::{Connection, SqlSafeStr};
+use sqlx::{AssertSqlSafe, Connection, SqlSafeStr};
 
 /// Connections the pool keeps at most: the server's workers write one short statement at a time.
 const MAX_CONNECTIONS: u32 = 5;
@@ -88,7 +89,10 @@ fn migrator() -> Migrator {
     let migration = |version: i64, description: &'static str, sql: &'static str| {
         Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
     };
-    Migrator::with_migrations(vec![migration(1, "initial", include_str!("../migrations/0001_initial.sql"))])
+    Migrator::with_migrations(vec![
+        migration(1, "initial", include_str!("../migrations/0001_initial.sql")),
+        migration(2, "leases", include_str!("../migrations/0002_leases.sql")),
+    ])
 }
 
 /// PostgreSQL's `LIMIT NULL` means no limit, as the port's `0` does.
@@ -425,6 +429,31 @@ impl Store for PostgresStore {
         touched(result, format!("run {}", run.id.0))
     }
 
+    async fn claim_revision(&self, id: RevisionId, owner: &str, now: UnixMillis, lease_until: UnixMillis) -> StoreResult<Option<Claimed<Revision>>> {
+        self.claim("revisions", "deploying", "queued", id.0, owner, now, lease_until).await?.map(|(row, taken_over)| Ok(Claimed { row: rows::revision(&row)?, taken_over })).transpose()
+    }
+
+    async fn claim_run(&self, id: RunId, owner: &str, now: UnixMillis, lease_until: UnixMillis) -> StoreResult<Option<Claimed<Run>>> {
+        self.claim("runs", "running", "queued", id.0, owner, now, lease_until).await?.map(|(row, taken_over)| Ok(Claimed { row: rows::run(&row)?, taken_over })).transpose()
+    }
+
+    async fn renew_leases(&self, owner: &str, lease_until: UnixMillis) -> StoreResult<u64> {
+        let mut held = 0;
+        for (table, status) in [("revisions", "deploying"), ("runs", "running")] {
+            let result = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {table} SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = $3"
+            )))
+            .bind(lease_until)
+            .bind(owner)
+            .bind(status)
+            .execute(&self.pool)
+            .await
+            .map_err(translate("renewing leases"))?;
+            held += result.rows_affected();
+        }
+        Ok(held)
+    }
+
     async fn list_steps(&self, run: RunId) -> StoreResult<Vec<RunStep>> {
         let found = sqlx::query("SELECT * FROM run_steps WHERE run_id = $1 ORDER BY position")
             .bind(run.0)
@@ -497,5 +526,46 @@ impl Store for PostgresStore {
         .await
         .map_err(translate("materializations"))?;
         found.iter().map(rows::materialization).collect()
+    }
+}
+
+impl PostgresStore {
+    /// The one claim rule for revisions and runs: `from` → `working` under a new lease, or a
+    /// `working` row whose lease expired (or never had one) taken over. Returns the row as
+    /// claimed and whether it was taken over; `None` if someone else holds it or it moved on.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &self,
+        table: &'static str,
+        working: &'static str,
+        from: &'static str,
+        id: i64,
+        owner: &str,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> StoreResult<Option<(sqlx::postgres::PgRow, bool)>> {
+        let before: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!("SELECT status FROM {table} WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(translate("the claim"))?;
+        let Some(before) = before else { return Ok(None) };
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {table} SET status = $1, started_at = $2, lease_owner = $3, lease_expires_at = $4
+             WHERE id = $5 AND (status = $6 OR (status = $7 AND (lease_expires_at IS NULL OR lease_expires_at < $8)))
+             RETURNING *"
+        )))
+        .bind(working)
+        .bind(now)
+        .bind(owner)
+        .bind(lease_until)
+        .bind(id)
+        .bind(from)
+        .bind(working)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(translate("the claim"))?;
+        Ok(row.map(|row| (row, before == working)))
     }
 }

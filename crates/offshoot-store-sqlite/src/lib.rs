@@ -12,16 +12,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use offshoot_core::{
+    UnixMillis,
     AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, RepositoryName, RevisionStatus, RunStatus,
     StepStatus,
 };
 use offshoot_store::{
-    Deployment, DeploymentFilter, DeploymentId, Materialization, NewDeployment, NewRevision, NewRun, Revision, RevisionId, Run,
+    Claimed, Deployment, DeploymentFilter, DeploymentId, Materialization, NewDeployment, NewRevision, NewRun, Revision, RevisionId, Run,
     RunFilter, RunId, RunStep, StepId, Store, StoreError, StoreResult,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, SqlSafeStr, Sqlite};
+use sqlx::{AssertSqlSafe, QueryBuilder, SqlSafeStr, Sqlite};
 
 /// How long a write waits for another connection's write to finish before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,7 +67,10 @@ fn migrator() -> Migrator {
     let migration = |version: i64, description: &'static str, sql: &'static str| {
         Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
     };
-    Migrator::with_migrations(vec![migration(1, "initial", include_str!("../migrations/0001_initial.sql"))])
+    Migrator::with_migrations(vec![
+        migration(1, "initial", include_str!("../migrations/0001_initial.sql")),
+        migration(2, "leases", include_str!("../migrations/0002_leases.sql")),
+    ])
 }
 
 /// SQLite's `LIMIT -1` means no limit, as the port's `0` does.
@@ -393,6 +397,31 @@ impl Store for SqliteStore {
         touched(result, format!("run {}", run.id.0))
     }
 
+    async fn claim_revision(&self, id: RevisionId, owner: &str, now: UnixMillis, lease_until: UnixMillis) -> StoreResult<Option<Claimed<Revision>>> {
+        self.claim("revisions", "deploying", "queued", id.0, owner, now, lease_until).await?.map(|(row, taken_over)| Ok(Claimed { row: rows::revision(&row)?, taken_over })).transpose()
+    }
+
+    async fn claim_run(&self, id: RunId, owner: &str, now: UnixMillis, lease_until: UnixMillis) -> StoreResult<Option<Claimed<Run>>> {
+        self.claim("runs", "running", "queued", id.0, owner, now, lease_until).await?.map(|(row, taken_over)| Ok(Claimed { row: rows::run(&row)?, taken_over })).transpose()
+    }
+
+    async fn renew_leases(&self, owner: &str, lease_until: UnixMillis) -> StoreResult<u64> {
+        let mut held = 0;
+        for (table, status) in [("revisions", "deploying"), ("runs", "running")] {
+            let result = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {table} SET lease_expires_at = ? WHERE lease_owner = ? AND status = ?"
+            )))
+            .bind(lease_until)
+            .bind(owner)
+            .bind(status)
+            .execute(&self.pool)
+            .await
+            .map_err(translate("renewing leases"))?;
+            held += result.rows_affected();
+        }
+        Ok(held)
+    }
+
     async fn list_steps(&self, run: RunId) -> StoreResult<Vec<RunStep>> {
         let found = sqlx::query("SELECT * FROM run_steps WHERE run_id = ? ORDER BY position")
             .bind(run.0)
@@ -465,6 +494,48 @@ impl Store for SqliteStore {
         .await
         .map_err(translate("materializations"))?;
         found.iter().map(rows::materialization).collect()
+    }
+}
+
+
+impl SqliteStore {
+    /// The one claim rule for revisions and runs: `from` → `working` under a new lease, or a
+    /// `working` row whose lease expired (or never had one) taken over. Returns the row as
+    /// claimed and whether it was taken over; `None` if someone else holds it or it moved on.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &self,
+        table: &'static str,
+        working: &'static str,
+        from: &'static str,
+        id: i64,
+        owner: &str,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> StoreResult<Option<(sqlx::sqlite::SqliteRow, bool)>> {
+        let before: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!("SELECT status FROM {table} WHERE id = ?")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(translate("the claim"))?;
+        let Some(before) = before else { return Ok(None) };
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {table} SET status = ?, started_at = ?, lease_owner = ?, lease_expires_at = ?
+             WHERE id = ? AND (status = ? OR (status = ? AND (lease_expires_at IS NULL OR lease_expires_at < ?)))
+             RETURNING *"
+        )))
+        .bind(working)
+        .bind(now)
+        .bind(owner)
+        .bind(lease_until)
+        .bind(id)
+        .bind(from)
+        .bind(working)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(translate("the claim"))?;
+        Ok(row.map(|row| (row, before == working)))
     }
 }
 

@@ -30,7 +30,7 @@ use offshoot_core::{
 };
 
 use crate::{
-    CommitDetails, Deployment, DeploymentFilter, DeploymentId, Materialization, NewDeployment, NewRevision, NewRun, PullRequest,
+    CommitDetails, Deployment, DeploymentFilter, DeploymentId, Lease, Materialization, NewDeployment, NewRevision, NewRun, PullRequest,
     Revision, RevisionId, Run, RunFilter, RunId, RunStep, StepId, Store, StoreError, StoreResult,
 };
 
@@ -50,6 +50,7 @@ pub async fn run_all(store: &dyn Store) {
     materializations_are_listed_newest_first(store).await;
     missing_rows_are_not_found(store).await;
     hostile_strings_round_trip_exactly(store).await;
+    leases_let_one_server_at_a_time_claim_work(store).await;
 }
 
 pub async fn deployments_are_created_and_found(store: &dyn Store) {
@@ -323,6 +324,7 @@ pub async fn revisions_are_numbered_per_deployment(store: &dyn Store) {
             queued_at: 2_000,
             started_at: None,
             finished_at: None,
+            lease: None,
         },
         "a new revision has its commit, status and queue time, and nothing else yet"
     );
@@ -451,6 +453,7 @@ pub async fn runs_are_inserted_with_their_steps_in_plan_order(store: &dyn Store)
             started_at: None,
             finished_at: None,
             cancel_requested: false,
+            lease: None,
         },
         "a new run is queued and not canceled"
     );
@@ -866,4 +869,44 @@ fn assert_not_found<T: Debug>(result: StoreResult<T>, what: &str) {
 
 fn assert_conflict<T: Debug>(result: StoreResult<T>, what: &str) {
     assert!(matches!(result, Err(StoreError::Conflict(_))), "{what}: expected Conflict, got {result:?}");
+}
+
+/// Claims move queued work to executing under one owner's lease; a live lease cannot be claimed,
+/// an expired one is taken over; renewals extend only the owner's leases; updates keep leases.
+pub async fn leases_let_one_server_at_a_time_claim_work(store: &dyn Store) {
+    let repo = repository("contract-leases");
+    let deployment = store.create_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create");
+    let revision = store.insert_revision(new_revision(deployment.id, 1, 2_000)).await.expect("insert");
+    let claimed = store.claim_revision(revision.id, "server-a", 3_000, 13_000).await.expect("claim").expect("a queued revision is claimable");
+    assert!(!claimed.taken_over, "queued work is claimed, not taken over");
+    assert_eq!((claimed.row.status, claimed.row.started_at), (RevisionStatus::Deploying, Some(3_000)));
+    assert_eq!(claimed.row.lease, Some(Lease { owner: "server-a".to_owned(), expires_at: 13_000 }));
+    assert!(store.claim_revision(revision.id, "server-b", 4_000, 14_000).await.expect("claim").is_none(), "a live lease is not claimable");
+
+    let mut updated = claimed.row.clone();
+    updated.asset_count = 5;
+    store.update_revision(&updated).await.expect("update");
+    assert_eq!(store.get_revision(revision.id).await.expect("get").lease, claimed.row.lease, "updates keep the lease");
+
+    assert_eq!(store.renew_leases("server-a", 20_000).await.expect("renew"), 1);
+    assert!(store.claim_revision(revision.id, "server-b", 15_000, 25_000).await.expect("claim").is_none(), "a renewed lease holds");
+    let taken = store.claim_revision(revision.id, "server-b", 21_000, 31_000).await.expect("claim").expect("an expired lease is taken over");
+    assert!(taken.taken_over);
+    assert_eq!(taken.row.lease.as_ref().map(|l| l.owner.as_str()), Some("server-b"));
+    assert_eq!(store.renew_leases("server-a", 40_000).await.expect("renew"), 0, "server-a no longer holds anything");
+
+    let mut done = taken.row;
+    done.status = RevisionStatus::Ready;
+    store.update_revision(&done).await.expect("finish");
+    assert!(store.claim_revision(revision.id, "server-c", 99_000, 100_000).await.expect("claim").is_none(), "finished work is never claimed");
+    assert!(store.claim_revision(RevisionId(i64::MAX), "server-c", 1, 2).await.expect("claim").is_none(), "a missing revision is not claimed");
+
+    let run = store.insert_run(new_run(deployment.id, revision.id, &["orders"], 5_000)).await.expect("run");
+    let claimed = store.claim_run(run.id, "server-a", 6_000, 16_000).await.expect("claim").expect("a queued run is claimable");
+    assert_eq!((claimed.row.status, claimed.taken_over), (RunStatus::Running, false));
+    assert!(store.claim_run(run.id, "server-b", 7_000, 17_000).await.expect("claim").is_none(), "a live lease is not claimable");
+    assert_eq!(store.renew_leases("server-a", 30_000).await.expect("renew"), 1, "the run's lease");
+    let taken = store.claim_run(run.id, "server-b", 30_001, 40_000).await.expect("claim").expect("an expired run lease is taken over");
+    assert!(taken.taken_over);
+    assert!(!taken.row.cancel_requested);
 }

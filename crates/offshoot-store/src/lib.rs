@@ -94,6 +94,21 @@ pub struct CommitDetails {
     pub time: i64,
 }
 
+/// Who executes a revision's deploy or a run, and until when: a server renews its leases while
+/// it works; a lease that expires (its server died) lets another server take the work over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub expires_at: UnixMillis,
+}
+
+/// A revision or run just claimed; `taken_over` when it was executing under an expired lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed<T> {
+    pub row: T,
+    pub taken_over: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revision {
     pub id: RevisionId,
@@ -116,6 +131,8 @@ pub struct Revision {
     pub queued_at: UnixMillis,
     pub started_at: Option<UnixMillis>,
     pub finished_at: Option<UnixMillis>,
+    /// Set by `claim_revision` and `renew_leases` only; `update_revision` leaves it alone.
+    pub lease: Option<Lease>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +159,8 @@ pub struct Run {
     pub finished_at: Option<UnixMillis>,
     /// Set when someone asked to cancel; the executor stops at the next step boundary.
     pub cancel_requested: bool,
+    /// Set by `claim_run` and `renew_leases` only; `update_run` leaves it alone.
+    pub lease: Option<Lease>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,12 +232,22 @@ pub trait Store: Send + Sync + 'static {
     async fn update_revision(&self, revision: &Revision) -> StoreResult<()>;
     /// Across all deployments, oldest first: the deploy worker's queue and the reconciler's view.
     async fn revisions_with_status(&self, statuses: &[RevisionStatus]) -> StoreResult<Vec<Revision>>;
+    /// Atomically: a `queued` revision, or a `deploying` one whose lease expired before `now`,
+    /// becomes `deploying` under `owner`'s lease until `lease_until` (`started_at` = `now`). At
+    /// most one caller gets `Some`; every other gets `None`.
+    async fn claim_revision(&self, id: RevisionId, owner: &str, now: UnixMillis, lease_until: UnixMillis) -> StoreResult<Option<Claimed<Revision>>>;
 
     // Runs and their steps.
     async fn insert_run(&self, new: NewRun) -> StoreResult<Run>;
     async fn get_run(&self, id: RunId) -> StoreResult<Run>;
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>>;
     async fn update_run(&self, run: &Run) -> StoreResult<()>;
+    /// Atomically: a `queued` run, or a `running` one whose lease expired before `now`, becomes
+    /// `running` under `owner`'s lease. At most one caller gets `Some`.
+    async fn claim_run(&self, id: RunId, owner: &str, now: UnixMillis, lease_until: UnixMillis) -> StoreResult<Option<Claimed<Run>>>;
+    /// Extends every lease `owner` holds on deploying revisions and running runs to `lease_until`
+    /// (`lease_until` in the past releases them). Returns how many it holds.
+    async fn renew_leases(&self, owner: &str, lease_until: UnixMillis) -> StoreResult<u64>;
     /// In plan order.
     async fn list_steps(&self, run: RunId) -> StoreResult<Vec<RunStep>>;
     /// Writes status, times, row count and error (not the log).

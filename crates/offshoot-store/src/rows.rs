@@ -11,7 +11,7 @@ use offshoot_core::{
 };
 
 use crate::{
-    CommitDetails, Deployment, DeploymentId, Materialization, PullRequest, Revision, RevisionId, Run, RunId, RunStep, StepId,
+    CommitDetails, Deployment, DeploymentId, Lease, Materialization, PullRequest, Revision, RevisionId, Run, RunId, RunStep, StepId,
     StoreError, StoreResult,
 };
 
@@ -74,6 +74,7 @@ pub fn revision(row: &dyn Columns) -> StoreResult<Revision> {
         queued_at: integer(row, "queued_at")?,
         started_at: optional_integer(row, "started_at")?,
         finished_at: optional_integer(row, "finished_at")?,
+        lease: lease(row)?,
     })
 }
 
@@ -89,6 +90,7 @@ pub fn run(row: &dyn Columns) -> StoreResult<Run> {
         started_at: optional_integer(row, "started_at")?,
         finished_at: optional_integer(row, "finished_at")?,
         cancel_requested: boolean(row, "cancel_requested")?,
+        lease: lease(row)?,
     })
 }
 
@@ -117,6 +119,13 @@ pub fn materialization(row: &dyn Columns) -> StoreResult<Materialization> {
         duration_ms: integer(row, "duration_ms")?,
         created_at: integer(row, "created_at")?,
     })
+}
+
+fn lease(row: &dyn Columns) -> StoreResult<Option<Lease>> {
+    match (optional_text(row, "lease_owner")?, optional_integer(row, "lease_expires_at")?) {
+        (Some(owner), Some(expires_at)) => Ok(Some(Lease { owner, expires_at })),
+        _ => Ok(None),
+    }
 }
 
 fn required<T>(value: Option<T>, column: &str) -> StoreResult<T> {

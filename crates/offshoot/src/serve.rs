@@ -69,6 +69,13 @@ pub struct Args {
     /// DATA_DIR/warehouse (default).
     #[arg(long, env = "OFFSHOOT_WAREHOUSE_URL", hide_env_values = true)]
     pub warehouse_url: Option<String>,
+    /// Names this server in leases; servers sharing a store need distinct ids (default:
+    /// hostname and data directory).
+    #[arg(long, env = "OFFSHOOT_SERVER_ID")]
+    pub server_id: Option<String>,
+    /// Seconds a deploy or run stays claimed without renewal before another server takes it over.
+    #[arg(long, env = "OFFSHOOT_LEASE_SECONDS")]
+    pub lease_seconds: Option<u64>,
     /// The PostgreSQL role branch materializations run as (NOLOGIN; created if missing).
     #[arg(long, env = "OFFSHOOT_BRANCH_ROLE")]
     pub branch_role: Option<String>,
@@ -91,6 +98,8 @@ struct FileConfig {
     metadata_url: Option<String>,
     warehouse_url: Option<String>,
     branch_role: Option<String>,
+    server_id: Option<String>,
+    lease_seconds: Option<u64>,
     #[serde(default)]
     repositories: Vec<FileRepository>,
 }
@@ -294,6 +303,12 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     }
     if let Some(n) = args.production_run_concurrency.or(file.production_run_concurrency) {
         config.production_run_concurrency = n;
+    }
+    if let Some(id) = args.server_id.clone().or(file.server_id) {
+        config.server_id = id;
+    }
+    if let Some(seconds) = args.lease_seconds.or(file.lease_seconds) {
+        config.lease = Duration::from_secs(seconds.max(1));
     }
     for repo in file.repositories {
         let repository = file_repository(&config, repo)?;
