@@ -41,6 +41,8 @@ pub struct RevisionJson {
     pub finished_at: Option<i64>,
     /// From queued to finished, in milliseconds.
     pub duration_ms: Option<i64>,
+    /// The server that claimed the deploy (see `server_id`).
+    pub server: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -90,6 +92,8 @@ pub struct RunJson {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub cancel_requested: bool,
+    /// The server that claimed the run (see `server_id`).
+    pub server: Option<String>,
     pub steps: Vec<StepJson>,
 }
 
@@ -127,6 +131,7 @@ pub fn revision_json(revision: &Revision) -> RevisionJson {
         started_at: revision.started_at,
         finished_at: revision.finished_at,
         duration_ms: revision.finished_at.map(|f| f - revision.queued_at),
+        server: revision.lease.as_ref().map(|l| l.owner.clone()),
     }
 }
 
@@ -183,6 +188,7 @@ pub fn run_json(run: &Run, deployment: &Deployment, steps: &[RunStep]) -> RunJso
         started_at: run.started_at,
         finished_at: run.finished_at,
         cancel_requested: run.cancel_requested,
+        server: run.lease.as_ref().map(|l| l.owner.clone()),
         steps: steps.iter().map(step_json).collect(),
     }
 }

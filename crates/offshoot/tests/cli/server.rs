@@ -508,3 +508,88 @@ fn cap_ttl_cancel_and_watched_branch_deletion() {
     let closed = server.wait_for_deployment(&name, "closed after the branch was deleted", |d| d["status"] == "closed");
     assert_eq!(closed["close_reason"], "the branch was deleted");
 }
+
+fn shared_postgres_config(dir: &Path, repo: &Path, url: &str, server_id: &str) -> String {
+    format!(
+        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\napi_tokens = [{TOKEN:?}]\nserver_id = \"{server_id}\"\nlease_seconds = 2\nmetadata_url = \"{url}\"\nwarehouse_url = \"{url}\"\nbranch_role = \"offshoot_branch_two_{}\"\n[[repositories]]\nname = \"shop\"\npath = {:?}\nproduction_branch = \"main\"\n",
+        dir.join("data").to_str().expect("utf-8"),
+        std::process::id(),
+        repo.to_str().expect("utf-8")
+    )
+}
+
+#[test]
+fn two_servers_on_one_postgres_store_execute_work_once_and_take_over_from_a_killed_one() {
+    if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+        return;
+    }
+    let database = Database(format!("offshoot_two_{}", std::process::id()));
+    psql("postgres", &format!("CREATE DATABASE {}", database.0));
+    let dir = TempDir::new("two-servers");
+    let repo = dir.0.join("repo");
+    std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
+    std::fs::write(repo.join("offshoot.toml"), "[project]\nname = \"shop\"\ndialect = \"postgres\"\n\n[sources.raw_orders]\n").expect("manifest");
+    std::fs::write(repo.join("assets/orders.sql"), "SELECT id, amount FROM raw_orders\n").expect("asset");
+    std::fs::write(repo.join("assets/slow.toml"), "command = \"sleep 30\"\ndeps = [\"orders\"]\n").expect("asset");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "Orders"]);
+    let main = git(&repo, &["rev-parse", "main"]);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{}", database.0);
+    let (dir_a, dir_b) = (dir.0.join("a"), dir.0.join("b"));
+    std::fs::create_dir_all(&dir_a).expect("mkdir");
+    std::fs::create_dir_all(&dir_b).expect("mkdir");
+    let mut a = Server::start_with_config(&dir_a, &shared_postgres_config(&dir_a, &repo, &url, "server-a"));
+    wait_for_prod(&a, &repo);
+    psql(&database.0, "CREATE TABLE shop__prod.raw_orders AS SELECT g AS id, g * 3 AS amount FROM generate_series(1, 10) AS g");
+    let mut b = Server::start_with_config(&dir_b, &shared_postgres_config(&dir_b, &repo, &url, "server-b"));
+
+    // Many deploys and runs: each executes on exactly one server, once.
+    let names: Vec<String> = (0..6).map(|i| create_or_update(&a, &format!("feature/{i}"), &main)).collect();
+    for name in &names {
+        let deployment = b.wait_for_deployment(name, "ready", |d| d["current_revision"]["status"] == "ready");
+        assert_eq!(b.get(&format!("/api/v1/deployments/{name}/revisions")).as_array().expect("list").len(), 1);
+        assert!(deployment["current_revision"]["server"].is_string(), "{deployment}");
+    }
+    let runs: Vec<i64> = names.iter().map(|n| b.post(&format!("/api/v1/deployments/{n}/runs"), json!({"selection": "key:orders"}))["id"].as_i64().expect("id")).collect();
+    let mut servers = BTreeSet::new();
+    for id in &runs {
+        let run = a.wait_for_run(*id);
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+        servers.insert(run["server"].as_str().expect("server").to_owned());
+    }
+    for name in &names {
+        let asset = a.get(&format!("/api/v1/deployments/{name}/assets/orders"));
+        assert_eq!(asset["materializations"].as_array().expect("list").len(), 1, "built once: {asset}");
+    }
+    let logs = a.log() + &b.log();
+    for name in &names {
+        assert_eq!(logs.matches(&format!("deploying {} of shop/{name}", &main[..12])).count(), 1, "deployed once: {name}");
+    }
+    assert!(!servers.is_empty());
+
+    // Kill the server executing a run: the other takes it over when the lease expires.
+    let run = a.post(&format!("/api/v1/deployments/{}/runs", names[0]), json!({"selection": "key:slow"}));
+    let id = run["id"].as_i64().expect("id");
+    let started = std::time::Instant::now();
+    let owner = loop {
+        let run = a.get(&format!("/api/v1/runs/{id}"));
+        if run["steps"][0]["status"] == "running" {
+            break run["server"].as_str().expect("server").to_owned();
+        }
+        assert!(started.elapsed().as_secs() < 30, "the slow step never started: {run:#}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (victim, survivor) = if owner == "server-a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    victim.kill();
+    let run = survivor.wait_for_run(id);
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert!(run["error"].as_str().expect("reason").contains("server stopped"), "{run:#}");
+    assert!(started.elapsed().as_secs() < 20, "taken over after the 2 s lease, not at the end of the command");
+    let deployment = survivor.get(&format!("/api/v1/deployments/{}", names[1]));
+    assert_eq!(deployment["current_revision"]["status"], "ready");
+    drop(a);
+    drop(b);
+    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
+    psql("postgres", &format!("DROP ROLE IF EXISTS offshoot_branch_two_{}", std::process::id()));
+}
