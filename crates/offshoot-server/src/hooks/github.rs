@@ -9,8 +9,8 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::{
-    admit, answer, branch_name, branch_of_ref, commit_id, find_repository, header, hook_repositories, ignored, malformed, unauthorized,
-    HeadTrigger, HookJob, Hooks, PayloadRepository, PullRequestRef,
+    answer, branch_name, branch_of_ref, commit_id, dispatch, header, hook_repositories, malformed, unauthorized, HeadTrigger,
+    HookJob, Hooks, Interpretation, PayloadRepository, PullRequestRef, Route,
 };
 use crate::config::{ForgeKind, RepositoryConfig};
 use crate::error::ApiError;
@@ -61,29 +61,9 @@ pub async fn receive(state: &SharedState, hooks: &Hooks, headers: &HeaderMap, bo
     if event == "ping" {
         return Ok(answer(StatusCode::OK, "pong", "the webhook is set up"));
     }
-    let (repository, job) = match interpret(event, payload)? {
-        Interpretation::Ignored(reason) => return Ok(ignored(&reason)),
-        Interpretation::Job(repository, job) => (repository, job),
-    };
     let configured: Vec<&RepositoryConfig> = candidates.iter().map(|(repo, _, _)| *repo).collect();
-    let Some(repo) = find_repository(&configured, &repository) else {
-        return Ok(ignored(&format!("no configured repository is {:?}", repository.full_name)));
-    };
-    if !verified.iter().any(|v| v.name == repo.name) {
-        return Err(unauthorized("the X-Hub-Signature-256 signature does not match this repository's webhook secret"));
-    }
-    let forge = repo.forge.as_ref().expect("hook repositories have a forge");
-    if let Err(reason) = admit(repo, forge, &job) {
-        return Ok(ignored(&reason));
-    }
-    hooks.accept(state, repo, ForgeKind::GitHub, header(headers, "x-github-delivery"), job)
-}
-
-/// What an authenticated payload asks for.
-#[derive(Debug)]
-pub enum Interpretation {
-    Ignored(String),
-    Job(PayloadRepository, HookJob),
+    let route = Route { kind: ForgeKind::GitHub, delivery: header(headers, "x-github-delivery"), mismatch: "the X-Hub-Signature-256 signature does not match this repository's webhook secret" };
+    dispatch(state, hooks, &configured, &verified, interpret(event, payload)?, route)
 }
 
 /// Translates one event; `Err` (400) when a field the event needs is missing or malformed.

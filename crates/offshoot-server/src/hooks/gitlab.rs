@@ -7,8 +7,8 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::{
-    admit, branch_name, branch_of_ref, commit_id, find_repository, header, hook_repositories, ignored, malformed, same_secret, unauthorized,
-    HeadTrigger, HookJob, Hooks, PayloadRepository, PullRequestRef,
+    branch_name, branch_of_ref, commit_id, dispatch, header, hook_repositories, malformed, same_secret, unauthorized, HeadTrigger,
+    HookJob, Hooks, Interpretation, PayloadRepository, PullRequestRef, Route,
 };
 use crate::config::{ForgeKind, RepositoryConfig};
 use crate::error::ApiError;
@@ -31,28 +31,9 @@ pub async fn receive(state: &SharedState, hooks: &Hooks, headers: &HeaderMap, bo
     }
     let event = header(headers, "x-gitlab-event").ok_or_else(|| malformed("the X-Gitlab-Event header is missing"))?;
     let payload: serde_json::Value = serde_json::from_slice(body).map_err(|e| malformed(format!("the body is not JSON: {e}")))?;
-    let (repository, job) = match interpret(event, payload)? {
-        Interpretation::Ignored(reason) => return Ok(ignored(&reason)),
-        Interpretation::Job(repository, job) => (repository, job),
-    };
     let configured: Vec<&RepositoryConfig> = candidates.iter().map(|(repo, _, _)| *repo).collect();
-    let Some(repo) = find_repository(&configured, &repository) else {
-        return Ok(ignored(&format!("no configured repository is {:?}", repository.full_name)));
-    };
-    if !verified.iter().any(|v| v.name == repo.name) {
-        return Err(unauthorized("the X-Gitlab-Token does not match this repository's webhook secret"));
-    }
-    let forge = repo.forge.as_ref().expect("hook repositories have a forge");
-    if let Err(reason) = admit(repo, forge, &job) {
-        return Ok(ignored(&reason));
-    }
-    hooks.accept(state, repo, ForgeKind::GitLab, header(headers, "x-gitlab-event-uuid"), job)
-}
-
-#[derive(Debug)]
-pub enum Interpretation {
-    Ignored(String),
-    Job(PayloadRepository, HookJob),
+    let route = Route { kind: ForgeKind::GitLab, delivery: header(headers, "x-gitlab-event-uuid"), mismatch: "the X-Gitlab-Token does not match this repository's webhook secret" };
+    dispatch(state, hooks, &configured, &verified, interpret(event, payload)?, route)
 }
 
 /// Translates one event; `Err` (400) when a field the event needs is missing or malformed.

@@ -105,6 +105,49 @@ pub struct PayloadRepository {
     pub urls: Vec<String>,
 }
 
+/// What an authenticated payload asks for.
+#[derive(Debug)]
+pub enum Interpretation {
+    Ignored(String),
+    Job(PayloadRepository, HookJob),
+}
+
+/// How one provider's hook routes an authenticated payload.
+pub struct Route<'a> {
+    kind: ForgeKind,
+    delivery: Option<&'a str>,
+    /// The 401 message when the payload names a repository whose secret did not sign it.
+    mismatch: &'static str,
+}
+
+/// The part both providers share once the request is authenticated and parsed: find the
+/// repository the payload names, require that its own secret verified the request, apply the
+/// fork and branch rules, and queue the job (deduplicated by delivery id).
+fn dispatch(
+    state: &SharedState,
+    hooks: &Hooks,
+    configured: &[&RepositoryConfig],
+    verified: &[&RepositoryConfig],
+    interpretation: Interpretation,
+    route: Route<'_>,
+) -> Result<Response, ApiError> {
+    let (repository, job) = match interpretation {
+        Interpretation::Ignored(reason) => return Ok(ignored(&reason)),
+        Interpretation::Job(repository, job) => (repository, job),
+    };
+    let Some(repo) = find_repository(configured, &repository) else {
+        return Ok(ignored(&format!("no configured repository is {:?}", repository.full_name)));
+    };
+    if !verified.iter().any(|v| v.name == repo.name) {
+        return Err(unauthorized(route.mismatch));
+    }
+    let forge = repo.forge.as_ref().expect("hook repositories have a forge");
+    if let Err(reason) = admit(repo, forge, &job) {
+        return Ok(ignored(&reason));
+    }
+    hooks.accept(state, repo, route.kind, route.delivery, job)
+}
+
 /// In-process hook state: recent delivery ids and one job queue per repository.
 #[derive(Default)]
 pub struct Hooks {
