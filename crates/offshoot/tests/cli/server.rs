@@ -593,3 +593,46 @@ fn two_servers_on_one_postgres_store_execute_work_once_and_take_over_from_a_kill
     psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
     psql("postgres", &format!("DROP ROLE IF EXISTS offshoot_branch_two_{}", std::process::id()));
 }
+
+#[test]
+fn examples_shop_runs_on_postgres_by_setting_the_warehouse_url() {
+    if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+        return;
+    }
+    let database = Database(format!("offshoot_shop_{}", std::process::id()));
+    psql("postgres", &format!("CREATE DATABASE {}", database.0));
+    let (dir, repo) = shop_repo("shop-postgres");
+    let url = format!("postgres://postgres@127.0.0.1:5432/{}", database.0);
+    let role = format!("offshoot_branch_shop_{}", std::process::id());
+    let server = Server::start(&dir.0, &repo, &format!("warehouse_url = \"{url}\"\nbranch_role = \"{role}\""));
+    wait_for_prod(&server, &repo);
+    let seed = Command::new("psql")
+        .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-f"])
+        .arg(workspace().join("examples/shop/data/seed_postgres.sql"))
+        .output()
+        .expect("psql runs");
+    assert!(seed.status.success(), "{}", String::from_utf8_lossy(&seed.stderr));
+
+    let output = client(&server, &["materialize", "--deployment", "prod", "--select", "key:*", "--wait"]);
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    let checksum = || psql(&database.0, "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM shop__prod.fct_orders AS t");
+    let before = checksum();
+
+    git(&repo, &["branch", "feature/paid", "main"]);
+    let sha = commit_file(&repo, "feature/paid", "assets/marts/fct_orders.sql",
+        &std::fs::read_to_string(repo.join("assets/marts/fct_orders.sql")).expect("read").replace("LEFT JOIN fx_rates AS fx ON fx.currency = p.currency\n", "LEFT JOIN fx_rates AS fx ON fx.currency = p.currency\nWHERE p.amount_cents > 0\n"),
+        "Skip unpaid orders");
+    let name = create_or_update(&server, "feature/paid", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let output = client(&server, &["materialize", "--deployment", &name, "--select", "changed_in_branch:ANY+ or key:fx_rates", "--wait"]);
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    let schema = branch_target(&name).schema;
+    let branch_rows: i64 = psql(&database.0, &format!("SELECT count(*) FROM \"{schema}\".fct_orders")).parse().expect("count");
+    let production_rows: i64 = psql(&database.0, "SELECT count(*) FROM shop__prod.fct_orders").parse().expect("count");
+    assert!(branch_rows < production_rows, "the branch skips unpaid orders: {branch_rows} vs {production_rows}");
+    assert_eq!(psql(&database.0, &format!("SELECT count(*) FROM \"{schema}\".fx_rates")), "4", "the command asset wrote the branch's own table");
+    assert_eq!(checksum(), before, "production is unchanged");
+    drop(server);
+    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
+    psql("postgres", &format!("DROP ROLE IF EXISTS {role}"));
+}
