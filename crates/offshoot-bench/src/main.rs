@@ -1,12 +1,15 @@
 //! `offshoot-bench`: generates synthetic projects in fresh git repositories, times loading and
-//! diffing them against the bars in BENCHMARKS.md and prints a markdown report.
+//! diffing them against the bars in BENCHMARKS.md and prints a markdown report. The `server`
+//! mode (src/server.rs) measures the server bars against the real `offshoot serve` binary.
 //!
 //! ```text
 //! cargo run --release -p offshoot-bench -- [--assets-small 1000] [--assets-large 10000] [--runs 15] [--dir PATH] [--keep]
 //! offshoot-bench --only load --repo PATH   # one load of PATH's `main` in this process; prints VmHWM
+//! offshoot-bench server [--runs 9] [--skip-10k] ...   # needs `cargo build --release -p offshoot -p offshoot-bench`
 //! ```
 
 mod project;
+mod server;
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -47,6 +50,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "-h" | "--help" => {
                 println!("usage: offshoot-bench [--assets-small N] [--assets-large N] [--runs N] [--dir PATH] [--keep]");
                 println!("       offshoot-bench --only load --repo PATH");
+                println!("       offshoot-bench server --help");
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}`; see --help"),
@@ -59,6 +63,11 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 fn main() -> anyhow::Result<()> {
+    let mut arguments = std::env::args().skip(1).peekable();
+    if arguments.peek().map(String::as_str) == Some("server") {
+        arguments.next();
+        return server::run(&server::parse_args(arguments)?);
+    }
     let args = parse_args()?;
     match args.only.as_deref() {
         None => run(&args),
@@ -87,12 +96,17 @@ fn measure(runs: usize, mut f: impl FnMut() -> anyhow::Result<Duration>) -> anyh
     for _ in 0..runs {
         samples.push(f()?);
     }
+    Ok(stats_of(samples))
+}
+
+/// Median, min and max of at least one sample.
+fn stats_of(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
-    Ok(Stats {
+    Stats {
         median: samples[samples.len() / 2],
         min: samples[0],
         max: samples[samples.len() - 1],
-    })
+    }
 }
 
 /// Times `f`; its result is dropped after the clock stops.
@@ -166,9 +180,15 @@ fn without_headers(files: &MemoryFiles) -> MemoryFiles {
 
 /// `(VmHWM, VmRSS)` of this process in kB.
 fn memory_kb() -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    status_kb("self")
+}
+
+/// `(VmHWM, VmRSS)` in kB of the process `pid` (a number, or `self`).
+fn status_kb(pid: &str) -> anyhow::Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let field = |name: &str| -> anyhow::Result<u64> {
-        let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in /proc/self/status"))?;
+        let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in {path}"))?;
         let number = line[name.len()..].trim().trim_end_matches("kB").trim();
         number.parse().with_context(|| format!("parsing {line:?}"))
     };

@@ -166,7 +166,8 @@ pub struct Generated {
     pub edits: String,
 }
 
-fn source_names() -> Vec<String> {
+/// The 20 source tables the manifest declares: `raw_<domain>_<i>`.
+pub fn source_names() -> Vec<String> {
     DOMAINS.iter().flat_map(|d| (0..SOURCES_PER_DOMAIN).map(move |i| format!("raw_{d}_{i}"))).collect()
 }
 
