@@ -276,9 +276,11 @@ pub async fn deploy(state: &SharedState, mut revision: Revision) -> Result<(), o
             tracing::warn!("revision {} of {} failed: {}", revision.number, deployment.name, revision.error.as_deref().unwrap_or(""));
         }
         Ok(()) => {
+            // Serving first, then ready: a client never sees a ready newest revision that does not
+            // serve, and a kill in between leaves a deploying revision that is deployed again.
+            promote(state, &revision).await?;
             revision.status = RevisionStatus::Ready;
             state.store.update_revision(&revision).await?;
-            promote(state, &revision).await?;
             Metrics::increment(&state.metrics.deploys_ready);
             tracing::info!("revision {} of {} is ready", revision.number, deployment.name);
         }

@@ -37,7 +37,7 @@ impl AppState {
             config,
             deploy_wakeup: Notify::new(),
             run_wakeup: Notify::new(),
-            snapshots: SnapshotCache::new(64),
+            snapshots: SnapshotCache::new(SNAPSHOT_CACHE_ASSETS),
             cancel_switches: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
         })
@@ -63,19 +63,31 @@ pub fn now() -> UnixMillis {
         .unwrap_or(0)
 }
 
+/// How many assets the snapshot cache holds in all (about 2 MB per 1,000): bounded by size, not
+/// by entries, so 10,000-asset projects cannot grow the server past its memory bar.
+const SNAPSHOT_CACHE_ASSETS: usize = 60_000;
+
 /// A loaded project, or the diagnostics that made it invalid.
 pub type Loaded = Arc<Result<Project, Vec<Diagnostic>>>;
 
 /// Recently loaded snapshots by (repository, commit): loading is pure in the commit, so entries
-/// never go stale; the bound keeps memory flat with many open deployments.
+/// never go stale; the bound (in assets, most recently used kept) keeps memory flat with many
+/// open deployments. The newest entry is always kept, however large.
 pub struct SnapshotCache {
-    capacity: usize,
+    capacity_assets: usize,
     entries: Mutex<VecDeque<((RepositoryName, CommitSha), Loaded)>>,
 }
 
+fn weight(loaded: &Loaded) -> usize {
+    match loaded.as_ref() {
+        Ok(project) => project.snapshot.len().max(1),
+        Err(diagnostics) => diagnostics.len().max(1),
+    }
+}
+
 impl SnapshotCache {
-    pub fn new(capacity: usize) -> SnapshotCache {
-        SnapshotCache { capacity, entries: Mutex::new(VecDeque::new()) }
+    pub fn new(capacity_assets: usize) -> SnapshotCache {
+        SnapshotCache { capacity_assets, entries: Mutex::new(VecDeque::new()) }
     }
 
     pub fn get(&self, repository: &RepositoryName, commit: &CommitSha) -> Option<Loaded> {
@@ -91,7 +103,11 @@ impl SnapshotCache {
         let mut entries = self.entries.lock().expect("cache lock is never poisoned: no panics inside");
         entries.retain(|((r, c), _)| !(r == &repository && c == &commit));
         entries.push_front(((repository, commit), loaded));
-        entries.truncate(self.capacity);
+        let mut total: usize = entries.iter().map(|(_, l)| weight(l)).sum();
+        while entries.len() > 1 && total > self.capacity_assets {
+            let (_, evicted) = entries.pop_back().expect("more than one entry");
+            total -= weight(&evicted);
+        }
     }
 }
 

@@ -265,9 +265,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_revisions(&self, deployment: DeploymentId, limit: u32) -> StoreResult<Vec<Revision>> {
-        let found = sqlx::query("SELECT * FROM revisions WHERE deployment_id = ? ORDER BY number DESC LIMIT ?")
+        // The limit is written into the text: SQLite re-prepares a statement whose bound LIMIT
+        // changes, so a bound one defeats the statement cache on the hottest read.
+        let sql = format!("SELECT * FROM revisions WHERE deployment_id = ? ORDER BY number DESC LIMIT {}", sql_limit(limit));
+        let found = sqlx::query(AssertSqlSafe(sql))
             .bind(deployment.0)
-            .bind(sql_limit(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(translate("revisions"))?;
@@ -375,7 +377,7 @@ impl Store for SqliteStore {
             }
             query.push(")");
         }
-        query.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(sql_limit(filter.limit));
+        query.push(format!(" ORDER BY created_at DESC, id DESC LIMIT {}", sql_limit(filter.limit)));
         let found = query.build().fetch_all(&self.pool).await.map_err(translate("runs"))?;
         found.iter().map(rows::run).collect()
     }
@@ -482,14 +484,15 @@ impl Store for SqliteStore {
         asset: Option<&AssetKey>,
         limit: u32,
     ) -> StoreResult<Vec<Materialization>> {
-        let found = sqlx::query(
+        let sql = format!(
             "SELECT * FROM materializations
              WHERE deployment_id = ?1 AND (?2 IS NULL OR asset_key = ?2)
-             ORDER BY created_at DESC, id DESC LIMIT ?3",
-        )
+             ORDER BY created_at DESC, id DESC LIMIT {}",
+            sql_limit(limit)
+        );
+        let found = sqlx::query(AssertSqlSafe(sql))
         .bind(deployment.0)
         .bind(asset.map(AssetKey::as_str))
-        .bind(sql_limit(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(translate("materializations"))?;
