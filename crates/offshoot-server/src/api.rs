@@ -166,9 +166,17 @@ async fn list_deployments(State(state): State<SharedState>, _: Reader, Query(que
         None => None,
     };
     let deployments = state.store.list_deployments(&DeploymentFilter { repository, include_closed: query.include_closed }).await?;
+    // One query for every deployment's newest revision; the serving one is almost always it.
+    let newest: std::collections::HashMap<_, _> = state.store.newest_revisions().await?.into_iter().map(|r| (r.deployment_id, r)).collect();
     let mut views = Vec::with_capacity(deployments.len());
     for deployment in &deployments {
-        views.push(deployment_view(&state, deployment).await?);
+        let latest = newest.get(&deployment.id);
+        let current = match deployment.current_revision {
+            Some(id) if latest.is_some_and(|l| l.id == id) => latest.cloned(),
+            Some(id) => Some(state.store.get_revision(id).await?),
+            None => None,
+        };
+        views.push(dto::deployment_json(deployment, current.as_ref(), latest));
     }
     Ok(Json(views))
 }

@@ -301,6 +301,18 @@ impl Store for PostgresStore {
         rows::revision(&row)
     }
 
+    async fn newest_revisions(&self) -> StoreResult<Vec<Revision>> {
+        let found = sqlx::query(
+            "SELECT r.* FROM revisions AS r
+             JOIN (SELECT deployment_id, MAX(number) AS number FROM revisions GROUP BY deployment_id) AS newest
+               ON newest.deployment_id = r.deployment_id AND newest.number = r.number",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate("newest revisions"))?;
+        found.iter().map(rows::revision).collect()
+    }
+
     async fn list_revisions(&self, deployment: DeploymentId, limit: u32) -> StoreResult<Vec<Revision>> {
         let found = sqlx::query("SELECT * FROM revisions WHERE deployment_id = $1 ORDER BY number DESC LIMIT $2")
             .bind(deployment.0)

@@ -264,6 +264,18 @@ impl Store for SqliteStore {
         rows::revision(&row)
     }
 
+    async fn newest_revisions(&self) -> StoreResult<Vec<Revision>> {
+        let found = sqlx::query(
+            "SELECT r.* FROM revisions AS r
+             JOIN (SELECT deployment_id, MAX(number) AS number FROM revisions GROUP BY deployment_id) AS newest
+               ON newest.deployment_id = r.deployment_id AND newest.number = r.number",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate("newest revisions"))?;
+        found.iter().map(rows::revision).collect()
+    }
+
     async fn list_revisions(&self, deployment: DeploymentId, limit: u32) -> StoreResult<Vec<Revision>> {
         // The limit is written into the text: SQLite re-prepares a statement whose bound LIMIT
         // changes, so a bound one defeats the statement cache on the hottest read.

@@ -334,6 +334,10 @@ pub async fn revisions_are_numbered_per_deployment(store: &dyn Store) {
         assert_eq!(store.get_revision(revision.id).await.expect("get revision"), *revision, "get returns what insert returned");
     }
 
+    let newest = store.newest_revisions().await.expect("newest revisions");
+    assert!(newest.contains(&a3) && newest.contains(&b1), "the newest revision of each deployment");
+    assert!(!newest.contains(&a1) && !newest.contains(&a2), "older revisions are not the newest");
+
     let found = store.find_revision_by_commit(a.id, &sha(2)).await.expect("find a2");
     assert_eq!(found.as_ref(), Some(&a2), "find by commit");
     let found = store.find_revision_by_commit(b.id, &sha(2)).await.expect("find in b");

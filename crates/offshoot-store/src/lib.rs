@@ -228,6 +228,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_revision(&self, id: RevisionId) -> StoreResult<Revision>;
     /// Newest (highest number) first; `limit` 0 means all.
     async fn list_revisions(&self, deployment: DeploymentId, limit: u32) -> StoreResult<Vec<Revision>>;
+    /// The newest (highest number) revision of every deployment that has one, in no order: one
+    /// query for listings instead of one per deployment.
+    async fn newest_revisions(&self) -> StoreResult<Vec<Revision>>;
     async fn find_revision_by_commit(&self, deployment: DeploymentId, commit: &CommitSha) -> StoreResult<Option<Revision>>;
     async fn update_revision(&self, revision: &Revision) -> StoreResult<()>;
     /// Across all deployments, oldest first: the deploy worker's queue and the reconciler's view.
