@@ -468,7 +468,7 @@ async fn run_command(context: &RunContext, step: &RunStep, asset: &Asset, mut ca
                     drop(wait);
                     // The command runs in its own process group: end the shell and its children.
                     if let Some(group) = process_group {
-                        let _ = std::process::Command::new("kill").arg("-KILL").arg(format!("-{group}")).status();
+                        kill_process_group(group);
                     }
                     append_log(context, step, "canceled: the command was killed\n").await;
                     return Err(CANCELED.to_owned());
@@ -491,6 +491,20 @@ async fn run_command(context: &RunContext, step: &RunStep, asset: &Asset, mut ca
     }
     let rows = context.state.warehouse.row_count(&context.target, asset.key.as_str()).await.map_err(|e| e.to_string())?;
     Ok(rows)
+}
+
+/// SIGKILL to every process of the group the command leads. Not through the `kill` program:
+/// procps-ng 4.0.2's `kill -KILL -PGID` signals every process on the machine instead.
+fn kill_process_group(group: u32) {
+    let Ok(group) = libc::pid_t::try_from(group) else { return };
+    if group <= 1 {
+        return; // never 0 (our own group) or 1 (everything)
+    }
+    // SAFETY: kill(2) takes plain integers and has no memory effects; a negative pid addresses
+    // exactly the process group `group`, which the command leads (spawned with process_group(0)).
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
 }
 
 fn spawn_command(command_line: &str, dir: &Path, env: Vec<(String, String)>) -> Result<tokio::process::Child, String> {
