@@ -51,6 +51,9 @@ pub struct Args {
     keep: bool,
     offshoot: Option<PathBuf>,
     perf_dir: Option<PathBuf>,
+    /// `--postgres URL`: run the servers on PostgreSQL (store and warehouse), one fresh database
+    /// per server under this server URL (e.g. postgres://postgres@127.0.0.1:5432), dropped after.
+    postgres: Option<String>,
 }
 
 /// The three measurements; all run unless `--only` names one.
@@ -70,7 +73,7 @@ impl Args {
     }
 }
 
-const USAGE: &str = "usage: offshoot-bench server [--runs 9] [--skip-10k] [--only deploy|clone|open] [--assets-small 1000] [--assets-large 10000]
+const USAGE: &str = "usage: offshoot-bench server [--runs 9] [--skip-10k] [--only deploy|clone|open] [--assets-small 1000] [--assets-large 10000] [--postgres URL]
                              [--branches 100] [--clients 100] [--requests 2500] [--dir PATH] [--keep]
                              [--offshoot PATH] [--perf-dir PATH]
 
@@ -93,6 +96,7 @@ pub fn parse_args(arguments: impl Iterator<Item = String>) -> anyhow::Result<Arg
         keep: false,
         offshoot: None,
         perf_dir: None,
+        postgres: None,
     };
     let mut it = arguments;
     while let Some(flag) = it.next() {
@@ -117,6 +121,7 @@ pub fn parse_args(arguments: impl Iterator<Item = String>) -> anyhow::Result<Arg
             "--keep" => args.keep = true,
             "--offshoot" => args.offshoot = Some(PathBuf::from(value()?)),
             "--perf-dir" => args.perf_dir = Some(PathBuf::from(value()?)),
+            "--postgres" => args.postgres = Some(value()?.trim_end_matches('/').to_owned()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -177,10 +182,12 @@ fn benchmark(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
     let mut notes: Vec<String> = Vec::new();
 
     let small = Fixture::new(work, args.assets_small)?;
+    let postgres = Postgres { url: args.postgres.clone(), databases: std::cell::RefCell::new(Vec::new()) };
 
     if args.runs_phase(Phase::Deploy) {
         eprintln!("phase 1: deploy latency, {} assets ({runs} runs after one warm-up)", small.n);
-        let server = Server::start(binary, &work.join("server-deploy-small"), &small.dir)?;
+        let backend = postgres.database("deploy_small")?;
+        let server = Server::start(binary, &work.join("server-deploy-small"), &small.dir, &backend)?;
         server.wait_for_production(&small.main)?;
         let samples = deploy_runs(&server, &small, "deploy-small", runs)?;
         drop(server);
@@ -191,7 +198,8 @@ fn benchmark(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
     if args.runs_phase(Phase::Deploy) && !args.skip_large {
         let large = Fixture::new(work, args.assets_large)?;
         eprintln!("phase 1: deploy latency, {} assets ({runs} runs after one warm-up)", large.n);
-        let server = Server::start(binary, &work.join("server-deploy-large"), &large.dir)?;
+        let backend = postgres.database("deploy_large")?;
+        let server = Server::start(binary, &work.join("server-deploy-large"), &large.dir, &backend)?;
         server.wait_for_production(&large.main)?;
         let samples = deploy_runs(&server, &large, "deploy-large", runs)?;
         drop(server);
@@ -202,13 +210,13 @@ fn benchmark(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
     let mut clone = None;
     if args.runs_phase(Phase::Clone) {
         eprintln!("phase 2: clone cost with about 1 MB and 100 MB of production data, {} assets", small.n);
-        clone = Some(clone_cost(binary, work, &small, runs)?);
+        clone = Some(clone_cost(binary, work, &small, runs, &postgres)?);
     }
 
     let mut memory = None;
     if args.runs_phase(Phase::Open) {
         eprintln!("phase 3: {} open branch deployments of {} assets", args.branches, small.n);
-        memory = Some(many_deployments(args, binary, work, &small)?);
+        memory = Some(many_deployments(args, binary, work, &small, &postgres)?);
     }
 
     print_report(args, &rows, &notes, clone.as_ref(), memory.as_ref());
@@ -340,16 +348,20 @@ struct CloneCost {
 /// Two servers, one with about 1 MB and one with about 100 MB in production's warehouse file,
 /// deployed to alternately (in alternating order) so that load from elsewhere on the machine
 /// hits both alike.
-fn clone_cost(binary: &Path, work: &Path, fixture: &Fixture, runs: usize) -> anyhow::Result<CloneCost> {
+fn clone_cost(binary: &Path, work: &Path, fixture: &Fixture, runs: usize, postgres: &Postgres) -> anyhow::Result<CloneCost> {
     let targets: [u64; 2] = [1 << 20, 100 << 20];
     let mut servers = Vec::new();
     let mut file_sizes = Vec::new();
     for target in targets {
         let dir = work.join(format!("server-clone-{}mb", target >> 20));
         let start = Instant::now();
-        let size = seed_production(&dir.join("data"), target)?;
+        let backend = postgres.database(&format!("clone_{}mb", target >> 20))?;
+        let size = match &postgres.url {
+            None => seed_production(&dir.join("data"), target)?,
+            Some(_) => postgres.seed(&format!("clone_{}mb", target >> 20), target)?,
+        };
         eprintln!("  seeded production with {} in {}", mb(size / 1024), ms(start.elapsed()));
-        let server = Server::start(binary, &dir, &fixture.dir)?;
+        let server = Server::start(binary, &dir, &fixture.dir, &backend)?;
         server.wait_for_production(&fixture.main)?;
         servers.push(server);
         file_sizes.push(size);
@@ -372,6 +384,72 @@ fn clone_cost(binary: &Path, work: &Path, fixture: &Fixture, runs: usize) -> any
     drop(servers);
     let sizes = targets.iter().zip(file_sizes).zip(samples).map(|((target, size), samples)| (*target, size, samples)).collect();
     Ok(CloneCost { n: fixture.n, sizes })
+}
+
+/// `--postgres`: one database per server, created here and dropped when the benchmark ends.
+struct Postgres {
+    url: Option<String>,
+    databases: std::cell::RefCell<Vec<String>>,
+}
+
+impl Postgres {
+    fn name(label: &str) -> String {
+        format!("offshoot_bench_{}_{label}", std::process::id())
+    }
+
+    fn psql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
+        let base = self.url.as_deref().context("PostgreSQL mode")?;
+        let output = Command::new("psql")
+            .arg(format!("{base}/{database}"))
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-At", "-c", sql])
+            .output()
+            .context("running psql")?;
+        if !output.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// The configuration lines for a server of its own: empty for SQLite.
+    fn database(&self, label: &str) -> anyhow::Result<String> {
+        let Some(base) = &self.url else { return Ok(String::new()) };
+        let name = Postgres::name(label);
+        self.psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"))?;
+        self.psql("postgres", &format!("CREATE DATABASE {name}"))?;
+        self.databases.borrow_mut().push(name.clone());
+        Ok(format!("metadata_url = \"{base}/{name}\"\nwarehouse_url = \"{base}/{name}\"\nbranch_role = \"offshoot_bench_branch\"\n"))
+    }
+
+    /// About `bytes` of rows in the 20 source tables of production's schema; returns their size.
+    fn seed(&self, label: &str, bytes: u64) -> anyhow::Result<u64> {
+        let name = Postgres::name(label);
+        let sources = project::source_names();
+        // About 200 bytes a row on disk with the 128-character payload and tuple overhead.
+        let rows_per_table = (bytes / 200 / sources.len() as u64).max(1);
+        let mut script = format!("CREATE SCHEMA IF NOT EXISTS {REPOSITORY}__prod; SET search_path TO {REPOSITORY}__prod;");
+        for (index, table) in sources.iter().enumerate() {
+            let _ = write!(
+                script,
+                " CREATE TABLE {table} AS SELECT i AS id, (i * 7 + {index}) % 5000 AS customer_id, (random() * 1000)::numeric(10, 2) AS amount,\
+                 (ARRAY['paid', 'open', 'refunded', 'cancelled'])[1 + i % 4] AS status, (date '2024-01-01' + (i % 700))::text AS created_at,\
+                 md5(i::text) || md5((i + 1)::text) || md5((i + 2)::text) || md5((i + 3)::text) AS payload FROM generate_series(1, {rows_per_table}) AS i;"
+            );
+        }
+        self.psql(&name, &script)?;
+        let size = self.psql(
+            &name,
+            &format!("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{REPOSITORY}__prod' AND c.relkind = 'r'"),
+        )?;
+        size.parse::<u64>().context("the seeded size")
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        for name in self.databases.borrow().iter() {
+            let _ = self.psql("postgres", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
 }
 
 /// Writes about `bytes` of rows into the 20 source tables of the generated project, in
@@ -469,8 +547,9 @@ fn percentile(sorted: &[Duration], percent: usize) -> Duration {
     sorted[rank - 1]
 }
 
-fn many_deployments(args: &Args, binary: &Path, work: &Path, fixture: &Fixture) -> anyhow::Result<Memory> {
-    let server = Server::start(binary, &work.join("server-many"), &fixture.dir)?;
+fn many_deployments(args: &Args, binary: &Path, work: &Path, fixture: &Fixture, postgres: &Postgres) -> anyhow::Result<Memory> {
+    let backend = postgres.database("many")?;
+    let server = Server::start(binary, &work.join("server-many"), &fixture.dir, &backend)?;
     server.wait_for_production(&fixture.main)?;
     let api = server.api();
     let before_kb = status_kb(&server.pid.to_string())?;
@@ -619,11 +698,11 @@ struct Server {
 impl Server {
     /// Starts `offshoot serve` with a configuration in `dir` serving the repository at `repo`,
     /// and waits until it listens. Its log goes to `dir/server.log`.
-    fn start(binary: &Path, dir: &Path, repo: &Path) -> anyhow::Result<Server> {
+    fn start(binary: &Path, dir: &Path, repo: &Path, backend: &str) -> anyhow::Result<Server> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let config = dir.join("offshoot.toml");
         let text = format!(
-            "data_dir = {}\nlisten = \"127.0.0.1:0\"\napi_tokens = [\"{TOKEN}\"]\n\n[[repositories]]\nname = \"{REPOSITORY}\"\npath = {}\nproduction_branch = \"main\"\n",
+            "data_dir = {}\nlisten = \"127.0.0.1:0\"\napi_tokens = [\"{TOKEN}\"]\n{backend}\n[[repositories]]\nname = \"{REPOSITORY}\"\npath = {}\nproduction_branch = \"main\"\n",
             toml_string(&dir.join("data")),
             toml_string(repo)
         );
