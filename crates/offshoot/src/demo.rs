@@ -136,6 +136,7 @@ async fn run_server(mut config: ServerConfig, listen: &str, exit: bool, dir: &st
 
     let token_file = config.data_dir.join("api-token");
     println!("\nWhat to look at:");
+    println!("  http://{address}/#/d/{repository}/{}   the web UI: the branch's lineage with its changes marked", branch.name);
     println!("  http://{address}/api/v1/deployments                          both deployments, their revisions and change counts");
     println!("  http://{address}/api/v1/deployments/{}/changes  why each asset changed, with code diffs", branch.name);
     println!("  http://{address}/api/v1/runs/{}                                  the branch run: only changed assets and their downstream", branch_run.id.0);
