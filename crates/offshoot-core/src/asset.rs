@@ -4,8 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
-/// The name of an asset or source: an SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 128
-/// characters). Keys are compared case-sensitively; the project loader lower-cases nothing.
+/// The name of an asset or source. Native assets are SQL identifiers (`[A-Za-z_][A-Za-z0-9_]*`,
+/// see [`AssetKey::identifier`]); code locations such as Dagster and dbt have path keys whose
+/// components are joined by `/` (`raw/orders`, see [`AssetKey::new`]). At most 255 characters.
+/// Keys are compared case-sensitively; loaders lower-case nothing.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AssetKey(Arc<str>);
 
@@ -20,12 +22,52 @@ pub enum InvalidAssetKey {
     BadStart(char),
     #[error("an asset key may contain only letters, digits and `_`, not `{0}`")]
     BadCharacter(char),
+    #[error("an asset key path may contain only letters, digits, `_`, `-` and `/` between non-empty parts, not `{0}`")]
+    BadPathCharacter(char),
+    #[error("an asset key path cannot have an empty part (`//`, or `/` at either end)")]
+    EmptyPart,
 }
 
 impl AssetKey {
+    /// The longest SQL-identifier key (a native asset's table name).
     pub const MAX_LEN: usize = 128;
+    /// The longest path key.
+    pub const MAX_PATH_LEN: usize = 255;
 
+    /// Any key: `/`-separated parts of ASCII letters, digits, `_` and `-`.
     pub fn new(name: &str) -> Result<AssetKey, InvalidAssetKey> {
+        if name.is_empty() {
+            return Err(InvalidAssetKey::Empty);
+        }
+        let count = name.chars().count();
+        if count > Self::MAX_PATH_LEN {
+            return Err(InvalidAssetKey::TooLong(count));
+        }
+        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/'))) {
+            return Err(InvalidAssetKey::BadPathCharacter(bad));
+        }
+        if name.split('/').any(str::is_empty) {
+            return Err(InvalidAssetKey::EmptyPart);
+        }
+        Ok(AssetKey(Arc::from(name)))
+    }
+
+    /// A key from path parts, as Dagster spells them (`["raw", "orders"]` is `raw/orders`).
+    pub fn from_parts<S: AsRef<str>>(parts: &[S]) -> Result<AssetKey, InvalidAssetKey> {
+        if parts.iter().any(|p| p.as_ref().is_empty() || p.as_ref().contains('/')) {
+            return Err(InvalidAssetKey::EmptyPart);
+        }
+        let joined: Vec<&str> = parts.iter().map(AsRef::as_ref).collect();
+        AssetKey::new(&joined.join("/"))
+    }
+
+    /// The parts of a path key (one part for an identifier).
+    pub fn parts(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+
+    /// A key that is also an SQL identifier: what native SQL and command assets must be.
+    pub fn identifier(name: &str) -> Result<AssetKey, InvalidAssetKey> {
         let mut chars = name.chars();
         let first = chars.next().ok_or(InvalidAssetKey::Empty)?;
         let count = name.chars().count();
@@ -67,6 +109,9 @@ pub enum AssetKind {
     Command,
     /// An external table the pipeline reads but does not produce.
     Source,
+    /// Materialized by the code location's own tool (a dbt model, seed or snapshot; a Dagster
+    /// asset): Offshoot runs the tool for a selection rather than building it step by step.
+    Tool,
 }
 
 impl AssetKind {
@@ -75,6 +120,7 @@ impl AssetKind {
             AssetKind::Sql => "sql",
             AssetKind::Command => "command",
             AssetKind::Source => "source",
+            AssetKind::Tool => "tool",
         }
     }
 
@@ -135,6 +181,9 @@ impl TimeCadence {
 pub enum PartitionsDefinition {
     Time { cadence: TimeCadence, start: String, end: Option<String> },
     Static { keys: Vec<String> },
+    /// Any other definition a code location has (a cron schedule, dynamic or multi-dimensional
+    /// partitions), as the location describes it; compared by that description.
+    Other { description: String },
 }
 
 impl fmt::Display for PartitionsDefinition {
@@ -148,6 +197,7 @@ impl fmt::Display for PartitionsDefinition {
                 Ok(())
             }
             PartitionsDefinition::Static { keys } => write!(f, "static [{}]", keys.join(", ")),
+            PartitionsDefinition::Other { description } => f.write_str(description),
         }
     }
 }
@@ -175,6 +225,9 @@ pub struct Asset {
     pub metadata: BTreeMap<String, String>,
     pub partitions: Option<PartitionsDefinition>,
     pub owners: Vec<String>,
+    /// What the asset is made with (`dbt`, `postgres`, `python`...), for people; Dagster keeps
+    /// them as `dagster/kind/*` tags, which is where change tracking sees them.
+    pub kinds: BTreeSet<String>,
     pub location: Location,
 }
 
@@ -193,6 +246,7 @@ impl Asset {
             metadata: BTreeMap::new(),
             partitions: None,
             owners: Vec::new(),
+            kinds: BTreeSet::new(),
             location: Location::default(),
         }
     }
@@ -203,14 +257,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_sql_identifiers() {
-        assert!(AssetKey::new("stg_orders").is_ok());
-        assert!(AssetKey::new("_x1").is_ok());
-        assert_eq!(AssetKey::new(""), Err(InvalidAssetKey::Empty));
-        assert_eq!(AssetKey::new("1x"), Err(InvalidAssetKey::BadStart('1')));
-        assert_eq!(AssetKey::new("a-b"), Err(InvalidAssetKey::BadCharacter('-')));
-        assert_eq!(AssetKey::new("a;drop"), Err(InvalidAssetKey::BadCharacter(';')));
-        assert_eq!(AssetKey::new("é"), Err(InvalidAssetKey::BadStart('é')));
-        assert_eq!(AssetKey::new(&"a".repeat(129)), Err(InvalidAssetKey::TooLong(129)));
+    fn identifier_keys_are_sql_identifiers() {
+        assert!(AssetKey::identifier("stg_orders").is_ok());
+        assert!(AssetKey::identifier("_x1").is_ok());
+        assert_eq!(AssetKey::identifier(""), Err(InvalidAssetKey::Empty));
+        assert_eq!(AssetKey::identifier("1x"), Err(InvalidAssetKey::BadStart('1')));
+        assert_eq!(AssetKey::identifier("a-b"), Err(InvalidAssetKey::BadCharacter('-')));
+        assert_eq!(AssetKey::identifier("a;drop"), Err(InvalidAssetKey::BadCharacter(';')));
+        assert_eq!(AssetKey::identifier("é"), Err(InvalidAssetKey::BadStart('é')));
+        assert_eq!(AssetKey::identifier("a/b"), Err(InvalidAssetKey::BadCharacter('/')));
+        assert_eq!(AssetKey::identifier(&"a".repeat(129)), Err(InvalidAssetKey::TooLong(129)));
+    }
+
+    #[test]
+    fn path_keys_join_parts_with_slashes() {
+        assert_eq!(AssetKey::new("raw/orders").map(|k| k.parts().count()), Ok(2));
+        assert_eq!(AssetKey::from_parts(&["raw", "2024-orders"]).map(|k| k.to_string()), Ok("raw/2024-orders".to_owned()));
+        assert_eq!(AssetKey::new("raw//orders"), Err(InvalidAssetKey::EmptyPart));
+        assert_eq!(AssetKey::new("/orders"), Err(InvalidAssetKey::EmptyPart));
+        assert_eq!(AssetKey::from_parts(&["a/b"]), Err(InvalidAssetKey::EmptyPart));
+        assert_eq!(AssetKey::new("a b"), Err(InvalidAssetKey::BadPathCharacter(' ')));
+        assert_eq!(AssetKey::new("a;drop"), Err(InvalidAssetKey::BadPathCharacter(';')));
+        assert_eq!(AssetKey::new(&"a".repeat(256)), Err(InvalidAssetKey::TooLong(256)));
     }
 }

@@ -38,6 +38,10 @@ impl Fingerprint {
                     field("partition_key", key.as_bytes());
                 }
             }
+            Some(PartitionsDefinition::Other { description }) => {
+                field("partitions", b"other");
+                field("description", description.as_bytes());
+            }
         }
         for (dep, fingerprint) in asset.deps.iter().zip(upstream) {
             field("dep", dep.as_str().as_bytes());

@@ -15,8 +15,8 @@ mod toml_value;
 
 pub use diagnostic::Diagnostic;
 pub use files::{FilesError, MemoryFiles, ProjectFiles};
-pub use loader::{load, LoadError, Project};
-pub use manifest::{Dialect, Manifest};
+pub use loader::{load, read_manifest, LoadError, Project};
+pub use manifest::{DagsterConfig, DbtConfig, Dialect, LocationConfig, Manifest};
 pub use offshoot_core::Snapshot;
 
 /// Where the manifest lives, relative to the repository root.

@@ -85,9 +85,17 @@ struct Draft {
     named_deps: Vec<NamedDep>,
 }
 
-pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
+/// Reads and validates `offshoot.toml` alone: what every code location starts from.
+pub fn read_manifest(files: &dyn ProjectFiles) -> Result<Manifest, LoadError> {
     let mut diagnostics = Vec::new();
-    let manifest = match files.read(MANIFEST_PATH)? {
+    match read_manifest_into(files, &mut diagnostics)? {
+        Some(manifest) if diagnostics.is_empty() => Ok(manifest),
+        _ => Err(LoadError::Invalid(diagnostics)),
+    }
+}
+
+fn read_manifest_into(files: &dyn ProjectFiles, diagnostics: &mut Vec<Diagnostic>) -> Result<Option<Manifest>, LoadError> {
+    Ok(match files.read(MANIFEST_PATH)? {
         None => {
             diagnostics.push(
                 Diagnostic::new(MANIFEST_PATH, (1, 1), "no offshoot.toml at the repository root")
@@ -96,13 +104,19 @@ pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
             None
         }
         Some(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => manifest::parse(&text, &mut diagnostics),
+            Ok(text) => manifest::parse(&text, diagnostics),
             Err(error) => {
                 diagnostics.push(not_utf8(MANIFEST_PATH, &error));
                 None
             }
         },
-    };
+    })
+}
+
+/// Loads a native project (SQL and command assets under `assets/`).
+pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
+    let mut diagnostics = Vec::new();
+    let manifest = read_manifest_into(files, &mut diagnostics)?;
     let dialect = manifest.as_ref().map_or(crate::Dialect::Generic, |m| m.dialect);
 
     let mut paths = files.asset_paths()?;
@@ -258,7 +272,7 @@ fn asset_kind_of(path: &str) -> Option<AssetKind> {
 fn key_of(path: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<AssetKey> {
     let file_name = path.rsplit('/').next().unwrap_or(path);
     let stem = file_name.rsplit_once('.').map_or(file_name, |(stem, _)| stem);
-    match AssetKey::new(stem) {
+    match AssetKey::identifier(stem) {
         Ok(key) => Some(key),
         Err(error) => {
             diagnostics.push(

@@ -8,6 +8,9 @@
 //! production_branch = "main"
 //! external = ["sqlite_master"]  # tables read but neither assets nor tracked sources
 //!
+//! [location]                  # optional: who defines and builds the assets
+//! type = "native"               # native (default), dbt or dagster; see `LocationConfig`
+//!
 //! [sources.raw_orders]
 //! description = "Orders exported nightly by the shop database"
 //! tags = { owner = "ops" }
@@ -57,6 +60,53 @@ pub struct Manifest {
     /// Lower-cased names (qualified or not) that SQL may read without them being assets.
     pub external: Vec<String>,
     pub sources: Vec<Asset>,
+    pub location: LocationConfig,
+}
+
+/// The project's code location: what turns a commit into assets and builds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocationConfig {
+    /// SQL and command assets under `assets/`, read from the commit's tree.
+    Native,
+    Dbt(DbtConfig),
+    Dagster(DagsterConfig),
+}
+
+impl LocationConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LocationConfig::Native => "native",
+            LocationConfig::Dbt(_) => "dbt",
+            LocationConfig::Dagster(_) => "dagster",
+        }
+    }
+}
+
+/// `[location] type = "dbt"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbtConfig {
+    /// Where `dbt_project.yml` is, relative to the repository root.
+    pub project_dir: String,
+    /// A shell command run in `project_dir` that writes `manifest.json` (default `dbt parse`).
+    pub parse_command: String,
+    /// A shell command that builds a selection; Offshoot appends `--select KEY...`
+    /// (default `dbt build`).
+    pub build_command: String,
+    pub timeout_seconds: u64,
+}
+
+/// `[location] type = "dagster"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DagsterConfig {
+    /// `-m`: a module importable from `working_directory`; or `file` (`-f`), exactly one.
+    pub module: Option<String>,
+    pub file: Option<String>,
+    /// The `Definitions` attribute (default: `defs`, or the only `Definitions` in the module).
+    pub attribute: Option<String>,
+    /// The project's Python: a program on PATH or a path relative to the repository root.
+    pub python: String,
+    pub working_directory: String,
+    pub timeout_seconds: u64,
 }
 
 #[derive(Deserialize)]
@@ -64,7 +114,34 @@ pub struct Manifest {
 struct ManifestFile {
     project: ProjectSection,
     #[serde(default)]
+    location: Option<toml::Spanned<LocationSection>>,
+    #[serde(default)]
     sources: BTreeMap<String, SourceSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocationSection {
+    #[serde(rename = "type")]
+    kind: toml::Spanned<String>,
+    #[serde(default)]
+    project_dir: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    parse_command: Option<String>,
+    #[serde(default)]
+    build_command: Option<String>,
+    #[serde(default)]
+    module: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    file: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    attribute: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    python: Option<String>,
+    #[serde(default)]
+    working_directory: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -123,7 +200,7 @@ pub fn parse(text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Manifest> 
     let mut sources = Vec::new();
     for (name, section) in file.sources {
         let line = text.lines().position(|l| l.contains("sources") && l.contains(name.as_str())).map_or(1, |i| i as u32 + 1);
-        let key = match AssetKey::new(&name) {
+        let key = match AssetKey::identifier(&name) {
             Ok(key) => key,
             Err(error) => {
                 diagnostics.push(
@@ -145,11 +222,118 @@ pub fn parse(text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Manifest> 
         sources.push(asset);
     }
     let _ = file.project.description;
+    let location = match &file.location {
+        None => LocationConfig::Native,
+        Some(section) => location_config(text, section.get_ref(), section.span().start, diagnostics),
+    };
     Some(Manifest {
         name: file.project.name,
         dialect,
         production_branch: file.project.production_branch.unwrap_or_else(|| "main".to_owned()),
         external: file.project.external.iter().map(|e| e.to_lowercase()).collect(),
         sources,
+        location,
     })
+}
+
+const DEFAULT_TOOL_TIMEOUT_SECONDS: u64 = 600;
+
+fn location_config(text: &str, section: &LocationSection, start: usize, diagnostics: &mut Vec<Diagnostic>) -> LocationConfig {
+    let mut problem = |offset: usize, message: String, hint: &str| {
+        diagnostics.push(Diagnostic::new(MANIFEST_PATH, crate::diagnostic::line_column(text, offset), message).hint(hint));
+    };
+    let timeout_seconds = section.timeout_seconds.unwrap_or(DEFAULT_TOOL_TIMEOUT_SECONDS).max(1);
+    let mut relative = |value: &Option<toml::Spanned<String>>, key: &str| -> String {
+        let Some(value) = value else { return ".".to_owned() };
+        match relative_dir(value.get_ref()) {
+            Ok(dir) => dir,
+            Err(why) => {
+                problem(value.span().start, format!("`{key}` {why}"), "give a folder inside the repository, like \".\" or \"transform\"");
+                ".".to_owned()
+            }
+        }
+    };
+    let tool_only = |name: &str| format!("`{name}` applies to another location type");
+    match section.kind.get_ref().as_str() {
+        "native" => LocationConfig::Native,
+        "dbt" => {
+            let project_dir = relative(&section.project_dir, "project_dir");
+            for (set, name) in [(section.module.is_some(), "module"), (section.file.is_some(), "file"), (section.attribute.is_some(), "attribute"), (section.python.is_some(), "python"), (section.working_directory.is_some(), "working_directory")] {
+                if set {
+                    problem(start, tool_only(name), "a dbt location takes project_dir, parse_command, build_command and timeout_seconds");
+                }
+            }
+            LocationConfig::Dbt(DbtConfig {
+                project_dir,
+                parse_command: section.parse_command.clone().unwrap_or_else(|| "dbt parse".to_owned()),
+                build_command: section.build_command.clone().unwrap_or_else(|| "dbt build".to_owned()),
+                timeout_seconds,
+            })
+        }
+        "dagster" => {
+            let working_directory = relative(&section.working_directory, "working_directory");
+            for (set, name) in [(section.project_dir.is_some(), "project_dir"), (section.parse_command.is_some(), "parse_command"), (section.build_command.is_some(), "build_command")] {
+                if set {
+                    problem(start, tool_only(name), "a dagster location takes module or file, attribute, python, working_directory and timeout_seconds");
+                }
+            }
+            let module = section.module.as_ref().and_then(|m| {
+                let valid = !m.get_ref().is_empty() && m.get_ref().split('.').all(is_python_identifier);
+                if !valid {
+                    problem(m.span().start, format!("`{}` is not a Python module name", m.get_ref()), "dotted identifiers, like \"my_project.definitions\"");
+                }
+                valid.then(|| m.get_ref().clone())
+            });
+            let file = section.file.as_ref().and_then(|f| match relative_dir(f.get_ref()) {
+                Ok(path) if path != "." && path.ends_with(".py") => Some(path),
+                Ok(_) => {
+                    problem(f.span().start, "`file` must name a .py file".to_owned(), "like \"definitions.py\"");
+                    None
+                }
+                Err(why) => {
+                    problem(f.span().start, format!("`file` {why}"), "a .py file inside the repository");
+                    None
+                }
+            });
+            let attribute = section.attribute.as_ref().and_then(|a| {
+                let valid = is_python_identifier(a.get_ref());
+                if !valid {
+                    problem(a.span().start, format!("`{}` is not a Python identifier", a.get_ref()), "the name of the Definitions object, like \"defs\"");
+                }
+                valid.then(|| a.get_ref().clone())
+            });
+            if section.module.is_some() == section.file.is_some() {
+                problem(start, "a dagster location needs exactly one of `module` and `file`".to_owned(), "module = \"my_project.definitions\"");
+            }
+            LocationConfig::Dagster(DagsterConfig {
+                module,
+                file,
+                attribute,
+                python: section.python.clone().unwrap_or_else(|| "python".to_owned()),
+                working_directory,
+                timeout_seconds,
+            })
+        }
+        other => {
+            problem(section.kind.span().start, format!("unknown location type `{other}`"), "use \"native\", \"dbt\" or \"dagster\"");
+            LocationConfig::Native
+        }
+    }
+}
+
+/// A relative path inside the repository, normalized; `Err` says why not.
+fn relative_dir(path: &str) -> Result<String, &'static str> {
+    if path.starts_with('/') || path.contains('\\') || path.contains('\0') {
+        return Err("must be a relative path inside the repository");
+    }
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    if parts.iter().any(|p| *p == "..") {
+        return Err("cannot leave the repository (`..`)");
+    }
+    Ok(if parts.is_empty() { ".".to_owned() } else { parts.join("/") })
+}
+
+fn is_python_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

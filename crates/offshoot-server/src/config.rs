@@ -84,6 +84,12 @@ impl ServerConfig {
         self.data_dir.join("checkouts")
     }
 
+    /// What code locations' tools write: per commit (dbt's target/, the Dagster entry point's
+    /// output) and per run.
+    pub fn locations_dir(&self, repository: &RepositoryName) -> PathBuf {
+        self.data_dir.join("locations").join(repository.as_str())
+    }
+
     /// The bare mirror of a repository configured by URL.
     pub fn mirror_path(&self, name: &RepositoryName) -> PathBuf {
         self.data_dir.join("mirrors").join(format!("{name}.git"))

@@ -1,11 +1,12 @@
 //! Git access from async code: libgit2 handles are not `Sync`, so each operation opens the
 //! repository inside `spawn_blocking` (opening is cheap) and returns owned data.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use offshoot_core::{CommitRelation, CommitSha, RepositoryName};
-use offshoot_project::LoadError;
+use offshoot_core::{CommitRelation, CommitSha, DeploymentName, RepositoryName, SchemaName};
+use offshoot_location::LocationError;
+use offshoot_warehouse::Target;
 use offshoot_repo::{CommitInfo, GitRepository, RepoError};
 use offshoot_store::CommitDetails;
 
@@ -65,22 +66,67 @@ pub async fn relation(path: PathBuf, pushed: CommitDetails, known: CommitDetails
     .await
 }
 
-/// The project at a commit, from the cache or loaded from the object database.
+/// The project at a commit, from the cache or loaded by its code location: the native format
+/// from the object database, dbt and Dagster by their tools in a checkout. One load per commit
+/// at a time (the tools write into the commit's own folder).
 pub async fn load(state: &AppState, repository: &RepositoryName, path: PathBuf, commit: &CommitSha) -> Result<Loaded, GitError> {
     if let Some(loaded) = state.snapshots.get(repository, commit) {
         return Ok(loaded);
     }
+    let lock = state.load_lock(repository, commit);
+    let _guard = lock.lock().await;
+    if let Some(loaded) = state.snapshots.get(repository, commit) {
+        return Ok(loaded);
+    }
     let sha = commit.clone();
+    let checkouts = state.config.checkouts_dir();
+    let work_dir = state.config.locations_dir(repository).join(commit.as_str());
+    let env = tool_environment(state, repository);
     let loaded = blocking(path, move |repo| {
         let files = repo.files_at(sha.as_str())?;
-        match offshoot_project::load(&files) {
+        let checkout = || export_checkout(repo, &sha, &checkouts);
+        std::fs::create_dir_all(&work_dir).map_err(|e| GitError::Files(format!("{}: {e}", work_dir.display())))?;
+        match offshoot_location::load_project(&files, checkout, &work_dir, &env) {
             Ok(project) => Ok(Ok(project)),
-            Err(LoadError::Invalid(diagnostics)) => Ok(Err(diagnostics)),
-            Err(LoadError::Files(error)) => Err(GitError::Files(error.to_string())),
+            Err(LocationError::Invalid(diagnostics)) => Ok(Err(diagnostics)),
+            Err(LocationError::Tool(message)) => Err(GitError::Files(message)),
         }
     })
     .await?;
     let loaded: Loaded = Arc::new(loaded);
     state.snapshots.insert(repository.clone(), commit.clone(), loaded.clone());
     Ok(loaded)
+}
+
+/// The environment of a location's tool when it loads a commit: production's warehouse, so
+/// dbt's manifest of production's commit is the state branch runs defer to.
+fn tool_environment(state: &AppState, repository: &RepositoryName) -> Vec<(String, String)> {
+    let production = SchemaName::for_deployment(repository, &DeploymentName::production());
+    let target = Target { schema: production.clone(), production };
+    let mut env = offshoot_location::base_environment();
+    env.extend(state.warehouse.command_environment(&target));
+    env.push(("OFFSHOOT_LOCATION_NAME".to_owned(), repository.to_string()));
+    env
+}
+
+/// The commit's files on disk under `checkouts/<sha>`, exported once (staged, then renamed, so
+/// a half-written checkout is never used).
+pub fn export_checkout(repo: &GitRepository, sha: &CommitSha, checkouts: &Path) -> Result<PathBuf, String> {
+    let dir = checkouts.join(sha.as_str());
+    if dir.exists() {
+        return Ok(dir);
+    }
+    static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = dir.with_extension(format!("partial-{}-{unique}", std::process::id()));
+    repo.export_tree(sha.as_str(), &staging).map_err(|e| format!("checking out {}: {e}", sha.short()))?;
+    if std::fs::rename(&staging, &dir).is_err() {
+        // Another load or run exported the same commit first.
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    if dir.exists() {
+        Ok(dir)
+    } else {
+        Err(format!("could not prepare the checkout at {}", dir.display()))
+    }
 }

@@ -9,7 +9,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use offshoot_core::{diff, Asset, AssetKind, ChangeSet, DeploymentKind, DeploymentStatus, RunPlan, RunStatus, Selection, StepStatus};
+use offshoot_core::{
+    diff, Asset, AssetKey, AssetKind, ChangeSet, DeploymentKind, DeploymentName, DeploymentStatus, RunPlan, RunStatus, Selection, Snapshot, StepStatus,
+};
 use offshoot_store::{Deployment, Materialization, NewRun, Revision, Run, RunFilter, RunId, RunStep};
 use offshoot_warehouse::Target;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -194,7 +196,7 @@ struct RunContext {
 }
 
 /// Executes a run this server has claimed (it is `running` under this server's lease).
-async fn execute(state: &SharedState, mut run: Run) -> Result<(), offshoot_store::StoreError> {
+async fn execute(state: &SharedState, run: Run) -> Result<(), offshoot_store::StoreError> {
     let deployment = state.store.get_deployment(run.deployment_id).await?;
     let revision = state.store.get_revision(run.revision_id).await?;
     let mut steps = state.store.list_steps(run.id).await?;
@@ -205,13 +207,13 @@ async fn execute(state: &SharedState, mut run: Run) -> Result<(), offshoot_store
         None => Err(format!("repository `{}` is no longer configured", deployment.repository)),
         Some(repo) => match git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await {
             Ok(loaded) => match loaded.as_ref() {
-                Ok(project) => Ok((project.snapshot.clone(), repo.path.clone())),
+                Ok(project) => Ok((project.snapshot.clone(), project.manifest.clone(), repo.path.clone())),
                 Err(_) => Err("the revision's definitions are invalid".to_owned()),
             },
             Err(error) => Err(error.to_string()),
         },
     };
-    let (snapshot, repository_path) = match prepared {
+    let (snapshot, manifest, repository_path) = match prepared {
         Ok(prepared) => prepared,
         Err(message) => return finish_early(state, run, steps, message).await,
     };
@@ -232,6 +234,12 @@ async fn execute(state: &SharedState, mut run: Run) -> Result<(), offshoot_store
         run_id: run.id,
         repository_path,
     });
+
+    let location = offshoot_location::for_manifest(&manifest);
+    if location.kind() != "native" {
+        let statuses = build_with_tool(&context, location, &snapshot, &mut steps, cancelled).await?;
+        return finish(state, run, &context, &steps, &statuses).await;
+    }
 
     let mut statuses: Vec<StepStatus> = steps.iter().map(|s| s.status).collect();
     let mut running: JoinSet<(usize, RunStep)> = JoinSet::new();
@@ -285,8 +293,13 @@ async fn execute(state: &SharedState, mut run: Run) -> Result<(), offshoot_store
             state.store.update_step(&steps[i]).await?;
         }
     }
-    run = state.store.get_run(run.id).await?;
-    run.status = RunPlan::outcome(&statuses).unwrap_or(RunStatus::Failed);
+    finish(state, run, &context, &steps, &statuses).await
+}
+
+/// Records a run's outcome from its steps'.
+async fn finish(state: &SharedState, run: Run, context: &RunContext, steps: &[RunStep], statuses: &[StepStatus]) -> Result<(), offshoot_store::StoreError> {
+    let mut run = state.store.get_run(run.id).await?;
+    run.status = RunPlan::outcome(statuses).unwrap_or(RunStatus::Failed);
     run.finished_at = Some(now());
     if run.status == RunStatus::Failed {
         let failed: Vec<String> = steps.iter().filter(|s| s.status == StepStatus::Failed).map(|s| s.asset_key.to_string()).collect();
@@ -331,6 +344,7 @@ async fn run_step(context: &RunContext, mut step: RunStep, asset: Asset, cancell
         AssetKind::Sql => run_sql(context, &step, &asset).await,
         AssetKind::Command => run_command(context, &step, &asset, cancelled).await,
         AssetKind::Source => Err("a source is not materialized".to_owned()),
+        AssetKind::Tool => Err("built by the code location's tool, not step by step".to_owned()),
     };
     let duration_ms = started.elapsed().as_millis() as i64;
     step.finished_at = Some(now());
@@ -338,18 +352,7 @@ async fn run_step(context: &RunContext, mut step: RunStep, asset: Asset, cancell
         Ok(rows) => {
             step.status = StepStatus::Succeeded;
             step.row_count = rows.map(|r| r as i64);
-            let materialization = Materialization {
-                deployment_id: context.deployment.id,
-                run_id: context.run_id,
-                asset_key: asset.key.clone(),
-                commit: context.revision.commit.sha.clone(),
-                row_count: step.row_count,
-                duration_ms,
-                created_at: now(),
-            };
-            if let Err(error) = store.record_materialization(&materialization).await {
-                tracing::error!("recording the materialization of {}: {error}", asset.key);
-            }
+            record_materialization(context, &step, duration_ms).await;
         }
         Err(message) if message == CANCELED => {
             step.status = StepStatus::Canceled;
@@ -369,6 +372,203 @@ async fn run_step(context: &RunContext, mut step: RunStep, asset: Asset, cancell
 
 const CANCELED: &str = "canceled";
 
+async fn record_materialization(context: &RunContext, step: &RunStep, duration_ms: i64) {
+    let materialization = Materialization {
+        deployment_id: context.deployment.id,
+        run_id: context.run_id,
+        asset_key: step.asset_key.clone(),
+        commit: context.revision.commit.sha.clone(),
+        row_count: step.row_count,
+        duration_ms,
+        created_at: now(),
+    };
+    if let Err(error) = context.state.store.record_materialization(&materialization).await {
+        tracing::error!("recording the materialization of {}: {error}", step.asset_key);
+    }
+}
+
+/// A run of a dbt or Dagster location: one invocation of the location's tool builds the whole
+/// selection (the tool orders it), its output goes to the first step's log, and each step ends
+/// as the tool reports its asset. Returns the steps' statuses.
+async fn build_with_tool(
+    context: &Arc<RunContext>,
+    location: Box<dyn offshoot_location::CodeLocation>,
+    snapshot: &Snapshot,
+    steps: &mut [RunStep],
+    mut cancelled: watch::Receiver<bool>,
+) -> Result<Vec<StepStatus>, offshoot_store::StoreError> {
+    let state = &context.state;
+    let started = Instant::now();
+    for step in steps.iter_mut() {
+        step.status = StepStatus::Running;
+        step.started_at = Some(now());
+        state.store.update_step(step).await?;
+    }
+    Metrics::add(&state.metrics.steps_executed, steps.len() as u64);
+    let Some(first) = steps.first().cloned() else { return Ok(Vec::new()) };
+    let location: Arc<dyn offshoot_location::CodeLocation> = Arc::from(location);
+    let keys: Vec<AssetKey> = steps.iter().map(|s| s.asset_key.clone()).collect();
+    let prepared = prepare_tool_build(context, &location, snapshot, &keys).await;
+    let outcomes = match prepared {
+        Err(message) => {
+            append_log(context, &first, &format!("error: {message}\n")).await;
+            keys.iter().map(|k| (k.clone(), offshoot_location::BuildOutcome::Failed { message: message.clone() })).collect()
+        }
+        Ok(build) => {
+            append_log(context, &first, &format!("$ {}\n", build.command.display())).await;
+            match stream_tool(context, &first, &build.command, &mut cancelled).await {
+                Err(message) if message == CANCELED => {
+                    keys.iter().map(|k| (k.clone(), offshoot_location::BuildOutcome::Skipped { message: CANCELED.to_owned() })).collect()
+                }
+                Err(message) => keys.iter().map(|k| (k.clone(), offshoot_location::BuildOutcome::Failed { message: message.clone() })).collect(),
+                Ok(output) => {
+                    let location = location.clone();
+                    let snapshot = snapshot.clone();
+                    let keys = keys.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let request = build.request(&keys, &snapshot);
+                        location.build_outcomes(&request, &output)
+                    })
+                    .await
+                    .unwrap_or_default()
+                }
+            }
+        }
+    };
+    let duration_ms = started.elapsed().as_millis() as i64;
+    let canceled = *cancelled.borrow();
+    let mut statuses = Vec::with_capacity(steps.len());
+    for step in steps.iter_mut() {
+        use offshoot_location::BuildOutcome;
+        step.finished_at = Some(now());
+        match outcomes.get(&step.asset_key) {
+            Some(BuildOutcome::Succeeded { rows }) => {
+                step.status = StepStatus::Succeeded;
+                let rows = match rows {
+                    Some(rows) => Some(*rows),
+                    // A Dagster asset's table is named like its key's last part.
+                    None => {
+                        let table = step.asset_key.parts().last().unwrap_or_default().to_owned();
+                        state.warehouse.row_count(&context.target, &table).await.ok().flatten()
+                    }
+                };
+                step.row_count = rows.map(|r| r as i64);
+                let note = rows.map(|r| format!(", {r} rows")).unwrap_or_default();
+                append_log(context, step, &format!("{}: built by the tool{note}\n", step.asset_key)).await;
+                record_materialization(context, step, duration_ms).await;
+            }
+            Some(BuildOutcome::Failed { message }) => {
+                step.status = StepStatus::Failed;
+                append_log(context, step, &format!("{}: error: {message}\n", step.asset_key)).await;
+                step.error = Some(message.clone());
+            }
+            Some(BuildOutcome::Skipped { .. }) | None if canceled => {
+                step.status = StepStatus::Canceled;
+                step.error = Some("canceled".into());
+            }
+            Some(BuildOutcome::Skipped { message }) => {
+                step.status = StepStatus::Skipped;
+                step.error = Some(message.clone());
+            }
+            None => {
+                step.status = StepStatus::Skipped;
+                step.error = Some("the tool reported nothing for it".into());
+            }
+        }
+        if step.id != first.id && step.status != StepStatus::Canceled {
+            append_log(context, step, &format!("(built in one run of the tool; its output is in the log of {})\n", first.asset_key)).await;
+        }
+        state.store.update_step(step).await?;
+        statuses.push(step.status);
+    }
+    Ok(statuses)
+}
+
+/// What a tool build needs, owned, so the outcomes can be read on a blocking thread.
+struct ToolBuild {
+    command: offshoot_location::ToolCommand,
+    checkout: PathBuf,
+    work_dir: PathBuf,
+    production_state: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+impl ToolBuild {
+    fn request<'a>(&'a self, keys: &'a [AssetKey], snapshot: &'a Snapshot) -> offshoot_location::BuildRequest<'a> {
+        offshoot_location::BuildRequest {
+            keys,
+            snapshot,
+            checkout: &self.checkout,
+            work_dir: &self.work_dir,
+            production_state: self.production_state.as_deref(),
+            env: &self.env,
+        }
+    }
+}
+
+async fn prepare_tool_build(
+    context: &RunContext,
+    location: &Arc<dyn offshoot_location::CodeLocation>,
+    snapshot: &Snapshot,
+    keys: &[AssetKey],
+) -> Result<ToolBuild, String> {
+    let state = &context.state;
+    let checkout = ensure_checkout(context).await?;
+    let locations = state.config.locations_dir(&context.deployment.repository);
+    let work_dir = locations.join("runs").join(context.run_id.0.to_string());
+    let _ = tokio::fs::remove_dir_all(&work_dir).await;
+    tokio::fs::create_dir_all(&work_dir).await.map_err(|e| format!("{}: {e}", work_dir.display()))?;
+    // A branch defers what it has not built to production's manifest (dbt's --state).
+    let production_state = if context.deployment.kind == DeploymentKind::Branch {
+        production_state(context, &locations).await
+    } else {
+        None
+    };
+    let mut env = offshoot_location::base_environment();
+    env.extend(deployment_environment(context, None));
+    let build = ToolBuild { command: offshoot_location::ToolCommand { program: String::new(), args: Vec::new(), cwd: PathBuf::new(), env: Vec::new(), timeout: Duration::ZERO }, checkout, work_dir, production_state, env };
+    let location = location.clone();
+    let snapshot = snapshot.clone();
+    let keys = keys.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let command = location.build_command(&build.request(&keys, &snapshot)).unwrap_or_else(|| Err("this location builds step by step".into()))?;
+        Ok(ToolBuild { command, ..build })
+    })
+    .await
+    .map_err(|e| format!("preparing the build: {e}"))?
+}
+
+/// Production's load folder for the commit it serves, when it has one.
+async fn production_state(context: &RunContext, locations: &Path) -> Option<PathBuf> {
+    let state = &context.state;
+    let production = state.store.find_deployment(&context.deployment.repository, &DeploymentName::production()).await.ok()??;
+    let revision = state.store.get_revision(production.current_revision?).await.ok()?;
+    let repo = state.repository(&context.deployment.repository)?;
+    // Loading makes sure the folder is there (a restart keeps it; this re-creates it if not).
+    let _ = git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await;
+    let dir = locations.join(revision.commit.sha.as_str());
+    dir.exists().then_some(dir)
+}
+
+/// Runs a tool command, its output streamed into `step`'s log; `Err(CANCELED)` when cancelled.
+async fn stream_tool(
+    context: &RunContext,
+    step: &RunStep,
+    command: &offshoot_location::ToolCommand,
+    cancelled: &mut watch::Receiver<bool>,
+) -> Result<offshoot_location::ToolOutput, String> {
+    let mut child = tokio::process::Command::from(command.to_command());
+    child.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let child = child.spawn().map_err(|e| format!("cannot start `{}`: {e}", command.program))?;
+    let mut text = String::new();
+    let status = stream_child(context, step, child, cancelled, command.timeout, Some(&mut text)).await?;
+    let text = offshoot_location::tail(text.as_bytes());
+    Ok(match status.success() {
+        true => offshoot_location::ToolOutput { success: true, failure: None, text },
+        false => offshoot_location::ToolOutput { success: false, failure: Some(format!("`{}` exited with {status}", command.program)), text },
+    })
+}
+
 async fn append_log(context: &RunContext, step: &RunStep, text: &str) {
     // Command output is arbitrary bytes; PostgreSQL text cannot hold NUL.
     let text = text.replace('\0', "\u{fffd}");
@@ -386,17 +586,25 @@ async fn run_sql(context: &RunContext, step: &RunStep, asset: &Asset) -> Result<
 
 /// The environment of a command asset: only what it needs, never the server's own secrets.
 fn command_environment(context: &RunContext, asset: &Asset) -> Vec<(String, String)> {
-    let deployment = &context.deployment;
-    let pull_request = deployment.pull_request.as_ref();
     let mut env: Vec<(String, String)> = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"]
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
+    env.extend(deployment_environment(context, Some(&asset.key)));
+    env
+}
+
+/// The deployment's variables (and its warehouse's) for commands and location tools.
+fn deployment_environment(context: &RunContext, asset: Option<&AssetKey>) -> Vec<(String, String)> {
+    let deployment = &context.deployment;
+    let pull_request = deployment.pull_request.as_ref();
+    let mut env = Vec::new();
     let is_branch = deployment.kind == DeploymentKind::Branch;
     env.extend([
         ("OFFSHOOT_DEPLOYMENT_NAME".to_owned(), deployment.name.to_string()),
         ("OFFSHOOT_IS_BRANCH_DEPLOYMENT".to_owned(), if is_branch { "1" } else { "0" }.to_owned()),
-        ("OFFSHOOT_ASSET_KEY".to_owned(), asset.key.to_string()),
+        ("OFFSHOOT_LOCATION_NAME".to_owned(), deployment.repository.to_string()),
+        ("OFFSHOOT_ASSET_KEY".to_owned(), asset.map(AssetKey::to_string).unwrap_or_default()),
         ("OFFSHOOT_GIT_SHA".to_owned(), context.revision.commit.sha.to_string()),
         ("OFFSHOOT_GIT_BRANCH".to_owned(), deployment.branch.to_string()),
         ("OFFSHOOT_PULL_REQUEST_ID".to_owned(), pull_request.map(|p| p.id.clone()).unwrap_or_default()),
@@ -409,34 +617,48 @@ fn command_environment(context: &RunContext, asset: &Asset) -> Vec<(String, Stri
     env
 }
 
-/// The commit's files for command assets, exported once per commit.
+/// The commit's files for command assets and location tools, exported once per commit.
 async fn ensure_checkout(context: &RunContext) -> Result<PathBuf, String> {
-    let dir = context.checkout_dir.clone();
-    if dir.exists() {
-        return Ok(dir);
+    if context.checkout_dir.exists() {
+        return Ok(context.checkout_dir.clone());
     }
-    let staging = dir.with_extension(format!("partial-{}-{}", std::process::id(), context.run_id.0));
-    let sha = context.revision.commit.sha.to_string();
-    let target = staging.clone();
-    git::blocking(context.repository_path.clone(), move |repo| Ok(repo.export_tree(&sha, &target)?))
+    let sha = context.revision.commit.sha.clone();
+    let checkouts = context.state.config.checkouts_dir();
+    git::blocking(context.repository_path.clone(), move |repo| git::export_checkout(repo, &sha, &checkouts).map_err(git::GitError::Files))
         .await
-        .map_err(|e| format!("checking out {}: {e}", context.revision.commit.sha.short()))?;
-    if std::fs::rename(&staging, &dir).is_err() {
-        // Another step exported the same commit first.
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    if dir.exists() {
-        Ok(dir)
-    } else {
-        Err(format!("could not prepare the checkout at {}", dir.display()))
-    }
+        .map_err(|e| e.to_string())
 }
 
 async fn run_command(context: &RunContext, step: &RunStep, asset: &Asset, mut cancelled: watch::Receiver<bool>) -> Result<Option<u64>, String> {
     let checkout = ensure_checkout(context).await?;
     let command_line = asset.code.trim_end().to_owned();
     append_log(context, step, &format!("$ {command_line}\n")).await;
-    let mut child = spawn_command(&command_line, &checkout, command_environment(context, asset))?;
+    let child = spawn_command(&command_line, &checkout, command_environment(context, asset))?;
+    let status = stream_child(context, step, child, &mut cancelled, COMMAND_TIMEOUT, None).await?;
+    if !status.success() {
+        return Err(format!("the command exited with {status}"));
+    }
+    let own = context.state.warehouse.own_tables(&context.target).await.map_err(|e| e.to_string())?;
+    if !own.iter().any(|t| t == asset.key.as_str()) {
+        return Err(format!("the command succeeded but did not create the table `{}` in {}", asset.key, context.target.schema));
+    }
+    let rows = context.state.warehouse.row_count(&context.target, asset.key.as_str()).await.map_err(|e| e.to_string())?;
+    Ok(rows)
+}
+
+/// Command assets have a day; tools have their location's `timeout_seconds`.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Waits for a child that leads its own process group, its output lines appended to `step`'s
+/// log (and to `keep`). A cancel or the timeout kills the whole group.
+async fn stream_child(
+    context: &RunContext,
+    step: &RunStep,
+    mut child: tokio::process::Child,
+    cancelled: &mut watch::Receiver<bool>,
+    timeout: Duration,
+    mut keep: Option<&mut String>,
+) -> Result<std::process::ExitStatus, String> {
     let process_group = child.id();
     let (lines_tx, mut lines) = mpsc::channel::<String>(256);
     for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), child.stderr.take().map(|s| Box::new(s) as _)].into_iter().flatten() {
@@ -452,23 +674,45 @@ async fn run_command(context: &RunContext, step: &RunStep, asset: &Asset, mut ca
     }
     drop(lines_tx);
     let mut logged = 0usize;
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
     let mut wait = Box::pin(child.wait());
+    let mut log_line = |line: String| {
+        if let Some(keep) = keep.as_deref_mut() {
+            if keep.len() < 4 * offshoot_location::MAX_OUTPUT {
+                keep.push_str(&line);
+                keep.push('\n');
+            }
+        }
+        if logged >= MAX_LOG_BYTES {
+            return None;
+        }
+        logged += line.len() + 1;
+        Some(if logged >= MAX_LOG_BYTES { "[log truncated]\n".to_owned() } else { format!("{line}\n") })
+    };
     let status = loop {
         tokio::select! {
             status = &mut wait => break status.map_err(|e| format!("waiting for the command: {e}"))?,
             Some(line) = lines.recv() => {
-                if logged < MAX_LOG_BYTES {
-                    logged += line.len() + 1;
-                    let text = if logged >= MAX_LOG_BYTES { "[log truncated]\n".to_owned() } else { format!("{line}\n") };
+                if let Some(text) = log_line(line) {
                     append_log(context, step, &text).await;
                 }
+            }
+            _ = &mut deadline => {
+                drop(wait);
+                if let Some(group) = process_group {
+                    offshoot_location::kill_group(group);
+                }
+                let message = format!("did not finish within {} s and was killed", timeout.as_secs());
+                append_log(context, step, &format!("{message}\n")).await;
+                return Err(message);
             }
             changed = cancelled.changed() => {
                 if changed.is_ok() && *cancelled.borrow() {
                     drop(wait);
                     // The command runs in its own process group: end the shell and its children.
                     if let Some(group) = process_group {
-                        kill_process_group(group);
+                        offshoot_location::kill_group(group);
                     }
                     append_log(context, step, "canceled: the command was killed\n").await;
                     return Err(CANCELED.to_owned());
@@ -477,34 +721,11 @@ async fn run_command(context: &RunContext, step: &RunStep, asset: &Asset, mut ca
         }
     };
     while let Ok(line) = lines.try_recv() {
-        if logged < MAX_LOG_BYTES {
-            logged += line.len() + 1;
-            append_log(context, step, &format!("{line}\n")).await;
+        if let Some(text) = log_line(line) {
+            append_log(context, step, &text).await;
         }
     }
-    if !status.success() {
-        return Err(format!("the command exited with {status}"));
-    }
-    let own = context.state.warehouse.own_tables(&context.target).await.map_err(|e| e.to_string())?;
-    if !own.iter().any(|t| t == asset.key.as_str()) {
-        return Err(format!("the command succeeded but did not create the table `{}` in {}", asset.key, context.target.schema));
-    }
-    let rows = context.state.warehouse.row_count(&context.target, asset.key.as_str()).await.map_err(|e| e.to_string())?;
-    Ok(rows)
-}
-
-/// SIGKILL to every process of the group the command leads. Not through the `kill` program:
-/// procps-ng 4.0.2's `kill -KILL -PGID` signals every process on the machine instead.
-fn kill_process_group(group: u32) {
-    let Ok(group) = libc::pid_t::try_from(group) else { return };
-    if group <= 1 {
-        return; // never 0 (our own group) or 1 (everything)
-    }
-    // SAFETY: kill(2) takes plain integers and has no memory effects; a negative pid addresses
-    // exactly the process group `group`, which the command leads (spawned with process_group(0)).
-    unsafe {
-        libc::kill(-group, libc::SIGKILL);
-    }
+    Ok(status)
 }
 
 fn spawn_command(command_line: &str, dir: &Path, env: Vec<(String, String)>) -> Result<tokio::process::Child, String> {

@@ -24,6 +24,8 @@ pub struct AppState {
     /// Wakes the run executor when a run is queued.
     pub run_wakeup: Notify,
     pub snapshots: SnapshotCache,
+    /// One load per commit at a time: code locations' tools write into the commit's folder.
+    load_locks: Mutex<HashMap<(RepositoryName, CommitSha), Arc<tokio::sync::Mutex<()>>>>,
     /// Per running run: flipping the switch to `true` cancels it.
     pub cancel_switches: Mutex<HashMap<RunId, watch::Sender<bool>>>,
     pub metrics: Metrics,
@@ -38,9 +40,17 @@ impl AppState {
             deploy_wakeup: Notify::new(),
             run_wakeup: Notify::new(),
             snapshots: SnapshotCache::new(SNAPSHOT_CACHE_ASSETS),
+            load_locks: Mutex::new(HashMap::new()),
             cancel_switches: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
         })
+    }
+
+    /// The lock that serializes loads of one commit. Unused locks are dropped as others are made.
+    pub fn load_lock(&self, repository: &RepositoryName, commit: &CommitSha) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.load_locks.lock().expect("never poisoned: no panics inside");
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry((repository.clone(), commit.clone())).or_default().clone()
     }
 
     pub fn repository(&self, name: &RepositoryName) -> Option<&RepositoryConfig> {
@@ -125,6 +135,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    pub fn add(counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::Relaxed);
+    }
+
     pub fn increment(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

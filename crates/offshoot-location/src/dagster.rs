@@ -1,0 +1,393 @@
+//! Dagster code locations. Loading runs a small entry point (`python/offshoot_dagster.py`,
+//! embedded here) with the project's own Python: it imports the code location's `Definitions`
+//! and prints every asset spec as JSON through Dagster's definitions API (`dg list defs --json`
+//! leaves out code versions, partitions and metadata). Building runs
+//! `python -m dagster asset materialize --select ...` with the deployment's environment,
+//! including Dagster+'s own `DAGSTER_CLOUD_*` variables, and a fresh `DAGSTER_HOME` per run
+//! whose event log tells which assets materialized.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use offshoot_core::fingerprint::sha256_hex;
+use offshoot_core::{Asset, AssetKey, AssetKind, CodeVersion, Location, PartitionsDefinition, Snapshot, TimeCadence};
+use offshoot_project::{DagsterConfig, Diagnostic, Manifest};
+use serde::Deserialize;
+
+use crate::process::{self, ToolCommand, ToolOutput};
+use crate::{tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError};
+
+/// The entry point Offshoot runs in the project's Python.
+pub const ENTRY_POINT: &str = include_str!("../python/offshoot_dagster.py");
+
+pub struct DagsterLocation {
+    config: DagsterConfig,
+}
+
+impl DagsterLocation {
+    pub fn new(config: DagsterConfig) -> DagsterLocation {
+        DagsterLocation { config }
+    }
+
+    fn working_directory(&self, checkout: &Path) -> PathBuf {
+        checkout.join(&self.config.working_directory)
+    }
+
+    /// The project's Python: a path inside the repository when it has a `/`, else found on PATH.
+    fn python(&self, checkout: &Path) -> String {
+        if self.config.python.contains('/') && !self.config.python.starts_with('/') {
+            checkout.join(&self.config.python).to_string_lossy().into_owned()
+        } else {
+            self.config.python.clone()
+        }
+    }
+
+    /// `-m module` or `-f file`, and `-a attribute`: the same for the entry point and Dagster.
+    fn target_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(module) = &self.config.module {
+            args.extend(["-m".to_owned(), module.clone()]);
+        } else if let Some(file) = &self.config.file {
+            args.extend(["-f".to_owned(), file.clone()]);
+        }
+        if let Some(attribute) = &self.config.attribute {
+            args.extend(["-a".to_owned(), attribute.clone()]);
+        }
+        args
+    }
+
+    fn write_entry_point(work_dir: &Path) -> Result<PathBuf, String> {
+        std::fs::create_dir_all(work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
+        let path = work_dir.join("offshoot_dagster.py");
+        std::fs::write(&path, ENTRY_POINT).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    fn environment(env: &[(String, String)]) -> Vec<(String, String)> {
+        let mut all = env.to_vec();
+        // Keep checkouts free of __pycache__ (they are shared by every run of the commit).
+        all.push(("PYTHONDONTWRITEBYTECODE".to_owned(), "1".to_owned()));
+        all.push(("PYTHONUNBUFFERED".to_owned(), "1".to_owned()));
+        all.extend(dagster_cloud_variables(env));
+        all
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.config.timeout_seconds)
+    }
+}
+
+/// Dagster+'s variable names, from Offshoot's own, so code that switches on them works as is.
+pub fn dagster_cloud_variables(env: &[(String, String)]) -> Vec<(String, String)> {
+    let get = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let pairs = [
+        ("DAGSTER_CLOUD_DEPLOYMENT_NAME", "OFFSHOOT_DEPLOYMENT_NAME"),
+        ("DAGSTER_CLOUD_GIT_SHA", "OFFSHOOT_GIT_SHA"),
+        ("DAGSTER_CLOUD_GIT_BRANCH", "OFFSHOOT_GIT_BRANCH"),
+        ("DAGSTER_CLOUD_PULL_REQUEST_ID", "OFFSHOOT_PULL_REQUEST_ID"),
+        ("DAGSTER_CLOUD_PULL_REQUEST_STATUS", "OFFSHOOT_PULL_REQUEST_STATUS"),
+        ("DAGSTER_CLOUD_LOCATION_NAME", "OFFSHOOT_LOCATION_NAME"),
+    ];
+    let mut vars: Vec<(String, String)> = pairs.iter().filter_map(|(cloud, ours)| get(ours).map(|v| (cloud.to_string(), v))).collect();
+    // Dagster+ sets it to "1" in branch deployments and leaves it unset elsewhere.
+    if get("OFFSHOOT_IS_BRANCH_DEPLOYMENT").as_deref() == Some("1") {
+        vars.push(("DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT".to_owned(), "1".to_owned()));
+    }
+    vars
+}
+
+impl CodeLocation for DagsterLocation {
+    fn kind(&self) -> &'static str {
+        "dagster"
+    }
+
+    fn needs_checkout(&self) -> bool {
+        true
+    }
+
+    fn load(&self, _manifest: &Manifest, input: &LoadInput<'_>) -> Result<Snapshot, LocationError> {
+        let checkout = input.checkout.ok_or_else(|| LocationError::Tool("a dagster location needs a checkout".into()))?;
+        let entry = Self::write_entry_point(input.work_dir).map_err(LocationError::Tool)?;
+        let output_path = input.work_dir.join("defs.json");
+        let _ = std::fs::remove_file(&output_path);
+        let mut args = vec![entry.to_string_lossy().into_owned(), "defs".to_owned(), "--output".to_owned(), output_path.to_string_lossy().into_owned()];
+        args.extend(self.target_args());
+        let command = ToolCommand {
+            program: self.python(checkout),
+            args,
+            cwd: self.working_directory(checkout),
+            env: Self::environment(input.env),
+            timeout: self.timeout(),
+        };
+        let output = process::run(&command, &input.work_dir.join("defs.log"));
+        if !output.success {
+            if output.failure.as_deref().is_some_and(|f| f.contains("cannot start") || f.contains("did not finish")) {
+                return Err(LocationError::Tool(format!(
+                    "{} (the project's Python is `{}`: set [location] python, or put its environment on the server's PATH)",
+                    output.failure.unwrap_or_default(),
+                    self.config.python
+                )));
+            }
+            return Err(LocationError::Invalid(vec![import_failure(&self.config, checkout, &output.text)]));
+        }
+        let bytes = std::fs::read(&output_path).map_err(|e| LocationError::Tool(format!("the entry point wrote no definitions: {e}")))?;
+        let defs: Defs = serde_json::from_slice(&bytes).map_err(|e| LocationError::Tool(format!("cannot read the entry point's JSON: {e}")))?;
+        snapshot_from_defs(&defs, &self.config).map_err(LocationError::Invalid)
+    }
+
+    fn build_command(&self, request: &BuildRequest<'_>) -> Option<Result<ToolCommand, String>> {
+        Some((|| {
+            let home = request.work_dir.join("dagster_home");
+            std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+            std::fs::write(home.join("dagster.yaml"), "# Written by Offshoot: one run's own instance.\n").map_err(|e| format!("{}: {e}", home.display()))?;
+            Self::write_entry_point(request.work_dir)?;
+            let selection: Vec<&str> = request.keys.iter().map(AssetKey::as_str).collect();
+            let mut args: Vec<String> = ["-m", "dagster", "asset", "materialize", "--select"].iter().map(|s| s.to_string()).collect();
+            args.push(selection.join(","));
+            args.extend(self.target_args());
+            let mut env = Self::environment(request.env);
+            env.push(("DAGSTER_HOME".to_owned(), home.to_string_lossy().into_owned()));
+            Ok(ToolCommand { program: self.python(request.checkout), args, cwd: self.working_directory(request.checkout), env, timeout: self.timeout() })
+        })())
+    }
+
+    fn build_outcomes(&self, request: &BuildRequest<'_>, output: &ToolOutput) -> BTreeMap<AssetKey, BuildOutcome> {
+        let report = request.work_dir.join("results.json");
+        let entry = request.work_dir.join("offshoot_dagster.py");
+        let command = ToolCommand {
+            program: self.python(request.checkout),
+            args: vec![entry.to_string_lossy().into_owned(), "results".to_owned(), "--output".to_owned(), report.to_string_lossy().into_owned()],
+            cwd: self.working_directory(request.checkout),
+            env: {
+                let mut env = Self::environment(request.env);
+                env.push(("DAGSTER_HOME".to_owned(), request.work_dir.join("dagster_home").to_string_lossy().into_owned()));
+                env
+            },
+            timeout: self.timeout(),
+        };
+        let read = process::run(&command, &request.work_dir.join("results.log"));
+        let results: Option<RunReport> = read.success.then(|| std::fs::read(&report).ok()).flatten().and_then(|b| serde_json::from_slice(&b).ok());
+        let mut outcomes = BTreeMap::new();
+        let Some(results) = results else {
+            let why = output.failure.clone().unwrap_or_else(|| "Dagster's run left no event log".into());
+            for key in request.keys {
+                outcomes.insert(key.clone(), BuildOutcome::Failed { message: format!("{why}: {}", last_lines(&output.text, 6)) });
+            }
+            return outcomes;
+        };
+        let materialized: BTreeSet<String> = results.materialized.iter().map(|k| k.join("/")).collect();
+        let failed_steps: BTreeMap<&str, &str> = results.failed.iter().map(|f| (f.step.as_str(), f.message.as_str())).collect();
+        for key in request.keys {
+            let outcome = if materialized.contains(key.as_str()) {
+                BuildOutcome::Succeeded { rows: None }
+            } else if let Some(message) = failed_steps.get(key.as_str().replace('/', "__").as_str()).or_else(|| op_of(request.snapshot, key).and_then(|op| failed_steps.get(op.as_str()))) {
+                BuildOutcome::Failed { message: message.to_string() }
+            } else if !output.success && results.failed.is_empty() {
+                BuildOutcome::Failed { message: format!("{}: {}", output.failure.clone().unwrap_or_default(), last_lines(&output.text, 6)) }
+            } else {
+                BuildOutcome::Skipped { message: "Dagster did not materialize it: an upstream step failed".into() }
+            };
+            outcomes.insert(key.clone(), outcome);
+        }
+        outcomes
+    }
+}
+
+fn op_of(snapshot: &Snapshot, key: &AssetKey) -> Option<String> {
+    snapshot.get(key).and_then(|a| a.metadata.get(OP_NAME).cloned())
+}
+
+/// The op that materializes an asset, for mapping Dagster's step failures to assets. Kept in
+/// the metadata (Dagster's differ sees no such entry; it only changes when the op is renamed).
+const OP_NAME: &str = "dagster/op_name";
+
+#[derive(Deserialize)]
+struct RunReport {
+    #[serde(default)]
+    materialized: Vec<Vec<String>>,
+    #[serde(default)]
+    failed: Vec<FailedStep>,
+}
+
+#[derive(Deserialize)]
+struct FailedStep {
+    step: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Defs {
+    assets: Vec<AssetSpec>,
+}
+
+#[derive(Deserialize)]
+struct AssetSpec {
+    key: Vec<String>,
+    kind: String,
+    #[serde(default)]
+    deps: Vec<Vec<String>>,
+    #[serde(default)]
+    code_version: Option<String>,
+    #[serde(default)]
+    source_hash: Option<String>,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    line: u32,
+    #[serde(default)]
+    op_name: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    partitions: Option<PartitionsSpec>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    owners: Vec<String>,
+    #[serde(default)]
+    kinds: Vec<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum PartitionsSpec {
+    Time { cadence: String, start: String, #[serde(default)] end: Option<String> },
+    Static { keys: Vec<String> },
+    Other { description: String },
+}
+
+fn snapshot_from_defs(defs: &Defs, config: &DagsterConfig) -> Result<Snapshot, Vec<Diagnostic>> {
+    let definitions_path = config.file.clone().unwrap_or_else(|| {
+        let module = config.module.clone().unwrap_or_default().replace('.', "/");
+        let base = if config.working_directory == "." { String::new() } else { format!("{}/", config.working_directory) };
+        format!("{base}{module}.py")
+    });
+    let in_repo = |path: &str| {
+        if path.is_empty() {
+            definitions_path.clone()
+        } else if config.working_directory == "." {
+            path.to_owned()
+        } else {
+            format!("{}/{path}", config.working_directory)
+        }
+    };
+    let mut diagnostics = Vec::new();
+    let mut assets = Vec::new();
+    let key = |parts: &[String], path: &str, diagnostics: &mut Vec<Diagnostic>| match AssetKey::from_parts(parts) {
+        Ok(key) => Some(key),
+        Err(error) => {
+            diagnostics.push(Diagnostic::new(path, (1, 1), format!("Dagster asset key {parts:?} cannot be an Offshoot key: {error}")).hint("use key parts of letters, digits, `_` and `-`"));
+            None
+        }
+    };
+    for spec in &defs.assets {
+        let path = in_repo(&spec.path);
+        let Some(asset_key) = key(&spec.key, &path, &mut diagnostics) else { continue };
+        let kind = if spec.kind == "source" { AssetKind::Source } else { AssetKind::Tool };
+        let mut asset = Asset::new(asset_key, kind);
+        asset.deps = spec.deps.iter().filter_map(|d| key(d, &path, &mut diagnostics)).collect();
+        asset.group = spec.group.clone().filter(|g| !g.is_empty()).unwrap_or_else(|| "default".to_owned());
+        asset.description = spec.description.clone().filter(|d| !d.trim().is_empty());
+        asset.tags = spec.tags.clone();
+        asset.metadata = spec.metadata.clone();
+        if let Some(op) = &spec.op_name {
+            asset.metadata.insert(OP_NAME.to_owned(), op.clone());
+        }
+        asset.owners = spec.owners.clone();
+        asset.kinds = spec.kinds.iter().cloned().collect();
+        asset.code = Arc::from(spec.code.as_str());
+        asset.code_version = match &spec.code_version {
+            Some(version) => CodeVersion::explicit(version.clone()),
+            // Dagster compares nothing when no code version is set; Offshoot derives one from
+            // the function's source so an edit still shows (documented in README.md).
+            None => CodeVersion::derived(spec.source_hash.clone().unwrap_or_else(|| sha256_hex(&[spec.code.as_bytes()]))),
+        };
+        asset.partitions = match &spec.partitions {
+            None => None,
+            Some(PartitionsSpec::Static { keys }) => Some(PartitionsDefinition::Static { keys: keys.clone() }),
+            Some(PartitionsSpec::Other { description }) => Some(PartitionsDefinition::Other { description: description.clone() }),
+            Some(PartitionsSpec::Time { cadence, start, end }) => Some(match TimeCadence::parse(cadence) {
+                Some(cadence) => PartitionsDefinition::Time { cadence, start: start.clone(), end: end.clone() },
+                None => PartitionsDefinition::Other { description: format!("{cadence} from {start}") },
+            }),
+        };
+        asset.location = Location { path, line: spec.line };
+        assets.push(asset);
+    }
+    if !diagnostics.is_empty() {
+        return Err(diagnostics);
+    }
+    // External deps Dagster lets a spec name without defining them become sources, as Dagster
+    // shows them.
+    let known: BTreeSet<AssetKey> = assets.iter().map(|a| a.key.clone()).collect();
+    let missing: BTreeSet<AssetKey> = assets.iter().flat_map(|a| a.deps.iter()).filter(|d| !known.contains(*d)).cloned().collect();
+    for key in missing {
+        let mut source = Asset::new(key, AssetKind::Source);
+        source.code_version = CodeVersion::derived("source");
+        source.location = Location { path: definitions_path.clone(), line: 0 };
+        assets.push(source);
+    }
+    Snapshot::new(assets).map_err(|e| vec![tool_diagnostic(&definitions_path, e.to_string(), "the Dagster definitions are inconsistent")])
+}
+
+/// An import error as a diagnostic: Python's last line as the message, at the deepest frame
+/// inside the checkout, with the traceback as the hint.
+fn import_failure(config: &DagsterConfig, checkout: &Path, text: &str) -> Diagnostic {
+    let checkout_text = checkout.to_string_lossy().into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut place: Option<(String, u32)> = None;
+    for line in &lines {
+        let trimmed = line.trim_start();
+        let Some(rest) = trimmed.strip_prefix("File \"") else { continue };
+        let Some((file, after)) = rest.split_once('"') else { continue };
+        let Some(relative) = file.strip_prefix(&checkout_text).map(|p| p.trim_start_matches('/')) else { continue };
+        let number = after.trim_start_matches(", line ").split(',').next().and_then(|n| n.trim().parse().ok()).unwrap_or(1);
+        place = Some((relative.to_owned(), number));
+    }
+    // The error line: the last line of the traceback that is not Offshoot's own note.
+    let message = lines
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty() && !l.starts_with("offshoot:") && !l.starts_with("File ") && !l.starts_with('^'))
+        .unwrap_or("the Dagster definitions could not be imported")
+        .to_owned();
+    let (path, line) = place.unwrap_or_else(|| (config.file.clone().unwrap_or_else(|| "offshoot.toml".to_owned()), 1));
+    let excerpt: Vec<&str> = lines.iter().rev().take(14).rev().copied().collect();
+    Diagnostic::new(&path, (line, 1), message).hint(format!("Python's own message:\n{}", excerpt.join("\n")))
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(count)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_variables_follow_offshoots() {
+        let env = vec![
+            ("OFFSHOOT_DEPLOYMENT_NAME".to_owned(), "feature-x".to_owned()),
+            ("OFFSHOOT_IS_BRANCH_DEPLOYMENT".to_owned(), "1".to_owned()),
+            ("OFFSHOOT_GIT_SHA".to_owned(), "abc".to_owned()),
+            ("OFFSHOOT_PULL_REQUEST_ID".to_owned(), "7".to_owned()),
+        ];
+        let vars = dagster_cloud_variables(&env);
+        assert!(vars.contains(&("DAGSTER_CLOUD_DEPLOYMENT_NAME".to_owned(), "feature-x".to_owned())));
+        assert!(vars.contains(&("DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT".to_owned(), "1".to_owned())));
+        assert!(vars.contains(&("DAGSTER_CLOUD_PULL_REQUEST_ID".to_owned(), "7".to_owned())));
+        let production = dagster_cloud_variables(&[("OFFSHOOT_IS_BRANCH_DEPLOYMENT".to_owned(), "0".to_owned())]);
+        assert!(production.iter().all(|(k, _)| k != "DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT"));
+    }
+}

@@ -1,0 +1,572 @@
+//! dbt projects as a code location. Loading runs the project's parse step (`dbt parse` by
+//! default) in a checkout of the commit and reads `target/manifest.json`: models, seeds and
+//! snapshots become assets, dbt sources become sources (`source_name/table`). Building runs
+//! `dbt build --select ...` against the deployment's schema; in a branch, unbuilt references are
+//! deferred to production (`--defer --state` with production's manifest).
+//!
+//! Offshoot writes the profile (`offshoot`, target `offshoot`) so every deployment lands in its
+//! own schema; it reads the connection from `OFFSHOOT_PG_*` variables derived from the
+//! warehouse URL. dbt needs the PostgreSQL warehouse: no dbt adapter for SQLite supports dbt 1.11.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use offshoot_core::fingerprint::sha256_hex;
+use offshoot_core::{Asset, AssetKey, AssetKind, CodeVersion, Location, Snapshot};
+use offshoot_project::{DbtConfig, Diagnostic, Manifest};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::process::{self, ToolCommand, ToolOutput};
+use crate::{tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError};
+
+/// The profile Offshoot gives dbt: the deployment's schema on the warehouse's database.
+pub const PROFILES_YML: &str = r#"# Written by Offshoot: every deployment builds in its own schema.
+offshoot:
+  target: offshoot
+  outputs:
+    offshoot:
+      type: postgres
+      host: "{{ env_var('OFFSHOOT_PG_HOST') }}"
+      port: "{{ env_var('OFFSHOOT_PG_PORT') | as_number }}"
+      user: "{{ env_var('OFFSHOOT_PG_USER') }}"
+      password: "{{ env_var('OFFSHOOT_PG_PASSWORD', '') }}"
+      dbname: "{{ env_var('OFFSHOOT_PG_DATABASE') }}"
+      schema: "{{ env_var('OFFSHOOT_SCHEMA') }}"
+      threads: 4
+"#;
+
+/// Seeds larger than this show a note instead of their content as "code".
+const MAX_SEED_CODE: u64 = 64 * 1024;
+
+/// Config keys that do not change what dbt builds; left out of the derived code version so an
+/// edit of only these is a TAGS or METADATA change, as it would be for a native asset.
+const DESCRIPTIVE_CONFIG: [&str; 6] = ["tags", "meta", "docs", "persist_docs", "group", "access"];
+
+pub struct DbtLocation {
+    config: DbtConfig,
+}
+
+impl DbtLocation {
+    pub fn new(config: DbtConfig) -> DbtLocation {
+        DbtLocation { config }
+    }
+
+    fn project_dir(&self, checkout: &Path) -> PathBuf {
+        checkout.join(&self.config.project_dir)
+    }
+
+    /// The environment of a dbt invocation whose artifacts go to `work_dir`.
+    fn environment(&self, env: &[(String, String)], work_dir: &Path) -> Result<Vec<(String, String)>, String> {
+        let profiles = work_dir.join("profiles");
+        std::fs::create_dir_all(&profiles).map_err(|e| format!("{}: {e}", profiles.display()))?;
+        std::fs::write(profiles.join("profiles.yml"), PROFILES_YML).map_err(|e| format!("{}: {e}", profiles.display()))?;
+        let mut all: Vec<(String, String)> = env.to_vec();
+        let url = lookup(env, "OFFSHOOT_WAREHOUSE_URL").unwrap_or_default();
+        all.extend(connection_variables(&url)?);
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        all.extend([
+            ("DBT_PROFILES_DIR".to_owned(), path(profiles)),
+            ("DBT_PROFILE".to_owned(), "offshoot".to_owned()),
+            ("DBT_TARGET".to_owned(), "offshoot".to_owned()),
+            ("DBT_TARGET_PATH".to_owned(), path(work_dir.join("target"))),
+            ("DBT_LOG_PATH".to_owned(), path(work_dir.join("logs"))),
+            ("DBT_SEND_ANONYMOUS_USAGE_STATS".to_owned(), "false".to_owned()),
+            ("DBT_USE_COLORS".to_owned(), "false".to_owned()),
+            ("DBT_PRINTER_WIDTH".to_owned(), "100".to_owned()),
+        ]);
+        Ok(all)
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.config.timeout_seconds)
+    }
+}
+
+impl CodeLocation for DbtLocation {
+    fn kind(&self) -> &'static str {
+        "dbt"
+    }
+
+    fn needs_checkout(&self) -> bool {
+        true
+    }
+
+    fn load(&self, _manifest: &Manifest, input: &LoadInput<'_>) -> Result<Snapshot, LocationError> {
+        let checkout = input.checkout.ok_or_else(|| LocationError::Tool("a dbt location needs a checkout".into()))?;
+        let project_dir = self.project_dir(checkout);
+        if !project_dir.join("dbt_project.yml").is_file() {
+            let path = format!("{}/dbt_project.yml", self.config.project_dir).trim_start_matches("./").to_owned();
+            return Err(LocationError::Invalid(vec![tool_diagnostic(
+                offshoot_project::MANIFEST_PATH,
+                format!("the dbt location has no `{path}`"),
+                "set [location] project_dir to the folder that holds dbt_project.yml",
+            )]));
+        }
+        let env = self.environment(input.env, input.work_dir).map_err(LocationError::Tool)?;
+        let command = ToolCommand {
+            program: "sh".into(),
+            args: vec!["-c".into(), self.config.parse_command.clone()],
+            cwd: project_dir,
+            env,
+            timeout: self.timeout(),
+        };
+        let output = process::run(&command, &input.work_dir.join("parse.log"));
+        if !output.success {
+            return Err(parse_failure(&self.config, &command, &output));
+        }
+        let manifest_path = input.work_dir.join("target").join("manifest.json");
+        let bytes = std::fs::read(&manifest_path).map_err(|e| {
+            LocationError::Tool(format!("`{}` succeeded but wrote no {}: {e}", self.config.parse_command, manifest_path.display()))
+        })?;
+        let manifest: DbtManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| LocationError::Tool(format!("cannot read dbt's manifest.json: {e}")))?;
+        snapshot_from_manifest(&manifest, &self.config.project_dir, checkout).map_err(LocationError::Invalid)
+    }
+
+    fn build_command(&self, request: &BuildRequest<'_>) -> Option<Result<ToolCommand, String>> {
+        Some((|| {
+            let env = self.environment(request.env, request.work_dir)?;
+            let mut script = format!("{} --select \"$@\"", self.config.build_command);
+            if request.production_state.is_some() {
+                script.push_str(" --defer --state \"$OFFSHOOT_DBT_STATE\"");
+            }
+            let mut env = env;
+            if let Some(state) = request.production_state {
+                env.push(("OFFSHOOT_DBT_STATE".to_owned(), state.join("target").to_string_lossy().into_owned()));
+            }
+            let mut args = vec!["-c".to_owned(), script, "offshoot-dbt".to_owned()];
+            for key in request.keys {
+                let asset = request.snapshot.get(key).ok_or_else(|| format!("`{key}` is not in the revision"))?;
+                args.push(selector(asset));
+            }
+            Ok(ToolCommand { program: "sh".into(), args, cwd: self.project_dir(request.checkout), env, timeout: self.timeout() })
+        })())
+    }
+
+    fn build_outcomes(&self, request: &BuildRequest<'_>, output: &ToolOutput) -> BTreeMap<AssetKey, BuildOutcome> {
+        let target = request.work_dir.join("target");
+        let results: Option<RunResults> = std::fs::read(target.join("run_results.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let attached = attached_tests(&target);
+        let by_unique_id: BTreeMap<String, AssetKey> = request
+            .snapshot
+            .assets()
+            .filter_map(|a| a.metadata.get(UNIQUE_ID).map(|id| (id.clone(), a.key.clone())))
+            .collect();
+        let mut outcomes = BTreeMap::new();
+        let mut test_failures: BTreeMap<AssetKey, Vec<String>> = BTreeMap::new();
+        for result in results.iter().flat_map(|r| &r.results) {
+            let message = result.message.clone().unwrap_or_default();
+            if let Some(key) = by_unique_id.get(&result.unique_id) {
+                let outcome = match result.status.as_str() {
+                    "success" | "pass" => BuildOutcome::Succeeded { rows: result.adapter_response.get("rows_affected").and_then(Value::as_u64) },
+                    "skipped" => BuildOutcome::Skipped { message: "dbt skipped it: an upstream model or test failed".into() },
+                    _ => BuildOutcome::Failed { message: if message.is_empty() { format!("dbt status `{}`", result.status) } else { message } },
+                };
+                outcomes.insert(key.clone(), outcome);
+            } else if matches!(result.status.as_str(), "fail" | "error") {
+                if let Some(key) = attached.get(&result.unique_id).and_then(|model| by_unique_id.get(model)) {
+                    test_failures.entry(key.clone()).or_default().push(format!("{}: {}", short_test_name(&result.unique_id), message));
+                }
+            }
+        }
+        for (key, failures) in test_failures {
+            if let Some(BuildOutcome::Succeeded { .. }) | None = outcomes.get(&key) {
+                outcomes.insert(key, BuildOutcome::Failed { message: format!("built, but its tests failed: {}", failures.join("; ")) });
+            }
+        }
+        let missing = if results.is_none() {
+            let why = output.failure.clone().unwrap_or_else(|| "dbt wrote no run_results.json".into());
+            BuildOutcome::Failed { message: format!("{why}: {}", last_lines(&output.text, 6)) }
+        } else {
+            BuildOutcome::Skipped { message: "dbt did not build it".into() }
+        };
+        for key in request.keys {
+            outcomes.entry(key.clone()).or_insert_with(|| missing.clone());
+        }
+        outcomes
+    }
+}
+
+/// Where each asset's dbt node comes from, kept in its metadata.
+pub(crate) const UNIQUE_ID: &str = "dbt/unique_id";
+
+/// The node selector for `--select`: the name, with the version for versioned models.
+fn selector(asset: &Asset) -> String {
+    let id = asset.metadata.get(UNIQUE_ID).map(String::as_str).unwrap_or("");
+    let mut parts = id.splitn(3, '.');
+    let (_, _, rest) = (parts.next(), parts.next(), parts.next().unwrap_or(asset.key.as_str()));
+    rest.to_owned()
+}
+
+fn short_test_name(unique_id: &str) -> &str {
+    unique_id.split('.').nth(2).unwrap_or(unique_id)
+}
+
+/// test unique_id → the node it tests, from the build's own manifest.
+fn attached_tests(target: &Path) -> BTreeMap<String, String> {
+    #[derive(Deserialize)]
+    struct Manifest {
+        nodes: BTreeMap<String, TestNode>,
+    }
+    #[derive(Deserialize)]
+    struct TestNode {
+        #[serde(default)]
+        attached_node: Option<String>,
+    }
+    let Some(manifest) = std::fs::read(target.join("manifest.json")).ok().and_then(|b| serde_json::from_slice::<Manifest>(&b).ok()) else {
+        return BTreeMap::new();
+    };
+    manifest.nodes.into_iter().filter_map(|(id, node)| node.attached_node.map(|n| (id, n))).collect()
+}
+
+#[derive(Deserialize)]
+struct RunResults {
+    results: Vec<RunResult>,
+}
+
+#[derive(Deserialize)]
+struct RunResult {
+    unique_id: String,
+    status: String,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    adapter_response: serde_json::Map<String, Value>,
+}
+
+fn lookup(env: &[(String, String)], name: &str) -> Option<String> {
+    env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+/// `OFFSHOOT_PG_*` from a `postgres://user:password@host:port/database` URL.
+pub(crate) fn connection_variables(url: &str) -> Result<Vec<(String, String)>, String> {
+    let Some(rest) = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")) else {
+        return Err("a dbt location needs the PostgreSQL warehouse (warehouse_url = \"postgres://...\"): dbt has no adapter for Offshoot's SQLite warehouse".into());
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+    let (credentials, host_port) = authority.rsplit_once('@').unwrap_or(("", authority));
+    let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => (host, port),
+        _ => (host_port, "5432"),
+    };
+    let decode = percent_decode;
+    Ok(vec![
+        ("OFFSHOOT_PG_HOST".to_owned(), if host.is_empty() { "localhost".to_owned() } else { decode(host) }),
+        ("OFFSHOOT_PG_PORT".to_owned(), port.to_owned()),
+        ("OFFSHOOT_PG_USER".to_owned(), if user.is_empty() { "postgres".to_owned() } else { decode(user) }),
+        ("OFFSHOOT_PG_PASSWORD".to_owned(), decode(password)),
+        ("OFFSHOOT_PG_DATABASE".to_owned(), if database.is_empty() { "postgres".to_owned() } else { decode(database) }),
+    ])
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A failed parse as diagnostics: dbt's own message, placed at the file dbt names.
+fn parse_failure(config: &DbtConfig, command: &ToolCommand, output: &ToolOutput) -> LocationError {
+    if output.text.contains("command not found") || output.text.contains("not found") && output.text.lines().count() <= 2 && output.text.contains("dbt") {
+        return LocationError::Tool(format!(
+            "`{}` could not run: {} (is dbt installed where the server finds it on PATH?)",
+            config.parse_command,
+            output.text.trim()
+        ));
+    }
+    if output.failure.as_deref().is_some_and(|f| f.contains("did not finish") || f.contains("cannot start")) {
+        return LocationError::Tool(output.failure.clone().unwrap_or_default());
+    }
+    let message = dbt_error_message(&output.text);
+    let path = mentioned_file(&message)
+        .map(|file| if config.project_dir == "." { file } else { format!("{}/{file}", config.project_dir) })
+        .unwrap_or_else(|| if config.project_dir == "." { "dbt_project.yml".to_owned() } else { format!("{}/dbt_project.yml", config.project_dir) });
+    let _ = command;
+    LocationError::Invalid(vec![Diagnostic::new(&path, (1, 1), message).hint(format!("dbt's own message from `{}`", config.parse_command))])
+}
+
+/// The error dbt printed: the lines after "Encountered an error", without log timestamps.
+pub(crate) fn dbt_error_message(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().map(strip_timestamp).collect();
+    let start = lines.iter().position(|l| l.contains("Encountered an error")).map(|i| i + 1);
+    let chosen: Vec<&str> = match start {
+        Some(start) => lines[start..].iter().copied().filter(|l| !l.trim().is_empty()).take(20).collect(),
+        None => lines.iter().rev().copied().filter(|l| !l.trim().is_empty()).take(12).collect::<Vec<_>>().into_iter().rev().collect(),
+    };
+    let message = chosen.iter().map(|l| l.trim_end()).collect::<Vec<_>>().join("\n");
+    if message.is_empty() { "dbt failed without a message".to_owned() } else { message }
+}
+
+fn strip_timestamp(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    if bytes.len() >= 10 && bytes[2] == b':' && bytes[5] == b':' && bytes[..8].iter().enumerate().all(|(i, b)| i == 2 || i == 5 || b.is_ascii_digit()) {
+        line[8..].trim_start()
+    } else {
+        line
+    }
+}
+
+/// The first `(path/to/file.sql)`-style file dbt names in a message.
+fn mentioned_file(message: &str) -> Option<String> {
+    for (open, _) in message.match_indices('(') {
+        let rest = &message[open + 1..];
+        let Some(close) = rest.find(')') else { continue };
+        let inside = &rest[..close];
+        let known = [".sql", ".yml", ".yaml", ".csv", ".py"].iter().any(|ext| inside.ends_with(ext));
+        if known && !inside.contains(' ') && !inside.starts_with('/') && !inside.contains("..") {
+            return Some(inside.to_owned());
+        }
+    }
+    None
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(count)..].iter().map(|l| strip_timestamp(l)).collect::<Vec<_>>().join(" | ")
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DbtManifest {
+    #[serde(default)]
+    metadata: ManifestMetadata,
+    #[serde(default)]
+    nodes: BTreeMap<String, Node>,
+    #[serde(default)]
+    sources: BTreeMap<String, SourceNode>,
+}
+
+#[derive(Deserialize, Default)]
+struct ManifestMetadata {
+    #[serde(default)]
+    adapter_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Node {
+    resource_type: String,
+    name: String,
+    #[serde(default)]
+    original_file_path: String,
+    #[serde(default)]
+    fqn: Vec<String>,
+    #[serde(default)]
+    checksum: Option<Checksum>,
+    #[serde(default)]
+    config: serde_json::Map<String, Value>,
+    #[serde(default)]
+    unrendered_config: serde_json::Map<String, Value>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    meta: serde_json::Map<String, Value>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    depends_on: DependsOn,
+    #[serde(default)]
+    raw_code: String,
+    #[serde(default)]
+    version: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Checksum {
+    checksum: String,
+}
+
+#[derive(Deserialize, Default)]
+struct DependsOn {
+    #[serde(default)]
+    nodes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SourceNode {
+    source_name: String,
+    name: String,
+    #[serde(default)]
+    original_file_path: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    meta: serde_json::Map<String, Value>,
+    #[serde(default)]
+    loader: String,
+}
+
+const BUILT_TYPES: [&str; 3] = ["model", "seed", "snapshot"];
+
+/// The assets of a dbt manifest; problems (keys Offshoot cannot take) as diagnostics.
+pub(crate) fn snapshot_from_manifest(manifest: &DbtManifest, project_dir: &str, checkout: &Path) -> Result<Snapshot, Vec<Diagnostic>> {
+    let in_repo = |path: &str| if project_dir == "." { path.to_owned() } else { format!("{project_dir}/{path}") };
+    let adapter = manifest.metadata.adapter_type.clone().unwrap_or_else(|| "postgres".to_owned());
+    let mut diagnostics = Vec::new();
+    let mut keys: BTreeMap<&str, AssetKey> = BTreeMap::new();
+    let mut assets = Vec::new();
+    let key_for = |unique_id: &str, name: String, path: &str, diagnostics: &mut Vec<Diagnostic>| match AssetKey::new(&name) {
+        Ok(key) => Some(key),
+        Err(error) => {
+            diagnostics.push(Diagnostic::new(&in_repo(path), (1, 1), format!("dbt node `{unique_id}` cannot be an asset: {error}")).hint("rename it to letters, digits and `_`"));
+            None
+        }
+    };
+    for (unique_id, source) in &manifest.sources {
+        let Some(key) = key_for(unique_id, format!("{}/{}", source.source_name, source.name), &source.original_file_path, &mut diagnostics) else { continue };
+        let mut asset = Asset::new(key.clone(), AssetKind::Source);
+        asset.group = "sources".to_owned();
+        asset.description = non_empty(&source.description);
+        asset.tags = source.tags.iter().map(|t| (t.clone(), String::new())).collect();
+        asset.metadata = canonical_map(&source.meta);
+        asset.metadata.insert(UNIQUE_ID.to_owned(), unique_id.clone());
+        if !source.loader.is_empty() {
+            asset.metadata.insert("dbt/loader".to_owned(), source.loader.clone());
+        }
+        asset.owners = owners(&source.meta);
+        asset.kinds = BTreeSet::from(["dbt".to_owned(), adapter.clone()]);
+        asset.code_version = CodeVersion::derived("source");
+        asset.location = Location { path: in_repo(&source.original_file_path), line: 1 };
+        keys.insert(unique_id, key);
+        assets.push(asset);
+    }
+    let mut seen: BTreeMap<AssetKey, &str> = BTreeMap::new();
+    for (unique_id, node) in manifest.nodes.iter().filter(|(_, n)| BUILT_TYPES.contains(&n.resource_type.as_str())) {
+        let name = match node.version.as_ref().filter(|v| !v.is_null()) {
+            Some(version) => format!("{}_v{}", node.name, canonical(version)),
+            None => node.name.clone(),
+        };
+        let Some(key) = key_for(unique_id, name, &node.original_file_path, &mut diagnostics) else { continue };
+        if let Some(other) = seen.insert(key.clone(), unique_id) {
+            diagnostics.push(
+                Diagnostic::new(&in_repo(&node.original_file_path), (1, 1), format!("dbt nodes `{other}` and `{unique_id}` would both be asset `{key}`"))
+                    .hint("give one of them another name"),
+            );
+            continue;
+        }
+        keys.insert(unique_id, key);
+    }
+    for (unique_id, node) in manifest.nodes.iter().filter(|(_, n)| BUILT_TYPES.contains(&n.resource_type.as_str())) {
+        let Some(key) = keys.get(unique_id.as_str()).cloned() else { continue };
+        let mut asset = Asset::new(key, AssetKind::Tool);
+        asset.group = group(node);
+        asset.description = non_empty(&node.description);
+        asset.deps = node.depends_on.nodes.iter().filter_map(|d| keys.get(d.as_str()).cloned()).collect();
+        asset.tags = node.tags.iter().map(|t| (t.clone(), String::new())).collect();
+        asset.metadata = canonical_map(&node.meta);
+        asset.metadata.insert(UNIQUE_ID.to_owned(), unique_id.clone());
+        asset.owners = owners(&node.meta);
+        asset.kinds = BTreeSet::from(["dbt".to_owned(), adapter.clone()]);
+        if node.resource_type != "model" {
+            asset.kinds.insert(node.resource_type.clone());
+        }
+        let checksum = node.checksum.as_ref().map_or("", |c| c.checksum.as_str());
+        let mut config = node.unrendered_config.clone();
+        config.retain(|k, _| !DESCRIPTIVE_CONFIG.contains(&k.as_str()));
+        asset.code_version = CodeVersion::derived(sha256_hex(&[checksum.as_bytes(), b"\n", Value::Object(config).to_string().as_bytes()]));
+        asset.code = Arc::from(if node.resource_type == "seed" { seed_code(checkout, &in_repo(&node.original_file_path)) } else { node.raw_code.clone() });
+        asset.location = Location { path: in_repo(&node.original_file_path), line: 1 };
+        let _ = &node.config;
+        assets.push(asset);
+    }
+    if !diagnostics.is_empty() {
+        diagnostics.sort();
+        return Err(diagnostics);
+    }
+    Snapshot::new(assets).map_err(|e| vec![tool_diagnostic(&in_repo("dbt_project.yml"), e.to_string(), "dbt's manifest.json is inconsistent")])
+}
+
+fn group(node: &Node) -> String {
+    if let Some(Value::String(group)) = node.config.get("group") {
+        return group.clone();
+    }
+    match node.resource_type.as_str() {
+        "seed" => "seeds".to_owned(),
+        "snapshot" => "snapshots".to_owned(),
+        // fqn = [project, folders..., name]: the first folder under models/.
+        _ if node.fqn.len() > 2 => node.fqn[1].clone(),
+        _ => "default".to_owned(),
+    }
+}
+
+fn seed_code(checkout: &Path, path: &str) -> String {
+    let file = checkout.join(path);
+    match std::fs::metadata(&file) {
+        Ok(meta) if meta.len() <= MAX_SEED_CODE => std::fs::read_to_string(&file).unwrap_or_default(),
+        Ok(meta) => format!("-- seed {path}: {} bytes, not shown\n", meta.len()),
+        Err(_) => String::new(),
+    }
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// JSON values as metadata: strings as they are, anything else as compact JSON (sorted keys).
+fn canonical(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn canonical_map(map: &serde_json::Map<String, Value>) -> BTreeMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), canonical(v))).collect()
+}
+
+/// `meta.owner` (a string) or `meta.owners` (a list), as Dagster's dbt integration reads them.
+fn owners(meta: &serde_json::Map<String, Value>) -> Vec<String> {
+    let mut owners = Vec::new();
+    for key in ["owner", "owners"] {
+        match meta.get(key) {
+            Some(Value::String(owner)) => owners.push(owner.clone()),
+            Some(Value::Array(list)) => owners.extend(list.iter().filter_map(Value::as_str).map(str::to_owned)),
+            _ => {}
+        }
+    }
+    owners
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_from_url() {
+        let vars = connection_variables("postgres://dbt%40x:p%3Aw@db.example:6543/ware?sslmode=disable").unwrap();
+        let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap();
+        assert_eq!(get("OFFSHOOT_PG_USER"), "dbt@x");
+        assert_eq!(get("OFFSHOOT_PG_PASSWORD"), "p:w");
+        assert_eq!(get("OFFSHOOT_PG_HOST"), "db.example");
+        assert_eq!(get("OFFSHOOT_PG_PORT"), "6543");
+        assert_eq!(get("OFFSHOOT_PG_DATABASE"), "ware");
+        assert!(connection_variables("sqlite:///tmp/x.db").unwrap_err().contains("PostgreSQL"));
+    }
+
+    #[test]
+    fn error_message_and_file() {
+        let out = "12:00:00  Running with dbt=1.11.16\n12:00:01  Encountered an error:\nCompilation Error\n  Model 'model.s.a' (models/staging/a.sql) depends on a node named 'nope' which was not found\n";
+        let message = dbt_error_message(out);
+        assert_eq!(message, "Compilation Error\n  Model 'model.s.a' (models/staging/a.sql) depends on a node named 'nope' which was not found");
+        assert_eq!(mentioned_file(&message).as_deref(), Some("models/staging/a.sql"));
+    }
+}

@@ -1,0 +1,131 @@
+//! Code locations: what turns one commit of a repository into a [`Snapshot`] and knows how to
+//! build a selection of it in a deployment. The native format reads the commit's tree; dbt and
+//! Dagster run the project's own tool in a checkout of the commit, in the project's environment.
+//!
+//! The location is chosen per project by `[location] type` in `offshoot.toml`
+//! ([`LocationConfig`]); [`for_manifest`] gives the implementation.
+//!
+//! Locations do blocking I/O (child processes, files) and hold no state between calls: callers
+//! run them on blocking threads and cache what they load.
+
+mod dagster;
+mod dbt;
+mod native;
+mod process;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use offshoot_core::{AssetKey, Snapshot};
+use offshoot_project::{Diagnostic, LoadError, LocationConfig, Manifest, Project, ProjectFiles};
+
+pub use dagster::{DagsterLocation, ENTRY_POINT as DAGSTER_ENTRY_POINT};
+pub use dbt::{DbtLocation, PROFILES_YML as DBT_PROFILES_YML};
+pub use native::NativeLocation;
+pub use process::{base_environment, kill_group, tail, ToolCommand, ToolOutput, MAX_OUTPUT};
+
+/// What a location needs to load one commit.
+pub struct LoadInput<'a> {
+    /// The commit's tree (always available, cheap).
+    pub files: &'a dyn ProjectFiles,
+    /// The commit's files on disk; present when [`CodeLocation::needs_checkout`] said so.
+    pub checkout: Option<&'a Path>,
+    /// A folder of this commit's own for the tool's output (dbt's `target/`), kept afterwards:
+    /// production's is the state that branch runs defer to.
+    pub work_dir: &'a Path,
+    /// The environment of the tool: PATH and friends plus the deployment's warehouse variables.
+    pub env: &'a [(String, String)],
+}
+
+/// A selection to build with the location's tool.
+pub struct BuildRequest<'a> {
+    pub keys: &'a [AssetKey],
+    pub snapshot: &'a Snapshot,
+    pub checkout: &'a Path,
+    /// A fresh folder of this run's own.
+    pub work_dir: &'a Path,
+    /// For a branch: production's load folder (its `manifest.json`), to defer unbuilt
+    /// references to production. `None` for production itself, or before production deployed.
+    pub production_state: Option<&'a Path>,
+    pub env: &'a [(String, String)],
+}
+
+/// How one asset of a tool build ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildOutcome {
+    Succeeded { rows: Option<u64> },
+    Failed { message: String },
+    /// The tool did not build it (an upstream failed, or it stopped early).
+    Skipped { message: String },
+}
+
+/// The location's problems with a commit, or a tool that could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    #[error("{} problem(s) in the definitions", .0.len())]
+    Invalid(Vec<Diagnostic>),
+    #[error("{0}")]
+    Tool(String),
+}
+
+impl From<LoadError> for LocationError {
+    fn from(error: LoadError) -> LocationError {
+        match error {
+            LoadError::Invalid(diagnostics) => LocationError::Invalid(diagnostics),
+            LoadError::Files(error) => LocationError::Tool(error.to_string()),
+        }
+    }
+}
+
+/// One kind of code location.
+pub trait CodeLocation: Send + Sync {
+    /// `native`, `dbt` or `dagster`.
+    fn kind(&self) -> &'static str;
+
+    /// Whether [`CodeLocation::load`] needs the commit's files on disk.
+    fn needs_checkout(&self) -> bool;
+
+    /// The commit's assets. Problems in the definitions are `Invalid` with the tool's own
+    /// message; `Tool` means the tool could not be run at all (not installed, timed out).
+    fn load(&self, manifest: &Manifest, input: &LoadInput<'_>) -> Result<Snapshot, LocationError>;
+
+    /// `None`: the server builds asset by asset (native SQL and commands). `Some`: one run of
+    /// the location's tool builds the whole selection.
+    fn build_command(&self, request: &BuildRequest<'_>) -> Option<Result<ToolCommand, String>>;
+
+    /// After the build command exited: how each requested asset ended.
+    fn build_outcomes(&self, request: &BuildRequest<'_>, output: &ToolOutput) -> BTreeMap<AssetKey, BuildOutcome>;
+}
+
+/// The implementation for a project's `[location]`.
+pub fn for_manifest(manifest: &Manifest) -> Box<dyn CodeLocation> {
+    match &manifest.location {
+        LocationConfig::Native => Box::new(NativeLocation),
+        LocationConfig::Dbt(config) => Box::new(DbtLocation::new(config.clone())),
+        LocationConfig::Dagster(config) => Box::new(DagsterLocation::new(config.clone())),
+    }
+}
+
+/// Reads the manifest and loads the commit with its location: the one entry point for every
+/// caller (server, CLI). `checkout` is called only when the location needs the files on disk.
+pub fn load_project(
+    files: &dyn ProjectFiles,
+    checkout: impl FnOnce() -> Result<PathBuf, String>,
+    work_dir: &Path,
+    env: &[(String, String)],
+) -> Result<Project, LocationError> {
+    let manifest = offshoot_project::read_manifest(files)?;
+    if manifest.location == LocationConfig::Native {
+        return Ok(offshoot_project::load(files)?);
+    }
+    let location = for_manifest(&manifest);
+    let dir = if location.needs_checkout() { Some(checkout().map_err(LocationError::Tool)?) } else { None };
+    let input = LoadInput { files, checkout: dir.as_deref(), work_dir, env };
+    let snapshot = location.load(&manifest, &input)?;
+    Ok(Project { manifest, snapshot })
+}
+
+/// A diagnostic for a whole-project problem reported by a tool, placed at `path` (line 1).
+pub(crate) fn tool_diagnostic(path: &str, message: impl Into<String>, hint: &str) -> Diagnostic {
+    Diagnostic::new(path, (1, 1), message).hint(hint)
+}
