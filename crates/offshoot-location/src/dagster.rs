@@ -142,9 +142,18 @@ impl CodeLocation for DagsterLocation {
             let home = request.work_dir.join("dagster_home");
             std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
             std::fs::write(home.join("dagster.yaml"), "# Written by Offshoot: one run's own instance.\n").map_err(|e| format!("{}: {e}", home.display()))?;
-            Self::write_entry_point(request.work_dir)?;
+            let entry = Self::write_entry_point(request.work_dir)?;
             let selection: Vec<&str> = request.keys.iter().map(AssetKey::as_str).collect();
-            let mut args: Vec<String> = ["-m", "dagster", "asset", "materialize", "--select"].iter().map(|s| s.to_string()).collect();
+            // `dagster asset materialize` refuses partitioned assets without one partition key;
+            // Offshoot builds whole assets, so those selections go through the entry point's
+            // `materialize`, which executes the same job unpartitioned.
+            let partitioned = request.keys.iter().any(|k| request.snapshot.get(k).is_some_and(|a| a.partitions.is_some()));
+            let mut args: Vec<String> = if partitioned {
+                vec![entry.to_string_lossy().into_owned(), "materialize".to_owned()]
+            } else {
+                ["-m", "dagster", "asset", "materialize"].iter().map(|s| s.to_string()).collect()
+            };
+            args.push("--select".to_owned());
             args.push(selection.join(","));
             args.extend(self.target_args());
             let mut env = Self::environment(request.env);
@@ -178,7 +187,7 @@ impl CodeLocation for DagsterLocation {
             return outcomes;
         };
         let materialized: BTreeSet<String> = results.materialized.iter().map(|k| k.join("/")).collect();
-        let failed_steps: BTreeMap<&str, &str> = results.failed.iter().map(|f| (f.step.as_str(), f.message.as_str())).collect();
+        let failed_steps: BTreeMap<&str, &str> = results.failed.iter().filter_map(|f| Some((f.step.as_deref()?, f.message.as_str()))).collect();
         for key in request.keys {
             let outcome = if materialized.contains(key.as_str()) {
                 BuildOutcome::Succeeded { rows: None }
@@ -213,7 +222,9 @@ struct RunReport {
 
 #[derive(Deserialize)]
 struct FailedStep {
-    step: String,
+    /// `None` for a failure of the run itself (no step).
+    #[serde(default)]
+    step: Option<String>,
     #[serde(default)]
     message: String,
 }

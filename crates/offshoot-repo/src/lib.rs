@@ -102,7 +102,9 @@ impl GitRepository {
         let tree = self.repo.find_commit(oid).and_then(|c| c.tree()).map_err(git_error)?;
         std::fs::create_dir_all(target).map_err(|e| RepoError::Git(format!("{}: {e}", target.display())))?;
         let mut checkout = git2::build::CheckoutBuilder::new();
-        checkout.target_dir(target).force().recreate_missing(true);
+        // update_index(false): by default libgit2 writes the exported tree into the repository's own
+        // index, which would stage it in a watched working copy.
+        checkout.target_dir(target).force().recreate_missing(true).update_index(false);
         self.repo.checkout_tree(tree.as_object(), Some(&mut checkout)).map_err(git_error)
     }
 

@@ -3,7 +3,8 @@
 use anyhow::Context;
 use clap::ValueEnum;
 use offshoot_core::{diff, Selection};
-use offshoot_project::{LoadError, Project};
+use offshoot_location::LocationError;
+use offshoot_project::Project;
 use offshoot_repo::{CommitInfo, GitRepository};
 
 use crate::report::{self, Comparison};
@@ -88,16 +89,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
 
 /// Loads the project at `commit`; prints the diagnostics and returns `None` if it is invalid.
 pub fn load(repo: &GitRepository, commit: &CommitInfo, what: &str) -> anyhow::Result<Option<Project>> {
-    let files = repo.files_at(&commit.sha)?;
-    match offshoot_project::load(&files) {
+    match crate::locate::load_commit(repo, &commit.sha) {
         Ok(project) => Ok(Some(project)),
-        Err(LoadError::Invalid(diagnostics)) => {
+        Err(LocationError::Invalid(diagnostics)) => {
             for diagnostic in &diagnostics {
                 eprintln!("{diagnostic}");
             }
             eprintln!("\n{what} ({}) has {} problem(s); fix them before comparing", &commit.sha[..12], diagnostics.len());
             Ok(None)
         }
-        Err(LoadError::Files(error)) => Err(error).context(format!("reading {what}")),
+        Err(LocationError::Tool(error)) => Err(anyhow::anyhow!(error)).context(format!("loading {what}")),
     }
 }

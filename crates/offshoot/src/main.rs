@@ -4,6 +4,7 @@
 mod client;
 mod demo;
 mod diff;
+mod locate;
 mod init;
 mod remote;
 mod report;

@@ -2,8 +2,9 @@
 
 use anyhow::Context;
 use offshoot_core::AssetKind;
-use offshoot_project::{LoadError, Project};
-use offshoot_repo::{GitRepository, WorkingDirectory};
+use offshoot_location::LocationError;
+use offshoot_project::Project;
+use offshoot_repo::GitRepository;
 
 use crate::{Format, Outcome, RepoArgs};
 
@@ -23,8 +24,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Some(rev) => {
             let repo = GitRepository::open(&args.repo.repo)?;
             let commit = repo.resolve(rev)?;
-            let files = repo.files_at(&commit.sha)?;
-            (format!("{rev} ({})", &commit.sha[..12]), offshoot_project::load(&files))
+            (format!("{rev} ({})", &commit.sha[..12]), crate::locate::load_commit(&repo, &commit.sha))
         }
         None => {
             let root = match GitRepository::open(&args.repo.repo) {
@@ -32,7 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 Err(_) => args.repo.repo.clone(),
             };
             let root = root.canonicalize().with_context(|| format!("{} cannot be read", root.display()))?;
-            (root.display().to_string(), offshoot_project::load(&WorkingDirectory::new(root)))
+            (root.display().to_string(), crate::locate::load_working_directory(&root))
         }
     };
     match result {
@@ -40,7 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             print_valid(&project, &what, args.format);
             Ok(Outcome::Ok)
         }
-        Err(LoadError::Invalid(diagnostics)) => {
+        Err(LocationError::Invalid(diagnostics)) => {
             match args.format {
                 Format::Json => {
                     let list: Vec<serde_json::Value> = diagnostics
@@ -58,18 +58,20 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Failed)
         }
-        Err(LoadError::Files(error)) => Err(error).context(format!("reading {what}")),
+        Err(LocationError::Tool(error)) => Err(anyhow::anyhow!(error)).context(format!("loading {what}")),
     }
 }
 
 fn print_valid(project: &Project, what: &str, format: Format) {
     let count = |kind| project.snapshot.assets().filter(|a| a.kind == kind).count();
-    let (sql, command, source) = (count(AssetKind::Sql), count(AssetKind::Command), count(AssetKind::Source));
+    let (sql, command, source, tool) = (count(AssetKind::Sql), count(AssetKind::Command), count(AssetKind::Source), count(AssetKind::Tool));
+    let location = project.manifest.location.kind();
     match format {
         Format::Json => println!(
             "{}",
-            serde_json::json!({"valid": true, "project": project.manifest.name, "sql_assets": sql, "command_assets": command, "sources": source})
+            serde_json::json!({"valid": true, "project": project.manifest.name, "location": location, "sql_assets": sql, "command_assets": command, "tool_assets": tool, "sources": source})
         ),
+        _ if location != "native" => println!("ok: {what}: {tool} {location} assets, {source} sources"),
         _ => println!("ok: {what}: {sql} SQL assets, {command} command assets, {source} sources"),
     }
 }

@@ -3,5 +3,6 @@
 
 mod commands;
 mod hooks;
+mod locations;
 mod server;
 mod support;

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::support::*;
 
 /// `offshoot` as a client of `server`.
-fn client(server: &Server, args: &[&str]) -> std::process::Output {
+pub(crate) fn client(server: &Server, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_offshoot"))
         .args(args)
         .env("OFFSHOOT_URL", &server.url)
@@ -22,12 +22,12 @@ fn client(server: &Server, args: &[&str]) -> std::process::Output {
         .expect("offshoot runs")
 }
 
-fn production_target() -> Target {
+pub(crate) fn production_target() -> Target {
     let production = SchemaName::for_deployment(&RepositoryName::new("shop").expect("valid"), &DeploymentName::production());
     Target { schema: production.clone(), production }
 }
 
-fn branch_target(name: &str) -> Target {
+pub(crate) fn branch_target(name: &str) -> Target {
     let repository = RepositoryName::new("shop").expect("valid");
     Target {
         schema: SchemaName::for_deployment(&repository, &DeploymentName::new(name).expect("valid")),
@@ -35,11 +35,11 @@ fn branch_target(name: &str) -> Target {
     }
 }
 
-fn warehouse(server: &Server) -> SqliteWarehouse {
+pub(crate) fn warehouse(server: &Server) -> SqliteWarehouse {
     SqliteWarehouse::new(server.data_dir.join("warehouse")).expect("warehouse")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
@@ -61,18 +61,18 @@ fn seed_production(server: &Server) {
 }
 
 /// Deploys prod at main's tip (the server does so at start) and waits for it.
-fn wait_for_prod(server: &Server, repo: &Path) -> serde_json::Value {
+pub(crate) fn wait_for_prod(server: &Server, repo: &Path) -> serde_json::Value {
     let main = git(repo, &["rev-parse", "main"]);
     server.wait_for_deployment("prod", "ready at main", |d| serving_commit(d) == main)
 }
 
-fn create_or_update(server: &Server, branch: &str, sha: &str) -> String {
+pub(crate) fn create_or_update(server: &Server, branch: &str, sha: &str) -> String {
     let output = client(server, &["branch-deployment", "create-or-update", "--branch-name", branch, "--commit-hash", sha]);
     assert!(output.status.success(), "{}", stderr(&output));
     stdout(&output).trim().to_owned()
 }
 
-fn commit_file(repo: &Path, branch: &str, path: &str, content: &str, message: &str) -> String {
+pub(crate) fn commit_file(repo: &Path, branch: &str, path: &str, content: &str, message: &str) -> String {
     git(repo, &["checkout", "-q", branch]);
     let full = repo.join(path);
     std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
@@ -370,7 +370,7 @@ fn sigkill_during_a_deploy_and_during_a_run_converges_after_restart() {
     assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded");
 }
 
-fn psql(database: &str, sql: &str) -> String {
+pub(crate) fn psql(database: &str, sql: &str) -> String {
     let output = Command::new("psql")
         .args(["-h", "127.0.0.1", "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
         .output()
@@ -380,7 +380,7 @@ fn psql(database: &str, sql: &str) -> String {
 }
 
 /// A fresh database, dropped when the test ends (also on failure).
-struct Database(String);
+pub(crate) struct Database(pub(crate) String);
 
 impl Drop for Database {
     fn drop(&mut self) {

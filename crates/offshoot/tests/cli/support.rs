@@ -17,6 +17,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::env::var_os("OFFSHOOT_KEEP_TEST_DIRS").is_some() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -89,6 +92,57 @@ pub fn git(repo: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// The virtualenv with dbt and Dagster (tests/python/requirements.txt) that `.ci/run` installs;
+/// `OFFSHOOT_PYTHON_TOOLS` names another.
+pub fn python_tools() -> PathBuf {
+    let dir = std::env::var_os("OFFSHOOT_PYTHON_TOOLS").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/python-tools"));
+    assert!(
+        dir.join("bin/dbt").exists() && dir.join("bin/dagster").exists(),
+        "the dbt and Dagster tests need {}: run `bash .ci/run`, or `python3 -m venv target/python-tools && target/python-tools/bin/pip install -r tests/python/requirements.txt`",
+        dir.display()
+    );
+    dir
+}
+
+/// PATH with the Python tools first, when they are installed (servers run `dbt` and `python`).
+pub fn path_with_python_tools() -> String {
+    let dir = std::env::var_os("OFFSHOOT_PYTHON_TOOLS").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/python-tools"));
+    let path = std::env::var("PATH").unwrap_or_default();
+    if dir.join("bin").is_dir() {
+        format!("{}:{path}", dir.join("bin").display())
+    } else {
+        path
+    }
+}
+
+/// Copies an example project into a new git repository (one commit on `main`).
+pub fn example_repo(example: &str, repo: &Path) -> String {
+    copy_dir(&workspace().join("examples").join(example), repo);
+    git(repo, &["init", "-q", "-b", "main"]);
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", &format!("The {example} example")]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read example") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name();
+        let name_text = name.to_string_lossy();
+        // What tools leave behind in a working copy is not part of the example.
+        if ["target", "logs", "dbt_packages", "__pycache__", ".venv"].contains(&name_text.as_ref()) {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(&name));
+        } else {
+            std::fs::copy(&path, to.join(&name)).expect("copy");
+        }
+    }
+}
+
 /// A real `offshoot serve` process on a free port, killed when dropped.
 pub struct Server {
     pub child: std::process::Child,
@@ -145,6 +199,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_offshoot"))
             .args(["serve", "--config", config.to_str().expect("utf-8 path")])
             .env_remove("OFFSHOOT_API_TOKEN")
+            .env("PATH", path_with_python_tools())
             .stdout(std::process::Stdio::null())
             .stderr(log_file)
             .spawn()

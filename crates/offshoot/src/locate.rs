@@ -1,0 +1,51 @@
+//! Loading a project for local commands through its code location: native projects straight
+//! from the commit's tree (or the working directory), dbt and Dagster projects by running their
+//! tool in a temporary checkout, as the server does.
+
+use std::path::{Path, PathBuf};
+
+use offshoot_location::LocationError;
+use offshoot_project::Project;
+use offshoot_repo::{GitRepository, WorkingDirectory};
+
+/// A temporary folder removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> std::io::Result<Scratch> {
+        let path = std::env::temp_dir().join(format!("offshoot-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(Scratch(path))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The tools' environment: the caller's PATH, and a warehouse for dbt's profile. Loading never
+/// connects; `OFFSHOOT_WAREHOUSE_URL` may name the real one.
+fn environment() -> Vec<(String, String)> {
+    let mut env = offshoot_location::base_environment();
+    let url = std::env::var("OFFSHOOT_WAREHOUSE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    env.push(("OFFSHOOT_WAREHOUSE_URL".to_owned(), url));
+    env.push(("OFFSHOOT_SCHEMA".to_owned(), "offshoot_cli".to_owned()));
+    env
+}
+
+pub fn load_commit(repo: &GitRepository, sha: &str) -> Result<Project, LocationError> {
+    let files = repo.files_at(sha).map_err(|e| LocationError::Tool(e.to_string()))?;
+    let scratch = Scratch::new(&format!("load-{}", &sha[..sha.len().min(12)])).map_err(|e| LocationError::Tool(e.to_string()))?;
+    let checkout_dir = scratch.0.join("checkout");
+    let checkout = || repo.export_tree(sha, &checkout_dir).map(|()| checkout_dir.clone()).map_err(|e| e.to_string());
+    offshoot_location::load_project(&files, checkout, &scratch.0.join("work"), &environment())
+}
+
+pub fn load_working_directory(root: &Path) -> Result<Project, LocationError> {
+    let files = WorkingDirectory::new(root.to_path_buf());
+    let scratch = Scratch::new("load-worktree").map_err(|e| LocationError::Tool(e.to_string()))?;
+    offshoot_location::load_project(&files, || Ok(root.to_path_buf()), &scratch.0.join("work"), &environment())
+}

@@ -1,0 +1,270 @@
+//! dbt and Dagster code locations end to end, with the real tools (tests/python/requirements.txt,
+//! installed by .ci/run): loading, change tracking across commits, building changed and
+//! downstream in a branch without touching production, and broken projects.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::server::{branch_target, commit_file, create_or_update, psql, wait_for_prod, Database};
+use crate::support::*;
+
+fn reasons_by_key(changes: &serde_json::Value) -> Vec<(String, Vec<String>)> {
+    let mut list: Vec<(String, Vec<String>)> = changes["changes"]["assets"]
+        .as_array()
+        .map(|a| a.iter().map(|c| (c["key"].as_str().unwrap_or("").to_owned(), c["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect())).collect())
+        .unwrap_or_default();
+    list.sort();
+    list
+}
+
+fn step_keys(run: &serde_json::Value) -> BTreeSet<String> {
+    run["steps"].as_array().expect("steps").iter().map(|s| s["asset_key"].as_str().expect("key").to_owned()).collect()
+}
+
+fn run_selection(server: &Server, deployment: &str, selection: &str) -> serde_json::Value {
+    let run = server.post(&format!("/api/v1/deployments/{deployment}/runs"), json!({ "selection": selection }));
+    server.wait_for_run(run["id"].as_i64().unwrap_or_else(|| panic!("no run: {run:#}")))
+}
+
+fn newest_revision(server: &Server, name: &str, sha: &str) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let revisions = server.get(&format!("/api/v1/deployments/{name}/revisions"));
+        let list = revisions["revisions"].as_array().cloned().or_else(|| revisions.as_array().cloned()).unwrap_or_default();
+        if let Some(revision) = list.into_iter().find(|r| r["commit"]["sha"] == sha && matches!(r["status"].as_str(), Some("ready" | "failed"))) {
+            return revision;
+        }
+        assert!(started.elapsed().as_secs() < 90, "{name} never finished deploying {sha}: {revisions:#}\n{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn dbt_project_branch_deployment_builds_changed_and_downstream_deferring_to_production() {
+    if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+        return;
+    }
+    python_tools();
+    let database = Database(format!("offshoot_dbt_{}", std::process::id()));
+    psql("postgres", &format!("CREATE DATABASE {}", database.0));
+    let url = format!("postgres://postgres@127.0.0.1:5432/{}", database.0);
+    let seed = Command::new("psql")
+        .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-f"])
+        .arg(workspace().join("examples/dbt_shop/data/seed_raw.sql"))
+        .output()
+        .expect("psql runs");
+    assert!(seed.status.success(), "{}", String::from_utf8_lossy(&seed.stderr));
+    let dir = TempDir::new("dbt");
+    let repo = dir.0.join("repo");
+    example_repo("dbt_shop", &repo);
+    let role = format!("offshoot_branch_dbt_{}", std::process::id());
+    let server = Server::start(&dir.0, &repo, &format!("warehouse_url = \"{url}\"\nbranch_role = \"{role}\""));
+
+    // Sources live outside Offshoot's schemas: branch builds run as the branch role, which reads
+    // them only when granted (README: "dbt projects").
+    psql(&database.0, &format!("GRANT USAGE ON SCHEMA shop_raw TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA shop_raw TO {role}"));
+
+    // Loading: dbt parse's manifest becomes the snapshot (models, seed, sources as `raw/...`).
+    let prod = wait_for_prod(&server, &repo);
+    assert!(prod["current_revision"]["asset_count"].as_u64().expect("count") >= 10, "{prod:#}");
+    let source = server.get("/api/v1/deployments/prod/assets/raw%2Forders");
+    assert_eq!(source["key"], "raw/orders", "{source:#}");
+    let model = server.get("/api/v1/deployments/prod/assets/stg_orders");
+    assert!(model["code"].as_str().unwrap_or("").contains("source('raw', 'orders')"), "{model:#}");
+
+    // Production builds everything with `dbt build`.
+    let run = run_selection(&server, "prod", "key:*");
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+    let checksum = || psql(&database.0, "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM shop__prod.customer_orders AS t");
+    let before = checksum();
+
+    // A branch changes one staging model: CODE_VERSION for it, its downstream impacted.
+    git(&repo, &["branch", "feature/no-shipping", "main"]);
+    let stg_orders = std::fs::read_to_string(repo.join("models/staging/stg_orders.sql")).expect("read");
+    let changed = stg_orders.replace("(shipping_cents / 100.0)::numeric(12, 2) as shipping_amount", "0::numeric(12, 2) as shipping_amount");
+    assert_ne!(changed, stg_orders, "the example's stg_orders changed shape; update this test");
+    let sha = commit_file(&repo, "feature/no-shipping", "models/staging/stg_orders.sql", &changed, "Drop shipping");
+    let name = create_or_update(&server, "feature/no-shipping", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let changes = server.get(&format!("/api/v1/deployments/{name}/changes"));
+    assert_eq!(reasons_by_key(&changes), vec![("stg_orders".to_owned(), vec!["CODE_VERSION".to_owned()])], "{changes:#}");
+    let impacted: BTreeSet<String> = changes["changes"]["impacted"].as_array().expect("impacted").iter().map(|i| i["key"].as_str().expect("key").to_owned()).collect();
+    assert!(impacted.contains("order_payments") && !impacted.contains("stg_customers"), "{impacted:?}");
+
+    // Changed and downstream: exactly those build in the branch schema; the rest is read from
+    // production through dbt's --defer.
+    let run = run_selection(&server, &name, "changed_in_branch:ANY+");
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+    let built = step_keys(&run);
+    let mut expected: BTreeSet<String> = impacted.clone();
+    expected.insert("stg_orders".to_owned());
+    assert_eq!(built, expected);
+    let schema = branch_target(&name).schema;
+    let tables: BTreeSet<String> = psql(&database.0, &format!("SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'"))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(tables, expected, "the branch schema holds what the run built, nothing else");
+    assert_eq!(checksum(), before, "production is unchanged");
+    let branch_shipping = psql(&database.0, &format!("SELECT count(*) FROM \"{schema}\".stg_orders WHERE shipping_amount <> 0"));
+    assert_eq!(branch_shipping, "0");
+
+    // A tag-only edit is a TAGS change and impacts nothing.
+    let schema_yml = std::fs::read_to_string(repo.join("models/marts/schema.yml")).expect("read");
+    let tagged = schema_yml.replacen("owner: \"finance@example.com\"\n      tags: [\"finance\"]", "owner: \"finance@example.com\"\n      tags: [\"finance\", \"reviewed\"]", 1);
+    assert_ne!(tagged, schema_yml, "the example's marts/schema.yml changed shape; update this test");
+    let sha = commit_file(&repo, "feature/no-shipping", "models/marts/schema.yml", &tagged, "Tag revenue_daily");
+    create_or_update(&server, "feature/no-shipping", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let changes = server.get(&format!("/api/v1/deployments/{name}/changes"));
+    assert_eq!(
+        reasons_by_key(&changes),
+        vec![("revenue_daily".to_owned(), vec!["TAGS".to_owned()]), ("stg_orders".to_owned(), vec!["CODE_VERSION".to_owned()])],
+        "{changes:#}"
+    );
+
+    // A broken project fails the revision with dbt's own message; the previous one keeps serving.
+    git(&repo, &["branch", "feature/broken", "main"]);
+    let broken = stg_orders.replace("{{ source('raw', 'orders') }}", "{{ source('raw', 'orders' }}");
+    let sha_broken = commit_file(&repo, "feature/broken", "models/staging/stg_orders.sql", &broken, "Break the Jinja");
+    let broken_name = create_or_update(&server, "feature/broken", &sha_broken);
+    let revision = newest_revision(&server, &broken_name, &sha_broken);
+    assert_eq!(revision["status"], "failed", "{revision:#}");
+    let diagnostics = revision["diagnostics"].to_string();
+    assert!(diagnostics.contains("models/staging/stg_orders.sql") && diagnostics.contains("Compilation Error"), "{revision:#}");
+
+    server.post(&format!("/api/v1/deployments/{name}/close"), json!({}));
+    assert_eq!(psql(&database.0, &format!("SELECT count(*) FROM information_schema.schemata WHERE schema_name = '{schema}'")), "0");
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "", "checkouts never touch the repository's own index or files");
+    drop(server);
+    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
+    psql("postgres", &format!("DROP ROLE IF EXISTS {role}"));
+}
+
+/// Dagster's own differ on two checkouts of a Dagster project: key → reasons.
+fn dagster_reasons(base: &Path, head: &Path, module: &str) -> Vec<(String, Vec<String>)> {
+    let output = Command::new(python_tools().join("bin/python"))
+        .arg(workspace().join("crates/offshoot-location/python/dagster_differ.py"))
+        .args([base, head])
+        .arg(module)
+        .output()
+        .expect("python runs");
+    assert!(output.status.success(), "dagster_differ.py: {}", String::from_utf8_lossy(&output.stderr));
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&output.stdout).expect("json");
+    let mut list: Vec<(String, Vec<String>)> = map
+        .into_iter()
+        .map(|(k, v)| {
+            let mut reasons: Vec<String> = v.as_array().expect("list").iter().map(|r| r.as_str().expect("reason").to_owned()).collect();
+            reasons.sort();
+            (k, reasons)
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+/// A table of the SQLite warehouse as sorted text rows (Python's sqlite3, as the example uses).
+fn sqlite_rows(file: &Path, sql: &str) -> Vec<String> {
+    let output = Command::new("python3")
+        .args(["-c", "import sqlite3, sys\nfor row in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]): print('|'.join(map(str, row)))"])
+        .arg(file)
+        .arg(sql)
+        .output()
+        .expect("python3 runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut rows: Vec<String> = String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
+    rows.sort();
+    rows
+}
+
+const DEPLOYMENT_ENV_ASSET: &str = r#"
+
+@dg.asset(group_name="marts", kinds={"python"})
+def deployment_env(warehouse: Warehouse) -> dg.MaterializeResult:
+    """Which deployment built this, as Dagster+ code reads it."""
+    import os
+
+    names = ["DAGSTER_CLOUD_DEPLOYMENT_NAME", "DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT", "DAGSTER_CLOUD_GIT_SHA"]
+    rows = warehouse.load_rows("deployment_env", [("name", "TEXT"), ("value", "TEXT")], [(n, os.environ.get(n, "")) for n in names])
+    return dg.MaterializeResult(metadata={"dagster/row_count": rows})
+"#;
+
+#[test]
+fn dagster_project_branch_deployment_tracks_changes_like_dagster_and_builds_in_its_own_schema() {
+    let tools = python_tools();
+    let dir = TempDir::new("dagster");
+    let repo = dir.0.join("repo");
+    example_repo("dagster_shop", &repo);
+    let server = Server::start(&dir.0, &repo, "");
+
+    // Loading: the entry point's asset specs, with path keys and external assets as sources.
+    let prod = wait_for_prod(&server, &repo);
+    assert_eq!(prod["current_revision"]["asset_count"], 9, "{prod:#}");
+    let raw = server.get("/api/v1/deployments/prod/assets/raw%2Forders");
+    assert_eq!(raw["key"], "raw/orders", "{raw:#}");
+    let run = run_selection(&server, "prod", "key:*");
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+    let production_file = server.data_dir.join("warehouse/shop__prod.db");
+    let production_before = sqlite_rows(&production_file, "SELECT * FROM fct_orders");
+    assert!(!production_before.is_empty());
+
+    // A branch bumps a code version, edits metadata and adds an asset.
+    git(&repo, &["branch", "feature/clv", "main"]);
+    let staging = std::fs::read_to_string(repo.join("dagster_shop/staging.py")).expect("read");
+    let marts = std::fs::read_to_string(repo.join("dagster_shop/marts.py")).expect("read");
+    let staging_changed = staging.replacen("code_version=\"2\"", "code_version=\"3\"", 1);
+    let marts_changed = marts.replacen("\"lookback_days\": 365", "\"lookback_days\": 730", 1) + DEPLOYMENT_ENV_ASSET;
+    assert!(staging_changed != staging && !marts_changed.contains("365}"), "the example changed shape; update this test");
+    commit_file(&repo, "feature/clv", "dagster_shop/staging.py", &staging_changed, "Version stg_orders");
+    let sha = commit_file(&repo, "feature/clv", "dagster_shop/marts.py", &marts_changed, "Longer lookback, deployment_env");
+    let name = create_or_update(&server, "feature/clv", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let ours = reasons_by_key(&server.get(&format!("/api/v1/deployments/{name}/changes")));
+
+    // The same reasons as Dagster's own differ (AssetGraphDiffer) on the same two commits.
+    let base_dir = dir.0.join("base");
+    let head_dir = dir.0.join("head");
+    git(&dir.0, &["clone", "-q", "--branch", "main", repo.to_str().expect("utf-8"), base_dir.to_str().expect("utf-8")]);
+    git(&dir.0, &["clone", "-q", "--branch", "feature/clv", repo.to_str().expect("utf-8"), head_dir.to_str().expect("utf-8")]);
+    let dagsters = dagster_reasons(&base_dir, &head_dir, "dagster_shop.definitions");
+    assert_eq!(ours, dagsters);
+    assert_eq!(
+        ours,
+        vec![
+            ("customer_lifetime_value".to_owned(), vec!["METADATA".to_owned()]),
+            ("deployment_env".to_owned(), vec!["NEW".to_owned()]),
+            ("stg_orders".to_owned(), vec!["CODE_VERSION".to_owned()]),
+        ]
+    );
+
+    // Changed and downstream build in the branch's own file; production reads stay production's.
+    let run = run_selection(&server, &name, "changed_in_branch:ANY+");
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+    let built = step_keys(&run);
+    assert!(built.contains("stg_orders") && built.contains("fct_orders") && built.contains("deployment_env") && !built.contains("stg_customers"), "{built:?}");
+    let branch_file = server.data_dir.join(format!("warehouse/{}.db", branch_target(&name).schema));
+    let tables: BTreeSet<String> = sqlite_rows(&branch_file, "SELECT name FROM sqlite_master WHERE type = 'table'").into_iter().collect();
+    assert_eq!(tables, built, "the branch holds exactly what the run built");
+    assert_eq!(sqlite_rows(&production_file, "SELECT * FROM fct_orders"), production_before, "production is unchanged");
+    // Code that switches on Dagster+'s variables sees a branch deployment.
+    assert_eq!(
+        sqlite_rows(&branch_file, "SELECT name, value FROM deployment_env"),
+        vec![format!("DAGSTER_CLOUD_DEPLOYMENT_NAME|{name}"), format!("DAGSTER_CLOUD_GIT_SHA|{sha}"), "DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT|1".to_owned()]
+    );
+
+    // A Python import error fails the revision with Python's own message at the file.
+    git(&repo, &["branch", "feature/broken", "main"]);
+    let broken = staging.replacen("import dagster as dg\n", "import dagster as dg\nimport no_such_module\n", 1);
+    let sha_broken = commit_file(&repo, "feature/broken", "dagster_shop/staging.py", &broken, "Import a missing module");
+    let broken_name = create_or_update(&server, "feature/broken", &sha_broken);
+    let revision = newest_revision(&server, &broken_name, &sha_broken);
+    assert_eq!(revision["status"], "failed", "{revision:#}");
+    let diagnostic = &revision["diagnostics"][0];
+    assert_eq!(diagnostic["path"], "dagster_shop/staging.py", "{revision:#}");
+    assert!(diagnostic["message"].as_str().unwrap_or("").contains("No module named 'no_such_module'"), "{revision:#}");
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    let _ = tools;
+}

@@ -1,0 +1,1 @@
+"""A web shop's analytics pipeline on Dagster: see README.md."""
