@@ -36,6 +36,8 @@ pub struct CatalogQuery {
 pub struct GraphNodeJson {
     key: String,
     kind: &'static str,
+    /// What it is made with (`dbt`, `postgres`, `python`...).
+    kinds: Vec<String>,
     group: String,
     description: Option<String>,
     deps: Vec<String>,
@@ -81,7 +83,8 @@ impl DataLocations {
     }
 
     fn of(&self, key: &AssetKey, is_source: bool) -> &'static str {
-        let key = key.as_str();
+        // A path key's table (a Dagster asset's) is named like its last part.
+        let key = key.parts().last().unwrap_or_default();
         if is_source {
             return "production";
         }
@@ -119,6 +122,7 @@ async fn graph(State(state): State<SharedState>, _: Reader, Path(name): Path<Str
         .map(|asset| GraphNodeJson {
             key: asset.key.to_string(),
             kind: asset.kind.as_str(),
+            kinds: asset.kinds.iter().cloned().collect(),
             group: asset.group.clone(),
             description: asset.description.clone(),
             deps: asset.deps.iter().map(|d| d.to_string()).collect(),
@@ -168,6 +172,7 @@ fn materialization_json(m: &Materialization) -> MaterializationJson {
 pub struct AssetJson {
     key: String,
     kind: &'static str,
+    kinds: Vec<String>,
     group: String,
     description: Option<String>,
     path: String,
@@ -209,6 +214,7 @@ async fn asset(State(state): State<SharedState>, _: Reader, Path((name, key)): P
     Ok(Json(AssetJson {
         key: asset.key.to_string(),
         kind: asset.kind.as_str(),
+        kinds: asset.kinds.iter().cloned().collect(),
         group: asset.group.clone(),
         description: asset.description.clone(),
         path: asset.location.path.clone(),

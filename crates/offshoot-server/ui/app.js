@@ -87,6 +87,10 @@ function ErrorBox({ error }) {
   return html`<p class="error" role="alert">${error.message}${error.code ? ' (' + error.code + ')' : ''}</p>`;
 }
 
+// An asset's kind as people say it: "sql", "command", or what a dbt or Dagster asset is made with.
+const kindLabel = (a) => (a.kind === 'tool' && a.kinds && a.kinds.length ? a.kinds.join(', ') : a.kind);
+const codeLanguage = (a) => (a.kind === 'sql' || (a.kinds || []).includes('dbt') ? 'sql' : a.kind === 'command' ? 'shell' : 'plaintext');
+
 function Highlighted({ code, language }) {
   const highlighted = useMemo(() => (hljs.getLanguage(language) ? hljs.highlight(code || '', { language }).value : null), [code, language]);
   if (highlighted === null) return html`<pre><code>${code}</code></pre>`;
@@ -177,7 +181,7 @@ function AssetTable({ assets, highlight, base }) {
   return html`<table aria-label="Assets">
     <thead><tr><th>Asset</th><th>Group</th><th>Kind</th><th>Change</th><th>Data read from</th><th>Upstream</th></tr></thead>
     <tbody>${rows.map((a) => html`<tr data-asset=${a.key}>
-      <td><a href=${base + '/a/' + enc(a.key)}>${a.key}</a></td><td>${a.group}</td><td>${a.kind}</td>
+      <td><a href=${base + '/a/' + enc(a.key)}>${a.key}</a></td><td>${a.group}</td><td>${kindLabel(a)}</td>
       <td><${ChangeBadge} asset=${a} /></td>
       <td>${a.data === 'branch' ? 'this branch' : a.data === 'production' ? 'production' : html`<span class="note">not built</span>`}</td>
       <td>${a.deps.length}</td></tr>`)}</tbody>
@@ -296,7 +300,7 @@ function Asset({ repository, name, assetKey }) {
     <p class="sub">${asset.description || ''}</p>
     <dl class="kv">
       <dt>Reads come from</dt><dd>${source}</dd>
-      <dt>Kind · group</dt><dd>${asset.kind} · ${asset.group}</dd>
+      <dt>Kind · group</dt><dd>${kindLabel(asset)} · ${asset.group}</dd>
       <dt>Defined in</dt><dd class="mono">${asset.path}</dd>
       <dt>Code version</dt><dd class="mono">${asset.code_version_derived ? 'derived ' + asset.code_version.slice(0, 12) : asset.code_version}</dd>
       ${asset.partitions ? html`<dt>Partitions</dt><dd>${asset.partitions}</dd>` : ''}
@@ -313,7 +317,7 @@ function Asset({ repository, name, assetKey }) {
       <${MapChanges} label="Metadata" change=${change.details.metadata} />
     </section>` : ''}
     <h2>Definition</h2>
-    ${asset.kind === 'source' ? html`<p class="note">A source: read from production, never built by Offshoot.</p>` : html`<${Highlighted} code=${asset.code} language=${asset.kind === 'sql' ? 'sql' : 'shell'} />`}
+    ${asset.kind === 'source' ? html`<p class="note">A source: read from production, never built by Offshoot.</p>` : html`<${Highlighted} code=${asset.code} language=${codeLanguage(asset)} />`}
     <div class="grid2">
       <${History} title="Materializations in this deployment" rows=${asset.materializations} />
       ${asset.production_materializations.length || name !== 'prod' ? html`<${History} title="Materializations in production" rows=${asset.production_materializations} />` : ''}

@@ -301,7 +301,7 @@ impl Warehouse for PostgresWarehouse {
         self.require_own_schema(target).await?;
         let names: Vec<String> = sqlx::query_scalar(
             "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm')",
         )
         .bind(target.schema.as_str())
         .fetch_all(&self.pool)

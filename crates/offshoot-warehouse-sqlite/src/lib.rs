@@ -191,7 +191,7 @@ impl Warehouse for SqliteWarehouse {
     async fn own_tables(&self, target: &Target) -> WarehouseResult<Vec<String>> {
         let mut connection = self.connect(target, WhenMissing::Fail).await?;
         let result = sqlx::query_scalar::<_, String>(
-            "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+            "SELECT name FROM main.sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
         )
         .fetch_all(&mut connection)
         .await

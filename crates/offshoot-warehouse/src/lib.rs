@@ -51,7 +51,7 @@ pub trait Warehouse: Send + Sync + 'static {
     /// at least `OFFSHOOT_WAREHOUSE_URL` and `OFFSHOOT_SCHEMA`.
     fn command_environment(&self, target: &Target) -> Vec<(String, String)>;
 
-    /// Tables the target's schema owns (for a branch: what it built itself), sorted.
+    /// Tables and views the target's schema owns (for a branch: what it built itself), sorted.
     async fn own_tables(&self, target: &Target) -> WarehouseResult<Vec<String>>;
 
     /// Rows of `table` as the target sees it (branch first, then production); `None` if absent.

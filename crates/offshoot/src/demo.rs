@@ -26,55 +26,155 @@ pub struct Args {
     /// Stop after the demo is set up instead of serving until Ctrl-C.
     #[arg(long)]
     exit: bool,
+    /// Which example: `shop` (native SQL, embedded), `dagster_shop` (needs Dagster in the Python on
+    /// PATH) or `dbt_shop` (needs dbt on PATH and --warehouse-url); the last two are read from
+    /// the source checkout's examples/ folder.
+    #[arg(long, default_value = "shop")]
+    example: String,
+    /// A PostgreSQL warehouse (postgres://...) instead of the embedded SQLite one; dbt_shop needs it.
+    #[arg(long)]
+    warehouse_url: Option<String>,
 }
 
 pub const FEATURE_BRANCH: &str = "feature/eur-revenue";
+
+/// An example the demo deploys: main's files, a feature branch's, and what to say about them.
+struct Example {
+    name: &'static str,
+    main: offshoot_repo::write::Tree,
+    feature_branch: &'static str,
+    feature: offshoot_repo::write::Tree,
+    feature_message: &'static str,
+    /// main's commit after the fork, when the example has one.
+    main_after_fork: Option<offshoot_repo::write::Tree>,
+    note: &'static str,
+}
+
+impl Example {
+    fn named(name: &str) -> anyhow::Result<Example> {
+        Ok(match name {
+            "shop" => {
+                let main = shop::main_tree();
+                Example {
+                    name: "shop",
+                    feature_branch: FEATURE_BRANCH,
+                    feature: shop::feature_tree(main.clone()),
+                    feature_message: "Revenue in EUR: skip unpaid orders, weekly revenue",
+                    main_after_fork: Some(shop::main_after_fork(main.clone())),
+                    main,
+                    note: "(stg_orders was only reformatted and stg_payments changed on main after the fork: neither is the branch's change.)",
+                }
+            }
+            "dagster_shop" => {
+                let main = example_files("dagster_shop")?;
+                let feature = edited(&main, &[
+                    ("dagster_shop/staging.py", "code_version=\"2\"", "code_version=\"3\""),
+                    ("dagster_shop/marts.py", "\"lookback_days\": 365", "\"lookback_days\": 730"),
+                ])?;
+                Example { name: "dagster_shop", main, feature_branch: "feature/clv-lookback", feature, feature_message: "stg_orders v3, two-year lifetime value lookback", main_after_fork: None, note: "" }
+            }
+            "dbt_shop" => {
+                let main = example_files("dbt_shop")?;
+                let feature = edited(&main, &[(
+                    "models/staging/stg_orders.sql",
+                    "(shipping_cents / 100.0)::numeric(12, 2) as shipping_amount",
+                    "round(shipping_cents / 100.0, 2)::numeric(12, 2) as shipping_amount",
+                )])?;
+                Example { name: "dbt_shop", main, feature_branch: "feature/round-shipping", feature, feature_message: "Round shipping amounts", main_after_fork: None, note: "" }
+            }
+            other => bail!("unknown example `{other}`: use shop, dagster_shop or dbt_shop"),
+        })
+    }
+}
+
+/// The files of `examples/NAME` in the source checkout this binary was built from.
+fn example_files(name: &str) -> anyhow::Result<offshoot_repo::write::Tree> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name);
+    let mut tree = offshoot_repo::write::Tree::new();
+    let mut pending = vec![root.clone()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {} (the {name} example is read from the source checkout)", dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if ["target", "logs", "dbt_packages", "__pycache__", ".venv"].contains(&file_name) {
+                continue;
+            }
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(&root).expect("under the root").to_string_lossy().replace('\\', "/");
+                tree.insert(relative, std::fs::read(&path)?);
+            }
+        }
+    }
+    Ok(tree)
+}
+
+fn edited(tree: &offshoot_repo::write::Tree, edits: &[(&str, &str, &str)]) -> anyhow::Result<offshoot_repo::write::Tree> {
+    let mut tree = tree.clone();
+    for (path, from, to) in edits {
+        let text = String::from_utf8(tree.get(*path).with_context(|| format!("the example has no {path}"))?.clone())?;
+        anyhow::ensure!(text.contains(from), "the example's {path} changed; the demo's edit no longer applies");
+        tree.insert((*path).to_owned(), text.replacen(from, to, 1).into_bytes());
+    }
+    Ok(tree)
+}
 const AUTHOR: (&str, &str) = ("Dana Demo", "dana@shop.example");
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if args.dir.exists() && std::fs::read_dir(&args.dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} already exists and is not empty; remove it or pass --dir", args.dir.display());
     }
+    let example = Example::named(&args.example)?;
+    if example.name == "dbt_shop" && !args.warehouse_url.as_deref().is_some_and(|u| u.starts_with("postgres")) {
+        bail!("the dbt_shop example needs PostgreSQL: pass --warehouse-url postgres://USER@HOST:PORT/DATABASE (dbt has no adapter for the embedded SQLite warehouse)");
+    }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
-    build_repository(&dir)?;
-    print_change_set(&dir)?;
+    build_repository(&dir, &example)?;
+    if let Some(url) = &args.warehouse_url {
+        // Local loads (the change set printed below) give dbt's profile this warehouse.
+        std::env::set_var("OFFSHOOT_WAREHOUSE_URL", url);
+    }
+    print_change_set(&dir, &example)?;
 
     let config = demo_config(&dir)?;
     let token = serve::generated_token(&config.data_dir.join("api-token"))?;
     let mut config = config;
     config.api_tokens = vec![token];
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async move { run_server(config, &args.listen, args.exit, &dir).await })
+    runtime.block_on(async move { run_server(config, &args.listen, args.exit, &dir, &example, args.warehouse_url.as_deref()).await })
 }
 
-fn build_repository(dir: &std::path::Path) -> anyhow::Result<()> {
+fn build_repository(dir: &std::path::Path, example: &Example) -> anyhow::Result<()> {
     let repo = GitRepository::init(dir, "main")?;
-    let main_tree = shop::main_tree();
-    repo.commit_tree("main", None, &main_tree, "Shop analytics pipeline", AUTHOR)?;
-    let feature = shop::feature_tree(main_tree.clone());
-    repo.commit_tree(FEATURE_BRANCH, Some("main"), &feature, "Revenue in EUR: skip unpaid orders, weekly revenue", AUTHOR)?;
-    repo.commit_tree("main", None, &shop::main_after_fork(main_tree), "Count settled payments too", AUTHOR)?;
+    repo.commit_tree("main", None, &example.main, &format!("The {} pipeline", example.name), AUTHOR)?;
+    repo.commit_tree(example.feature_branch, Some("main"), &example.feature, example.feature_message, AUTHOR)?;
+    if let Some(after) = &example.main_after_fork {
+        repo.commit_tree("main", None, after, "Count settled payments too", AUTHOR)?;
+    }
     repo.checkout("main")?;
     // The server's data lives in DIR/.offshoot; keep it out of `git add -A` in the demo repository.
     std::fs::write(dir.join(".git/info/exclude"), ".offshoot/\n").context("writing .git/info/exclude")?;
     Ok(())
 }
 
-fn print_change_set(dir: &std::path::Path) -> anyhow::Result<()> {
+fn print_change_set(dir: &std::path::Path, example: &Example) -> anyhow::Result<()> {
+    let feature_branch = example.feature_branch;
     let repo = GitRepository::open(dir)?;
     let base_tip = repo.resolve("main")?;
-    let head = repo.resolve(FEATURE_BRANCH)?;
+    let head = repo.resolve(feature_branch)?;
     let compared = repo.merge_base(&base_tip.sha, &head.sha)?;
-    let base = crate::diff::load(&repo, &compared, "main")?.context("the embedded example is valid")?;
-    let head_project = crate::diff::load(&repo, &head, FEATURE_BRANCH)?.context("the demo branch is valid")?;
+    let base = crate::diff::load(&repo, &compared, "main")?.context("the example is valid")?;
+    let head_project = crate::diff::load(&repo, &head, feature_branch)?.context("the demo branch is valid")?;
     let changes = diff(&base.snapshot, &head_project.snapshot);
     let comparison = Comparison {
         base_rev: "main",
         base_tip: &base_tip,
         compared: &compared,
         against: "merge-base",
-        head_rev: FEATURE_BRANCH,
+        head_rev: feature_branch,
         head: &head,
         changes: &changes,
     };
@@ -84,10 +184,16 @@ fn print_change_set(dir: &std::path::Path) -> anyhow::Result<()> {
         .iter()
         .map(|k| k.to_string())
         .collect();
-    println!("Created the demo repository {}: `main` holds the shop pipeline,", dir.display());
-    println!("`{FEATURE_BRANCH}` changes it, and `main` moved on after the branch forked.\n");
+    println!("Created the demo repository {}: `main` holds the {} pipeline,", dir.display(), example.name);
+    if example.main_after_fork.is_some() {
+        println!("`{feature_branch}` changes it, and `main` moved on after the branch forked.\n");
+    } else {
+        println!("`{feature_branch}` changes it.\n");
+    }
     print!("{}", report::text(&comparison));
-    println!("(stg_orders was only reformatted and stg_payments changed on main after the fork: neither is the branch's change.)");
+    if !example.note.is_empty() {
+        println!("{}", example.note);
+    }
     println!("\n`changed_in_branch:ANY+` selects: {}\n", selected.join(", "));
     Ok(())
 }
@@ -106,17 +212,37 @@ fn demo_config(dir: &std::path::Path) -> anyhow::Result<ServerConfig> {
     Ok(config)
 }
 
-async fn run_server(mut config: ServerConfig, listen: &str, exit: bool, dir: &std::path::Path) -> anyhow::Result<Outcome> {
+async fn run_server(
+    mut config: ServerConfig,
+    listen: &str,
+    exit: bool,
+    dir: &std::path::Path,
+    example: &Example,
+    warehouse_url: Option<&str>,
+) -> anyhow::Result<Outcome> {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a local port")?,
     };
     let address = listener.local_addr()?;
     config.public_url = format!("http://{address}");
-    let (state, warehouse) = serve::embedded_state(config.clone()).await?;
     let repository = config.repositories[0].name.clone();
     let production = SchemaName::for_deployment(&repository, &DeploymentName::production());
-    warehouse.execute_production_script(&production, shop::SEED_SQL).await.context("seeding the production warehouse")?;
+    let state = match warehouse_url {
+        None => {
+            let (state, warehouse) = serve::embedded_state(config.clone()).await?;
+            if example.name == "shop" {
+                warehouse.execute_production_script(&production, shop::SEED_SQL).await.context("seeding the production warehouse")?;
+            }
+            state
+        }
+        Some(url) => {
+            let backends = serve::Backends { metadata_url: None, warehouse_url: Some(url.to_owned()), branch_role: None };
+            let state = serve::state_for(config.clone(), &backends).await?;
+            seed_postgres(url, &production, example).await?;
+            state
+        }
+    };
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(offshoot_server::serve(state.clone(), listener, async move {
@@ -126,11 +252,12 @@ async fn run_server(mut config: ServerConfig, listen: &str, exit: bool, dir: &st
         }
     }));
 
-    println!("Offshoot is serving on http://{address} (embedded SQLite store and warehouse in {}).", config.data_dir.display());
+    let backends = if warehouse_url.is_some() { "embedded SQLite store, PostgreSQL warehouse" } else { "embedded SQLite store and warehouse" };
+    println!("Offshoot is serving on http://{address} ({backends} in {}).", config.data_dir.display());
     let prod = wait_ready(&state, &repository, None).await?;
     let prod_run = materialize(&state, &prod, "key:*").await?;
     report_run(&state, "prod", &prod_run).await?;
-    let branch = wait_ready(&state, &repository, Some(FEATURE_BRANCH)).await?;
+    let branch = wait_ready(&state, &repository, Some(example.feature_branch)).await?;
     let branch_run = materialize(&state, &branch, "changed_in_branch:ANY+").await?;
     report_run(&state, branch.name.as_str(), &branch_run).await?;
 
@@ -140,12 +267,16 @@ async fn run_server(mut config: ServerConfig, listen: &str, exit: bool, dir: &st
     println!("  http://{address}/api/v1/deployments                          both deployments, their revisions and change counts");
     println!("  http://{address}/api/v1/deployments/{}/changes  why each asset changed, with code diffs", branch.name);
     println!("  http://{address}/api/v1/runs/{}                                  the branch run: only changed assets and their downstream", branch_run.id.0);
-    println!("  {}/warehouse/  one SQLite file per deployment; the branch file holds only what it rebuilt", config.data_dir.display());
+    if warehouse_url.is_none() {
+        println!("  {}/warehouse/  one SQLite file per deployment; the branch file holds only what it rebuilt", config.data_dir.display());
+    } else {
+        println!("  schema {production} and shop__{}: the branch schema holds only what it rebuilt", branch.name);
+    }
     println!("\nTry the CLI against it:");
     println!("  export OFFSHOOT_URL=http://{address} OFFSHOOT_API_TOKEN=$(cat {})", token_file.display());
     println!("  offshoot deployment list");
     println!("  offshoot deployment status {}", branch.name);
-    println!("  offshoot materialize --deployment {} --select 'key:weekly_revenue+' --wait", branch.name);
+    println!("  offshoot materialize --deployment {} --select 'changed_in_branch:ANY+' --wait", branch.name);
     println!("  git -C {} checkout -b feature/another && (edit, commit): a new branch deployment appears", dir.display());
     if exit {
         let _ = stop.send(());
@@ -154,6 +285,24 @@ async fn run_server(mut config: ServerConfig, listen: &str, exit: bool, dir: &st
     }
     server.await.context("the server task")??;
     Ok(Outcome::Ok)
+}
+
+/// The examples' source data on PostgreSQL, readable by the branch role (sources live outside
+/// Offshoot's schemas: README.md, "dbt projects").
+async fn seed_postgres(url: &str, production: &SchemaName, example: &Example) -> anyhow::Result<()> {
+    let script = match example.name {
+        "shop" => include_str!("../../../examples/shop/data/seed_postgres.sql").to_owned(),
+        "dbt_shop" => {
+            let role = offshoot_warehouse_postgres::PostgresWarehouseOptions::default().branch_role;
+            let seed = String::from_utf8(example.main.get("data/seed_raw.sql").context("dbt_shop has data/seed_raw.sql")?.clone())?;
+            format!("{seed}\nGRANT USAGE ON SCHEMA shop_raw TO {role};\nGRANT SELECT ON ALL TABLES IN SCHEMA shop_raw TO {role};\n")
+        }
+        _ => return Ok(()),
+    };
+    let warehouse = offshoot_warehouse_postgres::PostgresWarehouse::connect(url, Default::default()).await.context("connecting to the PostgreSQL warehouse")?;
+    warehouse.execute_production_script(production, &script).await.context("seeding the production warehouse")?;
+    warehouse.close().await;
+    Ok(())
 }
 
 /// Waits until the deployment (prod, or the branch's) serves a ready revision.
