@@ -1,7 +1,7 @@
 //! The selection language, a Dagster-compatible subset:
 //!
 //! ```text
-//! key:orders   key:stg_*   group:marts   tag:tier=gold   tag:pii   kind:sql
+//! key:orders   key:stg_*   group:marts   tag:tier=gold   tag:pii   kind:sql   kind:dbt
 //! changed_in_branch:ANY   changed_in_branch:CODE_VERSION   orders (a bare key)
 //! +sel  2+sel  sel+  sel+1   a and b   a or b   not a   (a or b) and not c
 //! ```
@@ -314,7 +314,7 @@ impl Selection {
         match self {
             Selection::Key(pattern) => filter(&|a| glob_match(pattern, a.key.as_str())),
             Selection::Group(group) => filter(&|a| glob_match(group, &a.group)),
-            Selection::Kind(kind) => filter(&|a| a.kind.as_str() == kind),
+            Selection::Kind(kind) => filter(&|a| a.kind.as_str() == kind || a.kinds.contains(kind.as_str())),
             Selection::Tag { key, value } => filter(&|a| match (a.tags.get(key), value) {
                 (Some(actual), Some(wanted)) => actual == wanted,
                 (Some(_), None) => true,

@@ -562,6 +562,59 @@ mod tests {
         assert!(connection_variables("sqlite:///tmp/x.db").unwrap_err().contains("PostgreSQL"));
     }
 
+    fn manifest(orders_tags: &str, orders_sql: &str) -> DbtManifest {
+        let text = format!(
+            r#"{{"metadata": {{"adapter_type": "postgres"}},
+            "sources": {{"source.shop.raw.orders": {{"source_name": "raw", "name": "orders", "original_file_path": "models/sources.yml", "meta": {{"owner": "ops@x"}}}}}},
+            "nodes": {{
+              "model.shop.stg_orders": {{"resource_type": "model", "name": "stg_orders", "original_file_path": "models/staging/stg_orders.sql",
+                "fqn": ["shop", "staging", "stg_orders"], "checksum": {{"checksum": "{orders_sql}"}}, "tags": {orders_tags},
+                "config": {{"materialized": "view"}}, "unrendered_config": {{"materialized": "view", "tags": {orders_tags}}},
+                "depends_on": {{"nodes": ["source.shop.raw.orders", "macro.dbt.x"]}}, "raw_code": "select * from {{{{ source('raw', 'orders') }}}}"}},
+              "model.shop.dim.v2": {{"resource_type": "model", "name": "dim", "version": 2, "original_file_path": "models/dim_v2.sql",
+                "fqn": ["shop", "dim"], "checksum": {{"checksum": "c2"}}, "depends_on": {{"nodes": ["model.shop.stg_orders", "seed.shop.codes"]}}}},
+              "seed.shop.codes": {{"resource_type": "seed", "name": "codes", "original_file_path": "seeds/codes.csv", "checksum": {{"checksum": "c3"}}}},
+              "test.shop.not_null_stg_orders_id.abc": {{"resource_type": "test", "name": "not_null_stg_orders_id", "depends_on": {{"nodes": ["model.shop.stg_orders"]}}}}
+            }}}}"#
+        );
+        serde_json::from_str(&text).expect("a manifest")
+    }
+
+    #[test]
+    fn manifest_to_snapshot() {
+        let snapshot = snapshot_from_manifest(&manifest("[\"pii\"]", "c1"), "transform", Path::new("/nonexistent")).expect("valid");
+        let keys: Vec<&str> = snapshot.assets().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, ["codes", "dim_v2", "raw/orders", "stg_orders"]);
+        let stg = snapshot.get(&AssetKey::new("stg_orders").unwrap()).unwrap();
+        assert_eq!(stg.kind, AssetKind::Tool);
+        assert_eq!(stg.group, "staging");
+        assert_eq!(stg.deps.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["raw/orders"]);
+        assert_eq!(stg.location.path, "transform/models/staging/stg_orders.sql");
+        assert_eq!(stg.tags.get("pii").map(String::as_str), Some(""));
+        assert!(stg.kinds.contains("dbt") && stg.kinds.contains("postgres"));
+        let dim = snapshot.get(&AssetKey::new("dim_v2").unwrap()).unwrap();
+        assert_eq!(selector(dim), "dim.v2");
+        assert_eq!(dim.deps.len(), 2);
+        let source = snapshot.get(&AssetKey::new("raw/orders").unwrap()).unwrap();
+        assert_eq!((source.kind, source.owners.clone()), (AssetKind::Source, vec!["ops@x".to_owned()]));
+
+        // Tags do not change the code version; the file's checksum does.
+        let retagged = snapshot_from_manifest(&manifest("[\"pii\", \"gold\"]", "c1"), "transform", Path::new("/x")).expect("valid");
+        let edited = snapshot_from_manifest(&manifest("[\"pii\"]", "c9"), "transform", Path::new("/x")).expect("valid");
+        let version = |s: &Snapshot| s.get(&AssetKey::new("stg_orders").unwrap()).unwrap().code_version.clone();
+        assert_eq!(version(&retagged), version(&snapshot));
+        assert_ne!(version(&edited), version(&snapshot));
+    }
+
+    #[test]
+    fn hostile_node_names_are_diagnostics() {
+        let text = r#"{"nodes": {"model.s.bad": {"resource_type": "model", "name": "drop table; --", "original_file_path": "models/x.sql"}}}"#;
+        let manifest: DbtManifest = serde_json::from_str(text).unwrap();
+        let diagnostics = snapshot_from_manifest(&manifest, ".", Path::new("/x")).unwrap_err();
+        assert_eq!(diagnostics[0].path, "models/x.sql");
+        assert!(diagnostics[0].message.contains("cannot be an asset"), "{}", diagnostics[0]);
+    }
+
     #[test]
     fn error_message_and_file() {
         let out = "12:00:00  Running with dbt=1.11.16\n12:00:01  Encountered an error:\nCompilation Error\n  Model 'model.s.a' (models/staging/a.sql) depends on a node named 'nope' which was not found\n";

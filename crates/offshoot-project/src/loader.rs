@@ -90,7 +90,10 @@ pub fn read_manifest(files: &dyn ProjectFiles) -> Result<Manifest, LoadError> {
     let mut diagnostics = Vec::new();
     match read_manifest_into(files, &mut diagnostics)? {
         Some(manifest) if diagnostics.is_empty() => Ok(manifest),
-        _ => Err(LoadError::Invalid(diagnostics)),
+        _ => {
+            diagnostics.sort();
+            Err(LoadError::Invalid(diagnostics))
+        }
     }
 }
 

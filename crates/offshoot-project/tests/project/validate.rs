@@ -190,3 +190,52 @@ fn large_projects_parse_in_parallel_with_the_same_results() {
     let places: Vec<String> = diagnostics.iter().map(|d| format!("{}:{}:{}", d.path, d.line, d.column)).collect();
     assert_eq!(places, ["assets/a17.sql:1:13", "assets/a250.sql:1:16"], "a broken file does not make its readers fail too");
 }
+
+fn check_manifest(manifest: &str, expect: Expect) {
+    let project = MemoryFiles::new([("offshoot.toml".to_owned(), manifest.as_bytes().to_vec())]);
+    let actual = match offshoot_project::read_manifest(&project) {
+        Ok(manifest) => format!("ok: {:?}", manifest.location),
+        Err(LoadError::Invalid(diagnostics)) => diagnostics.iter().map(|d| format!("{d}\n")).collect(),
+        Err(error) => format!("files error: {error}"),
+    };
+    expect.assert_eq(&actual);
+}
+
+#[test]
+fn location_section() {
+    check_manifest("[project]\nname = \"a\"\n", expect!["ok: Native"]);
+    check_manifest(
+        "[project]\nname = \"a\"\n[location]\ntype = \"dbt\"\nproject_dir = \"./transform/\"\n",
+        expect![[r#"ok: Dbt(DbtConfig { project_dir: "transform", parse_command: "dbt parse", build_command: "dbt build", timeout_seconds: 600 })"#]],
+    );
+    check_manifest(
+        "[project]\nname = \"a\"\n[location]\ntype = \"dagster\"\nmodule = \"shop.definitions\"\n",
+        expect![[r#"ok: Dagster(DagsterConfig { module: Some("shop.definitions"), file: None, attribute: None, python: "python", working_directory: ".", timeout_seconds: 600 })"#]],
+    );
+    check_manifest("[project]\nname = \"a\"\n[location]\ntype = \"airflow\"\n", expect![[r#"
+        offshoot.toml:4:8: error: unknown location type `airflow`
+          = hint: use "native", "dbt" or "dagster"
+    "#]]);
+    check_manifest(
+        "[project]\nname = \"a\"\n[location]\ntype = \"dbt\"\nproject_dir = \"../elsewhere\"\nmodule = \"x\"\n",
+        expect![[r#"
+            offshoot.toml:3:1: error: `module` applies to another location type
+              = hint: a dbt location takes project_dir, parse_command, build_command and timeout_seconds
+            offshoot.toml:5:15: error: `project_dir` cannot leave the repository (`..`)
+              = hint: give a folder inside the repository, like "." or "transform"
+        "#]],
+    );
+    check_manifest(
+        "[project]\nname = \"a\"\n[location]\ntype = \"dagster\"\nmodule = \"shop;rm -rf\"\nfile = \"/etc/x.py\"\nattribute = \"1x\"\n",
+        expect![[r#"
+            offshoot.toml:3:1: error: a dagster location needs exactly one of `module` and `file`
+              = hint: module = "my_project.definitions"
+            offshoot.toml:5:10: error: `shop;rm -rf` is not a Python module name
+              = hint: dotted identifiers, like "my_project.definitions"
+            offshoot.toml:6:8: error: `file` must be a relative path inside the repository
+              = hint: a .py file inside the repository
+            offshoot.toml:7:13: error: `1x` is not a Python identifier
+              = hint: the name of the Definitions object, like "defs"
+        "#]],
+    );
+}
