@@ -37,13 +37,16 @@ def run(args, cwd=None, env=None):
     return elapsed
 
 
-def median(args, runs, cwd=None, env=None, before=None):
-    times = []
+def interleaved(commands, runs):
+    """Medians of each command, run in turns (A B C A B C ...) so a change in the machine's load
+    hits them alike. A command is (args, cwd, env, before)."""
+    times = [[] for _ in commands]
     for _ in range(runs):
-        if before:
-            before()
-        times.append(run(args, cwd=cwd, env=env))
-    return statistics.median(times)
+        for index, (args, cwd, env, before) in enumerate(commands):
+            if before:
+                before()
+            times[index].append(run(args, cwd=cwd, env=env))
+    return [statistics.median(t) for t in times]
 
 
 def git_repo(path):
@@ -68,23 +71,45 @@ def main():
         with open(os.path.join(profiles, "profiles.yml"), "w") as f:
             f.write(DBT_PROFILE)
         target = os.path.join(work, "dbt-target")
-        dbt_env = {**os.environ, "OFFSHOOT_PG_HOST": "127.0.0.1", "OFFSHOOT_PG_PORT": "5432", "OFFSHOOT_PG_USER": "postgres",
+        # The environment Offshoot gives the tool: PATH and HOME, nothing else inherited.
+        minimal = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+        dbt_env = {**minimal, "OFFSHOOT_PG_HOST": "127.0.0.1", "OFFSHOOT_PG_PORT": "5432", "OFFSHOOT_PG_USER": "postgres",
                    "OFFSHOOT_PG_DATABASE": "postgres", "OFFSHOOT_SCHEMA": "bench__prod", "DBT_PROFILES_DIR": profiles,
                    "DBT_PROFILE": "offshoot", "DBT_TARGET": "offshoot", "DBT_TARGET_PATH": target,
                    "DBT_LOG_PATH": os.path.join(work, "dbt-logs"), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-        total = median([OFFSHOOT, "validate", "--repo", dbt_repo, "--rev", "main"], runs)
-        tool = median(["dbt", "parse"], runs, cwd=dbt_repo, env=dbt_env, before=lambda: shutil.rmtree(target, ignore_errors=True))
-        floor = median(["dbt", "--version"], runs)
+        total, tool, floor = interleaved([
+            ([OFFSHOOT, "validate", "--repo", dbt_repo, "--rev", "main"], None, None, None),
+            (["dbt", "parse"], dbt_repo, dbt_env, lambda: shutil.rmtree(target, ignore_errors=True)),
+            (["dbt", "--version"], None, None, None),
+        ], runs)
         rows.append((f"dbt, {count} models", total, tool, floor))
+
+        # A branch commit: 2% of the models edited, parsed from the base commit's partial-parse
+        # state, as the server does for every commit after the first (dbt.rs, seed_partial_parse).
+        branch_repo = os.path.join(work, "dbt-branch")
+        subprocess.run([sys.executable, os.path.join(HERE, "gen_dbt_project.py"), branch_repo, str(count), "--modify", "2"], check=True, stdout=subprocess.DEVNULL)
+        shutil.rmtree(target, ignore_errors=True)
+        run(["dbt", "parse"], cwd=dbt_repo, env=dbt_env)
+        base_state = os.path.join(work, "base-partial-parse.msgpack")
+        shutil.copy(os.path.join(target, "partial_parse.msgpack"), base_state)
+
+        def seeded():
+            shutil.rmtree(target, ignore_errors=True)
+            os.makedirs(target)
+            shutil.copy(base_state, os.path.join(target, "partial_parse.msgpack"))
+
+        (seeded_time,) = interleaved([(["dbt", "parse"], branch_repo, dbt_env, seeded)], runs)
+        rows.append((f"dbt, {count} models, branch commit parsed from the base's state", None, seeded_time, floor))
 
         dagster_repo = os.path.join(work, "dagster")
         subprocess.run([sys.executable, os.path.join(HERE, "gen_dagster_project.py"), dagster_repo, str(count)], check=True)
         git_repo(dagster_repo)
-        total = median([OFFSHOOT, "validate", "--repo", dagster_repo, "--rev", "main"], runs)
         out = os.path.join(work, "defs.json")
-        tool = median(["python", ENTRY, "defs", "-m", "bench_location.definitions", "--output", out], runs, cwd=dagster_repo,
-                      env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-        floor = median(["python", "-c", "import dagster"], runs)
+        total, tool, floor = interleaved([
+            ([OFFSHOOT, "validate", "--repo", dagster_repo, "--rev", "main"], None, None, None),
+            (["python", ENTRY, "defs", "-m", "bench_location.definitions", "--output", out], dagster_repo, {**minimal, "PYTHONDONTWRITEBYTECODE": "1"}, None),
+            (["python", "-c", "import dagster"], None, None, None),
+        ], runs)
         rows.append((f"Dagster, {count} assets", total, tool, floor))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -92,7 +117,10 @@ def main():
     print("| project | Offshoot load (validate --rev) | the tool alone | tool floor (start + imports) | Offshoot adds |")
     print("|---|---|---|---|---|")
     for name, total, tool, floor in rows:
-        print(f"| {name} | {total:.2f} | {tool:.2f} | {floor:.2f} | {total - tool:+.2f} ({(total - tool) / total * 100:.0f}%) |")
+        if total is None:
+            print(f"| {name} | (server only) | {tool:.2f} | {floor:.2f} | |")
+        else:
+            print(f"| {name} | {total:.2f} | {tool:.2f} | {floor:.2f} | {total - tool:+.2f} ({(total - tool) / total * 100:.0f}%) |")
 
 
 DBT_PROFILE = """offshoot:

@@ -113,6 +113,7 @@ impl CodeLocation for DbtLocation {
             env,
             timeout: self.timeout(),
         };
+        seed_partial_parse(input.work_dir);
         let output = process::run(&command, &input.work_dir.join("parse.log"));
         if !output.success {
             return Err(parse_failure(&self.config, &command, &output));
@@ -187,6 +188,31 @@ impl CodeLocation for DbtLocation {
             outcomes.entry(key.clone()).or_insert_with(|| missing.clone());
         }
         outcomes
+    }
+}
+
+/// Starts a commit's parse from the newest earlier commit's partial-parse state, when there is
+/// one: the folders beside `work_dir` are other commits' of the same repository, parsed with the
+/// same profile, so dbt re-parses only the files that differ (it falls back to a full parse by
+/// itself whenever the state does not fit: another dbt version, profile or vars).
+fn seed_partial_parse(work_dir: &Path) {
+    const FILE: &str = "partial_parse.msgpack";
+    let own = work_dir.join("target").join(FILE);
+    if own.exists() {
+        return;
+    }
+    let Some(parent) = work_dir.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    let newest = entries
+        .flatten()
+        .map(|e| e.path().join("target").join(FILE))
+        .filter(|p| !p.starts_with(work_dir))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max();
+    if let Some((_, state)) = newest {
+        if std::fs::create_dir_all(own.parent().expect("target/")).is_ok() {
+            let _ = std::fs::copy(state, &own);
+        }
     }
 }
 

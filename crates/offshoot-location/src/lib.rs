@@ -31,7 +31,8 @@ pub struct LoadInput<'a> {
     /// The commit's files on disk; present when [`CodeLocation::needs_checkout`] said so.
     pub checkout: Option<&'a Path>,
     /// A folder of this commit's own for the tool's output (dbt's `target/`), kept afterwards:
-    /// production's is the state that branch runs defer to.
+    /// production's is the state that branch runs defer to. The folders beside it are other
+    /// commits' of the same repository (dbt starts from the newest one's partial-parse state).
     pub work_dir: &'a Path,
     /// The environment of the tool: PATH and friends plus the deployment's warehouse variables.
     pub env: &'a [(String, String)],

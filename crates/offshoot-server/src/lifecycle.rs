@@ -114,12 +114,64 @@ pub async fn heartbeat(state: SharedState) {
     }
 }
 
+/// Folders older than this that no open deployment needs are removed.
+const FOLDER_GRACE: Duration = Duration::from_secs(3600);
+
+/// Removes per-commit folders (`checkouts/<sha>`, `locations/<repo>/<sha>`) of commits no open
+/// deployment serves, deploys or compares with, and run folders, once they are an hour old.
+/// The grace period keeps a folder a load or run is writing right now.
+pub async fn sweep_folders(state: &AppState) -> ApiResult<usize> {
+    let mut live: BTreeSet<String> = BTreeSet::new();
+    for deployment in state.store.list_deployments(&DeploymentFilter::default()).await? {
+        for revision in state.store.list_revisions(deployment.id, 5).await? {
+            let needed = deployment.current_revision == Some(revision.id) || matches!(revision.status, RevisionStatus::Queued | RevisionStatus::Deploying);
+            if needed {
+                live.insert(revision.commit.sha.to_string());
+                live.extend(revision.base_commit.map(|c| c.to_string()));
+            }
+        }
+    }
+    let active = RunFilter { deployment_id: None, statuses: vec![RunStatus::Queued, RunStatus::Running], limit: 0 };
+    for run in state.store.list_runs(&active).await? {
+        live.insert(run.id.0.to_string());
+        live.insert(state.store.get_revision(run.revision_id).await?.commit.sha.to_string());
+    }
+    let mut folders = vec![state.config.checkouts_dir()];
+    for repository in &state.config.repositories {
+        folders.push(state.config.locations_dir(&repository.name));
+        folders.push(state.config.locations_dir(&repository.name).join("runs"));
+    }
+    let removed = tokio::task::spawn_blocking(move || {
+        let mut removed = 0;
+        for folder in folders {
+            let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > FOLDER_GRACE);
+                if name == "runs" || live.contains(name.split('.').next().unwrap_or_default()) || !old || !entry.path().is_dir() {
+                    continue;
+                }
+                if std::fs::remove_dir_all(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    })
+    .await
+    .unwrap_or(0);
+    Ok(removed)
+}
+
 pub async fn ttl_loop(state: SharedState) {
     // Every minute, or more often for short TTLs, so nothing outlives its TTL by much.
     let interval = (state.config.ttl / 24).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         if let Err(error) = sweep_expired(&state).await {
             tracing::error!("TTL sweep failed: {}", error.message);
+        }
+        if let Err(error) = sweep_folders(&state).await {
+            tracing::error!("folder sweep failed: {}", error.message);
         }
         tokio::time::sleep(interval).await;
     }
