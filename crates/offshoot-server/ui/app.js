@@ -310,7 +310,9 @@ function Asset({ repository, name, assetKey }) {
       ${Object.keys(asset.metadata).length ? html`<dt>Metadata</dt><dd>${Object.entries(asset.metadata).map(([k, v]) => html`<code>${k}=${v}</code> `)}</dd>` : ''}
     </dl>
     ${change && !change.reasons.includes('NEW') ? html`<section><h2>Changes against the base</h2>
-      ${change.details.code ? html`<h3>Code</h3><${Highlighted} code=${change.details.code.diff} language="diff" />` : ''}
+      ${change.details.code ? html`<h3>Code</h3>
+        <p class="note">Code version ${change.details.code.derived ? 'derived ' + change.details.code.old_version.slice(0, 12) + ' → ' + change.details.code.new_version.slice(0, 12) : change.details.code.old_version + ' → ' + change.details.code.new_version}${change.details.code.diff ? '' : '; the code itself is unchanged'}</p>
+        ${change.details.code.diff ? html`<${Highlighted} code=${change.details.code.diff} language="diff" />` : ''}` : ''}
       ${change.details.dependencies ? html`<h3>Dependencies</h3><ul>${change.details.dependencies.added.map((k) => html`<li>added ${link(k)}</li>`)}${change.details.dependencies.removed.map((k) => html`<li>removed <code>${k}</code></li>`)}</ul>` : ''}
       ${change.details.partitions ? html`<h3>Partitions</h3><p><code>${change.details.partitions.old || 'none'}</code> → <code>${change.details.partitions.new || 'none'}</code></p>` : ''}
       <${MapChanges} label="Tags" change=${change.details.tags} />

@@ -206,14 +206,15 @@ export function LineageGraph({ assets, highlight, onOpen }) {
           ${laid.nodes.map(({ asset, x, y }) => {
             const cls = ['node', nodeClass(asset), dimmed(asset.key) ? 'dim' : '', highlight && highlight.has(asset.key) ? 'hit' : ''].join(' ');
             const badge = badgeText(asset);
-            const label = asset.key + (badge ? ', ' + badge : '') + ', ' + asset.kind;
+            const kind = asset.kind === 'tool' && asset.kinds && asset.kinds.length ? asset.kinds.join(', ') : asset.kind;
+            const label = asset.key + (badge ? ', ' + badge : '') + ', ' + kind;
             return html`
               <g class=${cls} transform=${`translate(${x - NODE_WIDTH / 2},${y - NODE_HEIGHT / 2})`} tabindex="0" role="link" aria-label=${label}
                  data-key=${asset.key} onClick=${() => onOpen(asset.key)} onKeyDown=${(ev) => { if (ev.key === 'Enter') onOpen(asset.key); }}>
                 <title>${label}</title>
                 <rect width=${NODE_WIDTH} height=${NODE_HEIGHT} />
                 <text x="9" y="18">${truncate(asset.key, 30)}</text>
-                <text class="meta" x="9" y="35">${truncate(badge || asset.group + ' · ' + asset.kind + (asset.data === 'branch' ? ' · branch table' : ''), 37)}</text>
+                <text class="meta" x="9" y="35">${truncate(badge || asset.group + ' · ' + kind + (asset.data === 'branch' ? ' · branch table' : ''), 37)}</text>
               </g>`;
           })}
         </g>
