@@ -60,3 +60,34 @@ mod tests {
         assert_eq!(project.snapshot.len(), 3);
     }
 }
+
+/// The `offshoot.toml` that adds Offshoot to an existing dbt project or Dagster code location:
+/// `[location]` with the given keys (TOML-quoted here), nothing else to write.
+pub fn location_manifest(name: &str, location: &str, keys: &[(&str, &str)]) -> String {
+    let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')).collect();
+    let name = if name.is_empty() { "my_pipeline".to_owned() } else { name };
+    let mut text = format!(
+        "# Offshoot reads this {location} project as it is; see README.md, \"dbt projects and Dagster code locations\".\n\
+         [project]\nname = \"{name}\"\nproduction_branch = \"main\"\n\n[location]\ntype = \"{location}\"\n"
+    );
+    for (key, value) in keys {
+        let quoted = toml_string(value);
+        text.push_str(&format!("{key} = {quoted}\n"));
+    }
+    text
+}
+
+/// A TOML basic string.
+fn toml_string(value: &str) -> String {
+    let mut out = String::from("\"");
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

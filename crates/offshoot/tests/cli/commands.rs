@@ -264,3 +264,43 @@ fn demo_deploys_and_materializes_prod_and_a_feature_branch() {
     let output = offshoot(&["validate", "--repo", path, "--rev", "feature/eur-revenue"]);
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+#[test]
+fn init_adds_offshoot_to_existing_dbt_and_dagster_projects() {
+    python_tools();
+    let dir = TempDir::new("init-locations");
+    let with_tools = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_offshoot")).args(args).env("PATH", path_with_python_tools()).output().expect("offshoot runs")
+    };
+    // A Dagster project: the module is found by its definitions.py.
+    let dagster = dir.0.join("dagster");
+    example_repo("dagster_shop", &dagster);
+    std::fs::remove_file(dagster.join("offshoot.toml")).expect("rm");
+    let path = dagster.to_str().expect("utf-8");
+    let output = offshoot(&["init", "--location", "dagster", path]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let manifest = std::fs::read_to_string(dagster.join("offshoot.toml")).expect("written");
+    assert!(manifest.contains("type = \"dagster\"\nmodule = \"dagster_shop.definitions\"\n"), "{manifest}");
+    let output = with_tools(&["validate", "--repo", path]);
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    assert!(stdout(&output).contains("7 dagster assets, 2 sources"), "{}", stdout(&output));
+
+    // A dbt project one folder down: project_dir is found by its dbt_project.yml.
+    let repo = dir.0.join("dbt");
+    example_repo("dbt_shop", &repo.join("transform"));
+    std::fs::remove_file(repo.join("transform/offshoot.toml")).expect("rm");
+    let path = repo.to_str().expect("utf-8");
+    let output = offshoot(&["init", "--location", "dbt", path]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(std::fs::read_to_string(repo.join("offshoot.toml")).expect("written").contains("project_dir = \"transform\""));
+    let output = with_tools(&["validate", "--repo", path, "--format", "json"]);
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!((report["location"].as_str(), report["tool_assets"].as_u64(), report["sources"].as_u64()), (Some("dbt"), Some(8), Some(3)), "{report}");
+    assert!(!repo.join("transform/target").exists() && !repo.join("transform/logs").exists(), "validate leaves no dbt artifacts in the project");
+
+    // Broken and unknown input are refused with the reason.
+    let output = offshoot(&["init", "--location", "airflow", dir.0.join("x").to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("unknown --location `airflow`"), "{}", stderr(&output));
+}
