@@ -386,6 +386,55 @@ fn last_lines(text: &str, count: usize) -> String {
 mod tests {
     use super::*;
 
+    fn config() -> DagsterConfig {
+        DagsterConfig { module: Some("shop.definitions".into()), file: None, attribute: None, python: "python".into(), working_directory: "orchestration".into(), timeout_seconds: 1 }
+    }
+
+    #[test]
+    fn asset_specs_to_snapshot() {
+        let json = r#"{"assets": [
+            {"key": ["raw", "orders"], "kind": "asset", "deps": [["exports", "orders_csv"]], "code_version": null, "source_hash": "abc",
+             "code": "def load(): ...", "path": "shop/raw.py", "line": 12, "op_name": "load", "tags": {"dagster/kind/python": ""},
+             "metadata": {"grain": "order"}, "partitions": {"type": "time", "cadence": "daily", "start": "2024-01-01", "end": null},
+             "group": "raw", "owners": ["team:a"], "kinds": ["python"], "description": "Orders"},
+            {"key": ["stg"], "kind": "asset", "deps": [["raw", "orders"]], "code_version": "7", "partitions": {"type": "other", "description": "cron 5 4 * * *"}}
+        ]}"#;
+        let defs: Defs = serde_json::from_str(json).expect("json");
+        let snapshot = snapshot_from_defs(&defs, &config()).expect("valid");
+        let keys: Vec<&str> = snapshot.assets().map(|a| a.key.as_str()).collect();
+        // The undefined dep becomes a source, as Dagster shows it.
+        assert_eq!(keys, ["exports/orders_csv", "raw/orders", "stg"]);
+        let raw = snapshot.get(&AssetKey::new("raw/orders").unwrap()).unwrap();
+        assert_eq!((raw.kind, raw.code_version.derived, raw.code_version.value.as_str()), (AssetKind::Tool, true, "abc"));
+        assert_eq!(raw.location.path, "orchestration/shop/raw.py");
+        assert_eq!(raw.metadata.get(OP_NAME).map(String::as_str), Some("load"));
+        assert_eq!(raw.partitions.as_ref().map(|p| p.to_string()).as_deref(), Some("daily from 2024-01-01"));
+        let stg = snapshot.get(&AssetKey::new("stg").unwrap()).unwrap();
+        assert_eq!((stg.code_version.derived, stg.code_version.value.as_str()), (false, "7"));
+        assert_eq!(stg.partitions.as_ref().map(|p| p.to_string()).as_deref(), Some("cron 5 4 * * *"));
+        assert_eq!(snapshot.get(&AssetKey::new("exports/orders_csv").unwrap()).unwrap().kind, AssetKind::Source);
+    }
+
+    #[test]
+    fn hostile_keys_and_cycles_are_diagnostics() {
+        let defs: Defs = serde_json::from_str(r#"{"assets": [{"key": ["a b", "../x"], "kind": "asset", "path": "shop/a.py"}]}"#).unwrap();
+        let diagnostics = snapshot_from_defs(&defs, &config()).unwrap_err();
+        assert_eq!(diagnostics[0].path, "orchestration/shop/a.py");
+        assert!(diagnostics[0].message.contains("cannot be an Offshoot key"), "{}", diagnostics[0]);
+        let cycle: Defs = serde_json::from_str(r#"{"assets": [{"key": ["a"], "kind": "asset", "deps": [["b"]]}, {"key": ["b"], "kind": "asset", "deps": [["a"]]}]}"#).unwrap();
+        let diagnostics = snapshot_from_defs(&cycle, &config()).unwrap_err();
+        assert!(diagnostics[0].message.contains("cycle"), "{}", diagnostics[0]);
+    }
+
+    #[test]
+    fn import_errors_point_into_the_repository() {
+        let checkout = Path::new("/data/checkouts/abc");
+        let text = "Traceback (most recent call last):\n  File \"/venv/lib/python3.11/importlib/__init__.py\", line 126, in import_module\n  File \"/data/checkouts/abc/orchestration/shop/staging.py\", line 4, in <module>\n    import no_such_module\nModuleNotFoundError: No module named 'no_such_module'\noffshoot: could not load the Dagster definitions from module shop.definitions\n";
+        let diagnostic = import_failure(&config(), checkout, text);
+        assert_eq!((diagnostic.path.as_str(), diagnostic.line), ("orchestration/shop/staging.py", 4));
+        assert_eq!(diagnostic.message, "ModuleNotFoundError: No module named 'no_such_module'");
+    }
+
     #[test]
     fn cloud_variables_follow_offshoots() {
         let env = vec![
