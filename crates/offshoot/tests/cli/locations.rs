@@ -266,5 +266,38 @@ fn dagster_project_branch_deployment_tracks_changes_like_dagster_and_builds_in_i
     assert_eq!(diagnostic["path"], "dagster_shop/staging.py", "{revision:#}");
     assert!(diagnostic["message"].as_str().unwrap_or("").contains("No module named 'no_such_module'"), "{revision:#}");
     assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+
+    // Cancelling a tool run kills the tool's whole process group.
+    git(&repo, &["branch", "feature/slow", "main"]);
+    let slow = marts.clone() + SLOW_ASSET;
+    let sha_slow = commit_file(&repo, "feature/slow", "dagster_shop/marts.py", &slow, "A slow asset");
+    let slow_name = create_or_update(&server, "feature/slow", &sha_slow);
+    server.wait_for_deployment(&slow_name, "ready", |d| serving_commit(d) == sha_slow);
+    let run = server.post(&format!("/api/v1/deployments/{slow_name}/runs"), json!({ "selection": "key:slow_asset" }));
+    let id = run["id"].as_i64().expect("id");
+    let started = std::time::Instant::now();
+    while !Command::new("pgrep").args(["-f", "offshoot-slow-asset"]).output().expect("pgrep").status.success() {
+        assert!(started.elapsed().as_secs() < 60, "the slow asset never started: {}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, _) = server.request("POST", &format!("/api/v1/runs/{id}/cancel"), Some(json!({})), Some(TOKEN));
+    assert_eq!(status, 200);
+    let run = server.wait_for_run(id);
+    assert_eq!(run["status"], "canceled", "{run:#}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The asset's own child (a grandchild of the tool) went with the group.
+    let left = Command::new("pgrep").args(["-f", "offshoot-slow-asset"]).output().expect("pgrep");
+    assert!(!left.status.success(), "processes of the canceled run are still running: {}", String::from_utf8_lossy(&left.stdout));
     let _ = tools;
 }
+
+const SLOW_ASSET: &str = r#"
+
+@dg.asset(group_name="marts")
+def slow_asset() -> None:
+    """Sleeps in a child process named for the test, so the test can see it."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", "import time; time.sleep(120)  # offshoot-slow-asset"], check=True)
+"#;
