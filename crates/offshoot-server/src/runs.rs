@@ -298,6 +298,7 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), offshoot_store::St
 
 /// Records a run's outcome from its steps'.
 async fn finish(state: &SharedState, run: Run, context: &RunContext, steps: &[RunStep], statuses: &[StepStatus]) -> Result<(), offshoot_store::StoreError> {
+    state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
     let mut run = state.store.get_run(run.id).await?;
     run.status = RunPlan::outcome(statuses).unwrap_or(RunStatus::Failed);
     run.finished_at = Some(now());
@@ -436,7 +437,8 @@ async fn build_with_tool(
         }
     };
     let duration_ms = started.elapsed().as_millis() as i64;
-    let canceled = *cancelled.borrow();
+    let canceled = *cancelled.borrow()
+        || outcomes.values().any(|o| matches!(o, offshoot_location::BuildOutcome::Skipped { message } if message == CANCELED));
     let mut statuses = Vec::with_capacity(steps.len());
     for step in steps.iter_mut() {
         use offshoot_location::BuildOutcome;
@@ -646,6 +648,15 @@ async fn run_command(context: &RunContext, step: &RunStep, asset: &Asset, mut ca
     Ok(rows)
 }
 
+/// The command runs in its own process group: a cancel ends the shell or tool and its children.
+async fn kill_for_cancel(context: &RunContext, step: &RunStep, process_group: Option<u32>) -> String {
+    if let Some(group) = process_group {
+        offshoot_location::kill_group(group);
+    }
+    append_log(context, step, "canceled: the command was killed\n").await;
+    CANCELED.to_owned()
+}
+
 /// Command assets have a day; tools have their location's `timeout_seconds`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -676,6 +687,9 @@ async fn stream_child(
     let mut logged = 0usize;
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
+    // A cancel through another server reaches this one only through the store.
+    let mut store_check = tokio::time::interval(Duration::from_secs(1));
+    store_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut wait = Box::pin(child.wait());
     let mut log_line = |line: String| {
         if let Some(keep) = keep.as_deref_mut() {
@@ -707,15 +721,16 @@ async fn stream_child(
                 append_log(context, step, &format!("{message}\n")).await;
                 return Err(message);
             }
+            _ = store_check.tick() => {
+                if context.state.store.get_run(context.run_id).await.is_ok_and(|r| r.cancel_requested) {
+                    drop(wait);
+                    return Err(kill_for_cancel(context, step, process_group).await);
+                }
+            }
             changed = cancelled.changed() => {
                 if changed.is_ok() && *cancelled.borrow() {
                     drop(wait);
-                    // The command runs in its own process group: end the shell and its children.
-                    if let Some(group) = process_group {
-                        offshoot_location::kill_group(group);
-                    }
-                    append_log(context, step, "canceled: the command was killed\n").await;
-                    return Err(CANCELED.to_owned());
+                    return Err(kill_for_cancel(context, step, process_group).await);
                 }
             }
         }
