@@ -301,3 +301,62 @@ def slow_asset() -> None:
 
     subprocess.run([sys.executable, "-c", "import time; time.sleep(120)  # offshoot-slow-asset"], check=True)
 "#;
+
+fn replaced(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "the example changed shape; update this test: {from:?} not found");
+    text.replacen(from, to, 1)
+}
+
+/// Every reason Dagster's differ defines, on one pair of commits: `offshoot diff` (local, no
+/// server) gives what Dagster's own `AssetGraphDiffer` gives.
+#[test]
+fn dagster_change_reasons_match_dagsters_own_differ_for_every_reason() {
+    python_tools();
+    let dir = TempDir::new("dagster-parity");
+    let repo = dir.0.join("repo");
+    example_repo("dagster_shop", &repo);
+    let read = |path: &str| std::fs::read_to_string(repo.join(path)).expect("read");
+    let (raw, staging, marts) = (read("dagster_shop/raw.py"), read("dagster_shop/staging.py"), read("dagster_shop/marts.py"));
+    let raw = replaced(&raw, "deps=[orders_export],", "deps=[orders_export, customers_export],");
+    let staging = replaced(&staging, "code_version=\"2\"", "code_version=\"3\"");
+    let staging = replaced(&staging, "metadata={\"grain\": \"one row per customer\"}", "metadata={\"grain\": \"one row per customer account\"}");
+    let marts = replaced(&marts, "\"tier\": \"gold\"},\n    code_version=\"1\",\n    metadata={\n        \"grain\": \"one row per order\"", "\"tier\": \"platinum\"},\n    code_version=\"1\",\n    metadata={\n        \"grain\": \"one row per order\"");
+    let marts = replaced(&marts, "start_date=\"2024-01-01\"", "start_date=\"2023-12-01\"");
+    let removed_at = marts.find("@dg.asset(\n    deps=[fct_orders, stg_customers],").expect("customer_lifetime_value is the last asset");
+    let marts = marts[..removed_at].to_owned() + DEPLOYMENT_ENV_ASSET;
+    git(&repo, &["checkout", "-q", "-b", "feature/everything"]);
+    for (path, text) in [("dagster_shop/raw.py", &raw), ("dagster_shop/staging.py", &staging), ("dagster_shop/marts.py", &marts)] {
+        std::fs::write(repo.join(path), text).expect("write");
+    }
+    git(&repo, &["commit", "-q", "-am", "Every kind of change"]);
+    git(&repo, &["checkout", "-q", "main"]);
+
+    let output = Command::new(env!("CARGO_BIN_EXE_offshoot"))
+        .args(["diff", "--repo", repo.to_str().expect("utf-8"), "--base", "main", "--head", "feature/everything", "--format", "json"])
+        .env("PATH", path_with_python_tools())
+        .output()
+        .expect("offshoot runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let ours = reasons_by_key(&json!({ "changes": report }));
+
+    let base_dir = dir.0.join("base");
+    let head_dir = dir.0.join("head");
+    git(&dir.0, &["clone", "-q", "--branch", "main", repo.to_str().expect("utf-8"), base_dir.to_str().expect("utf-8")]);
+    git(&dir.0, &["clone", "-q", "--branch", "feature/everything", repo.to_str().expect("utf-8"), head_dir.to_str().expect("utf-8")]);
+    let dagsters = dagster_reasons(&base_dir, &head_dir, "dagster_shop.definitions");
+    let expected: Vec<(String, Vec<String>)> = [
+        ("customer_lifetime_value", "REMOVED"),
+        ("daily_revenue", "PARTITIONS_DEFINITION"),
+        ("deployment_env", "NEW"),
+        ("fct_orders", "TAGS"),
+        ("raw/orders", "DEPENDENCIES"),
+        ("stg_customers", "METADATA"),
+        ("stg_orders", "CODE_VERSION"),
+    ]
+    .iter()
+    .map(|(k, r)| (k.to_string(), vec![r.to_string()]))
+    .collect();
+    assert_eq!(dagsters, expected, "Dagster's own differ");
+    assert_eq!(ours, expected, "Offshoot");
+}
