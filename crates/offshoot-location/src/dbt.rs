@@ -633,6 +633,36 @@ mod tests {
     }
 
     #[test]
+    fn run_results_become_step_outcomes() {
+        let work = std::env::temp_dir().join(format!("offshoot-dbt-outcomes-{}", std::process::id()));
+        let target = work.join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(
+            target.join("run_results.json"),
+            r#"{"results": [
+                {"unique_id": "model.shop.stg_orders", "status": "success", "message": "SELECT 22", "adapter_response": {"rows_affected": 22}},
+                {"unique_id": "test.shop.not_null_stg_orders_id.abc", "status": "fail", "message": "Got 1 result, configured to fail if != 0"},
+                {"unique_id": "model.shop.dim.v2", "status": "skipped", "message": null},
+                {"unique_id": "seed.shop.codes", "status": "error", "message": "Database Error in seed codes"}
+            ]}"#,
+        )
+        .unwrap();
+        std::fs::write(target.join("manifest.json"), r#"{"nodes": {"test.shop.not_null_stg_orders_id.abc": {"attached_node": "model.shop.stg_orders"}}}"#).unwrap();
+        let snapshot = snapshot_from_manifest(&manifest("[]", "c1"), ".", Path::new("/x")).expect("valid");
+        let keys: Vec<AssetKey> = ["stg_orders", "dim_v2", "codes"].iter().map(|k| AssetKey::new(k).unwrap()).collect();
+        let location = DbtLocation::new(DbtConfig { project_dir: ".".into(), parse_command: "dbt parse".into(), build_command: "dbt build".into(), timeout_seconds: 1 });
+        let request = BuildRequest { keys: &keys, snapshot: &snapshot, checkout: Path::new("/x"), work_dir: &work, production_state: None, env: &[] };
+        let outcomes = location.build_outcomes(&request, &ToolOutput::default());
+        let _ = std::fs::remove_dir_all(&work);
+        assert_eq!(
+            outcomes[&keys[0]],
+            BuildOutcome::Failed { message: "built, but its tests failed: not_null_stg_orders_id: Got 1 result, configured to fail if != 0".into() }
+        );
+        assert!(matches!(outcomes[&keys[1]], BuildOutcome::Skipped { .. }));
+        assert_eq!(outcomes[&keys[2]], BuildOutcome::Failed { message: "Database Error in seed codes".into() });
+    }
+
+    #[test]
     fn hostile_node_names_are_diagnostics() {
         let text = r#"{"nodes": {"model.s.bad": {"resource_type": "model", "name": "drop table; --", "original_file_path": "models/x.sql"}}}"#;
         let manifest: DbtManifest = serde_json::from_str(text).unwrap();
