@@ -116,7 +116,7 @@ impl CodeLocation for DbtLocation {
         seed_partial_parse(input.work_dir);
         let output = process::run(&command, &input.work_dir.join("parse.log"));
         if !output.success {
-            return Err(parse_failure(&self.config, &command, &output));
+            return Err(parse_failure(&self.config, &output));
         }
         let manifest_path = input.work_dir.join("target").join("manifest.json");
         let bytes = std::fs::read(&manifest_path).map_err(|e| {
@@ -310,7 +310,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// A failed parse as diagnostics: dbt's own message, placed at the file dbt names.
-fn parse_failure(config: &DbtConfig, command: &ToolCommand, output: &ToolOutput) -> LocationError {
+fn parse_failure(config: &DbtConfig, output: &ToolOutput) -> LocationError {
     if output.text.contains("command not found") || output.text.contains("not found") && output.text.lines().count() <= 2 && output.text.contains("dbt") {
         return LocationError::Tool(format!(
             "`{}` could not run: {} (is dbt installed where the server finds it on PATH?)",
@@ -325,7 +325,6 @@ fn parse_failure(config: &DbtConfig, command: &ToolCommand, output: &ToolOutput)
     let path = mentioned_file(&message)
         .map(|file| if config.project_dir == "." { file } else { format!("{}/{file}", config.project_dir) })
         .unwrap_or_else(|| if config.project_dir == "." { "dbt_project.yml".to_owned() } else { format!("{}/dbt_project.yml", config.project_dir) });
-    let _ = command;
     LocationError::Invalid(vec![Diagnostic::new(&path, (1, 1), message).hint(format!("dbt's own message from `{}`", config.parse_command))])
 }
 
@@ -510,7 +509,6 @@ pub(crate) fn snapshot_from_manifest(manifest: &DbtManifest, project_dir: &str, 
         asset.code_version = CodeVersion::derived(sha256_hex(&[checksum.as_bytes(), b"\n", Value::Object(config).to_string().as_bytes()]));
         asset.code = Arc::from(if node.resource_type == "seed" { seed_code(checkout, &in_repo(&node.original_file_path)) } else { node.raw_code.clone() });
         asset.location = Location { path: in_repo(&node.original_file_path), line: 1 };
-        let _ = &node.config;
         assets.push(asset);
     }
     if !diagnostics.is_empty() {
