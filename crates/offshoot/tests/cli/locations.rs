@@ -360,3 +360,47 @@ fn dagster_change_reasons_match_dagsters_own_differ_for_every_reason() {
     assert_eq!(dagsters, expected, "Dagster's own differ");
     assert_eq!(ours, expected, "Offshoot");
 }
+
+/// The Dagster example on the PostgreSQL warehouse: assets write the deployment's schema as the
+/// branch role and read production's tables through the search path.
+#[test]
+fn dagster_project_on_the_postgres_warehouse_builds_only_in_the_branch_schema() {
+    if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+        return;
+    }
+    python_tools();
+    let database = Database(format!("offshoot_dagster_{}", std::process::id()));
+    psql("postgres", &format!("CREATE DATABASE {}", database.0));
+    let url = format!("postgres://postgres@127.0.0.1:5432/{}", database.0);
+    let dir = TempDir::new("dagster-postgres");
+    let repo = dir.0.join("repo");
+    example_repo("dagster_shop", &repo);
+    let role = format!("offshoot_branch_dagster_{}", std::process::id());
+    let server = Server::start(&dir.0, &repo, &format!("warehouse_url = \"{url}\"\nbranch_role = \"{role}\""));
+    wait_for_prod(&server, &repo);
+    let run = run_selection(&server, "prod", "key:*");
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+    let checksum = || psql(&database.0, "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM shop__prod.fct_orders AS t");
+    let before = checksum();
+
+    git(&repo, &["branch", "feature/v3", "main"]);
+    let staging = std::fs::read_to_string(repo.join("dagster_shop/staging.py")).expect("read");
+    let sha = commit_file(&repo, "feature/v3", "dagster_shop/staging.py", &replaced(&staging, "code_version=\"2\"", "code_version=\"3\""), "stg_orders v3");
+    let name = create_or_update(&server, "feature/v3", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let run = run_selection(&server, &name, "changed_in_branch:ANY+");
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+    let built: BTreeSet<String> = step_keys(&run);
+    assert_eq!(built, ["customer_lifetime_value", "daily_revenue", "fct_orders", "stg_orders"].iter().map(|k| k.to_string()).collect());
+    let schema = branch_target(&name).schema;
+    let tables: BTreeSet<String> = psql(&database.0, &format!("SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'"))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(tables, built, "the branch schema holds what the run built, nothing else");
+    assert_eq!(psql(&database.0, &format!("SELECT tableowner FROM pg_tables WHERE schemaname = '{schema}' AND tablename = 'stg_orders'")), role);
+    assert_eq!(checksum(), before, "production is unchanged");
+    drop(server);
+    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
+    psql("postgres", &format!("DROP ROLE IF EXISTS {role}"));
+}
