@@ -69,7 +69,8 @@ def main():
         profiles = os.path.join(work, "profiles")
         os.makedirs(profiles)
         with open(os.path.join(profiles, "profiles.yml"), "w") as f:
-            f.write(DBT_PROFILE)
+            # The profile Offshoot writes (crates/offshoot-location/dbt/profiles.yml).
+            f.write(open(os.path.join(ROOT, "crates/offshoot-location/dbt/profiles.yml")).read())
         target = os.path.join(work, "dbt-target")
         # The environment Offshoot gives the tool: PATH and HOME, nothing else inherited.
         minimal = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
@@ -122,20 +123,6 @@ def main():
         else:
             print(f"| {name} | {total:.2f} | {tool:.2f} | {floor:.2f} | {total - tool:+.2f} ({(total - tool) / total * 100:.0f}%) |")
 
-
-DBT_PROFILE = """offshoot:
-  target: offshoot
-  outputs:
-    offshoot:
-      type: postgres
-      host: "{{ env_var('OFFSHOOT_PG_HOST') }}"
-      port: "{{ env_var('OFFSHOOT_PG_PORT') | as_number }}"
-      user: "{{ env_var('OFFSHOOT_PG_USER') }}"
-      password: "{{ env_var('OFFSHOOT_PG_PASSWORD', '') }}"
-      dbname: "{{ env_var('OFFSHOOT_PG_DATABASE') }}"
-      schema: "{{ env_var('OFFSHOOT_SCHEMA') }}"
-      threads: 4
-"""
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,7 @@ use offshoot_project::{DagsterConfig, Diagnostic, Manifest};
 use serde::Deserialize;
 
 use crate::process::{self, ToolCommand, ToolOutput};
-use crate::{tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError};
+use crate::{lookup, tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError};
 
 /// The entry point Offshoot runs in the project's Python.
 pub const ENTRY_POINT: &str = include_str!("../python/offshoot_dagster.py");
@@ -81,7 +81,7 @@ impl DagsterLocation {
 
 /// Dagster+'s variable names, from Offshoot's own, so code that switches on them works as is.
 pub fn dagster_cloud_variables(env: &[(String, String)]) -> Vec<(String, String)> {
-    let get = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let get = |name: &str| lookup(env, name);
     let pairs = [
         ("DAGSTER_CLOUD_DEPLOYMENT_NAME", "OFFSHOOT_DEPLOYMENT_NAME"),
         ("DAGSTER_CLOUD_GIT_SHA", "OFFSHOOT_GIT_SHA"),
@@ -182,7 +182,7 @@ impl CodeLocation for DagsterLocation {
         let Some(results) = results else {
             let why = output.failure.clone().unwrap_or_else(|| "Dagster's run left no event log".into());
             for key in request.keys {
-                outcomes.insert(key.clone(), BuildOutcome::Failed { message: format!("{why}: {}", last_lines(&output.text, 6)) });
+                outcomes.insert(key.clone(), BuildOutcome::Failed { message: format!("{why}: {}", process::last_lines(&output.text, 6, |l| l)) });
             }
             return outcomes;
         };
@@ -194,7 +194,7 @@ impl CodeLocation for DagsterLocation {
             } else if let Some(message) = failed_steps.get(key.as_str().replace('/', "__").as_str()).or_else(|| op_of(request.snapshot, key).and_then(|op| failed_steps.get(op.as_str()))) {
                 BuildOutcome::Failed { message: message.to_string() }
             } else if !output.success && results.failed.is_empty() {
-                BuildOutcome::Failed { message: format!("{}: {}", output.failure.clone().unwrap_or_default(), last_lines(&output.text, 6)) }
+                BuildOutcome::Failed { message: format!("{}: {}", output.failure.clone().unwrap_or_default(), process::last_lines(&output.text, 6, |l| l)) }
             } else {
                 BuildOutcome::Skipped { message: "Dagster did not materialize it: an upstream step failed".into() }
             };
@@ -377,10 +377,6 @@ fn import_failure(config: &DagsterConfig, checkout: &Path, text: &str) -> Diagno
     Diagnostic::new(&path, (line, 1), message).hint(format!("Python's own message:\n{}", excerpt.join("\n")))
 }
 
-fn last_lines(text: &str, count: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(count)..].join(" | ")
-}
 
 #[cfg(test)]
 mod tests {

@@ -20,23 +20,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::process::{self, ToolCommand, ToolOutput};
-use crate::{tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError};
+use crate::{lookup, tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError};
 
 /// The profile Offshoot gives dbt: the deployment's schema on the warehouse's database.
-pub const PROFILES_YML: &str = r#"# Written by Offshoot: every deployment builds in its own schema.
-offshoot:
-  target: offshoot
-  outputs:
-    offshoot:
-      type: postgres
-      host: "{{ env_var('OFFSHOOT_PG_HOST') }}"
-      port: "{{ env_var('OFFSHOOT_PG_PORT') | as_number }}"
-      user: "{{ env_var('OFFSHOOT_PG_USER') }}"
-      password: "{{ env_var('OFFSHOOT_PG_PASSWORD', '') }}"
-      dbname: "{{ env_var('OFFSHOOT_PG_DATABASE') }}"
-      schema: "{{ env_var('OFFSHOOT_SCHEMA') }}"
-      threads: 4
-"#;
+pub const PROFILES_YML: &str = include_str!("../dbt/profiles.yml");
 
 /// Seeds larger than this show a note instead of their content as "code".
 const MAX_SEED_CODE: u64 = 64 * 1024;
@@ -180,7 +167,7 @@ impl CodeLocation for DbtLocation {
         }
         let missing = if results.is_none() {
             let why = output.failure.clone().unwrap_or_else(|| "dbt wrote no run_results.json".into());
-            BuildOutcome::Failed { message: format!("{why}: {}", last_lines(&output.text, 6)) }
+            BuildOutcome::Failed { message: format!("{why}: {}", process::last_lines(&output.text, 6, strip_timestamp)) }
         } else {
             BuildOutcome::Skipped { message: "dbt did not build it".into() }
         };
@@ -261,10 +248,6 @@ struct RunResult {
     message: Option<String>,
     #[serde(default)]
     adapter_response: serde_json::Map<String, Value>,
-}
-
-fn lookup(env: &[(String, String)], name: &str) -> Option<String> {
-    env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
 
 /// `OFFSHOOT_PG_*` from a `postgres://user:password@host:port/database` URL.
@@ -363,10 +346,6 @@ fn mentioned_file(message: &str) -> Option<String> {
     None
 }
 
-fn last_lines(text: &str, count: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(count)..].iter().map(|l| strip_timestamp(l)).collect::<Vec<_>>().join(" | ")
-}
 
 #[derive(Deserialize)]
 pub(crate) struct DbtManifest {

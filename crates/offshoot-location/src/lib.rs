@@ -126,6 +126,11 @@ pub fn load_project(
     Ok(Project { manifest, snapshot })
 }
 
+/// The last value of `name` in an environment list (later entries win, as for a child process).
+pub(crate) fn lookup(env: &[(String, String)], name: &str) -> Option<String> {
+    env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
 /// A diagnostic for a whole-project problem reported by a tool, placed at `path` (line 1).
 pub(crate) fn tool_diagnostic(path: &str, message: impl Into<String>, hint: &str) -> Diagnostic {
     Diagnostic::new(path, (1, 1), message).hint(hint)

@@ -88,6 +88,12 @@ pub fn tail(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
+/// The last `count` non-empty lines of a tool's output on one line, each through `clean`.
+pub fn last_lines(text: &str, count: usize, clean: impl Fn(&str) -> &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(count)..].iter().map(|l| clean(l)).collect::<Vec<_>>().join(" | ")
+}
+
 /// SIGKILL to the process group `group` leads (spawned with `process_group(0)`). Not through
 /// the `kill` program: procps-ng 4.0.2's `kill -KILL -PGID` signals every process instead.
 pub fn kill_group(group: u32) {

@@ -427,7 +427,7 @@ async fn build_with_tool(
                     let snapshot = snapshot.clone();
                     let keys = keys.clone();
                     tokio::task::spawn_blocking(move || {
-                        let request = build.request(&keys, &snapshot);
+                        let request = build.inputs.request(&keys, &snapshot);
                         location.build_outcomes(&request, &output)
                     })
                     .await
@@ -489,13 +489,18 @@ async fn build_with_tool(
 /// What a tool build needs, owned, so the outcomes can be read on a blocking thread.
 struct ToolBuild {
     command: offshoot_location::ToolCommand,
+    inputs: BuildInputs,
+}
+
+/// The folders and environment of one tool build.
+struct BuildInputs {
     checkout: PathBuf,
     work_dir: PathBuf,
     production_state: Option<PathBuf>,
     env: Vec<(String, String)>,
 }
 
-impl ToolBuild {
+impl BuildInputs {
     fn request<'a>(&'a self, keys: &'a [AssetKey], snapshot: &'a Snapshot) -> offshoot_location::BuildRequest<'a> {
         offshoot_location::BuildRequest {
             keys,
@@ -528,13 +533,13 @@ async fn prepare_tool_build(
     };
     let mut env = offshoot_location::base_environment();
     env.extend(deployment_environment(context, None));
-    let build = ToolBuild { command: offshoot_location::ToolCommand { program: String::new(), args: Vec::new(), cwd: PathBuf::new(), env: Vec::new(), timeout: Duration::ZERO }, checkout, work_dir, production_state, env };
+    let inputs = BuildInputs { checkout, work_dir, production_state, env };
     let location = location.clone();
     let snapshot = snapshot.clone();
     let keys = keys.to_vec();
     tokio::task::spawn_blocking(move || {
-        let command = location.build_command(&build.request(&keys, &snapshot)).unwrap_or_else(|| Err("this location builds step by step".into()))?;
-        Ok(ToolBuild { command, ..build })
+        let command = location.build_command(&inputs.request(&keys, &snapshot)).unwrap_or_else(|| Err("this location builds step by step".into()))?;
+        Ok(ToolBuild { command, inputs })
     })
     .await
     .map_err(|e| format!("preparing the build: {e}"))?

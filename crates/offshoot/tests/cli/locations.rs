@@ -194,7 +194,7 @@ def deployment_env(warehouse: Warehouse) -> dg.MaterializeResult:
 
 #[test]
 fn dagster_project_branch_deployment_tracks_changes_like_dagster_and_builds_in_its_own_schema() {
-    let tools = python_tools();
+    python_tools();
     let dir = TempDir::new("dagster");
     let repo = dir.0.join("repo");
     example_repo("dagster_shop", &repo);
@@ -288,7 +288,6 @@ fn dagster_project_branch_deployment_tracks_changes_like_dagster_and_builds_in_i
     // The asset's own child (a grandchild of the tool) went with the group.
     let left = Command::new("pgrep").args(["-f", "offshoot-slow-asset"]).output().expect("pgrep");
     assert!(!left.status.success(), "processes of the canceled run are still running: {}", String::from_utf8_lossy(&left.stdout));
-    let _ = tools;
 }
 
 const SLOW_ASSET: &str = r#"
