@@ -9,6 +9,7 @@ pub mod change;
 pub mod deployment;
 pub mod fingerprint;
 pub mod graph;
+pub mod lifecycle;
 pub mod run;
 pub mod selection;
 pub mod snapshot;
