@@ -241,6 +241,9 @@ async fn create_or_update(State(state): State<SharedState>, _: Writer, Body(body
             pull_request_url: body.pull_request_url,
             pull_request_status,
             base_deployment,
+            // dagster-cloud's create-or-update reopens a closed deployment (an older commit never does).
+            opens: true,
+            redeploy: false,
         },
     )
     .await?;
@@ -276,24 +279,21 @@ async fn close_deployment(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_request", format!("invalid JSON body: {e}")))?
     };
-    let mut deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     let status = match body.pull_request_status {
         None => None,
         Some(text) => Some(PullRequestStatus::parse(&text).filter(|s| *s != PullRequestStatus::Open).ok_or_else(|| {
             ApiError::bad_request("invalid_request", format!("pull_request_status `{text}` must be CLOSED or MERGED"))
         })?),
     };
-    if let (Some(status), Some(pull_request)) = (status, deployment.pull_request.as_mut()) {
-        pull_request.status = status;
-    }
     let reason = status.map_or("closed by request".to_owned(), |s| format!("pull request {}", s.as_str().to_lowercase()));
-    let deployment = lifecycle::close(&state, deployment, &reason).await?;
+    let deployment = lifecycle::close(&state, &deployment, &reason, status).await?;
     Ok(Json(deployment_view(&state, &deployment).await?))
 }
 
 async fn reopen_deployment(State(state): State<SharedState>, _: Writer, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<DeploymentJson>> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
-    let deployment = lifecycle::reopen(&state, deployment).await?;
+    let deployment = lifecycle::reopen(&state, &deployment).await?;
     Ok(Json(deployment_view(&state, &deployment).await?))
 }
 
@@ -310,16 +310,17 @@ async fn pin_deployment(
     Query(query): Query<RepositoryQuery>,
     Body(body): Body<PinBody>,
 ) -> ApiResult<Json<DeploymentJson>> {
-    let mut deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
-    deployment.pinned = body.pinned;
-    state.store.update_deployment(&deployment).await?;
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    state.store.set_pinned(deployment.id, body.pinned, crate::state::now()).await?;
+    let deployment = state.store.get_deployment(deployment.id).await?;
     Ok(Json(deployment_view(&state, &deployment).await?))
 }
 
+/// 204 once the deployment is gone; 202 while its runs are still stopping (it goes after them).
 async fn delete_deployment(State(state): State<SharedState>, _: Writer, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<StatusCode> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
-    lifecycle::delete(&state, deployment).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let gone = lifecycle::delete(&state, &deployment).await?;
+    Ok(if gone { StatusCode::NO_CONTENT } else { StatusCode::ACCEPTED })
 }
 
 async fn list_revisions(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<Vec<dto::RevisionJson>>> {
@@ -394,6 +395,6 @@ async fn show_run(State(state): State<SharedState>, _: Reader, Path(id): Path<i6
 
 async fn cancel_run(State(state): State<SharedState>, _: Writer, Path(id): Path<i64>) -> ApiResult<Json<RunJson>> {
     let run = state.store.get_run(RunId(id)).await.map_err(|_| ApiError::not_found("run_not_found", format!("no run {id}")))?;
-    runs::cancel(&state, run).await?;
+    runs::cancel(&state, &run).await?;
     Ok(Json(run_view(&state, id).await?))
 }

@@ -1,25 +1,28 @@
-//! The deploy pipeline: a push becomes a queued revision (latest commit wins), and the deploy
-//! worker turns queued revisions into ready ones: load the snapshot at the commit, validate,
-//! compute the change set against the base, prepare the warehouse, mark ready.
+//! The deploy pipeline: a push becomes a delivery to the deployment's lifecycle (latest commit
+//! wins, by ancestry), and the deploy worker turns queued revisions into ready ones: claim under
+//! a lease, load the snapshot at the commit, validate, compute the change set against the base,
+//! prepare the warehouse, and report the outcome to the lifecycle, which promotes it only if it
+//! is still the newest commit of an open deployment.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use offshoot_core::lifecycle::{Commit, Event, Lease};
 use offshoot_core::{
-    deployment_name_for_branch, diff, pushed_commit_is_newer, BranchName, ChangeSet, CommitSha, DeploymentKind, DeploymentName,
-    DeploymentStatus, PullRequestStatus, RepositoryName, RevisionStatus,
+    deployment_name_for_branch, diff, BranchName, ChangeSet, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, PullRequestStatus,
+    RepositoryName, RevisionStatus,
 };
-use offshoot_store::{CommitDetails, Deployment, DeploymentFilter, NewDeployment, NewRevision, PullRequest, Revision};
+use offshoot_store::{CommitDetails, Deployment, DeploymentFilter, DeployOutput, NewDeployment, PullRequest, Revision, StoreError};
 use tokio::sync::Semaphore;
 
 use crate::changes::ChangeSetJson;
 use crate::config::RepositoryConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::git::{self, GitError};
-use crate::lifecycle;
-use crate::state::{now, AppState, Loaded, Metrics, SharedState};
+use crate::lifecycle::{self, Extras, Input, LifecycleError, Outcome};
+use crate::state::{now, AppState, Loaded, SharedState};
 
 /// A push, from the API, a webhook or the watcher.
 #[derive(Debug, Clone)]
@@ -32,6 +35,10 @@ pub struct Push {
     pub pull_request_url: Option<String>,
     pub pull_request_status: Option<PullRequestStatus>,
     pub base_deployment: Option<DeploymentName>,
+    /// Whether the push reopens a closed deployment (when it is of the newest commit or newer).
+    pub opens: bool,
+    /// Deploy the commit again even if it is ready (its base changed).
+    pub redeploy: bool,
 }
 
 pub struct PushOutcome {
@@ -55,95 +62,125 @@ fn git_failure(error: GitError) -> ApiError {
     }
 }
 
-/// `branch-deployment create-or-update`: finds or creates the branch's deployment, applies the
-/// pull request's status (CLOSED or MERGED close it; OPEN reopens it) and queues the commit.
-/// A push to the production branch deploys `prod`.
+/// `branch-deployment create-or-update`: finds or creates the branch's deployment and delivers
+/// the commit to it; CLOSED or MERGED close it instead. A push to the production branch
+/// deploys `prod`.
 pub async fn create_or_update(state: &SharedState, push: Push) -> ApiResult<PushOutcome> {
     let repo = repository_config(state, &push.repository)?.clone();
     let commit = git::resolve(repo.path.clone(), push.commit.clone()).await.map_err(git_failure)?;
     if push.branch.as_str() == repo.production_branch {
         let deployment = ensure_production(state, &repo).await?;
-        let revision = enqueue(state, &deployment, commit).await?;
-        return Ok(PushOutcome { deployment, revision: Some(revision) });
+        return deliver(state, &deployment, commit, Delivery::default()).await;
     }
-    let time = now();
-    let existing = state.store.find_deployment_by_branch(&repo.name, &push.branch).await?;
-    let mut deployment = match existing {
+    let closing = matches!(push.pull_request_status, Some(PullRequestStatus::Closed | PullRequestStatus::Merged));
+    let deployment = match state.store.find_deployment_by_branch(&repo.name, &push.branch).await? {
         Some(deployment) => deployment,
-        None => {
-            if matches!(push.pull_request_status, Some(PullRequestStatus::Closed | PullRequestStatus::Merged)) {
-                return Err(ApiError::not_found(
-                    "deployment_not_found",
-                    format!("branch `{}` has no deployment to close", push.branch),
-                ));
-            }
-            check_open_limit(state).await?;
-            let all = state.store.list_deployments(&DeploymentFilter { repository: Some(repo.name.clone()), include_closed: true }).await?;
-            let taken: BTreeSet<DeploymentName> = all.into_iter().map(|d| d.name).collect();
-            let name = deployment_name_for_branch(&push.branch, |n| taken.contains(n));
-            state
-                .store
-                .create_deployment(NewDeployment {
-                    repository: repo.name.clone(),
-                    name,
-                    kind: DeploymentKind::Branch,
-                    branch: push.branch.clone(),
-                    pull_request: None,
-                    base_deployment: push.base_deployment.clone(),
-                    now: time,
-                })
-                .await?
+        None if closing => {
+            return Err(ApiError::not_found("deployment_not_found", format!("branch `{}` has no deployment to close", push.branch)));
         }
+        None => ensure_branch(state, &repo, &push).await?,
     };
-    if push.pull_request_id.is_some() || push.pull_request_url.is_some() || push.pull_request_status.is_some() {
+    let pull_request = (push.pull_request_id.is_some() || push.pull_request_url.is_some() || push.pull_request_status.is_some()).then(|| {
         let previous = deployment.pull_request.clone();
-        deployment.pull_request = Some(PullRequest {
+        PullRequest {
             id: push.pull_request_id.clone().or_else(|| previous.as_ref().map(|p| p.id.clone())).unwrap_or_default(),
             url: push.pull_request_url.clone().or_else(|| previous.as_ref().map(|p| p.url.clone())).unwrap_or_default(),
-            status: push.pull_request_status.or(previous.map(|p| p.status)).unwrap_or(PullRequestStatus::Open),
-        });
-    }
-    if push.base_deployment.is_some() {
-        deployment.base_deployment = push.base_deployment.clone();
-    }
-    match push.pull_request_status {
-        Some(PullRequestStatus::Closed | PullRequestStatus::Merged) => {
-            state.store.update_deployment(&deployment).await?;
-            let reason = format!("pull request {}", push.pull_request_status.map(|s| s.as_str().to_lowercase()).unwrap_or_default());
-            let deployment = lifecycle::close(state, deployment, &reason).await?;
-            return Ok(PushOutcome { deployment, revision: None });
+            status: push.pull_request_status.unwrap_or(PullRequestStatus::Open),
         }
-        _ => {
-            if deployment.status == DeploymentStatus::Closed {
-                check_open_limit(state).await?;
-                deployment.status = DeploymentStatus::Open;
-                deployment.closed_at = None;
-                deployment.close_reason = None;
-                // The schema was dropped: the next ready revision prepares it again.
-                deployment.current_revision = None;
-            }
-        }
+    });
+    if closing {
+        let status = push.pull_request_status.expect("closing means a status");
+        let reason = format!("pull request {}", status.as_str().to_lowercase());
+        let extras = Extras { pull_request, ..Extras::default() };
+        let deployment = lifecycle::close_with(state, &deployment, &reason, Some(status), extras).await?;
+        return Ok(PushOutcome { deployment, revision: None });
     }
-    deployment.last_push_at = time;
-    deployment.updated_at = time;
-    state.store.update_deployment(&deployment).await?;
-    let revision = enqueue(state, &deployment, commit).await?;
-    Ok(PushOutcome { deployment, revision: Some(revision) })
+    if deployment.status == DeploymentStatus::Closed && push.opens {
+        lifecycle::check_open_limit(state).await?;
+    }
+    let delivery = Delivery { opens: push.opens, redeploy: push.redeploy, pull_request, base_deployment: push.base_deployment.clone().map(Some) };
+    deliver(state, &deployment, commit, delivery).await
 }
 
-async fn check_open_limit(state: &AppState) -> ApiResult<()> {
-    let open = state.store.list_deployments(&DeploymentFilter::default()).await?;
-    let branches = open.iter().filter(|d| d.kind == DeploymentKind::Branch).count();
-    if branches >= state.config.max_open_branch_deployments {
-        return Err(ApiError::conflict(
-            "deployment_limit_reached",
-            format!("{branches} branch deployments are open, the configured maximum; close one first"),
-        ));
-    }
-    Ok(())
+/// How a commit is delivered to a deployment.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub opens: bool,
+    pub redeploy: bool,
+    pub pull_request: Option<PullRequest>,
+    pub base_deployment: Option<Option<DeploymentName>>,
 }
 
-/// The repository's `prod` deployment, created on first use.
+impl Default for Delivery {
+    fn default() -> Delivery {
+        Delivery { opens: true, redeploy: false, pull_request: None, base_deployment: None }
+    }
+}
+
+/// Delivers `commit` to the deployment's lifecycle: it is related to the newest delivered commit
+/// (by ancestry, read in the same attempt as the state it is decided on) and queued, recorded as
+/// superseded, or recognised as a duplicate.
+pub async fn deliver(state: &SharedState, deployment: &Deployment, commit: CommitDetails, delivery: Delivery) -> ApiResult<PushOutcome> {
+    let repo = repository_config(state, &deployment.repository)?.clone();
+    let mut written = None;
+    for _ in 0..lifecycle::ATTEMPTS {
+        let (record, view) = lifecycle::read(state, deployment.id).await?;
+        let head = view.machine.head.and_then(|n| record.revisions.iter().find(|r| r.number == n));
+        let relation = match head {
+            None => None,
+            Some(head) => Some(git::relation(repo.path.clone(), commit.clone(), head.commit.clone()).await.map_err(ApiError::internal)?),
+        };
+        let event = Event::Push { commit: Commit { sha: commit.sha.clone(), time: commit.time }, relation, opens: delivery.opens, redeploy: delivery.redeploy };
+        let extras = Extras {
+            commit: Some(commit.clone()),
+            pull_request: delivery.pull_request.clone(),
+            base_deployment: delivery.base_deployment.clone(),
+            ..Extras::default()
+        };
+        if let Some(outcome) = lifecycle::attempt(state, record, &view, Input { event, extras }).await? {
+            written = Some(outcome);
+            break;
+        }
+    }
+    let outcome = written.ok_or(LifecycleError::Contended(lifecycle::ATTEMPTS))?;
+    let deployment = outcome.deployment.clone().expect("a delivered-to deployment exists");
+    let revision = match outcome.new_revisions.last() {
+        Some(revision) => Some(revision.clone()),
+        None => state.store.find_revision_by_commit(deployment.id, &commit.sha).await?,
+    };
+    Ok(PushOutcome { deployment, revision })
+}
+
+/// The branch's deployment, created on its first delivery. Concurrent first deliveries get the
+/// same row; a name another branch took meanwhile gets a longer hash.
+async fn ensure_branch(state: &SharedState, repo: &RepositoryConfig, push: &Push) -> ApiResult<Deployment> {
+    for _ in 0..4 {
+        if let Some(existing) = state.store.find_deployment_by_branch(&repo.name, &push.branch).await? {
+            return Ok(existing);
+        }
+        lifecycle::check_open_limit(state).await?;
+        let all = state.store.list_deployments(&DeploymentFilter { repository: Some(repo.name.clone()), include_closed: true }).await?;
+        let taken: BTreeSet<DeploymentName> = all.into_iter().filter(|d| d.branch != push.branch).map(|d| d.name).collect();
+        let name = deployment_name_for_branch(&push.branch, |n| taken.contains(n));
+        let new = NewDeployment {
+            repository: repo.name.clone(),
+            name,
+            kind: DeploymentKind::Branch,
+            branch: push.branch.clone(),
+            pull_request: None,
+            base_deployment: push.base_deployment.clone(),
+            now: now(),
+        };
+        match state.store.ensure_deployment(new).await {
+            Ok(deployment) => return Ok(deployment),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(ApiError::conflict("conflict", format!("could not find a free deployment name for branch `{}`", push.branch)))
+}
+
+/// The repository's `prod` deployment, created on first use (concurrently: once).
 pub async fn ensure_production(state: &AppState, repo: &RepositoryConfig) -> ApiResult<Deployment> {
     let name = DeploymentName::production();
     if let Some(deployment) = state.store.find_deployment(&repo.name, &name).await? {
@@ -153,7 +190,7 @@ pub async fn ensure_production(state: &AppState, repo: &RepositoryConfig) -> Api
         .map_err(|e| ApiError::bad_request("invalid_branch_name", format!("production branch: {e}")))?;
     Ok(state
         .store
-        .create_deployment(NewDeployment {
+        .ensure_deployment(NewDeployment {
             repository: repo.name.clone(),
             name,
             kind: DeploymentKind::Production,
@@ -165,50 +202,13 @@ pub async fn ensure_production(state: &AppState, repo: &RepositoryConfig) -> Api
         .await?)
 }
 
-/// Queues `commit` for `deployment` unless an equal or newer commit is already known. A push of
-/// an older commit is recorded as superseded, so replays and out-of-order deliveries are visible
-/// but never deploy over a newer commit.
-pub async fn enqueue(state: &SharedState, deployment: &Deployment, commit: CommitDetails) -> ApiResult<Revision> {
-    let repo = repository_config(state, &deployment.repository)?.clone();
-    let revisions = state.store.list_revisions(deployment.id, 0).await?;
-    let newest = revisions.iter().find(|r| r.status != RevisionStatus::Superseded);
-    let time = now();
-    if let Some(newest) = newest {
-        let relation = git::relation(repo.path.clone(), commit.clone(), newest.commit.clone()).await.map_err(ApiError::internal)?;
-        // The same commit deploys again after a reopen (its schema was dropped) or a failure (a
-        // retry: the failure may have been the warehouse's, not the definitions').
-        let redeploy_same = newest.commit.sha == commit.sha
-            && ((deployment.current_revision.is_none() && newest.status == RevisionStatus::Ready) || newest.status == RevisionStatus::Failed);
-        if !pushed_commit_is_newer(relation) && !redeploy_same {
-            if newest.commit.sha == commit.sha {
-                return Ok(newest.clone());
-            }
-            let error = format!("{} is older than {}, which this deployment already has", commit.sha.short(), newest.commit.sha.short());
-            let revision = state
-                .store
-                .insert_revision(NewRevision { deployment_id: deployment.id, commit, status: RevisionStatus::Superseded, error: Some(error), now: time })
-                .await?;
-            Metrics::increment(&state.metrics.deploys_superseded);
-            return Ok(revision);
-        }
-    }
-    for mut older in revisions.into_iter().filter(|r| matches!(r.status, RevisionStatus::Queued | RevisionStatus::Deploying)) {
-        older.status = RevisionStatus::Superseded;
-        older.error = Some(format!("superseded by {}", commit.sha.short()));
-        older.finished_at = Some(time);
-        state.store.update_revision(&older).await?;
-        Metrics::increment(&state.metrics.deploys_superseded);
-    }
-    let revision = state
-        .store
-        .insert_revision(NewRevision { deployment_id: deployment.id, commit, status: RevisionStatus::Queued, error: None, now: time })
-        .await?;
-    state.deploy_wakeup.notify_one();
-    Ok(revision)
+fn lease(state: &AppState) -> Lease {
+    Lease { owner: state.config.server_id.clone(), until: now() + state.config.lease.as_millis() as i64 }
 }
 
 /// Runs forever: claims queued revisions (and deploying ones whose server's lease expired) and
-/// deploys them, several deployments at once. A claim succeeds for exactly one server.
+/// deploys them, several deployments at once. A claim is a lifecycle event: granted to exactly
+/// one server, and only while no other revision of the deployment deploys.
 pub async fn worker(state: SharedState) {
     let slots = Arc::new(Semaphore::new(state.config.deploy_concurrency.max(1)));
     loop {
@@ -216,24 +216,25 @@ pub async fn worker(state: SharedState) {
             Ok(candidates) => {
                 for candidate in candidates {
                     let Ok(permit) = slots.clone().acquire_owned().await else { return };
-                    let time = now();
-                    let lease_until = time + state.config.lease.as_millis() as i64;
-                    let claimed = match state.store.claim_revision(candidate.id, &state.config.server_id, time, lease_until).await {
-                        Ok(Some(claimed)) => claimed,
-                        Ok(None) => continue,
+                    let event = Event::ClaimDeploy { revision: candidate.number, lease: lease(&state) };
+                    let claimed = match lifecycle::apply_event(&state, candidate.deployment_id, event).await {
+                        Ok(outcome) if outcome.claimed_deploy(candidate.number) => outcome,
+                        Ok(_) | Err(LifecycleError::Refused(_)) => continue,
+                        Err(LifecycleError::Store(StoreError::NotFound(_))) => continue,
                         Err(error) => {
                             tracing::error!("claiming revision {}: {error}", candidate.id.0);
                             continue;
                         }
                     };
-                    if claimed.taken_over {
+                    if candidate.status == RevisionStatus::Deploying {
                         tracing::warn!("revision {} was deploying on a server that stopped; deploying it again", candidate.id.0);
                     }
                     let state = state.clone();
                     tokio::spawn(async move {
-                        let id = claimed.row.id;
-                        if let Err(error) = deploy(&state, claimed.row).await {
-                            tracing::error!("deploy of revision {} failed unexpectedly: {error}", id.0);
+                        let deployment = claimed.deployment.expect("a claimed revision's deployment exists");
+                        let id = candidate.id;
+                        if let Err(error) = deploy(&state, deployment, candidate).await {
+                            tracing::error!("deploy of revision {} stopped: {error}", id.0);
                         }
                         drop(permit);
                         state.deploy_wakeup.notify_one();
@@ -246,71 +247,28 @@ pub async fn worker(state: SharedState) {
     }
 }
 
-/// Deploys one revision. Failures are recorded on the revision; `Err` only for store failures.
-pub async fn deploy(state: &SharedState, mut revision: Revision) -> Result<(), offshoot_store::StoreError> {
-    let deployment = state.store.get_deployment(revision.deployment_id).await?;
-    if deployment.status == DeploymentStatus::Closed {
-        revision.status = RevisionStatus::Superseded;
-        revision.error = Some("the deployment was closed".into());
-        revision.finished_at = Some(now());
-        return state.store.update_revision(&revision).await;
-    }
-    // The claim made it `deploying` under this server's lease.
+/// Deploys one claimed revision and reports the outcome to the lifecycle, which discards it if a
+/// newer commit arrived or the deployment closed meanwhile.
+async fn deploy(state: &SharedState, deployment: Deployment, revision: Revision) -> Result<Outcome, LifecycleError> {
     tracing::info!("deploying {} of {}/{}", revision.commit.sha.short(), deployment.repository, deployment.name);
-
-    let outcome = prepare(state, &deployment, &mut revision).await;
-    // Re-read: a newer push may have superseded this revision while it deployed.
-    let latest = state.store.get_revision(revision.id).await?;
-    revision.finished_at = Some(now());
-    if latest.status == RevisionStatus::Superseded {
-        revision.status = RevisionStatus::Superseded;
-        revision.error = latest.error;
-        return state.store.update_revision(&revision).await;
+    let mut output = DeployOutput::default();
+    let outcome = prepare(state, &deployment, &revision, &mut output).await;
+    if let Err(message) = &outcome {
+        tracing::warn!("revision {} of {} failed: {message}", revision.number, deployment.name);
     }
-    match outcome {
-        Err(message) => {
-            revision.status = RevisionStatus::Failed;
-            revision.error = Some(message);
-            state.store.update_revision(&revision).await?;
-            Metrics::increment(&state.metrics.deploys_failed);
-            tracing::warn!("revision {} of {} failed: {}", revision.number, deployment.name, revision.error.as_deref().unwrap_or(""));
-        }
-        Ok(()) => {
-            // Serving first, then ready: a client never sees a ready newest revision that does not
-            // serve, and a kill in between leaves a deploying revision that is deployed again.
-            promote(state, &revision).await?;
-            revision.status = RevisionStatus::Ready;
-            state.store.update_revision(&revision).await?;
-            Metrics::increment(&state.metrics.deploys_ready);
-            tracing::info!("revision {} of {} is ready", revision.number, deployment.name);
-        }
+    let event = Event::DeployFinished { revision: revision.number, owner: state.config.server_id.clone(), outcome };
+    let extras = Extras { output: Some(output), ..Extras::default() };
+    let result = lifecycle::apply_with(state, deployment.id, event, extras).await;
+    match &result {
+        Ok(_) => tracing::info!("revision {} of {} finished", revision.number, deployment.name),
+        Err(LifecycleError::Refused(refusal)) => tracing::warn!("the result of revision {} of {} was refused: {refusal}", revision.number, deployment.name),
+        Err(_) => {}
     }
-    crate::feedback::revision_finished(state, &deployment, &revision);
-    Ok(())
-}
-
-/// Makes a ready revision the one serving, unless a newer one serves already.
-async fn promote(state: &AppState, revision: &Revision) -> Result<(), offshoot_store::StoreError> {
-    let mut deployment = state.store.get_deployment(revision.deployment_id).await?;
-    if let Some(current_id) = deployment.current_revision {
-        if current_id == revision.id {
-            return Ok(());
-        }
-        let mut current = state.store.get_revision(current_id).await?;
-        if current.number > revision.number {
-            return Ok(());
-        }
-        current.status = RevisionStatus::Superseded;
-        current.error = Some(format!("replaced by revision {}", revision.number));
-        state.store.update_revision(&current).await?;
-    }
-    deployment.current_revision = Some(revision.id);
-    deployment.updated_at = now();
-    state.store.update_deployment(&deployment).await
+    result
 }
 
 /// Validation, change tracking and the warehouse; `Err` is the failure message for people.
-async fn prepare(state: &SharedState, deployment: &Deployment, revision: &mut Revision) -> Result<(), String> {
+async fn prepare(state: &SharedState, deployment: &Deployment, revision: &Revision, output: &mut DeployOutput) -> Result<(), String> {
     let repo = state
         .repository(&deployment.repository)
         .ok_or_else(|| format!("repository `{}` is no longer configured", deployment.repository))?
@@ -323,17 +281,17 @@ async fn prepare(state: &SharedState, deployment: &Deployment, revision: &mut Re
                 .iter()
                 .map(|d| serde_json::json!({"path": d.path, "line": d.line, "column": d.column, "message": d.message, "hint": d.hint}))
                 .collect();
-            revision.diagnostics_json = Some(serde_json::Value::Array(list).to_string());
+            output.diagnostics_json = Some(serde_json::Value::Array(list).to_string());
             let first = diagnostics.first().map(|d| d.to_string()).unwrap_or_default();
             return Err(format!("{} problem(s) in the definitions; first: {}", diagnostics.len(), first.lines().next().unwrap_or("")));
         }
     };
-    revision.asset_count = project.snapshot.len() as u32;
+    output.asset_count = project.snapshot.len() as u32;
 
     if let Some((base_commit, base)) = base_of(state, deployment, &repo, &revision.commit.sha).await? {
         if let Ok(base) = base.as_ref() {
             let changes = diff(&base.snapshot, &project.snapshot);
-            record_changes(revision, base_commit, &changes);
+            record_changes(output, base_commit, &changes);
         }
     }
 
@@ -347,12 +305,12 @@ async fn prepare(state: &SharedState, deployment: &Deployment, revision: &mut Re
     Ok(())
 }
 
-fn record_changes(revision: &mut Revision, base_commit: CommitSha, changes: &ChangeSet) {
+fn record_changes(output: &mut DeployOutput, base_commit: CommitSha, changes: &ChangeSet) {
     let json = ChangeSetJson::from(changes);
-    revision.changed_count = changes.changes.len() as u32;
-    revision.impacted_count = changes.impacted.len() as u32;
-    revision.changes_json = serde_json::to_string(&json).ok();
-    revision.base_commit = Some(base_commit);
+    output.changed_count = changes.changes.len() as u32;
+    output.impacted_count = changes.impacted.len() as u32;
+    output.changes_json = serde_json::to_string(&json).ok();
+    output.base_commit = Some(base_commit);
 }
 
 /// What change tracking compares with. A branch: the merge-base of its commit with the base

@@ -55,7 +55,6 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("deployment_not_ready", 409, "the deployment has no ready revision yet"),
     ("deployment_limit_reached", 409, "too many open branch deployments"),
     ("run_finished", 409, "the run has finished already"),
-    ("hook_queue_full", 503, "too many webhook events are waiting; retry later"),
     ("repository_fetch_failed", 502, "fetching a remote repository failed; see the server log"),
     ("not_found", 404, "a row the request refers to no longer exists (e.g. deleted meanwhile)"),
     ("conflict", 409, "the request would break a uniqueness rule of the store"),

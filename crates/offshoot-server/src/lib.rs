@@ -43,8 +43,9 @@ pub async fn serve(state: SharedState, listener: tokio::net::TcpListener, shutdo
     let mut workers = tokio::task::JoinSet::new();
     workers.spawn(deploy::worker(state.clone()));
     workers.spawn(runs::executor(state.clone()));
-    workers.spawn(lifecycle::ttl_loop(state.clone()));
+    workers.spawn(lifecycle::maintenance_loop(state.clone()));
     workers.spawn(lifecycle::heartbeat(state.clone()));
+    workers.spawn(hooks::intake_worker(state.clone()));
     workers.spawn({
         let state = state.clone();
         async move { mirror::prepare_all(&state).await }

@@ -1,102 +1,529 @@
-//! Branch deployment lifecycle beyond deploys: close (drop the branch's warehouse objects, keep
-//! history), reopen, delete, the TTL sweep, and the start-up reconciliation after a crash.
+//! The deployment lifecycle, applied: every state change of a deployment (push, close, reopen,
+//! delete, TTL, deploy and run claims and results, teardown) is one event given to the pure
+//! state machine in `offshoot_core::lifecycle`, whose decision is written in one transaction
+//! with a version check ([`offshoot_store::Store::apply`]); a concurrent change makes the write
+//! stale, and the event is decided again on what is there now. Effects (wake a worker, stop a
+//! run, drop the schema, publish feedback) are carried out only after the write.
+//!
+//! Also here: the work around the lifecycle that is not a decision: the teardown itself, the TTL
+//! sweep, the lease heartbeat, the folder sweep and start-up reconciliation.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use offshoot_core::{DeploymentKind, DeploymentStatus, RevisionStatus, RunStatus, SchemaName};
-use offshoot_store::{Deployment, DeploymentFilter, RunFilter};
+use offshoot_core::lifecycle::{Change, Commit, Decision, Effect, Event, Lease, Lifecycle, Refusal, RevisionPhase, RunPhase, RunState, RevisionState};
+use offshoot_core::{AssetKey, DeploymentKind, DeploymentName, DeploymentStatus, RevisionStatus, RunStatus, SchemaName};
+use offshoot_store::{
+    Applied, CommitDetails, Deployment, DeploymentFilter, DeploymentId, DeployOutput, DeploymentPatch, LifecycleRecord, LifecycleWrite, NewRevision,
+    NewRun, PullRequest, Revision, RevisionPatch, Run, RunFilter, RunId, RunPatch, StoreError,
+};
 
-use crate::deploy;
 use crate::error::{ApiError, ApiResult};
-use crate::state::{now, AppState, SharedState};
+use crate::state::{now, AppState, Metrics, SharedState};
 
-fn refuse_production(deployment: &Deployment, action: &str) -> ApiResult<()> {
-    if deployment.kind == DeploymentKind::Production {
-        return Err(ApiError::conflict("production_protected", format!("`{}` is production; it cannot be {action}", deployment.name)));
-    }
-    Ok(())
+/// Data an event's writes need beyond what the state machine decides.
+#[derive(Debug, Default, Clone)]
+pub struct Extras {
+    /// The pushed commit as git describes it.
+    pub commit: Option<CommitDetails>,
+    /// A pull request's id and url (its status is the machine's).
+    pub pull_request: Option<PullRequest>,
+    pub base_deployment: Option<Option<DeploymentName>>,
+    /// A finished deploy's findings.
+    pub output: Option<DeployOutput>,
+    /// A launched run's selection and planned steps.
+    pub run: Option<(String, Vec<AssetKey>)>,
+    /// Why a finished run failed.
+    pub run_error: Option<String>,
 }
 
-/// Marks the deployment closed, cancels its runs and drops its warehouse objects. History stays.
-pub async fn close(state: &AppState, mut deployment: Deployment, reason: &str) -> ApiResult<Deployment> {
-    refuse_production(&deployment, "closed")?;
-    cancel_active_runs(state, &deployment).await?;
-    let time = now();
-    for mut revision in state.store.list_revisions(deployment.id, 0).await? {
-        if matches!(revision.status, RevisionStatus::Queued | RevisionStatus::Deploying) {
-            revision.status = RevisionStatus::Superseded;
-            revision.error = Some(format!("the deployment was closed ({reason})"));
-            revision.finished_at = Some(time);
-            state.store.update_revision(&revision).await?;
+/// An event with what its writes need.
+pub struct Input {
+    pub event: Event,
+    pub extras: Extras,
+}
+
+impl From<Event> for Input {
+    fn from(event: Event) -> Input {
+        Input { event, extras: Extras::default() }
+    }
+}
+
+/// What an applied event did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// The deployment as written (`None` once deleted).
+    pub deployment: Option<Deployment>,
+    pub new_revisions: Vec<Revision>,
+    pub new_runs: Vec<Run>,
+}
+
+impl Outcome {
+    /// Whether the decision moved revision `number` to `deploying` (a claim was granted).
+    pub fn claimed_deploy(&self, number: u32) -> bool {
+        self.decision.changes.iter().any(|c| matches!(c, Change::Revision { number: n, phase: RevisionPhase::Deploying(_), .. } if *n == number))
+    }
+
+    pub fn claimed_run(&self, run: RunId) -> bool {
+        self.decision.changes.iter().any(|c| matches!(c, Change::Run { run: r, phase: RunPhase::Running(_), .. } if *r == run.0))
+    }
+
+    pub fn claimed_teardown(&self) -> bool {
+        self.decision.changes.iter().any(|c| matches!(c, Change::Teardown(offshoot_core::lifecycle::Teardown::Running(_))))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Making the event failed (e.g. git could not relate two commits).
+    #[error("{}", .0.message)]
+    Input(ApiError),
+    #[error("the deployment kept changing; gave up after {0} attempts")]
+    Contended(usize),
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(error: LifecycleError) -> ApiError {
+        match error {
+            LifecycleError::Refused(refusal) => refusal_error(refusal),
+            LifecycleError::Store(error) => error.into(),
+            LifecycleError::Input(error) => error,
+            LifecycleError::Contended(_) => ApiError::internal(error),
         }
     }
-    if deployment.status != DeploymentStatus::Closed {
-        deployment.status = DeploymentStatus::Closed;
-        deployment.closed_at = Some(time);
-        deployment.close_reason = Some(reason.to_owned());
-        deployment.updated_at = time;
-        // Durable first: if the teardown below is interrupted, start-up reconciliation finishes it.
-        state.store.update_deployment(&deployment).await?;
+}
+
+fn refusal_error(refusal: Refusal) -> ApiError {
+    let message = refusal.to_string();
+    match refusal {
+        Refusal::Production => ApiError::conflict("production_protected", "`prod` is production; it cannot be closed or deleted"),
+        Refusal::Closed => ApiError::conflict("deployment_closed", message),
+        Refusal::NotServing => ApiError::conflict("deployment_not_ready", message),
+        Refusal::RunFinished(_) => ApiError::conflict("run_finished", message),
+        Refusal::UnknownRun(_) => ApiError::not_found("run_not_found", message),
+        Refusal::UnknownRevision(_) => ApiError::not_found("revision_not_found", message),
+        Refusal::NotClaimable(_) | Refusal::LeaseNotHeld => ApiError::internal(message),
     }
-    state.warehouse.teardown(&state.target(&deployment)).await.map_err(ApiError::internal)?;
+}
+
+/// Attempts before a write that keeps meeting concurrent changes gives up (each attempt loses
+/// only to a write that succeeded, so this bounds starvation, not progress).
+pub const ATTEMPTS: usize = 200;
+
+/// The state machine's view of a stored deployment, with the numbers of its revisions.
+pub struct View {
+    pub machine: Lifecycle,
+    numbers: BTreeMap<i64, u32>,
+}
+
+impl View {
+    pub fn number_of(&self, revision: offshoot_store::RevisionId) -> Option<u32> {
+        self.numbers.get(&revision.0).copied()
+    }
+}
+
+fn revision_phase(revision: &Revision) -> RevisionPhase {
+    match revision.status {
+        RevisionStatus::Queued => RevisionPhase::Queued,
+        // A deploying row without a lease (from before leases) counts as abandoned.
+        RevisionStatus::Deploying => RevisionPhase::Deploying(revision.lease.clone().unwrap_or(Lease { owner: String::new(), until: 0 })),
+        RevisionStatus::Ready => RevisionPhase::Ready,
+        RevisionStatus::Failed => RevisionPhase::Failed,
+        RevisionStatus::Superseded => RevisionPhase::Superseded,
+    }
+}
+
+fn run_phase(run: &Run) -> RunPhase {
+    match run.status {
+        RunStatus::Queued => RunPhase::Queued,
+        RunStatus::Running => RunPhase::Running(run.lease.clone().unwrap_or(Lease { owner: String::new(), until: 0 })),
+        RunStatus::Succeeded => RunPhase::Succeeded,
+        RunStatus::Failed => RunPhase::Failed,
+        RunStatus::Canceled => RunPhase::Canceled,
+    }
+}
+
+pub fn view(record: &LifecycleRecord, next_revision: u32) -> View {
+    let deployment = &record.deployment;
+    let numbers: BTreeMap<i64, u32> = record.revisions.iter().map(|r| (r.id.0, r.number)).collect();
+    let revisions = record
+        .revisions
+        .iter()
+        .map(|r| (r.number, RevisionState { commit: Commit { sha: r.commit.sha.clone(), time: r.commit.time }, phase: revision_phase(r) }))
+        .collect();
+    let runs = record
+        .runs
+        .iter()
+        .map(|r| (r.id.0, RunState { revision: numbers.get(&r.revision_id.0).copied().unwrap_or(0), phase: run_phase(r), cancel_requested: r.cancel_requested }))
+        .collect();
+    let machine = Lifecycle {
+        production: deployment.kind == DeploymentKind::Production,
+        open: deployment.status == DeploymentStatus::Open,
+        delete_requested: deployment.delete_requested,
+        pull_request: deployment.pull_request.as_ref().map(|p| p.status),
+        head: deployment.head_revision.and_then(|id| numbers.get(&id.0).copied()),
+        serving: deployment.current_revision.and_then(|id| numbers.get(&id.0).copied()),
+        next_revision,
+        revisions,
+        runs,
+        teardown: deployment.teardown.clone(),
+    };
+    View { machine, numbers }
+}
+
+fn revision_status(phase: &RevisionPhase) -> RevisionStatus {
+    match phase {
+        RevisionPhase::Queued => RevisionStatus::Queued,
+        RevisionPhase::Deploying(_) => RevisionStatus::Deploying,
+        RevisionPhase::Ready => RevisionStatus::Ready,
+        RevisionPhase::Failed => RevisionStatus::Failed,
+        RevisionPhase::Superseded => RevisionStatus::Superseded,
+    }
+}
+
+fn run_status(phase: &RunPhase) -> (RunStatus, Option<Lease>) {
+    match phase {
+        RunPhase::Queued => (RunStatus::Queued, None),
+        RunPhase::Running(lease) => (RunStatus::Running, Some(lease.clone())),
+        RunPhase::Succeeded => (RunStatus::Succeeded, None),
+        RunPhase::Failed => (RunStatus::Failed, None),
+        RunPhase::Canceled => (RunStatus::Canceled, None),
+    }
+}
+
+/// The store writes of a decision.
+fn write_of(record: &LifecycleRecord, decision: &Decision, extras: &Extras, now: i64) -> Result<LifecycleWrite, LifecycleError> {
+    let deployment = &record.deployment;
+    let mut write = LifecycleWrite {
+        deployment: deployment.id,
+        version: deployment.version,
+        now,
+        deployment_patch: DeploymentPatch::default(),
+        new_revisions: Vec::new(),
+        revisions: Vec::new(),
+        new_runs: Vec::new(),
+        runs: Vec::new(),
+        delete: false,
+    };
+    let patch = &mut write.deployment_patch;
+    let details = |commit: &Commit| -> Option<CommitDetails> {
+        extras
+            .commit
+            .iter()
+            .chain(record.revisions.iter().map(|r| &r.commit))
+            .find(|c| c.sha == commit.sha)
+            .cloned()
+    };
+    for change in &decision.changes {
+        match change {
+            Change::Open => patch.status = Some(DeploymentStatus::Open),
+            Change::Close { reason } => {
+                patch.status = Some(DeploymentStatus::Closed);
+                patch.close_reason = Some(reason.clone());
+            }
+            Change::PullRequest(status) => {
+                let known = extras.pull_request.clone().or_else(|| deployment.pull_request.clone());
+                let (id, url) = known.map(|p| (p.id, p.url)).unwrap_or_default();
+                patch.pull_request = Some(PullRequest { id, url, status: *status });
+            }
+            Change::Head(number) => patch.head = Some(*number),
+            Change::Serving(number) => patch.serving = Some(*number),
+            Change::Pushed => patch.pushed = true,
+            Change::Teardown(teardown) => patch.teardown = Some(teardown.clone()),
+            Change::DeleteRequested => patch.delete_requested = true,
+            Change::Delete => write.delete = true,
+            Change::NewRevision { number, commit, phase, note } => {
+                let commit = details(commit).ok_or_else(|| StoreError::Backend(format!("no details of commit {}", commit.sha)))?;
+                write.new_revisions.push(NewRevision { number: *number, commit, status: revision_status(phase), error: note.clone() });
+            }
+            Change::Revision { number, phase, note } => {
+                let lease = match phase {
+                    RevisionPhase::Deploying(lease) => Some(lease.clone()),
+                    _ => None,
+                };
+                let output = matches!(phase, RevisionPhase::Ready | RevisionPhase::Failed).then(|| extras.output.clone()).flatten();
+                write.revisions.push(RevisionPatch { number: *number, status: revision_status(phase), error: note.clone(), lease, output });
+            }
+            Change::NewRun { revision } => {
+                let (selection, steps) = extras.run.clone().ok_or_else(|| StoreError::Backend("a new run without its plan".into()))?;
+                write.new_runs.push(NewRun { revision: *revision, selection, steps });
+            }
+            Change::Run { run, phase, cancel_requested, note, steps } => {
+                let (status, lease) = run_status(phase);
+                let error = note.clone().or_else(|| match phase {
+                    RunPhase::Failed => extras.run_error.clone(),
+                    RunPhase::Canceled => Some("canceled".to_owned()),
+                    _ => None,
+                });
+                write.runs.push(RunPatch { id: RunId(*run), status, cancel_requested: *cancel_requested, error, lease, steps: *steps });
+            }
+        }
+    }
+    // Pull-request details and the base ride along with a delivery that the machine took.
+    let took_delivery = decision.changes.iter().any(|c| matches!(c, Change::Head(_) | Change::Open));
+    if took_delivery || decision.changes.is_empty() {
+        if let Some(pull_request) = &extras.pull_request {
+            if patch.pull_request.is_none() {
+                let status = deployment.pull_request.as_ref().map(|p| p.status).unwrap_or(pull_request.status);
+                let wanted = PullRequest { status, ..pull_request.clone() };
+                if deployment.pull_request.as_ref() != Some(&wanted) {
+                    patch.pull_request = Some(wanted);
+                }
+            }
+        }
+        if let Some(base) = &extras.base_deployment {
+            if &deployment.base_deployment != base {
+                patch.base_deployment = Some(base.clone());
+            }
+        }
+    }
+    Ok(write)
+}
+
+fn write_is_empty(write: &LifecycleWrite) -> bool {
+    write.deployment_patch == DeploymentPatch::default()
+        && write.new_revisions.is_empty()
+        && write.revisions.is_empty()
+        && write.new_runs.is_empty()
+        && write.runs.is_empty()
+        && !write.delete
+}
+
+/// Reads a deployment's lifecycle: its record and the state machine's view of it.
+pub async fn read(state: &SharedState, deployment: DeploymentId) -> Result<(LifecycleRecord, View), LifecycleError> {
+    let record = state.store.lifecycle(deployment).await?;
+    // Read after the row, so a number taken meanwhile makes the write stale, never a clash.
+    let next = state.store.list_revisions(deployment, 1).await?.first().map_or(1, |r| r.number + 1);
+    let view = view(&record, next);
+    Ok((record, view))
+}
+
+/// Decides `input` on what was read and writes it with the version check; `None` when another
+/// writer came first (read again and decide again). Carries out the effects once written.
+pub async fn attempt(state: &SharedState, record: LifecycleRecord, view: &View, input: Input) -> Result<Option<Outcome>, LifecycleError> {
+    let time = now();
+    let decision = view.machine.decide(&input.event, time)?;
+    let write = write_of(&record, &decision, &input.extras, time)?;
+    if write_is_empty(&write) {
+        carry_out(state, &record.deployment, &decision.effects);
+        return Ok(Some(Outcome { decision, deployment: Some(record.deployment), new_revisions: Vec::new(), new_runs: Vec::new() }));
+    }
+    let deleted = write.delete;
+    match state.store.apply(write).await? {
+        Applied::Stale => Ok(None),
+        Applied::Done { revisions, runs, .. } => {
+            let written = if deleted { None } else { Some(state.store.get_deployment(record.deployment.id).await?) };
+            count(state, &decision);
+            carry_out(state, written.as_ref().unwrap_or(&record.deployment), &decision.effects);
+            Ok(Some(Outcome { decision, deployment: written, new_revisions: revisions, new_runs: runs }))
+        }
+    }
+}
+
+/// The outcome when `make` finds nothing to do.
+fn nothing(record: LifecycleRecord) -> Outcome {
+    Outcome { decision: Decision::default(), deployment: Some(record.deployment), new_revisions: Vec::new(), new_runs: Vec::new() }
+}
+
+/// Applies one event to a deployment: reads it, lets `make` build the event from what is there
+/// (`None`: nothing to do after all), decides, and writes with the version check, again from the
+/// start if another writer came first. Events that need I/O to be made (relating a pushed commit
+/// to the head) loop over [`read`] and [`attempt`] themselves.
+pub async fn apply<F>(state: &SharedState, deployment: DeploymentId, mut make: F) -> Result<Outcome, LifecycleError>
+where
+    F: FnMut(&LifecycleRecord, &View) -> Result<Option<Input>, ApiError> + Send,
+{
+    for _ in 0..ATTEMPTS {
+        let (record, view) = read(state, deployment).await?;
+        let Some(input) = make(&record, &view).map_err(LifecycleError::Input)? else { return Ok(nothing(record)) };
+        if let Some(outcome) = attempt(state, record, &view, input).await? {
+            return Ok(outcome);
+        }
+    }
+    Err(LifecycleError::Contended(ATTEMPTS))
+}
+
+/// Applies an event that needs nothing but the state.
+pub async fn apply_event(state: &SharedState, deployment: DeploymentId, event: Event) -> Result<Outcome, LifecycleError> {
+    apply_with(state, deployment, event, Extras::default()).await
+}
+
+/// Applies an event with fixed extras.
+pub async fn apply_with(state: &SharedState, deployment: DeploymentId, event: Event, extras: Extras) -> Result<Outcome, LifecycleError> {
+    apply(state, deployment, |_, _| Ok(Some(Input { event: event.clone(), extras: extras.clone() }))).await
+}
+
+fn count(state: &AppState, decision: &Decision) {
+    for change in &decision.changes {
+        match change {
+            Change::Revision { phase: RevisionPhase::Superseded, .. } | Change::NewRevision { phase: RevisionPhase::Superseded, .. } => {
+                Metrics::increment(&state.metrics.deploys_superseded)
+            }
+            Change::Revision { phase: RevisionPhase::Ready, .. } => Metrics::increment(&state.metrics.deploys_ready),
+            Change::Revision { phase: RevisionPhase::Failed, .. } => Metrics::increment(&state.metrics.deploys_failed),
+            Change::Run { phase: RunPhase::Succeeded, .. } => Metrics::increment(&state.metrics.runs_succeeded),
+            Change::Run { phase: RunPhase::Failed, .. } => Metrics::increment(&state.metrics.runs_failed),
+            Change::Run { phase: RunPhase::Canceled, .. } => Metrics::increment(&state.metrics.runs_canceled),
+            _ => {}
+        }
+    }
+}
+
+/// Carries out a written decision's effects. None of them blocks the caller.
+fn carry_out(state: &SharedState, deployment: &Deployment, effects: &[Effect]) {
+    for effect in effects {
+        match effect {
+            Effect::Deploy => state.deploy_wakeup.notify_one(),
+            Effect::StartRuns => state.run_wakeup.notify_one(),
+            Effect::StopRun(run) => {
+                if let Some(switch) = state.cancel_switches.lock().expect("never poisoned: no panics inside").get(&RunId(*run)) {
+                    let _ = switch.send(true);
+                }
+            }
+            Effect::Teardown => {
+                let (state, id) = (state.clone(), deployment.id);
+                tokio::spawn(async move {
+                    if let Err(error) = teardown(&state, id).await {
+                        tracing::warn!("teardown of deployment {}: {error}; the maintenance sweep retries", id.0);
+                    }
+                });
+            }
+            Effect::RevisionFinished(number) => {
+                let (state, deployment, number) = (state.clone(), deployment.clone(), *number);
+                tokio::spawn(async move {
+                    let revisions = state.store.list_revisions(deployment.id, 0).await.unwrap_or_default();
+                    if let Some(revision) = revisions.into_iter().find(|r| r.number == number) {
+                        crate::feedback::revision_finished(&state, &deployment, &revision);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Claims a deployment's pending teardown, drops its warehouse objects, and records it done (or,
+/// for a deleted deployment, removes its history). Nothing happens unless the claim is granted:
+/// while runs or a deploy of the deployment are still going, the teardown waits for them.
+pub async fn teardown(state: &SharedState, deployment: DeploymentId) -> Result<bool, LifecycleError> {
+    let lease = Lease { owner: state.config.server_id.clone(), until: now() + state.config.lease.as_millis() as i64 };
+    let claimed = match apply_event(state, deployment, Event::ClaimTeardown { lease }).await {
+        Ok(outcome) if outcome.claimed_teardown() => outcome,
+        Ok(_) | Err(LifecycleError::Refused(_)) => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    let row = claimed.deployment.expect("a claimed teardown's deployment exists");
+    state.warehouse.teardown(&state.target(&row)).await.map_err(|e| LifecycleError::Input(ApiError::internal(e)))?;
+    apply_event(state, deployment, Event::TeardownFinished { owner: state.config.server_id.clone() }).await?;
+    tracing::info!("dropped the warehouse objects of {}/{}", row.repository, row.name);
+    Ok(true)
+}
+
+/// Closes a branch deployment: queued work is superseded or canceled, running runs are asked to
+/// stop, and the warehouse objects are dropped once they have. History stays.
+pub async fn close(state: &SharedState, deployment: &Deployment, reason: &str, pull_request: Option<offshoot_core::PullRequestStatus>) -> ApiResult<Deployment> {
+    close_with(state, deployment, reason, pull_request, Extras::default()).await
+}
+
+/// [`close`], recording the pull request's details too.
+pub async fn close_with(
+    state: &SharedState,
+    deployment: &Deployment,
+    reason: &str,
+    pull_request: Option<offshoot_core::PullRequestStatus>,
+    extras: Extras,
+) -> ApiResult<Deployment> {
+    let event = Event::Close { reason: reason.to_owned(), pull_request };
+    let outcome = apply_with(state, deployment.id, event, extras).await?;
     tracing::info!("closed {}/{}: {reason}", deployment.repository, deployment.name);
-    Ok(deployment)
+    if outcome.decision.effects.contains(&Effect::Teardown) {
+        // Nothing was running: the objects are dropped now, so the answer can say they are gone.
+        return wait_for_teardown(state, deployment.id).await;
+    }
+    Ok(outcome.deployment.expect("a closed deployment exists"))
 }
 
-/// Opens a closed deployment again and redeploys its newest commit.
-pub async fn reopen(state: &SharedState, mut deployment: Deployment) -> ApiResult<Deployment> {
-    if deployment.status == DeploymentStatus::Open {
-        return Ok(deployment);
+/// Waits (bounded) until the deployment's teardown is done; returns the row as it is then.
+async fn wait_for_teardown(state: &SharedState, id: DeploymentId) -> ApiResult<Deployment> {
+    let deadline = tokio::time::Instant::now() + DELETE_WAIT;
+    loop {
+        let row = state.store.get_deployment(id).await?;
+        if row.teardown == offshoot_core::lifecycle::Teardown::Done || tokio::time::Instant::now() >= deadline {
+            return Ok(row);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Opens a closed deployment again and redeploys the newest commit it was delivered.
+pub async fn reopen(state: &SharedState, deployment: &Deployment) -> ApiResult<Deployment> {
+    if deployment.status == DeploymentStatus::Closed {
+        check_open_limit(state).await?;
+    }
+    let outcome = apply_event(state, deployment.id, Event::Reopen).await?;
+    Ok(outcome.deployment.expect("a reopened deployment exists"))
+}
+
+/// How long `delete` waits for runs to stop and the teardown to finish before answering.
+const DELETE_WAIT: Duration = Duration::from_secs(30);
+
+/// Deletes a branch deployment: closes it, and removes it with its history once its teardown is
+/// done. `true` when it is gone on return; `false` when runs are still stopping (it goes later).
+pub async fn delete(state: &SharedState, deployment: &Deployment) -> ApiResult<bool> {
+    let outcome = apply_event(state, deployment.id, Event::Delete).await?;
+    if outcome.deployment.is_none() {
+        return Ok(true);
+    }
+    let deadline = tokio::time::Instant::now() + DELETE_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        match state.store.get_deployment(deployment.id).await {
+            Err(StoreError::NotFound(_)) => {
+                tracing::info!("deleted {}/{}", deployment.repository, deployment.name);
+                return Ok(true);
+            }
+            Err(error) => return Err(error.into()),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    Ok(false)
+}
+
+pub async fn check_open_limit(state: &AppState) -> ApiResult<()> {
     let open = state.store.list_deployments(&DeploymentFilter::default()).await?;
-    if open.iter().filter(|d| d.kind == DeploymentKind::Branch).count() >= state.config.max_open_branch_deployments {
-        return Err(ApiError::conflict("deployment_limit_reached", "too many open branch deployments; close one first"));
-    }
-    deployment.status = DeploymentStatus::Open;
-    deployment.closed_at = None;
-    deployment.close_reason = None;
-    deployment.current_revision = None;
-    deployment.last_push_at = now();
-    deployment.updated_at = now();
-    if let Some(pull_request) = deployment.pull_request.as_mut() {
-        pull_request.status = offshoot_core::PullRequestStatus::Open;
-    }
-    state.store.update_deployment(&deployment).await?;
-    let newest = state.store.list_revisions(deployment.id, 0).await?.into_iter().find(|r| r.status != RevisionStatus::Superseded);
-    if let Some(newest) = newest {
-        deploy::enqueue(state, &deployment, newest.commit).await?;
-    }
-    Ok(deployment)
-}
-
-/// Removes a branch deployment, its warehouse objects and its history.
-pub async fn delete(state: &AppState, deployment: Deployment) -> ApiResult<()> {
-    refuse_production(&deployment, "deleted")?;
-    cancel_active_runs(state, &deployment).await?;
-    state.warehouse.teardown(&state.target(&deployment)).await.map_err(ApiError::internal)?;
-    state.store.delete_deployment(deployment.id).await?;
-    tracing::info!("deleted {}/{}", deployment.repository, deployment.name);
-    Ok(())
-}
-
-async fn cancel_active_runs(state: &AppState, deployment: &Deployment) -> ApiResult<()> {
-    let filter = RunFilter { deployment_id: Some(deployment.id), statuses: vec![RunStatus::Queued, RunStatus::Running], limit: 0 };
-    for run in state.store.list_runs(&filter).await? {
-        crate::runs::cancel(state, run).await?;
+    let branches = open.iter().filter(|d| d.kind == DeploymentKind::Branch).count();
+    if branches >= state.config.max_open_branch_deployments {
+        return Err(ApiError::conflict(
+            "deployment_limit_reached",
+            format!("{branches} branch deployments are open, the configured maximum; close one first"),
+        ));
     }
     Ok(())
 }
 
-/// Closes open branch deployments without a push for longer than the TTL, unless pinned.
-pub async fn sweep_expired(state: &AppState) -> ApiResult<usize> {
+/// Closes open branch deployments without a push for longer than the TTL, unless pinned. The
+/// close re-checks nothing here: a push or pin that lands first makes the close's write stale,
+/// and the TTL is checked again on the next sweep.
+pub async fn sweep_expired(state: &SharedState) -> ApiResult<usize> {
     let cutoff = now() - state.config.ttl.as_millis() as i64;
     let mut closed = 0;
     for deployment in state.store.list_deployments(&DeploymentFilter::default()).await? {
         if deployment.kind == DeploymentKind::Branch && !deployment.pinned && deployment.last_push_at < cutoff {
             let days = state.config.ttl.as_secs() / 86_400;
-            close(state, deployment, &format!("no push for {days} day(s) (TTL)")).await?;
-            closed += 1;
+            let reason = format!("no push for {days} day(s) (TTL)");
+            // Decided on the row as it is at write time: a push or a pin meanwhile wins.
+            let outcome = apply(state, deployment.id, |record: &LifecycleRecord, _: &View| {
+                let current = &record.deployment;
+                let still_expired = current.status == DeploymentStatus::Open && !current.pinned && current.last_push_at < cutoff;
+                Ok(still_expired.then(|| Input::from(Event::Close { reason: reason.clone(), pull_request: None })))
+            })
+            .await?;
+            if outcome.decision.changes.iter().any(|c| matches!(c, Change::Close { .. })) {
+                closed += 1;
+            }
         }
     }
     Ok(closed)
@@ -163,56 +590,74 @@ pub async fn sweep_folders(state: &AppState) -> ApiResult<usize> {
     Ok(removed)
 }
 
-pub async fn ttl_loop(state: SharedState) {
-    // Every minute, or more often for short TTLs, so nothing outlives its TTL by much.
-    let interval = (state.config.ttl / 24).clamp(Duration::from_secs(1), Duration::from_secs(60));
+/// Teardowns that are waiting (their runs stopped on another server, a server died mid-way, a
+/// start-up): each is claimed and carried out, or left for later if work still runs.
+pub async fn sweep_teardowns(state: &SharedState) -> ApiResult<usize> {
+    let mut done = 0;
+    let all = state.store.list_deployments(&DeploymentFilter { repository: None, include_closed: true }).await?;
+    for deployment in all.iter().filter(|d| d.teardown != offshoot_core::lifecycle::Teardown::Done) {
+        match teardown(state, deployment.id).await {
+            Ok(true) => done += 1,
+            Ok(false) => {}
+            Err(error) => tracing::warn!("teardown of {}/{}: {error}", deployment.repository, deployment.name),
+        }
+    }
+    Ok(done)
+}
+
+pub async fn maintenance_loop(state: SharedState) {
+    // Every minute, or more often for short TTLs, so nothing outlives its TTL by much; teardowns
+    // that wait for another server's runs are retried at the same pace (or at least every 5 s).
+    let interval = (state.config.ttl / 24).clamp(Duration::from_secs(1), Duration::from_secs(5));
+    let mut last_folder_sweep = tokio::time::Instant::now() - Duration::from_secs(3600);
     loop {
         if let Err(error) = sweep_expired(&state).await {
             tracing::error!("TTL sweep failed: {}", error.message);
         }
-        if let Err(error) = sweep_folders(&state).await {
-            tracing::error!("folder sweep failed: {}", error.message);
+        if let Err(error) = sweep_teardowns(&state).await {
+            tracing::error!("teardown sweep failed: {}", error.message);
+        }
+        if last_folder_sweep.elapsed() >= Duration::from_secs(60) {
+            last_folder_sweep = tokio::time::Instant::now();
+            if let Err(error) = sweep_folders(&state).await {
+                tracing::error!("folder sweep failed: {}", error.message);
+            }
         }
         tokio::time::sleep(interval).await;
     }
 }
 
-/// After a crash or restart: deploys that were in flight are queued again (deploys are
-/// idempotent), runs that were executing fail with a reason, closed deployments and schemas that
-/// belong to no open deployment are dropped, and every repository has its `prod`.
+/// After a crash or restart: work this server had claimed is given up (deploys are claimed again,
+/// interrupted runs fail with the reason, teardowns are redone), every repository has its `prod`,
+/// waiting teardowns are carried out, and schemas that belong to no deployment are dropped.
 pub async fn reconcile(state: &SharedState) -> ApiResult<()> {
-    // Work this server (same id, before a restart) had claimed is given up at once: the deploy
-    // worker deploys those revisions again (deploys are idempotent) and the run executor fails
-    // those runs with the reason. Other servers' work is taken over only when its lease expires.
+    // Other servers' work is taken over only when its lease expires.
     let released = state.store.renew_leases(&state.config.server_id, 0).await?;
     if released > 0 {
-        tracing::warn!("taking back {released} deploy(s) or run(s) this server was executing when it stopped");
+        tracing::warn!("taking back {released} piece(s) of work this server was doing when it stopped");
     }
     for repo in &state.config.repositories {
-        let production = deploy::ensure_production(state, repo).await?;
+        let production = crate::deploy::ensure_production(state, repo).await?;
         // A repository nobody has deployed yet starts with its production branch's tip.
         if state.store.list_revisions(production.id, 1).await?.is_empty() {
             match crate::git::resolve(repo.path.clone(), repo.production_branch.clone()).await {
                 Ok(commit) => {
-                    deploy::enqueue(state, &production, commit).await?;
+                    crate::deploy::deliver(state, &production, commit, crate::deploy::Delivery::default()).await?;
                 }
                 Err(error) => tracing::warn!("repository `{}`: cannot deploy prod yet: {error}", repo.name),
             }
         }
     }
+    sweep_teardowns(state).await?;
+    // Schemas first, deployments second: a schema seen here belongs to a deployment row that
+    // existed before it was prepared, so a deployment another server creates meanwhile is never
+    // mistaken for an orphan.
+    let schemas = state.warehouse.schemas().await.map_err(ApiError::internal)?;
     let all = state.store.list_deployments(&DeploymentFilter { repository: None, include_closed: true }).await?;
-    let mut live: BTreeSet<SchemaName> = BTreeSet::new();
-    for deployment in &all {
-        let target = state.target(deployment);
-        if deployment.status == DeploymentStatus::Closed {
-            state.warehouse.teardown(&target).await.map_err(ApiError::internal)?;
-        } else {
-            live.insert(target.schema.clone());
-        }
-    }
-    for schema in state.warehouse.schemas().await.map_err(ApiError::internal)? {
+    let known: BTreeSet<SchemaName> = all.iter().map(|d| state.target(d).schema).collect();
+    for schema in schemas {
         let is_production = schema.as_str().ends_with("__prod");
-        if !live.contains(&schema) && !is_production {
+        if !known.contains(&schema) && !is_production {
             tracing::warn!("dropping orphan warehouse schema {schema}");
             // Teardown refuses a target that is its own production; an orphan is nobody's.
             let nobody = SchemaName::parse("orphan__prod").expect("a valid schema name");

@@ -144,6 +144,8 @@ pub async fn deploy_production_if_new(state: &SharedState, repo: &RepositoryConf
         pull_request_url: None,
         pull_request_status: None,
         base_deployment: None,
+        opens: true,
+        redeploy: false,
     };
     if let Err(error) = deploy::create_or_update(state, push).await {
         tracing::warn!("repository `{}`: cannot deploy prod yet: {}", repo.name, error.message);

@@ -9,10 +9,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use offshoot_core::{
-    diff, Asset, AssetKey, AssetKind, ChangeSet, DeploymentKind, DeploymentName, DeploymentStatus, RunPlan, RunStatus, Selection, Snapshot, StepStatus,
-};
-use offshoot_store::{Deployment, Materialization, NewRun, Revision, Run, RunFilter, RunId, RunStep};
+use offshoot_core::lifecycle::{Event, Lease};
+use offshoot_core::{diff, Asset, AssetKey, AssetKind, ChangeSet, DeploymentKind, DeploymentName, RunPlan, RunStatus, Selection, Snapshot, StepStatus};
+use offshoot_store::{Deployment, Materialization, Revision, Run, RunFilter, RunId, RunStep, StoreError};
 use offshoot_warehouse::Target;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -20,40 +19,38 @@ use tokio::task::JoinSet;
 
 use crate::error::{ApiError, ApiResult};
 use crate::git;
+use crate::lifecycle::{self, Extras, Input, LifecycleError};
 use crate::state::{now, AppState, Metrics, SharedState};
 
 /// A step's log is cut beyond this many bytes.
 const MAX_LOG_BYTES: usize = 1 << 20;
 
-/// Starts a run of `selection` in the deployment's serving revision.
+/// Starts a run of `selection` in the deployment's serving revision. The plan is made from the
+/// revision serving at the moment the run is written (a promote meanwhile makes the write stale
+/// and the plan is made again).
 pub async fn launch(state: &SharedState, deployment: &Deployment, selection_text: &str) -> ApiResult<Run> {
-    if deployment.status == DeploymentStatus::Closed {
-        return Err(ApiError::conflict("deployment_closed", format!("`{}` is closed; reopen it to run", deployment.name)));
-    }
-    let Some(revision_id) = deployment.current_revision else {
-        return Err(ApiError::conflict("deployment_not_ready", format!("`{}` has no ready revision yet", deployment.name)));
-    };
     let selection = Selection::parse(selection_text).map_err(|e| ApiError::bad_request("invalid_selection", e.render(selection_text)))?;
-    let revision = state.store.get_revision(revision_id).await?;
-    let (snapshot_project, changes) = head_and_changes(state, deployment, &revision).await?;
-    let snapshot = &snapshot_project.snapshot;
-    let keys = selection.evaluate(snapshot, &changes);
-    let plan = RunPlan::new(snapshot, &keys);
-    if plan.steps.is_empty() {
-        return Err(ApiError::bad_request("empty_selection", format!("`{selection_text}` selects no asset that can be materialized")));
+    for _ in 0..lifecycle::ATTEMPTS {
+        let (record, view) = lifecycle::read(state, deployment.id).await?;
+        if !view.machine.open {
+            return Err(ApiError::conflict("deployment_closed", format!("`{}` is closed; reopen it to run", deployment.name)));
+        }
+        let Some(serving) = view.machine.serving.and_then(|n| record.revisions.iter().find(|r| r.number == n)) else {
+            return Err(ApiError::conflict("deployment_not_ready", format!("`{}` has no ready revision yet", deployment.name)));
+        };
+        let (project, changes) = head_and_changes(state, &record.deployment, serving).await?;
+        let keys = selection.evaluate(&project.snapshot, &changes);
+        let plan = RunPlan::new(&project.snapshot, &keys);
+        if plan.steps.is_empty() {
+            return Err(ApiError::bad_request("empty_selection", format!("`{selection_text}` selects no asset that can be materialized")));
+        }
+        let steps = plan.steps.iter().map(|s| s.key.clone()).collect();
+        let extras = Extras { run: Some((selection_text.to_owned(), steps)), ..Extras::default() };
+        if let Some(outcome) = lifecycle::attempt(state, record, &view, Input { event: Event::LaunchRun, extras }).await? {
+            return outcome.new_runs.into_iter().next().ok_or_else(|| ApiError::internal("a launched run was not written"));
+        }
     }
-    let run = state
-        .store
-        .insert_run(NewRun {
-            deployment_id: deployment.id,
-            revision_id,
-            selection: selection_text.to_owned(),
-            steps: plan.steps.iter().map(|s| s.key.clone()).collect(),
-            now: now(),
-        })
-        .await?;
-    state.run_wakeup.notify_one();
-    Ok(run)
+    Err(LifecycleError::Contended(lifecycle::ATTEMPTS).into())
 }
 
 /// The revision's project and its change set against the base it was deployed against.
@@ -78,28 +75,11 @@ pub async fn head_and_changes(
     Ok((head, changes))
 }
 
-/// Cancels a queued run at once, or asks a running one to stop.
-pub async fn cancel(state: &AppState, mut run: Run) -> ApiResult<Run> {
-    if run.status.is_finished() {
-        return Err(ApiError::conflict("run_finished", format!("run {} has finished already ({})", run.id.0, run.status)));
-    }
-    let time = now();
-    run.cancel_requested = true;
-    if run.status == RunStatus::Queued {
-        for mut step in state.store.list_steps(run.id).await? {
-            step.status = StepStatus::Canceled;
-            step.finished_at = Some(time);
-            state.store.update_step(&step).await?;
-        }
-        run.status = RunStatus::Canceled;
-        run.finished_at = Some(time);
-        Metrics::increment(&state.metrics.runs_canceled);
-    }
-    state.store.update_run(&run).await?;
-    if let Some(switch) = state.cancel_switches.lock().expect("never poisoned: no panics inside").get(&run.id) {
-        let _ = switch.send(true);
-    }
-    Ok(run)
+/// Cancels a queued run at once, or asks a running one to stop (its steps stop at the next
+/// boundary and its commands are killed; it ends `canceled`).
+pub async fn cancel(state: &SharedState, run: &Run) -> ApiResult<()> {
+    lifecycle::apply_event(state, run.deployment_id, Event::CancelRun { run: run.id.0 }).await?;
+    Ok(())
 }
 
 /// Runs forever: claims queued runs as their pool has room, and fails runs whose server died
@@ -132,7 +112,7 @@ pub async fn executor(state: SharedState) {
                     tokio::spawn(async move {
                         let Ok(permit) = pool.acquire_owned().await else { return };
                         let id = run.id;
-                        if let Err(error) = claim_and_execute(&state, id).await {
+                        if let Err(error) = claim_and_execute(&state, run).await {
                             tracing::error!("run {} stopped on a store error: {error}", id.0);
                         }
                         drop(permit);
@@ -146,42 +126,26 @@ pub async fn executor(state: SharedState) {
     }
 }
 
-async fn claim_and_execute(state: &SharedState, id: RunId) -> Result<(), offshoot_store::StoreError> {
-    let time = now();
-    let lease_until = time + state.config.lease.as_millis() as i64;
-    match state.store.claim_run(id, &state.config.server_id, time, lease_until).await? {
-        None => Ok(()),
-        Some(claimed) if claimed.taken_over => fail_interrupted(state, claimed.row).await,
-        Some(claimed) => execute(state, claimed.row).await,
-    }
+fn lease(state: &AppState) -> Lease {
+    Lease { owner: state.config.server_id.clone(), until: now() + state.config.lease.as_millis() as i64 }
 }
 
-/// A run whose server stopped mid-way: the step that was executing may have half-written its
-/// table, so nothing is re-executed behind the user's back. It fails with the reason; launching
-/// it again rebuilds what it selected.
-pub async fn fail_interrupted(state: &AppState, mut run: Run) -> Result<(), offshoot_store::StoreError> {
-    tracing::warn!("run {} was executing on a server that stopped; marking it failed", run.id.0);
-    let time = now();
-    for mut step in state.store.list_steps(run.id).await? {
-        let status = match step.status {
-            StepStatus::Running => StepStatus::Failed,
-            StepStatus::Pending => StepStatus::Skipped,
-            other => other,
-        };
-        if status != step.status {
-            if status == StepStatus::Failed {
-                step.error = Some("the server stopped while this step ran".into());
-            }
-            step.status = status;
-            step.finished_at = Some(time);
-            state.store.update_step(&step).await?;
+/// Claims a run (a lifecycle event: granted to one server, only while the deployment is open)
+/// and executes it. A run found running under an expired lease is failed by the claim itself.
+async fn claim_and_execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
+    let outcome = match lifecycle::apply_event(state, run.deployment_id, Event::ClaimRun { run: run.id.0, lease: lease(state) }).await {
+        Ok(outcome) => outcome,
+        Err(LifecycleError::Refused(_)) | Err(LifecycleError::Store(StoreError::NotFound(_))) => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    if !outcome.claimed_run(run.id) {
+        if run.status == RunStatus::Running {
+            tracing::warn!("run {} was executing on a server that stopped; it failed", run.id.0);
         }
+        return Ok(());
     }
-    run.status = RunStatus::Failed;
-    run.error = Some("the server stopped during the run; launch it again".into());
-    run.finished_at = Some(time);
-    Metrics::increment(&state.metrics.runs_failed);
-    state.store.update_run(&run).await
+    let run = state.store.get_run(run.id).await?;
+    execute(state, run).await
 }
 
 /// What every step of one run shares.
@@ -196,7 +160,7 @@ struct RunContext {
 }
 
 /// Executes a run this server has claimed (it is `running` under this server's lease).
-async fn execute(state: &SharedState, run: Run) -> Result<(), offshoot_store::StoreError> {
+async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
     let deployment = state.store.get_deployment(run.deployment_id).await?;
     let revision = state.store.get_revision(run.revision_id).await?;
     let mut steps = state.store.list_steps(run.id).await?;
@@ -296,39 +260,33 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), offshoot_store::St
     finish(state, run, &context, &steps, &statuses).await
 }
 
-/// Records a run's outcome from its steps'.
-async fn finish(state: &SharedState, run: Run, context: &RunContext, steps: &[RunStep], statuses: &[StepStatus]) -> Result<(), offshoot_store::StoreError> {
+/// Reports a run's outcome (from its steps') to the lifecycle: `canceled` if a cancel was
+/// asked for, whatever the steps did; a closed deployment's teardown may go ahead after it.
+async fn finish(state: &SharedState, run: Run, context: &RunContext, steps: &[RunStep], statuses: &[StepStatus]) -> Result<(), LifecycleError> {
     state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
-    let mut run = state.store.get_run(run.id).await?;
-    run.status = RunPlan::outcome(statuses).unwrap_or(RunStatus::Failed);
-    run.finished_at = Some(now());
-    if run.status == RunStatus::Failed {
-        let failed: Vec<String> = steps.iter().filter(|s| s.status == StepStatus::Failed).map(|s| s.asset_key.to_string()).collect();
-        run.error = Some(format!("failed: {}", failed.join(", ")));
-    }
-    state.store.update_run(&run).await?;
-    let counter = match run.status {
-        RunStatus::Succeeded => &state.metrics.runs_succeeded,
-        RunStatus::Canceled => &state.metrics.runs_canceled,
-        _ => &state.metrics.runs_failed,
-    };
-    Metrics::increment(counter);
-    tracing::info!("run {} in {} finished: {}", run.id.0, context.deployment.name, run.status);
+    let succeeded = RunPlan::outcome(statuses) == Some(RunStatus::Succeeded);
+    let failed: Vec<String> = steps.iter().filter(|s| s.status == StepStatus::Failed).map(|s| s.asset_key.to_string()).collect();
+    let error = (!succeeded).then(|| if failed.is_empty() { "canceled".to_owned() } else { format!("failed: {}", failed.join(", ")) });
+    report(state, &run, succeeded, error).await?;
+    tracing::info!("run {} in {} finished", run.id.0, context.deployment.name);
     Ok(())
 }
 
-async fn finish_early(state: &AppState, mut run: Run, steps: Vec<RunStep>, message: String) -> Result<(), offshoot_store::StoreError> {
+async fn report(state: &SharedState, run: &Run, succeeded: bool, error: Option<String>) -> Result<(), LifecycleError> {
+    let event = Event::RunFinished { run: run.id.0, owner: state.config.server_id.clone(), succeeded };
+    let extras = Extras { run_error: error, ..Extras::default() };
+    lifecycle::apply_with(state, run.deployment_id, event, extras).await?;
+    Ok(())
+}
+
+async fn finish_early(state: &SharedState, run: Run, steps: Vec<RunStep>, message: String) -> Result<(), LifecycleError> {
     for mut step in steps {
         step.status = StepStatus::Skipped;
         step.finished_at = Some(now());
         state.store.update_step(&step).await?;
     }
     state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
-    run.status = RunStatus::Failed;
-    run.error = Some(message);
-    run.finished_at = Some(now());
-    Metrics::increment(&state.metrics.runs_failed);
-    state.store.update_run(&run).await
+    report(state, &run, false, Some(message)).await
 }
 
 /// Executes one step and records its outcome; returns the step as stored.

@@ -23,6 +23,8 @@ pub struct AppState {
     pub deploy_wakeup: Notify,
     /// Wakes the run executor when a run is queued.
     pub run_wakeup: Notify,
+    /// Wakes the webhook worker when a delivery was recorded.
+    pub intake_wakeup: Notify,
     pub snapshots: SnapshotCache,
     /// One load per commit at a time: code locations' tools write into the commit's folder.
     load_locks: Mutex<HashMap<(RepositoryName, CommitSha), Arc<tokio::sync::Mutex<()>>>>,
@@ -39,6 +41,7 @@ impl AppState {
             config,
             deploy_wakeup: Notify::new(),
             run_wakeup: Notify::new(),
+            intake_wakeup: Notify::new(),
             snapshots: SnapshotCache::new(SNAPSHOT_CACHE_ASSETS),
             load_locks: Mutex::new(HashMap::new()),
             cancel_switches: Mutex::new(HashMap::new()),

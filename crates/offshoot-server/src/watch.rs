@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use offshoot_core::selection::glob_match;
-use offshoot_core::{BranchName, DeploymentKind, DeploymentStatus, RevisionStatus};
+use offshoot_core::{BranchName, DeploymentKind, DeploymentStatus};
 use offshoot_store::{Deployment, DeploymentFilter};
 
 use crate::config::{RepositoryConfig, WatchConfig};
@@ -24,10 +24,10 @@ pub async fn watch_loop(state: SharedState, repo: RepositoryConfig, watch: Watch
     }
 }
 
-/// The newest commit the deployment has seen (any revision that was not superseded).
+/// The newest commit the deployment was delivered (its head).
 async fn newest_commit(state: &SharedState, deployment: &Deployment) -> ApiResult<Option<String>> {
-    let revisions = state.store.list_revisions(deployment.id, 10).await?;
-    Ok(revisions.into_iter().find(|r| r.status != RevisionStatus::Superseded).map(|r| r.commit.sha.to_string()))
+    let Some(head) = deployment.head_revision else { return Ok(None) };
+    Ok(Some(state.store.get_revision(head).await?.commit.sha.to_string()))
 }
 
 pub async fn poll_once(state: &SharedState, repo: &RepositoryConfig, watch: &WatchConfig) -> ApiResult<()> {
@@ -56,6 +56,9 @@ pub async fn poll_once(state: &SharedState, repo: &RepositoryConfig, watch: &Wat
             pull_request_url: None,
             pull_request_status: None,
             base_deployment: None,
+            // A deployment closed by hand stays closed.
+            opens: false,
+            redeploy: false,
         };
         if let Err(error) = deploy::create_or_update(state, push).await {
             tracing::warn!("watch: branch `{name}`: {}", error.message);
@@ -64,7 +67,7 @@ pub async fn poll_once(state: &SharedState, repo: &RepositoryConfig, watch: &Wat
     let open = state.store.list_deployments(&DeploymentFilter { repository: Some(repo.name.clone()), include_closed: false }).await?;
     for deployment in open {
         if deployment.kind == DeploymentKind::Branch && !present.contains(deployment.branch.as_str()) {
-            lifecycle::close(state, deployment, "the branch was deleted").await?;
+            lifecycle::close(state, &deployment, "the branch was deleted", None).await?;
         }
     }
     Ok(())

@@ -50,3 +50,7 @@ pub(crate) fn step(row: &SqliteRow) -> StoreResult<RunStep> {
 pub(crate) fn materialization(row: &SqliteRow) -> StoreResult<Materialization> {
     rows::materialization(&Row(row))
 }
+
+pub(crate) fn intake(row: &SqliteRow) -> StoreResult<offshoot_store::Intake> {
+    rows::intake(&Row(row))
+}

@@ -2,12 +2,19 @@
 //! materializations, behind one trait that SQLite and PostgreSQL implement. Rows are this crate's
 //! own types built from the core's newtypes; no driver type crosses this boundary.
 //!
+//! Lifecycle state (a deployment's status, head, serving revision, teardown; its revisions' and
+//! runs' phases) changes only through [`Store::apply`]: one transaction that checks and bumps the
+//! deployment's `version`, so two writers can never overwrite each other (compare-and-set). What
+//! changes is said explicitly (patches), never by writing a whole row back.
+//!
 //! [`contract`] is the behaviour every implementation must show; each backend's tests run it.
 
 pub mod contract;
 pub mod rows;
 
 use async_trait::async_trait;
+use offshoot_core::lifecycle::StepsEnd;
+pub use offshoot_core::lifecycle::{Lease, Teardown};
 use offshoot_core::{
     AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, PullRequestStatus, RepositoryName,
     RevisionStatus, RunStatus, StepStatus, UnixMillis,
@@ -64,6 +71,14 @@ pub struct Deployment {
     pub last_push_at: UnixMillis,
     pub closed_at: Option<UnixMillis>,
     pub close_reason: Option<String>,
+    /// Bumped by every lifecycle write: the compare-and-set token of [`Store::apply`].
+    pub version: i64,
+    /// The revision of the newest delivered commit (kept across a close: reopen deploys it).
+    pub head_revision: Option<RevisionId>,
+    /// Dropping the warehouse objects of a close, once nothing of the deployment runs.
+    pub teardown: Teardown,
+    /// Deleted once its teardown is done.
+    pub delete_requested: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,21 +109,6 @@ pub struct CommitDetails {
     pub time: i64,
 }
 
-/// Who executes a revision's deploy or a run, and until when: a server renews its leases while
-/// it works; a lease that expires (its server died) lets another server take the work over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub owner: String,
-    pub expires_at: UnixMillis,
-}
-
-/// A revision or run just claimed; `taken_over` when it was executing under an expired lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claimed<T> {
-    pub row: T,
-    pub taken_over: bool,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revision {
     pub id: RevisionId,
@@ -131,18 +131,148 @@ pub struct Revision {
     pub queued_at: UnixMillis,
     pub started_at: Option<UnixMillis>,
     pub finished_at: Option<UnixMillis>,
-    /// Set by `claim_revision` and `renew_leases` only; `update_revision` leaves it alone.
+    /// Who deploys it while `deploying`.
     pub lease: Option<Lease>,
 }
 
+/// A revision a lifecycle write inserts; `number` is the lifecycle's next one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRevision {
-    pub deployment_id: DeploymentId,
+    pub number: u32,
     pub commit: CommitDetails,
     /// `Queued`, or `Superseded` for a push that arrived after a newer commit.
     pub status: RevisionStatus,
     pub error: Option<String>,
+}
+
+/// What a deploy found, written with its outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployOutput {
+    pub diagnostics_json: Option<String>,
+    pub base_commit: Option<CommitSha>,
+    pub changes_json: Option<String>,
+    pub asset_count: u32,
+    pub changed_count: u32,
+    pub impacted_count: u32,
+}
+
+/// A revision's move to `status`. `deploying` sets `started_at` and the lease; a finished
+/// status sets `finished_at` and clears the lease. `error` replaces the error when `Some`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionPatch {
+    pub number: u32,
+    pub status: RevisionStatus,
+    pub error: Option<String>,
+    pub lease: Option<Lease>,
+    pub output: Option<DeployOutput>,
+}
+
+/// The deployment's fields a lifecycle write changes; `None` leaves a field alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeploymentPatch {
+    /// `Closed` sets `closed_at` to now and `close_reason`; `Open` clears both.
+    pub status: Option<DeploymentStatus>,
+    pub close_reason: Option<String>,
+    pub pull_request: Option<PullRequest>,
+    pub base_deployment: Option<Option<DeploymentName>>,
+    /// By revision number.
+    pub head: Option<u32>,
+    /// By revision number; `Some(None)` clears it.
+    pub serving: Option<Option<u32>>,
+    /// Sets `last_push_at` to now.
+    pub pushed: bool,
+    pub teardown: Option<Teardown>,
+    pub delete_requested: bool,
+}
+
+/// A run a lifecycle write inserts, `queued`, with its planned steps `pending`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRun {
+    /// By revision number.
+    pub revision: u32,
+    /// The selection as the user wrote it.
+    pub selection: String,
+    /// The planned steps, in execution (topological) order.
+    pub steps: Vec<AssetKey>,
+}
+
+/// A run's move to `status`: `running` sets the lease, and `started_at` if it was not running
+/// yet (a cancel request keeps it running and its start); a finished status sets
+/// `finished_at`, clears the lease and ends unfinished steps as `steps` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunPatch {
+    pub id: RunId,
+    pub status: RunStatus,
+    pub cancel_requested: bool,
+    /// Replaces the error when `Some`.
+    pub error: Option<String>,
+    pub lease: Option<Lease>,
+    pub steps: StepsEnd,
+}
+
+/// One decision of the lifecycle, applied in one transaction if the deployment's version is
+/// still `version`. Order inside: new revisions, revision patches, new runs, run patches, the
+/// deployment patch (so it may point at new revisions), then `delete`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleWrite {
+    pub deployment: DeploymentId,
+    pub version: i64,
     pub now: UnixMillis,
+    pub deployment_patch: DeploymentPatch,
+    pub new_revisions: Vec<NewRevision>,
+    pub revisions: Vec<RevisionPatch>,
+    pub new_runs: Vec<NewRun>,
+    pub runs: Vec<RunPatch>,
+    /// Removes the deployment with its revisions, runs, steps and materializations.
+    pub delete: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Written; the deployment's new version, and the rows inserted, in the write's order.
+    Done { version: i64, revisions: Vec<Revision>, runs: Vec<Run> },
+    /// The deployment changed since it was read: nothing was written; read it again.
+    Stale,
+}
+
+/// What the lifecycle needs of a deployment: its row and the revisions and runs its rules read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleRecord {
+    pub deployment: Deployment,
+    /// Every queued or deploying revision, the head and the serving one, by number.
+    pub revisions: Vec<Revision>,
+    /// Every queued or running run.
+    pub runs: Vec<Run>,
+}
+
+/// A webhook delivery accepted for processing, recorded before it is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewIntake {
+    /// `github` or `gitlab`.
+    pub source: String,
+    /// The host's delivery id (scoped by source); a second delivery with the same id is refused.
+    pub delivery: Option<String>,
+    pub repository: RepositoryName,
+    /// The parsed job, as JSON.
+    pub payload: String,
+    /// The server that accepted it.
+    pub received_by: String,
+    pub now: UnixMillis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IntakeId(pub i64);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intake {
+    pub id: IntakeId,
+    pub source: String,
+    pub delivery: Option<String>,
+    pub repository: RepositoryName,
+    pub payload: String,
+    pub received_by: String,
+    pub received_at: UnixMillis,
+    pub done_at: Option<UnixMillis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,18 +289,8 @@ pub struct Run {
     pub finished_at: Option<UnixMillis>,
     /// Set when someone asked to cancel; the executor stops at the next step boundary.
     pub cancel_requested: bool,
-    /// Set by `claim_run` and `renew_leases` only; `update_run` leaves it alone.
+    /// Who executes it while `running`.
     pub lease: Option<Lease>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewRun {
-    pub deployment_id: DeploymentId,
-    pub revision_id: RevisionId,
-    pub selection: String,
-    /// The planned steps, in execution (topological) order.
-    pub steps: Vec<AssetKey>,
-    pub now: UnixMillis,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,19 +332,25 @@ pub struct Materialization {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Deployments. (repository, name) is unique, and so is (repository, branch).
-    async fn create_deployment(&self, new: NewDeployment) -> StoreResult<Deployment>;
+    /// The deployment of `new.branch`, created (open, version 0) if it has none: two concurrent
+    /// calls for one branch return the same row. `Conflict` when `new.name` belongs to another
+    /// branch (pick another name).
+    async fn ensure_deployment(&self, new: NewDeployment) -> StoreResult<Deployment>;
     async fn get_deployment(&self, id: DeploymentId) -> StoreResult<Deployment>;
     async fn find_deployment(&self, repository: &RepositoryName, name: &DeploymentName) -> StoreResult<Option<Deployment>>;
     async fn find_deployment_by_branch(&self, repository: &RepositoryName, branch: &BranchName) -> StoreResult<Option<Deployment>>;
     /// Ordered by kind (production first), then name.
     async fn list_deployments(&self, filter: &DeploymentFilter) -> StoreResult<Vec<Deployment>>;
-    /// Writes every mutable field of the row with this id.
-    async fn update_deployment(&self, deployment: &Deployment) -> StoreResult<()>;
-    /// Removes the deployment with its revisions, runs, steps and materializations.
-    async fn delete_deployment(&self, id: DeploymentId) -> StoreResult<()>;
+    /// Pins (never closed by the TTL) or unpins; bumps the version.
+    async fn set_pinned(&self, id: DeploymentId, pinned: bool, now: UnixMillis) -> StoreResult<()>;
+
+    // The lifecycle.
+    /// The deployment's row (read first) and the revisions and runs its lifecycle reads.
+    async fn lifecycle(&self, id: DeploymentId) -> StoreResult<LifecycleRecord>;
+    /// Applies one lifecycle decision atomically, if the version still matches.
+    async fn apply(&self, write: LifecycleWrite) -> StoreResult<Applied>;
 
     // Revisions.
-    async fn insert_revision(&self, new: NewRevision) -> StoreResult<Revision>;
     async fn get_revision(&self, id: RevisionId) -> StoreResult<Revision>;
     /// Newest (highest number) first; `limit` 0 means all.
     async fn list_revisions(&self, deployment: DeploymentId, limit: u32) -> StoreResult<Vec<Revision>>;
@@ -232,25 +358,16 @@ pub trait Store: Send + Sync + 'static {
     /// query for listings instead of one per deployment.
     async fn newest_revisions(&self) -> StoreResult<Vec<Revision>>;
     async fn find_revision_by_commit(&self, deployment: DeploymentId, commit: &CommitSha) -> StoreResult<Option<Revision>>;
-    async fn update_revision(&self, revision: &Revision) -> StoreResult<()>;
     /// Across all deployments, oldest first: the deploy worker's queue and the reconciler's view.
     async fn revisions_with_status(&self, statuses: &[RevisionStatus]) -> StoreResult<Vec<Revision>>;
-    /// Atomically: a `queued` revision, or a `deploying` one whose lease expired before `now`,
-    /// becomes `deploying` under `owner`'s lease until `lease_until` (`started_at` = `now`). At
-    /// most one caller gets `Some`; every other gets `None`.
-    async fn claim_revision(&self, id: RevisionId, owner: &str, now: UnixMillis, lease_until: UnixMillis) -> StoreResult<Option<Claimed<Revision>>>;
 
     // Runs and their steps.
-    async fn insert_run(&self, new: NewRun) -> StoreResult<Run>;
     async fn get_run(&self, id: RunId) -> StoreResult<Run>;
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>>;
-    async fn update_run(&self, run: &Run) -> StoreResult<()>;
-    /// Atomically: a `queued` run, or a `running` one whose lease expired before `now`, becomes
-    /// `running` under `owner`'s lease. At most one caller gets `Some`.
-    async fn claim_run(&self, id: RunId, owner: &str, now: UnixMillis, lease_until: UnixMillis) -> StoreResult<Option<Claimed<Run>>>;
-    /// Extends every lease `owner` holds on deploying revisions and running runs to `lease_until`
-    /// (`lease_until` in the past releases them). Returns how many it holds.
-    async fn renew_leases(&self, owner: &str, lease_until: UnixMillis) -> StoreResult<u64>;
+    /// Extends every lease `owner` holds (deploying revisions, running runs, running teardowns)
+    /// to `until` (`until` in the past releases them). Not a lifecycle change: the version
+    /// stays. Returns how many it holds.
+    async fn renew_leases(&self, owner: &str, until: UnixMillis) -> StoreResult<u64>;
     /// In plan order.
     async fn list_steps(&self, run: RunId) -> StoreResult<Vec<RunStep>>;
     /// Writes status, times, row count and error (not the log).
@@ -261,4 +378,45 @@ pub trait Store: Send + Sync + 'static {
     async fn record_materialization(&self, materialization: &Materialization) -> StoreResult<()>;
     /// Newest first; `limit` 0 means all.
     async fn list_materializations(&self, deployment: DeploymentId, asset: Option<&AssetKey>, limit: u32) -> StoreResult<Vec<Materialization>>;
+
+    // Durable intake of webhook deliveries.
+    /// Records an accepted delivery; `None` when its delivery id was recorded before (a replay).
+    async fn record_intake(&self, new: NewIntake) -> StoreResult<Option<Intake>>;
+    /// Deliveries not processed yet, oldest first.
+    async fn pending_intake(&self) -> StoreResult<Vec<Intake>>;
+    async fn finish_intake(&self, id: IntakeId, now: UnixMillis) -> StoreResult<()>;
+}
+
+/// Where leases live, for `renew_leases`: (table, column prefix, status column, status).
+pub const LEASED_WORK: [(&str, &str, &str, &str); 3] = [
+    ("revisions", "lease", "status", "deploying"),
+    ("runs", "lease", "status", "running"),
+    ("deployments", "teardown_lease", "teardown", "running"),
+];
+
+/// What becomes of a run's unfinished steps when it ends without its executor: (from, to,
+/// error).
+pub fn step_endings(end: StepsEnd) -> &'static [(StepStatus, StepStatus, Option<&'static str>)] {
+    match end {
+        StepsEnd::Recorded => &[],
+        StepsEnd::Canceled => &[(StepStatus::Pending, StepStatus::Canceled, None), (StepStatus::Running, StepStatus::Canceled, None)],
+        StepsEnd::Interrupted => &[
+            (StepStatus::Running, StepStatus::Failed, Some("the server stopped while this step ran")),
+            (StepStatus::Pending, StepStatus::Skipped, None),
+        ],
+    }
+}
+
+/// `ensure_deployment` when the insert did nothing: the branch's existing deployment, or why not.
+pub fn existing_deployment(new: &NewDeployment, existing: Option<Deployment>) -> StoreResult<Deployment> {
+    match existing {
+        Some(existing) if existing.kind == new.kind => Ok(existing),
+        Some(existing) => Err(StoreError::Conflict(format!(
+            "branch {:?} already has the {} deployment `{}`",
+            new.branch.as_str(),
+            existing.kind,
+            existing.name
+        ))),
+        None => Err(StoreError::Conflict(format!("the name `{}` belongs to another branch's deployment", new.name))),
+    }
 }

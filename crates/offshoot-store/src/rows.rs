@@ -11,8 +11,8 @@ use offshoot_core::{
 };
 
 use crate::{
-    CommitDetails, Deployment, DeploymentId, Lease, Materialization, PullRequest, Revision, RevisionId, Run, RunId, RunStep, StepId,
-    StoreError, StoreResult,
+    CommitDetails, Deployment, DeploymentId, Intake, IntakeId, Lease, Materialization, PullRequest, Revision, RevisionId, Run, RunId,
+    RunStep, StepId, StoreError, StoreResult, Teardown,
 };
 
 /// One row's columns, by name; `None` is SQL NULL.
@@ -48,6 +48,10 @@ pub fn deployment(row: &dyn Columns) -> StoreResult<Deployment> {
         last_push_at: integer(row, "last_push_at")?,
         closed_at: optional_integer(row, "closed_at")?,
         close_reason: optional_text(row, "close_reason")?,
+        version: integer(row, "version")?,
+        head_revision: optional_integer(row, "head_revision_id")?.map(RevisionId),
+        teardown: teardown(row)?,
+        delete_requested: boolean(row, "delete_requested")?,
     })
 }
 
@@ -123,9 +127,44 @@ pub fn materialization(row: &dyn Columns) -> StoreResult<Materialization> {
 
 fn lease(row: &dyn Columns) -> StoreResult<Option<Lease>> {
     match (optional_text(row, "lease_owner")?, optional_integer(row, "lease_expires_at")?) {
-        (Some(owner), Some(expires_at)) => Ok(Some(Lease { owner, expires_at })),
+        (Some(owner), Some(until)) => Ok(Some(Lease { owner, until })),
         _ => Ok(None),
     }
+}
+
+/// `teardown` is `done`, `pending` or `running` (with the `teardown_lease_*` columns).
+fn teardown(row: &dyn Columns) -> StoreResult<Teardown> {
+    match text(row, "teardown")?.as_str() {
+        "done" => Ok(Teardown::Done),
+        "pending" => Ok(Teardown::Pending),
+        "running" => match (optional_text(row, "teardown_lease_owner")?, optional_integer(row, "teardown_lease_expires_at")?) {
+            (Some(owner), Some(until)) => Ok(Teardown::Running(Lease { owner, until })),
+            _ => Err(corrupt("teardown_lease_*", "NULL while running")),
+        },
+        other => Err(corrupt("teardown", other)),
+    }
+}
+
+/// The `teardown` column's text for a teardown.
+pub fn teardown_text(teardown: &Teardown) -> &'static str {
+    match teardown {
+        Teardown::Done => "done",
+        Teardown::Pending => "pending",
+        Teardown::Running(_) => "running",
+    }
+}
+
+pub fn intake(row: &dyn Columns) -> StoreResult<Intake> {
+    Ok(Intake {
+        id: IntakeId(integer(row, "id")?),
+        source: text(row, "source")?,
+        delivery: optional_text(row, "delivery")?,
+        repository: parsed(row, "repository", RepositoryName::new)?,
+        payload: text(row, "payload")?,
+        received_by: text(row, "received_by")?,
+        received_at: integer(row, "received_at")?,
+        done_at: optional_integer(row, "done_at")?,
+    })
 }
 
 fn required<T>(value: Option<T>, column: &str) -> StoreResult<T> {

@@ -63,7 +63,7 @@ pub async fn receive(state: &SharedState, hooks: &Hooks, headers: &HeaderMap, bo
     }
     let configured: Vec<&RepositoryConfig> = candidates.iter().map(|(repo, _, _)| *repo).collect();
     let route = Route { kind: ForgeKind::GitHub, delivery: header(headers, "x-github-delivery"), mismatch: "the X-Hub-Signature-256 signature does not match this repository's webhook secret" };
-    dispatch(state, hooks, &configured, &verified, interpret(event, payload)?, route)
+    dispatch(state, hooks, &configured, &verified, interpret(event, payload)?, route).await
 }
 
 /// Translates one event; `Err` (400) when a field the event needs is missing or malformed.

@@ -33,7 +33,7 @@ pub async fn receive(state: &SharedState, hooks: &Hooks, headers: &HeaderMap, bo
     let payload: serde_json::Value = serde_json::from_slice(body).map_err(|e| malformed(format!("the body is not JSON: {e}")))?;
     let configured: Vec<&RepositoryConfig> = candidates.iter().map(|(repo, _, _)| *repo).collect();
     let route = Route { kind: ForgeKind::GitLab, delivery: header(headers, "x-gitlab-event-uuid"), mismatch: "the X-Gitlab-Token does not match this repository's webhook secret" };
-    dispatch(state, hooks, &configured, &verified, interpret(event, payload)?, route)
+    dispatch(state, hooks, &configured, &verified, interpret(event, payload)?, route).await
 }
 
 /// Translates one event; `Err` (400) when a field the event needs is missing or malformed.

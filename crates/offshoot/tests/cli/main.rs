@@ -3,6 +3,7 @@
 
 mod commands;
 mod hooks;
+mod lifecycle;
 mod locations;
 mod server;
 mod support;
