@@ -499,9 +499,14 @@ impl Lifecycle {
     fn reopen_changes(&self, decision: &mut Decision) {
         decision.change(Change::Open);
         decision.change(Change::PullRequest(PullRequestStatus::Open));
-        // The schema was (or is being) dropped: nothing serves until the head deploys again.
-        if self.serving.is_some() {
+        // The schema was (or is being) dropped: nothing serves until the head deploys again, and
+        // what served before the close is history.
+        if let Some(serving) = self.serving {
             decision.change(Change::Serving(None));
+            if self.revisions.get(&serving).is_some_and(|r| r.phase == RevisionPhase::Ready) {
+                let note = Some("served until the deployment was closed".to_owned());
+                decision.change(Change::Revision { number: serving, phase: RevisionPhase::Superseded, note });
+            }
         }
     }
 

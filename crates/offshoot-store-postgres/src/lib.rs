@@ -19,8 +19,8 @@ use offshoot_core::{
     StepStatus,
 };
 use offshoot_store::{
-    Claimed, Deployment, DeploymentFilter, DeploymentId, Materialization, NewDeployment, NewRevision, NewRun, Revision, RevisionId, Run,
-    RunFilter, RunId, RunStep, StepId, Store, StoreError, StoreResult,
+    Applied, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId, LifecycleRecord, LifecycleWrite, Materialization, NewDeployment,
+    NewIntake, Revision, RevisionId, Run, RunFilter, RunId, RunStep, StepId, Store, StoreError, StoreResult, Teardown,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
@@ -92,6 +92,7 @@ fn migrator() -> Migrator {
     Migrator::with_migrations(vec![
         migration(1, "initial", include_str!("../migrations/0001_initial.sql")),
         migration(2, "leases", include_str!("../migrations/0002_leases.sql")),
+        migration(3, "lifecycle", include_str!("../migrations/0003_lifecycle.sql")),
     ])
 }
 
@@ -130,12 +131,15 @@ fn status_texts<T: Copy>(statuses: &[T], as_str: fn(T) -> &'static str) -> Vec<&
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn create_deployment(&self, new: NewDeployment) -> StoreResult<Deployment> {
+    async fn ensure_deployment(&self, new: NewDeployment) -> StoreResult<Deployment> {
         let pull_request = new.pull_request.as_ref();
-        let row = sqlx::query(
+        // DO NOTHING on either unique rule: a concurrent first delivery of the branch inserted it
+        // (then it is returned below), or another branch has the name (a conflict).
+        let inserted = sqlx::query(
             "INSERT INTO deployments (repository, name, kind, branch, status, pull_request_id, pull_request_url,
                  pull_request_status, base_deployment, pinned, created_at, updated_at, last_push_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, FALSE, $10, $10, $10)
+             ON CONFLICT DO NOTHING
              RETURNING *",
         )
         .bind(new.repository.as_str())
@@ -148,10 +152,14 @@ impl Store for PostgresStore {
         .bind(pull_request.map(|p| p.status.as_str()))
         .bind(new.base_deployment.as_ref().map(DeploymentName::as_str))
         .bind(new.now)
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(translate("the new deployment"))?;
-        rows::deployment(&row)
+        if let Some(row) = inserted {
+            return rows::deployment(&row);
+        }
+        let existing = self.find_deployment_by_branch(&new.repository, &new.branch).await?;
+        offshoot_store::existing_deployment(&new, existing)
     }
 
     async fn get_deployment(&self, id: DeploymentId) -> StoreResult<Deployment> {
@@ -205,90 +213,82 @@ impl Store for PostgresStore {
         found.iter().map(rows::deployment).collect()
     }
 
-    async fn update_deployment(&self, deployment: &Deployment) -> StoreResult<()> {
-        // An explicit transaction, so the deferred check of the current revision reports its
-        // violation at our commit, as an error of this method.
-        let mut transaction = self.pool.begin().await.map_err(translate("the deployment update"))?;
-        let pull_request = deployment.pull_request.as_ref();
-        let result = sqlx::query(
-            "UPDATE deployments SET status = $1, pull_request_id = $2, pull_request_url = $3, pull_request_status = $4,
-                 base_deployment = $5, pinned = $6, current_revision_id = $7, updated_at = $8, last_push_at = $9,
-                 closed_at = $10, close_reason = $11
-             WHERE id = $12",
-        )
-        .bind(deployment.status.as_str())
-        .bind(pull_request.map(|p| p.id.as_str()))
-        .bind(pull_request.map(|p| p.url.as_str()))
-        .bind(pull_request.map(|p| p.status.as_str()))
-        .bind(deployment.base_deployment.as_ref().map(DeploymentName::as_str))
-        .bind(deployment.pinned)
-        .bind(deployment.current_revision.map(|id| id.0))
-        .bind(deployment.updated_at)
-        .bind(deployment.last_push_at)
-        .bind(deployment.closed_at)
-        .bind(deployment.close_reason.as_deref())
-        .bind(deployment.id.0)
-        .execute(&mut *transaction)
-        .await
-        .map_err(translate("the deployment update"))?;
-        touched(result, format!("deployment {}", deployment.id.0))?;
-        transaction.commit().await.map_err(translate("the deployment update"))
+    async fn set_pinned(&self, id: DeploymentId, pinned: bool, now: UnixMillis) -> StoreResult<()> {
+        let result = sqlx::query("UPDATE deployments SET pinned = $1, version = version + 1, updated_at = $2 WHERE id = $3")
+            .bind(pinned)
+            .bind(now)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(translate("pinning"))?;
+        touched(result, format!("deployment {}", id.0))
     }
 
-    async fn delete_deployment(&self, id: DeploymentId) -> StoreResult<()> {
-        let mut transaction = self.pool.begin().await.map_err(translate("the deletion"))?;
-        // Children before parents: the foreign keys are checked, not cascaded.
-        let children = [
-            "DELETE FROM materializations WHERE deployment_id = $1",
-            "DELETE FROM run_steps WHERE run_id IN (SELECT id FROM runs WHERE deployment_id = $1)",
-            "DELETE FROM runs WHERE deployment_id = $1",
-            "DELETE FROM revisions WHERE deployment_id = $1",
-        ];
-        for statement in children {
-            sqlx::query(statement).bind(id.0).execute(&mut *transaction).await.map_err(translate("the deletion"))?;
-        }
-        let result = sqlx::query("DELETE FROM deployments WHERE id = $1")
-            .bind(id.0)
+    async fn lifecycle(&self, id: DeploymentId) -> StoreResult<LifecycleRecord> {
+        // One REPEATABLE READ transaction: all three reads see one snapshot (the version check
+        // of `apply` would catch a torn read anyway).
+        let mut transaction = self.pool.begin().await.map_err(translate("the lifecycle"))?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *transaction)
             .await
-            .map_err(translate("the deletion"))?;
-        // On NotFound the transaction is dropped, which rolls it back (it deleted nothing anyway).
-        touched(result, format!("deployment {}", id.0))?;
-        transaction.commit().await.map_err(translate("the deletion"))
-    }
-
-    async fn insert_revision(&self, new: NewRevision) -> StoreResult<Revision> {
-        // Two pushes to one deployment take its row lock in turn; under READ COMMITTED the
-        // second one's INSERT then sees the first one's revision, so numbers never collide.
-        let mut transaction = self.pool.begin().await.map_err(translate("the new revision"))?;
-        sqlx::query("SELECT id FROM deployments WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(new.deployment_id.0)
+            .map_err(translate("the lifecycle"))?;
+        let row = sqlx::query("SELECT * FROM deployments WHERE id = $1")
+            .bind(id.0)
             .fetch_optional(&mut *transaction)
             .await
-            .map_err(translate("the new revision"))?
-            .ok_or_else(|| StoreError::NotFound(format!("deployment {}", new.deployment_id.0)))?;
-        let row = sqlx::query(
-            "INSERT INTO revisions (deployment_id, number, commit_sha, commit_message, commit_author_name,
-                 commit_author_email, commit_time, status, error, asset_count, changed_count, impacted_count, queued_at)
-             SELECT $1, COALESCE(MAX(number), 0) + 1, $2, $3, $4, $5, $6, $7, $8, 0, 0, 0, $9
-             FROM revisions WHERE deployment_id = $1
-             RETURNING *",
+            .map_err(translate("deployment"))?
+            .ok_or_else(|| StoreError::NotFound(format!("deployment {}", id.0)))?;
+        let deployment = rows::deployment(&row)?;
+        let revisions = sqlx::query(
+            "SELECT * FROM revisions WHERE deployment_id = $1
+               AND (status IN ('queued', 'deploying') OR id = $2 OR id = $3)
+             ORDER BY number",
         )
-        .bind(new.deployment_id.0)
-        .bind(new.commit.sha.as_str())
-        .bind(new.commit.message.as_str())
-        .bind(new.commit.author_name.as_str())
-        .bind(new.commit.author_email.as_str())
-        .bind(new.commit.time)
-        .bind(new.status.as_str())
-        .bind(new.error.as_deref())
-        .bind(new.now)
-        .fetch_one(&mut *transaction)
+        .bind(id.0)
+        .bind(deployment.current_revision.map(|r| r.0))
+        .bind(deployment.head_revision.map(|r| r.0))
+        .fetch_all(&mut *transaction)
         .await
-        .map_err(translate("the new revision"))?;
-        let revision = rows::revision(&row)?;
-        transaction.commit().await.map_err(translate("the new revision"))?;
-        Ok(revision)
+        .map_err(translate("the lifecycle's revisions"))?;
+        let runs = sqlx::query("SELECT * FROM runs WHERE deployment_id = $1 AND status IN ('queued', 'running') ORDER BY id")
+            .bind(id.0)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(translate("the lifecycle's runs"))?;
+        transaction.commit().await.map_err(translate("the lifecycle"))?;
+        Ok(LifecycleRecord {
+            deployment,
+            revisions: revisions.iter().map(rows::revision).collect::<StoreResult<_>>()?,
+            runs: runs.iter().map(rows::run).collect::<StoreResult<_>>()?,
+        })
+    }
+
+    async fn apply(&self, write: LifecycleWrite) -> StoreResult<Applied> {
+        let mut transaction = self.pool.begin().await.map_err(translate("the lifecycle write"))?;
+        // Under READ COMMITTED this locks the row and re-checks the version after any concurrent
+        // writer commits: exactly one of two writers from the same version gets the row.
+        let bumped: Option<i64> =
+            sqlx::query_scalar("UPDATE deployments SET version = version + 1, updated_at = $1 WHERE id = $2 AND version = $3 RETURNING version")
+                .bind(write.now)
+                .bind(write.deployment.0)
+                .bind(write.version)
+                .fetch_optional(&mut *transaction)
+                .await
+                .map_err(translate("the lifecycle write"))?;
+        let Some(version) = bumped else {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM deployments WHERE id = $1")
+                .bind(write.deployment.0)
+                .fetch_optional(&mut *transaction)
+                .await
+                .map_err(translate("the lifecycle write"))?;
+            return match exists {
+                Some(_) => Ok(Applied::Stale),
+                None => Err(StoreError::NotFound(format!("deployment {}", write.deployment.0))),
+            };
+        };
+        let (revisions, runs) = apply_in(&mut transaction, &write).await?;
+        transaction.commit().await.map_err(translate("the lifecycle write"))?;
+        Ok(Applied::Done { version, revisions, runs })
     }
 
     async fn get_revision(&self, id: RevisionId) -> StoreResult<Revision> {
@@ -334,29 +334,6 @@ impl Store for PostgresStore {
         row.as_ref().map(rows::revision).transpose()
     }
 
-    async fn update_revision(&self, revision: &Revision) -> StoreResult<()> {
-        let result = sqlx::query(
-            "UPDATE revisions SET status = $1, error = $2, diagnostics_json = $3, base_commit = $4, changes_json = $5,
-                 asset_count = $6, changed_count = $7, impacted_count = $8, started_at = $9, finished_at = $10
-             WHERE id = $11",
-        )
-        .bind(revision.status.as_str())
-        .bind(revision.error.as_deref())
-        .bind(revision.diagnostics_json.as_deref())
-        .bind(revision.base_commit.as_ref().map(CommitSha::as_str))
-        .bind(revision.changes_json.as_deref())
-        .bind(i64::from(revision.asset_count))
-        .bind(i64::from(revision.changed_count))
-        .bind(i64::from(revision.impacted_count))
-        .bind(revision.started_at)
-        .bind(revision.finished_at)
-        .bind(revision.id.0)
-        .execute(&self.pool)
-        .await
-        .map_err(translate("the revision update"))?;
-        touched(result, format!("revision {}", revision.id.0))
-    }
-
     async fn revisions_with_status(&self, statuses: &[RevisionStatus]) -> StoreResult<Vec<Revision>> {
         let found = sqlx::query("SELECT * FROM revisions WHERE status = ANY($1) ORDER BY queued_at, id")
             .bind(status_texts(statuses, RevisionStatus::as_str))
@@ -366,38 +343,6 @@ impl Store for PostgresStore {
         found.iter().map(rows::revision).collect()
     }
 
-    async fn insert_run(&self, new: NewRun) -> StoreResult<Run> {
-        let mut transaction = self.pool.begin().await.map_err(translate("the new run"))?;
-        let row = sqlx::query(
-            "INSERT INTO runs (deployment_id, revision_id, selection, status, created_at, cancel_requested)
-             VALUES ($1, $2, $3, $4, $5, FALSE)
-             RETURNING *",
-        )
-        .bind(new.deployment_id.0)
-        .bind(new.revision_id.0)
-        .bind(new.selection.as_str())
-        .bind(RunStatus::Queued.as_str())
-        .bind(new.now)
-        .fetch_one(&mut *transaction)
-        .await
-        .map_err(translate("the new run"))?;
-        let run = rows::run(&row)?;
-        // All steps in one statement: positions are the keys' 0-based places in the array.
-        let keys: Vec<&str> = new.steps.iter().map(AssetKey::as_str).collect();
-        sqlx::query(
-            "INSERT INTO run_steps (run_id, position, asset_key, status, log)
-             SELECT $1, plan.ordinality - 1, plan.asset_key, $3, ''
-             FROM unnest($2::text[]) WITH ORDINALITY AS plan (asset_key, ordinality)",
-        )
-        .bind(run.id.0)
-        .bind(keys)
-        .bind(StepStatus::Pending.as_str())
-        .execute(&mut *transaction)
-        .await
-        .map_err(translate("the new run's steps"))?;
-        transaction.commit().await.map_err(translate("the new run"))?;
-        Ok(run)
-    }
 
     async fn get_run(&self, id: RunId) -> StoreResult<Run> {
         let row = sqlx::query("SELECT * FROM runs WHERE id = $1")
@@ -424,36 +369,11 @@ impl Store for PostgresStore {
         found.iter().map(rows::run).collect()
     }
 
-    async fn update_run(&self, run: &Run) -> StoreResult<()> {
-        let result = sqlx::query(
-            "UPDATE runs SET status = $1, error = $2, started_at = $3, finished_at = $4, cancel_requested = $5
-             WHERE id = $6",
-        )
-        .bind(run.status.as_str())
-        .bind(run.error.as_deref())
-        .bind(run.started_at)
-        .bind(run.finished_at)
-        .bind(run.cancel_requested)
-        .bind(run.id.0)
-        .execute(&self.pool)
-        .await
-        .map_err(translate("the run update"))?;
-        touched(result, format!("run {}", run.id.0))
-    }
-
-    async fn claim_revision(&self, id: RevisionId, owner: &str, now: UnixMillis, lease_until: UnixMillis) -> StoreResult<Option<Claimed<Revision>>> {
-        self.claim("revisions", "deploying", "queued", id.0, owner, now, lease_until).await?.map(|(row, taken_over)| Ok(Claimed { row: rows::revision(&row)?, taken_over })).transpose()
-    }
-
-    async fn claim_run(&self, id: RunId, owner: &str, now: UnixMillis, lease_until: UnixMillis) -> StoreResult<Option<Claimed<Run>>> {
-        self.claim("runs", "running", "queued", id.0, owner, now, lease_until).await?.map(|(row, taken_over)| Ok(Claimed { row: rows::run(&row)?, taken_over })).transpose()
-    }
-
     async fn renew_leases(&self, owner: &str, lease_until: UnixMillis) -> StoreResult<u64> {
         let mut held = 0;
-        for (table, status) in [("revisions", "deploying"), ("runs", "running")] {
+        for (table, lease, status_column, status) in offshoot_store::LEASED_WORK {
             let result = sqlx::query(AssertSqlSafe(format!(
-                "UPDATE {table} SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = $3"
+                "UPDATE {table} SET {lease}_expires_at = $1 WHERE {lease}_owner = $2 AND {status_column} = $3"
             )))
             .bind(lease_until)
             .bind(owner)
@@ -539,45 +459,262 @@ impl Store for PostgresStore {
         .map_err(translate("materializations"))?;
         found.iter().map(rows::materialization).collect()
     }
-}
 
-impl PostgresStore {
-    /// The one claim rule for revisions and runs: `from` → `working` under a new lease, or a
-    /// `working` row whose lease expired (or never had one) taken over. Returns the row as
-    /// claimed and whether it was taken over; `None` if someone else holds it or it moved on.
-    #[allow(clippy::too_many_arguments)]
-    async fn claim(
-        &self,
-        table: &'static str,
-        working: &'static str,
-        from: &'static str,
-        id: i64,
-        owner: &str,
-        now: UnixMillis,
-        lease_until: UnixMillis,
-    ) -> StoreResult<Option<(sqlx::postgres::PgRow, bool)>> {
-        let before: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!("SELECT status FROM {table} WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(translate("the claim"))?;
-        let Some(before) = before else { return Ok(None) };
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {table} SET status = $1, started_at = $2, lease_owner = $3, lease_expires_at = $4
-             WHERE id = $5 AND (status = $6 OR (status = $7 AND (lease_expires_at IS NULL OR lease_expires_at < $8)))
-             RETURNING *"
-        )))
-        .bind(working)
-        .bind(now)
-        .bind(owner)
-        .bind(lease_until)
-        .bind(id)
-        .bind(from)
-        .bind(working)
-        .bind(now)
+    async fn record_intake(&self, new: NewIntake) -> StoreResult<Option<Intake>> {
+        let row = sqlx::query(
+            "INSERT INTO intake (source, delivery, repository, payload, received_by, received_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT DO NOTHING
+             RETURNING *",
+        )
+        .bind(new.source.as_str())
+        .bind(new.delivery.as_deref())
+        .bind(new.repository.as_str())
+        .bind(new.payload.as_str())
+        .bind(new.received_by.as_str())
+        .bind(new.now)
         .fetch_optional(&self.pool)
         .await
-        .map_err(translate("the claim"))?;
-        Ok(row.map(|row| (row, before == working)))
+        .map_err(translate("the intake"))?;
+        row.as_ref().map(rows::intake).transpose()
     }
+
+    async fn pending_intake(&self) -> StoreResult<Vec<Intake>> {
+        let found = sqlx::query("SELECT * FROM intake WHERE done_at IS NULL ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(translate("the pending intake"))?;
+        found.iter().map(rows::intake).collect()
+    }
+
+    async fn finish_intake(&self, id: IntakeId, now: UnixMillis) -> StoreResult<()> {
+        let result = sqlx::query("UPDATE intake SET done_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(translate("the intake"))?;
+        touched(result, format!("intake {}", id.0))
+    }
+}
+
+/// The writes of one lifecycle decision, inside the transaction that bumped the version.
+async fn apply_in(connection: &mut PgConnection, write: &LifecycleWrite) -> StoreResult<(Vec<Revision>, Vec<Run>)> {
+    let deployment = write.deployment.0;
+    let now = write.now;
+    let mut revisions = Vec::with_capacity(write.new_revisions.len());
+    for new in &write.new_revisions {
+        let finished = new.status.is_finished().then_some(now);
+        let row = sqlx::query(
+            "INSERT INTO revisions (deployment_id, number, commit_sha, commit_message, commit_author_name,
+                 commit_author_email, commit_time, status, error, asset_count, changed_count, impacted_count, queued_at, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 0, 0, $10, $11)
+             RETURNING *",
+        )
+        .bind(deployment)
+        .bind(i64::from(new.number))
+        .bind(new.commit.sha.as_str())
+        .bind(new.commit.message.as_str())
+        .bind(new.commit.author_name.as_str())
+        .bind(new.commit.author_email.as_str())
+        .bind(new.commit.time)
+        .bind(new.status.as_str())
+        .bind(new.error.as_deref())
+        .bind(now)
+        .bind(finished)
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(translate("the new revision"))?;
+        revisions.push(rows::revision(&row)?);
+    }
+    for patch in &write.revisions {
+        let result = sqlx::query(
+            "UPDATE revisions SET status = $1, error = COALESCE($2, error),
+                 started_at = CASE WHEN $3 THEN $4 ELSE started_at END,
+                 finished_at = CASE WHEN $5 THEN $4 ELSE finished_at END,
+                 lease_owner = CASE WHEN $5 THEN lease_owner ELSE $6 END, lease_expires_at = CASE WHEN $5 THEN lease_expires_at ELSE $7 END
+             WHERE deployment_id = $8 AND number = $9",
+        )
+        .bind(patch.status.as_str())
+        .bind(patch.error.as_deref())
+        .bind(patch.status == RevisionStatus::Deploying)
+        .bind(now)
+        .bind(patch.status.is_finished())
+        .bind(patch.lease.as_ref().map(|l| l.owner.as_str()))
+        .bind(patch.lease.as_ref().map(|l| l.until))
+        .bind(deployment)
+        .bind(i64::from(patch.number))
+        .execute(&mut *connection)
+        .await
+        .map_err(translate("the revision update"))?;
+        touched(result, format!("revision {} of deployment {deployment}", patch.number))?;
+        if let Some(output) = &patch.output {
+            sqlx::query(
+                "UPDATE revisions SET diagnostics_json = $1, base_commit = $2, changes_json = $3, asset_count = $4, changed_count = $5,
+                     impacted_count = $6
+                 WHERE deployment_id = $7 AND number = $8",
+            )
+            .bind(output.diagnostics_json.as_deref())
+            .bind(output.base_commit.as_ref().map(CommitSha::as_str))
+            .bind(output.changes_json.as_deref())
+            .bind(i64::from(output.asset_count))
+            .bind(i64::from(output.changed_count))
+            .bind(i64::from(output.impacted_count))
+            .bind(deployment)
+            .bind(i64::from(patch.number))
+            .execute(&mut *connection)
+            .await
+            .map_err(translate("the revision's output"))?;
+        }
+    }
+    let mut runs = Vec::with_capacity(write.new_runs.len());
+    for new in &write.new_runs {
+        let revision = revision_id(connection, deployment, new.revision).await?;
+        let row = sqlx::query(
+            "INSERT INTO runs (deployment_id, revision_id, selection, status, created_at, cancel_requested)
+             VALUES ($1, $2, $3, $4, $5, FALSE)
+             RETURNING *",
+        )
+        .bind(deployment)
+        .bind(revision)
+        .bind(new.selection.as_str())
+        .bind(RunStatus::Queued.as_str())
+        .bind(now)
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(translate("the new run"))?;
+        let run = rows::run(&row)?;
+        for (position, asset_key) in new.steps.iter().enumerate() {
+            let position = i64::try_from(position).expect("a Vec's length is at most isize::MAX");
+            sqlx::query("INSERT INTO run_steps (run_id, position, asset_key, status, log) VALUES ($1, $2, $3, $4, '')")
+                .bind(run.id.0)
+                .bind(position)
+                .bind(asset_key.as_str())
+                .bind(StepStatus::Pending.as_str())
+                .execute(&mut *connection)
+                .await
+                .map_err(translate("the new run's steps"))?;
+        }
+        runs.push(run);
+    }
+    for patch in &write.runs {
+        let result = sqlx::query(
+            // `status` on the right is the old one: a run that stays running (a cancel request)
+            // keeps its start.
+            "UPDATE runs SET status = $1, cancel_requested = $2, error = COALESCE($3, error),
+                 started_at = CASE WHEN $4 AND status <> $1 THEN $5 ELSE started_at END,
+                 finished_at = CASE WHEN $6 THEN $5 ELSE finished_at END,
+                 lease_owner = CASE WHEN $6 THEN lease_owner ELSE $7 END, lease_expires_at = CASE WHEN $6 THEN lease_expires_at ELSE $8 END
+             WHERE id = $9 AND deployment_id = $10",
+        )
+        .bind(patch.status.as_str())
+        .bind(patch.cancel_requested)
+        .bind(patch.error.as_deref())
+        .bind(patch.status == RunStatus::Running)
+        .bind(now)
+        .bind(patch.status.is_finished())
+        .bind(patch.lease.as_ref().map(|l| l.owner.as_str()))
+        .bind(patch.lease.as_ref().map(|l| l.until))
+        .bind(patch.id.0)
+        .bind(deployment)
+        .execute(&mut *connection)
+        .await
+        .map_err(translate("the run update"))?;
+        touched(result, format!("run {} of deployment {deployment}", patch.id.0))?;
+        for (from, to, error) in offshoot_store::step_endings(patch.steps) {
+            sqlx::query("UPDATE run_steps SET status = $1, finished_at = $2, error = COALESCE($3, error) WHERE run_id = $4 AND status = $5")
+                .bind(to.as_str())
+                .bind(now)
+                .bind(*error)
+                .bind(patch.id.0)
+                .bind(from.as_str())
+                .execute(&mut *connection)
+                .await
+                .map_err(translate("the run's steps"))?;
+        }
+    }
+    patch_deployment(connection, write).await?;
+    if write.delete {
+        // Children before parents: the foreign keys are checked, not cascaded.
+        let children = [
+            "DELETE FROM materializations WHERE deployment_id = $1",
+            "DELETE FROM run_steps WHERE run_id IN (SELECT id FROM runs WHERE deployment_id = $1)",
+            "DELETE FROM runs WHERE deployment_id = $1",
+            "UPDATE deployments SET current_revision_id = NULL, head_revision_id = NULL WHERE id = $1",
+            "DELETE FROM revisions WHERE deployment_id = $1",
+            "DELETE FROM deployments WHERE id = $1",
+        ];
+        for statement in children {
+            sqlx::query(statement).bind(deployment).execute(&mut *connection).await.map_err(translate("the deletion"))?;
+        }
+    }
+    Ok((revisions, runs))
+}
+
+async fn revision_id(connection: &mut PgConnection, deployment: i64, number: u32) -> StoreResult<i64> {
+    sqlx::query_scalar("SELECT id FROM revisions WHERE deployment_id = $1 AND number = $2")
+        .bind(deployment)
+        .bind(i64::from(number))
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(translate("a revision by number"))?
+        .ok_or_else(|| StoreError::NotFound(format!("revision {number} of deployment {deployment}")))
+}
+
+/// The deployment patch: one statement, every field either its new value or left as it is.
+async fn patch_deployment(connection: &mut PgConnection, write: &LifecycleWrite) -> StoreResult<()> {
+    let deployment = write.deployment.0;
+    let patch = &write.deployment_patch;
+    let head = match patch.head {
+        Some(number) => Some(revision_id(connection, deployment, number).await?),
+        None => None,
+    };
+    let serving = match patch.serving {
+        Some(Some(number)) => Some(revision_id(connection, deployment, number).await?),
+        _ => None,
+    };
+    let teardown_lease = match &patch.teardown {
+        Some(Teardown::Running(lease)) => Some(lease),
+        _ => None,
+    };
+    sqlx::query(
+        "UPDATE deployments SET
+             status = COALESCE($1, status),
+             closed_at = CASE WHEN $1 IS NULL THEN closed_at WHEN $1 = 'closed' THEN $2 END,
+             close_reason = CASE WHEN $1 IS NULL THEN close_reason WHEN $1 = 'closed' THEN $3 END,
+             pull_request_id = CASE WHEN $4 THEN $5 ELSE pull_request_id END,
+             pull_request_url = CASE WHEN $4 THEN $6 ELSE pull_request_url END,
+             pull_request_status = CASE WHEN $4 THEN $7 ELSE pull_request_status END,
+             base_deployment = CASE WHEN $8 THEN $9 ELSE base_deployment END,
+             head_revision_id = COALESCE($10, head_revision_id),
+             current_revision_id = CASE WHEN $11 THEN $12 ELSE current_revision_id END,
+             last_push_at = CASE WHEN $13 THEN $2 ELSE last_push_at END,
+             teardown = COALESCE($14, teardown),
+             teardown_lease_owner = CASE WHEN $14 IS NULL THEN teardown_lease_owner ELSE $15 END,
+             teardown_lease_expires_at = CASE WHEN $14 IS NULL THEN teardown_lease_expires_at ELSE $16 END,
+             delete_requested = delete_requested OR $17
+         WHERE id = $18",
+    )
+    .bind(patch.status.map(DeploymentStatus::as_str))
+    .bind(write.now)
+    .bind(patch.close_reason.as_deref())
+    .bind(patch.pull_request.is_some())
+    .bind(patch.pull_request.as_ref().map(|p| p.id.as_str()))
+    .bind(patch.pull_request.as_ref().map(|p| p.url.as_str()))
+    .bind(patch.pull_request.as_ref().map(|p| p.status.as_str()))
+    .bind(patch.base_deployment.is_some())
+    .bind(patch.base_deployment.as_ref().and_then(|b| b.as_ref().map(DeploymentName::as_str)))
+    .bind(head)
+    .bind(patch.serving.is_some())
+    .bind(serving)
+    .bind(patch.pushed)
+    .bind(patch.teardown.as_ref().map(offshoot_store::rows::teardown_text))
+    .bind(teardown_lease.map(|l| l.owner.as_str()))
+    .bind(teardown_lease.map(|l| l.until))
+    .bind(patch.delete_requested)
+    .bind(deployment)
+    .execute(&mut *connection)
+    .await
+    .map_err(translate("the deployment update"))?;
+    Ok(())
 }

@@ -50,3 +50,7 @@ pub(crate) fn step(row: &PgRow) -> StoreResult<RunStep> {
 pub(crate) fn materialization(row: &PgRow) -> StoreResult<Materialization> {
     rows::materialization(&Row(row))
 }
+
+pub(crate) fn intake(row: &PgRow) -> StoreResult<offshoot_store::Intake> {
+    rows::intake(&Row(row))
+}

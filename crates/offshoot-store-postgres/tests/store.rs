@@ -9,7 +9,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use offshoot_core::{AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, RepositoryName, RevisionStatus};
-use offshoot_store::{CommitDetails, Deployment, NewDeployment, NewRevision, NewRun, Store, StoreError};
+use offshoot_store::{
+    Applied, CommitDetails, Deployment, DeploymentPatch, LifecycleWrite, NewDeployment, NewRevision, NewRun, Store, StoreError,
+};
 use offshoot_store_postgres::PostgresStore;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
@@ -92,15 +94,30 @@ fn new_deployment(name: &str) -> NewDeployment {
     }
 }
 
-fn new_revision(deployment: &Deployment, commit: u8, now: i64) -> NewRevision {
+/// A write of nothing yet on the version `deployment` was read at.
+fn write_on(deployment: &Deployment, now: i64) -> LifecycleWrite {
+    LifecycleWrite {
+        deployment: deployment.id,
+        version: deployment.version,
+        now,
+        deployment_patch: DeploymentPatch::default(),
+        new_revisions: Vec::new(),
+        revisions: Vec::new(),
+        new_runs: Vec::new(),
+        runs: Vec::new(),
+        delete: false,
+    }
+}
+
+fn queued(number: u32, commit: u32) -> NewRevision {
     let commit = CommitDetails {
-        sha: CommitSha::new(&format!("{commit:02x}").repeat(20)).expect("valid"),
+        sha: CommitSha::new(&format!("{commit:040x}")).expect("valid"),
         message: format!("push {commit}"),
         author_name: "Alice".to_owned(),
         author_email: "alice@example.org".to_owned(),
         time: i64::from(commit),
     };
-    NewRevision { deployment_id: deployment.id, commit, status: RevisionStatus::Queued, error: None, now }
+    NewRevision { number, commit, status: RevisionStatus::Queued, error: None }
 }
 
 fn steps(keys: &[&str]) -> Vec<AssetKey> {
@@ -119,19 +136,19 @@ async fn contract() {
 async fn data_survives_reconnecting() {
     let Some(database) = TestDatabase::create().await else { return };
     let store = PostgresStore::connect(&database.url()).await.expect("connect to a new database");
-    let deployment = store.create_deployment(new_deployment("feature-1")).await.expect("create");
-    let revision = store.insert_revision(new_revision(&deployment, 1, 2_000)).await.expect("insert revision");
-    let new = NewRun {
-        deployment_id: deployment.id,
-        revision_id: revision.id,
-        selection: "*".to_owned(),
-        steps: steps(&["orders", "revenue"]),
-        now: 3_000,
+    let deployment = store.ensure_deployment(new_deployment("feature-1")).await.expect("create");
+    let write = LifecycleWrite {
+        new_revisions: vec![queued(1, 1)],
+        new_runs: vec![NewRun { revision: 1, selection: "*".to_owned(), steps: steps(&["orders", "revenue"]) }],
+        deployment_patch: DeploymentPatch { head: Some(1), pushed: true, ..DeploymentPatch::default() },
+        ..write_on(&deployment, 2_000)
     };
-    let run = store.insert_run(new).await.expect("insert run");
+    let Applied::Done { revisions, runs, .. } = store.apply(write).await.expect("apply") else { panic!("nothing else writes") };
+    let (revision, run) = (revisions[0].clone(), runs[0].clone());
     let listed_steps = store.list_steps(run.id).await.expect("list steps");
     store.append_step_log(listed_steps[0].id, "built orders\n").await.expect("append log");
     let listed_steps = store.list_steps(run.id).await.expect("list steps");
+    let deployment = store.get_deployment(deployment.id).await.expect("get");
     store.close().await;
 
     // Connecting again runs the (already applied) migrations again: that must change nothing.
@@ -140,40 +157,46 @@ async fn data_survives_reconnecting() {
     assert_eq!(store.get_revision(revision.id).await.expect("get revision"), revision);
     assert_eq!(store.get_run(run.id).await.expect("get run"), run);
     assert_eq!(store.list_steps(run.id).await.expect("list steps"), listed_steps);
-    let next = store.insert_revision(new_revision(&deployment, 2, 4_000)).await.expect("insert after reconnecting");
-    assert_eq!(next.number, 2, "numbering continues");
+    let next = LifecycleWrite { new_revisions: vec![queued(2, 2)], ..write_on(&deployment, 4_000) };
+    let applied = store.apply(next).await.expect("apply after reconnecting");
+    assert!(matches!(applied, Applied::Done { version: 2, .. }), "the version read before reconnecting still applies: {applied:?}");
     store.close().await;
 }
 
-/// Pushes to one deployment on several connections at once each get their own number, and
-/// concurrent runs with steps and logs do not interfere.
+/// Pushes to one deployment from 16 tasks on two threads, on several connections, each retrying
+/// while stale: every push gets its own number, and concurrent runs with steps and logs do not
+/// interfere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pushes_get_distinct_numbers() {
     let Some(database) = TestDatabase::create().await else { return };
     let store = PostgresStore::connect(&database.url()).await.expect("connect to a new database");
-    let deployment = store.create_deployment(new_deployment("busy")).await.expect("create");
+    let deployment = store.ensure_deployment(new_deployment("busy")).await.expect("create");
 
     let mut tasks = Vec::new();
-    for i in 0..16_u8 {
+    for i in 0..16_u32 {
         let store = store.clone();
-        let deployment = deployment.clone();
         tasks.push(tokio::spawn(async move {
-            let revision = store.insert_revision(new_revision(&deployment, i, 2_000)).await.expect("insert revision");
-            let new = NewRun {
-                deployment_id: deployment.id,
-                revision_id: revision.id,
-                selection: "*".to_owned(),
-                steps: steps(&["a", "b"]),
-                now: 3_000,
-            };
-            let run = store.insert_run(new).await.expect("insert run");
-            let listed = store.list_steps(run.id).await.expect("list steps");
-            for line in 0..5 {
-                store.append_step_log(listed[0].id, &format!("{line}\n")).await.expect("append");
+            loop {
+                let record = store.lifecycle(deployment.id).await.expect("read the lifecycle");
+                let number = record.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
+                let write = LifecycleWrite {
+                    version: record.deployment.version,
+                    new_revisions: vec![queued(number, i)],
+                    new_runs: vec![NewRun { revision: number, selection: "*".to_owned(), steps: steps(&["a", "b"]) }],
+                    deployment_patch: DeploymentPatch { head: Some(number), ..DeploymentPatch::default() },
+                    ..write_on(&record.deployment, 2_000)
+                };
+                let Applied::Done { runs, .. } = store.apply(write).await.expect("a contended write is stale, never an error") else {
+                    continue;
+                };
+                let listed = store.list_steps(runs[0].id).await.expect("list steps");
+                for line in 0..5 {
+                    store.append_step_log(listed[0].id, &format!("{line}\n")).await.expect("append");
+                }
+                let log = store.list_steps(runs[0].id).await.expect("list steps").remove(0).log;
+                assert_eq!(log, "0\n1\n2\n3\n4\n", "each run's log holds its own lines in order");
+                return number;
             }
-            let log = store.list_steps(run.id).await.expect("list steps").remove(0).log;
-            assert_eq!(log, "0\n1\n2\n3\n4\n", "each run's log holds its own lines in order");
-            revision.number
         }));
     }
     let mut numbers = Vec::new();
@@ -182,6 +205,7 @@ async fn concurrent_pushes_get_distinct_numbers() {
     }
     numbers.sort_unstable();
     assert_eq!(numbers, (1..=16).collect::<Vec<u32>>(), "every push got its own number");
+    assert_eq!(store.get_deployment(deployment.id).await.expect("get").version, 16, "one version per push");
     store.close().await;
 }
 

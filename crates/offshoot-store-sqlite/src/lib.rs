@@ -512,7 +512,7 @@ async fn apply_in(connection: &mut SqliteConnection, write: &LifecycleWrite) -> 
             "UPDATE revisions SET status = ?1, error = COALESCE(?2, error),
                  started_at = CASE WHEN ?3 THEN ?4 ELSE started_at END,
                  finished_at = CASE WHEN ?5 THEN ?4 ELSE finished_at END,
-                 lease_owner = ?6, lease_expires_at = ?7
+                 lease_owner = CASE WHEN ?5 THEN lease_owner ELSE ?6 END, lease_expires_at = CASE WHEN ?5 THEN lease_expires_at ELSE ?7 END
              WHERE deployment_id = ?8 AND number = ?9",
         )
         .bind(patch.status.as_str())
@@ -584,7 +584,7 @@ async fn apply_in(connection: &mut SqliteConnection, write: &LifecycleWrite) -> 
             "UPDATE runs SET status = ?1, cancel_requested = ?2, error = COALESCE(?3, error),
                  started_at = CASE WHEN ?4 AND status <> ?1 THEN ?5 ELSE started_at END,
                  finished_at = CASE WHEN ?6 THEN ?5 ELSE finished_at END,
-                 lease_owner = ?7, lease_expires_at = ?8
+                 lease_owner = CASE WHEN ?6 THEN lease_owner ELSE ?7 END, lease_expires_at = CASE WHEN ?6 THEN lease_expires_at ELSE ?8 END
              WHERE id = ?9 AND deployment_id = ?10",
         )
         .bind(patch.status.as_str())

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use offshoot_core::{AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, RepositoryName, RevisionStatus};
-use offshoot_store::{CommitDetails, NewDeployment, NewRevision, NewRun, Store, StoreError};
+use offshoot_store::{
+    Applied, CommitDetails, Deployment, DeploymentPatch, LifecycleWrite, NewDeployment, NewRevision, NewRun, Store, StoreError,
+};
 use offshoot_store_sqlite::SqliteStore;
 use sqlx::{Connection, SqliteConnection};
 
@@ -56,31 +58,19 @@ async fn data_survives_reopening_the_file() {
     let repository = RepositoryName::new("shop").expect("valid");
 
     let store = SqliteStore::open(database.path()).await.expect("open a new database");
-    let new = NewDeployment {
-        repository: repository.clone(),
-        name: DeploymentName::new("feature-1").expect("valid"),
-        kind: DeploymentKind::Branch,
-        branch: BranchName::new("feature/1").expect("valid"),
-        pull_request: None,
-        base_deployment: None,
-        now: 1_000,
+    let deployment = store.ensure_deployment(new_deployment(&repository, "feature-1")).await.expect("create");
+    let write = LifecycleWrite {
+        new_revisions: vec![queued(1, 1)],
+        new_runs: vec![NewRun { revision: 1, selection: "*".to_owned(), steps: steps(&["orders", "revenue"]) }],
+        deployment_patch: DeploymentPatch { head: Some(1), pushed: true, ..DeploymentPatch::default() },
+        ..write_on(&deployment, 2_000)
     };
-    let deployment = store.create_deployment(new).await.expect("create");
-    let commit = CommitDetails {
-        sha: CommitSha::new(&"ab".repeat(20)).expect("valid"),
-        message: "first".to_owned(),
-        author_name: "Alice".to_owned(),
-        author_email: "alice@example.org".to_owned(),
-        time: 1_700_000_000,
-    };
-    let new = NewRevision { deployment_id: deployment.id, commit, status: RevisionStatus::Queued, error: None, now: 2_000 };
-    let revision = store.insert_revision(new).await.expect("insert revision");
-    let steps = vec![AssetKey::new("orders").expect("valid"), AssetKey::new("revenue").expect("valid")];
-    let new = NewRun { deployment_id: deployment.id, revision_id: revision.id, selection: "*".to_owned(), steps, now: 3_000 };
-    let run = store.insert_run(new).await.expect("insert run");
-    let steps = store.list_steps(run.id).await.expect("list steps");
-    store.append_step_log(steps[0].id, "built orders\n").await.expect("append log");
-    let steps = store.list_steps(run.id).await.expect("list steps");
+    let Applied::Done { revisions, runs, .. } = store.apply(write).await.expect("apply") else { panic!("nothing else writes") };
+    let (revision, run) = (revisions[0].clone(), runs[0].clone());
+    let listed_steps = store.list_steps(run.id).await.expect("list steps");
+    store.append_step_log(listed_steps[0].id, "built orders\n").await.expect("append log");
+    let listed_steps = store.list_steps(run.id).await.expect("list steps");
+    let deployment = store.get_deployment(deployment.id).await.expect("get");
     store.close().await;
 
     // Opening again runs the (already applied) migrations again: that must change nothing.
@@ -88,15 +78,10 @@ async fn data_survives_reopening_the_file() {
     assert_eq!(store.find_deployment_by_branch(&repository, &deployment.branch).await.expect("find"), Some(deployment.clone()));
     assert_eq!(store.get_revision(revision.id).await.expect("get revision"), revision);
     assert_eq!(store.get_run(run.id).await.expect("get run"), run);
-    assert_eq!(store.list_steps(run.id).await.expect("list steps"), steps);
-    let next = NewRevision {
-        deployment_id: deployment.id,
-        commit: revision.commit.clone(),
-        status: RevisionStatus::Queued,
-        error: None,
-        now: 4_000,
-    };
-    assert_eq!(store.insert_revision(next).await.expect("insert after reopening").number, 2, "numbering continues");
+    assert_eq!(store.list_steps(run.id).await.expect("list steps"), listed_steps);
+    let next = LifecycleWrite { new_revisions: vec![queued(2, 2)], ..write_on(&deployment, 4_000) };
+    let applied = store.apply(next).await.expect("apply after reopening");
+    assert!(matches!(applied, Applied::Done { version: 2, .. }), "the version read before closing still applies: {applied:?}");
     store.close().await;
 }
 
@@ -124,45 +109,38 @@ async fn a_database_in_a_missing_directory_is_a_backend_error() {
 }
 
 /// Writers on several connections wait for each other (busy timeout, `BEGIN IMMEDIATE`) instead
-/// of failing, and revision numbers stay unique under concurrent pushes.
+/// of failing: 16 tasks on two threads push to one deployment, each retrying while stale, and
+/// every push gets its own number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_wait_for_each_other() {
     let database = TempDatabase::new("concurrent");
     let store = SqliteStore::open(database.path()).await.expect("open a new database");
-    let new = NewDeployment {
-        repository: RepositoryName::new("shop").expect("valid"),
-        name: DeploymentName::new("busy").expect("valid"),
-        kind: DeploymentKind::Branch,
-        branch: BranchName::new("busy").expect("valid"),
-        pull_request: None,
-        base_deployment: None,
-        now: 1_000,
-    };
-    let deployment = store.create_deployment(new).await.expect("create");
+    let repository = RepositoryName::new("shop").expect("valid");
+    let deployment = store.ensure_deployment(new_deployment(&repository, "busy")).await.expect("create");
 
     let mut tasks = Vec::new();
-    for i in 0..16_u8 {
+    for i in 0..16_u32 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            let commit = CommitDetails {
-                sha: CommitSha::new(&format!("{i:02x}").repeat(20)).expect("valid"),
-                message: format!("push {i}"),
-                author_name: "Alice".to_owned(),
-                author_email: "alice@example.org".to_owned(),
-                time: i64::from(i),
-            };
-            let new =
-                NewRevision { deployment_id: deployment.id, commit, status: RevisionStatus::Queued, error: None, now: 2_000 };
-            let revision = store.insert_revision(new).await.expect("insert revision");
-            let steps = vec![AssetKey::new("a").expect("valid"), AssetKey::new("b").expect("valid")];
-            let new =
-                NewRun { deployment_id: deployment.id, revision_id: revision.id, selection: "*".to_owned(), steps, now: 3_000 };
-            let run = store.insert_run(new).await.expect("insert run");
-            let steps = store.list_steps(run.id).await.expect("list steps");
-            for line in 0..5 {
-                store.append_step_log(steps[0].id, &format!("{line}\n")).await.expect("append");
+            loop {
+                let record = store.lifecycle(deployment.id).await.expect("read the lifecycle");
+                let number = record.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
+                let write = LifecycleWrite {
+                    version: record.deployment.version,
+                    new_revisions: vec![queued(number, i)],
+                    new_runs: vec![NewRun { revision: number, selection: "*".to_owned(), steps: steps(&["a", "b"]) }],
+                    deployment_patch: DeploymentPatch { head: Some(number), ..DeploymentPatch::default() },
+                    ..write_on(&record.deployment, 2_000)
+                };
+                let Applied::Done { runs, .. } = store.apply(write).await.expect("a busy database waits, never fails") else {
+                    continue;
+                };
+                let listed = store.list_steps(runs[0].id).await.expect("list steps");
+                for line in 0..5 {
+                    store.append_step_log(listed[0].id, &format!("{line}\n")).await.expect("append");
+                }
+                return number;
             }
-            revision.number
         }));
     }
     let mut numbers = Vec::new();
@@ -171,5 +149,48 @@ async fn concurrent_writers_wait_for_each_other() {
     }
     numbers.sort_unstable();
     assert_eq!(numbers, (1..=16).collect::<Vec<u32>>(), "every push got its own number");
+    assert_eq!(store.get_deployment(deployment.id).await.expect("get").version, 16, "one version per push");
     store.close().await;
+}
+
+fn new_deployment(repository: &RepositoryName, name: &str) -> NewDeployment {
+    NewDeployment {
+        repository: repository.clone(),
+        name: DeploymentName::new(name).expect("valid"),
+        kind: DeploymentKind::Branch,
+        branch: BranchName::new(name).expect("valid"),
+        pull_request: None,
+        base_deployment: None,
+        now: 1_000,
+    }
+}
+
+/// A write of nothing yet on the version `deployment` was read at.
+fn write_on(deployment: &Deployment, now: i64) -> LifecycleWrite {
+    LifecycleWrite {
+        deployment: deployment.id,
+        version: deployment.version,
+        now,
+        deployment_patch: DeploymentPatch::default(),
+        new_revisions: Vec::new(),
+        revisions: Vec::new(),
+        new_runs: Vec::new(),
+        runs: Vec::new(),
+        delete: false,
+    }
+}
+
+fn queued(number: u32, commit: u32) -> NewRevision {
+    let commit = CommitDetails {
+        sha: CommitSha::new(&format!("{commit:040x}")).expect("valid"),
+        message: format!("push {commit}"),
+        author_name: "Alice".to_owned(),
+        author_email: "alice@example.org".to_owned(),
+        time: i64::from(commit),
+    };
+    NewRevision { number, commit, status: RevisionStatus::Queued, error: None }
+}
+
+fn steps(keys: &[&str]) -> Vec<AssetKey> {
+    keys.iter().map(|key| AssetKey::new(key).expect("valid")).collect()
 }

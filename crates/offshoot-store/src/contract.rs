@@ -1,64 +1,85 @@
 //! The contract every `Store` implementation must satisfy, as one async test story per concern.
 //!
 //! This is test code that lives in the library so that every backend's integration tests can run
-//! it: its functions panic on the first broken rule. Each function uses repositories of its own,
-//! so all of them can share one store, even one holding other data (but not an earlier run's: the
-//! stories create fixed names, which would conflict). Queries that span repositories
-//! (`revisions_with_status`, `list_runs` without a deployment) are checked on the rows the story
-//! created, plus the ordering of the whole answer.
+//! it: its functions panic on the first broken rule. Each function uses repositories of its own
+//! (and lease owners of its own), so all of them can share one store, even one holding other data
+//! (but not an earlier run's: the stories create fixed names). Queries that span repositories
+//! (`revisions_with_status`, `list_runs` without a deployment, `pending_intake`) are checked on
+//! the rows the story created, plus the ordering of the whole answer.
 //!
 //! Rules pinned here that the trait's signatures leave open:
-//! - a deployment's identity (`id`, `repository`, `name`, `kind`, `branch`, `created_at`) is
-//!   fixed at creation; `update_deployment` writes every other field;
-//! - a revision's `id`, `deployment_id`, `number`, `commit` and `queued_at` are fixed at insertion;
-//!   a run's `id`, `deployment_id`, `revision_id`, `selection` and `created_at` likewise;
-//! - writing a row that refers to a missing row (a revision of a missing deployment, a run of a
-//!   missing revision) is `NotFound`, and so is updating or deleting a missing row;
-//! - references stay inside a deployment: a deployment's current revision, a run's revision and a
-//!   materialization's run must belong to the same deployment, or the write is `NotFound`;
+//! - `ensure_deployment` never changes an existing deployment: it returns the branch's row as it
+//!   is; a deployment's identity (`id`, `repository`, `name`, `kind`, `branch`, `created_at`) is
+//!   fixed at creation;
+//! - every applied write and every `set_pinned` bumps the version by exactly one and sets
+//!   `updated_at` to its `now`; `renew_leases` changes neither;
+//! - a write names revisions by number and runs by id, both inside its own deployment: an unknown
+//!   one is `NotFound`, a revision number the deployment already has is `Conflict`, and either
+//!   way nothing of the write is kept (the version does not move);
+//! - a revision inserted finished (superseded) has `finished_at` = the write's `now`;
+//! - `delete_requested` is a request: a patch that does not name it never withdraws it;
 //! - ids are never reused, not even after the newest rows are deleted;
 //! - list methods return nothing, not `NotFound`, for a parent that does not exist;
 //! - `find_revision_by_commit` returns the newest revision when a commit was pushed twice;
 //! - "newest first" and "oldest first" follow the caller's timestamps, ties broken by insertion
-//!   order; string comparisons are exact (case-sensitive, no pattern matching).
+//!   order; string comparisons are exact (case-sensitive, no pattern matching);
+//! - a delivery id, once recorded, refuses replays for good, also after it was processed.
+//!
+//! The concurrency stories drive several writers at once on the calling task ([`all_at_once`]):
+//! while one awaits its database, the others go on, so their statements really interleave in the
+//! database, and the contract needs neither a runtime nor a `futures` crate of its own.
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
+use offshoot_core::lifecycle::StepsEnd;
 use offshoot_core::{
-    deployment_name_for_branch, AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus,
-    PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis,
+    deployment_name_for_branch, AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, PullRequestStatus,
+    RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis,
 };
 
 use crate::{
-    CommitDetails, Deployment, DeploymentFilter, DeploymentId, Lease, Materialization, NewDeployment, NewRevision, NewRun, PullRequest,
-    Revision, RevisionId, Run, RunFilter, RunId, RunStep, StepId, Store, StoreError, StoreResult,
+    Applied, CommitDetails, DeployOutput, Deployment, DeploymentFilter, DeploymentId, DeploymentPatch, Intake, IntakeId, Lease,
+    LifecycleWrite, Materialization, NewDeployment, NewIntake, NewRevision, NewRun, PullRequest, Revision, RevisionPatch, Run, RunFilter,
+    RunId, RunPatch, RunStep, StepId, Store, StoreError, StoreResult, Teardown,
 };
 
 /// Runs every story of the contract, one after the other, on one store.
 pub async fn run_all(store: &dyn Store) {
-    deployments_are_created_and_found(store).await;
-    deployment_names_and_branches_are_unique_per_repository(store).await;
+    deployments_are_ensured_and_found(store).await;
+    ensuring_a_deployment_is_an_upsert_by_branch(store).await;
     deployments_are_listed_production_first_then_by_name(store).await;
-    deployment_updates_round_trip_every_mutable_field(store).await;
+    deployment_patches_change_exactly_the_fields_they_name(store).await;
+    pinning_is_a_lifecycle_change(store).await;
+    a_write_applies_only_on_the_version_it_read(store).await;
+    a_refused_write_keeps_nothing(store).await;
     deleting_a_deployment_removes_its_history(store).await;
     revisions_are_numbered_per_deployment(store).await;
-    revision_updates_round_trip_every_mutable_field(store).await;
+    revision_patches_move_a_revision_through_its_phases(store).await;
     revisions_with_status_are_oldest_first_across_deployments(store).await;
     runs_are_inserted_with_their_steps_in_plan_order(store).await;
+    run_patches_move_a_run_and_end_its_steps(store).await;
     steps_are_updated_and_their_logs_appended(store).await;
     runs_are_listed_newest_first_with_filters(store).await;
     materializations_are_listed_newest_first(store).await;
+    the_lifecycle_reads_unfinished_work_head_and_serving(store).await;
+    renewing_leases_extends_one_owners_leases_without_a_new_version(store).await;
+    intake_records_each_delivery_once(store).await;
     missing_rows_are_not_found(store).await;
     hostile_strings_round_trip_exactly(store).await;
-    leases_let_one_server_at_a_time_claim_work(store).await;
+    concurrent_writers_never_lose_a_write(store).await;
+    concurrent_first_deliveries_share_one_deployment(store).await;
+    concurrent_claims_have_one_winner(store).await;
 }
 
-pub async fn deployments_are_created_and_found(store: &dyn Store) {
+pub async fn deployments_are_ensured_and_found(store: &dyn Store) {
     let repo = repository("contract-create");
     let other_repo = repository("contract-create-2");
 
     let new_prod = NewDeployment { kind: DeploymentKind::Production, ..new_deployment(&repo, "prod", "main", 1_000) };
-    let prod = store.create_deployment(new_prod).await.expect("create prod");
+    let prod = store.ensure_deployment(new_prod).await.expect("create prod");
     assert_eq!(
         prod,
         Deployment {
@@ -77,8 +98,12 @@ pub async fn deployments_are_created_and_found(store: &dyn Store) {
             last_push_at: 1_000,
             closed_at: None,
             close_reason: None,
+            version: 0,
+            head_revision: None,
+            teardown: Teardown::Done,
+            delete_requested: false,
         },
-        "a new deployment is open, unpinned, has no revision, and all its times are `now`"
+        "a new deployment is open, unpinned, at version 0, has no revision or teardown, and all its times are `now`"
     );
 
     let new_feature = NewDeployment {
@@ -90,14 +115,14 @@ pub async fn deployments_are_created_and_found(store: &dyn Store) {
         base_deployment: Some(DeploymentName::production()),
         ..new_deployment(&repo, "feature-1", "feature/1", 2_000)
     };
-    let feature = store.create_deployment(new_feature.clone()).await.expect("create feature-1");
+    let feature = store.ensure_deployment(new_feature.clone()).await.expect("create feature-1");
     assert_ne!(feature.id, prod.id, "each deployment gets its own id");
     assert_eq!(feature.pull_request, new_feature.pull_request, "the pull request is stored");
     assert_eq!(feature.base_deployment, new_feature.base_deployment, "the base deployment is stored");
     assert_eq!(feature.kind, DeploymentKind::Branch);
 
-    assert_eq!(store.get_deployment(prod.id).await.expect("get prod"), prod, "get returns what create returned");
-    assert_eq!(store.get_deployment(feature.id).await.expect("get feature"), feature, "get returns what create returned");
+    assert_eq!(store.get_deployment(prod.id).await.expect("get prod"), prod, "get returns what ensure returned");
+    assert_eq!(store.get_deployment(feature.id).await.expect("get feature"), feature, "get returns what ensure returned");
 
     let found = store.find_deployment(&repo, &name("feature-1")).await.expect("find by name");
     assert_eq!(found.as_ref(), Some(&feature), "find by (repository, name)");
@@ -116,25 +141,40 @@ pub async fn deployments_are_created_and_found(store: &dyn Store) {
     assert_eq!(found, None, "branches are scoped by repository");
 }
 
-pub async fn deployment_names_and_branches_are_unique_per_repository(store: &dyn Store) {
-    let repo = repository("contract-unique");
-    let other_repo = repository("contract-unique-2");
+/// The first delivery of a branch creates its deployment; every later one (or a concurrent one)
+/// gets the same row back, unchanged. A name is one branch's only.
+pub async fn ensuring_a_deployment_is_an_upsert_by_branch(store: &dyn Store) {
+    let repo = repository("contract-ensure");
+    let other_repo = repository("contract-ensure-2");
 
-    let first = store.create_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create first");
+    let first = store.ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create");
+    let later = NewDeployment {
+        pull_request: Some(PullRequest { id: "9".to_owned(), url: "https://git.example/9".to_owned(), status: PullRequestStatus::Open }),
+        base_deployment: Some(name("staging")),
+        ..new_deployment(&repo, "feature-1", "feature/1", 2_000)
+    };
+    let again = store.ensure_deployment(later).await.expect("ensure the same branch again");
+    assert_eq!(again, first, "the branch's deployment is returned as it is: same id, nothing overwritten");
 
-    let same_name = store.create_deployment(new_deployment(&repo, "feature-1", "feature/other", 2_000)).await;
-    assert_conflict(same_name, "a second deployment with the same repository and name");
-    let same_branch = store.create_deployment(new_deployment(&repo, "feature-other", "feature/1", 2_000)).await;
-    assert_conflict(same_branch, "a second deployment with the same repository and branch");
+    let renamed = store
+        .ensure_deployment(new_deployment(&repo, "feature-1-2", "feature/1", 3_000))
+        .await
+        .expect("ensure the branch under another name");
+    assert_eq!(renamed, first, "the deployment is the branch's, whatever name the caller would have picked");
+
+    let taken = store.ensure_deployment(new_deployment(&repo, "feature-1", "feature/other", 4_000)).await;
+    assert_conflict(taken, "a new branch asking for a name another branch's deployment has");
+    let production = NewDeployment { kind: DeploymentKind::Production, ..new_deployment(&repo, "prod", "feature/1", 4_000) };
+    assert_conflict(store.ensure_deployment(production).await, "the branch already has a deployment of another kind");
 
     let elsewhere = store
-        .create_deployment(new_deployment(&other_repo, "feature-1", "feature/1", 3_000))
+        .ensure_deployment(new_deployment(&other_repo, "feature-1", "feature/1", 5_000))
         .await
-        .expect("the same name and branch in another repository is fine");
+        .expect("the same name and branch in another repository is another deployment");
     assert_ne!(elsewhere.id, first.id);
 
     let all = store.list_deployments(&including_closed(&repo)).await.expect("list");
-    assert_eq!(ids(&all), [first.id], "a refused create leaves nothing behind");
+    assert_eq!(all, [first], "refused and repeated ensures leave nothing behind");
 }
 
 pub async fn deployments_are_listed_production_first_then_by_name(store: &dyn Store) {
@@ -143,32 +183,31 @@ pub async fn deployments_are_listed_production_first_then_by_name(store: &dyn St
 
     // Created out of order, and "a-feature" sorts before "prod" by name, "branch" before
     // "production" by kind text: only an explicit "production first" gets this right.
-    let b = store.create_deployment(new_deployment(&repo, "b-feature", "b", 1_000)).await.expect("create b");
+    let b = store.ensure_deployment(new_deployment(&repo, "b-feature", "b", 1_000)).await.expect("create b");
     let prod = store
-        .create_deployment(NewDeployment { kind: DeploymentKind::Production, ..new_deployment(&repo, "prod", "main", 2_000) })
+        .ensure_deployment(NewDeployment { kind: DeploymentKind::Production, ..new_deployment(&repo, "prod", "main", 2_000) })
         .await
         .expect("create prod");
-    let a = store.create_deployment(new_deployment(&repo, "a-feature", "a", 3_000)).await.expect("create a");
-    let mut c = store.create_deployment(new_deployment(&repo, "c-closed", "c", 4_000)).await.expect("create c");
-    c.status = DeploymentStatus::Closed;
-    c.closed_at = Some(5_000);
-    c.close_reason = Some("pull request merged".to_owned());
-    store.update_deployment(&c).await.expect("close c");
-    let other = store.create_deployment(new_deployment(&other_repo, "a-feature", "a", 6_000)).await.expect("create other");
+    let a = store.ensure_deployment(new_deployment(&repo, "a-feature", "a", 3_000)).await.expect("create a");
+    let c = store.ensure_deployment(new_deployment(&repo, "c-closed", "c", 4_000)).await.expect("create c");
+    let close = DeploymentPatch {
+        status: Some(DeploymentStatus::Closed),
+        close_reason: Some("pull request merged".to_owned()),
+        ..DeploymentPatch::default()
+    };
+    apply_now(store, LifecycleWrite { deployment_patch: close, ..change(c.id, 5_000) }, "close c").await;
+    let c = store.get_deployment(c.id).await.expect("get c");
+    let other = store.ensure_deployment(new_deployment(&other_repo, "a-feature", "a", 6_000)).await.expect("create other");
 
-    let open = store
-        .list_deployments(&DeploymentFilter { repository: Some(repo.clone()), include_closed: false })
-        .await
-        .expect("list open");
+    let open =
+        store.list_deployments(&DeploymentFilter { repository: Some(repo.clone()), include_closed: false }).await.expect("list open");
     assert_eq!(ids(&open), [prod.id, a.id, b.id], "production first, then by name; closed ones left out");
     let all = store.list_deployments(&including_closed(&repo)).await.expect("list all");
     assert_eq!(ids(&all), [prod.id, a.id, b.id, c.id], "closed ones included on request");
     assert_eq!(all[3], c, "listed rows are whole rows");
 
-    let everywhere =
-        store.list_deployments(&DeploymentFilter { repository: None, include_closed: false }).await.expect("list everywhere");
-    let ours: Vec<DeploymentId> =
-        everywhere.iter().filter(|d| d.repository == repo || d.repository == other_repo).map(|d| d.id).collect();
+    let everywhere = store.list_deployments(&DeploymentFilter { repository: None, include_closed: false }).await.expect("list everywhere");
+    let ours: Vec<DeploymentId> = everywhere.iter().filter(|d| d.repository == repo || d.repository == other_repo).map(|d| d.id).collect();
     assert_eq!(ours.len(), 4, "without a repository filter every repository's open deployments are listed: {ours:?}");
     for id in [prod.id, a.id, b.id, other.id] {
         assert!(ours.contains(&id), "deployment {id:?} listed without a repository filter");
@@ -181,88 +220,345 @@ pub async fn deployments_are_listed_production_first_then_by_name(store: &dyn St
     );
 }
 
-pub async fn deployment_updates_round_trip_every_mutable_field(store: &dyn Store) {
-    let repo = repository("contract-update");
-    let created = store.create_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create");
-    let revision = store.insert_revision(new_revision(created.id, 1, 1_500)).await.expect("insert revision");
+/// A field a patch names: what it sets, given the write's `now` and the row's revisions.
+type Expectation = Box<dyn Fn(&mut Deployment, UnixMillis)>;
 
-    let changed = Deployment {
-        status: DeploymentStatus::Closed,
-        pull_request: Some(PullRequest {
-            id: "42".to_owned(),
-            url: "https://git.example/pull/42".to_owned(),
-            status: PullRequestStatus::Merged,
-        }),
-        base_deployment: Some(name("staging")),
-        pinned: true,
-        current_revision: Some(revision.id),
-        updated_at: 2_000,
-        last_push_at: 3_000,
-        closed_at: Some(4_000),
-        close_reason: Some("merged".to_owned()),
-        ..created.clone()
-    };
-    store.update_deployment(&changed).await.expect("update with every option set");
-    assert_eq!(store.get_deployment(created.id).await.expect("get"), changed, "every mutable field is written");
+/// Each patch changes the fields it names and nothing else, besides the version (one up) and
+/// `updated_at` (the write's now).
+pub async fn deployment_patches_change_exactly_the_fields_they_name(store: &dyn Store) {
+    let repo = repository("contract-patch");
+    let created = store.ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create");
+    let inserted = apply_now(
+        store,
+        LifecycleWrite { new_revisions: vec![queued(1, 1), queued(2, 2)], ..change(created.id, 1_500) },
+        "insert revisions 1 and 2",
+    )
+    .await
+    .revisions;
+    let (first, second) = (inserted[0].id, inserted[1].id);
+    let merged = PullRequest { id: "42".to_owned(), url: "https://git.example/pull/42".to_owned(), status: PullRequestStatus::Merged };
+    let lease = Lease { owner: "contract-patch-server".to_owned(), until: 99_000 };
 
-    let cleared = Deployment {
-        status: DeploymentStatus::Open,
-        pull_request: None,
-        base_deployment: None,
-        pinned: false,
-        current_revision: None,
-        updated_at: 5_000,
-        closed_at: None,
-        close_reason: None,
-        ..changed.clone()
-    };
-    store.update_deployment(&cleared).await.expect("update with every option cleared");
-    assert_eq!(store.get_deployment(created.id).await.expect("get"), cleared, "options are cleared, not ignored");
+    let stories: Vec<(&str, DeploymentPatch, Expectation)> = vec![
+        ("an empty patch changes only the version and updated_at", DeploymentPatch::default(), Box::new(|_, _| {})),
+        (
+            "pushed sets last_push_at to now",
+            DeploymentPatch { pushed: true, ..DeploymentPatch::default() },
+            Box::new(|d, now| d.last_push_at = now),
+        ),
+        (
+            "a pull request is set",
+            DeploymentPatch { pull_request: Some(merged.clone()), ..DeploymentPatch::default() },
+            Box::new({
+                let merged = merged.clone();
+                move |d, _| d.pull_request = Some(merged.clone())
+            }),
+        ),
+        (
+            "a base deployment is set",
+            DeploymentPatch { base_deployment: Some(Some(name("staging"))), ..DeploymentPatch::default() },
+            Box::new(|d, _| d.base_deployment = Some(name("staging"))),
+        ),
+        (
+            "a base deployment is cleared",
+            DeploymentPatch { base_deployment: Some(None), ..DeploymentPatch::default() },
+            Box::new(|d, _| d.base_deployment = None),
+        ),
+        (
+            "the head is set by revision number",
+            DeploymentPatch { head: Some(2), ..DeploymentPatch::default() },
+            Box::new(move |d, _| d.head_revision = Some(second)),
+        ),
+        (
+            "the serving revision is set by number",
+            DeploymentPatch { serving: Some(Some(1)), ..DeploymentPatch::default() },
+            Box::new(move |d, _| d.current_revision = Some(first)),
+        ),
+        (
+            "the serving revision is cleared",
+            DeploymentPatch { serving: Some(None), ..DeploymentPatch::default() },
+            Box::new(|d, _| d.current_revision = None),
+        ),
+        (
+            "several fields at once",
+            DeploymentPatch { head: Some(1), serving: Some(Some(2)), pushed: true, ..DeploymentPatch::default() },
+            Box::new(move |d, now| {
+                d.head_revision = Some(first);
+                d.current_revision = Some(second);
+                d.last_push_at = now;
+            }),
+        ),
+        (
+            "closing sets closed_at to now and the reason",
+            DeploymentPatch {
+                status: Some(DeploymentStatus::Closed),
+                close_reason: Some("merged".to_owned()),
+                ..DeploymentPatch::default()
+            },
+            Box::new(|d, now| {
+                d.status = DeploymentStatus::Closed;
+                d.closed_at = Some(now);
+                d.close_reason = Some("merged".to_owned());
+            }),
+        ),
+        (
+            "a patch without a status leaves a close alone",
+            DeploymentPatch { pushed: true, ..DeploymentPatch::default() },
+            Box::new(|d, now| d.last_push_at = now),
+        ),
+        (
+            "a teardown becomes pending",
+            DeploymentPatch { teardown: Some(Teardown::Pending), ..DeploymentPatch::default() },
+            Box::new(|d, _| d.teardown = Teardown::Pending),
+        ),
+        (
+            "a teardown runs under a lease",
+            DeploymentPatch { teardown: Some(Teardown::Running(lease.clone())), ..DeploymentPatch::default() },
+            Box::new({
+                let lease = lease.clone();
+                move |d, _| d.teardown = Teardown::Running(lease.clone())
+            }),
+        ),
+        (
+            "a teardown is done, its lease gone",
+            DeploymentPatch { teardown: Some(Teardown::Done), ..DeploymentPatch::default() },
+            Box::new(|d, _| d.teardown = Teardown::Done),
+        ),
+        (
+            "reopening clears closed_at and the reason",
+            DeploymentPatch { status: Some(DeploymentStatus::Open), ..DeploymentPatch::default() },
+            Box::new(|d, _| {
+                d.status = DeploymentStatus::Open;
+                d.closed_at = None;
+                d.close_reason = None;
+            }),
+        ),
+        (
+            "a delete is requested",
+            DeploymentPatch { delete_requested: true, ..DeploymentPatch::default() },
+            Box::new(|d, _| d.delete_requested = true),
+        ),
+        ("a patch that does not name the delete request never withdraws it", DeploymentPatch::default(), Box::new(|_, _| {})),
+    ];
+
+    for (step, (story, patch, expectation)) in stories.into_iter().enumerate() {
+        let now = 10_000 + 1_000 * step as UnixMillis;
+        let before = store.get_deployment(created.id).await.expect("get before the patch");
+        let written = apply_now(store, LifecycleWrite { deployment_patch: patch, ..change(created.id, now) }, story).await;
+        let mut expected = Deployment { version: before.version + 1, updated_at: now, ..before };
+        expectation(&mut expected, now);
+        assert_eq!(written.version, expected.version, "{story}: Done carries the new version");
+        assert_eq!((written.revisions, written.runs), (vec![], vec![]), "{story}: a patch inserts nothing");
+        assert_eq!(store.get_deployment(created.id).await.expect("get after the patch"), expected, "{story}");
+    }
     let found = store.find_deployment(&repo, &name("feature-1")).await.expect("find");
-    assert_eq!(found, Some(cleared), "find sees the update");
+    assert_eq!(found, Some(store.get_deployment(created.id).await.expect("get")), "find sees the patches");
+}
+
+pub async fn pinning_is_a_lifecycle_change(store: &dyn Store) {
+    let repo = repository("contract-pin");
+    let created = store.ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create");
+
+    store.set_pinned(created.id, true, 2_000).await.expect("pin");
+    let pinned = store.get_deployment(created.id).await.expect("get");
+    assert_eq!(pinned, Deployment { pinned: true, version: 1, updated_at: 2_000, ..created.clone() }, "pinning bumps the version");
+    store.set_pinned(created.id, false, 3_000).await.expect("unpin");
+    let unpinned = store.get_deployment(created.id).await.expect("get");
+    assert_eq!(unpinned, Deployment { pinned: false, version: 2, updated_at: 3_000, ..created.clone() }, "so does unpinning");
+
+    let read_before_pinning = LifecycleWrite { deployment_patch: pushed(), ..change(created.id, 4_000) };
+    let read_before_pinning = LifecycleWrite { version: 1, ..read_before_pinning };
+    assert_eq!(
+        store.apply(read_before_pinning).await.expect("apply a write read before the unpin"),
+        Applied::Stale,
+        "a decision taken before a pin change is stale"
+    );
+}
+
+/// Compare-and-set: of two writes decided on the same version, the first applies and the second
+/// is stale and writes nothing.
+pub async fn a_write_applies_only_on_the_version_it_read(store: &dyn Store) {
+    let repo = repository("contract-cas");
+    let created = store.ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create");
+    let read = store.lifecycle(created.id).await.expect("read the lifecycle");
+    let version = read.deployment.version;
+
+    let first = LifecycleWrite {
+        version,
+        new_revisions: vec![queued(1, 1)],
+        deployment_patch: DeploymentPatch { head: Some(1), pushed: true, ..DeploymentPatch::default() },
+        ..change(created.id, 2_000)
+    };
+    let second = LifecycleWrite {
+        version,
+        new_revisions: vec![queued(1, 2), queued(2, 3)],
+        deployment_patch: DeploymentPatch {
+            head: Some(2),
+            status: Some(DeploymentStatus::Closed),
+            close_reason: Some("the other decision".to_owned()),
+            delete_requested: true,
+            ..DeploymentPatch::default()
+        },
+        delete: true,
+        ..change(created.id, 3_000)
+    };
+
+    let Applied::Done { version: new_version, revisions, .. } = store.apply(first).await.expect("apply the first write") else {
+        panic!("the first write on a version applies");
+    };
+    assert_eq!(new_version, version + 1, "an applied write bumps the version by one");
+    let after_first = store.get_deployment(created.id).await.expect("get");
+    assert_eq!(after_first.version, version + 1);
+    assert_eq!(after_first.head_revision, Some(revisions[0].id));
+
+    assert_eq!(store.apply(second).await.expect("apply the second write"), Applied::Stale, "the second write on a version is stale");
+    assert_eq!(store.get_deployment(created.id).await.expect("get"), after_first, "a stale write changes nothing, not even the version");
+    assert_eq!(store.list_revisions(created.id, 0).await.expect("list"), revisions, "a stale write inserts nothing");
+
+    let ahead = LifecycleWrite { version: version + 5, deployment_patch: pushed(), ..change(created.id, 4_000) };
+    assert_eq!(store.apply(ahead).await.expect("apply a write on a future version"), Applied::Stale, "only the exact version applies");
+    assert_eq!(store.get_deployment(created.id).await.expect("get"), after_first);
+}
+
+/// A write that names something its deployment does not have (or inserts a number it has) is
+/// refused whole: the rows it inserted before the bad part are gone and the version stays.
+pub async fn a_refused_write_keeps_nothing(store: &dyn Store) {
+    let repo = repository("contract-refused");
+    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let other = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
+    let setup = LifecycleWrite {
+        new_revisions: vec![queued(1, 1)],
+        new_runs: vec![new_run(1, &["x"])],
+        deployment_patch: DeploymentPatch { head: Some(1), serving: Some(Some(1)), ..DeploymentPatch::default() },
+        ..change(deployment.id, 2_000)
+    };
+    apply_now(store, setup, "set up a").await;
+    let other_setup = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, &["x"])], ..change(other.id, 2_000) };
+    let other_run = apply_now(store, other_setup, "set up b").await.runs.remove(0);
+    let before = store.get_deployment(deployment.id).await.expect("get a");
+    let revisions_before = store.list_revisions(deployment.id, 0).await.expect("list revisions");
+    let runs_before = list_runs_of(store, deployment.id).await;
+    let other_before = (store.get_deployment(other.id).await.expect("get b"), store.get_run(other_run.id).await.expect("get b's run"));
+
+    // Every write inserts a revision and a run and patches the deployment, then breaks one rule.
+    let refused: Vec<(&str, LifecycleWrite, Refusal)> = vec![
+        (
+            "a head with an unknown number",
+            LifecycleWrite { deployment_patch: DeploymentPatch { head: Some(99), ..pushed() }, ..change(deployment.id, 3_000) },
+            is_not_found,
+        ),
+        (
+            "a serving revision with an unknown number",
+            LifecycleWrite { deployment_patch: DeploymentPatch { serving: Some(Some(99)), ..pushed() }, ..change(deployment.id, 3_000) },
+            is_not_found,
+        ),
+        (
+            "a patch of an unknown revision number",
+            LifecycleWrite { revisions: vec![revision_to(99, RevisionStatus::Failed)], ..change(deployment.id, 3_000) },
+            is_not_found,
+        ),
+        (
+            "a run of an unknown revision number",
+            LifecycleWrite { new_runs: vec![new_run(99, &["x"])], ..change(deployment.id, 3_000) },
+            is_not_found,
+        ),
+        (
+            "a patch of an unknown run",
+            LifecycleWrite { runs: vec![run_to(RunId(1 << 50), RunStatus::Failed)], ..change(deployment.id, 3_000) },
+            is_not_found,
+        ),
+        (
+            "a patch of another deployment's run",
+            LifecycleWrite { runs: vec![run_to(other_run.id, RunStatus::Canceled)], ..change(deployment.id, 3_000) },
+            is_not_found,
+        ),
+        (
+            "a revision number the deployment has",
+            LifecycleWrite { new_revisions: vec![queued(1, 7)], ..change(deployment.id, 3_000) },
+            is_conflict,
+        ),
+        (
+            "the same new number twice",
+            LifecycleWrite { new_revisions: vec![queued(3, 7), queued(3, 8)], ..change(deployment.id, 3_000) },
+            is_conflict,
+        ),
+    ];
+    for (story, broken, refusal) in refused {
+        let mut write = LifecycleWrite {
+            new_revisions: [vec![queued(2, 2)], broken.new_revisions].concat(),
+            new_runs: [vec![new_run(1, &["y"])], broken.new_runs].concat(),
+            ..broken
+        };
+        write.deployment_patch.pushed = true;
+        write.deployment_patch.status = Some(DeploymentStatus::Closed);
+        write.version = store.get_deployment(deployment.id).await.expect("get the version").version;
+        let result = store.apply(write).await;
+        assert!(refusal(&result), "{story}: refused, got {result:?}");
+        assert_eq!(
+            store.get_deployment(deployment.id).await.expect("get a"),
+            before,
+            "{story}: the deployment and its version are as before"
+        );
+        assert_eq!(store.list_revisions(deployment.id, 0).await.expect("list"), revisions_before, "{story}: no revision was kept");
+        assert_eq!(list_runs_of(store, deployment.id).await, runs_before, "{story}: no run was kept");
+        let other_after = (store.get_deployment(other.id).await.expect("get b"), store.get_run(other_run.id).await.expect("get b's run"));
+        assert_eq!(other_after, other_before, "{story}: the other deployment is untouched");
+    }
 }
 
 pub async fn deleting_a_deployment_removes_its_history(store: &dyn Store) {
     let repo = repository("contract-delete");
-    let doomed = store.create_deployment(new_deployment(&repo, "doomed", "doomed", 1_000)).await.expect("create doomed");
-    let kept = store.create_deployment(new_deployment(&repo, "kept", "kept", 1_000)).await.expect("create kept");
+    let doomed = store.ensure_deployment(new_deployment(&repo, "doomed", "doomed", 1_000)).await.expect("create doomed");
+    let kept = store.ensure_deployment(new_deployment(&repo, "kept", "kept", 1_000)).await.expect("create kept");
 
     let mut history = Vec::new();
     for deployment in [&doomed, &kept] {
-        let revision = store.insert_revision(new_revision(deployment.id, 1, 2_000)).await.expect("insert revision");
-        let mut with_revision = deployment.clone();
-        with_revision.current_revision = Some(revision.id);
-        store.update_deployment(&with_revision).await.expect("set current revision");
-        let run = store.insert_run(new_run(deployment.id, revision.id, &["a", "b"], 3_000)).await.expect("insert run");
+        let write = LifecycleWrite {
+            new_revisions: vec![queued(1, 1)],
+            new_runs: vec![new_run(1, &["a", "b"])],
+            deployment_patch: DeploymentPatch { head: Some(1), serving: Some(Some(1)), ..DeploymentPatch::default() },
+            ..change(deployment.id, 2_000)
+        };
+        let Written { revisions, runs, .. } = apply_now(store, write, "a revision serving and a run").await;
+        let (revision, run) = (revisions[0].clone(), runs[0].clone());
         let steps = store.list_steps(run.id).await.expect("list steps");
         store.append_step_log(steps[0].id, "building a\n").await.expect("append log");
         store.record_materialization(&materialization(deployment.id, run.id, "a", 4_000)).await.expect("record");
         history.push((revision, run, steps));
     }
 
-    store.delete_deployment(doomed.id).await.expect("delete doomed");
+    let stale_delete = LifecycleWrite { version: 0, delete: true, ..change(doomed.id, 4_500) };
+    assert_eq!(store.apply(stale_delete).await.expect("a stale delete"), Applied::Stale, "a delete checks the version too");
+    assert!(store.get_deployment(doomed.id).await.is_ok(), "a stale delete deletes nothing");
+
+    let delete = LifecycleWrite {
+        deployment_patch: DeploymentPatch { teardown: Some(Teardown::Done), ..DeploymentPatch::default() },
+        delete: true,
+        ..change(doomed.id, 5_000)
+    };
+    apply_now(store, delete, "delete doomed").await;
 
     let (revision, run, steps) = &history[0];
     assert_not_found(store.get_deployment(doomed.id).await, "the deleted deployment");
+    assert_not_found(store.lifecycle(doomed.id).await, "the deleted deployment's lifecycle");
     assert_not_found(store.get_revision(revision.id).await, "a revision of the deleted deployment");
     assert_not_found(store.get_run(run.id).await, "a run of the deleted deployment");
     assert_eq!(store.list_steps(run.id).await.expect("list steps"), [], "the deleted run's steps are gone");
     assert_not_found(store.append_step_log(steps[0].id, "late\n").await, "a step of the deleted deployment");
     assert_eq!(store.list_revisions(doomed.id, 0).await.expect("list revisions"), [], "revisions are gone");
-    assert_eq!(
-        store.list_materializations(doomed.id, None, 0).await.expect("list materializations"),
-        [],
-        "materializations are gone"
-    );
-    let runs = store.list_runs(&RunFilter { deployment_id: Some(doomed.id), ..RunFilter::default() }).await.expect("list runs");
-    assert_eq!(runs, [], "runs are gone");
+    assert_eq!(store.list_materializations(doomed.id, None, 0).await.expect("list materializations"), [], "materializations are gone");
+    assert_eq!(list_runs_of(store, doomed.id).await, [], "runs are gone");
     assert_eq!(store.find_deployment(&repo, &name("doomed")).await.expect("find"), None);
-    assert_not_found(store.delete_deployment(doomed.id).await, "deleting twice");
+    let newest = store.newest_revisions().await.expect("newest revisions");
+    assert!(newest.iter().all(|r| r.deployment_id != doomed.id), "no newest revision of a deleted deployment");
+    let again = LifecycleWrite { delete: true, ..change(doomed.id, 6_000) };
+    assert_not_found(store.apply(again).await, "deleting twice");
 
     let (revision, run, steps) = &history[1];
+    let kept_now = store.get_deployment(kept.id).await.expect("get kept");
     assert_eq!(
-        store.get_deployment(kept.id).await.expect("get kept").current_revision,
-        Some(revision.id),
+        (kept_now.current_revision, kept_now.head_revision),
+        (Some(revision.id), Some(revision.id)),
         "the other deployment is untouched"
     );
     assert_eq!(store.get_revision(revision.id).await.expect("get kept revision"), *revision);
@@ -272,39 +568,38 @@ pub async fn deleting_a_deployment_removes_its_history(store: &dyn Store) {
     assert_eq!(kept_steps[0].log, "building a\n");
     assert_eq!(store.list_materializations(kept.id, None, 0).await.expect("list kept materializations").len(), 1);
 
-    let again = store.create_deployment(new_deployment(&repo, "doomed", "doomed", 5_000)).await;
+    let again = store.ensure_deployment(new_deployment(&repo, "doomed", "doomed", 7_000)).await;
     let again = again.expect("a deleted deployment's name and branch can be used again");
+    assert_eq!((again.version, again.head_revision), (0, None), "a recreated deployment starts afresh");
     assert_eq!(store.list_revisions(again.id, 0).await.expect("list revisions"), [], "a recreated deployment starts empty");
 
     // Ids are never reused, even those of the newest rows: a worker holding a stale id must not
     // reach another deployment's data.
-    let newest = store.create_deployment(new_deployment(&repo, "newest", "newest", 6_000)).await.expect("create newest");
-    let newest_revision = store.insert_revision(new_revision(newest.id, 1, 6_000)).await.expect("insert newest revision");
-    store.delete_deployment(newest.id).await.expect("delete newest");
-    let successor =
-        store.create_deployment(new_deployment(&repo, "successor", "successor", 7_000)).await.expect("create successor");
-    let successor_revision =
-        store.insert_revision(new_revision(successor.id, 1, 7_000)).await.expect("insert successor revision");
+    let newest = store.ensure_deployment(new_deployment(&repo, "newest", "newest", 8_000)).await.expect("create newest");
+    let insert = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, &["a"])], ..change(newest.id, 8_000) };
+    let newest_rows = apply_now(store, insert, "insert the newest rows").await;
+    apply_now(store, LifecycleWrite { delete: true, ..change(newest.id, 8_500) }, "delete newest").await;
+    let successor = store.ensure_deployment(new_deployment(&repo, "successor", "successor", 9_000)).await.expect("create successor");
+    let insert = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, &["a"])], ..change(successor.id, 9_000) };
+    let successor_rows = apply_now(store, insert, "insert the successor's rows").await;
     assert_ne!(successor.id, newest.id, "a deleted deployment's id is not reused");
-    assert_ne!(successor_revision.id, newest_revision.id, "a deleted revision's id is not reused");
+    assert_ne!(successor_rows.revisions[0].id, newest_rows.revisions[0].id, "a deleted revision's id is not reused");
+    assert_ne!(successor_rows.runs[0].id, newest_rows.runs[0].id, "a deleted run's id is not reused");
 }
 
 pub async fn revisions_are_numbered_per_deployment(store: &dyn Store) {
     let repo = repository("contract-revisions");
-    let a = store.create_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
-    let b = store.create_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
+    let a = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let b = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
 
-    let a1 = store.insert_revision(new_revision(a.id, 1, 2_000)).await.expect("insert a1");
-    let b1 = store.insert_revision(new_revision(b.id, 1, 2_100)).await.expect("insert b1");
-    let a2 = store.insert_revision(new_revision(a.id, 2, 2_200)).await.expect("insert a2");
-    let superseded = NewRevision {
-        status: RevisionStatus::Superseded,
-        error: Some("a newer commit arrived first".to_owned()),
-        ..new_revision(a.id, 3, 2_300)
-    };
-    let a3 = store.insert_revision(superseded).await.expect("insert a3");
-    assert_eq!([a1.number, a2.number, a3.number], [1, 2, 3], "numbers count per deployment");
-    assert_eq!(b1.number, 1, "another deployment counts from 1");
+    let a1 = insert_revision(store, a.id, queued(1, 1), 2_000).await;
+    let b1 = insert_revision(store, b.id, queued(1, 1), 2_100).await;
+    let a2 = insert_revision(store, a.id, queued(2, 2), 2_200).await;
+    let superseded =
+        NewRevision { status: RevisionStatus::Superseded, error: Some("a newer commit arrived first".to_owned()), ..queued(3, 3) };
+    let a3 = insert_revision(store, a.id, superseded, 2_300).await;
+    assert_eq!([a1.number, a2.number, a3.number], [1, 2, 3], "numbers are the write's");
+    assert_eq!(b1.number, 1, "another deployment has its own numbers");
 
     assert_eq!(
         a1,
@@ -326,106 +621,184 @@ pub async fn revisions_are_numbered_per_deployment(store: &dyn Store) {
             finished_at: None,
             lease: None,
         },
-        "a new revision has its commit, status and queue time, and nothing else yet"
+        "a new revision has its commit, status and queue time (the write's now), and nothing else yet"
     );
     assert_eq!(a3.status, RevisionStatus::Superseded, "the status given at insertion is kept");
     assert_eq!(a3.error.as_deref(), Some("a newer commit arrived first"));
+    assert_eq!((a3.queued_at, a3.started_at, a3.finished_at), (2_300, None, Some(2_300)), "a revision inserted finished has finished now");
     for revision in [&a1, &b1, &a2, &a3] {
-        assert_eq!(store.get_revision(revision.id).await.expect("get revision"), *revision, "get returns what insert returned");
+        assert_eq!(store.get_revision(revision.id).await.expect("get revision"), *revision, "get returns what apply returned");
     }
 
+    let two = LifecycleWrite { new_revisions: vec![queued(3, 3), queued(2, 2)], ..change(b.id, 2_500) };
+    let two = apply_now(store, two, "insert two revisions in one write").await.revisions;
+    assert_eq!(numbers(&two), [3, 2], "inserted rows come back in the write's order");
+    assert!(two[0].id < two[1].id, "and are inserted in that order");
+    assert_eq!(two.iter().map(|r| r.queued_at).collect::<Vec<_>>(), [2_500, 2_500]);
+
     let newest = store.newest_revisions().await.expect("newest revisions");
-    assert!(newest.contains(&a3) && newest.contains(&b1), "the newest revision of each deployment");
-    assert!(!newest.contains(&a1) && !newest.contains(&a2), "older revisions are not the newest");
+    assert!(newest.contains(&a3) && newest.contains(&two[0]), "the newest (highest number) revision of each deployment");
+    assert!(!newest.contains(&a1) && !newest.contains(&a2) && !newest.contains(&two[1]), "lower numbers are not the newest");
 
     let found = store.find_revision_by_commit(a.id, &sha(2)).await.expect("find a2");
     assert_eq!(found.as_ref(), Some(&a2), "find by commit");
-    let found = store.find_revision_by_commit(b.id, &sha(2)).await.expect("find in b");
-    assert_eq!(found, None, "commits are scoped by deployment");
+    let found = store.find_revision_by_commit(b.id, &sha(1)).await.expect("find in b");
+    assert_eq!(found, Some(b1.clone()), "commits are scoped by deployment");
     let found = store.find_revision_by_commit(a.id, &sha(99)).await.expect("find unknown");
     assert_eq!(found, None, "an unknown commit finds nothing");
 
     assert_eq!(numbers(&store.list_revisions(a.id, 0).await.expect("list a")), [3, 2, 1], "newest first");
     assert_eq!(numbers(&store.list_revisions(a.id, 2).await.expect("list a, 2")), [3, 2], "limit keeps the newest");
-    assert_eq!(store.list_revisions(b.id, 0).await.expect("list b"), [b1], "only the deployment's own revisions");
+    assert_eq!(numbers(&store.list_revisions(b.id, 0).await.expect("list b")), [3, 2, 1], "only the deployment's own revisions");
 
     // The same commit pushed again (a revert of a force-push) gets a new number; find returns it.
-    let a4 = store.insert_revision(new_revision(a.id, 1, 2_400)).await.expect("insert a4");
-    assert_eq!(a4.number, 4);
+    let a4 = insert_revision(store, a.id, queued(4, 1), 2_400).await;
     let found = store.find_revision_by_commit(a.id, &sha(1)).await.expect("find repeated commit");
     assert_eq!(found, Some(a4), "a commit pushed twice finds its newest revision");
 }
 
-pub async fn revision_updates_round_trip_every_mutable_field(store: &dyn Store) {
-    let repo = repository("contract-rev-update");
-    let deployment = store.create_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
-    let inserted = store.insert_revision(new_revision(deployment.id, 1, 2_000)).await.expect("insert");
+/// Queued → deploying (the lease, started_at) → taken over → ready (the output, finished_at, no
+/// lease); and queued → deploying → queued again → failed, with errors kept unless replaced.
+pub async fn revision_patches_move_a_revision_through_its_phases(store: &dyn Store) {
+    let repo = repository("contract-rev-patch");
+    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let other = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create other");
+    let inserted =
+        apply_now(store, LifecycleWrite { new_revisions: vec![queued(1, 1), queued(2, 2)], ..change(deployment.id, 2_000) }, "insert")
+            .await
+            .revisions;
+    let other_revision = insert_revision(store, other.id, queued(1, 1), 2_000).await;
+    let server_a = Lease { owner: "contract-rev-patch-a".to_owned(), until: 13_000 };
+    let server_b = Lease { owner: "contract-rev-patch-b".to_owned(), until: 14_000 };
 
-    let changed = Revision {
-        status: RevisionStatus::Failed,
-        error: Some("validation failed".to_owned()),
+    let deploying = RevisionPatch { lease: Some(server_a.clone()), ..revision_to(1, RevisionStatus::Deploying) };
+    let version = patch_revisions(store, deployment.id, vec![deploying], 3_000).await;
+    let expected =
+        Revision { status: RevisionStatus::Deploying, started_at: Some(3_000), lease: Some(server_a.clone()), ..inserted[0].clone() };
+    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "deploying sets started_at to now and the lease");
+    assert_eq!(version, 2, "the insert and each patch are one version each");
+
+    let taken_over = RevisionPatch { lease: Some(server_b.clone()), ..revision_to(1, RevisionStatus::Deploying) };
+    patch_revisions(store, deployment.id, vec![taken_over], 4_000).await;
+    let expected = Revision { started_at: Some(4_000), lease: Some(server_b.clone()), ..expected };
+    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "a take-over replaces the lease and starts again");
+
+    let output = DeployOutput {
         diagnostics_json: Some(r#"[{"path":"assets/a.sql","line":1,"column":8,"message":"x","hint":"y"}]"#.to_owned()),
         base_commit: Some(sha(7)),
         changes_json: Some(r#"{"changed":["a"],"impacted":[]}"#.to_owned()),
         asset_count: 12,
         changed_count: 3,
         impacted_count: u32::MAX,
-        started_at: Some(3_000),
-        finished_at: Some(4_000),
-        ..inserted.clone()
     };
-    store.update_revision(&changed).await.expect("update with every option set");
-    assert_eq!(store.get_revision(inserted.id).await.expect("get"), changed, "every mutable field is written");
-
-    let cleared = Revision {
+    let ready = RevisionPatch { output: Some(output.clone()), ..revision_to(1, RevisionStatus::Ready) };
+    patch_revisions(store, deployment.id, vec![ready], 5_000).await;
+    let expected = Revision {
         status: RevisionStatus::Ready,
-        error: None,
+        diagnostics_json: output.diagnostics_json.clone(),
+        base_commit: output.base_commit.clone(),
+        changes_json: output.changes_json.clone(),
+        asset_count: 12,
+        changed_count: 3,
+        impacted_count: u32::MAX,
+        finished_at: Some(5_000),
+        ..expected
+    };
+    assert_eq!(
+        store.get_revision(expected.id).await.expect("get"),
+        expected,
+        "finishing writes the output and finished_at, and keeps the lease it finished under (who deployed it)"
+    );
+    assert_eq!(store.get_revision(inserted[1].id).await.expect("get"), inserted[1], "a patch changes only the revision it names");
+
+    let cleared = RevisionPatch { output: Some(DeployOutput::default()), ..revision_to(1, RevisionStatus::Ready) };
+    patch_revisions(store, deployment.id, vec![cleared], 6_000).await;
+    let expected = Revision {
         diagnostics_json: None,
         base_commit: None,
         changes_json: None,
         asset_count: 0,
         changed_count: 0,
         impacted_count: 0,
-        started_at: None,
-        finished_at: None,
-        ..changed
+        finished_at: Some(6_000),
+        ..expected
     };
-    store.update_revision(&cleared).await.expect("update with every option cleared");
-    assert_eq!(store.get_revision(inserted.id).await.expect("get"), cleared, "options are cleared, not ignored");
+    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "an output's empty fields are cleared, not ignored");
+
+    // Revision 2: deploying, lost its server (queued again), then failed in one write with
+    // another deployment's revision 1 untouched.
+    let deploying = RevisionPatch { lease: Some(server_a.clone()), ..revision_to(2, RevisionStatus::Deploying) };
+    patch_revisions(store, deployment.id, vec![deploying], 7_000).await;
+    let requeued = RevisionPatch { error: Some("its server stopped".to_owned()), ..revision_to(2, RevisionStatus::Queued) };
+    patch_revisions(store, deployment.id, vec![requeued], 8_000).await;
+    let expected = Revision {
+        status: RevisionStatus::Queued,
+        error: Some("its server stopped".to_owned()),
+        started_at: Some(7_000),
+        finished_at: None,
+        lease: None,
+        ..inserted[1].clone()
+    };
+    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "queued again: no lease; started_at is the last start");
+
+    let failed = RevisionPatch {
+        error: Some("validation failed".to_owned()),
+        output: Some(DeployOutput { diagnostics_json: Some("[]".to_owned()), ..DeployOutput::default() }),
+        ..revision_to(2, RevisionStatus::Failed)
+    };
+    patch_revisions(store, deployment.id, vec![failed], 9_000).await;
+    let expected = Revision {
+        status: RevisionStatus::Failed,
+        error: Some("validation failed".to_owned()),
+        diagnostics_json: Some("[]".to_owned()),
+        finished_at: Some(9_000),
+        ..expected
+    };
+    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "a given error replaces the error");
+    patch_revisions(store, deployment.id, vec![revision_to(2, RevisionStatus::Failed)], 10_000).await;
+    let expected = Revision { finished_at: Some(10_000), ..expected };
+    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "no error and no output leave both alone");
+
+    assert_eq!(store.get_revision(other_revision.id).await.expect("get other"), other_revision, "numbers are the write's deployment's");
     let listed = store.list_revisions(deployment.id, 0).await.expect("list");
-    assert_eq!(listed, [cleared], "list sees the update");
+    assert_eq!(listed[0], expected, "list sees the patches");
 }
 
 pub async fn revisions_with_status_are_oldest_first_across_deployments(store: &dyn Store) {
     let repo = repository("contract-queue");
-    let a = store.create_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
-    let b = store.create_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
+    let a = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let b = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
 
-    let mut a1 = store.insert_revision(new_revision(a.id, 1, 10_000)).await.expect("insert a1");
-    let b1 = store.insert_revision(new_revision(b.id, 1, 10_001)).await.expect("insert b1");
-    let a2 = store.insert_revision(new_revision(a.id, 2, 10_002)).await.expect("insert a2");
-    let superseded = NewRevision { status: RevisionStatus::Superseded, ..new_revision(b.id, 2, 10_003) };
-    let b2 = store.insert_revision(superseded).await.expect("insert b2");
-    a1.status = RevisionStatus::Deploying;
-    a1.started_at = Some(10_004);
-    store.update_revision(&a1).await.expect("start a1");
+    let a1 = insert_revision(store, a.id, queued(1, 1), 10_000).await;
+    let b1 = insert_revision(store, b.id, queued(1, 1), 10_001).await;
+    let a2 = insert_revision(store, a.id, queued(2, 2), 10_002).await;
+    let b2 = insert_revision(store, b.id, NewRevision { status: RevisionStatus::Superseded, ..queued(2, 2) }, 10_003).await;
+    // Inserted later with an earlier time: the caller's time orders, not insertion.
+    let b3 = insert_revision(store, b.id, queued(3, 3), 9_000).await;
+    // Two in one write: the same time, insertion order breaks the tie.
+    let ties = LifecycleWrite { new_revisions: vec![queued(3, 3), queued(4, 4)], ..change(a.id, 10_005) };
+    let ties = apply_now(store, ties, "insert two at once").await.revisions;
+    let (a3, a4) = (&ties[0], &ties[1]);
+    let deploying = RevisionPatch {
+        lease: Some(Lease { owner: "contract-queue".to_owned(), until: 20_000 }),
+        ..revision_to(1, RevisionStatus::Deploying)
+    };
+    patch_revisions(store, a.id, vec![deploying], 10_004).await;
 
-    let ours = |revisions: Vec<Revision>| -> Vec<RevisionId> {
+    let ours = |revisions: Vec<Revision>| -> Vec<crate::RevisionId> {
         revisions.into_iter().filter(|r| r.deployment_id == a.id || r.deployment_id == b.id).map(|r| r.id).collect()
     };
-    let queued = store.revisions_with_status(&[RevisionStatus::Queued]).await.expect("queued");
-    assert_eq!(ours(queued), [b1.id, a2.id], "oldest first, interleaved across deployments");
+    let queued_now = store.revisions_with_status(&[RevisionStatus::Queued]).await.expect("queued");
+    assert_oldest_first(&queued_now);
+    assert_eq!(ours(queued_now), [b3.id, b1.id, a2.id, a3.id, a4.id], "oldest first, interleaved across deployments");
     let active = store.revisions_with_status(&[RevisionStatus::Queued, RevisionStatus::Deploying]).await.expect("active");
     assert_oldest_first(&active);
-    assert_eq!(ours(active.clone()), [a1.id, b1.id, a2.id], "several statuses at once");
-    assert!(
-        active.iter().all(|r| matches!(r.status, RevisionStatus::Queued | RevisionStatus::Deploying)),
-        "only the statuses asked for"
-    );
+    assert_eq!(ours(active.clone()), [b3.id, a1.id, b1.id, a2.id, a3.id, a4.id], "several statuses at once");
+    assert!(active.iter().all(|r| matches!(r.status, RevisionStatus::Queued | RevisionStatus::Deploying)), "only the statuses asked for");
     let three = [RevisionStatus::Deploying, RevisionStatus::Superseded, RevisionStatus::Queued];
     let three = store.revisions_with_status(&three).await.expect("three statuses");
     assert_oldest_first(&three);
-    assert_eq!(ours(three), [a1.id, b1.id, a2.id, b2.id]);
+    assert_eq!(ours(three), [b3.id, a1.id, b1.id, a2.id, b2.id, a3.id, a4.id]);
     let ready = store.revisions_with_status(&[RevisionStatus::Ready]).await.expect("ready");
     assert_eq!(ours(ready), [], "no revision of ours is ready");
     let none = store.revisions_with_status(&[]).await.expect("no statuses");
@@ -434,18 +807,18 @@ pub async fn revisions_with_status_are_oldest_first_across_deployments(store: &d
 
 pub async fn runs_are_inserted_with_their_steps_in_plan_order(store: &dyn Store) {
     let repo = repository("contract-runs");
-    let deployment = store.create_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
-    let revision = store.insert_revision(new_revision(deployment.id, 1, 2_000)).await.expect("insert revision");
+    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let revision = insert_revision(store, deployment.id, queued(1, 1), 2_000).await;
 
     // Not alphabetical: the plan's order is kept, not re-sorted.
     let selection = r#"+orders tag:"finance" , 'x';--"#;
-    let new = NewRun {
-        selection: selection.to_owned(),
-        ..new_run(deployment.id, revision.id, &["orders", "customers", "revenue"], 3_000)
-    };
-    let run = store.insert_run(new).await.expect("insert run");
+    let planned = NewRun { selection: selection.to_owned(), ..new_run(1, &["orders", "customers", "revenue"]) };
+    let empty = new_run(1, &[]);
+    let write = LifecycleWrite { new_runs: vec![planned, empty], ..change(deployment.id, 3_000) };
+    let runs = apply_now(store, write, "insert two runs").await.runs;
+    let (run, empty) = (&runs[0], &runs[1]);
     assert_eq!(
-        run,
+        *run,
         Run {
             id: run.id,
             deployment_id: deployment.id,
@@ -459,9 +832,10 @@ pub async fn runs_are_inserted_with_their_steps_in_plan_order(store: &dyn Store)
             cancel_requested: false,
             lease: None,
         },
-        "a new run is queued and not canceled"
+        "a new run is queued, not canceled, of the revision its number names, created now"
     );
-    assert_eq!(store.get_run(run.id).await.expect("get run"), run, "get returns what insert returned");
+    assert!(run.id < empty.id, "runs come back in the write's order");
+    assert_eq!(store.get_run(run.id).await.expect("get run"), *run, "get returns what apply returned");
 
     let steps = store.list_steps(run.id).await.expect("list steps");
     let planned: Vec<(u32, &str)> = steps.iter().map(|s| (s.position, s.asset_key.as_str())).collect();
@@ -476,33 +850,145 @@ pub async fn runs_are_inserted_with_their_steps_in_plan_order(store: &dyn Store)
     }
     let distinct: std::collections::BTreeSet<StepId> = steps.iter().map(|s| s.id).collect();
     assert_eq!(distinct.len(), steps.len(), "each step has its own id");
-
-    let empty = store.insert_run(new_run(deployment.id, revision.id, &[], 3_100)).await.expect("insert a run without steps");
     assert_eq!(store.list_steps(empty.id).await.expect("list steps"), [], "a run may have no steps");
+}
 
-    let started = Run { status: RunStatus::Running, started_at: Some(4_000), cancel_requested: true, ..run.clone() };
-    store.update_run(&started).await.expect("start run");
-    assert_eq!(store.get_run(run.id).await.expect("get"), started, "status, start time and cancel request are written");
-    let finished = Run {
+/// Queued → running (lease, started_at) → canceled (finished_at, no lease, unfinished steps
+/// canceled); an interrupted run fails its running step and skips the pending ones; a run its
+/// executor finished keeps the steps the executor recorded.
+pub async fn run_patches_move_a_run_and_end_its_steps(store: &dyn Store) {
+    let repo = repository("contract-run-patch");
+    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let insert = LifecycleWrite {
+        new_revisions: vec![queued(1, 1)],
+        new_runs: vec![
+            new_run(1, &["orders", "customers", "revenue"]),
+            new_run(1, &["orders", "customers", "revenue"]),
+            new_run(1, &["orders", "customers"]),
+        ],
+        ..change(deployment.id, 2_000)
+    };
+    let runs = apply_now(store, insert, "insert three runs").await.runs;
+    let server = Lease { owner: "contract-run-patch".to_owned(), until: 30_000 };
+
+    // Run 0: running, one step done, one running; then canceled.
+    let canceled = &runs[0];
+    let running = RunPatch { lease: Some(server.clone()), ..run_to(canceled.id, RunStatus::Running) };
+    patch_runs(store, deployment.id, vec![running], 3_000).await;
+    let expected = Run { status: RunStatus::Running, started_at: Some(3_000), lease: Some(server.clone()), ..canceled.clone() };
+    assert_eq!(store.get_run(canceled.id).await.expect("get"), expected, "running sets started_at to now and the lease");
+    let steps = store.list_steps(canceled.id).await.expect("list steps");
+    let succeeded = RunStep {
+        status: StepStatus::Succeeded,
+        started_at: Some(3_100),
+        finished_at: Some(3_200),
+        row_count: Some(5),
+        ..steps[0].clone()
+    };
+    let started = RunStep { status: StepStatus::Running, started_at: Some(3_300), ..steps[1].clone() };
+    store.update_step(&succeeded).await.expect("the executor records step 0");
+    store.update_step(&started).await.expect("the executor starts step 1");
+
+    let cancel_requested = RunPatch { cancel_requested: true, lease: Some(server.clone()), ..run_to(canceled.id, RunStatus::Running) };
+    patch_runs(store, deployment.id, vec![cancel_requested], 3_500).await;
+    let expected = Run { cancel_requested: true, ..expected };
+    assert_eq!(
+        store.get_run(canceled.id).await.expect("get"),
+        expected,
+        "a cancel request is written; a run that stays running keeps the time it started"
+    );
+
+    let cancel =
+        RunPatch { error: Some("canceled by alice".to_owned()), steps: StepsEnd::Canceled, ..run_to(canceled.id, RunStatus::Canceled) };
+    patch_runs(store, deployment.id, vec![cancel], 4_000).await;
+    let expected = Run {
         status: RunStatus::Canceled,
         error: Some("canceled by alice".to_owned()),
-        finished_at: Some(5_000),
+        finished_at: Some(4_000),
         cancel_requested: false,
-        ..started
+        ..expected
     };
-    store.update_run(&finished).await.expect("finish run");
-    assert_eq!(store.get_run(run.id).await.expect("get"), finished, "cancel_requested goes back to false");
-    let cleared = Run { error: None, started_at: None, finished_at: None, ..finished };
-    store.update_run(&cleared).await.expect("clear run options");
-    assert_eq!(store.get_run(run.id).await.expect("get"), cleared, "options are cleared, not ignored");
-    assert_eq!(store.list_steps(run.id).await.expect("list steps").len(), 3, "updating a run leaves its steps alone");
+    assert_eq!(
+        store.get_run(canceled.id).await.expect("get"),
+        expected,
+        "finishing sets finished_at and keeps the lease it finished under; cancel_requested is written"
+    );
+    let ended = store.list_steps(canceled.id).await.expect("list steps");
+    assert_eq!(
+        ended,
+        [
+            succeeded.clone(),
+            RunStep { status: StepStatus::Canceled, finished_at: Some(4_000), ..started.clone() },
+            RunStep { status: StepStatus::Canceled, finished_at: Some(4_000), ..steps[2].clone() },
+        ],
+        "canceled: finished steps stay, running and pending ones are canceled now"
+    );
+
+    // Run 1: its server stopped while step 0 ran.
+    let interrupted = &runs[1];
+    patch_runs(store, deployment.id, vec![RunPatch { lease: Some(server.clone()), ..run_to(interrupted.id, RunStatus::Running) }], 5_000)
+        .await;
+    let steps = store.list_steps(interrupted.id).await.expect("list steps");
+    let started = RunStep { status: StepStatus::Running, started_at: Some(5_100), ..steps[0].clone() };
+    store.update_step(&started).await.expect("the executor starts step 0");
+    let fail = RunPatch {
+        error: Some("the server stopped".to_owned()),
+        steps: StepsEnd::Interrupted,
+        ..run_to(interrupted.id, RunStatus::Failed)
+    };
+    patch_runs(store, deployment.id, vec![fail], 6_000).await;
+    let run = store.get_run(interrupted.id).await.expect("get");
+    assert_eq!(
+        (run.status, run.error.as_deref(), run.started_at, run.finished_at, run.lease.map(|l| l.owner)),
+        (RunStatus::Failed, Some("the server stopped"), Some(5_000), Some(6_000), Some("contract-run-patch".to_owned())),
+        "an interrupted run keeps the lease of the server that stopped: it says who ran it"
+    );
+    let ended = store.list_steps(interrupted.id).await.expect("list steps");
+    assert_eq!(
+        ended,
+        [
+            RunStep {
+                status: StepStatus::Failed,
+                finished_at: Some(6_000),
+                error: Some("the server stopped while this step ran".to_owned()),
+                ..started
+            },
+            RunStep { status: StepStatus::Skipped, finished_at: Some(6_000), ..steps[1].clone() },
+            RunStep { status: StepStatus::Skipped, finished_at: Some(6_000), ..steps[2].clone() },
+        ],
+        "interrupted: the running step failed with a reason, pending ones are skipped"
+    );
+
+    // Run 2: the executor recorded its steps; the patch that finishes it leaves them alone.
+    let recorded = &runs[2];
+    patch_runs(store, deployment.id, vec![RunPatch { lease: Some(server.clone()), ..run_to(recorded.id, RunStatus::Running) }], 7_000)
+        .await;
+    let steps = store.list_steps(recorded.id).await.expect("list steps");
+    let done = RunStep { status: StepStatus::Succeeded, started_at: Some(7_100), finished_at: Some(7_200), ..steps[0].clone() };
+    store.update_step(&done).await.expect("the executor records step 0");
+    patch_runs(store, deployment.id, vec![run_to(recorded.id, RunStatus::Succeeded)], 8_000).await;
+    assert_eq!(
+        store.list_steps(recorded.id).await.expect("list steps"),
+        [done, steps[1].clone()],
+        "recorded: the steps are the executor's"
+    );
+    let run = store.get_run(recorded.id).await.expect("get");
+    assert_eq!(
+        (run.status, run.error, run.finished_at, run.lease.map(|l| l.owner)),
+        (RunStatus::Succeeded, None, Some(8_000), Some("contract-run-patch".to_owned()))
+    );
+    patch_runs(store, deployment.id, vec![run_to(canceled.id, RunStatus::Canceled)], 9_000).await;
+    assert_eq!(
+        store.get_run(canceled.id).await.expect("get").error.as_deref(),
+        Some("canceled by alice"),
+        "no error leaves the error alone"
+    );
 }
 
 pub async fn steps_are_updated_and_their_logs_appended(store: &dyn Store) {
     let repo = repository("contract-steps");
-    let deployment = store.create_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
-    let revision = store.insert_revision(new_revision(deployment.id, 1, 2_000)).await.expect("insert revision");
-    let run = store.insert_run(new_run(deployment.id, revision.id, &["a", "b"], 3_000)).await.expect("insert run");
+    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let run = insert_run(store, deployment.id, &["a", "b"], 3_000).await;
     let steps = store.list_steps(run.id).await.expect("list steps");
 
     store.append_step_log(steps[0].id, "line 1\n").await.expect("append 1");
@@ -525,35 +1011,29 @@ pub async fn steps_are_updated_and_their_logs_appended(store: &dyn Store) {
 
     let listed = store.list_steps(run.id).await.expect("list steps");
     let expected = RunStep { log: "line 1\nline 2 ünïcødé 🚀\nno newline\nafter".to_owned(), ..succeeded };
-    assert_eq!(
-        listed[0], expected,
-        "status, times, row count and error are written; the log is appended in order, never overwritten"
-    );
+    assert_eq!(listed[0], expected, "status, times, row count and error are written; the log is appended in order, never overwritten");
     assert_eq!(listed[1], steps[1], "the other step is untouched");
 
     let failed = RunStep { status: StepStatus::Failed, row_count: Some(0), error: Some("boom".to_owned()), ..steps[1].clone() };
     store.update_step(&failed).await.expect("fail step");
-    let cleared =
-        RunStep { status: StepStatus::Skipped, row_count: None, error: None, started_at: None, finished_at: None, ..failed };
+    let cleared = RunStep { status: StepStatus::Skipped, row_count: None, error: None, started_at: None, finished_at: None, ..failed };
     store.update_step(&cleared).await.expect("clear step options");
     assert_eq!(store.list_steps(run.id).await.expect("list steps")[1], cleared, "options are cleared, not ignored");
+    let version = store.get_deployment(deployment.id).await.expect("get").version;
+    assert_eq!(version, 1, "steps and logs are the executor's, not lifecycle changes: the version stays");
 }
 
 pub async fn runs_are_listed_newest_first_with_filters(store: &dyn Store) {
     let repo = repository("contract-run-list");
-    let a = store.create_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
-    let b = store.create_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
-    let revision_a = store.insert_revision(new_revision(a.id, 1, 2_000)).await.expect("insert revision a");
-    let revision_b = store.insert_revision(new_revision(b.id, 1, 2_000)).await.expect("insert revision b");
+    let a = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let b = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
 
-    let mut r1 = store.insert_run(new_run(a.id, revision_a.id, &["x"], 10_000)).await.expect("insert r1");
-    let r2 = store.insert_run(new_run(b.id, revision_b.id, &["x"], 20_000)).await.expect("insert r2");
-    let mut r3 = store.insert_run(new_run(a.id, revision_a.id, &["x"], 30_000)).await.expect("insert r3");
-    let r4 = store.insert_run(new_run(a.id, revision_a.id, &["x"], 40_000)).await.expect("insert r4");
-    r1.status = RunStatus::Succeeded;
-    store.update_run(&r1).await.expect("finish r1");
-    r3.status = RunStatus::Failed;
-    store.update_run(&r3).await.expect("fail r3");
+    let r1 = insert_run(store, a.id, &["x"], 10_000).await;
+    let r2 = insert_run(store, b.id, &["x"], 20_000).await;
+    let r3 = add_run(store, a.id, 30_000).await;
+    let r4 = add_run(store, a.id, 40_000).await;
+    patch_runs(store, a.id, vec![run_to(r1.id, RunStatus::Succeeded), run_to(r3.id, RunStatus::Failed)], 50_000).await;
+    let r3 = store.get_run(r3.id).await.expect("get r3");
 
     let list = |deployment_id: Option<DeploymentId>, statuses: &[RunStatus], limit: u32| RunFilter {
         deployment_id,
@@ -565,16 +1045,15 @@ pub async fn runs_are_listed_newest_first_with_filters(store: &dyn Store) {
     assert_eq!(of_a[1], r3, "listed runs are whole rows");
     let latest = store.list_runs(&list(Some(a.id), &[], 2)).await.expect("latest runs of a");
     assert_eq!(run_ids(&latest), [r4.id, r3.id], "the limit keeps the newest");
-    let finished =
-        store.list_runs(&list(Some(a.id), &[RunStatus::Succeeded, RunStatus::Failed], 0)).await.expect("finished runs of a");
+    let finished = store.list_runs(&list(Some(a.id), &[RunStatus::Succeeded, RunStatus::Failed], 0)).await.expect("finished runs of a");
     assert_eq!(run_ids(&finished), [r3.id, r1.id], "filtered by status");
     let of_b = store.list_runs(&list(Some(b.id), &[], 0)).await.expect("runs of b");
     assert_eq!(run_ids(&of_b), [r2.id], "filtered by deployment");
 
-    let queued = store.list_runs(&list(None, &[RunStatus::Queued], 0)).await.expect("queued runs everywhere");
-    assert!(queued.iter().all(|r| r.status == RunStatus::Queued), "only queued runs");
-    assert!(queued.windows(2).all(|pair| pair[0].created_at >= pair[1].created_at), "newest first across deployments");
-    let ours: Vec<RunId> = queued.iter().filter(|r| r.deployment_id == a.id || r.deployment_id == b.id).map(|r| r.id).collect();
+    let queued_runs = store.list_runs(&list(None, &[RunStatus::Queued], 0)).await.expect("queued runs everywhere");
+    assert!(queued_runs.iter().all(|r| r.status == RunStatus::Queued), "only queued runs");
+    assert!(queued_runs.windows(2).all(|pair| pair[0].created_at >= pair[1].created_at), "newest first across deployments");
+    let ours: Vec<RunId> = queued_runs.iter().filter(|r| r.deployment_id == a.id || r.deployment_id == b.id).map(|r| r.id).collect();
     assert_eq!(ours, [r4.id, r2.id], "every deployment's runs without a deployment filter");
     let one = store.list_runs(&list(None, &[], 1)).await.expect("the newest run anywhere");
     assert_eq!(one.len(), 1, "the limit applies without filters too");
@@ -582,12 +1061,10 @@ pub async fn runs_are_listed_newest_first_with_filters(store: &dyn Store) {
 
 pub async fn materializations_are_listed_newest_first(store: &dyn Store) {
     let repo = repository("contract-materialize");
-    let a = store.create_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
-    let b = store.create_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
-    let revision_a = store.insert_revision(new_revision(a.id, 1, 2_000)).await.expect("insert revision a");
-    let revision_b = store.insert_revision(new_revision(b.id, 1, 2_000)).await.expect("insert revision b");
-    let run_a = store.insert_run(new_run(a.id, revision_a.id, &["orders", "revenue"], 3_000)).await.expect("insert run a");
-    let run_b = store.insert_run(new_run(b.id, revision_b.id, &["orders"], 3_000)).await.expect("insert run b");
+    let a = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let b = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
+    let run_a = insert_run(store, a.id, &["orders", "revenue"], 3_000).await;
+    let run_b = insert_run(store, b.id, &["orders"], 3_000).await;
 
     let m1 = materialization(a.id, run_a.id, "orders", 10_000);
     let m2 = Materialization { row_count: None, ..materialization(a.id, run_a.id, "revenue", 20_000) };
@@ -610,43 +1087,244 @@ pub async fn materializations_are_listed_newest_first(store: &dyn Store) {
     assert_eq!(store.list_materializations(b.id, None, 0).await.expect("all of b"), [m4], "filtered by deployment");
 }
 
+/// The lifecycle record holds exactly what the lifecycle's rules read: every queued or
+/// deploying revision, the head and the serving one (once each), and every queued or running
+/// run; no finished history.
+pub async fn the_lifecycle_reads_unfinished_work_head_and_serving(store: &dyn Store) {
+    let repo = repository("contract-lifecycle");
+    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let other = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create other");
+    let empty = store.lifecycle(deployment.id).await.expect("the lifecycle of a new deployment");
+    assert_eq!(
+        (empty.deployment, empty.revisions, empty.runs),
+        (deployment.clone(), vec![], vec![]),
+        "a new deployment has nothing to read"
+    );
+
+    // 1 ready (serving), 2 failed, 3 superseded, 4 queued, 5 deploying, 6 failed (head).
+    let superseded = NewRevision { status: RevisionStatus::Superseded, ..queued(3, 3) };
+    let insert = LifecycleWrite {
+        new_revisions: vec![queued(1, 1), queued(2, 2), superseded, queued(4, 4), queued(5, 5), queued(6, 6)],
+        new_runs: vec![new_run(1, &["x"]), new_run(1, &["x"]), new_run(1, &["x"]), new_run(1, &["x"]), new_run(1, &["x"])],
+        ..change(deployment.id, 2_000)
+    };
+    let runs = apply_now(store, insert, "insert six revisions and five runs").await.runs;
+    let lease = Lease { owner: "contract-lifecycle".to_owned(), until: 50_000 };
+    let write = LifecycleWrite {
+        revisions: vec![
+            revision_to(1, RevisionStatus::Ready),
+            revision_to(2, RevisionStatus::Failed),
+            RevisionPatch { lease: Some(lease.clone()), ..revision_to(5, RevisionStatus::Deploying) },
+            revision_to(6, RevisionStatus::Failed),
+        ],
+        runs: vec![
+            run_to(runs[0].id, RunStatus::Succeeded),
+            RunPatch { lease: Some(lease.clone()), ..run_to(runs[2].id, RunStatus::Running) },
+            run_to(runs[3].id, RunStatus::Failed),
+            run_to(runs[4].id, RunStatus::Canceled),
+        ],
+        deployment_patch: DeploymentPatch { head: Some(6), serving: Some(Some(1)), ..DeploymentPatch::default() },
+        ..change(deployment.id, 3_000)
+    };
+    apply_now(store, write, "finish some, start some").await;
+    // Another deployment's unfinished work is not this one's.
+    let elsewhere = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, &["x"])], ..change(other.id, 3_000) };
+    apply_now(store, elsewhere, "unfinished work elsewhere").await;
+
+    let record = store.lifecycle(deployment.id).await.expect("the lifecycle");
+    assert_eq!(record.deployment, store.get_deployment(deployment.id).await.expect("get"), "the whole deployment row");
+    assert_eq!(numbers(&record.revisions), [1, 4, 5, 6], "queued, deploying, head and serving, by number");
+    for revision in &record.revisions {
+        assert_eq!(*revision, store.get_revision(revision.id).await.expect("get revision"), "whole revision rows");
+    }
+    let mut active = record.runs.clone();
+    active.sort_by_key(|r| r.id);
+    assert_eq!(run_ids(&active), [runs[1].id, runs[2].id], "only queued and running runs");
+    assert_eq!(active[1], store.get_run(runs[2].id).await.expect("get run"), "whole run rows");
+
+    let same = DeploymentPatch { head: Some(1), ..DeploymentPatch::default() };
+    apply_now(store, LifecycleWrite { deployment_patch: same, ..change(deployment.id, 4_000) }, "head = serving").await;
+    let record = store.lifecycle(deployment.id).await.expect("the lifecycle");
+    assert_eq!(numbers(&record.revisions), [1, 4, 5], "a revision both head and serving is there once");
+    assert_eq!(record.deployment.version, 3, "three writes, three versions");
+}
+
+/// A heartbeat extends every lease its server holds (deploys, runs, teardowns) and no other
+/// server's; it is not a lifecycle change, so no decision read before it turns stale.
+pub async fn renewing_leases_extends_one_owners_leases_without_a_new_version(store: &dyn Store) {
+    let repo = repository("contract-renew");
+    let (ours, theirs) = ("contract-renew-ours", "contract-renew-theirs");
+    let lease = |owner: &str| Lease { owner: owner.to_owned(), until: 10_000 };
+    let deploys = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let closing = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
+    let foreign = store.ensure_deployment(new_deployment(&repo, "c", "c", 1_000)).await.expect("create c");
+
+    let insert = LifecycleWrite {
+        new_revisions: vec![queued(1, 1), queued(2, 2), queued(3, 3)],
+        new_runs: vec![new_run(1, &["x"]), new_run(1, &["x"]), new_run(1, &["x"])],
+        ..change(deploys.id, 2_000)
+    };
+    let inserted = apply_now(store, insert, "insert work").await;
+    let start = LifecycleWrite {
+        revisions: vec![
+            RevisionPatch { lease: Some(lease(ours)), ..revision_to(1, RevisionStatus::Deploying) },
+            RevisionPatch { lease: Some(lease(theirs)), ..revision_to(2, RevisionStatus::Deploying) },
+        ],
+        runs: vec![
+            RunPatch { lease: Some(lease(ours)), ..run_to(inserted.runs[0].id, RunStatus::Running) },
+            RunPatch { lease: Some(lease(theirs)), ..run_to(inserted.runs[1].id, RunStatus::Running) },
+        ],
+        ..change(deploys.id, 3_000)
+    };
+    apply_now(store, start, "start work under two servers' leases").await;
+    let teardown = |owner: &str| DeploymentPatch {
+        status: Some(DeploymentStatus::Closed),
+        teardown: Some(Teardown::Running(lease(owner))),
+        ..DeploymentPatch::default()
+    };
+    apply_now(store, LifecycleWrite { deployment_patch: teardown(ours), ..change(closing.id, 3_000) }, "our teardown").await;
+    apply_now(store, LifecycleWrite { deployment_patch: teardown(theirs), ..change(foreign.id, 3_000) }, "their teardown").await;
+    // Finished work keeps the lease it finished under (who did it), but it is never renewed.
+    let start_more = LifecycleWrite {
+        revisions: vec![RevisionPatch { lease: Some(lease(ours)), ..revision_to(3, RevisionStatus::Deploying) }],
+        runs: vec![RunPatch { lease: Some(lease(ours)), ..run_to(inserted.runs[2].id, RunStatus::Running) }],
+        ..change(deploys.id, 3_500)
+    };
+    apply_now(store, start_more, "start more of our work").await;
+    let finish = LifecycleWrite {
+        revisions: vec![revision_to(3, RevisionStatus::Ready)],
+        runs: vec![run_to(inserted.runs[2].id, RunStatus::Succeeded)],
+        ..change(deploys.id, 3_600)
+    };
+    apply_now(store, finish, "finish it").await;
+
+    let mut before = Vec::new();
+    for id in [deploys.id, closing.id, foreign.id] {
+        before.push(store.get_deployment(id).await.expect("get before renewing"));
+    }
+
+    assert_eq!(store.renew_leases(ours, 20_000).await.expect("renew ours"), 3, "a deploy, a run and a teardown");
+    let renewed = Some(Lease { owner: ours.to_owned(), until: 20_000 });
+    assert_eq!(lease_of_revision(store, deploys.id, 1).await, renewed, "our deploy's lease is extended");
+    assert_eq!(lease_of_revision(store, deploys.id, 2).await, Some(lease(theirs)), "their deploy's lease is theirs alone");
+    assert_eq!(lease_of_revision(store, deploys.id, 3).await, Some(lease(ours)), "finished work's lease is not renewed");
+    assert_eq!(store.get_run(inserted.runs[0].id).await.expect("get run").lease, renewed, "our run's lease is extended");
+    assert_eq!(store.get_run(inserted.runs[1].id).await.expect("get run").lease, Some(lease(theirs)), "their run's lease is theirs alone");
+    assert_eq!(store.get_run(inserted.runs[2].id).await.expect("get run").lease, Some(lease(ours)), "a finished run's lease is not renewed");
+    let mut after = Vec::new();
+    for id in [deploys.id, closing.id, foreign.id] {
+        after.push(store.get_deployment(id).await.expect("get after renewing"));
+    }
+    assert_eq!(after[1].teardown, Teardown::Running(Lease { owner: ours.to_owned(), until: 20_000 }), "our teardown's lease is extended");
+    assert_eq!(after[2], before[2], "their teardown is untouched");
+    let without_teardown = |d: &Deployment| Deployment { teardown: Teardown::Done, ..d.clone() };
+    assert_eq!(
+        after.iter().map(without_teardown).collect::<Vec<_>>(),
+        before.iter().map(without_teardown).collect::<Vec<_>>(),
+        "renewing is not a lifecycle change: no version moves, nothing else changes"
+    );
+
+    assert_eq!(store.renew_leases(ours, 500).await.expect("release ours"), 3, "a lease in the past is still held, and renewed");
+    assert_eq!(
+        lease_of_revision(store, deploys.id, 1).await,
+        Some(Lease { owner: ours.to_owned(), until: 500 }),
+        "releasing moves the lease into the past"
+    );
+    assert_eq!(
+        store.renew_leases("contract-renew-nobody", 20_000).await.expect("renew nothing"),
+        0,
+        "a server holding nothing renews nothing"
+    );
+}
+
+/// Webhook deliveries are recorded before they are answered, once per (source, delivery id),
+/// and stay pending, oldest first, until processed.
+pub async fn intake_records_each_delivery_once(store: &dyn Store) {
+    let repo = repository("contract-intake");
+    let hostile = "{\"ref\":\"x'; DROP TABLE intake; --\",\"ü\":\"🚀\\n\"}";
+    let new_intake = |source: &str, delivery: Option<&str>, now: UnixMillis| NewIntake {
+        source: source.to_owned(),
+        delivery: delivery.map(str::to_owned),
+        repository: repo.clone(),
+        payload: format!("{{\"delivery\":{delivery:?},\"at\":{now}}}"),
+        received_by: "contract-intake-server".to_owned(),
+        now,
+    };
+
+    let first = NewIntake { payload: hostile.to_owned(), ..new_intake("github", Some("d-1"), 1_000) };
+    let recorded = store.record_intake(first.clone()).await.expect("record").expect("a new delivery is recorded");
+    assert_eq!(
+        recorded,
+        Intake {
+            id: recorded.id,
+            source: "github".to_owned(),
+            delivery: Some("d-1".to_owned()),
+            repository: repo.clone(),
+            payload: hostile.to_owned(),
+            received_by: "contract-intake-server".to_owned(),
+            received_at: 1_000,
+            done_at: None,
+        },
+        "the delivery is recorded as given, received now, not done"
+    );
+    let replay = store.record_intake(new_intake("github", Some("d-1"), 2_000)).await.expect("record a replay");
+    assert_eq!(replay, None, "a replayed delivery id is refused");
+    let other_source = store.record_intake(new_intake("gitlab", Some("d-1"), 2_000)).await.expect("record").expect("another source's id");
+    let case = store.record_intake(new_intake("github", Some("D-1"), 2_000)).await.expect("record").expect("ids compare exactly");
+    let anonymous_1 = store.record_intake(new_intake("gitlab", None, 3_000)).await.expect("record").expect("no delivery id");
+    let anonymous_2 = store.record_intake(new_intake("gitlab", None, 3_000)).await.expect("record").expect("no delivery id again");
+    assert_ne!(anonymous_1.id, anonymous_2.id, "deliveries without an id are never deduplicated");
+
+    let ours = |pending: Vec<Intake>| -> Vec<IntakeId> { pending.into_iter().filter(|i| i.repository == repo).map(|i| i.id).collect() };
+    let pending = store.pending_intake().await.expect("pending");
+    assert!(pending.windows(2).all(|pair| pair[0].received_at <= pair[1].received_at), "oldest first");
+    assert_eq!(
+        ours(pending.clone()),
+        [recorded.id, other_source.id, case.id, anonymous_1.id, anonymous_2.id],
+        "oldest first, ties in recording order"
+    );
+    assert_eq!(pending.iter().find(|i| i.id == recorded.id), Some(&recorded), "pending rows are whole rows");
+
+    store.finish_intake(recorded.id, 4_000).await.expect("finish");
+    store.finish_intake(anonymous_1.id, 4_000).await.expect("finish");
+    assert_eq!(
+        ours(store.pending_intake().await.expect("pending")),
+        [other_source.id, case.id, anonymous_2.id],
+        "processed deliveries are no longer pending"
+    );
+    let late_replay = store.record_intake(new_intake("github", Some("d-1"), 5_000)).await.expect("record a late replay");
+    assert_eq!(late_replay, None, "a delivery id is refused for good, also after it was processed");
+    assert_eq!(ours(store.pending_intake().await.expect("pending")), [other_source.id, case.id, anonymous_2.id]);
+}
+
 pub async fn missing_rows_are_not_found(store: &dyn Store) {
     let repo = repository("contract-missing");
-    let deployment = store.create_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
-    let revision = store.insert_revision(new_revision(deployment.id, 1, 2_000)).await.expect("insert revision");
-    let run = store.insert_run(new_run(deployment.id, revision.id, &["a"], 3_000)).await.expect("insert run");
+    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let run = insert_run(store, deployment.id, &["a"], 3_000).await;
     let step = store.list_steps(run.id).await.expect("list steps").remove(0);
+    let revision = store.get_revision(run.revision_id).await.expect("get revision");
 
     // Far beyond anything the other stories create.
     let missing = 1_i64 << 50;
     let missing_deployment = DeploymentId(missing);
-    let missing_revision = RevisionId(missing);
     let missing_run = RunId(missing);
 
     assert_not_found(store.get_deployment(missing_deployment).await, "get_deployment");
+    assert_not_found(store.lifecycle(missing_deployment).await, "lifecycle");
     assert_not_found(
-        store.update_deployment(&Deployment { id: missing_deployment, ..deployment.clone() }).await,
-        "update_deployment",
-    );
-    assert_not_found(store.delete_deployment(missing_deployment).await, "delete_deployment");
-    assert_not_found(
-        store.insert_revision(new_revision(missing_deployment, 1, 4_000)).await,
-        "insert_revision of a missing deployment",
-    );
-    assert_not_found(store.get_revision(missing_revision).await, "get_revision");
-    assert_not_found(store.update_revision(&Revision { id: missing_revision, ..revision.clone() }).await, "update_revision");
-    assert_not_found(
-        store.insert_run(new_run(deployment.id, missing_revision, &["a"], 4_000)).await,
-        "insert_run of a missing revision",
+        store.apply(LifecycleWrite { version: 0, ..change(missing_deployment, 4_000) }).await,
+        "apply to a missing deployment",
     );
     assert_not_found(
-        store.insert_run(new_run(missing_deployment, revision.id, &["a"], 4_000)).await,
-        "insert_run of a missing deployment",
+        store.apply(LifecycleWrite { version: 7, new_revisions: vec![queued(1, 1)], ..change(missing_deployment, 4_000) }).await,
+        "apply to a missing deployment, whatever its version",
     );
+    assert_not_found(store.set_pinned(missing_deployment, true, 4_000).await, "set_pinned");
+    assert_not_found(store.get_revision(crate::RevisionId(missing)).await, "get_revision");
     assert_not_found(store.get_run(missing_run).await, "get_run");
-    assert_not_found(store.update_run(&Run { id: missing_run, ..run.clone() }).await, "update_run");
     assert_not_found(store.update_step(&RunStep { id: StepId(missing), ..step.clone() }).await, "update_step");
     assert_not_found(store.append_step_log(StepId(missing), "x").await, "append_step_log");
+    assert_not_found(store.finish_intake(IntakeId(missing), 4_000).await, "finish_intake");
     assert_not_found(
         store.record_materialization(&materialization(missing_deployment, run.id, "a", 4_000)).await,
         "record_materialization of a missing deployment",
@@ -655,31 +1333,20 @@ pub async fn missing_rows_are_not_found(store: &dyn Store) {
         store.record_materialization(&materialization(deployment.id, missing_run, "a", 4_000)).await,
         "record_materialization of a missing run",
     );
-    let dangling = Deployment { current_revision: Some(missing_revision), ..deployment.clone() };
-    assert_not_found(store.update_deployment(&dangling).await, "update_deployment to a missing current revision");
 
-    // A row's references stay inside its deployment: another deployment's revision or run is,
-    // for this deployment, missing.
-    let other = store.create_deployment(new_deployment(&repo, "other", "other", 1_000)).await.expect("create other");
-    let other_revision = store.insert_revision(new_revision(other.id, 1, 2_000)).await.expect("insert other revision");
-    let other_run = store.insert_run(new_run(other.id, other_revision.id, &["a"], 3_000)).await.expect("insert other run");
-    let borrowed = Deployment { current_revision: Some(other_revision.id), ..deployment.clone() };
-    assert_not_found(store.update_deployment(&borrowed).await, "update_deployment to another deployment's revision");
-    assert_not_found(
-        store.insert_run(new_run(deployment.id, other_revision.id, &["a"], 4_000)).await,
-        "insert_run of another deployment's revision",
-    );
+    // A row's references stay inside its deployment: another deployment's run is, for this
+    // deployment, missing.
+    let other = store.ensure_deployment(new_deployment(&repo, "other", "other", 1_000)).await.expect("create other");
+    let other_run = insert_run(store, other.id, &["a"], 3_000).await;
     assert_not_found(
         store.record_materialization(&materialization(deployment.id, other_run.id, "a", 4_000)).await,
         "record_materialization of another deployment's run",
     );
 
     // Refused writes change nothing.
-    assert_eq!(store.get_deployment(deployment.id).await.expect("get"), deployment);
+    assert_eq!(store.get_deployment(deployment.id).await.expect("get"), deployment_after_one_write(&deployment, 3_000));
     assert_eq!(store.list_revisions(deployment.id, 0).await.expect("list revisions"), [revision]);
-    let runs =
-        store.list_runs(&RunFilter { deployment_id: Some(deployment.id), ..RunFilter::default() }).await.expect("list runs");
-    assert_eq!(runs, [run]);
+    assert_eq!(list_runs_of(store, deployment.id).await, [run]);
     assert_eq!(store.list_materializations(deployment.id, None, 0).await.expect("list"), []);
 
     // Lists of a missing parent are empty.
@@ -687,6 +1354,7 @@ pub async fn missing_rows_are_not_found(store: &dyn Store) {
     assert_eq!(store.list_steps(missing_run).await.expect("list steps"), []);
     assert_eq!(store.list_materializations(missing_deployment, None, 0).await.expect("list materializations"), []);
     assert_eq!(store.find_revision_by_commit(missing_deployment, &sha(1)).await.expect("find revision"), None);
+    assert_eq!(list_runs_of(store, missing_deployment).await, []);
 }
 
 pub async fn hostile_strings_round_trip_exactly(store: &dyn Store) {
@@ -724,7 +1392,7 @@ pub async fn hostile_strings_round_trip_exactly(store: &dyn Store) {
             base_deployment: None,
             now,
         };
-        let deployment = store.create_deployment(new).await.expect("create a deployment for a hostile branch");
+        let deployment = store.ensure_deployment(new).await.expect("create a deployment for a hostile branch");
         assert_eq!(deployment.branch.as_str(), *text, "the branch is stored verbatim");
         created.push(deployment);
     }
@@ -737,19 +1405,13 @@ pub async fn hostile_strings_round_trip_exactly(store: &dyn Store) {
     }
     let all = store.list_deployments(&including_closed(&repo)).await.expect("list");
     assert_eq!(all.len(), branches.len(), "no hostile string broke another row");
-    for near_miss in ["x'; drop table deployments; --", "x'; DROP TABLE deployments; -- ", "%%", "ünïcødé/ブランチ/🚀 "]
-    {
+    for near_miss in ["x'; drop table deployments; --", "x'; DROP TABLE deployments; -- ", "%%", "ünïcødé/ブランチ/🚀 "] {
         let found = store.find_deployment_by_branch(&repo, &branch(near_miss)).await.expect("find a near miss");
         assert_eq!(found, None, "{near_miss:?} matches no branch: comparison is exact, without patterns");
     }
 
     let hostile = "'); DELETE FROM revisions; --\n\"quoted\"\t\\ ünïcødé 🚀 %_";
     let deployment = &created[0];
-    let mut closing = deployment.clone();
-    closing.close_reason = Some(hostile.to_owned());
-    store.update_deployment(&closing).await.expect("update with hostile close reason");
-    assert_eq!(store.get_deployment(deployment.id).await.expect("get"), closing);
-
     let details = CommitDetails {
         sha: sha(1),
         message: format!("Subject with 'quotes'\n\nBody; {hostile}\n"),
@@ -757,28 +1419,285 @@ pub async fn hostile_strings_round_trip_exactly(store: &dyn Store) {
         author_email: "zoe+\"test\"@exämple.org".to_owned(),
         time: -1,
     };
-    let new = NewRevision { commit: details.clone(), error: Some(hostile.to_owned()), ..new_revision(deployment.id, 1, 2_000) };
-    let mut revision = store.insert_revision(new).await.expect("insert a revision with hostile text");
-    assert_eq!(revision.commit, details, "commit details round-trip exactly");
-    revision.diagnostics_json = Some(format!("[{{\"message\":{hostile:?}}}]"));
-    revision.changes_json = Some(hostile.to_owned());
-    store.update_revision(&revision).await.expect("update with hostile text");
-    assert_eq!(store.get_revision(revision.id).await.expect("get revision"), revision);
+    let new_revision = NewRevision { commit: details.clone(), error: Some(hostile.to_owned()), ..queued(1, 1) };
+    let new_run = NewRun { selection: hostile.to_owned(), ..new_run(1, &["a"]) };
+    let close =
+        DeploymentPatch { status: Some(DeploymentStatus::Closed), close_reason: Some(hostile.to_owned()), ..DeploymentPatch::default() };
+    let write = LifecycleWrite {
+        new_revisions: vec![new_revision],
+        new_runs: vec![new_run],
+        deployment_patch: close,
+        ..change(deployment.id, 2_000)
+    };
+    let Written { revisions, runs, .. } = apply_now(store, write, "a write of hostile text").await;
+    assert_eq!(
+        store.get_deployment(deployment.id).await.expect("get").close_reason.as_deref(),
+        Some(hostile),
+        "the close reason round-trips"
+    );
+    assert_eq!(revisions[0].commit, details, "commit details round-trip exactly");
+    assert_eq!(revisions[0].error.as_deref(), Some(hostile));
+    let output = DeployOutput {
+        diagnostics_json: Some(format!("[{{\"message\":{hostile:?}}}]")),
+        changes_json: Some(hostile.to_owned()),
+        ..DeployOutput::default()
+    };
+    let failed = RevisionPatch {
+        error: Some(format!("{hostile}{long_unicode}")),
+        output: Some(output.clone()),
+        ..revision_to(1, RevisionStatus::Failed)
+    };
+    patch_revisions(store, deployment.id, vec![failed], 3_000).await;
+    let stored = store.get_revision(revisions[0].id).await.expect("get revision");
+    assert_eq!((stored.diagnostics_json, stored.changes_json), (output.diagnostics_json, output.changes_json), "the output round-trips");
+    assert_eq!(stored.error, Some(format!("{hostile}{long_unicode}")));
 
-    let new = NewRun { selection: hostile.to_owned(), ..new_run(deployment.id, revision.id, &["a"], 3_000) };
-    let run = store.insert_run(new).await.expect("insert a run with a hostile selection");
-    assert_eq!(store.get_run(run.id).await.expect("get run").selection, hostile);
-    let mut step = store.list_steps(run.id).await.expect("list steps").remove(0);
+    assert_eq!(store.get_run(runs[0].id).await.expect("get run").selection, hostile);
+    let mut step = store.list_steps(runs[0].id).await.expect("list steps").remove(0);
     store.append_step_log(step.id, hostile).await.expect("append hostile log");
     store.append_step_log(step.id, &long_ascii).await.expect("append long log");
     step.error = Some(hostile.to_owned());
     store.update_step(&step).await.expect("update with hostile error");
-    let stored = store.list_steps(run.id).await.expect("list steps").remove(0);
+    let stored = store.list_steps(runs[0].id).await.expect("list steps").remove(0);
     assert_eq!(stored.error.as_deref(), Some(hostile));
     assert_eq!(stored.log, format!("{hostile}{long_ascii}"), "logs round-trip exactly");
 }
 
+/// Two writers push to one deployment at once, each 25 times, each one reading the lifecycle,
+/// inserting the next number and moving the head to it, and reading again when stale. No push
+/// is lost or doubled: 50 revisions numbered 1 to 50, and one version per applied write.
+pub async fn concurrent_writers_never_lose_a_write(store: &dyn Store) {
+    const PUSHES_PER_WRITER: u32 = 25;
+    let repo = repository("contract-race-push");
+    let deployment = store.ensure_deployment(new_deployment(&repo, "busy", "busy", 1_000)).await.expect("create");
+
+    let writer = |writer: u32| -> Pin<Box<dyn Future<Output = (Vec<i64>, u32)> + '_>> {
+        Box::pin(async move {
+            let (mut versions, mut stale) = (Vec::new(), 0);
+            while versions.len() < PUSHES_PER_WRITER as usize {
+                let record = store.lifecycle(deployment.id).await.expect("read the lifecycle");
+                let next = record.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
+                let write = LifecycleWrite {
+                    version: record.deployment.version,
+                    new_revisions: vec![queued(next, writer * 1_000 + versions.len() as u32)],
+                    deployment_patch: DeploymentPatch { head: Some(next), pushed: true, ..DeploymentPatch::default() },
+                    ..change(deployment.id, 2_000 + UnixMillis::from(next))
+                };
+                match store.apply(write).await.expect("a push on a version read just before is written or stale") {
+                    Applied::Done { version, revisions, .. } => {
+                        assert_eq!(numbers(&revisions), [next], "the push inserted its number");
+                        versions.push(version);
+                    }
+                    Applied::Stale => stale += 1,
+                }
+            }
+            (versions, stale)
+        })
+    };
+    let outcomes = all_at_once(vec![writer(1), writer(2)]).await;
+
+    let stale: u32 = outcomes.iter().map(|(_, stale)| stale).sum();
+    eprintln!("contract: two concurrent writers retried {stale} stale writes for 50 pushes");
+    let mut versions: Vec<i64> = outcomes.into_iter().flat_map(|(versions, _)| versions).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=50).collect::<Vec<i64>>(), "every applied write got a version of its own, none skipped");
+    let revisions = store.list_revisions(deployment.id, 0).await.expect("list revisions");
+    assert_eq!(numbers(&revisions), (1..=50).rev().collect::<Vec<u32>>(), "50 revisions numbered 1 to 50: no gap, no duplicate");
+    let after = store.get_deployment(deployment.id).await.expect("get");
+    assert_eq!(after.version, 50, "the version counts the applied writes");
+    assert_eq!(after.head_revision, Some(revisions[0].id), "the head is the last push");
+}
+
+/// The first deliveries of a new branch, handled at once by several servers, all end up with
+/// the one deployment of the branch.
+pub async fn concurrent_first_deliveries_share_one_deployment(store: &dyn Store) {
+    let repo = repository("contract-race-ensure");
+    let deliveries = (0..8)
+        .map(|i| -> Pin<Box<dyn Future<Output = StoreResult<Deployment>> + '_>> {
+            let new = new_deployment(&repo, "feature-1", "feature/1", 1_000 + i);
+            Box::pin(store.ensure_deployment(new))
+        })
+        .collect();
+    let ensured = all_at_once(deliveries).await;
+    let ensured: Vec<Deployment> = ensured.into_iter().map(|d| d.expect("a concurrent first delivery gets the deployment")).collect();
+    let ids: std::collections::BTreeSet<DeploymentId> = ensured.iter().map(|d| d.id).collect();
+    assert_eq!(ids.len(), 1, "every delivery got the same deployment: {ids:?}");
+    let all = store.list_deployments(&including_closed(&repo)).await.expect("list");
+    assert_eq!(all.len(), 1, "one deployment was created");
+    assert!(ensured.iter().all(|d| *d == all[0]), "and each delivery got its whole row");
+}
+
+/// Two servers claim the same queued revision, and then the same queued run, each from the
+/// version both read: one claim applies, the other is stale, and the winner's lease holds.
+pub async fn concurrent_claims_have_one_winner(store: &dyn Store) {
+    let repo = repository("contract-race-claim");
+    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let write = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, &["x"])], ..change(deployment.id, 2_000) };
+    let Written { revisions, runs, .. } = apply_now(store, write, "queue a revision and a run").await;
+    let servers = ["contract-race-claim-a", "contract-race-claim-b"];
+    let lease = |owner: &str| Lease { owner: owner.to_owned(), until: 60_000 };
+
+    let read = store.lifecycle(deployment.id).await.expect("both servers read the lifecycle");
+    let claims = servers
+        .iter()
+        .map(|owner| -> Pin<Box<dyn Future<Output = StoreResult<Applied>> + '_>> {
+            let claim = RevisionPatch { lease: Some(lease(owner)), ..revision_to(1, RevisionStatus::Deploying) };
+            Box::pin(store.apply(LifecycleWrite {
+                version: read.deployment.version,
+                revisions: vec![claim],
+                ..change(deployment.id, 3_000)
+            }))
+        })
+        .collect();
+    let winner = one_winner(all_at_once(claims).await, &servers, "claiming the revision");
+    let claimed = store.get_revision(revisions[0].id).await.expect("get revision");
+    assert_eq!((claimed.status, claimed.lease), (RevisionStatus::Deploying, Some(lease(winner))), "the winner deploys it");
+    assert_eq!(store.get_deployment(deployment.id).await.expect("get").version, read.deployment.version + 1, "one claim, one version");
+
+    let read = store.lifecycle(deployment.id).await.expect("both servers read the lifecycle again");
+    let claims = servers
+        .iter()
+        .map(|owner| -> Pin<Box<dyn Future<Output = StoreResult<Applied>> + '_>> {
+            let claim = RunPatch { lease: Some(lease(owner)), ..run_to(runs[0].id, RunStatus::Running) };
+            Box::pin(store.apply(LifecycleWrite { version: read.deployment.version, runs: vec![claim], ..change(deployment.id, 4_000) }))
+        })
+        .collect();
+    let winner = one_winner(all_at_once(claims).await, &servers, "claiming the run");
+    let claimed = store.get_run(runs[0].id).await.expect("get run");
+    assert_eq!((claimed.status, claimed.lease), (RunStatus::Running, Some(lease(winner))), "the winner runs it");
+}
+
 // Helpers: short constructors for valid test data, so each story shows only what it is about.
+
+/// What an applied write returned.
+struct Written {
+    version: i64,
+    revisions: Vec<Revision>,
+    runs: Vec<Run>,
+}
+
+/// A write of nothing yet, at `now`; [`apply_now`] fills in the current version.
+fn change(deployment: DeploymentId, now: UnixMillis) -> LifecycleWrite {
+    LifecycleWrite {
+        deployment,
+        version: 0,
+        now,
+        deployment_patch: DeploymentPatch::default(),
+        new_revisions: Vec::new(),
+        revisions: Vec::new(),
+        new_runs: Vec::new(),
+        runs: Vec::new(),
+        delete: false,
+    }
+}
+
+/// Applies `write` on the deployment's current version; nothing else writes the story's
+/// deployments, so it must be written.
+async fn apply_now(store: &dyn Store, write: LifecycleWrite, what: &str) -> Written {
+    let version = store.get_deployment(write.deployment).await.unwrap_or_else(|error| panic!("{what}: read the version: {error}")).version;
+    match store.apply(LifecycleWrite { version, ..write }).await {
+        Ok(Applied::Done { version: new_version, revisions, runs }) => {
+            assert_eq!(new_version, version + 1, "{what}: an applied write bumps the version by one");
+            Written { version: new_version, revisions, runs }
+        }
+        Ok(Applied::Stale) => panic!("{what}: stale, although nothing else writes this deployment"),
+        Err(error) => panic!("{what}: {error}"),
+    }
+}
+
+fn pushed() -> DeploymentPatch {
+    DeploymentPatch { pushed: true, ..DeploymentPatch::default() }
+}
+
+fn queued(number: u32, commit: u32) -> NewRevision {
+    NewRevision { number, commit: commit_details(commit), status: RevisionStatus::Queued, error: None }
+}
+
+fn new_run(revision: u32, steps: &[&str]) -> NewRun {
+    NewRun { revision, selection: "*".to_owned(), steps: steps.iter().map(|s| key(s)).collect() }
+}
+
+fn revision_to(number: u32, status: RevisionStatus) -> RevisionPatch {
+    RevisionPatch { number, status, error: None, lease: None, output: None }
+}
+
+fn run_to(id: RunId, status: RunStatus) -> RunPatch {
+    RunPatch { id, status, cancel_requested: false, error: None, lease: None, steps: StepsEnd::Recorded }
+}
+
+async fn insert_revision(store: &dyn Store, deployment: DeploymentId, new: NewRevision, now: UnixMillis) -> Revision {
+    apply_now(store, LifecycleWrite { new_revisions: vec![new], ..change(deployment, now) }, "insert a revision").await.revisions.remove(0)
+}
+
+/// A new deployment's first revision and a run of it, in one write.
+async fn insert_run(store: &dyn Store, deployment: DeploymentId, steps: &[&str], now: UnixMillis) -> Run {
+    let write = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, steps)], ..change(deployment, now) };
+    apply_now(store, write, "insert a revision and a run").await.runs.remove(0)
+}
+
+/// Another run of revision 1.
+async fn add_run(store: &dyn Store, deployment: DeploymentId, now: UnixMillis) -> Run {
+    apply_now(store, LifecycleWrite { new_runs: vec![new_run(1, &["x"])], ..change(deployment, now) }, "insert a run").await.runs.remove(0)
+}
+
+async fn patch_revisions(store: &dyn Store, deployment: DeploymentId, patches: Vec<RevisionPatch>, now: UnixMillis) -> i64 {
+    apply_now(store, LifecycleWrite { revisions: patches, ..change(deployment, now) }, "patch revisions").await.version
+}
+
+async fn patch_runs(store: &dyn Store, deployment: DeploymentId, patches: Vec<RunPatch>, now: UnixMillis) -> i64 {
+    apply_now(store, LifecycleWrite { runs: patches, ..change(deployment, now) }, "patch runs").await.version
+}
+
+async fn list_runs_of(store: &dyn Store, deployment: DeploymentId) -> Vec<Run> {
+    store.list_runs(&RunFilter { deployment_id: Some(deployment), ..RunFilter::default() }).await.expect("list runs")
+}
+
+async fn lease_of_revision(store: &dyn Store, deployment: DeploymentId, number: u32) -> Option<Lease> {
+    let revisions = store.list_revisions(deployment, 0).await.expect("list revisions");
+    revisions.into_iter().find(|r| r.number == number).expect("the revision").lease
+}
+
+/// The deployment as one applied write at `now` left it (nothing but its version and time).
+fn deployment_after_one_write(created: &Deployment, now: UnixMillis) -> Deployment {
+    Deployment { version: created.version + 1, updated_at: now, ..created.clone() }
+}
+
+/// Of concurrent applies from one version, exactly one is `Done`; returns whose.
+fn one_winner<'a>(results: Vec<StoreResult<Applied>>, owners: &[&'a str], what: &str) -> &'a str {
+    let results: Vec<Applied> = results.into_iter().map(|r| r.unwrap_or_else(|error| panic!("{what}: {error}"))).collect();
+    let winners: Vec<usize> = (0..results.len()).filter(|&i| matches!(results[i], Applied::Done { .. })).collect();
+    assert_eq!(winners.len(), 1, "{what}: exactly one of the concurrent writes applies: {results:?}");
+    assert!(results.iter().filter(|r| **r == Applied::Stale).count() == results.len() - 1, "{what}: the others are stale");
+    owners[winners[0]]
+}
+
+/// Drives every future at once on the calling task and returns their outputs in order: while
+/// one awaits its database, the others go on, so their statements interleave in the database
+/// (on several connections). Written here so the port crate needs no runtime or `futures` crate.
+async fn all_at_once<'a, T>(futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) -> Vec<T> {
+    let mut futures: Vec<Option<Pin<Box<dyn Future<Output = T> + 'a>>>> = futures.into_iter().map(Some).collect();
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(move |context| {
+        let mut unfinished = false;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(context) {
+                    Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    Poll::Pending => unfinished = true,
+                }
+            }
+        }
+        if unfinished {
+            Poll::Pending
+        } else {
+            Poll::Ready(outputs.iter_mut().map(|output| output.take().expect("every future finished")).collect())
+        }
+    })
+    .await
+}
 
 fn repository(text: &str) -> RepositoryName {
     RepositoryName::new(text).expect("a valid repository name in the contract")
@@ -823,24 +1742,8 @@ fn new_deployment(repository: &RepositoryName, deployment_name: &str, branch_nam
     }
 }
 
-fn new_revision(deployment_id: DeploymentId, commit: u32, now: UnixMillis) -> NewRevision {
-    NewRevision { deployment_id, commit: commit_details(commit), status: RevisionStatus::Queued, error: None, now }
-}
-
-fn new_run(deployment_id: DeploymentId, revision_id: RevisionId, steps: &[&str], now: UnixMillis) -> NewRun {
-    NewRun { deployment_id, revision_id, selection: "*".to_owned(), steps: steps.iter().map(|s| key(s)).collect(), now }
-}
-
 fn materialization(deployment_id: DeploymentId, run_id: RunId, asset: &str, created_at: UnixMillis) -> Materialization {
-    Materialization {
-        deployment_id,
-        run_id,
-        asset_key: key(asset),
-        commit: sha(1),
-        row_count: Some(100),
-        duration_ms: 250,
-        created_at,
-    }
+    Materialization { deployment_id, run_id, asset_key: key(asset), commit: sha(1), row_count: Some(100), duration_ms: 250, created_at }
 }
 
 fn including_closed(repository: &RepositoryName) -> DeploymentFilter {
@@ -867,50 +1770,21 @@ fn assert_oldest_first(revisions: &[Revision]) {
     );
 }
 
+/// How a write must be refused.
+type Refusal = fn(&StoreResult<Applied>) -> bool;
+
+fn is_not_found(result: &StoreResult<Applied>) -> bool {
+    matches!(result, Err(StoreError::NotFound(_)))
+}
+
+fn is_conflict(result: &StoreResult<Applied>) -> bool {
+    matches!(result, Err(StoreError::Conflict(_)))
+}
+
 fn assert_not_found<T: Debug>(result: StoreResult<T>, what: &str) {
     assert!(matches!(result, Err(StoreError::NotFound(_))), "{what}: expected NotFound, got {result:?}");
 }
 
 fn assert_conflict<T: Debug>(result: StoreResult<T>, what: &str) {
     assert!(matches!(result, Err(StoreError::Conflict(_))), "{what}: expected Conflict, got {result:?}");
-}
-
-/// Claims move queued work to executing under one owner's lease; a live lease cannot be claimed,
-/// an expired one is taken over; renewals extend only the owner's leases; updates keep leases.
-pub async fn leases_let_one_server_at_a_time_claim_work(store: &dyn Store) {
-    let repo = repository("contract-leases");
-    let deployment = store.create_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create");
-    let revision = store.insert_revision(new_revision(deployment.id, 1, 2_000)).await.expect("insert");
-    let claimed = store.claim_revision(revision.id, "server-a", 3_000, 13_000).await.expect("claim").expect("a queued revision is claimable");
-    assert!(!claimed.taken_over, "queued work is claimed, not taken over");
-    assert_eq!((claimed.row.status, claimed.row.started_at), (RevisionStatus::Deploying, Some(3_000)));
-    assert_eq!(claimed.row.lease, Some(Lease { owner: "server-a".to_owned(), expires_at: 13_000 }));
-    assert!(store.claim_revision(revision.id, "server-b", 4_000, 14_000).await.expect("claim").is_none(), "a live lease is not claimable");
-
-    let mut updated = claimed.row.clone();
-    updated.asset_count = 5;
-    store.update_revision(&updated).await.expect("update");
-    assert_eq!(store.get_revision(revision.id).await.expect("get").lease, claimed.row.lease, "updates keep the lease");
-
-    assert_eq!(store.renew_leases("server-a", 20_000).await.expect("renew"), 1);
-    assert!(store.claim_revision(revision.id, "server-b", 15_000, 25_000).await.expect("claim").is_none(), "a renewed lease holds");
-    let taken = store.claim_revision(revision.id, "server-b", 21_000, 31_000).await.expect("claim").expect("an expired lease is taken over");
-    assert!(taken.taken_over);
-    assert_eq!(taken.row.lease.as_ref().map(|l| l.owner.as_str()), Some("server-b"));
-    assert_eq!(store.renew_leases("server-a", 40_000).await.expect("renew"), 0, "server-a no longer holds anything");
-
-    let mut done = taken.row;
-    done.status = RevisionStatus::Ready;
-    store.update_revision(&done).await.expect("finish");
-    assert!(store.claim_revision(revision.id, "server-c", 99_000, 100_000).await.expect("claim").is_none(), "finished work is never claimed");
-    assert!(store.claim_revision(RevisionId(i64::MAX), "server-c", 1, 2).await.expect("claim").is_none(), "a missing revision is not claimed");
-
-    let run = store.insert_run(new_run(deployment.id, revision.id, &["orders"], 5_000)).await.expect("run");
-    let claimed = store.claim_run(run.id, "server-a", 6_000, 16_000).await.expect("claim").expect("a queued run is claimable");
-    assert_eq!((claimed.row.status, claimed.taken_over), (RunStatus::Running, false));
-    assert!(store.claim_run(run.id, "server-b", 7_000, 17_000).await.expect("claim").is_none(), "a live lease is not claimable");
-    assert_eq!(store.renew_leases("server-a", 30_000).await.expect("renew"), 1, "the run's lease");
-    let taken = store.claim_run(run.id, "server-b", 30_001, 40_000).await.expect("claim").expect("an expired run lease is taken over");
-    assert!(taken.taken_over);
-    assert!(!taken.row.cancel_requested);
 }

@@ -157,7 +157,8 @@ pub struct DeployOutput {
 }
 
 /// A revision's move to `status`. `deploying` sets `started_at` and the lease; a finished
-/// status sets `finished_at` and clears the lease. `error` replaces the error when `Some`.
+/// status sets `finished_at` and keeps the lease it finished under (who executed it; no longer
+/// renewed or read by any rule). `error` replaces the error when `Some`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevisionPatch {
     pub number: u32,
@@ -198,7 +199,7 @@ pub struct NewRun {
 
 /// A run's move to `status`: `running` sets the lease, and `started_at` if it was not running
 /// yet (a cancel request keeps it running and its start); a finished status sets
-/// `finished_at`, clears the lease and ends unfinished steps as `steps` says.
+/// `finished_at`, keeps the lease it finished under and ends unfinished steps as `steps` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunPatch {
     pub id: RunId,

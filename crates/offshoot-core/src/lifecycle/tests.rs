@@ -487,6 +487,8 @@ impl World {
         let now = self.now;
         let live_deploys = state.revisions.values().filter(|r| matches!(&r.phase, RevisionPhase::Deploying(l) if l.live(now))).count();
         assert!(live_deploys <= 1, "two revisions deploy at once after {event:?}: {state:?}");
+        let ready = state.revisions.values().filter(|r| r.phase == RevisionPhase::Ready).count();
+        assert!(ready <= 1, "two ready revisions after {event:?}: {state:?}");
         if !state.open {
             assert!(!state.revisions.values().any(|r| r.phase == RevisionPhase::Queued), "queued while closed after {event:?}");
             let claimed = decision.changes.iter().any(|c| matches!(c, Change::Revision { phase: RevisionPhase::Deploying(_), .. }));

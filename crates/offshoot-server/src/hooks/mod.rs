@@ -407,6 +407,13 @@ async fn deploy_head(
     trigger: HeadTrigger,
 ) -> Result<(), String> {
     let existing = state.store.find_deployment_by_branch(&repo.name, &pull_request.branch).await.map_err(|e| e.to_string())?;
+    if let Some(deployment) = existing.as_ref().filter(|d| d.status == DeploymentStatus::Closed && trigger != HeadTrigger::Opened) {
+        tracing::info!(
+            "pull request {}: `{}` is closed and stays closed until the pull request is reopened; reopening deploys its newest commit",
+            pull_request.id,
+            deployment.name
+        );
+    }
     let base_deployment = base_deployment(state, repo, base_branch, trigger).await?;
     let base_changed = trigger == HeadTrigger::BaseChanged
         && existing.as_ref().is_some_and(|d| d.base_deployment.clone().unwrap_or_else(DeploymentName::production) != base_deployment.clone().unwrap_or_else(DeploymentName::production));

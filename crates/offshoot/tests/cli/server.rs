@@ -173,6 +173,74 @@ fn branch_deployment_lifecycle() {
     assert!(!branch_file.exists());
 }
 
+/// A closed deployment serves nothing: the API, `deployment status` (text and JSON) and `deployment
+/// list` say closed and what it last served (the ready revision, not a newer failed one), never
+/// "serving".
+#[test]
+fn a_closed_deployment_says_closed_and_what_it_last_served() {
+    let (dir, repo) = shop_repo("closed-status");
+    let server = Server::start(&dir.0, &repo, "");
+    wait_for_prod(&server, &repo);
+    let first = git(&repo, &["rev-parse", "feature/eur"]);
+    let output = client(
+        &server,
+        &["branch-deployment", "create-or-update", "--branch-name", "feature/eur", "--commit-hash", &first,
+          "--pull-request-id", "7", "--pull-request-url", "https://git.example/acme/shop/pull/7", "--pull-request-status", "OPEN"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let name = stdout(&output).trim().to_owned();
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == first);
+    // A newer revision that fails: revision 1 keeps serving, so it is what served last.
+    let broken = commit_file(&repo, "feature/eur", "assets/marts/broken.sql", "SELECT id FROM\nWHERE 1\n", "Broken");
+    create_or_update(&server, "feature/eur", &broken);
+    server.wait_for_deployment(&name, "failed at the broken push", |d| d["latest_revision"]["status"] == "failed");
+    let status = client(&server, &["deployment", "status", &name]);
+    assert!(stdout(&status).contains("serving: revision 1 ready"), "{}", stdout(&status));
+
+    let output = client(&server, &["branch-deployment", "close", &name, "--pull-request-status", "MERGED"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let deployment = server.get(&format!("/api/v1/deployments/{name}"));
+    assert_eq!(deployment["status"], "closed", "{deployment:#}");
+    assert_eq!(deployment["close_reason"], "pull request merged");
+    assert!(deployment["current_revision"].is_null(), "nothing serves once closed: {deployment:#}");
+    assert_eq!(deployment["last_served_revision"]["number"], 1, "{deployment:#}");
+    assert_eq!(deployment["last_served_revision"]["commit"]["sha"], first.as_str());
+    assert_eq!(deployment["latest_revision"]["number"], 2);
+
+    // The text: when (UTC, to the minute; GNU date is the oracle), why, and what served last.
+    let closed_at = deployment["closed_at"].as_i64().expect("closed_at");
+    let date = Command::new("date").args(["-u", "-d", &format!("@{}", closed_at / 1000), "+%Y-%m-%d %H:%M"]).output().expect("date runs");
+    let when = String::from_utf8_lossy(&date.stdout).trim().to_owned();
+    let status = client(&server, &["deployment", "status", &name]);
+    let text = stdout(&status);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let expected = format!("  closed {when} UTC (pull request merged); last served revision 1 ({})\n", &first[..12]);
+    assert!(text.contains(&expected), "expected {expected:?} in:\n{text}");
+    assert!(!text.contains("serving"), "a closed deployment never reads as serving:\n{text}");
+    assert!(text.contains("  latest: revision 2 failed"), "{text}");
+
+    let status = client(&server, &["deployment", "status", &name, "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert!(json["current_revision"].is_null(), "{json:#}");
+    assert_eq!(json["last_served_revision"]["number"], 1, "{json:#}");
+
+    let listed = client(&server, &["deployment", "list", "--include-closed"]);
+    let text = stdout(&listed);
+    let row = text.lines().find(|l| l.starts_with(&name)).unwrap_or_else(|| panic!("{name} in:\n{text}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("closed"), "{row}");
+    let listed = client(&server, &["deployment", "list", "--include-closed", "--format", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let entry = list.as_array().expect("list").iter().find(|d| d["name"] == name.as_str()).expect("listed");
+    assert!(entry["current_revision"].is_null() && entry["last_served_revision"]["number"] == 1, "{entry:#}");
+    let prod = list.as_array().expect("list").iter().find(|d| d["name"] == "prod").expect("prod");
+    assert!(prod["current_revision"].is_object() && prod["last_served_revision"].is_null(), "an open one serves: {prod:#}");
+
+    // Reopened: open, so nothing is "last served" any more (it serves again once deployed).
+    let reopened = server.post(&format!("/api/v1/deployments/{name}/reopen"), json!({}));
+    assert_eq!(reopened["status"], "open", "{reopened:#}");
+    assert!(reopened["last_served_revision"].is_null(), "{reopened:#}");
+}
+
 #[test]
 fn materializing_changed_and_downstream_never_touches_production() {
     let (dir, repo) = shop_repo("materialize");
@@ -548,7 +616,8 @@ fn two_servers_on_one_postgres_store_execute_work_once_and_take_over_from_a_kill
     let names: Vec<String> = (0..6).map(|i| create_or_update(&a, &format!("feature/{i}"), &main)).collect();
     for name in &names {
         let deployment = b.wait_for_deployment(name, "ready", |d| d["current_revision"]["status"] == "ready");
-        assert_eq!(b.get(&format!("/api/v1/deployments/{name}/revisions")).as_array().expect("list").len(), 1);
+        let revisions = b.get(&format!("/api/v1/deployments/{name}/revisions"));
+        assert_eq!(revisions.as_array().expect("list").len(), 1, "{revisions:#}");
         assert!(deployment["current_revision"]["server"].is_string(), "{deployment}");
     }
     let runs: Vec<i64> = names.iter().map(|n| b.post(&format!("/api/v1/deployments/{n}/runs"), json!({"selection": "key:orders"}))["id"].as_i64().expect("id")).collect();
