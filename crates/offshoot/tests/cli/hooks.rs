@@ -334,7 +334,13 @@ fn github_pull_request_lifecycle() {
     assert_eq!(github(&server, "pull_request", "lc-5", &synchronize("feature/eur", &second, &third)).0, 202);
     wait_for_log(&server, "stays closed until the pull request is reopened");
     assert_eq!(branch_deployment(&server, "feature/eur").expect("deployment")["status"], "closed");
-    assert_eq!(revisions(&server, &name).len(), before_replay);
+    // The new commit is remembered (reopening deploys it), never deployed while closed.
+    let remembered = wait_until(&server, "the new commit recorded", || {
+        let list = revisions(&server, &name);
+        (list.len() == before_replay + 1).then(|| list[0].clone())
+    });
+    assert_eq!((remembered["status"].as_str(), remembered["commit"]["sha"].as_str()), (Some("superseded"), Some(third.as_str())));
+    assert_eq!(branch_deployment(&server, "feature/eur").expect("deployment")["status"], "closed");
 
     // Reopened: open again and deployed at the head.
     assert_eq!(github(&server, "pull_request", "lc-6", &pull_request("reopened", "feature/eur", &third)).0, 202);
@@ -347,6 +353,39 @@ fn github_pull_request_lifecycle() {
     let deployment = wait_for_branch(&server, "feature/eur", "closed as merged", |d| d["status"] == "closed");
     assert_eq!(deployment["pull_request"]["status"], "MERGED");
     assert_eq!(deployment["close_reason"], "pull request merged");
+}
+
+/// Durable intake: a delivery answered 202 is in the store before the answer, so a SIGKILL right
+/// after the answers loses none of them; the restarted server carries out what was left, and a
+/// replay of an id it accepted before the crash is still a duplicate.
+#[test]
+fn accepted_webhooks_survive_a_sigkill_right_after_the_answer() {
+    let (dir, repo) = shop_repo("hooks-durable");
+    let mut server = Server::start_with_repository(&dir.0, &github_repository_keys(&repo, ""), "");
+    wait_for_prod(&server, &repo);
+    let head = git(&repo, &["rev-parse", "feature/eur"]);
+    let branches: Vec<String> = (0..30).map(|i| format!("durable/{i}")).collect();
+    for (i, branch) in branches.iter().enumerate() {
+        git(&repo, &["branch", branch, &head]);
+        let mut payload = pull_request("opened", branch, &head);
+        payload["number"] = json!(100 + i);
+        let (status, answer) = github(&server, "pull_request", &format!("durable-{i}"), &payload);
+        assert_eq!(status, 202, "{answer}");
+    }
+    server.kill();
+    let existing_at_restart = deployments(&server_after(&mut server)).iter().filter(|d| d["kind"] == "branch").count();
+    for branch in &branches {
+        wait_for_branch(&server, branch, "deployed after the restart", |d| serving_commit(d) == head);
+    }
+    println!("{existing_at_restart} of {} branch deployments existed as the restarted server answered", branches.len());
+    let (status, answer) = github(&server, "pull_request", "durable-0", &pull_request("opened", &branches[0], &head));
+    assert_eq!((status, answer["status"].as_str()), (200, Some("duplicate")), "{answer}");
+}
+
+/// Restarts a killed server and returns it.
+fn server_after(server: &mut Server) -> &Server {
+    server.restart();
+    server
 }
 
 #[test]
