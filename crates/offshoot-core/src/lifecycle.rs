@@ -320,7 +320,9 @@ impl Lifecycle {
             Event::ClaimTeardown { lease } => {
                 let claimable = match &self.teardown {
                     Teardown::Pending => true,
-                    Teardown::Running(held) => !held.live(now),
+                    // Its own claim again: a teardown that failed (the warehouse was down) is
+                    // retried by the server holding it, whose heartbeat keeps the lease alive.
+                    Teardown::Running(held) => !held.live(now) || held.owner == lease.owner,
                     Teardown::Done => false,
                 };
                 if !claimable {

@@ -258,7 +258,7 @@ async fn deploy(state: &SharedState, deployment: Deployment, revision: Revision)
     }
     let event = Event::DeployFinished { revision: revision.number, owner: state.config.server_id.clone(), outcome };
     let extras = Extras { output: Some(output), ..Extras::default() };
-    let result = lifecycle::apply_with(state, deployment.id, event, extras).await;
+    let result = lifecycle::report(state, deployment.id, event, extras).await;
     match &result {
         Ok(_) => tracing::info!("revision {} of {} finished", revision.number, deployment.name),
         Err(LifecycleError::Refused(refusal)) => tracing::warn!("the result of revision {} of {} was refused: {refusal}", revision.number, deployment.name),

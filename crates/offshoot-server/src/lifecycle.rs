@@ -353,6 +353,23 @@ pub async fn apply_event(state: &SharedState, deployment: DeploymentId, event: E
     apply_with(state, deployment, event, Extras::default()).await
 }
 
+/// Reports the result of work this server did (a deploy, a run): retried a few times when the
+/// store fails, since the work's lease is renewed while this server lives and nobody else would
+/// ever finish it.
+pub async fn report(state: &SharedState, deployment: DeploymentId, event: Event, extras: Extras) -> Result<Outcome, LifecycleError> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match apply_with(state, deployment, event.clone(), extras.clone()).await {
+            Err(error @ (LifecycleError::Store(StoreError::Backend(_)) | LifecycleError::Contended(_))) if wait < Duration::from_secs(10) => {
+                tracing::warn!("reporting a result to deployment {}: {error}; retrying", deployment.0);
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Applies an event with fixed extras.
 pub async fn apply_with(state: &SharedState, deployment: DeploymentId, event: Event, extras: Extras) -> Result<Outcome, LifecycleError> {
     apply(state, deployment, |_, _| Ok(Some(Input { event: event.clone(), extras: extras.clone() }))).await
@@ -410,6 +427,7 @@ fn carry_out(state: &SharedState, deployment: &Deployment, effects: &[Effect]) {
 /// for a deleted deployment, removes its history). Nothing happens unless the claim is granted:
 /// while runs or a deploy of the deployment are still going, the teardown waits for them.
 pub async fn teardown(state: &SharedState, deployment: DeploymentId) -> Result<bool, LifecycleError> {
+    let _turn = state.teardown_turn.lock().await;
     let lease = Lease { owner: state.config.server_id.clone(), until: now() + state.config.lease.as_millis() as i64 };
     let claimed = match apply_event(state, deployment, Event::ClaimTeardown { lease }).await {
         Ok(outcome) if outcome.claimed_teardown() => outcome,

@@ -275,7 +275,7 @@ async fn finish(state: &SharedState, run: Run, context: &RunContext, steps: &[Ru
 async fn report(state: &SharedState, run: &Run, succeeded: bool, error: Option<String>) -> Result<(), LifecycleError> {
     let event = Event::RunFinished { run: run.id.0, owner: state.config.server_id.clone(), succeeded };
     let extras = Extras { run_error: error, ..Extras::default() };
-    lifecycle::apply_with(state, run.deployment_id, event, extras).await?;
+    lifecycle::report(state, run.deployment_id, event, extras).await?;
     Ok(())
 }
 

@@ -28,6 +28,8 @@ pub struct AppState {
     pub snapshots: SnapshotCache,
     /// One load per commit at a time: code locations' tools write into the commit's folder.
     load_locks: Mutex<HashMap<(RepositoryName, CommitSha), Arc<tokio::sync::Mutex<()>>>>,
+    /// One teardown at a time on this server: a retry never overlaps an earlier attempt.
+    pub teardown_turn: tokio::sync::Mutex<()>,
     /// Per running run: flipping the switch to `true` cancels it.
     pub cancel_switches: Mutex<HashMap<RunId, watch::Sender<bool>>>,
     pub metrics: Metrics,
@@ -44,6 +46,7 @@ impl AppState {
             intake_wakeup: Notify::new(),
             snapshots: SnapshotCache::new(SNAPSHOT_CACHE_ASSETS),
             load_locks: Mutex::new(HashMap::new()),
+            teardown_turn: tokio::sync::Mutex::new(()),
             cancel_switches: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
         })
