@@ -16,6 +16,9 @@
 //!   [`Warehouse::prepare`] grants USAGE and CREATE on each branch schema. The tables it creates
 //!   are its own, so it can drop and rename them; production's it can only read. Production's own
 //!   materializations run as the login user.
+//! - **Several servers, one database**: PostgreSQL's catalog is not safe against two CREATE
+//!   SCHEMA, CREATE ROLE or GRANT statements on one object at once, so every schema change takes
+//!   an advisory lock of its schema, and the role setup one of its own ([`ROLE_SETUP_LOCK`]).
 //!
 //! A role set with `SET ROLE` can be left again by SQL that calls `set_config('role', …)`: a
 //! session may take any role its *login* user may take. The adapter refuses, and rolls back, a
@@ -40,6 +43,13 @@ use crate::sql_text::{quote_identifier, single_statement};
 
 /// The role branch materializations run as unless configured otherwise.
 pub const DEFAULT_BRANCH_ROLE: &str = "offshoot_branch";
+
+/// The advisory lock `setup_roles` holds while it creates the branch role and grants it
+/// production: the bytes of "offshoot" in ASCII, fixed so that every server (every version) takes
+/// the same one. Advisory locks are per database, so it serializes the servers sharing this
+/// warehouse database; another application's lock with the same number would only make the two
+/// wait for each other.
+pub const ROLE_SETUP_LOCK: i64 = 0x6f66_6673_686f_6f74;
 
 /// Suffix of the table a materialization builds before it replaces the asset's table.
 const STAGING_SUFFIX: &str = "__offshoot_new";
@@ -121,15 +131,33 @@ impl PostgresWarehouse {
     /// and, through default privileges, those the login user creates later. Makes the login user
     /// a member of the role, so it can `SET ROLE` to it. Idempotent; call it once per production
     /// schema before preparing branches. Needs CREATEROLE (or superuser) the first time.
+    ///
+    /// Safe to run from several servers at once: PostgreSQL updates catalog rows for CREATE ROLE,
+    /// GRANT and ALTER DEFAULT PRIVILEGES without row locks, so two of them at once (or a GRANT
+    /// on all of production's tables while production replaces one) fail with "tuple
+    /// concurrently updated/deleted". Everything runs in one transaction that first takes
+    /// [`ROLE_SETUP_LOCK`], then production's schema and grant locks, and what already exists
+    /// counts as done.
     pub async fn setup_roles(&self, production: &SchemaName) -> WarehouseResult<()> {
+        let mut transaction = self.pool.begin().await.map_err(backend_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(ROLE_SETUP_LOCK)
+            .execute(&mut *transaction)
+            .await
+            .map_err(backend_error)?;
+        lock_schema(&mut transaction, production).await?;
+        lock_grants(&mut transaction, production, LockMode::Exclusive).await?;
+
         let role = quote_identifier(&self.branch_role);
-        // A DO block, so a concurrent setup creating the role first is not an error. The name is
-        // checked to be a plain identifier, so it is safe inside the block's dollar quotes.
+        // In a DO block, so a role created first by another setup (on another database of the
+        // cluster, which the advisory lock does not reach: roles are cluster-wide) is not an
+        // error. The name is checked to be a plain identifier, so it is safe inside the block's
+        // dollar quotes.
         let create = format!(
             "DO $offshoot$ BEGIN CREATE ROLE {role} NOLOGIN; \
              EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $offshoot$"
         );
-        execute(&self.pool, create).await.map_err(backend_error)?;
+        execute(&mut *transaction, create).await.map_err(backend_error)?;
 
         // From PostgreSQL 16 on, membership alone does not allow `SET ROLE`: the grant needs its
         // SET option (off in the grant a CREATEROLE user gets for a role it creates).
@@ -141,23 +169,28 @@ impl PostgresWarehouse {
              FROM pg_roles WHERE rolname = $1",
         )
         .bind(&self.branch_role)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *transaction)
         .await
         .map_err(backend_error)?;
         if too_powerful || is_login {
+            // Dropping the transaction rolls it back; the role existed before, so nothing is lost.
             return Err(WarehouseError::Refused(format!(
                 "the branch role `{}` is the login user or may bypass privileges; branches would not be read-only",
                 self.branch_role
             )));
         }
         if !may_set_role {
+            // A DO block for the same reason as the role: a membership granted at the same
+            // moment from another database is a unique violation, and counts as granted.
             let with_set = if version >= 160_000 { " WITH SET TRUE" } else { "" };
-            execute(&self.pool, format!("GRANT {role} TO SESSION_USER{with_set}")).await.map_err(backend_error)?;
+            let grant = format!(
+                "DO $offshoot$ BEGIN GRANT {role} TO SESSION_USER{with_set}; \
+                 EXCEPTION WHEN unique_violation THEN NULL; END $offshoot$"
+            );
+            execute(&mut *transaction, grant).await.map_err(backend_error)?;
         }
 
         let schema = quote_identifier(production.as_str());
-        let mut transaction = self.pool.begin().await.map_err(backend_error)?;
-        lock_schema(&mut transaction, production).await?;
         for statement in [
             format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
             format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
@@ -177,6 +210,16 @@ impl PostgresWarehouse {
         let schema = quote_identifier(production.as_str());
         let mut connection = self.open().await?;
         let result = async {
+            // Session-level locks (the script may have transactions of its own), released when
+            // the connection closes: the schema's, as `prepare` takes it, and its grants', since
+            // the script creates and drops production tables.
+            sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0)), pg_advisory_lock(hashtextextended($2, 0))")
+                .persistent(false)
+                .bind(schema_lock_key(production))
+                .bind(grants_lock_key(production))
+                .execute(&mut connection)
+                .await
+                .map_err(backend_error)?;
             execute(&mut connection, format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await.map_err(backend_error)?;
             // Session-wide is fine: this connection is closed right after.
             execute(&mut connection, format!("SET search_path = {schema}")).await.map_err(backend_error)?;
@@ -380,6 +423,11 @@ async fn replace_table(
 
     let mut transaction = connection.begin().await.map_err(backend_error)?;
     let result = async {
+        if target.is_production() {
+            // A GRANT on all of production's tables (`setup_roles`) must not meet this build
+            // dropping or renaming one of them; builds among themselves do not wait.
+            lock_grants(&mut transaction, &target.schema, LockMode::Shared).await?;
+        }
         // Two builds of one table wait for each other instead of racing for the staging name.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .persistent(false)
@@ -429,14 +477,43 @@ async fn current_user(connection: &mut PgConnection) -> WarehouseResult<String> 
 }
 
 /// Serializes schema changes (prepare, setup, teardown) of one schema across connections and
-/// servers, until the transaction ends.
+/// servers, until the transaction ends: `CREATE SCHEMA IF NOT EXISTS` run twice at once fails
+/// with a unique violation on `pg_namespace`, and two GRANTs on one schema with "tuple
+/// concurrently updated".
 async fn lock_schema(connection: &mut PgConnection, schema: &SchemaName) -> WarehouseResult<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("offshoot schema {schema}"))
+        .bind(schema_lock_key(schema))
         .execute(connection)
         .await
         .map(|_| ())
         .map_err(backend_error)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// Keeps a GRANT on every table of `schema` (exclusive) apart from the statements that create,
+/// drop and rename its tables (shared), until the transaction ends. Separate from the schema's
+/// lock, so preparing a branch (which prepares production too) never waits for a production
+/// build.
+async fn lock_grants(connection: &mut PgConnection, schema: &SchemaName, mode: LockMode) -> WarehouseResult<()> {
+    let sql = match mode {
+        LockMode::Shared => "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
+        LockMode::Exclusive => "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+    };
+    // Not prepared: the builds that take it run on connections opened for them alone.
+    sqlx::query(sql).persistent(false).bind(grants_lock_key(schema)).execute(connection).await.map(|_| ()).map_err(backend_error)
+}
+
+fn schema_lock_key(schema: &SchemaName) -> String {
+    format!("offshoot schema {schema}")
+}
+
+fn grants_lock_key(schema: &SchemaName) -> String {
+    format!("offshoot grants {schema}")
 }
 
 /// The schemas an unqualified name is looked up in, in order.

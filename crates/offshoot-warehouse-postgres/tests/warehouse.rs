@@ -646,6 +646,63 @@ async fn a_branch_needs_production_set_up_and_its_own_prepared_schema() {
     warehouse.close().await;
 }
 
+/// Servers starting at once against one PostgreSQL (family F): every one prepares production,
+/// sets up the branch role and prepares branches (a shared one and its own) at the same moment,
+/// each on a warehouse of its own (its own pool, as separate servers have), while production
+/// rebuilds a table. CREATE ROLE, GRANT, ALTER DEFAULT PRIVILEGES and CREATE SCHEMA race in the
+/// catalog ("tuple concurrently updated/deleted", unique violations on pg_namespace) unless the
+/// adapter serializes them. Each round starts from nothing: a new database and a new role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_starting_at_once_set_up_without_failing() {
+    const SERVERS: usize = 8;
+    const ROUNDS: usize = 4;
+    for round in 0..ROUNDS {
+        let Some(database) = TestDatabase::create().await else { return };
+        let production = Target { schema: schema("prod"), production: schema("prod") };
+        let shared = branch_of("shared");
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(SERVERS));
+        let mut servers = Vec::new();
+        for server in 0..SERVERS {
+            let warehouse = connect(&database).await;
+            let (production, shared, start) = (production.clone(), shared.clone(), start.clone());
+            servers.push(tokio::spawn(async move {
+                let own = branch_of(&format!("feature-{server}"));
+                let daily = key(&format!("daily_{}", server % 2));
+                start.wait().await;
+                let result = async {
+                    warehouse.prepare(&production).await.map_err(|e| format!("prepare production: {e}"))?;
+                    warehouse.setup_roles(&production.schema).await.map_err(|e| format!("setup_roles: {e}"))?;
+                    let (a, b, c) = tokio::join!(
+                        warehouse.prepare(&shared),
+                        warehouse.prepare(&own),
+                        // Production rebuilds a table while others grant SELECT on all of its tables.
+                        warehouse.materialize_sql(&production, &daily, "SELECT 1 AS x"),
+                    );
+                    a.map_err(|e| format!("prepare the shared branch: {e}"))?;
+                    b.map_err(|e| format!("prepare its own branch: {e}"))?;
+                    c.map_err(|e| format!("materialize in production: {e}"))?;
+                    warehouse.setup_roles(&production.schema).await.map_err(|e| format!("setup_roles again: {e}"))?;
+                    warehouse.teardown(&own).await.map_err(|e| format!("teardown: {e}"))
+                }
+                .await;
+                warehouse.close().await;
+                result
+            }));
+        }
+        let mut failures = Vec::new();
+        for (server, task) in servers.into_iter().enumerate() {
+            if let Err(error) = task.await.expect("the server task finished") {
+                failures.push(format!("round {round}, server {server}: {error}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+        let warehouse = connect(&database).await;
+        assert_eq!(warehouse.schemas().await.expect("schemas"), [schema("prod"), shared.schema.clone()]);
+        assert_eq!(warehouse.row_count(&shared, "daily_0").await, Ok(Some(1)), "the branch role reads production's rebuilt table");
+        warehouse.close().await;
+    }
+}
+
 /// The recommended set-up: the warehouse logs in as a user that is no superuser, with CREATEROLE
 /// and CREATE on its database only. Everything works as with a superuser, and SQL that leaves the
 /// branch role is refused and rolled back.
