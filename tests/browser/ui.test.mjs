@@ -1,7 +1,8 @@
 // Browser tests of the web UI: `offshoot demo` serves a real repository with prod and a feature
 // branch deployed and materialized; Debian's Chromium, driven by playwright-core, loads each page,
 // filters, launches a run and watches it finish, checks the change badges, a failed revision's
-// diagnostics, keyboard navigation and contrast, and saves screenshots under docs/screenshots/.
+// diagnostics, a closed deployment, keyboard navigation and contrast, and saves screenshots under
+// docs/screenshots/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -174,6 +175,41 @@ test('a failed revision shows its diagnostics with path:line:col', async () => {
   await alert.waitFor();
   assert.match(await alert.innerText(), /assets\/marts\/broken\.sql:2:1: error: SQL syntax error/);
   await page.screenshot({ path: join(screenshots, 'failed-revision.png') });
+});
+
+test('a closed deployment says closed, why, and what it last served; it offers no runs', async () => {
+  const served = (await api('GET', '/api/v1/deployments/' + branch)).current_revision.commit.sha;
+  const created = await api('POST', '/api/v1/branch-deployments', { branch_name: 'feature/served-then-merged', commit_hash: served, pull_request_id: '9', pull_request_url: 'https://git.example/acme/shop/pull/9' });
+  const started = Date.now();
+  while (!(await api('GET', '/api/v1/deployments/' + created.name)).current_revision) {
+    assert.ok(Date.now() - started < 60000, created.name + ' never served');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  const closed = await api('POST', '/api/v1/deployments/' + created.name + '/close', { pull_request_status: 'MERGED' });
+  assert.equal(closed.current_revision, null);
+  assert.equal(closed.last_served_revision.number, 1);
+  const lastServed = /last served revision 1 \(/;
+
+  const page = await newPage();
+  await page.goto(base + '/#/');
+  await page.getByLabel('Show closed').check();
+  const row = page.locator(`tr[data-deployment="${created.name}"]`);
+  await row.waitFor();
+  assert.match(await row.innerText(), /closed .*\(pull request merged\); last served revision 1 \(/);
+  assert.doesNotMatch(await row.innerText(), /\bserving\b/);
+
+  await row.locator('a').first().click();
+  const banner = page.locator('[data-closed]');
+  await banner.waitFor();
+  assert.match(await banner.innerText(), /^Closed .*\(pull request merged\); last served revision 1 \(/);
+  assert.match(await banner.innerText(), new RegExp(served.slice(0, 10)));
+  await page.getByText('The definitions of revision 1, which served last').waitFor();
+  await page.locator('g.node[data-key="fct_orders"]').waitFor();
+  await page.locator('table[aria-label="Revisions"] td', { hasText: 'last served' }).waitFor();
+  assert.doesNotMatch(await page.locator('main').innerText(), /\bserving\b/);
+  assert.match(await page.locator('main').innerText(), lastServed);
+  assert.equal(await page.getByRole('button', { name: /Materialize|Launch run/ }).count(), 0, 'a closed deployment offers no runs');
+  assert.deepEqual(page.errors, []);
 });
 
 function luminance([r, g, b]) {

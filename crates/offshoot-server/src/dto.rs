@@ -1,6 +1,7 @@
 //! The REST API's JSON types and their conversions from store rows. The store's and core's types
 //! are never serialized directly.
 
+use offshoot_core::DeploymentStatus;
 use offshoot_store::{CommitDetails, Deployment, Revision, Run, RunStep};
 use serde::{Deserialize, Serialize};
 
@@ -61,8 +62,10 @@ pub struct DeploymentJson {
     pub last_push_at: i64,
     pub closed_at: Option<i64>,
     pub close_reason: Option<String>,
-    /// The revision serving now.
+    /// The revision serving now; `None` while the deployment is closed (nothing serves then).
     pub current_revision: Option<RevisionJson>,
+    /// A closed deployment's revision that served when it closed; `None` while open.
+    pub last_served_revision: Option<RevisionJson>,
     /// The newest revision, whatever its status (deploying, failed, ...).
     pub latest_revision: Option<RevisionJson>,
 }
@@ -135,7 +138,11 @@ pub fn revision_json(revision: &Revision) -> RevisionJson {
     }
 }
 
+/// `current` is the store's `current_revision`: the revision serving now, or, once closed, the one
+/// that served last (the store keeps it; its schema is gone). The JSON keeps the two apart so no
+/// client reads a closed deployment as serving.
 pub fn deployment_json(deployment: &Deployment, current: Option<&Revision>, latest: Option<&Revision>) -> DeploymentJson {
+    let closed = deployment.status == DeploymentStatus::Closed;
     DeploymentJson {
         name: deployment.name.to_string(),
         repository: deployment.repository.to_string(),
@@ -154,7 +161,8 @@ pub fn deployment_json(deployment: &Deployment, current: Option<&Revision>, late
         last_push_at: deployment.last_push_at,
         closed_at: deployment.closed_at,
         close_reason: deployment.close_reason.clone(),
-        current_revision: current.map(revision_json),
+        current_revision: current.filter(|_| !closed).map(revision_json),
+        last_served_revision: current.filter(|_| closed).map(revision_json),
         latest_revision: latest.map(revision_json),
     }
 }

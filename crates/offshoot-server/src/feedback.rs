@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use offshoot_core::{DeploymentKind, RevisionStatus};
+use offshoot_core::{DeploymentKind, DeploymentStatus, RevisionStatus};
 use offshoot_store::{Deployment, DeploymentId, Revision};
 
 use crate::changes::ChangeSetJson;
@@ -199,7 +199,7 @@ pub fn render_comment(deployment: &Deployment, shown: &Revision, serving: Option
     }
     out.push_str("\n\n");
     if shown.status != RevisionStatus::Ready {
-        render_failure(&mut out, shown, serving);
+        render_failure(&mut out, deployment, shown, serving);
     }
     let changes_of = if shown.status == RevisionStatus::Ready { Some(shown) } else { serving };
     if let Some(revision) = changes_of {
@@ -213,7 +213,7 @@ pub fn render_comment(deployment: &Deployment, shown: &Revision, serving: Option
     out
 }
 
-fn render_failure(out: &mut String, shown: &Revision, serving: Option<&Revision>) {
+fn render_failure(out: &mut String, deployment: &Deployment, shown: &Revision, serving: Option<&Revision>) {
     let diagnostics: Vec<serde_json::Value> = shown.diagnostics_json.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
     // The error sums the diagnostics up when there are some: show them instead.
     if diagnostics.is_empty() {
@@ -232,11 +232,18 @@ fn render_failure(out: &mut String, shown: &Revision, serving: Option<&Revision>
         }
         let _ = writeln!(out, "{}", fenced(&truncate(&lines, 8000)));
     }
-    match serving {
-        Some(serving) => {
+    // A closed deployment's `current_revision` is the one that served last: it serves nothing now.
+    let closed = deployment.status == DeploymentStatus::Closed;
+    match (serving, closed) {
+        (Some(serving), false) => {
             let _ = writeln!(out, "Still serving revision {} (`{}`); the changes below are that revision's.\n", serving.number, serving.commit.sha.short());
         }
-        None => out.push_str("Nothing is serving yet.\n"),
+        (Some(served), true) => {
+            let reason = deployment.close_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            let _ = writeln!(out, "Closed{reason}; it last served revision {} (`{}`); the changes below are that revision's.\n", served.number, served.commit.sha.short());
+        }
+        (None, false) => out.push_str("Nothing is serving yet.\n"),
+        (None, true) => out.push_str("Closed before anything served.\n"),
     }
 }
 

@@ -17,6 +17,11 @@ fn reference(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
 
+/// A nullable, described `Revision`: OpenAPI 3.0 ignores a `$ref`'s siblings, hence the `allOf`.
+fn nullable_revision(description: &str) -> Value {
+    json!({ "allOf": [reference("Revision")], "nullable": true, "description": description })
+}
+
 fn array_of(name: &str) -> Value {
     json!({ "type": "array", "items": reference(name) })
 }
@@ -90,7 +95,9 @@ pub fn document() -> Value {
                     "base_deployment": {"type": "string", "nullable": true}, "pinned": {"type": "boolean"},
                     "created_at": {"type": "integer"}, "updated_at": {"type": "integer"}, "last_push_at": {"type": "integer"},
                     "closed_at": {"type": "integer", "nullable": true}, "close_reason": {"type": "string", "nullable": true},
-                    "current_revision": reference("Revision"), "latest_revision": reference("Revision") } },
+                    "current_revision": nullable_revision("The revision serving now; null while closed."),
+                    "last_served_revision": nullable_revision("While closed: the revision that served when it closed; null while open."),
+                    "latest_revision": reference("Revision") } },
                 "ChangeSet": { "type": "object", "properties": {
                     "summary": {"type": "object", "properties": {"new": {"type": "integer"}, "changed": {"type": "integer"}, "removed": {"type": "integer"}, "impacted": {"type": "integer"}}},
                     "assets": {"type": "array", "items": {"type": "object", "properties": {"key": {"type": "string"}, "reasons": {"type": "array", "items": {"type": "string", "enum": ["NEW", "REMOVED", "CODE_VERSION", "DEPENDENCIES", "PARTITIONS_DEFINITION", "TAGS", "METADATA"]}}, "details": {"type": "object"}}}},

@@ -82,6 +82,14 @@ function Status({ status, since }) {
   </span>`;
 }
 
+/** "closed 3 d ago (pull request merged); last served revision 3 (abc123def4)": a closed deployment
+ * serves nothing (its schema is dropped), so it is never shown as serving. */
+function closedSummary(d, word = 'closed') {
+  const last = d.last_served_revision;
+  return word + (d.closed_at ? ' ' + ago(d.closed_at) : '') + (d.close_reason ? ' (' + d.close_reason + ')' : '') + '; '
+    + (last ? 'last served revision ' + last.number + ' (' + last.commit.sha.slice(0, 10) + ')' : 'it never served');
+}
+
 function ErrorBox({ error }) {
   if (!error) return null;
   return html`<p class="error" role="alert">${error.message}${error.code ? ' (' + error.code + ')' : ''}</p>`;
@@ -126,8 +134,9 @@ function Deployments() {
                 <span class=${'chip ' + d.pull_request.status.toLowerCase()}>${d.pull_request.status.toLowerCase()}</span></div>` : ''}</td>
             <td>${latest ? html`<span class="mono">${latest.commit.sha.slice(0, 10)}</span> ${latest.commit.message}
               <div class="note">${latest.commit.author_name} · ${ago(latest.commit.time * 1000)}</div>` : html`<span class="note">none yet</span>`}</td>
-            <td>${latest ? html`<${Status} status=${latest.status} since=${latest.started_at || latest.queued_at} />
-              ${latest.status === 'failed' ? html`<div class="note">${current ? 'revision ' + current.number + ' keeps serving' : 'nothing serving'}</div>` : ''}` : ''}</td>
+            <td>${latest ? html`<${Status} status=${latest.status} since=${latest.started_at || latest.queued_at} />` : ''}
+              ${d.status === 'closed' ? html`<div class="note">${closedSummary(d)}</div>`
+                : latest && latest.status === 'failed' ? html`<div class="note">${current ? 'revision ' + current.number + ' keeps serving' : 'nothing serving'}</div>` : ''}</td>
             <td>${current && d.kind === 'branch' ? html`<div class="counts">
                 <span class="badge changed">${current.changed_count} changed</span>
                 <span class="badge impacted">${current.impacted_count} impacted</span></div>` : html`<span class="note">${current ? current.asset_count + ' assets' : ''}</span>`}</td>
@@ -191,7 +200,10 @@ function AssetTable({ assets, highlight, base }) {
 function Deployment({ repository, name }) {
   const base = '#/d/' + enc(repository) + '/' + enc(name);
   const [deployment, error, reloadDeployment] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + q(repository)), [repository, name], 2000);
-  const servingId = deployment && deployment.current_revision && deployment.current_revision.id;
+  // The graph shows the serving revision or, once closed, the one that served last (the same one:
+  // a close alone need not reload it).
+  const shownRevision = deployment && (deployment.current_revision || deployment.last_served_revision);
+  const servingId = shownRevision && shownRevision.id;
   const [graph, graphError] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/graph' + q(repository)), [repository, name, servingId], 0);
   const [revisions] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/revisions' + q(repository)), [repository, name], 3000);
   const [runs, , reloadRuns] = usePolling(() => api('GET', '/api/v1/runs?limit=10&deployment=' + enc(name) + (repository ? '&repository=' + enc(repository) : '')), [repository, name], 3000);
@@ -220,12 +232,14 @@ function Deployment({ repository, name }) {
   const changed = assets.filter((a) => a.reasons);
   const impacted = assets.filter((a) => a.impacted_via);
   const open = (key) => { location.hash = base + '/a/' + enc(key); };
+  const closed = deployment.status === 'closed';
   return html`
     <p class="note"><a href="#/">Deployments</a> /</p>
-    <h1>${deployment.name} ${deployment.status === 'closed' ? html`<span class="chip closed">closed</span>` : ''}</h1>
+    <h1>${deployment.name} ${closed ? html`<span class="chip closed">closed</span>` : ''}</h1>
     <p class="sub">${deployment.kind === 'production' ? 'Production' : 'Branch deployment'} of <span class="mono">${deployment.branch}</span>
-      ${deployment.pull_request ? html` · ${url ? html`<a href=${url} rel="noreferrer noopener">pull request ${deployment.pull_request.id}</a>` : 'pull request ' + deployment.pull_request.id} (${deployment.pull_request.status.toLowerCase()})` : ''}
-      ${deployment.close_reason ? ' · closed: ' + deployment.close_reason : ''}</p>
+      ${deployment.pull_request ? html` · ${url ? html`<a href=${url} rel="noreferrer noopener">pull request ${deployment.pull_request.id}</a>` : 'pull request ' + deployment.pull_request.id} (${deployment.pull_request.status.toLowerCase()})` : ''}</p>
+    ${closed ? html`<p class="note" data-closed>${closedSummary(deployment, 'Closed')}.
+      Its warehouse objects are dropped: nothing serves and no run can start until it is reopened.</p>` : ''}
     <${ErrorBox} error=${error} />
     <${Diagnostics} revision=${deployment.latest_revision} />
     ${deployment.latest_revision && ['queued', 'deploying'].includes(deployment.latest_revision.status) ? html`<p>Deploying ${deployment.latest_revision.commit.sha.slice(0, 10)}: <${Status} status=${deployment.latest_revision.status} since=${deployment.latest_revision.started_at || deployment.latest_revision.queued_at} /></p>` : ''}
@@ -249,7 +263,8 @@ function Deployment({ repository, name }) {
       <button role="tab" aria-selected=${view === 'table'} onClick=${() => setView('table')}>Table</button>
     </div>
     <${ErrorBox} error=${graphError} />
-    ${!graph ? html`<p class="loading">Loading the graph…</p>` : !graph.revision ? html`<p class="note">No revision is serving yet.</p>` :
+    ${closed && graph && graph.revision ? html`<p class="note">The definitions of revision ${graph.revision.number}, which served last; the deployment is closed.</p>` : ''}
+    ${!graph ? html`<p class="loading">Loading the graph…</p>` : !graph.revision ? html`<p class="note">${closed ? 'Nothing served before it closed.' : 'No revision is serving yet.'}</p>` :
       view === 'graph' ? html`<div class="legend"><span class="badge new">New in branch</span><span class="badge changed">Changed in branch</span><span class="badge impacted">Impacted</span><span>${assets.length} assets · drag to pan, wheel to zoom</span></div>
         <${LineageGraph} assets=${assets} highlight=${highlight} onOpen=${open} />` :
       html`<${AssetTable} assets=${assets} highlight=${highlight} base=${base} />`}
@@ -257,7 +272,7 @@ function Deployment({ repository, name }) {
       <section><h2>Revisions</h2>
         <table aria-label="Revisions"><thead><tr><th>#</th><th>Status</th><th>Commit</th><th>Deploy time</th></tr></thead>
           <tbody>${(revisions || []).map((r) => html`<tr><td>${r.number}</td><td><${Status} status=${r.status} since=${r.started_at || r.queued_at} />
-            ${deployment.current_revision && r.id === deployment.current_revision.id ? html` <span class="note">serving</span>` : ''}</td>
+            ${shownRevision && r.id === shownRevision.id ? html` <span class="note">${closed ? 'last served' : 'serving'}</span>` : ''}</td>
             <td><span class="mono">${r.commit.sha.slice(0, 10)}</span> ${r.commit.message}<div class="note">${r.commit.author_name} · ${ago(r.queued_at)}${r.error ? ' · ' + r.error : ''}</div></td>
             <td>${duration(r.duration_ms)}</td></tr>`)}</tbody></table>
       </section>

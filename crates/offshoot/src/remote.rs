@@ -254,7 +254,17 @@ fn print_deployment(d: &Value) {
     if let Some(pr) = d["pull_request"].as_object() {
         println!("  pull request {} {} {}", pr["id"].as_str().unwrap_or(""), pr["status"].as_str().unwrap_or(""), pr["url"].as_str().unwrap_or(""));
     }
-    for (label, revision) in [("serving", &d["current_revision"]), ("latest", &d["latest_revision"])] {
+    // A closed deployment serves nothing (its schema is gone): say so, and what it last served,
+    // instead of a "serving" line.
+    let closed = d["status"] == "closed";
+    if closed {
+        println!("  {}", closed_line(d));
+    }
+    let mut shown = vec![("latest", &d["latest_revision"])];
+    if !closed {
+        shown.insert(0, ("serving", &d["current_revision"]));
+    }
+    for (label, revision) in shown {
         if revision.is_null() {
             println!("  {label}: none");
             continue;
@@ -283,6 +293,36 @@ fn print_deployment(d: &Value) {
             );
         }
     }
+}
+
+/// `closed 2026-12-02 10:04 UTC (pull request merged); last served revision 3 (abc123def456)`.
+fn closed_line(d: &Value) -> String {
+    let when = d["closed_at"].as_i64().map(|ms| format!(" {}", utc_minute(ms))).unwrap_or_default();
+    let reason = d["close_reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+    // A server from before `last_served_revision` kept the last served one in `current_revision`.
+    let last = Some(&d["last_served_revision"]).filter(|r| r.is_object()).unwrap_or(&d["current_revision"]);
+    let served = match last["number"].as_u64() {
+        Some(number) => format!("last served revision {number} ({})", last["commit"]["sha"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or("")),
+        None => "it never served".to_owned(),
+    };
+    format!("closed{when}{reason}; {served}")
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM UTC` (the proleptic Gregorian calendar,
+/// Howard Hinnant's days-to-civil), so the CLI needs no date library.
+fn utc_minute(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000);
+    let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", of_day / 3600, of_day % 3600 / 60)
 }
 
 pub fn materialize(args: MaterializeArgs) -> anyhow::Result<Outcome> {

@@ -207,7 +207,9 @@ impl Server {
         let started = std::time::Instant::now();
         let url = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.starts_with("offshoot serving on ")) {
+            // Only whole lines: the server may be writing this one right now.
+            let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+            if let Some(line) = whole.lines().find(|l| l.starts_with("offshoot serving on ")) {
                 break line.trim_start_matches("offshoot serving on ").split_whitespace().next().expect("url").to_owned();
             }
             if let Ok(Some(status)) = child.try_wait() {
