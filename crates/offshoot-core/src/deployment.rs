@@ -104,7 +104,10 @@ impl RepositoryName {
     }
 }
 
-/// A git branch name as pushed: hostile text, shown verbatim, never used as an identifier.
+/// A git branch name as pushed: hostile text, shown verbatim, never used as an identifier, and
+/// never rewritten: `refs/heads/main` is a branch of that name (git allows it), not `main`. A
+/// forge's ref becomes a branch name in one place (the webhook adapter strips `refs/heads/`
+/// once); everything else compares names exactly.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BranchName(String);
 
@@ -112,7 +115,6 @@ impl BranchName {
     pub const MAX_LEN: usize = 1024;
 
     pub fn new(text: &str) -> Result<BranchName, InvalidBranchName> {
-        let text = text.strip_prefix("refs/heads/").unwrap_or(text);
         if text.is_empty() {
             return Err(InvalidBranchName::Empty);
         }
@@ -385,7 +387,12 @@ mod tests {
         assert!(BranchName::new("a\nb").is_err());
         assert!(BranchName::new("a\0b").is_err());
         assert!(BranchName::new(&"é".repeat(600)).is_err());
-        assert_eq!(BranchName::new("refs/heads/main").expect("valid").as_str(), "main");
+        // Exact: a branch literally named `refs/heads/main` is not `main`.
+        for exact in ["refs/heads/main", "Main", "main ", "main/", "HEAD", "ma\u{0301}in"] {
+            assert_eq!(BranchName::new(exact).expect("valid").as_str(), exact);
+        }
+        assert_ne!(name_for("refs/heads/main"), name_for("main"));
+        assert_ne!(name_for("refs/heads/x"), name_for("x"));
     }
 
     #[test]

@@ -311,7 +311,9 @@ fn branch_name(text: &str, field: &str) -> Result<BranchName, ApiError> {
     BranchName::new(text).map_err(|e| ApiError::bad_request("invalid_branch_name", format!("`{field}`: {e}")))
 }
 
-/// The branch a ref names, or `None` for tags and other refs.
+/// The branch a ref names, or `None` for tags and other refs: the one place a forge's ref becomes
+/// a branch name. `refs/heads/` is stripped exactly once, so `refs/heads/refs/heads/main` is the
+/// branch `refs/heads/main`, never `main`.
 fn branch_of_ref(reference: &str) -> Option<&str> {
     reference.strip_prefix("refs/heads/")
 }

@@ -421,6 +421,86 @@ fn github_pushes_deploy_production_and_branch_names_are_taken_verbatim() {
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")));
 }
 
+/// Names are exact: a branch literally named `refs/heads/main` (pushed as
+/// `refs/heads/refs/heads/main`), one named `refs/heads/feature/eur`, and names that differ from
+/// the production branch by case, a trailing slash or space, or Unicode normalisation never
+/// touch `prod` or another branch's deployment, through GitHub's and GitLab's webhooks, the API
+/// and the CLI.
+#[test]
+fn hostile_refs_never_touch_production_or_another_branch() {
+    let (dir, repo) = shop_repo("hooks-hostile-refs");
+    let server = Server::start_with_repository(&dir.0, &github_repository_keys(&repo, ""), "");
+    wait_for_prod(&server, &repo);
+    let main = git(&repo, &["rev-parse", "main"]);
+    let victim_head = git(&repo, &["rev-parse", "feature/eur"]);
+    assert_eq!(github(&server, "pull_request", "h-0", &pull_request("opened", "feature/eur", &victim_head)).0, 202);
+    let victim = wait_for_branch(&server, "feature/eur", "ready", |d| serving_commit(d) == victim_head);
+
+    // The attacker's branches, pushed with plain git.
+    git(&repo, &["branch", "attacker", "feature/eur"]);
+    let attack = commit_file(&repo, "attacker", "assets/marts/evil.sql", "SELECT 1 AS pwned\n");
+    for hostile in ["refs/heads/main", "refs/heads/feature/eur"] {
+        git(&repo, &["branch", hostile, &attack]);
+    }
+    assert_eq!(git(&repo, &["rev-parse", "refs/heads/refs/heads/main"]), attack);
+
+    // GitHub: a push to `refs/heads/refs/heads/main` is a push to a branch, not to production.
+    let (status, answer) = github(&server, "push", "h-1", &push("refs/heads/refs/heads/main", &main, &attack, false));
+    assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
+    // A pull request from `refs/heads/feature/eur` gets a deployment of its own.
+    let mut from_lookalike = pull_request("opened", "refs/heads/feature/eur", &attack);
+    from_lookalike["number"] = json!(8);
+    assert_eq!(github(&server, "pull_request", "h-2", &from_lookalike).0, 202);
+    let lookalike = wait_for_branch(&server, "refs/heads/feature/eur", "ready", |d| serving_commit(d) == attack);
+    assert_ne!(lookalike["name"], victim["name"]);
+    // Tags and other refs are not branches.
+    for reference in ["refs/tags/main", "main", "HEAD", "refs/remotes/origin/main"] {
+        let (status, answer) = github(&server, "push", &format!("h-ref-{reference}"), &push(reference, &main, &attack, false));
+        assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{reference}: {answer}");
+    }
+
+    // The API and the CLI: look-alikes of `main` become branch deployments of their own.
+    for lookalike in ["refs/heads/main", "Main", "main/", "main ", " main", "ma\u{0301}in", "MAIN"] {
+        let body = json!({"branch_name": lookalike, "commit_hash": attack});
+        let (status, answer) = server.request("POST", "/api/v1/branch-deployments", Some(body), Some(TOKEN));
+        assert_eq!(status, 200, "{lookalike:?}: {answer}");
+        assert_ne!(answer["name"], "prod", "{lookalike:?}");
+        assert_eq!(answer["deployment"]["kind"], "branch", "{lookalike:?}");
+        assert_eq!(answer["deployment"]["branch"], lookalike, "shown verbatim");
+    }
+    let output = crate::server::client(&server, &["branch-deployment", "create-or-update", "--branch-name", "refs/heads/main", "--commit-hash", &attack]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_ne!(stdout(&output).trim(), "prod");
+    // Closing a look-alike closes only its own deployment.
+    let (status, _) = server.request(
+        "POST",
+        "/api/v1/branch-deployments",
+        Some(json!({"branch_name": "refs/heads/feature/eur", "commit_hash": attack, "pull_request_status": "CLOSED"})),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(github(&server, "push", "h-3", &push("refs/heads/refs/heads/feature/eur", &attack, &"0".repeat(40), true)).0, 202);
+
+    std::thread::sleep(Duration::from_millis(300));
+    let prod = server.get("/api/v1/deployments/prod");
+    assert_eq!(serving_commit(&prod), main, "prod never moved");
+    assert_eq!(prod["latest_revision"]["commit"]["sha"], main.as_str(), "nothing was even queued for prod");
+    let victim_now = branch_deployment(&server, "feature/eur").expect("the victim's deployment");
+    assert_eq!((victim_now["status"].as_str(), serving_commit(&victim_now)), (Some("open"), victim_head.clone()), "the victim is untouched");
+    assert_eq!(revisions(&server, victim["name"].as_str().expect("name")).len(), 1);
+
+    // GitLab: the same push, on a GitLab-configured server, leaves prod alone.
+    let gitlab_dir = TempDir::new("hooks-hostile-refs-gitlab");
+    let keys = format!("path = {:?}\nforge = \"gitlab\"\nproject = \"acme/shop\"\nwebhook_secret = {SECRET:?}\n", repo.to_str().expect("utf-8"));
+    let gitlab_server = Server::start_with_repository(&gitlab_dir.0, &keys, "");
+    gitlab_server.wait_for_deployment("prod", "ready", |d| serving_commit(d) == main);
+    let (status, answer) = gitlab(&gitlab_server, "Push Hook", "gh-1", SECRET, &gitlab_push("refs/heads/refs/heads/main", &main, &attack));
+    assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
+    std::thread::sleep(Duration::from_millis(300));
+    let prod = gitlab_server.get("/api/v1/deployments/prod");
+    assert_eq!(prod["latest_revision"]["commit"]["sha"], main.as_str(), "prod never moved on GitLab either");
+}
+
 #[test]
 fn remote_repository_is_mirrored_and_fetched_before_each_deploy() {
     let (dir, origin) = shop_repo("hooks-remote");
