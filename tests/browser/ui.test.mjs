@@ -179,6 +179,8 @@ test('a failed revision shows its diagnostics with path:line:col', async () => {
 
 test('a closed deployment says closed, why, and what it last served; it offers no runs', async () => {
   const served = (await api('GET', '/api/v1/deployments/' + branch)).current_revision.commit.sha;
+  // The demo watches its repository and closes deployments of branches that do not exist there.
+  execFileSync('git', ['-C', join(demoDir, 'repo'), 'branch', 'feature/served-then-merged', served]);
   const created = await api('POST', '/api/v1/branch-deployments', { branch_name: 'feature/served-then-merged', commit_hash: served, pull_request_id: '9', pull_request_url: 'https://git.example/acme/shop/pull/9' });
   const started = Date.now();
   while (!(await api('GET', '/api/v1/deployments/' + created.name)).current_revision) {
