@@ -478,7 +478,7 @@ fn seed_production(data_dir: &Path, bytes: u64) -> anyhow::Result<u64> {
         );
     }
     block_on(warehouse.execute_production_script(&production, &script)).context("seeding production's warehouse file")?;
-    let path = warehouse.schema_path(&production);
+    let path = warehouse.production_file(&production);
     let size = std::fs::metadata(&path).with_context(|| format!("reading the size of {}", path.display()))?.len();
     Ok(size)
 }

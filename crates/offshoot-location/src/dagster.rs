@@ -120,6 +120,7 @@ impl CodeLocation for DagsterLocation {
             cwd: self.working_directory(checkout),
             env: Self::environment(input.env),
             timeout: self.timeout(),
+            sandbox: input.sandbox.cloned(),
         };
         let output = process::run(&command, &input.work_dir.join("defs.log"));
         if !output.success {
@@ -158,7 +159,7 @@ impl CodeLocation for DagsterLocation {
             args.extend(self.target_args());
             let mut env = Self::environment(request.env);
             env.push(("DAGSTER_HOME".to_owned(), home.to_string_lossy().into_owned()));
-            Ok(ToolCommand { program: self.python(request.checkout), args, cwd: self.working_directory(request.checkout), env, timeout: self.timeout() })
+            Ok(ToolCommand { program: self.python(request.checkout), args, cwd: self.working_directory(request.checkout), env, timeout: self.timeout(), sandbox: request.sandbox.cloned() })
         })())
     }
 
@@ -175,6 +176,7 @@ impl CodeLocation for DagsterLocation {
                 env
             },
             timeout: self.timeout(),
+            sandbox: request.sandbox.cloned(),
         };
         let read = process::run(&command, &request.work_dir.join("results.log"));
         let results: Option<RunReport> = read.success.then(|| std::fs::read(&report).ok()).flatten().and_then(|b| serde_json::from_slice(&b).ok());

@@ -99,6 +99,7 @@ impl CodeLocation for DbtLocation {
             cwd: project_dir,
             env,
             timeout: self.timeout(),
+            sandbox: input.sandbox.cloned(),
         };
         seed_partial_parse(input.work_dir);
         let output = process::run(&command, &input.work_dir.join("parse.log"));
@@ -130,7 +131,7 @@ impl CodeLocation for DbtLocation {
                 let asset = request.snapshot.get(key).ok_or_else(|| format!("`{key}` is not in the revision"))?;
                 args.push(selector(asset));
             }
-            Ok(ToolCommand { program: "sh".into(), args, cwd: self.project_dir(request.checkout), env, timeout: self.timeout() })
+            Ok(ToolCommand { program: "sh".into(), args, cwd: self.project_dir(request.checkout), env, timeout: self.timeout(), sandbox: request.sandbox.cloned() })
         })())
     }
 
@@ -628,7 +629,7 @@ mod tests {
         let snapshot = snapshot_from_manifest(&manifest("[]", "c1"), ".", Path::new("/x")).expect("valid");
         let keys: Vec<AssetKey> = ["stg_orders", "dim_v2", "codes"].iter().map(|k| AssetKey::new(k).unwrap()).collect();
         let location = DbtLocation::new(DbtConfig { project_dir: ".".into(), parse_command: "dbt parse".into(), build_command: "dbt build".into(), timeout_seconds: 1 });
-        let request = BuildRequest { keys: &keys, snapshot: &snapshot, checkout: Path::new("/x"), work_dir: &work, production_state: None, env: &[] };
+        let request = BuildRequest { keys: &keys, snapshot: &snapshot, checkout: Path::new("/x"), work_dir: &work, production_state: None, env: &[], sandbox: None };
         let outcomes = location.build_outcomes(&request, &ToolOutput::default());
         let _ = std::fs::remove_dir_all(&work);
         assert_eq!(

@@ -12,6 +12,7 @@ mod dagster;
 mod dbt;
 mod native;
 mod process;
+mod sandbox;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use dagster::{DagsterLocation, ENTRY_POINT as DAGSTER_ENTRY_POINT};
 pub use dbt::{DbtLocation, PROFILES_YML as DBT_PROFILES_YML};
 pub use native::NativeLocation;
 pub use process::{base_environment, kill_group, tail, ToolCommand, ToolOutput, MAX_OUTPUT};
+pub use sandbox::{support as sandbox_support, Sandbox};
 
 /// What a location needs to load one commit.
 pub struct LoadInput<'a> {
@@ -36,6 +38,8 @@ pub struct LoadInput<'a> {
     pub work_dir: &'a Path,
     /// The environment of the tool: PATH and friends plus the deployment's warehouse variables.
     pub env: &'a [(String, String)],
+    /// Where the tool may write (`work_dir` at least); `None` runs it unconfined.
+    pub sandbox: Option<&'a Sandbox>,
 }
 
 /// A selection to build with the location's tool.
@@ -49,6 +53,9 @@ pub struct BuildRequest<'a> {
     /// references to production. `None` for production itself, or before production deployed.
     pub production_state: Option<&'a Path>,
     pub env: &'a [(String, String)],
+    /// Where the tool may write (`work_dir` and the target's warehouse files); `None` runs it
+    /// unconfined.
+    pub sandbox: Option<&'a Sandbox>,
 }
 
 /// How one asset of a tool build ended.
@@ -114,6 +121,7 @@ pub fn load_project(
     checkout: impl FnOnce() -> Result<PathBuf, String>,
     work_dir: &Path,
     env: &[(String, String)],
+    sandbox: Option<&Sandbox>,
 ) -> Result<Project, LocationError> {
     let manifest = offshoot_project::read_manifest(files)?;
     if manifest.location == LocationConfig::Native {
@@ -121,7 +129,7 @@ pub fn load_project(
     }
     let location = for_manifest(&manifest);
     let dir = if location.needs_checkout() { Some(checkout().map_err(LocationError::Tool)?) } else { None };
-    let input = LoadInput { files, checkout: dir.as_deref(), work_dir, env };
+    let input = LoadInput { files, checkout: dir.as_deref(), work_dir, env, sandbox };
     let snapshot = location.load(&manifest, &input)?;
     Ok(Project { manifest, snapshot })
 }

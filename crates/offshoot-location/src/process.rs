@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::sandbox::Sandbox;
+
 /// A program to run for a location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolCommand {
@@ -16,6 +18,8 @@ pub struct ToolCommand {
     /// The whole environment: the child inherits nothing else.
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Where it may write, enforced by the kernel; `None` runs it unconfined.
+    pub sandbox: Option<Sandbox>,
 }
 
 impl ToolCommand {
@@ -26,12 +30,16 @@ impl ToolCommand {
         parts.join(" ")
     }
 
-    /// A `std` command ready to spawn (own process group, cleared environment, no stdin).
-    pub fn to_command(&self) -> Command {
+    /// A `std` command ready to spawn (own process group, cleared environment, no stdin, its
+    /// sandbox). Fails only when the sandbox cannot be set up; then nothing may run.
+    pub fn to_command(&self) -> Result<Command, String> {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(&self.program);
         command.args(&self.args).current_dir(&self.cwd).env_clear().envs(self.env.iter().cloned()).stdin(Stdio::null()).process_group(0);
-        command
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.apply(&mut command)?;
+        }
+        Ok(command)
     }
 }
 
@@ -57,7 +65,11 @@ pub fn run(command: &ToolCommand, log: &Path) -> ToolOutput {
     let (Ok(out), Ok(err)) = (file.try_clone(), file.try_clone()) else {
         return failed(format!("cannot write {}", log.display()));
     };
-    let mut child = match command.to_command().stdout(out).stderr(err).spawn() {
+    let child = match command.to_command() {
+        Err(error) => return failed(format!("cannot start `{}`: {error}", command.program)),
+        Ok(mut child) => child.stdout(out).stderr(err).spawn(),
+    };
+    let mut child = match child {
         Ok(child) => child,
         Err(error) => return failed(format!("cannot start `{}` in {}: {error}", command.program, command.cwd.display())),
     };

@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub max_open_branch_deployments: usize,
     /// The URL people reach the server at, for links.
     pub public_url: String,
+    /// Run branch processes (command assets, dbt, Dagster) on the embedded warehouse even where
+    /// the kernel cannot confine them (no Landlock): they could then write production's file.
+    pub allow_unconfined_branch_commands: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +80,7 @@ impl ServerConfig {
             lease: Duration::from_secs(30),
             max_open_branch_deployments: 100,
             public_url: "http://127.0.0.1:3000".to_owned(),
+            allow_unconfined_branch_commands: false,
         }
     }
 

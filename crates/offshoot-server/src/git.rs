@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use offshoot_core::{CommitRelation, CommitSha, DeploymentName, RepositoryName, SchemaName};
 use offshoot_location::LocationError;
-use offshoot_warehouse::Target;
 use offshoot_repo::{CommitInfo, GitRepository, RepoError};
 use offshoot_store::CommitDetails;
 
@@ -81,12 +80,15 @@ pub async fn load(state: &AppState, repository: &RepositoryName, path: PathBuf, 
     let sha = commit.clone();
     let checkouts = state.config.checkouts_dir();
     let work_dir = state.config.locations_dir(repository).join(commit.as_str());
-    let env = tool_environment(state, repository);
+    let mut env = tool_environment(state, repository);
+    let sandbox = crate::confine::sandbox(state, crate::confine::Purpose::Load, std::slice::from_ref(&work_dir));
+    env.push(("TMPDIR".to_owned(), work_dir.join("tmp").to_string_lossy().into_owned()));
     let loaded = blocking(path, move |repo| {
         let files = repo.files_at(sha.as_str())?;
         let checkout = || export_checkout(repo, &sha, &checkouts);
         std::fs::create_dir_all(&work_dir).map_err(|e| GitError::Files(format!("{}: {e}", work_dir.display())))?;
-        match offshoot_location::load_project(&files, checkout, &work_dir, &env) {
+        let sandbox = sandbox.map_err(GitError::Files)?;
+        match offshoot_location::load_project(&files, checkout, &work_dir, &env, sandbox.as_ref()) {
             Ok(project) => Ok(Ok(project)),
             Err(LocationError::Invalid(diagnostics)) => Ok(Err(diagnostics)),
             Err(LocationError::Tool(message)) => Err(GitError::Files(message)),
@@ -98,13 +100,13 @@ pub async fn load(state: &AppState, repository: &RepositoryName, path: PathBuf, 
     Ok(loaded)
 }
 
-/// The environment of a location's tool when it loads a commit: production's warehouse, so
-/// dbt's manifest of production's commit is the state branch runs defer to.
+/// The environment of a location's tool when it loads a commit: production's warehouse by name
+/// (so dbt's manifest of production's commit is the state branch runs defer to), with no
+/// credential that can write: any commit's code runs here, a branch's too.
 fn tool_environment(state: &AppState, repository: &RepositoryName) -> Vec<(String, String)> {
     let production = SchemaName::for_deployment(repository, &DeploymentName::production());
-    let target = Target { schema: production.clone(), production };
     let mut env = offshoot_location::base_environment();
-    env.extend(state.warehouse.command_environment(&target));
+    env.extend(state.warehouse.inspection_environment(&production));
     env.push(("OFFSHOOT_LOCATION_NAME".to_owned(), repository.to_string()));
     env
 }

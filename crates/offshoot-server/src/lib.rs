@@ -8,6 +8,7 @@ pub mod api;
 pub mod catalog;
 pub mod changes;
 pub mod config;
+pub mod confine;
 pub mod deploy;
 pub mod dto;
 pub mod error;
@@ -39,6 +40,10 @@ pub enum ServeError {
 /// Reconciles, starts the deploy worker, run executor, TTL sweep and watchers, and serves the
 /// API on `listener` until `shutdown` resolves.
 pub async fn serve(state: SharedState, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    match confine::describe(&state) {
+        (true, text) => tracing::info!("{text}"),
+        (false, text) => tracing::warn!("{text}"),
+    }
     lifecycle::reconcile(&state).await.map_err(|e| ServeError::Reconcile(e.message))?;
     let mut workers = tokio::task::JoinSet::new();
     workers.spawn(deploy::worker(state.clone()));

@@ -456,6 +456,7 @@ struct BuildInputs {
     work_dir: PathBuf,
     production_state: Option<PathBuf>,
     env: Vec<(String, String)>,
+    sandbox: Option<offshoot_location::Sandbox>,
 }
 
 impl BuildInputs {
@@ -467,6 +468,7 @@ impl BuildInputs {
             work_dir: &self.work_dir,
             production_state: self.production_state.as_deref(),
             env: &self.env,
+            sandbox: self.sandbox.as_ref(),
         }
     }
 }
@@ -491,7 +493,9 @@ async fn prepare_tool_build(
     };
     let mut env = offshoot_location::base_environment();
     env.extend(deployment_environment(context, None));
-    let inputs = BuildInputs { checkout, work_dir, production_state, env };
+    let sandbox = crate::confine::sandbox(state, crate::confine::Purpose::Build(&context.target), std::slice::from_ref(&work_dir))?;
+    env.push(("TMPDIR".to_owned(), work_dir.join("tmp").to_string_lossy().into_owned()));
+    let inputs = BuildInputs { checkout, work_dir, production_state, env, sandbox };
     let location = location.clone();
     let snapshot = snapshot.clone();
     let keys = keys.to_vec();
@@ -522,7 +526,7 @@ async fn stream_tool(
     command: &offshoot_location::ToolCommand,
     cancelled: &mut watch::Receiver<bool>,
 ) -> Result<offshoot_location::ToolOutput, String> {
-    let mut child = tokio::process::Command::from(command.to_command());
+    let mut child = tokio::process::Command::from(command.to_command()?);
     child.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let child = child.spawn().map_err(|e| format!("cannot start `{}`: {e}", command.program))?;
     let mut text = String::new();
@@ -598,7 +602,12 @@ async fn run_command(context: &RunContext, step: &RunStep, asset: &Asset, mut ca
     let checkout = ensure_checkout(context).await?;
     let command_line = asset.code.trim_end().to_owned();
     append_log(context, step, &format!("$ {command_line}\n")).await;
-    let child = spawn_command(&command_line, &checkout, command_environment(context, asset))?;
+    // A folder of the step's own for scratch files; the checkout is read-only when confined.
+    let work_dir = context.state.config.locations_dir(&context.deployment.repository).join("runs").join(context.run_id.0.to_string()).join(format!("step-{}", step.id.0));
+    let sandbox = crate::confine::sandbox(&context.state, crate::confine::Purpose::Build(&context.target), std::slice::from_ref(&work_dir))?;
+    let mut env = command_environment(context, asset);
+    env.push(("TMPDIR".to_owned(), work_dir.join("tmp").to_string_lossy().into_owned()));
+    let child = spawn_command(&command_line, &checkout, env, sandbox.as_ref())?;
     let status = stream_child(context, step, child, &mut cancelled, COMMAND_TIMEOUT, None).await?;
     if !status.success() {
         return Err(format!("the command exited with {status}"));
@@ -706,18 +715,16 @@ async fn stream_child(
     Ok(status)
 }
 
-fn spawn_command(command_line: &str, dir: &Path, env: Vec<(String, String)>) -> Result<tokio::process::Child, String> {
-    let mut command = tokio::process::Command::new("sh");
-    command
-        .arg("-c")
-        .arg(command_line)
-        .current_dir(dir)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+fn spawn_command(command_line: &str, dir: &Path, env: Vec<(String, String)>, sandbox: Option<&offshoot_location::Sandbox>) -> Result<tokio::process::Child, String> {
+    let command = offshoot_location::ToolCommand {
+        program: "sh".to_owned(),
+        args: vec!["-c".to_owned(), command_line.to_owned()],
+        cwd: dir.to_path_buf(),
+        env,
+        timeout: COMMAND_TIMEOUT,
+        sandbox: sandbox.cloned(),
+    };
+    let mut command = tokio::process::Command::from(command.to_command()?);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     command.spawn().map_err(|e| format!("starting `{command_line}`: {e}"))
 }

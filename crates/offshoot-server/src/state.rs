@@ -33,6 +33,8 @@ pub struct AppState {
     /// Per running run: flipping the switch to `true` cancels it.
     pub cancel_switches: Mutex<HashMap<RunId, watch::Sender<bool>>>,
     pub metrics: Metrics,
+    /// The kernel's Landlock ABI, or why processes cannot be confined (see `confine`).
+    pub landlock: Result<u32, String>,
 }
 
 impl AppState {
@@ -49,6 +51,7 @@ impl AppState {
             teardown_turn: tokio::sync::Mutex::new(()),
             cancel_switches: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
+            landlock: offshoot_location::sandbox_support(),
         })
     }
 

@@ -10,12 +10,18 @@
 //!   copy-on-write.
 //! - **Copy-on-write**: `CREATE TABLE "<schema>"."<key>__offshoot_new" AS <select>`, then drop the
 //!   old table and rename, in one transaction.
-//! - **Production protected**: a branch materialization runs under `SET LOCAL ROLE <branch role>`,
-//!   a NOLOGIN role that [`PostgresWarehouse::setup_roles`] grants USAGE and SELECT on production
-//!   (now and, through default privileges, for production's future tables) and that
-//!   [`Warehouse::prepare`] grants USAGE and CREATE on each branch schema. The tables it creates
-//!   are its own, so it can drop and rename them; production's it can only read. Production's own
-//!   materializations run as the login user.
+//! - **Production protected, branches apart**: every branch schema has a LOGIN role of its own
+//!   ([`PostgresWarehouse::branch_login`]), a member of the NOLOGIN group role that
+//!   [`PostgresWarehouse::setup_roles`] grants USAGE and SELECT on production (now and, through
+//!   default privileges, for production's future tables). [`Warehouse::prepare`] creates it and
+//!   grants it USAGE and CREATE on its branch schema only. Branch SQL materializations run under
+//!   `SET LOCAL ROLE` to it; branch processes (command assets, dbt, Dagster) log in as it, with a
+//!   password derived from a key only the server's login can read (`offshoot_internal`), so the
+//!   server's own credentials never reach them. The tables a branch creates are its role's, so it
+//!   can drop and rename them; production's and other branches' it cannot touch. Production's
+//!   own materializations run as the login user. Loads (dbt parse, Dagster definitions) get the
+//!   group role's name, which cannot log in. A barrier only if the server asks for passwords:
+//!   with `trust` authentication any local process may log in as anyone.
 //! - **Several servers, one database**: PostgreSQL's catalog is not safe against two CREATE
 //!   SCHEMA, CREATE ROLE or GRANT statements on one object at once, so every schema change takes
 //!   an advisory lock of its schema, and the role setup one of its own ([`ROLE_SETUP_LOCK`]).
@@ -34,6 +40,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use offshoot_core::fingerprint::sha256_hex;
 use offshoot_core::{AssetKey, SchemaName};
 use offshoot_warehouse::{Target, Warehouse, WarehouseError, WarehouseResult};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode};
@@ -51,6 +58,9 @@ pub const DEFAULT_BRANCH_ROLE: &str = "offshoot_branch";
 /// wait for each other.
 pub const ROLE_SETUP_LOCK: i64 = 0x6f66_6673_686f_6f74;
 
+/// The schema holding the key branch passwords are derived from; only the login user can read it.
+const INTERNAL_SCHEMA: &str = "offshoot_internal";
+
 /// Suffix of the table a materialization builds before it replaces the asset's table.
 const STAGING_SUFFIX: &str = "__offshoot_new";
 
@@ -64,8 +74,9 @@ const READABLE_KINDS: &str = "('r', 'p', 'v', 'm', 'f')";
 /// Behaviour knobs; [`Default`] gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresWarehouseOptions {
-    /// The NOLOGIN role branch materializations run as: `[a-z_][a-z0-9_]*`, at most 63 bytes,
-    /// not `pg_…`. Default [`DEFAULT_BRANCH_ROLE`].
+    /// The NOLOGIN group role of every branch's login role (it reads production):
+    /// `[a-z_][a-z0-9_]*`, at most 50 bytes (branch roles append `_` and 12 hex digits), not
+    /// `pg_…`. Default [`DEFAULT_BRANCH_ROLE`].
     pub branch_role: String,
     /// Connections kept for catalog reads, counts, checksums and schema changes (materializations
     /// open their own). Default 4.
@@ -86,8 +97,10 @@ pub struct PostgresWarehouse {
     connect_options: PgConnectOptions,
     pool: PgPool,
     branch_role: String,
-    /// The connection URL without its password, for commands.
+    /// The connection URL without its password, for production's commands and logs.
     command_url: String,
+    /// The key branch login passwords are derived from (read from [`INTERNAL_SCHEMA`]).
+    login_key: String,
 }
 
 /// Hand-written so that no password can reach a log through `{:?}`.
@@ -118,12 +131,30 @@ impl PostgresWarehouse {
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(connect_options.clone());
-        Ok(PostgresWarehouse { connect_options, pool, branch_role: options.branch_role, command_url })
+        let login_key = load_login_key(&pool).await?;
+        Ok(PostgresWarehouse { connect_options, pool, branch_role: options.branch_role, command_url, login_key })
     }
 
-    /// The role branch materializations run as.
+    /// The group role of every branch's login role: it reads production.
     pub fn branch_role(&self) -> &str {
         &self.branch_role
+    }
+
+    /// The login role of the branch `schema` and its password. The name is the group role plus
+    /// a hash of the database and schema (roles are cluster-wide; two databases' branches of the
+    /// same name must not share one), so it is a plain identifier whatever the schema is.
+    pub fn branch_login(&self, schema: &SchemaName) -> (String, String) {
+        let database = self.connect_options.get_database().unwrap_or_else(|| self.connect_options.get_username());
+        let name_hash = sha256_hex(&[database.as_bytes(), schema.as_str().as_bytes()]);
+        let role = format!("{}_{}", self.branch_role, &name_hash[..12]);
+        // The role name first, the key last: nobody without the key can compute it.
+        let password = sha256_hex(&[role.as_bytes(), self.login_key.as_bytes()]);
+        (role, password)
+    }
+
+    /// A libpq URL for `user`, with `password` if given.
+    fn url_for(&self, user: &str, password: Option<&str>) -> String {
+        libpq_url(&self.connect_options, user, password)
     }
 
     /// Makes the branch role exist (NOLOGIN, created if missing) with what branches need of
@@ -236,6 +267,77 @@ impl PostgresWarehouse {
         self.pool.close().await;
     }
 
+    /// The variables a process gets to reach `target` as `user`: libpq's own (`PG*`, so `psql`
+    /// and drivers need nothing else), the URL, and the schemas.
+    fn environment(&self, target: &Target, user: &str, password: Option<&str>, url: &str) -> Vec<(String, String)> {
+        let path: Vec<&str> = search_path(target).iter().map(|schema| schema.as_str()).collect();
+        let options = &self.connect_options;
+        let host = match options.get_socket() {
+            Some(socket) => socket.display().to_string(),
+            None => options.get_host().to_owned(),
+        };
+        let mut env = vec![
+            ("OFFSHOOT_WAREHOUSE_URL".to_owned(), url.to_owned()),
+            ("OFFSHOOT_SCHEMA".to_owned(), target.schema.as_str().to_owned()),
+            ("OFFSHOOT_PRODUCTION_SCHEMA".to_owned(), target.production.as_str().to_owned()),
+            // Schema names are plain identifiers: no spaces or backslashes to escape.
+            ("PGOPTIONS".to_owned(), format!("-c search_path={}", path.join(","))),
+            ("PGHOST".to_owned(), host),
+            ("PGPORT".to_owned(), options.get_port().to_string()),
+            ("PGUSER".to_owned(), user.to_owned()),
+            ("PGDATABASE".to_owned(), options.get_database().unwrap_or(options.get_username()).to_owned()),
+        ];
+        if let Some(password) = password {
+            env.push(("PGPASSWORD".to_owned(), password.to_owned()));
+        }
+        env
+    }
+
+    /// Makes the branch's login role exist with its current password, able to use and create in
+    /// the branch schema only, and takeable by the login user (for SQL materializations).
+    /// Revokes what older versions granted the shared group role on the schema. Runs in the
+    /// caller's transaction, under the schema's lock.
+    async fn prepare_branch_login(&self, transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>, schema: &SchemaName) -> WarehouseResult<()> {
+        let (login, password) = self.branch_login(schema);
+        let role = quote_identifier(&login);
+        let group = quote_identifier(&self.branch_role);
+        // The password is hex and the names plain identifiers: safe inside quotes and the DO
+        // block's dollar quotes. A role created at the same moment by another database's
+        // server cannot exist: the name hashes the database.
+        let create = format!(
+            "DO $offshoot$ BEGIN CREATE ROLE {role} LOGIN INHERIT PASSWORD '{password}' IN ROLE {group}; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $offshoot$"
+        );
+        let comment = format!("COMMENT ON ROLE {role} IS 'Offshoot: the login of branch schema {}'", schema.as_str());
+        let schema_name = quote_identifier(schema.as_str());
+        for statement in [
+            create,
+            // INHERIT, so it reads production through the group role; the password again, in
+            // case the role predates the key.
+            format!("ALTER ROLE {role} LOGIN INHERIT PASSWORD '{password}'"),
+            comment,
+            format!("REVOKE ALL ON SCHEMA {schema_name} FROM {group}"),
+            format!("GRANT USAGE, CREATE ON SCHEMA {schema_name} TO {role}"),
+        ] {
+            execute(&mut **transaction, statement).await.map_err(backend_error)?;
+        }
+        let (may_set_role, version): (bool, i32) = sqlx::query_as(
+            "SELECT CASE WHEN current_setting('server_version_num')::int >= 160000
+                         THEN pg_has_role(session_user, oid, 'SET') ELSE pg_has_role(session_user, oid, 'MEMBER') END,
+                    current_setting('server_version_num')::int
+             FROM pg_roles WHERE rolname = $1",
+        )
+        .bind(&login)
+        .fetch_one(&mut **transaction)
+        .await
+        .map_err(backend_error)?;
+        if !may_set_role {
+            let with_set = if version >= 160_000 { " WITH SET TRUE" } else { "" };
+            execute(&mut **transaction, format!("GRANT {role} TO SESSION_USER{with_set}")).await.map_err(backend_error)?;
+        }
+        Ok(())
+    }
+
     async fn open(&self) -> WarehouseResult<PgConnection> {
         open(&self.connect_options).await.map_err(backend_error)
     }
@@ -302,10 +404,7 @@ impl Warehouse for PostgresWarehouse {
         lock_schema(&mut transaction, &target.schema).await?;
         execute(&mut *transaction, format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await.map_err(backend_error)?;
         if !target.is_production() {
-            let role = quote_identifier(&self.branch_role);
-            execute(&mut *transaction, format!("GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}"))
-                .await
-                .map_err(backend_error)?;
+            self.prepare_branch_login(&mut transaction, &target.schema).await?;
         }
         transaction.commit().await.map_err(backend_error)
     }
@@ -316,28 +415,31 @@ impl Warehouse for PostgresWarehouse {
         }
         let statement = single_statement(select)?;
         self.require_own_schema(target).await?;
-        let role = (!target.is_production()).then_some(self.branch_role.as_str());
+        let login = (!target.is_production()).then(|| self.branch_login(&target.schema).0);
         let mut connection = self.open().await?;
-        let result = replace_table(&mut connection, target, role, key.as_str(), statement).await;
+        let result = replace_table(&mut connection, target, login.as_deref(), key.as_str(), statement).await;
         close(connection).await;
         result
     }
 
     fn command_environment(&self, target: &Target) -> Vec<(String, String)> {
-        let path: Vec<&str> = search_path(target).iter().map(|schema| schema.as_str()).collect();
-        // Schema and role names are plain identifiers: no spaces or backslashes to escape.
-        let mut pg_options = format!("-c search_path={}", path.join(","));
-        if !target.is_production() {
-            // Tables a command builds belong to the branch role, so SQL assets can replace them.
-            // A convenience, not a barrier: a command can `RESET ROLE`.
-            pg_options.push_str(&format!(" -c role={}", self.branch_role));
+        if target.is_production() {
+            return self.environment(target, self.connect_options.get_username(), None, &self.command_url);
         }
-        vec![
-            ("OFFSHOOT_WAREHOUSE_URL".to_owned(), self.command_url.clone()),
-            ("OFFSHOOT_SCHEMA".to_owned(), target.schema.as_str().to_owned()),
-            ("OFFSHOOT_PRODUCTION_SCHEMA".to_owned(), target.production.as_str().to_owned()),
-            ("PGOPTIONS".to_owned(), pg_options),
-        ]
+        let (role, password) = self.branch_login(&target.schema);
+        let url = self.url_for(&role, Some(&password));
+        self.environment(target, &role, Some(&password), &url)
+    }
+
+    fn inspection_environment(&self, production: &SchemaName) -> Vec<(String, String)> {
+        // The group role cannot log in: a load that tries to connect fails instead of writing.
+        let target = Target { schema: production.clone(), production: production.clone() };
+        let url = self.url_for(&self.branch_role, None);
+        self.environment(&target, &self.branch_role, None, &url)
+    }
+
+    fn writable_paths(&self, _target: &Target) -> Vec<std::path::PathBuf> {
+        Vec::new()
     }
 
     async fn own_tables(&self, target: &Target) -> WarehouseResult<Vec<String>> {
@@ -394,6 +496,17 @@ impl Warehouse for PostgresWarehouse {
         lock_schema(&mut transaction, &target.schema).await?;
         let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_identifier(target.schema.as_str()));
         execute(&mut *transaction, drop).await.map_err(backend_error)?;
+        let (role, _) = self.branch_login(&target.schema);
+        let role_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
+            .bind(&role)
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(backend_error)?;
+        if role_exists {
+            let role = quote_identifier(&role);
+            execute(&mut *transaction, format!("DROP OWNED BY {role}")).await.map_err(backend_error)?;
+            execute(&mut *transaction, format!("DROP ROLE IF EXISTS {role}")).await.map_err(backend_error)?;
+        }
         transaction.commit().await.map_err(backend_error)
     }
 
@@ -550,21 +663,29 @@ fn check_role_name(name: &str) -> WarehouseResult<()> {
     let mut chars = name.chars();
     let valid = chars.next().is_some_and(|first| first.is_ascii_lowercase() || first == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.len() <= 63
+        && name.len() <= 50
         && !name.starts_with("pg_");
     if !valid {
         return Err(WarehouseError::Backend(format!(
-            "invalid branch role name {name:?}: use lower-case letters, digits and `_`, at most 63, not starting with a digit or `pg_`"
+            "invalid branch role name {name:?}: use lower-case letters, digits and `_`, at most 50, not starting with a digit or `pg_`"
         )));
     }
     Ok(())
 }
 
 /// The libpq URL of the connection without its password: what a command needs to find the
-/// database, and what may appear in logs. The password reaches commands, if at all, another way
-/// (`PGPASSWORD`, `~/.pgpass`, trust or peer authentication).
+/// database, and what may appear in logs.
 fn url_without_password(options: &PgConnectOptions) -> String {
-    let user = percent_encode(options.get_username());
+    libpq_url(options, options.get_username(), None)
+}
+
+/// The libpq URL of the connection's database for `user` (with `password` if given).
+/// (`PGPASSWORD`, `~/.pgpass`, trust or peer authentication).
+fn libpq_url(options: &PgConnectOptions, user: &str, password: Option<&str>) -> String {
+    let user = match password {
+        Some(password) => format!("{}:{}", percent_encode(user), percent_encode(password)),
+        None => percent_encode(user),
+    };
     let database = options.get_database().map(|database| format!("/{}", percent_encode(database))).unwrap_or_default();
     let mut query = Vec::new();
     let host = match options.get_socket() {
@@ -605,6 +726,34 @@ fn percent_encode(text: &str) -> String {
     encoded
 }
 
+/// Reads (creating it the first time) the random key branch passwords are derived from, in a
+/// schema only the login user can use. Under [`ROLE_SETUP_LOCK`], so servers starting together
+/// agree on one key.
+async fn load_login_key(pool: &PgPool) -> WarehouseResult<String> {
+    let mut transaction = pool.begin().await.map_err(backend_error)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(ROLE_SETUP_LOCK).execute(&mut *transaction).await.map_err(backend_error)?;
+    for statement in [
+        format!("CREATE SCHEMA IF NOT EXISTS {INTERNAL_SCHEMA}"),
+        format!("REVOKE ALL ON SCHEMA {INTERNAL_SCHEMA} FROM PUBLIC"),
+        format!("CREATE TABLE IF NOT EXISTS {INTERNAL_SCHEMA}.login_key (id integer PRIMARY KEY CHECK (id = 1), key text NOT NULL)"),
+        // gen_random_uuid draws from the server's strong random source (PostgreSQL 13+).
+        format!(
+            "INSERT INTO {INTERNAL_SCHEMA}.login_key VALUES (1, md5(gen_random_uuid()::text) || md5(gen_random_uuid()::text)) \
+             ON CONFLICT (id) DO NOTHING"
+        ),
+    ] {
+        execute(&mut *transaction, statement).await.map_err(|error| {
+            WarehouseError::Backend(format!("setting up {INTERNAL_SCHEMA} (the login needs CREATE on the database): {error}"))
+        })?;
+    }
+    let key: String = sqlx::query_scalar(AssertSqlSafe(format!("SELECT key FROM {INTERNAL_SCHEMA}.login_key WHERE id = 1")))
+        .fetch_one(&mut *transaction)
+        .await
+        .map_err(backend_error)?;
+    transaction.commit().await.map_err(backend_error)?;
+    Ok(key)
+}
+
 fn count_to_u64(count: i64) -> u64 {
     u64::try_from(count).expect("count(*) is never negative")
 }
@@ -631,7 +780,7 @@ mod tests {
         for good in [DEFAULT_BRANCH_ROLE, "_x", "branch_2"] {
             assert!(check_role_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "2x", "Branch", "a-b", "a\"b", "pg_read_all_data", &"x".repeat(64)] {
+        for bad in ["", "2x", "Branch", "a-b", "a\"b", "pg_read_all_data", &"x".repeat(51)] {
             assert!(check_role_name(bad).is_err(), "{bad}");
         }
     }

@@ -80,7 +80,13 @@ impl Drop for TestDatabase {
         let server = self.server.clone();
         let statements = [
             format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
-            // After the database: the role's privileges and tables lived there.
+            // After the database: the roles' privileges and tables lived there. The branches'
+            // login roles are the group role's name plus `_` and a hash.
+            format!(
+                "DO $$ DECLARE r text; BEGIN FOR r IN SELECT rolname FROM pg_roles WHERE starts_with(rolname, '{}_') \
+                 LOOP EXECUTE format('DROP ROLE %I', r); END LOOP; END $$",
+                self.role
+            ),
             format!("DROP ROLE IF EXISTS \"{}\"", self.role),
             format!("DROP ROLE IF EXISTS \"{}\"", self.login),
         ];
@@ -197,14 +203,12 @@ impl Fixture {
         names
     }
 
-    /// A connection that sees the branch the way its materializations do: as the branch role,
-    /// with `search_path` branch first.
+    /// A connection that sees the branch the way its materializations do: as the branch's own
+    /// login role, with `search_path` branch first.
     async fn branch_role_connection(&self) -> PgConnection {
         let mut connection = self.database.connection().await;
-        let setup = format!(
-            "SET ROLE \"{}\"; SET search_path = \"{}\", \"{}\"",
-            self.database.role, self.branch.schema, self.branch.production
-        );
+        let (login, _) = self.warehouse.branch_login(&self.branch.schema);
+        let setup = format!("SET ROLE \"{login}\"; SET search_path = \"{}\", \"{}\"", self.branch.schema, self.branch.production);
         sqlx::raw_sql(AssertSqlSafe(setup)).execute(&mut connection).await.expect("become the branch role");
         connection
     }
@@ -569,20 +573,44 @@ async fn schemas_lists_the_deployment_schemas() {
 }
 
 #[tokio::test]
-async fn commands_get_the_url_without_password_and_resolve_branch_first() {
+async fn commands_log_in_as_the_branch_and_resolve_branch_first() {
     let Some(fixture) = Fixture::new().await else { return };
     let (production, branch) = (&fixture.production, &fixture.branch);
     let environment = fixture.warehouse.command_environment(branch);
     let names: Vec<&str> = environment.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(names, ["OFFSHOOT_WAREHOUSE_URL", "OFFSHOOT_SCHEMA", "OFFSHOOT_PRODUCTION_SCHEMA", "PGOPTIONS"]);
+    assert_eq!(
+        names,
+        ["OFFSHOOT_WAREHOUSE_URL", "OFFSHOOT_SCHEMA", "OFFSHOOT_PRODUCTION_SCHEMA", "PGOPTIONS", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"]
+    );
     let value = |name: &str| environment.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).expect(name);
+    let (login, password) = fixture.warehouse.branch_login(&branch.schema);
     assert_eq!(value("OFFSHOOT_SCHEMA"), "shop__feature_1_ab12cd34");
     assert_eq!(value("OFFSHOOT_PRODUCTION_SCHEMA"), "shop__prod");
-    assert_eq!(
-        value("PGOPTIONS"),
-        format!("-c search_path=shop__feature_1_ab12cd34,shop__prod -c role={}", fixture.database.role)
-    );
+    assert_eq!(value("PGOPTIONS"), "-c search_path=shop__feature_1_ab12cd34,shop__prod");
+    assert_eq!((value("PGUSER"), value("PGPASSWORD")), (login.clone(), password.clone()));
+    assert_eq!(value("PGDATABASE"), fixture.database.name);
+    assert!(value("OFFSHOOT_WAREHOUSE_URL").starts_with(&format!("postgres://{login}:{password}@")));
     assert!(value("OFFSHOOT_WAREHOUSE_URL").ends_with(&format!("/{}", fixture.database.name)));
+    assert!(!environment.iter().any(|(_, v)| v.contains("postgres@")), "the server's login is nowhere: {environment:?}");
+    // The role logs in with that password and can read production's `orders`.
+    let mut own = PgConnection::connect(&value("OFFSHOOT_WAREHOUSE_URL")).await.expect("the branch logs in");
+    let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut own).await.expect("who");
+    assert_eq!(user, login);
+    own.close().await.expect("close");
+    // Another branch's login cannot write this branch's schema.
+    fixture.warehouse.prepare(&branch_of("intruder")).await.expect("prepare another branch");
+    let other = fixture.warehouse.command_environment(&branch_of("intruder"));
+    let other_url = other.iter().find(|(n, _)| n == "OFFSHOOT_WAREHOUSE_URL").map(|(_, v)| v.clone()).expect("url");
+    let mut intruder = PgConnection::connect(&other_url).await.expect("the other branch logs in");
+    let write = sqlx::raw_sql("CREATE TABLE shop__feature_1_ab12cd34.planted AS SELECT 1 AS x").execute(&mut intruder).await;
+    assert!(write.is_err_and(|e| e.to_string().contains("permission denied")), "branches are apart");
+    intruder.close().await.expect("close");
+    // Loads get a role that cannot log in at all.
+    let inspection = fixture.warehouse.inspection_environment(&production.schema);
+    assert!(!inspection.iter().any(|(n, _)| n == "PGPASSWORD"));
+    let inspect_url = inspection.iter().find(|(n, _)| n == "OFFSHOOT_WAREHOUSE_URL").map(|(_, v)| v.clone()).expect("url");
+    let refused = PgConnection::connect(&inspect_url).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("not permitted to log in")), "loads cannot connect");
     let production_environment = fixture.warehouse.command_environment(production);
     assert!(production_environment.contains(&("PGOPTIONS".to_owned(), "-c search_path=shop__prod".to_owned())));
 
@@ -600,7 +628,7 @@ async fn commands_get_the_url_without_password_and_resolve_branch_first() {
     };
     let (ok, out, err) = psql("SELECT current_user, count(*) FROM orders GROUP BY 1");
     assert!(ok, "{err}");
-    assert_eq!(out, format!("{}|3", fixture.database.role));
+    assert_eq!(out, format!("{login}|3"));
     let (ok, _, err) = psql("CREATE TABLE orders AS SELECT * FROM raw_orders WHERE id = 2");
     assert!(ok, "{err}");
     assert_eq!(fixture.own_tables(branch).await, ["orders"]);

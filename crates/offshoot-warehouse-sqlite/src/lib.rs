@@ -1,7 +1,10 @@
-//! The embedded warehouse (PRODUCT.md section 6): one SQLite database file per deployment schema,
-//! `<root>/<schema>.db`. A branch target opens its own file as `main` and attaches production's
-//! file read-only as `prod`, so unqualified names resolve to the branch's own table first and to
-//! production's otherwise, and SQLite itself refuses writes to production ("readonly database").
+//! The embedded warehouse (PRODUCT.md section 6): one SQLite database file per deployment schema:
+//! production's is `<root>/<schema>.db`, a branch's `<root>/<schema>/<schema>.db`, in a folder of
+//! its own so that a process confined to writing its branch's folder (SQLite creates journals
+//! beside the database) can neither write production's file nor plant a journal beside it. A
+//! branch target opens its own file as `main` and attaches production's file read-only as
+//! `prod`, so unqualified names resolve to the branch's own table first and to production's
+//! otherwise, and SQLite itself refuses writes to production ("readonly database").
 //!
 //! Fresh resolution: every operation opens its own connection and closes it at the end (cheap
 //! for SQLite: one file open, no server). Checked with the bundled SQLite 3.51.3: a statement
@@ -71,8 +74,27 @@ impl SqliteWarehouse {
         &self.root
     }
 
-    /// The database file of `schema`, whether or not it exists.
-    pub fn schema_path(&self, schema: &SchemaName) -> PathBuf {
+    /// The database file of the target's own schema, whether or not it exists.
+    pub fn file_of(&self, target: &Target) -> PathBuf {
+        if target.is_production() {
+            self.production_file(&target.production)
+        } else {
+            self.branch_folder(&target.schema).join(format!("{}.db", target.schema.as_str()))
+        }
+    }
+
+    /// Production's database file, whether or not it exists.
+    pub fn production_file(&self, production: &SchemaName) -> PathBuf {
+        self.root.join(format!("{}.db", production.as_str()))
+    }
+
+    /// The folder holding a branch's file and its journals: all a branch process may write.
+    fn branch_folder(&self, schema: &SchemaName) -> PathBuf {
+        self.root.join(schema.as_str())
+    }
+
+    /// Where a branch file lived before branches had folders of their own: removed on teardown.
+    fn legacy_branch_file(&self, schema: &SchemaName) -> PathBuf {
         self.root.join(format!("{}.db", schema.as_str()))
     }
 
@@ -95,8 +117,8 @@ impl SqliteWarehouse {
     }
 
     async fn connect(&self, target: &Target, when_missing: WhenMissing) -> WarehouseResult<SqliteConnection> {
-        let own_path = self.schema_path(&target.schema);
-        let production_path = self.schema_path(&target.production);
+        let own_path = self.file_of(target);
+        let production_path = self.production_file(&target.production);
         if !target.is_production() && !file_exists(&production_path).await? {
             return Err(WarehouseError::Refused(format!("production schema `{}` does not exist", target.production)));
         }
@@ -107,6 +129,10 @@ impl SqliteWarehouse {
             )));
         }
 
+        if when_missing == WhenMissing::Create && !target.is_production() {
+            let folder = self.branch_folder(&target.schema);
+            tokio::fs::create_dir_all(&folder).await.map_err(|error| file_error("create the branch folder", &folder, error))?;
+        }
         let options = SqliteConnectOptions::new()
             .filename(&own_path)
             .create_if_missing(when_missing == WhenMissing::Create)
@@ -182,10 +208,25 @@ impl Warehouse for SqliteWarehouse {
 
     fn command_environment(&self, target: &Target) -> Vec<(String, String)> {
         vec![
-            ("OFFSHOOT_WAREHOUSE_URL".to_owned(), sqlite_url(&self.schema_path(&target.schema))),
+            ("OFFSHOOT_WAREHOUSE_URL".to_owned(), sqlite_url(&self.file_of(target))),
             ("OFFSHOOT_SCHEMA".to_owned(), target.schema.as_str().to_owned()),
-            ("OFFSHOOT_PRODUCTION_URL".to_owned(), sqlite_url(&self.schema_path(&target.production))),
+            ("OFFSHOOT_PRODUCTION_URL".to_owned(), sqlite_url(&self.production_file(&target.production))),
         ]
+    }
+
+    fn inspection_environment(&self, production: &SchemaName) -> Vec<(String, String)> {
+        // Production's file, for reading: a confined load cannot write it (see `writable_paths`).
+        let target = Target { schema: production.clone(), production: production.clone() };
+        self.command_environment(&target)
+    }
+
+    fn writable_paths(&self, target: &Target) -> Vec<PathBuf> {
+        // Production writes its file and journals in the root; a branch only its own folder.
+        if target.is_production() {
+            vec![self.root.clone()]
+        } else {
+            vec![self.branch_folder(&target.schema)]
+        }
     }
 
     async fn own_tables(&self, target: &Target) -> WarehouseResult<Vec<String>> {
@@ -235,7 +276,13 @@ impl Warehouse for SqliteWarehouse {
         if target.is_production() {
             return Err(WarehouseError::Refused(format!("`{}` is production; it is never torn down", target.schema)));
         }
-        let path = self.schema_path(&target.schema);
+        let folder = self.branch_folder(&target.schema);
+        match tokio::fs::remove_dir_all(&folder).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(file_error("remove", &folder, error)),
+        }
+        let path = self.legacy_branch_file(&target.schema);
         // Side files first: a journal left behind would be "rolled back" into a database later
         // created under the same name.
         for suffix in SIDE_FILE_SUFFIXES {
@@ -255,16 +302,25 @@ impl Warehouse for SqliteWarehouse {
             entries.next_entry().await.map_err(|error| file_error("list the warehouse folder", &self.root, error))?
         {
             let file_name = entry.file_name();
-            let Some(schema) = file_name.to_str().and_then(|name| name.strip_suffix(".db")).and_then(SchemaName::parse)
-            else {
+            let Some(name) = file_name.to_str() else { continue };
+            let kind = entry.file_type().await.ok();
+            // Production (and branches from before folders): `<schema>.db`.
+            if let Some(schema) = name.strip_suffix(".db").and_then(SchemaName::parse) {
+                if kind.is_some_and(|kind| kind.is_file()) {
+                    schemas.push(schema);
+                }
                 continue;
-            };
-            let is_file = entry.file_type().await.map(|kind| kind.is_file()).unwrap_or(false);
-            if is_file {
-                schemas.push(schema);
+            }
+            // A branch: `<schema>/`, which holds `<schema>.db` once prepared (a folder left
+            // without it by an interrupted teardown is listed too, so it is dropped).
+            if let Some(schema) = SchemaName::parse(name) {
+                if kind.is_some_and(|kind| kind.is_dir()) {
+                    schemas.push(schema);
+                }
             }
         }
         schemas.sort();
+        schemas.dedup();
         Ok(schemas)
     }
 }

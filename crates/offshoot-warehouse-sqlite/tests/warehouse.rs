@@ -110,7 +110,7 @@ impl Fixture {
     }
 
     fn file(&self, target: &Target) -> PathBuf {
-        self.warehouse.schema_path(&target.schema)
+        self.warehouse.file_of(target)
     }
 }
 
@@ -395,9 +395,29 @@ async fn schemas_lists_the_deployment_files() {
         std::fs::write(fixture.warehouse.root().join(stray), b"").expect("stray file");
     }
     std::fs::create_dir(fixture.warehouse.root().join("shop__folder.db")).expect("stray folder");
+    std::fs::create_dir(fixture.warehouse.root().join("Not_A_Schema")).expect("stray folder");
+    // A branch file from before branches had folders of their own is still listed (and
+    // dropped by teardown).
+    std::fs::write(fixture.warehouse.root().join("shop__old_branch.db"), b"").expect("legacy file");
 
     let schemas = fixture.warehouse.schemas().await.expect("schemas");
-    assert_eq!(schemas, [schema("another-one"), schema("feature-1-ab12cd34"), schema("prod")]);
+    assert_eq!(schemas, [schema("another-one"), schema("feature-1-ab12cd34"), schema("old-branch"), schema("prod")]);
+
+    fixture.warehouse.teardown(&branch_of("old-branch")).await.expect("teardown");
+    assert!(!fixture.warehouse.root().join("shop__old_branch.db").exists());
+}
+
+#[tokio::test]
+async fn a_branch_keeps_its_file_and_journals_in_a_folder_of_its_own() {
+    let fixture = Fixture::new().await;
+    let own = fixture.warehouse.file_of(&fixture.branch);
+    let folder = own.parent().expect("a folder").to_path_buf();
+    assert_ne!(folder, fixture.warehouse.root(), "never beside production's file");
+    assert_eq!(fixture.warehouse.writable_paths(&fixture.branch), [folder.clone()]);
+    let production = Target { schema: schema("prod"), production: schema("prod") };
+    assert_eq!(fixture.warehouse.writable_paths(&production), [fixture.warehouse.root().to_path_buf()]);
+    fixture.warehouse.teardown(&fixture.branch).await.expect("teardown");
+    assert!(!folder.exists(), "teardown removes the folder");
 }
 
 #[tokio::test]
@@ -407,7 +427,7 @@ async fn command_environment_points_at_the_files() {
     let root = fixture.warehouse.root().display().to_string();
     assert!(root.starts_with('/'), "{root}");
     let expected = [
-        ("OFFSHOOT_WAREHOUSE_URL", format!("sqlite://{root}/shop__feature_1_ab12cd34.db")),
+        ("OFFSHOOT_WAREHOUSE_URL", format!("sqlite://{root}/shop__feature_1_ab12cd34/shop__feature_1_ab12cd34.db")),
         ("OFFSHOOT_SCHEMA", "shop__feature_1_ab12cd34".to_owned()),
         ("OFFSHOOT_PRODUCTION_URL", format!("sqlite://{root}/shop__prod.db")),
     ];
@@ -424,7 +444,7 @@ async fn a_branch_needs_production_and_its_own_prepared_file() {
 
     let missing_production = warehouse.prepare(&branch).await;
     assert!(matches!(missing_production, Err(WarehouseError::Refused(_))), "{missing_production:?}");
-    assert!(!warehouse.schema_path(&branch.schema).exists());
+    assert!(!warehouse.file_of(&branch).exists());
 
     warehouse.execute_production_script(&schema("prod"), SEED).await.expect("seed");
     let unprepared = warehouse.materialize_sql(&branch, &key("orders"), "SELECT 1 AS x").await;

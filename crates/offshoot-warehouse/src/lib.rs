@@ -4,6 +4,8 @@
 //! never written, altered or dropped through a branch target. Teardown drops exactly the branch's
 //! own objects.
 
+use std::path::PathBuf;
+
 use async_trait::async_trait;
 use offshoot_core::{AssetKey, SchemaName};
 
@@ -47,9 +49,20 @@ pub trait Warehouse: Send + Sync + 'static {
     /// number of rows.
     async fn materialize_sql(&self, target: &Target, key: &AssetKey, select: &str) -> WarehouseResult<u64>;
 
-    /// Environment variables a command asset needs to write its table into the target:
-    /// at least `OFFSHOOT_WAREHOUSE_URL` and `OFFSHOOT_SCHEMA`.
+    /// Environment variables a command asset (or a location's build) needs to write its table
+    /// into the target: at least `OFFSHOOT_WAREHOUSE_URL` and `OFFSHOOT_SCHEMA`. For a branch,
+    /// credentials that can read production and write only the branch: never production's.
     fn command_environment(&self, target: &Target) -> Vec<(String, String)>;
+
+    /// Environment variables for a process that only inspects a commit (a location's load: dbt
+    /// parse, Dagster's definitions): they name production (dbt's manifest compiles against
+    /// it) but carry no credential that can write anything.
+    fn inspection_environment(&self, production: &SchemaName) -> Vec<(String, String)>;
+
+    /// Files and folders a process building the target may write besides its own work folders
+    /// (the SQLite warehouse: the target's database folder); empty when the warehouse is a
+    /// server that checks credentials itself.
+    fn writable_paths(&self, target: &Target) -> Vec<PathBuf>;
 
     /// Tables and views the target's schema owns (for a branch: what it built itself), sorted.
     async fn own_tables(&self, target: &Target) -> WarehouseResult<Vec<String>>;

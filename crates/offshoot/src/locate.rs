@@ -41,11 +41,11 @@ pub fn load_commit(repo: &GitRepository, sha: &str) -> Result<Project, LocationE
     let scratch = Scratch::new(&format!("load-{}", &sha[..sha.len().min(12)])).map_err(|e| LocationError::Tool(e.to_string()))?;
     let checkout_dir = scratch.0.join("checkout");
     let checkout = || repo.export_tree(sha, &checkout_dir).map(|()| checkout_dir.clone()).map_err(|e| e.to_string());
-    offshoot_location::load_project(&files, checkout, &scratch.0.join("work"), &environment())
+    offshoot_location::load_project(&files, checkout, &scratch.0.join("work"), &environment(), None)
 }
 
 pub fn load_working_directory(root: &Path) -> Result<Project, LocationError> {
     let files = WorkingDirectory::new(root.to_path_buf());
     let scratch = Scratch::new("load-worktree").map_err(|e| LocationError::Tool(e.to_string()))?;
-    offshoot_location::load_project(&files, || Ok(root.to_path_buf()), &scratch.0.join("work"), &environment())
+    offshoot_location::load_project(&files, || Ok(root.to_path_buf()), &scratch.0.join("work"), &environment(), None)
 }

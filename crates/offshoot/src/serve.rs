@@ -76,9 +76,14 @@ pub struct Args {
     /// Seconds a deploy or run stays claimed without renewal before another server takes it over.
     #[arg(long, env = "OFFSHOOT_LEASE_SECONDS")]
     pub lease_seconds: Option<u64>,
-    /// The PostgreSQL role branch materializations run as (NOLOGIN; created if missing).
+    /// The PostgreSQL group role of the branches' login roles: it reads production (NOLOGIN;
+    /// created if missing).
     #[arg(long, env = "OFFSHOOT_BRANCH_ROLE")]
     pub branch_role: Option<String>,
+    /// Run branch command assets, dbt and Dagster on the embedded warehouse even on a kernel
+    /// without Landlock, where they cannot be confined (they could write production's file).
+    #[arg(long, env = "OFFSHOOT_ALLOW_UNCONFINED_BRANCH_COMMANDS")]
+    pub allow_unconfined_branch_commands: bool,
 }
 
 /// The configuration file's shape.
@@ -100,6 +105,7 @@ struct FileConfig {
     branch_role: Option<String>,
     server_id: Option<String>,
     lease_seconds: Option<u64>,
+    allow_unconfined_branch_commands: Option<bool>,
     #[serde(default)]
     repositories: Vec<FileRepository>,
 }
@@ -298,6 +304,8 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     if let Some(n) = args.max_open_branch_deployments.or(file.max_open_branch_deployments) {
         config.max_open_branch_deployments = n;
     }
+    config.allow_unconfined_branch_commands =
+        args.allow_unconfined_branch_commands || file.allow_unconfined_branch_commands.unwrap_or(false);
     if let Some(n) = args.branch_run_concurrency.or(file.branch_run_concurrency) {
         config.branch_run_concurrency = n;
     }
