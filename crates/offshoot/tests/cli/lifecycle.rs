@@ -370,7 +370,7 @@ fn family_f_two_servers_start_and_restart_at_once_on_one_postgres() {
     drop(a);
     drop(b);
     drop(database);
-    psql("postgres", &format!("DROP ROLE IF EXISTS offshoot_branch_lc_f_{}", std::process::id()));
+    crate::server::drop_branch_roles(&format!("offshoot_branch_lc_f_{}", std::process::id()));
 }
 
 fn create_or_update_on(server: &Server, branch: &str, sha: &str) -> String {

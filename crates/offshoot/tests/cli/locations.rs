@@ -136,12 +136,24 @@ fn dbt_project_branch_deployment_builds_changed_and_downstream_deferring_to_prod
     let diagnostics = revision["diagnostics"].to_string();
     assert!(diagnostics.contains("models/staging/stg_orders.sql") && diagnostics.contains("Compilation Error"), "{revision:#}");
 
+    // A model that tries to write production (a pre-hook, as the branch's own login role) fails
+    // with PostgreSQL's "permission denied"; production is unchanged.
+    git(&repo, &["branch", "feature/attack", "main"]);
+    let attack = "{{ config(materialized='table', pre_hook=\"delete from shop__prod.customer_orders\") }}\nselect 1 as x\n";
+    let sha_attack = commit_file(&repo, "feature/attack", "models/marts/attack.sql", attack, "Attack production");
+    let attack_name = create_or_update(&server, "feature/attack", &sha_attack);
+    server.wait_for_deployment(&attack_name, "ready", |d| serving_commit(d) == sha_attack);
+    let run = run_selection(&server, &attack_name, "key:attack");
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert!(run["steps"][0]["error"].as_str().unwrap_or("").contains("permission denied"), "{run:#}");
+    assert_eq!(checksum(), before, "production is unchanged");
+
     server.post(&format!("/api/v1/deployments/{name}/close"), json!({}));
     assert_eq!(psql(&database.0, &format!("SELECT count(*) FROM information_schema.schemata WHERE schema_name = '{schema}'")), "0");
     assert_eq!(git(&repo, &["status", "--porcelain"]), "", "checkouts never touch the repository's own index or files");
     drop(server);
     psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
-    psql("postgres", &format!("DROP ROLE IF EXISTS {role}"));
+    crate::server::drop_branch_roles(&role);
 }
 
 /// Dagster's own differ on two checkouts of a Dagster project: key → reasons.
@@ -245,7 +257,7 @@ fn dagster_project_branch_deployment_tracks_changes_like_dagster_and_builds_in_i
     assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
     let built = step_keys(&run);
     assert!(built.contains("stg_orders") && built.contains("fct_orders") && built.contains("deployment_env") && !built.contains("stg_customers"), "{built:?}");
-    let branch_file = server.data_dir.join(format!("warehouse/{}.db", branch_target(&name).schema));
+    let branch_file = crate::server::warehouse(&server).file_of(&branch_target(&name));
     let tables: BTreeSet<String> = sqlite_rows(&branch_file, "SELECT name FROM sqlite_master WHERE type = 'table'").into_iter().collect();
     assert_eq!(tables, built, "the branch holds exactly what the run built");
     assert_eq!(sqlite_rows(&production_file, "SELECT * FROM fct_orders"), production_before, "production is unchanged");
@@ -397,9 +409,11 @@ fn dagster_project_on_the_postgres_warehouse_builds_only_in_the_branch_schema() 
         .map(str::to_owned)
         .collect();
     assert_eq!(tables, built, "the branch schema holds what the run built, nothing else");
-    assert_eq!(psql(&database.0, &format!("SELECT tableowner FROM pg_tables WHERE schemaname = '{schema}' AND tablename = 'stg_orders'")), role);
+    // Built by the branch's own login role (a member of `role`, which reads production).
+    let owner = psql(&database.0, &format!("SELECT tableowner FROM pg_tables WHERE schemaname = '{schema}' AND tablename = 'stg_orders'"));
+    assert!(owner.starts_with(&format!("{role}_")), "{owner}");
     assert_eq!(checksum(), before, "production is unchanged");
     drop(server);
     psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
-    psql("postgres", &format!("DROP ROLE IF EXISTS {role}"));
+    crate::server::drop_branch_roles(&role);
 }

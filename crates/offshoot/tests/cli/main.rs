@@ -2,6 +2,7 @@
 //! driven over HTTP and by the CLI, against git repositories built by real `git`.
 
 mod commands;
+mod confinement;
 mod hooks;
 mod lifecycle;
 mod locations;

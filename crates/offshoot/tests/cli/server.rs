@@ -54,7 +54,7 @@ CREATE TABLE raw_payments AS SELECT 1 AS id, 1 AS order_id, 'card' AS method, 10
   UNION ALL SELECT 3, 3, 'paypal', 2500, 'succeeded';
 ";
 
-fn seed_production(server: &Server) {
+pub(crate) fn seed_production(server: &Server) {
     runtime().block_on(async {
         warehouse(server).execute_production_script(&production_target().production, SEED).await.expect("seed");
     });
@@ -138,7 +138,7 @@ fn branch_deployment_lifecycle() {
     let fixed = commit_file(&repo, "feature/eur", "assets/marts/broken.sql", "SELECT order_id FROM fct_orders\n", "Fix");
     create_or_update(&server, "feature/eur", &fixed);
     server.wait_for_deployment(&name, "ready at the fix", |d| serving_commit(d) == fixed);
-    let branch_file = server.data_dir.join("warehouse").join(format!("{}.db", branch_target(&name).schema));
+    let branch_file = warehouse(&server).file_of(&branch_target(&name));
     assert!(branch_file.exists());
     let output = client(&server, &["branch-deployment", "close", &name, "--pull-request-status", "MERGED"]);
     assert!(output.status.success(), "{}", stderr(&output));
@@ -426,12 +426,15 @@ fn sigkill_during_a_deploy_and_during_a_run_converges_after_restart() {
     // Meanwhile a closed deployment's file reappears and an orphan appears: reconciliation drops both.
     let warehouse_dir = server.data_dir.join("warehouse");
     std::fs::write(warehouse_dir.join("shop__ghost.db"), b"").expect("orphan");
+    std::fs::create_dir_all(warehouse_dir.join("shop__phantom")).expect("orphan branch folder");
+    std::fs::write(warehouse_dir.join("shop__phantom/shop__phantom.db"), b"").expect("orphan branch file");
     server.restart();
     let deployment = server.wait_for_deployment(&big_name, "ready after the restart", |d| serving_commit(d) == big);
     assert_eq!(deployment["current_revision"]["asset_count"], 3013);
     server.wait_for_deployment(&name, "still serving", |d| serving_commit(d) == slow);
     assert!(server.log().contains("was deploying on a server that stopped"), "{}", server.log());
     assert!(!warehouse_dir.join("shop__ghost.db").exists(), "orphan schemas are dropped at start");
+    assert!(!warehouse_dir.join("shop__phantom").exists(), "orphan branch folders too");
 
     // Everything still works: a new run succeeds.
     let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:fct_orders"}));
@@ -445,6 +448,18 @@ pub(crate) fn psql(database: &str, sql: &str) -> String {
         .expect("psql runs (PostgreSQL's client is on the machine)");
     assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Drops the branch group role `role` and the branches' login roles (`role_<hash>`); call after
+/// the database they had privileges in is dropped (roles are cluster-wide).
+pub(crate) fn drop_branch_roles(role: &str) {
+    psql(
+        "postgres",
+        &format!(
+            "DO $$ DECLARE r text; BEGIN FOR r IN SELECT rolname FROM pg_roles WHERE rolname = '{role}' OR starts_with(rolname, '{role}_') \
+             ORDER BY length(rolname) DESC LOOP EXECUTE format('DROP ROLE %I', r); END LOOP; END $$"
+        ),
+    );
 }
 
 /// A fresh database, dropped when the test ends (also on failure).
@@ -499,7 +514,7 @@ fn postgres_store_and_warehouse_serve_branch_deployments() {
     assert_eq!(psql(&database.0, &format!("SELECT count(*) FROM information_schema.schemata WHERE schema_name = '{schema}'")), "0");
     drop(server);
     psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
-    psql("postgres", &format!("DROP ROLE IF EXISTS offshoot_branch_{}", std::process::id()));
+    drop_branch_roles(&format!("offshoot_branch_{}", std::process::id()));
 }
 
 #[test]
@@ -660,7 +675,7 @@ fn two_servers_on_one_postgres_store_execute_work_once_and_take_over_from_a_kill
     drop(a);
     drop(b);
     psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
-    psql("postgres", &format!("DROP ROLE IF EXISTS offshoot_branch_two_{}", std::process::id()));
+    drop_branch_roles(&format!("offshoot_branch_two_{}", std::process::id()));
 }
 
 #[test]
@@ -703,5 +718,5 @@ fn examples_shop_runs_on_postgres_by_setting_the_warehouse_url() {
     assert_eq!(checksum(), before, "production is unchanged");
     drop(server);
     psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
-    psql("postgres", &format!("DROP ROLE IF EXISTS {role}"));
+    drop_branch_roles(&role);
 }
