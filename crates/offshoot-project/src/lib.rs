@@ -5,6 +5,7 @@
 //! supplies the files. Every problem is reported in one pass as a [`Diagnostic`] with
 //! `path:line:col`.
 
+pub mod canonical;
 pub mod diagnostic;
 pub mod files;
 mod loader;

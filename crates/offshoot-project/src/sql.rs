@@ -30,7 +30,7 @@ impl TableReference {
 }
 
 pub struct ParsedSql {
-    /// The statement printed back by the parser: whitespace, comments and keyword case gone.
+    /// The statement's canonical text ([`crate::canonical`]): formatting and style gone.
     pub canonical: String,
     pub references: Vec<TableReference>,
 }
@@ -91,7 +91,7 @@ pub fn parse(path: &str, text: &str, dialect: Dialect) -> Result<ParsedSql, Diag
     }
     let mut collector = ReferenceCollector { scopes: Vec::new(), references: Vec::new() };
     let _ = statement.visit(&mut collector);
-    Ok(ParsedSql { canonical: statement.to_string(), references: collector.references })
+    Ok(ParsedSql { canonical: crate::canonical::canonical_text(statement), references: collector.references })
 }
 
 fn position(line: u64, column: u64) -> (u32, u32) {

@@ -1,0 +1,259 @@
+//! The canonical text of a query: what the derived code version hashes. It erases exactly what
+//! the engine ignores, so that a formatter (`sqlfluff fix`, `sqlfmt`) or a style-only edit never
+//! counts as a change, and keeps everything the engine does not ignore.
+//!
+//! Erased: whitespace, comments and keyword case (the parser's own printing); the case of
+//! unquoted identifiers and function names (PostgreSQL folds them to lower case, SQLite compares
+//! them case-insensitively, and the generic dialect is treated like both); `INNER` in `INNER
+//! JOIN` and `OUTER` in `LEFT/RIGHT OUTER JOIN`; `AS` before a table alias; parentheses that do
+//! not change precedence (around a whole condition or select item, around a name, a literal or
+//! a call, and around an operand that binds tighter than its operator); `!=` versus `<>`; the
+//! operand order of `=` and `<>`.
+//!
+//! Kept: quoted identifiers as written, literals, the order of select columns and of `ORDER BY`
+//! terms, `UNION` versus `UNION ALL`, join types, and every parenthesis that groups.
+//!
+//! [`VERSION`] names these rules. Derived versions are never stored or compared across Offshoot
+//! versions (both sides of every diff are loaded by the running server), so a change to the rules
+//! cannot make every asset look changed; the version is still hashed in, so that if that ever
+//! changed the mismatch would be total and visible rather than subtle.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, Join, JoinOperator, Select, SelectItem, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
+};
+
+/// The canonicalization rules' version, part of every derived SQL code version.
+pub const VERSION: &str = "sql-canonical-2";
+
+/// The canonical text of `statement` (see the module documentation).
+pub fn canonical_text(statement: &Statement) -> String {
+    let mut statement = statement.clone();
+    let _ = statement.visit(&mut Canonicalizer);
+    statement.to_string()
+}
+
+struct Canonicalizer;
+
+impl VisitorMut for Canonicalizer {
+    type Break = ();
+
+    fn pre_visit_ident(&mut self, ident: &mut sqlparser::ast::Ident) -> ControlFlow<()> {
+        if ident.quote_style.is_none() {
+            ident.value = ident.value.to_lowercase();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, select: &mut Select) -> ControlFlow<()> {
+        for item in &mut select.projection {
+            match item {
+                SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => strip_outer(expr),
+                _ => {}
+            }
+        }
+        for expr in [&mut select.selection, &mut select.having, &mut select.qualify].into_iter().flatten() {
+            strip_outer(expr);
+        }
+        for table in &mut select.from {
+            for join in &mut table.joins {
+                canonical_join(join);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::NestedJoin { table_with_joins, .. } = factor {
+            for join in &mut table_with_joins.joins {
+                canonical_join(join);
+            }
+        }
+        if let Some(alias) = table_alias(factor) {
+            alias.explicit = true;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        // Children first (post order), so comparing them below compares canonical text.
+        match expr {
+            Expr::Nested(inner) if is_atomic(inner) => {
+                let inner = std::mem::replace(inner.as_mut(), placeholder());
+                *expr = inner;
+            }
+            Expr::BinaryOp { left, op, right } => {
+                if let Some(parent) = precedence(op) {
+                    unwrap_if_tighter(left, parent, Side::Left);
+                    unwrap_if_tighter(right, parent, Side::Right);
+                }
+                if matches!(op, BinaryOperator::Eq | BinaryOperator::NotEq) && left.to_string() > right.to_string() {
+                    std::mem::swap(left, right);
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// `JOIN` is `INNER JOIN`; `LEFT OUTER JOIN` is `LEFT JOIN`; `RIGHT OUTER JOIN` is `RIGHT JOIN`;
+/// the `ON` condition loses parentheses around it.
+fn canonical_join(join: &mut Join) {
+    let operator = std::mem::replace(&mut join.join_operator, JoinOperator::CrossApply);
+    join.join_operator = match operator {
+        JoinOperator::Join(constraint) => JoinOperator::Inner(constraint),
+        JoinOperator::LeftOuter(constraint) => JoinOperator::Left(constraint),
+        JoinOperator::RightOuter(constraint) => JoinOperator::Right(constraint),
+        other => other,
+    };
+    let constraint = match &mut join.join_operator {
+        JoinOperator::Inner(c) | JoinOperator::Left(c) | JoinOperator::Right(c) | JoinOperator::FullOuter(c) => Some(c),
+        _ => None,
+    };
+    if let Some(sqlparser::ast::JoinConstraint::On(on)) = constraint {
+        strip_outer(on);
+    }
+}
+
+fn table_alias(factor: &mut TableFactor) -> Option<&mut TableAlias> {
+    match factor {
+        TableFactor::Table { alias, .. }
+        | TableFactor::Derived { alias, .. }
+        | TableFactor::TableFunction { alias, .. }
+        | TableFactor::Function { alias, .. }
+        | TableFactor::UNNEST { alias, .. }
+        | TableFactor::NestedJoin { alias, .. } => alias.as_mut(),
+        _ => None,
+    }
+}
+
+/// Parentheses around a whole expression (a condition, a select item) never change it.
+fn strip_outer(expr: &mut Expr) {
+    while let Expr::Nested(inner) = expr {
+        let inner = std::mem::replace(inner.as_mut(), placeholder());
+        *expr = inner;
+    }
+}
+
+/// Expressions that parentheses around cannot regroup.
+fn is_atomic(expr: &Expr) -> bool {
+    matches!(
+        expr,
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Value(_) | Expr::Function(_) | Expr::Nested(_) | Expr::Cast { .. }
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Left,
+    Right,
+}
+
+/// Binding strength of the operators whose parentheses can be judged; others keep theirs.
+fn precedence(op: &BinaryOperator) -> Option<u8> {
+    Some(match op {
+        BinaryOperator::Or => 1,
+        BinaryOperator::And => 2,
+        BinaryOperator::Eq
+        | BinaryOperator::NotEq
+        | BinaryOperator::Lt
+        | BinaryOperator::LtEq
+        | BinaryOperator::Gt
+        | BinaryOperator::GtEq => 4,
+        BinaryOperator::Plus | BinaryOperator::Minus => 6,
+        BinaryOperator::Multiply | BinaryOperator::Divide | BinaryOperator::Modulo => 7,
+        _ => return None,
+    })
+}
+
+/// Removes parentheses around `operand` of an operator binding with `parent` when they change
+/// nothing: the operand binds tighter, or as tight on the left (these operators associate to
+/// the left, and comparisons do not chain).
+fn unwrap_if_tighter(operand: &mut Box<Expr>, parent: u8, side: Side) {
+    let Expr::Nested(inner) = operand.as_mut() else { return };
+    let redundant = match inner.as_ref() {
+        Expr::BinaryOp { op, .. } => match precedence(op) {
+            Some(child) if parent == 4 && child == 4 => false,
+            Some(child) => child > parent || (child == parent && side == Side::Left),
+            None => false,
+        },
+        other => is_atomic(other),
+    };
+    if redundant {
+        let inner = std::mem::replace(inner.as_mut(), placeholder());
+        **operand = inner;
+    }
+}
+
+fn placeholder() -> Expr {
+    Expr::Identifier(sqlparser::ast::Ident::new(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlparser::dialect::{GenericDialect, PostgreSqlDialect, SQLiteDialect};
+    use sqlparser::parser::Parser;
+
+    use super::*;
+
+    fn canonical(sql: &str) -> String {
+        let dialects: [Box<dyn sqlparser::dialect::Dialect>; 3] = [Box::new(GenericDialect {}), Box::new(PostgreSqlDialect {}), Box::new(SQLiteDialect {})];
+        let texts: Vec<String> = dialects
+            .iter()
+            .map(|d| canonical_text(&Parser::parse_sql(d.as_ref(), sql).unwrap_or_else(|e| panic!("{sql}: {e}"))[0]))
+            .collect();
+        texts[0].clone()
+    }
+
+    #[test]
+    fn style_only_rewrites_are_the_same_query() {
+        let same = [
+            ("SELECT count(*) FROM t", "select COUNT(*) from T"),
+            ("SELECT Amount FROM Orders", "SELECT amount FROM orders"),
+            ("SELECT CURRENT_DATE, CURRENT_TIMESTAMP", "select current_date, current_timestamp"),
+            ("SELECT a.x FROM a JOIN b ON a.id = b.id", "SELECT a.x FROM a INNER JOIN b ON a.id = b.id"),
+            ("SELECT a.x FROM a LEFT JOIN b ON a.id = b.id", "SELECT a.x FROM a LEFT OUTER JOIN b ON a.id = b.id"),
+            ("SELECT a.x FROM a RIGHT JOIN b ON a.id = b.id", "SELECT a.x FROM a RIGHT OUTER JOIN b ON a.id = b.id"),
+            ("SELECT o.x FROM orders o", "SELECT o.x FROM orders AS o"),
+            ("SELECT x FROM t WHERE (a = 1)", "SELECT x FROM t WHERE a = 1"),
+            ("SELECT x FROM t WHERE a = 1 AND (b = 2)", "SELECT x FROM t WHERE a = 1 AND b = 2"),
+            ("SELECT x FROM t WHERE (a = 1 AND b = 2) OR c = 3", "SELECT x FROM t WHERE a = 1 AND b = 2 OR c = 3"),
+            ("SELECT (a + b) AS s FROM t", "SELECT a + b AS s FROM t"),
+            ("SELECT (a * b) + c FROM t", "SELECT a * b + c FROM t"),
+            ("SELECT (x) FROM t", "SELECT x FROM t"),
+            ("SELECT x FROM t WHERE a <> 1", "SELECT x FROM t WHERE a != 1"),
+            ("SELECT o.x FROM o JOIN p ON p.order_id = o.order_id", "SELECT o.x FROM o JOIN p ON o.order_id = p.order_id"),
+            ("SELECT x FROM t WHERE 1 <> a", "SELECT x FROM t WHERE a != 1"),
+            ("SELECT x FROM a JOIN b ON (a.id = b.id)", "SELECT x FROM a JOIN b ON a.id = b.id"),
+            ("WITH c AS (SELECT Id FROM T) SELECT * FROM c", "with C as (select id from t) select * from C"),
+            ("SELECT sum(x) AS total FROM t", "SELECT SUM(x) total FROM t"),
+        ];
+        for (a, b) in same {
+            assert_eq!(canonical(a), canonical(b), "{a}  vs  {b}");
+        }
+    }
+
+    #[test]
+    fn what_the_engine_does_not_ignore_still_counts() {
+        let different = [
+            ("SELECT \"Amount\" FROM t", "SELECT \"amount\" FROM t"),
+            ("SELECT 'A' FROM t", "SELECT 'a' FROM t"),
+            ("SELECT a, b FROM t", "SELECT b, a FROM t"),
+            ("SELECT a FROM t ORDER BY a, b", "SELECT a FROM t ORDER BY b, a"),
+            ("SELECT a FROM t ORDER BY a ASC", "SELECT a FROM t ORDER BY a DESC"),
+            ("SELECT a FROM t UNION SELECT a FROM u", "SELECT a FROM t UNION ALL SELECT a FROM u"),
+            ("SELECT x FROM a JOIN b ON a.id = b.id", "SELECT x FROM a LEFT JOIN b ON a.id = b.id"),
+            ("SELECT (a + b) * c FROM t", "SELECT a + b * c FROM t"),
+            ("SELECT a - (b - c) FROM t", "SELECT a - b - c FROM t"),
+            ("SELECT x FROM t WHERE (a = 1 OR b = 2) AND c = 3", "SELECT x FROM t WHERE a = 1 OR b = 2 AND c = 3"),
+            ("SELECT x FROM t WHERE a < 1", "SELECT x FROM t WHERE 1 < a"),
+            ("SELECT x FROM t WHERE a > 1", "SELECT x FROM t WHERE a > 2"),
+            ("SELECT x AS y FROM t", "SELECT x AS z FROM t"),
+        ];
+        for (a, b) in different {
+            assert_ne!(canonical(a), canonical(b), "{a}  vs  {b}");
+        }
+    }
+}
