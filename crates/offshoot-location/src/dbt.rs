@@ -422,6 +422,17 @@ struct SourceNode {
 const BUILT_TYPES: [&str; 3] = ["model", "seed", "snapshot"];
 
 /// The assets of a dbt manifest; problems (keys Offshoot cannot take) as diagnostics.
+/// What the derived version hashes of a node's code: a model's (or snapshot's) SQL in canonical
+/// form, its Jinja kept as tokens, so formatting, comments and case are no change; for seeds (and
+/// manifests without `raw_code`) dbt's checksum of the file.
+fn code_identity(node: &Node, adapter: &str) -> String {
+    if node.resource_type == "seed" || node.raw_code.is_empty() {
+        return node.checksum.as_ref().map_or(String::new(), |c| c.checksum.clone());
+    }
+    let dialect = if adapter == "postgres" { offshoot_project::Dialect::Postgres } else { offshoot_project::Dialect::Generic };
+    format!("{}\n{}", offshoot_project::canonical::VERSION, offshoot_project::canonical::canonical_template(&node.raw_code, dialect))
+}
+
 pub(crate) fn snapshot_from_manifest(manifest: &DbtManifest, project_dir: &str, checkout: &Path) -> Result<Snapshot, Vec<Diagnostic>> {
     let in_repo = |path: &str| if project_dir == "." { path.to_owned() } else { format!("{project_dir}/{path}") };
     let adapter = manifest.metadata.adapter_type.clone().unwrap_or_else(|| "postgres".to_owned());
@@ -483,10 +494,9 @@ pub(crate) fn snapshot_from_manifest(manifest: &DbtManifest, project_dir: &str, 
         if node.resource_type != "model" {
             asset.kinds.insert(node.resource_type.clone());
         }
-        let checksum = node.checksum.as_ref().map_or("", |c| c.checksum.as_str());
         let mut config = node.unrendered_config.clone();
         config.retain(|k, _| !DESCRIPTIVE_CONFIG.contains(&k.as_str()));
-        asset.code_version = CodeVersion::derived(sha256_hex(&[checksum.as_bytes(), b"\n", Value::Object(config).to_string().as_bytes()]));
+        asset.code_version = CodeVersion::derived(sha256_hex(&[code_identity(node, &adapter).as_bytes(), b"\n", Value::Object(config).to_string().as_bytes()]));
         asset.code = Arc::from(if node.resource_type == "seed" { seed_code(checkout, &in_repo(&node.original_file_path)) } else { node.raw_code.clone() });
         asset.location = Location { path: in_repo(&node.original_file_path), line: 1 };
         assets.push(asset);
@@ -574,7 +584,7 @@ mod tests {
               "model.shop.stg_orders": {{"resource_type": "model", "name": "stg_orders", "original_file_path": "models/staging/stg_orders.sql",
                 "fqn": ["shop", "staging", "stg_orders"], "checksum": {{"checksum": "{orders_sql}"}}, "tags": {orders_tags},
                 "config": {{"materialized": "view"}}, "unrendered_config": {{"materialized": "view", "tags": {orders_tags}}},
-                "depends_on": {{"nodes": ["source.shop.raw.orders", "macro.dbt.x"]}}, "raw_code": "select * from {{{{ source('raw', 'orders') }}}}"}},
+                "depends_on": {{"nodes": ["source.shop.raw.orders", "macro.dbt.x"]}}, "raw_code": "select * from {{{{ source('raw', 'orders') }}}}{orders_sql}"}},
               "model.shop.dim.v2": {{"resource_type": "model", "name": "dim", "version": 2, "original_file_path": "models/dim_v2.sql",
                 "fqn": ["shop", "dim"], "checksum": {{"checksum": "c2"}}, "depends_on": {{"nodes": ["model.shop.stg_orders", "seed.shop.codes"]}}}},
               "seed.shop.codes": {{"resource_type": "seed", "name": "codes", "original_file_path": "seeds/codes.csv", "checksum": {{"checksum": "c3"}}}},
@@ -586,7 +596,7 @@ mod tests {
 
     #[test]
     fn manifest_to_snapshot() {
-        let snapshot = snapshot_from_manifest(&manifest("[\"pii\"]", "c1"), "transform", Path::new("/nonexistent")).expect("valid");
+        let snapshot = snapshot_from_manifest(&manifest("[\"pii\"]", ""), "transform", Path::new("/nonexistent")).expect("valid");
         let keys: Vec<&str> = snapshot.assets().map(|a| a.key.as_str()).collect();
         assert_eq!(keys, ["codes", "dim_v2", "raw/orders", "stg_orders"]);
         let stg = snapshot.get(&AssetKey::new("stg_orders").unwrap()).unwrap();
@@ -602,11 +612,13 @@ mod tests {
         let source = snapshot.get(&AssetKey::new("raw/orders").unwrap()).unwrap();
         assert_eq!((source.kind, source.owners.clone()), (AssetKind::Source, vec!["ops@x".to_owned()]));
 
-        // Tags do not change the code version; the file's checksum does.
-        let retagged = snapshot_from_manifest(&manifest("[\"pii\", \"gold\"]", "c1"), "transform", Path::new("/x")).expect("valid");
-        let edited = snapshot_from_manifest(&manifest("[\"pii\"]", "c9"), "transform", Path::new("/x")).expect("valid");
+        // Tags do not change the code version, nor do formatting, comments and case; the SQL does.
+        let retagged = snapshot_from_manifest(&manifest("[\"pii\", \"gold\"]", ""), "transform", Path::new("/x")).expect("valid");
+        let reformatted = snapshot_from_manifest(&manifest("[\"pii\"]", "\\n  -- a comment\\n"), "transform", Path::new("/x")).expect("valid");
+        let edited = snapshot_from_manifest(&manifest("[\"pii\"]", " where id > 1"), "transform", Path::new("/x")).expect("valid");
         let version = |s: &Snapshot| s.get(&AssetKey::new("stg_orders").unwrap()).unwrap().code_version.clone();
         assert_eq!(version(&retagged), version(&snapshot));
+        assert_eq!(version(&reformatted), version(&snapshot));
         assert_ne!(version(&edited), version(&snapshot));
     }
 

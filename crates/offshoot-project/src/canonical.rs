@@ -191,6 +191,196 @@ fn placeholder() -> Expr {
     Expr::Identifier(sqlparser::ast::Ident::new(""))
 }
 
+/// The canonical text of a Jinja-templated SQL model (dbt): the template's blocks are kept as
+/// opaque tokens (whitespace inside them and `-`/`+` whitespace control normalized, `{# #}`
+/// comments dropped), the SQL around them canonicalized. When the SQL with each `{{ }}` standing
+/// for a name parses as one statement (blocks before and after it, like `{{ config(...) }}`, set
+/// aside in order), the rules above apply in full; otherwise (a `{% if %}` inside the query)
+/// token by token: whitespace, comments, keyword and identifier case, `INNER`, `OUTER`, `AS`
+/// and `!=` are erased, parentheses and operand order still count.
+pub fn canonical_template(text: &str, dialect: crate::Dialect) -> String {
+    let dialect = crate::sql::sql_dialect(dialect);
+    let dialect = dialect.as_ref();
+    let pieces = template_pieces(text);
+    if let Some(body) = parsed_canonical(&pieces, dialect) {
+        return body;
+    }
+    // Blocks before the first and after the last SQL (`{{ config(...) }}`) set aside, in order.
+    let is_sql = |p: &Piece| matches!(p, Piece::Sql(t) if has_tokens(t, dialect));
+    if let (Some(first), Some(last)) = (pieces.iter().position(is_sql), pieces.iter().rposition(is_sql)) {
+        let outside = |range: &[Piece]| range.iter().filter(|p| !matches!(p, Piece::Sql(_))).map(Piece::text).collect::<Vec<_>>().join(" ");
+        if let Some(body) = parsed_canonical(&pieces[first..=last], dialect) {
+            return format!("{}\n{body}\n{}", outside(&pieces[..first]), outside(&pieces[last + 1..]));
+        }
+    }
+    canonical_tokens(&pieces, dialect)
+}
+
+/// The canonical text of `pieces` parsed as one statement with each `{{ }}` standing for a
+/// name; `None` if they hold a `{% %}` or do not parse so.
+fn parsed_canonical(pieces: &[Piece], dialect: &dyn sqlparser::dialect::Dialect) -> Option<String> {
+    let mut sql = String::new();
+    let mut expressions = Vec::new();
+    for piece in pieces {
+        match piece {
+            Piece::Sql(text) => sql.push_str(text),
+            Piece::Expression(text) => {
+                sql.push_str(&format!(" offshoot_jinja_{}_ ", expressions.len()));
+                expressions.push(text.clone());
+            }
+            Piece::Statement(_) => return None,
+        }
+    }
+    let statements = sqlparser::parser::Parser::parse_sql(dialect, &sql).ok()?;
+    let [statement] = statements.as_slice() else { return None };
+    let mut text = canonical_text(statement);
+    // Back to front, so `_1_` is not found inside `_11_`.
+    for (index, expression) in expressions.iter().enumerate().rev() {
+        text = text.replace(&format!("offshoot_jinja_{index}_"), expression);
+    }
+    Some(text)
+}
+
+/// Whether SQL text holds anything but whitespace and comments.
+fn has_tokens(text: &str, dialect: &dyn sqlparser::dialect::Dialect) -> bool {
+    match sqlparser::tokenizer::Tokenizer::new(dialect, text).tokenize() {
+        Ok(tokens) => tokens.iter().any(|t| !matches!(t, sqlparser::tokenizer::Token::Whitespace(_))),
+        Err(_) => !text.trim().is_empty(),
+    }
+}
+
+enum Piece {
+    Sql(String),
+    /// `{{ ... }}`, normalized.
+    Expression(String),
+    /// `{% ... %}`, normalized.
+    Statement(String),
+}
+
+impl Piece {
+    fn text(&self) -> String {
+        match self {
+            Piece::Sql(text) => text.clone(),
+            Piece::Expression(text) | Piece::Statement(text) => text.clone(),
+        }
+    }
+}
+
+/// Splits a template into SQL text and Jinja blocks; comments are dropped, an unterminated
+/// block is SQL text (the tool reports the error).
+fn template_pieces(text: &str) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        let close = match rest[start..].chars().nth(1) {
+            Some('{') => "}}",
+            Some('%') => "%}",
+            Some('#') => "#}",
+            _ => {
+                push_sql(&mut pieces, &rest[..start + 1]);
+                rest = &rest[start + 1..];
+                continue;
+            }
+        };
+        let Some(end) = rest[start + 2..].find(close) else { break };
+        push_sql(&mut pieces, &rest[..start]);
+        let inner = &rest[start + 2..start + 2 + end];
+        let open = &rest[start..start + 2];
+        match open {
+            "{{" => pieces.push(Piece::Expression(format!("{{{{ {} }}}}", normalize_block(inner)))),
+            "{%" => pieces.push(Piece::Statement(format!("{{% {} %}}", normalize_block(inner)))),
+            _ => {} // a comment
+        }
+        rest = &rest[start + 2 + end + 2..];
+    }
+    push_sql(&mut pieces, rest);
+    pieces
+}
+
+fn push_sql(pieces: &mut Vec<Piece>, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    if let Some(Piece::Sql(previous)) = pieces.last_mut() {
+        previous.push_str(text);
+    } else {
+        pieces.push(Piece::Sql(text.to_owned()));
+    }
+}
+
+/// A block's inside without whitespace control (`-`, `+`) and with whitespace outside string
+/// literals collapsed to single spaces.
+fn normalize_block(inner: &str) -> String {
+    let inner = inner.strip_prefix(['-', '+']).unwrap_or(inner);
+    let inner = inner.strip_suffix(['-', '+']).unwrap_or(inner);
+    let mut out = String::with_capacity(inner.len());
+    let mut quote: Option<char> = None;
+    let mut pending_space = false;
+    for c in inner.trim().chars() {
+        match quote {
+            Some(q) => {
+                out.push(c);
+                if c == q {
+                    quote = None;
+                }
+            }
+            None if c.is_whitespace() => pending_space = true,
+            None => {
+                if pending_space {
+                    // No space is needed next to punctuation: `ref( 'x' )` is `ref('x')`.
+                    let previous = out.chars().last();
+                    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '\'' || c == '"';
+                    if previous.is_some_and(word) && word(c) {
+                        out.push(' ');
+                    } else if previous.is_some_and(|p| !"([{,.".contains(p)) && !")]},.:".contains(c) && !"([".contains(c) {
+                        out.push(' ');
+                    }
+                    pending_space = false;
+                }
+                if c == '\'' || c == '"' {
+                    quote = Some(c);
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Token by token, for templates whose SQL does not parse on its own.
+fn canonical_tokens(pieces: &[Piece], dialect: &dyn sqlparser::dialect::Dialect) -> String {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let mut out: Vec<String> = Vec::new();
+    for piece in pieces {
+        let Piece::Sql(text) = piece else {
+            out.push(piece.text());
+            continue;
+        };
+        let Ok(tokens) = Tokenizer::new(dialect, text).tokenize() else {
+            out.push(text.split_whitespace().collect::<Vec<_>>().join(" "));
+            continue;
+        };
+        let tokens: Vec<Token> = tokens.into_iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+        for (index, token) in tokens.iter().enumerate() {
+            let word = |t: Option<&Token>| match t {
+                Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_lowercase()),
+                _ => None,
+            };
+            let this = word(Some(token));
+            let next = word(tokens.get(index + 1));
+            let previous = index.checked_sub(1).and_then(|i| word(tokens.get(i)));
+            match this.as_deref() {
+                Some("inner") if next.as_deref() == Some("join") => continue,
+                Some("outer") if matches!(previous.as_deref(), Some("left" | "right" | "full")) => continue,
+                Some("as") if next.is_some() => continue,
+                Some(lowered) => out.push(lowered.to_owned()),
+                None => out.push(token.to_string()),
+            }
+        }
+    }
+    out.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use sqlparser::dialect::{GenericDialect, PostgreSqlDialect, SQLiteDialect};
@@ -254,6 +444,37 @@ mod tests {
         ];
         for (a, b) in different {
             assert_ne!(canonical(a), canonical(b), "{a}  vs  {b}");
+        }
+    }
+
+    fn template(sql: &str) -> String {
+        canonical_template(sql, crate::Dialect::Postgres)
+    }
+
+    #[test]
+    fn templates_ignore_style_and_keep_their_jinja() {
+        let same = [
+            ("select * from {{ ref('a') }}", "SELECT *\nFROM {{ref('a')}}"),
+            ("select * from {{ ref( 'a' ) }} as x", "select * from {{- ref('a') -}} x"),
+            ("{{ config(materialized='table') }}\nselect a from {{ ref('t') }}", "{{config(materialized='table')}}\n\nSELECT A FROM {{ ref('t') }}"),
+            ("select a from t -- note\n{# a jinja comment #}", "select a from t"),
+            ("select a.x from {{ ref('a') }} a join b on b.id = a.id", "select a.x from {{ ref('a') }} as a inner join b on a.id = b.id"),
+            ("select a from t {% if is_incremental() %} where a > 1 {% endif %}", "SELECT a\nFROM t\n{%- if is_incremental() -%}\n  WHERE a > 1\n{% endif %}"),
+            ("select a from t {% if x %} left outer join u as v on true {% endif %}", "select a from t {% if x %} LEFT JOIN u v on true {% endif %}"),
+        ];
+        for (a, b) in same {
+            assert_eq!(template(a), template(b), "{a}  vs  {b}");
+        }
+        let different = [
+            ("select * from {{ ref('a') }}", "select * from {{ ref('b') }}"),
+            ("{{ config(materialized='table') }} select 1", "{{ config(materialized='view') }} select 1"),
+            ("select a from t {% if x %} where a > 1 {% endif %}", "select a from t {% if x %} where a > 2 {% endif %}"),
+            ("select a from t {% if x %} where a > 1 {% endif %}", "select a from t where a > 1 {% if x %} {% endif %}"),
+            ("select a from t where b = {{ var('x') }}", "select a from t where b = {{ var('y') }}"),
+            ("select 'A' from t", "select 'a' from t"),
+        ];
+        for (a, b) in different {
+            assert_ne!(template(a), template(b), "{a}  vs  {b}");
         }
     }
 }

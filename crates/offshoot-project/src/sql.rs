@@ -60,7 +60,7 @@ pub fn split_header(text: &str) -> Result<Option<Header<'_>>, (u32, u32)> {
     Ok(Some(Header { toml: &text[toml_start..toml_end], offset: toml_start, body: &text[toml_end + 2..] }))
 }
 
-fn sql_dialect(dialect: Dialect) -> Box<dyn SqlDialect> {
+pub(crate) fn sql_dialect(dialect: Dialect) -> Box<dyn SqlDialect> {
     match dialect {
         Dialect::Generic => Box::new(GenericDialect {}),
         Dialect::Sqlite => Box::new(SQLiteDialect {}),
