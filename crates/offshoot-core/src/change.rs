@@ -235,11 +235,23 @@ fn compare(old: &Asset, new: &Asset) -> Option<AssetChange> {
         reasons.push(ChangeReason::Tags);
         details.tags = Some(tags);
     }
-    if let Some(metadata) = MapChange::between(&old.metadata, &new.metadata) {
+    // The description is metadata, not code (a docstring edit is no CODE_VERSION).
+    if let Some(metadata) = MapChange::between(&with_description(old), &with_description(new)) {
         reasons.push(ChangeReason::Metadata);
         details.metadata = Some(metadata);
     }
     (!reasons.is_empty()).then(|| AssetChange { key: new.key.clone(), reasons, details })
+}
+
+/// The asset's metadata plus its description under `description` (`(description)` if the
+/// metadata has a key of that name).
+fn with_description(asset: &Asset) -> BTreeMap<String, String> {
+    let mut map = asset.metadata.clone();
+    if let Some(description) = &asset.description {
+        let key = if map.contains_key("description") { "(description)" } else { "description" };
+        map.insert(key.to_owned(), description.clone());
+    }
+    map
 }
 
 /// Multi-source breadth-first search downstream from every asset of head whose data may change,

@@ -352,6 +352,24 @@ def function_source(function):
     return code, path.replace(os.sep, "/"), line
 
 
+def code_fingerprint(code):
+    """What an unversioned asset's derived version hashes: the function's syntax tree without
+    docstrings (a docstring is the description, which is metadata). Comments and formatting are
+    not in the tree, so `ruff format` or `black` change nothing."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return hashlib.sha256(code.encode("utf-8")).hexdigest()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            body = node.body
+            first = body[0] if body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    text = "python-ast-1\n" + ast.dump(tree, annotate_fields=True, include_attributes=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def describe_asset(node):
     assets_def = node.assets_def
     function = compute_function(assets_def)
@@ -363,7 +381,7 @@ def describe_asset(node):
         "kind": "asset" if node.is_materializable else "source",
         "deps": sorted(list(parent.path) for parent in node.parent_keys),
         "code_version": node.code_version,
-        "source_hash": hashlib.sha256(code.encode("utf-8")).hexdigest() if code else None,
+        "source_hash": code_fingerprint(code) if code else None,
         "code": code,
         "path": path,
         "line": line,

@@ -3,6 +3,7 @@
 
 mod commands;
 mod confinement;
+mod formatters;
 mod hooks;
 mod lifecycle;
 mod locations;
