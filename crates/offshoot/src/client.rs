@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use offshoot_server::config::Secret;
 use serde_json::Value;
 
 #[derive(clap::Args, Clone)]
@@ -11,15 +12,21 @@ pub struct ClientArgs {
     /// The Offshoot server.
     #[arg(long, env = "OFFSHOOT_URL", default_value = "http://127.0.0.1:3000")]
     pub url: String,
-    /// A bearer token from the server's configuration (needed for writes).
-    #[arg(long, env = "OFFSHOOT_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    /// A bearer token from the server's configuration: `deploy` (or higher) for branch
+    /// deployments and their runs, `admin` for production, delete and pin; any for reads when
+    /// the server's reads are private.
+    #[arg(long, env = "OFFSHOOT_API_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub api_token: Option<Secret>,
+}
+
+fn secret(text: &str) -> Result<Secret, String> {
+    Secret::new(text.trim()).ok_or_else(|| "the API token is empty".to_owned())
 }
 
 pub struct Client {
     agent: ureq::Agent,
     base: String,
-    token: Option<String>,
+    token: Option<Secret>,
 }
 
 impl Client {
@@ -37,7 +44,7 @@ impl Client {
 
     fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
         match &self.token {
-            Some(token) => request.header("Authorization", &format!("Bearer {token}")),
+            Some(token) => request.header("Authorization", &format!("Bearer {}", token.expose())),
             None => request,
         }
     }
@@ -69,9 +76,15 @@ impl Client {
             return serde_json::from_str(&text).with_context(|| format!("the server's answer to {path} is not JSON"));
         }
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
+        // What to do about a refusal: the message names the role; say where a token goes.
+        let hint = match status.as_u16() {
+            401 => "\n  hint: pass a token with --api-token or OFFSHOOT_API_TOKEN",
+            403 => "\n  hint: use a token with that role (--api-token or OFFSHOOT_API_TOKEN)",
+            _ => "",
+        };
         match parsed.as_ref().and_then(|v| v.get("error")) {
             Some(error) => Err(anyhow!(
-                "{} ({}, HTTP {})",
+                "{} ({}, HTTP {}){hint}",
                 error["message"].as_str().unwrap_or("unknown error"),
                 error["code"].as_str().unwrap_or("unknown"),
                 status.as_u16()
