@@ -15,12 +15,10 @@ pub struct ClientArgs {
     /// A bearer token from the server's configuration: `deploy` (or higher) for branch
     /// deployments and their runs, `admin` for production, delete and pin; any for reads when
     /// the server's reads are private.
-    #[arg(long, env = "OFFSHOOT_API_TOKEN", hide_env_values = true, value_parser = secret)]
-    pub api_token: Option<Secret>,
-}
-
-fn secret(text: &str) -> Result<Secret, String> {
-    Secret::new(text.trim()).ok_or_else(|| "the API token is empty".to_owned())
+    /// Raw input: it becomes a `Secret` in `Client::new` (an empty value, as CI systems pass for
+    /// an unset secret, means no token).
+    #[arg(long, env = "OFFSHOOT_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 pub struct Client {
@@ -35,7 +33,7 @@ impl Client {
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build();
-        Client { agent: ureq::Agent::new_with_config(config), base: args.url.trim_end_matches('/').to_owned(), token: args.api_token.clone() }
+        Client { agent: ureq::Agent::new_with_config(config), base: args.url.trim_end_matches('/').to_owned(), token: args.api_token.as_deref().and_then(|t| Secret::new(t.trim())) }
     }
 
     fn url(&self, path: &str) -> String {

@@ -548,7 +548,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         let state = state_for(settings.config.clone(), &settings.backends).await?;
         eprintln!("offshoot serving on http://{address} (data in {})", settings.config.data_dir.display());
         if let Some(path) = &settings.token_file {
-            eprintln!("API token for writes: in {} (export OFFSHOOT_API_TOKEN=$(cat {}))", path.display(), path.display());
+            eprintln!("admin API token (no api_tokens are configured): in {} (export OFFSHOOT_API_TOKEN=$(cat {}))", path.display(), path.display());
         }
         for repo in &settings.config.repositories {
             let mode = if repo.watch.is_some() { "watching" } else { "serving" };
