@@ -575,3 +575,32 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--api-token` entries: the role each gets, or the error (which never repeats the token).
+    #[test]
+    fn flag_tokens_are_role_colon_token_or_plain_admin() {
+        let check = |entry: &str, expected: &str| {
+            let got = match flag_token(entry, 1) {
+                Ok(Some(token)) => format!("{} {}", token.role, token.secret.expose()),
+                Ok(None) => "none".to_owned(),
+                Err(error) => error.to_string(),
+            };
+            assert_eq!(got, expected, "{entry}");
+        };
+        check("deploy:ci-1", "deploy ci-1");
+        check("read:r-1", "read r-1");
+        check("admin:a:b", "admin a:b");
+        check("plain-token", "admin plain-token");
+        check("0123:abcd", "admin 0123:abcd");
+        check("deploy:", "none");
+        check("", "none");
+        check(
+            "Deploy:ci-1",
+            "--api-token / OFFSHOOT_API_TOKENS entry 1: `Deploy:` is not a role; write `read:TOKEN`, `deploy:TOKEN` or `admin:TOKEN` (a token without a role is admin)",
+        );
+    }
+}

@@ -534,7 +534,9 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
     let mut leaks = Vec::new();
     for (where_, text) in &seen {
         for (what, value) in SECRETS {
-            for line in text.lines().filter(|line| line.contains(value)) {
+            // The whole secret, or its distinctive last 8 characters (a cut-off quote).
+            let tail = &value[value.len() - 8..];
+            for line in text.lines().filter(|line| line.contains(tail)) {
                 leaks.push(format!("{what} in {where_}: {line}"));
             }
         }
