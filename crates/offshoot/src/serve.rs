@@ -168,6 +168,7 @@ impl<'de> Deserialize<'de> for FileToken {
 /// prefix of letters before a colon is taken as a role and must be one, so a mistyped role is an
 /// error rather than part of an admin token. Errors never repeat the token.
 fn flag_token(entry: &str, position: usize) -> anyhow::Result<Option<ApiToken>> {
+    let entry = entry.trim();
     let (role, secret) = match entry.split_once(':') {
         Some((prefix, rest)) if !prefix.is_empty() && prefix.chars().all(|c| c.is_ascii_alphabetic()) => match Role::parse(prefix) {
             Some(role) => (role, rest),
@@ -595,6 +596,7 @@ mod tests {
         check("read:r-1", "read r-1");
         check("admin:a:b", "admin a:b");
         check("plain-token", "admin plain-token");
+        check(" deploy:ci-2 ", "deploy ci-2");
         check("0123:abcd", "admin 0123:abcd");
         check("deploy:", "none");
         check("", "none");
