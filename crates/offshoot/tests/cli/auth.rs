@@ -302,7 +302,7 @@ fn tokens_from_flags_and_variables_carry_roles_and_a_bad_role_names_its_place() 
 // ---- No secret anywhere ------------------------------------------------------------------------
 
 /// Every secret the leak test configures, by what it is.
-const SECRETS: [(&str, &str); 8] = [
+const SECRETS: [(&str, &str); 9] = [
     ("admin API token", "admin-secret-AAAA1111"),
     ("deploy API token", "deploy-secret-BBBB2222"),
     ("read API token", "read-secret-CCCC3333"),
@@ -311,6 +311,8 @@ const SECRETS: [(&str, &str); 8] = [
     ("password in a remote URL", "url-secret-FFFF6666"),
     ("remote git token", "git-secret-GGGG7777"),
     ("GitLab webhook token", "gitlab-secret-HHHH8888"),
+    // The local PostgreSQL trusts its clients, so any password connects.
+    ("password in the metadata store URL", "pg-secret-IIII9999"),
 ];
 
 fn secret(what: &str) -> &'static str {
@@ -386,8 +388,16 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
     let (dir, repo) = shop_repo("auth-leak");
     let (forge_url, forge_requests) = echoing_forge();
     let dead = refused_port();
+    // The metadata store on PostgreSQL, with a password in its URL (SQLite when PostgreSQL is skipped).
+    let database = crate::server::Database(format!("offshoot_leak_{}", std::process::id()));
+    let metadata = if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+        String::new()
+    } else {
+        crate::server::psql("postgres", &format!("CREATE DATABASE {}", database.0));
+        format!("metadata_url = \"postgres://postgres:{}@127.0.0.1:5432/{}\"\n", secret("password in the metadata store URL"), database.0)
+    };
     let config = format!(
-        "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\npublic_reads = false\nlog_level = \"debug\"\npublic_url = \"http://offshoot.example\"\n\
+        "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\npublic_reads = false\nlog_level = \"debug\"\npublic_url = \"http://offshoot.example\"\n{metadata}\
          api_tokens = [{admin:?}, {{ secret = {deploy:?}, role = \"deploy\" }}, {{ secret = {read:?}, role = \"read\" }}]\n\
          [[repositories]]\nname = \"shop\"\npath = {repo:?}\nproduction_branch = \"main\"\nforge = \"github\"\nproject = \"acme/shop\"\n\
          webhook_secret = {webhook:?}\ntoken = {forge:?}\napi_url = {forge_url:?}\n\
