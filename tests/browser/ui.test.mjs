@@ -1,6 +1,6 @@
 // Browser tests of the web UI: `offshoot demo` serves a real repository with prod and a feature
 // branch deployed and materialized; Debian's Chromium, driven by playwright-core, loads each page,
-// filters, launches a run and watches it finish, checks the change badges, a failed revision's
+// filters, launches a run and watches it finish, checks the change badges, a role's refusal, a failed revision's
 // diagnostics, a closed deployment, keyboard navigation and contrast, and saves screenshots under
 // docs/screenshots/.
 import { test, before, after } from 'node:test';
@@ -157,6 +157,27 @@ test('launching a run from the UI needs the token, then runs to success with liv
   assert.match(await page.locator('tr[data-step="fct_orders"] pre').innerText(), /rows/);
   await page.screenshot({ path: join(screenshots, 'run.png') });
   assert.deepEqual(page.errors.filter((e) => !/401/.test(e)), []);
+});
+
+test('a deploy token (a CI\'s) shows its role, and production refuses it naming the admin role', async () => {
+  const deployToken = readFileSync(join(demoDir, 'repo', '.offshoot', 'deploy-token'), 'utf8').trim();
+  const page = await newPage();
+  await page.goto(base + '/#/d/shop/prod');
+  await page.getByLabel('API token').fill(deployToken);
+  await page.locator('#token-role').filter({ hasText: 'role: deploy' }).waitFor();
+  // Told before trying, and in the API's words after.
+  assert.match(await page.locator('[data-needs-role="admin"]').innerText(), /Launching runs in prod needs a token with the admin role; this token's role is deploy/);
+  await page.getByLabel('Materialize').fill('key:*');
+  await page.getByRole('button', { name: 'Launch run' }).click();
+  const refusal = page.getByRole('alert').filter({ hasText: 'forbidden' });
+  await refusal.waitFor();
+  assert.match(await refusal.innerText(), /launching a run in the production deployment `prod` needs an API token with the `admin` role; this token's role is `deploy`/);
+  // The same token may act on the branch: no note there.
+  await page.goto(base + '/#/d/shop/' + branch);
+  await page.getByRole('button', { name: 'Materialize changed and downstream' }).waitFor();
+  assert.equal(await page.locator('[data-needs-role]').count(), 0);
+  await page.getByLabel('API token').fill('');
+  assert.deepEqual(page.errors.filter((e) => !/403/.test(e)), []);
 });
 
 test('a failed revision shows its diagnostics with path:line:col', async () => {

@@ -1,9 +1,9 @@
-//! The REST API under `/api/v1`, plus `/healthz` and `/metrics`. Writes need a bearer token from
-//! the configuration; reads too unless `public_reads`. Errors are `{"error": {code, message}}`.
+//! The REST API under `/api/v1`, plus `/healthz` and `/metrics`. Writes need a bearer token whose
+//! role allows them (`auth`: `deploy` for branch deployments, `admin` for production, delete and
+//! pin); reads need any token unless `public_reads`. Errors are `{"error": {code, message}}`.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,9 @@ use crate::changes::ChangeSetJson;
 use crate::deploy::{self, Push};
 use crate::dto::{self, ChangesJson, DeploymentJson, RunJson};
 use crate::error::{ApiError, ApiResult};
-use crate::state::{AppState, Metrics, SharedState};
+use crate::auth::{Reader, Writer};
+use crate::config::Role;
+use crate::state::{AppState, SharedState};
 use crate::{lifecycle, openapi, runs};
 
 pub fn router(state: SharedState) -> Router {
@@ -25,6 +27,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/api/v1/whoami", get(crate::auth::whoami))
         .route("/api/v1/deployments", get(list_deployments))
         .route("/api/v1/branch-deployments", post(create_or_update))
         .route("/api/v1/deployments/{name}", get(show_deployment).delete(delete_deployment))
@@ -61,54 +64,6 @@ fn body_error(rejection: &JsonRejection) -> String {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => "send the body as JSON with `Content-Type: application/json`".to_owned(),
         other => format!("invalid JSON body: {}", other.body_text()),
-    }
-}
-
-fn bearer(parts: &Parts) -> Option<&str> {
-    parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
-}
-
-/// Compares in time independent of where the first difference is.
-fn same_secret(a: &str, b: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn check_token(state: &AppState, parts: &Parts) -> ApiResult<()> {
-    let presented = bearer(parts);
-    let valid = presented.is_some_and(|token| state.config.api_tokens.iter().any(|known| same_secret(known, token)));
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send `Authorization: Bearer <token>` with a configured API token"))
-    }
-}
-
-/// Proof that the request may write.
-pub struct Writer;
-
-impl FromRequestParts<SharedState> for Writer {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
-        Metrics::increment(&state.metrics.http_requests);
-        check_token(state, parts).map(|_| Writer)
-    }
-}
-
-/// Proof that the request may read.
-pub struct Reader;
-
-impl FromRequestParts<SharedState> for Reader {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
-        Metrics::increment(&state.metrics.http_requests);
-        if state.config.public_reads {
-            return Ok(Reader);
-        }
-        check_token(state, parts).map(|_| Reader)
     }
 }
 
@@ -202,12 +157,19 @@ pub struct CreateOrUpdate {
     base_deployment_name: Option<String>,
 }
 
-async fn create_or_update(State(state): State<SharedState>, _: Writer, Body(body): Body<CreateOrUpdate>) -> ApiResult<Json<serde_json::Value>> {
+async fn create_or_update(State(state): State<SharedState>, Writer(caller): Writer, Body(body): Body<CreateOrUpdate>) -> ApiResult<Json<serde_json::Value>> {
     // Commit message, author and timestamp come from git itself; the fields are accepted so the
     // dagster-cloud flags can be passed through unchanged.
     let _ = (&body.timestamp, &body.commit_message, &body.author_name, &body.author_email);
     let repository = pick_repository(&state, body.git_repo_name.as_deref())?;
     let branch = BranchName::new(&body.branch_name).map_err(|e| ApiError::bad_request("invalid_branch_name", e.to_string()))?;
+    // A push of the production branch deploys `prod` (deploy::create_or_update): admin only.
+    let production_branch = &deploy::repository_config(&state, &repository)?.production_branch;
+    if branch.as_str() == production_branch {
+        caller.require(Role::Admin, &format!("deploying the production branch `{production_branch}` (to `prod`)"))?;
+    } else {
+        caller.require(Role::Deploy, "creating or updating a branch deployment")?;
+    }
     let pull_request_status = match body.pull_request_status.as_deref() {
         None => None,
         Some(text) => Some(PullRequestStatus::parse(text).ok_or_else(|| {
@@ -268,7 +230,7 @@ pub struct CloseBody {
 
 async fn close_deployment(
     State(state): State<SharedState>,
-    _: Writer,
+    Writer(caller): Writer,
     Path(name): Path<String>,
     Query(query): Query<RepositoryQuery>,
     body: axum::body::Bytes,
@@ -280,6 +242,7 @@ async fn close_deployment(
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_request", format!("invalid JSON body: {e}")))?
     };
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    caller.require_for(&deployment, "closing")?;
     let status = match body.pull_request_status {
         None => None,
         Some(text) => Some(PullRequestStatus::parse(&text).filter(|s| *s != PullRequestStatus::Open).ok_or_else(|| {
@@ -291,8 +254,9 @@ async fn close_deployment(
     Ok(Json(deployment_view(&state, &deployment).await?))
 }
 
-async fn reopen_deployment(State(state): State<SharedState>, _: Writer, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<DeploymentJson>> {
+async fn reopen_deployment(State(state): State<SharedState>, Writer(caller): Writer, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<DeploymentJson>> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    caller.require_for(&deployment, "reopening")?;
     let deployment = lifecycle::reopen(&state, &deployment).await?;
     Ok(Json(deployment_view(&state, &deployment).await?))
 }
@@ -305,11 +269,13 @@ pub struct PinBody {
 
 async fn pin_deployment(
     State(state): State<SharedState>,
-    _: Writer,
+    Writer(caller): Writer,
     Path(name): Path<String>,
     Query(query): Query<RepositoryQuery>,
     Body(body): Body<PinBody>,
 ) -> ApiResult<Json<DeploymentJson>> {
+    // Pinning keeps a deployment (and what it holds in the warehouse) past its TTL.
+    caller.require(Role::Admin, "pinning a deployment")?;
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     state.store.set_pinned(deployment.id, body.pinned, crate::state::now()).await?;
     let deployment = state.store.get_deployment(deployment.id).await?;
@@ -317,7 +283,8 @@ async fn pin_deployment(
 }
 
 /// 204 once the deployment is gone; 202 while its runs are still stopping (it goes after them).
-async fn delete_deployment(State(state): State<SharedState>, _: Writer, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<StatusCode> {
+async fn delete_deployment(State(state): State<SharedState>, Writer(caller): Writer, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin, "deleting a deployment")?;
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     let gone = lifecycle::delete(&state, &deployment).await?;
     Ok(if gone { StatusCode::NO_CONTENT } else { StatusCode::ACCEPTED })
@@ -347,12 +314,13 @@ pub struct LaunchBody {
 
 async fn launch_run(
     State(state): State<SharedState>,
-    _: Writer,
+    Writer(caller): Writer,
     Path(name): Path<String>,
     Query(query): Query<RepositoryQuery>,
     Body(body): Body<LaunchBody>,
 ) -> ApiResult<(StatusCode, Json<RunJson>)> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    caller.require_for(&deployment, "launching a run in")?;
     let run = runs::launch(&state, &deployment, &body.selection).await?;
     let steps = state.store.list_steps(run.id).await?;
     Ok((StatusCode::CREATED, Json(dto::run_json(&run, &deployment, &steps))))
@@ -393,8 +361,9 @@ async fn show_run(State(state): State<SharedState>, _: Reader, Path(id): Path<i6
     Ok(Json(run_view(&state, id).await?))
 }
 
-async fn cancel_run(State(state): State<SharedState>, _: Writer, Path(id): Path<i64>) -> ApiResult<Json<RunJson>> {
+async fn cancel_run(State(state): State<SharedState>, Writer(caller): Writer, Path(id): Path<i64>) -> ApiResult<Json<RunJson>> {
     let run = state.store.get_run(RunId(id)).await.map_err(|_| ApiError::not_found("run_not_found", format!("no run {id}")))?;
+    caller.require_for(&state.store.get_deployment(run.deployment_id).await?, "canceling a run of")?;
     runs::cancel(&state, &run).await?;
     Ok(Json(run_view(&state, id).await?))
 }

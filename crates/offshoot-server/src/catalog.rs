@@ -12,7 +12,8 @@ use offshoot_store::{Deployment, Materialization, Revision};
 use offshoot_warehouse::Target;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{find_deployment, Reader};
+use crate::api::find_deployment;
+use crate::auth::Reader;
 use crate::changes::AssetChangeJson;
 use crate::dto::{self, RevisionJson};
 use crate::error::{ApiError, ApiResult};

@@ -11,8 +11,8 @@ pub struct ServerConfig {
     /// Everything the embedded defaults keep: metadata store, warehouse files, checkouts.
     pub data_dir: PathBuf,
     pub repositories: Vec<RepositoryConfig>,
-    /// Bearer tokens accepted for writes (and for reads unless `public_reads`).
-    pub api_tokens: Vec<String>,
+    /// Bearer tokens and their roles (see `auth`); reads need any of them unless `public_reads`.
+    pub api_tokens: Vec<ApiToken>,
     pub public_reads: bool,
     /// How many runs may execute at once in production, and in all branch deployments together.
     pub production_run_concurrency: usize,
@@ -179,8 +179,9 @@ pub struct ForgeConfig {
     pub deploy_forks: bool,
 }
 
-/// A credential: compared and sent, never printed (`Debug` hides it, there is no `Display`).
-#[derive(Clone, PartialEq, Eq)]
+/// A credential: compared and sent, never printed. `Debug` and `Display` write `<redacted>`;
+/// there is no `PartialEq`: [`Secret::matches`] is the only comparison, in constant time.
+#[derive(Clone)]
 pub struct Secret(String);
 
 impl Secret {
@@ -190,13 +191,109 @@ impl Secret {
         (!value.trim().is_empty()).then_some(Secret(value))
     }
 
+    /// The value, for where it must go: an HTTP header, an HMAC key, git's askpass helper.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `presented` is this secret. The one place any secret is compared (API tokens,
+    /// GitLab webhook tokens): both sides are hashed first and the digests compared without an
+    /// early exit, so neither the position of the first difference nor the length shows in the
+    /// time taken.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        let (a, b) = (Sha256::digest(presented), Sha256::digest(self.0.as_bytes()));
+        a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// `text` with every occurrence of this secret replaced by `<redacted>`: for text that came
+    /// from elsewhere (a host's error answer, a tool's output) and may echo it. Secrets shorter
+    /// than 4 characters are left alone (they would mangle ordinary text and are no secret).
+    pub fn redact_from(&self, text: &str) -> String {
+        if self.0.len() >= 4 {
+            text.replace(&self.0, "<redacted>")
+        } else {
+            text.to_owned()
+        }
     }
 }
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// What an API token may do; ordered, each role can do everything the ones before it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Every read: deployments, revisions, changes, the asset graph, runs, metrics.
+    Read,
+    /// Reads, plus previews: create, update, close and reopen branch deployments; launch and
+    /// cancel runs in branch deployments. Never production: what a CI token needs.
+    Deploy,
+    /// Everything: production (its deploys and runs), delete, pin.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Read, Role::Deploy, Role::Admin];
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.as_str() == text)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Deploy => "deploy",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A bearer token the API accepts, and its role.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub secret: Secret,
+    pub role: Role,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_content_and_never_print() {
+        let secret = Secret::new("s3cret").expect("not blank");
+        assert!(secret.matches(b"s3cret"));
+        assert!(!secret.matches(b"s3cres"));
+        assert!(!secret.matches(b""));
+        assert!(!secret.matches(b"s3cret "));
+        assert_eq!(format!("{secret} {secret:?}"), "<redacted> Secret(<redacted>)");
+        assert_eq!(secret.redact_from("fatal: s3cret rejected"), "fatal: <redacted> rejected");
+        assert!(Secret::new("  ").is_none());
+    }
+
+    #[test]
+    fn roles_are_ordered_and_named() {
+        assert!(Role::Read < Role::Deploy && Role::Deploy < Role::Admin);
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("Admin"), None);
+        assert_eq!(Role::parse("write"), None);
     }
 }

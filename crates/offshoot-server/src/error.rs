@@ -6,16 +6,24 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use offshoot_store::StoreError;
 
+use crate::config::Role;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// For 401 and 403: the token role the request needs, sent as `error.required_role`.
+    pub required_role: Option<Role>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), required_role: None }
+    }
+
+    pub fn with_required_role(self, role: Role) -> ApiError {
+        ApiError { required_role: Some(role), ..self }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -40,6 +48,7 @@ impl ApiError {
 /// The table of codes, for the OpenAPI document and the docs.
 pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("unauthorized", 401, "missing or wrong bearer token"),
+    ("forbidden", 403, "the token's role does not allow this; the message names the role it needs (read < deploy < admin)"),
     ("invalid_request", 400, "the body or a parameter is malformed"),
     ("invalid_branch_name", 400, "the branch name is empty, too long or has control characters"),
     ("invalid_selection", 400, "the selection does not parse; the message has the column"),
@@ -63,7 +72,10 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let mut body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        if let Some(role) = self.required_role {
+            body["error"]["required_role"] = serde_json::json!(role.as_str());
+        }
         (self.status, Json(body)).into_response()
     }
 }

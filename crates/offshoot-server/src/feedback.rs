@@ -15,7 +15,7 @@ use offshoot_core::{DeploymentKind, DeploymentStatus, RevisionStatus};
 use offshoot_store::{Deployment, DeploymentId, Revision};
 
 use crate::changes::ChangeSetJson;
-use crate::config::{ForgeConfig, ForgeKind};
+use crate::config::{ForgeConfig, ForgeKind, Secret};
 use crate::state::SharedState;
 
 /// Whether this build can call `https://` APIs.
@@ -306,7 +306,7 @@ fn truncate(text: &str, max_chars: usize) -> String {
 struct ForgeClient {
     kind: ForgeKind,
     base: String,
-    token: String,
+    token: Option<Secret>,
     agent: ureq::Agent,
 }
 
@@ -322,7 +322,7 @@ impl ForgeClient {
         if base.starts_with("https://") && !TLS {
             return Err(FeedbackError::NoTls(base));
         }
-        let token = forge.token.as_ref().map(|t| t.expose().to_owned()).unwrap_or_default();
+        let token = forge.token.clone();
         let config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(HTTP_TIMEOUT)).user_agent("offshoot").build();
         Ok(ForgeClient { kind: forge.kind, base, token, agent: ureq::Agent::new_with_config(config) })
     }
@@ -406,7 +406,7 @@ impl ForgeClient {
     }
 
     /// One request; the answer's JSON (or `null`). The token goes in a header and is never part
-    /// of an error.
+    /// of an error, even when the host's answer echoes it.
     fn call(&self, method: &'static str, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value, FeedbackError> {
         let url = format!("{}{path}", self.base);
         let failure = |detail: String| FeedbackError::Http { method, path: path.to_owned(), detail };
@@ -422,22 +422,25 @@ impl ForgeClient {
                 self.authorize(request).header("Content-Type", "application/json").send(text)
             }
         };
-        let mut response = response.map_err(|e| failure(e.to_string()))?;
+        let redact = |text: &str| self.token.as_ref().map_or_else(|| text.to_owned(), |token| token.redact_from(text));
+        let mut response = response.map_err(|e| failure(redact(&e.to_string())))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         if !(200..300).contains(&status) {
-            return Err(failure(format!("{status} {}", truncate(text.trim(), 300))));
+            // Redacted before it is cut short, so no part of the token survives either.
+            return Err(failure(format!("{status} {}", truncate(redact(&text).trim(), 300))));
         }
         Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
     }
 
     fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        let token = self.token.as_ref().map_or("", Secret::expose);
         match self.kind {
             ForgeKind::GitHub => request
-                .header("Authorization", &format!("Bearer {}", self.token))
+                .header("Authorization", &format!("Bearer {token}"))
                 .header("Accept", "application/vnd.github+json")
                 .header("X-GitHub-Api-Version", "2022-11-28"),
-            ForgeKind::GitLab => request.header("PRIVATE-TOKEN", &self.token),
+            ForgeKind::GitLab => request.header("PRIVATE-TOKEN", token),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! after a restart, starts the background workers and serves until `shutdown` resolves.
 
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod changes;
 pub mod config;
@@ -26,7 +27,7 @@ pub mod watch;
 use std::future::Future;
 
 pub use api::router;
-pub use config::{RepositoryConfig, ServerConfig, WatchConfig};
+pub use config::{ApiToken, RepositoryConfig, Role, ServerConfig, WatchConfig};
 pub use state::{AppState, SharedState};
 
 #[derive(Debug, thiserror::Error)]

@@ -202,8 +202,8 @@ pub fn redact(text: &str, secret: Option<&Secret>) -> String {
     }
     out.push_str(rest);
     match secret {
-        Some(secret) if secret.expose().len() >= 4 => out.replace(secret.expose(), "<redacted>"),
-        _ => out,
+        Some(secret) => secret.redact_from(&out),
+        None => out,
     }
 }
 
@@ -248,7 +248,8 @@ mod tests {
         assert_eq!(credentials.map(|(u, p)| (u, p.expose().to_owned())), Some(("x-access-token".to_owned(), "tok-123".to_owned())));
 
         let remote = RemoteConfig { url: "git@git.example:acme/shop.git".into(), ..remote };
-        assert_eq!(split_credentials(&remote), ("git@git.example:acme/shop.git".to_owned(), None));
+        let (url, credentials) = split_credentials(&remote);
+        assert_eq!((url.as_str(), credentials.is_none()), ("git@git.example:acme/shop.git", true));
     }
 
     #[test]

@@ -42,15 +42,19 @@ fn body(schema: Value) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": schema } } })
 }
 
-fn write(summary: &str, parameters: Value, request: Option<Value>, response: Value) -> Value {
+/// A write; `role` says which token role it needs (`x-offshoot-role` and the description).
+fn write(summary: &str, role: &str, parameters: Value, request: Option<Value>, response: Value) -> Value {
     let mut operation = json!({
         "summary": summary,
+        "description": format!("Needs a token with the role {role}."),
+        "x-offshoot-role": role,
         "security": [{ "bearer": [] }],
         "parameters": parameters,
         "responses": {
             "200": response,
             "400": error_response("invalid request"),
             "401": error_response("missing or wrong token"),
+            "403": error_response("the token's role does not allow this (`forbidden`); the message names the role it needs"),
             "404": error_response("not found"),
             "409": error_response("conflict with the deployment's state")
         }
@@ -61,9 +65,13 @@ fn write(summary: &str, parameters: Value, request: Option<Value>, response: Val
     operation
 }
 
+/// A read: open to anyone when the server's reads are public, else any token (role `read` up).
 fn read(summary: &str, parameters: Value, response: Value) -> Value {
-    json!({ "summary": summary, "parameters": parameters, "responses": { "200": response, "404": error_response("not found") } })
+    json!({ "summary": summary, "security": [{}, { "bearer": [] }], "x-offshoot-role": "read (none when reads are public)", "parameters": parameters,
+        "responses": { "200": response, "401": error_response("reads are private and the token is missing or wrong"), "404": error_response("not found") } })
 }
+
+const BRANCH_OR_PRODUCTION: &str = "`deploy` for a branch deployment, `admin` for `prod`";
 
 pub fn document() -> Value {
     let codes: Vec<Value> = ERROR_CODES.iter().map(|(code, _, _)| json!(code)).collect();
@@ -76,10 +84,12 @@ pub fn document() -> Value {
             "description": format!("Branch deployments for data pipelines. Error codes: {}", code_table.join("; "))
         },
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer",
+                "description": "An API token from the server's configuration. Each has a role, read < deploy < admin: `read` reads (needed only when reads are private); `deploy` also creates, updates, closes and reopens branch deployments and launches and cancels their runs; `admin` also acts on production (deploying its branch, its runs), deletes and pins. A role that does not suffice is a 403 `forbidden` naming the role needed." } },
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
-                    "code": { "type": "string", "enum": codes }, "message": { "type": "string" } } } } },
+                    "code": { "type": "string", "enum": codes }, "message": { "type": "string" },
+                    "required_role": { "type": "string", "enum": ["read", "deploy", "admin"], "description": "401 and 403: the token role the request needs" } } } } },
                 "Commit": { "type": "object", "properties": { "sha": {"type": "string"}, "message": {"type": "string"}, "author_name": {"type": "string"}, "author_email": {"type": "string"}, "time": {"type": "integer"} } },
                 "Revision": { "type": "object", "properties": {
                     "id": {"type": "integer"}, "number": {"type": "integer"}, "commit": reference("Commit"),
@@ -128,25 +138,30 @@ pub fn document() -> Value {
                     "400": error_response("malformed body"), "401": error_response("missing or bad token") } } },
             "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text/plain metrics" } } } },
             "/api/v1/openapi.json": { "get": { "summary": "this document", "responses": { "200": { "description": "OpenAPI 3.0" } } } },
+            "/api/v1/whoami": { "get": { "summary": "the presented token's role, so a client offers only what it allows; never a 401", "security": [{}, { "bearer": [] }],
+                "responses": { "200": ok(json!({ "type": "object", "properties": {
+                    "token": { "type": "string", "enum": ["none", "valid", "invalid"] },
+                    "role": { "type": "string", "enum": ["read", "deploy", "admin"], "nullable": true },
+                    "public_reads": { "type": "boolean" } } })) } } },
             "/api/v1/deployments": { "get": read("list deployments", json!([repository_parameter(), {"name": "include_closed", "in": "query", "schema": {"type": "boolean"}}]), ok(array_of("Deployment"))) },
-            "/api/v1/branch-deployments": { "post": write("create or update the branch deployment of a branch and queue a commit (dagster-cloud's create-or-update)", json!([]), Some(body(reference("CreateOrUpdate"))),
+            "/api/v1/branch-deployments": { "post": write("create or update the branch deployment of a branch and queue a commit (dagster-cloud's create-or-update)", "`deploy`; `admin` when the branch is the production branch (it deploys `prod`)", json!([]), Some(body(reference("CreateOrUpdate"))),
                 ok(json!({"type": "object", "properties": {"name": {"type": "string"}, "deployment": reference("Deployment"), "revision": reference("Revision")}}))) },
             "/api/v1/deployments/{name}": {
                 "get": read("one deployment", json!([name_parameter(), repository_parameter()]), ok(reference("Deployment"))),
-                "delete": write("delete a branch deployment, its warehouse objects and history (prod is refused)", json!([name_parameter(), repository_parameter()]), None, json!({"description": "deleted"}))
+                "delete": write("delete a branch deployment, its warehouse objects and history (prod is refused)", "`admin`", json!([name_parameter(), repository_parameter()]), None, json!({"description": "deleted"}))
             },
-            "/api/v1/deployments/{name}/close": { "post": write("close a branch deployment: drop its warehouse objects, keep its history", json!([name_parameter(), repository_parameter()]),
+            "/api/v1/deployments/{name}/close": { "post": write("close a branch deployment: drop its warehouse objects, keep its history", BRANCH_OR_PRODUCTION, json!([name_parameter(), repository_parameter()]),
                 Some(json!({"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"pull_request_status": {"type": "string", "enum": ["CLOSED", "MERGED"]}}}}}})), ok(reference("Deployment"))) },
-            "/api/v1/deployments/{name}/reopen": { "post": write("reopen a closed branch deployment and redeploy its newest commit", json!([name_parameter(), repository_parameter()]), None, ok(reference("Deployment"))) },
-            "/api/v1/deployments/{name}/pin": { "post": write("pin (or unpin) so the TTL never closes it", json!([name_parameter(), repository_parameter()]),
+            "/api/v1/deployments/{name}/reopen": { "post": write("reopen a closed branch deployment and redeploy its newest commit", BRANCH_OR_PRODUCTION, json!([name_parameter(), repository_parameter()]), None, ok(reference("Deployment"))) },
+            "/api/v1/deployments/{name}/pin": { "post": write("pin (or unpin) so the TTL never closes it", "`admin`", json!([name_parameter(), repository_parameter()]),
                 Some(body(json!({"type": "object", "required": ["pinned"], "properties": {"pinned": {"type": "boolean"}}}))), ok(reference("Deployment"))) },
             "/api/v1/deployments/{name}/revisions": { "get": read("revision history, newest first", json!([name_parameter(), repository_parameter()]), ok(array_of("Revision"))) },
             "/api/v1/deployments/{name}/changes": { "get": read("the serving revision's change set", json!([name_parameter(), repository_parameter()]), ok(reference("Changes"))) },
-            "/api/v1/deployments/{name}/runs": { "post": write("materialize a selection, e.g. `changed_in_branch:ANY+`", json!([name_parameter(), repository_parameter()]),
+            "/api/v1/deployments/{name}/runs": { "post": write("materialize a selection, e.g. `changed_in_branch:ANY+`", BRANCH_OR_PRODUCTION, json!([name_parameter(), repository_parameter()]),
                 Some(body(json!({"type": "object", "required": ["selection"], "properties": {"selection": {"type": "string"}}}))), ok(reference("Run"))) },
             "/api/v1/runs": { "get": read("runs, newest first", json!([repository_parameter(), {"name": "deployment", "in": "query", "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}]), ok(array_of("Run"))) },
             "/api/v1/runs/{id}": { "get": read("one run with its steps and logs", json!([id_parameter()]), ok(reference("Run"))) },
-            "/api/v1/runs/{id}/cancel": { "post": write("cancel a run", json!([id_parameter()]), None, ok(reference("Run"))) }
+            "/api/v1/runs/{id}/cancel": { "post": write("cancel a run", "`deploy` for a run of a branch deployment, `admin` for one of `prod`", json!([id_parameter()]), None, ok(reference("Run"))) }
         }
     })
 }

@@ -15,10 +15,11 @@ hljs.registerLanguage('diff', diffLanguage);
 const TOKEN_KEY = 'offshoot.token';
 
 class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, requiredRole) {
     super(message);
     this.status = status;
     this.code = code;
+    this.requiredRole = requiredRole;
   }
 }
 
@@ -32,9 +33,44 @@ async function api(method, path, body) {
   const data = text ? JSON.parse(text) : null;
   if (!response.ok) {
     const error = (data && data.error) || { code: 'http_' + response.status, message: text };
-    throw new ApiError(response.status, error.code, error.message);
+    throw new ApiError(response.status, error.code, error.message, error.required_role);
   }
   return data;
+}
+
+// Token roles, in order: each can do what the ones before it can (README, "The server").
+const ROLES = ['read', 'deploy', 'admin'];
+const TOKEN_EVENT = 'offshoot-token';
+
+/** The role an action on `deployment` needs: production is admin-only. */
+const roleFor = (deployment) => (deployment.kind === 'production' ? 'admin' : 'deploy');
+
+/** What the presented token may do ({token: none|valid|invalid, role, public_reads}), refreshed when the token changes. */
+function useSession() {
+  const [session, setSession] = useState(null);
+  useEffect(() => {
+    const load = () => api('GET', '/api/v1/whoami').then(setSession, () => setSession(null));
+    load();
+    window.addEventListener(TOKEN_EVENT, load);
+    return () => window.removeEventListener(TOKEN_EVENT, load);
+  }, []);
+  return session;
+}
+
+/** An action's refusal, in the API's words: which role it needs, and where a token goes. */
+function refusal(e) {
+  if (e.status === 401) {
+    const role = e.requiredRole ? ' with the ' + e.requiredRole + ' role' : '';
+    return new ApiError(401, e.code, 'This needs an API token' + role + ': paste one in the header.', e.requiredRole);
+  }
+  if (e.status === 403) return new ApiError(403, e.code, e.message + '. Paste a token with that role in the header.', e.requiredRole);
+  return e;
+}
+
+/** A note under an action the current token cannot do (nothing when no token is set: the refusal says it). */
+function RoleNote({ session, needed, what }) {
+  if (!session || session.token !== 'valid' || ROLES.indexOf(session.role) >= ROLES.indexOf(needed)) return null;
+  return html`<p class="note" data-needs-role=${needed}>${what} needs a token with the ${needed} role; this token's role is ${session.role}.</p>`;
 }
 
 const q = (repository) => (repository ? '?repository=' + encodeURIComponent(repository) : '');
@@ -117,7 +153,7 @@ function Deployments() {
     <div class="toolbar">
       <label><input type="checkbox" checked=${showClosed} onChange=${(e) => setShowClosed(e.target.checked)} /> Show closed</label>
     </div>
-    <${ErrorBox} error=${error} />
+    <${ErrorBox} error=${error && refusal(error)} />
     ${!deployments ? html`<p class="loading">Loading…</p>` : html`
     <table aria-label="Deployments">
       <thead><tr><th>Deployment</th><th>Branch / pull request</th><th>Head commit</th><th>Latest revision</th><th>Changes</th></tr></thead>
@@ -155,6 +191,8 @@ function Diagnostics({ revision }) {
 }
 
 function LaunchControls({ deployment, onLaunched }) {
+  const session = useSession();
+  const needed = roleFor(deployment);
   const [selection, setSelection] = useState('');
   const [error, setError] = useState(null);
   const [busy, setBusy] = useState(false);
@@ -165,18 +203,19 @@ function LaunchControls({ deployment, onLaunched }) {
       const run = await api('POST', '/api/v1/deployments/' + enc(deployment.name) + '/runs' + q(deployment.repository), { selection: text });
       onLaunched(run);
     } catch (e) {
-      setError(e.status === 401 ? new ApiError(401, e.code, 'Launching runs needs an API token: paste one in the header.') : e);
+      setError(refusal(e));
     } finally {
       setBusy(false);
     }
   };
   const isBranch = deployment.kind === 'branch';
+  const title = 'needs a token with the ' + needed + ' role';
   return html`<div class="toolbar">
-      ${isBranch ? html`<button class="primary" disabled=${busy || !deployment.current_revision} onClick=${() => launch('changed_in_branch:ANY+')}>Materialize changed and downstream</button>` : ''}
+      ${isBranch ? html`<button class="primary" title=${title} disabled=${busy || !deployment.current_revision} onClick=${() => launch('changed_in_branch:ANY+')}>Materialize changed and downstream</button>` : ''}
       <label for="launch-selection">Materialize</label>
       <input id="launch-selection" class="selection" type="text" placeholder=${isBranch ? 'key:fct_orders+' : 'key:*'} value=${selection} onInput=${(e) => setSelection(e.target.value)} />
-      <button disabled=${busy || !selection || !deployment.current_revision} onClick=${() => launch(selection)}>Launch run</button>
-    </div><${ErrorBox} error=${error} />`;
+      <button title=${title} disabled=${busy || !selection || !deployment.current_revision} onClick=${() => launch(selection)}>Launch run</button>
+    </div><${RoleNote} session=${session} needed=${needed} what=${'Launching runs in ' + deployment.name} /><${ErrorBox} error=${error} />`;
 }
 
 function ChangeBadge({ asset }) {
@@ -346,15 +385,18 @@ function Run({ id }) {
   const [run, error, reload] = usePolling(() => api('GET', '/api/v1/runs/' + enc(id)), [id], 1000, !finished);
   const [open, setOpen] = useState({});
   const [cancelError, setCancelError] = useState(null);
+  const session = useSession();
   useEffect(() => { if (run && ['succeeded', 'failed', 'canceled'].includes(run.status)) setFinished(true); }, [run]);
   if (!run) return html`<${ErrorBox} error=${error} /><p class="loading">Loading…</p>`;
-  const cancel = () => api('POST', '/api/v1/runs/' + enc(id) + '/cancel', {}).then(reload, setCancelError);
+  const cancel = () => api('POST', '/api/v1/runs/' + enc(id) + '/cancel', {}).then(reload, (e) => setCancelError(refusal(e)));
+  const needed = run.deployment === 'prod' ? 'admin' : 'deploy';
   const active = ['queued', 'running'].includes(run.status);
   return html`
     <p class="note"><a href="#/">Deployments</a> / <a href=${'#/d/' + enc(run.repository) + '/' + enc(run.deployment)}>${run.deployment}</a> /</p>
     <h1>Run ${run.id} <${Status} status=${run.status} since=${run.started_at} /></h1>
     <p class="sub"><span class="mono">${run.selection}</span> · ${run.steps.length} steps${run.error ? ' · ' + run.error : ''}</p>
-    ${active ? html`<div class="toolbar"><button class="danger" onClick=${cancel}>Cancel run</button></div>` : ''}
+    ${active ? html`<div class="toolbar"><button class="danger" title=${'needs a token with the ' + needed + ' role'} onClick=${cancel}>Cancel run</button></div>
+      <${RoleNote} session=${session} needed=${needed} what="Canceling this run" />` : ''}
     <${ErrorBox} error=${cancelError} />
     <table aria-label="Steps"><thead><tr><th>Step</th><th>Status</th><th>Rows</th><th>Duration</th><th>Log</th></tr></thead>
       <tbody>${run.steps.map((s) => html`<tr data-step=${s.asset_key}>
@@ -366,15 +408,22 @@ function Run({ id }) {
 
 // ---- Shell and router --------------------------------------------------------------------------
 
+/** The token for actions (and for reads when the server keeps them private), with its role. */
 function TokenField() {
   const [token, setToken] = useState(localStorage.getItem(TOKEN_KEY) || '');
+  const session = useSession();
   const save = (value) => {
     setToken(value);
     if (value) localStorage.setItem(TOKEN_KEY, value);
     else localStorage.removeItem(TOKEN_KEY);
+    window.dispatchEvent(new Event(TOKEN_EVENT));
   };
+  const privateReads = session && !session.public_reads;
+  const placeholder = privateReads ? 'needed to see deployments' : 'needed to launch runs';
+  const status = !session || session.token === 'none' ? '' : session.token === 'valid' ? 'role: ' + session.role : 'not a token of this server';
   return html`<div class="token"><label for="token">API token</label>
-    <input id="token" type="password" autocomplete="off" placeholder="needed to launch runs" value=${token} onInput=${(e) => save(e.target.value.trim())} /></div>`;
+    <input id="token" type="password" autocomplete="off" placeholder=${placeholder} value=${token} onInput=${(e) => save(e.target.value.trim())} />
+    ${status ? html`<span class="note" id="token-role" role="status">${status}</span>` : ''}</div>`;
 }
 
 function parseRoute(hash) {

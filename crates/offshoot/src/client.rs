@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use offshoot_server::config::Secret;
 use serde_json::Value;
 
 #[derive(clap::Args, Clone)]
@@ -11,7 +12,11 @@ pub struct ClientArgs {
     /// The Offshoot server.
     #[arg(long, env = "OFFSHOOT_URL", default_value = "http://127.0.0.1:3000")]
     pub url: String,
-    /// A bearer token from the server's configuration (needed for writes).
+    /// A bearer token from the server's configuration: `deploy` (or higher) for branch
+    /// deployments and their runs, `admin` for production, delete and pin; any for reads when
+    /// the server's reads are private.
+    /// Raw input: it becomes a `Secret` in `Client::new` (an empty value, as CI systems pass for
+    /// an unset secret, means no token).
     #[arg(long, env = "OFFSHOOT_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 }
@@ -19,7 +24,7 @@ pub struct ClientArgs {
 pub struct Client {
     agent: ureq::Agent,
     base: String,
-    token: Option<String>,
+    token: Option<Secret>,
 }
 
 impl Client {
@@ -28,7 +33,7 @@ impl Client {
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build();
-        Client { agent: ureq::Agent::new_with_config(config), base: args.url.trim_end_matches('/').to_owned(), token: args.api_token.clone() }
+        Client { agent: ureq::Agent::new_with_config(config), base: args.url.trim_end_matches('/').to_owned(), token: args.api_token.as_deref().and_then(|t| Secret::new(t.trim())) }
     }
 
     fn url(&self, path: &str) -> String {
@@ -37,7 +42,7 @@ impl Client {
 
     fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
         match &self.token {
-            Some(token) => request.header("Authorization", &format!("Bearer {token}")),
+            Some(token) => request.header("Authorization", &format!("Bearer {}", token.expose())),
             None => request,
         }
     }
@@ -69,9 +74,15 @@ impl Client {
             return serde_json::from_str(&text).with_context(|| format!("the server's answer to {path} is not JSON"));
         }
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
+        // What to do about a refusal: the message names the role; say where a token goes.
+        let hint = match status.as_u16() {
+            401 => "\n  hint: pass a token with --api-token or OFFSHOOT_API_TOKEN",
+            403 => "\n  hint: use a token with that role (--api-token or OFFSHOOT_API_TOKEN)",
+            _ => "",
+        };
         match parsed.as_ref().and_then(|v| v.get("error")) {
             Some(error) => Err(anyhow!(
-                "{} ({}, HTTP {})",
+                "{} ({}, HTTP {}){hint}",
                 error["message"].as_str().unwrap_or("unknown error"),
                 error["code"].as_str().unwrap_or("unknown"),
                 status.as_u16()

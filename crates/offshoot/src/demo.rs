@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use offshoot_core::{diff, BranchName, DeploymentName, RepositoryName, RunStatus, SchemaName, Selection};
 use offshoot_repo::GitRepository;
-use offshoot_server::{RepositoryConfig, ServerConfig, SharedState, WatchConfig};
+use offshoot_server::{ApiToken, RepositoryConfig, Role, ServerConfig, SharedState, WatchConfig};
 use offshoot_store::{Deployment, Run};
 
 use crate::report::{self, Comparison};
@@ -140,9 +140,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     print_change_set(&dir, &example)?;
 
     let config = demo_config(&dir)?;
-    let token = serve::generated_token(&config.data_dir.join("api-token"))?;
+    // An admin token, and a deploy one like a CI's: it previews branches, never touches prod.
+    let admin = serve::generated_token(&config.data_dir.join("api-token"))?;
+    let deploy = serve::generated_token(&config.data_dir.join("deploy-token"))?;
     let mut config = config;
-    config.api_tokens = vec![token];
+    config.api_tokens = vec![ApiToken { secret: admin, role: Role::Admin }, ApiToken { secret: deploy, role: Role::Deploy }];
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move { run_server(config, &args.listen, args.exit, &dir, &example, args.warehouse_url.as_deref()).await })
 }
@@ -273,7 +275,7 @@ async fn run_server(
         println!("  schema {production} and shop__{}: the branch schema holds only what it rebuilt", branch.name);
     }
     println!("\nTry the CLI against it:");
-    println!("  export OFFSHOOT_URL=http://{address} OFFSHOOT_API_TOKEN=$(cat {})", token_file.display());
+    println!("  export OFFSHOOT_URL=http://{address} OFFSHOOT_API_TOKEN=$(cat {})   # admin; {}/deploy-token is a CI's deploy token", token_file.display(), config.data_dir.display());
     println!("  offshoot deployment list");
     println!("  offshoot deployment status {}", branch.name);
     println!("  offshoot materialize --deployment {} --select 'changed_in_branch:ANY+' --wait", branch.name);

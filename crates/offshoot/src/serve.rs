@@ -12,7 +12,7 @@ use offshoot_store_postgres::PostgresStore;
 use offshoot_warehouse::{Target, Warehouse};
 use offshoot_warehouse_postgres::{PostgresWarehouse, PostgresWarehouseOptions};
 use offshoot_server::config::{ForgeConfig, ForgeKind, RemoteConfig, Secret};
-use offshoot_server::{AppState, RepositoryConfig, ServerConfig, SharedState, WatchConfig};
+use offshoot_server::{ApiToken, AppState, RepositoryConfig, Role, ServerConfig, SharedState, WatchConfig};
 use offshoot_store_sqlite::SqliteStore;
 use offshoot_warehouse_sqlite::SqliteWarehouse;
 use serde::Deserialize;
@@ -47,7 +47,8 @@ pub struct Args {
     pub branches: Option<String>,
     #[arg(long, env = "OFFSHOOT_POLL_INTERVAL_MS")]
     pub poll_interval_ms: Option<u64>,
-    /// An API token accepted for writes (repeatable). Without any, one is generated into
+    /// An API token with its role, `ROLE:TOKEN` (role read, deploy or admin; repeatable). A
+    /// token without a role is admin. Without any token, an admin one is generated into
     /// DATA_DIR/api-token.
     #[arg(long = "api-token", env = "OFFSHOOT_API_TOKENS", value_delimiter = ',', hide_env_values = true)]
     pub api_tokens: Vec<String>,
@@ -84,7 +85,12 @@ pub struct Args {
     /// without Landlock, where they cannot be confined (they could write production's file).
     #[arg(long, env = "OFFSHOOT_ALLOW_UNCONFINED_BRANCH_COMMANDS")]
     pub allow_unconfined_branch_commands: bool,
+    /// How much the server logs on stderr: error, warn, info (default), debug or trace.
+    #[arg(long, env = "OFFSHOOT_LOG_LEVEL", value_parser = LOG_LEVELS)]
+    pub log_level: Option<String>,
 }
+
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 /// The configuration file's shape.
 #[derive(Deserialize, Default)]
@@ -94,7 +100,8 @@ struct FileConfig {
     listen: Option<String>,
     public_url: Option<String>,
     #[serde(default)]
-    api_tokens: Vec<String>,
+    api_tokens: Vec<FileToken>,
+    #[serde(alias = "public_read")]
     public_reads: Option<bool>,
     ttl_days: Option<u64>,
     max_open_branch_deployments: Option<usize>,
@@ -106,8 +113,103 @@ struct FileConfig {
     server_id: Option<String>,
     lease_seconds: Option<u64>,
     allow_unconfined_branch_commands: Option<bool>,
+    log_level: Option<String>,
     #[serde(default)]
     repositories: Vec<FileRepository>,
+}
+
+/// One `api_tokens` entry: a plain string, which is an `admin` token (the form from before
+/// roles), or a table `{ secret = "...", role = "deploy" }` (`secret_env` names a variable
+/// instead), which `[[api_tokens]]` writes too.
+enum FileToken {
+    Plain(String),
+    WithRole { secret: Option<String>, secret_env: Option<String>, role: Role },
+}
+
+/// A role in the file; a bad one is an error at its own line.
+struct FileRole(Role);
+
+impl<'de> Deserialize<'de> for FileRole {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<FileRole, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Role::parse(&text).map(FileRole).ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a role: use \"read\", \"deploy\" or \"admin\"")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTokenTable {
+    secret: Option<String>,
+    secret_env: Option<String>,
+    role: FileRole,
+}
+
+impl<'de> Deserialize<'de> for FileToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<FileToken, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FileToken;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a token string (role admin) or a table with `secret` (or `secret_env`) and `role`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<FileToken, E> {
+                Ok(FileToken::Plain(value.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FileToken, A::Error> {
+                let table = FileTokenTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                if table.secret.is_some() == table.secret_env.is_some() {
+                    return Err(serde::de::Error::custom(format!("a `{}` token needs one of `secret` and `secret_env`", table.role.0)));
+                }
+                Ok(FileToken::WithRole { secret: table.secret, secret_env: table.secret_env, role: table.role.0 })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A `--api-token` / `OFFSHOOT_API_TOKENS` entry: `ROLE:TOKEN`, or a plain token (admin). A
+/// prefix of letters before a colon is taken as a role and must be one, so a mistyped role is an
+/// error rather than part of an admin token. Errors never repeat the token.
+fn flag_token(entry: &str, position: usize) -> anyhow::Result<Option<ApiToken>> {
+    let entry = entry.trim();
+    let (role, secret) = match entry.split_once(':') {
+        Some((prefix, rest)) if !prefix.is_empty() && prefix.chars().all(|c| c.is_ascii_alphabetic()) => match Role::parse(prefix) {
+            Some(role) => (role, rest),
+            None => bail!(
+                "--api-token / OFFSHOOT_API_TOKENS entry {position}: `{prefix}:` is not a role; write `read:TOKEN`, `deploy:TOKEN` or `admin:TOKEN` (a token without a role is admin)"
+            ),
+        },
+        _ => (Role::Admin, entry),
+    };
+    Ok(Secret::new(secret.trim()).map(|secret| ApiToken { secret, role }))
+}
+
+/// Every configured token, flags' first; the same secret twice is an error (its role would be
+/// ambiguous).
+fn api_tokens(args: &Args, file: Vec<FileToken>) -> anyhow::Result<Vec<ApiToken>> {
+    let mut tokens = Vec::new();
+    for (index, entry) in args.api_tokens.iter().enumerate() {
+        tokens.extend(flag_token(entry, index + 1)?);
+    }
+    for entry in file {
+        let token = match entry {
+            FileToken::Plain(text) => Secret::new(text).map(|secret| ApiToken { secret, role: Role::Admin }),
+            FileToken::WithRole { secret: inline, secret_env, role } => {
+                let secret = secret(inline, secret_env.as_deref(), None, "secret")?;
+                secret.map(|secret| ApiToken { secret, role })
+            }
+        };
+        tokens.extend(token);
+    }
+    for (index, token) in tokens.iter().enumerate() {
+        if let Some(other) = tokens[..index].iter().find(|other| other.secret.matches(token.secret.expose().as_bytes())) {
+            bail!("the same API token is configured twice (roles `{}` and `{}`); give each token once", other.role, token.role);
+        }
+    }
+    Ok(tokens)
 }
 
 #[derive(Deserialize)]
@@ -149,6 +251,8 @@ pub struct Settings {
     pub listen: String,
     /// Where a generated token was written, if one was.
     pub token_file: Option<PathBuf>,
+    /// One of `LOG_LEVELS`.
+    pub log_level: String,
 }
 
 fn repository_name(name: Option<&str>, path: &Path) -> anyhow::Result<RepositoryName> {
@@ -293,6 +397,11 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
         }
         None => FileConfig::default(),
     };
+    let log_level = args.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".to_owned());
+    if !LOG_LEVELS.contains(&log_level.as_str()) {
+        let at = args.config.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default();
+        bail!("{at}log_level `{log_level}` is not one of {}", LOG_LEVELS.join(", "));
+    }
     let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".offshoot"));
     let mut config = ServerConfig::new(data_dir.clone());
     let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:3000".to_owned());
@@ -343,11 +452,14 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
         bail!("two repositories have the same name; give them distinct `name`s");
     }
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    config.api_tokens = args.api_tokens.iter().chain(file.api_tokens.iter()).filter(|t| !t.is_empty()).cloned().collect();
+    config.api_tokens = api_tokens(args, file.api_tokens).map_err(|e| match &args.config {
+        Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
+        None => e,
+    })?;
     let mut token_file = None;
     if config.api_tokens.is_empty() {
         let path = data_dir.join("api-token");
-        config.api_tokens.push(generated_token(&path)?);
+        config.api_tokens.push(ApiToken { secret: generated_token(&path)?, role: Role::Admin });
         token_file = Some(path);
     }
     let backends = Backends {
@@ -355,16 +467,13 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
         warehouse_url: args.warehouse_url.clone().or(file.warehouse_url),
         branch_role: args.branch_role.clone().or(file.branch_role),
     };
-    Ok(Settings { config, backends, listen, token_file })
+    Ok(Settings { config, backends, listen, token_file, log_level })
 }
 
 /// The token in `path`, or a new random one written there readable by the owner only.
-pub fn generated_token(path: &Path) -> anyhow::Result<String> {
-    if let Ok(existing) = std::fs::read_to_string(path) {
-        let existing = existing.trim().to_owned();
-        if !existing.is_empty() {
-            return Ok(existing);
-        }
+pub fn generated_token(path: &Path) -> anyhow::Result<Secret> {
+    if let Some(existing) = std::fs::read_to_string(path).ok().and_then(|text| Secret::new(text.trim())) {
+        return Ok(existing);
     }
     let mut bytes = [0u8; 24];
     use std::io::Read;
@@ -376,7 +485,7 @@ pub fn generated_token(path: &Path) -> anyhow::Result<String> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     use std::io::Write;
     options.open(path).and_then(|mut f| f.write_all(token.as_bytes())).with_context(|| format!("writing {}", path.display()))?;
-    Ok(token)
+    Secret::new(token).context("a generated token is never blank")
 }
 
 /// Which store and warehouse to use; `None` means the embedded SQLite defaults.
@@ -430,13 +539,17 @@ pub async fn embedded_state(config: ServerConfig) -> anyhow::Result<(SharedState
     Ok((state, warehouse))
 }
 
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).try_init();
+/// `level` is one of `LOG_LEVELS`; anything else logs at `info`.
+pub fn init_logging(level: &str) {
+    let level = level.parse::<tracing::Level>().unwrap_or(tracing::Level::INFO);
+    use std::io::IsTerminal;
+    let colours = std::io::stderr().is_terminal();
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(colours).with_max_level(level).try_init();
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    init_logging();
     let settings = settings(&args)?;
+    init_logging(&settings.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
@@ -444,7 +557,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         let state = state_for(settings.config.clone(), &settings.backends).await?;
         eprintln!("offshoot serving on http://{address} (data in {})", settings.config.data_dir.display());
         if let Some(path) = &settings.token_file {
-            eprintln!("API token for writes: in {} (export OFFSHOOT_API_TOKEN=$(cat {}))", path.display(), path.display());
+            eprintln!("admin API token (no api_tokens are configured): in {} (export OFFSHOOT_API_TOKEN=$(cat {}))", path.display(), path.display());
         }
         for repo in &settings.config.repositories {
             let mode = if repo.watch.is_some() { "watching" } else { "serving" };
@@ -470,4 +583,34 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--api-token` entries: the role each gets, or the error (which never repeats the token).
+    #[test]
+    fn flag_tokens_are_role_colon_token_or_plain_admin() {
+        let check = |entry: &str, expected: &str| {
+            let got = match flag_token(entry, 1) {
+                Ok(Some(token)) => format!("{} {}", token.role, token.secret.expose()),
+                Ok(None) => "none".to_owned(),
+                Err(error) => error.to_string(),
+            };
+            assert_eq!(got, expected, "{entry}");
+        };
+        check("deploy:ci-1", "deploy ci-1");
+        check("read:r-1", "read r-1");
+        check("admin:a:b", "admin a:b");
+        check("plain-token", "admin plain-token");
+        check(" deploy:ci-2 ", "deploy ci-2");
+        check("0123:abcd", "admin 0123:abcd");
+        check("deploy:", "none");
+        check("", "none");
+        check(
+            "Deploy:ci-1",
+            "--api-token / OFFSHOOT_API_TOKENS entry 1: `Deploy:` is not a role; write `read:TOKEN`, `deploy:TOKEN` or `admin:TOKEN` (a token without a role is admin)",
+        );
+    }
 }

@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::{
-    branch_name, branch_of_ref, commit_id, dispatch, header, hook_repositories, malformed, same_secret, unauthorized, HeadTrigger,
+    branch_name, branch_of_ref, commit_id, dispatch, header, hook_repositories, malformed, unauthorized, HeadTrigger,
     HookJob, Hooks, Interpretation, PayloadRepository, PullRequestRef, Route,
 };
 use crate::config::{ForgeKind, RepositoryConfig};
@@ -23,7 +23,7 @@ pub async fn receive(state: &SharedState, hooks: &Hooks, headers: &HeaderMap, bo
     let token = header(headers, "x-gitlab-token").ok_or_else(|| unauthorized("the X-Gitlab-Token header is missing; set the webhook's secret token"))?;
     let verified: Vec<&RepositoryConfig> = candidates
         .iter()
-        .filter(|(_, _, secret)| same_secret(token.as_bytes(), secret.expose().as_bytes()))
+        .filter(|(_, _, secret)| secret.matches(token.as_bytes()))
         .map(|(repo, _, _)| *repo)
         .collect();
     if verified.is_empty() {

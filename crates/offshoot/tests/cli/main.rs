@@ -1,6 +1,7 @@
 //! End-to-end tests of the `offshoot` binary: local commands, and the server as a real process
 //! driven over HTTP and by the CLI, against git repositories built by real `git`.
 
+mod auth;
 mod commands;
 mod confinement;
 mod formatters;

@@ -283,9 +283,18 @@ impl Server {
 
     /// Waits until `check` holds for the deployment's JSON, or panics with the last one seen.
     pub fn wait_for_deployment(&self, name: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        self.wait_for(name, what, TOKEN, check)
+    }
+
+    /// `wait_for_deployment` reading with `token` (`name` may end in `?repository=...`).
+    pub fn wait_for_deployment_as(&self, name: &str, token: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        self.wait_for(name, "as expected", token, check)
+    }
+
+    fn wait_for(&self, name: &str, what: &str, token: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let started = std::time::Instant::now();
         loop {
-            let (status, deployment) = self.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(TOKEN));
+            let (status, deployment) = self.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(token));
             if status == 200 && check(&deployment) {
                 return deployment;
             }
