@@ -42,9 +42,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use offshoot_core::fingerprint::sha256_hex;
 use offshoot_core::{AssetKey, SchemaName};
+use offshoot_warehouse::data_diff::{self, Column, DataDiff, DiffOptions, Flavor, Row, SqlRunner, Tables};
 use offshoot_warehouse::{Target, Warehouse, WarehouseError, WarehouseResult};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{AssertSqlSafe, Connection, PgExecutor};
+use sqlx::{AssertSqlSafe, Connection, PgExecutor, Row as _};
 
 use crate::sql_text::{quote_identifier, single_statement};
 
@@ -517,6 +518,23 @@ impl Warehouse for PostgresWarehouse {
         schemas.sort();
         Ok(schemas)
     }
+
+    async fn data_diff(&self, target: &Target, table: &str, options: &DiffOptions) -> WarehouseResult<DataDiff> {
+        if target.is_production() {
+            return Err(WarehouseError::Refused("a data diff compares a branch with production; the target is production".to_owned()));
+        }
+        self.require_own_schema(target).await?;
+        let mut connection = self.open().await?;
+        let result = async {
+            let production = describe(&mut connection, &target.production, table).await?;
+            let branch = describe(&mut connection, &target.schema, table).await?;
+            let tables = Tables { production, branch };
+            data_diff::diff(&mut Runner(&mut connection), &PostgresFlavor, &tables, options).await
+        }
+        .await;
+        close(connection).await;
+        result
+    }
 }
 
 /// Builds `key` from `statement` under a staging name and swaps it in, all in one transaction on
@@ -724,6 +742,54 @@ fn percent_encode(text: &str) -> String {
         }
     }
     encoded
+}
+
+/// The table `table` of `schema` as a quoted reference and its columns; `None` if absent.
+async fn describe(connection: &mut PgConnection, schema: &SchemaName, table: &str) -> WarehouseResult<Option<(String, Vec<Column>)>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attnum",
+    )
+    .bind(schema.as_str())
+    .bind(table)
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(backend_error)?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let numeric = |t: &str| {
+        let base = t.split('(').next().unwrap_or(t).trim();
+        matches!(base, "smallint" | "integer" | "bigint" | "numeric" | "real" | "double precision" | "decimal")
+    };
+    let columns = rows.into_iter().map(|(name, data_type)| Column { numeric: numeric(&data_type), name, data_type }).collect();
+    Ok(Some((format!("{}.{}", quote_identifier(schema.as_str()), quote_identifier(table)), columns)))
+}
+
+struct PostgresFlavor;
+
+impl Flavor for PostgresFlavor {
+    fn quote(&self, name: &str) -> String {
+        quote_identifier(name)
+    }
+    fn same(&self, a: &str, b: &str) -> String {
+        format!("{a} IS NOT DISTINCT FROM {b}")
+    }
+    fn text(&self, expr: &str) -> String {
+        format!("({expr})::text")
+    }
+}
+
+struct Runner<'a>(&'a mut PgConnection);
+
+#[async_trait]
+impl SqlRunner for Runner<'_> {
+    async fn rows(&mut self, sql: &str) -> WarehouseResult<Vec<Row>> {
+        let rows = sqlx::query(AssertSqlSafe(sql.to_owned())).persistent(false).fetch_all(&mut *self.0).await.map_err(query_error)?;
+        rows.iter().map(|row| (0..row.len()).map(|i| row.try_get::<Option<String>, _>(i).map_err(backend_error)).collect()).collect()
+    }
 }
 
 /// Reads (creating it the first time) the random key branch passwords are derived from, in a

@@ -809,3 +809,9 @@ async fn connection_errors_do_not_show_the_password() {
     assert!(!message.contains("s3cret-pa55"), "{message}");
     assert!(message.contains("postgres://alice@127.0.0.1:1/ware"), "the message names the server: {message}");
 }
+
+#[tokio::test]
+async fn data_diffs_follow_the_warehouse_contract() {
+    let Some(fixture) = Fixture::new().await else { return };
+    offshoot_warehouse::contract::data_diff_stories(&fixture.warehouse, &fixture.production, &fixture.branch).await;
+}

@@ -27,9 +27,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use offshoot_core::{AssetKey, SchemaName};
+use offshoot_warehouse::data_diff::{self, Column, DataDiff, DiffOptions, Flavor, Row, SqlRunner, Tables};
 use offshoot_warehouse::{Target, Warehouse, WarehouseError, WarehouseResult};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row as _};
 
 use crate::sql_text::{quote_identifier, single_statement};
 
@@ -323,6 +324,22 @@ impl Warehouse for SqliteWarehouse {
         schemas.dedup();
         Ok(schemas)
     }
+
+    async fn data_diff(&self, target: &Target, table: &str, options: &DiffOptions) -> WarehouseResult<DataDiff> {
+        if target.is_production() {
+            return Err(WarehouseError::Refused("a data diff compares a branch with production; the target is production".to_owned()));
+        }
+        let mut connection = self.connect(target, WhenMissing::Fail).await?;
+        let result = async {
+            let production = describe(&mut connection, PRODUCTION_ALIAS, table).await?;
+            let branch = describe(&mut connection, "main", table).await?;
+            let tables = Tables { production, branch };
+            data_diff::diff(&mut Runner(&mut connection), &SqliteFlavor, &tables, options).await
+        }
+        .await;
+        close(connection).await;
+        result
+    }
 }
 
 /// Builds `key` from `statement` under a staging name and swaps it in, all in one transaction:
@@ -362,6 +379,72 @@ async fn replace_table(connection: &mut SqliteConnection, key: &str, statement: 
 }
 
 /// The schemas an unqualified name is looked up in, in order.
+/// The table `table` in the attached database `schema` (`main` or `prod`) as a quoted reference
+/// and its columns; `None` if it is not there. Names match case-insensitively, as in SQLite.
+async fn describe(connection: &mut SqliteConnection, schema: &str, table: &str) -> WarehouseResult<Option<(String, Vec<Column>)>> {
+    let found: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT name FROM {}.sqlite_master WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE",
+        quote_identifier(schema)
+    )))
+    .bind(table)
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(backend_error)?;
+    let Some(name) = found else { return Ok(None) };
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, type FROM pragma_table_info(?1, ?2) ORDER BY cid")
+        .bind(&name)
+        .bind(schema)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(backend_error)?;
+    let columns = rows.into_iter().map(|(name, data_type)| Column { numeric: numeric_affinity(&data_type), name, data_type }).collect();
+    Ok(Some((format!("{}.{}", quote_identifier(schema), quote_identifier(&name)), columns)))
+}
+
+/// SQLite's affinity rules (section 3.1 of its datatype documentation): INTEGER, REAL and
+/// NUMERIC affinity are numbers; TEXT and BLOB (or no type) are not.
+fn numeric_affinity(declared: &str) -> bool {
+    let upper = declared.to_ascii_uppercase();
+    if upper.contains("INT") {
+        return true;
+    }
+    if upper.contains("CHAR") || upper.contains("CLOB") || upper.contains("TEXT") || upper.contains("BLOB") || upper.is_empty() {
+        return false;
+    }
+    true
+}
+
+struct SqliteFlavor;
+
+impl Flavor for SqliteFlavor {
+    fn quote(&self, name: &str) -> String {
+        quote_identifier(name)
+    }
+    fn same(&self, a: &str, b: &str) -> String {
+        format!("{a} IS {b}")
+    }
+    fn text(&self, expr: &str) -> String {
+        format!("CAST({expr} AS TEXT)")
+    }
+    fn number(&self, expr: &str) -> String {
+        // A column may hold text in one row and a number in the next.
+        format!("(CASE WHEN typeof({expr}) IN ('integer', 'real') THEN {expr} END)")
+    }
+    fn loosely_typed(&self) -> bool {
+        true
+    }
+}
+
+struct Runner<'a>(&'a mut SqliteConnection);
+
+#[async_trait]
+impl SqlRunner for Runner<'_> {
+    async fn rows(&mut self, sql: &str) -> WarehouseResult<Vec<Row>> {
+        let rows = sqlx::query(AssertSqlSafe(sql.to_owned())).fetch_all(&mut *self.0).await.map_err(query_error)?;
+        rows.iter().map(|row| (0..row.len()).map(|i| row.try_get::<Option<String>, _>(i).map_err(backend_error)).collect()).collect()
+    }
+}
+
 fn search_path(target: &Target) -> &'static [&'static str] {
     if target.is_production() {
         &["main"]

@@ -458,3 +458,21 @@ async fn a_branch_needs_production_and_its_own_prepared_file() {
         Ok(Some(3))
     );
 }
+
+#[tokio::test]
+async fn data_diffs_follow_the_warehouse_contract() {
+    let fixture = Fixture::new().await;
+    offshoot_warehouse::contract::data_diff_stories(&fixture.warehouse, &fixture.production, &fixture.branch).await;
+}
+
+#[tokio::test]
+async fn a_data_diff_handles_columns_of_mixed_types() {
+    // SQLite only: one column holds numbers and text.
+    let fixture = Fixture::new().await;
+    fixture.materialize(&fixture.production, "mixed", "SELECT 1 AS id, 10 AS v UNION ALL SELECT 2, 'ten' UNION ALL SELECT 3, 2.5").await.expect("mixed");
+    fixture.materialize(&fixture.branch, "mixed", "SELECT 1 AS id, 10 AS v UNION ALL SELECT 2, 'ten' UNION ALL SELECT 3, 3.5").await.expect("mixed");
+    let options = offshoot_warehouse::data_diff::DiffOptions::default();
+    let diff = fixture.warehouse.data_diff(&fixture.branch, "mixed", &options).await.expect("diff");
+    let counts = diff.rows.expect("rows");
+    assert_eq!((counts.changed, counts.equal), (1, 2));
+}

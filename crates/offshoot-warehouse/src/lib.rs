@@ -4,6 +4,10 @@
 //! never written, altered or dropped through a branch target. Teardown drops exactly the branch's
 //! own objects.
 
+#[cfg(feature = "contract")]
+pub mod contract;
+pub mod data_diff;
+
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -79,4 +83,9 @@ pub trait Warehouse: Send + Sync + 'static {
 
     /// Every deployment schema that exists, production included (to find orphans).
     async fn schemas(&self) -> WarehouseResult<Vec<SchemaName>>;
+
+    /// What the branch `target` did to `table`: its own table against production's (see
+    /// [`data_diff`]). A side without the table is `None` in the result (for the branch: it has
+    /// not built it and reads production's). Refuses production as the target.
+    async fn data_diff(&self, target: &Target, table: &str, options: &data_diff::DiffOptions) -> WarehouseResult<data_diff::DataDiff>;
 }
