@@ -228,6 +228,9 @@ pub struct Asset {
     /// What the asset is made with (`dbt`, `postgres`, `python`...), for people; Dagster keeps
     /// them as `dagster/kind/*` tags, which is where change tracking sees them.
     pub kinds: BTreeSet<String>,
+    /// The columns that identify a row (`grain` in a native header, dbt's `unique_key`, Dagster's
+    /// primary-key metadata); empty if not declared. Data diffs match rows by it.
+    pub grain: Vec<String>,
     pub location: Location,
 }
 
@@ -247,6 +250,7 @@ impl Asset {
             partitions: None,
             owners: Vec::new(),
             kinds: BTreeSet::new(),
+            grain: Vec::new(),
             location: Location::default(),
         }
     }

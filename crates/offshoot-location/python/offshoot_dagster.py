@@ -370,6 +370,20 @@ def code_fingerprint(code):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def grain(metadata):
+    """The columns that identify a row: those of `dagster/column_schema` that are unique and not
+    nullable (Dagster's table-schema constraints), in table order."""
+    schema = (metadata or {}).get("dagster/column_schema")
+    schema = getattr(schema, "schema", schema)
+    columns = getattr(schema, "columns", None) or []
+    keys = []
+    for column in columns:
+        constraints = getattr(column, "constraints", None)
+        if constraints is not None and getattr(constraints, "unique", False) and not getattr(constraints, "nullable", True):
+            keys.append(column.name)
+    return keys
+
+
 def describe_asset(node):
     assets_def = node.assets_def
     function = compute_function(assets_def)
@@ -393,6 +407,7 @@ def describe_asset(node):
         "owners": list(node.owners),
         "kinds": sorted(node.kinds),
         "description": node.description,
+        "grain": grain(node.metadata),
     }
 
 

@@ -264,6 +264,9 @@ struct AssetSpec {
     group: Option<String>,
     #[serde(default)]
     owners: Vec<String>,
+    /// Columns that identify a row, from `dagster/column_schema`'s constraints.
+    #[serde(default)]
+    grain: Vec<String>,
     #[serde(default)]
     kinds: Vec<String>,
     #[serde(default)]
@@ -316,6 +319,7 @@ fn snapshot_from_defs(defs: &Defs, config: &DagsterConfig) -> Result<Snapshot, V
             asset.metadata.insert(OP_NAME.to_owned(), op.clone());
         }
         asset.owners = spec.owners.clone();
+        asset.grain = spec.grain.clone();
         asset.kinds = spec.kinds.iter().cloned().collect();
         asset.code = Arc::from(spec.code.as_str());
         asset.code_version = match &spec.code_version {

@@ -390,6 +390,41 @@ struct Node {
     raw_code: String,
     #[serde(default)]
     version: Option<Value>,
+    /// Tests: which test (`unique`, `not_null`, ...) on which column of which node.
+    #[serde(default)]
+    test_metadata: Option<TestMetadata>,
+    #[serde(default)]
+    column_name: Option<String>,
+    #[serde(default)]
+    attached_node: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TestMetadata {
+    #[serde(default)]
+    name: String,
+}
+
+/// A model's grain: its `unique_key` config, else the first column with both a `unique` and a
+/// `not_null` test.
+fn grain(unique_id: &str, node: &Node, manifest: &DbtManifest) -> Vec<String> {
+    match node.config.get("unique_key") {
+        Some(Value::String(key)) if !key.is_empty() => return vec![key.clone()],
+        Some(Value::Array(keys)) => {
+            let keys: Vec<String> = keys.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect();
+            if !keys.is_empty() {
+                return keys;
+            }
+        }
+        _ => {}
+    }
+    let mut tests: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for test in manifest.nodes.values().filter(|n| n.resource_type == "test" && n.attached_node.as_deref() == Some(unique_id)) {
+        if let (Some(column), Some(metadata)) = (test.column_name.as_deref(), test.test_metadata.as_ref()) {
+            tests.entry(column).or_default().insert(metadata.name.as_str());
+        }
+    }
+    tests.iter().find(|(_, names)| names.contains("unique") && names.contains("not_null")).map(|(column, _)| vec![column.to_string()]).unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -499,6 +534,7 @@ pub(crate) fn snapshot_from_manifest(manifest: &DbtManifest, project_dir: &str, 
         asset.code_version = CodeVersion::derived(sha256_hex(&[code_identity(node, &adapter).as_bytes(), b"\n", Value::Object(config).to_string().as_bytes()]));
         asset.code = Arc::from(if node.resource_type == "seed" { seed_code(checkout, &in_repo(&node.original_file_path)) } else { node.raw_code.clone() });
         asset.location = Location { path: in_repo(&node.original_file_path), line: 1 };
+        asset.grain = grain(unique_id, node, manifest);
         assets.push(asset);
     }
     if !diagnostics.is_empty() {

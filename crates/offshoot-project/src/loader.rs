@@ -57,6 +57,9 @@ struct AssetFile {
     partitions: Option<Spanned<PartitionsFile>>,
     #[serde(default)]
     owners: Vec<String>,
+    /// The columns that identify a row (for data diffs).
+    #[serde(default)]
+    grain: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -309,7 +312,7 @@ fn parse_asset_file(path: &str, file: &str, toml_text: &str, offset: usize, diag
         Err(error) => {
             diagnostics.push(
                 Diagnostic::new(path, toml_error_position(file, &error, offset), toml_error_message(&error)).hint(
-                    "valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners",
+                    "valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain",
                 ),
             );
             None
@@ -326,6 +329,7 @@ fn apply_attributes(asset: &mut Asset, file: &AssetFile, path: &str, text: &str,
     asset.tags = file.tags.clone();
     asset.metadata = file.metadata.iter().map(|(k, v)| (k.clone(), toml_value::canonical(v))).collect();
     asset.owners = file.owners.clone();
+    asset.grain = file.grain.clone();
     if let Some(partitions) = &file.partitions {
         let position = line_column(text, offset + partitions.span().start);
         match partitions_definition(partitions.get_ref()) {
