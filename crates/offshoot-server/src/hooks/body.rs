@@ -106,7 +106,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Refuses a body by its declared length alone, before any of it is read.
-pub fn check_declared_length(headers: &HeaderMap) -> Result<(), Refused> {
+fn check_declared_length(headers: &HeaderMap) -> Result<(), Refused> {
     match declared_length(headers) {
         Some(length) if length > MAX_BODY_BYTES as u64 => Err(Refused::TooLarge),
         _ => Ok(()),

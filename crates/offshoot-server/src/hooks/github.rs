@@ -1,6 +1,7 @@
 //! `POST /hooks/github`: `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with the
-//! repository's webhook secret, computed while the body streams in), `ping`, `pull_request` and `push` events, dedupe by
-//! `X-GitHub-Delivery`. Payload fields follow GitHub's documented webhook payloads.
+//! repository's webhook secret, computed while the body streams in), `ping`, `pull_request` and
+//! `push` events, dedupe by `X-GitHub-Delivery`. Payload fields follow GitHub's documented
+//! webhook payloads.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
@@ -79,9 +80,6 @@ pub async fn receive(state: &SharedState, hooks: &Hooks, limits: &Limits, header
     let Some(mut check) = SignatureCheck::new(signature, candidates.iter().map(|(_, _, secret)| secret.expose())) else {
         return Err(unauthorized("the X-Hub-Signature-256 header is not `sha256=` and 64 hex digits"));
     };
-    if let Err(refused) = body::check_declared_length(headers) {
-        return Ok(refused.into_response());
-    }
     // Authenticated before anything in the body is looked at: the HMAC is computed as it streams.
     let received = match body::read(limits, headers, request_body, |chunk| check.update(chunk)).await {
         Ok(received) => received,
