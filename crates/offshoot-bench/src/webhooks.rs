@@ -3,10 +3,10 @@
 //! from /proc), how fast every flood request gets its verdict, and whether a correctly signed
 //! delivery still gets through meanwhile.
 //!
-//! The flood is three kinds of `POST /hooks/github` in turn, each with a full body of
-//! `--body-mb` MB actually sent: a well-formed but wrong signature (the worst case: the server has
-//! to read and hash the body to refuse it), no signature (refused from the headers), and a body
-//! declared larger than the 25 MB cap (refused from its `Content-Length`).
+//! The flood is three kinds of `POST /hooks/github` in turn, each with its whole body sent: a
+//! well-formed but wrong signature on `--body-mb` MB (the worst case: the server has to read and
+//! hash the body to refuse it), no signature on `--body-mb` MB (refusable from the headers), and
+//! a wrong signature on 26 MB, over GitHub's 25 MB cap (refusable from its `Content-Length`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -26,6 +26,8 @@ use sha2::Sha256;
 use crate::{machine, mb, ms, project, status_kb, workspace_commit, AUTHOR};
 
 const SECRET: &str = "offshoot-bench-webhook-secret";
+/// What a body declared too large declares, and sends: 1 MB over GitHub's 25 MB cap.
+const TOO_LARGE: usize = 26 * 1024 * 1024;
 const USAGE: &str = "usage: offshoot-bench webhooks [--clients 64] [--requests 384] [--body-mb 25] [--offshoot PATH] [--dir PATH]
 
 Starts `offshoot serve` (by default the `offshoot` binary next to this one; build both with
@@ -78,7 +80,7 @@ impl Kind {
         match self {
             Kind::WrongSignature => "well-formed wrong signature",
             Kind::Unsigned => "no signature",
-            Kind::DeclaredTooLarge => "Content-Length over 25 MB",
+            Kind::DeclaredTooLarge => "26 MB, wrong signature",
         }
     }
 }
@@ -120,7 +122,8 @@ fn flood(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
     let before = status_kb(&pid)?;
     eprintln!("  server pid {pid} on {}; VmRSS {} before the flood", server.address, mb(before.1));
 
-    let body = Arc::new(vec![b' '; args.body_mb * 1024 * 1024]);
+    // One buffer for every kind: `--body-mb` MB, or the 26 MB a too-large one declares and sends.
+    let body = Arc::new(vec![b' '; (args.body_mb * 1024 * 1024).max(TOO_LARGE)]);
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let peak_rss = Arc::new(AtomicU64::new(before.1));
@@ -151,7 +154,7 @@ fn flood(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
         let clients: Vec<_> = (0..args.clients)
             .map(|_| {
                 let (next, body, address) = (next.clone(), body.clone(), server.address.clone());
-                let requests = args.requests as u64;
+                let (requests, body_bytes) = (args.requests as u64, args.body_mb * 1024 * 1024);
                 scope.spawn(move || {
                     let mut samples = Vec::new();
                     loop {
@@ -160,7 +163,8 @@ fn flood(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
                             return samples;
                         }
                         let kind = [Kind::WrongSignature, Kind::Unsigned, Kind::DeclaredTooLarge][(index % 3) as usize];
-                        samples.push(forged(&address, kind, &body));
+                        let length = if kind == Kind::DeclaredTooLarge { TOO_LARGE } else { body_bytes };
+                        samples.push(forged(&address, kind, &body[..length]));
                     }
                 })
             })
@@ -182,7 +186,7 @@ fn flood(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
 fn forged(address: &str, kind: Kind, body: &[u8]) -> Sample {
     let start = Instant::now();
     let Ok(mut stream) = TcpStream::connect(address) else { return Sample { kind, status: None, elapsed: start.elapsed() } };
-    let declared = if kind == Kind::DeclaredTooLarge { 26 * 1024 * 1024 } else { body.len() };
+    let declared = body.len();
     let signature = match kind {
         Kind::WrongSignature | Kind::DeclaredTooLarge => format!("X-Hub-Signature-256: sha256={}\r\n", "ab".repeat(32)),
         Kind::Unsigned => String::new(),
