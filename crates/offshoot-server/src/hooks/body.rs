@@ -199,10 +199,18 @@ mod tests {
     #[test]
     fn the_budget_refuses_what_it_cannot_hold() {
         let limits = Limits::default();
-        let first = block_on(read(&limits, &headers(Some(5)), Body::from("hello"), |_| ())).expect("read");
-        let refused = block_on(read(&limits, &headers(Some(BODY_BUDGET_BYTES)), Body::empty(), |_| ()));
-        assert!(matches!(refused, Err(Refused::Busy(_))));
-        drop(first);
+        let two_large = block_on(async {
+            let first = read(&limits, &headers(Some(MAX_BODY_BYTES)), Body::from(vec![b' '; MAX_BODY_BYTES]), |_| ()).await.expect("read");
+            let second = read(&limits, &headers(Some(MAX_BODY_BYTES)), Body::from(vec![b' '; MAX_BODY_BYTES]), |_| ()).await.expect("read");
+            (first, second)
+        });
+        let refused = block_on(read(&limits, &headers(Some(MAX_BODY_BYTES)), Body::empty(), |_| ()));
+        assert!(matches!(refused, Err(Refused::Busy(_))), "a third large body is over the budget");
+        let refused = block_on(read(&limits, &headers(None), Body::from(vec![b' '; MAX_BODY_BYTES]), |_| ()));
+        assert!(matches!(refused, Err(Refused::Busy(_))), "also when its length shows only as it streams");
+        assert!(block_on(read(&limits, &headers(Some(5)), Body::from("hello"), |_| ())).is_ok(), "a small one still fits");
+        drop(two_large);
+        assert_eq!(limits.body_bytes.available_permits(), BODY_BUDGET_BYTES);
         let slots: Vec<_> = (0..MAX_CONCURRENT_REQUESTS).map(|_| limits.admit().expect("a slot")).collect();
         assert!(limits.admit().is_err(), "one more than the slots");
         drop(slots);
