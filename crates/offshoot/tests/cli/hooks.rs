@@ -949,19 +949,21 @@ fn webhook_bodies_are_bounded_and_refused_before_they_are_read() {
     assert!(peak < 256 * 1024, "VmHWM {peak} kB");
 }
 
-/// Run with `cargo test -p offshoot --test cli hooks::gitlab_published` ; GitLab's own published
-/// push payloads (tests/fixtures/forges), re-pointed at the test repository: the "Webhook events"
-/// example with `project.id`, and the one whose `project` has only the top-level `project_id`.
+/// A published forge payload from tests/fixtures/forges (its README cites the sources).
+fn fixture_path(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forges").join(name)
+}
+
+/// GitLab's own published push payloads (tests/fixtures/forges), re-pointed at the test
+/// repository: the "Webhook events" example with `project.id`, and the one whose `project` has
+/// only the top-level `project_id`.
 #[test]
 fn gitlab_published_push_examples_are_accepted_with_or_without_project_id() {
     let (dir, repo) = shop_repo("hooks-gitlab-published");
     let keys = format!("path = {:?}\nforge = \"gitlab\"\nproject = \"15\"\nwebhook_secret = {SECRET:?}\n", repo.to_str().expect("utf-8"));
     let server = Server::start_with_repository(&dir.0, &keys, "");
     wait_for_prod(&server, &repo);
-    let fixture = |name: &str| -> Value {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forges").join(name);
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("JSON")
-    };
+    let fixture = |name: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(fixture_path(name)).expect("fixture")).expect("JSON") };
     let repoint = |mut payload: Value, before: &str, after: &str| {
         payload["ref"] = json!("refs/heads/main");
         payload["before"] = json!(before);
@@ -993,7 +995,8 @@ fn gitlab_published_push_examples_are_accepted_with_or_without_project_id() {
 }
 
 /// The all-zero commit id names no commit: as a pull request's head or a push's new head it is a
-/// 400 with a clear message (nothing is recorded); only a branch deletion carries it.
+/// 400 with a clear message (nothing is recorded); only a branch deletion carries it. GitHub's
+/// pushes are its published example (a deleted tag), re-pointed.
 #[test]
 fn an_all_zero_head_is_refused_except_for_a_branch_deletion() {
     let (dir, repo) = shop_repo("hooks-zero-sha");
@@ -1008,9 +1011,20 @@ fn an_all_zero_head_is_refused_except_for_a_branch_deletion() {
     assert!(message.contains("pull_request.head.sha") && message.contains("all-zero"), "{message}");
     let (status, answer) = github(&server, "pull_request", "z-2", &synchronize("feature/eur", &head, &"0".repeat(64)));
     assert_eq!(status, 400, "{answer}");
-    let (status, answer) = github(&server, "push", "z-3", &push("refs/heads/main", &head, &zero, false));
+    // GitHub's published push example (a deleted tag), re-pointed at this repository.
+    let published: Value = serde_json::from_str(&std::fs::read_to_string(fixture_path("github-push.json")).expect("fixture")).expect("JSON");
+    let repoint = |reference: &str, deleted: bool| {
+        let mut payload = published.clone();
+        payload["repository"]["full_name"] = json!("acme/shop");
+        payload["ref"] = json!(reference);
+        payload["deleted"] = json!(deleted);
+        payload
+    };
+    let (status, answer) = github(&server, "push", "z-3", &repoint("refs/heads/main", false));
     assert_eq!(status, 400, "{answer}");
     assert!(answer["error"]["message"].as_str().unwrap_or("").contains("`after` is the all-zero commit id"), "{answer}");
+    let (status, answer) = github(&server, "push", "z-3-tag", &repoint("refs/tags/simple-tag", true));
+    assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
     let mut open = merge_request("open", "feature/eur", &zero);
     open["project"]["id"] = json!(15);
     let (status, answer) = gitlab(&server, "Merge Request Hook", "z-4", SECRET, &open);
@@ -1020,7 +1034,7 @@ fn an_all_zero_head_is_refused_except_for_a_branch_deletion() {
     assert!(!server.log().contains("webhook for"), "no job was accepted: {}", server.log());
 
     // A deletion is all zeros legitimately: accepted, on both forges.
-    let (status, answer) = github(&server, "push", "z-5", &push("refs/heads/feature/eur", &head, &zero, true));
+    let (status, answer) = github(&server, "push", "z-5", &repoint("refs/heads/feature/eur", true));
     assert_eq!((status, answer["status"].as_str()), (202, Some("accepted")), "{answer}");
     let mut deleted = gitlab_push("refs/heads/feature/eur", &head, &zero);
     deleted["project"]["id"] = json!(15);
