@@ -353,6 +353,11 @@ fn github_pull_request_lifecycle() {
     let deployment = wait_for_branch(&server, "feature/eur", "closed as merged", |d| d["status"] == "closed");
     assert_eq!(deployment["pull_request"]["status"], "MERGED");
     assert_eq!(deployment["close_reason"], "pull request merged");
+
+    // The merged branch is deleted: the pull request stays merged.
+    assert_eq!(github(&server, "push", "lc-8", &push("refs/heads/feature/eur", &third, &"0".repeat(40), true)).0, 202);
+    wait_for_log(&server, &format!("closed shop/{name}: the branch was deleted"));
+    assert_eq!(branch_deployment(&server, "feature/eur").expect("deployment")["pull_request"]["status"], "MERGED");
 }
 
 /// Durable intake: a delivery answered 202 is in the store before the answer, so a SIGKILL right
