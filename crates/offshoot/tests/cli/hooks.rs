@@ -378,7 +378,7 @@ fn accepted_webhooks_survive_a_sigkill_right_after_the_answer() {
         assert_eq!(status, 202, "{answer}");
     }
     server.kill();
-    let existing_at_restart = deployments(&server_after(&mut server)).iter().filter(|d| d["kind"] == "branch").count();
+    let existing_at_restart = deployments(server_after(&mut server)).iter().filter(|d| d["kind"] == "branch").count();
     for branch in &branches {
         wait_for_branch(&server, branch, "deployed after the restart", |d| serving_commit(d) == head);
     }
