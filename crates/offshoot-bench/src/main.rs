@@ -6,10 +6,12 @@
 //! cargo run --release -p offshoot-bench -- [--assets-small 1000] [--assets-large 10000] [--runs 15] [--dir PATH] [--keep]
 //! offshoot-bench --only load --repo PATH   # one load of PATH's `main` in this process; prints VmHWM
 //! offshoot-bench server [--runs 9] [--skip-10k] ...   # needs `cargo build --release -p offshoot -p offshoot-bench`
+//! offshoot-bench webhooks [--clients 64] [--requests 384] [--body-mb 25]   # a flood of forged webhooks (src/webhooks.rs)
 //! ```
 
 mod project;
 mod server;
+mod webhooks;
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -51,6 +53,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 println!("usage: offshoot-bench [--assets-small N] [--assets-large N] [--runs N] [--dir PATH] [--keep]");
                 println!("       offshoot-bench --only load --repo PATH");
                 println!("       offshoot-bench server --help");
+                println!("       offshoot-bench webhooks --help");
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}`; see --help"),
@@ -67,6 +70,10 @@ fn main() -> anyhow::Result<()> {
     if arguments.peek().map(String::as_str) == Some("server") {
         arguments.next();
         return server::run(&server::parse_args(arguments)?);
+    }
+    if arguments.peek().map(String::as_str) == Some("webhooks") {
+        arguments.next();
+        return webhooks::run(&webhooks::parse_args(arguments)?);
     }
     let args = parse_args()?;
     match args.only.as_deref() {

@@ -93,11 +93,39 @@ pub fn pick_repository(state: &AppState, name: Option<&str>) -> ApiResult<Reposi
     }
 }
 
+/// The deployment `name` of the named repository; without a repository, of the one configured
+/// repository that has a deployment of that name (several: an error naming them).
 pub async fn find_deployment(state: &AppState, repository: Option<&str>, name: &str) -> ApiResult<Deployment> {
+    if repository.is_none() && state.config.repositories.len() > 1 {
+        return find_deployment_in_any(state, name).await;
+    }
     let repository = pick_repository(state, repository)?;
     let missing = || ApiError::not_found("deployment_not_found", format!("no deployment named `{name}` in `{repository}`"));
     let name = DeploymentName::new(name).map_err(|_| missing())?;
     state.store.find_deployment(&repository, &name).await?.ok_or_else(missing)
+}
+
+async fn find_deployment_in_any(state: &AppState, name: &str) -> ApiResult<Deployment> {
+    let repositories: Vec<&str> = state.config.repositories.iter().map(|r| r.name.as_str()).collect();
+    let missing = || ApiError::not_found("deployment_not_found", format!("no deployment named `{name}` in any repository ({})", repositories.join(", ")));
+    let deployment_name = DeploymentName::new(name).map_err(|_| missing())?;
+    let mut found = Vec::new();
+    for repo in &state.config.repositories {
+        if let Some(deployment) = state.store.find_deployment(&repo.name, &deployment_name).await? {
+            found.push(deployment);
+        }
+    }
+    match found.len() {
+        0 => Err(missing()),
+        1 => Ok(found.pop().expect("one was found")),
+        _ => {
+            let candidates: Vec<String> = found.iter().map(|d| d.repository.to_string()).collect();
+            Err(ApiError::bad_request(
+                "ambiguous_deployment",
+                format!("`{name}` names a deployment in several repositories: {}; name one with `?repository=` (CLI: `--repository`)", candidates.join(", ")),
+            ))
+        }
+    }
 }
 
 async fn deployment_view(state: &AppState, deployment: &Deployment) -> ApiResult<DeploymentJson> {

@@ -31,7 +31,7 @@ fn name_parameter() -> Value {
 }
 
 fn repository_parameter() -> Value {
-    json!({ "name": "repository", "in": "query", "required": false, "schema": { "type": "string" }, "description": "repository name; optional when one is configured" })
+    json!({ "name": "repository", "in": "query", "required": false, "schema": { "type": "string" }, "description": "repository name; optional when one is configured or only one has a deployment of that name" })
 }
 
 fn id_parameter() -> Value {
@@ -132,10 +132,14 @@ pub fn document() -> Value {
             "/healthz": { "get": { "summary": "liveness", "responses": { "200": { "description": "ok" } } } },
             "/hooks/github": { "post": { "summary": "GitHub webhook: ping, pull_request, push; verified by X-Hub-Signature-256, deduplicated by X-GitHub-Delivery",
                 "responses": { "200": { "description": "ping or duplicate delivery" }, "202": { "description": "accepted (deploys in the background) or ignored" },
-                    "400": error_response("malformed body"), "401": error_response("missing or bad signature") } } },
+                    "400": error_response("malformed body"), "401": error_response("missing or bad signature"),
+                    "408": error_response("the body took longer than 30 s"), "413": error_response("the body is larger than 25 MB"),
+                    "503": error_response("too many webhook requests or bodies at once; see Retry-After") } } },
             "/hooks/gitlab": { "post": { "summary": "GitLab webhook: Merge Request Hook, Push Hook; verified by X-Gitlab-Token, deduplicated by X-Gitlab-Event-UUID",
                 "responses": { "200": { "description": "duplicate delivery" }, "202": { "description": "accepted (deploys in the background) or ignored" },
-                    "400": error_response("malformed body"), "401": error_response("missing or bad token") } } },
+                    "400": error_response("malformed body"), "401": error_response("missing or bad token"),
+                    "408": error_response("the body took longer than 30 s"), "413": error_response("the body is larger than 25 MB"),
+                    "503": error_response("too many webhook requests or bodies at once; see Retry-After") } } },
             "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text/plain metrics" } } } },
             "/api/v1/openapi.json": { "get": { "summary": "this document", "responses": { "200": { "description": "OpenAPI 3.0" } } } },
             "/api/v1/whoami": { "get": { "summary": "the presented token's role, so a client offers only what it allows; never a 401", "security": [{}, { "bearer": [] }],

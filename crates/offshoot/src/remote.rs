@@ -62,7 +62,8 @@ pub struct CreateOrUpdateArgs {
 /// Which server and repository a command addresses.
 #[derive(clap::Args)]
 pub struct Scope {
-    /// Repository name; optional when the server has one.
+    /// Repository name; optional when the server has one, or when the deployment name is unique
+    /// among its repositories.
     #[arg(long)]
     repository: Option<String>,
     #[command(flatten)]

@@ -1,13 +1,16 @@
 //! `POST /hooks/github`: `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with the
-//! repository's webhook secret), `ping`, `pull_request` and `push` events, dedupe by
-//! `X-GitHub-Delivery`. Payload fields follow GitHub's documented webhook payloads.
+//! repository's webhook secret, computed while the body streams in), `ping`, `pull_request` and
+//! `push` events, dedupe by `X-GitHub-Delivery`. Payload fields follow GitHub's documented
+//! webhook payloads.
 
+use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
+use super::body::{self, Limits};
 use super::{
     answer, branch_name, branch_of_ref, commit_id, dispatch, header, hook_repositories, malformed, unauthorized, HeadTrigger,
     HookJob, Hooks, Interpretation, PayloadRepository, PullRequestRef, Route,
@@ -26,11 +29,37 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 
 /// Whether `header` (`sha256=<hex>`) is the HMAC of `body` under `secret`; constant-time.
 pub fn signature_matches(secret: &str, body: &[u8], header: &str) -> bool {
-    let Some(hex) = header.strip_prefix("sha256=") else { return false };
-    let Some(presented) = decode_hex(hex) else { return false };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
-    mac.update(body);
-    mac.verify_slice(&presented).is_ok()
+    let Some(mut check) = SignatureCheck::new(header, [secret]) else { return false };
+    check.update(body);
+    check.matching() == [0]
+}
+
+/// A presented signature checked against every candidate secret at once, fed the body chunk by
+/// chunk as it streams in.
+struct SignatureCheck {
+    presented: Vec<u8>,
+    macs: Vec<Hmac<Sha256>>,
+}
+
+impl SignatureCheck {
+    /// `None` when the header is not `sha256=` and 64 hex digits: refused before the body is read.
+    fn new<'a>(header: &str, secrets: impl IntoIterator<Item = &'a str>) -> Option<SignatureCheck> {
+        let presented = decode_hex(header.strip_prefix("sha256=")?)?;
+        let macs = secrets.into_iter().map(|secret| Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length")).collect();
+        Some(SignatureCheck { presented, macs })
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        for mac in &mut self.macs {
+            mac.update(chunk);
+        }
+    }
+
+    /// The indexes of the secrets whose HMAC is the presented one.
+    fn matching(self) -> Vec<usize> {
+        let presented = self.presented;
+        self.macs.into_iter().enumerate().filter(|(_, mac)| mac.clone().verify_slice(&presented).is_ok()).map(|(index, _)| index).collect()
+    }
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -40,16 +69,23 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
 }
 
-pub async fn receive(state: &SharedState, hooks: &Hooks, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+pub async fn receive(state: &SharedState, hooks: &Hooks, limits: &Limits, headers: &HeaderMap, request_body: Body) -> Result<Response, ApiError> {
     Metrics::increment(&state.metrics.http_requests);
     let candidates = hook_repositories(state, ForgeKind::GitHub);
     if candidates.is_empty() {
         return Err(unauthorized("no repository accepts GitHub webhooks: configure `forge = \"github\"` and a `webhook_secret`"));
     }
+    // Everything the headers can refuse is refused before the body is read.
     let signature = header(headers, "x-hub-signature-256").ok_or_else(|| unauthorized("the X-Hub-Signature-256 header is missing; set the webhook's secret"))?;
-    // Authenticated before anything in the body is looked at.
-    let verified: Vec<&RepositoryConfig> =
-        candidates.iter().filter(|(_, _, secret)| signature_matches(secret.expose(), body, signature)).map(|(repo, _, _)| *repo).collect();
+    let Some(mut check) = SignatureCheck::new(signature, candidates.iter().map(|(_, _, secret)| secret.expose())) else {
+        return Err(unauthorized("the X-Hub-Signature-256 header is not `sha256=` and 64 hex digits"));
+    };
+    // Authenticated before anything in the body is looked at: the HMAC is computed as it streams.
+    let received = match body::read(limits, headers, request_body, |chunk| check.update(chunk)).await {
+        Ok(received) => received,
+        Err(refused) => return Ok(refused.into_response()),
+    };
+    let verified: Vec<&RepositoryConfig> = check.matching().into_iter().map(|index| candidates[index].0).collect();
     if verified.is_empty() {
         return Err(unauthorized("the X-Hub-Signature-256 signature does not match the webhook secret"));
     }
@@ -57,7 +93,8 @@ pub async fn receive(state: &SharedState, hooks: &Hooks, headers: &HeaderMap, bo
     if header(headers, "content-type").is_some_and(|t| t.starts_with("application/x-www-form-urlencoded")) {
         return Err(malformed("set the webhook's content type to application/json"));
     }
-    let payload: serde_json::Value = serde_json::from_slice(body).map_err(|e| malformed(format!("the body is not JSON: {e}")))?;
+    let payload: serde_json::Value = serde_json::from_slice(&received.bytes).map_err(|e| malformed(format!("the body is not JSON: {e}")))?;
+    drop(received);
     if event == "ping" {
         return Ok(answer(StatusCode::OK, "pong", "the webhook is set up"));
     }

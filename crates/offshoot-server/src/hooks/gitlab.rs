@@ -1,20 +1,22 @@
 //! `POST /hooks/gitlab`: `X-Gitlab-Token` (the repository's webhook secret, compared in constant
-//! time), `Merge Request Hook` and `Push Hook` events, dedupe by `X-Gitlab-Event-UUID`. Payload
+//! time, before the body is read), `Merge Request Hook` and `Push Hook` events, dedupe by `X-Gitlab-Event-UUID`. Payload
 //! fields follow GitLab's documented webhook events.
 
+use axum::body::Body;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::body::{self, Limits};
 use super::{
-    branch_name, branch_of_ref, commit_id, dispatch, header, hook_repositories, malformed, unauthorized, HeadTrigger,
+    any_commit_id, branch_name, branch_of_ref, commit_id, is_null_commit, dispatch, header, hook_repositories, malformed, unauthorized, HeadTrigger,
     HookJob, Hooks, Interpretation, PayloadRepository, PullRequestRef, Route,
 };
 use crate::config::{ForgeKind, RepositoryConfig};
 use crate::error::ApiError;
 use crate::state::{Metrics, SharedState};
 
-pub async fn receive(state: &SharedState, hooks: &Hooks, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+pub async fn receive(state: &SharedState, hooks: &Hooks, limits: &Limits, headers: &HeaderMap, request_body: Body) -> Result<Response, ApiError> {
     Metrics::increment(&state.metrics.http_requests);
     let candidates = hook_repositories(state, ForgeKind::GitLab);
     if candidates.is_empty() {
@@ -30,7 +32,13 @@ pub async fn receive(state: &SharedState, hooks: &Hooks, headers: &HeaderMap, bo
         return Err(unauthorized("the X-Gitlab-Token does not match the webhook secret"));
     }
     let event = header(headers, "x-gitlab-event").ok_or_else(|| malformed("the X-Gitlab-Event header is missing"))?;
-    let payload: serde_json::Value = serde_json::from_slice(body).map_err(|e| malformed(format!("the body is not JSON: {e}")))?;
+    // Only an authenticated request's body is read at all.
+    let received = match body::read(limits, headers, request_body, |_| ()).await {
+        Ok(received) => received,
+        Err(refused) => return Ok(refused.into_response()),
+    };
+    let payload: serde_json::Value = serde_json::from_slice(&received.bytes).map_err(|e| malformed(format!("the body is not JSON: {e}")))?;
+    drop(received);
     let configured: Vec<&RepositoryConfig> = candidates.iter().map(|(repo, _, _)| *repo).collect();
     let route = Route { kind: ForgeKind::GitLab, delivery: header(headers, "x-gitlab-event-uuid"), mismatch: "the X-Gitlab-Token does not match this repository's webhook secret" };
     dispatch(state, hooks, &configured, &verified, interpret(event, payload)?, route).await
@@ -47,7 +55,10 @@ pub fn interpret(event: &str, payload: serde_json::Value) -> Result<Interpretati
 
 #[derive(Deserialize)]
 struct Project {
-    id: u64,
+    /// Absent from the `project` of push events in GitLab's published examples (system hooks,
+    /// and project hooks before `project.id` was added), which carry only the top-level
+    /// `project_id`.
+    id: Option<u64>,
     path_with_namespace: String,
     git_http_url: Option<String>,
     git_ssh_url: Option<String>,
@@ -58,7 +69,7 @@ impl Project {
     fn describe(self) -> PayloadRepository {
         PayloadRepository {
             full_name: self.path_with_namespace,
-            id: Some(self.id),
+            id: self.id,
             urls: [self.git_http_url, self.git_ssh_url, self.web_url].into_iter().flatten().collect(),
         }
     }
@@ -148,7 +159,18 @@ struct PushEvent {
     #[serde(rename = "ref")]
     reference: String,
     after: String,
+    project_id: Option<u64>,
     project: Project,
+}
+
+impl PushEvent {
+    /// The project, with its id from `project.id` or else the top-level `project_id`.
+    fn project_of_push(self) -> PayloadRepository {
+        let fallback = self.project_id;
+        let mut repository = self.project.describe();
+        repository.id = repository.id.or(fallback);
+        repository
+    }
 }
 
 fn push(payload: serde_json::Value) -> Result<Interpretation, ApiError> {
@@ -157,8 +179,8 @@ fn push(payload: serde_json::Value) -> Result<Interpretation, ApiError> {
         return Ok(Interpretation::Ignored("a push to a tag or another non-branch ref".to_owned()));
     };
     let branch = branch_name(branch, "ref")?;
-    let commit = commit_id(&event.after, "after")?;
+    let commit = any_commit_id(&event.after, "after")?;
     // GitLab announces a deleted branch as a push whose `after` is all zeros.
-    let job = if commit.chars().all(|c| c == '0') { HookJob::BranchDeleted { branch } } else { HookJob::BranchPushed { branch, commit } };
-    Ok(Interpretation::Job(event.project.describe(), job))
+    let job = if is_null_commit(&commit) { HookJob::BranchDeleted { branch } } else { HookJob::BranchPushed { branch, commit } };
+    Ok(Interpretation::Job(event.project_of_push(), job))
 }

@@ -1,23 +1,27 @@
 //! Git host webhooks: `POST /hooks/github` and `POST /hooks/gitlab`.
 //!
-//! A request is authenticated (GitHub: HMAC-SHA256 of the raw body, GitLab: the shared token;
-//! both compared in constant time) before its body is even parsed, then translated into a
-//! [`HookJob`], **recorded in the store** (durable intake), and only then answered (202); the
-//! intake worker carries jobs out in the background, one at a time and in arrival order, so a
-//! close followed by a reopen cannot swap, and a crash after the answer loses nothing: start-up
-//! resumes what was not done.
+//! A request is authenticated before its body is parsed: GitLab's token header before the body is
+//! even read; GitHub's HMAC-SHA256 signature computed chunk by chunk while the body streams in,
+//! after its header was found well-formed (both compared in constant time). Bodies are capped,
+//! the bytes held across requests are budgeted and concurrent requests are bounded ([`body`]), so
+//! a flood of unsigned requests is refused at a bounded cost. An authenticated payload is
+//! translated into a [`HookJob`], **recorded in the store** (durable intake), and only then
+//! answered (202); the intake worker carries jobs out in the background, one at a time and in
+//! arrival order, so a close followed by a reopen cannot swap, and a crash after the answer loses
+//! nothing: start-up resumes what was not done.
 //!
 //! Replays: the store refuses a second delivery with the same id (scoped by host), and every
 //! job is idempotent on its own (the lifecycle's rules: the same commit twice is one revision;
 //! an older commit never replaces a newer one; closing a closed deployment changes nothing).
 
+pub mod body;
 pub mod github;
 pub mod gitlab;
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -33,23 +37,31 @@ use crate::lifecycle::{self, Extras};
 use crate::mirror;
 use crate::state::{now, SharedState};
 
-/// GitHub caps payloads at 25 MB; a larger body is refused before it is read.
-const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
 pub fn router() -> Router<SharedState> {
+    let limits = body::Limits::default();
+    let gitlab_limits = limits.clone();
     Router::new()
         .route(
             "/hooks/github",
-            post(|State(state): State<SharedState>, headers: HeaderMap, body: Bytes| async move {
-                github::receive(&state, &Hooks, &headers, &body).await.unwrap_or_else(IntoResponse::into_response)
+            post(|State(state): State<SharedState>, headers: HeaderMap, request_body: Body| async move {
+                // The slot is held until the answer: excess requests are refused, never queued.
+                let _slot = match limits.admit() {
+                    Ok(slot) => slot,
+                    Err(refused) => return refused.into_response(),
+                };
+                github::receive(&state, &Hooks, &limits, &headers, request_body).await.unwrap_or_else(IntoResponse::into_response)
             }),
         )
         .route(
             "/hooks/gitlab",
-            post(|State(state): State<SharedState>, headers: HeaderMap, body: Bytes| async move {
-                gitlab::receive(&state, &Hooks, &headers, &body).await.unwrap_or_else(IntoResponse::into_response)
+            post(|State(state): State<SharedState>, headers: HeaderMap, request_body: Body| async move {
+                let _slot = match gitlab_limits.admit() {
+                    Ok(slot) => slot,
+                    Err(refused) => return refused.into_response(),
+                };
+                gitlab::receive(&state, &Hooks, &gitlab_limits, &headers, request_body).await.unwrap_or_else(IntoResponse::into_response)
             }),
         )
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
 /// What a webhook asks for, once authenticated and parsed. Branch names are verbatim (hostile:
@@ -298,13 +310,28 @@ fn normalize_url(url: &str) -> String {
     }
 }
 
-/// A full 40- or 64-digit commit id from a payload.
+/// A full 40- or 64-digit commit id from a payload, naming a commit: the all-zero id, which
+/// forges send only as the new head of a deleted branch, is refused (400) rather than accepted
+/// and left to fail in the background.
 fn commit_id(text: &str, field: &str) -> Result<String, ApiError> {
+    let id = any_commit_id(text, field)?;
+    if is_null_commit(&id) {
+        return Err(malformed(format!("`{field}` is the all-zero commit id, which names no commit (only a branch deletion carries it)")));
+    }
+    Ok(id)
+}
+
+/// A full 40- or 64-digit commit id, the all-zero one included.
+fn any_commit_id(text: &str, field: &str) -> Result<String, ApiError> {
     if matches!(text.len(), 40 | 64) && text.chars().all(|c| c.is_ascii_hexdigit()) {
         Ok(text.to_ascii_lowercase())
     } else {
         Err(malformed(format!("`{field}` is not a commit id")))
     }
+}
+
+fn is_null_commit(id: &str) -> bool {
+    id.bytes().all(|b| b == b'0')
 }
 
 fn branch_name(text: &str, field: &str) -> Result<BranchName, ApiError> {
@@ -467,7 +494,12 @@ async fn close_branch(state: &SharedState, repo: &RepositoryConfig, branch: &Bra
             let known = PullRequest { id: pull_request.id.clone(), url: pull_request.url.clone(), status };
             (format!("pull request {}", status.as_str().to_lowercase()), Some(status), Extras { pull_request: Some(known), ..Extras::default() })
         }
-        None => ("the branch was deleted".to_owned(), None, Extras::default()),
+        // A deleted branch ends its pull request too: one still open shows closed (a merged
+        // one stays merged).
+        None => {
+            let open_pull_request = deployment.pull_request.as_ref().is_some_and(|p| p.status == PullRequestStatus::Open);
+            ("the branch was deleted".to_owned(), open_pull_request.then_some(PullRequestStatus::Closed), Extras::default())
+        }
     };
     // Closing a closed deployment records a merge that followed a close and changes nothing else.
     lifecycle::close_with(state, &deployment, &reason, status, extras).await.map(|_| ()).map_err(|e| e.message)

@@ -353,6 +353,11 @@ fn github_pull_request_lifecycle() {
     let deployment = wait_for_branch(&server, "feature/eur", "closed as merged", |d| d["status"] == "closed");
     assert_eq!(deployment["pull_request"]["status"], "MERGED");
     assert_eq!(deployment["close_reason"], "pull request merged");
+
+    // The merged branch is deleted: the pull request stays merged.
+    assert_eq!(github(&server, "push", "lc-8", &push("refs/heads/feature/eur", &third, &"0".repeat(40), true)).0, 202);
+    wait_for_log(&server, &format!("closed shop/{name}: the branch was deleted"));
+    assert_eq!(branch_deployment(&server, "feature/eur").expect("deployment")["pull_request"]["status"], "MERGED");
 }
 
 /// Durable intake: a delivery answered 202 is in the store before the answer, so a SIGKILL right
@@ -373,7 +378,7 @@ fn accepted_webhooks_survive_a_sigkill_right_after_the_answer() {
         assert_eq!(status, 202, "{answer}");
     }
     server.kill();
-    let existing_at_restart = deployments(&server_after(&mut server)).iter().filter(|d| d["kind"] == "branch").count();
+    let existing_at_restart = deployments(server_after(&mut server)).iter().filter(|d| d["kind"] == "branch").count();
     for branch in &branches {
         wait_for_branch(&server, branch, "deployed after the restart", |d| serving_commit(d) == head);
     }
@@ -417,6 +422,10 @@ fn github_pushes_deploy_production_and_branch_names_are_taken_verbatim() {
     assert_eq!(github(&server, "push", "p-4", &push(&format!("refs/heads/{branch}"), &head, &"0".repeat(40), true)).0, 202);
     let deployment = wait_for_branch(&server, branch, "closed", |d| d["status"] == "closed");
     assert_eq!(deployment["close_reason"], "the branch was deleted");
+    // Its pull request ended with the branch: shown closed in the API and the CLI.
+    assert_eq!(deployment["pull_request"]["status"], "CLOSED", "{deployment:#}");
+    let output = crate::server::client(&server, &["deployment", "status", name]);
+    assert!(stdout(&output).contains("pull request 7 CLOSED"), "{}", stdout(&output));
     let (status, answer) = github(&server, "push", "p-5", &push("refs/heads/main", &main, &"0".repeat(40), true));
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")));
 }
@@ -770,6 +779,313 @@ fn gitlab_merge_requests_pushes_and_notes() {
     let main = commit_file(&repo, "main", "assets/marts/daily_orders.sql", "SELECT order_date, count(*) AS orders FROM fct_orders GROUP BY 1\n");
     assert_eq!(gitlab(&server, "Push Hook", "g-8", SECRET, &gitlab_push("refs/heads/main", &first, &main)).0, 202);
     server.wait_for_deployment("prod", "ready at the new main", |d| serving_commit(d) == main);
+}
+
+// ---- Bodies and load --------------------------------------------------------------------------
+
+/// An answer read off a raw connection.
+struct RawAnswer {
+    status: u16,
+    head: String,
+    body: Value,
+}
+
+/// Sends a request head on a fresh connection and reads the answer without sending any of the
+/// body: an answer proves the server decided without reading it. (Sending part of it would make
+/// the server's close a reset that can destroy the answer in flight.) `None` when no answer comes within `wait`.
+fn answer_without_the_body(server: &Server, path: &str, headers: &[(&str, String)], wait: Duration) -> Option<RawAnswer> {
+    let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).expect("connect");
+    send_head(&mut stream, path, headers);
+    read_answer(&stream, wait)
+}
+
+fn send_head(stream: &mut std::net::TcpStream, path: &str, headers: &[(&str, String)]) {
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("write the head");
+}
+
+fn read_answer(stream: &std::net::TcpStream, wait: Duration) -> Option<RawAnswer> {
+    stream.set_read_timeout(Some(wait)).expect("timeout");
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(RawAnswer { status, head, body: serde_json::from_slice(&body).unwrap_or(Value::Null) })
+}
+
+/// A signature that is well-formed (so the body must be read to check it) but wrong.
+fn forged_signature() -> String {
+    format!("sha256={}", "ab".repeat(32))
+}
+
+fn peak_rss_kb(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("the server's /proc status");
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("VmHWM")
+}
+
+/// Two repositories on one server, one per forge: `shop` takes GitHub webhooks, `lab` GitLab's.
+fn two_forges_config(dir: &Path, repo: &Path) -> String {
+    let path = repo.to_str().expect("utf-8");
+    format!(
+        "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\napi_tokens = [{TOKEN:?}]\n\
+         [[repositories]]\nname = \"shop\"\nproduction_branch = \"main\"\npath = {path:?}\nforge = \"github\"\nproject = \"acme/shop\"\nwebhook_secret = {SECRET:?}\n\
+         [[repositories]]\nname = \"lab\"\nproduction_branch = \"main\"\npath = {path:?}\nforge = \"gitlab\"\nproject = \"15\"\nwebhook_secret = {SECRET:?}\n",
+        data = dir.join("data").to_str().expect("utf-8"),
+    )
+}
+
+/// Waits until both repositories of [`two_forges_config`] serve `main` in prod.
+fn wait_for_both_prods(server: &Server, repo: &Path) {
+    let main = git(repo, &["rev-parse", "main"]);
+    for repository in ["shop", "lab"] {
+        server.wait_for_deployment(&format!("prod?repository={repository}"), "ready at main", |d| serving_commit(d) == main);
+    }
+}
+
+/// Oversized bodies get 413 and unauthenticated ones 401 before the server has read them (the
+/// answer arrives while the client still holds the body back), GitHub's signature is checked on
+/// a streamed body, excess requests and bodies beyond the budget get 503 with Retry-After at
+/// once instead of queuing, and the server answers normally afterwards.
+#[test]
+fn webhook_bodies_are_bounded_and_refused_before_they_are_read() {
+    let (dir, repo) = shop_repo("hooks-bodies");
+    let server = Server::start_with_config(&dir.0, &two_forges_config(&dir.0, &repo));
+    wait_for_both_prods(&server, &repo);
+    let wait = Duration::from_secs(10);
+    let mb = 1024 * 1024;
+    let github_headers = |signature: Option<String>, length: usize| {
+        let mut headers = vec![("X-GitHub-Event", "push".to_owned()), ("X-GitHub-Delivery", "b-1".to_owned()), ("Content-Length", length.to_string())];
+        headers.extend(signature.map(|s| ("X-Hub-Signature-256", s)));
+        headers
+    };
+
+    // GitHub, unsigned or with a malformed signature: 401 from the head alone.
+    for signature in [None, Some("sha256=not-hex".to_owned()), Some("sha1=0123".to_owned())] {
+        let answer = answer_without_the_body(&server, "/hooks/github", &github_headers(signature.clone(), 20 * mb), wait).expect("an answer before the body");
+        assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (401, Some("unauthorized")), "{signature:?}: {}", answer.body);
+    }
+    // Declared larger than 25 MB: 413 from the head alone, even with a signature to check.
+    let answer = answer_without_the_body(&server, "/hooks/github", &github_headers(Some(forged_signature()), 26 * mb), wait).expect("an answer before the body");
+    assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{}", answer.body);
+    // Streamed without a length: read (and hashed) up to the cap, refused as it passes it.
+    let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).expect("connect");
+    let headers = [("X-GitHub-Event", "push".to_owned()), ("X-Hub-Signature-256", forged_signature()), ("Transfer-Encoding", "chunked".to_owned())];
+    send_head(&mut stream, "/hooks/github", &headers);
+    let chunk = vec![b' '; mb];
+    for _ in 0..25 {
+        stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).expect("chunk size");
+        stream.write_all(&chunk).expect("chunk");
+        stream.write_all(b"\r\n").expect("chunk end");
+    }
+    stream.write_all(b"1\r\n ").expect("the byte past the cap");
+    let answer = read_answer(&stream, Duration::from_secs(60)).expect("an answer at the cap");
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    drop(stream);
+
+    // GitLab: a wrong or missing token is refused before the body is read at all.
+    for token in [None, Some("wrong-token")] {
+        let mut headers = vec![("X-Gitlab-Event", "Push Hook".to_owned()), ("Content-Length", (20 * mb).to_string())];
+        headers.extend(token.map(|t| ("X-Gitlab-Token", t.to_owned())));
+        let answer = answer_without_the_body(&server, "/hooks/gitlab", &headers, wait).expect("an answer before the body");
+        assert_eq!(answer.status, 401, "{token:?}: {}", answer.body);
+    }
+    let headers = [("X-Gitlab-Event", "Push Hook".to_owned()), ("X-Gitlab-Token", SECRET.to_owned()), ("Content-Length", (26 * mb).to_string())];
+    assert_eq!(answer_without_the_body(&server, "/hooks/gitlab", &headers, wait).expect("an answer").status, 413);
+
+    // 32 requests whose bodies are slow to come hold every slot: the next is refused at once.
+    let probe = |length: usize| answer_without_the_body(&server, "/hooks/github", &github_headers(Some(forged_signature()), length), Duration::from_secs(3));
+    let holders: Vec<std::net::TcpStream> = (0..32)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).expect("connect");
+            send_head(&mut stream, "/hooks/github", &github_headers(Some(forged_signature()), 1000));
+            stream
+        })
+        .collect();
+    let busy = wait_until(&server, "a request refused while every slot is held", || probe(0).filter(|a| a.status == 503));
+    assert_eq!(busy.body["error"]["code"], "webhooks_busy", "{}", busy.body);
+    assert!(busy.head.to_ascii_lowercase().contains("retry-after: 1"), "{}", busy.head);
+    drop(holders);
+    // Freed as their connections go; a small forged delivery is read and refused again.
+    wait_until(&server, "the slots freed", || probe(0).filter(|a| a.status == 401));
+
+    // Two 25 MB bodies being read hold most of the 64 MB budget: a third is refused at once.
+    // (Each attempt opens its holders afresh: one opened while an earlier connection still held
+    // its slot was refused, and holds nothing.)
+    let busy = wait_until(&server, "a body refused beyond the budget", || {
+        let holders: Vec<std::net::TcpStream> = (0..2)
+            .map(|_| {
+                let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).expect("connect");
+                send_head(&mut stream, "/hooks/github", &github_headers(Some(forged_signature()), 25 * mb));
+                stream
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let answer = probe(20 * mb).filter(|a| a.status == 503 && a.body["error"]["message"].as_str().unwrap_or("").contains("bodies"));
+        drop(holders);
+        answer
+    });
+    assert_eq!(busy.body["error"]["code"], "webhooks_busy", "{}", busy.body);
+    wait_until(&server, "the budget given back", || probe(0).filter(|a| a.status == 401));
+
+    // The server still answers: a signed delivery, and the API.
+    let (status, answer) = github(&server, "ping", "b-ping", &json!({ "zen": "Design for failure.", "repository": github_repository("acme/shop", 4242) }));
+    assert_eq!((status, answer["status"].as_str()), (200, Some("pong")), "{answer}");
+    assert_eq!(server.get("/api/v1/deployments").as_array().map(Vec::len), Some(2));
+    // Nothing above held more than a few bodies' worth of memory.
+    let peak = peak_rss_kb(&server);
+    println!("server VmHWM after the oversized and refused bodies: {} MB", peak / 1024);
+    assert!(peak < 256 * 1024, "VmHWM {peak} kB");
+}
+
+/// A published forge payload from tests/fixtures/forges (its README cites the sources).
+fn fixture_path(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forges").join(name)
+}
+
+/// GitLab's own published push payloads (tests/fixtures/forges), re-pointed at the test
+/// repository: the "Webhook events" example with `project.id`, and the one whose `project` has
+/// only the top-level `project_id`.
+#[test]
+fn gitlab_published_push_examples_are_accepted_with_or_without_project_id() {
+    let (dir, repo) = shop_repo("hooks-gitlab-published");
+    let keys = format!("path = {:?}\nforge = \"gitlab\"\nproject = \"15\"\nwebhook_secret = {SECRET:?}\n", repo.to_str().expect("utf-8"));
+    let server = Server::start_with_repository(&dir.0, &keys, "");
+    wait_for_prod(&server, &repo);
+    let fixture = |name: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(fixture_path(name)).expect("fixture")).expect("JSON") };
+    let repoint = |mut payload: Value, before: &str, after: &str| {
+        payload["ref"] = json!("refs/heads/main");
+        payload["before"] = json!(before);
+        payload["after"] = json!(after);
+        payload["checkout_sha"] = json!(after);
+        payload
+    };
+
+    let before = git(&repo, &["rev-parse", "main"]);
+    let first = commit_file(&repo, "main", "assets/marts/published_one.sql", "SELECT * FROM fct_orders\n");
+    let published = repoint(fixture("gitlab-push-hook.json"), &before, &first);
+    assert_eq!(published["project"]["id"], 15);
+    let (status, answer) = gitlab(&server, "Push Hook", "pub-1", SECRET, &published);
+    assert_eq!((status, answer["status"].as_str()), (202, Some("accepted")), "{answer}");
+    server.wait_for_deployment("prod", "ready at the first push", |d| serving_commit(d) == first);
+
+    let second = commit_file(&repo, "main", "assets/marts/published_two.sql", "SELECT * FROM fct_orders\n");
+    let only_top_level = repoint(fixture("gitlab-system-hook-push.json"), &first, &second);
+    assert!(only_top_level["project"].get("id").is_none() && only_top_level["project_id"] == 15);
+    let (status, answer) = gitlab(&server, "Push Hook", "pub-2", SECRET, &only_top_level);
+    assert_eq!((status, answer["status"].as_str()), (202, Some("accepted")), "{answer}");
+    server.wait_for_deployment("prod", "ready at the second push", |d| serving_commit(d) == second);
+
+    // Another project's push (by the top-level id) is not this repository's.
+    let mut elsewhere = repoint(fixture("gitlab-system-hook-push.json"), &second, &second);
+    elsewhere["project_id"] = json!(16);
+    let (status, answer) = gitlab(&server, "Push Hook", "pub-3", SECRET, &elsewhere);
+    assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
+}
+
+/// The all-zero commit id names no commit: as a pull request's head or a push's new head it is a
+/// 400 with a clear message (nothing is recorded); only a branch deletion carries it. GitHub's
+/// pushes are its published example (a deleted tag), re-pointed.
+#[test]
+fn an_all_zero_head_is_refused_except_for_a_branch_deletion() {
+    let (dir, repo) = shop_repo("hooks-zero-sha");
+    let server = Server::start_with_config(&dir.0, &two_forges_config(&dir.0, &repo));
+    wait_for_both_prods(&server, &repo);
+    let zero = "0".repeat(40);
+    let head = git(&repo, &["rev-parse", "feature/eur"]);
+
+    let (status, answer) = github(&server, "pull_request", "z-1", &pull_request("opened", "feature/eur", &zero));
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_request")), "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("pull_request.head.sha") && message.contains("all-zero"), "{message}");
+    let (status, answer) = github(&server, "pull_request", "z-2", &synchronize("feature/eur", &head, &"0".repeat(64)));
+    assert_eq!(status, 400, "{answer}");
+    // GitHub's published push example (a deleted tag), re-pointed at this repository.
+    let published: Value = serde_json::from_str(&std::fs::read_to_string(fixture_path("github-push.json")).expect("fixture")).expect("JSON");
+    let repoint = |reference: &str, deleted: bool| {
+        let mut payload = published.clone();
+        payload["repository"]["full_name"] = json!("acme/shop");
+        payload["ref"] = json!(reference);
+        payload["deleted"] = json!(deleted);
+        payload
+    };
+    let (status, answer) = github(&server, "push", "z-3", &repoint("refs/heads/main", false));
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap_or("").contains("`after` is the all-zero commit id"), "{answer}");
+    let (status, answer) = github(&server, "push", "z-3-tag", &repoint("refs/tags/simple-tag", true));
+    assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
+    let mut open = merge_request("open", "feature/eur", &zero);
+    open["project"]["id"] = json!(15);
+    let (status, answer) = gitlab(&server, "Merge Request Hook", "z-4", SECRET, &open);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap_or("").contains("object_attributes.last_commit.id"), "{answer}");
+    assert_eq!(deployments(&server).len(), 2, "nothing was recorded");
+    assert!(!server.log().contains("webhook for"), "no job was accepted: {}", server.log());
+
+    // A deletion is all zeros legitimately: accepted, on both forges.
+    let (status, answer) = github(&server, "push", "z-5", &repoint("refs/heads/feature/eur", true));
+    assert_eq!((status, answer["status"].as_str()), (202, Some("accepted")), "{answer}");
+    let mut deleted = gitlab_push("refs/heads/feature/eur", &head, &zero);
+    deleted["project"]["id"] = json!(15);
+    let (status, answer) = gitlab(&server, "Push Hook", "z-6", SECRET, &deleted);
+    assert_eq!((status, answer["status"].as_str()), (202, Some("accepted")), "{answer}");
+}
+
+/// With several repositories, a deployment name unique among them needs no `?repository=` in the
+/// API or `--repository` in the CLI; a name several have is an error naming them.
+#[test]
+fn a_deployment_name_unique_among_repositories_resolves_without_naming_the_repository() {
+    let (dir, repo) = shop_repo("hooks-many-repositories");
+    let server = Server::start_with_config(&dir.0, &two_forges_config(&dir.0, &repo));
+    wait_for_both_prods(&server, &repo);
+    let head = git(&repo, &["rev-parse", "feature/eur"]);
+    let created = server.post("/api/v1/branch-deployments", json!({ "git_repo_name": "shop", "branch_name": "feature/eur", "commit_hash": head }));
+    let name = created["name"].as_str().expect("name").to_owned();
+
+    // Unique: found without the repository, in the API and the CLI.
+    let (status, deployment) = server.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(TOKEN));
+    assert_eq!((status, deployment["repository"].as_str()), (200, Some("shop")), "{deployment}");
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == head);
+    let (status, _) = server.request("GET", &format!("/api/v1/deployments/{name}/revisions"), None, Some(TOKEN));
+    assert_eq!(status, 200);
+    let output = crate::server::client(&server, &["deployment", "status", &name]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("feature/eur"), "{}", stdout(&output));
+
+    // Several: an error that names them; naming the repository picks one.
+    let (status, answer) = server.request("GET", "/api/v1/deployments/prod", None, Some(TOKEN));
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("ambiguous_deployment")), "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("shop") && message.contains("lab") && message.contains("?repository="), "{message}");
+    let output = crate::server::client(&server, &["deployment", "status", "prod"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("shop, lab") || stderr(&output).contains("lab, shop"), "{}", stderr(&output));
+    let output = crate::server::client(&server, &["deployment", "status", "prod", "--repository", "lab"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    server.post("/api/v1/branch-deployments", json!({ "git_repo_name": "lab", "branch_name": "feature/eur", "commit_hash": head }));
+    let (status, answer) = server.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(TOKEN));
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("ambiguous_deployment")), "{answer}");
+
+    // None: not found, saying where it looked.
+    let (status, answer) = server.request("GET", "/api/v1/deployments/no-such-deployment", None, Some(TOKEN));
+    assert_eq!((status, answer["error"]["code"].as_str()), (404, Some("deployment_not_found")), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap_or("").contains("any repository"), "{answer}");
 }
 
 // ---- Configuration ----------------------------------------------------------------------------
