@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// Run branch processes (command assets, dbt, Dagster) on the embedded warehouse even where
     /// the kernel cannot confine them (no Landlock): they could then write production's file.
     pub allow_unconfined_branch_commands: bool,
+    /// Compute data diffs after every branch run and put them in the pull-request comment.
+    pub data_diff_auto: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +83,7 @@ impl ServerConfig {
             max_open_branch_deployments: 100,
             public_url: "http://127.0.0.1:3000".to_owned(),
             allow_unconfined_branch_commands: false,
+            data_diff_auto: true,
         }
     }
 

@@ -69,6 +69,8 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("payload_too_large", 413, "a webhook body is larger than 25 MB"),
     ("request_timeout", 408, "a webhook body did not arrive within 30 s"),
     ("webhooks_busy", 503, "too many webhook requests or bodies at once; retry after `Retry-After` seconds"),
+    ("not_a_branch_deployment", 400, "a data diff compares a branch deployment with production; this is production"),
+    ("data_diff_failed", 422, "the warehouse could not compare the two tables; the message is the database's"),
     ("not_found", 404, "a row the request refers to no longer exists (e.g. deleted meanwhile)"),
     ("conflict", 409, "the request would break a uniqueness rule of the store"),
     ("internal_error", 500, "a server-side failure; details are in the server log"),
@@ -90,6 +92,16 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::not_found("not_found", format!("{what} not found")),
             StoreError::Conflict(what) => ApiError::conflict("conflict", what),
             StoreError::Backend(detail) => ApiError::internal(detail),
+        }
+    }
+}
+
+impl From<offshoot_warehouse::WarehouseError> for ApiError {
+    fn from(error: offshoot_warehouse::WarehouseError) -> ApiError {
+        match error {
+            offshoot_warehouse::WarehouseError::Query(message) => ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "data_diff_failed", message),
+            offshoot_warehouse::WarehouseError::Refused(message) => ApiError::bad_request("not_a_branch_deployment", message),
+            offshoot_warehouse::WarehouseError::Backend(detail) => ApiError::internal(detail),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use offshoot_core::{DeploymentKind, DeploymentStatus, RevisionStatus};
 use offshoot_store::{Deployment, DeploymentId, Revision};
 
+use crate::data_diff::DiffSummaryJson;
 use crate::changes::ChangeSetJson;
 use crate::config::{ForgeConfig, ForgeKind, Secret};
 use crate::state::SharedState;
@@ -136,7 +137,15 @@ async fn publish(state: &SharedState, forge: &ForgeConfig, deployment_id: Deploy
     };
     let target = FeedbackTarget::resolve(forge, &deployment)?;
     let link = deployment_link(&state.config.public_url, &deployment);
-    let comment = target.number.map(|_| render_comment(&deployment, &shown, serving.as_ref(), &link));
+    // Data diffs of what the branch built (cached after each run; computed here otherwise).
+    let diffs = match &serving {
+        Some(_) => crate::data_diff::summaries(state, &deployment).await.unwrap_or_else(|error| {
+            tracing::warn!("data diffs of {} for its comment: {}", deployment.name, error.message);
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+    let comment = target.number.map(|_| render_comment(&deployment, &shown, serving.as_ref(), &link, &diffs));
     let status = CommitStatus::of(finished, &link);
     let client = ForgeClient::new(forge)?;
     tokio::task::spawn_blocking(move || {
@@ -180,7 +189,7 @@ impl CommitStatus {
 }
 
 /// The comment's Markdown: marker, headline, link, changes (folded when long) or the failure.
-pub fn render_comment(deployment: &Deployment, shown: &Revision, serving: Option<&Revision>, link: &str) -> String {
+pub fn render_comment(deployment: &Deployment, shown: &Revision, serving: Option<&Revision>, link: &str, diffs: &[DiffSummaryJson]) -> String {
     let mut out = String::new();
     let name = &deployment.name;
     let commit = shown.commit.sha.short();
@@ -209,8 +218,72 @@ pub fn render_comment(deployment: &Deployment, shown: &Revision, serving: Option
             None => out.push_str("No change tracking for this revision (its base could not be loaded).\n"),
         }
     }
-    out.push_str("\n<sub>Offshoot updates this comment on every push.</sub>\n");
+    render_data_diffs(&mut out, diffs);
+    out.push_str("\n<sub>Offshoot updates this comment on every push and after every run.</sub>\n");
     out
+}
+
+/// Most data-diff rows shown before the table folds.
+const DIFF_ROWS_UNFOLDED: usize = 10;
+
+/// What the branch's runs did to the data: one row per asset the branch built.
+fn render_data_diffs(out: &mut String, diffs: &[DiffSummaryJson]) {
+    if diffs.is_empty() {
+        return;
+    }
+    let count = |n: Option<u64>| n.map(group_digits).unwrap_or_else(|| "–".to_owned());
+    let mut table = String::from("| Asset | Rows (production → branch) | Added | Removed | Changed | Columns |\n|---|---:|---:|---:|---:|---|\n");
+    for diff in diffs {
+        let rows = match diff.state {
+            "new_in_branch" => format!("new · {}", count(diff.branch_rows)),
+            _ => format!("{} → {}", count(diff.production_rows), count(diff.branch_rows)),
+        };
+        let changed = if diff.key_source == "none" { "no key".to_owned() } else { count(diff.changed) };
+        let columns = match (diff.columns_added, diff.columns_removed) {
+            (0, 0) => String::new(),
+            (added, removed) => format!("+{added} −{removed}"),
+        };
+        let _ = writeln!(table, "| `{}` | {rows} | {} | {} | {changed} | {columns} |", diff.asset, count(diff.only_in_branch), count(diff.only_in_production));
+    }
+    if diffs.len() > DIFF_ROWS_UNFOLDED {
+        let _ = writeln!(out, "\n<details><summary>Data changes in {} built assets</summary>\n\n{table}\n</details>", diffs.len());
+    } else {
+        let _ = writeln!(out, "\n**Data changes** (the branch's tables against production's):\n\n{table}");
+    }
+}
+
+/// `12345` as `12,345`.
+fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Called after a branch run once its data diffs are computed: refreshes the comment. Returns
+/// at once.
+pub fn data_diffs_ready(state: &SharedState, deployment: &Deployment) {
+    let Some(forge) = state.repository(&deployment.repository).and_then(|r| r.forge.clone()).filter(|f| f.token.is_some()) else {
+        return;
+    };
+    let (state, deployment_id, serving) = (state.clone(), deployment.id, deployment.current_revision);
+    tokio::spawn(async move {
+        let Some(serving) = serving else { return };
+        let _turn = TURN.lock().await;
+        let result = async {
+            let revision = state.store.get_revision(serving).await?;
+            publish(&state, &forge, deployment_id, &revision).await
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!("pull-request feedback after a run of deployment {}: {error}", deployment_id.0);
+        }
+    });
 }
 
 fn render_failure(out: &mut String, deployment: &Deployment, shown: &Revision, serving: Option<&Revision>) {

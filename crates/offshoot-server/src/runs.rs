@@ -269,6 +269,7 @@ async fn finish(state: &SharedState, run: Run, context: &RunContext, steps: &[Ru
     let error = (!succeeded).then(|| if failed.is_empty() { "canceled".to_owned() } else { format!("failed: {}", failed.join(", ")) });
     report(state, &run, succeeded, error).await?;
     tracing::info!("run {} in {} finished", run.id.0, context.deployment.name);
+    crate::data_diff::run_finished(state, &context.deployment);
     Ok(())
 }
 

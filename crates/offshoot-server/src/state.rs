@@ -35,6 +35,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The kernel's Landlock ABI, or why processes cannot be confined (see `confine`).
     pub landlock: Result<u32, String>,
+    /// Data diffs computed, per pair of materializations.
+    pub data_diffs: crate::data_diff::DiffCache,
 }
 
 impl AppState {
@@ -52,6 +54,7 @@ impl AppState {
             cancel_switches: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             landlock: offshoot_location::sandbox_support(),
+            data_diffs: crate::data_diff::DiffCache::default(),
         })
     }
 

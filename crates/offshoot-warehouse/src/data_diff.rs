@@ -281,7 +281,10 @@ pub async fn diff(runner: &mut dyn SqlRunner, flavor: &dyn Flavor, tables: &Tabl
     for column in result.columns.iter_mut() {
         let Some(info) = common.iter().find(|c| c.name == column.name) else { continue };
         let in_branch = branch_columns.iter().find(|c| c.name == column.name);
-        if info.numeric && in_branch.is_some_and(|c| c.numeric) {
+        let branch_numeric = in_branch.is_some_and(|c| c.numeric);
+        // SQLite's columns built from expressions have no declared type: one numeric side is
+        // enough there, since `Flavor::number` skips what is not a number.
+        if (info.numeric && branch_numeric) || (flavor.loosely_typed() && (info.numeric || branch_numeric)) {
             column.production = Some(plan.numeric_stats(runner, production, &info.name).await?);
             column.branch = Some(plan.numeric_stats(runner, branch, &info.name).await?);
         }

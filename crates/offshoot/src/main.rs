@@ -2,6 +2,7 @@
 //! errors to messages and exit codes (0 ok, 1 failure or invalid definitions, 2 usage).
 
 mod client;
+mod data_diff;
 mod demo;
 mod diff;
 mod locate;
@@ -48,6 +49,8 @@ enum Command {
     /// List, show and cancel runs on a server.
     #[command(subcommand)]
     Runs(remote::RunsCommand),
+    /// What a branch deployment's runs did to the data: its tables against production's.
+    DataDiff(data_diff::Args),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Deployment(command) => remote::deployment(command),
         Command::Materialize(args) => remote::materialize(args),
         Command::Runs(command) => remote::runs(command),
+        Command::DataDiff(args) => data_diff::run(args),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

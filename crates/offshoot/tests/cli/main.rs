@@ -3,6 +3,7 @@
 
 mod auth;
 mod commands;
+mod data_diff;
 mod confinement;
 mod formatters;
 mod hooks;
