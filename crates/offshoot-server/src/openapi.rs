@@ -73,6 +73,18 @@ fn read(summary: &str, parameters: Value, response: Value) -> Value {
 
 const BRANCH_OR_PRODUCTION: &str = "`deploy` for a branch deployment, `admin` for `prod`";
 
+/// The shape of one asset's data diff (kept apart: one `json!` for the whole document would
+/// exceed the macro's recursion limit).
+fn data_diff_schema() -> Value {
+    json!({"type": "object", "required": ["asset", "state", "key", "schema", "columns", "samples", "notes"], "properties": {
+                    "asset": {"type": "string"}, "deployment": {"type": "string"},
+                    "state": {"type": "string", "enum": ["compared", "new_in_branch", "not_built_in_branch", "not_built"]},
+                    "production_rows": {"type": ["integer", "null"]}, "branch_rows": {"type": ["integer", "null"]},
+                    "branch_run": {"type": ["integer", "null"]}, "production_run": {"type": ["integer", "null"]},
+                    "key": {"type": "object"}, "rows": {"type": ["object", "null"]}, "schema": {"type": "object"},
+                    "columns": {"type": "array"}, "samples": {"type": "object"}, "notes": {"type": "array", "items": {"type": "string"}}}})
+}
+
 pub fn document() -> Value {
     let codes: Vec<Value> = ERROR_CODES.iter().map(|(code, _, _)| json!(code)).collect();
     let code_table: Vec<String> = ERROR_CODES.iter().map(|(code, status, meaning)| format!("`{code}` ({status}): {meaning}")).collect();
@@ -163,6 +175,14 @@ pub fn document() -> Value {
             "/api/v1/deployments/{name}/changes": { "get": read("the serving revision's change set", json!([name_parameter(), repository_parameter()]), ok(reference("Changes"))) },
             "/api/v1/deployments/{name}/runs": { "post": write("materialize a selection, e.g. `changed_in_branch:ANY+`", BRANCH_OR_PRODUCTION, json!([name_parameter(), repository_parameter()]),
                 Some(body(json!({"type": "object", "required": ["selection"], "properties": {"selection": {"type": "string"}}}))), ok(reference("Run"))) },
+            "/api/v1/deployments/{name}/assets/{key}/data-diff": { "get": read("what the branch did to one asset's data: its table against production's (schema, rows by key, per-column equality, numeric stats, a sample)",
+                json!([name_parameter(), {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}, repository_parameter(),
+                    {"name": "key", "in": "query", "description": "key columns, comma-separated (default: the asset's grain, else inferred)", "schema": {"type": "string"}},
+                    {"name": "sample", "in": "query", "description": "rows per sample, at most 100 (default 10)", "schema": {"type": "integer"}},
+                    {"name": "tolerance", "in": "query", "description": "numbers closer than this are equal (default 0)", "schema": {"type": "number"}}]),
+                ok(data_diff_schema())) },
+            "/api/v1/deployments/{name}/data-diffs": { "get": read("one line per asset the branch built: rows before and after, added, removed, changed", json!([name_parameter(), repository_parameter()]),
+                ok(json!({"type": "object", "properties": {"deployment": {"type": "string"}, "diffs": {"type": "array", "items": {"type": "object"}}}}))) },
             "/api/v1/runs": { "get": read("runs, newest first", json!([repository_parameter(), {"name": "deployment", "in": "query", "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}]), ok(array_of("Run"))) },
             "/api/v1/runs/{id}": { "get": read("one run with its steps and logs", json!([id_parameter()]), ok(reference("Run"))) },
             "/api/v1/runs/{id}/cancel": { "post": write("cancel a run", "`deploy` for a run of a branch deployment, `admin` for one of `prod`", json!([id_parameter()]), None, ok(reference("Run"))) }

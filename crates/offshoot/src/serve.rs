@@ -113,6 +113,7 @@ struct FileConfig {
     server_id: Option<String>,
     lease_seconds: Option<u64>,
     allow_unconfined_branch_commands: Option<bool>,
+    data_diff: Option<FileDataDiff>,
     log_level: Option<String>,
     #[serde(default)]
     repositories: Vec<FileRepository>,
@@ -210,6 +211,14 @@ fn api_tokens(args: &Args, file: Vec<FileToken>) -> anyhow::Result<Vec<ApiToken>
         }
     }
     Ok(tokens)
+}
+
+/// `[data_diff]`: when data diffs are computed on their own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDataDiff {
+    /// After every branch run, for what it built (and into the pull-request comment).
+    auto: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +424,9 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     }
     config.allow_unconfined_branch_commands =
         args.allow_unconfined_branch_commands || file.allow_unconfined_branch_commands.unwrap_or(false);
+    if let Some(auto) = file.data_diff.as_ref().and_then(|d| d.auto) {
+        config.data_diff_auto = auto;
+    }
     if let Some(n) = args.branch_run_concurrency.or(file.branch_run_concurrency) {
         config.branch_run_concurrency = n;
     }

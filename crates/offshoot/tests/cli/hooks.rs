@@ -702,6 +702,20 @@ fn github_feedback_is_one_comment_edited_in_place_and_a_commit_status() {
     assert!(body.contains("Still serving revision 2"), "{body}");
     assert_eq!(requests.iter().filter(|r| is(r, "POST", "/comments")).count(), 1);
 
+    // After a branch run, the comment gets the data changes of what the branch built.
+    crate::server::seed_production(&server);
+    let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
+    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded", "{}", server.log());
+    let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:fct_orders"}));
+    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded", "{}", server.log());
+    let requests = forge.wait_for(&server, "the comment edited with data changes", |requests| {
+        requests.iter().any(|r| is(r, "PATCH", "/issues/comments/9000") && r.body["body"].as_str().is_some_and(|b| b.contains("**Data changes**")))
+    });
+    let with_diffs = requests.iter().rfind(|r| is(r, "PATCH", "/issues/comments/9000")).expect("edited");
+    let body = with_diffs.body["body"].as_str().expect("body");
+    assert!(body.contains("| Asset | Rows (production → branch) | Added | Removed | Changed | Columns |"), "{body}");
+    assert!(body.contains("| `fct_orders` |"), "{body}");
+
     // The token never reaches the log.
     assert!(!server.log().contains(API_TOKEN) && !server.log().contains(SECRET), "{}", server.log());
 }
