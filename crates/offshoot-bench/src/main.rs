@@ -11,6 +11,7 @@
 
 mod project;
 mod server;
+mod data_diff;
 mod webhooks;
 
 use std::hint::black_box;
@@ -70,6 +71,10 @@ fn main() -> anyhow::Result<()> {
     if arguments.peek().map(String::as_str) == Some("server") {
         arguments.next();
         return server::run(&server::parse_args(arguments)?);
+    }
+    if arguments.peek().map(String::as_str) == Some("data-diff") {
+        arguments.next();
+        return data_diff::run(&data_diff::parse_args(arguments)?);
     }
     if arguments.peek().map(String::as_str) == Some("webhooks") {
         arguments.next();

@@ -433,6 +433,9 @@ impl Flavor for SqliteFlavor {
     fn loosely_typed(&self) -> bool {
         true
     }
+    fn match_by_grouping(&self) -> bool {
+        true
+    }
 }
 
 struct Runner<'a>(&'a mut SqliteConnection);

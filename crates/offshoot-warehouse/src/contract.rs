@@ -81,6 +81,12 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     assert_eq!(duplicated.rows, rows(1, 2, 0, 2));
     assert_eq!(duplicated.samples.removed, [vec![Some("3".to_owned()), Some("c".to_owned())]]);
 
+    // Duplicates without NULLs (found by the matching pass itself where it groups).
+    build(warehouse, branch, "people", "SELECT CAST(1 AS INTEGER) AS id, CAST(NULL AS TEXT) AS nick UNION ALL SELECT 2, 'b' UNION ALL SELECT 2, 'b' UNION ALL SELECT 3, 'c'").await;
+    let twice = diff(warehouse, branch, "people", declared(&["id"])).await;
+    assert_eq!((twice.key_check.duplicates_in_branch, twice.key_check.nulls_in_branch), (1, 0));
+    assert_eq!(twice.rows, rows(0, 1, 0, 3), "as whole rows: the second (2, b) is extra");
+
     // No key anywhere: a multiset of whole rows, and the report says so.
     build(warehouse, production, "events", "SELECT CAST('a' AS TEXT) AS kind UNION ALL SELECT 'a' UNION ALL SELECT 'b'").await;
     build(warehouse, branch, "events", "SELECT CAST('a' AS TEXT) AS kind UNION ALL SELECT 'b' UNION ALL SELECT 'b' UNION ALL SELECT 'c'").await;
