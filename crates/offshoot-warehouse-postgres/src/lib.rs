@@ -62,6 +62,9 @@ pub const ROLE_SETUP_LOCK: i64 = 0x6f66_6673_686f_6f74;
 /// The schema holding the key branch passwords are derived from; only the login user can read it.
 const INTERNAL_SCHEMA: &str = "offshoot_internal";
 
+/// PostgreSQL's `work_mem` for a data diff's connection.
+const DIFF_WORK_MEM: &str = "256MB";
+
 /// Suffix of the table a materialization builds before it replaces the asset's table.
 const STAGING_SUFFIX: &str = "__offshoot_new";
 
@@ -526,6 +529,9 @@ impl Warehouse for PostgresWarehouse {
         self.require_own_schema(target).await?;
         let mut connection = self.open().await?;
         let result = async {
+            // Matching hashes whole rows: give it the memory to do so in one batch instead of
+            // spilling to disk (this connection is the diff's own and closes after it).
+            execute(&mut connection, format!("SET work_mem = '{DIFF_WORK_MEM}'")).await.map_err(backend_error)?;
             let production = describe(&mut connection, &target.production, table).await?;
             let branch = describe(&mut connection, &target.schema, table).await?;
             let tables = Tables { production, branch };
