@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod changes;
 pub mod config;
 pub mod confine;
+pub mod dagster_cloud;
 pub mod deploy;
 pub mod dto;
 pub mod error;

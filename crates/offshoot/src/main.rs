@@ -10,6 +10,7 @@ mod remote;
 mod report;
 mod serve;
 mod shop;
+mod timestamp;
 mod validate;
 
 use std::path::PathBuf;
@@ -81,6 +82,9 @@ fn main() -> ExitCode {
         Ok(Outcome::Failed) => ExitCode::from(1),
         Err(error) => {
             eprintln!("error: {error}");
+            if error.downcast_ref::<client::UsageError>().is_some() {
+                return ExitCode::from(2);
+            }
             for cause in error.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }

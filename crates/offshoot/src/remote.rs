@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::{json, Value};
 
-use crate::client::{encode, Client, ClientArgs};
+use crate::client::{encode, Client, ClientArgs, UsageError};
 use crate::{Format, Outcome};
 
+// Parsed once per process: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 pub enum BranchDeploymentCommand {
     /// Create the branch's deployment or queue a new commit in it; prints the deployment name.
@@ -31,30 +33,68 @@ pub enum BranchDeploymentCommand {
     List(ListArgs),
 }
 
+/// The flags of dagster-cloud's `branch-deployment create-or-update`, under the same names, so a
+/// Dagster+ CI step runs unchanged with `offshoot` in place of `dagster-cloud`.
 #[derive(clap::Args)]
 pub struct CreateOrUpdateArgs {
-    #[arg(long)]
+    /// The repository as the server names it (e.g. `acme/shop`) [default: the server's only
+    /// repository]
+    #[arg(long, visible_alias = "repo-name")]
     git_repo_name: Option<String>,
+    /// The branch, exactly as git names it; the deployment name is derived from it
     #[arg(long)]
     branch_name: String,
+    /// The commit to deploy (a full or abbreviated hexadecimal id); the latest commit wins
     #[arg(long)]
     commit_hash: String,
-    #[arg(long)]
+    /// The commit's time, as a Unix number (seconds, fractions allowed) or an RFC 3339 time
+    /// (2026-01-31T12:00:00+01:00). Accepted for dagster-cloud compatibility; Offshoot reads
+    /// commit times from git [default: none]
+    #[arg(long, value_parser = crate::timestamp::parse_unix_or_rfc3339)]
     timestamp: Option<f64>,
+    /// The branch's page on the forge. Accepted for dagster-cloud compatibility; not stored
+    /// [default: none]
     #[arg(long)]
+    branch_url: Option<String>,
+    /// The commit's page on the forge. Accepted for dagster-cloud compatibility; not stored
+    /// [default: none]
+    #[arg(long)]
+    commit_url: Option<String>,
+    /// The pull request's page, shown in the UI [default: none]
+    #[arg(long, visible_alias = "code-review-url")]
     pull_request_url: Option<String>,
-    #[arg(long)]
+    /// The pull request's number or id, shown in the UI and given to runs as
+    /// OFFSHOOT_PULL_REQUEST_ID [default: none]
+    #[arg(long, visible_alias = "code-review-id")]
     pull_request_id: Option<String>,
+    /// OPEN deploys; CLOSED or MERGED closes the deployment and drops its warehouse objects
+    /// [default: OPEN]
     #[arg(long, value_parser = ["OPEN", "CLOSED", "MERGED"])]
     pull_request_status: Option<String>,
+    /// The commit's message. Accepted for dagster-cloud compatibility; Offshoot reads it from git
+    /// [default: none]
     #[arg(long)]
     commit_message: Option<String>,
+    /// The commit's author. Accepted for dagster-cloud compatibility; Offshoot reads it from git
+    /// [default: none]
     #[arg(long)]
     author_name: Option<String>,
+    /// The author's email. Accepted for dagster-cloud compatibility; Offshoot reads it from git
+    /// [default: none]
     #[arg(long)]
     author_email: Option<String>,
+    /// The author's avatar. Accepted for dagster-cloud compatibility; not stored [default: none]
+    #[arg(long)]
+    author_avatar_url: Option<String>,
+    /// The deployment change tracking compares with [default: prod]
     #[arg(long)]
     base_deployment_name: Option<String>,
+    /// Dagster+'s snapshot of the base (on-create, on-update). Offshoot does not implement it
+    /// yet: it compares with the base's definitions at the merge-base commit, which is what
+    /// on-create approximates; the flag is refused with that explanation rather than ignored
+    /// [default: none, the merge-base]
+    #[arg(long, value_parser = ["on-create", "on-update"])]
+    snapshot_base_condition: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -151,6 +191,11 @@ pub enum RunsCommand {
 pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Outcome> {
     match command {
         BranchDeploymentCommand::CreateOrUpdate(args) => {
+            if let Some(condition) = &args.snapshot_base_condition {
+                bail!(UsageError(format!(
+                    "--snapshot-base-condition {condition} is not implemented by Offshoot yet: a branch deployment compares with its base deployment's definitions at the merge-base commit (see docs/dagster-plus.md); leave the flag out"
+                )));
+            }
             let mut body = json!({ "branch_name": args.branch_name, "commit_hash": args.commit_hash });
             let optional = [
                 ("git_repo_name", args.git_repo_name.map(Value::from)),
@@ -161,6 +206,9 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
                 ("commit_message", args.commit_message.map(Value::from)),
                 ("author_name", args.author_name.map(Value::from)),
                 ("author_email", args.author_email.map(Value::from)),
+                ("author_avatar_url", args.author_avatar_url.map(Value::from)),
+                ("branch_url", args.branch_url.map(Value::from)),
+                ("commit_url", args.commit_url.map(Value::from)),
                 ("base_deployment_name", args.base_deployment_name.map(Value::from)),
             ];
             for (key, value) in optional {
@@ -168,7 +216,7 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
                     body[key] = value;
                 }
             }
-            let answer = Client::new(&args.client).post("/api/v1/branch-deployments", &body)?;
+            let answer = Client::new(&args.client)?.post("/api/v1/branch-deployments", &body)?;
             println!("{}", answer["name"].as_str().unwrap_or_default());
             Ok(Outcome::Ok)
         }
@@ -177,12 +225,12 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
                 Some(status) => json!({ "pull_request_status": status }),
                 None => json!({}),
             };
-            let answer = Client::new(&scope.client).post(&format!("/api/v1/deployments/{}/close{}", encode(&name), scope.query()), &body)?;
+            let answer = Client::new(&scope.client)?.post(&format!("/api/v1/deployments/{}/close{}", encode(&name), scope.query()), &body)?;
             println!("closed {}", answer["name"].as_str().unwrap_or(&name));
             Ok(Outcome::Ok)
         }
         BranchDeploymentCommand::Delete { name, scope } => {
-            Client::new(&scope.client).delete(&format!("/api/v1/deployments/{}{}", encode(&name), scope.query()))?;
+            Client::new(&scope.client)?.delete(&format!("/api/v1/deployments/{}{}", encode(&name), scope.query()))?;
             println!("deleted {name}");
             Ok(Outcome::Ok)
         }
@@ -194,7 +242,7 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<Outcome> {
     match command {
         DeploymentCommand::List(args) => list(args, false),
         DeploymentCommand::Status { name, wait, timeout_secs, format, scope } => {
-            let client = Client::new(&scope.client);
+            let client = Client::new(&scope.client)?;
             let path = format!("/api/v1/deployments/{}{}", encode(&name), scope.query());
             let started = Instant::now();
             let deployment = loop {
@@ -224,7 +272,7 @@ fn list(args: ListArgs, branches_only: bool) -> anyhow::Result<Outcome> {
     if let Some(repository) = &args.scope.repository {
         query.push(format!("repository={}", encode(repository)));
     }
-    let answer = Client::new(&args.scope.client).get(&format!("/api/v1/deployments?{}", query.join("&")))?;
+    let answer = Client::new(&args.scope.client)?.get(&format!("/api/v1/deployments?{}", query.join("&")))?;
     let deployments: Vec<&Value> = answer.as_array().map(|a| a.iter().collect()).unwrap_or_default();
     let deployments: Vec<&Value> = deployments.into_iter().filter(|d| !branches_only || d["kind"] == "branch").collect();
     match args.format {
@@ -326,7 +374,7 @@ fn utc_minute(ms: i64) -> String {
 }
 
 pub fn materialize(args: MaterializeArgs) -> anyhow::Result<Outcome> {
-    let client = Client::new(&args.scope.client);
+    let client = Client::new(&args.scope.client)?;
     let path = format!("/api/v1/deployments/{}/runs{}", encode(&args.deployment), args.scope.query());
     let run = client.post(&path, &json!({ "selection": args.select }))?;
     let id = run["id"].as_i64().unwrap_or_default();
@@ -390,7 +438,7 @@ pub fn runs(command: RunsCommand) -> anyhow::Result<Outcome> {
             if let Some(repository) = &scope.repository {
                 query.push(format!("repository={}", encode(repository)));
             }
-            let runs = Client::new(&scope.client).get(&format!("/api/v1/runs?{}", query.join("&")))?;
+            let runs = Client::new(&scope.client)?.get(&format!("/api/v1/runs?{}", query.join("&")))?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
                 _ => {
@@ -408,7 +456,7 @@ pub fn runs(command: RunsCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         RunsCommand::Show { id, format, client } => {
-            let run = Client::new(&client).get(&format!("/api/v1/runs/{id}"))?;
+            let run = Client::new(&client)?.get(&format!("/api/v1/runs/{id}"))?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&run)?),
                 _ => print_run(&run, true),
@@ -416,7 +464,7 @@ pub fn runs(command: RunsCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         RunsCommand::Cancel { id, client } => {
-            let run = Client::new(&client).post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))?;
+            let run = Client::new(&client)?.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))?;
             println!("run {id}: {}", run["status"].as_str().unwrap_or(""));
             Ok(Outcome::Ok)
         }

@@ -4,6 +4,7 @@
 mod auth;
 mod commands;
 mod confinement;
+mod dagster_cloud;
 mod formatters;
 mod hooks;
 mod lifecycle;
