@@ -7,6 +7,7 @@ mod confinement;
 mod dagster_cloud;
 mod formatters;
 mod hooks;
+mod integrations;
 mod lifecycle;
 mod locations;
 mod server;
