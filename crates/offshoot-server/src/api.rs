@@ -337,7 +337,9 @@ async fn launch_run(
     caller.require_for(&deployment, "launching a run in")?;
     let run = runs::launch(&state, &deployment, &body.selection).await?;
     let steps = state.store.list_steps(run.id).await?;
-    Ok((StatusCode::CREATED, Json(dto::run_json(&run, &deployment, &steps))))
+    let mut view = dto::run_json(&run, &deployment, &steps);
+    view.waiting_for = runs::waiting_for(&state, &run, &deployment).await?;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 #[derive(Deserialize, Default)]
@@ -359,7 +361,9 @@ async fn list_runs(State(state): State<SharedState>, _: Reader, Query(query): Qu
             Some(d) => d.clone(),
             None => state.store.get_deployment(run.deployment_id).await?,
         };
-        out.push(dto::run_json(&run, &owner, &[]));
+        let mut view = dto::run_json(&run, &owner, &[]);
+        view.waiting_for = runs::waiting_for(&state, &run, &owner).await?;
+        out.push(view);
     }
     Ok(Json(out))
 }
@@ -368,7 +372,9 @@ async fn run_view(state: &AppState, id: i64) -> ApiResult<RunJson> {
     let run = state.store.get_run(RunId(id)).await.map_err(|_| ApiError::not_found("run_not_found", format!("no run {id}")))?;
     let deployment = state.store.get_deployment(run.deployment_id).await?;
     let steps = state.store.list_steps(run.id).await?;
-    Ok(dto::run_json(&run, &deployment, &steps))
+    let mut view = dto::run_json(&run, &deployment, &steps);
+    view.waiting_for = runs::waiting_for(state, &run, &deployment).await?;
+    Ok(view)
 }
 
 async fn show_run(State(state): State<SharedState>, _: Reader, Path(id): Path<i64>) -> ApiResult<Json<RunJson>> {

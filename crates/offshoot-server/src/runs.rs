@@ -75,6 +75,27 @@ pub async fn head_and_changes(
     Ok((head, changes))
 }
 
+/// What a queued run waits for, said in the API: the branch deployment's own run limit when it
+/// is reached, else a slot of its pool. `None` for a run that is not queued.
+pub async fn waiting_for(state: &AppState, run: &Run, deployment: &Deployment) -> ApiResult<Option<String>> {
+    if run.status != RunStatus::Queued {
+        return Ok(None);
+    }
+    if deployment.kind == DeploymentKind::Production {
+        return Ok(Some(format!("a slot in the production run pool (production_run_concurrency = {})", state.config.production_run_concurrency)));
+    }
+    if let Some(limit) = state.config.max_concurrent_runs_per_branch_deployment {
+        let filter = RunFilter { deployment_id: Some(deployment.id), statuses: vec![RunStatus::Running], limit: 0 };
+        let running = state.store.list_runs(&filter).await?.len();
+        if running >= limit {
+            return Ok(Some(format!(
+                "{running} runs of this branch deployment are running, its limit (max_concurrent_runs_per_branch_deployment = {limit}); it starts when one ends"
+            )));
+        }
+    }
+    Ok(Some(format!("a slot in the branch run pool (branch_run_concurrency = {})", state.config.branch_run_concurrency)))
+}
+
 /// Cancels a queued run at once, or asks a running one to stop (its steps stop at the next
 /// boundary and its commands are killed; it ends `canceled`).
 pub async fn cancel(state: &SharedState, run: &Run) -> ApiResult<()> {
@@ -133,7 +154,7 @@ fn lease(state: &AppState) -> Lease {
 /// Claims a run (a lifecycle event: granted to one server, only while the deployment is open)
 /// and executes it. A run found running under an expired lease is failed by the claim itself.
 async fn claim_and_execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
-    let outcome = match lifecycle::apply_event(state, run.deployment_id, Event::ClaimRun { run: run.id.0, lease: lease(state) }).await {
+    let outcome = match lifecycle::apply_event(state, run.deployment_id, Event::ClaimRun { run: run.id.0, lease: lease(state), max_running: state.config.max_concurrent_runs_per_branch_deployment }).await {
         Ok(outcome) => outcome,
         Err(LifecycleError::Refused(_)) | Err(LifecycleError::Store(StoreError::NotFound(_))) => return Ok(()),
         Err(error) => return Err(error),

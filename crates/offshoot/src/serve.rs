@@ -63,6 +63,10 @@ pub struct Args {
     pub branch_run_concurrency: Option<usize>,
     #[arg(long, env = "OFFSHOOT_PRODUCTION_RUN_CONCURRENCY")]
     pub production_run_concurrency: Option<usize>,
+    /// Runs of one branch deployment that may execute at once, across servers sharing the store
+    /// (Dagster+'s max_concurrent_runs_per_branch_deployment) [default: no limit but the branch pool]
+    #[arg(long, env = "OFFSHOOT_MAX_CONCURRENT_RUNS_PER_BRANCH_DEPLOYMENT")]
+    pub max_concurrent_runs_per_branch_deployment: Option<usize>,
     /// The metadata store: `postgres://...`, or `sqlite://PATH` (default DATA_DIR/offshoot.db).
     #[arg(long, env = "OFFSHOOT_METADATA_URL", hide_env_values = true)]
     pub metadata_url: Option<String>,
@@ -107,6 +111,7 @@ struct FileConfig {
     max_open_branch_deployments: Option<usize>,
     branch_run_concurrency: Option<usize>,
     production_run_concurrency: Option<usize>,
+    max_concurrent_runs_per_branch_deployment: Option<usize>,
     metadata_url: Option<String>,
     warehouse_url: Option<String>,
     branch_role: Option<String>,
@@ -420,6 +425,10 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     }
     if let Some(n) = args.production_run_concurrency.or(file.production_run_concurrency) {
         config.production_run_concurrency = n;
+    }
+    if let Some(n) = args.max_concurrent_runs_per_branch_deployment.or(file.max_concurrent_runs_per_branch_deployment) {
+        // Zero would queue every branch run forever.
+        config.max_concurrent_runs_per_branch_deployment = Some(n.max(1));
     }
     if let Some(id) = args.server_id.clone().or(file.server_id) {
         config.server_id = id;

@@ -248,3 +248,48 @@ fn offshoots_cli_takes_dagster_clouds_flags_and_variables() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("--snapshot-base-condition on-create is not implemented by Offshoot yet"), "{}", stderr(&output));
 }
+
+#[test]
+fn a_branch_deployment_runs_no_more_runs_at_once_than_its_limit_and_queued_runs_say_why() {
+    let (dir, repo) = shop_repo("dagster-cloud-run-limit");
+    let server = Server::start(&dir.0, &repo, "max_concurrent_runs_per_branch_deployment = 1");
+    wait_for_prod(&server, &repo);
+    let slow = crate::server::commit_file(&repo, "feature/eur", "assets/ops/slow_export.toml", "command = \"sleep 30\"\n", "Slow export");
+    let name = crate::server::create_or_update(&server, "feature/eur", &slow);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == slow);
+
+    let launch = || server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:slow_export"}))["id"].as_i64().expect("id");
+    let first = launch();
+    let started = std::time::Instant::now();
+    while server.get(&format!("/api/v1/runs/{first}"))["status"] != "running" {
+        assert!(started.elapsed().as_secs() < 30, "the first run never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = launch();
+    // Several executor passes (one every 2 s at the latest) leave it queued, saying why.
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    let queued = server.get(&format!("/api/v1/runs/{second}"));
+    assert_eq!(queued["status"], "queued", "{queued:#}");
+    assert_eq!(
+        queued["waiting_for"],
+        "1 runs of this branch deployment are running, its limit (max_concurrent_runs_per_branch_deployment = 1); it starts when one ends"
+    );
+    let runs = server.get(&format!("/api/v1/runs?deployment={name}"));
+    assert!(runs.as_array().expect("runs").iter().any(|r| r["id"] == second && r["waiting_for"].as_str().is_some_and(|w| w.contains("limit"))), "{runs:#}");
+
+    // When the first ends, the second starts.
+    server.post(&format!("/api/v1/runs/{first}/cancel"), json!({}));
+    assert_eq!(server.wait_for_run(first)["status"], "canceled");
+    let started = std::time::Instant::now();
+    loop {
+        let run = server.get(&format!("/api/v1/runs/{second}"));
+        if run["status"] == "running" {
+            assert!(run.get("waiting_for").is_none(), "{run:#}");
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 30, "the second run never started: {run:#}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server.post(&format!("/api/v1/runs/{second}/cancel"), json!({}));
+    assert_eq!(server.wait_for_run(second)["status"], "canceled");
+}
