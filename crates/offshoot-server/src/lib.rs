@@ -23,6 +23,7 @@ pub mod openapi;
 pub mod runs;
 pub mod state;
 pub mod ui;
+pub mod variables;
 pub mod watch;
 
 use std::future::Future;

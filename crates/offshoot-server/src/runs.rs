@@ -560,8 +560,9 @@ async fn stream_tool(
 }
 
 async fn append_log(context: &RunContext, step: &RunStep, text: &str) {
-    // Command output is arbitrary bytes; PostgreSQL text cannot hold NUL.
-    let text = text.replace('\0', "\u{fffd}");
+    // Command output is arbitrary bytes; PostgreSQL text cannot hold NUL. A command that prints
+    // a configured variable's value does not put it in the log.
+    let text = crate::variables::redact(&context.state.config.variables, &text.replace('\0', "\u{fffd}"));
     if let Err(error) = context.state.store.append_step_log(step.id, &text).await {
         tracing::error!("step {} log: {error}", step.id.0);
     }
@@ -588,7 +589,11 @@ fn command_environment(context: &RunContext, asset: &Asset) -> Vec<(String, Stri
 fn deployment_environment(context: &RunContext, asset: Option<&AssetKey>) -> Vec<(String, String)> {
     let deployment = &context.deployment;
     let pull_request = deployment.pull_request.as_ref();
-    let mut env = Vec::new();
+    // The scoped variables first: Offshoot's own names are refused for them (`variables::check_name`).
+    let mut env: Vec<(String, String)> = crate::variables::for_deployment(&context.state.config.variables, deployment)
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.expose().to_owned()))
+        .collect();
     let is_branch = deployment.kind == DeploymentKind::Branch;
     env.extend([
         ("OFFSHOOT_DEPLOYMENT_NAME".to_owned(), deployment.name.to_string()),

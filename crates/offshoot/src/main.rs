@@ -4,6 +4,7 @@
 mod client;
 mod demo;
 mod diff;
+mod env;
 mod locate;
 mod init;
 mod remote;
@@ -49,6 +50,9 @@ enum Command {
     /// List, show and cancel runs on a server.
     #[command(subcommand)]
     Runs(remote::RunsCommand),
+    /// Variables and secrets for local development (`[[variables]]` of the server's configuration).
+    #[command(subcommand)]
+    Env(env::EnvCommand),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Deployment(command) => remote::deployment(command),
         Command::Materialize(args) => remote::materialize(args),
         Command::Runs(command) => remote::runs(command),
+        Command::Env(command) => env::run(command),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

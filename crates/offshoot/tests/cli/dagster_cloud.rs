@@ -293,3 +293,69 @@ fn a_branch_deployment_runs_no_more_runs_at_once_than_its_limit_and_queued_runs_
     server.post(&format!("/api/v1/runs/{second}/cancel"), json!({}));
     assert_eq!(server.wait_for_run(second)["status"], "canceled");
 }
+
+/// The step log of the one step of a run of `key:env_probe` in `deployment`.
+fn probe(server: &Server, deployment: &str) -> String {
+    let run = server.post(&format!("/api/v1/deployments/{deployment}/runs"), json!({"selection": "key:env_probe"}));
+    let run = server.wait_for_run(run["id"].as_i64().expect("id"));
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    run["steps"][0]["log"].as_str().expect("log").to_owned()
+}
+
+#[test]
+fn variables_and_secrets_reach_the_deployments_of_their_scope_only_and_never_show() {
+    let (dir, repo) = shop_repo("dagster-cloud-variables");
+    // The probe prints what it got, and the secret's digest (its value itself is redacted).
+    let probe_asset = r#"command = '''echo "tier=$SHOP_TIER local=${LOCAL_ONLY:-unset} secret=$SHOP_SECRET"; printf %s "$SHOP_SECRET" | sha256sum; python3 -c "import os, sqlite3; sqlite3.connect(os.environ['OFFSHOOT_WAREHOUSE_URL'].removeprefix('sqlite://')).execute('CREATE TABLE IF NOT EXISTS env_probe (x)')"'''
+"#;
+    let main = crate::server::commit_file(&repo, "main", "assets/ops/env_probe.toml", probe_asset, "Env probe");
+    git(&repo, &["branch", "feature/one", &main]);
+    git(&repo, &["branch", "feature/two", &main]);
+    let secret = "s3cr3t-value-42";
+    let secret_file = dir.0.join("shop-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("secret file");
+    let variables = format!(
+        "[[variables]]\nname = \"SHOP_TIER\"\nscopes = [\"production\"]\nvalue = \"prod-tier\"\n\
+         [[variables]]\nname = \"SHOP_TIER\"\nscopes = [\"branches\"]\nvalue = \"branch-tier\"\n\
+         [[variables]]\nname = \"SHOP_TIER\"\nscopes = [\"branches\"]\nbranch = \"feature/one\"\nvalue = \"one-tier\"\n\
+         [[variables]]\nname = \"SHOP_SECRET\"\nscopes = [\"production\", \"branches\"]\nsecret_file = {:?}\n\
+         [[variables]]\nname = \"LOCAL_ONLY\"\nscopes = [\"local\"]\nvalue = \"local's value\"\n",
+        secret_file.to_str().expect("utf-8")
+    );
+    let server = Server::start(&dir.0, &repo, &format!("log_level = \"debug\"\n{variables}"));
+    server.wait_for_deployment("prod", "ready at main", |d| serving_commit(d) == main);
+    let one = crate::server::create_or_update(&server, "feature/one", &main);
+    let two = crate::server::create_or_update(&server, "feature/two", &main);
+    server.wait_for_deployment(&one, "ready", |d| serving_commit(d) == main);
+    server.wait_for_deployment(&two, "ready", |d| serving_commit(d) == main);
+
+    let expected_digest = {
+        let output = Command::new("sh").arg("-c").arg(format!("printf %s '{secret}' | sha256sum")).output().expect("sha256sum");
+        stdout(&output).split_whitespace().next().expect("digest").to_owned()
+    };
+    for (deployment, tier) in [("prod", "prod-tier"), (one.as_str(), "one-tier"), (two.as_str(), "branch-tier")] {
+        let log = probe(&server, deployment);
+        assert!(log.contains(&format!("tier={tier} local=unset secret=<redacted>")), "{deployment}: {log}");
+        assert!(log.contains(&expected_digest), "{deployment} got the secret: {log}");
+        assert!(!log.contains(secret), "{deployment}: {log}");
+    }
+
+    // Never returned by the API or written to the server's log.
+    for path in ["/api/v1/deployments", &format!("/api/v1/deployments/{one}"), "/api/v1/runs", "/api/v1/openapi.json"] {
+        assert!(!server.get(path).to_string().contains(secret), "{path}");
+    }
+    assert!(!server.log().contains(secret), "the server log shows the secret");
+
+    // Local values for a developer's .env, and only those.
+    let output = offshoot_with(&["env", "export", "--scope", "local", "--config", server.config.to_str().expect("utf-8")], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "LOCAL_ONLY=\"local's value\"\n");
+    let output = offshoot_with(&["env", "export", "--scope", "production", "--config", server.config.to_str().expect("utf-8")], &[]);
+    assert_eq!(output.status.code(), Some(2), "production values do not leave the server");
+
+    // Mistakes are refused at start-up with what to do.
+    let bad = TempDir::new("dagster-cloud-variables-bad");
+    std::fs::write(bad.0.join("c.toml"), "[[variables]]\nname = \"OFFSHOOT_SCHEMA\"\nscopes = [\"branches\"]\nvalue = \"x\"\n").expect("write");
+    let output = offshoot_with(&["env", "export", "--scope", "local", "--config", bad.0.join("c.toml").to_str().expect("utf-8")], &[]);
+    assert!(stderr(&output).contains("`OFFSHOOT_SCHEMA` is set by Offshoot itself"), "{}", stderr(&output));
+}
