@@ -1,6 +1,7 @@
-//! The CI integrations as CI runs them: the GitHub Action's step script
-//! (integrations/github/branch-deployment.sh) with a pull_request event file of GitHub's shape
-//! as `GITHUB_EVENT_PATH`, the real `offshoot` CLI on PATH and a real server.
+//! The CI integrations as CI runs them, with the real `offshoot` CLI on PATH and a real server:
+//! the GitHub Action's step script (integrations/github/branch-deployment.sh) with a
+//! pull_request event file of GitHub's shape as `GITHUB_EVENT_PATH`, and the GitLab template's
+//! job scripts with GitLab's predefined merge-request variables.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -97,4 +98,62 @@ fn the_github_action_deploys_updates_and_closes_a_pull_requests_deployment() {
     for input in ["INPUT_URL", "INPUT_API_TOKEN", "INPUT_REPOSITORY", "INPUT_BASE_DEPLOYMENT_NAME", "INPUT_WAIT", "INPUT_TIMEOUT_SECS"] {
         assert!(action.contains(&format!("{input}: ${{{{ inputs.")), "action.yml passes {input}");
     }
+}
+
+/// The shell of a GitLab CI job of integrations/gitlab/.gitlab-ci.yml (its `before_script` from
+/// `extends`, then its `script`), read with PyYAML from the Python tools as GitLab reads YAML.
+fn gitlab_job_script(job: &str) -> String {
+    let reader = "import sys, yaml\n\
+                  ci = yaml.safe_load(open(sys.argv[1]))\n\
+                  job = ci[sys.argv[2]]\n\
+                  base = ci.get(job.get('extends', ''), {})\n\
+                  print('\\n'.join(base.get('before_script', []) + job['script']))\n";
+    let output = Command::new(python_tools().join("bin/python"))
+        .args(["-c", reader, workspace().join("integrations/gitlab/.gitlab-ci.yml").to_str().expect("utf-8"), job])
+        .output()
+        .expect("python runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+}
+
+fn run_gitlab_job(job: &str, variables: &[(&str, &str)]) -> Output {
+    let binary_dir = Path::new(env!("CARGO_BIN_EXE_offshoot")).parent().expect("bin dir").to_owned();
+    let mut command = Command::new("bash");
+    command.args(["-eu", "-c", &gitlab_job_script(job)]);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OFFSHOOT_") || key.starts_with("DAGSTER_CLOUD_") || key.starts_with("CI_") {
+            command.env_remove(key);
+        }
+    }
+    command.env("PATH", format!("{}:{}", binary_dir.display(), std::env::var("PATH").unwrap_or_default())).envs(variables.iter().copied());
+    command.output().expect("bash runs")
+}
+
+#[test]
+fn the_gitlab_template_deploys_and_closes_a_merge_requests_deployment() {
+    let (dir, repo) = shop_repo("gitlab-template");
+    let server = Server::start(&dir.0, &repo, "");
+    wait_for_prod(&server, &repo);
+    let sha = git(&repo, &["rev-parse", "feature/eur"]);
+    // GitLab's predefined variables of a merge request pipeline, and the project's CI/CD variables
+    // (here the Dagster+ ones the CLI falls back to).
+    let variables = [
+        ("DAGSTER_CLOUD_URL", server.url.as_str()),
+        ("DAGSTER_CLOUD_API_TOKEN", TOKEN),
+        ("CI_PROJECT_PATH", "shop"),
+        ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "feature/eur"),
+        ("CI_COMMIT_SHA", sha.as_str()),
+        ("CI_MERGE_REQUEST_IID", "12"),
+        ("CI_MERGE_REQUEST_PROJECT_URL", "https://gitlab.example/acme/shop"),
+    ];
+    let output = run_gitlab_job("offshoot:deploy", &variables);
+    assert!(output.status.success(), "{}\n{}", stderr(&output), server.log());
+    let name = stdout(&output).lines().find_map(|l| l.strip_prefix("Branch deployment: ")).expect("the job names the deployment").to_owned();
+    let deployment = server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    assert_eq!(deployment["pull_request"], json!({"id": "12", "url": "https://gitlab.example/acme/shop/-/merge_requests/12", "status": "OPEN"}));
+
+    let output = run_gitlab_job("offshoot:close", &variables);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let deployment = server.wait_for_deployment(&name, "closed", |d| d["status"] == "closed");
+    assert_eq!(deployment["pull_request"]["status"], "CLOSED");
 }
