@@ -20,7 +20,7 @@ pub struct ClientArgs {
     /// [default: none]
     // Raw input: it becomes a `Secret` in `Client::new` (an empty value, as CI systems pass for
     // an unset secret, means no token).
-    #[arg(long, env = "OFFSHOOT_API_TOKEN", hide_env_values = true)]
+    #[arg(long, visible_alias = "user-token", env = "OFFSHOOT_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 }
 

@@ -9,12 +9,10 @@ use serde_json::{json, Value};
 use crate::client::{encode, Client, ClientArgs, UsageError};
 use crate::{Format, Outcome};
 
-// Parsed once per process: boxing the large variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 pub enum BranchDeploymentCommand {
     /// Create the branch's deployment or queue a new commit in it; prints the deployment name.
-    CreateOrUpdate(CreateOrUpdateArgs),
+    CreateOrUpdate(Box<CreateOrUpdateArgs>),
     /// Close a branch deployment: drop its warehouse objects, keep its history.
     Close {
         name: String,
@@ -44,9 +42,14 @@ pub struct CreateOrUpdateArgs {
     /// The branch, exactly as git names it; the deployment name is derived from it
     #[arg(long)]
     branch_name: String,
-    /// The commit to deploy (a full or abbreviated hexadecimal id); the latest commit wins
+    /// The commit to deploy (a full or abbreviated hexadecimal id); the latest commit wins.
+    /// Required unless --read-git-state
+    #[arg(long, required_unless_present = "read_git_state")]
+    commit_hash: Option<String>,
+    /// Take the commit (HEAD of the git repository in the current directory), its time, author
+    /// and message from git, as dagster-cloud's flag does; explicit flags win
     #[arg(long)]
-    commit_hash: String,
+    read_git_state: bool,
     /// The commit's time, as a Unix number (seconds, fractions allowed) or an RFC 3339 time
     /// (2026-01-31T12:00:00+01:00). Accepted for dagster-cloud compatibility; Offshoot reads
     /// commit times from git [default: none]
@@ -196,7 +199,17 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
                     "--snapshot-base-condition {condition} is not implemented by Offshoot yet: a branch deployment compares with its base deployment's definitions at the merge-base commit (see docs/dagster-plus.md); leave the flag out"
                 )));
             }
-            let mut body = json!({ "branch_name": args.branch_name, "commit_hash": args.commit_hash });
+            let mut args = *args;
+            if args.read_git_state {
+                let state = read_git_state()?;
+                args.commit_hash = args.commit_hash.or(Some(state.commit_hash));
+                args.timestamp = args.timestamp.or(Some(state.timestamp));
+                args.author_email = args.author_email.or(Some(state.author_email));
+                args.author_name = args.author_name.or(Some(state.author_name));
+                args.commit_message = args.commit_message.or(Some(state.commit_message));
+            }
+            let commit_hash = args.commit_hash.ok_or_else(|| UsageError("--commit-hash is required unless --read-git-state".to_owned()))?;
+            let mut body = json!({ "branch_name": args.branch_name, "commit_hash": commit_hash });
             let optional = [
                 ("git_repo_name", args.git_repo_name.map(Value::from)),
                 ("timestamp", args.timestamp.map(Value::from)),
@@ -236,6 +249,31 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
         }
         BranchDeploymentCommand::List(args) => list(args, true),
     }
+}
+
+/// What `--read-git-state` takes from `git log -1` in the current directory.
+struct GitState {
+    commit_hash: String,
+    timestamp: f64,
+    author_email: String,
+    author_name: String,
+    commit_message: String,
+}
+
+fn read_git_state() -> anyhow::Result<GitState> {
+    let output = std::process::Command::new("git")
+        .args(["log", "-1", "--format=%H%n%ct%n%ae%n%an%n%s"])
+        .output()
+        .map_err(|e| anyhow::anyhow!("--read-git-state runs `git log -1`: {e}"))?;
+    if !output.status.success() {
+        bail!("--read-git-state: `git log -1` failed here: {}; run it inside the repository or pass --commit-hash", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut lines = text.splitn(5, '\n');
+    let mut next = || lines.next().unwrap_or_default().trim_end().to_owned();
+    let (commit_hash, timestamp, author_email, author_name, commit_message) = (next(), next(), next(), next(), next());
+    let timestamp = timestamp.parse().map_err(|_| anyhow::anyhow!("--read-git-state: git printed `{timestamp}` as the commit time"))?;
+    Ok(GitState { commit_hash, timestamp, author_email, author_name, commit_message })
 }
 
 pub fn deployment(command: DeploymentCommand) -> anyhow::Result<Outcome> {

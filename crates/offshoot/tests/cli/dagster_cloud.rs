@@ -206,10 +206,12 @@ fn offshoots_cli_takes_dagster_clouds_flags_and_variables() {
     let help = stdout(&offshoot_with(&["branch-deployment", "create-or-update", "--help"], &[]));
     for flag in ["--git-repo-name", "--branch-name", "--commit-hash", "--timestamp", "--branch-url", "--commit-url", "--pull-request-url", "--pull-request-id",
                  "--pull-request-status", "--commit-message", "--author-name", "--author-email", "--author-avatar-url", "--base-deployment-name",
-                 "--snapshot-base-condition", "--url", "--api-token"] {
-        let line = help.lines().find(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag} is missing:\n{help}"));
-        let described = line.split_once('>').map(|(_, rest)| rest).unwrap_or(line.trim_start().trim_start_matches(flag));
-        assert!(!described.trim().is_empty() || help.contains(&format!("{flag} <")), "{flag} has no help text:\n{help}");
+                 "--snapshot-base-condition", "--read-git-state", "--url", "--api-token"] {
+        // clap's long help: the flag on its line, its description on the next.
+        let lines: Vec<&str> = help.lines().collect();
+        let at = lines.iter().position(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag} is missing:\n{help}"));
+        let description = lines.get(at + 1).map_or("", |l| l.trim());
+        assert!(!description.is_empty() && !description.starts_with('-'), "{flag} has no help text:\n{help}");
     }
     assert!(help.contains("[default: prod]") && help.contains("[env: OFFSHOOT_URL="), "{help}");
 
@@ -239,6 +241,23 @@ fn offshoots_cli_takes_dagster_clouds_flags_and_variables() {
     // OFFSHOOT_* win over DAGSTER_CLOUD_*: a wrong DAGSTER_CLOUD_URL is not used.
     let output = create(&["--timestamp", "1767225600"], &[("OFFSHOOT_URL", &server.url), ("OFFSHOOT_API_TOKEN", DEPLOY), ("DAGSTER_CLOUD_URL", "http://127.0.0.1:9"), ("DAGSTER_CLOUD_API_TOKEN", "wrong")]);
     assert!(output.status.success(), "{}", stderr(&output));
+
+    // --read-git-state takes the commit from the repository in the current directory.
+    git(&repo, &["checkout", "-q", "feature/eur"]);
+    let output = Command::new(env!("CARGO_BIN_EXE_offshoot"))
+        .args(["branch-deployment", "create-or-update", "--read-git-state", "--git-repo-name", "shop", "--branch-name", "feature/eur"])
+        .current_dir(&repo)
+        .env("OFFSHOOT_URL", &server.url)
+        .env("OFFSHOOT_API_TOKEN", DEPLOY)
+        .output()
+        .expect("offshoot runs");
+    git(&repo, &["checkout", "-q", "main"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), name);
+    let output = create(&[], &dagster_env);
+    assert!(output.status.success());
+    let output = offshoot_with(&["branch-deployment", "create-or-update", "--branch-name", "feature/eur"], &dagster_env);
+    assert_eq!(output.status.code(), Some(2), "no commit and no --read-git-state is a usage error");
 
     // Not a time; and the snapshot base condition, refused with the reason instead of ignored.
     let output = create(&["--timestamp", "yesterday"], &dagster_env);
