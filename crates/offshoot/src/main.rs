@@ -38,7 +38,7 @@ enum Command {
     /// embedded defaults, prod and the branch deployed and materialized.
     Demo(demo::Args),
     /// Run the server: REST API, deploys, runs, and (with --repo) watching a local repository.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Manage branch deployments on a server (flags mirror dagster-cloud's).
     #[command(subcommand)]
     BranchDeployment(remote::BranchDeploymentCommand),
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Demo(args) => demo::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::BranchDeployment(command) => remote::branch_deployment(command),
         Command::Deployment(command) => remote::deployment(command),
         Command::Materialize(args) => remote::materialize(args),
