@@ -146,7 +146,10 @@ pub enum Event {
     DeployFinished { revision: u32, owner: String, outcome: Result<(), String> },
     /// A run of the serving revision.
     LaunchRun,
-    ClaimRun { run: i64, lease: Lease },
+    /// `max_running`: how many runs of a branch deployment may run at once
+    /// (`max_concurrent_runs_per_branch_deployment`; `None`: only the pools limit them).
+    /// Production ignores it: its pool is its limit.
+    ClaimRun { run: i64, lease: Lease, max_running: Option<usize> },
     /// `succeeded` is what the steps say; a requested cancel makes it `canceled` regardless.
     RunFinished { run: i64, owner: String, succeeded: bool },
     CancelRun { run: i64 },
@@ -293,7 +296,7 @@ impl Lifecycle {
                 decision.change(Change::NewRun { revision: serving });
                 decision.effect(Effect::StartRuns);
             }
-            Event::ClaimRun { run, lease } => self.claim_run(&mut decision, *run, lease, now)?,
+            Event::ClaimRun { run, lease, max_running } => self.claim_run(&mut decision, *run, lease, *max_running, now)?,
             Event::RunFinished { run, owner, succeeded } => {
                 let state = self.runs.get(run).ok_or(Refusal::UnknownRun(*run))?;
                 match &state.phase {
@@ -655,7 +658,7 @@ impl Lifecycle {
         Ok(())
     }
 
-    fn claim_run(&self, decision: &mut Decision, run: i64, lease: &Lease, now: UnixMillis) -> Result<(), Refusal> {
+    fn claim_run(&self, decision: &mut Decision, run: i64, lease: &Lease, max_running: Option<usize>, now: UnixMillis) -> Result<(), Refusal> {
         let state = self.runs.get(&run).ok_or(Refusal::UnknownRun(run))?;
         match &state.phase {
             RunPhase::Queued => {
@@ -664,6 +667,13 @@ impl Lifecycle {
                     decision.change(Change::Run { run, phase: RunPhase::Canceled, cancel_requested: true, note, steps: StepsEnd::Canceled });
                     self.teardown_if_quiet(decision, now);
                     return Ok(());
+                }
+                if let Some(limit) = max_running.filter(|_| !self.production) {
+                    // Decided on the deployment's own record under its version check, so the
+                    // limit holds across every server sharing the store.
+                    if self.running_runs(now) >= limit {
+                        return Err(Refusal::NotClaimable(RUN_LIMIT_REACHED));
+                    }
                 }
                 decision.change(Change::Run { run, phase: RunPhase::Running(lease.clone()), cancel_requested: false, note: None, steps: StepsEnd::Recorded });
             }
@@ -674,6 +684,16 @@ impl Lifecycle {
             _ => return Err(Refusal::NotClaimable("the run is not waiting to start")),
         }
         Ok(())
+    }
+}
+
+/// Why a queued run of a branch deployment waits although its pool has room.
+pub const RUN_LIMIT_REACHED: &str = "as many runs of this branch deployment are running as max_concurrent_runs_per_branch_deployment allows";
+
+impl Lifecycle {
+    /// Runs executing now under a live lease (an expired one is failed by the next claim).
+    pub fn running_runs(&self, now: UnixMillis) -> usize {
+        self.runs.values().filter(|r| matches!(&r.phase, RunPhase::Running(held) if held.live(now))).count()
     }
 }
 

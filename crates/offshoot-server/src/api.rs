@@ -17,7 +17,7 @@ use crate::changes::ChangeSetJson;
 use crate::deploy::{self, Push};
 use crate::dto::{self, ChangesJson, DeploymentJson, RunJson};
 use crate::error::{ApiError, ApiResult};
-use crate::auth::{Reader, Writer};
+use crate::auth::{Caller, Reader, Writer};
 use crate::config::Role;
 use crate::state::{AppState, SharedState};
 use crate::{lifecycle, openapi, runs};
@@ -40,6 +40,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .merge(crate::dagster_cloud::router())
         .merge(crate::hooks::router())
         .merge(crate::catalog::router())
         .merge(crate::data_diff::router())
@@ -165,35 +166,54 @@ async fn list_deployments(State(state): State<SharedState>, _: Reader, Query(que
     Ok(Json(views))
 }
 
-/// The body of `branch-deployment create-or-update`; names mirror dagster-cloud's flags.
+/// The body of `branch-deployment create-or-update`; names mirror dagster-cloud's flags. The
+/// Dagster+ GraphQL mutation (`dagster_cloud`) fills the same struct.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrUpdate {
-    git_repo_name: Option<String>,
-    branch_name: String,
-    commit_hash: String,
+    pub git_repo_name: Option<String>,
+    pub branch_name: String,
+    pub commit_hash: String,
     #[serde(default)]
-    timestamp: Option<f64>,
-    pull_request_url: Option<String>,
-    pull_request_id: Option<String>,
-    pull_request_status: Option<String>,
+    pub timestamp: Option<f64>,
+    pub pull_request_url: Option<String>,
+    pub pull_request_id: Option<String>,
+    pub pull_request_status: Option<String>,
     #[serde(default)]
-    commit_message: Option<String>,
+    pub commit_message: Option<String>,
     #[serde(default)]
-    author_name: Option<String>,
+    pub author_name: Option<String>,
     #[serde(default)]
-    author_email: Option<String>,
-    base_deployment_name: Option<String>,
+    pub author_email: Option<String>,
+    pub base_deployment_name: Option<String>,
+    #[serde(default)]
+    pub branch_url: Option<String>,
+    #[serde(default)]
+    pub commit_url: Option<String>,
+    #[serde(default)]
+    pub author_avatar_url: Option<String>,
 }
 
 async fn create_or_update(State(state): State<SharedState>, Writer(caller): Writer, Body(body): Body<CreateOrUpdate>) -> ApiResult<Json<serde_json::Value>> {
-    // Commit message, author and timestamp come from git itself; the fields are accepted so the
-    // dagster-cloud flags can be passed through unchanged.
+    let outcome = create_or_update_branch(&state, caller, body).await?;
+    let view = deployment_view(&state, &outcome.deployment).await?;
+    Ok(Json(serde_json::json!({
+        "name": outcome.deployment.name.to_string(),
+        "deployment": view,
+        "revision": outcome.revision.as_ref().map(dto::revision_json),
+    })))
+}
+
+/// `create-or-update` for both front doors (REST and the Dagster+ GraphQL API): checks the
+/// caller's role against the target (the production branch deploys `prod`: admin only).
+pub async fn create_or_update_branch(state: &SharedState, caller: Caller, body: CreateOrUpdate) -> ApiResult<deploy::PushOutcome> {
+    // Commit message, author, timestamp and the URLs come from git and the forge; the fields are
+    // accepted so the dagster-cloud flags can be passed through unchanged.
     let _ = (&body.timestamp, &body.commit_message, &body.author_name, &body.author_email);
-    let repository = pick_repository(&state, body.git_repo_name.as_deref())?;
+    let _ = (&body.branch_url, &body.commit_url, &body.author_avatar_url);
+    let repository = pick_repository(state, body.git_repo_name.as_deref())?;
     let branch = BranchName::new(&body.branch_name).map_err(|e| ApiError::bad_request("invalid_branch_name", e.to_string()))?;
-    // A push of the production branch deploys `prod` (deploy::create_or_update): admin only.
-    let production_branch = &deploy::repository_config(&state, &repository)?.production_branch;
+    let production_branch = &deploy::repository_config(state, &repository)?.production_branch;
     if branch.as_str() == production_branch {
         caller.require(Role::Admin, &format!("deploying the production branch `{production_branch}` (to `prod`)"))?;
     } else {
@@ -221,9 +241,9 @@ async fn create_or_update(State(state): State<SharedState>, Writer(caller): Writ
         return Err(ApiError::bad_request("invalid_request", "commit_hash must be a hexadecimal commit id"));
     }
     // A remote repository may not have fetched the commit yet: CI often calls before any webhook.
-    crate::mirror::ensure_commit(&state, &repository, &body.commit_hash).await?;
-    let outcome = deploy::create_or_update(
-        &state,
+    crate::mirror::ensure_commit(state, &repository, &body.commit_hash).await?;
+    deploy::create_or_update(
+        state,
         Push {
             repository,
             branch,
@@ -237,13 +257,7 @@ async fn create_or_update(State(state): State<SharedState>, Writer(caller): Writ
             redeploy: false,
         },
     )
-    .await?;
-    let view = deployment_view(&state, &outcome.deployment).await?;
-    Ok(Json(serde_json::json!({
-        "name": outcome.deployment.name.to_string(),
-        "deployment": view,
-        "revision": outcome.revision.as_ref().map(dto::revision_json),
-    })))
+    .await
 }
 
 async fn show_deployment(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<DeploymentJson>> {
@@ -352,7 +366,9 @@ async fn launch_run(
     caller.require_for(&deployment, "launching a run in")?;
     let run = runs::launch(&state, &deployment, &body.selection).await?;
     let steps = state.store.list_steps(run.id).await?;
-    Ok((StatusCode::CREATED, Json(dto::run_json(&run, &deployment, &steps))))
+    let mut view = dto::run_json(&run, &deployment, &steps);
+    view.waiting_for = runs::waiting_for(&state, &run, &deployment).await?;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 #[derive(Deserialize, Default)]
@@ -374,7 +390,9 @@ async fn list_runs(State(state): State<SharedState>, _: Reader, Query(query): Qu
             Some(d) => d.clone(),
             None => state.store.get_deployment(run.deployment_id).await?,
         };
-        out.push(dto::run_json(&run, &owner, &[]));
+        let mut view = dto::run_json(&run, &owner, &[]);
+        view.waiting_for = runs::waiting_for(&state, &run, &owner).await?;
+        out.push(view);
     }
     Ok(Json(out))
 }
@@ -383,7 +401,9 @@ async fn run_view(state: &AppState, id: i64) -> ApiResult<RunJson> {
     let run = state.store.get_run(RunId(id)).await.map_err(|_| ApiError::not_found("run_not_found", format!("no run {id}")))?;
     let deployment = state.store.get_deployment(run.deployment_id).await?;
     let steps = state.store.list_steps(run.id).await?;
-    Ok(dto::run_json(&run, &deployment, &steps))
+    let mut view = dto::run_json(&run, &deployment, &steps);
+    view.waiting_for = runs::waiting_for(state, &run, &deployment).await?;
+    Ok(view)
 }
 
 async fn show_run(State(state): State<SharedState>, _: Reader, Path(id): Path<i64>) -> ApiResult<Json<RunJson>> {

@@ -28,12 +28,47 @@ fn presented(state: &AppState, headers: &HeaderMap) -> Presented {
     let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
         return Presented::Unknown;
     };
+    role_of(state, token)
+}
+
+fn role_of(state: &AppState, token: &str) -> Presented {
     // Every configured token is compared, so the time taken does not say which one matched.
     let matched = state.config.api_tokens.iter().fold(None, |found, known| if known.secret.matches(token.as_bytes()) { Some(known.role) } else { found });
     match matched {
         Some(role) => Presented::Token(role),
         None => Presented::Unknown,
     }
+}
+
+/// The header dagster-cloud sends its API token in.
+pub const DAGSTER_CLOUD_TOKEN_HEADER: &str = "dagster-cloud-api-token";
+
+/// The caller of the Dagster+ GraphQL API (`dagster_cloud`): the token in
+/// `Dagster-Cloud-Api-Token` (what dagster-cloud sends), else a bearer token; the same tokens
+/// and roles as the REST API. `Ok(None)` when no token came; an unknown token is a 401.
+pub fn dagster_cloud_caller(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
+    let presented = match headers.get(DAGSTER_CLOUD_TOKEN_HEADER) {
+        Some(value) => match value.to_str() {
+            Ok(token) if !token.trim().is_empty() => role_of(state, token.trim()),
+            Ok(_) => Presented::Nothing,
+            Err(_) => Presented::Unknown,
+        },
+        None => presented(state, headers),
+    };
+    match presented {
+        Presented::Token(role) => Ok(Some(Caller { role })),
+        Presented::Nothing => Ok(None),
+        Presented::Unknown => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the API token is not one of the Offshoot server's API tokens: pass one from its configuration as dagster-cloud's --api-token (or DAGSTER_CLOUD_API_TOKEN)",
+        )),
+    }
+}
+
+/// The message of a 401 for a request that came with no token at all.
+pub fn no_token(needed: Role) -> ApiError {
+    unauthorized(needed, &Presented::Nothing)
 }
 
 fn unauthorized(needed: Role, presented: &Presented) -> ApiError {

@@ -17,6 +17,12 @@ pub struct ServerConfig {
     /// How many runs may execute at once in production, and in all branch deployments together.
     pub production_run_concurrency: usize,
     pub branch_run_concurrency: usize,
+    /// How many runs of one branch deployment may execute at once (Dagster+'s
+    /// `max_concurrent_runs_per_branch_deployment`); `None`: only the branch pool limits them.
+    /// Enforced by the lifecycle's claim, so across servers sharing a store.
+    pub max_concurrent_runs_per_branch_deployment: Option<usize>,
+    /// Variables and secrets for the processes of matching deployments (`variables`).
+    pub variables: Vec<crate::variables::Variable>,
     /// Steps of one run that may execute at once.
     pub step_parallelism: usize,
     /// Deploys that may execute at once (each deployment deploys one revision at a time).
@@ -75,6 +81,8 @@ impl ServerConfig {
             public_reads: true,
             production_run_concurrency: 10,
             branch_run_concurrency: 50,
+            max_concurrent_runs_per_branch_deployment: None,
+            variables: Vec::new(),
             step_parallelism: 4,
             deploy_concurrency: 4,
             ttl: Duration::from_secs(7 * 24 * 3600),

@@ -97,6 +97,9 @@ pub struct RunJson {
     pub cancel_requested: bool,
     /// The server that claimed the run (see `server_id`).
     pub server: Option<String>,
+    /// For a queued run: what it waits for (`runs::waiting_for`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     pub steps: Vec<StepJson>,
 }
 
@@ -197,6 +200,7 @@ pub fn run_json(run: &Run, deployment: &Deployment, steps: &[RunStep]) -> RunJso
         finished_at: run.finished_at,
         cancel_requested: run.cancel_requested,
         server: run.lease.as_ref().map(|l| l.owner.clone()),
+        waiting_for: None,
         steps: steps.iter().map(step_json).collect(),
     }
 }

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod changes;
 pub mod config;
 pub mod confine;
+pub mod dagster_cloud;
 pub mod data_diff;
 pub mod deploy;
 pub mod dto;
@@ -23,6 +24,7 @@ pub mod openapi;
 pub mod runs;
 pub mod state;
 pub mod ui;
+pub mod variables;
 pub mod watch;
 
 use std::future::Future;

@@ -133,7 +133,7 @@ pub fn document() -> Value {
                     "id": {"type": "integer"}, "deployment": {"type": "string"}, "repository": {"type": "string"}, "revision_id": {"type": "integer"},
                     "selection": {"type": "string"}, "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
                     "error": {"type": "string", "nullable": true}, "created_at": {"type": "integer"}, "started_at": {"type": "integer", "nullable": true},
-                    "finished_at": {"type": "integer", "nullable": true}, "cancel_requested": {"type": "boolean"}, "steps": array_of("Step") } },
+                    "finished_at": {"type": "integer", "nullable": true}, "cancel_requested": {"type": "boolean"}, "waiting_for": {"type": "string", "description": "a queued run: what it waits for"}, "steps": array_of("Step") } },
                 "CreateOrUpdate": { "type": "object", "required": ["branch_name", "commit_hash"], "additionalProperties": false, "properties": {
                     "git_repo_name": {"type": "string"}, "branch_name": {"type": "string"}, "commit_hash": {"type": "string"}, "timestamp": {"type": "number"},
                     "pull_request_url": {"type": "string"}, "pull_request_id": {"type": "string"}, "pull_request_status": {"type": "string", "enum": ["OPEN", "CLOSED", "MERGED"]},

@@ -75,6 +75,27 @@ pub async fn head_and_changes(
     Ok((head, changes))
 }
 
+/// What a queued run waits for, said in the API: the branch deployment's own run limit when it
+/// is reached, else a slot of its pool. `None` for a run that is not queued.
+pub async fn waiting_for(state: &AppState, run: &Run, deployment: &Deployment) -> ApiResult<Option<String>> {
+    if run.status != RunStatus::Queued {
+        return Ok(None);
+    }
+    if deployment.kind == DeploymentKind::Production {
+        return Ok(Some(format!("a slot in the production run pool (production_run_concurrency = {})", state.config.production_run_concurrency)));
+    }
+    if let Some(limit) = state.config.max_concurrent_runs_per_branch_deployment {
+        let filter = RunFilter { deployment_id: Some(deployment.id), statuses: vec![RunStatus::Running], limit: 0 };
+        let running = state.store.list_runs(&filter).await?.len();
+        if running >= limit {
+            return Ok(Some(format!(
+                "{running} runs of this branch deployment are running, its limit (max_concurrent_runs_per_branch_deployment = {limit}); it starts when one ends"
+            )));
+        }
+    }
+    Ok(Some(format!("a slot in the branch run pool (branch_run_concurrency = {})", state.config.branch_run_concurrency)))
+}
+
 /// Cancels a queued run at once, or asks a running one to stop (its steps stop at the next
 /// boundary and its commands are killed; it ends `canceled`).
 pub async fn cancel(state: &SharedState, run: &Run) -> ApiResult<()> {
@@ -133,7 +154,7 @@ fn lease(state: &AppState) -> Lease {
 /// Claims a run (a lifecycle event: granted to one server, only while the deployment is open)
 /// and executes it. A run found running under an expired lease is failed by the claim itself.
 async fn claim_and_execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
-    let outcome = match lifecycle::apply_event(state, run.deployment_id, Event::ClaimRun { run: run.id.0, lease: lease(state) }).await {
+    let outcome = match lifecycle::apply_event(state, run.deployment_id, Event::ClaimRun { run: run.id.0, lease: lease(state), max_running: state.config.max_concurrent_runs_per_branch_deployment }).await {
         Ok(outcome) => outcome,
         Err(LifecycleError::Refused(_)) | Err(LifecycleError::Store(StoreError::NotFound(_))) => return Ok(()),
         Err(error) => return Err(error),
@@ -540,8 +561,9 @@ async fn stream_tool(
 }
 
 async fn append_log(context: &RunContext, step: &RunStep, text: &str) {
-    // Command output is arbitrary bytes; PostgreSQL text cannot hold NUL.
-    let text = text.replace('\0', "\u{fffd}");
+    // Command output is arbitrary bytes; PostgreSQL text cannot hold NUL. A command that prints
+    // a configured variable's value does not put it in the log.
+    let text = crate::variables::redact(&context.state.config.variables, &text.replace('\0', "\u{fffd}"));
     if let Err(error) = context.state.store.append_step_log(step.id, &text).await {
         tracing::error!("step {} log: {error}", step.id.0);
     }
@@ -568,7 +590,11 @@ fn command_environment(context: &RunContext, asset: &Asset) -> Vec<(String, Stri
 fn deployment_environment(context: &RunContext, asset: Option<&AssetKey>) -> Vec<(String, String)> {
     let deployment = &context.deployment;
     let pull_request = deployment.pull_request.as_ref();
-    let mut env = Vec::new();
+    // The scoped variables first: Offshoot's own names are refused for them (`variables::check_name`).
+    let mut env: Vec<(String, String)> = crate::variables::for_deployment(&context.state.config.variables, deployment)
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.expose().to_owned()))
+        .collect();
     let is_branch = deployment.kind == DeploymentKind::Branch;
     env.extend([
         ("OFFSHOOT_DEPLOYMENT_NAME".to_owned(), deployment.name.to_string()),

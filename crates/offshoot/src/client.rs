@@ -9,16 +9,39 @@ use serde_json::Value;
 
 #[derive(clap::Args, Clone)]
 pub struct ClientArgs {
-    /// The Offshoot server.
-    #[arg(long, env = "OFFSHOOT_URL", default_value = "http://127.0.0.1:3000")]
-    pub url: String,
+    /// The Offshoot server's URL, e.g. http://127.0.0.1:3000 (what `offshoot serve` listens on by
+    /// default). No default: without --url, OFFSHOOT_URL or DAGSTER_CLOUD_URL (read after
+    /// OFFSHOOT_URL, so a Dagster+ CI's variable works unchanged) the command stops with an error.
+    #[arg(long, env = "OFFSHOOT_URL")]
+    pub url: Option<String>,
     /// A bearer token from the server's configuration: `deploy` (or higher) for branch
     /// deployments and their runs, `admin` for production, delete and pin; any for reads when
-    /// the server's reads are private.
-    /// Raw input: it becomes a `Secret` in `Client::new` (an empty value, as CI systems pass for
-    /// an unset secret, means no token).
-    #[arg(long, env = "OFFSHOOT_API_TOKEN", hide_env_values = true)]
+    /// the server's reads are private. DAGSTER_CLOUD_API_TOKEN is read after OFFSHOOT_API_TOKEN.
+    /// [default: none]
+    // Raw input: it becomes a `Secret` in `Client::new` (an empty value, as CI systems pass for
+    // an unset secret, means no token).
+    #[arg(long, visible_alias = "user-token", env = "OFFSHOOT_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+}
+
+/// The fallbacks after OFFSHOOT_URL and OFFSHOOT_API_TOKEN: what a Dagster+ CI already sets.
+const DAGSTER_CLOUD_URL: &str = "DAGSTER_CLOUD_URL";
+const DAGSTER_CLOUD_API_TOKEN: &str = "DAGSTER_CLOUD_API_TOKEN";
+
+/// A mistake in how the command was called, found after parsing: exit 2, like clap's own.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 pub struct Client {
@@ -28,12 +51,21 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(args: &ClientArgs) -> Client {
+    /// Fails (a [`UsageError`]) when no server URL is configured anywhere.
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        let base = non_empty(args.url.clone()).or_else(|| non_empty(std::env::var(DAGSTER_CLOUD_URL).ok())).ok_or_else(|| {
+            UsageError(
+                "no Offshoot server given: pass --url URL or set OFFSHOOT_URL (DAGSTER_CLOUD_URL is read too), \
+                 e.g. OFFSHOOT_URL=http://127.0.0.1:3000 for a local `offshoot serve`"
+                    .to_owned(),
+            )
+        })?;
+        let token = non_empty(args.api_token.clone()).or_else(|| non_empty(std::env::var(DAGSTER_CLOUD_API_TOKEN).ok()));
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build();
-        Client { agent: ureq::Agent::new_with_config(config), base: args.url.trim_end_matches('/').to_owned(), token: args.api_token.as_deref().and_then(|t| Secret::new(t.trim())) }
+        Ok(Client { agent: ureq::Agent::new_with_config(config), base: base.trim_end_matches('/').to_owned(), token: token.as_deref().and_then(Secret::new) })
     }
 
     fn url(&self, path: &str) -> String {
@@ -76,8 +108,8 @@ impl Client {
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
         // What to do about a refusal: the message names the role; say where a token goes.
         let hint = match status.as_u16() {
-            401 => "\n  hint: pass a token with --api-token or OFFSHOOT_API_TOKEN",
-            403 => "\n  hint: use a token with that role (--api-token or OFFSHOOT_API_TOKEN)",
+            401 => "\n  hint: pass a token with --api-token, OFFSHOOT_API_TOKEN or DAGSTER_CLOUD_API_TOKEN",
+            403 => "\n  hint: use a token with that role (--api-token, OFFSHOOT_API_TOKEN or DAGSTER_CLOUD_API_TOKEN)",
             _ => "",
         };
         match parsed.as_ref().and_then(|v| v.get("error")) {

@@ -36,7 +36,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let client = Client::new(&args.client);
+    let client = Client::new(&args.client)?;
     let deployment = encode(&args.deployment);
     let repository = args.repository.as_deref().map(|r| format!("&repository={}", encode(r))).unwrap_or_default();
     // Which assets: a selection's keys, or what the branch built (the summaries say).

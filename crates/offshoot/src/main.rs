@@ -5,12 +5,14 @@ mod client;
 mod data_diff;
 mod demo;
 mod diff;
+mod env;
 mod locate;
 mod init;
 mod remote;
 mod report;
 mod serve;
 mod shop;
+mod timestamp;
 mod validate;
 
 use std::path::PathBuf;
@@ -37,7 +39,7 @@ enum Command {
     /// embedded defaults, prod and the branch deployed and materialized.
     Demo(demo::Args),
     /// Run the server: REST API, deploys, runs, and (with --repo) watching a local repository.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Manage branch deployments on a server (flags mirror dagster-cloud's).
     #[command(subcommand)]
     BranchDeployment(remote::BranchDeploymentCommand),
@@ -51,6 +53,9 @@ enum Command {
     Runs(remote::RunsCommand),
     /// What a branch deployment's runs did to the data: its tables against production's.
     DataDiff(data_diff::Args),
+    /// Variables and secrets for local development (`[[variables]]` of the server's configuration).
+    #[command(subcommand)]
+    Env(env::EnvCommand),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,18 +78,22 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Demo(args) => demo::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::BranchDeployment(command) => remote::branch_deployment(command),
         Command::Deployment(command) => remote::deployment(command),
         Command::Materialize(args) => remote::materialize(args),
         Command::Runs(command) => remote::runs(command),
         Command::DataDiff(args) => data_diff::run(args),
+        Command::Env(command) => env::run(command),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
         Err(error) => {
             eprintln!("error: {error}");
+            if error.downcast_ref::<client::UsageError>().is_some() {
+                return ExitCode::from(2);
+            }
             for cause in error.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::{json, Value};
 
-use crate::client::{encode, Client, ClientArgs};
+use crate::client::{encode, Client, ClientArgs, UsageError};
 use crate::{Format, Outcome};
 
 #[derive(clap::Subcommand)]
 pub enum BranchDeploymentCommand {
     /// Create the branch's deployment or queue a new commit in it; prints the deployment name.
-    CreateOrUpdate(CreateOrUpdateArgs),
+    CreateOrUpdate(Box<CreateOrUpdateArgs>),
     /// Close a branch deployment: drop its warehouse objects, keep its history.
     Close {
         name: String,
@@ -31,30 +31,73 @@ pub enum BranchDeploymentCommand {
     List(ListArgs),
 }
 
+/// The flags of dagster-cloud's `branch-deployment create-or-update`, under the same names, so a
+/// Dagster+ CI step runs unchanged with `offshoot` in place of `dagster-cloud`.
 #[derive(clap::Args)]
 pub struct CreateOrUpdateArgs {
-    #[arg(long)]
+    /// The repository as the server names it (e.g. `acme/shop`) [default: the server's only
+    /// repository]
+    #[arg(long, visible_alias = "repo-name")]
     git_repo_name: Option<String>,
+    /// The branch, exactly as git names it; the deployment name is derived from it
     #[arg(long)]
     branch_name: String,
+    /// The commit to deploy (a full or abbreviated hexadecimal id); the latest commit wins.
+    /// Required unless --read-git-state
+    #[arg(long, required_unless_present = "read_git_state")]
+    commit_hash: Option<String>,
+    /// Take the commit (HEAD of the git repository in the current directory), its time, author
+    /// and message from git, as dagster-cloud's flag does; explicit flags win
     #[arg(long)]
-    commit_hash: String,
-    #[arg(long)]
+    read_git_state: bool,
+    /// The commit's time, as a Unix number (seconds, fractions allowed) or an RFC 3339 time
+    /// (2026-01-31T12:00:00+01:00). Accepted for dagster-cloud compatibility; Offshoot reads
+    /// commit times from git [default: none]
+    #[arg(long, value_parser = crate::timestamp::parse_unix_or_rfc3339)]
     timestamp: Option<f64>,
+    /// The branch's page on the forge. Accepted for dagster-cloud compatibility; not stored
+    /// [default: none]
     #[arg(long)]
+    branch_url: Option<String>,
+    /// The commit's page on the forge. Accepted for dagster-cloud compatibility; not stored
+    /// [default: none]
+    #[arg(long)]
+    commit_url: Option<String>,
+    /// The pull request's page, shown in the UI [default: none]
+    #[arg(long, visible_alias = "code-review-url")]
     pull_request_url: Option<String>,
-    #[arg(long)]
+    /// The pull request's number or id, shown in the UI and given to runs as
+    /// OFFSHOOT_PULL_REQUEST_ID [default: none]
+    #[arg(long, visible_alias = "code-review-id")]
     pull_request_id: Option<String>,
+    /// OPEN deploys; CLOSED or MERGED closes the deployment and drops its warehouse objects
+    /// [default: OPEN]
     #[arg(long, value_parser = ["OPEN", "CLOSED", "MERGED"])]
     pull_request_status: Option<String>,
+    /// The commit's message. Accepted for dagster-cloud compatibility; Offshoot reads it from git
+    /// [default: none]
     #[arg(long)]
     commit_message: Option<String>,
+    /// The commit's author. Accepted for dagster-cloud compatibility; Offshoot reads it from git
+    /// [default: none]
     #[arg(long)]
     author_name: Option<String>,
+    /// The author's email. Accepted for dagster-cloud compatibility; Offshoot reads it from git
+    /// [default: none]
     #[arg(long)]
     author_email: Option<String>,
+    /// The author's avatar. Accepted for dagster-cloud compatibility; not stored [default: none]
+    #[arg(long)]
+    author_avatar_url: Option<String>,
+    /// The deployment change tracking compares with [default: prod]
     #[arg(long)]
     base_deployment_name: Option<String>,
+    /// Dagster+'s snapshot of the base (on-create, on-update). Offshoot does not implement it
+    /// yet: it compares with the base's definitions at the merge-base commit, which is what
+    /// on-create approximates; the flag is refused with that explanation rather than ignored
+    /// [default: none, the merge-base]
+    #[arg(long, value_parser = ["on-create", "on-update"])]
+    snapshot_base_condition: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -152,7 +195,22 @@ pub enum RunsCommand {
 pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Outcome> {
     match command {
         BranchDeploymentCommand::CreateOrUpdate(args) => {
-            let mut body = json!({ "branch_name": args.branch_name, "commit_hash": args.commit_hash });
+            if let Some(condition) = &args.snapshot_base_condition {
+                bail!(UsageError(format!(
+                    "--snapshot-base-condition {condition} is not implemented by Offshoot yet: a branch deployment compares with its base deployment's definitions at the merge-base commit (see docs/dagster-plus.md); leave the flag out"
+                )));
+            }
+            let mut args = *args;
+            if args.read_git_state {
+                let state = read_git_state()?;
+                args.commit_hash = args.commit_hash.or(Some(state.commit_hash));
+                args.timestamp = args.timestamp.or(Some(state.timestamp));
+                args.author_email = args.author_email.or(Some(state.author_email));
+                args.author_name = args.author_name.or(Some(state.author_name));
+                args.commit_message = args.commit_message.or(Some(state.commit_message));
+            }
+            let commit_hash = args.commit_hash.ok_or_else(|| UsageError("--commit-hash is required unless --read-git-state".to_owned()))?;
+            let mut body = json!({ "branch_name": args.branch_name, "commit_hash": commit_hash });
             let optional = [
                 ("git_repo_name", args.git_repo_name.map(Value::from)),
                 ("timestamp", args.timestamp.map(Value::from)),
@@ -162,6 +220,9 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
                 ("commit_message", args.commit_message.map(Value::from)),
                 ("author_name", args.author_name.map(Value::from)),
                 ("author_email", args.author_email.map(Value::from)),
+                ("author_avatar_url", args.author_avatar_url.map(Value::from)),
+                ("branch_url", args.branch_url.map(Value::from)),
+                ("commit_url", args.commit_url.map(Value::from)),
                 ("base_deployment_name", args.base_deployment_name.map(Value::from)),
             ];
             for (key, value) in optional {
@@ -169,7 +230,7 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
                     body[key] = value;
                 }
             }
-            let answer = Client::new(&args.client).post("/api/v1/branch-deployments", &body)?;
+            let answer = Client::new(&args.client)?.post("/api/v1/branch-deployments", &body)?;
             println!("{}", answer["name"].as_str().unwrap_or_default());
             Ok(Outcome::Ok)
         }
@@ -178,12 +239,12 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
                 Some(status) => json!({ "pull_request_status": status }),
                 None => json!({}),
             };
-            let answer = Client::new(&scope.client).post(&format!("/api/v1/deployments/{}/close{}", encode(&name), scope.query()), &body)?;
+            let answer = Client::new(&scope.client)?.post(&format!("/api/v1/deployments/{}/close{}", encode(&name), scope.query()), &body)?;
             println!("closed {}", answer["name"].as_str().unwrap_or(&name));
             Ok(Outcome::Ok)
         }
         BranchDeploymentCommand::Delete { name, scope } => {
-            Client::new(&scope.client).delete(&format!("/api/v1/deployments/{}{}", encode(&name), scope.query()))?;
+            Client::new(&scope.client)?.delete(&format!("/api/v1/deployments/{}{}", encode(&name), scope.query()))?;
             println!("deleted {name}");
             Ok(Outcome::Ok)
         }
@@ -191,11 +252,36 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
     }
 }
 
+/// What `--read-git-state` takes from `git log -1` in the current directory.
+struct GitState {
+    commit_hash: String,
+    timestamp: f64,
+    author_email: String,
+    author_name: String,
+    commit_message: String,
+}
+
+fn read_git_state() -> anyhow::Result<GitState> {
+    let output = std::process::Command::new("git")
+        .args(["log", "-1", "--format=%H%n%ct%n%ae%n%an%n%s"])
+        .output()
+        .map_err(|e| anyhow::anyhow!("--read-git-state runs `git log -1`: {e}"))?;
+    if !output.status.success() {
+        bail!("--read-git-state: `git log -1` failed here: {}; run it inside the repository or pass --commit-hash", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut lines = text.splitn(5, '\n');
+    let mut next = || lines.next().unwrap_or_default().trim_end().to_owned();
+    let (commit_hash, timestamp, author_email, author_name, commit_message) = (next(), next(), next(), next(), next());
+    let timestamp = timestamp.parse().map_err(|_| anyhow::anyhow!("--read-git-state: git printed `{timestamp}` as the commit time"))?;
+    Ok(GitState { commit_hash, timestamp, author_email, author_name, commit_message })
+}
+
 pub fn deployment(command: DeploymentCommand) -> anyhow::Result<Outcome> {
     match command {
         DeploymentCommand::List(args) => list(args, false),
         DeploymentCommand::Status { name, wait, timeout_secs, format, scope } => {
-            let client = Client::new(&scope.client);
+            let client = Client::new(&scope.client)?;
             let path = format!("/api/v1/deployments/{}{}", encode(&name), scope.query());
             let started = Instant::now();
             let deployment = loop {
@@ -225,7 +311,7 @@ fn list(args: ListArgs, branches_only: bool) -> anyhow::Result<Outcome> {
     if let Some(repository) = &args.scope.repository {
         query.push(format!("repository={}", encode(repository)));
     }
-    let answer = Client::new(&args.scope.client).get(&format!("/api/v1/deployments?{}", query.join("&")))?;
+    let answer = Client::new(&args.scope.client)?.get(&format!("/api/v1/deployments?{}", query.join("&")))?;
     let deployments: Vec<&Value> = answer.as_array().map(|a| a.iter().collect()).unwrap_or_default();
     let deployments: Vec<&Value> = deployments.into_iter().filter(|d| !branches_only || d["kind"] == "branch").collect();
     match args.format {
@@ -327,7 +413,7 @@ fn utc_minute(ms: i64) -> String {
 }
 
 pub fn materialize(args: MaterializeArgs) -> anyhow::Result<Outcome> {
-    let client = Client::new(&args.scope.client);
+    let client = Client::new(&args.scope.client)?;
     let path = format!("/api/v1/deployments/{}/runs{}", encode(&args.deployment), args.scope.query());
     let run = client.post(&path, &json!({ "selection": args.select }))?;
     let id = run["id"].as_i64().unwrap_or_default();
@@ -391,7 +477,7 @@ pub fn runs(command: RunsCommand) -> anyhow::Result<Outcome> {
             if let Some(repository) = &scope.repository {
                 query.push(format!("repository={}", encode(repository)));
             }
-            let runs = Client::new(&scope.client).get(&format!("/api/v1/runs?{}", query.join("&")))?;
+            let runs = Client::new(&scope.client)?.get(&format!("/api/v1/runs?{}", query.join("&")))?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
                 _ => {
@@ -409,7 +495,7 @@ pub fn runs(command: RunsCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         RunsCommand::Show { id, format, client } => {
-            let run = Client::new(&client).get(&format!("/api/v1/runs/{id}"))?;
+            let run = Client::new(&client)?.get(&format!("/api/v1/runs/{id}"))?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&run)?),
                 _ => print_run(&run, true),
@@ -417,7 +503,7 @@ pub fn runs(command: RunsCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         RunsCommand::Cancel { id, client } => {
-            let run = Client::new(&client).post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))?;
+            let run = Client::new(&client)?.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))?;
             println!("run {id}: {}", run["status"].as_str().unwrap_or(""));
             Ok(Outcome::Ok)
         }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use offshoot_core::{DeploymentName, RepositoryName, SchemaName};
+use offshoot_core::{BranchName, DeploymentName, RepositoryName, SchemaName};
+use offshoot_server::variables::{check_name, Scope, Variable};
 use offshoot_store::Store;
 use offshoot_store_postgres::PostgresStore;
 use offshoot_warehouse::{Target, Warehouse};
@@ -63,6 +64,10 @@ pub struct Args {
     pub branch_run_concurrency: Option<usize>,
     #[arg(long, env = "OFFSHOOT_PRODUCTION_RUN_CONCURRENCY")]
     pub production_run_concurrency: Option<usize>,
+    /// Runs of one branch deployment that may execute at once, across servers sharing the store
+    /// (Dagster+'s max_concurrent_runs_per_branch_deployment) [default: no limit but the branch pool]
+    #[arg(long, env = "OFFSHOOT_MAX_CONCURRENT_RUNS_PER_BRANCH_DEPLOYMENT")]
+    pub max_concurrent_runs_per_branch_deployment: Option<usize>,
     /// The metadata store: `postgres://...`, or `sqlite://PATH` (default DATA_DIR/offshoot.db).
     #[arg(long, env = "OFFSHOOT_METADATA_URL", hide_env_values = true)]
     pub metadata_url: Option<String>,
@@ -107,6 +112,7 @@ struct FileConfig {
     max_open_branch_deployments: Option<usize>,
     branch_run_concurrency: Option<usize>,
     production_run_concurrency: Option<usize>,
+    max_concurrent_runs_per_branch_deployment: Option<usize>,
     metadata_url: Option<String>,
     warehouse_url: Option<String>,
     branch_role: Option<String>,
@@ -117,6 +123,76 @@ struct FileConfig {
     log_level: Option<String>,
     #[serde(default)]
     repositories: Vec<FileRepository>,
+    #[serde(default)]
+    variables: Vec<FileVariable>,
+}
+
+/// One `[[variables]]` entry: a name, its scopes, and its value from exactly one of `value`
+/// (plain text in this file), `secret_env` (a variable of the server's environment) or
+/// `secret_file` (a file's content, without its final newline).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileVariable {
+    name: String,
+    scopes: Vec<String>,
+    branch: Option<String>,
+    repository: Option<String>,
+    value: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+}
+
+fn file_variable(entry: FileVariable) -> anyhow::Result<Variable> {
+    let name = entry.name;
+    check_name(&name).map_err(anyhow::Error::msg)?;
+    let mut scopes = Vec::new();
+    for text in &entry.scopes {
+        scopes.push(Scope::parse(text).with_context(|| format!("variable `{name}`: scope `{text}` is not production, branches or local"))?);
+    }
+    if scopes.is_empty() {
+        bail!("variable `{name}` has no scopes: give `scopes = [\"production\"]`, `[\"branches\"]`, `[\"local\"]` or several");
+    }
+    let branch = match entry.branch {
+        Some(_) if !scopes.contains(&Scope::Branches) => bail!("variable `{name}`: `branch` needs the `branches` scope"),
+        Some(text) => Some(BranchName::new(&text).map_err(|e| anyhow::anyhow!("variable `{name}`: branch: {e}"))?),
+        None => None,
+    };
+    let repository = entry.repository.map(|text| RepositoryName::from_any(&text).map_err(|e| anyhow::anyhow!("variable `{name}`: repository: {e}"))).transpose()?;
+    let (value, secret) = match (entry.value, entry.secret_env, entry.secret_file) {
+        (Some(value), None, None) => (value, false),
+        (None, Some(env), None) => (std::env::var(&env).with_context(|| format!("variable `{name}`: `secret_env` names `{env}`, which is not set"))?, true),
+        (None, None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("variable `{name}`: reading `secret_file` {}", path.display()))?;
+            (text.strip_suffix('\n').unwrap_or(&text).to_owned(), true)
+        }
+        _ => bail!("variable `{name}` needs exactly one of `value`, `secret_env` and `secret_file`"),
+    };
+    let value = Secret::new(value).with_context(|| format!("variable `{name}` is empty"))?;
+    Ok(Variable { name, value, scopes, branch, repository, secret })
+}
+
+/// Every `[[variables]]` entry, checked; the same name, scope, branch and repository twice is an
+/// error (which value wins would be a guess).
+fn file_variables(entries: Vec<FileVariable>) -> anyhow::Result<Vec<Variable>> {
+    let mut variables: Vec<Variable> = Vec::new();
+    for entry in entries {
+        let variable = file_variable(entry)?;
+        let clash = variables.iter().find(|other| {
+            other.name == variable.name && other.branch == variable.branch && other.repository == variable.repository && other.scopes.iter().any(|s| variable.scopes.contains(s))
+        });
+        if clash.is_some() {
+            bail!("variable `{}` is given twice for the same scope; give each scope one value", variable.name);
+        }
+        variables.push(variable);
+    }
+    Ok(variables)
+}
+
+/// The `[[variables]]` of a server configuration file, for `offshoot env export`.
+pub fn variables_of(path: &Path) -> anyhow::Result<Vec<Variable>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: FileConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+    file_variables(file.variables).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// One `api_tokens` entry: a plain string, which is an `admin` token (the form from before
@@ -433,6 +509,10 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     if let Some(n) = args.production_run_concurrency.or(file.production_run_concurrency) {
         config.production_run_concurrency = n;
     }
+    if let Some(n) = args.max_concurrent_runs_per_branch_deployment.or(file.max_concurrent_runs_per_branch_deployment) {
+        // Zero would queue every branch run forever.
+        config.max_concurrent_runs_per_branch_deployment = Some(n.max(1));
+    }
     if let Some(id) = args.server_id.clone().or(file.server_id) {
         config.server_id = id;
     }
@@ -464,6 +544,10 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
         bail!("two repositories have the same name; give them distinct `name`s");
     }
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    config.variables = file_variables(file.variables).map_err(|e| match &args.config {
+        Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
+        None => e,
+    })?;
     config.api_tokens = api_tokens(args, file.api_tokens).map_err(|e| match &args.config {
         Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
         None => e,

@@ -154,7 +154,7 @@ fn family_c_a_close_during_a_run_cancels_it_and_the_teardown_waits_for_it_to_sto
     s.event(Event::LaunchRun).expect("launch");
     let run = *s.state.runs.keys().next().expect("a run");
     let held = lease("a", s.now);
-    s.event(Event::ClaimRun { run, lease: held }).expect("claim run");
+    s.event(Event::ClaimRun { run, lease: held, max_running: None }).expect("claim run");
     let close = s.close();
     assert!(close.effects.contains(&Effect::StopRun(run)));
     assert!(!close.effects.contains(&Effect::Teardown));
@@ -242,14 +242,41 @@ fn a_run_whose_server_stopped_fails_and_a_claim_after_a_close_cancels_it() {
     s.event(Event::LaunchRun).expect("launch");
     let runs: Vec<i64> = s.state.runs.keys().copied().collect();
     let held = lease("a", s.now);
-    s.event(Event::ClaimRun { run: runs[0], lease: held }).expect("claim");
+    s.event(Event::ClaimRun { run: runs[0], lease: held, max_running: None }).expect("claim");
     s.now += 2 * LEASE;
     let other = Lease { owner: "b".into(), until: s.now + LEASE };
-    s.event(Event::ClaimRun { run: runs[0], lease: other }).expect("take over");
+    s.event(Event::ClaimRun { run: runs[0], lease: other, max_running: None }).expect("take over");
     assert_eq!(s.state.runs[&runs[0]].phase, RunPhase::Failed);
     s.close();
     assert_eq!(s.state.runs[&runs[1]].phase, RunPhase::Canceled);
     assert_eq!(s.event(Event::LaunchRun), Err(Refusal::Closed));
+}
+
+#[test]
+fn a_branch_deployment_runs_at_most_its_limit_of_runs_at_once() {
+    let mut s = Script::new();
+    s.push(1);
+    s.claim(1, "a").expect("claim");
+    s.finish(1, "a").expect("finish");
+    for _ in 0..3 {
+        s.event(Event::LaunchRun).expect("launch");
+    }
+    let runs: Vec<i64> = s.state.runs.keys().copied().collect();
+    let claim = |s: &mut Script, run: i64, server: &str| {
+        let lease = lease(server, s.now);
+        s.event(Event::ClaimRun { run, lease, max_running: Some(2) })
+    };
+    claim(&mut s, runs[0], "a").expect("first");
+    claim(&mut s, runs[1], "b").expect("second, on another server");
+    assert_eq!(claim(&mut s, runs[2], "a").map(|_| ()), Err(Refusal::NotClaimable(RUN_LIMIT_REACHED)));
+    assert_eq!(s.state.runs[&runs[2]].phase, RunPhase::Queued, "it waits, queued");
+    s.event(Event::RunFinished { run: runs[0], owner: "a".into(), succeeded: true }).expect("finish");
+    claim(&mut s, runs[2], "a").expect("a slot is free");
+    // A run whose server died does not hold a slot: its lease expired.
+    s.now += 2 * LEASE;
+    s.event(Event::LaunchRun).expect("launch");
+    let fourth = *s.state.runs.keys().last().expect("run");
+    claim(&mut s, fourth, "b").expect("the expired runs hold no slot");
 }
 
 // The property test: random histories against a reference model.
@@ -414,7 +441,7 @@ impl World {
                 let queued = self.state.runs.iter().find(|(_, r)| r.phase == RunPhase::Queued).map(|(id, _)| *id);
                 if let Some(run) = queued {
                     let lease = self.lease(server);
-                    if self.event(Event::ClaimRun { run, lease }).is_ok() && matches!(self.state.runs[&run].phase, RunPhase::Running(_)) {
+                    if self.event(Event::ClaimRun { run, lease, max_running: None }).is_ok() && matches!(self.state.runs[&run].phase, RunPhase::Running(_)) {
                         self.running[server].push(run);
                     }
                 }
@@ -538,7 +565,7 @@ impl World {
             let active: Vec<i64> = self.state.runs.iter().filter(|(_, r)| r.phase.is_active()).map(|(id, _)| *id).collect();
             for run in active {
                 let lease = self.lease(server);
-                let _ = self.event(Event::ClaimRun { run, lease });
+                let _ = self.event(Event::ClaimRun { run, lease, max_running: None });
                 if matches!(&self.state.runs[&run].phase, RunPhase::Running(l) if l.owner == owner(server)) {
                     self.event(Event::RunFinished { run, owner: owner(server), succeeded: true }).expect("own run");
                 }

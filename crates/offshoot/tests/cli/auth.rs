@@ -210,17 +210,17 @@ fn the_cli_previews_with_a_deploy_token_and_shows_why_production_is_refused() {
     };
     expect![[r#"
         error: launching a run in the production deployment `prod` needs an API token with the `admin` role; this token's role is `deploy` (forbidden, HTTP 403)
-          hint: use a token with that role (--api-token or OFFSHOOT_API_TOKEN)
+          hint: use a token with that role (--api-token, OFFSHOOT_API_TOKEN or DAGSTER_CLOUD_API_TOKEN)
     "#]]
     .assert_eq(&refused(&["materialize", "--deployment", "prod", "--select", "key:*"]));
     expect![[r#"
         error: deploying the production branch `main` (to `prod`) needs an API token with the `admin` role; this token's role is `deploy` (forbidden, HTTP 403)
-          hint: use a token with that role (--api-token or OFFSHOOT_API_TOKEN)
+          hint: use a token with that role (--api-token, OFFSHOOT_API_TOKEN or DAGSTER_CLOUD_API_TOKEN)
     "#]]
     .assert_eq(&refused(&["branch-deployment", "create-or-update", "--branch-name", "main", "--commit-hash", &main]));
     expect![[r#"
         error: deleting a deployment needs an API token with the `admin` role; this token's role is `deploy` (forbidden, HTTP 403)
-          hint: use a token with that role (--api-token or OFFSHOOT_API_TOKEN)
+          hint: use a token with that role (--api-token, OFFSHOOT_API_TOKEN or DAGSTER_CLOUD_API_TOKEN)
     "#]]
     .assert_eq(&refused(&["branch-deployment", "delete", &name]));
 
@@ -229,7 +229,7 @@ fn the_cli_previews_with_a_deploy_token_and_shows_why_production_is_refused() {
     assert_eq!(output.status.code(), Some(1));
     expect![[r#"
         error: this needs an API token: send `Authorization: Bearer <token>` with a token whose role is `read` or higher (unauthorized, HTTP 401)
-          hint: pass a token with --api-token or OFFSHOOT_API_TOKEN
+          hint: pass a token with --api-token, OFFSHOOT_API_TOKEN or DAGSTER_CLOUD_API_TOKEN
     "#]]
     .assert_eq(&stderr(&output));
     let output = client_as(&server, Some(READ), &["deployment", "list"]);
