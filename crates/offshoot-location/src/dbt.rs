@@ -465,7 +465,7 @@ fn code_identity(node: &Node, adapter: &str) -> String {
         return node.checksum.as_ref().map_or(String::new(), |c| c.checksum.clone());
     }
     let dialect = if adapter == "postgres" { offshoot_project::Dialect::Postgres } else { offshoot_project::Dialect::Generic };
-    format!("{}\n{}", offshoot_project::canonical::VERSION, offshoot_project::canonical::canonical_template(&node.raw_code, dialect))
+    format!("{}\n{}", offshoot_project::canonical::version(), offshoot_project::canonical::canonical_template(&node.raw_code, dialect))
 }
 
 pub(crate) fn snapshot_from_manifest(manifest: &DbtManifest, project_dir: &str, checkout: &Path) -> Result<Snapshot, Vec<Diagnostic>> {

@@ -425,7 +425,7 @@ fn sql_asset(path: &str, key: AssetKey, text: &str, dialect: crate::Dialect, dia
     asset.code = Arc::from(code);
     asset.code_version = match explicit_version {
         Some(version) => CodeVersion::explicit(version),
-        None => CodeVersion::derived(sha256_hex(&[b"sql", crate::canonical::VERSION.as_bytes(), parsed.canonical.as_bytes()])),
+        None => CodeVersion::derived(sha256_hex(&[b"sql", crate::canonical::version().as_bytes(), parsed.canonical.as_bytes()])),
     };
     Some(Draft { asset, references: parsed.references, named_deps: named })
 }

@@ -173,3 +173,27 @@ fn formatting_a_generated_300_model_project_changes_nothing() {
         ],
     );
 }
+
+/// Both sides of every diff are loaded by the running server (derived versions are never
+/// stored), so an upgrade whose canonical rules differ marks nothing changed: a server restarted
+/// "upgraded" (other rules) reports the same changes for a docs-only push as before.
+#[test]
+fn an_upgrade_that_changes_the_canonical_rules_marks_nothing_changed() {
+    let (dir, repo) = shop_repo("canonical-upgrade");
+    let mut server = Server::start(&dir.0, &repo, "");
+    crate::server::wait_for_prod(&server, &repo);
+    let reasons = |server: &Server, name: &str| -> Vec<String> {
+        let changes = server.get(&format!("/api/v1/deployments/{name}/changes"));
+        changes["changes"]["assets"].as_array().expect("assets").iter().map(|c| format!("{} {}", c["key"], c["reasons"])).collect()
+    };
+    let first = git(&repo, &["rev-parse", "feature/eur"]);
+    let name = crate::server::create_or_update(&server, "feature/eur", &first);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == first);
+    let before = reasons(&server, &name);
+    assert!(!before.is_empty());
+    server.restart_with_env(&[("OFFSHOOT_TEST_CANONICAL_VERSION", "sql-canonical-from-the-future")]);
+    let docs = crate::server::commit_file(&repo, "feature/eur", "NOTES.md", "Only words.\n", "Docs only");
+    crate::server::create_or_update(&server, "feature/eur", &docs);
+    server.wait_for_deployment(&name, "ready at the docs commit", |d| serving_commit(d) == docs);
+    assert_eq!(reasons(&server, &name), before, "the upgrade changed no asset's reasons");
+}

@@ -188,18 +188,28 @@ impl Server {
 
     /// Starts the process again on the same configuration (after a kill).
     pub fn restart(&mut self) {
+        self.restart_with_env(&[]);
+    }
+
+    /// Starts the process again with these environment variables added (a new version, say).
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        *self = Server::spawn(self.config.clone(), self.data_dir.clone(), self.starts + 1);
+        *self = Server::spawn_with(self.config.clone(), self.data_dir.clone(), self.starts + 1, env);
     }
 
     fn spawn(config: PathBuf, data_dir: PathBuf, starts: u32) -> Server {
+        Server::spawn_with(config, data_dir, starts, &[])
+    }
+
+    fn spawn_with(config: PathBuf, data_dir: PathBuf, starts: u32, env: &[(&str, &str)]) -> Server {
         let log = config.with_file_name(format!("server-{starts}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_offshoot"))
             .args(["serve", "--config", config.to_str().expect("utf-8 path")])
             .env_remove("OFFSHOOT_API_TOKEN")
             .env("PATH", path_with_python_tools())
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log_file)
             .spawn()
