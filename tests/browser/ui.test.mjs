@@ -11,6 +11,8 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { edgesThroughNodes, pathPoints } from './geometry.mjs';
+import { syntheticAssets } from './layout-bench.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const binary = process.env.OFFSHOOT_BIN || join(root, 'target', 'debug', 'offshoot');
@@ -118,8 +120,16 @@ test('the deployment page marks new, changed, impacted and removed assets, and f
 
   await page.getByLabel('Filter').fill('changed_in_branch:ANY+');
   await page.getByText('5 of 13 assets match').waitFor();
-  assert.match(await node('daily_revenue').getAttribute('class'), /\bhit\b/);
-  assert.match(await node('stg_orders').getAttribute('class'), /\bdim\b/);
+  // A focus view: only the matches, laid out afresh; one hop of context on request, faded.
+  await node('daily_revenue').waitFor();
+  assert.equal(await page.locator('g.node').count(), 5);
+  assert.equal(await node('stg_orders').count(), 0);
+  await page.getByLabel('with one hop of context').check();
+  await node('int_order_payments').waitFor();
+  assert.match(await node('int_order_payments').getAttribute('class'), /\bcontext\b/);
+  assert.equal(await node('stg_orders').count(), 0, 'two hops away');
+  assert.doesNotMatch(await node('fct_orders').getAttribute('class'), /\bcontext\b/);
+  await page.getByLabel('with one hop of context').uncheck();
   await page.getByRole('tab', { name: 'Table' }).click();
   assert.equal(await page.locator('tr[data-asset]').count(), 5);
   await page.screenshot({ path: join(screenshots, 'deployment-filtered-table.png') });
@@ -128,6 +138,43 @@ test('the deployment page marks new, changed, impacted and removed assets, and f
   await error.waitFor();
   assert.match(await error.innerText(), /column 19/);
   assert.deepEqual(page.errors.filter((e) => !/400/.test(e)), []);
+});
+
+/** The drawn graph in the page: node boxes and edge polylines, in the graph's own coordinates. */
+async function drawnGraph(page) {
+  const drawn = await page.evaluate(() => ({
+    nodes: [...document.querySelectorAll('g.node')].map((g) => {
+      const [x, y] = g.getAttribute('transform').match(/-?[0-9.]+/g).map(Number);
+      const rect = g.querySelector('rect');
+      return { key: g.dataset.key, x, y, width: Number(rect.getAttribute('width')), height: Number(rect.getAttribute('height')) };
+    }),
+    edges: [...document.querySelectorAll('path.edge')].map((p) => ({ from: p.dataset.from, to: p.dataset.to, d: p.getAttribute('d') })),
+  }));
+  return { boxes: drawn.nodes, edges: drawn.edges.map((e) => ({ from: e.from, to: e.to, points: pathPoints(e.d) })) };
+}
+
+test('lineage edges never cross a node that is not their end: the demo, and 1,000 assets laid out in Chromium', async () => {
+  const page = await newPage();
+  await page.goto(base + '/#/d/shop/' + branch);
+  await page.locator('g.node[data-key="customer_lifetime_value"]').waitFor();
+  const demo = await drawnGraph(page);
+  assert.equal(demo.boxes.length, 13);
+  assert.ok(demo.edges.some((e) => e.from === 'stg_customers' && e.to === 'dim_customers'));
+  assert.deepEqual(edgesThroughNodes(demo.boxes, demo.edges), []);
+
+  // The same layout code the page runs, in the browser's engine, on a generated 1,000-asset graph.
+  const assets = syntheticAssets(1000).map((a) => ({ ...a, kind: 'sql', group: 'g' }));
+  const laid = await page.evaluate(async (list) => {
+    const { layout } = await import('/ui/graph.js');
+    const started = performance.now();
+    const result = layout(list);
+    return { ms: performance.now() - started, nodes: result.nodes.map((n) => ({ key: n.asset.key, x: n.x, y: n.y })), edges: result.edges };
+  }, assets);
+  const boxes = laid.nodes.map((n) => ({ key: n.key, x: n.x - 112, y: n.y - 23, width: 224, height: 46 }));
+  assert.equal(laid.edges.length, assets.reduce((sum, a) => sum + a.deps.length, 0));
+  assert.deepEqual(edgesThroughNodes(boxes, laid.edges.map((e) => ({ from: e.from, to: e.to, points: pathPoints(e.d) }))), []);
+  console.log(`# 1,000-asset layout in Chromium: ${laid.ms.toFixed(0)} ms`);
+  assert.deepEqual(page.errors, []);
 });
 
 test('keyboard: Tab reaches a graph node and Enter opens the asset page with its diff', async () => {

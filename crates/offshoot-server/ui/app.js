@@ -1,7 +1,7 @@
 // The Offshoot web UI: deployments, one deployment (lineage with change badges, table, revisions,
 // runs), one asset (definition, diff against the base, history), one run (steps, live logs).
 // Preact + htm render; data comes from the REST API; a hash router keeps pages linkable.
-import { html, render, useCallback, useEffect, useMemo, useState } from './vendor/preact-htm.js';
+import { html, render, useCallback, useEffect, useMemo, useRef, useState } from './vendor/preact-htm.js';
 import hljs from './vendor/highlight-core.js';
 import sql from './vendor/highlight-sql.js';
 import diffLanguage from './vendor/highlight-diff.js';
@@ -236,6 +236,26 @@ function AssetTable({ assets, highlight, base }) {
   </table>`;
 }
 
+const EMPTY = [];
+const CHANGED_AND_DOWNSTREAM = 'changed_in_branch:ANY+';
+/** Branch deployments with more assets than this open on their changes and downstream. */
+const FOCUS_ABOVE = 150;
+
+/** What the lineage draws for a filter: only the matches, optionally with their direct upstream
+ * and downstream as context (drawn faded); everything when there is no filter. */
+function focusView(assets, matches, withContext) {
+  if (!matches) return { assets, context: null };
+  const context = new Set();
+  if (withContext) {
+    for (const a of assets) {
+      const deps = a.deps.filter((d) => matches.has(d));
+      if (matches.has(a.key)) a.deps.forEach((d) => { if (!matches.has(d)) context.add(d); });
+      else if (deps.length) context.add(a.key);
+    }
+  }
+  return { assets: assets.filter((a) => matches.has(a.key) || context.has(a.key)), context };
+}
+
 function Deployment({ repository, name }) {
   const base = '#/d/' + enc(repository) + '/' + enc(name);
   const [deployment, error, reloadDeployment] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + q(repository)), [repository, name], 2000);
@@ -250,6 +270,8 @@ function Deployment({ repository, name }) {
   const [highlight, setHighlight] = useState(null);
   const [filterError, setFilterError] = useState(null);
   const [view, setView] = useState('graph');
+  const [withContext, setWithContext] = useState(false);
+  const focusDecided = useRef(false);
 
   useEffect(() => {
     if (!filter.trim()) {
@@ -265,9 +287,21 @@ function Deployment({ repository, name }) {
     return () => clearTimeout(timer);
   }, [filter, name, repository, servingId]);
 
+  const assets = (graph && graph.assets) || EMPTY;
+  // A large branch deployment opens on what the branch touches; the whole graph is one click away.
+  useEffect(() => {
+    if (!graph || !deployment || focusDecided.current) return;
+    focusDecided.current = true;
+    if (deployment.kind === 'branch' && assets.length > FOCUS_ABOVE && assets.some((a) => a.reasons)) setFilter(CHANGED_AND_DOWNSTREAM);
+  }, [graph, deployment]);
+  const focus = useMemo(() => focusView(assets, highlight, withContext), [assets, highlight, withContext]);
+
   if (!deployment) return html`<${ErrorBox} error=${error} /><p class="loading">Loading…</p>`;
   const url = deployment.pull_request && safeUrl(deployment.pull_request.url);
-  const assets = (graph && graph.assets) || [];
+  const isBranch = deployment.kind === 'branch';
+  // Until the filter's answer (or the decision to focus) arrives, draw nothing rather than a
+  // 1,000-asset graph about to be replaced.
+  const selecting = (filter.trim() && !highlight && !filterError) || (!focusDecided.current && graph && isBranch && assets.length > FOCUS_ABOVE);
   const changed = assets.filter((a) => a.reasons);
   const impacted = assets.filter((a) => a.impacted_via);
   const open = (key) => { location.hash = base + '/a/' + enc(key); };
@@ -292,9 +326,11 @@ function Deployment({ repository, name }) {
     ${graph && graph.removed.length ? html`<p>Removed in branch: ${graph.removed.map((k) => html`<span class="badge removed mono">${k}</span> `)}</p>` : ''}
     <div class="toolbar">
       <label for="filter">Filter</label>
-      <input id="filter" class="selection" type="text" placeholder="changed_in_branch:ANY+" value=${filter} onInput=${(e) => setFilter(e.target.value)}
+      <input id="filter" class="selection" type="text" placeholder=${isBranch ? CHANGED_AND_DOWNSTREAM : 'group:marts+'} value=${filter} onInput=${(e) => setFilter(e.target.value)}
              aria-describedby="filter-help" />
-      <span id="filter-help" class="note">${highlight ? highlight.size + ' of ' + assets.length + ' assets match' : 'selection syntax: key:, group:, tag:, kind:, changed_in_branch:ANY, +sel, sel+, and, or, not'}</span>
+      <label><input type="checkbox" checked=${withContext} onChange=${(e) => setWithContext(e.target.checked)} /> with one hop of context</label>
+      ${filter ? html`<button type="button" onClick=${() => setFilter('')}>Show the whole graph</button>` : ''}
+      <span id="filter-help" class="note">${highlight ? highlight.size + ' of ' + assets.length + ' assets match' : 'selection syntax: key:, group:, tag:, kind:' + (isBranch ? ', changed_in_branch:ANY' : '') + ', +sel, sel+, and, or, not'}</span>
     </div>
     ${filterError ? html`<pre class="error" role="alert">${filterError.message}</pre>` : ''}
     <div class="tabs" role="tablist">
@@ -303,9 +339,9 @@ function Deployment({ repository, name }) {
     </div>
     <${ErrorBox} error=${graphError} />
     ${closed && graph && graph.revision ? html`<p class="note">The definitions of revision ${graph.revision.number}, which served last; the deployment is closed.</p>` : ''}
-    ${!graph ? html`<p class="loading">Loading the graph…</p>` : !graph.revision ? html`<p class="note">${closed ? 'Nothing served before it closed.' : 'No revision is serving yet.'}</p>` :
-      view === 'graph' ? html`<div class="legend"><span class="badge new">New in branch</span><span class="badge changed">Changed in branch</span><span class="badge impacted">Impacted</span><span>${assets.length} assets · drag to pan, wheel to zoom</span></div>
-        <${LineageGraph} assets=${assets} highlight=${highlight} onOpen=${open} />` :
+    ${!graph || selecting ? html`<p class="loading">Loading the graph…</p>` : !graph.revision ? html`<p class="note">${closed ? 'Nothing served before it closed.' : 'No revision is serving yet.'}</p>` :
+      view === 'graph' ? html`<div class="legend">${isBranch ? html`<span class="badge new">New in branch</span><span class="badge changed">Changed in branch</span><span class="badge impacted">Impacted</span>` : ''}<span>${highlight ? focus.assets.length + ' of ' + assets.length + ' assets shown' : assets.length + ' assets'} · drag to pan, wheel to zoom</span></div>
+        <${LineageGraph} assets=${focus.assets} context=${focus.context} onOpen=${open} />` :
       html`<${AssetTable} assets=${assets} highlight=${highlight} base=${base} />`}
     <div class="grid2">
       <section><h2>Revisions</h2>
