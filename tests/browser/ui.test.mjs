@@ -322,3 +322,78 @@ test('accessibility basics: labelled controls, named buttons, text contrast of 4
     }
   }
 });
+
+// Last: it grows production to 1,013 assets, which the tests before it do not expect.
+test('a 1,000-asset branch deployment opens on its changes, the whole graph is one click away, edges stay clean, panning is measured', async () => {
+  const repo = join(demoDir, 'repo');
+  const git = (...args) => execFileSync('git', ['-C', repo, '-c', 'user.name=T', '-c', 'user.email=t@example.com', ...args]);
+  const generated = syntheticAssets(1000);
+  mkdirSync(join(repo, 'assets', 'big'), { recursive: true });
+  const write = (a, extra = '') => {
+    const tables = a.deps.length ? a.deps : ['raw_orders'];
+    const joins = tables.slice(1).map((t, i) => ` JOIN ${t} AS t${i + 1} ON t0.id = t${i + 1}.id`).join('');
+    writeFileSync(join(repo, 'assets', 'big', a.key + '.sql'), `SELECT t0.id FROM ${tables[0]} AS t0${joins}${extra}\n`);
+  };
+  git('checkout', '-q', 'main');
+  generated.forEach((a) => write(a));
+  git('add', '-A');
+  git('commit', '-q', '-m', 'A thousand models');
+  const mainSha = git('rev-parse', 'HEAD').toString().trim();
+  git('checkout', '-q', '-b', 'feature/big-change');
+  for (const i of [100, 500, 900]) write(generated[i], ' WHERE t0.id > 0');
+  git('add', '-A');
+  git('commit', '-q', '-m', 'Three models filter');
+  git('checkout', '-q', 'main');
+
+  const started = Date.now();
+  let big;
+  for (;;) {
+    assert.ok(Date.now() - started < 120000, 'the 1,000-asset deployments never served');
+    const deployments = await api('GET', '/api/v1/deployments');
+    const prod = deployments.find((d) => d.kind === 'production');
+    big = deployments.find((d) => d.branch === 'feature/big-change');
+    if (prod.current_revision && prod.current_revision.commit.sha === mainSha && big && big.current_revision) break;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  const selected = await api('GET', '/api/v1/deployments/' + big.name + '/select?selection=' + encodeURIComponent('changed_in_branch:ANY+'));
+
+  const page = await newPage();
+  await page.goto(base + '/#/d/shop/' + big.name);
+  await page.locator('g.node[data-key="m100"]').waitFor({ timeout: 60000 });
+  assert.equal(await page.getByLabel('Filter').inputValue(), 'changed_in_branch:ANY+');
+  assert.equal(await page.locator('g.node').count(), selected.keys.length);
+  assert.ok(selected.keys.length < 1000, 'the focus is smaller than the graph');
+  await page.getByText(`${selected.keys.length} of 1013 assets shown`).waitFor();
+  await page.screenshot({ path: join(screenshots, 'deployment-1000-focus.png') });
+  const focused = await drawnGraph(page);
+  assert.deepEqual(edgesThroughNodes(focused.boxes, focused.edges), []);
+
+  await page.getByRole('button', { name: 'Show the whole graph' }).click();
+  await page.getByText('1013 assets ·').waitFor();
+  assert.equal(await page.locator('g.node').count(), 1013);
+  const whole = await drawnGraph(page);
+  assert.deepEqual(edgesThroughNodes(whole.boxes, whole.edges), []);
+  await page.screenshot({ path: join(screenshots, 'deployment-1000.png') });
+
+  // Pan with the mouse (30 moves) while the page records the interval between painted frames.
+  const box = await page.locator('.graph svg').boundingBox();
+  await page.evaluate(() => {
+    window.frameTimes = [];
+    let last = performance.now();
+    const tick = (now) => { window.frameTimes.push(now - last); last = now; if (!window.stopFrames) requestAnimationFrame(tick); };
+    requestAnimationFrame(tick);
+  });
+  await page.mouse.move(box.x + box.width - 30, box.y + 30);
+  await page.mouse.down();
+  for (let i = 1; i <= 30; i++) {
+    await page.mouse.move(box.x + box.width - 30 - i * 12, box.y + 30 + i * 4);
+    await page.evaluate(() => new Promise((resolve) => requestAnimationFrame(resolve)));
+  }
+  await page.mouse.up();
+  const frames = (await page.evaluate(() => { window.stopFrames = true; return window.frameTimes.slice(1); })).sort((a, b) => a - b);
+  const median = frames[Math.floor(frames.length / 2)];
+  console.log(`# pan at 1,013 assets: ${frames.length} frames, median ${median.toFixed(1)} ms, p90 ${frames[Math.floor(frames.length * 0.9)].toFixed(1)} ms, worst ${frames[frames.length - 1].toFixed(1)} ms`);
+  assert.match(await page.locator('.graph svg > g').getAttribute('transform'), /translate/);
+  assert.ok(median < 25, 'panning a 1,000-asset graph keeps the frame rate: ' + median);
+  assert.deepEqual(page.errors, []);
+});
