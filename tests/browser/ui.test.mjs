@@ -90,8 +90,8 @@ test('the deployments page lists prod and the branch with change counts, closed 
   const row = page.locator(`tr[data-deployment="${branch}"]`);
   await row.waitFor();
   assert.match(await row.innerText(), /feature\/eur-revenue/);
-  assert.match(await row.innerText(), /4 changed/);
-  assert.match(await row.innerText(), /2 impacted/);
+  // The same counts as the deployment page, the CLI and the pull-request comment.
+  assert.match(await row.innerText(), /1 new\s+2 changed\s+1 removed\s+2 impacted downstream/);
   assert.match(await page.locator('tr[data-deployment="prod"]').innerText(), /ready/);
   assert.equal(await page.locator(`tr[data-deployment="${created.name}"]`).count(), 0, 'closed deployments are hidden');
   await page.getByLabel('Show closed').check();
@@ -114,8 +114,9 @@ test('the deployment page marks new, changed, impacted and removed assets, and f
   assert.match(await node('fct_orders').getAttribute('aria-label'), /Changed in branch: CODE_VERSION/);
   assert.match(await node('customer_lifetime_value').getAttribute('aria-label'), /Changed in branch: TAGS/);
   assert.match(await node('dim_customers').getAttribute('class'), /\bimpacted\b/);
-  assert.match(await node('stg_orders').getAttribute('class'), /^node\s+$|^node\s*(dim|hit)?\s*$/, 'a formatting-only edit is not a change');
+  assert.doesNotMatch(await node('stg_orders').getAttribute('class'), /\b(new|changed|impacted)\b/, 'a formatting-only edit is not a change');
   assert.match(await page.getByText('Removed in branch').innerText(), /orders_by_country/);
+  assert.match(await page.getByLabel('Change summary').innerText(), /^1 new\s+2 changed\s+1 removed\s+2 impacted downstream/);
   await page.screenshot({ path: join(screenshots, 'deployment.png') });
 
   await page.getByLabel('Filter').fill('changed_in_branch:ANY+');
@@ -204,6 +205,49 @@ test('launching a run from the UI needs the token, then runs to success with liv
   assert.match(await page.locator('tr[data-step="fct_orders"] pre').innerText(), /rows/);
   await page.screenshot({ path: join(screenshots, 'run.png') });
   assert.deepEqual(page.errors.filter((e) => !/401/.test(e)), []);
+});
+
+test('nodes and rows show run state: built here, reading production, failed in a run', async () => {
+  const repo = join(demoDir, 'repo');
+  execFileSync('git', ['-C', repo, 'checkout', '-q', '-b', 'feature/fails-at-runtime', 'main']);
+  writeFileSync(join(repo, 'assets', 'marts', 'bad_column.sql'), 'SELECT no_such_column FROM stg_orders\n');
+  execFileSync('git', ['-C', repo, 'add', '-A']);
+  execFileSync('git', ['-C', repo, '-c', 'user.name=T', '-c', 'user.email=t@example.com', 'commit', '-q', '-m', 'A model that fails when built']);
+  execFileSync('git', ['-C', repo, 'checkout', '-q', 'main']);
+  const started = Date.now();
+  let deployment;
+  while (!(deployment = (await api('GET', '/api/v1/deployments')).find((d) => d.branch === 'feature/fails-at-runtime' && d.current_revision))) {
+    assert.ok(Date.now() - started < 60000, 'the branch never served');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  let run = await api('POST', '/api/v1/deployments/' + deployment.name + '/runs', { selection: 'key:bad_column' });
+  while (!['succeeded', 'failed', 'canceled'].includes(run.status)) {
+    assert.ok(Date.now() - started < 90000, 'the run never finished');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    run = await api('GET', '/api/v1/runs/' + run.id);
+  }
+  assert.equal(run.status, 'failed');
+
+  const page = await newPage();
+  await page.goto(base + '/#/d/shop/' + deployment.name);
+  const node = (key) => page.locator(`g.node[data-key="${key}"]`);
+  await node('bad_column').waitFor();
+  assert.match(await node('bad_column').getAttribute('class'), /\bstate-failed\b/);
+  assert.match(await node('bad_column').getAttribute('aria-label'), new RegExp('failed in run ' + run.id));
+  assert.match(await node('bad_column').locator('text.state').textContent(), /failed/);
+  assert.match(await node('fct_orders').getAttribute('class'), /\bstate-production\b/);
+  // A branch whose only change is a new asset says so, and shows no zero counts.
+  assert.equal((await page.getByLabel('Change summary').locator('.badge').allInnerTexts()).join('|'), '1 new');
+  await page.screenshot({ path: join(screenshots, 'deployment-failed-step.png') });
+  await page.getByRole('tab', { name: 'Table' }).click();
+  assert.match(await page.locator('tr[data-asset="bad_column"]').innerText(), new RegExp('failed in run ' + run.id));
+  assert.match(await page.locator('tr[data-asset="fct_orders"]').innerText(), /reads production.s table/);
+  // The demo's branch rebuilt its changes: built here.
+  await page.goto(base + '/#/d/shop/' + branch);
+  await node('weekly_revenue').waitFor();
+  assert.match(await node('weekly_revenue').getAttribute('class'), /\bstate-built\b/);
+  assert.match(await node('weekly_revenue').locator('text.state').textContent(), /built here/);
+  assert.deepEqual(page.errors, []);
 });
 
 test('a deploy token (a CI\'s) shows its role, and production refuses it naming the admin role', async () => {

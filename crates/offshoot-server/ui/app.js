@@ -5,7 +5,7 @@ import { html, render, useCallback, useEffect, useMemo, useRef, useState } from 
 import hljs from './vendor/highlight-core.js';
 import sql from './vendor/highlight-sql.js';
 import diffLanguage from './vendor/highlight-diff.js';
-import { LineageGraph, badgeText, nodeClass } from './graph.js';
+import { LineageGraph, badgeText, nodeClass, runState } from './graph.js';
 
 hljs.registerLanguage('sql', sql);
 hljs.registerLanguage('diff', diffLanguage);
@@ -173,13 +173,25 @@ function Deployments() {
             <td>${latest ? html`<${Status} status=${latest.status} since=${latest.started_at || latest.queued_at} />` : ''}
               ${d.status === 'closed' ? html`<div class="note">${closedSummary(d)}</div>`
                 : latest && latest.status === 'failed' ? html`<div class="note">${current ? 'revision ' + current.number + ' keeps serving' : 'nothing serving'}</div>` : ''}</td>
-            <td>${current && d.kind === 'branch' ? html`<div class="counts">
-                <span class="badge changed">${current.changed_count} changed</span>
-                <span class="badge impacted">${current.impacted_count} impacted</span></div>` : html`<span class="note">${current ? current.asset_count + ' assets' : ''}</span>`}</td>
+            <td>${current && d.kind === 'branch' ? html`<${Counts} counts=${current.counts} />` : html`<span class="note">${current ? plural(current.asset_count, 'asset') : ''}</span>`}</td>
           </tr>`;
         })}
       </tbody>
     </table>`}`;
+}
+
+/** "1 step", "2 steps". */
+const plural = (n, word) => n + ' ' + word + (n === 1 ? '' : 's');
+
+/** A revision's change counts (the server's one definition: new, changed, removed, impacted are
+ * disjoint), zero counts left out; "no changes" when all are zero. */
+function Counts({ counts, label, children }) {
+  if (!counts) return html`<span class="note">no base to compare with</span>`;
+  const shown = [['new', 'new', 'new'], ['changed', 'changed', 'changed'], ['removed', 'removed', 'removed'], ['impacted', 'impacted', 'impacted downstream']]
+    .filter(([field]) => counts[field] > 0);
+  return html`<div class="counts" aria-label=${label}>
+    ${shown.length ? shown.map(([field, cls, words]) => html`<span class=${'badge ' + cls}>${counts[field]} ${words}</span>`) : html`<span class="note">no changes</span>`}
+    ${children}</div>`;
 }
 
 function Diagnostics({ revision }) {
@@ -224,15 +236,18 @@ function ChangeBadge({ asset }) {
   return html`<span class=${'badge ' + cls}>${badgeText(asset)}</span>`;
 }
 
-function AssetTable({ assets, highlight, base }) {
+function AssetTable({ assets, highlight, base, isBranch }) {
   const rows = highlight ? assets.filter((a) => highlight.has(a.key)) : assets;
   return html`<table aria-label="Assets">
-    <thead><tr><th>Asset</th><th>Group</th><th>Kind</th><th>Change</th><th>Data read from</th><th>Upstream</th></tr></thead>
-    <tbody>${rows.map((a) => html`<tr data-asset=${a.key}>
+    <thead><tr><th>Asset</th><th>Group</th><th>Kind</th><th>Change</th><th>State</th><th>Upstream</th></tr></thead>
+    <tbody>${rows.map((a) => {
+      const state = runState(a, isBranch);
+      return html`<tr data-asset=${a.key} data-state=${state.cls}>
       <td><a href=${base + '/a/' + enc(a.key)}>${a.key}</a></td><td>${a.group}</td><td>${kindLabel(a)}</td>
       <td><${ChangeBadge} asset=${a} /></td>
-      <td>${a.data === 'branch' ? 'this branch' : a.data === 'production' ? 'production' : html`<span class="note">not built</span>`}</td>
-      <td>${a.deps.length}</td></tr>`)}</tbody>
+      <td><span class=${'state ' + state.cls}>${a.last_step && ['running', 'queued', 'failed'].includes(state.cls) ? html`<a href=${'#/runs/' + a.last_step.run_id}>${state.long}</a>` : state.long}</span></td>
+      <td>${a.deps.length}</td></tr>`;
+    })}</tbody>
   </table>`;
 }
 
@@ -263,9 +278,13 @@ function Deployment({ repository, name }) {
   // a close alone need not reload it).
   const shownRevision = deployment && (deployment.current_revision || deployment.last_served_revision);
   const servingId = shownRevision && shownRevision.id;
-  const [graph, graphError] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/graph' + q(repository)), [repository, name, servingId], 0);
-  const [revisions] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/revisions' + q(repository)), [repository, name], 3000);
   const [runs, , reloadRuns] = usePolling(() => api('GET', '/api/v1/runs?limit=10&deployment=' + enc(name) + (repository ? '&repository=' + enc(repository) : '')), [repository, name], 3000);
+  const running = !!(runs && runs.some((r) => ['queued', 'running'].includes(r.status)));
+  // Fetched once the deployment says which revision serves (not before and again after), again
+  // when that changes, and every 1.5 s while a run is active, for the nodes' run states.
+  const graphKey = deployment ? 'revision ' + (servingId || 'none') : null;
+  const [graph, graphError] = usePolling(() => (graphKey ? api('GET', '/api/v1/deployments/' + enc(name) + '/graph' + q(repository)) : Promise.resolve(null)), [repository, name, graphKey], running ? 1500 : 0);
+  const [revisions] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/revisions' + q(repository)), [repository, name], 3000);
   const [filter, setFilter] = useState('');
   const [highlight, setHighlight] = useState(null);
   const [filterError, setFilterError] = useState(null);
@@ -302,8 +321,6 @@ function Deployment({ repository, name }) {
   // Until the filter's answer (or the decision to focus) arrives, draw nothing rather than a
   // 1,000-asset graph about to be replaced.
   const selecting = (filter.trim() && !highlight && !filterError) || (!focusDecided.current && graph && isBranch && assets.length > FOCUS_ABOVE);
-  const changed = assets.filter((a) => a.reasons);
-  const impacted = assets.filter((a) => a.impacted_via);
   const open = (key) => { location.hash = base + '/a/' + enc(key); };
   const closed = deployment.status === 'closed';
   return html`
@@ -317,12 +334,8 @@ function Deployment({ repository, name }) {
     <${Diagnostics} revision=${deployment.latest_revision} />
     ${deployment.latest_revision && ['queued', 'deploying'].includes(deployment.latest_revision.status) ? html`<p>Deploying ${deployment.latest_revision.commit.sha.slice(0, 10)}: <${Status} status=${deployment.latest_revision.status} since=${deployment.latest_revision.started_at || deployment.latest_revision.queued_at} /></p>` : ''}
     ${deployment.status === 'open' ? html`<${LaunchControls} deployment=${deployment} onLaunched=${(run) => { location.hash = '#/runs/' + run.id; reloadRuns(); reloadDeployment(); }} />` : ''}
-    ${deployment.kind === 'branch' && graph && graph.revision ? html`<div class="counts" aria-label="Change summary">
-      <span class="badge new">${changed.filter((a) => a.reasons.includes('NEW')).length} new in branch</span>
-      <span class="badge changed">${changed.filter((a) => !a.reasons.includes('NEW')).length} changed in branch</span>
-      <span class="badge impacted">${impacted.length} impacted downstream</span>
-      <span class="badge removed">${graph.removed.length} removed</span>
-      <span class="note">against ${graph.base_commit ? 'merge-base ' + graph.base_commit.slice(0, 10) : 'no base'}</span></div>` : ''}
+    ${deployment.kind === 'branch' && graph && graph.revision ? html`<${Counts} counts=${graph.revision.counts} label="Change summary">
+      <span class="note">against ${graph.base_commit ? 'merge-base ' + graph.base_commit.slice(0, 10) : 'no base'}</span><//>` : ''}
     ${graph && graph.removed.length ? html`<p>Removed in branch: ${graph.removed.map((k) => html`<span class="badge removed mono">${k}</span> `)}</p>` : ''}
     <div class="toolbar">
       <label for="filter">Filter</label>
@@ -341,8 +354,8 @@ function Deployment({ repository, name }) {
     ${closed && graph && graph.revision ? html`<p class="note">The definitions of revision ${graph.revision.number}, which served last; the deployment is closed.</p>` : ''}
     ${!graph || selecting ? html`<p class="loading">Loading the graph…</p>` : !graph.revision ? html`<p class="note">${closed ? 'Nothing served before it closed.' : 'No revision is serving yet.'}</p>` :
       view === 'graph' ? html`<div class="legend">${isBranch ? html`<span class="badge new">New in branch</span><span class="badge changed">Changed in branch</span><span class="badge impacted">Impacted</span>` : ''}<span>${highlight ? focus.assets.length + ' of ' + assets.length + ' assets shown' : assets.length + ' assets'} · drag to pan, wheel to zoom</span></div>
-        <${LineageGraph} assets=${focus.assets} context=${focus.context} onOpen=${open} />` :
-      html`<${AssetTable} assets=${assets} highlight=${highlight} base=${base} />`}
+        <${LineageGraph} assets=${focus.assets} context=${focus.context} onOpen=${open} isBranch=${isBranch} />` :
+      html`<${AssetTable} assets=${assets} highlight=${highlight} base=${base} isBranch=${isBranch} />`}
     <div class="grid2">
       <section><h2>Revisions</h2>
         <table aria-label="Revisions"><thead><tr><th>#</th><th>Status</th><th>Commit</th><th>Deploy time</th></tr></thead>
@@ -430,7 +443,7 @@ function Run({ id }) {
   return html`
     <p class="note"><a href="#/">Deployments</a> / <a href=${'#/d/' + enc(run.repository) + '/' + enc(run.deployment)}>${run.deployment}</a> /</p>
     <h1>Run ${run.id} <${Status} status=${run.status} since=${run.started_at} /></h1>
-    <p class="sub"><span class="mono">${run.selection}</span> · ${run.steps.length} steps${run.error ? ' · ' + run.error : ''}</p>
+    <p class="sub"><span class="mono">${run.selection}</span> · ${plural(run.steps.length, 'step')}${run.error ? ' · ' + run.error : ''}</p>
     ${active ? html`<div class="toolbar"><button class="danger" title=${'needs a token with the ' + needed + ' role'} onClick=${cancel}>Cancel run</button></div>
       <${RoleNote} session=${session} needed=${needed} what="Canceling this run" />` : ''}
     <${ErrorBox} error=${cancelError} />

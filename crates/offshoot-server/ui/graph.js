@@ -200,6 +200,24 @@ export function badgeText(asset) {
   return '';
 }
 
+/**
+ * What a node or row says about the asset's data in this deployment: its latest step while a run
+ * has it queued or running, or when that step failed; otherwise where reads land. {cls, text, long}.
+ */
+export function runState(asset, isBranch) {
+  const step = asset.last_step;
+  if (step && step.status === 'running') {
+    const progress = step.run_progress ? ' ' + step.run_progress[0] + '/' + step.run_progress[1] : '';
+    return { cls: 'running', text: 'running' + progress, long: 'running in run ' + step.run_id + (progress ? ' (' + progress.trim() + ' steps done)' : '') };
+  }
+  if (step && step.status === 'queued') return { cls: 'queued', text: 'queued', long: 'queued in run ' + step.run_id };
+  if (step && step.status === 'failed') return { cls: 'failed', text: 'failed', long: 'failed in run ' + step.run_id + (step.error ? ': ' + step.error : '') };
+  if (asset.kind === 'source') return { cls: 'source', text: '', long: 'a source, read from production' };
+  if (asset.data === 'branch' || (!isBranch && asset.data === 'production')) return { cls: 'built', text: isBranch ? 'built here' : 'built', long: isBranch ? 'built in this branch deployment' : 'built' };
+  if (asset.data === 'production') return { cls: 'production', text: 'prod table', long: 'reads production\u2019s table (not rebuilt here)' };
+  return { cls: 'never', text: 'never built', long: 'never built' + (isBranch ? ' here nor in production' : '') };
+}
+
 function truncate(text, max) {
   return text.length > max ? text.slice(0, max - 1) + '…' : text;
 }
@@ -211,8 +229,12 @@ function truncate(text, max) {
  * Pan and zoom write the transform of one <g> directly, outside Preact: re-rendering 1,000 nodes
  * per pointer move is what made dragging a large graph stutter.
  */
-export function LineageGraph({ assets, context, onOpen }) {
-  const laid = useMemo(() => layout(assets), [assets]);
+export function LineageGraph({ assets, context, onOpen, isBranch }) {
+  // Laid out again only when the graph's shape changes, not when a reload brings new run states
+  // (the view would jump back, and a 1,000-asset layout is not free).
+  const shape = useMemo(() => assets.map((a) => a.key + '<' + a.deps.join(',')).join('|'), [assets]);
+  const laid = useMemo(() => layout(assets), [shape]);
+  const current = useMemo(() => new Map(assets.map((a) => [a.key, a])), [assets]);
   const svgRef = useRef(null);
   const layerRef = useRef(null);
   const view = useRef({ x: 0, y: 0, k: 1 });
@@ -315,21 +337,26 @@ export function LineageGraph({ assets, context, onOpen }) {
     const inContext = (key) => context && context.has(key);
     return html`
           ${laid.edges.map((e) => html`<path class=${'edge' + (inContext(e.from) || inContext(e.to) ? ' context' : '')} d=${e.d} data-from=${e.from} data-to=${e.to} marker-end="url(#arrow)" />`)}
-          ${laid.nodes.map(({ asset, x, y }) => {
-            const cls = ['node', nodeClass(asset), inContext(asset.key) ? 'context' : ''].join(' ');
+          ${laid.nodes.map((node) => {
+            const { x, y } = node;
+            const asset = current.get(node.asset.key) || node.asset;
+            const state = runState(asset, isBranch);
+            const cls = ['node', nodeClass(asset), inContext(asset.key) ? 'context' : '', 'state-' + state.cls].join(' ');
             const badge = badgeText(asset);
             const kind = asset.kind === 'tool' && asset.kinds && asset.kinds.length ? asset.kinds.join(', ') : asset.kind;
-            const label = asset.key + (badge ? ', ' + badge : '') + ', ' + kind;
+            const label = asset.key + (badge ? ', ' + badge : '') + ', ' + kind + ', ' + state.long;
             return html`
               <g class=${cls} transform=${`translate(${x - NODE_WIDTH / 2},${y - NODE_HEIGHT / 2})`} tabindex="0" role="link" aria-label=${label}
                  data-key=${asset.key} onClick=${() => onOpen(asset.key)} onKeyDown=${(ev) => { if (ev.key === 'Enter') onOpen(asset.key); }}>
                 <title>${label}</title>
                 <rect width=${NODE_WIDTH} height=${NODE_HEIGHT} />
-                <text x="9" y="18">${truncate(asset.key, 30)}</text>
-                <text class="meta" x="9" y="35">${truncate(badge || asset.group + ' · ' + kind + (asset.data === 'branch' ? ' · branch table' : ''), 37)}</text>
+                <rect class="state" x="1.5" y="1.5" width="5" height=${NODE_HEIGHT - 3} rx="2" />
+                <text x="12" y="18">${truncate(asset.key, state.text ? 21 : 30)}</text>
+                ${state.text ? html`<text class="state" x=${NODE_WIDTH - 8} y="18" text-anchor="end">${state.text}</text>` : ''}
+                <text class="meta" x="12" y="35">${truncate(badge || asset.group + ' · ' + kind, 36)}</text>
               </g>`;
           })}`;
-  }, [laid, context]);
+  }, [laid, context, current, isBranch]);
   return html`
     <div class="graph">
       <svg ref=${svgRef} role="group" aria-label="Asset lineage graph: arrow keys pan, plus and minus zoom, 0 fits, Tab moves between assets, Enter opens one"
