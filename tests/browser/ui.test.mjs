@@ -139,6 +139,16 @@ test('the deployment page marks new, changed, impacted and removed assets, and f
   await error.waitFor();
   assert.match(await error.innerText(), /column 19/);
   assert.deepEqual(page.errors.filter((e) => !/400/.test(e)), []);
+
+  // A removed asset opens a page of its own: the base's definition, "removed in this branch".
+  await page.getByLabel('Filter').fill('');
+  await page.getByRole('link', { name: 'orders_by_country' }).click();
+  await page.getByText('Removed in this branch').waitFor();
+  assert.match(await page.locator('[data-removed]').innerText(), /removes the asset/);
+  assert.match(await page.getByRole('heading', { name: 'Definition at the base' }).locator('xpath=following-sibling::pre[1]').innerText(), /SELECT/i);
+  assert.equal(await page.getByText('asset_not_found').count(), 0);
+  assert.equal(await page.locator('.loading').count(), 0);
+  await page.screenshot({ path: join(screenshots, 'asset-removed.png'), fullPage: true });
 });
 
 /** The drawn graph in the page: node boxes and edge polylines, in the graph's own coordinates. */

@@ -234,6 +234,9 @@ pub struct AssetJson {
     change: Option<AssetChangeJson>,
     impacted_via: Option<Vec<String>>,
     data: &'static str,
+    /// Removed by this revision: everything above is the base's definition, `downstream` the
+    /// assets that read it there.
+    removed: bool,
     materializations: Vec<MaterializationJson>,
     /// In a branch deployment: production's history of this asset.
     production_materializations: Vec<MaterializationJson>,
@@ -245,7 +248,19 @@ async fn asset(State(state): State<SharedState>, _: Reader, Path((name, key)): P
     let key = AssetKey::new(&key).map_err(|_| missing())?;
     let revision = serving_revision(&state, &deployment).await?.ok_or_else(missing)?;
     let (project, changes) = head_and_changes(&state, &deployment, &revision).await?;
-    let asset = project.snapshot.get(&key).ok_or_else(missing)?;
+    // A removed asset is shown as the base defined it, with its former downstream.
+    let base_loaded;
+    let (asset, snapshot, removed) = match project.snapshot.get(&key) {
+        Some(asset) => (asset, &project.snapshot, false),
+        None if changes.change(&key).is_some_and(|c| c.reasons == [ChangeReason::Removed]) => {
+            let base_commit = revision.base_commit.as_ref().ok_or_else(missing)?;
+            let repo = crate::deploy::repository_config(&state, &deployment.repository)?;
+            base_loaded = crate::git::load(&state, &repo.name, repo.path.clone(), base_commit).await.map_err(ApiError::internal)?;
+            let base = base_loaded.as_ref().as_ref().map_err(|_| missing())?;
+            (base.snapshot.get(&key).ok_or_else(missing)?, &base.snapshot, true)
+        }
+        None => return Err(missing()),
+    };
     let locations = DataLocations::read(&state, &state.target(&deployment)).await;
     let materializations = state.store.list_materializations(deployment.id, Some(&key), 20).await?;
     let production_materializations = if deployment.kind == DeploymentKind::Branch {
@@ -266,9 +281,10 @@ async fn asset(State(state): State<SharedState>, _: Reader, Path((name, key)): P
         code: asset.code.to_string(),
         code_version: asset.code_version.value.clone(),
         code_version_derived: asset.code_version.derived,
-        fingerprint: project.snapshot.fingerprint(&key).map(|f| f.to_hex()),
+        fingerprint: snapshot.fingerprint(&key).map(|f| f.to_hex()),
         upstream: asset.deps.iter().map(|d| d.to_string()).collect(),
-        downstream: project.snapshot.downstream_of(&key).iter().map(|d| d.to_string()).collect(),
+        downstream: snapshot.downstream_of(&key).iter().map(|d| d.to_string()).collect(),
+        removed,
         tags: asset.tags.clone(),
         metadata: asset.metadata.clone(),
         owners: asset.owners.clone(),

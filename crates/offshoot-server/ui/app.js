@@ -336,7 +336,7 @@ function Deployment({ repository, name }) {
     ${deployment.status === 'open' ? html`<${LaunchControls} deployment=${deployment} onLaunched=${(run) => { location.hash = '#/runs/' + run.id; reloadRuns(); reloadDeployment(); }} />` : ''}
     ${deployment.kind === 'branch' && graph && graph.revision ? html`<${Counts} counts=${graph.revision.counts} label="Change summary">
       <span class="note">against ${graph.base_commit ? 'merge-base ' + graph.base_commit.slice(0, 10) : 'no base'}</span><//>` : ''}
-    ${graph && graph.removed.length ? html`<p>Removed in branch: ${graph.removed.map((k) => html`<span class="badge removed mono">${k}</span> `)}</p>` : ''}
+    ${graph && graph.removed.length ? html`<p>Removed in branch: ${graph.removed.map((k) => html`<a class="badge removed mono" href=${base + '/a/' + enc(k)}>${k}</a> `)}</p>` : ''}
     <div class="toolbar">
       <label for="filter">Filter</label>
       <input id="filter" class="selection" type="text" placeholder=${isBranch ? CHANGED_AND_DOWNSTREAM : 'group:marts+'} value=${filter} onInput=${(e) => setFilter(e.target.value)}
@@ -392,27 +392,29 @@ function History({ title, rows }) {
 function Asset({ repository, name, assetKey }) {
   const base = '#/d/' + enc(repository) + '/' + enc(name);
   const [asset, error] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/assets/' + enc(assetKey) + q(repository)), [repository, name, assetKey], 5000);
-  if (!asset) return html`<${ErrorBox} error=${error} /><p class="loading">Loading…</p>`;
+  if (!asset) return html`<p class="note"><a href="#/">Deployments</a> / <a href=${base}>${name}</a> /</p><${ErrorBox} error=${error} />${error ? '' : html`<p class="loading">Loading…</p>`}`;
   const change = asset.change;
   const link = (key) => html`<a href=${base + '/a/' + enc(key)}>${key}</a> `;
   const source = { branch: 'this branch deployment\u2019s own table (rebuilt here)', production: 'production\u2019s table (not rebuilt in this deployment)', none: 'nowhere yet: not materialized in this deployment or production' }[asset.data];
+  const readsFrom = asset.removed ? 'production\u2019s table, if it still has one (this branch no longer defines the asset)' : source;
   return html`
     <p class="note"><a href="#/">Deployments</a> / <a href=${base}>${name}</a> /</p>
-    <h1>${asset.key} ${change ? html`<span class=${'badge ' + (change.reasons.includes('NEW') ? 'new' : 'changed')}>${change.reasons.includes('NEW') ? 'New in branch' : 'Changed in branch: ' + change.reasons.join(', ')}</span>` : ''}
+    <h1>${asset.key} ${asset.removed ? html`<span class="badge removed">Removed in this branch</span>` : change ? html`<span class=${'badge ' + (change.reasons.includes('NEW') ? 'new' : 'changed')}>${change.reasons.includes('NEW') ? 'New in branch' : 'Changed in branch: ' + change.reasons.join(', ')}</span>` : ''}
       ${asset.impacted_via ? html`<span class="badge impacted">Impacted via ${asset.impacted_via.join(' → ')}</span>` : ''}</h1>
     <p class="sub">${asset.description || ''}</p>
+    ${asset.removed ? html`<p class="note" data-removed>This branch removes the asset: its definition below is the base's (merge-base commit), and the assets listed downstream read it there. Nothing builds it in this deployment.</p>` : ''}
     <dl class="kv">
-      <dt>Reads come from</dt><dd>${source}</dd>
+      <dt>Reads come from</dt><dd>${readsFrom}</dd>
       <dt>Kind · group</dt><dd>${kindLabel(asset)} · ${asset.group}</dd>
       <dt>Defined in</dt><dd class="mono">${asset.path}</dd>
       <dt>Code version</dt><dd class="mono">${asset.code_version_derived ? 'derived ' + asset.code_version.slice(0, 12) : asset.code_version}</dd>
       ${asset.partitions ? html`<dt>Partitions</dt><dd>${asset.partitions}</dd>` : ''}
       <dt>Upstream</dt><dd>${asset.upstream.length ? asset.upstream.map(link) : html`<span class="note">none</span>`}</dd>
-      <dt>Downstream</dt><dd>${asset.downstream.length ? asset.downstream.map(link) : html`<span class="note">none</span>`}</dd>
+      <dt>${asset.removed ? 'Downstream at the base' : 'Downstream'}</dt><dd>${asset.downstream.length ? asset.downstream.map(link) : html`<span class="note">none</span>`}</dd>
       <dt>Tags</dt><dd>${Object.entries(asset.tags).map(([k, v]) => html`<code>${k}=${v}</code> `)}</dd>
       ${Object.keys(asset.metadata).length ? html`<dt>Metadata</dt><dd>${Object.entries(asset.metadata).map(([k, v]) => html`<code>${k}=${v}</code> `)}</dd>` : ''}
     </dl>
-    ${change && !change.reasons.includes('NEW') ? html`<section><h2>Changes against the base</h2>
+    ${change && !change.reasons.includes('NEW') && !asset.removed ? html`<section><h2>Changes against the base</h2>
       ${change.details.code ? html`<h3>Code</h3>
         <p class="note">Code version ${change.details.code.derived ? 'derived ' + change.details.code.old_version.slice(0, 12) + ' → ' + change.details.code.new_version.slice(0, 12) : change.details.code.old_version + ' → ' + change.details.code.new_version}${change.details.code.diff ? '' : '; the code itself is unchanged'}</p>
         ${change.details.code.diff ? html`<${Highlighted} code=${change.details.code.diff} language="diff" />` : ''}` : ''}
@@ -421,7 +423,7 @@ function Asset({ repository, name, assetKey }) {
       <${MapChanges} label="Tags" change=${change.details.tags} />
       <${MapChanges} label="Metadata" change=${change.details.metadata} />
     </section>` : ''}
-    <h2>Definition</h2>
+    <h2>${asset.removed ? 'Definition at the base' : 'Definition'}</h2>
     ${asset.kind === 'source' ? html`<p class="note">A source: read from production, never built by Offshoot.</p>` : html`<${Highlighted} code=${asset.code} language=${codeLanguage(asset)} />`}
     <div class="grid2">
       <${History} title="Materializations in this deployment" rows=${asset.materializations} />
