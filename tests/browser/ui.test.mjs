@@ -211,6 +211,9 @@ test('launching a run from the UI needs the token, then runs to success with liv
   await page.waitForURL(/#\/runs\/\d+/);
   await page.locator('h1 .chip.succeeded').waitFor({ timeout: 60000 });
   assert.equal(await page.locator('tr[data-step]').count(), 5);
+  const details = page.getByLabel('Run details');
+  await details.getByText('(revision').waitFor();
+  assert.match(await details.innerText(), /Started\s+\S.*ago\)\s+Duration\s+[0-9.]+ m?s\s+Commit\s+[0-9a-f]{10} /);
   await page.locator('tr[data-step="fct_orders"] button').click();
   assert.match(await page.locator('tr[data-step="fct_orders"] pre').innerText(), /rows/);
   await page.screenshot({ path: join(screenshots, 'run.png') });
@@ -334,6 +337,29 @@ test('a closed deployment says closed, why, and what it last served; it offers n
   assert.match(await page.locator('main').innerText(), lastServed);
   assert.equal(await page.getByRole('button', { name: /Materialize|Launch run/ }).count(), 0, 'a closed deployment offers no runs');
   assert.deepEqual(page.errors, []);
+});
+
+test('at 390 px wide no page scrolls sideways, and the prod page shows no branch-only controls', async () => {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
+  for (const path of ['/#/', '/#/d/shop/' + branch, '/#/d/shop/prod', '/#/d/shop/' + branch + '/a/fct_orders', '/#/runs/1']) {
+    await page.goto(base + path);
+    await page.locator('main h1').waitFor();
+    await page.waitForTimeout(300);
+    const widths = await page.evaluate(() => ({ page: document.documentElement.scrollWidth, viewport: window.innerWidth }));
+    assert.ok(widths.page <= widths.viewport, `${path} is ${widths.page} px wide at ${widths.viewport} px`);
+  }
+  await page.goto(base + '/#/d/shop/' + branch);
+  await page.locator('g.node').first().waitFor();
+  await page.screenshot({ path: join(screenshots, 'deployment-390.png') });
+  await page.close();
+
+  const prod = await newPage();
+  await prod.goto(base + '/#/d/shop/prod');
+  await prod.locator('g.node').first().waitFor();
+  assert.equal(await prod.getByText('New in branch').count(), 0);
+  assert.doesNotMatch(await prod.getByLabel('Filter').getAttribute('placeholder'), /changed_in_branch/);
+  assert.doesNotMatch(await prod.locator('#filter-help').innerText(), /changed_in_branch/);
+  assert.deepEqual(prod.errors, []);
 });
 
 function luminance([r, g, b]) {

@@ -438,7 +438,11 @@ function Run({ id }) {
   const [cancelError, setCancelError] = useState(null);
   const session = useSession();
   useEffect(() => { if (run && ['succeeded', 'failed', 'canceled'].includes(run.status)) setFinished(true); }, [run]);
-  if (!run) return html`<${ErrorBox} error=${error} /><p class="loading">Loading…</p>`;
+  // The commit a run builds is its revision's.
+  const revisionsPath = run ? '/api/v1/deployments/' + enc(run.deployment) + '/revisions' + q(run.repository) : null;
+  const [revisions] = usePolling(() => (revisionsPath ? api('GET', revisionsPath) : Promise.resolve(null)), [revisionsPath], 0);
+  if (!run) return html`<${ErrorBox} error=${error} />${error ? '' : html`<p class="loading">Loading…</p>`}`;
+  const revision = revisions && revisions.find((r) => r.id === run.revision_id);
   const cancel = () => api('POST', '/api/v1/runs/' + enc(id) + '/cancel', {}).then(reload, (e) => setCancelError(refusal(e)));
   const needed = run.deployment === 'prod' ? 'admin' : 'deploy';
   const active = ['queued', 'running'].includes(run.status);
@@ -446,6 +450,11 @@ function Run({ id }) {
     <p class="note"><a href="#/">Deployments</a> / <a href=${'#/d/' + enc(run.repository) + '/' + enc(run.deployment)}>${run.deployment}</a> /</p>
     <h1>Run ${run.id} <${Status} status=${run.status} since=${run.started_at} /></h1>
     <p class="sub"><span class="mono">${run.selection}</span> · ${plural(run.steps.length, 'step')}${run.error ? ' · ' + run.error : ''}</p>
+    <dl class="kv" aria-label="Run details">
+      <dt>Started</dt><dd>${run.started_at ? html`<time datetime=${new Date(run.started_at).toISOString()}>${new Date(run.started_at).toLocaleString()}</time> (${ago(run.started_at)})` : 'not yet (queued ' + ago(run.created_at) + ')'}</dd>
+      <dt>Duration</dt><dd>${run.started_at ? duration((run.finished_at || Date.now()) - run.started_at) + (run.finished_at ? '' : ' so far') : ''}</dd>
+      <dt>Commit</dt><dd>${revision ? html`<span class="mono">${revision.commit.sha.slice(0, 10)}</span> ${revision.commit.message} <span class="note">(revision ${revision.number})</span>` : ''}</dd>
+    </dl>
     ${active ? html`<div class="toolbar"><button class="danger" title=${'needs a token with the ' + needed + ' role'} onClick=${cancel}>Cancel run</button></div>
       <${RoleNote} session=${session} needed=${needed} what="Canceling this run" />` : ''}
     <${ErrorBox} error=${cancelError} />

@@ -218,6 +218,16 @@ export function runState(asset, isBranch) {
   return { cls: 'never', text: 'never built', long: 'never built' + (isBranch ? ' here nor in production' : '') };
 }
 
+/** The badge as a node's subtitle has room for it: an impacted asset names the change it is
+ * downstream of and how many hops away (the full path is in its label and tooltip). */
+function shortBadge(asset) {
+  if (!asset.reasons && asset.impacted_via) {
+    const path = asset.impacted_via;
+    return 'Impacted by ' + path[0] + (path.length > 2 ? ', ' + (path.length - 1) + ' hops' : '');
+  }
+  return badgeText(asset);
+}
+
 function truncate(text, max) {
   return text.length > max ? text.slice(0, max - 1) + '…' : text;
 }
@@ -353,7 +363,7 @@ export function LineageGraph({ assets, context, onOpen, isBranch }) {
                 <rect class="state" x="1.5" y="1.5" width="5" height=${NODE_HEIGHT - 3} rx="2" />
                 <text x="12" y="18">${truncate(asset.key, state.text ? 21 : 30)}</text>
                 ${state.text ? html`<text class="state" x=${NODE_WIDTH - 8} y="18" text-anchor="end">${state.text}</text>` : ''}
-                <text class="meta" x="12" y="35">${truncate(badge || asset.group + ' · ' + kind, 36)}</text>
+                <text class="meta" x="12" y="35">${truncate(shortBadge(asset) || asset.group + ' · ' + kind, 36)}</text>
               </g>`;
           })}`;
   }, [laid, context, current, isBranch]);

@@ -71,7 +71,12 @@ fn print_valid(project: &Project, what: &str, format: Format) {
             "{}",
             serde_json::json!({"valid": true, "project": project.manifest.name, "location": location, "sql_assets": sql, "command_assets": command, "tool_assets": tool, "sources": source})
         ),
-        _ if location != "native" => println!("ok: {what}: {tool} {location} assets, {source} sources"),
-        _ => println!("ok: {what}: {sql} SQL assets, {command} command assets, {source} sources"),
+        _ if location != "native" => println!("ok: {what}: {}, {}", counted(tool, &format!("{location} asset")), counted(source, "source")),
+        _ => println!("ok: {what}: {}, {}, {}", counted(sql, "SQL asset"), counted(command, "command asset"), counted(source, "source")),
     }
+}
+
+/// "1 source", "3 sources".
+fn counted(count: usize, noun: &str) -> String {
+    format!("{count} {noun}{}", if count == 1 { "" } else { "s" })
 }

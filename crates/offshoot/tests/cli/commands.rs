@@ -192,7 +192,7 @@ fn validate_commits_and_the_working_directory() {
     let repo_str = repo.to_str().expect("utf-8 path");
     let output = offshoot(&["validate", "--repo", repo_str, "--rev", "feature/eur"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("9 SQL assets, 1 command assets, 3 sources"), "{}", stdout(&output));
+    assert!(stdout(&output).contains("9 SQL assets, 1 command asset, 3 sources"), "{}", stdout(&output));
 
     let output = offshoot(&["validate", "--repo", repo_str, "--rev", "broken"]);
     assert_eq!(output.status.code(), Some(1));
@@ -228,7 +228,7 @@ fn init_scaffolds_a_valid_project_and_never_overwrites() {
     assert!(output.status.success(), "{}", stderr(&output));
     let output = offshoot(&["validate", "--repo", path]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("2 SQL assets, 0 command assets, 1 sources"), "{}", stdout(&output));
+    assert!(stdout(&output).contains("2 SQL assets, 0 command assets, 1 source"), "{}", stdout(&output));
     let output = offshoot(&["init", path]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("offshoot.toml already exists"), "{}", stderr(&output));
