@@ -228,9 +228,6 @@ function shortBadge(asset) {
   return badgeText(asset);
 }
 
-function truncate(text, max) {
-  return text.length > max ? text.slice(0, max - 1) + '…' : text;
-}
 
 /**
  * props: assets (the ones to draw: the page filters), context (Set of keys drawn as one-hop
@@ -354,16 +351,20 @@ export function LineageGraph({ assets, context, onOpen, isBranch }) {
             const cls = ['node', nodeClass(asset), inContext(asset.key) ? 'context' : '', 'state-' + state.cls].join(' ');
             const badge = badgeText(asset);
             const kind = asset.kind === 'tool' && asset.kinds && asset.kinds.length ? asset.kinds.join(', ') : asset.kind;
-            const label = asset.key + (badge ? ', ' + badge : '') + ', ' + kind + ', ' + state.long;
+            const subtitle = shortBadge(asset) || asset.group + ' · ' + kind;
+            // The name starts with the visible text, word for word (WCAG 2.5.3): long text is
+            // clipped by the node's edge, never shortened, so what shows is part of the name; the
+            // trailing spaces keep the visible words apart.
+            const label = [asset.key, state.text, subtitle, badge !== subtitle ? badge : '', kind, state.long].filter(Boolean).join(', ');
             return html`
               <g class=${cls} transform=${`translate(${x - NODE_WIDTH / 2},${y - NODE_HEIGHT / 2})`} tabindex="0" role="link" aria-label=${label}
                  data-key=${asset.key} onClick=${() => onOpen(asset.key)} onKeyDown=${(ev) => { if (ev.key === 'Enter') onOpen(asset.key); }}>
                 <title>${label}</title>
                 <rect width=${NODE_WIDTH} height=${NODE_HEIGHT} />
                 <rect class="state" x="1.5" y="1.5" width="5" height=${NODE_HEIGHT - 3} rx="2" />
-                <text x="12" y="18">${truncate(asset.key, state.text ? 21 : 30)}</text>
-                ${state.text ? html`<text class="state" x=${NODE_WIDTH - 8} y="18" text-anchor="end">${state.text}</text>` : ''}
-                <text class="meta" x="12" y="35">${truncate(shortBadge(asset) || asset.group + ' · ' + kind, 36)}</text>
+                <text x="12" y="18" clip-path=${state.text ? 'url(#clip-key)' : 'url(#clip-line)'}>${asset.key + ' '}</text>
+                ${state.text ? html`<text class="state" x=${NODE_WIDTH - 8} y="18" text-anchor="end">${state.text + ' '}</text>` : ''}
+                <text class="meta" x="12" y="35" clip-path="url(#clip-line)">${subtitle}</text>
               </g>`;
           })}`;
   }, [laid, context, current, isBranch]);
@@ -372,6 +373,8 @@ export function LineageGraph({ assets, context, onOpen, isBranch }) {
       <svg ref=${svgRef} role="group" aria-label="Asset lineage graph: arrow keys pan, plus and minus zoom, 0 fits, Tab moves between assets, Enter opens one"
            tabindex="0" onPointerDown=${onPointerDown} onPointerMove=${onPointerMove} onPointerUp=${onPointerUp} onKeyDown=${onKeyDown}>
         <defs>
+          <clipPath id="clip-key" clipPathUnits="userSpaceOnUse"><rect x="0" y="0" width=${NODE_WIDTH - 74} height=${NODE_HEIGHT} /></clipPath>
+          <clipPath id="clip-line" clipPathUnits="userSpaceOnUse"><rect x="0" y="0" width=${NODE_WIDTH - 8} height=${NODE_HEIGHT} /></clipPath>
           <marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">
             <path d="M 0 0 L 10 5 L 0 10 z" fill="#afb8c1" />
           </marker>
