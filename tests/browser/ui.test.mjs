@@ -104,6 +104,24 @@ test('the deployments page lists prod and the branch with change counts, closed 
   assert.deepEqual(page.errors, []);
 });
 
+test('live updates arrive by server-sent events: a new deployment shows up with no polling', async () => {
+  const page = await newPage();
+  const listRequests = [];
+  page.on('request', (r) => { if (new URL(r.url()).pathname === '/api/v1/deployments') listRequests.push(Date.now()); });
+  await page.goto(base + '/#/');
+  await page.locator(`tr[data-deployment="${branch}"]`).waitFor();
+  await page.waitForTimeout(2500);
+  const before = listRequests.length;
+  await page.waitForTimeout(4500);
+  assert.equal(listRequests.length, before, 'no polling while the event stream is open (the fallback polls every 2 s)');
+  const sha = execFileSync('git', ['-C', join(demoDir, 'repo'), 'rev-parse', 'main']).toString().trim();
+  execFileSync('git', ['-C', join(demoDir, 'repo'), 'branch', 'feature/live-update', sha]);
+  const created = await api('POST', '/api/v1/branch-deployments', { branch_name: 'feature/live-update', commit_hash: sha, pull_request_id: '11' });
+  await page.locator(`tr[data-deployment="${created.name}"]`).waitFor({ timeout: 5000 });
+  assert.ok(listRequests.length > before, 'the change made the page refetch');
+  assert.deepEqual(page.errors, []);
+});
+
 test('the deployment page marks new, changed, impacted and removed assets, and filters by selection', async () => {
   const page = await newPage();
   await page.goto(base + '/#/d/shop/' + branch);

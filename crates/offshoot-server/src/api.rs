@@ -42,6 +42,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
         .merge(crate::hooks::router())
         .merge(crate::catalog::router())
+        .merge(crate::events::router())
         .merge(crate::ui::router())
         .with_state(state)
 }

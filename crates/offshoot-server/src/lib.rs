@@ -13,6 +13,7 @@ pub mod confine;
 pub mod deploy;
 pub mod dto;
 pub mod error;
+pub mod events;
 pub mod feedback;
 pub mod git;
 pub mod hooks;

@@ -199,6 +199,8 @@ pub fn document() -> Value {
                 ok(json!({"type": "object", "properties": {"selection": {"type": "string"}, "keys": {"type": "array", "items": {"type": "string"}}}}))) },
             "/api/v1/deployments/{name}/assets/{key}": { "get": read("one asset in detail: definition, change against the base, history; a removed one as the base defined it", json!([name_parameter(), repository_parameter(),
                 {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}]), ok(reference("Asset"))) },
+            "/api/v1/events": { "get": read("live updates as server-sent events (text/event-stream): `ready` once, then `change` whenever a deployment's lifecycle, a run or a step log moved; refetch what you show", json!([]),
+                json!({"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}})) },
             "/api/v1/runs": { "get": read("runs, newest first", json!([repository_parameter(), {"name": "deployment", "in": "query", "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}]), ok(array_of("Run"))) },
             "/api/v1/runs/{id}": { "get": read("one run with its steps and logs", json!([id_parameter()]), ok(reference("Run"))) },
             "/api/v1/runs/{id}/cancel": { "post": write("cancel a run", "`deploy` for a run of a branch deployment, `admin` for one of `prod`", json!([id_parameter()]), None, ok(reference("Run"))) }

@@ -76,16 +76,54 @@ function RoleNote({ session, needed, what }) {
 const q = (repository) => (repository ? '?repository=' + encodeURIComponent(repository) : '');
 const enc = encodeURIComponent;
 
-/** Polls `load` every `ms` while `active`; returns [data, error, reload]. */
+// ---- Live updates ------------------------------------------------------------------------------
+// One server-sent event stream per page (GET /api/v1/events) says when anything changed; every
+// view then refetches what it shows. While the stream is down (a proxy that buffers, private reads:
+// EventSource cannot send the token), views poll at their own intervals instead.
+
+const live = { open: false, listeners: new Set(), source: null };
+
+function connectLive() {
+  if (live.source || typeof EventSource === 'undefined') return;
+  const source = new EventSource('/api/v1/events');
+  live.source = source;
+  const notify = (kind) => live.listeners.forEach((listener) => listener(kind));
+  source.addEventListener('ready', () => { live.open = true; notify('open'); });
+  source.addEventListener('change', () => notify('change'));
+  source.onerror = () => {
+    const wasOpen = live.open;
+    live.open = false;
+    if (wasOpen) notify('closed');
+    // EventSource retries by itself while the server answers; a refusal (401) ends it: retry later.
+    if (source.readyState === EventSource.CLOSED) {
+      live.source = null;
+      setTimeout(connectLive, 10000);
+    }
+  };
+}
+
+/** Loads with `load`, then again on every live change (or every `ms` while the stream is down,
+ * and only while `active`); returns [data, error, reload]. */
 function usePolling(load, deps, ms, active = true) {
   const [state, setState] = useState({ data: null, error: null });
+  const [streaming, setStreaming] = useState(live.open);
   const reload = useCallback(() => load().then((data) => setState({ data, error: null }), (error) => setState((s) => ({ data: s.data, error }))), deps);
   useEffect(() => {
-    reload();
-    if (!active || !ms) return undefined;
+    connectLive();
+    const listener = (kind) => {
+      if (kind === 'change' && active && ms) reload();
+      else if (kind === 'open') setStreaming(true);
+      else if (kind === 'closed') setStreaming(false);
+    };
+    live.listeners.add(listener);
+    return () => live.listeners.delete(listener);
+  }, [reload, ms, active]);
+  useEffect(() => { reload(); }, [reload]);
+  useEffect(() => {
+    if (!active || !ms || streaming) return undefined;
     const timer = setInterval(reload, ms);
     return () => clearInterval(timer);
-  }, [reload, ms, active]);
+  }, [reload, ms, active, streaming]);
   return [state.data, state.error, reload];
 }
 
