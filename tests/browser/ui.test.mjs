@@ -100,6 +100,7 @@ test('the deployments page lists prod and the branch with change counts, closed 
   assert.match(await closed.innerText(), /closed/);
   assert.equal(await closed.locator('a[href^="javascript"]').count(), 0, 'a hostile pull-request URL is never a link');
   await page.getByLabel('Show closed').uncheck();
+  await closed.waitFor({ state: 'detached' });
   await page.screenshot({ path: join(screenshots, 'deployments.png') });
   assert.deepEqual(page.errors, []);
 });
