@@ -207,6 +207,16 @@ fn validate_commits_and_the_working_directory() {
     "#]]
     .assert_eq(&redacted);
 
+    // Markdown (for a pull request or a CI summary) is the output: stdout, nothing on stderr.
+    let output = offshoot(&["validate", "--repo", repo_str, "--rev", "broken", "--format", "markdown"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stderr(&output), "");
+    let markdown = redact(&stdout(&output));
+    assert!(markdown.starts_with("**2 problems in `broken (<sha>)`**\n\n- `assets/marts/broken.sql:2:1`: SQL syntax error"), "{markdown}");
+    assert!(markdown.contains("\n  - hint: add an asset file for it"), "{markdown}");
+    let output = offshoot(&["validate", "--repo", repo_str, "--rev", "feature/eur", "--format", "markdown"]);
+    assert!(stdout(&output).starts_with("**ok**: `feature/eur ("), "{}", stdout(&output));
+
     // Uncommitted edits count in the working directory.
     std::fs::write(repo.join("assets/marts/wip.sql"), "SELECT * FROM fct_order").expect("write");
     let output = offshoot(&["validate", "--repo", repo_str]);
