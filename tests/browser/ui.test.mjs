@@ -253,6 +253,7 @@ test('nodes and rows show run state: built here, reading production, failed in a
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
   let run = await api('POST', '/api/v1/deployments/' + deployment.name + '/runs', { selection: 'key:bad_column' });
+  assert.ok(run.id, 'the run was launched: ' + JSON.stringify(run));
   while (!['succeeded', 'failed', 'canceled'].includes(run.status)) {
     assert.ok(Date.now() - started < 90000, 'the run never finished');
     await new Promise((resolve) => setTimeout(resolve, 200));
