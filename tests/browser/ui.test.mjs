@@ -11,6 +11,8 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { edgesThroughNodes, pathPoints } from './geometry.mjs';
+import { syntheticAssets } from './layout-bench.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const binary = process.env.OFFSHOOT_BIN || join(root, 'target', 'debug', 'offshoot');
@@ -88,8 +90,8 @@ test('the deployments page lists prod and the branch with change counts, closed 
   const row = page.locator(`tr[data-deployment="${branch}"]`);
   await row.waitFor();
   assert.match(await row.innerText(), /feature\/eur-revenue/);
-  assert.match(await row.innerText(), /4 changed/);
-  assert.match(await row.innerText(), /2 impacted/);
+  // The same counts as the deployment page, the CLI and the pull-request comment.
+  assert.match(await row.innerText(), /1 new\s+2 changed\s+1 removed\s+2 impacted downstream/);
   assert.match(await page.locator('tr[data-deployment="prod"]').innerText(), /ready/);
   assert.equal(await page.locator(`tr[data-deployment="${created.name}"]`).count(), 0, 'closed deployments are hidden');
   await page.getByLabel('Show closed').check();
@@ -98,7 +100,26 @@ test('the deployments page lists prod and the branch with change counts, closed 
   assert.match(await closed.innerText(), /closed/);
   assert.equal(await closed.locator('a[href^="javascript"]').count(), 0, 'a hostile pull-request URL is never a link');
   await page.getByLabel('Show closed').uncheck();
+  await closed.waitFor({ state: 'detached' });
   await page.screenshot({ path: join(screenshots, 'deployments.png') });
+  assert.deepEqual(page.errors, []);
+});
+
+test('live updates arrive by server-sent events: a new deployment shows up with no polling', async () => {
+  const page = await newPage();
+  const listRequests = [];
+  page.on('request', (r) => { if (new URL(r.url()).pathname === '/api/v1/deployments') listRequests.push(Date.now()); });
+  await page.goto(base + '/#/');
+  await page.locator(`tr[data-deployment="${branch}"]`).waitFor();
+  await page.waitForTimeout(2500);
+  const before = listRequests.length;
+  await page.waitForTimeout(4500);
+  assert.equal(listRequests.length, before, 'no polling while the event stream is open (the fallback polls every 2 s)');
+  const sha = execFileSync('git', ['-C', join(demoDir, 'repo'), 'rev-parse', 'main']).toString().trim();
+  execFileSync('git', ['-C', join(demoDir, 'repo'), 'branch', 'feature/live-update', sha]);
+  const created = await api('POST', '/api/v1/branch-deployments', { branch_name: 'feature/live-update', commit_hash: sha, pull_request_id: '11' });
+  await page.locator(`tr[data-deployment="${created.name}"]`).waitFor({ timeout: 5000 });
+  assert.ok(listRequests.length > before, 'the change made the page refetch');
   assert.deepEqual(page.errors, []);
 });
 
@@ -112,14 +133,23 @@ test('the deployment page marks new, changed, impacted and removed assets, and f
   assert.match(await node('fct_orders').getAttribute('aria-label'), /Changed in branch: CODE_VERSION/);
   assert.match(await node('customer_lifetime_value').getAttribute('aria-label'), /Changed in branch: TAGS/);
   assert.match(await node('dim_customers').getAttribute('class'), /\bimpacted\b/);
-  assert.match(await node('stg_orders').getAttribute('class'), /^node\s+$|^node\s*(dim|hit)?\s*$/, 'a formatting-only edit is not a change');
+  assert.doesNotMatch(await node('stg_orders').getAttribute('class'), /\b(new|changed|impacted)\b/, 'a formatting-only edit is not a change');
   assert.match(await page.getByText('Removed in branch').innerText(), /orders_by_country/);
+  assert.match(await page.getByLabel('Change summary').innerText(), /^1 new\s+2 changed\s+1 removed\s+2 impacted downstream/);
   await page.screenshot({ path: join(screenshots, 'deployment.png') });
 
   await page.getByLabel('Filter').fill('changed_in_branch:ANY+');
   await page.getByText('5 of 13 assets match').waitFor();
-  assert.match(await node('daily_revenue').getAttribute('class'), /\bhit\b/);
-  assert.match(await node('stg_orders').getAttribute('class'), /\bdim\b/);
+  // A focus view: only the matches, laid out afresh; one hop of context on request, faded.
+  await node('daily_revenue').waitFor();
+  assert.equal(await page.locator('g.node').count(), 5);
+  assert.equal(await node('stg_orders').count(), 0);
+  await page.getByLabel('with one hop of context').check();
+  await node('int_order_payments').waitFor();
+  assert.match(await node('int_order_payments').getAttribute('class'), /\bcontext\b/);
+  assert.equal(await node('stg_orders').count(), 0, 'two hops away');
+  assert.doesNotMatch(await node('fct_orders').getAttribute('class'), /\bcontext\b/);
+  await page.getByLabel('with one hop of context').uncheck();
   await page.getByRole('tab', { name: 'Table' }).click();
   assert.equal(await page.locator('tr[data-asset]').count(), 5);
   await page.screenshot({ path: join(screenshots, 'deployment-filtered-table.png') });
@@ -128,6 +158,53 @@ test('the deployment page marks new, changed, impacted and removed assets, and f
   await error.waitFor();
   assert.match(await error.innerText(), /column 19/);
   assert.deepEqual(page.errors.filter((e) => !/400/.test(e)), []);
+
+  // A removed asset opens a page of its own: the base's definition, "removed in this branch".
+  await page.getByLabel('Filter').fill('');
+  await page.getByRole('link', { name: 'orders_by_country' }).click();
+  await page.getByText('Removed in this branch').waitFor();
+  assert.match(await page.locator('[data-removed]').innerText(), /removes the asset/);
+  assert.match(await page.getByRole('heading', { name: 'Definition at the base' }).locator('xpath=following-sibling::pre[1]').innerText(), /SELECT/i);
+  assert.equal(await page.getByText('asset_not_found').count(), 0);
+  assert.equal(await page.locator('.loading').count(), 0);
+  await page.screenshot({ path: join(screenshots, 'asset-removed.png'), fullPage: true });
+});
+
+/** The drawn graph in the page: node boxes and edge polylines, in the graph's own coordinates. */
+async function drawnGraph(page) {
+  const drawn = await page.evaluate(() => ({
+    nodes: [...document.querySelectorAll('g.node')].map((g) => {
+      const [x, y] = g.getAttribute('transform').match(/-?[0-9.]+/g).map(Number);
+      const rect = g.querySelector('rect');
+      return { key: g.dataset.key, x, y, width: Number(rect.getAttribute('width')), height: Number(rect.getAttribute('height')) };
+    }),
+    edges: [...document.querySelectorAll('path.edge')].map((p) => ({ from: p.dataset.from, to: p.dataset.to, d: p.getAttribute('d') })),
+  }));
+  return { boxes: drawn.nodes, edges: drawn.edges.map((e) => ({ from: e.from, to: e.to, points: pathPoints(e.d) })) };
+}
+
+test('lineage edges never cross a node that is not their end: the demo, and 1,000 assets laid out in Chromium', async () => {
+  const page = await newPage();
+  await page.goto(base + '/#/d/shop/' + branch);
+  await page.locator('g.node[data-key="customer_lifetime_value"]').waitFor();
+  const demo = await drawnGraph(page);
+  assert.equal(demo.boxes.length, 13);
+  assert.ok(demo.edges.some((e) => e.from === 'stg_customers' && e.to === 'dim_customers'));
+  assert.deepEqual(edgesThroughNodes(demo.boxes, demo.edges), []);
+
+  // The same layout code the page runs, in the browser's engine, on a generated 1,000-asset graph.
+  const assets = syntheticAssets(1000).map((a) => ({ ...a, kind: 'sql', group: 'g' }));
+  const laid = await page.evaluate(async (list) => {
+    const { layout } = await import('/ui/graph.js');
+    const started = performance.now();
+    const result = layout(list);
+    return { ms: performance.now() - started, nodes: result.nodes.map((n) => ({ key: n.asset.key, x: n.x, y: n.y })), edges: result.edges };
+  }, assets);
+  const boxes = laid.nodes.map((n) => ({ key: n.key, x: n.x - 112, y: n.y - 23, width: 224, height: 46 }));
+  assert.equal(laid.edges.length, assets.reduce((sum, a) => sum + a.deps.length, 0));
+  assert.deepEqual(edgesThroughNodes(boxes, laid.edges.map((e) => ({ from: e.from, to: e.to, points: pathPoints(e.d) }))), []);
+  console.log(`# 1,000-asset layout in Chromium: ${laid.ms.toFixed(0)} ms`);
+  assert.deepEqual(page.errors, []);
 });
 
 test('keyboard: Tab reaches a graph node and Enter opens the asset page with its diff', async () => {
@@ -153,10 +230,57 @@ test('launching a run from the UI needs the token, then runs to success with liv
   await page.waitForURL(/#\/runs\/\d+/);
   await page.locator('h1 .chip.succeeded').waitFor({ timeout: 60000 });
   assert.equal(await page.locator('tr[data-step]').count(), 5);
+  const details = page.getByLabel('Run details');
+  await details.getByText('(revision').waitFor();
+  assert.match(await details.innerText(), /Started\s+\S.*ago\)\s+Duration\s+[0-9.]+ m?s\s+Commit\s+[0-9a-f]{10} /);
   await page.locator('tr[data-step="fct_orders"] button').click();
   assert.match(await page.locator('tr[data-step="fct_orders"] pre').innerText(), /rows/);
   await page.screenshot({ path: join(screenshots, 'run.png') });
   assert.deepEqual(page.errors.filter((e) => !/401/.test(e)), []);
+});
+
+test('nodes and rows show run state: built here, reading production, failed in a run', async () => {
+  const repo = join(demoDir, 'repo');
+  execFileSync('git', ['-C', repo, 'checkout', '-q', '-b', 'feature/fails-at-runtime', 'main']);
+  writeFileSync(join(repo, 'assets', 'marts', 'bad_column.sql'), 'SELECT no_such_column FROM stg_orders\n');
+  execFileSync('git', ['-C', repo, 'add', '-A']);
+  execFileSync('git', ['-C', repo, '-c', 'user.name=T', '-c', 'user.email=t@example.com', 'commit', '-q', '-m', 'A model that fails when built']);
+  execFileSync('git', ['-C', repo, 'checkout', '-q', 'main']);
+  const started = Date.now();
+  let deployment;
+  while (!(deployment = (await api('GET', '/api/v1/deployments')).find((d) => d.branch === 'feature/fails-at-runtime' && d.current_revision))) {
+    assert.ok(Date.now() - started < 60000, 'the branch never served');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  let run = await api('POST', '/api/v1/deployments/' + deployment.name + '/runs', { selection: 'key:bad_column' });
+  assert.ok(run.id, 'the run was launched: ' + JSON.stringify(run));
+  while (!['succeeded', 'failed', 'canceled'].includes(run.status)) {
+    assert.ok(Date.now() - started < 90000, 'the run never finished');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    run = await api('GET', '/api/v1/runs/' + run.id);
+  }
+  assert.equal(run.status, 'failed');
+
+  const page = await newPage();
+  await page.goto(base + '/#/d/shop/' + deployment.name);
+  const node = (key) => page.locator(`g.node[data-key="${key}"]`);
+  await node('bad_column').waitFor();
+  assert.match(await node('bad_column').getAttribute('class'), /\bstate-failed\b/);
+  assert.match(await node('bad_column').getAttribute('aria-label'), new RegExp('failed in run ' + run.id));
+  assert.match(await node('bad_column').locator('text.state').textContent(), /failed/);
+  assert.match(await node('fct_orders').getAttribute('class'), /\bstate-production\b/);
+  // A branch whose only change is a new asset says so, and shows no zero counts.
+  assert.equal((await page.getByLabel('Change summary').locator('.badge').allInnerTexts()).join('|'), '1 new');
+  await page.screenshot({ path: join(screenshots, 'deployment-failed-step.png') });
+  await page.getByRole('tab', { name: 'Table' }).click();
+  assert.match(await page.locator('tr[data-asset="bad_column"]').innerText(), new RegExp('failed in run ' + run.id));
+  assert.match(await page.locator('tr[data-asset="fct_orders"]').innerText(), /reads production.s table/);
+  // The demo's branch rebuilt its changes: built here.
+  await page.goto(base + '/#/d/shop/' + branch);
+  await node('weekly_revenue').waitFor();
+  assert.match(await node('weekly_revenue').getAttribute('class'), /\bstate-built\b/);
+  assert.match(await node('weekly_revenue').locator('text.state').textContent(), /built here/);
+  assert.deepEqual(page.errors, []);
 });
 
 test('a deploy token (a CI\'s) shows its role, and production refuses it naming the admin role', async () => {
@@ -235,43 +359,132 @@ test('a closed deployment says closed, why, and what it last served; it offers n
   assert.deepEqual(page.errors, []);
 });
 
-function luminance([r, g, b]) {
-  const c = [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
-  return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
-}
-
-test('accessibility basics: labelled controls, named buttons, text contrast of 4.5:1 or more', async () => {
-  const page = await newPage();
-  for (const path of ['/#/', '/#/d/shop/' + branch, '/#/d/shop/' + branch + '/a/fct_orders']) {
+test('at 390 px wide no page scrolls sideways, and the prod page shows no branch-only controls', async () => {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
+  for (const path of ['/#/', '/#/d/shop/' + branch, '/#/d/shop/prod', '/#/d/shop/' + branch + '/a/fct_orders', '/#/runs/1']) {
     await page.goto(base + path);
     await page.locator('main h1').waitFor();
     await page.waitForTimeout(300);
-    const report = await page.evaluate(() => {
-      const unlabelled = [...document.querySelectorAll('input, select, textarea')].filter((el) => {
-        const id = el.id && document.querySelector(`label[for="${el.id}"]`);
-        return !id && !el.closest('label') && !el.getAttribute('aria-label');
-      }).map((el) => el.outerHTML);
-      const unnamed = [...document.querySelectorAll('button, a')].filter((el) => !(el.innerText.trim() || el.getAttribute('aria-label'))).map((el) => el.outerHTML);
-      const parse = (c) => (c.match(/[\d.]+/g) || []).map(Number);
-      const colours = [...document.querySelectorAll('.chip, .badge, td, h1, p, a, label, .note')].filter((el) => el.innerText.trim()).slice(0, 300).map((el) => {
-        let bg = el;
-        let background = 'rgba(0, 0, 0, 0)';
-        while (bg && /rgba\(\d+, \d+, \d+, 0\)|transparent/.test(background)) {
-          background = getComputedStyle(bg).backgroundColor;
-          bg = bg.parentElement;
-        }
-        if (/rgba\(\d+, \d+, \d+, 0\)/.test(background)) background = 'rgb(255, 255, 255)';
-        return { text: el.innerText.slice(0, 30), fg: parse(getComputedStyle(el).color), bg: parse(background) };
-      });
-      return { unlabelled, unnamed, colours, lang: document.documentElement.lang };
-    });
-    assert.deepEqual(report.unlabelled, [], path);
-    assert.deepEqual(report.unnamed, [], path);
-    assert.equal(report.lang, 'en');
-    for (const { text, fg, bg } of report.colours) {
-      const [a, b] = [luminance(fg), luminance(bg)].sort((x, y) => y - x);
-      const ratio = (a + 0.05) / (b + 0.05);
-      assert.ok(ratio >= 4.5, `${path}: "${text}" has contrast ${ratio.toFixed(2)} (${fg} on ${bg})`);
+    const widths = await page.evaluate(() => ({ page: document.documentElement.scrollWidth, viewport: window.innerWidth }));
+    assert.ok(widths.page <= widths.viewport, `${path} is ${widths.page} px wide at ${widths.viewport} px`);
+  }
+  await page.goto(base + '/#/d/shop/' + branch);
+  await page.locator('g.node').first().waitFor();
+  await page.screenshot({ path: join(screenshots, 'deployment-390.png') });
+  await page.close();
+
+  const prod = await newPage();
+  await prod.goto(base + '/#/d/shop/prod');
+  await prod.locator('g.node').first().waitFor();
+  assert.equal(await prod.getByText('New in branch').count(), 0);
+  assert.doesNotMatch(await prod.getByLabel('Filter').getAttribute('placeholder'), /changed_in_branch/);
+  assert.doesNotMatch(await prod.locator('#filter-help').innerText(), /changed_in_branch/);
+  assert.deepEqual(prod.errors, []);
+});
+
+const axeSource = readFileSync(join(dirname(fileURLToPath(import.meta.url)), 'node_modules', 'axe-core', 'axe.min.js'), 'utf8');
+
+test('accessibility: axe-core finds no serious or critical violation on any page', async () => {
+  // axe is injected as a script, which the UI's content security policy rightly forbids.
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 }, bypassCSP: true });
+  const pages = [
+    ['/#/', 'tr[data-deployment]'],
+    ['/#/d/shop/' + branch, 'g.node'],
+    ['/#/d/shop/prod', 'g.node'],
+    ['/#/d/shop/' + branch + '/a/fct_orders', 'pre.diff'],
+    ['/#/d/shop/' + branch + '/a/orders_by_country', '[data-removed]'],
+    ['/#/runs/1', 'tr[data-step]'],
+  ];
+  for (const [path, ready] of pages) {
+    await page.goto(base + path);
+    await page.locator(ready).first().waitFor();
+    await page.waitForTimeout(200);
+    const report = async () => {
+      await page.addScriptTag({ content: axeSource });
+      const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+      return result.violations.filter((v) => ['serious', 'critical'].includes(v.impact))
+        .map((v) => `${v.id} (${v.impact}): ${v.help}; ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+    };
+    assert.deepEqual(await report(), [], path);
+    if (path === '/#/d/shop/' + branch) {
+      await page.getByRole('tab', { name: 'Table' }).click();
+      assert.deepEqual(await report(), [], path + ' (table)');
     }
   }
+  await page.close();
+});
+
+// Last: it grows production to 1,013 assets, which the tests before it do not expect.
+test('a 1,000-asset branch deployment opens on its changes, the whole graph is one click away, edges stay clean, panning is measured', async () => {
+  const repo = join(demoDir, 'repo');
+  const git = (...args) => execFileSync('git', ['-C', repo, '-c', 'user.name=T', '-c', 'user.email=t@example.com', ...args]);
+  const generated = syntheticAssets(1000);
+  mkdirSync(join(repo, 'assets', 'big'), { recursive: true });
+  const write = (a, extra = '') => {
+    const tables = a.deps.length ? a.deps : ['raw_orders'];
+    const joins = tables.slice(1).map((t, i) => ` JOIN ${t} AS t${i + 1} ON t0.id = t${i + 1}.id`).join('');
+    writeFileSync(join(repo, 'assets', 'big', a.key + '.sql'), `SELECT t0.id FROM ${tables[0]} AS t0${joins}${extra}\n`);
+  };
+  git('checkout', '-q', 'main');
+  generated.forEach((a) => write(a));
+  git('add', '-A');
+  git('commit', '-q', '-m', 'A thousand models');
+  const mainSha = git('rev-parse', 'HEAD').toString().trim();
+  git('checkout', '-q', '-b', 'feature/big-change');
+  for (const i of [100, 500, 900]) write(generated[i], ' WHERE t0.id > 0');
+  git('add', '-A');
+  git('commit', '-q', '-m', 'Three models filter');
+  git('checkout', '-q', 'main');
+
+  const started = Date.now();
+  let big;
+  for (;;) {
+    assert.ok(Date.now() - started < 120000, 'the 1,000-asset deployments never served');
+    const deployments = await api('GET', '/api/v1/deployments');
+    const prod = deployments.find((d) => d.kind === 'production');
+    big = deployments.find((d) => d.branch === 'feature/big-change');
+    if (prod.current_revision && prod.current_revision.commit.sha === mainSha && big && big.current_revision) break;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  const selected = await api('GET', '/api/v1/deployments/' + big.name + '/select?selection=' + encodeURIComponent('changed_in_branch:ANY+'));
+
+  const page = await newPage();
+  await page.goto(base + '/#/d/shop/' + big.name);
+  await page.locator('g.node[data-key="m100"]').waitFor({ timeout: 60000 });
+  assert.equal(await page.getByLabel('Filter').inputValue(), 'changed_in_branch:ANY+');
+  assert.equal(await page.locator('g.node').count(), selected.keys.length);
+  assert.ok(selected.keys.length < 1000, 'the focus is smaller than the graph');
+  await page.getByText(`${selected.keys.length} of 1013 assets shown`).waitFor();
+  await page.screenshot({ path: join(screenshots, 'deployment-1000-focus.png') });
+  const focused = await drawnGraph(page);
+  assert.deepEqual(edgesThroughNodes(focused.boxes, focused.edges), []);
+
+  await page.getByRole('button', { name: 'Show the whole graph' }).click();
+  await page.getByText('1013 assets ·').waitFor();
+  assert.equal(await page.locator('g.node').count(), 1013);
+  const whole = await drawnGraph(page);
+  assert.deepEqual(edgesThroughNodes(whole.boxes, whole.edges), []);
+  await page.screenshot({ path: join(screenshots, 'deployment-1000.png') });
+
+  // Pan with the mouse (30 moves) while the page records the interval between painted frames.
+  const box = await page.locator('.graph svg').boundingBox();
+  await page.evaluate(() => {
+    window.frameTimes = [];
+    let last = performance.now();
+    const tick = (now) => { window.frameTimes.push(now - last); last = now; if (!window.stopFrames) requestAnimationFrame(tick); };
+    requestAnimationFrame(tick);
+  });
+  await page.mouse.move(box.x + box.width - 30, box.y + 30);
+  await page.mouse.down();
+  for (let i = 1; i <= 30; i++) {
+    await page.mouse.move(box.x + box.width - 30 - i * 12, box.y + 30 + i * 4);
+    await page.evaluate(() => new Promise((resolve) => requestAnimationFrame(resolve)));
+  }
+  await page.mouse.up();
+  const frames = (await page.evaluate(() => { window.stopFrames = true; return window.frameTimes.slice(1); })).sort((a, b) => a - b);
+  const median = frames[Math.floor(frames.length / 2)];
+  console.log(`# pan at 1,013 assets: ${frames.length} frames, median ${median.toFixed(1)} ms, p90 ${frames[Math.floor(frames.length * 0.9)].toFixed(1)} ms, worst ${frames[frames.length - 1].toFixed(1)} ms`);
+  assert.match(await page.locator('.graph svg > g').getAttribute('transform'), /translate/);
+  assert.ok(median < 25, 'panning a 1,000-asset graph keeps the frame rate: ' + median);
+  assert.deepEqual(page.errors, []);
 });

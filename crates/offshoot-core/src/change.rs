@@ -171,6 +171,41 @@ impl ChangeSet {
     pub fn count(&self, reason: ChangeReason) -> usize {
         self.changes.iter().filter(|c| c.reasons.contains(&reason)).count()
     }
+
+    pub fn counts(&self) -> ChangeCounts {
+        let new = self.count(ChangeReason::New);
+        let removed = self.count(ChangeReason::Removed);
+        ChangeCounts { new, changed: self.changes.len() - new - removed, removed, impacted: self.impacted.len() }
+    }
+}
+
+/// The one definition of a change set's counts, shown alike by the UI (deployments list and
+/// deployment page), the CLI and the pull-request comment. The four are disjoint: `changed` is
+/// an asset both sides have that differs, never a new or removed one, and `impacted` is an
+/// unchanged asset downstream of a change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeCounts {
+    pub new: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub impacted: usize,
+}
+
+impl ChangeCounts {
+    /// "1 new, 2 changed, 1 removed, 2 impacted downstream", leaving out the zero counts;
+    /// "no changes" when every count is zero.
+    pub fn phrase(&self) -> String {
+        let parts: Vec<String> = [(self.new, "new"), (self.changed, "changed"), (self.removed, "removed"), (self.impacted, "impacted downstream")]
+            .into_iter()
+            .filter(|(count, _)| *count > 0)
+            .map(|(count, word)| format!("{count} {word}"))
+            .collect();
+        if parts.is_empty() {
+            "no changes".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
 }
 
 /// Compares every asset of `head` with `base`.

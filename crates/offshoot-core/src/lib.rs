@@ -20,7 +20,7 @@ pub use deployment::{
     DeploymentStatus, InvalidName, PullRequestStatus, RepositoryName, RevisionStatus, SchemaName, UnixMillis,
 };
 pub use run::{PlannedStep, RunPlan, RunStatus, StepStatus};
-pub use change::{diff, AssetChange, ChangeDetails, ChangeReason, ChangeSet, CodeChange, Impacted, MapChange, SetChange};
+pub use change::{diff, AssetChange, ChangeCounts, ChangeDetails, ChangeReason, ChangeSet, CodeChange, Impacted, MapChange, SetChange};
 pub use fingerprint::Fingerprint;
 pub use selection::{Selection, SelectionError};
 pub use snapshot::{Snapshot, SnapshotError};

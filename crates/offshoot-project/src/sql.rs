@@ -117,8 +117,42 @@ fn parser_diagnostic(path: &str, text: &str, error: ParserError) -> Diagnostic {
         }
         None => (message, line_column(text, text.len())),
     };
+    if let Some((word, keyword, word_at)) = misspelt_keyword_before(text, at) {
+        return Diagnostic::new(path, word_at, format!("SQL syntax error: `{word}` is not a keyword, so it was read as an alias; did you mean `{keyword}`? (then: {message})"))
+            .hint(format!("write `{keyword}`; `offshoot validate` re-checks every file"));
+    }
     Diagnostic::new(path, at, format!("SQL syntax error: {message}"))
         .hint("fix the query; `offshoot validate` re-checks every file")
+}
+
+/// Clause keywords a typo most often hides: `SELECT id FORM t` parses `FORM` as an alias of `id`
+/// and fails only at `t`, so the error belongs to the word before.
+const CLAUSE_KEYWORDS: [&str; 9] = ["SELECT", "FROM", "WHERE", "GROUP", "ORDER", "HAVING", "JOIN", "LIMIT", "UNION"];
+
+/// The word just before the error position, when it is a near miss of a clause keyword (and not
+/// the keyword itself): (the word, the keyword, its position).
+fn misspelt_keyword_before(text: &str, (line, column): (u32, u32)) -> Option<(String, &'static str, (u32, u32))> {
+    let line_start: usize = text.split_inclusive('\n').take(line as usize - 1).map(str::len).sum();
+    let offset = line_start + text[line_start..].chars().take(column as usize - 1).map(char::len_utf8).sum::<usize>();
+    let before = text.get(..offset)?.trim_end();
+    let start = before.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+    let word = &before[start..];
+    let upper = word.to_uppercase();
+    if word.len() < 4 || CLAUSE_KEYWORDS.contains(&upper.as_str()) {
+        return None;
+    }
+    let sorted = |w: &str| {
+        let mut letters: Vec<char> = w.chars().collect();
+        letters.sort_unstable();
+        letters
+    };
+    // One edit, or two letters swapped (`FORM`, `GROPU`): Levenshtein counts a swap as two.
+    let near = |keyword: &str| {
+        let distance = crate::loader::edit_distance(keyword, &upper);
+        distance == 1 || (distance == 2 && sorted(keyword) == sorted(&upper))
+    };
+    let keyword = CLAUSE_KEYWORDS.into_iter().find(|k| near(k))?;
+    Some((word.to_owned(), keyword, line_column(text, start)))
 }
 
 struct ReferenceCollector {
@@ -236,6 +270,12 @@ mod tests {
         check_error("-- nothing", expect![[r#"
             a.sql:1:1: error: expected one SELECT statement, found none
               = hint: an SQL asset is one query whose result becomes the asset's table"#]]);
+        check_error("SELECT id\nFORM raw_users", expect![[r#"
+            a.sql:2:1: error: SQL syntax error: `FORM` is not a keyword, so it was read as an alias; did you mean `FROM`? (then: Expected: end of statement, found: raw_users)
+              = hint: write `FROM`; `offshoot validate` re-checks every file"#]]);
+        check_error("select a, b from t\nwehre a > 1", expect![[r#"
+            a.sql:2:1: error: SQL syntax error: `wehre` is not a keyword, so it was read as an alias; did you mean `WHERE`? (then: Expected: end of statement, found: a)
+              = hint: write `WHERE`; `offshoot validate` re-checks every file"#]]);
         check_error("select 'unterminated", expect![[r#"
             a.sql:1:8: error: SQL syntax error: Unterminated string literal
               = hint: fix the query; `offshoot validate` re-checks every file"#]]);

@@ -44,6 +44,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(crate::hooks::router())
         .merge(crate::catalog::router())
         .merge(crate::data_diff::router())
+        .merge(crate::events::router())
         .merge(crate::ui::router())
         .with_state(state)
 }

@@ -8,7 +8,8 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use offshoot_core::{AssetKey, ChangeReason, ChangeSet, DeploymentKind, PartitionsDefinition, Selection};
-use offshoot_store::{Deployment, Materialization, Revision};
+use offshoot_core::StepStatus;
+use offshoot_store::{Deployment, DeploymentId, Materialization, Revision, RunFilter};
 use offshoot_warehouse::Target;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,47 @@ pub struct GraphNodeJson {
     /// Where a read of this asset in this deployment lands: "branch" (its own table),
     /// "production", or "none" (not materialized anywhere yet). Sources report "production".
     data: &'static str,
+    /// The asset's step in the newest of this deployment's recent runs that planned it, if any.
+    last_step: Option<LastStepJson>,
+}
+
+/// An asset's latest step: "queued" (pending in an active run), "running", "succeeded",
+/// "failed", "skipped" or "canceled", with the run's progress while it is active.
+#[derive(Serialize, Clone)]
+pub struct LastStepJson {
+    run_id: i64,
+    status: &'static str,
+    error: Option<String>,
+    finished_at: Option<i64>,
+    /// While the run is active: its finished and planned step counts.
+    run_progress: Option<[usize; 2]>,
+}
+
+/// How many of a deployment's newest runs the graph looks through for each asset's last step.
+const RUNS_FOR_STATE: u32 = 20;
+
+async fn last_steps(state: &AppState, deployment: DeploymentId) -> ApiResult<BTreeMap<String, LastStepJson>> {
+    let runs = state.store.list_runs(&RunFilter { deployment_id: Some(deployment), statuses: Vec::new(), limit: RUNS_FOR_STATE }).await?;
+    let mut last = BTreeMap::new();
+    for run in runs {
+        let active = !run.status.is_finished();
+        let steps = state.store.list_steps(run.id).await?;
+        let progress = active.then(|| [steps.iter().filter(|s| s.status.is_finished()).count(), steps.len()]);
+        for step in steps {
+            // A pending step of a finished run never ran: it says nothing about the asset.
+            if step.status == StepStatus::Pending && !active {
+                continue;
+            }
+            last.entry(step.asset_key.to_string()).or_insert_with(|| LastStepJson {
+                run_id: run.id.0,
+                status: if step.status == StepStatus::Pending { "queued" } else { step.status.as_str() },
+                error: step.error.clone(),
+                finished_at: step.finished_at,
+                run_progress: progress,
+            });
+        }
+    }
+    Ok(last)
 }
 
 #[derive(Serialize)]
@@ -117,6 +159,7 @@ async fn graph(State(state): State<SharedState>, _: Reader, Path(name): Path<Str
     };
     let (project, changes) = head_and_changes(&state, &deployment, &revision).await?;
     let locations = DataLocations::read(&state, &state.target(&deployment)).await;
+    let mut steps = last_steps(&state, deployment.id).await?;
     let assets = project
         .snapshot
         .assets()
@@ -131,6 +174,7 @@ async fn graph(State(state): State<SharedState>, _: Reader, Path(name): Path<Str
             reasons: reasons(&changes, &asset.key),
             impacted_via: changes.impacted(&asset.key).map(|i| i.path.iter().map(|k| k.to_string()).collect()),
             data: locations.of(&asset.key, !asset.kind.is_materializable()),
+            last_step: steps.remove(&asset.key.to_string()),
         })
         .collect();
     let removed = changes.changes.iter().filter(|c| c.reasons == [ChangeReason::Removed]).map(|c| c.key.to_string()).collect();
@@ -190,6 +234,9 @@ pub struct AssetJson {
     change: Option<AssetChangeJson>,
     impacted_via: Option<Vec<String>>,
     data: &'static str,
+    /// Removed by this revision: everything above is the base's definition, `downstream` the
+    /// assets that read it there.
+    removed: bool,
     materializations: Vec<MaterializationJson>,
     /// In a branch deployment: production's history of this asset.
     production_materializations: Vec<MaterializationJson>,
@@ -201,7 +248,19 @@ async fn asset(State(state): State<SharedState>, _: Reader, Path((name, key)): P
     let key = AssetKey::new(&key).map_err(|_| missing())?;
     let revision = serving_revision(&state, &deployment).await?.ok_or_else(missing)?;
     let (project, changes) = head_and_changes(&state, &deployment, &revision).await?;
-    let asset = project.snapshot.get(&key).ok_or_else(missing)?;
+    // A removed asset is shown as the base defined it, with its former downstream.
+    let base_loaded;
+    let (asset, snapshot, removed) = match project.snapshot.get(&key) {
+        Some(asset) => (asset, &project.snapshot, false),
+        None if changes.change(&key).is_some_and(|c| c.reasons == [ChangeReason::Removed]) => {
+            let base_commit = revision.base_commit.as_ref().ok_or_else(missing)?;
+            let repo = crate::deploy::repository_config(&state, &deployment.repository)?;
+            base_loaded = crate::git::load(&state, &repo.name, repo.path.clone(), base_commit).await.map_err(ApiError::internal)?;
+            let base = base_loaded.as_ref().as_ref().map_err(|_| missing())?;
+            (base.snapshot.get(&key).ok_or_else(missing)?, &base.snapshot, true)
+        }
+        None => return Err(missing()),
+    };
     let locations = DataLocations::read(&state, &state.target(&deployment)).await;
     let materializations = state.store.list_materializations(deployment.id, Some(&key), 20).await?;
     let production_materializations = if deployment.kind == DeploymentKind::Branch {
@@ -222,9 +281,10 @@ async fn asset(State(state): State<SharedState>, _: Reader, Path((name, key)): P
         code: asset.code.to_string(),
         code_version: asset.code_version.value.clone(),
         code_version_derived: asset.code_version.derived,
-        fingerprint: project.snapshot.fingerprint(&key).map(|f| f.to_hex()),
+        fingerprint: snapshot.fingerprint(&key).map(|f| f.to_hex()),
         upstream: asset.deps.iter().map(|d| d.to_string()).collect(),
-        downstream: project.snapshot.downstream_of(&key).iter().map(|d| d.to_string()).collect(),
+        downstream: snapshot.downstream_of(&key).iter().map(|d| d.to_string()).collect(),
+        removed,
         tags: asset.tags.clone(),
         metadata: asset.metadata.clone(),
         owners: asset.owners.clone(),

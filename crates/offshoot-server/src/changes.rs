@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use offshoot_core::{AssetChange, ChangeReason, ChangeSet, MapChange};
+use offshoot_core::{AssetChange, ChangeSet, MapChange};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -13,6 +13,7 @@ pub struct ChangeSetJson {
     pub impacted: Vec<ImpactedJson>,
 }
 
+/// The change set's counts ([`offshoot_core::ChangeCounts`]), as every revision also reports them.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct SummaryJson {
     pub new: usize,
@@ -127,10 +128,9 @@ impl From<&AssetChange> for AssetChangeJson {
 
 impl From<&ChangeSet> for ChangeSetJson {
     fn from(changes: &ChangeSet) -> ChangeSetJson {
-        let new = changes.count(ChangeReason::New);
-        let removed = changes.count(ChangeReason::Removed);
+        let counts = changes.counts();
         ChangeSetJson {
-            summary: SummaryJson { new, removed, changed: changes.changes.len() - new - removed, impacted: changes.impacted.len() },
+            summary: SummaryJson { new: counts.new, removed: counts.removed, changed: counts.changed, impacted: counts.impacted },
             assets: changes.changes.iter().map(AssetChangeJson::from).collect(),
             impacted: changes
                 .impacted
@@ -139,4 +139,16 @@ impl From<&ChangeSet> for ChangeSetJson {
                 .collect(),
         }
     }
+}
+
+impl SummaryJson {
+    pub fn counts(&self) -> offshoot_core::ChangeCounts {
+        offshoot_core::ChangeCounts { new: self.new, changed: self.changed, removed: self.removed, impacted: self.impacted }
+    }
+}
+
+/// Just the summary of a stored change set, without parsing its assets.
+#[derive(Deserialize)]
+pub struct StoredSummary {
+    pub summary: SummaryJson,
 }

@@ -5,7 +5,7 @@ use offshoot_core::DeploymentStatus;
 use offshoot_store::{CommitDetails, Deployment, Revision, Run, RunStep};
 use serde::{Deserialize, Serialize};
 
-use crate::changes::ChangeSetJson;
+use crate::changes::{ChangeSetJson, StoredSummary, SummaryJson};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct PullRequestJson {
@@ -35,8 +35,13 @@ pub struct RevisionJson {
     pub diagnostics: Option<serde_json::Value>,
     pub base_commit: Option<String>,
     pub asset_count: u32,
+    /// Every change (new, changed and removed together).
     pub changed_count: u32,
     pub impacted_count: u32,
+    /// The one definition of the counts (new, changed, removed, impacted; disjoint), once deployed
+    /// with a base; `changes_summary` says it in words, zero counts left out.
+    pub counts: Option<SummaryJson>,
+    pub changes_summary: Option<String>,
     pub queued_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -122,6 +127,7 @@ pub fn commit_json(commit: &CommitDetails) -> CommitJson {
 }
 
 pub fn revision_json(revision: &Revision) -> RevisionJson {
+    let counts = revision.changes_json.as_deref().and_then(|json| serde_json::from_str::<StoredSummary>(json).ok()).map(|stored| stored.summary);
     RevisionJson {
         id: revision.id.0,
         number: revision.number,
@@ -133,6 +139,8 @@ pub fn revision_json(revision: &Revision) -> RevisionJson {
         asset_count: revision.asset_count,
         changed_count: revision.changed_count,
         impacted_count: revision.impacted_count,
+        counts: counts.clone(),
+        changes_summary: counts.map(|c| c.counts().phrase()),
         queued_at: revision.queued_at,
         started_at: revision.started_at,
         finished_at: revision.finished_at,

@@ -14,8 +14,8 @@ use std::time::Duration;
 use offshoot_core::{DeploymentKind, DeploymentStatus, RevisionStatus};
 use offshoot_store::{Deployment, DeploymentId, Revision};
 
+use crate::changes::{ChangeSetJson, StoredSummary};
 use crate::data_diff::DiffSummaryJson;
-use crate::changes::ChangeSetJson;
 use crate::config::{ForgeConfig, ForgeKind, Secret};
 use crate::state::SharedState;
 
@@ -179,7 +179,8 @@ impl CommitStatus {
     fn of(revision: &Revision, link: &str) -> CommitStatus {
         let success = revision.status == RevisionStatus::Ready;
         let description = if success {
-            format!("Branch deployment ready: {} changed, {} impacted", revision.changed_count, revision.impacted_count)
+            let summary = revision.changes_json.as_deref().and_then(|json| serde_json::from_str::<StoredSummary>(json).ok());
+            format!("Branch deployment ready: {}", summary.map_or_else(|| "no base to compare with".to_owned(), |s| s.summary.counts().phrase()))
         } else {
             let reason = revision.error.as_deref().and_then(|e| e.lines().next()).unwrap_or("see the deployment");
             format!("Branch deployment failed: {reason}")
@@ -327,7 +328,7 @@ fn render_changes(out: &mut String, changes: &ChangeSetJson, link: &str, base: O
         out.push_str("No asset changes against the base.\n");
         return;
     }
-    let _ = write!(out, "**{changed} changed** ({} new, {} changed, {} removed) · **{} impacted downstream**", summary.new, summary.changed, summary.removed, summary.impacted);
+    let _ = write!(out, "**{}**", summary.counts().phrase());
     match base {
         Some(base) => {
             let _ = writeln!(out, " · compared with `{base}`\n");

@@ -15,6 +15,7 @@ pub mod data_diff;
 pub mod deploy;
 pub mod dto;
 pub mod error;
+pub mod events;
 pub mod feedback;
 pub mod git;
 pub mod hooks;

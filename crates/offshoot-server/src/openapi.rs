@@ -85,10 +85,41 @@ fn data_diff_schema() -> Value {
                     "columns": {"type": "array"}, "samples": {"type": "object"}, "notes": {"type": "array", "items": {"type": "string"}}}})
 }
 
+/// The schemas of the catalog routes (`catalog.rs`): the lineage graph, one asset, the counts.
+/// Their own `json!` call: one call for the whole document exceeds the macro's recursion limit.
+fn catalog_schemas() -> Value {
+    json!({
+                "Counts": { "type": "object", "description": "disjoint: `changed` is an asset both sides have that differs; `impacted` is unchanged and downstream of a change",
+                    "properties": {"new": {"type": "integer"}, "changed": {"type": "integer"}, "removed": {"type": "integer"}, "impacted": {"type": "integer"}} },
+                "GraphNode": { "type": "object", "properties": {
+                    "key": {"type": "string"}, "kind": {"type": "string"}, "kinds": {"type": "array", "items": {"type": "string"}}, "group": {"type": "string"},
+                    "description": {"type": "string", "nullable": true}, "deps": {"type": "array", "items": {"type": "string"}}, "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "reasons": {"type": "array", "nullable": true, "items": {"type": "string"}}, "impacted_via": {"type": "array", "nullable": true, "items": {"type": "string"}},
+                    "data": {"type": "string", "enum": ["branch", "production", "none"], "description": "where a read of it lands in this deployment"},
+                    "last_step": {"type": "object", "nullable": true, "description": "its step in the newest of the deployment's recent runs that planned it", "properties": {
+                        "run_id": {"type": "integer"}, "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "skipped", "canceled"]},
+                        "error": {"type": "string", "nullable": true}, "finished_at": {"type": "integer", "nullable": true},
+                        "run_progress": {"type": "array", "nullable": true, "items": {"type": "integer"}, "description": "while the run is active: [finished steps, planned steps]"} } } } },
+                "Graph": { "type": "object", "properties": {
+                    "deployment": {"type": "string"}, "kind": {"type": "string"}, "revision": nullable_revision("the serving revision; null when none serves"),
+                    "base_commit": {"type": "string", "nullable": true}, "assets": array_of("GraphNode"), "removed": {"type": "array", "items": {"type": "string"}} } },
+                "Asset": { "type": "object", "description": "one asset of the serving revision; a removed one as the base defined it (`removed`: true)", "properties": {
+                    "key": {"type": "string"}, "kind": {"type": "string"}, "kinds": {"type": "array", "items": {"type": "string"}}, "group": {"type": "string"},
+                    "description": {"type": "string", "nullable": true}, "path": {"type": "string"}, "code": {"type": "string"}, "code_version": {"type": "string"},
+                    "code_version_derived": {"type": "boolean"}, "fingerprint": {"type": "string", "nullable": true},
+                    "upstream": {"type": "array", "items": {"type": "string"}}, "downstream": {"type": "array", "items": {"type": "string"}},
+                    "tags": {"type": "object", "additionalProperties": {"type": "string"}}, "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "owners": {"type": "array", "items": {"type": "string"}}, "partitions": {"type": "string", "nullable": true},
+                    "change": {"type": "object", "nullable": true}, "impacted_via": {"type": "array", "nullable": true, "items": {"type": "string"}},
+                    "data": {"type": "string", "enum": ["branch", "production", "none"]}, "removed": {"type": "boolean"},
+                    "materializations": {"type": "array", "items": {"type": "object"}}, "production_materializations": {"type": "array", "items": {"type": "object"}} } }
+    })
+}
+
 pub fn document() -> Value {
     let codes: Vec<Value> = ERROR_CODES.iter().map(|(code, _, _)| json!(code)).collect();
     let code_table: Vec<String> = ERROR_CODES.iter().map(|(code, status, meaning)| format!("`{code}` ({status}): {meaning}")).collect();
-    json!({
+    let mut document = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Offshoot API",
@@ -108,7 +139,10 @@ pub fn document() -> Value {
                     "status": { "type": "string", "enum": ["queued", "deploying", "ready", "failed", "superseded"] },
                     "error": {"type": "string", "nullable": true}, "diagnostics": {"type": "array", "nullable": true, "items": {"type": "object"}},
                     "base_commit": {"type": "string", "nullable": true}, "asset_count": {"type": "integer"}, "changed_count": {"type": "integer"},
-                    "impacted_count": {"type": "integer"}, "queued_at": {"type": "integer"}, "started_at": {"type": "integer", "nullable": true},
+                    "impacted_count": {"type": "integer"},
+                    "counts": { "allOf": [reference("Counts")], "nullable": true, "description": "the one definition of the counts (null without a base)" },
+                    "changes_summary": {"type": "string", "nullable": true, "description": "the counts in words, zero counts left out: `1 new, 2 changed, 1 removed, 2 impacted downstream`, `no changes`"},
+                    "queued_at": {"type": "integer"}, "started_at": {"type": "integer", "nullable": true},
                     "finished_at": {"type": "integer", "nullable": true}, "duration_ms": {"type": "integer", "nullable": true} } },
                 "Deployment": { "type": "object", "properties": {
                     "name": {"type": "string"}, "repository": {"type": "string"}, "kind": {"type": "string", "enum": ["production", "branch"]},
@@ -121,7 +155,7 @@ pub fn document() -> Value {
                     "last_served_revision": nullable_revision("While closed: the revision that served when it closed; null while open."),
                     "latest_revision": reference("Revision") } },
                 "ChangeSet": { "type": "object", "properties": {
-                    "summary": {"type": "object", "properties": {"new": {"type": "integer"}, "changed": {"type": "integer"}, "removed": {"type": "integer"}, "impacted": {"type": "integer"}}},
+                    "summary": reference("Counts"),
                     "assets": {"type": "array", "items": {"type": "object", "properties": {"key": {"type": "string"}, "reasons": {"type": "array", "items": {"type": "string", "enum": ["NEW", "REMOVED", "CODE_VERSION", "DEPENDENCIES", "PARTITIONS_DEFINITION", "TAGS", "METADATA"]}}, "details": {"type": "object"}}}},
                     "impacted": {"type": "array", "items": {"type": "object", "properties": {"key": {"type": "string"}, "path": {"type": "array", "items": {"type": "string"}}}}} } },
                 "Changes": { "type": "object", "properties": { "deployment": {"type": "string"}, "revision": reference("Revision"), "changes": reference("ChangeSet") } },
@@ -183,9 +217,102 @@ pub fn document() -> Value {
                 ok(data_diff_schema())) },
             "/api/v1/deployments/{name}/data-diffs": { "get": read("one line per asset the branch built: rows before and after, added, removed, changed", json!([name_parameter(), repository_parameter()]),
                 ok(json!({"type": "object", "properties": {"deployment": {"type": "string"}, "diffs": {"type": "array", "items": {"type": "object"}}}}))) },
+            "/api/v1/deployments/{name}/graph": { "get": read("the serving revision's assets with change badges, data locations and run states (the UI's lineage)", json!([name_parameter(), repository_parameter()]), ok(reference("Graph"))) },
+            "/api/v1/deployments/{name}/select": { "get": read("evaluate a selection (`changed_in_branch:ANY+`, `key:x+`...) against the serving revision", json!([name_parameter(), repository_parameter(),
+                {"name": "selection", "in": "query", "required": true, "schema": {"type": "string"}}]),
+                ok(json!({"type": "object", "properties": {"selection": {"type": "string"}, "keys": {"type": "array", "items": {"type": "string"}}}}))) },
+            "/api/v1/deployments/{name}/assets/{key}": { "get": read("one asset in detail: definition, change against the base, history; a removed one as the base defined it", json!([name_parameter(), repository_parameter(),
+                {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}]), ok(reference("Asset"))) },
+            "/api/v1/events": { "get": read("live updates as server-sent events (text/event-stream): `ready` once, then `change` whenever a deployment's lifecycle, a run or a step log moved; refetch what you show", json!([]),
+                json!({"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}})) },
             "/api/v1/runs": { "get": read("runs, newest first", json!([repository_parameter(), {"name": "deployment", "in": "query", "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}]), ok(array_of("Run"))) },
             "/api/v1/runs/{id}": { "get": read("one run with its steps and logs", json!([id_parameter()]), ok(reference("Run"))) },
             "/api/v1/runs/{id}/cancel": { "post": write("cancel a run", "`deploy` for a run of a branch deployment, `admin` for one of `prod`", json!([id_parameter()]), None, ok(reference("Run"))) }
         }
-    })
+    });
+    let schemas = document["components"]["schemas"].as_object_mut().expect("the schemas are an object");
+    if let Value::Object(catalog) = catalog_schemas() {
+        schemas.extend(catalog);
+    }
+    document
+}
+
+#[cfg(test)]
+mod tests {
+    //! Route completeness: every route the server's routers declare (read from their source, as
+    //! `.route("path", get(..).post(..))`) is an operation of the document, and every operation
+    //! is routed. Only the UI's own files (`/`, `/ui/...`) are left out.
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+    fn sources(dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).expect("src is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("a source file is readable");
+                // Routers live outside test modules (this one names routes in its examples).
+                out.push(text.split("#[cfg(test)]").next().unwrap_or_default().to_owned());
+            }
+        }
+    }
+
+    /// (method, path) of each `.route(...)` call: the string literal, then every method router
+    /// named before the call's closing parenthesis.
+    fn routed(source: &str) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        let mut rest = source;
+        while let Some(start) = rest.find(".route(") {
+            rest = &rest[start + ".route(".len()..];
+            let Some(open) = rest.find('"') else { break };
+            if !rest[..open].trim().is_empty() {
+                continue;
+            }
+            let close = rest[open + 1..].find('"').expect("a closed string literal") + open + 1;
+            let path = rest[open + 1..close].to_owned();
+            let mut depth = 1;
+            let mut end = close;
+            for (i, c) in rest[close..].char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                if depth == 0 {
+                    end = close + i;
+                    break;
+                }
+            }
+            let call = &rest[close..end];
+            for method in METHODS {
+                if call.split(|c: char| !c.is_alphanumeric() && c != '_').any(|word| word == method) {
+                    found.push((method.to_owned(), path.clone()));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_operation_is_routed() {
+        let mut files = Vec::new();
+        sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        let routes: BTreeSet<(String, String)> =
+            files.iter().flat_map(|f| routed(f)).filter(|(_, path)| path != "/" && !path.starts_with("/ui/")).collect();
+        assert!(routes.len() > 20, "the scan found the routers: {routes:?}");
+        let document = super::document();
+        let documented: BTreeSet<(String, String)> = document["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, item)| item.as_object().expect("a path item").keys().map(move |method| (method.clone(), path.clone())))
+            .collect();
+        let undocumented: Vec<_> = routes.difference(&documented).collect();
+        let unrouted: Vec<_> = documented.difference(&routes).collect();
+        assert!(undocumented.is_empty(), "routes missing from the OpenAPI document: {undocumented:?}");
+        assert!(unrouted.is_empty(), "documented operations no router serves: {unrouted:?}");
+    }
 }

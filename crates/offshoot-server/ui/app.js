@@ -1,11 +1,11 @@
 // The Offshoot web UI: deployments, one deployment (lineage with change badges, table, revisions,
 // runs), one asset (definition, diff against the base, history), one run (steps, live logs).
 // Preact + htm render; data comes from the REST API; a hash router keeps pages linkable.
-import { html, render, useCallback, useEffect, useMemo, useState } from './vendor/preact-htm.js';
+import { html, render, useCallback, useEffect, useMemo, useRef, useState } from './vendor/preact-htm.js';
 import hljs from './vendor/highlight-core.js';
 import sql from './vendor/highlight-sql.js';
 import diffLanguage from './vendor/highlight-diff.js';
-import { LineageGraph, badgeText, nodeClass } from './graph.js';
+import { LineageGraph, badgeText, nodeClass, runState } from './graph.js';
 
 hljs.registerLanguage('sql', sql);
 hljs.registerLanguage('diff', diffLanguage);
@@ -76,16 +76,54 @@ function RoleNote({ session, needed, what }) {
 const q = (repository) => (repository ? '?repository=' + encodeURIComponent(repository) : '');
 const enc = encodeURIComponent;
 
-/** Polls `load` every `ms` while `active`; returns [data, error, reload]. */
+// ---- Live updates ------------------------------------------------------------------------------
+// One server-sent event stream per page (GET /api/v1/events) says when anything changed; every
+// view then refetches what it shows. While the stream is down (a proxy that buffers, private reads:
+// EventSource cannot send the token), views poll at their own intervals instead.
+
+const live = { open: false, listeners: new Set(), source: null };
+
+function connectLive() {
+  if (live.source || typeof EventSource === 'undefined') return;
+  const source = new EventSource('/api/v1/events');
+  live.source = source;
+  const notify = (kind) => live.listeners.forEach((listener) => listener(kind));
+  source.addEventListener('ready', () => { live.open = true; notify('open'); });
+  source.addEventListener('change', () => notify('change'));
+  source.onerror = () => {
+    const wasOpen = live.open;
+    live.open = false;
+    if (wasOpen) notify('closed');
+    // EventSource retries by itself while the server answers; a refusal (401) ends it: retry later.
+    if (source.readyState === EventSource.CLOSED) {
+      live.source = null;
+      setTimeout(connectLive, 10000);
+    }
+  };
+}
+
+/** Loads with `load`, then again on every live change (or every `ms` while the stream is down,
+ * and only while `active`); returns [data, error, reload]. */
 function usePolling(load, deps, ms, active = true) {
   const [state, setState] = useState({ data: null, error: null });
+  const [streaming, setStreaming] = useState(live.open);
   const reload = useCallback(() => load().then((data) => setState({ data, error: null }), (error) => setState((s) => ({ data: s.data, error }))), deps);
   useEffect(() => {
-    reload();
-    if (!active || !ms) return undefined;
+    connectLive();
+    const listener = (kind) => {
+      if (kind === 'change' && active && ms) reload();
+      else if (kind === 'open') setStreaming(true);
+      else if (kind === 'closed') setStreaming(false);
+    };
+    live.listeners.add(listener);
+    return () => live.listeners.delete(listener);
+  }, [reload, ms, active]);
+  useEffect(() => { reload(); }, [reload]);
+  useEffect(() => {
+    if (!active || !ms || streaming) return undefined;
     const timer = setInterval(reload, ms);
     return () => clearInterval(timer);
-  }, [reload, ms, active]);
+  }, [reload, ms, active, streaming]);
   return [state.data, state.error, reload];
 }
 
@@ -173,13 +211,25 @@ function Deployments() {
             <td>${latest ? html`<${Status} status=${latest.status} since=${latest.started_at || latest.queued_at} />` : ''}
               ${d.status === 'closed' ? html`<div class="note">${closedSummary(d)}</div>`
                 : latest && latest.status === 'failed' ? html`<div class="note">${current ? 'revision ' + current.number + ' keeps serving' : 'nothing serving'}</div>` : ''}</td>
-            <td>${current && d.kind === 'branch' ? html`<div class="counts">
-                <span class="badge changed">${current.changed_count} changed</span>
-                <span class="badge impacted">${current.impacted_count} impacted</span></div>` : html`<span class="note">${current ? current.asset_count + ' assets' : ''}</span>`}</td>
+            <td>${current && d.kind === 'branch' ? html`<${Counts} counts=${current.counts} />` : html`<span class="note">${current ? plural(current.asset_count, 'asset') : ''}</span>`}</td>
           </tr>`;
         })}
       </tbody>
     </table>`}`;
+}
+
+/** "1 step", "2 steps". */
+const plural = (n, word) => n + ' ' + word + (n === 1 ? '' : 's');
+
+/** A revision's change counts (the server's one definition: new, changed, removed, impacted are
+ * disjoint), zero counts left out; "no changes" when all are zero. */
+function Counts({ counts, label, children }) {
+  if (!counts) return html`<span class="note">no base to compare with</span>`;
+  const shown = [['new', 'new', 'new'], ['changed', 'changed', 'changed'], ['removed', 'removed', 'removed'], ['impacted', 'impacted', 'impacted downstream']]
+    .filter(([field]) => counts[field] > 0);
+  return html`<div class="counts" aria-label=${label}>
+    ${shown.length ? shown.map(([field, cls, words]) => html`<span class=${'badge ' + cls}>${counts[field]} ${words}</span>`) : html`<span class="note">no changes</span>`}
+    ${children}</div>`;
 }
 
 function Diagnostics({ revision }) {
@@ -224,16 +274,39 @@ function ChangeBadge({ asset }) {
   return html`<span class=${'badge ' + cls}>${badgeText(asset)}</span>`;
 }
 
-function AssetTable({ assets, highlight, base }) {
+function AssetTable({ assets, highlight, base, isBranch }) {
   const rows = highlight ? assets.filter((a) => highlight.has(a.key)) : assets;
   return html`<table aria-label="Assets">
-    <thead><tr><th>Asset</th><th>Group</th><th>Kind</th><th>Change</th><th>Data read from</th><th>Upstream</th></tr></thead>
-    <tbody>${rows.map((a) => html`<tr data-asset=${a.key}>
+    <thead><tr><th>Asset</th><th>Group</th><th>Kind</th><th>Change</th><th>State</th><th>Upstream</th></tr></thead>
+    <tbody>${rows.map((a) => {
+      const state = runState(a, isBranch);
+      return html`<tr data-asset=${a.key} data-state=${state.cls}>
       <td><a href=${base + '/a/' + enc(a.key)}>${a.key}</a></td><td>${a.group}</td><td>${kindLabel(a)}</td>
       <td><${ChangeBadge} asset=${a} /></td>
-      <td>${a.data === 'branch' ? 'this branch' : a.data === 'production' ? 'production' : html`<span class="note">not built</span>`}</td>
-      <td>${a.deps.length}</td></tr>`)}</tbody>
+      <td><span class=${'state ' + state.cls}>${a.last_step && ['running', 'queued', 'failed'].includes(state.cls) ? html`<a href=${'#/runs/' + a.last_step.run_id}>${state.long}</a>` : state.long}</span></td>
+      <td>${a.deps.length}</td></tr>`;
+    })}</tbody>
   </table>`;
+}
+
+const EMPTY = [];
+const CHANGED_AND_DOWNSTREAM = 'changed_in_branch:ANY+';
+/** Branch deployments with more assets than this open on their changes and downstream. */
+const FOCUS_ABOVE = 150;
+
+/** What the lineage draws for a filter: only the matches, optionally with their direct upstream
+ * and downstream as context (drawn faded); everything when there is no filter. */
+function focusView(assets, matches, withContext) {
+  if (!matches) return { assets, context: null };
+  const context = new Set();
+  if (withContext) {
+    for (const a of assets) {
+      const deps = a.deps.filter((d) => matches.has(d));
+      if (matches.has(a.key)) a.deps.forEach((d) => { if (!matches.has(d)) context.add(d); });
+      else if (deps.length) context.add(a.key);
+    }
+  }
+  return { assets: assets.filter((a) => matches.has(a.key) || context.has(a.key)), context };
 }
 
 function Deployment({ repository, name }) {
@@ -243,13 +316,19 @@ function Deployment({ repository, name }) {
   // a close alone need not reload it).
   const shownRevision = deployment && (deployment.current_revision || deployment.last_served_revision);
   const servingId = shownRevision && shownRevision.id;
-  const [graph, graphError] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/graph' + q(repository)), [repository, name, servingId], 0);
-  const [revisions] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/revisions' + q(repository)), [repository, name], 3000);
   const [runs, , reloadRuns] = usePolling(() => api('GET', '/api/v1/runs?limit=10&deployment=' + enc(name) + (repository ? '&repository=' + enc(repository) : '')), [repository, name], 3000);
+  const running = !!(runs && runs.some((r) => ['queued', 'running'].includes(r.status)));
+  // Fetched once the deployment says which revision serves (not before and again after), again
+  // when that changes, and every 1.5 s while a run is active, for the nodes' run states.
+  const graphKey = deployment ? 'revision ' + (servingId || 'none') : null;
+  const [graph, graphError] = usePolling(() => (graphKey ? api('GET', '/api/v1/deployments/' + enc(name) + '/graph' + q(repository)) : Promise.resolve(null)), [repository, name, graphKey], running ? 1500 : 0);
+  const [revisions] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/revisions' + q(repository)), [repository, name], 3000);
   const [filter, setFilter] = useState('');
   const [highlight, setHighlight] = useState(null);
   const [filterError, setFilterError] = useState(null);
   const [view, setView] = useState('graph');
+  const [withContext, setWithContext] = useState(false);
+  const focusDecided = useRef(false);
 
   useEffect(() => {
     if (!filter.trim()) {
@@ -265,11 +344,21 @@ function Deployment({ repository, name }) {
     return () => clearTimeout(timer);
   }, [filter, name, repository, servingId]);
 
+  const assets = (graph && graph.assets) || EMPTY;
+  // A large branch deployment opens on what the branch touches; the whole graph is one click away.
+  useEffect(() => {
+    if (!graph || !deployment || focusDecided.current) return;
+    focusDecided.current = true;
+    if (deployment.kind === 'branch' && assets.length > FOCUS_ABOVE && assets.some((a) => a.reasons)) setFilter(CHANGED_AND_DOWNSTREAM);
+  }, [graph, deployment]);
+  const focus = useMemo(() => focusView(assets, highlight, withContext), [assets, highlight, withContext]);
+
   if (!deployment) return html`<${ErrorBox} error=${error} /><p class="loading">Loading…</p>`;
   const url = deployment.pull_request && safeUrl(deployment.pull_request.url);
-  const assets = (graph && graph.assets) || [];
-  const changed = assets.filter((a) => a.reasons);
-  const impacted = assets.filter((a) => a.impacted_via);
+  const isBranch = deployment.kind === 'branch';
+  // Until the filter's answer (or the decision to focus) arrives, draw nothing rather than a
+  // 1,000-asset graph about to be replaced.
+  const selecting = (filter.trim() && !highlight && !filterError) || (!focusDecided.current && graph && isBranch && assets.length > FOCUS_ABOVE);
   const open = (key) => { location.hash = base + '/a/' + enc(key); };
   const closed = deployment.status === 'closed';
   return html`
@@ -283,18 +372,16 @@ function Deployment({ repository, name }) {
     <${Diagnostics} revision=${deployment.latest_revision} />
     ${deployment.latest_revision && ['queued', 'deploying'].includes(deployment.latest_revision.status) ? html`<p>Deploying ${deployment.latest_revision.commit.sha.slice(0, 10)}: <${Status} status=${deployment.latest_revision.status} since=${deployment.latest_revision.started_at || deployment.latest_revision.queued_at} /></p>` : ''}
     ${deployment.status === 'open' ? html`<${LaunchControls} deployment=${deployment} onLaunched=${(run) => { location.hash = '#/runs/' + run.id; reloadRuns(); reloadDeployment(); }} />` : ''}
-    ${deployment.kind === 'branch' && graph && graph.revision ? html`<div class="counts" aria-label="Change summary">
-      <span class="badge new">${changed.filter((a) => a.reasons.includes('NEW')).length} new in branch</span>
-      <span class="badge changed">${changed.filter((a) => !a.reasons.includes('NEW')).length} changed in branch</span>
-      <span class="badge impacted">${impacted.length} impacted downstream</span>
-      <span class="badge removed">${graph.removed.length} removed</span>
-      <span class="note">against ${graph.base_commit ? 'merge-base ' + graph.base_commit.slice(0, 10) : 'no base'}</span></div>` : ''}
-    ${graph && graph.removed.length ? html`<p>Removed in branch: ${graph.removed.map((k) => html`<span class="badge removed mono">${k}</span> `)}</p>` : ''}
+    ${deployment.kind === 'branch' && graph && graph.revision ? html`<${Counts} counts=${graph.revision.counts} label="Change summary">
+      <span class="note">against ${graph.base_commit ? 'merge-base ' + graph.base_commit.slice(0, 10) : 'no base'}</span><//>` : ''}
+    ${graph && graph.removed.length ? html`<p>Removed in branch: ${graph.removed.map((k) => html`<a class="badge removed mono" href=${base + '/a/' + enc(k)}>${k}</a> `)}</p>` : ''}
     <div class="toolbar">
       <label for="filter">Filter</label>
-      <input id="filter" class="selection" type="text" placeholder="changed_in_branch:ANY+" value=${filter} onInput=${(e) => setFilter(e.target.value)}
+      <input id="filter" class="selection" type="text" placeholder=${isBranch ? CHANGED_AND_DOWNSTREAM : 'group:marts+'} value=${filter} onInput=${(e) => setFilter(e.target.value)}
              aria-describedby="filter-help" />
-      <span id="filter-help" class="note">${highlight ? highlight.size + ' of ' + assets.length + ' assets match' : 'selection syntax: key:, group:, tag:, kind:, changed_in_branch:ANY, +sel, sel+, and, or, not'}</span>
+      <label><input type="checkbox" checked=${withContext} onChange=${(e) => setWithContext(e.target.checked)} /> with one hop of context</label>
+      ${filter ? html`<button type="button" onClick=${() => setFilter('')}>Show the whole graph</button>` : ''}
+      <span id="filter-help" class="note">${highlight ? highlight.size + ' of ' + assets.length + ' assets match' : 'selection syntax: key:, group:, tag:, kind:' + (isBranch ? ', changed_in_branch:ANY' : '') + ', +sel, sel+, and, or, not'}</span>
     </div>
     ${filterError ? html`<pre class="error" role="alert">${filterError.message}</pre>` : ''}
     <div class="tabs" role="tablist">
@@ -303,10 +390,10 @@ function Deployment({ repository, name }) {
     </div>
     <${ErrorBox} error=${graphError} />
     ${closed && graph && graph.revision ? html`<p class="note">The definitions of revision ${graph.revision.number}, which served last; the deployment is closed.</p>` : ''}
-    ${!graph ? html`<p class="loading">Loading the graph…</p>` : !graph.revision ? html`<p class="note">${closed ? 'Nothing served before it closed.' : 'No revision is serving yet.'}</p>` :
-      view === 'graph' ? html`<div class="legend"><span class="badge new">New in branch</span><span class="badge changed">Changed in branch</span><span class="badge impacted">Impacted</span><span>${assets.length} assets · drag to pan, wheel to zoom</span></div>
-        <${LineageGraph} assets=${assets} highlight=${highlight} onOpen=${open} />` :
-      html`<${AssetTable} assets=${assets} highlight=${highlight} base=${base} />`}
+    ${!graph || selecting ? html`<p class="loading">Loading the graph…</p>` : !graph.revision ? html`<p class="note">${closed ? 'Nothing served before it closed.' : 'No revision is serving yet.'}</p>` :
+      view === 'graph' ? html`<div class="legend">${isBranch ? html`<span class="badge new">New in branch</span><span class="badge changed">Changed in branch</span><span class="badge impacted">Impacted</span>` : ''}<span>${highlight ? focus.assets.length + ' of ' + assets.length + ' assets shown' : assets.length + ' assets'} · drag to pan, wheel to zoom</span></div>
+        <${LineageGraph} assets=${focus.assets} context=${focus.context} onOpen=${open} isBranch=${isBranch} />` :
+      html`<${AssetTable} assets=${assets} highlight=${highlight} base=${base} isBranch=${isBranch} />`}
     <div class="grid2">
       <section><h2>Revisions</h2>
         <table aria-label="Revisions"><thead><tr><th>#</th><th>Status</th><th>Commit</th><th>Deploy time</th></tr></thead>
@@ -343,27 +430,29 @@ function History({ title, rows }) {
 function Asset({ repository, name, assetKey }) {
   const base = '#/d/' + enc(repository) + '/' + enc(name);
   const [asset, error] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/assets/' + enc(assetKey) + q(repository)), [repository, name, assetKey], 5000);
-  if (!asset) return html`<${ErrorBox} error=${error} /><p class="loading">Loading…</p>`;
+  if (!asset) return html`<p class="note"><a href="#/">Deployments</a> / <a href=${base}>${name}</a> /</p><${ErrorBox} error=${error} />${error ? '' : html`<p class="loading">Loading…</p>`}`;
   const change = asset.change;
   const link = (key) => html`<a href=${base + '/a/' + enc(key)}>${key}</a> `;
   const source = { branch: 'this branch deployment\u2019s own table (rebuilt here)', production: 'production\u2019s table (not rebuilt in this deployment)', none: 'nowhere yet: not materialized in this deployment or production' }[asset.data];
+  const readsFrom = asset.removed ? 'production\u2019s table, if it still has one (this branch no longer defines the asset)' : source;
   return html`
     <p class="note"><a href="#/">Deployments</a> / <a href=${base}>${name}</a> /</p>
-    <h1>${asset.key} ${change ? html`<span class=${'badge ' + (change.reasons.includes('NEW') ? 'new' : 'changed')}>${change.reasons.includes('NEW') ? 'New in branch' : 'Changed in branch: ' + change.reasons.join(', ')}</span>` : ''}
+    <h1>${asset.key} ${asset.removed ? html`<span class="badge removed">Removed in this branch</span>` : change ? html`<span class=${'badge ' + (change.reasons.includes('NEW') ? 'new' : 'changed')}>${change.reasons.includes('NEW') ? 'New in branch' : 'Changed in branch: ' + change.reasons.join(', ')}</span>` : ''}
       ${asset.impacted_via ? html`<span class="badge impacted">Impacted via ${asset.impacted_via.join(' → ')}</span>` : ''}</h1>
     <p class="sub">${asset.description || ''}</p>
+    ${asset.removed ? html`<p class="note" data-removed>This branch removes the asset: its definition below is the base's (merge-base commit), and the assets listed downstream read it there. Nothing builds it in this deployment.</p>` : ''}
     <dl class="kv">
-      <dt>Reads come from</dt><dd>${source}</dd>
+      <dt>Reads come from</dt><dd>${readsFrom}</dd>
       <dt>Kind · group</dt><dd>${kindLabel(asset)} · ${asset.group}</dd>
       <dt>Defined in</dt><dd class="mono">${asset.path}</dd>
       <dt>Code version</dt><dd class="mono">${asset.code_version_derived ? 'derived ' + asset.code_version.slice(0, 12) : asset.code_version}</dd>
       ${asset.partitions ? html`<dt>Partitions</dt><dd>${asset.partitions}</dd>` : ''}
       <dt>Upstream</dt><dd>${asset.upstream.length ? asset.upstream.map(link) : html`<span class="note">none</span>`}</dd>
-      <dt>Downstream</dt><dd>${asset.downstream.length ? asset.downstream.map(link) : html`<span class="note">none</span>`}</dd>
+      <dt>${asset.removed ? 'Downstream at the base' : 'Downstream'}</dt><dd>${asset.downstream.length ? asset.downstream.map(link) : html`<span class="note">none</span>`}</dd>
       <dt>Tags</dt><dd>${Object.entries(asset.tags).map(([k, v]) => html`<code>${k}=${v}</code> `)}</dd>
       ${Object.keys(asset.metadata).length ? html`<dt>Metadata</dt><dd>${Object.entries(asset.metadata).map(([k, v]) => html`<code>${k}=${v}</code> `)}</dd>` : ''}
     </dl>
-    ${change && !change.reasons.includes('NEW') ? html`<section><h2>Changes against the base</h2>
+    ${change && !change.reasons.includes('NEW') && !asset.removed ? html`<section><h2>Changes against the base</h2>
       ${change.details.code ? html`<h3>Code</h3>
         <p class="note">Code version ${change.details.code.derived ? 'derived ' + change.details.code.old_version.slice(0, 12) + ' → ' + change.details.code.new_version.slice(0, 12) : change.details.code.old_version + ' → ' + change.details.code.new_version}${change.details.code.diff ? '' : '; the code itself is unchanged'}</p>
         ${change.details.code.diff ? html`<${Highlighted} code=${change.details.code.diff} language="diff" />` : ''}` : ''}
@@ -372,7 +461,7 @@ function Asset({ repository, name, assetKey }) {
       <${MapChanges} label="Tags" change=${change.details.tags} />
       <${MapChanges} label="Metadata" change=${change.details.metadata} />
     </section>` : ''}
-    <h2>Definition</h2>
+    <h2>${asset.removed ? 'Definition at the base' : 'Definition'}</h2>
     ${asset.kind === 'source' ? html`<p class="note">A source: read from production, never built by Offshoot.</p>` : html`<${Highlighted} code=${asset.code} language=${codeLanguage(asset)} />`}
     <div class="grid2">
       <${History} title="Materializations in this deployment" rows=${asset.materializations} />
@@ -387,14 +476,23 @@ function Run({ id }) {
   const [cancelError, setCancelError] = useState(null);
   const session = useSession();
   useEffect(() => { if (run && ['succeeded', 'failed', 'canceled'].includes(run.status)) setFinished(true); }, [run]);
-  if (!run) return html`<${ErrorBox} error=${error} /><p class="loading">Loading…</p>`;
+  // The commit a run builds is its revision's.
+  const revisionsPath = run ? '/api/v1/deployments/' + enc(run.deployment) + '/revisions' + q(run.repository) : null;
+  const [revisions] = usePolling(() => (revisionsPath ? api('GET', revisionsPath) : Promise.resolve(null)), [revisionsPath], 0);
+  if (!run) return html`<${ErrorBox} error=${error} />${error ? '' : html`<p class="loading">Loading…</p>`}`;
+  const revision = revisions && revisions.find((r) => r.id === run.revision_id);
   const cancel = () => api('POST', '/api/v1/runs/' + enc(id) + '/cancel', {}).then(reload, (e) => setCancelError(refusal(e)));
   const needed = run.deployment === 'prod' ? 'admin' : 'deploy';
   const active = ['queued', 'running'].includes(run.status);
   return html`
     <p class="note"><a href="#/">Deployments</a> / <a href=${'#/d/' + enc(run.repository) + '/' + enc(run.deployment)}>${run.deployment}</a> /</p>
     <h1>Run ${run.id} <${Status} status=${run.status} since=${run.started_at} /></h1>
-    <p class="sub"><span class="mono">${run.selection}</span> · ${run.steps.length} steps${run.error ? ' · ' + run.error : ''}</p>
+    <p class="sub"><span class="mono">${run.selection}</span> · ${plural(run.steps.length, 'step')}${run.error ? ' · ' + run.error : ''}</p>
+    <dl class="kv" aria-label="Run details">
+      <dt>Started</dt><dd>${run.started_at ? html`<time datetime=${new Date(run.started_at).toISOString()}>${new Date(run.started_at).toLocaleString()}</time> (${ago(run.started_at)})` : 'not yet (queued ' + ago(run.created_at) + ')'}</dd>
+      <dt>Duration</dt><dd>${run.started_at ? duration((run.finished_at || Date.now()) - run.started_at) + (run.finished_at ? '' : ' so far') : ''}</dd>
+      <dt>Commit</dt><dd>${revision ? html`<span class="mono">${revision.commit.sha.slice(0, 10)}</span> ${revision.commit.message} <span class="note">(revision ${revision.number})</span>` : ''}</dd>
+    </dl>
     ${active ? html`<div class="toolbar"><button class="danger" title=${'needs a token with the ' + needed + ' role'} onClick=${cancel}>Cancel run</button></div>
       <${RoleNote} session=${session} needed=${needed} what="Canceling this run" />` : ''}
     <${ErrorBox} error=${cancelError} />

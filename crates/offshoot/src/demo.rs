@@ -319,13 +319,12 @@ async fn wait_ready(state: &SharedState, repository: &RepositoryName, branch: Op
             if let Some(current) = deployment.current_revision {
                 let revision = state.store.get_revision(current).await?;
                 println!(
-                    "  {} deployed {} in {} ms: {} assets, {} changed, {} impacted",
+                    "  {} deployed {} in {} ms: {} assets, {}",
                     deployment.name,
                     revision.commit.sha.short(),
                     revision.finished_at.unwrap_or(revision.queued_at) - revision.queued_at,
                     revision.asset_count,
-                    revision.changed_count,
-                    revision.impacted_count
+                    offshoot_server::dto::revision_json(&revision).changes_summary.unwrap_or_else(|| "no base to compare with".to_owned())
                 );
                 return Ok(deployment);
             }

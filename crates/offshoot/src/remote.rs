@@ -317,17 +317,21 @@ fn list(args: ListArgs, branches_only: bool) -> anyhow::Result<Outcome> {
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&deployments)?),
         _ => {
-            println!("{:<42} {:<8} {:<11} {:<13} {:>8} {:>9}  BRANCH", "NAME", "STATUS", "REVISION", "COMMIT", "CHANGED", "IMPACTED");
+            println!("{:<42} {:<8} {:<11} {:<13} {:>4} {:>8} {:>8} {:>9}  BRANCH", "NAME", "STATUS", "REVISION", "COMMIT", "NEW", "CHANGED", "REMOVED", "IMPACTED");
             for d in deployments {
                 let latest = &d["latest_revision"];
+                // The revision's counts (one definition with the UI and the pull-request comment).
+                let count = |which: &str| d["current_revision"]["counts"][which].as_u64().map(|n| n.to_string()).unwrap_or("-".into());
                 println!(
-                    "{:<42} {:<8} {:<11} {:<13} {:>8} {:>9}  {}",
+                    "{:<42} {:<8} {:<11} {:<13} {:>4} {:>8} {:>8} {:>9}  {}",
                     d["name"].as_str().unwrap_or(""),
                     d["status"].as_str().unwrap_or(""),
                     latest["status"].as_str().unwrap_or("-"),
                     latest["commit"]["sha"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or("-"),
-                    d["current_revision"]["changed_count"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),
-                    d["current_revision"]["impacted_count"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),
+                    count("new"),
+                    count("changed"),
+                    count("removed"),
+                    count("impacted"),
                     d["branch"].as_str().unwrap_or("")
                 );
             }
@@ -357,14 +361,13 @@ fn print_deployment(d: &Value) {
             continue;
         }
         println!(
-            "  {label}: revision {} {} at {} \"{}\" — {} assets, {} changed, {} impacted{}",
+            "  {label}: revision {} {} at {} \"{}\" — {} assets, {}{}",
             revision["number"],
             revision["status"].as_str().unwrap_or(""),
             revision["commit"]["sha"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or(""),
             revision["commit"]["message"].as_str().unwrap_or(""),
             revision["asset_count"],
-            revision["changed_count"],
-            revision["impacted_count"],
+            revision["changes_summary"].as_str().unwrap_or("no base to compare with"),
             revision["duration_ms"].as_i64().map(|ms| format!(", deployed in {ms} ms")).unwrap_or_default()
         );
         if let Some(error) = revision["error"].as_str() {

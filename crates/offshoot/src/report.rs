@@ -29,10 +29,7 @@ fn reasons(change: &AssetChange) -> String {
 }
 
 fn summary_line(changes: &ChangeSet) -> String {
-    let new = changes.count(ChangeReason::New);
-    let removed = changes.count(ChangeReason::Removed);
-    let modified = changes.changes.len() - new - removed;
-    format!("{new} new, {modified} changed, {removed} removed, {} impacted downstream", changes.impacted.len())
+    changes.counts().phrase()
 }
 
 fn map_lines(label: &str, change: &MapChange) -> Vec<String> {

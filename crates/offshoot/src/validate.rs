@@ -49,7 +49,18 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                         .collect();
                     println!("{}", serde_json::to_string_pretty(&serde_json::json!({"valid": false, "diagnostics": list}))?);
                 }
-                _ => {
+                // Markdown is for pasting into a pull request or a CI summary: it is the output,
+                // on stdout like JSON, not a message on stderr.
+                Format::Markdown => {
+                    println!("**{} in `{what}`**\n", counted(diagnostics.len(), "problem"));
+                    for d in &diagnostics {
+                        println!("- `{}:{}:{}`: {}", d.path, d.line, d.column, d.message);
+                        if let Some(hint) = &d.hint {
+                            println!("  - hint: {hint}");
+                        }
+                    }
+                }
+                Format::Text => {
                     for diagnostic in &diagnostics {
                         eprintln!("{diagnostic}");
                     }
@@ -71,7 +82,21 @@ fn print_valid(project: &Project, what: &str, format: Format) {
             "{}",
             serde_json::json!({"valid": true, "project": project.manifest.name, "location": location, "sql_assets": sql, "command_assets": command, "tool_assets": tool, "sources": source})
         ),
-        _ if location != "native" => println!("ok: {what}: {tool} {location} assets, {source} sources"),
-        _ => println!("ok: {what}: {sql} SQL assets, {command} command assets, {source} sources"),
+        _ => {
+            let counts = if location != "native" {
+                format!("{}, {}", counted(tool, &format!("{location} asset")), counted(source, "source"))
+            } else {
+                format!("{}, {}, {}", counted(sql, "SQL asset"), counted(command, "command asset"), counted(source, "source"))
+            };
+            match format {
+                Format::Markdown => println!("**ok**: `{what}`: {counts}"),
+                _ => println!("ok: {what}: {counts}"),
+            }
+        }
     }
+}
+
+/// "1 source", "3 sources".
+fn counted(count: usize, noun: &str) -> String {
+    format!("{count} {noun}{}", if count == 1 { "" } else { "s" })
 }

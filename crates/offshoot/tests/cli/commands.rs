@@ -192,7 +192,7 @@ fn validate_commits_and_the_working_directory() {
     let repo_str = repo.to_str().expect("utf-8 path");
     let output = offshoot(&["validate", "--repo", repo_str, "--rev", "feature/eur"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("9 SQL assets, 1 command assets, 3 sources"), "{}", stdout(&output));
+    assert!(stdout(&output).contains("9 SQL assets, 1 command asset, 3 sources"), "{}", stdout(&output));
 
     let output = offshoot(&["validate", "--repo", repo_str, "--rev", "broken"]);
     assert_eq!(output.status.code(), Some(1));
@@ -206,6 +206,16 @@ fn validate_commits_and_the_working_directory() {
         2 problem(s) in broken (<sha>)
     "#]]
     .assert_eq(&redacted);
+
+    // Markdown (for a pull request or a CI summary) is the output: stdout, nothing on stderr.
+    let output = offshoot(&["validate", "--repo", repo_str, "--rev", "broken", "--format", "markdown"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stderr(&output), "");
+    let markdown = redact(&stdout(&output));
+    assert!(markdown.starts_with("**2 problems in `broken (<sha>)`**\n\n- `assets/marts/broken.sql:2:1`: SQL syntax error"), "{markdown}");
+    assert!(markdown.contains("\n  - hint: add an asset file for it"), "{markdown}");
+    let output = offshoot(&["validate", "--repo", repo_str, "--rev", "feature/eur", "--format", "markdown"]);
+    assert!(stdout(&output).starts_with("**ok**: `feature/eur ("), "{}", stdout(&output));
 
     // Uncommitted edits count in the working directory.
     std::fs::write(repo.join("assets/marts/wip.sql"), "SELECT * FROM fct_order").expect("write");
@@ -228,7 +238,7 @@ fn init_scaffolds_a_valid_project_and_never_overwrites() {
     assert!(output.status.success(), "{}", stderr(&output));
     let output = offshoot(&["validate", "--repo", path]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("2 SQL assets, 0 command assets, 1 sources"), "{}", stdout(&output));
+    assert!(stdout(&output).contains("2 SQL assets, 0 command assets, 1 source"), "{}", stdout(&output));
     let output = offshoot(&["init", path]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("offshoot.toml already exists"), "{}", stderr(&output));

@@ -671,7 +671,7 @@ fn github_feedback_is_one_comment_edited_in_place_and_a_commit_status() {
     assert!(body.starts_with(&format!("<!-- offshoot:deployment={name} -->")), "{body}");
     assert!(body.contains("is ready"), "{body}");
     assert!(body.contains(&format!("https://offshoot.example/#/d/shop/{name}")), "{body}");
-    assert!(body.contains("**4 changed** (1 new, 2 changed, 1 removed) · **2 impacted downstream**"), "{body}");
+    assert!(body.contains("**1 new, 2 changed, 1 removed, 2 impacted downstream**"), "{body}");
     assert!(body.contains("| [`fct_orders`](") && body.contains("CODE_VERSION"), "{body}");
     assert!(body.contains("REMOVED") && body.contains("NEW"), "{body}");
     let status = requests.iter().find(|r| is(r, "POST", &format!("/repos/acme/shop/statuses/{first}"))).expect("status");
@@ -687,7 +687,7 @@ fn github_feedback_is_one_comment_edited_in_place_and_a_commit_status() {
         requests.iter().any(|r| is(r, "PATCH", "/repos/acme/shop/issues/comments/9000")) && requests.iter().any(|r| is(r, "POST", &format!("/statuses/{second}")))
     });
     let edited = requests.iter().find(|r| is(r, "PATCH", "/issues/comments/9000")).expect("edited");
-    assert!(edited.body["body"].as_str().expect("body").contains("**5 changed**"), "{}", edited.body);
+    assert!(edited.body["body"].as_str().expect("body").contains("**2 new, 2 changed, 1 removed, 2 impacted downstream**"), "{}", edited.body);
     assert_eq!(requests.iter().filter(|r| is(r, "POST", "/comments")).count(), 1, "one comment only: {requests:#?}");
 
     // A failing revision: the comment says so, the status is a failure.
