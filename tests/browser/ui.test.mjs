@@ -220,6 +220,22 @@ test('keyboard: Tab reaches a graph node and Enter opens the asset page with its
   assert.deepEqual(page.errors, []);
 });
 
+test('the asset page shows what the branch did to the data: rows, the bar, the removed sample', async () => {
+  const page = await newPage();
+  await page.goto(base + '/#/d/shop/' + branch + '/a/fct_orders');
+  const section = page.locator('section[data-diff]');
+  await section.getByText('Data changes against production').waitFor();
+  const text = await section.innerText();
+  assert.match(text, /2,700 rows in production → 2,345 in this branch/);
+  assert.match(text, /matched by order_id \(inferred\)/);
+  assert.match(text, /355 removed/);
+  assert.equal(await section.locator('.diffbar .seg.removed').count(), 1);
+  assert.match(await section.locator('.diffbar').getAttribute('aria-label'), /355 removed/);
+  assert.ok(await section.getByRole('table', { name: 'Removed rows (sample)' }).isVisible());
+  await page.screenshot({ path: join(screenshots, 'data-diff.png'), fullPage: true });
+  assert.deepEqual(page.errors, []);
+});
+
 test('launching a run from the UI needs the token, then runs to success with live steps', async () => {
   const page = await newPage();
   await page.goto(base + '/#/d/shop/' + branch);

@@ -427,6 +427,47 @@ function History({ title, rows }) {
       <td>${m.row_count ?? ''}</td><td>${duration(m.duration_ms)}</td><td>${ago(m.created_at)}</td></tr>`)}</tbody></table>`}</section>`;
 }
 
+const thousands = (n) => n == null ? '–' : Number(n).toLocaleString('en-US');
+
+/// What this branch did to the asset's data: its table against production's (the warehouse
+/// computes it; `GET .../assets/{key}/data-diff`).
+function DataDiff({ repository, name, assetKey }) {
+  const [diff, error] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/assets/' + enc(assetKey) + '/data-diff' + q(repository)), [repository, name, assetKey], 15000);
+  if (error) return html`<section><h2>Data changes</h2><${ErrorBox} error=${error} /></section>`;
+  if (!diff) return html`<section><h2>Data changes</h2><p class="loading">Comparing with production…</p></section>`;
+  const states = { new_in_branch: 'New in this branch: production has no table to compare with.', not_built_in_branch: 'Not built in this branch: it reads production\u2019s table.', not_built: 'Neither this branch nor production has a table yet.' };
+  if (diff.state !== 'compared') return html`<section data-diff><h2>Data changes</h2><p class="note">${states[diff.state]}</p></section>`;
+  const rows = diff.rows || { only_in_production: 0, only_in_branch: 0, changed: 0, equal: 0 };
+  const total = rows.equal + rows.changed + rows.only_in_branch + rows.only_in_production || 1;
+  const parts = [['equal', rows.equal, 'equal'], ['changed', rows.changed, 'changed'], ['added', rows.only_in_branch, 'added'], ['removed', rows.only_in_production, 'removed']];
+  const keyed = diff.key.source !== 'none';
+  const schema = diff.schema;
+  const cell = (v) => v == null ? html`<span class="note">NULL</span>` : v;
+  const sampleTable = (label, columns, list) => list.length ? html`<h3>${label}</h3><div class="scroll"><table aria-label=${label}><thead><tr>${columns.map((c) => html`<th>${c}</th>`)}</tr></thead>
+    <tbody>${list.map((r) => html`<tr>${r.map((v) => html`<td class="mono">${cell(v)}</td>`)}</tr>`)}</tbody></table></div>` : '';
+  return html`<section data-diff><h2>Data changes against production</h2>
+    <p>${thousands(diff.production_rows)} rows in production → ${thousands(diff.branch_rows)} in this branch · ${keyed ? html`matched by <code>${diff.key.columns.join(', ')}</code> (${diff.key.source})` : 'compared as whole rows (no key)'}</p>
+    <div class="diffbar" role="img" aria-label=${parts.map(([l, n]) => n + ' ' + l).join(', ')}>${parts.filter(([, n]) => n > 0).map(([l, n, c]) => html`<span class=${'seg ' + c} style=${'width:' + (100 * n / total) + '%'} title=${thousands(n) + ' ' + l}></span>`)}</div>
+    <p class="legend">${parts.map(([l, n, c]) => html`<span><span class=${'swatch ' + c}></span>${thousands(n)} ${l}</span> `)}</p>
+    ${schema.added.length || schema.removed.length || schema.type_changed.length || schema.order_changed ? html`<h3>Schema</h3><ul>
+      ${schema.added.map((c) => html`<li>column added <code>${c.name}</code> ${c.data_type}</li>`)}
+      ${schema.removed.map((c) => html`<li>column removed <code>${c.name}</code> ${c.data_type}</li>`)}
+      ${schema.type_changed.map((c) => html`<li>type of <code>${c.name}</code>: ${c.production} → ${c.branch}</li>`)}
+      ${schema.order_changed ? html`<li>column order changed</li>` : ''}</ul>` : ''}
+    ${keyed ? html`<h3>Columns</h3><table aria-label="Columns"><thead><tr><th>Column</th><th>Matched rows equal</th><th>Sum (production → branch)</th><th>NULLs</th></tr></thead><tbody>
+      ${diff.columns.map((c) => html`<tr><td class="mono">${c.name}</td>
+        <td>${c.equal_share == null ? '' : html`<span class="match"><span style=${'width:' + (100 * c.equal_share) + '%'}></span></span> ${(100 * c.equal_share).toFixed(1)}%`}</td>
+        <td class="mono">${c.production ? cell(c.production.sum) : ''}${c.production ? ' → ' : ''}${c.branch ? cell(c.branch.sum) : ''}</td>
+        <td>${c.production ? c.production.nulls + ' → ' + c.branch.nulls : ''}</td></tr>`)}</tbody></table>` : ''}
+    ${diff.notes.map((n) => html`<p class="note">${n}</p>`)}
+    ${sampleTable('Added rows (sample)', diff.samples.columns, diff.samples.added)}
+    ${sampleTable('Removed rows (sample)', diff.samples.columns, diff.samples.removed)}
+    ${diff.samples.changed.length ? html`<h3>Changed rows (sample)</h3><div class="scroll"><table aria-label="Changed rows (sample)"><thead><tr>${diff.key.columns.map((c) => html`<th>${c}</th>`)}${diff.samples.changed_columns.map((c) => html`<th>${c}</th>`)}</tr></thead>
+      <tbody>${diff.samples.changed.map((r) => html`<tr>${r.key.map((v) => html`<td class="mono">${cell(v)}</td>`)}${r.cells.map((c) => c.changed
+        ? html`<td class="mono changed-cell"><del>${cell(c.production)}</del> <ins>${cell(c.branch)}</ins></td>` : html`<td class="mono">${cell(c.branch)}</td>`)}</tr>`)}</tbody></table></div>` : ''}
+  </section>`;
+}
+
 function Asset({ repository, name, assetKey }) {
   const base = '#/d/' + enc(repository) + '/' + enc(name);
   const [asset, error] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/assets/' + enc(assetKey) + q(repository)), [repository, name, assetKey], 5000);
@@ -463,6 +504,7 @@ function Asset({ repository, name, assetKey }) {
     </section>` : ''}
     <h2>${asset.removed ? 'Definition at the base' : 'Definition'}</h2>
     ${asset.kind === 'source' ? html`<p class="note">A source: read from production, never built by Offshoot.</p>` : html`<${Highlighted} code=${asset.code} language=${codeLanguage(asset)} />`}
+    ${name !== 'prod' && !asset.removed && asset.kind !== 'source' ? html`<${DataDiff} repository=${repository} name=${name} assetKey=${asset.key} />` : ''}
     <div class="grid2">
       <${History} title="Materializations in this deployment" rows=${asset.materializations} />
       ${asset.production_materializations.length || name !== 'prod' ? html`<${History} title="Materializations in production" rows=${asset.production_materializations} />` : ''}
