@@ -462,7 +462,15 @@ test('a 1,000-asset branch deployment opens on its changes, the whole graph is o
     if (prod.current_revision && prod.current_revision.commit.sha === mainSha && big && big.current_revision) break;
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
-  const selected = await api('GET', '/api/v1/deployments/' + big.name + '/select?selection=' + encodeURIComponent('changed_in_branch:ANY+'));
+  // The selection is evaluated against the serving revision's change set: ask until it has one
+  // (a run-state or SSE refresh of the first deploy can land between the two reads).
+  let selected;
+  for (const waitStarted = Date.now(); ;) {
+    selected = await api('GET', '/api/v1/deployments/' + big.name + '/select?selection=' + encodeURIComponent('changed_in_branch:ANY+'));
+    if (selected.keys && selected.keys.length > 0) break;
+    assert.ok(Date.now() - waitStarted < 60000, 'the 1,000-asset branch never had changes: ' + JSON.stringify(selected));
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 
   const page = await newPage();
   await page.goto(base + '/#/d/shop/' + big.name);

@@ -99,8 +99,17 @@ pub async fn waiting_for(state: &AppState, run: &Run, deployment: &Deployment) -
 /// Cancels a queued run at once, or asks a running one to stop (its steps stop at the next
 /// boundary and its commands are killed; it ends `canceled`).
 pub async fn cancel(state: &SharedState, run: &Run) -> ApiResult<()> {
-    lifecycle::apply_event(state, run.deployment_id, Event::CancelRun { run: run.id.0 }).await?;
-    Ok(())
+    // The lifecycle knows only runs still active: one that finished is that, not unknown.
+    if run.status.is_finished() {
+        return Err(crate::error::ApiError::conflict("run_finished", format!("run {} has finished already ({})", run.id.0, run.status.as_str())));
+    }
+    match lifecycle::apply_event(state, run.deployment_id, Event::CancelRun { run: run.id.0 }).await {
+        // It finished between the read and the cancel.
+        Err(LifecycleError::Refused(offshoot_core::lifecycle::Refusal::UnknownRun(_))) => {
+            Err(crate::error::ApiError::conflict("run_finished", format!("run {} has finished already", run.id.0)))
+        }
+        other => other.map(|_| ()).map_err(Into::into),
+    }
 }
 
 /// Runs forever: claims queued runs as their pool has room, and fails runs whose server died
