@@ -82,12 +82,12 @@ fn header_problems_point_into_the_header() {
             ("assets/g.sql", "/* offshoot\ncommand = \"rm -rf /\"\n*/\nSELECT 1"),
         ],
         expect![[r#"
-            assets/a.sql:3:1: error: unknown field `colour`, expected one of `command`, `inputs`, `deps`, `group`, `description`, `tags`, `metadata`, `code_version`, `partitions`, `owners`
-              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners
+            assets/a.sql:3:1: error: unknown field `colour`, expected one of `command`, `inputs`, `deps`, `group`, `description`, `tags`, `metadata`, `code_version`, `partitions`, `owners`, `grain`
+              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain
             assets/b.sql:2:17: error: invalid type: integer `1`, expected a string
-              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners
+              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain
             assets/c.sql:2:9: error: unclosed inline table, expected `}`
-              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners
+              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain
             assets/d.sql:2:14: error: `nope` is not an asset, a source or a declared external table
               = hint: add an asset file for it, declare it under [sources.nope] in offshoot.toml, or list it in `external`
             assets/e.sql:2:14: error: unknown partitions type `fortnightly`
@@ -116,7 +116,7 @@ fn command_asset_problems() {
             assets/b.toml:2:25: error: input `../etc/passwd` must be a relative path inside the repository
               = hint: write paths from the repository root without `..`, like "scripts/load.py"
             assets/c.toml:2:1: error: duplicate key
-              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners
+              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain
         "#]],
     );
 }
