@@ -225,6 +225,10 @@ pub fn document() -> Value {
                 {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}]), ok(reference("Asset"))) },
             "/api/v1/events": { "get": read("live updates as server-sent events (text/event-stream): `ready` once, then `change` whenever a deployment's lifecycle, a run or a step log moved; refetch what you show", json!([]),
                 json!({"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}})) },
+            "/graphql": { "post": write("the part of Dagster+'s GraphQL API that `dagster-cloud branch-deployment create-or-update` and `delete` use (docs/dagster-plus.md); the token goes in `Dagster-Cloud-Api-Token` or `Authorization: Bearer`; other operations are a GraphQL error saying Offshoot does not implement them",
+                "per operation: `deploy` to create or update a branch deployment (`admin` for the production branch), `admin` to delete, any role to read", json!([]),
+                Some(body(json!({"type": "object", "required": ["query"], "properties": {"query": {"type": "string"}, "variables": {"type": "object"}, "operationName": {"type": "string"}}}))),
+                ok(json!({"type": "object", "properties": {"data": {"type": "object"}, "errors": {"type": "array"}}}))) },
             "/api/v1/runs": { "get": read("runs, newest first", json!([repository_parameter(), {"name": "deployment", "in": "query", "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}]), ok(array_of("Run"))) },
             "/api/v1/runs/{id}": { "get": read("one run with its steps and logs", json!([id_parameter()]), ok(reference("Run"))) },
             "/api/v1/runs/{id}/cancel": { "post": write("cancel a run", "`deploy` for a run of a branch deployment, `admin` for one of `prod`", json!([id_parameter()]), None, ok(reference("Run"))) }
