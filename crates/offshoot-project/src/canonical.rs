@@ -340,9 +340,9 @@ fn normalize_block(inner: &str) -> String {
                     // No space is needed next to punctuation: `ref( 'x' )` is `ref('x')`.
                     let previous = out.chars().last();
                     let word = |c: char| c.is_alphanumeric() || c == '_' || c == '\'' || c == '"';
-                    if previous.is_some_and(word) && word(c) {
-                        out.push(' ');
-                    } else if previous.is_some_and(|p| !"([{,.".contains(p)) && !")]},.:".contains(c) && !"([".contains(c) {
+                    let between_words = previous.is_some_and(word) && word(c);
+                    let around_punctuation = previous.is_some_and(|p| !"([{,.".contains(p)) && !")]},.:([".contains(c);
+                    if between_words || around_punctuation {
                         out.push(' ');
                     }
                     pending_space = false;

@@ -327,7 +327,7 @@ fn relative_dir(path: &str) -> Result<String, &'static str> {
         return Err("must be a relative path inside the repository");
     }
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
-    if parts.iter().any(|p| *p == "..") {
+    if parts.contains(&"..") {
         return Err("cannot leave the repository (`..`)");
     }
     Ok(if parts.is_empty() { ".".to_owned() } else { parts.join("/") })

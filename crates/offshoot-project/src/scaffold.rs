@@ -50,16 +50,6 @@ GROUP BY 1, 2
     ]
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::{load, MemoryFiles};
-
-    #[test]
-    fn scaffolded_project_validates() {
-        let project = load(&MemoryFiles::new(super::files("demo"))).expect("the scaffold is valid");
-        assert_eq!(project.snapshot.len(), 3);
-    }
-}
 
 /// The `offshoot.toml` that adds Offshoot to an existing dbt project or Dagster code location:
 /// `[location]` with the given keys (TOML-quoted here), nothing else to write.
@@ -90,4 +80,15 @@ fn toml_string(value: &str) -> String {
     }
     out.push('"');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{load, MemoryFiles};
+
+    #[test]
+    fn scaffolded_project_validates() {
+        let project = load(&MemoryFiles::new(super::files("demo"))).expect("the scaffold is valid");
+        assert_eq!(project.snapshot.len(), 3);
+    }
 }

@@ -31,11 +31,14 @@ const CACHE_ENTRIES: usize = 512;
 /// Most rows a sample may ask for.
 const MAX_SAMPLE: usize = 100;
 
-/// Diffs already computed, by (deployment, asset, branch run, production run, options).
+/// Diffs already computed, by (deployment, asset, branch run, production run, options), with
+/// the tick each was last used at; the tick counter first.
 #[derive(Default)]
 pub struct DiffCache {
-    entries: Mutex<(u64, HashMap<CacheKey, (u64, std::sync::Arc<DataDiff>)>)>,
+    entries: Mutex<(u64, CacheEntries)>,
 }
+
+type CacheEntries = HashMap<CacheKey, (u64, std::sync::Arc<DataDiff>)>;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct CacheKey {

@@ -15,6 +15,9 @@ use crate::config::{RepositoryConfig, ServerConfig};
 
 pub type SharedState = Arc<AppState>;
 
+/// One async lock per (repository, commit) being loaded.
+type LoadLocks = HashMap<(RepositoryName, CommitSha), Arc<tokio::sync::Mutex<()>>>;
+
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub warehouse: Arc<dyn Warehouse>,
@@ -27,7 +30,7 @@ pub struct AppState {
     pub intake_wakeup: Notify,
     pub snapshots: SnapshotCache,
     /// One load per commit at a time: code locations' tools write into the commit's folder.
-    load_locks: Mutex<HashMap<(RepositoryName, CommitSha), Arc<tokio::sync::Mutex<()>>>>,
+    load_locks: Mutex<LoadLocks>,
     /// One teardown at a time on this server: a retry never overlaps an earlier attempt.
     pub teardown_turn: tokio::sync::Mutex<()>,
     /// Per running run: flipping the switch to `true` cancels it.

@@ -413,7 +413,7 @@ async fn a_branch_keeps_its_file_and_journals_in_a_folder_of_its_own() {
     let own = fixture.warehouse.file_of(&fixture.branch);
     let folder = own.parent().expect("a folder").to_path_buf();
     assert_ne!(folder, fixture.warehouse.root(), "never beside production's file");
-    assert_eq!(fixture.warehouse.writable_paths(&fixture.branch), [folder.clone()]);
+    assert_eq!(fixture.warehouse.writable_paths(&fixture.branch), std::slice::from_ref(&folder));
     let production = Target { schema: schema("prod"), production: schema("prod") };
     assert_eq!(fixture.warehouse.writable_paths(&production), [fixture.warehouse.root().to_path_buf()]);
     fixture.warehouse.teardown(&fixture.branch).await.expect("teardown");
