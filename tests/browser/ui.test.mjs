@@ -222,7 +222,12 @@ test('keyboard: Tab reaches a graph node and Enter opens the asset page with its
 
 test('the asset page shows what the branch did to the data: rows, the bar, the removed sample', async () => {
   const page = await newPage();
-  await page.goto(base + '/#/d/shop/' + branch + '/a/fct_orders');
+  await page.goto(base + '/#/d/shop/' + branch);
+  const list = page.getByRole('table', { name: 'Data changes' });
+  await list.waitFor();
+  const line = list.locator('tr', { hasText: 'fct_orders' });
+  assert.match(await line.innerText(), /2,700 → 2,345\s+0\s+355/);
+  await line.getByRole('link', { name: 'fct_orders' }).click();
   const section = page.locator('section[data-diff]');
   await section.getByText('Data changes against production').waitFor();
   const text = await section.innerText();

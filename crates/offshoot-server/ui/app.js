@@ -407,7 +407,25 @@ function Deployment({ repository, name }) {
           <tbody>${(runs || []).map((r) => html`<tr><td><a href=${'#/runs/' + r.id}>${r.id}</a></td><td><${Status} status=${r.status} since=${r.started_at} /></td>
             <td class="mono">${r.selection}</td><td>${ago(r.created_at)}</td></tr>`)}</tbody></table>
       </section>
-    </div>`;
+    </div>
+    ${isBranch && !closed ? html`<${DataChanges} repository=${repository} name=${name} base=${base} runsKey=${(runs || []).map((r) => r.id + r.status).join()} />` : ''}`;
+}
+
+/// One line per asset this branch built: what its runs did to the data against production's.
+function DataChanges({ repository, name, base, runsKey }) {
+  const [summaries, error] = usePolling(() => api('GET', '/api/v1/deployments/' + enc(name) + '/data-diffs' + q(repository)), [repository, name, runsKey], 0);
+  if (error) return html`<section><h2>Data changes</h2><${ErrorBox} error=${error} /></section>`;
+  if (!summaries) return '';
+  const diffs = summaries.diffs;
+  return html`<section data-diffs><h2>Data changes against production</h2>
+    ${diffs.length === 0 ? html`<p class="note">Nothing built in this branch yet: every asset reads production\u2019s table.</p>` : html`
+    <table aria-label="Data changes"><thead><tr><th>Asset</th><th>Rows (production → branch)</th><th>Added</th><th>Removed</th><th>Changed</th><th>Columns</th></tr></thead>
+      <tbody>${diffs.map((d) => html`<tr><td><a href=${base + '/a/' + enc(d.asset)}>${d.asset}</a></td>
+        <td>${d.state === 'new_in_branch' ? 'new · ' + thousands(d.branch_rows) : thousands(d.production_rows) + ' → ' + thousands(d.branch_rows)}</td>
+        <td>${thousands(d.only_in_branch)}</td><td>${thousands(d.only_in_production)}</td>
+        <td>${d.key_source === 'none' ? html`<span class="note">no key</span>` : thousands(d.changed)}</td>
+        <td>${d.columns_added || d.columns_removed ? '+' + d.columns_added + ' −' + d.columns_removed : ''}</td></tr>`)}</tbody></table>`}
+  </section>`;
 }
 
 function MapChanges({ label, change }) {

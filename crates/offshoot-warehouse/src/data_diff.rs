@@ -263,9 +263,10 @@ pub async fn diff(runner: &mut dyn SqlRunner, flavor: &dyn Flavor, tables: &Tabl
         .copied()
         .filter(|c| {
             let branch_numeric = branch_columns.iter().any(|b| b.name == c.name && b.numeric);
-            // SQLite's columns built from expressions have no declared type: one numeric side is
-            // enough there, since `Flavor::number` skips what is not a number.
-            (c.numeric && branch_numeric) || (flavor.loosely_typed() && (c.numeric || branch_numeric))
+            // SQLite's columns built from expressions have no declared type: every column is
+            // looked at there (`Flavor::number` skips what is not a number), and the ones with no
+            // number on either side are dropped below.
+            (c.numeric && branch_numeric) || flavor.loosely_typed()
         })
         .collect();
     let production_side = plan.side_summary(runner, production, &key, &numeric).await?;
@@ -321,8 +322,11 @@ pub async fn diff(runner: &mut dyn SqlRunner, flavor: &dyn Flavor, tables: &Tabl
     }
     for column in result.columns.iter_mut() {
         if let Some(i) = numeric.iter().position(|c| c.name == column.name) {
-            column.production = Some(production_side.stats[i].clone());
-            column.branch = Some(branch_side.stats[i].clone());
+            let (production, branch) = (&production_side.stats[i], &branch_side.stats[i]);
+            if production.sum.is_some() || branch.sum.is_some() || !flavor.loosely_typed() {
+                column.production = Some(production.clone());
+                column.branch = Some(branch.clone());
+            }
         }
     }
     Ok(result)
