@@ -81,6 +81,15 @@ async function newPage() {
   return page;
 }
 
+/// A new branch off main in `repo` with `file` written and committed; main checked out again.
+function commitOnNewBranch(repo, branchName, file, text, message) {
+  execFileSync('git', ['-C', repo, 'checkout', '-q', '-b', branchName, 'main']);
+  writeFileSync(file, text);
+  execFileSync('git', ['-C', repo, 'add', '-A']);
+  execFileSync('git', ['-C', repo, '-c', 'user.name=T', '-c', 'user.email=t@example.com', 'commit', '-q', '-m', message]);
+  execFileSync('git', ['-C', repo, 'checkout', '-q', 'main']);
+}
+
 test('the deployments page lists prod and the branch with change counts, closed ones behind a toggle', async () => {
   const sha = execFileSync('git', ['-C', join(demoDir, 'repo'), 'rev-parse', 'main']).toString().trim();
   const created = await api('POST', '/api/v1/branch-deployments', { branch_name: 'feature/old-idea', commit_hash: sha, pull_request_id: '3', pull_request_url: 'javascript:alert(1)' });
@@ -262,11 +271,7 @@ test('launching a run from the UI needs the token, then runs to success with liv
 
 test('nodes and rows show run state: built here, reading production, failed in a run', async () => {
   const repo = join(demoDir, 'repo');
-  execFileSync('git', ['-C', repo, 'checkout', '-q', '-b', 'feature/fails-at-runtime', 'main']);
-  writeFileSync(join(repo, 'assets', 'marts', 'bad_column.sql'), 'SELECT no_such_column FROM stg_orders\n');
-  execFileSync('git', ['-C', repo, 'add', '-A']);
-  execFileSync('git', ['-C', repo, '-c', 'user.name=T', '-c', 'user.email=t@example.com', 'commit', '-q', '-m', 'A model that fails when built']);
-  execFileSync('git', ['-C', repo, 'checkout', '-q', 'main']);
+  commitOnNewBranch(repo, 'feature/fails-at-runtime', join(repo, 'assets', 'marts', 'bad_column.sql'), 'SELECT no_such_column FROM stg_orders\n', 'A model that fails when built');
   const started = Date.now();
   let deployment;
   while (!(deployment = (await api('GET', '/api/v1/deployments')).find((d) => d.branch === 'feature/fails-at-runtime' && d.current_revision))) {
@@ -327,11 +332,7 @@ test('a deploy token (a CI\'s) shows its role, and production refuses it naming 
 
 test('a failed revision shows its diagnostics with path:line:col', async () => {
   const repo = join(demoDir, 'repo');
-  execFileSync('git', ['-C', repo, 'checkout', '-q', '-b', 'feature/broken', 'main']);
-  writeFileSync(join(repo, 'assets', 'marts', 'broken.sql'), 'SELECT order_id FROM\nWHERE 1\n');
-  execFileSync('git', ['-C', repo, 'add', '-A']);
-  execFileSync('git', ['-C', repo, '-c', 'user.name=T', '-c', 'user.email=t@example.com', 'commit', '-q', '-m', 'Broken model']);
-  execFileSync('git', ['-C', repo, 'checkout', '-q', 'main']);
+  commitOnNewBranch(repo, 'feature/broken', join(repo, 'assets', 'marts', 'broken.sql'), 'SELECT order_id FROM\nWHERE 1\n', 'Broken model');
   const page = await newPage();
   await page.goto(base + '/#/');
   const row = page.locator('tr', { hasText: 'feature/broken' });

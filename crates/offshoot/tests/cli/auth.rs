@@ -361,17 +361,6 @@ fn refused_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }
 
-fn post_raw(server: &Server, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-    let mut request = agent.post(&format!("{}{path}", server.url)).header("Content-Type", "application/json");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut response = request.send(body.to_owned()).expect("the server answers");
-    let status = response.status().as_u16();
-    (status, response.body_mut().read_to_string().expect("body"))
-}
-
 fn get_raw(server: &Server, path: &str, authorization: Option<&str>) -> (u16, String) {
     let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
     let mut request = agent.get(&format!("{}{path}", server.url));
@@ -444,7 +433,7 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
     let post = |token: &str, path: &str, body: &str| {
         let headers = with(token);
         let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        post_raw(&server, path, &headers, body)
+        post_raw_text(&server, path, &headers, body)
     };
     // Roles refused; bad requests; not-founds; a fetch that fails; a revision that fails.
     let create = |branch: &str, commit: &str, repository: &str| json!({ "git_repo_name": repository, "branch_name": branch, "commit_hash": commit, "pull_request_id": "7", "pull_request_url": "https://github.com/acme/shop/pull/7" }).to_string();
@@ -477,13 +466,13 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
     .to_string();
     let sign = |key: &str, body: &str| offshoot_server::hooks::github::signature(key, body.as_bytes());
     let github = |delivery: &str, signature: &str, body: &str| {
-        post_raw(&server, "/hooks/github", &[("X-GitHub-Event", "pull_request"), ("X-GitHub-Delivery", delivery), ("X-Hub-Signature-256", signature)], body)
+        post_raw_text(&server, "/hooks/github", &[("X-GitHub-Event", "pull_request"), ("X-GitHub-Delivery", delivery), ("X-Hub-Signature-256", signature)], body)
     };
-    assert_eq!(record(&mut seen, "unsigned hook", post_raw(&server, "/hooks/github", &[("X-GitHub-Event", "push")], &pull_request)), 401);
+    assert_eq!(record(&mut seen, "unsigned hook", post_raw_text(&server, "/hooks/github", &[("X-GitHub-Event", "push")], &pull_request)), 401);
     assert_eq!(record(&mut seen, "hook signed by an API token", github("d-1", &sign(admin, &pull_request), &pull_request)), 401);
     assert_eq!(record(&mut seen, "hook with the secret as signature", github("d-2", secret("GitHub webhook secret"), &pull_request)), 401);
     record(&mut seen, "malformed signed hook", github("d-3", &sign(secret("GitHub webhook secret"), "{"), "{"));
-    let gitlab = |token: &str| post_raw(&server, "/hooks/gitlab", &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", token)], "{}");
+    let gitlab = |token: &str| post_raw_text(&server, "/hooks/gitlab", &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", token)], "{}");
     assert_eq!(record(&mut seen, "gitlab hook with the GitHub secret", gitlab(secret("GitHub webhook secret"))), 401);
     assert_eq!(record(&mut seen, "gitlab hook with an API token", gitlab(admin)), 401);
     record(&mut seen, "gitlab hook, right token, bad body", gitlab(secret("GitLab webhook token")));

@@ -177,12 +177,7 @@ fn a_branch_command_on_postgres_logs_in_as_its_own_role_and_cannot_write_product
     let url = format!("postgres://postgres@127.0.0.1:5432/{}", database.0);
     let dir = TempDir::new("confine-postgres");
     let repo = dir.0.join("repo");
-    std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
-    std::fs::write(repo.join("offshoot.toml"), "[project]\nname = \"shop\"\ndialect = \"postgres\"\n\n[sources.raw_orders]\n").expect("manifest");
-    std::fs::write(repo.join("assets/fct_orders.sql"), "SELECT id, amount FROM raw_orders WHERE amount > 0\n").expect("asset");
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "Orders"]);
+    native_repo(&repo, "postgres", &["raw_orders"], &[("fct_orders.sql", "SELECT id, amount FROM raw_orders WHERE amount > 0\n")]);
     let role = format!("offshoot_branch_cf_{}", std::process::id());
     let server = Server::start(&dir.0, &repo, &format!("warehouse_url = \"{url}\"\nbranch_role = \"{role}\""));
     wait_for_prod(&server, &repo);

@@ -13,14 +13,9 @@ const SEED: &str = "CREATE TABLE raw_orders AS WITH RECURSIVE s(n) AS (SELECT 0 
 fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
     let dir = TempDir::new("data-diff");
     let repo = dir.0.join("repo");
-    std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
-    std::fs::write(repo.join("offshoot.toml"), "[project]\nname = \"shop\"\ndialect = \"sqlite\"\n\n[sources.raw_orders]\n").expect("manifest");
     // Production: ids 1..9 (amount > 0).
-    std::fs::write(repo.join("assets/orders.sql"), "/* offshoot\ngrain = [\"id\"]\n*/\nSELECT id, amount FROM raw_orders WHERE amount > 0\n").expect("asset");
-    std::fs::write(repo.join("assets/ids.sql"), "SELECT id FROM orders\n").expect("asset");
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "Orders"]);
+    let orders = "/* offshoot\ngrain = [\"id\"]\n*/\nSELECT id, amount FROM raw_orders WHERE amount > 0\n";
+    native_repo(&repo, "sqlite", &["raw_orders"], &[("orders.sql", orders), ("ids.sql", "SELECT id FROM orders\n")]);
     let server = Server::start(&dir.0, &repo, "");
     wait_for_prod(&server, &repo);
     runtime().block_on(async { warehouse(&server).execute_production_script(&production_target().production, SEED).await.expect("seed") });

@@ -20,14 +20,7 @@ const API_TOKEN: &str = "forge-api-token-9876543210";
 
 /// POSTs `body` as it is to `path` with `headers`; (status, JSON answer or Null).
 fn post_raw(server: &Server, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-    let mut request = agent.post(&format!("{}{path}", server.url)).header("Content-Type", "application/json");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut response = request.send(body.to_owned()).expect("the server answers");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().expect("body");
+    let (status, text) = post_raw_text(server, path, headers, body);
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 

@@ -482,13 +482,12 @@ fn postgres_store_and_warehouse_serve_branch_deployments() {
     psql("postgres", &format!("CREATE DATABASE {}", database.0));
     let dir = TempDir::new("postgres");
     let repo = dir.0.join("repo");
-    std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
-    std::fs::write(repo.join("offshoot.toml"), "[project]\nname = \"shop\"\ndialect = \"postgres\"\n\n[sources.raw_orders]\n").expect("manifest");
-    std::fs::write(repo.join("assets/orders.sql"), "SELECT id, amount FROM raw_orders WHERE amount > 0\n").expect("asset");
-    std::fs::write(repo.join("assets/big_orders.sql"), "SELECT id, amount FROM orders WHERE amount > 10\n").expect("asset");
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "Orders"]);
+    native_repo(
+        &repo,
+        "postgres",
+        &["raw_orders"],
+        &[("orders.sql", "SELECT id, amount FROM raw_orders WHERE amount > 0\n"), ("big_orders.sql", "SELECT id, amount FROM orders WHERE amount > 10\n")],
+    );
     let url = format!("postgres://postgres@127.0.0.1:5432/{}", database.0);
     let server = Server::start(&dir.0, &repo, &format!("metadata_url = \"{url}\"\nwarehouse_url = \"{url}\"\nbranch_role = \"offshoot_branch_{}\"", std::process::id()));
     wait_for_prod(&server, &repo);

@@ -337,3 +337,32 @@ impl Drop for Server {
 pub fn serving_commit(deployment: &serde_json::Value) -> String {
     deployment["current_revision"]["commit"]["sha"].as_str().unwrap_or("").to_owned()
 }
+
+/// POSTs `body` as it is to `path` with `headers`; (status, the answer's text).
+pub fn post_raw_text(server: &Server, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    let mut request = agent.post(&format!("{}{path}", server.url)).header("Content-Type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.send(body.to_owned()).expect("the server answers");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().expect("body"))
+}
+
+/// A native project repository with one commit on `main`: `offshoot.toml` for `dialect` with
+/// the `sources`, and `assets` as (path under assets/, text).
+pub fn native_repo(repo: &Path, dialect: &str, sources: &[&str], assets: &[(&str, &str)]) {
+    std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
+    let mut manifest = format!("[project]\nname = \"shop\"\ndialect = \"{dialect}\"\n");
+    for source in sources {
+        manifest.push_str(&format!("\n[sources.{source}]\n"));
+    }
+    std::fs::write(repo.join("offshoot.toml"), manifest).expect("manifest");
+    for (path, text) in assets {
+        std::fs::write(repo.join("assets").join(path), text).expect("asset");
+    }
+    git(repo, &["init", "-q", "-b", "main"]);
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", "Orders"]);
+}
