@@ -140,13 +140,18 @@ fn text_of(diff: &Value) -> String {
         out.push_str("  column order changed\n");
     }
     for column in diff["columns"].as_array().into_iter().flatten() {
-        if let Some(share) = column["equal_share"].as_f64() {
-            if share < 1.0 {
+        let (p, b) = (&column["production"], &column["branch"]);
+        let stats_differ = p.is_object() && (p["sum"] != b["sum"] || p["min"] != b["min"] || p["max"] != b["max"] || p["nulls"] != b["nulls"]);
+        match column["equal_share"].as_f64() {
+            Some(share) if share < 1.0 => {
                 let _ = writeln!(out, "  {}: {:.1}% of matched rows equal", cell(&column["name"]), share * 100.0);
             }
+            _ if stats_differ => {
+                let _ = writeln!(out, "  {}:", cell(&column["name"]));
+            }
+            _ => {}
         }
-        let (p, b) = (&column["production"], &column["branch"]);
-        if p.is_object() && (p["sum"] != b["sum"] || p["min"] != b["min"] || p["max"] != b["max"] || p["nulls"] != b["nulls"]) {
+        if stats_differ {
             let _ = writeln!(
                 out,
                 "    sum {} -> {}, min {} -> {}, max {} -> {}, NULLs {} -> {}",

@@ -279,6 +279,7 @@ async fn run_server(
     println!("  offshoot deployment list");
     println!("  offshoot deployment status {}", branch.name);
     println!("  offshoot materialize --deployment {} --select 'changed_in_branch:ANY+' --wait", branch.name);
+    println!("  offshoot data-diff --deployment {}   # what the branch run did to the data", branch.name);
     println!("  git -C {} checkout -b feature/another && (edit, commit): a new branch deployment appears", dir.display());
     if exit {
         let _ = stop.send(());
