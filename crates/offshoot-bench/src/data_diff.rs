@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use offshoot_core::{AssetKey, RepositoryName, DeploymentName, SchemaName};
+use offshoot_core::{AssetKey, DeploymentName, RepositoryName, SchemaName};
 use offshoot_warehouse::data_diff::{DiffOptions, KeyRequest};
 use offshoot_warehouse::{Target, Warehouse};
 use offshoot_warehouse_postgres::{PostgresWarehouse, PostgresWarehouseOptions};
@@ -24,7 +24,11 @@ pub struct Args {
 }
 
 pub fn parse_args(mut arguments: impl Iterator<Item = String>) -> anyhow::Result<Args> {
-    let mut args = Args { rows: 1_000_000, runs: 3, postgres: Some("postgres://postgres@127.0.0.1:5432/postgres".to_owned()) };
+    let mut args = Args {
+        rows: 1_000_000,
+        runs: 3,
+        postgres: Some("postgres://postgres@127.0.0.1:5432/postgres".to_owned()),
+    };
     while let Some(flag) = arguments.next() {
         let mut value = || arguments.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -46,12 +50,19 @@ pub fn parse_args(mut arguments: impl Iterator<Item = String>) -> anyhow::Result
 }
 
 fn schema(deployment: &str) -> SchemaName {
-    SchemaName::for_deployment(&RepositoryName::new("bench").expect("valid"), &DeploymentName::new(deployment).expect("valid"))
+    SchemaName::for_deployment(
+        &RepositoryName::new("bench").expect("valid"),
+        &DeploymentName::new(deployment).expect("valid"),
+    )
 }
 
 /// Ten columns: the key, three integers, three reals, three texts.
 fn table_sql(rows: u64, branch: bool) -> String {
-    let (first, last, bump) = if branch { (rows / 200 + 1, rows + rows / 200, "CASE WHEN n % 100 = 0 THEN 1 ELSE 0 END") } else { (1, rows, "0") };
+    let (first, last, bump) = if branch {
+        (rows / 200 + 1, rows + rows / 200, "CASE WHEN n % 100 = 0 THEN 1 ELSE 0 END")
+    } else {
+        (1, rows, "0")
+    };
     format!(
         "WITH RECURSIVE s(n) AS (SELECT {first} UNION ALL SELECT n + 1 FROM s WHERE n < {last}) \
          SELECT CAST(n AS BIGINT) AS id, CAST(n % 1000 + {bump} AS BIGINT) AS a, CAST(n % 7 AS BIGINT) AS b, CAST(n * 3 AS BIGINT) AS c, \
@@ -75,7 +86,13 @@ struct Measured {
     peak_kb: u64,
 }
 
-async fn measure(warehouse: &dyn Warehouse, runs: usize, rows: u64, floor: impl AsyncFn(&str) -> anyhow::Result<Duration>, floor_sql: &str) -> anyhow::Result<Measured> {
+async fn measure(
+    warehouse: &dyn Warehouse,
+    runs: usize,
+    rows: u64,
+    floor: impl AsyncFn(&str) -> anyhow::Result<Duration>,
+    floor_sql: &str,
+) -> anyhow::Result<Measured> {
     let production = Target { schema: schema("prod"), production: schema("prod") };
     let branch = Target { schema: schema("feature"), production: schema("prod") };
     warehouse.prepare(&production).await?;
@@ -83,7 +100,11 @@ async fn measure(warehouse: &dyn Warehouse, runs: usize, rows: u64, floor: impl 
     let key = AssetKey::new("wide").expect("valid");
     warehouse.materialize_sql(&production, &key, &table_sql(rows, false)).await?;
     warehouse.materialize_sql(&branch, &key, &table_sql(rows, true)).await?;
-    let options = DiffOptions { key: KeyRequest::Declared(vec!["id".to_owned()]), sample: 10, tolerance: 0.0 };
+    let options = DiffOptions {
+        key: KeyRequest::Declared(vec!["id".to_owned()]),
+        sample: 10,
+        tolerance: 0.0,
+    };
     let mut diffs = Vec::new();
     let mut floors = Vec::new();
     for _ in 0..runs {
@@ -92,7 +113,10 @@ async fn measure(warehouse: &dyn Warehouse, runs: usize, rows: u64, floor: impl 
         diffs.push(started.elapsed());
         let counts = diff.rows.context("no row counts")?;
         let expected_changed = (rows / 200 + 1..=rows).filter(|n| n % 100 == 0).count() as u64;
-        if counts.changed != expected_changed || counts.only_in_production != rows / 200 || counts.only_in_branch != rows / 200 {
+        if counts.changed != expected_changed
+            || counts.only_in_production != rows / 200
+            || counts.only_in_branch != rows / 200
+        {
             bail!("wrong counts: {counts:?}");
         }
         floors.push(floor(floor_sql).await?);

@@ -9,9 +9,9 @@
 //! offshoot-bench webhooks [--clients 64] [--requests 384] [--body-mb 25]   # a flood of forged webhooks (src/webhooks.rs)
 //! ```
 
+mod data_diff;
 mod project;
 mod server;
-mod data_diff;
 mod webhooks;
 
 use std::hint::black_box;
@@ -38,7 +38,15 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { assets_small: 1000, assets_large: 10_000, runs: 15, dir: None, keep: false, only: None, repo: None };
+    let mut args = Args {
+        assets_small: 1000,
+        assets_large: 10_000,
+        runs: 15,
+        dir: None,
+        keep: false,
+        only: None,
+        repo: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -114,11 +122,7 @@ fn measure(runs: usize, mut f: impl FnMut() -> anyhow::Result<Duration>) -> anyh
 /// Median, min and max of at least one sample.
 fn stats_of(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
-    Stats {
-        median: samples[samples.len() / 2],
-        min: samples[0],
-        max: samples[samples.len() - 1],
-    }
+    Stats { median: samples[samples.len() / 2], min: samples[0], max: samples[samples.len() - 1] }
 }
 
 /// Times `f`; its result is dropped after the clock stops.
@@ -147,7 +151,11 @@ fn load_project(files: &dyn ProjectFiles) -> anyhow::Result<Project> {
         Ok(project) => Ok(project),
         Err(LoadError::Invalid(diagnostics)) => {
             let shown: Vec<String> = diagnostics.iter().take(5).map(|d| d.to_string()).collect();
-            bail!("the generated project is invalid ({} problems):\n{}", diagnostics.len(), shown.join("\n"))
+            bail!(
+                "the generated project is invalid ({} problems):\n{}",
+                diagnostics.len(),
+                shown.join("\n")
+            )
         }
         Err(error) => Err(error.into()),
     }
@@ -164,7 +172,8 @@ fn read_all(repo: &GitRepository, sha: &str) -> anyhow::Result<MemoryFiles> {
     let files = repo.files_at(sha)?;
     let mut memory = MemoryFiles::default();
     for path in files.asset_paths()?.into_iter().chain([MANIFEST_PATH.to_owned()]) {
-        let content = files.read(&path)?.with_context(|| format!("{path} was listed but cannot be read"))?;
+        let content =
+            files.read(&path)?.with_context(|| format!("{path} was listed but cannot be read"))?;
         memory.files.insert(path, content);
     }
     Ok(memory)
@@ -200,7 +209,10 @@ fn status_kb(pid: &str) -> anyhow::Result<(u64, u64)> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let field = |name: &str| -> anyhow::Result<u64> {
-        let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in {path}"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in {path}"))?;
         let number = line[name.len()..].trim().trim_end_matches("kB").trim();
         number.parse().with_context(|| format!("parsing {line:?}"))
     };
@@ -220,7 +232,11 @@ fn only_load(path: &Path) -> anyhow::Result<()> {
     let project = load_at(&repo, &sha)?;
     let elapsed = start.elapsed();
     let (hwm, rss) = memory_kb()?;
-    println!("assets={} load_ms={:.2} hwm_before_kb={before} hwm_kb={hwm} rss_kb={rss}", project.snapshot.len(), elapsed.as_secs_f64() * 1000.0);
+    println!(
+        "assets={} load_ms={:.2} hwm_before_kb={before} hwm_kb={hwm} rss_kb={rss}",
+        project.snapshot.len(),
+        elapsed.as_secs_f64() * 1000.0
+    );
     Ok(())
 }
 
@@ -234,14 +250,23 @@ struct ChildRun {
 
 fn load_in_child(repo: &Path) -> anyhow::Result<ChildRun> {
     let exe = std::env::current_exe().context("locating this binary")?;
-    let output = Command::new(exe).arg("--only").arg("load").arg("--repo").arg(repo).output().context("running --only load")?;
+    let output = Command::new(exe)
+        .arg("--only")
+        .arg("load")
+        .arg("--repo")
+        .arg(repo)
+        .output()
+        .context("running --only load")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         bail!("--only load failed: {}{}", stdout, String::from_utf8_lossy(&output.stderr));
     }
     let value = |name: &str| -> anyhow::Result<f64> {
         let prefix = format!("{name}=");
-        let word = stdout.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).with_context(|| format!("no {name} in {stdout:?}"))?;
+        let word = stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&prefix))
+            .with_context(|| format!("no {name} in {stdout:?}"))?;
         word.parse().with_context(|| format!("parsing {name}={word}"))
     };
     Ok(ChildRun {
@@ -282,7 +307,11 @@ fn workspace_commit() -> String {
     let root = root.to_string_lossy();
     match command_output("git", &["-C", &root, "rev-parse", "--short", "HEAD"]) {
         Some(sha) => {
-            let dirty = command_output("git", &["-C", &root, "status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            let dirty = command_output(
+                "git",
+                &["-C", &root, "status", "--porcelain", "--untracked-files=no"],
+            )
+            .is_some_and(|s| !s.is_empty());
             if dirty {
                 format!("{sha} (with uncommitted changes)")
             } else {
@@ -313,8 +342,15 @@ fn fixture(work: &Path, n: usize) -> anyhow::Result<Fixture> {
     let dir = work.join(format!("repo-{n}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let repo = GitRepository::init(&dir, "main")?;
-    let main = repo.commit_tree("main", None, &generated.main, &format!("{n} generated assets"), AUTHOR)?;
-    let feature = repo.commit_tree("feature", Some("main"), &generated.feature, "Feature: edit about 2% of the assets", AUTHOR)?;
+    let main =
+        repo.commit_tree("main", None, &generated.main, &format!("{n} generated assets"), AUTHOR)?;
+    let feature = repo.commit_tree(
+        "feature",
+        Some("main"),
+        &generated.feature,
+        "Feature: edit about 2% of the assets",
+        AUTHOR,
+    )?;
     eprintln!(
         "  {n} assets: generated in {}, committed main + feature in {} ({} files, {} KiB of SQL)",
         ms(generated_in),
@@ -355,7 +391,8 @@ impl Row {
 
 fn thousands(n: usize) -> String {
     let reversed: Vec<char> = n.to_string().chars().rev().collect();
-    let groups: Vec<String> = reversed.chunks(3).rev().map(|group| group.iter().rev().collect()).collect();
+    let groups: Vec<String> =
+        reversed.chunks(3).rev().map(|group| group.iter().rev().collect()).collect();
     groups.join(",")
 }
 
@@ -401,7 +438,12 @@ fn benchmark(args: &Args, work: &Path) -> anyhow::Result<()> {
 
     eprintln!("measuring ({runs} runs each after one warm-up)");
     let stats = measure(runs, || timed(|| load_at(&small.repo, &small.main)))?;
-    rows.push(Row { name: "load + validate N assets from a commit".into(), n: small.n, stats, bar: Some(Duration::from_millis(150)) });
+    rows.push(Row {
+        name: "load + validate N assets from a commit".into(),
+        n: small.n,
+        stats,
+        bar: Some(Duration::from_millis(150)),
+    });
 
     // Where the small load spends its time; measured before the large snapshots fill the heap.
     let mut phases = Vec::new();
@@ -413,7 +455,8 @@ fn benchmark(args: &Args, work: &Path) -> anyhow::Result<()> {
     let headless = without_headers(&memory);
     let stats = measure(runs, || timed(|| load_project(&headless)))?;
     phases.push(("load + validate from memory, headers cut off (no TOML headers)", stats));
-    let assets: Vec<offshoot_core::Asset> = load_project(&memory)?.snapshot.assets().cloned().collect();
+    let assets: Vec<offshoot_core::Asset> =
+        load_project(&memory)?.snapshot.assets().cloned().collect();
     let stats = measure(runs, || {
         let input = assets.clone();
         timed(|| Ok(Snapshot::new(input)?))
@@ -421,11 +464,21 @@ fn benchmark(args: &Args, work: &Path) -> anyhow::Result<()> {
     phases.push(("`Snapshot::new`: graph order, fingerprints, downstream index", stats));
 
     let stats = measure(runs, || timed(|| load_at(&large.repo, &large.main)))?;
-    rows.push(Row { name: "load + validate N assets from a commit".into(), n: large.n, stats, bar: None });
+    rows.push(Row {
+        name: "load + validate N assets from a commit".into(),
+        n: large.n,
+        stats,
+        bar: None,
+    });
     let base = load_at(&large.repo, &large.main)?.snapshot;
     let head = load_at(&large.repo, &large.feature)?.snapshot;
     let stats = measure(runs, || timed(|| Ok(diff(&base, &head))))?;
-    rows.push(Row { name: "diff two snapshots".into(), n: large.n, stats, bar: Some(Duration::from_millis(30)) });
+    rows.push(Row {
+        name: "diff two snapshots".into(),
+        n: large.n,
+        stats,
+        bar: Some(Duration::from_millis(30)),
+    });
     let selection = Selection::parse(SELECTION)?;
     let stats = measure(runs, || {
         timed(|| {
@@ -443,7 +496,15 @@ fn benchmark(args: &Args, work: &Path) -> anyhow::Result<()> {
         children.push(child);
         Ok(load)
     })?;
-    rows.insert(1, Row { name: "the same, as the only load in a fresh process (like one CLI run)".into(), n: small.n, stats, bar: Some(Duration::from_millis(150)) });
+    rows.insert(
+        1,
+        Row {
+            name: "the same, as the only load in a fresh process (like one CLI run)".into(),
+            n: small.n,
+            stats,
+            bar: Some(Duration::from_millis(150)),
+        },
+    );
     let mut peaks: Vec<u64> = children.iter().map(|c| c.hwm_kb).collect();
     peaks.sort();
     let child = &children[children.len() / 2];

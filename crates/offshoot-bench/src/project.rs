@@ -15,7 +15,8 @@ impl Lcg {
     }
 
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 =
+            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         self.0 >> 33
     }
 
@@ -34,15 +35,28 @@ impl Lcg {
     }
 }
 
-const DOMAINS: [&str; 10] =
-    ["sales", "billing", "marketing", "support", "logistics", "finance", "product", "growth", "risk", "hr"];
+const DOMAINS: [&str; 10] = [
+    "sales",
+    "billing",
+    "marketing",
+    "support",
+    "logistics",
+    "finance",
+    "product",
+    "growth",
+    "risk",
+    "hr",
+];
 const SOURCES_PER_DOMAIN: usize = 2;
 const TIERS: [&str; 3] = ["gold", "silver", "bronze"];
 const TEAMS: [&str; 4] = ["analytics", "data-platform", "finance-data", "growth-eng"];
 
 /// Extra columns: the plain form, and the aggregated form for grouped queries.
 const EXTRA_COLUMNS: [(&str, &str); 6] = [
-    ("CASE WHEN t0.status = 'paid' THEN t0.amount ELSE 0 END AS paid_amount", "SUM(CASE WHEN t0.status = 'paid' THEN t0.amount ELSE 0 END) AS paid_amount"),
+    (
+        "CASE WHEN t0.status = 'paid' THEN t0.amount ELSE 0 END AS paid_amount",
+        "SUM(CASE WHEN t0.status = 'paid' THEN t0.amount ELSE 0 END) AS paid_amount",
+    ),
     ("DATE(t0.created_at) AS created_date", "MAX(DATE(t0.created_at)) AS last_created_date"),
     ("t0.amount * 1.2 AS amount_gross", "AVG(t0.amount) AS avg_amount"),
     ("UPPER(t0.status) AS status_code", "COUNT(DISTINCT t0.status) AS status_count"),
@@ -105,13 +119,21 @@ impl AssetSpec {
         if has_header {
             sql.push_str("/* offshoot\n");
             if self.description {
-                let _ = writeln!(sql, "description = \"{} model {} of the {} domain\"", self.layer.folder(), self.key, self.domain);
+                let _ = writeln!(
+                    sql,
+                    "description = \"{} model {} of the {} domain\"",
+                    self.layer.folder(),
+                    self.key,
+                    self.domain
+                );
             }
             if let Some(tier) = self.tier {
-                let _ = writeln!(sql, "tags = {{ tier = \"{tier}\", domain = \"{}\" }}", self.domain);
+                let _ =
+                    writeln!(sql, "tags = {{ tier = \"{tier}\", domain = \"{}\" }}", self.domain);
             }
             if let Some((team, sla)) = self.metadata {
-                let _ = writeln!(sql, "metadata = {{ owner_team = \"{team}\", sla_hours = {sla} }}");
+                let _ =
+                    writeln!(sql, "metadata = {{ owner_team = \"{team}\", sla_hours = {sla} }}");
                 let _ = writeln!(sql, "owners = [\"{team}@example.com\"]");
             }
             sql.push_str("*/\n");
@@ -128,12 +150,24 @@ impl AssetSpec {
         };
         let mut columns: Vec<String> = vec!["t0.id".into(), "t0.customer_id".into()];
         if self.grouped {
-            columns.extend(["SUM(t0.amount) AS amount", "MAX(t0.status) AS status", "MIN(t0.created_at) AS created_at", "COUNT(*) AS row_count"].map(String::from));
+            columns.extend(
+                [
+                    "SUM(t0.amount) AS amount",
+                    "MAX(t0.status) AS status",
+                    "MIN(t0.created_at) AS created_at",
+                    "COUNT(*) AS row_count",
+                ]
+                .map(String::from),
+            );
         } else {
             columns.extend(["t0.amount", "t0.status", "t0.created_at"].map(String::from));
         }
         for j in 1..self.upstream.len() {
-            columns.push(if self.grouped { format!("SUM(t{j}.amount) AS amount_{j}") } else { format!("COALESCE(t{j}.amount, 0) AS amount_{j}") });
+            columns.push(if self.grouped {
+                format!("SUM(t{j}.amount) AS amount_{j}")
+            } else {
+                format!("COALESCE(t{j}.amount, 0) AS amount_{j}")
+            });
         }
         for (plain, aggregated) in EXTRA_COLUMNS.iter().take(self.extra_columns) {
             columns.push(if self.grouped { aggregated } else { plain }.to_string());
@@ -144,10 +178,12 @@ impl AssetSpec {
             if j == 1 {
                 let _ = writeln!(sql, "JOIN {table} AS t1 ON t1.id = t0.id");
             } else {
-                let _ = writeln!(sql, "LEFT JOIN {table} AS t{j} ON t{j}.customer_id = t0.customer_id");
+                let _ =
+                    writeln!(sql, "LEFT JOIN {table} AS t{j} ON t{j}.customer_id = t0.customer_id");
             }
         }
-        let _ = writeln!(sql, "WHERE t0.amount > {}\n  AND t0.status <> 'cancelled'", self.threshold);
+        let _ =
+            writeln!(sql, "WHERE t0.amount > {}\n  AND t0.status <> 'cancelled'", self.threshold);
         if self.grouped {
             sql.push_str("GROUP BY t0.id, t0.customer_id\n");
         }
@@ -168,7 +204,10 @@ pub struct Generated {
 
 /// The 20 source tables the manifest declares: `raw_<domain>_<i>`.
 pub fn source_names() -> Vec<String> {
-    DOMAINS.iter().flat_map(|d| (0..SOURCES_PER_DOMAIN).map(move |i| format!("raw_{d}_{i}"))).collect()
+    DOMAINS
+        .iter()
+        .flat_map(|d| (0..SOURCES_PER_DOMAIN).map(move |i| format!("raw_{d}_{i}")))
+        .collect()
 }
 
 fn manifest() -> String {
@@ -220,11 +259,17 @@ fn generate_specs(n: usize, rng: &mut Lcg) -> Vec<AssetSpec> {
         };
         let domain = *rng.pick(&DOMAINS);
         let key = format!("{}_{domain}_{i:05}", layer.prefix());
-        let refs = if layer == Layer::Staging { 1 + usize::from(rng.chance(30)) } else { 1 + rng.below(3) };
+        let refs = if layer == Layer::Staging {
+            1 + usize::from(rng.chance(30))
+        } else {
+            1 + rng.below(3)
+        };
         let upstream = match layer {
             Layer::Staging => pick_upstream(rng, refs, &[(&sources, 1)]),
             Layer::Intermediate => pick_upstream(rng, refs, &[(&staging, 6), (&intermediate, 4)]),
-            Layer::Marts => pick_upstream(rng, refs, &[(&intermediate, 5), (&staging, 2), (&marts, 3)]),
+            Layer::Marts => {
+                pick_upstream(rng, refs, &[(&intermediate, 5), (&staging, 2), (&marts, 3)])
+            }
         };
         let spec = AssetSpec {
             key: key.clone(),
@@ -293,7 +338,8 @@ pub fn generate(n: usize) -> Generated {
             spec.threshold += 1 + rng.below(50) as u32;
             sql_edits += 1;
         } else {
-            spec.tier = Some(TIERS.iter().copied().find(|t| Some(*t) != spec.tier).expect("three tiers"));
+            spec.tier =
+                Some(TIERS.iter().copied().find(|t| Some(*t) != spec.tier).expect("three tiers"));
             tag_edits += 1;
         }
     }
@@ -305,6 +351,7 @@ pub fn generate(n: usize) -> Generated {
     added.tier = Some("gold");
     feature_specs[removed] = added;
     let feature = tree_of(&feature_specs);
-    let edits = format!("{sql_edits} SQL edits, {tag_edits} tag changes, 1 new, 1 removed, 1 comment-only");
+    let edits =
+        format!("{sql_edits} SQL edits, {tag_edits} tag changes, 1 new, 1 removed, 1 comment-only");
     Generated { main, feature, edits }
 }

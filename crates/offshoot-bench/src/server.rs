@@ -22,7 +22,10 @@ use offshoot_repo::GitRepository;
 use offshoot_warehouse_sqlite::SqliteWarehouse;
 use serde_json::{json, Value};
 
-use crate::{command_output, machine, mb, ms, project, stats_of, status_kb, thousands, workspace_commit, Row, Stats, AUTHOR};
+use crate::{
+    command_output, machine, mb, ms, project, stats_of, status_kb, thousands, workspace_commit,
+    Row, Stats, AUTHOR,
+};
 
 /// The repository name every benchmark server serves; production's schema is `bench__prod`.
 const REPOSITORY: &str = "bench";
@@ -144,7 +147,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = base.join(format!("offshoot-bench-server-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    eprintln!("offshoot-bench server: {} serving repositories in {}", binary.display(), work.display());
+    eprintln!(
+        "offshoot-bench server: {} serving repositories in {}",
+        binary.display(),
+        work.display()
+    );
     let result = benchmark(args, &binary, &work);
     if args.keep {
         eprintln!("kept {}", work.display());
@@ -182,12 +189,14 @@ fn benchmark(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
     let mut notes: Vec<String> = Vec::new();
 
     let small = Fixture::new(work, args.assets_small)?;
-    let postgres = Postgres { url: args.postgres.clone(), databases: std::cell::RefCell::new(Vec::new()) };
+    let postgres =
+        Postgres { url: args.postgres.clone(), databases: std::cell::RefCell::new(Vec::new()) };
 
     if args.runs_phase(Phase::Deploy) {
         eprintln!("phase 1: deploy latency, {} assets ({runs} runs after one warm-up)", small.n);
         let backend = postgres.database("deploy_small")?;
-        let server = Server::start(binary, &work.join("server-deploy-small"), &small.dir, &backend)?;
+        let server =
+            Server::start(binary, &work.join("server-deploy-small"), &small.dir, &backend)?;
         server.wait_for_production(&small.main)?;
         let samples = deploy_runs(&server, &small, "deploy-small", runs)?;
         drop(server);
@@ -199,7 +208,8 @@ fn benchmark(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
         let large = Fixture::new(work, args.assets_large)?;
         eprintln!("phase 1: deploy latency, {} assets ({runs} runs after one warm-up)", large.n);
         let backend = postgres.database("deploy_large")?;
-        let server = Server::start(binary, &work.join("server-deploy-large"), &large.dir, &backend)?;
+        let server =
+            Server::start(binary, &work.join("server-deploy-large"), &large.dir, &backend)?;
         server.wait_for_production(&large.main)?;
         let samples = deploy_runs(&server, &large, "deploy-large", runs)?;
         drop(server);
@@ -209,7 +219,10 @@ fn benchmark(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
 
     let mut clone = None;
     if args.runs_phase(Phase::Clone) {
-        eprintln!("phase 2: clone cost with about 1 MB and 100 MB of production data, {} assets", small.n);
+        eprintln!(
+            "phase 2: clone cost with about 1 MB and 100 MB of production data, {} assets",
+            small.n
+        );
         clone = Some(clone_cost(binary, work, &small, runs, &postgres)?);
     }
 
@@ -241,8 +254,15 @@ impl Fixture {
         let dir = work.join(format!("repo-{n}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let repo = GitRepository::init(&dir, "main")?;
-        let main = repo.commit_tree("main", None, &generated.main, &format!("{n} generated assets"), AUTHOR)?;
-        let asset_paths: Vec<String> = generated.main.keys().filter(|p| p.ends_with(".sql")).cloned().collect();
+        let main = repo.commit_tree(
+            "main",
+            None,
+            &generated.main,
+            &format!("{n} generated assets"),
+            AUTHOR,
+        )?;
+        let asset_paths: Vec<String> =
+            generated.main.keys().filter(|p| p.ends_with(".sql")).cloned().collect();
         eprintln!("  {n} assets generated and committed in {}", ms(start.elapsed()));
         Ok(Fixture { n, dir, repo, tree: generated.main, main, asset_paths })
     }
@@ -255,7 +275,11 @@ impl Fixture {
         let content = tree.get_mut(path).context("the asset path comes from this tree")?;
         let sql = String::from_utf8_lossy(content).into_owned();
         // Every generated asset filters on this; changing the literal changes the code version.
-        let edited = sql.replacen("t0.status <> 'cancelled'", &format!("t0.status <> 'cancelled_{index}'"), 1);
+        let edited = sql.replacen(
+            "t0.status <> 'cancelled'",
+            &format!("t0.status <> 'cancelled_{index}'"),
+            1,
+        );
         if edited == sql {
             bail!("{path} has no `t0.status <> 'cancelled'` to edit");
         }
@@ -281,12 +305,17 @@ struct DeploySample {
 /// Creates a branch deployment for `branch` at `commit` and waits until it is ready.
 fn deploy_branch(api: &Api, branch: &str, commit: &str) -> anyhow::Result<DeploySample> {
     let start = Instant::now();
-    let created = api.post("/api/v1/branch-deployments", &json!({"branch_name": branch, "commit_hash": commit}))?;
-    let name = created["name"].as_str().context("the create-or-update answer has no `name`")?.to_owned();
+    let created = api.post(
+        "/api/v1/branch-deployments",
+        &json!({"branch_name": branch, "commit_hash": commit}),
+    )?;
+    let name =
+        created["name"].as_str().context("the create-or-update answer has no `name`")?.to_owned();
     let deployment = api.wait_until_ready(&name, commit)?;
     let wall = start.elapsed();
     let revision = &deployment["current_revision"];
-    let server_ms = revision["duration_ms"].as_i64().context("a ready revision has a `duration_ms`")?;
+    let server_ms =
+        revision["duration_ms"].as_i64().context("a ready revision has a `duration_ms`")?;
     Ok(DeploySample {
         wall,
         server: Duration::from_millis(u64::try_from(server_ms).unwrap_or(0)),
@@ -297,7 +326,12 @@ fn deploy_branch(api: &Api, branch: &str, commit: &str) -> anyhow::Result<Deploy
 }
 
 /// One warm-up deploy, then `runs` measured ones, each on a new branch with its own commit.
-fn deploy_runs(server: &Server, fixture: &Fixture, label: &str, runs: usize) -> anyhow::Result<Vec<DeploySample>> {
+fn deploy_runs(
+    server: &Server,
+    fixture: &Fixture,
+    label: &str,
+    runs: usize,
+) -> anyhow::Result<Vec<DeploySample>> {
     let api = server.api();
     let mut samples = Vec::with_capacity(runs);
     for index in 0..=runs {
@@ -320,9 +354,24 @@ fn server_stats(samples: &[DeploySample]) -> Stats {
     stats_of(samples.iter().map(|s| s.server).collect())
 }
 
-fn push_deploy_rows(rows: &mut Vec<Row>, n: usize, samples: &[DeploySample], bar: Option<Duration>) {
-    rows.push(Row { name: "deploy: API call → branch deployment ready (client wall time)".into(), n, stats: wall_stats(samples), bar });
-    rows.push(Row { name: "the same, server side (revision queued → finished, `duration_ms`)".into(), n, stats: server_stats(samples), bar: None });
+fn push_deploy_rows(
+    rows: &mut Vec<Row>,
+    n: usize,
+    samples: &[DeploySample],
+    bar: Option<Duration>,
+) {
+    rows.push(Row {
+        name: "deploy: API call → branch deployment ready (client wall time)".into(),
+        n,
+        stats: wall_stats(samples),
+        bar,
+    });
+    rows.push(Row {
+        name: "the same, server side (revision queued → finished, `duration_ms`)".into(),
+        n,
+        stats: server_stats(samples),
+        bar: None,
+    });
 }
 
 fn deploy_note(n: usize, samples: &[DeploySample]) -> String {
@@ -348,7 +397,13 @@ struct CloneCost {
 /// Two servers, one with about 1 MB and one with about 100 MB in production's warehouse file,
 /// deployed to alternately (in alternating order) so that load from elsewhere on the machine
 /// hits both alike.
-fn clone_cost(binary: &Path, work: &Path, fixture: &Fixture, runs: usize, postgres: &Postgres) -> anyhow::Result<CloneCost> {
+fn clone_cost(
+    binary: &Path,
+    work: &Path,
+    fixture: &Fixture,
+    runs: usize,
+    postgres: &Postgres,
+) -> anyhow::Result<CloneCost> {
     let targets: [u64; 2] = [1 << 20, 100 << 20];
     let mut servers = Vec::new();
     let mut file_sizes = Vec::new();
@@ -382,7 +437,12 @@ fn clone_cost(binary: &Path, work: &Path, fixture: &Fixture, runs: usize, postgr
         }
     }
     drop(servers);
-    let sizes = targets.iter().zip(file_sizes).zip(samples).map(|((target, size), samples)| (*target, size, samples)).collect();
+    let sizes = targets
+        .iter()
+        .zip(file_sizes)
+        .zip(samples)
+        .map(|((target, size), samples)| (*target, size, samples))
+        .collect();
     Ok(CloneCost { n: fixture.n, sizes })
 }
 
@@ -456,7 +516,8 @@ impl Drop for Postgres {
 /// production's warehouse file under `data_dir`, before any server opens it. Returns the file's
 /// size.
 fn seed_production(data_dir: &Path, bytes: u64) -> anyhow::Result<u64> {
-    let warehouse = SqliteWarehouse::new(data_dir.join("warehouse")).context("opening the warehouse folder")?;
+    let warehouse =
+        SqliteWarehouse::new(data_dir.join("warehouse")).context("opening the warehouse folder")?;
     let repository = RepositoryName::from_any(REPOSITORY).context("a valid repository name")?;
     let production = SchemaName::for_deployment(&repository, &DeploymentName::production());
     let sources = project::source_names();
@@ -477,9 +538,12 @@ fn seed_production(data_dir: &Path, bytes: u64) -> anyhow::Result<u64> {
              FROM n;\n"
         );
     }
-    block_on(warehouse.execute_production_script(&production, &script)).context("seeding production's warehouse file")?;
+    block_on(warehouse.execute_production_script(&production, &script))
+        .context("seeding production's warehouse file")?;
     let path = warehouse.production_file(&production);
-    let size = std::fs::metadata(&path).with_context(|| format!("reading the size of {}", path.display()))?.len();
+    let size = std::fs::metadata(&path)
+        .with_context(|| format!("reading the size of {}", path.display()))?
+        .len();
     Ok(size)
 }
 
@@ -547,7 +611,13 @@ fn percentile(sorted: &[Duration], percent: usize) -> Duration {
     sorted[rank - 1]
 }
 
-fn many_deployments(args: &Args, binary: &Path, work: &Path, fixture: &Fixture, postgres: &Postgres) -> anyhow::Result<Memory> {
+fn many_deployments(
+    args: &Args,
+    binary: &Path,
+    work: &Path,
+    fixture: &Fixture,
+    postgres: &Postgres,
+) -> anyhow::Result<Memory> {
     let backend = postgres.database("many")?;
     let server = Server::start(binary, &work.join("server-many"), &fixture.dir, &backend)?;
     server.wait_for_production(&fixture.main)?;
@@ -562,18 +632,33 @@ fn many_deployments(args: &Args, binary: &Path, work: &Path, fixture: &Fixture, 
     let start = Instant::now();
     let mut names = Vec::with_capacity(commits.len());
     for (branch, commit) in &commits {
-        let created = api.post("/api/v1/branch-deployments", &json!({"branch_name": branch, "commit_hash": commit}))?;
-        names.push(created["name"].as_str().context("the create-or-update answer has no `name`")?.to_owned());
+        let created = api.post(
+            "/api/v1/branch-deployments",
+            &json!({"branch_name": branch, "commit_hash": commit}),
+        )?;
+        names.push(
+            created["name"]
+                .as_str()
+                .context("the create-or-update answer has no `name`")?
+                .to_owned(),
+        );
     }
     for (name, (_, commit)) in names.iter().zip(&commits) {
         api.wait_until_ready(name, commit)?;
     }
     let all_ready_in = start.elapsed();
     let ready_kb = status_kb(&server.pid.to_string())?;
-    eprintln!("  {} branch deployments ready in {}; VmRSS {}, VmHWM {}", names.len(), ms(all_ready_in), mb(ready_kb.1), mb(ready_kb.0));
+    eprintln!(
+        "  {} branch deployments ready in {}; VmRSS {}, VmHWM {}",
+        names.len(),
+        ms(all_ready_in),
+        mb(ready_kb.1),
+        mb(ready_kb.0)
+    );
 
     let list = vec![server.url("/api/v1/deployments")];
-    let shows: Vec<String> = names.iter().map(|name| server.url(&format!("/api/v1/deployments/{name}"))).collect();
+    let shows: Vec<String> =
+        names.iter().map(|name| server.url(&format!("/api/v1/deployments/{name}"))).collect();
     let mut latency = Vec::new();
     // Unloaded first, to tell the cost of one request from queueing behind 99 others.
     latency.push(load(LIST_ENDPOINT, &list, 1, 100, None)?);
@@ -592,7 +677,16 @@ fn many_deployments(args: &Args, binary: &Path, work: &Path, fixture: &Fixture, 
     }
     let loaded_kb = status_kb(&server.pid.to_string())?;
     drop(server);
-    Ok(Memory { n: fixture.n, branches: names.len(), before_kb, ready_kb, loaded_kb, all_ready_in, latency, perf_files })
+    Ok(Memory {
+        n: fixture.n,
+        branches: names.len(),
+        before_kb,
+        ready_kb,
+        loaded_kb,
+        all_ready_in,
+        latency,
+        perf_files,
+    })
 }
 
 const LIST_ENDPOINT: &str = "GET /api/v1/deployments";
@@ -601,7 +695,13 @@ const SHOW_ENDPOINT: &str = "GET /api/v1/deployments/{name}";
 /// `clients` threads, each with its own connection, send `requests` GETs in total to `urls`
 /// (spread over them) as fast as answers come. Each client's first request opens its connection
 /// and is not timed; timing starts when every client has connected.
-fn load(endpoint: &'static str, urls: &[String], clients: usize, requests: usize, bar: Option<Duration>) -> anyhow::Result<Latency> {
+fn load(
+    endpoint: &'static str,
+    urls: &[String],
+    clients: usize,
+    requests: usize,
+    bar: Option<Duration>,
+) -> anyhow::Result<Latency> {
     let per_client = requests.div_ceil(clients);
     let barrier = Arc::new(Barrier::new(clients + 1));
     let mut threads = Vec::with_capacity(clients);
@@ -660,12 +760,22 @@ struct PerfRecording {
 impl PerfRecording {
     fn start(dir: &Path, pid: u32, endpoint: &str) -> anyhow::Result<PerfRecording> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let slug: String = endpoint.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let slug: String =
+            endpoint.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
         let output = dir.join(format!("perf-{}.data", slug.trim_matches('_')));
         let child = Command::new("perf")
             // DWARF call graphs: the release build keeps no frame pointers, so `-g` alone would
             // cut stacks short of the handler that called the hot code.
-            .args(["record", "--call-graph", "dwarf,16384", "-F", "199", "-p", &pid.to_string(), "-o"])
+            .args([
+                "record",
+                "--call-graph",
+                "dwarf,16384",
+                "-F",
+                "199",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
             .arg(&output)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -708,9 +818,16 @@ impl Server {
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let log_path = dir.join("server.log");
-        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut command = Command::new(binary);
-        command.arg("serve").arg("--config").arg(&config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
         // The configuration file is the whole configuration: no OFFSHOOT_* from this shell.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("OFFSHOOT_") {
@@ -730,7 +847,9 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = std::fs::read_to_string(log_path).unwrap_or_default();
-            if let Some(rest) = log.lines().find_map(|line| line.split_once("offshoot serving on http://").map(|(_, rest)| rest.to_owned())) {
+            if let Some(rest) = log.lines().find_map(|line| {
+                line.split_once("offshoot serving on http://").map(|(_, rest)| rest.to_owned())
+            }) {
                 let address = rest.split_whitespace().next().unwrap_or_default();
                 return Ok(format!("http://{address}"));
             }
@@ -776,7 +895,10 @@ fn toml_string(path: &Path) -> String {
 }
 
 fn agent() -> ureq::Agent {
-    let config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build();
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build();
     ureq::Agent::new_with_config(config)
 }
 
@@ -784,7 +906,10 @@ fn agent() -> ureq::Agent {
 fn fetch(agent: &ureq::Agent, url: &str) -> anyhow::Result<()> {
     let mut response = agent.get(url).call().with_context(|| format!("GET {url}"))?;
     let status = response.status();
-    let body = response.body_mut().read_to_vec().with_context(|| format!("reading the answer to GET {url}"))?;
+    let body = response
+        .body_mut()
+        .read_to_vec()
+        .with_context(|| format!("reading the answer to GET {url}"))?;
     if !status.is_success() {
         bail!("GET {url}: HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(&body));
     }
@@ -822,32 +947,50 @@ impl Api {
         loop {
             let deployment = self.get(&path)?;
             let latest = &deployment["latest_revision"];
-            let serving = deployment["current_revision"]["id"].as_i64().is_some_and(|id| Some(id) == latest["id"].as_i64());
+            let serving = deployment["current_revision"]["id"]
+                .as_i64()
+                .is_some_and(|id| Some(id) == latest["id"].as_i64());
             if latest["commit"]["sha"].as_str() == Some(commit) {
                 match latest["status"].as_str() {
                     Some("ready") if serving => return Ok(deployment),
                     Some("failed" | "superseded") => {
-                        bail!("the deploy of {commit} to {name} ended {}: {}", latest["status"], latest["error"])
+                        bail!(
+                            "the deploy of {commit} to {name} ended {}: {}",
+                            latest["status"],
+                            latest["error"]
+                        )
                     }
                     _ => {}
                 }
             }
             if start.elapsed() > READY_TIMEOUT {
-                bail!("{name} was not ready at {commit} after {} s: {latest}", READY_TIMEOUT.as_secs());
+                bail!(
+                    "{name} was not ready at {commit} after {} s: {latest}",
+                    READY_TIMEOUT.as_secs()
+                );
             }
             std::thread::sleep(POLL_INTERVAL);
         }
     }
 }
 
-fn answer(method: &str, path: &str, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
-    let mut response = response.with_context(|| format!("{method} {path}: cannot reach the server"))?;
+fn answer(
+    method: &str,
+    path: &str,
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> anyhow::Result<Value> {
+    let mut response =
+        response.with_context(|| format!("{method} {path}: cannot reach the server"))?;
     let status = response.status();
-    let text = response.body_mut().read_to_string().with_context(|| format!("reading the answer to {method} {path}"))?;
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading the answer to {method} {path}"))?;
     if !status.is_success() {
         bail!("{method} {path}: HTTP {}: {}", status.as_u16(), text.trim());
     }
-    serde_json::from_str(&text).with_context(|| format!("the answer to {method} {path} is not JSON"))
+    serde_json::from_str(&text)
+        .with_context(|| format!("the answer to {method} {path} is not JSON"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -861,7 +1004,13 @@ fn verdict(pass: bool) -> &'static str {
     }
 }
 
-fn print_report(args: &Args, rows: &[Row], notes: &[String], clone: Option<&CloneCost>, memory: Option<&Memory>) {
+fn print_report(
+    args: &Args,
+    rows: &[Row],
+    notes: &[String],
+    clone: Option<&CloneCost>,
+    memory: Option<&Memory>,
+) {
     let mut failed: Vec<String> = Vec::new();
     println!("## Server results\n");
     println!("- Machine: {}", machine());
@@ -910,7 +1059,8 @@ fn print_clone_cost(clone: &CloneCost, failed: &mut Vec<String>) {
     println!("\n### Clone cost against production's data size ({} assets)\n", thousands(clone.n));
     println!("| Production data | Production file | Median | Min | Max | Server-side median |");
     println!("|---|---:|---:|---:|---:|---:|");
-    let medians: Vec<Duration> = clone.sizes.iter().map(|(_, _, samples)| wall_stats(samples).median).collect();
+    let medians: Vec<Duration> =
+        clone.sizes.iter().map(|(_, _, samples)| wall_stats(samples).median).collect();
     for (target, size, samples) in &clone.sizes {
         let wall = wall_stats(samples);
         println!(
@@ -938,7 +1088,11 @@ fn print_clone_cost(clone: &CloneCost, failed: &mut Vec<String>) {
 }
 
 fn print_open_deployments(memory: &Memory, failed: &mut Vec<String>) {
-    println!("\n### {} open branch deployments of {} assets\n", memory.branches, thousands(memory.n));
+    println!(
+        "\n### {} open branch deployments of {} assets\n",
+        memory.branches,
+        thousands(memory.n)
+    );
     println!("| Measurement | Value | Bar | Value / bar | Result |");
     println!("|---|---:|---:|---:|---|");
     let rss_kb = memory.ready_kb.1.max(memory.loaded_kb.1);
@@ -954,11 +1108,23 @@ fn print_open_deployments(memory: &Memory, failed: &mut Vec<String>) {
         rss_kb as f64 / RSS_BAR_KB as f64,
         verdict(rss_pass)
     );
-    println!("| server VmHWM (peak RSS of its whole life), after the API load | {} | – | – | info |", mb(memory.loaded_kb.0));
-    println!("| server VmRSS with only prod deployed | {} | – | – | info |", mb(memory.before_kb.1));
-    println!("| time until all {} were ready (created back to back) | {} | – | – | info |", memory.branches, ms(memory.all_ready_in));
+    println!(
+        "| server VmHWM (peak RSS of its whole life), after the API load | {} | – | – | info |",
+        mb(memory.loaded_kb.0)
+    );
+    println!(
+        "| server VmRSS with only prod deployed | {} | – | – | info |",
+        mb(memory.before_kb.1)
+    );
+    println!(
+        "| time until all {} were ready (created back to back) | {} | – | – | info |",
+        memory.branches,
+        ms(memory.all_ready_in)
+    );
 
-    println!("\n| Endpoint | Clients | Requests | Throughput | p50 | p99 | Max | Bar (p99) | Result |");
+    println!(
+        "\n| Endpoint | Clients | Requests | Throughput | p50 | p99 | Max | Bar (p99) | Result |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for latency in &memory.latency {
         let p99 = latency.p(99);
@@ -966,7 +1132,10 @@ fn print_open_deployments(memory: &Memory, failed: &mut Vec<String>) {
             Some(bar) => {
                 let pass = p99 <= bar;
                 if !pass {
-                    failed.push(format!("p99 of {} at {} clients", latency.endpoint, latency.clients));
+                    failed.push(format!(
+                        "p99 of {} at {} clients",
+                        latency.endpoint, latency.clients
+                    ));
                 }
                 (format!("≤ {}", ms(bar)), verdict(pass))
             }

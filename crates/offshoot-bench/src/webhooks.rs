@@ -96,7 +96,11 @@ struct Sample {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let binary = match &args.offshoot {
         Some(path) => path.clone(),
-        None => std::env::current_exe().context("locating this binary")?.parent().context("this binary has no folder")?.join("offshoot"),
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .parent()
+            .context("this binary has no folder")?
+            .join("offshoot"),
     };
     if !binary.is_file() {
         bail!("no offshoot binary at {}: run `cargo build --release -p offshoot -p offshoot-bench` first, or pass --offshoot PATH", binary.display());
@@ -115,7 +119,13 @@ fn flood(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
     let repo_dir = work.join("repo");
     std::fs::create_dir_all(&repo_dir)?;
     let generated = project::generate(100);
-    GitRepository::init(&repo_dir, "main")?.commit_tree("main", None, &generated.main, "100 generated assets", AUTHOR)?;
+    GitRepository::init(&repo_dir, "main")?.commit_tree(
+        "main",
+        None,
+        &generated.main,
+        "100 generated assets",
+        AUTHOR,
+    )?;
     let server = Server::start(binary, work, &repo_dir)?;
     std::thread::sleep(Duration::from_secs(2));
     let pid = server.child.id().to_string();
@@ -162,14 +172,17 @@ fn flood(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
                         if index >= requests {
                             return samples;
                         }
-                        let kind = [Kind::WrongSignature, Kind::Unsigned, Kind::DeclaredTooLarge][(index % 3) as usize];
-                        let length = if kind == Kind::DeclaredTooLarge { TOO_LARGE } else { body_bytes };
+                        let kind = [Kind::WrongSignature, Kind::Unsigned, Kind::DeclaredTooLarge]
+                            [(index % 3) as usize];
+                        let length =
+                            if kind == Kind::DeclaredTooLarge { TOO_LARGE } else { body_bytes };
                         samples.push(forged(&address, kind, &body[..length]));
                     }
                 })
             })
             .collect();
-        let samples: Vec<Sample> = clients.into_iter().flat_map(|c| c.join().expect("a client thread")).collect();
+        let samples: Vec<Sample> =
+            clients.into_iter().flat_map(|c| c.join().expect("a client thread")).collect();
         stop.store(true, Ordering::Relaxed);
         monitor.join().expect("the monitor thread");
         (samples, signed.join().expect("the signed-delivery thread"))
@@ -177,7 +190,16 @@ fn flood(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
     let wall = started.elapsed();
     let after = status_kb(&pid)?;
     let after_ping = signed_ping(&server.address);
-    report(args, &before, &after, peak_rss.load(Ordering::Relaxed), wall, &samples, &signed, &after_ping);
+    report(
+        args,
+        &before,
+        &after,
+        peak_rss.load(Ordering::Relaxed),
+        wall,
+        &samples,
+        &signed,
+        &after_ping,
+    );
     Ok(())
 }
 
@@ -185,10 +207,14 @@ fn flood(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<()> {
 /// while the body is still going out, as a real client would see it).
 fn forged(address: &str, kind: Kind, body: &[u8]) -> Sample {
     let start = Instant::now();
-    let Ok(mut stream) = TcpStream::connect(address) else { return Sample { kind, status: None, elapsed: start.elapsed() } };
+    let Ok(mut stream) = TcpStream::connect(address) else {
+        return Sample { kind, status: None, elapsed: start.elapsed() };
+    };
     let declared = body.len();
     let signature = match kind {
-        Kind::WrongSignature | Kind::DeclaredTooLarge => format!("X-Hub-Signature-256: sha256={}\r\n", "ab".repeat(32)),
+        Kind::WrongSignature | Kind::DeclaredTooLarge => {
+            format!("X-Hub-Signature-256: sha256={}\r\n", "ab".repeat(32))
+        }
         Kind::Unsigned => String::new(),
     };
     let head = format!(
@@ -219,9 +245,11 @@ fn read_status(stream: &TcpStream) -> Option<u16> {
 fn signed_ping(address: &str) -> (Option<u16>, Duration) {
     let start = Instant::now();
     let body = br#"{"zen":"Keep it logically awesome.","hook_id":1,"repository":{"full_name":"acme/bench"}}"#;
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("HMAC takes a key of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("HMAC takes a key of any length");
     mac.update(body);
-    let signature: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let signature: String =
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     let head = format!(
         "POST /hooks/github HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nX-GitHub-Event: ping\r\nX-Hub-Signature-256: sha256={signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -284,12 +312,24 @@ fn report(
     for (kind, list) in &kinds {
         let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
         for sample in list {
-            *statuses.entry(sample.status.map_or("closed before an answer".to_owned(), |s| s.to_string())).or_default() += 1;
+            *statuses
+                .entry(
+                    sample.status.map_or("closed before an answer".to_owned(), |s| s.to_string()),
+                )
+                .or_default() += 1;
         }
         let mut times: Vec<Duration> = list.iter().map(|s| s.elapsed).collect();
         times.sort();
-        let answers: Vec<String> = statuses.iter().map(|(status, count)| format!("{status} × {count}")).collect();
-        println!("| {} | {} | {} | {} | {} |", kind.label(), list.len(), answers.join(", "), ms(percentile(&times, 50)), ms(percentile(&times, 99)));
+        let answers: Vec<String> =
+            statuses.iter().map(|(status, count)| format!("{status} × {count}")).collect();
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            kind.label(),
+            list.len(),
+            answers.join(", "),
+            ms(percentile(&times, 50)),
+            ms(percentile(&times, 99))
+        );
     }
     let mut ping_times: Vec<Duration> = signed.iter().map(|(_, t)| *t).collect();
     ping_times.sort();
@@ -302,7 +342,11 @@ fn report(
         ms(percentile(&ping_times, 50)),
         ms(percentile(&ping_times, 99))
     );
-    println!("| correctly signed `ping` after the flood | 1 | {} | {} | |", after_ping.0.map_or("none".to_owned(), |s| s.to_string()), ms(after_ping.1));
+    println!(
+        "| correctly signed `ping` after the flood | 1 | {} | {} | |",
+        after_ping.0.map_or("none".to_owned(), |s| s.to_string()),
+        ms(after_ping.1)
+    );
 }
 
 /// `offshoot serve` on one generated repository that takes GitHub webhooks; killed on drop.
@@ -326,17 +370,26 @@ impl Server {
         let log_path = dir.join("server.log");
         let log = File::create(&log_path)?;
         let mut command = Command::new(binary);
-        command.arg("serve").arg("--config").arg(&config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("OFFSHOOT_") {
                 command.env_remove(name);
             }
         }
-        let mut child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
+        let mut child =
+            command.spawn().with_context(|| format!("starting {}", binary.display()))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if let Some(rest) = text.lines().find_map(|line| line.split_once("offshoot serving on http://").map(|(_, rest)| rest.to_owned())) {
+            if let Some(rest) = text.lines().find_map(|line| {
+                line.split_once("offshoot serving on http://").map(|(_, rest)| rest.to_owned())
+            }) {
                 let address = rest.split_whitespace().next().unwrap_or_default().to_owned();
                 return Ok(Server { child, address });
             }

@@ -43,7 +43,9 @@ impl AssetKey {
         if count > Self::MAX_PATH_LEN {
             return Err(InvalidAssetKey::TooLong(count));
         }
-        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/'))) {
+        if let Some(bad) =
+            name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/')))
+        {
             return Err(InvalidAssetKey::BadPathCharacter(bad));
         }
         if name.split('/').any(str::is_empty) {
@@ -179,11 +181,19 @@ impl TimeCadence {
 /// How an asset is split into partitions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PartitionsDefinition {
-    Time { cadence: TimeCadence, start: String, end: Option<String> },
-    Static { keys: Vec<String> },
+    Time {
+        cadence: TimeCadence,
+        start: String,
+        end: Option<String>,
+    },
+    Static {
+        keys: Vec<String>,
+    },
     /// Any other definition a code location has (a cron schedule, dynamic or multi-dimensional
     /// partitions), as the location describes it; compared by that description.
-    Other { description: String },
+    Other {
+        description: String,
+    },
 }
 
 impl fmt::Display for PartitionsDefinition {
@@ -276,7 +286,10 @@ mod tests {
     #[test]
     fn path_keys_join_parts_with_slashes() {
         assert_eq!(AssetKey::new("raw/orders").map(|k| k.parts().count()), Ok(2));
-        assert_eq!(AssetKey::from_parts(&["raw", "2024-orders"]).map(|k| k.to_string()), Ok("raw/2024-orders".to_owned()));
+        assert_eq!(
+            AssetKey::from_parts(&["raw", "2024-orders"]).map(|k| k.to_string()),
+            Ok("raw/2024-orders".to_owned())
+        );
         assert_eq!(AssetKey::new("raw//orders"), Err(InvalidAssetKey::EmptyPart));
         assert_eq!(AssetKey::new("/orders"), Err(InvalidAssetKey::EmptyPart));
         assert_eq!(AssetKey::from_parts(&["a/b"]), Err(InvalidAssetKey::EmptyPart));

@@ -97,7 +97,10 @@ pub struct MapChange {
 }
 
 impl MapChange {
-    fn between(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Option<MapChange> {
+    fn between(
+        old: &BTreeMap<String, String>,
+        new: &BTreeMap<String, String>,
+    ) -> Option<MapChange> {
         if old == new {
             return None;
         }
@@ -175,7 +178,12 @@ impl ChangeSet {
     pub fn counts(&self) -> ChangeCounts {
         let new = self.count(ChangeReason::New);
         let removed = self.count(ChangeReason::Removed);
-        ChangeCounts { new, changed: self.changes.len() - new - removed, removed, impacted: self.impacted.len() }
+        ChangeCounts {
+            new,
+            changed: self.changes.len() - new - removed,
+            removed,
+            impacted: self.impacted.len(),
+        }
     }
 }
 
@@ -195,11 +203,16 @@ impl ChangeCounts {
     /// "1 new, 2 changed, 1 removed, 2 impacted downstream", leaving out the zero counts;
     /// "no changes" when every count is zero.
     pub fn phrase(&self) -> String {
-        let parts: Vec<String> = [(self.new, "new"), (self.changed, "changed"), (self.removed, "removed"), (self.impacted, "impacted downstream")]
-            .into_iter()
-            .filter(|(count, _)| *count > 0)
-            .map(|(count, word)| format!("{count} {word}"))
-            .collect();
+        let parts: Vec<String> = [
+            (self.new, "new"),
+            (self.changed, "changed"),
+            (self.removed, "removed"),
+            (self.impacted, "impacted downstream"),
+        ]
+        .into_iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, word)| format!("{count} {word}"))
+        .collect();
         if parts.is_empty() {
             "no changes".to_owned()
         } else {
@@ -226,12 +239,20 @@ pub fn diff(base: &Snapshot, head: &Snapshot) -> ChangeSet {
             (Some(b), h) if h.is_none_or(|h| b.key < h.key) => {
                 let key = b.key.clone();
                 base_assets.next();
-                Some(AssetChange { key, reasons: vec![ChangeReason::Removed], details: ChangeDetails::default() })
+                Some(AssetChange {
+                    key,
+                    reasons: vec![ChangeReason::Removed],
+                    details: ChangeDetails::default(),
+                })
             }
             (_, Some(h)) => {
                 let key = h.key.clone();
                 head_assets.next();
-                Some(AssetChange { key, reasons: vec![ChangeReason::New], details: ChangeDetails::default() })
+                Some(AssetChange {
+                    key,
+                    reasons: vec![ChangeReason::New],
+                    details: ChangeDetails::default(),
+                })
             }
             (Some(_), None) => unreachable!("handled by the arm above"),
         };
@@ -299,7 +320,8 @@ fn impacted_by(head: &Snapshot, changes: &[AssetChange]) -> Vec<Impacted> {
         .filter(|c| c.reasons.iter().any(|r| r.affects_data()))
         .map(|c| &c.key)
         .collect();
-    let mut came_from: BTreeMap<&AssetKey, Option<&AssetKey>> = sources.iter().map(|k| (*k, None)).collect();
+    let mut came_from: BTreeMap<&AssetKey, Option<&AssetKey>> =
+        sources.iter().map(|k| (*k, None)).collect();
     let mut queue: VecDeque<&AssetKey> = sources.into_iter().collect();
     while let Some(key) = queue.pop_front() {
         for child in head.downstream_of(key) {

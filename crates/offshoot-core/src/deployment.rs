@@ -180,7 +180,10 @@ fn slugify(text: &str, max: usize) -> (String, bool) {
 /// slug plus a short hash of the full branch name, so lossy slugs of different branches differ.
 /// `prod` is never a branch's name. `taken_by_another_branch` reports collisions with existing
 /// deployments; a longer hash resolves them.
-pub fn deployment_name_for_branch(branch: &BranchName, taken_by_another_branch: impl Fn(&DeploymentName) -> bool) -> DeploymentName {
+pub fn deployment_name_for_branch(
+    branch: &BranchName,
+    taken_by_another_branch: impl Fn(&DeploymentName) -> bool,
+) -> DeploymentName {
     let hash = sha256_hex(&[branch.as_str().as_bytes()]);
     let (slug, lossy) = slugify(branch.as_str(), DeploymentName::MAX_LEN);
     if !lossy && slug != DeploymentName::PRODUCTION {
@@ -195,7 +198,11 @@ pub fn deployment_name_for_branch(branch: &BranchName, taken_by_another_branch: 
         let mut base = slug.clone();
         base.truncate(keep);
         let base = base.trim_end_matches('-');
-        let text = if base.is_empty() { format!("b-{}", &hash[..hash_len]) } else { format!("{base}-{}", &hash[..hash_len]) };
+        let text = if base.is_empty() {
+            format!("b-{}", &hash[..hash_len])
+        } else {
+            format!("{base}-{}", &hash[..hash_len])
+        };
         let name = DeploymentName::new(&text).expect("a slug plus hex is a valid name");
         if !taken_by_another_branch(&name) {
             return name;
@@ -347,7 +354,8 @@ mod tests {
     use super::*;
 
     fn name_for(branch: &str) -> String {
-        deployment_name_for_branch(&BranchName::new(branch).expect("valid branch"), |_| false).to_string()
+        deployment_name_for_branch(&BranchName::new(branch).expect("valid branch"), |_| false)
+            .to_string()
     }
 
     #[test]
@@ -399,7 +407,10 @@ mod tests {
     fn schema_names_are_identifiers() {
         let repo = RepositoryName::from_any("acme/Shop.git").expect("valid");
         assert_eq!(repo.as_str(), "shop");
-        let schema = SchemaName::for_deployment(&repo, &DeploymentName::new("feature-1-d4b4f3c1").expect("valid"));
+        let schema = SchemaName::for_deployment(
+            &repo,
+            &DeploymentName::new("feature-1-d4b4f3c1").expect("valid"),
+        );
         assert_eq!(schema.as_str(), "shop__feature_1_d4b4f3c1");
         assert!(SchemaName::parse(schema.as_str()).is_some());
         assert!(SchemaName::parse("x\"; drop").is_none());
@@ -411,6 +422,9 @@ mod tests {
         assert!(!pushed_commit_is_newer(CommitRelation::Ancestor));
         assert!(pushed_commit_is_newer(CommitRelation::Descendant));
         assert!(pushed_commit_is_newer(CommitRelation::Diverged { pushed_time: 2, known_time: 1 }));
-        assert!(!pushed_commit_is_newer(CommitRelation::Diverged { pushed_time: 1, known_time: 2 }));
+        assert!(!pushed_commit_is_newer(CommitRelation::Diverged {
+            pushed_time: 1,
+            known_time: 2
+        }));
     }
 }

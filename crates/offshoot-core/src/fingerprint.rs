@@ -15,7 +15,10 @@ pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
     /// `upstream` must be the fingerprints of `asset.deps`, in the deps' (sorted) order.
-    pub fn compute<'a>(asset: &Asset, upstream: impl IntoIterator<Item = &'a Fingerprint>) -> Fingerprint {
+    pub fn compute<'a>(
+        asset: &Asset,
+        upstream: impl IntoIterator<Item = &'a Fingerprint>,
+    ) -> Fingerprint {
         let mut hasher = Sha256::new();
         let mut field = |name: &str, value: &[u8]| {
             hasher.update(name.as_bytes());

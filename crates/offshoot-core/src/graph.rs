@@ -104,7 +104,11 @@ pub fn downstream_index(deps: &Dependencies) -> BTreeMap<AssetKey, Vec<AssetKey>
 
 /// Breadth-first closure from `start` along `edges`, up to `depth` steps (None: unbounded).
 /// The start keys are included.
-pub fn reachable<'a, F, I>(start: impl IntoIterator<Item = AssetKey>, depth: Option<u32>, edges: F) -> BTreeSet<AssetKey>
+pub fn reachable<'a, F, I>(
+    start: impl IntoIterator<Item = AssetKey>,
+    depth: Option<u32>,
+    edges: F,
+) -> BTreeSet<AssetKey>
 where
     F: Fn(&AssetKey) -> I,
     I: IntoIterator<Item = &'a AssetKey>,
@@ -164,10 +168,12 @@ mod tests {
 
     #[test]
     fn deep_chains_do_not_overflow() {
-        let keys: Vec<AssetKey> = (0..100_000).map(|i| AssetKey::new(&format!("a{i}")).expect("key")).collect();
+        let keys: Vec<AssetKey> =
+            (0..100_000).map(|i| AssetKey::new(&format!("a{i}")).expect("key")).collect();
         let mut g = Dependencies::new();
         for (i, key) in keys.iter().enumerate() {
-            let parents = if i == 0 { BTreeSet::new() } else { BTreeSet::from([keys[i - 1].clone()]) };
+            let parents =
+                if i == 0 { BTreeSet::new() } else { BTreeSet::from([keys[i - 1].clone()]) };
             g.insert(key.clone(), parents);
         }
         g.get_mut(&keys[0]).expect("first").insert(keys[99_999].clone());

@@ -14,13 +14,20 @@ pub mod run;
 pub mod selection;
 pub mod snapshot;
 
-pub use asset::{Asset, AssetKey, AssetKind, CodeVersion, InvalidAssetKey, Location, PartitionsDefinition, TimeCadence};
-pub use deployment::{
-    deployment_name_for_branch, pushed_commit_is_newer, BranchName, CommitRelation, CommitSha, DeploymentKind, DeploymentName,
-    DeploymentStatus, InvalidName, PullRequestStatus, RepositoryName, RevisionStatus, SchemaName, UnixMillis,
+pub use asset::{
+    Asset, AssetKey, AssetKind, CodeVersion, InvalidAssetKey, Location, PartitionsDefinition,
+    TimeCadence,
 };
-pub use run::{PlannedStep, RunPlan, RunStatus, StepStatus};
-pub use change::{diff, AssetChange, ChangeCounts, ChangeDetails, ChangeReason, ChangeSet, CodeChange, Impacted, MapChange, SetChange};
+pub use change::{
+    diff, AssetChange, ChangeCounts, ChangeDetails, ChangeReason, ChangeSet, CodeChange, Impacted,
+    MapChange, SetChange,
+};
+pub use deployment::{
+    deployment_name_for_branch, pushed_commit_is_newer, BranchName, CommitRelation, CommitSha,
+    DeploymentKind, DeploymentName, DeploymentStatus, InvalidName, PullRequestStatus,
+    RepositoryName, RevisionStatus, SchemaName, UnixMillis,
+};
 pub use fingerprint::Fingerprint;
+pub use run::{PlannedStep, RunPlan, RunStatus, StepStatus};
 pub use selection::{Selection, SelectionError};
 pub use snapshot::{Snapshot, SnapshotError};

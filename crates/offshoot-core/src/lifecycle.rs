@@ -36,7 +36,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::deployment::{pushed_commit_is_newer, CommitRelation, CommitSha, PullRequestStatus, UnixMillis};
+use crate::deployment::{
+    pushed_commit_is_newer, CommitRelation, CommitSha, PullRequestStatus, UnixMillis,
+};
 
 /// Who executes a piece of work, and until when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,24 +139,53 @@ pub enum Event {
     /// head's commit (`None` when there is no head). `opens`: a delivery of the head or a newer
     /// commit reopens a closed deployment. `redeploy`: deploy the head again even if it is ready
     /// (its base changed).
-    Push { commit: Commit, relation: Option<CommitRelation>, opens: bool, redeploy: bool },
-    Close { reason: String, pull_request: Option<PullRequestStatus> },
+    Push {
+        commit: Commit,
+        relation: Option<CommitRelation>,
+        opens: bool,
+        redeploy: bool,
+    },
+    Close {
+        reason: String,
+        pull_request: Option<PullRequestStatus>,
+    },
     Reopen,
     Delete,
-    ClaimDeploy { revision: u32, lease: Lease },
+    ClaimDeploy {
+        revision: u32,
+        lease: Lease,
+    },
     /// `Err` is the failure message.
-    DeployFinished { revision: u32, owner: String, outcome: Result<(), String> },
+    DeployFinished {
+        revision: u32,
+        owner: String,
+        outcome: Result<(), String>,
+    },
     /// A run of the serving revision.
     LaunchRun,
     /// `max_running`: how many runs of a branch deployment may run at once
     /// (`max_concurrent_runs_per_branch_deployment`; `None`: only the pools limit them).
     /// Production ignores it: its pool is its limit.
-    ClaimRun { run: i64, lease: Lease, max_running: Option<usize> },
+    ClaimRun {
+        run: i64,
+        lease: Lease,
+        max_running: Option<usize>,
+    },
     /// `succeeded` is what the steps say; a requested cancel makes it `canceled` regardless.
-    RunFinished { run: i64, owner: String, succeeded: bool },
-    CancelRun { run: i64 },
-    ClaimTeardown { lease: Lease },
-    TeardownFinished { owner: String },
+    RunFinished {
+        run: i64,
+        owner: String,
+        succeeded: bool,
+    },
+    CancelRun {
+        run: i64,
+    },
+    ClaimTeardown {
+        lease: Lease,
+    },
+    TeardownFinished {
+        owner: String,
+    },
 }
 
 /// What happens to a run's steps when the run ends without its executor.
@@ -172,7 +203,9 @@ pub enum StepsEnd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Open,
-    Close { reason: String },
+    Close {
+        reason: String,
+    },
     PullRequest(PullRequestStatus),
     Head(u32),
     Serving(Option<u32>),
@@ -180,10 +213,27 @@ pub enum Change {
     Pushed,
     Teardown(Teardown),
     DeleteRequested,
-    NewRevision { number: u32, commit: Commit, phase: RevisionPhase, note: Option<String> },
-    Revision { number: u32, phase: RevisionPhase, note: Option<String> },
-    NewRun { revision: u32 },
-    Run { run: i64, phase: RunPhase, cancel_requested: bool, note: Option<String>, steps: StepsEnd },
+    NewRevision {
+        number: u32,
+        commit: Commit,
+        phase: RevisionPhase,
+        note: Option<String>,
+    },
+    Revision {
+        number: u32,
+        phase: RevisionPhase,
+        note: Option<String>,
+    },
+    NewRun {
+        revision: u32,
+    },
+    Run {
+        run: i64,
+        phase: RunPhase,
+        cancel_requested: bool,
+        note: Option<String>,
+        steps: StepsEnd,
+    },
     /// Remove the deployment and its history (after its teardown).
     Delete,
 }
@@ -268,8 +318,12 @@ impl Lifecycle {
     pub fn decide(&self, event: &Event, now: UnixMillis) -> Result<Decision, Refusal> {
         let mut decision = Decision::default();
         match event {
-            Event::Push { commit, relation, opens, redeploy } => self.push(&mut decision, commit, *relation, *opens, *redeploy),
-            Event::Close { reason, pull_request } => self.close(&mut decision, reason, *pull_request, now)?,
+            Event::Push { commit, relation, opens, redeploy } => {
+                self.push(&mut decision, commit, *relation, *opens, *redeploy)
+            }
+            Event::Close { reason, pull_request } => {
+                self.close(&mut decision, reason, *pull_request, now)?
+            }
             Event::Reopen => self.reopen(&mut decision),
             Event::Delete => {
                 if self.production {
@@ -286,8 +340,12 @@ impl Lifecycle {
                     self.teardown_if_quiet(&mut decision, now);
                 }
             }
-            Event::ClaimDeploy { revision, lease } => self.claim_deploy(&mut decision, *revision, lease, now)?,
-            Event::DeployFinished { revision, owner, outcome } => self.deploy_finished(&mut decision, *revision, owner, outcome, now)?,
+            Event::ClaimDeploy { revision, lease } => {
+                self.claim_deploy(&mut decision, *revision, lease, now)?
+            }
+            Event::DeployFinished { revision, owner, outcome } => {
+                self.deploy_finished(&mut decision, *revision, owner, outcome, now)?
+            }
             Event::LaunchRun => {
                 if !self.open {
                     return Err(Refusal::Closed);
@@ -296,7 +354,9 @@ impl Lifecycle {
                 decision.change(Change::NewRun { revision: serving });
                 decision.effect(Effect::StartRuns);
             }
-            Event::ClaimRun { run, lease, max_running } => self.claim_run(&mut decision, *run, lease, *max_running, now)?,
+            Event::ClaimRun { run, lease, max_running } => {
+                self.claim_run(&mut decision, *run, lease, *max_running, now)?
+            }
             Event::RunFinished { run, owner, succeeded } => {
                 let state = self.runs.get(run).ok_or(Refusal::UnknownRun(*run))?;
                 match &state.phase {
@@ -310,7 +370,13 @@ impl Lifecycle {
                     (false, true) => RunPhase::Succeeded,
                     (false, false) => RunPhase::Failed,
                 };
-                decision.change(Change::Run { run: *run, phase, cancel_requested: state.cancel_requested, note: None, steps: StepsEnd::Recorded });
+                decision.change(Change::Run {
+                    run: *run,
+                    phase,
+                    cancel_requested: state.cancel_requested,
+                    note: None,
+                    steps: StepsEnd::Recorded,
+                });
                 self.teardown_if_quiet(&mut decision, now);
             }
             Event::CancelRun { run } => {
@@ -332,13 +398,20 @@ impl Lifecycle {
                     return Err(Refusal::NotClaimable("no teardown is waiting"));
                 }
                 if self.busy(now) {
-                    return Err(Refusal::NotClaimable("runs or a deploy of the deployment have not stopped yet"));
+                    return Err(Refusal::NotClaimable(
+                        "runs or a deploy of the deployment have not stopped yet",
+                    ));
                 }
                 // Work whose server stopped ends first, so no stale result is accepted later.
                 for (number, revision) in &self.revisions {
                     if matches!(revision.phase, RevisionPhase::Deploying(_)) {
-                        let note = Some("discarded: its server stopped while it deployed".to_owned());
-                        decision.change(Change::Revision { number: *number, phase: RevisionPhase::Superseded, note });
+                        let note =
+                            Some("discarded: its server stopped while it deployed".to_owned());
+                        decision.change(Change::Revision {
+                            number: *number,
+                            phase: RevisionPhase::Superseded,
+                            note,
+                        });
                     }
                 }
                 for (run, state) in &self.runs {
@@ -379,7 +452,10 @@ impl Lifecycle {
                 Change::Teardown(teardown) => self.teardown = teardown.clone(),
                 Change::DeleteRequested => self.delete_requested = true,
                 Change::NewRevision { number, commit, phase, .. } => {
-                    self.revisions.insert(*number, RevisionState { commit: commit.clone(), phase: phase.clone() });
+                    self.revisions.insert(
+                        *number,
+                        RevisionState { commit: commit.clone(), phase: phase.clone() },
+                    );
                     self.next_revision = self.next_revision.max(number + 1);
                 }
                 Change::Revision { number, phase, .. } => {
@@ -389,7 +465,14 @@ impl Lifecycle {
                 }
                 Change::NewRun { revision } => {
                     let key = self.runs.keys().next_back().map_or(1, |k| k + 1);
-                    self.runs.insert(key, RunState { revision: *revision, phase: RunPhase::Queued, cancel_requested: false });
+                    self.runs.insert(
+                        key,
+                        RunState {
+                            revision: *revision,
+                            phase: RunPhase::Queued,
+                            cancel_requested: false,
+                        },
+                    );
                 }
                 Change::Run { run, phase, cancel_requested, .. } => {
                     if let Some(state) = self.runs.get_mut(run) {
@@ -419,14 +502,20 @@ impl Lifecycle {
 
     /// A revision deploying under a live lease.
     fn deploying(&self, now: UnixMillis) -> Option<u32> {
-        self.revisions.iter().find(|(_, r)| matches!(&r.phase, RevisionPhase::Deploying(lease) if lease.live(now))).map(|(n, _)| *n)
+        self.revisions
+            .iter()
+            .find(|(_, r)| matches!(&r.phase, RevisionPhase::Deploying(lease) if lease.live(now)))
+            .map(|(n, _)| *n)
     }
 
     /// Anything of the deployment that may still touch its warehouse schema: a queued or running
     /// run, or a deploy in flight. Work under an expired lease counts as stopped (its server
     /// stopped renewing it); a teardown claim ends it first.
     fn busy(&self, now: UnixMillis) -> bool {
-        let deploying = self.revisions.values().any(|r| matches!(&r.phase, RevisionPhase::Deploying(lease) if lease.live(now)));
+        let deploying = self
+            .revisions
+            .values()
+            .any(|r| matches!(&r.phase, RevisionPhase::Deploying(lease) if lease.live(now)));
         let running = self.runs.values().any(|r| match &r.phase {
             RunPhase::Queued => true,
             RunPhase::Running(lease) => lease.live(now),
@@ -435,10 +524,18 @@ impl Lifecycle {
         deploying || running
     }
 
-    fn push(&self, decision: &mut Decision, commit: &Commit, relation: Option<CommitRelation>, opens: bool, redeploy: bool) {
+    fn push(
+        &self,
+        decision: &mut Decision,
+        commit: &Commit,
+        relation: Option<CommitRelation>,
+        opens: bool,
+        redeploy: bool,
+    ) {
         let number = self.next_revision;
         let head = self.head.and_then(|n| self.revisions.get(&n).map(|r| (n, &r.commit, &r.phase)));
-        let same = head.is_some_and(|(_, c, _)| c.sha == commit.sha) || (head.is_some() && relation == Some(CommitRelation::Same));
+        let same = head.is_some_and(|(_, c, _)| c.sha == commit.sha)
+            || (head.is_some() && relation == Some(CommitRelation::Same));
         if let (true, Some((head_number, _, head_phase))) = (same, head) {
             let reopening = !self.open && opens;
             if reopening {
@@ -464,23 +561,42 @@ impl Lifecycle {
         let newer = head.is_none() || relation.is_none_or(pushed_commit_is_newer);
         if !newer {
             let head_sha = head.map(|(_, c, _)| c.sha.short().to_owned()).unwrap_or_default();
-            let note = Some(format!("{} is older than {head_sha}, which this deployment already has", commit.sha.short()));
-            decision.change(Change::NewRevision { number, commit: commit.clone(), phase: RevisionPhase::Superseded, note });
+            let note = Some(format!(
+                "{} is older than {head_sha}, which this deployment already has",
+                commit.sha.short()
+            ));
+            decision.change(Change::NewRevision {
+                number,
+                commit: commit.clone(),
+                phase: RevisionPhase::Superseded,
+                note,
+            });
             return;
         }
         decision.change(Change::Head(number));
         decision.change(Change::Pushed);
         let reopening = !self.open && opens;
         if !self.open && !reopening {
-            let note = Some("delivered while the deployment was closed; reopening deploys it".to_owned());
-            decision.change(Change::NewRevision { number, commit: commit.clone(), phase: RevisionPhase::Superseded, note });
+            let note =
+                Some("delivered while the deployment was closed; reopening deploys it".to_owned());
+            decision.change(Change::NewRevision {
+                number,
+                commit: commit.clone(),
+                phase: RevisionPhase::Superseded,
+                note,
+            });
             return;
         }
         if reopening {
             self.reopen_changes(decision);
         }
         self.supersede_queued(decision, &format!("superseded by {}", commit.sha.short()));
-        decision.change(Change::NewRevision { number, commit: commit.clone(), phase: RevisionPhase::Queued, note: None });
+        decision.change(Change::NewRevision {
+            number,
+            commit: commit.clone(),
+            phase: RevisionPhase::Queued,
+            note: None,
+        });
         decision.effect(Effect::Deploy);
     }
 
@@ -489,14 +605,23 @@ impl Lifecycle {
         let number = self.next_revision;
         self.supersede_queued(decision, why);
         decision.change(Change::Head(number));
-        decision.change(Change::NewRevision { number, commit: commit.clone(), phase: RevisionPhase::Queued, note: None });
+        decision.change(Change::NewRevision {
+            number,
+            commit: commit.clone(),
+            phase: RevisionPhase::Queued,
+            note: None,
+        });
         decision.effect(Effect::Deploy);
     }
 
     fn supersede_queued(&self, decision: &mut Decision, note: &str) {
         for (number, revision) in &self.revisions {
             if revision.phase == RevisionPhase::Queued {
-                decision.change(Change::Revision { number: *number, phase: RevisionPhase::Superseded, note: Some(note.to_owned()) });
+                decision.change(Change::Revision {
+                    number: *number,
+                    phase: RevisionPhase::Superseded,
+                    note: Some(note.to_owned()),
+                });
             }
         }
     }
@@ -510,7 +635,11 @@ impl Lifecycle {
             decision.change(Change::Serving(None));
             if self.revisions.get(&serving).is_some_and(|r| r.phase == RevisionPhase::Ready) {
                 let note = Some("served until the deployment was closed".to_owned());
-                decision.change(Change::Revision { number: serving, phase: RevisionPhase::Superseded, note });
+                decision.change(Change::Revision {
+                    number: serving,
+                    phase: RevisionPhase::Superseded,
+                    note,
+                });
             }
         }
     }
@@ -525,7 +654,13 @@ impl Lifecycle {
         }
     }
 
-    fn close(&self, decision: &mut Decision, reason: &str, pull_request: Option<PullRequestStatus>, now: UnixMillis) -> Result<(), Refusal> {
+    fn close(
+        &self,
+        decision: &mut Decision,
+        reason: &str,
+        pull_request: Option<PullRequestStatus>,
+        now: UnixMillis,
+    ) -> Result<(), Refusal> {
         if self.production {
             return Err(Refusal::Production);
         }
@@ -548,7 +683,10 @@ impl Lifecycle {
         decision.change(Change::Teardown(Teardown::Pending));
         // Queued runs were canceled above; a deploy or running run still holds the teardown back.
         let still_busy = self.deploying(now).is_some()
-            || self.runs.values().any(|r| matches!(&r.phase, RunPhase::Running(lease) if lease.live(now)));
+            || self
+                .runs
+                .values()
+                .any(|r| matches!(&r.phase, RunPhase::Running(lease) if lease.live(now)));
         if !still_busy {
             decision.effect(Effect::Teardown);
         }
@@ -559,11 +697,23 @@ impl Lifecycle {
         match state.phase {
             RunPhase::Queued => {
                 let note = Some(why.to_owned());
-                decision.change(Change::Run { run, phase: RunPhase::Canceled, cancel_requested: true, note, steps: StepsEnd::Canceled });
+                decision.change(Change::Run {
+                    run,
+                    phase: RunPhase::Canceled,
+                    cancel_requested: true,
+                    note,
+                    steps: StepsEnd::Canceled,
+                });
             }
             _ => {
                 if !state.cancel_requested {
-                    decision.change(Change::Run { run, phase: state.phase.clone(), cancel_requested: true, note: None, steps: StepsEnd::Recorded });
+                    decision.change(Change::Run {
+                        run,
+                        phase: state.phase.clone(),
+                        cancel_requested: true,
+                        note: None,
+                        steps: StepsEnd::Recorded,
+                    });
                 }
                 decision.effect(Effect::StopRun(run));
             }
@@ -582,7 +732,13 @@ impl Lifecycle {
         }
     }
 
-    fn claim_deploy(&self, decision: &mut Decision, number: u32, lease: &Lease, now: UnixMillis) -> Result<(), Refusal> {
+    fn claim_deploy(
+        &self,
+        decision: &mut Decision,
+        number: u32,
+        lease: &Lease,
+        now: UnixMillis,
+    ) -> Result<(), Refusal> {
         let revision = self.revisions.get(&number).ok_or(Refusal::UnknownRevision(number))?;
         match &revision.phase {
             RevisionPhase::Queued => {}
@@ -597,11 +753,15 @@ impl Lifecycle {
             return Ok(());
         }
         if self.teardown != Teardown::Done {
-            return Err(Refusal::NotClaimable("the warehouse objects of an earlier close are still being dropped"));
+            return Err(Refusal::NotClaimable(
+                "the warehouse objects of an earlier close are still being dropped",
+            ));
         }
         if let Some(other) = self.deploying(now) {
             if other != number {
-                return Err(Refusal::NotClaimable("another revision of this deployment is deploying"));
+                return Err(Refusal::NotClaimable(
+                    "another revision of this deployment is deploying",
+                ));
             }
         }
         if self.head != Some(number) {
@@ -613,14 +773,29 @@ impl Lifecycle {
         for (other, state) in &self.revisions {
             if *other != number && matches!(state.phase, RevisionPhase::Deploying(_)) {
                 let note = Some("its server stopped while it deployed; superseded".to_owned());
-                decision.change(Change::Revision { number: *other, phase: RevisionPhase::Superseded, note });
+                decision.change(Change::Revision {
+                    number: *other,
+                    phase: RevisionPhase::Superseded,
+                    note,
+                });
             }
         }
-        decision.change(Change::Revision { number, phase: RevisionPhase::Deploying(lease.clone()), note: None });
+        decision.change(Change::Revision {
+            number,
+            phase: RevisionPhase::Deploying(lease.clone()),
+            note: None,
+        });
         Ok(())
     }
 
-    fn deploy_finished(&self, decision: &mut Decision, number: u32, owner: &str, outcome: &Result<(), String>, now: UnixMillis) -> Result<(), Refusal> {
+    fn deploy_finished(
+        &self,
+        decision: &mut Decision,
+        number: u32,
+        owner: &str,
+        outcome: &Result<(), String>,
+        now: UnixMillis,
+    ) -> Result<(), Refusal> {
         let revision = self.revisions.get(&number).ok_or(Refusal::UnknownRevision(number))?;
         match &revision.phase {
             RevisionPhase::Deploying(held) if held.owner == owner => {}
@@ -633,7 +808,11 @@ impl Lifecycle {
             return Ok(());
         }
         if self.head != Some(number) {
-            let newer = self.head.and_then(|h| self.revisions.get(&h)).map(|r| r.commit.sha.short().to_owned()).unwrap_or_default();
+            let newer = self
+                .head
+                .and_then(|h| self.revisions.get(&h))
+                .map(|r| r.commit.sha.short().to_owned())
+                .unwrap_or_default();
             let note = Some(format!("superseded by {newer} while it deployed"));
             decision.change(Change::Revision { number, phase: RevisionPhase::Superseded, note });
             decision.effect(Effect::Deploy);
@@ -641,16 +820,32 @@ impl Lifecycle {
         }
         match outcome {
             Err(message) => {
-                decision.change(Change::Revision { number, phase: RevisionPhase::Failed, note: Some(message.clone()) });
+                decision.change(Change::Revision {
+                    number,
+                    phase: RevisionPhase::Failed,
+                    note: Some(message.clone()),
+                });
             }
             Ok(()) => {
                 if let Some(previous) = self.serving.filter(|s| *s != number) {
-                    if self.revisions.get(&previous).is_some_and(|r| r.phase == RevisionPhase::Ready) {
+                    if self
+                        .revisions
+                        .get(&previous)
+                        .is_some_and(|r| r.phase == RevisionPhase::Ready)
+                    {
                         let note = Some(format!("replaced by revision {number}"));
-                        decision.change(Change::Revision { number: previous, phase: RevisionPhase::Superseded, note });
+                        decision.change(Change::Revision {
+                            number: previous,
+                            phase: RevisionPhase::Superseded,
+                            note,
+                        });
                     }
                 }
-                decision.change(Change::Revision { number, phase: RevisionPhase::Ready, note: None });
+                decision.change(Change::Revision {
+                    number,
+                    phase: RevisionPhase::Ready,
+                    note: None,
+                });
                 decision.change(Change::Serving(Some(number)));
             }
         }
@@ -658,13 +853,26 @@ impl Lifecycle {
         Ok(())
     }
 
-    fn claim_run(&self, decision: &mut Decision, run: i64, lease: &Lease, max_running: Option<usize>, now: UnixMillis) -> Result<(), Refusal> {
+    fn claim_run(
+        &self,
+        decision: &mut Decision,
+        run: i64,
+        lease: &Lease,
+        max_running: Option<usize>,
+        now: UnixMillis,
+    ) -> Result<(), Refusal> {
         let state = self.runs.get(&run).ok_or(Refusal::UnknownRun(run))?;
         match &state.phase {
             RunPhase::Queued => {
                 if self.teardown != Teardown::Done || !self.open {
                     let note = Some("the deployment was closed".to_owned());
-                    decision.change(Change::Run { run, phase: RunPhase::Canceled, cancel_requested: true, note, steps: StepsEnd::Canceled });
+                    decision.change(Change::Run {
+                        run,
+                        phase: RunPhase::Canceled,
+                        cancel_requested: true,
+                        note,
+                        steps: StepsEnd::Canceled,
+                    });
                     self.teardown_if_quiet(decision, now);
                     return Ok(());
                 }
@@ -675,7 +883,13 @@ impl Lifecycle {
                         return Err(Refusal::NotClaimable(RUN_LIMIT_REACHED));
                     }
                 }
-                decision.change(Change::Run { run, phase: RunPhase::Running(lease.clone()), cancel_requested: false, note: None, steps: StepsEnd::Recorded });
+                decision.change(Change::Run {
+                    run,
+                    phase: RunPhase::Running(lease.clone()),
+                    cancel_requested: false,
+                    note: None,
+                    steps: StepsEnd::Recorded,
+                });
             }
             RunPhase::Running(held) if !held.live(now) => {
                 decision.change(interrupted(run, state));
@@ -693,7 +907,10 @@ pub const RUN_LIMIT_REACHED: &str = "as many runs of this branch deployment are 
 impl Lifecycle {
     /// Runs executing now under a live lease (an expired one is failed by the next claim).
     pub fn running_runs(&self, now: UnixMillis) -> usize {
-        self.runs.values().filter(|r| matches!(&r.phase, RunPhase::Running(held) if held.live(now))).count()
+        self.runs
+            .values()
+            .filter(|r| matches!(&r.phase, RunPhase::Running(held) if held.live(now)))
+            .count()
     }
 }
 
@@ -706,7 +923,13 @@ fn interrupted(run: i64, state: &RunState) -> Change {
     } else {
         (RunPhase::Failed, "the server stopped during the run; launch it again")
     };
-    Change::Run { run, phase, cancel_requested: state.cancel_requested, note: Some(note.to_owned()), steps: StepsEnd::Interrupted }
+    Change::Run {
+        run,
+        phase,
+        cancel_requested: state.cancel_requested,
+        note: Some(note.to_owned()),
+        steps: StepsEnd::Interrupted,
+    }
 }
 
 #[cfg(test)]

@@ -69,7 +69,9 @@ impl RunPlan {
     pub fn ready(&self, statuses: &[StepStatus]) -> Vec<usize> {
         (0..self.steps.len())
             .filter(|&i| statuses[i] == StepStatus::Pending)
-            .filter(|&i| self.steps[i].upstream.iter().all(|&u| statuses[u] == StepStatus::Succeeded))
+            .filter(|&i| {
+                self.steps[i].upstream.iter().all(|&u| statuses[u] == StepStatus::Succeeded)
+            })
             .collect()
     }
 
@@ -82,10 +84,12 @@ impl RunPlan {
             if statuses[i] != StepStatus::Pending {
                 continue;
             }
-            let blocked = self.steps[i]
-                .upstream
-                .iter()
-                .any(|&u| matches!(statuses[u], StepStatus::Failed | StepStatus::Skipped | StepStatus::Canceled));
+            let blocked = self.steps[i].upstream.iter().any(|&u| {
+                matches!(
+                    statuses[u],
+                    StepStatus::Failed | StepStatus::Skipped | StepStatus::Canceled
+                )
+            });
             if blocked {
                 statuses[i] = StepStatus::Skipped;
                 changed.push(i);
@@ -127,8 +131,16 @@ mod tests {
 
     #[test]
     fn plans_selected_assets_in_order_and_skips_after_failure() {
-        let s = snapshot(&[("raw", &[]), ("a", &["raw"]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"]), ("e", &[])]);
-        let selected: BTreeSet<AssetKey> = ["raw", "a", "b", "c", "d"].iter().map(|k| AssetKey::new(k).expect("key")).collect();
+        let s = snapshot(&[
+            ("raw", &[]),
+            ("a", &["raw"]),
+            ("b", &["a"]),
+            ("c", &["a"]),
+            ("d", &["b", "c"]),
+            ("e", &[]),
+        ]);
+        let selected: BTreeSet<AssetKey> =
+            ["raw", "a", "b", "c", "d"].iter().map(|k| AssetKey::new(k).expect("key")).collect();
         let plan = RunPlan::new(&s, &selected);
         let keys: Vec<&str> = plan.steps.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(keys, ["a", "b", "c", "d"]);

@@ -19,14 +19,23 @@ use crate::{AssetKey, ChangeReason, ChangeSet, Snapshot};
 pub enum Selection {
     Key(String),
     Group(String),
-    Tag { key: String, value: Option<String> },
+    Tag {
+        key: String,
+        value: Option<String>,
+    },
     Kind(String),
     /// `None` is ANY.
     ChangedInBranch(Option<ChangeReason>),
     /// Only with `changed_in_branch:IMPACTED`.
     Impacted,
-    Upstream { inner: Box<Selection>, depth: Option<u32> },
-    Downstream { inner: Box<Selection>, depth: Option<u32> },
+    Upstream {
+        inner: Box<Selection>,
+        depth: Option<u32>,
+    },
+    Downstream {
+        inner: Box<Selection>,
+        depth: Option<u32>,
+    },
     And(Box<Selection>, Box<Selection>),
     Or(Box<Selection>, Box<Selection>),
     Not(Box<Selection>),
@@ -88,7 +97,12 @@ fn lex(input: &str) -> Result<Vec<Lexed>, SelectionError> {
                 i += 1;
                 loop {
                     match chars.get(i) {
-                        None => return Err(SelectionError { column, message: "unterminated quoted value".into() }),
+                        None => {
+                            return Err(SelectionError {
+                                column,
+                                message: "unterminated quoted value".into(),
+                            })
+                        }
                         Some('"') => break,
                         Some('\\') if chars.get(i + 1).is_some() => {
                             value.push(chars[i + 1]);
@@ -118,7 +132,10 @@ fn lex(input: &str) -> Result<Vec<Lexed>, SelectionError> {
                 continue;
             }
             other => {
-                return Err(SelectionError { column, message: format!("unexpected character `{other}`") });
+                return Err(SelectionError {
+                    column,
+                    message: format!("unexpected character `{other}`"),
+                });
             }
         };
         tokens.push(Lexed { token, column });
@@ -253,7 +270,9 @@ impl Parser {
                 attribute(&word, value, word_column, value_column)
             }
             Some(Token::Close) => self.error("unexpected `)`"),
-            Some(Token::Plus) => self.error("unexpected `+`: write it right before or after a selection"),
+            Some(Token::Plus) => {
+                self.error("unexpected `+`: write it right before or after a selection")
+            }
             Some(Token::Colon) => self.error("unexpected `:`: write `attribute:value`"),
             Some(Token::Number(n)) => Ok(Selection::Key(n.to_string())),
             None => self.error("expected a selection"),
@@ -261,13 +280,20 @@ impl Parser {
     }
 }
 
-fn attribute(name: &str, value: String, name_column: usize, value_column: usize) -> Result<Selection, SelectionError> {
+fn attribute(
+    name: &str,
+    value: String,
+    name_column: usize,
+    value_column: usize,
+) -> Result<Selection, SelectionError> {
     match name {
         "key" => Ok(Selection::Key(value)),
         "group" => Ok(Selection::Group(value)),
         "kind" => Ok(Selection::Kind(value)),
         "tag" => Ok(match value.split_once('=') {
-            Some((key, value)) => Selection::Tag { key: key.to_owned(), value: Some(value.to_owned()) },
+            Some((key, value)) => {
+                Selection::Tag { key: key.to_owned(), value: Some(value.to_owned()) }
+            }
             None => Selection::Tag { key: value, value: None },
         }),
         "changed_in_branch" => {
@@ -281,13 +307,18 @@ fn attribute(name: &str, value: String, name_column: usize, value_column: usize)
                 let names: Vec<&str> = ChangeReason::ALL.iter().map(|r| r.as_str()).collect();
                 Err(SelectionError {
                     column: value_column,
-                    message: format!("unknown change reason `{value}`; use ANY, IMPACTED or one of {}", names.join(", ")),
+                    message: format!(
+                        "unknown change reason `{value}`; use ANY, IMPACTED or one of {}",
+                        names.join(", ")
+                    ),
                 })
             }
         }
         other => Err(SelectionError {
             column: name_column,
-            message: format!("unknown attribute `{other}`; use key, group, tag, kind or changed_in_branch"),
+            message: format!(
+                "unknown attribute `{other}`; use key, group, tag, kind or changed_in_branch"
+            ),
         }),
     }
 }
@@ -295,10 +326,14 @@ fn attribute(name: &str, value: String, name_column: usize, value_column: usize)
 impl Selection {
     pub fn parse(input: &str) -> Result<Selection, SelectionError> {
         if input.chars().count() > MAX_LENGTH {
-            return Err(SelectionError { column: MAX_LENGTH + 1, message: format!("a selection is at most {MAX_LENGTH} characters") });
+            return Err(SelectionError {
+                column: MAX_LENGTH + 1,
+                message: format!("a selection is at most {MAX_LENGTH} characters"),
+            });
         }
         let tokens = lex(input)?;
-        let mut parser = Parser { tokens, position: 0, end_column: input.chars().count() + 1, depth: 0 };
+        let mut parser =
+            Parser { tokens, position: 0, end_column: input.chars().count() + 1, depth: 0 };
         let selection = parser.or()?;
         if parser.position < parser.tokens.len() {
             return parser.error("expected `and`, `or` or the end of the selection");
@@ -314,7 +349,9 @@ impl Selection {
         match self {
             Selection::Key(pattern) => filter(&|a| glob_match(pattern, a.key.as_str())),
             Selection::Group(group) => filter(&|a| glob_match(group, &a.group)),
-            Selection::Kind(kind) => filter(&|a| a.kind.as_str() == kind || a.kinds.contains(kind.as_str())),
+            Selection::Kind(kind) => {
+                filter(&|a| a.kind.as_str() == kind || a.kinds.contains(kind.as_str()))
+            }
             Selection::Tag { key, value } => filter(&|a| match (a.tags.get(key), value) {
                 (Some(actual), Some(wanted)) => actual == wanted,
                 (Some(_), None) => true,
@@ -332,7 +369,9 @@ impl Selection {
                 graph::reachable(inner.evaluate(head, changes), *depth, |k| head.upstream_of(k))
             }
             Selection::Downstream { inner, depth } => {
-                graph::reachable(inner.evaluate(head, changes), *depth, |k| head.downstream_of(k).iter())
+                graph::reachable(inner.evaluate(head, changes), *depth, |k| {
+                    head.downstream_of(k).iter()
+                })
             }
             Selection::And(a, b) => {
                 let left = a.evaluate(head, changes);
@@ -414,46 +453,76 @@ mod tests {
         check("2+key:orders+1", expect!["(2+(key:orders))+1"]);
         check("orders", expect!["key:orders"]);
         check("key:stg_* and not tag:pii", expect!["(key:stg_* and not (tag:pii))"]);
-        check("group:marts or tag:tier=gold and kind:sql", expect!["(group:marts or (tag:tier=gold and kind:sql))"]);
-        check("(group:a or group:b) and changed_in_branch:code_version", expect!["((group:a or group:b) and changed_in_branch:CODE_VERSION)"]);
+        check(
+            "group:marts or tag:tier=gold and kind:sql",
+            expect!["(group:marts or (tag:tier=gold and kind:sql))"],
+        );
+        check(
+            "(group:a or group:b) and changed_in_branch:code_version",
+            expect!["((group:a or group:b) and changed_in_branch:CODE_VERSION)"],
+        );
         check("key:and", expect!["key:and"]);
     }
 
     #[test]
     fn errors_point_at_the_position() {
-        check("changed_in_branch:SOMETHING", expect![[r#"
+        check(
+            "changed_in_branch:SOMETHING",
+            expect![[r#"
             selection error at column 19: unknown change reason `SOMETHING`; use ANY, IMPACTED or one of NEW, REMOVED, CODE_VERSION, DEPENDENCIES, PARTITIONS_DEFINITION, TAGS, METADATA
               changed_in_branch:SOMETHING
-                                ^"#]]);
-        check("key:a and", expect![[r#"
+                                ^"#]],
+        );
+        check(
+            "key:a and",
+            expect![[r#"
             selection error at column 10: expected a selection
               key:a and
-                       ^"#]]);
-        check("(key:a or key:b", expect![[r#"
+                       ^"#]],
+        );
+        check(
+            "(key:a or key:b",
+            expect![[r#"
             selection error at column 16: expected `)` to close the `(` at column 1
               (key:a or key:b
-                             ^"#]]);
-        check("colour:red", expect![[r#"
+                             ^"#]],
+        );
+        check(
+            "colour:red",
+            expect![[r#"
             selection error at column 1: unknown attribute `colour`; use key, group, tag, kind or changed_in_branch
               colour:red
-              ^"#]]);
-        check("key:a key:b", expect![[r#"
+              ^"#]],
+        );
+        check(
+            "key:a key:b",
+            expect![[r#"
             selection error at column 7: expected `and`, `or` or the end of the selection
               key:a key:b
-                    ^"#]]);
-        check("key:\"open", expect![[r#"
+                    ^"#]],
+        );
+        check(
+            "key:\"open",
+            expect![[r#"
             selection error at column 5: unterminated quoted value
               key:"open
-                  ^"#]]);
-        check("key:a;drop", expect![[r#"
+                  ^"#]],
+        );
+        check(
+            "key:a;drop",
+            expect![[r#"
             selection error at column 6: unexpected character `;`
               key:a;drop
-                   ^"#]]);
+                   ^"#]],
+        );
     }
 
     #[test]
     fn hostile_input_never_panics() {
-        for input in ["", "(", ")", "+", "++", "+)", "not", "not not", "key:", ":", "1+", "1+1+", "\"", "é:é", "((((", "a+b"] {
+        for input in [
+            "", "(", ")", "+", "++", "+)", "not", "not not", "key:", ":", "1+", "1+1+", "\"",
+            "é:é", "((((", "a+b",
+        ] {
             let _ = Selection::parse(input);
         }
         assert!(Selection::parse(&"(".repeat(10_000)).is_err());

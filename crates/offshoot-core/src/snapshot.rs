@@ -35,17 +35,24 @@ impl Snapshot {
     /// Builds the graph. Loaders report unknown references and cycles as diagnostics first; this
     /// check is the invariant's guard, so a `Snapshot` is always a DAG over its own keys.
     pub fn new(assets: impl IntoIterator<Item = Asset>) -> Result<Snapshot, SnapshotError> {
-        let assets: BTreeMap<AssetKey, Asset> = assets.into_iter().map(|a| (a.key.clone(), a)).collect();
+        let assets: BTreeMap<AssetKey, Asset> =
+            assets.into_iter().map(|a| (a.key.clone(), a)).collect();
         for asset in assets.values() {
             if let Some(dep) = asset.deps.iter().find(|d| !assets.contains_key(*d)) {
-                return Err(SnapshotError::UnknownDependency { key: asset.key.clone(), dep: dep.clone() });
+                return Err(SnapshotError::UnknownDependency {
+                    key: asset.key.clone(),
+                    dep: dep.clone(),
+                });
             }
         }
         let deps: Dependencies = assets.iter().map(|(k, a)| (k.clone(), a.deps.clone())).collect();
         let order = match graph::topological_order(&deps) {
             Ok(order) => order,
             Err(_) => {
-                let cycle = graph::find_cycles(&deps).into_iter().next().expect("a failed order has a cycle");
+                let cycle = graph::find_cycles(&deps)
+                    .into_iter()
+                    .next()
+                    .expect("a failed order has a cycle");
                 return Err(SnapshotError::Cycle(cycle));
             }
         };

@@ -12,12 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use offshoot_core::fingerprint::sha256_hex;
-use offshoot_core::{Asset, AssetKey, AssetKind, CodeVersion, Location, PartitionsDefinition, Snapshot, TimeCadence};
+use offshoot_core::{
+    Asset, AssetKey, AssetKind, CodeVersion, Location, PartitionsDefinition, Snapshot, TimeCadence,
+};
 use offshoot_project::{DagsterConfig, Diagnostic, Manifest};
 use serde::Deserialize;
 
 use crate::process::{self, ToolCommand, ToolOutput};
-use crate::{lookup, tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError};
+use crate::{
+    lookup, tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError,
+};
 
 /// The entry point Offshoot runs in the project's Python.
 pub const ENTRY_POINT: &str = include_str!("../python/offshoot_dagster.py");
@@ -90,7 +94,10 @@ pub fn dagster_cloud_variables(env: &[(String, String)]) -> Vec<(String, String)
         ("DAGSTER_CLOUD_PULL_REQUEST_STATUS", "OFFSHOOT_PULL_REQUEST_STATUS"),
         ("DAGSTER_CLOUD_LOCATION_NAME", "OFFSHOOT_LOCATION_NAME"),
     ];
-    let mut vars: Vec<(String, String)> = pairs.iter().filter_map(|(cloud, ours)| get(ours).map(|v| (cloud.to_string(), v))).collect();
+    let mut vars: Vec<(String, String)> = pairs
+        .iter()
+        .filter_map(|(cloud, ours)| get(ours).map(|v| (cloud.to_string(), v)))
+        .collect();
     // Dagster+ sets it to "1" in branch deployments and leaves it unset elsewhere.
     if get("OFFSHOOT_IS_BRANCH_DEPLOYMENT").as_deref() == Some("1") {
         vars.push(("DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT".to_owned(), "1".to_owned()));
@@ -108,11 +115,18 @@ impl CodeLocation for DagsterLocation {
     }
 
     fn load(&self, _manifest: &Manifest, input: &LoadInput<'_>) -> Result<Snapshot, LocationError> {
-        let checkout = input.checkout.ok_or_else(|| LocationError::Tool("a dagster location needs a checkout".into()))?;
+        let checkout = input
+            .checkout
+            .ok_or_else(|| LocationError::Tool("a dagster location needs a checkout".into()))?;
         let entry = Self::write_entry_point(input.work_dir).map_err(LocationError::Tool)?;
         let output_path = input.work_dir.join("defs.json");
         let _ = std::fs::remove_file(&output_path);
-        let mut args = vec![entry.to_string_lossy().into_owned(), "defs".to_owned(), "--output".to_owned(), output_path.to_string_lossy().into_owned()];
+        let mut args = vec![
+            entry.to_string_lossy().into_owned(),
+            "defs".to_owned(),
+            "--output".to_owned(),
+            output_path.to_string_lossy().into_owned(),
+        ];
         args.extend(self.target_args());
         let command = ToolCommand {
             program: self.python(checkout),
@@ -124,17 +138,28 @@ impl CodeLocation for DagsterLocation {
         };
         let output = process::run(&command, &input.work_dir.join("defs.log"));
         if !output.success {
-            if output.failure.as_deref().is_some_and(|f| f.contains("cannot start") || f.contains("did not finish")) {
+            if output
+                .failure
+                .as_deref()
+                .is_some_and(|f| f.contains("cannot start") || f.contains("did not finish"))
+            {
                 return Err(LocationError::Tool(format!(
                     "{} (the project's Python is `{}`: set [location] python, or put its environment on the server's PATH)",
                     output.failure.unwrap_or_default(),
                     self.config.python
                 )));
             }
-            return Err(LocationError::Invalid(vec![import_failure(&self.config, checkout, &output.text)]));
+            return Err(LocationError::Invalid(vec![import_failure(
+                &self.config,
+                checkout,
+                &output.text,
+            )]));
         }
-        let bytes = std::fs::read(&output_path).map_err(|e| LocationError::Tool(format!("the entry point wrote no definitions: {e}")))?;
-        let defs: Defs = serde_json::from_slice(&bytes).map_err(|e| LocationError::Tool(format!("cannot read the entry point's JSON: {e}")))?;
+        let bytes = std::fs::read(&output_path).map_err(|e| {
+            LocationError::Tool(format!("the entry point wrote no definitions: {e}"))
+        })?;
+        let defs: Defs = serde_json::from_slice(&bytes)
+            .map_err(|e| LocationError::Tool(format!("cannot read the entry point's JSON: {e}")))?;
         snapshot_from_defs(&defs, &self.config).map_err(LocationError::Invalid)
     }
 
@@ -142,13 +167,20 @@ impl CodeLocation for DagsterLocation {
         Some((|| {
             let home = request.work_dir.join("dagster_home");
             std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
-            std::fs::write(home.join("dagster.yaml"), "# Written by Offshoot: one run's own instance.\n").map_err(|e| format!("{}: {e}", home.display()))?;
+            std::fs::write(
+                home.join("dagster.yaml"),
+                "# Written by Offshoot: one run's own instance.\n",
+            )
+            .map_err(|e| format!("{}: {e}", home.display()))?;
             let entry = Self::write_entry_point(request.work_dir)?;
             let selection: Vec<&str> = request.keys.iter().map(AssetKey::as_str).collect();
             // `dagster asset materialize` refuses partitioned assets without one partition key;
             // Offshoot builds whole assets, so those selections go through the entry point's
             // `materialize`, which executes the same job unpartitioned.
-            let partitioned = request.keys.iter().any(|k| request.snapshot.get(k).is_some_and(|a| a.partitions.is_some()));
+            let partitioned = request
+                .keys
+                .iter()
+                .any(|k| request.snapshot.get(k).is_some_and(|a| a.partitions.is_some()));
             let mut args: Vec<String> = if partitioned {
                 vec![entry.to_string_lossy().into_owned(), "materialize".to_owned()]
             } else {
@@ -159,46 +191,92 @@ impl CodeLocation for DagsterLocation {
             args.extend(self.target_args());
             let mut env = Self::environment(request.env);
             env.push(("DAGSTER_HOME".to_owned(), home.to_string_lossy().into_owned()));
-            Ok(ToolCommand { program: self.python(request.checkout), args, cwd: self.working_directory(request.checkout), env, timeout: self.timeout(), sandbox: request.sandbox.cloned() })
+            Ok(ToolCommand {
+                program: self.python(request.checkout),
+                args,
+                cwd: self.working_directory(request.checkout),
+                env,
+                timeout: self.timeout(),
+                sandbox: request.sandbox.cloned(),
+            })
         })())
     }
 
-    fn build_outcomes(&self, request: &BuildRequest<'_>, output: &ToolOutput) -> BTreeMap<AssetKey, BuildOutcome> {
+    fn build_outcomes(
+        &self,
+        request: &BuildRequest<'_>,
+        output: &ToolOutput,
+    ) -> BTreeMap<AssetKey, BuildOutcome> {
         let report = request.work_dir.join("results.json");
         let entry = request.work_dir.join("offshoot_dagster.py");
         let command = ToolCommand {
             program: self.python(request.checkout),
-            args: vec![entry.to_string_lossy().into_owned(), "results".to_owned(), "--output".to_owned(), report.to_string_lossy().into_owned()],
+            args: vec![
+                entry.to_string_lossy().into_owned(),
+                "results".to_owned(),
+                "--output".to_owned(),
+                report.to_string_lossy().into_owned(),
+            ],
             cwd: self.working_directory(request.checkout),
             env: {
                 let mut env = Self::environment(request.env);
-                env.push(("DAGSTER_HOME".to_owned(), request.work_dir.join("dagster_home").to_string_lossy().into_owned()));
+                env.push((
+                    "DAGSTER_HOME".to_owned(),
+                    request.work_dir.join("dagster_home").to_string_lossy().into_owned(),
+                ));
                 env
             },
             timeout: self.timeout(),
             sandbox: request.sandbox.cloned(),
         };
         let read = process::run(&command, &request.work_dir.join("results.log"));
-        let results: Option<RunReport> = read.success.then(|| std::fs::read(&report).ok()).flatten().and_then(|b| serde_json::from_slice(&b).ok());
+        let results: Option<RunReport> = read
+            .success
+            .then(|| std::fs::read(&report).ok())
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let mut outcomes = BTreeMap::new();
         let Some(results) = results else {
-            let why = output.failure.clone().unwrap_or_else(|| "Dagster's run left no event log".into());
+            let why =
+                output.failure.clone().unwrap_or_else(|| "Dagster's run left no event log".into());
             for key in request.keys {
-                outcomes.insert(key.clone(), BuildOutcome::Failed { message: format!("{why}: {}", process::last_lines(&output.text, 6, |l| l)) });
+                outcomes.insert(
+                    key.clone(),
+                    BuildOutcome::Failed {
+                        message: format!("{why}: {}", process::last_lines(&output.text, 6, |l| l)),
+                    },
+                );
             }
             return outcomes;
         };
-        let materialized: BTreeSet<String> = results.materialized.iter().map(|k| k.join("/")).collect();
-        let failed_steps: BTreeMap<&str, &str> = results.failed.iter().filter_map(|f| Some((f.step.as_deref()?, f.message.as_str()))).collect();
+        let materialized: BTreeSet<String> =
+            results.materialized.iter().map(|k| k.join("/")).collect();
+        let failed_steps: BTreeMap<&str, &str> = results
+            .failed
+            .iter()
+            .filter_map(|f| Some((f.step.as_deref()?, f.message.as_str())))
+            .collect();
         for key in request.keys {
             let outcome = if materialized.contains(key.as_str()) {
                 BuildOutcome::Succeeded { rows: None }
-            } else if let Some(message) = failed_steps.get(key.as_str().replace('/', "__").as_str()).or_else(|| op_of(request.snapshot, key).and_then(|op| failed_steps.get(op.as_str()))) {
+            } else if let Some(message) =
+                failed_steps.get(key.as_str().replace('/', "__").as_str()).or_else(|| {
+                    op_of(request.snapshot, key).and_then(|op| failed_steps.get(op.as_str()))
+                })
+            {
                 BuildOutcome::Failed { message: message.to_string() }
             } else if !output.success && results.failed.is_empty() {
-                BuildOutcome::Failed { message: format!("{}: {}", output.failure.clone().unwrap_or_default(), process::last_lines(&output.text, 6, |l| l)) }
+                BuildOutcome::Failed {
+                    message: format!(
+                        "{}: {}",
+                        output.failure.clone().unwrap_or_default(),
+                        process::last_lines(&output.text, 6, |l| l)
+                    ),
+                }
             } else {
-                BuildOutcome::Skipped { message: "Dagster did not materialize it: an upstream step failed".into() }
+                BuildOutcome::Skipped {
+                    message: "Dagster did not materialize it: an upstream step failed".into(),
+                }
             };
             outcomes.insert(key.clone(), outcome);
         }
@@ -276,15 +354,28 @@ struct AssetSpec {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum PartitionsSpec {
-    Time { cadence: String, start: String, #[serde(default)] end: Option<String> },
-    Static { keys: Vec<String> },
-    Other { description: String },
+    Time {
+        cadence: String,
+        start: String,
+        #[serde(default)]
+        end: Option<String>,
+    },
+    Static {
+        keys: Vec<String>,
+    },
+    Other {
+        description: String,
+    },
 }
 
 fn snapshot_from_defs(defs: &Defs, config: &DagsterConfig) -> Result<Snapshot, Vec<Diagnostic>> {
     let definitions_path = config.file.clone().unwrap_or_else(|| {
         let module = config.module.clone().unwrap_or_default().replace('.', "/");
-        let base = if config.working_directory == "." { String::new() } else { format!("{}/", config.working_directory) };
+        let base = if config.working_directory == "." {
+            String::new()
+        } else {
+            format!("{}/", config.working_directory)
+        };
         format!("{base}{module}.py")
     });
     let in_repo = |path: &str| {
@@ -298,11 +389,20 @@ fn snapshot_from_defs(defs: &Defs, config: &DagsterConfig) -> Result<Snapshot, V
     };
     let mut diagnostics = Vec::new();
     let mut assets = Vec::new();
-    let key = |parts: &[String], path: &str, diagnostics: &mut Vec<Diagnostic>| match AssetKey::from_parts(parts) {
-        Ok(key) => Some(key),
-        Err(error) => {
-            diagnostics.push(Diagnostic::new(path, (1, 1), format!("Dagster asset key {parts:?} cannot be an Offshoot key: {error}")).hint("use key parts of letters, digits, `_` and `-`"));
-            None
+    let key = |parts: &[String], path: &str, diagnostics: &mut Vec<Diagnostic>| {
+        match AssetKey::from_parts(parts) {
+            Ok(key) => Some(key),
+            Err(error) => {
+                diagnostics.push(
+                    Diagnostic::new(
+                        path,
+                        (1, 1),
+                        format!("Dagster asset key {parts:?} cannot be an Offshoot key: {error}"),
+                    )
+                    .hint("use key parts of letters, digits, `_` and `-`"),
+                );
+                None
+            }
         }
     };
     for spec in &defs.assets {
@@ -311,7 +411,8 @@ fn snapshot_from_defs(defs: &Defs, config: &DagsterConfig) -> Result<Snapshot, V
         let kind = if spec.kind == "source" { AssetKind::Source } else { AssetKind::Tool };
         let mut asset = Asset::new(asset_key, kind);
         asset.deps = spec.deps.iter().filter_map(|d| key(d, &path, &mut diagnostics)).collect();
-        asset.group = spec.group.clone().filter(|g| !g.is_empty()).unwrap_or_else(|| "default".to_owned());
+        asset.group =
+            spec.group.clone().filter(|g| !g.is_empty()).unwrap_or_else(|| "default".to_owned());
         asset.description = spec.description.clone().filter(|d| !d.trim().is_empty());
         asset.tags = spec.tags.clone();
         asset.metadata = spec.metadata.clone();
@@ -326,16 +427,30 @@ fn snapshot_from_defs(defs: &Defs, config: &DagsterConfig) -> Result<Snapshot, V
             Some(version) => CodeVersion::explicit(version.clone()),
             // Dagster compares nothing when no code version is set; Offshoot derives one from
             // the function's source so an edit still shows (documented in README.md).
-            None => CodeVersion::derived(spec.source_hash.clone().unwrap_or_else(|| sha256_hex(&[spec.code.as_bytes()]))),
+            None => CodeVersion::derived(
+                spec.source_hash.clone().unwrap_or_else(|| sha256_hex(&[spec.code.as_bytes()])),
+            ),
         };
         asset.partitions = match &spec.partitions {
             None => None,
-            Some(PartitionsSpec::Static { keys }) => Some(PartitionsDefinition::Static { keys: keys.clone() }),
-            Some(PartitionsSpec::Other { description }) => Some(PartitionsDefinition::Other { description: description.clone() }),
-            Some(PartitionsSpec::Time { cadence, start, end }) => Some(match TimeCadence::parse(cadence) {
-                Some(cadence) => PartitionsDefinition::Time { cadence, start: start.clone(), end: end.clone() },
-                None => PartitionsDefinition::Other { description: format!("{cadence} from {start}") },
-            }),
+            Some(PartitionsSpec::Static { keys }) => {
+                Some(PartitionsDefinition::Static { keys: keys.clone() })
+            }
+            Some(PartitionsSpec::Other { description }) => {
+                Some(PartitionsDefinition::Other { description: description.clone() })
+            }
+            Some(PartitionsSpec::Time { cadence, start, end }) => {
+                Some(match TimeCadence::parse(cadence) {
+                    Some(cadence) => PartitionsDefinition::Time {
+                        cadence,
+                        start: start.clone(),
+                        end: end.clone(),
+                    },
+                    None => PartitionsDefinition::Other {
+                        description: format!("{cadence} from {start}"),
+                    },
+                })
+            }
         };
         asset.location = Location { path, line: spec.line };
         assets.push(asset);
@@ -346,14 +461,25 @@ fn snapshot_from_defs(defs: &Defs, config: &DagsterConfig) -> Result<Snapshot, V
     // External deps Dagster lets a spec name without defining them become sources, as Dagster
     // shows them.
     let known: BTreeSet<AssetKey> = assets.iter().map(|a| a.key.clone()).collect();
-    let missing: BTreeSet<AssetKey> = assets.iter().flat_map(|a| a.deps.iter()).filter(|d| !known.contains(*d)).cloned().collect();
+    let missing: BTreeSet<AssetKey> = assets
+        .iter()
+        .flat_map(|a| a.deps.iter())
+        .filter(|d| !known.contains(*d))
+        .cloned()
+        .collect();
     for key in missing {
         let mut source = Asset::new(key, AssetKind::Source);
         source.code_version = CodeVersion::derived("source");
         source.location = Location { path: definitions_path.clone(), line: 0 };
         assets.push(source);
     }
-    Snapshot::new(assets).map_err(|e| vec![tool_diagnostic(&definitions_path, e.to_string(), "the Dagster definitions are inconsistent")])
+    Snapshot::new(assets).map_err(|e| {
+        vec![tool_diagnostic(
+            &definitions_path,
+            e.to_string(),
+            "the Dagster definitions are inconsistent",
+        )]
+    })
 }
 
 /// An import error as a diagnostic: Python's last line as the message, at the deepest frame
@@ -366,8 +492,16 @@ fn import_failure(config: &DagsterConfig, checkout: &Path, text: &str) -> Diagno
         let trimmed = line.trim_start();
         let Some(rest) = trimmed.strip_prefix("File \"") else { continue };
         let Some((file, after)) = rest.split_once('"') else { continue };
-        let Some(relative) = file.strip_prefix(&checkout_text).map(|p| p.trim_start_matches('/')) else { continue };
-        let number = after.trim_start_matches(", line ").split(',').next().and_then(|n| n.trim().parse().ok()).unwrap_or(1);
+        let Some(relative) = file.strip_prefix(&checkout_text).map(|p| p.trim_start_matches('/'))
+        else {
+            continue;
+        };
+        let number = after
+            .trim_start_matches(", line ")
+            .split(',')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(1);
         place = Some((relative.to_owned(), number));
     }
     // The error line: the last line of the traceback that is not Offshoot's own note.
@@ -375,21 +509,34 @@ fn import_failure(config: &DagsterConfig, checkout: &Path, text: &str) -> Diagno
         .iter()
         .rev()
         .map(|l| l.trim())
-        .find(|l| !l.is_empty() && !l.starts_with("offshoot:") && !l.starts_with("File ") && !l.starts_with('^'))
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("offshoot:")
+                && !l.starts_with("File ")
+                && !l.starts_with('^')
+        })
         .unwrap_or("the Dagster definitions could not be imported")
         .to_owned();
-    let (path, line) = place.unwrap_or_else(|| (config.file.clone().unwrap_or_else(|| "offshoot.toml".to_owned()), 1));
+    let (path, line) = place
+        .unwrap_or_else(|| (config.file.clone().unwrap_or_else(|| "offshoot.toml".to_owned()), 1));
     let excerpt: Vec<&str> = lines.iter().rev().take(14).rev().copied().collect();
-    Diagnostic::new(&path, (line, 1), message).hint(format!("Python's own message:\n{}", excerpt.join("\n")))
+    Diagnostic::new(&path, (line, 1), message)
+        .hint(format!("Python's own message:\n{}", excerpt.join("\n")))
 }
-
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn config() -> DagsterConfig {
-        DagsterConfig { module: Some("shop.definitions".into()), file: None, attribute: None, python: "python".into(), working_directory: "orchestration".into(), timeout_seconds: 1 }
+        DagsterConfig {
+            module: Some("shop.definitions".into()),
+            file: None,
+            attribute: None,
+            python: "python".into(),
+            working_directory: "orchestration".into(),
+            timeout_seconds: 1,
+        }
     }
 
     #[test]
@@ -407,19 +554,34 @@ mod tests {
         // The undefined dep becomes a source, as Dagster shows it.
         assert_eq!(keys, ["exports/orders_csv", "raw/orders", "stg"]);
         let raw = snapshot.get(&AssetKey::new("raw/orders").unwrap()).unwrap();
-        assert_eq!((raw.kind, raw.code_version.derived, raw.code_version.value.as_str()), (AssetKind::Tool, true, "abc"));
+        assert_eq!(
+            (raw.kind, raw.code_version.derived, raw.code_version.value.as_str()),
+            (AssetKind::Tool, true, "abc")
+        );
         assert_eq!(raw.location.path, "orchestration/shop/raw.py");
         assert_eq!(raw.metadata.get(OP_NAME).map(String::as_str), Some("load"));
-        assert_eq!(raw.partitions.as_ref().map(|p| p.to_string()).as_deref(), Some("daily from 2024-01-01"));
+        assert_eq!(
+            raw.partitions.as_ref().map(|p| p.to_string()).as_deref(),
+            Some("daily from 2024-01-01")
+        );
         let stg = snapshot.get(&AssetKey::new("stg").unwrap()).unwrap();
         assert_eq!((stg.code_version.derived, stg.code_version.value.as_str()), (false, "7"));
-        assert_eq!(stg.partitions.as_ref().map(|p| p.to_string()).as_deref(), Some("cron 5 4 * * *"));
-        assert_eq!(snapshot.get(&AssetKey::new("exports/orders_csv").unwrap()).unwrap().kind, AssetKind::Source);
+        assert_eq!(
+            stg.partitions.as_ref().map(|p| p.to_string()).as_deref(),
+            Some("cron 5 4 * * *")
+        );
+        assert_eq!(
+            snapshot.get(&AssetKey::new("exports/orders_csv").unwrap()).unwrap().kind,
+            AssetKind::Source
+        );
     }
 
     #[test]
     fn hostile_keys_and_cycles_are_diagnostics() {
-        let defs: Defs = serde_json::from_str(r#"{"assets": [{"key": ["a b", "../x"], "kind": "asset", "path": "shop/a.py"}]}"#).unwrap();
+        let defs: Defs = serde_json::from_str(
+            r#"{"assets": [{"key": ["a b", "../x"], "kind": "asset", "path": "shop/a.py"}]}"#,
+        )
+        .unwrap();
         let diagnostics = snapshot_from_defs(&defs, &config()).unwrap_err();
         assert_eq!(diagnostics[0].path, "orchestration/shop/a.py");
         assert!(diagnostics[0].message.contains("cannot be an Offshoot key"), "{}", diagnostics[0]);
@@ -433,7 +595,10 @@ mod tests {
         let checkout = Path::new("/data/checkouts/abc");
         let text = "Traceback (most recent call last):\n  File \"/venv/lib/python3.11/importlib/__init__.py\", line 126, in import_module\n  File \"/data/checkouts/abc/orchestration/shop/staging.py\", line 4, in <module>\n    import no_such_module\nModuleNotFoundError: No module named 'no_such_module'\noffshoot: could not load the Dagster definitions from module shop.definitions\n";
         let diagnostic = import_failure(&config(), checkout, text);
-        assert_eq!((diagnostic.path.as_str(), diagnostic.line), ("orchestration/shop/staging.py", 4));
+        assert_eq!(
+            (diagnostic.path.as_str(), diagnostic.line),
+            ("orchestration/shop/staging.py", 4)
+        );
         assert_eq!(diagnostic.message, "ModuleNotFoundError: No module named 'no_such_module'");
     }
 
@@ -446,10 +611,15 @@ mod tests {
             ("OFFSHOOT_PULL_REQUEST_ID".to_owned(), "7".to_owned()),
         ];
         let vars = dagster_cloud_variables(&env);
-        assert!(vars.contains(&("DAGSTER_CLOUD_DEPLOYMENT_NAME".to_owned(), "feature-x".to_owned())));
+        assert!(
+            vars.contains(&("DAGSTER_CLOUD_DEPLOYMENT_NAME".to_owned(), "feature-x".to_owned()))
+        );
         assert!(vars.contains(&("DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT".to_owned(), "1".to_owned())));
         assert!(vars.contains(&("DAGSTER_CLOUD_PULL_REQUEST_ID".to_owned(), "7".to_owned())));
-        let production = dagster_cloud_variables(&[("OFFSHOOT_IS_BRANCH_DEPLOYMENT".to_owned(), "0".to_owned())]);
+        let production = dagster_cloud_variables(&[(
+            "OFFSHOOT_IS_BRANCH_DEPLOYMENT".to_owned(),
+            "0".to_owned(),
+        )]);
         assert!(production.iter().all(|(k, _)| k != "DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT"));
     }
 }

@@ -20,7 +20,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::process::{self, ToolCommand, ToolOutput};
-use crate::{lookup, tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError};
+use crate::{
+    lookup, tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError,
+};
 
 /// The profile Offshoot gives dbt: the deployment's schema on the warehouse's database.
 pub const PROFILES_YML: &str = include_str!("../dbt/profiles.yml");
@@ -46,10 +48,15 @@ impl DbtLocation {
     }
 
     /// The environment of a dbt invocation whose artifacts go to `work_dir`.
-    fn environment(&self, env: &[(String, String)], work_dir: &Path) -> Result<Vec<(String, String)>, String> {
+    fn environment(
+        &self,
+        env: &[(String, String)],
+        work_dir: &Path,
+    ) -> Result<Vec<(String, String)>, String> {
         let profiles = work_dir.join("profiles");
         std::fs::create_dir_all(&profiles).map_err(|e| format!("{}: {e}", profiles.display()))?;
-        std::fs::write(profiles.join("profiles.yml"), PROFILES_YML).map_err(|e| format!("{}: {e}", profiles.display()))?;
+        std::fs::write(profiles.join("profiles.yml"), PROFILES_YML)
+            .map_err(|e| format!("{}: {e}", profiles.display()))?;
         let mut all: Vec<(String, String)> = env.to_vec();
         let url = lookup(env, "OFFSHOOT_WAREHOUSE_URL").unwrap_or_default();
         all.extend(connection_variables(&url)?);
@@ -82,10 +89,14 @@ impl CodeLocation for DbtLocation {
     }
 
     fn load(&self, _manifest: &Manifest, input: &LoadInput<'_>) -> Result<Snapshot, LocationError> {
-        let checkout = input.checkout.ok_or_else(|| LocationError::Tool("a dbt location needs a checkout".into()))?;
+        let checkout = input
+            .checkout
+            .ok_or_else(|| LocationError::Tool("a dbt location needs a checkout".into()))?;
         let project_dir = self.project_dir(checkout);
         if !project_dir.join("dbt_project.yml").is_file() {
-            let path = format!("{}/dbt_project.yml", self.config.project_dir).trim_start_matches("./").to_owned();
+            let path = format!("{}/dbt_project.yml", self.config.project_dir)
+                .trim_start_matches("./")
+                .to_owned();
             return Err(LocationError::Invalid(vec![tool_diagnostic(
                 offshoot_project::MANIFEST_PATH,
                 format!("the dbt location has no `{path}`"),
@@ -108,11 +119,16 @@ impl CodeLocation for DbtLocation {
         }
         let manifest_path = input.work_dir.join("target").join("manifest.json");
         let bytes = std::fs::read(&manifest_path).map_err(|e| {
-            LocationError::Tool(format!("`{}` succeeded but wrote no {}: {e}", self.config.parse_command, manifest_path.display()))
+            LocationError::Tool(format!(
+                "`{}` succeeded but wrote no {}: {e}",
+                self.config.parse_command,
+                manifest_path.display()
+            ))
         })?;
         let manifest: DbtManifest = serde_json::from_slice(&bytes)
             .map_err(|e| LocationError::Tool(format!("cannot read dbt's manifest.json: {e}")))?;
-        snapshot_from_manifest(&manifest, &self.config.project_dir, checkout).map_err(LocationError::Invalid)
+        snapshot_from_manifest(&manifest, &self.config.project_dir, checkout)
+            .map_err(LocationError::Invalid)
     }
 
     fn build_command(&self, request: &BuildRequest<'_>) -> Option<Result<ToolCommand, String>> {
@@ -124,20 +140,39 @@ impl CodeLocation for DbtLocation {
             }
             let mut env = env;
             if let Some(state) = request.production_state {
-                env.push(("OFFSHOOT_DBT_STATE".to_owned(), state.join("target").to_string_lossy().into_owned()));
+                env.push((
+                    "OFFSHOOT_DBT_STATE".to_owned(),
+                    state.join("target").to_string_lossy().into_owned(),
+                ));
             }
             let mut args = vec!["-c".to_owned(), script, "offshoot-dbt".to_owned()];
             for key in request.keys {
-                let asset = request.snapshot.get(key).ok_or_else(|| format!("`{key}` is not in the revision"))?;
+                let asset = request
+                    .snapshot
+                    .get(key)
+                    .ok_or_else(|| format!("`{key}` is not in the revision"))?;
                 args.push(selector(asset));
             }
-            Ok(ToolCommand { program: "sh".into(), args, cwd: self.project_dir(request.checkout), env, timeout: self.timeout(), sandbox: request.sandbox.cloned() })
+            Ok(ToolCommand {
+                program: "sh".into(),
+                args,
+                cwd: self.project_dir(request.checkout),
+                env,
+                timeout: self.timeout(),
+                sandbox: request.sandbox.cloned(),
+            })
         })())
     }
 
-    fn build_outcomes(&self, request: &BuildRequest<'_>, output: &ToolOutput) -> BTreeMap<AssetKey, BuildOutcome> {
+    fn build_outcomes(
+        &self,
+        request: &BuildRequest<'_>,
+        output: &ToolOutput,
+    ) -> BTreeMap<AssetKey, BuildOutcome> {
         let target = request.work_dir.join("target");
-        let results: Option<RunResults> = std::fs::read(target.join("run_results.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let results: Option<RunResults> = std::fs::read(target.join("run_results.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let attached = attached_tests(&target);
         let by_unique_id: BTreeMap<String, AssetKey> = request
             .snapshot
@@ -150,25 +185,52 @@ impl CodeLocation for DbtLocation {
             let message = result.message.clone().unwrap_or_default();
             if let Some(key) = by_unique_id.get(&result.unique_id) {
                 let outcome = match result.status.as_str() {
-                    "success" | "pass" => BuildOutcome::Succeeded { rows: result.adapter_response.get("rows_affected").and_then(Value::as_u64) },
-                    "skipped" => BuildOutcome::Skipped { message: "dbt skipped it: an upstream model or test failed".into() },
-                    _ => BuildOutcome::Failed { message: if message.is_empty() { format!("dbt status `{}`", result.status) } else { message } },
+                    "success" | "pass" => BuildOutcome::Succeeded {
+                        rows: result.adapter_response.get("rows_affected").and_then(Value::as_u64),
+                    },
+                    "skipped" => BuildOutcome::Skipped {
+                        message: "dbt skipped it: an upstream model or test failed".into(),
+                    },
+                    _ => BuildOutcome::Failed {
+                        message: if message.is_empty() {
+                            format!("dbt status `{}`", result.status)
+                        } else {
+                            message
+                        },
+                    },
                 };
                 outcomes.insert(key.clone(), outcome);
             } else if matches!(result.status.as_str(), "fail" | "error") {
-                if let Some(key) = attached.get(&result.unique_id).and_then(|model| by_unique_id.get(model)) {
-                    test_failures.entry(key.clone()).or_default().push(format!("{}: {}", short_test_name(&result.unique_id), message));
+                if let Some(key) =
+                    attached.get(&result.unique_id).and_then(|model| by_unique_id.get(model))
+                {
+                    test_failures.entry(key.clone()).or_default().push(format!(
+                        "{}: {}",
+                        short_test_name(&result.unique_id),
+                        message
+                    ));
                 }
             }
         }
         for (key, failures) in test_failures {
             if let Some(BuildOutcome::Succeeded { .. }) | None = outcomes.get(&key) {
-                outcomes.insert(key, BuildOutcome::Failed { message: format!("built, but its tests failed: {}", failures.join("; ")) });
+                outcomes.insert(
+                    key,
+                    BuildOutcome::Failed {
+                        message: format!("built, but its tests failed: {}", failures.join("; ")),
+                    },
+                );
             }
         }
         let missing = if results.is_none() {
-            let why = output.failure.clone().unwrap_or_else(|| "dbt wrote no run_results.json".into());
-            BuildOutcome::Failed { message: format!("{why}: {}", process::last_lines(&output.text, 6, strip_timestamp)) }
+            let why =
+                output.failure.clone().unwrap_or_else(|| "dbt wrote no run_results.json".into());
+            BuildOutcome::Failed {
+                message: format!(
+                    "{why}: {}",
+                    process::last_lines(&output.text, 6, strip_timestamp)
+                ),
+            }
         } else {
             BuildOutcome::Skipped { message: "dbt did not build it".into() }
         };
@@ -230,10 +292,17 @@ fn attached_tests(target: &Path) -> BTreeMap<String, String> {
         #[serde(default)]
         attached_node: Option<String>,
     }
-    let Some(manifest) = std::fs::read(target.join("manifest.json")).ok().and_then(|b| serde_json::from_slice::<Manifest>(&b).ok()) else {
+    let Some(manifest) = std::fs::read(target.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+    else {
         return BTreeMap::new();
     };
-    manifest.nodes.into_iter().filter_map(|(id, node)| node.attached_node.map(|n| (id, n))).collect()
+    manifest
+        .nodes
+        .into_iter()
+        .filter_map(|(id, node)| node.attached_node.map(|n| (id, n)))
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -253,7 +322,8 @@ struct RunResult {
 
 /// `OFFSHOOT_PG_*` from a `postgres://user:password@host:port/database` URL.
 pub(crate) fn connection_variables(url: &str) -> Result<Vec<(String, String)>, String> {
-    let Some(rest) = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")) else {
+    let Some(rest) = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))
+    else {
         return Err("a dbt location needs the PostgreSQL warehouse (warehouse_url = \"postgres://...\"): dbt has no adapter for Offshoot's SQLite warehouse".into());
     };
     let rest = rest.split(['?', '#']).next().unwrap_or("");
@@ -261,16 +331,27 @@ pub(crate) fn connection_variables(url: &str) -> Result<Vec<(String, String)>, S
     let (credentials, host_port) = authority.rsplit_once('@').unwrap_or(("", authority));
     let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
     let (host, port) = match host_port.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => (host, port),
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (host, port)
+        }
         _ => (host_port, "5432"),
     };
     let decode = percent_decode;
     Ok(vec![
-        ("OFFSHOOT_PG_HOST".to_owned(), if host.is_empty() { "localhost".to_owned() } else { decode(host) }),
+        (
+            "OFFSHOOT_PG_HOST".to_owned(),
+            if host.is_empty() { "localhost".to_owned() } else { decode(host) },
+        ),
         ("OFFSHOOT_PG_PORT".to_owned(), port.to_owned()),
-        ("OFFSHOOT_PG_USER".to_owned(), if user.is_empty() { "postgres".to_owned() } else { decode(user) }),
+        (
+            "OFFSHOOT_PG_USER".to_owned(),
+            if user.is_empty() { "postgres".to_owned() } else { decode(user) },
+        ),
         ("OFFSHOOT_PG_PASSWORD".to_owned(), decode(password)),
-        ("OFFSHOOT_PG_DATABASE".to_owned(), if database.is_empty() { "postgres".to_owned() } else { decode(database) }),
+        (
+            "OFFSHOOT_PG_DATABASE".to_owned(),
+            if database.is_empty() { "postgres".to_owned() } else { decode(database) },
+        ),
     ])
 }
 
@@ -295,21 +376,42 @@ fn percent_decode(text: &str) -> String {
 
 /// A failed parse as diagnostics: dbt's own message, placed at the file dbt names.
 fn parse_failure(config: &DbtConfig, output: &ToolOutput) -> LocationError {
-    if output.text.contains("command not found") || output.text.contains("not found") && output.text.lines().count() <= 2 && output.text.contains("dbt") {
+    if output.text.contains("command not found")
+        || output.text.contains("not found")
+            && output.text.lines().count() <= 2
+            && output.text.contains("dbt")
+    {
         return LocationError::Tool(format!(
             "`{}` could not run: {} (is dbt installed where the server finds it on PATH?)",
             config.parse_command,
             output.text.trim()
         ));
     }
-    if output.failure.as_deref().is_some_and(|f| f.contains("did not finish") || f.contains("cannot start")) {
+    if output
+        .failure
+        .as_deref()
+        .is_some_and(|f| f.contains("did not finish") || f.contains("cannot start"))
+    {
         return LocationError::Tool(output.failure.clone().unwrap_or_default());
     }
     let message = dbt_error_message(&output.text);
     let path = mentioned_file(&message)
-        .map(|file| if config.project_dir == "." { file } else { format!("{}/{file}", config.project_dir) })
-        .unwrap_or_else(|| if config.project_dir == "." { "dbt_project.yml".to_owned() } else { format!("{}/dbt_project.yml", config.project_dir) });
-    LocationError::Invalid(vec![Diagnostic::new(&path, (1, 1), message).hint(format!("dbt's own message from `{}`", config.parse_command))])
+        .map(|file| {
+            if config.project_dir == "." {
+                file
+            } else {
+                format!("{}/{file}", config.project_dir)
+            }
+        })
+        .unwrap_or_else(|| {
+            if config.project_dir == "." {
+                "dbt_project.yml".to_owned()
+            } else {
+                format!("{}/dbt_project.yml", config.project_dir)
+            }
+        });
+    LocationError::Invalid(vec![Diagnostic::new(&path, (1, 1), message)
+        .hint(format!("dbt's own message from `{}`", config.parse_command))])
 }
 
 /// The error dbt printed: the lines after "Encountered an error", without log timestamps.
@@ -317,16 +419,35 @@ pub(crate) fn dbt_error_message(text: &str) -> String {
     let lines: Vec<&str> = text.lines().map(strip_timestamp).collect();
     let start = lines.iter().position(|l| l.contains("Encountered an error")).map(|i| i + 1);
     let chosen: Vec<&str> = match start {
-        Some(start) => lines[start..].iter().copied().filter(|l| !l.trim().is_empty()).take(20).collect(),
-        None => lines.iter().rev().copied().filter(|l| !l.trim().is_empty()).take(12).collect::<Vec<_>>().into_iter().rev().collect(),
+        Some(start) => {
+            lines[start..].iter().copied().filter(|l| !l.trim().is_empty()).take(20).collect()
+        }
+        None => lines
+            .iter()
+            .rev()
+            .copied()
+            .filter(|l| !l.trim().is_empty())
+            .take(12)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect(),
     };
     let message = chosen.iter().map(|l| l.trim_end()).collect::<Vec<_>>().join("\n");
-    if message.is_empty() { "dbt failed without a message".to_owned() } else { message }
+    if message.is_empty() {
+        "dbt failed without a message".to_owned()
+    } else {
+        message
+    }
 }
 
 fn strip_timestamp(line: &str) -> &str {
     let bytes = line.as_bytes();
-    if bytes.len() >= 10 && bytes[2] == b':' && bytes[5] == b':' && bytes[..8].iter().enumerate().all(|(i, b)| i == 2 || i == 5 || b.is_ascii_digit()) {
+    if bytes.len() >= 10
+        && bytes[2] == b':'
+        && bytes[5] == b':'
+        && bytes[..8].iter().enumerate().all(|(i, b)| i == 2 || i == 5 || b.is_ascii_digit())
+    {
         line[8..].trim_start()
     } else {
         line
@@ -339,14 +460,14 @@ fn mentioned_file(message: &str) -> Option<String> {
         let rest = &message[open + 1..];
         let Some(close) = rest.find(')') else { continue };
         let inside = &rest[..close];
-        let known = [".sql", ".yml", ".yaml", ".csv", ".py"].iter().any(|ext| inside.ends_with(ext));
+        let known =
+            [".sql", ".yml", ".yaml", ".csv", ".py"].iter().any(|ext| inside.ends_with(ext));
         if known && !inside.contains(' ') && !inside.starts_with('/') && !inside.contains("..") {
             return Some(inside.to_owned());
         }
     }
     None
 }
-
 
 #[derive(Deserialize)]
 pub(crate) struct DbtManifest {
@@ -411,7 +532,8 @@ fn grain(unique_id: &str, node: &Node, manifest: &DbtManifest) -> Vec<String> {
     match node.config.get("unique_key") {
         Some(Value::String(key)) if !key.is_empty() => return vec![key.clone()],
         Some(Value::Array(keys)) => {
-            let keys: Vec<String> = keys.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect();
+            let keys: Vec<String> =
+                keys.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect();
             if !keys.is_empty() {
                 return keys;
             }
@@ -419,12 +541,22 @@ fn grain(unique_id: &str, node: &Node, manifest: &DbtManifest) -> Vec<String> {
         _ => {}
     }
     let mut tests: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for test in manifest.nodes.values().filter(|n| n.resource_type == "test" && n.attached_node.as_deref() == Some(unique_id)) {
-        if let (Some(column), Some(metadata)) = (test.column_name.as_deref(), test.test_metadata.as_ref()) {
+    for test in manifest
+        .nodes
+        .values()
+        .filter(|n| n.resource_type == "test" && n.attached_node.as_deref() == Some(unique_id))
+    {
+        if let (Some(column), Some(metadata)) =
+            (test.column_name.as_deref(), test.test_metadata.as_ref())
+        {
             tests.entry(column).or_default().insert(metadata.name.as_str());
         }
     }
-    tests.iter().find(|(_, names)| names.contains("unique") && names.contains("not_null")).map(|(column, _)| vec![column.to_string()]).unwrap_or_default()
+    tests
+        .iter()
+        .find(|(_, names)| names.contains("unique") && names.contains("not_null"))
+        .map(|(column, _)| vec![column.to_string()])
+        .unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -464,25 +596,59 @@ fn code_identity(node: &Node, adapter: &str) -> String {
     if node.resource_type == "seed" || node.raw_code.is_empty() {
         return node.checksum.as_ref().map_or(String::new(), |c| c.checksum.clone());
     }
-    let dialect = if adapter == "postgres" { offshoot_project::Dialect::Postgres } else { offshoot_project::Dialect::Generic };
-    format!("{}\n{}", offshoot_project::canonical::version(), offshoot_project::canonical::canonical_template(&node.raw_code, dialect))
+    let dialect = if adapter == "postgres" {
+        offshoot_project::Dialect::Postgres
+    } else {
+        offshoot_project::Dialect::Generic
+    };
+    format!(
+        "{}\n{}",
+        offshoot_project::canonical::version(),
+        offshoot_project::canonical::canonical_template(&node.raw_code, dialect)
+    )
 }
 
-pub(crate) fn snapshot_from_manifest(manifest: &DbtManifest, project_dir: &str, checkout: &Path) -> Result<Snapshot, Vec<Diagnostic>> {
-    let in_repo = |path: &str| if project_dir == "." { path.to_owned() } else { format!("{project_dir}/{path}") };
+pub(crate) fn snapshot_from_manifest(
+    manifest: &DbtManifest,
+    project_dir: &str,
+    checkout: &Path,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    let in_repo = |path: &str| {
+        if project_dir == "." {
+            path.to_owned()
+        } else {
+            format!("{project_dir}/{path}")
+        }
+    };
     let adapter = manifest.metadata.adapter_type.clone().unwrap_or_else(|| "postgres".to_owned());
     let mut diagnostics = Vec::new();
     let mut keys: BTreeMap<&str, AssetKey> = BTreeMap::new();
     let mut assets = Vec::new();
-    let key_for = |unique_id: &str, name: String, path: &str, diagnostics: &mut Vec<Diagnostic>| match AssetKey::new(&name) {
-        Ok(key) => Some(key),
-        Err(error) => {
-            diagnostics.push(Diagnostic::new(&in_repo(path), (1, 1), format!("dbt node `{unique_id}` cannot be an asset: {error}")).hint("rename it to letters, digits and `_`"));
-            None
+    let key_for = |unique_id: &str, name: String, path: &str, diagnostics: &mut Vec<Diagnostic>| {
+        match AssetKey::new(&name) {
+            Ok(key) => Some(key),
+            Err(error) => {
+                diagnostics.push(
+                    Diagnostic::new(
+                        &in_repo(path),
+                        (1, 1),
+                        format!("dbt node `{unique_id}` cannot be an asset: {error}"),
+                    )
+                    .hint("rename it to letters, digits and `_`"),
+                );
+                None
+            }
         }
     };
     for (unique_id, source) in &manifest.sources {
-        let Some(key) = key_for(unique_id, format!("{}/{}", source.source_name, source.name), &source.original_file_path, &mut diagnostics) else { continue };
+        let Some(key) = key_for(
+            unique_id,
+            format!("{}/{}", source.source_name, source.name),
+            &source.original_file_path,
+            &mut diagnostics,
+        ) else {
+            continue;
+        };
         let mut asset = Asset::new(key.clone(), AssetKind::Source);
         asset.group = "sources".to_owned();
         asset.description = non_empty(&source.description);
@@ -500,27 +666,38 @@ pub(crate) fn snapshot_from_manifest(manifest: &DbtManifest, project_dir: &str, 
         assets.push(asset);
     }
     let mut seen: BTreeMap<AssetKey, &str> = BTreeMap::new();
-    for (unique_id, node) in manifest.nodes.iter().filter(|(_, n)| BUILT_TYPES.contains(&n.resource_type.as_str())) {
+    for (unique_id, node) in
+        manifest.nodes.iter().filter(|(_, n)| BUILT_TYPES.contains(&n.resource_type.as_str()))
+    {
         let name = match node.version.as_ref().filter(|v| !v.is_null()) {
             Some(version) => format!("{}_v{}", node.name, canonical(version)),
             None => node.name.clone(),
         };
-        let Some(key) = key_for(unique_id, name, &node.original_file_path, &mut diagnostics) else { continue };
+        let Some(key) = key_for(unique_id, name, &node.original_file_path, &mut diagnostics) else {
+            continue;
+        };
         if let Some(other) = seen.insert(key.clone(), unique_id) {
             diagnostics.push(
-                Diagnostic::new(&in_repo(&node.original_file_path), (1, 1), format!("dbt nodes `{other}` and `{unique_id}` would both be asset `{key}`"))
-                    .hint("give one of them another name"),
+                Diagnostic::new(
+                    &in_repo(&node.original_file_path),
+                    (1, 1),
+                    format!("dbt nodes `{other}` and `{unique_id}` would both be asset `{key}`"),
+                )
+                .hint("give one of them another name"),
             );
             continue;
         }
         keys.insert(unique_id, key);
     }
-    for (unique_id, node) in manifest.nodes.iter().filter(|(_, n)| BUILT_TYPES.contains(&n.resource_type.as_str())) {
+    for (unique_id, node) in
+        manifest.nodes.iter().filter(|(_, n)| BUILT_TYPES.contains(&n.resource_type.as_str()))
+    {
         let Some(key) = keys.get(unique_id.as_str()).cloned() else { continue };
         let mut asset = Asset::new(key, AssetKind::Tool);
         asset.group = group(node);
         asset.description = non_empty(&node.description);
-        asset.deps = node.depends_on.nodes.iter().filter_map(|d| keys.get(d.as_str()).cloned()).collect();
+        asset.deps =
+            node.depends_on.nodes.iter().filter_map(|d| keys.get(d.as_str()).cloned()).collect();
         asset.tags = node.tags.iter().map(|t| (t.clone(), String::new())).collect();
         asset.metadata = canonical_map(&node.meta);
         asset.metadata.insert(UNIQUE_ID.to_owned(), unique_id.clone());
@@ -531,8 +708,16 @@ pub(crate) fn snapshot_from_manifest(manifest: &DbtManifest, project_dir: &str, 
         }
         let mut config = node.unrendered_config.clone();
         config.retain(|k, _| !DESCRIPTIVE_CONFIG.contains(&k.as_str()));
-        asset.code_version = CodeVersion::derived(sha256_hex(&[code_identity(node, &adapter).as_bytes(), b"\n", Value::Object(config).to_string().as_bytes()]));
-        asset.code = Arc::from(if node.resource_type == "seed" { seed_code(checkout, &in_repo(&node.original_file_path)) } else { node.raw_code.clone() });
+        asset.code_version = CodeVersion::derived(sha256_hex(&[
+            code_identity(node, &adapter).as_bytes(),
+            b"\n",
+            Value::Object(config).to_string().as_bytes(),
+        ]));
+        asset.code = Arc::from(if node.resource_type == "seed" {
+            seed_code(checkout, &in_repo(&node.original_file_path))
+        } else {
+            node.raw_code.clone()
+        });
         asset.location = Location { path: in_repo(&node.original_file_path), line: 1 };
         asset.grain = grain(unique_id, node, manifest);
         assets.push(asset);
@@ -541,7 +726,13 @@ pub(crate) fn snapshot_from_manifest(manifest: &DbtManifest, project_dir: &str, 
         diagnostics.sort();
         return Err(diagnostics);
     }
-    Snapshot::new(assets).map_err(|e| vec![tool_diagnostic(&in_repo("dbt_project.yml"), e.to_string(), "dbt's manifest.json is inconsistent")])
+    Snapshot::new(assets).map_err(|e| {
+        vec![tool_diagnostic(
+            &in_repo("dbt_project.yml"),
+            e.to_string(),
+            "dbt's manifest.json is inconsistent",
+        )]
+    })
 }
 
 fn group(node: &Node) -> String {
@@ -560,7 +751,9 @@ fn group(node: &Node) -> String {
 fn seed_code(checkout: &Path, path: &str) -> String {
     let file = checkout.join(path);
     match std::fs::metadata(&file) {
-        Ok(meta) if meta.len() <= MAX_SEED_CODE => std::fs::read_to_string(&file).unwrap_or_default(),
+        Ok(meta) if meta.len() <= MAX_SEED_CODE => {
+            std::fs::read_to_string(&file).unwrap_or_default()
+        }
         Ok(meta) => format!("-- seed {path}: {} bytes, not shown\n", meta.len()),
         Err(_) => String::new(),
     }
@@ -589,7 +782,9 @@ fn owners(meta: &serde_json::Map<String, Value>) -> Vec<String> {
     for key in ["owner", "owners"] {
         match meta.get(key) {
             Some(Value::String(owner)) => owners.push(owner.clone()),
-            Some(Value::Array(list)) => owners.extend(list.iter().filter_map(Value::as_str).map(str::to_owned)),
+            Some(Value::Array(list)) => {
+                owners.extend(list.iter().filter_map(Value::as_str).map(str::to_owned))
+            }
             _ => {}
         }
     }
@@ -602,7 +797,9 @@ mod tests {
 
     #[test]
     fn connection_from_url() {
-        let vars = connection_variables("postgres://dbt%40x:p%3Aw@db.example:6543/ware?sslmode=disable").unwrap();
+        let vars =
+            connection_variables("postgres://dbt%40x:p%3Aw@db.example:6543/ware?sslmode=disable")
+                .unwrap();
         let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap();
         assert_eq!(get("OFFSHOOT_PG_USER"), "dbt@x");
         assert_eq!(get("OFFSHOOT_PG_PASSWORD"), "p:w");
@@ -632,7 +829,12 @@ mod tests {
 
     #[test]
     fn manifest_to_snapshot() {
-        let snapshot = snapshot_from_manifest(&manifest("[\"pii\"]", ""), "transform", Path::new("/nonexistent")).expect("valid");
+        let snapshot = snapshot_from_manifest(
+            &manifest("[\"pii\"]", ""),
+            "transform",
+            Path::new("/nonexistent"),
+        )
+        .expect("valid");
         let keys: Vec<&str> = snapshot.assets().map(|a| a.key.as_str()).collect();
         assert_eq!(keys, ["codes", "dim_v2", "raw/orders", "stg_orders"]);
         let stg = snapshot.get(&AssetKey::new("stg_orders").unwrap()).unwrap();
@@ -646,13 +848,33 @@ mod tests {
         assert_eq!(selector(dim), "dim.v2");
         assert_eq!(dim.deps.len(), 2);
         let source = snapshot.get(&AssetKey::new("raw/orders").unwrap()).unwrap();
-        assert_eq!((source.kind, source.owners.clone()), (AssetKind::Source, vec!["ops@x".to_owned()]));
+        assert_eq!(
+            (source.kind, source.owners.clone()),
+            (AssetKind::Source, vec!["ops@x".to_owned()])
+        );
 
         // Tags do not change the code version, nor do formatting, comments and case; the SQL does.
-        let retagged = snapshot_from_manifest(&manifest("[\"pii\", \"gold\"]", ""), "transform", Path::new("/x")).expect("valid");
-        let reformatted = snapshot_from_manifest(&manifest("[\"pii\"]", "\\n  -- a comment\\n"), "transform", Path::new("/x")).expect("valid");
-        let edited = snapshot_from_manifest(&manifest("[\"pii\"]", " where id > 1"), "transform", Path::new("/x")).expect("valid");
-        let version = |s: &Snapshot| s.get(&AssetKey::new("stg_orders").unwrap()).unwrap().code_version.clone();
+        let retagged = snapshot_from_manifest(
+            &manifest("[\"pii\", \"gold\"]", ""),
+            "transform",
+            Path::new("/x"),
+        )
+        .expect("valid");
+        let reformatted = snapshot_from_manifest(
+            &manifest("[\"pii\"]", "\\n  -- a comment\\n"),
+            "transform",
+            Path::new("/x"),
+        )
+        .expect("valid");
+        let edited = snapshot_from_manifest(
+            &manifest("[\"pii\"]", " where id > 1"),
+            "transform",
+            Path::new("/x"),
+        )
+        .expect("valid");
+        let version = |s: &Snapshot| {
+            s.get(&AssetKey::new("stg_orders").unwrap()).unwrap().code_version.clone()
+        };
         assert_eq!(version(&retagged), version(&snapshot));
         assert_eq!(version(&reformatted), version(&snapshot));
         assert_ne!(version(&edited), version(&snapshot));
@@ -660,7 +882,8 @@ mod tests {
 
     #[test]
     fn run_results_become_step_outcomes() {
-        let work = std::env::temp_dir().join(format!("offshoot-dbt-outcomes-{}", std::process::id()));
+        let work =
+            std::env::temp_dir().join(format!("offshoot-dbt-outcomes-{}", std::process::id()));
         let target = work.join("target");
         std::fs::create_dir_all(&target).unwrap();
         std::fs::write(
@@ -674,10 +897,25 @@ mod tests {
         )
         .unwrap();
         std::fs::write(target.join("manifest.json"), r#"{"nodes": {"test.shop.not_null_stg_orders_id.abc": {"attached_node": "model.shop.stg_orders"}}}"#).unwrap();
-        let snapshot = snapshot_from_manifest(&manifest("[]", "c1"), ".", Path::new("/x")).expect("valid");
-        let keys: Vec<AssetKey> = ["stg_orders", "dim_v2", "codes"].iter().map(|k| AssetKey::new(k).unwrap()).collect();
-        let location = DbtLocation::new(DbtConfig { project_dir: ".".into(), parse_command: "dbt parse".into(), build_command: "dbt build".into(), timeout_seconds: 1 });
-        let request = BuildRequest { keys: &keys, snapshot: &snapshot, checkout: Path::new("/x"), work_dir: &work, production_state: None, env: &[], sandbox: None };
+        let snapshot =
+            snapshot_from_manifest(&manifest("[]", "c1"), ".", Path::new("/x")).expect("valid");
+        let keys: Vec<AssetKey> =
+            ["stg_orders", "dim_v2", "codes"].iter().map(|k| AssetKey::new(k).unwrap()).collect();
+        let location = DbtLocation::new(DbtConfig {
+            project_dir: ".".into(),
+            parse_command: "dbt parse".into(),
+            build_command: "dbt build".into(),
+            timeout_seconds: 1,
+        });
+        let request = BuildRequest {
+            keys: &keys,
+            snapshot: &snapshot,
+            checkout: Path::new("/x"),
+            work_dir: &work,
+            production_state: None,
+            env: &[],
+            sandbox: None,
+        };
         let outcomes = location.build_outcomes(&request, &ToolOutput::default());
         let _ = std::fs::remove_dir_all(&work);
         assert_eq!(
@@ -685,7 +923,10 @@ mod tests {
             BuildOutcome::Failed { message: "built, but its tests failed: not_null_stg_orders_id: Got 1 result, configured to fail if != 0".into() }
         );
         assert!(matches!(outcomes[&keys[1]], BuildOutcome::Skipped { .. }));
-        assert_eq!(outcomes[&keys[2]], BuildOutcome::Failed { message: "Database Error in seed codes".into() });
+        assert_eq!(
+            outcomes[&keys[2]],
+            BuildOutcome::Failed { message: "Database Error in seed codes".into() }
+        );
     }
 
     #[test]

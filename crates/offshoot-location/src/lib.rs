@@ -61,10 +61,16 @@ pub struct BuildRequest<'a> {
 /// How one asset of a tool build ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildOutcome {
-    Succeeded { rows: Option<u64> },
-    Failed { message: String },
+    Succeeded {
+        rows: Option<u64>,
+    },
+    Failed {
+        message: String,
+    },
     /// The tool did not build it (an upstream failed, or it stopped early).
-    Skipped { message: String },
+    Skipped {
+        message: String,
+    },
 }
 
 /// The location's problems with a commit, or a tool that could not run at all.
@@ -102,7 +108,11 @@ pub trait CodeLocation: Send + Sync {
     fn build_command(&self, request: &BuildRequest<'_>) -> Option<Result<ToolCommand, String>>;
 
     /// After the build command exited: how each requested asset ended.
-    fn build_outcomes(&self, request: &BuildRequest<'_>, output: &ToolOutput) -> BTreeMap<AssetKey, BuildOutcome>;
+    fn build_outcomes(
+        &self,
+        request: &BuildRequest<'_>,
+        output: &ToolOutput,
+    ) -> BTreeMap<AssetKey, BuildOutcome>;
 }
 
 /// The implementation for a project's `[location]`.
@@ -128,7 +138,11 @@ pub fn load_project(
         return Ok(offshoot_project::load(files)?);
     }
     let location = for_manifest(&manifest);
-    let dir = if location.needs_checkout() { Some(checkout().map_err(LocationError::Tool)?) } else { None };
+    let dir = if location.needs_checkout() {
+        Some(checkout().map_err(LocationError::Tool)?)
+    } else {
+        None
+    };
     let input = LoadInput { files, checkout: dir.as_deref(), work_dir, env, sandbox };
     let snapshot = location.load(&manifest, &input)?;
     Ok(Project { manifest, snapshot })

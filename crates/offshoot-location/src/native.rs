@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use offshoot_core::{AssetKey, Snapshot};
 use offshoot_project::Manifest;
 
-use crate::{BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError, ToolCommand, ToolOutput};
+use crate::{
+    BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError, ToolCommand, ToolOutput,
+};
 
 pub struct NativeLocation;
 
@@ -27,7 +29,11 @@ impl CodeLocation for NativeLocation {
         None
     }
 
-    fn build_outcomes(&self, _request: &BuildRequest<'_>, _output: &ToolOutput) -> BTreeMap<AssetKey, BuildOutcome> {
+    fn build_outcomes(
+        &self,
+        _request: &BuildRequest<'_>,
+        _output: &ToolOutput,
+    ) -> BTreeMap<AssetKey, BuildOutcome> {
         BTreeMap::new()
     }
 }

@@ -26,7 +26,13 @@ impl ToolCommand {
     /// How the command reads in a log.
     pub fn display(&self) -> String {
         let mut parts = vec![self.program.clone()];
-        parts.extend(self.args.iter().map(|a| if a.contains([' ', '\'', '"']) { format!("{a:?}") } else { a.clone() }));
+        parts.extend(self.args.iter().map(|a| {
+            if a.contains([' ', '\'', '"']) {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        }));
         parts.join(" ")
     }
 
@@ -35,7 +41,13 @@ impl ToolCommand {
     pub fn to_command(&self) -> Result<Command, String> {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(&self.program);
-        command.args(&self.args).current_dir(&self.cwd).env_clear().envs(self.env.iter().cloned()).stdin(Stdio::null()).process_group(0);
+        command
+            .args(&self.args)
+            .current_dir(&self.cwd)
+            .env_clear()
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .process_group(0);
         if let Some(sandbox) = &self.sandbox {
             sandbox.apply(&mut command)?;
         }
@@ -57,7 +69,11 @@ pub const MAX_OUTPUT: usize = 256 * 1024;
 
 /// Runs `command` to completion (or its timeout), its output into `log` (kept for people).
 pub fn run(command: &ToolCommand, log: &Path) -> ToolOutput {
-    let failed = |failure: String| ToolOutput { success: false, failure: Some(failure), text: String::new() };
+    let failed = |failure: String| ToolOutput {
+        success: false,
+        failure: Some(failure),
+        text: String::new(),
+    };
     let file = match File::create(log) {
         Ok(file) => file,
         Err(error) => return failed(format!("cannot write {}: {error}", log.display())),
@@ -71,7 +87,13 @@ pub fn run(command: &ToolCommand, log: &Path) -> ToolOutput {
     };
     let mut child = match child {
         Ok(child) => child,
-        Err(error) => return failed(format!("cannot start `{}` in {}: {error}", command.program, command.cwd.display())),
+        Err(error) => {
+            return failed(format!(
+                "cannot start `{}` in {}: {error}",
+                command.program,
+                command.cwd.display()
+            ))
+        }
     };
     let deadline = Instant::now() + command.timeout;
     let status = loop {
@@ -80,7 +102,11 @@ pub fn run(command: &ToolCommand, log: &Path) -> ToolOutput {
             Ok(None) if Instant::now() >= deadline => {
                 kill_group(child.id());
                 let _ = child.wait();
-                break Err(format!("`{}` did not finish within {} s and was killed", command.display(), command.timeout.as_secs()));
+                break Err(format!(
+                    "`{}` did not finish within {} s and was killed",
+                    command.display(),
+                    command.timeout.as_secs()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(error) => break Err(format!("waiting for `{}`: {error}", command.program)),
@@ -89,7 +115,11 @@ pub fn run(command: &ToolCommand, log: &Path) -> ToolOutput {
     let text = tail(&std::fs::read(log).unwrap_or_default());
     match status {
         Ok(status) if status.success() => ToolOutput { success: true, failure: None, text },
-        Ok(status) => ToolOutput { success: false, failure: Some(format!("`{}` exited with {status}", command.display())), text },
+        Ok(status) => ToolOutput {
+            success: false,
+            failure: Some(format!("`{}` exited with {status}", command.display())),
+            text,
+        },
         Err(failure) => ToolOutput { success: false, failure: Some(failure), text },
     }
 }
@@ -103,7 +133,11 @@ pub fn tail(bytes: &[u8]) -> String {
 /// The last `count` non-empty lines of a tool's output on one line, each through `clean`.
 pub fn last_lines(text: &str, count: usize, clean: impl Fn(&str) -> &str) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(count)..].iter().map(|l| clean(l)).collect::<Vec<_>>().join(" | ")
+    lines[lines.len().saturating_sub(count)..]
+        .iter()
+        .map(|l| clean(l))
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// SIGKILL to the process group `group` leads (spawned with `process_group(0)`). Not through

@@ -48,7 +48,8 @@ struct PathBeneathAttr {
 }
 
 /// Device files every program may write (or open read-write) whatever its folders.
-const DEVICES: [&str; 6] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
+const DEVICES: [&str; 6] =
+    ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
 /// Shared memory (Python's multiprocessing) is not anyone's data.
 const SCRATCH: [&str; 1] = ["/dev/shm"];
 
@@ -57,13 +58,24 @@ pub fn support() -> Result<u32, String> {
     // SAFETY: with a null attribute, size 0 and the VERSION flag, the call only returns the
     // ABI version (or an error); it reads and writes no memory.
     let version = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<RulesetAttr>(), 0usize, CREATE_RULESET_VERSION)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<RulesetAttr>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
     };
     if version < 1 {
         let error = io::Error::last_os_error();
         return Err(match error.raw_os_error() {
-            Some(libc::ENOSYS) => "this kernel has no Landlock (Linux 5.13 or newer with CONFIG_SECURITY_LANDLOCK)".to_owned(),
-            Some(libc::EOPNOTSUPP) => "Landlock is disabled on this kernel (add `landlock` to the `lsm=` boot parameter)".to_owned(),
+            Some(libc::ENOSYS) => {
+                "this kernel has no Landlock (Linux 5.13 or newer with CONFIG_SECURITY_LANDLOCK)"
+                    .to_owned()
+            }
+            Some(libc::EOPNOTSUPP) => {
+                "Landlock is disabled on this kernel (add `landlock` to the `lsm=` boot parameter)"
+                    .to_owned()
+            }
             _ => format!("Landlock is not usable here: {error}"),
         });
     }
@@ -103,7 +115,14 @@ impl Sandbox {
         unsafe {
             command.pre_exec(move || {
                 let _keep = &ruleset;
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) != 0 {
+                if libc::prctl(
+                    libc::PR_SET_NO_NEW_PRIVS,
+                    1 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                ) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
                 if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) != 0 {
@@ -122,12 +141,18 @@ impl Sandbox {
         // SAFETY: `attr` is a valid `landlock_ruleset_attr` prefix of the size passed; the
         // kernel only reads it.
         let raw = unsafe {
-            libc::syscall(libc::SYS_landlock_create_ruleset, &attr as *const RulesetAttr, std::mem::size_of::<RulesetAttr>(), 0u32)
+            libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                &attr as *const RulesetAttr,
+                std::mem::size_of::<RulesetAttr>(),
+                0u32,
+            )
         };
         if raw < 0 {
             return Err(format!("creating the sandbox: {}", io::Error::last_os_error()));
         }
-        let raw = i32::try_from(raw).map_err(|_| "creating the sandbox: bad descriptor".to_owned())?;
+        let raw =
+            i32::try_from(raw).map_err(|_| "creating the sandbox: bad descriptor".to_owned())?;
         // SAFETY: the kernel just returned this descriptor (close-on-exec) and nothing else owns it.
         let ruleset = unsafe { OwnedFd::from_raw_fd(raw) };
 
@@ -136,7 +161,9 @@ impl Sandbox {
         for device in DEVICES {
             add_rule(&ruleset, Path::new(device), file_rights, true)?;
         }
-        for folder in SCRATCH.iter().map(Path::new).chain(self.writable.iter().map(PathBuf::as_path)) {
+        for folder in
+            SCRATCH.iter().map(Path::new).chain(self.writable.iter().map(PathBuf::as_path))
+        {
             add_rule(&ruleset, folder, handled, folder.starts_with("/dev"))?;
         }
         Ok(ruleset)
@@ -145,7 +172,8 @@ impl Sandbox {
 
 /// Grants `rights` below `path`. `optional` paths that do not exist are skipped.
 fn add_rule(ruleset: &OwnedFd, path: &Path, rights: u64, optional: bool) -> Result<(), String> {
-    let name = CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("{}: a NUL in the path", path.display()))?;
+    let name = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{}: a NUL in the path", path.display()))?;
     // SAFETY: `name` is a NUL-terminated path; O_PATH opens no content.
     let raw = unsafe { libc::open(name.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
     if raw < 0 {
@@ -158,14 +186,28 @@ fn add_rule(ruleset: &OwnedFd, path: &Path, rights: u64, optional: bool) -> Resu
     // SAFETY: `open` just returned this descriptor and nothing else owns it.
     let target = unsafe { OwnedFd::from_raw_fd(raw) };
     let is_dir = std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false);
-    let rights = if is_dir { rights } else { rights & (EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV) };
+    let rights = if is_dir {
+        rights
+    } else {
+        rights & (EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV)
+    };
     let attr = PathBeneathAttr { allowed_access: rights, parent_fd: target.as_raw_fd() };
     // SAFETY: `attr` is a valid packed `landlock_path_beneath_attr`; both descriptors are open.
     let added = unsafe {
-        libc::syscall(libc::SYS_landlock_add_rule, ruleset.as_raw_fd(), RULE_PATH_BENEATH, &attr as *const PathBeneathAttr, 0u32)
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            RULE_PATH_BENEATH,
+            &attr as *const PathBeneathAttr,
+            0u32,
+        )
     };
     if added != 0 {
-        return Err(format!("sandbox: cannot allow {}: {}", path.display(), io::Error::last_os_error()));
+        return Err(format!(
+            "sandbox: cannot allow {}: {}",
+            path.display(),
+            io::Error::last_os_error()
+        ));
     }
     Ok(())
 }
@@ -186,7 +228,10 @@ mod tests {
     fn a_confined_process_writes_only_below_its_folders() {
         if support().is_err() {
             // Without Landlock the server refuses or warns; the end-to-end tests cover that.
-            assert!(std::env::var_os("OFFSHOOT_REQUIRE_LANDLOCK").is_none(), "Landlock is required here");
+            assert!(
+                std::env::var_os("OFFSHOOT_REQUIRE_LANDLOCK").is_none(),
+                "Landlock is required here"
+            );
             return;
         }
         let root = std::env::temp_dir().join(format!("offshoot-sandbox-{}", std::process::id()));
@@ -197,12 +242,24 @@ mod tests {
         std::fs::write(other.join("prod.db"), b"production").unwrap();
         let sandbox = Sandbox::writing([own.clone()]);
 
-        let (ok, _) = run_confined(&sandbox, &format!("echo hi > {0}/x && cat {0}/x && echo ok > /dev/null", own.display()));
+        let (ok, _) = run_confined(
+            &sandbox,
+            &format!("echo hi > {0}/x && cat {0}/x && echo ok > /dev/null", own.display()),
+        );
         assert!(ok, "writes in its own folder");
         let (ok, _) = run_confined(&sandbox, &format!("cat {}/prod.db", other.display()));
         assert!(ok, "reads elsewhere");
-        for attempt in ["echo evil > {o}/prod.db", "echo evil >> {o}/prod.db", "rm {o}/prod.db", "touch {o}/prod.db-journal", "mv {o}/prod.db {s}/stolen", ": > {o}/prod.db"] {
-            let script = attempt.replace("{o}", &other.display().to_string()).replace("{s}", &own.display().to_string());
+        for attempt in [
+            "echo evil > {o}/prod.db",
+            "echo evil >> {o}/prod.db",
+            "rm {o}/prod.db",
+            "touch {o}/prod.db-journal",
+            "mv {o}/prod.db {s}/stolen",
+            ": > {o}/prod.db",
+        ] {
+            let script = attempt
+                .replace("{o}", &other.display().to_string())
+                .replace("{s}", &own.display().to_string());
             let (ok, _) = run_confined(&sandbox, &script);
             assert!(!ok, "`{script}` must fail");
         }

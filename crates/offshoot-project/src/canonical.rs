@@ -21,7 +21,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, Join, JoinOperator, Select, SelectItem, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
+    BinaryOperator, Expr, Join, JoinOperator, Select, SelectItem, Statement, TableAlias,
+    TableFactor, VisitMut, VisitorMut,
 };
 
 /// The canonicalization rules' version, part of every derived SQL code version.
@@ -59,11 +60,15 @@ impl VisitorMut for Canonicalizer {
     fn pre_visit_select(&mut self, select: &mut Select) -> ControlFlow<()> {
         for item in &mut select.projection {
             match item {
-                SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => strip_outer(expr),
+                SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => {
+                    strip_outer(expr)
+                }
                 _ => {}
             }
         }
-        for expr in [&mut select.selection, &mut select.having, &mut select.qualify].into_iter().flatten() {
+        for expr in
+            [&mut select.selection, &mut select.having, &mut select.qualify].into_iter().flatten()
+        {
             strip_outer(expr);
         }
         for table in &mut select.from {
@@ -98,7 +103,9 @@ impl VisitorMut for Canonicalizer {
                     unwrap_if_tighter(left, parent, Side::Left);
                     unwrap_if_tighter(right, parent, Side::Right);
                 }
-                if matches!(op, BinaryOperator::Eq | BinaryOperator::NotEq) && left.to_string() > right.to_string() {
+                if matches!(op, BinaryOperator::Eq | BinaryOperator::NotEq)
+                    && left.to_string() > right.to_string()
+                {
                     std::mem::swap(left, right);
                 }
             }
@@ -119,7 +126,10 @@ fn canonical_join(join: &mut Join) {
         other => other,
     };
     let constraint = match &mut join.join_operator {
-        JoinOperator::Inner(c) | JoinOperator::Left(c) | JoinOperator::Right(c) | JoinOperator::FullOuter(c) => Some(c),
+        JoinOperator::Inner(c)
+        | JoinOperator::Left(c)
+        | JoinOperator::Right(c)
+        | JoinOperator::FullOuter(c) => Some(c),
         _ => None,
     };
     if let Some(sqlparser::ast::JoinConstraint::On(on)) = constraint {
@@ -151,7 +161,12 @@ fn strip_outer(expr: &mut Expr) {
 fn is_atomic(expr: &Expr) -> bool {
     matches!(
         expr,
-        Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Value(_) | Expr::Function(_) | Expr::Nested(_) | Expr::Cast { .. }
+        Expr::Identifier(_)
+            | Expr::CompoundIdentifier(_)
+            | Expr::Value(_)
+            | Expr::Function(_)
+            | Expr::Nested(_)
+            | Expr::Cast { .. }
     )
 }
 
@@ -217,10 +232,23 @@ pub fn canonical_template(text: &str, dialect: crate::Dialect) -> String {
     }
     // Blocks before the first and after the last SQL (`{{ config(...) }}`) set aside, in order.
     let is_sql = |p: &Piece| matches!(p, Piece::Sql(t) if has_tokens(t, dialect));
-    if let (Some(first), Some(last)) = (pieces.iter().position(is_sql), pieces.iter().rposition(is_sql)) {
-        let outside = |range: &[Piece]| range.iter().filter(|p| !matches!(p, Piece::Sql(_))).map(Piece::text).collect::<Vec<_>>().join(" ");
+    if let (Some(first), Some(last)) =
+        (pieces.iter().position(is_sql), pieces.iter().rposition(is_sql))
+    {
+        let outside = |range: &[Piece]| {
+            range
+                .iter()
+                .filter(|p| !matches!(p, Piece::Sql(_)))
+                .map(Piece::text)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         if let Some(body) = parsed_canonical(&pieces[first..=last], dialect) {
-            return format!("{}\n{body}\n{}", outside(&pieces[..first]), outside(&pieces[last + 1..]));
+            return format!(
+                "{}\n{body}\n{}",
+                outside(&pieces[..first]),
+                outside(&pieces[last + 1..])
+            );
         }
     }
     canonical_tokens(&pieces, dialect)
@@ -254,7 +282,9 @@ fn parsed_canonical(pieces: &[Piece], dialect: &dyn sqlparser::dialect::Dialect)
 /// Whether SQL text holds anything but whitespace and comments.
 fn has_tokens(text: &str, dialect: &dyn sqlparser::dialect::Dialect) -> bool {
     match sqlparser::tokenizer::Tokenizer::new(dialect, text).tokenize() {
-        Ok(tokens) => tokens.iter().any(|t| !matches!(t, sqlparser::tokenizer::Token::Whitespace(_))),
+        Ok(tokens) => {
+            tokens.iter().any(|t| !matches!(t, sqlparser::tokenizer::Token::Whitespace(_)))
+        }
         Err(_) => !text.trim().is_empty(),
     }
 }
@@ -341,7 +371,8 @@ fn normalize_block(inner: &str) -> String {
                     let previous = out.chars().last();
                     let word = |c: char| c.is_alphanumeric() || c == '_' || c == '\'' || c == '"';
                     let between_words = previous.is_some_and(word) && word(c);
-                    let around_punctuation = previous.is_some_and(|p| !"([{,.".contains(p)) && !")]},.:([".contains(c);
+                    let around_punctuation =
+                        previous.is_some_and(|p| !"([{,.".contains(p)) && !")]},.:([".contains(c);
                     if between_words || around_punctuation {
                         out.push(' ');
                     }
@@ -370,7 +401,8 @@ fn canonical_tokens(pieces: &[Piece], dialect: &dyn sqlparser::dialect::Dialect)
             out.push(text.split_whitespace().collect::<Vec<_>>().join(" "));
             continue;
         };
-        let tokens: Vec<Token> = tokens.into_iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+        let tokens: Vec<Token> =
+            tokens.into_iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
         for (index, token) in tokens.iter().enumerate() {
             let word = |t: Option<&Token>| match t {
                 Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_lowercase()),
@@ -381,7 +413,9 @@ fn canonical_tokens(pieces: &[Piece], dialect: &dyn sqlparser::dialect::Dialect)
             let previous = index.checked_sub(1).and_then(|i| word(tokens.get(i)));
             match this.as_deref() {
                 Some("inner") if next.as_deref() == Some("join") => continue,
-                Some("outer") if matches!(previous.as_deref(), Some("left" | "right" | "full")) => continue,
+                Some("outer") if matches!(previous.as_deref(), Some("left" | "right" | "full")) => {
+                    continue
+                }
                 Some("as") if next.is_some() => continue,
                 Some(lowered) => out.push(lowered.to_owned()),
                 None => out.push(token.to_string()),
@@ -399,10 +433,18 @@ mod tests {
     use super::*;
 
     fn canonical(sql: &str) -> String {
-        let dialects: [Box<dyn sqlparser::dialect::Dialect>; 3] = [Box::new(GenericDialect {}), Box::new(PostgreSqlDialect {}), Box::new(SQLiteDialect {})];
+        let dialects: [Box<dyn sqlparser::dialect::Dialect>; 3] = [
+            Box::new(GenericDialect {}),
+            Box::new(PostgreSqlDialect {}),
+            Box::new(SQLiteDialect {}),
+        ];
         let texts: Vec<String> = dialects
             .iter()
-            .map(|d| canonical_text(&Parser::parse_sql(d.as_ref(), sql).unwrap_or_else(|e| panic!("{sql}: {e}"))[0]))
+            .map(|d| {
+                canonical_text(
+                    &Parser::parse_sql(d.as_ref(), sql).unwrap_or_else(|e| panic!("{sql}: {e}"))[0],
+                )
+            })
             .collect();
         texts[0].clone()
     }
@@ -413,21 +455,39 @@ mod tests {
             ("SELECT count(*) FROM t", "select COUNT(*) from T"),
             ("SELECT Amount FROM Orders", "SELECT amount FROM orders"),
             ("SELECT CURRENT_DATE, CURRENT_TIMESTAMP", "select current_date, current_timestamp"),
-            ("SELECT a.x FROM a JOIN b ON a.id = b.id", "SELECT a.x FROM a INNER JOIN b ON a.id = b.id"),
-            ("SELECT a.x FROM a LEFT JOIN b ON a.id = b.id", "SELECT a.x FROM a LEFT OUTER JOIN b ON a.id = b.id"),
-            ("SELECT a.x FROM a RIGHT JOIN b ON a.id = b.id", "SELECT a.x FROM a RIGHT OUTER JOIN b ON a.id = b.id"),
+            (
+                "SELECT a.x FROM a JOIN b ON a.id = b.id",
+                "SELECT a.x FROM a INNER JOIN b ON a.id = b.id",
+            ),
+            (
+                "SELECT a.x FROM a LEFT JOIN b ON a.id = b.id",
+                "SELECT a.x FROM a LEFT OUTER JOIN b ON a.id = b.id",
+            ),
+            (
+                "SELECT a.x FROM a RIGHT JOIN b ON a.id = b.id",
+                "SELECT a.x FROM a RIGHT OUTER JOIN b ON a.id = b.id",
+            ),
             ("SELECT o.x FROM orders o", "SELECT o.x FROM orders AS o"),
             ("SELECT x FROM t WHERE (a = 1)", "SELECT x FROM t WHERE a = 1"),
             ("SELECT x FROM t WHERE a = 1 AND (b = 2)", "SELECT x FROM t WHERE a = 1 AND b = 2"),
-            ("SELECT x FROM t WHERE (a = 1 AND b = 2) OR c = 3", "SELECT x FROM t WHERE a = 1 AND b = 2 OR c = 3"),
+            (
+                "SELECT x FROM t WHERE (a = 1 AND b = 2) OR c = 3",
+                "SELECT x FROM t WHERE a = 1 AND b = 2 OR c = 3",
+            ),
             ("SELECT (a + b) AS s FROM t", "SELECT a + b AS s FROM t"),
             ("SELECT (a * b) + c FROM t", "SELECT a * b + c FROM t"),
             ("SELECT (x) FROM t", "SELECT x FROM t"),
             ("SELECT x FROM t WHERE a <> 1", "SELECT x FROM t WHERE a != 1"),
-            ("SELECT o.x FROM o JOIN p ON p.order_id = o.order_id", "SELECT o.x FROM o JOIN p ON o.order_id = p.order_id"),
+            (
+                "SELECT o.x FROM o JOIN p ON p.order_id = o.order_id",
+                "SELECT o.x FROM o JOIN p ON o.order_id = p.order_id",
+            ),
             ("SELECT x FROM t WHERE 1 <> a", "SELECT x FROM t WHERE a != 1"),
             ("SELECT x FROM a JOIN b ON (a.id = b.id)", "SELECT x FROM a JOIN b ON a.id = b.id"),
-            ("WITH c AS (SELECT Id FROM T) SELECT * FROM c", "with C as (select id from t) select * from C"),
+            (
+                "WITH c AS (SELECT Id FROM T) SELECT * FROM c",
+                "with C as (select id from t) select * from C",
+            ),
             ("SELECT sum(x) AS total FROM t", "SELECT SUM(x) total FROM t"),
         ];
         for (a, b) in same {
@@ -447,7 +507,10 @@ mod tests {
             ("SELECT x FROM a JOIN b ON a.id = b.id", "SELECT x FROM a LEFT JOIN b ON a.id = b.id"),
             ("SELECT (a + b) * c FROM t", "SELECT a + b * c FROM t"),
             ("SELECT a - (b - c) FROM t", "SELECT a - b - c FROM t"),
-            ("SELECT x FROM t WHERE (a = 1 OR b = 2) AND c = 3", "SELECT x FROM t WHERE a = 1 OR b = 2 AND c = 3"),
+            (
+                "SELECT x FROM t WHERE (a = 1 OR b = 2) AND c = 3",
+                "SELECT x FROM t WHERE a = 1 OR b = 2 AND c = 3",
+            ),
             ("SELECT x FROM t WHERE a < 1", "SELECT x FROM t WHERE 1 < a"),
             ("SELECT x FROM t WHERE a > 1", "SELECT x FROM t WHERE a > 2"),
             ("SELECT x AS y FROM t", "SELECT x AS z FROM t"),
@@ -466,21 +529,45 @@ mod tests {
         let same = [
             ("select * from {{ ref('a') }}", "SELECT *\nFROM {{ref('a')}}"),
             ("select * from {{ ref( 'a' ) }} as x", "select * from {{- ref('a') -}} x"),
-            ("{{ config(materialized='table') }}\nselect a from {{ ref('t') }}", "{{config(materialized='table')}}\n\nSELECT A FROM {{ ref('t') }}"),
+            (
+                "{{ config(materialized='table') }}\nselect a from {{ ref('t') }}",
+                "{{config(materialized='table')}}\n\nSELECT A FROM {{ ref('t') }}",
+            ),
             ("select a from t -- note\n{# a jinja comment #}", "select a from t"),
-            ("select a.x from {{ ref('a') }} a join b on b.id = a.id", "select a.x from {{ ref('a') }} as a inner join b on a.id = b.id"),
-            ("select a from t {% if is_incremental() %} where a > 1 {% endif %}", "SELECT a\nFROM t\n{%- if is_incremental() -%}\n  WHERE a > 1\n{% endif %}"),
-            ("select a from t {% if x %} left outer join u as v on true {% endif %}", "select a from t {% if x %} LEFT JOIN u v on true {% endif %}"),
+            (
+                "select a.x from {{ ref('a') }} a join b on b.id = a.id",
+                "select a.x from {{ ref('a') }} as a inner join b on a.id = b.id",
+            ),
+            (
+                "select a from t {% if is_incremental() %} where a > 1 {% endif %}",
+                "SELECT a\nFROM t\n{%- if is_incremental() -%}\n  WHERE a > 1\n{% endif %}",
+            ),
+            (
+                "select a from t {% if x %} left outer join u as v on true {% endif %}",
+                "select a from t {% if x %} LEFT JOIN u v on true {% endif %}",
+            ),
         ];
         for (a, b) in same {
             assert_eq!(template(a), template(b), "{a}  vs  {b}");
         }
         let different = [
             ("select * from {{ ref('a') }}", "select * from {{ ref('b') }}"),
-            ("{{ config(materialized='table') }} select 1", "{{ config(materialized='view') }} select 1"),
-            ("select a from t {% if x %} where a > 1 {% endif %}", "select a from t {% if x %} where a > 2 {% endif %}"),
-            ("select a from t {% if x %} where a > 1 {% endif %}", "select a from t where a > 1 {% if x %} {% endif %}"),
-            ("select a from t where b = {{ var('x') }}", "select a from t where b = {{ var('y') }}"),
+            (
+                "{{ config(materialized='table') }} select 1",
+                "{{ config(materialized='view') }} select 1",
+            ),
+            (
+                "select a from t {% if x %} where a > 1 {% endif %}",
+                "select a from t {% if x %} where a > 2 {% endif %}",
+            ),
+            (
+                "select a from t {% if x %} where a > 1 {% endif %}",
+                "select a from t where a > 1 {% if x %} {% endif %}",
+            ),
+            (
+                "select a from t where b = {{ var('x') }}",
+                "select a from t where b = {{ var('y') }}",
+            ),
             ("select 'A' from t", "select 'a' from t"),
         ];
         for (a, b) in different {

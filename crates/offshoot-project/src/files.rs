@@ -22,7 +22,9 @@ pub struct MemoryFiles {
 }
 
 impl MemoryFiles {
-    pub fn new<P: Into<String>, C: Into<Vec<u8>>>(files: impl IntoIterator<Item = (P, C)>) -> MemoryFiles {
+    pub fn new<P: Into<String>, C: Into<Vec<u8>>>(
+        files: impl IntoIterator<Item = (P, C)>,
+    ) -> MemoryFiles {
         MemoryFiles { files: files.into_iter().map(|(p, c)| (p.into(), c.into())).collect() }
     }
 }

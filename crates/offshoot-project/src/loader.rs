@@ -6,7 +6,9 @@ use std::sync::Arc;
 use offshoot_core::fingerprint::sha256_hex;
 use offshoot_core::graph::{self, Dependencies};
 use offshoot_core::snapshot::render_cycle;
-use offshoot_core::{Asset, AssetKey, AssetKind, CodeVersion, Location, PartitionsDefinition, Snapshot, TimeCadence};
+use offshoot_core::{
+    Asset, AssetKey, AssetKind, CodeVersion, Location, PartitionsDefinition, Snapshot, TimeCadence,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -100,7 +102,10 @@ pub fn read_manifest(files: &dyn ProjectFiles) -> Result<Manifest, LoadError> {
     }
 }
 
-fn read_manifest_into(files: &dyn ProjectFiles, diagnostics: &mut Vec<Diagnostic>) -> Result<Option<Manifest>, LoadError> {
+fn read_manifest_into(
+    files: &dyn ProjectFiles,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<Option<Manifest>, LoadError> {
     Ok(match files.read(MANIFEST_PATH)? {
         None => {
             diagnostics.push(
@@ -161,7 +166,8 @@ pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
     let external: Vec<String> = manifest.as_ref().map(|m| m.external.clone()).unwrap_or_default();
     let (keys, drafts) = check_duplicates(&sources, drafts, &mut diagnostics);
     let mut assets: Vec<Asset> = sources;
-    let mut reference_positions: BTreeMap<(AssetKey, AssetKey), (String, (u32, u32))> = BTreeMap::new();
+    let mut reference_positions: BTreeMap<(AssetKey, AssetKey), (String, (u32, u32))> =
+        BTreeMap::new();
     // One suggestion search per distinct unknown name: a deleted source read by thousands of
     // assets must not cost thousands of searches.
     let mut suggestions: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -169,34 +175,59 @@ pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
         let path = draft.asset.location.path.clone();
         for reference in &draft.references {
             if external.contains(&reference.written().to_lowercase())
-                || external.contains(&reference.parts.iter().map(|(v, _)| v.to_lowercase()).collect::<Vec<_>>().join("."))
+                || external.contains(
+                    &reference
+                        .parts
+                        .iter()
+                        .map(|(v, _)| v.to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join("."),
+                )
             {
                 continue;
             }
             let (name, quoted) = reference.parts.last().expect("references have at least one part");
-            let found = if *quoted { keys.exact.get(name) } else { keys.folded.get(&name.to_lowercase()) };
+            let found =
+                if *quoted { keys.exact.get(name) } else { keys.folded.get(&name.to_lowercase()) };
             let position = (reference.line, reference.column);
             match found {
                 Some(key) => {
-                    reference_positions.entry((draft.asset.key.clone(), key.clone())).or_insert((path.clone(), position));
+                    reference_positions
+                        .entry((draft.asset.key.clone(), key.clone()))
+                        .or_insert((path.clone(), position));
                     draft.asset.deps.insert(key.clone());
                 }
-                None => diagnostics.push(unknown_reference(&path, position, &reference.written(), &keys, &mut suggestions)),
+                None => diagnostics.push(unknown_reference(
+                    &path,
+                    position,
+                    &reference.written(),
+                    &keys,
+                    &mut suggestions,
+                )),
             }
         }
         for named in &draft.named_deps {
             match keys.exact.get(&named.name) {
                 Some(key) => {
-                    reference_positions.entry((draft.asset.key.clone(), key.clone())).or_insert((path.clone(), named.position));
+                    reference_positions
+                        .entry((draft.asset.key.clone(), key.clone()))
+                        .or_insert((path.clone(), named.position));
                     draft.asset.deps.insert(key.clone());
                 }
-                None => diagnostics.push(unknown_reference(&path, named.position, &named.name, &keys, &mut suggestions)),
+                None => diagnostics.push(unknown_reference(
+                    &path,
+                    named.position,
+                    &named.name,
+                    &keys,
+                    &mut suggestions,
+                )),
             }
         }
         assets.push(draft.asset);
     }
 
-    let dependencies: Dependencies = assets.iter().map(|a| (a.key.clone(), a.deps.clone())).collect();
+    let dependencies: Dependencies =
+        assets.iter().map(|a| (a.key.clone(), a.deps.clone())).collect();
     if graph::topological_order(&dependencies).is_err() {
         for cycle in graph::find_cycles(&dependencies) {
             let next = cycle.get(1).unwrap_or(&cycle[0]);
@@ -238,10 +269,14 @@ fn placeholder(path: &str, key: AssetKey, kind: AssetKind) -> Draft {
 }
 
 /// Parses SQL assets on up to four threads, in contiguous chunks so the results keep their order.
-fn parse_sql_files(files: Vec<(usize, &str, AssetKey, String)>, dialect: crate::Dialect) -> Vec<ParsedSqlFile> {
+fn parse_sql_files(
+    files: Vec<(usize, &str, AssetKey, String)>,
+    dialect: crate::Dialect,
+) -> Vec<ParsedSqlFile> {
     let parse = |(index, path, key, text): (usize, &str, AssetKey, String)| {
         let mut found = Vec::new();
-        let draft = sql_asset(path, key.clone(), &text, dialect, &mut found).unwrap_or_else(|| placeholder(path, key, AssetKind::Sql));
+        let draft = sql_asset(path, key.clone(), &text, dialect, &mut found)
+            .unwrap_or_else(|| placeholder(path, key, AssetKind::Sql));
         (index, draft, found)
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
@@ -259,7 +294,10 @@ fn parse_sql_files(files: Vec<(usize, &str, AssetKey, String)>, dialect: crate::
         chunks.push(part);
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks.into_iter().map(|part| scope.spawn(move || part.into_iter().map(parse).collect::<Vec<_>>())).collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|part| scope.spawn(move || part.into_iter().map(parse).collect::<Vec<_>>()))
+            .collect();
         // A panic in the parser is a bug; surface it rather than losing assets.
         handles.into_iter().flat_map(|h| h.join().expect("SQL parsing does not panic")).collect()
     })
@@ -306,7 +344,13 @@ fn not_utf8(path: &str, error: &std::string::FromUtf8Error) -> Diagnostic {
         .hint("save the file as UTF-8")
 }
 
-fn parse_asset_file(path: &str, file: &str, toml_text: &str, offset: usize, diagnostics: &mut Vec<Diagnostic>) -> Option<AssetFile> {
+fn parse_asset_file(
+    path: &str,
+    file: &str,
+    toml_text: &str,
+    offset: usize,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<AssetFile> {
     match toml::from_str::<AssetFile>(toml_text) {
         Ok(parsed) => Some(parsed),
         Err(error) => {
@@ -321,13 +365,21 @@ fn parse_asset_file(path: &str, file: &str, toml_text: &str, offset: usize, diag
 }
 
 /// Applies the keys both kinds share; returns false if something was invalid.
-fn apply_attributes(asset: &mut Asset, file: &AssetFile, path: &str, text: &str, offset: usize, diagnostics: &mut Vec<Diagnostic>) {
+fn apply_attributes(
+    asset: &mut Asset,
+    file: &AssetFile,
+    path: &str,
+    text: &str,
+    offset: usize,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     if let Some(group) = &file.group {
         asset.group = group.clone();
     }
     asset.description = file.description.clone();
     asset.tags = file.tags.clone();
-    asset.metadata = file.metadata.iter().map(|(k, v)| (k.clone(), toml_value::canonical(v))).collect();
+    asset.metadata =
+        file.metadata.iter().map(|(k, v)| (k.clone(), toml_value::canonical(v))).collect();
     asset.owners = file.owners.clone();
     asset.grain = file.grain.clone();
     if let Some(partitions) = &file.partitions {
@@ -353,8 +405,12 @@ fn partitions_definition(file: &PartitionsFile) -> Result<PartitionsDefinition, 
         }
         return Ok(PartitionsDefinition::Static { keys });
     }
-    let cadence = TimeCadence::parse(&file.kind).ok_or_else(|| format!("unknown partitions type `{}`", file.kind))?;
-    let start = file.start.clone().ok_or_else(|| format!("{} partitions need a `start` date", file.kind))?;
+    let cadence = TimeCadence::parse(&file.kind)
+        .ok_or_else(|| format!("unknown partitions type `{}`", file.kind))?;
+    let start = file
+        .start
+        .clone()
+        .ok_or_else(|| format!("{} partitions need a `start` date", file.kind))?;
     if !looks_like_date(&start) {
         return Err(format!("partitions start `{start}` is not a date like 2024-01-01"));
     }
@@ -370,17 +426,32 @@ fn partitions_definition(file: &PartitionsFile) -> Result<PartitionsDefinition, 
 fn looks_like_date(text: &str) -> bool {
     let bytes = text.as_bytes();
     bytes.len() >= 10
-        && bytes[..10].iter().enumerate().all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() })
+        && bytes[..10].iter().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                *b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
 }
 
 fn named_deps(file: &AssetFile, text: &str, offset: usize) -> Vec<NamedDep> {
     file.deps
         .iter()
-        .map(|dep| NamedDep { name: dep.get_ref().clone(), position: line_column(text, offset + dep.span().start) })
+        .map(|dep| NamedDep {
+            name: dep.get_ref().clone(),
+            position: line_column(text, offset + dep.span().start),
+        })
         .collect()
 }
 
-fn sql_asset(path: &str, key: AssetKey, text: &str, dialect: crate::Dialect, diagnostics: &mut Vec<Diagnostic>) -> Option<Draft> {
+fn sql_asset(
+    path: &str,
+    key: AssetKey,
+    text: &str,
+    dialect: crate::Dialect,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Draft> {
     let mut asset = Asset::new(key, AssetKind::Sql);
     asset.group = default_group(path);
     asset.location = Location { path: path.to_owned(), line: 1 };
@@ -391,7 +462,10 @@ fn sql_asset(path: &str, key: AssetKey, text: &str, dialect: crate::Dialect, dia
         }
         Ok(None) => (None, text),
         Err(position) => {
-            diagnostics.push(Diagnostic::new(path, position, "the `/* offshoot` header is never closed").hint("end the header with `*/`"));
+            diagnostics.push(
+                Diagnostic::new(path, position, "the `/* offshoot` header is never closed")
+                    .hint("end the header with `*/`"),
+            );
             return None;
         }
     };
@@ -400,14 +474,22 @@ fn sql_asset(path: &str, key: AssetKey, text: &str, dialect: crate::Dialect, dia
     if let Some((file, offset)) = &header {
         if let Some(command) = &file.command {
             diagnostics.push(
-                Diagnostic::new(path, line_column(text, offset + command.span().start), "`command` is not allowed in an SQL asset's header")
-                    .hint("command assets are .toml files of their own"),
+                Diagnostic::new(
+                    path,
+                    line_column(text, offset + command.span().start),
+                    "`command` is not allowed in an SQL asset's header",
+                )
+                .hint("command assets are .toml files of their own"),
             );
         }
         if let Some(input) = file.inputs.first() {
             diagnostics.push(
-                Diagnostic::new(path, line_column(text, offset + input.span().start), "`inputs` is not allowed in an SQL asset's header")
-                    .hint("only command assets declare input files"),
+                Diagnostic::new(
+                    path,
+                    line_column(text, offset + input.span().start),
+                    "`inputs` is not allowed in an SQL asset's header",
+                )
+                .hint("only command assets declare input files"),
             );
         }
         apply_attributes(&mut asset, file, path, text, *offset, diagnostics);
@@ -425,7 +507,11 @@ fn sql_asset(path: &str, key: AssetKey, text: &str, dialect: crate::Dialect, dia
     asset.code = Arc::from(code);
     asset.code_version = match explicit_version {
         Some(version) => CodeVersion::explicit(version),
-        None => CodeVersion::derived(sha256_hex(&[b"sql", crate::canonical::version().as_bytes(), parsed.canonical.as_bytes()])),
+        None => CodeVersion::derived(sha256_hex(&[
+            b"sql",
+            crate::canonical::version().as_bytes(),
+            parsed.canonical.as_bytes(),
+        ])),
     };
     Some(Draft { asset, references: parsed.references, named_deps: named })
 }
@@ -444,19 +530,27 @@ fn command_asset(
     apply_attributes(&mut asset, &file, path, text, 0, diagnostics);
     let Some(command) = file.command.as_ref().filter(|c| !c.get_ref().trim().is_empty()) else {
         diagnostics.push(
-            Diagnostic::new(path, (1, 1), "a command asset needs a non-empty `command`")
-                .hint("add command = \"python3 scripts/load.py\"; it runs in a checkout of the commit"),
+            Diagnostic::new(path, (1, 1), "a command asset needs a non-empty `command`").hint(
+                "add command = \"python3 scripts/load.py\"; it runs in a checkout of the commit",
+            ),
         );
         return Ok(None);
     };
-    let mut version_parts: Vec<Vec<u8>> = vec![b"command".to_vec(), command.get_ref().as_bytes().to_vec()];
+    let mut version_parts: Vec<Vec<u8>> =
+        vec![b"command".to_vec(), command.get_ref().as_bytes().to_vec()];
     for input in &file.inputs {
         let position = line_column(text, input.span().start);
         let input_path = input.get_ref();
         if !is_relative_path(input_path) {
             diagnostics.push(
-                Diagnostic::new(path, position, format!("input `{input_path}` must be a relative path inside the repository"))
-                    .hint("write paths from the repository root without `..`, like \"scripts/load.py\""),
+                Diagnostic::new(
+                    path,
+                    position,
+                    format!("input `{input_path}` must be a relative path inside the repository"),
+                )
+                .hint(
+                    "write paths from the repository root without `..`, like \"scripts/load.py\"",
+                ),
             );
             continue;
         }
@@ -496,7 +590,11 @@ struct KnownKeys {
 
 /// Reports every key defined twice (ignoring case) and keeps only the first definition, so one
 /// duplicate does not hide the rest of the graph's problems.
-fn check_duplicates(sources: &[Asset], drafts: Vec<Draft>, diagnostics: &mut Vec<Diagnostic>) -> (KnownKeys, Vec<Draft>) {
+fn check_duplicates(
+    sources: &[Asset],
+    drafts: Vec<Draft>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> (KnownKeys, Vec<Draft>) {
     let mut known = KnownKeys { exact: BTreeMap::new(), folded: BTreeMap::new() };
     let mut first: BTreeMap<String, Location> = BTreeMap::new();
     let mut is_new = |asset: &Asset, diagnostics: &mut Vec<Diagnostic>| {
@@ -537,7 +635,8 @@ fn unknown_reference(
             .min()
             .map(|(_, k)| k.clone())
     });
-    let suggestion = closest.as_ref().map(|k| format!("did you mean `{k}`? Otherwise ")).unwrap_or_default();
+    let suggestion =
+        closest.as_ref().map(|k| format!("did you mean `{k}`? Otherwise ")).unwrap_or_default();
     Diagnostic::new(path, position, format!("`{name}` is not an asset, a source or a declared external table")).hint(format!(
         "{suggestion}add an asset file for it, declare it under [sources.{last}] in offshoot.toml, or list it in `external`"
     ))

@@ -191,21 +191,32 @@ pub fn parse(text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Manifest> 
         Some(name) => Dialect::parse(name.get_ref()).unwrap_or_else(|| {
             let position = crate::diagnostic::line_column(text, name.span().start);
             diagnostics.push(
-                Diagnostic::new(MANIFEST_PATH, position, format!("unknown SQL dialect `{}`", name.get_ref()))
-                    .hint("use \"generic\", \"sqlite\" or \"postgres\""),
+                Diagnostic::new(
+                    MANIFEST_PATH,
+                    position,
+                    format!("unknown SQL dialect `{}`", name.get_ref()),
+                )
+                .hint("use \"generic\", \"sqlite\" or \"postgres\""),
             );
             Dialect::Generic
         }),
     };
     let mut sources = Vec::new();
     for (name, section) in file.sources {
-        let line = text.lines().position(|l| l.contains("sources") && l.contains(name.as_str())).map_or(1, |i| i as u32 + 1);
+        let line = text
+            .lines()
+            .position(|l| l.contains("sources") && l.contains(name.as_str()))
+            .map_or(1, |i| i as u32 + 1);
         let key = match AssetKey::identifier(&name) {
             Ok(key) => key,
             Err(error) => {
                 diagnostics.push(
-                    Diagnostic::new(MANIFEST_PATH, (line, 1), format!("invalid source name `{name}`: {error}"))
-                        .hint("source names are table names: letters, digits and `_`"),
+                    Diagnostic::new(
+                        MANIFEST_PATH,
+                        (line, 1),
+                        format!("invalid source name `{name}`: {error}"),
+                    )
+                    .hint("source names are table names: letters, digits and `_`"),
                 );
                 continue;
             }
@@ -214,7 +225,8 @@ pub fn parse(text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Manifest> 
         asset.group = section.group.unwrap_or_else(|| "sources".to_owned());
         asset.description = section.description;
         asset.tags = section.tags;
-        asset.metadata = section.metadata.iter().map(|(k, v)| (k.clone(), toml_value::canonical(v))).collect();
+        asset.metadata =
+            section.metadata.iter().map(|(k, v)| (k.clone(), toml_value::canonical(v))).collect();
         asset.owners = section.owners;
         asset.code = Arc::from("");
         asset.code_version = CodeVersion::derived("source");
@@ -224,7 +236,9 @@ pub fn parse(text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Manifest> 
     let _ = file.project.description;
     let location = match &file.location {
         None => LocationConfig::Native,
-        Some(section) => location_config(text, section.get_ref(), section.span().start, diagnostics),
+        Some(section) => {
+            location_config(text, section.get_ref(), section.span().start, diagnostics)
+        }
     };
     Some(Manifest {
         name: file.project.name,
@@ -238,9 +252,17 @@ pub fn parse(text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Manifest> 
 
 const DEFAULT_TOOL_TIMEOUT_SECONDS: u64 = 600;
 
-fn location_config(text: &str, section: &LocationSection, start: usize, diagnostics: &mut Vec<Diagnostic>) -> LocationConfig {
+fn location_config(
+    text: &str,
+    section: &LocationSection,
+    start: usize,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> LocationConfig {
     let mut problem = |offset: usize, message: String, hint: &str| {
-        diagnostics.push(Diagnostic::new(MANIFEST_PATH, crate::diagnostic::line_column(text, offset), message).hint(hint));
+        diagnostics.push(
+            Diagnostic::new(MANIFEST_PATH, crate::diagnostic::line_column(text, offset), message)
+                .hint(hint),
+        );
     };
     let timeout_seconds = section.timeout_seconds.unwrap_or(DEFAULT_TOOL_TIMEOUT_SECONDS).max(1);
     let mut relative = |value: &Option<toml::Spanned<String>>, key: &str| -> String {
@@ -248,7 +270,11 @@ fn location_config(text: &str, section: &LocationSection, start: usize, diagnost
         match relative_dir(value.get_ref()) {
             Ok(dir) => dir,
             Err(why) => {
-                problem(value.span().start, format!("`{key}` {why}"), "give a folder inside the repository, like \".\" or \"transform\"");
+                problem(
+                    value.span().start,
+                    format!("`{key}` {why}"),
+                    "give a folder inside the repository, like \".\" or \"transform\"",
+                );
                 ".".to_owned()
             }
         }
@@ -258,52 +284,89 @@ fn location_config(text: &str, section: &LocationSection, start: usize, diagnost
         "native" => LocationConfig::Native,
         "dbt" => {
             let project_dir = relative(&section.project_dir, "project_dir");
-            for (set, name) in [(section.module.is_some(), "module"), (section.file.is_some(), "file"), (section.attribute.is_some(), "attribute"), (section.python.is_some(), "python"), (section.working_directory.is_some(), "working_directory")] {
+            for (set, name) in [
+                (section.module.is_some(), "module"),
+                (section.file.is_some(), "file"),
+                (section.attribute.is_some(), "attribute"),
+                (section.python.is_some(), "python"),
+                (section.working_directory.is_some(), "working_directory"),
+            ] {
                 if set {
                     problem(start, tool_only(name), "a dbt location takes project_dir, parse_command, build_command and timeout_seconds");
                 }
             }
             LocationConfig::Dbt(DbtConfig {
                 project_dir,
-                parse_command: section.parse_command.clone().unwrap_or_else(|| "dbt parse".to_owned()),
-                build_command: section.build_command.clone().unwrap_or_else(|| "dbt build".to_owned()),
+                parse_command: section
+                    .parse_command
+                    .clone()
+                    .unwrap_or_else(|| "dbt parse".to_owned()),
+                build_command: section
+                    .build_command
+                    .clone()
+                    .unwrap_or_else(|| "dbt build".to_owned()),
                 timeout_seconds,
             })
         }
         "dagster" => {
             let working_directory = relative(&section.working_directory, "working_directory");
-            for (set, name) in [(section.project_dir.is_some(), "project_dir"), (section.parse_command.is_some(), "parse_command"), (section.build_command.is_some(), "build_command")] {
+            for (set, name) in [
+                (section.project_dir.is_some(), "project_dir"),
+                (section.parse_command.is_some(), "parse_command"),
+                (section.build_command.is_some(), "build_command"),
+            ] {
                 if set {
                     problem(start, tool_only(name), "a dagster location takes module or file, attribute, python, working_directory and timeout_seconds");
                 }
             }
             let module = section.module.as_ref().and_then(|m| {
-                let valid = !m.get_ref().is_empty() && m.get_ref().split('.').all(is_python_identifier);
+                let valid =
+                    !m.get_ref().is_empty() && m.get_ref().split('.').all(is_python_identifier);
                 if !valid {
-                    problem(m.span().start, format!("`{}` is not a Python module name", m.get_ref()), "dotted identifiers, like \"my_project.definitions\"");
+                    problem(
+                        m.span().start,
+                        format!("`{}` is not a Python module name", m.get_ref()),
+                        "dotted identifiers, like \"my_project.definitions\"",
+                    );
                 }
                 valid.then(|| m.get_ref().clone())
             });
             let file = section.file.as_ref().and_then(|f| match relative_dir(f.get_ref()) {
                 Ok(path) if path != "." && path.ends_with(".py") => Some(path),
                 Ok(_) => {
-                    problem(f.span().start, "`file` must name a .py file".to_owned(), "like \"definitions.py\"");
+                    problem(
+                        f.span().start,
+                        "`file` must name a .py file".to_owned(),
+                        "like \"definitions.py\"",
+                    );
                     None
                 }
                 Err(why) => {
-                    problem(f.span().start, format!("`file` {why}"), "a .py file inside the repository");
+                    problem(
+                        f.span().start,
+                        format!("`file` {why}"),
+                        "a .py file inside the repository",
+                    );
                     None
                 }
             });
             let attribute = section.attribute.as_ref().and_then(|a| {
                 let valid = is_python_identifier(a.get_ref());
                 if !valid {
-                    problem(a.span().start, format!("`{}` is not a Python identifier", a.get_ref()), "the name of the Definitions object, like \"defs\"");
+                    problem(
+                        a.span().start,
+                        format!("`{}` is not a Python identifier", a.get_ref()),
+                        "the name of the Definitions object, like \"defs\"",
+                    );
                 }
                 valid.then(|| a.get_ref().clone())
             });
             if section.module.is_some() == section.file.is_some() {
-                problem(start, "a dagster location needs exactly one of `module` and `file`".to_owned(), "module = \"my_project.definitions\"");
+                problem(
+                    start,
+                    "a dagster location needs exactly one of `module` and `file`".to_owned(),
+                    "module = \"my_project.definitions\"",
+                );
             }
             LocationConfig::Dagster(DagsterConfig {
                 module,
@@ -315,7 +378,11 @@ fn location_config(text: &str, section: &LocationSection, start: usize, diagnost
             })
         }
         other => {
-            problem(section.kind.span().start, format!("unknown location type `{other}`"), "use \"native\", \"dbt\" or \"dagster\"");
+            problem(
+                section.kind.span().start,
+                format!("unknown location type `{other}`"),
+                "use \"native\", \"dbt\" or \"dagster\"",
+            );
             LocationConfig::Native
         }
     }
@@ -335,5 +402,6 @@ fn relative_dir(path: &str) -> Result<String, &'static str> {
 
 fn is_python_identifier(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

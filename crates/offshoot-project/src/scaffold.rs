@@ -2,7 +2,8 @@
 
 /// `(path, content)` pairs; `name` becomes the project name.
 pub fn files(name: &str) -> Vec<(&'static str, String)> {
-    let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')).collect();
+    let name: String =
+        name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')).collect();
     let name = if name.is_empty() { "my_pipeline".to_owned() } else { name };
     vec![
         (
@@ -50,11 +51,11 @@ GROUP BY 1, 2
     ]
 }
 
-
 /// The `offshoot.toml` that adds Offshoot to an existing dbt project or Dagster code location:
 /// `[location]` with the given keys (TOML-quoted here), nothing else to write.
 pub fn location_manifest(name: &str, location: &str, keys: &[(&str, &str)]) -> String {
-    let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')).collect();
+    let name: String =
+        name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')).collect();
     let name = if name.is_empty() { "my_pipeline".to_owned() } else { name };
     let mut text = format!(
         "# Offshoot reads this {location} project as it is; see README.md, \"dbt projects and Dagster code locations\".\n\

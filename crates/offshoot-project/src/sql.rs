@@ -57,7 +57,11 @@ pub fn split_header(text: &str) -> Result<Option<Header<'_>>, (u32, u32)> {
         return Err(line_column(text, start));
     };
     let toml_end = toml_start + close;
-    Ok(Some(Header { toml: &text[toml_start..toml_end], offset: toml_start, body: &text[toml_end + 2..] }))
+    Ok(Some(Header {
+        toml: &text[toml_start..toml_end],
+        offset: toml_start,
+        body: &text[toml_end + 2..],
+    }))
 }
 
 pub(crate) fn sql_dialect(dialect: Dialect) -> Box<dyn SqlDialect> {
@@ -71,7 +75,8 @@ pub(crate) fn sql_dialect(dialect: Dialect) -> Box<dyn SqlDialect> {
 /// Parses the whole file (the header is an SQL comment, so positions are the file's own).
 pub fn parse(path: &str, text: &str, dialect: Dialect) -> Result<ParsedSql, Diagnostic> {
     let dialect = sql_dialect(dialect);
-    let statements = Parser::parse_sql(dialect.as_ref(), text).map_err(|error| parser_diagnostic(path, text, error))?;
+    let statements = Parser::parse_sql(dialect.as_ref(), text)
+        .map_err(|error| parser_diagnostic(path, text, error))?;
     let statement = match statements.as_slice() {
         [] => {
             return Err(Diagnostic::new(path, (1, 1), "expected one SELECT statement, found none")
@@ -80,8 +85,12 @@ pub fn parse(path: &str, text: &str, dialect: Dialect) -> Result<ParsedSql, Diag
         [one] => one,
         [_, second, ..] => {
             let at = second.span().start;
-            return Err(Diagnostic::new(path, position(at.line, at.column), "expected one SELECT statement, found several")
-                .hint("keep one query per file; split the others into assets of their own"));
+            return Err(Diagnostic::new(
+                path,
+                position(at.line, at.column),
+                "expected one SELECT statement, found several",
+            )
+            .hint("keep one query per file; split the others into assets of their own"));
         }
     };
     if !matches!(statement, Statement::Query(_)) {
@@ -91,7 +100,10 @@ pub fn parse(path: &str, text: &str, dialect: Dialect) -> Result<ParsedSql, Diag
     }
     let mut collector = ReferenceCollector { scopes: Vec::new(), references: Vec::new() };
     let _ = statement.visit(&mut collector);
-    Ok(ParsedSql { canonical: crate::canonical::canonical_text(statement), references: collector.references })
+    Ok(ParsedSql {
+        canonical: crate::canonical::canonical_text(statement),
+        references: collector.references,
+    })
 }
 
 fn position(line: u64, column: u64) -> (u32, u32) {
@@ -110,7 +122,8 @@ fn parser_diagnostic(path: &str, text: &str, error: ParserError) -> Diagnostic {
     let (message, at) = match message.rfind(" at Line: ") {
         Some(index) => {
             let location = &message[index + " at Line: ".len()..];
-            let mut numbers = location.split(", Column: ").map(|n| n.trim().parse::<u64>().unwrap_or(1));
+            let mut numbers =
+                location.split(", Column: ").map(|n| n.trim().parse::<u64>().unwrap_or(1));
             let line = numbers.next().unwrap_or(1);
             let column = numbers.next().unwrap_or(1);
             (message[..index].to_owned(), position(line, column))
@@ -127,13 +140,18 @@ fn parser_diagnostic(path: &str, text: &str, error: ParserError) -> Diagnostic {
 
 /// Clause keywords a typo most often hides: `SELECT id FORM t` parses `FORM` as an alias of `id`
 /// and fails only at `t`, so the error belongs to the word before.
-const CLAUSE_KEYWORDS: [&str; 9] = ["SELECT", "FROM", "WHERE", "GROUP", "ORDER", "HAVING", "JOIN", "LIMIT", "UNION"];
+const CLAUSE_KEYWORDS: [&str; 9] =
+    ["SELECT", "FROM", "WHERE", "GROUP", "ORDER", "HAVING", "JOIN", "LIMIT", "UNION"];
 
 /// The word just before the error position, when it is a near miss of a clause keyword (and not
 /// the keyword itself): (the word, the keyword, its position).
-fn misspelt_keyword_before(text: &str, (line, column): (u32, u32)) -> Option<(String, &'static str, (u32, u32))> {
+fn misspelt_keyword_before(
+    text: &str,
+    (line, column): (u32, u32),
+) -> Option<(String, &'static str, (u32, u32))> {
     let line_start: usize = text.split_inclusive('\n').take(line as usize - 1).map(str::len).sum();
-    let offset = line_start + text[line_start..].chars().take(column as usize - 1).map(char::len_utf8).sum::<usize>();
+    let offset = line_start
+        + text[line_start..].chars().take(column as usize - 1).map(char::len_utf8).sum::<usize>();
     let before = text.get(..offset)?.trim_end();
     let start = before.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
     let word = &before[start..];
@@ -189,7 +207,9 @@ impl Visitor for ReferenceCollector {
             .0
             .iter()
             .filter_map(|part| match part {
-                ObjectNamePart::Identifier(ident) => Some((ident.value.clone(), ident.quote_style.is_some())),
+                ObjectNamePart::Identifier(ident) => {
+                    Some((ident.value.clone(), ident.quote_style.is_some()))
+                }
                 ObjectNamePart::Function(_) => None,
             })
             .collect();
@@ -217,14 +237,20 @@ mod tests {
 
     fn check_references(sql: &str, expect: Expect) {
         let parsed = parse("a.sql", sql, Dialect::Generic).expect("valid SQL");
-        let refs: Vec<String> =
-            parsed.references.iter().map(|r| format!("{}@{}:{}", r.written(), r.line, r.column)).collect();
+        let refs: Vec<String> = parsed
+            .references
+            .iter()
+            .map(|r| format!("{}@{}:{}", r.written(), r.line, r.column))
+            .collect();
         expect.assert_eq(&refs.join(" "));
     }
 
     #[test]
     fn references_skip_cte_names_in_scope() {
-        check_references("select * from orders o join customers c on o.id = c.id", expect!["orders@1:15 customers@1:29"]);
+        check_references(
+            "select * from orders o join customers c on o.id = c.id",
+            expect!["orders@1:15 customers@1:29"],
+        );
         check_references(
             "with recent as (select * from orders) select * from recent join recent r2 using (id)",
             expect!["orders@1:31"],
@@ -234,7 +260,10 @@ mod tests {
             "select * from (with payments as (select 1) select * from payments) p join payments q on true",
             expect!["payments@1:75"],
         );
-        check_references("select * from main.\"Orders\", generate_series(1, 3)", expect![[r#"main."Orders"@1:15"#]]);
+        check_references(
+            "select * from main.\"Orders\", generate_series(1, 3)",
+            expect![[r#"main."Orders"@1:15"#]],
+        );
         check_references(
             "select (select max(x) from a where a.id in (select id from b)) from c",
             expect!["a@1:28 b@1:60 c@1:69"],
@@ -244,8 +273,10 @@ mod tests {
 
     #[test]
     fn canonical_text_ignores_formatting() {
-        let a = parse("a.sql", "select a,  b -- note\nfrom   t where x=1", Dialect::Generic).expect("valid");
-        let b = parse("a.sql", "SELECT a, b /* other */ FROM t WHERE x = 1\n", Dialect::Generic).expect("valid");
+        let a = parse("a.sql", "select a,  b -- note\nfrom   t where x=1", Dialect::Generic)
+            .expect("valid");
+        let b = parse("a.sql", "SELECT a, b /* other */ FROM t WHERE x = 1\n", Dialect::Generic)
+            .expect("valid");
         assert_eq!(a.canonical, b.canonical);
         let c = parse("a.sql", "SELECT a, b FROM t WHERE x = 2", Dialect::Generic).expect("valid");
         assert_ne!(a.canonical, c.canonical);
@@ -258,27 +289,48 @@ mod tests {
 
     #[test]
     fn errors_carry_positions() {
-        check_error("select a from\nwhere x", expect![[r#"
+        check_error(
+            "select a from\nwhere x",
+            expect![[r#"
             a.sql:2:1: error: SQL syntax error: Expected: table name, found: where
-              = hint: fix the query; `offshoot validate` re-checks every file"#]]);
-        check_error("select 1; select 2", expect![[r#"
+              = hint: fix the query; `offshoot validate` re-checks every file"#]],
+        );
+        check_error(
+            "select 1; select 2",
+            expect![[r#"
             a.sql:1:11: error: expected one SELECT statement, found several
-              = hint: keep one query per file; split the others into assets of their own"#]]);
-        check_error("drop table orders", expect![[r#"
+              = hint: keep one query per file; split the others into assets of their own"#]],
+        );
+        check_error(
+            "drop table orders",
+            expect![[r#"
             a.sql:1:1: error: expected a SELECT statement
-              = hint: write only the query (SELECT or WITH ... SELECT); Offshoot creates the table from its result"#]]);
-        check_error("-- nothing", expect![[r#"
+              = hint: write only the query (SELECT or WITH ... SELECT); Offshoot creates the table from its result"#]],
+        );
+        check_error(
+            "-- nothing",
+            expect![[r#"
             a.sql:1:1: error: expected one SELECT statement, found none
-              = hint: an SQL asset is one query whose result becomes the asset's table"#]]);
-        check_error("SELECT id\nFORM raw_users", expect![[r#"
+              = hint: an SQL asset is one query whose result becomes the asset's table"#]],
+        );
+        check_error(
+            "SELECT id\nFORM raw_users",
+            expect![[r#"
             a.sql:2:1: error: SQL syntax error: `FORM` is not a keyword, so it was read as an alias; did you mean `FROM`? (then: Expected: end of statement, found: raw_users)
-              = hint: write `FROM`; `offshoot validate` re-checks every file"#]]);
-        check_error("select a, b from t\nwehre a > 1", expect![[r#"
+              = hint: write `FROM`; `offshoot validate` re-checks every file"#]],
+        );
+        check_error(
+            "select a, b from t\nwehre a > 1",
+            expect![[r#"
             a.sql:2:1: error: SQL syntax error: `wehre` is not a keyword, so it was read as an alias; did you mean `WHERE`? (then: Expected: end of statement, found: a)
-              = hint: write `WHERE`; `offshoot validate` re-checks every file"#]]);
-        check_error("select 'unterminated", expect![[r#"
+              = hint: write `WHERE`; `offshoot validate` re-checks every file"#]],
+        );
+        check_error(
+            "select 'unterminated",
+            expect![[r#"
             a.sql:1:8: error: SQL syntax error: Unterminated string literal
-              = hint: fix the query; `offshoot validate` re-checks every file"#]]);
+              = hint: fix the query; `offshoot validate` re-checks every file"#]],
+        );
     }
 
     #[test]

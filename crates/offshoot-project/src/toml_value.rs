@@ -17,11 +17,14 @@ fn notation(value: &Value) -> String {
         Value::Float(f) => f.to_string(),
         Value::Boolean(b) => b.to_string(),
         Value::Datetime(d) => d.to_string(),
-        Value::Array(items) => format!("[{}]", items.iter().map(notation).collect::<Vec<_>>().join(", ")),
+        Value::Array(items) => {
+            format!("[{}]", items.iter().map(notation).collect::<Vec<_>>().join(", "))
+        }
         Value::Table(table) => {
             let mut entries: Vec<(&String, &Value)> = table.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{k} = {}", notation(v))).collect();
+            let inner: Vec<String> =
+                entries.iter().map(|(k, v)| format!("{k} = {}", notation(v))).collect();
             format!("{{ {} }}", inner.join(", "))
         }
     }

@@ -45,9 +45,12 @@ pub struct GitRepository {
 impl GitRepository {
     /// Opens the repository at `path` or the first parent of it that is one.
     pub fn open(path: &Path) -> Result<GitRepository, RepoError> {
-        Repository::discover(path)
-            .map(|repo| GitRepository { repo })
-            .map_err(|e| RepoError::NotARepository { path: path.display().to_string(), message: e.message().to_owned() })
+        Repository::discover(path).map(|repo| GitRepository { repo }).map_err(|e| {
+            RepoError::NotARepository {
+                path: path.display().to_string(),
+                message: e.message().to_owned(),
+            }
+        })
     }
 
     /// The working directory, if the repository is not bare.
@@ -57,11 +60,18 @@ impl GitRepository {
 
     /// Resolves a branch, tag, SHA or any `git rev-parse` expression to a commit.
     pub fn resolve(&self, rev: &str) -> Result<CommitInfo, RepoError> {
-        let unknown = |e: git2::Error| RepoError::UnknownRevision { rev: rev.to_owned(), message: e.message().to_owned() };
+        let unknown = |e: git2::Error| RepoError::UnknownRevision {
+            rev: rev.to_owned(),
+            message: e.message().to_owned(),
+        };
         if rev.is_empty() || rev.starts_with('-') || rev.contains('\0') {
-            return Err(RepoError::UnknownRevision { rev: rev.to_owned(), message: "not a revision".to_owned() });
+            return Err(RepoError::UnknownRevision {
+                rev: rev.to_owned(),
+                message: "not a revision".to_owned(),
+            });
         }
-        let commit = self.repo.revparse_single(rev).and_then(|o| o.peel_to_commit()).map_err(unknown)?;
+        let commit =
+            self.repo.revparse_single(rev).and_then(|o| o.peel_to_commit()).map_err(unknown)?;
         let author = commit.author();
         Ok(CommitInfo {
             sha: commit.id().to_string(),
@@ -100,7 +110,8 @@ impl GitRepository {
     pub fn export_tree(&self, sha: &str, target: &Path) -> Result<(), RepoError> {
         let oid = Oid::from_str(&self.resolve(sha)?.sha).map_err(git_error)?;
         let tree = self.repo.find_commit(oid).and_then(|c| c.tree()).map_err(git_error)?;
-        std::fs::create_dir_all(target).map_err(|e| RepoError::Git(format!("{}: {e}", target.display())))?;
+        std::fs::create_dir_all(target)
+            .map_err(|e| RepoError::Git(format!("{}: {e}", target.display())))?;
         let mut checkout = git2::build::CheckoutBuilder::new();
         // update_index(false): by default libgit2 writes the exported tree into the repository's own
         // index, which would stage it in a watched working copy.
@@ -120,7 +131,8 @@ impl GitRepository {
         let mut out = Vec::new();
         for branch in self.repo.branches(Some(git2::BranchType::Local)).map_err(git_error)? {
             let (branch, _) = branch.map_err(git_error)?;
-            let name = String::from_utf8_lossy(branch.name_bytes().map_err(git_error)?).into_owned();
+            let name =
+                String::from_utf8_lossy(branch.name_bytes().map_err(git_error)?).into_owned();
             if let Some(target) = branch.get().resolve().ok().and_then(|r| r.target()) {
                 out.push((name, target.to_string()));
             }
@@ -143,7 +155,10 @@ impl ProjectFiles for CommitFiles<'_> {
             Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(FilesError(e.message().to_owned())),
         };
-        let assets = self.repo.find_tree(entry.id()).map_err(|e| FilesError(format!("{ASSETS_DIR} is not a folder: {}", e.message())))?;
+        let assets = self
+            .repo
+            .find_tree(entry.id())
+            .map_err(|e| FilesError(format!("{ASSETS_DIR} is not a folder: {}", e.message())))?;
         let mut paths = Vec::new();
         let mut blobs = self.blobs.borrow_mut();
         assets
@@ -172,7 +187,8 @@ impl ProjectFiles for CommitFiles<'_> {
                 Err(e) => return Err(FilesError(e.message().to_owned())),
             },
         };
-        let blob = self.repo.find_blob(id).map_err(|e| FilesError(format!("{path}: {}", e.message())))?;
+        let blob =
+            self.repo.find_blob(id).map_err(|e| FilesError(format!("{path}: {}", e.message())))?;
         Ok(Some(blob.content().to_vec()))
     }
 }
@@ -200,7 +216,9 @@ impl ProjectFiles for WorkingDirectory {
             };
             for entry in entries {
                 let entry = entry.map_err(|e| FilesError(format!("{}: {e}", dir.display())))?;
-                let kind = entry.file_type().map_err(|e| FilesError(format!("{}: {e}", entry.path().display())))?;
+                let kind = entry
+                    .file_type()
+                    .map_err(|e| FilesError(format!("{}: {e}", entry.path().display())))?;
                 let path = format!("{prefix}/{}", entry.file_name().to_string_lossy());
                 if kind.is_dir() {
                     pending.push((entry.path(), path));

@@ -33,7 +33,12 @@ impl GitRepository {
         let parent = match self.repo.find_reference(&reference) {
             Ok(r) => Some(r.peel_to_commit().map_err(git_error)?),
             Err(_) => match start_point {
-                Some(rev) => Some(self.repo.revparse_single(rev).and_then(|o| o.peel_to_commit()).map_err(git_error)?),
+                Some(rev) => Some(
+                    self.repo
+                        .revparse_single(rev)
+                        .and_then(|o| o.peel_to_commit())
+                        .map_err(git_error)?,
+                ),
                 None => None,
             },
         };

@@ -13,12 +13,12 @@ use offshoot_store::{Deployment, DeploymentFilter, RunFilter, RunId};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::auth::{Caller, Reader, Writer};
 use crate::changes::ChangeSetJson;
+use crate::config::Role;
 use crate::deploy::{self, Push};
 use crate::dto::{self, ChangesJson, DeploymentJson, RunJson};
 use crate::error::{ApiError, ApiResult};
-use crate::auth::{Caller, Reader, Writer};
-use crate::config::Role;
 use crate::state::{AppState, SharedState};
 use crate::{lifecycle, openapi, runs};
 
@@ -65,7 +65,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
 
 fn body_error(rejection: &JsonRejection) -> String {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => "send the body as JSON with `Content-Type: application/json`".to_owned(),
+        JsonRejection::MissingJsonContentType(_) => {
+            "send the body as JSON with `Content-Type: application/json`".to_owned()
+        }
         other => format!("invalid JSON body: {}", other.body_text()),
     }
 }
@@ -81,8 +83,12 @@ pub struct RepositoryQuery {
 pub fn pick_repository(state: &AppState, name: Option<&str>) -> ApiResult<RepositoryName> {
     match name {
         Some(name) => {
-            let name = RepositoryName::from_any(name)
-                .map_err(|e| ApiError::not_found("repository_not_found", format!("`{name}` is not a repository name: {e}")))?;
+            let name = RepositoryName::from_any(name).map_err(|e| {
+                ApiError::not_found(
+                    "repository_not_found",
+                    format!("`{name}` is not a repository name: {e}"),
+                )
+            })?;
             deploy::repository_config(state, &name).map(|r| r.name.clone())
         }
         None => match state.config.repositories.as_slice() {
@@ -90,7 +96,10 @@ pub fn pick_repository(state: &AppState, name: Option<&str>) -> ApiResult<Reposi
             [] => Err(ApiError::not_found("repository_not_found", "no repository is configured")),
             many => {
                 let names: Vec<&str> = many.iter().map(|r| r.name.as_str()).collect();
-                Err(ApiError::bad_request("invalid_request", format!("name the repository: one of {}", names.join(", "))))
+                Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("name the repository: one of {}", names.join(", ")),
+                ))
             }
         },
     }
@@ -98,19 +107,34 @@ pub fn pick_repository(state: &AppState, name: Option<&str>) -> ApiResult<Reposi
 
 /// The deployment `name` of the named repository; without a repository, of the one configured
 /// repository that has a deployment of that name (several: an error naming them).
-pub async fn find_deployment(state: &AppState, repository: Option<&str>, name: &str) -> ApiResult<Deployment> {
+pub async fn find_deployment(
+    state: &AppState,
+    repository: Option<&str>,
+    name: &str,
+) -> ApiResult<Deployment> {
     if repository.is_none() && state.config.repositories.len() > 1 {
         return find_deployment_in_any(state, name).await;
     }
     let repository = pick_repository(state, repository)?;
-    let missing = || ApiError::not_found("deployment_not_found", format!("no deployment named `{name}` in `{repository}`"));
+    let missing = || {
+        ApiError::not_found(
+            "deployment_not_found",
+            format!("no deployment named `{name}` in `{repository}`"),
+        )
+    };
     let name = DeploymentName::new(name).map_err(|_| missing())?;
     state.store.find_deployment(&repository, &name).await?.ok_or_else(missing)
 }
 
 async fn find_deployment_in_any(state: &AppState, name: &str) -> ApiResult<Deployment> {
-    let repositories: Vec<&str> = state.config.repositories.iter().map(|r| r.name.as_str()).collect();
-    let missing = || ApiError::not_found("deployment_not_found", format!("no deployment named `{name}` in any repository ({})", repositories.join(", ")));
+    let repositories: Vec<&str> =
+        state.config.repositories.iter().map(|r| r.name.as_str()).collect();
+    let missing = || {
+        ApiError::not_found(
+            "deployment_not_found",
+            format!("no deployment named `{name}` in any repository ({})", repositories.join(", ")),
+        )
+    };
     let deployment_name = DeploymentName::new(name).map_err(|_| missing())?;
     let mut found = Vec::new();
     for repo in &state.config.repositories {
@@ -143,17 +167,26 @@ async fn deployment_view(state: &AppState, deployment: &Deployment) -> ApiResult
 
 async fn metrics(State(state): State<SharedState>, _: Reader) -> ApiResult<Response> {
     let open = state.store.list_deployments(&DeploymentFilter::default()).await?.len();
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(open)).into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(open))
+        .into_response())
 }
 
-async fn list_deployments(State(state): State<SharedState>, _: Reader, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<Vec<DeploymentJson>>> {
+async fn list_deployments(
+    State(state): State<SharedState>,
+    _: Reader,
+    Query(query): Query<RepositoryQuery>,
+) -> ApiResult<Json<Vec<DeploymentJson>>> {
     let repository = match query.repository.as_deref() {
         Some(name) => Some(pick_repository(&state, Some(name))?),
         None => None,
     };
-    let deployments = state.store.list_deployments(&DeploymentFilter { repository, include_closed: query.include_closed }).await?;
+    let deployments = state
+        .store
+        .list_deployments(&DeploymentFilter { repository, include_closed: query.include_closed })
+        .await?;
     // One query for every deployment's newest revision; the serving one is almost always it.
-    let newest: std::collections::HashMap<_, _> = state.store.newest_revisions().await?.into_iter().map(|r| (r.deployment_id, r)).collect();
+    let newest: std::collections::HashMap<_, _> =
+        state.store.newest_revisions().await?.into_iter().map(|r| (r.deployment_id, r)).collect();
     let mut views = Vec::with_capacity(deployments.len());
     for deployment in &deployments {
         let latest = newest.get(&deployment.id);
@@ -195,7 +228,11 @@ pub struct CreateOrUpdate {
     pub author_avatar_url: Option<String>,
 }
 
-async fn create_or_update(State(state): State<SharedState>, Writer(caller): Writer, Body(body): Body<CreateOrUpdate>) -> ApiResult<Json<serde_json::Value>> {
+async fn create_or_update(
+    State(state): State<SharedState>,
+    Writer(caller): Writer,
+    Body(body): Body<CreateOrUpdate>,
+) -> ApiResult<Json<serde_json::Value>> {
     let outcome = create_or_update_branch(&state, caller, body).await?;
     let view = deployment_view(&state, &outcome.deployment).await?;
     Ok(Json(serde_json::json!({
@@ -207,39 +244,61 @@ async fn create_or_update(State(state): State<SharedState>, Writer(caller): Writ
 
 /// `create-or-update` for both front doors (REST and the Dagster+ GraphQL API): checks the
 /// caller's role against the target (the production branch deploys `prod`: admin only).
-pub async fn create_or_update_branch(state: &SharedState, caller: Caller, body: CreateOrUpdate) -> ApiResult<deploy::PushOutcome> {
+pub async fn create_or_update_branch(
+    state: &SharedState,
+    caller: Caller,
+    body: CreateOrUpdate,
+) -> ApiResult<deploy::PushOutcome> {
     // Commit message, author, timestamp and the URLs come from git and the forge; the fields are
     // accepted so the dagster-cloud flags can be passed through unchanged.
     let _ = (&body.timestamp, &body.commit_message, &body.author_name, &body.author_email);
     let _ = (&body.branch_url, &body.commit_url, &body.author_avatar_url);
     let repository = pick_repository(state, body.git_repo_name.as_deref())?;
-    let branch = BranchName::new(&body.branch_name).map_err(|e| ApiError::bad_request("invalid_branch_name", e.to_string()))?;
+    let branch = BranchName::new(&body.branch_name)
+        .map_err(|e| ApiError::bad_request("invalid_branch_name", e.to_string()))?;
     let production_branch = &deploy::repository_config(state, &repository)?.production_branch;
     if branch.as_str() == production_branch {
-        caller.require(Role::Admin, &format!("deploying the production branch `{production_branch}` (to `prod`)"))?;
+        caller.require(
+            Role::Admin,
+            &format!("deploying the production branch `{production_branch}` (to `prod`)"),
+        )?;
     } else {
         caller.require(Role::Deploy, "creating or updating a branch deployment")?;
     }
     let pull_request_status = match body.pull_request_status.as_deref() {
         None => None,
         Some(text) => Some(PullRequestStatus::parse(text).ok_or_else(|| {
-            ApiError::bad_request("invalid_request", format!("pull_request_status `{text}` is not OPEN, CLOSED or MERGED"))
+            ApiError::bad_request(
+                "invalid_request",
+                format!("pull_request_status `{text}` is not OPEN, CLOSED or MERGED"),
+            )
         })?),
     };
     let base_deployment = match body.base_deployment_name.as_deref() {
         None => None,
-        Some(text) => Some(
-            DeploymentName::new(text)
-                .map_err(|_| ApiError::not_found("deployment_not_found", format!("no base deployment named `{text}`")))?,
-        ),
+        Some(text) => Some(DeploymentName::new(text).map_err(|_| {
+            ApiError::not_found(
+                "deployment_not_found",
+                format!("no base deployment named `{text}`"),
+            )
+        })?),
     };
     if let Some(base) = &base_deployment {
         if state.store.find_deployment(&repository, base).await?.is_none() {
-            return Err(ApiError::not_found("deployment_not_found", format!("no base deployment named `{base}`")));
+            return Err(ApiError::not_found(
+                "deployment_not_found",
+                format!("no base deployment named `{base}`"),
+            ));
         }
     }
-    if body.commit_hash.is_empty() || body.commit_hash.len() > 64 || !body.commit_hash.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(ApiError::bad_request("invalid_request", "commit_hash must be a hexadecimal commit id"));
+    if body.commit_hash.is_empty()
+        || body.commit_hash.len() > 64
+        || !body.commit_hash.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "commit_hash must be a hexadecimal commit id",
+        ));
     }
     // A remote repository may not have fetched the commit yet: CI often calls before any webhook.
     crate::mirror::ensure_commit(state, &repository, &body.commit_hash).await?;
@@ -261,7 +320,12 @@ pub async fn create_or_update_branch(state: &SharedState, caller: Caller, body: 
     .await
 }
 
-async fn show_deployment(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<DeploymentJson>> {
+async fn show_deployment(
+    State(state): State<SharedState>,
+    _: Reader,
+    Path(name): Path<String>,
+    Query(query): Query<RepositoryQuery>,
+) -> ApiResult<Json<DeploymentJson>> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     Ok(Json(deployment_view(&state, &deployment).await?))
 }
@@ -283,22 +347,38 @@ async fn close_deployment(
     let body: CloseBody = if body.iter().all(u8::is_ascii_whitespace) {
         CloseBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_request", format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("invalid_request", format!("invalid JSON body: {e}"))
+        })?
     };
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     caller.require_for(&deployment, "closing")?;
     let status = match body.pull_request_status {
         None => None,
-        Some(text) => Some(PullRequestStatus::parse(&text).filter(|s| *s != PullRequestStatus::Open).ok_or_else(|| {
-            ApiError::bad_request("invalid_request", format!("pull_request_status `{text}` must be CLOSED or MERGED"))
-        })?),
+        Some(text) => Some(
+            PullRequestStatus::parse(&text).filter(|s| *s != PullRequestStatus::Open).ok_or_else(
+                || {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        format!("pull_request_status `{text}` must be CLOSED or MERGED"),
+                    )
+                },
+            )?,
+        ),
     };
-    let reason = status.map_or("closed by request".to_owned(), |s| format!("pull request {}", s.as_str().to_lowercase()));
+    let reason = status.map_or("closed by request".to_owned(), |s| {
+        format!("pull request {}", s.as_str().to_lowercase())
+    });
     let deployment = lifecycle::close(&state, &deployment, &reason, status).await?;
     Ok(Json(deployment_view(&state, &deployment).await?))
 }
 
-async fn reopen_deployment(State(state): State<SharedState>, Writer(caller): Writer, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<DeploymentJson>> {
+async fn reopen_deployment(
+    State(state): State<SharedState>,
+    Writer(caller): Writer,
+    Path(name): Path<String>,
+    Query(query): Query<RepositoryQuery>,
+) -> ApiResult<Json<DeploymentJson>> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     caller.require_for(&deployment, "reopening")?;
     let deployment = lifecycle::reopen(&state, &deployment).await?;
@@ -327,27 +407,49 @@ async fn pin_deployment(
 }
 
 /// 204 once the deployment is gone; 202 while its runs are still stopping (it goes after them).
-async fn delete_deployment(State(state): State<SharedState>, Writer(caller): Writer, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<StatusCode> {
+async fn delete_deployment(
+    State(state): State<SharedState>,
+    Writer(caller): Writer,
+    Path(name): Path<String>,
+    Query(query): Query<RepositoryQuery>,
+) -> ApiResult<StatusCode> {
     caller.require(Role::Admin, "deleting a deployment")?;
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     let gone = lifecycle::delete(&state, &deployment).await?;
     Ok(if gone { StatusCode::NO_CONTENT } else { StatusCode::ACCEPTED })
 }
 
-async fn list_revisions(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<Vec<dto::RevisionJson>>> {
+async fn list_revisions(
+    State(state): State<SharedState>,
+    _: Reader,
+    Path(name): Path<String>,
+    Query(query): Query<RepositoryQuery>,
+) -> ApiResult<Json<Vec<dto::RevisionJson>>> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     let revisions = state.store.list_revisions(deployment.id, 0).await?;
     Ok(Json(revisions.iter().map(dto::revision_json).collect()))
 }
 
-async fn show_changes(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<RepositoryQuery>) -> ApiResult<Json<ChangesJson>> {
+async fn show_changes(
+    State(state): State<SharedState>,
+    _: Reader,
+    Path(name): Path<String>,
+    Query(query): Query<RepositoryQuery>,
+) -> ApiResult<Json<ChangesJson>> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     let revision = match deployment.current_revision {
         Some(id) => Some(state.store.get_revision(id).await?),
         None => None,
     };
-    let changes: Option<ChangeSetJson> = revision.as_ref().and_then(|r| r.changes_json.as_deref()).and_then(|j| serde_json::from_str(j).ok());
-    Ok(Json(ChangesJson { deployment: deployment.name.to_string(), revision: revision.as_ref().map(dto::revision_json), changes }))
+    let changes: Option<ChangeSetJson> = revision
+        .as_ref()
+        .and_then(|r| r.changes_json.as_deref())
+        .and_then(|j| serde_json::from_str(j).ok());
+    Ok(Json(ChangesJson {
+        deployment: deployment.name.to_string(),
+        revision: revision.as_ref().map(dto::revision_json),
+        changes,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -379,12 +481,20 @@ pub struct RunsQuery {
     limit: Option<u32>,
 }
 
-async fn list_runs(State(state): State<SharedState>, _: Reader, Query(query): Query<RunsQuery>) -> ApiResult<Json<Vec<RunJson>>> {
+async fn list_runs(
+    State(state): State<SharedState>,
+    _: Reader,
+    Query(query): Query<RunsQuery>,
+) -> ApiResult<Json<Vec<RunJson>>> {
     let deployment = match query.deployment.as_deref() {
         Some(name) => Some(find_deployment(&state, query.repository.as_deref(), name).await?),
         None => None,
     };
-    let filter = RunFilter { deployment_id: deployment.as_ref().map(|d| d.id), statuses: Vec::new(), limit: query.limit.unwrap_or(50).min(500) };
+    let filter = RunFilter {
+        deployment_id: deployment.as_ref().map(|d| d.id),
+        statuses: Vec::new(),
+        limit: query.limit.unwrap_or(50).min(500),
+    };
     let mut out = Vec::new();
     for run in state.store.list_runs(&filter).await? {
         let owner = match &deployment {
@@ -399,7 +509,11 @@ async fn list_runs(State(state): State<SharedState>, _: Reader, Query(query): Qu
 }
 
 async fn run_view(state: &AppState, id: i64) -> ApiResult<RunJson> {
-    let run = state.store.get_run(RunId(id)).await.map_err(|_| ApiError::not_found("run_not_found", format!("no run {id}")))?;
+    let run = state
+        .store
+        .get_run(RunId(id))
+        .await
+        .map_err(|_| ApiError::not_found("run_not_found", format!("no run {id}")))?;
     let deployment = state.store.get_deployment(run.deployment_id).await?;
     let steps = state.store.list_steps(run.id).await?;
     let mut view = dto::run_json(&run, &deployment, &steps);
@@ -407,13 +521,26 @@ async fn run_view(state: &AppState, id: i64) -> ApiResult<RunJson> {
     Ok(view)
 }
 
-async fn show_run(State(state): State<SharedState>, _: Reader, Path(id): Path<i64>) -> ApiResult<Json<RunJson>> {
+async fn show_run(
+    State(state): State<SharedState>,
+    _: Reader,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<RunJson>> {
     Ok(Json(run_view(&state, id).await?))
 }
 
-async fn cancel_run(State(state): State<SharedState>, Writer(caller): Writer, Path(id): Path<i64>) -> ApiResult<Json<RunJson>> {
-    let run = state.store.get_run(RunId(id)).await.map_err(|_| ApiError::not_found("run_not_found", format!("no run {id}")))?;
-    caller.require_for(&state.store.get_deployment(run.deployment_id).await?, "canceling a run of")?;
+async fn cancel_run(
+    State(state): State<SharedState>,
+    Writer(caller): Writer,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<RunJson>> {
+    let run = state
+        .store
+        .get_run(RunId(id))
+        .await
+        .map_err(|_| ApiError::not_found("run_not_found", format!("no run {id}")))?;
+    caller
+        .require_for(&state.store.get_deployment(run.deployment_id).await?, "canceling a run of")?;
     runs::cancel(&state, &run).await?;
     Ok(Json(run_view(&state, id).await?))
 }

@@ -25,7 +25,8 @@ fn presented(state: &AppState, headers: &HeaderMap) -> Presented {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Presented::Nothing;
     };
-    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
+    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
+    else {
         return Presented::Unknown;
     };
     role_of(state, token)
@@ -33,7 +34,13 @@ fn presented(state: &AppState, headers: &HeaderMap) -> Presented {
 
 fn role_of(state: &AppState, token: &str) -> Presented {
     // Every configured token is compared, so the time taken does not say which one matched.
-    let matched = state.config.api_tokens.iter().fold(None, |found, known| if known.secret.matches(token.as_bytes()) { Some(known.role) } else { found });
+    let matched = state.config.api_tokens.iter().fold(None, |found, known| {
+        if known.secret.matches(token.as_bytes()) {
+            Some(known.role)
+        } else {
+            found
+        }
+    });
     match matched {
         Some(role) => Presented::Token(role),
         None => Presented::Unknown,
@@ -96,11 +103,17 @@ impl Caller {
         if self.role >= needed {
             return Ok(());
         }
-        tracing::debug!("refused {action}: the token's role is `{}`, it needs `{needed}`", self.role);
+        tracing::debug!(
+            "refused {action}: the token's role is `{}`, it needs `{needed}`",
+            self.role
+        );
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("{action} needs an API token with the `{needed}` role; this token's role is `{}`", self.role),
+            format!(
+                "{action} needs an API token with the `{needed}` role; this token's role is `{}`",
+                self.role
+            ),
         )
         .with_required_role(needed))
     }
@@ -137,7 +150,10 @@ pub struct Writer(pub Caller);
 impl FromRequestParts<SharedState> for Writer {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
         Metrics::increment(&state.metrics.http_requests);
         caller(state, parts, Role::Deploy).map(Writer)
     }
@@ -149,7 +165,10 @@ pub struct Reader;
 impl FromRequestParts<SharedState> for Reader {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
         Metrics::increment(&state.metrics.http_requests);
         if state.config.public_reads {
             return Ok(Reader);
@@ -160,12 +179,17 @@ impl FromRequestParts<SharedState> for Reader {
 
 /// `GET /api/v1/whoami`: the role of the presented token, so a client (the web UI) can offer
 /// only what the role allows. Never a 401: an unknown token is `"token": "invalid"`.
-pub async fn whoami(State(state): State<SharedState>, headers: HeaderMap) -> Json<serde_json::Value> {
+pub async fn whoami(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
     Metrics::increment(&state.metrics.http_requests);
     let (token, role) = match presented(&state, &headers) {
         Presented::Nothing => ("none", None),
         Presented::Unknown => ("invalid", None),
         Presented::Token(role) => ("valid", Some(role.as_str())),
     };
-    Json(serde_json::json!({ "token": token, "role": role, "public_reads": state.config.public_reads }))
+    Json(
+        serde_json::json!({ "token": token, "role": role, "public_reads": state.config.public_reads }),
+    )
 }

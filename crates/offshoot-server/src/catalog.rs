@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use offshoot_core::{AssetKey, ChangeReason, ChangeSet, DeploymentKind, PartitionsDefinition, Selection};
 use offshoot_core::StepStatus;
+use offshoot_core::{
+    AssetKey, ChangeReason, ChangeSet, DeploymentKind, PartitionsDefinition, Selection,
+};
 use offshoot_store::{Deployment, DeploymentId, Materialization, Revision, RunFilter};
 use offshoot_warehouse::Target;
 use serde::{Deserialize, Serialize};
@@ -70,13 +72,24 @@ pub struct LastStepJson {
 /// How many of a deployment's newest runs the graph looks through for each asset's last step.
 const RUNS_FOR_STATE: u32 = 20;
 
-async fn last_steps(state: &AppState, deployment: DeploymentId) -> ApiResult<BTreeMap<String, LastStepJson>> {
-    let runs = state.store.list_runs(&RunFilter { deployment_id: Some(deployment), statuses: Vec::new(), limit: RUNS_FOR_STATE }).await?;
+async fn last_steps(
+    state: &AppState,
+    deployment: DeploymentId,
+) -> ApiResult<BTreeMap<String, LastStepJson>> {
+    let runs = state
+        .store
+        .list_runs(&RunFilter {
+            deployment_id: Some(deployment),
+            statuses: Vec::new(),
+            limit: RUNS_FOR_STATE,
+        })
+        .await?;
     let mut last = BTreeMap::new();
     for run in runs {
         let active = !run.status.is_finished();
         let steps = state.store.list_steps(run.id).await?;
-        let progress = active.then(|| [steps.iter().filter(|s| s.status.is_finished()).count(), steps.len()]);
+        let progress =
+            active.then(|| [steps.iter().filter(|s| s.status.is_finished()).count(), steps.len()]);
         for step in steps {
             // A pending step of a finished run never ran: it says nothing about the asset.
             if step.status == StepStatus::Pending && !active {
@@ -84,7 +97,11 @@ async fn last_steps(state: &AppState, deployment: DeploymentId) -> ApiResult<BTr
             }
             last.entry(step.asset_key.to_string()).or_insert_with(|| LastStepJson {
                 run_id: run.id.0,
-                status: if step.status == StepStatus::Pending { "queued" } else { step.status.as_str() },
+                status: if step.status == StepStatus::Pending {
+                    "queued"
+                } else {
+                    step.status.as_str()
+                },
                 error: step.error.clone(),
                 finished_at: step.finished_at,
                 run_progress: progress,
@@ -114,13 +131,21 @@ struct DataLocations {
 
 impl DataLocations {
     async fn read(state: &AppState, target: &Target) -> DataLocations {
-        let production_target = Target { schema: target.production.clone(), production: target.production.clone() };
+        let production_target =
+            Target { schema: target.production.clone(), production: target.production.clone() };
         // A schema that does not exist (closed, never prepared) simply owns nothing.
-        let own = state.warehouse.own_tables(target).await.unwrap_or_default().into_iter().collect();
+        let own =
+            state.warehouse.own_tables(target).await.unwrap_or_default().into_iter().collect();
         let production = if target.is_production() {
             BTreeSet::new()
         } else {
-            state.warehouse.own_tables(&production_target).await.unwrap_or_default().into_iter().collect()
+            state
+                .warehouse
+                .own_tables(&production_target)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .collect()
         };
         DataLocations { own, production, is_production: target.is_production() }
     }
@@ -140,7 +165,10 @@ impl DataLocations {
     }
 }
 
-async fn serving_revision(state: &AppState, deployment: &Deployment) -> ApiResult<Option<Revision>> {
+async fn serving_revision(
+    state: &AppState,
+    deployment: &Deployment,
+) -> ApiResult<Option<Revision>> {
     match deployment.current_revision {
         Some(id) => Ok(Some(state.store.get_revision(id).await?)),
         None => Ok(None),
@@ -151,11 +179,23 @@ fn reasons(changes: &ChangeSet, key: &AssetKey) -> Option<Vec<&'static str>> {
     changes.change(key).map(|c| c.reasons.iter().map(|r| r.as_str()).collect())
 }
 
-async fn graph(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<CatalogQuery>) -> ApiResult<Json<GraphJson>> {
+async fn graph(
+    State(state): State<SharedState>,
+    _: Reader,
+    Path(name): Path<String>,
+    Query(query): Query<CatalogQuery>,
+) -> ApiResult<Json<GraphJson>> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     let kind = deployment.kind.as_str();
     let Some(revision) = serving_revision(&state, &deployment).await? else {
-        return Ok(Json(GraphJson { deployment: deployment.name.to_string(), kind, revision: None, base_commit: None, assets: Vec::new(), removed: Vec::new() }));
+        return Ok(Json(GraphJson {
+            deployment: deployment.name.to_string(),
+            kind,
+            revision: None,
+            base_commit: None,
+            assets: Vec::new(),
+            removed: Vec::new(),
+        }));
     };
     let (project, changes) = head_and_changes(&state, &deployment, &revision).await?;
     let locations = DataLocations::read(&state, &state.target(&deployment)).await;
@@ -172,12 +212,19 @@ async fn graph(State(state): State<SharedState>, _: Reader, Path(name): Path<Str
             deps: asset.deps.iter().map(|d| d.to_string()).collect(),
             tags: asset.tags.clone(),
             reasons: reasons(&changes, &asset.key),
-            impacted_via: changes.impacted(&asset.key).map(|i| i.path.iter().map(|k| k.to_string()).collect()),
+            impacted_via: changes
+                .impacted(&asset.key)
+                .map(|i| i.path.iter().map(|k| k.to_string()).collect()),
             data: locations.of(&asset.key, !asset.kind.is_materializable()),
             last_step: steps.remove(&asset.key.to_string()),
         })
         .collect();
-    let removed = changes.changes.iter().filter(|c| c.reasons == [ChangeReason::Removed]).map(|c| c.key.to_string()).collect();
+    let removed = changes
+        .changes
+        .iter()
+        .filter(|c| c.reasons == [ChangeReason::Removed])
+        .map(|c| c.key.to_string())
+        .collect();
     Ok(Json(GraphJson {
         deployment: deployment.name.to_string(),
         kind,
@@ -188,15 +235,25 @@ async fn graph(State(state): State<SharedState>, _: Reader, Path(name): Path<Str
     }))
 }
 
-async fn select(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<CatalogQuery>) -> ApiResult<Json<serde_json::Value>> {
+async fn select(
+    State(state): State<SharedState>,
+    _: Reader,
+    Path(name): Path<String>,
+    Query(query): Query<CatalogQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
     let text = query.selection.unwrap_or_default();
-    let selection = Selection::parse(&text).map_err(|e| ApiError::bad_request("invalid_selection", e.render(&text)))?;
+    let selection = Selection::parse(&text)
+        .map_err(|e| ApiError::bad_request("invalid_selection", e.render(&text)))?;
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     let Some(revision) = serving_revision(&state, &deployment).await? else {
-        return Err(ApiError::conflict("deployment_not_ready", format!("`{}` has no ready revision yet", deployment.name)));
+        return Err(ApiError::conflict(
+            "deployment_not_ready",
+            format!("`{}` has no ready revision yet", deployment.name),
+        ));
     };
     let (project, changes) = head_and_changes(&state, &deployment, &revision).await?;
-    let keys: Vec<String> = selection.evaluate(&project.snapshot, &changes).iter().map(|k| k.to_string()).collect();
+    let keys: Vec<String> =
+        selection.evaluate(&project.snapshot, &changes).iter().map(|k| k.to_string()).collect();
     Ok(Json(serde_json::json!({ "selection": text, "keys": keys })))
 }
 
@@ -210,7 +267,13 @@ pub struct MaterializationJson {
 }
 
 fn materialization_json(m: &Materialization) -> MaterializationJson {
-    MaterializationJson { run_id: m.run_id.0, commit: m.commit.to_string(), row_count: m.row_count, duration_ms: m.duration_ms, created_at: m.created_at }
+    MaterializationJson {
+        run_id: m.run_id.0,
+        commit: m.commit.to_string(),
+        row_count: m.row_count,
+        duration_ms: m.duration_ms,
+        created_at: m.created_at,
+    }
 }
 
 #[derive(Serialize)]
@@ -242,9 +305,15 @@ pub struct AssetJson {
     production_materializations: Vec<MaterializationJson>,
 }
 
-async fn asset(State(state): State<SharedState>, _: Reader, Path((name, key)): Path<(String, String)>, Query(query): Query<CatalogQuery>) -> ApiResult<Json<AssetJson>> {
+async fn asset(
+    State(state): State<SharedState>,
+    _: Reader,
+    Path((name, key)): Path<(String, String)>,
+    Query(query): Query<CatalogQuery>,
+) -> ApiResult<Json<AssetJson>> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
-    let missing = || ApiError::not_found("asset_not_found", format!("no asset `{key}` in `{name}`"));
+    let missing =
+        || ApiError::not_found("asset_not_found", format!("no asset `{key}` in `{name}`"));
     let key = AssetKey::new(&key).map_err(|_| missing())?;
     let revision = serving_revision(&state, &deployment).await?.ok_or_else(missing)?;
     let (project, changes) = head_and_changes(&state, &deployment, &revision).await?;
@@ -255,7 +324,9 @@ async fn asset(State(state): State<SharedState>, _: Reader, Path((name, key)): P
         None if changes.change(&key).is_some_and(|c| c.reasons == [ChangeReason::Removed]) => {
             let base_commit = revision.base_commit.as_ref().ok_or_else(missing)?;
             let repo = crate::deploy::repository_config(&state, &deployment.repository)?;
-            base_loaded = crate::git::load(&state, &repo.name, repo.path.clone(), base_commit).await.map_err(ApiError::internal)?;
+            base_loaded = crate::git::load(&state, &repo.name, repo.path.clone(), base_commit)
+                .await
+                .map_err(ApiError::internal)?;
             let base = base_loaded.as_ref().as_ref().map_err(|_| missing())?;
             (base.snapshot.get(&key).ok_or_else(missing)?, &base.snapshot, true)
         }
@@ -264,8 +335,14 @@ async fn asset(State(state): State<SharedState>, _: Reader, Path((name, key)): P
     let locations = DataLocations::read(&state, &state.target(&deployment)).await;
     let materializations = state.store.list_materializations(deployment.id, Some(&key), 20).await?;
     let production_materializations = if deployment.kind == DeploymentKind::Branch {
-        match state.store.find_deployment(&deployment.repository, &offshoot_core::DeploymentName::production()).await? {
-            Some(production) => state.store.list_materializations(production.id, Some(&key), 20).await?,
+        match state
+            .store
+            .find_deployment(&deployment.repository, &offshoot_core::DeploymentName::production())
+            .await?
+        {
+            Some(production) => {
+                state.store.list_materializations(production.id, Some(&key), 20).await?
+            }
             None => Vec::new(),
         }
     } else {
@@ -290,9 +367,14 @@ async fn asset(State(state): State<SharedState>, _: Reader, Path((name, key)): P
         owners: asset.owners.clone(),
         partitions: asset.partitions.as_ref().map(PartitionsDefinition::to_string),
         change: changes.change(&key).map(AssetChangeJson::from),
-        impacted_via: changes.impacted(&key).map(|i| i.path.iter().map(|k| k.to_string()).collect()),
+        impacted_via: changes
+            .impacted(&key)
+            .map(|i| i.path.iter().map(|k| k.to_string()).collect()),
         data: locations.of(&key, !asset.kind.is_materializable()),
         materializations: materializations.iter().map(materialization_json).collect(),
-        production_materializations: production_materializations.iter().map(materialization_json).collect(),
+        production_materializations: production_materializations
+            .iter()
+            .map(materialization_json)
+            .collect(),
     }))
 }

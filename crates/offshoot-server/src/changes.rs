@@ -93,7 +93,11 @@ pub fn code_diff(change: &AssetChange) -> Option<String> {
 fn map_json(change: &MapChange) -> MapJson {
     MapJson {
         added: change.added.clone(),
-        changed: change.changed.iter().map(|(k, (o, n))| (k.clone(), OldNewJson { old: o.clone(), new: n.clone() })).collect(),
+        changed: change
+            .changed
+            .iter()
+            .map(|(k, (o, n))| (k.clone(), OldNewJson { old: o.clone(), new: n.clone() }))
+            .collect(),
         removed: change.removed.clone(),
     }
 }
@@ -130,12 +134,20 @@ impl From<&ChangeSet> for ChangeSetJson {
     fn from(changes: &ChangeSet) -> ChangeSetJson {
         let counts = changes.counts();
         ChangeSetJson {
-            summary: SummaryJson { new: counts.new, removed: counts.removed, changed: counts.changed, impacted: counts.impacted },
+            summary: SummaryJson {
+                new: counts.new,
+                removed: counts.removed,
+                changed: counts.changed,
+                impacted: counts.impacted,
+            },
             assets: changes.changes.iter().map(AssetChangeJson::from).collect(),
             impacted: changes
                 .impacted
                 .iter()
-                .map(|i| ImpactedJson { key: i.key.to_string(), path: i.path.iter().map(|k| k.to_string()).collect() })
+                .map(|i| ImpactedJson {
+                    key: i.key.to_string(),
+                    path: i.path.iter().map(|k| k.to_string()).collect(),
+                })
                 .collect(),
         }
     }
@@ -143,7 +155,12 @@ impl From<&ChangeSet> for ChangeSetJson {
 
 impl SummaryJson {
     pub fn counts(&self) -> offshoot_core::ChangeCounts {
-        offshoot_core::ChangeCounts { new: self.new, changed: self.changed, removed: self.removed, impacted: self.impacted }
+        offshoot_core::ChangeCounts {
+            new: self.new,
+            changed: self.changed,
+            removed: self.removed,
+            impacted: self.impacted,
+        }
     }
 }
 

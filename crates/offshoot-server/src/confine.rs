@@ -25,13 +25,18 @@ pub enum Purpose<'a> {
 /// The sandbox of a process for `purpose` that writes its own folders `work` (created here,
 /// with a `tmp` inside, which the caller should give the process as TMPDIR), or why it may not
 /// run.
-pub fn sandbox(state: &AppState, purpose: Purpose<'_>, work: &[PathBuf]) -> Result<Option<Sandbox>, String> {
+pub fn sandbox(
+    state: &AppState,
+    purpose: Purpose<'_>,
+    work: &[PathBuf],
+) -> Result<Option<Sandbox>, String> {
     let (warehouse_paths, is_production) = match purpose {
         Purpose::Load => (Vec::new(), false),
         Purpose::Build(target) => (state.warehouse.writable_paths(target), target.is_production()),
     };
     for folder in work {
-        std::fs::create_dir_all(folder.join("tmp")).map_err(|e| format!("{}: {e}", folder.display()))?;
+        std::fs::create_dir_all(folder.join("tmp"))
+            .map_err(|e| format!("{}: {e}", folder.display()))?;
     }
     match &state.landlock {
         Ok(_) => {

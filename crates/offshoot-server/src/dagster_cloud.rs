@@ -12,7 +12,8 @@
 //! a server-side exception), its detail only in the server log.
 
 use async_graphql::{
-    Context, EmptySubscription, Enum, ErrorExtensions, InputObject, Object, Schema, ServerError, SimpleObject, Union,
+    Context, EmptySubscription, Enum, ErrorExtensions, InputObject, Object, Schema, ServerError,
+    SimpleObject, Union,
 };
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -40,7 +41,10 @@ pub fn schema() -> DagsterCloudSchema {
 
 pub fn router() -> Router<SharedState> {
     let schema = schema();
-    Router::new().route("/graphql", post(move |state, headers, body| graphql(schema.clone(), state, headers, body)))
+    Router::new().route(
+        "/graphql",
+        post(move |state, headers, body| graphql(schema.clone(), state, headers, body)),
+    )
 }
 
 /// What a resolver knows about the request.
@@ -63,18 +67,26 @@ impl Session {
     }
 }
 
-async fn graphql(schema: DagsterCloudSchema, State(state): State<SharedState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn graphql(
+    schema: DagsterCloudSchema,
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     Metrics::increment(&state.metrics.http_requests);
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(error) => {
             let message = format!("the body is not a GraphQL request (JSON with `query` and optional `variables`): {error}");
-            return (StatusCode::BAD_REQUEST, Json(errors_only(message, "invalid_request"))).into_response();
+            return (StatusCode::BAD_REQUEST, Json(errors_only(message, "invalid_request")))
+                .into_response();
         }
     };
     let caller = match auth::dagster_cloud_caller(&state, &headers) {
         Ok(caller) => caller,
-        Err(error) => return (error.status, Json(errors_only(error.message, error.code))).into_response(),
+        Err(error) => {
+            return (error.status, Json(errors_only(error.message, error.code))).into_response()
+        }
     };
     let mut response = schema.execute(request.data(Session { state, caller })).await;
     for error in &mut response.errors {
@@ -138,12 +150,21 @@ pub struct DagsterCloudDeployment {
 
 impl DagsterCloudDeployment {
     fn of(deployment: &Deployment) -> Result<DagsterCloudDeployment, ApiError> {
-        let deployment_id = i32::try_from(deployment.id.0).map_err(|_| ApiError::internal(format!("deployment id {} does not fit a GraphQL Int", deployment.id.0)))?;
+        let deployment_id = i32::try_from(deployment.id.0).map_err(|_| {
+            ApiError::internal(format!(
+                "deployment id {} does not fit a GraphQL Int",
+                deployment.id.0
+            ))
+        })?;
         let deployment_type = match deployment.kind {
             DeploymentKind::Production => DeploymentType::Production,
             DeploymentKind::Branch => DeploymentType::Branch,
         };
-        Ok(DagsterCloudDeployment { deployment_id, deployment_name: deployment.name.to_string(), deployment_type })
+        Ok(DagsterCloudDeployment {
+            deployment_id,
+            deployment_name: deployment.name.to_string(),
+            deployment_type,
+        })
     }
 }
 
@@ -173,11 +194,16 @@ pub enum DeploymentByNameResult {
 }
 
 /// A mutation's result: a deployment, a `PythonError` for an internal failure, else an error.
-fn mutation_result(result: ApiResult<DagsterCloudDeployment>) -> async_graphql::Result<DeploymentResult> {
+fn mutation_result(
+    result: ApiResult<DagsterCloudDeployment>,
+) -> async_graphql::Result<DeploymentResult> {
     match result {
         Ok(deployment) => Ok(DeploymentResult::DagsterCloudDeployment(deployment)),
         Err(error) if error.status == StatusCode::INTERNAL_SERVER_ERROR => {
-            Ok(DeploymentResult::PythonError(PythonError { message: error.message, stack: Vec::new() }))
+            Ok(DeploymentResult::PythonError(PythonError {
+                message: error.message,
+                stack: Vec::new(),
+            }))
         }
         Err(error) => Err(graphql_error(error)),
     }
@@ -209,32 +235,57 @@ pub struct Query;
 #[Object]
 impl Query {
     /// Every open deployment, production first.
-    async fn full_deployments(&self, context: &Context<'_>) -> async_graphql::Result<Vec<DagsterCloudDeployment>> {
+    async fn full_deployments(
+        &self,
+        context: &Context<'_>,
+    ) -> async_graphql::Result<Vec<DagsterCloudDeployment>> {
         let session = session(context);
         session.reader().map_err(graphql_error)?;
-        let deployments = session.state.store.list_deployments(&DeploymentFilter::default()).await.map_err(|e| graphql_error(e.into()))?;
+        let deployments = session
+            .state
+            .store
+            .list_deployments(&DeploymentFilter::default())
+            .await
+            .map_err(|e| graphql_error(e.into()))?;
         deployments.iter().map(|d| DagsterCloudDeployment::of(d).map_err(graphql_error)).collect()
     }
 
     /// The deployment with this name, in whichever configured repository has it.
-    async fn deployment_by_name(&self, context: &Context<'_>, name: String) -> async_graphql::Result<DeploymentByNameResult> {
+    async fn deployment_by_name(
+        &self,
+        context: &Context<'_>,
+        name: String,
+    ) -> async_graphql::Result<DeploymentByNameResult> {
         let session = session(context);
         session.reader().map_err(graphql_error)?;
-        let not_found = || DeploymentByNameResult::DeploymentNotFoundError(DeploymentNotFoundError { message: format!("no deployment named `{name}`") });
+        let not_found = || {
+            DeploymentByNameResult::DeploymentNotFoundError(DeploymentNotFoundError {
+                message: format!("no deployment named `{name}`"),
+            })
+        };
         let Ok(deployment_name) = DeploymentName::new(&name) else {
             return Ok(not_found());
         };
         let mut found = Vec::new();
         for repository in &session.state.config.repositories {
-            if let Some(deployment) = session.state.store.find_deployment(&repository.name, &deployment_name).await.map_err(|e| graphql_error(e.into()))? {
+            if let Some(deployment) = session
+                .state
+                .store
+                .find_deployment(&repository.name, &deployment_name)
+                .await
+                .map_err(|e| graphql_error(e.into()))?
+            {
                 found.push(deployment);
             }
         }
         match found.as_slice() {
             [] => Ok(not_found()),
-            [only] => Ok(DeploymentByNameResult::DagsterCloudDeployment(DagsterCloudDeployment::of(only).map_err(graphql_error)?)),
+            [only] => Ok(DeploymentByNameResult::DagsterCloudDeployment(
+                DagsterCloudDeployment::of(only).map_err(graphql_error)?,
+            )),
             many => {
-                let repositories: Vec<String> = many.iter().map(|d| d.repository.to_string()).collect();
+                let repositories: Vec<String> =
+                    many.iter().map(|d| d.repository.to_string()).collect();
                 Err(graphql_error(ApiError::conflict(
                     "conflict",
                     format!("`{name}` names a deployment in several repositories ({}); use Offshoot's CLI with --repository", repositories.join(", ")),
@@ -244,14 +295,31 @@ impl Query {
     }
 
     /// The name of the branch's deployment, if it has one.
-    async fn get_branch_deployment_name(&self, context: &Context<'_>, repo_name: String, branch_name: String) -> async_graphql::Result<String> {
+    async fn get_branch_deployment_name(
+        &self,
+        context: &Context<'_>,
+        repo_name: String,
+        branch_name: String,
+    ) -> async_graphql::Result<String> {
         let session = session(context);
         session.reader().map_err(graphql_error)?;
-        let repository = crate::api::pick_repository(&session.state, Some(&repo_name)).map_err(graphql_error)?;
-        let branch = BranchName::new(&branch_name).map_err(|e| graphql_error(ApiError::bad_request("invalid_branch_name", e.to_string())))?;
-        match session.state.store.find_deployment_by_branch(&repository, &branch).await.map_err(|e| graphql_error(e.into()))? {
+        let repository =
+            crate::api::pick_repository(&session.state, Some(&repo_name)).map_err(graphql_error)?;
+        let branch = BranchName::new(&branch_name).map_err(|e| {
+            graphql_error(ApiError::bad_request("invalid_branch_name", e.to_string()))
+        })?;
+        match session
+            .state
+            .store
+            .find_deployment_by_branch(&repository, &branch)
+            .await
+            .map_err(|e| graphql_error(e.into()))?
+        {
             Some(deployment) => Ok(deployment.name.to_string()),
-            None => Err(graphql_error(ApiError::not_found("deployment_not_found", format!("branch `{branch_name}` of `{repository}` has no deployment")))),
+            None => Err(graphql_error(ApiError::not_found(
+                "deployment_not_found",
+                format!("branch `{branch_name}` of `{repository}` has no deployment"),
+            ))),
         }
     }
 }
@@ -300,14 +368,28 @@ impl Mutation {
 
     /// Delete a deployment with its warehouse objects and history: `admin`, like the REST
     /// API's delete; production is refused.
-    async fn delete_deployment(&self, context: &Context<'_>, deployment_id: i32) -> async_graphql::Result<DeploymentResult> {
+    async fn delete_deployment(
+        &self,
+        context: &Context<'_>,
+        deployment_id: i32,
+    ) -> async_graphql::Result<DeploymentResult> {
         let session = session(context);
         let caller = session.writer().map_err(graphql_error)?;
         let result = async {
             caller.require(Role::Admin, "deleting a deployment")?;
-            let deployment = match session.state.store.get_deployment(DeploymentId(i64::from(deployment_id))).await {
+            let deployment = match session
+                .state
+                .store
+                .get_deployment(DeploymentId(i64::from(deployment_id)))
+                .await
+            {
                 Ok(deployment) => deployment,
-                Err(StoreError::NotFound(_)) => return Err(ApiError::not_found("deployment_not_found", format!("no deployment has id {deployment_id}"))),
+                Err(StoreError::NotFound(_)) => {
+                    return Err(ApiError::not_found(
+                        "deployment_not_found",
+                        format!("no deployment has id {deployment_id}"),
+                    ))
+                }
                 Err(error) => return Err(error.into()),
             };
             let answer = DagsterCloudDeployment::of(&deployment)?;

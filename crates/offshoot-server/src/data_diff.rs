@@ -65,7 +65,9 @@ impl DiffCache {
         entries.0 += 1;
         let tick = entries.0;
         if entries.1.len() >= CACHE_ENTRIES {
-            if let Some(oldest) = entries.1.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| k.clone()) {
+            if let Some(oldest) =
+                entries.1.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| k.clone())
+            {
                 entries.1.remove(&oldest);
             }
         }
@@ -86,17 +88,25 @@ pub struct DiffQuery {
 impl DiffQuery {
     fn options(&self, grain: &[String]) -> ApiResult<DiffOptions> {
         let key = match self.key.as_deref().map(str::trim).filter(|k| !k.is_empty()) {
-            Some(text) => KeyRequest::Declared(text.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()),
+            Some(text) => KeyRequest::Declared(
+                text.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect(),
+            ),
             None if !grain.is_empty() => KeyRequest::Declared(grain.to_vec()),
             None => KeyRequest::Infer,
         };
         let sample = self.sample.unwrap_or(10);
         if sample > MAX_SAMPLE {
-            return Err(ApiError::bad_request("invalid_request", format!("`sample` is at most {MAX_SAMPLE}")));
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("`sample` is at most {MAX_SAMPLE}"),
+            ));
         }
         let tolerance = self.tolerance.unwrap_or(0.0);
         if !tolerance.is_finite() || tolerance < 0.0 {
-            return Err(ApiError::bad_request("invalid_request", "`tolerance` is a number of at least 0"));
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`tolerance` is a number of at least 0",
+            ));
         }
         Ok(DiffOptions { key, sample, tolerance })
     }
@@ -213,10 +223,20 @@ struct SamplesJson {
 }
 
 fn stats_json(stats: &Option<NumericStats>) -> Option<StatsJson> {
-    stats.as_ref().map(|s| StatsJson { sum: s.sum.clone(), min: s.min.clone(), max: s.max.clone(), nulls: s.nulls })
+    stats.as_ref().map(|s| StatsJson {
+        sum: s.sum.clone(),
+        min: s.min.clone(),
+        max: s.max.clone(),
+        nulls: s.nulls,
+    })
 }
 
-fn diff_json(deployment: &Deployment, asset: &AssetKey, runs: (Option<i64>, Option<i64>), diff: &DataDiff) -> DataDiffJson {
+fn diff_json(
+    deployment: &Deployment,
+    asset: &AssetKey,
+    runs: (Option<i64>, Option<i64>),
+    diff: &DataDiff,
+) -> DataDiffJson {
     let matched = diff.rows.as_ref().map(|r| r.changed + r.equal);
     DataDiffJson {
         asset: asset.to_string(),
@@ -234,11 +254,35 @@ fn diff_json(deployment: &Deployment, asset: &AssetKey, runs: (Option<i64>, Opti
             nulls_in_production: diff.key_check.nulls_in_production,
             nulls_in_branch: diff.key_check.nulls_in_branch,
         },
-        rows: diff.rows.as_ref().map(|r| RowsJson { only_in_production: r.only_in_production, only_in_branch: r.only_in_branch, changed: r.changed, equal: r.equal }),
+        rows: diff.rows.as_ref().map(|r| RowsJson {
+            only_in_production: r.only_in_production,
+            only_in_branch: r.only_in_branch,
+            changed: r.changed,
+            equal: r.equal,
+        }),
         schema: SchemaJson {
-            added: diff.schema.added.iter().map(|c| ColumnTypeJson { name: c.name.clone(), data_type: c.data_type.clone() }).collect(),
-            removed: diff.schema.removed.iter().map(|c| ColumnTypeJson { name: c.name.clone(), data_type: c.data_type.clone() }).collect(),
-            type_changed: diff.schema.type_changed.iter().map(|(n, p, b)| TypeChangeJson { name: n.clone(), production: p.clone(), branch: b.clone() }).collect(),
+            added: diff
+                .schema
+                .added
+                .iter()
+                .map(|c| ColumnTypeJson { name: c.name.clone(), data_type: c.data_type.clone() })
+                .collect(),
+            removed: diff
+                .schema
+                .removed
+                .iter()
+                .map(|c| ColumnTypeJson { name: c.name.clone(), data_type: c.data_type.clone() })
+                .collect(),
+            type_changed: diff
+                .schema
+                .type_changed
+                .iter()
+                .map(|(n, p, b)| TypeChangeJson {
+                    name: n.clone(),
+                    production: p.clone(),
+                    branch: b.clone(),
+                })
+                .collect(),
             order_changed: diff.schema.order_changed,
         },
         columns: diff
@@ -247,7 +291,10 @@ fn diff_json(deployment: &Deployment, asset: &AssetKey, runs: (Option<i64>, Opti
             .map(|c| ColumnJson {
                 name: c.name.clone(),
                 equal: c.equal,
-                equal_share: c.equal.zip(matched).and_then(|(e, m)| (m > 0).then(|| e as f64 / m as f64)),
+                equal_share: c
+                    .equal
+                    .zip(matched)
+                    .and_then(|(e, m)| (m > 0).then(|| e as f64 / m as f64)),
                 production: stats_json(&c.production),
                 branch: stats_json(&c.branch),
             })
@@ -261,7 +308,18 @@ fn diff_json(deployment: &Deployment, asset: &AssetKey, runs: (Option<i64>, Opti
                 .samples
                 .changed
                 .iter()
-                .map(|r| ChangedRowJson { key: r.key.clone(), cells: r.cells.iter().map(|(p, b, c)| CellJson { production: p.clone(), branch: b.clone(), changed: *c }).collect() })
+                .map(|r| ChangedRowJson {
+                    key: r.key.clone(),
+                    cells: r
+                        .cells
+                        .iter()
+                        .map(|(p, b, c)| CellJson {
+                            production: p.clone(),
+                            branch: b.clone(),
+                            changed: *c,
+                        })
+                        .collect(),
+                })
                 .collect(),
         },
         notes: diff.notes.clone(),
@@ -269,19 +327,48 @@ fn diff_json(deployment: &Deployment, asset: &AssetKey, runs: (Option<i64>, Opti
 }
 
 /// The newest runs that built `asset` in the branch and in production.
-async fn materialization_runs(state: &AppState, deployment: &Deployment, asset: &AssetKey) -> ApiResult<(Option<i64>, Option<i64>)> {
-    let branch = state.store.list_materializations(deployment.id, Some(asset), 1).await?.first().map(|m| m.run_id.0);
-    let production = match state.store.find_deployment(&deployment.repository, &DeploymentName::production()).await? {
-        Some(production) => state.store.list_materializations(production.id, Some(asset), 1).await?.first().map(|m| m.run_id.0),
+async fn materialization_runs(
+    state: &AppState,
+    deployment: &Deployment,
+    asset: &AssetKey,
+) -> ApiResult<(Option<i64>, Option<i64>)> {
+    let branch = state
+        .store
+        .list_materializations(deployment.id, Some(asset), 1)
+        .await?
+        .first()
+        .map(|m| m.run_id.0);
+    let production = match state
+        .store
+        .find_deployment(&deployment.repository, &DeploymentName::production())
+        .await?
+    {
+        Some(production) => state
+            .store
+            .list_materializations(production.id, Some(asset), 1)
+            .await?
+            .first()
+            .map(|m| m.run_id.0),
         None => None,
     };
     Ok((branch, production))
 }
 
 /// The diff of `asset` (cached), with the runs it compares.
-async fn compute(state: &AppState, deployment: &Deployment, asset: &AssetKey, options: &DiffOptions) -> ApiResult<(std::sync::Arc<DataDiff>, (Option<i64>, Option<i64>))> {
+async fn compute(
+    state: &AppState,
+    deployment: &Deployment,
+    asset: &AssetKey,
+    options: &DiffOptions,
+) -> ApiResult<(std::sync::Arc<DataDiff>, (Option<i64>, Option<i64>))> {
     if deployment.kind != DeploymentKind::Branch {
-        return Err(ApiError::bad_request("not_a_branch_deployment", format!("`{}` is production; a data diff compares a branch deployment with it", deployment.name)));
+        return Err(ApiError::bad_request(
+            "not_a_branch_deployment",
+            format!(
+                "`{}` is production; a data diff compares a branch deployment with it",
+                deployment.name
+            ),
+        ));
     }
     let runs = materialization_runs(state, deployment, asset).await?;
     let key = CacheKey {
@@ -296,7 +383,11 @@ async fn compute(state: &AppState, deployment: &Deployment, asset: &AssetKey, op
     }
     // A path key's table (a Dagster asset's) is named like its last part.
     let table = asset.parts().last().unwrap_or_default().to_owned();
-    let diff = state.warehouse.data_diff(&state.target(deployment), &table, options).await.map_err(ApiError::from)?;
+    let diff = state
+        .warehouse
+        .data_diff(&state.target(deployment), &table, options)
+        .await
+        .map_err(ApiError::from)?;
     let diff = std::sync::Arc::new(diff);
     // Only diffs of recorded materializations are cached: an unrecorded table may still change.
     if runs.0.is_some() || diff.branch_rows.is_none() {
@@ -305,9 +396,15 @@ async fn compute(state: &AppState, deployment: &Deployment, asset: &AssetKey, op
     Ok((diff, runs))
 }
 
-async fn asset_diff(State(state): State<SharedState>, _: Reader, Path((name, key)): Path<(String, String)>, Query(query): Query<DiffQuery>) -> ApiResult<Json<DataDiffJson>> {
+async fn asset_diff(
+    State(state): State<SharedState>,
+    _: Reader,
+    Path((name, key)): Path<(String, String)>,
+    Query(query): Query<DiffQuery>,
+) -> ApiResult<Json<DataDiffJson>> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
-    let missing = || ApiError::not_found("asset_not_found", format!("no asset `{key}` in `{name}`"));
+    let missing =
+        || ApiError::not_found("asset_not_found", format!("no asset `{key}` in `{name}`"));
     let asset_key = AssetKey::new(&key).map_err(|_| missing())?;
     let grain = grain_of(&state, &deployment, &asset_key).await?.ok_or_else(missing)?;
     let options = query.options(&grain)?;
@@ -317,12 +414,23 @@ async fn asset_diff(State(state): State<SharedState>, _: Reader, Path((name, key
 
 /// The declared grain of `asset` in the deployment's serving revision; `None` if it has no such
 /// asset.
-async fn grain_of(state: &AppState, deployment: &Deployment, asset: &AssetKey) -> ApiResult<Option<Vec<String>>> {
+async fn grain_of(
+    state: &AppState,
+    deployment: &Deployment,
+    asset: &AssetKey,
+) -> ApiResult<Option<Vec<String>>> {
     let Some(revision_id) = deployment.current_revision else { return Ok(None) };
     let revision = state.store.get_revision(revision_id).await?;
-    let repo = state.repository(&deployment.repository).ok_or_else(|| ApiError::internal("the repository is not configured"))?;
-    let loaded = crate::git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await.map_err(ApiError::internal)?;
-    let project = loaded.as_ref().as_ref().map_err(|_| ApiError::internal("the serving revision does not load"))?;
+    let repo = state
+        .repository(&deployment.repository)
+        .ok_or_else(|| ApiError::internal("the repository is not configured"))?;
+    let loaded = crate::git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha)
+        .await
+        .map_err(ApiError::internal)?;
+    let project = loaded
+        .as_ref()
+        .as_ref()
+        .map_err(|_| ApiError::internal("the serving revision does not load"))?;
     Ok(project.snapshot.get(asset).map(|a| a.grain.clone()))
 }
 
@@ -349,20 +457,37 @@ struct SummariesJson {
 }
 
 /// Summaries for every asset of the serving revision the branch has a table of.
-pub async fn summaries(state: &AppState, deployment: &Deployment) -> ApiResult<Vec<DiffSummaryJson>> {
+pub async fn summaries(
+    state: &AppState,
+    deployment: &Deployment,
+) -> ApiResult<Vec<DiffSummaryJson>> {
     let Some(revision_id) = deployment.current_revision else { return Ok(Vec::new()) };
     let revision = state.store.get_revision(revision_id).await?;
-    let repo = state.repository(&deployment.repository).ok_or_else(|| ApiError::internal("the repository is not configured"))?;
-    let loaded = crate::git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await.map_err(ApiError::internal)?;
+    let repo = state
+        .repository(&deployment.repository)
+        .ok_or_else(|| ApiError::internal("the repository is not configured"))?;
+    let loaded = crate::git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha)
+        .await
+        .map_err(ApiError::internal)?;
     let Ok(project) = loaded.as_ref().as_ref() else { return Ok(Vec::new()) };
-    let own: std::collections::BTreeSet<String> = state.warehouse.own_tables(&state.target(deployment)).await.unwrap_or_default().into_iter().collect();
+    let own: std::collections::BTreeSet<String> = state
+        .warehouse
+        .own_tables(&state.target(deployment))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut out = Vec::new();
     for asset in project.snapshot.assets().filter(|a| a.kind.is_materializable()) {
         let table = asset.key.parts().last().unwrap_or_default();
         if !own.contains(table) {
             continue;
         }
-        let key = if asset.grain.is_empty() { KeyRequest::Infer } else { KeyRequest::Declared(asset.grain.clone()) };
+        let key = if asset.grain.is_empty() {
+            KeyRequest::Infer
+        } else {
+            KeyRequest::Declared(asset.grain.clone())
+        };
         let options = DiffOptions { key, sample: 0, tolerance: 0.0 };
         let (diff, _) = compute(state, deployment, &asset.key, &options).await?;
         out.push(DiffSummaryJson {
@@ -381,12 +506,23 @@ pub async fn summaries(state: &AppState, deployment: &Deployment) -> ApiResult<V
     Ok(out)
 }
 
-async fn deployment_diffs(State(state): State<SharedState>, _: Reader, Path(name): Path<String>, Query(query): Query<DiffQuery>) -> ApiResult<Json<SummariesJson>> {
+async fn deployment_diffs(
+    State(state): State<SharedState>,
+    _: Reader,
+    Path(name): Path<String>,
+    Query(query): Query<DiffQuery>,
+) -> ApiResult<Json<SummariesJson>> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     if deployment.kind != DeploymentKind::Branch {
-        return Err(ApiError::bad_request("not_a_branch_deployment", format!("`{name}` is production; data diffs compare a branch deployment with it")));
+        return Err(ApiError::bad_request(
+            "not_a_branch_deployment",
+            format!("`{name}` is production; data diffs compare a branch deployment with it"),
+        ));
     }
-    Ok(Json(SummariesJson { deployment: deployment.name.to_string(), diffs: summaries(&state, &deployment).await? }))
+    Ok(Json(SummariesJson {
+        deployment: deployment.name.to_string(),
+        diffs: summaries(&state, &deployment).await?,
+    }))
 }
 
 /// After a branch run: compute the summaries (filling the cache) and refresh the pull-request

@@ -11,10 +11,13 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use offshoot_core::lifecycle::{Commit, Event, Lease};
 use offshoot_core::{
-    deployment_name_for_branch, diff, BranchName, ChangeSet, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, PullRequestStatus,
-    RepositoryName, RevisionStatus,
+    deployment_name_for_branch, diff, BranchName, ChangeSet, CommitSha, DeploymentKind,
+    DeploymentName, DeploymentStatus, PullRequestStatus, RepositoryName, RevisionStatus,
 };
-use offshoot_store::{CommitDetails, Deployment, DeploymentFilter, DeployOutput, NewDeployment, PullRequest, Revision, StoreError};
+use offshoot_store::{
+    CommitDetails, DeployOutput, Deployment, DeploymentFilter, NewDeployment, PullRequest,
+    Revision, StoreError,
+};
 use tokio::sync::Semaphore;
 
 use crate::changes::ChangeSetJson;
@@ -47,17 +50,25 @@ pub struct PushOutcome {
     pub revision: Option<Revision>,
 }
 
-pub fn repository_config<'a>(state: &'a AppState, name: &RepositoryName) -> ApiResult<&'a RepositoryConfig> {
-    state
-        .repository(name)
-        .ok_or_else(|| ApiError::not_found("repository_not_found", format!("no repository named `{name}` is configured")))
+pub fn repository_config<'a>(
+    state: &'a AppState,
+    name: &RepositoryName,
+) -> ApiResult<&'a RepositoryConfig> {
+    state.repository(name).ok_or_else(|| {
+        ApiError::not_found(
+            "repository_not_found",
+            format!("no repository named `{name}` is configured"),
+        )
+    })
 }
 
 fn git_failure(error: GitError) -> ApiError {
     match error {
-        GitError::Repo(offshoot_repo::RepoError::UnknownRevision { rev, .. }) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "commit_not_found", format!("commit `{rev}` is not in the repository"))
-        }
+        GitError::Repo(offshoot_repo::RepoError::UnknownRevision { rev, .. }) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "commit_not_found",
+            format!("commit `{rev}` is not in the repository"),
+        ),
         other => ApiError::internal(other),
     }
 }
@@ -72,19 +83,36 @@ pub async fn create_or_update(state: &SharedState, push: Push) -> ApiResult<Push
         let deployment = ensure_production(state, &repo).await?;
         return deliver(state, &deployment, commit, Delivery::default()).await;
     }
-    let closing = matches!(push.pull_request_status, Some(PullRequestStatus::Closed | PullRequestStatus::Merged));
+    let closing = matches!(
+        push.pull_request_status,
+        Some(PullRequestStatus::Closed | PullRequestStatus::Merged)
+    );
     let deployment = match state.store.find_deployment_by_branch(&repo.name, &push.branch).await? {
         Some(deployment) => deployment,
         None if closing => {
-            return Err(ApiError::not_found("deployment_not_found", format!("branch `{}` has no deployment to close", push.branch)));
+            return Err(ApiError::not_found(
+                "deployment_not_found",
+                format!("branch `{}` has no deployment to close", push.branch),
+            ));
         }
         None => ensure_branch(state, &repo, &push).await?,
     };
-    let pull_request = (push.pull_request_id.is_some() || push.pull_request_url.is_some() || push.pull_request_status.is_some()).then(|| {
+    let pull_request = (push.pull_request_id.is_some()
+        || push.pull_request_url.is_some()
+        || push.pull_request_status.is_some())
+    .then(|| {
         let previous = deployment.pull_request.clone();
         PullRequest {
-            id: push.pull_request_id.clone().or_else(|| previous.as_ref().map(|p| p.id.clone())).unwrap_or_default(),
-            url: push.pull_request_url.clone().or_else(|| previous.as_ref().map(|p| p.url.clone())).unwrap_or_default(),
+            id: push
+                .pull_request_id
+                .clone()
+                .or_else(|| previous.as_ref().map(|p| p.id.clone()))
+                .unwrap_or_default(),
+            url: push
+                .pull_request_url
+                .clone()
+                .or_else(|| previous.as_ref().map(|p| p.url.clone()))
+                .unwrap_or_default(),
             status: push.pull_request_status.unwrap_or(PullRequestStatus::Open),
         }
     });
@@ -92,13 +120,19 @@ pub async fn create_or_update(state: &SharedState, push: Push) -> ApiResult<Push
         let status = push.pull_request_status.expect("closing means a status");
         let reason = format!("pull request {}", status.as_str().to_lowercase());
         let extras = Extras { pull_request, ..Extras::default() };
-        let deployment = lifecycle::close_with(state, &deployment, &reason, Some(status), extras).await?;
+        let deployment =
+            lifecycle::close_with(state, &deployment, &reason, Some(status), extras).await?;
         return Ok(PushOutcome { deployment, revision: None });
     }
     if deployment.status == DeploymentStatus::Closed && push.opens {
         lifecycle::check_open_limit(state).await?;
     }
-    let delivery = Delivery { opens: push.opens, redeploy: push.redeploy, pull_request, base_deployment: push.base_deployment.clone().map(Some) };
+    let delivery = Delivery {
+        opens: push.opens,
+        redeploy: push.redeploy,
+        pull_request,
+        base_deployment: push.base_deployment.clone().map(Some),
+    };
     deliver(state, &deployment, commit, delivery).await
 }
 
@@ -120,7 +154,12 @@ impl Default for Delivery {
 /// Delivers `commit` to the deployment's lifecycle: it is related to the newest delivered commit
 /// (by ancestry, read in the same attempt as the state it is decided on) and queued, recorded as
 /// superseded, or recognised as a duplicate.
-pub async fn deliver(state: &SharedState, deployment: &Deployment, commit: CommitDetails, delivery: Delivery) -> ApiResult<PushOutcome> {
+pub async fn deliver(
+    state: &SharedState,
+    deployment: &Deployment,
+    commit: CommitDetails,
+    delivery: Delivery,
+) -> ApiResult<PushOutcome> {
     let repo = repository_config(state, &deployment.repository)?.clone();
     let mut written = None;
     for _ in 0..lifecycle::ATTEMPTS {
@@ -128,16 +167,27 @@ pub async fn deliver(state: &SharedState, deployment: &Deployment, commit: Commi
         let head = view.machine.head.and_then(|n| record.revisions.iter().find(|r| r.number == n));
         let relation = match head {
             None => None,
-            Some(head) => Some(git::relation(repo.path.clone(), commit.clone(), head.commit.clone()).await.map_err(ApiError::internal)?),
+            Some(head) => Some(
+                git::relation(repo.path.clone(), commit.clone(), head.commit.clone())
+                    .await
+                    .map_err(ApiError::internal)?,
+            ),
         };
-        let event = Event::Push { commit: Commit { sha: commit.sha.clone(), time: commit.time }, relation, opens: delivery.opens, redeploy: delivery.redeploy };
+        let event = Event::Push {
+            commit: Commit { sha: commit.sha.clone(), time: commit.time },
+            relation,
+            opens: delivery.opens,
+            redeploy: delivery.redeploy,
+        };
         let extras = Extras {
             commit: Some(commit.clone()),
             pull_request: delivery.pull_request.clone(),
             base_deployment: delivery.base_deployment.clone(),
             ..Extras::default()
         };
-        if let Some(outcome) = lifecycle::attempt(state, record, &view, Input { event, extras }).await? {
+        if let Some(outcome) =
+            lifecycle::attempt(state, record, &view, Input { event, extras }).await?
+        {
             written = Some(outcome);
             break;
         }
@@ -153,14 +203,27 @@ pub async fn deliver(state: &SharedState, deployment: &Deployment, commit: Commi
 
 /// The branch's deployment, created on its first delivery. Concurrent first deliveries get the
 /// same row; a name another branch took meanwhile gets a longer hash.
-async fn ensure_branch(state: &SharedState, repo: &RepositoryConfig, push: &Push) -> ApiResult<Deployment> {
+async fn ensure_branch(
+    state: &SharedState,
+    repo: &RepositoryConfig,
+    push: &Push,
+) -> ApiResult<Deployment> {
     for _ in 0..4 {
-        if let Some(existing) = state.store.find_deployment_by_branch(&repo.name, &push.branch).await? {
+        if let Some(existing) =
+            state.store.find_deployment_by_branch(&repo.name, &push.branch).await?
+        {
             return Ok(existing);
         }
         lifecycle::check_open_limit(state).await?;
-        let all = state.store.list_deployments(&DeploymentFilter { repository: Some(repo.name.clone()), include_closed: true }).await?;
-        let taken: BTreeSet<DeploymentName> = all.into_iter().filter(|d| d.branch != push.branch).map(|d| d.name).collect();
+        let all = state
+            .store
+            .list_deployments(&DeploymentFilter {
+                repository: Some(repo.name.clone()),
+                include_closed: true,
+            })
+            .await?;
+        let taken: BTreeSet<DeploymentName> =
+            all.into_iter().filter(|d| d.branch != push.branch).map(|d| d.name).collect();
         let name = deployment_name_for_branch(&push.branch, |n| taken.contains(n));
         let new = NewDeployment {
             repository: repo.name.clone(),
@@ -177,7 +240,10 @@ async fn ensure_branch(state: &SharedState, repo: &RepositoryConfig, push: &Push
             Err(error) => return Err(error.into()),
         }
     }
-    Err(ApiError::conflict("conflict", format!("could not find a free deployment name for branch `{}`", push.branch)))
+    Err(ApiError::conflict(
+        "conflict",
+        format!("could not find a free deployment name for branch `{}`", push.branch),
+    ))
 }
 
 /// The repository's `prod` deployment, created on first use (concurrently: once).
@@ -186,8 +252,9 @@ pub async fn ensure_production(state: &AppState, repo: &RepositoryConfig) -> Api
     if let Some(deployment) = state.store.find_deployment(&repo.name, &name).await? {
         return Ok(deployment);
     }
-    let branch = BranchName::new(&repo.production_branch)
-        .map_err(|e| ApiError::bad_request("invalid_branch_name", format!("production branch: {e}")))?;
+    let branch = BranchName::new(&repo.production_branch).map_err(|e| {
+        ApiError::bad_request("invalid_branch_name", format!("production branch: {e}"))
+    })?;
     Ok(state
         .store
         .ensure_deployment(NewDeployment {
@@ -203,7 +270,10 @@ pub async fn ensure_production(state: &AppState, repo: &RepositoryConfig) -> Api
 }
 
 fn lease(state: &AppState) -> Lease {
-    Lease { owner: state.config.server_id.clone(), until: now() + state.config.lease.as_millis() as i64 }
+    Lease {
+        owner: state.config.server_id.clone(),
+        until: now() + state.config.lease.as_millis() as i64,
+    }
 }
 
 /// Runs forever: claims queued revisions (and deploying ones whose server's lease expired) and
@@ -212,12 +282,23 @@ fn lease(state: &AppState) -> Lease {
 pub async fn worker(state: SharedState) {
     let slots = Arc::new(Semaphore::new(state.config.deploy_concurrency.max(1)));
     loop {
-        match state.store.revisions_with_status(&[RevisionStatus::Queued, RevisionStatus::Deploying]).await {
+        match state
+            .store
+            .revisions_with_status(&[RevisionStatus::Queued, RevisionStatus::Deploying])
+            .await
+        {
             Ok(candidates) => {
                 for candidate in candidates {
                     let Ok(permit) = slots.clone().acquire_owned().await else { return };
-                    let event = Event::ClaimDeploy { revision: candidate.number, lease: lease(&state) };
-                    let claimed = match lifecycle::apply_event(&state, candidate.deployment_id, event).await {
+                    let event =
+                        Event::ClaimDeploy { revision: candidate.number, lease: lease(&state) };
+                    let claimed = match lifecycle::apply_event(
+                        &state,
+                        candidate.deployment_id,
+                        event,
+                    )
+                    .await
+                    {
                         Ok(outcome) if outcome.claimed_deploy(candidate.number) => outcome,
                         Ok(_) | Err(LifecycleError::Refused(_)) => continue,
                         Err(LifecycleError::Store(StoreError::NotFound(_))) => continue,
@@ -231,7 +312,8 @@ pub async fn worker(state: SharedState) {
                     }
                     let state = state.clone();
                     tokio::spawn(async move {
-                        let deployment = claimed.deployment.expect("a claimed revision's deployment exists");
+                        let deployment =
+                            claimed.deployment.expect("a claimed revision's deployment exists");
                         let id = candidate.id;
                         if let Err(error) = deploy(&state, deployment, candidate).await {
                             tracing::error!("deploy of revision {} stopped: {error}", id.0);
@@ -249,31 +331,55 @@ pub async fn worker(state: SharedState) {
 
 /// Deploys one claimed revision and reports the outcome to the lifecycle, which discards it if a
 /// newer commit arrived or the deployment closed meanwhile.
-async fn deploy(state: &SharedState, deployment: Deployment, revision: Revision) -> Result<Outcome, LifecycleError> {
-    tracing::info!("deploying {} of {}/{}", revision.commit.sha.short(), deployment.repository, deployment.name);
+async fn deploy(
+    state: &SharedState,
+    deployment: Deployment,
+    revision: Revision,
+) -> Result<Outcome, LifecycleError> {
+    tracing::info!(
+        "deploying {} of {}/{}",
+        revision.commit.sha.short(),
+        deployment.repository,
+        deployment.name
+    );
     let mut output = DeployOutput::default();
     let outcome = prepare(state, &deployment, &revision, &mut output).await;
     if let Err(message) = &outcome {
         tracing::warn!("revision {} of {} failed: {message}", revision.number, deployment.name);
     }
-    let event = Event::DeployFinished { revision: revision.number, owner: state.config.server_id.clone(), outcome };
+    let event = Event::DeployFinished {
+        revision: revision.number,
+        owner: state.config.server_id.clone(),
+        outcome,
+    };
     let extras = Extras { output: Some(output), ..Extras::default() };
     let result = lifecycle::report(state, deployment.id, event, extras).await;
     match &result {
         Ok(_) => tracing::info!("revision {} of {} finished", revision.number, deployment.name),
-        Err(LifecycleError::Refused(refusal)) => tracing::warn!("the result of revision {} of {} was refused: {refusal}", revision.number, deployment.name),
+        Err(LifecycleError::Refused(refusal)) => tracing::warn!(
+            "the result of revision {} of {} was refused: {refusal}",
+            revision.number,
+            deployment.name
+        ),
         Err(_) => {}
     }
     result
 }
 
 /// Validation, change tracking and the warehouse; `Err` is the failure message for people.
-async fn prepare(state: &SharedState, deployment: &Deployment, revision: &Revision, output: &mut DeployOutput) -> Result<(), String> {
+async fn prepare(
+    state: &SharedState,
+    deployment: &Deployment,
+    revision: &Revision,
+    output: &mut DeployOutput,
+) -> Result<(), String> {
     let repo = state
         .repository(&deployment.repository)
         .ok_or_else(|| format!("repository `{}` is no longer configured", deployment.repository))?
         .clone();
-    let loaded = git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await.map_err(|e| e.to_string())?;
+    let loaded = git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha)
+        .await
+        .map_err(|e| e.to_string())?;
     let project = match loaded.as_ref() {
         Ok(project) => project,
         Err(diagnostics) => {
@@ -283,12 +389,18 @@ async fn prepare(state: &SharedState, deployment: &Deployment, revision: &Revisi
                 .collect();
             output.diagnostics_json = Some(serde_json::Value::Array(list).to_string());
             let first = diagnostics.first().map(|d| d.to_string()).unwrap_or_default();
-            return Err(format!("{} problem(s) in the definitions; first: {}", diagnostics.len(), first.lines().next().unwrap_or("")));
+            return Err(format!(
+                "{} problem(s) in the definitions; first: {}",
+                diagnostics.len(),
+                first.lines().next().unwrap_or("")
+            ));
         }
     };
     output.asset_count = project.snapshot.len() as u32;
 
-    if let Some((base_commit, base)) = base_of(state, deployment, &repo, &revision.commit.sha).await? {
+    if let Some((base_commit, base)) =
+        base_of(state, deployment, &repo, &revision.commit.sha).await?
+    {
         if let Ok(base) = base.as_ref() {
             let changes = diff(&base.snapshot, &project.snapshot);
             record_changes(output, base_commit, &changes);
@@ -298,7 +410,10 @@ async fn prepare(state: &SharedState, deployment: &Deployment, revision: &Revisi
     let target = state.target(deployment);
     if !target.is_production() {
         // A branch reads production's tables; production's schema must exist first.
-        let production = offshoot_warehouse::Target { schema: target.production.clone(), production: target.production.clone() };
+        let production = offshoot_warehouse::Target {
+            schema: target.production.clone(),
+            production: target.production.clone(),
+        };
         state.warehouse.prepare(&production).await.map_err(|e| e.to_string())?;
     }
     state.warehouse.prepare(&target).await.map_err(|e| e.to_string())?;
@@ -328,8 +443,14 @@ async fn base_of(
             state.store.get_revision(current).await.map_err(|e| e.to_string())?.commit.sha
         }
         DeploymentKind::Branch => {
-            let base_name = deployment.base_deployment.clone().unwrap_or_else(DeploymentName::production);
-            let base_branch = match state.store.find_deployment(&deployment.repository, &base_name).await.map_err(|e| e.to_string())? {
+            let base_name =
+                deployment.base_deployment.clone().unwrap_or_else(DeploymentName::production);
+            let base_branch = match state
+                .store
+                .find_deployment(&deployment.repository, &base_name)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 Some(base) => base.branch.as_str().to_owned(),
                 None if base_name.is_production() => repo.production_branch.clone(),
                 None => return Err(format!("base deployment `{base_name}` does not exist")),
@@ -345,6 +466,8 @@ async fn base_of(
             .ok_or("the merge-base is not a full commit id")?
         }
     };
-    let loaded = git::load(state, &repo.name, repo.path.clone(), &base_commit).await.map_err(|e| e.to_string())?;
+    let loaded = git::load(state, &repo.name, repo.path.clone(), &base_commit)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Some((base_commit, loaded)))
 }

@@ -127,14 +127,21 @@ pub fn commit_json(commit: &CommitDetails) -> CommitJson {
 }
 
 pub fn revision_json(revision: &Revision) -> RevisionJson {
-    let counts = revision.changes_json.as_deref().and_then(|json| serde_json::from_str::<StoredSummary>(json).ok()).map(|stored| stored.summary);
+    let counts = revision
+        .changes_json
+        .as_deref()
+        .and_then(|json| serde_json::from_str::<StoredSummary>(json).ok())
+        .map(|stored| stored.summary);
     RevisionJson {
         id: revision.id.0,
         number: revision.number,
         commit: commit_json(&revision.commit),
         status: revision.status.as_str().to_owned(),
         error: revision.error.clone(),
-        diagnostics: revision.diagnostics_json.as_deref().and_then(|d| serde_json::from_str(d).ok()),
+        diagnostics: revision
+            .diagnostics_json
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok()),
         base_commit: revision.base_commit.as_ref().map(|c| c.to_string()),
         asset_count: revision.asset_count,
         changed_count: revision.changed_count,
@@ -152,7 +159,11 @@ pub fn revision_json(revision: &Revision) -> RevisionJson {
 /// `current` is the store's `current_revision`: the revision serving now, or, once closed, the one
 /// that served last (the store keeps it; its schema is gone). The JSON keeps the two apart so no
 /// client reads a closed deployment as serving.
-pub fn deployment_json(deployment: &Deployment, current: Option<&Revision>, latest: Option<&Revision>) -> DeploymentJson {
+pub fn deployment_json(
+    deployment: &Deployment,
+    current: Option<&Revision>,
+    latest: Option<&Revision>,
+) -> DeploymentJson {
     let closed = deployment.status == DeploymentStatus::Closed;
     DeploymentJson {
         name: deployment.name.to_string(),

@@ -41,7 +41,11 @@ impl ApiError {
     /// Logs `detail` and answers with a generic message.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         tracing::error!("internal error: {detail}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; see the server log",
+        )
     }
 }
 
@@ -78,7 +82,8 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let mut body =
+            serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         if let Some(role) = self.required_role {
             body["error"]["required_role"] = serde_json::json!(role.as_str());
         }
@@ -89,7 +94,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
-            StoreError::NotFound(what) => ApiError::not_found("not_found", format!("{what} not found")),
+            StoreError::NotFound(what) => {
+                ApiError::not_found("not_found", format!("{what} not found"))
+            }
             StoreError::Conflict(what) => ApiError::conflict("conflict", what),
             StoreError::Backend(detail) => ApiError::internal(detail),
         }
@@ -99,8 +106,14 @@ impl From<StoreError> for ApiError {
 impl From<offshoot_warehouse::WarehouseError> for ApiError {
     fn from(error: offshoot_warehouse::WarehouseError) -> ApiError {
         match error {
-            offshoot_warehouse::WarehouseError::Query(message) => ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "data_diff_failed", message),
-            offshoot_warehouse::WarehouseError::Refused(message) => ApiError::bad_request("not_a_branch_deployment", message),
+            offshoot_warehouse::WarehouseError::Query(message) => ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "data_diff_failed",
+                message,
+            ),
+            offshoot_warehouse::WarehouseError::Refused(message) => {
+                ApiError::bad_request("not_a_branch_deployment", message)
+            }
             offshoot_warehouse::WarehouseError::Backend(detail) => ApiError::internal(detail),
         }
     }

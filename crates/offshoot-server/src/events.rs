@@ -29,10 +29,18 @@ pub fn router() -> Router<SharedState> {
 /// What a client's view depends on, in a form that changes whenever that view would.
 async fn pulse(state: &AppState) -> StoreResult<String> {
     let mut pulse = String::new();
-    for deployment in state.store.list_deployments(&DeploymentFilter { repository: None, include_closed: true }).await? {
+    for deployment in state
+        .store
+        .list_deployments(&DeploymentFilter { repository: None, include_closed: true })
+        .await?
+    {
         pulse.push_str(&format!("d{}:{};", deployment.id.0, deployment.version));
     }
-    let active = RunFilter { deployment_id: None, statuses: vec![RunStatus::Queued, RunStatus::Running], limit: 0 };
+    let active = RunFilter {
+        deployment_id: None,
+        statuses: vec![RunStatus::Queued, RunStatus::Running],
+        limit: 0,
+    };
     for run in state.store.list_runs(&active).await? {
         pulse.push_str(&format!("r{}:{};", run.id.0, run.status.as_str()));
         for step in state.store.list_steps(run.id).await? {
@@ -42,7 +50,10 @@ async fn pulse(state: &AppState) -> StoreResult<String> {
     Ok(pulse)
 }
 
-async fn events(State(state): State<SharedState>, _: Reader) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
+async fn events(
+    State(state): State<SharedState>,
+    _: Reader,
+) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
     // (state, the last pulse sent; None before the first event)
     let stream = stream::unfold((state, None::<String>), |(state, last)| async move {
         loop {
@@ -55,8 +66,18 @@ async fn events(State(state): State<SharedState>, _: Reader) -> Sse<impl Stream<
                 continue;
             };
             match &last {
-                None => return Some((Ok(Event::default().event("ready").data("{}")), (state, Some(now)))),
-                Some(previous) if *previous != now => return Some((Ok(Event::default().event("change").data("{}")), (state, Some(now)))),
+                None => {
+                    return Some((
+                        Ok(Event::default().event("ready").data("{}")),
+                        (state, Some(now)),
+                    ))
+                }
+                Some(previous) if *previous != now => {
+                    return Some((
+                        Ok(Event::default().event("change").data("{}")),
+                        (state, Some(now)),
+                    ))
+                }
                 Some(_) => {}
             }
         }

@@ -15,8 +15,8 @@ use offshoot_core::{DeploymentKind, DeploymentStatus, RevisionStatus};
 use offshoot_store::{Deployment, DeploymentId, Revision};
 
 use crate::changes::{ChangeSetJson, StoredSummary};
-use crate::data_diff::DiffSummaryJson;
 use crate::config::{ForgeConfig, ForgeKind, Secret};
+use crate::data_diff::DiffSummaryJson;
 use crate::state::SharedState;
 
 /// Whether this build can call `https://` APIs.
@@ -49,17 +49,27 @@ pub enum FeedbackError {
 
 /// Called by the deploy pipeline once a revision is ready or failed; returns at once.
 pub fn revision_finished(state: &SharedState, deployment: &Deployment, revision: &Revision) {
-    if deployment.kind != DeploymentKind::Branch || !matches!(revision.status, RevisionStatus::Ready | RevisionStatus::Failed) {
+    if deployment.kind != DeploymentKind::Branch
+        || !matches!(revision.status, RevisionStatus::Ready | RevisionStatus::Failed)
+    {
         return;
     }
-    let Some(forge) = state.repository(&deployment.repository).and_then(|r| r.forge.clone()).filter(|f| f.token.is_some()) else {
+    let Some(forge) = state
+        .repository(&deployment.repository)
+        .and_then(|r| r.forge.clone())
+        .filter(|f| f.token.is_some())
+    else {
         return;
     };
     let (state, deployment_id, revision) = (state.clone(), deployment.id, revision.clone());
     tokio::spawn(async move {
         let _turn = TURN.lock().await;
         if let Err(error) = publish(&state, &forge, deployment_id, &revision).await {
-            tracing::warn!("pull-request feedback for revision {} of deployment {}: {error}", revision.number, deployment_id.0);
+            tracing::warn!(
+                "pull-request feedback for revision {} of deployment {}: {error}",
+                revision.number,
+                deployment_id.0
+            );
         }
     });
 }
@@ -75,18 +85,27 @@ pub struct FeedbackTarget {
 impl FeedbackTarget {
     /// From the configured project or else the pull request's URL, and the pull request's id or
     /// else its URL.
-    pub fn resolve(forge: &ForgeConfig, deployment: &Deployment) -> Result<FeedbackTarget, FeedbackError> {
+    pub fn resolve(
+        forge: &ForgeConfig,
+        deployment: &Deployment,
+    ) -> Result<FeedbackTarget, FeedbackError> {
         let pull_request = deployment.pull_request.as_ref();
         let from_url = pull_request.and_then(|p| parse_pull_request_url(forge.kind, &p.url));
         let project = match (&forge.project, &from_url) {
             (Some(project), _) => project.clone(),
             (None, Some((project, _))) => project.clone(),
-            (None, None) => return Err(FeedbackError::Target("set `project` on the repository, or pass the pull request's URL".to_owned())),
+            (None, None) => {
+                return Err(FeedbackError::Target(
+                    "set `project` on the repository, or pass the pull request's URL".to_owned(),
+                ))
+            }
         };
         if !valid_project(&project) {
             return Err(FeedbackError::Target(format!("{project:?} is not a project path")));
         }
-        let number = pull_request.and_then(|p| p.id.parse::<u64>().ok()).or(from_url.map(|(_, number)| number));
+        let number = pull_request
+            .and_then(|p| p.id.parse::<u64>().ok())
+            .or(from_url.map(|(_, number)| number));
         Ok(FeedbackTarget { project, number })
     }
 }
@@ -120,14 +139,26 @@ fn valid_project(project: &str) -> bool {
     !project.is_empty()
         && project.len() <= 512
         && project.split('/').all(|s| {
-            !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         })
 }
 
-async fn publish(state: &SharedState, forge: &ForgeConfig, deployment_id: DeploymentId, finished: &Revision) -> Result<(), FeedbackError> {
+async fn publish(
+    state: &SharedState,
+    forge: &ForgeConfig,
+    deployment_id: DeploymentId,
+    finished: &Revision,
+) -> Result<(), FeedbackError> {
     let deployment = state.store.get_deployment(deployment_id).await?;
     let revisions = state.store.list_revisions(deployment_id, 50).await?;
-    let shown = revisions.iter().find(|r| matches!(r.status, RevisionStatus::Ready | RevisionStatus::Failed)).unwrap_or(finished).clone();
+    let shown = revisions
+        .iter()
+        .find(|r| matches!(r.status, RevisionStatus::Ready | RevisionStatus::Failed))
+        .unwrap_or(finished)
+        .clone();
     let serving = match deployment.current_revision {
         Some(id) => match revisions.iter().find(|r| r.id == id) {
             Some(revision) => Some(revision.clone()),
@@ -145,7 +176,8 @@ async fn publish(state: &SharedState, forge: &ForgeConfig, deployment_id: Deploy
         }),
         None => Vec::new(),
     };
-    let comment = target.number.map(|_| render_comment(&deployment, &shown, serving.as_ref(), &link, &diffs));
+    let comment =
+        target.number.map(|_| render_comment(&deployment, &shown, serving.as_ref(), &link, &diffs));
     let status = CommitStatus::of(finished, &link);
     let client = ForgeClient::new(forge)?;
     tokio::task::spawn_blocking(move || {
@@ -160,7 +192,12 @@ async fn publish(state: &SharedState, forge: &ForgeConfig, deployment_id: Deploy
 
 /// The UI's page of the deployment.
 pub fn deployment_link(public_url: &str, deployment: &Deployment) -> String {
-    format!("{}/#/d/{}/{}", public_url.trim_end_matches('/'), deployment.repository, deployment.name)
+    format!(
+        "{}/#/d/{}/{}",
+        public_url.trim_end_matches('/'),
+        deployment.repository,
+        deployment.name
+    )
 }
 
 /// The hidden line that finds the comment again.
@@ -179,18 +216,42 @@ impl CommitStatus {
     fn of(revision: &Revision, link: &str) -> CommitStatus {
         let success = revision.status == RevisionStatus::Ready;
         let description = if success {
-            let summary = revision.changes_json.as_deref().and_then(|json| serde_json::from_str::<StoredSummary>(json).ok());
-            format!("Branch deployment ready: {}", summary.map_or_else(|| "no base to compare with".to_owned(), |s| s.summary.counts().phrase()))
+            let summary = revision
+                .changes_json
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<StoredSummary>(json).ok());
+            format!(
+                "Branch deployment ready: {}",
+                summary.map_or_else(
+                    || "no base to compare with".to_owned(),
+                    |s| s.summary.counts().phrase()
+                )
+            )
         } else {
-            let reason = revision.error.as_deref().and_then(|e| e.lines().next()).unwrap_or("see the deployment");
+            let reason = revision
+                .error
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .unwrap_or("see the deployment");
             format!("Branch deployment failed: {reason}")
         };
-        CommitStatus { sha: revision.commit.sha.to_string(), success, description: truncate(&description, 140), target_url: link.to_owned() }
+        CommitStatus {
+            sha: revision.commit.sha.to_string(),
+            success,
+            description: truncate(&description, 140),
+            target_url: link.to_owned(),
+        }
     }
 }
 
 /// The comment's Markdown: marker, headline, link, changes (folded when long) or the failure.
-pub fn render_comment(deployment: &Deployment, shown: &Revision, serving: Option<&Revision>, link: &str, diffs: &[DiffSummaryJson]) -> String {
+pub fn render_comment(
+    deployment: &Deployment,
+    shown: &Revision,
+    serving: Option<&Revision>,
+    link: &str,
+    diffs: &[DiffSummaryJson],
+) -> String {
     let mut out = String::new();
     let name = &deployment.name;
     let commit = shown.commit.sha.short();
@@ -203,7 +264,11 @@ pub fn render_comment(deployment: &Deployment, shown: &Revision, serving: Option
             let _ = writeln!(out, "### ❌ Branch deployment `{name}` failed\n");
         }
     }
-    let _ = write!(out, "[Open `{name}` in Offshoot]({link}) · commit `{commit}` · revision {}", shown.number);
+    let _ = write!(
+        out,
+        "[Open `{name}` in Offshoot]({link}) · commit `{commit}` · revision {}",
+        shown.number
+    );
     if shown.status == RevisionStatus::Ready {
         let _ = write!(out, " · {} assets", shown.asset_count);
     }
@@ -213,10 +278,17 @@ pub fn render_comment(deployment: &Deployment, shown: &Revision, serving: Option
     }
     let changes_of = if shown.status == RevisionStatus::Ready { Some(shown) } else { serving };
     if let Some(revision) = changes_of {
-        let changes: Option<ChangeSetJson> = revision.changes_json.as_deref().and_then(|json| serde_json::from_str(json).ok());
+        let changes: Option<ChangeSetJson> =
+            revision.changes_json.as_deref().and_then(|json| serde_json::from_str(json).ok());
         match changes {
-            Some(changes) => render_changes(&mut out, &changes, link, revision.base_commit.as_ref().map(|c| c.short())),
-            None => out.push_str("No change tracking for this revision (its base could not be loaded).\n"),
+            Some(changes) => render_changes(
+                &mut out,
+                &changes,
+                link,
+                revision.base_commit.as_ref().map(|c| c.short()),
+            ),
+            None => out
+                .push_str("No change tracking for this revision (its base could not be loaded).\n"),
         }
     }
     render_data_diffs(&mut out, diffs);
@@ -239,17 +311,31 @@ fn render_data_diffs(out: &mut String, diffs: &[DiffSummaryJson]) {
             "new_in_branch" => format!("new · {}", count(diff.branch_rows)),
             _ => format!("{} → {}", count(diff.production_rows), count(diff.branch_rows)),
         };
-        let changed = if diff.key_source == "none" { "no key".to_owned() } else { count(diff.changed) };
+        let changed =
+            if diff.key_source == "none" { "no key".to_owned() } else { count(diff.changed) };
         let columns = match (diff.columns_added, diff.columns_removed) {
             (0, 0) => String::new(),
             (added, removed) => format!("+{added} −{removed}"),
         };
-        let _ = writeln!(table, "| `{}` | {rows} | {} | {} | {changed} | {columns} |", diff.asset, count(diff.only_in_branch), count(diff.only_in_production));
+        let _ = writeln!(
+            table,
+            "| `{}` | {rows} | {} | {} | {changed} | {columns} |",
+            diff.asset,
+            count(diff.only_in_branch),
+            count(diff.only_in_production)
+        );
     }
     if diffs.len() > DIFF_ROWS_UNFOLDED {
-        let _ = writeln!(out, "\n<details><summary>Data changes in {} built assets</summary>\n\n{table}\n</details>", diffs.len());
+        let _ = writeln!(
+            out,
+            "\n<details><summary>Data changes in {} built assets</summary>\n\n{table}\n</details>",
+            diffs.len()
+        );
     } else {
-        let _ = writeln!(out, "\n**Data changes** (the branch's tables against production's):\n\n{table}");
+        let _ = writeln!(
+            out,
+            "\n**Data changes** (the branch's tables against production's):\n\n{table}"
+        );
     }
 }
 
@@ -269,10 +355,15 @@ fn group_digits(n: u64) -> String {
 /// Called after a branch run once its data diffs are computed: refreshes the comment. Returns
 /// at once.
 pub fn data_diffs_ready(state: &SharedState, deployment: &Deployment) {
-    let Some(forge) = state.repository(&deployment.repository).and_then(|r| r.forge.clone()).filter(|f| f.token.is_some()) else {
+    let Some(forge) = state
+        .repository(&deployment.repository)
+        .and_then(|r| r.forge.clone())
+        .filter(|f| f.token.is_some())
+    else {
         return;
     };
-    let (state, deployment_id, serving) = (state.clone(), deployment.id, deployment.current_revision);
+    let (state, deployment_id, serving) =
+        (state.clone(), deployment.id, deployment.current_revision);
     tokio::spawn(async move {
         let Some(serving) = serving else { return };
         let _turn = TURN.lock().await;
@@ -282,13 +373,25 @@ pub fn data_diffs_ready(state: &SharedState, deployment: &Deployment) {
         }
         .await;
         if let Err(error) = result {
-            tracing::warn!("pull-request feedback after a run of deployment {}: {error}", deployment_id.0);
+            tracing::warn!(
+                "pull-request feedback after a run of deployment {}: {error}",
+                deployment_id.0
+            );
         }
     });
 }
 
-fn render_failure(out: &mut String, deployment: &Deployment, shown: &Revision, serving: Option<&Revision>) {
-    let diagnostics: Vec<serde_json::Value> = shown.diagnostics_json.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
+fn render_failure(
+    out: &mut String,
+    deployment: &Deployment,
+    shown: &Revision,
+    serving: Option<&Revision>,
+) {
+    let diagnostics: Vec<serde_json::Value> = shown
+        .diagnostics_json
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or_default();
     // The error sums the diagnostics up when there are some: show them instead.
     if diagnostics.is_empty() {
         if let Some(error) = &shown.error {
@@ -298,8 +401,20 @@ fn render_failure(out: &mut String, deployment: &Deployment, shown: &Revision, s
         let _ = writeln!(out, "{} problem(s) in the definitions:\n", diagnostics.len());
         let mut lines = String::new();
         for diagnostic in diagnostics.iter().take(50) {
-            let text = |key: &str| diagnostic[key].as_str().map(str::to_owned).unwrap_or_else(|| diagnostic[key].to_string());
-            let _ = writeln!(lines, "{}:{}:{}: {}", text("path"), text("line"), text("column"), text("message"));
+            let text = |key: &str| {
+                diagnostic[key]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| diagnostic[key].to_string())
+            };
+            let _ = writeln!(
+                lines,
+                "{}:{}:{}: {}",
+                text("path"),
+                text("line"),
+                text("column"),
+                text("message")
+            );
         }
         if diagnostics.len() > 50 {
             let _ = writeln!(lines, "... and {} more", diagnostics.len() - 50);
@@ -310,10 +425,16 @@ fn render_failure(out: &mut String, deployment: &Deployment, shown: &Revision, s
     let closed = deployment.status == DeploymentStatus::Closed;
     match (serving, closed) {
         (Some(serving), false) => {
-            let _ = writeln!(out, "Still serving revision {} (`{}`); the changes below are that revision's.\n", serving.number, serving.commit.sha.short());
+            let _ = writeln!(
+                out,
+                "Still serving revision {} (`{}`); the changes below are that revision's.\n",
+                serving.number,
+                serving.commit.sha.short()
+            );
         }
         (Some(served), true) => {
-            let reason = deployment.close_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            let reason =
+                deployment.close_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
             let _ = writeln!(out, "Closed{reason}; it last served revision {} (`{}`); the changes below are that revision's.\n", served.number, served.commit.sha.short());
         }
         (None, false) => out.push_str("Nothing is serving yet.\n"),
@@ -338,13 +459,21 @@ fn render_changes(out: &mut String, changes: &ChangeSetJson, link: &str, base: O
     let mut table = String::from("| Asset | Reasons |\n|---|---|\n");
     for asset in changes.assets.iter().take(MAX_ROWS) {
         // Keys are SQL identifiers and reasons fixed words: nothing in them needs escaping.
-        let _ = writeln!(table, "| [`{key}`]({link}/a/{key}) | {} |", asset.reasons.join(", "), key = asset.key);
+        let _ = writeln!(
+            table,
+            "| [`{key}`]({link}/a/{key}) | {} |",
+            asset.reasons.join(", "),
+            key = asset.key
+        );
     }
     if changed > MAX_ROWS {
         let _ = writeln!(table, "| … and {} more | |", changed - MAX_ROWS);
     }
     if changed > FOLD_AFTER {
-        let _ = writeln!(out, "<details><summary>{changed} changed assets</summary>\n\n{table}\n</details>\n");
+        let _ = writeln!(
+            out,
+            "<details><summary>{changed} changed assets</summary>\n\n{table}\n</details>\n"
+        );
     } else {
         let _ = writeln!(out, "{table}");
     }
@@ -357,7 +486,11 @@ fn render_changes(out: &mut String, changes: &ChangeSetJson, link: &str, base: O
         if changes.impacted.len() > MAX_ROWS {
             let _ = writeln!(list, "- … and {} more", changes.impacted.len() - MAX_ROWS);
         }
-        let _ = writeln!(out, "<details><summary>{} impacted downstream</summary>\n\n{list}\n</details>", changes.impacted.len());
+        let _ = writeln!(
+            out,
+            "<details><summary>{} impacted downstream</summary>\n\n{list}\n</details>",
+            changes.impacted.len()
+        );
     }
 }
 
@@ -397,8 +530,17 @@ impl ForgeClient {
             return Err(FeedbackError::NoTls(base));
         }
         let token = forge.token.clone();
-        let config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(HTTP_TIMEOUT)).user_agent("offshoot").build();
-        Ok(ForgeClient { kind: forge.kind, base, token, agent: ureq::Agent::new_with_config(config) })
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(HTTP_TIMEOUT))
+            .user_agent("offshoot")
+            .build();
+        Ok(ForgeClient {
+            kind: forge.kind,
+            base,
+            token,
+            agent: ureq::Agent::new_with_config(config),
+        })
     }
 
     /// `/repos/owner/repo` or `/projects/group%2Fproject`.
@@ -412,31 +554,50 @@ impl ForgeClient {
     fn comments_path(&self, project: &str, number: u64) -> String {
         match self.kind {
             ForgeKind::GitHub => format!("{}/issues/{number}/comments", self.project_path(project)),
-            ForgeKind::GitLab => format!("{}/merge_requests/{number}/notes", self.project_path(project)),
+            ForgeKind::GitLab => {
+                format!("{}/merge_requests/{number}/notes", self.project_path(project))
+            }
         }
     }
 
     fn comment_path(&self, project: &str, number: u64, id: u64) -> String {
         match self.kind {
             ForgeKind::GitHub => format!("{}/issues/comments/{id}", self.project_path(project)),
-            ForgeKind::GitLab => format!("{}/merge_requests/{number}/notes/{id}", self.project_path(project)),
+            ForgeKind::GitLab => {
+                format!("{}/merge_requests/{number}/notes/{id}", self.project_path(project))
+            }
         }
     }
 
     /// Edits our comment if there is one (the first with the marker that we may edit), or
     /// creates it.
-    fn upsert_comment(&self, project: &str, number: u64, marker: &str, body: &str) -> Result<(), FeedbackError> {
-        let ours: Vec<Comment> = self.comments(project, number)?.into_iter().filter(|c| c.body.starts_with(marker)).collect();
+    fn upsert_comment(
+        &self,
+        project: &str,
+        number: u64,
+        marker: &str,
+        body: &str,
+    ) -> Result<(), FeedbackError> {
+        let ours: Vec<Comment> = self
+            .comments(project, number)?
+            .into_iter()
+            .filter(|c| c.body.starts_with(marker))
+            .collect();
         let payload = serde_json::json!({ "body": body });
         for comment in &ours {
             if comment.body == body {
                 return Ok(());
             }
             let method = if self.kind == ForgeKind::GitHub { "PATCH" } else { "PUT" };
-            match self.call(method, &self.comment_path(project, number, comment.id), Some(&payload)) {
+            match self.call(method, &self.comment_path(project, number, comment.id), Some(&payload))
+            {
                 Ok(_) => return Ok(()),
                 // Someone else's comment carrying our marker: try the next, or write our own.
-                Err(FeedbackError::Http { detail, .. }) if detail.starts_with("403") || detail.starts_with("404") => continue,
+                Err(FeedbackError::Http { detail, .. })
+                    if detail.starts_with("403") || detail.starts_with("404") =>
+                {
+                    continue
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -481,9 +642,15 @@ impl ForgeClient {
 
     /// One request; the answer's JSON (or `null`). The token goes in a header and is never part
     /// of an error, even when the host's answer echoes it.
-    fn call(&self, method: &'static str, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value, FeedbackError> {
+    fn call(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, FeedbackError> {
         let url = format!("{}{path}", self.base);
-        let failure = |detail: String| FeedbackError::Http { method, path: path.to_owned(), detail };
+        let failure =
+            |detail: String| FeedbackError::Http { method, path: path.to_owned(), detail };
         let response = match (method, body) {
             ("GET", _) => self.authorize(self.agent.get(&url)).call(),
             (_, body) => {
@@ -496,7 +663,9 @@ impl ForgeClient {
                 self.authorize(request).header("Content-Type", "application/json").send(text)
             }
         };
-        let redact = |text: &str| self.token.as_ref().map_or_else(|| text.to_owned(), |token| token.redact_from(text));
+        let redact = |text: &str| {
+            self.token.as_ref().map_or_else(|| text.to_owned(), |token| token.redact_from(text))
+        };
         let mut response = response.map_err(|e| failure(redact(&e.to_string())))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
@@ -525,15 +694,39 @@ mod tests {
 
     #[test]
     fn pull_request_urls_name_project_and_number() {
-        assert_eq!(parse_pull_request_url(ForgeKind::GitHub, "https://github.com/acme/shop/pull/7"), Some(("acme/shop".into(), 7)));
-        assert_eq!(parse_pull_request_url(ForgeKind::GitHub, "https://ghe.example/acme/shop/pull/12/files#x"), Some(("acme/shop".into(), 12)));
         assert_eq!(
-            parse_pull_request_url(ForgeKind::GitLab, "https://gitlab.example/group/sub/shop/-/merge_requests/5"),
+            parse_pull_request_url(ForgeKind::GitHub, "https://github.com/acme/shop/pull/7"),
+            Some(("acme/shop".into(), 7))
+        );
+        assert_eq!(
+            parse_pull_request_url(
+                ForgeKind::GitHub,
+                "https://ghe.example/acme/shop/pull/12/files#x"
+            ),
+            Some(("acme/shop".into(), 12))
+        );
+        assert_eq!(
+            parse_pull_request_url(
+                ForgeKind::GitLab,
+                "https://gitlab.example/group/sub/shop/-/merge_requests/5"
+            ),
             Some(("group/sub/shop".into(), 5))
         );
-        assert_eq!(parse_pull_request_url(ForgeKind::GitHub, "https://github.com/../x/pull/7"), None);
-        assert_eq!(parse_pull_request_url(ForgeKind::GitHub, "https://github.com/acme/shop/issues/7"), None);
-        assert_eq!(parse_pull_request_url(ForgeKind::GitLab, "https://gitlab.example/a%2F../-/merge_requests/5"), None);
+        assert_eq!(
+            parse_pull_request_url(ForgeKind::GitHub, "https://github.com/../x/pull/7"),
+            None
+        );
+        assert_eq!(
+            parse_pull_request_url(ForgeKind::GitHub, "https://github.com/acme/shop/issues/7"),
+            None
+        );
+        assert_eq!(
+            parse_pull_request_url(
+                ForgeKind::GitLab,
+                "https://gitlab.example/a%2F../-/merge_requests/5"
+            ),
+            None
+        );
     }
 
     #[test]

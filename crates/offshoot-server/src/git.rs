@@ -35,7 +35,8 @@ pub async fn blocking<T: Send + 'static>(
 
 pub fn commit_details(info: &CommitInfo) -> Result<CommitDetails, GitError> {
     Ok(CommitDetails {
-        sha: CommitSha::new(&info.sha).ok_or_else(|| GitError::Files(format!("`{}` is not a full commit id", info.sha)))?,
+        sha: CommitSha::new(&info.sha)
+            .ok_or_else(|| GitError::Files(format!("`{}` is not a full commit id", info.sha)))?,
         message: info.summary.clone(),
         author_name: info.author_name.clone(),
         author_email: info.author_email.clone(),
@@ -49,7 +50,11 @@ pub async fn resolve(path: PathBuf, rev: String) -> Result<CommitDetails, GitErr
 }
 
 /// How `pushed` relates to `known` in history.
-pub async fn relation(path: PathBuf, pushed: CommitDetails, known: CommitDetails) -> Result<CommitRelation, GitError> {
+pub async fn relation(
+    path: PathBuf,
+    pushed: CommitDetails,
+    known: CommitDetails,
+) -> Result<CommitRelation, GitError> {
     blocking(path, move |repo| {
         if pushed.sha == known.sha {
             return Ok(CommitRelation::Same);
@@ -68,7 +73,12 @@ pub async fn relation(path: PathBuf, pushed: CommitDetails, known: CommitDetails
 /// The project at a commit, from the cache or loaded by its code location: the native format
 /// from the object database, dbt and Dagster by their tools in a checkout. One load per commit
 /// at a time (the tools write into the commit's own folder).
-pub async fn load(state: &AppState, repository: &RepositoryName, path: PathBuf, commit: &CommitSha) -> Result<Loaded, GitError> {
+pub async fn load(
+    state: &AppState,
+    repository: &RepositoryName,
+    path: PathBuf,
+    commit: &CommitSha,
+) -> Result<Loaded, GitError> {
     if let Some(loaded) = state.snapshots.get(repository, commit) {
         return Ok(loaded);
     }
@@ -81,12 +91,17 @@ pub async fn load(state: &AppState, repository: &RepositoryName, path: PathBuf, 
     let checkouts = state.config.checkouts_dir();
     let work_dir = state.config.locations_dir(repository).join(commit.as_str());
     let mut env = tool_environment(state, repository);
-    let sandbox = crate::confine::sandbox(state, crate::confine::Purpose::Load, std::slice::from_ref(&work_dir));
+    let sandbox = crate::confine::sandbox(
+        state,
+        crate::confine::Purpose::Load,
+        std::slice::from_ref(&work_dir),
+    );
     env.push(("TMPDIR".to_owned(), work_dir.join("tmp").to_string_lossy().into_owned()));
     let loaded = blocking(path, move |repo| {
         let files = repo.files_at(sha.as_str())?;
         let checkout = || export_checkout(repo, &sha, &checkouts);
-        std::fs::create_dir_all(&work_dir).map_err(|e| GitError::Files(format!("{}: {e}", work_dir.display())))?;
+        std::fs::create_dir_all(&work_dir)
+            .map_err(|e| GitError::Files(format!("{}: {e}", work_dir.display())))?;
         let sandbox = sandbox.map_err(GitError::Files)?;
         match offshoot_location::load_project(&files, checkout, &work_dir, &env, sandbox.as_ref()) {
             Ok(project) => Ok(Ok(project)),
@@ -113,7 +128,11 @@ fn tool_environment(state: &AppState, repository: &RepositoryName) -> Vec<(Strin
 
 /// The commit's files on disk under `checkouts/<sha>`, exported once (staged, then renamed, so
 /// a half-written checkout is never used).
-pub fn export_checkout(repo: &GitRepository, sha: &CommitSha, checkouts: &Path) -> Result<PathBuf, String> {
+pub fn export_checkout(
+    repo: &GitRepository,
+    sha: &CommitSha,
+    checkouts: &Path,
+) -> Result<PathBuf, String> {
     let dir = checkouts.join(sha.as_str());
     if dir.exists() {
         return Ok(dir);
@@ -121,7 +140,8 @@ pub fn export_checkout(repo: &GitRepository, sha: &CommitSha, checkouts: &Path) 
     static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let unique = STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let staging = dir.with_extension(format!("partial-{}-{unique}", std::process::id()));
-    repo.export_tree(sha.as_str(), &staging).map_err(|e| format!("checking out {}: {e}", sha.short()))?;
+    repo.export_tree(sha.as_str(), &staging)
+        .map_err(|e| format!("checking out {}: {e}", sha.short()))?;
     if std::fs::rename(&staging, &dir).is_err() {
         // Another load or run exported the same commit first.
         let _ = std::fs::remove_dir_all(&staging);

@@ -44,7 +44,11 @@ pub enum ServeError {
 
 /// Reconciles, starts the deploy worker, run executor, TTL sweep and watchers, and serves the
 /// API on `listener` until `shutdown` resolves.
-pub async fn serve(state: SharedState, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn serve(
+    state: SharedState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     match confine::describe(&state) {
         (true, text) => tracing::info!("{text}"),
         (false, text) => tracing::warn!("{text}"),

@@ -11,11 +11,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use offshoot_core::lifecycle::{Change, Commit, Decision, Effect, Event, Lease, Lifecycle, Refusal, RevisionPhase, RunPhase, RunState, RevisionState};
-use offshoot_core::{AssetKey, DeploymentKind, DeploymentName, DeploymentStatus, RevisionStatus, RunStatus, SchemaName};
+use offshoot_core::lifecycle::{
+    Change, Commit, Decision, Effect, Event, Lease, Lifecycle, Refusal, RevisionPhase,
+    RevisionState, RunPhase, RunState,
+};
+use offshoot_core::{
+    AssetKey, DeploymentKind, DeploymentName, DeploymentStatus, RevisionStatus, RunStatus,
+    SchemaName,
+};
 use offshoot_store::{
-    Applied, CommitDetails, Deployment, DeploymentFilter, DeploymentId, DeployOutput, DeploymentPatch, LifecycleRecord, LifecycleWrite, NewRevision,
-    NewRun, PullRequest, Revision, RevisionPatch, Run, RunFilter, RunId, RunPatch, StoreError,
+    Applied, CommitDetails, DeployOutput, Deployment, DeploymentFilter, DeploymentId,
+    DeploymentPatch, LifecycleRecord, LifecycleWrite, NewRevision, NewRun, PullRequest, Revision,
+    RevisionPatch, Run, RunFilter, RunId, RunPatch, StoreError,
 };
 
 use crate::error::{ApiError, ApiResult};
@@ -66,11 +73,16 @@ impl Outcome {
     }
 
     pub fn claimed_run(&self, run: RunId) -> bool {
-        self.decision.changes.iter().any(|c| matches!(c, Change::Run { run: r, phase: RunPhase::Running(_), .. } if *r == run.0))
+        self.decision.changes.iter().any(
+            |c| matches!(c, Change::Run { run: r, phase: RunPhase::Running(_), .. } if *r == run.0),
+        )
     }
 
     pub fn claimed_teardown(&self) -> bool {
-        self.decision.changes.iter().any(|c| matches!(c, Change::Teardown(offshoot_core::lifecycle::Teardown::Running(_))))
+        self.decision
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::Teardown(offshoot_core::lifecycle::Teardown::Running(_))))
     }
 }
 
@@ -101,7 +113,10 @@ impl From<LifecycleError> for ApiError {
 fn refusal_error(refusal: Refusal) -> ApiError {
     let message = refusal.to_string();
     match refusal {
-        Refusal::Production => ApiError::conflict("production_protected", "`prod` is production; it cannot be closed or deleted"),
+        Refusal::Production => ApiError::conflict(
+            "production_protected",
+            "`prod` is production; it cannot be closed or deleted",
+        ),
         Refusal::Closed => ApiError::conflict("deployment_closed", message),
         Refusal::NotServing => ApiError::conflict("deployment_not_ready", message),
         Refusal::RunFinished(_) => ApiError::conflict("run_finished", message),
@@ -131,7 +146,9 @@ fn revision_phase(revision: &Revision) -> RevisionPhase {
     match revision.status {
         RevisionStatus::Queued => RevisionPhase::Queued,
         // A deploying row without a lease (from before leases) counts as abandoned.
-        RevisionStatus::Deploying => RevisionPhase::Deploying(revision.lease.clone().unwrap_or(Lease { owner: String::new(), until: 0 })),
+        RevisionStatus::Deploying => RevisionPhase::Deploying(
+            revision.lease.clone().unwrap_or(Lease { owner: String::new(), until: 0 }),
+        ),
         RevisionStatus::Ready => RevisionPhase::Ready,
         RevisionStatus::Failed => RevisionPhase::Failed,
         RevisionStatus::Superseded => RevisionPhase::Superseded,
@@ -141,7 +158,9 @@ fn revision_phase(revision: &Revision) -> RevisionPhase {
 fn run_phase(run: &Run) -> RunPhase {
     match run.status {
         RunStatus::Queued => RunPhase::Queued,
-        RunStatus::Running => RunPhase::Running(run.lease.clone().unwrap_or(Lease { owner: String::new(), until: 0 })),
+        RunStatus::Running => {
+            RunPhase::Running(run.lease.clone().unwrap_or(Lease { owner: String::new(), until: 0 }))
+        }
         RunStatus::Succeeded => RunPhase::Succeeded,
         RunStatus::Failed => RunPhase::Failed,
         RunStatus::Canceled => RunPhase::Canceled,
@@ -154,12 +173,29 @@ pub fn view(record: &LifecycleRecord, next_revision: u32) -> View {
     let revisions = record
         .revisions
         .iter()
-        .map(|r| (r.number, RevisionState { commit: Commit { sha: r.commit.sha.clone(), time: r.commit.time }, phase: revision_phase(r) }))
+        .map(|r| {
+            (
+                r.number,
+                RevisionState {
+                    commit: Commit { sha: r.commit.sha.clone(), time: r.commit.time },
+                    phase: revision_phase(r),
+                },
+            )
+        })
         .collect();
     let runs = record
         .runs
         .iter()
-        .map(|r| (r.id.0, RunState { revision: numbers.get(&r.revision_id.0).copied().unwrap_or(0), phase: run_phase(r), cancel_requested: r.cancel_requested }))
+        .map(|r| {
+            (
+                r.id.0,
+                RunState {
+                    revision: numbers.get(&r.revision_id.0).copied().unwrap_or(0),
+                    phase: run_phase(r),
+                    cancel_requested: r.cancel_requested,
+                },
+            )
+        })
         .collect();
     let machine = Lifecycle {
         production: deployment.kind == DeploymentKind::Production,
@@ -197,7 +233,12 @@ fn run_status(phase: &RunPhase) -> (RunStatus, Option<Lease>) {
 }
 
 /// The store writes of a decision.
-fn write_of(record: &LifecycleRecord, decision: &Decision, extras: &Extras, now: i64) -> Result<LifecycleWrite, LifecycleError> {
+fn write_of(
+    record: &LifecycleRecord,
+    decision: &Decision,
+    extras: &Extras,
+    now: i64,
+) -> Result<LifecycleWrite, LifecycleError> {
     let deployment = &record.deployment;
     let mut write = LifecycleWrite {
         deployment: deployment.id,
@@ -238,19 +279,37 @@ fn write_of(record: &LifecycleRecord, decision: &Decision, extras: &Extras, now:
             Change::DeleteRequested => patch.delete_requested = true,
             Change::Delete => write.delete = true,
             Change::NewRevision { number, commit, phase, note } => {
-                let commit = details(commit).ok_or_else(|| StoreError::Backend(format!("no details of commit {}", commit.sha)))?;
-                write.new_revisions.push(NewRevision { number: *number, commit, status: revision_status(phase), error: note.clone() });
+                let commit = details(commit).ok_or_else(|| {
+                    StoreError::Backend(format!("no details of commit {}", commit.sha))
+                })?;
+                write.new_revisions.push(NewRevision {
+                    number: *number,
+                    commit,
+                    status: revision_status(phase),
+                    error: note.clone(),
+                });
             }
             Change::Revision { number, phase, note } => {
                 let lease = match phase {
                     RevisionPhase::Deploying(lease) => Some(lease.clone()),
                     _ => None,
                 };
-                let output = matches!(phase, RevisionPhase::Ready | RevisionPhase::Failed).then(|| extras.output.clone()).flatten();
-                write.revisions.push(RevisionPatch { number: *number, status: revision_status(phase), error: note.clone(), lease, output });
+                let output = matches!(phase, RevisionPhase::Ready | RevisionPhase::Failed)
+                    .then(|| extras.output.clone())
+                    .flatten();
+                write.revisions.push(RevisionPatch {
+                    number: *number,
+                    status: revision_status(phase),
+                    error: note.clone(),
+                    lease,
+                    output,
+                });
             }
             Change::NewRun { revision } => {
-                let (selection, steps) = extras.run.clone().ok_or_else(|| StoreError::Backend("a new run without its plan".into()))?;
+                let (selection, steps) = extras
+                    .run
+                    .clone()
+                    .ok_or_else(|| StoreError::Backend("a new run without its plan".into()))?;
                 write.new_runs.push(NewRun { revision: *revision, selection, steps });
             }
             Change::Run { run, phase, cancel_requested, note, steps } => {
@@ -260,16 +319,28 @@ fn write_of(record: &LifecycleRecord, decision: &Decision, extras: &Extras, now:
                     RunPhase::Canceled => Some("canceled".to_owned()),
                     _ => None,
                 });
-                write.runs.push(RunPatch { id: RunId(*run), status, cancel_requested: *cancel_requested, error, lease, steps: *steps });
+                write.runs.push(RunPatch {
+                    id: RunId(*run),
+                    status,
+                    cancel_requested: *cancel_requested,
+                    error,
+                    lease,
+                    steps: *steps,
+                });
             }
         }
     }
     // Pull-request details and the base ride along with a delivery that the machine took.
-    let took_delivery = decision.changes.iter().any(|c| matches!(c, Change::Head(_) | Change::Open));
+    let took_delivery =
+        decision.changes.iter().any(|c| matches!(c, Change::Head(_) | Change::Open));
     if took_delivery || decision.changes.is_empty() {
         if let Some(pull_request) = &extras.pull_request {
             if patch.pull_request.is_none() {
-                let status = deployment.pull_request.as_ref().map(|p| p.status).unwrap_or(pull_request.status);
+                let status = deployment
+                    .pull_request
+                    .as_ref()
+                    .map(|p| p.status)
+                    .unwrap_or(pull_request.status);
                 let wanted = PullRequest { status, ..pull_request.clone() };
                 if deployment.pull_request.as_ref() != Some(&wanted) {
                     patch.pull_request = Some(wanted);
@@ -295,7 +366,10 @@ fn write_is_empty(write: &LifecycleWrite) -> bool {
 }
 
 /// Reads a deployment's lifecycle: its record and the state machine's view of it.
-pub async fn read(state: &SharedState, deployment: DeploymentId) -> Result<(LifecycleRecord, View), LifecycleError> {
+pub async fn read(
+    state: &SharedState,
+    deployment: DeploymentId,
+) -> Result<(LifecycleRecord, View), LifecycleError> {
     let record = state.store.lifecycle(deployment).await?;
     // Read after the row, so a number taken meanwhile makes the write stale, never a clash.
     let next = state.store.list_revisions(deployment, 1).await?.first().map_or(1, |r| r.number + 1);
@@ -305,42 +379,72 @@ pub async fn read(state: &SharedState, deployment: DeploymentId) -> Result<(Life
 
 /// Decides `input` on what was read and writes it with the version check; `None` when another
 /// writer came first (read again and decide again). Carries out the effects once written.
-pub async fn attempt(state: &SharedState, record: LifecycleRecord, view: &View, input: Input) -> Result<Option<Outcome>, LifecycleError> {
+pub async fn attempt(
+    state: &SharedState,
+    record: LifecycleRecord,
+    view: &View,
+    input: Input,
+) -> Result<Option<Outcome>, LifecycleError> {
     let time = now();
     let decision = view.machine.decide(&input.event, time)?;
     let write = write_of(&record, &decision, &input.extras, time)?;
     if write_is_empty(&write) {
         carry_out(state, &record.deployment, &decision.effects);
-        return Ok(Some(Outcome { decision, deployment: Some(record.deployment), new_revisions: Vec::new(), new_runs: Vec::new() }));
+        return Ok(Some(Outcome {
+            decision,
+            deployment: Some(record.deployment),
+            new_revisions: Vec::new(),
+            new_runs: Vec::new(),
+        }));
     }
     let deleted = write.delete;
     match state.store.apply(write).await? {
         Applied::Stale => Ok(None),
         Applied::Done { revisions, runs, .. } => {
-            let written = if deleted { None } else { Some(state.store.get_deployment(record.deployment.id).await?) };
+            let written = if deleted {
+                None
+            } else {
+                Some(state.store.get_deployment(record.deployment.id).await?)
+            };
             count(state, &decision);
             carry_out(state, written.as_ref().unwrap_or(&record.deployment), &decision.effects);
-            Ok(Some(Outcome { decision, deployment: written, new_revisions: revisions, new_runs: runs }))
+            Ok(Some(Outcome {
+                decision,
+                deployment: written,
+                new_revisions: revisions,
+                new_runs: runs,
+            }))
         }
     }
 }
 
 /// The outcome when `make` finds nothing to do.
 fn nothing(record: LifecycleRecord) -> Outcome {
-    Outcome { decision: Decision::default(), deployment: Some(record.deployment), new_revisions: Vec::new(), new_runs: Vec::new() }
+    Outcome {
+        decision: Decision::default(),
+        deployment: Some(record.deployment),
+        new_revisions: Vec::new(),
+        new_runs: Vec::new(),
+    }
 }
 
 /// Applies one event to a deployment: reads it, lets `make` build the event from what is there
 /// (`None`: nothing to do after all), decides, and writes with the version check, again from the
 /// start if another writer came first. Events that need I/O to be made (relating a pushed commit
 /// to the head) loop over [`read`] and [`attempt`] themselves.
-pub async fn apply<F>(state: &SharedState, deployment: DeploymentId, mut make: F) -> Result<Outcome, LifecycleError>
+pub async fn apply<F>(
+    state: &SharedState,
+    deployment: DeploymentId,
+    mut make: F,
+) -> Result<Outcome, LifecycleError>
 where
     F: FnMut(&LifecycleRecord, &View) -> Result<Option<Input>, ApiError> + Send,
 {
     for _ in 0..ATTEMPTS {
         let (record, view) = read(state, deployment).await?;
-        let Some(input) = make(&record, &view).map_err(LifecycleError::Input)? else { return Ok(nothing(record)) };
+        let Some(input) = make(&record, &view).map_err(LifecycleError::Input)? else {
+            return Ok(nothing(record));
+        };
         if let Some(outcome) = attempt(state, record, &view, input).await? {
             return Ok(outcome);
         }
@@ -349,19 +453,34 @@ where
 }
 
 /// Applies an event that needs nothing but the state.
-pub async fn apply_event(state: &SharedState, deployment: DeploymentId, event: Event) -> Result<Outcome, LifecycleError> {
+pub async fn apply_event(
+    state: &SharedState,
+    deployment: DeploymentId,
+    event: Event,
+) -> Result<Outcome, LifecycleError> {
     apply_with(state, deployment, event, Extras::default()).await
 }
 
 /// Reports the result of work this server did (a deploy, a run): retried a few times when the
 /// store fails, since the work's lease is renewed while this server lives and nobody else would
 /// ever finish it.
-pub async fn report(state: &SharedState, deployment: DeploymentId, event: Event, extras: Extras) -> Result<Outcome, LifecycleError> {
+pub async fn report(
+    state: &SharedState,
+    deployment: DeploymentId,
+    event: Event,
+    extras: Extras,
+) -> Result<Outcome, LifecycleError> {
     let mut wait = Duration::from_millis(100);
     loop {
         match apply_with(state, deployment, event.clone(), extras.clone()).await {
-            Err(error @ (LifecycleError::Store(StoreError::Backend(_)) | LifecycleError::Contended(_))) if wait < Duration::from_secs(10) => {
-                tracing::warn!("reporting a result to deployment {}: {error}; retrying", deployment.0);
+            Err(
+                error @ (LifecycleError::Store(StoreError::Backend(_))
+                | LifecycleError::Contended(_)),
+            ) if wait < Duration::from_secs(10) => {
+                tracing::warn!(
+                    "reporting a result to deployment {}: {error}; retrying",
+                    deployment.0
+                );
                 tokio::time::sleep(wait).await;
                 wait *= 2;
             }
@@ -371,21 +490,40 @@ pub async fn report(state: &SharedState, deployment: DeploymentId, event: Event,
 }
 
 /// Applies an event with fixed extras.
-pub async fn apply_with(state: &SharedState, deployment: DeploymentId, event: Event, extras: Extras) -> Result<Outcome, LifecycleError> {
-    apply(state, deployment, |_, _| Ok(Some(Input { event: event.clone(), extras: extras.clone() }))).await
+pub async fn apply_with(
+    state: &SharedState,
+    deployment: DeploymentId,
+    event: Event,
+    extras: Extras,
+) -> Result<Outcome, LifecycleError> {
+    apply(state, deployment, |_, _| {
+        Ok(Some(Input { event: event.clone(), extras: extras.clone() }))
+    })
+    .await
 }
 
 fn count(state: &AppState, decision: &Decision) {
     for change in &decision.changes {
         match change {
-            Change::Revision { phase: RevisionPhase::Superseded, .. } | Change::NewRevision { phase: RevisionPhase::Superseded, .. } => {
+            Change::Revision { phase: RevisionPhase::Superseded, .. }
+            | Change::NewRevision { phase: RevisionPhase::Superseded, .. } => {
                 Metrics::increment(&state.metrics.deploys_superseded)
             }
-            Change::Revision { phase: RevisionPhase::Ready, .. } => Metrics::increment(&state.metrics.deploys_ready),
-            Change::Revision { phase: RevisionPhase::Failed, .. } => Metrics::increment(&state.metrics.deploys_failed),
-            Change::Run { phase: RunPhase::Succeeded, .. } => Metrics::increment(&state.metrics.runs_succeeded),
-            Change::Run { phase: RunPhase::Failed, .. } => Metrics::increment(&state.metrics.runs_failed),
-            Change::Run { phase: RunPhase::Canceled, .. } => Metrics::increment(&state.metrics.runs_canceled),
+            Change::Revision { phase: RevisionPhase::Ready, .. } => {
+                Metrics::increment(&state.metrics.deploys_ready)
+            }
+            Change::Revision { phase: RevisionPhase::Failed, .. } => {
+                Metrics::increment(&state.metrics.deploys_failed)
+            }
+            Change::Run { phase: RunPhase::Succeeded, .. } => {
+                Metrics::increment(&state.metrics.runs_succeeded)
+            }
+            Change::Run { phase: RunPhase::Failed, .. } => {
+                Metrics::increment(&state.metrics.runs_failed)
+            }
+            Change::Run { phase: RunPhase::Canceled, .. } => {
+                Metrics::increment(&state.metrics.runs_canceled)
+            }
             _ => {}
         }
     }
@@ -398,7 +536,12 @@ fn carry_out(state: &SharedState, deployment: &Deployment, effects: &[Effect]) {
             Effect::Deploy => state.deploy_wakeup.notify_one(),
             Effect::StartRuns => state.run_wakeup.notify_one(),
             Effect::StopRun(run) => {
-                if let Some(switch) = state.cancel_switches.lock().expect("never poisoned: no panics inside").get(&RunId(*run)) {
+                if let Some(switch) = state
+                    .cancel_switches
+                    .lock()
+                    .expect("never poisoned: no panics inside")
+                    .get(&RunId(*run))
+                {
                     let _ = switch.send(true);
                 }
             }
@@ -406,14 +549,18 @@ fn carry_out(state: &SharedState, deployment: &Deployment, effects: &[Effect]) {
                 let (state, id) = (state.clone(), deployment.id);
                 tokio::spawn(async move {
                     if let Err(error) = teardown(&state, id).await {
-                        tracing::warn!("teardown of deployment {}: {error}; the maintenance sweep retries", id.0);
+                        tracing::warn!(
+                            "teardown of deployment {}: {error}; the maintenance sweep retries",
+                            id.0
+                        );
                     }
                 });
             }
             Effect::RevisionFinished(number) => {
                 let (state, deployment, number) = (state.clone(), deployment.clone(), *number);
                 tokio::spawn(async move {
-                    let revisions = state.store.list_revisions(deployment.id, 0).await.unwrap_or_default();
+                    let revisions =
+                        state.store.list_revisions(deployment.id, 0).await.unwrap_or_default();
                     if let Some(revision) = revisions.into_iter().find(|r| r.number == number) {
                         crate::feedback::revision_finished(&state, &deployment, &revision);
                     }
@@ -426,24 +573,44 @@ fn carry_out(state: &SharedState, deployment: &Deployment, effects: &[Effect]) {
 /// Claims a deployment's pending teardown, drops its warehouse objects, and records it done (or,
 /// for a deleted deployment, removes its history). Nothing happens unless the claim is granted:
 /// while runs or a deploy of the deployment are still going, the teardown waits for them.
-pub async fn teardown(state: &SharedState, deployment: DeploymentId) -> Result<bool, LifecycleError> {
+pub async fn teardown(
+    state: &SharedState,
+    deployment: DeploymentId,
+) -> Result<bool, LifecycleError> {
     let _turn = state.teardown_turn.lock().await;
-    let lease = Lease { owner: state.config.server_id.clone(), until: now() + state.config.lease.as_millis() as i64 };
+    let lease = Lease {
+        owner: state.config.server_id.clone(),
+        until: now() + state.config.lease.as_millis() as i64,
+    };
     let claimed = match apply_event(state, deployment, Event::ClaimTeardown { lease }).await {
         Ok(outcome) if outcome.claimed_teardown() => outcome,
         Ok(_) | Err(LifecycleError::Refused(_)) => return Ok(false),
         Err(error) => return Err(error),
     };
     let row = claimed.deployment.expect("a claimed teardown's deployment exists");
-    state.warehouse.teardown(&state.target(&row)).await.map_err(|e| LifecycleError::Input(ApiError::internal(e)))?;
-    apply_event(state, deployment, Event::TeardownFinished { owner: state.config.server_id.clone() }).await?;
+    state
+        .warehouse
+        .teardown(&state.target(&row))
+        .await
+        .map_err(|e| LifecycleError::Input(ApiError::internal(e)))?;
+    apply_event(
+        state,
+        deployment,
+        Event::TeardownFinished { owner: state.config.server_id.clone() },
+    )
+    .await?;
     tracing::info!("dropped the warehouse objects of {}/{}", row.repository, row.name);
     Ok(true)
 }
 
 /// Closes a branch deployment: queued work is superseded or canceled, running runs are asked to
 /// stop, and the warehouse objects are dropped once they have. History stays.
-pub async fn close(state: &SharedState, deployment: &Deployment, reason: &str, pull_request: Option<offshoot_core::PullRequestStatus>) -> ApiResult<Deployment> {
+pub async fn close(
+    state: &SharedState,
+    deployment: &Deployment,
+    reason: &str,
+    pull_request: Option<offshoot_core::PullRequestStatus>,
+) -> ApiResult<Deployment> {
     close_with(state, deployment, reason, pull_request, Extras::default()).await
 }
 
@@ -470,7 +637,9 @@ async fn wait_for_teardown(state: &SharedState, id: DeploymentId) -> ApiResult<D
     let deadline = tokio::time::Instant::now() + DELETE_WAIT;
     loop {
         let row = state.store.get_deployment(id).await?;
-        if row.teardown == offshoot_core::lifecycle::Teardown::Done || tokio::time::Instant::now() >= deadline {
+        if row.teardown == offshoot_core::lifecycle::Teardown::Done
+            || tokio::time::Instant::now() >= deadline
+        {
             return Ok(row);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -516,7 +685,9 @@ pub async fn check_open_limit(state: &AppState) -> ApiResult<()> {
     if branches >= state.config.max_open_branch_deployments {
         return Err(ApiError::conflict(
             "deployment_limit_reached",
-            format!("{branches} branch deployments are open, the configured maximum; close one first"),
+            format!(
+                "{branches} branch deployments are open, the configured maximum; close one first"
+            ),
         ));
     }
     Ok(())
@@ -529,14 +700,21 @@ pub async fn sweep_expired(state: &SharedState) -> ApiResult<usize> {
     let cutoff = now() - state.config.ttl.as_millis() as i64;
     let mut closed = 0;
     for deployment in state.store.list_deployments(&DeploymentFilter::default()).await? {
-        if deployment.kind == DeploymentKind::Branch && !deployment.pinned && deployment.last_push_at < cutoff {
+        if deployment.kind == DeploymentKind::Branch
+            && !deployment.pinned
+            && deployment.last_push_at < cutoff
+        {
             let days = state.config.ttl.as_secs() / 86_400;
             let reason = format!("no push for {days} day(s) (TTL)");
             // Decided on the row as it is at write time: a push or a pin meanwhile wins.
             let outcome = apply(state, deployment.id, |record: &LifecycleRecord, _: &View| {
                 let current = &record.deployment;
-                let still_expired = current.status == DeploymentStatus::Open && !current.pinned && current.last_push_at < cutoff;
-                Ok(still_expired.then(|| Input::from(Event::Close { reason: reason.clone(), pull_request: None })))
+                let still_expired = current.status == DeploymentStatus::Open
+                    && !current.pinned
+                    && current.last_push_at < cutoff;
+                Ok(still_expired.then(|| {
+                    Input::from(Event::Close { reason: reason.clone(), pull_request: None })
+                }))
             })
             .await?;
             if outcome.decision.changes.iter().any(|c| matches!(c, Change::Close { .. })) {
@@ -569,14 +747,19 @@ pub async fn sweep_folders(state: &AppState) -> ApiResult<usize> {
     let mut live: BTreeSet<String> = BTreeSet::new();
     for deployment in state.store.list_deployments(&DeploymentFilter::default()).await? {
         for revision in state.store.list_revisions(deployment.id, 5).await? {
-            let needed = deployment.current_revision == Some(revision.id) || matches!(revision.status, RevisionStatus::Queued | RevisionStatus::Deploying);
+            let needed = deployment.current_revision == Some(revision.id)
+                || matches!(revision.status, RevisionStatus::Queued | RevisionStatus::Deploying);
             if needed {
                 live.insert(revision.commit.sha.to_string());
                 live.extend(revision.base_commit.map(|c| c.to_string()));
             }
         }
     }
-    let active = RunFilter { deployment_id: None, statuses: vec![RunStatus::Queued, RunStatus::Running], limit: 0 };
+    let active = RunFilter {
+        deployment_id: None,
+        statuses: vec![RunStatus::Queued, RunStatus::Running],
+        limit: 0,
+    };
     for run in state.store.list_runs(&active).await? {
         live.insert(run.id.0.to_string());
         live.insert(state.store.get_revision(run.revision_id).await?.commit.sha.to_string());
@@ -592,8 +775,17 @@ pub async fn sweep_folders(state: &AppState) -> ApiResult<usize> {
             let Ok(entries) = std::fs::read_dir(&folder) else { continue };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > FOLDER_GRACE);
-                if name == "runs" || live.contains(name.split('.').next().unwrap_or_default()) || !old || !entry.path().is_dir() {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > FOLDER_GRACE);
+                if name == "runs"
+                    || live.contains(name.split('.').next().unwrap_or_default())
+                    || !old
+                    || !entry.path().is_dir()
+                {
                     continue;
                 }
                 if std::fs::remove_dir_all(entry.path()).is_ok() {
@@ -612,12 +804,18 @@ pub async fn sweep_folders(state: &AppState) -> ApiResult<usize> {
 /// start-up): each is claimed and carried out, or left for later if work still runs.
 pub async fn sweep_teardowns(state: &SharedState) -> ApiResult<usize> {
     let mut done = 0;
-    let all = state.store.list_deployments(&DeploymentFilter { repository: None, include_closed: true }).await?;
-    for deployment in all.iter().filter(|d| d.teardown != offshoot_core::lifecycle::Teardown::Done) {
+    let all = state
+        .store
+        .list_deployments(&DeploymentFilter { repository: None, include_closed: true })
+        .await?;
+    for deployment in all.iter().filter(|d| d.teardown != offshoot_core::lifecycle::Teardown::Done)
+    {
         match teardown(state, deployment.id).await {
             Ok(true) => done += 1,
             Ok(false) => {}
-            Err(error) => tracing::warn!("teardown of {}/{}: {error}", deployment.repository, deployment.name),
+            Err(error) => {
+                tracing::warn!("teardown of {}/{}: {error}", deployment.repository, deployment.name)
+            }
         }
     }
     Ok(done)
@@ -652,7 +850,9 @@ pub async fn reconcile(state: &SharedState) -> ApiResult<()> {
     // Other servers' work is taken over only when its lease expires.
     let released = state.store.renew_leases(&state.config.server_id, 0).await?;
     if released > 0 {
-        tracing::warn!("taking back {released} piece(s) of work this server was doing when it stopped");
+        tracing::warn!(
+            "taking back {released} piece(s) of work this server was doing when it stopped"
+        );
     }
     for repo in &state.config.repositories {
         let production = crate::deploy::ensure_production(state, repo).await?;
@@ -660,9 +860,17 @@ pub async fn reconcile(state: &SharedState) -> ApiResult<()> {
         if state.store.list_revisions(production.id, 1).await?.is_empty() {
             match crate::git::resolve(repo.path.clone(), repo.production_branch.clone()).await {
                 Ok(commit) => {
-                    crate::deploy::deliver(state, &production, commit, crate::deploy::Delivery::default()).await?;
+                    crate::deploy::deliver(
+                        state,
+                        &production,
+                        commit,
+                        crate::deploy::Delivery::default(),
+                    )
+                    .await?;
                 }
-                Err(error) => tracing::warn!("repository `{}`: cannot deploy prod yet: {error}", repo.name),
+                Err(error) => {
+                    tracing::warn!("repository `{}`: cannot deploy prod yet: {error}", repo.name)
+                }
             }
         }
     }
@@ -671,7 +879,10 @@ pub async fn reconcile(state: &SharedState) -> ApiResult<()> {
     // existed before it was prepared, so a deployment another server creates meanwhile is never
     // mistaken for an orphan.
     let schemas = state.warehouse.schemas().await.map_err(ApiError::internal)?;
-    let all = state.store.list_deployments(&DeploymentFilter { repository: None, include_closed: true }).await?;
+    let all = state
+        .store
+        .list_deployments(&DeploymentFilter { repository: None, include_closed: true })
+        .await?;
     let known: BTreeSet<SchemaName> = all.iter().map(|d| state.target(d).schema).collect();
     for schema in schemas {
         let is_production = schema.as_str().ends_with("__prod");

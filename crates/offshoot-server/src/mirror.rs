@@ -48,7 +48,8 @@ pub fn initialize(path: &Path) -> Result<(), MirrorError> {
     if path.join("HEAD").is_file() {
         return Ok(());
     }
-    std::fs::create_dir_all(path).map_err(|e| MirrorError::Io(format!("creating {}: {e}", path.display())))?;
+    std::fs::create_dir_all(path)
+        .map_err(|e| MirrorError::Io(format!("creating {}: {e}", path.display())))?;
     let output = std::process::Command::new("git")
         .args(["init", "--bare", "--quiet", "--"])
         .arg(path)
@@ -57,33 +58,70 @@ pub fn initialize(path: &Path) -> Result<(), MirrorError> {
         .output()
         .map_err(|e| MirrorError::Spawn(e.to_string()))?;
     if !output.status.success() {
-        return Err(MirrorError::Git { command: "init", status: output.status.to_string(), stderr: redact(&String::from_utf8_lossy(&output.stderr), None) });
+        return Err(MirrorError::Git {
+            command: "init",
+            status: output.status.to_string(),
+            stderr: redact(&String::from_utf8_lossy(&output.stderr), None),
+        });
     }
     Ok(())
 }
 
 /// One fetch at a time per mirror: two would race for git's ref locks.
-static FETCHING: LazyLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> = LazyLock::new(Mutex::default);
+static FETCHING: LazyLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Mutex::default);
 
 /// Brings the mirror of `repo` up to date with its remote: every ref, deleted ones pruned.
 pub async fn fetch(data_dir: &Path, repo: &RepositoryConfig) -> Result<(), MirrorError> {
-    let remote = repo.remote.as_ref().ok_or_else(|| MirrorError::NotRemote(repo.name.to_string()))?;
-    let turn = FETCHING.lock().expect("never poisoned: no panics inside").entry(repo.path.clone()).or_default().clone();
+    let remote =
+        repo.remote.as_ref().ok_or_else(|| MirrorError::NotRemote(repo.name.to_string()))?;
+    let turn = FETCHING
+        .lock()
+        .expect("never poisoned: no panics inside")
+        .entry(repo.path.clone())
+        .or_default()
+        .clone();
     let _turn = turn.lock().await;
     let path = repo.path.clone();
-    tokio::task::spawn_blocking(move || initialize(&path)).await.map_err(|e| MirrorError::Io(e.to_string()))??;
+    tokio::task::spawn_blocking(move || initialize(&path))
+        .await
+        .map_err(|e| MirrorError::Io(e.to_string()))??;
     let (url, credentials) = split_credentials(remote);
     let mut command = Command::new("git");
     // An empty helper list: no credential helper of the machine stores or supplies anything.
     command.args(["-c", "credential.helper=", "--git-dir"]).arg(&repo.path);
-    command.args(["fetch", "--prune", "--prune-tags", "--force", "--quiet", "--no-write-fetch-head", "--", &url, "+refs/*:refs/*"]);
-    command.env("GIT_TERMINAL_PROMPT", "0").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+    command.args([
+        "fetch",
+        "--prune",
+        "--prune-tags",
+        "--force",
+        "--quiet",
+        "--no-write-fetch-head",
+        "--",
+        &url,
+        "+refs/*:refs/*",
+    ]);
+    command
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     if let Some((username, password)) = &credentials {
         let askpass = askpass_script(data_dir).await?;
-        command.env("GIT_ASKPASS", askpass).env("OFFSHOOT_GIT_USERNAME", username).env("OFFSHOOT_GIT_PASSWORD", password.expose());
+        command
+            .env("GIT_ASKPASS", askpass)
+            .env("OFFSHOOT_GIT_USERNAME", username)
+            .env("OFFSHOOT_GIT_PASSWORD", password.expose());
     }
     if let Some(key) = &remote.ssh_key {
-        command.env("GIT_SSH_COMMAND", format!("ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes", shell_quote(&key.to_string_lossy())));
+        command.env(
+            "GIT_SSH_COMMAND",
+            format!(
+                "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes",
+                shell_quote(&key.to_string_lossy())
+            ),
+        );
     }
     let child = command.spawn().map_err(|e| MirrorError::Spawn(e.to_string()))?;
     let output = match tokio::time::timeout(GIT_TIMEOUT, child.wait_with_output()).await {
@@ -92,7 +130,11 @@ pub async fn fetch(data_dir: &Path, repo: &RepositoryConfig) -> Result<(), Mirro
     };
     if !output.status.success() {
         let secret = credentials.as_ref().map(|(_, password)| password);
-        return Err(MirrorError::Git { command: "fetch", status: output.status.to_string(), stderr: redact(&String::from_utf8_lossy(&output.stderr), secret) });
+        return Err(MirrorError::Git {
+            command: "fetch",
+            status: output.status.to_string(),
+            stderr: redact(&String::from_utf8_lossy(&output.stderr), secret),
+        });
     }
     Ok(())
 }
@@ -104,21 +146,35 @@ pub async fn prepare_all(state: &SharedState) {
     for repo in state.config.repositories.iter().filter(|r| r.remote.is_some()) {
         match fetch(&state.config.data_dir, repo).await {
             Ok(()) => deploy_production_if_new(state, repo).await,
-            Err(error) => tracing::warn!("repository `{}`: fetching {}: {error}", repo.name, display_url(repo)),
+            Err(error) => tracing::warn!(
+                "repository `{}`: fetching {}: {error}",
+                repo.name,
+                display_url(repo)
+            ),
         }
     }
 }
 
 /// For the REST API (`branch-deployment create-or-update` from CI): a repository configured by
 /// URL is fetched when `commit` is not in its mirror yet. Local repositories are left alone.
-pub async fn ensure_commit(state: &SharedState, repository: &RepositoryName, commit: &str) -> ApiResult<()> {
-    let Some(repo) = state.repository(repository).filter(|r| r.remote.is_some()) else { return Ok(()) };
+pub async fn ensure_commit(
+    state: &SharedState,
+    repository: &RepositoryName,
+    commit: &str,
+) -> ApiResult<()> {
+    let Some(repo) = state.repository(repository).filter(|r| r.remote.is_some()) else {
+        return Ok(());
+    };
     if crate::git::resolve(repo.path.clone(), commit.to_owned()).await.is_ok() {
         return Ok(());
     }
     if let Err(error) = fetch(&state.config.data_dir, repo).await {
         tracing::error!("repository `{}`: fetching {}: {error}", repo.name, display_url(repo));
-        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "repository_fetch_failed", "fetching the repository failed; see the server log"));
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "repository_fetch_failed",
+            "fetching the repository failed; see the server log",
+        ));
     }
     deploy_production_if_new(state, repo).await;
     Ok(())
@@ -154,7 +210,10 @@ pub async fn deploy_production_if_new(state: &SharedState, repo: &RepositoryConf
 
 /// The remote URL for people: without credentials.
 pub fn display_url(repo: &RepositoryConfig) -> String {
-    repo.remote.as_ref().map(|r| redact(&r.url, r.token.as_ref())).unwrap_or_else(|| repo.path.display().to_string())
+    repo.remote
+        .as_ref()
+        .map(|r| redact(&r.url, r.token.as_ref()))
+        .unwrap_or_else(|| repo.path.display().to_string())
 }
 
 /// The URL without user information, and the credentials git should be given, if any. A token
@@ -162,7 +221,13 @@ pub fn display_url(repo: &RepositoryConfig) -> String {
 fn split_credentials(remote: &RemoteConfig) -> (String, Option<(String, Secret)>) {
     let (url, embedded) = strip_user_info(&remote.url);
     let credentials = match (&remote.token, embedded) {
-        (Some(token), embedded) => Some((embedded.map(|(user, _)| user).filter(|u| !u.is_empty()).unwrap_or_else(|| remote.username.clone()), token.clone())),
+        (Some(token), embedded) => Some((
+            embedded
+                .map(|(user, _)| user)
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| remote.username.clone()),
+            token.clone(),
+        )),
         (None, Some((user, Some(password)))) => Some((user, password)),
         (None, _) => None,
     };
@@ -194,7 +259,9 @@ pub fn redact(text: &str, secret: Option<&Secret>) -> String {
     while let Some(scheme_end) = rest.find("://") {
         out.push_str(&rest[..scheme_end + 3]);
         rest = &rest[scheme_end + 3..];
-        let authority_end = rest.find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"').unwrap_or(rest.len());
+        let authority_end = rest
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"')
+            .unwrap_or(rest.len());
         if let Some(at) = rest[..authority_end].rfind('@') {
             out.push_str("<redacted>@");
             rest = &rest[at + 1..];
@@ -219,7 +286,9 @@ async fn askpass_script(data_dir: &Path) -> Result<PathBuf, MirrorError> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            tokio::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o700)).await.map_err(io)?;
+            tokio::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o700))
+                .await
+                .map_err(io)?;
         }
         tokio::fs::rename(&temporary, &path).await.map_err(io)?;
     }
@@ -237,15 +306,27 @@ mod tests {
 
     #[test]
     fn credentials_leave_the_url() {
-        let remote = RemoteConfig { url: "https://bot:s3cret-pass@git.example/acme/shop.git".into(), username: "x-access-token".into(), token: None, ssh_key: None };
+        let remote = RemoteConfig {
+            url: "https://bot:s3cret-pass@git.example/acme/shop.git".into(),
+            username: "x-access-token".into(),
+            token: None,
+            ssh_key: None,
+        };
         let (url, credentials) = split_credentials(&remote);
         assert_eq!(url, "https://git.example/acme/shop.git");
         let (user, password) = credentials.expect("credentials");
         assert_eq!((user.as_str(), password.expose()), ("bot", "s3cret-pass"));
 
-        let remote = RemoteConfig { token: Secret::new("tok-123"), url: "https://git.example/acme/shop.git".into(), ..remote };
+        let remote = RemoteConfig {
+            token: Secret::new("tok-123"),
+            url: "https://git.example/acme/shop.git".into(),
+            ..remote
+        };
         let (_, credentials) = split_credentials(&remote);
-        assert_eq!(credentials.map(|(u, p)| (u, p.expose().to_owned())), Some(("x-access-token".to_owned(), "tok-123".to_owned())));
+        assert_eq!(
+            credentials.map(|(u, p)| (u, p.expose().to_owned())),
+            Some(("x-access-token".to_owned(), "tok-123".to_owned()))
+        );
 
         let remote = RemoteConfig { url: "git@git.example:acme/shop.git".into(), ..remote };
         let (url, credentials) = split_credentials(&remote);

@@ -43,7 +43,13 @@ fn body(schema: Value) -> Value {
 }
 
 /// A write; `role` says which token role it needs (`x-offshoot-role` and the description).
-fn write(summary: &str, role: &str, parameters: Value, request: Option<Value>, response: Value) -> Value {
+fn write(
+    summary: &str,
+    role: &str,
+    parameters: Value,
+    request: Option<Value>,
+    response: Value,
+) -> Value {
     let mut operation = json!({
         "summary": summary,
         "description": format!("Needs a token with the role {role}."),
@@ -118,7 +124,10 @@ fn catalog_schemas() -> Value {
 
 pub fn document() -> Value {
     let codes: Vec<Value> = ERROR_CODES.iter().map(|(code, _, _)| json!(code)).collect();
-    let code_table: Vec<String> = ERROR_CODES.iter().map(|(code, status, meaning)| format!("`{code}` ({status}): {meaning}")).collect();
+    let code_table: Vec<String> = ERROR_CODES
+        .iter()
+        .map(|(code, status, meaning)| format!("`{code}` ({status}): {meaning}"))
+        .collect();
     let mut document = json!({
         "openapi": "3.0.3",
         "info": {
@@ -234,7 +243,8 @@ pub fn document() -> Value {
             "/api/v1/runs/{id}/cancel": { "post": write("cancel a run", "`deploy` for a run of a branch deployment, `admin` for one of `prod`", json!([id_parameter()]), None, ok(reference("Run"))) }
         }
     });
-    let schemas = document["components"]["schemas"].as_object_mut().expect("the schemas are an object");
+    let schemas =
+        document["components"]["schemas"].as_object_mut().expect("the schemas are an object");
     if let Value::Object(catalog) = catalog_schemas() {
         schemas.extend(catalog);
     }
@@ -292,7 +302,8 @@ mod tests {
             }
             let call = &rest[close..end];
             for method in METHODS {
-                if call.split(|c: char| !c.is_alphanumeric() && c != '_').any(|word| word == method) {
+                if call.split(|c: char| !c.is_alphanumeric() && c != '_').any(|word| word == method)
+                {
                     found.push((method.to_owned(), path.clone()));
                 }
             }
@@ -304,19 +315,30 @@ mod tests {
     fn every_route_is_documented_and_every_documented_operation_is_routed() {
         let mut files = Vec::new();
         sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
-        let routes: BTreeSet<(String, String)> =
-            files.iter().flat_map(|f| routed(f)).filter(|(_, path)| path != "/" && !path.starts_with("/ui/")).collect();
+        let routes: BTreeSet<(String, String)> = files
+            .iter()
+            .flat_map(|f| routed(f))
+            .filter(|(_, path)| path != "/" && !path.starts_with("/ui/"))
+            .collect();
         assert!(routes.len() > 20, "the scan found the routers: {routes:?}");
         let document = super::document();
         let documented: BTreeSet<(String, String)> = document["paths"]
             .as_object()
             .expect("paths")
             .iter()
-            .flat_map(|(path, item)| item.as_object().expect("a path item").keys().map(move |method| (method.clone(), path.clone())))
+            .flat_map(|(path, item)| {
+                item.as_object()
+                    .expect("a path item")
+                    .keys()
+                    .map(move |method| (method.clone(), path.clone()))
+            })
             .collect();
         let undocumented: Vec<_> = routes.difference(&documented).collect();
         let unrouted: Vec<_> = documented.difference(&routes).collect();
-        assert!(undocumented.is_empty(), "routes missing from the OpenAPI document: {undocumented:?}");
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from the OpenAPI document: {undocumented:?}"
+        );
         assert!(unrouted.is_empty(), "documented operations no router serves: {unrouted:?}");
     }
 }

@@ -10,8 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use offshoot_core::lifecycle::{Event, Lease};
-use offshoot_core::{diff, Asset, AssetKey, AssetKind, ChangeSet, DeploymentKind, DeploymentName, RunPlan, RunStatus, Selection, Snapshot, StepStatus};
-use offshoot_store::{Deployment, Materialization, Revision, Run, RunFilter, RunId, RunStep, StoreError};
+use offshoot_core::{
+    diff, Asset, AssetKey, AssetKind, ChangeSet, DeploymentKind, DeploymentName, RunPlan,
+    RunStatus, Selection, Snapshot, StepStatus,
+};
+use offshoot_store::{
+    Deployment, Materialization, Revision, Run, RunFilter, RunId, RunStep, StoreError,
+};
 use offshoot_warehouse::Target;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -28,26 +33,49 @@ const MAX_LOG_BYTES: usize = 1 << 20;
 /// Starts a run of `selection` in the deployment's serving revision. The plan is made from the
 /// revision serving at the moment the run is written (a promote meanwhile makes the write stale
 /// and the plan is made again).
-pub async fn launch(state: &SharedState, deployment: &Deployment, selection_text: &str) -> ApiResult<Run> {
-    let selection = Selection::parse(selection_text).map_err(|e| ApiError::bad_request("invalid_selection", e.render(selection_text)))?;
+pub async fn launch(
+    state: &SharedState,
+    deployment: &Deployment,
+    selection_text: &str,
+) -> ApiResult<Run> {
+    let selection = Selection::parse(selection_text)
+        .map_err(|e| ApiError::bad_request("invalid_selection", e.render(selection_text)))?;
     for _ in 0..lifecycle::ATTEMPTS {
         let (record, view) = lifecycle::read(state, deployment.id).await?;
         if !view.machine.open {
-            return Err(ApiError::conflict("deployment_closed", format!("`{}` is closed; reopen it to run", deployment.name)));
+            return Err(ApiError::conflict(
+                "deployment_closed",
+                format!("`{}` is closed; reopen it to run", deployment.name),
+            ));
         }
-        let Some(serving) = view.machine.serving.and_then(|n| record.revisions.iter().find(|r| r.number == n)) else {
-            return Err(ApiError::conflict("deployment_not_ready", format!("`{}` has no ready revision yet", deployment.name)));
+        let Some(serving) =
+            view.machine.serving.and_then(|n| record.revisions.iter().find(|r| r.number == n))
+        else {
+            return Err(ApiError::conflict(
+                "deployment_not_ready",
+                format!("`{}` has no ready revision yet", deployment.name),
+            ));
         };
         let (project, changes) = head_and_changes(state, &record.deployment, serving).await?;
         let keys = selection.evaluate(&project.snapshot, &changes);
         let plan = RunPlan::new(&project.snapshot, &keys);
         if plan.steps.is_empty() {
-            return Err(ApiError::bad_request("empty_selection", format!("`{selection_text}` selects no asset that can be materialized")));
+            return Err(ApiError::bad_request(
+                "empty_selection",
+                format!("`{selection_text}` selects no asset that can be materialized"),
+            ));
         }
         let steps = plan.steps.iter().map(|s| s.key.clone()).collect();
         let extras = Extras { run: Some((selection_text.to_owned(), steps)), ..Extras::default() };
-        if let Some(outcome) = lifecycle::attempt(state, record, &view, Input { event: Event::LaunchRun, extras }).await? {
-            return outcome.new_runs.into_iter().next().ok_or_else(|| ApiError::internal("a launched run was not written"));
+        if let Some(outcome) =
+            lifecycle::attempt(state, record, &view, Input { event: Event::LaunchRun, extras })
+                .await?
+        {
+            return outcome
+                .new_runs
+                .into_iter()
+                .next()
+                .ok_or_else(|| ApiError::internal("a launched run was not written"));
         }
     }
     Err(LifecycleError::Contended(lifecycle::ATTEMPTS).into())
@@ -60,11 +88,19 @@ pub async fn head_and_changes(
     revision: &Revision,
 ) -> ApiResult<(offshoot_project::Project, ChangeSet)> {
     let repo = crate::deploy::repository_config(state, &deployment.repository)?;
-    let head = git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await.map_err(ApiError::internal)?;
-    let head = head.as_ref().as_ref().map_err(|_| ApiError::internal("a ready revision has invalid definitions"))?.clone();
+    let head = git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha)
+        .await
+        .map_err(ApiError::internal)?;
+    let head = head
+        .as_ref()
+        .as_ref()
+        .map_err(|_| ApiError::internal("a ready revision has invalid definitions"))?
+        .clone();
     let changes = match &revision.base_commit {
         Some(base_commit) => {
-            let base = git::load(state, &repo.name, repo.path.clone(), base_commit).await.map_err(ApiError::internal)?;
+            let base = git::load(state, &repo.name, repo.path.clone(), base_commit)
+                .await
+                .map_err(ApiError::internal)?;
             match base.as_ref() {
                 Ok(base) => diff(&base.snapshot, &head.snapshot),
                 Err(_) => ChangeSet::default(),
@@ -77,15 +113,26 @@ pub async fn head_and_changes(
 
 /// What a queued run waits for, said in the API: the branch deployment's own run limit when it
 /// is reached, else a slot of its pool. `None` for a run that is not queued.
-pub async fn waiting_for(state: &AppState, run: &Run, deployment: &Deployment) -> ApiResult<Option<String>> {
+pub async fn waiting_for(
+    state: &AppState,
+    run: &Run,
+    deployment: &Deployment,
+) -> ApiResult<Option<String>> {
     if run.status != RunStatus::Queued {
         return Ok(None);
     }
     if deployment.kind == DeploymentKind::Production {
-        return Ok(Some(format!("a slot in the production run pool (production_run_concurrency = {})", state.config.production_run_concurrency)));
+        return Ok(Some(format!(
+            "a slot in the production run pool (production_run_concurrency = {})",
+            state.config.production_run_concurrency
+        )));
     }
     if let Some(limit) = state.config.max_concurrent_runs_per_branch_deployment {
-        let filter = RunFilter { deployment_id: Some(deployment.id), statuses: vec![RunStatus::Running], limit: 0 };
+        let filter = RunFilter {
+            deployment_id: Some(deployment.id),
+            statuses: vec![RunStatus::Running],
+            limit: 0,
+        };
         let running = state.store.list_runs(&filter).await?.len();
         if running >= limit {
             return Ok(Some(format!(
@@ -93,7 +140,10 @@ pub async fn waiting_for(state: &AppState, run: &Run, deployment: &Deployment) -
             )));
         }
     }
-    Ok(Some(format!("a slot in the branch run pool (branch_run_concurrency = {})", state.config.branch_run_concurrency)))
+    Ok(Some(format!(
+        "a slot in the branch run pool (branch_run_concurrency = {})",
+        state.config.branch_run_concurrency
+    )))
 }
 
 /// Cancels a queued run at once, or asks a running one to stop (its steps stop at the next
@@ -101,12 +151,19 @@ pub async fn waiting_for(state: &AppState, run: &Run, deployment: &Deployment) -
 pub async fn cancel(state: &SharedState, run: &Run) -> ApiResult<()> {
     // The lifecycle knows only runs still active: one that finished is that, not unknown.
     if run.status.is_finished() {
-        return Err(crate::error::ApiError::conflict("run_finished", format!("run {} has finished already ({})", run.id.0, run.status.as_str())));
+        return Err(crate::error::ApiError::conflict(
+            "run_finished",
+            format!("run {} has finished already ({})", run.id.0, run.status.as_str()),
+        ));
     }
-    match lifecycle::apply_event(state, run.deployment_id, Event::CancelRun { run: run.id.0 }).await {
+    match lifecycle::apply_event(state, run.deployment_id, Event::CancelRun { run: run.id.0 }).await
+    {
         // It finished between the read and the cancel.
         Err(LifecycleError::Refused(offshoot_core::lifecycle::Refusal::UnknownRun(_))) => {
-            Err(crate::error::ApiError::conflict("run_finished", format!("run {} has finished already", run.id.0)))
+            Err(crate::error::ApiError::conflict(
+                "run_finished",
+                format!("run {} has finished already", run.id.0),
+            ))
         }
         other => other.map(|_| ()).map_err(Into::into),
     }
@@ -120,7 +177,11 @@ pub async fn executor(state: SharedState) {
     let branch_pool = Arc::new(Semaphore::new(state.config.branch_run_concurrency.max(1)));
     let in_flight: Arc<std::sync::Mutex<BTreeSet<RunId>>> = Arc::default();
     loop {
-        let filter = RunFilter { deployment_id: None, statuses: vec![RunStatus::Queued, RunStatus::Running], limit: 0 };
+        let filter = RunFilter {
+            deployment_id: None,
+            statuses: vec![RunStatus::Queued, RunStatus::Running],
+            limit: 0,
+        };
         match state.store.list_runs(&filter).await {
             Ok(mut candidates) => {
                 candidates.reverse(); // oldest first
@@ -136,7 +197,11 @@ pub async fn executor(state: SharedState) {
                             continue;
                         }
                     };
-                    let pool = if kind == DeploymentKind::Production { production_pool.clone() } else { branch_pool.clone() };
+                    let pool = if kind == DeploymentKind::Production {
+                        production_pool.clone()
+                    } else {
+                        branch_pool.clone()
+                    };
                     let state = state.clone();
                     let in_flight = in_flight.clone();
                     tokio::spawn(async move {
@@ -157,15 +222,30 @@ pub async fn executor(state: SharedState) {
 }
 
 fn lease(state: &AppState) -> Lease {
-    Lease { owner: state.config.server_id.clone(), until: now() + state.config.lease.as_millis() as i64 }
+    Lease {
+        owner: state.config.server_id.clone(),
+        until: now() + state.config.lease.as_millis() as i64,
+    }
 }
 
 /// Claims a run (a lifecycle event: granted to one server, only while the deployment is open)
 /// and executes it. A run found running under an expired lease is failed by the claim itself.
 async fn claim_and_execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
-    let outcome = match lifecycle::apply_event(state, run.deployment_id, Event::ClaimRun { run: run.id.0, lease: lease(state), max_running: state.config.max_concurrent_runs_per_branch_deployment }).await {
+    let outcome = match lifecycle::apply_event(
+        state,
+        run.deployment_id,
+        Event::ClaimRun {
+            run: run.id.0,
+            lease: lease(state),
+            max_running: state.config.max_concurrent_runs_per_branch_deployment,
+        },
+    )
+    .await
+    {
         Ok(outcome) => outcome,
-        Err(LifecycleError::Refused(_)) | Err(LifecycleError::Store(StoreError::NotFound(_))) => return Ok(()),
+        Err(LifecycleError::Refused(_)) | Err(LifecycleError::Store(StoreError::NotFound(_))) => {
+            return Ok(())
+        }
         Err(error) => return Err(error),
     };
     if !outcome.claimed_run(run.id) {
@@ -199,13 +279,17 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
 
     let prepared = match state.repository(&deployment.repository) {
         None => Err(format!("repository `{}` is no longer configured", deployment.repository)),
-        Some(repo) => match git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await {
-            Ok(loaded) => match loaded.as_ref() {
-                Ok(project) => Ok((project.snapshot.clone(), project.manifest.clone(), repo.path.clone())),
-                Err(_) => Err("the revision's definitions are invalid".to_owned()),
-            },
-            Err(error) => Err(error.to_string()),
-        },
+        Some(repo) => {
+            match git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await {
+                Ok(loaded) => match loaded.as_ref() {
+                    Ok(project) => {
+                        Ok((project.snapshot.clone(), project.manifest.clone(), repo.path.clone()))
+                    }
+                    Err(_) => Err("the revision's definitions are invalid".to_owned()),
+                },
+                Err(error) => Err(error.to_string()),
+            }
+        }
     };
     let (snapshot, manifest, repository_path) = match prepared {
         Ok(prepared) => prepared,
@@ -215,9 +299,16 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
     let plan = RunPlan::new(&snapshot, &keys);
     // Steps are stored in plan order; keep them aligned by key anyway.
     let by_key: BTreeMap<_, _> = steps.drain(..).map(|s| (s.asset_key.clone(), s)).collect();
-    let mut steps: Vec<RunStep> = plan.steps.iter().filter_map(|p| by_key.get(&p.key).cloned()).collect();
+    let mut steps: Vec<RunStep> =
+        plan.steps.iter().filter_map(|p| by_key.get(&p.key).cloned()).collect();
     if steps.len() != plan.steps.len() {
-        return finish_early(state, run, steps, "the run's steps no longer match the revision".to_owned()).await;
+        return finish_early(
+            state,
+            run,
+            steps,
+            "the run's steps no longer match the revision".to_owned(),
+        )
+        .await;
     }
     let context = Arc::new(RunContext {
         state: state.clone(),
@@ -231,7 +322,8 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
 
     let location = offshoot_location::for_manifest(&manifest);
     if location.kind() != "native" {
-        let statuses = build_with_tool(&context, location, &snapshot, &mut steps, cancelled).await?;
+        let statuses =
+            build_with_tool(&context, location, &snapshot, &mut steps, cancelled).await?;
         return finish(state, run, &context, &steps, &statuses).await;
     }
 
@@ -259,7 +351,9 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
                 let step = steps[index].clone();
                 let context = context.clone();
                 let cancelled = cancelled.clone();
-                running.spawn(async move { (index, run_step(&context, step, asset, cancelled).await) });
+                running.spawn(
+                    async move { (index, run_step(&context, step, asset, cancelled).await) },
+                );
             }
         }
         let Some(joined) = running.join_next().await else { break };
@@ -292,25 +386,52 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
 
 /// Reports a run's outcome (from its steps') to the lifecycle: `canceled` if a cancel was
 /// asked for, whatever the steps did; a closed deployment's teardown may go ahead after it.
-async fn finish(state: &SharedState, run: Run, context: &RunContext, steps: &[RunStep], statuses: &[StepStatus]) -> Result<(), LifecycleError> {
+async fn finish(
+    state: &SharedState,
+    run: Run,
+    context: &RunContext,
+    steps: &[RunStep],
+    statuses: &[StepStatus],
+) -> Result<(), LifecycleError> {
     state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
     let succeeded = RunPlan::outcome(statuses) == Some(RunStatus::Succeeded);
-    let failed: Vec<String> = steps.iter().filter(|s| s.status == StepStatus::Failed).map(|s| s.asset_key.to_string()).collect();
-    let error = (!succeeded).then(|| if failed.is_empty() { "canceled".to_owned() } else { format!("failed: {}", failed.join(", ")) });
+    let failed: Vec<String> = steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+        .map(|s| s.asset_key.to_string())
+        .collect();
+    let error = (!succeeded).then(|| {
+        if failed.is_empty() {
+            "canceled".to_owned()
+        } else {
+            format!("failed: {}", failed.join(", "))
+        }
+    });
     report(state, &run, succeeded, error).await?;
     tracing::info!("run {} in {} finished", run.id.0, context.deployment.name);
     crate::data_diff::run_finished(state, &context.deployment);
     Ok(())
 }
 
-async fn report(state: &SharedState, run: &Run, succeeded: bool, error: Option<String>) -> Result<(), LifecycleError> {
-    let event = Event::RunFinished { run: run.id.0, owner: state.config.server_id.clone(), succeeded };
+async fn report(
+    state: &SharedState,
+    run: &Run,
+    succeeded: bool,
+    error: Option<String>,
+) -> Result<(), LifecycleError> {
+    let event =
+        Event::RunFinished { run: run.id.0, owner: state.config.server_id.clone(), succeeded };
     let extras = Extras { run_error: error, ..Extras::default() };
     lifecycle::report(state, run.deployment_id, event, extras).await?;
     Ok(())
 }
 
-async fn finish_early(state: &SharedState, run: Run, steps: Vec<RunStep>, message: String) -> Result<(), LifecycleError> {
+async fn finish_early(
+    state: &SharedState,
+    run: Run,
+    steps: Vec<RunStep>,
+    message: String,
+) -> Result<(), LifecycleError> {
     for mut step in steps {
         step.status = StepStatus::Skipped;
         step.finished_at = Some(now());
@@ -321,7 +442,12 @@ async fn finish_early(state: &SharedState, run: Run, steps: Vec<RunStep>, messag
 }
 
 /// Executes one step and records its outcome; returns the step as stored.
-async fn run_step(context: &RunContext, mut step: RunStep, asset: Asset, cancelled: watch::Receiver<bool>) -> RunStep {
+async fn run_step(
+    context: &RunContext,
+    mut step: RunStep,
+    asset: Asset,
+    cancelled: watch::Receiver<bool>,
+) -> RunStep {
     let store = &context.state.store;
     let started = Instant::now();
     step.status = StepStatus::Running;
@@ -402,15 +528,38 @@ async fn build_with_tool(
     let outcomes = match prepared {
         Err(message) => {
             append_log(context, &first, &format!("error: {message}\n")).await;
-            keys.iter().map(|k| (k.clone(), offshoot_location::BuildOutcome::Failed { message: message.clone() })).collect()
+            keys.iter()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        offshoot_location::BuildOutcome::Failed { message: message.clone() },
+                    )
+                })
+                .collect()
         }
         Ok(build) => {
             append_log(context, &first, &format!("$ {}\n", build.command.display())).await;
             match stream_tool(context, &first, &build.command, &mut cancelled).await {
-                Err(message) if message == CANCELED => {
-                    keys.iter().map(|k| (k.clone(), offshoot_location::BuildOutcome::Skipped { message: CANCELED.to_owned() })).collect()
-                }
-                Err(message) => keys.iter().map(|k| (k.clone(), offshoot_location::BuildOutcome::Failed { message: message.clone() })).collect(),
+                Err(message) if message == CANCELED => keys
+                    .iter()
+                    .map(|k| {
+                        (
+                            k.clone(),
+                            offshoot_location::BuildOutcome::Skipped {
+                                message: CANCELED.to_owned(),
+                            },
+                        )
+                    })
+                    .collect(),
+                Err(message) => keys
+                    .iter()
+                    .map(|k| {
+                        (
+                            k.clone(),
+                            offshoot_location::BuildOutcome::Failed { message: message.clone() },
+                        )
+                    })
+                    .collect(),
                 Ok(output) => {
                     let location = location.clone();
                     let snapshot = snapshot.clone();
@@ -445,7 +594,12 @@ async fn build_with_tool(
                 };
                 step.row_count = rows.map(|r| r as i64);
                 let note = rows.map(|r| format!(", {r} rows")).unwrap_or_default();
-                append_log(context, step, &format!("{}: built by the tool{note}\n", step.asset_key)).await;
+                append_log(
+                    context,
+                    step,
+                    &format!("{}: built by the tool{note}\n", step.asset_key),
+                )
+                .await;
                 record_materialization(context, step, duration_ms).await;
             }
             Some(BuildOutcome::Failed { message }) => {
@@ -467,7 +621,15 @@ async fn build_with_tool(
             }
         }
         if step.id != first.id && step.status != StepStatus::Canceled {
-            append_log(context, step, &format!("(built in one run of the tool; its output is in the log of {})\n", first.asset_key)).await;
+            append_log(
+                context,
+                step,
+                &format!(
+                    "(built in one run of the tool; its output is in the log of {})\n",
+                    first.asset_key
+                ),
+            )
+            .await;
         }
         state.store.update_step(step).await?;
         statuses.push(step.status);
@@ -491,7 +653,11 @@ struct BuildInputs {
 }
 
 impl BuildInputs {
-    fn request<'a>(&'a self, keys: &'a [AssetKey], snapshot: &'a Snapshot) -> offshoot_location::BuildRequest<'a> {
+    fn request<'a>(
+        &'a self,
+        keys: &'a [AssetKey],
+        snapshot: &'a Snapshot,
+    ) -> offshoot_location::BuildRequest<'a> {
         offshoot_location::BuildRequest {
             keys,
             snapshot,
@@ -515,7 +681,9 @@ async fn prepare_tool_build(
     let locations = state.config.locations_dir(&context.deployment.repository);
     let work_dir = locations.join("runs").join(context.run_id.0.to_string());
     let _ = tokio::fs::remove_dir_all(&work_dir).await;
-    tokio::fs::create_dir_all(&work_dir).await.map_err(|e| format!("{}: {e}", work_dir.display()))?;
+    tokio::fs::create_dir_all(&work_dir)
+        .await
+        .map_err(|e| format!("{}: {e}", work_dir.display()))?;
     // A branch defers what it has not built to production's manifest (dbt's --state).
     let production_state = if context.deployment.kind == DeploymentKind::Branch {
         production_state(context, &locations).await
@@ -524,14 +692,20 @@ async fn prepare_tool_build(
     };
     let mut env = offshoot_location::base_environment();
     env.extend(deployment_environment(context, None));
-    let sandbox = crate::confine::sandbox(state, crate::confine::Purpose::Build(&context.target), std::slice::from_ref(&work_dir))?;
+    let sandbox = crate::confine::sandbox(
+        state,
+        crate::confine::Purpose::Build(&context.target),
+        std::slice::from_ref(&work_dir),
+    )?;
     env.push(("TMPDIR".to_owned(), work_dir.join("tmp").to_string_lossy().into_owned()));
     let inputs = BuildInputs { checkout, work_dir, production_state, env, sandbox };
     let location = location.clone();
     let snapshot = snapshot.clone();
     let keys = keys.to_vec();
     tokio::task::spawn_blocking(move || {
-        let command = location.build_command(&inputs.request(&keys, &snapshot)).unwrap_or_else(|| Err("this location builds step by step".into()))?;
+        let command = location
+            .build_command(&inputs.request(&keys, &snapshot))
+            .unwrap_or_else(|| Err("this location builds step by step".into()))?;
         Ok(ToolBuild { command, inputs })
     })
     .await
@@ -541,7 +715,11 @@ async fn prepare_tool_build(
 /// Production's load folder for the commit it serves, when it has one.
 async fn production_state(context: &RunContext, locations: &Path) -> Option<PathBuf> {
     let state = &context.state;
-    let production = state.store.find_deployment(&context.deployment.repository, &DeploymentName::production()).await.ok()??;
+    let production = state
+        .store
+        .find_deployment(&context.deployment.repository, &DeploymentName::production())
+        .await
+        .ok()??;
     let revision = state.store.get_revision(production.current_revision?).await.ok()?;
     let repo = state.repository(&context.deployment.repository)?;
     // Loading makes sure the folder is there (a restart keeps it; this re-creates it if not).
@@ -561,36 +739,57 @@ async fn stream_tool(
     child.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let child = child.spawn().map_err(|e| format!("cannot start `{}`: {e}", command.program))?;
     let mut text = String::new();
-    let status = stream_child(context, step, child, cancelled, command.timeout, Some(&mut text)).await?;
+    let status =
+        stream_child(context, step, child, cancelled, command.timeout, Some(&mut text)).await?;
     let text = offshoot_location::tail(text.as_bytes());
     Ok(match status.success() {
         true => offshoot_location::ToolOutput { success: true, failure: None, text },
-        false => offshoot_location::ToolOutput { success: false, failure: Some(format!("`{}` exited with {status}", command.program)), text },
+        false => offshoot_location::ToolOutput {
+            success: false,
+            failure: Some(format!("`{}` exited with {status}", command.program)),
+            text,
+        },
     })
 }
 
 async fn append_log(context: &RunContext, step: &RunStep, text: &str) {
     // Command output is arbitrary bytes; PostgreSQL text cannot hold NUL. A command that prints
     // a configured variable's value does not put it in the log.
-    let text = crate::variables::redact(&context.state.config.variables, &text.replace('\0', "\u{fffd}"));
+    let text =
+        crate::variables::redact(&context.state.config.variables, &text.replace('\0', "\u{fffd}"));
     if let Err(error) = context.state.store.append_step_log(step.id, &text).await {
         tracing::error!("step {} log: {error}", step.id.0);
     }
 }
 
-async fn run_sql(context: &RunContext, step: &RunStep, asset: &Asset) -> Result<Option<u64>, String> {
-    append_log(context, step, &format!("building {}.{} from SQL\n", context.target.schema, asset.key)).await;
-    let rows = context.state.warehouse.materialize_sql(&context.target, &asset.key, &asset.code).await.map_err(|e| e.to_string())?;
+async fn run_sql(
+    context: &RunContext,
+    step: &RunStep,
+    asset: &Asset,
+) -> Result<Option<u64>, String> {
+    append_log(
+        context,
+        step,
+        &format!("building {}.{} from SQL\n", context.target.schema, asset.key),
+    )
+    .await;
+    let rows = context
+        .state
+        .warehouse
+        .materialize_sql(&context.target, &asset.key, &asset.code)
+        .await
+        .map_err(|e| e.to_string())?;
     append_log(context, step, &format!("{rows} rows\n")).await;
     Ok(Some(rows))
 }
 
 /// The environment of a command asset: only what it needs, never the server's own secrets.
 fn command_environment(context: &RunContext, asset: &Asset) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .collect();
+    let mut env: Vec<(String, String)> =
+        ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+            .collect();
     env.extend(deployment_environment(context, Some(&asset.key)));
     env
 }
@@ -600,10 +799,11 @@ fn deployment_environment(context: &RunContext, asset: Option<&AssetKey>) -> Vec
     let deployment = &context.deployment;
     let pull_request = deployment.pull_request.as_ref();
     // The scoped variables first: Offshoot's own names are refused for them (`variables::check_name`).
-    let mut env: Vec<(String, String)> = crate::variables::for_deployment(&context.state.config.variables, deployment)
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value.expose().to_owned()))
-        .collect();
+    let mut env: Vec<(String, String)> =
+        crate::variables::for_deployment(&context.state.config.variables, deployment)
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.expose().to_owned()))
+            .collect();
     let is_branch = deployment.kind == DeploymentKind::Branch;
     env.extend([
         ("OFFSHOOT_DEPLOYMENT_NAME".to_owned(), deployment.name.to_string()),
@@ -612,8 +812,14 @@ fn deployment_environment(context: &RunContext, asset: Option<&AssetKey>) -> Vec
         ("OFFSHOOT_ASSET_KEY".to_owned(), asset.map(AssetKey::to_string).unwrap_or_default()),
         ("OFFSHOOT_GIT_SHA".to_owned(), context.revision.commit.sha.to_string()),
         ("OFFSHOOT_GIT_BRANCH".to_owned(), deployment.branch.to_string()),
-        ("OFFSHOOT_PULL_REQUEST_ID".to_owned(), pull_request.map(|p| p.id.clone()).unwrap_or_default()),
-        ("OFFSHOOT_PULL_REQUEST_STATUS".to_owned(), pull_request.map(|p| p.status.as_str().to_owned()).unwrap_or_default()),
+        (
+            "OFFSHOOT_PULL_REQUEST_ID".to_owned(),
+            pull_request.map(|p| p.id.clone()).unwrap_or_default(),
+        ),
+        (
+            "OFFSHOOT_PULL_REQUEST_STATUS".to_owned(),
+            pull_request.map(|p| p.status.as_str().to_owned()).unwrap_or_default(),
+        ),
         // Runs materialize whole assets; per-partition runs are not supported yet.
         ("OFFSHOOT_PARTITION_KEY".to_owned(), String::new()),
         ("OFFSHOOT_RUN_ID".to_owned(), context.run_id.0.to_string()),
@@ -629,18 +835,35 @@ async fn ensure_checkout(context: &RunContext) -> Result<PathBuf, String> {
     }
     let sha = context.revision.commit.sha.clone();
     let checkouts = context.state.config.checkouts_dir();
-    git::blocking(context.repository_path.clone(), move |repo| git::export_checkout(repo, &sha, &checkouts).map_err(git::GitError::Files))
-        .await
-        .map_err(|e| e.to_string())
+    git::blocking(context.repository_path.clone(), move |repo| {
+        git::export_checkout(repo, &sha, &checkouts).map_err(git::GitError::Files)
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
-async fn run_command(context: &RunContext, step: &RunStep, asset: &Asset, mut cancelled: watch::Receiver<bool>) -> Result<Option<u64>, String> {
+async fn run_command(
+    context: &RunContext,
+    step: &RunStep,
+    asset: &Asset,
+    mut cancelled: watch::Receiver<bool>,
+) -> Result<Option<u64>, String> {
     let checkout = ensure_checkout(context).await?;
     let command_line = asset.code.trim_end().to_owned();
     append_log(context, step, &format!("$ {command_line}\n")).await;
     // A folder of the step's own for scratch files; the checkout is read-only when confined.
-    let work_dir = context.state.config.locations_dir(&context.deployment.repository).join("runs").join(context.run_id.0.to_string()).join(format!("step-{}", step.id.0));
-    let sandbox = crate::confine::sandbox(&context.state, crate::confine::Purpose::Build(&context.target), std::slice::from_ref(&work_dir))?;
+    let work_dir = context
+        .state
+        .config
+        .locations_dir(&context.deployment.repository)
+        .join("runs")
+        .join(context.run_id.0.to_string())
+        .join(format!("step-{}", step.id.0));
+    let sandbox = crate::confine::sandbox(
+        &context.state,
+        crate::confine::Purpose::Build(&context.target),
+        std::slice::from_ref(&work_dir),
+    )?;
     let mut env = command_environment(context, asset);
     env.push(("TMPDIR".to_owned(), work_dir.join("tmp").to_string_lossy().into_owned()));
     let child = spawn_command(&command_line, &checkout, env, sandbox.as_ref())?;
@@ -648,16 +871,29 @@ async fn run_command(context: &RunContext, step: &RunStep, asset: &Asset, mut ca
     if !status.success() {
         return Err(format!("the command exited with {status}"));
     }
-    let own = context.state.warehouse.own_tables(&context.target).await.map_err(|e| e.to_string())?;
+    let own =
+        context.state.warehouse.own_tables(&context.target).await.map_err(|e| e.to_string())?;
     if !own.iter().any(|t| t == asset.key.as_str()) {
-        return Err(format!("the command succeeded but did not create the table `{}` in {}", asset.key, context.target.schema));
+        return Err(format!(
+            "the command succeeded but did not create the table `{}` in {}",
+            asset.key, context.target.schema
+        ));
     }
-    let rows = context.state.warehouse.row_count(&context.target, asset.key.as_str()).await.map_err(|e| e.to_string())?;
+    let rows = context
+        .state
+        .warehouse
+        .row_count(&context.target, asset.key.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(rows)
 }
 
 /// The command runs in its own process group: a cancel ends the shell or tool and its children.
-async fn kill_for_cancel(context: &RunContext, step: &RunStep, process_group: Option<u32>) -> String {
+async fn kill_for_cancel(
+    context: &RunContext,
+    step: &RunStep,
+    process_group: Option<u32>,
+) -> String {
     if let Some(group) = process_group {
         offshoot_location::kill_group(group);
     }
@@ -680,7 +916,13 @@ async fn stream_child(
 ) -> Result<std::process::ExitStatus, String> {
     let process_group = child.id();
     let (lines_tx, mut lines) = mpsc::channel::<String>(256);
-    for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), child.stderr.take().map(|s| Box::new(s) as _)].into_iter().flatten() {
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let tx = lines_tx.clone();
         tokio::spawn(async move {
             let mut reader = BufReader::new(stream).lines();
@@ -710,7 +952,11 @@ async fn stream_child(
             return None;
         }
         logged += line.len() + 1;
-        Some(if logged >= MAX_LOG_BYTES { "[log truncated]\n".to_owned() } else { format!("{line}\n") })
+        Some(if logged >= MAX_LOG_BYTES {
+            "[log truncated]\n".to_owned()
+        } else {
+            format!("{line}\n")
+        })
     };
     let status = loop {
         tokio::select! {
@@ -751,7 +997,12 @@ async fn stream_child(
     Ok(status)
 }
 
-fn spawn_command(command_line: &str, dir: &Path, env: Vec<(String, String)>, sandbox: Option<&offshoot_location::Sandbox>) -> Result<tokio::process::Child, String> {
+fn spawn_command(
+    command_line: &str,
+    dir: &Path,
+    env: Vec<(String, String)>,
+    sandbox: Option<&offshoot_location::Sandbox>,
+) -> Result<tokio::process::Child, String> {
     let command = offshoot_location::ToolCommand {
         program: "sh".to_owned(),
         args: vec!["-c".to_owned(), command_line.to_owned()],

@@ -43,7 +43,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, warehouse: Arc<dyn Warehouse>, config: ServerConfig) -> SharedState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        warehouse: Arc<dyn Warehouse>,
+        config: ServerConfig,
+    ) -> SharedState {
         Arc::new(AppState {
             store,
             warehouse,
@@ -62,7 +66,11 @@ impl AppState {
     }
 
     /// The lock that serializes loads of one commit. Unused locks are dropped as others are made.
-    pub fn load_lock(&self, repository: &RepositoryName, commit: &CommitSha) -> Arc<tokio::sync::Mutex<()>> {
+    pub fn load_lock(
+        &self,
+        repository: &RepositoryName,
+        commit: &CommitSha,
+    ) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.load_locks.lock().expect("never poisoned: no panics inside");
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         locks.entry((repository.clone(), commit.clone())).or_default().clone()
@@ -76,7 +84,10 @@ impl AppState {
     pub fn target(&self, deployment: &Deployment) -> Target {
         Target {
             schema: SchemaName::for_deployment(&deployment.repository, &deployment.name),
-            production: SchemaName::for_deployment(&deployment.repository, &DeploymentName::production()),
+            production: SchemaName::for_deployment(
+                &deployment.repository,
+                &DeploymentName::production(),
+            ),
         }
     }
 }
@@ -116,7 +127,8 @@ impl SnapshotCache {
     }
 
     pub fn get(&self, repository: &RepositoryName, commit: &CommitSha) -> Option<Loaded> {
-        let mut entries = self.entries.lock().expect("cache lock is never poisoned: no panics inside");
+        let mut entries =
+            self.entries.lock().expect("cache lock is never poisoned: no panics inside");
         let index = entries.iter().position(|((r, c), _)| r == repository && c == commit)?;
         let entry = entries.remove(index).expect("index is in range");
         let loaded = entry.1.clone();
@@ -125,7 +137,8 @@ impl SnapshotCache {
     }
 
     pub fn insert(&self, repository: RepositoryName, commit: CommitSha, loaded: Loaded) {
-        let mut entries = self.entries.lock().expect("cache lock is never poisoned: no panics inside");
+        let mut entries =
+            self.entries.lock().expect("cache lock is never poisoned: no panics inside");
         entries.retain(|((r, c), _)| !(r == &repository && c == &commit));
         entries.push_front(((repository, commit), loaded));
         let mut total: usize = entries.iter().map(|(_, l)| weight(l)).sum();

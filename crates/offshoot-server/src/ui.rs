@@ -15,10 +15,26 @@ const FILES: &[(&str, &str, &str)] = &[
     ("app.js", "text/javascript; charset=utf-8", include_str!("../ui/app.js")),
     ("graph.js", "text/javascript; charset=utf-8", include_str!("../ui/graph.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("../ui/style.css")),
-    ("vendor/preact-htm.js", "text/javascript; charset=utf-8", include_str!("../ui/vendor/preact-htm.js")),
-    ("vendor/highlight-core.js", "text/javascript; charset=utf-8", include_str!("../ui/vendor/highlight-core.js")),
-    ("vendor/highlight-sql.js", "text/javascript; charset=utf-8", include_str!("../ui/vendor/highlight-sql.js")),
-    ("vendor/highlight-diff.js", "text/javascript; charset=utf-8", include_str!("../ui/vendor/highlight-diff.js")),
+    (
+        "vendor/preact-htm.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../ui/vendor/preact-htm.js"),
+    ),
+    (
+        "vendor/highlight-core.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../ui/vendor/highlight-core.js"),
+    ),
+    (
+        "vendor/highlight-sql.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../ui/vendor/highlight-sql.js"),
+    ),
+    (
+        "vendor/highlight-diff.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../ui/vendor/highlight-diff.js"),
+    ),
     ("vendor/LICENSES.txt", "text/plain; charset=utf-8", include_str!("../ui/vendor/LICENSES.txt")),
 ];
 
@@ -36,7 +52,8 @@ fn with_headers(content_type: &'static str, body: &'static str) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    headers
+        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     // The files change only with the binary; revalidating is cheap and never serves a stale UI.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

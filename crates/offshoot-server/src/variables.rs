@@ -47,11 +47,16 @@ pub struct Variable {
 /// Why a variable's name is refused: it must be a portable environment name, and Offshoot's own
 /// and Dagster+'s built-in names are Offshoot's to set.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let portable = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let portable = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !portable {
         return Err(format!("`{name}` is not an environment variable name (letters, digits and `_`, not starting with a digit)"));
     }
-    if name.starts_with("OFFSHOOT_") || name.starts_with("DAGSTER_CLOUD_") || name == "PATH" || name == "HOME" {
+    if name.starts_with("OFFSHOOT_")
+        || name.starts_with("DAGSTER_CLOUD_")
+        || name == "PATH"
+        || name == "HOME"
+    {
         return Err(format!("`{name}` is set by Offshoot itself; choose another name"));
     }
     Ok(())
@@ -63,18 +68,23 @@ fn applies(variable: &Variable, deployment: &Deployment) -> Option<u8> {
     }
     match deployment.kind {
         DeploymentKind::Production => variable.scopes.contains(&Scope::Production).then_some(0),
-        DeploymentKind::Branch if variable.scopes.contains(&Scope::Branches) => match &variable.branch {
-            None => Some(0),
-            Some(branch) if *branch == deployment.branch => Some(1),
-            Some(_) => None,
-        },
+        DeploymentKind::Branch if variable.scopes.contains(&Scope::Branches) => {
+            match &variable.branch {
+                None => Some(0),
+                Some(branch) if *branch == deployment.branch => Some(1),
+                Some(_) => None,
+            }
+        }
         DeploymentKind::Branch => None,
     }
 }
 
 /// The variables a process of `deployment` gets: for each name the most specific value (one
 /// branch's over all branches').
-pub fn for_deployment<'a>(variables: &'a [Variable], deployment: &Deployment) -> Vec<(&'a str, &'a Secret)> {
+pub fn for_deployment<'a>(
+    variables: &'a [Variable],
+    deployment: &Deployment,
+) -> Vec<(&'a str, &'a Secret)> {
     let mut chosen: Vec<(&str, &Secret, u8)> = Vec::new();
     for variable in variables {
         let Some(rank) = applies(variable, deployment) else { continue };
@@ -89,10 +99,17 @@ pub fn for_deployment<'a>(variables: &'a [Variable], deployment: &Deployment) ->
 
 /// The variables for local development.
 pub fn for_local(variables: &[Variable]) -> Vec<(&str, &Secret)> {
-    variables.iter().filter(|v| v.scopes.contains(&Scope::Local)).map(|v| (v.name.as_str(), &v.value)).collect()
+    variables
+        .iter()
+        .filter(|v| v.scopes.contains(&Scope::Local))
+        .map(|v| (v.name.as_str(), &v.value))
+        .collect()
 }
 
 /// `text` with every secret's value redacted (for step logs).
 pub fn redact(variables: &[Variable], text: &str) -> String {
-    variables.iter().filter(|v| v.secret).fold(text.to_owned(), |text, variable| variable.value.redact_from(&text))
+    variables
+        .iter()
+        .filter(|v| v.secret)
+        .fold(text.to_owned(), |text, variable| variable.value.redact_from(&text))
 }

@@ -30,8 +30,14 @@ async fn newest_commit(state: &SharedState, deployment: &Deployment) -> ApiResul
     Ok(Some(state.store.get_revision(head).await?.commit.sha.to_string()))
 }
 
-pub async fn poll_once(state: &SharedState, repo: &RepositoryConfig, watch: &WatchConfig) -> ApiResult<()> {
-    let branches = git::blocking(repo.path.clone(), |r| Ok(r.branches()?)).await.map_err(ApiError::internal)?;
+pub async fn poll_once(
+    state: &SharedState,
+    repo: &RepositoryConfig,
+    watch: &WatchConfig,
+) -> ApiResult<()> {
+    let branches = git::blocking(repo.path.clone(), |r| Ok(r.branches()?))
+        .await
+        .map_err(ApiError::internal)?;
     let mut present: BTreeSet<String> = BTreeSet::new();
     for (name, sha) in branches {
         present.insert(name.clone());
@@ -44,7 +50,9 @@ pub async fn poll_once(state: &SharedState, repo: &RepositoryConfig, watch: &Wat
             continue;
         };
         if let Some(deployment) = &existing {
-            if deployment.status == DeploymentStatus::Closed || newest_commit(state, deployment).await?.as_deref() == Some(sha.as_str()) {
+            if deployment.status == DeploymentStatus::Closed
+                || newest_commit(state, deployment).await?.as_deref() == Some(sha.as_str())
+            {
                 continue;
             }
         }
@@ -64,9 +72,17 @@ pub async fn poll_once(state: &SharedState, repo: &RepositoryConfig, watch: &Wat
             tracing::warn!("watch: branch `{name}`: {}", error.message);
         }
     }
-    let open = state.store.list_deployments(&DeploymentFilter { repository: Some(repo.name.clone()), include_closed: false }).await?;
+    let open = state
+        .store
+        .list_deployments(&DeploymentFilter {
+            repository: Some(repo.name.clone()),
+            include_closed: false,
+        })
+        .await?;
     for deployment in open {
-        if deployment.kind == DeploymentKind::Branch && !present.contains(deployment.branch.as_str()) {
+        if deployment.kind == DeploymentKind::Branch
+            && !present.contains(deployment.branch.as_str())
+        {
             lifecycle::close(state, &deployment, "the branch was deleted", None).await?;
         }
     }

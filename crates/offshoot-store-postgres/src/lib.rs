@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use offshoot_core::{
-    UnixMillis,
-    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, RepositoryName, RevisionStatus, RunStatus,
-    StepStatus,
+    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus,
+    RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis,
 };
 use offshoot_store::{
-    Applied, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId, LifecycleRecord, LifecycleWrite, Materialization, NewDeployment,
-    NewIntake, Revision, RevisionId, Run, RunFilter, RunId, RunStep, StepId, Store, StoreError, StoreResult, Teardown,
+    Applied, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId, LifecycleRecord,
+    LifecycleWrite, Materialization, NewDeployment, NewIntake, Revision, RevisionId, Run,
+    RunFilter, RunId, RunStep, StepId, Store, StoreError, StoreResult, Teardown,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
@@ -46,7 +46,9 @@ impl PostgresStore {
         let options: PgConnectOptions = url
             .parse()
             // sqlx's message for a malformed URL quotes neither the URL nor the password.
-            .map_err(|error| StoreError::Backend(format!("reading the PostgreSQL store URL: {error}")))?;
+            .map_err(|error| {
+                StoreError::Backend(format!("reading the PostgreSQL store URL: {error}"))
+            })?;
         let place = describe(&options);
         // One connection first, without the pool's retries: a server that is down or refuses us
         // fails at once, and the migrations run on it.
@@ -57,8 +59,10 @@ impl PostgresStore {
         // Closing only fails if the connection is already gone, which closes it too.
         let _ = connection.close().await;
         migrated.map_err(|error| StoreError::Backend(format!("migrating {place}: {error}")))?;
-        let pool =
-            PgPoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(options);
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
         Ok(PostgresStore { pool })
     }
 
@@ -87,7 +91,13 @@ fn describe(options: &PgConnectOptions) -> String {
 /// own (sqlx's `migrate!` would need the `derive` feature and its proc-macro build).
 fn migrator() -> Migrator {
     let migration = |version: i64, description: &'static str, sql: &'static str| {
-        Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
     };
     Migrator::with_migrations(vec![
         migration(1, "initial", include_str!("../migrations/0001_initial.sql")),
@@ -172,7 +182,11 @@ impl Store for PostgresStore {
         rows::deployment(&row)
     }
 
-    async fn find_deployment(&self, repository: &RepositoryName, name: &DeploymentName) -> StoreResult<Option<Deployment>> {
+    async fn find_deployment(
+        &self,
+        repository: &RepositoryName,
+        name: &DeploymentName,
+    ) -> StoreResult<Option<Deployment>> {
         let row = sqlx::query("SELECT * FROM deployments WHERE repository = $1 AND name = $2")
             .bind(repository.as_str())
             .bind(name.as_str())
@@ -276,11 +290,12 @@ impl Store for PostgresStore {
                 .await
                 .map_err(translate("the lifecycle write"))?;
         let Some(version) = bumped else {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM deployments WHERE id = $1")
-                .bind(write.deployment.0)
-                .fetch_optional(&mut *transaction)
-                .await
-                .map_err(translate("the lifecycle write"))?;
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM deployments WHERE id = $1")
+                    .bind(write.deployment.0)
+                    .fetch_optional(&mut *transaction)
+                    .await
+                    .map_err(translate("the lifecycle write"))?;
             return match exists {
                 Some(_) => Ok(Applied::Stale),
                 None => Err(StoreError::NotFound(format!("deployment {}", write.deployment.0))),
@@ -313,17 +328,27 @@ impl Store for PostgresStore {
         found.iter().map(rows::revision).collect()
     }
 
-    async fn list_revisions(&self, deployment: DeploymentId, limit: u32) -> StoreResult<Vec<Revision>> {
-        let found = sqlx::query("SELECT * FROM revisions WHERE deployment_id = $1 ORDER BY number DESC LIMIT $2")
-            .bind(deployment.0)
-            .bind(sql_limit(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(translate("revisions"))?;
+    async fn list_revisions(
+        &self,
+        deployment: DeploymentId,
+        limit: u32,
+    ) -> StoreResult<Vec<Revision>> {
+        let found = sqlx::query(
+            "SELECT * FROM revisions WHERE deployment_id = $1 ORDER BY number DESC LIMIT $2",
+        )
+        .bind(deployment.0)
+        .bind(sql_limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate("revisions"))?;
         found.iter().map(rows::revision).collect()
     }
 
-    async fn find_revision_by_commit(&self, deployment: DeploymentId, commit: &CommitSha) -> StoreResult<Option<Revision>> {
+    async fn find_revision_by_commit(
+        &self,
+        deployment: DeploymentId,
+        commit: &CommitSha,
+    ) -> StoreResult<Option<Revision>> {
         let row =
             sqlx::query("SELECT * FROM revisions WHERE deployment_id = $1 AND commit_sha = $2 ORDER BY number DESC LIMIT 1")
                 .bind(deployment.0)
@@ -334,15 +359,18 @@ impl Store for PostgresStore {
         row.as_ref().map(rows::revision).transpose()
     }
 
-    async fn revisions_with_status(&self, statuses: &[RevisionStatus]) -> StoreResult<Vec<Revision>> {
-        let found = sqlx::query("SELECT * FROM revisions WHERE status = ANY($1) ORDER BY queued_at, id")
-            .bind(status_texts(statuses, RevisionStatus::as_str))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(translate("revisions by status"))?;
+    async fn revisions_with_status(
+        &self,
+        statuses: &[RevisionStatus],
+    ) -> StoreResult<Vec<Revision>> {
+        let found =
+            sqlx::query("SELECT * FROM revisions WHERE status = ANY($1) ORDER BY queued_at, id")
+                .bind(status_texts(statuses, RevisionStatus::as_str))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(translate("revisions by status"))?;
         found.iter().map(rows::revision).collect()
     }
-
 
     async fn get_run(&self, id: RunId) -> StoreResult<Run> {
         let row = sqlx::query("SELECT * FROM runs WHERE id = $1")
@@ -499,7 +527,10 @@ impl Store for PostgresStore {
 }
 
 /// The writes of one lifecycle decision, inside the transaction that bumped the version.
-async fn apply_in(connection: &mut PgConnection, write: &LifecycleWrite) -> StoreResult<(Vec<Revision>, Vec<Run>)> {
+async fn apply_in(
+    connection: &mut PgConnection,
+    write: &LifecycleWrite,
+) -> StoreResult<(Vec<Revision>, Vec<Run>)> {
     let deployment = write.deployment.0;
     let now = write.now;
     let mut revisions = Vec::with_capacity(write.new_revisions.len());
@@ -645,24 +676,37 @@ async fn apply_in(connection: &mut PgConnection, write: &LifecycleWrite) -> Stor
             "DELETE FROM deployments WHERE id = $1",
         ];
         for statement in children {
-            sqlx::query(statement).bind(deployment).execute(&mut *connection).await.map_err(translate("the deletion"))?;
+            sqlx::query(statement)
+                .bind(deployment)
+                .execute(&mut *connection)
+                .await
+                .map_err(translate("the deletion"))?;
         }
     }
     Ok((revisions, runs))
 }
 
-async fn revision_id(connection: &mut PgConnection, deployment: i64, number: u32) -> StoreResult<i64> {
+async fn revision_id(
+    connection: &mut PgConnection,
+    deployment: i64,
+    number: u32,
+) -> StoreResult<i64> {
     sqlx::query_scalar("SELECT id FROM revisions WHERE deployment_id = $1 AND number = $2")
         .bind(deployment)
         .bind(i64::from(number))
         .fetch_optional(&mut *connection)
         .await
         .map_err(translate("a revision by number"))?
-        .ok_or_else(|| StoreError::NotFound(format!("revision {number} of deployment {deployment}")))
+        .ok_or_else(|| {
+            StoreError::NotFound(format!("revision {number} of deployment {deployment}"))
+        })
 }
 
 /// The deployment patch: one statement, every field either its new value or left as it is.
-async fn patch_deployment(connection: &mut PgConnection, write: &LifecycleWrite) -> StoreResult<()> {
+async fn patch_deployment(
+    connection: &mut PgConnection,
+    write: &LifecycleWrite,
+) -> StoreResult<()> {
     let deployment = write.deployment.0;
     let patch = &write.deployment_patch;
     let head = match patch.head {

@@ -8,9 +8,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use offshoot_core::{AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, RepositoryName, RevisionStatus};
+use offshoot_core::{
+    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, RepositoryName, RevisionStatus,
+};
 use offshoot_store::{
-    Applied, CommitDetails, Deployment, DeploymentPatch, LifecycleWrite, NewDeployment, NewRevision, NewRun, Store, StoreError,
+    Applied, CommitDetails, Deployment, DeploymentPatch, LifecycleWrite, NewDeployment,
+    NewRevision, NewRun, Store, StoreError,
 };
 use offshoot_store_postgres::PostgresStore;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
@@ -33,7 +36,10 @@ impl TestDatabase {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
             .trim_end_matches('/')
             .to_owned();
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_nanos();
         let name = format!("offshoot_test_{}_{nanos}", std::process::id());
         let mut connection = maintenance_connection(&server).await.unwrap_or_else(|error| {
             panic!(
@@ -65,10 +71,15 @@ impl Drop for TestDatabase {
         // A runtime of its own on a thread of its own: this may run inside the test's runtime,
         // which cannot be blocked on from within.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                let mut connection = maintenance_connection(&server).await.map_err(|e| e.to_string())?;
-                let result = sqlx::raw_sql(AssertSqlSafe(drop_database)).execute(&mut connection).await;
+                let mut connection =
+                    maintenance_connection(&server).await.map_err(|e| e.to_string())?;
+                let result =
+                    sqlx::raw_sql(AssertSqlSafe(drop_database)).execute(&mut connection).await;
                 let _ = connection.close().await;
                 result.map(|_| ()).map_err(|e| e.to_string())
             })
@@ -77,7 +88,10 @@ impl Drop for TestDatabase {
         match dropped {
             Ok(Ok(())) => {}
             Ok(Err(error)) => eprintln!("could not drop test database {}: {error}", self.name),
-            Err(_) => eprintln!("could not drop test database {}: the dropping thread panicked", self.name),
+            Err(_) => eprintln!(
+                "could not drop test database {}: the dropping thread panicked",
+                self.name
+            ),
         }
     }
 }
@@ -139,11 +153,21 @@ async fn data_survives_reconnecting() {
     let deployment = store.ensure_deployment(new_deployment("feature-1")).await.expect("create");
     let write = LifecycleWrite {
         new_revisions: vec![queued(1, 1)],
-        new_runs: vec![NewRun { revision: 1, selection: "*".to_owned(), steps: steps(&["orders", "revenue"]) }],
-        deployment_patch: DeploymentPatch { head: Some(1), pushed: true, ..DeploymentPatch::default() },
+        new_runs: vec![NewRun {
+            revision: 1,
+            selection: "*".to_owned(),
+            steps: steps(&["orders", "revenue"]),
+        }],
+        deployment_patch: DeploymentPatch {
+            head: Some(1),
+            pushed: true,
+            ..DeploymentPatch::default()
+        },
         ..write_on(&deployment, 2_000)
     };
-    let Applied::Done { revisions, runs, .. } = store.apply(write).await.expect("apply") else { panic!("nothing else writes") };
+    let Applied::Done { revisions, runs, .. } = store.apply(write).await.expect("apply") else {
+        panic!("nothing else writes")
+    };
     let (revision, run) = (revisions[0].clone(), runs[0].clone());
     let listed_steps = store.list_steps(run.id).await.expect("list steps");
     store.append_step_log(listed_steps[0].id, "built orders\n").await.expect("append log");
@@ -159,7 +183,10 @@ async fn data_survives_reconnecting() {
     assert_eq!(store.list_steps(run.id).await.expect("list steps"), listed_steps);
     let next = LifecycleWrite { new_revisions: vec![queued(2, 2)], ..write_on(&deployment, 4_000) };
     let applied = store.apply(next).await.expect("apply after reconnecting");
-    assert!(matches!(applied, Applied::Done { version: 2, .. }), "the version read before reconnecting still applies: {applied:?}");
+    assert!(
+        matches!(applied, Applied::Done { version: 2, .. }),
+        "the version read before reconnecting still applies: {applied:?}"
+    );
     store.close().await;
 }
 
@@ -182,16 +209,28 @@ async fn concurrent_pushes_get_distinct_numbers() {
                 let write = LifecycleWrite {
                     version: record.deployment.version,
                     new_revisions: vec![queued(number, i)],
-                    new_runs: vec![NewRun { revision: number, selection: "*".to_owned(), steps: steps(&["a", "b"]) }],
-                    deployment_patch: DeploymentPatch { head: Some(number), ..DeploymentPatch::default() },
+                    new_runs: vec![NewRun {
+                        revision: number,
+                        selection: "*".to_owned(),
+                        steps: steps(&["a", "b"]),
+                    }],
+                    deployment_patch: DeploymentPatch {
+                        head: Some(number),
+                        ..DeploymentPatch::default()
+                    },
                     ..write_on(&record.deployment, 2_000)
                 };
-                let Applied::Done { runs, .. } = store.apply(write).await.expect("a contended write is stale, never an error") else {
+                let Applied::Done { runs, .. } =
+                    store.apply(write).await.expect("a contended write is stale, never an error")
+                else {
                     continue;
                 };
                 let listed = store.list_steps(runs[0].id).await.expect("list steps");
                 for line in 0..5 {
-                    store.append_step_log(listed[0].id, &format!("{line}\n")).await.expect("append");
+                    store
+                        .append_step_log(listed[0].id, &format!("{line}\n"))
+                        .await
+                        .expect("append");
                 }
                 let log = store.list_steps(runs[0].id).await.expect("list steps").remove(0).log;
                 assert_eq!(log, "0\n1\n2\n3\n4\n", "each run's log holds its own lines in order");
@@ -205,7 +244,11 @@ async fn concurrent_pushes_get_distinct_numbers() {
     }
     numbers.sort_unstable();
     assert_eq!(numbers, (1..=16).collect::<Vec<u32>>(), "every push got its own number");
-    assert_eq!(store.get_deployment(deployment.id).await.expect("get").version, 16, "one version per push");
+    assert_eq!(
+        store.get_deployment(deployment.id).await.expect("get").version,
+        16,
+        "one version per push"
+    );
     store.close().await;
 }
 
@@ -213,9 +256,14 @@ async fn concurrent_pushes_get_distinct_numbers() {
 async fn connection_errors_are_backend_errors_without_the_password() {
     // Needs no server: nothing listens on port 1; the password must not appear in the message.
     let result = PostgresStore::connect("postgres://alice:s3cret-pa55@127.0.0.1:1/offshoot").await;
-    let Err(StoreError::Backend(message)) = result else { panic!("expected a backend error, got {result:?}") };
+    let Err(StoreError::Backend(message)) = result else {
+        panic!("expected a backend error, got {result:?}")
+    };
     assert!(!message.contains("s3cret-pa55"), "{message}");
-    assert!(message.contains("alice@127.0.0.1:1/offshoot"), "the message names the server: {message}");
+    assert!(
+        message.contains("alice@127.0.0.1:1/offshoot"),
+        "the message names the server: {message}"
+    );
 
     let result = PostgresStore::connect("not a url").await;
     assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");

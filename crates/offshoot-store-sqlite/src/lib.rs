@@ -12,16 +12,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use offshoot_core::{
-    UnixMillis,
-    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, RepositoryName, RevisionStatus, RunStatus,
-    StepStatus,
+    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus,
+    RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis,
 };
 use offshoot_store::{
-    Applied, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId, LifecycleRecord, LifecycleWrite, Materialization, NewDeployment,
-    NewIntake, Revision, RevisionId, Run, RunFilter, RunId, RunStep, StepId, Store, StoreError, StoreResult, Teardown,
+    Applied, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId, LifecycleRecord,
+    LifecycleWrite, Materialization, NewDeployment, NewIntake, Revision, RevisionId, Run,
+    RunFilter, RunId, RunStep, StepId, Store, StoreError, StoreResult, Teardown,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{AssertSqlSafe, QueryBuilder, SqlSafeStr, Sqlite, SqliteConnection};
 
 /// How long a write waits for another connection's write to finish before failing.
@@ -49,7 +51,9 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|error| StoreError::Backend(format!("opening {}: {error}", path.display())))?;
-        migrator().run(&pool).await.map_err(|error| StoreError::Backend(format!("migrating {}: {error}", path.display())))?;
+        migrator().run(&pool).await.map_err(|error| {
+            StoreError::Backend(format!("migrating {}: {error}", path.display()))
+        })?;
         Ok(SqliteStore { pool })
     }
 
@@ -65,7 +69,13 @@ impl SqliteStore {
 /// which builds a second sqlx and SQLite for the proc-macro.
 fn migrator() -> Migrator {
     let migration = |version: i64, description: &'static str, sql: &'static str| {
-        Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
     };
     Migrator::with_migrations(vec![
         migration(1, "initial", include_str!("../migrations/0001_initial.sql")),
@@ -150,7 +160,11 @@ impl Store for SqliteStore {
         rows::deployment(&row)
     }
 
-    async fn find_deployment(&self, repository: &RepositoryName, name: &DeploymentName) -> StoreResult<Option<Deployment>> {
+    async fn find_deployment(
+        &self,
+        repository: &RepositoryName,
+        name: &DeploymentName,
+    ) -> StoreResult<Option<Deployment>> {
         let row = sqlx::query("SELECT * FROM deployments WHERE repository = ? AND name = ?")
             .bind(repository.as_str())
             .bind(name.as_str())
@@ -191,13 +205,15 @@ impl Store for SqliteStore {
     }
 
     async fn set_pinned(&self, id: DeploymentId, pinned: bool, now: UnixMillis) -> StoreResult<()> {
-        let result = sqlx::query("UPDATE deployments SET pinned = ?, version = version + 1, updated_at = ? WHERE id = ?")
-            .bind(pinned)
-            .bind(now)
-            .bind(id.0)
-            .execute(&self.pool)
-            .await
-            .map_err(translate("pinning"))?;
+        let result = sqlx::query(
+            "UPDATE deployments SET pinned = ?, version = version + 1, updated_at = ? WHERE id = ?",
+        )
+        .bind(pinned)
+        .bind(now)
+        .bind(id.0)
+        .execute(&self.pool)
+        .await
+        .map_err(translate("pinning"))?;
         touched(result, format!("deployment {}", id.0))
     }
 
@@ -237,7 +253,11 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, write: LifecycleWrite) -> StoreResult<Applied> {
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(translate("the lifecycle write"))?;
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(translate("the lifecycle write"))?;
         let bumped: Option<i64> =
             sqlx::query_scalar("UPDATE deployments SET version = version + 1, updated_at = ? WHERE id = ? AND version = ? RETURNING version")
                 .bind(write.now)
@@ -284,10 +304,17 @@ impl Store for SqliteStore {
         found.iter().map(rows::revision).collect()
     }
 
-    async fn list_revisions(&self, deployment: DeploymentId, limit: u32) -> StoreResult<Vec<Revision>> {
+    async fn list_revisions(
+        &self,
+        deployment: DeploymentId,
+        limit: u32,
+    ) -> StoreResult<Vec<Revision>> {
         // The limit is written into the text: SQLite re-prepares a statement whose bound LIMIT
         // changes, so a bound one defeats the statement cache on the hottest read.
-        let sql = format!("SELECT * FROM revisions WHERE deployment_id = ? ORDER BY number DESC LIMIT {}", sql_limit(limit));
+        let sql = format!(
+            "SELECT * FROM revisions WHERE deployment_id = ? ORDER BY number DESC LIMIT {}",
+            sql_limit(limit)
+        );
         let found = sqlx::query(AssertSqlSafe(sql))
             .bind(deployment.0)
             .fetch_all(&self.pool)
@@ -296,7 +323,11 @@ impl Store for SqliteStore {
         found.iter().map(rows::revision).collect()
     }
 
-    async fn find_revision_by_commit(&self, deployment: DeploymentId, commit: &CommitSha) -> StoreResult<Option<Revision>> {
+    async fn find_revision_by_commit(
+        &self,
+        deployment: DeploymentId,
+        commit: &CommitSha,
+    ) -> StoreResult<Option<Revision>> {
         let row = sqlx::query("SELECT * FROM revisions WHERE deployment_id = ? AND commit_sha = ? ORDER BY number DESC LIMIT 1")
             .bind(deployment.0)
             .bind(commit.as_str())
@@ -306,7 +337,10 @@ impl Store for SqliteStore {
         row.as_ref().map(rows::revision).transpose()
     }
 
-    async fn revisions_with_status(&self, statuses: &[RevisionStatus]) -> StoreResult<Vec<Revision>> {
+    async fn revisions_with_status(
+        &self,
+        statuses: &[RevisionStatus],
+    ) -> StoreResult<Vec<Revision>> {
         if statuses.is_empty() {
             return Ok(Vec::new());
         }
@@ -316,7 +350,8 @@ impl Store for SqliteStore {
             list.push_bind(status.as_str());
         }
         query.push(") ORDER BY queued_at, id");
-        let found = query.build().fetch_all(&self.pool).await.map_err(translate("revisions by status"))?;
+        let found =
+            query.build().fetch_all(&self.pool).await.map_err(translate("revisions by status"))?;
         found.iter().map(rows::revision).collect()
     }
 
@@ -432,11 +467,11 @@ impl Store for SqliteStore {
             sql_limit(limit)
         );
         let found = sqlx::query(AssertSqlSafe(sql))
-        .bind(deployment.0)
-        .bind(asset.map(AssetKey::as_str))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(translate("materializations"))?;
+            .bind(deployment.0)
+            .bind(asset.map(AssetKey::as_str))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(translate("materializations"))?;
         found.iter().map(rows::materialization).collect()
     }
 
@@ -479,7 +514,10 @@ impl Store for SqliteStore {
 }
 
 /// The writes of one lifecycle decision, inside the transaction that bumped the version.
-async fn apply_in(connection: &mut SqliteConnection, write: &LifecycleWrite) -> StoreResult<(Vec<Revision>, Vec<Run>)> {
+async fn apply_in(
+    connection: &mut SqliteConnection,
+    write: &LifecycleWrite,
+) -> StoreResult<(Vec<Revision>, Vec<Run>)> {
     let deployment = write.deployment.0;
     let now = write.now;
     let mut revisions = Vec::with_capacity(write.new_revisions.len());
@@ -625,24 +663,37 @@ async fn apply_in(connection: &mut SqliteConnection, write: &LifecycleWrite) -> 
             "DELETE FROM deployments WHERE id = ?",
         ];
         for statement in children {
-            sqlx::query(statement).bind(deployment).execute(&mut *connection).await.map_err(translate("the deletion"))?;
+            sqlx::query(statement)
+                .bind(deployment)
+                .execute(&mut *connection)
+                .await
+                .map_err(translate("the deletion"))?;
         }
     }
     Ok((revisions, runs))
 }
 
-async fn revision_id(connection: &mut SqliteConnection, deployment: i64, number: u32) -> StoreResult<i64> {
+async fn revision_id(
+    connection: &mut SqliteConnection,
+    deployment: i64,
+    number: u32,
+) -> StoreResult<i64> {
     sqlx::query_scalar("SELECT id FROM revisions WHERE deployment_id = ? AND number = ?")
         .bind(deployment)
         .bind(i64::from(number))
         .fetch_optional(&mut *connection)
         .await
         .map_err(translate("a revision by number"))?
-        .ok_or_else(|| StoreError::NotFound(format!("revision {number} of deployment {deployment}")))
+        .ok_or_else(|| {
+            StoreError::NotFound(format!("revision {number} of deployment {deployment}"))
+        })
 }
 
 /// The deployment patch: one statement, every field either its new value or left as it is.
-async fn patch_deployment(connection: &mut SqliteConnection, write: &LifecycleWrite) -> StoreResult<()> {
+async fn patch_deployment(
+    connection: &mut SqliteConnection,
+    write: &LifecycleWrite,
+) -> StoreResult<()> {
     let deployment = write.deployment.0;
     let patch = &write.deployment_patch;
     let head = match patch.head {
@@ -706,7 +757,8 @@ mod tests {
     /// Per-connection settings, which a second connection to the file cannot see.
     #[tokio::test]
     async fn connections_are_durable_and_check_foreign_keys() {
-        let path = std::env::temp_dir().join(format!("offshoot-store-sqlite-{}-pragmas.db", std::process::id()));
+        let path = std::env::temp_dir()
+            .join(format!("offshoot-store-sqlite-{}-pragmas.db", std::process::id()));
         let store = SqliteStore::open(&path).await.expect("open a new database");
         let pragma = |name: &'static str| sqlx::query_scalar::<_, i64>(name).fetch_one(&store.pool);
         assert_eq!(pragma("PRAGMA synchronous").await.expect("synchronous"), 2, "FULL");

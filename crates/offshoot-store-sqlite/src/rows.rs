@@ -2,7 +2,9 @@
 //! `offshoot_store::rows`, so no sqlx type leaves this crate.
 
 use offshoot_store::rows::{self, Columns};
-use offshoot_store::{Deployment, Materialization, Revision, Run, RunStep, StoreError, StoreResult};
+use offshoot_store::{
+    Deployment, Materialization, Revision, Run, RunStep, StoreError, StoreResult,
+};
 use sqlx::sqlite::{Sqlite, SqliteRow};
 use sqlx::{Decode, Row as _, Type};
 
@@ -13,7 +15,9 @@ impl Row<'_> {
     where
         T: Decode<'r, Sqlite> + Type<Sqlite>,
     {
-        self.0.try_get(column).map_err(|error| StoreError::Backend(format!("reading column {column}: {error}")))
+        self.0
+            .try_get(column)
+            .map_err(|error| StoreError::Backend(format!("reading column {column}: {error}")))
     }
 }
 

@@ -3,9 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use offshoot_core::{AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, RepositoryName, RevisionStatus};
+use offshoot_core::{
+    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, RepositoryName, RevisionStatus,
+};
 use offshoot_store::{
-    Applied, CommitDetails, Deployment, DeploymentPatch, LifecycleWrite, NewDeployment, NewRevision, NewRun, Store, StoreError,
+    Applied, CommitDetails, Deployment, DeploymentPatch, LifecycleWrite, NewDeployment,
+    NewRevision, NewRun, Store, StoreError,
 };
 use offshoot_store_sqlite::SqliteStore;
 use sqlx::{Connection, SqliteConnection};
@@ -18,7 +21,8 @@ struct TempDatabase {
 
 impl TempDatabase {
     fn new(test: &str) -> TempDatabase {
-        let path = std::env::temp_dir().join(format!("offshoot-store-sqlite-{}-{test}.db", std::process::id()));
+        let path = std::env::temp_dir()
+            .join(format!("offshoot-store-sqlite-{}-{test}.db", std::process::id()));
         let database = TempDatabase { path };
         database.remove();
         database
@@ -58,14 +62,25 @@ async fn data_survives_reopening_the_file() {
     let repository = RepositoryName::new("shop").expect("valid");
 
     let store = SqliteStore::open(database.path()).await.expect("open a new database");
-    let deployment = store.ensure_deployment(new_deployment(&repository, "feature-1")).await.expect("create");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repository, "feature-1")).await.expect("create");
     let write = LifecycleWrite {
         new_revisions: vec![queued(1, 1)],
-        new_runs: vec![NewRun { revision: 1, selection: "*".to_owned(), steps: steps(&["orders", "revenue"]) }],
-        deployment_patch: DeploymentPatch { head: Some(1), pushed: true, ..DeploymentPatch::default() },
+        new_runs: vec![NewRun {
+            revision: 1,
+            selection: "*".to_owned(),
+            steps: steps(&["orders", "revenue"]),
+        }],
+        deployment_patch: DeploymentPatch {
+            head: Some(1),
+            pushed: true,
+            ..DeploymentPatch::default()
+        },
         ..write_on(&deployment, 2_000)
     };
-    let Applied::Done { revisions, runs, .. } = store.apply(write).await.expect("apply") else { panic!("nothing else writes") };
+    let Applied::Done { revisions, runs, .. } = store.apply(write).await.expect("apply") else {
+        panic!("nothing else writes")
+    };
     let (revision, run) = (revisions[0].clone(), runs[0].clone());
     let listed_steps = store.list_steps(run.id).await.expect("list steps");
     store.append_step_log(listed_steps[0].id, "built orders\n").await.expect("append log");
@@ -75,13 +90,19 @@ async fn data_survives_reopening_the_file() {
 
     // Opening again runs the (already applied) migrations again: that must change nothing.
     let store = SqliteStore::open(database.path()).await.expect("reopen");
-    assert_eq!(store.find_deployment_by_branch(&repository, &deployment.branch).await.expect("find"), Some(deployment.clone()));
+    assert_eq!(
+        store.find_deployment_by_branch(&repository, &deployment.branch).await.expect("find"),
+        Some(deployment.clone())
+    );
     assert_eq!(store.get_revision(revision.id).await.expect("get revision"), revision);
     assert_eq!(store.get_run(run.id).await.expect("get run"), run);
     assert_eq!(store.list_steps(run.id).await.expect("list steps"), listed_steps);
     let next = LifecycleWrite { new_revisions: vec![queued(2, 2)], ..write_on(&deployment, 4_000) };
     let applied = store.apply(next).await.expect("apply after reopening");
-    assert!(matches!(applied, Applied::Done { version: 2, .. }), "the version read before closing still applies: {applied:?}");
+    assert!(
+        matches!(applied, Applied::Done { version: 2, .. }),
+        "the version read before closing still applies: {applied:?}"
+    );
     store.close().await;
 }
 
@@ -94,8 +115,12 @@ async fn the_database_file_is_created_in_wal_mode() {
 
     // WAL is recorded in the file itself, so a connection of our own sees it.
     let url = format!("sqlite://{}", database.path().display());
-    let mut connection = SqliteConnection::connect(&url).await.expect("connect to the store's file");
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut connection).await.expect("read the journal mode");
+    let mut connection =
+        SqliteConnection::connect(&url).await.expect("connect to the store's file");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut connection)
+        .await
+        .expect("read the journal mode");
     assert_eq!(mode, "wal");
     connection.close().await.expect("close our connection");
     store.close().await;
@@ -103,7 +128,9 @@ async fn the_database_file_is_created_in_wal_mode() {
 
 #[tokio::test]
 async fn a_database_in_a_missing_directory_is_a_backend_error() {
-    let path = std::env::temp_dir().join(format!("offshoot-store-sqlite-{}-missing", std::process::id())).join("store.db");
+    let path = std::env::temp_dir()
+        .join(format!("offshoot-store-sqlite-{}-missing", std::process::id()))
+        .join("store.db");
     let result = SqliteStore::open(&path).await;
     assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
 }
@@ -116,7 +143,8 @@ async fn concurrent_writers_wait_for_each_other() {
     let database = TempDatabase::new("concurrent");
     let store = SqliteStore::open(database.path()).await.expect("open a new database");
     let repository = RepositoryName::new("shop").expect("valid");
-    let deployment = store.ensure_deployment(new_deployment(&repository, "busy")).await.expect("create");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repository, "busy")).await.expect("create");
 
     let mut tasks = Vec::new();
     for i in 0..16_u32 {
@@ -128,16 +156,28 @@ async fn concurrent_writers_wait_for_each_other() {
                 let write = LifecycleWrite {
                     version: record.deployment.version,
                     new_revisions: vec![queued(number, i)],
-                    new_runs: vec![NewRun { revision: number, selection: "*".to_owned(), steps: steps(&["a", "b"]) }],
-                    deployment_patch: DeploymentPatch { head: Some(number), ..DeploymentPatch::default() },
+                    new_runs: vec![NewRun {
+                        revision: number,
+                        selection: "*".to_owned(),
+                        steps: steps(&["a", "b"]),
+                    }],
+                    deployment_patch: DeploymentPatch {
+                        head: Some(number),
+                        ..DeploymentPatch::default()
+                    },
                     ..write_on(&record.deployment, 2_000)
                 };
-                let Applied::Done { runs, .. } = store.apply(write).await.expect("a busy database waits, never fails") else {
+                let Applied::Done { runs, .. } =
+                    store.apply(write).await.expect("a busy database waits, never fails")
+                else {
                     continue;
                 };
                 let listed = store.list_steps(runs[0].id).await.expect("list steps");
                 for line in 0..5 {
-                    store.append_step_log(listed[0].id, &format!("{line}\n")).await.expect("append");
+                    store
+                        .append_step_log(listed[0].id, &format!("{line}\n"))
+                        .await
+                        .expect("append");
                 }
                 return number;
             }
@@ -149,7 +189,11 @@ async fn concurrent_writers_wait_for_each_other() {
     }
     numbers.sort_unstable();
     assert_eq!(numbers, (1..=16).collect::<Vec<u32>>(), "every push got its own number");
-    assert_eq!(store.get_deployment(deployment.id).await.expect("get").version, 16, "one version per push");
+    assert_eq!(
+        store.get_deployment(deployment.id).await.expect("get").version,
+        16,
+        "one version per push"
+    );
     store.close().await;
 }
 

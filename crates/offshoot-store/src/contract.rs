@@ -36,14 +36,16 @@ use std::task::Poll;
 
 use offshoot_core::lifecycle::StepsEnd;
 use offshoot_core::{
-    deployment_name_for_branch, AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, PullRequestStatus,
-    RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis,
+    deployment_name_for_branch, AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName,
+    DeploymentStatus, PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, StepStatus,
+    UnixMillis,
 };
 
 use crate::{
-    Applied, CommitDetails, DeployOutput, Deployment, DeploymentFilter, DeploymentId, DeploymentPatch, Intake, IntakeId, Lease,
-    LifecycleWrite, Materialization, NewDeployment, NewIntake, NewRevision, NewRun, PullRequest, Revision, RevisionPatch, Run, RunFilter,
-    RunId, RunPatch, RunStep, StepId, Store, StoreError, StoreResult, Teardown,
+    Applied, CommitDetails, DeployOutput, Deployment, DeploymentFilter, DeploymentId,
+    DeploymentPatch, Intake, IntakeId, Lease, LifecycleWrite, Materialization, NewDeployment,
+    NewIntake, NewRevision, NewRun, PullRequest, Revision, RevisionPatch, Run, RunFilter, RunId,
+    RunPatch, RunStep, StepId, Store, StoreError, StoreResult, Teardown,
 };
 
 /// Runs every story of the contract, one after the other, on one store.
@@ -78,7 +80,10 @@ pub async fn deployments_are_ensured_and_found(store: &dyn Store) {
     let repo = repository("contract-create");
     let other_repo = repository("contract-create-2");
 
-    let new_prod = NewDeployment { kind: DeploymentKind::Production, ..new_deployment(&repo, "prod", "main", 1_000) };
+    let new_prod = NewDeployment {
+        kind: DeploymentKind::Production,
+        ..new_deployment(&repo, "prod", "main", 1_000)
+    };
     let prod = store.ensure_deployment(new_prod).await.expect("create prod");
     assert_eq!(
         prod,
@@ -118,26 +123,48 @@ pub async fn deployments_are_ensured_and_found(store: &dyn Store) {
     let feature = store.ensure_deployment(new_feature.clone()).await.expect("create feature-1");
     assert_ne!(feature.id, prod.id, "each deployment gets its own id");
     assert_eq!(feature.pull_request, new_feature.pull_request, "the pull request is stored");
-    assert_eq!(feature.base_deployment, new_feature.base_deployment, "the base deployment is stored");
+    assert_eq!(
+        feature.base_deployment, new_feature.base_deployment,
+        "the base deployment is stored"
+    );
     assert_eq!(feature.kind, DeploymentKind::Branch);
 
-    assert_eq!(store.get_deployment(prod.id).await.expect("get prod"), prod, "get returns what ensure returned");
-    assert_eq!(store.get_deployment(feature.id).await.expect("get feature"), feature, "get returns what ensure returned");
+    assert_eq!(
+        store.get_deployment(prod.id).await.expect("get prod"),
+        prod,
+        "get returns what ensure returned"
+    );
+    assert_eq!(
+        store.get_deployment(feature.id).await.expect("get feature"),
+        feature,
+        "get returns what ensure returned"
+    );
 
     let found = store.find_deployment(&repo, &name("feature-1")).await.expect("find by name");
     assert_eq!(found.as_ref(), Some(&feature), "find by (repository, name)");
     let found = store.find_deployment(&repo, &name("feature-2")).await.expect("find unknown name");
     assert_eq!(found, None, "an unknown name finds nothing");
-    let found = store.find_deployment(&other_repo, &name("feature-1")).await.expect("find in other repository");
+    let found = store
+        .find_deployment(&other_repo, &name("feature-1"))
+        .await
+        .expect("find in other repository");
     assert_eq!(found, None, "names are scoped by repository");
 
-    let found = store.find_deployment_by_branch(&repo, &branch("feature/1")).await.expect("find by branch");
+    let found =
+        store.find_deployment_by_branch(&repo, &branch("feature/1")).await.expect("find by branch");
     assert_eq!(found.as_ref(), Some(&feature), "find by (repository, branch)");
-    let found = store.find_deployment_by_branch(&repo, &branch("main")).await.expect("find prod by branch");
+    let found =
+        store.find_deployment_by_branch(&repo, &branch("main")).await.expect("find prod by branch");
     assert_eq!(found.as_ref(), Some(&prod), "find by (repository, branch)");
-    let found = store.find_deployment_by_branch(&repo, &branch("Feature/1")).await.expect("find other case");
+    let found = store
+        .find_deployment_by_branch(&repo, &branch("Feature/1"))
+        .await
+        .expect("find other case");
     assert_eq!(found, None, "branch comparison is case-sensitive");
-    let found = store.find_deployment_by_branch(&other_repo, &branch("feature/1")).await.expect("find in other repository");
+    let found = store
+        .find_deployment_by_branch(&other_repo, &branch("feature/1"))
+        .await
+        .expect("find in other repository");
     assert_eq!(found, None, "branches are scoped by repository");
 }
 
@@ -147,25 +174,45 @@ pub async fn ensuring_a_deployment_is_an_upsert_by_branch(store: &dyn Store) {
     let repo = repository("contract-ensure");
     let other_repo = repository("contract-ensure-2");
 
-    let first = store.ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create");
+    let first = store
+        .ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000))
+        .await
+        .expect("create");
     let later = NewDeployment {
-        pull_request: Some(PullRequest { id: "9".to_owned(), url: "https://git.example/9".to_owned(), status: PullRequestStatus::Open }),
+        pull_request: Some(PullRequest {
+            id: "9".to_owned(),
+            url: "https://git.example/9".to_owned(),
+            status: PullRequestStatus::Open,
+        }),
         base_deployment: Some(name("staging")),
         ..new_deployment(&repo, "feature-1", "feature/1", 2_000)
     };
     let again = store.ensure_deployment(later).await.expect("ensure the same branch again");
-    assert_eq!(again, first, "the branch's deployment is returned as it is: same id, nothing overwritten");
+    assert_eq!(
+        again, first,
+        "the branch's deployment is returned as it is: same id, nothing overwritten"
+    );
 
     let renamed = store
         .ensure_deployment(new_deployment(&repo, "feature-1-2", "feature/1", 3_000))
         .await
         .expect("ensure the branch under another name");
-    assert_eq!(renamed, first, "the deployment is the branch's, whatever name the caller would have picked");
+    assert_eq!(
+        renamed, first,
+        "the deployment is the branch's, whatever name the caller would have picked"
+    );
 
-    let taken = store.ensure_deployment(new_deployment(&repo, "feature-1", "feature/other", 4_000)).await;
+    let taken =
+        store.ensure_deployment(new_deployment(&repo, "feature-1", "feature/other", 4_000)).await;
     assert_conflict(taken, "a new branch asking for a name another branch's deployment has");
-    let production = NewDeployment { kind: DeploymentKind::Production, ..new_deployment(&repo, "prod", "feature/1", 4_000) };
-    assert_conflict(store.ensure_deployment(production).await, "the branch already has a deployment of another kind");
+    let production = NewDeployment {
+        kind: DeploymentKind::Production,
+        ..new_deployment(&repo, "prod", "feature/1", 4_000)
+    };
+    assert_conflict(
+        store.ensure_deployment(production).await,
+        "the branch already has a deployment of another kind",
+    );
 
     let elsewhere = store
         .ensure_deployment(new_deployment(&other_repo, "feature-1", "feature/1", 5_000))
@@ -183,37 +230,79 @@ pub async fn deployments_are_listed_production_first_then_by_name(store: &dyn St
 
     // Created out of order, and "a-feature" sorts before "prod" by name, "branch" before
     // "production" by kind text: only an explicit "production first" gets this right.
-    let b = store.ensure_deployment(new_deployment(&repo, "b-feature", "b", 1_000)).await.expect("create b");
+    let b = store
+        .ensure_deployment(new_deployment(&repo, "b-feature", "b", 1_000))
+        .await
+        .expect("create b");
     let prod = store
-        .ensure_deployment(NewDeployment { kind: DeploymentKind::Production, ..new_deployment(&repo, "prod", "main", 2_000) })
+        .ensure_deployment(NewDeployment {
+            kind: DeploymentKind::Production,
+            ..new_deployment(&repo, "prod", "main", 2_000)
+        })
         .await
         .expect("create prod");
-    let a = store.ensure_deployment(new_deployment(&repo, "a-feature", "a", 3_000)).await.expect("create a");
-    let c = store.ensure_deployment(new_deployment(&repo, "c-closed", "c", 4_000)).await.expect("create c");
+    let a = store
+        .ensure_deployment(new_deployment(&repo, "a-feature", "a", 3_000))
+        .await
+        .expect("create a");
+    let c = store
+        .ensure_deployment(new_deployment(&repo, "c-closed", "c", 4_000))
+        .await
+        .expect("create c");
     let close = DeploymentPatch {
         status: Some(DeploymentStatus::Closed),
         close_reason: Some("pull request merged".to_owned()),
         ..DeploymentPatch::default()
     };
-    apply_now(store, LifecycleWrite { deployment_patch: close, ..change(c.id, 5_000) }, "close c").await;
+    apply_now(store, LifecycleWrite { deployment_patch: close, ..change(c.id, 5_000) }, "close c")
+        .await;
     let c = store.get_deployment(c.id).await.expect("get c");
-    let other = store.ensure_deployment(new_deployment(&other_repo, "a-feature", "a", 6_000)).await.expect("create other");
+    let other = store
+        .ensure_deployment(new_deployment(&other_repo, "a-feature", "a", 6_000))
+        .await
+        .expect("create other");
 
-    let open =
-        store.list_deployments(&DeploymentFilter { repository: Some(repo.clone()), include_closed: false }).await.expect("list open");
-    assert_eq!(ids(&open), [prod.id, a.id, b.id], "production first, then by name; closed ones left out");
+    let open = store
+        .list_deployments(&DeploymentFilter {
+            repository: Some(repo.clone()),
+            include_closed: false,
+        })
+        .await
+        .expect("list open");
+    assert_eq!(
+        ids(&open),
+        [prod.id, a.id, b.id],
+        "production first, then by name; closed ones left out"
+    );
     let all = store.list_deployments(&including_closed(&repo)).await.expect("list all");
     assert_eq!(ids(&all), [prod.id, a.id, b.id, c.id], "closed ones included on request");
     assert_eq!(all[3], c, "listed rows are whole rows");
 
-    let everywhere = store.list_deployments(&DeploymentFilter { repository: None, include_closed: false }).await.expect("list everywhere");
-    let ours: Vec<DeploymentId> = everywhere.iter().filter(|d| d.repository == repo || d.repository == other_repo).map(|d| d.id).collect();
-    assert_eq!(ours.len(), 4, "without a repository filter every repository's open deployments are listed: {ours:?}");
+    let everywhere = store
+        .list_deployments(&DeploymentFilter { repository: None, include_closed: false })
+        .await
+        .expect("list everywhere");
+    let ours: Vec<DeploymentId> = everywhere
+        .iter()
+        .filter(|d| d.repository == repo || d.repository == other_repo)
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(
+        ours.len(),
+        4,
+        "without a repository filter every repository's open deployments are listed: {ours:?}"
+    );
     for id in [prod.id, a.id, b.id, other.id] {
         assert!(ours.contains(&id), "deployment {id:?} listed without a repository filter");
     }
-    assert!(!ours.contains(&c.id), "closed deployments are left out without a repository filter too");
-    let first_branch = everywhere.iter().position(|d| d.kind == DeploymentKind::Branch).unwrap_or(everywhere.len());
+    assert!(
+        !ours.contains(&c.id),
+        "closed deployments are left out without a repository filter too"
+    );
+    let first_branch = everywhere
+        .iter()
+        .position(|d| d.kind == DeploymentKind::Branch)
+        .unwrap_or(everywhere.len());
     assert!(
         everywhere[first_branch..].iter().all(|d| d.kind == DeploymentKind::Branch),
         "production deployments come first across repositories too"
@@ -227,20 +316,34 @@ type Expectation = Box<dyn Fn(&mut Deployment, UnixMillis)>;
 /// `updated_at` (the write's now).
 pub async fn deployment_patches_change_exactly_the_fields_they_name(store: &dyn Store) {
     let repo = repository("contract-patch");
-    let created = store.ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create");
+    let created = store
+        .ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000))
+        .await
+        .expect("create");
     let inserted = apply_now(
         store,
-        LifecycleWrite { new_revisions: vec![queued(1, 1), queued(2, 2)], ..change(created.id, 1_500) },
+        LifecycleWrite {
+            new_revisions: vec![queued(1, 1), queued(2, 2)],
+            ..change(created.id, 1_500)
+        },
         "insert revisions 1 and 2",
     )
     .await
     .revisions;
     let (first, second) = (inserted[0].id, inserted[1].id);
-    let merged = PullRequest { id: "42".to_owned(), url: "https://git.example/pull/42".to_owned(), status: PullRequestStatus::Merged };
+    let merged = PullRequest {
+        id: "42".to_owned(),
+        url: "https://git.example/pull/42".to_owned(),
+        status: PullRequestStatus::Merged,
+    };
     let lease = Lease { owner: "contract-patch-server".to_owned(), until: 99_000 };
 
     let stories: Vec<(&str, DeploymentPatch, Expectation)> = vec![
-        ("an empty patch changes only the version and updated_at", DeploymentPatch::default(), Box::new(|_, _| {})),
+        (
+            "an empty patch changes only the version and updated_at",
+            DeploymentPatch::default(),
+            Box::new(|_, _| {}),
+        ),
         (
             "pushed sets last_push_at to now",
             DeploymentPatch { pushed: true, ..DeploymentPatch::default() },
@@ -256,7 +359,10 @@ pub async fn deployment_patches_change_exactly_the_fields_they_name(store: &dyn 
         ),
         (
             "a base deployment is set",
-            DeploymentPatch { base_deployment: Some(Some(name("staging"))), ..DeploymentPatch::default() },
+            DeploymentPatch {
+                base_deployment: Some(Some(name("staging"))),
+                ..DeploymentPatch::default()
+            },
             Box::new(|d, _| d.base_deployment = Some(name("staging"))),
         ),
         (
@@ -281,7 +387,12 @@ pub async fn deployment_patches_change_exactly_the_fields_they_name(store: &dyn 
         ),
         (
             "several fields at once",
-            DeploymentPatch { head: Some(1), serving: Some(Some(2)), pushed: true, ..DeploymentPatch::default() },
+            DeploymentPatch {
+                head: Some(1),
+                serving: Some(Some(2)),
+                pushed: true,
+                ..DeploymentPatch::default()
+            },
             Box::new(move |d, now| {
                 d.head_revision = Some(first);
                 d.current_revision = Some(second);
@@ -313,7 +424,10 @@ pub async fn deployment_patches_change_exactly_the_fields_they_name(store: &dyn 
         ),
         (
             "a teardown runs under a lease",
-            DeploymentPatch { teardown: Some(Teardown::Running(lease.clone())), ..DeploymentPatch::default() },
+            DeploymentPatch {
+                teardown: Some(Teardown::Running(lease.clone())),
+                ..DeploymentPatch::default()
+            },
             Box::new({
                 let lease = lease.clone();
                 move |d, _| d.teardown = Teardown::Running(lease.clone())
@@ -338,35 +452,68 @@ pub async fn deployment_patches_change_exactly_the_fields_they_name(store: &dyn 
             DeploymentPatch { delete_requested: true, ..DeploymentPatch::default() },
             Box::new(|d, _| d.delete_requested = true),
         ),
-        ("a patch that does not name the delete request never withdraws it", DeploymentPatch::default(), Box::new(|_, _| {})),
+        (
+            "a patch that does not name the delete request never withdraws it",
+            DeploymentPatch::default(),
+            Box::new(|_, _| {}),
+        ),
     ];
 
     for (step, (story, patch, expectation)) in stories.into_iter().enumerate() {
         let now = 10_000 + 1_000 * step as UnixMillis;
         let before = store.get_deployment(created.id).await.expect("get before the patch");
-        let written = apply_now(store, LifecycleWrite { deployment_patch: patch, ..change(created.id, now) }, story).await;
+        let written = apply_now(
+            store,
+            LifecycleWrite { deployment_patch: patch, ..change(created.id, now) },
+            story,
+        )
+        .await;
         let mut expected = Deployment { version: before.version + 1, updated_at: now, ..before };
         expectation(&mut expected, now);
         assert_eq!(written.version, expected.version, "{story}: Done carries the new version");
-        assert_eq!((written.revisions, written.runs), (vec![], vec![]), "{story}: a patch inserts nothing");
-        assert_eq!(store.get_deployment(created.id).await.expect("get after the patch"), expected, "{story}");
+        assert_eq!(
+            (written.revisions, written.runs),
+            (vec![], vec![]),
+            "{story}: a patch inserts nothing"
+        );
+        assert_eq!(
+            store.get_deployment(created.id).await.expect("get after the patch"),
+            expected,
+            "{story}"
+        );
     }
     let found = store.find_deployment(&repo, &name("feature-1")).await.expect("find");
-    assert_eq!(found, Some(store.get_deployment(created.id).await.expect("get")), "find sees the patches");
+    assert_eq!(
+        found,
+        Some(store.get_deployment(created.id).await.expect("get")),
+        "find sees the patches"
+    );
 }
 
 pub async fn pinning_is_a_lifecycle_change(store: &dyn Store) {
     let repo = repository("contract-pin");
-    let created = store.ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create");
+    let created = store
+        .ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000))
+        .await
+        .expect("create");
 
     store.set_pinned(created.id, true, 2_000).await.expect("pin");
     let pinned = store.get_deployment(created.id).await.expect("get");
-    assert_eq!(pinned, Deployment { pinned: true, version: 1, updated_at: 2_000, ..created.clone() }, "pinning bumps the version");
+    assert_eq!(
+        pinned,
+        Deployment { pinned: true, version: 1, updated_at: 2_000, ..created.clone() },
+        "pinning bumps the version"
+    );
     store.set_pinned(created.id, false, 3_000).await.expect("unpin");
     let unpinned = store.get_deployment(created.id).await.expect("get");
-    assert_eq!(unpinned, Deployment { pinned: false, version: 2, updated_at: 3_000, ..created.clone() }, "so does unpinning");
+    assert_eq!(
+        unpinned,
+        Deployment { pinned: false, version: 2, updated_at: 3_000, ..created.clone() },
+        "so does unpinning"
+    );
 
-    let read_before_pinning = LifecycleWrite { deployment_patch: pushed(), ..change(created.id, 4_000) };
+    let read_before_pinning =
+        LifecycleWrite { deployment_patch: pushed(), ..change(created.id, 4_000) };
     let read_before_pinning = LifecycleWrite { version: 1, ..read_before_pinning };
     assert_eq!(
         store.apply(read_before_pinning).await.expect("apply a write read before the unpin"),
@@ -379,14 +526,21 @@ pub async fn pinning_is_a_lifecycle_change(store: &dyn Store) {
 /// is stale and writes nothing.
 pub async fn a_write_applies_only_on_the_version_it_read(store: &dyn Store) {
     let repo = repository("contract-cas");
-    let created = store.ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000)).await.expect("create");
+    let created = store
+        .ensure_deployment(new_deployment(&repo, "feature-1", "feature/1", 1_000))
+        .await
+        .expect("create");
     let read = store.lifecycle(created.id).await.expect("read the lifecycle");
     let version = read.deployment.version;
 
     let first = LifecycleWrite {
         version,
         new_revisions: vec![queued(1, 1)],
-        deployment_patch: DeploymentPatch { head: Some(1), pushed: true, ..DeploymentPatch::default() },
+        deployment_patch: DeploymentPatch {
+            head: Some(1),
+            pushed: true,
+            ..DeploymentPatch::default()
+        },
         ..change(created.id, 2_000)
     };
     let second = LifecycleWrite {
@@ -403,7 +557,9 @@ pub async fn a_write_applies_only_on_the_version_it_read(store: &dyn Store) {
         ..change(created.id, 3_000)
     };
 
-    let Applied::Done { version: new_version, revisions, .. } = store.apply(first).await.expect("apply the first write") else {
+    let Applied::Done { version: new_version, revisions, .. } =
+        store.apply(first).await.expect("apply the first write")
+    else {
         panic!("the first write on a version applies");
     };
     assert_eq!(new_version, version + 1, "an applied write bumps the version by one");
@@ -411,12 +567,32 @@ pub async fn a_write_applies_only_on_the_version_it_read(store: &dyn Store) {
     assert_eq!(after_first.version, version + 1);
     assert_eq!(after_first.head_revision, Some(revisions[0].id));
 
-    assert_eq!(store.apply(second).await.expect("apply the second write"), Applied::Stale, "the second write on a version is stale");
-    assert_eq!(store.get_deployment(created.id).await.expect("get"), after_first, "a stale write changes nothing, not even the version");
-    assert_eq!(store.list_revisions(created.id, 0).await.expect("list"), revisions, "a stale write inserts nothing");
+    assert_eq!(
+        store.apply(second).await.expect("apply the second write"),
+        Applied::Stale,
+        "the second write on a version is stale"
+    );
+    assert_eq!(
+        store.get_deployment(created.id).await.expect("get"),
+        after_first,
+        "a stale write changes nothing, not even the version"
+    );
+    assert_eq!(
+        store.list_revisions(created.id, 0).await.expect("list"),
+        revisions,
+        "a stale write inserts nothing"
+    );
 
-    let ahead = LifecycleWrite { version: version + 5, deployment_patch: pushed(), ..change(created.id, 4_000) };
-    assert_eq!(store.apply(ahead).await.expect("apply a write on a future version"), Applied::Stale, "only the exact version applies");
+    let ahead = LifecycleWrite {
+        version: version + 5,
+        deployment_patch: pushed(),
+        ..change(created.id, 4_000)
+    };
+    assert_eq!(
+        store.apply(ahead).await.expect("apply a write on a future version"),
+        Applied::Stale,
+        "only the exact version applies"
+    );
     assert_eq!(store.get_deployment(created.id).await.expect("get"), after_first);
 }
 
@@ -424,37 +600,59 @@ pub async fn a_write_applies_only_on_the_version_it_read(store: &dyn Store) {
 /// refused whole: the rows it inserted before the bad part are gone and the version stays.
 pub async fn a_refused_write_keeps_nothing(store: &dyn Store) {
     let repo = repository("contract-refused");
-    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
-    let other = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let other =
+        store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
     let setup = LifecycleWrite {
         new_revisions: vec![queued(1, 1)],
         new_runs: vec![new_run(1, &["x"])],
-        deployment_patch: DeploymentPatch { head: Some(1), serving: Some(Some(1)), ..DeploymentPatch::default() },
+        deployment_patch: DeploymentPatch {
+            head: Some(1),
+            serving: Some(Some(1)),
+            ..DeploymentPatch::default()
+        },
         ..change(deployment.id, 2_000)
     };
     apply_now(store, setup, "set up a").await;
-    let other_setup = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, &["x"])], ..change(other.id, 2_000) };
+    let other_setup = LifecycleWrite {
+        new_revisions: vec![queued(1, 1)],
+        new_runs: vec![new_run(1, &["x"])],
+        ..change(other.id, 2_000)
+    };
     let other_run = apply_now(store, other_setup, "set up b").await.runs.remove(0);
     let before = store.get_deployment(deployment.id).await.expect("get a");
     let revisions_before = store.list_revisions(deployment.id, 0).await.expect("list revisions");
     let runs_before = list_runs_of(store, deployment.id).await;
-    let other_before = (store.get_deployment(other.id).await.expect("get b"), store.get_run(other_run.id).await.expect("get b's run"));
+    let other_before = (
+        store.get_deployment(other.id).await.expect("get b"),
+        store.get_run(other_run.id).await.expect("get b's run"),
+    );
 
     // Every write inserts a revision and a run and patches the deployment, then breaks one rule.
     let refused: Vec<(&str, LifecycleWrite, Refusal)> = vec![
         (
             "a head with an unknown number",
-            LifecycleWrite { deployment_patch: DeploymentPatch { head: Some(99), ..pushed() }, ..change(deployment.id, 3_000) },
+            LifecycleWrite {
+                deployment_patch: DeploymentPatch { head: Some(99), ..pushed() },
+                ..change(deployment.id, 3_000)
+            },
             is_not_found,
         ),
         (
             "a serving revision with an unknown number",
-            LifecycleWrite { deployment_patch: DeploymentPatch { serving: Some(Some(99)), ..pushed() }, ..change(deployment.id, 3_000) },
+            LifecycleWrite {
+                deployment_patch: DeploymentPatch { serving: Some(Some(99)), ..pushed() },
+                ..change(deployment.id, 3_000)
+            },
             is_not_found,
         ),
         (
             "a patch of an unknown revision number",
-            LifecycleWrite { revisions: vec![revision_to(99, RevisionStatus::Failed)], ..change(deployment.id, 3_000) },
+            LifecycleWrite {
+                revisions: vec![revision_to(99, RevisionStatus::Failed)],
+                ..change(deployment.id, 3_000)
+            },
             is_not_found,
         ),
         (
@@ -464,12 +662,18 @@ pub async fn a_refused_write_keeps_nothing(store: &dyn Store) {
         ),
         (
             "a patch of an unknown run",
-            LifecycleWrite { runs: vec![run_to(RunId(1 << 50), RunStatus::Failed)], ..change(deployment.id, 3_000) },
+            LifecycleWrite {
+                runs: vec![run_to(RunId(1 << 50), RunStatus::Failed)],
+                ..change(deployment.id, 3_000)
+            },
             is_not_found,
         ),
         (
             "a patch of another deployment's run",
-            LifecycleWrite { runs: vec![run_to(other_run.id, RunStatus::Canceled)], ..change(deployment.id, 3_000) },
+            LifecycleWrite {
+                runs: vec![run_to(other_run.id, RunStatus::Canceled)],
+                ..change(deployment.id, 3_000)
+            },
             is_not_found,
         ),
         (
@@ -479,7 +683,10 @@ pub async fn a_refused_write_keeps_nothing(store: &dyn Store) {
         ),
         (
             "the same new number twice",
-            LifecycleWrite { new_revisions: vec![queued(3, 7), queued(3, 8)], ..change(deployment.id, 3_000) },
+            LifecycleWrite {
+                new_revisions: vec![queued(3, 7), queued(3, 8)],
+                ..change(deployment.id, 3_000)
+            },
             is_conflict,
         ),
     ];
@@ -499,40 +706,72 @@ pub async fn a_refused_write_keeps_nothing(store: &dyn Store) {
             before,
             "{story}: the deployment and its version are as before"
         );
-        assert_eq!(store.list_revisions(deployment.id, 0).await.expect("list"), revisions_before, "{story}: no revision was kept");
-        assert_eq!(list_runs_of(store, deployment.id).await, runs_before, "{story}: no run was kept");
-        let other_after = (store.get_deployment(other.id).await.expect("get b"), store.get_run(other_run.id).await.expect("get b's run"));
+        assert_eq!(
+            store.list_revisions(deployment.id, 0).await.expect("list"),
+            revisions_before,
+            "{story}: no revision was kept"
+        );
+        assert_eq!(
+            list_runs_of(store, deployment.id).await,
+            runs_before,
+            "{story}: no run was kept"
+        );
+        let other_after = (
+            store.get_deployment(other.id).await.expect("get b"),
+            store.get_run(other_run.id).await.expect("get b's run"),
+        );
         assert_eq!(other_after, other_before, "{story}: the other deployment is untouched");
     }
 }
 
 pub async fn deleting_a_deployment_removes_its_history(store: &dyn Store) {
     let repo = repository("contract-delete");
-    let doomed = store.ensure_deployment(new_deployment(&repo, "doomed", "doomed", 1_000)).await.expect("create doomed");
-    let kept = store.ensure_deployment(new_deployment(&repo, "kept", "kept", 1_000)).await.expect("create kept");
+    let doomed = store
+        .ensure_deployment(new_deployment(&repo, "doomed", "doomed", 1_000))
+        .await
+        .expect("create doomed");
+    let kept = store
+        .ensure_deployment(new_deployment(&repo, "kept", "kept", 1_000))
+        .await
+        .expect("create kept");
 
     let mut history = Vec::new();
     for deployment in [&doomed, &kept] {
         let write = LifecycleWrite {
             new_revisions: vec![queued(1, 1)],
             new_runs: vec![new_run(1, &["a", "b"])],
-            deployment_patch: DeploymentPatch { head: Some(1), serving: Some(Some(1)), ..DeploymentPatch::default() },
+            deployment_patch: DeploymentPatch {
+                head: Some(1),
+                serving: Some(Some(1)),
+                ..DeploymentPatch::default()
+            },
             ..change(deployment.id, 2_000)
         };
-        let Written { revisions, runs, .. } = apply_now(store, write, "a revision serving and a run").await;
+        let Written { revisions, runs, .. } =
+            apply_now(store, write, "a revision serving and a run").await;
         let (revision, run) = (revisions[0].clone(), runs[0].clone());
         let steps = store.list_steps(run.id).await.expect("list steps");
         store.append_step_log(steps[0].id, "building a\n").await.expect("append log");
-        store.record_materialization(&materialization(deployment.id, run.id, "a", 4_000)).await.expect("record");
+        store
+            .record_materialization(&materialization(deployment.id, run.id, "a", 4_000))
+            .await
+            .expect("record");
         history.push((revision, run, steps));
     }
 
     let stale_delete = LifecycleWrite { version: 0, delete: true, ..change(doomed.id, 4_500) };
-    assert_eq!(store.apply(stale_delete).await.expect("a stale delete"), Applied::Stale, "a delete checks the version too");
+    assert_eq!(
+        store.apply(stale_delete).await.expect("a stale delete"),
+        Applied::Stale,
+        "a delete checks the version too"
+    );
     assert!(store.get_deployment(doomed.id).await.is_ok(), "a stale delete deletes nothing");
 
     let delete = LifecycleWrite {
-        deployment_patch: DeploymentPatch { teardown: Some(Teardown::Done), ..DeploymentPatch::default() },
+        deployment_patch: DeploymentPatch {
+            teardown: Some(Teardown::Done),
+            ..DeploymentPatch::default()
+        },
         delete: true,
         ..change(doomed.id, 5_000)
     };
@@ -543,14 +782,32 @@ pub async fn deleting_a_deployment_removes_its_history(store: &dyn Store) {
     assert_not_found(store.lifecycle(doomed.id).await, "the deleted deployment's lifecycle");
     assert_not_found(store.get_revision(revision.id).await, "a revision of the deleted deployment");
     assert_not_found(store.get_run(run.id).await, "a run of the deleted deployment");
-    assert_eq!(store.list_steps(run.id).await.expect("list steps"), [], "the deleted run's steps are gone");
-    assert_not_found(store.append_step_log(steps[0].id, "late\n").await, "a step of the deleted deployment");
-    assert_eq!(store.list_revisions(doomed.id, 0).await.expect("list revisions"), [], "revisions are gone");
-    assert_eq!(store.list_materializations(doomed.id, None, 0).await.expect("list materializations"), [], "materializations are gone");
+    assert_eq!(
+        store.list_steps(run.id).await.expect("list steps"),
+        [],
+        "the deleted run's steps are gone"
+    );
+    assert_not_found(
+        store.append_step_log(steps[0].id, "late\n").await,
+        "a step of the deleted deployment",
+    );
+    assert_eq!(
+        store.list_revisions(doomed.id, 0).await.expect("list revisions"),
+        [],
+        "revisions are gone"
+    );
+    assert_eq!(
+        store.list_materializations(doomed.id, None, 0).await.expect("list materializations"),
+        [],
+        "materializations are gone"
+    );
     assert_eq!(list_runs_of(store, doomed.id).await, [], "runs are gone");
     assert_eq!(store.find_deployment(&repo, &name("doomed")).await.expect("find"), None);
     let newest = store.newest_revisions().await.expect("newest revisions");
-    assert!(newest.iter().all(|r| r.deployment_id != doomed.id), "no newest revision of a deleted deployment");
+    assert!(
+        newest.iter().all(|r| r.deployment_id != doomed.id),
+        "no newest revision of a deleted deployment"
+    );
     let again = LifecycleWrite { delete: true, ..change(doomed.id, 6_000) };
     assert_not_found(store.apply(again).await, "deleting twice");
 
@@ -566,37 +823,78 @@ pub async fn deleting_a_deployment_removes_its_history(store: &dyn Store) {
     let kept_steps = store.list_steps(run.id).await.expect("list kept steps");
     assert_eq!(kept_steps.len(), steps.len());
     assert_eq!(kept_steps[0].log, "building a\n");
-    assert_eq!(store.list_materializations(kept.id, None, 0).await.expect("list kept materializations").len(), 1);
+    assert_eq!(
+        store
+            .list_materializations(kept.id, None, 0)
+            .await
+            .expect("list kept materializations")
+            .len(),
+        1
+    );
 
     let again = store.ensure_deployment(new_deployment(&repo, "doomed", "doomed", 7_000)).await;
     let again = again.expect("a deleted deployment's name and branch can be used again");
-    assert_eq!((again.version, again.head_revision), (0, None), "a recreated deployment starts afresh");
-    assert_eq!(store.list_revisions(again.id, 0).await.expect("list revisions"), [], "a recreated deployment starts empty");
+    assert_eq!(
+        (again.version, again.head_revision),
+        (0, None),
+        "a recreated deployment starts afresh"
+    );
+    assert_eq!(
+        store.list_revisions(again.id, 0).await.expect("list revisions"),
+        [],
+        "a recreated deployment starts empty"
+    );
 
     // Ids are never reused, even those of the newest rows: a worker holding a stale id must not
     // reach another deployment's data.
-    let newest = store.ensure_deployment(new_deployment(&repo, "newest", "newest", 8_000)).await.expect("create newest");
-    let insert = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, &["a"])], ..change(newest.id, 8_000) };
+    let newest = store
+        .ensure_deployment(new_deployment(&repo, "newest", "newest", 8_000))
+        .await
+        .expect("create newest");
+    let insert = LifecycleWrite {
+        new_revisions: vec![queued(1, 1)],
+        new_runs: vec![new_run(1, &["a"])],
+        ..change(newest.id, 8_000)
+    };
     let newest_rows = apply_now(store, insert, "insert the newest rows").await;
-    apply_now(store, LifecycleWrite { delete: true, ..change(newest.id, 8_500) }, "delete newest").await;
-    let successor = store.ensure_deployment(new_deployment(&repo, "successor", "successor", 9_000)).await.expect("create successor");
-    let insert = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, &["a"])], ..change(successor.id, 9_000) };
+    apply_now(store, LifecycleWrite { delete: true, ..change(newest.id, 8_500) }, "delete newest")
+        .await;
+    let successor = store
+        .ensure_deployment(new_deployment(&repo, "successor", "successor", 9_000))
+        .await
+        .expect("create successor");
+    let insert = LifecycleWrite {
+        new_revisions: vec![queued(1, 1)],
+        new_runs: vec![new_run(1, &["a"])],
+        ..change(successor.id, 9_000)
+    };
     let successor_rows = apply_now(store, insert, "insert the successor's rows").await;
     assert_ne!(successor.id, newest.id, "a deleted deployment's id is not reused");
-    assert_ne!(successor_rows.revisions[0].id, newest_rows.revisions[0].id, "a deleted revision's id is not reused");
-    assert_ne!(successor_rows.runs[0].id, newest_rows.runs[0].id, "a deleted run's id is not reused");
+    assert_ne!(
+        successor_rows.revisions[0].id, newest_rows.revisions[0].id,
+        "a deleted revision's id is not reused"
+    );
+    assert_ne!(
+        successor_rows.runs[0].id, newest_rows.runs[0].id,
+        "a deleted run's id is not reused"
+    );
 }
 
 pub async fn revisions_are_numbered_per_deployment(store: &dyn Store) {
     let repo = repository("contract-revisions");
-    let a = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
-    let b = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
+    let a =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let b =
+        store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
 
     let a1 = insert_revision(store, a.id, queued(1, 1), 2_000).await;
     let b1 = insert_revision(store, b.id, queued(1, 1), 2_100).await;
     let a2 = insert_revision(store, a.id, queued(2, 2), 2_200).await;
-    let superseded =
-        NewRevision { status: RevisionStatus::Superseded, error: Some("a newer commit arrived first".to_owned()), ..queued(3, 3) };
+    let superseded = NewRevision {
+        status: RevisionStatus::Superseded,
+        error: Some("a newer commit arrived first".to_owned()),
+        ..queued(3, 3)
+    };
     let a3 = insert_revision(store, a.id, superseded, 2_300).await;
     assert_eq!([a1.number, a2.number, a3.number], [1, 2, 3], "numbers are the write's");
     assert_eq!(b1.number, 1, "another deployment has its own numbers");
@@ -625,20 +923,35 @@ pub async fn revisions_are_numbered_per_deployment(store: &dyn Store) {
     );
     assert_eq!(a3.status, RevisionStatus::Superseded, "the status given at insertion is kept");
     assert_eq!(a3.error.as_deref(), Some("a newer commit arrived first"));
-    assert_eq!((a3.queued_at, a3.started_at, a3.finished_at), (2_300, None, Some(2_300)), "a revision inserted finished has finished now");
+    assert_eq!(
+        (a3.queued_at, a3.started_at, a3.finished_at),
+        (2_300, None, Some(2_300)),
+        "a revision inserted finished has finished now"
+    );
     for revision in [&a1, &b1, &a2, &a3] {
-        assert_eq!(store.get_revision(revision.id).await.expect("get revision"), *revision, "get returns what apply returned");
+        assert_eq!(
+            store.get_revision(revision.id).await.expect("get revision"),
+            *revision,
+            "get returns what apply returned"
+        );
     }
 
-    let two = LifecycleWrite { new_revisions: vec![queued(3, 3), queued(2, 2)], ..change(b.id, 2_500) };
+    let two =
+        LifecycleWrite { new_revisions: vec![queued(3, 3), queued(2, 2)], ..change(b.id, 2_500) };
     let two = apply_now(store, two, "insert two revisions in one write").await.revisions;
     assert_eq!(numbers(&two), [3, 2], "inserted rows come back in the write's order");
     assert!(two[0].id < two[1].id, "and are inserted in that order");
     assert_eq!(two.iter().map(|r| r.queued_at).collect::<Vec<_>>(), [2_500, 2_500]);
 
     let newest = store.newest_revisions().await.expect("newest revisions");
-    assert!(newest.contains(&a3) && newest.contains(&two[0]), "the newest (highest number) revision of each deployment");
-    assert!(!newest.contains(&a1) && !newest.contains(&a2) && !newest.contains(&two[1]), "lower numbers are not the newest");
+    assert!(
+        newest.contains(&a3) && newest.contains(&two[0]),
+        "the newest (highest number) revision of each deployment"
+    );
+    assert!(
+        !newest.contains(&a1) && !newest.contains(&a2) && !newest.contains(&two[1]),
+        "lower numbers are not the newest"
+    );
 
     let found = store.find_revision_by_commit(a.id, &sha(2)).await.expect("find a2");
     assert_eq!(found.as_ref(), Some(&a2), "find by commit");
@@ -647,9 +960,21 @@ pub async fn revisions_are_numbered_per_deployment(store: &dyn Store) {
     let found = store.find_revision_by_commit(a.id, &sha(99)).await.expect("find unknown");
     assert_eq!(found, None, "an unknown commit finds nothing");
 
-    assert_eq!(numbers(&store.list_revisions(a.id, 0).await.expect("list a")), [3, 2, 1], "newest first");
-    assert_eq!(numbers(&store.list_revisions(a.id, 2).await.expect("list a, 2")), [3, 2], "limit keeps the newest");
-    assert_eq!(numbers(&store.list_revisions(b.id, 0).await.expect("list b")), [3, 2, 1], "only the deployment's own revisions");
+    assert_eq!(
+        numbers(&store.list_revisions(a.id, 0).await.expect("list a")),
+        [3, 2, 1],
+        "newest first"
+    );
+    assert_eq!(
+        numbers(&store.list_revisions(a.id, 2).await.expect("list a, 2")),
+        [3, 2],
+        "limit keeps the newest"
+    );
+    assert_eq!(
+        numbers(&store.list_revisions(b.id, 0).await.expect("list b")),
+        [3, 2, 1],
+        "only the deployment's own revisions"
+    );
 
     // The same commit pushed again (a revert of a force-push) gets a new number; find returns it.
     let a4 = insert_revision(store, a.id, queued(4, 1), 2_400).await;
@@ -661,37 +986,68 @@ pub async fn revisions_are_numbered_per_deployment(store: &dyn Store) {
 /// lease); and queued → deploying → queued again → failed, with errors kept unless replaced.
 pub async fn revision_patches_move_a_revision_through_its_phases(store: &dyn Store) {
     let repo = repository("contract-rev-patch");
-    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
-    let other = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create other");
-    let inserted =
-        apply_now(store, LifecycleWrite { new_revisions: vec![queued(1, 1), queued(2, 2)], ..change(deployment.id, 2_000) }, "insert")
-            .await
-            .revisions;
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let other = store
+        .ensure_deployment(new_deployment(&repo, "b", "b", 1_000))
+        .await
+        .expect("create other");
+    let inserted = apply_now(
+        store,
+        LifecycleWrite {
+            new_revisions: vec![queued(1, 1), queued(2, 2)],
+            ..change(deployment.id, 2_000)
+        },
+        "insert",
+    )
+    .await
+    .revisions;
     let other_revision = insert_revision(store, other.id, queued(1, 1), 2_000).await;
     let server_a = Lease { owner: "contract-rev-patch-a".to_owned(), until: 13_000 };
     let server_b = Lease { owner: "contract-rev-patch-b".to_owned(), until: 14_000 };
 
-    let deploying = RevisionPatch { lease: Some(server_a.clone()), ..revision_to(1, RevisionStatus::Deploying) };
+    let deploying = RevisionPatch {
+        lease: Some(server_a.clone()),
+        ..revision_to(1, RevisionStatus::Deploying)
+    };
     let version = patch_revisions(store, deployment.id, vec![deploying], 3_000).await;
-    let expected =
-        Revision { status: RevisionStatus::Deploying, started_at: Some(3_000), lease: Some(server_a.clone()), ..inserted[0].clone() };
-    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "deploying sets started_at to now and the lease");
+    let expected = Revision {
+        status: RevisionStatus::Deploying,
+        started_at: Some(3_000),
+        lease: Some(server_a.clone()),
+        ..inserted[0].clone()
+    };
+    assert_eq!(
+        store.get_revision(expected.id).await.expect("get"),
+        expected,
+        "deploying sets started_at to now and the lease"
+    );
     assert_eq!(version, 2, "the insert and each patch are one version each");
 
-    let taken_over = RevisionPatch { lease: Some(server_b.clone()), ..revision_to(1, RevisionStatus::Deploying) };
+    let taken_over = RevisionPatch {
+        lease: Some(server_b.clone()),
+        ..revision_to(1, RevisionStatus::Deploying)
+    };
     patch_revisions(store, deployment.id, vec![taken_over], 4_000).await;
     let expected = Revision { started_at: Some(4_000), lease: Some(server_b.clone()), ..expected };
-    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "a take-over replaces the lease and starts again");
+    assert_eq!(
+        store.get_revision(expected.id).await.expect("get"),
+        expected,
+        "a take-over replaces the lease and starts again"
+    );
 
     let output = DeployOutput {
-        diagnostics_json: Some(r#"[{"path":"assets/a.sql","line":1,"column":8,"message":"x","hint":"y"}]"#.to_owned()),
+        diagnostics_json: Some(
+            r#"[{"path":"assets/a.sql","line":1,"column":8,"message":"x","hint":"y"}]"#.to_owned(),
+        ),
         base_commit: Some(sha(7)),
         changes_json: Some(r#"{"changed":["a"],"impacted":[]}"#.to_owned()),
         asset_count: 12,
         changed_count: 3,
         impacted_count: u32::MAX,
     };
-    let ready = RevisionPatch { output: Some(output.clone()), ..revision_to(1, RevisionStatus::Ready) };
+    let ready =
+        RevisionPatch { output: Some(output.clone()), ..revision_to(1, RevisionStatus::Ready) };
     patch_revisions(store, deployment.id, vec![ready], 5_000).await;
     let expected = Revision {
         status: RevisionStatus::Ready,
@@ -709,9 +1065,16 @@ pub async fn revision_patches_move_a_revision_through_its_phases(store: &dyn Sto
         expected,
         "finishing writes the output and finished_at, and keeps the lease it finished under (who deployed it)"
     );
-    assert_eq!(store.get_revision(inserted[1].id).await.expect("get"), inserted[1], "a patch changes only the revision it names");
+    assert_eq!(
+        store.get_revision(inserted[1].id).await.expect("get"),
+        inserted[1],
+        "a patch changes only the revision it names"
+    );
 
-    let cleared = RevisionPatch { output: Some(DeployOutput::default()), ..revision_to(1, RevisionStatus::Ready) };
+    let cleared = RevisionPatch {
+        output: Some(DeployOutput::default()),
+        ..revision_to(1, RevisionStatus::Ready)
+    };
     patch_revisions(store, deployment.id, vec![cleared], 6_000).await;
     let expected = Revision {
         diagnostics_json: None,
@@ -723,13 +1086,23 @@ pub async fn revision_patches_move_a_revision_through_its_phases(store: &dyn Sto
         finished_at: Some(6_000),
         ..expected
     };
-    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "an output's empty fields are cleared, not ignored");
+    assert_eq!(
+        store.get_revision(expected.id).await.expect("get"),
+        expected,
+        "an output's empty fields are cleared, not ignored"
+    );
 
     // Revision 2: deploying, lost its server (queued again), then failed in one write with
     // another deployment's revision 1 untouched.
-    let deploying = RevisionPatch { lease: Some(server_a.clone()), ..revision_to(2, RevisionStatus::Deploying) };
+    let deploying = RevisionPatch {
+        lease: Some(server_a.clone()),
+        ..revision_to(2, RevisionStatus::Deploying)
+    };
     patch_revisions(store, deployment.id, vec![deploying], 7_000).await;
-    let requeued = RevisionPatch { error: Some("its server stopped".to_owned()), ..revision_to(2, RevisionStatus::Queued) };
+    let requeued = RevisionPatch {
+        error: Some("its server stopped".to_owned()),
+        ..revision_to(2, RevisionStatus::Queued)
+    };
     patch_revisions(store, deployment.id, vec![requeued], 8_000).await;
     let expected = Revision {
         status: RevisionStatus::Queued,
@@ -739,11 +1112,18 @@ pub async fn revision_patches_move_a_revision_through_its_phases(store: &dyn Sto
         lease: None,
         ..inserted[1].clone()
     };
-    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "queued again: no lease; started_at is the last start");
+    assert_eq!(
+        store.get_revision(expected.id).await.expect("get"),
+        expected,
+        "queued again: no lease; started_at is the last start"
+    );
 
     let failed = RevisionPatch {
         error: Some("validation failed".to_owned()),
-        output: Some(DeployOutput { diagnostics_json: Some("[]".to_owned()), ..DeployOutput::default() }),
+        output: Some(DeployOutput {
+            diagnostics_json: Some("[]".to_owned()),
+            ..DeployOutput::default()
+        }),
         ..revision_to(2, RevisionStatus::Failed)
     };
     patch_revisions(store, deployment.id, vec![failed], 9_000).await;
@@ -754,29 +1134,51 @@ pub async fn revision_patches_move_a_revision_through_its_phases(store: &dyn Sto
         finished_at: Some(9_000),
         ..expected
     };
-    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "a given error replaces the error");
-    patch_revisions(store, deployment.id, vec![revision_to(2, RevisionStatus::Failed)], 10_000).await;
+    assert_eq!(
+        store.get_revision(expected.id).await.expect("get"),
+        expected,
+        "a given error replaces the error"
+    );
+    patch_revisions(store, deployment.id, vec![revision_to(2, RevisionStatus::Failed)], 10_000)
+        .await;
     let expected = Revision { finished_at: Some(10_000), ..expected };
-    assert_eq!(store.get_revision(expected.id).await.expect("get"), expected, "no error and no output leave both alone");
+    assert_eq!(
+        store.get_revision(expected.id).await.expect("get"),
+        expected,
+        "no error and no output leave both alone"
+    );
 
-    assert_eq!(store.get_revision(other_revision.id).await.expect("get other"), other_revision, "numbers are the write's deployment's");
+    assert_eq!(
+        store.get_revision(other_revision.id).await.expect("get other"),
+        other_revision,
+        "numbers are the write's deployment's"
+    );
     let listed = store.list_revisions(deployment.id, 0).await.expect("list");
     assert_eq!(listed[0], expected, "list sees the patches");
 }
 
 pub async fn revisions_with_status_are_oldest_first_across_deployments(store: &dyn Store) {
     let repo = repository("contract-queue");
-    let a = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
-    let b = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
+    let a =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let b =
+        store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
 
     let a1 = insert_revision(store, a.id, queued(1, 1), 10_000).await;
     let b1 = insert_revision(store, b.id, queued(1, 1), 10_001).await;
     let a2 = insert_revision(store, a.id, queued(2, 2), 10_002).await;
-    let b2 = insert_revision(store, b.id, NewRevision { status: RevisionStatus::Superseded, ..queued(2, 2) }, 10_003).await;
+    let b2 = insert_revision(
+        store,
+        b.id,
+        NewRevision { status: RevisionStatus::Superseded, ..queued(2, 2) },
+        10_003,
+    )
+    .await;
     // Inserted later with an earlier time: the caller's time orders, not insertion.
     let b3 = insert_revision(store, b.id, queued(3, 3), 9_000).await;
     // Two in one write: the same time, insertion order breaks the tie.
-    let ties = LifecycleWrite { new_revisions: vec![queued(3, 3), queued(4, 4)], ..change(a.id, 10_005) };
+    let ties =
+        LifecycleWrite { new_revisions: vec![queued(3, 3), queued(4, 4)], ..change(a.id, 10_005) };
     let ties = apply_now(store, ties, "insert two at once").await.revisions;
     let (a3, a4) = (&ties[0], &ties[1]);
     let deploying = RevisionPatch {
@@ -786,15 +1188,35 @@ pub async fn revisions_with_status_are_oldest_first_across_deployments(store: &d
     patch_revisions(store, a.id, vec![deploying], 10_004).await;
 
     let ours = |revisions: Vec<Revision>| -> Vec<crate::RevisionId> {
-        revisions.into_iter().filter(|r| r.deployment_id == a.id || r.deployment_id == b.id).map(|r| r.id).collect()
+        revisions
+            .into_iter()
+            .filter(|r| r.deployment_id == a.id || r.deployment_id == b.id)
+            .map(|r| r.id)
+            .collect()
     };
     let queued_now = store.revisions_with_status(&[RevisionStatus::Queued]).await.expect("queued");
     assert_oldest_first(&queued_now);
-    assert_eq!(ours(queued_now), [b3.id, b1.id, a2.id, a3.id, a4.id], "oldest first, interleaved across deployments");
-    let active = store.revisions_with_status(&[RevisionStatus::Queued, RevisionStatus::Deploying]).await.expect("active");
+    assert_eq!(
+        ours(queued_now),
+        [b3.id, b1.id, a2.id, a3.id, a4.id],
+        "oldest first, interleaved across deployments"
+    );
+    let active = store
+        .revisions_with_status(&[RevisionStatus::Queued, RevisionStatus::Deploying])
+        .await
+        .expect("active");
     assert_oldest_first(&active);
-    assert_eq!(ours(active.clone()), [b3.id, a1.id, b1.id, a2.id, a3.id, a4.id], "several statuses at once");
-    assert!(active.iter().all(|r| matches!(r.status, RevisionStatus::Queued | RevisionStatus::Deploying)), "only the statuses asked for");
+    assert_eq!(
+        ours(active.clone()),
+        [b3.id, a1.id, b1.id, a2.id, a3.id, a4.id],
+        "several statuses at once"
+    );
+    assert!(
+        active
+            .iter()
+            .all(|r| matches!(r.status, RevisionStatus::Queued | RevisionStatus::Deploying)),
+        "only the statuses asked for"
+    );
     let three = [RevisionStatus::Deploying, RevisionStatus::Superseded, RevisionStatus::Queued];
     let three = store.revisions_with_status(&three).await.expect("three statuses");
     assert_oldest_first(&three);
@@ -807,12 +1229,16 @@ pub async fn revisions_with_status_are_oldest_first_across_deployments(store: &d
 
 pub async fn runs_are_inserted_with_their_steps_in_plan_order(store: &dyn Store) {
     let repo = repository("contract-runs");
-    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
     let revision = insert_revision(store, deployment.id, queued(1, 1), 2_000).await;
 
     // Not alphabetical: the plan's order is kept, not re-sorted.
     let selection = r#"+orders tag:"finance" , 'x';--"#;
-    let planned = NewRun { selection: selection.to_owned(), ..new_run(1, &["orders", "customers", "revenue"]) };
+    let planned = NewRun {
+        selection: selection.to_owned(),
+        ..new_run(1, &["orders", "customers", "revenue"])
+    };
     let empty = new_run(1, &[]);
     let write = LifecycleWrite { new_runs: vec![planned, empty], ..change(deployment.id, 3_000) };
     let runs = apply_now(store, write, "insert two runs").await.runs;
@@ -835,22 +1261,41 @@ pub async fn runs_are_inserted_with_their_steps_in_plan_order(store: &dyn Store)
         "a new run is queued, not canceled, of the revision its number names, created now"
     );
     assert!(run.id < empty.id, "runs come back in the write's order");
-    assert_eq!(store.get_run(run.id).await.expect("get run"), *run, "get returns what apply returned");
+    assert_eq!(
+        store.get_run(run.id).await.expect("get run"),
+        *run,
+        "get returns what apply returned"
+    );
 
     let steps = store.list_steps(run.id).await.expect("list steps");
-    let planned: Vec<(u32, &str)> = steps.iter().map(|s| (s.position, s.asset_key.as_str())).collect();
-    assert_eq!(planned, [(0, "orders"), (1, "customers"), (2, "revenue")], "steps in plan order with their positions");
+    let planned: Vec<(u32, &str)> =
+        steps.iter().map(|s| (s.position, s.asset_key.as_str())).collect();
+    assert_eq!(
+        planned,
+        [(0, "orders"), (1, "customers"), (2, "revenue")],
+        "steps in plan order with their positions"
+    );
     for step in &steps {
         assert_eq!(step.run_id, run.id);
         assert_eq!(step.status, StepStatus::Pending, "a new step is pending");
         assert_eq!(
-            (step.started_at, step.finished_at, step.row_count, step.error.as_deref(), step.log.as_str()),
+            (
+                step.started_at,
+                step.finished_at,
+                step.row_count,
+                step.error.as_deref(),
+                step.log.as_str()
+            ),
             (None, None, None, None, "")
         );
     }
     let distinct: std::collections::BTreeSet<StepId> = steps.iter().map(|s| s.id).collect();
     assert_eq!(distinct.len(), steps.len(), "each step has its own id");
-    assert_eq!(store.list_steps(empty.id).await.expect("list steps"), [], "a run may have no steps");
+    assert_eq!(
+        store.list_steps(empty.id).await.expect("list steps"),
+        [],
+        "a run may have no steps"
+    );
 }
 
 /// Queued → running (lease, started_at) → canceled (finished_at, no lease, unfinished steps
@@ -858,7 +1303,8 @@ pub async fn runs_are_inserted_with_their_steps_in_plan_order(store: &dyn Store)
 /// executor finished keeps the steps the executor recorded.
 pub async fn run_patches_move_a_run_and_end_its_steps(store: &dyn Store) {
     let repo = repository("contract-run-patch");
-    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
     let insert = LifecycleWrite {
         new_revisions: vec![queued(1, 1)],
         new_runs: vec![
@@ -873,10 +1319,20 @@ pub async fn run_patches_move_a_run_and_end_its_steps(store: &dyn Store) {
 
     // Run 0: running, one step done, one running; then canceled.
     let canceled = &runs[0];
-    let running = RunPatch { lease: Some(server.clone()), ..run_to(canceled.id, RunStatus::Running) };
+    let running =
+        RunPatch { lease: Some(server.clone()), ..run_to(canceled.id, RunStatus::Running) };
     patch_runs(store, deployment.id, vec![running], 3_000).await;
-    let expected = Run { status: RunStatus::Running, started_at: Some(3_000), lease: Some(server.clone()), ..canceled.clone() };
-    assert_eq!(store.get_run(canceled.id).await.expect("get"), expected, "running sets started_at to now and the lease");
+    let expected = Run {
+        status: RunStatus::Running,
+        started_at: Some(3_000),
+        lease: Some(server.clone()),
+        ..canceled.clone()
+    };
+    assert_eq!(
+        store.get_run(canceled.id).await.expect("get"),
+        expected,
+        "running sets started_at to now and the lease"
+    );
     let steps = store.list_steps(canceled.id).await.expect("list steps");
     let succeeded = RunStep {
         status: StepStatus::Succeeded,
@@ -885,11 +1341,16 @@ pub async fn run_patches_move_a_run_and_end_its_steps(store: &dyn Store) {
         row_count: Some(5),
         ..steps[0].clone()
     };
-    let started = RunStep { status: StepStatus::Running, started_at: Some(3_300), ..steps[1].clone() };
+    let started =
+        RunStep { status: StepStatus::Running, started_at: Some(3_300), ..steps[1].clone() };
     store.update_step(&succeeded).await.expect("the executor records step 0");
     store.update_step(&started).await.expect("the executor starts step 1");
 
-    let cancel_requested = RunPatch { cancel_requested: true, lease: Some(server.clone()), ..run_to(canceled.id, RunStatus::Running) };
+    let cancel_requested = RunPatch {
+        cancel_requested: true,
+        lease: Some(server.clone()),
+        ..run_to(canceled.id, RunStatus::Running)
+    };
     patch_runs(store, deployment.id, vec![cancel_requested], 3_500).await;
     let expected = Run { cancel_requested: true, ..expected };
     assert_eq!(
@@ -898,8 +1359,11 @@ pub async fn run_patches_move_a_run_and_end_its_steps(store: &dyn Store) {
         "a cancel request is written; a run that stays running keeps the time it started"
     );
 
-    let cancel =
-        RunPatch { error: Some("canceled by alice".to_owned()), steps: StepsEnd::Canceled, ..run_to(canceled.id, RunStatus::Canceled) };
+    let cancel = RunPatch {
+        error: Some("canceled by alice".to_owned()),
+        steps: StepsEnd::Canceled,
+        ..run_to(canceled.id, RunStatus::Canceled)
+    };
     patch_runs(store, deployment.id, vec![cancel], 4_000).await;
     let expected = Run {
         status: RunStatus::Canceled,
@@ -926,10 +1390,19 @@ pub async fn run_patches_move_a_run_and_end_its_steps(store: &dyn Store) {
 
     // Run 1: its server stopped while step 0 ran.
     let interrupted = &runs[1];
-    patch_runs(store, deployment.id, vec![RunPatch { lease: Some(server.clone()), ..run_to(interrupted.id, RunStatus::Running) }], 5_000)
-        .await;
+    patch_runs(
+        store,
+        deployment.id,
+        vec![RunPatch {
+            lease: Some(server.clone()),
+            ..run_to(interrupted.id, RunStatus::Running)
+        }],
+        5_000,
+    )
+    .await;
     let steps = store.list_steps(interrupted.id).await.expect("list steps");
-    let started = RunStep { status: StepStatus::Running, started_at: Some(5_100), ..steps[0].clone() };
+    let started =
+        RunStep { status: StepStatus::Running, started_at: Some(5_100), ..steps[0].clone() };
     store.update_step(&started).await.expect("the executor starts step 0");
     let fail = RunPatch {
         error: Some("the server stopped".to_owned()),
@@ -939,8 +1412,20 @@ pub async fn run_patches_move_a_run_and_end_its_steps(store: &dyn Store) {
     patch_runs(store, deployment.id, vec![fail], 6_000).await;
     let run = store.get_run(interrupted.id).await.expect("get");
     assert_eq!(
-        (run.status, run.error.as_deref(), run.started_at, run.finished_at, run.lease.map(|l| l.owner)),
-        (RunStatus::Failed, Some("the server stopped"), Some(5_000), Some(6_000), Some("contract-run-patch".to_owned())),
+        (
+            run.status,
+            run.error.as_deref(),
+            run.started_at,
+            run.finished_at,
+            run.lease.map(|l| l.owner)
+        ),
+        (
+            RunStatus::Failed,
+            Some("the server stopped"),
+            Some(5_000),
+            Some(6_000),
+            Some("contract-run-patch".to_owned())
+        ),
         "an interrupted run keeps the lease of the server that stopped: it says who ran it"
     );
     let ended = store.list_steps(interrupted.id).await.expect("list steps");
@@ -961,10 +1446,20 @@ pub async fn run_patches_move_a_run_and_end_its_steps(store: &dyn Store) {
 
     // Run 2: the executor recorded its steps; the patch that finishes it leaves them alone.
     let recorded = &runs[2];
-    patch_runs(store, deployment.id, vec![RunPatch { lease: Some(server.clone()), ..run_to(recorded.id, RunStatus::Running) }], 7_000)
-        .await;
+    patch_runs(
+        store,
+        deployment.id,
+        vec![RunPatch { lease: Some(server.clone()), ..run_to(recorded.id, RunStatus::Running) }],
+        7_000,
+    )
+    .await;
     let steps = store.list_steps(recorded.id).await.expect("list steps");
-    let done = RunStep { status: StepStatus::Succeeded, started_at: Some(7_100), finished_at: Some(7_200), ..steps[0].clone() };
+    let done = RunStep {
+        status: StepStatus::Succeeded,
+        started_at: Some(7_100),
+        finished_at: Some(7_200),
+        ..steps[0].clone()
+    };
     store.update_step(&done).await.expect("the executor records step 0");
     patch_runs(store, deployment.id, vec![run_to(recorded.id, RunStatus::Succeeded)], 8_000).await;
     assert_eq!(
@@ -987,7 +1482,8 @@ pub async fn run_patches_move_a_run_and_end_its_steps(store: &dyn Store) {
 
 pub async fn steps_are_updated_and_their_logs_appended(store: &dyn Store) {
     let repo = repository("contract-steps");
-    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
     let run = insert_run(store, deployment.id, &["a", "b"], 3_000).await;
     let steps = store.list_steps(run.id).await.expect("list steps");
 
@@ -1010,50 +1506,91 @@ pub async fn steps_are_updated_and_their_logs_appended(store: &dyn Store) {
     store.append_step_log(steps[0].id, "\nafter").await.expect("append after update");
 
     let listed = store.list_steps(run.id).await.expect("list steps");
-    let expected = RunStep { log: "line 1\nline 2 ünïcødé 🚀\nno newline\nafter".to_owned(), ..succeeded };
+    let expected = RunStep {
+        log: "line 1\nline 2 ünïcødé 🚀\nno newline\nafter".to_owned(),
+        ..succeeded
+    };
     assert_eq!(listed[0], expected, "status, times, row count and error are written; the log is appended in order, never overwritten");
     assert_eq!(listed[1], steps[1], "the other step is untouched");
 
-    let failed = RunStep { status: StepStatus::Failed, row_count: Some(0), error: Some("boom".to_owned()), ..steps[1].clone() };
+    let failed = RunStep {
+        status: StepStatus::Failed,
+        row_count: Some(0),
+        error: Some("boom".to_owned()),
+        ..steps[1].clone()
+    };
     store.update_step(&failed).await.expect("fail step");
-    let cleared = RunStep { status: StepStatus::Skipped, row_count: None, error: None, started_at: None, finished_at: None, ..failed };
+    let cleared = RunStep {
+        status: StepStatus::Skipped,
+        row_count: None,
+        error: None,
+        started_at: None,
+        finished_at: None,
+        ..failed
+    };
     store.update_step(&cleared).await.expect("clear step options");
-    assert_eq!(store.list_steps(run.id).await.expect("list steps")[1], cleared, "options are cleared, not ignored");
+    assert_eq!(
+        store.list_steps(run.id).await.expect("list steps")[1],
+        cleared,
+        "options are cleared, not ignored"
+    );
     let version = store.get_deployment(deployment.id).await.expect("get").version;
-    assert_eq!(version, 1, "steps and logs are the executor's, not lifecycle changes: the version stays");
+    assert_eq!(
+        version, 1,
+        "steps and logs are the executor's, not lifecycle changes: the version stays"
+    );
 }
 
 pub async fn runs_are_listed_newest_first_with_filters(store: &dyn Store) {
     let repo = repository("contract-run-list");
-    let a = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
-    let b = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
+    let a =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let b =
+        store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
 
     let r1 = insert_run(store, a.id, &["x"], 10_000).await;
     let r2 = insert_run(store, b.id, &["x"], 20_000).await;
     let r3 = add_run(store, a.id, 30_000).await;
     let r4 = add_run(store, a.id, 40_000).await;
-    patch_runs(store, a.id, vec![run_to(r1.id, RunStatus::Succeeded), run_to(r3.id, RunStatus::Failed)], 50_000).await;
+    patch_runs(
+        store,
+        a.id,
+        vec![run_to(r1.id, RunStatus::Succeeded), run_to(r3.id, RunStatus::Failed)],
+        50_000,
+    )
+    .await;
     let r3 = store.get_run(r3.id).await.expect("get r3");
 
-    let list = |deployment_id: Option<DeploymentId>, statuses: &[RunStatus], limit: u32| RunFilter {
-        deployment_id,
-        statuses: statuses.to_vec(),
-        limit,
+    let list = |deployment_id: Option<DeploymentId>, statuses: &[RunStatus], limit: u32| {
+        RunFilter { deployment_id, statuses: statuses.to_vec(), limit }
     };
     let of_a = store.list_runs(&list(Some(a.id), &[], 0)).await.expect("runs of a");
     assert_eq!(run_ids(&of_a), [r4.id, r3.id, r1.id], "newest first; no statuses means all");
     assert_eq!(of_a[1], r3, "listed runs are whole rows");
     let latest = store.list_runs(&list(Some(a.id), &[], 2)).await.expect("latest runs of a");
     assert_eq!(run_ids(&latest), [r4.id, r3.id], "the limit keeps the newest");
-    let finished = store.list_runs(&list(Some(a.id), &[RunStatus::Succeeded, RunStatus::Failed], 0)).await.expect("finished runs of a");
+    let finished = store
+        .list_runs(&list(Some(a.id), &[RunStatus::Succeeded, RunStatus::Failed], 0))
+        .await
+        .expect("finished runs of a");
     assert_eq!(run_ids(&finished), [r3.id, r1.id], "filtered by status");
     let of_b = store.list_runs(&list(Some(b.id), &[], 0)).await.expect("runs of b");
     assert_eq!(run_ids(&of_b), [r2.id], "filtered by deployment");
 
-    let queued_runs = store.list_runs(&list(None, &[RunStatus::Queued], 0)).await.expect("queued runs everywhere");
+    let queued_runs = store
+        .list_runs(&list(None, &[RunStatus::Queued], 0))
+        .await
+        .expect("queued runs everywhere");
     assert!(queued_runs.iter().all(|r| r.status == RunStatus::Queued), "only queued runs");
-    assert!(queued_runs.windows(2).all(|pair| pair[0].created_at >= pair[1].created_at), "newest first across deployments");
-    let ours: Vec<RunId> = queued_runs.iter().filter(|r| r.deployment_id == a.id || r.deployment_id == b.id).map(|r| r.id).collect();
+    assert!(
+        queued_runs.windows(2).all(|pair| pair[0].created_at >= pair[1].created_at),
+        "newest first across deployments"
+    );
+    let ours: Vec<RunId> = queued_runs
+        .iter()
+        .filter(|r| r.deployment_id == a.id || r.deployment_id == b.id)
+        .map(|r| r.id)
+        .collect();
     assert_eq!(ours, [r4.id, r2.id], "every deployment's runs without a deployment filter");
     let one = store.list_runs(&list(None, &[], 1)).await.expect("the newest run anywhere");
     assert_eq!(one.len(), 1, "the limit applies without filters too");
@@ -1061,14 +1598,21 @@ pub async fn runs_are_listed_newest_first_with_filters(store: &dyn Store) {
 
 pub async fn materializations_are_listed_newest_first(store: &dyn Store) {
     let repo = repository("contract-materialize");
-    let a = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
-    let b = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
+    let a =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let b =
+        store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
     let run_a = insert_run(store, a.id, &["orders", "revenue"], 3_000).await;
     let run_b = insert_run(store, b.id, &["orders"], 3_000).await;
 
     let m1 = materialization(a.id, run_a.id, "orders", 10_000);
-    let m2 = Materialization { row_count: None, ..materialization(a.id, run_a.id, "revenue", 20_000) };
-    let m3 = Materialization { commit: sha(2), duration_ms: 0, ..materialization(a.id, run_a.id, "orders", 30_000) };
+    let m2 =
+        Materialization { row_count: None, ..materialization(a.id, run_a.id, "revenue", 20_000) };
+    let m3 = Materialization {
+        commit: sha(2),
+        duration_ms: 0,
+        ..materialization(a.id, run_a.id, "orders", 30_000)
+    };
     let m4 = materialization(b.id, run_b.id, "orders", 40_000);
     for m in [&m1, &m2, &m3, &m4] {
         store.record_materialization(m).await.expect("record");
@@ -1076,15 +1620,24 @@ pub async fn materializations_are_listed_newest_first(store: &dyn Store) {
 
     let all = store.list_materializations(a.id, None, 0).await.expect("all of a");
     assert_eq!(all, [m3.clone(), m2.clone(), m1.clone()], "newest first, whole rows");
-    let orders = store.list_materializations(a.id, Some(&key("orders")), 0).await.expect("orders of a");
+    let orders =
+        store.list_materializations(a.id, Some(&key("orders")), 0).await.expect("orders of a");
     assert_eq!(orders, [m3.clone(), m1.clone()], "filtered by asset");
     let latest = store.list_materializations(a.id, None, 2).await.expect("latest of a");
     assert_eq!(latest, [m3.clone(), m2], "the limit keeps the newest");
-    let latest_orders = store.list_materializations(a.id, Some(&key("orders")), 1).await.expect("latest orders of a");
+    let latest_orders = store
+        .list_materializations(a.id, Some(&key("orders")), 1)
+        .await
+        .expect("latest orders of a");
     assert_eq!(latest_orders, [m3], "asset filter and limit together");
-    let unknown = store.list_materializations(a.id, Some(&key("Orders")), 0).await.expect("unknown asset");
+    let unknown =
+        store.list_materializations(a.id, Some(&key("Orders")), 0).await.expect("unknown asset");
     assert_eq!(unknown, [], "asset keys compare exactly");
-    assert_eq!(store.list_materializations(b.id, None, 0).await.expect("all of b"), [m4], "filtered by deployment");
+    assert_eq!(
+        store.list_materializations(b.id, None, 0).await.expect("all of b"),
+        [m4],
+        "filtered by deployment"
+    );
 }
 
 /// The lifecycle record holds exactly what the lifecycle's rules read: every queued or
@@ -1092,8 +1645,12 @@ pub async fn materializations_are_listed_newest_first(store: &dyn Store) {
 /// run; no finished history.
 pub async fn the_lifecycle_reads_unfinished_work_head_and_serving(store: &dyn Store) {
     let repo = repository("contract-lifecycle");
-    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
-    let other = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create other");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let other = store
+        .ensure_deployment(new_deployment(&repo, "b", "b", 1_000))
+        .await
+        .expect("create other");
     let empty = store.lifecycle(deployment.id).await.expect("the lifecycle of a new deployment");
     assert_eq!(
         (empty.deployment, empty.revisions, empty.runs),
@@ -1104,8 +1661,21 @@ pub async fn the_lifecycle_reads_unfinished_work_head_and_serving(store: &dyn St
     // 1 ready (serving), 2 failed, 3 superseded, 4 queued, 5 deploying, 6 failed (head).
     let superseded = NewRevision { status: RevisionStatus::Superseded, ..queued(3, 3) };
     let insert = LifecycleWrite {
-        new_revisions: vec![queued(1, 1), queued(2, 2), superseded, queued(4, 4), queued(5, 5), queued(6, 6)],
-        new_runs: vec![new_run(1, &["x"]), new_run(1, &["x"]), new_run(1, &["x"]), new_run(1, &["x"]), new_run(1, &["x"])],
+        new_revisions: vec![
+            queued(1, 1),
+            queued(2, 2),
+            superseded,
+            queued(4, 4),
+            queued(5, 5),
+            queued(6, 6),
+        ],
+        new_runs: vec![
+            new_run(1, &["x"]),
+            new_run(1, &["x"]),
+            new_run(1, &["x"]),
+            new_run(1, &["x"]),
+            new_run(1, &["x"]),
+        ],
         ..change(deployment.id, 2_000)
     };
     let runs = apply_now(store, insert, "insert six revisions and five runs").await.runs;
@@ -1114,7 +1684,10 @@ pub async fn the_lifecycle_reads_unfinished_work_head_and_serving(store: &dyn St
         revisions: vec![
             revision_to(1, RevisionStatus::Ready),
             revision_to(2, RevisionStatus::Failed),
-            RevisionPatch { lease: Some(lease.clone()), ..revision_to(5, RevisionStatus::Deploying) },
+            RevisionPatch {
+                lease: Some(lease.clone()),
+                ..revision_to(5, RevisionStatus::Deploying)
+            },
             revision_to(6, RevisionStatus::Failed),
         ],
         runs: vec![
@@ -1123,19 +1696,39 @@ pub async fn the_lifecycle_reads_unfinished_work_head_and_serving(store: &dyn St
             run_to(runs[3].id, RunStatus::Failed),
             run_to(runs[4].id, RunStatus::Canceled),
         ],
-        deployment_patch: DeploymentPatch { head: Some(6), serving: Some(Some(1)), ..DeploymentPatch::default() },
+        deployment_patch: DeploymentPatch {
+            head: Some(6),
+            serving: Some(Some(1)),
+            ..DeploymentPatch::default()
+        },
         ..change(deployment.id, 3_000)
     };
     apply_now(store, write, "finish some, start some").await;
     // Another deployment's unfinished work is not this one's.
-    let elsewhere = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, &["x"])], ..change(other.id, 3_000) };
+    let elsewhere = LifecycleWrite {
+        new_revisions: vec![queued(1, 1)],
+        new_runs: vec![new_run(1, &["x"])],
+        ..change(other.id, 3_000)
+    };
     apply_now(store, elsewhere, "unfinished work elsewhere").await;
 
     let record = store.lifecycle(deployment.id).await.expect("the lifecycle");
-    assert_eq!(record.deployment, store.get_deployment(deployment.id).await.expect("get"), "the whole deployment row");
-    assert_eq!(numbers(&record.revisions), [1, 4, 5, 6], "queued, deploying, head and serving, by number");
+    assert_eq!(
+        record.deployment,
+        store.get_deployment(deployment.id).await.expect("get"),
+        "the whole deployment row"
+    );
+    assert_eq!(
+        numbers(&record.revisions),
+        [1, 4, 5, 6],
+        "queued, deploying, head and serving, by number"
+    );
     for revision in &record.revisions {
-        assert_eq!(*revision, store.get_revision(revision.id).await.expect("get revision"), "whole revision rows");
+        assert_eq!(
+            *revision,
+            store.get_revision(revision.id).await.expect("get revision"),
+            "whole revision rows"
+        );
     }
     let mut active = record.runs.clone();
     active.sort_by_key(|r| r.id);
@@ -1143,9 +1736,18 @@ pub async fn the_lifecycle_reads_unfinished_work_head_and_serving(store: &dyn St
     assert_eq!(active[1], store.get_run(runs[2].id).await.expect("get run"), "whole run rows");
 
     let same = DeploymentPatch { head: Some(1), ..DeploymentPatch::default() };
-    apply_now(store, LifecycleWrite { deployment_patch: same, ..change(deployment.id, 4_000) }, "head = serving").await;
+    apply_now(
+        store,
+        LifecycleWrite { deployment_patch: same, ..change(deployment.id, 4_000) },
+        "head = serving",
+    )
+    .await;
     let record = store.lifecycle(deployment.id).await.expect("the lifecycle");
-    assert_eq!(numbers(&record.revisions), [1, 4, 5], "a revision both head and serving is there once");
+    assert_eq!(
+        numbers(&record.revisions),
+        [1, 4, 5],
+        "a revision both head and serving is there once"
+    );
     assert_eq!(record.deployment.version, 3, "three writes, three versions");
 }
 
@@ -1155,9 +1757,12 @@ pub async fn renewing_leases_extends_one_owners_leases_without_a_new_version(sto
     let repo = repository("contract-renew");
     let (ours, theirs) = ("contract-renew-ours", "contract-renew-theirs");
     let lease = |owner: &str| Lease { owner: owner.to_owned(), until: 10_000 };
-    let deploys = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
-    let closing = store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
-    let foreign = store.ensure_deployment(new_deployment(&repo, "c", "c", 1_000)).await.expect("create c");
+    let deploys =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create a");
+    let closing =
+        store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create b");
+    let foreign =
+        store.ensure_deployment(new_deployment(&repo, "c", "c", 1_000)).await.expect("create c");
 
     let insert = LifecycleWrite {
         new_revisions: vec![queued(1, 1), queued(2, 2), queued(3, 3)],
@@ -1168,11 +1773,20 @@ pub async fn renewing_leases_extends_one_owners_leases_without_a_new_version(sto
     let start = LifecycleWrite {
         revisions: vec![
             RevisionPatch { lease: Some(lease(ours)), ..revision_to(1, RevisionStatus::Deploying) },
-            RevisionPatch { lease: Some(lease(theirs)), ..revision_to(2, RevisionStatus::Deploying) },
+            RevisionPatch {
+                lease: Some(lease(theirs)),
+                ..revision_to(2, RevisionStatus::Deploying)
+            },
         ],
         runs: vec![
-            RunPatch { lease: Some(lease(ours)), ..run_to(inserted.runs[0].id, RunStatus::Running) },
-            RunPatch { lease: Some(lease(theirs)), ..run_to(inserted.runs[1].id, RunStatus::Running) },
+            RunPatch {
+                lease: Some(lease(ours)),
+                ..run_to(inserted.runs[0].id, RunStatus::Running)
+            },
+            RunPatch {
+                lease: Some(lease(theirs)),
+                ..run_to(inserted.runs[1].id, RunStatus::Running)
+            },
         ],
         ..change(deploys.id, 3_000)
     };
@@ -1182,12 +1796,28 @@ pub async fn renewing_leases_extends_one_owners_leases_without_a_new_version(sto
         teardown: Some(Teardown::Running(lease(owner))),
         ..DeploymentPatch::default()
     };
-    apply_now(store, LifecycleWrite { deployment_patch: teardown(ours), ..change(closing.id, 3_000) }, "our teardown").await;
-    apply_now(store, LifecycleWrite { deployment_patch: teardown(theirs), ..change(foreign.id, 3_000) }, "their teardown").await;
+    apply_now(
+        store,
+        LifecycleWrite { deployment_patch: teardown(ours), ..change(closing.id, 3_000) },
+        "our teardown",
+    )
+    .await;
+    apply_now(
+        store,
+        LifecycleWrite { deployment_patch: teardown(theirs), ..change(foreign.id, 3_000) },
+        "their teardown",
+    )
+    .await;
     // Finished work keeps the lease it finished under (who did it), but it is never renewed.
     let start_more = LifecycleWrite {
-        revisions: vec![RevisionPatch { lease: Some(lease(ours)), ..revision_to(3, RevisionStatus::Deploying) }],
-        runs: vec![RunPatch { lease: Some(lease(ours)), ..run_to(inserted.runs[2].id, RunStatus::Running) }],
+        revisions: vec![RevisionPatch {
+            lease: Some(lease(ours)),
+            ..revision_to(3, RevisionStatus::Deploying)
+        }],
+        runs: vec![RunPatch {
+            lease: Some(lease(ours)),
+            ..run_to(inserted.runs[2].id, RunStatus::Running)
+        }],
         ..change(deploys.id, 3_500)
     };
     apply_now(store, start_more, "start more of our work").await;
@@ -1203,19 +1833,51 @@ pub async fn renewing_leases_extends_one_owners_leases_without_a_new_version(sto
         before.push(store.get_deployment(id).await.expect("get before renewing"));
     }
 
-    assert_eq!(store.renew_leases(ours, 20_000).await.expect("renew ours"), 3, "a deploy, a run and a teardown");
+    assert_eq!(
+        store.renew_leases(ours, 20_000).await.expect("renew ours"),
+        3,
+        "a deploy, a run and a teardown"
+    );
     let renewed = Some(Lease { owner: ours.to_owned(), until: 20_000 });
-    assert_eq!(lease_of_revision(store, deploys.id, 1).await, renewed, "our deploy's lease is extended");
-    assert_eq!(lease_of_revision(store, deploys.id, 2).await, Some(lease(theirs)), "their deploy's lease is theirs alone");
-    assert_eq!(lease_of_revision(store, deploys.id, 3).await, Some(lease(ours)), "finished work's lease is not renewed");
-    assert_eq!(store.get_run(inserted.runs[0].id).await.expect("get run").lease, renewed, "our run's lease is extended");
-    assert_eq!(store.get_run(inserted.runs[1].id).await.expect("get run").lease, Some(lease(theirs)), "their run's lease is theirs alone");
-    assert_eq!(store.get_run(inserted.runs[2].id).await.expect("get run").lease, Some(lease(ours)), "a finished run's lease is not renewed");
+    assert_eq!(
+        lease_of_revision(store, deploys.id, 1).await,
+        renewed,
+        "our deploy's lease is extended"
+    );
+    assert_eq!(
+        lease_of_revision(store, deploys.id, 2).await,
+        Some(lease(theirs)),
+        "their deploy's lease is theirs alone"
+    );
+    assert_eq!(
+        lease_of_revision(store, deploys.id, 3).await,
+        Some(lease(ours)),
+        "finished work's lease is not renewed"
+    );
+    assert_eq!(
+        store.get_run(inserted.runs[0].id).await.expect("get run").lease,
+        renewed,
+        "our run's lease is extended"
+    );
+    assert_eq!(
+        store.get_run(inserted.runs[1].id).await.expect("get run").lease,
+        Some(lease(theirs)),
+        "their run's lease is theirs alone"
+    );
+    assert_eq!(
+        store.get_run(inserted.runs[2].id).await.expect("get run").lease,
+        Some(lease(ours)),
+        "a finished run's lease is not renewed"
+    );
     let mut after = Vec::new();
     for id in [deploys.id, closing.id, foreign.id] {
         after.push(store.get_deployment(id).await.expect("get after renewing"));
     }
-    assert_eq!(after[1].teardown, Teardown::Running(Lease { owner: ours.to_owned(), until: 20_000 }), "our teardown's lease is extended");
+    assert_eq!(
+        after[1].teardown,
+        Teardown::Running(Lease { owner: ours.to_owned(), until: 20_000 }),
+        "our teardown's lease is extended"
+    );
     assert_eq!(after[2], before[2], "their teardown is untouched");
     let without_teardown = |d: &Deployment| Deployment { teardown: Teardown::Done, ..d.clone() };
     assert_eq!(
@@ -1224,7 +1886,11 @@ pub async fn renewing_leases_extends_one_owners_leases_without_a_new_version(sto
         "renewing is not a lifecycle change: no version moves, nothing else changes"
     );
 
-    assert_eq!(store.renew_leases(ours, 500).await.expect("release ours"), 3, "a lease in the past is still held, and renewed");
+    assert_eq!(
+        store.renew_leases(ours, 500).await.expect("release ours"),
+        3,
+        "a lease in the past is still held, and renewed"
+    );
     assert_eq!(
         lease_of_revision(store, deploys.id, 1).await,
         Some(Lease { owner: ours.to_owned(), until: 500 }),
@@ -1251,8 +1917,13 @@ pub async fn intake_records_each_delivery_once(store: &dyn Store) {
         now,
     };
 
-    let first = NewIntake { payload: hostile.to_owned(), ..new_intake("github", Some("d-1"), 1_000) };
-    let recorded = store.record_intake(first.clone()).await.expect("record").expect("a new delivery is recorded");
+    let first =
+        NewIntake { payload: hostile.to_owned(), ..new_intake("github", Some("d-1"), 1_000) };
+    let recorded = store
+        .record_intake(first.clone())
+        .await
+        .expect("record")
+        .expect("a new delivery is recorded");
     assert_eq!(
         recorded,
         Intake {
@@ -1267,23 +1938,51 @@ pub async fn intake_records_each_delivery_once(store: &dyn Store) {
         },
         "the delivery is recorded as given, received now, not done"
     );
-    let replay = store.record_intake(new_intake("github", Some("d-1"), 2_000)).await.expect("record a replay");
+    let replay = store
+        .record_intake(new_intake("github", Some("d-1"), 2_000))
+        .await
+        .expect("record a replay");
     assert_eq!(replay, None, "a replayed delivery id is refused");
-    let other_source = store.record_intake(new_intake("gitlab", Some("d-1"), 2_000)).await.expect("record").expect("another source's id");
-    let case = store.record_intake(new_intake("github", Some("D-1"), 2_000)).await.expect("record").expect("ids compare exactly");
-    let anonymous_1 = store.record_intake(new_intake("gitlab", None, 3_000)).await.expect("record").expect("no delivery id");
-    let anonymous_2 = store.record_intake(new_intake("gitlab", None, 3_000)).await.expect("record").expect("no delivery id again");
+    let other_source = store
+        .record_intake(new_intake("gitlab", Some("d-1"), 2_000))
+        .await
+        .expect("record")
+        .expect("another source's id");
+    let case = store
+        .record_intake(new_intake("github", Some("D-1"), 2_000))
+        .await
+        .expect("record")
+        .expect("ids compare exactly");
+    let anonymous_1 = store
+        .record_intake(new_intake("gitlab", None, 3_000))
+        .await
+        .expect("record")
+        .expect("no delivery id");
+    let anonymous_2 = store
+        .record_intake(new_intake("gitlab", None, 3_000))
+        .await
+        .expect("record")
+        .expect("no delivery id again");
     assert_ne!(anonymous_1.id, anonymous_2.id, "deliveries without an id are never deduplicated");
 
-    let ours = |pending: Vec<Intake>| -> Vec<IntakeId> { pending.into_iter().filter(|i| i.repository == repo).map(|i| i.id).collect() };
+    let ours = |pending: Vec<Intake>| -> Vec<IntakeId> {
+        pending.into_iter().filter(|i| i.repository == repo).map(|i| i.id).collect()
+    };
     let pending = store.pending_intake().await.expect("pending");
-    assert!(pending.windows(2).all(|pair| pair[0].received_at <= pair[1].received_at), "oldest first");
+    assert!(
+        pending.windows(2).all(|pair| pair[0].received_at <= pair[1].received_at),
+        "oldest first"
+    );
     assert_eq!(
         ours(pending.clone()),
         [recorded.id, other_source.id, case.id, anonymous_1.id, anonymous_2.id],
         "oldest first, ties in recording order"
     );
-    assert_eq!(pending.iter().find(|i| i.id == recorded.id), Some(&recorded), "pending rows are whole rows");
+    assert_eq!(
+        pending.iter().find(|i| i.id == recorded.id),
+        Some(&recorded),
+        "pending rows are whole rows"
+    );
 
     store.finish_intake(recorded.id, 4_000).await.expect("finish");
     store.finish_intake(anonymous_1.id, 4_000).await.expect("finish");
@@ -1292,14 +1991,21 @@ pub async fn intake_records_each_delivery_once(store: &dyn Store) {
         [other_source.id, case.id, anonymous_2.id],
         "processed deliveries are no longer pending"
     );
-    let late_replay = store.record_intake(new_intake("github", Some("d-1"), 5_000)).await.expect("record a late replay");
+    let late_replay = store
+        .record_intake(new_intake("github", Some("d-1"), 5_000))
+        .await
+        .expect("record a late replay");
     assert_eq!(late_replay, None, "a delivery id is refused for good, also after it was processed");
-    assert_eq!(ours(store.pending_intake().await.expect("pending")), [other_source.id, case.id, anonymous_2.id]);
+    assert_eq!(
+        ours(store.pending_intake().await.expect("pending")),
+        [other_source.id, case.id, anonymous_2.id]
+    );
 }
 
 pub async fn missing_rows_are_not_found(store: &dyn Store) {
     let repo = repository("contract-missing");
-    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
     let run = insert_run(store, deployment.id, &["a"], 3_000).await;
     let step = store.list_steps(run.id).await.expect("list steps").remove(0);
     let revision = store.get_revision(run.revision_id).await.expect("get revision");
@@ -1316,35 +2022,56 @@ pub async fn missing_rows_are_not_found(store: &dyn Store) {
         "apply to a missing deployment",
     );
     assert_not_found(
-        store.apply(LifecycleWrite { version: 7, new_revisions: vec![queued(1, 1)], ..change(missing_deployment, 4_000) }).await,
+        store
+            .apply(LifecycleWrite {
+                version: 7,
+                new_revisions: vec![queued(1, 1)],
+                ..change(missing_deployment, 4_000)
+            })
+            .await,
         "apply to a missing deployment, whatever its version",
     );
     assert_not_found(store.set_pinned(missing_deployment, true, 4_000).await, "set_pinned");
     assert_not_found(store.get_revision(crate::RevisionId(missing)).await, "get_revision");
     assert_not_found(store.get_run(missing_run).await, "get_run");
-    assert_not_found(store.update_step(&RunStep { id: StepId(missing), ..step.clone() }).await, "update_step");
+    assert_not_found(
+        store.update_step(&RunStep { id: StepId(missing), ..step.clone() }).await,
+        "update_step",
+    );
     assert_not_found(store.append_step_log(StepId(missing), "x").await, "append_step_log");
     assert_not_found(store.finish_intake(IntakeId(missing), 4_000).await, "finish_intake");
     assert_not_found(
-        store.record_materialization(&materialization(missing_deployment, run.id, "a", 4_000)).await,
+        store
+            .record_materialization(&materialization(missing_deployment, run.id, "a", 4_000))
+            .await,
         "record_materialization of a missing deployment",
     );
     assert_not_found(
-        store.record_materialization(&materialization(deployment.id, missing_run, "a", 4_000)).await,
+        store
+            .record_materialization(&materialization(deployment.id, missing_run, "a", 4_000))
+            .await,
         "record_materialization of a missing run",
     );
 
     // A row's references stay inside its deployment: another deployment's run is, for this
     // deployment, missing.
-    let other = store.ensure_deployment(new_deployment(&repo, "other", "other", 1_000)).await.expect("create other");
+    let other = store
+        .ensure_deployment(new_deployment(&repo, "other", "other", 1_000))
+        .await
+        .expect("create other");
     let other_run = insert_run(store, other.id, &["a"], 3_000).await;
     assert_not_found(
-        store.record_materialization(&materialization(deployment.id, other_run.id, "a", 4_000)).await,
+        store
+            .record_materialization(&materialization(deployment.id, other_run.id, "a", 4_000))
+            .await,
         "record_materialization of another deployment's run",
     );
 
     // Refused writes change nothing.
-    assert_eq!(store.get_deployment(deployment.id).await.expect("get"), deployment_after_one_write(&deployment, 3_000));
+    assert_eq!(
+        store.get_deployment(deployment.id).await.expect("get"),
+        deployment_after_one_write(&deployment, 3_000)
+    );
     assert_eq!(store.list_revisions(deployment.id, 0).await.expect("list revisions"), [revision]);
     assert_eq!(list_runs_of(store, deployment.id).await, [run]);
     assert_eq!(store.list_materializations(deployment.id, None, 0).await.expect("list"), []);
@@ -1352,8 +2079,17 @@ pub async fn missing_rows_are_not_found(store: &dyn Store) {
     // Lists of a missing parent are empty.
     assert_eq!(store.list_revisions(missing_deployment, 0).await.expect("list revisions"), []);
     assert_eq!(store.list_steps(missing_run).await.expect("list steps"), []);
-    assert_eq!(store.list_materializations(missing_deployment, None, 0).await.expect("list materializations"), []);
-    assert_eq!(store.find_revision_by_commit(missing_deployment, &sha(1)).await.expect("find revision"), None);
+    assert_eq!(
+        store
+            .list_materializations(missing_deployment, None, 0)
+            .await
+            .expect("list materializations"),
+        []
+    );
+    assert_eq!(
+        store.find_revision_by_commit(missing_deployment, &sha(1)).await.expect("find revision"),
+        None
+    );
     assert_eq!(list_runs_of(store, missing_deployment).await, []);
 }
 
@@ -1392,22 +2128,45 @@ pub async fn hostile_strings_round_trip_exactly(store: &dyn Store) {
             base_deployment: None,
             now,
         };
-        let deployment = store.ensure_deployment(new).await.expect("create a deployment for a hostile branch");
+        let deployment =
+            store.ensure_deployment(new).await.expect("create a deployment for a hostile branch");
         assert_eq!(deployment.branch.as_str(), *text, "the branch is stored verbatim");
         created.push(deployment);
     }
     for (deployment, text) in created.iter().zip(branches) {
-        let found = store.find_deployment_by_branch(&repo, &deployment.branch).await.expect("find by hostile branch");
-        assert_eq!(found.as_ref(), Some(deployment), "a hostile branch {text:?} finds exactly its deployment");
+        let found = store
+            .find_deployment_by_branch(&repo, &deployment.branch)
+            .await
+            .expect("find by hostile branch");
+        assert_eq!(
+            found.as_ref(),
+            Some(deployment),
+            "a hostile branch {text:?} finds exactly its deployment"
+        );
         let got = store.get_deployment(deployment.id).await.expect("get");
         assert_eq!(got.branch.as_str(), text, "the branch round-trips exactly");
-        assert_eq!(got.pull_request.as_ref().map(|p| p.id.as_str()), Some(text), "the pull request id round-trips exactly");
+        assert_eq!(
+            got.pull_request.as_ref().map(|p| p.id.as_str()),
+            Some(text),
+            "the pull request id round-trips exactly"
+        );
     }
     let all = store.list_deployments(&including_closed(&repo)).await.expect("list");
     assert_eq!(all.len(), branches.len(), "no hostile string broke another row");
-    for near_miss in ["x'; drop table deployments; --", "x'; DROP TABLE deployments; -- ", "%%", "ünïcødé/ブランチ/🚀 "] {
-        let found = store.find_deployment_by_branch(&repo, &branch(near_miss)).await.expect("find a near miss");
-        assert_eq!(found, None, "{near_miss:?} matches no branch: comparison is exact, without patterns");
+    for near_miss in [
+        "x'; drop table deployments; --",
+        "x'; DROP TABLE deployments; -- ",
+        "%%",
+        "ünïcødé/ブランチ/🚀 ",
+    ] {
+        let found = store
+            .find_deployment_by_branch(&repo, &branch(near_miss))
+            .await
+            .expect("find a near miss");
+        assert_eq!(
+            found, None,
+            "{near_miss:?} matches no branch: comparison is exact, without patterns"
+        );
     }
 
     let hostile = "'); DELETE FROM revisions; --\n\"quoted\"\t\\ ünïcødé 🚀 %_";
@@ -1419,10 +2178,14 @@ pub async fn hostile_strings_round_trip_exactly(store: &dyn Store) {
         author_email: "zoe+\"test\"@exämple.org".to_owned(),
         time: -1,
     };
-    let new_revision = NewRevision { commit: details.clone(), error: Some(hostile.to_owned()), ..queued(1, 1) };
+    let new_revision =
+        NewRevision { commit: details.clone(), error: Some(hostile.to_owned()), ..queued(1, 1) };
     let new_run = NewRun { selection: hostile.to_owned(), ..new_run(1, &["a"]) };
-    let close =
-        DeploymentPatch { status: Some(DeploymentStatus::Closed), close_reason: Some(hostile.to_owned()), ..DeploymentPatch::default() };
+    let close = DeploymentPatch {
+        status: Some(DeploymentStatus::Closed),
+        close_reason: Some(hostile.to_owned()),
+        ..DeploymentPatch::default()
+    };
     let write = LifecycleWrite {
         new_revisions: vec![new_revision],
         new_runs: vec![new_run],
@@ -1449,7 +2212,11 @@ pub async fn hostile_strings_round_trip_exactly(store: &dyn Store) {
     };
     patch_revisions(store, deployment.id, vec![failed], 3_000).await;
     let stored = store.get_revision(revisions[0].id).await.expect("get revision");
-    assert_eq!((stored.diagnostics_json, stored.changes_json), (output.diagnostics_json, output.changes_json), "the output round-trips");
+    assert_eq!(
+        (stored.diagnostics_json, stored.changes_json),
+        (output.diagnostics_json, output.changes_json),
+        "the output round-trips"
+    );
     assert_eq!(stored.error, Some(format!("{hostile}{long_unicode}")));
 
     assert_eq!(store.get_run(runs[0].id).await.expect("get run").selection, hostile);
@@ -1469,7 +2236,10 @@ pub async fn hostile_strings_round_trip_exactly(store: &dyn Store) {
 pub async fn concurrent_writers_never_lose_a_write(store: &dyn Store) {
     const PUSHES_PER_WRITER: u32 = 25;
     let repo = repository("contract-race-push");
-    let deployment = store.ensure_deployment(new_deployment(&repo, "busy", "busy", 1_000)).await.expect("create");
+    let deployment = store
+        .ensure_deployment(new_deployment(&repo, "busy", "busy", 1_000))
+        .await
+        .expect("create");
 
     let writer = |writer: u32| -> Pin<Box<dyn Future<Output = (Vec<i64>, u32)> + '_>> {
         Box::pin(async move {
@@ -1480,10 +2250,18 @@ pub async fn concurrent_writers_never_lose_a_write(store: &dyn Store) {
                 let write = LifecycleWrite {
                     version: record.deployment.version,
                     new_revisions: vec![queued(next, writer * 1_000 + versions.len() as u32)],
-                    deployment_patch: DeploymentPatch { head: Some(next), pushed: true, ..DeploymentPatch::default() },
+                    deployment_patch: DeploymentPatch {
+                        head: Some(next),
+                        pushed: true,
+                        ..DeploymentPatch::default()
+                    },
                     ..change(deployment.id, 2_000 + UnixMillis::from(next))
                 };
-                match store.apply(write).await.expect("a push on a version read just before is written or stale") {
+                match store
+                    .apply(write)
+                    .await
+                    .expect("a push on a version read just before is written or stale")
+                {
                     Applied::Done { version, revisions, .. } => {
                         assert_eq!(numbers(&revisions), [next], "the push inserted its number");
                         versions.push(version);
@@ -1500,9 +2278,17 @@ pub async fn concurrent_writers_never_lose_a_write(store: &dyn Store) {
     eprintln!("contract: two concurrent writers retried {stale} stale writes for 50 pushes");
     let mut versions: Vec<i64> = outcomes.into_iter().flat_map(|(versions, _)| versions).collect();
     versions.sort_unstable();
-    assert_eq!(versions, (1..=50).collect::<Vec<i64>>(), "every applied write got a version of its own, none skipped");
+    assert_eq!(
+        versions,
+        (1..=50).collect::<Vec<i64>>(),
+        "every applied write got a version of its own, none skipped"
+    );
     let revisions = store.list_revisions(deployment.id, 0).await.expect("list revisions");
-    assert_eq!(numbers(&revisions), (1..=50).rev().collect::<Vec<u32>>(), "50 revisions numbered 1 to 50: no gap, no duplicate");
+    assert_eq!(
+        numbers(&revisions),
+        (1..=50).rev().collect::<Vec<u32>>(),
+        "50 revisions numbered 1 to 50: no gap, no duplicate"
+    );
     let after = store.get_deployment(deployment.id).await.expect("get");
     assert_eq!(after.version, 50, "the version counts the applied writes");
     assert_eq!(after.head_revision, Some(revisions[0].id), "the head is the last push");
@@ -1519,7 +2305,10 @@ pub async fn concurrent_first_deliveries_share_one_deployment(store: &dyn Store)
         })
         .collect();
     let ensured = all_at_once(deliveries).await;
-    let ensured: Vec<Deployment> = ensured.into_iter().map(|d| d.expect("a concurrent first delivery gets the deployment")).collect();
+    let ensured: Vec<Deployment> = ensured
+        .into_iter()
+        .map(|d| d.expect("a concurrent first delivery gets the deployment"))
+        .collect();
     let ids: std::collections::BTreeSet<DeploymentId> = ensured.iter().map(|d| d.id).collect();
     assert_eq!(ids.len(), 1, "every delivery got the same deployment: {ids:?}");
     let all = store.list_deployments(&including_closed(&repo)).await.expect("list");
@@ -1531,9 +2320,15 @@ pub async fn concurrent_first_deliveries_share_one_deployment(store: &dyn Store)
 /// version both read: one claim applies, the other is stale, and the winner's lease holds.
 pub async fn concurrent_claims_have_one_winner(store: &dyn Store) {
     let repo = repository("contract-race-claim");
-    let deployment = store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
-    let write = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, &["x"])], ..change(deployment.id, 2_000) };
-    let Written { revisions, runs, .. } = apply_now(store, write, "queue a revision and a run").await;
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let write = LifecycleWrite {
+        new_revisions: vec![queued(1, 1)],
+        new_runs: vec![new_run(1, &["x"])],
+        ..change(deployment.id, 2_000)
+    };
+    let Written { revisions, runs, .. } =
+        apply_now(store, write, "queue a revision and a run").await;
     let servers = ["contract-race-claim-a", "contract-race-claim-b"];
     let lease = |owner: &str| Lease { owner: owner.to_owned(), until: 60_000 };
 
@@ -1541,7 +2336,10 @@ pub async fn concurrent_claims_have_one_winner(store: &dyn Store) {
     let claims = servers
         .iter()
         .map(|owner| -> Pin<Box<dyn Future<Output = StoreResult<Applied>> + '_>> {
-            let claim = RevisionPatch { lease: Some(lease(owner)), ..revision_to(1, RevisionStatus::Deploying) };
+            let claim = RevisionPatch {
+                lease: Some(lease(owner)),
+                ..revision_to(1, RevisionStatus::Deploying)
+            };
             Box::pin(store.apply(LifecycleWrite {
                 version: read.deployment.version,
                 revisions: vec![claim],
@@ -1551,20 +2349,37 @@ pub async fn concurrent_claims_have_one_winner(store: &dyn Store) {
         .collect();
     let winner = one_winner(all_at_once(claims).await, &servers, "claiming the revision");
     let claimed = store.get_revision(revisions[0].id).await.expect("get revision");
-    assert_eq!((claimed.status, claimed.lease), (RevisionStatus::Deploying, Some(lease(winner))), "the winner deploys it");
-    assert_eq!(store.get_deployment(deployment.id).await.expect("get").version, read.deployment.version + 1, "one claim, one version");
+    assert_eq!(
+        (claimed.status, claimed.lease),
+        (RevisionStatus::Deploying, Some(lease(winner))),
+        "the winner deploys it"
+    );
+    assert_eq!(
+        store.get_deployment(deployment.id).await.expect("get").version,
+        read.deployment.version + 1,
+        "one claim, one version"
+    );
 
     let read = store.lifecycle(deployment.id).await.expect("both servers read the lifecycle again");
     let claims = servers
         .iter()
         .map(|owner| -> Pin<Box<dyn Future<Output = StoreResult<Applied>> + '_>> {
-            let claim = RunPatch { lease: Some(lease(owner)), ..run_to(runs[0].id, RunStatus::Running) };
-            Box::pin(store.apply(LifecycleWrite { version: read.deployment.version, runs: vec![claim], ..change(deployment.id, 4_000) }))
+            let claim =
+                RunPatch { lease: Some(lease(owner)), ..run_to(runs[0].id, RunStatus::Running) };
+            Box::pin(store.apply(LifecycleWrite {
+                version: read.deployment.version,
+                runs: vec![claim],
+                ..change(deployment.id, 4_000)
+            }))
         })
         .collect();
     let winner = one_winner(all_at_once(claims).await, &servers, "claiming the run");
     let claimed = store.get_run(runs[0].id).await.expect("get run");
-    assert_eq!((claimed.status, claimed.lease), (RunStatus::Running, Some(lease(winner))), "the winner runs it");
+    assert_eq!(
+        (claimed.status, claimed.lease),
+        (RunStatus::Running, Some(lease(winner))),
+        "the winner runs it"
+    );
 }
 
 // Helpers: short constructors for valid test data, so each story shows only what it is about.
@@ -1594,10 +2409,18 @@ fn change(deployment: DeploymentId, now: UnixMillis) -> LifecycleWrite {
 /// Applies `write` on the deployment's current version; nothing else writes the story's
 /// deployments, so it must be written.
 async fn apply_now(store: &dyn Store, write: LifecycleWrite, what: &str) -> Written {
-    let version = store.get_deployment(write.deployment).await.unwrap_or_else(|error| panic!("{what}: read the version: {error}")).version;
+    let version = store
+        .get_deployment(write.deployment)
+        .await
+        .unwrap_or_else(|error| panic!("{what}: read the version: {error}"))
+        .version;
     match store.apply(LifecycleWrite { version, ..write }).await {
         Ok(Applied::Done { version: new_version, revisions, runs }) => {
-            assert_eq!(new_version, version + 1, "{what}: an applied write bumps the version by one");
+            assert_eq!(
+                new_version,
+                version + 1,
+                "{what}: an applied write bumps the version by one"
+            );
             Written { version: new_version, revisions, runs }
         }
         Ok(Applied::Stale) => panic!("{what}: stale, although nothing else writes this deployment"),
@@ -1610,7 +2433,12 @@ fn pushed() -> DeploymentPatch {
 }
 
 fn queued(number: u32, commit: u32) -> NewRevision {
-    NewRevision { number, commit: commit_details(commit), status: RevisionStatus::Queued, error: None }
+    NewRevision {
+        number,
+        commit: commit_details(commit),
+        status: RevisionStatus::Queued,
+        error: None,
+    }
 }
 
 fn new_run(revision: u32, steps: &[&str]) -> NewRun {
@@ -1622,37 +2450,97 @@ fn revision_to(number: u32, status: RevisionStatus) -> RevisionPatch {
 }
 
 fn run_to(id: RunId, status: RunStatus) -> RunPatch {
-    RunPatch { id, status, cancel_requested: false, error: None, lease: None, steps: StepsEnd::Recorded }
+    RunPatch {
+        id,
+        status,
+        cancel_requested: false,
+        error: None,
+        lease: None,
+        steps: StepsEnd::Recorded,
+    }
 }
 
-async fn insert_revision(store: &dyn Store, deployment: DeploymentId, new: NewRevision, now: UnixMillis) -> Revision {
-    apply_now(store, LifecycleWrite { new_revisions: vec![new], ..change(deployment, now) }, "insert a revision").await.revisions.remove(0)
+async fn insert_revision(
+    store: &dyn Store,
+    deployment: DeploymentId,
+    new: NewRevision,
+    now: UnixMillis,
+) -> Revision {
+    apply_now(
+        store,
+        LifecycleWrite { new_revisions: vec![new], ..change(deployment, now) },
+        "insert a revision",
+    )
+    .await
+    .revisions
+    .remove(0)
 }
 
 /// A new deployment's first revision and a run of it, in one write.
-async fn insert_run(store: &dyn Store, deployment: DeploymentId, steps: &[&str], now: UnixMillis) -> Run {
-    let write = LifecycleWrite { new_revisions: vec![queued(1, 1)], new_runs: vec![new_run(1, steps)], ..change(deployment, now) };
+async fn insert_run(
+    store: &dyn Store,
+    deployment: DeploymentId,
+    steps: &[&str],
+    now: UnixMillis,
+) -> Run {
+    let write = LifecycleWrite {
+        new_revisions: vec![queued(1, 1)],
+        new_runs: vec![new_run(1, steps)],
+        ..change(deployment, now)
+    };
     apply_now(store, write, "insert a revision and a run").await.runs.remove(0)
 }
 
 /// Another run of revision 1.
 async fn add_run(store: &dyn Store, deployment: DeploymentId, now: UnixMillis) -> Run {
-    apply_now(store, LifecycleWrite { new_runs: vec![new_run(1, &["x"])], ..change(deployment, now) }, "insert a run").await.runs.remove(0)
+    apply_now(
+        store,
+        LifecycleWrite { new_runs: vec![new_run(1, &["x"])], ..change(deployment, now) },
+        "insert a run",
+    )
+    .await
+    .runs
+    .remove(0)
 }
 
-async fn patch_revisions(store: &dyn Store, deployment: DeploymentId, patches: Vec<RevisionPatch>, now: UnixMillis) -> i64 {
-    apply_now(store, LifecycleWrite { revisions: patches, ..change(deployment, now) }, "patch revisions").await.version
+async fn patch_revisions(
+    store: &dyn Store,
+    deployment: DeploymentId,
+    patches: Vec<RevisionPatch>,
+    now: UnixMillis,
+) -> i64 {
+    apply_now(
+        store,
+        LifecycleWrite { revisions: patches, ..change(deployment, now) },
+        "patch revisions",
+    )
+    .await
+    .version
 }
 
-async fn patch_runs(store: &dyn Store, deployment: DeploymentId, patches: Vec<RunPatch>, now: UnixMillis) -> i64 {
-    apply_now(store, LifecycleWrite { runs: patches, ..change(deployment, now) }, "patch runs").await.version
+async fn patch_runs(
+    store: &dyn Store,
+    deployment: DeploymentId,
+    patches: Vec<RunPatch>,
+    now: UnixMillis,
+) -> i64 {
+    apply_now(store, LifecycleWrite { runs: patches, ..change(deployment, now) }, "patch runs")
+        .await
+        .version
 }
 
 async fn list_runs_of(store: &dyn Store, deployment: DeploymentId) -> Vec<Run> {
-    store.list_runs(&RunFilter { deployment_id: Some(deployment), ..RunFilter::default() }).await.expect("list runs")
+    store
+        .list_runs(&RunFilter { deployment_id: Some(deployment), ..RunFilter::default() })
+        .await
+        .expect("list runs")
 }
 
-async fn lease_of_revision(store: &dyn Store, deployment: DeploymentId, number: u32) -> Option<Lease> {
+async fn lease_of_revision(
+    store: &dyn Store,
+    deployment: DeploymentId,
+    number: u32,
+) -> Option<Lease> {
     let revisions = store.list_revisions(deployment, 0).await.expect("list revisions");
     revisions.into_iter().find(|r| r.number == number).expect("the revision").lease
 }
@@ -1664,10 +2552,19 @@ fn deployment_after_one_write(created: &Deployment, now: UnixMillis) -> Deployme
 
 /// Of concurrent applies from one version, exactly one is `Done`; returns whose.
 fn one_winner<'a>(results: Vec<StoreResult<Applied>>, owners: &[&'a str], what: &str) -> &'a str {
-    let results: Vec<Applied> = results.into_iter().map(|r| r.unwrap_or_else(|error| panic!("{what}: {error}"))).collect();
-    let winners: Vec<usize> = (0..results.len()).filter(|&i| matches!(results[i], Applied::Done { .. })).collect();
-    assert_eq!(winners.len(), 1, "{what}: exactly one of the concurrent writes applies: {results:?}");
-    assert!(results.iter().filter(|r| **r == Applied::Stale).count() == results.len() - 1, "{what}: the others are stale");
+    let results: Vec<Applied> =
+        results.into_iter().map(|r| r.unwrap_or_else(|error| panic!("{what}: {error}"))).collect();
+    let winners: Vec<usize> =
+        (0..results.len()).filter(|&i| matches!(results[i], Applied::Done { .. })).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "{what}: exactly one of the concurrent writes applies: {results:?}"
+    );
+    assert!(
+        results.iter().filter(|r| **r == Applied::Stale).count() == results.len() - 1,
+        "{what}: the others are stale"
+    );
     owners[winners[0]]
 }
 
@@ -1675,7 +2572,8 @@ fn one_winner<'a>(results: Vec<StoreResult<Applied>>, owners: &[&'a str], what: 
 /// one awaits its database, the others go on, so their statements interleave in the database
 /// (on several connections). Written here so the port crate needs no runtime or `futures` crate.
 async fn all_at_once<'a, T>(futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) -> Vec<T> {
-    let mut futures: Vec<Option<Pin<Box<dyn Future<Output = T> + 'a>>>> = futures.into_iter().map(Some).collect();
+    let mut futures: Vec<Option<Pin<Box<dyn Future<Output = T> + 'a>>>> =
+        futures.into_iter().map(Some).collect();
     let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(move |context| {
         let mut unfinished = false;
@@ -1693,7 +2591,12 @@ async fn all_at_once<'a, T>(futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>)
         if unfinished {
             Poll::Pending
         } else {
-            Poll::Ready(outputs.iter_mut().map(|output| output.take().expect("every future finished")).collect())
+            Poll::Ready(
+                outputs
+                    .iter_mut()
+                    .map(|output| output.take().expect("every future finished"))
+                    .collect(),
+            )
         }
     })
     .await
@@ -1730,7 +2633,12 @@ fn commit_details(n: u32) -> CommitDetails {
     }
 }
 
-fn new_deployment(repository: &RepositoryName, deployment_name: &str, branch_name: &str, now: UnixMillis) -> NewDeployment {
+fn new_deployment(
+    repository: &RepositoryName,
+    deployment_name: &str,
+    branch_name: &str,
+    now: UnixMillis,
+) -> NewDeployment {
     NewDeployment {
         repository: repository.clone(),
         name: name(deployment_name),
@@ -1742,8 +2650,21 @@ fn new_deployment(repository: &RepositoryName, deployment_name: &str, branch_nam
     }
 }
 
-fn materialization(deployment_id: DeploymentId, run_id: RunId, asset: &str, created_at: UnixMillis) -> Materialization {
-    Materialization { deployment_id, run_id, asset_key: key(asset), commit: sha(1), row_count: Some(100), duration_ms: 250, created_at }
+fn materialization(
+    deployment_id: DeploymentId,
+    run_id: RunId,
+    asset: &str,
+    created_at: UnixMillis,
+) -> Materialization {
+    Materialization {
+        deployment_id,
+        run_id,
+        asset_key: key(asset),
+        commit: sha(1),
+        row_count: Some(100),
+        duration_ms: 250,
+        created_at,
+    }
 }
 
 fn including_closed(repository: &RepositoryName) -> DeploymentFilter {
@@ -1764,7 +2685,9 @@ fn run_ids(runs: &[Run]) -> Vec<RunId> {
 
 fn assert_oldest_first(revisions: &[Revision]) {
     assert!(
-        revisions.windows(2).all(|pair| (pair[0].queued_at, pair[0].id) <= (pair[1].queued_at, pair[1].id)),
+        revisions
+            .windows(2)
+            .all(|pair| (pair[0].queued_at, pair[0].id) <= (pair[1].queued_at, pair[1].id)),
         "oldest first: {:?}",
         revisions.iter().map(|r| (r.queued_at, r.id)).collect::<Vec<_>>()
     );
@@ -1782,9 +2705,15 @@ fn is_conflict(result: &StoreResult<Applied>) -> bool {
 }
 
 fn assert_not_found<T: Debug>(result: StoreResult<T>, what: &str) {
-    assert!(matches!(result, Err(StoreError::NotFound(_))), "{what}: expected NotFound, got {result:?}");
+    assert!(
+        matches!(result, Err(StoreError::NotFound(_))),
+        "{what}: expected NotFound, got {result:?}"
+    );
 }
 
 fn assert_conflict<T: Debug>(result: StoreResult<T>, what: &str) {
-    assert!(matches!(result, Err(StoreError::Conflict(_))), "{what}: expected Conflict, got {result:?}");
+    assert!(
+        matches!(result, Err(StoreError::Conflict(_))),
+        "{what}: expected Conflict, got {result:?}"
+    );
 }

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use offshoot_core::lifecycle::StepsEnd;
 pub use offshoot_core::lifecycle::{Lease, Teardown};
 use offshoot_core::{
-    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, PullRequestStatus, RepositoryName,
-    RevisionStatus, RunStatus, StepStatus, UnixMillis,
+    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus,
+    PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -338,8 +338,16 @@ pub trait Store: Send + Sync + 'static {
     /// branch (pick another name).
     async fn ensure_deployment(&self, new: NewDeployment) -> StoreResult<Deployment>;
     async fn get_deployment(&self, id: DeploymentId) -> StoreResult<Deployment>;
-    async fn find_deployment(&self, repository: &RepositoryName, name: &DeploymentName) -> StoreResult<Option<Deployment>>;
-    async fn find_deployment_by_branch(&self, repository: &RepositoryName, branch: &BranchName) -> StoreResult<Option<Deployment>>;
+    async fn find_deployment(
+        &self,
+        repository: &RepositoryName,
+        name: &DeploymentName,
+    ) -> StoreResult<Option<Deployment>>;
+    async fn find_deployment_by_branch(
+        &self,
+        repository: &RepositoryName,
+        branch: &BranchName,
+    ) -> StoreResult<Option<Deployment>>;
     /// Ordered by kind (production first), then name.
     async fn list_deployments(&self, filter: &DeploymentFilter) -> StoreResult<Vec<Deployment>>;
     /// Pins (never closed by the TTL) or unpins; bumps the version.
@@ -354,13 +362,24 @@ pub trait Store: Send + Sync + 'static {
     // Revisions.
     async fn get_revision(&self, id: RevisionId) -> StoreResult<Revision>;
     /// Newest (highest number) first; `limit` 0 means all.
-    async fn list_revisions(&self, deployment: DeploymentId, limit: u32) -> StoreResult<Vec<Revision>>;
+    async fn list_revisions(
+        &self,
+        deployment: DeploymentId,
+        limit: u32,
+    ) -> StoreResult<Vec<Revision>>;
     /// The newest (highest number) revision of every deployment that has one, in no order: one
     /// query for listings instead of one per deployment.
     async fn newest_revisions(&self) -> StoreResult<Vec<Revision>>;
-    async fn find_revision_by_commit(&self, deployment: DeploymentId, commit: &CommitSha) -> StoreResult<Option<Revision>>;
+    async fn find_revision_by_commit(
+        &self,
+        deployment: DeploymentId,
+        commit: &CommitSha,
+    ) -> StoreResult<Option<Revision>>;
     /// Across all deployments, oldest first: the deploy worker's queue and the reconciler's view.
-    async fn revisions_with_status(&self, statuses: &[RevisionStatus]) -> StoreResult<Vec<Revision>>;
+    async fn revisions_with_status(
+        &self,
+        statuses: &[RevisionStatus],
+    ) -> StoreResult<Vec<Revision>>;
 
     // Runs and their steps.
     async fn get_run(&self, id: RunId) -> StoreResult<Run>;
@@ -378,7 +397,12 @@ pub trait Store: Send + Sync + 'static {
     // Materializations: which deployment built which asset, when.
     async fn record_materialization(&self, materialization: &Materialization) -> StoreResult<()>;
     /// Newest first; `limit` 0 means all.
-    async fn list_materializations(&self, deployment: DeploymentId, asset: Option<&AssetKey>, limit: u32) -> StoreResult<Vec<Materialization>>;
+    async fn list_materializations(
+        &self,
+        deployment: DeploymentId,
+        asset: Option<&AssetKey>,
+        limit: u32,
+    ) -> StoreResult<Vec<Materialization>>;
 
     // Durable intake of webhook deliveries.
     /// Records an accepted delivery; `None` when its delivery id was recorded before (a replay).
@@ -400,16 +424,26 @@ pub const LEASED_WORK: [(&str, &str, &str, &str); 3] = [
 pub fn step_endings(end: StepsEnd) -> &'static [(StepStatus, StepStatus, Option<&'static str>)] {
     match end {
         StepsEnd::Recorded => &[],
-        StepsEnd::Canceled => &[(StepStatus::Pending, StepStatus::Canceled, None), (StepStatus::Running, StepStatus::Canceled, None)],
+        StepsEnd::Canceled => &[
+            (StepStatus::Pending, StepStatus::Canceled, None),
+            (StepStatus::Running, StepStatus::Canceled, None),
+        ],
         StepsEnd::Interrupted => &[
-            (StepStatus::Running, StepStatus::Failed, Some("the server stopped while this step ran")),
+            (
+                StepStatus::Running,
+                StepStatus::Failed,
+                Some("the server stopped while this step ran"),
+            ),
             (StepStatus::Pending, StepStatus::Skipped, None),
         ],
     }
 }
 
 /// `ensure_deployment` when the insert did nothing: the branch's existing deployment, or why not.
-pub fn existing_deployment(new: &NewDeployment, existing: Option<Deployment>) -> StoreResult<Deployment> {
+pub fn existing_deployment(
+    new: &NewDeployment,
+    existing: Option<Deployment>,
+) -> StoreResult<Deployment> {
     match existing {
         Some(existing) if existing.kind == new.kind => Ok(existing),
         Some(existing) => Err(StoreError::Conflict(format!(
@@ -418,6 +452,9 @@ pub fn existing_deployment(new: &NewDeployment, existing: Option<Deployment>) ->
             existing.kind,
             existing.name
         ))),
-        None => Err(StoreError::Conflict(format!("the name `{}` belongs to another branch's deployment", new.name))),
+        None => Err(StoreError::Conflict(format!(
+            "the name `{}` belongs to another branch's deployment",
+            new.name
+        ))),
     }
 }

@@ -6,13 +6,13 @@
 use std::fmt::Display;
 
 use offshoot_core::{
-    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, PullRequestStatus, RepositoryName,
-    RevisionStatus, RunStatus, StepStatus,
+    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus,
+    PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, StepStatus,
 };
 
 use crate::{
-    CommitDetails, Deployment, DeploymentId, Intake, IntakeId, Lease, Materialization, PullRequest, Revision, RevisionId, Run, RunId,
-    RunStep, StepId, StoreError, StoreResult, Teardown,
+    CommitDetails, Deployment, DeploymentId, Intake, IntakeId, Lease, Materialization, PullRequest,
+    Revision, RevisionId, Run, RunId, RunStep, StepId, StoreError, StoreResult, Teardown,
 };
 
 /// One row's columns, by name; `None` is SQL NULL.
@@ -26,7 +26,9 @@ pub fn deployment(row: &dyn Columns) -> StoreResult<Deployment> {
     let pull_request = match (
         optional_text(row, "pull_request_id")?,
         optional_text(row, "pull_request_url")?,
-        parsed_optional(row, "pull_request_status", |text| PullRequestStatus::parse(text).ok_or("unknown status"))?,
+        parsed_optional(row, "pull_request_status", |text| {
+            PullRequestStatus::parse(text).ok_or("unknown status")
+        })?,
     ) {
         (Some(id), Some(url), Some(status)) => Some(PullRequest { id, url, status }),
         (None, None, None) => None,
@@ -38,7 +40,9 @@ pub fn deployment(row: &dyn Columns) -> StoreResult<Deployment> {
         name: parsed(row, "name", DeploymentName::new)?,
         kind: parsed(row, "kind", |text| DeploymentKind::parse(text).ok_or("unknown kind"))?,
         branch: parsed(row, "branch", BranchName::new)?,
-        status: parsed(row, "status", |text| DeploymentStatus::parse(text).ok_or("unknown status"))?,
+        status: parsed(row, "status", |text| {
+            DeploymentStatus::parse(text).ok_or("unknown status")
+        })?,
         pull_request,
         base_deployment: parsed_optional(row, "base_deployment", DeploymentName::new)?,
         pinned: boolean(row, "pinned")?,
@@ -137,7 +141,10 @@ fn teardown(row: &dyn Columns) -> StoreResult<Teardown> {
     match text(row, "teardown")?.as_str() {
         "done" => Ok(Teardown::Done),
         "pending" => Ok(Teardown::Pending),
-        "running" => match (optional_text(row, "teardown_lease_owner")?, optional_integer(row, "teardown_lease_expires_at")?) {
+        "running" => match (
+            optional_text(row, "teardown_lease_owner")?,
+            optional_integer(row, "teardown_lease_expires_at")?,
+        ) {
             (Some(owner), Some(until)) => Ok(Teardown::Running(Lease { owner, until })),
             _ => Err(corrupt("teardown_lease_*", "NULL while running")),
         },
@@ -192,12 +199,22 @@ fn boolean(row: &dyn Columns, column: &str) -> StoreResult<bool> {
 }
 
 /// A text column checked by `parse` (a validating constructor or an enum's `parse`).
-fn parsed<T, E: Display>(row: &dyn Columns, column: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> StoreResult<T> {
+fn parsed<T, E: Display>(
+    row: &dyn Columns,
+    column: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> StoreResult<T> {
     parse(&text(row, column)?).map_err(|error| corrupt(column, error))
 }
 
-fn parsed_optional<T, E: Display>(row: &dyn Columns, column: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> StoreResult<Option<T>> {
-    optional_text(row, column)?.map(|text| parse(&text).map_err(|error| corrupt(column, error))).transpose()
+fn parsed_optional<T, E: Display>(
+    row: &dyn Columns,
+    column: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> StoreResult<Option<T>> {
+    optional_text(row, column)?
+        .map(|text| parse(&text).map_err(|error| corrupt(column, error)))
+        .transpose()
 }
 
 /// Counts and positions are `u32` in the domain and 64-bit integers in the databases.

@@ -42,7 +42,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use offshoot_core::fingerprint::sha256_hex;
 use offshoot_core::{AssetKey, SchemaName};
-use offshoot_warehouse::data_diff::{self, Column, DataDiff, DiffOptions, Flavor, Row, SqlRunner, Tables};
+use offshoot_warehouse::data_diff::{
+    self, Column, DataDiff, DiffOptions, Flavor, Row, SqlRunner, Tables,
+};
 use offshoot_warehouse::{Target, Warehouse, WarehouseError, WarehouseResult};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, Connection, PgExecutor, Row as _};
@@ -120,23 +122,34 @@ impl fmt::Debug for PostgresWarehouse {
 impl PostgresWarehouse {
     /// Connects to the database at `url` (`postgres://user[:password]@host[:port]/database`),
     /// failing at once if it cannot. Error messages never contain the password.
-    pub async fn connect(url: &str, options: PostgresWarehouseOptions) -> WarehouseResult<PostgresWarehouse> {
+    pub async fn connect(
+        url: &str,
+        options: PostgresWarehouseOptions,
+    ) -> WarehouseResult<PostgresWarehouse> {
         check_role_name(&options.branch_role)?;
         let connect_options: PgConnectOptions = url
             .parse()
             // sqlx's message for a malformed URL quotes neither the URL nor the password.
-            .map_err(|error| WarehouseError::Backend(format!("reading the PostgreSQL warehouse URL: {error}")))?;
+            .map_err(|error| {
+                WarehouseError::Backend(format!("reading the PostgreSQL warehouse URL: {error}"))
+            })?;
         let command_url = url_without_password(&connect_options);
-        let connection = open(&connect_options)
-            .await
-            .map_err(|error| WarehouseError::Backend(format!("connecting to {command_url}: {error}")))?;
+        let connection = open(&connect_options).await.map_err(|error| {
+            WarehouseError::Backend(format!("connecting to {command_url}: {error}"))
+        })?;
         close(connection).await;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(connect_options.clone());
         let login_key = load_login_key(&pool).await?;
-        Ok(PostgresWarehouse { connect_options, pool, branch_role: options.branch_role, command_url, login_key })
+        Ok(PostgresWarehouse {
+            connect_options,
+            pool,
+            branch_role: options.branch_role,
+            command_url,
+            login_key,
+        })
     }
 
     /// The group role of every branch's login role: it reads production.
@@ -148,7 +161,10 @@ impl PostgresWarehouse {
     /// a hash of the database and schema (roles are cluster-wide; two databases' branches of the
     /// same name must not share one), so it is a plain identifier whatever the schema is.
     pub fn branch_login(&self, schema: &SchemaName) -> (String, String) {
-        let database = self.connect_options.get_database().unwrap_or_else(|| self.connect_options.get_username());
+        let database = self
+            .connect_options
+            .get_database()
+            .unwrap_or_else(|| self.connect_options.get_username());
         let name_hash = sha256_hex(&[database.as_bytes(), schema.as_str().as_bytes()]);
         let role = format!("{}_{}", self.branch_role, &name_hash[..12]);
         // The role name first, the key last: nobody without the key can compute it.
@@ -241,7 +257,11 @@ impl PostgresWarehouse {
     /// Runs a multi-statement script as the login user with `search_path` set to `production`,
     /// creating the schema if missing: seeding source tables for the demo and tests. Never give
     /// it a branch's input.
-    pub async fn execute_production_script(&self, production: &SchemaName, sql: &str) -> WarehouseResult<()> {
+    pub async fn execute_production_script(
+        &self,
+        production: &SchemaName,
+        sql: &str,
+    ) -> WarehouseResult<()> {
         let schema = quote_identifier(production.as_str());
         let mut connection = self.open().await?;
         let result = async {
@@ -273,7 +293,13 @@ impl PostgresWarehouse {
 
     /// The variables a process gets to reach `target` as `user`: libpq's own (`PG*`, so `psql`
     /// and drivers need nothing else), the URL, and the schemas.
-    fn environment(&self, target: &Target, user: &str, password: Option<&str>, url: &str) -> Vec<(String, String)> {
+    fn environment(
+        &self,
+        target: &Target,
+        user: &str,
+        password: Option<&str>,
+        url: &str,
+    ) -> Vec<(String, String)> {
         let path: Vec<&str> = search_path(target).iter().map(|schema| schema.as_str()).collect();
         let options = &self.connect_options;
         let host = match options.get_socket() {
@@ -289,7 +315,10 @@ impl PostgresWarehouse {
             ("PGHOST".to_owned(), host),
             ("PGPORT".to_owned(), options.get_port().to_string()),
             ("PGUSER".to_owned(), user.to_owned()),
-            ("PGDATABASE".to_owned(), options.get_database().unwrap_or(options.get_username()).to_owned()),
+            (
+                "PGDATABASE".to_owned(),
+                options.get_database().unwrap_or(options.get_username()).to_owned(),
+            ),
         ];
         if let Some(password) = password {
             env.push(("PGPASSWORD".to_owned(), password.to_owned()));
@@ -301,7 +330,11 @@ impl PostgresWarehouse {
     /// the branch schema only, and takeable by the login user (for SQL materializations).
     /// Revokes what older versions granted the shared group role on the schema. Runs in the
     /// caller's transaction, under the schema's lock.
-    async fn prepare_branch_login(&self, transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>, schema: &SchemaName) -> WarehouseResult<()> {
+    async fn prepare_branch_login(
+        &self,
+        transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        schema: &SchemaName,
+    ) -> WarehouseResult<()> {
         let (login, password) = self.branch_login(schema);
         let role = quote_identifier(&login);
         let group = quote_identifier(&self.branch_role);
@@ -312,7 +345,10 @@ impl PostgresWarehouse {
             "DO $offshoot$ BEGIN CREATE ROLE {role} LOGIN INHERIT PASSWORD '{password}' IN ROLE {group}; \
              EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $offshoot$"
         );
-        let comment = format!("COMMENT ON ROLE {role} IS 'Offshoot: the login of branch schema {}'", schema.as_str());
+        let comment = format!(
+            "COMMENT ON ROLE {role} IS 'Offshoot: the login of branch schema {}'",
+            schema.as_str()
+        );
         let schema_name = quote_identifier(schema.as_str());
         for statement in [
             create,
@@ -337,7 +373,9 @@ impl PostgresWarehouse {
         .map_err(backend_error)?;
         if !may_set_role {
             let with_set = if version >= 160_000 { " WITH SET TRUE" } else { "" };
-            execute(&mut **transaction, format!("GRANT {role} TO SESSION_USER{with_set}")).await.map_err(backend_error)?;
+            execute(&mut **transaction, format!("GRANT {role} TO SESSION_USER{with_set}"))
+                .await
+                .map_err(backend_error)?;
         }
         Ok(())
     }
@@ -358,14 +396,21 @@ impl PostgresWarehouse {
     /// branch fail instead of silently re-creating it or reading production alone.
     async fn require_own_schema(&self, target: &Target) -> WarehouseResult<()> {
         if !self.schema_exists(&target.schema).await? {
-            return Err(WarehouseError::Backend(format!("schema `{}` does not exist; prepare it first", target.schema)));
+            return Err(WarehouseError::Backend(format!(
+                "schema `{}` does not exist; prepare it first",
+                target.schema
+            )));
         }
         Ok(())
     }
 
     /// The schema and oid of the relation `table` names for `target`, looked up the way an
     /// unqualified name is (own schema first, then production's); `None` if neither has it.
-    async fn resolve(&self, target: &Target, table: &str) -> WarehouseResult<Option<(String, i64)>> {
+    async fn resolve(
+        &self,
+        target: &Target,
+        table: &str,
+    ) -> WarehouseResult<Option<(String, i64)>> {
         self.require_own_schema(target).await?;
         if table.contains('\0') {
             return Ok(None);
@@ -376,7 +421,12 @@ impl PostgresWarehouse {
              WHERE c.relname = $1 AND n.nspname = ANY($2::text[]) AND c.relkind IN {READABLE_KINDS}
              ORDER BY array_position($2::text[], n.nspname::text) LIMIT 1"
         );
-        sqlx::query_as(AssertSqlSafe(sql)).bind(table).bind(path).fetch_optional(&self.pool).await.map_err(backend_error)
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(table)
+            .bind(path)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend_error)
     }
 }
 
@@ -386,7 +436,10 @@ impl Warehouse for PostgresWarehouse {
         let schema = quote_identifier(target.schema.as_str());
         if !target.is_production() {
             if !self.schema_exists(&target.production).await? {
-                return Err(WarehouseError::Refused(format!("production schema `{}` does not exist", target.production)));
+                return Err(WarehouseError::Refused(format!(
+                    "production schema `{}` does not exist",
+                    target.production
+                )));
             }
             let (role_exists, reads_production): (bool, bool) = sqlx::query_as(
                 "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1),
@@ -406,29 +459,44 @@ impl Warehouse for PostgresWarehouse {
         }
         let mut transaction = self.pool.begin().await.map_err(backend_error)?;
         lock_schema(&mut transaction, &target.schema).await?;
-        execute(&mut *transaction, format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await.map_err(backend_error)?;
+        execute(&mut *transaction, format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await
+            .map_err(backend_error)?;
         if !target.is_production() {
             self.prepare_branch_login(&mut transaction, &target.schema).await?;
         }
         transaction.commit().await.map_err(backend_error)
     }
 
-    async fn materialize_sql(&self, target: &Target, key: &AssetKey, select: &str) -> WarehouseResult<u64> {
+    async fn materialize_sql(
+        &self,
+        target: &Target,
+        key: &AssetKey,
+        select: &str,
+    ) -> WarehouseResult<u64> {
         if key.as_str().ends_with(STAGING_SUFFIX) {
-            return Err(WarehouseError::Refused(format!("asset keys ending in `{STAGING_SUFFIX}` are reserved")));
+            return Err(WarehouseError::Refused(format!(
+                "asset keys ending in `{STAGING_SUFFIX}` are reserved"
+            )));
         }
         let statement = single_statement(select)?;
         self.require_own_schema(target).await?;
         let login = (!target.is_production()).then(|| self.branch_login(&target.schema).0);
         let mut connection = self.open().await?;
-        let result = replace_table(&mut connection, target, login.as_deref(), key.as_str(), statement).await;
+        let result =
+            replace_table(&mut connection, target, login.as_deref(), key.as_str(), statement).await;
         close(connection).await;
         result
     }
 
     fn command_environment(&self, target: &Target) -> Vec<(String, String)> {
         if target.is_production() {
-            return self.environment(target, self.connect_options.get_username(), None, &self.command_url);
+            return self.environment(
+                target,
+                self.connect_options.get_username(),
+                None,
+                &self.command_url,
+            );
         }
         let (role, password) = self.branch_login(&target.schema);
         let url = self.url_for(&role, Some(&password));
@@ -456,7 +524,8 @@ impl Warehouse for PostgresWarehouse {
         .fetch_all(&self.pool)
         .await
         .map_err(backend_error)?;
-        let mut tables: Vec<String> = names.into_iter().filter(|name| !name.ends_with(STAGING_SUFFIX)).collect();
+        let mut tables: Vec<String> =
+            names.into_iter().filter(|name| !name.ends_with(STAGING_SUFFIX)).collect();
         tables.sort();
         Ok(tables)
     }
@@ -465,12 +534,23 @@ impl Warehouse for PostgresWarehouse {
         let Some((schema, _)) = self.resolve(target, table).await? else {
             return Ok(None);
         };
-        let sql = format!("SELECT count(*) FROM {}.{}", quote_identifier(&schema), quote_identifier(table));
-        let rows: i64 = sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&self.pool).await.map_err(backend_error)?;
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            quote_identifier(&schema),
+            quote_identifier(table)
+        );
+        let rows: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend_error)?;
         Ok(Some(count_to_u64(rows)))
     }
 
-    async fn table_checksum(&self, target: &Target, table: &str) -> WarehouseResult<Option<String>> {
+    async fn table_checksum(
+        &self,
+        target: &Target,
+        table: &str,
+    ) -> WarehouseResult<Option<String>> {
         let Some((schema, oid)) = self.resolve(target, table).await? else {
             return Ok(None);
         };
@@ -487,51 +567,76 @@ impl Warehouse for PostgresWarehouse {
             quote_identifier(&schema),
             quote_identifier(table)
         );
-        let checksum: String =
-            sqlx::query_scalar(AssertSqlSafe(sql)).bind(oid).fetch_one(&self.pool).await.map_err(backend_error)?;
+        let checksum: String = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(oid)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend_error)?;
         Ok(Some(checksum))
     }
 
     async fn teardown(&self, target: &Target) -> WarehouseResult<()> {
         if target.is_production() {
-            return Err(WarehouseError::Refused(format!("`{}` is production; it is never torn down", target.schema)));
+            return Err(WarehouseError::Refused(format!(
+                "`{}` is production; it is never torn down",
+                target.schema
+            )));
         }
         let mut transaction = self.pool.begin().await.map_err(backend_error)?;
         lock_schema(&mut transaction, &target.schema).await?;
-        let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_identifier(target.schema.as_str()));
+        let drop =
+            format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_identifier(target.schema.as_str()));
         execute(&mut *transaction, drop).await.map_err(backend_error)?;
         let (role, _) = self.branch_login(&target.schema);
-        let role_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
-            .bind(&role)
-            .fetch_one(&mut *transaction)
-            .await
-            .map_err(backend_error)?;
+        let role_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
+                .bind(&role)
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(backend_error)?;
         if role_exists {
             let role = quote_identifier(&role);
-            execute(&mut *transaction, format!("DROP OWNED BY {role}")).await.map_err(backend_error)?;
-            execute(&mut *transaction, format!("DROP ROLE IF EXISTS {role}")).await.map_err(backend_error)?;
+            execute(&mut *transaction, format!("DROP OWNED BY {role}"))
+                .await
+                .map_err(backend_error)?;
+            execute(&mut *transaction, format!("DROP ROLE IF EXISTS {role}"))
+                .await
+                .map_err(backend_error)?;
         }
         transaction.commit().await.map_err(backend_error)
     }
 
     async fn schemas(&self) -> WarehouseResult<Vec<SchemaName>> {
-        let names: Vec<String> =
-            sqlx::query_scalar("SELECT nspname::text FROM pg_namespace").fetch_all(&self.pool).await.map_err(backend_error)?;
-        let mut schemas: Vec<SchemaName> = names.iter().filter_map(|name| SchemaName::parse(name)).collect();
+        let names: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend_error)?;
+        let mut schemas: Vec<SchemaName> =
+            names.iter().filter_map(|name| SchemaName::parse(name)).collect();
         schemas.sort();
         Ok(schemas)
     }
 
-    async fn data_diff(&self, target: &Target, table: &str, options: &DiffOptions) -> WarehouseResult<DataDiff> {
+    async fn data_diff(
+        &self,
+        target: &Target,
+        table: &str,
+        options: &DiffOptions,
+    ) -> WarehouseResult<DataDiff> {
         if target.is_production() {
-            return Err(WarehouseError::Refused("a data diff compares a branch with production; the target is production".to_owned()));
+            return Err(WarehouseError::Refused(
+                "a data diff compares a branch with production; the target is production"
+                    .to_owned(),
+            ));
         }
         self.require_own_schema(target).await?;
         let mut connection = self.open().await?;
         let result = async {
             // Matching hashes whole rows: give it the memory to do so in one batch instead of
             // spilling to disk (this connection is the diff's own and closes after it).
-            execute(&mut connection, format!("SET work_mem = '{DIFF_WORK_MEM}'")).await.map_err(backend_error)?;
+            execute(&mut connection, format!("SET work_mem = '{DIFF_WORK_MEM}'"))
+                .await
+                .map_err(backend_error)?;
             let production = describe(&mut connection, &target.production, table).await?;
             let branch = describe(&mut connection, &target.schema, table).await?;
             let tables = Tables { production, branch };
@@ -556,7 +661,8 @@ async fn replace_table(
     let schema = quote_identifier(target.schema.as_str());
     let table = format!("{schema}.{}", quote_identifier(key));
     let staging = format!("{schema}.{}", quote_identifier(&format!("{key}{STAGING_SUFFIX}")));
-    let path: Vec<String> = search_path(target).iter().map(|schema| quote_identifier(schema.as_str())).collect();
+    let path: Vec<String> =
+        search_path(target).iter().map(|schema| quote_identifier(schema.as_str())).collect();
 
     let mut transaction = connection.begin().await.map_err(backend_error)?;
     let result = async {
@@ -573,13 +679,21 @@ async fn replace_table(
             .await
             .map_err(backend_error)?;
         // The statement scan in `sql_text` assumes backslashes in '…' are plain characters.
-        execute(&mut *transaction, "SET LOCAL standard_conforming_strings = on".to_owned()).await.map_err(backend_error)?;
-        execute(&mut *transaction, format!("SET LOCAL search_path = {}", path.join(", "))).await.map_err(backend_error)?;
+        execute(&mut *transaction, "SET LOCAL standard_conforming_strings = on".to_owned())
+            .await
+            .map_err(backend_error)?;
+        execute(&mut *transaction, format!("SET LOCAL search_path = {}", path.join(", ")))
+            .await
+            .map_err(backend_error)?;
         if let Some(role) = role {
-            execute(&mut *transaction, format!("SET LOCAL ROLE {}", quote_identifier(role))).await.map_err(backend_error)?;
+            execute(&mut *transaction, format!("SET LOCAL ROLE {}", quote_identifier(role)))
+                .await
+                .map_err(backend_error)?;
         }
         let runs_as = current_user(&mut transaction).await?;
-        execute(&mut *transaction, format!("DROP TABLE IF EXISTS {staging}")).await.map_err(backend_error)?;
+        execute(&mut *transaction, format!("DROP TABLE IF EXISTS {staging}"))
+            .await
+            .map_err(backend_error)?;
         // The extended protocol (an unnamed statement, not cached) runs exactly one statement.
         let created = sqlx::query(AssertSqlSafe(format!("CREATE TABLE {staging} AS {statement}")))
             .persistent(false)
@@ -587,12 +701,19 @@ async fn replace_table(
             .await
             .map_err(query_error)?;
         if current_user(&mut transaction).await? != runs_as {
-            return Err(WarehouseError::Refused("the asset's SQL changed the role it runs as".to_owned()));
+            return Err(WarehouseError::Refused(
+                "the asset's SQL changed the role it runs as".to_owned(),
+            ));
         }
-        execute(&mut *transaction, format!("DROP TABLE IF EXISTS {table}")).await.map_err(backend_error)?;
-        execute(&mut *transaction, format!("ALTER TABLE {staging} RENAME TO {}", quote_identifier(key)))
+        execute(&mut *transaction, format!("DROP TABLE IF EXISTS {table}"))
             .await
             .map_err(backend_error)?;
+        execute(
+            &mut *transaction,
+            format!("ALTER TABLE {staging} RENAME TO {}", quote_identifier(key)),
+        )
+        .await
+        .map_err(backend_error)?;
         Ok(created.rows_affected())
     }
     .await;
@@ -610,7 +731,11 @@ async fn replace_table(
 }
 
 async fn current_user(connection: &mut PgConnection) -> WarehouseResult<String> {
-    sqlx::query_scalar("SELECT current_user::text").persistent(false).fetch_one(connection).await.map_err(backend_error)
+    sqlx::query_scalar("SELECT current_user::text")
+        .persistent(false)
+        .fetch_one(connection)
+        .await
+        .map_err(backend_error)
 }
 
 /// Serializes schema changes (prepare, setup, teardown) of one schema across connections and
@@ -636,13 +761,23 @@ enum LockMode {
 /// drop and rename its tables (shared), until the transaction ends. Separate from the schema's
 /// lock, so preparing a branch (which prepares production too) never waits for a production
 /// build.
-async fn lock_grants(connection: &mut PgConnection, schema: &SchemaName, mode: LockMode) -> WarehouseResult<()> {
+async fn lock_grants(
+    connection: &mut PgConnection,
+    schema: &SchemaName,
+    mode: LockMode,
+) -> WarehouseResult<()> {
     let sql = match mode {
         LockMode::Shared => "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
         LockMode::Exclusive => "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
     };
     // Not prepared: the builds that take it run on connections opened for them alone.
-    sqlx::query(sql).persistent(false).bind(grants_lock_key(schema)).execute(connection).await.map(|_| ()).map_err(backend_error)
+    sqlx::query(sql)
+        .persistent(false)
+        .bind(grants_lock_key(schema))
+        .execute(connection)
+        .await
+        .map(|_| ())
+        .map_err(backend_error)
 }
 
 fn schema_lock_key(schema: &SchemaName) -> String {
@@ -710,7 +845,10 @@ fn libpq_url(options: &PgConnectOptions, user: &str, password: Option<&str>) -> 
         Some(password) => format!("{}:{}", percent_encode(user), percent_encode(password)),
         None => percent_encode(user),
     };
-    let database = options.get_database().map(|database| format!("/{}", percent_encode(database))).unwrap_or_default();
+    let database = options
+        .get_database()
+        .map(|database| format!("/{}", percent_encode(database)))
+        .unwrap_or_default();
     let mut query = Vec::new();
     let host = match options.get_socket() {
         Some(socket) => {
@@ -751,7 +889,11 @@ fn percent_encode(text: &str) -> String {
 }
 
 /// The table `table` of `schema` as a quoted reference and its columns; `None` if absent.
-async fn describe(connection: &mut PgConnection, schema: &SchemaName, table: &str) -> WarehouseResult<Option<(String, Vec<Column>)>> {
+async fn describe(
+    connection: &mut PgConnection,
+    schema: &SchemaName,
+    table: &str,
+) -> WarehouseResult<Option<(String, Vec<Column>)>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -768,10 +910,19 @@ async fn describe(connection: &mut PgConnection, schema: &SchemaName, table: &st
     }
     let numeric = |t: &str| {
         let base = t.split('(').next().unwrap_or(t).trim();
-        matches!(base, "smallint" | "integer" | "bigint" | "numeric" | "real" | "double precision" | "decimal")
+        matches!(
+            base,
+            "smallint" | "integer" | "bigint" | "numeric" | "real" | "double precision" | "decimal"
+        )
     };
-    let columns = rows.into_iter().map(|(name, data_type)| Column { numeric: numeric(&data_type), name, data_type }).collect();
-    Ok(Some((format!("{}.{}", quote_identifier(schema.as_str()), quote_identifier(table)), columns)))
+    let columns = rows
+        .into_iter()
+        .map(|(name, data_type)| Column { numeric: numeric(&data_type), name, data_type })
+        .collect();
+    Ok(Some((
+        format!("{}.{}", quote_identifier(schema.as_str()), quote_identifier(table)),
+        columns,
+    )))
 }
 
 struct PostgresFlavor;
@@ -793,8 +944,18 @@ struct Runner<'a>(&'a mut PgConnection);
 #[async_trait]
 impl SqlRunner for Runner<'_> {
     async fn rows(&mut self, sql: &str) -> WarehouseResult<Vec<Row>> {
-        let rows = sqlx::query(AssertSqlSafe(sql.to_owned())).persistent(false).fetch_all(&mut *self.0).await.map_err(query_error)?;
-        rows.iter().map(|row| (0..row.len()).map(|i| row.try_get::<Option<String>, _>(i).map_err(backend_error)).collect()).collect()
+        let rows = sqlx::query(AssertSqlSafe(sql.to_owned()))
+            .persistent(false)
+            .fetch_all(&mut *self.0)
+            .await
+            .map_err(query_error)?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| row.try_get::<Option<String>, _>(i).map_err(backend_error))
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -803,7 +964,11 @@ impl SqlRunner for Runner<'_> {
 /// agree on one key.
 async fn load_login_key(pool: &PgPool) -> WarehouseResult<String> {
     let mut transaction = pool.begin().await.map_err(backend_error)?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(ROLE_SETUP_LOCK).execute(&mut *transaction).await.map_err(backend_error)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ROLE_SETUP_LOCK)
+        .execute(&mut *transaction)
+        .await
+        .map_err(backend_error)?;
     for statement in [
         format!("CREATE SCHEMA IF NOT EXISTS {INTERNAL_SCHEMA}"),
         format!("REVOKE ALL ON SCHEMA {INTERNAL_SCHEMA} FROM PUBLIC"),
@@ -818,10 +983,12 @@ async fn load_login_key(pool: &PgPool) -> WarehouseResult<String> {
             WarehouseError::Backend(format!("setting up {INTERNAL_SCHEMA} (the login needs CREATE on the database): {error}"))
         })?;
     }
-    let key: String = sqlx::query_scalar(AssertSqlSafe(format!("SELECT key FROM {INTERNAL_SCHEMA}.login_key WHERE id = 1")))
-        .fetch_one(&mut *transaction)
-        .await
-        .map_err(backend_error)?;
+    let key: String = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT key FROM {INTERNAL_SCHEMA}.login_key WHERE id = 1"
+    )))
+    .fetch_one(&mut *transaction)
+    .await
+    .map_err(backend_error)?;
     transaction.commit().await.map_err(backend_error)?;
     Ok(key)
 }
@@ -863,9 +1030,21 @@ mod tests {
             let options: PgConnectOptions = url.parse().expect("a valid URL");
             assert_eq!(url_without_password(&options), expect, "{url}");
         };
-        check("postgres://alice:s3cret@db.example:6543/ware", "postgres://alice@db.example:6543/ware");
-        check("postgres://al%40ice:p%40ss@127.0.0.1/my%20db", "postgres://al%40ice@127.0.0.1:5432/my%20db");
-        check("postgres://bob:x@[::1]:5432/w?sslmode=require", "postgres://bob@[::1]:5432/w?sslmode=require");
-        check("postgres://carol@localhost/w?host=/var/run/postgresql", "postgres://carol@:5432/w?host=%2Fvar%2Frun%2Fpostgresql");
+        check(
+            "postgres://alice:s3cret@db.example:6543/ware",
+            "postgres://alice@db.example:6543/ware",
+        );
+        check(
+            "postgres://al%40ice:p%40ss@127.0.0.1/my%20db",
+            "postgres://al%40ice@127.0.0.1:5432/my%20db",
+        );
+        check(
+            "postgres://bob:x@[::1]:5432/w?sslmode=require",
+            "postgres://bob@[::1]:5432/w?sslmode=require",
+        );
+        check(
+            "postgres://carol@localhost/w?host=/var/run/postgresql",
+            "postgres://carol@:5432/w?host=%2Fvar%2Frun%2Fpostgresql",
+        );
     }
 }

@@ -34,7 +34,8 @@ pub(crate) fn single_statement(sql: &str) -> WarehouseResult<&str> {
     };
     if has_code_after(sql, end + 1) {
         return Err(WarehouseError::Refused(
-            "an asset's SQL must be a single SELECT statement; found another statement after `;`".to_owned(),
+            "an asset's SQL must be a single SELECT statement; found another statement after `;`"
+                .to_owned(),
         ));
     }
     Ok(&sql[..end])
@@ -58,13 +59,19 @@ fn scan(sql: &str, start: usize, mut visit: impl FnMut(usize, Token) -> bool) {
         let (kind, next) = match bytes[at] {
             b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => (Token::Blank, at + 1),
             b'-' if bytes.get(at + 1) == Some(&b'-') => {
-                let end =
-                    bytes[at..].iter().position(|&b| b == b'\n' || b == b'\r').map_or(bytes.len(), |offset| at + offset + 1);
+                let end = bytes[at..]
+                    .iter()
+                    .position(|&b| b == b'\n' || b == b'\r')
+                    .map_or(bytes.len(), |offset| at + offset + 1);
                 (Token::Blank, end)
             }
-            b'/' if bytes.get(at + 1) == Some(&b'*') => (Token::Blank, end_of_block_comment(bytes, at + 2)),
+            b'/' if bytes.get(at + 1) == Some(&b'*') => {
+                (Token::Blank, end_of_block_comment(bytes, at + 2))
+            }
             b';' => (Token::Semicolon, at + 1),
-            b'\'' if starts_escape_string(bytes, at) => (Token::Code, end_of_escape_string(bytes, at + 1)),
+            b'\'' if starts_escape_string(bytes, at) => {
+                (Token::Code, end_of_escape_string(bytes, at + 1))
+            }
             quote @ (b'\'' | b'"') => (Token::Code, end_of_quoted(bytes, at + 1, quote)),
             b'$' => (Token::Code, end_of_dollar_quote(bytes, at).unwrap_or(at + 1)),
             _ => (Token::Code, at + 1),
@@ -149,7 +156,10 @@ fn end_of_dollar_quote(bytes: &[u8], at: usize) -> Option<usize> {
     let mut tag_end = at + 1;
     while tag_end < bytes.len() && bytes[tag_end] != b'$' {
         let byte = bytes[tag_end];
-        let allowed = byte.is_ascii_alphabetic() || byte == b'_' || byte >= 0x80 || (tag_end > at + 1 && byte.is_ascii_digit());
+        let allowed = byte.is_ascii_alphabetic()
+            || byte == b'_'
+            || byte >= 0x80
+            || (tag_end > at + 1 && byte.is_ascii_digit());
         if !allowed {
             return None;
         }
@@ -201,14 +211,20 @@ mod tests {
         check("SELECT 1; ;\n -- done\n /* really */", Some("SELECT 1"));
         check("/* leading; comment */ SELECT 1", Some("/* leading; comment */ SELECT 1"));
         check("SELECT ';' AS x", Some("SELECT ';' AS x"));
-        check("SELECT 'it''s; fine' AS x -- trailing; comment", Some("SELECT 'it''s; fine' AS x -- trailing; comment"));
+        check(
+            "SELECT 'it''s; fine' AS x -- trailing; comment",
+            Some("SELECT 'it''s; fine' AS x -- trailing; comment"),
+        );
         check("SELECT 1 AS \"x;y\"", Some("SELECT 1 AS \"x;y\""));
         check("SELECT 1 AS \"a\"\";\"", Some("SELECT 1 AS \"a\"\";\""));
         check("SELECT E'\\';' AS x", Some("SELECT E'\\';' AS x"));
         check("SELECT e'\\\\' AS x; ", Some("SELECT e'\\\\' AS x"));
         check("SELECT $$;$$ AS x", Some("SELECT $$;$$ AS x"));
         check("SELECT $a$ $$; $a$ AS x;", Some("SELECT $a$ $$; $a$ AS x"));
-        check("SELECT 1 /* outer /* inner; */ still; */", Some("SELECT 1 /* outer /* inner; */ still; */"));
+        check(
+            "SELECT 1 /* outer /* inner; */ still; */",
+            Some("SELECT 1 /* outer /* inner; */ still; */"),
+        );
     }
 
     #[test]

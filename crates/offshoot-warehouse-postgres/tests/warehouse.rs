@@ -12,7 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use offshoot_core::{AssetKey, DeploymentName, RepositoryName, SchemaName};
 use offshoot_warehouse::{Target, Warehouse, WarehouseError};
-use offshoot_warehouse_postgres::{PostgresWarehouse, PostgresWarehouseOptions, DEFAULT_BRANCH_ROLE};
+use offshoot_warehouse_postgres::{
+    PostgresWarehouse, PostgresWarehouseOptions, DEFAULT_BRANCH_ROLE,
+};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
@@ -37,7 +39,10 @@ impl TestDatabase {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
             .trim_end_matches('/')
             .to_owned();
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_nanos();
         let name = format!("offshoot_test_{}_{nanos}", std::process::id());
         let mut connection = maintenance_connection(&server).await.unwrap_or_else(|error| {
             panic!(
@@ -62,7 +67,12 @@ impl TestDatabase {
     /// The URL of the test database for another user.
     fn url_as(&self, user: &str, password: &str) -> String {
         let server: PgConnectOptions = self.server.parse().expect("a valid server URL");
-        format!("postgres://{user}:{password}@{}:{}/{}", server.get_host(), server.get_port(), self.name)
+        format!(
+            "postgres://{user}:{password}@{}:{}/{}",
+            server.get_host(),
+            server.get_port(),
+            self.name
+        )
     }
 
     /// A connection of the test's own to its database, as the login user.
@@ -93,12 +103,18 @@ impl Drop for TestDatabase {
         // A runtime of its own on a thread of its own: this may run inside the test's runtime,
         // which cannot be blocked on from within.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                let mut connection = maintenance_connection(&server).await.map_err(|e| e.to_string())?;
+                let mut connection =
+                    maintenance_connection(&server).await.map_err(|e| e.to_string())?;
                 let mut result = Ok(());
                 for statement in statements {
-                    if let Err(error) = sqlx::raw_sql(AssertSqlSafe(statement)).execute(&mut connection).await {
+                    if let Err(error) =
+                        sqlx::raw_sql(AssertSqlSafe(statement)).execute(&mut connection).await
+                    {
                         result = Err(error.to_string());
                         break;
                     }
@@ -111,7 +127,10 @@ impl Drop for TestDatabase {
         match dropped {
             Ok(Ok(())) => {}
             Ok(Err(error)) => eprintln!("could not drop test database {}: {error}", self.name),
-            Err(_) => eprintln!("could not drop test database {}: the dropping thread panicked", self.name),
+            Err(_) => eprintln!(
+                "could not drop test database {}: the dropping thread panicked",
+                self.name
+            ),
         }
     }
 }
@@ -158,14 +177,22 @@ impl Fixture {
         let warehouse = connect(&database).await;
         let production = Target { schema: schema("prod"), production: schema("prod") };
         warehouse.prepare(&production).await.expect("prepare production");
-        warehouse.execute_production_script(&production.schema, seed).await.expect("seed production");
+        warehouse
+            .execute_production_script(&production.schema, seed)
+            .await
+            .expect("seed production");
         warehouse.setup_roles(&production.schema).await.expect("set up the branch role");
         let branch = branch_of("feature-1-ab12cd34");
         warehouse.prepare(&branch).await.expect("prepare branch");
         Some(Fixture { warehouse, production, branch, database })
     }
 
-    async fn materialize(&self, target: &Target, name: &str, select: &str) -> Result<u64, WarehouseError> {
+    async fn materialize(
+        &self,
+        target: &Target,
+        name: &str,
+        select: &str,
+    ) -> Result<u64, WarehouseError> {
         self.warehouse.materialize_sql(target, &key(name), select).await
     }
 
@@ -174,7 +201,11 @@ impl Fixture {
     }
 
     async fn checksum(&self, target: &Target, table: &str) -> String {
-        self.warehouse.table_checksum(target, table).await.expect("checksum").expect("the table exists")
+        self.warehouse
+            .table_checksum(target, table)
+            .await
+            .expect("checksum")
+            .expect("the table exists")
     }
 
     async fn own_tables(&self, target: &Target) -> Vec<String> {
@@ -194,11 +225,13 @@ impl Fixture {
     /// Every table in the target's schema, staging tables included.
     async fn all_own_tables(&self, target: &Target) -> Vec<String> {
         let mut connection = self.database.connection().await;
-        let names: Vec<String> = sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1")
-            .bind(target.schema.as_str())
-            .fetch_all(&mut connection)
-            .await
-            .expect("list tables");
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
+        )
+        .bind(target.schema.as_str())
+        .fetch_all(&mut connection)
+        .await
+        .expect("list tables");
         connection.close().await.expect("close");
         names
     }
@@ -208,14 +241,23 @@ impl Fixture {
     async fn branch_role_connection(&self) -> PgConnection {
         let mut connection = self.database.connection().await;
         let (login, _) = self.warehouse.branch_login(&self.branch.schema);
-        let setup = format!("SET ROLE \"{login}\"; SET search_path = \"{}\", \"{}\"", self.branch.schema, self.branch.production);
-        sqlx::raw_sql(AssertSqlSafe(setup)).execute(&mut connection).await.expect("become the branch role");
+        let setup = format!(
+            "SET ROLE \"{login}\"; SET search_path = \"{}\", \"{}\"",
+            self.branch.schema, self.branch.production
+        );
+        sqlx::raw_sql(AssertSqlSafe(setup))
+            .execute(&mut connection)
+            .await
+            .expect("become the branch role");
         connection
     }
 }
 
 async fn connect(database: &TestDatabase) -> PostgresWarehouse {
-    let options = PostgresWarehouseOptions { branch_role: database.role.clone(), ..PostgresWarehouseOptions::default() };
+    let options = PostgresWarehouseOptions {
+        branch_role: database.role.clone(),
+        ..PostgresWarehouseOptions::default()
+    };
     PostgresWarehouse::connect(&database.url(), options).await.expect("connect the warehouse")
 }
 
@@ -243,13 +285,23 @@ async fn a_branch_reads_production_without_copying_it() {
         )
     };
     assert!(count(&mut connection, &bytes_in(&production.schema)).await > 5_000_000);
-    assert_eq!(count(&mut connection, &bytes_in(&branch.schema)).await, 0, "a prepared branch holds no data");
+    assert_eq!(
+        count(&mut connection, &bytes_in(&branch.schema)).await,
+        0,
+        "a prepared branch holds no data"
+    );
     assert_eq!(fixture.own_tables(branch).await, Vec::<String>::new());
 
     // Before building anything, the branch sees production's tables.
     assert_eq!(fixture.rows(branch, "big").await, Some(100_000));
-    assert_eq!(fixture.checksum(branch, "small").await, fixture.checksum(production, "small").await);
-    assert_eq!(fixture.materialize(branch, "big_summary", "SELECT count(*) AS n FROM big").await, Ok(1));
+    assert_eq!(
+        fixture.checksum(branch, "small").await,
+        fixture.checksum(production, "small").await
+    );
+    assert_eq!(
+        fixture.materialize(branch, "big_summary", "SELECT count(*) AS n FROM big").await,
+        Ok(1)
+    );
     assert_eq!(fixture.own_tables(branch).await, ["big_summary"]);
 
     // Preparing again keeps what the branch built and still copies nothing.
@@ -266,18 +318,32 @@ async fn materializing_in_a_branch_writes_the_branch_and_leaves_production_alone
     let production_before = fixture.production_checksums().await;
     // Opened before the copy-on-write, and kept open across it.
     let mut reader = fixture.branch_role_connection().await;
-    assert_eq!(count(&mut reader, "SELECT count(*) FROM orders").await, 3, "the branch reads production's orders");
+    assert_eq!(
+        count(&mut reader, "SELECT count(*) FROM orders").await,
+        3,
+        "the branch reads production's orders"
+    );
 
     // `large_orders` reads production's `orders` while the branch has none of its own.
     let downstream = "SELECT * FROM orders WHERE amount > 0";
     assert_eq!(fixture.materialize(branch, "large_orders", downstream).await, Ok(2));
 
     // Copy-on-write: the branch gets its own `orders` and from now on reads it.
-    assert_eq!(fixture.materialize(branch, "orders", "SELECT * FROM raw_orders WHERE id = 1").await, Ok(1));
+    assert_eq!(
+        fixture.materialize(branch, "orders", "SELECT * FROM raw_orders WHERE id = 1").await,
+        Ok(1)
+    );
     assert_eq!(fixture.own_tables(branch).await, ["large_orders", "orders"]);
     assert_eq!(fixture.rows(branch, "orders").await, Some(1));
-    assert_ne!(fixture.checksum(branch, "orders").await, fixture.checksum(production, "orders").await);
-    assert_eq!(count(&mut reader, "SELECT count(*) FROM orders").await, 1, "a fresh statement sees the branch's table");
+    assert_ne!(
+        fixture.checksum(branch, "orders").await,
+        fixture.checksum(production, "orders").await
+    );
+    assert_eq!(
+        count(&mut reader, "SELECT count(*) FROM orders").await,
+        1,
+        "a fresh statement sees the branch's table"
+    );
 
     // The same downstream SQL now resolves `orders` to the branch's table.
     assert_eq!(fixture.materialize(branch, "large_orders", downstream).await, Ok(1));
@@ -313,10 +379,16 @@ async fn production_cannot_be_written_by_the_branch_role() {
         format!("COMMENT ON TABLE {prod}.orders IS 'owned'"),
     ];
     for write in &writes {
-        let error = sqlx::raw_sql(AssertSqlSafe(write.clone())).execute(&mut connection).await.expect_err(write);
+        let error = sqlx::raw_sql(AssertSqlSafe(write.clone()))
+            .execute(&mut connection)
+            .await
+            .expect_err(write);
         let message = error.to_string();
         // Writes and CREATE say "permission denied"; DROP, ALTER, indexes and comments need ownership.
-        assert!(message.contains("permission denied") || message.contains("must be owner"), "{write}: {message}");
+        assert!(
+            message.contains("permission denied") || message.contains("must be owner"),
+            "{write}: {message}"
+        );
     }
     connection.close().await.expect("close");
 
@@ -334,29 +406,52 @@ async fn production_cannot_be_written_by_the_branch_role() {
 
     // A whole branch run, rebuilding production's names in the branch.
     let branch = &fixture.branch;
-    assert_eq!(fixture.materialize(branch, "orders", "SELECT * FROM raw_orders WHERE amount > 0").await, Ok(2));
+    assert_eq!(
+        fixture.materialize(branch, "orders", "SELECT * FROM raw_orders WHERE amount > 0").await,
+        Ok(2)
+    );
     assert_eq!(fixture.materialize(branch, "raw_orders", "SELECT 1 AS id").await, Ok(1));
     assert_eq!(fixture.materialize(branch, "Customers", "SELECT 'zed' AS name").await, Ok(1));
     assert_eq!(fixture.production_checksums().await, production_before, "production is unchanged");
-    assert_eq!(fixture.own_tables(&fixture.production).await, ["Customers", "orders", "raw_orders"]);
+    assert_eq!(
+        fixture.own_tables(&fixture.production).await,
+        ["Customers", "orders", "raw_orders"]
+    );
 }
 
 #[tokio::test]
 async fn production_can_drop_and_rebuild_its_table_while_a_branch_reads_it() {
     let Some(fixture) = Fixture::new().await else { return };
     let (production, branch) = (&fixture.production, &fixture.branch);
-    assert_eq!(fixture.materialize(branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await, Ok(2));
+    assert_eq!(
+        fixture.materialize(branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await,
+        Ok(2)
+    );
 
     // Nothing of the branch depends on production's table: production drops and recreates it.
     let rebuild = "DROP TABLE orders;
                    CREATE TABLE orders AS SELECT i AS id, i * 10.0 AS amount, 'x' AS customer FROM generate_series(1, 5) AS i;";
-    fixture.warehouse.execute_production_script(&production.schema, rebuild).await.expect("production rebuilds orders");
-    assert_eq!(fixture.rows(branch, "orders").await, Some(5), "the branch sees production's new table");
-    assert_eq!(fixture.materialize(branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await, Ok(5));
+    fixture
+        .warehouse
+        .execute_production_script(&production.schema, rebuild)
+        .await
+        .expect("production rebuilds orders");
+    assert_eq!(
+        fixture.rows(branch, "orders").await,
+        Some(5),
+        "the branch sees production's new table"
+    );
+    assert_eq!(
+        fixture.materialize(branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await,
+        Ok(5)
+    );
 
     // And production's own copy-on-write materialization, as the login user.
     assert_eq!(fixture.materialize(production, "orders", "SELECT * FROM raw_orders").await, Ok(3));
-    assert_eq!(fixture.materialize(branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await, Ok(2));
+    assert_eq!(
+        fixture.materialize(branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await,
+        Ok(2)
+    );
     assert_eq!(fixture.own_tables(branch).await, ["large_orders"]);
 }
 
@@ -366,7 +461,8 @@ async fn an_asset_select_is_one_statement_and_cannot_escape_its_role() {
     let (production, branch) = (&fixture.production, &fixture.branch);
     let production_before = fixture.production_checksums().await;
 
-    let refused = |result: &Result<u64, WarehouseError>| matches!(result, Err(WarehouseError::Refused(_)));
+    let refused =
+        |result: &Result<u64, WarehouseError>| matches!(result, Err(WarehouseError::Refused(_)));
     let cases: &[(&str, bool)] = &[
         ("SELECT 1 AS x", false),
         ("SELECT 1 AS x;", false),
@@ -399,7 +495,9 @@ async fn an_asset_select_is_one_statement_and_cannot_escape_its_role() {
     assert_eq!(fixture.checksum(branch, "probe").await, fixture.checksum(branch, "probe").await);
 
     // A single statement spliced after `CREATE TABLE … AS` can only be a query.
-    for statement in ["DELETE FROM orders", "DROP TABLE shop__prod.orders", "RESET ROLE", "SET ROLE NONE"] {
+    for statement in
+        ["DELETE FROM orders", "DROP TABLE shop__prod.orders", "RESET ROLE", "SET ROLE NONE"]
+    {
         let result = fixture.materialize(branch, "probe", statement).await;
         assert!(matches!(result, Err(WarehouseError::Query(_))), "{statement}: {result:?}");
     }
@@ -414,7 +512,10 @@ async fn rematerializing_replaces_the_table_and_a_failure_keeps_the_previous_one
     let Some(fixture) = Fixture::new().await else { return };
     let branch = &fixture.branch;
 
-    assert_eq!(fixture.materialize(branch, "totals", "SELECT 1 AS a UNION ALL SELECT 2").await, Ok(2));
+    assert_eq!(
+        fixture.materialize(branch, "totals", "SELECT 1 AS a UNION ALL SELECT 2").await,
+        Ok(2)
+    );
     assert_eq!(fixture.materialize(branch, "totals", "SELECT 5 AS b").await, Ok(1));
     let replaced = fixture.checksum(branch, "totals").await;
 
@@ -433,8 +534,12 @@ async fn rematerializing_replaces_the_table_and_a_failure_keeps_the_previous_one
     // A staging table left behind (by hand here) is ignored by `own_tables` and replaced by the
     // next build.
     let mut connection = fixture.branch_role_connection().await;
-    let leftover = format!("CREATE TABLE \"{}\".totals__offshoot_new AS SELECT 'stale' AS c", branch.schema);
-    sqlx::raw_sql(AssertSqlSafe(leftover)).execute(&mut connection).await.expect("leave a staging table behind");
+    let leftover =
+        format!("CREATE TABLE \"{}\".totals__offshoot_new AS SELECT 'stale' AS c", branch.schema);
+    sqlx::raw_sql(AssertSqlSafe(leftover))
+        .execute(&mut connection)
+        .await
+        .expect("leave a staging table behind");
     connection.close().await.expect("close");
     assert_eq!(fixture.own_tables(branch).await, ["totals"]);
     assert_eq!(fixture.materialize(branch, "totals", "SELECT 7 AS b").await, Ok(1));
@@ -457,7 +562,10 @@ async fn parallel_materializations_wait_for_each_other() {
         fixture.materialize(production, "daily", heavy),
     );
     assert_eq!((b, d), (Ok(200_000), Ok(200_000)));
-    assert!(matches!((a, c), (Ok(200_000), Ok(3))), "both builds of `a` succeed, one after the other");
+    assert!(
+        matches!((a, c), (Ok(200_000), Ok(3))),
+        "both builds of `a` succeed, one after the other"
+    );
     assert_eq!(fixture.all_own_tables(branch).await, ["a", "b"]);
 }
 
@@ -468,7 +576,10 @@ async fn teardown_drops_exactly_the_branch_schema() {
     let other = branch_of("other-branch");
     fixture.warehouse.prepare(&other).await.expect("prepare other");
     assert_eq!(fixture.materialize(branch, "orders", "SELECT * FROM raw_orders").await, Ok(3));
-    assert_eq!(fixture.materialize(&other, "orders", "SELECT * FROM raw_orders LIMIT 1").await, Ok(1));
+    assert_eq!(
+        fixture.materialize(&other, "orders", "SELECT * FROM raw_orders LIMIT 1").await,
+        Ok(1)
+    );
     let production_before = fixture.production_checksums().await;
 
     fixture.warehouse.teardown(branch).await.expect("teardown");
@@ -477,7 +588,10 @@ async fn teardown_drops_exactly_the_branch_schema() {
 
     assert_eq!(fixture.production_checksums().await, production_before);
     assert_eq!(fixture.rows(&other, "orders").await, Some(1));
-    assert_eq!(fixture.warehouse.schemas().await.expect("schemas"), [schema("other-branch"), schema("prod")]);
+    assert_eq!(
+        fixture.warehouse.schemas().await.expect("schemas"),
+        [schema("other-branch"), schema("prod")]
+    );
 
     let refused = fixture.warehouse.teardown(production).await;
     assert!(matches!(refused, Err(WarehouseError::Refused(_))), "{refused:?}");
@@ -487,7 +601,11 @@ async fn teardown_drops_exactly_the_branch_schema() {
     for result in [
         fixture.warehouse.own_tables(branch).await.map(|_| ()),
         fixture.warehouse.row_count(branch, "orders").await.map(|_| ()),
-        fixture.warehouse.materialize_sql(branch, &key("orders"), "SELECT 1 AS x").await.map(|_| ()),
+        fixture
+            .warehouse
+            .materialize_sql(branch, &key("orders"), "SELECT 1 AS x")
+            .await
+            .map(|_| ()),
     ] {
         assert!(matches!(result, Err(WarehouseError::Backend(_))), "{result:?}");
     }
@@ -500,8 +618,14 @@ async fn identifiers_are_quoted() {
     let branch = &fixture.branch;
 
     assert_eq!(fixture.materialize(branch, "select", "SELECT * FROM orders").await, Ok(3));
-    assert_eq!(fixture.materialize(branch, "order", "SELECT * FROM \"select\" WHERE id > 1").await, Ok(2));
-    assert_eq!(fixture.materialize(branch, "MixedCase", "SELECT * FROM \"Customers\"").await, Ok(2));
+    assert_eq!(
+        fixture.materialize(branch, "order", "SELECT * FROM \"select\" WHERE id > 1").await,
+        Ok(2)
+    );
+    assert_eq!(
+        fixture.materialize(branch, "MixedCase", "SELECT * FROM \"Customers\"").await,
+        Ok(2)
+    );
     assert_eq!(fixture.materialize(branch, "user", "SELECT * FROM \"order\"").await, Ok(2));
     assert_eq!(fixture.own_tables(branch).await, ["MixedCase", "order", "select", "user"]);
     assert_eq!(fixture.rows(branch, "order").await, Some(2));
@@ -512,7 +636,9 @@ async fn identifiers_are_quoted() {
     assert_eq!(fixture.rows(branch, "customers").await, None);
 
     // Table names given to lookups are data, never SQL.
-    for hostile in ["a\"b", "orders\"; DROP TABLE orders; --", "orders; DROP TABLE orders", "pg_class", "x\0y"] {
+    for hostile in
+        ["a\"b", "orders\"; DROP TABLE orders; --", "orders; DROP TABLE orders", "pg_class", "x\0y"]
+    {
         assert_eq!(fixture.rows(branch, hostile).await, None, "{hostile}");
         assert_eq!(fixture.warehouse.table_checksum(branch, hostile).await, Ok(None), "{hostile}");
     }
@@ -545,15 +671,20 @@ async fn checksums_are_stable_and_see_every_change() {
     for select in distinct {
         fixture.materialize(branch, "t", select).await.expect(select);
         let checksum = fixture.checksum(branch, "t").await;
-        assert!(!seen.iter().any(|(_, earlier)| earlier == &checksum), "{select} collides with {seen:?}");
+        assert!(
+            !seen.iter().any(|(_, earlier)| earlier == &checksum),
+            "{select} collides with {seen:?}"
+        );
         seen.push((select, checksum));
     }
 
     // Same content, built in another order or again: same checksum.
-    let first_order = "SELECT 2 AS v, 'b'::text AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 1, NULL";
+    let first_order =
+        "SELECT 2 AS v, 'b'::text AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 1, NULL";
     fixture.materialize(branch, "t", first_order).await.expect("t");
     let first = fixture.checksum(branch, "t").await;
-    let other_order = "SELECT 1 AS v, NULL::text AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 2, 'b'";
+    let other_order =
+        "SELECT 1 AS v, NULL::text AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 2, 'b'";
     fixture.materialize(branch, "t", other_order).await.expect("t");
     assert_eq!(fixture.checksum(branch, "t").await, first);
     assert_eq!(fixture.checksum(branch, "t").await, first);
@@ -564,7 +695,8 @@ async fn schemas_lists_the_deployment_schemas() {
     let Some(fixture) = Fixture::new().await else { return };
     fixture.warehouse.prepare(&branch_of("another-one")).await.expect("prepare");
     let mut connection = fixture.database.connection().await;
-    let strays = "CREATE SCHEMA \"Not__A_Schema\"; CREATE SCHEMA plain; CREATE SCHEMA \"shop__x;y\"";
+    let strays =
+        "CREATE SCHEMA \"Not__A_Schema\"; CREATE SCHEMA plain; CREATE SCHEMA \"shop__x;y\"";
     sqlx::raw_sql(strays).execute(&mut connection).await.expect("stray schemas");
     connection.close().await.expect("close");
 
@@ -580,9 +712,21 @@ async fn commands_log_in_as_the_branch_and_resolve_branch_first() {
     let names: Vec<&str> = environment.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         names,
-        ["OFFSHOOT_WAREHOUSE_URL", "OFFSHOOT_SCHEMA", "OFFSHOOT_PRODUCTION_SCHEMA", "PGOPTIONS", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"]
+        [
+            "OFFSHOOT_WAREHOUSE_URL",
+            "OFFSHOOT_SCHEMA",
+            "OFFSHOOT_PRODUCTION_SCHEMA",
+            "PGOPTIONS",
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGDATABASE",
+            "PGPASSWORD"
+        ]
     );
-    let value = |name: &str| environment.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).expect(name);
+    let value = |name: &str| {
+        environment.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).expect(name)
+    };
     let (login, password) = fixture.warehouse.branch_login(&branch.schema);
     assert_eq!(value("OFFSHOOT_SCHEMA"), "shop__feature_1_ab12cd34");
     assert_eq!(value("OFFSHOOT_PRODUCTION_SCHEMA"), "shop__prod");
@@ -591,28 +735,50 @@ async fn commands_log_in_as_the_branch_and_resolve_branch_first() {
     assert_eq!(value("PGDATABASE"), fixture.database.name);
     assert!(value("OFFSHOOT_WAREHOUSE_URL").starts_with(&format!("postgres://{login}:{password}@")));
     assert!(value("OFFSHOOT_WAREHOUSE_URL").ends_with(&format!("/{}", fixture.database.name)));
-    assert!(!environment.iter().any(|(_, v)| v.contains("postgres@")), "the server's login is nowhere: {environment:?}");
+    assert!(
+        !environment.iter().any(|(_, v)| v.contains("postgres@")),
+        "the server's login is nowhere: {environment:?}"
+    );
     // The role logs in with that password and can read production's `orders`.
-    let mut own = PgConnection::connect(&value("OFFSHOOT_WAREHOUSE_URL")).await.expect("the branch logs in");
-    let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut own).await.expect("who");
+    let mut own =
+        PgConnection::connect(&value("OFFSHOOT_WAREHOUSE_URL")).await.expect("the branch logs in");
+    let user: String =
+        sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut own).await.expect("who");
     assert_eq!(user, login);
     own.close().await.expect("close");
     // Another branch's login cannot write this branch's schema.
     fixture.warehouse.prepare(&branch_of("intruder")).await.expect("prepare another branch");
     let other = fixture.warehouse.command_environment(&branch_of("intruder"));
-    let other_url = other.iter().find(|(n, _)| n == "OFFSHOOT_WAREHOUSE_URL").map(|(_, v)| v.clone()).expect("url");
+    let other_url = other
+        .iter()
+        .find(|(n, _)| n == "OFFSHOOT_WAREHOUSE_URL")
+        .map(|(_, v)| v.clone())
+        .expect("url");
     let mut intruder = PgConnection::connect(&other_url).await.expect("the other branch logs in");
-    let write = sqlx::raw_sql("CREATE TABLE shop__feature_1_ab12cd34.planted AS SELECT 1 AS x").execute(&mut intruder).await;
-    assert!(write.is_err_and(|e| e.to_string().contains("permission denied")), "branches are apart");
+    let write = sqlx::raw_sql("CREATE TABLE shop__feature_1_ab12cd34.planted AS SELECT 1 AS x")
+        .execute(&mut intruder)
+        .await;
+    assert!(
+        write.is_err_and(|e| e.to_string().contains("permission denied")),
+        "branches are apart"
+    );
     intruder.close().await.expect("close");
     // Loads get a role that cannot log in at all.
     let inspection = fixture.warehouse.inspection_environment(&production.schema);
     assert!(!inspection.iter().any(|(n, _)| n == "PGPASSWORD"));
-    let inspect_url = inspection.iter().find(|(n, _)| n == "OFFSHOOT_WAREHOUSE_URL").map(|(_, v)| v.clone()).expect("url");
+    let inspect_url = inspection
+        .iter()
+        .find(|(n, _)| n == "OFFSHOOT_WAREHOUSE_URL")
+        .map(|(_, v)| v.clone())
+        .expect("url");
     let refused = PgConnection::connect(&inspect_url).await;
-    assert!(refused.is_err_and(|e| e.to_string().contains("not permitted to log in")), "loads cannot connect");
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("not permitted to log in")),
+        "loads cannot connect"
+    );
     let production_environment = fixture.warehouse.command_environment(production);
-    assert!(production_environment.contains(&("PGOPTIONS".to_owned(), "-c search_path=shop__prod".to_owned())));
+    assert!(production_environment
+        .contains(&("PGOPTIONS".to_owned(), "-c search_path=shop__prod".to_owned())));
 
     // What a command asset does with them: psql connects, reads production's `orders`, builds
     // the branch's own `orders`, then reads that one; writing production is refused.
@@ -651,7 +817,10 @@ async fn a_branch_needs_production_set_up_and_its_own_prepared_schema() {
     let branch = branch_of("feature");
 
     let missing_production = warehouse.prepare(&branch).await;
-    assert!(matches!(missing_production, Err(WarehouseError::Refused(_))), "{missing_production:?}");
+    assert!(
+        matches!(missing_production, Err(WarehouseError::Refused(_))),
+        "{missing_production:?}"
+    );
 
     warehouse.execute_production_script(&production.schema, SEED).await.expect("seed");
     let not_set_up = warehouse.prepare(&branch).await;
@@ -669,8 +838,14 @@ async fn a_branch_needs_production_set_up_and_its_own_prepared_schema() {
     assert_eq!(warehouse.row_count(&production, "orders").await, Ok(Some(3)));
 
     // Tables production creates after the setup are readable by branches too.
-    warehouse.execute_production_script(&production.schema, "CREATE TABLE later AS SELECT 1 AS x").await.expect("later");
-    assert_eq!(warehouse.materialize_sql(&branch, &key("from_later"), "SELECT * FROM later").await, Ok(1));
+    warehouse
+        .execute_production_script(&production.schema, "CREATE TABLE later AS SELECT 1 AS x")
+        .await
+        .expect("later");
+    assert_eq!(
+        warehouse.materialize_sql(&branch, &key("from_later"), "SELECT * FROM later").await,
+        Ok(1)
+    );
     warehouse.close().await;
 }
 
@@ -698,8 +873,14 @@ async fn servers_starting_at_once_set_up_without_failing() {
                 let daily = key(&format!("daily_{}", server % 2));
                 start.wait().await;
                 let result = async {
-                    warehouse.prepare(&production).await.map_err(|e| format!("prepare production: {e}"))?;
-                    warehouse.setup_roles(&production.schema).await.map_err(|e| format!("setup_roles: {e}"))?;
+                    warehouse
+                        .prepare(&production)
+                        .await
+                        .map_err(|e| format!("prepare production: {e}"))?;
+                    warehouse
+                        .setup_roles(&production.schema)
+                        .await
+                        .map_err(|e| format!("setup_roles: {e}"))?;
                     let (a, b, c) = tokio::join!(
                         warehouse.prepare(&shared),
                         warehouse.prepare(&own),
@@ -709,7 +890,10 @@ async fn servers_starting_at_once_set_up_without_failing() {
                     a.map_err(|e| format!("prepare the shared branch: {e}"))?;
                     b.map_err(|e| format!("prepare its own branch: {e}"))?;
                     c.map_err(|e| format!("materialize in production: {e}"))?;
-                    warehouse.setup_roles(&production.schema).await.map_err(|e| format!("setup_roles again: {e}"))?;
+                    warehouse
+                        .setup_roles(&production.schema)
+                        .await
+                        .map_err(|e| format!("setup_roles again: {e}"))?;
                     warehouse.teardown(&own).await.map_err(|e| format!("teardown: {e}"))
                 }
                 .await;
@@ -725,8 +909,15 @@ async fn servers_starting_at_once_set_up_without_failing() {
         }
         assert!(failures.is_empty(), "{failures:#?}");
         let warehouse = connect(&database).await;
-        assert_eq!(warehouse.schemas().await.expect("schemas"), [schema("prod"), shared.schema.clone()]);
-        assert_eq!(warehouse.row_count(&shared, "daily_0").await, Ok(Some(1)), "the branch role reads production's rebuilt table");
+        assert_eq!(
+            warehouse.schemas().await.expect("schemas"),
+            [schema("prod"), shared.schema.clone()]
+        );
+        assert_eq!(
+            warehouse.row_count(&shared, "daily_0").await,
+            Ok(Some(1)),
+            "the branch role reads production's rebuilt table"
+        );
         warehouse.close().await;
     }
 }
@@ -745,7 +936,10 @@ async fn a_login_that_is_not_a_superuser_runs_everything() {
         name = database.name
     );
     sqlx::raw_sql(AssertSqlSafe(create_login)).execute(&mut admin).await.expect("create the login");
-    let options = PostgresWarehouseOptions { branch_role: database.role.clone(), ..PostgresWarehouseOptions::default() };
+    let options = PostgresWarehouseOptions {
+        branch_role: database.role.clone(),
+        ..PostgresWarehouseOptions::default()
+    };
     let url = database.url_as(&database.login, "offshoot-test");
     let warehouse = PostgresWarehouse::connect(&url, options).await.expect("connect as the login");
 
@@ -753,26 +947,54 @@ async fn a_login_that_is_not_a_superuser_runs_everything() {
     let branch = branch_of("feature");
     warehouse.prepare(&production).await.expect("prepare production");
     warehouse.execute_production_script(&production.schema, SEED).await.expect("seed");
-    warehouse.setup_roles(&production.schema).await.expect("the login creates the branch role and may become it");
+    warehouse
+        .setup_roles(&production.schema)
+        .await
+        .expect("the login creates the branch role and may become it");
     warehouse.prepare(&branch).await.expect("prepare the branch");
     let orders = warehouse.table_checksum(&production, "orders").await.expect("checksum");
 
     let materialize = |target: &Target, name: &str, select: &str| {
-        let (warehouse, target, key, select) = (&warehouse, target.clone(), key(name), select.to_owned());
+        let (warehouse, target, key, select) =
+            (&warehouse, target.clone(), key(name), select.to_owned());
         async move { warehouse.materialize_sql(&target, &key, &select).await }
     };
-    assert_eq!(materialize(&branch, "orders", "SELECT * FROM raw_orders WHERE id > 1").await, Ok(2));
-    assert_eq!(materialize(&branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await, Ok(1));
-    let escape = materialize(&branch, "probe", "SELECT set_config('role', 'none', true) AS x").await;
+    assert_eq!(
+        materialize(&branch, "orders", "SELECT * FROM raw_orders WHERE id > 1").await,
+        Ok(2)
+    );
+    assert_eq!(
+        materialize(&branch, "large_orders", "SELECT * FROM orders WHERE amount > 0").await,
+        Ok(1)
+    );
+    let escape =
+        materialize(&branch, "probe", "SELECT set_config('role', 'none', true) AS x").await;
     assert!(matches!(escape, Err(WarehouseError::Refused(_))), "{escape:?}");
-    let delete =
-        materialize(&branch, "probe", "WITH gone AS (DELETE FROM shop__prod.orders RETURNING *) SELECT * FROM gone").await;
-    assert!(matches!(&delete, Err(WarehouseError::Query(message)) if message.contains("permission denied")), "{delete:?}");
-    assert_eq!(materialize(&production, "orders", "SELECT * FROM raw_orders").await, Ok(3), "production rebuilds");
-    assert_eq!(materialize(&branch, "from_production", "SELECT * FROM shop__prod.orders").await, Ok(3));
+    let delete = materialize(
+        &branch,
+        "probe",
+        "WITH gone AS (DELETE FROM shop__prod.orders RETURNING *) SELECT * FROM gone",
+    )
+    .await;
+    assert!(
+        matches!(&delete, Err(WarehouseError::Query(message)) if message.contains("permission denied")),
+        "{delete:?}"
+    );
+    assert_eq!(
+        materialize(&production, "orders", "SELECT * FROM raw_orders").await,
+        Ok(3),
+        "production rebuilds"
+    );
+    assert_eq!(
+        materialize(&branch, "from_production", "SELECT * FROM shop__prod.orders").await,
+        Ok(3)
+    );
     assert_eq!(warehouse.table_checksum(&production, "orders").await.expect("checksum"), orders);
 
-    warehouse.teardown(&branch).await.expect("the login drops the branch schema and the role's tables in it");
+    warehouse
+        .teardown(&branch)
+        .await
+        .expect("the login drops the branch schema and the role's tables in it");
     assert_eq!(warehouse.schemas().await.expect("schemas"), [schema("prod")]);
     warehouse.close().await;
 
@@ -788,13 +1010,19 @@ async fn a_login_that_is_not_a_superuser_runs_everything() {
 #[tokio::test]
 async fn a_role_that_could_write_production_is_refused() {
     let Some(database) = TestDatabase::create().await else { return };
-    let options = PostgresWarehouseOptions { branch_role: "postgres".to_owned(), ..PostgresWarehouseOptions::default() };
+    let options = PostgresWarehouseOptions {
+        branch_role: "postgres".to_owned(),
+        ..PostgresWarehouseOptions::default()
+    };
     let warehouse = PostgresWarehouse::connect(&database.url(), options).await.expect("connect");
     let result = warehouse.setup_roles(&schema("prod")).await;
     assert!(matches!(result, Err(WarehouseError::Refused(_))), "{result:?}");
     warehouse.close().await;
 
-    let options = PostgresWarehouseOptions { branch_role: "Bad-Name".to_owned(), ..PostgresWarehouseOptions::default() };
+    let options = PostgresWarehouseOptions {
+        branch_role: "Bad-Name".to_owned(),
+        ..PostgresWarehouseOptions::default()
+    };
     let result = PostgresWarehouse::connect(&database.url(), options).await;
     assert!(matches!(result, Err(WarehouseError::Backend(_))), "{result:?}");
     assert_eq!(PostgresWarehouseOptions::default().branch_role, DEFAULT_BRANCH_ROLE);
@@ -804,14 +1032,28 @@ async fn a_role_that_could_write_production_is_refused() {
 #[tokio::test]
 async fn connection_errors_do_not_show_the_password() {
     // Needs no server: nothing listens on port 1.
-    let result = PostgresWarehouse::connect("postgres://alice:s3cret-pa55@127.0.0.1:1/ware", Default::default()).await;
-    let Err(WarehouseError::Backend(message)) = result else { panic!("expected a backend error, got {result:?}") };
+    let result = PostgresWarehouse::connect(
+        "postgres://alice:s3cret-pa55@127.0.0.1:1/ware",
+        Default::default(),
+    )
+    .await;
+    let Err(WarehouseError::Backend(message)) = result else {
+        panic!("expected a backend error, got {result:?}")
+    };
     assert!(!message.contains("s3cret-pa55"), "{message}");
-    assert!(message.contains("postgres://alice@127.0.0.1:1/ware"), "the message names the server: {message}");
+    assert!(
+        message.contains("postgres://alice@127.0.0.1:1/ware"),
+        "the message names the server: {message}"
+    );
 }
 
 #[tokio::test]
 async fn data_diffs_follow_the_warehouse_contract() {
     let Some(fixture) = Fixture::new().await else { return };
-    offshoot_warehouse::contract::data_diff_stories(&fixture.warehouse, &fixture.production, &fixture.branch).await;
+    offshoot_warehouse::contract::data_diff_stories(
+        &fixture.warehouse,
+        &fixture.production,
+        &fixture.branch,
+    )
+    .await;
 }

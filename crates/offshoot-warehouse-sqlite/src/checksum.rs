@@ -3,7 +3,9 @@
 
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqliteRow, SqliteValueRef};
-use sqlx::{AssertSqlSafe, Column, Decode, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
+use sqlx::{
+    AssertSqlSafe, Column, Decode, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef,
+};
 
 use crate::sql_text::quote_identifier;
 
@@ -14,8 +16,10 @@ pub(crate) async fn table_checksum(
     table: &str,
 ) -> Result<String, sqlx::Error> {
     let from = format!("{}.{}", quote_identifier(schema), quote_identifier(table));
-    let statement = connection.prepare(AssertSqlSafe(format!("SELECT * FROM {from}")).into_sql_str()).await?;
-    let columns: Vec<String> = statement.columns().iter().map(|column| column.name().to_owned()).collect();
+    let statement =
+        connection.prepare(AssertSqlSafe(format!("SELECT * FROM {from}")).into_sql_str()).await?;
+    let columns: Vec<String> =
+        statement.columns().iter().map(|column| column.name().to_owned()).collect();
 
     let mut hasher = Sha256::new();
     hash_bytes(&mut hasher, b"offshoot table checksum v1");

@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use offshoot_core::{AssetKey, SchemaName};
-use offshoot_warehouse::data_diff::{self, Column, DataDiff, DiffOptions, Flavor, Row, SqlRunner, Tables};
+use offshoot_warehouse::data_diff::{
+    self, Column, DataDiff, DiffOptions, Flavor, Row, SqlRunner, Tables,
+};
 use offshoot_warehouse::{Target, Warehouse, WarehouseError, WarehouseResult};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row as _};
@@ -64,9 +66,10 @@ enum WhenMissing {
 impl SqliteWarehouse {
     /// A warehouse keeping its files in `root`, which is created if missing.
     pub fn new(root: PathBuf) -> WarehouseResult<SqliteWarehouse> {
-        std::fs::create_dir_all(&root).map_err(|error| file_error("create the warehouse folder", &root, error))?;
-        let root =
-            std::fs::canonicalize(&root).map_err(|error| file_error("resolve the warehouse folder", &root, error))?;
+        std::fs::create_dir_all(&root)
+            .map_err(|error| file_error("create the warehouse folder", &root, error))?;
+        let root = std::fs::canonicalize(&root)
+            .map_err(|error| file_error("resolve the warehouse folder", &root, error))?;
         Ok(SqliteWarehouse { root })
     }
 
@@ -101,10 +104,17 @@ impl SqliteWarehouse {
 
     /// Runs a multi-statement script read-write against production's file, creating it if
     /// missing: seeding source tables for the demo and tests. Never give it a branch's input.
-    pub async fn execute_production_script(&self, production: &SchemaName, sql: &str) -> WarehouseResult<()> {
+    pub async fn execute_production_script(
+        &self,
+        production: &SchemaName,
+        sql: &str,
+    ) -> WarehouseResult<()> {
         let target = Target { schema: production.clone(), production: production.clone() };
         let mut connection = self.connect(&target, WhenMissing::Create).await?;
-        let result = sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut connection).await.map_err(query_error);
+        let result = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(&mut connection)
+            .await
+            .map_err(query_error);
         close(connection).await;
         result.map(|_| ())
     }
@@ -117,11 +127,18 @@ impl SqliteWarehouse {
         self.connect(target, WhenMissing::Fail).await
     }
 
-    async fn connect(&self, target: &Target, when_missing: WhenMissing) -> WarehouseResult<SqliteConnection> {
+    async fn connect(
+        &self,
+        target: &Target,
+        when_missing: WhenMissing,
+    ) -> WarehouseResult<SqliteConnection> {
         let own_path = self.file_of(target);
         let production_path = self.production_file(&target.production);
         if !target.is_production() && !file_exists(&production_path).await? {
-            return Err(WarehouseError::Refused(format!("production schema `{}` does not exist", target.production)));
+            return Err(WarehouseError::Refused(format!(
+                "production schema `{}` does not exist",
+                target.production
+            )));
         }
         if when_missing == WhenMissing::Fail && !file_exists(&own_path).await? {
             return Err(WarehouseError::Backend(format!(
@@ -132,7 +149,9 @@ impl SqliteWarehouse {
 
         if when_missing == WhenMissing::Create && !target.is_production() {
             let folder = self.branch_folder(&target.schema);
-            tokio::fs::create_dir_all(&folder).await.map_err(|error| file_error("create the branch folder", &folder, error))?;
+            tokio::fs::create_dir_all(&folder)
+                .await
+                .map_err(|error| file_error("create the branch folder", &folder, error))?;
         }
         let options = SqliteConnectOptions::new()
             .filename(&own_path)
@@ -144,7 +163,9 @@ impl SqliteWarehouse {
             // every connection with SQLITE_OPEN_URI, so ATTACH honours `mode=ro`.
             let attach = format!("ATTACH DATABASE ?1 AS {}", quote_identifier(PRODUCTION_ALIAS));
             let uri = read_only_uri(&production_path)?;
-            if let Err(error) = sqlx::query(AssertSqlSafe(attach)).bind(uri).execute(&mut connection).await {
+            if let Err(error) =
+                sqlx::query(AssertSqlSafe(attach)).bind(uri).execute(&mut connection).await
+            {
                 close(connection).await;
                 return Err(backend_error(error));
             }
@@ -187,7 +208,9 @@ impl Warehouse for SqliteWarehouse {
         let mut result = Ok(());
         for &schema in search_path(target) {
             let sql = format!("SELECT count(*) FROM {}.sqlite_master", quote_identifier(schema));
-            if let Err(error) = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql)).fetch_one(&mut connection).await {
+            if let Err(error) =
+                sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql)).fetch_one(&mut connection).await
+            {
                 result = Err(backend_error(error));
                 break;
             }
@@ -196,9 +219,16 @@ impl Warehouse for SqliteWarehouse {
         result
     }
 
-    async fn materialize_sql(&self, target: &Target, key: &AssetKey, select: &str) -> WarehouseResult<u64> {
+    async fn materialize_sql(
+        &self,
+        target: &Target,
+        key: &AssetKey,
+        select: &str,
+    ) -> WarehouseResult<u64> {
         if key.as_str().ends_with(STAGING_SUFFIX) {
-            return Err(WarehouseError::Refused(format!("asset keys ending in `{STAGING_SUFFIX}` are reserved")));
+            return Err(WarehouseError::Refused(format!(
+                "asset keys ending in `{STAGING_SUFFIX}` are reserved"
+            )));
         }
         let statement = single_statement(select)?;
         let mut connection = self.connect(target, WhenMissing::Fail).await?;
@@ -211,7 +241,10 @@ impl Warehouse for SqliteWarehouse {
         vec![
             ("OFFSHOOT_WAREHOUSE_URL".to_owned(), sqlite_url(&self.file_of(target))),
             ("OFFSHOOT_SCHEMA".to_owned(), target.schema.as_str().to_owned()),
-            ("OFFSHOOT_PRODUCTION_URL".to_owned(), sqlite_url(&self.production_file(&target.production))),
+            (
+                "OFFSHOOT_PRODUCTION_URL".to_owned(),
+                sqlite_url(&self.production_file(&target.production)),
+            ),
         ]
     }
 
@@ -239,7 +272,8 @@ impl Warehouse for SqliteWarehouse {
         .await
         .map_err(backend_error);
         close(connection).await;
-        let mut tables: Vec<String> = result?.into_iter().filter(|name| !name.ends_with(STAGING_SUFFIX)).collect();
+        let mut tables: Vec<String> =
+            result?.into_iter().filter(|name| !name.ends_with(STAGING_SUFFIX)).collect();
         tables.sort();
         Ok(tables)
     }
@@ -250,9 +284,15 @@ impl Warehouse for SqliteWarehouse {
             let Some(schema) = Self::resolve(&mut connection, target, table).await? else {
                 return Ok(None);
             };
-            let sql = format!("SELECT count(*) FROM {}.{}", quote_identifier(schema), quote_identifier(table));
-            let rows: i64 =
-                sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut connection).await.map_err(backend_error)?;
+            let sql = format!(
+                "SELECT count(*) FROM {}.{}",
+                quote_identifier(schema),
+                quote_identifier(table)
+            );
+            let rows: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                .fetch_one(&mut connection)
+                .await
+                .map_err(backend_error)?;
             Ok(Some(count_to_u64(rows)))
         }
         .await;
@@ -260,13 +300,20 @@ impl Warehouse for SqliteWarehouse {
         result
     }
 
-    async fn table_checksum(&self, target: &Target, table: &str) -> WarehouseResult<Option<String>> {
+    async fn table_checksum(
+        &self,
+        target: &Target,
+        table: &str,
+    ) -> WarehouseResult<Option<String>> {
         let mut connection = self.connect(target, WhenMissing::Fail).await?;
         let result = async {
             let Some(schema) = Self::resolve(&mut connection, target, table).await? else {
                 return Ok(None);
             };
-            checksum::table_checksum(&mut connection, schema, table).await.map(Some).map_err(backend_error)
+            checksum::table_checksum(&mut connection, schema, table)
+                .await
+                .map(Some)
+                .map_err(backend_error)
         }
         .await;
         close(connection).await;
@@ -275,7 +322,10 @@ impl Warehouse for SqliteWarehouse {
 
     async fn teardown(&self, target: &Target) -> WarehouseResult<()> {
         if target.is_production() {
-            return Err(WarehouseError::Refused(format!("`{}` is production; it is never torn down", target.schema)));
+            return Err(WarehouseError::Refused(format!(
+                "`{}` is production; it is never torn down",
+                target.schema
+            )));
         }
         let folder = self.branch_folder(&target.schema);
         match tokio::fs::remove_dir_all(&folder).await {
@@ -299,8 +349,10 @@ impl Warehouse for SqliteWarehouse {
             .await
             .map_err(|error| file_error("list the warehouse folder", &self.root, error))?;
         let mut schemas = Vec::new();
-        while let Some(entry) =
-            entries.next_entry().await.map_err(|error| file_error("list the warehouse folder", &self.root, error))?
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|error| file_error("list the warehouse folder", &self.root, error))?
         {
             let file_name = entry.file_name();
             let Some(name) = file_name.to_str() else { continue };
@@ -325,9 +377,17 @@ impl Warehouse for SqliteWarehouse {
         Ok(schemas)
     }
 
-    async fn data_diff(&self, target: &Target, table: &str, options: &DiffOptions) -> WarehouseResult<DataDiff> {
+    async fn data_diff(
+        &self,
+        target: &Target,
+        table: &str,
+        options: &DiffOptions,
+    ) -> WarehouseResult<DataDiff> {
         if target.is_production() {
-            return Err(WarehouseError::Refused("a data diff compares a branch with production; the target is production".to_owned()));
+            return Err(WarehouseError::Refused(
+                "a data diff compares a branch with production; the target is production"
+                    .to_owned(),
+            ));
         }
         let mut connection = self.connect(target, WhenMissing::Fail).await?;
         let result = async {
@@ -344,7 +404,11 @@ impl Warehouse for SqliteWarehouse {
 
 /// Builds `key` from `statement` under a staging name and swaps it in, all in one transaction:
 /// a failing select leaves the previous table as it was and no staging table behind.
-async fn replace_table(connection: &mut SqliteConnection, key: &str, statement: &str) -> WarehouseResult<u64> {
+async fn replace_table(
+    connection: &mut SqliteConnection,
+    key: &str,
+    statement: &str,
+) -> WarehouseResult<u64> {
     let table = format!("main.{}", quote_identifier(key));
     let staging = format!("main.{}", quote_identifier(&format!("{key}{STAGING_SUFFIX}")));
     let new_name = quote_identifier(key);
@@ -352,9 +416,15 @@ async fn replace_table(connection: &mut SqliteConnection, key: &str, statement: 
     // instead of failing on a lock upgrade halfway through.
     let mut transaction = connection.begin_with("BEGIN IMMEDIATE").await.map_err(backend_error)?;
     let result = async {
-        execute(&mut transaction, format!("DROP TABLE IF EXISTS {staging}")).await.map_err(backend_error)?;
-        execute(&mut transaction, format!("CREATE TABLE {staging} AS {statement}")).await.map_err(query_error)?;
-        execute(&mut transaction, format!("DROP TABLE IF EXISTS {table}")).await.map_err(backend_error)?;
+        execute(&mut transaction, format!("DROP TABLE IF EXISTS {staging}"))
+            .await
+            .map_err(backend_error)?;
+        execute(&mut transaction, format!("CREATE TABLE {staging} AS {statement}"))
+            .await
+            .map_err(query_error)?;
+        execute(&mut transaction, format!("DROP TABLE IF EXISTS {table}"))
+            .await
+            .map_err(backend_error)?;
         execute(&mut transaction, format!("ALTER TABLE {staging} RENAME TO {new_name}"))
             .await
             .map_err(backend_error)?;
@@ -381,7 +451,11 @@ async fn replace_table(connection: &mut SqliteConnection, key: &str, statement: 
 /// The schemas an unqualified name is looked up in, in order.
 /// The table `table` in the attached database `schema` (`main` or `prod`) as a quoted reference
 /// and its columns; `None` if it is not there. Names match case-insensitively, as in SQLite.
-async fn describe(connection: &mut SqliteConnection, schema: &str, table: &str) -> WarehouseResult<Option<(String, Vec<Column>)>> {
+async fn describe(
+    connection: &mut SqliteConnection,
+    schema: &str,
+    table: &str,
+) -> WarehouseResult<Option<(String, Vec<Column>)>> {
     let found: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT name FROM {}.sqlite_master WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE",
         quote_identifier(schema)
@@ -391,13 +465,17 @@ async fn describe(connection: &mut SqliteConnection, schema: &str, table: &str) 
     .await
     .map_err(backend_error)?;
     let Some(name) = found else { return Ok(None) };
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, type FROM pragma_table_info(?1, ?2) ORDER BY cid")
-        .bind(&name)
-        .bind(schema)
-        .fetch_all(&mut *connection)
-        .await
-        .map_err(backend_error)?;
-    let columns = rows.into_iter().map(|(name, data_type)| Column { numeric: numeric_affinity(&data_type), name, data_type }).collect();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, type FROM pragma_table_info(?1, ?2) ORDER BY cid")
+            .bind(&name)
+            .bind(schema)
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(backend_error)?;
+    let columns = rows
+        .into_iter()
+        .map(|(name, data_type)| Column { numeric: numeric_affinity(&data_type), name, data_type })
+        .collect();
     Ok(Some((format!("{}.{}", quote_identifier(schema), quote_identifier(&name)), columns)))
 }
 
@@ -408,7 +486,12 @@ fn numeric_affinity(declared: &str) -> bool {
     if upper.contains("INT") {
         return true;
     }
-    if upper.contains("CHAR") || upper.contains("CLOB") || upper.contains("TEXT") || upper.contains("BLOB") || upper.is_empty() {
+    if upper.contains("CHAR")
+        || upper.contains("CLOB")
+        || upper.contains("TEXT")
+        || upper.contains("BLOB")
+        || upper.is_empty()
+    {
         return false;
     }
     true
@@ -443,8 +526,17 @@ struct Runner<'a>(&'a mut SqliteConnection);
 #[async_trait]
 impl SqlRunner for Runner<'_> {
     async fn rows(&mut self, sql: &str) -> WarehouseResult<Vec<Row>> {
-        let rows = sqlx::query(AssertSqlSafe(sql.to_owned())).fetch_all(&mut *self.0).await.map_err(query_error)?;
-        rows.iter().map(|row| (0..row.len()).map(|i| row.try_get::<Option<String>, _>(i).map_err(backend_error)).collect()).collect()
+        let rows = sqlx::query(AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&mut *self.0)
+            .await
+            .map_err(query_error)?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| row.try_get::<Option<String>, _>(i).map_err(backend_error))
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -469,7 +561,9 @@ async fn close(connection: SqliteConnection) {
 /// `file:` URI of `path` opened read-only, percent-encoding everything but unreserved characters
 /// and `/` (a `?` or `#` in a folder name would otherwise end the path).
 fn read_only_uri(path: &Path) -> WarehouseResult<String> {
-    let text = path.to_str().ok_or_else(|| WarehouseError::Backend(format!("path {} is not UTF-8", path.display())))?;
+    let text = path
+        .to_str()
+        .ok_or_else(|| WarehouseError::Backend(format!("path {} is not UTF-8", path.display())))?;
     let mut uri = String::from("file:");
     for &byte in text.as_bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'-' | b'.' | b'_' | b'~') {

@@ -30,7 +30,8 @@ pub(crate) fn single_statement(sql: &str) -> WarehouseResult<&str> {
     };
     if has_code_after(sql, end + 1) {
         return Err(WarehouseError::Refused(
-            "an asset's SQL must be a single SELECT statement; found another statement after `;`".to_owned(),
+            "an asset's SQL must be a single SELECT statement; found another statement after `;`"
+                .to_owned(),
         ));
     }
     Ok(&sql[..end])
@@ -54,7 +55,10 @@ fn scan(sql: &str, start: usize, mut visit: impl FnMut(usize, Token) -> bool) {
         let (kind, next) = match bytes[at] {
             b' ' | b'\t' | b'\n' | b'\x0c' | b'\r' => (Token::Blank, at + 1),
             b'-' if bytes.get(at + 1) == Some(&b'-') => {
-                let end = bytes[at..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |offset| at + offset + 1);
+                let end = bytes[at..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |offset| at + offset + 1);
                 (Token::Blank, end)
             }
             b'/' if bytes.get(at + 1) == Some(&b'*') => {
@@ -64,7 +68,10 @@ fn scan(sql: &str, start: usize, mut visit: impl FnMut(usize, Token) -> bool) {
             b';' => (Token::Semicolon, at + 1),
             quote @ (b'\'' | b'"' | b'`') => (Token::Code, end_of_quoted(bytes, at + 1, quote)),
             b'[' => {
-                let end = bytes[at..].iter().position(|&b| b == b']').map_or(bytes.len(), |offset| at + offset + 1);
+                let end = bytes[at..]
+                    .iter()
+                    .position(|&b| b == b']')
+                    .map_or(bytes.len(), |offset| at + offset + 1);
                 (Token::Code, end)
             }
             _ => (Token::Code, at + 1),
@@ -93,7 +100,11 @@ fn end_of_quoted(bytes: &[u8], mut at: usize, quote: u8) -> usize {
 }
 
 fn find(bytes: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
-    bytes.get(from..)?.windows(needle.len()).position(|window| window == needle).map(|offset| from + offset)
+    bytes
+        .get(from..)?
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .map(|offset| from + offset)
 }
 
 fn first_top_level_semicolon(sql: &str, start: usize) -> Option<usize> {

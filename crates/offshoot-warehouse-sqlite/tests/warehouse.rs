@@ -72,16 +72,25 @@ impl Fixture {
 
     async fn with_seed(seed: &str) -> Fixture {
         let folder = TempFolder::new();
-        let warehouse = SqliteWarehouse::new(folder.path.join("warehouse")).expect("warehouse folder");
+        let warehouse =
+            SqliteWarehouse::new(folder.path.join("warehouse")).expect("warehouse folder");
         let production = Target { schema: schema("prod"), production: schema("prod") };
         warehouse.prepare(&production).await.expect("prepare production");
-        warehouse.execute_production_script(&production.schema, seed).await.expect("seed production");
+        warehouse
+            .execute_production_script(&production.schema, seed)
+            .await
+            .expect("seed production");
         let branch = branch_of("feature-1-ab12cd34");
         warehouse.prepare(&branch).await.expect("prepare branch");
         Fixture { _folder: folder, warehouse, production, branch }
     }
 
-    async fn materialize(&self, target: &Target, name: &str, select: &str) -> Result<u64, WarehouseError> {
+    async fn materialize(
+        &self,
+        target: &Target,
+        name: &str,
+        select: &str,
+    ) -> Result<u64, WarehouseError> {
         self.warehouse.materialize_sql(target, &key(name), select).await
     }
 
@@ -90,7 +99,11 @@ impl Fixture {
     }
 
     async fn checksum(&self, target: &Target, table: &str) -> String {
-        self.warehouse.table_checksum(target, table).await.expect("checksum").expect("the table exists")
+        self.warehouse
+            .table_checksum(target, table)
+            .await
+            .expect("checksum")
+            .expect("the table exists")
     }
 
     async fn own_tables(&self, target: &Target) -> Vec<String> {
@@ -100,11 +113,12 @@ impl Fixture {
     /// Every table in the target's own file, staging tables included.
     async fn all_own_tables(&self, target: &Target) -> Vec<String> {
         let mut connection = self.warehouse.open_connection(target).await.expect("connection");
-        let names: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM main.sqlite_master WHERE type = 'table' ORDER BY name")
-                .fetch_all(&mut connection)
-                .await
-                .expect("list tables");
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM main.sqlite_master WHERE type = 'table' ORDER BY name",
+        )
+        .fetch_all(&mut connection)
+        .await
+        .expect("list tables");
         connection.close().await.expect("close");
         names
     }
@@ -135,8 +149,14 @@ async fn a_branch_reads_production_without_copying_it() {
 
     // Before building anything, the branch sees production's table.
     assert_eq!(fixture.rows(branch, "big").await, Some(200_000));
-    assert_eq!(fixture.checksum(branch, "small").await, fixture.checksum(production, "small").await);
-    assert_eq!(fixture.materialize(branch, "big_summary", "SELECT count(*) AS n FROM big").await, Ok(1));
+    assert_eq!(
+        fixture.checksum(branch, "small").await,
+        fixture.checksum(production, "small").await
+    );
+    assert_eq!(
+        fixture.materialize(branch, "big_summary", "SELECT count(*) AS n FROM big").await,
+        Ok(1)
+    );
     assert_eq!(fixture.own_tables(branch).await, ["big_summary"]);
 
     // Preparing again keeps what the branch built.
@@ -156,7 +176,10 @@ async fn materializing_in_a_branch_writes_the_branch_and_leaves_production_alone
     assert_eq!(fixture.materialize(branch, "large_orders", downstream).await, Ok(2));
 
     // Copy-on-write: the branch gets its own `orders` and from now on reads it.
-    assert_eq!(fixture.materialize(branch, "orders", "SELECT * FROM raw_orders WHERE id = 1").await, Ok(1));
+    assert_eq!(
+        fixture.materialize(branch, "orders", "SELECT * FROM raw_orders WHERE id = 1").await,
+        Ok(1)
+    );
     assert_eq!(fixture.own_tables(branch).await, ["large_orders", "orders"]);
     assert_eq!(fixture.rows(branch, "orders").await, Some(1));
     assert_ne!(fixture.checksum(branch, "orders").await, production_orders);
@@ -176,7 +199,8 @@ async fn production_cannot_be_written_through_a_branch_connection() {
     let (production, branch) = (&fixture.production, &fixture.branch);
     let production_orders = fixture.checksum(production, "orders").await;
 
-    let mut connection = fixture.warehouse.open_connection(branch).await.expect("branch connection");
+    let mut connection =
+        fixture.warehouse.open_connection(branch).await.expect("branch connection");
     let writes = [
         "INSERT INTO prod.orders VALUES (9, 9.0, 'eve')",
         // Unqualified, `orders` resolves to production's table: still refused.
@@ -187,7 +211,10 @@ async fn production_cannot_be_written_through_a_branch_connection() {
         "CREATE TABLE prod.intruder (x)",
     ];
     for write in writes {
-        let error = sqlx::raw_sql(sqlx::AssertSqlSafe(write)).execute(&mut connection).await.expect_err(write);
+        let error = sqlx::raw_sql(sqlx::AssertSqlSafe(write))
+            .execute(&mut connection)
+            .await
+            .expect_err(write);
         assert!(error.to_string().contains("readonly database"), "{write}: {error}");
     }
     connection.close().await.expect("close");
@@ -202,7 +229,8 @@ async fn an_asset_select_is_one_statement_and_cannot_write() {
     let (production, branch) = (&fixture.production, &fixture.branch);
     let production_orders = fixture.checksum(production, "orders").await;
 
-    let refused = |result: Result<u64, WarehouseError>| matches!(result, Err(WarehouseError::Refused(_)));
+    let refused =
+        |result: Result<u64, WarehouseError>| matches!(result, Err(WarehouseError::Refused(_)));
     let cases: &[(&str, bool)] = &[
         ("SELECT 1 AS x", false),
         ("SELECT 1 AS x;", false),
@@ -243,14 +271,20 @@ async fn rematerializing_replaces_the_table_and_a_failure_keeps_the_previous_one
     let fixture = Fixture::new().await;
     let branch = &fixture.branch;
 
-    assert_eq!(fixture.materialize(branch, "totals", "SELECT 1 AS a UNION ALL SELECT 2").await, Ok(2));
+    assert_eq!(
+        fixture.materialize(branch, "totals", "SELECT 1 AS a UNION ALL SELECT 2").await,
+        Ok(2)
+    );
     assert_eq!(fixture.materialize(branch, "totals", "SELECT 5 AS b").await, Ok(1));
     let replaced = fixture.checksum(branch, "totals").await;
 
     // Fails while planning, and fails at run time after the first row was written.
     let failing = [
         ("SELECT * FROM no_such_table", "no such table: no_such_table"),
-        ("SELECT abs(x) AS b FROM (SELECT 1 AS x UNION ALL SELECT -9223372036854775808)", "integer overflow"),
+        (
+            "SELECT abs(x) AS b FROM (SELECT 1 AS x UNION ALL SELECT -9223372036854775808)",
+            "integer overflow",
+        ),
     ];
     for (select, message) in failing {
         let result = fixture.materialize(branch, "totals", select).await;
@@ -287,7 +321,10 @@ async fn parallel_materializations_wait_for_each_other() {
         fixture.materialize(production, "daily", heavy),
     );
     assert_eq!((b, d), (Ok(20_000), Ok(20_000)));
-    assert!(matches!((a, c), (Ok(20_000), Ok(3))), "both builds of `a` succeed, one after the other");
+    assert!(
+        matches!((a, c), (Ok(20_000), Ok(3))),
+        "both builds of `a` succeed, one after the other"
+    );
     assert_eq!(fixture.own_tables(branch).await, ["a", "b"]);
 }
 
@@ -298,7 +335,10 @@ async fn teardown_deletes_the_branch_file_only() {
     let other = branch_of("other-branch");
     fixture.warehouse.prepare(&other).await.expect("prepare other");
     assert_eq!(fixture.materialize(branch, "orders", "SELECT * FROM raw_orders").await, Ok(3));
-    assert_eq!(fixture.materialize(&other, "orders", "SELECT * FROM raw_orders LIMIT 1").await, Ok(1));
+    assert_eq!(
+        fixture.materialize(&other, "orders", "SELECT * FROM raw_orders LIMIT 1").await,
+        Ok(1)
+    );
     let production_orders = fixture.checksum(production, "orders").await;
 
     let branch_file = fixture.file(branch);
@@ -312,7 +352,10 @@ async fn teardown_deletes_the_branch_file_only() {
 
     assert_eq!(fixture.checksum(production, "orders").await, production_orders);
     assert_eq!(fixture.rows(&other, "orders").await, Some(1));
-    assert_eq!(fixture.warehouse.schemas().await.expect("schemas"), [schema("other-branch"), schema("prod")]);
+    assert_eq!(
+        fixture.warehouse.schemas().await.expect("schemas"),
+        [schema("other-branch"), schema("prod")]
+    );
 
     let refused = fixture.warehouse.teardown(production).await;
     assert!(matches!(refused, Err(WarehouseError::Refused(_))), "{refused:?}");
@@ -330,8 +373,14 @@ async fn identifiers_are_quoted() {
     let branch = &fixture.branch;
 
     assert_eq!(fixture.materialize(branch, "select", "SELECT * FROM orders").await, Ok(3));
-    assert_eq!(fixture.materialize(branch, "order", "SELECT * FROM \"select\" WHERE id > 1").await, Ok(2));
-    assert_eq!(fixture.materialize(branch, "MixedCase", "SELECT * FROM \"Customers\"").await, Ok(2));
+    assert_eq!(
+        fixture.materialize(branch, "order", "SELECT * FROM \"select\" WHERE id > 1").await,
+        Ok(2)
+    );
+    assert_eq!(
+        fixture.materialize(branch, "MixedCase", "SELECT * FROM \"Customers\"").await,
+        Ok(2)
+    );
     assert_eq!(fixture.own_tables(branch).await, ["MixedCase", "order", "select"]);
     assert_eq!(fixture.rows(branch, "order").await, Some(2));
     assert_eq!(fixture.rows(branch, "MixedCase").await, Some(2));
@@ -340,7 +389,9 @@ async fn identifiers_are_quoted() {
     assert_eq!(fixture.rows(branch, "Customers").await, Some(2));
 
     // Table names given to lookups are data, never SQL.
-    for hostile in ["a\"b", "orders\"; DROP TABLE orders; --", "orders; DROP TABLE orders", "sqlite_master"] {
+    for hostile in
+        ["a\"b", "orders\"; DROP TABLE orders; --", "orders; DROP TABLE orders", "sqlite_master"]
+    {
         assert_eq!(fixture.rows(branch, hostile).await, None, "{hostile}");
         assert_eq!(fixture.warehouse.table_checksum(branch, hostile).await, Ok(None), "{hostile}");
     }
@@ -369,18 +420,29 @@ async fn checksums_are_stable_and_see_every_change() {
     for select in distinct {
         fixture.materialize(branch, "t", select).await.expect(select);
         let checksum = fixture.checksum(branch, "t").await;
-        assert!(!seen.iter().any(|(_, earlier)| earlier == &checksum), "{select} collides with {seen:?}");
+        assert!(
+            !seen.iter().any(|(_, earlier)| earlier == &checksum),
+            "{select} collides with {seen:?}"
+        );
         seen.push((select, checksum));
     }
 
     // Same content, built in another order or again: same checksum.
     fixture
-        .materialize(branch, "t", "SELECT 2 AS v, 'b' AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 1, NULL")
+        .materialize(
+            branch,
+            "t",
+            "SELECT 2 AS v, 'b' AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 1, NULL",
+        )
         .await
         .expect("t");
     let first = fixture.checksum(branch, "t").await;
     fixture
-        .materialize(branch, "t", "SELECT 1 AS v, NULL AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 2, 'b'")
+        .materialize(
+            branch,
+            "t",
+            "SELECT 1 AS v, NULL AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 2, 'b'",
+        )
         .await
         .expect("t");
     assert_eq!(fixture.checksum(branch, "t").await, first);
@@ -401,7 +463,10 @@ async fn schemas_lists_the_deployment_files() {
     std::fs::write(fixture.warehouse.root().join("shop__old_branch.db"), b"").expect("legacy file");
 
     let schemas = fixture.warehouse.schemas().await.expect("schemas");
-    assert_eq!(schemas, [schema("another-one"), schema("feature-1-ab12cd34"), schema("old-branch"), schema("prod")]);
+    assert_eq!(
+        schemas,
+        [schema("another-one"), schema("feature-1-ab12cd34"), schema("old-branch"), schema("prod")]
+    );
 
     fixture.warehouse.teardown(&branch_of("old-branch")).await.expect("teardown");
     assert!(!fixture.warehouse.root().join("shop__old_branch.db").exists());
@@ -415,7 +480,10 @@ async fn a_branch_keeps_its_file_and_journals_in_a_folder_of_its_own() {
     assert_ne!(folder, fixture.warehouse.root(), "never beside production's file");
     assert_eq!(fixture.warehouse.writable_paths(&fixture.branch), std::slice::from_ref(&folder));
     let production = Target { schema: schema("prod"), production: schema("prod") };
-    assert_eq!(fixture.warehouse.writable_paths(&production), [fixture.warehouse.root().to_path_buf()]);
+    assert_eq!(
+        fixture.warehouse.writable_paths(&production),
+        [fixture.warehouse.root().to_path_buf()]
+    );
     fixture.warehouse.teardown(&fixture.branch).await.expect("teardown");
     assert!(!folder.exists(), "teardown removes the folder");
 }
@@ -427,11 +495,15 @@ async fn command_environment_points_at_the_files() {
     let root = fixture.warehouse.root().display().to_string();
     assert!(root.starts_with('/'), "{root}");
     let expected = [
-        ("OFFSHOOT_WAREHOUSE_URL", format!("sqlite://{root}/shop__feature_1_ab12cd34/shop__feature_1_ab12cd34.db")),
+        (
+            "OFFSHOOT_WAREHOUSE_URL",
+            format!("sqlite://{root}/shop__feature_1_ab12cd34/shop__feature_1_ab12cd34.db"),
+        ),
         ("OFFSHOOT_SCHEMA", "shop__feature_1_ab12cd34".to_owned()),
         ("OFFSHOOT_PRODUCTION_URL", format!("sqlite://{root}/shop__prod.db")),
     ];
-    let expected: Vec<(String, String)> = expected.into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
+    let expected: Vec<(String, String)> =
+        expected.into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
     assert_eq!(environment, expected);
 }
 
@@ -443,7 +515,10 @@ async fn a_branch_needs_production_and_its_own_prepared_file() {
     let branch = branch_of("feature");
 
     let missing_production = warehouse.prepare(&branch).await;
-    assert!(matches!(missing_production, Err(WarehouseError::Refused(_))), "{missing_production:?}");
+    assert!(
+        matches!(missing_production, Err(WarehouseError::Refused(_))),
+        "{missing_production:?}"
+    );
     assert!(!warehouse.file_of(&branch).exists());
 
     warehouse.execute_production_script(&schema("prod"), SEED).await.expect("seed");
@@ -454,7 +529,9 @@ async fn a_branch_needs_production_and_its_own_prepared_file() {
     assert_eq!(warehouse.row_count(&branch, "orders").await, Ok(Some(3)));
     assert_eq!(warehouse.materialize_sql(&branch, &key("orders"), "SELECT 1 AS x").await, Ok(1));
     assert_eq!(
-        warehouse.row_count(&Target { schema: schema("prod"), production: schema("prod") }, "orders").await,
+        warehouse
+            .row_count(&Target { schema: schema("prod"), production: schema("prod") }, "orders")
+            .await,
         Ok(Some(3))
     );
 }
@@ -462,15 +539,34 @@ async fn a_branch_needs_production_and_its_own_prepared_file() {
 #[tokio::test]
 async fn data_diffs_follow_the_warehouse_contract() {
     let fixture = Fixture::new().await;
-    offshoot_warehouse::contract::data_diff_stories(&fixture.warehouse, &fixture.production, &fixture.branch).await;
+    offshoot_warehouse::contract::data_diff_stories(
+        &fixture.warehouse,
+        &fixture.production,
+        &fixture.branch,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_data_diff_handles_columns_of_mixed_types() {
     // SQLite only: one column holds numbers and text.
     let fixture = Fixture::new().await;
-    fixture.materialize(&fixture.production, "mixed", "SELECT 1 AS id, 10 AS v UNION ALL SELECT 2, 'ten' UNION ALL SELECT 3, 2.5").await.expect("mixed");
-    fixture.materialize(&fixture.branch, "mixed", "SELECT 1 AS id, 10 AS v UNION ALL SELECT 2, 'ten' UNION ALL SELECT 3, 3.5").await.expect("mixed");
+    fixture
+        .materialize(
+            &fixture.production,
+            "mixed",
+            "SELECT 1 AS id, 10 AS v UNION ALL SELECT 2, 'ten' UNION ALL SELECT 3, 2.5",
+        )
+        .await
+        .expect("mixed");
+    fixture
+        .materialize(
+            &fixture.branch,
+            "mixed",
+            "SELECT 1 AS id, 10 AS v UNION ALL SELECT 2, 'ten' UNION ALL SELECT 3, 3.5",
+        )
+        .await
+        .expect("mixed");
     let options = offshoot_warehouse::data_diff::DiffOptions::default();
     let diff = fixture.warehouse.data_diff(&fixture.branch, "mixed", &options).await.expect("diff");
     let counts = diff.rows.expect("rows");

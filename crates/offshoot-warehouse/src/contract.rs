@@ -9,23 +9,44 @@ use offshoot_core::AssetKey;
 
 /// `WITH RECURSIVE` rows 1..=n as `n`, in both SQLite and PostgreSQL.
 fn series(n: u32, select: &str) -> String {
-    format!("WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {n}) {select}")
+    format!(
+        "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {n}) {select}"
+    )
 }
 
 async fn build(warehouse: &dyn Warehouse, target: &Target, table: &str, select: &str) {
     let key = AssetKey::new(table).expect("a valid key");
-    warehouse.materialize_sql(target, &key, select).await.unwrap_or_else(|e| panic!("building {table} in {}: {e}\n{select}", target.schema));
+    warehouse
+        .materialize_sql(target, &key, select)
+        .await
+        .unwrap_or_else(|e| panic!("building {table} in {}: {e}\n{select}", target.schema));
 }
 
-async fn diff(warehouse: &dyn Warehouse, branch: &Target, table: &str, options: DiffOptions) -> DataDiff {
-    warehouse.data_diff(branch, table, &options).await.unwrap_or_else(|e| panic!("diff of {table}: {e}"))
+async fn diff(
+    warehouse: &dyn Warehouse,
+    branch: &Target,
+    table: &str,
+    options: DiffOptions,
+) -> DataDiff {
+    warehouse
+        .data_diff(branch, table, &options)
+        .await
+        .unwrap_or_else(|e| panic!("diff of {table}: {e}"))
 }
 
 fn declared(key: &[&str]) -> DiffOptions {
-    DiffOptions { key: KeyRequest::Declared(key.iter().map(|k| k.to_string()).collect()), ..DiffOptions::default() }
+    DiffOptions {
+        key: KeyRequest::Declared(key.iter().map(|k| k.to_string()).collect()),
+        ..DiffOptions::default()
+    }
 }
 
-fn rows(only_in_production: u64, only_in_branch: u64, changed: u64, equal: u64) -> Option<RowCounts> {
+fn rows(
+    only_in_production: u64,
+    only_in_branch: u64,
+    changed: u64,
+    equal: u64,
+) -> Option<RowCounts> {
     Some(RowCounts { only_in_production, only_in_branch, changed, equal })
 }
 
@@ -40,18 +61,32 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     let result = diff(warehouse, branch, "orders", declared(&["id"])).await;
     assert_eq!((result.production_rows, result.branch_rows), (Some(100), Some(100)));
     assert_eq!(result.rows, rows(5, 5, 10, 85));
-    assert_eq!((result.key.clone(), result.key_source), (vec!["id".to_owned()], KeySource::Declared));
+    assert_eq!(
+        (result.key.clone(), result.key_source),
+        (vec!["id".to_owned()], KeySource::Declared)
+    );
     let amount = result.columns.iter().find(|c| c.name == "amount").expect("amount");
     assert_eq!(amount.equal, Some(85), "95 matched rows, 10 changed");
     let name = result.columns.iter().find(|c| c.name == "name").expect("name");
     assert_eq!(name.equal, Some(95));
     // sum(10n) over 1..100 = 50,500; over 6..105 = 55,500, plus 1 for each of the ten changed rows.
-    let stats = |s: &Option<crate::data_diff::NumericStats>| s.as_ref().map(|s| (s.sum.clone(), s.min.clone(), s.max.clone(), s.nulls));
-    assert_eq!(stats(&amount.production), Some((Some("50500".into()), Some("10".into()), Some("1000".into()), 0)));
-    assert_eq!(stats(&amount.branch), Some((Some("55510".into()), Some("60".into()), Some("1050".into()), 0)));
+    let stats = |s: &Option<crate::data_diff::NumericStats>| {
+        s.as_ref().map(|s| (s.sum.clone(), s.min.clone(), s.max.clone(), s.nulls))
+    };
+    assert_eq!(
+        stats(&amount.production),
+        Some((Some("50500".into()), Some("10".into()), Some("1000".into()), 0))
+    );
+    assert_eq!(
+        stats(&amount.branch),
+        Some((Some("55510".into()), Some("60".into()), Some("1050".into()), 0))
+    );
     assert_eq!(result.samples.added.len(), 5);
     assert_eq!(result.samples.added[0][0].as_deref(), Some("101"));
-    assert_eq!(result.samples.removed.iter().map(|r| r[0].clone().unwrap_or_default()).collect::<Vec<_>>(), ["1", "2", "3", "4", "5"]);
+    assert_eq!(
+        result.samples.removed.iter().map(|r| r[0].clone().unwrap_or_default()).collect::<Vec<_>>(),
+        ["1", "2", "3", "4", "5"]
+    );
     assert_eq!(result.samples.changed.len(), 10);
     let first = &result.samples.changed[0];
     assert_eq!(first.key, [Some("10".to_owned())]);
@@ -59,12 +94,16 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     assert_eq!(first.cells[0], (Some("100".to_owned()), Some("101".to_owned()), true));
     assert!(!first.cells[1].2, "the name is unchanged");
     // A smaller sample.
-    let small = diff(warehouse, branch, "orders", DiffOptions { sample: 2, ..declared(&["id"]) }).await;
+    let small =
+        diff(warehouse, branch, "orders", DiffOptions { sample: 2, ..declared(&["id"]) }).await;
     assert_eq!((small.samples.added.len(), small.samples.changed.len()), (2, 2));
 
     // Inferred: `id` is unique and never NULL on both sides, and said so.
     let inferred = diff(warehouse, branch, "orders", DiffOptions::default()).await;
-    assert_eq!((inferred.key.clone(), inferred.key_source), (vec!["id".to_owned()], KeySource::Inferred));
+    assert_eq!(
+        (inferred.key.clone(), inferred.key_source),
+        (vec!["id".to_owned()], KeySource::Inferred)
+    );
     assert_eq!(inferred.rows, rows(5, 5, 10, 85));
     assert!(inferred.notes.iter().any(|n| n.contains("`id` is unique")), "{:?}", inferred.notes);
 
@@ -75,7 +114,10 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     assert_eq!(people.rows, rows(0, 0, 1, 2), "NULL = NULL, 'b' <> 'B'");
     build(warehouse, branch, "people", "SELECT CAST(1 AS INTEGER) AS id, CAST(NULL AS TEXT) AS nick UNION ALL SELECT 2, 'b' UNION ALL SELECT 2, 'b' UNION ALL SELECT CAST(NULL AS INTEGER), 'n'").await;
     let duplicated = diff(warehouse, branch, "people", declared(&["id"])).await;
-    assert_eq!((duplicated.key_check.duplicates_in_branch, duplicated.key_check.nulls_in_branch), (1, 1));
+    assert_eq!(
+        (duplicated.key_check.duplicates_in_branch, duplicated.key_check.nulls_in_branch),
+        (1, 1)
+    );
     assert!(duplicated.notes.iter().any(|n| n.contains("duplicates")), "{:?}", duplicated.notes);
     // As whole rows: production (1,NULL) (2,b) (3,c); branch (1,NULL) (2,b) (2,b) (NULL,n).
     assert_eq!(duplicated.rows, rows(1, 2, 0, 2));
@@ -88,7 +130,13 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     assert_eq!(twice.rows, rows(0, 1, 0, 3), "as whole rows: the second (2, b) is extra");
 
     // No key anywhere: a multiset of whole rows, and the report says so.
-    build(warehouse, production, "events", "SELECT CAST('a' AS TEXT) AS kind UNION ALL SELECT 'a' UNION ALL SELECT 'b'").await;
+    build(
+        warehouse,
+        production,
+        "events",
+        "SELECT CAST('a' AS TEXT) AS kind UNION ALL SELECT 'a' UNION ALL SELECT 'b'",
+    )
+    .await;
     build(warehouse, branch, "events", "SELECT CAST('a' AS TEXT) AS kind UNION ALL SELECT 'b' UNION ALL SELECT 'b' UNION ALL SELECT 'c'").await;
     let events = diff(warehouse, branch, "events", DiffOptions::default()).await;
     assert_eq!(events.key_source, KeySource::None);
@@ -99,9 +147,18 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     build(warehouse, production, "shapes", "SELECT CAST(1 AS INTEGER) AS id, CAST(2 AS INTEGER) AS size, CAST('x' AS TEXT) AS old_label").await;
     build(warehouse, branch, "shapes", "SELECT CAST(2.5 AS REAL) AS size, CAST(1 AS INTEGER) AS id, CAST('y' AS TEXT) AS new_label").await;
     let shapes = diff(warehouse, branch, "shapes", declared(&["id"])).await;
-    assert_eq!(shapes.schema.added.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["new_label"]);
-    assert_eq!(shapes.schema.removed.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["old_label"]);
-    assert_eq!(shapes.schema.type_changed.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(), ["size"]);
+    assert_eq!(
+        shapes.schema.added.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["new_label"]
+    );
+    assert_eq!(
+        shapes.schema.removed.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["old_label"]
+    );
+    assert_eq!(
+        shapes.schema.type_changed.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(),
+        ["size"]
+    );
     assert!(shapes.schema.order_changed);
     assert_eq!(shapes.rows, rows(0, 0, 1, 0));
 
@@ -114,24 +171,54 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     assert_eq!(result.columns[0].name, "we\"ird");
 
     // Floating-point noise: exact by default, equal within a tolerance.
-    build(warehouse, production, "floats", "SELECT CAST(1 AS INTEGER) AS id, CAST(0.3 AS DOUBLE PRECISION) AS x").await;
+    build(
+        warehouse,
+        production,
+        "floats",
+        "SELECT CAST(1 AS INTEGER) AS id, CAST(0.3 AS DOUBLE PRECISION) AS x",
+    )
+    .await;
     build(warehouse, branch, "floats", "SELECT CAST(1 AS INTEGER) AS id, CAST(0.1 AS DOUBLE PRECISION) + CAST(0.2 AS DOUBLE PRECISION) AS x").await;
     assert_eq!(diff(warehouse, branch, "floats", declared(&["id"])).await.rows, rows(0, 0, 1, 0));
-    let tolerant = diff(warehouse, branch, "floats", DiffOptions { tolerance: 1e-9, ..declared(&["id"]) }).await;
+    let tolerant =
+        diff(warehouse, branch, "floats", DiffOptions { tolerance: 1e-9, ..declared(&["id"]) })
+            .await;
     assert_eq!(tolerant.rows, rows(0, 0, 0, 1));
 
     // A key whose type changed (integer to text) is matched as text.
-    build(warehouse, production, "codes", "SELECT CAST(1 AS INTEGER) AS id, CAST('a' AS TEXT) AS v UNION ALL SELECT 2, 'b'").await;
-    build(warehouse, branch, "codes", "SELECT CAST('1' AS TEXT) AS id, CAST('a' AS TEXT) AS v UNION ALL SELECT '3', 'c'").await;
+    build(
+        warehouse,
+        production,
+        "codes",
+        "SELECT CAST(1 AS INTEGER) AS id, CAST('a' AS TEXT) AS v UNION ALL SELECT 2, 'b'",
+    )
+    .await;
+    build(
+        warehouse,
+        branch,
+        "codes",
+        "SELECT CAST('1' AS TEXT) AS id, CAST('a' AS TEXT) AS v UNION ALL SELECT '3', 'c'",
+    )
+    .await;
     let codes = diff(warehouse, branch, "codes", declared(&["id"])).await;
     assert_eq!(codes.rows, rows(1, 1, 0, 1));
     assert!(codes.notes.iter().any(|n| n.contains("type changed")), "{:?}", codes.notes);
 
     // Zero rows on both sides.
-    build(warehouse, production, "empty", "SELECT CAST(1 AS INTEGER) AS id FROM orders WHERE 1 = 0").await;
-    build(warehouse, branch, "empty", "SELECT CAST(1 AS INTEGER) AS id FROM orders WHERE 1 = 0").await;
+    build(
+        warehouse,
+        production,
+        "empty",
+        "SELECT CAST(1 AS INTEGER) AS id FROM orders WHERE 1 = 0",
+    )
+    .await;
+    build(warehouse, branch, "empty", "SELECT CAST(1 AS INTEGER) AS id FROM orders WHERE 1 = 0")
+        .await;
     let empty = diff(warehouse, branch, "empty", DiffOptions::default()).await;
-    assert_eq!((empty.production_rows, empty.branch_rows, empty.rows), (Some(0), Some(0), rows(0, 0, 0, 0)));
+    assert_eq!(
+        (empty.production_rows, empty.branch_rows, empty.rows),
+        (Some(0), Some(0), rows(0, 0, 0, 0))
+    );
 
     // One side only: a new asset (no production table), one the branch has not built.
     build(warehouse, branch, "brand_new", "SELECT CAST(1 AS INTEGER) AS id").await;
@@ -139,7 +226,10 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     assert_eq!((new.production_rows, new.branch_rows, new.rows), (None, Some(1), None));
     build(warehouse, production, "untouched", "SELECT CAST(1 AS INTEGER) AS id").await;
     let untouched = diff(warehouse, branch, "untouched", DiffOptions::default()).await;
-    assert_eq!((untouched.production_rows, untouched.branch_rows, untouched.rows), (Some(1), None, None));
+    assert_eq!(
+        (untouched.production_rows, untouched.branch_rows, untouched.rows),
+        (Some(1), None, None)
+    );
 
     // Production is never a diff's target.
     assert!(warehouse.data_diff(production, "orders", &DiffOptions::default()).await.is_err());

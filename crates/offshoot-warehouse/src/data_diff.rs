@@ -193,7 +193,12 @@ pub struct Tables {
 const PRESENT: &str = "\"__offshoot_present\"";
 
 /// The diff of two tables (see the module documentation).
-pub async fn diff(runner: &mut dyn SqlRunner, flavor: &dyn Flavor, tables: &Tables, options: &DiffOptions) -> WarehouseResult<DataDiff> {
+pub async fn diff(
+    runner: &mut dyn SqlRunner,
+    flavor: &dyn Flavor,
+    tables: &Tables,
+    options: &DiffOptions,
+) -> WarehouseResult<DataDiff> {
     let count = |table: &str| format!("SELECT {} FROM {table}", flavor.text("count(*)"));
     let production_rows = match &tables.production {
         Some((table, _)) => Some(number(&first(runner.rows(&count(table)).await?))?),
@@ -215,15 +220,22 @@ pub async fn diff(runner: &mut dyn SqlRunner, flavor: &dyn Flavor, tables: &Tabl
         samples: Samples::default(),
         notes: Vec::new(),
     };
-    let (Some((production, production_columns)), Some((branch, branch_columns))) = (&tables.production, &tables.branch) else {
+    let (Some((production, production_columns)), Some((branch, branch_columns))) =
+        (&tables.production, &tables.branch)
+    else {
         return Ok(result);
     };
     result.schema = schema_change(production_columns, branch_columns);
     let branch_names: BTreeSet<&str> = branch_columns.iter().map(|c| c.name.as_str()).collect();
-    let common: Vec<&Column> = production_columns.iter().filter(|c| branch_names.contains(c.name.as_str())).collect();
+    let common: Vec<&Column> =
+        production_columns.iter().filter(|c| branch_names.contains(c.name.as_str())).collect();
     if common.is_empty() {
         result.notes.push("the two tables have no column in common".to_owned());
-        result.rows = Some(RowCounts { only_in_production: production_rows.unwrap_or(0), only_in_branch: branch_rows.unwrap_or(0), ..RowCounts::default() });
+        result.rows = Some(RowCounts {
+            only_in_production: production_rows.unwrap_or(0),
+            only_in_branch: branch_rows.unwrap_or(0),
+            ..RowCounts::default()
+        });
         return Ok(result);
     }
     let plan = Plan { flavor, production, branch, common: &common, branch_columns };
@@ -231,10 +243,14 @@ pub async fn diff(runner: &mut dyn SqlRunner, flavor: &dyn Flavor, tables: &Tabl
     // The key: declared, or inferred from the data.
     let (key, source) = match &options.key {
         KeyRequest::Declared(columns) => {
-            let missing: Vec<&String> = columns.iter().filter(|k| !common.iter().any(|c| &c.name == *k)).collect();
+            let missing: Vec<&String> =
+                columns.iter().filter(|k| !common.iter().any(|c| &c.name == *k)).collect();
             if !missing.is_empty() {
                 let names: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
-                result.notes.push(format!("the key column {} is not in both tables; compared as whole rows", names.join(", ")));
+                result.notes.push(format!(
+                    "the key column {} is not in both tables; compared as whole rows",
+                    names.join(", ")
+                ));
                 (Vec::new(), KeySource::None)
             } else {
                 (columns.clone(), KeySource::Declared)
@@ -280,14 +296,30 @@ pub async fn diff(runner: &mut dyn SqlRunner, flavor: &dyn Flavor, tables: &Tabl
 
     if key_usable && flavor.match_by_grouping() && production_side.nulls + branch_side.nulls > 0 {
         // Matching (which finds duplicates where it groups) will not run: count them here.
-        result.key_check.duplicates_in_production = plan.count_duplicates(runner, production, &key).await?;
+        result.key_check.duplicates_in_production =
+            plan.count_duplicates(runner, production, &key).await?;
         result.key_check.duplicates_in_branch = plan.count_duplicates(runner, branch, &key).await?;
     }
     let mut keyed = None;
-    if key_usable && result.key_check.nulls_in_production + result.key_check.nulls_in_branch + result.key_check.duplicates_in_production + result.key_check.duplicates_in_branch == 0 {
+    if key_usable
+        && result.key_check.nulls_in_production
+            + result.key_check.nulls_in_branch
+            + result.key_check.duplicates_in_production
+            + result.key_check.duplicates_in_branch
+            == 0
+    {
         // Matching writes the rows that differ (a few, usually) to a temporary table in one
         // pass; everything else is counted from it. Where matching groups, duplicates show here.
-        let outcome = plan.keyed(runner, &key, options.tolerance, options.sample, &result.schema, production_rows.unwrap_or(0)).await?;
+        let outcome = plan
+            .keyed(
+                runner,
+                &key,
+                options.tolerance,
+                options.sample,
+                &result.schema,
+                production_rows.unwrap_or(0),
+            )
+            .await?;
         match outcome {
             Keyed::Diff(counts, equal, samples) => keyed = Some((counts, equal, samples)),
             Keyed::Duplicates(production, branch) => {
@@ -311,13 +343,31 @@ pub async fn diff(runner: &mut dyn SqlRunner, flavor: &dyn Flavor, tables: &Tabl
         Some((counts, equal, samples)) => {
             result.rows = Some(counts);
             result.samples = samples;
-            let compared: Vec<&&Column> = common.iter().filter(|c| !key.contains(&c.name)).collect();
-            result.columns = compared.iter().zip(equal).map(|(c, e)| ColumnDiff { name: c.name.clone(), equal: Some(e), production: None, branch: None }).collect();
+            let compared: Vec<&&Column> =
+                common.iter().filter(|c| !key.contains(&c.name)).collect();
+            result.columns = compared
+                .iter()
+                .zip(equal)
+                .map(|(c, e)| ColumnDiff {
+                    name: c.name.clone(),
+                    equal: Some(e),
+                    production: None,
+                    branch: None,
+                })
+                .collect();
         }
         None => {
             result.rows = Some(plan.multiset_counts(runner).await?);
             result.samples = plan.multiset_samples(runner, options.sample).await?;
-            result.columns = common.iter().map(|c| ColumnDiff { name: c.name.clone(), equal: None, production: None, branch: None }).collect();
+            result.columns = common
+                .iter()
+                .map(|c| ColumnDiff {
+                    name: c.name.clone(),
+                    equal: None,
+                    production: None,
+                    branch: None,
+                })
+                .collect();
         }
     }
     for column in result.columns.iter_mut() {
@@ -352,13 +402,25 @@ const DIFFERING: &str = "offshoot_differing_rows";
 
 fn schema_change(production: &[Column], branch: &[Column]) -> SchemaChange {
     let find = |columns: &[Column], name: &str| columns.iter().find(|c| c.name == name).cloned();
-    let added: Vec<Column> = branch.iter().filter(|c| find(production, &c.name).is_none()).cloned().collect();
-    let removed: Vec<Column> = production.iter().filter(|c| find(branch, &c.name).is_none()).cloned().collect();
+    let added: Vec<Column> =
+        branch.iter().filter(|c| find(production, &c.name).is_none()).cloned().collect();
+    let removed: Vec<Column> =
+        production.iter().filter(|c| find(branch, &c.name).is_none()).cloned().collect();
     let type_changed = production
         .iter()
-        .filter_map(|p| find(branch, &p.name).filter(|b| !b.data_type.eq_ignore_ascii_case(&p.data_type)).map(|b| (p.name.clone(), p.data_type.clone(), b.data_type)))
+        .filter_map(|p| {
+            find(branch, &p.name)
+                .filter(|b| !b.data_type.eq_ignore_ascii_case(&p.data_type))
+                .map(|b| (p.name.clone(), p.data_type.clone(), b.data_type))
+        })
         .collect();
-    let order = |columns: &[Column], other: &[Column]| columns.iter().filter(|c| find(other, &c.name).is_some()).map(|c| c.name.clone()).collect::<Vec<_>>();
+    let order = |columns: &[Column], other: &[Column]| {
+        columns
+            .iter()
+            .filter(|c| find(other, &c.name).is_some())
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+    };
     let order_changed = order(production, branch) != order(branch, production);
     SchemaChange { added, removed, type_changed, order_changed }
 }
@@ -373,10 +435,11 @@ fn number(text: &Option<String>) -> WarehouseResult<u64> {
         None => Ok(0),
         Some(text) => {
             let trimmed = text.trim();
-            trimmed
-                .parse::<u64>()
-                .or_else(|_| trimmed.parse::<f64>().map(|f| f as u64))
-                .map_err(|_| WarehouseError::Backend(format!("the data diff expected a count, got {text:?}")))
+            trimmed.parse::<u64>().or_else(|_| trimmed.parse::<f64>().map(|f| f as u64)).map_err(
+                |_| {
+                    WarehouseError::Backend(format!("the data diff expected a count, got {text:?}"))
+                },
+            )
         }
     }
 }
@@ -400,7 +463,8 @@ impl Plan<'_> {
         if self.flavor.match_by_grouping() {
             return self.grouped_by_key(key, schema);
         }
-        let mut select = vec![format!("p.{PRESENT} AS p_present"), format!("b.{PRESENT} AS b_present")];
+        let mut select =
+            vec![format!("p.{PRESENT} AS p_present"), format!("b.{PRESENT} AS b_present")];
         for (i, column) in self.common.iter().enumerate() {
             let name = self.q(&column.name);
             select.push(format!("p.{name} AS p_{i}"));
@@ -411,7 +475,11 @@ impl Plan<'_> {
             .map(|k| {
                 let name = self.q(k);
                 if schema.type_changed.iter().any(|(c, _, _)| c == k) {
-                    format!("{} = {}", self.flavor.text(&format!("p.{name}")), self.flavor.text(&format!("b.{name}")))
+                    format!(
+                        "{} = {}",
+                        self.flavor.text(&format!("p.{name}")),
+                        self.flavor.text(&format!("b.{name}"))
+                    )
                 } else {
                     format!("p.{name} = b.{name}")
                 }
@@ -441,7 +509,8 @@ impl Plan<'_> {
         let key_aliases: Vec<String> = (0..key.len()).map(|i| format!("k_{i}")).collect();
         let columns: Vec<String> = self.common.iter().map(|c| self.q(&c.name)).collect();
         let side = |present_p: &str, present_b: &str, table: &str| {
-            let mut select: Vec<String> = keys.iter().zip(&key_aliases).map(|(k, a)| format!("{k} AS {a}")).collect();
+            let mut select: Vec<String> =
+                keys.iter().zip(&key_aliases).map(|(k, a)| format!("{k} AS {a}")).collect();
             select.push(format!("{present_p} AS p_present"));
             select.push(format!("{present_b} AS b_present"));
             select.extend(columns.iter().enumerate().map(|(i, c)| format!("{c} AS v_{i}")));
@@ -473,9 +542,11 @@ impl Plan<'_> {
     /// `p_i` equals `b_i` (NULL equals NULL; numbers within the tolerance).
     fn equal(&self, i: usize, tolerance: f64) -> String {
         let same = self.flavor.same(&format!("j.p_{i}"), &format!("j.b_{i}"));
-        let numeric = self.common[i].numeric && self.branch_columns.iter().any(|c| c.name == self.common[i].name && c.numeric);
+        let numeric = self.common[i].numeric
+            && self.branch_columns.iter().any(|c| c.name == self.common[i].name && c.numeric);
         if tolerance > 0.0 && (numeric || self.flavor.loosely_typed()) {
-            let (p, b) = (self.flavor.number(&format!("j.p_{i}")), self.flavor.number(&format!("j.b_{i}")));
+            let (p, b) =
+                (self.flavor.number(&format!("j.p_{i}")), self.flavor.number(&format!("j.b_{i}")));
             format!("({same} OR abs({p} - {b}) <= {tolerance})")
         } else {
             format!("({same})")
@@ -487,7 +558,8 @@ impl Plan<'_> {
     }
 
     fn all_equal(&self, key: &[String], tolerance: f64) -> String {
-        let parts: Vec<String> = self.compared(key).into_iter().map(|i| self.equal(i, tolerance)).collect();
+        let parts: Vec<String> =
+            self.compared(key).into_iter().map(|i| self.equal(i, tolerance)).collect();
         if parts.is_empty() {
             "1 = 1".to_owned()
         } else {
@@ -499,17 +571,30 @@ impl Plan<'_> {
     /// where matching groups, keys seen twice) into a temporary table, then counts and samples
     /// from it. `production_rows` gives the matched count: production's rows minus those only
     /// there.
-    async fn keyed(&self, runner: &mut dyn SqlRunner, key: &[String], tolerance: f64, limit: usize, schema: &SchemaChange, production_rows: u64) -> WarehouseResult<Keyed> {
+    async fn keyed(
+        &self,
+        runner: &mut dyn SqlRunner,
+        key: &[String],
+        tolerance: f64,
+        limit: usize,
+        schema: &SchemaChange,
+        production_rows: u64,
+    ) -> WarehouseResult<Keyed> {
         let compared = self.compared(key);
-        let mut select = vec!["j.p_present AS p_present".to_owned(), "j.b_present AS b_present".to_owned()];
+        let mut select =
+            vec!["j.p_present AS p_present".to_owned(), "j.b_present AS b_present".to_owned()];
         for i in 0..self.common.len() {
             select.push(format!("j.p_{i} AS p_{i}"));
             select.push(format!("j.b_{i} AS b_{i}"));
         }
         for &i in &compared {
-            select.push(format!("CASE WHEN {} THEN 0 ELSE 1 END AS d_{i}", self.equal(i, tolerance)));
+            select
+                .push(format!("CASE WHEN {} THEN 0 ELSE 1 END AS d_{i}", self.equal(i, tolerance)));
         }
-        let mut differs = format!("j.p_present IS NULL OR j.b_present IS NULL OR NOT ({})", self.all_equal(key, tolerance));
+        let mut differs = format!(
+            "j.p_present IS NULL OR j.b_present IS NULL OR NOT ({})",
+            self.all_equal(key, tolerance)
+        );
         if self.flavor.match_by_grouping() {
             select.push("j.p_count AS p_count".to_owned());
             select.push("j.b_count AS b_count".to_owned());
@@ -517,7 +602,11 @@ impl Plan<'_> {
         }
         let _ = runner.rows(&format!("DROP TABLE IF EXISTS {DIFFERING}")).await;
         runner
-            .rows(&format!("CREATE TEMPORARY TABLE {DIFFERING} AS SELECT {} FROM ({}) AS j WHERE {differs}", select.join(", "), self.joined(key, schema)))
+            .rows(&format!(
+                "CREATE TEMPORARY TABLE {DIFFERING} AS SELECT {} FROM ({}) AS j WHERE {differs}",
+                select.join(", "),
+                self.joined(key, schema)
+            ))
             .await?;
         let result = async {
             let t = |e: String| self.flavor.text(&e);
@@ -532,7 +621,8 @@ impl Plan<'_> {
                     .into_iter()
                     .next()
                     .unwrap_or_default();
-                let (production, branch) = (number(row.first().unwrap_or(&None))?, number(row.get(1).unwrap_or(&None))?);
+                let (production, branch) =
+                    (number(row.first().unwrap_or(&None))?, number(row.get(1).unwrap_or(&None))?);
                 if production + branch > 0 {
                     return Ok(Keyed::Duplicates(production, branch));
                 }
@@ -546,12 +636,24 @@ impl Plan<'_> {
             for &i in &compared {
                 sums.push(t(format!("sum(CASE WHEN {both} AND d_{i} = 1 THEN 1 ELSE 0 END)")));
             }
-            let row = runner.rows(&format!("SELECT {} FROM {DIFFERING}", sums.join(", "))).await?.into_iter().next().unwrap_or_default();
+            let row = runner
+                .rows(&format!("SELECT {} FROM {DIFFERING}", sums.join(", ")))
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or_default();
             let value = |i: usize| number(row.get(i).unwrap_or(&None));
             let (only_in_production, only_in_branch, changed) = (value(0)?, value(1)?, value(2)?);
             let matched = production_rows.saturating_sub(only_in_production);
-            let counts = RowCounts { only_in_production, only_in_branch, changed, equal: matched.saturating_sub(changed) };
-            let equal = (0..compared.len()).map(|k| value(3 + k).map(|d| matched.saturating_sub(d))).collect::<WarehouseResult<Vec<u64>>>()?;
+            let counts = RowCounts {
+                only_in_production,
+                only_in_branch,
+                changed,
+                equal: matched.saturating_sub(changed),
+            };
+            let equal = (0..compared.len())
+                .map(|k| value(3 + k).map(|d| matched.saturating_sub(d)))
+                .collect::<WarehouseResult<Vec<u64>>>()?;
             let samples = self.keyed_samples(runner, key, &compared, limit, schema).await?;
             Ok(Keyed::Diff(counts, equal, samples))
         }
@@ -561,20 +663,36 @@ impl Plan<'_> {
     }
 
     /// Samples from the table of differing rows: added, removed and changed, in key order.
-    async fn keyed_samples(&self, runner: &mut dyn SqlRunner, key: &[String], compared: &[usize], limit: usize, schema: &SchemaChange) -> WarehouseResult<Samples> {
+    async fn keyed_samples(
+        &self,
+        runner: &mut dyn SqlRunner,
+        key: &[String],
+        compared: &[usize],
+        limit: usize,
+        schema: &SchemaChange,
+    ) -> WarehouseResult<Samples> {
         let order: Vec<String> = key
             .iter()
             .map(|k| {
                 let i = self.index_of(k);
                 if schema.type_changed.iter().any(|(c, _, _)| c == k) {
-                    format!("coalesce({}, {})", self.flavor.text(&format!("p_{i}")), self.flavor.text(&format!("b_{i}")))
+                    format!(
+                        "coalesce({}, {})",
+                        self.flavor.text(&format!("p_{i}")),
+                        self.flavor.text(&format!("b_{i}"))
+                    )
                 } else {
                     format!("coalesce(p_{i}, b_{i})")
                 }
             })
             .collect();
         let order = order.join(", ");
-        let side = |prefix: &str| (0..self.common.len()).map(|i| self.flavor.text(&format!("{prefix}_{i}"))).collect::<Vec<_>>().join(", ");
+        let side = |prefix: &str| {
+            (0..self.common.len())
+                .map(|i| self.flavor.text(&format!("{prefix}_{i}")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let (added, removed) = if limit == 0 {
             (Vec::new(), Vec::new())
         } else {
@@ -584,7 +702,8 @@ impl Plan<'_> {
             )
         };
         let key_indexes: Vec<usize> = key.iter().map(|k| self.index_of(k)).collect();
-        let mut select: Vec<String> = key_indexes.iter().map(|i| self.flavor.text(&format!("p_{i}"))).collect();
+        let mut select: Vec<String> =
+            key_indexes.iter().map(|i| self.flavor.text(&format!("p_{i}"))).collect();
         for &i in compared {
             select.push(self.flavor.text(&format!("p_{i}")));
             select.push(self.flavor.text(&format!("b_{i}")));
@@ -599,7 +718,16 @@ impl Plan<'_> {
             .into_iter()
             .map(|row| {
                 let (key_values, rest) = row.split_at(key.len().min(row.len()));
-                let cells = rest.chunks(3).map(|c| (c[0].clone(), c.get(1).cloned().flatten(), c.get(2).cloned().flatten().as_deref() == Some("1"))).collect();
+                let cells = rest
+                    .chunks(3)
+                    .map(|c| {
+                        (
+                            c[0].clone(),
+                            c.get(1).cloned().flatten(),
+                            c.get(2).cloned().flatten().as_deref() == Some("1"),
+                        )
+                    })
+                    .collect();
                 ChangedRow { key: key_values.to_vec(), cells }
             })
             .collect();
@@ -616,7 +744,8 @@ impl Plan<'_> {
     fn grouped(&self) -> String {
         let columns: Vec<String> = self.common.iter().map(|c| self.q(&c.name)).collect();
         let aliases: Vec<String> = (0..self.common.len()).map(|i| format!("c_{i}")).collect();
-        let select: Vec<String> = columns.iter().zip(&aliases).map(|(c, a)| format!("{c} AS {a}")).collect();
+        let select: Vec<String> =
+            columns.iter().zip(&aliases).map(|(c, a)| format!("{c} AS {a}")).collect();
         format!(
             "SELECT {aliases}, sum(pc) AS pc, sum(bc) AS bc FROM (SELECT {select}, 1 AS pc, 0 AS bc FROM {p} UNION ALL SELECT {select}, 0 AS pc, 1 AS bc FROM {b}) AS u GROUP BY {aliases}",
             aliases = aliases.join(", "),
@@ -637,20 +766,43 @@ impl Plan<'_> {
         );
         let row = runner.rows(&sql).await?.into_iter().next().unwrap_or_default();
         let value = |i: usize| number(row.get(i).unwrap_or(&None));
-        Ok(RowCounts { only_in_production: value(0)?, only_in_branch: value(1)?, changed: 0, equal: value(2)? })
+        Ok(RowCounts {
+            only_in_production: value(0)?,
+            only_in_branch: value(1)?,
+            changed: 0,
+            equal: value(2)?,
+        })
     }
 
-    async fn multiset_samples(&self, runner: &mut dyn SqlRunner, limit: usize) -> WarehouseResult<Samples> {
-        let columns = (0..self.common.len()).map(|i| self.flavor.text(&format!("g.c_{i}"))).collect::<Vec<_>>().join(", ");
-        let order = (0..self.common.len()).map(|i| format!("g.c_{i}")).collect::<Vec<_>>().join(", ");
+    async fn multiset_samples(
+        &self,
+        runner: &mut dyn SqlRunner,
+        limit: usize,
+    ) -> WarehouseResult<Samples> {
+        let columns = (0..self.common.len())
+            .map(|i| self.flavor.text(&format!("g.c_{i}")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let order =
+            (0..self.common.len()).map(|i| format!("g.c_{i}")).collect::<Vec<_>>().join(", ");
         let grouped = self.grouped();
         let added = runner.rows(&format!("SELECT {columns} FROM ({grouped}) AS g WHERE g.bc > g.pc ORDER BY {order} LIMIT {limit}")).await?;
         let removed = runner.rows(&format!("SELECT {columns} FROM ({grouped}) AS g WHERE g.pc > g.bc ORDER BY {order} LIMIT {limit}")).await?;
-        Ok(Samples { columns: self.common.iter().map(|c| c.name.clone()).collect(), added, removed, ..Samples::default() })
+        Ok(Samples {
+            columns: self.common.iter().map(|c| c.name.clone()).collect(),
+            added,
+            removed,
+            ..Samples::default()
+        })
     }
 
     /// Keys (without NULLs) that `table` has more than once.
-    async fn count_duplicates(&self, runner: &mut dyn SqlRunner, table: &str, key: &[String]) -> WarehouseResult<u64> {
+    async fn count_duplicates(
+        &self,
+        runner: &mut dyn SqlRunner,
+        table: &str,
+        key: &[String],
+    ) -> WarehouseResult<u64> {
         let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
         let nulls = columns.iter().map(|c| format!("{c} IS NULL")).collect::<Vec<_>>().join(" OR ");
         let sql = format!(
@@ -663,7 +815,13 @@ impl Plan<'_> {
 
     /// One scan of `table`: NULL keys, duplicate keys (where matching joins; grouping finds
     /// them itself), and sum, min, max and NULLs of each `numeric` column.
-    async fn side_summary(&self, runner: &mut dyn SqlRunner, table: &str, key: &[String], numeric: &[&Column]) -> WarehouseResult<SideSummary> {
+    async fn side_summary(
+        &self,
+        runner: &mut dyn SqlRunner,
+        table: &str,
+        key: &[String],
+        numeric: &[&Column],
+    ) -> WarehouseResult<SideSummary> {
         let t = |e: String| self.flavor.text(&e);
         let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
         let mut select = Vec::new();
@@ -671,7 +829,8 @@ impl Plan<'_> {
             select.push("'0'".to_owned());
             select.push("'0'".to_owned());
         } else {
-            let nulls = columns.iter().map(|c| format!("{c} IS NULL")).collect::<Vec<_>>().join(" OR ");
+            let nulls =
+                columns.iter().map(|c| format!("{c} IS NULL")).collect::<Vec<_>>().join(" OR ");
             select.push(t(format!("sum(CASE WHEN {nulls} THEN 1 ELSE 0 END)")));
             select.push(match (self.flavor.match_by_grouping(), columns.as_slice()) {
                 (true, _) => "'0'".to_owned(),
@@ -690,7 +849,12 @@ impl Plan<'_> {
             select.push(t(format!("max({value})")));
             select.push(t(format!("sum(CASE WHEN {name} IS NULL THEN 1 ELSE 0 END)")));
         }
-        let row = runner.rows(&format!("SELECT {} FROM {table}", select.join(", "))).await?.into_iter().next().unwrap_or_default();
+        let row = runner
+            .rows(&format!("SELECT {} FROM {table}", select.join(", ")))
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         let stats = (0..numeric.len())
             .map(|i| {
                 let at = 2 + 4 * i;
@@ -702,7 +866,11 @@ impl Plan<'_> {
                 })
             })
             .collect::<WarehouseResult<Vec<_>>>()?;
-        Ok(SideSummary { nulls: number(row.first().unwrap_or(&None))?, duplicates: number(row.get(1).unwrap_or(&None))?, stats })
+        Ok(SideSummary {
+            nulls: number(row.first().unwrap_or(&None))?,
+            duplicates: number(row.get(1).unwrap_or(&None))?,
+            stats,
+        })
     }
 
     /// A common column unique and never NULL on both sides (both non-empty): `id` or `*_id`
@@ -716,7 +884,12 @@ impl Plan<'_> {
                 select.push(self.flavor.text(&format!("count(DISTINCT {name})")));
                 select.push(self.flavor.text(&format!("count({name})")));
             }
-            let row = runner.rows(&format!("SELECT {} FROM {table}", select.join(", "))).await?.into_iter().next().unwrap_or_default();
+            let row = runner
+                .rows(&format!("SELECT {} FROM {table}", select.join(", ")))
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or_default();
             let total = number(row.first().unwrap_or(&None))?;
             for (i, candidate) in candidates.iter_mut().enumerate() {
                 let distinct = number(row.get(1 + 2 * i).unwrap_or(&None))?;
@@ -724,9 +897,16 @@ impl Plan<'_> {
                 *candidate &= total > 0 && distinct == total && non_null == total;
             }
         }
-        let names: Vec<&str> = self.common.iter().zip(&candidates).filter(|(_, ok)| **ok).map(|(c, _)| c.name.as_str()).collect();
-        let preferred = names.iter().find(|n| n.eq_ignore_ascii_case("id") || n.to_ascii_lowercase().ends_with("_id"));
+        let names: Vec<&str> = self
+            .common
+            .iter()
+            .zip(&candidates)
+            .filter(|(_, ok)| **ok)
+            .map(|(c, _)| c.name.as_str())
+            .collect();
+        let preferred = names
+            .iter()
+            .find(|n| n.eq_ignore_ascii_case("id") || n.to_ascii_lowercase().ends_with("_id"));
         Ok(preferred.or(names.first()).map(|n| n.to_string()))
     }
-
 }

@@ -51,7 +51,12 @@ pub trait Warehouse: Send + Sync + 'static {
     /// Runs `select` (one SELECT; unqualified names resolve to the target's own tables first, then
     /// production's) and atomically replaces the target's table `key` with its result. Returns the
     /// number of rows.
-    async fn materialize_sql(&self, target: &Target, key: &AssetKey, select: &str) -> WarehouseResult<u64>;
+    async fn materialize_sql(
+        &self,
+        target: &Target,
+        key: &AssetKey,
+        select: &str,
+    ) -> WarehouseResult<u64>;
 
     /// Environment variables a command asset (or a location's build) needs to write its table
     /// into the target: at least `OFFSHOOT_WAREHOUSE_URL` and `OFFSHOOT_SCHEMA`. For a branch,
@@ -76,7 +81,8 @@ pub trait Warehouse: Send + Sync + 'static {
 
     /// A checksum of `table`'s content as the target sees it; `None` if absent. For tests and
     /// for proving production unchanged.
-    async fn table_checksum(&self, target: &Target, table: &str) -> WarehouseResult<Option<String>>;
+    async fn table_checksum(&self, target: &Target, table: &str)
+        -> WarehouseResult<Option<String>>;
 
     /// Drops exactly the target's own objects. Idempotent. Refuses production.
     async fn teardown(&self, target: &Target) -> WarehouseResult<()>;
@@ -87,5 +93,10 @@ pub trait Warehouse: Send + Sync + 'static {
     /// What the branch `target` did to `table`: its own table against production's (see
     /// [`data_diff`]). A side without the table is `None` in the result (for the branch: it has
     /// not built it and reads production's). Refuses production as the target.
-    async fn data_diff(&self, target: &Target, table: &str, options: &data_diff::DiffOptions) -> WarehouseResult<data_diff::DataDiff>;
+    async fn data_diff(
+        &self,
+        target: &Target,
+        table: &str,
+        options: &data_diff::DiffOptions,
+    ) -> WarehouseResult<data_diff::DataDiff>;
 }

@@ -60,12 +60,17 @@ impl Client {
                     .to_owned(),
             )
         })?;
-        let token = non_empty(args.api_token.clone()).or_else(|| non_empty(std::env::var(DAGSTER_CLOUD_API_TOKEN).ok()));
+        let token = non_empty(args.api_token.clone())
+            .or_else(|| non_empty(std::env::var(DAGSTER_CLOUD_API_TOKEN).ok()));
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build();
-        Ok(Client { agent: ureq::Agent::new_with_config(config), base: base.trim_end_matches('/').to_owned(), token: token.as_deref().and_then(Secret::new) })
+        Ok(Client {
+            agent: ureq::Agent::new_with_config(config),
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.as_deref().and_then(Secret::new),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -85,7 +90,9 @@ impl Client {
     }
 
     pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let request = self.authorize(self.agent.post(&self.url(path))).header("Content-Type", "application/json");
+        let request = self
+            .authorize(self.agent.post(&self.url(path)))
+            .header("Content-Type", "application/json");
         let response = request.send(body.to_string());
         self.answer(path, response)
     }
@@ -95,15 +102,21 @@ impl Client {
         self.answer(path, response)
     }
 
-    fn answer(&self, path: &str, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
-        let mut response = response.with_context(|| format!("cannot reach the Offshoot server at {}", self.base))?;
+    fn answer(
+        &self,
+        path: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Value> {
+        let mut response = response
+            .with_context(|| format!("cannot reach the Offshoot server at {}", self.base))?;
         let status = response.status();
         let text = response.body_mut().read_to_string().context("reading the server's answer")?;
         if status.is_success() {
             if text.trim().is_empty() {
                 return Ok(Value::Null);
             }
-            return serde_json::from_str(&text).with_context(|| format!("the server's answer to {path} is not JSON"));
+            return serde_json::from_str(&text)
+                .with_context(|| format!("the server's answer to {path} is not JSON"));
         }
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
         // What to do about a refusal: the message names the role; say where a token goes.

@@ -38,16 +38,32 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let client = Client::new(&args.client)?;
     let deployment = encode(&args.deployment);
-    let repository = args.repository.as_deref().map(|r| format!("&repository={}", encode(r))).unwrap_or_default();
+    let repository = args
+        .repository
+        .as_deref()
+        .map(|r| format!("&repository={}", encode(r)))
+        .unwrap_or_default();
     // Which assets: a selection's keys, or what the branch built (the summaries say).
     let keys: Vec<String> = match &args.select {
         Some(selection) => {
-            let picked = client.get(&format!("/api/v1/deployments/{deployment}/select?selection={}{repository}", encode(selection)))?;
-            picked["keys"].as_array().or_else(|| picked.as_array()).map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+            let picked = client.get(&format!(
+                "/api/v1/deployments/{deployment}/select?selection={}{repository}",
+                encode(selection)
+            ))?;
+            picked["keys"]
+                .as_array()
+                .or_else(|| picked.as_array())
+                .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
         }
         None => {
-            let summaries = client.get(&format!("/api/v1/deployments/{deployment}/data-diffs?sample=0{repository}"))?;
-            summaries["diffs"].as_array().map(|a| a.iter().filter_map(|d| d["asset"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
+            let summaries = client.get(&format!(
+                "/api/v1/deployments/{deployment}/data-diffs?sample=0{repository}"
+            ))?;
+            summaries["diffs"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|d| d["asset"].as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
         }
     };
     let mut query = format!("sample={}{repository}", args.sample);
@@ -59,7 +75,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let mut diffs = Vec::new();
     for key in &keys {
-        diffs.push(client.get(&format!("/api/v1/deployments/{deployment}/assets/{}/data-diff?{query}", encode(key)))?);
+        diffs.push(client.get(&format!(
+            "/api/v1/deployments/{deployment}/assets/{}/data-diff?{query}",
+            encode(key)
+        ))?);
     }
     let text = match args.format {
         Format::Json => serde_json::to_string_pretty(&Value::Array(diffs))? + "\n",
@@ -67,7 +86,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Format::Markdown => markdown_of(&args.deployment, &diffs),
     };
     if keys.is_empty() && args.format != Format::Json {
-        println!("{} has built no asset yet: nothing to compare (materialize in it first)", args.deployment);
+        println!(
+            "{} has built no asset yet: nothing to compare (materialize in it first)",
+            args.deployment
+        );
     } else {
         print!("{text}");
     }
@@ -92,11 +114,19 @@ fn text_of(diff: &Value) -> String {
     let asset = diff["asset"].as_str().unwrap_or("");
     match diff["state"].as_str().unwrap_or("") {
         "new_in_branch" => {
-            let _ = writeln!(out, "{asset}: new in the branch ({} rows); production has no table", count(&diff["branch_rows"]));
+            let _ = writeln!(
+                out,
+                "{asset}: new in the branch ({} rows); production has no table",
+                count(&diff["branch_rows"])
+            );
             return out;
         }
         "not_built_in_branch" => {
-            let _ = writeln!(out, "{asset}: not built in the branch; it reads production's table ({} rows)", count(&diff["production_rows"]));
+            let _ = writeln!(
+                out,
+                "{asset}: not built in the branch; it reads production's table ({} rows)",
+                count(&diff["production_rows"])
+            );
             return out;
         }
         "not_built" => {
@@ -106,12 +136,26 @@ fn text_of(diff: &Value) -> String {
         _ => {}
     }
     let rows = &diff["rows"];
-    let _ = writeln!(out, "{asset}: {} rows in production, {} in the branch", count(&diff["production_rows"]), count(&diff["branch_rows"]));
+    let _ = writeln!(
+        out,
+        "{asset}: {} rows in production, {} in the branch",
+        count(&diff["production_rows"]),
+        count(&diff["branch_rows"])
+    );
     let key = &diff["key"];
-    let columns: Vec<String> = key["columns"].as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+    let columns: Vec<String> = key["columns"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
     match key["source"].as_str() {
         Some("none") => {
-            let _ = writeln!(out, "  whole rows: {} only in production, {} only in the branch, {} in both", count(&rows["only_in_production"]), count(&rows["only_in_branch"]), count(&rows["equal"]));
+            let _ = writeln!(
+                out,
+                "  whole rows: {} only in production, {} only in the branch, {} in both",
+                count(&rows["only_in_production"]),
+                count(&rows["only_in_branch"]),
+                count(&rows["equal"])
+            );
         }
         source => {
             let _ = writeln!(
@@ -127,24 +171,47 @@ fn text_of(diff: &Value) -> String {
         }
     }
     let schema = &diff["schema"];
-    let names = |v: &Value| v.as_array().map(|a| a.iter().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect::<Vec<_>>()).unwrap_or_default();
-    for (label, list) in [("columns added", names(&schema["added"])), ("columns removed", names(&schema["removed"]))] {
+    let names = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    for (label, list) in
+        [("columns added", names(&schema["added"])), ("columns removed", names(&schema["removed"]))]
+    {
         if !list.is_empty() {
             let _ = writeln!(out, "  {label}: {}", list.join(", "));
         }
     }
     for change in schema["type_changed"].as_array().into_iter().flatten() {
-        let _ = writeln!(out, "  type of {}: {} -> {}", cell(&change["name"]), cell(&change["production"]), cell(&change["branch"]));
+        let _ = writeln!(
+            out,
+            "  type of {}: {} -> {}",
+            cell(&change["name"]),
+            cell(&change["production"]),
+            cell(&change["branch"])
+        );
     }
     if schema["order_changed"].as_bool() == Some(true) {
         out.push_str("  column order changed\n");
     }
     for column in diff["columns"].as_array().into_iter().flatten() {
         let (p, b) = (&column["production"], &column["branch"]);
-        let stats_differ = p.is_object() && (p["sum"] != b["sum"] || p["min"] != b["min"] || p["max"] != b["max"] || p["nulls"] != b["nulls"]);
+        let stats_differ = p.is_object()
+            && (p["sum"] != b["sum"]
+                || p["min"] != b["min"]
+                || p["max"] != b["max"]
+                || p["nulls"] != b["nulls"]);
         match column["equal_share"].as_f64() {
             Some(share) if share < 1.0 => {
-                let _ = writeln!(out, "  {}: {:.1}% of matched rows equal", cell(&column["name"]), share * 100.0);
+                let _ = writeln!(
+                    out,
+                    "  {}: {:.1}% of matched rows equal",
+                    cell(&column["name"]),
+                    share * 100.0
+                );
             }
             _ if stats_differ => {
                 let _ = writeln!(out, "  {}:", cell(&column["name"]));
@@ -170,30 +237,38 @@ fn text_of(diff: &Value) -> String {
         let _ = writeln!(out, "  note: {}", cell(note));
     }
     let samples = &diff["samples"];
-    let header: Vec<String> = samples["columns"].as_array().map(|a| a.iter().map(cell).collect()).unwrap_or_default();
+    let header: Vec<String> =
+        samples["columns"].as_array().map(|a| a.iter().map(cell).collect()).unwrap_or_default();
     for (label, rows) in [("added", &samples["added"]), ("removed", &samples["removed"])] {
         let rows = rows.as_array().cloned().unwrap_or_default();
         if !rows.is_empty() {
             let _ = writeln!(out, "  {label} ({}):", header.join(", "));
             for row in rows {
-                let values: Vec<String> = row.as_array().map(|r| r.iter().map(cell).collect()).unwrap_or_default();
+                let values: Vec<String> =
+                    row.as_array().map(|r| r.iter().map(cell).collect()).unwrap_or_default();
                 let _ = writeln!(out, "    {}", values.join(", "));
             }
         }
     }
-    let changed_columns: Vec<String> = samples["changed_columns"].as_array().map(|a| a.iter().map(cell).collect()).unwrap_or_default();
+    let changed_columns: Vec<String> = samples["changed_columns"]
+        .as_array()
+        .map(|a| a.iter().map(cell).collect())
+        .unwrap_or_default();
     let changed = samples["changed"].as_array().cloned().unwrap_or_default();
     if !changed.is_empty() {
         out.push_str("  changed:\n");
         for row in changed {
-            let key: Vec<String> = row["key"].as_array().map(|r| r.iter().map(cell).collect()).unwrap_or_default();
+            let key: Vec<String> =
+                row["key"].as_array().map(|r| r.iter().map(cell).collect()).unwrap_or_default();
             let cells: Vec<String> = row["cells"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .zip(&changed_columns)
                 .filter(|(c, _)| c["changed"].as_bool() == Some(true))
-                .map(|(c, name)| format!("{name} {} -> {}", cell(&c["production"]), cell(&c["branch"])))
+                .map(|(c, name)| {
+                    format!("{name} {} -> {}", cell(&c["production"]), cell(&c["branch"]))
+                })
                 .collect();
             let _ = writeln!(out, "    {}: {}", key.join(", "), cells.join("; "));
         }

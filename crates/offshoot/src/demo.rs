@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use offshoot_core::{diff, BranchName, DeploymentName, RepositoryName, RunStatus, SchemaName, Selection};
+use offshoot_core::{
+    diff, BranchName, DeploymentName, RepositoryName, RunStatus, SchemaName, Selection,
+};
 use offshoot_repo::GitRepository;
 use offshoot_server::{ApiToken, RepositoryConfig, Role, ServerConfig, SharedState, WatchConfig};
 use offshoot_store::{Deployment, Run};
@@ -67,20 +69,46 @@ impl Example {
             }
             "dagster_shop" => {
                 let main = example_files("dagster_shop")?;
-                let feature = edited(&main, &[
-                    ("dagster_shop/staging.py", "code_version=\"2\"", "code_version=\"3\""),
-                    ("dagster_shop/marts.py", "\"lookback_days\": 365", "\"lookback_days\": 730"),
-                ])?;
-                Example { name: "dagster_shop", main, feature_branch: "feature/clv-lookback", feature, feature_message: "stg_orders v3, two-year lifetime value lookback", main_after_fork: None, note: "" }
+                let feature = edited(
+                    &main,
+                    &[
+                        ("dagster_shop/staging.py", "code_version=\"2\"", "code_version=\"3\""),
+                        (
+                            "dagster_shop/marts.py",
+                            "\"lookback_days\": 365",
+                            "\"lookback_days\": 730",
+                        ),
+                    ],
+                )?;
+                Example {
+                    name: "dagster_shop",
+                    main,
+                    feature_branch: "feature/clv-lookback",
+                    feature,
+                    feature_message: "stg_orders v3, two-year lifetime value lookback",
+                    main_after_fork: None,
+                    note: "",
+                }
             }
             "dbt_shop" => {
                 let main = example_files("dbt_shop")?;
-                let feature = edited(&main, &[(
-                    "models/staging/stg_orders.sql",
-                    "(shipping_cents / 100.0)::numeric(12, 2) as shipping_amount",
-                    "round(shipping_cents / 100.0, 2)::numeric(12, 2) as shipping_amount",
-                )])?;
-                Example { name: "dbt_shop", main, feature_branch: "feature/round-shipping", feature, feature_message: "Round shipping amounts", main_after_fork: None, note: "" }
+                let feature = edited(
+                    &main,
+                    &[(
+                        "models/staging/stg_orders.sql",
+                        "(shipping_cents / 100.0)::numeric(12, 2) as shipping_amount",
+                        "round(shipping_cents / 100.0, 2)::numeric(12, 2) as shipping_amount",
+                    )],
+                )?;
+                Example {
+                    name: "dbt_shop",
+                    main,
+                    feature_branch: "feature/round-shipping",
+                    feature,
+                    feature_message: "Round shipping amounts",
+                    main_after_fork: None,
+                    note: "",
+                }
             }
             other => bail!("unknown example `{other}`: use shop, dagster_shop or dbt_shop"),
         })
@@ -93,7 +121,12 @@ fn example_files(name: &str) -> anyhow::Result<offshoot_repo::write::Tree> {
     let mut tree = offshoot_repo::write::Tree::new();
     let mut pending = vec![root.clone()];
     while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {} (the {name} example is read from the source checkout)", dir.display()))?;
+        let entries = std::fs::read_dir(&dir).with_context(|| {
+            format!(
+                "reading {} (the {name} example is read from the source checkout)",
+                dir.display()
+            )
+        })?;
         for entry in entries {
             let path = entry?.path();
             let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -103,7 +136,11 @@ fn example_files(name: &str) -> anyhow::Result<offshoot_repo::write::Tree> {
             if path.is_dir() {
                 pending.push(path);
             } else {
-                let relative = path.strip_prefix(&root).expect("under the root").to_string_lossy().replace('\\', "/");
+                let relative = path
+                    .strip_prefix(&root)
+                    .expect("under the root")
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 tree.insert(relative, std::fs::read(&path)?);
             }
         }
@@ -111,11 +148,19 @@ fn example_files(name: &str) -> anyhow::Result<offshoot_repo::write::Tree> {
     Ok(tree)
 }
 
-fn edited(tree: &offshoot_repo::write::Tree, edits: &[(&str, &str, &str)]) -> anyhow::Result<offshoot_repo::write::Tree> {
+fn edited(
+    tree: &offshoot_repo::write::Tree,
+    edits: &[(&str, &str, &str)],
+) -> anyhow::Result<offshoot_repo::write::Tree> {
     let mut tree = tree.clone();
     for (path, from, to) in edits {
-        let text = String::from_utf8(tree.get(*path).with_context(|| format!("the example has no {path}"))?.clone())?;
-        anyhow::ensure!(text.contains(from), "the example's {path} changed; the demo's edit no longer applies");
+        let text = String::from_utf8(
+            tree.get(*path).with_context(|| format!("the example has no {path}"))?.clone(),
+        )?;
+        anyhow::ensure!(
+            text.contains(from),
+            "the example's {path} changed; the demo's edit no longer applies"
+        );
         tree.insert((*path).to_owned(), text.replacen(from, to, 1).into_bytes());
     }
     Ok(tree)
@@ -123,14 +168,19 @@ fn edited(tree: &offshoot_repo::write::Tree, edits: &[(&str, &str, &str)]) -> an
 const AUTHOR: (&str, &str) = ("Dana Demo", "dana@shop.example");
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    if args.dir.exists() && std::fs::read_dir(&args.dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if args.dir.exists()
+        && std::fs::read_dir(&args.dir).map(|mut d| d.next().is_some()).unwrap_or(true)
+    {
         bail!("{} already exists and is not empty; remove it or pass --dir", args.dir.display());
     }
     let example = Example::named(&args.example)?;
-    if example.name == "dbt_shop" && !args.warehouse_url.as_deref().is_some_and(|u| u.starts_with("postgres")) {
+    if example.name == "dbt_shop"
+        && !args.warehouse_url.as_deref().is_some_and(|u| u.starts_with("postgres"))
+    {
         bail!("the dbt_shop example needs PostgreSQL: pass --warehouse-url postgres://USER@HOST:PORT/DATABASE (dbt has no adapter for the embedded SQLite warehouse)");
     }
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
     build_repository(&dir, &example)?;
     if let Some(url) = &args.warehouse_url {
@@ -144,21 +194,43 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let admin = serve::generated_token(&config.data_dir.join("api-token"))?;
     let deploy = serve::generated_token(&config.data_dir.join("deploy-token"))?;
     let mut config = config;
-    config.api_tokens = vec![ApiToken { secret: admin, role: Role::Admin }, ApiToken { secret: deploy, role: Role::Deploy }];
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async move { run_server(config, &args.listen, args.exit, &dir, &example, args.warehouse_url.as_deref()).await })
+    config.api_tokens = vec![
+        ApiToken { secret: admin, role: Role::Admin },
+        ApiToken { secret: deploy, role: Role::Deploy },
+    ];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        run_server(config, &args.listen, args.exit, &dir, &example, args.warehouse_url.as_deref())
+            .await
+    })
 }
 
 fn build_repository(dir: &std::path::Path, example: &Example) -> anyhow::Result<()> {
     let repo = GitRepository::init(dir, "main")?;
-    repo.commit_tree("main", None, &example.main, &format!("The {} pipeline", example.name), AUTHOR)?;
-    repo.commit_tree(example.feature_branch, Some("main"), &example.feature, example.feature_message, AUTHOR)?;
+    repo.commit_tree(
+        "main",
+        None,
+        &example.main,
+        &format!("The {} pipeline", example.name),
+        AUTHOR,
+    )?;
+    repo.commit_tree(
+        example.feature_branch,
+        Some("main"),
+        &example.feature,
+        example.feature_message,
+        AUTHOR,
+    )?;
     if let Some(after) = &example.main_after_fork {
         repo.commit_tree("main", None, after, "Count settled payments too", AUTHOR)?;
     }
     repo.checkout("main")?;
     // The server's data lives in DIR/.offshoot; keep it out of `git add -A` in the demo repository.
-    std::fs::write(dir.join(".git/info/exclude"), ".offshoot/\n").context("writing .git/info/exclude")?;
+    std::fs::write(dir.join(".git/info/exclude"), ".offshoot/\n")
+        .context("writing .git/info/exclude")?;
     Ok(())
 }
 
@@ -169,7 +241,8 @@ fn print_change_set(dir: &std::path::Path, example: &Example) -> anyhow::Result<
     let head = repo.resolve(feature_branch)?;
     let compared = repo.merge_base(&base_tip.sha, &head.sha)?;
     let base = crate::diff::load(&repo, &compared, "main")?.context("the example is valid")?;
-    let head_project = crate::diff::load(&repo, &head, feature_branch)?.context("the demo branch is valid")?;
+    let head_project =
+        crate::diff::load(&repo, &head, feature_branch)?.context("the demo branch is valid")?;
     let changes = diff(&base.snapshot, &head_project.snapshot);
     let comparison = Comparison {
         base_rev: "main",
@@ -186,7 +259,11 @@ fn print_change_set(dir: &std::path::Path, example: &Example) -> anyhow::Result<
         .iter()
         .map(|k| k.to_string())
         .collect();
-    println!("Created the demo repository {}: `main` holds the {} pipeline,", dir.display(), example.name);
+    println!(
+        "Created the demo repository {}: `main` holds the {} pipeline,",
+        dir.display(),
+        example.name
+    );
     if example.main_after_fork.is_some() {
         println!("`{feature_branch}` changes it, and `main` moved on after the branch forked.\n");
     } else {
@@ -224,7 +301,9 @@ async fn run_server(
 ) -> anyhow::Result<Outcome> {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
-        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a local port")?,
+        Err(_) => {
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a local port")?
+        }
     };
     let address = listener.local_addr()?;
     config.public_url = format!("http://{address}");
@@ -234,12 +313,19 @@ async fn run_server(
         None => {
             let (state, warehouse) = serve::embedded_state(config.clone()).await?;
             if example.name == "shop" {
-                warehouse.execute_production_script(&production, shop::SEED_SQL).await.context("seeding the production warehouse")?;
+                warehouse
+                    .execute_production_script(&production, shop::SEED_SQL)
+                    .await
+                    .context("seeding the production warehouse")?;
             }
             state
         }
         Some(url) => {
-            let backends = serve::Backends { metadata_url: None, warehouse_url: Some(url.to_owned()), branch_role: None };
+            let backends = serve::Backends {
+                metadata_url: None,
+                warehouse_url: Some(url.to_owned()),
+                branch_role: None,
+            };
             let state = serve::state_for(config.clone(), &backends).await?;
             seed_postgres(url, &production, example).await?;
             state
@@ -254,8 +340,15 @@ async fn run_server(
         }
     }));
 
-    let backends = if warehouse_url.is_some() { "embedded SQLite store, PostgreSQL warehouse" } else { "embedded SQLite store and warehouse" };
-    println!("Offshoot is serving on http://{address} ({backends} in {}).", config.data_dir.display());
+    let backends = if warehouse_url.is_some() {
+        "embedded SQLite store, PostgreSQL warehouse"
+    } else {
+        "embedded SQLite store and warehouse"
+    };
+    println!(
+        "Offshoot is serving on http://{address} ({backends} in {}).",
+        config.data_dir.display()
+    );
     let prod = wait_ready(&state, &repository, None).await?;
     let prod_run = materialize(&state, &prod, "key:*").await?;
     report_run(&state, "prod", &prod_run).await?;
@@ -267,19 +360,31 @@ async fn run_server(
     println!("\nWhat to look at:");
     println!("  http://{address}/#/d/{repository}/{}   the web UI: the branch's lineage with its changes marked", branch.name);
     println!("  http://{address}/api/v1/deployments                          both deployments, their revisions and change counts");
-    println!("  http://{address}/api/v1/deployments/{}/changes  why each asset changed, with code diffs", branch.name);
+    println!(
+        "  http://{address}/api/v1/deployments/{}/changes  why each asset changed, with code diffs",
+        branch.name
+    );
     println!("  http://{address}/api/v1/runs/{}                                  the branch run: only changed assets and their downstream", branch_run.id.0);
     if warehouse_url.is_none() {
         println!("  {}/warehouse/  one SQLite file per deployment; the branch file holds only what it rebuilt", config.data_dir.display());
     } else {
-        println!("  schema {production} and shop__{}: the branch schema holds only what it rebuilt", branch.name);
+        println!(
+            "  schema {production} and shop__{}: the branch schema holds only what it rebuilt",
+            branch.name
+        );
     }
     println!("\nTry the CLI against it:");
     println!("  export OFFSHOOT_URL=http://{address} OFFSHOOT_API_TOKEN=$(cat {})   # admin; {}/deploy-token is a CI's deploy token", token_file.display(), config.data_dir.display());
     println!("  offshoot deployment list");
     println!("  offshoot deployment status {}", branch.name);
-    println!("  offshoot materialize --deployment {} --select 'changed_in_branch:ANY+' --wait", branch.name);
-    println!("  offshoot data-diff --deployment {}   # what the branch run did to the data", branch.name);
+    println!(
+        "  offshoot materialize --deployment {} --select 'changed_in_branch:ANY+' --wait",
+        branch.name
+    );
+    println!(
+        "  offshoot data-diff --deployment {}   # what the branch run did to the data",
+        branch.name
+    );
     println!("  git -C {} checkout -b feature/another && (edit, commit): a new branch deployment appears", dir.display());
     if exit {
         let _ = stop.send(());
@@ -292,29 +397,51 @@ async fn run_server(
 
 /// The examples' source data on PostgreSQL, readable by the branch role (sources live outside
 /// Offshoot's schemas: README.md, "dbt projects").
-async fn seed_postgres(url: &str, production: &SchemaName, example: &Example) -> anyhow::Result<()> {
+async fn seed_postgres(
+    url: &str,
+    production: &SchemaName,
+    example: &Example,
+) -> anyhow::Result<()> {
     let script = match example.name {
         "shop" => include_str!("../../../examples/shop/data/seed_postgres.sql").to_owned(),
         "dbt_shop" => {
             let role = offshoot_warehouse_postgres::PostgresWarehouseOptions::default().branch_role;
-            let seed = String::from_utf8(example.main.get("data/seed_raw.sql").context("dbt_shop has data/seed_raw.sql")?.clone())?;
+            let seed = String::from_utf8(
+                example
+                    .main
+                    .get("data/seed_raw.sql")
+                    .context("dbt_shop has data/seed_raw.sql")?
+                    .clone(),
+            )?;
             format!("{seed}\nGRANT USAGE ON SCHEMA shop_raw TO {role};\nGRANT SELECT ON ALL TABLES IN SCHEMA shop_raw TO {role};\n")
         }
         _ => return Ok(()),
     };
-    let warehouse = offshoot_warehouse_postgres::PostgresWarehouse::connect(url, Default::default()).await.context("connecting to the PostgreSQL warehouse")?;
-    warehouse.execute_production_script(production, &script).await.context("seeding the production warehouse")?;
+    let warehouse =
+        offshoot_warehouse_postgres::PostgresWarehouse::connect(url, Default::default())
+            .await
+            .context("connecting to the PostgreSQL warehouse")?;
+    warehouse
+        .execute_production_script(production, &script)
+        .await
+        .context("seeding the production warehouse")?;
     warehouse.close().await;
     Ok(())
 }
 
 /// Waits until the deployment (prod, or the branch's) serves a ready revision.
-async fn wait_ready(state: &SharedState, repository: &RepositoryName, branch: Option<&str>) -> anyhow::Result<Deployment> {
+async fn wait_ready(
+    state: &SharedState,
+    repository: &RepositoryName,
+    branch: Option<&str>,
+) -> anyhow::Result<Deployment> {
     let started = Instant::now();
     loop {
         let deployment = match branch {
             None => state.store.find_deployment(repository, &DeploymentName::production()).await?,
-            Some(branch) => state.store.find_deployment_by_branch(repository, &BranchName::new(branch)?).await?,
+            Some(branch) => {
+                state.store.find_deployment_by_branch(repository, &BranchName::new(branch)?).await?
+            }
         };
         if let Some(deployment) = deployment {
             if let Some(current) = deployment.current_revision {
@@ -325,13 +452,21 @@ async fn wait_ready(state: &SharedState, repository: &RepositoryName, branch: Op
                     revision.commit.sha.short(),
                     revision.finished_at.unwrap_or(revision.queued_at) - revision.queued_at,
                     revision.asset_count,
-                    offshoot_server::dto::revision_json(&revision).changes_summary.unwrap_or_else(|| "no base to compare with".to_owned())
+                    offshoot_server::dto::revision_json(&revision)
+                        .changes_summary
+                        .unwrap_or_else(|| "no base to compare with".to_owned())
                 );
                 return Ok(deployment);
             }
             let latest = state.store.list_revisions(deployment.id, 1).await?;
-            if let Some(failed) = latest.first().filter(|r| r.status == offshoot_core::RevisionStatus::Failed) {
-                bail!("deploying {} failed: {}", deployment.name, failed.error.clone().unwrap_or_default());
+            if let Some(failed) =
+                latest.first().filter(|r| r.status == offshoot_core::RevisionStatus::Failed)
+            {
+                bail!(
+                    "deploying {} failed: {}",
+                    deployment.name,
+                    failed.error.clone().unwrap_or_default()
+                );
             }
         }
         if started.elapsed() > Duration::from_secs(120) {
@@ -341,8 +476,14 @@ async fn wait_ready(state: &SharedState, repository: &RepositoryName, branch: Op
     }
 }
 
-async fn materialize(state: &SharedState, deployment: &Deployment, selection: &str) -> anyhow::Result<Run> {
-    let run = offshoot_server::runs::launch(state, deployment, selection).await.map_err(|e| anyhow::anyhow!(e.message))?;
+async fn materialize(
+    state: &SharedState,
+    deployment: &Deployment,
+    selection: &str,
+) -> anyhow::Result<Run> {
+    let run = offshoot_server::runs::launch(state, deployment, selection)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let started = Instant::now();
     loop {
         let run = state.store.get_run(run.id).await?;
@@ -360,7 +501,13 @@ async fn report_run(state: &SharedState, name: &str, run: &Run) -> anyhow::Resul
     let steps = state.store.list_steps(run.id).await?;
     let built: Vec<String> = steps
         .iter()
-        .map(|s| format!("{} ({} rows)", s.asset_key, s.row_count.map(|n| n.to_string()).unwrap_or("-".into())))
+        .map(|s| {
+            format!(
+                "{} ({} rows)",
+                s.asset_key,
+                s.row_count.map(|n| n.to_string()).unwrap_or("-".into())
+            )
+        })
         .collect();
     println!("  {name}: run {} `{}` {}: {}", run.id.0, run.selection, run.status, built.join(", "));
     if run.status != RunStatus::Succeeded {

@@ -53,14 +53,21 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Against::MergeBase => repo.merge_base(&base_tip.sha, &head.sha)?,
         Against::Tip => base_tip.clone(),
     };
-    let Some(base_project) = load(&repo, &compared, &format!("base {}", args.base))? else { return Ok(Outcome::Failed) };
-    let Some(head_project) = load(&repo, &head, &format!("head {}", args.head))? else { return Ok(Outcome::Failed) };
+    let Some(base_project) = load(&repo, &compared, &format!("base {}", args.base))? else {
+        return Ok(Outcome::Failed);
+    };
+    let Some(head_project) = load(&repo, &head, &format!("head {}", args.head))? else {
+        return Ok(Outcome::Failed);
+    };
     let changes = diff(&base_project.snapshot, &head_project.snapshot);
 
     if let Some(selection) = selection {
         let keys = selection.evaluate(&head_project.snapshot, &changes);
         match args.format {
-            Format::Json => println!("{}", serde_json::to_string_pretty(&keys.iter().map(|k| k.as_str()).collect::<Vec<_>>())?),
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&keys.iter().map(|k| k.as_str()).collect::<Vec<_>>())?
+            ),
             Format::Markdown => keys.iter().for_each(|k| println!("- `{k}`")),
             Format::Text => keys.iter().for_each(|k| println!("{k}")),
         }
@@ -88,16 +95,26 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
 }
 
 /// Loads the project at `commit`; prints the diagnostics and returns `None` if it is invalid.
-pub fn load(repo: &GitRepository, commit: &CommitInfo, what: &str) -> anyhow::Result<Option<Project>> {
+pub fn load(
+    repo: &GitRepository,
+    commit: &CommitInfo,
+    what: &str,
+) -> anyhow::Result<Option<Project>> {
     match crate::locate::load_commit(repo, &commit.sha) {
         Ok(project) => Ok(Some(project)),
         Err(LocationError::Invalid(diagnostics)) => {
             for diagnostic in &diagnostics {
                 eprintln!("{diagnostic}");
             }
-            eprintln!("\n{what} ({}) has {} problem(s); fix them before comparing", &commit.sha[..12], diagnostics.len());
+            eprintln!(
+                "\n{what} ({}) has {} problem(s); fix them before comparing",
+                &commit.sha[..12],
+                diagnostics.len()
+            );
             Ok(None)
         }
-        Err(LocationError::Tool(error)) => Err(anyhow::anyhow!(error)).context(format!("loading {what}")),
+        Err(LocationError::Tool(error)) => {
+            Err(anyhow::anyhow!(error)).context(format!("loading {what}"))
+        }
     }
 }

@@ -36,21 +36,43 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Some("dbt") => {
             let dir = match &args.project_dir {
                 Some(dir) => dir.clone(),
-                None => find(&args.path, "dbt_project.yml").context("no dbt_project.yml here or one folder down; pass --project-dir")?,
+                None => find(&args.path, "dbt_project.yml")
+                    .context("no dbt_project.yml here or one folder down; pass --project-dir")?,
             };
-            vec![("offshoot.toml", offshoot_project::scaffold::location_manifest(&name, "dbt", &[("project_dir", &dir)]))]
+            vec![(
+                "offshoot.toml",
+                offshoot_project::scaffold::location_manifest(
+                    &name,
+                    "dbt",
+                    &[("project_dir", &dir)],
+                ),
+            )]
         }
         Some("dagster") => {
             let module = match &args.module {
                 Some(module) => module.clone(),
                 None => {
-                    let dir = find(&args.path, "definitions.py").context("no definitions.py here or one folder down; pass --module")?;
-                    if dir == "." { "definitions".to_owned() } else { format!("{}.definitions", dir.replace('/', ".")) }
+                    let dir = find(&args.path, "definitions.py")
+                        .context("no definitions.py here or one folder down; pass --module")?;
+                    if dir == "." {
+                        "definitions".to_owned()
+                    } else {
+                        format!("{}.definitions", dir.replace('/', "."))
+                    }
                 }
             };
-            vec![("offshoot.toml", offshoot_project::scaffold::location_manifest(&name, "dagster", &[("module", &module)]))]
+            vec![(
+                "offshoot.toml",
+                offshoot_project::scaffold::location_manifest(
+                    &name,
+                    "dagster",
+                    &[("module", &module)],
+                ),
+            )]
         }
-        Some(other) => bail!("unknown --location `{other}`: use dbt or dagster (leave it out for a native project)"),
+        Some(other) => bail!(
+            "unknown --location `{other}`: use dbt or dagster (leave it out for a native project)"
+        ),
     };
     for (path, _) in &files {
         let target = args.path.join(path);
@@ -61,12 +83,17 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     for (path, content) in &files {
         let target = args.path.join(path);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
-        std::fs::write(&target, content).with_context(|| format!("writing {}", target.display()))?;
+        std::fs::write(&target, content)
+            .with_context(|| format!("writing {}", target.display()))?;
         println!("created {}", target.display());
     }
-    println!("\nNext: `offshoot validate --repo {}`, then commit and open a pull request.", args.path.display());
+    println!(
+        "\nNext: `offshoot validate --repo {}`, then commit and open a pull request.",
+        args.path.display()
+    );
     Ok(Outcome::Ok)
 }
 

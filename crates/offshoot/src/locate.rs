@@ -30,7 +30,8 @@ impl Drop for Scratch {
 /// connects; `OFFSHOOT_WAREHOUSE_URL` may name the real one.
 fn environment() -> Vec<(String, String)> {
     let mut env = offshoot_location::base_environment();
-    let url = std::env::var("OFFSHOOT_WAREHOUSE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let url = std::env::var("OFFSHOOT_WAREHOUSE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     env.push(("OFFSHOOT_WAREHOUSE_URL".to_owned(), url));
     env.push(("OFFSHOOT_SCHEMA".to_owned(), "offshoot_cli".to_owned()));
     env
@@ -38,14 +39,25 @@ fn environment() -> Vec<(String, String)> {
 
 pub fn load_commit(repo: &GitRepository, sha: &str) -> Result<Project, LocationError> {
     let files = repo.files_at(sha).map_err(|e| LocationError::Tool(e.to_string()))?;
-    let scratch = Scratch::new(&format!("load-{}", &sha[..sha.len().min(12)])).map_err(|e| LocationError::Tool(e.to_string()))?;
+    let scratch = Scratch::new(&format!("load-{}", &sha[..sha.len().min(12)]))
+        .map_err(|e| LocationError::Tool(e.to_string()))?;
     let checkout_dir = scratch.0.join("checkout");
-    let checkout = || repo.export_tree(sha, &checkout_dir).map(|()| checkout_dir.clone()).map_err(|e| e.to_string());
+    let checkout = || {
+        repo.export_tree(sha, &checkout_dir)
+            .map(|()| checkout_dir.clone())
+            .map_err(|e| e.to_string())
+    };
     offshoot_location::load_project(&files, checkout, &scratch.0.join("work"), &environment(), None)
 }
 
 pub fn load_working_directory(root: &Path) -> Result<Project, LocationError> {
     let files = WorkingDirectory::new(root.to_path_buf());
     let scratch = Scratch::new("load-worktree").map_err(|e| LocationError::Tool(e.to_string()))?;
-    offshoot_location::load_project(&files, || Ok(root.to_path_buf()), &scratch.0.join("work"), &environment(), None)
+    offshoot_location::load_project(
+        &files,
+        || Ok(root.to_path_buf()),
+        &scratch.0.join("work"),
+        &environment(),
+        None,
+    )
 }

@@ -6,8 +6,8 @@ mod data_diff;
 mod demo;
 mod diff;
 mod env;
-mod locate;
 mod init;
+mod locate;
 mod remote;
 mod report;
 mod serve;
@@ -21,7 +21,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "offshoot", version, about = "Branch deployments for data pipelines: every pull request gets its own deployment, cloned schema and change tracking.")]
+#[command(
+    name = "offshoot",
+    version,
+    about = "Branch deployments for data pipelines: every pull request gets its own deployment, cloned schema and change tracking."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -209,7 +209,9 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
                 args.author_name = args.author_name.or(Some(state.author_name));
                 args.commit_message = args.commit_message.or(Some(state.commit_message));
             }
-            let commit_hash = args.commit_hash.ok_or_else(|| UsageError("--commit-hash is required unless --read-git-state".to_owned()))?;
+            let commit_hash = args.commit_hash.ok_or_else(|| {
+                UsageError("--commit-hash is required unless --read-git-state".to_owned())
+            })?;
             let mut body = json!({ "branch_name": args.branch_name, "commit_hash": commit_hash });
             let optional = [
                 ("git_repo_name", args.git_repo_name.map(Value::from)),
@@ -239,12 +241,19 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
                 Some(status) => json!({ "pull_request_status": status }),
                 None => json!({}),
             };
-            let answer = Client::new(&scope.client)?.post(&format!("/api/v1/deployments/{}/close{}", encode(&name), scope.query()), &body)?;
+            let answer = Client::new(&scope.client)?.post(
+                &format!("/api/v1/deployments/{}/close{}", encode(&name), scope.query()),
+                &body,
+            )?;
             println!("closed {}", answer["name"].as_str().unwrap_or(&name));
             Ok(Outcome::Ok)
         }
         BranchDeploymentCommand::Delete { name, scope } => {
-            Client::new(&scope.client)?.delete(&format!("/api/v1/deployments/{}{}", encode(&name), scope.query()))?;
+            Client::new(&scope.client)?.delete(&format!(
+                "/api/v1/deployments/{}{}",
+                encode(&name),
+                scope.query()
+            ))?;
             println!("deleted {name}");
             Ok(Outcome::Ok)
         }
@@ -272,8 +281,11 @@ fn read_git_state() -> anyhow::Result<GitState> {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let mut lines = text.splitn(5, '\n');
     let mut next = || lines.next().unwrap_or_default().trim_end().to_owned();
-    let (commit_hash, timestamp, author_email, author_name, commit_message) = (next(), next(), next(), next(), next());
-    let timestamp = timestamp.parse().map_err(|_| anyhow::anyhow!("--read-git-state: git printed `{timestamp}` as the commit time"))?;
+    let (commit_hash, timestamp, author_email, author_name, commit_message) =
+        (next(), next(), next(), next(), next());
+    let timestamp = timestamp.parse().map_err(|_| {
+        anyhow::anyhow!("--read-git-state: git printed `{timestamp}` as the commit time")
+    })?;
     Ok(GitState { commit_hash, timestamp, author_email, author_name, commit_message })
 }
 
@@ -287,7 +299,8 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<Outcome> {
             let deployment = loop {
                 let deployment = client.get(&path)?;
                 let latest = deployment["latest_revision"]["status"].as_str().unwrap_or("");
-                let settled = matches!(latest, "ready" | "failed" | "superseded") || deployment["status"] == "closed";
+                let settled = matches!(latest, "ready" | "failed" | "superseded")
+                    || deployment["status"] == "closed";
                 if !wait || settled {
                     break deployment;
                 }
@@ -311,17 +324,28 @@ fn list(args: ListArgs, branches_only: bool) -> anyhow::Result<Outcome> {
     if let Some(repository) = &args.scope.repository {
         query.push(format!("repository={}", encode(repository)));
     }
-    let answer = Client::new(&args.scope.client)?.get(&format!("/api/v1/deployments?{}", query.join("&")))?;
-    let deployments: Vec<&Value> = answer.as_array().map(|a| a.iter().collect()).unwrap_or_default();
-    let deployments: Vec<&Value> = deployments.into_iter().filter(|d| !branches_only || d["kind"] == "branch").collect();
+    let answer = Client::new(&args.scope.client)?
+        .get(&format!("/api/v1/deployments?{}", query.join("&")))?;
+    let deployments: Vec<&Value> =
+        answer.as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let deployments: Vec<&Value> =
+        deployments.into_iter().filter(|d| !branches_only || d["kind"] == "branch").collect();
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&deployments)?),
         _ => {
-            println!("{:<42} {:<8} {:<11} {:<13} {:>4} {:>8} {:>8} {:>9}  BRANCH", "NAME", "STATUS", "REVISION", "COMMIT", "NEW", "CHANGED", "REMOVED", "IMPACTED");
+            println!(
+                "{:<42} {:<8} {:<11} {:<13} {:>4} {:>8} {:>8} {:>9}  BRANCH",
+                "NAME", "STATUS", "REVISION", "COMMIT", "NEW", "CHANGED", "REMOVED", "IMPACTED"
+            );
             for d in deployments {
                 let latest = &d["latest_revision"];
                 // The revision's counts (one definition with the UI and the pull-request comment).
-                let count = |which: &str| d["current_revision"]["counts"][which].as_u64().map(|n| n.to_string()).unwrap_or("-".into());
+                let count = |which: &str| {
+                    d["current_revision"]["counts"][which]
+                        .as_u64()
+                        .map(|n| n.to_string())
+                        .unwrap_or("-".into())
+                };
                 println!(
                     "{:<42} {:<8} {:<11} {:<13} {:>4} {:>8} {:>8} {:>9}  {}",
                     d["name"].as_str().unwrap_or(""),
@@ -341,9 +365,20 @@ fn list(args: ListArgs, branches_only: bool) -> anyhow::Result<Outcome> {
 }
 
 fn print_deployment(d: &Value) {
-    println!("{} ({}, {}) — branch {}", d["name"].as_str().unwrap_or(""), d["kind"].as_str().unwrap_or(""), d["status"].as_str().unwrap_or(""), d["branch"].as_str().unwrap_or(""));
+    println!(
+        "{} ({}, {}) — branch {}",
+        d["name"].as_str().unwrap_or(""),
+        d["kind"].as_str().unwrap_or(""),
+        d["status"].as_str().unwrap_or(""),
+        d["branch"].as_str().unwrap_or("")
+    );
     if let Some(pr) = d["pull_request"].as_object() {
-        println!("  pull request {} {} {}", pr["id"].as_str().unwrap_or(""), pr["status"].as_str().unwrap_or(""), pr["url"].as_str().unwrap_or(""));
+        println!(
+            "  pull request {} {} {}",
+            pr["id"].as_str().unwrap_or(""),
+            pr["status"].as_str().unwrap_or(""),
+            pr["url"].as_str().unwrap_or("")
+        );
     }
     // A closed deployment serves nothing (its schema is gone): say so, and what it last served,
     // instead of a "serving" line.
@@ -368,7 +403,10 @@ fn print_deployment(d: &Value) {
             revision["commit"]["message"].as_str().unwrap_or(""),
             revision["asset_count"],
             revision["changes_summary"].as_str().unwrap_or("no base to compare with"),
-            revision["duration_ms"].as_i64().map(|ms| format!(", deployed in {ms} ms")).unwrap_or_default()
+            revision["duration_ms"]
+                .as_i64()
+                .map(|ms| format!(", deployed in {ms} ms"))
+                .unwrap_or_default()
         );
         if let Some(error) = revision["error"].as_str() {
             println!("    error: {error}");
@@ -390,9 +428,14 @@ fn closed_line(d: &Value) -> String {
     let when = d["closed_at"].as_i64().map(|ms| format!(" {}", utc_minute(ms))).unwrap_or_default();
     let reason = d["close_reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
     // A server from before `last_served_revision` kept the last served one in `current_revision`.
-    let last = Some(&d["last_served_revision"]).filter(|r| r.is_object()).unwrap_or(&d["current_revision"]);
+    let last = Some(&d["last_served_revision"])
+        .filter(|r| r.is_object())
+        .unwrap_or(&d["current_revision"]);
     let served = match last["number"].as_u64() {
-        Some(number) => format!("last served revision {number} ({})", last["commit"]["sha"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or("")),
+        Some(number) => format!(
+            "last served revision {number} ({})",
+            last["commit"]["sha"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or("")
+        ),
         None => "it never served".to_owned(),
     };
     format!("closed{when}{reason}; {served}")
@@ -417,10 +460,16 @@ fn utc_minute(ms: i64) -> String {
 
 pub fn materialize(args: MaterializeArgs) -> anyhow::Result<Outcome> {
     let client = Client::new(&args.scope.client)?;
-    let path = format!("/api/v1/deployments/{}/runs{}", encode(&args.deployment), args.scope.query());
+    let path =
+        format!("/api/v1/deployments/{}/runs{}", encode(&args.deployment), args.scope.query());
     let run = client.post(&path, &json!({ "selection": args.select }))?;
     let id = run["id"].as_i64().unwrap_or_default();
-    let keys: Vec<&str> = run["steps"].as_array().into_iter().flatten().filter_map(|s| s["asset_key"].as_str()).collect();
+    let keys: Vec<&str> = run["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["asset_key"].as_str())
+        .collect();
     println!("run {id} in {}: {} step(s): {}", args.deployment, keys.len(), keys.join(", "));
     if !args.wait {
         return Ok(Outcome::Ok);
@@ -480,7 +529,8 @@ pub fn runs(command: RunsCommand) -> anyhow::Result<Outcome> {
             if let Some(repository) = &scope.repository {
                 query.push(format!("repository={}", encode(repository)));
             }
-            let runs = Client::new(&scope.client)?.get(&format!("/api/v1/runs?{}", query.join("&")))?;
+            let runs =
+                Client::new(&scope.client)?.get(&format!("/api/v1/runs?{}", query.join("&")))?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
                 _ => {
@@ -506,7 +556,8 @@ pub fn runs(command: RunsCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         RunsCommand::Cancel { id, client } => {
-            let run = Client::new(&client)?.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))?;
+            let run =
+                Client::new(&client)?.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))?;
             println!("run {id}: {}", run["status"].as_str().unwrap_or(""));
             Ok(Outcome::Ok)
         }

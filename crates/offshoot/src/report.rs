@@ -52,9 +52,17 @@ fn detail_lines(change: &AssetChange) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(code) = &details.code {
         let version = |v: &offshoot_core::CodeVersion| {
-            if v.derived { format!("derived {}", short(&v.value)) } else { format!("\"{}\"", v.value) }
+            if v.derived {
+                format!("derived {}", short(&v.value))
+            } else {
+                format!("\"{}\"", v.value)
+            }
         };
-        lines.push(format!("code version {} -> {}", version(&code.old_version), version(&code.new_version)));
+        lines.push(format!(
+            "code version {} -> {}",
+            version(&code.old_version),
+            version(&code.new_version)
+        ));
     }
     if let Some(deps) = &details.dependencies {
         for key in &deps.added {
@@ -65,7 +73,9 @@ fn detail_lines(change: &AssetChange) -> Vec<String> {
         }
     }
     if let Some((old, new)) = &details.partitions {
-        let show = |p: &Option<offshoot_core::PartitionsDefinition>| p.as_ref().map_or("none".to_owned(), |p| p.to_string());
+        let show = |p: &Option<offshoot_core::PartitionsDefinition>| {
+            p.as_ref().map_or("none".to_owned(), |p| p.to_string())
+        };
         lines.push(format!("partitions {} -> {}", show(old), show(new)));
     }
     if let Some(tags) = &details.tags {
@@ -193,7 +203,11 @@ pub fn markdown(c: &Comparison) -> String {
     }
     let long = c.changes.changes.len() > COLLAPSE_AFTER;
     if long {
-        let _ = writeln!(out, "<details><summary>{} changed assets</summary>\n", c.changes.changes.len());
+        let _ = writeln!(
+            out,
+            "<details><summary>{} changed assets</summary>\n",
+            c.changes.changes.len()
+        );
     }
     let _ = writeln!(out, "| Asset | Change | Details |\n|---|---|---|");
     for change in &c.changes.changes {
@@ -212,8 +226,12 @@ pub fn markdown(c: &Comparison) -> String {
         let keys: Vec<String> = c.changes.impacted.iter().map(|i| format!("`{}`", i.key)).collect();
         let _ = writeln!(out, "\n**Impacted downstream ({})**: {}", keys.len(), keys.join(", "));
     }
-    let diffs: Vec<(String, String)> =
-        c.changes.changes.iter().filter_map(|ch| code_diff(ch).map(|d| (ch.key.to_string(), d))).collect();
+    let diffs: Vec<(String, String)> = c
+        .changes
+        .changes
+        .iter()
+        .filter_map(|ch| code_diff(ch).map(|d| (ch.key.to_string(), d)))
+        .collect();
     if !diffs.is_empty() {
         let _ = writeln!(out, "\n<details><summary>Code changes ({})</summary>\n", diffs.len());
         for (key, diff) in diffs {

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use offshoot_core::{BranchName, DeploymentName, RepositoryName, SchemaName};
+use offshoot_server::config::{ForgeConfig, ForgeKind, RemoteConfig, Secret};
 use offshoot_server::variables::{check_name, Scope, Variable};
+use offshoot_server::{
+    ApiToken, AppState, RepositoryConfig, Role, ServerConfig, SharedState, WatchConfig,
+};
 use offshoot_store::Store;
 use offshoot_store_postgres::PostgresStore;
+use offshoot_store_sqlite::SqliteStore;
 use offshoot_warehouse::{Target, Warehouse};
 use offshoot_warehouse_postgres::{PostgresWarehouse, PostgresWarehouseOptions};
-use offshoot_server::config::{ForgeConfig, ForgeKind, RemoteConfig, Secret};
-use offshoot_server::{ApiToken, AppState, RepositoryConfig, Role, ServerConfig, SharedState, WatchConfig};
-use offshoot_store_sqlite::SqliteStore;
 use offshoot_warehouse_sqlite::SqliteWarehouse;
 use serde::Deserialize;
 
@@ -51,7 +53,12 @@ pub struct Args {
     /// An API token with its role, `ROLE:TOKEN` (role read, deploy or admin; repeatable). A
     /// token without a role is admin. Without any token, an admin one is generated into
     /// DATA_DIR/api-token.
-    #[arg(long = "api-token", env = "OFFSHOOT_API_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-token",
+        env = "OFFSHOOT_API_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_tokens: Vec<String>,
     /// Require a token for reads too.
     #[arg(long, env = "OFFSHOOT_PRIVATE_READS")]
@@ -147,25 +154,47 @@ fn file_variable(entry: FileVariable) -> anyhow::Result<Variable> {
     check_name(&name).map_err(anyhow::Error::msg)?;
     let mut scopes = Vec::new();
     for text in &entry.scopes {
-        scopes.push(Scope::parse(text).with_context(|| format!("variable `{name}`: scope `{text}` is not production, branches or local"))?);
+        scopes.push(Scope::parse(text).with_context(|| {
+            format!("variable `{name}`: scope `{text}` is not production, branches or local")
+        })?);
     }
     if scopes.is_empty() {
         bail!("variable `{name}` has no scopes: give `scopes = [\"production\"]`, `[\"branches\"]`, `[\"local\"]` or several");
     }
     let branch = match entry.branch {
-        Some(_) if !scopes.contains(&Scope::Branches) => bail!("variable `{name}`: `branch` needs the `branches` scope"),
-        Some(text) => Some(BranchName::new(&text).map_err(|e| anyhow::anyhow!("variable `{name}`: branch: {e}"))?),
+        Some(_) if !scopes.contains(&Scope::Branches) => {
+            bail!("variable `{name}`: `branch` needs the `branches` scope")
+        }
+        Some(text) => Some(
+            BranchName::new(&text)
+                .map_err(|e| anyhow::anyhow!("variable `{name}`: branch: {e}"))?,
+        ),
         None => None,
     };
-    let repository = entry.repository.map(|text| RepositoryName::from_any(&text).map_err(|e| anyhow::anyhow!("variable `{name}`: repository: {e}"))).transpose()?;
+    let repository = entry
+        .repository
+        .map(|text| {
+            RepositoryName::from_any(&text)
+                .map_err(|e| anyhow::anyhow!("variable `{name}`: repository: {e}"))
+        })
+        .transpose()?;
     let (value, secret) = match (entry.value, entry.secret_env, entry.secret_file) {
         (Some(value), None, None) => (value, false),
-        (None, Some(env), None) => (std::env::var(&env).with_context(|| format!("variable `{name}`: `secret_env` names `{env}`, which is not set"))?, true),
+        (None, Some(env), None) => (
+            std::env::var(&env).with_context(|| {
+                format!("variable `{name}`: `secret_env` names `{env}`, which is not set")
+            })?,
+            true,
+        ),
         (None, None, Some(path)) => {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("variable `{name}`: reading `secret_file` {}", path.display()))?;
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("variable `{name}`: reading `secret_file` {}", path.display())
+            })?;
             (text.strip_suffix('\n').unwrap_or(&text).to_owned(), true)
         }
-        _ => bail!("variable `{name}` needs exactly one of `value`, `secret_env` and `secret_file`"),
+        _ => {
+            bail!("variable `{name}` needs exactly one of `value`, `secret_env` and `secret_file`")
+        }
     };
     let value = Secret::new(value).with_context(|| format!("variable `{name}` is empty"))?;
     Ok(Variable { name, value, scopes, branch, repository, secret })
@@ -178,10 +207,16 @@ fn file_variables(entries: Vec<FileVariable>) -> anyhow::Result<Vec<Variable>> {
     for entry in entries {
         let variable = file_variable(entry)?;
         let clash = variables.iter().find(|other| {
-            other.name == variable.name && other.branch == variable.branch && other.repository == variable.repository && other.scopes.iter().any(|s| variable.scopes.contains(s))
+            other.name == variable.name
+                && other.branch == variable.branch
+                && other.repository == variable.repository
+                && other.scopes.iter().any(|s| variable.scopes.contains(s))
         });
         if clash.is_some() {
-            bail!("variable `{}` is given twice for the same scope; give each scope one value", variable.name);
+            bail!(
+                "variable `{}` is given twice for the same scope; give each scope one value",
+                variable.name
+            );
         }
         variables.push(variable);
     }
@@ -190,8 +225,10 @@ fn file_variables(entries: Vec<FileVariable>) -> anyhow::Result<Vec<Variable>> {
 
 /// The `[[variables]]` of a server configuration file, for `offshoot env export`.
 pub fn variables_of(path: &Path) -> anyhow::Result<Vec<Variable>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: FileConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: FileConfig = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
     file_variables(file.variables).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -209,7 +246,11 @@ struct FileRole(Role);
 impl<'de> Deserialize<'de> for FileRole {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<FileRole, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Role::parse(&text).map(FileRole).ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a role: use \"read\", \"deploy\" or \"admin\"")))
+        Role::parse(&text).map(FileRole).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a role: use \"read\", \"deploy\" or \"admin\""
+            ))
+        })
     }
 }
 
@@ -235,12 +276,23 @@ impl<'de> Deserialize<'de> for FileToken {
                 Ok(FileToken::Plain(value.to_owned()))
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FileToken, A::Error> {
-                let table = FileTokenTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FileToken, A::Error> {
+                let table =
+                    FileTokenTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
                 if table.secret.is_some() == table.secret_env.is_some() {
-                    return Err(serde::de::Error::custom(format!("a `{}` token needs one of `secret` and `secret_env`", table.role.0)));
+                    return Err(serde::de::Error::custom(format!(
+                        "a `{}` token needs one of `secret` and `secret_env`",
+                        table.role.0
+                    )));
                 }
-                Ok(FileToken::WithRole { secret: table.secret, secret_env: table.secret_env, role: table.role.0 })
+                Ok(FileToken::WithRole {
+                    secret: table.secret,
+                    secret_env: table.secret_env,
+                    role: table.role.0,
+                })
             }
         }
         deserializer.deserialize_any(Visitor)
@@ -273,7 +325,9 @@ fn api_tokens(args: &Args, file: Vec<FileToken>) -> anyhow::Result<Vec<ApiToken>
     }
     for entry in file {
         let token = match entry {
-            FileToken::Plain(text) => Secret::new(text).map(|secret| ApiToken { secret, role: Role::Admin }),
+            FileToken::Plain(text) => {
+                Secret::new(text).map(|secret| ApiToken { secret, role: Role::Admin })
+            }
             FileToken::WithRole { secret: inline, secret_env, role } => {
                 let secret = secret(inline, secret_env.as_deref(), None, "secret")?;
                 secret.map(|secret| ApiToken { secret, role })
@@ -282,7 +336,10 @@ fn api_tokens(args: &Args, file: Vec<FileToken>) -> anyhow::Result<Vec<ApiToken>
         tokens.extend(token);
     }
     for (index, token) in tokens.iter().enumerate() {
-        if let Some(other) = tokens[..index].iter().find(|other| other.secret.matches(token.secret.expose().as_bytes())) {
+        if let Some(other) = tokens[..index]
+            .iter()
+            .find(|other| other.secret.matches(token.secret.expose().as_bytes()))
+        {
             bail!("the same API token is configured twice (roles `{}` and `{}`); give each token once", other.role, token.role);
         }
     }
@@ -353,7 +410,12 @@ fn repository_name(name: Option<&str>, path: &Path) -> anyhow::Result<Repository
 
 /// A secret from the file, from the environment variable the file names, or else from the
 /// fallback variable. Never printed: errors name the variable, not its value.
-fn secret(inline: Option<String>, env_name: Option<&str>, fallback_env: Option<&str>, key: &str) -> anyhow::Result<Option<Secret>> {
+fn secret(
+    inline: Option<String>,
+    env_name: Option<&str>,
+    fallback_env: Option<&str>,
+    key: &str,
+) -> anyhow::Result<Option<Secret>> {
     if let Some(name) = env_name {
         let value = std::env::var(name).ok().and_then(Secret::new);
         return match value {
@@ -361,7 +423,9 @@ fn secret(inline: Option<String>, env_name: Option<&str>, fallback_env: Option<&
             None => bail!("`{key}_env` names `{name}`, which is not set"),
         };
     }
-    Ok(inline.and_then(Secret::new).or_else(|| fallback_env.and_then(|name| std::env::var(name).ok()).and_then(Secret::new)))
+    Ok(inline
+        .and_then(Secret::new)
+        .or_else(|| fallback_env.and_then(|name| std::env::var(name).ok()).and_then(Secret::new)))
 }
 
 /// The host of an `https://`, `ssh://` or `user@host:path` URL, lower-cased.
@@ -377,27 +441,41 @@ fn url_host(url: &str) -> Option<String> {
 
 /// A `[[repositories]]` entry, checked: exactly one of `path` and `url`; forge settings only
 /// with a forge.
-fn file_repository(config: &ServerConfig, repo: FileRepository) -> anyhow::Result<RepositoryConfig> {
+fn file_repository(
+    config: &ServerConfig,
+    repo: FileRepository,
+) -> anyhow::Result<RepositoryConfig> {
     let name = match (&repo.path, &repo.url) {
         (Some(_), Some(_)) => bail!("a repository has both `path` and `url`; give one"),
-        (None, None) => bail!("a repository needs `path` (a local repository) or `url` (a remote one)"),
+        (None, None) => {
+            bail!("a repository needs `path` (a local repository) or `url` (a remote one)")
+        }
         (Some(path), None) => repository_name(repo.name.as_deref(), path)?,
         (None, Some(url)) => {
-            let text = repo.name.clone().unwrap_or_else(|| offshoot_server::mirror::redact(url, None));
-            RepositoryName::from_any(&text).with_context(|| format!("`{text}` cannot name a repository; set `name`"))?
+            let text =
+                repo.name.clone().unwrap_or_else(|| offshoot_server::mirror::redact(url, None));
+            RepositoryName::from_any(&text)
+                .with_context(|| format!("`{text}` cannot name a repository; set `name`"))?
         }
     };
     let host = repo.url.as_deref().and_then(url_host);
     let kind = match repo.forge.as_deref() {
-        Some(text) => Some(ForgeKind::parse(text).with_context(|| format!("repository `{name}`: forge `{text}` is not `github` or `gitlab`"))?),
+        Some(text) => Some(ForgeKind::parse(text).with_context(|| {
+            format!("repository `{name}`: forge `{text}` is not `github` or `gitlab`")
+        })?),
         None => match host.as_deref() {
             Some("github.com") => Some(ForgeKind::GitHub),
             Some("gitlab.com") => Some(ForgeKind::GitLab),
             _ => None,
         },
     };
-    let forge_keys = repo.project.is_some() || repo.api_url.is_some() || repo.token.is_some() || repo.token_env.is_some()
-        || repo.webhook_secret.is_some() || repo.webhook_secret_env.is_some() || repo.deploy_forks;
+    let forge_keys = repo.project.is_some()
+        || repo.api_url.is_some()
+        || repo.token.is_some()
+        || repo.token_env.is_some()
+        || repo.webhook_secret.is_some()
+        || repo.webhook_secret_env.is_some()
+        || repo.deploy_forks;
     if kind.is_none() && forge_keys {
         bail!("repository `{name}`: set `forge = \"github\"` or `forge = \"gitlab\"` to use webhooks or pull-request feedback");
     }
@@ -421,8 +499,18 @@ fn file_repository(config: &ServerConfig, repo: FileRepository) -> anyhow::Resul
                 kind,
                 project: repo.project.clone().map(|p| p.trim_matches('/').to_owned()),
                 api_url,
-                token: secret(repo.token.clone(), repo.token_env.as_deref(), Some(fallback_token), "token")?,
-                webhook_secret: secret(repo.webhook_secret.clone(), repo.webhook_secret_env.as_deref(), Some("OFFSHOOT_WEBHOOK_SECRET"), "webhook_secret")?,
+                token: secret(
+                    repo.token.clone(),
+                    repo.token_env.as_deref(),
+                    Some(fallback_token),
+                    "token",
+                )?,
+                webhook_secret: secret(
+                    repo.webhook_secret.clone(),
+                    repo.webhook_secret_env.as_deref(),
+                    Some("OFFSHOOT_WEBHOOK_SECRET"),
+                    "webhook_secret",
+                )?,
                 deploy_forks: repo.deploy_forks,
             })
         }
@@ -434,9 +522,19 @@ fn file_repository(config: &ServerConfig, repo: FileRepository) -> anyhow::Resul
                 bail!("repository `{name}`: `watch` needs a local `path`; a repository with a `url` is fetched on each webhook event");
             }
             // An explicit git token, else the API token, else the fallback variable.
-            let git_token = match secret(repo.git_token.clone(), repo.git_token_env.as_deref(), None, "git_token")? {
+            let git_token = match secret(
+                repo.git_token.clone(),
+                repo.git_token_env.as_deref(),
+                None,
+                "git_token",
+            )? {
                 Some(token) => Some(token),
-                None => forge.as_ref().and_then(|f| f.token.clone()).or(secret(None, None, Some("OFFSHOOT_GIT_TOKEN"), "git_token")?),
+                None => forge.as_ref().and_then(|f| f.token.clone()).or(secret(
+                    None,
+                    None,
+                    Some("OFFSHOOT_GIT_TOKEN"),
+                    "git_token",
+                )?),
             };
             let username = repo.git_username.clone().unwrap_or_else(|| match kind {
                 Some(ForgeKind::GitHub) => "x-access-token".to_owned(),
@@ -455,12 +553,16 @@ fn file_repository(config: &ServerConfig, repo: FileRepository) -> anyhow::Resul
         (Some(path), _) => path.clone(),
         (None, _) => {
             let path = config.mirror_path(&name);
-            offshoot_server::mirror::initialize(&path).with_context(|| format!("repository `{name}`: preparing its mirror"))?;
+            offshoot_server::mirror::initialize(&path)
+                .with_context(|| format!("repository `{name}`: preparing its mirror"))?;
             path
         }
     };
     if let Some(forge) = &forge {
-        if forge.token.is_some() && forge.api_url.starts_with("https://") && !offshoot_server::feedback::TLS {
+        if forge.token.is_some()
+            && forge.api_url.starts_with("https://")
+            && !offshoot_server::feedback::TLS
+        {
             eprintln!("warning: repository `{name}`: {} is https, but this build has no TLS; pull-request feedback needs the `tls` feature", forge.api_url);
         }
     }
@@ -468,13 +570,21 @@ fn file_repository(config: &ServerConfig, repo: FileRepository) -> anyhow::Resul
         branches: repo.branches.clone().unwrap_or_else(|| "*".to_owned()),
         interval: Duration::from_millis(repo.poll_interval_ms.unwrap_or(2000)),
     });
-    Ok(RepositoryConfig { name, path, production_branch: repo.production_branch.unwrap_or_else(|| "main".to_owned()), watch, remote, forge })
+    Ok(RepositoryConfig {
+        name,
+        path,
+        production_branch: repo.production_branch.unwrap_or_else(|| "main".to_owned()),
+        watch,
+        remote,
+        forge,
+    })
 }
 
 pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     let file: FileConfig = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             toml::from_str(&text).map_err(|e| {
                 let at = e.span().map(|s| text[..s.start].lines().count().max(1)).unwrap_or(1);
                 anyhow::anyhow!("{}:{at}: {}", path.display(), e.message())
@@ -487,19 +597,22 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
         let at = args.config.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default();
         bail!("{at}log_level `{log_level}` is not one of {}", LOG_LEVELS.join(", "));
     }
-    let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".offshoot"));
+    let data_dir =
+        args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".offshoot"));
     let mut config = ServerConfig::new(data_dir.clone());
     let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:3000".to_owned());
-    config.public_url = args.public_url.clone().or(file.public_url).unwrap_or_else(|| format!("http://{listen}"));
-    config.public_reads = if args.private_reads { false } else { file.public_reads.unwrap_or(true) };
+    config.public_url =
+        args.public_url.clone().or(file.public_url).unwrap_or_else(|| format!("http://{listen}"));
+    config.public_reads =
+        if args.private_reads { false } else { file.public_reads.unwrap_or(true) };
     if let Some(days) = args.ttl_days.or(file.ttl_days) {
         config.ttl = Duration::from_secs(days * 86_400);
     }
     if let Some(n) = args.max_open_branch_deployments.or(file.max_open_branch_deployments) {
         config.max_open_branch_deployments = n;
     }
-    config.allow_unconfined_branch_commands =
-        args.allow_unconfined_branch_commands || file.allow_unconfined_branch_commands.unwrap_or(false);
+    config.allow_unconfined_branch_commands = args.allow_unconfined_branch_commands
+        || file.allow_unconfined_branch_commands.unwrap_or(false);
     if let Some(auto) = file.data_diff.as_ref().and_then(|d| d.auto) {
         config.data_diff_auto = auto;
     }
@@ -509,7 +622,10 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     if let Some(n) = args.production_run_concurrency.or(file.production_run_concurrency) {
         config.production_run_concurrency = n;
     }
-    if let Some(n) = args.max_concurrent_runs_per_branch_deployment.or(file.max_concurrent_runs_per_branch_deployment) {
+    if let Some(n) = args
+        .max_concurrent_runs_per_branch_deployment
+        .or(file.max_concurrent_runs_per_branch_deployment)
+    {
         // Zero would queue every branch run forever.
         config.max_concurrent_runs_per_branch_deployment = Some(n.max(1));
     }
@@ -543,7 +659,8 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     if names.windows(2).any(|w| w[0] == w[1]) {
         bail!("two repositories have the same name; give them distinct `name`s");
     }
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     config.variables = file_variables(file.variables).map_err(|e| match &args.config {
         Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
         None => e,
@@ -568,19 +685,26 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
 
 /// The token in `path`, or a new random one written there readable by the owner only.
 pub fn generated_token(path: &Path) -> anyhow::Result<Secret> {
-    if let Some(existing) = std::fs::read_to_string(path).ok().and_then(|text| Secret::new(text.trim())) {
+    if let Some(existing) =
+        std::fs::read_to_string(path).ok().and_then(|text| Secret::new(text.trim()))
+    {
         return Ok(existing);
     }
     let mut bytes = [0u8; 24];
     use std::io::Read;
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     use std::io::Write;
-    options.open(path).and_then(|mut f| f.write_all(token.as_bytes())).with_context(|| format!("writing {}", path.display()))?;
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(token.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
     Secret::new(token).context("a generated token is never blank")
 }
 
@@ -599,12 +723,24 @@ fn is_postgres(url: &str) -> bool {
 /// The configured backends (the binary is the only place that picks them).
 pub async fn state_for(config: ServerConfig, backends: &Backends) -> anyhow::Result<SharedState> {
     let store: Arc<dyn Store> = match backends.metadata_url.as_deref() {
-        Some(url) if is_postgres(url) => Arc::new(PostgresStore::connect(url).await.context("connecting to the PostgreSQL metadata store")?),
+        Some(url) if is_postgres(url) => Arc::new(
+            PostgresStore::connect(url)
+                .await
+                .context("connecting to the PostgreSQL metadata store")?,
+        ),
         Some(url) => {
-            let path = url.strip_prefix("sqlite://").with_context(|| "metadata_url must start with postgres:// or sqlite://")?;
-            Arc::new(SqliteStore::open(Path::new(path)).await.context("opening the metadata store")?)
+            let path = url
+                .strip_prefix("sqlite://")
+                .with_context(|| "metadata_url must start with postgres:// or sqlite://")?;
+            Arc::new(
+                SqliteStore::open(Path::new(path)).await.context("opening the metadata store")?,
+            )
         }
-        None => Arc::new(SqliteStore::open(&config.data_dir.join("offshoot.db")).await.context("opening the metadata store")?),
+        None => Arc::new(
+            SqliteStore::open(&config.data_dir.join("offshoot.db"))
+                .await
+                .context("opening the metadata store")?,
+        ),
     };
     let warehouse: Arc<dyn Warehouse> = match backends.warehouse_url.as_deref() {
         Some(url) if is_postgres(url) => {
@@ -628,9 +764,15 @@ pub async fn state_for(config: ServerConfig, backends: &Backends) -> anyhow::Res
 }
 
 /// The embedded backends under the data directory.
-pub async fn embedded_state(config: ServerConfig) -> anyhow::Result<(SharedState, Arc<SqliteWarehouse>)> {
-    let store = SqliteStore::open(&config.data_dir.join("offshoot.db")).await.context("opening the metadata store")?;
-    let warehouse = Arc::new(SqliteWarehouse::new(config.data_dir.join("warehouse")).context("opening the warehouse")?);
+pub async fn embedded_state(
+    config: ServerConfig,
+) -> anyhow::Result<(SharedState, Arc<SqliteWarehouse>)> {
+    let store = SqliteStore::open(&config.data_dir.join("offshoot.db"))
+        .await
+        .context("opening the metadata store")?;
+    let warehouse = Arc::new(
+        SqliteWarehouse::new(config.data_dir.join("warehouse")).context("opening the warehouse")?,
+    );
     let state = AppState::new(Arc::new(store), warehouse.clone(), config);
     Ok((state, warehouse))
 }
@@ -640,13 +782,21 @@ pub fn init_logging(level: &str) {
     let level = level.parse::<tracing::Level>().unwrap_or(tracing::Level::INFO);
     use std::io::IsTerminal;
     let colours = std::io::stderr().is_terminal();
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(colours).with_max_level(level).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(colours)
+        .with_max_level(level)
+        .try_init();
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let settings = settings(&args)?;
     init_logging(&settings.log_level);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
         let address = listener.local_addr()?;
@@ -668,10 +818,11 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

@@ -5,16 +5,46 @@ use offshoot_repo::write::Tree;
 
 /// examples/shop as committed to the demo's `main`.
 pub const FILES: &[(&str, &str)] = &[
-    ("assets/ingest/fx_rates.toml", include_str!("../../../examples/shop/assets/ingest/fx_rates.toml")),
-    ("assets/intermediate/int_order_payments.sql", include_str!("../../../examples/shop/assets/intermediate/int_order_payments.sql")),
-    ("assets/marts/customer_lifetime_value.sql", include_str!("../../../examples/shop/assets/marts/customer_lifetime_value.sql")),
-    ("assets/marts/daily_revenue.sql", include_str!("../../../examples/shop/assets/marts/daily_revenue.sql")),
-    ("assets/marts/dim_customers.sql", include_str!("../../../examples/shop/assets/marts/dim_customers.sql")),
-    ("assets/marts/fct_orders.sql", include_str!("../../../examples/shop/assets/marts/fct_orders.sql")),
-    ("assets/marts/orders_by_country.sql", include_str!("../../../examples/shop/assets/marts/orders_by_country.sql")),
-    ("assets/staging/stg_customers.sql", include_str!("../../../examples/shop/assets/staging/stg_customers.sql")),
-    ("assets/staging/stg_orders.sql", include_str!("../../../examples/shop/assets/staging/stg_orders.sql")),
-    ("assets/staging/stg_payments.sql", include_str!("../../../examples/shop/assets/staging/stg_payments.sql")),
+    (
+        "assets/ingest/fx_rates.toml",
+        include_str!("../../../examples/shop/assets/ingest/fx_rates.toml"),
+    ),
+    (
+        "assets/intermediate/int_order_payments.sql",
+        include_str!("../../../examples/shop/assets/intermediate/int_order_payments.sql"),
+    ),
+    (
+        "assets/marts/customer_lifetime_value.sql",
+        include_str!("../../../examples/shop/assets/marts/customer_lifetime_value.sql"),
+    ),
+    (
+        "assets/marts/daily_revenue.sql",
+        include_str!("../../../examples/shop/assets/marts/daily_revenue.sql"),
+    ),
+    (
+        "assets/marts/dim_customers.sql",
+        include_str!("../../../examples/shop/assets/marts/dim_customers.sql"),
+    ),
+    (
+        "assets/marts/fct_orders.sql",
+        include_str!("../../../examples/shop/assets/marts/fct_orders.sql"),
+    ),
+    (
+        "assets/marts/orders_by_country.sql",
+        include_str!("../../../examples/shop/assets/marts/orders_by_country.sql"),
+    ),
+    (
+        "assets/staging/stg_customers.sql",
+        include_str!("../../../examples/shop/assets/staging/stg_customers.sql"),
+    ),
+    (
+        "assets/staging/stg_orders.sql",
+        include_str!("../../../examples/shop/assets/staging/stg_orders.sql"),
+    ),
+    (
+        "assets/staging/stg_payments.sql",
+        include_str!("../../../examples/shop/assets/staging/stg_payments.sql"),
+    ),
     ("data/fx_rates.csv", include_str!("../../../examples/shop/data/fx_rates.csv")),
     ("offshoot.toml", include_str!("../../../examples/shop/offshoot.toml")),
     ("scripts/load_fx_rates.py", include_str!("../../../examples/shop/scripts/load_fx_rates.py")),
@@ -28,7 +58,8 @@ pub fn main_tree() -> Tree {
 /// of the branch's change set.
 pub fn main_after_fork(mut tree: Tree) -> Tree {
     let path = "assets/staging/stg_payments.sql";
-    let sql = String::from_utf8_lossy(&tree[path]).replace("WHERE status = 'succeeded'", "WHERE status IN ('succeeded', 'settled')");
+    let sql = String::from_utf8_lossy(&tree[path])
+        .replace("WHERE status = 'succeeded'", "WHERE status IN ('succeeded', 'settled')");
     tree.insert(path.to_owned(), sql.into_bytes());
     tree
 }
@@ -47,7 +78,12 @@ pub fn feature_tree(mut tree: Tree) -> Tree {
         "LEFT JOIN fx_rates AS fx ON fx.currency = p.currency\n",
         "LEFT JOIN fx_rates AS fx ON fx.currency = p.currency\nWHERE p.amount_cents > 0\n",
     );
-    edit(&mut tree, "assets/marts/customer_lifetime_value.sql", "tier = \"silver\"", "tier = \"gold\"");
+    edit(
+        &mut tree,
+        "assets/marts/customer_lifetime_value.sql",
+        "tier = \"silver\"",
+        "tier = \"gold\"",
+    );
     edit(
         &mut tree,
         "assets/staging/stg_orders.sql",

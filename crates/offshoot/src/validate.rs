@@ -24,14 +24,22 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Some(rev) => {
             let repo = GitRepository::open(&args.repo.repo)?;
             let commit = repo.resolve(rev)?;
-            (format!("{rev} ({})", &commit.sha[..12]), crate::locate::load_commit(&repo, &commit.sha))
+            (
+                format!("{rev} ({})", &commit.sha[..12]),
+                crate::locate::load_commit(&repo, &commit.sha),
+            )
         }
         None => {
             let root = match GitRepository::open(&args.repo.repo) {
-                Ok(repo) => repo.workdir().map(|p| p.to_path_buf()).unwrap_or_else(|| args.repo.repo.clone()),
+                Ok(repo) => repo
+                    .workdir()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_else(|| args.repo.repo.clone()),
                 Err(_) => args.repo.repo.clone(),
             };
-            let root = root.canonicalize().with_context(|| format!("{} cannot be read", root.display()))?;
+            let root = root
+                .canonicalize()
+                .with_context(|| format!("{} cannot be read", root.display()))?;
             (root.display().to_string(), crate::locate::load_working_directory(&root))
         }
     };
@@ -47,7 +55,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                         .iter()
                         .map(|d| serde_json::json!({"path": d.path, "line": d.line, "column": d.column, "message": d.message, "hint": d.hint}))
                         .collect();
-                    println!("{}", serde_json::to_string_pretty(&serde_json::json!({"valid": false, "diagnostics": list}))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({"valid": false, "diagnostics": list})
+                        )?
+                    );
                 }
                 // Markdown is for pasting into a pull request or a CI summary: it is the output,
                 // on stdout like JSON, not a message on stderr.
@@ -69,13 +82,20 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Failed)
         }
-        Err(LocationError::Tool(error)) => Err(anyhow::anyhow!(error)).context(format!("loading {what}")),
+        Err(LocationError::Tool(error)) => {
+            Err(anyhow::anyhow!(error)).context(format!("loading {what}"))
+        }
     }
 }
 
 fn print_valid(project: &Project, what: &str, format: Format) {
     let count = |kind| project.snapshot.assets().filter(|a| a.kind == kind).count();
-    let (sql, command, source, tool) = (count(AssetKind::Sql), count(AssetKind::Command), count(AssetKind::Source), count(AssetKind::Tool));
+    let (sql, command, source, tool) = (
+        count(AssetKind::Sql),
+        count(AssetKind::Command),
+        count(AssetKind::Source),
+        count(AssetKind::Tool),
+    );
     let location = project.manifest.location.kind();
     match format {
         Format::Json => println!(
@@ -84,9 +104,18 @@ fn print_valid(project: &Project, what: &str, format: Format) {
         ),
         _ => {
             let counts = if location != "native" {
-                format!("{}, {}", counted(tool, &format!("{location} asset")), counted(source, "source"))
+                format!(
+                    "{}, {}",
+                    counted(tool, &format!("{location} asset")),
+                    counted(source, "source")
+                )
             } else {
-                format!("{}, {}, {}", counted(sql, "SQL asset"), counted(command, "command asset"), counted(source, "source"))
+                format!(
+                    "{}, {}, {}",
+                    counted(sql, "SQL asset"),
+                    counted(command, "command asset"),
+                    counted(source, "source")
+                )
             };
             match format {
                 Format::Markdown => println!("**ok**: `{what}`: {counts}"),

@@ -35,7 +35,10 @@ fn relation(pushed: usize, known: usize) -> CommitRelation {
             CommitRelation::Descendant
         }
     } else {
-        CommitRelation::Diverged { pushed_time: commit(pushed).time, known_time: commit(known).time }
+        CommitRelation::Diverged {
+            pushed_time: commit(pushed).time,
+            known_time: commit(known).time,
+        }
     }
 }
 
@@ -75,7 +78,11 @@ impl Script {
     }
 
     fn close(&mut self) -> Decision {
-        self.event(Event::Close { reason: "pull request closed".into(), pull_request: Some(PullRequestStatus::Closed) }).expect("close")
+        self.event(Event::Close {
+            reason: "pull request closed".into(),
+            pull_request: Some(PullRequestStatus::Closed),
+        })
+        .expect("close")
     }
 
     fn claim(&mut self, number: u32, owner: &str) -> Result<Decision, Refusal> {
@@ -134,7 +141,10 @@ fn family_b_duplicate_deliveries_and_concurrent_promotes_never_leave_an_older_re
     assert!(s.push(1).is_empty(), "a duplicate of a queued commit changes nothing");
     s.claim(1, "a").expect("claim");
     s.push(2);
-    assert_eq!(s.claim(2, "b"), Err(Refusal::NotClaimable("another revision of this deployment is deploying")));
+    assert_eq!(
+        s.claim(2, "b"),
+        Err(Refusal::NotClaimable("another revision of this deployment is deploying"))
+    );
     s.finish(1, "a").expect("finish");
     assert_eq!(s.phase(1), RevisionPhase::Superseded, "discarded: a newer commit was delivered");
     assert_eq!(s.state.serving, None);
@@ -160,8 +170,13 @@ fn family_c_a_close_during_a_run_cancels_it_and_the_teardown_waits_for_it_to_sto
     assert!(!close.effects.contains(&Effect::Teardown));
     let other = lease("b", s.now);
     assert!(s.event(Event::ClaimTeardown { lease: other }).is_err(), "not while the run runs");
-    let stopped = s.event(Event::RunFinished { run, owner: "a".into(), succeeded: false }).expect("finish");
-    assert_eq!(s.state.runs[&run].phase, RunPhase::Canceled, "a failure after a cancel is a cancel");
+    let stopped =
+        s.event(Event::RunFinished { run, owner: "a".into(), succeeded: false }).expect("finish");
+    assert_eq!(
+        s.state.runs[&run].phase,
+        RunPhase::Canceled,
+        "a failure after a cancel is a cancel"
+    );
     assert!(stopped.effects.contains(&Effect::Teardown));
 }
 
@@ -207,7 +222,12 @@ fn diverged_history_is_decided_by_commit_time_and_a_failed_head_is_retried() {
     let head = s.state.head.expect("head");
     assert_eq!(index_of(&s.state, head), LINE + 2);
     s.claim(head, "a").expect("claim");
-    s.event(Event::DeployFinished { revision: head, owner: "a".into(), outcome: Err("bad SQL".into()) }).expect("fail");
+    s.event(Event::DeployFinished {
+        revision: head,
+        owner: "a".into(),
+        outcome: Err("bad SQL".into()),
+    })
+    .expect("fail");
     assert_eq!(s.phase(head), RevisionPhase::Failed);
     let retry = s.push(LINE + 2);
     assert!(retry.effects.contains(&Effect::Deploy), "the same commit again retries a failure");
@@ -216,7 +236,10 @@ fn diverged_history_is_decided_by_commit_time_and_a_failed_head_is_retried() {
 #[test]
 fn production_is_never_closed_or_deleted() {
     let mut s = Script { state: Lifecycle::new(true), now: 0 };
-    assert_eq!(s.event(Event::Close { reason: "x".into(), pull_request: None }), Err(Refusal::Production));
+    assert_eq!(
+        s.event(Event::Close { reason: "x".into(), pull_request: None }),
+        Err(Refusal::Production)
+    );
     assert_eq!(s.event(Event::Delete), Err(Refusal::Production));
 }
 
@@ -268,9 +291,13 @@ fn a_branch_deployment_runs_at_most_its_limit_of_runs_at_once() {
     };
     claim(&mut s, runs[0], "a").expect("first");
     claim(&mut s, runs[1], "b").expect("second, on another server");
-    assert_eq!(claim(&mut s, runs[2], "a").map(|_| ()), Err(Refusal::NotClaimable(RUN_LIMIT_REACHED)));
+    assert_eq!(
+        claim(&mut s, runs[2], "a").map(|_| ()),
+        Err(Refusal::NotClaimable(RUN_LIMIT_REACHED))
+    );
     assert_eq!(s.state.runs[&runs[2]].phase, RunPhase::Queued, "it waits, queued");
-    s.event(Event::RunFinished { run: runs[0], owner: "a".into(), succeeded: true }).expect("finish");
+    s.event(Event::RunFinished { run: runs[0], owner: "a".into(), succeeded: true })
+        .expect("finish");
     claim(&mut s, runs[2], "a").expect("a slot is free");
     // A run whose server died does not hold a slot: its lease expired.
     s.now += 2 * LEASE;
@@ -402,9 +429,12 @@ impl World {
         let result = self.state.transition(&event, self.now);
         if let Ok(decision) = &result {
             if matches!(event, Event::Close { .. }) && before.open {
-                self.must_cancel.extend(before.runs.iter().filter(|(_, r)| r.phase.is_active()).map(|(id, _)| *id));
+                self.must_cancel.extend(
+                    before.runs.iter().filter(|(_, r)| r.phase.is_active()).map(|(id, _)| *id),
+                );
             }
-            if matches!(event, Event::Reopen) || (before.open != self.state.open && self.state.open) {
+            if matches!(event, Event::Reopen) || (before.open != self.state.open && self.state.open)
+            {
                 self.served_time = None;
             }
             self.check(&before, &event, decision);
@@ -420,7 +450,11 @@ impl World {
                 reference.deliver(commit, opens);
             }
             Action::Close => {
-                self.event(Event::Close { reason: "closed".into(), pull_request: Some(PullRequestStatus::Closed) }).expect("close");
+                self.event(Event::Close {
+                    reason: "closed".into(),
+                    pull_request: Some(PullRequestStatus::Closed),
+                })
+                .expect("close");
                 reference.closed = true;
             }
             Action::Reopen => {
@@ -431,28 +465,42 @@ impl World {
             Action::FinishDeploy { server, ok } => {
                 if let Some(number) = self.deploying[server].take() {
                     let outcome = if ok { Ok(()) } else { Err("invalid definitions".to_owned()) };
-                    let _ = self.event(Event::DeployFinished { revision: number, owner: owner(server), outcome });
+                    let _ = self.event(Event::DeployFinished {
+                        revision: number,
+                        owner: owner(server),
+                        outcome,
+                    });
                 }
             }
             Action::Launch => {
                 let _ = self.event(Event::LaunchRun);
             }
             Action::ClaimRun { server } => {
-                let queued = self.state.runs.iter().find(|(_, r)| r.phase == RunPhase::Queued).map(|(id, _)| *id);
+                let queued = self
+                    .state
+                    .runs
+                    .iter()
+                    .find(|(_, r)| r.phase == RunPhase::Queued)
+                    .map(|(id, _)| *id);
                 if let Some(run) = queued {
                     let lease = self.lease(server);
-                    if self.event(Event::ClaimRun { run, lease, max_running: None }).is_ok() && matches!(self.state.runs[&run].phase, RunPhase::Running(_)) {
+                    if self.event(Event::ClaimRun { run, lease, max_running: None }).is_ok()
+                        && matches!(self.state.runs[&run].phase, RunPhase::Running(_))
+                    {
                         self.running[server].push(run);
                     }
                 }
             }
             Action::FinishRun { server, ok } => {
                 if let Some(run) = self.running[server].pop() {
-                    let _ = self.event(Event::RunFinished { run, owner: owner(server), succeeded: ok });
+                    let _ =
+                        self.event(Event::RunFinished { run, owner: owner(server), succeeded: ok });
                 }
             }
             Action::CancelRun => {
-                if let Some(run) = self.state.runs.iter().find(|(_, r)| r.phase.is_active()).map(|(id, _)| *id) {
+                if let Some(run) =
+                    self.state.runs.iter().find(|(_, r)| r.phase.is_active()).map(|(id, _)| *id)
+                {
                     self.event(Event::CancelRun { run }).expect("an active run can be canceled");
                 }
             }
@@ -512,38 +560,64 @@ impl World {
     fn check(&mut self, before: &Lifecycle, event: &Event, decision: &Decision) {
         let state = &self.state;
         let now = self.now;
-        let live_deploys = state.revisions.values().filter(|r| matches!(&r.phase, RevisionPhase::Deploying(l) if l.live(now))).count();
+        let live_deploys = state
+            .revisions
+            .values()
+            .filter(|r| matches!(&r.phase, RevisionPhase::Deploying(l) if l.live(now)))
+            .count();
         assert!(live_deploys <= 1, "two revisions deploy at once after {event:?}: {state:?}");
         let ready = state.revisions.values().filter(|r| r.phase == RevisionPhase::Ready).count();
         assert!(ready <= 1, "two ready revisions after {event:?}: {state:?}");
         if !state.open {
-            assert!(!state.revisions.values().any(|r| r.phase == RevisionPhase::Queued), "queued while closed after {event:?}");
-            let claimed = decision.changes.iter().any(|c| matches!(c, Change::Revision { phase: RevisionPhase::Deploying(_), .. }));
+            assert!(
+                !state.revisions.values().any(|r| r.phase == RevisionPhase::Queued),
+                "queued while closed after {event:?}"
+            );
+            let claimed = decision
+                .changes
+                .iter()
+                .any(|c| matches!(c, Change::Revision { phase: RevisionPhase::Deploying(_), .. }));
             assert!(!claimed, "a deploy was claimed in a closed deployment");
         }
-        if matches!(state.teardown, Teardown::Running(_)) && !matches!(before.teardown, Teardown::Running(_)) {
+        if matches!(state.teardown, Teardown::Running(_))
+            && !matches!(before.teardown, Teardown::Running(_))
+        {
             assert!(!before.busy(now), "teardown claimed while work runs: {before:?}");
         }
         for change in &decision.changes {
             if let Change::Run { phase: RunPhase::Running(_), run, .. } = change {
                 if !matches!(before.runs[run].phase, RunPhase::Running(_)) {
-                    assert!(state.open && state.teardown == Teardown::Done, "a run started in a closed deployment");
+                    assert!(
+                        state.open && state.teardown == Teardown::Done,
+                        "a run started in a closed deployment"
+                    );
                 }
             }
         }
         if let Some(serving) = state.serving {
-            assert_eq!(state.revisions[&serving].phase, RevisionPhase::Ready, "serving a revision that is not ready");
+            assert_eq!(
+                state.revisions[&serving].phase,
+                RevisionPhase::Ready,
+                "serving a revision that is not ready"
+            );
             if state.open {
                 let time = state.revisions[&serving].commit.time;
                 if let Some(previous) = self.served_time {
-                    assert!(time >= previous, "an older commit replaced a newer one after {event:?}");
+                    assert!(
+                        time >= previous,
+                        "an older commit replaced a newer one after {event:?}"
+                    );
                 }
                 self.served_time = Some(time);
             }
         }
         for run in &self.must_cancel {
             if let Some(r) = state.runs.get(run) {
-                assert!(r.phase.is_active() || r.phase == RunPhase::Canceled, "run {run} stopped after a close as {:?}", r.phase);
+                assert!(
+                    r.phase.is_active() || r.phase == RunPhase::Canceled,
+                    "run {run} stopped after a close as {:?}",
+                    r.phase
+                );
             }
         }
     }
@@ -560,14 +634,27 @@ impl World {
             }
             self.claim_deploy(server);
             if let Some(number) = self.deploying[server].take() {
-                self.event(Event::DeployFinished { revision: number, owner: owner(server), outcome: Ok(()) }).expect("own deploy");
+                self.event(Event::DeployFinished {
+                    revision: number,
+                    owner: owner(server),
+                    outcome: Ok(()),
+                })
+                .expect("own deploy");
             }
-            let active: Vec<i64> = self.state.runs.iter().filter(|(_, r)| r.phase.is_active()).map(|(id, _)| *id).collect();
+            let active: Vec<i64> = self
+                .state
+                .runs
+                .iter()
+                .filter(|(_, r)| r.phase.is_active())
+                .map(|(id, _)| *id)
+                .collect();
             for run in active {
                 let lease = self.lease(server);
                 let _ = self.event(Event::ClaimRun { run, lease, max_running: None });
-                if matches!(&self.state.runs[&run].phase, RunPhase::Running(l) if l.owner == owner(server)) {
-                    self.event(Event::RunFinished { run, owner: owner(server), succeeded: true }).expect("own run");
+                if matches!(&self.state.runs[&run].phase, RunPhase::Running(l) if l.owner == owner(server))
+                {
+                    self.event(Event::RunFinished { run, owner: owner(server), succeeded: true })
+                        .expect("own run");
                 }
             }
             if self.state == before {

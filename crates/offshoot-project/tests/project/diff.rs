@@ -17,17 +17,30 @@ fn render(changes: &ChangeSet) -> String {
             let _ = writeln!(out, "  deps +{:?} -{:?}", deps.added, deps.removed);
         }
         if let Some((old, new)) = &d.partitions {
-            let show = |p: &Option<offshoot_core::PartitionsDefinition>| p.as_ref().map_or("none".to_owned(), |p| p.to_string());
+            let show = |p: &Option<offshoot_core::PartitionsDefinition>| {
+                p.as_ref().map_or("none".to_owned(), |p| p.to_string())
+            };
             let _ = writeln!(out, "  partitions {} => {}", show(old), show(new));
         }
         for (label, map) in [("tags", &d.tags), ("metadata", &d.metadata)] {
             if let Some(map) = map {
-                let _ = writeln!(out, "  {label} +{:?} ~{:?} -{:?}", map.added, map.changed, map.removed);
+                let _ = writeln!(
+                    out,
+                    "  {label} +{:?} ~{:?} -{:?}",
+                    map.added, map.changed, map.removed
+                );
             }
         }
         if let Some(code) = &d.code {
             let diff = code.unified_diff("base", "head");
-            let changed: Vec<&str> = diff.lines().filter(|l| (l.starts_with('+') || l.starts_with('-')) && !l.starts_with("+++") && !l.starts_with("---")).collect();
+            let changed: Vec<&str> = diff
+                .lines()
+                .filter(|l| {
+                    (l.starts_with('+') || l.starts_with('-'))
+                        && !l.starts_with("+++")
+                        && !l.starts_with("---")
+                })
+                .collect();
             let _ = writeln!(out, "  code {}", changed.join(" | "));
         }
     }
@@ -57,7 +70,10 @@ fn identical_projects_have_no_changes() {
 fn formatting_comments_and_keyword_case_are_not_changes() {
     check(
         &[("assets/orders.sql", "SELECT id, customer_id FROM raw_orders")],
-        &[("assets/orders.sql", "-- the orders\nselect\n    id,\n    customer_id /* who */\nfrom raw_orders\n")],
+        &[(
+            "assets/orders.sql",
+            "-- the orders\nselect\n    id,\n    customer_id /* who */\nfrom raw_orders\n",
+        )],
         expect![""],
     );
 }
@@ -78,7 +94,10 @@ fn new_and_removed() {
 fn a_rename_is_removed_plus_new() {
     check(
         &[("assets/orders.sql", ORDERS), ("assets/revenue.sql", REVENUE)],
-        &[("assets/orders_v2.sql", ORDERS), ("assets/revenue.sql", &REVENUE.replace("orders", "orders_v2"))],
+        &[
+            ("assets/orders_v2.sql", ORDERS),
+            ("assets/revenue.sql", &REVENUE.replace("orders", "orders_v2")),
+        ],
         expect![[r#"
             orders REMOVED
             orders_v2 NEW
@@ -94,7 +113,11 @@ fn code_version_and_impacted_downstream_with_path() {
     let top = "SELECT customer_id, n FROM revenue WHERE n > 1";
     check(
         &[("assets/orders.sql", ORDERS), ("assets/revenue.sql", REVENUE), ("assets/top.sql", top)],
-        &[("assets/orders.sql", "SELECT id, customer_id FROM raw_orders WHERE id > 0"), ("assets/revenue.sql", REVENUE), ("assets/top.sql", top)],
+        &[
+            ("assets/orders.sql", "SELECT id, customer_id FROM raw_orders WHERE id > 0"),
+            ("assets/revenue.sql", REVENUE),
+            ("assets/top.sql", top),
+        ],
         expect![[r#"
             orders CODE_VERSION
               code -SELECT id, customer_id FROM raw_orders | +SELECT id, customer_id FROM raw_orders WHERE id > 0
@@ -139,7 +162,9 @@ fn dependencies_tags_metadata_and_partitions() {
 
 #[test]
 fn static_partition_keys_changes() {
-    let p = |keys: &str| format!("/* offshoot\npartitions = {{ type = \"static\", keys = [{keys}] }}\n*/\nSELECT id FROM raw_orders");
+    let p = |keys: &str| {
+        format!("/* offshoot\npartitions = {{ type = \"static\", keys = [{keys}] }}\n*/\nSELECT id FROM raw_orders")
+    };
     check(
         &[("assets/orders.sql", &p("\"eu\", \"us\""))],
         &[("assets/orders.sql", &p("\"eu\", \"us\", \"apac\""))],
@@ -163,15 +188,23 @@ fn command_assets_change_with_their_inputs() {
     );
     check(
         &[("assets/rates.toml", asset), ("load.py", "print(1)\n")],
-        &[("assets/rates.toml", "command = \"python3 load.py\"  # comment only\ninputs = [\"load.py\"]\n"), ("load.py", "print(1)\n")],
+        &[
+            (
+                "assets/rates.toml",
+                "command = \"python3 load.py\"  # comment only\ninputs = [\"load.py\"]\n",
+            ),
+            ("load.py", "print(1)\n"),
+        ],
         expect![""],
     );
 }
 
 #[test]
 fn tag_changes_are_tracked_but_impact_nothing() {
-    let manifest_before = "[project]\nname = \"t\"\n[sources.raw_orders]\ntags = { owner = \"ops\" }\n";
-    let manifest_after = "[project]\nname = \"t\"\n[sources.raw_orders]\ntags = { owner = \"payments\" }\n";
+    let manifest_before =
+        "[project]\nname = \"t\"\n[sources.raw_orders]\ntags = { owner = \"ops\" }\n";
+    let manifest_after =
+        "[project]\nname = \"t\"\n[sources.raw_orders]\ntags = { owner = \"payments\" }\n";
     check(
         &[("offshoot.toml", manifest_before), ("assets/orders.sql", "SELECT id FROM raw_orders")],
         &[("offshoot.toml", manifest_after), ("assets/orders.sql", "SELECT id FROM raw_orders")],

@@ -6,11 +6,13 @@ mod validate;
 
 use offshoot_project::{load, LoadError, MemoryFiles, Project};
 
-pub const MANIFEST: &str = "[project]\nname = \"t\"\n\n[sources.raw_orders]\n[sources.raw_customers]\n";
+pub const MANIFEST: &str =
+    "[project]\nname = \"t\"\n\n[sources.raw_orders]\n[sources.raw_customers]\n";
 
 /// A project from `(path, content)` pairs; the manifest above is added unless given.
 pub fn files(entries: &[(&str, &str)]) -> MemoryFiles {
-    let mut files = MemoryFiles::new(entries.iter().map(|(p, c)| (p.to_string(), c.as_bytes().to_vec())));
+    let mut files =
+        MemoryFiles::new(entries.iter().map(|(p, c)| (p.to_string(), c.as_bytes().to_vec())));
     files.files.entry("offshoot.toml".to_owned()).or_insert_with(|| MANIFEST.as_bytes().to_vec());
     files
 }

@@ -8,7 +8,9 @@ use crate::{files, load_ok};
 fn check_files(project: &MemoryFiles, expect: Expect) {
     let actual = match load(project) {
         Ok(project) => format!("ok: {} assets", project.snapshot.len()),
-        Err(LoadError::Invalid(diagnostics)) => diagnostics.iter().map(|d| format!("{d}\n")).collect(),
+        Err(LoadError::Invalid(diagnostics)) => {
+            diagnostics.iter().map(|d| format!("{d}\n")).collect()
+        }
         Err(error) => format!("files error: {error}"),
     };
     expect.assert_eq(&actual);
@@ -44,10 +46,13 @@ fn every_problem_in_one_pass() {
 
 #[test]
 fn self_reference_is_a_cycle() {
-    check(&[("assets/a.sql", "SELECT * FROM a")], expect![[r#"
+    check(
+        &[("assets/a.sql", "SELECT * FROM a")],
+        expect![[r#"
         assets/a.sql:1:15: error: dependency cycle: a -> a
           = hint: an asset cannot read from itself, directly or through other assets; break the cycle
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -63,10 +68,13 @@ fn ctes_qualified_quoted_and_external_names() {
     let orders = project.snapshot.assets().find(|a| a.key.as_str() == "orders").expect("orders");
     assert_eq!(orders.deps.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["raw_orders"]);
     // A quoted name is case-sensitive.
-    check(&[("assets/orders.sql", "SELECT 1"), ("assets/revenue.sql", "SELECT * FROM \"Orders\"")], expect![[r#"
+    check(
+        &[("assets/orders.sql", "SELECT 1"), ("assets/revenue.sql", "SELECT * FROM \"Orders\"")],
+        expect![[r#"
         assets/revenue.sql:1:15: error: `"Orders"` is not an asset, a source or a declared external table
           = hint: did you mean `orders`? Otherwise add an asset file for it, declare it under [sources.orders] in offshoot.toml, or list it in `external`
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -105,7 +113,10 @@ fn command_asset_problems() {
     check(
         &[
             ("assets/a.toml", "inputs = [\"load.py\"]\n"),
-            ("assets/b.toml", "command = \"python3 load.py\"\ninputs = [\"missing.py\", \"../etc/passwd\"]\n"),
+            (
+                "assets/b.toml",
+                "command = \"python3 load.py\"\ninputs = [\"missing.py\", \"../etc/passwd\"]\n",
+            ),
             ("assets/c.toml", "command = \"x\"\ncommand = \"y\"\n"),
         ],
         expect![[r#"
@@ -123,20 +134,32 @@ fn command_asset_problems() {
 
 #[test]
 fn manifest_problems() {
-    check(&[("offshoot.toml", "[project]\nnam = \"x\"\n")], expect![[r#"
+    check(
+        &[("offshoot.toml", "[project]\nnam = \"x\"\n")],
+        expect![[r#"
         offshoot.toml:2:1: error: unknown field `nam`, expected one of `name`, `description`, `dialect`, `production_branch`, `external`
           = hint: offshoot.toml needs a [project] table with `name`; see README.md for every key
-    "#]]);
-    check(&[("offshoot.toml", "[project]\nname = \"x\"\ndialect = \"oracle\"\n[sources.\"bad name\"]\n")], expect![[r#"
+    "#]],
+    );
+    check(
+        &[(
+            "offshoot.toml",
+            "[project]\nname = \"x\"\ndialect = \"oracle\"\n[sources.\"bad name\"]\n",
+        )],
+        expect![[r#"
         offshoot.toml:3:11: error: unknown SQL dialect `oracle`
           = hint: use "generic", "sqlite" or "postgres"
         offshoot.toml:4:1: error: invalid source name `bad name`: an asset key may contain only letters, digits and `_`, not ` `
           = hint: source names are table names: letters, digits and `_`
-    "#]]);
-    check_files(&MemoryFiles::new([("assets/a.sql", "SELECT 1")]), expect![[r#"
+    "#]],
+    );
+    check_files(
+        &MemoryFiles::new([("assets/a.sql", "SELECT 1")]),
+        expect![[r#"
         offshoot.toml:1:1: error: no offshoot.toml at the repository root
           = hint: run `offshoot init` to create one, or point --repo at the project's repository
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -159,14 +182,18 @@ fn hostile_file_names_and_contents_never_panic() {
     );
     let mut binary = files(&[]);
     binary.files.insert("assets/bin.sql".into(), vec![b'S', b'E', 0xff, 0xfe]);
-    check_files(&binary, expect![[r#"
+    check_files(
+        &binary,
+        expect![[r#"
         assets/bin.sql:1:3: error: the file is not valid UTF-8
           = hint: save the file as UTF-8
-    "#]]);
+    "#]],
+    );
     // Deeply nested or huge inputs give errors, not crashes.
     let deep = format!("SELECT {}1{} AS x", "(".repeat(3000), ")".repeat(3000));
     let long_header = format!("/* offshoot\ntags = {}\n*/\nSELECT 1", "[".repeat(5000));
-    let project = files(&[("assets/deep.sql", deep.as_str()), ("assets/header.sql", long_header.as_str())]);
+    let project =
+        files(&[("assets/deep.sql", deep.as_str()), ("assets/header.sql", long_header.as_str())]);
     assert!(matches!(load(&project), Err(LoadError::Invalid(d)) if d.len() == 2));
 }
 
@@ -178,24 +205,41 @@ fn large_projects_parse_in_parallel_with_the_same_results() {
             (format!("assets/a{i}.sql"), format!("SELECT id FROM {upstream}"))
         })
         .collect();
-    let borrowed: Vec<(&str, &str)> = entries.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let borrowed: Vec<(&str, &str)> =
+        entries.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
     let project = load_ok(&borrowed);
     assert_eq!(project.snapshot.len(), 302);
-    let order: Vec<&str> = project.snapshot.topological_order().iter().map(|k| k.as_str()).filter(|k| k.starts_with('a')).collect();
+    let order: Vec<&str> = project
+        .snapshot
+        .topological_order()
+        .iter()
+        .map(|k| k.as_str())
+        .filter(|k| k.starts_with('a'))
+        .collect();
     assert_eq!(order.len(), 300);
     entries[17].1 = "SELECT FROM WHERE".to_owned();
     entries[250].1 = "SELECT id FROM a9999".to_owned();
-    let borrowed: Vec<(&str, &str)> = entries.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
-    let Err(LoadError::Invalid(diagnostics)) = load(&files(&borrowed)) else { panic!("expected problems") };
-    let places: Vec<String> = diagnostics.iter().map(|d| format!("{}:{}:{}", d.path, d.line, d.column)).collect();
-    assert_eq!(places, ["assets/a17.sql:1:13", "assets/a250.sql:1:16"], "a broken file does not make its readers fail too");
+    let borrowed: Vec<(&str, &str)> =
+        entries.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let Err(LoadError::Invalid(diagnostics)) = load(&files(&borrowed)) else {
+        panic!("expected problems")
+    };
+    let places: Vec<String> =
+        diagnostics.iter().map(|d| format!("{}:{}:{}", d.path, d.line, d.column)).collect();
+    assert_eq!(
+        places,
+        ["assets/a17.sql:1:13", "assets/a250.sql:1:16"],
+        "a broken file does not make its readers fail too"
+    );
 }
 
 fn check_manifest(manifest: &str, expect: Expect) {
     let project = MemoryFiles::new([("offshoot.toml".to_owned(), manifest.as_bytes().to_vec())]);
     let actual = match offshoot_project::read_manifest(&project) {
         Ok(manifest) => format!("ok: {:?}", manifest.location),
-        Err(LoadError::Invalid(diagnostics)) => diagnostics.iter().map(|d| format!("{d}\n")).collect(),
+        Err(LoadError::Invalid(diagnostics)) => {
+            diagnostics.iter().map(|d| format!("{d}\n")).collect()
+        }
         Err(error) => format!("files error: {error}"),
     };
     expect.assert_eq(&actual);
@@ -206,16 +250,23 @@ fn location_section() {
     check_manifest("[project]\nname = \"a\"\n", expect!["ok: Native"]);
     check_manifest(
         "[project]\nname = \"a\"\n[location]\ntype = \"dbt\"\nproject_dir = \"./transform/\"\n",
-        expect![[r#"ok: Dbt(DbtConfig { project_dir: "transform", parse_command: "dbt parse", build_command: "dbt build", timeout_seconds: 600 })"#]],
+        expect![[
+            r#"ok: Dbt(DbtConfig { project_dir: "transform", parse_command: "dbt parse", build_command: "dbt build", timeout_seconds: 600 })"#
+        ]],
     );
     check_manifest(
         "[project]\nname = \"a\"\n[location]\ntype = \"dagster\"\nmodule = \"shop.definitions\"\n",
-        expect![[r#"ok: Dagster(DagsterConfig { module: Some("shop.definitions"), file: None, attribute: None, python: "python", working_directory: ".", timeout_seconds: 600 })"#]],
+        expect![[
+            r#"ok: Dagster(DagsterConfig { module: Some("shop.definitions"), file: None, attribute: None, python: "python", working_directory: ".", timeout_seconds: 600 })"#
+        ]],
     );
-    check_manifest("[project]\nname = \"a\"\n[location]\ntype = \"airflow\"\n", expect![[r#"
+    check_manifest(
+        "[project]\nname = \"a\"\n[location]\ntype = \"airflow\"\n",
+        expect![[r#"
         offshoot.toml:4:8: error: unknown location type `airflow`
           = hint: use "native", "dbt" or "dagster"
-    "#]]);
+    "#]],
+    );
     check_manifest(
         "[project]\nname = \"a\"\n[location]\ntype = \"dbt\"\nproject_dir = \"../elsewhere\"\nmodule = \"x\"\n",
         expect![[r#"

@@ -48,14 +48,20 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { requests: Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS)), body_bytes: Arc::new(Semaphore::new(BODY_BUDGET_BYTES)) }
+        Limits {
+            requests: Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS)),
+            body_bytes: Arc::new(Semaphore::new(BODY_BUDGET_BYTES)),
+        }
     }
 }
 
 impl Limits {
     /// A slot for one request, held until it is answered; `Err` (503) when all are taken.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, Refused> {
-        self.requests.clone().try_acquire_owned().map_err(|_| Refused::Busy("too many webhook requests at once"))
+        self.requests
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Busy("too many webhook requests at once"))
     }
 }
 
@@ -87,13 +93,25 @@ impl IntoResponse for Refused {
                 format!("webhook bodies are limited to {} MB", MAX_BODY_BYTES / (1024 * 1024)),
             ),
             Refused::Busy(why) => {
-                let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "webhooks_busy", format!("{why}; retry later"));
+                let error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "webhooks_busy",
+                    format!("{why}; retry later"),
+                );
                 let mut response = error.into_response();
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
                 return response;
             }
-            Refused::TooSlow => ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the webhook body did not arrive in time"),
-            Refused::Broken => ApiError::bad_request("invalid_request", "the webhook body could not be read"),
+            Refused::TooSlow => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the webhook body did not arrive in time",
+            ),
+            Refused::Broken => {
+                ApiError::bad_request("invalid_request", "the webhook body could not be read")
+            }
         };
         error.into_response()
     }
@@ -115,21 +133,42 @@ fn check_declared_length(headers: &HeaderMap) -> Result<(), Refused> {
 
 /// Reads `body` within the cap, the budget and the time limit, handing each chunk to `inspect`
 /// as it arrives (GitHub's HMAC). The caller has authenticated what the headers allow already.
-pub async fn read(limits: &Limits, headers: &HeaderMap, body: Body, inspect: impl FnMut(&[u8])) -> Result<Received, Refused> {
+pub async fn read(
+    limits: &Limits,
+    headers: &HeaderMap,
+    body: Body,
+    inspect: impl FnMut(&[u8]),
+) -> Result<Received, Refused> {
     check_declared_length(headers)?;
-    match tokio::time::timeout(BODY_TIMEOUT, read_within_budget(limits, declared_length(headers), body, inspect)).await {
+    match tokio::time::timeout(
+        BODY_TIMEOUT,
+        read_within_budget(limits, declared_length(headers), body, inspect),
+    )
+    .await
+    {
         Ok(result) => result,
         Err(_) => Err(Refused::TooSlow),
     }
 }
 
-async fn read_within_budget(limits: &Limits, declared: Option<u64>, mut body: Body, mut inspect: impl FnMut(&[u8])) -> Result<Received, Refused> {
+async fn read_within_budget(
+    limits: &Limits,
+    declared: Option<u64>,
+    mut body: Body,
+    mut inspect: impl FnMut(&[u8]),
+) -> Result<Received, Refused> {
     // A declared length is reserved whole, before reading: a body that cannot be held is refused
     // before it costs anything. Without one, each chunk is reserved as it arrives.
     let mut reserved = match declared {
         Some(length) => {
             let length = u32::try_from(length).map_err(|_| Refused::TooLarge)?;
-            Some(limits.body_bytes.clone().try_acquire_many_owned(length).map_err(|_| no_budget())?)
+            Some(
+                limits
+                    .body_bytes
+                    .clone()
+                    .try_acquire_many_owned(length)
+                    .map_err(|_| no_budget())?,
+            )
         }
         None => None,
     };
@@ -142,7 +181,8 @@ async fn read_within_budget(limits: &Limits, declared: Option<u64>, mut body: Bo
         }
         if declared.is_none() {
             let more = u32::try_from(chunk.len()).map_err(|_| Refused::TooLarge)?;
-            let permit = limits.body_bytes.clone().try_acquire_many_owned(more).map_err(|_| no_budget())?;
+            let permit =
+                limits.body_bytes.clone().try_acquire_many_owned(more).map_err(|_| no_budget())?;
             match reserved.as_mut() {
                 Some(held) => held.merge(permit),
                 None => reserved = Some(permit),
@@ -171,16 +211,27 @@ mod tests {
     }
 
     fn block_on<F: std::future::Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime").block_on(future)
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(future)
     }
 
     #[test]
     fn a_body_is_read_and_inspected_chunk_by_chunk() {
         let limits = Limits::default();
         let mut seen = Vec::new();
-        let received = block_on(read(&limits, &headers(Some(5)), Body::from("hello"), |chunk| seen.extend_from_slice(chunk))).expect("read");
+        let received = block_on(read(&limits, &headers(Some(5)), Body::from("hello"), |chunk| {
+            seen.extend_from_slice(chunk)
+        }))
+        .expect("read");
         assert_eq!((received.bytes.as_slice(), seen.as_slice()), (&b"hello"[..], &b"hello"[..]));
-        assert_eq!(limits.body_bytes.available_permits(), BODY_BUDGET_BYTES - 5, "held while the body is");
+        assert_eq!(
+            limits.body_bytes.available_permits(),
+            BODY_BUDGET_BYTES - 5,
+            "held while the body is"
+        );
         drop(received);
         assert_eq!(limits.body_bytes.available_permits(), BODY_BUDGET_BYTES, "given back");
     }
@@ -188,7 +239,8 @@ mod tests {
     #[test]
     fn oversized_bodies_are_refused_by_length_or_as_they_grow() {
         let limits = Limits::default();
-        let refused = block_on(read(&limits, &headers(Some(MAX_BODY_BYTES + 1)), Body::empty(), |_| ()));
+        let refused =
+            block_on(read(&limits, &headers(Some(MAX_BODY_BYTES + 1)), Body::empty(), |_| ()));
         assert!(matches!(refused, Err(Refused::TooLarge)));
         let big = vec![b'x'; MAX_BODY_BYTES + 1];
         let refused = block_on(read(&limits, &headers(None), Body::from(big), |_| ()));
@@ -200,18 +252,41 @@ mod tests {
     fn the_budget_refuses_what_it_cannot_hold() {
         let limits = Limits::default();
         let two_large = block_on(async {
-            let first = read(&limits, &headers(Some(MAX_BODY_BYTES)), Body::from(vec![b' '; MAX_BODY_BYTES]), |_| ()).await.expect("read");
-            let second = read(&limits, &headers(Some(MAX_BODY_BYTES)), Body::from(vec![b' '; MAX_BODY_BYTES]), |_| ()).await.expect("read");
+            let first = read(
+                &limits,
+                &headers(Some(MAX_BODY_BYTES)),
+                Body::from(vec![b' '; MAX_BODY_BYTES]),
+                |_| (),
+            )
+            .await
+            .expect("read");
+            let second = read(
+                &limits,
+                &headers(Some(MAX_BODY_BYTES)),
+                Body::from(vec![b' '; MAX_BODY_BYTES]),
+                |_| (),
+            )
+            .await
+            .expect("read");
             (first, second)
         });
-        let refused = block_on(read(&limits, &headers(Some(MAX_BODY_BYTES)), Body::empty(), |_| ()));
+        let refused =
+            block_on(read(&limits, &headers(Some(MAX_BODY_BYTES)), Body::empty(), |_| ()));
         assert!(matches!(refused, Err(Refused::Busy(_))), "a third large body is over the budget");
-        let refused = block_on(read(&limits, &headers(None), Body::from(vec![b' '; MAX_BODY_BYTES]), |_| ()));
-        assert!(matches!(refused, Err(Refused::Busy(_))), "also when its length shows only as it streams");
-        assert!(block_on(read(&limits, &headers(Some(5)), Body::from("hello"), |_| ())).is_ok(), "a small one still fits");
+        let refused =
+            block_on(read(&limits, &headers(None), Body::from(vec![b' '; MAX_BODY_BYTES]), |_| ()));
+        assert!(
+            matches!(refused, Err(Refused::Busy(_))),
+            "also when its length shows only as it streams"
+        );
+        assert!(
+            block_on(read(&limits, &headers(Some(5)), Body::from("hello"), |_| ())).is_ok(),
+            "a small one still fits"
+        );
         drop(two_large);
         assert_eq!(limits.body_bytes.available_permits(), BODY_BUDGET_BYTES);
-        let slots: Vec<_> = (0..MAX_CONCURRENT_REQUESTS).map(|_| limits.admit().expect("a slot")).collect();
+        let slots: Vec<_> =
+            (0..MAX_CONCURRENT_REQUESTS).map(|_| limits.admit().expect("a slot")).collect();
         assert!(limits.admit().is_err(), "one more than the slots");
         drop(slots);
         assert!(limits.admit().is_ok());

@@ -9,20 +9,29 @@ use serde::Deserialize;
 
 use super::body::{self, Limits};
 use super::{
-    any_commit_id, branch_name, branch_of_ref, commit_id, is_null_commit, dispatch, header, hook_repositories, malformed, unauthorized, HeadTrigger,
-    HookJob, Hooks, Interpretation, PayloadRepository, PullRequestRef, Route,
+    any_commit_id, branch_name, branch_of_ref, commit_id, dispatch, header, hook_repositories,
+    is_null_commit, malformed, unauthorized, HeadTrigger, HookJob, Hooks, Interpretation,
+    PayloadRepository, PullRequestRef, Route,
 };
 use crate::config::{ForgeKind, RepositoryConfig};
 use crate::error::ApiError;
 use crate::state::{Metrics, SharedState};
 
-pub async fn receive(state: &SharedState, hooks: &Hooks, limits: &Limits, headers: &HeaderMap, request_body: Body) -> Result<Response, ApiError> {
+pub async fn receive(
+    state: &SharedState,
+    hooks: &Hooks,
+    limits: &Limits,
+    headers: &HeaderMap,
+    request_body: Body,
+) -> Result<Response, ApiError> {
     Metrics::increment(&state.metrics.http_requests);
     let candidates = hook_repositories(state, ForgeKind::GitLab);
     if candidates.is_empty() {
         return Err(unauthorized("no repository accepts GitLab webhooks: configure `forge = \"gitlab\"` and a `webhook_secret`"));
     }
-    let token = header(headers, "x-gitlab-token").ok_or_else(|| unauthorized("the X-Gitlab-Token header is missing; set the webhook's secret token"))?;
+    let token = header(headers, "x-gitlab-token").ok_or_else(|| {
+        unauthorized("the X-Gitlab-Token header is missing; set the webhook's secret token")
+    })?;
     let verified: Vec<&RepositoryConfig> = candidates
         .iter()
         .filter(|(_, _, secret)| secret.matches(token.as_bytes()))
@@ -31,16 +40,22 @@ pub async fn receive(state: &SharedState, hooks: &Hooks, limits: &Limits, header
     if verified.is_empty() {
         return Err(unauthorized("the X-Gitlab-Token does not match the webhook secret"));
     }
-    let event = header(headers, "x-gitlab-event").ok_or_else(|| malformed("the X-Gitlab-Event header is missing"))?;
+    let event = header(headers, "x-gitlab-event")
+        .ok_or_else(|| malformed("the X-Gitlab-Event header is missing"))?;
     // Only an authenticated request's body is read at all.
     let received = match body::read(limits, headers, request_body, |_| ()).await {
         Ok(received) => received,
         Err(refused) => return Ok(refused.into_response()),
     };
-    let payload: serde_json::Value = serde_json::from_slice(&received.bytes).map_err(|e| malformed(format!("the body is not JSON: {e}")))?;
+    let payload: serde_json::Value = serde_json::from_slice(&received.bytes)
+        .map_err(|e| malformed(format!("the body is not JSON: {e}")))?;
     drop(received);
     let configured: Vec<&RepositoryConfig> = candidates.iter().map(|(repo, _, _)| *repo).collect();
-    let route = Route { kind: ForgeKind::GitLab, delivery: header(headers, "x-gitlab-event-uuid"), mismatch: "the X-Gitlab-Token does not match this repository's webhook secret" };
+    let route = Route {
+        kind: ForgeKind::GitLab,
+        delivery: header(headers, "x-gitlab-event-uuid"),
+        mismatch: "the X-Gitlab-Token does not match this repository's webhook secret",
+    };
     dispatch(state, hooks, &configured, &verified, interpret(event, payload)?, route).await
 }
 
@@ -49,7 +64,9 @@ pub fn interpret(event: &str, payload: serde_json::Value) -> Result<Interpretati
     match event {
         "Merge Request Hook" => merge_request(payload),
         "Push Hook" => push(payload),
-        other => Ok(Interpretation::Ignored(format!("`{}` events are not used", other.escape_debug()))),
+        other => {
+            Ok(Interpretation::Ignored(format!("`{}` events are not used", other.escape_debug())))
+        }
     }
 }
 
@@ -70,7 +87,10 @@ impl Project {
         PayloadRepository {
             full_name: self.path_with_namespace,
             id: self.id,
-            urls: [self.git_http_url, self.git_ssh_url, self.web_url].into_iter().flatten().collect(),
+            urls: [self.git_http_url, self.git_ssh_url, self.web_url]
+                .into_iter()
+                .flatten()
+                .collect(),
         }
     }
 }
@@ -113,7 +133,10 @@ struct Changes {
     target_branch: Option<serde_json::Value>,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(payload: serde_json::Value, event: &str) -> Result<T, ApiError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    payload: serde_json::Value,
+    event: &str,
+) -> Result<T, ApiError> {
     serde_json::from_value(payload).map_err(|e| malformed(format!("not a `{event}` payload: {e}")))
 }
 
@@ -125,25 +148,47 @@ fn merge_request(payload: serde_json::Value) -> Result<Interpretation, ApiError>
         Some("open" | "reopen") => Some(HeadTrigger::Opened),
         Some("update") if base_changed => Some(HeadTrigger::BaseChanged),
         Some("update") if attributes.oldrev.is_some() => Some(HeadTrigger::NewCommit),
-        Some("update") => return Ok(Interpretation::Ignored("the merge request was updated without new commits or a new target branch".to_owned())),
+        Some("update") => {
+            return Ok(Interpretation::Ignored(
+                "the merge request was updated without new commits or a new target branch"
+                    .to_owned(),
+            ))
+        }
         Some("close" | "merge") => None,
         other => {
             let action = other.unwrap_or("(none)").escape_debug().to_string();
-            return Ok(Interpretation::Ignored(format!("merge request action `{action}` changes no deployment")));
+            return Ok(Interpretation::Ignored(format!(
+                "merge request action `{action}` changes no deployment"
+            )));
         }
     };
     let from_fork = attributes.source_project_id != attributes.target_project_id;
     // A fork's branch is named `namespace/project:branch`, so it can never be taken for a branch
     // of the project itself.
     let branch = if from_fork {
-        let owner = attributes.source.as_ref().map(|s| s.path_with_namespace.clone()).unwrap_or_else(|| format!("fork-{}", attributes.source_project_id));
-        branch_name(&format!("{owner}:{}", attributes.source_branch), "object_attributes.source_branch")?
+        let owner = attributes
+            .source
+            .as_ref()
+            .map(|s| s.path_with_namespace.clone())
+            .unwrap_or_else(|| format!("fork-{}", attributes.source_project_id));
+        branch_name(
+            &format!("{owner}:{}", attributes.source_branch),
+            "object_attributes.source_branch",
+        )?
     } else {
         branch_name(&attributes.source_branch, "object_attributes.source_branch")?
     };
-    let pull_request = PullRequestRef { branch, id: attributes.iid.to_string(), url: attributes.url.clone(), from_fork };
+    let pull_request = PullRequestRef {
+        branch,
+        id: attributes.iid.to_string(),
+        url: attributes.url.clone(),
+        from_fork,
+    };
     let job = match trigger {
-        None => HookJob::PullRequestClosed { pull_request, merged: attributes.action.as_deref() == Some("merge") },
+        None => HookJob::PullRequestClosed {
+            pull_request,
+            merged: attributes.action.as_deref() == Some("merge"),
+        },
         Some(trigger) => HookJob::PullRequestHead {
             pull_request,
             commit: commit_id(&attributes.last_commit.id, "object_attributes.last_commit.id")?,
@@ -181,6 +226,10 @@ fn push(payload: serde_json::Value) -> Result<Interpretation, ApiError> {
     let branch = branch_name(branch, "ref")?;
     let commit = any_commit_id(&event.after, "after")?;
     // GitLab announces a deleted branch as a push whose `after` is all zeros.
-    let job = if is_null_commit(&commit) { HookJob::BranchDeleted { branch } } else { HookJob::BranchPushed { branch, commit } };
+    let job = if is_null_commit(&commit) {
+        HookJob::BranchDeleted { branch }
+    } else {
+        HookJob::BranchPushed { branch, commit }
+    };
     Ok(Interpretation::Job(event.project_of_push(), job))
 }

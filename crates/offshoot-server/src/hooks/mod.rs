@@ -26,7 +26,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use offshoot_core::{BranchName, DeploymentKind, DeploymentName, DeploymentStatus, PullRequestStatus, RepositoryName};
+use offshoot_core::{
+    BranchName, DeploymentKind, DeploymentName, DeploymentStatus, PullRequestStatus, RepositoryName,
+};
 use offshoot_store::{Intake, NewIntake, PullRequest};
 use serde::{Deserialize, Serialize};
 
@@ -69,7 +71,12 @@ pub fn router() -> Router<SharedState> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HookJob {
     /// Deploy a pull request's head commit.
-    PullRequestHead { pull_request: PullRequestRef, commit: String, base_branch: String, trigger: HeadTrigger },
+    PullRequestHead {
+        pull_request: PullRequestRef,
+        commit: String,
+        base_branch: String,
+        trigger: HeadTrigger,
+    },
     /// The pull request was closed or merged: close its deployment.
     PullRequestClosed { pull_request: PullRequestRef, merged: bool },
     /// A push to a branch (deploys `prod` when it is the production branch; other branches
@@ -180,7 +187,14 @@ pub struct Hooks;
 
 impl Hooks {
     /// Records `job` durably unless the delivery was recorded before, then answers.
-    async fn accept(&self, state: &SharedState, repo: &RepositoryConfig, kind: ForgeKind, delivery: Option<&str>, job: HookJob) -> Result<Response, ApiError> {
+    async fn accept(
+        &self,
+        state: &SharedState,
+        repo: &RepositoryConfig,
+        kind: ForgeKind,
+        delivery: Option<&str>,
+        job: HookJob,
+    ) -> Result<Response, ApiError> {
         let delivery = delivery.filter(|d| !d.is_empty() && d.len() <= 200).map(str::to_owned);
         let description = job.describe();
         let payload = serde_json::to_string(&job).map_err(ApiError::internal)?;
@@ -193,7 +207,10 @@ impl Hooks {
             now: now(),
         };
         if state.store.record_intake(new).await?.is_none() {
-            tracing::info!("webhook for `{}`: delivery already handled; ignoring the replay", repo.name);
+            tracing::info!(
+                "webhook for `{}`: delivery already handled; ignoring the replay",
+                repo.name
+            );
             return Ok(answer(StatusCode::OK, "duplicate", "this delivery was handled already"));
         }
         state.intake_wakeup.notify_one();
@@ -210,7 +227,9 @@ pub async fn intake_worker(state: SharedState) {
         match state.store.pending_intake().await {
             Ok(pending) => {
                 let abandoned_before = now() - 2 * state.config.lease.as_millis() as i64;
-                for intake in pending.into_iter().filter(|i| i.received_by == state.config.server_id || i.received_at < abandoned_before) {
+                for intake in pending.into_iter().filter(|i| {
+                    i.received_by == state.config.server_id || i.received_at < abandoned_before
+                }) {
                     carry_out(&state, &intake).await;
                     if let Err(error) = state.store.finish_intake(intake.id, now()).await {
                         tracing::error!("webhook job {}: {error}", intake.id.0);
@@ -225,11 +244,17 @@ pub async fn intake_worker(state: SharedState) {
 
 async fn carry_out(state: &SharedState, intake: &Intake) {
     let Some(repo) = state.repository(&intake.repository).cloned() else {
-        return tracing::warn!("webhook job {}: repository `{}` is no longer configured", intake.id.0, intake.repository);
+        return tracing::warn!(
+            "webhook job {}: repository `{}` is no longer configured",
+            intake.id.0,
+            intake.repository
+        );
     };
     let job: HookJob = match serde_json::from_str(&intake.payload) {
         Ok(job) => job,
-        Err(error) => return tracing::error!("webhook job {} cannot be read back: {error}", intake.id.0),
+        Err(error) => {
+            return tracing::error!("webhook job {} cannot be read back: {error}", intake.id.0)
+        }
     };
     if let Err(message) = run(state, &repo, job).await {
         tracing::warn!("webhook for `{}`: {message}", repo.name);
@@ -260,7 +285,10 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Repositories that accept webhooks from this kind of host (those with a secret).
-fn hook_repositories(state: &SharedState, kind: ForgeKind) -> Vec<(&RepositoryConfig, &ForgeConfig, &Secret)> {
+fn hook_repositories(
+    state: &SharedState,
+    kind: ForgeKind,
+) -> Vec<(&RepositoryConfig, &ForgeConfig, &Secret)> {
     state
         .config
         .repositories
@@ -274,11 +302,15 @@ fn hook_repositories(state: &SharedState, kind: ForgeKind) -> Vec<(&RepositoryCo
 
 /// The configured repository a payload names: by `project` when configured, else by the remote
 /// URL, else by the repository name (`acme/shop` → `shop`).
-fn find_repository<'a>(candidates: &[&'a RepositoryConfig], payload: &PayloadRepository) -> Option<&'a RepositoryConfig> {
+fn find_repository<'a>(
+    candidates: &[&'a RepositoryConfig],
+    payload: &PayloadRepository,
+) -> Option<&'a RepositoryConfig> {
     candidates.iter().copied().find(|repo| {
         let Some(forge) = &repo.forge else { return false };
         if let Some(project) = &forge.project {
-            return project.eq_ignore_ascii_case(&payload.full_name) || payload.id.is_some_and(|id| project == &id.to_string());
+            return project.eq_ignore_ascii_case(&payload.full_name)
+                || payload.id.is_some_and(|id| project == &id.to_string());
         }
         if let Some(remote) = &repo.remote {
             let configured = normalize_url(&remote.url);
@@ -301,7 +333,8 @@ fn normalize_url(url: &str) -> String {
         _ => without_scheme,
     };
     let scp_like = !url.contains("://");
-    let joined = if scp_like { without_user.replacen(':', "/", 1) } else { without_user.to_owned() };
+    let joined =
+        if scp_like { without_user.replacen(':', "/", 1) } else { without_user.to_owned() };
     let trimmed = joined.trim_end_matches('/');
     let trimmed = trimmed.strip_suffix(".git").unwrap_or(trimmed);
     match trimmed.split_once('/') {
@@ -335,7 +368,8 @@ fn is_null_commit(id: &str) -> bool {
 }
 
 fn branch_name(text: &str, field: &str) -> Result<BranchName, ApiError> {
-    BranchName::new(text).map_err(|e| ApiError::bad_request("invalid_branch_name", format!("`{field}`: {e}")))
+    BranchName::new(text)
+        .map_err(|e| ApiError::bad_request("invalid_branch_name", format!("`{field}`: {e}")))
 }
 
 /// The branch a ref names, or `None` for tags and other refs: the one place a forge's ref becomes
@@ -357,9 +391,15 @@ impl HookJob {
                 format!("pull request {} ({what}): deploying {}", pull_request.id, short(commit))
             }
             HookJob::PullRequestClosed { pull_request, merged } => {
-                format!("pull request {} {}: closing its deployment", pull_request.id, if *merged { "merged" } else { "closed" })
+                format!(
+                    "pull request {} {}: closing its deployment",
+                    pull_request.id,
+                    if *merged { "merged" } else { "closed" }
+                )
             }
-            HookJob::BranchPushed { commit, .. } => format!("push to the production branch: deploying {}", short(commit)),
+            HookJob::BranchPushed { commit, .. } => {
+                format!("push to the production branch: deploying {}", short(commit))
+            }
             HookJob::BranchDeleted { .. } => "branch deleted: closing its deployment".to_owned(),
         }
     }
@@ -400,11 +440,15 @@ fn admit(repo: &RepositoryConfig, forge: &ForgeConfig, job: &HookJob) -> Result<
 /// Carries out one job. `Err` is a message for the log.
 pub async fn run(state: &SharedState, repo: &RepositoryConfig, job: HookJob) -> Result<(), String> {
     if job.needs_fetch() && repo.remote.is_some() {
-        mirror::fetch(&state.config.data_dir, repo).await.map_err(|e| format!("fetching {}: {e}", mirror::display_url(repo)))?;
+        mirror::fetch(&state.config.data_dir, repo)
+            .await
+            .map_err(|e| format!("fetching {}: {e}", mirror::display_url(repo)))?;
         mirror::deploy_production_if_new(state, repo).await;
     }
     match job {
-        HookJob::PullRequestHead { pull_request, commit, base_branch, trigger } => deploy_head(state, repo, pull_request, commit, &base_branch, trigger).await,
+        HookJob::PullRequestHead { pull_request, commit, base_branch, trigger } => {
+            deploy_head(state, repo, pull_request, commit, &base_branch, trigger).await
+        }
         HookJob::PullRequestClosed { pull_request, merged } => {
             let status = if merged { PullRequestStatus::Merged } else { PullRequestStatus::Closed };
             close_branch(state, repo, &pull_request.branch, Some((&pull_request, status))).await
@@ -435,8 +479,15 @@ async fn deploy_head(
     base_branch: &str,
     trigger: HeadTrigger,
 ) -> Result<(), String> {
-    let existing = state.store.find_deployment_by_branch(&repo.name, &pull_request.branch).await.map_err(|e| e.to_string())?;
-    if let Some(deployment) = existing.as_ref().filter(|d| d.status == DeploymentStatus::Closed && trigger != HeadTrigger::Opened) {
+    let existing = state
+        .store
+        .find_deployment_by_branch(&repo.name, &pull_request.branch)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(deployment) = existing
+        .as_ref()
+        .filter(|d| d.status == DeploymentStatus::Closed && trigger != HeadTrigger::Opened)
+    {
         tracing::info!(
             "pull request {}: `{}` is closed and stays closed until the pull request is reopened; reopening deploys its newest commit",
             pull_request.id,
@@ -445,7 +496,10 @@ async fn deploy_head(
     }
     let base_deployment = base_deployment(state, repo, base_branch, trigger).await?;
     let base_changed = trigger == HeadTrigger::BaseChanged
-        && existing.as_ref().is_some_and(|d| d.base_deployment.clone().unwrap_or_else(DeploymentName::production) != base_deployment.clone().unwrap_or_else(DeploymentName::production));
+        && existing.as_ref().is_some_and(|d| {
+            d.base_deployment.clone().unwrap_or_else(DeploymentName::production)
+                != base_deployment.clone().unwrap_or_else(DeploymentName::production)
+        });
     let push = Push {
         repository: repo.name.clone(),
         branch: pull_request.branch.clone(),
@@ -466,23 +520,46 @@ async fn deploy_head(
 /// The deployment change tracking compares a pull request with: the open deployment of its
 /// target branch, or prod. `None` keeps the default (prod) without recording it, except when
 /// the base changed, where prod must replace an earlier base explicitly.
-async fn base_deployment(state: &SharedState, repo: &RepositoryConfig, base_branch: &str, trigger: HeadTrigger) -> Result<Option<DeploymentName>, String> {
-    let explicit_production = (trigger == HeadTrigger::BaseChanged).then(DeploymentName::production);
+async fn base_deployment(
+    state: &SharedState,
+    repo: &RepositoryConfig,
+    base_branch: &str,
+    trigger: HeadTrigger,
+) -> Result<Option<DeploymentName>, String> {
+    let explicit_production =
+        (trigger == HeadTrigger::BaseChanged).then(DeploymentName::production);
     if base_branch == repo.production_branch {
         return Ok(explicit_production);
     }
     let Ok(branch) = BranchName::new(base_branch) else { return Ok(explicit_production) };
-    match state.store.find_deployment_by_branch(&repo.name, &branch).await.map_err(|e| e.to_string())? {
+    match state
+        .store
+        .find_deployment_by_branch(&repo.name, &branch)
+        .await
+        .map_err(|e| e.to_string())?
+    {
         Some(base) if base.status == DeploymentStatus::Open => Ok(Some(base.name)),
         _ => {
-            tracing::info!("the target branch of a pull request has no open deployment; comparing with prod");
+            tracing::info!(
+                "the target branch of a pull request has no open deployment; comparing with prod"
+            );
             Ok(explicit_production)
         }
     }
 }
 
-async fn close_branch(state: &SharedState, repo: &RepositoryConfig, branch: &BranchName, pull_request: Option<(&PullRequestRef, PullRequestStatus)>) -> Result<(), String> {
-    let Some(deployment) = state.store.find_deployment_by_branch(&repo.name, branch).await.map_err(|e| e.to_string())? else {
+async fn close_branch(
+    state: &SharedState,
+    repo: &RepositoryConfig,
+    branch: &BranchName,
+    pull_request: Option<(&PullRequestRef, PullRequestStatus)>,
+) -> Result<(), String> {
+    let Some(deployment) = state
+        .store
+        .find_deployment_by_branch(&repo.name, branch)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         tracing::info!("webhook for `{}`: the branch has no deployment to close", repo.name);
         return Ok(());
     };
@@ -491,18 +568,33 @@ async fn close_branch(state: &SharedState, repo: &RepositoryConfig, branch: &Bra
     }
     let (reason, status, extras) = match pull_request {
         Some((pull_request, status)) => {
-            let known = PullRequest { id: pull_request.id.clone(), url: pull_request.url.clone(), status };
-            (format!("pull request {}", status.as_str().to_lowercase()), Some(status), Extras { pull_request: Some(known), ..Extras::default() })
+            let known =
+                PullRequest { id: pull_request.id.clone(), url: pull_request.url.clone(), status };
+            (
+                format!("pull request {}", status.as_str().to_lowercase()),
+                Some(status),
+                Extras { pull_request: Some(known), ..Extras::default() },
+            )
         }
         // A deleted branch ends its pull request too: one still open shows closed (a merged
         // one stays merged).
         None => {
-            let open_pull_request = deployment.pull_request.as_ref().is_some_and(|p| p.status == PullRequestStatus::Open);
-            ("the branch was deleted".to_owned(), open_pull_request.then_some(PullRequestStatus::Closed), Extras::default())
+            let open_pull_request = deployment
+                .pull_request
+                .as_ref()
+                .is_some_and(|p| p.status == PullRequestStatus::Open);
+            (
+                "the branch was deleted".to_owned(),
+                open_pull_request.then_some(PullRequestStatus::Closed),
+                Extras::default(),
+            )
         }
     };
     // Closing a closed deployment records a merge that followed a close and changes nothing else.
-    lifecycle::close_with(state, &deployment, &reason, status, extras).await.map(|_| ()).map_err(|e| e.message)
+    lifecycle::close_with(state, &deployment, &reason, status, extras)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.message)
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ const DEPLOY: &str = "deploy-token-2222";
 const LEGACY_ADMIN: &str = "legacy-admin-token-3333";
 
 /// Who calls: a label and the token presented.
-const CALLERS: [(&str, Option<&str>); 4] = [("none", None), ("read", Some(READ)), ("deploy", Some(DEPLOY)), ("admin", Some(LEGACY_ADMIN))];
+const CALLERS: [(&str, Option<&str>); 4] =
+    [("none", None), ("read", Some(READ)), ("deploy", Some(DEPLOY)), ("admin", Some(LEGACY_ADMIN))];
 
 fn role_config(dir: &Path, repo: &Path) -> String {
     format!(
@@ -54,7 +55,10 @@ fn matrix(server: &Server, actions: &[(&str, &str, String, Option<Value>)]) -> S
             if status == 403 {
                 let message = answer["error"]["message"].as_str().unwrap_or("");
                 let needed = answer["error"]["required_role"].as_str().unwrap_or("?");
-                assert!(message.contains(&format!("the `{needed}` role")), "{label}: a 403 names the role it needs: {answer}");
+                assert!(
+                    message.contains(&format!("the `{needed}` role")),
+                    "{label}: a 403 names the role it needs: {answer}"
+                );
             }
             row.push_str(&format!("{:<14}", outcome(status, &answer)));
         }
@@ -69,17 +73,34 @@ fn matrix(server: &Server, actions: &[(&str, &str, String, Option<Value>)]) -> S
 fn ready_branch(server: &Server, token: &str, repository: &str, branch: &str) -> String {
     let started = Instant::now();
     loop {
-        let (_, deployments) = server.request("GET", &format!("/api/v1/deployments?repository={repository}"), None, Some(token));
-        let found = deployments.as_array().into_iter().flatten().find(|d| d["branch"] == branch && d["current_revision"]["status"] == "ready");
+        let (_, deployments) = server.request(
+            "GET",
+            &format!("/api/v1/deployments?repository={repository}"),
+            None,
+            Some(token),
+        );
+        let found = deployments
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["branch"] == branch && d["current_revision"]["status"] == "ready");
         if let Some(deployment) = found {
             return deployment["name"].as_str().expect("name").to_owned();
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "{branch} never served: {deployments:#}\n{}", server.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{branch} never served: {deployments:#}\n{}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn check_matrix(server: &Server, actions: &[(&str, &str, String, Option<Value>)], expected: Expect) {
+fn check_matrix(
+    server: &Server,
+    actions: &[(&str, &str, String, Option<Value>)],
+    expected: Expect,
+) {
     expected.assert_eq(&matrix(server, actions));
 }
 
@@ -91,7 +112,8 @@ fn each_role_may_do_exactly_what_it_allows_through_the_api() {
     let feature = git(&repo, &["rev-parse", "feature/eur"]);
     server.wait_for_deployment_as("prod", LEGACY_ADMIN, |d| serving_commit(d) == main);
 
-    let branch = json!({ "branch_name": "feature/eur", "commit_hash": feature, "pull_request_id": "7" });
+    let branch =
+        json!({ "branch_name": "feature/eur", "commit_hash": feature, "pull_request_id": "7" });
     let production = json!({ "branch_name": "main", "commit_hash": main });
     check_matrix(
         &server,
@@ -100,8 +122,18 @@ fn each_role_may_do_exactly_what_it_allows_through_the_api() {
             ("show prod", "GET", "/api/v1/deployments/prod".into(), None),
             ("runs", "GET", "/api/v1/runs".into(), None),
             ("metrics", "GET", "/metrics".into(), None),
-            ("create-or-update a branch", "POST", "/api/v1/branch-deployments".into(), Some(branch)),
-            ("create-or-update main (prod)", "POST", "/api/v1/branch-deployments".into(), Some(production)),
+            (
+                "create-or-update a branch",
+                "POST",
+                "/api/v1/branch-deployments".into(),
+                Some(branch),
+            ),
+            (
+                "create-or-update main (prod)",
+                "POST",
+                "/api/v1/branch-deployments".into(),
+                Some(production),
+            ),
         ],
         expect![[r#"
                                               none          read          deploy        admin
@@ -114,9 +146,22 @@ fn each_role_may_do_exactly_what_it_allows_through_the_api() {
         "#]],
     );
     let name = ready_branch(&server, LEGACY_ADMIN, "shop", "feature/eur");
-    let (_, branch_run) = server.request("POST", &format!("/api/v1/deployments/{name}/runs"), Some(json!({ "selection": "key:*" })), Some(DEPLOY));
-    let (_, production_run) = server.request("POST", "/api/v1/deployments/prod/runs", Some(json!({ "selection": "key:*" })), Some(LEGACY_ADMIN));
-    let (branch_run, production_run) = (branch_run["id"].as_i64().expect("branch run"), production_run["id"].as_i64().expect("prod run"));
+    let (_, branch_run) = server.request(
+        "POST",
+        &format!("/api/v1/deployments/{name}/runs"),
+        Some(json!({ "selection": "key:*" })),
+        Some(DEPLOY),
+    );
+    let (_, production_run) = server.request(
+        "POST",
+        "/api/v1/deployments/prod/runs",
+        Some(json!({ "selection": "key:*" })),
+        Some(LEGACY_ADMIN),
+    );
+    let (branch_run, production_run) = (
+        branch_run["id"].as_i64().expect("branch run"),
+        production_run["id"].as_i64().expect("prod run"),
+    );
     let selection = || Some(json!({ "selection": "key:stg_orders" }));
     check_matrix(
         &server,
@@ -125,7 +170,12 @@ fn each_role_may_do_exactly_what_it_allows_through_the_api() {
             ("run in prod", "POST", "/api/v1/deployments/prod/runs".into(), selection()),
             ("cancel a branch run", "POST", format!("/api/v1/runs/{branch_run}/cancel"), None),
             ("cancel a prod run", "POST", format!("/api/v1/runs/{production_run}/cancel"), None),
-            ("pin the branch", "POST", format!("/api/v1/deployments/{name}/pin"), Some(json!({ "pinned": true }))),
+            (
+                "pin the branch",
+                "POST",
+                format!("/api/v1/deployments/{name}/pin"),
+                Some(json!({ "pinned": true })),
+            ),
             ("close prod", "POST", "/api/v1/deployments/prod/close".into(), None),
             ("reopen prod", "POST", "/api/v1/deployments/prod/reopen".into(), None),
             ("delete prod", "DELETE", "/api/v1/deployments/prod".into(), None),
@@ -150,7 +200,8 @@ fn each_role_may_do_exactly_what_it_allows_through_the_api() {
     );
 
     // The refusal says what the action needs and what the token has, in a stable shape.
-    let (status, answer) = server.request("POST", "/api/v1/deployments/prod/runs", selection(), Some(DEPLOY));
+    let (status, answer) =
+        server.request("POST", "/api/v1/deployments/prod/runs", selection(), Some(DEPLOY));
     assert_eq!(status, 403);
     assert_eq!(
         answer,
@@ -158,18 +209,32 @@ fn each_role_may_do_exactly_what_it_allows_through_the_api() {
             "message": "launching a run in the production deployment `prod` needs an API token with the `admin` role; this token's role is `deploy`" } })
     );
     let (status, answer) = server.request("GET", "/api/v1/deployments", None, None);
-    assert_eq!((status, answer["error"]["required_role"].as_str()), (401, Some("read")), "{answer}");
+    assert_eq!(
+        (status, answer["error"]["required_role"].as_str()),
+        (401, Some("read")),
+        "{answer}"
+    );
     // A token that is not configured is told so, and is not a role.
-    let (status, answer) = server.request("GET", "/api/v1/deployments", None, Some("legacy-admin-token-333"));
+    let (status, answer) =
+        server.request("GET", "/api/v1/deployments", None, Some("legacy-admin-token-333"));
     assert_eq!(status, 401);
-    assert!(answer["error"]["message"].as_str().unwrap_or("").starts_with("the bearer token is not one of the server's API tokens"), "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("the bearer token is not one of the server's API tokens"),
+        "{answer}"
+    );
 
     // whoami tells a client (the web UI) what the token may do.
     for (label, token) in CALLERS {
         let (status, answer) = server.request("GET", "/api/v1/whoami", None, token);
         assert_eq!(status, 200);
         let role = if label == "none" { Value::Null } else { json!(label) };
-        assert_eq!(answer, json!({ "token": if token.is_some() { "valid" } else { "none" }, "role": role, "public_reads": false }));
+        assert_eq!(
+            answer,
+            json!({ "token": if token.is_some() { "valid" } else { "none" }, "role": role, "public_reads": false })
+        );
     }
     let (_, answer) = server.request("GET", "/api/v1/whoami", None, Some("nope-nope"));
     assert_eq!(answer["token"], "invalid");
@@ -194,12 +259,27 @@ fn the_cli_previews_with_a_deploy_token_and_shows_why_production_is_refused() {
     server.wait_for_deployment_as("prod", LEGACY_ADMIN, |d| serving_commit(d) == main);
 
     // A CI's deploy token previews the branch.
-    let output = client_as(&server, Some(DEPLOY), &["branch-deployment", "create-or-update", "--branch-name", "feature/eur", "--commit-hash", &feature]);
+    let output = client_as(
+        &server,
+        Some(DEPLOY),
+        &[
+            "branch-deployment",
+            "create-or-update",
+            "--branch-name",
+            "feature/eur",
+            "--commit-hash",
+            &feature,
+        ],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let name = stdout(&output).trim().to_owned();
     let output = client_as(&server, Some(DEPLOY), &["deployment", "status", &name, "--wait"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let output = client_as(&server, Some(DEPLOY), &["materialize", "--deployment", &name, "--select", "changed_in_branch:ANY+"]);
+    let output = client_as(
+        &server,
+        Some(DEPLOY),
+        &["materialize", "--deployment", &name, "--select", "changed_in_branch:ANY+"],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
 
     // ... and is refused production, delete and pin, with the role each needs.
@@ -261,15 +341,29 @@ fn tokens_from_flags_and_variables_carry_roles_and_a_bad_role_names_its_place() 
     let started = Instant::now();
     let url = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.starts_with("offshoot serving on ") && text.contains(&format!("{l}\n"))) {
-            break line.trim_start_matches("offshoot serving on ").split_whitespace().next().expect("url").to_owned();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.starts_with("offshoot serving on ") && text.contains(&format!("{l}\n")))
+        {
+            break line
+                .trim_start_matches("offshoot serving on ")
+                .split_whitespace()
+                .next()
+                .expect("url")
+                .to_owned();
         }
         assert!(started.elapsed() < Duration::from_secs(30), "the server did not start: {text}");
         std::thread::sleep(Duration::from_millis(20));
     };
     let whoami = |token: &str| {
-        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-        let mut answer = agent.get(&format!("{url}/api/v1/whoami")).header("Authorization", &format!("Bearer {token}")).call().expect("answer");
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder().http_status_as_error(false).build(),
+        );
+        let mut answer = agent
+            .get(&format!("{url}/api/v1/whoami"))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .expect("answer");
         let text = answer.body_mut().read_to_string().expect("body");
         serde_json::from_str::<Value>(&text).expect("json")["role"].clone()
     };
@@ -285,13 +379,31 @@ fn tokens_from_flags_and_variables_carry_roles_and_a_bad_role_names_its_place() 
     let output = offshoot(&["serve", "--config", bad.to_str().expect("utf-8")]);
     assert_eq!(output.status.code(), Some(1));
     let text = stderr(&output);
-    assert_eq!(text, format!("error: {}:4: `deployer` is not a role: use \"read\", \"deploy\" or \"admin\"\n", bad.display()));
+    assert_eq!(
+        text,
+        format!(
+            "error: {}:4: `deployer` is not a role: use \"read\", \"deploy\" or \"admin\"\n",
+            bad.display()
+        )
+    );
     let table = dir.0.join("table.toml");
     std::fs::write(&table, "listen = \"127.0.0.1:0\"\n\n[[api_tokens]]\nsecret = \"typo-token-6666\"\nrole = \"Admin\"\n").expect("write");
     let text = stderr(&offshoot(&["serve", "--config", table.to_str().expect("utf-8")]));
-    assert_eq!(text, format!("error: {}:5: `Admin` is not a role: use \"read\", \"deploy\" or \"admin\"\n", table.display()));
+    assert_eq!(
+        text,
+        format!(
+            "error: {}:5: `Admin` is not a role: use \"read\", \"deploy\" or \"admin\"\n",
+            table.display()
+        )
+    );
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_offshoot"))
-        .args(["serve", "--config", config.to_str().expect("utf-8"), "--api-token", "deplyo:typo-token-7777"])
+        .args([
+            "serve",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--api-token",
+            "deplyo:typo-token-7777",
+        ])
         .output()
         .expect("runs");
     let text = stderr(&output);
@@ -316,7 +428,11 @@ const SECRETS: [(&str, &str); 9] = [
 ];
 
 fn secret(what: &str) -> &'static str {
-    SECRETS.iter().find(|(name, _)| *name == what).map(|(_, value)| *value).expect("a configured secret")
+    SECRETS
+        .iter()
+        .find(|(name, _)| *name == what)
+        .map(|(_, value)| *value)
+        .expect("a configured secret")
 }
 
 /// A forge that refuses everything and echoes the credentials it was sent in its error (some
@@ -349,7 +465,8 @@ fn echoing_forge() -> (String, Arc<Mutex<usize>>) {
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
             *counter.lock().expect("lock") += 1;
-            let text = json!({ "message": format!("Bad credentials: {}", credentials.join(" ")) }).to_string();
+            let text = json!({ "message": format!("Bad credentials: {}", credentials.join(" ")) })
+                .to_string();
             let _ = write!(stream, "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
         }
     });
@@ -362,7 +479,9 @@ fn refused_port() -> u16 {
 }
 
 fn get_raw(server: &Server, path: &str, authorization: Option<&str>) -> (u16, String) {
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().http_status_as_error(false).build(),
+    );
     let mut request = agent.get(&format!("{}{path}", server.url));
     if let Some(value) = authorization {
         request = request.header("Authorization", value);
@@ -383,7 +502,11 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
         String::new()
     } else {
         crate::server::psql("postgres", &format!("CREATE DATABASE {}", database.0));
-        format!("metadata_url = \"postgres://postgres:{}@127.0.0.1:5432/{}\"\n", secret("password in the metadata store URL"), database.0)
+        format!(
+            "metadata_url = \"postgres://postgres:{}@127.0.0.1:5432/{}\"\n",
+            secret("password in the metadata store URL"),
+            database.0
+        )
     };
     let config = format!(
         "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\npublic_reads = false\nlog_level = \"debug\"\npublic_url = \"http://offshoot.example\"\n{metadata}\
@@ -404,7 +527,8 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
         gitlab = secret("GitLab webhook token"),
     );
     let server = Server::start_with_config(&dir.0, &config);
-    let (admin, deploy, read) = (secret("admin API token"), secret("deploy API token"), secret("read API token"));
+    let (admin, deploy, read) =
+        (secret("admin API token"), secret("deploy API token"), secret("read API token"));
     let main = git(&repo, &["rev-parse", "main"]);
     let feature = git(&repo, &["rev-parse", "feature/eur"]);
     let broken = git(&repo, &["rev-parse", "broken"]);
@@ -425,7 +549,15 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
         ("basic auth", Some(format!("Basic {admin}"))),
         ("lower-case scheme", Some(format!("bearer {admin}"))),
     ] {
-        assert_eq!(record(&mut seen, what, get_raw(&server, "/api/v1/deployments?repository=shop", value.as_deref())), 401, "{what}");
+        assert_eq!(
+            record(
+                &mut seen,
+                what,
+                get_raw(&server, "/api/v1/deployments?repository=shop", value.as_deref())
+            ),
+            401,
+            "{what}"
+        );
         record(&mut seen, what, get_raw(&server, "/api/v1/whoami", value.as_deref()));
         record(&mut seen, what, get_raw(&server, "/metrics", value.as_deref()));
     }
@@ -436,23 +568,113 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
         post_raw_text(&server, path, &headers, body)
     };
     // Roles refused; bad requests; not-founds; a fetch that fails; a revision that fails.
-    let create = |branch: &str, commit: &str, repository: &str| json!({ "git_repo_name": repository, "branch_name": branch, "commit_hash": commit, "pull_request_id": "7", "pull_request_url": "https://github.com/acme/shop/pull/7" }).to_string();
-    assert_eq!(record(&mut seen, "read token writes", post(read, "/api/v1/branch-deployments", &create("feature/eur", &feature, "shop"))), 403);
-    assert_eq!(record(&mut seen, "deploy token deploys prod", post(deploy, "/api/v1/branch-deployments", &create("main", &main, "shop"))), 403);
-    assert_eq!(record(&mut seen, "deploy token runs prod", post(deploy, "/api/v1/deployments/prod/runs?repository=shop", r#"{"selection":"key:*"}"#)), 403);
-    record(&mut seen, "malformed JSON", post(deploy, "/api/v1/branch-deployments", "{\"branch_name\": "));
-    record(&mut seen, "unknown field", post(deploy, "/api/v1/branch-deployments", r#"{"branch_name":"x","commit_hash":"abc","extra":1}"#));
-    record(&mut seen, "not a commit", post(deploy, "/api/v1/branch-deployments", &create("feature/eur", "deadbeef", "shop")));
-    record(&mut seen, "no repository", post(deploy, "/api/v1/branch-deployments", &create("feature/eur", &feature, "nope")));
-    record(&mut seen, "no repository named", post(deploy, "/api/v1/branch-deployments", r#"{"branch_name":"x","commit_hash":"abc"}"#));
-    assert_eq!(record(&mut seen, "a fetch that fails", post(deploy, "/api/v1/branch-deployments", &create("feature/x", &feature, "elsewhere"))), 502);
-    record(&mut seen, "unknown deployment", get_raw(&server, "/api/v1/deployments/nope?repository=shop", Some(&bearer(read))));
+    let create = |branch: &str, commit: &str, repository: &str| {
+        json!({ "git_repo_name": repository, "branch_name": branch, "commit_hash": commit, "pull_request_id": "7", "pull_request_url": "https://github.com/acme/shop/pull/7" }).to_string()
+    };
+    assert_eq!(
+        record(
+            &mut seen,
+            "read token writes",
+            post(read, "/api/v1/branch-deployments", &create("feature/eur", &feature, "shop"))
+        ),
+        403
+    );
+    assert_eq!(
+        record(
+            &mut seen,
+            "deploy token deploys prod",
+            post(deploy, "/api/v1/branch-deployments", &create("main", &main, "shop"))
+        ),
+        403
+    );
+    assert_eq!(
+        record(
+            &mut seen,
+            "deploy token runs prod",
+            post(
+                deploy,
+                "/api/v1/deployments/prod/runs?repository=shop",
+                r#"{"selection":"key:*"}"#
+            )
+        ),
+        403
+    );
+    record(
+        &mut seen,
+        "malformed JSON",
+        post(deploy, "/api/v1/branch-deployments", "{\"branch_name\": "),
+    );
+    record(
+        &mut seen,
+        "unknown field",
+        post(
+            deploy,
+            "/api/v1/branch-deployments",
+            r#"{"branch_name":"x","commit_hash":"abc","extra":1}"#,
+        ),
+    );
+    record(
+        &mut seen,
+        "not a commit",
+        post(deploy, "/api/v1/branch-deployments", &create("feature/eur", "deadbeef", "shop")),
+    );
+    record(
+        &mut seen,
+        "no repository",
+        post(deploy, "/api/v1/branch-deployments", &create("feature/eur", &feature, "nope")),
+    );
+    record(
+        &mut seen,
+        "no repository named",
+        post(deploy, "/api/v1/branch-deployments", r#"{"branch_name":"x","commit_hash":"abc"}"#),
+    );
+    assert_eq!(
+        record(
+            &mut seen,
+            "a fetch that fails",
+            post(deploy, "/api/v1/branch-deployments", &create("feature/x", &feature, "elsewhere"))
+        ),
+        502
+    );
+    record(
+        &mut seen,
+        "unknown deployment",
+        get_raw(&server, "/api/v1/deployments/nope?repository=shop", Some(&bearer(read))),
+    );
     record(&mut seen, "unknown run", get_raw(&server, "/api/v1/runs/999", Some(&bearer(read))));
-    record(&mut seen, "unknown asset", get_raw(&server, "/api/v1/deployments/prod/assets/nope?repository=shop", Some(&bearer(read))));
-    record(&mut seen, "bad selection", get_raw(&server, "/api/v1/deployments/prod/select?repository=shop&selection=key%3A(", Some(&bearer(read))));
-    record(&mut seen, "invalid deployment", post(admin, "/api/v1/deployments/prod/runs?repository=shop", r#"{"selection":"key:("}"#));
-    record(&mut seen, "close prod", post(admin, "/api/v1/deployments/prod/close?repository=shop", ""));
-    record(&mut seen, "a failing revision", post(deploy, "/api/v1/branch-deployments", &create("broken", &broken, "shop")));
+    record(
+        &mut seen,
+        "unknown asset",
+        get_raw(
+            &server,
+            "/api/v1/deployments/prod/assets/nope?repository=shop",
+            Some(&bearer(read)),
+        ),
+    );
+    record(
+        &mut seen,
+        "bad selection",
+        get_raw(
+            &server,
+            "/api/v1/deployments/prod/select?repository=shop&selection=key%3A(",
+            Some(&bearer(read)),
+        ),
+    );
+    record(
+        &mut seen,
+        "invalid deployment",
+        post(admin, "/api/v1/deployments/prod/runs?repository=shop", r#"{"selection":"key:("}"#),
+    );
+    record(
+        &mut seen,
+        "close prod",
+        post(admin, "/api/v1/deployments/prod/close?repository=shop", ""),
+    );
+    record(
+        &mut seen,
+        "a failing revision",
+        post(deploy, "/api/v1/branch-deployments", &create("broken", &broken, "shop")),
+    );
 
     // Webhooks: unsigned, badly signed, signed with an API token, the GitLab token of another
     // repository, malformed; then a real pull request whose feedback the forge refuses.
@@ -464,36 +686,104 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
         "repository": { "full_name": "acme/shop", "clone_url": "https://github.com/acme/shop.git" }
     })
     .to_string();
-    let sign = |key: &str, body: &str| offshoot_server::hooks::github::signature(key, body.as_bytes());
+    let sign =
+        |key: &str, body: &str| offshoot_server::hooks::github::signature(key, body.as_bytes());
     let github = |delivery: &str, signature: &str, body: &str| {
-        post_raw_text(&server, "/hooks/github", &[("X-GitHub-Event", "pull_request"), ("X-GitHub-Delivery", delivery), ("X-Hub-Signature-256", signature)], body)
+        post_raw_text(
+            &server,
+            "/hooks/github",
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-GitHub-Delivery", delivery),
+                ("X-Hub-Signature-256", signature),
+            ],
+            body,
+        )
     };
-    assert_eq!(record(&mut seen, "unsigned hook", post_raw_text(&server, "/hooks/github", &[("X-GitHub-Event", "push")], &pull_request)), 401);
-    assert_eq!(record(&mut seen, "hook signed by an API token", github("d-1", &sign(admin, &pull_request), &pull_request)), 401);
-    assert_eq!(record(&mut seen, "hook with the secret as signature", github("d-2", secret("GitHub webhook secret"), &pull_request)), 401);
-    record(&mut seen, "malformed signed hook", github("d-3", &sign(secret("GitHub webhook secret"), "{"), "{"));
-    let gitlab = |token: &str| post_raw_text(&server, "/hooks/gitlab", &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", token)], "{}");
-    assert_eq!(record(&mut seen, "gitlab hook with the GitHub secret", gitlab(secret("GitHub webhook secret"))), 401);
+    assert_eq!(
+        record(
+            &mut seen,
+            "unsigned hook",
+            post_raw_text(&server, "/hooks/github", &[("X-GitHub-Event", "push")], &pull_request)
+        ),
+        401
+    );
+    assert_eq!(
+        record(
+            &mut seen,
+            "hook signed by an API token",
+            github("d-1", &sign(admin, &pull_request), &pull_request)
+        ),
+        401
+    );
+    assert_eq!(
+        record(
+            &mut seen,
+            "hook with the secret as signature",
+            github("d-2", secret("GitHub webhook secret"), &pull_request)
+        ),
+        401
+    );
+    record(
+        &mut seen,
+        "malformed signed hook",
+        github("d-3", &sign(secret("GitHub webhook secret"), "{"), "{"),
+    );
+    let gitlab = |token: &str| {
+        post_raw_text(
+            &server,
+            "/hooks/gitlab",
+            &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", token)],
+            "{}",
+        )
+    };
+    assert_eq!(
+        record(
+            &mut seen,
+            "gitlab hook with the GitHub secret",
+            gitlab(secret("GitHub webhook secret"))
+        ),
+        401
+    );
     assert_eq!(record(&mut seen, "gitlab hook with an API token", gitlab(admin)), 401);
     record(&mut seen, "gitlab hook, right token, bad body", gitlab(secret("GitLab webhook token")));
-    assert_eq!(record(&mut seen, "signed pull request", github("d-4", &sign(secret("GitHub webhook secret"), &pull_request), &pull_request)), 202);
+    assert_eq!(
+        record(
+            &mut seen,
+            "signed pull request",
+            github("d-4", &sign(secret("GitHub webhook secret"), &pull_request), &pull_request)
+        ),
+        202
+    );
 
     // The branch deploys; a branch run; its feedback is refused by the forge (echoing the token).
     let name = ready_branch(&server, admin, "shop", "feature/eur");
-    let (_, run) = post(deploy, &format!("/api/v1/deployments/{name}/runs?repository=shop"), r#"{"selection":"changed_in_branch:ANY+"}"#);
+    let (_, run) = post(
+        deploy,
+        &format!("/api/v1/deployments/{name}/runs?repository=shop"),
+        r#"{"selection":"changed_in_branch:ANY+"}"#,
+    );
     let run: Value = serde_json::from_str(&run).expect("run");
     let id = run["id"].as_i64().expect("run id");
     let started = Instant::now();
     loop {
         let (_, text) = get_raw(&server, &format!("/api/v1/runs/{id}"), Some(&bearer(read)));
-        if ["succeeded", "failed", "canceled"].iter().any(|s| text.contains(&format!("\"status\":\"{s}\",\"error\""))) || started.elapsed() > Duration::from_secs(60) {
+        if ["succeeded", "failed", "canceled"]
+            .iter()
+            .any(|s| text.contains(&format!("\"status\":\"{s}\",\"error\"")))
+            || started.elapsed() > Duration::from_secs(60)
+        {
             seen.push(("the run".into(), text));
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     while !server.log().contains("pull-request feedback") {
-        assert!(started.elapsed() < Duration::from_secs(60), "no feedback failure was logged:\n{}", server.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no feedback failure was logged:\n{}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(*forge_requests.lock().expect("lock") > 0, "the forge was called");
@@ -515,15 +805,35 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
 
     // The CLI: refusals, failures and an unreachable server.
     let cli = |token: &str, args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_offshoot")).args(args).env("OFFSHOOT_URL", &server.url).env("OFFSHOOT_API_TOKEN", token).output().expect("runs");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_offshoot"))
+            .args(args)
+            .env("OFFSHOOT_URL", &server.url)
+            .env("OFFSHOOT_API_TOKEN", token)
+            .output()
+            .expect("runs");
         format!("{}{}", stdout(&output), stderr(&output))
     };
-    seen.push(("cli: materialize prod as deploy".into(), cli(deploy, &["materialize", "--repository", "shop", "--deployment", "prod", "--select", "key:*"])));
-    seen.push(("cli: delete as deploy".into(), cli(deploy, &["branch-deployment", "delete", "--repository", "shop", &name])));
+    seen.push((
+        "cli: materialize prod as deploy".into(),
+        cli(
+            deploy,
+            &["materialize", "--repository", "shop", "--deployment", "prod", "--select", "key:*"],
+        ),
+    ));
+    seen.push((
+        "cli: delete as deploy".into(),
+        cli(deploy, &["branch-deployment", "delete", "--repository", "shop", &name]),
+    ));
     seen.push(("cli: wrong token".into(), cli(&format!("{admin}-wrong"), &["deployment", "list"])));
-    seen.push(("cli: list".into(), cli(read, &["deployment", "list", "--repository", "shop", "--include-closed"])));
+    seen.push((
+        "cli: list".into(),
+        cli(read, &["deployment", "list", "--repository", "shop", "--include-closed"]),
+    ));
     seen.push(("cli: run".into(), cli(read, &["runs", "show", &id.to_string()])));
-    seen.push(("cli: unreachable".into(), cli(admin, &["deployment", "list", "--url", &format!("http://127.0.0.1:{dead}")])));
+    seen.push((
+        "cli: unreachable".into(),
+        cli(admin, &["deployment", "list", "--url", &format!("http://127.0.0.1:{dead}")]),
+    ));
 
     // The log at debug level, every answer and every CLI output: no secret, whole or quoted.
     let log = server.log();

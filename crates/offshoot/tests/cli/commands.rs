@@ -32,12 +32,29 @@ fn diff_against_merge_base_ignores_later_commits_on_base() {
     .assert_eq(&redact(&stdout(&output)));
 
     // Against the tip, main's later stg_payments edit shows up as if the branch had made it.
-    let output = offshoot(&["diff", "--repo", repo, "--base", "main", "--head", "feature/eur", "--against", "tip", "--format", "json"]);
+    let output = offshoot(&[
+        "diff",
+        "--repo",
+        repo,
+        "--base",
+        "main",
+        "--head",
+        "feature/eur",
+        "--against",
+        "tip",
+        "--format",
+        "json",
+    ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(json["against"], "tip");
     assert_eq!(json["base"]["commit"], json["base"]["tip"]);
-    let stg = json["assets"].as_array().expect("assets").iter().find(|a| a["key"] == "stg_payments").expect("stg_payments");
+    let stg = json["assets"]
+        .as_array()
+        .expect("assets")
+        .iter()
+        .find(|a| a["key"] == "stg_payments")
+        .expect("stg_payments");
     assert_eq!(stg["reasons"], serde_json::json!(["CODE_VERSION"]));
 }
 
@@ -45,7 +62,17 @@ fn diff_against_merge_base_ignores_later_commits_on_base() {
 fn json_shape_is_stable() {
     let (_dir, repo) = shop_repo("json");
     let repo = repo.to_str().expect("utf-8 path");
-    let output = offshoot(&["diff", "--repo", repo, "--base", "main", "--head", "feature/eur", "--format", "json"]);
+    let output = offshoot(&[
+        "diff",
+        "--repo",
+        repo,
+        "--base",
+        "main",
+        "--head",
+        "feature/eur",
+        "--format",
+        "json",
+    ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let mut json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_ne!(json["base"]["commit"], json["base"]["tip"], "merge-base differs from main's tip");
@@ -53,7 +80,12 @@ fn json_shape_is_stable() {
         json["base"][field] = "<sha>".into();
     }
     json["head"]["commit"] = "<sha>".into();
-    let fct = json["assets"].as_array_mut().expect("assets").iter_mut().find(|a| a["key"] == "fct_orders").expect("fct_orders");
+    let fct = json["assets"]
+        .as_array_mut()
+        .expect("assets")
+        .iter_mut()
+        .find(|a| a["key"] == "fct_orders")
+        .expect("fct_orders");
     for field in ["old_version", "new_version"] {
         fct["details"]["code"][field] = "<version>".into();
     }
@@ -147,12 +179,25 @@ fn json_shape_is_stable() {
 fn markdown_is_ready_for_a_pull_request() {
     let (_dir, repo) = shop_repo("markdown");
     let repo = repo.to_str().expect("utf-8 path");
-    let output = offshoot(&["diff", "--repo", repo, "--base", "main", "--head", "feature/eur", "--format", "markdown"]);
+    let output = offshoot(&[
+        "diff",
+        "--repo",
+        repo,
+        "--base",
+        "main",
+        "--head",
+        "feature/eur",
+        "--format",
+        "markdown",
+    ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
     assert!(text.contains("| `fct_orders` | Changed in branch: CODE_VERSION |"), "{text}");
     assert!(text.contains("| `weekly_revenue` | New in branch |"), "{text}");
-    assert!(text.contains("**Impacted downstream (2)**: `daily_revenue`, `dim_customers`"), "{text}");
+    assert!(
+        text.contains("**Impacted downstream (2)**: `daily_revenue`, `dim_customers`"),
+        "{text}"
+    );
     assert!(text.contains("```diff\n--- base/fct_orders"), "{text}");
 }
 
@@ -160,7 +205,17 @@ fn markdown_is_ready_for_a_pull_request() {
 fn select_prints_the_selected_keys() {
     let (_dir, repo) = shop_repo("select");
     let repo = repo.to_str().expect("utf-8 path");
-    let output = offshoot(&["diff", "--repo", repo, "--base", "main", "--head", "feature/eur", "--select", "changed_in_branch:ANY+"]);
+    let output = offshoot(&[
+        "diff",
+        "--repo",
+        repo,
+        "--base",
+        "main",
+        "--head",
+        "feature/eur",
+        "--select",
+        "changed_in_branch:ANY+",
+    ]);
     assert!(output.status.success(), "{}", stderr(&output));
     expect![[r#"
         customer_lifetime_value
@@ -170,13 +225,33 @@ fn select_prints_the_selected_keys() {
         weekly_revenue
     "#]]
     .assert_eq(&stdout(&output));
-    let output = offshoot(&["diff", "--repo", repo, "--base", "main", "--head", "feature/eur", "--select", "+key:fct_orders and group:staging"]);
+    let output = offshoot(&[
+        "diff",
+        "--repo",
+        repo,
+        "--base",
+        "main",
+        "--head",
+        "feature/eur",
+        "--select",
+        "+key:fct_orders and group:staging",
+    ]);
     expect![[r#"
         stg_orders
         stg_payments
     "#]]
     .assert_eq(&stdout(&output));
-    let output = offshoot(&["diff", "--repo", repo, "--base", "main", "--head", "feature/eur", "--select", "changed_in_branch:CODE and"]);
+    let output = offshoot(&[
+        "diff",
+        "--repo",
+        repo,
+        "--base",
+        "main",
+        "--head",
+        "feature/eur",
+        "--select",
+        "changed_in_branch:CODE and",
+    ]);
     assert_eq!(output.status.code(), Some(1));
     expect![[r#"
         error: selection error at column 19: unknown change reason `CODE`; use ANY, IMPACTED or one of NEW, REMOVED, CODE_VERSION, DEPENDENCIES, PARTITIONS_DEFINITION, TAGS, METADATA
@@ -192,7 +267,11 @@ fn validate_commits_and_the_working_directory() {
     let repo_str = repo.to_str().expect("utf-8 path");
     let output = offshoot(&["validate", "--repo", repo_str, "--rev", "feature/eur"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("9 SQL assets, 1 command asset, 3 sources"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("9 SQL assets, 1 command asset, 3 sources"),
+        "{}",
+        stdout(&output)
+    );
 
     let output = offshoot(&["validate", "--repo", repo_str, "--rev", "broken"]);
     assert_eq!(output.status.code(), Some(1));
@@ -208,25 +287,35 @@ fn validate_commits_and_the_working_directory() {
     .assert_eq(&redacted);
 
     // Markdown (for a pull request or a CI summary) is the output: stdout, nothing on stderr.
-    let output = offshoot(&["validate", "--repo", repo_str, "--rev", "broken", "--format", "markdown"]);
+    let output =
+        offshoot(&["validate", "--repo", repo_str, "--rev", "broken", "--format", "markdown"]);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(stderr(&output), "");
     let markdown = redact(&stdout(&output));
     assert!(markdown.starts_with("**2 problems in `broken (<sha>)`**\n\n- `assets/marts/broken.sql:2:1`: SQL syntax error"), "{markdown}");
     assert!(markdown.contains("\n  - hint: add an asset file for it"), "{markdown}");
-    let output = offshoot(&["validate", "--repo", repo_str, "--rev", "feature/eur", "--format", "markdown"]);
+    let output =
+        offshoot(&["validate", "--repo", repo_str, "--rev", "feature/eur", "--format", "markdown"]);
     assert!(stdout(&output).starts_with("**ok**: `feature/eur ("), "{}", stdout(&output));
 
     // Uncommitted edits count in the working directory.
     std::fs::write(repo.join("assets/marts/wip.sql"), "SELECT * FROM fct_order").expect("write");
     let output = offshoot(&["validate", "--repo", repo_str]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("assets/marts/wip.sql:1:15: error: `fct_order` is not an asset"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("assets/marts/wip.sql:1:15: error: `fct_order` is not an asset"),
+        "{}",
+        stderr(&output)
+    );
     assert!(stderr(&output).contains("did you mean `fct_orders`?"), "{}", stderr(&output));
 
     let output = offshoot(&["diff", "--repo", repo_str, "--base", "main", "--head", "broken"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("head broken (") && stderr(&output).contains("has 2 problem(s)"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("head broken (") && stderr(&output).contains("has 2 problem(s)"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -238,7 +327,11 @@ fn init_scaffolds_a_valid_project_and_never_overwrites() {
     assert!(output.status.success(), "{}", stderr(&output));
     let output = offshoot(&["validate", "--repo", path]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("2 SQL assets, 0 command assets, 1 source"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("2 SQL assets, 0 command assets, 1 source"),
+        "{}",
+        stdout(&output)
+    );
     let output = offshoot(&["init", path]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("offshoot.toml already exists"), "{}", stderr(&output));
@@ -280,7 +373,11 @@ fn init_adds_offshoot_to_existing_dbt_and_dagster_projects() {
     python_tools();
     let dir = TempDir::new("init-locations");
     let with_tools = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_offshoot")).args(args).env("PATH", path_with_python_tools()).output().expect("offshoot runs")
+        std::process::Command::new(env!("CARGO_BIN_EXE_offshoot"))
+            .args(args)
+            .env("PATH", path_with_python_tools())
+            .output()
+            .expect("offshoot runs")
     };
     // A Dagster project: the module is found by its definitions.py.
     let dagster = dir.0.join("dagster");
@@ -290,7 +387,10 @@ fn init_adds_offshoot_to_existing_dbt_and_dagster_projects() {
     let output = offshoot(&["init", "--location", "dagster", path]);
     assert!(output.status.success(), "{}", stderr(&output));
     let manifest = std::fs::read_to_string(dagster.join("offshoot.toml")).expect("written");
-    assert!(manifest.contains("type = \"dagster\"\nmodule = \"dagster_shop.definitions\"\n"), "{manifest}");
+    assert!(
+        manifest.contains("type = \"dagster\"\nmodule = \"dagster_shop.definitions\"\n"),
+        "{manifest}"
+    );
     let output = with_tools(&["validate", "--repo", path]);
     assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
     assert!(stdout(&output).contains("7 dagster assets, 2 sources"), "{}", stdout(&output));
@@ -302,15 +402,25 @@ fn init_adds_offshoot_to_existing_dbt_and_dagster_projects() {
     let path = repo.to_str().expect("utf-8");
     let output = offshoot(&["init", "--location", "dbt", path]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(std::fs::read_to_string(repo.join("offshoot.toml")).expect("written").contains("project_dir = \"transform\""));
+    assert!(std::fs::read_to_string(repo.join("offshoot.toml"))
+        .expect("written")
+        .contains("project_dir = \"transform\""));
     let output = with_tools(&["validate", "--repo", path, "--format", "json"]);
     assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
-    assert_eq!((report["location"].as_str(), report["tool_assets"].as_u64(), report["sources"].as_u64()), (Some("dbt"), Some(8), Some(3)), "{report}");
-    assert!(!repo.join("transform/target").exists() && !repo.join("transform/logs").exists(), "validate leaves no dbt artifacts in the project");
+    assert_eq!(
+        (report["location"].as_str(), report["tool_assets"].as_u64(), report["sources"].as_u64()),
+        (Some("dbt"), Some(8), Some(3)),
+        "{report}"
+    );
+    assert!(
+        !repo.join("transform/target").exists() && !repo.join("transform/logs").exists(),
+        "validate leaves no dbt artifacts in the project"
+    );
 
     // Broken and unknown input are refused with the reason.
-    let output = offshoot(&["init", "--location", "airflow", dir.0.join("x").to_str().expect("utf-8")]);
+    let output =
+        offshoot(&["init", "--location", "airflow", dir.0.join("x").to_str().expect("utf-8")]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("unknown --location `airflow`"), "{}", stderr(&output));
 }

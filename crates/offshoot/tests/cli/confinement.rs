@@ -8,7 +8,9 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::server::{branch_target, commit_file, create_or_update, psql, wait_for_prod, warehouse, Database};
+use crate::server::{
+    branch_target, commit_file, create_or_update, psql, wait_for_prod, warehouse, Database,
+};
 use crate::support::*;
 
 /// Tries each write a hostile branch would, printing `refused: <what>` or `WROTE: <what>`, then
@@ -41,7 +43,13 @@ fn sha256_of(path: &Path) -> String {
 }
 
 fn step_log(run: &serde_json::Value, key: &str) -> String {
-    run["steps"].as_array().expect("steps").iter().find(|s| s["asset_key"] == key).map(|s| s["log"].as_str().unwrap_or("").to_owned()).unwrap_or_default()
+    run["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["asset_key"] == key)
+        .map(|s| s["log"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
 }
 
 fn assert_all_refused(log: &str, expected: &[&str]) {
@@ -53,7 +61,10 @@ fn assert_all_refused(log: &str, expected: &[&str]) {
 
 #[test]
 fn a_branch_command_asset_cannot_write_production_on_the_embedded_warehouse() {
-    assert!(offshoot_location::sandbox_support().is_ok(), "this machine's kernel has Landlock; the test needs it");
+    assert!(
+        offshoot_location::sandbox_support().is_ok(),
+        "this machine's kernel has Landlock; the test needs it"
+    );
     let (dir, repo) = shop_repo("confine-command");
     let server = Server::start(&dir.0, &repo, "");
     wait_for_prod(&server, &repo);
@@ -61,32 +72,62 @@ fn a_branch_command_asset_cannot_write_production_on_the_embedded_warehouse() {
     let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
     let run = server.wait_for_run(run["id"].as_i64().expect("id"));
     assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
-    let production = warehouse(&server).production_file(&crate::server::production_target().production);
+    let production =
+        warehouse(&server).production_file(&crate::server::production_target().production);
     let before = sha256_of(&production);
 
     git(&repo, &["branch", "attack", "main"]);
     commit_file(&repo, "attack", "scripts/attack.sh", SQLITE_ATTACK, "Attack script");
-    let sha = commit_file(&repo, "attack", "assets/ingest/attack.toml", ATTACK_ASSET, "Attack asset");
+    let sha =
+        commit_file(&repo, "attack", "assets/ingest/attack.toml", ATTACK_ASSET, "Attack asset");
     let name = create_or_update(&server, "attack", &sha);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
-    let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:attack"}));
+    let run = server
+        .post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:attack"}));
     let run = server.wait_for_run(run["id"].as_i64().expect("id"));
     let log = step_log(&run, "attack");
-    assert_eq!(run["status"], "succeeded", "the branch still writes its own file: {run:#}\n{}", server.log());
-    assert_all_refused(&log, &["given-url-python", "guessed-path-sqlite3", "hot-journal", "truncate", "remove", "rename", "metadata-store", "checkout", "tmp"]);
+    assert_eq!(
+        run["status"],
+        "succeeded",
+        "the branch still writes its own file: {run:#}\n{}",
+        server.log()
+    );
+    assert_all_refused(
+        &log,
+        &[
+            "given-url-python",
+            "guessed-path-sqlite3",
+            "hot-journal",
+            "truncate",
+            "remove",
+            "rename",
+            "metadata-store",
+            "checkout",
+            "tmp",
+        ],
+    );
     assert!(log.contains("writable: own TMPDIR"), "its own TMPDIR is writable:\n{log}");
     assert_eq!(sha256_of(&production), before, "production's file is byte for byte unchanged");
     assert!(!Path::new(&format!("{}-journal", production.display())).exists());
-    assert_eq!(warehouse_rows(&warehouse(&server).file_of(&branch_target(&name)), "SELECT x FROM attack"), ["1"]);
+    assert_eq!(
+        warehouse_rows(&warehouse(&server).file_of(&branch_target(&name)), "SELECT x FROM attack"),
+        ["1"]
+    );
 
     // Production's own command assets still write production.
     let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:fx_rates"}));
-    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded", "{}", server.log());
+    assert_eq!(
+        server.wait_for_run(run["id"].as_i64().expect("id"))["status"],
+        "succeeded",
+        "{}",
+        server.log()
+    );
     assert!(server.log().contains("confined with Landlock"), "start-up says so: {}", server.log());
 }
 
 fn warehouse_rows(file: &Path, sql: &str) -> Vec<String> {
-    let output = std::process::Command::new("sqlite3").arg(file).arg(sql).output().expect("sqlite3");
+    let output =
+        std::process::Command::new("sqlite3").arg(file).arg(sql).output().expect("sqlite3");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
 }
@@ -131,26 +172,45 @@ fn a_branch_dagster_asset_cannot_write_production_at_import_or_materialization()
     let server = Server::start(&dir.0, &repo, "");
     wait_for_prod(&server, &repo);
     let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
-    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded", "{}", server.log());
-    let production = warehouse(&server).production_file(&crate::server::production_target().production);
+    assert_eq!(
+        server.wait_for_run(run["id"].as_i64().expect("id"))["status"],
+        "succeeded",
+        "{}",
+        server.log()
+    );
+    let production =
+        warehouse(&server).production_file(&crate::server::production_target().production);
     let before = sha256_of(&production);
 
     git(&repo, &["branch", "attack", "main"]);
     let marts = std::fs::read_to_string(repo.join("dagster_shop/marts.py")).expect("read");
-    let sha = commit_file(&repo, "attack", "dagster_shop/marts.py", &(marts + DAGSTER_ATTACK), "Attack");
+    let sha =
+        commit_file(&repo, "attack", "dagster_shop/marts.py", &(marts + DAGSTER_ATTACK), "Attack");
     let name = create_or_update(&server, "attack", &sha);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
-    assert_eq!(sha256_of(&production), before, "loading the branch's definitions wrote nothing to production");
-    let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:attack"}));
+    assert_eq!(
+        sha256_of(&production),
+        before,
+        "loading the branch's definitions wrote nothing to production"
+    );
+    let run = server
+        .post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:attack"}));
     let run = server.wait_for_run(run["id"].as_i64().expect("id"));
     assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
-    let results = warehouse_rows(&warehouse(&server).file_of(&branch_target(&name)), "SELECT result FROM attack ORDER BY result");
+    let results = warehouse_rows(
+        &warehouse(&server).file_of(&branch_target(&name)),
+        "SELECT result FROM attack ORDER BY result",
+    );
     // At import in the run, the variable names the branch's own file (allowed); at load time it
     // named production's, refused; at materialization production's URL is refused.
     assert!(results.contains(&"refused: materialize".to_owned()), "{results:?}");
-    assert!(!results.iter().any(|r| r.contains("WROTE") && r.contains("materialize")), "{results:?}");
+    assert!(
+        !results.iter().any(|r| r.contains("WROTE") && r.contains("materialize")),
+        "{results:?}"
+    );
     assert_eq!(sha256_of(&production), before, "production's file is byte for byte unchanged");
-    let tables = warehouse_rows(&production, "SELECT name FROM sqlite_master WHERE name LIKE 'planted%'");
+    let tables =
+        warehouse_rows(&production, "SELECT name FROM sqlite_master WHERE name LIKE 'planted%'");
     assert!(tables.is_empty(), "{tables:?}");
 }
 
@@ -177,36 +237,73 @@ fn a_branch_command_on_postgres_logs_in_as_its_own_role_and_cannot_write_product
     let url = format!("postgres://postgres@127.0.0.1:5432/{}", database.0);
     let dir = TempDir::new("confine-postgres");
     let repo = dir.0.join("repo");
-    native_repo(&repo, "postgres", &["raw_orders"], &[("fct_orders.sql", "SELECT id, amount FROM raw_orders WHERE amount > 0\n")]);
+    native_repo(
+        &repo,
+        "postgres",
+        &["raw_orders"],
+        &[("fct_orders.sql", "SELECT id, amount FROM raw_orders WHERE amount > 0\n")],
+    );
     let role = format!("offshoot_branch_cf_{}", std::process::id());
-    let server = Server::start(&dir.0, &repo, &format!("warehouse_url = \"{url}\"\nbranch_role = \"{role}\""));
+    let server = Server::start(
+        &dir.0,
+        &repo,
+        &format!("warehouse_url = \"{url}\"\nbranch_role = \"{role}\""),
+    );
     wait_for_prod(&server, &repo);
     psql(&database.0, "CREATE TABLE shop__prod.raw_orders AS SELECT g AS id, g * 3 AS amount FROM generate_series(0, 9) AS g");
     let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
-    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded", "{}", server.log());
-    let checksum = || psql(&database.0, "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM shop__prod.fct_orders t");
+    assert_eq!(
+        server.wait_for_run(run["id"].as_i64().expect("id"))["status"],
+        "succeeded",
+        "{}",
+        server.log()
+    );
+    let checksum = || {
+        psql(
+            &database.0,
+            "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM shop__prod.fct_orders t",
+        )
+    };
     let before = checksum();
 
     git(&repo, &["branch", "attack", "main"]);
     commit_file(&repo, "attack", "scripts/attack.sh", POSTGRES_ATTACK, "Attack script");
-    let sha = commit_file(&repo, "attack", "assets/ingest/attack.toml", ATTACK_ASSET, "Attack asset");
+    let sha =
+        commit_file(&repo, "attack", "assets/ingest/attack.toml", ATTACK_ASSET, "Attack asset");
     let name = create_or_update(&server, "attack", &sha);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
-    let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:attack"}));
+    let run = server
+        .post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:attack"}));
     let run = server.wait_for_run(run["id"].as_i64().expect("id"));
     assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
-    assert_all_refused(&step_log(&run, "attack"), &["pg-variables", "url", "reset-role", "internal-key", "server-login-in-env"]);
+    assert_all_refused(
+        &step_log(&run, "attack"),
+        &["pg-variables", "url", "reset-role", "internal-key", "server-login-in-env"],
+    );
     assert_eq!(checksum(), before, "production is unchanged");
     let schema = branch_target(&name).schema;
     let who = psql(&database.0, &format!("SELECT who FROM \"{schema}\".attack"));
-    assert!(who.trim().starts_with(&format!("{role}_")), "the command ran as the branch's own login: {who}");
+    assert!(
+        who.trim().starts_with(&format!("{role}_")),
+        "the command ran as the branch's own login: {who}"
+    );
 
     // Closing drops the branch's schema and its login role.
     let closed = server.post(&format!("/api/v1/deployments/{name}/close"), json!({}));
     assert!(closed.get("error").is_none(), "{closed:#}");
     let started = std::time::Instant::now();
-    while psql("postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{}'", who.trim())).trim() != "0" {
-        assert!(started.elapsed().as_secs() < 30, "the branch login was not dropped\n{}", server.log());
+    while psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{}'", who.trim()),
+    )
+    .trim()
+        != "0"
+    {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the branch login was not dropped\n{}",
+            server.log()
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     drop(server);

@@ -26,7 +26,11 @@ fn config(dir: &Path, repo: &Path) -> String {
 
 fn dagster_cloud_binary() -> PathBuf {
     let binary = python_tools().join("bin/dagster-cloud");
-    assert!(binary.exists(), "{} is missing: install tests/python/requirements.txt (it pins dagster-cloud-cli)", binary.display());
+    assert!(
+        binary.exists(),
+        "{} is missing: install tests/python/requirements.txt (it pins dagster-cloud-cli)",
+        binary.display()
+    );
     binary
 }
 
@@ -44,12 +48,17 @@ fn dagster_cloud(args: &[&str], env: &[(&str, &str)], home: &Path) -> Output {
 }
 
 fn graphql(server: &Server, token: Option<&str>, query: &str, variables: Value) -> (u16, Value) {
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-    let mut request = agent.post(&format!("{}/graphql", server.url)).header("Content-Type", "application/json");
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().http_status_as_error(false).build(),
+    );
+    let mut request =
+        agent.post(&format!("{}/graphql", server.url)).header("Content-Type", "application/json");
     if let Some(token) = token {
         request = request.header("Dagster-Cloud-Api-Token", token);
     }
-    let mut response = request.send(json!({ "query": query, "variables": variables }).to_string()).expect("the server answers");
+    let mut response = request
+        .send(json!({ "query": query, "variables": variables }).to_string())
+        .expect("the server answers");
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().expect("body");
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -70,19 +79,51 @@ fn the_real_dagster_cloud_cli_creates_updates_and_deletes_branch_deployments() {
     // create-or-update with the flags dagster-cloud's own CI templates pass; it prints the name.
     let first = git(&repo, &["rev-parse", "feature/eur"]);
     let output = dagster_cloud(
-        &["branch-deployment", "create-or-update", "--url", &server.url, "--api-token", DEPLOY, "--git-repo-name", "shop",
-          "--branch-name", "feature/eur", "--commit-hash", &first, "--timestamp", "1767225600", "--branch-url", "https://git.example/acme/shop/tree/feature/eur",
-          "--pull-request-url", "https://git.example/acme/shop/pull/7", "--pull-request-id", "7", "--pull-request-status", "OPEN",
-          "--commit-message", "EUR revenue", "--author-name", "Test Author", "--author-email", "test@example.com"],
+        &[
+            "branch-deployment",
+            "create-or-update",
+            "--url",
+            &server.url,
+            "--api-token",
+            DEPLOY,
+            "--git-repo-name",
+            "shop",
+            "--branch-name",
+            "feature/eur",
+            "--commit-hash",
+            &first,
+            "--timestamp",
+            "1767225600",
+            "--branch-url",
+            "https://git.example/acme/shop/tree/feature/eur",
+            "--pull-request-url",
+            "https://git.example/acme/shop/pull/7",
+            "--pull-request-id",
+            "7",
+            "--pull-request-status",
+            "OPEN",
+            "--commit-message",
+            "EUR revenue",
+            "--author-name",
+            "Test Author",
+            "--author-email",
+            "test@example.com",
+        ],
         &[],
         &home,
     );
     assert!(output.status.success(), "{}\n{}", stderr(&output), server.log());
     let name = stdout(&output).trim().to_owned();
-    assert!(name.starts_with("feature-eur-"), "dagster-cloud prints Offshoot's deployment name: {name:?}");
+    assert!(
+        name.starts_with("feature-eur-"),
+        "dagster-cloud prints Offshoot's deployment name: {name:?}"
+    );
     let deployment = server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == first);
     assert_eq!(deployment["branch"], "feature/eur");
-    assert_eq!(deployment["pull_request"], json!({"id": "7", "url": "https://git.example/acme/shop/pull/7", "status": "OPEN"}));
+    assert_eq!(
+        deployment["pull_request"],
+        json!({"id": "7", "url": "https://git.example/acme/shop/pull/7", "status": "OPEN"})
+    );
     assert_eq!(deployment["current_revision"]["changed_count"], 4);
 
     // The token from DAGSTER_CLOUD_API_TOKEN, as in CI; a second push updates the same deployment.
@@ -93,8 +134,20 @@ fn the_real_dagster_cloud_cli_creates_updates_and_deletes_branch_deployments() {
     let second = git(&repo, &["rev-parse", "HEAD"]);
     git(&repo, &["checkout", "-q", "main"]);
     let output = dagster_cloud(
-        &["branch-deployment", "create-or-update", "--url", &server.url, "--git-repo-name", "shop", "--branch-name", "feature/eur",
-          "--commit-hash", &second, "--timestamp", "1767225700"],
+        &[
+            "branch-deployment",
+            "create-or-update",
+            "--url",
+            &server.url,
+            "--git-repo-name",
+            "shop",
+            "--branch-name",
+            "feature/eur",
+            "--commit-hash",
+            &second,
+            "--timestamp",
+            "1767225700",
+        ],
         &[("DAGSTER_CLOUD_API_TOKEN", DEPLOY)],
         &home,
     );
@@ -105,33 +158,95 @@ fn the_real_dagster_cloud_cli_creates_updates_and_deletes_branch_deployments() {
     // A deploy token never reaches production: not by deploying main, not by deleting.
     let main = git(&repo, &["rev-parse", "main"]);
     let output = dagster_cloud(
-        &["branch-deployment", "create-or-update", "--url", &server.url, "--api-token", DEPLOY, "--git-repo-name", "shop",
-          "--branch-name", "main", "--commit-hash", &main, "--timestamp", "1767225800"],
+        &[
+            "branch-deployment",
+            "create-or-update",
+            "--url",
+            &server.url,
+            "--api-token",
+            DEPLOY,
+            "--git-repo-name",
+            "shop",
+            "--branch-name",
+            "main",
+            "--commit-hash",
+            &main,
+            "--timestamp",
+            "1767225800",
+        ],
         &[],
         &home,
     );
     assert!(!output.status.success(), "a deploy token deployed production: {}", stdout(&output));
-    assert!(stderr(&output).contains("needs an API token with the `admin` role"), "{}", stderr(&output));
-    let output = dagster_cloud(&["branch-deployment", "delete", "--deployment", &name, "--url", &server.url, "--api-token", DEPLOY], &[], &home);
-    assert!(!output.status.success() && stderr(&output).contains("`admin` role"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("needs an API token with the `admin` role"),
+        "{}",
+        stderr(&output)
+    );
+    let output = dagster_cloud(
+        &[
+            "branch-deployment",
+            "delete",
+            "--deployment",
+            &name,
+            "--url",
+            &server.url,
+            "--api-token",
+            DEPLOY,
+        ],
+        &[],
+        &home,
+    );
+    assert!(
+        !output.status.success() && stderr(&output).contains("`admin` role"),
+        "{}",
+        stderr(&output)
+    );
     server.wait_for_deployment(&name, "still there", |d| d["status"] == "open");
 
     // Production cannot be deleted: dagster-cloud refuses a non-branch deployment itself, and
     // Offshoot refuses the mutation even for an admin.
-    let output = dagster_cloud(&["branch-deployment", "delete", "--deployment", "prod", "--url", &server.url, "--api-token", ADMIN], &[], &home);
-    assert!(!output.status.success() && stderr(&output).contains("is not a branch deployment"), "{}", stderr(&output));
+    let output = dagster_cloud(
+        &[
+            "branch-deployment",
+            "delete",
+            "--deployment",
+            "prod",
+            "--url",
+            &server.url,
+            "--api-token",
+            ADMIN,
+        ],
+        &[],
+        &home,
+    );
+    assert!(
+        !output.status.success() && stderr(&output).contains("is not a branch deployment"),
+        "{}",
+        stderr(&output)
+    );
     let (_, prod) = graphql(&server, Some(ADMIN), "query($n: String!) { deploymentByName(name: $n) { __typename ... on DagsterCloudDeployment { deploymentId deploymentType } } }", json!({"n": "prod"}));
     assert_eq!(prod["data"]["deploymentByName"]["deploymentType"], "PRODUCTION", "{prod}");
     let prod_id = prod["data"]["deploymentByName"]["deploymentId"].clone();
-    let (_, answer) = graphql(&server, Some(ADMIN), "mutation($id: Int!) { deleteDeployment(deploymentId: $id) { __typename } }", json!({"id": prod_id}));
+    let (_, answer) = graphql(
+        &server,
+        Some(ADMIN),
+        "mutation($id: Int!) { deleteDeployment(deploymentId: $id) { __typename } }",
+        json!({"id": prod_id}),
+    );
     assert_eq!(error_code(&answer), "production_protected", "{answer}");
     server.wait_for_deployment("prod", "still there", |d| serving_commit(d) == main);
 
     // An admin deletes the branch deployment with dagster-cloud; the server comes from
     // DAGSTER_CLOUD_URL and the token from DAGSTER_CLOUD_API_TOKEN.
-    let output = dagster_cloud(&["branch-deployment", "delete", "--deployment", &name], &[("DAGSTER_CLOUD_URL", &server.url), ("DAGSTER_CLOUD_API_TOKEN", ADMIN)], &home);
+    let output = dagster_cloud(
+        &["branch-deployment", "delete", "--deployment", &name],
+        &[("DAGSTER_CLOUD_URL", &server.url), ("DAGSTER_CLOUD_API_TOKEN", ADMIN)],
+        &home,
+    );
     assert!(output.status.success(), "{}\n{}", stderr(&output), server.log());
-    let (status, _) = server.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(ADMIN));
+    let (status, _) =
+        server.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(ADMIN));
     assert_eq!(status, 404, "the deployment is gone");
 }
 
@@ -142,11 +257,16 @@ fn the_graphql_api_says_what_it_does_not_implement_and_who_may_call_it() {
     wait_for_prod(&server, &repo);
 
     // An operation dagster-cloud has but Offshoot does not serve: a GraphQL error saying so.
-    let (status, answer) = graphql(&server, Some(ADMIN), "query { workspaceOrError { __typename } }", json!({}));
+    let (status, answer) =
+        graphql(&server, Some(ADMIN), "query { workspaceOrError { __typename } }", json!({}));
     assert_eq!(status, 200);
     assert_eq!(answer["data"], Value::Null, "{answer}");
     let message = answer["errors"][0]["message"].as_str().unwrap_or("");
-    assert!(message.starts_with("Unknown field \"workspaceOrError\" on type \"Query\".") && message.contains("Offshoot does not implement"), "{message}");
+    assert!(
+        message.starts_with("Unknown field \"workspaceOrError\" on type \"Query\".")
+            && message.contains("Offshoot does not implement"),
+        "{message}"
+    );
     assert_eq!(error_code(&answer), "not_implemented");
 
     // Tokens: none, unknown, read (reads only), deploy.
@@ -156,7 +276,11 @@ fn the_graphql_api_says_what_it_does_not_implement_and_who_may_call_it() {
     let (status, answer) = graphql(&server, Some("not-a-token"), list, json!({}));
     assert_eq!((status, error_code(&answer)), (401, "unauthorized"), "{answer}");
     let (_, answer) = graphql(&server, Some(TOKEN), list, json!({}));
-    assert_eq!(answer["data"]["fullDeployments"], json!([{"deploymentName": "prod", "deploymentType": "PRODUCTION"}]), "{answer}");
+    assert_eq!(
+        answer["data"]["fullDeployments"],
+        json!([{"deploymentName": "prod", "deploymentType": "PRODUCTION"}]),
+        "{answer}"
+    );
     let create = "mutation($b: CreateOrUpdateBranchDeploymentInput!, $c: DeploymentCommitInput!) { createOrUpdateBranchDeployment(branchData: $b, commit: $c) { __typename ... on DagsterCloudDeployment { deploymentName } } }";
     let sha = git(&repo, &["rev-parse", "feature/eur"]);
     let variables = json!({"b": {"repoName": "shop", "branchName": "feature/eur"}, "c": {"commitHash": sha, "timestamp": 1767225600.0}});
@@ -164,21 +288,48 @@ fn the_graphql_api_says_what_it_does_not_implement_and_who_may_call_it() {
     assert_eq!(error_code(&answer), "forbidden", "{answer}");
     assert_eq!(answer["errors"][0]["extensions"]["requiredRole"], "deploy", "{answer}");
     let (_, answer) = graphql(&server, Some(DEPLOY), create, variables);
-    let name = answer["data"]["createOrUpdateBranchDeployment"]["deploymentName"].as_str().unwrap_or_default().to_owned();
+    let name = answer["data"]["createOrUpdateBranchDeployment"]["deploymentName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(name.starts_with("feature-eur-"), "{answer}");
-    let (_, answer) = graphql(&server, Some(TOKEN), "query { getBranchDeploymentName(repoName: \"shop\", branchName: \"feature/eur\") }", json!({}));
+    let (_, answer) = graphql(
+        &server,
+        Some(TOKEN),
+        "query { getBranchDeploymentName(repoName: \"shop\", branchName: \"feature/eur\") }",
+        json!({}),
+    );
     assert_eq!(answer["data"]["getBranchDeploymentName"], name.as_str(), "{answer}");
-    let (_, answer) = graphql(&server, Some(TOKEN), "query { deploymentByName(name: \"nope\") { __typename } }", json!({}));
-    assert_eq!(answer["data"]["deploymentByName"]["__typename"], "DeploymentNotFoundError", "{answer}");
+    let (_, answer) = graphql(
+        &server,
+        Some(TOKEN),
+        "query { deploymentByName(name: \"nope\") { __typename } }",
+        json!({}),
+    );
+    assert_eq!(
+        answer["data"]["deploymentByName"]["__typename"], "DeploymentNotFoundError",
+        "{answer}"
+    );
 
     // Not implemented yet: a snapshot base condition is refused, not ignored.
     let with_condition = "mutation($b: CreateOrUpdateBranchDeploymentInput!, $c: DeploymentCommitInput!) { createOrUpdateBranchDeployment(branchData: $b, commit: $c, snapshotBaseCondition: ON_CREATE) { __typename } }";
-    let (_, answer) = graphql(&server, Some(DEPLOY), with_condition, json!({"b": {"repoName": "shop", "branchName": "feature/eur"}, "c": {"commitHash": sha, "timestamp": 1.0}}));
+    let (_, answer) = graphql(
+        &server,
+        Some(DEPLOY),
+        with_condition,
+        json!({"b": {"repoName": "shop", "branchName": "feature/eur"}, "c": {"commitHash": sha, "timestamp": 1.0}}),
+    );
     assert_eq!(error_code(&answer), "not_implemented", "{answer}");
 
     // Not a GraphQL request at all.
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-    let response = agent.post(&format!("{}/graphql", server.url)).header("Dagster-Cloud-Api-Token", ADMIN).send("not json").expect("answers");
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().http_status_as_error(false).build(),
+    );
+    let response = agent
+        .post(&format!("{}/graphql", server.url))
+        .header("Dagster-Cloud-Api-Token", ADMIN)
+        .send("not json")
+        .expect("answers");
     assert_eq!(response.status().as_u16(), 400);
 }
 
@@ -204,14 +355,37 @@ fn offshoots_cli_takes_dagster_clouds_flags_and_variables() {
 
     // Every flag of create-or-update says what it does.
     let help = stdout(&offshoot_with(&["branch-deployment", "create-or-update", "--help"], &[]));
-    for flag in ["--git-repo-name", "--branch-name", "--commit-hash", "--timestamp", "--branch-url", "--commit-url", "--pull-request-url", "--pull-request-id",
-                 "--pull-request-status", "--commit-message", "--author-name", "--author-email", "--author-avatar-url", "--base-deployment-name",
-                 "--snapshot-base-condition", "--read-git-state", "--url", "--api-token"] {
+    for flag in [
+        "--git-repo-name",
+        "--branch-name",
+        "--commit-hash",
+        "--timestamp",
+        "--branch-url",
+        "--commit-url",
+        "--pull-request-url",
+        "--pull-request-id",
+        "--pull-request-status",
+        "--commit-message",
+        "--author-name",
+        "--author-email",
+        "--author-avatar-url",
+        "--base-deployment-name",
+        "--snapshot-base-condition",
+        "--read-git-state",
+        "--url",
+        "--api-token",
+    ] {
         // clap's long help: the flag on its line, its description on the next.
         let lines: Vec<&str> = help.lines().collect();
-        let at = lines.iter().position(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag} is missing:\n{help}"));
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} is missing:\n{help}"));
         let description = lines.get(at + 1).map_or("", |l| l.trim());
-        assert!(!description.is_empty() && !description.starts_with('-'), "{flag} has no help text:\n{help}");
+        assert!(
+            !description.is_empty() && !description.starts_with('-'),
+            "{flag} has no help text:\n{help}"
+        );
     }
     assert!(help.contains("[default: prod]") && help.contains("[env: OFFSHOOT_URL="), "{help}");
 
@@ -220,17 +394,37 @@ fn offshoots_cli_takes_dagster_clouds_flags_and_variables() {
     wait_for_prod(&server, &repo);
     let sha = git(&repo, &["rev-parse", "feature/eur"]);
     let create = |extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = vec!["branch-deployment", "create-or-update", "--git-repo-name", "shop", "--branch-name", "feature/eur", "--commit-hash", &sha];
+        let mut args = vec![
+            "branch-deployment",
+            "create-or-update",
+            "--git-repo-name",
+            "shop",
+            "--branch-name",
+            "feature/eur",
+            "--commit-hash",
+            &sha,
+        ];
         args.extend_from_slice(extra);
         offshoot_with(&args, env)
     };
 
     // DAGSTER_CLOUD_URL and DAGSTER_CLOUD_API_TOKEN stand in for OFFSHOOT_*; dagster-cloud's
     // flags, an RFC 3339 timestamp among them, are accepted.
-    let dagster_env = [("DAGSTER_CLOUD_URL", server.url.as_str()), ("DAGSTER_CLOUD_API_TOKEN", DEPLOY)];
+    let dagster_env =
+        [("DAGSTER_CLOUD_URL", server.url.as_str()), ("DAGSTER_CLOUD_API_TOKEN", DEPLOY)];
     let output = create(
-        &["--timestamp", "2026-01-01T01:00:00+01:00", "--branch-url", "https://git.example/b", "--commit-url", "https://git.example/c",
-          "--author-avatar-url", "https://git.example/a.png", "--code-review-id", "9"],
+        &[
+            "--timestamp",
+            "2026-01-01T01:00:00+01:00",
+            "--branch-url",
+            "https://git.example/b",
+            "--commit-url",
+            "https://git.example/c",
+            "--author-avatar-url",
+            "https://git.example/a.png",
+            "--code-review-id",
+            "9",
+        ],
         &dagster_env,
     );
     assert!(output.status.success(), "{}", stderr(&output));
@@ -239,13 +433,29 @@ fn offshoots_cli_takes_dagster_clouds_flags_and_variables() {
     assert_eq!(deployment["pull_request"]["id"], "9");
 
     // OFFSHOOT_* win over DAGSTER_CLOUD_*: a wrong DAGSTER_CLOUD_URL is not used.
-    let output = create(&["--timestamp", "1767225600"], &[("OFFSHOOT_URL", &server.url), ("OFFSHOOT_API_TOKEN", DEPLOY), ("DAGSTER_CLOUD_URL", "http://127.0.0.1:9"), ("DAGSTER_CLOUD_API_TOKEN", "wrong")]);
+    let output = create(
+        &["--timestamp", "1767225600"],
+        &[
+            ("OFFSHOOT_URL", &server.url),
+            ("OFFSHOOT_API_TOKEN", DEPLOY),
+            ("DAGSTER_CLOUD_URL", "http://127.0.0.1:9"),
+            ("DAGSTER_CLOUD_API_TOKEN", "wrong"),
+        ],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
 
     // --read-git-state takes the commit from the repository in the current directory.
     git(&repo, &["checkout", "-q", "feature/eur"]);
     let output = Command::new(env!("CARGO_BIN_EXE_offshoot"))
-        .args(["branch-deployment", "create-or-update", "--read-git-state", "--git-repo-name", "shop", "--branch-name", "feature/eur"])
+        .args([
+            "branch-deployment",
+            "create-or-update",
+            "--read-git-state",
+            "--git-repo-name",
+            "shop",
+            "--branch-name",
+            "feature/eur",
+        ])
         .current_dir(&repo)
         .env("OFFSHOOT_URL", &server.url)
         .env("OFFSHOOT_API_TOKEN", DEPLOY)
@@ -256,7 +466,10 @@ fn offshoots_cli_takes_dagster_clouds_flags_and_variables() {
     assert_eq!(stdout(&output).trim(), name);
     let output = create(&[], &dagster_env);
     assert!(output.status.success());
-    let output = offshoot_with(&["branch-deployment", "create-or-update", "--branch-name", "feature/eur"], &dagster_env);
+    let output = offshoot_with(
+        &["branch-deployment", "create-or-update", "--branch-name", "feature/eur"],
+        &dagster_env,
+    );
     assert_eq!(output.status.code(), Some(2), "no commit and no --read-git-state is a usage error");
 
     // Not a time; and the snapshot base condition, refused with the reason instead of ignored.
@@ -265,7 +478,12 @@ fn offshoots_cli_takes_dagster_clouds_flags_and_variables() {
     assert!(stderr(&output).contains("neither a Unix time in seconds"), "{}", stderr(&output));
     let output = create(&["--snapshot-base-condition", "on-create"], &dagster_env);
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("--snapshot-base-condition on-create is not implemented by Offshoot yet"), "{}", stderr(&output));
+    assert!(
+        stderr(&output)
+            .contains("--snapshot-base-condition on-create is not implemented by Offshoot yet"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -273,11 +491,24 @@ fn a_branch_deployment_runs_no_more_runs_at_once_than_its_limit_and_queued_runs_
     let (dir, repo) = shop_repo("dagster-cloud-run-limit");
     let server = Server::start(&dir.0, &repo, "max_concurrent_runs_per_branch_deployment = 1");
     wait_for_prod(&server, &repo);
-    let slow = crate::server::commit_file(&repo, "feature/eur", "assets/ops/slow_export.toml", "command = \"sleep 30\"\n", "Slow export");
+    let slow = crate::server::commit_file(
+        &repo,
+        "feature/eur",
+        "assets/ops/slow_export.toml",
+        "command = \"sleep 30\"\n",
+        "Slow export",
+    );
     let name = crate::server::create_or_update(&server, "feature/eur", &slow);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == slow);
 
-    let launch = || server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:slow_export"}))["id"].as_i64().expect("id");
+    let launch = || {
+        server.post(
+            &format!("/api/v1/deployments/{name}/runs"),
+            json!({"selection": "key:slow_export"}),
+        )["id"]
+            .as_i64()
+            .expect("id")
+    };
     let first = launch();
     let started = std::time::Instant::now();
     while server.get(&format!("/api/v1/runs/{first}"))["status"] != "running" {
@@ -294,7 +525,14 @@ fn a_branch_deployment_runs_no_more_runs_at_once_than_its_limit_and_queued_runs_
         "1 runs of this branch deployment are running, its limit (max_concurrent_runs_per_branch_deployment = 1); it starts when one ends"
     );
     let runs = server.get(&format!("/api/v1/runs?deployment={name}"));
-    assert!(runs.as_array().expect("runs").iter().any(|r| r["id"] == second && r["waiting_for"].as_str().is_some_and(|w| w.contains("limit"))), "{runs:#}");
+    assert!(
+        runs.as_array()
+            .expect("runs")
+            .iter()
+            .any(|r| r["id"] == second
+                && r["waiting_for"].as_str().is_some_and(|w| w.contains("limit"))),
+        "{runs:#}"
+    );
 
     // When the first ends, the second starts.
     server.post(&format!("/api/v1/runs/{first}/cancel"), json!({}));
@@ -315,7 +553,10 @@ fn a_branch_deployment_runs_no_more_runs_at_once_than_its_limit_and_queued_runs_
 
 /// The step log of the one step of a run of `key:env_probe` in `deployment`.
 fn probe(server: &Server, deployment: &str) -> String {
-    let run = server.post(&format!("/api/v1/deployments/{deployment}/runs"), json!({"selection": "key:env_probe"}));
+    let run = server.post(
+        &format!("/api/v1/deployments/{deployment}/runs"),
+        json!({"selection": "key:env_probe"}),
+    );
     let run = server.wait_for_run(run["id"].as_i64().expect("id"));
     assert_eq!(run["status"], "succeeded", "{run:#}");
     run["steps"][0]["log"].as_str().expect("log").to_owned()
@@ -327,7 +568,13 @@ fn variables_and_secrets_reach_the_deployments_of_their_scope_only_and_never_sho
     // The probe prints what it got, and the secret's digest (its value itself is redacted).
     let probe_asset = r#"command = '''echo "tier=$SHOP_TIER local=${LOCAL_ONLY:-unset} secret=$SHOP_SECRET"; printf %s "$SHOP_SECRET" | sha256sum; python3 -c "import os, sqlite3; sqlite3.connect(os.environ['OFFSHOOT_WAREHOUSE_URL'].removeprefix('sqlite://')).execute('CREATE TABLE IF NOT EXISTS env_probe (x)')"'''
 "#;
-    let main = crate::server::commit_file(&repo, "main", "assets/ops/env_probe.toml", probe_asset, "Env probe");
+    let main = crate::server::commit_file(
+        &repo,
+        "main",
+        "assets/ops/env_probe.toml",
+        probe_asset,
+        "Env probe",
+    );
     git(&repo, &["branch", "feature/one", &main]);
     git(&repo, &["branch", "feature/two", &main]);
     let secret = "s3cr3t-value-42";
@@ -349,32 +596,77 @@ fn variables_and_secrets_reach_the_deployments_of_their_scope_only_and_never_sho
     server.wait_for_deployment(&two, "ready", |d| serving_commit(d) == main);
 
     let expected_digest = {
-        let output = Command::new("sh").arg("-c").arg(format!("printf %s '{secret}' | sha256sum")).output().expect("sha256sum");
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s '{secret}' | sha256sum"))
+            .output()
+            .expect("sha256sum");
         stdout(&output).split_whitespace().next().expect("digest").to_owned()
     };
-    for (deployment, tier) in [("prod", "prod-tier"), (one.as_str(), "one-tier"), (two.as_str(), "branch-tier")] {
+    for (deployment, tier) in
+        [("prod", "prod-tier"), (one.as_str(), "one-tier"), (two.as_str(), "branch-tier")]
+    {
         let log = probe(&server, deployment);
-        assert!(log.contains(&format!("tier={tier} local=unset secret=<redacted>")), "{deployment}: {log}");
+        assert!(
+            log.contains(&format!("tier={tier} local=unset secret=<redacted>")),
+            "{deployment}: {log}"
+        );
         assert!(log.contains(&expected_digest), "{deployment} got the secret: {log}");
         assert!(!log.contains(secret), "{deployment}: {log}");
     }
 
     // Never returned by the API or written to the server's log.
-    for path in ["/api/v1/deployments", &format!("/api/v1/deployments/{one}"), "/api/v1/runs", "/api/v1/openapi.json"] {
+    for path in [
+        "/api/v1/deployments",
+        &format!("/api/v1/deployments/{one}"),
+        "/api/v1/runs",
+        "/api/v1/openapi.json",
+    ] {
         assert!(!server.get(path).to_string().contains(secret), "{path}");
     }
     assert!(!server.log().contains(secret), "the server log shows the secret");
 
     // Local values for a developer's .env, and only those.
-    let output = offshoot_with(&["env", "export", "--scope", "local", "--config", server.config.to_str().expect("utf-8")], &[]);
+    let output = offshoot_with(
+        &["env", "export", "--scope", "local", "--config", server.config.to_str().expect("utf-8")],
+        &[],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output), "LOCAL_ONLY=\"local's value\"\n");
-    let output = offshoot_with(&["env", "export", "--scope", "production", "--config", server.config.to_str().expect("utf-8")], &[]);
+    let output = offshoot_with(
+        &[
+            "env",
+            "export",
+            "--scope",
+            "production",
+            "--config",
+            server.config.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
     assert_eq!(output.status.code(), Some(2), "production values do not leave the server");
 
     // Mistakes are refused at start-up with what to do.
     let bad = TempDir::new("dagster-cloud-variables-bad");
-    std::fs::write(bad.0.join("c.toml"), "[[variables]]\nname = \"OFFSHOOT_SCHEMA\"\nscopes = [\"branches\"]\nvalue = \"x\"\n").expect("write");
-    let output = offshoot_with(&["env", "export", "--scope", "local", "--config", bad.0.join("c.toml").to_str().expect("utf-8")], &[]);
-    assert!(stderr(&output).contains("`OFFSHOOT_SCHEMA` is set by Offshoot itself"), "{}", stderr(&output));
+    std::fs::write(
+        bad.0.join("c.toml"),
+        "[[variables]]\nname = \"OFFSHOOT_SCHEMA\"\nscopes = [\"branches\"]\nvalue = \"x\"\n",
+    )
+    .expect("write");
+    let output = offshoot_with(
+        &[
+            "env",
+            "export",
+            "--scope",
+            "local",
+            "--config",
+            bad.0.join("c.toml").to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    assert!(
+        stderr(&output).contains("`OFFSHOOT_SCHEMA` is set by Offshoot itself"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -3,7 +3,9 @@
 
 use serde_json::json;
 
-use crate::server::{client, commit_file, create_or_update, production_target, runtime, wait_for_prod, warehouse};
+use crate::server::{
+    client, commit_file, create_or_update, production_target, runtime, wait_for_prod, warehouse,
+};
 use crate::support::*;
 
 /// raw_orders: ids 0..9 with amount = 3 × id.
@@ -14,13 +16,29 @@ fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
     let dir = TempDir::new("data-diff");
     let repo = dir.0.join("repo");
     // Production: ids 1..9 (amount > 0).
-    let orders = "/* offshoot\ngrain = [\"id\"]\n*/\nSELECT id, amount FROM raw_orders WHERE amount > 0\n";
-    native_repo(&repo, "sqlite", &["raw_orders"], &[("orders.sql", orders), ("ids.sql", "SELECT id FROM orders\n")]);
+    let orders =
+        "/* offshoot\ngrain = [\"id\"]\n*/\nSELECT id, amount FROM raw_orders WHERE amount > 0\n";
+    native_repo(
+        &repo,
+        "sqlite",
+        &["raw_orders"],
+        &[("orders.sql", orders), ("ids.sql", "SELECT id FROM orders\n")],
+    );
     let server = Server::start(&dir.0, &repo, "");
     wait_for_prod(&server, &repo);
-    runtime().block_on(async { warehouse(&server).execute_production_script(&production_target().production, SEED).await.expect("seed") });
+    runtime().block_on(async {
+        warehouse(&server)
+            .execute_production_script(&production_target().production, SEED)
+            .await
+            .expect("seed")
+    });
     let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
-    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded", "{}", server.log());
+    assert_eq!(
+        server.wait_for_run(run["id"].as_i64().expect("id"))["status"],
+        "succeeded",
+        "{}",
+        server.log()
+    );
 
     // The branch: ids 4..9 (amount > 10), id 9's amount set to 0, a new column.
     git(&repo, &["branch", "feature/fewer", "main"]);
@@ -28,40 +46,106 @@ fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
     let sha = commit_file(&repo, "feature/fewer", "assets/orders.sql", edited, "Fewer orders");
     let name = create_or_update(&server, "feature/fewer", &sha);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
-    let (status, body) = server.request("GET", &format!("/api/v1/deployments/{name}/assets/orders/data-diff"), None, None);
-    assert_eq!((status, body["state"].as_str()), (200, Some("not_built_in_branch")), "before a branch run it reads production's: {body:#}");
-    let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:orders"}));
-    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded", "{}", server.log());
+    let (status, body) = server.request(
+        "GET",
+        &format!("/api/v1/deployments/{name}/assets/orders/data-diff"),
+        None,
+        None,
+    );
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("not_built_in_branch")),
+        "before a branch run it reads production's: {body:#}"
+    );
+    let run = server
+        .post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:orders"}));
+    assert_eq!(
+        server.wait_for_run(run["id"].as_i64().expect("id"))["status"],
+        "succeeded",
+        "{}",
+        server.log()
+    );
 
     let diff = server.get(&format!("/api/v1/deployments/{name}/assets/orders/data-diff"));
     assert_eq!(diff["state"], "compared", "{diff:#}");
-    assert_eq!((diff["production_rows"].as_u64(), diff["branch_rows"].as_u64()), (Some(9), Some(6)));
-    assert_eq!(diff["rows"], json!({"only_in_production": 3, "only_in_branch": 0, "changed": 1, "equal": 5}));
+    assert_eq!(
+        (diff["production_rows"].as_u64(), diff["branch_rows"].as_u64()),
+        (Some(9), Some(6))
+    );
+    assert_eq!(
+        diff["rows"],
+        json!({"only_in_production": 3, "only_in_branch": 0, "changed": 1, "equal": 5})
+    );
     assert_eq!(diff["key"]["columns"], json!(["id"]));
     assert_eq!(diff["key"]["source"], "declared");
     assert_eq!(diff["schema"]["added"][0]["name"], "note");
-    let amount = diff["columns"].as_array().expect("columns").iter().find(|c| c["name"] == "amount").expect("amount").clone();
+    let amount = diff["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .find(|c| c["name"] == "amount")
+        .expect("amount")
+        .clone();
     assert_eq!(amount["equal"], 5);
     assert!((amount["equal_share"].as_f64().expect("share") - 5.0 / 6.0).abs() < 1e-9);
     // Production sums 3 × (1..9) = 135; the branch 3 × (4..8) + 0 = 90.
-    assert_eq!((amount["production"]["sum"].as_str(), amount["branch"]["sum"].as_str()), (Some("135"), Some("90")));
+    assert_eq!(
+        (amount["production"]["sum"].as_str(), amount["branch"]["sum"].as_str()),
+        (Some("135"), Some("90"))
+    );
     assert_eq!(diff["samples"]["removed"], json!([["1", "3"], ["2", "6"], ["3", "9"]]));
-    assert_eq!(diff["samples"]["changed"], json!([{"key": ["9"], "cells": [{"production": "27", "branch": "0", "changed": true}]}]));
-    assert!(diff["branch_run"].as_i64().is_some() && diff["production_run"].as_i64().is_some(), "{diff:#}");
+    assert_eq!(
+        diff["samples"]["changed"],
+        json!([{"key": ["9"], "cells": [{"production": "27", "branch": "0", "changed": true}]}])
+    );
+    assert!(
+        diff["branch_run"].as_i64().is_some() && diff["production_run"].as_i64().is_some(),
+        "{diff:#}"
+    );
     // A key given in the request, and a smaller sample.
-    let by_amount = server.get(&format!("/api/v1/deployments/{name}/assets/orders/data-diff?key=amount&sample=1"));
+    let by_amount = server
+        .get(&format!("/api/v1/deployments/{name}/assets/orders/data-diff?key=amount&sample=1"));
     assert_eq!(by_amount["key"]["source"], "declared");
     assert_eq!(by_amount["samples"]["removed"].as_array().map(Vec::len), Some(1));
     // Refusals: production, a bad sample, an unknown asset.
-    assert_eq!(server.request("GET", "/api/v1/deployments/prod/assets/orders/data-diff", None, None).0, 400);
-    assert_eq!(server.request("GET", &format!("/api/v1/deployments/{name}/assets/orders/data-diff?sample=100000"), None, None).0, 400);
-    assert_eq!(server.request("GET", &format!("/api/v1/deployments/{name}/assets/nope/data-diff"), None, None).0, 404);
+    assert_eq!(
+        server.request("GET", "/api/v1/deployments/prod/assets/orders/data-diff", None, None).0,
+        400
+    );
+    assert_eq!(
+        server
+            .request(
+                "GET",
+                &format!("/api/v1/deployments/{name}/assets/orders/data-diff?sample=100000"),
+                None,
+                None
+            )
+            .0,
+        400
+    );
+    assert_eq!(
+        server
+            .request(
+                "GET",
+                &format!("/api/v1/deployments/{name}/assets/nope/data-diff"),
+                None,
+                None
+            )
+            .0,
+        404
+    );
 
     // The summaries: one line per asset the branch built.
     let summaries = server.get(&format!("/api/v1/deployments/{name}/data-diffs"));
     assert_eq!(summaries["diffs"].as_array().map(Vec::len), Some(1), "{summaries:#}");
     assert_eq!(summaries["diffs"][0]["asset"], "orders");
-    assert_eq!((summaries["diffs"][0]["only_in_production"].as_u64(), summaries["diffs"][0]["changed"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        (
+            summaries["diffs"][0]["only_in_production"].as_u64(),
+            summaries["diffs"][0]["changed"].as_u64()
+        ),
+        (Some(3), Some(1))
+    );
 
     // The CLI.
     let output = client(&server, &["data-diff", "--deployment", &name]);
@@ -71,8 +155,15 @@ fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
     assert!(text.contains("by id (declared): 3 removed, 0 added, 1 changed, 5 equal"), "{text}");
     assert!(text.contains("columns added: note") && text.contains("9: amount 27 -> 0"), "{text}");
     let output = client(&server, &["data-diff", "--deployment", &name, "--format", "markdown"]);
-    assert!(stdout(&output).contains("| `orders` | 9 → 6 | 0 | 3 | 1 | declared |"), "{}", stdout(&output));
-    let output = client(&server, &["data-diff", "--deployment", &name, "--select", "key:orders", "--format", "json"]);
+    assert!(
+        stdout(&output).contains("| `orders` | 9 → 6 | 0 | 3 | 1 | declared |"),
+        "{}",
+        stdout(&output)
+    );
+    let output = client(
+        &server,
+        &["data-diff", "--deployment", &name, "--select", "key:orders", "--format", "json"],
+    );
     let parsed: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
     assert_eq!(parsed[0]["rows"]["changed"], 1);
 }

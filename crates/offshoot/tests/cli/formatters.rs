@@ -13,8 +13,17 @@ use crate::support::*;
 /// exits 1 when something is left unfixable, which is not this test's business).
 fn format(repo: &Path, program: &str, args: &[&str]) {
     let tool = python_tools().join("bin").join(program);
-    let output = Command::new(&tool).args(args).current_dir(repo).env("PATH", path_with_python_tools()).output().expect("the formatter runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(&tool)
+        .args(args)
+        .current_dir(repo)
+        .env("PATH", path_with_python_tools())
+        .output()
+        .expect("the formatter runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(!text.contains("Traceback"), "{program} crashed: {text}");
 }
 
@@ -54,7 +63,10 @@ fn assert_each_reported(repo: &Path, edits: &[(&str, &str, &str, &str)]) {
             std::fs::write(repo.join(file), text.replacen(from, to, 1)).expect("write");
         });
         let report = diff(repo, &name);
-        assert!(report.contains(&format!("CHANGED   {asset}")), "`{from}` -> `{to}` in {file} was not reported:\n{report}");
+        assert!(
+            report.contains(&format!("CHANGED   {asset}")),
+            "`{from}` -> `{to}` in {file} was not reported:\n{report}"
+        );
     }
 }
 
@@ -62,7 +74,13 @@ fn assert_each_reported(repo: &Path, edits: &[(&str, &str, &str, &str)]) {
 fn formatting_the_native_example_changes_nothing_and_every_real_edit_counts() {
     python_tools();
     let (_dir, repo) = shop_repo("fmt-shop");
-    branch_with(&repo, "sqlfluff", |repo| format(repo, "sqlfluff", &["fix", "--dialect", "sqlite", "--exclude-rules", "ST06", "assets/"]));
+    branch_with(&repo, "sqlfluff", |repo| {
+        format(
+            repo,
+            "sqlfluff",
+            &["fix", "--dialect", "sqlite", "--exclude-rules", "ST06", "assets/"],
+        )
+    });
     branch_with(&repo, "sqlfmt", |repo| format(repo, "sqlfmt", &["assets/"]));
     assert_no_changes(&repo, "sqlfluff");
     assert_no_changes(&repo, "sqlfmt");
@@ -71,9 +89,24 @@ fn formatting_the_native_example_changes_nothing_and_every_real_edit_counts() {
         &[
             ("assets/marts/fct_orders.sql", "100.0", "1000.0", "fct_orders"),
             ("assets/marts/fct_orders.sql", "LEFT JOIN", "JOIN", "fct_orders"),
-            ("assets/marts/fct_orders.sql", "p.order_id, p.customer_id", "p.customer_id, p.order_id", "fct_orders"),
-            ("assets/marts/fct_orders.sql", "p.customer_id, p.order_date", "p.order_date", "fct_orders"),
-            ("assets/marts/fct_orders.sql", "fx.currency = p.currency", "fx.currency = p.currency AND fx.rate_to_eur > 0", "fct_orders"),
+            (
+                "assets/marts/fct_orders.sql",
+                "p.order_id, p.customer_id",
+                "p.customer_id, p.order_id",
+                "fct_orders",
+            ),
+            (
+                "assets/marts/fct_orders.sql",
+                "p.customer_id, p.order_date",
+                "p.order_date",
+                "fct_orders",
+            ),
+            (
+                "assets/marts/fct_orders.sql",
+                "fx.currency = p.currency",
+                "fx.currency = p.currency AND fx.rate_to_eur > 0",
+                "fct_orders",
+            ),
         ],
     );
 }
@@ -85,7 +118,20 @@ fn formatting_the_dbt_example_changes_nothing_and_jinja_edits_count() {
     let repo = dir.0.join("repo");
     example_repo("dbt_shop", &repo);
     branch_with(&repo, "sqlfluff", |repo| {
-        format(repo, "sqlfluff", &["fix", "--dialect", "postgres", "--templater", "jinja", "--exclude-rules", "ST06", "models/"])
+        format(
+            repo,
+            "sqlfluff",
+            &[
+                "fix",
+                "--dialect",
+                "postgres",
+                "--templater",
+                "jinja",
+                "--exclude-rules",
+                "ST06",
+                "models/",
+            ],
+        )
     });
     branch_with(&repo, "sqlfmt", |repo| format(repo, "sqlfmt", &["models/"]));
     assert_no_changes(&repo, "sqlfluff");
@@ -94,8 +140,18 @@ fn formatting_the_dbt_example_changes_nothing_and_jinja_edits_count() {
         &repo,
         &[
             ("models/marts/order_payments.sql", "'paypal'", "'PayPal'", "order_payments"),
-            ("models/marts/customer_orders.sql", "{{ ref('country_codes') }}", "{{ ref('country_codes') }} where region is not null", "customer_orders"),
-            ("models/marts/customer_orders.sql", "{{ ref('order_payments') }}", "{{ ref('stg_orders') }}", "customer_orders"),
+            (
+                "models/marts/customer_orders.sql",
+                "{{ ref('country_codes') }}",
+                "{{ ref('country_codes') }} where region is not null",
+                "customer_orders",
+            ),
+            (
+                "models/marts/customer_orders.sql",
+                "{{ ref('order_payments') }}",
+                "{{ ref('stg_orders') }}",
+                "customer_orders",
+            ),
         ],
     );
 }
@@ -117,8 +173,19 @@ fn formatting_the_dagster_example_changes_nothing_and_a_docstring_is_metadata() 
         std::fs::write(&path, edited).expect("write");
     });
     let report = diff(&repo, "docstring");
-    assert!(report.contains("CHANGED   daily_revenue  METADATA") && !report.contains("CODE_VERSION"), "{report}");
-    assert_each_reported(&repo, &[("dagster_shop/marts.py", "WHERE is_completed = 1", "WHERE is_completed = 0", "daily_revenue")]);
+    assert!(
+        report.contains("CHANGED   daily_revenue  METADATA") && !report.contains("CODE_VERSION"),
+        "{report}"
+    );
+    assert_each_reported(
+        &repo,
+        &[(
+            "dagster_shop/marts.py",
+            "WHERE is_completed = 1",
+            "WHERE is_completed = 0",
+            "daily_revenue",
+        )],
+    );
 }
 
 /// A 300-model project in ten layers, written the way people write SQL before a formatter:
@@ -132,7 +199,13 @@ fn generate_project(repo: &Path) {
     std::fs::write(repo.join("offshoot.toml"), manifest).expect("manifest");
     for layer in 1..=10 {
         for index in 0..30 {
-            let upstream = |offset: usize| if layer == 1 { format!("raw_{}", (index + offset) % 10) } else { format!("m_{}_{}", layer - 1, (index + offset) % 30) };
+            let upstream = |offset: usize| {
+                if layer == 1 {
+                    format!("raw_{}", (index + offset) % 10)
+                } else {
+                    format!("m_{}_{}", layer - 1, (index + offset) % 30)
+                }
+            };
             let (a, b) = (upstream(0), upstream(7));
             let sql = match index % 5 {
                 0 => format!("SELECT A.Id, a.Amount * 2 AS Doubled, b.Amount FROM {a} A JOIN {b} B ON b.id = a.id WHERE (a.amount != 0)\n"),
@@ -156,7 +229,20 @@ fn formatting_a_generated_300_model_project_changes_nothing() {
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "300 models"]);
     branch_with(&repo, "sqlfluff", |repo| {
-        format(repo, "sqlfluff", &["fix", "--dialect", "sqlite", "--exclude-rules", "ST06", "--processes", "2", "assets/"])
+        format(
+            repo,
+            "sqlfluff",
+            &[
+                "fix",
+                "--dialect",
+                "sqlite",
+                "--exclude-rules",
+                "ST06",
+                "--processes",
+                "2",
+                "assets/",
+            ],
+        )
     });
     branch_with(&repo, "sqlfmt", |repo| format(repo, "sqlfmt", &["assets/"]));
     assert_no_changes(&repo, "sqlfluff");
@@ -184,15 +270,22 @@ fn an_upgrade_that_changes_the_canonical_rules_marks_nothing_changed() {
     crate::server::wait_for_prod(&server, &repo);
     let reasons = |server: &Server, name: &str| -> Vec<String> {
         let changes = server.get(&format!("/api/v1/deployments/{name}/changes"));
-        changes["changes"]["assets"].as_array().expect("assets").iter().map(|c| format!("{} {}", c["key"], c["reasons"])).collect()
+        changes["changes"]["assets"]
+            .as_array()
+            .expect("assets")
+            .iter()
+            .map(|c| format!("{} {}", c["key"], c["reasons"]))
+            .collect()
     };
     let first = git(&repo, &["rev-parse", "feature/eur"]);
     let name = crate::server::create_or_update(&server, "feature/eur", &first);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == first);
     let before = reasons(&server, &name);
     assert!(!before.is_empty());
-    server.restart_with_env(&[("OFFSHOOT_TEST_CANONICAL_VERSION", "sql-canonical-from-the-future")]);
-    let docs = crate::server::commit_file(&repo, "feature/eur", "NOTES.md", "Only words.\n", "Docs only");
+    server
+        .restart_with_env(&[("OFFSHOOT_TEST_CANONICAL_VERSION", "sql-canonical-from-the-future")]);
+    let docs =
+        crate::server::commit_file(&repo, "feature/eur", "NOTES.md", "Only words.\n", "Docs only");
     crate::server::create_or_update(&server, "feature/eur", &docs);
     server.wait_for_deployment(&name, "ready at the docs commit", |d| serving_commit(d) == docs);
     assert_eq!(reasons(&server, &name), before, "the upgrade changed no asset's reasons");

@@ -25,9 +25,24 @@ fn post_raw(server: &Server, path: &str, headers: &[(&str, &str)], body: &str) -
 }
 
 /// A GitHub delivery, signed with `secret`.
-fn github_signed(server: &Server, event: &str, delivery: &str, body: &str, secret: &str) -> (u16, Value) {
+fn github_signed(
+    server: &Server,
+    event: &str,
+    delivery: &str,
+    body: &str,
+    secret: &str,
+) -> (u16, Value) {
     let signature = offshoot_server::hooks::github::signature(secret, body.as_bytes());
-    post_raw(server, "/hooks/github", &[("X-GitHub-Event", event), ("X-GitHub-Delivery", delivery), ("X-Hub-Signature-256", &signature)], body)
+    post_raw(
+        server,
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        body,
+    )
 }
 
 /// A correctly signed GitHub delivery of `payload`.
@@ -36,7 +51,12 @@ fn github(server: &Server, event: &str, delivery: &str, payload: &Value) -> (u16
 }
 
 fn gitlab(server: &Server, event: &str, uuid: &str, token: &str, payload: &Value) -> (u16, Value) {
-    post_raw(server, "/hooks/gitlab", &[("X-Gitlab-Event", event), ("X-Gitlab-Event-UUID", uuid), ("X-Gitlab-Token", token)], &payload.to_string())
+    post_raw(
+        server,
+        "/hooks/gitlab",
+        &[("X-Gitlab-Event", event), ("X-Gitlab-Event-UUID", uuid), ("X-Gitlab-Token", token)],
+        &payload.to_string(),
+    )
 }
 
 // ---- Payloads, following GitHub's and GitLab's documented layouts -----------------------------
@@ -166,8 +186,15 @@ fn wait_until<T>(server: &Server, what: &str, check: impl Fn() -> Option<T>) -> 
 }
 
 /// Waits until `branch` has a deployment for which `check` holds.
-fn wait_for_branch(server: &Server, branch: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    wait_until(server, &format!("{branch} {what}"), || branch_deployment(server, branch).filter(|d| check(d)))
+fn wait_for_branch(
+    server: &Server,
+    branch: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_until(server, &format!("{branch} {what}"), || {
+        branch_deployment(server, branch).filter(|d| check(d))
+    })
 }
 
 fn revisions(server: &Server, name: &str) -> Vec<Value> {
@@ -210,21 +237,39 @@ fn github_webhooks_are_authenticated_before_anything_else() {
     let opened = pull_request("opened", "feature/eur", &head).to_string();
 
     // Missing, wrong-secret, other-body and malformed signatures: 401, and nothing happens.
-    let (status, answer) = post_raw(&server, "/hooks/github", &[("X-GitHub-Event", "pull_request"), ("X-GitHub-Delivery", "d-1")], &opened);
+    let (status, answer) = post_raw(
+        &server,
+        "/hooks/github",
+        &[("X-GitHub-Event", "pull_request"), ("X-GitHub-Delivery", "d-1")],
+        &opened,
+    );
     assert_eq!((status, answer["error"]["code"].as_str()), (401, Some("unauthorized")), "{answer}");
     let (status, _) = github_signed(&server, "pull_request", "d-2", &opened, "not-the-secret");
     assert_eq!(status, 401);
     let other_body = offshoot_server::hooks::github::signature(SECRET, b"{}");
-    let headers = [("X-GitHub-Event", "pull_request"), ("X-GitHub-Delivery", "d-3"), ("X-Hub-Signature-256", other_body.as_str())];
+    let headers = [
+        ("X-GitHub-Event", "pull_request"),
+        ("X-GitHub-Delivery", "d-3"),
+        ("X-Hub-Signature-256", other_body.as_str()),
+    ];
     assert_eq!(post_raw(&server, "/hooks/github", &headers, &opened).0, 401);
-    let headers = [("X-GitHub-Event", "pull_request"), ("X-GitHub-Delivery", "d-4"), ("X-Hub-Signature-256", "sha256=not-hex")];
+    let headers = [
+        ("X-GitHub-Event", "pull_request"),
+        ("X-GitHub-Delivery", "d-4"),
+        ("X-Hub-Signature-256", "sha256=not-hex"),
+    ];
     assert_eq!(post_raw(&server, "/hooks/github", &headers, &opened).0, 401);
     // A 401 answer names no secret.
     assert!(!answer.to_string().contains(SECRET));
 
     // Signed but malformed: not JSON, or a pull_request without its head.
-    let (status, answer) = github_signed(&server, "pull_request", "d-5", "{\"action\": \"opened\",", SECRET);
-    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_request")), "{answer}");
+    let (status, answer) =
+        github_signed(&server, "pull_request", "d-5", "{\"action\": \"opened\",", SECRET);
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{answer}"
+    );
     let mut headless = pull_request("opened", "feature/eur", &head);
     headless["pull_request"].as_object_mut().expect("object").remove("head");
     assert_eq!(github(&server, "pull_request", "d-6", &headless).0, 400);
@@ -234,13 +279,25 @@ fn github_webhooks_are_authenticated_before_anything_else() {
     assert_eq!(github(&server, "pull_request", "d-8", &control).0, 400);
 
     // Events and actions that change nothing are accepted and ignored.
-    let (status, answer) = github(&server, "ping", "d-9", &json!({ "zen": "Keep it logically awesome.", "hook_id": 1, "repository": github_repository("acme/shop", 4242) }));
+    let (status, answer) = github(
+        &server,
+        "ping",
+        "d-9",
+        &json!({ "zen": "Keep it logically awesome.", "hook_id": 1, "repository": github_repository("acme/shop", 4242) }),
+    );
     assert_eq!((status, answer["status"].as_str()), (200, Some("pong")));
-    let (status, answer) = github(&server, "issues", "d-10", &json!({ "action": "opened", "repository": github_repository("acme/shop", 4242) }));
+    let (status, answer) = github(
+        &server,
+        "issues",
+        "d-10",
+        &json!({ "action": "opened", "repository": github_repository("acme/shop", 4242) }),
+    );
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
-    let (status, answer) = github(&server, "pull_request", "d-11", &pull_request("labeled", "feature/eur", &head));
+    let (status, answer) =
+        github(&server, "pull_request", "d-11", &pull_request("labeled", "feature/eur", &head));
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")));
-    let (status, answer) = github(&server, "push", "d-12", &push("refs/tags/v1", &"0".repeat(40), &head, false));
+    let (status, answer) =
+        github(&server, "push", "d-12", &push("refs/tags/v1", &"0".repeat(40), &head, false));
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")));
     let mut elsewhere = pull_request("opened", "feature/eur", &head);
     elsewhere["repository"] = github_repository("acme/other", 5151);
@@ -257,7 +314,17 @@ fn github_webhooks_are_authenticated_before_anything_else() {
     assert!(server.log().contains("comes from a fork"), "{}", server.log());
 
     // GitLab has no repository configured: every delivery is refused.
-    assert_eq!(gitlab(&server, "Merge Request Hook", "u-1", SECRET, &merge_request("open", "feature/eur", &head)).0, 401);
+    assert_eq!(
+        gitlab(
+            &server,
+            "Merge Request Hook",
+            "u-1",
+            SECRET,
+            &merge_request("open", "feature/eur", &head)
+        )
+        .0,
+        401
+    );
 
     // Nothing of the above created or changed a deployment.
     let all = deployments(&server);
@@ -273,25 +340,58 @@ fn github_pull_request_lifecycle() {
     let first = git(&repo, &["rev-parse", "feature/eur"]);
 
     // Opened: answered at once, deployed in the background.
-    let (status, answer) = github(&server, "pull_request", "lc-1", &pull_request("opened", "feature/eur", &first));
+    let (status, answer) =
+        github(&server, "pull_request", "lc-1", &pull_request("opened", "feature/eur", &first));
     assert_eq!((status, answer["status"].as_str()), (202, Some("accepted")), "{answer}");
-    let deployment = wait_for_branch(&server, "feature/eur", "ready at the first commit", |d| serving_commit(d) == first);
+    let deployment = wait_for_branch(&server, "feature/eur", "ready at the first commit", |d| {
+        serving_commit(d) == first
+    });
     let name = deployment["name"].as_str().expect("name").to_owned();
-    assert_eq!(deployment["pull_request"], json!({ "id": "7", "url": "https://github.com/acme/shop/pull/7", "status": "OPEN" }));
+    assert_eq!(
+        deployment["pull_request"],
+        json!({ "id": "7", "url": "https://github.com/acme/shop/pull/7", "status": "OPEN" })
+    );
     assert_eq!(deployment["current_revision"]["changed_count"], 4);
 
     // The same delivery again: a no-op.
-    let (status, answer) = github(&server, "pull_request", "lc-1", &pull_request("opened", "feature/eur", &first));
+    let (status, answer) =
+        github(&server, "pull_request", "lc-1", &pull_request("opened", "feature/eur", &first));
     assert_eq!((status, answer["status"].as_str()), (200, Some("duplicate")), "{answer}");
 
     // A new commit deploys; then the older head arrives late (a new delivery): recorded as
     // superseded, never serving.
-    let second = commit_file(&repo, "feature/eur", "assets/marts/big_orders.sql", "SELECT * FROM fct_orders WHERE amount_eur > 100\n");
-    assert_eq!(github(&server, "pull_request", "lc-2", &synchronize("feature/eur", &first, &second)).0, 202);
-    wait_for_branch(&server, "feature/eur", "ready at the second commit", |d| serving_commit(d) == second);
-    assert_eq!(github(&server, "pull_request", "lc-3", &synchronize("feature/eur", "0000000000000000000000000000000000000000", &first)).0, 202);
+    let second = commit_file(
+        &repo,
+        "feature/eur",
+        "assets/marts/big_orders.sql",
+        "SELECT * FROM fct_orders WHERE amount_eur > 100\n",
+    );
+    assert_eq!(
+        github(&server, "pull_request", "lc-2", &synchronize("feature/eur", &first, &second)).0,
+        202
+    );
+    wait_for_branch(&server, "feature/eur", "ready at the second commit", |d| {
+        serving_commit(d) == second
+    });
+    assert_eq!(
+        github(
+            &server,
+            "pull_request",
+            "lc-3",
+            &synchronize("feature/eur", "0000000000000000000000000000000000000000", &first)
+        )
+        .0,
+        202
+    );
     wait_until(&server, "a superseded revision for the late push", || {
-        revisions(&server, &name).iter().any(|r| r["status"] == "superseded" && r["commit"]["sha"] == first.as_str() && r["number"] == 3).then_some(())
+        revisions(&server, &name)
+            .iter()
+            .any(|r| {
+                r["status"] == "superseded"
+                    && r["commit"]["sha"] == first.as_str()
+                    && r["number"] == 3
+            })
+            .then_some(())
     });
     assert_eq!(serving_commit(&server.get(&format!("/api/v1/deployments/{name}"))), second);
     let before_replay = revisions(&server, &name).len();
@@ -299,11 +399,18 @@ fn github_pull_request_lifecycle() {
     // A stacked pull request, first against main, then retargeted onto feature/eur: change
     // tracking is recomputed against feature/eur's deployment. A title edit changes nothing.
     git(&repo, &["branch", "feature/stacked", &second]);
-    let stacked = commit_file(&repo, "feature/stacked", "assets/marts/stacked.sql", "SELECT * FROM fct_orders\n");
+    let stacked = commit_file(
+        &repo,
+        "feature/stacked",
+        "assets/marts/stacked.sql",
+        "SELECT * FROM fct_orders\n",
+    );
     let mut opened = pull_request("opened", "feature/stacked", &stacked);
     opened["number"] = json!(8);
     assert_eq!(github(&server, "pull_request", "lc-s1", &opened).0, 202);
-    let deployment = wait_for_branch(&server, "feature/stacked", "ready against prod", |d| serving_commit(d) == stacked);
+    let deployment = wait_for_branch(&server, "feature/stacked", "ready against prod", |d| {
+        serving_commit(d) == stacked
+    });
     assert_eq!(deployment["current_revision"]["changed_count"], 6);
     let mut title_edit = opened.clone();
     title_edit["action"] = json!("edited");
@@ -311,20 +418,33 @@ fn github_pull_request_lifecycle() {
     assert_eq!(github(&server, "pull_request", "lc-s2", &title_edit).1["status"], "ignored");
     let mut retargeted = title_edit;
     retargeted["pull_request"]["base"]["ref"] = json!("feature/eur");
-    retargeted["changes"] = json!({ "base": { "ref": { "from": "main" }, "sha": { "from": "0".repeat(40) } } });
+    retargeted["changes"] =
+        json!({ "base": { "ref": { "from": "main" }, "sha": { "from": "0".repeat(40) } } });
     assert_eq!(github(&server, "pull_request", "lc-s3", &retargeted).0, 202);
-    let deployment = wait_for_branch(&server, "feature/stacked", "redeployed against feature/eur", |d| {
-        d["base_deployment"] == name.as_str() && d["current_revision"]["changed_count"] == 1
-    });
+    let deployment =
+        wait_for_branch(&server, "feature/stacked", "redeployed against feature/eur", |d| {
+            d["base_deployment"] == name.as_str() && d["current_revision"]["changed_count"] == 1
+        });
     assert_eq!(deployment["current_revision"]["commit"]["sha"], stacked.as_str());
 
     // Closed: the deployment closes. A late synchronize does not reopen it.
-    assert_eq!(github(&server, "pull_request", "lc-4", &closed("feature/eur", &second, false)).0, 202);
+    assert_eq!(
+        github(&server, "pull_request", "lc-4", &closed("feature/eur", &second, false)).0,
+        202
+    );
     let deployment = wait_for_branch(&server, "feature/eur", "closed", |d| d["status"] == "closed");
     assert_eq!(deployment["pull_request"]["status"], "CLOSED");
     assert_eq!(deployment["close_reason"], "pull request closed");
-    let third = commit_file(&repo, "feature/eur", "assets/marts/bigger_orders.sql", "SELECT * FROM fct_orders WHERE amount_eur > 1000\n");
-    assert_eq!(github(&server, "pull_request", "lc-5", &synchronize("feature/eur", &second, &third)).0, 202);
+    let third = commit_file(
+        &repo,
+        "feature/eur",
+        "assets/marts/bigger_orders.sql",
+        "SELECT * FROM fct_orders WHERE amount_eur > 1000\n",
+    );
+    assert_eq!(
+        github(&server, "pull_request", "lc-5", &synchronize("feature/eur", &second, &third)).0,
+        202
+    );
     wait_for_log(&server, "stays closed until the pull request is reopened");
     assert_eq!(branch_deployment(&server, "feature/eur").expect("deployment")["status"], "closed");
     // The new commit is remembered (reopening deploys it), never deployed while closed.
@@ -332,25 +452,49 @@ fn github_pull_request_lifecycle() {
         let list = revisions(&server, &name);
         (list.len() == before_replay + 1).then(|| list[0].clone())
     });
-    assert_eq!((remembered["status"].as_str(), remembered["commit"]["sha"].as_str()), (Some("superseded"), Some(third.as_str())));
+    assert_eq!(
+        (remembered["status"].as_str(), remembered["commit"]["sha"].as_str()),
+        (Some("superseded"), Some(third.as_str()))
+    );
     assert_eq!(branch_deployment(&server, "feature/eur").expect("deployment")["status"], "closed");
 
     // Reopened: open again and deployed at the head.
-    assert_eq!(github(&server, "pull_request", "lc-6", &pull_request("reopened", "feature/eur", &third)).0, 202);
-    let deployment = wait_for_branch(&server, "feature/eur", "reopened and ready", |d| d["status"] == "open" && serving_commit(d) == third);
+    assert_eq!(
+        github(&server, "pull_request", "lc-6", &pull_request("reopened", "feature/eur", &third)).0,
+        202
+    );
+    let deployment = wait_for_branch(&server, "feature/eur", "reopened and ready", |d| {
+        d["status"] == "open" && serving_commit(d) == third
+    });
     assert_eq!(deployment["name"], name.as_str());
     assert_eq!(deployment["pull_request"]["status"], "OPEN");
 
     // Merged: closed with the merge recorded.
-    assert_eq!(github(&server, "pull_request", "lc-7", &closed("feature/eur", &third, true)).0, 202);
-    let deployment = wait_for_branch(&server, "feature/eur", "closed as merged", |d| d["status"] == "closed");
+    assert_eq!(
+        github(&server, "pull_request", "lc-7", &closed("feature/eur", &third, true)).0,
+        202
+    );
+    let deployment =
+        wait_for_branch(&server, "feature/eur", "closed as merged", |d| d["status"] == "closed");
     assert_eq!(deployment["pull_request"]["status"], "MERGED");
     assert_eq!(deployment["close_reason"], "pull request merged");
 
     // The merged branch is deleted: the pull request stays merged.
-    assert_eq!(github(&server, "push", "lc-8", &push("refs/heads/feature/eur", &third, &"0".repeat(40), true)).0, 202);
+    assert_eq!(
+        github(
+            &server,
+            "push",
+            "lc-8",
+            &push("refs/heads/feature/eur", &third, &"0".repeat(40), true)
+        )
+        .0,
+        202
+    );
     wait_for_log(&server, &format!("closed shop/{name}: the branch was deleted"));
-    assert_eq!(branch_deployment(&server, "feature/eur").expect("deployment")["pull_request"]["status"], "MERGED");
+    assert_eq!(
+        branch_deployment(&server, "feature/eur").expect("deployment")["pull_request"]["status"],
+        "MERGED"
+    );
 }
 
 /// Durable intake: a delivery answered 202 is in the store before the answer, so a SIGKILL right
@@ -371,12 +515,19 @@ fn accepted_webhooks_survive_a_sigkill_right_after_the_answer() {
         assert_eq!(status, 202, "{answer}");
     }
     server.kill();
-    let existing_at_restart = deployments(server_after(&mut server)).iter().filter(|d| d["kind"] == "branch").count();
+    let existing_at_restart =
+        deployments(server_after(&mut server)).iter().filter(|d| d["kind"] == "branch").count();
     for branch in &branches {
-        wait_for_branch(&server, branch, "deployed after the restart", |d| serving_commit(d) == head);
+        wait_for_branch(&server, branch, "deployed after the restart", |d| {
+            serving_commit(d) == head
+        });
     }
-    println!("{existing_at_restart} of {} branch deployments existed as the restarted server answered", branches.len());
-    let (status, answer) = github(&server, "pull_request", "durable-0", &pull_request("opened", &branches[0], &head));
+    println!(
+        "{existing_at_restart} of {} branch deployments existed as the restarted server answered",
+        branches.len()
+    );
+    let (status, answer) =
+        github(&server, "pull_request", "durable-0", &pull_request("opened", &branches[0], &head));
     assert_eq!((status, answer["status"].as_str()), (200, Some("duplicate")), "{answer}");
 }
 
@@ -396,30 +547,52 @@ fn github_pushes_deploy_production_and_branch_names_are_taken_verbatim() {
     let branch = "feature/über-straße/☃";
     git(&repo, &["branch", branch, "feature/eur"]);
     let head = commit_file(&repo, branch, "assets/marts/snow.sql", "SELECT * FROM fct_orders\n");
-    assert_eq!(github(&server, "pull_request", "p-1", &pull_request("opened", branch, &head)).0, 202);
+    assert_eq!(
+        github(&server, "pull_request", "p-1", &pull_request("opened", branch, &head)).0,
+        202
+    );
     let deployment = wait_for_branch(&server, branch, "ready", |d| serving_commit(d) == head);
     let name = deployment["name"].as_str().expect("name");
     assert!(name.starts_with("feature-") && name.is_ascii(), "{name}");
 
     // A push to another branch is left to its pull request.
-    let (status, answer) = github(&server, "push", "p-2", &push(&format!("refs/heads/{branch}"), &head, &head, false));
+    let (status, answer) =
+        github(&server, "push", "p-2", &push(&format!("refs/heads/{branch}"), &head, &head, false));
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")));
 
     // A push to the production branch redeploys prod.
-    let main = commit_file(&repo, "main", "assets/marts/daily_orders.sql", "SELECT order_date, count(*) AS orders FROM fct_orders GROUP BY 1\n");
+    let main = commit_file(
+        &repo,
+        "main",
+        "assets/marts/daily_orders.sql",
+        "SELECT order_date, count(*) AS orders FROM fct_orders GROUP BY 1\n",
+    );
     let before = git(&repo, &["rev-parse", "main~1"]);
-    assert_eq!(github(&server, "push", "p-3", &push("refs/heads/main", &before, &main, false)).0, 202);
+    assert_eq!(
+        github(&server, "push", "p-3", &push("refs/heads/main", &before, &main, false)).0,
+        202
+    );
     server.wait_for_deployment("prod", "ready at the new main", |d| serving_commit(d) == main);
 
     // Deleting the branch closes its deployment; deleting production is ignored.
-    assert_eq!(github(&server, "push", "p-4", &push(&format!("refs/heads/{branch}"), &head, &"0".repeat(40), true)).0, 202);
+    assert_eq!(
+        github(
+            &server,
+            "push",
+            "p-4",
+            &push(&format!("refs/heads/{branch}"), &head, &"0".repeat(40), true)
+        )
+        .0,
+        202
+    );
     let deployment = wait_for_branch(&server, branch, "closed", |d| d["status"] == "closed");
     assert_eq!(deployment["close_reason"], "the branch was deleted");
     // Its pull request ended with the branch: shown closed in the API and the CLI.
     assert_eq!(deployment["pull_request"]["status"], "CLOSED", "{deployment:#}");
     let output = crate::server::client(&server, &["deployment", "status", name]);
     assert!(stdout(&output).contains("pull request 7 CLOSED"), "{}", stdout(&output));
-    let (status, answer) = github(&server, "push", "p-5", &push("refs/heads/main", &main, &"0".repeat(40), true));
+    let (status, answer) =
+        github(&server, "push", "p-5", &push("refs/heads/main", &main, &"0".repeat(40), true));
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")));
 }
 
@@ -435,8 +608,18 @@ fn hostile_refs_never_touch_production_or_another_branch() {
     wait_for_prod(&server, &repo);
     let main = git(&repo, &["rev-parse", "main"]);
     let victim_head = git(&repo, &["rev-parse", "feature/eur"]);
-    assert_eq!(github(&server, "pull_request", "h-0", &pull_request("opened", "feature/eur", &victim_head)).0, 202);
-    let victim = wait_for_branch(&server, "feature/eur", "ready", |d| serving_commit(d) == victim_head);
+    assert_eq!(
+        github(
+            &server,
+            "pull_request",
+            "h-0",
+            &pull_request("opened", "feature/eur", &victim_head)
+        )
+        .0,
+        202
+    );
+    let victim =
+        wait_for_branch(&server, "feature/eur", "ready", |d| serving_commit(d) == victim_head);
 
     // The attacker's branches, pushed with plain git.
     git(&repo, &["branch", "attacker", "feature/eur"]);
@@ -447,30 +630,54 @@ fn hostile_refs_never_touch_production_or_another_branch() {
     assert_eq!(git(&repo, &["rev-parse", "refs/heads/refs/heads/main"]), attack);
 
     // GitHub: a push to `refs/heads/refs/heads/main` is a push to a branch, not to production.
-    let (status, answer) = github(&server, "push", "h-1", &push("refs/heads/refs/heads/main", &main, &attack, false));
+    let (status, answer) =
+        github(&server, "push", "h-1", &push("refs/heads/refs/heads/main", &main, &attack, false));
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
     // A pull request from `refs/heads/feature/eur` gets a deployment of its own.
     let mut from_lookalike = pull_request("opened", "refs/heads/feature/eur", &attack);
     from_lookalike["number"] = json!(8);
     assert_eq!(github(&server, "pull_request", "h-2", &from_lookalike).0, 202);
-    let lookalike = wait_for_branch(&server, "refs/heads/feature/eur", "ready", |d| serving_commit(d) == attack);
+    let lookalike = wait_for_branch(&server, "refs/heads/feature/eur", "ready", |d| {
+        serving_commit(d) == attack
+    });
     assert_ne!(lookalike["name"], victim["name"]);
     // Tags and other refs are not branches.
     for reference in ["refs/tags/main", "main", "HEAD", "refs/remotes/origin/main"] {
-        let (status, answer) = github(&server, "push", &format!("h-ref-{reference}"), &push(reference, &main, &attack, false));
-        assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{reference}: {answer}");
+        let (status, answer) = github(
+            &server,
+            "push",
+            &format!("h-ref-{reference}"),
+            &push(reference, &main, &attack, false),
+        );
+        assert_eq!(
+            (status, answer["status"].as_str()),
+            (202, Some("ignored")),
+            "{reference}: {answer}"
+        );
     }
 
     // The API and the CLI: look-alikes of `main` become branch deployments of their own.
-    for lookalike in ["refs/heads/main", "Main", "main/", "main ", " main", "ma\u{0301}in", "MAIN"] {
+    for lookalike in ["refs/heads/main", "Main", "main/", "main ", " main", "ma\u{0301}in", "MAIN"]
+    {
         let body = json!({"branch_name": lookalike, "commit_hash": attack});
-        let (status, answer) = server.request("POST", "/api/v1/branch-deployments", Some(body), Some(TOKEN));
+        let (status, answer) =
+            server.request("POST", "/api/v1/branch-deployments", Some(body), Some(TOKEN));
         assert_eq!(status, 200, "{lookalike:?}: {answer}");
         assert_ne!(answer["name"], "prod", "{lookalike:?}");
         assert_eq!(answer["deployment"]["kind"], "branch", "{lookalike:?}");
         assert_eq!(answer["deployment"]["branch"], lookalike, "shown verbatim");
     }
-    let output = crate::server::client(&server, &["branch-deployment", "create-or-update", "--branch-name", "refs/heads/main", "--commit-hash", &attack]);
+    let output = crate::server::client(
+        &server,
+        &[
+            "branch-deployment",
+            "create-or-update",
+            "--branch-name",
+            "refs/heads/main",
+            "--commit-hash",
+            &attack,
+        ],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_ne!(stdout(&output).trim(), "prod");
     // Closing a look-alike closes only its own deployment.
@@ -481,57 +688,111 @@ fn hostile_refs_never_touch_production_or_another_branch() {
         Some(TOKEN),
     );
     assert_eq!(status, 200);
-    assert_eq!(github(&server, "push", "h-3", &push("refs/heads/refs/heads/feature/eur", &attack, &"0".repeat(40), true)).0, 202);
+    assert_eq!(
+        github(
+            &server,
+            "push",
+            "h-3",
+            &push("refs/heads/refs/heads/feature/eur", &attack, &"0".repeat(40), true)
+        )
+        .0,
+        202
+    );
 
     std::thread::sleep(Duration::from_millis(300));
     let prod = server.get("/api/v1/deployments/prod");
     assert_eq!(serving_commit(&prod), main, "prod never moved");
-    assert_eq!(prod["latest_revision"]["commit"]["sha"], main.as_str(), "nothing was even queued for prod");
+    assert_eq!(
+        prod["latest_revision"]["commit"]["sha"],
+        main.as_str(),
+        "nothing was even queued for prod"
+    );
     let victim_now = branch_deployment(&server, "feature/eur").expect("the victim's deployment");
-    assert_eq!((victim_now["status"].as_str(), serving_commit(&victim_now)), (Some("open"), victim_head.clone()), "the victim is untouched");
+    assert_eq!(
+        (victim_now["status"].as_str(), serving_commit(&victim_now)),
+        (Some("open"), victim_head.clone()),
+        "the victim is untouched"
+    );
     assert_eq!(revisions(&server, victim["name"].as_str().expect("name")).len(), 1);
 
     // GitLab: the same push, on a GitLab-configured server, leaves prod alone.
     let gitlab_dir = TempDir::new("hooks-hostile-refs-gitlab");
-    let keys = format!("path = {:?}\nforge = \"gitlab\"\nproject = \"acme/shop\"\nwebhook_secret = {SECRET:?}\n", repo.to_str().expect("utf-8"));
+    let keys = format!(
+        "path = {:?}\nforge = \"gitlab\"\nproject = \"acme/shop\"\nwebhook_secret = {SECRET:?}\n",
+        repo.to_str().expect("utf-8")
+    );
     let gitlab_server = Server::start_with_repository(&gitlab_dir.0, &keys, "");
     gitlab_server.wait_for_deployment("prod", "ready", |d| serving_commit(d) == main);
-    let (status, answer) = gitlab(&gitlab_server, "Push Hook", "gh-1", SECRET, &gitlab_push("refs/heads/refs/heads/main", &main, &attack));
+    let (status, answer) = gitlab(
+        &gitlab_server,
+        "Push Hook",
+        "gh-1",
+        SECRET,
+        &gitlab_push("refs/heads/refs/heads/main", &main, &attack),
+    );
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
     std::thread::sleep(Duration::from_millis(300));
     let prod = gitlab_server.get("/api/v1/deployments/prod");
-    assert_eq!(prod["latest_revision"]["commit"]["sha"], main.as_str(), "prod never moved on GitLab either");
+    assert_eq!(
+        prod["latest_revision"]["commit"]["sha"],
+        main.as_str(),
+        "prod never moved on GitLab either"
+    );
 }
 
 #[test]
 fn remote_repository_is_mirrored_and_fetched_before_each_deploy() {
     let (dir, origin) = shop_repo("hooks-remote");
     let url = format!("file://{}", origin.to_str().expect("utf-8"));
-    let keys = format!("url = {url:?}\nforge = \"github\"\nproject = \"acme/shop\"\nwebhook_secret = {SECRET:?}\n");
+    let keys = format!(
+        "url = {url:?}\nforge = \"github\"\nproject = \"acme/shop\"\nwebhook_secret = {SECRET:?}\n"
+    );
     let server = Server::start_with_repository(&dir.0, &keys, "");
     let mirror = server.data_dir.join("mirrors/shop.git");
     assert!(mirror.join("HEAD").is_file(), "the mirror is prepared at start");
 
     // The first event fetches the mirror; prod deploys from it.
     let main = git(&origin, &["rev-parse", "main"]);
-    assert_eq!(github(&server, "push", "r-1", &push("refs/heads/main", &"0".repeat(40), &main, false)).0, 202);
+    assert_eq!(
+        github(&server, "push", "r-1", &push("refs/heads/main", &"0".repeat(40), &main, false)).0,
+        202
+    );
     server.wait_for_deployment("prod", "ready from the mirror", |d| serving_commit(d) == main);
 
     let first = git(&origin, &["rev-parse", "feature/eur"]);
-    assert_eq!(github(&server, "pull_request", "r-2", &pull_request("opened", "feature/eur", &first)).0, 202);
+    assert_eq!(
+        github(&server, "pull_request", "r-2", &pull_request("opened", "feature/eur", &first)).0,
+        202
+    );
     wait_for_branch(&server, "feature/eur", "ready", |d| serving_commit(d) == first);
 
     // A commit that exists only in the origin: fetched, then deployed.
-    let second = commit_file(&origin, "feature/eur", "assets/marts/remote_only.sql", "SELECT * FROM fct_orders\n");
-    assert_eq!(github(&server, "pull_request", "r-3", &synchronize("feature/eur", &first, &second)).0, 202);
-    wait_for_branch(&server, "feature/eur", "ready at the fetched commit", |d| serving_commit(d) == second);
+    let second = commit_file(
+        &origin,
+        "feature/eur",
+        "assets/marts/remote_only.sql",
+        "SELECT * FROM fct_orders\n",
+    );
+    assert_eq!(
+        github(&server, "pull_request", "r-3", &synchronize("feature/eur", &first, &second)).0,
+        202
+    );
+    wait_for_branch(&server, "feature/eur", "ready at the fetched commit", |d| {
+        serving_commit(d) == second
+    });
     assert_eq!(git(&mirror, &["rev-parse", "refs/heads/feature/eur"]), second);
 
     // A branch deleted in the origin is pruned from the mirror on the next fetch.
     git(&origin, &["branch", "-q", "-D", "broken"]);
-    let newer_main = commit_file(&origin, "main", "assets/marts/more.sql", "SELECT * FROM fct_orders\n");
-    assert_eq!(github(&server, "push", "r-4", &push("refs/heads/main", &main, &newer_main, false)).0, 202);
-    server.wait_for_deployment("prod", "ready at the newer main", |d| serving_commit(d) == newer_main);
+    let newer_main =
+        commit_file(&origin, "main", "assets/marts/more.sql", "SELECT * FROM fct_orders\n");
+    assert_eq!(
+        github(&server, "push", "r-4", &push("refs/heads/main", &main, &newer_main, false)).0,
+        202
+    );
+    server.wait_for_deployment("prod", "ready at the newer main", |d| {
+        serving_commit(d) == newer_main
+    });
     let branches = git(&mirror, &["branch", "--list"]);
     assert!(!branches.contains("broken"), "{branches}");
 }
@@ -582,7 +843,12 @@ impl FakeForge {
         self.requests.lock().expect("lock").clone()
     }
 
-    fn wait_for(&self, server: &Server, what: &str, check: impl Fn(&[Recorded]) -> bool) -> Vec<Recorded> {
+    fn wait_for(
+        &self,
+        server: &Server,
+        what: &str,
+        check: impl Fn(&[Recorded]) -> bool,
+    ) -> Vec<Recorded> {
         wait_until(server, what, || {
             let requests = self.requests();
             check(&requests).then_some(requests)
@@ -611,14 +877,28 @@ fn read_request(stream: &std::net::TcpStream) -> Option<Recorded> {
     let length: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
-    Some(Recorded { method, path, headers, body: serde_json::from_slice(&body).unwrap_or(Value::Null) })
+    Some(Recorded {
+        method,
+        path,
+        headers,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    })
 }
 
 fn respond(request: &Recorded, comments: &mut Vec<(u64, String)>) -> (u16, Value) {
     let path = request.path.split('?').next().unwrap_or("");
-    let listing = |comments: &Vec<(u64, String)>| json!(comments.iter().map(|(id, body)| json!({ "id": id, "body": body, "user": { "login": "offshoot-bot" } })).collect::<Vec<_>>());
+    let listing = |comments: &Vec<(u64, String)>| {
+        json!(comments
+            .iter()
+            .map(
+                |(id, body)| json!({ "id": id, "body": body, "user": { "login": "offshoot-bot" } })
+            )
+            .collect::<Vec<_>>())
+    };
     match request.method.as_str() {
-        "GET" if path.ends_with("/comments") || path.ends_with("/notes") => (200, listing(comments)),
+        "GET" if path.ends_with("/comments") || path.ends_with("/notes") => {
+            (200, listing(comments))
+        }
         "POST" if path.ends_with("/comments") || path.ends_with("/notes") => {
             let id = 9000 + comments.len() as u64;
             let body = request.body["body"].as_str().unwrap_or("").to_owned();
@@ -635,7 +915,9 @@ fn respond(request: &Recorded, comments: &mut Vec<(u64, String)>) -> (u16, Value
                 None => (404, json!({ "message": "Not Found" })),
             }
         }
-        "POST" if path.contains("/statuses/") => (201, json!({ "id": 1, "state": request.body["state"] })),
+        "POST" if path.contains("/statuses/") => {
+            (201, json!({ "id": 1, "state": request.body["state"] }))
+        }
         _ => (404, json!({ "message": "Not Found" })),
     }
 }
@@ -649,16 +931,26 @@ fn github_feedback_is_one_comment_edited_in_place_and_a_commit_status() {
     let forge = FakeForge::start();
     let (dir, repo) = shop_repo("hooks-feedback");
     let extra = format!("api_url = {:?}\ntoken = {API_TOKEN:?}\n", forge.url);
-    let server = Server::start_with_repository(&dir.0, &github_repository_keys(&repo, &extra), "public_url = \"https://offshoot.example\"\n");
+    let server = Server::start_with_repository(
+        &dir.0,
+        &github_repository_keys(&repo, &extra),
+        "public_url = \"https://offshoot.example\"\n",
+    );
     wait_for_prod(&server, &repo);
     let first = git(&repo, &["rev-parse", "feature/eur"]);
 
-    assert_eq!(github(&server, "pull_request", "f-1", &pull_request("opened", "feature/eur", &first)).0, 202);
-    let deployment = wait_for_branch(&server, "feature/eur", "ready", |d| serving_commit(d) == first);
+    assert_eq!(
+        github(&server, "pull_request", "f-1", &pull_request("opened", "feature/eur", &first)).0,
+        202
+    );
+    let deployment =
+        wait_for_branch(&server, "feature/eur", "ready", |d| serving_commit(d) == first);
     let name = deployment["name"].as_str().expect("name").to_owned();
-    let requests = forge.wait_for(&server, "a comment and a status for the first commit", |requests| {
-        requests.iter().any(|r| is(r, "POST", "/repos/acme/shop/issues/7/comments")) && requests.iter().any(|r| is(r, "POST", &format!("/statuses/{first}")))
-    });
+    let requests =
+        forge.wait_for(&server, "a comment and a status for the first commit", |requests| {
+            requests.iter().any(|r| is(r, "POST", "/repos/acme/shop/issues/7/comments"))
+                && requests.iter().any(|r| is(r, "POST", &format!("/statuses/{first}")))
+        });
     let created = requests.iter().find(|r| is(r, "POST", "/issues/7/comments")).expect("created");
     let body = created.body["body"].as_str().expect("body");
     assert!(body.starts_with(&format!("<!-- offshoot:deployment={name} -->")), "{body}");
@@ -667,29 +959,71 @@ fn github_feedback_is_one_comment_edited_in_place_and_a_commit_status() {
     assert!(body.contains("**1 new, 2 changed, 1 removed, 2 impacted downstream**"), "{body}");
     assert!(body.contains("| [`fct_orders`](") && body.contains("CODE_VERSION"), "{body}");
     assert!(body.contains("REMOVED") && body.contains("NEW"), "{body}");
-    let status = requests.iter().find(|r| is(r, "POST", &format!("/repos/acme/shop/statuses/{first}"))).expect("status");
+    let status = requests
+        .iter()
+        .find(|r| is(r, "POST", &format!("/repos/acme/shop/statuses/{first}")))
+        .expect("status");
     assert_eq!(status.body["state"], "success");
     assert_eq!(status.body["context"], "offshoot");
     assert_eq!(status.body["target_url"], format!("https://offshoot.example/#/d/shop/{name}"));
-    assert_eq!(status.headers.get("authorization").map(String::as_str), Some(format!("Bearer {API_TOKEN}").as_str()));
+    assert_eq!(
+        status.headers.get("authorization").map(String::as_str),
+        Some(format!("Bearer {API_TOKEN}").as_str())
+    );
 
     // A second push: the same comment is edited, a status is posted for the new commit.
-    let second = commit_file(&repo, "feature/eur", "assets/marts/big_orders.sql", "SELECT * FROM fct_orders WHERE amount_eur > 100\n");
-    assert_eq!(github(&server, "pull_request", "f-2", &synchronize("feature/eur", &first, &second)).0, 202);
-    let requests = forge.wait_for(&server, "the comment edited and a status for the second commit", |requests| {
-        requests.iter().any(|r| is(r, "PATCH", "/repos/acme/shop/issues/comments/9000")) && requests.iter().any(|r| is(r, "POST", &format!("/statuses/{second}")))
-    });
+    let second = commit_file(
+        &repo,
+        "feature/eur",
+        "assets/marts/big_orders.sql",
+        "SELECT * FROM fct_orders WHERE amount_eur > 100\n",
+    );
+    assert_eq!(
+        github(&server, "pull_request", "f-2", &synchronize("feature/eur", &first, &second)).0,
+        202
+    );
+    let requests = forge.wait_for(
+        &server,
+        "the comment edited and a status for the second commit",
+        |requests| {
+            requests.iter().any(|r| is(r, "PATCH", "/repos/acme/shop/issues/comments/9000"))
+                && requests.iter().any(|r| is(r, "POST", &format!("/statuses/{second}")))
+        },
+    );
     let edited = requests.iter().find(|r| is(r, "PATCH", "/issues/comments/9000")).expect("edited");
-    assert!(edited.body["body"].as_str().expect("body").contains("**2 new, 2 changed, 1 removed, 2 impacted downstream**"), "{}", edited.body);
-    assert_eq!(requests.iter().filter(|r| is(r, "POST", "/comments")).count(), 1, "one comment only: {requests:#?}");
+    assert!(
+        edited.body["body"]
+            .as_str()
+            .expect("body")
+            .contains("**2 new, 2 changed, 1 removed, 2 impacted downstream**"),
+        "{}",
+        edited.body
+    );
+    assert_eq!(
+        requests.iter().filter(|r| is(r, "POST", "/comments")).count(),
+        1,
+        "one comment only: {requests:#?}"
+    );
 
     // A failing revision: the comment says so, the status is a failure.
-    let broken = commit_file(&repo, "feature/eur", "assets/marts/broken.sql", "SELECT order_id FROM\nWHERE 1\n");
-    assert_eq!(github(&server, "pull_request", "f-3", &synchronize("feature/eur", &second, &broken)).0, 202);
-    let requests = forge.wait_for(&server, "a failure status", |requests| requests.iter().any(|r| is(r, "POST", &format!("/statuses/{broken}"))));
-    let failure = requests.iter().find(|r| is(r, "POST", &format!("/statuses/{broken}"))).expect("status");
+    let broken = commit_file(
+        &repo,
+        "feature/eur",
+        "assets/marts/broken.sql",
+        "SELECT order_id FROM\nWHERE 1\n",
+    );
+    assert_eq!(
+        github(&server, "pull_request", "f-3", &synchronize("feature/eur", &second, &broken)).0,
+        202
+    );
+    let requests = forge.wait_for(&server, "a failure status", |requests| {
+        requests.iter().any(|r| is(r, "POST", &format!("/statuses/{broken}")))
+    });
+    let failure =
+        requests.iter().find(|r| is(r, "POST", &format!("/statuses/{broken}"))).expect("status");
     assert_eq!(failure.body["state"], "failure");
-    let last_edit = requests.iter().rfind(|r| is(r, "PATCH", "/issues/comments/9000")).expect("edited");
+    let last_edit =
+        requests.iter().rfind(|r| is(r, "PATCH", "/issues/comments/9000")).expect("edited");
     let body = last_edit.body["body"].as_str().expect("body");
     assert!(body.contains("failed") && body.contains("assets/marts/broken.sql:"), "{body}");
     assert!(body.contains("Still serving revision 2"), "{body}");
@@ -698,19 +1032,43 @@ fn github_feedback_is_one_comment_edited_in_place_and_a_commit_status() {
     // After a branch run, the comment gets the data changes of what the branch built.
     crate::server::seed_production(&server);
     let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
-    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded", "{}", server.log());
-    let run = server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:fct_orders"}));
-    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded", "{}", server.log());
+    assert_eq!(
+        server.wait_for_run(run["id"].as_i64().expect("id"))["status"],
+        "succeeded",
+        "{}",
+        server.log()
+    );
+    let run = server
+        .post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:fct_orders"}));
+    assert_eq!(
+        server.wait_for_run(run["id"].as_i64().expect("id"))["status"],
+        "succeeded",
+        "{}",
+        server.log()
+    );
     let requests = forge.wait_for(&server, "the comment edited with data changes", |requests| {
-        requests.iter().any(|r| is(r, "PATCH", "/issues/comments/9000") && r.body["body"].as_str().is_some_and(|b| b.contains("**Data changes**")))
+        requests.iter().any(|r| {
+            is(r, "PATCH", "/issues/comments/9000")
+                && r.body["body"].as_str().is_some_and(|b| b.contains("**Data changes**"))
+        })
     });
-    let with_diffs = requests.iter().rfind(|r| is(r, "PATCH", "/issues/comments/9000")).expect("edited");
+    let with_diffs =
+        requests.iter().rfind(|r| is(r, "PATCH", "/issues/comments/9000")).expect("edited");
     let body = with_diffs.body["body"].as_str().expect("body");
-    assert!(body.contains("| Asset | Rows (production → branch) | Added | Removed | Changed | Columns |"), "{body}");
+    assert!(
+        body.contains(
+            "| Asset | Rows (production → branch) | Added | Removed | Changed | Columns |"
+        ),
+        "{body}"
+    );
     assert!(body.contains("| `fct_orders` |"), "{body}");
 
     // The token never reaches the log.
-    assert!(!server.log().contains(API_TOKEN) && !server.log().contains(SECRET), "{}", server.log());
+    assert!(
+        !server.log().contains(API_TOKEN) && !server.log().contains(SECRET),
+        "{}",
+        server.log()
+    );
 }
 
 // ---- GitLab -----------------------------------------------------------------------------------
@@ -730,51 +1088,137 @@ fn gitlab_merge_requests_pushes_and_notes() {
     let open = merge_request("open", "feature/eur", &first);
 
     // Token checks, malformed bodies, unknown events.
-    assert_eq!(post_raw(&server, "/hooks/gitlab", &[("X-Gitlab-Event", "Merge Request Hook")], &open.to_string()).0, 401);
+    assert_eq!(
+        post_raw(
+            &server,
+            "/hooks/gitlab",
+            &[("X-Gitlab-Event", "Merge Request Hook")],
+            &open.to_string()
+        )
+        .0,
+        401
+    );
     assert_eq!(gitlab(&server, "Merge Request Hook", "g-0", "wrong-token", &open).0, 401);
     let headers = [("X-Gitlab-Event", "Merge Request Hook"), ("X-Gitlab-Token", SECRET)];
     assert_eq!(post_raw(&server, "/hooks/gitlab", &headers, "[1, 2").0, 400);
-    assert_eq!(gitlab(&server, "Merge Request Hook", "g-00", SECRET, &json!({ "object_kind": "merge_request" })).0, 400);
-    let (status, answer) = gitlab(&server, "Pipeline Hook", "g-000", SECRET, &json!({ "object_kind": "pipeline" }));
+    assert_eq!(
+        gitlab(
+            &server,
+            "Merge Request Hook",
+            "g-00",
+            SECRET,
+            &json!({ "object_kind": "merge_request" })
+        )
+        .0,
+        400
+    );
+    let (status, answer) =
+        gitlab(&server, "Pipeline Hook", "g-000", SECRET, &json!({ "object_kind": "pipeline" }));
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")));
     assert_eq!(deployments(&server).len(), 1);
 
     // Opened: deployed, with one note and a commit status.
     let (status, answer) = gitlab(&server, "Merge Request Hook", "g-1", SECRET, &open);
     assert_eq!((status, answer["status"].as_str()), (202, Some("accepted")), "{answer}");
-    let deployment = wait_for_branch(&server, "feature/eur", "ready", |d| serving_commit(d) == first);
+    let deployment =
+        wait_for_branch(&server, "feature/eur", "ready", |d| serving_commit(d) == first);
     let name = deployment["name"].as_str().expect("name").to_owned();
-    assert_eq!(deployment["pull_request"]["url"], "https://gitlab.example.com/acme/shop/-/merge_requests/5");
-    assert_eq!(gitlab(&server, "Merge Request Hook", "g-1", SECRET, &open).1["status"], "duplicate");
+    assert_eq!(
+        deployment["pull_request"]["url"],
+        "https://gitlab.example.com/acme/shop/-/merge_requests/5"
+    );
+    assert_eq!(
+        gitlab(&server, "Merge Request Hook", "g-1", SECRET, &open).1["status"],
+        "duplicate"
+    );
     let requests = forge.wait_for(&server, "a note and a status", |requests| {
-        requests.iter().any(|r| is(r, "POST", "/projects/acme%2Fshop/merge_requests/5/notes")) && requests.iter().any(|r| is(r, "POST", &format!("/projects/acme%2Fshop/statuses/{first}")))
+        requests.iter().any(|r| is(r, "POST", "/projects/acme%2Fshop/merge_requests/5/notes"))
+            && requests
+                .iter()
+                .any(|r| is(r, "POST", &format!("/projects/acme%2Fshop/statuses/{first}")))
     });
     let status = requests.iter().find(|r| is(r, "POST", "/statuses/")).expect("status");
-    assert_eq!((status.body["state"].as_str(), status.body["name"].as_str()), (Some("success"), Some("offshoot")));
+    assert_eq!(
+        (status.body["state"].as_str(), status.body["name"].as_str()),
+        (Some("success"), Some("offshoot"))
+    );
     assert_eq!(status.headers.get("private-token").map(String::as_str), Some(API_TOKEN));
     let note = requests.iter().find(|r| is(r, "POST", "/notes")).expect("note");
-    assert!(note.body["body"].as_str().expect("body").starts_with(&format!("<!-- offshoot:deployment={name} -->")));
+    assert!(note.body["body"]
+        .as_str()
+        .expect("body")
+        .starts_with(&format!("<!-- offshoot:deployment={name} -->")));
 
     // An update without new commits is ignored; with `oldrev` it deploys, and the note is edited.
-    let (status, answer) = gitlab(&server, "Merge Request Hook", "g-2", SECRET, &merge_request("update", "feature/eur", &first));
+    let (status, answer) = gitlab(
+        &server,
+        "Merge Request Hook",
+        "g-2",
+        SECRET,
+        &merge_request("update", "feature/eur", &first),
+    );
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")));
-    let second = commit_file(&repo, "feature/eur", "assets/marts/big_orders.sql", "SELECT * FROM fct_orders WHERE amount_eur > 100\n");
+    let second = commit_file(
+        &repo,
+        "feature/eur",
+        "assets/marts/big_orders.sql",
+        "SELECT * FROM fct_orders WHERE amount_eur > 100\n",
+    );
     let mut update = merge_request("update", "feature/eur", &second);
     update["object_attributes"]["oldrev"] = json!(first);
     assert_eq!(gitlab(&server, "Merge Request Hook", "g-3", SECRET, &update).0, 202);
-    wait_for_branch(&server, "feature/eur", "ready at the second commit", |d| serving_commit(d) == second);
+    wait_for_branch(&server, "feature/eur", "ready at the second commit", |d| {
+        serving_commit(d) == second
+    });
     let requests = forge.wait_for(&server, "the note edited in place", |requests| {
-        requests.iter().any(|r| is(r, "PUT", "/projects/acme%2Fshop/merge_requests/5/notes/9000")) && requests.iter().any(|r| is(r, "POST", &format!("/statuses/{second}")))
+        requests.iter().any(|r| is(r, "PUT", "/projects/acme%2Fshop/merge_requests/5/notes/9000"))
+            && requests.iter().any(|r| is(r, "POST", &format!("/statuses/{second}")))
     });
     assert_eq!(requests.iter().filter(|r| is(r, "POST", "/notes")).count(), 1);
 
     // Close, reopen, merge.
-    assert_eq!(gitlab(&server, "Merge Request Hook", "g-4", SECRET, &merge_request("close", "feature/eur", &second)).0, 202);
-    wait_for_branch(&server, "feature/eur", "closed", |d| d["status"] == "closed" && d["pull_request"]["status"] == "CLOSED");
-    assert_eq!(gitlab(&server, "Merge Request Hook", "g-5", SECRET, &merge_request("reopen", "feature/eur", &second)).0, 202);
-    wait_for_branch(&server, "feature/eur", "reopened", |d| d["status"] == "open" && serving_commit(d) == second);
-    assert_eq!(gitlab(&server, "Merge Request Hook", "g-6", SECRET, &merge_request("merge", "feature/eur", &second)).0, 202);
-    wait_for_branch(&server, "feature/eur", "merged", |d| d["status"] == "closed" && d["pull_request"]["status"] == "MERGED");
+    assert_eq!(
+        gitlab(
+            &server,
+            "Merge Request Hook",
+            "g-4",
+            SECRET,
+            &merge_request("close", "feature/eur", &second)
+        )
+        .0,
+        202
+    );
+    wait_for_branch(&server, "feature/eur", "closed", |d| {
+        d["status"] == "closed" && d["pull_request"]["status"] == "CLOSED"
+    });
+    assert_eq!(
+        gitlab(
+            &server,
+            "Merge Request Hook",
+            "g-5",
+            SECRET,
+            &merge_request("reopen", "feature/eur", &second)
+        )
+        .0,
+        202
+    );
+    wait_for_branch(&server, "feature/eur", "reopened", |d| {
+        d["status"] == "open" && serving_commit(d) == second
+    });
+    assert_eq!(
+        gitlab(
+            &server,
+            "Merge Request Hook",
+            "g-6",
+            SECRET,
+            &merge_request("merge", "feature/eur", &second)
+        )
+        .0,
+        202
+    );
+    wait_for_branch(&server, "feature/eur", "merged", |d| {
+        d["status"] == "closed" && d["pull_request"]["status"] == "MERGED"
+    });
 
     // A fork's merge request is ignored by default.
     let mut fork = merge_request("open", "main", &first);
@@ -783,8 +1227,17 @@ fn gitlab_merge_requests_pushes_and_notes() {
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")));
 
     // A push to main deploys prod.
-    let main = commit_file(&repo, "main", "assets/marts/daily_orders.sql", "SELECT order_date, count(*) AS orders FROM fct_orders GROUP BY 1\n");
-    assert_eq!(gitlab(&server, "Push Hook", "g-8", SECRET, &gitlab_push("refs/heads/main", &first, &main)).0, 202);
+    let main = commit_file(
+        &repo,
+        "main",
+        "assets/marts/daily_orders.sql",
+        "SELECT order_date, count(*) AS orders FROM fct_orders GROUP BY 1\n",
+    );
+    assert_eq!(
+        gitlab(&server, "Push Hook", "g-8", SECRET, &gitlab_push("refs/heads/main", &first, &main))
+            .0,
+        202
+    );
     server.wait_for_deployment("prod", "ready at the new main", |d| serving_commit(d) == main);
 }
 
@@ -800,8 +1253,14 @@ struct RawAnswer {
 /// Sends a request head on a fresh connection and reads the answer without sending any of the
 /// body: an answer proves the server decided without reading it. (Sending part of it would make
 /// the server's close a reset that can destroy the answer in flight.) `None` when no answer comes within `wait`.
-fn answer_without_the_body(server: &Server, path: &str, headers: &[(&str, String)], wait: Duration) -> Option<RawAnswer> {
-    let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).expect("connect");
+fn answer_without_the_body(
+    server: &Server,
+    path: &str,
+    headers: &[(&str, String)],
+    wait: Duration,
+) -> Option<RawAnswer> {
+    let mut stream =
+        std::net::TcpStream::connect(server.url.trim_start_matches("http://")).expect("connect");
     send_head(&mut stream, path, headers);
     read_answer(&stream, wait)
 }
@@ -831,7 +1290,14 @@ fn read_answer(stream: &std::net::TcpStream, wait: Duration) -> Option<RawAnswer
         head.push_str(&line);
     }
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let length = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
     Some(RawAnswer { status, head, body: serde_json::from_slice(&body).unwrap_or(Value::Null) })
@@ -843,8 +1309,14 @@ fn forged_signature() -> String {
 }
 
 fn peak_rss_kb(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("the server's /proc status");
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("VmHWM")
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+        .expect("the server's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM")
 }
 
 /// Two repositories on one server, one per forge: `shop` takes GitHub webhooks, `lab` GitLab's.
@@ -862,7 +1334,11 @@ fn two_forges_config(dir: &Path, repo: &Path) -> String {
 fn wait_for_both_prods(server: &Server, repo: &Path) {
     let main = git(repo, &["rev-parse", "main"]);
     for repository in ["shop", "lab"] {
-        server.wait_for_deployment(&format!("prod?repository={repository}"), "ready at main", |d| serving_commit(d) == main);
+        server.wait_for_deployment(
+            &format!("prod?repository={repository}"),
+            "ready at main",
+            |d| serving_commit(d) == main,
+        );
     }
 }
 
@@ -878,22 +1354,53 @@ fn webhook_bodies_are_bounded_and_refused_before_they_are_read() {
     let wait = Duration::from_secs(10);
     let mb = 1024 * 1024;
     let github_headers = |signature: Option<String>, length: usize| {
-        let mut headers = vec![("X-GitHub-Event", "push".to_owned()), ("X-GitHub-Delivery", "b-1".to_owned()), ("Content-Length", length.to_string())];
+        let mut headers = vec![
+            ("X-GitHub-Event", "push".to_owned()),
+            ("X-GitHub-Delivery", "b-1".to_owned()),
+            ("Content-Length", length.to_string()),
+        ];
         headers.extend(signature.map(|s| ("X-Hub-Signature-256", s)));
         headers
     };
 
     // GitHub, unsigned or with a malformed signature: 401 from the head alone.
     for signature in [None, Some("sha256=not-hex".to_owned()), Some("sha1=0123".to_owned())] {
-        let answer = answer_without_the_body(&server, "/hooks/github", &github_headers(signature.clone(), 20 * mb), wait).expect("an answer before the body");
-        assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (401, Some("unauthorized")), "{signature:?}: {}", answer.body);
+        let answer = answer_without_the_body(
+            &server,
+            "/hooks/github",
+            &github_headers(signature.clone(), 20 * mb),
+            wait,
+        )
+        .expect("an answer before the body");
+        assert_eq!(
+            (answer.status, answer.body["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{signature:?}: {}",
+            answer.body
+        );
     }
     // Declared larger than 25 MB: 413 from the head alone, even with a signature to check.
-    let answer = answer_without_the_body(&server, "/hooks/github", &github_headers(Some(forged_signature()), 26 * mb), wait).expect("an answer before the body");
-    assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{}", answer.body);
+    let answer = answer_without_the_body(
+        &server,
+        "/hooks/github",
+        &github_headers(Some(forged_signature()), 26 * mb),
+        wait,
+    )
+    .expect("an answer before the body");
+    assert_eq!(
+        (answer.status, answer.body["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{}",
+        answer.body
+    );
     // Streamed without a length: read (and hashed) up to the cap, refused as it passes it.
-    let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).expect("connect");
-    let headers = [("X-GitHub-Event", "push".to_owned()), ("X-Hub-Signature-256", forged_signature()), ("Transfer-Encoding", "chunked".to_owned())];
+    let mut stream =
+        std::net::TcpStream::connect(server.url.trim_start_matches("http://")).expect("connect");
+    let headers = [
+        ("X-GitHub-Event", "push".to_owned()),
+        ("X-Hub-Signature-256", forged_signature()),
+        ("Transfer-Encoding", "chunked".to_owned()),
+    ];
     send_head(&mut stream, "/hooks/github", &headers);
     let chunk = vec![b' '; mb];
     for _ in 0..25 {
@@ -908,24 +1415,51 @@ fn webhook_bodies_are_bounded_and_refused_before_they_are_read() {
 
     // GitLab: a wrong or missing token is refused before the body is read at all.
     for token in [None, Some("wrong-token")] {
-        let mut headers = vec![("X-Gitlab-Event", "Push Hook".to_owned()), ("Content-Length", (20 * mb).to_string())];
+        let mut headers = vec![
+            ("X-Gitlab-Event", "Push Hook".to_owned()),
+            ("Content-Length", (20 * mb).to_string()),
+        ];
         headers.extend(token.map(|t| ("X-Gitlab-Token", t.to_owned())));
-        let answer = answer_without_the_body(&server, "/hooks/gitlab", &headers, wait).expect("an answer before the body");
+        let answer = answer_without_the_body(&server, "/hooks/gitlab", &headers, wait)
+            .expect("an answer before the body");
         assert_eq!(answer.status, 401, "{token:?}: {}", answer.body);
     }
-    let headers = [("X-Gitlab-Event", "Push Hook".to_owned()), ("X-Gitlab-Token", SECRET.to_owned()), ("Content-Length", (26 * mb).to_string())];
-    assert_eq!(answer_without_the_body(&server, "/hooks/gitlab", &headers, wait).expect("an answer").status, 413);
+    let headers = [
+        ("X-Gitlab-Event", "Push Hook".to_owned()),
+        ("X-Gitlab-Token", SECRET.to_owned()),
+        ("Content-Length", (26 * mb).to_string()),
+    ];
+    assert_eq!(
+        answer_without_the_body(&server, "/hooks/gitlab", &headers, wait)
+            .expect("an answer")
+            .status,
+        413
+    );
 
     // 32 requests whose bodies are slow to come hold every slot: the next is refused at once.
-    let probe = |length: usize| answer_without_the_body(&server, "/hooks/github", &github_headers(Some(forged_signature()), length), Duration::from_secs(3));
+    let probe = |length: usize| {
+        answer_without_the_body(
+            &server,
+            "/hooks/github",
+            &github_headers(Some(forged_signature()), length),
+            Duration::from_secs(3),
+        )
+    };
     let holders: Vec<std::net::TcpStream> = (0..32)
         .map(|_| {
-            let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).expect("connect");
-            send_head(&mut stream, "/hooks/github", &github_headers(Some(forged_signature()), 1000));
+            let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://"))
+                .expect("connect");
+            send_head(
+                &mut stream,
+                "/hooks/github",
+                &github_headers(Some(forged_signature()), 1000),
+            );
             stream
         })
         .collect();
-    let busy = wait_until(&server, "a request refused while every slot is held", || probe(0).filter(|a| a.status == 503));
+    let busy = wait_until(&server, "a request refused while every slot is held", || {
+        probe(0).filter(|a| a.status == 503)
+    });
     assert_eq!(busy.body["error"]["code"], "webhooks_busy", "{}", busy.body);
     assert!(busy.head.to_ascii_lowercase().contains("retry-after: 1"), "{}", busy.head);
     drop(holders);
@@ -938,13 +1472,21 @@ fn webhook_bodies_are_bounded_and_refused_before_they_are_read() {
     let busy = wait_until(&server, "a body refused beyond the budget", || {
         let holders: Vec<std::net::TcpStream> = (0..2)
             .map(|_| {
-                let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).expect("connect");
-                send_head(&mut stream, "/hooks/github", &github_headers(Some(forged_signature()), 25 * mb));
+                let mut stream =
+                    std::net::TcpStream::connect(server.url.trim_start_matches("http://"))
+                        .expect("connect");
+                send_head(
+                    &mut stream,
+                    "/hooks/github",
+                    &github_headers(Some(forged_signature()), 25 * mb),
+                );
                 stream
             })
             .collect();
         std::thread::sleep(Duration::from_millis(200));
-        let answer = probe(20 * mb).filter(|a| a.status == 503 && a.body["error"]["message"].as_str().unwrap_or("").contains("bodies"));
+        let answer = probe(20 * mb).filter(|a| {
+            a.status == 503 && a.body["error"]["message"].as_str().unwrap_or("").contains("bodies")
+        });
         drop(holders);
         answer
     });
@@ -952,7 +1494,12 @@ fn webhook_bodies_are_bounded_and_refused_before_they_are_read() {
     wait_until(&server, "the budget given back", || probe(0).filter(|a| a.status == 401));
 
     // The server still answers: a signed delivery, and the API.
-    let (status, answer) = github(&server, "ping", "b-ping", &json!({ "zen": "Design for failure.", "repository": github_repository("acme/shop", 4242) }));
+    let (status, answer) = github(
+        &server,
+        "ping",
+        "b-ping",
+        &json!({ "zen": "Design for failure.", "repository": github_repository("acme/shop", 4242) }),
+    );
     assert_eq!((status, answer["status"].as_str()), (200, Some("pong")), "{answer}");
     assert_eq!(server.get("/api/v1/deployments").as_array().map(Vec::len), Some(2));
     // Nothing above held more than a few bodies' worth of memory.
@@ -972,10 +1519,16 @@ fn fixture_path(name: &str) -> std::path::PathBuf {
 #[test]
 fn gitlab_published_push_examples_are_accepted_with_or_without_project_id() {
     let (dir, repo) = shop_repo("hooks-gitlab-published");
-    let keys = format!("path = {:?}\nforge = \"gitlab\"\nproject = \"15\"\nwebhook_secret = {SECRET:?}\n", repo.to_str().expect("utf-8"));
+    let keys = format!(
+        "path = {:?}\nforge = \"gitlab\"\nproject = \"15\"\nwebhook_secret = {SECRET:?}\n",
+        repo.to_str().expect("utf-8")
+    );
     let server = Server::start_with_repository(&dir.0, &keys, "");
     wait_for_prod(&server, &repo);
-    let fixture = |name: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(fixture_path(name)).expect("fixture")).expect("JSON") };
+    let fixture = |name: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(fixture_path(name)).expect("fixture"))
+            .expect("JSON")
+    };
     let repoint = |mut payload: Value, before: &str, after: &str| {
         payload["ref"] = json!("refs/heads/main");
         payload["before"] = json!(before);
@@ -985,14 +1538,16 @@ fn gitlab_published_push_examples_are_accepted_with_or_without_project_id() {
     };
 
     let before = git(&repo, &["rev-parse", "main"]);
-    let first = commit_file(&repo, "main", "assets/marts/published_one.sql", "SELECT * FROM fct_orders\n");
+    let first =
+        commit_file(&repo, "main", "assets/marts/published_one.sql", "SELECT * FROM fct_orders\n");
     let published = repoint(fixture("gitlab-push-hook.json"), &before, &first);
     assert_eq!(published["project"]["id"], 15);
     let (status, answer) = gitlab(&server, "Push Hook", "pub-1", SECRET, &published);
     assert_eq!((status, answer["status"].as_str()), (202, Some("accepted")), "{answer}");
     server.wait_for_deployment("prod", "ready at the first push", |d| serving_commit(d) == first);
 
-    let second = commit_file(&repo, "main", "assets/marts/published_two.sql", "SELECT * FROM fct_orders\n");
+    let second =
+        commit_file(&repo, "main", "assets/marts/published_two.sql", "SELECT * FROM fct_orders\n");
     let only_top_level = repoint(fixture("gitlab-system-hook-push.json"), &first, &second);
     assert!(only_top_level["project"].get("id").is_none() && only_top_level["project_id"] == 15);
     let (status, answer) = gitlab(&server, "Push Hook", "pub-2", SECRET, &only_top_level);
@@ -1017,14 +1572,23 @@ fn an_all_zero_head_is_refused_except_for_a_branch_deletion() {
     let zero = "0".repeat(40);
     let head = git(&repo, &["rev-parse", "feature/eur"]);
 
-    let (status, answer) = github(&server, "pull_request", "z-1", &pull_request("opened", "feature/eur", &zero));
-    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_request")), "{answer}");
+    let (status, answer) =
+        github(&server, "pull_request", "z-1", &pull_request("opened", "feature/eur", &zero));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{answer}"
+    );
     let message = answer["error"]["message"].as_str().unwrap_or("");
     assert!(message.contains("pull_request.head.sha") && message.contains("all-zero"), "{message}");
-    let (status, answer) = github(&server, "pull_request", "z-2", &synchronize("feature/eur", &head, &"0".repeat(64)));
+    let (status, answer) =
+        github(&server, "pull_request", "z-2", &synchronize("feature/eur", &head, &"0".repeat(64)));
     assert_eq!(status, 400, "{answer}");
     // GitHub's published push example (a deleted tag), re-pointed at this repository.
-    let published: Value = serde_json::from_str(&std::fs::read_to_string(fixture_path("github-push.json")).expect("fixture")).expect("JSON");
+    let published: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_path("github-push.json")).expect("fixture"),
+    )
+    .expect("JSON");
     let repoint = |reference: &str, deleted: bool| {
         let mut payload = published.clone();
         payload["repository"]["full_name"] = json!("acme/shop");
@@ -1034,14 +1598,27 @@ fn an_all_zero_head_is_refused_except_for_a_branch_deletion() {
     };
     let (status, answer) = github(&server, "push", "z-3", &repoint("refs/heads/main", false));
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap_or("").contains("`after` is the all-zero commit id"), "{answer}");
-    let (status, answer) = github(&server, "push", "z-3-tag", &repoint("refs/tags/simple-tag", true));
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("`after` is the all-zero commit id"),
+        "{answer}"
+    );
+    let (status, answer) =
+        github(&server, "push", "z-3-tag", &repoint("refs/tags/simple-tag", true));
     assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
     let mut open = merge_request("open", "feature/eur", &zero);
     open["project"]["id"] = json!(15);
     let (status, answer) = gitlab(&server, "Merge Request Hook", "z-4", SECRET, &open);
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap_or("").contains("object_attributes.last_commit.id"), "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("object_attributes.last_commit.id"),
+        "{answer}"
+    );
     assert_eq!(deployments(&server).len(), 2, "nothing was recorded");
     assert!(!server.log().contains("webhook for"), "no job was accepted: {}", server.log());
 
@@ -1062,14 +1639,19 @@ fn a_deployment_name_unique_among_repositories_resolves_without_naming_the_repos
     let server = Server::start_with_config(&dir.0, &two_forges_config(&dir.0, &repo));
     wait_for_both_prods(&server, &repo);
     let head = git(&repo, &["rev-parse", "feature/eur"]);
-    let created = server.post("/api/v1/branch-deployments", json!({ "git_repo_name": "shop", "branch_name": "feature/eur", "commit_hash": head }));
+    let created = server.post(
+        "/api/v1/branch-deployments",
+        json!({ "git_repo_name": "shop", "branch_name": "feature/eur", "commit_hash": head }),
+    );
     let name = created["name"].as_str().expect("name").to_owned();
 
     // Unique: found without the repository, in the API and the CLI.
-    let (status, deployment) = server.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(TOKEN));
+    let (status, deployment) =
+        server.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(TOKEN));
     assert_eq!((status, deployment["repository"].as_str()), (200, Some("shop")), "{deployment}");
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == head);
-    let (status, _) = server.request("GET", &format!("/api/v1/deployments/{name}/revisions"), None, Some(TOKEN));
+    let (status, _) =
+        server.request("GET", &format!("/api/v1/deployments/{name}/revisions"), None, Some(TOKEN));
     assert_eq!(status, 200);
     let output = crate::server::client(&server, &["deployment", "status", &name]);
     assert!(output.status.success(), "{}", stderr(&output));
@@ -1077,22 +1659,50 @@ fn a_deployment_name_unique_among_repositories_resolves_without_naming_the_repos
 
     // Several: an error that names them; naming the repository picks one.
     let (status, answer) = server.request("GET", "/api/v1/deployments/prod", None, Some(TOKEN));
-    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("ambiguous_deployment")), "{answer}");
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("ambiguous_deployment")),
+        "{answer}"
+    );
     let message = answer["error"]["message"].as_str().unwrap_or("");
-    assert!(message.contains("shop") && message.contains("lab") && message.contains("?repository="), "{message}");
+    assert!(
+        message.contains("shop") && message.contains("lab") && message.contains("?repository="),
+        "{message}"
+    );
     let output = crate::server::client(&server, &["deployment", "status", "prod"]);
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("shop, lab") || stderr(&output).contains("lab, shop"), "{}", stderr(&output));
-    let output = crate::server::client(&server, &["deployment", "status", "prod", "--repository", "lab"]);
+    assert!(
+        stderr(&output).contains("shop, lab") || stderr(&output).contains("lab, shop"),
+        "{}",
+        stderr(&output)
+    );
+    let output =
+        crate::server::client(&server, &["deployment", "status", "prod", "--repository", "lab"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    server.post("/api/v1/branch-deployments", json!({ "git_repo_name": "lab", "branch_name": "feature/eur", "commit_hash": head }));
-    let (status, answer) = server.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(TOKEN));
-    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("ambiguous_deployment")), "{answer}");
+    server.post(
+        "/api/v1/branch-deployments",
+        json!({ "git_repo_name": "lab", "branch_name": "feature/eur", "commit_hash": head }),
+    );
+    let (status, answer) =
+        server.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(TOKEN));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("ambiguous_deployment")),
+        "{answer}"
+    );
 
     // None: not found, saying where it looked.
-    let (status, answer) = server.request("GET", "/api/v1/deployments/no-such-deployment", None, Some(TOKEN));
-    assert_eq!((status, answer["error"]["code"].as_str()), (404, Some("deployment_not_found")), "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap_or("").contains("any repository"), "{answer}");
+    let (status, answer) =
+        server.request("GET", "/api/v1/deployments/no-such-deployment", None, Some(TOKEN));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (404, Some("deployment_not_found")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"].as_str().unwrap_or("").contains("any repository"),
+        "{answer}"
+    );
 }
 
 // ---- Configuration ----------------------------------------------------------------------------
@@ -1132,17 +1742,27 @@ fn repository_configuration_is_checked_without_printing_secrets() {
     let (dir, repo) = shop_repo("hooks-config");
     let path = format!("path = {:?}\n", repo.to_str().expect("utf-8"));
 
-    let stderr = refused_configuration(&dir.0, &format!("{path}url = \"https://git.example/acme/shop.git\""));
+    let stderr = refused_configuration(
+        &dir.0,
+        &format!("{path}url = \"https://git.example/acme/shop.git\""),
+    );
     assert!(stderr.contains("both `path` and `url`"), "{stderr}");
     let stderr = refused_configuration(&dir.0, "production_branch = \"main\"");
     assert!(stderr.contains("needs `path`"), "{stderr}");
-    let stderr = refused_configuration(&dir.0, &format!("{path}webhook_secret = \"s3cret-in-file\""));
+    let stderr =
+        refused_configuration(&dir.0, &format!("{path}webhook_secret = \"s3cret-in-file\""));
     assert!(stderr.contains("set `forge"), "{stderr}");
     assert!(!stderr.contains("s3cret-in-file"), "{stderr}");
     let stderr = refused_configuration(&dir.0, &format!("{path}forge = \"bitbucket\""));
     assert!(stderr.contains("not `github` or `gitlab`"), "{stderr}");
-    let stderr = refused_configuration(&dir.0, &format!("{path}forge = \"github\"\nwebhook_secret_env = \"OFFSHOOT_TEST_NEVER_SET\""));
-    assert!(stderr.contains("`webhook_secret_env` names `OFFSHOOT_TEST_NEVER_SET`, which is not set"), "{stderr}");
+    let stderr = refused_configuration(
+        &dir.0,
+        &format!("{path}forge = \"github\"\nwebhook_secret_env = \"OFFSHOOT_TEST_NEVER_SET\""),
+    );
+    assert!(
+        stderr.contains("`webhook_secret_env` names `OFFSHOOT_TEST_NEVER_SET`, which is not set"),
+        "{stderr}"
+    );
     let stderr = refused_configuration(&dir.0, "url = \"https://git.example/acme/shop.git\"\nwatch = true\ntoken_env = \"SHOP_SECRET_VALUE\"\nforge = \"gitlab\"");
     assert!(stderr.contains("`watch` needs a local `path`"), "{stderr}");
     assert!(!stderr.contains("do-not-print-me"), "{stderr}");

@@ -33,16 +33,24 @@ fn run_action(dir: &Path, event: &Value, env: &[(&str, &str)]) -> (Output, Strin
     let output_path = dir.join("github-output");
     std::fs::write(&event_path, event.to_string()).expect("event file");
     std::fs::write(&output_path, "").expect("output file");
-    let binary_dir = Path::new(env!("CARGO_BIN_EXE_offshoot")).parent().expect("bin dir").to_owned();
+    let binary_dir =
+        Path::new(env!("CARGO_BIN_EXE_offshoot")).parent().expect("bin dir").to_owned();
     let mut command = Command::new("bash");
     command.arg(workspace().join("integrations/github/branch-deployment.sh"));
     for (key, _) in std::env::vars() {
-        if key.starts_with("OFFSHOOT_") || key.starts_with("DAGSTER_CLOUD_") || key.starts_with("INPUT_") || key.starts_with("GITHUB_") {
+        if key.starts_with("OFFSHOOT_")
+            || key.starts_with("DAGSTER_CLOUD_")
+            || key.starts_with("INPUT_")
+            || key.starts_with("GITHUB_")
+        {
             command.env_remove(key);
         }
     }
     command
-        .env("PATH", format!("{}:{}", binary_dir.display(), std::env::var("PATH").unwrap_or_default()))
+        .env(
+            "PATH",
+            format!("{}:{}", binary_dir.display(), std::env::var("PATH").unwrap_or_default()),
+        )
         .env("GITHUB_EVENT_PATH", &event_path)
         .env("GITHUB_OUTPUT", &output_path)
         .env("GITHUB_STEP_SUMMARY", dir.join("summary.md"))
@@ -58,44 +66,89 @@ fn the_github_action_deploys_updates_and_closes_a_pull_requests_deployment() {
     let server = Server::start(&dir.0, &repo, "");
     wait_for_prod(&server, &repo);
     let first = git(&repo, &["rev-parse", "feature/eur"]);
-    let inputs = [("INPUT_URL", server.url.as_str()), ("INPUT_API_TOKEN", TOKEN), ("INPUT_REPOSITORY", "shop"), ("INPUT_WAIT", "true")];
+    let inputs = [
+        ("INPUT_URL", server.url.as_str()),
+        ("INPUT_API_TOKEN", TOKEN),
+        ("INPUT_REPOSITORY", "shop"),
+        ("INPUT_WAIT", "true"),
+    ];
 
     // opened: deploys, waits for it, and says the name in the step's output.
-    let (output, github_output) = run_action(&dir.0, &event("opened", "feature/eur", &first, false, "acme/shop"), &inputs);
+    let (output, github_output) =
+        run_action(&dir.0, &event("opened", "feature/eur", &first, false, "acme/shop"), &inputs);
     assert!(output.status.success(), "{}\n{}", stderr(&output), server.log());
-    let name = github_output.trim().strip_prefix("deployment-name=").expect("deployment-name output").to_owned();
+    let name = github_output
+        .trim()
+        .strip_prefix("deployment-name=")
+        .expect("deployment-name output")
+        .to_owned();
     assert!(name.starts_with("feature-eur-"), "{github_output}");
     assert!(stdout(&output).contains("ready"), "waited for the deploy: {}", stdout(&output));
     let deployment = server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == first);
-    assert_eq!(deployment["pull_request"], json!({"id": "7", "url": "https://github.com/acme/shop/pull/7", "status": "OPEN"}));
+    assert_eq!(
+        deployment["pull_request"],
+        json!({"id": "7", "url": "https://github.com/acme/shop/pull/7", "status": "OPEN"})
+    );
 
     // synchronize with broken definitions: the step fails, as a check should.
     let broken = git(&repo, &["rev-parse", "broken"]);
-    let (output, _) = run_action(&dir.0, &event("synchronize", "feature/eur", &broken, false, "acme/shop"), &inputs);
-    assert!(!output.status.success() && stdout(&output).contains("revision 2 failed"), "invalid definitions fail the step: {}\n{}", stdout(&output), stderr(&output));
+    let (output, _) = run_action(
+        &dir.0,
+        &event("synchronize", "feature/eur", &broken, false, "acme/shop"),
+        &inputs,
+    );
+    assert!(
+        !output.status.success() && stdout(&output).contains("revision 2 failed"),
+        "invalid definitions fail the step: {}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
 
     // The server and token from the workflow's dagster-cloud variables when the inputs are empty.
-    let dagster_env = [("DAGSTER_CLOUD_URL", server.url.as_str()), ("DAGSTER_CLOUD_API_TOKEN", TOKEN), ("INPUT_REPOSITORY", "shop"), ("INPUT_WAIT", "false")];
-    let (output, github_output) = run_action(&dir.0, &event("synchronize", "feature/eur", &first, false, "acme/shop"), &dagster_env);
+    let dagster_env = [
+        ("DAGSTER_CLOUD_URL", server.url.as_str()),
+        ("DAGSTER_CLOUD_API_TOKEN", TOKEN),
+        ("INPUT_REPOSITORY", "shop"),
+        ("INPUT_WAIT", "false"),
+    ];
+    let (output, github_output) = run_action(
+        &dir.0,
+        &event("synchronize", "feature/eur", &first, false, "acme/shop"),
+        &dagster_env,
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(github_output.trim(), format!("deployment-name={name}"));
 
     // A fork's pull request is left to the webhook.
-    let (output, github_output) = run_action(&dir.0, &event("opened", "fork-branch", &first, false, "someone/shop"), &inputs);
+    let (output, github_output) =
+        run_action(&dir.0, &event("opened", "fork-branch", &first, false, "someone/shop"), &inputs);
     assert!(output.status.success() && stdout(&output).contains("fork"), "{}", stderr(&output));
     assert!(github_output.is_empty());
 
     // closed and merged: the deployment closes.
-    let (output, github_output) = run_action(&dir.0, &event("closed", "feature/eur", &first, true, "acme/shop"), &inputs);
+    let (output, github_output) =
+        run_action(&dir.0, &event("closed", "feature/eur", &first, true, "acme/shop"), &inputs);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(github_output.trim(), "deployment-name=");
     let deployment = server.wait_for_deployment(&name, "closed", |d| d["status"] == "closed");
     assert_eq!(deployment["pull_request"]["status"], "MERGED");
 
     // action.yml runs this script, with the inputs it reads.
-    let action = std::fs::read_to_string(workspace().join("integrations/github/action.yml")).expect("action.yml");
-    assert!(action.contains("using: composite") && action.contains("bash \"$GITHUB_ACTION_PATH/branch-deployment.sh\""), "{action}");
-    for input in ["INPUT_URL", "INPUT_API_TOKEN", "INPUT_REPOSITORY", "INPUT_BASE_DEPLOYMENT_NAME", "INPUT_WAIT", "INPUT_TIMEOUT_SECS"] {
+    let action = std::fs::read_to_string(workspace().join("integrations/github/action.yml"))
+        .expect("action.yml");
+    assert!(
+        action.contains("using: composite")
+            && action.contains("bash \"$GITHUB_ACTION_PATH/branch-deployment.sh\""),
+        "{action}"
+    );
+    for input in [
+        "INPUT_URL",
+        "INPUT_API_TOKEN",
+        "INPUT_REPOSITORY",
+        "INPUT_BASE_DEPLOYMENT_NAME",
+        "INPUT_WAIT",
+        "INPUT_TIMEOUT_SECS",
+    ] {
         assert!(action.contains(&format!("{input}: ${{{{ inputs.")), "action.yml passes {input}");
     }
 }
@@ -109,7 +162,12 @@ fn gitlab_job_script(job: &str) -> String {
                   base = ci.get(job.get('extends', ''), {})\n\
                   print('\\n'.join(base.get('before_script', []) + job['script']))\n";
     let output = Command::new(python_tools().join("bin/python"))
-        .args(["-c", reader, workspace().join("integrations/gitlab/.gitlab-ci.yml").to_str().expect("utf-8"), job])
+        .args([
+            "-c",
+            reader,
+            workspace().join("integrations/gitlab/.gitlab-ci.yml").to_str().expect("utf-8"),
+            job,
+        ])
         .output()
         .expect("python runs");
     assert!(output.status.success(), "{}", stderr(&output));
@@ -117,15 +175,24 @@ fn gitlab_job_script(job: &str) -> String {
 }
 
 fn run_gitlab_job(job: &str, variables: &[(&str, &str)]) -> Output {
-    let binary_dir = Path::new(env!("CARGO_BIN_EXE_offshoot")).parent().expect("bin dir").to_owned();
+    let binary_dir =
+        Path::new(env!("CARGO_BIN_EXE_offshoot")).parent().expect("bin dir").to_owned();
     let mut command = Command::new("bash");
     command.args(["-eu", "-c", &gitlab_job_script(job)]);
     for (key, _) in std::env::vars() {
-        if key.starts_with("OFFSHOOT_") || key.starts_with("DAGSTER_CLOUD_") || key.starts_with("CI_") {
+        if key.starts_with("OFFSHOOT_")
+            || key.starts_with("DAGSTER_CLOUD_")
+            || key.starts_with("CI_")
+        {
             command.env_remove(key);
         }
     }
-    command.env("PATH", format!("{}:{}", binary_dir.display(), std::env::var("PATH").unwrap_or_default())).envs(variables.iter().copied());
+    command
+        .env(
+            "PATH",
+            format!("{}:{}", binary_dir.display(), std::env::var("PATH").unwrap_or_default()),
+        )
+        .envs(variables.iter().copied());
     command.output().expect("bash runs")
 }
 
@@ -148,9 +215,16 @@ fn the_gitlab_template_deploys_and_closes_a_merge_requests_deployment() {
     ];
     let output = run_gitlab_job("offshoot:deploy", &variables);
     assert!(output.status.success(), "{}\n{}", stderr(&output), server.log());
-    let name = stdout(&output).lines().find_map(|l| l.strip_prefix("Branch deployment: ")).expect("the job names the deployment").to_owned();
+    let name = stdout(&output)
+        .lines()
+        .find_map(|l| l.strip_prefix("Branch deployment: "))
+        .expect("the job names the deployment")
+        .to_owned();
     let deployment = server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
-    assert_eq!(deployment["pull_request"], json!({"id": "12", "url": "https://gitlab.example/acme/shop/-/merge_requests/12", "status": "OPEN"}));
+    assert_eq!(
+        deployment["pull_request"],
+        json!({"id": "12", "url": "https://gitlab.example/acme/shop/-/merge_requests/12", "status": "OPEN"})
+    );
 
     let output = run_gitlab_job("offshoot:close", &variables);
     assert!(output.status.success(), "{}", stderr(&output));

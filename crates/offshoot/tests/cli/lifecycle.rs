@@ -27,9 +27,18 @@ fn skip(backend: Backend) -> bool {
 fn tiny_repo(dir: &Path) -> PathBuf {
     let repo = dir.join("repo");
     std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
-    std::fs::write(repo.join("offshoot.toml"), "[project]\nname = \"shop\"\n\n[sources.raw_orders]\n").expect("manifest");
-    std::fs::write(repo.join("assets/orders.sql"), "SELECT id, amount FROM raw_orders WHERE amount > 0\n").expect("asset");
-    std::fs::write(repo.join("assets/slow.toml"), "command = \"sleep 60\"\ndeps = [\"orders\"]\n").expect("asset");
+    std::fs::write(
+        repo.join("offshoot.toml"),
+        "[project]\nname = \"shop\"\n\n[sources.raw_orders]\n",
+    )
+    .expect("manifest");
+    std::fs::write(
+        repo.join("assets/orders.sql"),
+        "SELECT id, amount FROM raw_orders WHERE amount > 0\n",
+    )
+    .expect("asset");
+    std::fs::write(repo.join("assets/slow.toml"), "command = \"sleep 60\"\ndeps = [\"orders\"]\n")
+        .expect("asset");
     git(&repo, &["init", "-q", "-b", "main"]);
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "Orders"]);
@@ -40,7 +49,15 @@ fn tiny_repo(dir: &Path) -> PathBuf {
 /// Commits `count` more commits on `feature`, each a descendant of the one before.
 fn feature_commits(repo: &Path, count: usize) -> Vec<String> {
     (0..count)
-        .map(|i| commit_file(repo, "feature", &format!("assets/extra_{i}.sql"), &format!("SELECT id FROM orders WHERE id > {i}\n"), &format!("Extra {i}")))
+        .map(|i| {
+            commit_file(
+                repo,
+                "feature",
+                &format!("assets/extra_{i}.sql"),
+                &format!("SELECT id FROM orders WHERE id > {i}\n"),
+                &format!("Extra {i}"),
+            )
+        })
         .collect()
 }
 
@@ -94,7 +111,11 @@ impl Setup {
     }
 
     fn revisions(&self, name: &str) -> Vec<Value> {
-        self.server.get(&format!("/api/v1/deployments/{name}/revisions")).as_array().expect("list").clone()
+        self.server
+            .get(&format!("/api/v1/deployments/{name}/revisions"))
+            .as_array()
+            .expect("list")
+            .clone()
     }
 
     fn schema_exists(&self, name: &str) -> bool {
@@ -114,11 +135,19 @@ impl Setup {
     fn wait_quiet(&self, name: &str) -> Value {
         let started = Instant::now();
         loop {
-            let busy = self.revisions(name).iter().any(|r| matches!(r["status"].as_str(), Some("queued" | "deploying")));
+            let busy = self
+                .revisions(name)
+                .iter()
+                .any(|r| matches!(r["status"].as_str(), Some("queued" | "deploying")));
             if !busy {
                 return self.deployment(name);
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "{name} never became quiet: {:#?}\n{}", self.revisions(name), self.server.log());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{name} never became quiet: {:#?}\n{}",
+                self.revisions(name),
+                self.server.log()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -129,7 +158,11 @@ impl Setup {
         assert_eq!(deployment["status"], "closed", "{deployment:#}");
         let started = Instant::now();
         while self.schema_exists(name) {
-            assert!(started.elapsed() < Duration::from_secs(30), "{name}'s schema outlived its close\n{}", self.server.log());
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{name}'s schema outlived its close\n{}",
+                self.server.log()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -143,7 +176,10 @@ fn family_a_a_late_older_delivery_after_a_close_never_reopens(backend: Backend) 
     let commits = feature_commits(&s.repo, 3);
     let name = s.push_ok(&commits[1]);
     s.server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == commits[1]);
-    s.server.post(&format!("/api/v1/deployments/{name}/close"), json!({"pull_request_status": "CLOSED"}));
+    s.server.post(
+        &format!("/api/v1/deployments/{name}/close"),
+        json!({"pull_request_status": "CLOSED"}),
+    );
     // c0's delivery, held back, arrives now with the status it had then.
     let (status, _) = s.push(&commits[0], Some("OPEN"));
     assert_eq!(status, 200);
@@ -151,14 +187,18 @@ fn family_a_a_late_older_delivery_after_a_close_never_reopens(backend: Backend) 
     assert_eq!(s.revisions(&name)[0]["status"], "superseded");
     // Reopen deploys the newest delivered commit.
     s.server.post(&format!("/api/v1/deployments/{name}/reopen"), json!({}));
-    s.server.wait_for_deployment(&name, "serving the newest commit", |d| serving_commit(d) == commits[1]);
+    s.server.wait_for_deployment(&name, "serving the newest commit", |d| {
+        serving_commit(d) == commits[1]
+    });
     assert!(s.schema_exists(&name));
 
     // A close while the newest commit is in flight, then reopen: the newest commit serves.
     s.push_ok(&commits[2]);
     s.server.post(&format!("/api/v1/deployments/{name}/close"), json!({}));
     s.server.post(&format!("/api/v1/deployments/{name}/reopen"), json!({}));
-    let deployment = s.server.wait_for_deployment(&name, "serving the in-flight commit", |d| serving_commit(d) == commits[2]);
+    let deployment = s.server.wait_for_deployment(&name, "serving the in-flight commit", |d| {
+        serving_commit(d) == commits[2]
+    });
     assert_eq!(deployment["status"], "open");
     assert!(s.schema_exists(&name), "a ready deployment has its schema");
 }
@@ -178,7 +218,8 @@ fn family_b_closes_racing_deploys_and_duplicate_deliveries_lose_nothing(backend:
         s.server.post(&format!("/api/v1/deployments/{name}/close"), json!({}));
         s.assert_closed_and_clean(&name);
         s.server.post(&format!("/api/v1/deployments/{name}/reopen"), json!({}));
-        let deployment = s.server.wait_for_deployment(&name, "serving again", |d| serving_commit(d) == *commit);
+        let deployment =
+            s.server.wait_for_deployment(&name, "serving again", |d| serving_commit(d) == *commit);
         assert_eq!(deployment["status"], "open");
         assert!(s.schema_exists(&name), "ready means the schema exists: {deployment:#}");
     }
@@ -193,17 +234,30 @@ fn family_b_closes_racing_deploys_and_duplicate_deliveries_lose_nothing(backend:
         scope.spawn(|| assert_eq!(s.push(&commits[4], Some("OPEN")).0, 200));
         scope.spawn(|| assert_eq!(s.push(&commits[5], Some("OPEN")).0, 200));
     });
-    let deployment = s.server.wait_for_deployment(&name, "serving the newest", |d| serving_commit(d) == commits[5]);
+    let deployment = s
+        .server
+        .wait_for_deployment(&name, "serving the newest", |d| serving_commit(d) == commits[5]);
     s.wait_quiet(&name);
     let revisions = s.revisions(&name);
-    let of = |sha: &str, status: &str| revisions.iter().filter(|r| r["commit"]["sha"] == sha && r["status"] == status).count();
+    let of = |sha: &str, status: &str| {
+        revisions.iter().filter(|r| r["commit"]["sha"] == sha && r["status"] == status).count()
+    };
     assert!(of(&commits[4], "queued") + of(&commits[4], "deploying") == 0);
-    assert!(revisions.iter().filter(|r| r["commit"]["sha"] == commits[4].as_str()).count() <= 2, "a duplicate is not a revision: {revisions:#?}");
-    assert_eq!(revisions.iter().filter(|r| r["status"] == "ready").count(), 1, "one ready revision: {revisions:#?}");
+    assert!(
+        revisions.iter().filter(|r| r["commit"]["sha"] == commits[4].as_str()).count() <= 2,
+        "a duplicate is not a revision: {revisions:#?}"
+    );
+    assert_eq!(
+        revisions.iter().filter(|r| r["status"] == "ready").count(),
+        1,
+        "one ready revision: {revisions:#?}"
+    );
     assert_eq!(deployment["current_revision"]["status"], "ready");
 }
 
-fn family_c_a_close_during_a_run_cancels_it_and_drops_the_schema_after_it_stopped(backend: Backend) {
+fn family_c_a_close_during_a_run_cancels_it_and_drops_the_schema_after_it_stopped(
+    backend: Backend,
+) {
     if skip(backend) {
         return;
     }
@@ -211,7 +265,9 @@ fn family_c_a_close_during_a_run_cancels_it_and_drops_the_schema_after_it_stoppe
     let commits = feature_commits(&s.repo, 1);
     let name = s.push_ok(&commits[0]);
     s.server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == commits[0]);
-    let run = s.server.post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:slow"}));
+    let run = s
+        .server
+        .post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:slow"}));
     let id = run["id"].as_i64().expect("id");
     let started = Instant::now();
     while s.server.get(&format!("/api/v1/runs/{id}"))["steps"][0]["status"] != "running" {
@@ -240,9 +296,13 @@ fn family_d_a_close_remembers_the_newest_commit(backend: Backend) {
     // The older one is delivered late: recorded, never deployed, the deployment stays closed.
     s.push(&commits[0], Some("OPEN"));
     s.assert_closed_and_clean(&name);
-    assert!(s.revisions(&name).iter().all(|r| r["status"] != "ready" || r["commit"]["sha"] != commits[0].as_str() || r["number"] == 1));
+    assert!(s.revisions(&name).iter().all(|r| r["status"] != "ready"
+        || r["commit"]["sha"] != commits[0].as_str()
+        || r["number"] == 1));
     s.server.post(&format!("/api/v1/deployments/{name}/reopen"), json!({}));
-    s.server.wait_for_deployment(&name, "serving the newest commit", |d| serving_commit(d) == commits[1]);
+    s.server.wait_for_deployment(&name, "serving the newest commit", |d| {
+        serving_commit(d) == commits[1]
+    });
 }
 
 fn family_e_concurrent_first_deliveries_of_an_older_and_a_newer_commit(backend: Backend) {
@@ -255,8 +315,22 @@ fn family_e_concurrent_first_deliveries_of_an_older_and_a_newer_commit(backend: 
         let branch = format!("race-{round}");
         git(&s.repo, &["branch", &branch, &commits[1]]);
         let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
-            let older = scope.spawn(|| s.server.request("POST", "/api/v1/branch-deployments", Some(json!({"branch_name": branch, "commit_hash": commits[0]})), Some(TOKEN)));
-            let newer = scope.spawn(|| s.server.request("POST", "/api/v1/branch-deployments", Some(json!({"branch_name": branch, "commit_hash": commits[1]})), Some(TOKEN)));
+            let older = scope.spawn(|| {
+                s.server.request(
+                    "POST",
+                    "/api/v1/branch-deployments",
+                    Some(json!({"branch_name": branch, "commit_hash": commits[0]})),
+                    Some(TOKEN),
+                )
+            });
+            let newer = scope.spawn(|| {
+                s.server.request(
+                    "POST",
+                    "/api/v1/branch-deployments",
+                    Some(json!({"branch_name": branch, "commit_hash": commits[1]})),
+                    Some(TOKEN),
+                )
+            });
             vec![older.join().expect("older"), newer.join().expect("newer")]
         });
         for (status, body) in &answers {
@@ -264,9 +338,15 @@ fn family_e_concurrent_first_deliveries_of_an_older_and_a_newer_commit(backend: 
         }
         assert_eq!(answers[0].1["name"], answers[1].1["name"]);
         let name = answers[0].1["name"].as_str().expect("name");
-        s.server.wait_for_deployment(name, "serving the newer commit", |d| serving_commit(d) == commits[1]);
+        s.server.wait_for_deployment(name, "serving the newer commit", |d| {
+            serving_commit(d) == commits[1]
+        });
         s.wait_quiet(name);
-        assert_eq!(serving_commit(&s.deployment(name)), commits[1], "the older one never replaces it");
+        assert_eq!(
+            serving_commit(&s.deployment(name)),
+            commits[1],
+            "the older one never replaces it"
+        );
     }
 }
 
@@ -297,7 +377,9 @@ fn family_c_sqlite() {
 
 #[test]
 fn family_c_postgres() {
-    family_c_a_close_during_a_run_cancels_it_and_drops_the_schema_after_it_stopped(Backend::Postgres);
+    family_c_a_close_during_a_run_cancels_it_and_drops_the_schema_after_it_stopped(
+        Backend::Postgres,
+    );
 }
 
 #[test]
@@ -363,7 +445,9 @@ fn family_f_two_servers_start_and_restart_at_once_on_one_postgres() {
             scope.spawn(|| a.restart());
             scope.spawn(|| b.restart());
         });
-        b.wait_for_deployment(&name, "ready after the restarts", |d| serving_commit(d) == commits[round % 2]);
+        b.wait_for_deployment(&name, "ready after the restarts", |d| {
+            serving_commit(d) == commits[round % 2]
+        });
     }
     let logs = a.log() + &b.log();
     assert!(!logs.contains("concurrently"), "no start-up race: {logs}");
@@ -374,7 +458,12 @@ fn family_f_two_servers_start_and_restart_at_once_on_one_postgres() {
 }
 
 fn create_or_update_on(server: &Server, branch: &str, sha: &str) -> String {
-    let (status, body) = server.request("POST", "/api/v1/branch-deployments", Some(json!({"branch_name": branch, "commit_hash": sha})), Some(TOKEN));
+    let (status, body) = server.request(
+        "POST",
+        "/api/v1/branch-deployments",
+        Some(json!({"branch_name": branch, "commit_hash": sha})),
+        Some(TOKEN),
+    );
     assert_eq!(status, 200, "{body}");
     body["name"].as_str().expect("name").to_owned()
 }

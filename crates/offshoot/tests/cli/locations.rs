@@ -14,18 +14,38 @@ use crate::support::*;
 fn reasons_by_key(changes: &serde_json::Value) -> Vec<(String, Vec<String>)> {
     let mut list: Vec<(String, Vec<String>)> = changes["changes"]["assets"]
         .as_array()
-        .map(|a| a.iter().map(|c| (c["key"].as_str().unwrap_or("").to_owned(), c["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect())).collect())
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    (
+                        c["key"].as_str().unwrap_or("").to_owned(),
+                        c["reasons"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|r| r.as_str().unwrap().to_owned())
+                            .collect(),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default();
     list.sort();
     list
 }
 
 fn step_keys(run: &serde_json::Value) -> BTreeSet<String> {
-    run["steps"].as_array().expect("steps").iter().map(|s| s["asset_key"].as_str().expect("key").to_owned()).collect()
+    run["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["asset_key"].as_str().expect("key").to_owned())
+        .collect()
 }
 
 fn run_selection(server: &Server, deployment: &str, selection: &str) -> serde_json::Value {
-    let run = server.post(&format!("/api/v1/deployments/{deployment}/runs"), json!({ "selection": selection }));
+    let run = server
+        .post(&format!("/api/v1/deployments/{deployment}/runs"), json!({ "selection": selection }));
     server.wait_for_run(run["id"].as_i64().unwrap_or_else(|| panic!("no run: {run:#}")))
 }
 
@@ -33,11 +53,21 @@ fn newest_revision(server: &Server, name: &str, sha: &str) -> serde_json::Value 
     let started = std::time::Instant::now();
     loop {
         let revisions = server.get(&format!("/api/v1/deployments/{name}/revisions"));
-        let list = revisions["revisions"].as_array().cloned().or_else(|| revisions.as_array().cloned()).unwrap_or_default();
-        if let Some(revision) = list.into_iter().find(|r| r["commit"]["sha"] == sha && matches!(r["status"].as_str(), Some("ready" | "failed"))) {
+        let list = revisions["revisions"]
+            .as_array()
+            .cloned()
+            .or_else(|| revisions.as_array().cloned())
+            .unwrap_or_default();
+        if let Some(revision) = list.into_iter().find(|r| {
+            r["commit"]["sha"] == sha && matches!(r["status"].as_str(), Some("ready" | "failed"))
+        }) {
             return revision;
         }
-        assert!(started.elapsed().as_secs() < 90, "{name} never finished deploying {sha}: {revisions:#}\n{}", server.log());
+        assert!(
+            started.elapsed().as_secs() < 90,
+            "{name} never finished deploying {sha}: {revisions:#}\n{}",
+            server.log()
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
@@ -61,7 +91,11 @@ fn dbt_project_branch_deployment_builds_changed_and_downstream_deferring_to_prod
     let repo = dir.0.join("repo");
     example_repo("dbt_shop", &repo);
     let role = format!("offshoot_branch_dbt_{}", std::process::id());
-    let server = Server::start(&dir.0, &repo, &format!("warehouse_url = \"{url}\"\nbranch_role = \"{role}\""));
+    let server = Server::start(
+        &dir.0,
+        &repo,
+        &format!("warehouse_url = \"{url}\"\nbranch_role = \"{role}\""),
+    );
 
     // Sources live outside Offshoot's schemas: branch builds run as the branch role, which reads
     // them only when granted (README: "dbt projects").
@@ -78,21 +112,45 @@ fn dbt_project_branch_deployment_builds_changed_and_downstream_deferring_to_prod
     // Production builds everything with `dbt build`.
     let run = run_selection(&server, "prod", "key:*");
     assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
-    let checksum = || psql(&database.0, "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM shop__prod.customer_orders AS t");
+    let checksum = || {
+        psql(&database.0, "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM shop__prod.customer_orders AS t")
+    };
     let before = checksum();
 
     // A branch changes one staging model: CODE_VERSION for it, its downstream impacted.
     git(&repo, &["branch", "feature/no-shipping", "main"]);
-    let stg_orders = std::fs::read_to_string(repo.join("models/staging/stg_orders.sql")).expect("read");
-    let changed = stg_orders.replace("(shipping_cents / 100.0)::numeric(12, 2) as shipping_amount", "0::numeric(12, 2) as shipping_amount");
+    let stg_orders =
+        std::fs::read_to_string(repo.join("models/staging/stg_orders.sql")).expect("read");
+    let changed = stg_orders.replace(
+        "(shipping_cents / 100.0)::numeric(12, 2) as shipping_amount",
+        "0::numeric(12, 2) as shipping_amount",
+    );
     assert_ne!(changed, stg_orders, "the example's stg_orders changed shape; update this test");
-    let sha = commit_file(&repo, "feature/no-shipping", "models/staging/stg_orders.sql", &changed, "Drop shipping");
+    let sha = commit_file(
+        &repo,
+        "feature/no-shipping",
+        "models/staging/stg_orders.sql",
+        &changed,
+        "Drop shipping",
+    );
     let name = create_or_update(&server, "feature/no-shipping", &sha);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
     let changes = server.get(&format!("/api/v1/deployments/{name}/changes"));
-    assert_eq!(reasons_by_key(&changes), vec![("stg_orders".to_owned(), vec!["CODE_VERSION".to_owned()])], "{changes:#}");
-    let impacted: BTreeSet<String> = changes["changes"]["impacted"].as_array().expect("impacted").iter().map(|i| i["key"].as_str().expect("key").to_owned()).collect();
-    assert!(impacted.contains("order_payments") && !impacted.contains("stg_customers"), "{impacted:?}");
+    assert_eq!(
+        reasons_by_key(&changes),
+        vec![("stg_orders".to_owned(), vec!["CODE_VERSION".to_owned()])],
+        "{changes:#}"
+    );
+    let impacted: BTreeSet<String> = changes["changes"]["impacted"]
+        .as_array()
+        .expect("impacted")
+        .iter()
+        .map(|i| i["key"].as_str().expect("key").to_owned())
+        .collect();
+    assert!(
+        impacted.contains("order_payments") && !impacted.contains("stg_customers"),
+        "{impacted:?}"
+    );
 
     // Changed and downstream: exactly those build in the branch schema; the rest is read from
     // production through dbt's --defer.
@@ -103,54 +161,110 @@ fn dbt_project_branch_deployment_builds_changed_and_downstream_deferring_to_prod
     expected.insert("stg_orders".to_owned());
     assert_eq!(built, expected);
     let schema = branch_target(&name).schema;
-    let tables: BTreeSet<String> = psql(&database.0, &format!("SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'"))
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let tables: BTreeSet<String> = psql(
+        &database.0,
+        &format!(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'"
+        ),
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
     assert_eq!(tables, expected, "the branch schema holds what the run built, nothing else");
     assert_eq!(checksum(), before, "production is unchanged");
-    let branch_shipping = psql(&database.0, &format!("SELECT count(*) FROM \"{schema}\".stg_orders WHERE shipping_amount <> 0"));
+    let branch_shipping = psql(
+        &database.0,
+        &format!("SELECT count(*) FROM \"{schema}\".stg_orders WHERE shipping_amount <> 0"),
+    );
     assert_eq!(branch_shipping, "0");
 
     // A tag-only edit is a TAGS change and impacts nothing.
     let schema_yml = std::fs::read_to_string(repo.join("models/marts/schema.yml")).expect("read");
-    let tagged = schema_yml.replacen("owner: \"finance@example.com\"\n      tags: [\"finance\"]", "owner: \"finance@example.com\"\n      tags: [\"finance\", \"reviewed\"]", 1);
-    assert_ne!(tagged, schema_yml, "the example's marts/schema.yml changed shape; update this test");
-    let sha = commit_file(&repo, "feature/no-shipping", "models/marts/schema.yml", &tagged, "Tag revenue_daily");
+    let tagged = schema_yml.replacen(
+        "owner: \"finance@example.com\"\n      tags: [\"finance\"]",
+        "owner: \"finance@example.com\"\n      tags: [\"finance\", \"reviewed\"]",
+        1,
+    );
+    assert_ne!(
+        tagged, schema_yml,
+        "the example's marts/schema.yml changed shape; update this test"
+    );
+    let sha = commit_file(
+        &repo,
+        "feature/no-shipping",
+        "models/marts/schema.yml",
+        &tagged,
+        "Tag revenue_daily",
+    );
     create_or_update(&server, "feature/no-shipping", &sha);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
     let changes = server.get(&format!("/api/v1/deployments/{name}/changes"));
     assert_eq!(
         reasons_by_key(&changes),
-        vec![("revenue_daily".to_owned(), vec!["TAGS".to_owned()]), ("stg_orders".to_owned(), vec!["CODE_VERSION".to_owned()])],
+        vec![
+            ("revenue_daily".to_owned(), vec!["TAGS".to_owned()]),
+            ("stg_orders".to_owned(), vec!["CODE_VERSION".to_owned()])
+        ],
         "{changes:#}"
     );
 
     // A broken project fails the revision with dbt's own message; the previous one keeps serving.
     git(&repo, &["branch", "feature/broken", "main"]);
-    let broken = stg_orders.replace("{{ source('raw', 'orders') }}", "{{ source('raw', 'orders' }}");
-    let sha_broken = commit_file(&repo, "feature/broken", "models/staging/stg_orders.sql", &broken, "Break the Jinja");
+    let broken =
+        stg_orders.replace("{{ source('raw', 'orders') }}", "{{ source('raw', 'orders' }}");
+    let sha_broken = commit_file(
+        &repo,
+        "feature/broken",
+        "models/staging/stg_orders.sql",
+        &broken,
+        "Break the Jinja",
+    );
     let broken_name = create_or_update(&server, "feature/broken", &sha_broken);
     let revision = newest_revision(&server, &broken_name, &sha_broken);
     assert_eq!(revision["status"], "failed", "{revision:#}");
     let diagnostics = revision["diagnostics"].to_string();
-    assert!(diagnostics.contains("models/staging/stg_orders.sql") && diagnostics.contains("Compilation Error"), "{revision:#}");
+    assert!(
+        diagnostics.contains("models/staging/stg_orders.sql")
+            && diagnostics.contains("Compilation Error"),
+        "{revision:#}"
+    );
 
     // A model that tries to write production (a pre-hook, as the branch's own login role) fails
     // with PostgreSQL's "permission denied"; production is unchanged.
     git(&repo, &["branch", "feature/attack", "main"]);
     let attack = "{{ config(materialized='table', pre_hook=\"delete from shop__prod.customer_orders\") }}\nselect 1 as x\n";
-    let sha_attack = commit_file(&repo, "feature/attack", "models/marts/attack.sql", attack, "Attack production");
+    let sha_attack = commit_file(
+        &repo,
+        "feature/attack",
+        "models/marts/attack.sql",
+        attack,
+        "Attack production",
+    );
     let attack_name = create_or_update(&server, "feature/attack", &sha_attack);
     server.wait_for_deployment(&attack_name, "ready", |d| serving_commit(d) == sha_attack);
     let run = run_selection(&server, &attack_name, "key:attack");
     assert_eq!(run["status"], "failed", "{run:#}");
-    assert!(run["steps"][0]["error"].as_str().unwrap_or("").contains("permission denied"), "{run:#}");
+    assert!(
+        run["steps"][0]["error"].as_str().unwrap_or("").contains("permission denied"),
+        "{run:#}"
+    );
     assert_eq!(checksum(), before, "production is unchanged");
 
     server.post(&format!("/api/v1/deployments/{name}/close"), json!({}));
-    assert_eq!(psql(&database.0, &format!("SELECT count(*) FROM information_schema.schemata WHERE schema_name = '{schema}'")), "0");
-    assert_eq!(git(&repo, &["status", "--porcelain"]), "", "checkouts never touch the repository's own index or files");
+    assert_eq!(
+        psql(
+            &database.0,
+            &format!(
+                "SELECT count(*) FROM information_schema.schemata WHERE schema_name = '{schema}'"
+            )
+        ),
+        "0"
+    );
+    assert_eq!(
+        git(&repo, &["status", "--porcelain"]),
+        "",
+        "checkouts never touch the repository's own index or files"
+    );
     drop(server);
     psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
     crate::server::drop_branch_roles(&role);
@@ -164,12 +278,22 @@ fn dagster_reasons(base: &Path, head: &Path, module: &str) -> Vec<(String, Vec<S
         .arg(module)
         .output()
         .expect("python runs");
-    assert!(output.status.success(), "dagster_differ.py: {}", String::from_utf8_lossy(&output.stderr));
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&output.stdout).expect("json");
+    assert!(
+        output.status.success(),
+        "dagster_differ.py: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("json");
     let mut list: Vec<(String, Vec<String>)> = map
         .into_iter()
         .map(|(k, v)| {
-            let mut reasons: Vec<String> = v.as_array().expect("list").iter().map(|r| r.as_str().expect("reason").to_owned()).collect();
+            let mut reasons: Vec<String> = v
+                .as_array()
+                .expect("list")
+                .iter()
+                .map(|r| r.as_str().expect("reason").to_owned())
+                .collect();
             reasons.sort();
             (k, reasons)
         })
@@ -187,7 +311,8 @@ fn sqlite_rows(file: &Path, sql: &str) -> Vec<String> {
         .output()
         .expect("python3 runs");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let mut rows: Vec<String> = String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
+    let mut rows: Vec<String> =
+        String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
     rows.sort();
     rows
 }
@@ -228,10 +353,26 @@ fn dagster_project_branch_deployment_tracks_changes_like_dagster_and_builds_in_i
     let staging = std::fs::read_to_string(repo.join("dagster_shop/staging.py")).expect("read");
     let marts = std::fs::read_to_string(repo.join("dagster_shop/marts.py")).expect("read");
     let staging_changed = staging.replacen("code_version=\"2\"", "code_version=\"3\"", 1);
-    let marts_changed = marts.replacen("\"lookback_days\": 365", "\"lookback_days\": 730", 1) + DEPLOYMENT_ENV_ASSET;
-    assert!(staging_changed != staging && !marts_changed.contains("365}"), "the example changed shape; update this test");
-    commit_file(&repo, "feature/clv", "dagster_shop/staging.py", &staging_changed, "Version stg_orders");
-    let sha = commit_file(&repo, "feature/clv", "dagster_shop/marts.py", &marts_changed, "Longer lookback, deployment_env");
+    let marts_changed = marts.replacen("\"lookback_days\": 365", "\"lookback_days\": 730", 1)
+        + DEPLOYMENT_ENV_ASSET;
+    assert!(
+        staging_changed != staging && !marts_changed.contains("365}"),
+        "the example changed shape; update this test"
+    );
+    commit_file(
+        &repo,
+        "feature/clv",
+        "dagster_shop/staging.py",
+        &staging_changed,
+        "Version stg_orders",
+    );
+    let sha = commit_file(
+        &repo,
+        "feature/clv",
+        "dagster_shop/marts.py",
+        &marts_changed,
+        "Longer lookback, deployment_env",
+    );
     let name = create_or_update(&server, "feature/clv", &sha);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
     let ours = reasons_by_key(&server.get(&format!("/api/v1/deployments/{name}/changes")));
@@ -239,8 +380,28 @@ fn dagster_project_branch_deployment_tracks_changes_like_dagster_and_builds_in_i
     // The same reasons as Dagster's own differ (AssetGraphDiffer) on the same two commits.
     let base_dir = dir.0.join("base");
     let head_dir = dir.0.join("head");
-    git(&dir.0, &["clone", "-q", "--branch", "main", repo.to_str().expect("utf-8"), base_dir.to_str().expect("utf-8")]);
-    git(&dir.0, &["clone", "-q", "--branch", "feature/clv", repo.to_str().expect("utf-8"), head_dir.to_str().expect("utf-8")]);
+    git(
+        &dir.0,
+        &[
+            "clone",
+            "-q",
+            "--branch",
+            "main",
+            repo.to_str().expect("utf-8"),
+            base_dir.to_str().expect("utf-8"),
+        ],
+    );
+    git(
+        &dir.0,
+        &[
+            "clone",
+            "-q",
+            "--branch",
+            "feature/clv",
+            repo.to_str().expect("utf-8"),
+            head_dir.to_str().expect("utf-8"),
+        ],
+    );
     let dagsters = dagster_reasons(&base_dir, &head_dir, "dagster_shop.definitions");
     assert_eq!(ours, dagsters);
     assert_eq!(
@@ -256,50 +417,95 @@ fn dagster_project_branch_deployment_tracks_changes_like_dagster_and_builds_in_i
     let run = run_selection(&server, &name, "changed_in_branch:ANY+");
     assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
     let built = step_keys(&run);
-    assert!(built.contains("stg_orders") && built.contains("fct_orders") && built.contains("deployment_env") && !built.contains("stg_customers"), "{built:?}");
+    assert!(
+        built.contains("stg_orders")
+            && built.contains("fct_orders")
+            && built.contains("deployment_env")
+            && !built.contains("stg_customers"),
+        "{built:?}"
+    );
     let branch_file = crate::server::warehouse(&server).file_of(&branch_target(&name));
-    let tables: BTreeSet<String> = sqlite_rows(&branch_file, "SELECT name FROM sqlite_master WHERE type = 'table'").into_iter().collect();
+    let tables: BTreeSet<String> =
+        sqlite_rows(&branch_file, "SELECT name FROM sqlite_master WHERE type = 'table'")
+            .into_iter()
+            .collect();
     assert_eq!(tables, built, "the branch holds exactly what the run built");
-    assert_eq!(sqlite_rows(&production_file, "SELECT * FROM fct_orders"), production_before, "production is unchanged");
+    assert_eq!(
+        sqlite_rows(&production_file, "SELECT * FROM fct_orders"),
+        production_before,
+        "production is unchanged"
+    );
     // Code that switches on Dagster+'s variables sees a branch deployment.
     assert_eq!(
         sqlite_rows(&branch_file, "SELECT name, value FROM deployment_env"),
-        vec![format!("DAGSTER_CLOUD_DEPLOYMENT_NAME|{name}"), format!("DAGSTER_CLOUD_GIT_SHA|{sha}"), "DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT|1".to_owned()]
+        vec![
+            format!("DAGSTER_CLOUD_DEPLOYMENT_NAME|{name}"),
+            format!("DAGSTER_CLOUD_GIT_SHA|{sha}"),
+            "DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT|1".to_owned()
+        ]
     );
 
     // A Python import error fails the revision with Python's own message at the file.
     git(&repo, &["branch", "feature/broken", "main"]);
-    let broken = staging.replacen("import dagster as dg\n", "import dagster as dg\nimport no_such_module\n", 1);
-    let sha_broken = commit_file(&repo, "feature/broken", "dagster_shop/staging.py", &broken, "Import a missing module");
+    let broken = staging.replacen(
+        "import dagster as dg\n",
+        "import dagster as dg\nimport no_such_module\n",
+        1,
+    );
+    let sha_broken = commit_file(
+        &repo,
+        "feature/broken",
+        "dagster_shop/staging.py",
+        &broken,
+        "Import a missing module",
+    );
     let broken_name = create_or_update(&server, "feature/broken", &sha_broken);
     let revision = newest_revision(&server, &broken_name, &sha_broken);
     assert_eq!(revision["status"], "failed", "{revision:#}");
     let diagnostic = &revision["diagnostics"][0];
     assert_eq!(diagnostic["path"], "dagster_shop/staging.py", "{revision:#}");
-    assert!(diagnostic["message"].as_str().unwrap_or("").contains("No module named 'no_such_module'"), "{revision:#}");
+    assert!(
+        diagnostic["message"].as_str().unwrap_or("").contains("No module named 'no_such_module'"),
+        "{revision:#}"
+    );
     assert_eq!(git(&repo, &["status", "--porcelain"]), "");
 
     // Cancelling a tool run kills the tool's whole process group.
     git(&repo, &["branch", "feature/slow", "main"]);
     let slow = marts.clone() + SLOW_ASSET;
-    let sha_slow = commit_file(&repo, "feature/slow", "dagster_shop/marts.py", &slow, "A slow asset");
+    let sha_slow =
+        commit_file(&repo, "feature/slow", "dagster_shop/marts.py", &slow, "A slow asset");
     let slow_name = create_or_update(&server, "feature/slow", &sha_slow);
     server.wait_for_deployment(&slow_name, "ready", |d| serving_commit(d) == sha_slow);
-    let run = server.post(&format!("/api/v1/deployments/{slow_name}/runs"), json!({ "selection": "key:slow_asset" }));
+    let run = server.post(
+        &format!("/api/v1/deployments/{slow_name}/runs"),
+        json!({ "selection": "key:slow_asset" }),
+    );
     let id = run["id"].as_i64().expect("id");
     let started = std::time::Instant::now();
-    while !Command::new("pgrep").args(["-f", "offshoot-slow-asset"]).output().expect("pgrep").status.success() {
+    while !Command::new("pgrep")
+        .args(["-f", "offshoot-slow-asset"])
+        .output()
+        .expect("pgrep")
+        .status
+        .success()
+    {
         assert!(started.elapsed().as_secs() < 60, "the slow asset never started: {}", server.log());
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let (status, _) = server.request("POST", &format!("/api/v1/runs/{id}/cancel"), Some(json!({})), Some(TOKEN));
+    let (status, _) =
+        server.request("POST", &format!("/api/v1/runs/{id}/cancel"), Some(json!({})), Some(TOKEN));
     assert_eq!(status, 200);
     let run = server.wait_for_run(id);
     assert_eq!(run["status"], "canceled", "{run:#}");
     std::thread::sleep(std::time::Duration::from_millis(500));
     // The asset's own child (a grandchild of the tool) went with the group.
     let left = Command::new("pgrep").args(["-f", "offshoot-slow-asset"]).output().expect("pgrep");
-    assert!(!left.status.success(), "processes of the canceled run are still running: {}", String::from_utf8_lossy(&left.stdout));
+    assert!(
+        !left.status.success(),
+        "processes of the canceled run are still running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
 
 const SLOW_ASSET: &str = r#"
@@ -327,23 +533,47 @@ fn dagster_change_reasons_match_dagsters_own_differ_for_every_reason() {
     let repo = dir.0.join("repo");
     example_repo("dagster_shop", &repo);
     let read = |path: &str| std::fs::read_to_string(repo.join(path)).expect("read");
-    let (raw, staging, marts) = (read("dagster_shop/raw.py"), read("dagster_shop/staging.py"), read("dagster_shop/marts.py"));
+    let (raw, staging, marts) = (
+        read("dagster_shop/raw.py"),
+        read("dagster_shop/staging.py"),
+        read("dagster_shop/marts.py"),
+    );
     let raw = replaced(&raw, "deps=[orders_export],", "deps=[orders_export, customers_export],");
     let staging = replaced(&staging, "code_version=\"2\"", "code_version=\"3\"");
-    let staging = replaced(&staging, "metadata={\"grain\": \"one row per customer\"}", "metadata={\"grain\": \"one row per customer account\"}");
+    let staging = replaced(
+        &staging,
+        "metadata={\"grain\": \"one row per customer\"}",
+        "metadata={\"grain\": \"one row per customer account\"}",
+    );
     let marts = replaced(&marts, "\"tier\": \"gold\"},\n    code_version=\"1\",\n    metadata={\n        \"grain\": \"one row per order\"", "\"tier\": \"platinum\"},\n    code_version=\"1\",\n    metadata={\n        \"grain\": \"one row per order\"");
     let marts = replaced(&marts, "start_date=\"2024-01-01\"", "start_date=\"2023-12-01\"");
-    let removed_at = marts.find("@dg.asset(\n    deps=[fct_orders, stg_customers],").expect("customer_lifetime_value is the last asset");
+    let removed_at = marts
+        .find("@dg.asset(\n    deps=[fct_orders, stg_customers],")
+        .expect("customer_lifetime_value is the last asset");
     let marts = marts[..removed_at].to_owned() + DEPLOYMENT_ENV_ASSET;
     git(&repo, &["checkout", "-q", "-b", "feature/everything"]);
-    for (path, text) in [("dagster_shop/raw.py", &raw), ("dagster_shop/staging.py", &staging), ("dagster_shop/marts.py", &marts)] {
+    for (path, text) in [
+        ("dagster_shop/raw.py", &raw),
+        ("dagster_shop/staging.py", &staging),
+        ("dagster_shop/marts.py", &marts),
+    ] {
         std::fs::write(repo.join(path), text).expect("write");
     }
     git(&repo, &["commit", "-q", "-am", "Every kind of change"]);
     git(&repo, &["checkout", "-q", "main"]);
 
     let output = Command::new(env!("CARGO_BIN_EXE_offshoot"))
-        .args(["diff", "--repo", repo.to_str().expect("utf-8"), "--base", "main", "--head", "feature/everything", "--format", "json"])
+        .args([
+            "diff",
+            "--repo",
+            repo.to_str().expect("utf-8"),
+            "--base",
+            "main",
+            "--head",
+            "feature/everything",
+            "--format",
+            "json",
+        ])
         .env("PATH", path_with_python_tools())
         .output()
         .expect("offshoot runs");
@@ -353,8 +583,28 @@ fn dagster_change_reasons_match_dagsters_own_differ_for_every_reason() {
 
     let base_dir = dir.0.join("base");
     let head_dir = dir.0.join("head");
-    git(&dir.0, &["clone", "-q", "--branch", "main", repo.to_str().expect("utf-8"), base_dir.to_str().expect("utf-8")]);
-    git(&dir.0, &["clone", "-q", "--branch", "feature/everything", repo.to_str().expect("utf-8"), head_dir.to_str().expect("utf-8")]);
+    git(
+        &dir.0,
+        &[
+            "clone",
+            "-q",
+            "--branch",
+            "main",
+            repo.to_str().expect("utf-8"),
+            base_dir.to_str().expect("utf-8"),
+        ],
+    );
+    git(
+        &dir.0,
+        &[
+            "clone",
+            "-q",
+            "--branch",
+            "feature/everything",
+            repo.to_str().expect("utf-8"),
+            head_dir.to_str().expect("utf-8"),
+        ],
+    );
     let dagsters = dagster_reasons(&base_dir, &head_dir, "dagster_shop.definitions");
     let expected: Vec<(String, Vec<String>)> = [
         ("customer_lifetime_value", "REMOVED"),
@@ -387,27 +637,53 @@ fn dagster_project_on_the_postgres_warehouse_builds_only_in_the_branch_schema() 
     let repo = dir.0.join("repo");
     example_repo("dagster_shop", &repo);
     let role = format!("offshoot_branch_dagster_{}", std::process::id());
-    let server = Server::start(&dir.0, &repo, &format!("warehouse_url = \"{url}\"\nbranch_role = \"{role}\""));
+    let server = Server::start(
+        &dir.0,
+        &repo,
+        &format!("warehouse_url = \"{url}\"\nbranch_role = \"{role}\""),
+    );
     wait_for_prod(&server, &repo);
     let run = run_selection(&server, "prod", "key:*");
     assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
-    let checksum = || psql(&database.0, "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM shop__prod.fct_orders AS t");
+    let checksum = || {
+        psql(
+            &database.0,
+            "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM shop__prod.fct_orders AS t",
+        )
+    };
     let before = checksum();
 
     git(&repo, &["branch", "feature/v3", "main"]);
     let staging = std::fs::read_to_string(repo.join("dagster_shop/staging.py")).expect("read");
-    let sha = commit_file(&repo, "feature/v3", "dagster_shop/staging.py", &replaced(&staging, "code_version=\"2\"", "code_version=\"3\""), "stg_orders v3");
+    let sha = commit_file(
+        &repo,
+        "feature/v3",
+        "dagster_shop/staging.py",
+        &replaced(&staging, "code_version=\"2\"", "code_version=\"3\""),
+        "stg_orders v3",
+    );
     let name = create_or_update(&server, "feature/v3", &sha);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
     let run = run_selection(&server, &name, "changed_in_branch:ANY+");
     assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
     let built: BTreeSet<String> = step_keys(&run);
-    assert_eq!(built, ["customer_lifetime_value", "daily_revenue", "fct_orders", "stg_orders"].iter().map(|k| k.to_string()).collect());
+    assert_eq!(
+        built,
+        ["customer_lifetime_value", "daily_revenue", "fct_orders", "stg_orders"]
+            .iter()
+            .map(|k| k.to_string())
+            .collect()
+    );
     let schema = branch_target(&name).schema;
-    let tables: BTreeSet<String> = psql(&database.0, &format!("SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'"))
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let tables: BTreeSet<String> = psql(
+        &database.0,
+        &format!(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'"
+        ),
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
     assert_eq!(tables, built, "the branch schema holds what the run built, nothing else");
     // Built by the branch's own login role (a member of `role`, which reads production).
     let owner = psql(&database.0, &format!("SELECT tableowner FROM pg_tables WHERE schemaname = '{schema}' AND tablename = 'stg_orders'"));

@@ -3,9 +3,9 @@
 
 mod auth;
 mod commands;
-mod data_diff;
 mod confinement;
 mod dagster_cloud;
+mod data_diff;
 mod formatters;
 mod hooks;
 mod integrations;

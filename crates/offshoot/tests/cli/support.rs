@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
@@ -75,7 +74,6 @@ pub fn redact(text: &str) -> String {
     out
 }
 
-
 /// Runs git in `repo` with a fixed identity; panics on failure.
 pub fn git(repo: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
@@ -95,7 +93,9 @@ pub fn git(repo: &Path, args: &[&str]) -> String {
 /// The virtualenv with dbt and Dagster (tests/python/requirements.txt) that `.ci/run` installs;
 /// `OFFSHOOT_PYTHON_TOOLS` names another.
 pub fn python_tools() -> PathBuf {
-    let dir = std::env::var_os("OFFSHOOT_PYTHON_TOOLS").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/python-tools"));
+    let dir = std::env::var_os("OFFSHOOT_PYTHON_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/python-tools"));
     assert!(
         dir.join("bin/dbt").exists() && dir.join("bin/dagster").exists(),
         "the dbt and Dagster tests need {}: run `bash .ci/run`, or `python3 -m venv target/python-tools && target/python-tools/bin/pip install -r tests/python/requirements.txt`",
@@ -106,7 +106,9 @@ pub fn python_tools() -> PathBuf {
 
 /// PATH with the Python tools first, when they are installed (servers run `dbt` and `python`).
 pub fn path_with_python_tools() -> String {
-    let dir = std::env::var_os("OFFSHOOT_PYTHON_TOOLS").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/python-tools"));
+    let dir = std::env::var_os("OFFSHOOT_PYTHON_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/python-tools"));
     let path = std::env::var("PATH").unwrap_or_default();
     if dir.join("bin").is_dir() {
         format!("{}:{path}", dir.join("bin").display())
@@ -131,7 +133,8 @@ fn copy_dir(from: &Path, to: &Path) {
         let name = entry.file_name();
         let name_text = name.to_string_lossy();
         // What tools leave behind in a working copy is not part of the example.
-        if ["target", "logs", "dbt_packages", "__pycache__", ".venv"].contains(&name_text.as_ref()) {
+        if ["target", "logs", "dbt_packages", "__pycache__", ".venv"].contains(&name_text.as_ref())
+        {
             continue;
         }
         let path = entry.path();
@@ -159,7 +162,11 @@ pub const TOKEN: &str = "test-token-0123456789";
 impl Server {
     /// Serves `repo` (not watched) with its data in `dir/data`.
     pub fn start(dir: &Path, repo: &Path, extra_config: &str) -> Server {
-        Server::start_with_repository(dir, &format!("path = {:?}", repo.to_str().expect("utf-8 path")), extra_config)
+        Server::start_with_repository(
+            dir,
+            &format!("path = {:?}", repo.to_str().expect("utf-8 path")),
+            extra_config,
+        )
     }
 
     /// Serves one repository named `shop` (production branch `main`) whose other keys are
@@ -195,7 +202,8 @@ impl Server {
     pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        *self = Server::spawn_with(self.config.clone(), self.data_dir.clone(), self.starts + 1, env);
+        *self =
+            Server::spawn_with(self.config.clone(), self.data_dir.clone(), self.starts + 1, env);
     }
 
     fn spawn(config: PathBuf, data_dir: PathBuf, starts: u32) -> Server {
@@ -220,7 +228,12 @@ impl Server {
             // Only whole lines: the server may be writing this one right now.
             let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
             if let Some(line) = whole.lines().find(|l| l.starts_with("offshoot serving on ")) {
-                break line.trim_start_matches("offshoot serving on ").split_whitespace().next().expect("url").to_owned();
+                break line
+                    .trim_start_matches("offshoot serving on ")
+                    .split_whitespace()
+                    .next()
+                    .expect("url")
+                    .to_owned();
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("the server exited with {status}:\n{text}");
@@ -242,11 +255,19 @@ impl Server {
     }
 
     fn agent() -> ureq::Agent {
-        ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build())
+        ureq::Agent::new_with_config(
+            ureq::Agent::config_builder().http_status_as_error(false).build(),
+        )
     }
 
     /// (status, JSON body or Null).
-    pub fn request(&self, method: &str, path: &str, body: Option<serde_json::Value>, token: Option<&str>) -> (u16, serde_json::Value) {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         let agent = Server::agent();
         let url = format!("{}{path}", self.url);
         let auth = token.map(|t| format!("Bearer {t}"));
@@ -292,23 +313,44 @@ impl Server {
     }
 
     /// Waits until `check` holds for the deployment's JSON, or panics with the last one seen.
-    pub fn wait_for_deployment(&self, name: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_for_deployment(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         self.wait_for(name, what, TOKEN, check)
     }
 
     /// `wait_for_deployment` reading with `token` (`name` may end in `?repository=...`).
-    pub fn wait_for_deployment_as(&self, name: &str, token: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_for_deployment_as(
+        &self,
+        name: &str,
+        token: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         self.wait_for(name, "as expected", token, check)
     }
 
-    fn wait_for(&self, name: &str, what: &str, token: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        token: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let started = std::time::Instant::now();
         loop {
-            let (status, deployment) = self.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(token));
+            let (status, deployment) =
+                self.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(token));
             if status == 200 && check(&deployment) {
                 return deployment;
             }
-            assert!(started.elapsed().as_secs() < 60, "{name} never became {what}: {deployment:#}\n{}", self.log());
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "{name} never became {what}: {deployment:#}\n{}",
+                self.log()
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
@@ -320,7 +362,11 @@ impl Server {
             if matches!(run["status"].as_str(), Some("succeeded" | "failed" | "canceled")) {
                 return run;
             }
-            assert!(started.elapsed().as_secs() < 120, "run {id} never finished: {run:#}\n{}", self.log());
+            assert!(
+                started.elapsed().as_secs() < 120,
+                "run {id} never finished: {run:#}\n{}",
+                self.log()
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
@@ -339,9 +385,17 @@ pub fn serving_commit(deployment: &serde_json::Value) -> String {
 }
 
 /// POSTs `body` as it is to `path` with `headers`; (status, the answer's text).
-pub fn post_raw_text(server: &Server, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-    let mut request = agent.post(&format!("{}{path}", server.url)).header("Content-Type", "application/json");
+pub fn post_raw_text(
+    server: &Server,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().http_status_as_error(false).build(),
+    );
+    let mut request =
+        agent.post(&format!("{}{path}", server.url)).header("Content-Type", "application/json");
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
