@@ -141,6 +141,64 @@ fn status_texts<T: Copy>(statuses: &[T], as_str: fn(T) -> &'static str) -> Vec<&
 
 #[async_trait]
 impl Store for PostgresStore {
+    async fn ensure_deployment_within(
+        &self,
+        new: NewDeployment,
+        max_open: usize,
+    ) -> StoreResult<Option<Deployment>> {
+        if let Some(existing) = self.find_deployment_by_branch(&new.repository, &new.branch).await?
+        {
+            return offshoot_store::existing_deployment(&new, Some(existing)).map(Some);
+        }
+        let pull_request = new.pull_request.as_ref();
+        let mut transaction = self.pool.begin().await.map_err(translate("the new deployment"))?;
+        // One opener at a time across every server sharing this database.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('offshoot_open_branch_deployments'))")
+            .execute(&mut *transaction)
+            .await
+            .map_err(translate("the open-deployment lock"))?;
+        // Counted and inserted in one statement, inside the transaction: no other writer can
+        // open a branch deployment between the count and the insert.
+        let inserted = sqlx::query(
+            "INSERT INTO deployments (repository, name, kind, branch, status, pull_request_id, pull_request_url,
+                 pull_request_status, base_deployment, pinned, created_at, updated_at, last_push_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, FALSE, $10, $10, $10
+             WHERE (SELECT count(*) FROM deployments WHERE kind = $3 AND status = $5) < $11
+             ON CONFLICT DO NOTHING
+             RETURNING *",
+        )
+        .bind(new.repository.as_str())
+        .bind(new.name.as_str())
+        .bind(new.kind.as_str())
+        .bind(new.branch.as_str())
+        .bind(DeploymentStatus::Open.as_str())
+        .bind(pull_request.map(|p| p.id.as_str()))
+        .bind(pull_request.map(|p| p.url.as_str()))
+        .bind(pull_request.map(|p| p.status.as_str()))
+        .bind(new.base_deployment.as_ref().map(DeploymentName::as_str))
+        .bind(new.now)
+        .bind(i64::try_from(max_open).unwrap_or(i64::MAX))
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(translate("the new deployment"))?;
+        transaction.commit().await.map_err(translate("the new deployment"))?;
+        if let Some(row) = inserted {
+            return rows::deployment(&row).map(Some);
+        }
+        match self.find_deployment_by_branch(&new.repository, &new.branch).await? {
+            Some(existing) => offshoot_store::existing_deployment(&new, Some(existing)).map(Some),
+            None => {
+                let open = self.list_deployments(&DeploymentFilter::default()).await?;
+                let branches = open.iter().filter(|d| d.kind == DeploymentKind::Branch).count();
+                if branches >= max_open {
+                    Ok(None)
+                } else {
+                    offshoot_store::existing_deployment(&new, None).map(Some)
+                }
+            }
+        }
+    }
+
     async fn ensure_deployment(&self, new: NewDeployment) -> StoreResult<Deployment> {
         let pull_request = new.pull_request.as_ref();
         // DO NOTHING on either unique rule: a concurrent first delivery of the branch inserted it

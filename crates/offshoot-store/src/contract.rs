@@ -74,6 +74,7 @@ pub async fn run_all(store: &dyn Store) {
     concurrent_writers_never_lose_a_write(store).await;
     concurrent_first_deliveries_share_one_deployment(store).await;
     concurrent_claims_have_one_winner(store).await;
+    concurrent_opens_never_exceed_the_cap(store).await;
 }
 
 pub async fn deployments_are_ensured_and_found(store: &dyn Store) {
@@ -2716,4 +2717,31 @@ fn assert_conflict<T: Debug>(result: StoreResult<T>, what: &str) {
         matches!(result, Err(StoreError::Conflict(_))),
         "{what}: expected Conflict, got {result:?}"
     );
+}
+
+/// Eight new branches race for the last two places under the cap: exactly two deployments are
+/// created, the others are told the cap is reached, and a branch that has its deployment still
+/// gets it back when the cap is full.
+pub async fn concurrent_opens_never_exceed_the_cap(store: &dyn Store) {
+    let repo = repository("contract-race-cap");
+    let max_open = open_branch_count(store).await + 2;
+    let opens = (0..8)
+        .map(|i| -> Pin<Box<dyn Future<Output = StoreResult<Option<Deployment>>> + '_>> {
+            let new = new_deployment(&repo, &format!("race-{i}"), &format!("race/{i}"), 2_000 + i);
+            Box::pin(store.ensure_deployment_within(new, max_open))
+        })
+        .collect();
+    let opened: Vec<Option<Deployment>> =
+        all_at_once(opens).await.into_iter().map(|o| o.expect("no store error")).collect();
+    let created: Vec<&Deployment> = opened.iter().flatten().collect();
+    assert_eq!(created.len(), 2, "exactly the two free places were taken: {opened:?}");
+    assert_eq!(open_branch_count(store).await, max_open);
+    let again = new_deployment(&repo, created[0].name.as_str(), created[0].branch.as_str(), 3_000);
+    let found = store.ensure_deployment_within(again, max_open).await.expect("no store error");
+    assert_eq!(found.map(|d| d.id), Some(created[0].id), "an existing deployment is returned");
+}
+
+async fn open_branch_count(store: &dyn Store) -> usize {
+    let open = store.list_deployments(&DeploymentFilter::default()).await.expect("list");
+    open.iter().filter(|d| d.kind == DeploymentKind::Branch).count()
 }

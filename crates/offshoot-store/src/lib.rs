@@ -337,6 +337,15 @@ pub trait Store: Send + Sync + 'static {
     /// calls for one branch return the same row. `Conflict` when `new.name` belongs to another
     /// branch (pick another name).
     async fn ensure_deployment(&self, new: NewDeployment) -> StoreResult<Deployment>;
+    /// `ensure_deployment` for a branch deployment under a cap: a new one is created only while
+    /// fewer than `max_open` branch deployments (of every repository) are open, counted and
+    /// inserted as one step for every writer of the store (several servers too). `None` when the
+    /// branch has no deployment and the cap is reached.
+    async fn ensure_deployment_within(
+        &self,
+        new: NewDeployment,
+        max_open: usize,
+    ) -> StoreResult<Option<Deployment>>;
     async fn get_deployment(&self, id: DeploymentId) -> StoreResult<Deployment>;
     async fn find_deployment(
         &self,

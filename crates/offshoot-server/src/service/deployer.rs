@@ -209,8 +209,6 @@ async fn ensure_branch(
         {
             return Ok(existing);
         }
-        let _turn = state.open_turn.lock().await;
-        lifecycle::check_open_limit(state).await?;
         let all = state
             .store
             .list_deployments(&DeploymentFilter {
@@ -230,8 +228,14 @@ async fn ensure_branch(
             base_deployment: push.base_deployment.clone(),
             now: now(),
         };
-        match state.store.ensure_deployment(new).await {
-            Ok(deployment) => return Ok(deployment),
+        // The store counts and creates in one step, for every server sharing it.
+        match state
+            .store
+            .ensure_deployment_within(new, state.config.max_open_branch_deployments)
+            .await
+        {
+            Ok(Some(deployment)) => return Ok(deployment),
+            Ok(None) => return Err(lifecycle::open_limit_reached(state)),
             Err(StoreError::Conflict(_)) => continue,
             Err(error) => return Err(error.into()),
         }

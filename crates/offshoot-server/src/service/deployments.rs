@@ -673,16 +673,23 @@ pub async fn delete(state: &SharedState, deployment: &Deployment) -> ServiceResu
     Ok(false)
 }
 
+/// Refuses opening one more branch deployment when `max_open_branch_deployments` are open.
+/// (Creating one is checked by the store in the same step as the insert; reopening is checked
+/// here, one reopen at a time on this server.)
 pub async fn check_open_limit(state: &AppState) -> ServiceResult<()> {
     let open = state.store.list_deployments(&DeploymentFilter::default()).await?;
     let branches = open.iter().filter(|d| d.kind == DeploymentKind::Branch).count();
     if branches >= state.config.max_open_branch_deployments {
-        return Err(ServiceError::conflict(
-            "deployment_limit_reached",
-            format!(
-                "{branches} branch deployments are open, the configured maximum; close one first"
-            ),
-        ));
+        return Err(open_limit_reached(state));
     }
     Ok(())
+}
+
+/// The error for a refused open: how many are open, the configured maximum.
+pub fn open_limit_reached(state: &AppState) -> ServiceError {
+    let max = state.config.max_open_branch_deployments;
+    ServiceError::conflict(
+        "deployment_limit_reached",
+        format!("{max} branch deployments are open, the configured maximum; close one first"),
+    )
 }
