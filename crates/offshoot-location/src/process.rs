@@ -142,6 +142,7 @@ pub fn last_lines(text: &str, count: usize, clean: impl Fn(&str) -> &str) -> Str
 
 /// SIGKILL to the process group `group` leads (spawned with `process_group(0)`). Not through
 /// the `kill` program: procps-ng 4.0.2's `kill -KILL -PGID` signals every process instead.
+#[allow(unsafe_code)] // kill(2); the block says why it is sound
 pub fn kill_group(group: u32) {
     let Ok(group) = libc::pid_t::try_from(group) else { return };
     if group <= 1 {

@@ -54,6 +54,7 @@ const DEVICES: [&str; 6] =
 const SCRATCH: [&str; 1] = ["/dev/shm"];
 
 /// The kernel's Landlock ABI version, or why processes cannot be confined here.
+#[allow(unsafe_code)] // system calls; each block says why it is sound
 pub fn support() -> Result<u32, String> {
     // SAFETY: with a null attribute, size 0 and the VERSION flag, the call only returns the
     // ABI version (or an error); it reads and writes no memory.
@@ -106,6 +107,7 @@ impl Sandbox {
 
     /// Builds the rules now and has `command`'s child enter them before it executes. Fails if
     /// the kernel cannot confine or a writable folder cannot be opened; nothing runs then.
+    #[allow(unsafe_code)] // system calls; each block says why it is sound
     pub fn apply(&self, command: &mut Command) -> Result<(), String> {
         let ruleset = self.ruleset()?;
         let fd = ruleset.as_raw_fd();
@@ -134,6 +136,7 @@ impl Sandbox {
         Ok(())
     }
 
+    #[allow(unsafe_code)] // system calls; each block says why it is sound
     fn ruleset(&self) -> Result<OwnedFd, String> {
         let abi = support()?;
         let handled = handled_rights(abi);
@@ -171,6 +174,7 @@ impl Sandbox {
 }
 
 /// Grants `rights` below `path`. `optional` paths that do not exist are skipped.
+#[allow(unsafe_code)] // system calls; each block says why it is sound
 fn add_rule(ruleset: &OwnedFd, path: &Path, rights: u64, optional: bool) -> Result<(), String> {
     let name = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| format!("{}: a NUL in the path", path.display()))?;
@@ -226,12 +230,15 @@ mod tests {
 
     #[test]
     fn a_confined_process_writes_only_below_its_folders() {
-        if support().is_err() {
+        if let Err(why) = support() {
             // Without Landlock the server refuses or warns; the end-to-end tests cover that.
+            // CI (`OFFSHOOT_CI=1`, set by `.ci/run`) must have it: nothing passes by not running.
+            let ci = std::env::var("OFFSHOOT_CI").is_ok_and(|value| value == "1");
             assert!(
-                std::env::var_os("OFFSHOOT_REQUIRE_LANDLOCK").is_none(),
-                "Landlock is required here"
+                !ci && std::env::var_os("OFFSHOOT_REQUIRE_LANDLOCK").is_none(),
+                "Landlock is required here: {why}"
             );
+            eprintln!("skipped: {why}");
             return;
         }
         let root = std::env::temp_dir().join(format!("offshoot-sandbox-{}", std::process::id()));

@@ -4,7 +4,8 @@
 //!
 //! Each test creates its own database on the server at `OFFSHOOT_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432`, no database part) and drops it afterwards, also when the
-//! test fails. A server that is down fails the tests; `OFFSHOOT_SKIP_POSTGRES=1` skips them.
+//! test fails. A server that is down fails the tests; `OFFSHOOT_SKIP_POSTGRES=1` skips them,
+//! except under CI (`OFFSHOOT_CI=1`), where asking to skip fails them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,11 +26,27 @@ struct TestDatabase {
     name: String,
 }
 
+/// Whether the PostgreSQL tests are skipped on purpose (`OFFSHOOT_SKIP_POSTGRES=1`, on a machine
+/// without PostgreSQL). Under CI (`OFFSHOOT_CI=1`, which `.ci/run` sets) nothing is skipped:
+/// asking to fails the test.
+fn postgres_skipped() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|value| value == "1");
+    if !set("OFFSHOOT_SKIP_POSTGRES") {
+        return false;
+    }
+    assert!(
+        !set("OFFSHOOT_CI"),
+        "OFFSHOOT_SKIP_POSTGRES=1 under CI (OFFSHOOT_CI=1): CI runs every PostgreSQL test; \
+         unset OFFSHOOT_SKIP_POSTGRES and start PostgreSQL (`.ci/run` does)"
+    );
+    eprintln!("skipped: OFFSHOOT_SKIP_POSTGRES=1");
+    true
+}
+
 impl TestDatabase {
     /// `None` when PostgreSQL tests are skipped on purpose; panics when the server is unreachable.
     async fn create() -> Option<TestDatabase> {
-        if std::env::var("OFFSHOOT_SKIP_POSTGRES").is_ok_and(|value| value == "1") {
-            eprintln!("skipped: OFFSHOOT_SKIP_POSTGRES=1");
+        if postgres_skipped() {
             return None;
         }
         let server = std::env::var("OFFSHOOT_TEST_POSTGRES_URL")

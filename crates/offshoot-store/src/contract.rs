@@ -1,7 +1,8 @@
 //! The contract every `Store` implementation must satisfy, as one async test story per concern.
 //!
-//! This is test code that lives in the library so that every backend's integration tests can run
-//! it: its functions panic on the first broken rule. Each function uses repositories of its own
+//! This is test code that lives in the library (behind the cargo feature `contract`, which the
+//! backends enable for their tests only) so that every backend's integration tests can run it:
+//! its functions panic on the first broken rule. Each function uses repositories of its own
 //! (and lease owners of its own), so all of them can share one store, even one holding other data
 //! (but not an earlier run's: the stories create fixed names). Queries that span repositories
 //! (`revisions_with_status`, `list_runs` without a deployment, `pending_intake`) are checked on

@@ -7,8 +7,10 @@
 //! deployment's `version`, so two writers can never overwrite each other (compare-and-set). What
 //! changes is said explicitly (patches), never by writing a whole row back.
 //!
-//! [`contract`] is the behaviour every implementation must show; each backend's tests run it.
+//! `contract` (cargo feature `contract`, so it is not compiled into the server) is the behaviour
+//! every implementation must show; each backend's tests run it.
 
+#[cfg(feature = "contract")]
 pub mod contract;
 pub mod rows;
 

@@ -1,16 +1,20 @@
-//! Integration tests of the PostgreSQL warehouse: zero-copy clones, copy-on-write with
-//! branch-first resolution, production protected by the branch role, production rebuilding its
-//! tables under a branch, atomic replacement, teardown, identifier quoting, hostile SQL, commands.
+//! Integration tests of the PostgreSQL warehouse: the port's contract
+//! (`offshoot_warehouse::contract`) on a real server, and what only this backend shows:
+//! production protected by the branch role, logins and credentials for commands, servers setting
+//! up at once, PostgreSQL's dialect and types.
 //!
-//! Each test creates its own database and branch role on the server at
+//! Each test (and each contract story) creates its own database and branch role on the server at
 //! `OFFSHOOT_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432`, no database part;
 //! the user must be able to create databases and roles) and drops both afterwards, also when the
-//! test fails. A server that is down fails the tests; `OFFSHOOT_SKIP_POSTGRES=1` skips them.
+//! test fails. A server that is down fails the tests; `OFFSHOOT_SKIP_POSTGRES=1` skips them,
+//! except under CI (`OFFSHOOT_CI=1`), where asking to skip fails them.
 
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use offshoot_core::{AssetKey, DeploymentName, RepositoryName, SchemaName};
+use offshoot_warehouse::contract;
 use offshoot_warehouse::{Target, Warehouse, WarehouseError};
 use offshoot_warehouse_postgres::{
     PostgresWarehouse, PostgresWarehouseOptions, DEFAULT_BRANCH_ROLE,
@@ -31,8 +35,7 @@ struct TestDatabase {
 impl TestDatabase {
     /// `None` when PostgreSQL tests are skipped on purpose; panics when the server is unreachable.
     async fn create() -> Option<TestDatabase> {
-        if std::env::var("OFFSHOOT_SKIP_POSTGRES").is_ok_and(|value| value == "1") {
-            eprintln!("skipped: OFFSHOOT_SKIP_POSTGRES=1");
+        if postgres_skipped() {
             return None;
         }
         let server = std::env::var("OFFSHOOT_TEST_POSTGRES_URL")
@@ -79,6 +82,23 @@ impl TestDatabase {
     async fn connection(&self) -> PgConnection {
         PgConnection::connect(&self.url()).await.expect("connect to the test database")
     }
+}
+
+/// Whether the PostgreSQL tests are skipped on purpose (`OFFSHOOT_SKIP_POSTGRES=1`, on a machine
+/// without PostgreSQL). Under CI (`OFFSHOOT_CI=1`, which `.ci/run` sets) nothing is skipped:
+/// asking to fails the test.
+fn postgres_skipped() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|value| value == "1");
+    if !set("OFFSHOOT_SKIP_POSTGRES") {
+        return false;
+    }
+    assert!(
+        !set("OFFSHOOT_CI"),
+        "OFFSHOOT_SKIP_POSTGRES=1 under CI (OFFSHOOT_CI=1): CI runs every PostgreSQL test; \
+         unset OFFSHOOT_SKIP_POSTGRES and start PostgreSQL (`.ci/run` does)"
+    );
+    eprintln!("skipped: OFFSHOOT_SKIP_POSTGRES=1");
+    true
 }
 
 async fn maintenance_connection(server: &str) -> Result<PgConnection, sqlx::Error> {
@@ -169,16 +189,12 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Option<Fixture> {
-        Fixture::with_seed(SEED).await
-    }
-
-    async fn with_seed(seed: &str) -> Option<Fixture> {
         let database = TestDatabase::create().await?;
         let warehouse = connect(&database).await;
         let production = Target { schema: schema("prod"), production: schema("prod") };
         warehouse.prepare(&production).await.expect("prepare production");
         warehouse
-            .execute_production_script(&production.schema, seed)
+            .execute_production_script(&production.schema, SEED)
             .await
             .expect("seed production");
         warehouse.setup_roles(&production.schema).await.expect("set up the branch role");
@@ -224,33 +240,118 @@ impl Fixture {
 
     /// Every table in the target's schema, staging tables included.
     async fn all_own_tables(&self, target: &Target) -> Vec<String> {
-        let mut connection = self.database.connection().await;
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
-        )
-        .bind(target.schema.as_str())
-        .fetch_all(&mut connection)
-        .await
-        .expect("list tables");
-        connection.close().await.expect("close");
-        names
+        all_own_tables(&self.database, target).await
     }
 
     /// A connection that sees the branch the way its materializations do: as the branch's own
     /// login role, with `search_path` branch first.
     async fn branch_role_connection(&self) -> PgConnection {
+        branch_role_connection(&self.database, &self.warehouse, &self.branch).await
+    }
+}
+
+/// Every table in the target's schema, staging tables included.
+async fn all_own_tables(database: &TestDatabase, target: &Target) -> Vec<String> {
+    let mut connection = database.connection().await;
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
+    )
+    .bind(target.schema.as_str())
+    .fetch_all(&mut connection)
+    .await
+    .expect("list tables");
+    connection.close().await.expect("close");
+    names
+}
+
+/// A connection that sees `branch` the way its materializations do: as the branch's own login
+/// role, with `search_path` branch first.
+async fn branch_role_connection(
+    database: &TestDatabase,
+    warehouse: &PostgresWarehouse,
+    branch: &Target,
+) -> PgConnection {
+    let mut connection = database.connection().await;
+    let (login, _) = warehouse.branch_login(&branch.schema);
+    let setup = format!(
+        "SET ROLE \"{login}\"; SET search_path = \"{}\", \"{}\"",
+        branch.schema, branch.production
+    );
+    sqlx::raw_sql(AssertSqlSafe(setup))
+        .execute(&mut connection)
+        .await
+        .expect("become the branch role");
+    connection
+}
+
+/// The contract's warehouses: each on a database (and branch role) of its own.
+struct Postgres;
+
+#[async_trait]
+impl contract::Backend for Postgres {
+    async fn fresh(&self, production: &Target) -> Box<dyn contract::Subject> {
+        let database = TestDatabase::create().await.expect("not skipped: checked by the test");
+        let warehouse = connect(&database).await;
+        warehouse.prepare(production).await.expect("prepare production");
+        warehouse.setup_roles(&production.schema).await.expect("set up the branch role");
+        Box::new(Subject { warehouse, database })
+    }
+}
+
+/// Fields drop in order: the warehouse's pool before the database.
+struct Subject {
+    warehouse: PostgresWarehouse,
+    database: TestDatabase,
+}
+
+#[async_trait]
+impl contract::Subject for Subject {
+    fn warehouse(&self) -> &dyn Warehouse {
+        &self.warehouse
+    }
+
+    async fn bytes_held(&self, target: &Target) -> u64 {
         let mut connection = self.database.connection().await;
-        let (login, _) = self.warehouse.branch_login(&self.branch.schema);
-        let setup = format!(
-            "SET ROLE \"{login}\"; SET search_path = \"{}\", \"{}\"",
-            self.branch.schema, self.branch.production
-        );
-        sqlx::raw_sql(AssertSqlSafe(setup))
+        let bytes: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+        )
+        .bind(target.schema.as_str())
+        .fetch_one(&mut connection)
+        .await
+        .expect("the schema's size");
+        connection.close().await.expect("close");
+        u64::try_from(bytes).expect("a size is not negative")
+    }
+
+    async fn all_tables(&self, target: &Target) -> Vec<String> {
+        all_own_tables(&self.database, target).await
+    }
+
+    async fn execute(&self, target: &Target, sql: &str) {
+        let mut connection = if target.is_production() {
+            let mut connection = self.database.connection().await;
+            let path = format!("SET search_path = \"{}\"", target.schema);
+            sqlx::raw_sql(AssertSqlSafe(path)).execute(&mut connection).await.expect("search path");
+            connection
+        } else {
+            branch_role_connection(&self.database, &self.warehouse, target).await
+        };
+        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
             .execute(&mut connection)
             .await
-            .expect("become the branch role");
-        connection
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        connection.close().await.expect("close");
     }
+}
+
+/// Several threads, so the contract's concurrent builds really run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warehouse_contract() {
+    if postgres_skipped() {
+        return;
+    }
+    contract::run_all(&Postgres).await;
 }
 
 async fn connect(database: &TestDatabase) -> PostgresWarehouse {
@@ -269,90 +370,27 @@ async fn count(connection: &mut PgConnection, sql: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn a_branch_reads_production_without_copying_it() {
-    // About 7 MB in production: 100 000 rows of 64 characters.
-    let seed = "CREATE TABLE big AS SELECT i AS id, md5(i::text) || md5((-i)::text) AS payload
-                FROM generate_series(1, 100000) AS i;
-                CREATE TABLE small AS SELECT * FROM big WHERE id <= 100;";
-    let Some(fixture) = Fixture::with_seed(seed).await else { return };
-    let (production, branch) = (&fixture.production, &fixture.branch);
-
-    let mut connection = fixture.database.connection().await;
-    let bytes_in = |schema: &SchemaName| {
-        format!(
-            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}'"
-        )
-    };
-    assert!(count(&mut connection, &bytes_in(&production.schema)).await > 5_000_000);
-    assert_eq!(
-        count(&mut connection, &bytes_in(&branch.schema)).await,
-        0,
-        "a prepared branch holds no data"
-    );
-    assert_eq!(fixture.own_tables(branch).await, Vec::<String>::new());
-
-    // Before building anything, the branch sees production's tables.
-    assert_eq!(fixture.rows(branch, "big").await, Some(100_000));
-    assert_eq!(
-        fixture.checksum(branch, "small").await,
-        fixture.checksum(production, "small").await
-    );
-    assert_eq!(
-        fixture.materialize(branch, "big_summary", "SELECT count(*) AS n FROM big").await,
-        Ok(1)
-    );
-    assert_eq!(fixture.own_tables(branch).await, ["big_summary"]);
-
-    // Preparing again keeps what the branch built and still copies nothing.
-    fixture.warehouse.prepare(branch).await.expect("prepare is idempotent");
-    assert_eq!(fixture.own_tables(branch).await, ["big_summary"]);
-    assert!(count(&mut connection, &bytes_in(&branch.schema)).await < 100_000);
-    connection.close().await.expect("close");
-}
-
-#[tokio::test]
-async fn materializing_in_a_branch_writes_the_branch_and_leaves_production_alone() {
+async fn a_connection_open_across_a_copy_on_write_reads_the_branch_table_next() {
+    // The contract checks copy-on-write through the port; this is a session of the branch
+    // role that was open before it (a command asset's, say): its next statement sees the
+    // branch's own table, nothing cached resolves to production's.
     let Some(fixture) = Fixture::new().await else { return };
-    let (production, branch) = (&fixture.production, &fixture.branch);
-    let production_before = fixture.production_checksums().await;
-    // Opened before the copy-on-write, and kept open across it.
+    let branch = &fixture.branch;
     let mut reader = fixture.branch_role_connection().await;
     assert_eq!(
         count(&mut reader, "SELECT count(*) FROM orders").await,
         3,
         "the branch reads production's orders"
     );
-
-    // `large_orders` reads production's `orders` while the branch has none of its own.
-    let downstream = "SELECT * FROM orders WHERE amount > 0";
-    assert_eq!(fixture.materialize(branch, "large_orders", downstream).await, Ok(2));
-
-    // Copy-on-write: the branch gets its own `orders` and from now on reads it.
     assert_eq!(
         fixture.materialize(branch, "orders", "SELECT * FROM raw_orders WHERE id = 1").await,
         Ok(1)
-    );
-    assert_eq!(fixture.own_tables(branch).await, ["large_orders", "orders"]);
-    assert_eq!(fixture.rows(branch, "orders").await, Some(1));
-    assert_ne!(
-        fixture.checksum(branch, "orders").await,
-        fixture.checksum(production, "orders").await
     );
     assert_eq!(
         count(&mut reader, "SELECT count(*) FROM orders").await,
         1,
         "a fresh statement sees the branch's table"
     );
-
-    // The same downstream SQL now resolves `orders` to the branch's table.
-    assert_eq!(fixture.materialize(branch, "large_orders", downstream).await, Ok(1));
-    assert_eq!(fixture.rows(branch, "large_orders").await, Some(1));
-
-    // Production is exactly as it was.
-    assert_eq!(fixture.rows(production, "orders").await, Some(3));
-    assert_eq!(fixture.production_checksums().await, production_before);
-    assert_eq!(fixture.own_tables(production).await, ["Customers", "orders", "raw_orders"]);
     reader.close().await.expect("close");
 }
 
@@ -456,7 +494,9 @@ async fn production_can_drop_and_rebuild_its_table_while_a_branch_reads_it() {
 }
 
 #[tokio::test]
-async fn an_asset_select_is_one_statement_and_cannot_escape_its_role() {
+async fn postgres_quoting_and_role_escapes_in_an_asset_select() {
+    // The contract has the portable cases; these are PostgreSQL's own quotes and comments, and
+    // SQL that tries to leave the branch role.
     let Some(fixture) = Fixture::new().await else { return };
     let (production, branch) = (&fixture.production, &fixture.branch);
     let production_before = fixture.production_checksums().await;
@@ -464,22 +504,12 @@ async fn an_asset_select_is_one_statement_and_cannot_escape_its_role() {
     let refused =
         |result: &Result<u64, WarehouseError>| matches!(result, Err(WarehouseError::Refused(_)));
     let cases: &[(&str, bool)] = &[
-        ("SELECT 1 AS x", false),
-        ("SELECT 1 AS x;", false),
-        ("SELECT 1 AS x; ;\n -- done\n /* really */", false),
-        ("/* leading; comment */ SELECT 1 AS x", false),
-        ("SELECT ';' AS x", false),
-        ("SELECT 1 AS \"x;y\"", false),
         ("SELECT E'\\';' AS x", false),
         ("SELECT $$;$$ AS x", false),
         ("SELECT $tag$ ; $$ ; $tag$ AS x", false),
-        ("SELECT 'it''s; fine' AS x -- trailing; comment", false),
         ("select 1; drop schema shop__prod cascade", true),
         ("SELECT 1 AS x; DELETE FROM shop__prod.orders", true),
-        ("SELECT 1 AS x /* ; */ ; DROP TABLE shop__prod.orders", true),
-        ("SELECT 'a'';' AS x; DROP TABLE orders", true),
         ("SELECT 1 AS x -- comment\r; DROP TABLE orders", true),
-        ("SELECT 1 AS x\0; DROP TABLE orders", true),
         // Leaving the branch role from inside the statement is noticed and rolled back.
         ("SELECT set_config('role', 'none', true) AS x", true),
         ("SELECT set_config('role', 'none', false) AS x", true),
@@ -491,15 +521,19 @@ async fn an_asset_select_is_one_statement_and_cannot_escape_its_role() {
             assert_eq!(result, Ok(1), "{select:?}");
         }
     }
-    assert_eq!(fixture.rows(branch, "probe").await, Some(1));
-    assert_eq!(fixture.checksum(branch, "probe").await, fixture.checksum(branch, "probe").await);
-
-    // A single statement spliced after `CREATE TABLE … AS` can only be a query.
-    for statement in
-        ["DELETE FROM orders", "DROP TABLE shop__prod.orders", "RESET ROLE", "SET ROLE NONE"]
-    {
+    for statement in ["DROP TABLE shop__prod.orders", "RESET ROLE", "SET ROLE NONE"] {
         let result = fixture.materialize(branch, "probe", statement).await;
         assert!(matches!(result, Err(WarehouseError::Query(_))), "{statement}: {result:?}");
+    }
+    // The database's own messages, as they are: while planning, and at run time after the
+    // first rows were written.
+    let failing = [
+        ("SELECT * FROM no_such_table", "relation \"no_such_table\" does not exist"),
+        ("SELECT 1 / (x - 2) AS b FROM generate_series(1, 3) AS x", "division by zero"),
+    ];
+    for (select, message) in failing {
+        let result = fixture.materialize(branch, "probe", select).await;
+        assert_eq!(result, Err(WarehouseError::Query(message.to_owned())), "{select}");
     }
 
     assert_eq!(fixture.production_checksums().await, production_before);
@@ -508,145 +542,20 @@ async fn an_asset_select_is_one_statement_and_cannot_escape_its_role() {
 }
 
 #[tokio::test]
-async fn rematerializing_replaces_the_table_and_a_failure_keeps_the_previous_one() {
+async fn quoted_identifiers_are_case_sensitive_and_so_are_lookups() {
     let Some(fixture) = Fixture::new().await else { return };
     let branch = &fixture.branch;
-
-    assert_eq!(
-        fixture.materialize(branch, "totals", "SELECT 1 AS a UNION ALL SELECT 2").await,
-        Ok(2)
-    );
-    assert_eq!(fixture.materialize(branch, "totals", "SELECT 5 AS b").await, Ok(1));
-    let replaced = fixture.checksum(branch, "totals").await;
-
-    // Fails while planning, and fails at run time after the first rows were written.
-    let failing = [
-        ("SELECT * FROM no_such_table", "relation \"no_such_table\" does not exist"),
-        ("SELECT 1 / (x - 2) AS b FROM generate_series(1, 3) AS x", "division by zero"),
-    ];
-    for (select, message) in failing {
-        let result = fixture.materialize(branch, "totals", select).await;
-        assert_eq!(result, Err(WarehouseError::Query(message.to_owned())), "{select}");
-        assert_eq!(fixture.checksum(branch, "totals").await, replaced, "{select}");
-        assert_eq!(fixture.all_own_tables(branch).await, ["totals"], "{select}");
-    }
-
-    // A staging table left behind (by hand here) is ignored by `own_tables` and replaced by the
-    // next build.
-    let mut connection = fixture.branch_role_connection().await;
-    let leftover =
-        format!("CREATE TABLE \"{}\".totals__offshoot_new AS SELECT 'stale' AS c", branch.schema);
-    sqlx::raw_sql(AssertSqlSafe(leftover))
-        .execute(&mut connection)
-        .await
-        .expect("leave a staging table behind");
-    connection.close().await.expect("close");
-    assert_eq!(fixture.own_tables(branch).await, ["totals"]);
-    assert_eq!(fixture.materialize(branch, "totals", "SELECT 7 AS b").await, Ok(1));
-    assert_eq!(fixture.all_own_tables(branch).await, ["totals"]);
-
-    let reserved = fixture.materialize(branch, "totals__offshoot_new", "SELECT 1 AS b").await;
-    assert!(matches!(reserved, Err(WarehouseError::Refused(_))), "{reserved:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parallel_materializations_wait_for_each_other() {
-    let Some(fixture) = Fixture::new().await else { return };
-    let (production, branch) = (&fixture.production, &fixture.branch);
-    let heavy = "SELECT i FROM generate_series(1, 200000) AS i";
-    let (a, b, c, d) = tokio::join!(
-        fixture.materialize(branch, "a", heavy),
-        fixture.materialize(branch, "b", heavy),
-        fixture.materialize(branch, "a", "SELECT * FROM orders"),
-        // Production writes while the branch reads it.
-        fixture.materialize(production, "daily", heavy),
-    );
-    assert_eq!((b, d), (Ok(200_000), Ok(200_000)));
-    assert!(
-        matches!((a, c), (Ok(200_000), Ok(3))),
-        "both builds of `a` succeed, one after the other"
-    );
-    assert_eq!(fixture.all_own_tables(branch).await, ["a", "b"]);
-}
-
-#[tokio::test]
-async fn teardown_drops_exactly_the_branch_schema() {
-    let Some(fixture) = Fixture::new().await else { return };
-    let (production, branch) = (&fixture.production, &fixture.branch);
-    let other = branch_of("other-branch");
-    fixture.warehouse.prepare(&other).await.expect("prepare other");
-    assert_eq!(fixture.materialize(branch, "orders", "SELECT * FROM raw_orders").await, Ok(3));
-    assert_eq!(
-        fixture.materialize(&other, "orders", "SELECT * FROM raw_orders LIMIT 1").await,
-        Ok(1)
-    );
-    let production_before = fixture.production_checksums().await;
-
-    fixture.warehouse.teardown(branch).await.expect("teardown");
-    assert!(!fixture.warehouse.schemas().await.expect("schemas").contains(&branch.schema));
-    fixture.warehouse.teardown(branch).await.expect("teardown is idempotent");
-
-    assert_eq!(fixture.production_checksums().await, production_before);
-    assert_eq!(fixture.rows(&other, "orders").await, Some(1));
-    assert_eq!(
-        fixture.warehouse.schemas().await.expect("schemas"),
-        [schema("other-branch"), schema("prod")]
-    );
-
-    let refused = fixture.warehouse.teardown(production).await;
-    assert!(matches!(refused, Err(WarehouseError::Refused(_))), "{refused:?}");
-    assert_eq!(fixture.production_checksums().await, production_before);
-
-    // Operations on a torn-down branch fail instead of silently re-creating it.
-    for result in [
-        fixture.warehouse.own_tables(branch).await.map(|_| ()),
-        fixture.warehouse.row_count(branch, "orders").await.map(|_| ()),
-        fixture
-            .warehouse
-            .materialize_sql(branch, &key("orders"), "SELECT 1 AS x")
-            .await
-            .map(|_| ()),
-    ] {
-        assert!(matches!(result, Err(WarehouseError::Backend(_))), "{result:?}");
-    }
-    assert!(!fixture.warehouse.schemas().await.expect("schemas").contains(&branch.schema));
-}
-
-#[tokio::test]
-async fn identifiers_are_quoted() {
-    let Some(fixture) = Fixture::new().await else { return };
-    let branch = &fixture.branch;
-
-    assert_eq!(fixture.materialize(branch, "select", "SELECT * FROM orders").await, Ok(3));
-    assert_eq!(
-        fixture.materialize(branch, "order", "SELECT * FROM \"select\" WHERE id > 1").await,
-        Ok(2)
-    );
     assert_eq!(
         fixture.materialize(branch, "MixedCase", "SELECT * FROM \"Customers\"").await,
         Ok(2)
     );
-    assert_eq!(fixture.materialize(branch, "user", "SELECT * FROM \"order\"").await, Ok(2));
-    assert_eq!(fixture.own_tables(branch).await, ["MixedCase", "order", "select", "user"]);
-    assert_eq!(fixture.rows(branch, "order").await, Some(2));
     assert_eq!(fixture.rows(branch, "MixedCase").await, Some(2));
-    assert_eq!(fixture.rows(branch, "Customers").await, Some(2));
-    // Quoted PostgreSQL identifiers are case-sensitive, and so is the lookup.
     assert_eq!(fixture.rows(branch, "mixedcase").await, None);
     assert_eq!(fixture.rows(branch, "customers").await, None);
-
-    // Table names given to lookups are data, never SQL.
-    for hostile in
-        ["a\"b", "orders\"; DROP TABLE orders; --", "orders; DROP TABLE orders", "pg_class", "x\0y"]
-    {
-        assert_eq!(fixture.rows(branch, hostile).await, None, "{hostile}");
-        assert_eq!(fixture.warehouse.table_checksum(branch, hostile).await, Ok(None), "{hostile}");
-    }
-    assert_eq!(fixture.rows(&fixture.production, "orders").await, Some(3));
 }
 
 #[tokio::test]
-async fn checksums_are_stable_and_see_every_change() {
+async fn checksums_tell_postgres_types_apart() {
     let Some(fixture) = Fixture::new().await else { return };
     let branch = &fixture.branch;
     let distinct = [
@@ -656,16 +565,7 @@ async fn checksums_are_stable_and_see_every_change() {
         "SELECT '1'::text AS v",
         "SELECT '\\x31'::bytea AS v",
         "SELECT NULL::int AS v",
-        "SELECT ''::text AS v",
         "SELECT NULL::text AS v",
-        "SELECT 2 AS v",
-        "SELECT 1 AS w",
-        "SELECT 'ab'::text AS v",
-        "SELECT 'a'::text AS v UNION ALL SELECT 'b'",
-        "SELECT 1 AS v UNION ALL SELECT 1",
-        "SELECT 1 AS v, 2 AS w",
-        "SELECT 12 AS v",
-        "SELECT 1 AS v WHERE false",
     ];
     let mut seen: Vec<(&str, String)> = Vec::new();
     for select in distinct {
@@ -677,21 +577,10 @@ async fn checksums_are_stable_and_see_every_change() {
         );
         seen.push((select, checksum));
     }
-
-    // Same content, built in another order or again: same checksum.
-    let first_order =
-        "SELECT 2 AS v, 'b'::text AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 1, NULL";
-    fixture.materialize(branch, "t", first_order).await.expect("t");
-    let first = fixture.checksum(branch, "t").await;
-    let other_order =
-        "SELECT 1 AS v, NULL::text AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 2, 'b'";
-    fixture.materialize(branch, "t", other_order).await.expect("t");
-    assert_eq!(fixture.checksum(branch, "t").await, first);
-    assert_eq!(fixture.checksum(branch, "t").await, first);
 }
 
 #[tokio::test]
-async fn schemas_lists_the_deployment_schemas() {
+async fn schemas_lists_only_deployment_schemas() {
     let Some(fixture) = Fixture::new().await else { return };
     fixture.warehouse.prepare(&branch_of("another-one")).await.expect("prepare");
     let mut connection = fixture.database.connection().await;
@@ -700,6 +589,7 @@ async fn schemas_lists_the_deployment_schemas() {
     sqlx::raw_sql(strays).execute(&mut connection).await.expect("stray schemas");
     connection.close().await.expect("close");
 
+    // None of them is a deployment's.
     let schemas = fixture.warehouse.schemas().await.expect("schemas");
     assert_eq!(schemas, [schema("another-one"), schema("feature-1-ab12cd34"), schema("prod")]);
 }

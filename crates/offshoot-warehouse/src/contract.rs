@@ -2,10 +2,567 @@
 //! so none of it is compiled into the server). Tables are built through the port itself
 //! (`materialize_sql` on production and on the branch) with portable SQL, so both backends get
 //! the same data and must give the same, exact numbers.
+//!
+//! [`run_all`] runs the stories of the port's core (prepare, copy-on-write, the one-statement
+//! rule, atomic replacement, teardown, lookups, checksums, listing, environments), each on a new
+//! warehouse from the backend's [`Backend`]. [`data_diff_stories`] and the stories after it take a
+//! warehouse and two prepared targets; each backend runs them as tests of their own.
+//!
+//! What is not here because it differs by design: how production is protected below the port
+//! (SQLite's read-only attach, PostgreSQL's roles), dialect-specific SQL, file layout and
+//! credentials. Those stay in the backends' own tests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use async_trait::async_trait;
 
 use crate::data_diff::{DataDiff, DiffOptions, KeyRequest, KeySource, RowCounts};
-use crate::{Target, Warehouse};
-use offshoot_core::AssetKey;
+use crate::{Target, Warehouse, WarehouseError};
+use offshoot_core::{AssetKey, DeploymentName, RepositoryName, SchemaName};
+
+/// A backend under test: makes warehouses of its own for the stories.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// A new warehouse that shares nothing with any other (a new folder, a new database), with
+    /// `production` prepared and ready for branches (for PostgreSQL: the branch role set up).
+    async fn fresh(&self, production: &Target) -> Box<dyn Subject>;
+}
+
+/// One warehouse under test, and the few things the contract must see below the port.
+#[async_trait]
+pub trait Subject: Send + Sync {
+    fn warehouse(&self) -> &dyn Warehouse;
+
+    /// Bytes of storage the target's own schema holds (its file; its relations).
+    async fn bytes_held(&self, target: &Target) -> u64;
+
+    /// Every table in the target's own schema, the port's staging tables included, sorted.
+    async fn all_tables(&self, target: &Target) -> Vec<String>;
+
+    /// Runs `sql` the way the target's own SQL runs (for a branch: as the branch, names
+    /// resolving to its own tables first); panics if it fails.
+    async fn execute(&self, target: &Target, sql: &str);
+}
+
+/// Runs every story of the port's core on `backend`, each on a fresh warehouse.
+pub async fn run_all(backend: &dyn Backend) {
+    a_prepared_branch_copies_nothing_and_reads_production(&*fresh(backend).await).await;
+    materializing_in_a_branch_is_copy_on_write_and_leaves_production_alone(&*fresh(backend).await)
+        .await;
+    a_table_production_rebuilds_is_what_branches_read_next(&*fresh(backend).await).await;
+    an_asset_select_is_one_statement(&*fresh(backend).await).await;
+    rematerializing_replaces_the_table_and_a_failure_keeps_the_previous_one(&*fresh(backend).await)
+        .await;
+    parallel_materializations_wait_for_each_other(&*fresh(backend).await).await;
+    teardown_removes_exactly_the_branch(&*fresh(backend).await).await;
+    identifiers_are_quoted_and_lookups_are_data(&*fresh(backend).await).await;
+    checksums_are_stable_and_see_every_change(&*fresh(backend).await).await;
+    schemas_lists_production_and_every_prepared_branch(&*fresh(backend).await).await;
+    a_branch_needs_production_and_its_own_prepared_schema(&*fresh(backend).await).await;
+    processes_get_their_target_and_loads_get_production(&*fresh(backend).await).await;
+}
+
+/// The deployment schema of `deployment` in the repository `shop`.
+pub fn schema(deployment: &str) -> SchemaName {
+    SchemaName::for_deployment(
+        &RepositoryName::new("shop").expect("a valid repository in the contract"),
+        &DeploymentName::new(deployment).expect("a valid deployment in the contract"),
+    )
+}
+
+/// Production: `shop__prod`.
+pub fn production() -> Target {
+    Target { schema: schema("prod"), production: schema("prod") }
+}
+
+/// A branch of [`production`].
+pub fn branch_of(deployment: &str) -> Target {
+    Target { schema: schema(deployment), production: schema("prod") }
+}
+
+/// A fresh warehouse with production seeded (`raw_orders`, `orders`, `Customers`) through the
+/// port, and the branch `feature-1-ab12cd34` prepared.
+async fn fresh(backend: &dyn Backend) -> Box<dyn Subject> {
+    let subject = backend.fresh(&production()).await;
+    seed(subject.warehouse(), &production()).await;
+    prepare(subject.warehouse(), &branch()).await;
+    subject
+}
+
+fn branch() -> Target {
+    branch_of("feature-1-ab12cd34")
+}
+
+/// Three orders (one with a negative amount) and two customers, in `production`.
+async fn seed(warehouse: &dyn Warehouse, production: &Target) {
+    let raw_orders = "SELECT CAST(1 AS INTEGER) AS id, CAST(10.5 AS DOUBLE PRECISION) AS amount, \
+                      CAST('ada' AS TEXT) AS customer \
+                      UNION ALL SELECT 2, 20.0, 'bob' UNION ALL SELECT 3, -1.0, 'cy'";
+    build(warehouse, production, "raw_orders", raw_orders).await;
+    build(warehouse, production, "orders", "SELECT id, amount, customer FROM raw_orders").await;
+    let customers = "SELECT CAST('ada' AS TEXT) AS name UNION ALL SELECT 'bob'";
+    build(warehouse, production, "Customers", customers).await;
+}
+
+async fn prepare(warehouse: &dyn Warehouse, target: &Target) {
+    warehouse.prepare(target).await.unwrap_or_else(|e| panic!("preparing {}: {e}", target.schema));
+}
+
+async fn materialize(
+    warehouse: &dyn Warehouse,
+    target: &Target,
+    table: &str,
+    select: &str,
+) -> Result<u64, WarehouseError> {
+    warehouse.materialize_sql(target, &key(table), select).await
+}
+
+fn key(table: &str) -> AssetKey {
+    AssetKey::new(table).expect("a valid asset key in the contract")
+}
+
+async fn count_rows(warehouse: &dyn Warehouse, target: &Target, table: &str) -> Option<u64> {
+    warehouse
+        .row_count(target, table)
+        .await
+        .unwrap_or_else(|e| panic!("counting {table} in {}: {e}", target.schema))
+}
+
+async fn checksum(warehouse: &dyn Warehouse, target: &Target, table: &str) -> String {
+    warehouse
+        .table_checksum(target, table)
+        .await
+        .unwrap_or_else(|e| panic!("checksum of {table} in {}: {e}", target.schema))
+        .unwrap_or_else(|| panic!("{table} is not in {}", target.schema))
+}
+
+async fn own_tables(warehouse: &dyn Warehouse, target: &Target) -> Vec<String> {
+    warehouse
+        .own_tables(target)
+        .await
+        .unwrap_or_else(|e| panic!("own tables of {}: {e}", target.schema))
+}
+
+/// Every production table with its checksum, by name: equal before and after means production
+/// is exactly as it was.
+async fn production_checksums(warehouse: &dyn Warehouse) -> Vec<(String, String)> {
+    let production = production();
+    let mut checksums = Vec::new();
+    for table in own_tables(warehouse, &production).await {
+        let checksum = checksum(warehouse, &production, &table).await;
+        checksums.push((table, checksum));
+    }
+    checksums
+}
+
+async fn schemas(warehouse: &dyn Warehouse) -> Vec<SchemaName> {
+    warehouse.schemas().await.unwrap_or_else(|e| panic!("listing schemas: {e}"))
+}
+
+fn refused<T: std::fmt::Debug>(result: &Result<T, WarehouseError>) -> bool {
+    matches!(result, Err(WarehouseError::Refused(_)))
+}
+
+/// Drives every future at once on the calling task and returns their outputs in order, so their
+/// statements interleave in the warehouse (the port crate needs no runtime of its own).
+async fn all_at_once<'a, T>(futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) -> Vec<T> {
+    let mut futures: Vec<Option<Pin<Box<dyn Future<Output = T> + 'a>>>> =
+        futures.into_iter().map(Some).collect();
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(move |context| {
+        let mut unfinished = false;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(context) {
+                    Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    Poll::Pending => unfinished = true,
+                }
+            }
+        }
+        if unfinished {
+            Poll::Pending
+        } else {
+            Poll::Ready(
+                outputs
+                    .iter_mut()
+                    .map(|output| output.take().expect("every future finished"))
+                    .collect(),
+            )
+        }
+    })
+    .await
+}
+
+/// Zero-copy: a prepared branch holds no data, reads production's tables until it builds its
+/// own, and preparing again keeps what it built.
+pub async fn a_prepared_branch_copies_nothing_and_reads_production(subject: &dyn Subject) {
+    let (warehouse, production, branch) = (subject.warehouse(), production(), branch());
+    // About 7 MB: 100,000 rows of some 70 characters.
+    let big = "SELECT CAST(n AS INTEGER) AS id, \
+               CAST('a payload of some seventy characters, for a table of a few megabytes: ' || n AS TEXT) AS payload FROM s";
+    build(warehouse, &production, "big", &series(100_000, big)).await;
+    build(warehouse, &production, "small", "SELECT * FROM big WHERE id <= 100").await;
+
+    let production_bytes = subject.bytes_held(&production).await;
+    assert!(production_bytes > 5_000_000, "production holds {production_bytes} bytes");
+    let branch_bytes = subject.bytes_held(&branch).await;
+    assert!(branch_bytes <= 16 * 1024, "a prepared branch holds {branch_bytes} bytes");
+    assert_eq!(own_tables(warehouse, &branch).await, Vec::<String>::new());
+
+    // Before building anything, the branch sees production's tables.
+    assert_eq!(count_rows(warehouse, &branch, "big").await, Some(100_000));
+    assert_eq!(
+        checksum(warehouse, &branch, "small").await,
+        checksum(warehouse, &production, "small").await
+    );
+    let summary = materialize(warehouse, &branch, "big_summary", "SELECT count(*) AS n FROM big");
+    assert_eq!(summary.await, Ok(1));
+    assert_eq!(own_tables(warehouse, &branch).await, ["big_summary"]);
+
+    // Preparing again keeps what the branch built and still copies nothing.
+    prepare(warehouse, &branch).await;
+    assert_eq!(own_tables(warehouse, &branch).await, ["big_summary"]);
+    let branch_bytes = subject.bytes_held(&branch).await;
+    assert!(branch_bytes <= 64 * 1024, "a branch with one small table holds {branch_bytes} bytes");
+}
+
+/// A branch builds its own table under production's name (copy-on-write) and from then on reads
+/// it; production's tables keep their checksums, whatever the branch builds.
+pub async fn materializing_in_a_branch_is_copy_on_write_and_leaves_production_alone(
+    subject: &dyn Subject,
+) {
+    let (warehouse, production, branch) = (subject.warehouse(), production(), branch());
+    let production_before = production_checksums(warehouse).await;
+
+    // `large_orders` reads production's `orders` while the branch has none of its own.
+    let downstream = "SELECT * FROM orders WHERE amount > 0";
+    assert_eq!(materialize(warehouse, &branch, "large_orders", downstream).await, Ok(2));
+
+    // Copy-on-write: the branch gets its own `orders` and from now on reads it.
+    let own_orders = "SELECT * FROM raw_orders WHERE id = 1";
+    assert_eq!(materialize(warehouse, &branch, "orders", own_orders).await, Ok(1));
+    assert_eq!(own_tables(warehouse, &branch).await, ["large_orders", "orders"]);
+    assert_eq!(count_rows(warehouse, &branch, "orders").await, Some(1));
+    assert_ne!(
+        checksum(warehouse, &branch, "orders").await,
+        checksum(warehouse, &production, "orders").await
+    );
+
+    // The same downstream SQL now resolves `orders` to the branch's table.
+    assert_eq!(materialize(warehouse, &branch, "large_orders", downstream).await, Ok(1));
+    assert_eq!(count_rows(warehouse, &branch, "large_orders").await, Some(1));
+
+    // A whole branch run rebuilding every one of production's names.
+    let rebuilt = [
+        ("orders", "SELECT * FROM raw_orders WHERE amount > 0", 2),
+        ("raw_orders", "SELECT 1 AS id", 1),
+        ("Customers", "SELECT 'zed' AS name", 1),
+    ];
+    for (table, select, expected) in rebuilt {
+        assert_eq!(materialize(warehouse, &branch, table, select).await, Ok(expected), "{table}");
+    }
+
+    // Production is exactly as it was.
+    assert_eq!(count_rows(warehouse, &production, "orders").await, Some(3));
+    assert_eq!(production_checksums(warehouse).await, production_before);
+    assert_eq!(own_tables(warehouse, &production).await, ["Customers", "orders", "raw_orders"]);
+}
+
+/// Production replaces a table a branch reads (its own copy-on-write): the branch reads the new
+/// one next, and keeps what it built itself.
+pub async fn a_table_production_rebuilds_is_what_branches_read_next(subject: &dyn Subject) {
+    let (warehouse, production, branch) = (subject.warehouse(), production(), branch());
+    let downstream = "SELECT * FROM orders WHERE amount > 0";
+    assert_eq!(materialize(warehouse, &branch, "large_orders", downstream).await, Ok(2));
+
+    let five = series(5, "SELECT CAST(n AS INTEGER) AS id, CAST(n * 10.0 AS DOUBLE PRECISION) AS amount, CAST('x' AS TEXT) AS customer FROM s");
+    assert_eq!(materialize(warehouse, &production, "orders", &five).await, Ok(5));
+    assert_eq!(
+        count_rows(warehouse, &branch, "orders").await,
+        Some(5),
+        "the branch reads the new table"
+    );
+    assert_eq!(materialize(warehouse, &branch, "large_orders", downstream).await, Ok(5));
+    assert_eq!(own_tables(warehouse, &branch).await, ["large_orders"]);
+}
+
+/// An asset's SQL is one SELECT: a second statement is refused before anything runs, however it
+/// hides (comments, quotes, a NUL); a lone statement that is no query fails as a query.
+pub async fn an_asset_select_is_one_statement(subject: &dyn Subject) {
+    let (warehouse, production, branch) = (subject.warehouse(), production(), branch());
+    let production_before = production_checksums(warehouse).await;
+
+    let cases: &[(&str, bool)] = &[
+        ("SELECT 1 AS x", false),
+        ("SELECT 1 AS x;", false),
+        ("SELECT 1 AS x; ;\n -- done\n /* really */", false),
+        ("/* leading; comment */ SELECT 1 AS x", false),
+        ("SELECT ';' AS x", false),
+        ("SELECT 1 AS \"x;y\"", false),
+        ("SELECT 'it''s; fine' AS x -- trailing; comment", false),
+        ("SELECT 1 AS x; DELETE FROM orders", true),
+        ("select 1; drop table orders", true),
+        ("SELECT 1 AS x /* ; */ ; DROP TABLE orders", true),
+        ("SELECT 'a'';' AS x; DROP TABLE orders", true),
+        ("SELECT 1 AS x\0; DROP TABLE orders", true),
+    ];
+    for &(select, expect_refused) in cases {
+        let result = materialize(warehouse, &branch, "probe", select).await;
+        assert_eq!(refused(&result), expect_refused, "{select:?}: {result:?}");
+        if !expect_refused {
+            assert_eq!(result, Ok(1), "{select:?}");
+        }
+    }
+
+    // A single statement spliced after `CREATE TABLE … AS` can only be a query.
+    for statement in ["DELETE FROM orders", "DROP TABLE orders", "UPDATE orders SET amount = 0"] {
+        let result = materialize(warehouse, &branch, "probe", statement).await;
+        assert!(matches!(result, Err(WarehouseError::Query(_))), "{statement}: {result:?}");
+    }
+
+    assert_eq!(production_checksums(warehouse).await, production_before);
+    assert_eq!(own_tables(warehouse, &production).await, ["Customers", "orders", "raw_orders"]);
+    assert_eq!(subject.all_tables(&branch).await, ["probe"]);
+}
+
+/// Building a table again replaces it atomically: a build that fails (while planning or halfway
+/// through) keeps the previous table and leaves no staging table behind.
+pub async fn rematerializing_replaces_the_table_and_a_failure_keeps_the_previous_one(
+    subject: &dyn Subject,
+) {
+    let (warehouse, branch) = (subject.warehouse(), branch());
+    let two_rows = "SELECT 1 AS a UNION ALL SELECT 2";
+    assert_eq!(materialize(warehouse, &branch, "totals", two_rows).await, Ok(2));
+    assert_eq!(materialize(warehouse, &branch, "totals", "SELECT 5 AS b").await, Ok(1));
+    let replaced = checksum(warehouse, &branch, "totals").await;
+
+    // Fails while planning, and fails at run time after the first row was computed (the
+    // absolute value of the smallest 64-bit integer overflows).
+    let failing = [
+        ("SELECT * FROM no_such_table", Some("no_such_table")),
+        (
+            "SELECT abs(x) AS b FROM (SELECT CAST(1 AS BIGINT) AS x \
+             UNION ALL SELECT CAST(-9223372036854775807 AS BIGINT) - 1) AS t",
+            None,
+        ),
+    ];
+    for (select, names) in failing {
+        let result = materialize(warehouse, &branch, "totals", select).await;
+        let Err(WarehouseError::Query(message)) = &result else {
+            panic!("{select}: the database's own error, got {result:?}")
+        };
+        if let Some(name) = names {
+            assert!(message.contains(name), "{select}: {message}");
+        }
+        assert_eq!(checksum(warehouse, &branch, "totals").await, replaced, "{select}");
+        assert_eq!(subject.all_tables(&branch).await, ["totals"], "{select}");
+    }
+
+    // A staging table left behind (by a crash; by hand here) is ignored by `own_tables` and
+    // replaced by the next build.
+    subject.execute(&branch, "CREATE TABLE totals__offshoot_new AS SELECT 'stale' AS c").await;
+    assert_eq!(own_tables(warehouse, &branch).await, ["totals"]);
+    assert_eq!(materialize(warehouse, &branch, "totals", "SELECT 7 AS b").await, Ok(1));
+    assert_eq!(subject.all_tables(&branch).await, ["totals"]);
+
+    let reserved = materialize(warehouse, &branch, "totals__offshoot_new", "SELECT 1 AS b").await;
+    assert!(refused(&reserved), "the staging suffix is reserved: {reserved:?}");
+}
+
+/// Builds of one table wait for each other; builds of others and production's go on at once.
+pub async fn parallel_materializations_wait_for_each_other(subject: &dyn Subject) {
+    let (warehouse, production, branch) = (subject.warehouse(), production(), branch());
+    let heavy = series(100_000, "SELECT n AS i FROM s");
+    let results = all_at_once(vec![
+        Box::pin(materialize(warehouse, &branch, "a", &heavy)),
+        Box::pin(materialize(warehouse, &branch, "b", &heavy)),
+        Box::pin(materialize(warehouse, &branch, "a", "SELECT * FROM orders")),
+        // Production writes while the branch reads it.
+        Box::pin(materialize(warehouse, &production, "daily", &heavy)),
+    ])
+    .await;
+    assert_eq!(
+        results,
+        [Ok(100_000), Ok(100_000), Ok(3), Ok(100_000)],
+        "both builds of `a` succeed, one after the other"
+    );
+    assert_eq!(subject.all_tables(&branch).await, ["a", "b"]);
+}
+
+/// Teardown drops the branch's own objects and nothing else; it is idempotent, refuses
+/// production, and a torn-down branch is not silently re-created by later calls.
+pub async fn teardown_removes_exactly_the_branch(subject: &dyn Subject) {
+    let (warehouse, production, branch) = (subject.warehouse(), production(), branch());
+    let other = branch_of("other-branch");
+    prepare(warehouse, &other).await;
+    assert_eq!(materialize(warehouse, &branch, "orders", "SELECT * FROM raw_orders").await, Ok(3));
+    let one = "SELECT * FROM raw_orders WHERE id = 1";
+    assert_eq!(materialize(warehouse, &other, "orders", one).await, Ok(1));
+    let production_before = production_checksums(warehouse).await;
+
+    warehouse.teardown(&branch).await.expect("teardown");
+    assert_eq!(schemas(warehouse).await, [schema("other-branch"), schema("prod")]);
+    warehouse.teardown(&branch).await.expect("teardown is idempotent");
+
+    assert_eq!(production_checksums(warehouse).await, production_before);
+    assert_eq!(count_rows(warehouse, &other, "orders").await, Some(1));
+    assert_eq!(own_tables(warehouse, &other).await, ["orders"]);
+
+    let refused_teardown = warehouse.teardown(&production).await;
+    assert!(refused(&refused_teardown), "{refused_teardown:?}");
+    assert_eq!(production_checksums(warehouse).await, production_before);
+
+    // Operations on a torn-down branch fail instead of silently re-creating it.
+    let gone = [
+        warehouse.own_tables(&branch).await.map(|_| ()),
+        warehouse.row_count(&branch, "orders").await.map(|_| ()),
+        warehouse.materialize_sql(&branch, &key("orders"), "SELECT 1 AS x").await.map(|_| ()),
+    ];
+    for result in gone {
+        assert!(matches!(result, Err(WarehouseError::Backend(_))), "{result:?}");
+    }
+    assert_eq!(schemas(warehouse).await, [schema("other-branch"), schema("prod")]);
+}
+
+/// Asset keys that are reserved words or mixed case become quoted identifiers; table names given
+/// to lookups are data, never SQL.
+pub async fn identifiers_are_quoted_and_lookups_are_data(subject: &dyn Subject) {
+    let (warehouse, production, branch) = (subject.warehouse(), production(), branch());
+    let builds = [
+        ("select", "SELECT * FROM orders", 3),
+        ("order", "SELECT * FROM \"select\" WHERE id > 1", 2),
+        ("MixedCase", "SELECT * FROM \"Customers\"", 2),
+        ("user", "SELECT * FROM \"order\"", 2),
+    ];
+    for (table, select, expected) in builds {
+        assert_eq!(materialize(warehouse, &branch, table, select).await, Ok(expected), "{table}");
+    }
+    assert_eq!(own_tables(warehouse, &branch).await, ["MixedCase", "order", "select", "user"]);
+    assert_eq!(count_rows(warehouse, &branch, "order").await, Some(2));
+    assert_eq!(count_rows(warehouse, &branch, "MixedCase").await, Some(2));
+    assert_eq!(count_rows(warehouse, &branch, "Customers").await, Some(2));
+
+    let hostile = [
+        "a\"b",
+        "orders\"; DROP TABLE orders; --",
+        "orders; DROP TABLE orders",
+        "x\0y",
+        "sqlite_master",
+        "pg_class",
+        "",
+    ];
+    for table in hostile {
+        assert_eq!(count_rows(warehouse, &branch, table).await, None, "{table:?}");
+        assert_eq!(warehouse.table_checksum(&branch, table).await, Ok(None), "{table:?}");
+    }
+    assert_eq!(count_rows(warehouse, &production, "orders").await, Some(3));
+}
+
+/// A checksum tells apart every change of content (values, types the SQL states, column names,
+/// row counts) and does not depend on row order.
+pub async fn checksums_are_stable_and_see_every_change(subject: &dyn Subject) {
+    let (warehouse, branch) = (subject.warehouse(), branch());
+    let distinct = [
+        "SELECT 1 AS v",
+        "SELECT 1.5 AS v",
+        "SELECT CAST('1' AS TEXT) AS v",
+        "SELECT CAST(NULL AS INTEGER) AS v",
+        "SELECT CAST('' AS TEXT) AS v",
+        "SELECT 2 AS v",
+        "SELECT 1 AS w",
+        "SELECT CAST('ab' AS TEXT) AS v",
+        "SELECT CAST('a' AS TEXT) AS v UNION ALL SELECT 'b'",
+        "SELECT 1 AS v UNION ALL SELECT 1",
+        "SELECT 1 AS v, 2 AS w",
+        "SELECT 12 AS v",
+        "SELECT 1 AS v WHERE 1 = 0",
+    ];
+    let mut seen: Vec<(&str, String)> = Vec::new();
+    for select in distinct {
+        materialize(warehouse, &branch, "t", select).await.expect(select);
+        let checksum = checksum(warehouse, &branch, "t").await;
+        assert!(
+            !seen.iter().any(|(_, earlier)| earlier == &checksum),
+            "{select} collides with {seen:?}"
+        );
+        seen.push((select, checksum));
+    }
+
+    // Same content, built in another order or again: same checksum.
+    let first_order =
+        "SELECT 2 AS v, CAST('b' AS TEXT) AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 1, NULL";
+    materialize(warehouse, &branch, "t", first_order).await.expect("t");
+    let first = checksum(warehouse, &branch, "t").await;
+    let other_order =
+        "SELECT 1 AS v, CAST(NULL AS TEXT) AS w UNION ALL SELECT 1, 'a' UNION ALL SELECT 2, 'b'";
+    materialize(warehouse, &branch, "t", other_order).await.expect("t");
+    assert_eq!(checksum(warehouse, &branch, "t").await, first);
+    assert_eq!(checksum(warehouse, &branch, "t").await, first);
+}
+
+/// `schemas` lists production and every prepared branch, sorted, and nothing torn down.
+pub async fn schemas_lists_production_and_every_prepared_branch(subject: &dyn Subject) {
+    let warehouse = subject.warehouse();
+    prepare(warehouse, &branch_of("another-one")).await;
+    prepare(warehouse, &branch_of("zz-last")).await;
+    let all =
+        [schema("another-one"), schema("feature-1-ab12cd34"), schema("prod"), schema("zz-last")];
+    assert_eq!(schemas(warehouse).await, all);
+    warehouse.teardown(&branch_of("zz-last")).await.expect("teardown");
+    assert_eq!(schemas(warehouse).await, all[..3]);
+}
+
+/// A branch needs its production prepared, and its own schema prepared before anything is
+/// built in it; preparing creates nothing when it is refused.
+pub async fn a_branch_needs_production_and_its_own_prepared_schema(subject: &dyn Subject) {
+    let warehouse = subject.warehouse();
+    let elsewhere = SchemaName::for_deployment(
+        &RepositoryName::new("elsewhere").expect("valid"),
+        &DeploymentName::new("prod").expect("valid"),
+    );
+    let orphan = Target { schema: schema("orphan"), production: elsewhere };
+    let missing_production = warehouse.prepare(&orphan).await;
+    assert!(refused(&missing_production), "{missing_production:?}");
+    assert!(!schemas(warehouse).await.contains(&orphan.schema));
+
+    let unprepared = branch_of("unprepared");
+    let result = materialize(warehouse, &unprepared, "orders", "SELECT 1 AS x").await;
+    assert!(matches!(result, Err(WarehouseError::Backend(_))), "{result:?}");
+    assert!(!schemas(warehouse).await.contains(&unprepared.schema));
+
+    prepare(warehouse, &unprepared).await;
+    assert_eq!(count_rows(warehouse, &unprepared, "orders").await, Some(3));
+    assert_eq!(materialize(warehouse, &unprepared, "orders", "SELECT 1 AS x").await, Ok(1));
+    assert_eq!(count_rows(warehouse, &production(), "orders").await, Some(3));
+}
+
+/// Processes building a target are told where it is; loads are told where production is.
+pub async fn processes_get_their_target_and_loads_get_production(subject: &dyn Subject) {
+    let warehouse = subject.warehouse();
+    let value = |environment: &[(String, String)], name: &str| {
+        let values: Vec<&str> =
+            environment.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect();
+        assert_eq!(values.len(), 1, "{name} once in {environment:?}");
+        values[0].to_owned()
+    };
+    for target in [production(), branch()] {
+        let environment = warehouse.command_environment(&target);
+        assert_eq!(value(&environment, "OFFSHOOT_SCHEMA"), target.schema.as_str());
+        assert!(!value(&environment, "OFFSHOOT_WAREHOUSE_URL").is_empty());
+    }
+    let branch_url = value(&warehouse.command_environment(&branch()), "OFFSHOOT_WAREHOUSE_URL");
+    let production_url =
+        value(&warehouse.command_environment(&production()), "OFFSHOOT_WAREHOUSE_URL");
+    assert_ne!(branch_url, production_url, "a branch process is never handed production's own URL");
+    let inspection = warehouse.inspection_environment(&production().schema);
+    assert_eq!(value(&inspection, "OFFSHOOT_SCHEMA"), production().schema.as_str());
+    assert!(!value(&inspection, "OFFSHOOT_WAREHOUSE_URL").is_empty());
+}
 
 /// `WITH RECURSIVE` rows 1..=n as `n`, in both SQLite and PostgreSQL.
 fn series(n: u32, select: &str) -> String {

@@ -498,7 +498,7 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
     let dead = refused_port();
     // The metadata store on PostgreSQL, with a password in its URL (SQLite when PostgreSQL is skipped).
     let database = crate::server::Database(format!("offshoot_leak_{}", std::process::id()));
-    let metadata = if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+    let metadata = if postgres_skipped() {
         String::new()
     } else {
         crate::server::psql("postgres", &format!("CREATE DATABASE {}", database.0));

@@ -229,7 +229,7 @@ psql -X -v ON_ERROR_STOP=1 -q -c "CREATE TABLE \"$OFFSHOOT_SCHEMA\".attack AS SE
 
 #[test]
 fn a_branch_command_on_postgres_logs_in_as_its_own_role_and_cannot_write_production() {
-    if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+    if postgres_skipped() {
         return;
     }
     let database = Database(format!("offshoot_confine_{}", std::process::id()));

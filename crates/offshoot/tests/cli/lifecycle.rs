@@ -20,7 +20,7 @@ enum Backend {
 }
 
 fn skip(backend: Backend) -> bool {
-    backend == Backend::Postgres && std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1")
+    backend == Backend::Postgres && postgres_skipped()
 }
 
 /// A repository with one SQL asset and a slow command asset (for runs that are still going).

@@ -74,7 +74,7 @@ fn newest_revision(server: &Server, name: &str, sha: &str) -> serde_json::Value 
 
 #[test]
 fn dbt_project_branch_deployment_builds_changed_and_downstream_deferring_to_production() {
-    if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+    if postgres_skipped() {
         return;
     }
     python_tools();
@@ -626,7 +626,7 @@ fn dagster_change_reasons_match_dagsters_own_differ_for_every_reason() {
 /// branch role and read production's tables through the search path.
 #[test]
 fn dagster_project_on_the_postgres_warehouse_builds_only_in_the_branch_schema() {
-    if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+    if postgres_skipped() {
         return;
     }
     python_tools();

@@ -760,7 +760,7 @@ impl Drop for Database {
 
 #[test]
 fn postgres_store_and_warehouse_serve_branch_deployments() {
-    if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+    if postgres_skipped() {
         return;
     }
     let database = Database(format!("offshoot_cli_{}", std::process::id()));
@@ -950,7 +950,7 @@ fn shared_postgres_config(dir: &Path, repo: &Path, url: &str, server_id: &str) -
 
 #[test]
 fn two_servers_on_one_postgres_store_execute_work_once_and_take_over_from_a_killed_one() {
-    if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+    if postgres_skipped() {
         return;
     }
     let database = Database(format!("offshoot_two_{}", std::process::id()));
@@ -1057,7 +1057,7 @@ fn two_servers_on_one_postgres_store_execute_work_once_and_take_over_from_a_kill
 
 #[test]
 fn examples_shop_runs_on_postgres_by_setting_the_warehouse_url() {
-    if std::env::var("OFFSHOOT_SKIP_POSTGRES").as_deref() == Ok("1") {
+    if postgres_skipped() {
         return;
     }
     let database = Database(format!("offshoot_shop_{}", std::process::id()));

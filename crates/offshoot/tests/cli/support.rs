@@ -90,6 +90,23 @@ pub fn git(repo: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// Whether the PostgreSQL tests are skipped on purpose (`OFFSHOOT_SKIP_POSTGRES=1`, on a machine
+/// without PostgreSQL). Under CI (`OFFSHOOT_CI=1`, which `.ci/run` sets) nothing is skipped:
+/// asking to fails the test. Every PostgreSQL test asks here, so none can pass by not running.
+pub fn postgres_skipped() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|value| value == "1");
+    if !set("OFFSHOOT_SKIP_POSTGRES") {
+        return false;
+    }
+    assert!(
+        !set("OFFSHOOT_CI"),
+        "OFFSHOOT_SKIP_POSTGRES=1 under CI (OFFSHOOT_CI=1): CI runs every PostgreSQL test; \
+         unset OFFSHOOT_SKIP_POSTGRES and start PostgreSQL (`.ci/run` does)"
+    );
+    eprintln!("skipped: OFFSHOOT_SKIP_POSTGRES=1");
+    true
+}
+
 /// The virtualenv with dbt and Dagster (tests/python/requirements.txt) that `.ci/run` installs;
 /// `OFFSHOOT_PYTHON_TOOLS` names another.
 pub fn python_tools() -> PathBuf {
