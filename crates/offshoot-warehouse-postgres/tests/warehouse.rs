@@ -1057,3 +1057,14 @@ async fn data_diffs_follow_the_warehouse_contract() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn promotion_follows_the_warehouse_contract() {
+    let Some(fixture) = Fixture::new().await else { return };
+    offshoot_warehouse::contract::promotion_stories(
+        &fixture.warehouse,
+        &fixture.production,
+        &fixture.branch,
+    )
+    .await;
+}

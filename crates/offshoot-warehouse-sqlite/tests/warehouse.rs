@@ -572,3 +572,14 @@ async fn a_data_diff_handles_columns_of_mixed_types() {
     let counts = diff.rows.expect("rows");
     assert_eq!((counts.changed, counts.equal), (1, 2));
 }
+
+#[tokio::test]
+async fn promotion_follows_the_warehouse_contract() {
+    let fixture = Fixture::new().await;
+    offshoot_warehouse::contract::promotion_stories(
+        &fixture.warehouse,
+        &fixture.production,
+        &fixture.branch,
+    )
+    .await;
+}
