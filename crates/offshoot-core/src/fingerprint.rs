@@ -132,3 +132,42 @@ pub fn sha256_hex(parts: &[&[u8]]) -> String {
     }
     hex(&hasher.finalize())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AssetKind, CodeVersion};
+
+    #[test]
+    fn hex_round_trips_and_bad_text_is_refused() {
+        let mut asset = Asset::new(AssetKey::new("orders").expect("key"), AssetKind::Sql);
+        asset.code_version = CodeVersion::explicit("v1");
+        let fingerprint = Fingerprint::compute(&asset, []);
+        assert_eq!(Fingerprint::from_hex(&fingerprint.to_hex()), Some(fingerprint));
+        assert_eq!(Fingerprint::from_hex(&fingerprint.to_hex().to_uppercase()), Some(fingerprint));
+        for bad in ["", "ab", &"g".repeat(64), &"a".repeat(63), &"a".repeat(65), &"é".repeat(32)] {
+            assert_eq!(Fingerprint::from_hex(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn parts_name_what_the_fingerprint_is_made_of() {
+        let key = |k: &str| AssetKey::new(k).expect("key");
+        let mut raw = Asset::new(key("raw"), AssetKind::Source);
+        raw.code_version = CodeVersion::explicit("");
+        let mut orders = Asset::new(key("orders"), AssetKind::Sql);
+        orders.deps = [key("raw")].into();
+        orders.code_version = CodeVersion::explicit("v2");
+        orders.partitions =
+            Some(PartitionsDefinition::Static { keys: vec!["eu".into(), "us".into()] });
+        let snapshot = Snapshot::new([raw, orders]).expect("snapshot");
+        let parts = FingerprintParts::of(&snapshot, &key("orders")).expect("parts");
+        assert_eq!(parts.code_version, "v2");
+        assert_eq!(parts.partitions, "static [eu, us]");
+        assert_eq!(
+            parts.upstream,
+            [(key("raw"), snapshot.fingerprint(&key("raw")).expect("fp"))].into()
+        );
+        assert_eq!(FingerprintParts::of(&snapshot, &key("missing")), None);
+    }
+}
