@@ -2517,6 +2517,25 @@ pub async fn materializations_keep_their_provenance(store: &dyn Store) {
         [("orders", p_orders), ("revenue", p_promoted)]
     );
     assert_eq!(current[1].provenance, Some(promoted.clone()));
+    // As the catch-up reads it: production's reads are production's, the branch's its own.
+    let built = current[1].as_built(prod.id).expect("with provenance");
+    assert_eq!(built.id, offshoot_core::catch_up::BuildId(p_promoted.0));
+    let reads: Vec<_> = built.upstream.iter().map(|(k, u)| (k.as_str(), u.read)).collect();
+    assert_eq!(
+        reads,
+        [
+            (
+                "customers",
+                offshoot_core::catch_up::Read::Production(offshoot_core::catch_up::BuildId(
+                    p_revenue.0
+                ))
+            ),
+            (
+                "orders",
+                offshoot_core::catch_up::Read::Own(offshoot_core::catch_up::BuildId(b_orders.0))
+            ),
+        ]
+    );
     assert_eq!(
         store.current_materializations(feature.id).await.expect("current of the branch").len(),
         2
@@ -2531,6 +2550,7 @@ pub async fn materializations_keep_their_provenance(store: &dyn Store) {
     assert_eq!(current[0].materialization.asset_key, key("orders"));
     assert!(current[0].id > p_promoted);
     assert_eq!(current[0].provenance, None);
+    assert_eq!(current[0].as_built(prod.id), None, "no provenance: never promoted or up to date");
 
     // A failing write keeps nothing: the run belongs to another deployment.
     assert_not_found(

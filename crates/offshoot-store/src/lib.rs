@@ -13,6 +13,7 @@ pub mod contract;
 pub mod rows;
 
 use async_trait::async_trait;
+use offshoot_core::catch_up;
 use offshoot_core::lifecycle::StepsEnd;
 pub use offshoot_core::lifecycle::{Lease, Teardown};
 use offshoot_core::{
@@ -378,6 +379,38 @@ pub struct RecordedMaterialization {
     pub id: MaterializationId,
     pub materialization: Materialization,
     pub provenance: Option<Provenance>,
+}
+
+impl RecordedMaterialization {
+    /// The materialization as production's catch-up reads it (`offshoot_core::catch_up`): a
+    /// read of a `production` materialization is `Production`, of any other deployment's (its
+    /// own) `Own`, nothing recorded `External`. `None` without provenance: a materialization
+    /// recorded before provenance existed is never promoted and never counts as up to date.
+    pub fn as_built(&self, production: DeploymentId) -> Option<catch_up::Built> {
+        let provenance = self.provenance.as_ref()?;
+        let upstream = provenance
+            .upstream
+            .iter()
+            .map(|upstream| {
+                let read = match &upstream.read {
+                    None => catch_up::Read::External,
+                    Some(read) if read.deployment_id == production => {
+                        catch_up::Read::Production(catch_up::BuildId(read.id.0))
+                    }
+                    Some(read) => catch_up::Read::Own(catch_up::BuildId(read.id.0)),
+                };
+                let read = catch_up::UpstreamRead { fingerprint: upstream.fingerprint, read };
+                (upstream.key.clone(), read)
+            })
+            .collect();
+        Some(catch_up::Built {
+            id: catch_up::BuildId(self.id.0),
+            fingerprint: provenance.fingerprint,
+            code_version: provenance.code_version.clone(),
+            partitions: provenance.partitions.clone(),
+            upstream,
+        })
+    }
 }
 
 /// Every method is one durable step: when it returns `Ok`, the change survives a crash.
