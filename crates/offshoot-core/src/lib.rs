@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod run;
 pub mod selection;
 pub mod snapshot;
+pub mod upkeep;
 
 pub use asset::{
     Asset, AssetKey, AssetKind, CodeVersion, InvalidAssetKey, Location, PartitionsDefinition,

@@ -191,6 +191,9 @@ impl CodeLocation for DagsterLocation {
             args.extend(self.target_args());
             let mut env = Self::environment(request.env);
             env.push(("DAGSTER_HOME".to_owned(), home.to_string_lossy().into_owned()));
+            // Dagster writes user-level telemetry to `~/.dagster` whatever DAGSTER_HOME says;
+            // a confined process may not create it in the real home, so the run has its own.
+            env.push(("HOME".to_owned(), home.to_string_lossy().into_owned()));
             Ok(ToolCommand {
                 program: self.python(request.checkout),
                 args,
@@ -220,10 +223,9 @@ impl CodeLocation for DagsterLocation {
             cwd: self.working_directory(request.checkout),
             env: {
                 let mut env = Self::environment(request.env);
-                env.push((
-                    "DAGSTER_HOME".to_owned(),
-                    request.work_dir.join("dagster_home").to_string_lossy().into_owned(),
-                ));
+                let home = request.work_dir.join("dagster_home").to_string_lossy().into_owned();
+                env.push(("DAGSTER_HOME".to_owned(), home.clone()));
+                env.push(("HOME".to_owned(), home));
                 env
             },
             timeout: self.timeout(),

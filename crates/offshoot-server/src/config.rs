@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use offshoot_core::RepositoryName;
 
+pub use crate::secret::Secret;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Everything the embedded defaults keep: metadata store, warehouse files, checkouts.
@@ -134,7 +136,7 @@ pub struct RemoteConfig {
 impl std::fmt::Debug for RemoteConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteConfig")
-            .field("url", &crate::mirror::redact(&self.url, self.token.as_ref()))
+            .field("url", &crate::secret::redact(&self.url, self.token.as_ref()))
             .field("username", &self.username)
             .field("token", &self.token)
             .field("ssh_key", &self.ssh_key)
@@ -194,57 +196,6 @@ pub struct ForgeConfig {
     pub deploy_forks: bool,
 }
 
-/// A credential: compared and sent, never printed. `Debug` and `Display` write `<redacted>`;
-/// there is no `PartialEq`: [`Secret::matches`] is the only comparison, in constant time.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// `None` for an empty or blank value, so an unset variable never becomes a valid secret.
-    pub fn new(value: impl Into<String>) -> Option<Secret> {
-        let value = value.into();
-        (!value.trim().is_empty()).then_some(Secret(value))
-    }
-
-    /// The value, for where it must go: an HTTP header, an HMAC key, git's askpass helper.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `presented` is this secret. The one place any secret is compared (API tokens,
-    /// GitLab webhook tokens): both sides are hashed first and the digests compared without an
-    /// early exit, so neither the position of the first difference nor the length shows in the
-    /// time taken.
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        use sha2::{Digest, Sha256};
-        let (a, b) = (Sha256::digest(presented), Sha256::digest(self.0.as_bytes()));
-        a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
-
-    /// `text` with every occurrence of this secret replaced by `<redacted>`: for text that came
-    /// from elsewhere (a host's error answer, a tool's output) and may echo it. Secrets shorter
-    /// than 4 characters are left alone (they would mangle ordinary text and are no secret).
-    pub fn redact_from(&self, text: &str) -> String {
-        if self.0.len() >= 4 {
-            text.replace(&self.0, "<redacted>")
-        } else {
-            text.to_owned()
-        }
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// What an API token may do; ordered, each role can do everything the ones before it can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -289,18 +240,6 @@ pub struct ApiToken {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_compare_by_content_and_never_print() {
-        let secret = Secret::new("s3cret").expect("not blank");
-        assert!(secret.matches(b"s3cret"));
-        assert!(!secret.matches(b"s3cres"));
-        assert!(!secret.matches(b""));
-        assert!(!secret.matches(b"s3cret "));
-        assert_eq!(format!("{secret} {secret:?}"), "<redacted> Secret(<redacted>)");
-        assert_eq!(secret.redact_from("fatal: s3cret rejected"), "fatal: <redacted> rejected");
-        assert!(Secret::new("  ").is_none());
-    }
 
     #[test]
     fn roles_are_ordered_and_named() {

@@ -1,37 +1,31 @@
 //! The Offshoot server: REST API, deploy pipeline, branch deployment lifecycle, runs and local
 //! watch mode, on injected `Store` and `Warehouse` implementations (the binary picks them).
 //!
+//! Three layers with arrows pointing one way, `http` → `service` → `adapters`, all on the
+//! foundation (`config`, `state`, `notices`, ...); ARCHITECTURE.md draws them.
+//!
 //! `router` builds the HTTP app without a socket (tests call it directly); `serve` reconciles
 //! after a restart, starts the background workers and serves until `shutdown` resolves.
 
-pub mod api;
-pub mod auth;
-pub mod catalog;
+// Foundation: what every layer may use.
 pub mod changes;
 pub mod config;
-pub mod confine;
-pub mod dagster_cloud;
-pub mod data_diff;
-pub mod deploy;
-pub mod dto;
-pub mod error;
-pub mod events;
-pub mod feedback;
-pub mod git;
-pub mod hooks;
-pub mod lifecycle;
-pub mod mirror;
-pub mod openapi;
-pub mod runs;
+pub mod notices;
+pub mod secret;
 pub mod state;
-pub mod ui;
 pub mod variables;
-pub mod watch;
+
+// Adapters: the world outside (git, the project's code, mirrors, forges); foundation only.
+pub mod adapters;
+// Services: the deployments, their deploys, runs and upkeep; adapters and foundation, no HTTP.
+pub mod service;
+// HTTP: the routes, their extractors and DTOs; everything below.
+pub mod http;
 
 use std::future::Future;
 
-pub use api::router;
 pub use config::{ApiToken, RepositoryConfig, Role, ServerConfig, WatchConfig};
+pub use http::router;
 pub use state::{AppState, SharedState};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,24 +43,27 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    match confine::describe(&state) {
+    match adapters::confine::describe(&state) {
         (true, text) => tracing::info!("{text}"),
         (false, text) => tracing::warn!("{text}"),
     }
-    lifecycle::reconcile(&state).await.map_err(|e| ServeError::Reconcile(e.message))?;
+    service::maintenance::reconcile(&state).await.map_err(|e| ServeError::Reconcile(e.message))?;
     let mut workers = tokio::task::JoinSet::new();
-    workers.spawn(deploy::worker(state.clone()));
-    workers.spawn(runs::executor(state.clone()));
-    workers.spawn(lifecycle::maintenance_loop(state.clone()));
-    workers.spawn(lifecycle::heartbeat(state.clone()));
-    workers.spawn(hooks::intake_worker(state.clone()));
+    // Subscribers first, so they hear everything the others announce.
+    workers.spawn(service::feedback::worker(state.clone()));
+    workers.spawn(service::data_diff::worker(state.clone()));
+    workers.spawn(service::deployer::worker(state.clone()));
+    workers.spawn(service::runner::executor(state.clone()));
+    workers.spawn(service::maintenance::maintenance_loop(state.clone()));
+    workers.spawn(service::maintenance::heartbeat(state.clone()));
+    workers.spawn(service::intake::intake_worker(state.clone()));
     workers.spawn({
         let state = state.clone();
-        async move { mirror::prepare_all(&state).await }
+        async move { service::remotes::prepare_all(&state).await }
     });
     for repo in &state.config.repositories {
         if let Some(watch) = &repo.watch {
-            workers.spawn(watch::watch_loop(state.clone(), repo.clone(), watch.clone()));
+            workers.spawn(service::watch::watch_loop(state.clone(), repo.clone(), watch.clone()));
         }
     }
     let app = router(state.clone());

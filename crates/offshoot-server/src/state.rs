@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use offshoot_core::{CommitSha, DeploymentName, RepositoryName, SchemaName, UnixMillis};
 use offshoot_project::{Diagnostic, Project};
 use offshoot_store::{Deployment, RunId, Store};
+use offshoot_warehouse::data_diff::DataDiff;
 use offshoot_warehouse::{Target, Warehouse};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{RepositoryConfig, ServerConfig};
+use crate::notices::Notices;
 
 pub type SharedState = Arc<AppState>;
 
@@ -31,6 +33,9 @@ pub struct AppState {
     pub snapshots: SnapshotCache,
     /// One load per commit at a time: code locations' tools write into the commit's folder.
     load_locks: Mutex<LoadLocks>,
+    /// Counting open branch deployments and opening one is one step on this server, so
+    /// concurrent pushes cannot exceed `max_open_branch_deployments` together.
+    pub open_turn: tokio::sync::Mutex<()>,
     /// One teardown at a time on this server: a retry never overlaps an earlier attempt.
     pub teardown_turn: tokio::sync::Mutex<()>,
     /// Per running run: flipping the switch to `true` cancels it.
@@ -39,7 +44,9 @@ pub struct AppState {
     /// The kernel's Landlock ABI, or why processes cannot be confined (see `confine`).
     pub landlock: Result<u32, String>,
     /// Data diffs computed, per pair of materializations.
-    pub data_diffs: crate::data_diff::DiffCache,
+    pub data_diffs: DiffCache,
+    /// What happened, for subscribers (feedback, data diffs).
+    pub notices: Notices,
 }
 
 impl AppState {
@@ -57,11 +64,13 @@ impl AppState {
             intake_wakeup: Notify::new(),
             snapshots: SnapshotCache::new(SNAPSHOT_CACHE_ASSETS),
             load_locks: Mutex::new(HashMap::new()),
+            open_turn: tokio::sync::Mutex::new(()),
             teardown_turn: tokio::sync::Mutex::new(()),
             cancel_switches: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             landlock: offshoot_location::sandbox_support(),
-            data_diffs: crate::data_diff::DiffCache::default(),
+            data_diffs: DiffCache::default(),
+            notices: Notices::default(),
         })
     }
 
@@ -191,5 +200,52 @@ offshoot_runs_total{{status=\"succeeded\"}} {}\noffshoot_runs_total{{status=\"fa
             get(&self.steps_executed),
             open_deployments
         )
+    }
+}
+
+/// Most cached diffs kept; the oldest go first.
+const DIFF_CACHE_ENTRIES: usize = 512;
+
+/// Diffs already computed, by (deployment, asset, branch run, production run, options), with
+/// the tick each was last used at; the tick counter first.
+#[derive(Default)]
+pub struct DiffCache {
+    entries: Mutex<(u64, CacheEntries)>,
+}
+
+type CacheEntries = HashMap<DiffCacheKey, (u64, std::sync::Arc<DataDiff>)>;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct DiffCacheKey {
+    pub deployment: i64,
+    pub asset: String,
+    pub branch_run: Option<i64>,
+    pub production_run: Option<i64>,
+    pub options: String,
+}
+
+impl DiffCache {
+    pub fn get(&self, key: &DiffCacheKey) -> Option<std::sync::Arc<DataDiff>> {
+        let mut entries = self.entries.lock().expect("never poisoned");
+        entries.0 += 1;
+        let tick = entries.0;
+        entries.1.get_mut(key).map(|(used, diff)| {
+            *used = tick;
+            diff.clone()
+        })
+    }
+
+    pub fn put(&self, key: DiffCacheKey, diff: std::sync::Arc<DataDiff>) {
+        let mut entries = self.entries.lock().expect("never poisoned");
+        entries.0 += 1;
+        let tick = entries.0;
+        if entries.1.len() >= DIFF_CACHE_ENTRIES {
+            if let Some(oldest) =
+                entries.1.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| k.clone())
+            {
+                entries.1.remove(&oldest);
+            }
+        }
+        entries.1.insert(key, (tick, diff));
     }
 }

@@ -452,7 +452,7 @@ async fn wait_ready(
                     revision.commit.sha.short(),
                     revision.finished_at.unwrap_or(revision.queued_at) - revision.queued_at,
                     revision.asset_count,
-                    offshoot_server::dto::revision_json(&revision)
+                    offshoot_server::http::dto::revision_json(&revision)
                         .changes_summary
                         .unwrap_or_else(|| "no base to compare with".to_owned())
                 );
@@ -481,7 +481,7 @@ async fn materialize(
     deployment: &Deployment,
     selection: &str,
 ) -> anyhow::Result<Run> {
-    let run = offshoot_server::runs::launch(state, deployment, selection)
+    let run = offshoot_server::service::runner::launch(state, deployment, selection)
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let started = Instant::now();

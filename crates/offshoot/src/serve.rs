@@ -453,7 +453,7 @@ fn file_repository(
         (Some(path), None) => repository_name(repo.name.as_deref(), path)?,
         (None, Some(url)) => {
             let text =
-                repo.name.clone().unwrap_or_else(|| offshoot_server::mirror::redact(url, None));
+                repo.name.clone().unwrap_or_else(|| offshoot_server::secret::redact(url, None));
             RepositoryName::from_any(&text)
                 .with_context(|| format!("`{text}` cannot name a repository; set `name`"))?
         }
@@ -553,7 +553,7 @@ fn file_repository(
         (Some(path), _) => path.clone(),
         (None, _) => {
             let path = config.mirror_path(&name);
-            offshoot_server::mirror::initialize(&path)
+            offshoot_server::adapters::mirror::initialize(&path)
                 .with_context(|| format!("repository `{name}`: preparing its mirror"))?;
             path
         }
@@ -561,7 +561,7 @@ fn file_repository(
     if let Some(forge) = &forge {
         if forge.token.is_some()
             && forge.api_url.starts_with("https://")
-            && !offshoot_server::feedback::TLS
+            && !offshoot_server::adapters::forge::TLS
         {
             eprintln!("warning: repository `{name}`: {} is https, but this build has no TLS; pull-request feedback needs the `tls` feature", forge.api_url);
         }

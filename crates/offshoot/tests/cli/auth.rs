@@ -686,8 +686,9 @@ fn no_secret_appears_in_any_answer_error_or_log_line() {
         "repository": { "full_name": "acme/shop", "clone_url": "https://github.com/acme/shop.git" }
     })
     .to_string();
-    let sign =
-        |key: &str, body: &str| offshoot_server::hooks::github::signature(key, body.as_bytes());
+    let sign = |key: &str, body: &str| {
+        offshoot_server::http::hooks::github::signature(key, body.as_bytes())
+    };
     let github = |delivery: &str, signature: &str, body: &str| {
         post_raw_text(
             &server,

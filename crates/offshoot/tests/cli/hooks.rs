@@ -32,7 +32,7 @@ fn github_signed(
     body: &str,
     secret: &str,
 ) -> (u16, Value) {
-    let signature = offshoot_server::hooks::github::signature(secret, body.as_bytes());
+    let signature = offshoot_server::http::hooks::github::signature(secret, body.as_bytes());
     post_raw(
         server,
         "/hooks/github",
@@ -246,7 +246,7 @@ fn github_webhooks_are_authenticated_before_anything_else() {
     assert_eq!((status, answer["error"]["code"].as_str()), (401, Some("unauthorized")), "{answer}");
     let (status, _) = github_signed(&server, "pull_request", "d-2", &opened, "not-the-secret");
     assert_eq!(status, 401);
-    let other_body = offshoot_server::hooks::github::signature(SECRET, b"{}");
+    let other_body = offshoot_server::http::hooks::github::signature(SECRET, b"{}");
     let headers = [
         ("X-GitHub-Event", "pull_request"),
         ("X-GitHub-Delivery", "d-3"),

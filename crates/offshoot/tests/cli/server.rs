@@ -1135,3 +1135,44 @@ fn examples_shop_runs_on_postgres_by_setting_the_warehouse_url() {
     psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
     drop_branch_roles(&role);
 }
+
+/// Concurrent pushes of new branches race for the last places under the cap: exactly the cap's
+/// number open, every other push refused with `deployment_limit_reached`.
+#[test]
+fn concurrent_pushes_never_exceed_the_open_cap() {
+    let (dir, repo) = shop_repo("cap-race");
+    let sha = git(&repo, &["rev-parse", "feature/eur"]);
+    let server = Server::start(&dir.0, &repo, "max_open_branch_deployments = 3");
+    wait_for_prod(&server, &repo);
+    let start = std::sync::Barrier::new(10);
+    let answers: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
+        let pushes: Vec<_> = (0..10)
+            .map(|i| {
+                let (server, start, sha) = (&server, &start, &sha);
+                scope.spawn(move || {
+                    start.wait();
+                    let (status, body) = server.request(
+                        "POST",
+                        "/api/v1/branch-deployments",
+                        Some(json!({"branch_name": format!("race-{i}"), "commit_hash": sha})),
+                        Some(TOKEN),
+                    );
+                    (status, body["error"]["code"].as_str().map(str::to_owned))
+                })
+            })
+            .collect();
+        pushes.into_iter().map(|p| p.join().expect("push thread")).collect()
+    });
+    let accepted = answers.iter().filter(|(status, _)| *status == 200).count();
+    let refused = answers
+        .iter()
+        .filter(|(status, code)| {
+            *status == 409 && code.as_deref() == Some("deployment_limit_reached")
+        })
+        .count();
+    assert_eq!((accepted, refused), (3, 7), "{answers:?}");
+    let (_, open) = server.request("GET", "/api/v1/deployments", None, Some(TOKEN));
+    let branches =
+        open.as_array().expect("a list").iter().filter(|d| d["kind"] == "branch").count();
+    assert_eq!(branches, 3, "{open}");
+}

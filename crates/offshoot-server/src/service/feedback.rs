@@ -3,147 +3,144 @@
 //! GitLab) shows the deployment's link, status and change summary, and a commit status marks the
 //! commit. Only for repositories with a forge and an API token.
 //!
-//! The comment always shows the deployment's state when it is written, not the revision that
-//! triggered it, and writers take turns: so a slow update for an older revision can never
-//! overwrite a newer one. HTTP is blocking `ureq` inside `spawn_blocking`; without the `tls`
-//! feature only plain-HTTP API URLs work.
+//! Feedback is a subscriber: the deployer and the runner only announce that a revision finished
+//! or that data diffs are ready ([`Notice`]); [`worker`] hands each notice to its deployment's
+//! queue. Each deployment's updates are written one at a time, in order, by one task, and its
+//! queue is bounded (beyond it, notices are dropped with a log line: the comment shows the
+//! deployment's state when it is written, so the next update brings it up to date). Other
+//! deployments never wait. HTTP is blocking (`adapters::forge`) inside `spawn_blocking`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use offshoot_core::{DeploymentKind, DeploymentStatus, RevisionStatus};
 use offshoot_store::{Deployment, DeploymentId, Revision};
+use tokio::sync::{broadcast, mpsc};
 
+pub use crate::adapters::forge::{parse_pull_request_url, FeedbackTarget, TLS};
+use crate::adapters::forge::{truncate, CommitStatus, ForgeClient, ForgeError};
 use crate::changes::{ChangeSetJson, StoredSummary};
-use crate::config::{ForgeConfig, ForgeKind, Secret};
-use crate::data_diff::DiffSummaryJson;
+use crate::config::ForgeConfig;
+use crate::notices::Notice;
+use crate::service::data_diff::DiffSummaryJson;
 use crate::state::SharedState;
-
-/// Whether this build can call `https://` APIs.
-pub const TLS: bool = cfg!(feature = "tls");
 
 /// Changed assets listed before the table folds into `<details>`.
 const FOLD_AFTER: usize = 10;
 /// Rows listed at most; the rest are counted ("and 12 more").
 const MAX_ROWS: usize = 200;
-const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
-/// Comment pages read looking for the marker (100 comments each).
-const MAX_PAGES: u32 = 20;
-
-/// Writers take turns, one update at a time in this process.
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Updates waiting per deployment at most.
+pub const QUEUE: usize = 8;
+/// A deployment's writer task ends after this long without updates.
+const IDLE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedbackError {
     #[error("reading the store: {0}")]
     Store(#[from] offshoot_store::StoreError),
-    #[error("cannot tell which project and pull request to write to: {0}")]
-    Target(String),
-    #[error("{0} is https, but this build has no TLS; build with the `tls` feature or use a plain-HTTP proxy")]
-    NoTls(String),
-    #[error("{method} {path}: {detail}")]
-    Http { method: &'static str, path: String, detail: String },
+    #[error(transparent)]
+    Forge(#[from] ForgeError),
     #[error("background task failed: {0}")]
     Join(String),
 }
 
-/// Called by the deploy pipeline once a revision is ready or failed; returns at once.
-pub fn revision_finished(state: &SharedState, deployment: &Deployment, revision: &Revision) {
-    if deployment.kind != DeploymentKind::Branch
-        || !matches!(revision.status, RevisionStatus::Ready | RevisionStatus::Failed)
-    {
-        return;
+/// One update to write for a deployment.
+#[derive(Debug, Clone, Copy)]
+enum Update {
+    /// Revision `number` became ready or failed: comment and commit status.
+    Revision(u32),
+    /// The branch's data diffs were computed: the comment again, with them.
+    DataDiffs,
+}
+
+/// Runs forever: routes notices to per-deployment writers.
+pub async fn worker(state: SharedState) {
+    let mut notices = state.notices.subscribe();
+    let mut queues: HashMap<DeploymentId, mpsc::Sender<Update>> = HashMap::new();
+    loop {
+        let (deployment, update) = match notices.recv().await {
+            Ok(Notice::RevisionFinished { deployment, number }) => {
+                (deployment, Update::Revision(number))
+            }
+            Ok(Notice::DataDiffsReady { deployment }) => (deployment, Update::DataDiffs),
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!("pull-request feedback fell behind and missed {missed} notice(s)");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let sent = match queues.get(&deployment) {
+            Some(queue) => queue.try_send(update),
+            None => Err(mpsc::error::TrySendError::Closed(update)),
+        };
+        match sent {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(update)) => tracing::warn!(
+                "pull-request feedback for deployment {}: {QUEUE} updates are waiting; dropping {update:?}",
+                deployment.0
+            ),
+            Err(mpsc::error::TrySendError::Closed(update)) => {
+                let (queue, updates) = mpsc::channel(QUEUE);
+                queue.try_send(update).expect("a new queue has room");
+                queues.insert(deployment, queue);
+                tokio::spawn(writer(state.clone(), deployment, updates));
+            }
+        }
+        queues.retain(|_, queue| !queue.is_closed());
+    }
+}
+
+/// Writes one deployment's updates in order until it has none for a while.
+async fn writer(state: SharedState, deployment: DeploymentId, mut updates: mpsc::Receiver<Update>) {
+    while let Ok(Some(update)) = tokio::time::timeout(IDLE, updates.recv()).await {
+        if let Err(error) = write(&state, deployment, update).await {
+            tracing::warn!(
+                "pull-request feedback for deployment {} ({update:?}): {error}",
+                deployment.0
+            );
+        }
+    }
+}
+
+async fn write(
+    state: &SharedState,
+    deployment_id: DeploymentId,
+    update: Update,
+) -> Result<(), FeedbackError> {
+    let deployment = state.store.get_deployment(deployment_id).await?;
+    if deployment.kind != DeploymentKind::Branch {
+        return Ok(());
     }
     let Some(forge) = state
         .repository(&deployment.repository)
         .and_then(|r| r.forge.clone())
         .filter(|f| f.token.is_some())
     else {
-        return;
+        return Ok(());
     };
-    let (state, deployment_id, revision) = (state.clone(), deployment.id, revision.clone());
-    tokio::spawn(async move {
-        let _turn = TURN.lock().await;
-        if let Err(error) = publish(&state, &forge, deployment_id, &revision).await {
-            tracing::warn!(
-                "pull-request feedback for revision {} of deployment {}: {error}",
-                revision.number,
-                deployment_id.0
-            );
-        }
-    });
-}
-
-/// Where to write: the project on the host and, when there is one, the pull request's number.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedbackTarget {
-    /// `owner/repo` (GitHub) or the project's path or numeric id (GitLab).
-    pub project: String,
-    pub number: Option<u64>,
-}
-
-impl FeedbackTarget {
-    /// From the configured project or else the pull request's URL, and the pull request's id or
-    /// else its URL.
-    pub fn resolve(
-        forge: &ForgeConfig,
-        deployment: &Deployment,
-    ) -> Result<FeedbackTarget, FeedbackError> {
-        let pull_request = deployment.pull_request.as_ref();
-        let from_url = pull_request.and_then(|p| parse_pull_request_url(forge.kind, &p.url));
-        let project = match (&forge.project, &from_url) {
-            (Some(project), _) => project.clone(),
-            (None, Some((project, _))) => project.clone(),
-            (None, None) => {
-                return Err(FeedbackError::Target(
-                    "set `project` on the repository, or pass the pull request's URL".to_owned(),
-                ))
+    let revision = match update {
+        Update::Revision(number) => {
+            let revisions = state.store.list_revisions(deployment.id, 0).await?;
+            match revisions.into_iter().find(|r| r.number == number) {
+                Some(revision)
+                    if matches!(
+                        revision.status,
+                        RevisionStatus::Ready | RevisionStatus::Failed
+                    ) =>
+                {
+                    revision
+                }
+                _ => return Ok(()),
             }
-        };
-        if !valid_project(&project) {
-            return Err(FeedbackError::Target(format!("{project:?} is not a project path")));
         }
-        let number = pull_request
-            .and_then(|p| p.id.parse::<u64>().ok())
-            .or(from_url.map(|(_, number)| number));
-        Ok(FeedbackTarget { project, number })
-    }
-}
-
-/// `https://host/owner/repo/pull/7` (GitHub) or `https://host/group/sub/project/-/merge_requests/7`
-/// (GitLab) → (project, number).
-pub fn parse_pull_request_url(kind: ForgeKind, url: &str) -> Option<(String, u64)> {
-    let path = url.split_once("://")?.1.split_once('/')?.1;
-    let path = path.split(['?', '#']).next()?.trim_end_matches('/');
-    let (project, number) = match kind {
-        ForgeKind::GitHub => {
-            let segments: Vec<&str> = path.split('/').collect();
-            let index = segments.iter().rposition(|s| *s == "pull" || *s == "pulls")?;
-            if index != 2 {
-                return None;
-            }
-            (segments[..2].join("/"), *segments.get(index + 1)?)
-        }
-        ForgeKind::GitLab => {
-            let (project, rest) = path.rsplit_once("/-/merge_requests/")?;
-            (project.to_owned(), rest.split('/').next()?)
-        }
+        Update::DataDiffs => match deployment.current_revision {
+            Some(serving) => state.store.get_revision(serving).await?,
+            None => return Ok(()),
+        },
     };
-    let number = number.parse().ok()?;
-    valid_project(&project).then_some((project, number))
-}
-
-/// Segments of letters, digits, `.`, `_`, `-`, never `.` or `..`: nothing that could leave the
-/// API path it is put into.
-fn valid_project(project: &str) -> bool {
-    !project.is_empty()
-        && project.len() <= 512
-        && project.split('/').all(|s| {
-            !s.is_empty()
-                && s != "."
-                && s != ".."
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        })
+    publish(state, &forge, deployment_id, &revision).await
 }
 
 async fn publish(
@@ -170,10 +167,16 @@ async fn publish(
     let link = deployment_link(&state.config.public_url, &deployment);
     // Data diffs of what the branch built (cached after each run; computed here otherwise).
     let diffs = match &serving {
-        Some(_) => crate::data_diff::summaries(state, &deployment).await.unwrap_or_else(|error| {
-            tracing::warn!("data diffs of {} for its comment: {}", deployment.name, error.message);
-            Vec::new()
-        }),
+        Some(_) => {
+            crate::service::data_diff::summaries(state, &deployment).await.unwrap_or_else(|error| {
+                tracing::warn!(
+                    "data diffs of {} for its comment: {}",
+                    deployment.name,
+                    error.message
+                );
+                Vec::new()
+            })
+        }
         None => Vec::new(),
     };
     let comment =
@@ -182,9 +185,11 @@ async fn publish(
     let client = ForgeClient::new(forge)?;
     tokio::task::spawn_blocking(move || {
         if let (Some(number), Some(body)) = (target.number, comment) {
-            client.upsert_comment(&target.project, number, &marker(&deployment), &body)?;
+            client
+                .upsert_comment(&target.project, number, &marker(&deployment), &body)
+                .map_err(FeedbackError::from)?;
         }
-        client.post_status(&target.project, &status)
+        client.post_status(&target.project, &status).map_err(FeedbackError::from)
     })
     .await
     .map_err(|e| FeedbackError::Join(e.to_string()))?
@@ -203,13 +208,6 @@ pub fn deployment_link(public_url: &str, deployment: &Deployment) -> String {
 /// The hidden line that finds the comment again.
 pub fn marker(deployment: &Deployment) -> String {
     format!("<!-- offshoot:deployment={} -->", deployment.name)
-}
-
-pub struct CommitStatus {
-    pub sha: String,
-    pub success: bool,
-    pub description: String,
-    pub target_url: String,
 }
 
 impl CommitStatus {
@@ -352,35 +350,6 @@ fn group_digits(n: u64) -> String {
     out
 }
 
-/// Called after a branch run once its data diffs are computed: refreshes the comment. Returns
-/// at once.
-pub fn data_diffs_ready(state: &SharedState, deployment: &Deployment) {
-    let Some(forge) = state
-        .repository(&deployment.repository)
-        .and_then(|r| r.forge.clone())
-        .filter(|f| f.token.is_some())
-    else {
-        return;
-    };
-    let (state, deployment_id, serving) =
-        (state.clone(), deployment.id, deployment.current_revision);
-    tokio::spawn(async move {
-        let Some(serving) = serving else { return };
-        let _turn = TURN.lock().await;
-        let result = async {
-            let revision = state.store.get_revision(serving).await?;
-            publish(&state, &forge, deployment_id, &revision).await
-        }
-        .await;
-        if let Err(error) = result {
-            tracing::warn!(
-                "pull-request feedback after a run of deployment {}: {error}",
-                deployment_id.0
-            );
-        }
-    });
-}
-
 fn render_failure(
     out: &mut String,
     deployment: &Deployment,
@@ -501,196 +470,10 @@ fn fenced(text: &str) -> String {
     format!("{fence}\n{}\n{fence}\n", text.trim_end())
 }
 
-fn truncate(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        return text.to_owned();
-    }
-    let kept: String = text.chars().take(max_chars.saturating_sub(1)).collect();
-    format!("{kept}…")
-}
-
-/// The host's REST API, blocking.
-struct ForgeClient {
-    kind: ForgeKind,
-    base: String,
-    token: Option<Secret>,
-    agent: ureq::Agent,
-}
-
-#[derive(Debug)]
-struct Comment {
-    id: u64,
-    body: String,
-}
-
-impl ForgeClient {
-    fn new(forge: &ForgeConfig) -> Result<ForgeClient, FeedbackError> {
-        let base = forge.api_url.trim_end_matches('/').to_owned();
-        if base.starts_with("https://") && !TLS {
-            return Err(FeedbackError::NoTls(base));
-        }
-        let token = forge.token.clone();
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(HTTP_TIMEOUT))
-            .user_agent("offshoot")
-            .build();
-        Ok(ForgeClient {
-            kind: forge.kind,
-            base,
-            token,
-            agent: ureq::Agent::new_with_config(config),
-        })
-    }
-
-    /// `/repos/owner/repo` or `/projects/group%2Fproject`.
-    fn project_path(&self, project: &str) -> String {
-        match self.kind {
-            ForgeKind::GitHub => format!("/repos/{project}"),
-            ForgeKind::GitLab => format!("/projects/{}", project.replace('/', "%2F")),
-        }
-    }
-
-    fn comments_path(&self, project: &str, number: u64) -> String {
-        match self.kind {
-            ForgeKind::GitHub => format!("{}/issues/{number}/comments", self.project_path(project)),
-            ForgeKind::GitLab => {
-                format!("{}/merge_requests/{number}/notes", self.project_path(project))
-            }
-        }
-    }
-
-    fn comment_path(&self, project: &str, number: u64, id: u64) -> String {
-        match self.kind {
-            ForgeKind::GitHub => format!("{}/issues/comments/{id}", self.project_path(project)),
-            ForgeKind::GitLab => {
-                format!("{}/merge_requests/{number}/notes/{id}", self.project_path(project))
-            }
-        }
-    }
-
-    /// Edits our comment if there is one (the first with the marker that we may edit), or
-    /// creates it.
-    fn upsert_comment(
-        &self,
-        project: &str,
-        number: u64,
-        marker: &str,
-        body: &str,
-    ) -> Result<(), FeedbackError> {
-        let ours: Vec<Comment> = self
-            .comments(project, number)?
-            .into_iter()
-            .filter(|c| c.body.starts_with(marker))
-            .collect();
-        let payload = serde_json::json!({ "body": body });
-        for comment in &ours {
-            if comment.body == body {
-                return Ok(());
-            }
-            let method = if self.kind == ForgeKind::GitHub { "PATCH" } else { "PUT" };
-            match self.call(method, &self.comment_path(project, number, comment.id), Some(&payload))
-            {
-                Ok(_) => return Ok(()),
-                // Someone else's comment carrying our marker: try the next, or write our own.
-                Err(FeedbackError::Http { detail, .. })
-                    if detail.starts_with("403") || detail.starts_with("404") =>
-                {
-                    continue
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        self.call("POST", &self.comments_path(project, number), Some(&payload)).map(|_| ())
-    }
-
-    fn comments(&self, project: &str, number: u64) -> Result<Vec<Comment>, FeedbackError> {
-        let mut all = Vec::new();
-        for page in 1..=MAX_PAGES {
-            let path = format!("{}?per_page=100&page={page}", self.comments_path(project, number));
-            let answer = self.call("GET", &path, None)?;
-            let items = answer.as_array().cloned().unwrap_or_default();
-            let count = items.len();
-            all.extend(items.into_iter().filter_map(|item| {
-                Some(Comment { id: item["id"].as_u64()?, body: item["body"].as_str()?.to_owned() })
-            }));
-            if count < 100 {
-                break;
-            }
-        }
-        Ok(all)
-    }
-
-    fn post_status(&self, project: &str, status: &CommitStatus) -> Result<(), FeedbackError> {
-        let path = format!("{}/statuses/{}", self.project_path(project), status.sha);
-        let body = match self.kind {
-            ForgeKind::GitHub => serde_json::json!({
-                "state": if status.success { "success" } else { "failure" },
-                "target_url": status.target_url,
-                "description": status.description,
-                "context": "offshoot",
-            }),
-            ForgeKind::GitLab => serde_json::json!({
-                "state": if status.success { "success" } else { "failed" },
-                "target_url": status.target_url,
-                "description": status.description,
-                "name": "offshoot",
-            }),
-        };
-        self.call("POST", &path, Some(&body)).map(|_| ())
-    }
-
-    /// One request; the answer's JSON (or `null`). The token goes in a header and is never part
-    /// of an error, even when the host's answer echoes it.
-    fn call(
-        &self,
-        method: &'static str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<serde_json::Value, FeedbackError> {
-        let url = format!("{}{path}", self.base);
-        let failure =
-            |detail: String| FeedbackError::Http { method, path: path.to_owned(), detail };
-        let response = match (method, body) {
-            ("GET", _) => self.authorize(self.agent.get(&url)).call(),
-            (_, body) => {
-                let request = match method {
-                    "PATCH" => self.agent.patch(&url),
-                    "PUT" => self.agent.put(&url),
-                    _ => self.agent.post(&url),
-                };
-                let text = body.map(|b| b.to_string()).unwrap_or_default();
-                self.authorize(request).header("Content-Type", "application/json").send(text)
-            }
-        };
-        let redact = |text: &str| {
-            self.token.as_ref().map_or_else(|| text.to_owned(), |token| token.redact_from(text))
-        };
-        let mut response = response.map_err(|e| failure(redact(&e.to_string())))?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        if !(200..300).contains(&status) {
-            // Redacted before it is cut short, so no part of the token survives either.
-            return Err(failure(format!("{status} {}", truncate(redact(&text).trim(), 300))));
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
-    }
-
-    fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        let token = self.token.as_ref().map_or("", Secret::expose);
-        match self.kind {
-            ForgeKind::GitHub => request
-                .header("Authorization", &format!("Bearer {token}"))
-                .header("Accept", "application/vnd.github+json")
-                .header("X-GitHub-Api-Version", "2022-11-28"),
-            ForgeKind::GitLab => request.header("PRIVATE-TOKEN", token),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ForgeKind;
 
     #[test]
     fn pull_request_urls_name_project_and_number() {

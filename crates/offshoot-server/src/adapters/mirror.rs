@@ -12,15 +12,10 @@ use std::process::Stdio;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use offshoot_core::RepositoryName;
-
 use tokio::process::Command;
 
-use crate::config::{RemoteConfig, RepositoryConfig, Secret};
-use crate::deploy::{self, Push};
-use crate::error::{ApiError, ApiResult};
-use crate::state::SharedState;
+use crate::config::{RemoteConfig, RepositoryConfig};
+use crate::secret::{redact, Secret};
 
 /// A fetch that takes longer than this is killed; the next event fetches again.
 const GIT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -139,75 +134,6 @@ pub async fn fetch(data_dir: &Path, repo: &RepositoryConfig) -> Result<(), Mirro
     Ok(())
 }
 
-/// For start-up: fetches every repository configured by URL and deploys `prod` at the
-/// production branch's tip where it has never deployed. Failures are logged, never fatal: the
-/// next hook event fetches again.
-pub async fn prepare_all(state: &SharedState) {
-    for repo in state.config.repositories.iter().filter(|r| r.remote.is_some()) {
-        match fetch(&state.config.data_dir, repo).await {
-            Ok(()) => deploy_production_if_new(state, repo).await,
-            Err(error) => tracing::warn!(
-                "repository `{}`: fetching {}: {error}",
-                repo.name,
-                display_url(repo)
-            ),
-        }
-    }
-}
-
-/// For the REST API (`branch-deployment create-or-update` from CI): a repository configured by
-/// URL is fetched when `commit` is not in its mirror yet. Local repositories are left alone.
-pub async fn ensure_commit(
-    state: &SharedState,
-    repository: &RepositoryName,
-    commit: &str,
-) -> ApiResult<()> {
-    let Some(repo) = state.repository(repository).filter(|r| r.remote.is_some()) else {
-        return Ok(());
-    };
-    if crate::git::resolve(repo.path.clone(), commit.to_owned()).await.is_ok() {
-        return Ok(());
-    }
-    if let Err(error) = fetch(&state.config.data_dir, repo).await {
-        tracing::error!("repository `{}`: fetching {}: {error}", repo.name, display_url(repo));
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "repository_fetch_failed",
-            "fetching the repository failed; see the server log",
-        ));
-    }
-    deploy_production_if_new(state, repo).await;
-    Ok(())
-}
-
-/// After a mirror's first fetch, `prod` has nothing deployed yet: deploy the production tip.
-pub async fn deploy_production_if_new(state: &SharedState, repo: &RepositoryConfig) {
-    let production = match deploy::ensure_production(state, repo).await {
-        Ok(production) => production,
-        Err(error) => return tracing::warn!("repository `{}`: {}", repo.name, error.message),
-    };
-    match state.store.list_revisions(production.id, 1).await {
-        Ok(revisions) if revisions.is_empty() => {}
-        Ok(_) => return,
-        Err(error) => return tracing::warn!("repository `{}`: {error}", repo.name),
-    }
-    let Ok(branch) = offshoot_core::BranchName::new(&repo.production_branch) else { return };
-    let push = Push {
-        repository: repo.name.clone(),
-        branch,
-        commit: repo.production_branch.clone(),
-        pull_request_id: None,
-        pull_request_url: None,
-        pull_request_status: None,
-        base_deployment: None,
-        opens: true,
-        redeploy: false,
-    };
-    if let Err(error) = deploy::create_or_update(state, push).await {
-        tracing::warn!("repository `{}`: cannot deploy prod yet: {}", repo.name, error.message);
-    }
-}
-
 /// The remote URL for people: without credentials.
 pub fn display_url(repo: &RepositoryConfig) -> String {
     repo.remote
@@ -250,28 +176,6 @@ fn strip_user_info(url: &str) -> (String, Option<(String, Option<Secret>)>) {
         None => (user_info.to_owned(), None),
     };
     (format!("{}{}", &url[..scheme_end + 3], &rest[at + 1..]), Some((user, password)))
-}
-
-/// Removes user information from every URL in `text`, and `secret` wherever it appears.
-pub fn redact(text: &str, secret: Option<&Secret>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(scheme_end) = rest.find("://") {
-        out.push_str(&rest[..scheme_end + 3]);
-        rest = &rest[scheme_end + 3..];
-        let authority_end = rest
-            .find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"')
-            .unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            out.push_str("<redacted>@");
-            rest = &rest[at + 1..];
-        }
-    }
-    out.push_str(rest);
-    match secret {
-        Some(secret) => secret.redact_from(&out),
-        None => out,
-    }
 }
 
 /// The askpass helper, written once under the data directory; it holds no secret.

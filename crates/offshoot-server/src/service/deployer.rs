@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use offshoot_core::lifecycle::{Commit, Event, Lease};
 use offshoot_core::{
     deployment_name_for_branch, diff, BranchName, ChangeSet, CommitSha, DeploymentKind,
@@ -20,11 +19,12 @@ use offshoot_store::{
 };
 use tokio::sync::Semaphore;
 
+use crate::adapters::project::{self as git, GitError};
 use crate::changes::ChangeSetJson;
 use crate::config::RepositoryConfig;
-use crate::error::{ApiError, ApiResult};
-use crate::git::{self, GitError};
-use crate::lifecycle::{self, Extras, Input, LifecycleError, Outcome};
+use crate::service::deployments::{self as lifecycle, Extras, Input, LifecycleError, Outcome};
+use crate::service::error::{ServiceError, ServiceResult};
+use crate::service::lookup::repository_config;
 use crate::state::{now, AppState, Loaded, SharedState};
 
 /// A push, from the API, a webhook or the watcher.
@@ -50,33 +50,22 @@ pub struct PushOutcome {
     pub revision: Option<Revision>,
 }
 
-pub fn repository_config<'a>(
-    state: &'a AppState,
-    name: &RepositoryName,
-) -> ApiResult<&'a RepositoryConfig> {
-    state.repository(name).ok_or_else(|| {
-        ApiError::not_found(
-            "repository_not_found",
-            format!("no repository named `{name}` is configured"),
-        )
-    })
-}
-
-fn git_failure(error: GitError) -> ApiError {
+fn git_failure(error: GitError) -> ServiceError {
     match error {
-        GitError::Repo(offshoot_repo::RepoError::UnknownRevision { rev, .. }) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "commit_not_found",
-            format!("commit `{rev}` is not in the repository"),
-        ),
-        other => ApiError::internal(other),
+        GitError::Repo(offshoot_repo::RepoError::UnknownRevision { rev, .. }) => {
+            ServiceError::unprocessable(
+                "commit_not_found",
+                format!("commit `{rev}` is not in the repository"),
+            )
+        }
+        other => ServiceError::internal(other),
     }
 }
 
 /// `branch-deployment create-or-update`: finds or creates the branch's deployment and delivers
 /// the commit to it; CLOSED or MERGED close it instead. A push to the production branch
 /// deploys `prod`.
-pub async fn create_or_update(state: &SharedState, push: Push) -> ApiResult<PushOutcome> {
+pub async fn create_or_update(state: &SharedState, push: Push) -> ServiceResult<PushOutcome> {
     let repo = repository_config(state, &push.repository)?.clone();
     let commit = git::resolve(repo.path.clone(), push.commit.clone()).await.map_err(git_failure)?;
     if push.branch.as_str() == repo.production_branch {
@@ -90,7 +79,7 @@ pub async fn create_or_update(state: &SharedState, push: Push) -> ApiResult<Push
     let deployment = match state.store.find_deployment_by_branch(&repo.name, &push.branch).await? {
         Some(deployment) => deployment,
         None if closing => {
-            return Err(ApiError::not_found(
+            return Err(ServiceError::not_found(
                 "deployment_not_found",
                 format!("branch `{}` has no deployment to close", push.branch),
             ));
@@ -124,9 +113,15 @@ pub async fn create_or_update(state: &SharedState, push: Push) -> ApiResult<Push
             lifecycle::close_with(state, &deployment, &reason, Some(status), extras).await?;
         return Ok(PushOutcome { deployment, revision: None });
     }
-    if deployment.status == DeploymentStatus::Closed && push.opens {
-        lifecycle::check_open_limit(state).await?;
-    }
+    // Reopening counts against the limit: the check and the reopen are one step here.
+    let _turn = match deployment.status == DeploymentStatus::Closed && push.opens {
+        true => {
+            let turn = state.open_turn.lock().await;
+            lifecycle::check_open_limit(state).await?;
+            Some(turn)
+        }
+        false => None,
+    };
     let delivery = Delivery {
         opens: push.opens,
         redeploy: push.redeploy,
@@ -159,7 +154,7 @@ pub async fn deliver(
     deployment: &Deployment,
     commit: CommitDetails,
     delivery: Delivery,
-) -> ApiResult<PushOutcome> {
+) -> ServiceResult<PushOutcome> {
     let repo = repository_config(state, &deployment.repository)?.clone();
     let mut written = None;
     for _ in 0..lifecycle::ATTEMPTS {
@@ -170,7 +165,7 @@ pub async fn deliver(
             Some(head) => Some(
                 git::relation(repo.path.clone(), commit.clone(), head.commit.clone())
                     .await
-                    .map_err(ApiError::internal)?,
+                    .map_err(ServiceError::internal)?,
             ),
         };
         let event = Event::Push {
@@ -207,13 +202,14 @@ async fn ensure_branch(
     state: &SharedState,
     repo: &RepositoryConfig,
     push: &Push,
-) -> ApiResult<Deployment> {
+) -> ServiceResult<Deployment> {
     for _ in 0..4 {
         if let Some(existing) =
             state.store.find_deployment_by_branch(&repo.name, &push.branch).await?
         {
             return Ok(existing);
         }
+        let _turn = state.open_turn.lock().await;
         lifecycle::check_open_limit(state).await?;
         let all = state
             .store
@@ -240,20 +236,23 @@ async fn ensure_branch(
             Err(error) => return Err(error.into()),
         }
     }
-    Err(ApiError::conflict(
+    Err(ServiceError::conflict(
         "conflict",
         format!("could not find a free deployment name for branch `{}`", push.branch),
     ))
 }
 
 /// The repository's `prod` deployment, created on first use (concurrently: once).
-pub async fn ensure_production(state: &AppState, repo: &RepositoryConfig) -> ApiResult<Deployment> {
+pub async fn ensure_production(
+    state: &AppState,
+    repo: &RepositoryConfig,
+) -> ServiceResult<Deployment> {
     let name = DeploymentName::production();
     if let Some(deployment) = state.store.find_deployment(&repo.name, &name).await? {
         return Ok(deployment);
     }
     let branch = BranchName::new(&repo.production_branch).map_err(|e| {
-        ApiError::bad_request("invalid_branch_name", format!("production branch: {e}"))
+        ServiceError::invalid("invalid_branch_name", format!("production branch: {e}"))
     })?;
     Ok(state
         .store

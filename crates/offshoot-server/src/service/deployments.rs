@@ -8,7 +8,7 @@
 //! Also here: the work around the lifecycle that is not a decision: the teardown itself, the TTL
 //! sweep, the lease heartbeat, the folder sweep and start-up reconciliation.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use offshoot_core::lifecycle::{
@@ -17,15 +17,15 @@ use offshoot_core::lifecycle::{
 };
 use offshoot_core::{
     AssetKey, DeploymentKind, DeploymentName, DeploymentStatus, RevisionStatus, RunStatus,
-    SchemaName,
 };
 use offshoot_store::{
     Applied, CommitDetails, DeployOutput, Deployment, DeploymentFilter, DeploymentId,
     DeploymentPatch, LifecycleRecord, LifecycleWrite, NewRevision, NewRun, PullRequest, Revision,
-    RevisionPatch, Run, RunFilter, RunId, RunPatch, StoreError,
+    RevisionPatch, Run, RunId, RunPatch, StoreError,
 };
 
-use crate::error::{ApiError, ApiResult};
+use crate::notices::Notice;
+use crate::service::error::{ServiceError, ServiceResult};
 use crate::state::{now, AppState, Metrics, SharedState};
 
 /// Data an event's writes need beyond what the state machine decides.
@@ -94,35 +94,35 @@ pub enum LifecycleError {
     Store(#[from] StoreError),
     /// Making the event failed (e.g. git could not relate two commits).
     #[error("{}", .0.message)]
-    Input(ApiError),
+    Input(ServiceError),
     #[error("the deployment kept changing; gave up after {0} attempts")]
     Contended(usize),
 }
 
-impl From<LifecycleError> for ApiError {
-    fn from(error: LifecycleError) -> ApiError {
+impl From<LifecycleError> for ServiceError {
+    fn from(error: LifecycleError) -> ServiceError {
         match error {
             LifecycleError::Refused(refusal) => refusal_error(refusal),
             LifecycleError::Store(error) => error.into(),
             LifecycleError::Input(error) => error,
-            LifecycleError::Contended(_) => ApiError::internal(error),
+            LifecycleError::Contended(_) => ServiceError::internal(error),
         }
     }
 }
 
-fn refusal_error(refusal: Refusal) -> ApiError {
+fn refusal_error(refusal: Refusal) -> ServiceError {
     let message = refusal.to_string();
     match refusal {
-        Refusal::Production => ApiError::conflict(
+        Refusal::Production => ServiceError::conflict(
             "production_protected",
             "`prod` is production; it cannot be closed or deleted",
         ),
-        Refusal::Closed => ApiError::conflict("deployment_closed", message),
-        Refusal::NotServing => ApiError::conflict("deployment_not_ready", message),
-        Refusal::RunFinished(_) => ApiError::conflict("run_finished", message),
-        Refusal::UnknownRun(_) => ApiError::not_found("run_not_found", message),
-        Refusal::UnknownRevision(_) => ApiError::not_found("revision_not_found", message),
-        Refusal::NotClaimable(_) | Refusal::LeaseNotHeld => ApiError::internal(message),
+        Refusal::Closed => ServiceError::conflict("deployment_closed", message),
+        Refusal::NotServing => ServiceError::conflict("deployment_not_ready", message),
+        Refusal::RunFinished(_) => ServiceError::conflict("run_finished", message),
+        Refusal::UnknownRun(_) => ServiceError::not_found("run_not_found", message),
+        Refusal::UnknownRevision(_) => ServiceError::not_found("revision_not_found", message),
+        Refusal::NotClaimable(_) | Refusal::LeaseNotHeld => ServiceError::internal(message),
     }
 }
 
@@ -438,7 +438,7 @@ pub async fn apply<F>(
     mut make: F,
 ) -> Result<Outcome, LifecycleError>
 where
-    F: FnMut(&LifecycleRecord, &View) -> Result<Option<Input>, ApiError> + Send,
+    F: FnMut(&LifecycleRecord, &View) -> Result<Option<Input>, ServiceError> + Send,
 {
     for _ in 0..ATTEMPTS {
         let (record, view) = read(state, deployment).await?;
@@ -556,16 +556,9 @@ fn carry_out(state: &SharedState, deployment: &Deployment, effects: &[Effect]) {
                     }
                 });
             }
-            Effect::RevisionFinished(number) => {
-                let (state, deployment, number) = (state.clone(), deployment.clone(), *number);
-                tokio::spawn(async move {
-                    let revisions =
-                        state.store.list_revisions(deployment.id, 0).await.unwrap_or_default();
-                    if let Some(revision) = revisions.into_iter().find(|r| r.number == number) {
-                        crate::feedback::revision_finished(&state, &deployment, &revision);
-                    }
-                });
-            }
+            Effect::RevisionFinished(number) => state
+                .notices
+                .send(Notice::RevisionFinished { deployment: deployment.id, number: *number }),
         }
     }
 }
@@ -592,7 +585,7 @@ pub async fn teardown(
         .warehouse
         .teardown(&state.target(&row))
         .await
-        .map_err(|e| LifecycleError::Input(ApiError::internal(e)))?;
+        .map_err(|e| LifecycleError::Input(ServiceError::internal(e)))?;
     apply_event(
         state,
         deployment,
@@ -610,7 +603,7 @@ pub async fn close(
     deployment: &Deployment,
     reason: &str,
     pull_request: Option<offshoot_core::PullRequestStatus>,
-) -> ApiResult<Deployment> {
+) -> ServiceResult<Deployment> {
     close_with(state, deployment, reason, pull_request, Extras::default()).await
 }
 
@@ -621,7 +614,7 @@ pub async fn close_with(
     reason: &str,
     pull_request: Option<offshoot_core::PullRequestStatus>,
     extras: Extras,
-) -> ApiResult<Deployment> {
+) -> ServiceResult<Deployment> {
     let event = Event::Close { reason: reason.to_owned(), pull_request };
     let outcome = apply_with(state, deployment.id, event, extras).await?;
     tracing::info!("closed {}/{}: {reason}", deployment.repository, deployment.name);
@@ -633,7 +626,7 @@ pub async fn close_with(
 }
 
 /// Waits (bounded) until the deployment's teardown is done; returns the row as it is then.
-async fn wait_for_teardown(state: &SharedState, id: DeploymentId) -> ApiResult<Deployment> {
+async fn wait_for_teardown(state: &SharedState, id: DeploymentId) -> ServiceResult<Deployment> {
     let deadline = tokio::time::Instant::now() + DELETE_WAIT;
     loop {
         let row = state.store.get_deployment(id).await?;
@@ -647,7 +640,8 @@ async fn wait_for_teardown(state: &SharedState, id: DeploymentId) -> ApiResult<D
 }
 
 /// Opens a closed deployment again and redeploys the newest commit it was delivered.
-pub async fn reopen(state: &SharedState, deployment: &Deployment) -> ApiResult<Deployment> {
+pub async fn reopen(state: &SharedState, deployment: &Deployment) -> ServiceResult<Deployment> {
+    let _turn = state.open_turn.lock().await;
     if deployment.status == DeploymentStatus::Closed {
         check_open_limit(state).await?;
     }
@@ -660,7 +654,7 @@ const DELETE_WAIT: Duration = Duration::from_secs(30);
 
 /// Deletes a branch deployment: closes it, and removes it with its history once its teardown is
 /// done. `true` when it is gone on return; `false` when runs are still stopping (it goes later).
-pub async fn delete(state: &SharedState, deployment: &Deployment) -> ApiResult<bool> {
+pub async fn delete(state: &SharedState, deployment: &Deployment) -> ServiceResult<bool> {
     let outcome = apply_event(state, deployment.id, Event::Delete).await?;
     if outcome.deployment.is_none() {
         return Ok(true);
@@ -679,220 +673,16 @@ pub async fn delete(state: &SharedState, deployment: &Deployment) -> ApiResult<b
     Ok(false)
 }
 
-pub async fn check_open_limit(state: &AppState) -> ApiResult<()> {
+pub async fn check_open_limit(state: &AppState) -> ServiceResult<()> {
     let open = state.store.list_deployments(&DeploymentFilter::default()).await?;
     let branches = open.iter().filter(|d| d.kind == DeploymentKind::Branch).count();
     if branches >= state.config.max_open_branch_deployments {
-        return Err(ApiError::conflict(
+        return Err(ServiceError::conflict(
             "deployment_limit_reached",
             format!(
                 "{branches} branch deployments are open, the configured maximum; close one first"
             ),
         ));
-    }
-    Ok(())
-}
-
-/// Closes open branch deployments without a push for longer than the TTL, unless pinned. The
-/// close re-checks nothing here: a push or pin that lands first makes the close's write stale,
-/// and the TTL is checked again on the next sweep.
-pub async fn sweep_expired(state: &SharedState) -> ApiResult<usize> {
-    let cutoff = now() - state.config.ttl.as_millis() as i64;
-    let mut closed = 0;
-    for deployment in state.store.list_deployments(&DeploymentFilter::default()).await? {
-        if deployment.kind == DeploymentKind::Branch
-            && !deployment.pinned
-            && deployment.last_push_at < cutoff
-        {
-            let days = state.config.ttl.as_secs() / 86_400;
-            let reason = format!("no push for {days} day(s) (TTL)");
-            // Decided on the row as it is at write time: a push or a pin meanwhile wins.
-            let outcome = apply(state, deployment.id, |record: &LifecycleRecord, _: &View| {
-                let current = &record.deployment;
-                let still_expired = current.status == DeploymentStatus::Open
-                    && !current.pinned
-                    && current.last_push_at < cutoff;
-                Ok(still_expired.then(|| {
-                    Input::from(Event::Close { reason: reason.clone(), pull_request: None })
-                }))
-            })
-            .await?;
-            if outcome.decision.changes.iter().any(|c| matches!(c, Change::Close { .. })) {
-                closed += 1;
-            }
-        }
-    }
-    Ok(closed)
-}
-
-/// Renews this server's leases every third of their length, so live work is never taken over.
-pub async fn heartbeat(state: SharedState) {
-    let interval = (state.config.lease / 3).max(Duration::from_millis(100));
-    loop {
-        tokio::time::sleep(interval).await;
-        let until = now() + state.config.lease.as_millis() as i64;
-        if let Err(error) = state.store.renew_leases(&state.config.server_id, until).await {
-            tracing::error!("renewing leases failed: {error}");
-        }
-    }
-}
-
-/// Folders older than this that no open deployment needs are removed.
-const FOLDER_GRACE: Duration = Duration::from_secs(3600);
-
-/// Removes per-commit folders (`checkouts/<sha>`, `locations/<repo>/<sha>`) of commits no open
-/// deployment serves, deploys or compares with, and run folders, once they are an hour old.
-/// The grace period keeps a folder a load or run is writing right now.
-pub async fn sweep_folders(state: &AppState) -> ApiResult<usize> {
-    let mut live: BTreeSet<String> = BTreeSet::new();
-    for deployment in state.store.list_deployments(&DeploymentFilter::default()).await? {
-        for revision in state.store.list_revisions(deployment.id, 5).await? {
-            let needed = deployment.current_revision == Some(revision.id)
-                || matches!(revision.status, RevisionStatus::Queued | RevisionStatus::Deploying);
-            if needed {
-                live.insert(revision.commit.sha.to_string());
-                live.extend(revision.base_commit.map(|c| c.to_string()));
-            }
-        }
-    }
-    let active = RunFilter {
-        deployment_id: None,
-        statuses: vec![RunStatus::Queued, RunStatus::Running],
-        limit: 0,
-    };
-    for run in state.store.list_runs(&active).await? {
-        live.insert(run.id.0.to_string());
-        live.insert(state.store.get_revision(run.revision_id).await?.commit.sha.to_string());
-    }
-    let mut folders = vec![state.config.checkouts_dir()];
-    for repository in &state.config.repositories {
-        folders.push(state.config.locations_dir(&repository.name));
-        folders.push(state.config.locations_dir(&repository.name).join("runs"));
-    }
-    let removed = tokio::task::spawn_blocking(move || {
-        let mut removed = 0;
-        for folder in folders {
-            let Ok(entries) = std::fs::read_dir(&folder) else { continue };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let old = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > FOLDER_GRACE);
-                if name == "runs"
-                    || live.contains(name.split('.').next().unwrap_or_default())
-                    || !old
-                    || !entry.path().is_dir()
-                {
-                    continue;
-                }
-                if std::fs::remove_dir_all(entry.path()).is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-        removed
-    })
-    .await
-    .unwrap_or(0);
-    Ok(removed)
-}
-
-/// Teardowns that are waiting (their runs stopped on another server, a server died mid-way, a
-/// start-up): each is claimed and carried out, or left for later if work still runs.
-pub async fn sweep_teardowns(state: &SharedState) -> ApiResult<usize> {
-    let mut done = 0;
-    let all = state
-        .store
-        .list_deployments(&DeploymentFilter { repository: None, include_closed: true })
-        .await?;
-    for deployment in all.iter().filter(|d| d.teardown != offshoot_core::lifecycle::Teardown::Done)
-    {
-        match teardown(state, deployment.id).await {
-            Ok(true) => done += 1,
-            Ok(false) => {}
-            Err(error) => {
-                tracing::warn!("teardown of {}/{}: {error}", deployment.repository, deployment.name)
-            }
-        }
-    }
-    Ok(done)
-}
-
-pub async fn maintenance_loop(state: SharedState) {
-    // Every minute, or more often for short TTLs, so nothing outlives its TTL by much; teardowns
-    // that wait for another server's runs are retried at the same pace (or at least every 5 s).
-    let interval = (state.config.ttl / 24).clamp(Duration::from_secs(1), Duration::from_secs(5));
-    let mut last_folder_sweep = tokio::time::Instant::now() - Duration::from_secs(3600);
-    loop {
-        if let Err(error) = sweep_expired(&state).await {
-            tracing::error!("TTL sweep failed: {}", error.message);
-        }
-        if let Err(error) = sweep_teardowns(&state).await {
-            tracing::error!("teardown sweep failed: {}", error.message);
-        }
-        if last_folder_sweep.elapsed() >= Duration::from_secs(60) {
-            last_folder_sweep = tokio::time::Instant::now();
-            if let Err(error) = sweep_folders(&state).await {
-                tracing::error!("folder sweep failed: {}", error.message);
-            }
-        }
-        tokio::time::sleep(interval).await;
-    }
-}
-
-/// After a crash or restart: work this server had claimed is given up (deploys are claimed again,
-/// interrupted runs fail with the reason, teardowns are redone), every repository has its `prod`,
-/// waiting teardowns are carried out, and schemas that belong to no deployment are dropped.
-pub async fn reconcile(state: &SharedState) -> ApiResult<()> {
-    // Other servers' work is taken over only when its lease expires.
-    let released = state.store.renew_leases(&state.config.server_id, 0).await?;
-    if released > 0 {
-        tracing::warn!(
-            "taking back {released} piece(s) of work this server was doing when it stopped"
-        );
-    }
-    for repo in &state.config.repositories {
-        let production = crate::deploy::ensure_production(state, repo).await?;
-        // A repository nobody has deployed yet starts with its production branch's tip.
-        if state.store.list_revisions(production.id, 1).await?.is_empty() {
-            match crate::git::resolve(repo.path.clone(), repo.production_branch.clone()).await {
-                Ok(commit) => {
-                    crate::deploy::deliver(
-                        state,
-                        &production,
-                        commit,
-                        crate::deploy::Delivery::default(),
-                    )
-                    .await?;
-                }
-                Err(error) => {
-                    tracing::warn!("repository `{}`: cannot deploy prod yet: {error}", repo.name)
-                }
-            }
-        }
-    }
-    sweep_teardowns(state).await?;
-    // Schemas first, deployments second: a schema seen here belongs to a deployment row that
-    // existed before it was prepared, so a deployment another server creates meanwhile is never
-    // mistaken for an orphan.
-    let schemas = state.warehouse.schemas().await.map_err(ApiError::internal)?;
-    let all = state
-        .store
-        .list_deployments(&DeploymentFilter { repository: None, include_closed: true })
-        .await?;
-    let known: BTreeSet<SchemaName> = all.iter().map(|d| state.target(d).schema).collect();
-    for schema in schemas {
-        let is_production = schema.as_str().ends_with("__prod");
-        if !known.contains(&schema) && !is_production {
-            tracing::warn!("dropping orphan warehouse schema {schema}");
-            // Teardown refuses a target that is its own production; an orphan is nobody's.
-            let nobody = SchemaName::parse("orphan__prod").expect("a valid schema name");
-            let orphan = offshoot_warehouse::Target { schema, production: nobody };
-            state.warehouse.teardown(&orphan).await.map_err(ApiError::internal)?;
-        }
     }
     Ok(())
 }

@@ -23,11 +23,11 @@ use axum::{Json, Router};
 use offshoot_core::{BranchName, DeploymentKind, DeploymentName};
 use offshoot_store::{Deployment, DeploymentFilter, DeploymentId, StoreError};
 
-use crate::api::{create_or_update_branch, CreateOrUpdate};
-use crate::auth::{self, Caller};
 use crate::config::Role;
-use crate::error::{ApiError, ApiResult};
-use crate::lifecycle;
+use crate::http::auth::{self, Caller};
+use crate::http::deployments::{create_or_update_branch, CreateOrUpdate};
+use crate::http::error::{ApiError, ApiResult};
+use crate::service::deployments as lifecycle;
 use crate::state::{Metrics, SharedState};
 
 /// Nesting deeper than dagster-cloud's documents (3 levels) is refused before execution.
@@ -113,7 +113,8 @@ fn explain_unimplemented(error: &mut ServerError) {
 }
 
 /// An API error as a GraphQL error with the REST code in `extensions`.
-fn graphql_error(error: ApiError) -> async_graphql::Error {
+fn graphql_error(error: impl Into<ApiError>) -> async_graphql::Error {
+    let error: ApiError = error.into();
     let code = error.code;
     let role = error.required_role;
     async_graphql::Error::new(error.message).extend_with(move |_, extensions| {
@@ -246,7 +247,7 @@ impl Query {
             .store
             .list_deployments(&DeploymentFilter::default())
             .await
-            .map_err(|e| graphql_error(e.into()))?;
+            .map_err(graphql_error)?;
         deployments.iter().map(|d| DagsterCloudDeployment::of(d).map_err(graphql_error)).collect()
     }
 
@@ -273,7 +274,7 @@ impl Query {
                 .store
                 .find_deployment(&repository.name, &deployment_name)
                 .await
-                .map_err(|e| graphql_error(e.into()))?
+                .map_err(graphql_error)?
             {
                 found.push(deployment);
             }
@@ -303,8 +304,8 @@ impl Query {
     ) -> async_graphql::Result<String> {
         let session = session(context);
         session.reader().map_err(graphql_error)?;
-        let repository =
-            crate::api::pick_repository(&session.state, Some(&repo_name)).map_err(graphql_error)?;
+        let repository = crate::service::lookup::pick_repository(&session.state, Some(&repo_name))
+            .map_err(graphql_error)?;
         let branch = BranchName::new(&branch_name).map_err(|e| {
             graphql_error(ApiError::bad_request("invalid_branch_name", e.to_string()))
         })?;
@@ -313,7 +314,7 @@ impl Query {
             .store
             .find_deployment_by_branch(&repository, &branch)
             .await
-            .map_err(|e| graphql_error(e.into()))?
+            .map_err(graphql_error)?
         {
             Some(deployment) => Ok(deployment.name.to_string()),
             None => Err(graphql_error(ApiError::not_found(

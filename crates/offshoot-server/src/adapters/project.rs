@@ -79,21 +79,24 @@ pub async fn load(
     path: PathBuf,
     commit: &CommitSha,
 ) -> Result<Loaded, GitError> {
-    if let Some(loaded) = state.snapshots.get(repository, commit) {
+    // A cached snapshot is trusted only while the commit's folder exists: a dbt branch build
+    // defers to the manifest in it, so a folder swept away is rebuilt by loading again.
+    let work_dir = state.config.locations_dir(repository).join(commit.as_str());
+    let cached = || state.snapshots.get(repository, commit).filter(|_| work_dir.is_dir());
+    if let Some(loaded) = cached() {
         return Ok(loaded);
     }
     let lock = state.load_lock(repository, commit);
     let _guard = lock.lock().await;
-    if let Some(loaded) = state.snapshots.get(repository, commit) {
+    if let Some(loaded) = cached() {
         return Ok(loaded);
     }
     let sha = commit.clone();
     let checkouts = state.config.checkouts_dir();
-    let work_dir = state.config.locations_dir(repository).join(commit.as_str());
     let mut env = tool_environment(state, repository);
-    let sandbox = crate::confine::sandbox(
+    let sandbox = crate::adapters::confine::sandbox(
         state,
-        crate::confine::Purpose::Load,
+        crate::adapters::confine::Purpose::Load,
         std::slice::from_ref(&work_dir),
     );
     env.push(("TMPDIR".to_owned(), work_dir.join("tmp").to_string_lossy().into_owned()));

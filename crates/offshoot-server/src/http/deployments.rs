@@ -1,76 +1,23 @@
-//! The REST API under `/api/v1`, plus `/healthz` and `/metrics`. Writes need a bearer token whose
-//! role allows them (`auth`: `deploy` for branch deployments, `admin` for production, delete and
-//! pin); reads need any token unless `public_reads`. Errors are `{"error": {code, message}}`.
+//! The REST handlers for deployments, their revisions and changes, and runs.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use offshoot_core::{BranchName, DeploymentName, PullRequestStatus, RepositoryName};
+use axum::Json;
+use offshoot_core::{BranchName, DeploymentName, PullRequestStatus};
 use offshoot_store::{Deployment, DeploymentFilter, RunFilter, RunId};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::auth::{Caller, Reader, Writer};
 use crate::changes::ChangeSetJson;
 use crate::config::Role;
-use crate::deploy::{self, Push};
-use crate::dto::{self, ChangesJson, DeploymentJson, RunJson};
-use crate::error::{ApiError, ApiResult};
+use crate::http::auth::{Caller, Reader, Writer};
+use crate::http::dto::{self, ChangesJson, DeploymentJson, RunJson};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::Body;
+use crate::service::deployer::{self, Push, PushOutcome};
+use crate::service::lookup::{find_deployment, pick_repository};
+use crate::service::{deployments, remotes, runner};
 use crate::state::{AppState, SharedState};
-use crate::{lifecycle, openapi, runs};
-
-pub fn router(state: SharedState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(|| async { Json(openapi::document()) }))
-        .route("/api/v1/whoami", get(crate::auth::whoami))
-        .route("/api/v1/deployments", get(list_deployments))
-        .route("/api/v1/branch-deployments", post(create_or_update))
-        .route("/api/v1/deployments/{name}", get(show_deployment).delete(delete_deployment))
-        .route("/api/v1/deployments/{name}/close", post(close_deployment))
-        .route("/api/v1/deployments/{name}/reopen", post(reopen_deployment))
-        .route("/api/v1/deployments/{name}/pin", post(pin_deployment))
-        .route("/api/v1/deployments/{name}/revisions", get(list_revisions))
-        .route("/api/v1/deployments/{name}/changes", get(show_changes))
-        .route("/api/v1/deployments/{name}/runs", post(launch_run))
-        .route("/api/v1/runs", get(list_runs))
-        .route("/api/v1/runs/{id}", get(show_run))
-        .route("/api/v1/runs/{id}/cancel", post(cancel_run))
-        .merge(crate::dagster_cloud::router())
-        .merge(crate::hooks::router())
-        .merge(crate::catalog::router())
-        .merge(crate::data_diff::router())
-        .merge(crate::events::router())
-        .merge(crate::ui::router())
-        .with_state(state)
-}
-
-/// A JSON body whose rejection is one of our errors, not axum's plain text.
-pub struct Body<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Body(value)),
-            Err(rejection) => Err(ApiError::bad_request("invalid_request", body_error(&rejection))),
-        }
-    }
-}
-
-fn body_error(rejection: &JsonRejection) -> String {
-    match rejection {
-        JsonRejection::MissingJsonContentType(_) => {
-            "send the body as JSON with `Content-Type: application/json`".to_owned()
-        }
-        other => format!("invalid JSON body: {}", other.body_text()),
-    }
-}
 
 #[derive(Deserialize, Default)]
 pub struct RepositoryQuery {
@@ -79,83 +26,10 @@ pub struct RepositoryQuery {
     include_closed: bool,
 }
 
-/// The named repository, or the only one configured.
-pub fn pick_repository(state: &AppState, name: Option<&str>) -> ApiResult<RepositoryName> {
-    match name {
-        Some(name) => {
-            let name = RepositoryName::from_any(name).map_err(|e| {
-                ApiError::not_found(
-                    "repository_not_found",
-                    format!("`{name}` is not a repository name: {e}"),
-                )
-            })?;
-            deploy::repository_config(state, &name).map(|r| r.name.clone())
-        }
-        None => match state.config.repositories.as_slice() {
-            [only] => Ok(only.name.clone()),
-            [] => Err(ApiError::not_found("repository_not_found", "no repository is configured")),
-            many => {
-                let names: Vec<&str> = many.iter().map(|r| r.name.as_str()).collect();
-                Err(ApiError::bad_request(
-                    "invalid_request",
-                    format!("name the repository: one of {}", names.join(", ")),
-                ))
-            }
-        },
-    }
-}
-
-/// The deployment `name` of the named repository; without a repository, of the one configured
-/// repository that has a deployment of that name (several: an error naming them).
-pub async fn find_deployment(
+pub(crate) async fn deployment_view(
     state: &AppState,
-    repository: Option<&str>,
-    name: &str,
-) -> ApiResult<Deployment> {
-    if repository.is_none() && state.config.repositories.len() > 1 {
-        return find_deployment_in_any(state, name).await;
-    }
-    let repository = pick_repository(state, repository)?;
-    let missing = || {
-        ApiError::not_found(
-            "deployment_not_found",
-            format!("no deployment named `{name}` in `{repository}`"),
-        )
-    };
-    let name = DeploymentName::new(name).map_err(|_| missing())?;
-    state.store.find_deployment(&repository, &name).await?.ok_or_else(missing)
-}
-
-async fn find_deployment_in_any(state: &AppState, name: &str) -> ApiResult<Deployment> {
-    let repositories: Vec<&str> =
-        state.config.repositories.iter().map(|r| r.name.as_str()).collect();
-    let missing = || {
-        ApiError::not_found(
-            "deployment_not_found",
-            format!("no deployment named `{name}` in any repository ({})", repositories.join(", ")),
-        )
-    };
-    let deployment_name = DeploymentName::new(name).map_err(|_| missing())?;
-    let mut found = Vec::new();
-    for repo in &state.config.repositories {
-        if let Some(deployment) = state.store.find_deployment(&repo.name, &deployment_name).await? {
-            found.push(deployment);
-        }
-    }
-    match found.len() {
-        0 => Err(missing()),
-        1 => Ok(found.pop().expect("one was found")),
-        _ => {
-            let candidates: Vec<String> = found.iter().map(|d| d.repository.to_string()).collect();
-            Err(ApiError::bad_request(
-                "ambiguous_deployment",
-                format!("`{name}` names a deployment in several repositories: {}; name one with `?repository=` (CLI: `--repository`)", candidates.join(", ")),
-            ))
-        }
-    }
-}
-
-async fn deployment_view(state: &AppState, deployment: &Deployment) -> ApiResult<DeploymentJson> {
+    deployment: &Deployment,
+) -> ApiResult<DeploymentJson> {
     let latest = state.store.list_revisions(deployment.id, 1).await?.into_iter().next();
     let current = match deployment.current_revision {
         Some(id) if latest.as_ref().is_some_and(|l| l.id == id) => latest.clone(),
@@ -165,13 +39,13 @@ async fn deployment_view(state: &AppState, deployment: &Deployment) -> ApiResult
     Ok(dto::deployment_json(deployment, current.as_ref(), latest.as_ref()))
 }
 
-async fn metrics(State(state): State<SharedState>, _: Reader) -> ApiResult<Response> {
+pub(super) async fn metrics(State(state): State<SharedState>, _: Reader) -> ApiResult<Response> {
     let open = state.store.list_deployments(&DeploymentFilter::default()).await?.len();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(open))
         .into_response())
 }
 
-async fn list_deployments(
+pub(super) async fn list_deployments(
     State(state): State<SharedState>,
     _: Reader,
     Query(query): Query<RepositoryQuery>,
@@ -228,7 +102,7 @@ pub struct CreateOrUpdate {
     pub author_avatar_url: Option<String>,
 }
 
-async fn create_or_update(
+pub(super) async fn create_or_update(
     State(state): State<SharedState>,
     Writer(caller): Writer,
     Body(body): Body<CreateOrUpdate>,
@@ -248,7 +122,7 @@ pub async fn create_or_update_branch(
     state: &SharedState,
     caller: Caller,
     body: CreateOrUpdate,
-) -> ApiResult<deploy::PushOutcome> {
+) -> ApiResult<PushOutcome> {
     // Commit message, author, timestamp and the URLs come from git and the forge; the fields are
     // accepted so the dagster-cloud flags can be passed through unchanged.
     let _ = (&body.timestamp, &body.commit_message, &body.author_name, &body.author_email);
@@ -256,7 +130,8 @@ pub async fn create_or_update_branch(
     let repository = pick_repository(state, body.git_repo_name.as_deref())?;
     let branch = BranchName::new(&body.branch_name)
         .map_err(|e| ApiError::bad_request("invalid_branch_name", e.to_string()))?;
-    let production_branch = &deploy::repository_config(state, &repository)?.production_branch;
+    let production_branch =
+        &crate::service::lookup::repository_config(state, &repository)?.production_branch;
     if branch.as_str() == production_branch {
         caller.require(
             Role::Admin,
@@ -301,8 +176,8 @@ pub async fn create_or_update_branch(
         ));
     }
     // A remote repository may not have fetched the commit yet: CI often calls before any webhook.
-    crate::mirror::ensure_commit(state, &repository, &body.commit_hash).await?;
-    deploy::create_or_update(
+    remotes::ensure_commit(state, &repository, &body.commit_hash).await?;
+    Ok(deployer::create_or_update(
         state,
         Push {
             repository,
@@ -317,10 +192,10 @@ pub async fn create_or_update_branch(
             redeploy: false,
         },
     )
-    .await
+    .await?)
 }
 
-async fn show_deployment(
+pub(super) async fn show_deployment(
     State(state): State<SharedState>,
     _: Reader,
     Path(name): Path<String>,
@@ -336,7 +211,7 @@ pub struct CloseBody {
     pull_request_status: Option<String>,
 }
 
-async fn close_deployment(
+pub(super) async fn close_deployment(
     State(state): State<SharedState>,
     Writer(caller): Writer,
     Path(name): Path<String>,
@@ -369,11 +244,11 @@ async fn close_deployment(
     let reason = status.map_or("closed by request".to_owned(), |s| {
         format!("pull request {}", s.as_str().to_lowercase())
     });
-    let deployment = lifecycle::close(&state, &deployment, &reason, status).await?;
+    let deployment = deployments::close(&state, &deployment, &reason, status).await?;
     Ok(Json(deployment_view(&state, &deployment).await?))
 }
 
-async fn reopen_deployment(
+pub(super) async fn reopen_deployment(
     State(state): State<SharedState>,
     Writer(caller): Writer,
     Path(name): Path<String>,
@@ -381,7 +256,7 @@ async fn reopen_deployment(
 ) -> ApiResult<Json<DeploymentJson>> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     caller.require_for(&deployment, "reopening")?;
-    let deployment = lifecycle::reopen(&state, &deployment).await?;
+    let deployment = deployments::reopen(&state, &deployment).await?;
     Ok(Json(deployment_view(&state, &deployment).await?))
 }
 
@@ -391,7 +266,7 @@ pub struct PinBody {
     pinned: bool,
 }
 
-async fn pin_deployment(
+pub(super) async fn pin_deployment(
     State(state): State<SharedState>,
     Writer(caller): Writer,
     Path(name): Path<String>,
@@ -407,7 +282,7 @@ async fn pin_deployment(
 }
 
 /// 204 once the deployment is gone; 202 while its runs are still stopping (it goes after them).
-async fn delete_deployment(
+pub(super) async fn delete_deployment(
     State(state): State<SharedState>,
     Writer(caller): Writer,
     Path(name): Path<String>,
@@ -415,11 +290,11 @@ async fn delete_deployment(
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Admin, "deleting a deployment")?;
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
-    let gone = lifecycle::delete(&state, &deployment).await?;
+    let gone = deployments::delete(&state, &deployment).await?;
     Ok(if gone { StatusCode::NO_CONTENT } else { StatusCode::ACCEPTED })
 }
 
-async fn list_revisions(
+pub(super) async fn list_revisions(
     State(state): State<SharedState>,
     _: Reader,
     Path(name): Path<String>,
@@ -430,7 +305,7 @@ async fn list_revisions(
     Ok(Json(revisions.iter().map(dto::revision_json).collect()))
 }
 
-async fn show_changes(
+pub(super) async fn show_changes(
     State(state): State<SharedState>,
     _: Reader,
     Path(name): Path<String>,
@@ -458,7 +333,7 @@ pub struct LaunchBody {
     selection: String,
 }
 
-async fn launch_run(
+pub(super) async fn launch_run(
     State(state): State<SharedState>,
     Writer(caller): Writer,
     Path(name): Path<String>,
@@ -467,10 +342,10 @@ async fn launch_run(
 ) -> ApiResult<(StatusCode, Json<RunJson>)> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     caller.require_for(&deployment, "launching a run in")?;
-    let run = runs::launch(&state, &deployment, &body.selection).await?;
+    let run = runner::launch(&state, &deployment, &body.selection).await?;
     let steps = state.store.list_steps(run.id).await?;
     let mut view = dto::run_json(&run, &deployment, &steps);
-    view.waiting_for = runs::waiting_for(&state, &run, &deployment).await?;
+    view.waiting_for = runner::waiting_for(&state, &run, &deployment).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -481,7 +356,7 @@ pub struct RunsQuery {
     limit: Option<u32>,
 }
 
-async fn list_runs(
+pub(super) async fn list_runs(
     State(state): State<SharedState>,
     _: Reader,
     Query(query): Query<RunsQuery>,
@@ -502,13 +377,13 @@ async fn list_runs(
             None => state.store.get_deployment(run.deployment_id).await?,
         };
         let mut view = dto::run_json(&run, &owner, &[]);
-        view.waiting_for = runs::waiting_for(&state, &run, &owner).await?;
+        view.waiting_for = runner::waiting_for(&state, &run, &owner).await?;
         out.push(view);
     }
     Ok(Json(out))
 }
 
-async fn run_view(state: &AppState, id: i64) -> ApiResult<RunJson> {
+pub(super) async fn run_view(state: &AppState, id: i64) -> ApiResult<RunJson> {
     let run = state
         .store
         .get_run(RunId(id))
@@ -517,11 +392,11 @@ async fn run_view(state: &AppState, id: i64) -> ApiResult<RunJson> {
     let deployment = state.store.get_deployment(run.deployment_id).await?;
     let steps = state.store.list_steps(run.id).await?;
     let mut view = dto::run_json(&run, &deployment, &steps);
-    view.waiting_for = runs::waiting_for(state, &run, &deployment).await?;
+    view.waiting_for = runner::waiting_for(state, &run, &deployment).await?;
     Ok(view)
 }
 
-async fn show_run(
+pub(super) async fn show_run(
     State(state): State<SharedState>,
     _: Reader,
     Path(id): Path<i64>,
@@ -529,7 +404,7 @@ async fn show_run(
     Ok(Json(run_view(&state, id).await?))
 }
 
-async fn cancel_run(
+pub(super) async fn cancel_run(
     State(state): State<SharedState>,
     Writer(caller): Writer,
     Path(id): Path<i64>,
@@ -541,6 +416,6 @@ async fn cancel_run(
         .map_err(|_| ApiError::not_found("run_not_found", format!("no run {id}")))?;
     caller
         .require_for(&state.store.get_deployment(run.deployment_id).await?, "canceling a run of")?;
-    runs::cancel(&state, &run).await?;
+    runner::cancel(&state, &run).await?;
     Ok(Json(run_view(&state, id).await?))
 }

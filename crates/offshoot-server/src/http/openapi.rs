@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::error::ERROR_CODES;
+use crate::http::error::ERROR_CODES;
 
 fn error_response(description: &str) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })

@@ -17,7 +17,7 @@ use super::{
     Route,
 };
 use crate::config::{ForgeKind, RepositoryConfig};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::{Metrics, SharedState};
 
 /// The `X-Hub-Signature-256` value GitHub sends for `body` signed with `secret`.

@@ -8,11 +8,11 @@ use offshoot_core::selection::glob_match;
 use offshoot_core::{BranchName, DeploymentKind, DeploymentStatus};
 use offshoot_store::{Deployment, DeploymentFilter};
 
+use crate::adapters::project as git;
 use crate::config::{RepositoryConfig, WatchConfig};
-use crate::deploy::{self, Push};
-use crate::error::{ApiError, ApiResult};
-use crate::git;
-use crate::lifecycle;
+use crate::service::deployer::{self, Push};
+use crate::service::deployments as lifecycle;
+use crate::service::error::{ServiceError, ServiceResult};
 use crate::state::SharedState;
 
 pub async fn watch_loop(state: SharedState, repo: RepositoryConfig, watch: WatchConfig) {
@@ -25,7 +25,10 @@ pub async fn watch_loop(state: SharedState, repo: RepositoryConfig, watch: Watch
 }
 
 /// The newest commit the deployment was delivered (its head).
-async fn newest_commit(state: &SharedState, deployment: &Deployment) -> ApiResult<Option<String>> {
+async fn newest_commit(
+    state: &SharedState,
+    deployment: &Deployment,
+) -> ServiceResult<Option<String>> {
     let Some(head) = deployment.head_revision else { return Ok(None) };
     Ok(Some(state.store.get_revision(head).await?.commit.sha.to_string()))
 }
@@ -34,16 +37,16 @@ pub async fn poll_once(
     state: &SharedState,
     repo: &RepositoryConfig,
     watch: &WatchConfig,
-) -> ApiResult<()> {
+) -> ServiceResult<()> {
     let branches = git::blocking(repo.path.clone(), |r| Ok(r.branches()?))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ServiceError::internal)?;
     let mut present: BTreeSet<String> = BTreeSet::new();
     for (name, sha) in branches {
         present.insert(name.clone());
         let Ok(branch) = BranchName::new(&name) else { continue };
         let existing = if name == repo.production_branch {
-            Some(deploy::ensure_production(state, repo).await?)
+            Some(deployer::ensure_production(state, repo).await?)
         } else if glob_match(&watch.branches, &name) {
             state.store.find_deployment_by_branch(&repo.name, &branch).await?
         } else {
@@ -68,7 +71,7 @@ pub async fn poll_once(
             opens: false,
             redeploy: false,
         };
-        if let Err(error) = deploy::create_or_update(state, push).await {
+        if let Err(error) = deployer::create_or_update(state, push).await {
             tracing::warn!("watch: branch `{name}`: {}", error.message);
         }
     }

@@ -14,7 +14,7 @@ use super::{
     PayloadRepository, PullRequestRef, Route,
 };
 use crate::config::{ForgeKind, RepositoryConfig};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::{Metrics, SharedState};
 
 pub async fn receive(

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// GitHub caps webhook payloads at 25 MB and does not send larger ones; GitLab's are smaller.
 /// A larger body is refused: by its `Content-Length` before any of it is read, or as soon as a

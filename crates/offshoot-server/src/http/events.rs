@@ -16,7 +16,7 @@ use futures_util::stream::{self, Stream};
 use offshoot_core::RunStatus;
 use offshoot_store::{DeploymentFilter, RunFilter, StoreResult};
 
-use crate::auth::Reader;
+use crate::http::auth::Reader;
 use crate::state::{AppState, SharedState};
 
 /// How often a stream looks for changes: well under the UI's old polling intervals (1–3 s).

@@ -1,24 +1,19 @@
-//! Data diffs of a branch deployment's assets against production (the warehouse computes them,
-//! see `offshoot_warehouse::data_diff`): one asset in full, or a one-line summary of every asset
-//! the branch built. Results are cached per pair of materializations (the newest run that built
-//! the asset in the branch, and in production) and options, and computed after every branch run
-//! for what it built, so pages and the pull-request comment find them ready.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! The data-diff API: one asset's diff in full, and the one-line summaries of every asset a
+//! branch built (computed by `service::data_diff`).
 
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use offshoot_core::{AssetKey, DeploymentKind, DeploymentName};
+use offshoot_core::{AssetKey, DeploymentKind};
 use offshoot_store::Deployment;
 use offshoot_warehouse::data_diff::{DataDiff, DiffOptions, KeyRequest, NumericStats};
 use serde::{Deserialize, Serialize};
 
-use crate::api::find_deployment;
-use crate::auth::Reader;
-use crate::error::{ApiError, ApiResult};
-use crate::state::{AppState, SharedState};
+use crate::http::auth::Reader;
+use crate::http::error::{ApiError, ApiResult};
+use crate::service::data_diff::{compute, grain_of, state_of, summaries, DiffSummaryJson};
+use crate::service::lookup::find_deployment;
+use crate::state::SharedState;
 
 pub fn router() -> Router<SharedState> {
     Router::new()
@@ -26,54 +21,8 @@ pub fn router() -> Router<SharedState> {
         .route("/api/v1/deployments/{name}/data-diffs", get(deployment_diffs))
 }
 
-/// Most cached diffs kept; the oldest go first.
-const CACHE_ENTRIES: usize = 512;
 /// Most rows a sample may ask for.
 const MAX_SAMPLE: usize = 100;
-
-/// Diffs already computed, by (deployment, asset, branch run, production run, options), with
-/// the tick each was last used at; the tick counter first.
-#[derive(Default)]
-pub struct DiffCache {
-    entries: Mutex<(u64, CacheEntries)>,
-}
-
-type CacheEntries = HashMap<CacheKey, (u64, std::sync::Arc<DataDiff>)>;
-
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct CacheKey {
-    deployment: i64,
-    asset: String,
-    branch_run: Option<i64>,
-    production_run: Option<i64>,
-    options: String,
-}
-
-impl DiffCache {
-    fn get(&self, key: &CacheKey) -> Option<std::sync::Arc<DataDiff>> {
-        let mut entries = self.entries.lock().expect("never poisoned");
-        entries.0 += 1;
-        let tick = entries.0;
-        entries.1.get_mut(key).map(|(used, diff)| {
-            *used = tick;
-            diff.clone()
-        })
-    }
-
-    fn put(&self, key: CacheKey, diff: std::sync::Arc<DataDiff>) {
-        let mut entries = self.entries.lock().expect("never poisoned");
-        entries.0 += 1;
-        let tick = entries.0;
-        if entries.1.len() >= CACHE_ENTRIES {
-            if let Some(oldest) =
-                entries.1.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| k.clone())
-            {
-                entries.1.remove(&oldest);
-            }
-        }
-        entries.1.insert(key, (tick, diff));
-    }
-}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -109,16 +58,6 @@ impl DiffQuery {
             ));
         }
         Ok(DiffOptions { key, sample, tolerance })
-    }
-}
-
-/// The state of an asset's data in the branch against production.
-fn state_of(diff: &DataDiff) -> &'static str {
-    match (diff.production_rows.is_some(), diff.branch_rows.is_some()) {
-        (true, true) => "compared",
-        (false, true) => "new_in_branch",
-        (true, false) => "not_built_in_branch",
-        (false, false) => "not_built",
     }
 }
 
@@ -326,76 +265,6 @@ fn diff_json(
     }
 }
 
-/// The newest runs that built `asset` in the branch and in production.
-async fn materialization_runs(
-    state: &AppState,
-    deployment: &Deployment,
-    asset: &AssetKey,
-) -> ApiResult<(Option<i64>, Option<i64>)> {
-    let branch = state
-        .store
-        .list_materializations(deployment.id, Some(asset), 1)
-        .await?
-        .first()
-        .map(|m| m.run_id.0);
-    let production = match state
-        .store
-        .find_deployment(&deployment.repository, &DeploymentName::production())
-        .await?
-    {
-        Some(production) => state
-            .store
-            .list_materializations(production.id, Some(asset), 1)
-            .await?
-            .first()
-            .map(|m| m.run_id.0),
-        None => None,
-    };
-    Ok((branch, production))
-}
-
-/// The diff of `asset` (cached), with the runs it compares.
-async fn compute(
-    state: &AppState,
-    deployment: &Deployment,
-    asset: &AssetKey,
-    options: &DiffOptions,
-) -> ApiResult<(std::sync::Arc<DataDiff>, (Option<i64>, Option<i64>))> {
-    if deployment.kind != DeploymentKind::Branch {
-        return Err(ApiError::bad_request(
-            "not_a_branch_deployment",
-            format!(
-                "`{}` is production; a data diff compares a branch deployment with it",
-                deployment.name
-            ),
-        ));
-    }
-    let runs = materialization_runs(state, deployment, asset).await?;
-    let key = CacheKey {
-        deployment: deployment.id.0,
-        asset: asset.to_string(),
-        branch_run: runs.0,
-        production_run: runs.1,
-        options: format!("{:?}", options),
-    };
-    if let Some(diff) = state.data_diffs.get(&key) {
-        return Ok((diff, runs));
-    }
-    // A path key's table (a Dagster asset's) is named like its last part.
-    let table = asset.parts().last().unwrap_or_default().to_owned();
-    let diff = state
-        .warehouse
-        .data_diff(&state.target(deployment), &table, options)
-        .await
-        .map_err(ApiError::from)?;
-    let diff = std::sync::Arc::new(diff);
-    // Only diffs of recorded materializations are cached: an unrecorded table may still change.
-    if runs.0.is_some() || diff.branch_rows.is_none() {
-        state.data_diffs.put(key, diff.clone());
-    }
-    Ok((diff, runs))
-}
-
 async fn asset_diff(
     State(state): State<SharedState>,
     _: Reader,
@@ -412,98 +281,10 @@ async fn asset_diff(
     Ok(Json(diff_json(&deployment, &asset_key, runs, &diff)))
 }
 
-/// The declared grain of `asset` in the deployment's serving revision; `None` if it has no such
-/// asset.
-async fn grain_of(
-    state: &AppState,
-    deployment: &Deployment,
-    asset: &AssetKey,
-) -> ApiResult<Option<Vec<String>>> {
-    let Some(revision_id) = deployment.current_revision else { return Ok(None) };
-    let revision = state.store.get_revision(revision_id).await?;
-    let repo = state
-        .repository(&deployment.repository)
-        .ok_or_else(|| ApiError::internal("the repository is not configured"))?;
-    let loaded = crate::git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha)
-        .await
-        .map_err(ApiError::internal)?;
-    let project = loaded
-        .as_ref()
-        .as_ref()
-        .map_err(|_| ApiError::internal("the serving revision does not load"))?;
-    Ok(project.snapshot.get(asset).map(|a| a.grain.clone()))
-}
-
-/// One line per asset the branch built: what the pull-request comment and the deployment page
-/// show.
-#[derive(Serialize, Clone)]
-pub struct DiffSummaryJson {
-    pub asset: String,
-    pub state: &'static str,
-    pub production_rows: Option<u64>,
-    pub branch_rows: Option<u64>,
-    pub only_in_production: Option<u64>,
-    pub only_in_branch: Option<u64>,
-    pub changed: Option<u64>,
-    pub columns_added: usize,
-    pub columns_removed: usize,
-    pub key_source: &'static str,
-}
-
 #[derive(Serialize)]
 struct SummariesJson {
     deployment: String,
     diffs: Vec<DiffSummaryJson>,
-}
-
-/// Summaries for every asset of the serving revision the branch has a table of.
-pub async fn summaries(
-    state: &AppState,
-    deployment: &Deployment,
-) -> ApiResult<Vec<DiffSummaryJson>> {
-    let Some(revision_id) = deployment.current_revision else { return Ok(Vec::new()) };
-    let revision = state.store.get_revision(revision_id).await?;
-    let repo = state
-        .repository(&deployment.repository)
-        .ok_or_else(|| ApiError::internal("the repository is not configured"))?;
-    let loaded = crate::git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha)
-        .await
-        .map_err(ApiError::internal)?;
-    let Ok(project) = loaded.as_ref().as_ref() else { return Ok(Vec::new()) };
-    let own: std::collections::BTreeSet<String> = state
-        .warehouse
-        .own_tables(&state.target(deployment))
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let mut out = Vec::new();
-    for asset in project.snapshot.assets().filter(|a| a.kind.is_materializable()) {
-        let table = asset.key.parts().last().unwrap_or_default();
-        if !own.contains(table) {
-            continue;
-        }
-        let key = if asset.grain.is_empty() {
-            KeyRequest::Infer
-        } else {
-            KeyRequest::Declared(asset.grain.clone())
-        };
-        let options = DiffOptions { key, sample: 0, tolerance: 0.0 };
-        let (diff, _) = compute(state, deployment, &asset.key, &options).await?;
-        out.push(DiffSummaryJson {
-            asset: asset.key.to_string(),
-            state: state_of(&diff),
-            production_rows: diff.production_rows,
-            branch_rows: diff.branch_rows,
-            only_in_production: diff.rows.as_ref().map(|r| r.only_in_production),
-            only_in_branch: diff.rows.as_ref().map(|r| r.only_in_branch),
-            changed: diff.rows.as_ref().map(|r| r.changed),
-            columns_added: diff.schema.added.len(),
-            columns_removed: diff.schema.removed.len(),
-            key_source: diff.key_source.as_str(),
-        });
-    }
-    Ok(out)
 }
 
 async fn deployment_diffs(
@@ -523,19 +304,4 @@ async fn deployment_diffs(
         deployment: deployment.name.to_string(),
         diffs: summaries(&state, &deployment).await?,
     }))
-}
-
-/// After a branch run: compute the summaries (filling the cache) and refresh the pull-request
-/// comment with them. Returns at once.
-pub fn run_finished(state: &SharedState, deployment: &Deployment) {
-    if deployment.kind != DeploymentKind::Branch || !state.config.data_diff_auto {
-        return;
-    }
-    let (state, deployment) = (state.clone(), deployment.clone());
-    tokio::spawn(async move {
-        match summaries(&state, &deployment).await {
-            Ok(_) => crate::feedback::data_diffs_ready(&state, &deployment),
-            Err(error) => tracing::warn!("data diffs of {}: {}", deployment.name, error.message),
-        }
-    });
 }

@@ -15,12 +15,12 @@ use offshoot_store::{Deployment, DeploymentId, Materialization, Revision, RunFil
 use offshoot_warehouse::Target;
 use serde::{Deserialize, Serialize};
 
-use crate::api::find_deployment;
-use crate::auth::Reader;
 use crate::changes::AssetChangeJson;
-use crate::dto::{self, RevisionJson};
-use crate::error::{ApiError, ApiResult};
-use crate::runs::head_and_changes;
+use crate::http::auth::Reader;
+use crate::http::dto::{self, RevisionJson};
+use crate::http::error::{ApiError, ApiResult};
+use crate::service::lookup::find_deployment;
+use crate::service::runner::head_and_changes;
 use crate::state::{AppState, SharedState};
 
 pub fn router() -> Router<SharedState> {
@@ -323,10 +323,11 @@ async fn asset(
         Some(asset) => (asset, &project.snapshot, false),
         None if changes.change(&key).is_some_and(|c| c.reasons == [ChangeReason::Removed]) => {
             let base_commit = revision.base_commit.as_ref().ok_or_else(missing)?;
-            let repo = crate::deploy::repository_config(&state, &deployment.repository)?;
-            base_loaded = crate::git::load(&state, &repo.name, repo.path.clone(), base_commit)
-                .await
-                .map_err(ApiError::internal)?;
+            let repo = crate::service::lookup::repository_config(&state, &deployment.repository)?;
+            base_loaded =
+                crate::adapters::project::load(&state, &repo.name, repo.path.clone(), base_commit)
+                    .await
+                    .map_err(ApiError::internal)?;
             let base = base_loaded.as_ref().as_ref().map_err(|_| missing())?;
             (base.snapshot.get(&key).ok_or_else(missing)?, &base.snapshot, true)
         }

@@ -1,5 +1,6 @@
-//! One API error type: a stable machine code, an HTTP status and a message for people. Internal
-//! details are logged once and never sent to clients.
+//! The HTTP layer's one error type: a stable machine code, an HTTP status and a message for
+//! people. Service errors become API errors here; internal details are logged once, here, and
+//! never sent to clients.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -7,6 +8,7 @@ use axum::Json;
 use offshoot_store::StoreError;
 
 use crate::config::Role;
+use crate::service::error::{Kind, ServiceError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -91,31 +93,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> ApiError {
+        let status = match error.kind {
+            Kind::Invalid => StatusCode::BAD_REQUEST,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::Upstream => StatusCode::BAD_GATEWAY,
+            Kind::Internal => return ApiError::internal(error.message),
+        };
+        ApiError::new(status, error.code, error.message)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
-        match error {
-            StoreError::NotFound(what) => {
-                ApiError::not_found("not_found", format!("{what} not found"))
-            }
-            StoreError::Conflict(what) => ApiError::conflict("conflict", what),
-            StoreError::Backend(detail) => ApiError::internal(detail),
-        }
+        ServiceError::from(error).into()
     }
 }
 
 impl From<offshoot_warehouse::WarehouseError> for ApiError {
     fn from(error: offshoot_warehouse::WarehouseError) -> ApiError {
-        match error {
-            offshoot_warehouse::WarehouseError::Query(message) => ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "data_diff_failed",
-                message,
-            ),
-            offshoot_warehouse::WarehouseError::Refused(message) => {
-                ApiError::bad_request("not_a_branch_deployment", message)
-            }
-            offshoot_warehouse::WarehouseError::Backend(detail) => ApiError::internal(detail),
-        }
+        ServiceError::from(error).into()
     }
 }
 

@@ -12,33 +12,37 @@ use crate::state::SharedState;
 
 /// (path under /ui/, content type, bytes)
 const FILES: &[(&str, &str, &str)] = &[
-    ("app.js", "text/javascript; charset=utf-8", include_str!("../ui/app.js")),
-    ("graph.js", "text/javascript; charset=utf-8", include_str!("../ui/graph.js")),
-    ("style.css", "text/css; charset=utf-8", include_str!("../ui/style.css")),
+    ("app.js", "text/javascript; charset=utf-8", include_str!("../../ui/app.js")),
+    ("graph.js", "text/javascript; charset=utf-8", include_str!("../../ui/graph.js")),
+    ("style.css", "text/css; charset=utf-8", include_str!("../../ui/style.css")),
     (
         "vendor/preact-htm.js",
         "text/javascript; charset=utf-8",
-        include_str!("../ui/vendor/preact-htm.js"),
+        include_str!("../../ui/vendor/preact-htm.js"),
     ),
     (
         "vendor/highlight-core.js",
         "text/javascript; charset=utf-8",
-        include_str!("../ui/vendor/highlight-core.js"),
+        include_str!("../../ui/vendor/highlight-core.js"),
     ),
     (
         "vendor/highlight-sql.js",
         "text/javascript; charset=utf-8",
-        include_str!("../ui/vendor/highlight-sql.js"),
+        include_str!("../../ui/vendor/highlight-sql.js"),
     ),
     (
         "vendor/highlight-diff.js",
         "text/javascript; charset=utf-8",
-        include_str!("../ui/vendor/highlight-diff.js"),
+        include_str!("../../ui/vendor/highlight-diff.js"),
     ),
-    ("vendor/LICENSES.txt", "text/plain; charset=utf-8", include_str!("../ui/vendor/LICENSES.txt")),
+    (
+        "vendor/LICENSES.txt",
+        "text/plain; charset=utf-8",
+        include_str!("../../ui/vendor/LICENSES.txt"),
+    ),
 ];
 
-const INDEX: &str = include_str!("../ui/index.html");
+const INDEX: &str = include_str!("../../ui/index.html");
 
 /// Scripts only from this server, no inline script, no framing.
 const CONTENT_SECURITY_POLICY: &str =

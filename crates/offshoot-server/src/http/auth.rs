@@ -11,7 +11,7 @@ use offshoot_core::DeploymentKind;
 use offshoot_store::Deployment;
 
 use crate::config::Role;
-use crate::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult};
 use crate::state::{AppState, Metrics, SharedState};
 
 /// What the request presented.

@@ -1,0 +1,40 @@
+//! In-process notices: what one part of the server announces and others subscribe to, so the
+//! deployer and the runner never call feedback or data diffs directly. A broadcast channel: a
+//! subscriber that falls more than [`CAPACITY`] behind is told how many it missed.
+
+use offshoot_store::DeploymentId;
+use tokio::sync::broadcast;
+
+/// Notices held for slow subscribers.
+pub const CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A deployment's revision `number` became ready or failed.
+    RevisionFinished { deployment: DeploymentId, number: u32 },
+    /// A run of the deployment finished (whatever its outcome).
+    RunFinished { deployment: DeploymentId },
+    /// The deployment's data diffs were computed after a run.
+    DataDiffsReady { deployment: DeploymentId },
+}
+
+pub struct Notices {
+    sender: broadcast::Sender<Notice>,
+}
+
+impl Default for Notices {
+    fn default() -> Notices {
+        Notices { sender: broadcast::channel(CAPACITY).0 }
+    }
+}
+
+impl Notices {
+    /// Announces `notice`; with no subscriber it is simply gone.
+    pub fn send(&self, notice: Notice) {
+        let _ = self.sender.send(notice);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.sender.subscribe()
+    }
+}

@@ -1,0 +1,598 @@
+//! The run executor: claims queued runs as their pool has room (production and branches have
+//! separate pools) and executes them. Steps run in dependency order with bounded parallelism;
+//! SQL assets build in the warehouse, command assets run in a checkout of the revision's
+//! commit. A failed step skips its downstream; a cancel stops at step boundaries and kills
+//! running commands. Claims and results are lifecycle events.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use offshoot_core::lifecycle::{Event, Lease};
+use offshoot_core::{Asset, AssetKey, AssetKind, DeploymentKind, RunPlan, RunStatus, StepStatus};
+use offshoot_store::{
+    Deployment, Materialization, Revision, Run, RunFilter, RunId, RunStep, StoreError,
+};
+use offshoot_warehouse::Target;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::tool::build_with_tool;
+use crate::adapters::{confine, process, project};
+use crate::notices::Notice;
+use crate::service::deployments::{self, Extras, LifecycleError};
+use crate::state::{now, AppState, Metrics, SharedState};
+
+/// A step's log is cut beyond this many bytes.
+const MAX_LOG_BYTES: usize = 1 << 20;
+
+/// Runs forever: claims queued runs as their pool has room, and fails runs whose server died
+/// (its lease expired) with the reason. A claim succeeds for exactly one server, so each step of
+/// a run executes on one server, once.
+pub async fn executor(state: SharedState) {
+    let production_pool = Arc::new(Semaphore::new(state.config.production_run_concurrency.max(1)));
+    let branch_pool = Arc::new(Semaphore::new(state.config.branch_run_concurrency.max(1)));
+    let in_flight: Arc<std::sync::Mutex<BTreeSet<RunId>>> = Arc::default();
+    loop {
+        let filter = RunFilter {
+            deployment_id: None,
+            statuses: vec![RunStatus::Queued, RunStatus::Running],
+            limit: 0,
+        };
+        match state.store.list_runs(&filter).await {
+            Ok(mut candidates) => {
+                candidates.reverse(); // oldest first
+                for run in candidates {
+                    if !in_flight.lock().expect("never poisoned").insert(run.id) {
+                        continue;
+                    }
+                    let kind = match state.store.get_deployment(run.deployment_id).await {
+                        Ok(d) => d.kind,
+                        Err(error) => {
+                            tracing::error!("run {}: {error}", run.id.0);
+                            in_flight.lock().expect("never poisoned").remove(&run.id);
+                            continue;
+                        }
+                    };
+                    let pool = if kind == DeploymentKind::Production {
+                        production_pool.clone()
+                    } else {
+                        branch_pool.clone()
+                    };
+                    let state = state.clone();
+                    let in_flight = in_flight.clone();
+                    tokio::spawn(async move {
+                        let Ok(permit) = pool.acquire_owned().await else { return };
+                        let id = run.id;
+                        if let Err(error) = claim_and_execute(&state, run).await {
+                            tracing::error!("run {} stopped on a store error: {error}", id.0);
+                        }
+                        drop(permit);
+                        in_flight.lock().expect("never poisoned").remove(&id);
+                    });
+                }
+            }
+            Err(error) => tracing::error!("run executor cannot read the queue: {error}"),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), state.run_wakeup.notified()).await;
+    }
+}
+
+fn lease(state: &AppState) -> Lease {
+    Lease {
+        owner: state.config.server_id.clone(),
+        until: now() + state.config.lease.as_millis() as i64,
+    }
+}
+
+/// Claims a run (a lifecycle event: granted to one server, only while the deployment is open)
+/// and executes it. A run found running under an expired lease is failed by the claim itself.
+async fn claim_and_execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
+    let outcome = match deployments::apply_event(
+        state,
+        run.deployment_id,
+        Event::ClaimRun {
+            run: run.id.0,
+            lease: lease(state),
+            max_running: state.config.max_concurrent_runs_per_branch_deployment,
+        },
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(LifecycleError::Refused(_)) | Err(LifecycleError::Store(StoreError::NotFound(_))) => {
+            return Ok(())
+        }
+        Err(error) => return Err(error),
+    };
+    if !outcome.claimed_run(run.id) {
+        if run.status == RunStatus::Running {
+            tracing::warn!("run {} was executing on a server that stopped; it failed", run.id.0);
+        }
+        return Ok(());
+    }
+    let run = state.store.get_run(run.id).await?;
+    execute(state, run).await
+}
+
+/// What every step of one run shares.
+pub(super) struct RunContext {
+    pub(super) state: SharedState,
+    pub(super) deployment: Deployment,
+    pub(super) revision: Revision,
+    pub(super) target: Target,
+    pub(super) run_id: RunId,
+    pub(super) checkout_dir: PathBuf,
+    pub(super) repository_path: PathBuf,
+}
+
+/// Executes a run this server has claimed (it is `running` under this server's lease).
+async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
+    let deployment = state.store.get_deployment(run.deployment_id).await?;
+    let revision = state.store.get_revision(run.revision_id).await?;
+    let mut steps = state.store.list_steps(run.id).await?;
+    let (switch, cancelled) = watch::channel(false);
+    state.cancel_switches.lock().expect("never poisoned").insert(run.id, switch);
+
+    let prepared = match state.repository(&deployment.repository) {
+        None => Err(format!("repository `{}` is no longer configured", deployment.repository)),
+        Some(repo) => {
+            match project::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await {
+                Ok(loaded) => match loaded.as_ref() {
+                    Ok(project) => {
+                        Ok((project.snapshot.clone(), project.manifest.clone(), repo.path.clone()))
+                    }
+                    Err(_) => Err("the revision's definitions are invalid".to_owned()),
+                },
+                Err(error) => Err(error.to_string()),
+            }
+        }
+    };
+    let (snapshot, manifest, repository_path) = match prepared {
+        Ok(prepared) => prepared,
+        Err(message) => return finish_early(state, run, steps, message).await,
+    };
+    let keys: BTreeSet<_> = steps.iter().map(|s| s.asset_key.clone()).collect();
+    let plan = RunPlan::new(&snapshot, &keys);
+    // Steps are stored in plan order; keep them aligned by key anyway.
+    let by_key: BTreeMap<_, _> = steps.drain(..).map(|s| (s.asset_key.clone(), s)).collect();
+    let mut steps: Vec<RunStep> =
+        plan.steps.iter().filter_map(|p| by_key.get(&p.key).cloned()).collect();
+    if steps.len() != plan.steps.len() {
+        return finish_early(
+            state,
+            run,
+            steps,
+            "the run's steps no longer match the revision".to_owned(),
+        )
+        .await;
+    }
+    let context = Arc::new(RunContext {
+        state: state.clone(),
+        target: state.target(&deployment),
+        checkout_dir: state.config.checkouts_dir().join(revision.commit.sha.as_str()),
+        deployment,
+        revision,
+        run_id: run.id,
+        repository_path,
+    });
+
+    let location = offshoot_location::for_manifest(&manifest);
+    if location.kind() != "native" {
+        let statuses =
+            build_with_tool(&context, location, &snapshot, &mut steps, cancelled).await?;
+        return finish(state, run, &context, &steps, &statuses).await;
+    }
+
+    let mut statuses: Vec<StepStatus> = steps.iter().map(|s| s.status).collect();
+    let mut running: JoinSet<(usize, RunStep)> = JoinSet::new();
+    let parallelism = state.config.step_parallelism.max(1);
+    loop {
+        let cancel_now = *cancelled.borrow() || state.store.get_run(run.id).await?.cancel_requested;
+        if cancel_now {
+            for (i, status) in statuses.iter_mut().enumerate() {
+                if *status == StepStatus::Pending {
+                    *status = StepStatus::Canceled;
+                    steps[i].status = StepStatus::Canceled;
+                    steps[i].finished_at = Some(now());
+                    state.store.update_step(&steps[i]).await?;
+                }
+            }
+        } else {
+            for index in plan.ready(&statuses) {
+                if running.len() >= parallelism {
+                    break;
+                }
+                let Some(asset) = snapshot.get(&plan.steps[index].key).cloned() else { continue };
+                statuses[index] = StepStatus::Running;
+                let step = steps[index].clone();
+                let context = context.clone();
+                let cancelled = cancelled.clone();
+                running.spawn(
+                    async move { (index, run_step(&context, step, asset, cancelled).await) },
+                );
+            }
+        }
+        let Some(joined) = running.join_next().await else { break };
+        match joined {
+            Ok((index, step)) => {
+                statuses[index] = step.status;
+                steps[index] = step;
+            }
+            Err(error) => tracing::error!("a step task of run {} panicked: {error}", run.id.0),
+        }
+        for index in plan.skip_downstream_of_failures(&mut statuses) {
+            steps[index].status = StepStatus::Skipped;
+            steps[index].error = Some("an upstream step did not succeed".into());
+            steps[index].finished_at = Some(now());
+            state.store.update_step(&steps[index]).await?;
+        }
+    }
+    state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
+    // Anything still pending here was never reachable (e.g. a step task panicked).
+    for (i, status) in statuses.iter_mut().enumerate() {
+        if !status.is_finished() {
+            *status = StepStatus::Skipped;
+            steps[i].status = StepStatus::Skipped;
+            steps[i].finished_at = Some(now());
+            state.store.update_step(&steps[i]).await?;
+        }
+    }
+    finish(state, run, &context, &steps, &statuses).await
+}
+
+/// Reports a run's outcome (from its steps') to the lifecycle: `canceled` if a cancel was
+/// asked for, whatever the steps did; a closed deployment's teardown may go ahead after it.
+async fn finish(
+    state: &SharedState,
+    run: Run,
+    context: &RunContext,
+    steps: &[RunStep],
+    statuses: &[StepStatus],
+) -> Result<(), LifecycleError> {
+    state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
+    let succeeded = RunPlan::outcome(statuses) == Some(RunStatus::Succeeded);
+    let failed: Vec<String> = steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+        .map(|s| s.asset_key.to_string())
+        .collect();
+    let error = (!succeeded).then(|| {
+        if failed.is_empty() {
+            "canceled".to_owned()
+        } else {
+            format!("failed: {}", failed.join(", "))
+        }
+    });
+    report(state, &run, succeeded, error).await?;
+    tracing::info!("run {} in {} finished", run.id.0, context.deployment.name);
+    state.notices.send(Notice::RunFinished { deployment: context.deployment.id });
+    Ok(())
+}
+
+async fn report(
+    state: &SharedState,
+    run: &Run,
+    succeeded: bool,
+    error: Option<String>,
+) -> Result<(), LifecycleError> {
+    let event =
+        Event::RunFinished { run: run.id.0, owner: state.config.server_id.clone(), succeeded };
+    let extras = Extras { run_error: error, ..Extras::default() };
+    deployments::report(state, run.deployment_id, event, extras).await?;
+    Ok(())
+}
+
+async fn finish_early(
+    state: &SharedState,
+    run: Run,
+    steps: Vec<RunStep>,
+    message: String,
+) -> Result<(), LifecycleError> {
+    for mut step in steps {
+        step.status = StepStatus::Skipped;
+        step.finished_at = Some(now());
+        state.store.update_step(&step).await?;
+    }
+    state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
+    report(state, &run, false, Some(message)).await
+}
+
+/// Executes one step and records its outcome; returns the step as stored.
+async fn run_step(
+    context: &RunContext,
+    mut step: RunStep,
+    asset: Asset,
+    cancelled: watch::Receiver<bool>,
+) -> RunStep {
+    let store = &context.state.store;
+    let started = Instant::now();
+    step.status = StepStatus::Running;
+    step.started_at = Some(now());
+    if let Err(error) = store.update_step(&step).await {
+        tracing::error!("step {}: {error}", step.id.0);
+    }
+    Metrics::increment(&context.state.metrics.steps_executed);
+    let outcome = match asset.kind {
+        AssetKind::Sql => run_sql(context, &step, &asset).await,
+        AssetKind::Command => run_command(context, &step, &asset, cancelled).await,
+        AssetKind::Source => Err(StepError::failed("a source is not materialized")),
+        AssetKind::Tool => {
+            Err(StepError::failed("built by the code location's tool, not step by step"))
+        }
+    };
+    let duration_ms = started.elapsed().as_millis() as i64;
+    step.finished_at = Some(now());
+    match outcome {
+        Ok(rows) => {
+            step.status = StepStatus::Succeeded;
+            step.row_count = rows.map(|r| r as i64);
+            record_materialization(context, &step, duration_ms).await;
+        }
+        Err(StepError::Canceled) => {
+            step.status = StepStatus::Canceled;
+            step.error = Some("canceled".into());
+        }
+        Err(StepError::Failed(message)) => {
+            step.status = StepStatus::Failed;
+            append_log(context, &step, &format!("error: {message}\n")).await;
+            step.error = Some(message);
+        }
+    }
+    if let Err(error) = store.update_step(&step).await {
+        tracing::error!("step {}: {error}", step.id.0);
+    }
+    step
+}
+
+/// Why a step did not succeed: canceled (a type, never a magic message) or failed with a reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum StepError {
+    Canceled,
+    Failed(String),
+}
+
+impl StepError {
+    pub(super) fn failed(message: impl Into<String>) -> StepError {
+        StepError::Failed(message.into())
+    }
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> StepError {
+        StepError::Failed(message)
+    }
+}
+
+pub(super) async fn record_materialization(context: &RunContext, step: &RunStep, duration_ms: i64) {
+    let materialization = Materialization {
+        deployment_id: context.deployment.id,
+        run_id: context.run_id,
+        asset_key: step.asset_key.clone(),
+        commit: context.revision.commit.sha.clone(),
+        row_count: step.row_count,
+        duration_ms,
+        created_at: now(),
+    };
+    if let Err(error) = context.state.store.record_materialization(&materialization).await {
+        tracing::error!("recording the materialization of {}: {error}", step.asset_key);
+    }
+}
+
+pub(super) async fn append_log(context: &RunContext, step: &RunStep, text: &str) {
+    // Command output is arbitrary bytes; PostgreSQL text cannot hold NUL. A command that prints
+    // a configured variable's value does not put it in the log.
+    let text =
+        crate::variables::redact(&context.state.config.variables, &text.replace('\0', "\u{fffd}"));
+    if let Err(error) = context.state.store.append_step_log(step.id, &text).await {
+        tracing::error!("step {} log: {error}", step.id.0);
+    }
+}
+
+async fn run_sql(
+    context: &RunContext,
+    step: &RunStep,
+    asset: &Asset,
+) -> Result<Option<u64>, StepError> {
+    append_log(
+        context,
+        step,
+        &format!("building {}.{} from SQL\n", context.target.schema, asset.key),
+    )
+    .await;
+    let rows = context
+        .state
+        .warehouse
+        .materialize_sql(&context.target, &asset.key, &asset.code)
+        .await
+        .map_err(|e| e.to_string())?;
+    append_log(context, step, &format!("{rows} rows\n")).await;
+    Ok(Some(rows))
+}
+
+/// The environment of a command asset: only what it needs, never the server's own secrets.
+fn command_environment(context: &RunContext, asset: &Asset) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> =
+        ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+            .collect();
+    env.extend(deployment_environment(context, Some(&asset.key)));
+    env
+}
+
+/// The deployment's variables (and its warehouse's) for commands and location tools.
+pub(super) fn deployment_environment(
+    context: &RunContext,
+    asset: Option<&AssetKey>,
+) -> Vec<(String, String)> {
+    let deployment = &context.deployment;
+    let pull_request = deployment.pull_request.as_ref();
+    // The scoped variables first: Offshoot's own names are refused for them (`variables::check_name`).
+    let mut env: Vec<(String, String)> =
+        crate::variables::for_deployment(&context.state.config.variables, deployment)
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.expose().to_owned()))
+            .collect();
+    let is_branch = deployment.kind == DeploymentKind::Branch;
+    env.extend([
+        ("OFFSHOOT_DEPLOYMENT_NAME".to_owned(), deployment.name.to_string()),
+        ("OFFSHOOT_IS_BRANCH_DEPLOYMENT".to_owned(), if is_branch { "1" } else { "0" }.to_owned()),
+        ("OFFSHOOT_LOCATION_NAME".to_owned(), deployment.repository.to_string()),
+        ("OFFSHOOT_ASSET_KEY".to_owned(), asset.map(AssetKey::to_string).unwrap_or_default()),
+        ("OFFSHOOT_GIT_SHA".to_owned(), context.revision.commit.sha.to_string()),
+        ("OFFSHOOT_GIT_BRANCH".to_owned(), deployment.branch.to_string()),
+        (
+            "OFFSHOOT_PULL_REQUEST_ID".to_owned(),
+            pull_request.map(|p| p.id.clone()).unwrap_or_default(),
+        ),
+        (
+            "OFFSHOOT_PULL_REQUEST_STATUS".to_owned(),
+            pull_request.map(|p| p.status.as_str().to_owned()).unwrap_or_default(),
+        ),
+        // Runs materialize whole assets; per-partition runs are not supported yet.
+        ("OFFSHOOT_PARTITION_KEY".to_owned(), String::new()),
+        ("OFFSHOOT_RUN_ID".to_owned(), context.run_id.0.to_string()),
+    ]);
+    env.extend(context.state.warehouse.command_environment(&context.target));
+    env
+}
+
+/// The commit's files for command assets and location tools, exported once per commit.
+pub(super) async fn ensure_checkout(context: &RunContext) -> Result<PathBuf, String> {
+    if context.checkout_dir.exists() {
+        return Ok(context.checkout_dir.clone());
+    }
+    let sha = context.revision.commit.sha.clone();
+    let checkouts = context.state.config.checkouts_dir();
+    project::blocking(context.repository_path.clone(), move |repo| {
+        project::export_checkout(repo, &sha, &checkouts).map_err(project::GitError::Files)
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+async fn run_command(
+    context: &RunContext,
+    step: &RunStep,
+    asset: &Asset,
+    mut cancelled: watch::Receiver<bool>,
+) -> Result<Option<u64>, StepError> {
+    let checkout = ensure_checkout(context).await?;
+    let command_line = asset.code.trim_end().to_owned();
+    append_log(context, step, &format!("$ {command_line}\n")).await;
+    // A folder of the step's own for scratch files; the checkout is read-only when confined.
+    let work_dir = context
+        .state
+        .config
+        .locations_dir(&context.deployment.repository)
+        .join("runs")
+        .join(context.run_id.0.to_string())
+        .join(format!("step-{}", step.id.0));
+    let sandbox = confine::sandbox(
+        &context.state,
+        confine::Purpose::Build(&context.target),
+        std::slice::from_ref(&work_dir),
+    )?;
+    let mut env = command_environment(context, asset);
+    env.push(("TMPDIR".to_owned(), work_dir.join("tmp").to_string_lossy().into_owned()));
+    let child =
+        process::spawn_shell(&command_line, &checkout, env, COMMAND_TIMEOUT, sandbox.as_ref())?;
+    let mut output = StepLog::new(context, step);
+    let ended = process::stream_child(child, &mut cancelled, COMMAND_TIMEOUT, &mut output).await?;
+    match output.ended(ended).await? {
+        status if !status.success() => {
+            return Err(StepError::Failed(format!("the command exited with {status}")))
+        }
+        _ => {}
+    }
+    let own =
+        context.state.warehouse.own_tables(&context.target).await.map_err(|e| e.to_string())?;
+    if !own.iter().any(|t| t == asset.key.as_str()) {
+        return Err(StepError::Failed(format!(
+            "the command succeeded but did not create the table `{}` in {}",
+            asset.key, context.target.schema
+        )));
+    }
+    let rows = context
+        .state
+        .warehouse
+        .row_count(&context.target, asset.key.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rows)
+}
+
+/// A step's log as a child process's output: lines appended (cut beyond `MAX_LOG_BYTES`), a
+/// copy kept for the tool's own result parsing, and cancels requested through the store seen.
+pub(super) struct StepLog<'a> {
+    context: &'a RunContext,
+    step: &'a RunStep,
+    logged: usize,
+    /// The output kept for the location to read (`None`: not kept).
+    pub(super) kept: Option<String>,
+}
+
+impl<'a> StepLog<'a> {
+    pub(super) fn new(context: &'a RunContext, step: &'a RunStep) -> StepLog<'a> {
+        StepLog { context, step, logged: 0, kept: None }
+    }
+
+    pub(super) fn keeping(mut self) -> StepLog<'a> {
+        self.kept = Some(String::new());
+        self
+    }
+
+    /// The exit status, or the step's error for a cancel or timeout (logged).
+    pub(super) async fn ended(&self, ended: process::Ended) -> Result<ExitStatus, StepError> {
+        match ended {
+            process::Ended::Exited(status) => Ok(status),
+            process::Ended::Canceled => {
+                append_log(self.context, self.step, "canceled: the command was killed\n").await;
+                Err(StepError::Canceled)
+            }
+            process::Ended::TimedOut(timeout) => {
+                let message =
+                    format!("did not finish within {} s and was killed", timeout.as_secs());
+                append_log(self.context, self.step, &format!("{message}\n")).await;
+                Err(StepError::Failed(message))
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl process::Output for StepLog<'_> {
+    async fn line(&mut self, line: String) {
+        if let Some(kept) = self.kept.as_mut() {
+            if kept.len() < 4 * offshoot_location::MAX_OUTPUT {
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        }
+        if self.logged >= MAX_LOG_BYTES {
+            return;
+        }
+        self.logged += line.len() + 1;
+        let text = if self.logged >= MAX_LOG_BYTES {
+            "[log truncated]\n".to_owned()
+        } else {
+            format!("{line}\n")
+        };
+        append_log(self.context, self.step, &text).await;
+    }
+
+    async fn cancel_requested(&mut self) -> bool {
+        // A cancel through another server reaches this one only through the store.
+        self.context
+            .state
+            .store
+            .get_run(self.context.run_id)
+            .await
+            .is_ok_and(|r| r.cancel_requested)
+    }
+}
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
