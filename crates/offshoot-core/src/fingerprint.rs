@@ -4,11 +4,12 @@
 //!
 //! Tags, metadata, group and description are deliberately left out: they do not change data.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::{Asset, PartitionsDefinition};
+use crate::{Asset, AssetKey, PartitionsDefinition, Snapshot};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u8; 32]);
@@ -57,9 +58,51 @@ impl Fingerprint {
         hex(&self.0)
     }
 
+    /// Parses [`Fingerprint::to_hex`]'s output (64 hex digits, either case).
+    pub fn from_hex(text: &str) -> Option<Fingerprint> {
+        if text.len() != 64 || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks(2)) {
+            let digits = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(digits, 16).ok()?;
+        }
+        Some(Fingerprint(bytes))
+    }
+
     /// The first 12 hex digits, for display.
     pub fn short(&self) -> String {
         hex(&self.0[..6])
+    }
+}
+
+/// What a fingerprint is made of, kept with every materialization (its provenance) so that a
+/// mismatch can say what differs: the code, the partitions, or which upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FingerprintParts {
+    pub code_version: String,
+    /// The partitions definition as [`PartitionsDefinition`]'s `Display` renders it; empty for
+    /// none.
+    pub partitions: String,
+    /// The fingerprint of every upstream, by key.
+    pub upstream: BTreeMap<AssetKey, Fingerprint>,
+}
+
+impl FingerprintParts {
+    /// The parts of `key`'s fingerprint in `snapshot`; `None` if the snapshot lacks it.
+    pub fn of(snapshot: &Snapshot, key: &AssetKey) -> Option<FingerprintParts> {
+        let asset = snapshot.get(key)?;
+        let upstream = asset
+            .deps
+            .iter()
+            .map(|dep| Some((dep.clone(), snapshot.fingerprint(dep)?)))
+            .collect::<Option<BTreeMap<_, _>>>()?;
+        Some(FingerprintParts {
+            code_version: asset.code_version.value.clone(),
+            partitions: asset.partitions.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+            upstream,
+        })
     }
 }
 
@@ -88,4 +131,43 @@ pub fn sha256_hex(parts: &[&[u8]]) -> String {
         hasher.update(part);
     }
     hex(&hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AssetKind, CodeVersion};
+
+    #[test]
+    fn hex_round_trips_and_bad_text_is_refused() {
+        let mut asset = Asset::new(AssetKey::new("orders").expect("key"), AssetKind::Sql);
+        asset.code_version = CodeVersion::explicit("v1");
+        let fingerprint = Fingerprint::compute(&asset, []);
+        assert_eq!(Fingerprint::from_hex(&fingerprint.to_hex()), Some(fingerprint));
+        assert_eq!(Fingerprint::from_hex(&fingerprint.to_hex().to_uppercase()), Some(fingerprint));
+        for bad in ["", "ab", &"g".repeat(64), &"a".repeat(63), &"a".repeat(65), &"é".repeat(32)] {
+            assert_eq!(Fingerprint::from_hex(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn parts_name_what_the_fingerprint_is_made_of() {
+        let key = |k: &str| AssetKey::new(k).expect("key");
+        let mut raw = Asset::new(key("raw"), AssetKind::Source);
+        raw.code_version = CodeVersion::explicit("");
+        let mut orders = Asset::new(key("orders"), AssetKind::Sql);
+        orders.deps = [key("raw")].into();
+        orders.code_version = CodeVersion::explicit("v2");
+        orders.partitions =
+            Some(PartitionsDefinition::Static { keys: vec!["eu".into(), "us".into()] });
+        let snapshot = Snapshot::new([raw, orders]).expect("snapshot");
+        let parts = FingerprintParts::of(&snapshot, &key("orders")).expect("parts");
+        assert_eq!(parts.code_version, "v2");
+        assert_eq!(parts.partitions, "static [eu, us]");
+        assert_eq!(
+            parts.upstream,
+            [(key("raw"), snapshot.fingerprint(&key("raw")).expect("fp"))].into()
+        );
+        assert_eq!(FingerprintParts::of(&snapshot, &key("missing")), None);
+    }
 }

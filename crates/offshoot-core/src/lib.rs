@@ -5,6 +5,7 @@
 //! HTTP. Adapters feed it data and render its results.
 
 pub mod asset;
+pub mod catch_up;
 pub mod change;
 pub mod deployment;
 pub mod fingerprint;
@@ -28,7 +29,7 @@ pub use deployment::{
     DeploymentKind, DeploymentName, DeploymentStatus, InvalidName, PullRequestStatus,
     RepositoryName, RevisionStatus, SchemaName, UnixMillis,
 };
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, FingerprintParts};
 pub use run::{PlannedStep, RunPlan, RunStatus, StepStatus};
 pub use selection::{Selection, SelectionError};
 pub use snapshot::{Snapshot, SnapshotError};

@@ -19,8 +19,9 @@ use offshoot_core::{
 };
 use offshoot_store::{
     Applied, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId, LifecycleRecord,
-    LifecycleWrite, Materialization, NewDeployment, NewIntake, Revision, RevisionId, Run,
-    RunFilter, RunId, RunStep, StepId, Store, StoreError, StoreResult, Teardown,
+    LifecycleWrite, Materialization, MaterializationId, NewDeployment, NewIntake, Provenance,
+    RecordedMaterialization, Revision, RevisionId, Run, RunFilter, RunId, RunStep, StepId, Store,
+    StoreError, StoreResult, Teardown,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
@@ -103,6 +104,7 @@ fn migrator() -> Migrator {
         migration(1, "initial", include_str!("../migrations/0001_initial.sql")),
         migration(2, "leases", include_str!("../migrations/0002_leases.sql")),
         migration(3, "lifecycle", include_str!("../migrations/0003_lifecycle.sql")),
+        migration(4, "provenance", include_str!("../migrations/0004_provenance.sql")),
     ])
 }
 
@@ -546,6 +548,106 @@ impl Store for PostgresStore {
         found.iter().map(rows::materialization).collect()
     }
 
+    async fn record_provenance(
+        &self,
+        materialization: &Materialization,
+        provenance: &Provenance,
+    ) -> StoreResult<MaterializationId> {
+        let mut transaction = self.pool.begin().await.map_err(translate("the materialization"))?;
+        let promoted = provenance.promoted_from.as_ref();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO materializations (deployment_id, run_id, asset_key, commit_sha, row_count, duration_ms, created_at,
+                 fingerprint, code_version, partitions, promoted_from_id, promoted_from_deployment_id, promoted_from_deployment, promoted_from_run_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+        )
+        .bind(materialization.deployment_id.0)
+        .bind(materialization.run_id.0)
+        .bind(materialization.asset_key.as_str())
+        .bind(materialization.commit.as_str())
+        .bind(materialization.row_count)
+        .bind(materialization.duration_ms)
+        .bind(materialization.created_at)
+        .bind(provenance.fingerprint.to_hex())
+        .bind(&provenance.code_version)
+        .bind(&provenance.partitions)
+        .bind(promoted.map(|p| p.materialization.id.0))
+        .bind(promoted.map(|p| p.materialization.deployment_id.0))
+        .bind(promoted.map(|p| p.deployment.as_str()))
+        .bind(promoted.map(|p| p.materialization.run_id.0))
+        .fetch_one(&mut *transaction)
+        .await
+        .map_err(translate("the materialization"))?;
+        for upstream in &provenance.upstream {
+            let read = upstream.read.as_ref();
+            sqlx::query(
+                "INSERT INTO materialization_reads (materialization_id, upstream_key, upstream_fingerprint, read_id, read_deployment_id, read_run_id)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(upstream.key.as_str())
+            .bind(upstream.fingerprint.to_hex())
+            .bind(read.map(|r| r.id.0))
+            .bind(read.map(|r| r.deployment_id.0))
+            .bind(read.map(|r| r.run_id.0))
+            .execute(&mut *transaction)
+            .await
+            .map_err(translate("the materialization's reads"))?;
+        }
+        transaction.commit().await.map_err(translate("the materialization"))?;
+        Ok(MaterializationId(id))
+    }
+
+    async fn current_materializations(
+        &self,
+        deployment: DeploymentId,
+    ) -> StoreResult<Vec<RecordedMaterialization>> {
+        let found = sqlx::query(
+            "SELECT m.* FROM materializations AS m
+             WHERE m.deployment_id = $1 AND m.id = (SELECT max(id) FROM materializations WHERE deployment_id = $1 AND asset_key = m.asset_key)",
+        )
+        .bind(deployment.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate("materializations"))?;
+        let reads = sqlx::query(
+            "SELECT r.* FROM materialization_reads AS r JOIN materializations AS m ON m.id = r.materialization_id
+             WHERE m.deployment_id = $1 AND m.id = (SELECT max(id) FROM materializations WHERE deployment_id = $1 AND asset_key = m.asset_key)",
+        )
+        .bind(deployment.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate("materialization reads"))?;
+        let mut current =
+            found.iter().map(rows::recorded_materialization).collect::<StoreResult<Vec<_>>>()?;
+        let reads = reads.iter().map(rows::upstream_read).collect::<StoreResult<Vec<_>>>()?;
+        offshoot_store::rows::attach_reads(&mut current, reads);
+        current.sort_by(|a, b| a.materialization.asset_key.cmp(&b.materialization.asset_key));
+        Ok(current)
+    }
+
+    async fn get_materialization(
+        &self,
+        id: MaterializationId,
+    ) -> StoreResult<RecordedMaterialization> {
+        let found = sqlx::query("SELECT * FROM materializations WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(translate("the materialization"))?
+            .ok_or_else(|| StoreError::NotFound(format!("materialization {}", id.0)))?;
+        let reads =
+            sqlx::query("SELECT * FROM materialization_reads WHERE materialization_id = $1")
+                .bind(id.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(translate("materialization reads"))?;
+        let mut one = [rows::recorded_materialization(&found)?];
+        let reads = reads.iter().map(rows::upstream_read).collect::<StoreResult<Vec<_>>>()?;
+        offshoot_store::rows::attach_reads(&mut one, reads);
+        let [recorded] = one;
+        Ok(recorded)
+    }
+
     async fn record_intake(&self, new: NewIntake) -> StoreResult<Option<Intake>> {
         let row = sqlx::query(
             "INSERT INTO intake (source, delivery, repository, payload, received_by, received_at)
@@ -726,6 +828,7 @@ async fn apply_in(
     if write.delete {
         // Children before parents: the foreign keys are checked, not cascaded.
         let children = [
+            "DELETE FROM materialization_reads WHERE materialization_id IN (SELECT id FROM materializations WHERE deployment_id = $1)",
             "DELETE FROM materializations WHERE deployment_id = $1",
             "DELETE FROM run_steps WHERE run_id IN (SELECT id FROM runs WHERE deployment_id = $1)",
             "DELETE FROM runs WHERE deployment_id = $1",

@@ -58,3 +58,15 @@ pub(crate) fn materialization(row: &PgRow) -> StoreResult<Materialization> {
 pub(crate) fn intake(row: &PgRow) -> StoreResult<offshoot_store::Intake> {
     rows::intake(&Row(row))
 }
+
+pub(crate) fn recorded_materialization(
+    row: &PgRow,
+) -> StoreResult<offshoot_store::RecordedMaterialization> {
+    rows::recorded_materialization(&Row(row))
+}
+
+pub(crate) fn upstream_read(
+    row: &PgRow,
+) -> StoreResult<(offshoot_store::MaterializationId, offshoot_store::UpstreamProvenance)> {
+    rows::upstream_read(&Row(row))
+}

@@ -58,3 +58,15 @@ pub(crate) fn materialization(row: &SqliteRow) -> StoreResult<Materialization> {
 pub(crate) fn intake(row: &SqliteRow) -> StoreResult<offshoot_store::Intake> {
     rows::intake(&Row(row))
 }
+
+pub(crate) fn recorded_materialization(
+    row: &SqliteRow,
+) -> StoreResult<offshoot_store::RecordedMaterialization> {
+    rows::recorded_materialization(&Row(row))
+}
+
+pub(crate) fn upstream_read(
+    row: &SqliteRow,
+) -> StoreResult<(offshoot_store::MaterializationId, offshoot_store::UpstreamProvenance)> {
+    rows::upstream_read(&Row(row))
+}

@@ -38,15 +38,16 @@ use std::task::Poll;
 use offshoot_core::lifecycle::StepsEnd;
 use offshoot_core::{
     deployment_name_for_branch, AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName,
-    DeploymentStatus, PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, StepStatus,
-    UnixMillis,
+    DeploymentStatus, Fingerprint, PullRequestStatus, RepositoryName, RevisionStatus, RunStatus,
+    StepStatus, UnixMillis,
 };
 
 use crate::{
     Applied, CommitDetails, DeployOutput, Deployment, DeploymentFilter, DeploymentId,
-    DeploymentPatch, Intake, IntakeId, Lease, LifecycleWrite, Materialization, NewDeployment,
-    NewIntake, NewRevision, NewRun, PullRequest, Revision, RevisionPatch, Run, RunFilter, RunId,
-    RunPatch, RunStep, StepId, Store, StoreError, StoreResult, Teardown,
+    DeploymentPatch, Intake, IntakeId, Lease, LifecycleWrite, Materialization, MaterializationId,
+    NewDeployment, NewIntake, NewRevision, NewRun, PromotedFrom, Provenance, PullRequest,
+    ReadMaterialization, Revision, RevisionPatch, Run, RunFilter, RunId, RunPatch, RunStep, StepId,
+    Store, StoreError, StoreResult, Teardown, UpstreamProvenance,
 };
 
 /// Runs every story of the contract, one after the other, on one store.
@@ -67,6 +68,7 @@ pub async fn run_all(store: &dyn Store) {
     steps_are_updated_and_their_logs_appended(store).await;
     runs_are_listed_newest_first_with_filters(store).await;
     materializations_are_listed_newest_first(store).await;
+    materializations_keep_their_provenance(store).await;
     the_lifecycle_reads_unfinished_work_head_and_serving(store).await;
     renewing_leases_extends_one_owners_leases_without_a_new_version(store).await;
     intake_records_each_delivery_once(store).await;
@@ -2394,6 +2396,192 @@ struct Written {
 }
 
 /// A write of nothing yet, at `now`; [`apply_now`] fills in the current version.
+/// Provenance round-trips exactly; `current_materializations` is the last recorded per asset
+/// (with or without provenance); a promotion's origin and the reads survive the deletion of the
+/// branch they name; a write that fails keeps nothing of itself.
+pub async fn materializations_keep_their_provenance(store: &dyn Store) {
+    let repo = repository("contract-provenance");
+    let prod = store
+        .ensure_deployment(NewDeployment {
+            kind: DeploymentKind::Production,
+            ..new_deployment(&repo, "prod", "main", 1_000)
+        })
+        .await
+        .expect("create prod");
+    let feature = store
+        .ensure_deployment(new_deployment(&repo, "feature-x", "feature-x", 1_000))
+        .await
+        .expect("create feature-x");
+    let prod_run = insert_run(store, prod.id, &["orders", "revenue"], 2_000).await;
+    let branch_run = insert_run(store, feature.id, &["orders", "revenue"], 2_000).await;
+    let fingerprint = |n: u8| Fingerprint::from_hex(&format!("{n:02x}").repeat(32)).expect("hex");
+    let upstream = |k: &str, f: u8, read: Option<(MaterializationId, DeploymentId, RunId)>| {
+        UpstreamProvenance {
+            key: key(k),
+            fingerprint: fingerprint(f),
+            read: read.map(|(id, deployment_id, run_id)| ReadMaterialization {
+                id,
+                deployment_id,
+                run_id,
+            }),
+        }
+    };
+    let provenance = |f: u8, code: &str, upstream: Vec<UpstreamProvenance>| Provenance {
+        fingerprint: fingerprint(f),
+        code_version: code.to_owned(),
+        partitions: String::new(),
+        upstream,
+        promoted_from: None,
+    };
+    let record = |m: Materialization, p: Provenance| async move {
+        store.record_provenance(&m, &p).await.expect("record with provenance")
+    };
+
+    // Production builds orders from a source, then revenue reading it.
+    let p_orders_old = record(
+        materialization(prod.id, prod_run.id, "orders", 10_000),
+        provenance(1, "v0", vec![upstream("raw_orders", 9, None)]),
+    )
+    .await;
+    let p_revenue = record(
+        materialization(prod.id, prod_run.id, "revenue", 11_000),
+        provenance(
+            2,
+            "v0",
+            vec![
+                upstream("orders", 1, Some((p_orders_old, prod.id, prod_run.id))),
+                upstream("customers", 3, None),
+            ],
+        ),
+    )
+    .await;
+    // The branch builds its own orders and a revenue reading it and production's customers.
+    let b_orders = record(
+        materialization(feature.id, branch_run.id, "orders", 12_000),
+        Provenance {
+            partitions: "daily from 2024-01-01".to_owned(),
+            ..provenance(4, "v1 'quoted' \u{e9}", vec![upstream("raw_orders", 9, None)])
+        },
+    )
+    .await;
+    let branch_revenue = provenance(
+        5,
+        "v0",
+        // Out of order on purpose: read back sorted by key.
+        vec![
+            upstream("orders", 4, Some((b_orders, feature.id, branch_run.id))),
+            upstream("customers", 3, Some((p_revenue, prod.id, prod_run.id))),
+        ],
+    );
+    let b_revenue = record(
+        materialization(feature.id, branch_run.id, "revenue", 13_000),
+        branch_revenue.clone(),
+    )
+    .await;
+    assert!(p_orders_old < p_revenue && p_revenue < b_orders && b_orders < b_revenue);
+
+    let got = store.get_materialization(b_revenue).await.expect("get");
+    assert_eq!(got.id, b_revenue);
+    assert_eq!(got.materialization, materialization(feature.id, branch_run.id, "revenue", 13_000));
+    let mut sorted = branch_revenue.clone();
+    sorted.upstream.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(got.provenance, Some(sorted.clone()), "provenance round-trips, reads by key");
+    let orders = store.get_materialization(b_orders).await.expect("get orders");
+    assert_eq!(
+        orders.provenance.as_ref().map(|p| (p.code_version.as_str(), p.partitions.as_str())),
+        Some(("v1 'quoted' \u{e9}", "daily from 2024-01-01"))
+    );
+
+    // Production refreshes orders (a newer row of the same asset) and promotes the branch's
+    // revenue: the current ones are the last recorded, by key.
+    let p_orders = record(
+        materialization(prod.id, prod_run.id, "orders", 14_000),
+        provenance(1, "v0", vec![upstream("raw_orders", 9, None)]),
+    )
+    .await;
+    let promoted = Provenance {
+        promoted_from: Some(PromotedFrom {
+            materialization: ReadMaterialization {
+                id: b_revenue,
+                deployment_id: feature.id,
+                run_id: branch_run.id,
+            },
+            deployment: name("feature-x"),
+        }),
+        ..sorted.clone()
+    };
+    // Recorded with an earlier clock than the refresh: "current" is by recording, not by time.
+    let p_promoted =
+        record(materialization(prod.id, prod_run.id, "revenue", 9_000), promoted.clone()).await;
+    let current = store.current_materializations(prod.id).await.expect("current of prod");
+    assert_eq!(
+        current.iter().map(|m| (m.materialization.asset_key.as_str(), m.id)).collect::<Vec<_>>(),
+        [("orders", p_orders), ("revenue", p_promoted)]
+    );
+    assert_eq!(current[1].provenance, Some(promoted.clone()));
+    // As the catch-up reads it: production's reads are production's, the branch's its own.
+    let built = current[1].as_built(prod.id).expect("with provenance");
+    assert_eq!(built.id, offshoot_core::catch_up::BuildId(p_promoted.0));
+    let reads: Vec<_> = built.upstream.iter().map(|(k, u)| (k.as_str(), u.read)).collect();
+    assert_eq!(
+        reads,
+        [
+            (
+                "customers",
+                offshoot_core::catch_up::Read::Production(offshoot_core::catch_up::BuildId(
+                    p_revenue.0
+                ))
+            ),
+            (
+                "orders",
+                offshoot_core::catch_up::Read::Own(offshoot_core::catch_up::BuildId(b_orders.0))
+            ),
+        ]
+    );
+    assert_eq!(
+        store.current_materializations(feature.id).await.expect("current of the branch").len(),
+        2
+    );
+
+    // A materialization recorded without provenance is current too, and has none.
+    store
+        .record_materialization(&materialization(prod.id, prod_run.id, "orders", 15_000))
+        .await
+        .expect("record without provenance");
+    let current = store.current_materializations(prod.id).await.expect("current of prod");
+    assert_eq!(current[0].materialization.asset_key, key("orders"));
+    assert!(current[0].id > p_promoted);
+    assert_eq!(current[0].provenance, None);
+    assert_eq!(current[0].as_built(prod.id), None, "no provenance: never promoted or up to date");
+
+    // A failing write keeps nothing: the run belongs to another deployment.
+    assert_not_found(
+        store
+            .record_provenance(
+                &materialization(prod.id, branch_run.id, "report", 16_000),
+                &provenance(6, "v0", vec![upstream("revenue", 5, None)]),
+            )
+            .await,
+        "record_provenance with another deployment's run",
+    );
+    assert_eq!(store.current_materializations(prod.id).await.expect("current").len(), 2);
+    let missing = MaterializationId(p_promoted.0 + 1_000_000);
+    assert_not_found(store.get_materialization(missing).await, "a missing materialization");
+    assert_eq!(
+        store.current_materializations(DeploymentId(-1)).await.expect("a missing deployment"),
+        []
+    );
+
+    // Deleting the branch keeps production's record of where its revenue came from.
+    let delete = LifecycleWrite { delete: true, ..change(feature.id, 20_000) };
+    apply_now(store, delete, "delete feature-x").await;
+    assert_not_found(store.get_materialization(b_revenue).await, "the deleted branch's build");
+    assert_eq!(
+        store.get_materialization(p_promoted).await.expect("the promoted one").provenance,
+        Some(promoted)
+    );
+}
+
 fn change(deployment: DeploymentId, now: UnixMillis) -> LifecycleWrite {
     LifecycleWrite {
         deployment,

@@ -15,10 +15,11 @@ pub mod contract;
 pub mod rows;
 
 use async_trait::async_trait;
+use offshoot_core::catch_up;
 use offshoot_core::lifecycle::StepsEnd;
 pub use offshoot_core::lifecycle::{Lease, Teardown};
 use offshoot_core::{
-    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus,
+    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, Fingerprint,
     PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis,
 };
 
@@ -320,6 +321,9 @@ pub struct RunFilter {
     pub limit: u32,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MaterializationId(pub i64);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Materialization {
     pub deployment_id: DeploymentId,
@@ -329,6 +333,86 @@ pub struct Materialization {
     pub row_count: Option<i64>,
     pub duration_ms: i64,
     pub created_at: UnixMillis,
+}
+
+/// What a materialization was built from: the asset's fingerprint and its parts, and for each
+/// upstream the materialization it read (production's, or its own deployment's; `None` for a
+/// source or a table no recorded run built). The catch-up decides from it whether a branch's
+/// table is exactly what production would build (`offshoot_core::catch_up`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub fingerprint: Fingerprint,
+    pub code_version: String,
+    /// The partitions definition as the core renders it; empty for none.
+    pub partitions: String,
+    /// One per upstream, sorted by key.
+    pub upstream: Vec<UpstreamProvenance>,
+    /// Set on a production materialization that took a branch's table instead of running.
+    pub promoted_from: Option<PromotedFrom>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamProvenance {
+    pub key: AssetKey,
+    /// The upstream's fingerprint when this materialization was built.
+    pub fingerprint: Fingerprint,
+    pub read: Option<ReadMaterialization>,
+}
+
+/// A materialization that another one read or was promoted from. Kept by value (no foreign
+/// key): the provenance stays readable after the deployment it names is deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMaterialization {
+    pub id: MaterializationId,
+    pub deployment_id: DeploymentId,
+    pub run_id: RunId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromotedFrom {
+    pub materialization: ReadMaterialization,
+    /// The branch deployment's name then, for people.
+    pub deployment: DeploymentName,
+}
+
+/// A recorded materialization with its id and, if it was recorded with one, its provenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedMaterialization {
+    pub id: MaterializationId,
+    pub materialization: Materialization,
+    pub provenance: Option<Provenance>,
+}
+
+impl RecordedMaterialization {
+    /// The materialization as production's catch-up reads it (`offshoot_core::catch_up`): a
+    /// read of a `production` materialization is `Production`, of any other deployment's (its
+    /// own) `Own`, nothing recorded `External`. `None` without provenance: a materialization
+    /// recorded before provenance existed is never promoted and never counts as up to date.
+    pub fn as_built(&self, production: DeploymentId) -> Option<catch_up::Built> {
+        let provenance = self.provenance.as_ref()?;
+        let upstream = provenance
+            .upstream
+            .iter()
+            .map(|upstream| {
+                let read = match &upstream.read {
+                    None => catch_up::Read::External,
+                    Some(read) if read.deployment_id == production => {
+                        catch_up::Read::Production(catch_up::BuildId(read.id.0))
+                    }
+                    Some(read) => catch_up::Read::Own(catch_up::BuildId(read.id.0)),
+                };
+                let read = catch_up::UpstreamRead { fingerprint: upstream.fingerprint, read };
+                (upstream.key.clone(), read)
+            })
+            .collect();
+        Some(catch_up::Built {
+            id: catch_up::BuildId(self.id.0),
+            fingerprint: provenance.fingerprint,
+            code_version: provenance.code_version.clone(),
+            partitions: provenance.partitions.clone(),
+            upstream,
+        })
+    }
 }
 
 /// Every method is one durable step: when it returns `Ok`, the change survives a crash.
@@ -414,6 +498,24 @@ pub trait Store: Send + Sync + 'static {
         asset: Option<&AssetKey>,
         limit: u32,
     ) -> StoreResult<Vec<Materialization>>;
+
+    /// Records a materialization with its provenance (the row and every upstream read, in one
+    /// transaction) and returns its id. `NotFound` as `record_materialization`.
+    async fn record_provenance(
+        &self,
+        materialization: &Materialization,
+        provenance: &Provenance,
+    ) -> StoreResult<MaterializationId>;
+    /// The last recorded materialization of each asset of the deployment (the table it holds
+    /// now), with its provenance, sorted by asset key.
+    async fn current_materializations(
+        &self,
+        deployment: DeploymentId,
+    ) -> StoreResult<Vec<RecordedMaterialization>>;
+    async fn get_materialization(
+        &self,
+        id: MaterializationId,
+    ) -> StoreResult<RecordedMaterialization>;
 
     // Durable intake of webhook deliveries.
     /// Records an accepted delivery; `None` when its delivery id was recorded before (a replay).

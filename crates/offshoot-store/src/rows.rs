@@ -6,13 +6,15 @@
 use std::fmt::Display;
 
 use offshoot_core::{
-    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus,
+    AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, Fingerprint,
     PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, StepStatus,
 };
 
 use crate::{
-    CommitDetails, Deployment, DeploymentId, Intake, IntakeId, Lease, Materialization, PullRequest,
-    Revision, RevisionId, Run, RunId, RunStep, StepId, StoreError, StoreResult, Teardown,
+    CommitDetails, Deployment, DeploymentId, Intake, IntakeId, Lease, Materialization,
+    MaterializationId, PromotedFrom, Provenance, PullRequest, ReadMaterialization,
+    RecordedMaterialization, Revision, RevisionId, Run, RunId, RunStep, StepId, StoreError,
+    StoreResult, Teardown, UpstreamProvenance,
 };
 
 /// One row's columns, by name; `None` is SQL NULL.
@@ -127,6 +129,78 @@ pub fn materialization(row: &dyn Columns) -> StoreResult<Materialization> {
         duration_ms: integer(row, "duration_ms")?,
         created_at: integer(row, "created_at")?,
     })
+}
+
+/// A materialization row with its provenance's own columns; the upstream reads are added from
+/// their rows with [`upstream_read`].
+pub fn recorded_materialization(row: &dyn Columns) -> StoreResult<RecordedMaterialization> {
+    let provenance = match optional_text(row, "fingerprint")? {
+        None => None,
+        Some(_) => Some(Provenance {
+            fingerprint: parsed(row, "fingerprint", fingerprint)?,
+            code_version: text(row, "code_version")?,
+            partitions: text(row, "partitions")?,
+            upstream: Vec::new(),
+            promoted_from: match optional_integer(row, "promoted_from_id")? {
+                None => None,
+                Some(id) => Some(PromotedFrom {
+                    materialization: ReadMaterialization {
+                        id: MaterializationId(id),
+                        deployment_id: DeploymentId(integer(row, "promoted_from_deployment_id")?),
+                        run_id: RunId(integer(row, "promoted_from_run_id")?),
+                    },
+                    deployment: parsed(row, "promoted_from_deployment", DeploymentName::new)?,
+                }),
+            },
+        }),
+    };
+    Ok(RecordedMaterialization {
+        id: MaterializationId(integer(row, "id")?),
+        materialization: materialization(row)?,
+        provenance,
+    })
+}
+
+/// One row of `materialization_reads`: the materialization it belongs to and the read.
+pub fn upstream_read(row: &dyn Columns) -> StoreResult<(MaterializationId, UpstreamProvenance)> {
+    let read = match optional_integer(row, "read_id")? {
+        None => None,
+        Some(id) => Some(ReadMaterialization {
+            id: MaterializationId(id),
+            deployment_id: DeploymentId(integer(row, "read_deployment_id")?),
+            run_id: RunId(integer(row, "read_run_id")?),
+        }),
+    };
+    Ok((
+        MaterializationId(integer(row, "materialization_id")?),
+        UpstreamProvenance {
+            key: parsed(row, "upstream_key", AssetKey::new)?,
+            fingerprint: parsed(row, "upstream_fingerprint", fingerprint)?,
+            read,
+        },
+    ))
+}
+
+/// Attaches upstream reads (any order) to their materializations; each list ends sorted by key.
+pub fn attach_reads(
+    materializations: &mut [RecordedMaterialization],
+    reads: Vec<(MaterializationId, UpstreamProvenance)>,
+) {
+    for (id, read) in reads {
+        let owner = materializations.iter_mut().find(|m| m.id == id);
+        if let Some(provenance) = owner.and_then(|m| m.provenance.as_mut()) {
+            provenance.upstream.push(read);
+        }
+    }
+    for materialization in materializations {
+        if let Some(provenance) = materialization.provenance.as_mut() {
+            provenance.upstream.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+    }
+}
+
+fn fingerprint(text: &str) -> Result<Fingerprint, &'static str> {
+    Fingerprint::from_hex(text).ok_or("not 64 hex digits")
 }
 
 fn lease(row: &dyn Columns) -> StoreResult<Option<Lease>> {

@@ -34,6 +34,7 @@
 //! server files (`lo_export`). Connect as a user that is not a superuser: CREATEROLE and CREATE on
 //! the database are enough (tested), or a DBA runs `setup_roles` once.
 
+mod promotion;
 mod sql_text;
 
 use std::fmt;
@@ -41,11 +42,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use offshoot_core::fingerprint::sha256_hex;
-use offshoot_core::{AssetKey, SchemaName};
+use offshoot_core::{AssetKey, SchemaName, UnixMillis};
 use offshoot_warehouse::data_diff::{
     self, Column, DataDiff, DiffOptions, Flavor, Row, SqlRunner, Tables,
 };
-use offshoot_warehouse::{Target, Warehouse, WarehouseError, WarehouseResult};
+use offshoot_warehouse::{
+    ArchiveId, ArchivedTable, Promotion, Target, Warehouse, WarehouseError, WarehouseResult,
+};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, Connection, PgExecutor, Row as _};
 
@@ -615,6 +618,51 @@ impl Warehouse for PostgresWarehouse {
             names.iter().filter_map(|name| SchemaName::parse(name)).collect();
         schemas.sort();
         Ok(schemas)
+    }
+
+    async fn promotable(&self, branch: &Target, key: &AssetKey) -> WarehouseResult<Option<String>> {
+        promotion::promotable(self, branch, key).await
+    }
+
+    async fn promote(
+        &self,
+        production: &SchemaName,
+        archive: ArchiveId,
+        promotions: &[Promotion],
+        now: UnixMillis,
+    ) -> WarehouseResult<()> {
+        promotion::promote(self, production, archive, promotions, now).await
+    }
+
+    async fn archive(
+        &self,
+        production: &SchemaName,
+        archive: ArchiveId,
+        keys: &[AssetKey],
+        now: UnixMillis,
+    ) -> WarehouseResult<()> {
+        promotion::archive(self, production, archive, keys, now).await
+    }
+
+    async fn restore(
+        &self,
+        production: &SchemaName,
+        archive: ArchiveId,
+        now: UnixMillis,
+    ) -> WarehouseResult<Vec<AssetKey>> {
+        promotion::restore(self, production, archive, now).await
+    }
+
+    async fn archived(&self, production: &SchemaName) -> WarehouseResult<Vec<ArchivedTable>> {
+        promotion::archived(self, production).await
+    }
+
+    async fn expire_archives(
+        &self,
+        production: &SchemaName,
+        before: UnixMillis,
+    ) -> WarehouseResult<u64> {
+        promotion::expire(self, production, before).await
     }
 
     async fn data_diff(

@@ -947,3 +947,141 @@ async fn data_diffs_follow_the_warehouse_contract() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn promotion_follows_the_warehouse_contract() {
+    let Some(fixture) = Fixture::new().await else { return };
+    offshoot_warehouse::contract::promotion_stories(
+        &fixture.warehouse,
+        &fixture.production,
+        &fixture.branch,
+    )
+    .await;
+}
+
+/// The branch's table in production is production's: owned by the login, readable by branches,
+/// and the branch role that built it can neither write nor drop it; tearing the branch down
+/// leaves it; nothing of the branch's making is promoted.
+#[tokio::test]
+async fn a_promoted_table_is_production_and_branches_cannot_touch_it() {
+    use offshoot_warehouse::{ArchiveId, Promotion};
+    let Some(fixture) = Fixture::new().await else { return };
+    let (production, branch) = (&fixture.production, &fixture.branch);
+    fixture
+        .materialize(branch, "orders", "SELECT * FROM raw_orders WHERE amount > 0")
+        .await
+        .expect("build");
+    let built = fixture.checksum(branch, "orders").await;
+    let promotions = [Promotion { key: key("orders"), from: branch.schema.clone() }];
+    fixture
+        .warehouse
+        .promote(&production.schema, ArchiveId(1), &promotions, 1_000)
+        .await
+        .expect("promote");
+    assert_eq!(fixture.checksum(production, "orders").await, built);
+    assert_eq!(fixture.own_tables(branch).await, Vec::<String>::new(), "moved, not copied");
+
+    let mut connection = fixture.database.connection().await;
+    let (owner, branch_reads): (String, bool) = sqlx::query_as(
+        "SELECT tableowner::text, has_table_privilege($2, format('%I.%I', schemaname, tablename), 'SELECT')
+         FROM pg_tables WHERE schemaname = $1 AND tablename = 'orders'",
+    )
+    .bind(production.schema.as_str())
+    .bind(&fixture.database.role)
+    .fetch_one(&mut connection)
+    .await
+    .expect("the promoted table");
+    assert_eq!(owner, "postgres", "owned by the login");
+    assert!(branch_reads, "branches read it like production's own tables");
+    connection.close().await.expect("close");
+
+    let mut connection = fixture.branch_role_connection().await;
+    let prod = production.schema.as_str();
+    for write in [
+        format!("INSERT INTO {prod}.orders VALUES (9, 9.0, 'eve')"),
+        format!("DELETE FROM {prod}.orders"),
+        format!("DROP TABLE {prod}.orders"),
+        format!("ALTER TABLE {prod}.orders ADD COLUMN intruder int"),
+        format!("CREATE TRIGGER t BEFORE INSERT ON {prod}.orders FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()"),
+    ] {
+        let error = sqlx::raw_sql(AssertSqlSafe(write.clone())).execute(&mut connection).await.expect_err(&write);
+        let message = error.to_string();
+        assert!(message.contains("permission denied") || message.contains("must be owner"), "{write}: {message}");
+    }
+    // A GRANT without the grant option only warns; it must have granted nothing.
+    sqlx::raw_sql(AssertSqlSafe(format!("GRANT ALL ON {prod}.orders TO PUBLIC")))
+        .execute(&mut connection)
+        .await
+        .expect("a warning, not an error");
+    connection.close().await.expect("close");
+    let mut connection = fixture.database.connection().await;
+    let (login, _) = fixture.warehouse.branch_login(&branch.schema);
+    let may_insert: bool = sqlx::query_scalar("SELECT has_table_privilege($1, $2, 'INSERT')")
+        .bind(&login)
+        .bind(format!("{prod}.orders"))
+        .fetch_one(&mut connection)
+        .await
+        .expect("privilege");
+    assert!(!may_insert, "the branch's grant did nothing");
+    connection.close().await.expect("close");
+    fixture.warehouse.teardown(branch).await.expect("teardown");
+    assert_eq!(
+        fixture.checksum(production, "orders").await,
+        built,
+        "the branch's teardown leaves it"
+    );
+}
+
+#[tokio::test]
+async fn only_plain_tables_are_promoted() {
+    use offshoot_warehouse::{ArchiveId, Promotion};
+    let Some(fixture) = Fixture::new().await else { return };
+    let (production, branch) = (&fixture.production, &fixture.branch);
+    let before = fixture.production_checksums().await;
+    let schema = branch.schema.as_str();
+    // What a branch process logged in as the branch's role can make of its own tables.
+    let makes = [
+        ("a view", format!("CREATE VIEW {schema}.v AS SELECT 1 AS x")),
+        ("a table with grants", format!("CREATE TABLE {schema}.v (x int); GRANT ALL ON {schema}.v TO PUBLIC")),
+        ("a table with triggers", format!("CREATE TABLE {schema}.v (x int); CREATE TRIGGER t BEFORE UPDATE ON {schema}.v FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()")),
+        ("a table with row-level security", format!("CREATE TABLE {schema}.v (x int); ALTER TABLE {schema}.v ENABLE ROW LEVEL SECURITY")),
+        ("a table with column defaults or generated columns", format!("CREATE TABLE {schema}.v (x int DEFAULT 1)")),
+        ("a table with expression or partial indexes", format!("CREATE TABLE {schema}.v (x int); CREATE INDEX ON {schema}.v ((x + 1))")),
+        ("a table with check, foreign-key or exclusion constraints", format!("CREATE TABLE {schema}.v (x int CHECK (x > 0))")),
+        ("a table with column types or collations from outside pg_catalog", format!("CREATE DOMAIN {schema}.d AS int; CREATE TABLE {schema}.v (x {schema}.d)")),
+        ("a table that views depend on", format!("CREATE TABLE {schema}.v (x int); CREATE VIEW {schema}.w AS SELECT * FROM {schema}.v")),
+        ("an unlogged or temporary table", format!("CREATE UNLOGGED TABLE {schema}.v (x int)")),
+    ];
+    for (why, make) in makes {
+        fixture.warehouse.teardown(branch).await.expect("a fresh branch: teardown");
+        fixture.warehouse.prepare(branch).await.expect("a fresh branch: prepare");
+        let mut connection = fixture.branch_role_connection().await;
+        sqlx::raw_sql(AssertSqlSafe(make.clone())).execute(&mut connection).await.expect(&make);
+        connection.close().await.expect("close");
+        assert_eq!(
+            fixture.warehouse.promotable(branch, &key("v")).await.expect("promotable"),
+            Some(why.to_owned()),
+            "{make}"
+        );
+        let promotions = [Promotion { key: key("v"), from: branch.schema.clone() }];
+        let result =
+            fixture.warehouse.promote(&production.schema, ArchiveId(1), &promotions, 1_000).await;
+        let Err(WarehouseError::Refused(message)) = &result else { panic!("{make}: {result:?}") };
+        assert!(message.contains(why), "{message}");
+        assert_eq!(fixture.production_checksums().await, before, "{make}: production unchanged");
+    }
+    // A view in production over the asset keeps the asset from being moved away under it.
+    fixture
+        .warehouse
+        .execute_production_script(
+            &production.schema,
+            "CREATE VIEW orders_view AS SELECT * FROM orders",
+        )
+        .await
+        .expect("a production view");
+    fixture.materialize(branch, "orders", "SELECT * FROM raw_orders").await.expect("build");
+    assert_eq!(
+        fixture.warehouse.promotable(branch, &key("orders")).await.expect("promotable"),
+        Some("production's table has views or foreign keys depending on it".to_owned())
+    );
+}

@@ -18,6 +18,7 @@
 //! copying of data.
 
 mod checksum;
+mod promotion;
 mod sql_text;
 
 use std::fmt::Write as _;
@@ -26,11 +27,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use offshoot_core::{AssetKey, SchemaName};
+use offshoot_core::{AssetKey, SchemaName, UnixMillis};
 use offshoot_warehouse::data_diff::{
     self, Column, DataDiff, DiffOptions, Flavor, Row, SqlRunner, Tables,
 };
-use offshoot_warehouse::{Target, Warehouse, WarehouseError, WarehouseResult};
+use offshoot_warehouse::{
+    ArchiveId, ArchivedTable, Promotion, Target, Warehouse, WarehouseError, WarehouseResult,
+};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row as _};
 
@@ -272,8 +275,15 @@ impl Warehouse for SqliteWarehouse {
         .await
         .map_err(backend_error);
         close(connection).await;
-        let mut tables: Vec<String> =
-            result?.into_iter().filter(|name| !name.ends_with(STAGING_SUFFIX)).collect();
+        // Staging tables are a materialization's inside; the archive is no asset's.
+        let mut tables: Vec<String> = result?
+            .into_iter()
+            .filter(|name| {
+                !name.ends_with(STAGING_SUFFIX)
+                    && !name.starts_with(promotion::ARCHIVE_PREFIX)
+                    && name != promotion::MANIFEST
+            })
+            .collect();
         tables.sort();
         Ok(tables)
     }
@@ -375,6 +385,51 @@ impl Warehouse for SqliteWarehouse {
         schemas.sort();
         schemas.dedup();
         Ok(schemas)
+    }
+
+    async fn promotable(&self, branch: &Target, key: &AssetKey) -> WarehouseResult<Option<String>> {
+        promotion::promotable(self, branch, key).await
+    }
+
+    async fn promote(
+        &self,
+        production: &SchemaName,
+        archive: ArchiveId,
+        promotions: &[Promotion],
+        now: UnixMillis,
+    ) -> WarehouseResult<()> {
+        promotion::promote(self, production, archive, promotions, now).await
+    }
+
+    async fn archive(
+        &self,
+        production: &SchemaName,
+        archive: ArchiveId,
+        keys: &[AssetKey],
+        now: UnixMillis,
+    ) -> WarehouseResult<()> {
+        promotion::archive(self, production, archive, keys, now).await
+    }
+
+    async fn restore(
+        &self,
+        production: &SchemaName,
+        archive: ArchiveId,
+        now: UnixMillis,
+    ) -> WarehouseResult<Vec<AssetKey>> {
+        promotion::restore(self, production, archive, now).await
+    }
+
+    async fn archived(&self, production: &SchemaName) -> WarehouseResult<Vec<ArchivedTable>> {
+        promotion::archived(self, production).await
+    }
+
+    async fn expire_archives(
+        &self,
+        production: &SchemaName,
+        before: UnixMillis,
+    ) -> WarehouseResult<u64> {
+        promotion::expire(self, production, before).await
     }
 
     async fn data_diff(

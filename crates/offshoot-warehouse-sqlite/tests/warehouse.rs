@@ -440,3 +440,83 @@ async fn a_data_diff_handles_columns_of_mixed_types() {
     let counts = diff.rows.expect("rows");
     assert_eq!((counts.changed, counts.equal), (1, 2));
 }
+
+#[tokio::test]
+async fn promotion_follows_the_warehouse_contract() {
+    let fixture = Fixture::new().await;
+    offshoot_warehouse::contract::promotion_stories(
+        &fixture.warehouse,
+        &fixture.production,
+        &fixture.branch,
+    )
+    .await;
+}
+
+/// SQLite's own promotion rules: a view does not move, and production's views keep reading the
+/// asset's name (not the archived table) through a promotion and a restore.
+#[tokio::test]
+async fn promotion_keeps_production_views_on_the_asset_and_refuses_views() {
+    use offshoot_warehouse::{ArchiveId, Promotion};
+    let fixture = Fixture::new().await;
+    let (production, branch) = (&fixture.production, &fixture.branch);
+    fixture
+        .warehouse
+        .execute_production_script(
+            &production.schema,
+            "CREATE VIEW orders_view AS SELECT * FROM orders",
+        )
+        .await
+        .expect("a production view");
+    let mut connection = fixture.warehouse.open_connection(branch).await.expect("connection");
+    sqlx::raw_sql("CREATE VIEW main.v AS SELECT 1 AS x")
+        .execute(&mut connection)
+        .await
+        .expect("a view");
+    connection.close().await.expect("close");
+    assert_eq!(
+        fixture.warehouse.promotable(branch, &key("v")).await.expect("promotable"),
+        Some("a view".to_owned())
+    );
+    let refused = fixture
+        .warehouse
+        .promote(
+            &production.schema,
+            ArchiveId(1),
+            &[Promotion { key: key("v"), from: branch.schema.clone() }],
+            1,
+        )
+        .await;
+    assert!(matches!(refused, Err(WarehouseError::Refused(_))), "{refused:?}");
+
+    // Checksums and counts read tables; the view is read directly.
+    let view = || async {
+        let mut connection =
+            fixture.warehouse.open_connection(production).await.expect("connection");
+        let ids: Option<String> = sqlx::query_scalar(
+            "SELECT group_concat(id, ',') FROM (SELECT id FROM orders_view ORDER BY id)",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .expect("read the view");
+        connection.close().await.expect("close");
+        ids
+    };
+    assert_eq!(view().await.as_deref(), Some("1,2,3"));
+    fixture
+        .materialize(branch, "orders", "SELECT * FROM orders WHERE amount > 0")
+        .await
+        .expect("build");
+    let promotions = [Promotion { key: key("orders"), from: branch.schema.clone() }];
+    fixture
+        .warehouse
+        .promote(&production.schema, ArchiveId(1), &promotions, 1)
+        .await
+        .expect("promote");
+    assert_eq!(view().await.as_deref(), Some("1,2"), "the view reads the new table");
+    fixture.warehouse.restore(&production.schema, ArchiveId(1), 2).await.expect("restore");
+    assert_eq!(view().await.as_deref(), Some("1,2,3"), "and the restored one");
+    assert_eq!(
+        fixture.own_tables(production).await,
+        ["Customers", "orders", "orders_view", "raw_orders"]
+    );
+}

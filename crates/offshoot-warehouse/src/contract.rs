@@ -791,3 +791,145 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     // Production is never a diff's target.
     assert!(warehouse.data_diff(production, "orders", &DiffOptions::default()).await.is_err());
 }
+
+async fn checksum_of(warehouse: &dyn Warehouse, target: &Target, table: &str) -> Option<String> {
+    warehouse
+        .table_checksum(target, table)
+        .await
+        .unwrap_or_else(|e| panic!("checksum of {table} in {}: {e}", target.schema))
+}
+
+/// Checksums of every table production owns, by name.
+async fn production_state(warehouse: &dyn Warehouse, production: &Target) -> Vec<(String, String)> {
+    let mut state = Vec::new();
+    for table in warehouse.own_tables(production).await.expect("production's tables") {
+        let checksum = checksum_of(warehouse, production, &table).await.expect("listed, so there");
+        state.push((table, checksum));
+    }
+    state
+}
+
+/// The tables of the promotion story (`p_*`) the target owns.
+async fn story_tables(warehouse: &dyn Warehouse, target: &Target) -> Vec<String> {
+    let tables = warehouse.own_tables(target).await.expect("own tables");
+    tables.into_iter().filter(|t| t.starts_with("p_")).collect()
+}
+
+/// Promotion, archive, restore and expiry: a branch's tables land in production with the
+/// branch's checksums, production's replaced tables (and the absence of new ones) are archived,
+/// restoring gives production back exactly, and a promotion that cannot be done changes nothing.
+pub async fn promotion_stories(warehouse: &dyn Warehouse, production: &Target, branch: &Target) {
+    use crate::{ArchiveId, Promotion};
+    let key = |k: &str| AssetKey::new(k).expect("a valid key");
+    let orders = "SELECT CAST(n AS INTEGER) AS id, CAST(n * 10 AS INTEGER) AS amount FROM s";
+    build(warehouse, production, "p_orders", &series(50, orders)).await;
+    build(warehouse, production, "p_revenue", "SELECT sum(amount) AS total FROM p_orders").await;
+    let before = production_state(warehouse, production).await;
+    let branch_orders = "SELECT CAST(n AS INTEGER) AS id, CAST(n * 11 AS INTEGER) AS amount FROM s";
+    build(warehouse, branch, "p_orders", &series(60, branch_orders)).await;
+    build(warehouse, branch, "p_churn", "SELECT CAST(1 AS INTEGER) AS customer, 'gone' AS why")
+        .await;
+    let branch_orders_sum = checksum_of(warehouse, branch, "p_orders").await;
+    let branch_churn_sum = checksum_of(warehouse, branch, "p_churn").await;
+    assert_eq!(warehouse.promotable(branch, &key("p_orders")).await.expect("promotable"), None);
+    assert_eq!(
+        warehouse.promotable(branch, &key("p_missing")).await.expect("promotable"),
+        Some("missing".to_owned())
+    );
+
+    // Anything missing refuses the whole promotion: production is as it was.
+    let archive = ArchiveId(1);
+    let promote = |keys: &[&str]| {
+        keys.iter()
+            .map(|k| Promotion { key: key(k), from: branch.schema.clone() })
+            .collect::<Vec<_>>()
+    };
+    let refused = warehouse
+        .promote(&production.schema, archive, &promote(&["p_orders", "p_missing"]), 1_000)
+        .await;
+    assert!(matches!(refused, Err(crate::WarehouseError::Refused(_))), "{refused:?}");
+    assert_eq!(production_state(warehouse, production).await, before, "nothing promoted");
+    assert_eq!(warehouse.archived(&production.schema).await.expect("archived"), []);
+
+    // Promoted: production serves the branch's tables, checksums equal.
+    warehouse
+        .promote(&production.schema, archive, &promote(&["p_orders", "p_churn"]), 1_000)
+        .await
+        .expect("promote");
+    assert_eq!(checksum_of(warehouse, production, "p_orders").await, branch_orders_sum);
+    assert_eq!(checksum_of(warehouse, production, "p_churn").await, branch_churn_sum);
+    assert_eq!(
+        warehouse.row_count(production, "p_orders").await.expect("rows"),
+        Some(60),
+        "the branch's rows"
+    );
+    // The branch reads the same data (its own copy or, moved, production's).
+    assert_eq!(checksum_of(warehouse, branch, "p_orders").await, branch_orders_sum);
+    assert_eq!(
+        story_tables(warehouse, production).await,
+        ["p_churn", "p_orders", "p_revenue"],
+        "archived tables are no asset's"
+    );
+
+    // The catch-up then rebuilds revenue, archiving it first; a second archive of a key keeps
+    // the first entry.
+    warehouse
+        .archive(&production.schema, archive, &[key("p_revenue")], 2_000)
+        .await
+        .expect("archive");
+    build(warehouse, production, "p_revenue", "SELECT sum(amount) AS total FROM p_orders").await;
+    warehouse
+        .archive(&production.schema, archive, &[key("p_revenue")], 3_000)
+        .await
+        .expect("again");
+    let archived = warehouse.archived(&production.schema).await.expect("archived");
+    let entries: Vec<(i64, &str, bool, i64)> =
+        archived.iter().map(|a| (a.archive.0, a.key.as_str(), a.existed, a.archived_at)).collect();
+    assert_eq!(
+        entries,
+        [(1, "p_orders", true, 1_000), (1, "p_churn", false, 1_000), (1, "p_revenue", true, 2_000)]
+    );
+
+    // Restored: production exactly as before, p_churn gone; restoring again changes nothing.
+    let mut restored =
+        warehouse.restore(&production.schema, archive, 4_000).await.expect("restore");
+    restored.sort();
+    assert_eq!(restored, [key("p_churn"), key("p_orders"), key("p_revenue")]);
+    assert_eq!(production_state(warehouse, production).await, before, "rolled back exactly");
+    assert_eq!(warehouse.restore(&production.schema, archive, 5_000).await.expect("again"), []);
+    assert_eq!(warehouse.archived(&production.schema).await.expect("archived"), []);
+    let unknown = warehouse.restore(&production.schema, ArchiveId(99), 5_000).await;
+    assert!(matches!(unknown, Err(crate::WarehouseError::Refused(_))), "{unknown:?}");
+
+    // A second catch-up's archive expires after its retention; a younger one stays.
+    build(warehouse, branch, "p_revenue", "SELECT CAST(7 AS INTEGER) AS total").await;
+    warehouse
+        .promote(&production.schema, ArchiveId(2), &promote(&["p_revenue"]), 10_000)
+        .await
+        .expect("promote again");
+    warehouse
+        .archive(&production.schema, ArchiveId(3), &[key("p_orders")], 20_000)
+        .await
+        .expect("archive");
+    // Archive 1's three restored entries and archive 2's one.
+    assert_eq!(warehouse.expire_archives(&production.schema, 15_000).await.expect("expire"), 4);
+    let left: Vec<i64> = warehouse
+        .archived(&production.schema)
+        .await
+        .expect("archived")
+        .iter()
+        .map(|a| a.archive.0)
+        .collect();
+    assert_eq!(left, [3]);
+    let expired = warehouse.restore(&production.schema, ArchiveId(2), 30_000).await;
+    assert!(
+        matches!(expired, Err(crate::WarehouseError::Refused(_))),
+        "an expired archive: {expired:?}"
+    );
+    assert_eq!(warehouse.expire_archives(&production.schema, 30_000).await.expect("expire"), 1);
+    assert_eq!(
+        story_tables(warehouse, production).await,
+        ["p_orders", "p_revenue"],
+        "expired archives leave nothing behind"
+    );
+}

@@ -11,7 +11,7 @@ pub mod data_diff;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use offshoot_core::{AssetKey, SchemaName};
+use offshoot_core::{AssetKey, SchemaName, UnixMillis};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WarehouseError {
@@ -40,6 +40,30 @@ impl Target {
     pub fn is_production(&self) -> bool {
         self.schema == self.production
     }
+}
+
+/// The archive of the production tables one catch-up replaced, named by the caller (the
+/// catch-up's number). Rolling back restores one archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ArchiveId(pub i64);
+
+/// One table a catch-up takes from a branch into production.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    pub key: AssetKey,
+    /// The branch schema that holds the table.
+    pub from: SchemaName,
+}
+
+/// What an archive holds for one asset: production's table from before the catch-up, or the
+/// fact that production had none (so restoring drops the asset's table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedTable {
+    pub archive: ArchiveId,
+    pub key: AssetKey,
+    /// Production had a table of the asset before.
+    pub existed: bool,
+    pub archived_at: UnixMillis,
 }
 
 #[async_trait]
@@ -89,6 +113,60 @@ pub trait Warehouse: Send + Sync + 'static {
 
     /// Every deployment schema that exists, production included (to find orphans).
     async fn schemas(&self) -> WarehouseResult<Vec<SchemaName>>;
+
+    /// `None` when the branch's table `key` can be promoted into production, else why not
+    /// (`a view`, `missing`, `a table with triggers`...): only plain tables whose data is all
+    /// there is to them move, so that nothing of a branch's making (code run on read, grants to
+    /// others) reaches production.
+    async fn promotable(&self, branch: &Target, key: &AssetKey) -> WarehouseResult<Option<String>>;
+
+    /// Moves each branch table into `production`, all in one transaction, without running any
+    /// asset code; production's table of the same key (or the fact that there was none) goes
+    /// into `archive` first. PostgreSQL moves metadata only (`ALTER TABLE ... SET SCHEMA`, owner
+    /// production's login, SELECT for the branch group as production's own tables have);
+    /// SQLite copies the rows inside one transaction of production's file. Refused, with
+    /// nothing changed, when any table is missing or not [`Warehouse::promotable`]. Done by
+    /// production's own connection: no branch credential writes production.
+    async fn promote(
+        &self,
+        production: &SchemaName,
+        archive: ArchiveId,
+        promotions: &[Promotion],
+        now: UnixMillis,
+    ) -> WarehouseResult<()>;
+
+    /// Keeps a copy of production's current tables of `keys` in `archive` before a catch-up
+    /// rebuilds them (absent ones are recorded as absent). A key the archive has already
+    /// keeps its first entry, so a retried catch-up archives what was there before it.
+    async fn archive(
+        &self,
+        production: &SchemaName,
+        archive: ArchiveId,
+        keys: &[AssetKey],
+        now: UnixMillis,
+    ) -> WarehouseResult<()>;
+
+    /// Puts production back as `archive` recorded it, in one transaction: each archived table
+    /// replaces the current one (PostgreSQL: metadata only), each asset recorded as absent
+    /// loses its table. Returns the keys restored; an archive already restored restores nothing
+    /// again. Refused when the archive holds nothing (never made, or expired).
+    async fn restore(
+        &self,
+        production: &SchemaName,
+        archive: ArchiveId,
+        now: UnixMillis,
+    ) -> WarehouseResult<Vec<AssetKey>>;
+
+    /// What production's archives hold and have not restored, oldest first.
+    async fn archived(&self, production: &SchemaName) -> WarehouseResult<Vec<ArchivedTable>>;
+
+    /// Drops every archive entry of `production` archived before `before` (restored or not) and
+    /// its table; returns how many.
+    async fn expire_archives(
+        &self,
+        production: &SchemaName,
+        before: UnixMillis,
+    ) -> WarehouseResult<u64>;
 
     /// What the branch `target` did to `table`: its own table against production's (see
     /// [`data_diff`]). A side without the table is `None` in the result (for the branch: it has
