@@ -6,10 +6,12 @@
 //! cargo run --release -p offshoot-bench -- [--assets-small 1000] [--assets-large 10000] [--runs 15] [--dir PATH] [--keep]
 //! offshoot-bench --only load --repo PATH   # one load of PATH's `main` in this process; prints VmHWM
 //! offshoot-bench server [--runs 9] [--skip-10k] ...   # needs `cargo build --release -p offshoot -p offshoot-bench`
+//! offshoot-bench incremental [--assets 10000,100000] ...   # parse once per blob (src/incremental.rs)
 //! offshoot-bench webhooks [--clients 64] [--requests 384] [--body-mb 25]   # a flood of forged webhooks (src/webhooks.rs)
 //! ```
 
 mod data_diff;
+mod incremental;
 mod project;
 mod server;
 mod webhooks;
@@ -83,6 +85,10 @@ fn main() -> anyhow::Result<()> {
     if arguments.peek().map(String::as_str) == Some("data-diff") {
         arguments.next();
         return data_diff::run(&data_diff::parse_args(arguments)?);
+    }
+    if arguments.peek().map(String::as_str) == Some("incremental") {
+        arguments.next();
+        return incremental::run(&incremental::parse_args(arguments)?);
     }
     if arguments.peek().map(String::as_str) == Some("webhooks") {
         arguments.next();
