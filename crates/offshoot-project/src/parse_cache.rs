@@ -305,6 +305,9 @@ struct Record {
     inputs: Vec<(String, Option<String>)>,
 }
 
+/// One table reference: its parts as (value, quoted), line and column.
+type ReferenceRecord = (Vec<(String, bool)>, u32, u32);
+
 #[derive(Serialize, Deserialize)]
 struct AssetRecord {
     key: String,
@@ -320,7 +323,7 @@ struct AssetRecord {
     grain: Vec<String>,
     line: u32,
     /// `(parts as (value, quoted), line, column)` per table the SQL reads.
-    references: Vec<(Vec<(String, bool)>, u32, u32)>,
+    references: Vec<ReferenceRecord>,
     /// `(name, line, column)` per `deps` entry.
     named_deps: Vec<(String, u32, u32)>,
 }
