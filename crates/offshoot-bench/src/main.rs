@@ -7,10 +7,12 @@
 //! offshoot-bench --only load --repo PATH   # one load of PATH's `main` in this process; prints VmHWM
 //! offshoot-bench server [--runs 9] [--skip-10k] ...   # needs `cargo build --release -p offshoot -p offshoot-bench`
 //! offshoot-bench promotion [--models 1000] [--changed 29]   # merge → production: promote vs rebuild (src/promotion.rs)
+//! offshoot-bench incremental [--assets 10000,100000] ...   # parse once per blob (src/incremental.rs)
 //! offshoot-bench webhooks [--clients 64] [--requests 384] [--body-mb 25]   # a flood of forged webhooks (src/webhooks.rs)
 //! ```
 
 mod data_diff;
+mod incremental;
 mod project;
 mod promotion;
 mod server;
@@ -89,6 +91,10 @@ fn main() -> anyhow::Result<()> {
     if arguments.peek().map(String::as_str) == Some("promotion") {
         arguments.next();
         return promotion::run(&promotion::parse_args(arguments)?);
+    }
+    if arguments.peek().map(String::as_str) == Some("incremental") {
+        arguments.next();
+        return incremental::run(&incremental::parse_args(arguments)?);
     }
     if arguments.peek().map(String::as_str) == Some("webhooks") {
         arguments.next();

@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// The repository name every benchmark server serves; production's schema is `bench__prod`.
-const REPOSITORY: &str = "bench";
+pub(crate) const REPOSITORY: &str = "bench";
 const TOKEN: &str = "offshoot-bench-token";
 /// How often a client asks whether a deployment is ready.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
@@ -292,18 +292,18 @@ impl Fixture {
 // Phase 1: deploy latency
 
 /// One branch deploy as the client saw it and as the server recorded it.
-struct DeploySample {
+pub(crate) struct DeploySample {
     /// From just before the POST to the first response that shows the revision ready.
-    wall: Duration,
+    pub(crate) wall: Duration,
     /// The revision's `duration_ms`: queued → finished, measured by the server.
-    server: Duration,
-    asset_count: usize,
-    changed_count: u64,
-    impacted_count: u64,
+    pub(crate) server: Duration,
+    pub(crate) asset_count: usize,
+    pub(crate) changed_count: u64,
+    pub(crate) impacted_count: u64,
 }
 
 /// Creates a branch deployment for `branch` at `commit` and waits until it is ready.
-fn deploy_branch(api: &Api, branch: &str, commit: &str) -> anyhow::Result<DeploySample> {
+pub(crate) fn deploy_branch(api: &Api, branch: &str, commit: &str) -> anyhow::Result<DeploySample> {
     let start = Instant::now();
     let created = api.post(
         "/api/v1/branch-deployments",
@@ -799,16 +799,21 @@ impl PerfRecording {
 // ---------------------------------------------------------------------------------------------
 // The server process and its API
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    pid: u32,
+    pub(crate) pid: u32,
     base: String,
 }
 
 impl Server {
     /// Starts `offshoot serve` with a configuration in `dir` serving the repository at `repo`,
     /// and waits until it listens. Its log goes to `dir/server.log`.
-    fn start(binary: &Path, dir: &Path, repo: &Path, backend: &str) -> anyhow::Result<Server> {
+    pub(crate) fn start(
+        binary: &Path,
+        dir: &Path,
+        repo: &Path,
+        backend: &str,
+    ) -> anyhow::Result<Server> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let config = dir.join("offshoot.toml");
         let text = format!(
@@ -867,12 +872,12 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
-    fn api(&self) -> Api {
+    pub(crate) fn api(&self) -> Api {
         Api { agent: agent(), base: self.base.clone() }
     }
 
     /// Waits until `prod` serves `commit` (the server deploys the production branch at start).
-    fn wait_for_production(&self, commit: &str) -> anyhow::Result<()> {
+    pub(crate) fn wait_for_production(&self, commit: &str) -> anyhow::Result<()> {
         let start = Instant::now();
         let api = self.api();
         api.wait_until_ready(DeploymentName::production().as_str(), commit)?;
@@ -916,13 +921,13 @@ fn fetch(agent: &ureq::Agent, url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Api {
+pub(crate) struct Api {
     agent: ureq::Agent,
     base: String,
 }
 
 impl Api {
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
         let response = self.agent.get(&format!("{}{path}", self.base)).call();
         answer("GET", path, response)
     }

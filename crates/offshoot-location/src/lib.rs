@@ -11,6 +11,7 @@
 mod dagster;
 mod dbt;
 mod native;
+pub mod parse_cache;
 mod process;
 mod sandbox;
 
@@ -18,11 +19,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use offshoot_core::{AssetKey, Snapshot};
+use offshoot_project::parse_cache::ParseCache;
 use offshoot_project::{Diagnostic, LoadError, LocationConfig, Manifest, Project, ProjectFiles};
 
 pub use dagster::{DagsterLocation, ENTRY_POINT as DAGSTER_ENTRY_POINT};
 pub use dbt::{DbtLocation, PROFILES_YML as DBT_PROFILES_YML};
 pub use native::NativeLocation;
+pub use parse_cache::{DiskParseCache, ParseCacheOptions};
 pub use process::{base_environment, kill_group, tail, ToolCommand, ToolOutput, MAX_OUTPUT};
 pub use sandbox::{support as sandbox_support, Sandbox};
 
@@ -126,16 +129,19 @@ pub fn for_manifest(manifest: &Manifest) -> Box<dyn CodeLocation> {
 
 /// Reads the manifest and loads the commit with its location: the one entry point for every
 /// caller (server, CLI). `checkout` is called only when the location needs the files on disk.
+/// A native project reuses `cache` for every file whose content id it has seen (parse once per
+/// blob); the tool locations do not use it.
 pub fn load_project(
     files: &dyn ProjectFiles,
     checkout: impl FnOnce() -> Result<PathBuf, String>,
     work_dir: &Path,
     env: &[(String, String)],
     sandbox: Option<&Sandbox>,
+    cache: Option<&dyn ParseCache>,
 ) -> Result<Project, LocationError> {
     let manifest = offshoot_project::read_manifest(files)?;
     if manifest.location == LocationConfig::Native {
-        return Ok(offshoot_project::load(files)?);
+        return Ok(offshoot_project::load_cached(files, cache)?);
     }
     let location = for_manifest(&manifest);
     let dir = if location.needs_checkout() {

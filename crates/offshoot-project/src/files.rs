@@ -13,6 +13,23 @@ pub trait ProjectFiles {
     fn asset_paths(&self) -> Result<Vec<String>, FilesError>;
     /// The file's bytes, or `None` if there is no file at `path`.
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>, FilesError>;
+    /// An id of the file's content that changes whenever the content does (a git blob id),
+    /// without reading it; [`FileId::Unavailable`] where there is none to be had cheaply. Parse
+    /// caches key what they keep by it.
+    fn file_id(&self, _path: &str) -> Result<FileId, FilesError> {
+        Ok(FileId::Unavailable)
+    }
+}
+
+/// What [`ProjectFiles::file_id`] knows of one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileId {
+    /// This source has no content ids (a working directory, a map).
+    Unavailable,
+    /// There is no file at the path.
+    Missing,
+    /// The content's id, e.g. a git blob id in hex.
+    Content(String),
 }
 
 /// Files held in memory, for tests and generated projects.

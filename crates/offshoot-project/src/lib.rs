@@ -10,13 +10,14 @@ pub mod diagnostic;
 pub mod files;
 mod loader;
 pub mod manifest;
+pub mod parse_cache;
 pub mod scaffold;
 mod sql;
 mod toml_value;
 
 pub use diagnostic::Diagnostic;
-pub use files::{FilesError, MemoryFiles, ProjectFiles};
-pub use loader::{load, read_manifest, LoadError, Project};
+pub use files::{FileId, FilesError, MemoryFiles, ProjectFiles};
+pub use loader::{load, load_cached, read_manifest, LoadError, Project};
 pub use manifest::{DagsterConfig, DbtConfig, Dialect, LocationConfig, Manifest};
 pub use offshoot_core::Snapshot;
 

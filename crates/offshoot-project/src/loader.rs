@@ -13,8 +13,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::diagnostic::{line_column, toml_error_message, toml_error_position, Diagnostic};
-use crate::files::{FilesError, ProjectFiles};
+use crate::files::{FileId, FilesError, ProjectFiles};
 use crate::manifest::{self, Manifest};
+use crate::parse_cache::{CacheKey, ParseCache, ParsedFile};
 use crate::sql::{self, TableReference};
 use crate::{toml_value, ASSETS_DIR, MANIFEST_PATH};
 
@@ -78,16 +79,18 @@ struct PartitionsFile {
 }
 
 /// A dependency named explicitly (`deps = [...]`), with its position in the file.
-struct NamedDep {
-    name: String,
-    position: (u32, u32),
+#[derive(Debug, Clone)]
+pub(crate) struct NamedDep {
+    pub(crate) name: String,
+    pub(crate) position: (u32, u32),
 }
 
 /// An asset before its references are resolved.
-struct Draft {
-    asset: Asset,
-    references: Vec<TableReference>,
-    named_deps: Vec<NamedDep>,
+#[derive(Debug, Clone)]
+pub(crate) struct Draft {
+    pub(crate) asset: Asset,
+    pub(crate) references: Vec<TableReference>,
+    pub(crate) named_deps: Vec<NamedDep>,
 }
 
 /// Reads and validates `offshoot.toml` alone: what every code location starts from.
@@ -126,6 +129,21 @@ fn read_manifest_into(
 
 /// Loads a native project (SQL and command assets under `assets/`).
 pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
+    load_cached(files, None)
+}
+
+/// One SQL file waiting to be parsed: (position in the sorted paths, path, key, text, the
+/// cache key it will be kept under).
+type PendingSql<'p> = (usize, &'p str, AssetKey, String, Option<CacheKey>);
+
+/// [`load`], reusing what `cache` holds for files whose content id it has seen (see
+/// [`crate::parse_cache`]) and keeping there what it had to parse. Only the per-file parse is
+/// reused: references, duplicates and cycles are worked out for the whole graph every time,
+/// so the result is the same as [`load`]'s.
+pub fn load_cached(
+    files: &dyn ProjectFiles,
+    cache: Option<&dyn ParseCache>,
+) -> Result<Project, LoadError> {
     let mut diagnostics = Vec::new();
     let manifest = read_manifest_into(files, &mut diagnostics)?;
     let dialect = manifest.as_ref().map_or(crate::Dialect::Generic, |m| m.dialect);
@@ -134,33 +152,78 @@ pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
     paths.sort();
     // Reading stays on this thread (the files may be a git handle); SQL parsing, most of the
     // work, is pure and runs on every core.
-    let mut sql_files: Vec<(usize, &str, AssetKey, String)> = Vec::new();
-    let mut drafts: Vec<(usize, Draft)> = Vec::new();
+    let mut sql_files: Vec<PendingSql<'_>> = Vec::new();
+    let mut parsed: Vec<(usize, AssetKey, AssetKind, Arc<ParsedFile>)> = Vec::new();
+    let mut new_entries: Vec<(CacheKey, Arc<ParsedFile>)> = Vec::new();
     for (index, path) in paths.iter().enumerate() {
         let Some(kind) = asset_kind_of(path) else { continue };
         let Some(key) = key_of(path, &mut diagnostics) else { continue };
+        let cache_key = match cache {
+            None => None,
+            Some(_) => match files.file_id(path)? {
+                FileId::Content(content) => {
+                    Some(CacheKey { kind, dialect, path: path.clone(), content })
+                }
+                FileId::Missing => continue,
+                FileId::Unavailable => None,
+            },
+        };
+        if let (Some(cache), Some(cache_key)) = (cache, &cache_key) {
+            if let Some(found) = cache.get(&cache_key.digest()) {
+                if inputs_unchanged(&found, files)? {
+                    parsed.push((index, key, kind, found));
+                    continue;
+                }
+            }
+        }
         let Some(bytes) = files.read(path)? else { continue };
         let text = match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(error) => {
-                diagnostics.push(not_utf8(path, &error));
+                let file = ParsedFile {
+                    draft: None,
+                    diagnostics: vec![not_utf8(path, &error)],
+                    inputs: Vec::new(),
+                };
+                remember(&mut parsed, &mut new_entries, (index, key, kind), cache_key, file);
                 continue;
             }
         };
         match kind {
-            AssetKind::Sql => sql_files.push((index, path, key, text)),
+            AssetKind::Sql => sql_files.push((index, path, key, text, cache_key)),
             _ => {
-                let draft = command_asset(path, key.clone(), &text, files, &mut diagnostics)?;
-                drafts.push((index, draft.unwrap_or_else(|| placeholder(path, key, kind))));
+                let mut found = Vec::new();
+                // The inputs' content ids, if there is an entry to check them later.
+                let mut inputs = cache_key.as_ref().map(|_| Vec::new());
+                let draft =
+                    command_asset(path, key.clone(), &text, files, &mut found, &mut inputs)?;
+                // An input without a content id cannot be checked later: keep no entry.
+                let cache_key = cache_key.filter(|_| inputs.is_some());
+                let file =
+                    ParsedFile { draft, diagnostics: found, inputs: inputs.unwrap_or_default() };
+                remember(&mut parsed, &mut new_entries, (index, key, kind), cache_key, file);
             }
         }
     }
-    for (index, draft, found) in parse_sql_files(sql_files, dialect) {
-        diagnostics.extend(found);
-        drafts.push((index, draft));
+    for (index, key, cache_key, file) in parse_sql_files(sql_files, dialect) {
+        remember(&mut parsed, &mut new_entries, (index, key, AssetKind::Sql), cache_key, file);
     }
-    drafts.sort_by_key(|(index, _)| *index);
-    let drafts: Vec<Draft> = drafts.into_iter().map(|(_, d)| d).collect();
+    if let Some(cache) = cache {
+        if !new_entries.is_empty() {
+            cache.insert(new_entries);
+        }
+    }
+    parsed.sort_by_key(|(index, ..)| *index);
+    let drafts: Vec<Draft> = parsed
+        .into_iter()
+        .map(|(index, key, kind, file)| {
+            diagnostics.extend(file.diagnostics.iter().cloned());
+            match &file.draft {
+                Some(draft) => draft.clone(),
+                None => placeholder(&paths[index], key, kind),
+            }
+        })
+        .collect();
 
     let sources = manifest.as_ref().map(|m| m.sources.clone()).unwrap_or_default();
     let external: Vec<String> = manifest.as_ref().map(|m| m.external.clone()).unwrap_or_default();
@@ -257,7 +320,37 @@ pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
     }
 }
 
-type ParsedSqlFile = (usize, Draft, Vec<Diagnostic>);
+/// Keeps one file's parse for this load and, under `cache_key`, for the cache.
+fn remember(
+    parsed: &mut Vec<(usize, AssetKey, AssetKind, Arc<ParsedFile>)>,
+    new_entries: &mut Vec<(CacheKey, Arc<ParsedFile>)>,
+    (index, key, kind): (usize, AssetKey, AssetKind),
+    cache_key: Option<CacheKey>,
+    file: ParsedFile,
+) {
+    let file = Arc::new(file);
+    if let Some(cache_key) = cache_key {
+        new_entries.push((cache_key, file.clone()));
+    }
+    parsed.push((index, key, kind, file));
+}
+
+/// Whether every input file a cached command asset hashed still has the content it had.
+fn inputs_unchanged(file: &ParsedFile, files: &dyn ProjectFiles) -> Result<bool, FilesError> {
+    for (path, content) in &file.inputs {
+        let now = match files.file_id(path)? {
+            FileId::Content(id) => Some(id),
+            FileId::Missing => None,
+            FileId::Unavailable => return Ok(false),
+        };
+        if now != *content {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+type ParsedSqlFile = (usize, AssetKey, Option<CacheKey>, ParsedFile);
 
 /// Stands in for an asset whose file has errors (already reported), so that references to it
 /// resolve and one broken file does not make every reader report "not an asset" too. A project
@@ -269,22 +362,18 @@ fn placeholder(path: &str, key: AssetKey, kind: AssetKind) -> Draft {
 }
 
 /// Parses SQL assets on up to four threads, in contiguous chunks so the results keep their order.
-fn parse_sql_files(
-    files: Vec<(usize, &str, AssetKey, String)>,
-    dialect: crate::Dialect,
-) -> Vec<ParsedSqlFile> {
-    let parse = |(index, path, key, text): (usize, &str, AssetKey, String)| {
+fn parse_sql_files(files: Vec<PendingSql<'_>>, dialect: crate::Dialect) -> Vec<ParsedSqlFile> {
+    let parse = |(index, path, key, text, cache_key): PendingSql<'_>| {
         let mut found = Vec::new();
-        let draft = sql_asset(path, key.clone(), &text, dialect, &mut found)
-            .unwrap_or_else(|| placeholder(path, key, AssetKind::Sql));
-        (index, draft, found)
+        let draft = sql_asset(path, key.clone(), &text, dialect, &mut found);
+        (index, key, cache_key, ParsedFile { draft, diagnostics: found, inputs: Vec::new() })
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
     if threads < 2 || files.len() < 64 {
         return files.into_iter().map(parse).collect();
     }
     let chunk = files.len().div_ceil(threads);
-    let mut chunks: Vec<Vec<(usize, &str, AssetKey, String)>> = Vec::new();
+    let mut chunks: Vec<Vec<PendingSql<'_>>> = Vec::new();
     let mut rest = files.into_iter();
     loop {
         let part: Vec<_> = rest.by_ref().take(chunk).collect();
@@ -522,6 +611,7 @@ fn command_asset(
     text: &str,
     files: &dyn ProjectFiles,
     diagnostics: &mut Vec<Diagnostic>,
+    inputs: &mut Option<Vec<(String, Option<String>)>>,
 ) -> Result<Option<Draft>, FilesError> {
     let Some(file) = parse_asset_file(path, text, text, 0, diagnostics) else { return Ok(None) };
     let mut asset = Asset::new(key, AssetKind::Command);
@@ -553,6 +643,13 @@ fn command_asset(
                 ),
             );
             continue;
+        }
+        if let Some(recorded) = inputs.as_mut() {
+            match files.file_id(input_path)? {
+                FileId::Content(id) => recorded.push((input_path.clone(), Some(id))),
+                FileId::Missing => recorded.push((input_path.clone(), None)),
+                FileId::Unavailable => *inputs = None,
+            }
         }
         match files.read(input_path)? {
             Some(content) => {

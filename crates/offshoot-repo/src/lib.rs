@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
-use offshoot_project::{FilesError, ProjectFiles, ASSETS_DIR};
+use offshoot_project::{FileId, FilesError, ProjectFiles, ASSETS_DIR};
 
 pub mod write;
 
@@ -51,6 +51,11 @@ impl GitRepository {
                 message: e.message().to_owned(),
             }
         })
+    }
+
+    /// The repository's own folder (`.git`, or the bare repository itself).
+    pub fn git_dir(&self) -> &Path {
+        self.repo.path()
     }
 
     /// The working directory, if the repository is not bare.
@@ -177,19 +182,33 @@ impl ProjectFiles for CommitFiles<'_> {
     }
 
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>, FilesError> {
-        let known = self.blobs.borrow().get(path).copied();
-        let id = match known {
-            Some(id) => id,
-            None => match self.tree.get_path(Path::new(path)) {
-                Ok(entry) if entry.kind() == Some(ObjectType::Blob) => entry.id(),
-                Ok(_) => return Ok(None),
-                Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
-                Err(e) => return Err(FilesError(e.message().to_owned())),
-            },
-        };
+        let Some(id) = self.blob_id(path)? else { return Ok(None) };
         let blob =
             self.repo.find_blob(id).map_err(|e| FilesError(format!("{path}: {}", e.message())))?;
         Ok(Some(blob.content().to_vec()))
+    }
+
+    /// The blob id from the tree: what parse caches key by, known without reading the blob.
+    fn file_id(&self, path: &str) -> Result<FileId, FilesError> {
+        Ok(match self.blob_id(path)? {
+            Some(id) => FileId::Content(id.to_string()),
+            None => FileId::Missing,
+        })
+    }
+}
+
+impl CommitFiles<'_> {
+    /// The id of the blob at `path`, `None` if there is none (or it is a folder or submodule).
+    fn blob_id(&self, path: &str) -> Result<Option<Oid>, FilesError> {
+        if let Some(id) = self.blobs.borrow().get(path).copied() {
+            return Ok(Some(id));
+        }
+        match self.tree.get_path(Path::new(path)) {
+            Ok(entry) if entry.kind() == Some(ObjectType::Blob) => Ok(Some(entry.id())),
+            Ok(_) => Ok(None),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(FilesError(e.message().to_owned())),
+        }
     }
 }
 

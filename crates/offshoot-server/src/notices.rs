@@ -3,7 +3,7 @@
 //! subscriber that falls more than [`CAPACITY`] behind is told how many it missed.
 
 use offshoot_store::DeploymentId;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// Notices held for slow subscribers.
 pub const CAPACITY: usize = 1024;
@@ -20,11 +20,14 @@ pub enum Notice {
 
 pub struct Notices {
     sender: broadcast::Sender<Notice>,
+    /// Bumped after every lifecycle write on this server: a hint to event streams to look at the
+    /// store now, never the change itself.
+    written: watch::Sender<u64>,
 }
 
 impl Default for Notices {
     fn default() -> Notices {
-        Notices { sender: broadcast::channel(CAPACITY).0 }
+        Notices { sender: broadcast::channel(CAPACITY).0, written: watch::channel(0).0 }
     }
 }
 
@@ -36,5 +39,14 @@ impl Notices {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.sender.subscribe()
+    }
+
+    /// After a lifecycle write: wakes everyone watching [`Notices::lifecycle_writes`].
+    pub fn lifecycle_written(&self) {
+        self.written.send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    pub fn lifecycle_writes(&self) -> watch::Receiver<u64> {
+        self.written.subscribe()
     }
 }

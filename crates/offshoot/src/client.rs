@@ -1,7 +1,9 @@
 //! A small blocking HTTP client for the server's API (plain HTTP; put TLS in front of the server
 //! with a reverse proxy). Errors carry the server's error code and message.
 
-use std::time::Duration;
+use std::io::BufRead;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use offshoot_server::config::Secret;
@@ -39,6 +41,16 @@ impl std::fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
+
+/// The server did not answer at all (down, restarting, network): a wait tries again.
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot reach the Offshoot server at {}", self.0)
+    }
+}
 
 fn non_empty(value: Option<String>) -> Option<String> {
     value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
@@ -107,8 +119,8 @@ impl Client {
         path: &str,
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> anyhow::Result<Value> {
-        let mut response = response
-            .with_context(|| format!("cannot reach the Offshoot server at {}", self.base))?;
+        let mut response =
+            response.map_err(|e| anyhow::Error::new(e).context(Unreachable(self.base.clone())))?;
         let status = response.status();
         let text = response.body_mut().read_to_string().context("reading the server's answer")?;
         if status.is_success() {
@@ -133,6 +145,142 @@ impl Client {
                 status.as_u16()
             )),
             None => Err(anyhow!("HTTP {} from {path}: {}", status.as_u16(), text.trim())),
+        }
+    }
+}
+
+/// How often a wait reads the state when the server's event stream cannot be had.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a subscription may take to say it is listening.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a subscription heard.
+enum Heard {
+    /// The stream is listening: anything that changes from now on will be announced.
+    Ready,
+    Change,
+    /// The stream ended or broke.
+    Lost,
+}
+
+/// A subscription to the server's event stream (`/api/v1/events`): a thread reads it and passes
+/// each event on, so a wait can also time out.
+struct Events {
+    heard: mpsc::Receiver<Heard>,
+}
+
+impl Events {
+    /// The next event before `deadline`; `None` when the deadline passed first.
+    fn next(&self, deadline: Instant) -> Option<Heard> {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match self.heard.recv_timeout(left) {
+            Ok(heard) => Some(heard),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(Heard::Lost),
+        }
+    }
+}
+
+/// Reads server-sent events (`event:` lines, a blank line ends each) and reports them.
+fn read_events(reader: impl BufRead, heard: &mpsc::Sender<Heard>) {
+    let mut event = String::new();
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        if let Some(name) = line.strip_prefix("event:") {
+            event = name.trim().to_owned();
+        } else if line.is_empty() && !event.is_empty() {
+            let message = match event.as_str() {
+                "ready" => Heard::Ready,
+                _ => Heard::Change,
+            };
+            event.clear();
+            if heard.send(message).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = heard.send(Heard::Lost);
+}
+
+impl Client {
+    /// Subscribes to the event stream and waits until it listens; `None` when the server
+    /// offers no stream or it cannot be had (the caller polls instead).
+    fn subscribe(&self) -> Option<Events> {
+        // The stream stays open for as long as the wait lasts: no overall timeout.
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(SUBSCRIBE_TIMEOUT))
+            .timeout_recv_response(Some(SUBSCRIBE_TIMEOUT))
+            .build();
+        let agent = ureq::Agent::new_with_config(config);
+        let request = self
+            .authorize(agent.get(&self.url("/api/v1/events")))
+            .header("Accept", "text/event-stream");
+        let (sender, heard) = mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok(response) = request.call() else {
+                let _ = sender.send(Heard::Lost);
+                return;
+            };
+            if !response.status().is_success() {
+                let _ = sender.send(Heard::Lost);
+                return;
+            }
+            let reader = std::io::BufReader::new(response.into_body().into_reader());
+            read_events(reader, &sender);
+        });
+        let events = Events { heard };
+        match events.next(Instant::now() + SUBSCRIBE_TIMEOUT) {
+            Some(Heard::Ready) => Some(events),
+            _ => None,
+        }
+    }
+
+    /// Calls `read` until it returns a value or `deadline` passes (then `None`), reading again
+    /// whenever the server announces a change. It subscribes before each read, so a change
+    /// between a read and the wait is never missed; when the stream breaks it subscribes again,
+    /// and when there is none it reads every 200 ms. A server that does not answer (restarting)
+    /// is waited for too, until the deadline.
+    pub fn wait_for<T>(
+        &self,
+        deadline: Instant,
+        mut read: impl FnMut() -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<Option<T>> {
+        let mut read = || match read() {
+            Err(error) if error.downcast_ref::<Unreachable>().is_some() => {
+                if Instant::now() >= deadline {
+                    return Err(error);
+                }
+                Ok(None)
+            }
+            other => other,
+        };
+        loop {
+            let events = self.subscribe();
+            if let Some(done) = read()? {
+                return Ok(Some(done));
+            }
+            match events {
+                Some(events) => loop {
+                    match events.next(deadline) {
+                        None => return Ok(None),
+                        Some(Heard::Ready | Heard::Change) => {
+                            if let Some(done) = read()? {
+                                return Ok(Some(done));
+                            }
+                        }
+                        // Subscribe again (after a breath, so a failing stream is no busy loop).
+                        Some(Heard::Lost) => {
+                            std::thread::sleep(Duration::from_millis(20));
+                            break;
+                        }
+                    }
+                },
+                None => std::thread::sleep(POLL_INTERVAL),
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
         }
     }
 }

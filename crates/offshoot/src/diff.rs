@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::ValueEnum;
 use offshoot_core::{diff, Selection};
 use offshoot_location::LocationError;
+use offshoot_project::parse_cache::ParseCache;
 use offshoot_project::Project;
 use offshoot_repo::{CommitInfo, GitRepository};
 
@@ -35,6 +36,9 @@ pub struct Args {
     /// Print the keys this selection picks instead of the change set, e.g. 'changed_in_branch:ANY+'.
     #[arg(long)]
     select: Option<String>,
+    /// Parse every file afresh instead of reusing the parse cache in `.git/offshoot/parse-cache`.
+    #[arg(long)]
+    no_cache: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -53,10 +57,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Against::MergeBase => repo.merge_base(&base_tip.sha, &head.sha)?,
         Against::Tip => base_tip.clone(),
     };
-    let Some(base_project) = load(&repo, &compared, &format!("base {}", args.base))? else {
+    // Parse once per blob: the head shares most of its files with the base.
+    let cache = (!args.no_cache).then(|| crate::locate::parse_cache(&repo));
+    let cache = cache.as_ref().map(|c| c as &dyn ParseCache);
+    let Some(base_project) = load(&repo, &compared, &format!("base {}", args.base), cache)? else {
         return Ok(Outcome::Failed);
     };
-    let Some(head_project) = load(&repo, &head, &format!("head {}", args.head))? else {
+    let Some(head_project) = load(&repo, &head, &format!("head {}", args.head), cache)? else {
         return Ok(Outcome::Failed);
     };
     let changes = diff(&base_project.snapshot, &head_project.snapshot);
@@ -99,8 +106,9 @@ pub fn load(
     repo: &GitRepository,
     commit: &CommitInfo,
     what: &str,
+    cache: Option<&dyn ParseCache>,
 ) -> anyhow::Result<Option<Project>> {
-    match crate::locate::load_commit(repo, &commit.sha) {
+    match crate::locate::load_commit(repo, &commit.sha, cache) {
         Ok(project) => Ok(Some(project)),
         Err(LocationError::Invalid(diagnostics)) => {
             for diagnostic in &diagnostics {

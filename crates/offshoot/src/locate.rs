@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use offshoot_location::LocationError;
+use offshoot_location::{DiskParseCache, LocationError, ParseCacheOptions};
+use offshoot_project::parse_cache::ParseCache;
 use offshoot_project::Project;
 use offshoot_repo::{GitRepository, WorkingDirectory};
 
@@ -37,7 +38,27 @@ fn environment() -> Vec<(String, String)> {
     env
 }
 
-pub fn load_commit(repo: &GitRepository, sha: &str) -> Result<Project, LocationError> {
+/// The CLI's parse cache ([`DiskParseCache`]): in the repository's own folder
+/// (`.git/offshoot/parse-cache`), or under the user's cache folder
+/// (`$XDG_CACHE_HOME/offshoot/parse-cache`, else `~/.cache/...`) when that cannot be written.
+pub fn parse_cache(repo: &GitRepository) -> DiskParseCache {
+    let in_repository = repo.git_dir().join("offshoot").join("parse-cache");
+    if std::fs::create_dir_all(&in_repository).is_ok() {
+        return DiskParseCache::open(&in_repository, ParseCacheOptions::default());
+    }
+    let user = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    DiskParseCache::open(&user.join("offshoot").join("parse-cache"), ParseCacheOptions::default())
+}
+
+/// Loads one commit; a native project reuses and fills `cache`.
+pub fn load_commit(
+    repo: &GitRepository,
+    sha: &str,
+    cache: Option<&dyn ParseCache>,
+) -> Result<Project, LocationError> {
     let files = repo.files_at(sha).map_err(|e| LocationError::Tool(e.to_string()))?;
     let scratch = Scratch::new(&format!("load-{}", &sha[..sha.len().min(12)]))
         .map_err(|e| LocationError::Tool(e.to_string()))?;
@@ -47,7 +68,8 @@ pub fn load_commit(repo: &GitRepository, sha: &str) -> Result<Project, LocationE
             .map(|()| checkout_dir.clone())
             .map_err(|e| e.to_string())
     };
-    offshoot_location::load_project(&files, checkout, &scratch.0.join("work"), &environment(), None)
+    let work = scratch.0.join("work");
+    offshoot_location::load_project(&files, checkout, &work, &environment(), None, cache)
 }
 
 pub fn load_working_directory(root: &Path) -> Result<Project, LocationError> {
@@ -58,6 +80,7 @@ pub fn load_working_directory(root: &Path) -> Result<Project, LocationError> {
         || Ok(root.to_path_buf()),
         &scratch.0.join("work"),
         &environment(),
+        None,
         None,
     )
 }

@@ -295,19 +295,27 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<Outcome> {
         DeploymentCommand::Status { name, wait, timeout_secs, format, scope } => {
             let client = Client::new(&scope.client)?;
             let path = format!("/api/v1/deployments/{}{}", encode(&name), scope.query());
-            let started = Instant::now();
-            let deployment = loop {
-                let deployment = client.get(&path)?;
+            let settled = |deployment: &Value| {
                 let latest = deployment["latest_revision"]["status"].as_str().unwrap_or("");
-                let settled = matches!(latest, "ready" | "failed" | "superseded")
-                    || deployment["status"] == "closed";
-                if !wait || settled {
-                    break deployment;
+                matches!(latest, "ready" | "failed" | "superseded")
+                    || deployment["status"] == "closed"
+            };
+            let deployment = if wait {
+                let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+                let mut last = Value::Null;
+                let found = client.wait_for(deadline, || {
+                    last = client.get(&path)?;
+                    Ok(settled(&last).then(|| last.clone()))
+                })?;
+                match found {
+                    Some(deployment) => deployment,
+                    None => {
+                        let latest = last["latest_revision"]["status"].as_str().unwrap_or("");
+                        bail!("`{name}` did not finish deploying within {timeout_secs} s (latest revision: {latest})")
+                    }
                 }
-                if started.elapsed() > Duration::from_secs(timeout_secs) {
-                    bail!("`{name}` did not finish deploying within {timeout_secs} s (latest revision: {latest})");
-                }
-                std::thread::sleep(Duration::from_millis(200));
+            } else {
+                client.get(&path)?
             };
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&deployment)?),
@@ -479,18 +487,15 @@ pub fn materialize(args: MaterializeArgs) -> anyhow::Result<Outcome> {
     Ok(if run["status"] == "succeeded" { Outcome::Ok } else { Outcome::Failed })
 }
 
+/// Waits for the run to end, following the server's event stream.
 pub fn wait_for_run(client: &Client, id: i64, timeout: Duration) -> anyhow::Result<Value> {
-    let started = Instant::now();
-    loop {
-        let run = client.get(&format!("/api/v1/runs/{id}"))?;
-        if matches!(run["status"].as_str(), Some("succeeded" | "failed" | "canceled")) {
-            return Ok(run);
-        }
-        if started.elapsed() > timeout {
-            bail!("run {id} did not finish within {} s", timeout.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let path = format!("/api/v1/runs/{id}");
+    let found = client.wait_for(Instant::now() + timeout, || {
+        let run = client.get(&path)?;
+        let ended = matches!(run["status"].as_str(), Some("succeeded" | "failed" | "canceled"));
+        Ok(ended.then_some(run))
+    })?;
+    found.ok_or_else(|| anyhow::anyhow!("run {id} did not finish within {} s", timeout.as_secs()))
 }
 
 fn print_run(run: &Value, with_logs: bool) {

@@ -100,13 +100,24 @@ pub async fn load(
         std::slice::from_ref(&work_dir),
     );
     env.push(("TMPDIR".to_owned(), work_dir.join("tmp").to_string_lossy().into_owned()));
+    // Parse once per blob, across commits, branches and restarts.
+    let parse_cache = state.config.data_dir.join("parse-cache");
     let loaded = blocking(path, move |repo| {
         let files = repo.files_at(sha.as_str())?;
         let checkout = || export_checkout(repo, &sha, &checkouts);
         std::fs::create_dir_all(&work_dir)
             .map_err(|e| GitError::Files(format!("{}: {e}", work_dir.display())))?;
         let sandbox = sandbox.map_err(GitError::Files)?;
-        match offshoot_location::load_project(&files, checkout, &work_dir, &env, sandbox.as_ref()) {
+        let cache = offshoot_location::DiskParseCache::shared(&parse_cache);
+        let loaded = offshoot_location::load_project(
+            &files,
+            checkout,
+            &work_dir,
+            &env,
+            sandbox.as_ref(),
+            Some(cache.as_ref()),
+        );
+        match loaded {
             Ok(project) => Ok(Ok(project)),
             Err(LocationError::Invalid(diagnostics)) => Ok(Err(diagnostics)),
             Err(LocationError::Tool(message)) => Err(GitError::Files(message)),

@@ -4,7 +4,9 @@
 //! Clients then refetch what they show; they poll only while the stream is down.
 //!
 //! Each stream watches the store itself (a few cheap reads per tick), so it also sees what other
-//! servers sharing the store did, which an in-process notification would miss.
+//! servers sharing the store did, which an in-process notification would miss. A lifecycle write
+//! on this server (`Notices::lifecycle_written`) wakes every stream at once, so waiting clients (`--wait` in the CLI)
+//! hear of it within milliseconds instead of at the next tick.
 
 use std::time::Duration;
 
@@ -21,6 +23,14 @@ use crate::state::{AppState, SharedState};
 
 /// How often a stream looks for changes: well under the UI's old polling intervals (1–3 s).
 const TICK: Duration = Duration::from_millis(400);
+
+/// Until the next tick or the next nudge, whichever comes first.
+async fn next_look(nudges: &mut tokio::sync::watch::Receiver<u64>) {
+    tokio::select! {
+        _ = tokio::time::sleep(TICK) => {}
+        _ = nudges.changed() => {}
+    }
+}
 
 pub fn router() -> Router<SharedState> {
     Router::new().route("/api/v1/events", get(events))
@@ -54,28 +64,31 @@ async fn events(
     State(state): State<SharedState>,
     _: Reader,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
-    // (state, the last pulse sent; None before the first event)
-    let stream = stream::unfold((state, None::<String>), |(state, last)| async move {
+    // (state, nudges, the last pulse sent; None before the first event). Subscribed before the
+    // first pulse, so a write between that pulse and the first wait still wakes the stream.
+    let nudges = state.notices.lifecycle_writes();
+    let start = (state, nudges, None::<String>);
+    let stream = stream::unfold(start, |(state, mut nudges, last)| async move {
         loop {
             if last.is_some() {
-                tokio::time::sleep(TICK).await;
+                next_look(&mut nudges).await;
             }
             // A store that fails for a moment just skips a tick; the client keeps its data.
             let Ok(now) = pulse(&state).await else {
-                tokio::time::sleep(TICK).await;
+                next_look(&mut nudges).await;
                 continue;
             };
             match &last {
                 None => {
                     return Some((
                         Ok(Event::default().event("ready").data("{}")),
-                        (state, Some(now)),
+                        (state, nudges, Some(now)),
                     ))
                 }
                 Some(previous) if *previous != now => {
                     return Some((
                         Ok(Event::default().event("change").data("{}")),
-                        (state, Some(now)),
+                        (state, nudges, Some(now)),
                     ))
                 }
                 Some(_) => {}

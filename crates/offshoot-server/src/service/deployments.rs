@@ -407,6 +407,7 @@ pub async fn attempt(
                 Some(state.store.get_deployment(record.deployment.id).await?)
             };
             count(state, &decision);
+            state.notices.lifecycle_written();
             carry_out(state, written.as_ref().unwrap_or(&record.deployment), &decision.effects);
             Ok(Some(Outcome {
                 decision,

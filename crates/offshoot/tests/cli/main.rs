@@ -13,3 +13,4 @@ mod lifecycle;
 mod locations;
 mod server;
 mod support;
+mod waits;

@@ -1,0 +1,3 @@
+//! offshoot-location's integration tests.
+
+mod parse_cache;
