@@ -395,10 +395,14 @@ async fn finish(
 ) -> Result<(), LifecycleError> {
     state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
     let succeeded = RunPlan::outcome(statuses) == Some(RunStatus::Succeeded);
+    // Each failed step with the first line of its error (dbt's or Python's message).
     let failed: Vec<String> = steps
         .iter()
         .filter(|s| s.status == StepStatus::Failed)
-        .map(|s| s.asset_key.to_string())
+        .map(|s| match s.error.as_deref().and_then(|e| e.lines().find(|l| !l.trim().is_empty())) {
+            Some(line) => format!("{} ({})", s.asset_key, line.trim()),
+            None => s.asset_key.to_string(),
+        })
         .collect();
     let error = (!succeeded).then(|| {
         if failed.is_empty() {
@@ -525,6 +529,7 @@ async fn build_with_tool(
     let location: Arc<dyn offshoot_location::CodeLocation> = Arc::from(location);
     let keys: Vec<AssetKey> = steps.iter().map(|s| s.asset_key.clone()).collect();
     let prepared = prepare_tool_build(context, &location, snapshot, &keys).await;
+    let mut timings = BTreeMap::new();
     let outcomes = match prepared {
         Err(message) => {
             append_log(context, &first, &format!("error: {message}\n")).await;
@@ -564,12 +569,14 @@ async fn build_with_tool(
                     let location = location.clone();
                     let snapshot = snapshot.clone();
                     let keys = keys.clone();
-                    tokio::task::spawn_blocking(move || {
+                    let (outcomes, times) = tokio::task::spawn_blocking(move || {
                         let request = build.inputs.request(&keys, &snapshot);
-                        location.build_outcomes(&request, &output)
+                        (location.build_outcomes(&request, &output), location.build_timings(&request))
                     })
                     .await
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                    timings = times;
+                    outcomes
                 }
             }
         }
@@ -581,6 +588,15 @@ async fn build_with_tool(
     for step in steps.iter_mut() {
         use offshoot_location::BuildOutcome;
         step.finished_at = Some(now());
+        // The tool's own times for the asset, where it tells (dbt's run_results.json).
+        let duration_ms = match timings.get(&step.asset_key) {
+            Some(timing) => {
+                step.started_at = Some(timing.started_at);
+                step.finished_at = Some(timing.finished_at);
+                timing.finished_at - timing.started_at
+            }
+            None => duration_ms,
+        };
         match outcomes.get(&step.asset_key) {
             Some(BuildOutcome::Succeeded { rows }) => {
                 step.status = StepStatus::Succeeded;
@@ -797,29 +813,21 @@ fn command_environment(context: &RunContext, asset: &Asset) -> Vec<(String, Stri
 /// The deployment's variables (and its warehouse's) for commands and location tools.
 fn deployment_environment(context: &RunContext, asset: Option<&AssetKey>) -> Vec<(String, String)> {
     let deployment = &context.deployment;
-    let pull_request = deployment.pull_request.as_ref();
     // The scoped variables first: Offshoot's own names are refused for them (`variables::check_name`).
     let mut env: Vec<(String, String)> =
         crate::variables::for_deployment(&context.state.config.variables, deployment)
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value.expose().to_owned()))
             .collect();
-    let is_branch = deployment.kind == DeploymentKind::Branch;
+    // The same variables loading the commit gets (`git::load_for`).
+    env.extend(offshoot_location::deployment_environment(&git::deployment_context(
+        &context.state,
+        &deployment.repository,
+        Some(deployment),
+        Some(&context.revision.commit),
+    )));
     env.extend([
-        ("OFFSHOOT_DEPLOYMENT_NAME".to_owned(), deployment.name.to_string()),
-        ("OFFSHOOT_IS_BRANCH_DEPLOYMENT".to_owned(), if is_branch { "1" } else { "0" }.to_owned()),
-        ("OFFSHOOT_LOCATION_NAME".to_owned(), deployment.repository.to_string()),
         ("OFFSHOOT_ASSET_KEY".to_owned(), asset.map(AssetKey::to_string).unwrap_or_default()),
-        ("OFFSHOOT_GIT_SHA".to_owned(), context.revision.commit.sha.to_string()),
-        ("OFFSHOOT_GIT_BRANCH".to_owned(), deployment.branch.to_string()),
-        (
-            "OFFSHOOT_PULL_REQUEST_ID".to_owned(),
-            pull_request.map(|p| p.id.clone()).unwrap_or_default(),
-        ),
-        (
-            "OFFSHOOT_PULL_REQUEST_STATUS".to_owned(),
-            pull_request.map(|p| p.status.as_str().to_owned()).unwrap_or_default(),
-        ),
         // Runs materialize whole assets; per-partition runs are not supported yet.
         ("OFFSHOOT_PARTITION_KEY".to_owned(), String::new()),
         ("OFFSHOOT_RUN_ID".to_owned(), context.run_id.0.to_string()),

@@ -287,6 +287,7 @@ fn demo_config(dir: &std::path::Path) -> anyhow::Result<ServerConfig> {
         watch: Some(WatchConfig { branches: "*".to_owned(), interval: Duration::from_millis(500) }),
         remote: None,
         forge: None,
+        git_url: None,
     });
     Ok(config)
 }
