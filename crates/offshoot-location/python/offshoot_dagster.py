@@ -219,6 +219,8 @@ def plain(value):
         return "/".join(value.path)
     if is_record is not None and is_record(value):
         return {name: plain(item) for name, item in as_dict(value).items()}
+    if hasattr(value, "model_dump") and callable(value.model_dump):  # pydantic (DagsterModel)
+        return plain(value.model_dump())
     if isinstance(value, tuple) and hasattr(value, "_asdict"):
         return {name: plain(item) for name, item in value._asdict().items()}
     if isinstance(value, dict) or (hasattr(value, "items") and hasattr(value, "keys")):

@@ -214,7 +214,8 @@ impl CodeLocation for DagsterLocation {
             std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
             std::fs::write(
                 home.join("dagster.yaml"),
-                "# Written by Offshoot: one run's own instance.\n",
+                // Telemetry writes ~/.dagster, which a confined run may not.
+                "# Written by Offshoot: one run's own instance.\ntelemetry:\n  enabled: false\n",
             )
             .map_err(|e| format!("{}: {e}", home.display()))?;
             let entry = Self::write_entry_point(request.work_dir)?;
