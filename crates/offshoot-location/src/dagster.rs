@@ -627,6 +627,9 @@ fn import_error(
     } else {
         format!("{}: {}", error.kind, error.message.trim())
     };
+    // Paths in the checkout as the repository names them.
+    let relative: Vec<(String, String)> = roots.iter().map(|r| (r.clone(), ".".to_owned())).collect();
+    let message = crate::replace_environment_values(&message, &relative);
     let mut hint = String::new();
     for wrapper in &error.wrappers {
         hint.push_str(&format!("raised through {}: {}\n", wrapper.kind, wrapper.message.trim()));
@@ -727,6 +730,40 @@ mod tests {
             ("orchestration/shop/staging.py", 4)
         );
         assert_eq!(diagnostic.message, "ModuleNotFoundError: No module named 'no_such_module'");
+    }
+
+    #[test]
+    fn import_errors_lead_with_the_root_exception() {
+        let checkout = Path::new("/data/checkouts/abc");
+        let error: ImportError = serde_json::from_str(r#"{
+            "type": "DagsterDbtManifestNotFoundError",
+            "message": "/data/checkouts/abc/dbt_project/target/manifest.json does not exist.",
+            "root_frames": [["/data/checkouts/abc/orchestration/shop/defs/dbt.py", 12],
+                            ["/venv/lib/python3.11/site-packages/dagster_dbt/dbt_manifest.py", 40]],
+            "frames": [["/venv/lib/python3.11/site-packages/dagster/components/core/component_tree.py", 130],
+                       ["/data/checkouts/abc/orchestration/shop/definitions.py", 3]],
+            "wrappers": [{"type": "ComponentTreeException", "message": "Error while loading component at defs/dbt:\n└── defs/dbt.py (loaded)"}]
+        }"#).unwrap();
+        let text = "Traceback...\nComponentTreeException: Error while loading component at defs/dbt:\n└── defs/dbt.py (loaded)\noffshoot: could not load\n";
+        let diagnostic = import_error(&config(), checkout, &error, text);
+        assert_eq!(
+            (diagnostic.path.as_str(), diagnostic.line),
+            ("orchestration/shop/defs/dbt.py", 12)
+        );
+        assert!(
+            diagnostic.message.starts_with("DagsterDbtManifestNotFoundError: dbt_project/target/manifest.json does not exist"),
+            "{}",
+            diagnostic.message
+        );
+        let hint = diagnostic.hint.clone().unwrap_or_default();
+        assert!(hint.starts_with("raised through ComponentTreeException"), "{hint}");
+        // Without a root frame in the repository: the deepest frame of any wrapper that is.
+        let outside = ImportError { root_frames: vec![], ..error };
+        let diagnostic = import_error(&config(), checkout, &outside, text);
+        assert_eq!(
+            (diagnostic.path.as_str(), diagnostic.line),
+            ("orchestration/shop/definitions.py", 3)
+        );
     }
 
     #[test]

@@ -806,7 +806,9 @@ fn every_example_loads_the_same_from_any_folder() {
     python_tools();
     let dir = TempDir::new("independent");
     // dagster_plus_local: the same without Dagster+'s variables (local file references).
-    for example in ["shop", "dbt_shop", "dagster_shop", "dagster_plus", "dagster_plus_local"] {
+    for example in
+        ["shop", "dbt_shop", "dagster_shop", "dagster_plus", "dagster_plus_local", "dagster_dbt_shop"]
+    {
         let repo = dir.0.join(example).join("repo");
         let sha = if example.starts_with("dagster_plus") {
             example_repo("dagster_shop", &repo);
@@ -864,8 +866,42 @@ fn every_example_loads_the_same_from_any_folder() {
         assert!(first.len() > 100, "{first}");
         assert_eq!(first, second, "{example}: the same commit loads the same from any folder");
         assert!(!first.contains(dir.0.to_str().expect("utf-8")), "{example}: {first}");
+        if example == "dagster_dbt_shop" {
+            // dagster-dbt's code references, linked to the git host, name no commit.
+            assert!(
+                first.contains("https://github.com/example/shop/tree/${OFFSHOOT_GIT_SHA}/dbt_shop/models/staging/stg_orders.sql"),
+                "{first}"
+            );
+        }
         if example == "dagster_plus_local" {
             assert!(first.contains(r#"\"file_path\": \"dagster_shop/staging.py\""#), "{first}");
         }
     }
+}
+
+/// `data_dir` (and `--data-dir`) relative to the folder the server starts in: resolved once, at
+/// start, so the checkouts and work folders handed to tools that run elsewhere still resolve.
+#[test]
+fn a_relative_data_dir_is_resolved_against_the_working_directory_at_start() {
+    python_tools();
+    let dir = TempDir::new("relative-data");
+    let repo = dir.0.join("repo");
+    example_repo("dagster_shop", &repo);
+    let cwd = dir.0.join("serve1");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    let config = format!(
+        "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\napi_tokens = [{TOKEN:?}]\n[[repositories]]\nname = \"shop\"\nproduction_branch = \"main\"\npath = {:?}\n",
+        repo.to_str().expect("utf-8")
+    );
+    let server = Server::start_in(&cwd, &config, &cwd.join("data"));
+    let prod = wait_for_prod(&server, &repo);
+    assert_eq!(prod["current_revision"]["asset_count"], 9, "{prod:#}\n{}", server.log());
+    let run = run_selection(&server, "prod", "key:*");
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+    assert!(
+        server.log().contains(&format!("data in {}", cwd.join("data").display())),
+        "{}",
+        server.log()
+    );
+    assert!(cwd.join("data/checkouts").is_dir() && cwd.join("data/warehouse").is_dir());
 }
