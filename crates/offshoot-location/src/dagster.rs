@@ -628,7 +628,8 @@ fn import_error(
         format!("{}: {}", error.kind, error.message.trim())
     };
     // Paths in the checkout as the repository names them.
-    let relative: Vec<(String, String)> = roots.iter().map(|r| (r.clone(), ".".to_owned())).collect();
+    let relative: Vec<(String, String)> =
+        roots.iter().map(|r| (r.clone(), ".".to_owned())).collect();
     let message = crate::replace_environment_values(&message, &relative);
     let mut hint = String::new();
     for wrapper in &error.wrappers {
@@ -751,7 +752,9 @@ mod tests {
             ("orchestration/shop/defs/dbt.py", 12)
         );
         assert!(
-            diagnostic.message.starts_with("DagsterDbtManifestNotFoundError: dbt_project/target/manifest.json does not exist"),
+            diagnostic.message.starts_with(
+                "DagsterDbtManifestNotFoundError: dbt_project/target/manifest.json does not exist"
+            ),
             "{}",
             diagnostic.message
         );

@@ -290,7 +290,9 @@ impl CodeLocation for DbtLocation {
         let missing = if results.is_none() {
             let why =
                 output.failure.clone().unwrap_or_else(|| "dbt wrote no run_results.json".into());
-            BuildOutcome::Failed { message: explained(&format!("{why}: {}", dbt_error_message(&output.text))) }
+            BuildOutcome::Failed {
+                message: explained(&format!("{why}: {}", dbt_error_message(&output.text))),
+            }
         } else {
             BuildOutcome::Skipped { message: "dbt did not build it".into() }
         };
@@ -453,7 +455,9 @@ fn attached_tests(target: &Path) -> BTreeMap<String, Attached> {
     let mut attached: BTreeMap<String, Attached> = manifest
         .nodes
         .into_iter()
-        .filter_map(|(id, node)| node.attached_node.map(|n| (id, Attached { node: n, unit: false })))
+        .filter_map(|(id, node)| {
+            node.attached_node.map(|n| (id, Attached { node: n, unit: false }))
+        })
         .collect();
     for (id, test) in manifest.unit_tests {
         if let Some(model) = test.depends_on.nodes.into_iter().find(|n| n.starts_with("model.")) {
@@ -1118,8 +1122,9 @@ mod tests {
         assert_eq!(
             outcomes[&keys[1]],
             BuildOutcome::Failed {
-                message: "not built: its unit tests failed: dim_counts: actual differs from expected"
-                    .into()
+                message:
+                    "not built: its unit tests failed: dim_counts: actual differs from expected"
+                        .into()
             }
         );
         assert_eq!(

@@ -71,23 +71,22 @@ pub fn deployment_environment(context: &DeploymentContext) -> Vec<(String, Strin
 pub fn web_url(clone_url: &str) -> Option<String> {
     let url = clone_url.trim().trim_end_matches('/');
     let url = url.strip_suffix(".git").unwrap_or(url);
-    let (host, path) = if let Some(rest) =
-        url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))
-    {
-        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-        rest.split_once('/')?
-    } else if let Some(rest) = url.strip_prefix("ssh://") {
-        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-        let (host, path) = rest.split_once('/')?;
-        (host.split(':').next().unwrap_or(host), path)
-    } else if let Some((user_host, path)) = url.split_once(':') {
-        if user_host.contains('/') || path.starts_with("//") {
+    let (host, path) =
+        if let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+            rest.split_once('/')?
+        } else if let Some(rest) = url.strip_prefix("ssh://") {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+            let (host, path) = rest.split_once('/')?;
+            (host.split(':').next().unwrap_or(host), path)
+        } else if let Some((user_host, path)) = url.split_once(':') {
+            if user_host.contains('/') || path.starts_with("//") {
+                return None;
+            }
+            (user_host.rsplit_once('@').map_or(user_host, |(_, h)| h), path)
+        } else {
             return None;
-        }
-        (user_host.rsplit_once('@').map_or(user_host, |(_, h)| h), path)
-    } else {
-        return None;
-    };
+        };
     let path = path.trim_matches('/');
     if host.is_empty() || path.is_empty() || !path.contains('/') {
         return None;
@@ -102,8 +101,7 @@ pub fn forge_web_url(api_url: &str, project: &str) -> Option<String> {
     let api = api_url.trim().trim_end_matches('/');
     let base = if api == "https://api.github.com" {
         "https://github.com".to_owned()
-    } else if let Some(base) = api.strip_suffix("/api/v3").or_else(|| api.strip_suffix("/api/v4"))
-    {
+    } else if let Some(base) = api.strip_suffix("/api/v3").or_else(|| api.strip_suffix("/api/v4")) {
         base.to_owned()
     } else {
         return None;
@@ -122,7 +120,10 @@ mod tests {
         for (clone, web) in [
             ("https://x:tok@github.com/acme/shop.git", Some("https://github.com/acme/shop")),
             ("git@github.com:acme/shop.git", Some("https://github.com/acme/shop")),
-            ("ssh://git@gitlab.example:2222/group/sub/shop.git", Some("https://gitlab.example/group/sub/shop")),
+            (
+                "ssh://git@gitlab.example:2222/group/sub/shop.git",
+                Some("https://gitlab.example/group/sub/shop"),
+            ),
             ("https://gitlab.com/group/shop/", Some("https://gitlab.com/group/shop")),
             ("file:///srv/git/shop.git", None),
             ("/srv/git/shop", None),

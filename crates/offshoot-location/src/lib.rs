@@ -223,9 +223,10 @@ pub fn replace_environment_values(text: &str, replacements: &[(String, String)])
         while let Some(at) = rest.find(value.as_str()) {
             let after = &rest[at + value.len()..];
             // Only whole path components: `/x/checkout2` is not below `/x/checkout`.
-            let boundary = after.chars().next().is_none_or(|c| {
-                !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-            });
+            let boundary = after
+                .chars()
+                .next()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')));
             out.push_str(&rest[..at]);
             if !boundary {
                 out.push_str(value);

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use offshoot_core::fingerprint::sha256_hex;
 
+use crate::lookup;
 use crate::process::{self, ToolCommand};
 use crate::sandbox::Sandbox;
-use crate::lookup;
 
 /// Files whose content decides what a prepare step installs (dbt's and Python's lock files).
 pub const LOCK_FILES: [&str; 8] = [

@@ -81,8 +81,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         return pattern == text;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last)
-    {
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
         return false;
     }
     let mut rest = &text[first.len()..text.len() - last.len()];
@@ -309,7 +308,11 @@ fn location_config(
     };
     let prepare_command = section.prepare_command.as_ref().and_then(|c| {
         if c.get_ref().trim().is_empty() {
-            problem(c.span().start, "`prepare_command` is empty".to_owned(), "leave it out, or give a shell command like \"dbt deps\"");
+            problem(
+                c.span().start,
+                "`prepare_command` is empty".to_owned(),
+                "leave it out, or give a shell command like \"dbt deps\"",
+            );
             None
         } else {
             Some(c.get_ref().clone())

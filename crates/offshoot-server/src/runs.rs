@@ -571,7 +571,10 @@ async fn build_with_tool(
                     let keys = keys.clone();
                     let (outcomes, times) = tokio::task::spawn_blocking(move || {
                         let request = build.inputs.request(&keys, &snapshot);
-                        (location.build_outcomes(&request, &output), location.build_timings(&request))
+                        (
+                            location.build_outcomes(&request, &output),
+                            location.build_timings(&request),
+                        )
                     })
                     .await
                     .unwrap_or_default();

@@ -442,11 +442,7 @@ async fn seed_postgres(
                 "dbt_shop/data/seed_raw.sql"
             };
             let seed = String::from_utf8(
-                example
-                    .main
-                    .get(path)
-                    .context("dbt_shop has data/seed_raw.sql")?
-                    .clone(),
+                example.main.get(path).context("dbt_shop has data/seed_raw.sql")?.clone(),
             )?;
             format!("{seed}\nGRANT USAGE ON SCHEMA shop_raw TO {role};\nGRANT SELECT ON ALL TABLES IN SCHEMA shop_raw TO {role};\n")
         }

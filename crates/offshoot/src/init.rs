@@ -46,7 +46,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             {
                 keys.push(("prepare_command", "dbt deps"));
             }
-            vec![("offshoot.toml", offshoot_project::scaffold::location_manifest(&name, "dbt", &keys))]
+            vec![(
+                "offshoot.toml",
+                offshoot_project::scaffold::location_manifest(&name, "dbt", &keys),
+            )]
         }
         Some("dagster") => {
             let module = match &args.module {
@@ -54,9 +57,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 None => {
                     let dir = find(&args.path, "definitions.py")
                         .or_else(|| {
-                            find(&args.path.join("src"), "definitions.py").map(|d| format!("src/{d}"))
+                            find(&args.path.join("src"), "definitions.py")
+                                .map(|d| format!("src/{d}"))
                         })
-                        .context("no definitions.py here, one folder down or in src/; pass --module")?;
+                        .context(
+                            "no definitions.py here, one folder down or in src/; pass --module",
+                        )?;
                     let dir = dir.strip_prefix("src/").unwrap_or(&dir).to_owned();
                     if dir == "." {
                         "definitions".to_owned()

@@ -250,11 +250,15 @@ fn location_section() {
     check_manifest("[project]\nname = \"a\"\n", expect!["ok: Native"]);
     check_manifest(
         "[project]\nname = \"a\"\n[location]\ntype = \"dbt\"\nproject_dir = \"./transform/\"\n",
-        expect![[r#"ok: Dbt(DbtConfig { project_dir: "transform", parse_command: "dbt parse", build_command: "dbt build", prepare_command: None, timeout_seconds: 600 })"#]],
+        expect![[
+            r#"ok: Dbt(DbtConfig { project_dir: "transform", parse_command: "dbt parse", build_command: "dbt build", prepare_command: None, timeout_seconds: 600 })"#
+        ]],
     );
     check_manifest(
         "[project]\nname = \"a\"\n[location]\ntype = \"dagster\"\nmodule = \"shop.definitions\"\n",
-        expect![[r#"ok: Dagster(DagsterConfig { module: Some("shop.definitions"), file: None, attribute: None, python: "python", working_directory: ".", prepare_command: None, timeout_seconds: 600 })"#]],
+        expect![[
+            r#"ok: Dagster(DagsterConfig { module: Some("shop.definitions"), file: None, attribute: None, python: "python", working_directory: ".", prepare_command: None, timeout_seconds: 600 })"#
+        ]],
     );
     check_manifest(
         "[project]\nname = \"a\"\n[location]\ntype = \"airflow\"\n",

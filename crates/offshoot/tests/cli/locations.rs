@@ -784,8 +784,7 @@ fn dagster_plus_project_with_git_linked_code_references_loads_diffs_and_runs_in_
 
     // Docs only: no asset changed, though every asset names another deployment and commit.
     git(&repo, &["branch", "docs/readme", "main"]);
-    let sha =
-        commit_file(&repo, "docs/readme", "docs/notes.md", "# Notes\n", "Document the shop");
+    let sha = commit_file(&repo, "docs/readme", "docs/notes.md", "# Notes\n", "Document the shop");
     let name = create_or_update(&server, "docs/readme", &sha);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
     let changes = server.get(&format!("/api/v1/deployments/{name}/changes"));
@@ -806,9 +805,14 @@ fn every_example_loads_the_same_from_any_folder() {
     python_tools();
     let dir = TempDir::new("independent");
     // dagster_plus_local: the same without Dagster+'s variables (local file references).
-    for example in
-        ["shop", "dbt_shop", "dagster_shop", "dagster_plus", "dagster_plus_local", "dagster_dbt_shop"]
-    {
+    for example in [
+        "shop",
+        "dbt_shop",
+        "dagster_shop",
+        "dagster_plus",
+        "dagster_plus_local",
+        "dagster_dbt_shop",
+    ] {
         let repo = dir.0.join(example).join("repo");
         let sha = if example.starts_with("dagster_plus") {
             example_repo("dagster_shop", &repo);
