@@ -909,3 +909,41 @@ fn a_relative_data_dir_is_resolved_against_the_working_directory_at_start() {
     );
     assert!(cwd.join("data/checkouts").is_dir() && cwd.join("data/warehouse").is_dir());
 }
+
+/// examples/dagster_dbt_shop in a server: its prepare step writes dbt's manifest in the
+/// checkout (confined, as the load), dagster-dbt's assets load with code references linked to
+/// the git host, and a docs-only branch changes nothing.
+#[test]
+fn dagster_dbt_shop_prepares_each_checkout_and_loads_dbt_assets_with_git_links() {
+    python_tools();
+    let dir = TempDir::new("dagster-dbt");
+    let repo = dir.0.join("repo");
+    example_repo("dagster_dbt_shop", &repo);
+    let server = Server::start_with_repository(
+        &dir.0,
+        &format!(
+            "path = {:?}\ngit_url = \"https://github.com/example/dagster-dbt-shop\"",
+            repo.to_str().expect("utf-8")
+        ),
+        "",
+    );
+    let prod = wait_for_prod(&server, &repo);
+    assert_eq!(prod["current_revision"]["status"], "ready", "{prod:#}\n{}", server.log());
+    let model = server.get("/api/v1/deployments/prod/assets/stg_orders");
+    assert!(
+        model["metadata"]["dagster/code_references"].as_str().unwrap_or("").contains(
+            "https://github.com/example/dagster-dbt-shop/tree/${OFFSHOOT_GIT_SHA}/dbt_shop/models/staging/stg_orders.sql"
+        ),
+        "{model:#}"
+    );
+    let source = server.get("/api/v1/deployments/prod/assets/raw%2Forders");
+    assert_eq!(source["key"], "raw/orders", "{source:#}");
+
+    git(&repo, &["branch", "docs/models", "main"]);
+    let sha = commit_file(&repo, "docs/models", "docs/models.md", "# Models\n", "Document");
+    let name = create_or_update(&server, "docs/models", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let changes = server.get(&format!("/api/v1/deployments/{name}/changes"));
+    assert_eq!(reasons_by_key(&changes), vec![], "{changes:#}");
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "", "the repository is untouched");
+}
