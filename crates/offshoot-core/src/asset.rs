@@ -233,6 +233,9 @@ pub struct Asset {
     pub tags: BTreeMap<String, String>,
     /// Values are canonical renderings (strings as they are, other values in TOML notation).
     pub metadata: BTreeMap<String, String>,
+    /// Keys of `metadata` that change tracking ignores (`[project] untracked_metadata` in
+    /// offshoot.toml): values that depend on where or when the commit was loaded.
+    pub untracked_metadata: BTreeSet<String>,
     pub partitions: Option<PartitionsDefinition>,
     pub owners: Vec<String>,
     /// What the asset is made with (`dbt`, `postgres`, `python`...), for people; Dagster keeps
@@ -257,6 +260,7 @@ impl Asset {
             code_version: CodeVersion::derived(""),
             tags: BTreeMap::new(),
             metadata: BTreeMap::new(),
+            untracked_metadata: BTreeSet::new(),
             partitions: None,
             owners: Vec::new(),
             kinds: BTreeSet::new(),

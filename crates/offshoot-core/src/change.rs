@@ -291,8 +291,16 @@ fn compare(old: &Asset, new: &Asset) -> Option<AssetChange> {
         reasons.push(ChangeReason::Tags);
         details.tags = Some(tags);
     }
-    // The description is metadata, not code (a docstring edit is no CODE_VERSION).
-    if let Some(metadata) = MapChange::between(&with_description(old), &with_description(new)) {
+    // The description is metadata, not code (a docstring edit is no CODE_VERSION). Keys either
+    // side leaves untracked are not compared.
+    let tracked = |asset: &Asset| {
+        let mut map = with_description(asset);
+        map.retain(|k, _| {
+            !old.untracked_metadata.contains(k) && !new.untracked_metadata.contains(k)
+        });
+        map
+    };
+    if let Some(metadata) = MapChange::between(&tracked(old), &tracked(new)) {
         reasons.push(ChangeReason::Metadata);
         details.metadata = Some(metadata);
     }

@@ -18,7 +18,14 @@ spelled --module, --file, --attribute).
 
 JSON goes to --output if given (written whole or not at all), else to stdout; anything the
 user's code prints goes to stderr. On failure the Python traceback goes to stderr, then a line
-starting with `offshoot:`, and the exit status is 1 (2 for a usage error).
+starting with `offshoot:`, and the exit status is 1 (2 for a usage error); with --output, the
+error is also written to OUTPUT.error.json: {"type", "message"} of the root exception (the last
+cause of the chain), "frames" ([file, line], outermost first) of its traceback and of every
+exception that wrapped it, and "wrappers" ([{"type", "message"}], outermost first).
+
+The code location is imported as Dagster's code server imports it: inside a load context naming
+the module or file (`LoadableTargetOrigin`), which dagster-cloud's
+`link_code_references_to_git_if_cloud` reads to find the repository.
 """
 
 import argparse
@@ -86,7 +93,34 @@ def emit(value, output=None):
 
 
 def import_code_location(module=None, file=None):
-    """Imports the module (importable from the current directory) or the Python file."""
+    """Imports the module (importable from the current directory) or the Python file, inside the
+    load context Dagster's code server sets."""
+    with load_context(module, file):
+        return _import_code_location(module, file)
+
+
+@contextmanager
+def load_context(module=None, file=None):
+    """What `dagster code-server` sets around an import: the LoadableTargetOrigin being loaded."""
+    try:
+        from dagster._core.types.loadable_target_origin import (
+            LoadableTargetOrigin,
+            enter_loadable_target_origin_load_context,
+        )
+    except ImportError:  # older Dagster
+        yield
+        return
+    origin = LoadableTargetOrigin(
+        executable_path=sys.executable,
+        module_name=module,
+        python_file=os.path.abspath(file) if file else None,
+        working_directory=os.getcwd(),
+    )
+    with enter_loadable_target_origin_load_context(origin):
+        yield
+
+
+def _import_code_location(module=None, file=None):
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
@@ -185,6 +219,8 @@ def plain(value):
         return "/".join(value.path)
     if is_record is not None and is_record(value):
         return {name: plain(item) for name, item in as_dict(value).items()}
+    if hasattr(value, "model_dump") and callable(value.model_dump):  # pydantic (DagsterModel)
+        return plain(value.model_dump())
     if isinstance(value, tuple) and hasattr(value, "_asdict"):
         return {name: plain(item) for name, item in value._asdict().items()}
     if isinstance(value, dict) or (hasattr(value, "items") and hasattr(value, "keys")):
@@ -533,6 +569,40 @@ def command_materialize(arguments):
             raise Failure(f"the run {result.run_id} failed")
 
 
+# --- errors ----------------------------------------------------------------------------------
+
+
+def exception_chain(error):
+    """`error` and what caused it, outermost first (explicit causes, else implicit context)."""
+    chain = [error]
+    while len(chain) < 20:
+        current = chain[-1]
+        following = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+        if following is None or following in chain:
+            break
+        chain.append(following)
+    return chain
+
+
+def describe_error(error):
+    """The root exception first: what the user needs to see, and where it happened."""
+    chain = exception_chain(error)
+    root = chain[-1]
+    frames = []
+    for item in chain:
+        for summary in traceback.extract_tb(item.__traceback__):
+            frames.append([os.path.abspath(summary.filename), summary.lineno or 1])
+    return {
+        "type": type(root).__name__,
+        "message": str(root),
+        "root_frames": [
+            [os.path.abspath(s.filename), s.lineno or 1] for s in traceback.extract_tb(root.__traceback__)
+        ],
+        "frames": frames,
+        "wrappers": [{"type": type(item).__name__, "message": str(item)} for item in chain[:-1]],
+    }
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -580,10 +650,15 @@ def main(argv=None):
         print(str(failure), file=sys.stderr)
         print(f"offshoot: {context}", file=sys.stderr)
         return 1
-    except BaseException:  # noqa: BLE001 - the user's code may raise anything, SystemExit included
+    except BaseException as error:  # noqa: BLE001 - the user's code may raise anything, SystemExit included
         traceback.print_exc()
         sys.stderr.flush()
         print(f"offshoot: {context}", file=sys.stderr)
+        if getattr(arguments, "output", None):
+            try:
+                emit(describe_error(error), arguments.output + ".error.json")
+            except Exception:  # noqa: BLE001 - the traceback above says it all
+                pass
         return 1
     return 0
 

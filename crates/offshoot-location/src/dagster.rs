@@ -18,6 +18,7 @@ use offshoot_core::{
 use offshoot_project::{DagsterConfig, Diagnostic, Manifest};
 use serde::Deserialize;
 
+use crate::prepare::{Prepare, PrepareFailure};
 use crate::process::{self, ToolCommand, ToolOutput};
 use crate::{
     lookup, tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError,
@@ -81,23 +82,55 @@ impl DagsterLocation {
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.config.timeout_seconds)
     }
+
+    /// The project's prepare step in `checkout`, if it has one (see [`crate::prepare`]).
+    fn prepare(
+        &self,
+        checkout: &Path,
+        env: &[(String, String)],
+        sandbox: Option<&crate::Sandbox>,
+        log: PathBuf,
+    ) -> Result<(), PrepareFailure> {
+        let Some(command) = &self.config.prepare_command else { return Ok(()) };
+        Prepare {
+            command,
+            checkout,
+            cwd: self.working_directory(checkout),
+            env: Self::environment(env),
+            timeout: self.timeout(),
+            sandbox,
+            log,
+        }
+        .run()
+    }
 }
 
-/// Dagster+'s variable names, from Offshoot's own, so code that switches on them works as is.
+/// Dagster+'s variable names, from Offshoot's own ([`crate::deployment_environment`]), so code
+/// that switches on them works as is: set where Dagster+ sets them, left out where it leaves
+/// them out (no pull request in production; `DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT` only in a
+/// branch). Loading and building get the same.
 pub fn dagster_cloud_variables(env: &[(String, String)]) -> Vec<(String, String)> {
-    let get = |name: &str| lookup(env, name);
+    let get = |name: &str| lookup(env, name).filter(|v| !v.is_empty());
     let pairs = [
         ("DAGSTER_CLOUD_DEPLOYMENT_NAME", "OFFSHOOT_DEPLOYMENT_NAME"),
+        ("DAGSTER_CLOUD_LOCATION_NAME", "OFFSHOOT_LOCATION_NAME"),
         ("DAGSTER_CLOUD_GIT_SHA", "OFFSHOOT_GIT_SHA"),
         ("DAGSTER_CLOUD_GIT_BRANCH", "OFFSHOOT_GIT_BRANCH"),
+        ("DAGSTER_CLOUD_GIT_TIMESTAMP", "OFFSHOOT_GIT_TIMESTAMP"),
+        ("DAGSTER_CLOUD_GIT_AUTHOR_NAME", "OFFSHOOT_GIT_AUTHOR_NAME"),
+        ("DAGSTER_CLOUD_GIT_AUTHOR_EMAIL", "OFFSHOOT_GIT_AUTHOR_EMAIL"),
+        ("DAGSTER_CLOUD_GIT_MESSAGE", "OFFSHOOT_GIT_MESSAGE"),
+        ("DAGSTER_CLOUD_GIT_REPO", "OFFSHOOT_GIT_REPO"),
+        ("DAGSTER_CLOUD_GIT_URL", "OFFSHOOT_GIT_URL"),
         ("DAGSTER_CLOUD_PULL_REQUEST_ID", "OFFSHOOT_PULL_REQUEST_ID"),
         ("DAGSTER_CLOUD_PULL_REQUEST_STATUS", "OFFSHOOT_PULL_REQUEST_STATUS"),
-        ("DAGSTER_CLOUD_LOCATION_NAME", "OFFSHOOT_LOCATION_NAME"),
     ];
     let mut vars: Vec<(String, String)> = pairs
         .iter()
         .filter_map(|(cloud, ours)| get(ours).map(|v| (cloud.to_string(), v)))
         .collect();
+    // A timestamp of 0 is no commit's (a load without one).
+    vars.retain(|(k, v)| !(k == "DAGSTER_CLOUD_GIT_TIMESTAMP" && v == "0"));
     // Dagster+ sets it to "1" in branch deployments and leaves it unset elsewhere.
     if get("OFFSHOOT_IS_BRANCH_DEPLOYMENT").as_deref() == Some("1") {
         vars.push(("DAGSTER_CLOUD_IS_BRANCH_DEPLOYMENT".to_owned(), "1".to_owned()));
@@ -119,8 +152,19 @@ impl CodeLocation for DagsterLocation {
             .checkout
             .ok_or_else(|| LocationError::Tool("a dagster location needs a checkout".into()))?;
         let entry = Self::write_entry_point(input.work_dir).map_err(LocationError::Tool)?;
+        self.prepare(checkout, input.env, input.sandbox, input.work_dir.join("prepare.log"))
+            .map_err(|failure| {
+                LocationError::Invalid(vec![Diagnostic::new(
+                    offshoot_project::MANIFEST_PATH,
+                    (1, 1),
+                    failure.message,
+                )
+                .hint(format!("its output:\n{}", failure.output))])
+            })?;
         let output_path = input.work_dir.join("defs.json");
+        let error_path = input.work_dir.join("defs.json.error.json");
         let _ = std::fs::remove_file(&output_path);
+        let _ = std::fs::remove_file(&error_path);
         let mut args = vec![
             entry.to_string_lossy().into_owned(),
             "defs".to_owned(),
@@ -149,11 +193,12 @@ impl CodeLocation for DagsterLocation {
                     self.config.python
                 )));
             }
-            return Err(LocationError::Invalid(vec![import_failure(
-                &self.config,
-                checkout,
-                &output.text,
-            )]));
+            let described: Option<ImportError> =
+                std::fs::read(&error_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            return Err(LocationError::Invalid(vec![match described {
+                Some(error) => import_error(&self.config, checkout, &error, &output.text),
+                None => import_failure(&self.config, checkout, &output.text),
+            }]));
         }
         let bytes = std::fs::read(&output_path).map_err(|e| {
             LocationError::Tool(format!("the entry point wrote no definitions: {e}"))
@@ -169,10 +214,18 @@ impl CodeLocation for DagsterLocation {
             std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
             std::fs::write(
                 home.join("dagster.yaml"),
-                "# Written by Offshoot: one run's own instance.\n",
+                // Telemetry writes ~/.dagster, which a confined run may not.
+                "# Written by Offshoot: one run's own instance.\ntelemetry:\n  enabled: false\n",
             )
             .map_err(|e| format!("{}: {e}", home.display()))?;
             let entry = Self::write_entry_point(request.work_dir)?;
+            self.prepare(
+                request.checkout,
+                request.env,
+                request.sandbox,
+                request.work_dir.join("prepare.log"),
+            )
+            .map_err(|f| format!("{}\n{}", f.message, f.output))?;
             let selection: Vec<&str> = request.keys.iter().map(AssetKey::as_str).collect();
             // `dagster asset materialize` refuses partitioned assets without one partition key;
             // Offshoot builds whole assets, so those selections go through the entry point's
@@ -371,15 +424,7 @@ enum PartitionsSpec {
 }
 
 fn snapshot_from_defs(defs: &Defs, config: &DagsterConfig) -> Result<Snapshot, Vec<Diagnostic>> {
-    let definitions_path = config.file.clone().unwrap_or_else(|| {
-        let module = config.module.clone().unwrap_or_default().replace('.', "/");
-        let base = if config.working_directory == "." {
-            String::new()
-        } else {
-            format!("{}/", config.working_directory)
-        };
-        format!("{base}{module}.py")
-    });
+    let definitions_path = definitions_path(config);
     let in_repo = |path: &str| {
         if path.is_empty() {
             definitions_path.clone()
@@ -516,6 +561,7 @@ fn import_failure(config: &DagsterConfig, checkout: &Path, text: &str) -> Diagno
                 && !l.starts_with("offshoot:")
                 && !l.starts_with("File ")
                 && !l.starts_with('^')
+                && !l.starts_with(['├', '└', '│'])
         })
         .unwrap_or("the Dagster definitions could not be imported")
         .to_owned();
@@ -524,6 +570,90 @@ fn import_failure(config: &DagsterConfig, checkout: &Path, text: &str) -> Diagno
     let excerpt: Vec<&str> = lines.iter().rev().take(14).rev().copied().collect();
     Diagnostic::new(&path, (line, 1), message)
         .hint(format!("Python's own message:\n{}", excerpt.join("\n")))
+}
+
+/// What the entry point wrote about a failed import (`OUTPUT.error.json`).
+#[derive(Deserialize)]
+struct ImportError {
+    #[serde(rename = "type")]
+    kind: String,
+    message: String,
+    /// The root exception's traceback, outermost first.
+    #[serde(default)]
+    root_frames: Vec<(String, u32)>,
+    /// Every exception's of the chain, outermost first.
+    #[serde(default)]
+    frames: Vec<(String, u32)>,
+    /// The exceptions that wrapped the root (Dagster's component tree among them).
+    #[serde(default)]
+    wrappers: Vec<ErrorSummary>,
+}
+
+#[derive(Deserialize)]
+struct ErrorSummary {
+    #[serde(rename = "type")]
+    kind: String,
+    message: String,
+}
+
+/// An import error as a diagnostic: the root exception's type and message first, at the deepest
+/// frame of its traceback inside the checkout (else of any exception that wrapped it); what
+/// wrapped it (Dagster's component tree) and the traceback's end follow in the hint.
+fn import_error(
+    config: &DagsterConfig,
+    checkout: &Path,
+    error: &ImportError,
+    text: &str,
+) -> Diagnostic {
+    let roots: Vec<String> = std::iter::once(checkout.to_path_buf())
+        .chain(std::fs::canonicalize(checkout).ok())
+        .map(|p| p.to_string_lossy().trim_end_matches('/').to_owned())
+        .collect();
+    let in_repo = |file: &str| {
+        roots.iter().find_map(|root| {
+            file.strip_prefix(root.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+                .filter(|rest| !rest.starts_with("..") && !rest.contains("/site-packages/"))
+                .map(str::to_owned)
+        })
+    };
+    let deepest = |frames: &[(String, u32)]| {
+        frames.iter().rev().find_map(|(file, line)| in_repo(file).map(|path| (path, *line)))
+    };
+    let (path, line) = deepest(&error.root_frames)
+        .or_else(|| deepest(&error.frames))
+        .unwrap_or_else(|| (definitions_path(config), 1));
+    let first_line = error.message.lines().next().unwrap_or("").trim();
+    let message = if first_line.is_empty() {
+        error.kind.clone()
+    } else {
+        format!("{}: {}", error.kind, error.message.trim())
+    };
+    // Paths in the checkout as the repository names them.
+    let relative: Vec<(String, String)> =
+        roots.iter().map(|r| (r.clone(), ".".to_owned())).collect();
+    let message = crate::replace_environment_values(&message, &relative);
+    let mut hint = String::new();
+    for wrapper in &error.wrappers {
+        hint.push_str(&format!("raised through {}: {}\n", wrapper.kind, wrapper.message.trim()));
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("offshoot:")).collect();
+    let excerpt: Vec<&str> = lines.iter().rev().take(14).rev().copied().collect();
+    hint.push_str(&format!("Python's own message ends:\n{}", excerpt.join("\n")));
+    Diagnostic::new(&path, (line.max(1), 1), message).hint(hint)
+}
+
+/// The file that holds the Definitions, relative to the repository root.
+fn definitions_path(config: &DagsterConfig) -> String {
+    config.file.clone().unwrap_or_else(|| {
+        let module = config.module.clone().unwrap_or_default().replace('.', "/");
+        let base = if config.working_directory == "." {
+            String::new()
+        } else {
+            format!("{}/", config.working_directory)
+        };
+        format!("{base}{module}.py")
+    })
 }
 
 #[cfg(test)]
@@ -537,6 +667,7 @@ mod tests {
             attribute: None,
             python: "python".into(),
             working_directory: "orchestration".into(),
+            prepare_command: None,
             timeout_seconds: 1,
         }
     }
@@ -602,6 +733,42 @@ mod tests {
             ("orchestration/shop/staging.py", 4)
         );
         assert_eq!(diagnostic.message, "ModuleNotFoundError: No module named 'no_such_module'");
+    }
+
+    #[test]
+    fn import_errors_lead_with_the_root_exception() {
+        let checkout = Path::new("/data/checkouts/abc");
+        let error: ImportError = serde_json::from_str(r#"{
+            "type": "DagsterDbtManifestNotFoundError",
+            "message": "/data/checkouts/abc/dbt_project/target/manifest.json does not exist.",
+            "root_frames": [["/data/checkouts/abc/orchestration/shop/defs/dbt.py", 12],
+                            ["/venv/lib/python3.11/site-packages/dagster_dbt/dbt_manifest.py", 40]],
+            "frames": [["/venv/lib/python3.11/site-packages/dagster/components/core/component_tree.py", 130],
+                       ["/data/checkouts/abc/orchestration/shop/definitions.py", 3]],
+            "wrappers": [{"type": "ComponentTreeException", "message": "Error while loading component at defs/dbt:\n└── defs/dbt.py (loaded)"}]
+        }"#).unwrap();
+        let text = "Traceback...\nComponentTreeException: Error while loading component at defs/dbt:\n└── defs/dbt.py (loaded)\noffshoot: could not load\n";
+        let diagnostic = import_error(&config(), checkout, &error, text);
+        assert_eq!(
+            (diagnostic.path.as_str(), diagnostic.line),
+            ("orchestration/shop/defs/dbt.py", 12)
+        );
+        assert!(
+            diagnostic.message.starts_with(
+                "DagsterDbtManifestNotFoundError: dbt_project/target/manifest.json does not exist"
+            ),
+            "{}",
+            diagnostic.message
+        );
+        let hint = diagnostic.hint.clone().unwrap_or_default();
+        assert!(hint.starts_with("raised through ComponentTreeException"), "{hint}");
+        // Without a root frame in the repository: the deepest frame of any wrapper that is.
+        let outside = ImportError { root_frames: vec![], ..error };
+        let diagnostic = import_error(&config(), checkout, &outside, text);
+        assert_eq!(
+            (diagnostic.path.as_str(), diagnostic.line),
+            ("orchestration/shop/definitions.py", 3)
+        );
     }
 
     #[test]

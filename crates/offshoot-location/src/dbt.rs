@@ -19,9 +19,11 @@ use offshoot_project::{DbtConfig, Diagnostic, Manifest};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::prepare::{Prepare, PrepareFailure};
 use crate::process::{self, ToolCommand, ToolOutput};
 use crate::{
     lookup, tool_diagnostic, BuildOutcome, BuildRequest, CodeLocation, LoadInput, LocationError,
+    StepTiming,
 };
 
 /// The profile Offshoot gives dbt: the deployment's schema on the warehouse's database.
@@ -77,6 +79,27 @@ impl DbtLocation {
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.config.timeout_seconds)
     }
+
+    /// The project's prepare step (`dbt deps`) in `checkout`, with dbt's environment.
+    fn prepare(
+        &self,
+        checkout: &Path,
+        env: &[(String, String)],
+        sandbox: Option<&crate::Sandbox>,
+        log: PathBuf,
+    ) -> Result<(), PrepareFailure> {
+        let Some(command) = &self.config.prepare_command else { return Ok(()) };
+        Prepare {
+            command,
+            checkout,
+            cwd: self.project_dir(checkout),
+            env: env.to_vec(),
+            timeout: self.timeout(),
+            sandbox,
+            log,
+        }
+        .run()
+    }
 }
 
 impl CodeLocation for DbtLocation {
@@ -104,6 +127,16 @@ impl CodeLocation for DbtLocation {
             )]));
         }
         let env = self.environment(input.env, input.work_dir).map_err(LocationError::Tool)?;
+        self.prepare(checkout, &env, input.sandbox, input.work_dir.join("prepare.log")).map_err(
+            |failure| {
+                LocationError::Invalid(vec![Diagnostic::new(
+                    offshoot_project::MANIFEST_PATH,
+                    (1, 1),
+                    failure.message,
+                )
+                .hint(format!("its output:\n{}", failure.output))])
+            },
+        )?;
         let command = ToolCommand {
             program: "sh".into(),
             args: vec!["-c".into(), self.config.parse_command.clone()],
@@ -134,6 +167,13 @@ impl CodeLocation for DbtLocation {
     fn build_command(&self, request: &BuildRequest<'_>) -> Option<Result<ToolCommand, String>> {
         Some((|| {
             let env = self.environment(request.env, request.work_dir)?;
+            self.prepare(
+                request.checkout,
+                &env,
+                request.sandbox,
+                request.work_dir.join("prepare.log"),
+            )
+            .map_err(|f| format!("{}\n{}", f.message, f.output))?;
             let mut script = format!("{} --select \"$@\"", self.config.build_command);
             if request.production_state.is_some() {
                 script.push_str(" --defer --state \"$OFFSHOOT_DBT_STATE\"");
@@ -179,8 +219,17 @@ impl CodeLocation for DbtLocation {
             .assets()
             .filter_map(|a| a.metadata.get(UNIQUE_ID).map(|id| (id.clone(), a.key.clone())))
             .collect();
+        let in_branch = request.production_state.is_some()
+            || lookup(request.env, "OFFSHOOT_IS_BRANCH_DEPLOYMENT").as_deref() == Some("1");
+        let explained = |message: &str| match in_branch.then(|| grant_hint(message)).flatten() {
+            Some(hint) => format!("{message}\n{hint}"),
+            None => message.to_owned(),
+        };
         let mut outcomes = BTreeMap::new();
+        // Data tests run after their model and fail it; unit tests run before it, and dbt then
+        // skips the model: both are the model's own failure, with dbt's message.
         let mut test_failures: BTreeMap<AssetKey, Vec<String>> = BTreeMap::new();
+        let mut unit_failures: BTreeMap<AssetKey, Vec<String>> = BTreeMap::new();
         for result in results.iter().flat_map(|r| &r.results) {
             let message = result.message.clone().unwrap_or_default();
             if let Some(key) = by_unique_id.get(&result.unique_id) {
@@ -195,21 +244,37 @@ impl CodeLocation for DbtLocation {
                         message: if message.is_empty() {
                             format!("dbt status `{}`", result.status)
                         } else {
-                            message
+                            explained(&message)
                         },
                     },
                 };
                 outcomes.insert(key.clone(), outcome);
             } else if matches!(result.status.as_str(), "fail" | "error") {
-                if let Some(key) =
-                    attached.get(&result.unique_id).and_then(|model| by_unique_id.get(model))
-                {
-                    test_failures.entry(key.clone()).or_default().push(format!(
-                        "{}: {}",
-                        short_test_name(&result.unique_id),
-                        message
-                    ));
+                let Some(model) = attached.get(&result.unique_id) else { continue };
+                let Some(key) = by_unique_id.get(&model.node) else { continue };
+                let line = format!(
+                    "{}: {}",
+                    short_test_name(&result.unique_id),
+                    if message.is_empty() { result.status.clone() } else { explained(&message) }
+                );
+                if model.unit {
+                    unit_failures.entry(key.clone()).or_default().push(line);
+                } else {
+                    test_failures.entry(key.clone()).or_default().push(line);
                 }
+            }
+        }
+        for (key, failures) in unit_failures {
+            if !matches!(outcomes.get(&key), Some(BuildOutcome::Failed { .. })) {
+                outcomes.insert(
+                    key,
+                    BuildOutcome::Failed {
+                        message: format!(
+                            "not built: its unit tests failed: {}",
+                            failures.join("; ")
+                        ),
+                    },
+                );
             }
         }
         for (key, failures) in test_failures {
@@ -226,10 +291,7 @@ impl CodeLocation for DbtLocation {
             let why =
                 output.failure.clone().unwrap_or_else(|| "dbt wrote no run_results.json".into());
             BuildOutcome::Failed {
-                message: format!(
-                    "{why}: {}",
-                    process::last_lines(&output.text, 6, strip_timestamp)
-                ),
+                message: explained(&format!("{why}: {}", dbt_error_message(&output.text))),
             }
         } else {
             BuildOutcome::Skipped { message: "dbt did not build it".into() }
@@ -239,6 +301,79 @@ impl CodeLocation for DbtLocation {
         }
         outcomes
     }
+
+    fn build_timings(&self, request: &BuildRequest<'_>) -> BTreeMap<AssetKey, StepTiming> {
+        let results: Option<RunResults> =
+            std::fs::read(request.work_dir.join("target").join("run_results.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+        let by_unique_id: BTreeMap<&str, &AssetKey> = request
+            .snapshot
+            .assets()
+            .filter_map(|a| a.metadata.get(UNIQUE_ID).map(|id| (id.as_str(), &a.key)))
+            .collect();
+        let mut timings = BTreeMap::new();
+        for result in results.iter().flat_map(|r| &r.results) {
+            let Some(key) = by_unique_id.get(result.unique_id.as_str()) else { continue };
+            let starts = result.timing.iter().filter_map(|t| unix_millis(t.started_at.as_deref()?));
+            let ends = result.timing.iter().filter_map(|t| unix_millis(t.completed_at.as_deref()?));
+            if let (Some(started_at), Some(finished_at)) = (starts.min(), ends.max()) {
+                if finished_at >= started_at {
+                    timings.insert((*key).clone(), StepTiming { started_at, finished_at });
+                }
+            }
+        }
+        timings
+    }
+}
+
+/// A hint for a relation a branch build cannot see: branch builds run as the branch role, which
+/// reads only what it was granted (README: "dbt projects").
+fn grant_hint(message: &str) -> Option<String> {
+    let lower = message.to_lowercase();
+    let missing = lower.contains("does not exist") && lower.contains("relation");
+    let denied = lower.contains("permission denied for schema")
+        || lower.contains("permission denied for table");
+    if !missing && !denied {
+        return None;
+    }
+    // `relation "shop_raw.orders" does not exist`: the schema to grant.
+    let schema = message
+        .split('"')
+        .nth(1)
+        .and_then(|name| name.rsplit_once('.').map(|(schema, _)| schema.trim_matches('"')))
+        .or_else(|| {
+            lower.contains("for schema").then(|| message.split_whitespace().last()).flatten()
+        })
+        .unwrap_or("SCHEMA");
+    Some(format!(
+        "hint: branch builds run as the server's branch role, which reads only what it is granted; \
+         if this relation exists in production, grant it as README.md's \"dbt projects\" says: \
+         GRANT USAGE ON SCHEMA {schema} TO <branch_role>; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO <branch_role>;"
+    ))
+}
+
+/// `2024-05-01T12:00:00.123456Z` (dbt's timings, UTC) as Unix milliseconds.
+fn unix_millis(text: &str) -> Option<i64> {
+    let text = text.trim().trim_end_matches('Z');
+    let (date, time) = text.split_once(['T', ' '])?;
+    let mut date_parts = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date_parts.next()??, date_parts.next()??, date_parts.next()??);
+    let time = time.split(['+']).next()?;
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut hms_parts = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (hms_parts.next()??, hms_parts.next()??, hms_parts.next()??);
+    let millis: i64 = format!("{fraction:0<3}")[..3].parse().ok()?;
+    // Days from 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
 }
 
 /// Starts a commit's parse from the newest earlier commit's partial-parse state, when there is
@@ -277,20 +412,39 @@ fn selector(asset: &Asset) -> String {
     rest.to_owned()
 }
 
+/// `test.project.name.hash` → `name`; `unit_test.project.model.name` → `name`.
 fn short_test_name(unique_id: &str) -> &str {
+    if unique_id.starts_with("unit_test.") {
+        return unique_id.rsplit('.').next().unwrap_or(unique_id);
+    }
     unique_id.split('.').nth(2).unwrap_or(unique_id)
 }
 
-/// test unique_id → the node it tests, from the build's own manifest.
-fn attached_tests(target: &Path) -> BTreeMap<String, String> {
+/// The node a test tests, and whether it is a unit test (run before the model).
+struct Attached {
+    node: String,
+    unit: bool,
+}
+
+/// test unique_id → the node it tests, from the build's own manifest: data tests by their
+/// `attached_node`, unit tests by the model they name.
+fn attached_tests(target: &Path) -> BTreeMap<String, Attached> {
     #[derive(Deserialize)]
     struct Manifest {
+        #[serde(default)]
         nodes: BTreeMap<String, TestNode>,
+        #[serde(default)]
+        unit_tests: BTreeMap<String, UnitTest>,
     }
     #[derive(Deserialize)]
     struct TestNode {
         #[serde(default)]
         attached_node: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct UnitTest {
+        #[serde(default)]
+        depends_on: DependsOn,
     }
     let Some(manifest) = std::fs::read(target.join("manifest.json"))
         .ok()
@@ -298,11 +452,19 @@ fn attached_tests(target: &Path) -> BTreeMap<String, String> {
     else {
         return BTreeMap::new();
     };
-    manifest
+    let mut attached: BTreeMap<String, Attached> = manifest
         .nodes
         .into_iter()
-        .filter_map(|(id, node)| node.attached_node.map(|n| (id, n)))
-        .collect()
+        .filter_map(|(id, node)| {
+            node.attached_node.map(|n| (id, Attached { node: n, unit: false }))
+        })
+        .collect();
+    for (id, test) in manifest.unit_tests {
+        if let Some(model) = test.depends_on.nodes.into_iter().find(|n| n.starts_with("model.")) {
+            attached.insert(id, Attached { node: model, unit: true });
+        }
+    }
+    attached
 }
 
 #[derive(Deserialize)]
@@ -318,6 +480,16 @@ struct RunResult {
     message: Option<String>,
     #[serde(default)]
     adapter_response: serde_json::Map<String, Value>,
+    #[serde(default)]
+    timing: Vec<Timing>,
+}
+
+#[derive(Deserialize)]
+struct Timing {
+    #[serde(default)]
+    started_at: Option<String>,
+    #[serde(default)]
+    completed_at: Option<String>,
 }
 
 /// `OFFSHOOT_PG_*` from a `postgres://user:password@host:port/database` URL.
@@ -410,8 +582,22 @@ fn parse_failure(config: &DbtConfig, output: &ToolOutput) -> LocationError {
                 format!("{}/dbt_project.yml", config.project_dir)
             }
         });
-    LocationError::Invalid(vec![Diagnostic::new(&path, (1, 1), message)
-        .hint(format!("dbt's own message from `{}`", config.parse_command))])
+    let hint = if message.contains("dbt deps") {
+        match &config.prepare_command {
+            None => format!(
+                "the project's packages are not installed: add this line under [location] in offshoot.toml, \
+                 so Offshoot runs `dbt deps` in each commit's checkout before `{}`:\n    prepare_command = \"dbt deps\"\n\
+                 (offline, vendor the packages in the repository and name them in packages.yml as `- local: path/to/package`)",
+                config.parse_command
+            ),
+            Some(prepare) => format!(
+                "the packages are still missing after prepare_command `{prepare}`: it must install them (`dbt deps`)"
+            ),
+        }
+    } else {
+        format!("dbt's own message from `{}`", config.parse_command)
+    };
+    LocationError::Invalid(vec![Diagnostic::new(&path, (1, 1), message).hint(hint)])
 }
 
 /// The error dbt printed: the lines after "Encountered an error", without log timestamps.
@@ -892,11 +1078,15 @@ mod tests {
                 {"unique_id": "model.shop.stg_orders", "status": "success", "message": "SELECT 22", "adapter_response": {"rows_affected": 22}},
                 {"unique_id": "test.shop.not_null_stg_orders_id.abc", "status": "fail", "message": "Got 1 result, configured to fail if != 0"},
                 {"unique_id": "model.shop.dim.v2", "status": "skipped", "message": null},
-                {"unique_id": "seed.shop.codes", "status": "error", "message": "Database Error in seed codes"}
+                {"unique_id": "seed.shop.codes", "status": "error", "message": "Database Error in seed codes",
+                 "timing": [{"name": "compile", "started_at": "2024-05-01T12:00:00.250000Z", "completed_at": "2024-05-01T12:00:00.500000Z"},
+                            {"name": "execute", "started_at": "2024-05-01T12:00:00.500000Z", "completed_at": "2024-05-01T12:00:02.750000Z"}]},
+                {"unique_id": "unit_test.shop.dim.dim_counts", "status": "fail", "message": "actual differs from expected"}
             ]}"#,
         )
         .unwrap();
-        std::fs::write(target.join("manifest.json"), r#"{"nodes": {"test.shop.not_null_stg_orders_id.abc": {"attached_node": "model.shop.stg_orders"}}}"#).unwrap();
+        std::fs::write(target.join("manifest.json"), r#"{"nodes": {"test.shop.not_null_stg_orders_id.abc": {"attached_node": "model.shop.stg_orders"}},
+            "unit_tests": {"unit_test.shop.dim.dim_counts": {"depends_on": {"nodes": ["model.shop.dim.v2"]}}}}"#).unwrap();
         let snapshot =
             snapshot_from_manifest(&manifest("[]", "c1"), ".", Path::new("/x")).expect("valid");
         let keys: Vec<AssetKey> =
@@ -905,6 +1095,7 @@ mod tests {
             project_dir: ".".into(),
             parse_command: "dbt parse".into(),
             build_command: "dbt build".into(),
+            prepare_command: None,
             timeout_seconds: 1,
         });
         let request = BuildRequest {
@@ -917,16 +1108,38 @@ mod tests {
             sandbox: None,
         };
         let outcomes = location.build_outcomes(&request, &ToolOutput::default());
+        let timings = location.build_timings(&request);
         let _ = std::fs::remove_dir_all(&work);
+        assert_eq!(
+            timings.get(&keys[2]),
+            Some(&StepTiming { started_at: 1_714_564_800_250, finished_at: 1_714_564_802_750 })
+        );
         assert_eq!(
             outcomes[&keys[0]],
             BuildOutcome::Failed { message: "built, but its tests failed: not_null_stg_orders_id: Got 1 result, configured to fail if != 0".into() }
         );
-        assert!(matches!(outcomes[&keys[1]], BuildOutcome::Skipped { .. }));
+        // Its own unit test failed, so dbt skipped it: that is the model's failure.
+        assert_eq!(
+            outcomes[&keys[1]],
+            BuildOutcome::Failed {
+                message:
+                    "not built: its unit tests failed: dim_counts: actual differs from expected"
+                        .into()
+            }
+        );
         assert_eq!(
             outcomes[&keys[2]],
             BuildOutcome::Failed { message: "Database Error in seed codes".into() }
         );
+    }
+
+    #[test]
+    fn missing_relations_in_branches_hint_at_the_grant() {
+        let hint = grant_hint("Database Error in model stg_orders (models/staging/stg_orders.sql)\n  relation \"shop_raw.orders\" does not exist").unwrap();
+        assert!(hint.contains("GRANT USAGE ON SCHEMA shop_raw TO <branch_role>"), "{hint}");
+        assert_eq!(grant_hint("Database Error: division by zero"), None);
+        assert_eq!(unix_millis("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(unix_millis("2000-03-01T00:00:00Z"), Some(951_868_800_000));
     }
 
     #[test]

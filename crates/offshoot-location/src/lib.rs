@@ -10,8 +10,10 @@
 
 mod dagster;
 mod dbt;
+mod deployment;
 mod native;
 pub mod parse_cache;
+mod prepare;
 mod process;
 mod sandbox;
 
@@ -24,6 +26,9 @@ use offshoot_project::{Diagnostic, LoadError, LocationConfig, Manifest, Project,
 
 pub use dagster::{DagsterLocation, ENTRY_POINT as DAGSTER_ENTRY_POINT};
 pub use dbt::{DbtLocation, PROFILES_YML as DBT_PROFILES_YML};
+pub use deployment::{
+    deployment_environment, forge_web_url, web_url, CommitContext, DeploymentContext,
+};
 pub use native::NativeLocation;
 pub use parse_cache::{DiskParseCache, ParseCacheOptions};
 pub use process::{base_environment, kill_group, tail, ToolCommand, ToolOutput, MAX_OUTPUT};
@@ -76,6 +81,13 @@ pub enum BuildOutcome {
     },
 }
 
+/// When the tool says it built one asset (dbt's `run_results.json` timings), in Unix ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepTiming {
+    pub started_at: i64,
+    pub finished_at: i64,
+}
+
 /// The location's problems with a commit, or a tool that could not run at all.
 #[derive(Debug, thiserror::Error)]
 pub enum LocationError {
@@ -116,6 +128,12 @@ pub trait CodeLocation: Send + Sync {
         request: &BuildRequest<'_>,
         output: &ToolOutput,
     ) -> BTreeMap<AssetKey, BuildOutcome>;
+
+    /// After the build: when each asset was built, where the tool says so (else the whole
+    /// build's time is each step's).
+    fn build_timings(&self, _request: &BuildRequest<'_>) -> BTreeMap<AssetKey, StepTiming> {
+        BTreeMap::new()
+    }
 }
 
 /// The implementation for a project's `[location]`.
@@ -141,7 +159,11 @@ pub fn load_project(
 ) -> Result<Project, LocationError> {
     let manifest = offshoot_project::read_manifest(files)?;
     if manifest.location == LocationConfig::Native {
-        return Ok(offshoot_project::load_cached(files, cache)?);
+        let mut project = offshoot_project::load_cached(files, cache)?;
+        if !project.manifest.untracked_metadata.is_empty() {
+            project.snapshot = normalized(&project.manifest, project.snapshot, &[])?;
+        }
+        return Ok(project);
     }
     let location = for_manifest(&manifest);
     let dir = if location.needs_checkout() {
@@ -151,7 +173,108 @@ pub fn load_project(
     };
     let input = LoadInput { files, checkout: dir.as_deref(), work_dir, env, sandbox };
     let snapshot = location.load(&manifest, &input)?;
+    let replacements = environment_values(dir.as_deref(), work_dir, env);
+    let snapshot = normalized(&manifest, snapshot, &replacements)?;
     Ok(Project { manifest, snapshot })
+}
+
+/// What ties a load to where and as which commit it ran, and what stands for it in a snapshot:
+/// the checkout's path (made relative to the repository root), the work folder's, and the
+/// commit's SHA (Dagster+'s git-linked code references name it).
+fn environment_values(
+    checkout: Option<&Path>,
+    work_dir: &Path,
+    env: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut values = Vec::new();
+    let mut add = |path: &Path, by: &str| {
+        let mut forms = vec![path.to_path_buf()];
+        if let Ok(canonical) = std::fs::canonicalize(path) {
+            forms.push(canonical);
+        }
+        for form in forms {
+            let text = form.to_string_lossy().trim_end_matches('/').to_owned();
+            if text.len() > 1 && !values.iter().any(|(t, _)| *t == text) {
+                values.push((text, by.to_owned()));
+            }
+        }
+    };
+    add(work_dir, WORK_DIR_TOKEN);
+    if let Some(checkout) = checkout {
+        add(checkout, ".");
+    }
+    // Longest first: a work folder inside the checkout, say.
+    values.sort_by_key(|(text, _)| std::cmp::Reverse(text.len()));
+    if let Some(sha) = lookup(env, "OFFSHOOT_GIT_SHA").filter(|s| s.len() == 40) {
+        values.push((sha, GIT_SHA_TOKEN.to_owned()));
+    }
+    values
+}
+
+/// What stands for the load's own work folder in a snapshot.
+pub const WORK_DIR_TOKEN: &str = "${OFFSHOOT_WORK_DIR}";
+/// What stands for the loaded commit's SHA in a snapshot.
+pub const GIT_SHA_TOKEN: &str = "${OFFSHOOT_GIT_SHA}";
+
+/// `text` with every value of `replacements` replaced: a path by its stand-in (`.` for the
+/// checkout, so `/checkout/a.py` becomes `a.py`), the SHA by its token.
+pub fn replace_environment_values(text: &str, replacements: &[(String, String)]) -> String {
+    let mut text = text.to_owned();
+    for (value, by) in replacements {
+        if !text.contains(value.as_str()) {
+            continue;
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(value.as_str()) {
+            let after = &rest[at + value.len()..];
+            // Only whole path components: `/x/checkout2` is not below `/x/checkout`.
+            let boundary = after
+                .chars()
+                .next()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')));
+            out.push_str(&rest[..at]);
+            if !boundary {
+                out.push_str(value);
+                rest = after;
+                continue;
+            }
+            if by == "." && after.starts_with('/') {
+                rest = &after[1..]; // repository-relative
+            } else {
+                out.push_str(by);
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+        text = out;
+    }
+    text
+}
+
+/// The snapshot with environment values replaced in what it reports (metadata, tag values,
+/// descriptions) and `[project] untracked_metadata` marked on each asset.
+fn normalized(
+    manifest: &offshoot_project::Manifest,
+    snapshot: Snapshot,
+    replacements: &[(String, String)],
+) -> Result<Snapshot, LocationError> {
+    let replace = |text: &str| replace_environment_values(text, replacements);
+    let assets = snapshot.assets().cloned().map(|mut asset| {
+        if !replacements.is_empty() {
+            for value in asset.metadata.values_mut() {
+                *value = replace(value);
+            }
+            for value in asset.tags.values_mut() {
+                *value = replace(value);
+            }
+            asset.description = asset.description.as_deref().map(replace);
+        }
+        asset.untracked_metadata =
+            asset.metadata.keys().filter(|k| manifest.untracked(k)).cloned().collect();
+        asset
+    });
+    Snapshot::new(assets.collect::<Vec<_>>()).map_err(|e| LocationError::Tool(e.to_string()))
 }
 
 /// The last value of `name` in an environment list (later entries win, as for a child process).
@@ -162,4 +285,26 @@ pub(crate) fn lookup(env: &[(String, String)], name: &str) -> Option<String> {
 /// A diagnostic for a whole-project problem reported by a tool, placed at `path` (line 1).
 pub(crate) fn tool_diagnostic(path: &str, message: impl Into<String>, hint: &str) -> Diagnostic {
     Diagnostic::new(path, (1, 1), message).hint(hint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_values_become_stand_ins() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let replacements = vec![
+            ("/data/locations/shop/abc".to_owned(), WORK_DIR_TOKEN.to_owned()),
+            ("/data/checkouts/abc".to_owned(), ".".to_owned()),
+            (sha.to_owned(), GIT_SHA_TOKEN.to_owned()),
+        ];
+        let text = format!(
+            r#"{{"code_references": [{{"file_path": "/data/checkouts/abc/shop/raw.py"}}, {{"url": "https://github.com/o/r/tree/{sha}/shop/raw.py#L3"}}], "root": "/data/checkouts/abc", "other": "/data/checkouts/abcd/x", "target": "/data/locations/shop/abc/target"}}"#
+        );
+        assert_eq!(
+            replace_environment_values(&text, &replacements),
+            r#"{"code_references": [{"file_path": "shop/raw.py"}, {"url": "https://github.com/o/r/tree/${OFFSHOOT_GIT_SHA}/shop/raw.py#L3"}], "root": ".", "other": "/data/checkouts/abcd/x", "target": "${OFFSHOOT_WORK_DIR}/target"}"#
+        );
+    }
 }

@@ -61,6 +61,37 @@ pub struct Manifest {
     pub external: Vec<String>,
     pub sources: Vec<Asset>,
     pub location: LocationConfig,
+    /// `[project] untracked_metadata`: patterns of metadata keys change tracking ignores (values
+    /// that depend on where or when a commit is loaded: hostnames, timestamps, names built from
+    /// the deployment). `*` matches any run of characters.
+    pub untracked_metadata: Vec<String>,
+}
+
+impl Manifest {
+    /// Whether change tracking ignores metadata `key` (`[project] untracked_metadata`).
+    pub fn untracked(&self, key: &str) -> bool {
+        self.untracked_metadata.iter().any(|pattern| glob_match(pattern, key))
+    }
+}
+
+/// `*` matches any run of characters (`/` included); everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// The project's code location: what turns a commit into assets and builds them.
@@ -92,6 +123,9 @@ pub struct DbtConfig {
     /// A shell command that builds a selection; Offshoot appends `--select KEY...`
     /// (default `dbt build`).
     pub build_command: String,
+    /// A shell command run in `project_dir` of the checkout before loading and before each build
+    /// (`dbt deps`), once per commit and content of the lock files.
+    pub prepare_command: Option<String>,
     pub timeout_seconds: u64,
 }
 
@@ -106,6 +140,9 @@ pub struct DagsterConfig {
     /// The project's Python: a program on PATH or a path relative to the repository root.
     pub python: String,
     pub working_directory: String,
+    /// A shell command run in `working_directory` of the checkout before loading and before each
+    /// build (a dagster-dbt project's `dbt parse`), once per commit and content of the lock files.
+    pub prepare_command: Option<String>,
     pub timeout_seconds: u64,
 }
 
@@ -130,6 +167,8 @@ struct LocationSection {
     parse_command: Option<String>,
     #[serde(default)]
     build_command: Option<String>,
+    #[serde(default)]
+    prepare_command: Option<toml::Spanned<String>>,
     #[serde(default)]
     module: Option<toml::Spanned<String>>,
     #[serde(default)]
@@ -156,6 +195,8 @@ struct ProjectSection {
     production_branch: Option<String>,
     #[serde(default)]
     external: Vec<String>,
+    #[serde(default)]
+    untracked_metadata: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -247,6 +288,7 @@ pub fn parse(text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Manifest> 
         external: file.project.external.iter().map(|e| e.to_lowercase()).collect(),
         sources,
         location,
+        untracked_metadata: file.project.untracked_metadata,
     })
 }
 
@@ -264,6 +306,18 @@ fn location_config(
                 .hint(hint),
         );
     };
+    let prepare_command = section.prepare_command.as_ref().and_then(|c| {
+        if c.get_ref().trim().is_empty() {
+            problem(
+                c.span().start,
+                "`prepare_command` is empty".to_owned(),
+                "leave it out, or give a shell command like \"dbt deps\"",
+            );
+            None
+        } else {
+            Some(c.get_ref().clone())
+        }
+    });
     let timeout_seconds = section.timeout_seconds.unwrap_or(DEFAULT_TOOL_TIMEOUT_SECONDS).max(1);
     let mut relative = |value: &Option<toml::Spanned<String>>, key: &str| -> String {
         let Some(value) = value else { return ".".to_owned() };
@@ -292,7 +346,7 @@ fn location_config(
                 (section.working_directory.is_some(), "working_directory"),
             ] {
                 if set {
-                    problem(start, tool_only(name), "a dbt location takes project_dir, parse_command, build_command and timeout_seconds");
+                    problem(start, tool_only(name), "a dbt location takes project_dir, parse_command, build_command, prepare_command and timeout_seconds");
                 }
             }
             LocationConfig::Dbt(DbtConfig {
@@ -305,6 +359,7 @@ fn location_config(
                     .build_command
                     .clone()
                     .unwrap_or_else(|| "dbt build".to_owned()),
+                prepare_command,
                 timeout_seconds,
             })
         }
@@ -316,7 +371,7 @@ fn location_config(
                 (section.build_command.is_some(), "build_command"),
             ] {
                 if set {
-                    problem(start, tool_only(name), "a dagster location takes module or file, attribute, python, working_directory and timeout_seconds");
+                    problem(start, tool_only(name), "a dagster location takes module or file, attribute, python, working_directory, prepare_command and timeout_seconds");
                 }
             }
             let module = section.module.as_ref().and_then(|m| {
@@ -374,6 +429,7 @@ fn location_config(
                 attribute,
                 python: section.python.clone().unwrap_or_else(|| "python".to_owned()),
                 working_directory,
+                prepare_command,
                 timeout_seconds,
             })
         }

@@ -60,6 +60,9 @@ pub struct RepositoryConfig {
     pub remote: Option<RemoteConfig>,
     /// The git host, for webhooks and pull-request feedback.
     pub forge: Option<ForgeConfig>,
+    /// The repository's web address (`https://github.com/org/repo`), Dagster+'s
+    /// `DAGSTER_CLOUD_GIT_URL`; `None`: from the forge or the remote URL, when they tell.
+    pub git_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]

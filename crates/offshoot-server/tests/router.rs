@@ -102,6 +102,7 @@ async fn app(name: &str) -> App {
         watch: None,
         remote: None,
         forge: None,
+        git_url: None,
     }];
     let store = offshoot_store_sqlite::SqliteStore::open(&data.join("offshoot.db"))
         .await

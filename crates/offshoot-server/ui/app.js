@@ -510,6 +510,7 @@ function Asset({ repository, name, assetKey }) {
       <dt>${asset.removed ? 'Downstream at the base' : 'Downstream'}</dt><dd>${asset.downstream.length ? asset.downstream.map(link) : html`<span class="note">none</span>`}</dd>
       <dt>Tags</dt><dd>${Object.entries(asset.tags).map(([k, v]) => html`<code>${k}=${v}</code> `)}</dd>
       ${Object.keys(asset.metadata).length ? html`<dt>Metadata</dt><dd>${Object.entries(asset.metadata).map(([k, v]) => html`<code>${k}=${v}</code> `)}</dd>` : ''}
+      ${(asset.untracked_metadata || []).length ? html`<dt>Not tracked</dt><dd class="note" title="offshoot.toml: [project] untracked_metadata">changes to ${asset.untracked_metadata.map((k) => html`<code>${k}</code> `)}are not changes of the asset</dd>` : ''}
     </dl>
     ${change && !change.reasons.includes('NEW') && !asset.removed ? html`<section><h2>Changes against the base</h2>
       ${change.details.code ? html`<h3>Code</h3>

@@ -29,8 +29,9 @@ pub struct Args {
     #[arg(long)]
     exit: bool,
     /// Which example: `shop` (native SQL, embedded), `dagster_shop` (needs Dagster in the Python on
-    /// PATH) or `dbt_shop` (needs dbt on PATH and --warehouse-url); the last two are read from
-    /// the source checkout's examples/ folder.
+    /// PATH), `dbt_shop` (needs dbt on PATH and --warehouse-url) or `dagster_dbt_shop` (a Dagster+
+    /// project over dbt_shop: needs Dagster, dagster-dbt, dagster-cloud and dbt, and
+    /// --warehouse-url); all but the first are read from the source checkout's examples/ folder.
     #[arg(long, default_value = "shop")]
     example: String,
     /// A PostgreSQL warehouse (postgres://...) instead of the embedded SQLite one; dbt_shop needs it.
@@ -110,7 +111,35 @@ impl Example {
                     note: "",
                 }
             }
-            other => bail!("unknown example `{other}`: use shop, dagster_shop or dbt_shop"),
+            "dagster_dbt_shop" => {
+                // The Dagster+ project and, in dbt_shop/, the dbt project it builds.
+                let mut main = example_files("dagster_dbt_shop")?;
+                for (path, bytes) in example_files("dbt_shop")? {
+                    if path != "offshoot.toml" {
+                        main.insert(format!("dbt_shop/{path}"), bytes);
+                    }
+                }
+                let feature = edited(
+                    &main,
+                    &[(
+                        "dbt_shop/models/staging/stg_orders.sql",
+                        "(shipping_cents / 100.0)::numeric(12, 2) as shipping_amount",
+                        "round(shipping_cents / 100.0, 2)::numeric(12, 2) as shipping_amount",
+                    )],
+                )?;
+                Example {
+                    name: "dagster_dbt_shop",
+                    main,
+                    feature_branch: "feature/round-shipping",
+                    feature,
+                    feature_message: "Round shipping amounts",
+                    main_after_fork: None,
+                    note: "",
+                }
+            }
+            other => bail!(
+                "unknown example `{other}`: use shop, dagster_shop, dbt_shop or dagster_dbt_shop"
+            ),
         })
     }
 }
@@ -174,10 +203,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         bail!("{} already exists and is not empty; remove it or pass --dir", args.dir.display());
     }
     let example = Example::named(&args.example)?;
-    if example.name == "dbt_shop"
+    if matches!(example.name, "dbt_shop" | "dagster_dbt_shop")
         && !args.warehouse_url.as_deref().is_some_and(|u| u.starts_with("postgres"))
     {
-        bail!("the dbt_shop example needs PostgreSQL: pass --warehouse-url postgres://USER@HOST:PORT/DATABASE (dbt has no adapter for the embedded SQLite warehouse)");
+        bail!("the {} example needs PostgreSQL: pass --warehouse-url postgres://USER@HOST:PORT/DATABASE (dbt has no adapter for the embedded SQLite warehouse)", example.name);
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
@@ -288,6 +317,7 @@ fn demo_config(dir: &std::path::Path) -> anyhow::Result<ServerConfig> {
         watch: Some(WatchConfig { branches: "*".to_owned(), interval: Duration::from_millis(500) }),
         remote: None,
         forge: None,
+        git_url: None,
     });
     Ok(config)
 }
@@ -405,14 +435,15 @@ async fn seed_postgres(
 ) -> anyhow::Result<()> {
     let script = match example.name {
         "shop" => include_str!("../../../examples/shop/data/seed_postgres.sql").to_owned(),
-        "dbt_shop" => {
+        "dbt_shop" | "dagster_dbt_shop" => {
             let role = offshoot_warehouse_postgres::PostgresWarehouseOptions::default().branch_role;
+            let path = if example.name == "dbt_shop" {
+                "data/seed_raw.sql"
+            } else {
+                "dbt_shop/data/seed_raw.sql"
+            };
             let seed = String::from_utf8(
-                example
-                    .main
-                    .get("data/seed_raw.sql")
-                    .context("dbt_shop has data/seed_raw.sql")?
-                    .clone(),
+                example.main.get(path).context("dbt_shop has data/seed_raw.sql")?.clone(),
             )?;
             format!("{seed}\nGRANT USAGE ON SCHEMA shop_raw TO {role};\nGRANT SELECT ON ALL TABLES IN SCHEMA shop_raw TO {role};\n")
         }

@@ -39,13 +39,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 None => find(&args.path, "dbt_project.yml")
                     .context("no dbt_project.yml here or one folder down; pass --project-dir")?,
             };
+            let mut keys = vec![("project_dir", dir.as_str())];
+            // Packages are installed in each checkout before dbt parses it.
+            let project = args.path.join(&dir);
+            if project.join("packages.yml").is_file() || project.join("dependencies.yml").is_file()
+            {
+                keys.push(("prepare_command", "dbt deps"));
+            }
             vec![(
                 "offshoot.toml",
-                offshoot_project::scaffold::location_manifest(
-                    &name,
-                    "dbt",
-                    &[("project_dir", &dir)],
-                ),
+                offshoot_project::scaffold::location_manifest(&name, "dbt", &keys),
             )]
         }
         Some("dagster") => {
@@ -53,7 +56,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 Some(module) => module.clone(),
                 None => {
                     let dir = find(&args.path, "definitions.py")
-                        .context("no definitions.py here or one folder down; pass --module")?;
+                        .or_else(|| {
+                            find(&args.path.join("src"), "definitions.py")
+                                .map(|d| format!("src/{d}"))
+                        })
+                        .context(
+                            "no definitions.py here, one folder down or in src/; pass --module",
+                        )?;
+                    let dir = dir.strip_prefix("src/").unwrap_or(&dir).to_owned();
                     if dir == "." {
                         "definitions".to_owned()
                     } else {
@@ -61,13 +71,17 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                     }
                 }
             };
+            let mut keys = vec![("module", module.clone())];
+            // A `src/` layout (Dagster's project template): the module imports from src/.
+            if let Some(dir) = working_directory_of(&args.path, &module) {
+                if dir != "." {
+                    keys.push(("working_directory", dir));
+                }
+            }
+            let keys: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (*k, v.as_str())).collect();
             vec![(
                 "offshoot.toml",
-                offshoot_project::scaffold::location_manifest(
-                    &name,
-                    "dagster",
-                    &[("module", &module)],
-                ),
+                offshoot_project::scaffold::location_manifest(&name, "dagster", &keys),
             )]
         }
         Some(other) => bail!(
@@ -95,6 +109,31 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         args.path.display()
     );
     Ok(Outcome::Ok)
+}
+
+/// Where `module` is importable from: `.`, `src` or a folder one level down that holds it as
+/// `a/b.py` or `a/b/__init__.py`.
+fn working_directory_of(root: &std::path::Path, module: &str) -> Option<String> {
+    let relative = module.replace('.', "/");
+    let holds = |dir: &std::path::Path| {
+        dir.join(format!("{relative}.py")).is_file()
+            || dir.join(&relative).join("__init__.py").is_file()
+    };
+    if holds(root) {
+        return Some(".".to_owned());
+    }
+    if holds(&root.join("src")) {
+        return Some("src".to_owned());
+    }
+    let mut found: Vec<String> = std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .filter(|e| holds(&e.path()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 /// The folder (relative to `root`: `.` or one level down) that holds `file`.

@@ -367,6 +367,9 @@ struct FileRepository {
     watch: bool,
     branches: Option<String>,
     poll_interval_ms: Option<u64>,
+    /// The repository's web address, Dagster+'s `DAGSTER_CLOUD_GIT_URL` (default: from the forge
+    /// or `url`).
+    git_url: Option<String>,
     /// `github` or `gitlab` (inferred for github.com and gitlab.com URLs).
     forge: Option<String>,
     /// `owner/repo` (GitHub) or the project's full path (GitLab).
@@ -577,6 +580,7 @@ fn file_repository(
         watch,
         remote,
         forge,
+        git_url: repo.git_url.filter(|u| !u.trim().is_empty()),
     })
 }
 
@@ -599,6 +603,9 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     }
     let data_dir =
         args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".offshoot"));
+    // Resolved once, against the working directory at start: every folder below it is handed to
+    // tools that run elsewhere (a checkout, a work folder).
+    let data_dir = absolute(&data_dir)?;
     let mut config = ServerConfig::new(data_dir.clone());
     let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:3000".to_owned());
     config.public_url =
@@ -652,6 +659,7 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
             }),
             remote: None,
             forge: None,
+            git_url: None,
         });
     }
     let mut names: Vec<&str> = config.repositories.iter().map(|r| r.name.as_str()).collect();
@@ -681,6 +689,25 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
         branch_role: args.branch_role.clone().or(file.branch_role),
     };
     Ok(Settings { config, backends, listen, token_file, log_level })
+}
+
+/// `path` made absolute against the current directory (not canonicalized: it may not exist yet).
+pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let mut out = cwd;
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }
 
 /// The token in `path`, or a new random one written there readable by the owner only.

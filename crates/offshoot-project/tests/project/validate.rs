@@ -137,9 +137,9 @@ fn manifest_problems() {
     check(
         &[("offshoot.toml", "[project]\nnam = \"x\"\n")],
         expect![[r#"
-        offshoot.toml:2:1: error: unknown field `nam`, expected one of `name`, `description`, `dialect`, `production_branch`, `external`
-          = hint: offshoot.toml needs a [project] table with `name`; see README.md for every key
-    "#]],
+            offshoot.toml:2:1: error: unknown field `nam`, expected one of `name`, `description`, `dialect`, `production_branch`, `external`, `untracked_metadata`
+              = hint: offshoot.toml needs a [project] table with `name`; see README.md for every key
+        "#]],
     );
     check(
         &[(
@@ -251,13 +251,13 @@ fn location_section() {
     check_manifest(
         "[project]\nname = \"a\"\n[location]\ntype = \"dbt\"\nproject_dir = \"./transform/\"\n",
         expect![[
-            r#"ok: Dbt(DbtConfig { project_dir: "transform", parse_command: "dbt parse", build_command: "dbt build", timeout_seconds: 600 })"#
+            r#"ok: Dbt(DbtConfig { project_dir: "transform", parse_command: "dbt parse", build_command: "dbt build", prepare_command: None, timeout_seconds: 600 })"#
         ]],
     );
     check_manifest(
         "[project]\nname = \"a\"\n[location]\ntype = \"dagster\"\nmodule = \"shop.definitions\"\n",
         expect![[
-            r#"ok: Dagster(DagsterConfig { module: Some("shop.definitions"), file: None, attribute: None, python: "python", working_directory: ".", timeout_seconds: 600 })"#
+            r#"ok: Dagster(DagsterConfig { module: Some("shop.definitions"), file: None, attribute: None, python: "python", working_directory: ".", prepare_command: None, timeout_seconds: 600 })"#
         ]],
     );
     check_manifest(
@@ -271,7 +271,7 @@ fn location_section() {
         "[project]\nname = \"a\"\n[location]\ntype = \"dbt\"\nproject_dir = \"../elsewhere\"\nmodule = \"x\"\n",
         expect![[r#"
             offshoot.toml:3:1: error: `module` applies to another location type
-              = hint: a dbt location takes project_dir, parse_command, build_command and timeout_seconds
+              = hint: a dbt location takes project_dir, parse_command, build_command, prepare_command and timeout_seconds
             offshoot.toml:5:15: error: `project_dir` cannot leave the repository (`..`)
               = hint: give a folder inside the repository, like "." or "transform"
         "#]],

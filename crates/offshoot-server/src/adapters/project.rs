@@ -79,6 +79,18 @@ pub async fn load(
     path: PathBuf,
     commit: &CommitSha,
 ) -> Result<Loaded, GitError> {
+    load_for(state, repository, path, commit, None).await
+}
+
+/// [`load`], telling the tool the deployment it loads for (`None`: production), as Dagster+
+/// does; the result is still one per commit, shared by every deployment that serves it.
+pub async fn load_for(
+    state: &AppState,
+    repository: &RepositoryName,
+    path: PathBuf,
+    commit: &CommitSha,
+    deployment: Option<&offshoot_store::Deployment>,
+) -> Result<Loaded, GitError> {
     // A cached snapshot is trusted only while the commit's folder exists: a dbt branch build
     // defers to the manifest in it, so a folder swept away is rebuilt by loading again.
     let work_dir = state.config.locations_dir(repository).join(commit.as_str());
@@ -102,7 +114,11 @@ pub async fn load(
     env.push(("TMPDIR".to_owned(), work_dir.join("tmp").to_string_lossy().into_owned()));
     // Parse once per blob, across commits, branches and restarts.
     let parse_cache = state.config.data_dir.join("parse-cache");
+    let mut context = deployment_context(state, repository, deployment, None);
     let loaded = blocking(path, move |repo| {
+        // The same variables a build of this commit gets (`service::runner`'s `deployment_environment`).
+        context.commit = commit_context(&commit_details(&repo.resolve(sha.as_str())?)?);
+        env.extend(offshoot_location::deployment_environment(&context));
         let files = repo.files_at(sha.as_str())?;
         let checkout = || export_checkout(repo, &sha, &checkouts);
         std::fs::create_dir_all(&work_dir)
@@ -136,8 +152,66 @@ fn tool_environment(state: &AppState, repository: &RepositoryName) -> Vec<(Strin
     let production = SchemaName::for_deployment(repository, &DeploymentName::production());
     let mut env = offshoot_location::base_environment();
     env.extend(state.warehouse.inspection_environment(&production));
-    env.push(("OFFSHOOT_LOCATION_NAME".to_owned(), repository.to_string()));
     env
+}
+
+/// Who a tool runs for, as Dagster+ tells code (`DAGSTER_CLOUD_*`): the deployment (`None`:
+/// production), its repository and the commit. Loading and building build it here, so both
+/// see the same values.
+pub fn deployment_context(
+    state: &AppState,
+    repository: &RepositoryName,
+    deployment: Option<&offshoot_store::Deployment>,
+    commit: Option<&CommitDetails>,
+) -> offshoot_location::DeploymentContext {
+    let config = state.repository(repository);
+    let forge_project = config
+        .and_then(|c| c.forge.as_ref())
+        .and_then(|f| f.project.clone())
+        .filter(|p| !p.bytes().all(|b| b.is_ascii_digit()));
+    let git_url = config.and_then(|c| {
+        c.git_url
+            .clone()
+            .or_else(|| {
+                let forge = c.forge.as_ref()?;
+                offshoot_location::forge_web_url(&forge.api_url, forge.project.as_deref()?)
+            })
+            .or_else(|| offshoot_location::web_url(&c.remote.as_ref()?.url))
+    });
+    let (name, is_branch, branch, pull_request) = match deployment {
+        Some(d) => (
+            d.name.to_string(),
+            d.kind == offshoot_core::DeploymentKind::Branch,
+            d.branch.to_string(),
+            d.pull_request.as_ref().map(|p| (p.id.clone(), p.status.as_str().to_owned())),
+        ),
+        None => (
+            DeploymentName::production().to_string(),
+            false,
+            config.map(|c| c.production_branch.clone()).unwrap_or_else(|| "main".to_owned()),
+            None,
+        ),
+    };
+    offshoot_location::DeploymentContext {
+        location_name: repository.to_string(),
+        deployment_name: name,
+        is_branch_deployment: is_branch,
+        branch,
+        git_url,
+        git_repo: forge_project.unwrap_or_else(|| repository.to_string()),
+        commit: commit.map(commit_context).unwrap_or_default(),
+        pull_request,
+    }
+}
+
+pub fn commit_context(commit: &CommitDetails) -> offshoot_location::CommitContext {
+    offshoot_location::CommitContext {
+        sha: commit.sha.to_string(),
+        timestamp: commit.time,
+        author_name: commit.author_name.clone(),
+        author_email: commit.author_email.clone(),
+        message: commit.message.clone(),
+    }
 }
 
 /// The commit's files on disk under `checkouts/<sha>`, exported once (staged, then renamed, so

@@ -292,6 +292,8 @@ pub struct AssetJson {
     downstream: Vec<String>,
     tags: BTreeMap<String, String>,
     metadata: BTreeMap<String, String>,
+    /// Keys of `metadata` change tracking ignores (`[project] untracked_metadata`).
+    untracked_metadata: Vec<String>,
     owners: Vec<String>,
     partitions: Option<String>,
     change: Option<AssetChangeJson>,
@@ -365,6 +367,7 @@ async fn asset(
         removed,
         tags: asset.tags.clone(),
         metadata: asset.metadata.clone(),
+        untracked_metadata: asset.untracked_metadata.iter().cloned().collect(),
         owners: asset.owners.clone(),
         partitions: asset.partitions.as_ref().map(PartitionsDefinition::to_string),
         change: changes.change(&key).map(AssetChangeJson::from),

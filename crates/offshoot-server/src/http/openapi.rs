@@ -115,6 +115,7 @@ fn catalog_schemas() -> Value {
                     "code_version_derived": {"type": "boolean"}, "fingerprint": {"type": "string", "nullable": true},
                     "upstream": {"type": "array", "items": {"type": "string"}}, "downstream": {"type": "array", "items": {"type": "string"}},
                     "tags": {"type": "object", "additionalProperties": {"type": "string"}}, "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "untracked_metadata": {"type": "array", "description": "metadata keys change tracking ignores (offshoot.toml: [project] untracked_metadata)", "items": {"type": "string"}},
                     "owners": {"type": "array", "items": {"type": "string"}}, "partitions": {"type": "string", "nullable": true},
                     "change": {"type": "object", "nullable": true}, "impacted_via": {"type": "array", "nullable": true, "items": {"type": "string"}},
                     "data": {"type": "string", "enum": ["branch", "production", "none"]}, "removed": {"type": "boolean"},

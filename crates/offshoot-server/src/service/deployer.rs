@@ -380,9 +380,10 @@ async fn prepare(
         .repository(&deployment.repository)
         .ok_or_else(|| format!("repository `{}` is no longer configured", deployment.repository))?
         .clone();
-    let loaded = git::load(state, &repo.name, repo.path.clone(), &revision.commit.sha)
-        .await
-        .map_err(|e| e.to_string())?;
+    let loaded =
+        git::load_for(state, &repo.name, repo.path.clone(), &revision.commit.sha, Some(deployment))
+            .await
+            .map_err(|e| e.to_string())?;
     let project = match loaded.as_ref() {
         Ok(project) => project,
         Err(diagnostics) => {

@@ -418,6 +418,35 @@ fn init_adds_offshoot_to_existing_dbt_and_dagster_projects() {
         "validate leaves no dbt artifacts in the project"
     );
 
+    // Dagster's project template: the package under src/; `working_directory` follows.
+    let template = dir.0.join("template");
+    std::fs::create_dir_all(template.join("src/pkg")).expect("mkdir");
+    std::fs::write(template.join("src/pkg/__init__.py"), "").expect("write");
+    std::fs::write(template.join("src/pkg/definitions.py"), "").expect("write");
+    let path = template.to_str().expect("utf-8");
+    let output = offshoot(&["init", "--location", "dagster", "--module", "pkg.definitions", path]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let manifest = std::fs::read_to_string(template.join("offshoot.toml")).expect("written");
+    assert!(
+        manifest.contains("module = \"pkg.definitions\"\nworking_directory = \"src\"\n"),
+        "{manifest}"
+    );
+    std::fs::remove_file(template.join("offshoot.toml")).expect("rm");
+    let output = offshoot(&["init", "--location", "dagster", path]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let found = std::fs::read_to_string(template.join("offshoot.toml")).expect("written");
+    assert_eq!(found, manifest, "found by looking in src/ too");
+
+    // A dbt project with packages: `dbt deps` prepares each checkout.
+    let packaged = dir.0.join("packaged");
+    std::fs::create_dir_all(&packaged).expect("mkdir");
+    std::fs::write(packaged.join("dbt_project.yml"), "name: p\n").expect("write");
+    std::fs::write(packaged.join("packages.yml"), "packages: []\n").expect("write");
+    let output = offshoot(&["init", "--location", "dbt", packaged.to_str().expect("utf-8")]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let manifest = std::fs::read_to_string(packaged.join("offshoot.toml")).expect("written");
+    assert!(manifest.contains("prepare_command = \"dbt deps\"\n"), "{manifest}");
+
     // Broken and unknown input are refused with the reason.
     let output =
         offshoot(&["init", "--location", "airflow", dir.0.join("x").to_str().expect("utf-8")]);

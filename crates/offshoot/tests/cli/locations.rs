@@ -693,3 +693,258 @@ fn dagster_project_on_the_postgres_warehouse_builds_only_in_the_branch_schema() 
     psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
     crate::server::drop_branch_roles(&role);
 }
+
+/// The dagster_shop example as Dagster+ projects write their definitions (Dagster's project
+/// template, hooli): local code references, linked to the git host when Dagster+'s variables say
+/// so, and one metadata value built from the deployment (dagster-io/dagster#30768).
+const DAGSTER_PLUS_DEFINITIONS: &str = r#""""The code location, as a Dagster+ project writes it."""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from dagster_cloud.metadata.source_code import link_code_references_to_git_if_cloud
+
+from dagster_shop import marts, raw, staging
+from dagster_shop.warehouse import Warehouse
+
+
+def in_deployment(assets):
+    """Names the deployment in each asset's metadata, as code that builds table names does."""
+    name = os.environ.get("DAGSTER_CLOUD_DEPLOYMENT_NAME", "local")
+    return [
+        a.map_asset_specs(lambda spec: spec.merge_attributes(metadata={"shop/deployment": name}))
+        if isinstance(a, dg.AssetsDefinition)
+        else a
+        for a in assets
+    ]
+
+
+defs = dg.Definitions(
+    assets=link_code_references_to_git_if_cloud(
+        dg.with_source_code_references(
+            in_deployment(dg.load_assets_from_modules([raw, staging, marts], include_specs=True))
+        ),
+        file_path_mapping=dg.AnchorBasedFilePathMapping(
+            local_file_anchor=Path(__file__),
+            file_anchor_path_in_repository="dagster_shop/definitions.py",
+        ),
+    ),
+    resources={"warehouse": Warehouse()},
+    executor=dg.in_process_executor,
+)
+"#;
+
+/// A Dagster+ project with `with_source_code_references` and
+/// `link_code_references_to_git_if_cloud` loads with git-linked references that name no folder
+/// and no commit, a docs-only branch is no change, metadata built from the deployment is left
+/// out of change tracking by `untracked_metadata`, and the branch runs with the same variables
+/// it loaded with.
+#[test]
+fn dagster_plus_project_with_git_linked_code_references_loads_diffs_and_runs_in_a_branch() {
+    python_tools();
+    let dir = TempDir::new("dagster-plus");
+    let repo = dir.0.join("repo");
+    example_repo("dagster_shop", &repo);
+    std::fs::write(repo.join("dagster_shop/definitions.py"), DAGSTER_PLUS_DEFINITIONS)
+        .expect("write");
+    let manifest = std::fs::read_to_string(repo.join("offshoot.toml")).expect("read");
+    std::fs::write(
+        repo.join("offshoot.toml"),
+        manifest.replacen(
+            "production_branch = \"main\"\n",
+            "production_branch = \"main\"\nuntracked_metadata = [\"shop/deployment\"]\n",
+            1,
+        ),
+    )
+    .expect("write");
+    git(&repo, &["commit", "-qam", "Dagster+ definitions"]);
+    let server = Server::start_with_repository(
+        &dir.0,
+        &format!(
+            "path = {:?}\ngit_url = \"https://github.com/example/dagster-shop\"",
+            repo.to_str().expect("utf-8")
+        ),
+        "",
+    );
+    let prod = wait_for_prod(&server, &repo);
+    assert_eq!(prod["current_revision"]["status"], "ready", "{prod:#}\n{}", server.log());
+    let asset = server.get("/api/v1/deployments/prod/assets/stg_orders");
+    let references = asset["metadata"]["dagster/code_references"].as_str().unwrap_or("");
+    assert!(
+        references.contains(
+            "https://github.com/example/dagster-shop/tree/${OFFSHOOT_GIT_SHA}/dagster_shop/staging.py#L"
+        ),
+        "{asset:#}"
+    );
+    assert_eq!(asset["metadata"]["shop/deployment"], "prod", "{asset:#}");
+    assert_eq!(asset["untracked_metadata"], json!(["shop/deployment"]), "{asset:#}");
+    let run = run_selection(&server, "prod", "key:*");
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+
+    // Docs only: no asset changed, though every asset names another deployment and commit.
+    git(&repo, &["branch", "docs/readme", "main"]);
+    let sha = commit_file(&repo, "docs/readme", "docs/notes.md", "# Notes\n", "Document the shop");
+    let name = create_or_update(&server, "docs/readme", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let changes = server.get(&format!("/api/v1/deployments/{name}/changes"));
+    assert_eq!(reasons_by_key(&changes), vec![], "{changes:#}");
+    let branch_asset = server.get(&format!("/api/v1/deployments/{name}/assets/stg_orders"));
+    assert_eq!(branch_asset["metadata"]["shop/deployment"], name.as_str(), "{branch_asset:#}");
+
+    // The branch runs: Dagster+'s variables at run time are the ones it loaded with.
+    let run = run_selection(&server, &name, "key:stg_orders");
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+}
+
+/// Loading is independent of where it happens: one commit of every example, loaded from two
+/// folders (as two servers, or two deployments of one, do) with Dagster+'s variables, gives the
+/// same snapshot byte for byte.
+#[test]
+fn every_example_loads_the_same_from_any_folder() {
+    python_tools();
+    let dir = TempDir::new("independent");
+    // dagster_plus_local: the same without Dagster+'s variables (local file references).
+    for example in [
+        "shop",
+        "dbt_shop",
+        "dagster_shop",
+        "dagster_plus",
+        "dagster_plus_local",
+        "dagster_dbt_shop",
+    ] {
+        let repo = dir.0.join(example).join("repo");
+        let sha = if example.starts_with("dagster_plus") {
+            example_repo("dagster_shop", &repo);
+            std::fs::write(repo.join("dagster_shop/definitions.py"), DAGSTER_PLUS_DEFINITIONS)
+                .expect("write");
+            git(&repo, &["commit", "-qam", "Dagster+ definitions"]);
+            git(&repo, &["rev-parse", "HEAD"])
+        } else {
+            example_repo(example, &repo)
+        };
+        let git_repo = offshoot_repo::GitRepository::open(&repo).expect("open");
+        let context = offshoot_location::DeploymentContext {
+            location_name: "shop".into(),
+            deployment_name: "prod".into(),
+            branch: "main".into(),
+            git_url: Some("https://github.com/example/shop".into()),
+            git_repo: "example/shop".into(),
+            commit: offshoot_location::CommitContext { sha: sha.clone(), ..Default::default() },
+            ..Default::default()
+        };
+        let mut env = vec![
+            ("PATH".to_owned(), path_with_python_tools()),
+            (
+                "OFFSHOOT_WAREHOUSE_URL".to_owned(),
+                "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+            ),
+            ("OFFSHOOT_SCHEMA".to_owned(), "shop__prod".to_owned()),
+        ];
+        if example != "dagster_plus_local" {
+            env.extend(offshoot_location::deployment_environment(&context));
+        }
+        let load = |folder: &str| {
+            let base = dir.0.join(example).join(folder);
+            let checkout = base.join("checkouts").join(&sha);
+            let work = base.join("locations").join(&sha);
+            std::fs::create_dir_all(&work).expect("mkdir");
+            let mut env = env.clone();
+            env.push(("TMPDIR".to_owned(), work.to_string_lossy().into_owned()));
+            let files = git_repo.files_at(&sha).expect("files");
+            let project = offshoot_location::load_project(
+                &files,
+                || {
+                    git_repo.export_tree(&sha, &checkout).map_err(|e| e.to_string())?;
+                    Ok(checkout.clone())
+                },
+                &work,
+                &env,
+                None,
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{example} loads from {folder}: {e:?}"));
+            format!("{:#?}", project.snapshot.assets().collect::<Vec<_>>())
+        };
+        let first = load("a");
+        let second = load("another/folder/b");
+        assert!(first.len() > 100, "{first}");
+        assert_eq!(first, second, "{example}: the same commit loads the same from any folder");
+        assert!(!first.contains(dir.0.to_str().expect("utf-8")), "{example}: {first}");
+        if example == "dagster_dbt_shop" {
+            // dagster-dbt's code references, linked to the git host, name no commit.
+            assert!(
+                first.contains("https://github.com/example/shop/tree/${OFFSHOOT_GIT_SHA}/dbt_shop/models/staging/stg_orders.sql"),
+                "{first}"
+            );
+        }
+        if example == "dagster_plus_local" {
+            assert!(first.contains(r#"\"file_path\": \"dagster_shop/staging.py\""#), "{first}");
+        }
+    }
+}
+
+/// `data_dir` (and `--data-dir`) relative to the folder the server starts in: resolved once, at
+/// start, so the checkouts and work folders handed to tools that run elsewhere still resolve.
+#[test]
+fn a_relative_data_dir_is_resolved_against_the_working_directory_at_start() {
+    python_tools();
+    let dir = TempDir::new("relative-data");
+    let repo = dir.0.join("repo");
+    example_repo("dagster_shop", &repo);
+    let cwd = dir.0.join("serve1");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    let config = format!(
+        "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\napi_tokens = [{TOKEN:?}]\n[[repositories]]\nname = \"shop\"\nproduction_branch = \"main\"\npath = {:?}\n",
+        repo.to_str().expect("utf-8")
+    );
+    let server = Server::start_in(&cwd, &config, &cwd.join("data"));
+    let prod = wait_for_prod(&server, &repo);
+    assert_eq!(prod["current_revision"]["asset_count"], 9, "{prod:#}\n{}", server.log());
+    let run = run_selection(&server, "prod", "key:*");
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+    assert!(
+        server.log().contains(&format!("data in {}", cwd.join("data").display())),
+        "{}",
+        server.log()
+    );
+    assert!(cwd.join("data/checkouts").is_dir() && cwd.join("data/warehouse").is_dir());
+}
+
+/// examples/dagster_dbt_shop in a server: its prepare step writes dbt's manifest in the
+/// checkout (confined, as the load), dagster-dbt's assets load with code references linked to
+/// the git host, and a docs-only branch changes nothing.
+#[test]
+fn dagster_dbt_shop_prepares_each_checkout_and_loads_dbt_assets_with_git_links() {
+    python_tools();
+    let dir = TempDir::new("dagster-dbt");
+    let repo = dir.0.join("repo");
+    example_repo("dagster_dbt_shop", &repo);
+    let server = Server::start_with_repository(
+        &dir.0,
+        &format!(
+            "path = {:?}\ngit_url = \"https://github.com/example/dagster-dbt-shop\"",
+            repo.to_str().expect("utf-8")
+        ),
+        "",
+    );
+    let prod = wait_for_prod(&server, &repo);
+    assert_eq!(prod["current_revision"]["status"], "ready", "{prod:#}\n{}", server.log());
+    let model = server.get("/api/v1/deployments/prod/assets/stg_orders");
+    assert!(
+        model["metadata"]["dagster/code_references"].as_str().unwrap_or("").contains(
+            "https://github.com/example/dagster-dbt-shop/tree/${OFFSHOOT_GIT_SHA}/dbt_shop/models/staging/stg_orders.sql"
+        ),
+        "{model:#}"
+    );
+    let source = server.get("/api/v1/deployments/prod/assets/raw%2Forders");
+    assert_eq!(source["key"], "raw/orders", "{source:#}");
+
+    git(&repo, &["branch", "docs/models", "main"]);
+    let sha = commit_file(&repo, "docs/models", "docs/models.md", "# Models\n", "Document");
+    let name = create_or_update(&server, "docs/models", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let changes = server.get(&format!("/api/v1/deployments/{name}/changes"));
+    assert_eq!(reasons_by_key(&changes), vec![], "{changes:#}");
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "", "the repository is untouched");
+}

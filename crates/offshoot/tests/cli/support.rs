@@ -137,6 +137,11 @@ pub fn path_with_python_tools() -> String {
 /// Copies an example project into a new git repository (one commit on `main`).
 pub fn example_repo(example: &str, repo: &Path) -> String {
     copy_dir(&workspace().join("examples").join(example), repo);
+    if example == "dagster_dbt_shop" {
+        // Its dbt project is examples/dbt_shop, in dbt_shop/ (the example's README).
+        copy_dir(&workspace().join("examples/dbt_shop"), &repo.join("dbt_shop"));
+        std::fs::remove_file(repo.join("dbt_shop/offshoot.toml")).expect("rm");
+    }
     git(repo, &["init", "-q", "-b", "main"]);
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "-q", "-m", &format!("The {example} example")]);
@@ -227,10 +232,31 @@ impl Server {
         Server::spawn_with(config, data_dir, starts, &[])
     }
 
+    /// Serves with a configuration file whose `data_dir` is relative, from the folder `cwd`.
+    pub fn start_in(cwd: &Path, config_text: &str, data_dir: &Path) -> Server {
+        let config = cwd.join("offshoot-server.toml");
+        std::fs::write(&config, config_text).expect("write config");
+        Server::spawn_in(Some(cwd), config, data_dir.to_path_buf(), 1, &[])
+    }
+
     fn spawn_with(config: PathBuf, data_dir: PathBuf, starts: u32, env: &[(&str, &str)]) -> Server {
+        Server::spawn_in(None, config, data_dir, starts, env)
+    }
+
+    fn spawn_in(
+        cwd: Option<&Path>,
+        config: PathBuf,
+        data_dir: PathBuf,
+        starts: u32,
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = config.with_file_name(format!("server-{starts}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_offshoot"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_offshoot"));
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .args(["serve", "--config", config.to_str().expect("utf-8 path")])
             .env_remove("OFFSHOOT_API_TOKEN")
             .env("PATH", path_with_python_tools())

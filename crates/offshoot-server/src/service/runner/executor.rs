@@ -254,10 +254,14 @@ async fn finish(
 ) -> Result<(), LifecycleError> {
     state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
     let succeeded = RunPlan::outcome(statuses) == Some(RunStatus::Succeeded);
+    // Each failed step with the first line of its error (dbt's or Python's message).
     let failed: Vec<String> = steps
         .iter()
         .filter(|s| s.status == StepStatus::Failed)
-        .map(|s| s.asset_key.to_string())
+        .map(|s| match s.error.as_deref().and_then(|e| e.lines().find(|l| !l.trim().is_empty())) {
+            Some(line) => format!("{} ({})", s.asset_key, line.trim()),
+            None => s.asset_key.to_string(),
+        })
         .collect();
     let error = (!succeeded).then(|| {
         if failed.is_empty() {
@@ -429,29 +433,21 @@ pub(super) fn deployment_environment(
     asset: Option<&AssetKey>,
 ) -> Vec<(String, String)> {
     let deployment = &context.deployment;
-    let pull_request = deployment.pull_request.as_ref();
     // The scoped variables first: Offshoot's own names are refused for them (`variables::check_name`).
     let mut env: Vec<(String, String)> =
         crate::variables::for_deployment(&context.state.config.variables, deployment)
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value.expose().to_owned()))
             .collect();
-    let is_branch = deployment.kind == DeploymentKind::Branch;
+    // The same variables loading the commit gets (`project::load_for`).
+    env.extend(offshoot_location::deployment_environment(&project::deployment_context(
+        &context.state,
+        &deployment.repository,
+        Some(deployment),
+        Some(&context.revision.commit),
+    )));
     env.extend([
-        ("OFFSHOOT_DEPLOYMENT_NAME".to_owned(), deployment.name.to_string()),
-        ("OFFSHOOT_IS_BRANCH_DEPLOYMENT".to_owned(), if is_branch { "1" } else { "0" }.to_owned()),
-        ("OFFSHOOT_LOCATION_NAME".to_owned(), deployment.repository.to_string()),
         ("OFFSHOOT_ASSET_KEY".to_owned(), asset.map(AssetKey::to_string).unwrap_or_default()),
-        ("OFFSHOOT_GIT_SHA".to_owned(), context.revision.commit.sha.to_string()),
-        ("OFFSHOOT_GIT_BRANCH".to_owned(), deployment.branch.to_string()),
-        (
-            "OFFSHOOT_PULL_REQUEST_ID".to_owned(),
-            pull_request.map(|p| p.id.clone()).unwrap_or_default(),
-        ),
-        (
-            "OFFSHOOT_PULL_REQUEST_STATUS".to_owned(),
-            pull_request.map(|p| p.status.as_str().to_owned()).unwrap_or_default(),
-        ),
         // Runs materialize whole assets; per-partition runs are not supported yet.
         ("OFFSHOOT_PARTITION_KEY".to_owned(), String::new()),
         ("OFFSHOOT_RUN_ID".to_owned(), context.run_id.0.to_string()),

@@ -63,6 +63,7 @@ pub(super) async fn build_with_tool(
     let keys: Vec<AssetKey> = steps.iter().map(|s| s.asset_key.clone()).collect();
     let prepared = prepare_tool_build(context, &location, snapshot, &keys).await;
     let mut canceled = false;
+    let mut timings = BTreeMap::new();
     let outcomes = match prepared {
         Err(message) => {
             append_log(context, &first, &format!("error: {message}\n")).await;
@@ -84,9 +85,16 @@ pub(super) async fn build_with_tool(
                     let read_keys = keys.clone();
                     let read = tokio::task::spawn_blocking(move || {
                         let request = build.inputs.request(&read_keys, &snapshot);
-                        location.build_outcomes(&request, &output)
+                        (
+                            location.build_outcomes(&request, &output),
+                            location.build_timings(&request),
+                        )
                     })
                     .await;
+                    let read = read.map(|(outcomes, times)| {
+                        timings = times;
+                        outcomes
+                    });
                     outcomes_or_failure(read.map_err(|e| e.to_string()), &keys)
                 }
             }
@@ -97,6 +105,15 @@ pub(super) async fn build_with_tool(
     let mut statuses = Vec::with_capacity(steps.len());
     for step in steps.iter_mut() {
         step.finished_at = Some(now());
+        // The tool's own times for the asset, where it tells (dbt's run_results.json).
+        let duration_ms = match timings.get(&step.asset_key) {
+            Some(timing) => {
+                step.started_at = Some(timing.started_at);
+                step.finished_at = Some(timing.finished_at);
+                timing.finished_at - timing.started_at
+            }
+            None => duration_ms,
+        };
         match outcomes.get(&step.asset_key) {
             Some(BuildOutcome::Succeeded { rows }) => {
                 step.status = StepStatus::Succeeded;
