@@ -160,18 +160,7 @@ impl Store for SqliteStore {
         if let Some(row) = inserted {
             return rows::deployment(&row).map(Some);
         }
-        match self.find_deployment_by_branch(&new.repository, &new.branch).await? {
-            Some(existing) => offshoot_store::existing_deployment(&new, Some(existing)).map(Some),
-            None => {
-                let open = self.list_deployments(&DeploymentFilter::default()).await?;
-                let branches = open.iter().filter(|d| d.kind == DeploymentKind::Branch).count();
-                if branches >= max_open {
-                    Ok(None)
-                } else {
-                    offshoot_store::existing_deployment(&new, None).map(Some)
-                }
-            }
-        }
+        offshoot_store::not_inserted_within(self, &new, max_open).await
     }
 
     async fn ensure_deployment(&self, new: NewDeployment) -> StoreResult<Deployment> {

@@ -552,6 +552,25 @@ pub fn step_endings(end: StepsEnd) -> &'static [(StepStatus, StepStatus, Option<
     }
 }
 
+/// `ensure_deployment_within` when the insert did nothing: the branch's deployment (a concurrent
+/// first delivery created it), `None` when the cap is reached, or why not.
+pub async fn not_inserted_within<S: Store + ?Sized>(
+    store: &S,
+    new: &NewDeployment,
+    max_open: usize,
+) -> StoreResult<Option<Deployment>> {
+    if let Some(existing) = store.find_deployment_by_branch(&new.repository, &new.branch).await? {
+        return existing_deployment(new, Some(existing)).map(Some);
+    }
+    let open = store.list_deployments(&DeploymentFilter::default()).await?;
+    let branches = open.iter().filter(|d| d.kind == DeploymentKind::Branch).count();
+    if branches >= max_open {
+        Ok(None)
+    } else {
+        existing_deployment(new, None).map(Some)
+    }
+}
+
 /// `ensure_deployment` when the insert did nothing: the branch's existing deployment, or why not.
 pub fn existing_deployment(
     new: &NewDeployment,
