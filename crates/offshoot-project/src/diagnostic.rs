@@ -52,7 +52,31 @@ pub fn toml_error_position(file: &str, error: &toml::de::Error, base: usize) -> 
     line_column(file, base + error.span().map_or(0, |span| span.start))
 }
 
-/// A TOML error's message without the source excerpt `toml` adds.
+/// A TOML error's message without the source excerpt `toml` adds; an unknown field gets the
+/// closest expected one ("unknown field `nam`, expected one of `name`, ...; did you mean `name`?").
 pub fn toml_error_message(error: &toml::de::Error) -> String {
-    error.message().trim().trim_end_matches('.').to_owned()
+    let message = error.message().trim().trim_end_matches('.');
+    let suggestion = message.strip_prefix("unknown field `").and_then(|rest| {
+        let (unknown, expected) = rest.split_once('`')?;
+        let expected = expected.strip_prefix(", expected one of ")?;
+        closest(unknown, expected.split(", ").map(|k| k.trim_matches('`')))
+    });
+    match suggestion {
+        Some(known) => format!("{message}; did you mean `{known}`?"),
+        None => message.to_owned(),
+    }
+}
+
+/// The candidate within two edits of `word` (ignoring case), the nearest first.
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let word = word.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|k| (crate::loader::edit_distance(k, &word), k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len())
+        .min()
+        .map(|(_, k)| k)
 }

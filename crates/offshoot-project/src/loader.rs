@@ -12,7 +12,9 @@ use offshoot_core::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::diagnostic::{line_column, toml_error_message, toml_error_position, Diagnostic};
+use crate::diagnostic::{
+    closest, line_column, toml_error_message, toml_error_position, Diagnostic,
+};
 use crate::files::{FileId, FilesError, ProjectFiles};
 use crate::manifest::{self, Manifest};
 use crate::parse_cache::{CacheKey, ParseCache, ParsedFile};
@@ -37,31 +39,19 @@ pub enum LoadError {
 }
 
 /// The keys an asset file may set: a command asset's whole file, or an SQL asset's header.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct AssetFile {
-    #[serde(default)]
     command: Option<Spanned<String>>,
-    #[serde(default)]
     inputs: Vec<Spanned<String>>,
-    #[serde(default)]
     deps: Vec<Spanned<String>>,
-    #[serde(default)]
     group: Option<String>,
-    #[serde(default)]
     description: Option<String>,
-    #[serde(default)]
     tags: BTreeMap<String, String>,
-    #[serde(default)]
     metadata: BTreeMap<String, toml::Value>,
-    #[serde(default)]
     code_version: Option<String>,
-    #[serde(default)]
     partitions: Option<Spanned<PartitionsFile>>,
-    #[serde(default)]
     owners: Vec<String>,
     /// The columns that identify a row (for data diffs).
-    #[serde(default)]
     grain: Vec<String>,
 }
 
@@ -433,24 +423,114 @@ fn not_utf8(path: &str, error: &std::string::FromUtf8Error) -> Diagnostic {
         .hint("save the file as UTF-8")
 }
 
+/// The keys an asset file may set, in the order the hint lists them.
+const ASSET_KEYS: [&str; 11] = [
+    "command",
+    "inputs",
+    "deps",
+    "group",
+    "description",
+    "tags",
+    "metadata",
+    "code_version",
+    "partitions",
+    "owners",
+    "grain",
+];
+
+/// An asset file's keys as far as they could be read, and whether anything could not be.
+struct ParsedAssetFile {
+    file: AssetFile,
+    /// A syntax error or a key whose value was invalid: what is missing may have been meant.
+    incomplete: bool,
+}
+
+/// Reads an asset file's TOML (a command asset's whole file, or an SQL asset's header) and
+/// reports every problem in it, not the first: TOML syntax errors with recovery, then each key
+/// on its own (an unknown key, with the closest valid one; a value of the wrong shape), so one
+/// mistake never hides another in the same file.
 fn parse_asset_file(
     path: &str,
     file: &str,
     toml_text: &str,
     offset: usize,
     diagnostics: &mut Vec<Diagnostic>,
-) -> Option<AssetFile> {
-    match toml::from_str::<AssetFile>(toml_text) {
-        Ok(parsed) => Some(parsed),
-        Err(error) => {
-            diagnostics.push(
-                Diagnostic::new(path, toml_error_position(file, &error, offset), toml_error_message(&error)).hint(
-                    "valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain",
-                ),
-            );
-            None
+) -> ParsedAssetFile {
+    let (table, syntax_errors) = toml::de::DeTable::parse_recoverable(toml_text);
+    let mut incomplete = !syntax_errors.is_empty();
+    let mut seen_lines = BTreeSet::new();
+    for error in &syntax_errors {
+        let position = toml_error_position(file, error, offset);
+        // Recovery can report one broken line more than once; the first report is the clearest.
+        if seen_lines.insert(position.0) {
+            diagnostics.push(Diagnostic::new(path, position, toml_error_message(error)));
         }
     }
+    let broken: Vec<usize> =
+        syntax_errors.iter().filter_map(|e| e.span()).map(|span| span.start).collect();
+    let mut entries: Vec<_> = table.into_inner().into_iter().collect();
+    entries.sort_by_key(|(key, _)| key.span().start);
+    let starts: Vec<usize> = entries.iter().map(|(key, _)| key.span().start).collect();
+    let mut parsed = AssetFile::default();
+    for (index, (key, value)) in entries.into_iter().enumerate() {
+        let name = key.get_ref().as_ref();
+        // A key with a syntax error between it and the next key holds what recovery made of
+        // its value: that error is the one to fix, the value is not checked again.
+        let until = starts.get(index + 1).copied().unwrap_or(usize::MAX);
+        if broken.iter().any(|at| (starts[index]..until).contains(at)) {
+            continue;
+        }
+        let key_position = line_column(file, offset + key.span().start);
+        let value_position = line_column(file, offset + value.span().start);
+        let mut problem = None;
+        macro_rules! read {
+            ($field:expr) => {
+                match Deserialize::deserialize(toml::de::ValueDeserializer::from(value)) {
+                    Ok(read) => $field = read,
+                    Err(error) => problem = Some(error),
+                }
+            };
+        }
+        match name {
+            "command" => read!(parsed.command),
+            "inputs" => read!(parsed.inputs),
+            "deps" => read!(parsed.deps),
+            "group" => read!(parsed.group),
+            "description" => read!(parsed.description),
+            "tags" => read!(parsed.tags),
+            "metadata" => read!(parsed.metadata),
+            "code_version" => read!(parsed.code_version),
+            "partitions" => read!(parsed.partitions),
+            "owners" => read!(parsed.owners),
+            "grain" => read!(parsed.grain),
+            unknown => {
+                incomplete = true;
+                let message = match closest(unknown, ASSET_KEYS) {
+                    Some(k) => format!("unknown key `{unknown}`; did you mean `{k}`?"),
+                    None => format!("unknown key `{unknown}`"),
+                };
+                diagnostics.push(
+                    Diagnostic::new(path, key_position, message)
+                        .hint(format!("valid keys: {}", ASSET_KEYS.join(", "))),
+                );
+                continue;
+            }
+        }
+        if let Some(error) = problem {
+            incomplete = true;
+            // The value's own error span is relative to the document; without one, the value.
+            let position = match error.span() {
+                Some(span) if span.start > 0 => line_column(file, offset + span.start),
+                _ => value_position,
+            };
+            diagnostics.push(Diagnostic::new(
+                path,
+                position,
+                format!("`{name}`: {}", toml_error_message(&error)),
+            ));
+        }
+    }
+    ParsedAssetFile { file: parsed, incomplete }
 }
 
 /// Applies the keys both kinds share; returns false if something was invalid.
@@ -547,7 +627,7 @@ fn sql_asset(
     let (header, body) = match sql::split_header(text) {
         Ok(Some(header)) => {
             let parsed = parse_asset_file(path, text, header.toml, header.offset, diagnostics);
-            (parsed.map(|file| (file, header.offset)), header.body)
+            (Some((parsed.file, header.offset)), header.body)
         }
         Ok(None) => (None, text),
         Err(position) => {
@@ -613,12 +693,16 @@ fn command_asset(
     diagnostics: &mut Vec<Diagnostic>,
     inputs: &mut Option<Vec<(String, Option<String>)>>,
 ) -> Result<Option<Draft>, FilesError> {
-    let Some(file) = parse_asset_file(path, text, text, 0, diagnostics) else { return Ok(None) };
+    let ParsedAssetFile { file, incomplete } = parse_asset_file(path, text, text, 0, diagnostics);
     let mut asset = Asset::new(key, AssetKind::Command);
     asset.group = default_group(path);
     asset.location = Location { path: path.to_owned(), line: 1 };
     apply_attributes(&mut asset, &file, path, text, 0, diagnostics);
     let Some(command) = file.command.as_ref().filter(|c| !c.get_ref().trim().is_empty()) else {
+        if incomplete && file.command.is_none() {
+            // Already reported: the `command` line may be the one that could not be read.
+            return Ok(None);
+        }
         diagnostics.push(
             Diagnostic::new(path, (1, 1), "a command asset needs a non-empty `command`").hint(
                 "add command = \"python3 scripts/load.py\"; it runs in a checkout of the commit",

@@ -90,12 +90,10 @@ fn header_problems_point_into_the_header() {
             ("assets/g.sql", "/* offshoot\ncommand = \"rm -rf /\"\n*/\nSELECT 1"),
         ],
         expect![[r#"
-            assets/a.sql:3:1: error: unknown field `colour`, expected one of `command`, `inputs`, `deps`, `group`, `description`, `tags`, `metadata`, `code_version`, `partitions`, `owners`, `grain`
+            assets/a.sql:3:1: error: unknown key `colour`
               = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain
-            assets/b.sql:2:17: error: invalid type: integer `1`, expected a string
-              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain
+            assets/b.sql:2:17: error: `tags`: invalid type: integer `1`, expected a string
             assets/c.sql:2:9: error: unclosed inline table, expected `}`
-              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain
             assets/d.sql:2:14: error: `nope` is not an asset, a source or a declared external table
               = hint: add an asset file for it, declare it under [sources.nope] in offshoot.toml, or list it in `external`
             assets/e.sql:2:14: error: unknown partitions type `fortnightly`
@@ -104,6 +102,32 @@ fn header_problems_point_into_the_header() {
               = hint: end the header with `*/`
             assets/g.sql:2:11: error: `command` is not allowed in an SQL asset's header
               = hint: command assets are .toml files of their own
+        "#]],
+    );
+}
+
+#[test]
+fn one_mistake_never_hides_another_in_the_same_header() {
+    check(
+        &[
+            (
+                "assets/a.sql",
+                "/* offshoot\ngroup = \"marts\ntags = { tier = 1 }\npartitions = { type = \"dayly\", start = \"2024-01-01\" }\ncolr = \"red\"\ngrian = [\"id\"]\n*/\nSELECT 1",
+            ),
+            ("assets/b.toml", "command = \"python3 load.py\"\ninptus = [\"load.py\"]\nowners = \"me\"\n"),
+        ],
+        expect![[r#"
+            assets/a.sql:2:15: error: invalid basic string, expected `"`
+            assets/a.sql:3:17: error: `tags`: invalid type: integer `1`, expected a string
+            assets/a.sql:4:14: error: unknown partitions type `dayly`
+              = hint: write partitions = { type = "daily", start = "2024-01-01" } (hourly, daily, weekly, monthly) or { type = "static", keys = ["eu", "us"] }
+            assets/a.sql:5:1: error: unknown key `colr`
+              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain
+            assets/a.sql:6:1: error: unknown key `grian`; did you mean `grain`?
+              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain
+            assets/b.toml:2:1: error: unknown key `inptus`; did you mean `inputs`?
+              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain
+            assets/b.toml:3:10: error: `owners`: invalid type: string "me", expected a sequence
         "#]],
     );
 }
@@ -127,7 +151,6 @@ fn command_asset_problems() {
             assets/b.toml:2:25: error: input `../etc/passwd` must be a relative path inside the repository
               = hint: write paths from the repository root without `..`, like "scripts/load.py"
             assets/c.toml:2:1: error: duplicate key
-              = hint: valid keys: command, inputs, deps, group, description, tags, metadata, code_version, partitions, owners, grain
         "#]],
     );
 }
@@ -137,7 +160,7 @@ fn manifest_problems() {
     check(
         &[("offshoot.toml", "[project]\nnam = \"x\"\n")],
         expect![[r#"
-            offshoot.toml:2:1: error: unknown field `nam`, expected one of `name`, `description`, `dialect`, `production_branch`, `external`, `untracked_metadata`
+            offshoot.toml:2:1: error: unknown field `nam`, expected one of `name`, `description`, `dialect`, `production_branch`, `external`, `untracked_metadata`; did you mean `name`?
               = hint: offshoot.toml needs a [project] table with `name`; see README.md for every key
         "#]],
     );
@@ -194,7 +217,10 @@ fn hostile_file_names_and_contents_never_panic() {
     let long_header = format!("/* offshoot\ntags = {}\n*/\nSELECT 1", "[".repeat(5000));
     let project =
         files(&[("assets/deep.sql", deep.as_str()), ("assets/header.sql", long_header.as_str())]);
-    assert!(matches!(load(&project), Err(LoadError::Invalid(d)) if d.len() == 2));
+    match load(&project) {
+        Err(LoadError::Invalid(d)) => assert_eq!(d.len(), 2, "{d:#?}"),
+        other => panic!("expected two problems, got {other:?}"),
+    }
 }
 
 #[test]
