@@ -132,6 +132,50 @@ test('live updates arrive by server-sent events: a new deployment shows up with 
   assert.deepEqual(page.errors, []);
 });
 
+test('when the event stream is refused or drops, views poll, and the stream comes back', async () => {
+  const page = await newPage();
+  let refuse = true;
+  let streams = 0;
+  await page.route('**/api/v1/events', (route) => {
+    streams += 1;
+    return refuse ? route.abort('connectionreset') : route.continue();
+  });
+  const listRequests = [];
+  page.on('request', (r) => { if (new URL(r.url()).pathname === '/api/v1/deployments') listRequests.push(Date.now()); });
+  await page.goto(base + '/#/');
+  await page.locator(`tr[data-deployment="${branch}"]`).waitFor();
+  // With no stream the list polls (every 2 s) and still shows a new deployment.
+  const sha = execFileSync('git', ['-C', join(demoDir, 'repo'), 'rev-parse', 'main']).toString().trim();
+  execFileSync('git', ['-C', join(demoDir, 'repo'), 'branch', 'feature/polled', sha]);
+  const created = await api('POST', '/api/v1/branch-deployments', { branch_name: 'feature/polled', commit_hash: sha, pull_request_id: '12' });
+  await page.locator(`tr[data-deployment="${created.name}"]`).waitFor({ timeout: 6000 });
+  const polled = listRequests.length;
+  assert.ok(polled >= 2, 'the list was fetched again without a stream: ' + polled);
+  assert.ok(streams >= 2, 'the refused stream is retried: ' + streams);
+  assert.equal(await page.evaluate(() => window.offshootLive.open), false);
+  // The stream is let through again: the retry (backoff up to a few seconds) opens it and polling stops.
+  refuse = false;
+  await page.waitForFunction(() => window.offshootLive.open, null, { timeout: 20000 });
+  await page.waitForTimeout(500);
+  const settled = listRequests.length;
+  await page.waitForTimeout(4500);
+  assert.equal(listRequests.length, settled, 'no polling once the stream is open again');
+  await api('POST', '/api/v1/deployments/' + created.name + '/close', { pull_request_status: 'CLOSED' });
+  await page.locator(`tr[data-deployment="${created.name}"]`).waitFor({ state: 'detached', timeout: 5000 });
+  assert.deepEqual(page.errors.filter((e) => !/ERR_CONNECTION_RESET|Failed to load resource/.test(e)), []);
+});
+
+test('the event stream carries the token, so it also works when reads are private', async () => {
+  const page = await newPage();
+  await page.addInitScript((t) => localStorage.setItem('offshoot.token', t), token);
+  const stream = page.waitForRequest((r) => new URL(r.url()).pathname === '/api/v1/events');
+  await page.goto(base + '/#/');
+  const request = await stream;
+  assert.equal((await request.allHeaders()).authorization, 'Bearer ' + token);
+  await page.waitForFunction(() => window.offshootLive.open, null, { timeout: 10000 });
+  assert.deepEqual(page.errors, []);
+});
+
 test('the deployment page marks new, changed, impacted and removed assets, and filters by selection', async () => {
   const page = await newPage();
   await page.goto(base + '/#/d/shop/' + branch);

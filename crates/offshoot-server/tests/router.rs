@@ -163,6 +163,18 @@ async fn reads_need_a_token_when_reads_are_private() {
     let (status, body) = call(&app, "GET", "/api/v1/whoami", Some(DEPLOY), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["role"], "deploy", "{body}");
+    // The live stream is a read like any other: refused without a token, open with one (the UI
+    // reads it with fetch so that it can send the token).
+    let (status, body) = call(&app, "GET", "/api/v1/events", None, None).await;
+    check_error(status, &body, "unauthorized");
+    let request = Request::builder()
+        .uri("/api/v1/events")
+        .header("Authorization", format!("Bearer {READ}"))
+        .body(Body::empty())
+        .expect("request");
+    let response = router(app.state.clone()).oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
 }
 
 #[tokio::test]

@@ -78,29 +78,79 @@ const enc = encodeURIComponent;
 
 // ---- Live updates ------------------------------------------------------------------------------
 // One server-sent event stream per page (GET /api/v1/events) says when anything changed; every
-// view then refetches what it shows. While the stream is down (a proxy that buffers, private reads:
-// EventSource cannot send the token), views poll at their own intervals instead.
+// view then refetches what it shows. The stream is read with fetch, not EventSource, so that it
+// carries the token when the server keeps reads private. While it is down (refused, dropped, a
+// proxy that buffers), views poll at their own intervals and the stream is retried with backoff.
 
-const live = { open: false, listeners: new Set(), source: null };
+const live = { open: false, listeners: new Set(), controller: null, retryMs: 1000, timer: null };
+window.offshootLive = live;
 
-function connectLive() {
-  if (live.source || typeof EventSource === 'undefined') return;
-  const source = new EventSource('/api/v1/events');
-  live.source = source;
-  const notify = (kind) => live.listeners.forEach((listener) => listener(kind));
-  source.addEventListener('ready', () => { live.open = true; notify('open'); });
-  source.addEventListener('change', () => notify('change'));
-  source.onerror = () => {
-    const wasOpen = live.open;
-    live.open = false;
-    if (wasOpen) notify('closed');
-    // EventSource retries by itself while the server answers; a refusal (401) ends it: retry later.
-    if (source.readyState === EventSource.CLOSED) {
-      live.source = null;
-      setTimeout(connectLive, 10000);
-    }
-  };
+function notifyLive(kind) {
+  live.listeners.forEach((listener) => listener(kind));
 }
+
+/** The events named in a chunk of `text/event-stream` blocks ending in a blank line. */
+function eventNames(blocks) {
+  return blocks.map((block) => {
+    const line = block.split(/\r?\n/).find((l) => l.startsWith('event:'));
+    return line ? line.slice(6).trim() : 'message';
+  });
+}
+
+async function connectLive() {
+  if (live.controller || typeof fetch === 'undefined' || typeof TextDecoder === 'undefined') return;
+  clearTimeout(live.timer);
+  const controller = new AbortController();
+  live.controller = controller;
+  const headers = { Accept: 'text/event-stream' };
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = 'Bearer ' + token;
+  try {
+    const response = await fetch('/api/v1/events', { headers, signal: controller.signal, cache: 'no-store' });
+    if (!response.ok || !response.body) throw new Error('events: HTTP ' + response.status);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true }).replace(/\r\n/g, '\n');
+      const blocks = buffer.split('\n\n');
+      buffer = blocks.pop();
+      for (const name of eventNames(blocks)) {
+        if (name === 'ready') {
+          live.open = true;
+          live.retryMs = 1000;
+          notifyLive('open');
+        } else if (name === 'change') notifyLive('change');
+      }
+    }
+  } catch (e) {
+    // Refused, dropped or aborted: views poll until the stream is back.
+  }
+  if (live.controller !== controller) return; // replaced by a new connection (token changed)
+  live.controller = null;
+  if (live.open) {
+    live.open = false;
+    notifyLive('closed');
+  }
+  live.timer = setTimeout(connectLive, live.retryMs);
+  live.retryMs = Math.min(live.retryMs * 2, 30000);
+}
+
+/** A new token: the stream reconnects with it (a private server may now let it in). */
+function reconnectLive() {
+  const old = live.controller;
+  live.controller = null;
+  live.retryMs = 1000;
+  if (old) old.abort();
+  if (live.open) {
+    live.open = false;
+    notifyLive('closed');
+  }
+  connectLive();
+}
+window.addEventListener(TOKEN_EVENT, reconnectLive);
 
 /** Loads with `load`, then again on every live change (or every `ms` while the stream is down,
  * and only while `active`); returns [data, error, reload]. */
