@@ -180,7 +180,11 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, open_deployments: usize) -> String {
+    pub fn render(
+        &self,
+        open_deployments: usize,
+        parse_cache: &offshoot_project::parse_cache::CacheStats,
+    ) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "# HELP offshoot_http_requests_total HTTP requests served.\n# TYPE offshoot_http_requests_total counter\noffshoot_http_requests_total {}\n\
@@ -189,7 +193,11 @@ offshoot_deploys_total{{status=\"ready\"}} {}\noffshoot_deploys_total{{status=\"
 # HELP offshoot_runs_total Finished runs by outcome.\n# TYPE offshoot_runs_total counter\n\
 offshoot_runs_total{{status=\"succeeded\"}} {}\noffshoot_runs_total{{status=\"failed\"}} {}\noffshoot_runs_total{{status=\"canceled\"}} {}\n\
 # HELP offshoot_steps_total Run steps executed.\n# TYPE offshoot_steps_total counter\noffshoot_steps_total {}\n\
-# HELP offshoot_open_deployments Open deployments, production included.\n# TYPE offshoot_open_deployments gauge\noffshoot_open_deployments {}\n",
+# HELP offshoot_open_deployments Open deployments, production included.\n# TYPE offshoot_open_deployments gauge\noffshoot_open_deployments {}\n\
+# HELP offshoot_parse_cache_lookups_total Parsed asset files looked up in the parse cache, by result.\n# TYPE offshoot_parse_cache_lookups_total counter\n\
+offshoot_parse_cache_lookups_total{{result=\"hit\"}} {}\noffshoot_parse_cache_lookups_total{{result=\"miss\"}} {}\n\
+# HELP offshoot_parse_cache_rejected_total Cache entries found corrupt, foreign or of another version, and ignored.\n# TYPE offshoot_parse_cache_rejected_total counter\noffshoot_parse_cache_rejected_total {}\n\
+# HELP offshoot_parse_cache_entries Parsed files held in memory.\n# TYPE offshoot_parse_cache_entries gauge\noffshoot_parse_cache_entries {}\n",
             get(&self.http_requests),
             get(&self.deploys_ready),
             get(&self.deploys_failed),
@@ -198,7 +206,11 @@ offshoot_runs_total{{status=\"succeeded\"}} {}\noffshoot_runs_total{{status=\"fa
             get(&self.runs_failed),
             get(&self.runs_canceled),
             get(&self.steps_executed),
-            open_deployments
+            open_deployments,
+            parse_cache.hits,
+            parse_cache.misses,
+            parse_cache.rejected,
+            parse_cache.entries,
         )
     }
 }

@@ -113,7 +113,7 @@ pub async fn load_for(
     );
     env.push(("TMPDIR".to_owned(), work_dir.join("tmp").to_string_lossy().into_owned()));
     // Parse once per blob, across commits, branches and restarts.
-    let parse_cache = state.config.data_dir.join("parse-cache");
+    let parse_cache = parse_cache_dir(state);
     let mut context = deployment_context(state, repository, deployment, None);
     let loaded = blocking(path, move |repo| {
         // The same variables a build of this commit gets (`service::runner`'s `deployment_environment`).
@@ -239,4 +239,14 @@ pub fn export_checkout(
     } else {
         Err(format!("could not prepare the checkout at {}", dir.display()))
     }
+}
+
+/// Where the server's parse cache lives (one per data directory, shared by every load).
+fn parse_cache_dir(state: &AppState) -> PathBuf {
+    state.config.data_dir.join("parse-cache")
+}
+
+/// The parse cache's counters since start (for `/metrics`).
+pub fn parse_cache_stats(state: &AppState) -> offshoot_project::parse_cache::CacheStats {
+    offshoot_location::DiskParseCache::shared(&parse_cache_dir(state)).stats()
 }

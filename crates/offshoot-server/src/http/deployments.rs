@@ -41,7 +41,10 @@ pub(crate) async fn deployment_view(
 
 pub(super) async fn metrics(State(state): State<SharedState>, _: Reader) -> ApiResult<Response> {
     let open = state.store.list_deployments(&DeploymentFilter::default()).await?.len();
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(open))
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(open, &crate::adapters::project::parse_cache_stats(&state)),
+    )
         .into_response())
 }
 

@@ -606,6 +606,13 @@ fn hostile_branch_names_and_requests() {
         .read_to_string()
         .expect("text");
     assert!(metrics.contains("offshoot_deploys_total{status=\"ready\"}"), "{metrics}");
+    // Deploys after production's reuse its parsed files (parse once per blob).
+    let hits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("offshoot_parse_cache_lookups_total{result=\"hit\"} "))
+        .and_then(|n| n.parse().ok())
+        .expect("parse cache hits in /metrics");
+    assert!(hits > 0, "{metrics}");
 }
 
 /// Generates `count` SQL assets so that loading takes long enough to be interrupted.
