@@ -8,6 +8,7 @@
 //! offshoot-bench server [--runs 9] [--skip-10k] ...   # needs `cargo build --release -p offshoot -p offshoot-bench`
 //! offshoot-bench promotion [--models 1000] [--changed 29]   # merge → production: promote vs rebuild (src/promotion.rs)
 //! offshoot-bench incremental [--assets 10000,100000] ...   # parse once per blob (src/incremental.rs)
+//! offshoot-bench runs [--assets 1000] [--rows 1000] ...     # runs against the engine's floor (src/runs.rs)
 //! offshoot-bench webhooks [--clients 64] [--requests 384] [--body-mb 25]   # a flood of forged webhooks (src/webhooks.rs)
 //! ```
 
@@ -15,6 +16,7 @@ mod data_diff;
 mod incremental;
 mod project;
 mod promotion;
+mod runs;
 mod server;
 mod webhooks;
 
@@ -91,6 +93,10 @@ fn main() -> anyhow::Result<()> {
     if arguments.peek().map(String::as_str) == Some("promotion") {
         arguments.next();
         return promotion::run(&promotion::parse_args(arguments)?);
+    }
+    if arguments.peek().map(String::as_str) == Some("runs") {
+        arguments.next();
+        return runs::run(&runs::parse_args(arguments)?);
     }
     if arguments.peek().map(String::as_str) == Some("incremental") {
         arguments.next();

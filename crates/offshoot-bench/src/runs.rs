@@ -1,0 +1,321 @@
+//! `offshoot-bench runs [--assets 1000] [--rows 1000] [--runs 3] [--downstream 29] [--offshoot PATH]`:
+//! how close a run gets to the engine's floor. Against the real `offshoot serve` with the
+//! embedded SQLite warehouse and the generated project (sources seeded with `--rows` rows each):
+//! a production run of every model, and a branch run of one mid-layer model whose edit has
+//! about `--downstream` models downstream (`changed_in_branch:ANY+`). Each is compared with its
+//! floor: the same models' `CREATE TABLE ... AS` statements, in the order the run built them, on
+//! one connection to a copy of production's warehouse file. The run's server time is its
+//! `finished_at - started_at`; the client time adds the API call and the wait.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use offshoot_core::{DeploymentName, RepositoryName, SchemaName};
+use offshoot_repo::write::Tree;
+use offshoot_repo::GitRepository;
+use offshoot_warehouse_sqlite::SqliteWarehouse;
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+use crate::server::{seed_production, Api, Server, REPOSITORY};
+use crate::{machine, ms, project, stats_of, thousands, workspace_commit, AUTHOR};
+
+pub struct Args {
+    assets: usize,
+    rows: u64,
+    runs: usize,
+    downstream: usize,
+    offshoot: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: offshoot-bench runs [--assets 1000] [--rows 1000] [--runs 3] [--downstream 29] [--offshoot PATH]";
+
+/// Bar of issue 19, item 3: a run's server time at most this many times its floor.
+const RATIO_BAR: f64 = 1.5;
+
+pub fn parse_args(arguments: impl Iterator<Item = String>) -> anyhow::Result<Args> {
+    let mut args = Args { assets: 1000, rows: 1000, runs: 3, downstream: 29, offshoot: None };
+    let mut it = arguments;
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--assets" => args.assets = value()?.parse().context("--assets takes a number")?,
+            "--rows" => args.rows = value()?.parse().context("--rows takes a number")?,
+            "--runs" => args.runs = value()?.parse().context("--runs takes a number")?,
+            "--downstream" => args.downstream = value()?.parse().context("--downstream")?,
+            "--offshoot" => args.offshoot = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument `{other}`\n{USAGE}"),
+        }
+    }
+    if args.runs == 0 || args.assets < 100 || args.rows == 0 {
+        bail!("--runs and --rows must be at least 1 and --assets at least 100\n{USAGE}");
+    }
+    Ok(args)
+}
+
+/// One measured run: what the server reported and what the client waited.
+struct RunSample {
+    server: Duration,
+    client: Duration,
+    /// The built models, in the order their steps started.
+    order: Vec<String>,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let binary = match &args.offshoot {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .parent()
+            .context("this binary has no folder")?
+            .join("offshoot"),
+    };
+    if !binary.is_file() {
+        bail!("no offshoot binary at {}: `cargo build --release -p offshoot -p offshoot-bench` first, or pass --offshoot", binary.display());
+    }
+    let work = std::env::temp_dir().join(format!("offshoot-bench-runs-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let result = measure(args, &binary, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    println!("{}", result?);
+    Ok(())
+}
+
+fn measure(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<String> {
+    let n = args.assets;
+    eprintln!("{n} assets: generating");
+    let generated = project::generate(n);
+    let dir = work.join("repo");
+    std::fs::create_dir_all(&dir)?;
+    let repo = GitRepository::init(&dir, "main")?;
+    let main_sha = repo.commit_tree("main", None, &generated.main, "generated", AUTHOR)?;
+    let server_dir = work.join("server");
+    let sources = project::source_names().len() as u64;
+    seed_production(&server_dir.join("data"), args.rows * 170 * sources)?;
+    let server = Server::start(binary, &server_dir, &dir, "")?;
+    server.wait_for_production(&main_sha)?;
+    let api = server.api();
+
+    // Production: every model, `runs` times (the first builds, the others rebuild).
+    let mut production = Vec::new();
+    for index in 0..=args.runs {
+        let sample = run_to_end(&api, "prod", "*")?;
+        eprintln!("  prod run {index}: server {}, client {}", ms(sample.server), ms(sample.client));
+        production.push(sample);
+    }
+    // The branch: one mid-layer model whose downstream is nearest `--downstream`.
+    let (key, path, downstream) = pick_mid_layer(&api, &generated.main, args.downstream)?;
+    let mut tree = generated.main.clone();
+    let content = tree.get_mut(&path).context("the picked model's file")?;
+    let edited = String::from_utf8_lossy(content).replacen(
+        "t0.status <> 'cancelled'",
+        "t0.status <> 'void'",
+        1,
+    );
+    if edited.as_bytes() == content.as_slice() {
+        bail!("{path}: the generated filter to edit is not there");
+    }
+    *content = edited.into_bytes();
+    let branch_sha = repo.commit_tree("edit-one", Some("main"), &tree, "edit one model", AUTHOR)?;
+    let created = api.post(
+        "/api/v1/branch-deployments",
+        &json!({"branch_name": "edit-one", "commit_hash": branch_sha}),
+    )?;
+    let branch = created["name"].as_str().context("the deployment's `name`")?.to_owned();
+    api.wait_until_ready(&branch, &branch_sha)?;
+    let mut branch_runs = Vec::new();
+    for index in 0..=args.runs {
+        let sample = run_to_end(&api, &branch, "changed_in_branch:ANY+")?;
+        eprintln!(
+            "  branch run {index} ({} steps): server {}, client {}",
+            sample.order.len(),
+            ms(sample.server),
+            ms(sample.client)
+        );
+        branch_runs.push(sample);
+    }
+    drop(server);
+
+    // The floors, on a copy of production's file as the server left it.
+    let warehouse = SqliteWarehouse::new(server_dir.join("data").join("warehouse"))
+        .context("opening the warehouse folder")?;
+    let schema = SchemaName::for_deployment(
+        &RepositoryName::from_any(REPOSITORY).context("a valid repository name")?,
+        &DeploymentName::production(),
+    );
+    let file = warehouse.production_file(&schema);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let sql_of = |key: &str| model_sql(&generated.main, &tree, key);
+    let production_floor = runtime.block_on(floor(
+        &file,
+        work,
+        &production[1].order,
+        &|k: &str| sql_of(k),
+        args.runs,
+    ))?;
+    let branch_floor = runtime.block_on(floor(
+        &file,
+        work,
+        &branch_runs[1].order,
+        &|k: &str| sql_of(k),
+        args.runs,
+    ))?;
+
+    let mut out = String::new();
+    out.push_str(&format!(
+        "## Runs against the engine's floor ({}, offshoot {}, `offshoot-bench runs --assets {n} --rows {} --runs {}`)\n\n",
+        machine(),
+        workspace_commit(),
+        args.rows,
+        args.runs
+    ));
+    out.push_str(&format!(
+        "Embedded SQLite warehouse, {} sources of {} rows. The branch edits `{key}` ({downstream} models downstream). Medians of {} runs after one warm-up; floors are medians of {} passes.\n\n",
+        sources,
+        thousands(args.rows as usize),
+        args.runs,
+        args.runs
+    ));
+    out.push_str("| run | steps | server time (median) | client time (median) | floor: the same statements on one connection | server / floor | bar | verdict |\n|---|---:|---:|---:|---:|---:|---|---|\n");
+    for (label, samples, floor) in [
+        ("production, every model", &production[1..], production_floor),
+        ("branch, `changed_in_branch:ANY+`", &branch_runs[1..], branch_floor),
+    ] {
+        let server = stats_of(samples.iter().map(|s| s.server).collect()).median;
+        let client = stats_of(samples.iter().map(|s| s.client).collect()).median;
+        let ratio = server.as_secs_f64() / floor.as_secs_f64().max(1e-6);
+        out.push_str(&format!(
+            "| {label} | {} | {} | {} | {} | {ratio:.2} | ≤ {RATIO_BAR} | {} |\n",
+            thousands(samples[0].order.len()),
+            ms(server),
+            ms(client),
+            ms(floor),
+            if ratio <= RATIO_BAR { "PASS" } else { "FAIL" }
+        ));
+    }
+    Ok(out)
+}
+
+/// Launches a run and waits for it to succeed (polling every 5 ms).
+fn run_to_end(api: &Api, deployment: &str, selection: &str) -> anyhow::Result<RunSample> {
+    let start = Instant::now();
+    let run = api.post(
+        &format!("/api/v1/deployments/{deployment}/runs"),
+        &json!({ "selection": selection }),
+    )?;
+    let id = run["id"].as_i64().context("the launched run has an `id`")?;
+    loop {
+        let run = api.get(&format!("/api/v1/runs/{id}"))?;
+        match run["status"].as_str() {
+            Some("succeeded") => {
+                let client = start.elapsed();
+                let (Some(started), Some(finished)) =
+                    (run["started_at"].as_i64(), run["finished_at"].as_i64())
+                else {
+                    bail!("run {id} succeeded without its times: {run}");
+                };
+                let mut steps: Vec<&Value> = run["steps"]
+                    .as_array()
+                    .context("a run has steps")?
+                    .iter()
+                    .filter(|s| s["status"] == "succeeded")
+                    .collect();
+                steps.sort_by_key(|s| s["started_at"].as_i64());
+                let order = steps
+                    .iter()
+                    .filter_map(|s| s["asset_key"].as_str().map(str::to_owned))
+                    .collect();
+                let server = Duration::from_millis(u64::try_from(finished - started).unwrap_or(0));
+                return Ok(RunSample { server, client, order });
+            }
+            Some("failed" | "canceled") => bail!("run {id} on {deployment} ended: {run}"),
+            _ => {}
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("run {id} on {deployment} did not finish in 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The intermediate model whose downstream (itself included) is nearest `target` models.
+fn pick_mid_layer(
+    api: &Api,
+    tree: &Tree,
+    target: usize,
+) -> anyhow::Result<(String, String, usize)> {
+    let mut best: Option<(usize, String, String, usize)> = None;
+    for path in tree.keys().filter(|p| p.ends_with(".sql") && p.contains("int_")).take(300) {
+        let key = path.rsplit('/').next().unwrap_or(path).trim_end_matches(".sql").to_owned();
+        let selected =
+            api.get(&format!("/api/v1/deployments/prod/select?selection=key:{key}%2B"))?;
+        let count = selected["keys"].as_array().map_or(0, Vec::len);
+        let distance = count.abs_diff(target);
+        if best.as_ref().is_none_or(|(d, ..)| distance < *d) {
+            best = Some((distance, key, path.clone(), count));
+        }
+    }
+    best.map(|(_, key, path, count)| (key, path, count - 1))
+        .context("the generated project has no intermediate models")
+}
+
+/// A model's SQL without its `/* offshoot ... */` header, from the branch's tree (which has the
+/// edited model) or main's.
+fn model_sql(main: &Tree, branch: &Tree, key: &str) -> Option<String> {
+    let suffix = format!("/{key}.sql");
+    let path = branch.keys().find(|p| p.ends_with(&suffix))?;
+    let text = String::from_utf8_lossy(branch.get(path).or_else(|| main.get(path))?).into_owned();
+    let body = match text.trim_start().strip_prefix("/* offshoot") {
+        Some(rest) => rest.split_once("*/").map_or(rest, |(_, body)| body).to_owned(),
+        None => text,
+    };
+    Some(body.trim().trim_end_matches(';').to_owned())
+}
+
+/// The engine's floor: `DROP TABLE IF EXISTS` + `CREATE TABLE ... AS` of each model in `order`,
+/// on one connection to a copy of production's file; the median of `passes` passes.
+async fn floor(
+    production: &Path,
+    work: &Path,
+    order: &[String],
+    sql_of: &dyn Fn(&str) -> Option<String>,
+    passes: usize,
+) -> anyhow::Result<Duration> {
+    let copy = work.join("floor.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", production.display()));
+        let to = PathBuf::from(format!("{}{suffix}", copy.display()));
+        if from.exists() {
+            std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+        }
+    }
+    let statements: Vec<String> = order
+        .iter()
+        .map(|key| {
+            let sql = sql_of(key).with_context(|| format!("no SQL file for `{key}`"))?;
+            Ok(format!("DROP TABLE IF EXISTS \"{key}\"; CREATE TABLE \"{key}\" AS {sql}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let url = format!("sqlite://{}", copy.display());
+    let mut connection = sqlx::sqlite::SqliteConnection::connect(&url)
+        .await
+        .with_context(|| format!("opening {}", copy.display()))?;
+    let mut samples = Vec::new();
+    for _ in 0..passes.max(1) {
+        let start = Instant::now();
+        for statement in &statements {
+            // The statements are the generated project's own SQL.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.as_str()))
+                .execute(&mut connection)
+                .await
+                .with_context(|| format!("the floor statement failed: {statement}"))?;
+        }
+        samples.push(start.elapsed());
+    }
+    Ok(stats_of(samples).median)
+}
