@@ -7,12 +7,24 @@
 //! otherwise, and SQLite itself refuses writes to production ("readonly database").
 //!
 //! Fresh resolution: every operation opens its own connection and closes it at the end (cheap
-//! for SQLite: one file open, no server). Checked with the bundled SQLite 3.51.3: a statement
-//! prepared while `t` meant `prod.t` keeps that meaning after the branch creates `main.t`, and a
-//! connection that was open when *another* connection created `main.t` resolves `t` to
-//! production even in statements it prepares afresh (it re-reads a schema only when a statement
-//! touches that database). So `persistent(false)` alone would not do, nor would a pool: no
-//! connection outlives an operation, and sqlx's statement cache never matters.
+//! for SQLite: one file open, no server), except materializations (below). Checked with the
+//! bundled SQLite 3.51.3: a statement prepared while `t` meant `prod.t` keeps that meaning after
+//! the branch creates `main.t`, and a connection that was open when *another* connection created
+//! `main.t` resolves `t` to production even in statements it prepares afresh (it re-reads a
+//! schema only when a statement touches that database). So `persistent(false)` alone would not
+//! do, nor would a plain pool.
+//!
+//! Materializations keep one connection per target file (`Writers`): a run's steps queue for it
+//! in this process instead of contending for SQLite's write lock (whose busy handler sleeps in
+//! steps of up to 100 ms), and a step opens no file and attaches nothing. Each materialization
+//! first reads `main.sqlite_master` (and `prod.sqlite_master`) inside its write transaction, so
+//! that both schemas are checked against their cookies before the `CREATE TABLE ... AS` is
+//! prepared, and the transaction's locks keep both as they were read until it commits. The
+//! test `a_kept_connection_resolves_names_as_a_fresh_one_would` covers a table production adds,
+//! a branch table another process creates (shadowing production's), a table production
+//! replaces, and a teardown with a new prepare. A kept connection whose files were replaced is
+//! closed and opened
+//! afresh, and teardown closes the branch's.
 //!
 //! Not here: views onto production (SQLite views cannot reference an attached database) and any
 //! copying of data.
@@ -21,9 +33,12 @@ mod checksum;
 mod promotion;
 mod sql_text;
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,6 +72,8 @@ const SIDE_FILE_SUFFIXES: [&str; 3] = ["-journal", "-wal", "-shm"];
 pub struct SqliteWarehouse {
     /// Absolute, so file URLs handed to commands and the read-only attach URI are absolute.
     root: PathBuf,
+    /// The connection kept per target file for materializations (shared by clones).
+    writers: Arc<Writers>,
 }
 
 /// What opening a connection does when the target's own file does not exist.
@@ -73,7 +90,7 @@ impl SqliteWarehouse {
             .map_err(|error| file_error("create the warehouse folder", &root, error))?;
         let root = std::fs::canonicalize(&root)
             .map_err(|error| file_error("resolve the warehouse folder", &root, error))?;
-        Ok(SqliteWarehouse { root })
+        Ok(SqliteWarehouse { root, writers: Arc::default() })
     }
 
     /// The (absolute) folder holding one `<schema>.db` per deployment schema.
@@ -234,9 +251,45 @@ impl Warehouse for SqliteWarehouse {
             )));
         }
         let statement = single_statement(select)?;
-        let mut connection = self.connect(target, WhenMissing::Fail).await?;
-        let result = replace_table(&mut connection, key.as_str(), statement).await;
-        close(connection).await;
+        let own = self.file_of(target);
+        let slot = self.writers.slot(&own);
+        let mut kept = slot.lock().await;
+        let mut files = vec![own];
+        if !target.is_production() {
+            files.push(self.production_file(&target.production));
+        }
+        let identity = identities(&files).await;
+        if kept.as_ref().is_some_and(|writer| Some(&writer.files) != identity.as_ref()) {
+            if let Some(writer) = kept.take() {
+                close(writer.connection).await;
+            }
+        }
+        if kept.is_none() {
+            let connection = self.connect(target, WhenMissing::Fail).await?;
+            match identities(&files).await {
+                Some(files) => {
+                    *kept = Some(Writer { connection, files, used: std::time::Instant::now() })
+                }
+                None => {
+                    close(connection).await;
+                    return Err(WarehouseError::Backend(format!(
+                        "schema `{}` disappeared while it was opened",
+                        target.schema
+                    )));
+                }
+            }
+        }
+        let writer = kept.as_mut().expect("opened above");
+        writer.used = std::time::Instant::now();
+        let result =
+            replace_table(&mut writer.connection, search_path(target), key.as_str(), statement)
+                .await;
+        if result.is_err() {
+            // Whatever went wrong, the next materialization starts from a fresh connection.
+            if let Some(writer) = kept.take() {
+                close(writer.connection).await;
+            }
+        }
         result
     }
 
@@ -336,6 +389,11 @@ impl Warehouse for SqliteWarehouse {
                 "`{}` is production; it is never torn down",
                 target.schema
             )));
+        }
+        if let Some(slot) = self.writers.remove(&self.file_of(target)) {
+            if let Some(writer) = slot.lock().await.take() {
+                close(writer.connection).await;
+            }
         }
         let folder = self.branch_folder(&target.schema);
         match tokio::fs::remove_dir_all(&folder).await {
@@ -461,6 +519,7 @@ impl Warehouse for SqliteWarehouse {
 /// a failing select leaves the previous table as it was and no staging table behind.
 async fn replace_table(
     connection: &mut SqliteConnection,
+    schemas: &[&str],
     key: &str,
     statement: &str,
 ) -> WarehouseResult<u64> {
@@ -471,6 +530,19 @@ async fn replace_table(
     // instead of failing on a lock upgrade halfway through.
     let mut transaction = connection.begin_with("BEGIN IMMEDIATE").await.map_err(backend_error)?;
     let result = async {
+        // Touching every schema the statement may read makes SQLite check their cookies and
+        // re-read any another connection changed, before the statement is prepared.
+        let touch = schemas
+            .iter()
+            .map(|schema| {
+                format!("(SELECT count(*) FROM {}.sqlite_master)", quote_identifier(schema))
+            })
+            .collect::<Vec<_>>()
+            .join(" + ");
+        sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!("SELECT {touch}")))
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(backend_error)?;
         execute(&mut transaction, format!("DROP TABLE IF EXISTS {staging}"))
             .await
             .map_err(backend_error)?;
@@ -666,4 +738,65 @@ fn query_error(error: sqlx::Error) -> WarehouseError {
 /// For SQL the adapter wrote.
 fn backend_error(error: sqlx::Error) -> WarehouseError {
     WarehouseError::Backend(error.to_string())
+}
+
+/// A connection kept for the next materialization of one target, with the identity (device,
+/// inode) of the files it opened: its own and, for a branch, production's.
+struct Writer {
+    connection: SqliteConnection,
+    files: Vec<(u64, u64)>,
+    used: std::time::Instant,
+}
+
+/// A kept connection unused this long is closed: a run's steps come moments apart, and a
+/// hundred idle branches must not each hold a page cache.
+const WRITER_IDLE: Duration = Duration::from_secs(30);
+
+/// The kept connections, one slot per target file; a slot's lock orders that file's
+/// materializations in this process.
+#[derive(Default)]
+struct Writers(Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<Writer>>>>>);
+
+impl std::fmt::Debug for Writers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let files = self.0.lock().map(|slots| slots.len()).unwrap_or(0);
+        f.debug_struct("Writers").field("files", &files).finish()
+    }
+}
+
+impl Writers {
+    /// The slot of `file`; closes the other slots' connections that have been idle too long.
+    fn slot(&self, file: &Path) -> Arc<tokio::sync::Mutex<Option<Writer>>> {
+        let mut slots = self.0.lock().expect("never poisoned: no panics inside");
+        slots.retain(|path, slot| {
+            if path == file {
+                return true;
+            }
+            match slot.try_lock() {
+                Ok(mut kept) => {
+                    if kept.as_ref().is_some_and(|w| w.used.elapsed() > WRITER_IDLE) {
+                        // Dropping a connection closes it on sqlx's worker thread.
+                        kept.take();
+                    }
+                    kept.is_some()
+                }
+                Err(_) => true,
+            }
+        });
+        slots.entry(file.to_path_buf()).or_default().clone()
+    }
+
+    fn remove(&self, file: &Path) -> Option<Arc<tokio::sync::Mutex<Option<Writer>>>> {
+        self.0.lock().expect("never poisoned: no panics inside").remove(file)
+    }
+}
+
+/// The (device, inode) of each file, or `None` if one is missing.
+async fn identities(files: &[PathBuf]) -> Option<Vec<(u64, u64)>> {
+    let mut found = Vec::with_capacity(files.len());
+    for file in files {
+        let metadata = tokio::fs::metadata(file).await.ok()?;
+        found.push((metadata.dev(), metadata.ino()));
+    }
+    Some(found)
 }

@@ -215,6 +215,74 @@ async fn production_cannot_be_written_through_a_branch_connection() {
     assert_eq!(fixture.own_tables(production).await, ["Customers", "orders", "raw_orders"]);
 }
 
+/// Materializations keep their connection between steps; what other connections do to either
+/// file in between must still be what the next step sees: a table production adds, a table
+/// another process creates in the branch (which then shadows production's), a teardown and a
+/// new prepare under the same name.
+#[tokio::test]
+async fn a_kept_connection_resolves_names_as_a_fresh_one_would() {
+    let fixture = Fixture::new().await;
+    let (production, branch) = (&fixture.production, &fixture.branch);
+    // The branch's first step keeps its connection, having read both schemas.
+    assert_eq!(fixture.materialize(branch, "first", "SELECT * FROM orders").await.unwrap(), 3);
+    // Production gains a table after that.
+    fixture
+        .warehouse
+        .execute_production_script(&production.schema, "CREATE TABLE late AS SELECT 1 AS x")
+        .await
+        .expect("production adds a table");
+    assert_eq!(fixture.materialize(branch, "reads_late", "SELECT * FROM late").await.unwrap(), 1);
+    // Another process (a command asset) creates the branch's own `orders`.
+    let mut other = fixture.warehouse.open_connection(branch).await.expect("connection");
+    sqlx::raw_sql("CREATE TABLE main.orders AS SELECT 42 AS id")
+        .execute(&mut other)
+        .await
+        .expect("the branch writes its own file");
+    other.close().await.expect("close");
+    assert_eq!(
+        fixture.materialize(branch, "reads_orders", "SELECT id FROM orders").await.unwrap(),
+        1,
+        "the branch's own orders (one row) shadows production's (three)"
+    );
+    // Torn down and prepared again: the kept connection's file is gone.
+    fixture.warehouse.teardown(branch).await.expect("teardown");
+    fixture.warehouse.prepare(branch).await.expect("prepare again");
+    assert_eq!(fixture.materialize(branch, "again", "SELECT * FROM orders").await.unwrap(), 3);
+    assert_eq!(fixture.own_tables(branch).await, ["again"]);
+    // Production's kept connection sees a table another connection replaced.
+    assert_eq!(fixture.materialize(production, "p1", "SELECT * FROM orders").await.unwrap(), 3);
+    fixture
+        .warehouse
+        .execute_production_script(
+            &production.schema,
+            "DROP TABLE orders; CREATE TABLE orders AS SELECT 1 AS id",
+        )
+        .await
+        .expect("production replaces orders");
+    assert_eq!(fixture.materialize(production, "p2", "SELECT * FROM orders").await.unwrap(), 1);
+}
+
+/// Steps of one target materialized at once queue for its connection: all succeed.
+#[tokio::test]
+async fn parallel_materializations_of_one_target_all_succeed() {
+    let fixture = Fixture::new().await;
+    let branch = fixture.branch.clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let warehouse = fixture.warehouse.clone();
+        let branch = branch.clone();
+        tasks.spawn(async move {
+            warehouse
+                .materialize_sql(&branch, &key(&format!("t{i}")), "SELECT * FROM raw_orders")
+                .await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        assert_eq!(result.expect("no panic").expect("materialized"), 3);
+    }
+    assert_eq!(fixture.own_tables(&branch).await.len(), 16);
+}
+
 #[tokio::test]
 async fn sqlite_quoting_and_detach_in_an_asset_select() {
     // The contract has the portable cases; these are SQLite's own quotes and its DETACH.
