@@ -525,47 +525,38 @@ impl Store for SqliteStore {
         provenance: &Provenance,
     ) -> StoreResult<MaterializationId> {
         let mut transaction = self.pool.begin().await.map_err(translate("the materialization"))?;
-        let promoted = provenance.promoted_from.as_ref();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO materializations (deployment_id, run_id, asset_key, commit_sha, row_count, duration_ms, created_at,
-                 fingerprint, code_version, partitions, promoted_from_id, promoted_from_deployment_id, promoted_from_deployment, promoted_from_run_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(materialization.deployment_id.0)
-        .bind(materialization.run_id.0)
-        .bind(materialization.asset_key.as_str())
-        .bind(materialization.commit.as_str())
-        .bind(materialization.row_count)
-        .bind(materialization.duration_ms)
-        .bind(materialization.created_at)
-        .bind(provenance.fingerprint.to_hex())
-        .bind(&provenance.code_version)
-        .bind(&provenance.partitions)
-        .bind(promoted.map(|p| p.materialization.id.0))
-        .bind(promoted.map(|p| p.materialization.deployment_id.0))
-        .bind(promoted.map(|p| p.deployment.as_str()))
-        .bind(promoted.map(|p| p.materialization.run_id.0))
-        .fetch_one(&mut *transaction)
-        .await
-        .map_err(translate("the materialization"))?;
-        for upstream in &provenance.upstream {
-            let read = upstream.read.as_ref();
-            sqlx::query(
-                "INSERT INTO materialization_reads (materialization_id, upstream_key, upstream_fingerprint, read_id, read_deployment_id, read_run_id)
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(id)
-            .bind(upstream.key.as_str())
-            .bind(upstream.fingerprint.to_hex())
-            .bind(read.map(|r| r.id.0))
-            .bind(read.map(|r| r.deployment_id.0))
-            .bind(read.map(|r| r.run_id.0))
+        let id = insert_provenance(&mut transaction, materialization, provenance).await?;
+        transaction.commit().await.map_err(translate("the materialization"))?;
+        Ok(id)
+    }
+
+    async fn finish_step(
+        &self,
+        step: &RunStep,
+        log: &str,
+        built: Option<(&Materialization, &Provenance)>,
+    ) -> StoreResult<Option<MaterializationId>> {
+        let mut transaction = self.pool.begin().await.map_err(translate("the step update"))?;
+        let result = sqlx::query(SQL_FINISH_STEP)
+            .bind(step.status.as_str())
+            .bind(step.started_at)
+            .bind(step.finished_at)
+            .bind(step.row_count)
+            .bind(step.error.as_deref())
+            .bind(log)
+            .bind(step.id.0)
             .execute(&mut *transaction)
             .await
-            .map_err(translate("the materialization's reads"))?;
-        }
-        transaction.commit().await.map_err(translate("the materialization"))?;
-        Ok(MaterializationId(id))
+            .map_err(translate("the step update"))?;
+        touched(result, format!("step {}", step.id.0))?;
+        let id = match built {
+            Some((materialization, provenance)) => {
+                Some(insert_provenance(&mut transaction, materialization, provenance).await?)
+            }
+            None => None,
+        };
+        transaction.commit().await.map_err(translate("the step update"))?;
+        Ok(id)
     }
 
     async fn current_materializations(
@@ -915,4 +906,56 @@ mod tests {
             let _ = std::fs::remove_file(file);
         }
     }
+}
+
+/// A step's outcome with the rest of its log, in one statement.
+const SQL_FINISH_STEP: &str = "UPDATE run_steps SET status = ?, started_at = ?, finished_at = ?, row_count = ?, error = ?, log = log || ? WHERE id = ?";
+
+/// Inserts a materialization with its provenance (the row and every upstream read) inside the
+/// caller's transaction; returns its id.
+async fn insert_provenance(
+    connection: &mut sqlx::SqliteConnection,
+    materialization: &Materialization,
+    provenance: &Provenance,
+) -> StoreResult<MaterializationId> {
+    let promoted = provenance.promoted_from.as_ref();
+    let id: i64 = sqlx::query_scalar(
+            "INSERT INTO materializations (deployment_id, run_id, asset_key, commit_sha, row_count, duration_ms, created_at,
+                 fingerprint, code_version, partitions, promoted_from_id, promoted_from_deployment_id, promoted_from_deployment, promoted_from_run_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(materialization.deployment_id.0)
+        .bind(materialization.run_id.0)
+        .bind(materialization.asset_key.as_str())
+        .bind(materialization.commit.as_str())
+        .bind(materialization.row_count)
+        .bind(materialization.duration_ms)
+        .bind(materialization.created_at)
+        .bind(provenance.fingerprint.to_hex())
+        .bind(&provenance.code_version)
+        .bind(&provenance.partitions)
+        .bind(promoted.map(|p| p.materialization.id.0))
+        .bind(promoted.map(|p| p.materialization.deployment_id.0))
+        .bind(promoted.map(|p| p.deployment.as_str()))
+        .bind(promoted.map(|p| p.materialization.run_id.0))
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(translate("the materialization"))?;
+    for upstream in &provenance.upstream {
+        let read = upstream.read.as_ref();
+        sqlx::query(
+                "INSERT INTO materialization_reads (materialization_id, upstream_key, upstream_fingerprint, read_id, read_deployment_id, read_run_id)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(upstream.key.as_str())
+            .bind(upstream.fingerprint.to_hex())
+            .bind(read.map(|r| r.id.0))
+            .bind(read.map(|r| r.deployment_id.0))
+            .bind(read.map(|r| r.run_id.0))
+            .execute(&mut *connection)
+            .await
+            .map_err(translate("the materialization's reads"))?;
+    }
+    Ok(MaterializationId(id))
 }

@@ -66,6 +66,7 @@ pub async fn run_all(store: &dyn Store) {
     runs_are_inserted_with_their_steps_in_plan_order(store).await;
     run_patches_move_a_run_and_end_its_steps(store).await;
     steps_are_updated_and_their_logs_appended(store).await;
+    finishing_a_step_writes_its_outcome_log_and_materialization_at_once(store).await;
     runs_are_listed_newest_first_with_filters(store).await;
     materializations_are_listed_newest_first(store).await;
     materializations_keep_their_provenance(store).await;
@@ -1543,6 +1544,73 @@ pub async fn steps_are_updated_and_their_logs_appended(store: &dyn Store) {
         version, 1,
         "steps and logs are the executor's, not lifecycle changes: the version stays"
     );
+}
+
+pub async fn finishing_a_step_writes_its_outcome_log_and_materialization_at_once(
+    store: &dyn Store,
+) {
+    let repo = repository("contract-finish-step");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let run = insert_run(store, deployment.id, &["a", "b"], 3_000).await;
+    let steps = store.list_steps(run.id).await.expect("list steps");
+    store.append_step_log(steps[0].id, "building a\n").await.expect("append");
+    let fingerprint = Fingerprint::from_hex(&"ab".repeat(32)).expect("hex");
+    let provenance = Provenance {
+        fingerprint,
+        code_version: "v1".to_owned(),
+        partitions: String::new(),
+        upstream: vec![UpstreamProvenance {
+            key: key("raw"),
+            fingerprint: Fingerprint::from_hex(&"cd".repeat(32)).expect("hex"),
+            read: None,
+        }],
+        promoted_from: None,
+    };
+    let built = materialization(deployment.id, run.id, "a", 4_500);
+    let succeeded = RunStep {
+        status: StepStatus::Succeeded,
+        started_at: Some(4_000),
+        finished_at: Some(5_000),
+        row_count: Some(3),
+        log: "stale".to_owned(),
+        ..steps[0].clone()
+    };
+    let id = store
+        .finish_step(&succeeded, "3 rows\n", Some((&built, &provenance)))
+        .await
+        .expect("finish a")
+        .expect("a materialization id for a built step");
+    let listed = store.list_steps(run.id).await.expect("list steps");
+    assert_eq!(listed[0], RunStep { log: "building a\n3 rows\n".to_owned(), ..succeeded });
+    let recorded = store.get_materialization(id).await.expect("the materialization");
+    assert_eq!(recorded.materialization, built);
+    assert_eq!(recorded.provenance.as_ref(), Some(&provenance));
+
+    let failed = RunStep {
+        status: StepStatus::Failed,
+        error: Some("boom".to_owned()),
+        finished_at: Some(6_000),
+        ..steps[1].clone()
+    };
+    let none = store.finish_step(&failed, "error: boom\n", None).await.expect("finish b");
+    assert_eq!(none, None, "no materialization for a step that built nothing");
+    assert_eq!(
+        store.list_steps(run.id).await.expect("list steps")[1],
+        RunStep { log: "error: boom\n".to_owned(), ..failed }
+    );
+    // A step that does not exist: nothing is written, the materialization neither.
+    let before = store.list_materializations(deployment.id, None, 100).await.expect("list").len();
+    let missing = RunStep { id: StepId(i64::MAX), ..steps[1].clone() };
+    let error = store
+        .finish_step(&missing, "x", Some((&built, &provenance)))
+        .await
+        .expect_err("a missing step is not found");
+    assert!(matches!(error, StoreError::NotFound(_)), "{error:?}");
+    let after = store.list_materializations(deployment.id, None, 100).await.expect("list").len();
+    assert_eq!(after, before, "the transaction kept nothing");
+    let version = store.get_deployment(deployment.id).await.expect("get").version;
+    assert_eq!(version, 1, "finishing a step is not a lifecycle change");
 }
 
 pub async fn runs_are_listed_newest_first_with_filters(store: &dyn Store) {

@@ -488,6 +488,15 @@ pub trait Store: Send + Sync + 'static {
     /// Writes status, times, row count and error (not the log).
     async fn update_step(&self, step: &RunStep) -> StoreResult<()>;
     async fn append_step_log(&self, step: StepId, text: &str) -> StoreResult<()>;
+    /// A step's outcome in one transaction: `update_step`'s fields, `log` appended, and, for a
+    /// step that built its asset, the materialization with its provenance (its id returned).
+    /// One commit per finished step instead of one per write.
+    async fn finish_step(
+        &self,
+        step: &RunStep,
+        log: &str,
+        built: Option<(&Materialization, &Provenance)>,
+    ) -> StoreResult<Option<MaterializationId>>;
 
     // Materializations: which deployment built which asset, when.
     async fn record_materialization(&self, materialization: &Materialization) -> StoreResult<()>;
