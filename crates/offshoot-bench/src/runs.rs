@@ -4,7 +4,8 @@
 //! a production run of every model, and a branch run of one mid-layer model whose edit has
 //! about `--downstream` models downstream (`changed_in_branch:ANY+`). Each is compared with its
 //! floor: the same models' `CREATE TABLE ... AS` statements, in the order the run built them, on
-//! one connection to a copy of production's warehouse file. The run's server time is its
+//! one connection: into a copy of production's warehouse file for the production run, and for
+//! the branch run into a file of its own with that copy attached (as a branch builds). The run's server time is its
 //! `finished_at - started_at`; the client time adds the API call and the wait.
 
 use std::path::{Path, PathBuf};
@@ -154,6 +155,7 @@ fn measure(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<String> {
     let production_floor = runtime.block_on(floor(
         &file,
         work,
+        Into::Production,
         &production[1].order,
         &|k: &str| sql_of(k),
         args.runs,
@@ -161,6 +163,7 @@ fn measure(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<String> {
     let branch_floor = runtime.block_on(floor(
         &file,
         work,
+        Into::Branch,
         &branch_runs[1].order,
         &|k: &str| sql_of(k),
         args.runs,
@@ -277,11 +280,21 @@ fn model_sql(main: &Tree, branch: &Tree, key: &str) -> Option<String> {
     Some(body.trim().trim_end_matches(';').to_owned())
 }
 
+/// Where a floor builds: into a copy of production's file (a production run), or, like a
+/// branch, into a file of its own with that copy attached as `prod`, so that unqualified names
+/// resolve to the file's own tables first and to production's otherwise.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Into {
+    Production,
+    Branch,
+}
+
 /// The engine's floor: `DROP TABLE IF EXISTS` + `CREATE TABLE ... AS` of each model in `order`,
-/// on one connection to a copy of production's file; the median of `passes` passes.
+/// on one connection; the median of `passes` passes.
 async fn floor(
     production: &Path,
     work: &Path,
+    into: Into,
     order: &[String],
     sql_of: &dyn Fn(&str) -> Option<String>,
     passes: usize,
@@ -298,13 +311,24 @@ async fn floor(
         .iter()
         .map(|key| {
             let sql = sql_of(key).with_context(|| format!("no SQL file for `{key}`"))?;
-            Ok(format!("DROP TABLE IF EXISTS \"{key}\"; CREATE TABLE \"{key}\" AS {sql}"))
+            Ok(format!("DROP TABLE IF EXISTS main.\"{key}\"; CREATE TABLE main.\"{key}\" AS {sql}"))
         })
         .collect::<anyhow::Result<_>>()?;
-    let url = format!("sqlite://{}", copy.display());
+    let own = match into {
+        Into::Production => copy.clone(),
+        Into::Branch => work.join("floor-branch.db"),
+    };
+    let url = format!("sqlite://{}?mode=rwc", own.display());
     let mut connection = sqlx::sqlite::SqliteConnection::connect(&url)
         .await
-        .with_context(|| format!("opening {}", copy.display()))?;
+        .with_context(|| format!("opening {}", own.display()))?;
+    if into == Into::Branch {
+        sqlx::query("ATTACH DATABASE ?1 AS prod")
+            .bind(copy.display().to_string())
+            .execute(&mut connection)
+            .await
+            .context("attaching the copy of production")?;
+    }
     let mut samples = Vec::new();
     for _ in 0..passes.max(1) {
         let start = Instant::now();
