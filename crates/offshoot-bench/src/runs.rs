@@ -28,15 +28,24 @@ pub struct Args {
     runs: usize,
     downstream: usize,
     offshoot: Option<PathBuf>,
+    /// One production run (to build what the branch reads), not measured.
+    branch_only: bool,
 }
 
-const USAGE: &str = "usage: offshoot-bench runs [--assets 1000] [--rows 1000] [--runs 3] [--downstream 29] [--offshoot PATH]";
+const USAGE: &str = "usage: offshoot-bench runs [--assets 1000] [--rows 1000] [--runs 3] [--downstream 29] [--branch-only] [--offshoot PATH]";
 
 /// Bar of issue 19, item 3: a run's server time at most this many times its floor.
 const RATIO_BAR: f64 = 1.5;
 
 pub fn parse_args(arguments: impl Iterator<Item = String>) -> anyhow::Result<Args> {
-    let mut args = Args { assets: 1000, rows: 1000, runs: 3, downstream: 29, offshoot: None };
+    let mut args = Args {
+        assets: 1000,
+        rows: 1000,
+        runs: 3,
+        downstream: 29,
+        offshoot: None,
+        branch_only: false,
+    };
     let mut it = arguments;
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -46,6 +55,7 @@ pub fn parse_args(arguments: impl Iterator<Item = String>) -> anyhow::Result<Arg
             "--runs" => args.runs = value()?.parse().context("--runs takes a number")?,
             "--downstream" => args.downstream = value()?.parse().context("--downstream")?,
             "--offshoot" => args.offshoot = Some(PathBuf::from(value()?)),
+            "--branch-only" => args.branch_only = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -104,7 +114,8 @@ fn measure(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<String> {
 
     // Production: every model, `runs` times (the first builds, the others rebuild).
     let mut production = Vec::new();
-    for index in 0..=args.runs {
+    let production_runs = if args.branch_only { 0 } else { args.runs };
+    for index in 0..=production_runs {
         let sample = run_to_end(&api, "prod", "*")?;
         eprintln!("  prod run {index}: server {}, client {}", ms(sample.server), ms(sample.client));
         production.push(sample);
@@ -152,14 +163,18 @@ fn measure(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<String> {
     let file = warehouse.production_file(&schema);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let sql_of = |key: &str| model_sql(&generated.main, &tree, key);
-    let production_floor = runtime.block_on(floor(
-        &file,
-        work,
-        Into::Production,
-        &production[1].order,
-        &|k: &str| sql_of(k),
-        args.runs,
-    ))?;
+    let production_floor = if args.branch_only {
+        None
+    } else {
+        Some(runtime.block_on(floor(
+            &file,
+            work,
+            Into::Production,
+            &production[1].order,
+            &|k: &str| sql_of(k),
+            args.runs,
+        ))?)
+    };
     let branch_floor = runtime.block_on(floor(
         &file,
         work,
@@ -171,11 +186,12 @@ fn measure(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<String> {
 
     let mut out = String::new();
     out.push_str(&format!(
-        "## Runs against the engine's floor ({}, offshoot {}, `offshoot-bench runs --assets {n} --rows {} --runs {}`)\n\n",
+        "## Runs against the engine's floor ({}, offshoot {}, `offshoot-bench runs --assets {n} --rows {} --runs {}{}`)\n\n",
         machine(),
         workspace_commit(),
         args.rows,
-        args.runs
+        args.runs,
+        if args.branch_only { " --branch-only" } else { "" }
     ));
     out.push_str(&format!(
         "Embedded SQLite warehouse, {} sources of {} rows. The branch edits `{key}` ({downstream} models downstream). Medians of {} runs after one warm-up; floors are medians of {} passes.\n\n",
@@ -185,10 +201,11 @@ fn measure(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<String> {
         args.runs
     ));
     out.push_str("| run | steps | server time (median) | client time (median) | floor: the same statements on one connection | server / floor | bar | verdict |\n|---|---:|---:|---:|---:|---:|---|---|\n");
-    for (label, samples, floor) in [
-        ("production, every model", &production[1..], production_floor),
-        ("branch, `changed_in_branch:ANY+`", &branch_runs[1..], branch_floor),
-    ] {
+    let mut measured = vec![("branch, `changed_in_branch:ANY+`", &branch_runs[1..], branch_floor)];
+    if let Some(floor) = production_floor {
+        measured.insert(0, ("production, every model", &production[1..], floor));
+    }
+    for (label, samples, floor) in measured {
         let server = stats_of(samples.iter().map(|s| s.server).collect()).median;
         let client = stats_of(samples.iter().map(|s| s.client).collect()).median;
         let ratio = server.as_secs_f64() / floor.as_secs_f64().max(1e-6);
@@ -290,7 +307,8 @@ enum Into {
 }
 
 /// The engine's floor: `DROP TABLE IF EXISTS` + `CREATE TABLE ... AS` of each model in `order`,
-/// on one connection; the median of `passes` passes.
+/// each model in a transaction of its own (replaced atomically, as a step replaces it), on one
+/// connection; the median of `passes` passes.
 async fn floor(
     production: &Path,
     work: &Path,
