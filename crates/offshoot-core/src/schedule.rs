@@ -172,6 +172,16 @@ impl CronSchedule {
     }
 }
 
+/// `at` as RFC 3339 in UTC, to the second (`2026-01-10T13:00:00Z`), for messages and the CLI.
+pub fn format_instant(at: UnixMillis) -> String {
+    match Timestamp::from_millisecond(at) {
+        Ok(timestamp) => timestamp
+            .round(jiff::Unit::Second)
+            .map_or_else(|_| timestamp.to_string(), |t| t.to_string()),
+        Err(_) => format!("{at} ms"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
