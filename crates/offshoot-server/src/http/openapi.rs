@@ -277,6 +277,7 @@ fn schedules() -> (Value, Value) {
             "defined_in": {"type": "string", "description": "`offshoot.toml:<line>`"},
             "enabled": {"type": "boolean", "description": "always true in production; a branch deployment's are off until switched on"},
             "next_tick_at": {"type": "integer", "nullable": true, "description": "Unix ms; null while off"},
+            "owed_since": {"type": "integer", "nullable": true, "description": "ticks after this (Unix ms) are owed: when the deployment first saw the schedule or it was switched on"},
             "ticks": array_of("Tick") } }
     });
     let paths = json!({

@@ -40,6 +40,9 @@ pub struct ScheduleJson {
     pub enabled: bool,
     /// Unix ms; null while off.
     pub next_tick_at: Option<i64>,
+    /// Ticks after this moment (Unix ms) are owed: when the deployment first saw the schedule or
+    /// it was switched on; null before the scheduler saw it.
+    pub owed_since: Option<i64>,
     pub ticks: Vec<TickJson>,
 }
 
@@ -86,6 +89,7 @@ fn schedule_json(view: &ScheduleView) -> ScheduleJson {
         },
         enabled: view.enabled,
         next_tick_at: view.next_tick,
+        owed_since: view.since,
         ticks: view
             .ticks
             .iter()

@@ -32,6 +32,9 @@ pub struct ScheduleView {
     pub enabled: bool,
     /// When it ticks next (an owed tick not yet started is that); `None` while off.
     pub next_tick: Option<UnixMillis>,
+    /// Ticks after this are owed: when the deployment first saw it or a branch switched it on;
+    /// `None` before the scheduler has seen it.
+    pub since: Option<UnixMillis>,
     /// The newest ticks first, with their runs.
     pub ticks: Vec<(ScheduleTick, Option<Run>)>,
 }
@@ -98,7 +101,8 @@ async fn view(
         };
         ticks.push((tick, run));
     }
-    Ok(ScheduleView { schedule, enabled, next_tick, ticks })
+    let since = recorded.map(|s| s.since);
+    Ok(ScheduleView { schedule, enabled, next_tick, since, ticks })
 }
 
 async fn find(state: &AppState, deployment: &Deployment, name: &str) -> ServiceResult<Schedule> {
