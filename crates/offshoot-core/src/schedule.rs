@@ -46,6 +46,8 @@ pub struct Schedule {
     /// A selection in Offshoot's syntax (`crate::selection`).
     pub selection: String,
     pub origin: ScheduleOrigin,
+    /// Why Offshoot cannot run it (a Dagster job of ops, not assets): listed, never ticked.
+    pub problem: Option<String>,
 }
 
 impl Schedule {

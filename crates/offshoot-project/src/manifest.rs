@@ -393,6 +393,7 @@ fn schedules(
                 cron,
                 selection: selection.to_owned(),
                 origin: ScheduleOrigin::Manifest { line },
+                problem: None,
             });
         }
     }

@@ -73,6 +73,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("run_finished", 409, "the run has finished already"),
     ("schedule_not_found", 404, "the serving revision has no schedule of that name"),
     ("production_schedule", 409, "production's schedules always run; they cannot be switched"),
+    ("schedule_not_runnable", 422, "the schedule cannot run in Offshoot (the message says why: a Dagster job of ops, say)"),
     ("tick_exists", 409, "the schedule ticked at this very moment already"),
     ("repository_fetch_failed", 502, "fetching a remote repository failed; see the server log"),
     ("payload_too_large", 413, "a webhook body is larger than 25 MB"),

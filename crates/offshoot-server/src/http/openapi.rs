@@ -274,7 +274,8 @@ fn schedules() -> (Value, Value) {
             "run_status": {"type": "string", "nullable": true}, "server": {"type": "string", "description": "the server that claimed it"} } },
         "Schedule": { "type": "object", "properties": {
             "name": {"type": "string"}, "cron": {"type": "string"}, "timezone": {"type": "string"}, "selection": {"type": "string"},
-            "defined_in": {"type": "string", "description": "`offshoot.toml:<line>`"},
+            "defined_in": {"type": "string", "description": "`offshoot.toml:<line>`, or `dagster job <name>` for a Dagster ScheduleDefinition"},
+            "problem": {"type": "string", "nullable": true, "description": "why Offshoot cannot run it (a Dagster job of ops, several cron patterns); such a schedule never ticks"},
             "enabled": {"type": "boolean", "description": "always true in production; a branch deployment's are off until switched on"},
             "next_tick_at": {"type": "integer", "nullable": true, "description": "Unix ms; null while off"},
             "owed_since": {"type": "integer", "nullable": true, "description": "ticks after this (Unix ms) are owed: when the deployment first saw the schedule or it was switched on"},

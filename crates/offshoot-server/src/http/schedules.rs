@@ -38,6 +38,8 @@ pub struct ScheduleJson {
     /// `offshoot.toml` or `dagster`.
     pub defined_in: String,
     pub enabled: bool,
+    /// Why Offshoot cannot run it (a Dagster job of ops, say); such a schedule never ticks.
+    pub problem: Option<String>,
     /// Unix ms; null while off.
     pub next_tick_at: Option<i64>,
     /// Ticks after this moment (Unix ms) are owed: when the deployment first saw the schedule or
@@ -88,6 +90,7 @@ fn schedule_json(view: &ScheduleView) -> ScheduleJson {
             ScheduleOrigin::Dagster { job } => format!("dagster job {job}"),
         },
         enabled: view.enabled,
+        problem: schedule.problem.clone(),
         next_tick_at: view.next_tick,
         owed_since: view.since,
         ticks: view

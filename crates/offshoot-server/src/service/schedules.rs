@@ -82,7 +82,7 @@ async fn view(
         DeploymentKind::Production => true,
         DeploymentKind::Branch => recorded.as_ref().is_some_and(|s| s.enabled),
     };
-    let next_tick = if enabled {
+    let next_tick = if enabled && schedule.problem.is_none() {
         let since = recorded.as_ref().map_or(now, |s| s.since);
         let last = state.store.last_scheduled_tick(deployment.id, &schedule.name).await?;
         let handled = last.map_or(since, |last| last.max(since));
@@ -150,6 +150,12 @@ pub async fn tick_now(
     name: &str,
 ) -> ServiceResult<ScheduleTick> {
     let schedule = find(state, deployment, name).await?;
+    if let Some(problem) = &schedule.problem {
+        return Err(ServiceError::unprocessable(
+            "schedule_not_runnable",
+            format!("schedule `{name}` cannot run in Offshoot: {problem}"),
+        ));
+    }
     let now = state.clock.now();
     let claimed = state
         .store
@@ -208,6 +214,9 @@ async fn check_deployment(state: &SharedState, deployment: &Deployment) -> Servi
         return Ok(());
     }
     for schedule in schedules_of(state, deployment).await? {
+        if schedule.problem.is_some() {
+            continue;
+        }
         let now = state.clock.now();
         let record = match recorded.iter().find(|s| s.schedule == schedule.name) {
             Some(record) => record.clone(),

@@ -113,6 +113,14 @@ fn wait_for_tick(server: &Server, deployment: &str, name: &str, tick_at: i64) ->
         .expect("found")
 }
 
+/// [`wait_for_tick`] for a tick that starts a run, and its run to finish: the next tick of the
+/// schedule is then not skipped, however slow the machine.
+fn wait_for_run_of_tick(server: &Server, deployment: &str, name: &str, tick_at: i64) -> Value {
+    let tick = wait_for_tick(server, deployment, name, tick_at);
+    assert_eq!(tick["status"], "started", "{tick:#}");
+    run_of(server, &tick)
+}
+
 fn ticks(schedule: &Value) -> Vec<Value> {
     schedule["ticks"].as_array().cloned().unwrap_or_default()
 }
@@ -192,7 +200,7 @@ fn story(servers: &mut [Server], clock: &Clock, repo: &Path) {
     let slow = wait_for_tick(server, "prod", "evening", at("2026-01-10T17:00:00Z"));
     assert_eq!(slow["status"], "started", "{slow:#}");
     let slow_run = slow["run_id"].as_i64().expect("a run");
-    wait_for_tick(server, "prod", "hourly", at("2026-01-10T17:00:00Z"));
+    wait_for_run_of_tick(server, "prod", "hourly", at("2026-01-10T17:00:00Z"));
     clock.set("2026-01-11T17:00:05Z");
     let skipped = wait_for_tick(server, "prod", "evening", at("2026-01-11T17:00:00Z"));
     assert_eq!(skipped["status"], "skipped", "{skipped:#}");
@@ -205,6 +213,7 @@ fn story(servers: &mut [Server], clock: &Clock, repo: &Path) {
     );
     let hourly = wait_for_tick(server, "prod", "hourly", at("2026-01-11T17:00:00Z"));
     assert_eq!(hourly["missed"], 23);
+    run_of(server, &hourly);
     server.post(&format!("/api/v1/runs/{slow_run}/cancel"), json!({}));
     assert_eq!(server.wait_for_run(slow_run)["status"], "canceled");
 
@@ -217,7 +226,7 @@ fn story(servers: &mut [Server], clock: &Clock, repo: &Path) {
     assert_eq!((&off["enabled"], &off["next_tick_at"]), (&json!(false), &Value::Null), "{off:#}");
     for hour in ["2026-01-11T18:00:00Z", "2026-01-11T19:00:00Z"] {
         clock.set(&hour.replace(":00Z", ":05Z"));
-        wait_for_tick(server, "prod", "hourly", at(hour));
+        wait_for_run_of_tick(server, "prod", "hourly", at(hour));
     }
     assert_eq!(summary(&schedule(server, &branch, "hourly")), vec![], "off in branches");
 
@@ -260,6 +269,7 @@ fn story(servers: &mut [Server], clock: &Clock, repo: &Path) {
     );
     assert_eq!(on["owed_since"], at("2026-01-11T19:00:05Z"), "nothing from before is owed");
     clock.set("2026-01-11T20:00:05Z");
+    wait_for_run_of_tick(server, "prod", "hourly", at("2026-01-11T20:00:00Z"));
     let tick = wait_for_tick(server, &branch, "hourly", at("2026-01-11T20:00:00Z"));
     let run = run_of(server, &tick);
     assert_eq!((&run["status"], &run["deployment"]), (&json!("succeeded"), &json!(branch)));
@@ -273,7 +283,7 @@ fn story(servers: &mut [Server], clock: &Clock, repo: &Path) {
     assert!(stdout(&output).contains("started (manual) run "), "{}", stdout(&output));
     for hour in ["2026-01-11T21:00:00Z", "2026-01-11T22:00:00Z"] {
         clock.set(&hour.replace(":00Z", ":05Z"));
-        wait_for_tick(server, "prod", "hourly", at(hour));
+        wait_for_run_of_tick(server, "prod", "hourly", at(hour));
     }
     let branch_hourly = schedule(server, &branch, "hourly");
     assert_eq!(
@@ -378,4 +388,75 @@ fn schedules_on_postgres_with_two_servers() {
     drop(servers);
     psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", database.0));
     drop_branch_roles(&role);
+}
+
+#[test]
+fn dagster_schedule_definitions_tick_in_production() {
+    python_tools();
+    let dir = TempDir::new("schedules-dagster");
+    let repo = dir.0.join("repo");
+    example_repo("dagster_shop", &repo);
+    let definitions = repo.join("dagster_shop/definitions.py");
+    let text = std::fs::read_to_string(&definitions).expect("read");
+    let text = text.replace(
+        "    executor=dg.in_process_executor,\n)",
+        "    executor=dg.in_process_executor,\n    jobs=[everything, op_job],\n    schedules=[\n        dg.ScheduleDefinition(name=\"nightly\", job=everything, cron_schedule=\"0 2 * * *\", execution_timezone=\"Europe/Berlin\"),\n        dg.ScheduleDefinition(job=op_job, cron_schedule=\"0 3 * * *\"),\n    ],\n)",
+    );
+    let text = text.replace(
+        "defs = dg.Definitions(",
+        "everything = dg.define_asset_job(\"everything\", selection=dg.AssetSelection.all())\n\n\n@dg.op\ndef hello():\n    pass\n\n\n@dg.job\ndef op_job():\n    hello()\n\n\ndefs = dg.Definitions(",
+    );
+    std::fs::write(&definitions, text).expect("write");
+    git(&repo, &["commit", "-q", "-am", "Schedules"]);
+    let clock = Clock(dir.0.join("clock"));
+    clock.set("2026-01-10T12:10:00Z");
+    let clock_path = clock.0.to_str().expect("utf-8 path").to_owned();
+    let server = Server::start_with_config_env(
+        &dir.0,
+        &config(&dir.0, &repo, ""),
+        &[("OFFSHOOT_DEBUG_CLOCK_FILE", &clock_path)],
+    );
+    wait_for_prod(&server, &repo);
+    let nightly =
+        wait_for_schedule(&server, "prod", "nightly", "seen", |s| s["owed_since"].is_i64());
+    assert_eq!(
+        (&nightly["cron"], &nightly["timezone"], &nightly["defined_in"], &nightly["problem"]),
+        (
+            &json!("0 2 * * *"),
+            &json!("Europe/Berlin"),
+            &json!("dagster job everything"),
+            &Value::Null
+        )
+    );
+    let selection = nightly["selection"].as_str().expect("selection");
+    assert!(
+        selection.contains("key:\"raw/orders\"") && selection.contains(" or key:\"fct_orders\""),
+        "{selection}"
+    );
+    assert_eq!(nightly["next_tick_at"], at("2026-01-11T01:00:00Z"), "02:00 in Berlin");
+    let ops = schedule(&server, "prod", "op_job_schedule");
+    assert_eq!(ops["problem"], "its job `op_job` runs ops, not assets", "{ops:#}");
+    assert_eq!(ops["next_tick_at"], Value::Null);
+    let (status, body) = server.request(
+        "POST",
+        "/api/v1/deployments/prod/schedules/op_job_schedule/tick",
+        None,
+        Some(TOKEN),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("schedule_not_runnable")),
+        "{body}"
+    );
+
+    clock.set("2026-01-11T03:00:05Z");
+    let tick = wait_for_tick(&server, "prod", "nightly", at("2026-01-11T01:00:00Z"));
+    let run = run_of(&server, &tick);
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+    assert_eq!(
+        run["steps"].as_array().expect("steps").len(),
+        7,
+        "every asset but the two sources: {run:#}"
+    );
+    assert_eq!(summary(&schedule(&server, "prod", "op_job_schedule")), vec![], "never ticks");
 }
