@@ -788,6 +788,18 @@ impl Store for SqliteStore {
         found.iter().map(rows::schedule_tick).collect()
     }
 
+    async fn abandon_claimed_ticks(&self, claimed_by: &str, message: &str) -> StoreResult<u64> {
+        let result = sqlx::query(
+            "UPDATE schedule_ticks SET status = 'failed', message = ? WHERE claimed_by = ? AND status = 'claimed'",
+        )
+        .bind(message)
+        .bind(claimed_by)
+        .execute(&self.pool)
+        .await
+        .map_err(translate("the ticks"))?;
+        Ok(result.rows_affected())
+    }
+
     async fn last_scheduled_tick(
         &self,
         deployment: DeploymentId,

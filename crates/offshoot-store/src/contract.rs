@@ -2503,11 +2503,34 @@ pub async fn schedules_are_switched_and_each_tick_is_claimed_once(store: &dyn St
     );
     assert_eq!(store.list_ticks(deployment.id, None, 2).await.expect("list").len(), 2);
     assert_eq!(store.list_ticks(deployment.id, None, 0).await.expect("list").len(), 4);
+    assert_eq!(store.list_ticks(deployment.id, None, 1).await.expect("list")[0].tick_at, 30_000);
     assert_eq!(store.list_ticks(other.id, None, 0).await.expect("list"), vec![]);
     assert_eq!(manual.schedule, "hourly");
     assert_not_found(
         store.finish_tick(crate::TickId(i64::MAX), TickStatus::Failed, None, None).await,
         "finish_tick",
+    );
+
+    // A server that stopped between claiming and starting: its claimed ticks fail, no one else's.
+    let stuck = store.claim_tick(tick("hourly", 50_000, false, "contract-schedules-gone")).await;
+    let stuck = stuck.expect("claim").expect("a new tick");
+    let other_server =
+        store.claim_tick(tick("hourly", 60_000, false, "contract-schedules-c")).await;
+    other_server.expect("claim").expect("a new tick");
+    let why = "stopped";
+    assert_eq!(
+        store.abandon_claimed_ticks("contract-schedules-gone", why).await.expect("abandon"),
+        1
+    );
+    assert_eq!(
+        store.abandon_claimed_ticks("contract-schedules-gone", why).await.expect("again"),
+        0
+    );
+    let listed = store.list_ticks(deployment.id, Some("hourly"), 2).await.expect("list");
+    let states: Vec<_> = listed.iter().map(|t| (t.id, t.status, t.message.as_deref())).collect();
+    assert_eq!(
+        states,
+        vec![(listed[0].id, TickStatus::Claimed, None), (stuck.id, TickStatus::Failed, Some(why)),]
     );
 
     let delete = LifecycleWrite { delete: true, ..change(deployment.id, 40_000) };

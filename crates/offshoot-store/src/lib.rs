@@ -642,6 +642,9 @@ pub trait Store: Send + Sync + 'static {
         schedule: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<ScheduleTick>>;
+    /// Marks the ticks `claimed_by` claimed and never finished `failed` with `message` (that
+    /// server stopped between claiming a tick and starting its run); how many.
+    async fn abandon_claimed_ticks(&self, claimed_by: &str, message: &str) -> StoreResult<u64>;
     /// The newest tick time of the schedule's pattern that was claimed (manual ticks not counted).
     async fn last_scheduled_tick(
         &self,
