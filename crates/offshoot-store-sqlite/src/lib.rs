@@ -800,6 +800,30 @@ impl Store for SqliteStore {
         Ok(result.rows_affected())
     }
 
+    async fn last_tick_run(
+        &self,
+        deployment: DeploymentId,
+        schedule: &str,
+    ) -> StoreResult<Option<RunId>> {
+        let row = sqlx::query(
+            "SELECT run_id FROM schedule_ticks
+             WHERE deployment_id = ? AND schedule = ? AND run_id IS NOT NULL
+             ORDER BY tick_at DESC, id DESC LIMIT 1",
+        )
+        .bind(deployment.0)
+        .bind(schedule)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(translate("the ticks"))?;
+        match row {
+            None => Ok(None),
+            Some(row) => row
+                .try_get::<i64, _>("run_id")
+                .map(|id| Some(RunId(id)))
+                .map_err(|e| StoreError::Backend(format!("reading a tick's run: {e}"))),
+        }
+    }
+
     async fn last_scheduled_tick(
         &self,
         deployment: DeploymentId,

@@ -2485,6 +2485,8 @@ pub async fn schedules_are_switched_and_each_tick_is_claimed_once(store: &dyn St
 
     let run = insert_run(store, deployment.id, &["x"], 11_000).await;
     store.finish_tick(claimed.id, TickStatus::Started, Some(run.id), None).await.expect("started");
+    assert_eq!(store.last_tick_run(deployment.id, "hourly").await.expect("last run"), Some(run.id));
+    assert_eq!(store.last_tick_run(deployment.id, hostile).await.expect("last run"), None);
     let why = "run 7 of `hourly` is still running";
     store.finish_tick(later.id, TickStatus::Skipped, None, Some(why)).await.expect("skipped");
     let listed = store.list_ticks(deployment.id, Some("hourly"), 0).await.expect("list");

@@ -645,6 +645,12 @@ pub trait Store: Send + Sync + 'static {
     /// Marks the ticks `claimed_by` claimed and never finished `failed` with `message` (that
     /// server stopped between claiming a tick and starting its run); how many.
     async fn abandon_claimed_ticks(&self, claimed_by: &str, message: &str) -> StoreResult<u64>;
+    /// The run of the schedule's newest tick that started one (manual ticks included).
+    async fn last_tick_run(
+        &self,
+        deployment: DeploymentId,
+        schedule: &str,
+    ) -> StoreResult<Option<RunId>>;
     /// The newest tick time of the schedule's pattern that was claimed (manual ticks not counted).
     async fn last_scheduled_tick(
         &self,

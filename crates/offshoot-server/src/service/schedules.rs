@@ -14,7 +14,7 @@
 //! - ticks are owed from when the deployment first saw the schedule, or a branch switched it on.
 
 use offshoot_core::{DeploymentKind, Schedule, UnixMillis};
-use offshoot_store::{Deployment, DeploymentFilter, NewTick, Run, RunId, ScheduleTick, TickStatus};
+use offshoot_store::{Deployment, DeploymentFilter, NewTick, Run, ScheduleTick, TickStatus};
 
 use crate::adapters::project;
 use crate::service::error::{ServiceError, ServiceResult};
@@ -268,7 +268,7 @@ async fn fire(
     schedule: &Schedule,
     tick: ScheduleTick,
 ) -> ServiceResult<ScheduleTick> {
-    let (status, run, message) = match active_run(state, deployment, schedule, tick.id).await? {
+    let (status, run, message) = match active_run(state, deployment, schedule).await? {
         Some(active) => (
             TickStatus::Skipped,
             None,
@@ -299,16 +299,15 @@ async fn fire(
     Ok(ScheduleTick { status, run_id: run, message, ..tick })
 }
 
-/// The schedule's newest run that has not finished, other than `tick`'s own.
+/// The schedule's newest run, when it has not finished.
 async fn active_run(
     state: &AppState,
     deployment: &Deployment,
     schedule: &Schedule,
-    tick: offshoot_store::TickId,
 ) -> ServiceResult<Option<Run>> {
-    let ticks = state.store.list_ticks(deployment.id, Some(&schedule.name), 20).await?;
-    let previous: Option<RunId> = ticks.iter().filter(|t| t.id != tick).find_map(|t| t.run_id);
-    let Some(previous) = previous else { return Ok(None) };
+    let Some(previous) = state.store.last_tick_run(deployment.id, &schedule.name).await? else {
+        return Ok(None);
+    };
     let run = state.store.get_run(previous).await?;
     Ok((!run.status.is_finished()).then_some(run))
 }
