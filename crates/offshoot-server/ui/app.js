@@ -441,7 +441,7 @@ function Schedules({ deployment, runsKey }) {
   return html`<section data-schedules><h2>Schedules</h2>
     ${isBranch ? html`<p class="note">A branch deployment's schedules are off until switched on here; production's always run.</p>` : ''}
     <table aria-label="Schedules"><thead><tr><th>Schedule</th><th>When</th><th>Selection</th><th>Next tick</th><th>Last ticks</th><th></th></tr></thead>
-      <tbody>${schedules.map((s) => html`<tr data-schedule=${s.name}><td>${s.name} <span class=${'chip' + (s.enabled ? '' : ' closed')}>${s.enabled ? 'on' : 'off'}</span><div class="note">${s.defined_in}</div>${s.problem ? html`<div class="error">not run: ${s.problem}</div>` : ''}</td>
+      <tbody>${schedules.map((s) => html`<tr data-schedule=${s.name}><td>${s.name} <span class=${'chip ' + (s.enabled ? 'open' : 'closed')}>${s.enabled ? 'on' : 'off'}</span><div class="note">${s.defined_in}</div>${s.problem ? html`<div class="error">not run: ${s.problem}</div>` : ''}</td>
         <td class="mono">${s.cron}<div class="note">${s.timezone}</div></td><td class="mono">${s.selection}</td>
         <td>${s.enabled ? when(s.next_tick_at) : html`<span class="note">off</span>`}</td>
         <td>${s.ticks.length === 0 ? html`<span class="note">none yet</span>` : html`<ul class="ticks">${s.ticks.map((t) => html`<li>${when(t.tick_at)} ${t.manual ? '(now) ' : ''}
