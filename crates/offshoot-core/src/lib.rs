@@ -12,6 +12,7 @@ pub mod fingerprint;
 pub mod graph;
 pub mod lifecycle;
 pub mod run;
+pub mod schedule;
 pub mod selection;
 pub mod snapshot;
 pub mod upkeep;
@@ -31,5 +32,6 @@ pub use deployment::{
 };
 pub use fingerprint::{Fingerprint, FingerprintParts};
 pub use run::{PlannedStep, RunPlan, RunStatus, StepStatus};
+pub use schedule::{CronSchedule, Schedule, ScheduleError, ScheduleOrigin};
 pub use selection::{Selection, SelectionError};
 pub use snapshot::{Snapshot, SnapshotError};

@@ -455,7 +455,42 @@ def command_defs(arguments):
         asset_graph = repository.asset_graph
         keys = sorted(asset_graph.get_all_asset_keys(), key=lambda key: list(key.path))
         assets = [describe_asset(asset_graph.get(key)) for key in keys]
-    emit({"dagster_version": dagster.__version__, "assets": assets}, arguments.output)
+        schedules = [describe_schedule(repository, schedule) for schedule in repository.schedule_defs]
+    emit(
+        {"dagster_version": dagster.__version__, "assets": assets, "schedules": schedules},
+        arguments.output,
+    )
+
+
+def describe_schedule(repository, schedule):
+    """A ScheduleDefinition as Offshoot runs it: its pattern(s), zone and the job's asset keys.
+
+    What Offshoot cannot express is said in `problem` (the schedule is listed, never run): a job
+    of ops rather than assets, or a schedule without a job (a custom evaluation function only)."""
+    cron = schedule.cron_schedule
+    described = {
+        "name": schedule.name,
+        "cron": [cron] if isinstance(cron, str) else list(cron),
+        "timezone": schedule.execution_timezone,
+        "job": None,
+        "keys": [],
+        "problem": None,
+    }
+    try:
+        job_name = schedule.job_name
+    except Exception:  # noqa: BLE001 - Dagster raises for schedules without a job
+        job_name = None
+    if not job_name:
+        described["problem"] = "it targets no job"
+        return described
+    described["job"] = job_name
+    job = repository.get_job(job_name)
+    layer = getattr(job, "asset_layer", None)
+    keys = sorted(layer.selected_asset_keys, key=lambda key: list(key.path)) if layer else []
+    if not keys:
+        described["problem"] = f"its job `{job_name}` runs ops, not assets"
+    described["keys"] = [list(key.path) for key in keys]
+    return described
 
 
 # --- run results -----------------------------------------------------------------------------

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use offshoot_core::fingerprint::sha256_hex;
 use offshoot_core::{
-    Asset, AssetKey, AssetKind, CodeVersion, Location, PartitionsDefinition, Snapshot, TimeCadence,
+    Asset, AssetKey, AssetKind, CodeVersion, CronSchedule, Location, PartitionsDefinition,
+    Schedule, ScheduleOrigin, Selection, Snapshot, TimeCadence,
 };
 use offshoot_project::{DagsterConfig, Diagnostic, Manifest};
 use serde::Deserialize;
@@ -208,6 +209,14 @@ impl CodeLocation for DagsterLocation {
         snapshot_from_defs(&defs, &self.config).map_err(LocationError::Invalid)
     }
 
+    fn schedules(&self, input: &LoadInput<'_>) -> Vec<Schedule> {
+        let Ok(bytes) = std::fs::read(input.work_dir.join("defs.json")) else { return Vec::new() };
+        match serde_json::from_slice::<Defs>(&bytes) {
+            Ok(defs) => schedules_from_defs(&defs),
+            Err(_) => Vec::new(),
+        }
+    }
+
     fn build_command(&self, request: &BuildRequest<'_>) -> Option<Result<ToolCommand, String>> {
         Some((|| {
             let home = request.work_dir.join("dagster_home");
@@ -367,6 +376,74 @@ struct FailedStep {
 #[derive(Deserialize)]
 pub(crate) struct Defs {
     assets: Vec<AssetSpec>,
+    #[serde(default)]
+    schedules: Vec<ScheduleSpec>,
+}
+
+/// A `ScheduleDefinition` as the entry point describes it (`describe_schedule`).
+#[derive(Deserialize)]
+struct ScheduleSpec {
+    name: String,
+    cron: Vec<String>,
+    #[serde(default)]
+    timezone: Option<String>,
+    #[serde(default)]
+    job: Option<String>,
+    #[serde(default)]
+    keys: Vec<Vec<String>>,
+    #[serde(default)]
+    problem: Option<String>,
+}
+
+/// The Dagster schedules Offshoot can list, each with its job's assets as a selection (`key:"a"
+/// or key:"b"`), or with the problem that keeps it from running: a job of ops, several cron
+/// patterns, a key or selection Offshoot cannot express. One whose pattern or zone does not parse
+/// (Dagster checks both when it defines them) or whose name is not a schedule name is left out.
+fn schedules_from_defs(defs: &Defs) -> Vec<Schedule> {
+    let mut schedules = Vec::new();
+    for spec in &defs.schedules {
+        let Some(pattern) = spec.cron.first() else { continue };
+        if Schedule::valid_name(&spec.name).is_err() {
+            continue;
+        }
+        let Ok(cron) = CronSchedule::parse(pattern, spec.timezone.as_deref().unwrap_or("UTC"))
+        else {
+            continue;
+        };
+        let mut problem = spec.problem.clone();
+        if spec.cron.len() > 1 {
+            problem.get_or_insert_with(|| {
+                format!(
+                    "it has {} cron patterns ({}); Offshoot runs schedules of one",
+                    spec.cron.len(),
+                    spec.cron.join(", ")
+                )
+            });
+        }
+        let mut keys = Vec::new();
+        for parts in &spec.keys {
+            match AssetKey::from_parts(parts) {
+                Ok(key) => keys.push(format!("key:\"{}\"", key.as_str())),
+                Err(error) => {
+                    problem.get_or_insert_with(|| format!("asset key {parts:?}: {error}"));
+                }
+            }
+        }
+        let selection = keys.join(" or ");
+        if problem.is_none() {
+            if let Err(error) = Selection::parse(&selection) {
+                problem = Some(format!("its job's assets as a selection: {}", error.message));
+            }
+        }
+        schedules.push(Schedule {
+            name: spec.name.clone(),
+            cron,
+            selection,
+            origin: ScheduleOrigin::Dagster { job: spec.job.clone().unwrap_or_default() },
+            problem,
+        });
+    }
+    schedules
 }
 
 #[derive(Deserialize)]
@@ -706,6 +783,42 @@ mod tests {
         assert_eq!(
             snapshot.get(&AssetKey::new("exports/orders_csv").unwrap()).unwrap().kind,
             AssetKind::Source
+        );
+    }
+
+    #[test]
+    fn schedules_become_selections_or_say_why_not() {
+        let defs: Defs = serde_json::from_str(
+            r#"{"assets": [], "schedules": [
+                {"name": "nightly", "cron": ["0 2 * * *"], "timezone": "Europe/Berlin", "job": "daily", "keys": [["a"], ["shop", "b"]]},
+                {"name": "ops", "cron": ["0 3 * * *"], "timezone": null, "job": "op_job", "keys": [], "problem": "its job `op_job` runs ops, not assets"},
+                {"name": "twice", "cron": ["0 3 * * *", "0 4 * * *"], "job": "daily", "keys": [["a"]]},
+                {"name": "broken", "cron": ["not a pattern"], "job": "daily", "keys": [["a"]]},
+                {"name": "bad key", "cron": ["0 3 * * *"], "job": "daily", "keys": [["a"]]}
+            ]}"#,
+        )
+        .expect("json");
+        let rendered: Vec<String> = schedules_from_defs(&defs)
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} in {} runs {:?} ({:?}) problem {:?}",
+                    s.name,
+                    s.cron.pattern(),
+                    s.cron.timezone(),
+                    s.selection,
+                    s.origin,
+                    s.problem
+                )
+            })
+            .collect();
+        assert_eq!(
+            rendered,
+            [
+                r#"nightly 0 2 * * * in Europe/Berlin runs "key:\"a\" or key:\"shop/b\"" (Dagster { job: "daily" }) problem None"#,
+                r#"ops 0 3 * * * in UTC runs "" (Dagster { job: "op_job" }) problem Some("its job `op_job` runs ops, not assets")"#,
+                r#"twice 0 3 * * * in UTC runs "key:\"a\"" (Dagster { job: "daily" }) problem Some("it has 2 cron patterns (0 3 * * *, 0 4 * * *); Offshoot runs schedules of one")"#,
+            ]
         );
     }
 

@@ -129,6 +129,12 @@ pub trait CodeLocation: Send + Sync {
         output: &ToolOutput,
     ) -> BTreeMap<AssetKey, BuildOutcome>;
 
+    /// The schedules the location's own definitions declare (Dagster's `ScheduleDefinition`s),
+    /// read after a successful [`CodeLocation::load`] with the same input.
+    fn schedules(&self, _input: &LoadInput<'_>) -> Vec<offshoot_core::Schedule> {
+        Vec::new()
+    }
+
     /// After the build: when each asset was built, where the tool says so (else the whole
     /// build's time is each step's).
     fn build_timings(&self, _request: &BuildRequest<'_>) -> BTreeMap<AssetKey, StepTiming> {
@@ -173,6 +179,13 @@ pub fn load_project(
     };
     let input = LoadInput { files, checkout: dir.as_deref(), work_dir, env, sandbox };
     let snapshot = location.load(&manifest, &input)?;
+    let mut manifest = manifest;
+    // `[[schedules]]` in offshoot.toml win over the location's of the same name.
+    for schedule in location.schedules(&input) {
+        if !manifest.schedules.iter().any(|s| s.name == schedule.name) {
+            manifest.schedules.push(schedule);
+        }
+    }
     let replacements = environment_values(dir.as_deref(), work_dir, env);
     let snapshot = normalized(&manifest, snapshot, &replacements)?;
     Ok(Project { manifest, snapshot })

@@ -14,12 +14,21 @@
 //! [sources.raw_orders]
 //! description = "Orders exported nightly by the shop database"
 //! tags = { owner = "ops" }
+//!
+//! [[schedules]]                 # run in production; off in branch deployments unless switched on
+//! name = "nightly"
+//! cron = "0 2 * * *"            # five fields: minute hour day-of-month month day-of-week
+//! timezone = "Europe/Berlin"    # an IANA time zone (default UTC)
+//! selection = "group:marts+"    # what a tick materializes (default `*`, everything)
 //! ```
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use offshoot_core::{Asset, AssetKey, AssetKind, CodeVersion, Location};
+use offshoot_core::{
+    Asset, AssetKey, AssetKind, CodeVersion, CronSchedule, Location, Schedule, ScheduleOrigin,
+    Selection,
+};
 use serde::Deserialize;
 
 use crate::diagnostic::{toml_error_message, toml_error_position, Diagnostic};
@@ -65,6 +74,8 @@ pub struct Manifest {
     /// that depend on where or when a commit is loaded: hostnames, timestamps, names built from
     /// the deployment). `*` matches any run of characters.
     pub untracked_metadata: Vec<String>,
+    /// `[[schedules]]`, valid ones only (the others are diagnostics).
+    pub schedules: Vec<Schedule>,
 }
 
 impl Manifest {
@@ -154,6 +165,21 @@ struct ManifestFile {
     location: Option<toml::Spanned<LocationSection>>,
     #[serde(default)]
     sources: BTreeMap<String, SourceSection>,
+    #[serde(default)]
+    schedules: Vec<toml::Spanned<ScheduleSection>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleSection {
+    name: toml::Spanned<String>,
+    cron: toml::Spanned<String>,
+    #[serde(default)]
+    timezone: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    selection: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    description: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +307,7 @@ pub fn parse(text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Manifest> 
             location_config(text, section.get_ref(), section.span().start, diagnostics)
         }
     };
+    let schedules = schedules(text, &file.schedules, diagnostics);
     Some(Manifest {
         name: file.project.name,
         dialect,
@@ -289,7 +316,88 @@ pub fn parse(text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Manifest> 
         sources,
         location,
         untracked_metadata: file.project.untracked_metadata,
+        schedules,
     })
+}
+
+/// The valid `[[schedules]]`; every problem (a bad name, pattern, time zone or selection, a
+/// name used twice) is a diagnostic at the value.
+fn schedules(
+    text: &str,
+    sections: &[toml::Spanned<ScheduleSection>],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<Schedule> {
+    let mut problem = |offset: usize, message: String, hint: &str| {
+        diagnostics.push(
+            Diagnostic::new(MANIFEST_PATH, crate::diagnostic::line_column(text, offset), message)
+                .hint(hint),
+        );
+    };
+    let mut schedules: Vec<Schedule> = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    for section in sections {
+        let schedule = section.get_ref();
+        let name = schedule.name.get_ref();
+        let mut valid = true;
+        if let Err(error) = Schedule::valid_name(name) {
+            problem(schedule.name.span().start, error.to_string(), "like \"nightly\"");
+            valid = false;
+        } else if names.contains(&name.as_str()) {
+            problem(
+                schedule.name.span().start,
+                format!("a second schedule named `{name}`"),
+                "each [[schedules]] entry needs a name of its own",
+            );
+            valid = false;
+        }
+        names.push(name);
+        let timezone = schedule.timezone.as_ref();
+        let cron = match CronSchedule::parse(
+            schedule.cron.get_ref(),
+            timezone.map_or("UTC", |t| t.get_ref().as_str()),
+        ) {
+            Ok(cron) => Some(cron),
+            Err(error @ offshoot_core::ScheduleError::TimeZone(_)) => {
+                let at = timezone.map_or(section.span().start, |t| t.span().start);
+                problem(
+                    at,
+                    error.to_string(),
+                    "an IANA time zone, like \"UTC\" or \"Europe/Berlin\"",
+                );
+                None
+            }
+            Err(error) => {
+                problem(
+                    schedule.cron.span().start,
+                    error.to_string(),
+                    "five fields, like \"0 2 * * *\" (02:00 every day) or \"*/15 * * * *\"",
+                );
+                None
+            }
+        };
+        let selection = schedule.selection.as_ref().map_or("*", |s| s.get_ref().as_str());
+        if let Err(error) = Selection::parse(selection) {
+            let at = schedule.selection.as_ref().map_or(0, |s| s.span().start + 1);
+            problem(
+                at + error.column.saturating_sub(1),
+                format!("invalid selection in schedule `{name}`: {}", error.message),
+                "the selection syntax of `offshoot run`, like \"group:marts+\" or \"*\"",
+            );
+            valid = false;
+        }
+        let _ = &schedule.description;
+        if let (true, Some(cron)) = (valid, cron) {
+            let line = crate::diagnostic::line_column(text, section.span().start).0;
+            schedules.push(Schedule {
+                name: name.clone(),
+                cron,
+                selection: selection.to_owned(),
+                origin: ScheduleOrigin::Manifest { line },
+                problem: None,
+            });
+        }
+    }
+    schedules
 }
 
 const DEFAULT_TOOL_TIMEOUT_SECONDS: u64 = 600;

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub allow_unconfined_branch_commands: bool,
     /// Compute data diffs after every branch run and put them in the pull-request comment.
     pub data_diff_auto: bool,
+    /// How often the scheduler looks for due ticks (ticks are minutes apart at the finest).
+    pub schedule_check_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +103,7 @@ impl ServerConfig {
             public_url: "http://127.0.0.1:3000".to_owned(),
             allow_unconfined_branch_commands: false,
             data_diff_auto: true,
+            schedule_check_interval: Duration::from_secs(10),
         }
     }
 

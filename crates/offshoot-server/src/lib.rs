@@ -9,6 +9,7 @@
 
 // Foundation: what every layer may use.
 pub mod changes;
+pub mod clock;
 pub mod config;
 pub mod notices;
 pub mod secret;
@@ -57,6 +58,7 @@ pub async fn serve(
     workers.spawn(service::maintenance::maintenance_loop(state.clone()));
     workers.spawn(service::maintenance::heartbeat(state.clone()));
     workers.spawn(service::intake::intake_worker(state.clone()));
+    workers.spawn(service::schedules::worker(state.clone()));
     workers.spawn({
         let state = state.clone();
         async move { service::remotes::prepare_all(&state).await }

@@ -12,6 +12,7 @@ use offshoot_warehouse::data_diff::DataDiff;
 use offshoot_warehouse::{Target, Warehouse};
 use tokio::sync::{watch, Notify};
 
+use crate::clock::Clock;
 use crate::config::{RepositoryConfig, ServerConfig};
 use crate::notices::Notices;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub data_diffs: DiffCache,
     /// What happened, for subscribers (feedback, data diffs).
     pub notices: Notices,
+    /// What time it is for schedules (frozen in tests, see `clock`).
+    pub clock: Clock,
 }
 
 impl AppState {
@@ -71,6 +74,7 @@ impl AppState {
             landlock: offshoot_location::sandbox_support(),
             data_diffs: DiffCache::default(),
             notices: Notices::default(),
+            clock: Clock::from_environment(),
         })
     }
 

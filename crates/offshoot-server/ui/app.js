@@ -458,7 +458,49 @@ function Deployment({ repository, name }) {
             <td class="mono">${r.selection}</td><td>${ago(r.created_at)}</td></tr>`)}</tbody></table>
       </section>
     </div>
+    ${!closed ? html`<${Schedules} deployment=${deployment} runsKey=${(runs || []).map((r) => r.id + r.status).join()} />` : ''}
     ${isBranch && !closed ? html`<${DataChanges} repository=${repository} name=${name} base=${base} runsKey=${(runs || []).map((r) => r.id + r.status).join()} />` : ''}`;
+}
+
+/// The deployment's schedules: on or off (a branch's can be switched), the next tick and the
+/// last ticks with their runs; "Tick now" runs one (`/api/v1/deployments/{name}/schedules`).
+function Schedules({ deployment, runsKey }) {
+  const session = useSession();
+  const needed = roleFor(deployment);
+  const path = '/api/v1/deployments/' + enc(deployment.name) + '/schedules';
+  const [schedules, loadError, reload] = usePolling(() => api('GET', path + q(deployment.repository)), [deployment.repository, deployment.name, runsKey], 15000);
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  if (loadError) return html`<section><h2>Schedules</h2><${ErrorBox} error=${loadError} /></section>`;
+  if (!schedules || schedules.length === 0) return '';
+  const isBranch = deployment.kind === 'branch';
+  const act = async (schedule, action) => {
+    setBusy(true);
+    setError(null);
+    try {
+      await api('POST', path + '/' + enc(schedule) + '/' + action + q(deployment.repository), {});
+      reload();
+    } catch (e) {
+      setError(refusal(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+  const when = (ms) => ms == null ? '–' : new Date(ms).toISOString().replace('.000Z', 'Z');
+  const title = 'needs a token with the ' + needed + ' role';
+  return html`<section data-schedules><h2>Schedules</h2>
+    ${isBranch ? html`<p class="note">A branch deployment's schedules are off until switched on here; production's always run.</p>` : ''}
+    <table aria-label="Schedules"><thead><tr><th>Schedule</th><th>When</th><th>Selection</th><th>Next tick</th><th>Last ticks</th><th></th></tr></thead>
+      <tbody>${schedules.map((s) => html`<tr data-schedule=${s.name}><td>${s.name} <span class=${'chip ' + (s.enabled ? 'open' : 'closed')}>${s.enabled ? 'on' : 'off'}</span><div class="note">${s.defined_in}</div>${s.problem ? html`<div class="error">not run: ${s.problem}</div>` : ''}</td>
+        <td class="mono">${s.cron}<div class="note">${s.timezone}</div></td><td class="mono">${s.selection}</td>
+        <td>${s.enabled ? when(s.next_tick_at) : html`<span class="note">off</span>`}</td>
+        <td>${s.ticks.length === 0 ? html`<span class="note">none yet</span>` : html`<ul class="ticks">${s.ticks.map((t) => html`<li>${when(t.tick_at)} ${t.manual ? '(now) ' : ''}
+          ${t.run_id ? html`<a href=${'#/runs/' + t.run_id}>run ${t.run_id}</a> <${Status} status=${t.run_status} />` : html`<${Status} status=${t.status} />`}
+          ${t.missed ? html` <span class="note">caught up ${t.missed} missed</span>` : ''}${t.message ? html`<div class="note">${t.message}</div>` : ''}</li>`)}</ul>`}</td>
+        <td>${isBranch ? html`<button title=${title} disabled=${busy} onClick=${() => act(s.name, s.enabled ? 'off' : 'on')}>${s.enabled ? 'Switch off' : 'Switch on'}</button> ` : ''}
+          <button title=${title} disabled=${busy} onClick=${() => act(s.name, 'tick')}>Tick now</button></td></tr>`)}</tbody></table>
+    <${RoleNote} session=${session} needed=${needed} what=${'Changing schedules of ' + deployment.name} /><${ErrorBox} error=${error} />
+  </section>`;
 }
 
 /// One line per asset this branch built: what its runs did to the data against production's.

@@ -70,3 +70,11 @@ pub(crate) fn upstream_read(
 ) -> StoreResult<(offshoot_store::MaterializationId, offshoot_store::UpstreamProvenance)> {
     rows::upstream_read(&Row(row))
 }
+
+pub(crate) fn schedule_state(row: &PgRow) -> StoreResult<offshoot_store::ScheduleState> {
+    rows::schedule_state(&Row(row))
+}
+
+pub(crate) fn schedule_tick(row: &PgRow) -> StoreResult<offshoot_store::ScheduleTick> {
+    rows::schedule_tick(&Row(row))
+}

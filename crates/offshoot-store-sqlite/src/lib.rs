@@ -17,15 +17,16 @@ use offshoot_core::{
 };
 use offshoot_store::{
     Applied, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId, LifecycleRecord,
-    LifecycleWrite, Materialization, MaterializationId, NewDeployment, NewIntake, Provenance,
-    RecordedMaterialization, Revision, RevisionId, Run, RunFilter, RunId, RunStep, StepId, Store,
-    StoreError, StoreResult, Teardown,
+    LifecycleWrite, Materialization, MaterializationId, NewDeployment, NewIntake, NewTick,
+    Provenance, RecordedMaterialization, Revision, RevisionId, Run, RunFilter, RunId, RunStep,
+    ScheduleState, ScheduleTick, StepId, Store, StoreError, StoreResult, Teardown, TickId,
+    TickStatus,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, QueryBuilder, SqlSafeStr, Sqlite, SqliteConnection};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, SqlSafeStr, Sqlite, SqliteConnection};
 
 /// How long a write waits for another connection's write to finish before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,6 +84,7 @@ fn migrator() -> Migrator {
         migration(2, "leases", include_str!("../migrations/0002_leases.sql")),
         migration(3, "lifecycle", include_str!("../migrations/0003_lifecycle.sql")),
         migration(4, "provenance", include_str!("../migrations/0004_provenance.sql")),
+        migration(6, "schedules", include_str!("../migrations/0006_schedules.sql")),
     ])
 }
 
@@ -645,6 +647,191 @@ impl Store for SqliteStore {
             .map_err(translate("the intake"))?;
         touched(result, format!("intake {}", id.0))
     }
+
+    async fn schedule_states(&self, deployment: DeploymentId) -> StoreResult<Vec<ScheduleState>> {
+        let found =
+            sqlx::query("SELECT * FROM schedule_states WHERE deployment_id = ? ORDER BY schedule")
+                .bind(deployment.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(translate("the schedules"))?;
+        found.iter().map(rows::schedule_state).collect()
+    }
+
+    async fn ensure_schedule_state(
+        &self,
+        deployment: DeploymentId,
+        schedule: &str,
+        enabled: bool,
+        since: UnixMillis,
+    ) -> StoreResult<ScheduleState> {
+        sqlx::query(
+            "INSERT INTO schedule_states (deployment_id, schedule, enabled, since, updated_at)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(deployment.0)
+        .bind(schedule)
+        .bind(enabled)
+        .bind(since)
+        .bind(since)
+        .execute(&self.pool)
+        .await
+        .map_err(translate("the schedule"))?;
+        let row =
+            sqlx::query("SELECT * FROM schedule_states WHERE deployment_id = ? AND schedule = ?")
+                .bind(deployment.0)
+                .bind(schedule)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(translate("the schedule"))?;
+        rows::schedule_state(&row)
+    }
+
+    async fn set_schedule_enabled(
+        &self,
+        deployment: DeploymentId,
+        schedule: &str,
+        enabled: bool,
+        now: UnixMillis,
+    ) -> StoreResult<ScheduleState> {
+        let row = sqlx::query(
+            "INSERT INTO schedule_states (deployment_id, schedule, enabled, since, updated_at)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (deployment_id, schedule) DO UPDATE SET
+                 since = CASE WHEN excluded.enabled AND NOT schedule_states.enabled
+                              THEN excluded.since ELSE schedule_states.since END,
+                 enabled = excluded.enabled,
+                 updated_at = excluded.updated_at
+             RETURNING *",
+        )
+        .bind(deployment.0)
+        .bind(schedule)
+        .bind(enabled)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(translate("the schedule"))?;
+        rows::schedule_state(&row)
+    }
+
+    async fn claim_tick(&self, new: NewTick) -> StoreResult<Option<ScheduleTick>> {
+        let missed = i64::try_from(new.missed).unwrap_or(i64::MAX);
+        let row = sqlx::query(
+            "INSERT INTO schedule_ticks (deployment_id, schedule, tick_at, manual, missed, status,
+                 claimed_by, claimed_at)
+             VALUES (?, ?, ?, ?, ?, 'claimed', ?, ?)
+             ON CONFLICT DO NOTHING
+             RETURNING *",
+        )
+        .bind(new.deployment_id.0)
+        .bind(new.schedule.as_str())
+        .bind(new.tick_at)
+        .bind(new.manual)
+        .bind(missed)
+        .bind(new.claimed_by.as_str())
+        .bind(new.now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(translate("the tick"))?;
+        row.as_ref().map(rows::schedule_tick).transpose()
+    }
+
+    async fn finish_tick(
+        &self,
+        id: TickId,
+        status: TickStatus,
+        run: Option<RunId>,
+        message: Option<&str>,
+    ) -> StoreResult<()> {
+        let result = sqlx::query(
+            "UPDATE schedule_ticks SET status = ?, run_id = ?, message = ? WHERE id = ?",
+        )
+        .bind(status.as_str())
+        .bind(run.map(|r| r.0))
+        .bind(message)
+        .bind(id.0)
+        .execute(&self.pool)
+        .await
+        .map_err(translate("the tick"))?;
+        touched(result, format!("tick {}", id.0))
+    }
+
+    async fn list_ticks(
+        &self,
+        deployment: DeploymentId,
+        schedule: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<ScheduleTick>> {
+        let limit = if limit == 0 { -1 } else { i64::from(limit) };
+        let found = sqlx::query(
+            "SELECT * FROM schedule_ticks WHERE deployment_id = ? AND (? IS NULL OR schedule = ?)
+             ORDER BY tick_at DESC, id DESC LIMIT ?",
+        )
+        .bind(deployment.0)
+        .bind(schedule)
+        .bind(schedule)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate("the ticks"))?;
+        found.iter().map(rows::schedule_tick).collect()
+    }
+
+    async fn abandon_claimed_ticks(&self, claimed_by: &str, message: &str) -> StoreResult<u64> {
+        let result = sqlx::query(
+            "UPDATE schedule_ticks SET status = 'failed', message = ? WHERE claimed_by = ? AND status = 'claimed'",
+        )
+        .bind(message)
+        .bind(claimed_by)
+        .execute(&self.pool)
+        .await
+        .map_err(translate("the ticks"))?;
+        Ok(result.rows_affected())
+    }
+
+    async fn last_tick_run(
+        &self,
+        deployment: DeploymentId,
+        schedule: &str,
+    ) -> StoreResult<Option<RunId>> {
+        let row = sqlx::query(
+            "SELECT run_id FROM schedule_ticks
+             WHERE deployment_id = ? AND schedule = ? AND run_id IS NOT NULL
+             ORDER BY tick_at DESC, id DESC LIMIT 1",
+        )
+        .bind(deployment.0)
+        .bind(schedule)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(translate("the ticks"))?;
+        match row {
+            None => Ok(None),
+            Some(row) => row
+                .try_get::<i64, _>("run_id")
+                .map(|id| Some(RunId(id)))
+                .map_err(|e| StoreError::Backend(format!("reading a tick's run: {e}"))),
+        }
+    }
+
+    async fn last_scheduled_tick(
+        &self,
+        deployment: DeploymentId,
+        schedule: &str,
+    ) -> StoreResult<Option<UnixMillis>> {
+        let row = sqlx::query(
+            "SELECT MAX(tick_at) AS tick_at FROM schedule_ticks
+             WHERE deployment_id = ? AND schedule = ? AND NOT manual",
+        )
+        .bind(deployment.0)
+        .bind(schedule)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(translate("the ticks"))?;
+        row.try_get::<Option<i64>, _>("tick_at")
+            .map_err(|e| StoreError::Backend(format!("reading the last tick: {e}")))
+    }
 }
 
 /// The writes of one lifecycle decision, inside the transaction that bumped the version.
@@ -791,6 +978,8 @@ async fn apply_in(
         let children = [
             "DELETE FROM materialization_reads WHERE materialization_id IN (SELECT id FROM materializations WHERE deployment_id = ?)",
             "DELETE FROM materializations WHERE deployment_id = ?",
+            "DELETE FROM schedule_ticks WHERE deployment_id = ?",
+            "DELETE FROM schedule_states WHERE deployment_id = ?",
             "DELETE FROM run_steps WHERE run_id IN (SELECT id FROM runs WHERE deployment_id = ?)",
             "DELETE FROM runs WHERE deployment_id = ?",
             "UPDATE deployments SET current_revision_id = NULL, head_revision_id = NULL WHERE id = ?",

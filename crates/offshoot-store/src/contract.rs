@@ -49,6 +49,7 @@ use crate::{
     ReadMaterialization, Revision, RevisionPatch, Run, RunFilter, RunId, RunPatch, RunStep, StepId,
     Store, StoreError, StoreResult, Teardown, UpstreamProvenance,
 };
+use crate::{NewTick, ScheduleState, ScheduleTick, TickStatus};
 
 /// Runs every story of the contract, one after the other, on one store.
 pub async fn run_all(store: &dyn Store) {
@@ -73,6 +74,7 @@ pub async fn run_all(store: &dyn Store) {
     the_lifecycle_reads_unfinished_work_head_and_serving(store).await;
     renewing_leases_extends_one_owners_leases_without_a_new_version(store).await;
     intake_records_each_delivery_once(store).await;
+    schedules_are_switched_and_each_tick_is_claimed_once(store).await;
     missing_rows_are_not_found(store).await;
     hostile_strings_round_trip_exactly(store).await;
     concurrent_writers_never_lose_a_write(store).await;
@@ -2452,6 +2454,159 @@ pub async fn concurrent_claims_have_one_winner(store: &dyn Store) {
         (RunStatus::Running, Some(lease(winner))),
         "the winner runs it"
     );
+}
+
+/// A schedule's record is inserted once and switched with `since` moving only when it is switched
+/// on; a tick is claimed by exactly one caller (also when several claim it at once), a manual tick
+/// at the same time is another tick, ticks are listed newest first and deleting the deployment
+/// removes them.
+pub async fn schedules_are_switched_and_each_tick_is_claimed_once(store: &dyn Store) {
+    let repo = repository("contract-schedules");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let other =
+        store.ensure_deployment(new_deployment(&repo, "b", "b", 1_000)).await.expect("create");
+    let hostile = "nightly'; DROP TABLE schedule_ticks; --🚀";
+    let state =
+        |schedule: &str, enabled: bool, since: UnixMillis, updated_at: UnixMillis| ScheduleState {
+            deployment_id: deployment.id,
+            schedule: schedule.to_owned(),
+            enabled,
+            since,
+            updated_at,
+        };
+    let first = store.ensure_schedule_state(deployment.id, hostile, false, 2_000).await;
+    assert_eq!(first.expect("ensure"), state(hostile, false, 2_000, 2_000));
+    let again = store.ensure_schedule_state(deployment.id, hostile, true, 9_000).await;
+    assert_eq!(again.expect("ensure"), state(hostile, false, 2_000, 2_000), "kept as it was");
+    let on = store.set_schedule_enabled(deployment.id, hostile, true, 3_000).await;
+    assert_eq!(on.expect("on"), state(hostile, true, 3_000, 3_000), "on: owed from now");
+    let still_on = store.set_schedule_enabled(deployment.id, hostile, true, 4_000).await;
+    assert_eq!(still_on.expect("on"), state(hostile, true, 3_000, 4_000), "on again: same since");
+    let off = store.set_schedule_enabled(deployment.id, hostile, false, 5_000).await;
+    assert_eq!(off.expect("off"), state(hostile, false, 3_000, 5_000));
+    let fresh = store.set_schedule_enabled(deployment.id, "hourly", true, 6_000).await;
+    assert_eq!(fresh.expect("new and on"), state("hourly", true, 6_000, 6_000));
+    assert_eq!(
+        store.schedule_states(deployment.id).await.expect("states"),
+        vec![state("hourly", true, 6_000, 6_000), state(hostile, false, 3_000, 5_000)],
+        "by name"
+    );
+    assert_eq!(store.schedule_states(other.id).await.expect("states"), vec![]);
+
+    let tick = |schedule: &str, tick_at: UnixMillis, manual: bool, by: &str| NewTick {
+        deployment_id: deployment.id,
+        schedule: schedule.to_owned(),
+        tick_at,
+        manual,
+        missed: 3,
+        claimed_by: by.to_owned(),
+        now: tick_at + 5,
+    };
+    assert_eq!(store.last_scheduled_tick(deployment.id, "hourly").await.expect("last"), None);
+    let servers = ["contract-schedules-a", "contract-schedules-b"];
+    let claims = servers
+        .iter()
+        .map(|by| -> Pin<Box<dyn Future<Output = StoreResult<Option<ScheduleTick>>> + '_>> {
+            Box::pin(store.claim_tick(tick("hourly", 10_000, false, by)))
+        })
+        .collect();
+    let results: Vec<_> =
+        all_at_once(claims).await.into_iter().map(|r| r.expect("claim")).collect();
+    let won: Vec<&ScheduleTick> = results.iter().flatten().collect();
+    assert_eq!(won.len(), 1, "one of two servers claims the tick: {results:?}");
+    let claimed = won[0].clone();
+    assert!(servers.contains(&claimed.claimed_by.as_str()));
+    assert_eq!(
+        claimed,
+        ScheduleTick {
+            id: claimed.id,
+            deployment_id: deployment.id,
+            schedule: "hourly".to_owned(),
+            tick_at: 10_000,
+            manual: false,
+            missed: 3,
+            status: TickStatus::Claimed,
+            run_id: None,
+            message: None,
+            claimed_by: claimed.claimed_by.clone(),
+            claimed_at: 10_005,
+        }
+    );
+    let again = store.claim_tick(tick("hourly", 10_000, false, "late")).await.expect("claim");
+    assert_eq!(again, None, "claimed before");
+    let manual = store.claim_tick(tick("hourly", 10_000, true, "x")).await.expect("claim");
+    let manual = manual.expect("a manual tick at the same time is another tick");
+    let later = store.claim_tick(tick("hourly", 20_000, false, "x")).await.expect("claim");
+    let later = later.expect("a later tick");
+    let elsewhere = store.claim_tick(tick(hostile, 30_000, true, "x")).await.expect("claim");
+    elsewhere.expect("another schedule's tick");
+    assert_eq!(
+        store.last_scheduled_tick(deployment.id, "hourly").await.expect("last"),
+        Some(20_000)
+    );
+    assert_eq!(
+        store.last_scheduled_tick(deployment.id, hostile).await.expect("last"),
+        None,
+        "manual ticks do not count"
+    );
+
+    let run = insert_run(store, deployment.id, &["x"], 11_000).await;
+    store.finish_tick(claimed.id, TickStatus::Started, Some(run.id), None).await.expect("started");
+    assert_eq!(store.last_tick_run(deployment.id, "hourly").await.expect("last run"), Some(run.id));
+    assert_eq!(store.last_tick_run(deployment.id, hostile).await.expect("last run"), None);
+    let why = "run 7 of `hourly` is still running";
+    store.finish_tick(later.id, TickStatus::Skipped, None, Some(why)).await.expect("skipped");
+    let listed = store.list_ticks(deployment.id, Some("hourly"), 0).await.expect("list");
+    let summary: Vec<_> = listed
+        .iter()
+        .map(|t| (t.tick_at, t.manual, t.status, t.run_id, t.message.as_deref()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (20_000, false, TickStatus::Skipped, None, Some(why)),
+            (10_000, true, TickStatus::Claimed, None, None),
+            (10_000, false, TickStatus::Started, Some(run.id), None),
+        ],
+        "newest first, ties by insertion (newest first)"
+    );
+    assert_eq!(store.list_ticks(deployment.id, None, 2).await.expect("list").len(), 2);
+    assert_eq!(store.list_ticks(deployment.id, None, 0).await.expect("list").len(), 4);
+    assert_eq!(store.list_ticks(deployment.id, None, 1).await.expect("list")[0].tick_at, 30_000);
+    assert_eq!(store.list_ticks(other.id, None, 0).await.expect("list"), vec![]);
+    assert_eq!(manual.schedule, "hourly");
+    assert_not_found(
+        store.finish_tick(crate::TickId(i64::MAX), TickStatus::Failed, None, None).await,
+        "finish_tick",
+    );
+
+    // A server that stopped between claiming and starting: its claimed ticks fail, no one else's.
+    let stuck = store.claim_tick(tick("hourly", 50_000, false, "contract-schedules-gone")).await;
+    let stuck = stuck.expect("claim").expect("a new tick");
+    let other_server =
+        store.claim_tick(tick("hourly", 60_000, false, "contract-schedules-c")).await;
+    other_server.expect("claim").expect("a new tick");
+    let why = "stopped";
+    assert_eq!(
+        store.abandon_claimed_ticks("contract-schedules-gone", why).await.expect("abandon"),
+        1
+    );
+    assert_eq!(
+        store.abandon_claimed_ticks("contract-schedules-gone", why).await.expect("again"),
+        0
+    );
+    let listed = store.list_ticks(deployment.id, Some("hourly"), 2).await.expect("list");
+    let states: Vec<_> = listed.iter().map(|t| (t.id, t.status, t.message.as_deref())).collect();
+    assert_eq!(
+        states,
+        vec![(listed[0].id, TickStatus::Claimed, None), (stuck.id, TickStatus::Failed, Some(why)),]
+    );
+
+    let delete = LifecycleWrite { delete: true, ..change(deployment.id, 40_000) };
+    apply_now(store, delete, "delete the deployment").await;
+    assert_eq!(store.list_ticks(deployment.id, None, 0).await.expect("list"), vec![]);
+    assert_eq!(store.schedule_states(deployment.id).await.expect("states"), vec![]);
 }
 
 // Helpers: short constructors for valid test data, so each story shows only what it is about.

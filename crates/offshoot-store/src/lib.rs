@@ -279,6 +279,85 @@ pub struct Intake {
     pub done_at: Option<UnixMillis>,
 }
 
+/// A deployment's record of one schedule: whether it is on (production's always are; a branch
+/// deployment's only once switched on) and since when its ticks count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleState {
+    pub deployment_id: DeploymentId,
+    pub schedule: String,
+    pub enabled: bool,
+    /// Ticks after this moment are owed: when the schedule was first seen or switched on.
+    pub since: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TickId(pub i64);
+
+/// What became of a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickStatus {
+    /// Claimed by a server that is starting its run.
+    Claimed,
+    /// Its run was started (`run_id`).
+    Started,
+    /// Not run: the schedule's previous run was still active (`message` names it).
+    Skipped,
+    /// The run could not be started (`message` says why).
+    Failed,
+}
+
+impl TickStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TickStatus::Claimed => "claimed",
+            TickStatus::Started => "started",
+            TickStatus::Skipped => "skipped",
+            TickStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TickStatus> {
+        Some(match text {
+            "claimed" => TickStatus::Claimed,
+            "started" => TickStatus::Started,
+            "skipped" => TickStatus::Skipped,
+            "failed" => TickStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A tick to claim: one per (deployment, schedule, tick time, manual), so of several servers
+/// only one starts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTick {
+    pub deployment_id: DeploymentId,
+    pub schedule: String,
+    pub tick_at: UnixMillis,
+    /// Asked for through the API ("run one tick now") rather than due by the pattern.
+    pub manual: bool,
+    /// Ticks of the pattern that passed unrun before this one (the server was down).
+    pub missed: u64,
+    pub claimed_by: String,
+    pub now: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleTick {
+    pub id: TickId,
+    pub deployment_id: DeploymentId,
+    pub schedule: String,
+    pub tick_at: UnixMillis,
+    pub manual: bool,
+    pub missed: u64,
+    pub status: TickStatus,
+    pub run_id: Option<RunId>,
+    pub message: Option<String>,
+    pub claimed_by: String,
+    pub claimed_at: UnixMillis,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {
     pub id: RunId,
@@ -532,6 +611,61 @@ pub trait Store: Send + Sync + 'static {
     /// Deliveries not processed yet, oldest first.
     async fn pending_intake(&self) -> StoreResult<Vec<Intake>>;
     async fn finish_intake(&self, id: IntakeId, now: UnixMillis) -> StoreResult<()>;
+
+    // Schedules.
+    /// The deployment's schedule records, by name.
+    async fn schedule_states(&self, deployment: DeploymentId) -> StoreResult<Vec<ScheduleState>>;
+    /// The schedule's record, inserted with `enabled` and `since` when there is none (an existing
+    /// one is returned unchanged).
+    async fn ensure_schedule_state(
+        &self,
+        deployment: DeploymentId,
+        schedule: &str,
+        enabled: bool,
+        since: UnixMillis,
+    ) -> StoreResult<ScheduleState>;
+    /// Switches a schedule on or off at `now`; switching on (from off) moves `since` to `now`, so
+    /// ticks from before are not owed.
+    async fn set_schedule_enabled(
+        &self,
+        deployment: DeploymentId,
+        schedule: &str,
+        enabled: bool,
+        now: UnixMillis,
+    ) -> StoreResult<ScheduleState>;
+    /// Claims a tick; `None` when it was claimed before (by this server or another).
+    async fn claim_tick(&self, new: NewTick) -> StoreResult<Option<ScheduleTick>>;
+    /// Records what became of a claimed tick.
+    async fn finish_tick(
+        &self,
+        id: TickId,
+        status: TickStatus,
+        run: Option<RunId>,
+        message: Option<&str>,
+    ) -> StoreResult<()>;
+    /// A deployment's ticks (of one schedule, or all), newest tick time first, at most `limit`
+    /// (0: all).
+    async fn list_ticks(
+        &self,
+        deployment: DeploymentId,
+        schedule: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<ScheduleTick>>;
+    /// Marks the ticks `claimed_by` claimed and never finished `failed` with `message` (that
+    /// server stopped between claiming a tick and starting its run); how many.
+    async fn abandon_claimed_ticks(&self, claimed_by: &str, message: &str) -> StoreResult<u64>;
+    /// The run of the schedule's newest tick that started one (manual ticks included).
+    async fn last_tick_run(
+        &self,
+        deployment: DeploymentId,
+        schedule: &str,
+    ) -> StoreResult<Option<RunId>>;
+    /// The newest tick time of the schedule's pattern that was claimed (manual ticks not counted).
+    async fn last_scheduled_tick(
+        &self,
+        deployment: DeploymentId,
+        schedule: &str,
+    ) -> StoreResult<Option<UnixMillis>>;
 }
 
 /// Where leases live, for `renew_leases`: (table, column prefix, status column, status).

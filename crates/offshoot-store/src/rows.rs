@@ -13,8 +13,9 @@ use offshoot_core::{
 use crate::{
     CommitDetails, Deployment, DeploymentId, Intake, IntakeId, Lease, Materialization,
     MaterializationId, PromotedFrom, Provenance, PullRequest, ReadMaterialization,
-    RecordedMaterialization, Revision, RevisionId, Run, RunId, RunStep, StepId, StoreError,
-    StoreResult, Teardown, UpstreamProvenance,
+    RecordedMaterialization, Revision, RevisionId, Run, RunId, RunStep, ScheduleState,
+    ScheduleTick, StepId, StoreError, StoreResult, Teardown, TickId, TickStatus,
+    UpstreamProvenance,
 };
 
 /// One row's columns, by name; `None` is SQL NULL.
@@ -245,6 +246,33 @@ pub fn intake(row: &dyn Columns) -> StoreResult<Intake> {
         received_by: text(row, "received_by")?,
         received_at: integer(row, "received_at")?,
         done_at: optional_integer(row, "done_at")?,
+    })
+}
+
+pub fn schedule_state(row: &dyn Columns) -> StoreResult<ScheduleState> {
+    Ok(ScheduleState {
+        deployment_id: DeploymentId(integer(row, "deployment_id")?),
+        schedule: text(row, "schedule")?,
+        enabled: boolean(row, "enabled")?,
+        since: integer(row, "since")?,
+        updated_at: integer(row, "updated_at")?,
+    })
+}
+
+pub fn schedule_tick(row: &dyn Columns) -> StoreResult<ScheduleTick> {
+    Ok(ScheduleTick {
+        id: TickId(integer(row, "id")?),
+        deployment_id: DeploymentId(integer(row, "deployment_id")?),
+        schedule: text(row, "schedule")?,
+        tick_at: integer(row, "tick_at")?,
+        manual: boolean(row, "manual")?,
+        missed: u64::try_from(integer(row, "missed")?)
+            .map_err(|_| corrupt("missed", "negative"))?,
+        status: parsed(row, "status", |text| TickStatus::parse(text).ok_or("unknown status"))?,
+        run_id: optional_integer(row, "run_id")?.map(RunId),
+        message: optional_text(row, "message")?,
+        claimed_by: text(row, "claimed_by")?,
+        claimed_at: integer(row, "claimed_at")?,
     })
 }
 

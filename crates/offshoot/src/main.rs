@@ -55,6 +55,9 @@ enum Command {
     /// List, show and cancel runs on a server.
     #[command(subcommand)]
     Runs(remote::RunsCommand),
+    /// A deployment's schedules: list them, switch a branch deployment's on or off, run a tick now.
+    #[command(subcommand)]
+    Schedule(remote::ScheduleCommand),
     /// What a branch deployment's runs did to the data: its tables against production's.
     DataDiff(data_diff::Args),
     /// Variables and secrets for local development (`[[variables]]` of the server's configuration).
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Deployment(command) => remote::deployment(command),
         Command::Materialize(args) => remote::materialize(args),
         Command::Runs(command) => remote::runs(command),
+        Command::Schedule(command) => remote::schedule(command),
         Command::DataDiff(args) => data_diff::run(args),
         Command::Env(command) => env::run(command),
     };

@@ -568,3 +568,127 @@ pub fn runs(command: RunsCommand) -> anyhow::Result<Outcome> {
         }
     }
 }
+
+#[derive(clap::Subcommand)]
+pub enum ScheduleCommand {
+    /// The deployment's schedules: on or off, pattern, next tick and last ticks.
+    List {
+        #[arg(long, default_value = "prod")]
+        deployment: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Switch a branch deployment's schedule on (production's always are).
+    On {
+        schedule: String,
+        #[arg(long)]
+        deployment: String,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Switch a branch deployment's schedule off.
+    Off {
+        schedule: String,
+        #[arg(long)]
+        deployment: String,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Run one tick of a schedule now (also while it is off).
+    Tick {
+        schedule: String,
+        #[arg(long)]
+        deployment: String,
+        #[command(flatten)]
+        scope: Scope,
+    },
+}
+
+fn print_schedule(schedule: &Value) {
+    let next = schedule["next_tick_at"]
+        .as_i64()
+        .map_or_else(|| "-".to_owned(), offshoot_core::schedule::format_instant);
+    println!(
+        "{:<24} {:<3} {:<16} {:<18} next {:<20} {}",
+        schedule["name"].as_str().unwrap_or(""),
+        if schedule["enabled"].as_bool() == Some(true) { "on" } else { "off" },
+        schedule["cron"].as_str().unwrap_or(""),
+        schedule["timezone"].as_str().unwrap_or(""),
+        next,
+        schedule["selection"].as_str().unwrap_or("")
+    );
+    for tick in schedule["ticks"].as_array().into_iter().flatten() {
+        print_tick(tick);
+    }
+}
+
+fn print_tick(tick: &Value) {
+    let at = tick["tick_at"].as_i64().map(offshoot_core::schedule::format_instant);
+    let mut line = format!(
+        "  {} {}{}",
+        at.unwrap_or_default(),
+        tick["status"].as_str().unwrap_or(""),
+        if tick["manual"].as_bool() == Some(true) { " (manual)" } else { "" }
+    );
+    if let Some(run) = tick["run_id"].as_i64() {
+        line.push_str(&format!(" run {run} {}", tick["run_status"].as_str().unwrap_or("")));
+    }
+    if let Some(missed) = tick["missed"].as_u64().filter(|m| *m > 0) {
+        line.push_str(&format!(", caught up {missed} missed tick(s)"));
+    }
+    if let Some(message) = tick["message"].as_str() {
+        line.push_str(&format!(": {message}"));
+    }
+    println!("{line}");
+}
+
+pub fn schedule(command: ScheduleCommand) -> anyhow::Result<Outcome> {
+    let path = |deployment: &str, schedule: &str, action: &str, scope: &Scope| {
+        format!(
+            "/api/v1/deployments/{}/schedules/{}/{action}{}",
+            encode(deployment),
+            encode(schedule),
+            scope.query()
+        )
+    };
+    match command {
+        ScheduleCommand::List { deployment, format, scope } => {
+            let path =
+                format!("/api/v1/deployments/{}/schedules{}", encode(&deployment), scope.query());
+            let schedules = Client::new(&scope.client)?.get(&path)?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&schedules)?),
+                _ => {
+                    let list = schedules.as_array().cloned().unwrap_or_default();
+                    if list.is_empty() {
+                        println!("`{deployment}` has no schedules");
+                    }
+                    for schedule in &list {
+                        print_schedule(schedule);
+                    }
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        ScheduleCommand::On { schedule, deployment, scope } => {
+            let answer = Client::new(&scope.client)?
+                .post(&path(&deployment, &schedule, "on", &scope), &json!({}))?;
+            print_schedule(&answer);
+            Ok(Outcome::Ok)
+        }
+        ScheduleCommand::Off { schedule, deployment, scope } => {
+            let answer = Client::new(&scope.client)?
+                .post(&path(&deployment, &schedule, "off", &scope), &json!({}))?;
+            print_schedule(&answer);
+            Ok(Outcome::Ok)
+        }
+        ScheduleCommand::Tick { schedule, deployment, scope } => {
+            let tick = Client::new(&scope.client)?
+                .post(&path(&deployment, &schedule, "tick", &scope), &json!({}))?;
+            print_tick(&tick);
+            Ok(if tick["status"] == "started" { Outcome::Ok } else { Outcome::Failed })
+        }
+    }
+}

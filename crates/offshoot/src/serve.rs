@@ -125,6 +125,7 @@ struct FileConfig {
     branch_role: Option<String>,
     server_id: Option<String>,
     lease_seconds: Option<u64>,
+    schedule_check_interval_ms: Option<u64>,
     allow_unconfined_branch_commands: Option<bool>,
     data_diff: Option<FileDataDiff>,
     log_level: Option<String>,
@@ -620,6 +621,9 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     }
     config.allow_unconfined_branch_commands = args.allow_unconfined_branch_commands
         || file.allow_unconfined_branch_commands.unwrap_or(false);
+    if let Some(ms) = file.schedule_check_interval_ms {
+        config.schedule_check_interval = Duration::from_millis(ms.max(50));
+    }
     if let Some(auto) = file.data_diff.as_ref().and_then(|d| d.auto) {
         config.data_diff_auto = auto;
     }

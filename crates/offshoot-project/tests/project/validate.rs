@@ -316,3 +316,65 @@ fn location_section() {
         "#]],
     );
 }
+
+fn check_schedules(schedules: &str, expect: Expect) {
+    let manifest = format!("[project]\nname = \"a\"\n{schedules}");
+    let project = MemoryFiles::new([("offshoot.toml".to_owned(), manifest.into_bytes())]);
+    let actual = match offshoot_project::read_manifest(&project) {
+        Ok(manifest) => manifest
+            .schedules
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {:?} in {} runs {:?} ({:?})\n",
+                    s.name,
+                    s.cron.pattern(),
+                    s.cron.timezone(),
+                    s.selection,
+                    s.origin
+                )
+            })
+            .collect(),
+        Err(LoadError::Invalid(diagnostics)) => {
+            diagnostics.iter().map(|d| format!("{d}\n")).collect()
+        }
+        Err(error) => format!("files error: {error}"),
+    };
+    expect.assert_eq(&actual);
+}
+
+#[test]
+fn schedules_section() {
+    check_schedules(
+        "[[schedules]]\nname = \"nightly\"\ncron = \"0 2 * * *\"\ntimezone = \"Europe/Berlin\"\nselection = \"group:marts+\"\n\n[[schedules]]\nname = \"often\"\ncron = \"*/15 * * * *\"\n",
+        expect![[r#"
+            nightly "0 2 * * *" in Europe/Berlin runs "group:marts+" (Manifest { line: 3 })
+            often "*/15 * * * *" in UTC runs "*" (Manifest { line: 9 })
+        "#]],
+    );
+    // Every problem at once, each at its value.
+    check_schedules(
+        "[[schedules]]\nname = \"a\"\ncron = \"0 2 * *\"\n\n[[schedules]]\nname = \"b\"\ncron = \"0 2 * * *\"\ntimezone = \"Moon/Base\"\n\n[[schedules]]\nname = \"a\"\ncron = \"@daily\"\nselection = \"tag:(\"\n\n[[schedules]]\nname = \"x y\"\ncron = \"0 99 * * *\"\n",
+        expect![[r#"
+            offshoot.toml:5:8: error: invalid cron pattern `0 2 * *`: 4 fields; a pattern has five: minute hour day-of-month month day-of-week
+              = hint: five fields, like "0 2 * * *" (02:00 every day) or "*/15 * * * *"
+            offshoot.toml:10:12: error: unknown time zone `Moon/Base`
+              = hint: an IANA time zone, like "UTC" or "Europe/Berlin"
+            offshoot.toml:13:8: error: a second schedule named `a`
+              = hint: each [[schedules]] entry needs a name of its own
+            offshoot.toml:15:18: error: invalid selection in schedule `a`: expected a value after `tag:`
+              = hint: the selection syntax of `offshoot run`, like "group:marts+" or "*"
+            offshoot.toml:18:8: error: invalid schedule name `x y`: use letters, digits, `_`, `-` and `.` (at most 100)
+              = hint: like "nightly"
+            offshoot.toml:19:8: error: invalid cron pattern `0 99 * * *`: Component error: Number out of bounds.
+              = hint: five fields, like "0 2 * * *" (02:00 every day) or "*/15 * * * *"
+        "#]],
+    );
+    check_schedules(
+        "[[schedules]]\nname = \"a\"\ncron = \"@daily\"\nwhen = \"now\"\n",
+        expect![[r#"
+            offshoot.toml:6:1: error: unknown field `when`, expected one of `name`, `cron`, `timezone`, `selection`, `description`
+              = hint: offshoot.toml needs a [project] table with `name`; see README.md for every key
+        "#]],
+    );
+}

@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod hooks;
 pub mod openapi;
+pub mod schedules;
 pub mod ui;
 
 use crate::http::deployments::*;
@@ -47,6 +48,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(hooks::router())
         .merge(catalog::router())
         .merge(data_diff::router())
+        .merge(schedules::router())
         .merge(events::router())
         .merge(ui::router())
         .with_state(state)

@@ -249,7 +249,45 @@ pub fn document() -> Value {
     if let Value::Object(catalog) = catalog_schemas() {
         schemas.extend(catalog);
     }
+    let (schedule_schemas, schedule_paths) = schedules();
+    if let Value::Object(more) = schedule_schemas {
+        schemas.extend(more);
+    }
+    let paths = document["paths"].as_object_mut().expect("the paths are an object");
+    if let Value::Object(more) = schedule_paths {
+        paths.extend(more);
+    }
     document
+}
+
+/// The schedules' schemas and routes (`schedules.rs`), in calls of their own (recursion limit).
+fn schedules() -> (Value, Value) {
+    let schedule_parameter = json!({ "name": "schedule", "in": "path", "required": true, "schema": { "type": "string" }, "description": "the schedule's name" });
+    let parameters = json!([name_parameter(), schedule_parameter, repository_parameter()]);
+    let schemas = json!({
+        "Tick": { "type": "object", "properties": {
+            "id": {"type": "integer"}, "schedule": {"type": "string"}, "tick_at": {"type": "integer", "description": "the tick's time, Unix ms (a manual tick: when it was asked for)"},
+            "manual": {"type": "boolean", "description": "asked for with `tick`, not due by the pattern"},
+            "missed": {"type": "integer", "description": "ticks before this one that passed while no server ran; caught up by this one, not run"},
+            "status": {"type": "string", "enum": ["claimed", "started", "skipped", "failed"], "description": "`skipped`: the previous run of the schedule was still active (`message` names it)"},
+            "message": {"type": "string", "nullable": true}, "run_id": {"type": "integer", "nullable": true},
+            "run_status": {"type": "string", "nullable": true}, "server": {"type": "string", "description": "the server that claimed it"} } },
+        "Schedule": { "type": "object", "properties": {
+            "name": {"type": "string"}, "cron": {"type": "string"}, "timezone": {"type": "string"}, "selection": {"type": "string"},
+            "defined_in": {"type": "string", "description": "`offshoot.toml:<line>`, or `dagster job <name>` for a Dagster ScheduleDefinition"},
+            "problem": {"type": "string", "nullable": true, "description": "why Offshoot cannot run it (a Dagster job of ops, several cron patterns); such a schedule never ticks"},
+            "enabled": {"type": "boolean", "description": "always true in production; a branch deployment's are off until switched on"},
+            "next_tick_at": {"type": "integer", "nullable": true, "description": "Unix ms; null while off"},
+            "owed_since": {"type": "integer", "nullable": true, "description": "ticks after this (Unix ms) are owed: when the deployment first saw the schedule or it was switched on"},
+            "ticks": array_of("Tick") } }
+    });
+    let paths = json!({
+        "/api/v1/deployments/{name}/schedules": { "get": read("the serving revision's schedules with on/off, next tick and the last ticks with their runs", json!([name_parameter(), repository_parameter()]), ok(array_of("Schedule"))) },
+        "/api/v1/deployments/{name}/schedules/{schedule}/on": { "post": write("switch a branch deployment's schedule on (ticks are owed from now); production's are always on (409 `production_schedule`)", BRANCH_OR_PRODUCTION, parameters.clone(), None, ok(reference("Schedule"))) },
+        "/api/v1/deployments/{name}/schedules/{schedule}/off": { "post": write("switch a branch deployment's schedule off", BRANCH_OR_PRODUCTION, parameters.clone(), None, ok(reference("Schedule"))) },
+        "/api/v1/deployments/{name}/schedules/{schedule}/tick": { "post": write("run one tick of the schedule now, on or off (skipped while its previous run is active)", BRANCH_OR_PRODUCTION, parameters, None, ok(reference("Tick"))) }
+    });
+    (schemas, paths)
 }
 
 #[cfg(test)]

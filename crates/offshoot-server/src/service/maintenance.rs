@@ -192,6 +192,18 @@ pub async fn reconcile(state: &SharedState) -> ServiceResult<()> {
             "taking back {released} piece(s) of work this server was doing when it stopped"
         );
     }
+    let abandoned = state
+        .store
+        .abandon_claimed_ticks(
+            &state.config.server_id,
+            "the server stopped after claiming this tick, before its run started",
+        )
+        .await?;
+    if abandoned > 0 {
+        tracing::warn!(
+            "{abandoned} schedule tick(s) were claimed when this server stopped; marked failed"
+        );
+    }
     for repo in &state.config.repositories {
         let production = deployer::ensure_production(state, repo).await?;
         // A repository nobody has deployed yet starts with its production branch's tip.

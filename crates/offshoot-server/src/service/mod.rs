@@ -3,7 +3,8 @@
 //! `runner` launches and executes runs; `maintenance` keeps things tidy (reconcile at start-up,
 //! the heartbeat, the TTL, teardown and folder sweeps); `intake` carries out recorded webhooks;
 //! `remotes` fetches mirrors when needed; `feedback` writes pull-request comments when told a
-//! revision finished; `data_diff` compares a branch's tables with production's; `watch` polls
+//! revision finished; `schedules` starts production's runs (and switched-on branches') when
+//! their cron patterns say; `data_diff` compares a branch's tables with production's; `watch` polls
 //! local repositories. Every operation returns [`error::ServiceError`]; nothing here knows HTTP.
 
 pub mod data_diff;
@@ -16,4 +17,5 @@ pub mod lookup;
 pub mod maintenance;
 pub mod remotes;
 pub mod runner;
+pub mod schedules;
 pub mod watch;

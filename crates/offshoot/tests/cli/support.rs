@@ -177,6 +177,8 @@ pub struct Server {
     /// This start's log; each start has its own.
     pub log: PathBuf,
     starts: u32,
+    /// The environment variables this server was started with, kept by `restart`.
+    env: Vec<(String, String)>,
 }
 
 pub const TOKEN: &str = "test-token-0123456789";
@@ -215,9 +217,18 @@ impl Server {
         Server::spawn(config, dir.join("data"), 1)
     }
 
+    /// [`Server::start_with_config`] with these environment variables added.
+    pub fn start_with_config_env(dir: &Path, config_text: &str, env: &[(&str, &str)]) -> Server {
+        let config = dir.join("offshoot-server.toml");
+        std::fs::write(&config, config_text).expect("write config");
+        Server::spawn_with(config, dir.join("data"), 1, env)
+    }
+
     /// Starts the process again on the same configuration (after a kill).
     pub fn restart(&mut self) {
-        self.restart_with_env(&[]);
+        let env = self.env.clone();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.restart_with_env(&env);
     }
 
     /// Starts the process again with these environment variables added (a new version, say).
@@ -284,7 +295,8 @@ impl Server {
             assert!(started.elapsed().as_secs() < 30, "the server did not start:\n{text}");
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        Server { child, url, data_dir, config, log, starts }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Server { child, url, data_dir, config, log, starts, env }
     }
 
     /// SIGKILL: no shutdown code runs.
