@@ -29,7 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use offshoot_core::{AssetKey, SchemaName, UnixMillis};
 use offshoot_warehouse::data_diff::{
-    self, Column, DataDiff, DiffOptions, Flavor, Row, SqlRunner, Tables,
+    self, Column, DataDiff, DiffOptions, Flavor, Row, Runners, SqlRunner, Tables,
 };
 use offshoot_warehouse::{
     ArchiveId, ArchivedTable, Promotion, Target, Warehouse, WarehouseError, WarehouseResult,
@@ -444,15 +444,26 @@ impl Warehouse for SqliteWarehouse {
                     .to_owned(),
             ));
         }
+        // Three connections: the two sides' scans run at the same time (SQLite runs each
+        // connection on its own thread) as the grouping of the keys.
         let mut connection = self.connect(target, WhenMissing::Fail).await?;
+        let mut production_scan = self.connect(target, WhenMissing::Fail).await?;
+        let mut branch_scan = self.connect(target, WhenMissing::Fail).await?;
         let result = async {
             let production = describe(&mut connection, PRODUCTION_ALIAS, table).await?;
             let branch = describe(&mut connection, "main", table).await?;
             let tables = Tables { production, branch };
-            data_diff::diff(&mut Runner(&mut connection), &SqliteFlavor, &tables, options).await
+            let runners = Runners {
+                main: &mut Runner(&mut connection),
+                production: &mut Runner(&mut production_scan),
+                branch: &mut Runner(&mut branch_scan),
+            };
+            data_diff::diff(runners, &SqliteFlavor, &tables, options).await
         }
         .await;
         close(connection).await;
+        close(production_scan).await;
+        close(branch_scan).await;
         result
     }
 }

@@ -168,10 +168,11 @@ pub trait Flavor: Send + Sync {
     fn loosely_typed(&self) -> bool {
         false
     }
-    /// Whether rows are matched by grouping both sides on the key (one sort) rather than by a
-    /// `FULL OUTER JOIN`: SQLite joins unindexed tables in nested loops (a 100,000-row full
-    /// join took 9 minutes here, the grouping 0.07 s); PostgreSQL hash-joins, and its `max` is
-    /// not defined for every type.
+    /// Whether rows are matched without a `FULL OUTER JOIN` (SQLite, which joins unindexed
+    /// tables in nested loops there: a 100,000-row full join took 9 minutes here): the keys of
+    /// both sides are grouped once (which finds duplicates and the keys on one side only), then
+    /// production is `LEFT JOIN`ed to the branch (SQLite indexes the branch's key for it
+    /// automatically) and the branch's own rows are fetched by key. PostgreSQL hash-joins.
     fn match_by_grouping(&self) -> bool {
         false
     }
@@ -181,6 +182,15 @@ pub trait Flavor: Send + Sync {
 #[async_trait]
 pub trait SqlRunner: Send {
     async fn rows(&mut self, sql: &str) -> WarehouseResult<Vec<Row>>;
+}
+
+/// The connections one diff runs on: `main` for matching and samples (it holds the diff's
+/// temporary tables), and one per side for that side's scan, which runs at the same time as the
+/// other side's (and, where rows are matched by grouping, as the grouping of the keys).
+pub struct Runners<'a> {
+    pub main: &'a mut dyn SqlRunner,
+    pub production: &'a mut dyn SqlRunner,
+    pub branch: &'a mut dyn SqlRunner,
 }
 
 /// The two tables: their references in SQL (already quoted and qualified) and their columns;
@@ -194,23 +204,16 @@ const PRESENT: &str = "\"__offshoot_present\"";
 
 /// The diff of two tables (see the module documentation).
 pub async fn diff(
-    runner: &mut dyn SqlRunner,
+    runners: Runners<'_>,
     flavor: &dyn Flavor,
     tables: &Tables,
     options: &DiffOptions,
 ) -> WarehouseResult<DataDiff> {
+    let Runners { main: runner, production: production_runner, branch: branch_runner } = runners;
     let count = |table: &str| format!("SELECT {} FROM {table}", flavor.text("count(*)"));
-    let production_rows = match &tables.production {
-        Some((table, _)) => Some(number(&first(runner.rows(&count(table)).await?))?),
-        None => None,
-    };
-    let branch_rows = match &tables.branch {
-        Some((table, _)) => Some(number(&first(runner.rows(&count(table)).await?))?),
-        None => None,
-    };
     let mut result = DataDiff {
-        production_rows,
-        branch_rows,
+        production_rows: None,
+        branch_rows: None,
         schema: SchemaChange::default(),
         key: Vec::new(),
         key_source: KeySource::None,
@@ -223,6 +226,15 @@ pub async fn diff(
     let (Some((production, production_columns)), Some((branch, branch_columns))) =
         (&tables.production, &tables.branch)
     else {
+        // One side only: its rows, nothing to match.
+        for (side, rows) in [
+            (&tables.production, &mut result.production_rows),
+            (&tables.branch, &mut result.branch_rows),
+        ] {
+            if let Some((table, _)) = side {
+                *rows = Some(number(&first(runner.rows(&count(table)).await?))?);
+            }
+        }
         return Ok(result);
     };
     result.schema = schema_change(production_columns, branch_columns);
@@ -230,10 +242,14 @@ pub async fn diff(
     let common: Vec<&Column> =
         production_columns.iter().filter(|c| branch_names.contains(c.name.as_str())).collect();
     if common.is_empty() {
+        let production_rows = number(&first(runner.rows(&count(production)).await?))?;
+        let branch_rows = number(&first(runner.rows(&count(branch)).await?))?;
+        result.production_rows = Some(production_rows);
+        result.branch_rows = Some(branch_rows);
         result.notes.push("the two tables have no column in common".to_owned());
         result.rows = Some(RowCounts {
-            only_in_production: production_rows.unwrap_or(0),
-            only_in_branch: branch_rows.unwrap_or(0),
+            only_in_production: production_rows,
+            only_in_branch: branch_rows,
             ..RowCounts::default()
         });
         return Ok(result);
@@ -270,10 +286,21 @@ pub async fn diff(
     let key_usable = !key.is_empty();
     result.key = key.clone();
     result.key_source = source;
-    if key_usable && result.schema.type_changed.iter().any(|(name, _, _)| key.contains(name)) {
+    let key_type_changed =
+        key_usable && result.schema.type_changed.iter().any(|(name, _, _)| key.contains(name));
+    if key_type_changed {
         result.notes.push("the key's type changed: key values are matched as text".to_owned());
     }
-    // One scan per side: NULL keys, duplicate keys (where matching joins), numeric stats.
+    // Where matching groups, the keys are grouped once (finding duplicates and the keys on one
+    // side only) except when the key's type changed: then one grouping matches the whole rows.
+    let matching = match (key_usable, flavor.match_by_grouping(), key_type_changed) {
+        (false, _, _) => Matching::None,
+        (true, false, _) => Matching::FullJoin,
+        (true, true, true) => Matching::Grouping,
+        (true, true, false) => Matching::KeysThenLeftJoin,
+    };
+    // One scan per side, both at once: rows, NULL keys, duplicate keys (where matching joins),
+    // numeric stats.
     let numeric: Vec<&Column> = common
         .iter()
         .copied()
@@ -285,16 +312,30 @@ pub async fn diff(
             (c.numeric && branch_numeric) || flavor.loosely_typed()
         })
         .collect();
-    let production_side = plan.side_summary(runner, production, &key, &numeric).await?;
-    let branch_side = plan.side_summary(runner, branch, &key, &numeric).await?;
+    let (production_side, branch_side, key_groups) = tokio::join!(
+        plan.side_summary(production_runner, production, &key, &numeric),
+        plan.side_summary(branch_runner, branch, &key, &numeric),
+        async {
+            match matching {
+                Matching::KeysThenLeftJoin => plan.group_keys(&mut *runner, &key).await.map(Some),
+                _ => Ok(None),
+            }
+        }
+    );
+    let (production_side, branch_side, key_groups) = (production_side?, branch_side?, key_groups?);
+    result.production_rows = Some(production_side.rows);
+    result.branch_rows = Some(branch_side.rows);
     result.key_check = KeyCheck {
         duplicates_in_production: production_side.duplicates,
         duplicates_in_branch: branch_side.duplicates,
         nulls_in_production: production_side.nulls,
         nulls_in_branch: branch_side.nulls,
     };
-
-    if key_usable && flavor.match_by_grouping() && production_side.nulls + branch_side.nulls > 0 {
+    if let Some((production, branch)) = key_groups {
+        result.key_check.duplicates_in_production = production;
+        result.key_check.duplicates_in_branch = branch;
+    }
+    if matching == Matching::Grouping && production_side.nulls + branch_side.nulls > 0 {
         // Matching (which finds duplicates where it groups) will not run: count them here.
         result.key_check.duplicates_in_production =
             plan.count_duplicates(runner, production, &key).await?;
@@ -314,10 +355,11 @@ pub async fn diff(
             .keyed(
                 runner,
                 &key,
+                matching,
                 options.tolerance,
                 options.sample,
                 &result.schema,
-                production_rows.unwrap_or(0),
+                production_side.rows,
             )
             .await?;
         match outcome {
@@ -327,6 +369,9 @@ pub async fn diff(
                 result.key_check.duplicates_in_branch = branch;
             }
         }
+    }
+    if matching == Matching::KeysThenLeftJoin {
+        let _ = runner.rows(&format!("DROP TABLE IF EXISTS {KEYS}")).await;
     }
     let check = &result.key_check;
     if key_usable && keyed.is_none() {
@@ -385,6 +430,7 @@ pub async fn diff(
 /// What one scan of a side says: NULL keys, duplicate keys (0 where matching groups: it finds
 /// them itself), and the numeric columns' stats.
 struct SideSummary {
+    rows: u64,
     nulls: u64,
     duplicates: u64,
     stats: Vec<NumericStats>,
@@ -399,6 +445,25 @@ enum Keyed {
 
 /// The temporary table of differing rows.
 const DIFFERING: &str = "offshoot_differing_rows";
+
+/// The temporary table of the keys not seen exactly once on each side (without NULLs), where
+/// matching groups.
+const KEYS: &str = "offshoot_unmatched_keys";
+
+/// How rows are matched by their key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Matching {
+    /// No usable key: whole rows are compared as multisets.
+    None,
+    /// One `FULL OUTER JOIN` on the key (PostgreSQL).
+    FullJoin,
+    /// One grouping of both sides' whole rows by the key (SQLite, when the key's type changed
+    /// and its values are matched as text, which no automatic index serves).
+    Grouping,
+    /// [`KEYS`] first (one grouping of both sides' keys), then production `LEFT JOIN` the branch
+    /// and the branch's rows whose key production lacks (SQLite).
+    KeysThenLeftJoin,
+}
 
 fn schema_change(production: &[Column], branch: &[Column]) -> SchemaChange {
     let find = |columns: &[Column], name: &str| columns.iter().find(|c| c.name == name).cloned();
@@ -460,9 +525,6 @@ impl Plan<'_> {
     /// Both sides joined on the key: `p_i` / `b_i` are the common columns, `p_present` /
     /// `b_present` say which side a row is in.
     fn joined(&self, key: &[String], schema: &SchemaChange) -> String {
-        if self.flavor.match_by_grouping() {
-            return self.grouped_by_key(key, schema);
-        }
         let mut select =
             vec![format!("p.{PRESENT} AS p_present"), format!("b.{PRESENT} AS b_present")];
         for (i, column) in self.common.iter().enumerate() {
@@ -535,6 +597,98 @@ impl Plan<'_> {
         )
     }
 
+    /// Production's rows, each with the branch's row of its key if there is one, in the shape of
+    /// [`Plan::joined`]. The key has no NULLs and no duplicates (checked before), so this is a
+    /// plain lookup, which SQLite serves with an automatic index on the branch's key.
+    fn left_joined(&self, key: &[String]) -> String {
+        let first_key = self.q(&key[0]);
+        let mut select = vec![
+            "1 AS p_present".to_owned(),
+            format!("CASE WHEN b.{first_key} IS NULL THEN NULL ELSE 1 END AS b_present"),
+        ];
+        for (i, column) in self.common.iter().enumerate() {
+            let name = self.q(&column.name);
+            select.push(format!("p.{name} AS p_{i}"));
+            select.push(format!("b.{name} AS b_{i}"));
+        }
+        let on: Vec<String> = key
+            .iter()
+            .map(|k| {
+                let name = self.q(k);
+                format!("p.{name} = b.{name}")
+            })
+            .collect();
+        format!(
+            "SELECT {} FROM {} AS p LEFT JOIN {} AS b ON {}",
+            select.join(", "),
+            self.production,
+            self.branch,
+            on.join(" AND ")
+        )
+    }
+
+    /// The branch's rows whose key production lacks ([`KEYS`] with no production row), in the
+    /// shape of [`Plan::joined`].
+    fn branch_only(&self, key: &[String]) -> String {
+        let mut select = vec!["NULL AS p_present".to_owned(), "1 AS b_present".to_owned()];
+        for (i, column) in self.common.iter().enumerate() {
+            select.push(format!("NULL AS p_{i}"));
+            select.push(format!("b.{} AS b_{i}", self.q(&column.name)));
+        }
+        let columns: Vec<String> = key.iter().map(|k| format!("b.{}", self.q(k))).collect();
+        let aliases: Vec<String> = (0..key.len()).map(|i| format!("k_{i}")).collect();
+        format!(
+            "SELECT {} FROM {} AS b WHERE ({}) IN (SELECT {} FROM {KEYS} WHERE p_count = 0)",
+            select.join(", "),
+            self.branch,
+            columns.join(", "),
+            aliases.join(", ")
+        )
+    }
+
+    /// [`KEYS`]: one grouping of both sides' keys (NULLs left out: they are counted by the
+    /// side scans), keeping the keys not seen exactly once on each side. Returns the keys
+    /// production and the branch each have more than once.
+    async fn group_keys(
+        &self,
+        runner: &mut dyn SqlRunner,
+        key: &[String],
+    ) -> WarehouseResult<(u64, u64)> {
+        let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
+        let not_null =
+            columns.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+        let aliases: Vec<String> = (0..key.len()).map(|i| format!("k_{i}")).collect();
+        let renamed: Vec<String> =
+            columns.iter().zip(&aliases).map(|(c, a)| format!("{c} AS {a}")).collect();
+        let side = |p: &str, b: &str, table: &str| {
+            format!(
+                "SELECT {}, {p} AS pp, {b} AS bp FROM {table} WHERE {not_null}",
+                renamed.join(", ")
+            )
+        };
+        let _ = runner.rows(&format!("DROP TABLE IF EXISTS {KEYS}")).await;
+        runner
+            .rows(&format!(
+                "CREATE TEMPORARY TABLE {KEYS} AS SELECT {aliases}, count(u.pp) AS p_count, count(u.bp) AS b_count FROM ({} UNION ALL {}) AS u GROUP BY {aliases} HAVING count(u.pp) <> 1 OR count(u.bp) <> 1",
+                side("1", "NULL", self.production),
+                side("NULL", "1", self.branch),
+                aliases = aliases.join(", ")
+            ))
+            .await?;
+        let t = |e: &str| self.flavor.text(e);
+        let row = runner
+            .rows(&format!(
+                "SELECT {}, {} FROM {KEYS}",
+                t("sum(CASE WHEN p_count > 1 THEN 1 ELSE 0 END)"),
+                t("sum(CASE WHEN b_count > 1 THEN 1 ELSE 0 END)")
+            ))
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        Ok((number(row.first().unwrap_or(&None))?, number(row.get(1).unwrap_or(&None))?))
+    }
+
     fn index_of(&self, name: &str) -> usize {
         self.common.iter().position(|c| c.name == name).expect("a common column")
     }
@@ -571,10 +725,12 @@ impl Plan<'_> {
     /// where matching groups, keys seen twice) into a temporary table, then counts and samples
     /// from it. `production_rows` gives the matched count: production's rows minus those only
     /// there.
+    #[allow(clippy::too_many_arguments)]
     async fn keyed(
         &self,
         runner: &mut dyn SqlRunner,
         key: &[String],
+        matching: Matching,
         tolerance: f64,
         limit: usize,
         schema: &SchemaChange,
@@ -595,22 +751,34 @@ impl Plan<'_> {
             "j.p_present IS NULL OR j.b_present IS NULL OR NOT ({})",
             self.all_equal(key, tolerance)
         );
-        if self.flavor.match_by_grouping() {
+        if matching == Matching::Grouping {
             select.push("j.p_count AS p_count".to_owned());
             select.push("j.b_count AS b_count".to_owned());
             differs.push_str(" OR j.p_count > 1 OR j.b_count > 1");
         }
         let _ = runner.rows(&format!("DROP TABLE IF EXISTS {DIFFERING}")).await;
+        let source = match matching {
+            Matching::KeysThenLeftJoin => self.left_joined(key),
+            Matching::Grouping => self.grouped_by_key(key, schema),
+            Matching::FullJoin | Matching::None => self.joined(key, schema),
+        };
+        let select = select.join(", ");
         runner
             .rows(&format!(
-                "CREATE TEMPORARY TABLE {DIFFERING} AS SELECT {} FROM ({}) AS j WHERE {differs}",
-                select.join(", "),
-                self.joined(key, schema)
+                "CREATE TEMPORARY TABLE {DIFFERING} AS SELECT {select} FROM ({source}) AS j WHERE {differs}"
             ))
             .await?;
+        if matching == Matching::KeysThenLeftJoin {
+            runner
+                .rows(&format!(
+                    "INSERT INTO {DIFFERING} SELECT {select} FROM ({}) AS j",
+                    self.branch_only(key)
+                ))
+                .await?;
+        }
         let result = async {
             let t = |e: String| self.flavor.text(&e);
-            if self.flavor.match_by_grouping() {
+            if matching == Matching::Grouping {
                 let row = runner
                     .rows(&format!(
                         "SELECT {}, {} FROM {DIFFERING}",
@@ -847,8 +1015,9 @@ impl Plan<'_> {
             select.push(t(format!("sum({value})")));
             select.push(t(format!("min({value})")));
             select.push(t(format!("max({value})")));
-            select.push(t(format!("sum(CASE WHEN {name} IS NULL THEN 1 ELSE 0 END)")));
+            select.push(t(format!("count(*) - count({name})")));
         }
+        select.push(t("count(*)".to_owned()));
         let row = runner
             .rows(&format!("SELECT {} FROM {table}", select.join(", ")))
             .await?
@@ -867,6 +1036,7 @@ impl Plan<'_> {
             })
             .collect::<WarehouseResult<Vec<_>>>()?;
         Ok(SideSummary {
+            rows: number(row.get(2 + 4 * numeric.len()).unwrap_or(&None))?,
             nulls: number(row.first().unwrap_or(&None))?,
             duplicates: number(row.get(1).unwrap_or(&None))?,
             stats,
