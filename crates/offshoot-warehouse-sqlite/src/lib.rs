@@ -545,6 +545,14 @@ async fn describe(
     Ok(Some((format!("{}.{}", quote_identifier(schema), quote_identifier(&name)), columns)))
 }
 
+/// TEXT affinity (section 3.1 of SQLite's datatype documentation): a number stored in such a
+/// column becomes text.
+fn text_affinity(declared: &str) -> bool {
+    let upper = declared.to_ascii_uppercase();
+    !upper.contains("INT")
+        && (upper.contains("CHAR") || upper.contains("CLOB") || upper.contains("TEXT"))
+}
+
 /// SQLite's affinity rules (section 3.1 of its datatype documentation): INTEGER, REAL and
 /// NUMERIC affinity are numbers; TEXT and BLOB (or no type) are not.
 fn numeric_affinity(declared: &str) -> bool {
@@ -581,6 +589,9 @@ impl Flavor for SqliteFlavor {
     }
     fn loosely_typed(&self) -> bool {
         true
+    }
+    fn may_hold_numbers(&self, column: &Column) -> bool {
+        !text_affinity(&column.data_type)
     }
     fn match_by_grouping(&self) -> bool {
         true

@@ -439,6 +439,14 @@ async fn a_data_diff_handles_columns_of_mixed_types() {
     let diff = fixture.warehouse.data_diff(&fixture.branch, "mixed", &options).await.expect("diff");
     let counts = diff.rows.expect("rows");
     assert_eq!((counts.changed, counts.equal), (1, 2));
+    // The stats count the numbers alone: 'ten' is neither summed nor the maximum.
+    let v = diff.columns.iter().find(|c| c.name == "v").expect("v");
+    let stats = |s: &Option<offshoot_warehouse::data_diff::NumericStats>| {
+        s.as_ref().map(|s| (s.sum.clone(), s.min.clone(), s.max.clone(), s.nulls))
+    };
+    let text = |s: &str| Some(s.to_owned());
+    assert_eq!(stats(&v.production), Some((text("12.5"), text("2.5"), text("10"), 0)));
+    assert_eq!(stats(&v.branch), Some((text("13.5"), text("3.5"), text("10"), 0)));
 }
 
 #[tokio::test]

@@ -686,6 +686,32 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     assert_eq!((twice.key_check.duplicates_in_branch, twice.key_check.nulls_in_branch), (1, 0));
     assert_eq!(twice.rows, rows(0, 1, 0, 3), "as whole rows: the second (2, b) is extra");
 
+    // Duplicates in production only: a key matched to one branch row (rows equal, so only
+    // the counts can tell), and a key the branch lacks.
+    build(warehouse, production, "twins", "SELECT CAST(1 AS INTEGER) AS id, CAST('a' AS TEXT) AS v UNION ALL SELECT 2, 'b' UNION ALL SELECT 2, 'b' UNION ALL SELECT 3, 'c'").await;
+    build(warehouse, branch, "twins", "SELECT CAST(1 AS INTEGER) AS id, CAST('a' AS TEXT) AS v UNION ALL SELECT 2, 'b' UNION ALL SELECT 3, 'c'").await;
+    let twins = diff(warehouse, branch, "twins", declared(&["id"])).await;
+    assert_eq!(
+        (twins.key_check.duplicates_in_production, twins.key_check.duplicates_in_branch),
+        (1, 0)
+    );
+    assert_eq!(twins.rows, rows(1, 0, 0, 3), "as whole rows: one (2, b) too many in production");
+    build(warehouse, production, "twins", "SELECT CAST(1 AS INTEGER) AS id, CAST('a' AS TEXT) AS v UNION ALL SELECT 4, 'd' UNION ALL SELECT 4, 'd' UNION ALL SELECT 5, 'e' UNION ALL SELECT 5, 'e'").await;
+    let unmatched = diff(warehouse, branch, "twins", declared(&["id"])).await;
+    assert_eq!(
+        (unmatched.key_check.duplicates_in_production, unmatched.key_check.duplicates_in_branch),
+        (2, 0),
+        "keys 4 and 5, which the branch does not have"
+    );
+    assert_eq!(unmatched.rows, rows(4, 2, 0, 1));
+
+    // A key of two columns.
+    build(warehouse, production, "pairs", &series(20, "SELECT CAST(n % 4 AS INTEGER) AS a, CAST(n / 4 AS INTEGER) AS b, CAST(n AS INTEGER) AS v FROM s")).await;
+    build(warehouse, branch, "pairs", &series(22, "SELECT CAST(n % 4 AS INTEGER) AS a, CAST(n / 4 AS INTEGER) AS b, CAST(CASE WHEN n = 7 THEN 70 ELSE n END AS INTEGER) AS v FROM s WHERE n > 1")).await;
+    let pairs = diff(warehouse, branch, "pairs", declared(&["a", "b"])).await;
+    assert_eq!(pairs.rows, rows(1, 2, 1, 18), "n = 1 removed, 21 and 22 added, 7 changed");
+    assert_eq!(pairs.samples.changed[0].key, [Some("3".to_owned()), Some("1".to_owned())]);
+
     // No key anywhere: a multiset of whole rows, and the report says so.
     build(
         warehouse,

@@ -163,6 +163,11 @@ pub trait Flavor: Send + Sync {
     fn number(&self, expr: &str) -> String {
         expr.to_owned()
     }
+    /// Where the flavor is [`Flavor::loosely_typed`]: whether `column` may hold numbers at all
+    /// (SQLite: every column but one of TEXT affinity, which turns numbers into text).
+    fn may_hold_numbers(&self, column: &Column) -> bool {
+        column.numeric
+    }
     /// Whether any column may hold numbers whatever its declared type (SQLite), so a tolerance
     /// applies to every column through [`Flavor::number`].
     fn loosely_typed(&self) -> bool {
@@ -299,79 +304,73 @@ pub async fn diff(
         (true, true, true) => Matching::Grouping,
         (true, true, false) => Matching::KeysThenLeftJoin,
     };
-    // One scan per side, both at once: rows, NULL keys, duplicate keys (where matching joins),
-    // numeric stats.
+    // Sums, min, max and NULLs of the compared numeric columns (the key's are not shown).
     let numeric: Vec<&Column> = common
         .iter()
         .copied()
+        .filter(|c| !key.contains(&c.name))
         .filter(|c| {
-            let branch_numeric = branch_columns.iter().any(|b| b.name == c.name && b.numeric);
-            // SQLite's columns built from expressions have no declared type: every column is
-            // looked at there (`Flavor::number` skips what is not a number), and the ones with no
-            // number on either side are dropped below.
-            (c.numeric && branch_numeric) || flavor.loosely_typed()
+            let branch = branch_columns.iter().find(|b| b.name == c.name).expect("common");
+            if flavor.loosely_typed() {
+                // SQLite: any column but a TEXT one may hold numbers (whatever it declares);
+                // the ones with no number on either side are dropped below.
+                flavor.may_hold_numbers(c) || flavor.may_hold_numbers(branch)
+            } else {
+                c.numeric && branch.numeric
+            }
         })
         .collect();
-    let (production_side, branch_side, key_groups) = tokio::join!(
+    // One scan per side and the matching, all at once on their own connections: the scans
+    // count rows and NULL keys and take the numeric stats; matching checks the key for
+    // duplicates where it must (see `Plan::match_rows`) and writes the rows that differ.
+    let (production_side, branch_side, matched) = tokio::join!(
         plan.side_summary(production_runner, production, &key, &numeric),
         plan.side_summary(branch_runner, branch, &key, &numeric),
-        async {
-            match matching {
-                Matching::KeysThenLeftJoin => plan.group_keys(&mut *runner, &key).await.map(Some),
-                _ => Ok(None),
-            }
-        }
+        plan.match_rows(&mut *runner, &key, matching, options, &result.schema),
     );
-    let (production_side, branch_side, key_groups) = (production_side?, branch_side?, key_groups?);
-    result.production_rows = Some(production_side.rows);
-    result.branch_rows = Some(branch_side.rows);
-    result.key_check = KeyCheck {
-        duplicates_in_production: production_side.duplicates,
-        duplicates_in_branch: branch_side.duplicates,
-        nulls_in_production: production_side.nulls,
-        nulls_in_branch: branch_side.nulls,
-    };
-    if let Some((production, branch)) = key_groups {
-        result.key_check.duplicates_in_production = production;
-        result.key_check.duplicates_in_branch = branch;
-    }
-    if matching == Matching::Grouping && production_side.nulls + branch_side.nulls > 0 {
-        // Matching (which finds duplicates where it groups) will not run: count them here.
-        result.key_check.duplicates_in_production =
-            plan.count_duplicates(runner, production, &key).await?;
-        result.key_check.duplicates_in_branch = plan.count_duplicates(runner, branch, &key).await?;
-    }
-    let mut keyed = None;
-    if key_usable
-        && result.key_check.nulls_in_production
-            + result.key_check.nulls_in_branch
-            + result.key_check.duplicates_in_production
-            + result.key_check.duplicates_in_branch
-            == 0
-    {
-        // Matching writes the rows that differ (a few, usually) to a temporary table in one
-        // pass; everything else is counted from it. Where matching groups, duplicates show here.
-        let outcome = plan
-            .keyed(
-                runner,
-                &key,
-                matching,
-                options.tolerance,
-                options.sample,
-                &result.schema,
-                production_side.rows,
-            )
-            .await?;
-        match outcome {
-            Keyed::Diff(counts, equal, samples) => keyed = Some((counts, equal, samples)),
-            Keyed::Duplicates(production, branch) => {
-                result.key_check.duplicates_in_production = production;
-                result.key_check.duplicates_in_branch = branch;
-            }
-        }
-    }
+    let (production_side, branch_side, mut matched) = (production_side?, branch_side?, matched?);
     if matching == Matching::KeysThenLeftJoin {
         let _ = runner.rows(&format!("DROP TABLE IF EXISTS {KEYS}")).await;
+    }
+    result.production_rows = Some(production_side.rows);
+    result.branch_rows = Some(branch_side.rows);
+    result.key_check.nulls_in_production = production_side.nulls;
+    result.key_check.nulls_in_branch = branch_side.nulls;
+    let nulls = production_side.nulls + branch_side.nulls;
+    if matching == Matching::Grouping && nulls == 0 {
+        // One grouping of the whole rows, which finds duplicates itself.
+        matched = Some(
+            plan.keyed(runner, &key, matching, options.tolerance, options.sample, &result.schema)
+                .await?,
+        );
+    }
+    // Whether matching by the key holds: no NULL keys, no duplicates on either side. Where
+    // only the branch's keys were checked before joining, production's duplicates show as
+    // more matched production rows than matched branch rows, or in the rows it alone has.
+    let mut keyed = None;
+    let mut duplicates = None;
+    match matched {
+        Some(Matched::Rows(differing)) if nulls == 0 => {
+            let matched_production =
+                production_side.rows.saturating_sub(differing.only_in_production);
+            let matched_branch = branch_side.rows.saturating_sub(differing.only_in_branch);
+            if differing.production_only_duplicates == 0 && matched_production == matched_branch {
+                keyed = Some((differing, matched_production));
+            }
+        }
+        Some(Matched::Duplicates(Some(counts))) => duplicates = Some(counts),
+        _ => {}
+    }
+    if key_usable && keyed.is_none() {
+        let (production_duplicates, branch_duplicates) = match duplicates {
+            Some(counts) => counts,
+            None => (
+                plan.count_duplicates(runner, production, &key).await?,
+                plan.count_duplicates(runner, branch, &key).await?,
+            ),
+        };
+        result.key_check.duplicates_in_production = production_duplicates;
+        result.key_check.duplicates_in_branch = branch_duplicates;
     }
     let check = &result.key_check;
     if key_usable && keyed.is_none() {
@@ -385,17 +384,23 @@ pub async fn diff(
         ));
     }
     match keyed {
-        Some((counts, equal, samples)) => {
-            result.rows = Some(counts);
-            result.samples = samples;
+        Some((differing, matched)) => {
+            let changed = differing.changed;
+            result.rows = Some(RowCounts {
+                only_in_production: differing.only_in_production,
+                only_in_branch: differing.only_in_branch,
+                changed,
+                equal: matched.saturating_sub(changed),
+            });
+            result.samples = differing.samples;
             let compared: Vec<&&Column> =
                 common.iter().filter(|c| !key.contains(&c.name)).collect();
             result.columns = compared
                 .iter()
-                .zip(equal)
-                .map(|(c, e)| ColumnDiff {
+                .zip(differing.differing_per_column)
+                .map(|(c, d)| ColumnDiff {
                     name: c.name.clone(),
-                    equal: Some(e),
+                    equal: Some(matched.saturating_sub(d)),
                     production: None,
                     branch: None,
                 })
@@ -427,20 +432,31 @@ pub async fn diff(
     Ok(result)
 }
 
-/// What one scan of a side says: NULL keys, duplicate keys (0 where matching groups: it finds
-/// them itself), and the numeric columns' stats.
+/// What one scan of a side says: its rows, NULL keys and the numeric columns' stats.
 struct SideSummary {
     rows: u64,
     nulls: u64,
-    duplicates: u64,
     stats: Vec<NumericStats>,
 }
 
-enum Keyed {
-    /// Row counts, per compared column the matched rows equal in it, the samples.
-    Diff(RowCounts, Vec<u64>, Samples),
-    /// The key is not unique after all: (production, branch) duplicate keys.
-    Duplicates(u64, u64),
+/// What matching found.
+enum Matched {
+    Rows(Differing),
+    /// The key is not unique: (production, branch) duplicate keys where they were counted.
+    Duplicates(Option<(u64, u64)>),
+}
+
+/// Counts and samples from the table of differing rows.
+struct Differing {
+    only_in_production: u64,
+    only_in_branch: u64,
+    changed: u64,
+    /// Per compared column, the matched rows whose value differs.
+    differing_per_column: Vec<u64>,
+    samples: Samples,
+    /// Keys production has more than once among the rows only it has (where only the branch's
+    /// keys were checked before joining).
+    production_only_duplicates: u64,
 }
 
 /// The temporary table of differing rows.
@@ -723,8 +739,38 @@ impl Plan<'_> {
 
     /// One matching pass: the rows that differ (only on one side, or some value differs; and
     /// where matching groups, keys seen twice) into a temporary table, then counts and samples
-    /// from it. `production_rows` gives the matched count: production's rows minus those only
-    /// there.
+    /// from it.
+    /// Matching that runs while the sides are scanned: where it joins (PostgreSQL), the
+    /// branch's keys are checked for duplicates first, so that the join stays linear (a key
+    /// seen on both sides more than once would multiply rows); production's duplicates show in
+    /// its result. Where it groups the keys (SQLite), the grouping finds duplicates. `None`
+    /// where matching waits for the scans (the key's type changed) or there is no key.
+    async fn match_rows(
+        &self,
+        runner: &mut dyn SqlRunner,
+        key: &[String],
+        matching: Matching,
+        options: &DiffOptions,
+        schema: &SchemaChange,
+    ) -> WarehouseResult<Option<Matched>> {
+        match matching {
+            Matching::None | Matching::Grouping => return Ok(None),
+            Matching::KeysThenLeftJoin => {
+                let (production, branch) = self.group_keys(runner, key).await?;
+                if production + branch > 0 {
+                    return Ok(Some(Matched::Duplicates(Some((production, branch)))));
+                }
+            }
+            Matching::FullJoin => {
+                if self.has_duplicates(runner, self.branch, key).await? {
+                    return Ok(Some(Matched::Duplicates(None)));
+                }
+            }
+        }
+        let keyed = self.keyed(runner, key, matching, options.tolerance, options.sample, schema);
+        keyed.await.map(Some)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn keyed(
         &self,
@@ -734,8 +780,7 @@ impl Plan<'_> {
         tolerance: f64,
         limit: usize,
         schema: &SchemaChange,
-        production_rows: u64,
-    ) -> WarehouseResult<Keyed> {
+    ) -> WarehouseResult<Matched> {
         let compared = self.compared(key);
         let mut select =
             vec!["j.p_present AS p_present".to_owned(), "j.b_present AS b_present".to_owned()];
@@ -792,7 +837,7 @@ impl Plan<'_> {
                 let (production, branch) =
                     (number(row.first().unwrap_or(&None))?, number(row.get(1).unwrap_or(&None))?);
                 if production + branch > 0 {
-                    return Ok(Keyed::Duplicates(production, branch));
+                    return Ok(Matched::Duplicates(Some((production, branch))));
                 }
             }
             let both = "p_present = 1 AND b_present = 1";
@@ -812,18 +857,34 @@ impl Plan<'_> {
                 .unwrap_or_default();
             let value = |i: usize| number(row.get(i).unwrap_or(&None));
             let (only_in_production, only_in_branch, changed) = (value(0)?, value(1)?, value(2)?);
-            let matched = production_rows.saturating_sub(only_in_production);
-            let counts = RowCounts {
+            let differing_per_column =
+                (0..compared.len()).map(|k| value(3 + k)).collect::<WarehouseResult<Vec<u64>>>()?;
+            let production_only_duplicates = if matching == Matching::FullJoin {
+                let keys: Vec<String> =
+                    key.iter().map(|k| format!("p_{}", self.index_of(k))).collect();
+                let not_null =
+                    keys.iter().map(|k| format!("{k} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+                number(&first(
+                    runner
+                        .rows(&format!(
+                            "SELECT {} FROM (SELECT 1 AS x FROM {DIFFERING} WHERE b_present IS NULL AND {not_null} GROUP BY {} HAVING count(*) > 1) AS d",
+                            t("count(*)".to_owned()),
+                            keys.join(", ")
+                        ))
+                        .await?,
+                ))?
+            } else {
+                0
+            };
+            let samples = self.keyed_samples(runner, key, &compared, limit, schema).await?;
+            Ok(Matched::Rows(Differing {
                 only_in_production,
                 only_in_branch,
                 changed,
-                equal: matched.saturating_sub(changed),
-            };
-            let equal = (0..compared.len())
-                .map(|k| value(3 + k).map(|d| matched.saturating_sub(d)))
-                .collect::<WarehouseResult<Vec<u64>>>()?;
-            let samples = self.keyed_samples(runner, key, &compared, limit, schema).await?;
-            Ok(Keyed::Diff(counts, equal, samples))
+                differing_per_column,
+                samples,
+                production_only_duplicates,
+            }))
         }
         .await;
         let _ = runner.rows(&format!("DROP TABLE IF EXISTS {DIFFERING}")).await;
@@ -964,6 +1025,27 @@ impl Plan<'_> {
         })
     }
 
+    /// Whether `table` has a key (without NULLs) more than once: for one column by counting its
+    /// distinct values (a sort, cheaper than grouping here), else by grouping.
+    async fn has_duplicates(
+        &self,
+        runner: &mut dyn SqlRunner,
+        table: &str,
+        key: &[String],
+    ) -> WarehouseResult<bool> {
+        match key {
+            [one] => {
+                let one = self.q(one);
+                let sql = format!(
+                    "SELECT {} FROM {table}",
+                    self.flavor.text(&format!("count({one}) - count(DISTINCT {one})"))
+                );
+                Ok(number(&first(runner.rows(&sql).await?))? > 0)
+            }
+            _ => Ok(self.count_duplicates(runner, table, key).await? > 0),
+        }
+    }
+
     /// Keys (without NULLs) that `table` has more than once.
     async fn count_duplicates(
         &self,
@@ -981,8 +1063,12 @@ impl Plan<'_> {
         number(&first(runner.rows(&sql).await?))
     }
 
-    /// One scan of `table`: NULL keys, duplicate keys (where matching joins; grouping finds
-    /// them itself), and sum, min, max and NULLs of each `numeric` column.
+    /// One scan of `table`: its rows, NULL keys, and sum, min, max and NULLs of each `numeric`
+    /// column. Where columns may mix numbers with text (SQLite), the scan takes the plain
+    /// aggregates and the type of each column's maximum: numbers sort before text and blobs,
+    /// so a number (or NULL) there means the column holds numbers only and the plain
+    /// aggregates are its numbers'. Only columns holding something else are scanned again,
+    /// counting their numbers alone.
     async fn side_summary(
         &self,
         runner: &mut dyn SqlRunner,
@@ -992,53 +1078,73 @@ impl Plan<'_> {
     ) -> WarehouseResult<SideSummary> {
         let t = |e: String| self.flavor.text(&e);
         let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
-        let mut select = Vec::new();
+        let mut select = vec![t("count(*)".to_owned())];
         if key.is_empty() {
-            select.push("'0'".to_owned());
             select.push("'0'".to_owned());
         } else {
             let nulls =
                 columns.iter().map(|c| format!("{c} IS NULL")).collect::<Vec<_>>().join(" OR ");
             select.push(t(format!("sum(CASE WHEN {nulls} THEN 1 ELSE 0 END)")));
-            select.push(match (self.flavor.match_by_grouping(), columns.as_slice()) {
-                (true, _) => "'0'".to_owned(),
-                (false, [one]) => t(format!("count({one}) - count(DISTINCT {one})")),
-                (false, many) => t(format!(
-                    "(SELECT count(*) FROM (SELECT 1 AS x FROM {table} WHERE NOT ({nulls}) GROUP BY {} HAVING count(*) > 1) AS d)",
-                    many.join(", ")
-                )),
-            });
         }
-        for column in numeric {
-            let name = self.q(&column.name);
-            let value = self.flavor.number(&name);
+        let loose = self.flavor.loosely_typed();
+        let width = if loose { 5 } else { 4 };
+        let aggregates = |value: &str, name: &str, select: &mut Vec<String>| {
             select.push(t(format!("sum({value})")));
             select.push(t(format!("min({value})")));
             select.push(t(format!("max({value})")));
             select.push(t(format!("count(*) - count({name})")));
+        };
+        for column in numeric {
+            let name = self.q(&column.name);
+            aggregates(&name, &name, &mut select);
+            if loose {
+                select.push(format!("typeof(max({name}))"));
+            }
         }
-        select.push(t("count(*)".to_owned()));
         let row = runner
             .rows(&format!("SELECT {} FROM {table}", select.join(", ")))
             .await?
             .into_iter()
             .next()
             .unwrap_or_default();
-        let stats = (0..numeric.len())
-            .map(|i| {
-                let at = 2 + 4 * i;
-                Ok(NumericStats {
-                    sum: row.get(at).cloned().flatten(),
-                    min: row.get(at + 1).cloned().flatten(),
-                    max: row.get(at + 2).cloned().flatten(),
-                    nulls: number(row.get(at + 3).unwrap_or(&None))?,
-                })
+        let stats_at = |row: &Row, at: usize| {
+            Ok(NumericStats {
+                sum: row.get(at).cloned().flatten(),
+                min: row.get(at + 1).cloned().flatten(),
+                max: row.get(at + 2).cloned().flatten(),
+                nulls: number(row.get(at + 3).unwrap_or(&None))?,
             })
+        };
+        let mut stats = (0..numeric.len())
+            .map(|i| stats_at(&row, 2 + width * i))
             .collect::<WarehouseResult<Vec<_>>>()?;
+        if loose {
+            let mixed: Vec<usize> = (0..numeric.len())
+                .filter(|i| {
+                    let kind = row.get(2 + width * i + 4).cloned().flatten();
+                    !matches!(kind.as_deref(), None | Some("null" | "integer" | "real"))
+                })
+                .collect();
+            if !mixed.is_empty() {
+                let mut select = Vec::new();
+                for &i in &mixed {
+                    let name = self.q(&numeric[i].name);
+                    aggregates(&self.flavor.number(&name), &name, &mut select);
+                }
+                let again = runner
+                    .rows(&format!("SELECT {} FROM {table}", select.join(", ")))
+                    .await?
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                for (k, &i) in mixed.iter().enumerate() {
+                    stats[i] = stats_at(&again, 4 * k)?;
+                }
+            }
+        }
         Ok(SideSummary {
-            rows: number(row.get(2 + 4 * numeric.len()).unwrap_or(&None))?,
-            nulls: number(row.first().unwrap_or(&None))?,
-            duplicates: number(row.get(1).unwrap_or(&None))?,
+            rows: number(row.first().unwrap_or(&None))?,
+            nulls: number(row.get(1).unwrap_or(&None))?,
             stats,
         })
     }
