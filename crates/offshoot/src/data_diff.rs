@@ -142,6 +142,13 @@ fn text_of(diff: &Value) -> String {
         count(&diff["production_rows"]),
         count(&diff["branch_rows"])
     );
+    let run = |v: &Value| v.as_i64().map(|r| format!("run {r}"));
+    let _ = writeln!(
+        out,
+        "  the branch's table ({}) against production's ({})",
+        run(&diff["branch_run"]).unwrap_or_else(|| "no recorded run".to_owned()),
+        run(&diff["production_run"]).unwrap_or_else(|| "no recorded run".to_owned())
+    );
     let key = &diff["key"];
     let columns: Vec<String> = key["columns"]
         .as_array()

@@ -154,6 +154,14 @@ fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
     assert!(text.contains("orders: 9 rows in production, 6 in the branch"), "{text}");
     assert!(text.contains("by id (declared): 3 removed, 0 added, 1 changed, 5 equal"), "{text}");
     assert!(text.contains("columns added: note") && text.contains("9: amount 27 -> 0"), "{text}");
+    let branch_run = diff["branch_run"].as_i64().expect("the branch's run");
+    let production_run = diff["production_run"].as_i64().expect("production's run");
+    assert!(
+        text.contains(&format!(
+            "the branch's table (run {branch_run}) against production's (run {production_run})"
+        )),
+        "{text}"
+    );
     let output = client(&server, &["data-diff", "--deployment", &name, "--format", "markdown"]);
     assert!(
         stdout(&output).contains("| `orders` | 9 → 6 | 0 | 3 | 1 | declared |"),
@@ -166,4 +174,28 @@ fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
     );
     let parsed: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
     assert_eq!(parsed[0]["rows"]["changed"], 1);
+
+    // Production rebuilds orders after the branch built its own: the diff is of production's
+    // table as it is now, and says so, naming both runs.
+    let rebuilt = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:orders"}));
+    let rebuilt = rebuilt["id"].as_i64().expect("id");
+    assert_eq!(server.wait_for_run(rebuilt)["status"], "succeeded", "{}", server.log());
+    let again = server.get(&format!("/api/v1/deployments/{name}/assets/orders/data-diff"));
+    assert_eq!(again["production_run"].as_i64(), Some(rebuilt), "{again:#}");
+    let note = format!("production's table was rebuilt by run {rebuilt} after the branch built its own (run {branch_run})");
+    assert!(
+        again["notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n.as_str().is_some_and(|n| n.starts_with(&note))),
+        "{again:#}"
+    );
+    assert_eq!(
+        diff["notes"]
+            .as_array()
+            .map(|n| n.iter().any(|n| n.as_str().is_some_and(|n| n.contains("rebuilt")))),
+        Some(false),
+        "{diff:#}"
+    );
 }
