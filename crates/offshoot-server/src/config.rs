@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub allow_unconfined_branch_commands: bool,
     /// Compute data diffs after every branch run and put them in the pull-request comment.
     pub data_diff_auto: bool,
+    /// Rows per side above which a keyed data diff matches a sample (by a hash of the key) and
+    /// says so; `None`: always whole tables.
+    pub data_diff_row_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +104,7 @@ impl ServerConfig {
             public_url: "http://127.0.0.1:3000".to_owned(),
             allow_unconfined_branch_commands: false,
             data_diff_auto: true,
+            data_diff_row_limit: Some(1_000_000),
         }
     }
 

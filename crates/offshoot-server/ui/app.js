@@ -423,7 +423,7 @@ function DataChanges({ repository, name, base, runsKey }) {
       <tbody>${diffs.map((d) => html`<tr><td><a href=${base + '/a/' + enc(d.asset)}>${d.asset}</a></td>
         <td>${d.state === 'new_in_branch' ? 'new · ' + thousands(d.branch_rows) : thousands(d.production_rows) + ' → ' + thousands(d.branch_rows)}</td>
         <td>${thousands(d.only_in_branch)}</td><td>${thousands(d.only_in_production)}</td>
-        <td>${d.key_source === 'none' ? html`<span class="note">no key</span>` : thousands(d.changed)}</td>
+        <td>${d.key_source === 'none' ? html`<span class="note">no key</span>` : thousands(d.changed)}${d.sampled ? html` <span class="note">(sampled)</span>` : ''}</td>
         <td>${d.columns_added || d.columns_removed ? '+' + d.columns_added + ' −' + d.columns_removed : ''}</td></tr>`)}</tbody></table>`}
   </section>`;
 }

@@ -999,6 +999,14 @@ impl Flavor for PostgresFlavor {
     fn text(&self, expr: &str) -> String {
         format!("({expr})::text")
     }
+    fn key_sample(&self, columns: &[String], modulus: u64) -> Option<String> {
+        // hashtext: PostgreSQL's 32-bit hash of text, the same for the same text on a server.
+        let texts: Vec<String> = columns.iter().map(|c| format!("({c})::text")).collect();
+        Some(format!(
+            "(hashtext(concat_ws(chr(31), {})) & 2147483647) % {modulus} = 0",
+            texts.join(", ")
+        ))
+    }
 }
 
 struct Runner<'a>(&'a mut PgConnection);

@@ -590,6 +590,22 @@ impl Flavor for SqliteFlavor {
     fn loosely_typed(&self) -> bool {
         true
     }
+    fn key_sample(&self, columns: &[String], modulus: u64) -> Option<String> {
+        // SQLite has no hash function: an integer key is mixed by a multiplicative step modulo
+        // the prime 2^31 - 1 (Park and Miller's); any other value by its length and its last
+        // three characters first. The same value gives the same answer on both sides.
+        const P: &str = "2147483647";
+        let part = |c: &String| {
+            format!(
+                "(CASE WHEN typeof({c}) = 'integer' THEN ({c} % {P} + {P}) % {P} ELSE (length(CAST({c} AS TEXT)) * 16777259 + coalesce(unicode(substr(CAST({c} AS TEXT), -1)), 0) * 65599 + coalesce(unicode(substr(CAST({c} AS TEXT), -2, 1)), 0) * 257 + coalesce(unicode(substr(CAST({c} AS TEXT), -3, 1)), 0)) % {P} END)"
+            )
+        };
+        let mut mixed = "0".to_owned();
+        for column in columns {
+            mixed = format!("((({mixed}) * 31 + {}) % {P}) * 48271 % {P}", part(column));
+        }
+        Some(format!("({mixed}) % {modulus} = 0"))
+    }
     fn may_hold_numbers(&self, column: &Column) -> bool {
         !text_affinity(&column.data_type)
     }

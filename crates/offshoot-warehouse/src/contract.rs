@@ -814,6 +814,45 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
         (Some(1), None, None)
     );
 
+    // Above the row limit: a sample of keys, the same on both sides, and said so; the totals
+    // and the numeric stats stay the whole tables'.
+    let whole = diff(warehouse, branch, "orders", declared(&["id"])).await;
+    let sampled =
+        diff(warehouse, branch, "orders", DiffOptions { row_limit: Some(40), ..declared(&["id"]) })
+            .await;
+    let sample = sampled.sampled.clone().expect("sampled above 40 rows");
+    assert_eq!(sample.modulus, 3, "100 rows, at most 40: one key in 3");
+    let counts = sampled.rows.clone().expect("rows");
+    assert_eq!(
+        counts.only_in_production + counts.changed + counts.equal,
+        sample.production_rows,
+        "{sampled:?}"
+    );
+    assert_eq!(counts.only_in_branch + counts.changed + counts.equal, sample.branch_rows);
+    assert!(sample.production_rows > 0 && sample.production_rows < 100, "{sample:?}");
+    assert_eq!((sampled.production_rows, sampled.branch_rows), (Some(100), Some(100)));
+    let amount = |d: &DataDiff| {
+        d.columns
+            .iter()
+            .find(|c| c.name == "amount")
+            .map(|c| (c.production.clone(), c.branch.clone()))
+    };
+    assert_eq!(amount(&sampled), amount(&whole), "stats of the whole tables");
+    assert!(sampled.notes.iter().any(|n| n.starts_with("sampled:")), "{:?}", sampled.notes);
+    assert_eq!(whole.sampled, None);
+    let at_limit = diff(
+        warehouse,
+        branch,
+        "orders",
+        DiffOptions { row_limit: Some(100), ..declared(&["id"]) },
+    )
+    .await;
+    assert_eq!(
+        (at_limit.sampled, at_limit.rows),
+        (None, whole.rows.clone()),
+        "100 rows is not above 100"
+    );
+
     // Production is never a diff's target.
     assert!(warehouse.data_diff(production, "orders", &DiffOptions::default()).await.is_err());
 }

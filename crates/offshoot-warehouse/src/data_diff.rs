@@ -40,11 +40,14 @@ pub struct DiffOptions {
     pub sample: usize,
     /// Numeric values closer than this are equal. Default 0: exact.
     pub tolerance: f64,
+    /// Rows per side above which a keyed diff matches a sample: the rows of one key in every
+    /// `m` by a hash of the key (the same keys on both sides). `None`: no limit.
+    pub row_limit: Option<u64>,
 }
 
 impl Default for DiffOptions {
     fn default() -> DiffOptions {
-        DiffOptions { key: KeyRequest::Infer, sample: 10, tolerance: 0.0 }
+        DiffOptions { key: KeyRequest::Infer, sample: 10, tolerance: 0.0, row_limit: None }
     }
 }
 
@@ -133,6 +136,15 @@ pub struct Samples {
     pub changed: Vec<ChangedRow>,
 }
 
+/// A keyed diff above the row limit matched the rows of one key in every `modulus`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sampled {
+    pub modulus: u64,
+    /// Rows in the sample, per side.
+    pub production_rows: u64,
+    pub branch_rows: u64,
+}
+
 /// The whole diff of one asset.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataDiff {
@@ -150,6 +162,9 @@ pub struct DataDiff {
     pub samples: Samples,
     /// What a reader must know: no key, why a key was not used, an inferred key, ...
     pub notes: Vec<String>,
+    /// Set when the row counts by key, the equal shares and the samples are a sample's (the
+    /// row totals and the numeric stats are always the whole tables').
+    pub sampled: Option<Sampled>,
 }
 
 /// How a backend's SQL differs where the diff needs it.
@@ -167,6 +182,13 @@ pub trait Flavor: Send + Sync {
     /// (SQLite: every column but one of TEXT affinity, which turns numbers into text).
     fn may_hold_numbers(&self, column: &Column) -> bool {
         column.numeric
+    }
+    /// A condition true for the rows of one key in every `modulus`, the same keys whichever
+    /// table (a hash of the key's values; `columns` are quoted); `None` where the flavor cannot
+    /// sample.
+    fn key_sample(&self, columns: &[String], modulus: u64) -> Option<String> {
+        let _ = (columns, modulus);
+        None
     }
     /// Whether any column may hold numbers whatever its declared type (SQLite), so a tolerance
     /// applies to every column through [`Flavor::number`].
@@ -227,6 +249,7 @@ pub async fn diff(
         columns: Vec::new(),
         samples: Samples::default(),
         notes: Vec::new(),
+        sampled: None,
     };
     let (Some((production, production_columns)), Some((branch, branch_columns))) =
         (&tables.production, &tables.branch)
@@ -323,10 +346,42 @@ pub async fn diff(
     // One scan per side and the matching, all at once on their own connections: the scans
     // count rows and NULL keys and take the numeric stats; matching checks the key for
     // duplicates where it must (see `Plan::match_rows`) and writes the rows that differ.
+    // Above the row limit a keyed diff matches a sample: the same keys on both sides.
+    let mut modulus = None;
+    if let (Some(limit), Matching::FullJoin | Matching::KeysThenLeftJoin) =
+        (options.row_limit, matching)
+    {
+        let production_rows = number(&first(runner.rows(&count(production)).await?))?;
+        let branch_rows = number(&first(runner.rows(&count(branch)).await?))?;
+        let most = production_rows.max(branch_rows);
+        if most > limit.max(1) {
+            modulus = Some(most.div_ceil(limit.max(1)));
+        }
+    }
+    let quoted_key: Vec<String> = key.iter().map(|k| flavor.quote(k)).collect();
+    let condition = modulus.and_then(|m| flavor.key_sample(&quoted_key, m));
+    if modulus.is_some() && condition.is_none() {
+        result.notes.push(
+            "the tables are above the row limit, but this warehouse cannot sample: compared whole"
+                .to_owned(),
+        );
+    }
+    let sampled_tables = condition.as_ref().map(|c| {
+        (
+            format!("(SELECT * FROM {production} AS t WHERE {c})"),
+            format!("(SELECT * FROM {branch} AS t WHERE {c})"),
+        )
+    });
+    let matching_plan = match &sampled_tables {
+        Some((production, branch)) => {
+            Plan { flavor, production, branch, common: &common, branch_columns }
+        }
+        None => Plan { flavor, production, branch, common: &common, branch_columns },
+    };
     let (production_side, branch_side, matched) = tokio::join!(
-        plan.side_summary(production_runner, production, &key, &numeric),
-        plan.side_summary(branch_runner, branch, &key, &numeric),
-        plan.match_rows(&mut *runner, &key, matching, options, &result.schema),
+        plan.side_summary(production_runner, production, &key, &numeric, condition.as_deref()),
+        plan.side_summary(branch_runner, branch, &key, &numeric, condition.as_deref()),
+        matching_plan.match_rows(&mut *runner, &key, matching, options, &result.schema),
     );
     let (production_side, branch_side, mut matched) = (production_side?, branch_side?, matched?);
     if matching == Matching::KeysThenLeftJoin {
@@ -349,11 +404,15 @@ pub async fn diff(
     // more matched production rows than matched branch rows, or in the rows it alone has.
     let mut keyed = None;
     let mut duplicates = None;
+    // The rows matching saw: the sample's where there is one.
+    let (production_rows, branch_rows) = match condition {
+        Some(_) => (production_side.sampled, branch_side.sampled),
+        None => (production_side.rows, branch_side.rows),
+    };
     match matched {
         Some(Matched::Rows(differing)) if nulls == 0 => {
-            let matched_production =
-                production_side.rows.saturating_sub(differing.only_in_production);
-            let matched_branch = branch_side.rows.saturating_sub(differing.only_in_branch);
+            let matched_production = production_rows.saturating_sub(differing.only_in_production);
+            let matched_branch = branch_rows.saturating_sub(differing.only_in_branch);
             if differing.production_only_duplicates == 0 && matched_production == matched_branch {
                 keyed = Some((differing, matched_production));
             }
@@ -385,6 +444,13 @@ pub async fn diff(
     }
     match keyed {
         Some((differing, matched)) => {
+            if let Some(modulus) = modulus.filter(|_| condition.is_some()) {
+                result.sampled = Some(Sampled { modulus, production_rows, branch_rows });
+                result.notes.push(format!(
+                    "sampled: the tables are above the row limit, so rows were matched for one key in every {modulus} by a hash of the key, {production_rows} of {} rows in production and {branch_rows} of {} in the branch; the counts by key, the shares of equal values, duplicate keys and the samples are the sample's, the row totals, NULL keys, sums, min, max and NULL counts the whole tables'",
+                    production_side.rows, branch_side.rows
+                ));
+            }
             let changed = differing.changed;
             result.rows = Some(RowCounts {
                 only_in_production: differing.only_in_production,
@@ -436,6 +502,8 @@ pub async fn diff(
 struct SideSummary {
     rows: u64,
     nulls: u64,
+    /// Rows in the sample (0 without one).
+    sampled: u64,
     stats: Vec<NumericStats>,
 }
 
@@ -564,7 +632,7 @@ impl Plan<'_> {
             })
             .collect();
         format!(
-            "SELECT {} FROM (SELECT 1 AS {PRESENT}, * FROM {}) AS p FULL OUTER JOIN (SELECT 1 AS {PRESENT}, * FROM {}) AS b ON {}",
+            "SELECT {} FROM (SELECT 1 AS {PRESENT}, * FROM {} AS t) AS p FULL OUTER JOIN (SELECT 1 AS {PRESENT}, * FROM {} AS t) AS b ON {}",
             select.join(", "),
             self.production,
             self.branch,
@@ -678,7 +746,7 @@ impl Plan<'_> {
             columns.iter().zip(&aliases).map(|(c, a)| format!("{c} AS {a}")).collect();
         let side = |p: &str, b: &str, table: &str| {
             format!(
-                "SELECT {}, {p} AS pp, {b} AS bp FROM {table} WHERE {not_null}",
+                "SELECT {}, {p} AS pp, {b} AS bp FROM {table} AS t WHERE {not_null}",
                 renamed.join(", ")
             )
         };
@@ -1037,7 +1105,7 @@ impl Plan<'_> {
             [one] => {
                 let one = self.q(one);
                 let sql = format!(
-                    "SELECT {} FROM {table}",
+                    "SELECT {} FROM {table} AS t",
                     self.flavor.text(&format!("count({one}) - count(DISTINCT {one})"))
                 );
                 Ok(number(&first(runner.rows(&sql).await?))? > 0)
@@ -1056,7 +1124,7 @@ impl Plan<'_> {
         let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
         let nulls = columns.iter().map(|c| format!("{c} IS NULL")).collect::<Vec<_>>().join(" OR ");
         let sql = format!(
-            "SELECT {} FROM (SELECT 1 AS x FROM {table} WHERE NOT ({nulls}) GROUP BY {} HAVING count(*) > 1) AS d",
+            "SELECT {} FROM (SELECT 1 AS x FROM {table} AS t WHERE NOT ({nulls}) GROUP BY {} HAVING count(*) > 1) AS d",
             self.flavor.text("count(*)"),
             columns.join(", ")
         );
@@ -1075,6 +1143,7 @@ impl Plan<'_> {
         table: &str,
         key: &[String],
         numeric: &[&Column],
+        sample: Option<&str>,
     ) -> WarehouseResult<SideSummary> {
         let t = |e: String| self.flavor.text(&e);
         let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
@@ -1086,6 +1155,10 @@ impl Plan<'_> {
                 columns.iter().map(|c| format!("{c} IS NULL")).collect::<Vec<_>>().join(" OR ");
             select.push(t(format!("sum(CASE WHEN {nulls} THEN 1 ELSE 0 END)")));
         }
+        select.push(match sample {
+            Some(condition) => t(format!("sum(CASE WHEN {condition} THEN 1 ELSE 0 END)")),
+            None => "'0'".to_owned(),
+        });
         let loose = self.flavor.loosely_typed();
         let width = if loose { 5 } else { 4 };
         let aggregates = |value: &str, name: &str, select: &mut Vec<String>| {
@@ -1116,12 +1189,12 @@ impl Plan<'_> {
             })
         };
         let mut stats = (0..numeric.len())
-            .map(|i| stats_at(&row, 2 + width * i))
+            .map(|i| stats_at(&row, 3 + width * i))
             .collect::<WarehouseResult<Vec<_>>>()?;
         if loose {
             let mixed: Vec<usize> = (0..numeric.len())
                 .filter(|i| {
-                    let kind = row.get(2 + width * i + 4).cloned().flatten();
+                    let kind = row.get(3 + width * i + 4).cloned().flatten();
                     !matches!(kind.as_deref(), None | Some("null" | "integer" | "real"))
                 })
                 .collect();
@@ -1145,6 +1218,7 @@ impl Plan<'_> {
         Ok(SideSummary {
             rows: number(row.first().unwrap_or(&None))?,
             nulls: number(row.get(1).unwrap_or(&None))?,
+            sampled: number(row.get(2).unwrap_or(&None))?,
             stats,
         })
     }

@@ -81,6 +81,7 @@ pub async fn compute(
             ),
         ));
     }
+    let options = &DiffOptions { row_limit: state.config.data_diff_row_limit, ..options.clone() };
     let (branch_materialization, production_materialization) =
         materializations(state, deployment, asset).await?;
     let runs = (
@@ -155,6 +156,8 @@ pub struct DiffSummaryJson {
     pub columns_added: usize,
     pub columns_removed: usize,
     pub key_source: &'static str,
+    /// The counts by key are a sample's (above `[data_diff] row_limit`).
+    pub sampled: bool,
 }
 
 /// Summaries for every asset of the serving revision the branch has a table of.
@@ -189,7 +192,7 @@ pub async fn summaries(
         } else {
             KeyRequest::Declared(asset.grain.clone())
         };
-        let options = DiffOptions { key, sample: 0, tolerance: 0.0 };
+        let options = DiffOptions { key, sample: 0, tolerance: 0.0, row_limit: None };
         let (diff, _) = compute(state, deployment, &asset.key, &options).await?;
         out.push(DiffSummaryJson {
             asset: asset.key.to_string(),
@@ -202,6 +205,7 @@ pub async fn summaries(
             columns_added: diff.schema.added.len(),
             columns_removed: diff.schema.removed.len(),
             key_source: diff.key_source.as_str(),
+            sampled: diff.sampled.is_some(),
         });
     }
     Ok(out)

@@ -311,13 +311,15 @@ fn render_data_diffs(out: &mut String, diffs: &[DiffSummaryJson]) {
         };
         let changed =
             if diff.key_source == "none" { "no key".to_owned() } else { count(diff.changed) };
+        // Above the row limit the counts by key are a sample's.
+        let sampled = if diff.sampled { " (sampled: counts of a sample)" } else { "" };
         let columns = match (diff.columns_added, diff.columns_removed) {
             (0, 0) => String::new(),
             (added, removed) => format!("+{added} −{removed}"),
         };
         let _ = writeln!(
             table,
-            "| `{}` | {rows} | {} | {} | {changed} | {columns} |",
+            "| `{}`{sampled} | {rows} | {} | {} | {changed} | {columns} |",
             diff.asset,
             count(diff.only_in_branch),
             count(diff.only_in_production)
