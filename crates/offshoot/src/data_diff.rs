@@ -296,7 +296,14 @@ fn markdown_of(deployment: &str, diffs: &[Value]) -> String {
             count(&rows["only_in_branch"]),
             count(&rows["only_in_production"]),
             count(&rows["changed"]),
-            diff["key"]["source"].as_str().unwrap_or("")
+            match diff["sampled"]["modulus"].as_u64() {
+                // Above the row limit the counts by key are a sample's.
+                Some(m) => format!(
+                    "{} (sampled: 1 key in {m})",
+                    diff["key"]["source"].as_str().unwrap_or("")
+                ),
+                None => diff["key"]["source"].as_str().unwrap_or("").to_owned(),
+            }
         );
     }
     out

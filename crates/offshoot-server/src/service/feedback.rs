@@ -515,6 +515,34 @@ mod tests {
     }
 
     #[test]
+    fn a_sampled_data_diff_is_marked_in_the_comment_table() {
+        let diff = |sampled| DiffSummaryJson {
+            asset: "orders".to_owned(),
+            state: "compared",
+            production_rows: Some(2_000_000),
+            branch_rows: Some(2_000_000),
+            only_in_production: Some(5),
+            only_in_branch: Some(6),
+            changed: Some(7),
+            columns_added: 0,
+            columns_removed: 0,
+            key_source: "declared",
+            sampled,
+        };
+        let mut out = String::new();
+        render_data_diffs(&mut out, &[diff(true)]);
+        assert!(
+            out.contains(
+                "| `orders` (sampled: counts of a sample) | 2,000,000 → 2,000,000 | 6 | 5 | 7 |  |"
+            ),
+            "{out}"
+        );
+        let mut out = String::new();
+        render_data_diffs(&mut out, &[diff(false)]);
+        assert!(out.contains("| `orders` | 2,000,000 → 2,000,000 | 6 | 5 | 7 |  |"), "{out}");
+    }
+
+    #[test]
     fn code_blocks_cannot_be_closed_by_their_content() {
         assert_eq!(fenced("a ``` b"), "````\na ``` b\n````\n");
         assert_eq!(fenced("plain"), "```\nplain\n```\n");
