@@ -680,9 +680,8 @@ impl Warehouse for PostgresWarehouse {
         self.require_own_schema(target).await?;
         // Three connections: the two sides' scans run at the same time (each its own backend
         // process), then matching on the first.
-        let mut connection = self.open().await?;
-        let mut production_scan = self.open().await?;
-        let mut branch_scan = self.open().await?;
+        let (mut connection, mut production_scan, mut branch_scan) =
+            tokio::try_join!(self.open(), self.open(), self.open())?;
         let result = async {
             // Matching hashes whole rows and the scans sort keys: give them the memory to do so
             // in one batch instead of spilling to disk (these connections are the diff's own and

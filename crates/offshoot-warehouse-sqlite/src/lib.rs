@@ -446,9 +446,11 @@ impl Warehouse for SqliteWarehouse {
         }
         // Three connections: the two sides' scans run at the same time (SQLite runs each
         // connection on its own thread) as the grouping of the keys.
-        let mut connection = self.connect(target, WhenMissing::Fail).await?;
-        let mut production_scan = self.connect(target, WhenMissing::Fail).await?;
-        let mut branch_scan = self.connect(target, WhenMissing::Fail).await?;
+        let (mut connection, mut production_scan, mut branch_scan) = tokio::try_join!(
+            self.connect(target, WhenMissing::Fail),
+            self.connect(target, WhenMissing::Fail),
+            self.connect(target, WhenMissing::Fail)
+        )?;
         let result = async {
             let production = describe(&mut connection, PRODUCTION_ALIAS, table).await?;
             let branch = describe(&mut connection, "main", table).await?;
