@@ -998,6 +998,13 @@ impl Flavor for PostgresFlavor {
     fn text(&self, expr: &str) -> String {
         format!("({expr})::text")
     }
+    fn session_query(&self) -> Option<&'static str> {
+        Some("SELECT pg_backend_pid()::text")
+    }
+    fn cancel_query(&self, session: &str) -> String {
+        // `session` is a number (checked by the caller).
+        format!("SELECT pg_cancel_backend({session})::text")
+    }
     fn key_sample(&self, columns: &[String], modulus: u64) -> Option<String> {
         // hashtext: PostgreSQL's 32-bit hash of text, the same for the same text on a server.
         let texts: Vec<String> = columns.iter().map(|c| format!("({c})::text")).collect();

@@ -183,6 +183,16 @@ pub trait Flavor: Send + Sync {
     fn may_hold_numbers(&self, column: &Column) -> bool {
         column.numeric
     }
+    /// A query returning this connection's session id (a number), where statements running in
+    /// it can be cancelled from another connection by [`Flavor::cancel_query`].
+    fn session_query(&self) -> Option<&'static str> {
+        None
+    }
+    /// Cancels the statement running in session `session` (a number).
+    fn cancel_query(&self, session: &str) -> String {
+        let _ = session;
+        String::new()
+    }
     /// A condition true for the rows of one key in every `modulus`, the same keys whichever
     /// table (a hash of the key's values; `columns` are quoted); `None` where the flavor cannot
     /// sample.
@@ -378,12 +388,71 @@ pub async fn diff(
         }
         None => Plan { flavor, production, branch, common: &common, branch_columns },
     };
-    let (production_side, branch_side, matched) = tokio::join!(
-        plan.side_summary(production_runner, production, &key, &numeric, condition.as_deref()),
-        plan.side_summary(branch_runner, branch, &key, &numeric, condition.as_deref()),
-        matching_plan.match_rows(&mut *runner, &key, matching, options, &result.schema),
-    );
+    // Where the flavor can cancel a running statement, the join starts at once and the
+    // branch's key check runs beside it on the branch's connection, cancelling the join if it
+    // finds duplicates (which could multiply rows); otherwise the check runs first.
+    let session = match (matching, flavor.session_query()) {
+        (Matching::FullJoin, Some(query)) => {
+            first(runner.rows(query).await?).filter(|s| s.parse::<u32>().is_ok())
+        }
+        _ => None,
+    };
+    let (production_side, branch_side, matched) = match &session {
+        Some(session) => {
+            let (production_side, branch_side, joined) = tokio::join!(
+                plan.side_summary(
+                    production_runner,
+                    production,
+                    &key,
+                    &numeric,
+                    condition.as_deref()
+                ),
+                async {
+                    let duplicates = matching_plan
+                        .has_duplicates(&mut *branch_runner, matching_plan.branch, &key)
+                        .await?;
+                    if duplicates {
+                        // A cancel that arrives after the statement ended finds the session
+                        // idle and does nothing.
+                        branch_runner.rows(&flavor.cancel_query(session)).await?;
+                    }
+                    let side = plan
+                        .side_summary(branch_runner, branch, &key, &numeric, condition.as_deref())
+                        .await?;
+                    Ok::<_, WarehouseError>((side, duplicates))
+                },
+                matching_plan.keyed(
+                    &mut *runner,
+                    &key,
+                    matching,
+                    options.tolerance,
+                    options.sample,
+                    &result.schema
+                ),
+            );
+            let (branch_side, duplicates) = branch_side?;
+            let matched = if duplicates { Some(Matched::Duplicates(None)) } else { Some(joined?) };
+            (production_side, Ok(branch_side), Ok(matched))
+        }
+        None => {
+            tokio::join!(
+                plan.side_summary(
+                    production_runner,
+                    production,
+                    &key,
+                    &numeric,
+                    condition.as_deref()
+                ),
+                plan.side_summary(branch_runner, branch, &key, &numeric, condition.as_deref()),
+                matching_plan.match_rows(&mut *runner, &key, matching, options, &result.schema),
+            )
+        }
+    };
     let (production_side, branch_side, mut matched) = (production_side?, branch_side?, matched?);
+    if session.is_some() && matches!(matched, Some(Matched::Duplicates(None))) {
+        // The cancelled join may have left its temporary table half made.
+        let _ = runner.rows(&format!("DROP TABLE IF EXISTS {DIFFERING}")).await;
+    }
     if matching == Matching::KeysThenLeftJoin {
         let _ = runner.rows(&format!("DROP TABLE IF EXISTS {KEYS}")).await;
     }
