@@ -104,6 +104,7 @@ async fn measure(
         key: KeyRequest::Declared(vec!["id".to_owned()]),
         sample: 10,
         tolerance: 0.0,
+        row_limit: None,
     };
     let mut diffs = Vec::new();
     let mut floors = Vec::new();

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub data_diff_auto: bool,
     /// How often the scheduler looks for due ticks (ticks are minutes apart at the finest).
     pub schedule_check_interval: Duration,
+    /// Rows per side above which a keyed data diff matches a sample (by a hash of the key) and
+    /// says so; `None`: always whole tables.
+    pub data_diff_row_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +107,7 @@ impl ServerConfig {
             allow_unconfined_branch_commands: false,
             data_diff_auto: true,
             schedule_check_interval: Duration::from_secs(10),
+            data_diff_row_limit: Some(1_000_000),
         }
     }
 

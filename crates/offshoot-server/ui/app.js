@@ -515,7 +515,7 @@ function DataChanges({ repository, name, base, runsKey }) {
       <tbody>${diffs.map((d) => html`<tr><td><a href=${base + '/a/' + enc(d.asset)}>${d.asset}</a></td>
         <td>${d.state === 'new_in_branch' ? 'new · ' + thousands(d.branch_rows) : thousands(d.production_rows) + ' → ' + thousands(d.branch_rows)}</td>
         <td>${thousands(d.only_in_branch)}</td><td>${thousands(d.only_in_production)}</td>
-        <td>${d.key_source === 'none' ? html`<span class="note">no key</span>` : thousands(d.changed)}</td>
+        <td>${d.key_source === 'none' ? html`<span class="note">no key</span>` : thousands(d.changed)}${d.sampled ? html` <span class="note">(sampled)</span>` : ''}</td>
         <td>${d.columns_added || d.columns_removed ? '+' + d.columns_added + ' −' + d.columns_removed : ''}</td></tr>`)}</tbody></table>`}
   </section>`;
 }
@@ -556,7 +556,7 @@ function DataDiff({ repository, name, assetKey }) {
   const sampleTable = (label, columns, list) => list.length ? html`<h3>${label}</h3><div class="scroll"><table aria-label=${label}><thead><tr>${columns.map((c) => html`<th>${c}</th>`)}</tr></thead>
     <tbody>${list.map((r) => html`<tr>${r.map((v) => html`<td class="mono">${cell(v)}</td>`)}</tr>`)}</tbody></table></div>` : '';
   return html`<section data-diff><h2>Data changes against production</h2>
-    <p>${thousands(diff.production_rows)} rows in production → ${thousands(diff.branch_rows)} in this branch · ${keyed ? html`matched by <code>${diff.key.columns.join(', ')}</code> (${diff.key.source})` : 'compared as whole rows (no key)'}</p>
+    <p>${thousands(diff.production_rows)} rows in production → ${thousands(diff.branch_rows)} in this branch · ${keyed ? html`matched by <code>${diff.key.columns.join(', ')}</code> (${diff.key.source})` : 'compared as whole rows (no key)'} · the branch’s table of ${diff.branch_run == null ? 'no recorded run' : 'run ' + diff.branch_run} against production’s of ${diff.production_run == null ? 'no recorded run' : 'run ' + diff.production_run}</p>
     <div class="diffbar" role="img" aria-label=${parts.map(([l, n]) => n + ' ' + l).join(', ')}>${parts.filter(([, n]) => n > 0).map(([l, n, c]) => html`<span class=${'seg ' + c} style=${'width:' + (100 * n / total) + '%'} title=${thousands(n) + ' ' + l}></span>`)}</div>
     <p class="legend">${parts.map(([l, n, c]) => html`<span><span class=${'swatch ' + c}></span>${thousands(n)} ${l}</span> `)}</p>
     ${schema.added.length || schema.removed.length || schema.type_changed.length || schema.order_changed ? html`<h3>Schema</h3><ul>

@@ -44,7 +44,7 @@ use async_trait::async_trait;
 use offshoot_core::fingerprint::sha256_hex;
 use offshoot_core::{AssetKey, SchemaName, UnixMillis};
 use offshoot_warehouse::data_diff::{
-    self, Column, DataDiff, DiffOptions, Flavor, Row, SqlRunner, Tables,
+    self, Column, DataDiff, DiffOptions, Flavor, Row, Runners, SqlRunner, Tables,
 };
 use offshoot_warehouse::{
     ArchiveId, ArchivedTable, Promotion, Target, Warehouse, WarehouseError, WarehouseResult,
@@ -678,19 +678,32 @@ impl Warehouse for PostgresWarehouse {
             ));
         }
         self.require_own_schema(target).await?;
-        let mut connection = self.open().await?;
+        // Three connections: the two sides' scans run at the same time (each its own backend
+        // process), then matching on the first.
+        let (mut connection, mut production_scan, mut branch_scan) =
+            tokio::try_join!(self.open(), self.open(), self.open())?;
         let result = async {
-            // Matching hashes whole rows: give it the memory to do so in one batch instead of
-            // spilling to disk (this connection is the diff's own and closes after it).
-            execute(&mut connection, format!("SET work_mem = '{DIFF_WORK_MEM}'"))
-                .await
-                .map_err(backend_error)?;
+            // Matching hashes whole rows and the scans sort keys: give them the memory to do so
+            // in one batch instead of spilling to disk (these connections are the diff's own and
+            // close after it).
+            for c in [&mut connection, &mut production_scan, &mut branch_scan] {
+                execute(c, format!("SET work_mem = '{DIFF_WORK_MEM}'"))
+                    .await
+                    .map_err(backend_error)?;
+            }
             let production = describe(&mut connection, &target.production, table).await?;
             let branch = describe(&mut connection, &target.schema, table).await?;
             let tables = Tables { production, branch };
-            data_diff::diff(&mut Runner(&mut connection), &PostgresFlavor, &tables, options).await
+            let runners = Runners {
+                main: &mut Runner(&mut connection),
+                production: &mut Runner(&mut production_scan),
+                branch: &mut Runner(&mut branch_scan),
+            };
+            data_diff::diff(runners, &PostgresFlavor, &tables, options).await
         }
         .await;
+        close(production_scan).await;
+        close(branch_scan).await;
         close(connection).await;
         result
     }
@@ -984,6 +997,21 @@ impl Flavor for PostgresFlavor {
     }
     fn text(&self, expr: &str) -> String {
         format!("({expr})::text")
+    }
+    fn session_query(&self) -> Option<&'static str> {
+        Some("SELECT pg_backend_pid()::text")
+    }
+    fn cancel_query(&self, session: &str) -> String {
+        // `session` is a number (checked by the caller).
+        format!("SELECT pg_cancel_backend({session})::text")
+    }
+    fn key_sample(&self, columns: &[String], modulus: u64) -> Option<String> {
+        // hashtext: PostgreSQL's 32-bit hash of text, the same for the same text on a server.
+        let texts: Vec<String> = columns.iter().map(|c| format!("({c})::text")).collect();
+        Some(format!(
+            "(hashtext(concat_ws(chr(31), {})) & 2147483647) % {modulus} = 0",
+            texts.join(", ")
+        ))
     }
 }
 

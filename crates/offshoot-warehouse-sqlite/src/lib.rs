@@ -44,7 +44,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use offshoot_core::{AssetKey, SchemaName, UnixMillis};
 use offshoot_warehouse::data_diff::{
-    self, Column, DataDiff, DiffOptions, Flavor, Row, SqlRunner, Tables,
+    self, Column, DataDiff, DiffOptions, Flavor, Row, Runners, SqlRunner, Tables,
 };
 use offshoot_warehouse::{
     ArchiveId, ArchivedTable, Promotion, Target, Warehouse, WarehouseError, WarehouseResult,
@@ -502,15 +502,28 @@ impl Warehouse for SqliteWarehouse {
                     .to_owned(),
             ));
         }
-        let mut connection = self.connect(target, WhenMissing::Fail).await?;
+        // Three connections: the two sides' scans run at the same time (SQLite runs each
+        // connection on its own thread) as the grouping of the keys.
+        let (mut connection, mut production_scan, mut branch_scan) = tokio::try_join!(
+            self.connect(target, WhenMissing::Fail),
+            self.connect(target, WhenMissing::Fail),
+            self.connect(target, WhenMissing::Fail)
+        )?;
         let result = async {
             let production = describe(&mut connection, PRODUCTION_ALIAS, table).await?;
             let branch = describe(&mut connection, "main", table).await?;
             let tables = Tables { production, branch };
-            data_diff::diff(&mut Runner(&mut connection), &SqliteFlavor, &tables, options).await
+            let runners = Runners {
+                main: &mut Runner(&mut connection),
+                production: &mut Runner(&mut production_scan),
+                branch: &mut Runner(&mut branch_scan),
+            };
+            data_diff::diff(runners, &SqliteFlavor, &tables, options).await
         }
         .await;
         close(connection).await;
+        close(production_scan).await;
+        close(branch_scan).await;
         result
     }
 }
@@ -606,6 +619,14 @@ async fn describe(
     Ok(Some((format!("{}.{}", quote_identifier(schema), quote_identifier(&name)), columns)))
 }
 
+/// TEXT affinity (section 3.1 of SQLite's datatype documentation): a number stored in such a
+/// column becomes text.
+fn text_affinity(declared: &str) -> bool {
+    let upper = declared.to_ascii_uppercase();
+    !upper.contains("INT")
+        && (upper.contains("CHAR") || upper.contains("CLOB") || upper.contains("TEXT"))
+}
+
 /// SQLite's affinity rules (section 3.1 of its datatype documentation): INTEGER, REAL and
 /// NUMERIC affinity are numbers; TEXT and BLOB (or no type) are not.
 fn numeric_affinity(declared: &str) -> bool {
@@ -642,6 +663,25 @@ impl Flavor for SqliteFlavor {
     }
     fn loosely_typed(&self) -> bool {
         true
+    }
+    fn key_sample(&self, columns: &[String], modulus: u64) -> Option<String> {
+        // SQLite has no hash function: an integer key is mixed by a multiplicative step modulo
+        // the prime 2^31 - 1 (Park and Miller's); any other value by its length and its last
+        // three characters first. The same value gives the same answer on both sides.
+        const P: &str = "2147483647";
+        let part = |c: &String| {
+            format!(
+                "(CASE WHEN typeof({c}) = 'integer' THEN ({c} % {P} + {P}) % {P} ELSE (length(CAST({c} AS TEXT)) * 16777259 + coalesce(unicode(substr(CAST({c} AS TEXT), -1)), 0) * 65599 + coalesce(unicode(substr(CAST({c} AS TEXT), -2, 1)), 0) * 257 + coalesce(unicode(substr(CAST({c} AS TEXT), -3, 1)), 0)) % {P} END)"
+            )
+        };
+        let mut mixed = "0".to_owned();
+        for column in columns {
+            mixed = format!("((({mixed}) * 31 + {}) % {P}) * 48271 % {P}", part(column));
+        }
+        Some(format!("({mixed}) % {modulus} = 0"))
+    }
+    fn may_hold_numbers(&self, column: &Column) -> bool {
+        !text_affinity(&column.data_type)
     }
     fn match_by_grouping(&self) -> bool {
         true

@@ -483,6 +483,41 @@ async fn data_diffs_follow_the_warehouse_contract() {
     .await;
 }
 
+/// SQLite samples integer keys by `id × 48271 mod (2³¹ − 1)`: below 44,488 that is `id × 48271`,
+/// and 48271 leaves 1 when divided by 3, so one key in 3 means the ids divisible by 3.
+#[tokio::test]
+async fn a_sampled_data_diff_counts_exactly_the_keys_it_sampled() {
+    let fixture = Fixture::new().await;
+    let series = |n: u32, select: &str| {
+        format!("WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {n}) {select}")
+    };
+    let production =
+        series(100, "SELECT CAST(n AS INTEGER) AS id, CAST(n * 10 AS INTEGER) AS amount FROM s");
+    let branch = series(105, "SELECT CAST(n AS INTEGER) AS id, CAST(CASE WHEN n % 10 = 0 THEN n * 10 + 1 ELSE n * 10 END AS INTEGER) AS amount FROM s WHERE n > 5");
+    fixture.materialize(&fixture.production, "orders", &production).await.expect("production");
+    fixture.materialize(&fixture.branch, "orders", &branch).await.expect("branch");
+    let options = offshoot_warehouse::data_diff::DiffOptions {
+        key: offshoot_warehouse::data_diff::KeyRequest::Declared(vec!["id".to_owned()]),
+        row_limit: Some(40),
+        ..Default::default()
+    };
+    let diff =
+        fixture.warehouse.data_diff(&fixture.branch, "orders", &options).await.expect("diff");
+    let sampled = diff.sampled.expect("sampled");
+    // Production 3, 6, ..., 99 (33); the branch 6, 9, ..., 105 (34). Only in production: 3;
+    // only in the branch: 102, 105; changed: 30, 60, 90; equal: the other 29.
+    assert_eq!((sampled.modulus, sampled.production_rows, sampled.branch_rows), (3, 33, 34));
+    let counts = diff.rows.expect("rows");
+    assert_eq!(
+        (counts.only_in_production, counts.only_in_branch, counts.changed, counts.equal),
+        (1, 2, 3, 29)
+    );
+    let keys: Vec<_> =
+        diff.samples.changed.iter().map(|r| r.key[0].clone().unwrap_or_default()).collect();
+    assert_eq!(keys, ["30", "60", "90"]);
+    assert_eq!(diff.columns[0].equal, Some(29));
+}
+
 #[tokio::test]
 async fn a_data_diff_handles_columns_of_mixed_types() {
     // SQLite only: one column holds numbers and text.
@@ -507,6 +542,14 @@ async fn a_data_diff_handles_columns_of_mixed_types() {
     let diff = fixture.warehouse.data_diff(&fixture.branch, "mixed", &options).await.expect("diff");
     let counts = diff.rows.expect("rows");
     assert_eq!((counts.changed, counts.equal), (1, 2));
+    // The stats count the numbers alone: 'ten' is neither summed nor the maximum.
+    let v = diff.columns.iter().find(|c| c.name == "v").expect("v");
+    let stats = |s: &Option<offshoot_warehouse::data_diff::NumericStats>| {
+        s.as_ref().map(|s| (s.sum.clone(), s.min.clone(), s.max.clone(), s.nulls))
+    };
+    let text = |s: &str| Some(s.to_owned());
+    assert_eq!(stats(&v.production), Some((text("12.5"), text("2.5"), text("10"), 0)));
+    assert_eq!(stats(&v.branch), Some((text("13.5"), text("3.5"), text("10"), 0)));
 }
 
 #[tokio::test]

@@ -686,6 +686,52 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     assert_eq!((twice.key_check.duplicates_in_branch, twice.key_check.nulls_in_branch), (1, 0));
     assert_eq!(twice.rows, rows(0, 1, 0, 3), "as whole rows: the second (2, b) is extra");
 
+    // Duplicates in production only: a key matched to one branch row (rows equal, so only
+    // the counts can tell), and a key the branch lacks.
+    build(warehouse, production, "twins", "SELECT CAST(1 AS INTEGER) AS id, CAST('a' AS TEXT) AS v UNION ALL SELECT 2, 'b' UNION ALL SELECT 2, 'b' UNION ALL SELECT 3, 'c'").await;
+    build(warehouse, branch, "twins", "SELECT CAST(1 AS INTEGER) AS id, CAST('a' AS TEXT) AS v UNION ALL SELECT 2, 'b' UNION ALL SELECT 3, 'c'").await;
+    let twins = diff(warehouse, branch, "twins", declared(&["id"])).await;
+    assert_eq!(
+        (twins.key_check.duplicates_in_production, twins.key_check.duplicates_in_branch),
+        (1, 0)
+    );
+    assert_eq!(twins.rows, rows(1, 0, 0, 3), "as whole rows: one (2, b) too many in production");
+    build(warehouse, production, "twins", "SELECT CAST(1 AS INTEGER) AS id, CAST('a' AS TEXT) AS v UNION ALL SELECT 4, 'd' UNION ALL SELECT 4, 'd' UNION ALL SELECT 5, 'e' UNION ALL SELECT 5, 'e'").await;
+    let unmatched = diff(warehouse, branch, "twins", declared(&["id"])).await;
+    assert_eq!(
+        (unmatched.key_check.duplicates_in_production, unmatched.key_check.duplicates_in_branch),
+        (2, 0),
+        "keys 4 and 5, which the branch does not have"
+    );
+    assert_eq!(unmatched.rows, rows(4, 2, 0, 1));
+
+    // A declared key with two values on both sides: joined, its 100,000 rows would make
+    // 5,000,000,000; the duplicates are reported at once instead.
+    let grain = "SELECT CAST(n % 2 AS INTEGER) AS country, CAST(n AS INTEGER) AS v FROM s";
+    build(warehouse, production, "by_country", &series(100_000, grain)).await;
+    build(warehouse, branch, "by_country", &series(100_000, grain)).await;
+    let started = std::time::Instant::now();
+    let by_country = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        diff(warehouse, branch, "by_country", declared(&["country"])),
+    )
+    .await
+    .expect("no join multiplies the duplicated keys' rows");
+    assert_eq!(
+        (by_country.key_check.duplicates_in_production, by_country.key_check.duplicates_in_branch),
+        (2, 2),
+        "after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(by_country.rows, rows(0, 0, 0, 100_000));
+
+    // A key of two columns.
+    build(warehouse, production, "pairs", &series(20, "SELECT CAST(n % 4 AS INTEGER) AS a, CAST(n / 4 AS INTEGER) AS b, CAST(n AS INTEGER) AS v FROM s")).await;
+    build(warehouse, branch, "pairs", &series(22, "SELECT CAST(n % 4 AS INTEGER) AS a, CAST(n / 4 AS INTEGER) AS b, CAST(CASE WHEN n = 7 THEN 70 ELSE n END AS INTEGER) AS v FROM s WHERE n > 1")).await;
+    let pairs = diff(warehouse, branch, "pairs", declared(&["a", "b"])).await;
+    assert_eq!(pairs.rows, rows(1, 2, 1, 18), "n = 1 removed, 21 and 22 added, 7 changed");
+    assert_eq!(pairs.samples.changed[0].key, [Some("3".to_owned()), Some("1".to_owned())]);
+
     // No key anywhere: a multiset of whole rows, and the report says so.
     build(
         warehouse,
@@ -786,6 +832,45 @@ pub async fn data_diff_stories(warehouse: &dyn Warehouse, production: &Target, b
     assert_eq!(
         (untouched.production_rows, untouched.branch_rows, untouched.rows),
         (Some(1), None, None)
+    );
+
+    // Above the row limit: a sample of keys, the same on both sides, and said so; the totals
+    // and the numeric stats stay the whole tables'.
+    let whole = diff(warehouse, branch, "orders", declared(&["id"])).await;
+    let sampled =
+        diff(warehouse, branch, "orders", DiffOptions { row_limit: Some(40), ..declared(&["id"]) })
+            .await;
+    let sample = sampled.sampled.clone().expect("sampled above 40 rows");
+    assert_eq!(sample.modulus, 3, "100 rows, at most 40: one key in 3");
+    let counts = sampled.rows.clone().expect("rows");
+    assert_eq!(
+        counts.only_in_production + counts.changed + counts.equal,
+        sample.production_rows,
+        "{sampled:?}"
+    );
+    assert_eq!(counts.only_in_branch + counts.changed + counts.equal, sample.branch_rows);
+    assert!(sample.production_rows > 0 && sample.production_rows < 100, "{sample:?}");
+    assert_eq!((sampled.production_rows, sampled.branch_rows), (Some(100), Some(100)));
+    let amount = |d: &DataDiff| {
+        d.columns
+            .iter()
+            .find(|c| c.name == "amount")
+            .map(|c| (c.production.clone(), c.branch.clone()))
+    };
+    assert_eq!(amount(&sampled), amount(&whole), "stats of the whole tables");
+    assert!(sampled.notes.iter().any(|n| n.starts_with("sampled:")), "{:?}", sampled.notes);
+    assert_eq!(whole.sampled, None);
+    let at_limit = diff(
+        warehouse,
+        branch,
+        "orders",
+        DiffOptions { row_limit: Some(100), ..declared(&["id"]) },
+    )
+    .await;
+    assert_eq!(
+        (at_limit.sampled, at_limit.rows),
+        (None, whole.rows.clone()),
+        "100 rows is not above 100"
     );
 
     // Production is never a diff's target.

@@ -40,11 +40,14 @@ pub struct DiffOptions {
     pub sample: usize,
     /// Numeric values closer than this are equal. Default 0: exact.
     pub tolerance: f64,
+    /// Rows per side above which a keyed diff matches a sample: the rows of one key in every
+    /// `m` by a hash of the key (the same keys on both sides). `None`: no limit.
+    pub row_limit: Option<u64>,
 }
 
 impl Default for DiffOptions {
     fn default() -> DiffOptions {
-        DiffOptions { key: KeyRequest::Infer, sample: 10, tolerance: 0.0 }
+        DiffOptions { key: KeyRequest::Infer, sample: 10, tolerance: 0.0, row_limit: None }
     }
 }
 
@@ -133,6 +136,15 @@ pub struct Samples {
     pub changed: Vec<ChangedRow>,
 }
 
+/// A keyed diff above the row limit matched the rows of one key in every `modulus`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sampled {
+    pub modulus: u64,
+    /// Rows in the sample, per side.
+    pub production_rows: u64,
+    pub branch_rows: u64,
+}
+
 /// The whole diff of one asset.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataDiff {
@@ -150,6 +162,9 @@ pub struct DataDiff {
     pub samples: Samples,
     /// What a reader must know: no key, why a key was not used, an inferred key, ...
     pub notes: Vec<String>,
+    /// Set when the row counts by key, the equal shares and the samples are a sample's (the
+    /// row totals and the numeric stats are always the whole tables').
+    pub sampled: Option<Sampled>,
 }
 
 /// How a backend's SQL differs where the diff needs it.
@@ -163,15 +178,38 @@ pub trait Flavor: Send + Sync {
     fn number(&self, expr: &str) -> String {
         expr.to_owned()
     }
+    /// Where the flavor is [`Flavor::loosely_typed`]: whether `column` may hold numbers at all
+    /// (SQLite: every column but one of TEXT affinity, which turns numbers into text).
+    fn may_hold_numbers(&self, column: &Column) -> bool {
+        column.numeric
+    }
+    /// A query returning this connection's session id (a number), where statements running in
+    /// it can be cancelled from another connection by [`Flavor::cancel_query`].
+    fn session_query(&self) -> Option<&'static str> {
+        None
+    }
+    /// Cancels the statement running in session `session` (a number).
+    fn cancel_query(&self, session: &str) -> String {
+        let _ = session;
+        String::new()
+    }
+    /// A condition true for the rows of one key in every `modulus`, the same keys whichever
+    /// table (a hash of the key's values; `columns` are quoted); `None` where the flavor cannot
+    /// sample.
+    fn key_sample(&self, columns: &[String], modulus: u64) -> Option<String> {
+        let _ = (columns, modulus);
+        None
+    }
     /// Whether any column may hold numbers whatever its declared type (SQLite), so a tolerance
     /// applies to every column through [`Flavor::number`].
     fn loosely_typed(&self) -> bool {
         false
     }
-    /// Whether rows are matched by grouping both sides on the key (one sort) rather than by a
-    /// `FULL OUTER JOIN`: SQLite joins unindexed tables in nested loops (a 100,000-row full
-    /// join took 9 minutes here, the grouping 0.07 s); PostgreSQL hash-joins, and its `max` is
-    /// not defined for every type.
+    /// Whether rows are matched without a `FULL OUTER JOIN` (SQLite, which joins unindexed
+    /// tables in nested loops there: a 100,000-row full join took 9 minutes here): the keys of
+    /// both sides are grouped once (which finds duplicates and the keys on one side only), then
+    /// production is `LEFT JOIN`ed to the branch (SQLite indexes the branch's key for it
+    /// automatically) and the branch's own rows are fetched by key. PostgreSQL hash-joins.
     fn match_by_grouping(&self) -> bool {
         false
     }
@@ -181,6 +219,15 @@ pub trait Flavor: Send + Sync {
 #[async_trait]
 pub trait SqlRunner: Send {
     async fn rows(&mut self, sql: &str) -> WarehouseResult<Vec<Row>>;
+}
+
+/// The connections one diff runs on: `main` for matching and samples (it holds the diff's
+/// temporary tables), and one per side for that side's scan, which runs at the same time as the
+/// other side's (and, where rows are matched by grouping, as the grouping of the keys).
+pub struct Runners<'a> {
+    pub main: &'a mut dyn SqlRunner,
+    pub production: &'a mut dyn SqlRunner,
+    pub branch: &'a mut dyn SqlRunner,
 }
 
 /// The two tables: their references in SQL (already quoted and qualified) and their columns;
@@ -194,23 +241,16 @@ const PRESENT: &str = "\"__offshoot_present\"";
 
 /// The diff of two tables (see the module documentation).
 pub async fn diff(
-    runner: &mut dyn SqlRunner,
+    runners: Runners<'_>,
     flavor: &dyn Flavor,
     tables: &Tables,
     options: &DiffOptions,
 ) -> WarehouseResult<DataDiff> {
+    let Runners { main: runner, production: production_runner, branch: branch_runner } = runners;
     let count = |table: &str| format!("SELECT {} FROM {table}", flavor.text("count(*)"));
-    let production_rows = match &tables.production {
-        Some((table, _)) => Some(number(&first(runner.rows(&count(table)).await?))?),
-        None => None,
-    };
-    let branch_rows = match &tables.branch {
-        Some((table, _)) => Some(number(&first(runner.rows(&count(table)).await?))?),
-        None => None,
-    };
     let mut result = DataDiff {
-        production_rows,
-        branch_rows,
+        production_rows: None,
+        branch_rows: None,
         schema: SchemaChange::default(),
         key: Vec::new(),
         key_source: KeySource::None,
@@ -219,10 +259,20 @@ pub async fn diff(
         columns: Vec::new(),
         samples: Samples::default(),
         notes: Vec::new(),
+        sampled: None,
     };
     let (Some((production, production_columns)), Some((branch, branch_columns))) =
         (&tables.production, &tables.branch)
     else {
+        // One side only: its rows, nothing to match.
+        for (side, rows) in [
+            (&tables.production, &mut result.production_rows),
+            (&tables.branch, &mut result.branch_rows),
+        ] {
+            if let Some((table, _)) = side {
+                *rows = Some(number(&first(runner.rows(&count(table)).await?))?);
+            }
+        }
         return Ok(result);
     };
     result.schema = schema_change(production_columns, branch_columns);
@@ -230,10 +280,14 @@ pub async fn diff(
     let common: Vec<&Column> =
         production_columns.iter().filter(|c| branch_names.contains(c.name.as_str())).collect();
     if common.is_empty() {
+        let production_rows = number(&first(runner.rows(&count(production)).await?))?;
+        let branch_rows = number(&first(runner.rows(&count(branch)).await?))?;
+        result.production_rows = Some(production_rows);
+        result.branch_rows = Some(branch_rows);
         result.notes.push("the two tables have no column in common".to_owned());
         result.rows = Some(RowCounts {
-            only_in_production: production_rows.unwrap_or(0),
-            only_in_branch: branch_rows.unwrap_or(0),
+            only_in_production: production_rows,
+            only_in_branch: branch_rows,
             ..RowCounts::default()
         });
         return Ok(result);
@@ -270,63 +324,181 @@ pub async fn diff(
     let key_usable = !key.is_empty();
     result.key = key.clone();
     result.key_source = source;
-    if key_usable && result.schema.type_changed.iter().any(|(name, _, _)| key.contains(name)) {
+    let key_type_changed =
+        key_usable && result.schema.type_changed.iter().any(|(name, _, _)| key.contains(name));
+    if key_type_changed {
         result.notes.push("the key's type changed: key values are matched as text".to_owned());
     }
-    // One scan per side: NULL keys, duplicate keys (where matching joins), numeric stats.
+    // Where matching groups, the keys are grouped once (finding duplicates and the keys on one
+    // side only) except when the key's type changed: then one grouping matches the whole rows.
+    let matching = match (key_usable, flavor.match_by_grouping(), key_type_changed) {
+        (false, _, _) => Matching::None,
+        (true, false, _) => Matching::FullJoin,
+        (true, true, true) => Matching::Grouping,
+        (true, true, false) => Matching::KeysThenLeftJoin,
+    };
+    // Sums, min, max and NULLs of the compared numeric columns (the key's are not shown).
     let numeric: Vec<&Column> = common
         .iter()
         .copied()
+        .filter(|c| !key.contains(&c.name))
         .filter(|c| {
-            let branch_numeric = branch_columns.iter().any(|b| b.name == c.name && b.numeric);
-            // SQLite's columns built from expressions have no declared type: every column is
-            // looked at there (`Flavor::number` skips what is not a number), and the ones with no
-            // number on either side are dropped below.
-            (c.numeric && branch_numeric) || flavor.loosely_typed()
+            let branch = branch_columns.iter().find(|b| b.name == c.name).expect("common");
+            if flavor.loosely_typed() {
+                // SQLite: any column but a TEXT one may hold numbers (whatever it declares);
+                // the ones with no number on either side are dropped below.
+                flavor.may_hold_numbers(c) || flavor.may_hold_numbers(branch)
+            } else {
+                c.numeric && branch.numeric
+            }
         })
         .collect();
-    let production_side = plan.side_summary(runner, production, &key, &numeric).await?;
-    let branch_side = plan.side_summary(runner, branch, &key, &numeric).await?;
-    result.key_check = KeyCheck {
-        duplicates_in_production: production_side.duplicates,
-        duplicates_in_branch: branch_side.duplicates,
-        nulls_in_production: production_side.nulls,
-        nulls_in_branch: branch_side.nulls,
-    };
-
-    if key_usable && flavor.match_by_grouping() && production_side.nulls + branch_side.nulls > 0 {
-        // Matching (which finds duplicates where it groups) will not run: count them here.
-        result.key_check.duplicates_in_production =
-            plan.count_duplicates(runner, production, &key).await?;
-        result.key_check.duplicates_in_branch = plan.count_duplicates(runner, branch, &key).await?;
-    }
-    let mut keyed = None;
-    if key_usable
-        && result.key_check.nulls_in_production
-            + result.key_check.nulls_in_branch
-            + result.key_check.duplicates_in_production
-            + result.key_check.duplicates_in_branch
-            == 0
+    // One scan per side and the matching, all at once on their own connections: the scans
+    // count rows and NULL keys and take the numeric stats; matching checks the key for
+    // duplicates where it must (see `Plan::match_rows`) and writes the rows that differ.
+    // Above the row limit a keyed diff matches a sample: the same keys on both sides.
+    let mut modulus = None;
+    if let (Some(limit), Matching::FullJoin | Matching::KeysThenLeftJoin) =
+        (options.row_limit, matching)
     {
-        // Matching writes the rows that differ (a few, usually) to a temporary table in one
-        // pass; everything else is counted from it. Where matching groups, duplicates show here.
-        let outcome = plan
-            .keyed(
-                runner,
-                &key,
-                options.tolerance,
-                options.sample,
-                &result.schema,
-                production_rows.unwrap_or(0),
+        let production_rows = number(&first(runner.rows(&count(production)).await?))?;
+        let branch_rows = number(&first(runner.rows(&count(branch)).await?))?;
+        let most = production_rows.max(branch_rows);
+        if most > limit.max(1) {
+            modulus = Some(most.div_ceil(limit.max(1)));
+        }
+    }
+    let quoted_key: Vec<String> = key.iter().map(|k| flavor.quote(k)).collect();
+    let condition = modulus.and_then(|m| flavor.key_sample(&quoted_key, m));
+    if modulus.is_some() && condition.is_none() {
+        result.notes.push(
+            "the tables are above the row limit, but this warehouse cannot sample: compared whole"
+                .to_owned(),
+        );
+    }
+    let sampled_tables = condition.as_ref().map(|c| {
+        (
+            format!("(SELECT * FROM {production} AS t WHERE {c})"),
+            format!("(SELECT * FROM {branch} AS t WHERE {c})"),
+        )
+    });
+    let matching_plan = match &sampled_tables {
+        Some((production, branch)) => {
+            Plan { flavor, production, branch, common: &common, branch_columns }
+        }
+        None => Plan { flavor, production, branch, common: &common, branch_columns },
+    };
+    // Where the flavor can cancel a running statement, the join starts at once and the
+    // branch's key check runs beside it on the branch's connection, cancelling the join if it
+    // finds duplicates (which could multiply rows); otherwise the check runs first.
+    let session = match (matching, flavor.session_query()) {
+        (Matching::FullJoin, Some(query)) => {
+            first(runner.rows(query).await?).filter(|s| s.parse::<u32>().is_ok())
+        }
+        _ => None,
+    };
+    let (production_side, branch_side, matched) = match &session {
+        Some(session) => {
+            let (production_side, branch_side, joined) = tokio::join!(
+                plan.side_summary(
+                    production_runner,
+                    production,
+                    &key,
+                    &numeric,
+                    condition.as_deref()
+                ),
+                async {
+                    let duplicates = matching_plan
+                        .has_duplicates(&mut *branch_runner, matching_plan.branch, &key)
+                        .await?;
+                    if duplicates {
+                        // A cancel that arrives after the statement ended finds the session
+                        // idle and does nothing.
+                        branch_runner.rows(&flavor.cancel_query(session)).await?;
+                    }
+                    let side = plan
+                        .side_summary(branch_runner, branch, &key, &numeric, condition.as_deref())
+                        .await?;
+                    Ok::<_, WarehouseError>((side, duplicates))
+                },
+                matching_plan.keyed(
+                    &mut *runner,
+                    &key,
+                    matching,
+                    options.tolerance,
+                    options.sample,
+                    &result.schema
+                ),
+            );
+            let (branch_side, duplicates) = branch_side?;
+            let matched = if duplicates { Some(Matched::Duplicates(None)) } else { Some(joined?) };
+            (production_side, Ok(branch_side), Ok(matched))
+        }
+        None => {
+            tokio::join!(
+                plan.side_summary(
+                    production_runner,
+                    production,
+                    &key,
+                    &numeric,
+                    condition.as_deref()
+                ),
+                plan.side_summary(branch_runner, branch, &key, &numeric, condition.as_deref()),
+                matching_plan.match_rows(&mut *runner, &key, matching, options, &result.schema),
             )
-            .await?;
-        match outcome {
-            Keyed::Diff(counts, equal, samples) => keyed = Some((counts, equal, samples)),
-            Keyed::Duplicates(production, branch) => {
-                result.key_check.duplicates_in_production = production;
-                result.key_check.duplicates_in_branch = branch;
+        }
+    };
+    let (production_side, branch_side, mut matched) = (production_side?, branch_side?, matched?);
+    if session.is_some() && matches!(matched, Some(Matched::Duplicates(None))) {
+        // The cancelled join may have left its temporary table half made.
+        let _ = runner.rows(&format!("DROP TABLE IF EXISTS {DIFFERING}")).await;
+    }
+    if matching == Matching::KeysThenLeftJoin {
+        let _ = runner.rows(&format!("DROP TABLE IF EXISTS {KEYS}")).await;
+    }
+    result.production_rows = Some(production_side.rows);
+    result.branch_rows = Some(branch_side.rows);
+    result.key_check.nulls_in_production = production_side.nulls;
+    result.key_check.nulls_in_branch = branch_side.nulls;
+    let nulls = production_side.nulls + branch_side.nulls;
+    if matching == Matching::Grouping && nulls == 0 {
+        // One grouping of the whole rows, which finds duplicates itself.
+        matched = Some(
+            plan.keyed(runner, &key, matching, options.tolerance, options.sample, &result.schema)
+                .await?,
+        );
+    }
+    // Whether matching by the key holds: no NULL keys, no duplicates on either side. Where
+    // only the branch's keys were checked before joining, production's duplicates show as
+    // more matched production rows than matched branch rows, or in the rows it alone has.
+    let mut keyed = None;
+    let mut duplicates = None;
+    // The rows matching saw: the sample's where there is one.
+    let (production_rows, branch_rows) = match condition {
+        Some(_) => (production_side.sampled, branch_side.sampled),
+        None => (production_side.rows, branch_side.rows),
+    };
+    match matched {
+        Some(Matched::Rows(differing)) if nulls == 0 => {
+            let matched_production = production_rows.saturating_sub(differing.only_in_production);
+            let matched_branch = branch_rows.saturating_sub(differing.only_in_branch);
+            if differing.production_only_duplicates == 0 && matched_production == matched_branch {
+                keyed = Some((differing, matched_production));
             }
         }
+        Some(Matched::Duplicates(Some(counts))) => duplicates = Some(counts),
+        _ => {}
+    }
+    if key_usable && keyed.is_none() {
+        let (production_duplicates, branch_duplicates) = match duplicates {
+            Some(counts) => counts,
+            None => (
+                plan.count_duplicates(runner, production, &key).await?,
+                plan.count_duplicates(runner, branch, &key).await?,
+            ),
+        };
+        result.key_check.duplicates_in_production = production_duplicates;
+        result.key_check.duplicates_in_branch = branch_duplicates;
     }
     let check = &result.key_check;
     if key_usable && keyed.is_none() {
@@ -340,17 +512,30 @@ pub async fn diff(
         ));
     }
     match keyed {
-        Some((counts, equal, samples)) => {
-            result.rows = Some(counts);
-            result.samples = samples;
+        Some((differing, matched)) => {
+            if let Some(modulus) = modulus.filter(|_| condition.is_some()) {
+                result.sampled = Some(Sampled { modulus, production_rows, branch_rows });
+                result.notes.push(format!(
+                    "sampled: the tables are above the row limit, so rows were matched for one key in every {modulus} by a hash of the key, {production_rows} of {} rows in production and {branch_rows} of {} in the branch; the counts by key, the shares of equal values, duplicate keys and the samples are the sample's, the row totals, NULL keys, sums, min, max and NULL counts the whole tables'",
+                    production_side.rows, branch_side.rows
+                ));
+            }
+            let changed = differing.changed;
+            result.rows = Some(RowCounts {
+                only_in_production: differing.only_in_production,
+                only_in_branch: differing.only_in_branch,
+                changed,
+                equal: matched.saturating_sub(changed),
+            });
+            result.samples = differing.samples;
             let compared: Vec<&&Column> =
                 common.iter().filter(|c| !key.contains(&c.name)).collect();
             result.columns = compared
                 .iter()
-                .zip(equal)
-                .map(|(c, e)| ColumnDiff {
+                .zip(differing.differing_per_column)
+                .map(|(c, d)| ColumnDiff {
                     name: c.name.clone(),
-                    equal: Some(e),
+                    equal: Some(matched.saturating_sub(d)),
                     production: None,
                     branch: None,
                 })
@@ -382,23 +567,56 @@ pub async fn diff(
     Ok(result)
 }
 
-/// What one scan of a side says: NULL keys, duplicate keys (0 where matching groups: it finds
-/// them itself), and the numeric columns' stats.
+/// What one scan of a side says: its rows, NULL keys and the numeric columns' stats.
 struct SideSummary {
+    rows: u64,
     nulls: u64,
-    duplicates: u64,
+    /// Rows in the sample (0 without one).
+    sampled: u64,
     stats: Vec<NumericStats>,
 }
 
-enum Keyed {
-    /// Row counts, per compared column the matched rows equal in it, the samples.
-    Diff(RowCounts, Vec<u64>, Samples),
-    /// The key is not unique after all: (production, branch) duplicate keys.
-    Duplicates(u64, u64),
+/// What matching found.
+enum Matched {
+    Rows(Differing),
+    /// The key is not unique: (production, branch) duplicate keys where they were counted.
+    Duplicates(Option<(u64, u64)>),
+}
+
+/// Counts and samples from the table of differing rows.
+struct Differing {
+    only_in_production: u64,
+    only_in_branch: u64,
+    changed: u64,
+    /// Per compared column, the matched rows whose value differs.
+    differing_per_column: Vec<u64>,
+    samples: Samples,
+    /// Keys production has more than once among the rows only it has (where only the branch's
+    /// keys were checked before joining).
+    production_only_duplicates: u64,
 }
 
 /// The temporary table of differing rows.
 const DIFFERING: &str = "offshoot_differing_rows";
+
+/// The temporary table of the keys not seen exactly once on each side (without NULLs), where
+/// matching groups.
+const KEYS: &str = "offshoot_unmatched_keys";
+
+/// How rows are matched by their key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Matching {
+    /// No usable key: whole rows are compared as multisets.
+    None,
+    /// One `FULL OUTER JOIN` on the key (PostgreSQL).
+    FullJoin,
+    /// One grouping of both sides' whole rows by the key (SQLite, when the key's type changed
+    /// and its values are matched as text, which no automatic index serves).
+    Grouping,
+    /// [`KEYS`] first (one grouping of both sides' keys), then production `LEFT JOIN` the branch
+    /// and the branch's rows whose key production lacks (SQLite).
+    KeysThenLeftJoin,
+}
 
 fn schema_change(production: &[Column], branch: &[Column]) -> SchemaChange {
     let find = |columns: &[Column], name: &str| columns.iter().find(|c| c.name == name).cloned();
@@ -460,9 +678,6 @@ impl Plan<'_> {
     /// Both sides joined on the key: `p_i` / `b_i` are the common columns, `p_present` /
     /// `b_present` say which side a row is in.
     fn joined(&self, key: &[String], schema: &SchemaChange) -> String {
-        if self.flavor.match_by_grouping() {
-            return self.grouped_by_key(key, schema);
-        }
         let mut select =
             vec![format!("p.{PRESENT} AS p_present"), format!("b.{PRESENT} AS b_present")];
         for (i, column) in self.common.iter().enumerate() {
@@ -486,7 +701,7 @@ impl Plan<'_> {
             })
             .collect();
         format!(
-            "SELECT {} FROM (SELECT 1 AS {PRESENT}, * FROM {}) AS p FULL OUTER JOIN (SELECT 1 AS {PRESENT}, * FROM {}) AS b ON {}",
+            "SELECT {} FROM (SELECT 1 AS {PRESENT}, * FROM {} AS t) AS p FULL OUTER JOIN (SELECT 1 AS {PRESENT}, * FROM {} AS t) AS b ON {}",
             select.join(", "),
             self.production,
             self.branch,
@@ -535,6 +750,98 @@ impl Plan<'_> {
         )
     }
 
+    /// Production's rows, each with the branch's row of its key if there is one, in the shape of
+    /// [`Plan::joined`]. The key has no NULLs and no duplicates (checked before), so this is a
+    /// plain lookup, which SQLite serves with an automatic index on the branch's key.
+    fn left_joined(&self, key: &[String]) -> String {
+        let first_key = self.q(&key[0]);
+        let mut select = vec![
+            "1 AS p_present".to_owned(),
+            format!("CASE WHEN b.{first_key} IS NULL THEN NULL ELSE 1 END AS b_present"),
+        ];
+        for (i, column) in self.common.iter().enumerate() {
+            let name = self.q(&column.name);
+            select.push(format!("p.{name} AS p_{i}"));
+            select.push(format!("b.{name} AS b_{i}"));
+        }
+        let on: Vec<String> = key
+            .iter()
+            .map(|k| {
+                let name = self.q(k);
+                format!("p.{name} = b.{name}")
+            })
+            .collect();
+        format!(
+            "SELECT {} FROM {} AS p LEFT JOIN {} AS b ON {}",
+            select.join(", "),
+            self.production,
+            self.branch,
+            on.join(" AND ")
+        )
+    }
+
+    /// The branch's rows whose key production lacks ([`KEYS`] with no production row), in the
+    /// shape of [`Plan::joined`].
+    fn branch_only(&self, key: &[String]) -> String {
+        let mut select = vec!["NULL AS p_present".to_owned(), "1 AS b_present".to_owned()];
+        for (i, column) in self.common.iter().enumerate() {
+            select.push(format!("NULL AS p_{i}"));
+            select.push(format!("b.{} AS b_{i}", self.q(&column.name)));
+        }
+        let columns: Vec<String> = key.iter().map(|k| format!("b.{}", self.q(k))).collect();
+        let aliases: Vec<String> = (0..key.len()).map(|i| format!("k_{i}")).collect();
+        format!(
+            "SELECT {} FROM {} AS b WHERE ({}) IN (SELECT {} FROM {KEYS} WHERE p_count = 0)",
+            select.join(", "),
+            self.branch,
+            columns.join(", "),
+            aliases.join(", ")
+        )
+    }
+
+    /// [`KEYS`]: one grouping of both sides' keys (NULLs left out: they are counted by the
+    /// side scans), keeping the keys not seen exactly once on each side. Returns the keys
+    /// production and the branch each have more than once.
+    async fn group_keys(
+        &self,
+        runner: &mut dyn SqlRunner,
+        key: &[String],
+    ) -> WarehouseResult<(u64, u64)> {
+        let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
+        let not_null =
+            columns.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+        let aliases: Vec<String> = (0..key.len()).map(|i| format!("k_{i}")).collect();
+        let renamed: Vec<String> =
+            columns.iter().zip(&aliases).map(|(c, a)| format!("{c} AS {a}")).collect();
+        let side = |p: &str, b: &str, table: &str| {
+            format!(
+                "SELECT {}, {p} AS pp, {b} AS bp FROM {table} AS t WHERE {not_null}",
+                renamed.join(", ")
+            )
+        };
+        let _ = runner.rows(&format!("DROP TABLE IF EXISTS {KEYS}")).await;
+        runner
+            .rows(&format!(
+                "CREATE TEMPORARY TABLE {KEYS} AS SELECT {aliases}, count(u.pp) AS p_count, count(u.bp) AS b_count FROM ({} UNION ALL {}) AS u GROUP BY {aliases} HAVING count(u.pp) <> 1 OR count(u.bp) <> 1",
+                side("1", "NULL", self.production),
+                side("NULL", "1", self.branch),
+                aliases = aliases.join(", ")
+            ))
+            .await?;
+        let t = |e: &str| self.flavor.text(e);
+        let row = runner
+            .rows(&format!(
+                "SELECT {}, {} FROM {KEYS}",
+                t("sum(CASE WHEN p_count > 1 THEN 1 ELSE 0 END)"),
+                t("sum(CASE WHEN b_count > 1 THEN 1 ELSE 0 END)")
+            ))
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        Ok((number(row.first().unwrap_or(&None))?, number(row.get(1).unwrap_or(&None))?))
+    }
+
     fn index_of(&self, name: &str) -> usize {
         self.common.iter().position(|c| c.name == name).expect("a common column")
     }
@@ -569,17 +876,48 @@ impl Plan<'_> {
 
     /// One matching pass: the rows that differ (only on one side, or some value differs; and
     /// where matching groups, keys seen twice) into a temporary table, then counts and samples
-    /// from it. `production_rows` gives the matched count: production's rows minus those only
-    /// there.
+    /// from it.
+    /// Matching that runs while the sides are scanned: where it joins (PostgreSQL), the
+    /// branch's keys are checked for duplicates first, so that the join stays linear (a key
+    /// seen on both sides more than once would multiply rows); production's duplicates show in
+    /// its result. Where it groups the keys (SQLite), the grouping finds duplicates. `None`
+    /// where matching waits for the scans (the key's type changed) or there is no key.
+    async fn match_rows(
+        &self,
+        runner: &mut dyn SqlRunner,
+        key: &[String],
+        matching: Matching,
+        options: &DiffOptions,
+        schema: &SchemaChange,
+    ) -> WarehouseResult<Option<Matched>> {
+        match matching {
+            Matching::None | Matching::Grouping => return Ok(None),
+            Matching::KeysThenLeftJoin => {
+                let (production, branch) = self.group_keys(runner, key).await?;
+                if production + branch > 0 {
+                    return Ok(Some(Matched::Duplicates(Some((production, branch)))));
+                }
+            }
+            Matching::FullJoin => {
+                if self.has_duplicates(runner, self.branch, key).await? {
+                    return Ok(Some(Matched::Duplicates(None)));
+                }
+            }
+        }
+        let keyed = self.keyed(runner, key, matching, options.tolerance, options.sample, schema);
+        keyed.await.map(Some)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn keyed(
         &self,
         runner: &mut dyn SqlRunner,
         key: &[String],
+        matching: Matching,
         tolerance: f64,
         limit: usize,
         schema: &SchemaChange,
-        production_rows: u64,
-    ) -> WarehouseResult<Keyed> {
+    ) -> WarehouseResult<Matched> {
         let compared = self.compared(key);
         let mut select =
             vec!["j.p_present AS p_present".to_owned(), "j.b_present AS b_present".to_owned()];
@@ -595,22 +933,34 @@ impl Plan<'_> {
             "j.p_present IS NULL OR j.b_present IS NULL OR NOT ({})",
             self.all_equal(key, tolerance)
         );
-        if self.flavor.match_by_grouping() {
+        if matching == Matching::Grouping {
             select.push("j.p_count AS p_count".to_owned());
             select.push("j.b_count AS b_count".to_owned());
             differs.push_str(" OR j.p_count > 1 OR j.b_count > 1");
         }
         let _ = runner.rows(&format!("DROP TABLE IF EXISTS {DIFFERING}")).await;
+        let source = match matching {
+            Matching::KeysThenLeftJoin => self.left_joined(key),
+            Matching::Grouping => self.grouped_by_key(key, schema),
+            Matching::FullJoin | Matching::None => self.joined(key, schema),
+        };
+        let select = select.join(", ");
         runner
             .rows(&format!(
-                "CREATE TEMPORARY TABLE {DIFFERING} AS SELECT {} FROM ({}) AS j WHERE {differs}",
-                select.join(", "),
-                self.joined(key, schema)
+                "CREATE TEMPORARY TABLE {DIFFERING} AS SELECT {select} FROM ({source}) AS j WHERE {differs}"
             ))
             .await?;
+        if matching == Matching::KeysThenLeftJoin {
+            runner
+                .rows(&format!(
+                    "INSERT INTO {DIFFERING} SELECT {select} FROM ({}) AS j",
+                    self.branch_only(key)
+                ))
+                .await?;
+        }
         let result = async {
             let t = |e: String| self.flavor.text(&e);
-            if self.flavor.match_by_grouping() {
+            if matching == Matching::Grouping {
                 let row = runner
                     .rows(&format!(
                         "SELECT {}, {} FROM {DIFFERING}",
@@ -624,7 +974,7 @@ impl Plan<'_> {
                 let (production, branch) =
                     (number(row.first().unwrap_or(&None))?, number(row.get(1).unwrap_or(&None))?);
                 if production + branch > 0 {
-                    return Ok(Keyed::Duplicates(production, branch));
+                    return Ok(Matched::Duplicates(Some((production, branch))));
                 }
             }
             let both = "p_present = 1 AND b_present = 1";
@@ -644,18 +994,34 @@ impl Plan<'_> {
                 .unwrap_or_default();
             let value = |i: usize| number(row.get(i).unwrap_or(&None));
             let (only_in_production, only_in_branch, changed) = (value(0)?, value(1)?, value(2)?);
-            let matched = production_rows.saturating_sub(only_in_production);
-            let counts = RowCounts {
+            let differing_per_column =
+                (0..compared.len()).map(|k| value(3 + k)).collect::<WarehouseResult<Vec<u64>>>()?;
+            let production_only_duplicates = if matching == Matching::FullJoin {
+                let keys: Vec<String> =
+                    key.iter().map(|k| format!("p_{}", self.index_of(k))).collect();
+                let not_null =
+                    keys.iter().map(|k| format!("{k} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+                number(&first(
+                    runner
+                        .rows(&format!(
+                            "SELECT {} FROM (SELECT 1 AS x FROM {DIFFERING} WHERE b_present IS NULL AND {not_null} GROUP BY {} HAVING count(*) > 1) AS d",
+                            t("count(*)".to_owned()),
+                            keys.join(", ")
+                        ))
+                        .await?,
+                ))?
+            } else {
+                0
+            };
+            let samples = self.keyed_samples(runner, key, &compared, limit, schema).await?;
+            Ok(Matched::Rows(Differing {
                 only_in_production,
                 only_in_branch,
                 changed,
-                equal: matched.saturating_sub(changed),
-            };
-            let equal = (0..compared.len())
-                .map(|k| value(3 + k).map(|d| matched.saturating_sub(d)))
-                .collect::<WarehouseResult<Vec<u64>>>()?;
-            let samples = self.keyed_samples(runner, key, &compared, limit, schema).await?;
-            Ok(Keyed::Diff(counts, equal, samples))
+                differing_per_column,
+                samples,
+                production_only_duplicates,
+            }))
         }
         .await;
         let _ = runner.rows(&format!("DROP TABLE IF EXISTS {DIFFERING}")).await;
@@ -796,6 +1162,27 @@ impl Plan<'_> {
         })
     }
 
+    /// Whether `table` has a key (without NULLs) more than once: for one column by counting its
+    /// distinct values (a sort, cheaper than grouping here), else by grouping.
+    async fn has_duplicates(
+        &self,
+        runner: &mut dyn SqlRunner,
+        table: &str,
+        key: &[String],
+    ) -> WarehouseResult<bool> {
+        match key {
+            [one] => {
+                let one = self.q(one);
+                let sql = format!(
+                    "SELECT {} FROM {table} AS t",
+                    self.flavor.text(&format!("count({one}) - count(DISTINCT {one})"))
+                );
+                Ok(number(&first(runner.rows(&sql).await?))? > 0)
+            }
+            _ => Ok(self.count_duplicates(runner, table, key).await? > 0),
+        }
+    }
+
     /// Keys (without NULLs) that `table` has more than once.
     async fn count_duplicates(
         &self,
@@ -806,48 +1193,55 @@ impl Plan<'_> {
         let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
         let nulls = columns.iter().map(|c| format!("{c} IS NULL")).collect::<Vec<_>>().join(" OR ");
         let sql = format!(
-            "SELECT {} FROM (SELECT 1 AS x FROM {table} WHERE NOT ({nulls}) GROUP BY {} HAVING count(*) > 1) AS d",
+            "SELECT {} FROM (SELECT 1 AS x FROM {table} AS t WHERE NOT ({nulls}) GROUP BY {} HAVING count(*) > 1) AS d",
             self.flavor.text("count(*)"),
             columns.join(", ")
         );
         number(&first(runner.rows(&sql).await?))
     }
 
-    /// One scan of `table`: NULL keys, duplicate keys (where matching joins; grouping finds
-    /// them itself), and sum, min, max and NULLs of each `numeric` column.
+    /// One scan of `table`: its rows, NULL keys, and sum, min, max and NULLs of each `numeric`
+    /// column. Where columns may mix numbers with text (SQLite), the scan takes the plain
+    /// aggregates and the type of each column's maximum: numbers sort before text and blobs,
+    /// so a number (or NULL) there means the column holds numbers only and the plain
+    /// aggregates are its numbers'. Only columns holding something else are scanned again,
+    /// counting their numbers alone.
     async fn side_summary(
         &self,
         runner: &mut dyn SqlRunner,
         table: &str,
         key: &[String],
         numeric: &[&Column],
+        sample: Option<&str>,
     ) -> WarehouseResult<SideSummary> {
         let t = |e: String| self.flavor.text(&e);
         let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
-        let mut select = Vec::new();
+        let mut select = vec![t("count(*)".to_owned())];
         if key.is_empty() {
-            select.push("'0'".to_owned());
             select.push("'0'".to_owned());
         } else {
             let nulls =
                 columns.iter().map(|c| format!("{c} IS NULL")).collect::<Vec<_>>().join(" OR ");
             select.push(t(format!("sum(CASE WHEN {nulls} THEN 1 ELSE 0 END)")));
-            select.push(match (self.flavor.match_by_grouping(), columns.as_slice()) {
-                (true, _) => "'0'".to_owned(),
-                (false, [one]) => t(format!("count({one}) - count(DISTINCT {one})")),
-                (false, many) => t(format!(
-                    "(SELECT count(*) FROM (SELECT 1 AS x FROM {table} WHERE NOT ({nulls}) GROUP BY {} HAVING count(*) > 1) AS d)",
-                    many.join(", ")
-                )),
-            });
         }
-        for column in numeric {
-            let name = self.q(&column.name);
-            let value = self.flavor.number(&name);
+        select.push(match sample {
+            Some(condition) => t(format!("sum(CASE WHEN {condition} THEN 1 ELSE 0 END)")),
+            None => "'0'".to_owned(),
+        });
+        let loose = self.flavor.loosely_typed();
+        let width = if loose { 5 } else { 4 };
+        let aggregates = |value: &str, name: &str, select: &mut Vec<String>| {
             select.push(t(format!("sum({value})")));
             select.push(t(format!("min({value})")));
             select.push(t(format!("max({value})")));
-            select.push(t(format!("sum(CASE WHEN {name} IS NULL THEN 1 ELSE 0 END)")));
+            select.push(t(format!("count(*) - count({name})")));
+        };
+        for column in numeric {
+            let name = self.q(&column.name);
+            aggregates(&name, &name, &mut select);
+            if loose {
+                select.push(format!("typeof(max({name}))"));
+            }
         }
         let row = runner
             .rows(&format!("SELECT {} FROM {table}", select.join(", ")))
@@ -855,20 +1249,45 @@ impl Plan<'_> {
             .into_iter()
             .next()
             .unwrap_or_default();
-        let stats = (0..numeric.len())
-            .map(|i| {
-                let at = 2 + 4 * i;
-                Ok(NumericStats {
-                    sum: row.get(at).cloned().flatten(),
-                    min: row.get(at + 1).cloned().flatten(),
-                    max: row.get(at + 2).cloned().flatten(),
-                    nulls: number(row.get(at + 3).unwrap_or(&None))?,
-                })
+        let stats_at = |row: &Row, at: usize| {
+            Ok(NumericStats {
+                sum: row.get(at).cloned().flatten(),
+                min: row.get(at + 1).cloned().flatten(),
+                max: row.get(at + 2).cloned().flatten(),
+                nulls: number(row.get(at + 3).unwrap_or(&None))?,
             })
+        };
+        let mut stats = (0..numeric.len())
+            .map(|i| stats_at(&row, 3 + width * i))
             .collect::<WarehouseResult<Vec<_>>>()?;
+        if loose {
+            let mixed: Vec<usize> = (0..numeric.len())
+                .filter(|i| {
+                    let kind = row.get(3 + width * i + 4).cloned().flatten();
+                    !matches!(kind.as_deref(), None | Some("null" | "integer" | "real"))
+                })
+                .collect();
+            if !mixed.is_empty() {
+                let mut select = Vec::new();
+                for &i in &mixed {
+                    let name = self.q(&numeric[i].name);
+                    aggregates(&self.flavor.number(&name), &name, &mut select);
+                }
+                let again = runner
+                    .rows(&format!("SELECT {} FROM {table}", select.join(", ")))
+                    .await?
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                for (k, &i) in mixed.iter().enumerate() {
+                    stats[i] = stats_at(&again, 4 * k)?;
+                }
+            }
+        }
         Ok(SideSummary {
-            nulls: number(row.first().unwrap_or(&None))?,
-            duplicates: number(row.get(1).unwrap_or(&None))?,
+            rows: number(row.first().unwrap_or(&None))?,
+            nulls: number(row.get(1).unwrap_or(&None))?,
+            sampled: number(row.get(2).unwrap_or(&None))?,
             stats,
         })
     }

@@ -142,6 +142,13 @@ fn text_of(diff: &Value) -> String {
         count(&diff["production_rows"]),
         count(&diff["branch_rows"])
     );
+    let run = |v: &Value| v.as_i64().map(|r| format!("run {r}"));
+    let _ = writeln!(
+        out,
+        "  the branch's table ({}) against production's ({})",
+        run(&diff["branch_run"]).unwrap_or_else(|| "no recorded run".to_owned()),
+        run(&diff["production_run"]).unwrap_or_else(|| "no recorded run".to_owned())
+    );
     let key = &diff["key"];
     let columns: Vec<String> = key["columns"]
         .as_array()
@@ -289,7 +296,14 @@ fn markdown_of(deployment: &str, diffs: &[Value]) -> String {
             count(&rows["only_in_branch"]),
             count(&rows["only_in_production"]),
             count(&rows["changed"]),
-            diff["key"]["source"].as_str().unwrap_or("")
+            match diff["sampled"]["modulus"].as_u64() {
+                // Above the row limit the counts by key are a sample's.
+                Some(m) => format!(
+                    "{} (sampled: 1 key in {m})",
+                    diff["key"]["source"].as_str().unwrap_or("")
+                ),
+                None => diff["key"]["source"].as_str().unwrap_or("").to_owned(),
+            }
         );
     }
     out

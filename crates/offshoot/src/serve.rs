@@ -353,6 +353,8 @@ fn api_tokens(args: &Args, file: Vec<FileToken>) -> anyhow::Result<Vec<ApiToken>
 struct FileDataDiff {
     /// After every branch run, for what it built (and into the pull-request comment).
     auto: Option<bool>,
+    /// Rows per side above which a keyed diff matches a sample; 0: no limit.
+    row_limit: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -626,6 +628,9 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     }
     if let Some(auto) = file.data_diff.as_ref().and_then(|d| d.auto) {
         config.data_diff_auto = auto;
+    }
+    if let Some(limit) = file.data_diff.as_ref().and_then(|d| d.row_limit) {
+        config.data_diff_row_limit = (limit > 0).then_some(limit);
     }
     if let Some(n) = args.branch_run_concurrency.or(file.branch_run_concurrency) {
         config.branch_run_concurrency = n;

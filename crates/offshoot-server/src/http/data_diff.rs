@@ -57,7 +57,7 @@ impl DiffQuery {
                 "`tolerance` is a number of at least 0",
             ));
         }
-        Ok(DiffOptions { key, sample, tolerance })
+        Ok(DiffOptions { key, sample, tolerance, row_limit: None })
     }
 }
 
@@ -79,6 +79,16 @@ pub struct DataDiffJson {
     columns: Vec<ColumnJson>,
     samples: SamplesJson,
     notes: Vec<String>,
+    /// Set above `[data_diff] row_limit`: `rows`, the columns' `equal` and the samples are of
+    /// the rows of one key in every `modulus` (`production_rows` / `branch_rows` of them).
+    sampled: Option<SampledJson>,
+}
+
+#[derive(Serialize)]
+struct SampledJson {
+    modulus: u64,
+    production_rows: u64,
+    branch_rows: u64,
 }
 
 #[derive(Serialize)]
@@ -262,6 +272,11 @@ fn diff_json(
                 .collect(),
         },
         notes: diff.notes.clone(),
+        sampled: diff.sampled.as_ref().map(|s| SampledJson {
+            modulus: s.modulus,
+            production_rows: s.production_rows,
+            branch_rows: s.branch_rows,
+        }),
     }
 }
 

@@ -88,7 +88,8 @@ fn data_diff_schema() -> Value {
                     "production_rows": {"type": ["integer", "null"]}, "branch_rows": {"type": ["integer", "null"]},
                     "branch_run": {"type": ["integer", "null"]}, "production_run": {"type": ["integer", "null"]},
                     "key": {"type": "object"}, "rows": {"type": ["object", "null"]}, "schema": {"type": "object"},
-                    "columns": {"type": "array"}, "samples": {"type": "object"}, "notes": {"type": "array", "items": {"type": "string"}}}})
+                    "columns": {"type": "array"}, "samples": {"type": "object"}, "notes": {"type": "array", "items": {"type": "string"}},
+                    "sampled": {"type": ["object", "null"], "properties": {"modulus": {"type": "integer"}, "production_rows": {"type": "integer"}, "branch_rows": {"type": "integer"}}}}})
 }
 
 /// The schemas of the catalog routes (`catalog.rs`): the lineage graph, one asset, the counts.

@@ -5,7 +5,7 @@
 //! for what it built, so pages and the pull-request comment find them ready.
 
 use offshoot_core::{AssetKey, DeploymentKind, DeploymentName};
-use offshoot_store::Deployment;
+use offshoot_store::{Deployment, Materialization};
 use offshoot_warehouse::data_diff::{DataDiff, DiffOptions, KeyRequest};
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -25,18 +25,14 @@ pub fn state_of(diff: &DataDiff) -> &'static str {
     }
 }
 
-/// The newest runs that built `asset` in the branch and in production.
-async fn materialization_runs(
+/// The newest materializations of `asset` in the branch and in production.
+async fn materializations(
     state: &AppState,
     deployment: &Deployment,
     asset: &AssetKey,
-) -> ServiceResult<(Option<i64>, Option<i64>)> {
-    let branch = state
-        .store
-        .list_materializations(deployment.id, Some(asset), 1)
-        .await?
-        .first()
-        .map(|m| m.run_id.0);
+) -> ServiceResult<(Option<Materialization>, Option<Materialization>)> {
+    let branch =
+        state.store.list_materializations(deployment.id, Some(asset), 1).await?.into_iter().next();
     let production = match state
         .store
         .find_deployment(&deployment.repository, &DeploymentName::production())
@@ -46,11 +42,27 @@ async fn materialization_runs(
             .store
             .list_materializations(production.id, Some(asset), 1)
             .await?
-            .first()
-            .map(|m| m.run_id.0),
+            .into_iter()
+            .next(),
         None => None,
     };
     Ok((branch, production))
+}
+
+/// What a reader must know about the production table a diff compared with: production's
+/// table is the one it has now, which a production run may have rebuilt after the branch built
+/// its own (the branch was then built against an older production).
+fn production_note(
+    branch: Option<&Materialization>,
+    production: Option<&Materialization>,
+) -> Option<String> {
+    let (branch, production) = (branch?, production?);
+    (production.created_at > branch.created_at).then(|| {
+        format!(
+            "production's table was rebuilt by run {} after the branch built its own (run {}): the diff compares with production's table as it is now",
+            production.run_id.0, branch.run_id.0
+        )
+    })
 }
 
 /// The diff of `asset` (cached), with the runs it compares.
@@ -69,7 +81,13 @@ pub async fn compute(
             ),
         ));
     }
-    let runs = materialization_runs(state, deployment, asset).await?;
+    let options = &DiffOptions { row_limit: state.config.data_diff_row_limit, ..options.clone() };
+    let (branch_materialization, production_materialization) =
+        materializations(state, deployment, asset).await?;
+    let runs = (
+        branch_materialization.as_ref().map(|m| m.run_id.0),
+        production_materialization.as_ref().map(|m| m.run_id.0),
+    );
     let key = DiffCacheKey {
         deployment: deployment.id.0,
         asset: asset.to_string(),
@@ -87,6 +105,13 @@ pub async fn compute(
         .data_diff(&state.target(deployment), &table, options)
         .await
         .map_err(ServiceError::from)?;
+    let mut diff = diff;
+    if diff.production_rows.is_some() && diff.branch_rows.is_some() {
+        diff.notes.extend(production_note(
+            branch_materialization.as_ref(),
+            production_materialization.as_ref(),
+        ));
+    }
     let diff = std::sync::Arc::new(diff);
     // Only diffs of recorded materializations are cached: an unrecorded table may still change.
     if runs.0.is_some() || diff.branch_rows.is_none() {
@@ -131,6 +156,8 @@ pub struct DiffSummaryJson {
     pub columns_added: usize,
     pub columns_removed: usize,
     pub key_source: &'static str,
+    /// The counts by key are a sample's (above `[data_diff] row_limit`).
+    pub sampled: bool,
 }
 
 /// Summaries for every asset of the serving revision the branch has a table of.
@@ -165,7 +192,7 @@ pub async fn summaries(
         } else {
             KeyRequest::Declared(asset.grain.clone())
         };
-        let options = DiffOptions { key, sample: 0, tolerance: 0.0 };
+        let options = DiffOptions { key, sample: 0, tolerance: 0.0, row_limit: None };
         let (diff, _) = compute(state, deployment, &asset.key, &options).await?;
         out.push(DiffSummaryJson {
             asset: asset.key.to_string(),
@@ -178,6 +205,7 @@ pub async fn summaries(
             columns_added: diff.schema.added.len(),
             columns_removed: diff.schema.removed.len(),
             key_source: diff.key_source.as_str(),
+            sampled: diff.sampled.is_some(),
         });
     }
     Ok(out)

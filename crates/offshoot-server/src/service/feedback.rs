@@ -311,13 +311,15 @@ fn render_data_diffs(out: &mut String, diffs: &[DiffSummaryJson]) {
         };
         let changed =
             if diff.key_source == "none" { "no key".to_owned() } else { count(diff.changed) };
+        // Above the row limit the counts by key are a sample's.
+        let sampled = if diff.sampled { " (sampled: counts of a sample)" } else { "" };
         let columns = match (diff.columns_added, diff.columns_removed) {
             (0, 0) => String::new(),
             (added, removed) => format!("+{added} −{removed}"),
         };
         let _ = writeln!(
             table,
-            "| `{}` | {rows} | {} | {} | {changed} | {columns} |",
+            "| `{}`{sampled} | {rows} | {} | {} | {changed} | {columns} |",
             diff.asset,
             count(diff.only_in_branch),
             count(diff.only_in_production)
@@ -510,6 +512,34 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_sampled_data_diff_is_marked_in_the_comment_table() {
+        let diff = |sampled| DiffSummaryJson {
+            asset: "orders".to_owned(),
+            state: "compared",
+            production_rows: Some(2_000_000),
+            branch_rows: Some(2_000_000),
+            only_in_production: Some(5),
+            only_in_branch: Some(6),
+            changed: Some(7),
+            columns_added: 0,
+            columns_removed: 0,
+            key_source: "declared",
+            sampled,
+        };
+        let mut out = String::new();
+        render_data_diffs(&mut out, &[diff(true)]);
+        assert!(
+            out.contains(
+                "| `orders` (sampled: counts of a sample) | 2,000,000 → 2,000,000 | 6 | 5 | 7 |  |"
+            ),
+            "{out}"
+        );
+        let mut out = String::new();
+        render_data_diffs(&mut out, &[diff(false)]);
+        assert!(out.contains("| `orders` | 2,000,000 → 2,000,000 | 6 | 5 | 7 |  |"), "{out}");
     }
 
     #[test]

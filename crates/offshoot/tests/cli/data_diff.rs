@@ -154,6 +154,14 @@ fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
     assert!(text.contains("orders: 9 rows in production, 6 in the branch"), "{text}");
     assert!(text.contains("by id (declared): 3 removed, 0 added, 1 changed, 5 equal"), "{text}");
     assert!(text.contains("columns added: note") && text.contains("9: amount 27 -> 0"), "{text}");
+    let branch_run = diff["branch_run"].as_i64().expect("the branch's run");
+    let production_run = diff["production_run"].as_i64().expect("production's run");
+    assert!(
+        text.contains(&format!(
+            "the branch's table (run {branch_run}) against production's (run {production_run})"
+        )),
+        "{text}"
+    );
     let output = client(&server, &["data-diff", "--deployment", &name, "--format", "markdown"]);
     assert!(
         stdout(&output).contains("| `orders` | 9 → 6 | 0 | 3 | 1 | declared |"),
@@ -166,4 +174,87 @@ fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
     );
     let parsed: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
     assert_eq!(parsed[0]["rows"]["changed"], 1);
+
+    // Production rebuilds orders after the branch built its own: the diff is of production's
+    // table as it is now, and says so, naming both runs.
+    let rebuilt = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:orders"}));
+    let rebuilt = rebuilt["id"].as_i64().expect("id");
+    assert_eq!(server.wait_for_run(rebuilt)["status"], "succeeded", "{}", server.log());
+    let again = server.get(&format!("/api/v1/deployments/{name}/assets/orders/data-diff"));
+    assert_eq!(again["production_run"].as_i64(), Some(rebuilt), "{again:#}");
+    let note = format!("production's table was rebuilt by run {rebuilt} after the branch built its own (run {branch_run})");
+    assert!(
+        again["notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n.as_str().is_some_and(|n| n.starts_with(&note))),
+        "{again:#}"
+    );
+    assert_eq!(
+        diff["notes"]
+            .as_array()
+            .map(|n| n.iter().any(|n| n.as_str().is_some_and(|n| n.contains("rebuilt")))),
+        Some(false),
+        "{diff:#}"
+    );
+}
+
+/// Above `[data_diff] row_limit` the server's diffs match a sample of keys and say so. SQLite
+/// samples integer keys by `id × 48271 mod (2³¹ − 1)`, which for small ids leaves the ids
+/// divisible by 3 when one key in 3 is kept.
+#[test]
+fn above_the_row_limit_a_data_diff_is_a_sample_and_says_so() {
+    let dir = TempDir::new("data-diff-sampled");
+    let repo = dir.0.join("repo");
+    let orders =
+        "/* offshoot\ngrain = [\"id\"]\n*/\nSELECT id, amount FROM raw_orders WHERE amount > 0\n";
+    native_repo(&repo, "sqlite", &["raw_orders"], &[("orders.sql", orders)]);
+    let server = Server::start(&dir.0, &repo, "[data_diff]\nrow_limit = 4\n");
+    wait_for_prod(&server, &repo);
+    runtime().block_on(async {
+        warehouse(&server)
+            .execute_production_script(&production_target().production, SEED)
+            .await
+            .expect("seed")
+    });
+    let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
+    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded");
+    git(&repo, &["branch", "feature/fewer", "main"]);
+    let edited = "/* offshoot\ngrain = [\"id\"]\n*/\nSELECT id, CASE WHEN id = 9 THEN 0 ELSE amount END AS amount FROM raw_orders WHERE amount > 10\n";
+    let sha = commit_file(&repo, "feature/fewer", "assets/orders.sql", edited, "Fewer orders");
+    let name = create_or_update(&server, "feature/fewer", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let run = server
+        .post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:orders"}));
+    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded");
+
+    // 9 rows in production, at most 4: one key in 3, ids 3, 6, 9 (the branch: 6, 9).
+    let diff = server.get(&format!("/api/v1/deployments/{name}/assets/orders/data-diff"));
+    assert_eq!(
+        diff["sampled"],
+        json!({"modulus": 3, "production_rows": 3, "branch_rows": 2}),
+        "{diff:#}"
+    );
+    assert_eq!(
+        diff["rows"],
+        json!({"only_in_production": 1, "only_in_branch": 0, "changed": 1, "equal": 1})
+    );
+    assert_eq!(
+        (diff["production_rows"].as_u64(), diff["branch_rows"].as_u64()),
+        (Some(9), Some(6))
+    );
+    let summaries = server.get(&format!("/api/v1/deployments/{name}/data-diffs"));
+    assert_eq!(summaries["diffs"][0]["sampled"], true, "{summaries:#}");
+    let output = client(&server, &["data-diff", "--deployment", &name]);
+    let text = stdout(&output);
+    assert!(text.contains("sampled: the tables are above the row limit"), "{text}");
+    assert!(text.contains("3 of 9 rows in production and 2 of 6 in the branch"), "{text}");
+    let output = client(&server, &["data-diff", "--deployment", &name, "--format", "markdown"]);
+    assert!(
+        stdout(&output)
+            .contains("| `orders` | 9 → 6 | 0 | 1 | 1 | declared (sampled: 1 key in 3) |"),
+        "{}",
+        stdout(&output)
+    );
 }
