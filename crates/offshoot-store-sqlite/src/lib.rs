@@ -1074,29 +1074,6 @@ async fn patch_deployment(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Per-connection settings, which a second connection to the file cannot see.
-    #[tokio::test]
-    async fn connections_are_durable_and_check_foreign_keys() {
-        let path = std::env::temp_dir()
-            .join(format!("offshoot-store-sqlite-{}-pragmas.db", std::process::id()));
-        let store = SqliteStore::open(&path).await.expect("open a new database");
-        let pragma = |name: &'static str| sqlx::query_scalar::<_, i64>(name).fetch_one(&store.pool);
-        assert_eq!(pragma("PRAGMA synchronous").await.expect("synchronous"), 2, "FULL");
-        assert_eq!(pragma("PRAGMA foreign_keys").await.expect("foreign_keys"), 1);
-        assert_eq!(pragma("PRAGMA busy_timeout").await.expect("busy_timeout"), 5_000);
-        store.close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let mut file = path.clone().into_os_string();
-            file.push(suffix);
-            let _ = std::fs::remove_file(file);
-        }
-    }
-}
-
 /// A step's outcome with the rest of its log, in one statement.
 const SQL_FINISH_STEP: &str = "UPDATE run_steps SET status = ?, started_at = ?, finished_at = ?, row_count = ?, error = ?, log = log || ? WHERE id = ?";
 
@@ -1147,4 +1124,27 @@ async fn insert_provenance(
             .map_err(translate("the materialization's reads"))?;
     }
     Ok(MaterializationId(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-connection settings, which a second connection to the file cannot see.
+    #[tokio::test]
+    async fn connections_are_durable_and_check_foreign_keys() {
+        let path = std::env::temp_dir()
+            .join(format!("offshoot-store-sqlite-{}-pragmas.db", std::process::id()));
+        let store = SqliteStore::open(&path).await.expect("open a new database");
+        let pragma = |name: &'static str| sqlx::query_scalar::<_, i64>(name).fetch_one(&store.pool);
+        assert_eq!(pragma("PRAGMA synchronous").await.expect("synchronous"), 2, "FULL");
+        assert_eq!(pragma("PRAGMA foreign_keys").await.expect("foreign_keys"), 1);
+        assert_eq!(pragma("PRAGMA busy_timeout").await.expect("busy_timeout"), 5_000);
+        store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }
