@@ -105,6 +105,7 @@ fn migrator() -> Migrator {
         migration(2, "leases", include_str!("../migrations/0002_leases.sql")),
         migration(3, "lifecycle", include_str!("../migrations/0003_lifecycle.sql")),
         migration(4, "provenance", include_str!("../migrations/0004_provenance.sql")),
+        migration(7, "dagster_plus", include_str!("../migrations/0007_dagster_plus.sql")),
     ])
 }
 
@@ -886,7 +887,9 @@ async fn patch_deployment(
              teardown = COALESCE($14, teardown),
              teardown_lease_owner = CASE WHEN $14 IS NULL THEN teardown_lease_owner ELSE $15 END,
              teardown_lease_expires_at = CASE WHEN $14 IS NULL THEN teardown_lease_expires_at ELSE $16 END,
-             delete_requested = delete_requested OR $17
+             delete_requested = delete_requested OR $17,
+             snapshot_base = COALESCE($19, snapshot_base),
+             snapshot_base_commit = CASE WHEN $19 IS NULL THEN snapshot_base_commit ELSE $20 END
          WHERE id = $18",
     )
     .bind(patch.status.map(DeploymentStatus::as_str))
@@ -907,6 +910,8 @@ async fn patch_deployment(
     .bind(teardown_lease.map(|l| l.until))
     .bind(patch.delete_requested)
     .bind(deployment)
+    .bind(patch.snapshot_base.as_ref().map(|(base, _)| base.as_str()))
+    .bind(patch.snapshot_base.as_ref().and_then(|(_, commit)| commit.as_ref().map(CommitSha::as_str)))
     .execute(&mut *connection)
     .await
     .map_err(translate("the deployment update"))?;

@@ -39,7 +39,7 @@ use offshoot_core::lifecycle::StepsEnd;
 use offshoot_core::{
     deployment_name_for_branch, AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName,
     DeploymentStatus, Fingerprint, PullRequestStatus, RepositoryName, RevisionStatus, RunStatus,
-    StepStatus, UnixMillis,
+    SnapshotBase, StepStatus, UnixMillis,
 };
 
 use crate::{
@@ -100,6 +100,8 @@ pub async fn deployments_are_ensured_and_found(store: &dyn Store) {
             status: DeploymentStatus::Open,
             pull_request: None,
             base_deployment: None,
+            snapshot_base: SnapshotBase::MergeBase,
+            snapshot_base_commit: None,
             pinned: false,
             current_revision: None,
             created_at: 1_000,
@@ -373,6 +375,28 @@ pub async fn deployment_patches_change_exactly_the_fields_they_name(store: &dyn 
             "a base deployment is cleared",
             DeploymentPatch { base_deployment: Some(None), ..DeploymentPatch::default() },
             Box::new(|d, _| d.base_deployment = None),
+        ),
+        (
+            "a snapshot base is set with the production commit it took",
+            DeploymentPatch {
+                snapshot_base: Some((SnapshotBase::OnCreate, Some(sha(7)))),
+                ..DeploymentPatch::default()
+            },
+            Box::new(|d, _| {
+                d.snapshot_base = SnapshotBase::OnCreate;
+                d.snapshot_base_commit = Some(sha(7));
+            }),
+        ),
+        (
+            "another snapshot base replaces both, commit too",
+            DeploymentPatch {
+                snapshot_base: Some((SnapshotBase::MergeBase, None)),
+                ..DeploymentPatch::default()
+            },
+            Box::new(|d, _| {
+                d.snapshot_base = SnapshotBase::MergeBase;
+                d.snapshot_base_commit = None;
+            }),
         ),
         (
             "the head is set by revision number",

@@ -20,7 +20,8 @@ use offshoot_core::lifecycle::StepsEnd;
 pub use offshoot_core::lifecycle::{Lease, Teardown};
 use offshoot_core::{
     AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, Fingerprint,
-    PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis,
+    PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, SnapshotBase, StepStatus,
+    UnixMillis,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +66,11 @@ pub struct Deployment {
     pub pull_request: Option<PullRequest>,
     /// The deployment change tracking compares with; `None` means `prod`.
     pub base_deployment: Option<DeploymentName>,
+    /// Which of its commits: the merge-base (default) or production's, taken at creation or at
+    /// every update (Dagster+'s `--snapshot-base-condition`).
+    pub snapshot_base: SnapshotBase,
+    /// Production's commit taken for `on-create` / `on-update`; `None` for `merge-base`.
+    pub snapshot_base_commit: Option<CommitSha>,
     /// Pinned deployments are never closed by the TTL.
     pub pinned: bool,
     /// The revision serving now: the latest ready one.
@@ -179,6 +185,8 @@ pub struct DeploymentPatch {
     pub close_reason: Option<String>,
     pub pull_request: Option<PullRequest>,
     pub base_deployment: Option<Option<DeploymentName>>,
+    /// The snapshot base and its commit, both replaced.
+    pub snapshot_base: Option<(SnapshotBase, Option<CommitSha>)>,
     /// By revision number.
     pub head: Option<u32>,
     /// By revision number; `Some(None)` clears it.

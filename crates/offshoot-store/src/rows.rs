@@ -7,7 +7,7 @@ use std::fmt::Display;
 
 use offshoot_core::{
     AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, Fingerprint,
-    PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, StepStatus,
+    PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, SnapshotBase, StepStatus,
 };
 
 use crate::{
@@ -47,6 +47,10 @@ pub fn deployment(row: &dyn Columns) -> StoreResult<Deployment> {
         })?,
         pull_request,
         base_deployment: parsed_optional(row, "base_deployment", DeploymentName::new)?,
+        snapshot_base: parsed(row, "snapshot_base", |text| {
+            SnapshotBase::parse(text).ok_or("unknown snapshot base")
+        })?,
+        snapshot_base_commit: parsed_optional(row, "snapshot_base_commit", commit_sha)?,
         pinned: boolean(row, "pinned")?,
         current_revision: optional_integer(row, "current_revision_id")?.map(RevisionId),
         created_at: integer(row, "created_at")?,
