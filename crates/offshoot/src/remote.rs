@@ -92,11 +92,12 @@ pub struct CreateOrUpdateArgs {
     /// The deployment change tracking compares with [default: prod]
     #[arg(long)]
     base_deployment_name: Option<String>,
-    /// Dagster+'s snapshot of the base (on-create, on-update). Offshoot does not implement it
-    /// yet: it compares with the base's definitions at the merge-base commit, which is what
-    /// on-create approximates; the flag is refused with that explanation rather than ignored
-    /// [default: none, the merge-base]
-    #[arg(long, value_parser = ["on-create", "on-update"])]
+    /// What change tracking compares the branch with, as Dagster+'s flag: on-create takes
+    /// production's serving commit when the deployment is created and keeps it; on-update takes
+    /// it again on every update; merge-base (Offshoot's own) compares with the base's
+    /// definitions where the branch forked, so later changes on main are not the branch's.
+    /// Given once, it stays until another is given [default: merge-base, or the deployment's]
+    #[arg(long, value_parser = ["on-create", "on-update", "merge-base"])]
     snapshot_base_condition: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
@@ -195,11 +196,6 @@ pub enum RunsCommand {
 pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Outcome> {
     match command {
         BranchDeploymentCommand::CreateOrUpdate(args) => {
-            if let Some(condition) = &args.snapshot_base_condition {
-                bail!(UsageError(format!(
-                    "--snapshot-base-condition {condition} is not implemented by Offshoot yet: a branch deployment compares with its base deployment's definitions at the merge-base commit (see docs/dagster-plus.md); leave the flag out"
-                )));
-            }
             let mut args = *args;
             if args.read_git_state {
                 let state = read_git_state()?;
@@ -226,6 +222,7 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
                 ("branch_url", args.branch_url.map(Value::from)),
                 ("commit_url", args.commit_url.map(Value::from)),
                 ("base_deployment_name", args.base_deployment_name.map(Value::from)),
+                ("snapshot_base_condition", args.snapshot_base_condition.map(Value::from)),
             ];
             for (key, value) in optional {
                 if let Some(value) = value {
@@ -387,6 +384,9 @@ fn print_deployment(d: &Value) {
             pr["status"].as_str().unwrap_or(""),
             pr["url"].as_str().unwrap_or("")
         );
+    }
+    if let Some(description) = d["snapshot_base"]["description"].as_str() {
+        println!("  compares with: {description}");
     }
     // A closed deployment serves nothing (its schema is gone): say so, and what it last served,
     // instead of a "serving" line.

@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use offshoot_core::{BranchName, DeploymentName, PullRequestStatus};
+use offshoot_core::{BranchName, DeploymentName, PullRequestStatus, SnapshotBase};
 use offshoot_store::{Deployment, DeploymentFilter, RunFilter, RunId};
 use serde::Deserialize;
 
@@ -100,6 +100,9 @@ pub struct CreateOrUpdate {
     pub commit_url: Option<String>,
     #[serde(default)]
     pub author_avatar_url: Option<String>,
+    /// `merge-base` (the default), or Dagster+'s `on-create` / `on-update`.
+    #[serde(default)]
+    pub snapshot_base_condition: Option<String>,
 }
 
 pub(super) async fn create_or_update(
@@ -166,6 +169,17 @@ pub async fn create_or_update_branch(
             ));
         }
     }
+    let snapshot_base = match body.snapshot_base_condition.as_deref() {
+        None => None,
+        Some(text) => Some(SnapshotBase::parse_flag(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "snapshot_base_condition `{text}` is not on-create, on-update or merge-base"
+                ),
+            )
+        })?),
+    };
     if body.commit_hash.is_empty()
         || body.commit_hash.len() > 64
         || !body.commit_hash.chars().all(|c| c.is_ascii_hexdigit())
@@ -190,6 +204,7 @@ pub async fn create_or_update_branch(
             // dagster-cloud's create-or-update reopens a closed deployment (an older commit never does).
             opens: true,
             redeploy: false,
+            snapshot_base,
         },
     )
     .await?)

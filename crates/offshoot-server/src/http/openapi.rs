@@ -158,7 +158,9 @@ pub fn document() -> Value {
                     "name": {"type": "string"}, "repository": {"type": "string"}, "kind": {"type": "string", "enum": ["production", "branch"]},
                     "branch": {"type": "string"}, "status": {"type": "string", "enum": ["open", "closed"]},
                     "pull_request": {"type": "object", "nullable": true, "properties": {"id": {"type": "string"}, "url": {"type": "string"}, "status": {"type": "string", "enum": ["OPEN", "CLOSED", "MERGED"]}}},
-                    "base_deployment": {"type": "string", "nullable": true}, "pinned": {"type": "boolean"},
+                    "base_deployment": {"type": "string", "nullable": true},
+                    "snapshot_base": {"type": "object", "nullable": true, "description": "What a branch deployment's change tracking compares with (null for production)", "properties": {"condition": {"type": "string", "enum": ["merge-base", "on-create", "on-update"]}, "commit": {"type": "string", "nullable": true}, "description": {"type": "string"}}},
+                    "pinned": {"type": "boolean"},
                     "created_at": {"type": "integer"}, "updated_at": {"type": "integer"}, "last_push_at": {"type": "integer"},
                     "closed_at": {"type": "integer", "nullable": true}, "close_reason": {"type": "string", "nullable": true},
                     "current_revision": nullable_revision("The revision serving now; null while closed."),
@@ -181,7 +183,7 @@ pub fn document() -> Value {
                 "CreateOrUpdate": { "type": "object", "required": ["branch_name", "commit_hash"], "additionalProperties": false, "properties": {
                     "git_repo_name": {"type": "string"}, "branch_name": {"type": "string"}, "commit_hash": {"type": "string"}, "timestamp": {"type": "number"},
                     "pull_request_url": {"type": "string"}, "pull_request_id": {"type": "string"}, "pull_request_status": {"type": "string", "enum": ["OPEN", "CLOSED", "MERGED"]},
-                    "commit_message": {"type": "string"}, "author_name": {"type": "string"}, "author_email": {"type": "string"}, "base_deployment_name": {"type": "string"} } }
+                    "commit_message": {"type": "string"}, "author_name": {"type": "string"}, "author_email": {"type": "string"}, "base_deployment_name": {"type": "string"}, "snapshot_base_condition": {"type": "string", "enum": ["merge-base", "on-create", "on-update"], "description": "merge-base (default): the base deployment's definitions where the branch forked; on-create: production's serving commit when the deployment is created, kept; on-update: taken again on every update"} } }
             }
         },
         "paths": {

@@ -16,7 +16,8 @@ use offshoot_core::lifecycle::{
     RevisionState, RunPhase, RunState,
 };
 use offshoot_core::{
-    AssetKey, DeploymentKind, DeploymentName, DeploymentStatus, RevisionStatus, RunStatus,
+    AssetKey, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, RevisionStatus,
+    RunStatus, SnapshotBase,
 };
 use offshoot_store::{
     Applied, CommitDetails, DeployOutput, Deployment, DeploymentFilter, DeploymentId,
@@ -36,6 +37,8 @@ pub struct Extras {
     /// A pull request's id and url (its status is the machine's).
     pub pull_request: Option<PullRequest>,
     pub base_deployment: Option<Option<DeploymentName>>,
+    /// The snapshot base and the commit it took.
+    pub snapshot_base: Option<(SnapshotBase, Option<CommitSha>)>,
     /// A finished deploy's findings.
     pub output: Option<DeployOutput>,
     /// A launched run's selection and planned steps.
@@ -350,6 +353,13 @@ fn write_of(
         if let Some(base) = &extras.base_deployment {
             if &deployment.base_deployment != base {
                 patch.base_deployment = Some(base.clone());
+            }
+        }
+        if let Some(wanted) = &extras.snapshot_base {
+            if (deployment.snapshot_base, deployment.snapshot_base_commit.as_ref())
+                != (wanted.0, wanted.1.as_ref())
+            {
+                patch.snapshot_base = Some(wanted.clone());
             }
         }
     }

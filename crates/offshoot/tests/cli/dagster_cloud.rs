@@ -311,7 +311,7 @@ fn the_graphql_api_says_what_it_does_not_implement_and_who_may_call_it() {
         "{answer}"
     );
 
-    // Not implemented yet: a snapshot base condition is refused, not ignored.
+    // A snapshot base condition is taken (its effect: `a_snapshot_base_condition_...`).
     let with_condition = "mutation($b: CreateOrUpdateBranchDeploymentInput!, $c: DeploymentCommitInput!) { createOrUpdateBranchDeployment(branchData: $b, commit: $c, snapshotBaseCondition: ON_CREATE) { __typename } }";
     let (_, answer) = graphql(
         &server,
@@ -319,7 +319,13 @@ fn the_graphql_api_says_what_it_does_not_implement_and_who_may_call_it() {
         with_condition,
         json!({"b": {"repoName": "shop", "branchName": "feature/eur"}, "c": {"commitHash": sha, "timestamp": 1.0}}),
     );
-    assert_eq!(error_code(&answer), "not_implemented", "{answer}");
+    assert_eq!(
+        answer["data"]["createOrUpdateBranchDeployment"]["__typename"], "DagsterCloudDeployment",
+        "{answer}"
+    );
+    let (_, deployment) =
+        server.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(TOKEN));
+    assert_eq!(deployment["snapshot_base"]["condition"], "on-create", "{deployment}");
 
     // Not a GraphQL request at all.
     let agent = ureq::Agent::new_with_config(
@@ -472,17 +478,165 @@ fn offshoots_cli_takes_dagster_clouds_flags_and_variables() {
     );
     assert_eq!(output.status.code(), Some(2), "no commit and no --read-git-state is a usage error");
 
-    // Not a time; and the snapshot base condition, refused with the reason instead of ignored.
+    // Not a time; not a snapshot base condition.
     let output = create(&["--timestamp", "yesterday"], &dagster_env);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("neither a Unix time in seconds"), "{}", stderr(&output));
-    let output = create(&["--snapshot-base-condition", "on-create"], &dagster_env);
+    let output = create(&["--snapshot-base-condition", "tip"], &dagster_env);
     assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("on-create, on-update, merge-base"), "{}", stderr(&output));
+}
+
+/// Dagster+'s `--snapshot-base-condition` beside Offshoot's merge-base: `on-create` compares the
+/// branch with what production served when the deployment was created, for good; `on-update`
+/// with what production serves at each update (so main's later changes show up in the branch,
+/// as in Dagster+); the default with the base's definitions where the branch forked.
+#[test]
+fn a_snapshot_base_condition_fixes_or_refreshes_what_a_branch_compares_with() {
+    let (dir, repo) = shop_repo("dagster-cloud-snapshot-base");
+    let server = Server::start_with_config(&dir.0, &config(&dir.0, &repo));
+    let first_main = git(&repo, &["rev-parse", "main"]);
+    wait_for_prod(&server, &repo);
+    let fork = git(&repo, &["merge-base", "main", "feature/eur"]);
+    let branch = git(&repo, &["rev-parse", "feature/eur"]);
+    git(&repo, &["branch", "feature/update", "feature/eur"]);
+    git(&repo, &["branch", "feature/fork", "feature/eur"]);
+    let home = dir.0.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let env = [("DAGSTER_CLOUD_URL", server.url.as_str()), ("DAGSTER_CLOUD_API_TOKEN", DEPLOY)];
+    let short = |sha: &str| sha[..12].to_owned();
+
+    // on-create through the real dagster-cloud CLI's own flag.
+    let on_create = |home: &Path| {
+        let output = dagster_cloud(
+            &[
+                "branch-deployment",
+                "create-or-update",
+                "--url",
+                &server.url,
+                "--git-repo-name",
+                "shop",
+                "--branch-name",
+                "feature/eur",
+                "--commit-hash",
+                &branch,
+                "--timestamp",
+                "1767225600",
+                "--snapshot-base-condition",
+                "on-create",
+            ],
+            &env,
+            home,
+        );
+        assert!(
+            output.status.success(),
+            "{}{}\n{}",
+            stdout(&output),
+            stderr(&output),
+            server.log()
+        );
+        stdout(&output).trim().to_owned()
+    };
+    let created = on_create(&home);
+    // on-update and the default through Offshoot's CLI.
+    let offshoot = |branch_name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "branch-deployment",
+            "create-or-update",
+            "--branch-name",
+            branch_name,
+            "--commit-hash",
+            &branch,
+        ];
+        args.extend_from_slice(extra);
+        let output = offshoot_with(&args, &env);
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output).trim().to_owned()
+    };
+    let updated = offshoot("feature/update", &["--snapshot-base-condition", "on-update"]);
+    let forked = offshoot("feature/fork", &[]);
+
+    let base_of = |name: &str, commit: &str| {
+        server.wait_for_deployment(name, &format!("ready, compared with {commit}"), |d| {
+            serving_commit(d) == branch && d["current_revision"]["base_commit"] == commit
+        })
+    };
+    // Production moved on after the fork (stg_payments): both production bases count it as the
+    // branch's change, the merge-base does not.
+    let d = base_of(&created, &first_main);
+    assert_eq!(
+        d["snapshot_base"],
+        json!({"condition": "on-create", "commit": first_main, "description": format!("production at creation, {}", short(&first_main))})
+    );
+    assert_eq!(d["current_revision"]["changed_count"], 5, "{d}");
+    let d = base_of(&updated, &first_main);
+    assert_eq!(
+        d["snapshot_base"]["description"],
+        format!("production at last update, {}", short(&first_main))
+    );
+    assert_eq!(d["current_revision"]["changed_count"], 5, "{d}");
+    let d = base_of(&forked, &fork);
+    assert_eq!(
+        d["snapshot_base"],
+        json!({"condition": "merge-base", "commit": fork, "description": format!("merge base {}", short(&fork))})
+    );
+    assert_eq!(d["current_revision"]["changed_count"], 4, "{d}");
+
+    // Production deploys a new asset.
+    let second_main = crate::server::commit_file(
+        &repo,
+        "main",
+        "assets/marts/late_report.sql",
+        "SELECT count(*) AS orders FROM fct_orders\n",
+        "Late report",
+    );
+    let (status, answer) = server.request(
+        "POST",
+        "/api/v1/branch-deployments",
+        Some(json!({"branch_name": "main", "commit_hash": second_main})),
+        Some(ADMIN),
+    );
+    assert_eq!(status, 200, "{answer}");
+    wait_for_prod(&server, &repo);
+
+    // The same branch commits pushed again: on-update takes production's new revision (the new
+    // asset is missing from the branch: REMOVED, as Dagster+ shows it); on-create keeps its base,
+    // also when the flag is given again; the condition, once given, stays without the flag.
+    assert_eq!(on_create(&home), created);
+    assert_eq!(offshoot("feature/update", &[]), updated);
+    let d = base_of(&updated, &second_main);
+    assert_eq!(
+        d["snapshot_base"]["description"],
+        format!("production at last update, {}", short(&second_main))
+    );
+    assert_eq!(d["current_revision"]["changed_count"], 6, "{d}");
+    let d = base_of(&created, &first_main);
+    assert_eq!(d["snapshot_base"]["commit"], first_main.as_str());
+    assert_eq!(d["current_revision"]["changed_count"], 5, "{d}");
+
+    // `deployment status` says it; the REST API refuses a condition it does not know.
+    let output = offshoot_with(&["deployment", "status", &updated], &env);
     assert!(
-        stderr(&output)
-            .contains("--snapshot-base-condition on-create is not implemented by Offshoot yet"),
+        stdout(&output).contains(&format!(
+            "compares with: production at last update, {}",
+            short(&second_main)
+        )),
         "{}",
-        stderr(&output)
+        stdout(&output)
+    );
+    let (status, answer) = server.request(
+        "POST",
+        "/api/v1/branch-deployments",
+        Some(json!({"branch_name": "feature/eur", "commit_hash": branch, "snapshot_base_condition": "tip"})),
+        Some(DEPLOY),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("`tip` is not on-create, on-update or merge-base"),
+        "{answer}"
     );
 }
 
