@@ -343,6 +343,12 @@ impl SnapshotBase {
     }
 }
 
+string_enum!(
+    /// Where a variable's value applies, as Dagster+ scopes them: production (`prod`), branch
+    /// deployments (all, or one branch's), or developers' machines (never a deployment).
+    VariableScope { Production = "production", Branches = "branches", Local = "local" }
+);
+
 string_enum!(RevisionStatus {
     Queued = "queued",
     Deploying = "deploying",

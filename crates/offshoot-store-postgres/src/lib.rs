@@ -15,13 +15,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use offshoot_core::{
     AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus,
-    RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis,
+    RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis, VariableScope,
 };
 use offshoot_store::{
     Applied, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId, LifecycleRecord,
     LifecycleWrite, Materialization, MaterializationId, NewDeployment, NewIntake, Provenance,
     RecordedMaterialization, Revision, RevisionId, Run, RunFilter, RunId, RunStep, StepId, Store,
-    StoreError, StoreResult, Teardown,
+    StoreError, StoreResult, StoredVariable, Teardown,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
@@ -673,6 +673,74 @@ impl Store for PostgresStore {
             .await
             .map_err(translate("the intake"))?;
         touched(result, format!("intake {}", id.0))
+    }
+
+    async fn set_variable(&self, variable: &StoredVariable) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO variables (repository, name, scope, branch, value, secret, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (repository, name, scope, branch) DO UPDATE SET
+                 value = excluded.value, secret = excluded.secret, updated_at = excluded.updated_at",
+        )
+        .bind(variable.repository.as_str())
+        .bind(&variable.name)
+        .bind(variable.scope.as_str())
+        .bind(variable.branch.as_ref().map_or("", BranchName::as_str))
+        .bind(&variable.value)
+        .bind(variable.secret)
+        .bind(variable.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(translate("the variable"))?;
+        Ok(())
+    }
+
+    async fn unset_variable(
+        &self,
+        repository: &RepositoryName,
+        name: &str,
+        scope: VariableScope,
+        branch: Option<&BranchName>,
+    ) -> StoreResult<()> {
+        let result = sqlx::query(
+            "DELETE FROM variables WHERE repository = $1 AND name = $2 AND scope = $3 AND branch = $4",
+        )
+        .bind(repository.as_str())
+        .bind(name)
+        .bind(scope.as_str())
+        .bind(branch.map_or("", BranchName::as_str))
+        .execute(&self.pool)
+        .await
+        .map_err(translate("the variable"))?;
+        touched(result, format!("variable {name} ({scope})"))
+    }
+
+    async fn list_variables(
+        &self,
+        repository: Option<&RepositoryName>,
+    ) -> StoreResult<Vec<StoredVariable>> {
+        let found = sqlx::query("SELECT * FROM variables WHERE $1 IS NULL OR repository = $1")
+            .bind(repository.map(RepositoryName::as_str))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(translate("the variables"))?;
+        let mut variables = found.iter().map(rows::variable).collect::<StoreResult<Vec<_>>>()?;
+        // Sorted here, not by SQL, so both backends order text the same (bytes, not a locale).
+        variables.sort_by(|a, b| {
+            (
+                a.repository.as_str(),
+                a.name.as_str(),
+                a.scope,
+                a.branch.as_ref().map(BranchName::as_str),
+            )
+                .cmp(&(
+                    b.repository.as_str(),
+                    b.name.as_str(),
+                    b.scope,
+                    b.branch.as_ref().map(BranchName::as_str),
+                ))
+        });
+        Ok(variables)
     }
 }
 

@@ -70,3 +70,7 @@ pub(crate) fn upstream_read(
 ) -> StoreResult<(offshoot_store::MaterializationId, offshoot_store::UpstreamProvenance)> {
     rows::upstream_read(&Row(row))
 }
+
+pub(crate) fn variable(row: &PgRow) -> StoreResult<offshoot_store::StoredVariable> {
+    rows::variable(&Row(row))
+}

@@ -39,7 +39,7 @@ use offshoot_core::lifecycle::StepsEnd;
 use offshoot_core::{
     deployment_name_for_branch, AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName,
     DeploymentStatus, Fingerprint, PullRequestStatus, RepositoryName, RevisionStatus, RunStatus,
-    SnapshotBase, StepStatus, UnixMillis,
+    SnapshotBase, StepStatus, UnixMillis, VariableScope,
 };
 
 use crate::{
@@ -47,7 +47,7 @@ use crate::{
     DeploymentPatch, Intake, IntakeId, Lease, LifecycleWrite, Materialization, MaterializationId,
     NewDeployment, NewIntake, NewRevision, NewRun, PromotedFrom, Provenance, PullRequest,
     ReadMaterialization, Revision, RevisionPatch, Run, RunFilter, RunId, RunPatch, RunStep, StepId,
-    Store, StoreError, StoreResult, Teardown, UpstreamProvenance,
+    Store, StoreError, StoreResult, StoredVariable, Teardown, UpstreamProvenance,
 };
 
 /// Runs every story of the contract, one after the other, on one store.
@@ -72,6 +72,7 @@ pub async fn run_all(store: &dyn Store) {
     the_lifecycle_reads_unfinished_work_head_and_serving(store).await;
     renewing_leases_extends_one_owners_leases_without_a_new_version(store).await;
     intake_records_each_delivery_once(store).await;
+    variables_are_set_replaced_listed_and_unset_by_their_key(store).await;
     missing_rows_are_not_found(store).await;
     hostile_strings_round_trip_exactly(store).await;
     concurrent_writers_never_lose_a_write(store).await;
@@ -2028,6 +2029,65 @@ pub async fn intake_records_each_delivery_once(store: &dyn Store) {
         ours(store.pending_intake().await.expect("pending")),
         [other_source.id, case.id, anonymous_2.id]
     );
+}
+
+pub async fn variables_are_set_replaced_listed_and_unset_by_their_key(store: &dyn Store) {
+    let repo = repository("contract-variables");
+    let other = repository("contract-variables-2");
+    let variable = |repo: &RepositoryName, name: &str, scope, branch: Option<&str>, value: &str| {
+        StoredVariable {
+            repository: repo.clone(),
+            name: name.to_owned(),
+            scope,
+            branch: branch.map(self::branch),
+            value: value.to_owned(),
+            secret: true,
+            updated_at: 1_000,
+        }
+    };
+    let hostile = "p@ss'; DROP TABLE variables; --\n\u{1F511} \\ $1 ?";
+    let all_branches = variable(&repo, "API_KEY", VariableScope::Branches, None, "for branches");
+    let one_branch =
+        variable(&repo, "API_KEY", VariableScope::Branches, Some("feature/1"), "for feature/1");
+    let production = variable(&repo, "API_KEY", VariableScope::Production, None, hostile);
+    let elsewhere = variable(&other, "API_KEY", VariableScope::Local, None, "local");
+    for v in [&one_branch, &production, &all_branches, &elsewhere] {
+        store.set_variable(v).await.expect("set");
+    }
+    assert_eq!(
+        store.list_variables(Some(&repo)).await.expect("list"),
+        vec![production.clone(), all_branches.clone(), one_branch.clone()],
+        "one row per key (one branch's apart from every branch's), values exact, sorted by name, scope, branch"
+    );
+    let everything = store.list_variables(None).await.expect("list all");
+    assert!(everything.contains(&elsewhere) && everything.contains(&production), "{everything:?}");
+
+    // Setting the same key replaces value, secrecy and time; nothing else changes.
+    let replaced = StoredVariable {
+        value: "plain now".to_owned(),
+        secret: false,
+        updated_at: 2_000,
+        ..production.clone()
+    };
+    store.set_variable(&replaced).await.expect("replace");
+    assert_eq!(
+        store.list_variables(Some(&repo)).await.expect("list"),
+        vec![replaced.clone(), all_branches.clone(), one_branch.clone()]
+    );
+
+    // Unset removes exactly its key; a key that is not there is NotFound.
+    store
+        .unset_variable(&repo, "API_KEY", VariableScope::Branches, Some(&branch("feature/1")))
+        .await
+        .expect("unset one branch's");
+    assert_eq!(
+        store.list_variables(Some(&repo)).await.expect("list"),
+        vec![replaced.clone(), all_branches.clone()]
+    );
+    let missing =
+        store.unset_variable(&repo, "API_KEY", VariableScope::Local, None).await.expect_err("gone");
+    assert!(matches!(missing, StoreError::NotFound(_)), "{missing:?}");
+    assert_eq!(store.list_variables(Some(&other)).await.expect("list"), vec![elsewhere]);
 }
 
 pub async fn missing_rows_are_not_found(store: &dyn Store) {

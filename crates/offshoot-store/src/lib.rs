@@ -21,7 +21,7 @@ pub use offshoot_core::lifecycle::{Lease, Teardown};
 use offshoot_core::{
     AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, Fingerprint,
     PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, SnapshotBase, StepStatus,
-    UnixMillis,
+    UnixMillis, VariableScope,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -424,6 +424,35 @@ impl RecordedMaterialization {
 }
 
 /// Every method is one durable step: when it returns `Ok`, the change survives a crash.
+/// A variable or secret set through the API, for the processes of matching deployments; the key
+/// is repository, name, scope and branch.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredVariable {
+    pub repository: RepositoryName,
+    pub name: String,
+    pub scope: VariableScope,
+    /// With `branches`: only this branch's deployment; `None`: every branch.
+    pub branch: Option<BranchName>,
+    /// Never returned by the API for a secret (the server's rule); kept as given.
+    pub value: String,
+    pub secret: bool,
+    pub updated_at: UnixMillis,
+}
+
+impl std::fmt::Debug for StoredVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredVariable")
+            .field("repository", &self.repository)
+            .field("name", &self.name)
+            .field("scope", &self.scope)
+            .field("branch", &self.branch)
+            .field("value", &"<redacted>")
+            .field("secret", &self.secret)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Deployments. (repository, name) is unique, and so is (repository, branch).
@@ -531,6 +560,25 @@ pub trait Store: Send + Sync + 'static {
     /// Deliveries not processed yet, oldest first.
     async fn pending_intake(&self) -> StoreResult<Vec<Intake>>;
     async fn finish_intake(&self, id: IntakeId, now: UnixMillis) -> StoreResult<()>;
+
+    // Variables and secrets set through the API.
+    /// Sets the variable of its key (repository, name, scope, branch), replacing value, secrecy
+    /// and time.
+    async fn set_variable(&self, variable: &StoredVariable) -> StoreResult<()>;
+    /// Removes the variable of that key; `NotFound` when there is none.
+    async fn unset_variable(
+        &self,
+        repository: &RepositoryName,
+        name: &str,
+        scope: VariableScope,
+        branch: Option<&BranchName>,
+    ) -> StoreResult<()>;
+    /// The repository's variables (every repository's with `None`), sorted by repository, name,
+    /// scope (production, branches, local) and branch (every branch's first).
+    async fn list_variables(
+        &self,
+        repository: Option<&RepositoryName>,
+    ) -> StoreResult<Vec<StoredVariable>>;
 }
 
 /// Where leases live, for `renew_leases`: (table, column prefix, status column, status).

@@ -8,13 +8,14 @@ use std::fmt::Display;
 use offshoot_core::{
     AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, Fingerprint,
     PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, SnapshotBase, StepStatus,
+    VariableScope,
 };
 
 use crate::{
     CommitDetails, Deployment, DeploymentId, Intake, IntakeId, Lease, Materialization,
     MaterializationId, PromotedFrom, Provenance, PullRequest, ReadMaterialization,
     RecordedMaterialization, Revision, RevisionId, Run, RunId, RunStep, StepId, StoreError,
-    StoreResult, Teardown, UpstreamProvenance,
+    StoreResult, StoredVariable, Teardown, UpstreamProvenance,
 };
 
 /// One row's columns, by name; `None` is SQL NULL.
@@ -306,4 +307,20 @@ fn commit_sha(text: &str) -> Result<CommitSha, &'static str> {
 
 fn corrupt(column: &str, error: impl Display) -> StoreError {
     StoreError::Backend(format!("column {column} holds an invalid value: {error}"))
+}
+
+pub fn variable(row: &dyn Columns) -> StoreResult<StoredVariable> {
+    let branch = text(row, "branch")?;
+    Ok(StoredVariable {
+        repository: parsed(row, "repository", RepositoryName::new)?,
+        name: text(row, "name")?,
+        scope: parsed(row, "scope", |text| VariableScope::parse(text).ok_or("unknown scope"))?,
+        branch: match branch.is_empty() {
+            true => None,
+            false => Some(BranchName::new(&branch).map_err(|e| corrupt("branch", e))?),
+        },
+        value: text(row, "value")?,
+        secret: boolean(row, "secret")?,
+        updated_at: integer(row, "updated_at")?,
+    })
 }
