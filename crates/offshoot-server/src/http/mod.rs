@@ -20,6 +20,7 @@ pub mod events;
 pub mod hooks;
 pub mod openapi;
 pub mod ui;
+pub mod variables;
 
 use crate::http::deployments::*;
 use crate::http::error::ApiError;
@@ -43,6 +44,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/api/v1/variables", get(variables::list_variables))
+        .route(
+            "/api/v1/variables/{name}",
+            axum::routing::put(variables::set_variable).delete(variables::unset_variable),
+        )
         .merge(dagster_cloud::router())
         .merge(hooks::router())
         .merge(catalog::router())

@@ -38,6 +38,42 @@ fn id_parameter() -> Value {
     json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } })
 }
 
+fn variable_name_parameter() -> Value {
+    json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" }, "description": "an environment variable name (letters, digits and `_`; not OFFSHOOT_* or DAGSTER_CLOUD_*)" })
+}
+
+fn variable_schema() -> Value {
+    json!({"type": "object", "properties": {
+        "name": {"type": "string"}, "repository": {"type": "string", "nullable": true},
+        "scope": {"type": "string", "enum": ["production", "branches", "local"]},
+        "branch": {"type": "string", "nullable": true}, "secret": {"type": "boolean"},
+        "source": {"type": "string", "enum": ["api", "config"]},
+        "updated_at": {"type": "integer", "nullable": true} } })
+}
+
+/// `/api/v1/variables`: in a document of their own (one `json!` of every path is too deep).
+fn variable_paths() -> Value {
+    json!({
+            "/api/v1/variables": { "get": read("variables and secrets: set through the API (`source: api`) and configured (`source: config`); names, scopes and branches, never a value", json!([repository_parameter()]), ok(json!({"type": "array", "items": variable_schema()}))) },
+            "/api/v1/variables/{name}": {
+                "put": write("set a variable or secret for production, every branch deployment, one branch's, or local development; the answer never holds the value", "`admin`",
+                    json!([variable_name_parameter()]),
+                    Some(body(json!({"type": "object", "required": ["scope", "value"], "properties": {
+                        "repository": {"type": "string", "description": "optional when one repository is configured"},
+                        "scope": {"type": "string", "enum": ["production", "branches", "local"]},
+                        "branch": {"type": "string", "description": "with `branches`: only this branch's deployment (it wins over the value for every branch)"},
+                        "value": {"type": "string", "description": "at most 64 KiB, not blank"},
+                        "secret": {"type": "boolean", "description": "redacted from step logs (default false)"} } }))),
+                    ok(variable_schema())),
+                "delete": write("unset a variable set through the API", "`admin`",
+                    json!([variable_name_parameter(), repository_parameter(),
+                        {"name": "scope", "in": "query", "required": true, "schema": {"type": "string", "enum": ["production", "branches", "local"]}},
+                        {"name": "branch", "in": "query", "required": false, "schema": {"type": "string"}}]),
+                    None, ok(json!({"type": "object", "properties": {"name": {"type": "string"}, "unset": {"type": "boolean"}}})))
+            }
+    })
+}
+
 fn body(schema: Value) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": schema } } })
 }
@@ -246,6 +282,9 @@ pub fn document() -> Value {
             "/api/v1/runs/{id}/cancel": { "post": write("cancel a run", "`deploy` for a run of a branch deployment, `admin` for one of `prod`", json!([id_parameter()]), None, ok(reference("Run"))) }
         }
     });
+    if let Value::Object(variables) = variable_paths() {
+        document["paths"].as_object_mut().expect("the paths are an object").extend(variables);
+    }
     let schemas =
         document["components"]["schemas"].as_object_mut().expect("the schemas are an object");
     if let Value::Object(catalog) = catalog_schemas() {
