@@ -824,3 +824,202 @@ fn variables_and_secrets_reach_the_deployments_of_their_scope_only_and_never_sho
         stderr(&output)
     );
 }
+
+/// A run of `env_probe` in `deployment`, launched with an admin token; its step log.
+fn probe_as_admin(server: &Server, deployment: &str) -> String {
+    let (status, run) = server.request(
+        "POST",
+        &format!("/api/v1/deployments/{deployment}/runs"),
+        Some(json!({"selection": "key:env_probe"})),
+        Some(ADMIN),
+    );
+    assert!(status == 200 || status == 201, "{status} {run}");
+    let run = server.wait_for_run(run["id"].as_i64().expect("id"));
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    run["steps"][0]["log"].as_str().expect("log").to_owned()
+}
+
+/// Variables and secrets set with `offshoot env set` (not in any configuration): scoped like
+/// Dagster+'s, injected into the runs of matching deployments only, secrets from the CLI's
+/// environment or a file and never shown again: not by the CLI, the API, the UI or the server's
+/// debug log.
+#[test]
+fn variables_and_secrets_set_through_the_api_reach_their_scope_only_and_never_show() {
+    let (dir, repo) = shop_repo("dagster-cloud-api-variables");
+    let probe_asset = r#"command = '''echo "tier=$SHOP_TIER secret=$SHOP_SECRET local=${LOCAL_ONLY:-unset}"; printf %s "$SHOP_SECRET" | sha256sum; python3 -c "import os, sqlite3; sqlite3.connect(os.environ['OFFSHOOT_WAREHOUSE_URL'].removeprefix('sqlite://')).execute('CREATE TABLE IF NOT EXISTS env_probe (x)')"'''
+"#;
+    let main = crate::server::commit_file(
+        &repo,
+        "main",
+        "assets/ops/env_probe.toml",
+        probe_asset,
+        "Env probe",
+    );
+    git(&repo, &["branch", "feature/one", &main]);
+    git(&repo, &["branch", "feature/two", &main]);
+    let server = Server::start_with_config(
+        &dir.0,
+        &format!("log_level = \"debug\"\n{}", config(&dir.0, &repo)),
+    );
+    server.wait_for_deployment("prod", "ready at main", |d| serving_commit(d) == main);
+    let admin = [("OFFSHOOT_URL", server.url.as_str()), ("OFFSHOOT_API_TOKEN", ADMIN)];
+
+    let production_secret = "prod-s3cr3t-7781";
+    let branch_secret = "branch-s3cr3t-9924";
+    let secret_file = dir.0.join("branch-secret");
+    std::fs::write(&secret_file, format!("{branch_secret}\n")).expect("secret file");
+    let secret_path = secret_file.to_str().expect("utf-8");
+    let with_secret_env = [admin[0], admin[1], ("CI_PROD_SECRET", production_secret)];
+    for (args, env) in [
+        (vec!["SHOP_TIER", "--scope", "production", "--value", "prod-tier"], &admin[..]),
+        (vec!["SHOP_TIER", "--scope", "branches", "--value", "branch-tier"], &admin[..]),
+        (
+            vec![
+                "SHOP_TIER",
+                "--scope",
+                "branches",
+                "--branch",
+                "feature/one",
+                "--value",
+                "one-tier",
+            ],
+            &admin[..],
+        ),
+        (
+            vec!["SHOP_SECRET", "--scope", "production", "--from-env", "CI_PROD_SECRET"],
+            &with_secret_env[..],
+        ),
+        (vec!["SHOP_SECRET", "--scope", "branches", "--from-file", secret_path], &admin[..]),
+        (vec!["LOCAL_ONLY", "--scope", "local", "--value", "for laptops"], &admin[..]),
+    ] {
+        let mut full = vec!["env", "set"];
+        full.extend(args);
+        let output = offshoot_with(&full, env);
+        assert!(output.status.success(), "{full:?}: {}", stderr(&output));
+        let printed = format!("{}{}", stdout(&output), stderr(&output));
+        assert!(
+            !printed.contains(production_secret) && !printed.contains(branch_secret),
+            "{printed}"
+        );
+    }
+
+    // Setting needs admin: a deploy token (every pull request's CI has one) cannot.
+    let output = offshoot_with(
+        &["env", "set", "SHOP_TIER", "--scope", "branches", "--value", "x"],
+        &[("OFFSHOOT_URL", &server.url), ("OFFSHOOT_API_TOKEN", DEPLOY)],
+    );
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("`admin` role"), "{}", stderr(&output));
+    // Names Offshoot sets itself, a branch without the branches scope, a missing source.
+    for (args, message) in [
+        (
+            vec!["OFFSHOOT_SCHEMA", "--scope", "branches", "--value", "x"],
+            "is set by Offshoot itself",
+        ),
+        (
+            vec!["X", "--scope", "production", "--branch", "feature/one", "--value", "x"],
+            "a branch goes with the `branches` scope only",
+        ),
+        (
+            vec!["X", "--scope", "production", "--from-env", "NOT_SET_ANYWHERE"],
+            "the environment has no variable `NOT_SET_ANYWHERE`",
+        ),
+    ] {
+        let mut full = vec!["env", "set"];
+        full.extend(args);
+        let output = offshoot_with(&full, &admin);
+        assert!(!output.status.success(), "{full:?}");
+        assert!(stderr(&output).contains(message), "{full:?}: {}", stderr(&output));
+    }
+
+    let deploy = |branch: &str| {
+        let output = offshoot_with(
+            &[
+                "branch-deployment",
+                "create-or-update",
+                "--branch-name",
+                branch,
+                "--commit-hash",
+                &main,
+            ],
+            &[("OFFSHOOT_URL", &server.url), ("OFFSHOOT_API_TOKEN", DEPLOY)],
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+        let name = stdout(&output).trim().to_owned();
+        server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == main);
+        name
+    };
+    let (one, two) = (deploy("feature/one"), deploy("feature/two"));
+    let digest = |secret: &str| {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s '{secret}' | sha256sum"))
+            .output()
+            .expect("sha256sum");
+        stdout(&output).split_whitespace().next().expect("digest").to_owned()
+    };
+    let mut logs = String::new();
+    for (deployment, tier, secret) in [
+        ("prod", "prod-tier", production_secret),
+        (one.as_str(), "one-tier", branch_secret),
+        (two.as_str(), "branch-tier", branch_secret),
+    ] {
+        let log = probe_as_admin(&server, deployment);
+        assert!(
+            log.contains(&format!("tier={tier} secret=<redacted> local=unset")),
+            "{deployment}: {log}"
+        );
+        assert!(log.contains(&digest(secret)), "{deployment} got its secret: {log}");
+        logs.push_str(&log);
+    }
+
+    // Unsetting one branch's value: that branch falls back to the value for every branch.
+    let output = offshoot_with(
+        &["env", "unset", "SHOP_TIER", "--scope", "branches", "--branch", "feature/one"],
+        &admin,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(probe_as_admin(&server, &one).contains("tier=branch-tier "));
+    let output = offshoot_with(
+        &["env", "unset", "SHOP_TIER", "--scope", "branches", "--branch", "feature/one"],
+        &admin,
+    );
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("no variable `SHOP_TIER` was set"), "{}", stderr(&output));
+
+    // Listed by name, scope and branch, never by value.
+    let output = offshoot_with(
+        &["env", "list"],
+        &[("OFFSHOOT_URL", &server.url), ("OFFSHOOT_API_TOKEN", TOKEN)],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let listed = stdout(&output);
+    assert!(listed.contains("SHOP_SECRET\tbranches\tshop\tsecret\tapi"), "{listed}");
+    assert!(listed.contains("LOCAL_ONLY\tlocal\tshop\tplain\tapi"), "{listed}");
+    assert!(!listed.contains("for laptops") && !listed.contains("prod-tier"), "{listed}");
+
+    // The secrets appear nowhere: API answers, the UI's pages, the server's debug log.
+    let mut seen = String::new();
+    for path in [
+        "/api/v1/variables",
+        "/api/v1/deployments",
+        &format!("/api/v1/deployments/{one}"),
+        "/api/v1/runs",
+        "/api/v1/openapi.json",
+    ] {
+        let (status, body) = server.request("GET", path, None, Some(ADMIN));
+        assert_eq!(status, 200, "{path}");
+        seen.push_str(&body.to_string());
+    }
+    // The UI is its page and scripts, which render what the API answers.
+    for path in ["/", "/ui/app.js"] {
+        let mut response = ureq::get(&format!("{}{path}", server.url)).call().expect("the UI");
+        seen.push_str(&response.body_mut().read_to_string().expect("text"));
+    }
+    seen.push_str(&server.log());
+    seen.push_str(&logs);
+    for secret in [production_secret, branch_secret] {
+        assert!(!seen.contains(secret), "{secret} shows somewhere");
+    }
+    assert!(server.log().contains("variable SHOP_SECRET set for shop (production)"));
+}
