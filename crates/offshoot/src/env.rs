@@ -82,6 +82,16 @@ pub enum EnvCommand {
         /// environment or files it names)
         #[arg(long, env = "OFFSHOOT_CONFIG", default_value = "offshoot-server.toml")]
         config: PathBuf,
+        /// Read the values set with `env set --scope local` from the server instead (needs a
+        /// `deploy` token)
+        #[arg(long)]
+        server: bool,
+        /// With --server: the repository as the server names it [default: the server's only
+        /// repository]
+        #[arg(long, requires = "server")]
+        repository: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -165,7 +175,25 @@ pub fn run(command: EnvCommand) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Ok)
         }
-        EnvCommand::Export { scope: _, config } => {
+        EnvCommand::Export { scope: _, server: true, repository, client, .. } => {
+            let path = match repository {
+                Some(repository) => {
+                    format!("/api/v1/local-variables?repository={}", encode(&repository))
+                }
+                None => "/api/v1/local-variables".to_owned(),
+            };
+            let answer = Client::new(&client)?.get(&path)?;
+            for variable in answer.as_array().into_iter().flatten() {
+                let (Some(name), Some(value)) =
+                    (variable["name"].as_str(), variable["value"].as_str())
+                else {
+                    continue;
+                };
+                println!("{name}={}", dotenv_quote(value));
+            }
+            Ok(Outcome::Ok)
+        }
+        EnvCommand::Export { scope: _, config, .. } => {
             let variables = crate::serve::variables_of(&config)?;
             for (name, value) in offshoot_server::variables::for_local(&variables) {
                 println!("{name}={}", dotenv_quote(value.expose()));

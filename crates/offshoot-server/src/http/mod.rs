@@ -45,6 +45,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
         .route("/api/v1/variables", get(variables::list_variables))
+        .route("/api/v1/local-variables", get(variables::export_local))
         .route(
             "/api/v1/variables/{name}",
             axum::routing::put(variables::set_variable).delete(variables::unset_variable),

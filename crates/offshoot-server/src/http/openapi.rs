@@ -55,6 +55,9 @@ fn variable_schema() -> Value {
 fn variable_paths() -> Value {
     json!({
             "/api/v1/variables": { "get": read("variables and secrets: set through the API (`source: api`) and configured (`source: config`); names, scopes and branches, never a value", json!([repository_parameter()]), ok(json!({"type": "array", "items": variable_schema()}))) },
+            "/api/v1/local-variables": { "get": write("the local-scope values set through the API, for a developer's `.env` (`offshoot env export --scope local --server`); the one answer with values: local values never reach a deployment", "`deploy`",
+                json!([repository_parameter()]), None,
+                ok(json!({"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "value": {"type": "string"}}}}))) },
             "/api/v1/variables/{name}": {
                 "put": write("set a variable or secret for production, every branch deployment, one branch's, or local development; the answer never holds the value", "`admin`",
                     json!([variable_name_parameter()]),

@@ -1,7 +1,9 @@
 //! The REST handlers for variables and secrets set through the API (`offshoot env set`, `unset`,
 //! `list`): setting and unsetting need `admin` (a value reaches production's runs, or every
 //! branch's, and a `deploy` token lives in every pull request's CI); listing needs `read` and
-//! shows names, scopes and where each came from, never a value.
+//! shows names, scopes and where each came from, never a value. The one answer with values is
+//! `local` (`offshoot env export --scope local --server`), for `deploy` tokens: those values are
+//! meant for developers' machines and never reach a deployment.
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -201,4 +203,23 @@ pub(super) async fn unset_variable(
         )),
         Err(error) => Err(error.into()),
     }
+}
+
+/// `GET /api/v1/local-variables`: the local-scope values set through the API, as name/value
+/// pairs, for a developer's `.env`.
+pub(super) async fn export_local(
+    State(state): State<SharedState>,
+    Writer(caller): Writer,
+    Query(query): Query<VariableQuery>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    caller.require(Role::Deploy, "exporting the local-scope variables")?;
+    let repository = pick_repository(&state, query.repository.as_deref())?;
+    let stored = state.store.list_variables(Some(&repository)).await?;
+    Ok(Json(
+        stored
+            .iter()
+            .filter(|v| v.scope == VariableScope::Local)
+            .map(|v| serde_json::json!({"name": v.name, "value": v.value}))
+            .collect(),
+    ))
 }

@@ -987,6 +987,14 @@ fn variables_and_secrets_set_through_the_api_reach_their_scope_only_and_never_sh
     assert!(!output.status.success());
     assert!(stderr(&output).contains("no variable `SHOP_TIER` was set"), "{}", stderr(&output));
 
+    // Local values go to a developer's .env (a deploy token suffices), and only those.
+    let output = offshoot_with(
+        &["env", "export", "--scope", "local", "--server"],
+        &[("OFFSHOOT_URL", &server.url), ("OFFSHOOT_API_TOKEN", DEPLOY)],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "LOCAL_ONLY='for laptops'\n");
+
     // Listed by name, scope and branch, never by value.
     let output = offshoot_with(
         &["env", "list"],
