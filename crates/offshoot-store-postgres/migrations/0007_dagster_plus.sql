@@ -19,3 +19,6 @@ CREATE TABLE variables (
     updated_at BIGINT  NOT NULL,
     PRIMARY KEY (repository, name, scope, branch)
 );
+
+-- Run tags (`key=value` lines, sorted), counted by tag concurrency limits when a run is claimed.
+ALTER TABLE runs ADD COLUMN tags TEXT NOT NULL DEFAULT '';

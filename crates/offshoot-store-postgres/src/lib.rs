@@ -351,6 +351,18 @@ impl Store for PostgresStore {
                 None => Err(StoreError::NotFound(format!("deployment {}", write.deployment.0))),
             };
         };
+        if !write.run_limits.is_empty() && write.runs.iter().any(|r| r.status == RunStatus::Running)
+        {
+            // One limited claim at a time across the store: the count below and the claim commit
+            // together, before any other limited claim counts.
+            sqlx::query("SELECT pg_advisory_xact_lock(7007)")
+                .execute(&mut *transaction)
+                .await
+                .map_err(translate("the tag limit lock"))?;
+            if let Some(reason) = tag_limit_reached_in(&mut transaction, &write).await? {
+                return Ok(Applied::Limited(reason));
+            }
+        }
         let (revisions, runs) = apply_in(&mut transaction, &write).await?;
         transaction.commit().await.map_err(translate("the lifecycle write"))?;
         Ok(Applied::Done { version, revisions, runs })
@@ -744,6 +756,39 @@ impl Store for PostgresStore {
     }
 }
 
+/// Whether a run this write starts would exceed a tag limit, counted over the running runs.
+async fn tag_limit_reached_in(
+    connection: &mut PgConnection,
+    write: &LifecycleWrite,
+) -> StoreResult<Option<String>> {
+    let found = sqlx::query("SELECT * FROM runs WHERE status = $1")
+        .bind(RunStatus::Running.as_str())
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(translate("the running runs' tags"))?;
+    let found = found.iter().map(rows::run).collect::<StoreResult<Vec<Run>>>()?;
+    let running_ids: Vec<i64> = found.iter().map(|run| run.id.0).collect();
+    let mut running: Vec<Vec<(String, String)>> = found.into_iter().map(|run| run.tags).collect();
+    for patch in write.runs.iter().filter(|r| r.status == RunStatus::Running) {
+        if running_ids.contains(&patch.id.0) {
+            continue;
+        }
+        let text: Option<String> = sqlx::query_scalar("SELECT tags FROM runs WHERE id = $1")
+            .bind(patch.id.0)
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(translate("the claimed run's tags"))?;
+        let claimed = text.as_deref().and_then(offshoot_store::tags_from_text).unwrap_or_default();
+        if let Some(reason) =
+            offshoot_store::tag_limit_reached(&claimed, &running, &write.run_limits)
+        {
+            return Ok(Some(reason));
+        }
+        running.push(claimed);
+    }
+    Ok(None)
+}
+
 /// The writes of one lifecycle decision, inside the transaction that bumped the version.
 async fn apply_in(
     connection: &mut PgConnection,
@@ -820,8 +865,8 @@ async fn apply_in(
     for new in &write.new_runs {
         let revision = revision_id(connection, deployment, new.revision).await?;
         let row = sqlx::query(
-            "INSERT INTO runs (deployment_id, revision_id, selection, status, created_at, cancel_requested)
-             VALUES ($1, $2, $3, $4, $5, FALSE)
+            "INSERT INTO runs (deployment_id, revision_id, selection, status, created_at, cancel_requested, tags)
+             VALUES ($1, $2, $3, $4, $5, FALSE, $6)
              RETURNING *",
         )
         .bind(deployment)
@@ -829,6 +874,7 @@ async fn apply_in(
         .bind(new.selection.as_str())
         .bind(RunStatus::Queued.as_str())
         .bind(now)
+        .bind(offshoot_store::tags_text(&new.tags))
         .fetch_one(&mut *connection)
         .await
         .map_err(translate("the new run"))?;

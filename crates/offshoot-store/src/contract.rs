@@ -47,7 +47,7 @@ use crate::{
     DeploymentPatch, Intake, IntakeId, Lease, LifecycleWrite, Materialization, MaterializationId,
     NewDeployment, NewIntake, NewRevision, NewRun, PromotedFrom, Provenance, PullRequest,
     ReadMaterialization, Revision, RevisionPatch, Run, RunFilter, RunId, RunPatch, RunStep, StepId,
-    Store, StoreError, StoreResult, StoredVariable, Teardown, UpstreamProvenance,
+    Store, StoreError, StoreResult, StoredVariable, TagLimit, Teardown, UpstreamProvenance,
 };
 
 /// Runs every story of the contract, one after the other, on one store.
@@ -78,6 +78,7 @@ pub async fn run_all(store: &dyn Store) {
     concurrent_writers_never_lose_a_write(store).await;
     concurrent_first_deliveries_share_one_deployment(store).await;
     concurrent_claims_have_one_winner(store).await;
+    concurrent_claims_keep_tag_limits_across_deployments(store).await;
     concurrent_opens_never_exceed_the_cap(store).await;
 }
 
@@ -1264,8 +1265,11 @@ pub async fn runs_are_inserted_with_their_steps_in_plan_order(store: &dyn Store)
 
     // Not alphabetical: the plan's order is kept, not re-sorted.
     let selection = r#"+orders tag:"finance" , 'x';--"#;
+    let tags =
+        vec![("dbt".to_owned(), "nightly=1 'x'".to_owned()), ("team".to_owned(), String::new())];
     let planned = NewRun {
         selection: selection.to_owned(),
+        tags: tags.clone(),
         ..new_run(1, &["orders", "customers", "revenue"])
     };
     let empty = new_run(1, &[]);
@@ -1286,8 +1290,9 @@ pub async fn runs_are_inserted_with_their_steps_in_plan_order(store: &dyn Store)
             finished_at: None,
             cancel_requested: false,
             lease: None,
+            tags,
         },
-        "a new run is queued, not canceled, of the revision its number names, created now"
+        "a new run is queued, not canceled, of the revision its number names, created now, with its tags"
     );
     assert!(run.id < empty.id, "runs come back in the write's order");
     assert_eq!(
@@ -2355,6 +2360,7 @@ pub async fn concurrent_writers_never_lose_a_write(store: &dyn Store) {
                         versions.push(version);
                     }
                     Applied::Stale => stale += 1,
+                    Applied::Limited(reason) => panic!("limited without limits: {reason}"),
                 }
             }
             (versions, stale)
@@ -2468,6 +2474,81 @@ pub async fn concurrent_claims_have_one_winner(store: &dyn Store) {
         (RunStatus::Running, Some(lease(winner))),
         "the winner runs it"
     );
+}
+
+/// Tag limits hold across deployments, whose claims no version check orders: of two concurrent
+/// claims of runs tagged `dbt=nightly` in two deployments under a limit of 1, one is written and
+/// the other is `Limited` with nothing written; a run with another value is not counted; a
+/// freed slot is taken by the next claim.
+pub async fn concurrent_claims_keep_tag_limits_across_deployments(store: &dyn Store) {
+    let repo = repository("contract-race-tags");
+    let nightly = vec![("dbt".to_owned(), "nightly".to_owned())];
+    let hourly = vec![("dbt".to_owned(), "hourly".to_owned())];
+    let limits =
+        vec![TagLimit { key: "dbt".to_owned(), value: Some("nightly".to_owned()), limit: 1 }];
+    let mut queued_runs = Vec::new();
+    for (name, tags) in [("a", &nightly), ("b", &nightly), ("c", &hourly)] {
+        let deployment = store
+            .ensure_deployment(new_deployment(&repo, name, name, 1_000))
+            .await
+            .expect("create");
+        let write = LifecycleWrite {
+            new_revisions: vec![queued(1, 1)],
+            new_runs: vec![NewRun { tags: tags.clone(), ..new_run(1, &["x"]) }],
+            ..change(deployment.id, 2_000)
+        };
+        let Written { runs, .. } = apply_now(store, write, "queue a tagged run").await;
+        queued_runs.push((deployment.id, runs[0].id));
+    }
+    let lease = Lease { owner: "contract-race-tags".to_owned(), until: 60_000 };
+    let claim = |deployment: DeploymentId, run: RunId, version: i64| LifecycleWrite {
+        version,
+        runs: vec![RunPatch { lease: Some(lease.clone()), ..run_to(run, RunStatus::Running) }],
+        run_limits: limits.clone(),
+        ..change(deployment, 3_000)
+    };
+    let version = |deployment: DeploymentId| async move {
+        store.get_deployment(deployment).await.expect("get").version
+    };
+    let (a, b, c) = (queued_runs[0], queued_runs[1], queued_runs[2]);
+    let (version_a, version_b) = (version(a.0).await, version(b.0).await);
+    let claims: Vec<Pin<Box<dyn Future<Output = StoreResult<Applied>> + '_>>> = vec![
+        Box::pin(store.apply(claim(a.0, a.1, version_a))),
+        Box::pin(store.apply(claim(b.0, b.1, version_b))),
+    ];
+    let outcomes = all_at_once(claims).await;
+    let done: Vec<usize> =
+        (0..2).filter(|i| matches!(outcomes[*i], Ok(Applied::Done { .. }))).collect();
+    assert_eq!(done.len(), 1, "exactly one of two nightly claims runs: {outcomes:?}");
+    let (winner, loser) = if done[0] == 0 { (a, b) } else { (b, a) };
+    let limited = &outcomes[1 - done[0]];
+    assert!(
+        matches!(limited, Ok(Applied::Limited(reason)) if reason.contains("dbt=nightly (limit 1)")),
+        "the other is limited and says by what: {limited:?}"
+    );
+    let left = store.get_run(loser.1).await.expect("get run");
+    assert_eq!((left.status, left.lease), (RunStatus::Queued, None), "nothing of it was written");
+    assert_eq!(
+        store.get_deployment(loser.0).await.expect("get").version,
+        if loser == a { version_a } else { version_b },
+        "a limited write bumps no version"
+    );
+
+    // Another value of the tag is not counted against `dbt=nightly`.
+    let written = store.apply(claim(c.0, c.1, version(c.0).await)).await.expect("claim c");
+    assert!(matches!(written, Applied::Done { .. }), "{written:?}");
+
+    // The slot frees when the winner ends; then the waiting run starts.
+    let end = LifecycleWrite {
+        version: version(winner.0).await,
+        runs: vec![run_to(winner.1, RunStatus::Succeeded)],
+        ..change(winner.0, 4_000)
+    };
+    assert!(matches!(store.apply(end).await.expect("end"), Applied::Done { .. }));
+    let written =
+        store.apply(claim(loser.0, loser.1, version(loser.0).await)).await.expect("claim");
+    assert!(matches!(written, Applied::Done { .. }), "{written:?}");
+    assert_eq!(store.get_run(loser.1).await.expect("get").status, RunStatus::Running);
 }
 
 // Helpers: short constructors for valid test data, so each story shows only what it is about.
@@ -2677,6 +2758,7 @@ fn change(deployment: DeploymentId, now: UnixMillis) -> LifecycleWrite {
         new_runs: Vec::new(),
         runs: Vec::new(),
         delete: false,
+        run_limits: Vec::new(),
     }
 }
 
@@ -2698,6 +2780,9 @@ async fn apply_now(store: &dyn Store, write: LifecycleWrite, what: &str) -> Writ
             Written { version: new_version, revisions, runs }
         }
         Ok(Applied::Stale) => panic!("{what}: stale, although nothing else writes this deployment"),
+        Ok(Applied::Limited(reason)) => {
+            panic!("{what}: limited ({reason}), although it has no limits")
+        }
         Err(error) => panic!("{what}: {error}"),
     }
 }
@@ -2716,7 +2801,12 @@ fn queued(number: u32, commit: u32) -> NewRevision {
 }
 
 fn new_run(revision: u32, steps: &[&str]) -> NewRun {
-    NewRun { revision, selection: "*".to_owned(), steps: steps.iter().map(|s| key(s)).collect() }
+    NewRun {
+        revision,
+        selection: "*".to_owned(),
+        steps: steps.iter().map(|s| key(s)).collect(),
+        tags: Vec::new(),
+    }
 }
 
 fn revision_to(number: u32, status: RevisionStatus) -> RevisionPatch {

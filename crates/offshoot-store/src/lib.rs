@@ -206,6 +206,8 @@ pub struct NewRun {
     pub selection: String,
     /// The planned steps, in execution (topological) order.
     pub steps: Vec<AssetKey>,
+    /// The run's tags (key, value), sorted by key, keys unique; tag limits count them.
+    pub tags: Vec<(String, String)>,
 }
 
 /// A run's move to `status`: `running` sets the lease, and `started_at` if it was not running
@@ -220,6 +222,59 @@ pub struct RunPatch {
     pub error: Option<String>,
     pub lease: Option<Lease>,
     pub steps: StepsEnd,
+}
+
+/// Dagster+'s `tag_concurrency_limits` entry: at most `limit` runs whose tags have `key` (with
+/// `value`, or any value) run at once, across every deployment and every server of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagLimit {
+    pub key: String,
+    pub value: Option<String>,
+    pub limit: u32,
+}
+
+impl TagLimit {
+    pub fn matches(&self, tags: &[(String, String)]) -> bool {
+        tags.iter().any(|(key, value)| {
+            *key == self.key && self.value.as_ref().is_none_or(|wanted| wanted == value)
+        })
+    }
+
+    /// For people: `dbt=nightly (limit 2)` or `dbt (any value, limit 2)`.
+    pub fn describe(&self) -> String {
+        match &self.value {
+            Some(value) => format!("{}={value} (limit {})", self.key, self.limit),
+            None => format!("{} (any value, limit {})", self.key, self.limit),
+        }
+    }
+}
+
+/// The first limit that starting a run tagged `claimed` would exceed while runs tagged
+/// `running` run, as a sentence; `None` when every limit allows it. Shared by the backends,
+/// which call it inside the claim's transaction (serialized with every other limited claim).
+pub fn tag_limit_reached(
+    claimed: &[(String, String)],
+    running: &[Vec<(String, String)>],
+    limits: &[TagLimit],
+) -> Option<String> {
+    limits.iter().filter(|limit| limit.matches(claimed)).find_map(|limit| {
+        let count = running.iter().filter(|tags| limit.matches(tags)).count();
+        (count >= limit.limit as usize)
+            .then(|| format!("{count} running runs are tagged {}: the tag limit", limit.describe()))
+    })
+}
+
+/// Tags as one text column: `key=value` lines, sorted. Keys hold no `=` and no line break,
+/// values no line break (the server checks both before a run is written).
+pub fn tags_text(tags: &[(String, String)]) -> String {
+    tags.iter().map(|(key, value)| format!("{key}={value}\n")).collect()
+}
+
+/// [`tags_text`] read back; `None` for text it cannot have written.
+pub fn tags_from_text(text: &str) -> Option<Vec<(String, String)>> {
+    text.lines()
+        .map(|line| line.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
 }
 
 /// One decision of the lifecycle, applied in one transaction if the deployment's version is
@@ -237,6 +292,10 @@ pub struct LifecycleWrite {
     pub runs: Vec<RunPatch>,
     /// Removes the deployment with its revisions, runs, steps and materializations.
     pub delete: bool,
+    /// For a write that starts runs: the tag limits they must keep, counted over every running
+    /// run of the store in the same transaction; over one, nothing is written
+    /// ([`Applied::Limited`]).
+    pub run_limits: Vec<TagLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +304,8 @@ pub enum Applied {
     Done { version: i64, revisions: Vec<Revision>, runs: Vec<Run> },
     /// The deployment changed since it was read: nothing was written; read it again.
     Stale,
+    /// A run it starts would exceed a tag limit (the sentence says which): nothing was written.
+    Limited(String),
 }
 
 /// What the lifecycle needs of a deployment: its row and the revisions and runs its rules read.
@@ -303,6 +364,8 @@ pub struct Run {
     pub cancel_requested: bool,
     /// Who executes it while `running`.
     pub lease: Option<Lease>,
+    /// Sorted by key, keys unique.
+    pub tags: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

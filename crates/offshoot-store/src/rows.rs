@@ -106,6 +106,7 @@ pub fn run(row: &dyn Columns) -> StoreResult<Run> {
         finished_at: optional_integer(row, "finished_at")?,
         cancel_requested: boolean(row, "cancel_requested")?,
         lease: lease(row)?,
+        tags: parsed(row, "tags", |text| crate::tags_from_text(text).ok_or("not key=value lines"))?,
     })
 }
 
