@@ -152,6 +152,10 @@ pub enum DeploymentCommand {
 pub struct MaterializeArgs {
     #[arg(long)]
     deployment: String,
+    /// A run tag, `key=value` (repeat for several); the server's tag_concurrency_limits count
+    /// them [default: none]
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
     /// For example 'changed_in_branch:ANY+' (changed assets and everything downstream).
     #[arg(long)]
     select: String,
@@ -470,7 +474,14 @@ pub fn materialize(args: MaterializeArgs) -> anyhow::Result<Outcome> {
     let client = Client::new(&args.scope.client)?;
     let path =
         format!("/api/v1/deployments/{}/runs{}", encode(&args.deployment), args.scope.query());
-    let run = client.post(&path, &json!({ "selection": args.select }))?;
+    let mut tags = serde_json::Map::new();
+    for tag in &args.tags {
+        let (key, value) = tag
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--tag {tag}: write it as key=value")))?;
+        tags.insert(key.to_owned(), Value::from(value));
+    }
+    let run = client.post(&path, &json!({ "selection": args.select, "tags": tags }))?;
     let id = run["id"].as_i64().unwrap_or_default();
     let keys: Vec<&str> = run["steps"]
         .as_array()

@@ -346,6 +346,9 @@ pub(super) async fn show_changes(
 #[serde(deny_unknown_fields)]
 pub struct LaunchBody {
     selection: String,
+    /// Counted by `tag_concurrency_limits`.
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 pub(super) async fn launch_run(
@@ -357,7 +360,7 @@ pub(super) async fn launch_run(
 ) -> ApiResult<(StatusCode, Json<RunJson>)> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     caller.require_for(&deployment, "launching a run in")?;
-    let run = runner::launch(&state, &deployment, &body.selection).await?;
+    let run = runner::launch(&state, &deployment, &body.selection, &body.tags).await?;
     let steps = state.store.list_steps(run.id).await?;
     let mut view = dto::run_json(&run, &deployment, &steps);
     view.waiting_for = runner::waiting_for(&state, &run, &deployment).await?;

@@ -113,6 +113,8 @@ pub struct RunJson {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub cancel_requested: bool,
+    /// Counted by `tag_concurrency_limits`.
+    pub tags: std::collections::BTreeMap<String, String>,
     /// The server that claimed the run (see `server_id`).
     pub server: Option<String>,
     /// For a queued run: what it waits for (`runs::waiting_for`).
@@ -248,6 +250,7 @@ pub fn run_json(run: &Run, deployment: &Deployment, steps: &[RunStep]) -> RunJso
         started_at: run.started_at,
         finished_at: run.finished_at,
         cancel_requested: run.cancel_requested,
+        tags: run.tags.iter().cloned().collect(),
         server: run.lease.as_ref().map(|l| l.owner.clone()),
         waiting_for: None,
         steps: steps.iter().map(step_json).collect(),

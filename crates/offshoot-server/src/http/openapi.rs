@@ -216,7 +216,7 @@ pub fn document() -> Value {
                     "row_count": {"type": "integer", "nullable": true}, "error": {"type": "string", "nullable": true}, "log": {"type": "string"} } },
                 "Run": { "type": "object", "properties": {
                     "id": {"type": "integer"}, "deployment": {"type": "string"}, "repository": {"type": "string"}, "revision_id": {"type": "integer"},
-                    "selection": {"type": "string"}, "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+                    "selection": {"type": "string"}, "tags": {"type": "object", "additionalProperties": {"type": "string"}}, "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
                     "error": {"type": "string", "nullable": true}, "created_at": {"type": "integer"}, "started_at": {"type": "integer", "nullable": true},
                     "finished_at": {"type": "integer", "nullable": true}, "cancel_requested": {"type": "boolean"}, "waiting_for": {"type": "string", "description": "a queued run: what it waits for"}, "steps": array_of("Step") } },
                 "CreateOrUpdate": { "type": "object", "required": ["branch_name", "commit_hash"], "additionalProperties": false, "properties": {
@@ -259,7 +259,7 @@ pub fn document() -> Value {
             "/api/v1/deployments/{name}/revisions": { "get": read("revision history, newest first", json!([name_parameter(), repository_parameter()]), ok(array_of("Revision"))) },
             "/api/v1/deployments/{name}/changes": { "get": read("the serving revision's change set", json!([name_parameter(), repository_parameter()]), ok(reference("Changes"))) },
             "/api/v1/deployments/{name}/runs": { "post": write("materialize a selection, e.g. `changed_in_branch:ANY+`", BRANCH_OR_PRODUCTION, json!([name_parameter(), repository_parameter()]),
-                Some(body(json!({"type": "object", "required": ["selection"], "properties": {"selection": {"type": "string"}}}))), ok(reference("Run"))) },
+                Some(body(json!({"type": "object", "required": ["selection"], "properties": {"selection": {"type": "string"}, "tags": {"type": "object", "additionalProperties": {"type": "string"}, "description": "run tags, counted by tag_concurrency_limits"}}}))), ok(reference("Run"))) },
             "/api/v1/deployments/{name}/assets/{key}/data-diff": { "get": read("what the branch did to one asset's data: its table against production's (schema, rows by key, per-column equality, numeric stats, a sample)",
                 json!([name_parameter(), {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}, repository_parameter(),
                     {"name": "key", "in": "query", "description": "key columns, comma-separated (default: the asset's grain, else inferred)", "schema": {"type": "string"}},

@@ -90,21 +90,21 @@ fn lease(state: &AppState) -> Lease {
 /// Claims a run (a lifecycle event: granted to one server, only while the deployment is open)
 /// and executes it. A run found running under an expired lease is failed by the claim itself.
 async fn claim_and_execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
-    let outcome = match deployments::apply_event(
-        state,
-        run.deployment_id,
-        Event::ClaimRun {
-            run: run.id.0,
-            lease: lease(state),
-            max_running: state.config.max_concurrent_runs_per_branch_deployment,
-        },
-    )
-    .await
-    {
+    let event = Event::ClaimRun {
+        run: run.id.0,
+        lease: lease(state),
+        max_running: state.config.max_concurrent_runs_per_branch_deployment,
+    };
+    // Tag limits count every running run of the store, inside the claim's transaction.
+    let extras = deployments::Extras {
+        run_limits: state.config.tag_concurrency_limits.clone(),
+        ..deployments::Extras::default()
+    };
+    let outcome = match deployments::apply_with(state, run.deployment_id, event, extras).await {
         Ok(outcome) => outcome,
-        Err(LifecycleError::Refused(_)) | Err(LifecycleError::Store(StoreError::NotFound(_))) => {
-            return Ok(())
-        }
+        Err(LifecycleError::Refused(_))
+        | Err(LifecycleError::Limited(_))
+        | Err(LifecycleError::Store(StoreError::NotFound(_))) => return Ok(()),
         Err(error) => return Err(error),
     };
     if !outcome.claimed_run(run.id) {
