@@ -71,6 +71,7 @@ fn the_github_action_deploys_updates_and_closes_a_pull_requests_deployment() {
         ("INPUT_API_TOKEN", TOKEN),
         ("INPUT_REPOSITORY", "shop"),
         ("INPUT_WAIT", "true"),
+        ("INPUT_SNAPSHOT_BASE_CONDITION", "on-create"),
     ];
 
     // opened: deploys, waits for it, and says the name in the step's output.
@@ -89,6 +90,9 @@ fn the_github_action_deploys_updates_and_closes_a_pull_requests_deployment() {
         deployment["pull_request"],
         json!({"id": "7", "url": "https://github.com/acme/shop/pull/7", "status": "OPEN"})
     );
+    let main = git(&repo, &["rev-parse", "main"]);
+    assert_eq!(deployment["snapshot_base"]["condition"], "on-create", "{deployment}");
+    assert_eq!(deployment["snapshot_base"]["commit"], main.as_str(), "{deployment}");
 
     // synchronize with broken definitions: the step fails, as a check should.
     let broken = git(&repo, &["rev-parse", "broken"]);
