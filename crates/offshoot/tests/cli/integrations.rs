@@ -217,6 +217,7 @@ fn the_gitlab_template_deploys_and_closes_a_merge_requests_deployment() {
         ("CI_COMMIT_SHA", sha.as_str()),
         ("CI_MERGE_REQUEST_IID", "12"),
         ("CI_MERGE_REQUEST_PROJECT_URL", "https://gitlab.example/acme/shop"),
+        ("OFFSHOOT_SNAPSHOT_BASE_CONDITION", "on-update"),
     ];
     let output = run_gitlab_job("offshoot:deploy", &variables);
     assert!(output.status.success(), "{}\n{}", stderr(&output), server.log());
@@ -230,6 +231,7 @@ fn the_gitlab_template_deploys_and_closes_a_merge_requests_deployment() {
         deployment["pull_request"],
         json!({"id": "12", "url": "https://gitlab.example/acme/shop/-/merge_requests/12", "status": "OPEN"})
     );
+    assert_eq!(deployment["snapshot_base"]["condition"], "on-update", "{deployment}");
 
     let output = run_gitlab_job("offshoot:close", &variables);
     assert!(output.status.success(), "{}", stderr(&output));
