@@ -37,6 +37,7 @@ args=(branch-deployment create-or-update --git-repo-name "$repository" --branch-
 [ -n "$number" ] && args+=(--pull-request-id "$number")
 [ -n "$url" ] && args+=(--pull-request-url "$url")
 [ -n "${INPUT_BASE_DEPLOYMENT_NAME:-}" ] && args+=(--base-deployment-name "$INPUT_BASE_DEPLOYMENT_NAME")
+[ -n "${INPUT_SNAPSHOT_BASE_CONDITION:-}" ] && args+=(--snapshot-base-condition "$INPUT_SNAPSHOT_BASE_CONDITION")
 
 name=$(offshoot "${args[@]}")
 if [ "$status" != OPEN ]; then

@@ -189,6 +189,9 @@ test('the deployment page marks new, changed, impacted and removed assets, and f
   assert.doesNotMatch(await node('stg_orders').getAttribute('class'), /\b(new|changed|impacted)\b/, 'a formatting-only edit is not a change');
   assert.match(await page.getByText('Removed in branch').innerText(), /orders_by_country/);
   assert.match(await page.getByLabel('Change summary').innerText(), /^1 new\s+2 changed\s+1 removed\s+2 impacted downstream/);
+  // Which base the branch compares with, in the header and beside the summary.
+  assert.match(await page.locator('[data-compares-with]').innerText(), /^merge base [0-9a-f]{12}$/);
+  assert.match(await page.locator('[data-snapshot-base]').innerText(), /^against merge base [0-9a-f]{12}$/);
   await page.screenshot({ path: join(screenshots, 'deployment.png') });
 
   await page.getByLabel('Filter').fill('changed_in_branch:ANY+');

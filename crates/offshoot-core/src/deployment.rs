@@ -313,6 +313,42 @@ string_enum!(
     DeploymentStatus { Open = "open", Closed = "closed" }
 );
 
+string_enum!(
+    /// What a branch deployment's change tracking compares with. `merge-base` (the default):
+    /// the base deployment's definitions at the commit where the branch forked. `on-create` and
+    /// `on-update` are Dagster+'s `--snapshot-base-condition`: production's serving revision,
+    /// taken when the deployment is created and kept, or taken again on every update.
+    SnapshotBase { MergeBase = "merge-base", OnCreate = "on-create", OnUpdate = "on-update" }
+);
+
+impl SnapshotBase {
+    /// Also dagster-cloud's GraphQL spelling (`ON_CREATE`).
+    pub fn parse_flag(text: &str) -> Option<SnapshotBase> {
+        SnapshotBase::parse(&text.replace('_', "-"))
+    }
+
+    /// Which base a deployment compares with, for people: "merge base abc1234", "production at
+    /// creation, abc1234", "production at last update, def5678"; without a commit yet, the rule.
+    pub fn describe(self, commit: Option<&CommitSha>) -> String {
+        let what = match self {
+            SnapshotBase::MergeBase => "merge base",
+            SnapshotBase::OnCreate => "production at creation",
+            SnapshotBase::OnUpdate => "production at last update",
+        };
+        match (self, commit) {
+            (_, None) => what.to_owned(),
+            (SnapshotBase::MergeBase, Some(commit)) => format!("{what} {}", commit.short()),
+            (_, Some(commit)) => format!("{what}, {}", commit.short()),
+        }
+    }
+}
+
+string_enum!(
+    /// Where a variable's value applies, as Dagster+ scopes them: production (`prod`), branch
+    /// deployments (all, or one branch's), or developers' machines (never a deployment).
+    VariableScope { Production = "production", Branches = "branches", Local = "local" }
+);
+
 string_enum!(RevisionStatus {
     Queued = "queued",
     Deploying = "deploying",
@@ -356,6 +392,21 @@ mod tests {
     fn name_for(branch: &str) -> String {
         deployment_name_for_branch(&BranchName::new(branch).expect("valid branch"), |_| false)
             .to_string()
+    }
+
+    #[test]
+    fn snapshot_bases_parse_both_spellings_and_say_what_they_compare_with() {
+        assert_eq!(SnapshotBase::parse_flag("on-create"), Some(SnapshotBase::OnCreate));
+        assert_eq!(SnapshotBase::parse_flag("ON_UPDATE"), Some(SnapshotBase::OnUpdate));
+        assert_eq!(SnapshotBase::parse_flag("merge-base"), Some(SnapshotBase::MergeBase));
+        assert_eq!(SnapshotBase::parse_flag("tip"), None);
+        let commit = CommitSha::new(&"abc1234def56".repeat(4)[..40]).expect("a full sha");
+        assert_eq!(SnapshotBase::MergeBase.describe(Some(&commit)), "merge base abc1234def56");
+        assert_eq!(
+            SnapshotBase::OnCreate.describe(Some(&commit)),
+            "production at creation, abc1234def56"
+        );
+        assert_eq!(SnapshotBase::OnUpdate.describe(None), "production at last update");
     }
 
     #[test]

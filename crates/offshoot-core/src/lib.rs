@@ -28,7 +28,7 @@ pub use change::{
 pub use deployment::{
     deployment_name_for_branch, pushed_commit_is_newer, BranchName, CommitRelation, CommitSha,
     DeploymentKind, DeploymentName, DeploymentStatus, InvalidName, PullRequestStatus,
-    RepositoryName, RevisionStatus, SchemaName, UnixMillis,
+    RepositoryName, RevisionStatus, SchemaName, SnapshotBase, UnixMillis, VariableScope,
 };
 pub use fingerprint::{Fingerprint, FingerprintParts};
 pub use run::{PlannedStep, RunPlan, RunStatus, StepStatus};

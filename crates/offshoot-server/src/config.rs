@@ -23,6 +23,9 @@ pub struct ServerConfig {
     /// `max_concurrent_runs_per_branch_deployment`); `None`: only the branch pool limits them.
     /// Enforced by the lifecycle's claim, so across servers sharing a store.
     pub max_concurrent_runs_per_branch_deployment: Option<usize>,
+    /// Dagster+'s `tag_concurrency_limits`: at most `limit` runs with a tag (of a value, or any)
+    /// at once, over every deployment and server of the store.
+    pub tag_concurrency_limits: Vec<offshoot_store::TagLimit>,
     /// Variables and secrets for the processes of matching deployments (`variables`).
     pub variables: Vec<crate::variables::Variable>,
     /// Steps of one run that may execute at once.
@@ -96,6 +99,7 @@ impl ServerConfig {
             production_run_concurrency: 10,
             branch_run_concurrency: 50,
             max_concurrent_runs_per_branch_deployment: None,
+            tag_concurrency_limits: Vec::new(),
             variables: Vec::new(),
             step_parallelism: 4,
             deploy_concurrency: 4,

@@ -2,10 +2,12 @@
 //! branch deployments (all of them, or one branch's), or for local development, and reaches the
 //! processes of the matching deployments only (command assets, dbt and Dagster builds). Values
 //! come from the server's configuration (secrets from the environment or a file, never the
-//! repository), are `Secret`s, never returned by the API; secrets are redacted from step logs.
+//! repository) or from the API (kept in the store), are `Secret`s, never returned by the API;
+//! secrets are redacted from step logs. A value set through the API wins over the
+//! configuration's for the same name, scope and branch.
 
-use offshoot_core::{BranchName, DeploymentKind, RepositoryName};
-use offshoot_store::Deployment;
+use offshoot_core::{BranchName, DeploymentKind, RepositoryName, VariableScope};
+use offshoot_store::{Deployment, Store, StoreResult, StoredVariable};
 
 use crate::config::Secret;
 
@@ -17,6 +19,16 @@ pub enum Scope {
     Branches,
     /// Developers' machines: only `offshoot env export --scope local`, never a deployment.
     Local,
+}
+
+impl From<VariableScope> for Scope {
+    fn from(scope: VariableScope) -> Scope {
+        match scope {
+            VariableScope::Production => Scope::Production,
+            VariableScope::Branches => Scope::Branches,
+            VariableScope::Local => Scope::Local,
+        }
+    }
 }
 
 impl Scope {
@@ -112,4 +124,24 @@ pub fn redact(variables: &[Variable], text: &str) -> String {
         .iter()
         .filter(|v| v.secret)
         .fold(text.to_owned(), |text, variable| variable.value.redact_from(&text))
+}
+
+/// A variable set through the API, as the processes get it (`None`: a blank value, which the
+/// API refuses to set).
+pub fn from_stored(stored: &StoredVariable) -> Option<Variable> {
+    Some(Variable {
+        name: stored.name.clone(),
+        value: Secret::new(stored.value.clone())?,
+        scopes: vec![stored.scope.into()],
+        branch: stored.branch.clone(),
+        repository: Some(stored.repository.clone()),
+        secret: stored.secret,
+    })
+}
+
+/// Every variable in force now: those set through the API (first, so they win) and the
+/// configuration's.
+pub async fn in_force(store: &dyn Store, configured: &[Variable]) -> StoreResult<Vec<Variable>> {
+    let stored = store.list_variables(None).await?;
+    Ok(stored.iter().filter_map(from_stored).chain(configured.iter().cloned()).collect())
 }

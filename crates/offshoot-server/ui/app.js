@@ -208,6 +208,17 @@ function Status({ status, since }) {
 
 /** "closed 3 d ago (pull request merged); last served revision 3 (abc123def4)": a closed deployment
  * serves nothing (its schema is dropped), so it is never shown as serving. */
+// Which base the shown change summary compares with: the deployment's snapshot base as the server
+// says it ("merge base abc123", "production at creation, abc123", ...), for the graph's revision.
+function baseDescription(deployment, graph) {
+  const snapshot = deployment.snapshot_base;
+  if (!graph.base_commit) return 'no base';
+  if (!snapshot) return 'previous revision ' + graph.base_commit.slice(0, 12);
+  if (snapshot.commit === graph.base_commit) return snapshot.description;
+  const what = { 'merge-base': 'merge base ', 'on-create': 'production at creation, ', 'on-update': 'production at last update, ' }[snapshot.condition] || '';
+  return what + graph.base_commit.slice(0, 12);
+}
+
 function closedSummary(d, word = 'closed') {
   const last = d.last_served_revision;
   return word + (d.closed_at ? ' ' + ago(d.closed_at) : '') + (d.close_reason ? ' (' + d.close_reason + ')' : '') + '; '
@@ -415,6 +426,7 @@ function Deployment({ repository, name }) {
     <p class="note"><a href="#/">Deployments</a> /</p>
     <h1>${deployment.name} ${closed ? html`<span class="chip closed">closed</span>` : ''}</h1>
     <p class="sub">${deployment.kind === 'production' ? 'Production' : 'Branch deployment'} of <span class="mono">${deployment.branch}</span>
+      ${deployment.snapshot_base ? html` · compares with <span data-compares-with>${deployment.snapshot_base.description}</span>` : ''}
       ${deployment.pull_request ? html` · ${url ? html`<a href=${url} rel="noreferrer noopener">pull request ${deployment.pull_request.id}</a>` : 'pull request ' + deployment.pull_request.id} (${deployment.pull_request.status.toLowerCase()})` : ''}</p>
     ${closed ? html`<p class="note" data-closed>${closedSummary(deployment, 'Closed')}.
       Its warehouse objects are dropped: nothing serves and no run can start until it is reopened.</p>` : ''}
@@ -423,7 +435,7 @@ function Deployment({ repository, name }) {
     ${deployment.latest_revision && ['queued', 'deploying'].includes(deployment.latest_revision.status) ? html`<p>Deploying ${deployment.latest_revision.commit.sha.slice(0, 10)}: <${Status} status=${deployment.latest_revision.status} since=${deployment.latest_revision.started_at || deployment.latest_revision.queued_at} /></p>` : ''}
     ${deployment.status === 'open' ? html`<${LaunchControls} deployment=${deployment} onLaunched=${(run) => { location.hash = '#/runs/' + run.id; reloadRuns(); reloadDeployment(); }} />` : ''}
     ${deployment.kind === 'branch' && graph && graph.revision ? html`<${Counts} counts=${graph.revision.counts} label="Change summary">
-      <span class="note">against ${graph.base_commit ? 'merge-base ' + graph.base_commit.slice(0, 10) : 'no base'}</span><//>` : ''}
+      <span class="note" data-snapshot-base>against ${baseDescription(deployment, graph)}</span><//>` : ''}
     ${graph && graph.removed.length ? html`<p>Removed in branch: ${graph.removed.map((k) => html`<a class="badge removed mono" href=${base + '/a/' + enc(k)}>${k}</a> `)}</p>` : ''}
     <div class="toolbar">
       <label for="filter">Filter</label>

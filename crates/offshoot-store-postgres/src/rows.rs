@@ -78,3 +78,7 @@ pub(crate) fn schedule_state(row: &PgRow) -> StoreResult<offshoot_store::Schedul
 pub(crate) fn schedule_tick(row: &PgRow) -> StoreResult<offshoot_store::ScheduleTick> {
     rows::schedule_tick(&Row(row))
 }
+
+pub(crate) fn variable(row: &PgRow) -> StoreResult<offshoot_store::StoredVariable> {
+    rows::variable(&Row(row))
+}

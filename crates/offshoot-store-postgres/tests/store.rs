@@ -128,6 +128,7 @@ fn new_deployment(name: &str) -> NewDeployment {
 /// A write of nothing yet on the version `deployment` was read at.
 fn write_on(deployment: &Deployment, now: i64) -> LifecycleWrite {
     LifecycleWrite {
+        run_limits: Vec::new(),
         deployment: deployment.id,
         version: deployment.version,
         now,
@@ -171,6 +172,7 @@ async fn data_survives_reconnecting() {
     let write = LifecycleWrite {
         new_revisions: vec![queued(1, 1)],
         new_runs: vec![NewRun {
+            tags: Vec::new(),
             revision: 1,
             selection: "*".to_owned(),
             steps: steps(&["orders", "revenue"]),
@@ -227,6 +229,7 @@ async fn concurrent_pushes_get_distinct_numbers() {
                     version: record.deployment.version,
                     new_revisions: vec![queued(number, i)],
                     new_runs: vec![NewRun {
+                        tags: Vec::new(),
                         revision: number,
                         selection: "*".to_owned(),
                         steps: steps(&["a", "b"]),

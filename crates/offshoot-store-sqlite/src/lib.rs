@@ -13,14 +13,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use offshoot_core::{
     AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus,
-    RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis,
+    RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis, VariableScope,
 };
 use offshoot_store::{
     Applied, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId, LifecycleRecord,
     LifecycleWrite, Materialization, MaterializationId, NewDeployment, NewIntake, NewTick,
     Provenance, RecordedMaterialization, Revision, RevisionId, Run, RunFilter, RunId, RunStep,
-    ScheduleState, ScheduleTick, StepId, Store, StoreError, StoreResult, Teardown, TickId,
-    TickStatus,
+    ScheduleState, ScheduleTick, StepId, Store, StoreError, StoreResult, StoredVariable, Teardown,
+    TickId, TickStatus,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
@@ -85,6 +85,7 @@ fn migrator() -> Migrator {
         migration(3, "lifecycle", include_str!("../migrations/0003_lifecycle.sql")),
         migration(4, "provenance", include_str!("../migrations/0004_provenance.sql")),
         migration(6, "schedules", include_str!("../migrations/0006_schedules.sql")),
+        migration(7, "dagster_plus", include_str!("../migrations/0007_dagster_plus.sql")),
     ])
 }
 
@@ -323,6 +324,13 @@ impl Store for SqliteStore {
                 None => Err(StoreError::NotFound(format!("deployment {}", write.deployment.0))),
             };
         };
+        if !write.run_limits.is_empty() && write.runs.iter().any(|r| r.status == RunStatus::Running)
+        {
+            // BEGIN IMMEDIATE holds the write lock: the count below and the claim commit together.
+            if let Some(reason) = tag_limit_reached_in(&mut transaction, &write).await? {
+                return Ok(Applied::Limited(reason));
+            }
+        }
         let (revisions, runs) = apply_in(&mut transaction, &write).await?;
         transaction.commit().await.map_err(translate("the lifecycle write"))?;
         Ok(Applied::Done { version, revisions, runs })
@@ -832,6 +840,106 @@ impl Store for SqliteStore {
         row.try_get::<Option<i64>, _>("tick_at")
             .map_err(|e| StoreError::Backend(format!("reading the last tick: {e}")))
     }
+    async fn set_variable(&self, variable: &StoredVariable) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO variables (repository, name, scope, branch, value, secret, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (repository, name, scope, branch) DO UPDATE SET
+                 value = excluded.value, secret = excluded.secret, updated_at = excluded.updated_at",
+        )
+        .bind(variable.repository.as_str())
+        .bind(&variable.name)
+        .bind(variable.scope.as_str())
+        .bind(variable.branch.as_ref().map_or("", BranchName::as_str))
+        .bind(&variable.value)
+        .bind(variable.secret)
+        .bind(variable.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(translate("the variable"))?;
+        Ok(())
+    }
+
+    async fn unset_variable(
+        &self,
+        repository: &RepositoryName,
+        name: &str,
+        scope: VariableScope,
+        branch: Option<&BranchName>,
+    ) -> StoreResult<()> {
+        let result = sqlx::query(
+            "DELETE FROM variables WHERE repository = ? AND name = ? AND scope = ? AND branch = ?",
+        )
+        .bind(repository.as_str())
+        .bind(name)
+        .bind(scope.as_str())
+        .bind(branch.map_or("", BranchName::as_str))
+        .execute(&self.pool)
+        .await
+        .map_err(translate("the variable"))?;
+        touched(result, format!("variable {name} ({scope})"))
+    }
+
+    async fn list_variables(
+        &self,
+        repository: Option<&RepositoryName>,
+    ) -> StoreResult<Vec<StoredVariable>> {
+        let found = sqlx::query("SELECT * FROM variables WHERE ?1 IS NULL OR repository = ?1")
+            .bind(repository.map(RepositoryName::as_str))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(translate("the variables"))?;
+        let mut variables = found.iter().map(rows::variable).collect::<StoreResult<Vec<_>>>()?;
+        // Sorted here, not by SQL, so both backends order text the same (bytes, not a locale).
+        variables.sort_by(|a, b| {
+            (
+                a.repository.as_str(),
+                a.name.as_str(),
+                a.scope,
+                a.branch.as_ref().map(BranchName::as_str),
+            )
+                .cmp(&(
+                    b.repository.as_str(),
+                    b.name.as_str(),
+                    b.scope,
+                    b.branch.as_ref().map(BranchName::as_str),
+                ))
+        });
+        Ok(variables)
+    }
+}
+
+/// Whether a run this write starts would exceed a tag limit, counted over the running runs.
+async fn tag_limit_reached_in(
+    connection: &mut SqliteConnection,
+    write: &LifecycleWrite,
+) -> StoreResult<Option<String>> {
+    let found = sqlx::query("SELECT * FROM runs WHERE status = ?")
+        .bind(RunStatus::Running.as_str())
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(translate("the running runs' tags"))?;
+    let found = found.iter().map(rows::run).collect::<StoreResult<Vec<Run>>>()?;
+    let running_ids: Vec<i64> = found.iter().map(|run| run.id.0).collect();
+    let mut running: Vec<Vec<(String, String)>> = found.into_iter().map(|run| run.tags).collect();
+    for patch in write.runs.iter().filter(|r| r.status == RunStatus::Running) {
+        if running_ids.contains(&patch.id.0) {
+            continue;
+        }
+        let text: Option<String> = sqlx::query_scalar("SELECT tags FROM runs WHERE id = ?")
+            .bind(patch.id.0)
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(translate("the claimed run's tags"))?;
+        let claimed = text.as_deref().and_then(offshoot_store::tags_from_text).unwrap_or_default();
+        if let Some(reason) =
+            offshoot_store::tag_limit_reached(&claimed, &running, &write.run_limits)
+        {
+            return Ok(Some(reason));
+        }
+        running.push(claimed);
+    }
+    Ok(None)
 }
 
 /// The writes of one lifecycle decision, inside the transaction that bumped the version.
@@ -910,8 +1018,8 @@ async fn apply_in(
     for new in &write.new_runs {
         let revision = revision_id(connection, deployment, new.revision).await?;
         let row = sqlx::query(
-            "INSERT INTO runs (deployment_id, revision_id, selection, status, created_at, cancel_requested)
-             VALUES (?, ?, ?, ?, ?, FALSE)
+            "INSERT INTO runs (deployment_id, revision_id, selection, status, created_at, cancel_requested, tags)
+             VALUES (?, ?, ?, ?, ?, FALSE, ?)
              RETURNING *",
         )
         .bind(deployment)
@@ -919,6 +1027,7 @@ async fn apply_in(
         .bind(new.selection.as_str())
         .bind(RunStatus::Queued.as_str())
         .bind(now)
+        .bind(offshoot_store::tags_text(&new.tags))
         .fetch_one(&mut *connection)
         .await
         .map_err(translate("the new run"))?;
@@ -1047,7 +1156,9 @@ async fn patch_deployment(
              teardown = COALESCE(?14, teardown),
              teardown_lease_owner = CASE WHEN ?14 IS NULL THEN teardown_lease_owner ELSE ?15 END,
              teardown_lease_expires_at = CASE WHEN ?14 IS NULL THEN teardown_lease_expires_at ELSE ?16 END,
-             delete_requested = delete_requested OR ?17
+             delete_requested = delete_requested OR ?17,
+             snapshot_base = COALESCE(?19, snapshot_base),
+             snapshot_base_commit = CASE WHEN ?19 IS NULL THEN snapshot_base_commit ELSE ?20 END
          WHERE id = ?18",
     )
     .bind(patch.status.map(DeploymentStatus::as_str))
@@ -1068,6 +1179,8 @@ async fn patch_deployment(
     .bind(teardown_lease.map(|l| l.until))
     .bind(patch.delete_requested)
     .bind(deployment)
+    .bind(patch.snapshot_base.as_ref().map(|(base, _)| base.as_str()))
+    .bind(patch.snapshot_base.as_ref().and_then(|(_, commit)| commit.as_ref().map(CommitSha::as_str)))
     .execute(&mut *connection)
     .await
     .map_err(translate("the deployment update"))?;

@@ -78,3 +78,7 @@ pub(crate) fn schedule_state(row: &SqliteRow) -> StoreResult<offshoot_store::Sch
 pub(crate) fn schedule_tick(row: &SqliteRow) -> StoreResult<offshoot_store::ScheduleTick> {
     rows::schedule_tick(&Row(row))
 }
+
+pub(crate) fn variable(row: &SqliteRow) -> StoreResult<offshoot_store::StoredVariable> {
+    rows::variable(&Row(row))
+}

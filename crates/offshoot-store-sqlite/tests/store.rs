@@ -67,6 +67,7 @@ async fn data_survives_reopening_the_file() {
     let write = LifecycleWrite {
         new_revisions: vec![queued(1, 1)],
         new_runs: vec![NewRun {
+            tags: Vec::new(),
             revision: 1,
             selection: "*".to_owned(),
             steps: steps(&["orders", "revenue"]),
@@ -157,6 +158,7 @@ async fn concurrent_writers_wait_for_each_other() {
                     version: record.deployment.version,
                     new_revisions: vec![queued(number, i)],
                     new_runs: vec![NewRun {
+                        tags: Vec::new(),
                         revision: number,
                         selection: "*".to_owned(),
                         steps: steps(&["a", "b"]),
@@ -212,6 +214,7 @@ fn new_deployment(repository: &RepositoryName, name: &str) -> NewDeployment {
 /// A write of nothing yet on the version `deployment` was read at.
 fn write_on(deployment: &Deployment, now: i64) -> LifecycleWrite {
     LifecycleWrite {
+        run_limits: Vec::new(),
         deployment: deployment.id,
         version: deployment.version,
         now,

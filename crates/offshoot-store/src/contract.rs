@@ -39,7 +39,7 @@ use offshoot_core::lifecycle::StepsEnd;
 use offshoot_core::{
     deployment_name_for_branch, AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName,
     DeploymentStatus, Fingerprint, PullRequestStatus, RepositoryName, RevisionStatus, RunStatus,
-    StepStatus, UnixMillis,
+    SnapshotBase, StepStatus, UnixMillis, VariableScope,
 };
 
 use crate::{
@@ -47,7 +47,7 @@ use crate::{
     DeploymentPatch, Intake, IntakeId, Lease, LifecycleWrite, Materialization, MaterializationId,
     NewDeployment, NewIntake, NewRevision, NewRun, PromotedFrom, Provenance, PullRequest,
     ReadMaterialization, Revision, RevisionPatch, Run, RunFilter, RunId, RunPatch, RunStep, StepId,
-    Store, StoreError, StoreResult, Teardown, UpstreamProvenance,
+    Store, StoreError, StoreResult, StoredVariable, TagLimit, Teardown, UpstreamProvenance,
 };
 use crate::{NewTick, ScheduleState, ScheduleTick, TickStatus};
 
@@ -75,11 +75,13 @@ pub async fn run_all(store: &dyn Store) {
     renewing_leases_extends_one_owners_leases_without_a_new_version(store).await;
     intake_records_each_delivery_once(store).await;
     schedules_are_switched_and_each_tick_is_claimed_once(store).await;
+    variables_are_set_replaced_listed_and_unset_by_their_key(store).await;
     missing_rows_are_not_found(store).await;
     hostile_strings_round_trip_exactly(store).await;
     concurrent_writers_never_lose_a_write(store).await;
     concurrent_first_deliveries_share_one_deployment(store).await;
     concurrent_claims_have_one_winner(store).await;
+    concurrent_claims_keep_tag_limits_across_deployments(store).await;
     concurrent_opens_never_exceed_the_cap(store).await;
 }
 
@@ -103,6 +105,8 @@ pub async fn deployments_are_ensured_and_found(store: &dyn Store) {
             status: DeploymentStatus::Open,
             pull_request: None,
             base_deployment: None,
+            snapshot_base: SnapshotBase::MergeBase,
+            snapshot_base_commit: None,
             pinned: false,
             current_revision: None,
             created_at: 1_000,
@@ -376,6 +380,28 @@ pub async fn deployment_patches_change_exactly_the_fields_they_name(store: &dyn 
             "a base deployment is cleared",
             DeploymentPatch { base_deployment: Some(None), ..DeploymentPatch::default() },
             Box::new(|d, _| d.base_deployment = None),
+        ),
+        (
+            "a snapshot base is set with the production commit it took",
+            DeploymentPatch {
+                snapshot_base: Some((SnapshotBase::OnCreate, Some(sha(7)))),
+                ..DeploymentPatch::default()
+            },
+            Box::new(|d, _| {
+                d.snapshot_base = SnapshotBase::OnCreate;
+                d.snapshot_base_commit = Some(sha(7));
+            }),
+        ),
+        (
+            "another snapshot base replaces both, commit too",
+            DeploymentPatch {
+                snapshot_base: Some((SnapshotBase::MergeBase, None)),
+                ..DeploymentPatch::default()
+            },
+            Box::new(|d, _| {
+                d.snapshot_base = SnapshotBase::MergeBase;
+                d.snapshot_base_commit = None;
+            }),
         ),
         (
             "the head is set by revision number",
@@ -1242,8 +1268,11 @@ pub async fn runs_are_inserted_with_their_steps_in_plan_order(store: &dyn Store)
 
     // Not alphabetical: the plan's order is kept, not re-sorted.
     let selection = r#"+orders tag:"finance" , 'x';--"#;
+    let tags =
+        vec![("dbt".to_owned(), "nightly=1 'x'".to_owned()), ("team".to_owned(), String::new())];
     let planned = NewRun {
         selection: selection.to_owned(),
+        tags: tags.clone(),
         ..new_run(1, &["orders", "customers", "revenue"])
     };
     let empty = new_run(1, &[]);
@@ -1264,8 +1293,9 @@ pub async fn runs_are_inserted_with_their_steps_in_plan_order(store: &dyn Store)
             finished_at: None,
             cancel_requested: false,
             lease: None,
+            tags,
         },
-        "a new run is queued, not canceled, of the revision its number names, created now"
+        "a new run is queued, not canceled, of the revision its number names, created now, with its tags"
     );
     assert!(run.id < empty.id, "runs come back in the write's order");
     assert_eq!(
@@ -2076,6 +2106,65 @@ pub async fn intake_records_each_delivery_once(store: &dyn Store) {
     );
 }
 
+pub async fn variables_are_set_replaced_listed_and_unset_by_their_key(store: &dyn Store) {
+    let repo = repository("contract-variables");
+    let other = repository("contract-variables-2");
+    let variable = |repo: &RepositoryName, name: &str, scope, branch: Option<&str>, value: &str| {
+        StoredVariable {
+            repository: repo.clone(),
+            name: name.to_owned(),
+            scope,
+            branch: branch.map(self::branch),
+            value: value.to_owned(),
+            secret: true,
+            updated_at: 1_000,
+        }
+    };
+    let hostile = "p@ss'; DROP TABLE variables; --\n\u{1F511} \\ $1 ?";
+    let all_branches = variable(&repo, "API_KEY", VariableScope::Branches, None, "for branches");
+    let one_branch =
+        variable(&repo, "API_KEY", VariableScope::Branches, Some("feature/1"), "for feature/1");
+    let production = variable(&repo, "API_KEY", VariableScope::Production, None, hostile);
+    let elsewhere = variable(&other, "API_KEY", VariableScope::Local, None, "local");
+    for v in [&one_branch, &production, &all_branches, &elsewhere] {
+        store.set_variable(v).await.expect("set");
+    }
+    assert_eq!(
+        store.list_variables(Some(&repo)).await.expect("list"),
+        vec![production.clone(), all_branches.clone(), one_branch.clone()],
+        "one row per key (one branch's apart from every branch's), values exact, sorted by name, scope, branch"
+    );
+    let everything = store.list_variables(None).await.expect("list all");
+    assert!(everything.contains(&elsewhere) && everything.contains(&production), "{everything:?}");
+
+    // Setting the same key replaces value, secrecy and time; nothing else changes.
+    let replaced = StoredVariable {
+        value: "plain now".to_owned(),
+        secret: false,
+        updated_at: 2_000,
+        ..production.clone()
+    };
+    store.set_variable(&replaced).await.expect("replace");
+    assert_eq!(
+        store.list_variables(Some(&repo)).await.expect("list"),
+        vec![replaced.clone(), all_branches.clone(), one_branch.clone()]
+    );
+
+    // Unset removes exactly its key; a key that is not there is NotFound.
+    store
+        .unset_variable(&repo, "API_KEY", VariableScope::Branches, Some(&branch("feature/1")))
+        .await
+        .expect("unset one branch's");
+    assert_eq!(
+        store.list_variables(Some(&repo)).await.expect("list"),
+        vec![replaced.clone(), all_branches.clone()]
+    );
+    let missing =
+        store.unset_variable(&repo, "API_KEY", VariableScope::Local, None).await.expect_err("gone");
+    assert!(matches!(missing, StoreError::NotFound(_)), "{missing:?}");
+    assert_eq!(store.list_variables(Some(&other)).await.expect("list"), vec![elsewhere]);
+}
+
 pub async fn missing_rows_are_not_found(store: &dyn Store) {
     let repo = repository("contract-missing");
     let deployment =
@@ -2341,6 +2430,7 @@ pub async fn concurrent_writers_never_lose_a_write(store: &dyn Store) {
                         versions.push(version);
                     }
                     Applied::Stale => stale += 1,
+                    Applied::Limited(reason) => panic!("limited without limits: {reason}"),
                 }
             }
             (versions, stale)
@@ -2609,6 +2699,81 @@ pub async fn schedules_are_switched_and_each_tick_is_claimed_once(store: &dyn St
     assert_eq!(store.schedule_states(deployment.id).await.expect("states"), vec![]);
 }
 
+/// Tag limits hold across deployments, whose claims no version check orders: of two concurrent
+/// claims of runs tagged `dbt=nightly` in two deployments under a limit of 1, one is written and
+/// the other is `Limited` with nothing written; a run with another value is not counted; a
+/// freed slot is taken by the next claim.
+pub async fn concurrent_claims_keep_tag_limits_across_deployments(store: &dyn Store) {
+    let repo = repository("contract-race-tags");
+    let nightly = vec![("dbt".to_owned(), "nightly".to_owned())];
+    let hourly = vec![("dbt".to_owned(), "hourly".to_owned())];
+    let limits =
+        vec![TagLimit { key: "dbt".to_owned(), value: Some("nightly".to_owned()), limit: 1 }];
+    let mut queued_runs = Vec::new();
+    for (name, tags) in [("a", &nightly), ("b", &nightly), ("c", &hourly)] {
+        let deployment = store
+            .ensure_deployment(new_deployment(&repo, name, name, 1_000))
+            .await
+            .expect("create");
+        let write = LifecycleWrite {
+            new_revisions: vec![queued(1, 1)],
+            new_runs: vec![NewRun { tags: tags.clone(), ..new_run(1, &["x"]) }],
+            ..change(deployment.id, 2_000)
+        };
+        let Written { runs, .. } = apply_now(store, write, "queue a tagged run").await;
+        queued_runs.push((deployment.id, runs[0].id));
+    }
+    let lease = Lease { owner: "contract-race-tags".to_owned(), until: 60_000 };
+    let claim = |deployment: DeploymentId, run: RunId, version: i64| LifecycleWrite {
+        version,
+        runs: vec![RunPatch { lease: Some(lease.clone()), ..run_to(run, RunStatus::Running) }],
+        run_limits: limits.clone(),
+        ..change(deployment, 3_000)
+    };
+    let version = |deployment: DeploymentId| async move {
+        store.get_deployment(deployment).await.expect("get").version
+    };
+    let (a, b, c) = (queued_runs[0], queued_runs[1], queued_runs[2]);
+    let (version_a, version_b) = (version(a.0).await, version(b.0).await);
+    let claims: Vec<Pin<Box<dyn Future<Output = StoreResult<Applied>> + '_>>> = vec![
+        Box::pin(store.apply(claim(a.0, a.1, version_a))),
+        Box::pin(store.apply(claim(b.0, b.1, version_b))),
+    ];
+    let outcomes = all_at_once(claims).await;
+    let done: Vec<usize> =
+        (0..2).filter(|i| matches!(outcomes[*i], Ok(Applied::Done { .. }))).collect();
+    assert_eq!(done.len(), 1, "exactly one of two nightly claims runs: {outcomes:?}");
+    let (winner, loser) = if done[0] == 0 { (a, b) } else { (b, a) };
+    let limited = &outcomes[1 - done[0]];
+    assert!(
+        matches!(limited, Ok(Applied::Limited(reason)) if reason.contains("dbt=nightly (limit 1)")),
+        "the other is limited and says by what: {limited:?}"
+    );
+    let left = store.get_run(loser.1).await.expect("get run");
+    assert_eq!((left.status, left.lease), (RunStatus::Queued, None), "nothing of it was written");
+    assert_eq!(
+        store.get_deployment(loser.0).await.expect("get").version,
+        if loser == a { version_a } else { version_b },
+        "a limited write bumps no version"
+    );
+
+    // Another value of the tag is not counted against `dbt=nightly`.
+    let written = store.apply(claim(c.0, c.1, version(c.0).await)).await.expect("claim c");
+    assert!(matches!(written, Applied::Done { .. }), "{written:?}");
+
+    // The slot frees when the winner ends; then the waiting run starts.
+    let end = LifecycleWrite {
+        version: version(winner.0).await,
+        runs: vec![run_to(winner.1, RunStatus::Succeeded)],
+        ..change(winner.0, 4_000)
+    };
+    assert!(matches!(store.apply(end).await.expect("end"), Applied::Done { .. }));
+    let written =
+        store.apply(claim(loser.0, loser.1, version(loser.0).await)).await.expect("claim");
+    assert!(matches!(written, Applied::Done { .. }), "{written:?}");
+    assert_eq!(store.get_run(loser.1).await.expect("get").status, RunStatus::Running);
+}
+
 // Helpers: short constructors for valid test data, so each story shows only what it is about.
 
 /// What an applied write returned.
@@ -2816,6 +2981,7 @@ fn change(deployment: DeploymentId, now: UnixMillis) -> LifecycleWrite {
         new_runs: Vec::new(),
         runs: Vec::new(),
         delete: false,
+        run_limits: Vec::new(),
     }
 }
 
@@ -2837,6 +3003,9 @@ async fn apply_now(store: &dyn Store, write: LifecycleWrite, what: &str) -> Writ
             Written { version: new_version, revisions, runs }
         }
         Ok(Applied::Stale) => panic!("{what}: stale, although nothing else writes this deployment"),
+        Ok(Applied::Limited(reason)) => {
+            panic!("{what}: limited ({reason}), although it has no limits")
+        }
         Err(error) => panic!("{what}: {error}"),
     }
 }
@@ -2855,7 +3024,12 @@ fn queued(number: u32, commit: u32) -> NewRevision {
 }
 
 fn new_run(revision: u32, steps: &[&str]) -> NewRun {
-    NewRun { revision, selection: "*".to_owned(), steps: steps.iter().map(|s| key(s)).collect() }
+    NewRun {
+        revision,
+        selection: "*".to_owned(),
+        steps: steps.iter().map(|s| key(s)).collect(),
+        tags: Vec::new(),
+    }
 }
 
 fn revision_to(number: u32, status: RevisionStatus) -> RevisionPatch {

@@ -20,7 +20,8 @@ use offshoot_core::lifecycle::StepsEnd;
 pub use offshoot_core::lifecycle::{Lease, Teardown};
 use offshoot_core::{
     AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, Fingerprint,
-    PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis,
+    PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, SnapshotBase, StepStatus,
+    UnixMillis, VariableScope,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +66,11 @@ pub struct Deployment {
     pub pull_request: Option<PullRequest>,
     /// The deployment change tracking compares with; `None` means `prod`.
     pub base_deployment: Option<DeploymentName>,
+    /// Which of its commits: the merge-base (default) or production's, taken at creation or at
+    /// every update (Dagster+'s `--snapshot-base-condition`).
+    pub snapshot_base: SnapshotBase,
+    /// Production's commit taken for `on-create` / `on-update`; `None` for `merge-base`.
+    pub snapshot_base_commit: Option<CommitSha>,
     /// Pinned deployments are never closed by the TTL.
     pub pinned: bool,
     /// The revision serving now: the latest ready one.
@@ -179,6 +185,8 @@ pub struct DeploymentPatch {
     pub close_reason: Option<String>,
     pub pull_request: Option<PullRequest>,
     pub base_deployment: Option<Option<DeploymentName>>,
+    /// The snapshot base and its commit, both replaced.
+    pub snapshot_base: Option<(SnapshotBase, Option<CommitSha>)>,
     /// By revision number.
     pub head: Option<u32>,
     /// By revision number; `Some(None)` clears it.
@@ -198,6 +206,8 @@ pub struct NewRun {
     pub selection: String,
     /// The planned steps, in execution (topological) order.
     pub steps: Vec<AssetKey>,
+    /// The run's tags (key, value), sorted by key, keys unique; tag limits count them.
+    pub tags: Vec<(String, String)>,
 }
 
 /// A run's move to `status`: `running` sets the lease, and `started_at` if it was not running
@@ -212,6 +222,59 @@ pub struct RunPatch {
     pub error: Option<String>,
     pub lease: Option<Lease>,
     pub steps: StepsEnd,
+}
+
+/// Dagster+'s `tag_concurrency_limits` entry: at most `limit` runs whose tags have `key` (with
+/// `value`, or any value) run at once, across every deployment and every server of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagLimit {
+    pub key: String,
+    pub value: Option<String>,
+    pub limit: u32,
+}
+
+impl TagLimit {
+    pub fn matches(&self, tags: &[(String, String)]) -> bool {
+        tags.iter().any(|(key, value)| {
+            *key == self.key && self.value.as_ref().is_none_or(|wanted| wanted == value)
+        })
+    }
+
+    /// For people: `dbt=nightly (limit 2)` or `dbt (any value, limit 2)`.
+    pub fn describe(&self) -> String {
+        match &self.value {
+            Some(value) => format!("{}={value} (limit {})", self.key, self.limit),
+            None => format!("{} (any value, limit {})", self.key, self.limit),
+        }
+    }
+}
+
+/// The first limit that starting a run tagged `claimed` would exceed while runs tagged
+/// `running` run, as a sentence; `None` when every limit allows it. Shared by the backends,
+/// which call it inside the claim's transaction (serialized with every other limited claim).
+pub fn tag_limit_reached(
+    claimed: &[(String, String)],
+    running: &[Vec<(String, String)>],
+    limits: &[TagLimit],
+) -> Option<String> {
+    limits.iter().filter(|limit| limit.matches(claimed)).find_map(|limit| {
+        let count = running.iter().filter(|tags| limit.matches(tags)).count();
+        (count >= limit.limit as usize)
+            .then(|| format!("{count} running runs are tagged {}: the tag limit", limit.describe()))
+    })
+}
+
+/// Tags as one text column: `key=value` lines, sorted. Keys hold no `=` and no line break,
+/// values no line break (the server checks both before a run is written).
+pub fn tags_text(tags: &[(String, String)]) -> String {
+    tags.iter().map(|(key, value)| format!("{key}={value}\n")).collect()
+}
+
+/// [`tags_text`] read back; `None` for text it cannot have written.
+pub fn tags_from_text(text: &str) -> Option<Vec<(String, String)>> {
+    text.lines()
+        .map(|line| line.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
 }
 
 /// One decision of the lifecycle, applied in one transaction if the deployment's version is
@@ -229,6 +292,10 @@ pub struct LifecycleWrite {
     pub runs: Vec<RunPatch>,
     /// Removes the deployment with its revisions, runs, steps and materializations.
     pub delete: bool,
+    /// For a write that starts runs: the tag limits they must keep, counted over every running
+    /// run of the store in the same transaction; over one, nothing is written
+    /// ([`Applied::Limited`]).
+    pub run_limits: Vec<TagLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +304,8 @@ pub enum Applied {
     Done { version: i64, revisions: Vec<Revision>, runs: Vec<Run> },
     /// The deployment changed since it was read: nothing was written; read it again.
     Stale,
+    /// A run it starts would exceed a tag limit (the sentence says which): nothing was written.
+    Limited(String),
 }
 
 /// What the lifecycle needs of a deployment: its row and the revisions and runs its rules read.
@@ -374,6 +443,8 @@ pub struct Run {
     pub cancel_requested: bool,
     /// Who executes it while `running`.
     pub lease: Option<Lease>,
+    /// Sorted by key, keys unique.
+    pub tags: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -495,6 +566,35 @@ impl RecordedMaterialization {
 }
 
 /// Every method is one durable step: when it returns `Ok`, the change survives a crash.
+/// A variable or secret set through the API, for the processes of matching deployments; the key
+/// is repository, name, scope and branch.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredVariable {
+    pub repository: RepositoryName,
+    pub name: String,
+    pub scope: VariableScope,
+    /// With `branches`: only this branch's deployment; `None`: every branch.
+    pub branch: Option<BranchName>,
+    /// Never returned by the API for a secret (the server's rule); kept as given.
+    pub value: String,
+    pub secret: bool,
+    pub updated_at: UnixMillis,
+}
+
+impl std::fmt::Debug for StoredVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredVariable")
+            .field("repository", &self.repository)
+            .field("name", &self.name)
+            .field("scope", &self.scope)
+            .field("branch", &self.branch)
+            .field("value", &"<redacted>")
+            .field("secret", &self.secret)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Deployments. (repository, name) is unique, and so is (repository, branch).
@@ -666,6 +766,24 @@ pub trait Store: Send + Sync + 'static {
         deployment: DeploymentId,
         schedule: &str,
     ) -> StoreResult<Option<UnixMillis>>;
+    // Variables and secrets set through the API.
+    /// Sets the variable of its key (repository, name, scope, branch), replacing value, secrecy
+    /// and time.
+    async fn set_variable(&self, variable: &StoredVariable) -> StoreResult<()>;
+    /// Removes the variable of that key; `NotFound` when there is none.
+    async fn unset_variable(
+        &self,
+        repository: &RepositoryName,
+        name: &str,
+        scope: VariableScope,
+        branch: Option<&BranchName>,
+    ) -> StoreResult<()>;
+    /// The repository's variables (every repository's with `None`), sorted by repository, name,
+    /// scope (production, branches, local) and branch (every branch's first).
+    async fn list_variables(
+        &self,
+        repository: Option<&RepositoryName>,
+    ) -> StoreResult<Vec<StoredVariable>>;
 }
 
 /// Where leases live, for `renew_leases`: (table, column prefix, status column, status).

@@ -7,14 +7,15 @@ use std::fmt::Display;
 
 use offshoot_core::{
     AssetKey, BranchName, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, Fingerprint,
-    PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, StepStatus,
+    PullRequestStatus, RepositoryName, RevisionStatus, RunStatus, SnapshotBase, StepStatus,
+    VariableScope,
 };
 
 use crate::{
     CommitDetails, Deployment, DeploymentId, Intake, IntakeId, Lease, Materialization,
     MaterializationId, PromotedFrom, Provenance, PullRequest, ReadMaterialization,
     RecordedMaterialization, Revision, RevisionId, Run, RunId, RunStep, ScheduleState,
-    ScheduleTick, StepId, StoreError, StoreResult, Teardown, TickId, TickStatus,
+    ScheduleTick, StepId, StoreError, StoreResult, StoredVariable, Teardown, TickId, TickStatus,
     UpstreamProvenance,
 };
 
@@ -48,6 +49,10 @@ pub fn deployment(row: &dyn Columns) -> StoreResult<Deployment> {
         })?,
         pull_request,
         base_deployment: parsed_optional(row, "base_deployment", DeploymentName::new)?,
+        snapshot_base: parsed(row, "snapshot_base", |text| {
+            SnapshotBase::parse(text).ok_or("unknown snapshot base")
+        })?,
+        snapshot_base_commit: parsed_optional(row, "snapshot_base_commit", commit_sha)?,
         pinned: boolean(row, "pinned")?,
         current_revision: optional_integer(row, "current_revision_id")?.map(RevisionId),
         created_at: integer(row, "created_at")?,
@@ -102,6 +107,7 @@ pub fn run(row: &dyn Columns) -> StoreResult<Run> {
         finished_at: optional_integer(row, "finished_at")?,
         cancel_requested: boolean(row, "cancel_requested")?,
         lease: lease(row)?,
+        tags: parsed(row, "tags", |text| crate::tags_from_text(text).ok_or("not key=value lines"))?,
     })
 }
 
@@ -330,4 +336,20 @@ fn commit_sha(text: &str) -> Result<CommitSha, &'static str> {
 
 fn corrupt(column: &str, error: impl Display) -> StoreError {
     StoreError::Backend(format!("column {column} holds an invalid value: {error}"))
+}
+
+pub fn variable(row: &dyn Columns) -> StoreResult<StoredVariable> {
+    let branch = text(row, "branch")?;
+    Ok(StoredVariable {
+        repository: parsed(row, "repository", RepositoryName::new)?,
+        name: text(row, "name")?,
+        scope: parsed(row, "scope", |text| VariableScope::parse(text).ok_or("unknown scope"))?,
+        branch: match branch.is_empty() {
+            true => None,
+            false => Some(BranchName::new(&branch).map_err(|e| corrupt("branch", e))?),
+        },
+        value: text(row, "value")?,
+        secret: boolean(row, "secret")?,
+        updated_at: integer(row, "updated_at")?,
+    })
 }

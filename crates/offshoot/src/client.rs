@@ -109,6 +109,14 @@ impl Client {
         self.answer(path, response)
     }
 
+    pub fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let request = self
+            .authorize(self.agent.put(&self.url(path)))
+            .header("Content-Type", "application/json");
+        let response = request.send(body.to_string());
+        self.answer(path, response)
+    }
+
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
         let response = self.authorize(self.agent.delete(&self.url(path))).call();
         self.answer(path, response)

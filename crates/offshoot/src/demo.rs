@@ -513,9 +513,10 @@ async fn materialize(
     deployment: &Deployment,
     selection: &str,
 ) -> anyhow::Result<Run> {
-    let run = offshoot_server::service::runner::launch(state, deployment, selection)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let run =
+        offshoot_server::service::runner::launch(state, deployment, selection, &Default::default())
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
     let started = Instant::now();
     loop {
         let run = state.store.get_run(run.id).await?;

@@ -60,7 +60,7 @@ enum Command {
     Schedule(remote::ScheduleCommand),
     /// What a branch deployment's runs did to the data: its tables against production's.
     DataDiff(data_diff::Args),
-    /// Variables and secrets for local development (`[[variables]]` of the server's configuration).
+    /// Variables and secrets: set, unset and list them on a server; export the local ones as `.env`.
     #[command(subcommand)]
     Env(env::EnvCommand),
 }

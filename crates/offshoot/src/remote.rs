@@ -92,11 +92,12 @@ pub struct CreateOrUpdateArgs {
     /// The deployment change tracking compares with [default: prod]
     #[arg(long)]
     base_deployment_name: Option<String>,
-    /// Dagster+'s snapshot of the base (on-create, on-update). Offshoot does not implement it
-    /// yet: it compares with the base's definitions at the merge-base commit, which is what
-    /// on-create approximates; the flag is refused with that explanation rather than ignored
-    /// [default: none, the merge-base]
-    #[arg(long, value_parser = ["on-create", "on-update"])]
+    /// What change tracking compares the branch with, as Dagster+'s flag: on-create takes
+    /// production's serving commit when the deployment is created and keeps it; on-update takes
+    /// it again on every update; merge-base (Offshoot's own) compares with the base's
+    /// definitions where the branch forked, so later changes on main are not the branch's.
+    /// Given once, it stays until another is given [default: merge-base, or the deployment's]
+    #[arg(long, value_parser = ["on-create", "on-update", "merge-base"])]
     snapshot_base_condition: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
@@ -151,6 +152,10 @@ pub enum DeploymentCommand {
 pub struct MaterializeArgs {
     #[arg(long)]
     deployment: String,
+    /// A run tag, `key=value` (repeat for several); the server's tag_concurrency_limits count
+    /// them [default: none]
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
     /// For example 'changed_in_branch:ANY+' (changed assets and everything downstream).
     #[arg(long)]
     select: String,
@@ -195,11 +200,6 @@ pub enum RunsCommand {
 pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Outcome> {
     match command {
         BranchDeploymentCommand::CreateOrUpdate(args) => {
-            if let Some(condition) = &args.snapshot_base_condition {
-                bail!(UsageError(format!(
-                    "--snapshot-base-condition {condition} is not implemented by Offshoot yet: a branch deployment compares with its base deployment's definitions at the merge-base commit (see docs/dagster-plus.md); leave the flag out"
-                )));
-            }
             let mut args = *args;
             if args.read_git_state {
                 let state = read_git_state()?;
@@ -226,6 +226,7 @@ pub fn branch_deployment(command: BranchDeploymentCommand) -> anyhow::Result<Out
                 ("branch_url", args.branch_url.map(Value::from)),
                 ("commit_url", args.commit_url.map(Value::from)),
                 ("base_deployment_name", args.base_deployment_name.map(Value::from)),
+                ("snapshot_base_condition", args.snapshot_base_condition.map(Value::from)),
             ];
             for (key, value) in optional {
                 if let Some(value) = value {
@@ -388,6 +389,9 @@ fn print_deployment(d: &Value) {
             pr["url"].as_str().unwrap_or("")
         );
     }
+    if let Some(description) = d["snapshot_base"]["description"].as_str() {
+        println!("  compares with: {description}");
+    }
     // A closed deployment serves nothing (its schema is gone): say so, and what it last served,
     // instead of a "serving" line.
     let closed = d["status"] == "closed";
@@ -470,7 +474,14 @@ pub fn materialize(args: MaterializeArgs) -> anyhow::Result<Outcome> {
     let client = Client::new(&args.scope.client)?;
     let path =
         format!("/api/v1/deployments/{}/runs{}", encode(&args.deployment), args.scope.query());
-    let run = client.post(&path, &json!({ "selection": args.select }))?;
+    let mut tags = serde_json::Map::new();
+    for tag in &args.tags {
+        let (key, value) = tag
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--tag {tag}: write it as key=value")))?;
+        tags.insert(key.to_owned(), Value::from(value));
+    }
+    let run = client.post(&path, &json!({ "selection": args.select, "tags": tags }))?;
     let id = run["id"].as_i64().unwrap_or_default();
     let keys: Vec<&str> = run["steps"]
         .as_array()

@@ -133,6 +133,18 @@ struct FileConfig {
     repositories: Vec<FileRepository>,
     #[serde(default)]
     variables: Vec<FileVariable>,
+    #[serde(default)]
+    tag_concurrency_limits: Vec<FileTagLimit>,
+}
+
+/// One `[[tag_concurrency_limits]]` entry, as Dagster+ writes it: at most `limit` runs whose
+/// tags have `key` (with `value`, or any value) at once.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTagLimit {
+    key: String,
+    value: Option<String>,
+    limit: u32,
 }
 
 /// One `[[variables]]` entry: a name, its scopes, and its value from exactly one of `value`
@@ -644,6 +656,20 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     {
         // Zero would queue every branch run forever.
         config.max_concurrent_runs_per_branch_deployment = Some(n.max(1));
+    }
+    for (index, entry) in file.tag_concurrency_limits.into_iter().enumerate() {
+        if entry.key.is_empty() || entry.key.contains('=') || entry.limit == 0 {
+            anyhow::bail!(
+                "tag_concurrency_limits[{index}]: the key must be non-empty without `=` and the limit at least 1 (key {:?}, limit {})",
+                entry.key,
+                entry.limit
+            );
+        }
+        config.tag_concurrency_limits.push(offshoot_store::TagLimit {
+            key: entry.key,
+            value: entry.value,
+            limit: entry.limit,
+        });
     }
     if let Some(id) = args.server_id.clone().or(file.server_id) {
         config.server_id = id;

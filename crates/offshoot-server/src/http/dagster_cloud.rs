@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use offshoot_core::{BranchName, DeploymentKind, DeploymentName};
+use offshoot_core::{BranchName, DeploymentKind, DeploymentName, SnapshotBase};
 use offshoot_store::{Deployment, DeploymentFilter, DeploymentId, StoreError};
 
 use crate::config::Role;
@@ -341,12 +341,6 @@ impl Mutation {
     ) -> async_graphql::Result<DeploymentResult> {
         let session = session(context);
         let caller = session.writer().map_err(graphql_error)?;
-        if snapshot_base_condition.is_some() {
-            return Err(graphql_error(ApiError::bad_request(
-                "not_implemented",
-                "Offshoot does not implement snapshotBaseCondition (--snapshot-base-condition) yet: a branch deployment compares with its base deployment's definitions at the merge-base commit; leave the flag out",
-            )));
-        }
         let request = CreateOrUpdate {
             git_repo_name: Some(branch_data.repo_name),
             branch_name: branch_data.branch_name,
@@ -362,6 +356,14 @@ impl Mutation {
             author_email: commit.author_email,
             author_avatar_url: commit.author_avatar_url,
             base_deployment_name,
+            snapshot_base_condition: snapshot_base_condition.map(|condition| {
+                match condition {
+                    SnapshotBaseDeploymentCondition::OnCreate => SnapshotBase::OnCreate,
+                    SnapshotBaseDeploymentCondition::OnUpdate => SnapshotBase::OnUpdate,
+                }
+                .as_str()
+                .to_owned()
+            }),
         };
         let result = create_or_update_branch(&session.state, caller, request).await;
         mutation_result(result.and_then(|outcome| DagsterCloudDeployment::of(&outcome.deployment)))

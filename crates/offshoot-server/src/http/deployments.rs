@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use offshoot_core::{BranchName, DeploymentName, PullRequestStatus};
+use offshoot_core::{BranchName, DeploymentName, PullRequestStatus, SnapshotBase};
 use offshoot_store::{Deployment, DeploymentFilter, RunFilter, RunId};
 use serde::Deserialize;
 
@@ -103,6 +103,9 @@ pub struct CreateOrUpdate {
     pub commit_url: Option<String>,
     #[serde(default)]
     pub author_avatar_url: Option<String>,
+    /// `merge-base` (the default), or Dagster+'s `on-create` / `on-update`.
+    #[serde(default)]
+    pub snapshot_base_condition: Option<String>,
 }
 
 pub(super) async fn create_or_update(
@@ -169,6 +172,17 @@ pub async fn create_or_update_branch(
             ));
         }
     }
+    let snapshot_base = match body.snapshot_base_condition.as_deref() {
+        None => None,
+        Some(text) => Some(SnapshotBase::parse_flag(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "snapshot_base_condition `{text}` is not on-create, on-update or merge-base"
+                ),
+            )
+        })?),
+    };
     if body.commit_hash.is_empty()
         || body.commit_hash.len() > 64
         || !body.commit_hash.chars().all(|c| c.is_ascii_hexdigit())
@@ -193,6 +207,7 @@ pub async fn create_or_update_branch(
             // dagster-cloud's create-or-update reopens a closed deployment (an older commit never does).
             opens: true,
             redeploy: false,
+            snapshot_base,
         },
     )
     .await?)
@@ -334,6 +349,9 @@ pub(super) async fn show_changes(
 #[serde(deny_unknown_fields)]
 pub struct LaunchBody {
     selection: String,
+    /// Counted by `tag_concurrency_limits`.
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 pub(super) async fn launch_run(
@@ -345,7 +363,7 @@ pub(super) async fn launch_run(
 ) -> ApiResult<(StatusCode, Json<RunJson>)> {
     let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
     caller.require_for(&deployment, "launching a run in")?;
-    let run = runner::launch(&state, &deployment, &body.selection).await?;
+    let run = runner::launch(&state, &deployment, &body.selection, &body.tags).await?;
     let steps = state.store.list_steps(run.id).await?;
     let mut view = dto::run_json(&run, &deployment, &steps);
     view.waiting_for = runner::waiting_for(&state, &run, &deployment).await?;

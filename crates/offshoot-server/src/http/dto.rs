@@ -1,7 +1,7 @@
 //! The REST API's JSON types and their conversions from store rows. The store's and core's types
 //! are never serialized directly.
 
-use offshoot_core::DeploymentStatus;
+use offshoot_core::{DeploymentKind, DeploymentStatus};
 use offshoot_store::{CommitDetails, Deployment, Revision, Run, RunStep};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +61,9 @@ pub struct DeploymentJson {
     pub status: String,
     pub pull_request: Option<PullRequestJson>,
     pub base_deployment: Option<String>,
+    /// What a branch deployment's change tracking compares with; `None` for production (its
+    /// previous revision).
+    pub snapshot_base: Option<SnapshotBaseJson>,
     pub pinned: bool,
     pub created_at: i64,
     pub updated_at: i64,
@@ -73,6 +76,16 @@ pub struct DeploymentJson {
     pub last_served_revision: Option<RevisionJson>,
     /// The newest revision, whatever its status (deploying, failed, ...).
     pub latest_revision: Option<RevisionJson>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SnapshotBaseJson {
+    /// `merge-base`, `on-create` or `on-update`.
+    pub condition: String,
+    /// The commit compared with: the serving revision's, else the one the condition took.
+    pub commit: Option<String>,
+    /// For people: "merge base abc123", "production at creation, abc123", ...
+    pub description: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -100,6 +113,8 @@ pub struct RunJson {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub cancel_requested: bool,
+    /// Counted by `tag_concurrency_limits`.
+    pub tags: std::collections::BTreeMap<String, String>,
     /// The server that claimed the run (see `server_id`).
     pub server: Option<String>,
     /// For a queued run: what it waits for (`runs::waiting_for`).
@@ -177,6 +192,7 @@ pub fn deployment_json(
             status: p.status.as_str().to_owned(),
         }),
         base_deployment: deployment.base_deployment.as_ref().map(|d| d.to_string()),
+        snapshot_base: snapshot_base_json(deployment, current),
         pinned: deployment.pinned,
         created_at: deployment.created_at,
         updated_at: deployment.updated_at,
@@ -187,6 +203,22 @@ pub fn deployment_json(
         last_served_revision: current.filter(|_| closed).map(revision_json),
         latest_revision: latest.map(revision_json),
     }
+}
+
+fn snapshot_base_json(
+    deployment: &Deployment,
+    current: Option<&Revision>,
+) -> Option<SnapshotBaseJson> {
+    if deployment.kind == DeploymentKind::Production {
+        return None;
+    }
+    let commit =
+        current.and_then(|r| r.base_commit.as_ref()).or(deployment.snapshot_base_commit.as_ref());
+    Some(SnapshotBaseJson {
+        condition: deployment.snapshot_base.as_str().to_owned(),
+        commit: commit.map(|c| c.to_string()),
+        description: deployment.snapshot_base.describe(commit),
+    })
 }
 
 pub fn step_json(step: &RunStep) -> StepJson {
@@ -218,6 +250,7 @@ pub fn run_json(run: &Run, deployment: &Deployment, steps: &[RunStep]) -> RunJso
         started_at: run.started_at,
         finished_at: run.finished_at,
         cancel_requested: run.cancel_requested,
+        tags: run.tags.iter().cloned().collect(),
         server: run.lease.as_ref().map(|l| l.owner.clone()),
         waiting_for: None,
         steps: steps.iter().map(step_json).collect(),

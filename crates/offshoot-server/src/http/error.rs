@@ -81,6 +81,8 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("webhooks_busy", 503, "too many webhook requests or bodies at once; retry after `Retry-After` seconds"),
     ("not_a_branch_deployment", 400, "a data diff compares a branch deployment with production; this is production"),
     ("data_diff_failed", 422, "the warehouse could not compare the two tables; the message is the database's"),
+    ("invalid_variable", 400, "a variable's name, scope, branch or value is refused; the message says which and why"),
+    ("variable_not_found", 404, "no variable of that name, scope and branch was set through the API"),
     ("not_found", 404, "a row the request refers to no longer exists (e.g. deleted meanwhile)"),
     ("conflict", 409, "the request would break a uniqueness rule of the store"),
     ("internal_error", 500, "a server-side failure; details are in the server log"),

@@ -21,6 +21,7 @@ pub mod hooks;
 pub mod openapi;
 pub mod schedules;
 pub mod ui;
+pub mod variables;
 
 use crate::http::deployments::*;
 use crate::http::error::ApiError;
@@ -44,6 +45,12 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/api/v1/variables", get(variables::list_variables))
+        .route("/api/v1/local-variables", get(variables::export_local))
+        .route(
+            "/api/v1/variables/{name}",
+            axum::routing::put(variables::set_variable).delete(variables::unset_variable),
+        )
         .merge(dagster_cloud::router())
         .merge(hooks::router())
         .merge(catalog::router())

@@ -38,6 +38,45 @@ fn id_parameter() -> Value {
     json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } })
 }
 
+fn variable_name_parameter() -> Value {
+    json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" }, "description": "an environment variable name (letters, digits and `_`; not OFFSHOOT_* or DAGSTER_CLOUD_*)" })
+}
+
+fn variable_schema() -> Value {
+    json!({"type": "object", "properties": {
+        "name": {"type": "string"}, "repository": {"type": "string", "nullable": true},
+        "scope": {"type": "string", "enum": ["production", "branches", "local"]},
+        "branch": {"type": "string", "nullable": true}, "secret": {"type": "boolean"},
+        "source": {"type": "string", "enum": ["api", "config"]},
+        "updated_at": {"type": "integer", "nullable": true} } })
+}
+
+/// `/api/v1/variables`: in a document of their own (one `json!` of every path is too deep).
+fn variable_paths() -> Value {
+    json!({
+            "/api/v1/variables": { "get": read("variables and secrets: set through the API (`source: api`) and configured (`source: config`); names, scopes and branches, never a value", json!([repository_parameter()]), ok(json!({"type": "array", "items": variable_schema()}))) },
+            "/api/v1/local-variables": { "get": write("the local-scope values set through the API, for a developer's `.env` (`offshoot env export --scope local --server`); the one answer with values: local values never reach a deployment", "`deploy`",
+                json!([repository_parameter()]), None,
+                ok(json!({"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "value": {"type": "string"}}}}))) },
+            "/api/v1/variables/{name}": {
+                "put": write("set a variable or secret for production, every branch deployment, one branch's, or local development; the answer never holds the value", "`admin`",
+                    json!([variable_name_parameter()]),
+                    Some(body(json!({"type": "object", "required": ["scope", "value"], "properties": {
+                        "repository": {"type": "string", "description": "optional when one repository is configured"},
+                        "scope": {"type": "string", "enum": ["production", "branches", "local"]},
+                        "branch": {"type": "string", "description": "with `branches`: only this branch's deployment (it wins over the value for every branch)"},
+                        "value": {"type": "string", "description": "at most 64 KiB, not blank"},
+                        "secret": {"type": "boolean", "description": "redacted from step logs (default false)"} } }))),
+                    ok(variable_schema())),
+                "delete": write("unset a variable set through the API", "`admin`",
+                    json!([variable_name_parameter(), repository_parameter(),
+                        {"name": "scope", "in": "query", "required": true, "schema": {"type": "string", "enum": ["production", "branches", "local"]}},
+                        {"name": "branch", "in": "query", "required": false, "schema": {"type": "string"}}]),
+                    None, ok(json!({"type": "object", "properties": {"name": {"type": "string"}, "unset": {"type": "boolean"}}})))
+            }
+    })
+}
+
 fn body(schema: Value) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": schema } } })
 }
@@ -159,7 +198,9 @@ pub fn document() -> Value {
                     "name": {"type": "string"}, "repository": {"type": "string"}, "kind": {"type": "string", "enum": ["production", "branch"]},
                     "branch": {"type": "string"}, "status": {"type": "string", "enum": ["open", "closed"]},
                     "pull_request": {"type": "object", "nullable": true, "properties": {"id": {"type": "string"}, "url": {"type": "string"}, "status": {"type": "string", "enum": ["OPEN", "CLOSED", "MERGED"]}}},
-                    "base_deployment": {"type": "string", "nullable": true}, "pinned": {"type": "boolean"},
+                    "base_deployment": {"type": "string", "nullable": true},
+                    "snapshot_base": {"type": "object", "nullable": true, "description": "What a branch deployment's change tracking compares with (null for production)", "properties": {"condition": {"type": "string", "enum": ["merge-base", "on-create", "on-update"]}, "commit": {"type": "string", "nullable": true}, "description": {"type": "string"}}},
+                    "pinned": {"type": "boolean"},
                     "created_at": {"type": "integer"}, "updated_at": {"type": "integer"}, "last_push_at": {"type": "integer"},
                     "closed_at": {"type": "integer", "nullable": true}, "close_reason": {"type": "string", "nullable": true},
                     "current_revision": nullable_revision("The revision serving now; null while closed."),
@@ -176,13 +217,13 @@ pub fn document() -> Value {
                     "row_count": {"type": "integer", "nullable": true}, "error": {"type": "string", "nullable": true}, "log": {"type": "string"} } },
                 "Run": { "type": "object", "properties": {
                     "id": {"type": "integer"}, "deployment": {"type": "string"}, "repository": {"type": "string"}, "revision_id": {"type": "integer"},
-                    "selection": {"type": "string"}, "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+                    "selection": {"type": "string"}, "tags": {"type": "object", "additionalProperties": {"type": "string"}}, "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
                     "error": {"type": "string", "nullable": true}, "created_at": {"type": "integer"}, "started_at": {"type": "integer", "nullable": true},
                     "finished_at": {"type": "integer", "nullable": true}, "cancel_requested": {"type": "boolean"}, "waiting_for": {"type": "string", "description": "a queued run: what it waits for"}, "steps": array_of("Step") } },
                 "CreateOrUpdate": { "type": "object", "required": ["branch_name", "commit_hash"], "additionalProperties": false, "properties": {
                     "git_repo_name": {"type": "string"}, "branch_name": {"type": "string"}, "commit_hash": {"type": "string"}, "timestamp": {"type": "number"},
                     "pull_request_url": {"type": "string"}, "pull_request_id": {"type": "string"}, "pull_request_status": {"type": "string", "enum": ["OPEN", "CLOSED", "MERGED"]},
-                    "commit_message": {"type": "string"}, "author_name": {"type": "string"}, "author_email": {"type": "string"}, "base_deployment_name": {"type": "string"} } }
+                    "commit_message": {"type": "string"}, "author_name": {"type": "string"}, "author_email": {"type": "string"}, "base_deployment_name": {"type": "string"}, "snapshot_base_condition": {"type": "string", "enum": ["merge-base", "on-create", "on-update"], "description": "merge-base (default): the base deployment's definitions where the branch forked; on-create: production's serving commit when the deployment is created, kept; on-update: taken again on every update"} } }
             }
         },
         "paths": {
@@ -219,7 +260,7 @@ pub fn document() -> Value {
             "/api/v1/deployments/{name}/revisions": { "get": read("revision history, newest first", json!([name_parameter(), repository_parameter()]), ok(array_of("Revision"))) },
             "/api/v1/deployments/{name}/changes": { "get": read("the serving revision's change set", json!([name_parameter(), repository_parameter()]), ok(reference("Changes"))) },
             "/api/v1/deployments/{name}/runs": { "post": write("materialize a selection, e.g. `changed_in_branch:ANY+`", BRANCH_OR_PRODUCTION, json!([name_parameter(), repository_parameter()]),
-                Some(body(json!({"type": "object", "required": ["selection"], "properties": {"selection": {"type": "string"}}}))), ok(reference("Run"))) },
+                Some(body(json!({"type": "object", "required": ["selection"], "properties": {"selection": {"type": "string"}, "tags": {"type": "object", "additionalProperties": {"type": "string"}, "description": "run tags, counted by tag_concurrency_limits"}}}))), ok(reference("Run"))) },
             "/api/v1/deployments/{name}/assets/{key}/data-diff": { "get": read("what the branch did to one asset's data: its table against production's (schema, rows by key, per-column equality, numeric stats, a sample)",
                 json!([name_parameter(), {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}, repository_parameter(),
                     {"name": "key", "in": "query", "description": "key columns, comma-separated (default: the asset's grain, else inferred)", "schema": {"type": "string"}},
@@ -245,6 +286,9 @@ pub fn document() -> Value {
             "/api/v1/runs/{id}/cancel": { "post": write("cancel a run", "`deploy` for a run of a branch deployment, `admin` for one of `prod`", json!([id_parameter()]), None, ok(reference("Run"))) }
         }
     });
+    if let Value::Object(variables) = variable_paths() {
+        document["paths"].as_object_mut().expect("the paths are an object").extend(variables);
+    }
     let schemas =
         document["components"]["schemas"].as_object_mut().expect("the schemas are an object");
     if let Value::Object(catalog) = catalog_schemas() {

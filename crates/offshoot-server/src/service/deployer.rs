@@ -12,6 +12,7 @@ use offshoot_core::lifecycle::{Commit, Event, Lease};
 use offshoot_core::{
     deployment_name_for_branch, diff, BranchName, ChangeSet, CommitSha, DeploymentKind,
     DeploymentName, DeploymentStatus, PullRequestStatus, RepositoryName, RevisionStatus,
+    SnapshotBase,
 };
 use offshoot_store::{
     CommitDetails, DeployOutput, Deployment, DeploymentFilter, NewDeployment, PullRequest,
@@ -42,6 +43,8 @@ pub struct Push {
     pub opens: bool,
     /// Deploy the commit again even if it is ready (its base changed).
     pub redeploy: bool,
+    /// Dagster+'s `--snapshot-base-condition` (or `merge-base`); `None` keeps the deployment's.
+    pub snapshot_base: Option<SnapshotBase>,
 }
 
 pub struct PushOutcome {
@@ -122,13 +125,71 @@ pub async fn create_or_update(state: &SharedState, push: Push) -> ServiceResult<
         }
         false => None,
     };
+    let snapshot_base = snapshot_base_for(state, &repo, &deployment, &push).await?;
+    // A base that changed (another condition, or production moved under `on-update`): the
+    // same commit's change set is computed again.
+    let base_moved = snapshot_base.is_some();
     let delivery = Delivery {
         opens: push.opens,
-        redeploy: push.redeploy,
+        redeploy: push.redeploy || base_moved,
         pull_request,
         base_deployment: push.base_deployment.clone().map(Some),
+        snapshot_base,
     };
     deliver(state, &deployment, commit, delivery).await
+}
+
+/// The snapshot base a push sets, when it differs from the deployment's: `on-create` takes the
+/// base deployment's serving commit once (when the deployment is created, or when the condition
+/// is first asked for) and keeps it; `on-update` takes it again on every push; `merge-base`
+/// needs no commit (it is found per revision).
+async fn snapshot_base_for(
+    state: &SharedState,
+    repo: &RepositoryConfig,
+    deployment: &Deployment,
+    push: &Push,
+) -> ServiceResult<Option<(SnapshotBase, Option<CommitSha>)>> {
+    let condition = push.snapshot_base.unwrap_or(deployment.snapshot_base);
+    let kept = (deployment.snapshot_base == SnapshotBase::OnCreate)
+        .then(|| deployment.snapshot_base_commit.clone())
+        .flatten();
+    let commit = match (condition, kept) {
+        (SnapshotBase::MergeBase, _) => None,
+        (SnapshotBase::OnCreate, Some(kept)) => Some(kept),
+        (SnapshotBase::OnCreate | SnapshotBase::OnUpdate, _) => {
+            let base = push.base_deployment.clone().or_else(|| deployment.base_deployment.clone());
+            Some(
+                serving_commit(state, repo, base.unwrap_or_else(DeploymentName::production))
+                    .await?,
+            )
+        }
+    };
+    let wanted = (condition, commit);
+    Ok((wanted != (deployment.snapshot_base, deployment.snapshot_base_commit.clone()))
+        .then_some(wanted))
+}
+
+/// The commit a base deployment serves now; before its first ready revision, its branch's tip.
+async fn serving_commit(
+    state: &SharedState,
+    repo: &RepositoryConfig,
+    base_name: DeploymentName,
+) -> ServiceResult<CommitSha> {
+    let base = state.store.find_deployment(&repo.name, &base_name).await?;
+    if let Some(current) = base.as_ref().and_then(|b| b.current_revision) {
+        return Ok(state.store.get_revision(current).await?.commit.sha);
+    }
+    let branch = match base {
+        Some(base) => base.branch.as_str().to_owned(),
+        None if base_name.is_production() => repo.production_branch.clone(),
+        None => {
+            return Err(ServiceError::not_found(
+                "deployment_not_found",
+                format!("no base deployment named `{base_name}`"),
+            ))
+        }
+    };
+    Ok(git::resolve(repo.path.clone(), branch).await.map_err(git_failure)?.sha)
 }
 
 /// How a commit is delivered to a deployment.
@@ -138,11 +199,18 @@ pub struct Delivery {
     pub redeploy: bool,
     pub pull_request: Option<PullRequest>,
     pub base_deployment: Option<Option<DeploymentName>>,
+    pub snapshot_base: Option<(SnapshotBase, Option<CommitSha>)>,
 }
 
 impl Default for Delivery {
     fn default() -> Delivery {
-        Delivery { opens: true, redeploy: false, pull_request: None, base_deployment: None }
+        Delivery {
+            opens: true,
+            redeploy: false,
+            pull_request: None,
+            base_deployment: None,
+            snapshot_base: None,
+        }
     }
 }
 
@@ -178,6 +246,7 @@ pub async fn deliver(
             commit: Some(commit.clone()),
             pull_request: delivery.pull_request.clone(),
             base_deployment: delivery.base_deployment.clone(),
+            snapshot_base: delivery.snapshot_base.clone(),
             ..Extras::default()
         };
         if let Some(outcome) =
@@ -433,7 +502,7 @@ fn record_changes(output: &mut DeployOutput, base_commit: CommitSha, changes: &C
 }
 
 /// What change tracking compares with. A branch: the merge-base of its commit with the base
-/// deployment's branch. Production: its previous ready revision. An invalid base gives no
+/// deployment's branch, or the commit its snapshot base took (`on-create`, `on-update`). Production: its previous ready revision. An invalid base gives no
 /// change set (the revision still deploys), rather than a misleading one.
 async fn base_of(
     state: &SharedState,
@@ -445,6 +514,12 @@ async fn base_of(
         DeploymentKind::Production => {
             let Some(current) = deployment.current_revision else { return Ok(None) };
             state.store.get_revision(current).await.map_err(|e| e.to_string())?.commit.sha
+        }
+        DeploymentKind::Branch if deployment.snapshot_base != SnapshotBase::MergeBase => {
+            match &deployment.snapshot_base_commit {
+                Some(commit) => commit.clone(),
+                None => return Err("the snapshot base has no production commit yet".to_owned()),
+            }
         }
         DeploymentKind::Branch => {
             let base_name =

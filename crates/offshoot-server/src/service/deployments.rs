@@ -16,12 +16,13 @@ use offshoot_core::lifecycle::{
     RevisionState, RunPhase, RunState,
 };
 use offshoot_core::{
-    AssetKey, DeploymentKind, DeploymentName, DeploymentStatus, RevisionStatus, RunStatus,
+    AssetKey, CommitSha, DeploymentKind, DeploymentName, DeploymentStatus, RevisionStatus,
+    RunStatus, SnapshotBase,
 };
 use offshoot_store::{
     Applied, CommitDetails, DeployOutput, Deployment, DeploymentFilter, DeploymentId,
     DeploymentPatch, LifecycleRecord, LifecycleWrite, NewRevision, NewRun, PullRequest, Revision,
-    RevisionPatch, Run, RunId, RunPatch, StoreError,
+    RevisionPatch, Run, RunId, RunPatch, StoreError, TagLimit,
 };
 
 use crate::notices::Notice;
@@ -36,10 +37,16 @@ pub struct Extras {
     /// A pull request's id and url (its status is the machine's).
     pub pull_request: Option<PullRequest>,
     pub base_deployment: Option<Option<DeploymentName>>,
+    /// The snapshot base and the commit it took.
+    pub snapshot_base: Option<(SnapshotBase, Option<CommitSha>)>,
     /// A finished deploy's findings.
     pub output: Option<DeployOutput>,
     /// A launched run's selection and planned steps.
     pub run: Option<(String, Vec<AssetKey>)>,
+    /// A launched run's tags (sorted by key).
+    pub run_tags: Vec<(String, String)>,
+    /// For a run claim: the tag limits it must keep (`tag_concurrency_limits`).
+    pub run_limits: Vec<TagLimit>,
     /// Why a finished run failed.
     pub run_error: Option<String>,
 }
@@ -97,6 +104,9 @@ pub enum LifecycleError {
     Input(ServiceError),
     #[error("the deployment kept changing; gave up after {0} attempts")]
     Contended(usize),
+    /// A run claim over a tag limit (the sentence says which); nothing was written.
+    #[error("{0}")]
+    Limited(String),
 }
 
 impl From<LifecycleError> for ServiceError {
@@ -105,7 +115,9 @@ impl From<LifecycleError> for ServiceError {
             LifecycleError::Refused(refusal) => refusal_error(refusal),
             LifecycleError::Store(error) => error.into(),
             LifecycleError::Input(error) => error,
-            LifecycleError::Contended(_) => ServiceError::internal(error),
+            LifecycleError::Contended(_) | LifecycleError::Limited(_) => {
+                ServiceError::internal(error)
+            }
         }
     }
 }
@@ -250,6 +262,7 @@ fn write_of(
         new_runs: Vec::new(),
         runs: Vec::new(),
         delete: false,
+        run_limits: extras.run_limits.clone(),
     };
     let patch = &mut write.deployment_patch;
     let details = |commit: &Commit| -> Option<CommitDetails> {
@@ -310,7 +323,8 @@ fn write_of(
                     .run
                     .clone()
                     .ok_or_else(|| StoreError::Backend("a new run without its plan".into()))?;
-                write.new_runs.push(NewRun { revision: *revision, selection, steps });
+                let tags = extras.run_tags.clone();
+                write.new_runs.push(NewRun { revision: *revision, selection, steps, tags });
             }
             Change::Run { run, phase, cancel_requested, note, steps } => {
                 let (status, lease) = run_status(phase);
@@ -350,6 +364,13 @@ fn write_of(
         if let Some(base) = &extras.base_deployment {
             if &deployment.base_deployment != base {
                 patch.base_deployment = Some(base.clone());
+            }
+        }
+        if let Some(wanted) = &extras.snapshot_base {
+            if (deployment.snapshot_base, deployment.snapshot_base_commit.as_ref())
+                != (wanted.0, wanted.1.as_ref())
+            {
+                patch.snapshot_base = Some(wanted.clone());
             }
         }
     }
@@ -400,6 +421,7 @@ pub async fn attempt(
     let deleted = write.delete;
     match state.store.apply(write).await? {
         Applied::Stale => Ok(None),
+        Applied::Limited(reason) => Err(LifecycleError::Limited(reason)),
         Applied::Done { revisions, runs, .. } => {
             let written = if deleted {
                 None

@@ -252,6 +252,7 @@ pub async fn run(state: &SharedState, repo: &RepositoryConfig, job: HookJob) -> 
                 base_deployment: None,
                 opens: true,
                 redeploy: false,
+                snapshot_base: None,
             };
             deployer::create_or_update(state, push).await.map(|_| ()).map_err(|e| e.message)
         }
@@ -301,6 +302,7 @@ async fn deploy_head(
         opens: trigger == HeadTrigger::Opened,
         // The same commit against a new base: change tracking compares with the new one.
         redeploy: base_changed,
+        snapshot_base: None,
     };
     deployer::create_or_update(state, push).await.map(|_| ()).map_err(|e| e.message)
 }

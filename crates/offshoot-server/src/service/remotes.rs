@@ -73,6 +73,7 @@ pub async fn deploy_production_if_new(state: &SharedState, repo: &RepositoryConf
         base_deployment: None,
         opens: true,
         redeploy: false,
+        snapshot_base: None,
     };
     if let Err(error) = deployer::create_or_update(state, push).await {
         tracing::warn!("repository `{}`: cannot deploy prod yet: {}", repo.name, error.message);

@@ -278,7 +278,16 @@ async fn fire(
                 active.status.as_str()
             )),
         ),
-        None => match runner::launch(state, deployment, &schedule.selection).await {
+        // Tagged with its schedule (as Dagster tags `dagster/schedule_name`), so tag concurrency
+        // limits can name schedules.
+        None => match runner::launch(
+            state,
+            deployment,
+            &schedule.selection,
+            &[("offshoot/schedule".to_owned(), schedule.name.clone())].into(),
+        )
+        .await
+        {
             Ok(run) => (TickStatus::Started, Some(run.id), None),
             Err(error) => (TickStatus::Failed, None, Some(error.message)),
         },

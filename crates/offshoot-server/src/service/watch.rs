@@ -70,6 +70,7 @@ pub async fn poll_once(
             // A deployment closed by hand stays closed.
             opens: false,
             redeploy: false,
+            snapshot_base: None,
         };
         if let Err(error) = deployer::create_or_update(state, push).await {
             tracing::warn!("watch: branch `{name}`: {}", error.message);

@@ -311,7 +311,7 @@ fn the_graphql_api_says_what_it_does_not_implement_and_who_may_call_it() {
         "{answer}"
     );
 
-    // Not implemented yet: a snapshot base condition is refused, not ignored.
+    // A snapshot base condition is taken (its effect: `a_snapshot_base_condition_...`).
     let with_condition = "mutation($b: CreateOrUpdateBranchDeploymentInput!, $c: DeploymentCommitInput!) { createOrUpdateBranchDeployment(branchData: $b, commit: $c, snapshotBaseCondition: ON_CREATE) { __typename } }";
     let (_, answer) = graphql(
         &server,
@@ -319,7 +319,13 @@ fn the_graphql_api_says_what_it_does_not_implement_and_who_may_call_it() {
         with_condition,
         json!({"b": {"repoName": "shop", "branchName": "feature/eur"}, "c": {"commitHash": sha, "timestamp": 1.0}}),
     );
-    assert_eq!(error_code(&answer), "not_implemented", "{answer}");
+    assert_eq!(
+        answer["data"]["createOrUpdateBranchDeployment"]["__typename"], "DagsterCloudDeployment",
+        "{answer}"
+    );
+    let (_, deployment) =
+        server.request("GET", &format!("/api/v1/deployments/{name}"), None, Some(TOKEN));
+    assert_eq!(deployment["snapshot_base"]["condition"], "on-create", "{deployment}");
 
     // Not a GraphQL request at all.
     let agent = ureq::Agent::new_with_config(
@@ -472,17 +478,165 @@ fn offshoots_cli_takes_dagster_clouds_flags_and_variables() {
     );
     assert_eq!(output.status.code(), Some(2), "no commit and no --read-git-state is a usage error");
 
-    // Not a time; and the snapshot base condition, refused with the reason instead of ignored.
+    // Not a time; not a snapshot base condition.
     let output = create(&["--timestamp", "yesterday"], &dagster_env);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("neither a Unix time in seconds"), "{}", stderr(&output));
-    let output = create(&["--snapshot-base-condition", "on-create"], &dagster_env);
+    let output = create(&["--snapshot-base-condition", "tip"], &dagster_env);
     assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("on-create, on-update, merge-base"), "{}", stderr(&output));
+}
+
+/// Dagster+'s `--snapshot-base-condition` beside Offshoot's merge-base: `on-create` compares the
+/// branch with what production served when the deployment was created, for good; `on-update`
+/// with what production serves at each update (so main's later changes show up in the branch,
+/// as in Dagster+); the default with the base's definitions where the branch forked.
+#[test]
+fn a_snapshot_base_condition_fixes_or_refreshes_what_a_branch_compares_with() {
+    let (dir, repo) = shop_repo("dagster-cloud-snapshot-base");
+    let server = Server::start_with_config(&dir.0, &config(&dir.0, &repo));
+    let first_main = git(&repo, &["rev-parse", "main"]);
+    wait_for_prod(&server, &repo);
+    let fork = git(&repo, &["merge-base", "main", "feature/eur"]);
+    let branch = git(&repo, &["rev-parse", "feature/eur"]);
+    git(&repo, &["branch", "feature/update", "feature/eur"]);
+    git(&repo, &["branch", "feature/fork", "feature/eur"]);
+    let home = dir.0.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let env = [("DAGSTER_CLOUD_URL", server.url.as_str()), ("DAGSTER_CLOUD_API_TOKEN", DEPLOY)];
+    let short = |sha: &str| sha[..12].to_owned();
+
+    // on-create through the real dagster-cloud CLI's own flag.
+    let on_create = |home: &Path| {
+        let output = dagster_cloud(
+            &[
+                "branch-deployment",
+                "create-or-update",
+                "--url",
+                &server.url,
+                "--git-repo-name",
+                "shop",
+                "--branch-name",
+                "feature/eur",
+                "--commit-hash",
+                &branch,
+                "--timestamp",
+                "1767225600",
+                "--snapshot-base-condition",
+                "on-create",
+            ],
+            &env,
+            home,
+        );
+        assert!(
+            output.status.success(),
+            "{}{}\n{}",
+            stdout(&output),
+            stderr(&output),
+            server.log()
+        );
+        stdout(&output).trim().to_owned()
+    };
+    let created = on_create(&home);
+    // on-update and the default through Offshoot's CLI.
+    let offshoot = |branch_name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "branch-deployment",
+            "create-or-update",
+            "--branch-name",
+            branch_name,
+            "--commit-hash",
+            &branch,
+        ];
+        args.extend_from_slice(extra);
+        let output = offshoot_with(&args, &env);
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output).trim().to_owned()
+    };
+    let updated = offshoot("feature/update", &["--snapshot-base-condition", "on-update"]);
+    let forked = offshoot("feature/fork", &[]);
+
+    let base_of = |name: &str, commit: &str| {
+        server.wait_for_deployment(name, &format!("ready, compared with {commit}"), |d| {
+            serving_commit(d) == branch && d["current_revision"]["base_commit"] == commit
+        })
+    };
+    // Production moved on after the fork (stg_payments): both production bases count it as the
+    // branch's change, the merge-base does not.
+    let d = base_of(&created, &first_main);
+    assert_eq!(
+        d["snapshot_base"],
+        json!({"condition": "on-create", "commit": first_main, "description": format!("production at creation, {}", short(&first_main))})
+    );
+    assert_eq!(d["current_revision"]["changed_count"], 5, "{d}");
+    let d = base_of(&updated, &first_main);
+    assert_eq!(
+        d["snapshot_base"]["description"],
+        format!("production at last update, {}", short(&first_main))
+    );
+    assert_eq!(d["current_revision"]["changed_count"], 5, "{d}");
+    let d = base_of(&forked, &fork);
+    assert_eq!(
+        d["snapshot_base"],
+        json!({"condition": "merge-base", "commit": fork, "description": format!("merge base {}", short(&fork))})
+    );
+    assert_eq!(d["current_revision"]["changed_count"], 4, "{d}");
+
+    // Production deploys a new asset.
+    let second_main = crate::server::commit_file(
+        &repo,
+        "main",
+        "assets/marts/late_report.sql",
+        "SELECT count(*) AS orders FROM fct_orders\n",
+        "Late report",
+    );
+    let (status, answer) = server.request(
+        "POST",
+        "/api/v1/branch-deployments",
+        Some(json!({"branch_name": "main", "commit_hash": second_main})),
+        Some(ADMIN),
+    );
+    assert_eq!(status, 200, "{answer}");
+    wait_for_prod(&server, &repo);
+
+    // The same branch commits pushed again: on-update takes production's new revision (the new
+    // asset is missing from the branch: REMOVED, as Dagster+ shows it); on-create keeps its base,
+    // also when the flag is given again; the condition, once given, stays without the flag.
+    assert_eq!(on_create(&home), created);
+    assert_eq!(offshoot("feature/update", &[]), updated);
+    let d = base_of(&updated, &second_main);
+    assert_eq!(
+        d["snapshot_base"]["description"],
+        format!("production at last update, {}", short(&second_main))
+    );
+    assert_eq!(d["current_revision"]["changed_count"], 6, "{d}");
+    let d = base_of(&created, &first_main);
+    assert_eq!(d["snapshot_base"]["commit"], first_main.as_str());
+    assert_eq!(d["current_revision"]["changed_count"], 5, "{d}");
+
+    // `deployment status` says it; the REST API refuses a condition it does not know.
+    let output = offshoot_with(&["deployment", "status", &updated], &env);
     assert!(
-        stderr(&output)
-            .contains("--snapshot-base-condition on-create is not implemented by Offshoot yet"),
+        stdout(&output).contains(&format!(
+            "compares with: production at last update, {}",
+            short(&second_main)
+        )),
         "{}",
-        stderr(&output)
+        stdout(&output)
+    );
+    let (status, answer) = server.request(
+        "POST",
+        "/api/v1/branch-deployments",
+        Some(json!({"branch_name": "feature/eur", "commit_hash": branch, "snapshot_base_condition": "tip"})),
+        Some(DEPLOY),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("`tip` is not on-create, on-update or merge-base"),
+        "{answer}"
     );
 }
 
@@ -669,4 +823,211 @@ fn variables_and_secrets_reach_the_deployments_of_their_scope_only_and_never_sho
         "{}",
         stderr(&output)
     );
+}
+
+/// A run of `env_probe` in `deployment`, launched with an admin token; its step log.
+fn probe_as_admin(server: &Server, deployment: &str) -> String {
+    let (status, run) = server.request(
+        "POST",
+        &format!("/api/v1/deployments/{deployment}/runs"),
+        Some(json!({"selection": "key:env_probe"})),
+        Some(ADMIN),
+    );
+    assert!(status == 200 || status == 201, "{status} {run}");
+    let run = server.wait_for_run(run["id"].as_i64().expect("id"));
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    run["steps"][0]["log"].as_str().expect("log").to_owned()
+}
+
+/// Variables and secrets set with `offshoot env set` (not in any configuration): scoped like
+/// Dagster+'s, injected into the runs of matching deployments only, secrets from the CLI's
+/// environment or a file and never shown again: not by the CLI, the API, the UI or the server's
+/// debug log.
+#[test]
+fn variables_and_secrets_set_through_the_api_reach_their_scope_only_and_never_show() {
+    let (dir, repo) = shop_repo("dagster-cloud-api-variables");
+    let probe_asset = r#"command = '''echo "tier=$SHOP_TIER secret=$SHOP_SECRET local=${LOCAL_ONLY:-unset}"; printf %s "$SHOP_SECRET" | sha256sum; python3 -c "import os, sqlite3; sqlite3.connect(os.environ['OFFSHOOT_WAREHOUSE_URL'].removeprefix('sqlite://')).execute('CREATE TABLE IF NOT EXISTS env_probe (x)')"'''
+"#;
+    let main = crate::server::commit_file(
+        &repo,
+        "main",
+        "assets/ops/env_probe.toml",
+        probe_asset,
+        "Env probe",
+    );
+    git(&repo, &["branch", "feature/one", &main]);
+    git(&repo, &["branch", "feature/two", &main]);
+    let server = Server::start_with_config(
+        &dir.0,
+        &format!("log_level = \"debug\"\n{}", config(&dir.0, &repo)),
+    );
+    server.wait_for_deployment("prod", "ready at main", |d| serving_commit(d) == main);
+    let admin = [("OFFSHOOT_URL", server.url.as_str()), ("OFFSHOOT_API_TOKEN", ADMIN)];
+
+    let production_secret = "prod-s3cr3t-7781";
+    let branch_secret = "branch-s3cr3t-9924";
+    let secret_file = dir.0.join("branch-secret");
+    std::fs::write(&secret_file, format!("{branch_secret}\n")).expect("secret file");
+    let secret_path = secret_file.to_str().expect("utf-8");
+    let with_secret_env = [admin[0], admin[1], ("CI_PROD_SECRET", production_secret)];
+    for (args, env) in [
+        (vec!["SHOP_TIER", "--scope", "production", "--value", "prod-tier"], &admin[..]),
+        (vec!["SHOP_TIER", "--scope", "branches", "--value", "branch-tier"], &admin[..]),
+        (
+            vec![
+                "SHOP_TIER",
+                "--scope",
+                "branches",
+                "--branch",
+                "feature/one",
+                "--value",
+                "one-tier",
+            ],
+            &admin[..],
+        ),
+        (
+            vec!["SHOP_SECRET", "--scope", "production", "--from-env", "CI_PROD_SECRET"],
+            &with_secret_env[..],
+        ),
+        (vec!["SHOP_SECRET", "--scope", "branches", "--from-file", secret_path], &admin[..]),
+        (vec!["LOCAL_ONLY", "--scope", "local", "--value", "for laptops"], &admin[..]),
+    ] {
+        let mut full = vec!["env", "set"];
+        full.extend(args);
+        let output = offshoot_with(&full, env);
+        assert!(output.status.success(), "{full:?}: {}", stderr(&output));
+        let printed = format!("{}{}", stdout(&output), stderr(&output));
+        assert!(
+            !printed.contains(production_secret) && !printed.contains(branch_secret),
+            "{printed}"
+        );
+    }
+
+    // Setting needs admin: a deploy token (every pull request's CI has one) cannot.
+    let output = offshoot_with(
+        &["env", "set", "SHOP_TIER", "--scope", "branches", "--value", "x"],
+        &[("OFFSHOOT_URL", &server.url), ("OFFSHOOT_API_TOKEN", DEPLOY)],
+    );
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("`admin` role"), "{}", stderr(&output));
+    // Names Offshoot sets itself, a branch without the branches scope, a missing source.
+    for (args, message) in [
+        (
+            vec!["OFFSHOOT_SCHEMA", "--scope", "branches", "--value", "x"],
+            "is set by Offshoot itself",
+        ),
+        (
+            vec!["X", "--scope", "production", "--branch", "feature/one", "--value", "x"],
+            "a branch goes with the `branches` scope only",
+        ),
+        (
+            vec!["X", "--scope", "production", "--from-env", "NOT_SET_ANYWHERE"],
+            "the environment has no variable `NOT_SET_ANYWHERE`",
+        ),
+    ] {
+        let mut full = vec!["env", "set"];
+        full.extend(args);
+        let output = offshoot_with(&full, &admin);
+        assert!(!output.status.success(), "{full:?}");
+        assert!(stderr(&output).contains(message), "{full:?}: {}", stderr(&output));
+    }
+
+    let deploy = |branch: &str| {
+        let output = offshoot_with(
+            &[
+                "branch-deployment",
+                "create-or-update",
+                "--branch-name",
+                branch,
+                "--commit-hash",
+                &main,
+            ],
+            &[("OFFSHOOT_URL", &server.url), ("OFFSHOOT_API_TOKEN", DEPLOY)],
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+        let name = stdout(&output).trim().to_owned();
+        server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == main);
+        name
+    };
+    let (one, two) = (deploy("feature/one"), deploy("feature/two"));
+    let digest = |secret: &str| {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s '{secret}' | sha256sum"))
+            .output()
+            .expect("sha256sum");
+        stdout(&output).split_whitespace().next().expect("digest").to_owned()
+    };
+    let mut logs = String::new();
+    for (deployment, tier, secret) in [
+        ("prod", "prod-tier", production_secret),
+        (one.as_str(), "one-tier", branch_secret),
+        (two.as_str(), "branch-tier", branch_secret),
+    ] {
+        let log = probe_as_admin(&server, deployment);
+        assert!(
+            log.contains(&format!("tier={tier} secret=<redacted> local=unset")),
+            "{deployment}: {log}"
+        );
+        assert!(log.contains(&digest(secret)), "{deployment} got its secret: {log}");
+        logs.push_str(&log);
+    }
+
+    // Unsetting one branch's value: that branch falls back to the value for every branch.
+    let output = offshoot_with(
+        &["env", "unset", "SHOP_TIER", "--scope", "branches", "--branch", "feature/one"],
+        &admin,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(probe_as_admin(&server, &one).contains("tier=branch-tier "));
+    let output = offshoot_with(
+        &["env", "unset", "SHOP_TIER", "--scope", "branches", "--branch", "feature/one"],
+        &admin,
+    );
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("no variable `SHOP_TIER` was set"), "{}", stderr(&output));
+
+    // Local values go to a developer's .env (a deploy token suffices), and only those.
+    let output = offshoot_with(
+        &["env", "export", "--scope", "local", "--server"],
+        &[("OFFSHOOT_URL", &server.url), ("OFFSHOOT_API_TOKEN", DEPLOY)],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "LOCAL_ONLY='for laptops'\n");
+
+    // Listed by name, scope and branch, never by value.
+    let output = offshoot_with(
+        &["env", "list"],
+        &[("OFFSHOOT_URL", &server.url), ("OFFSHOOT_API_TOKEN", TOKEN)],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let listed = stdout(&output);
+    assert!(listed.contains("SHOP_SECRET\tbranches\tshop\tsecret\tapi"), "{listed}");
+    assert!(listed.contains("LOCAL_ONLY\tlocal\tshop\tplain\tapi"), "{listed}");
+    assert!(!listed.contains("for laptops") && !listed.contains("prod-tier"), "{listed}");
+
+    // The secrets appear nowhere: API answers, the UI's pages, the server's debug log.
+    let mut seen = String::new();
+    for path in [
+        "/api/v1/variables",
+        "/api/v1/deployments",
+        &format!("/api/v1/deployments/{one}"),
+        "/api/v1/runs",
+        "/api/v1/openapi.json",
+    ] {
+        let (status, body) = server.request("GET", path, None, Some(ADMIN));
+        assert_eq!(status, 200, "{path}");
+        seen.push_str(&body.to_string());
+    }
+    // The UI is its page and scripts, which render what the API answers.
+    for path in ["/", "/ui/app.js"] {
+        let mut response = ureq::get(&format!("{}{path}", server.url)).call().expect("the UI");
+        seen.push_str(&response.body_mut().read_to_string().expect("text"));
+    }
+    seen.push_str(&server.log());
+    seen.push_str(&logs);
+    for secret in [production_secret, branch_secret] {
+        assert!(!seen.contains(secret), "{secret} shows somewhere");
+    }
+    assert!(server.log().contains("variable SHOP_SECRET set for shop (production)"));
 }

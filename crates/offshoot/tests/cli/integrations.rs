@@ -1,6 +1,7 @@
 //! The CI integrations as CI runs them, with the real `offshoot` CLI on PATH and a real server:
 //! the GitHub Action's step script (integrations/github/branch-deployment.sh) with a
-//! pull_request event file of GitHub's shape as `GITHUB_EVENT_PATH`, and the GitLab template's
+//! pull_request event file of GitHub's shape as `GITHUB_EVENT_PATH`, the action's steps as
+//! action.yml lists them (with its inputs' expressions filled in), and the GitLab template's
 //! job scripts with GitLab's predefined merge-request variables.
 
 use std::path::Path;
@@ -71,6 +72,7 @@ fn the_github_action_deploys_updates_and_closes_a_pull_requests_deployment() {
         ("INPUT_API_TOKEN", TOKEN),
         ("INPUT_REPOSITORY", "shop"),
         ("INPUT_WAIT", "true"),
+        ("INPUT_SNAPSHOT_BASE_CONDITION", "on-create"),
     ];
 
     // opened: deploys, waits for it, and says the name in the step's output.
@@ -89,6 +91,9 @@ fn the_github_action_deploys_updates_and_closes_a_pull_requests_deployment() {
         deployment["pull_request"],
         json!({"id": "7", "url": "https://github.com/acme/shop/pull/7", "status": "OPEN"})
     );
+    let main = git(&repo, &["rev-parse", "main"]);
+    assert_eq!(deployment["snapshot_base"]["condition"], "on-create", "{deployment}");
+    assert_eq!(deployment["snapshot_base"]["commit"], main.as_str(), "{deployment}");
 
     // synchronize with broken definitions: the step fails, as a check should.
     let broken = git(&repo, &["rev-parse", "broken"]);
@@ -212,6 +217,7 @@ fn the_gitlab_template_deploys_and_closes_a_merge_requests_deployment() {
         ("CI_COMMIT_SHA", sha.as_str()),
         ("CI_MERGE_REQUEST_IID", "12"),
         ("CI_MERGE_REQUEST_PROJECT_URL", "https://gitlab.example/acme/shop"),
+        ("OFFSHOOT_SNAPSHOT_BASE_CONDITION", "on-update"),
     ];
     let output = run_gitlab_job("offshoot:deploy", &variables);
     assert!(output.status.success(), "{}\n{}", stderr(&output), server.log());
@@ -225,9 +231,128 @@ fn the_gitlab_template_deploys_and_closes_a_merge_requests_deployment() {
         deployment["pull_request"],
         json!({"id": "12", "url": "https://gitlab.example/acme/shop/-/merge_requests/12", "status": "OPEN"})
     );
+    assert_eq!(deployment["snapshot_base"]["condition"], "on-update", "{deployment}");
 
     let output = run_gitlab_job("offshoot:close", &variables);
     assert!(output.status.success(), "{}", stderr(&output));
     let deployment = server.wait_for_deployment(&name, "closed", |d| d["status"] == "closed");
     assert_eq!(deployment["pull_request"]["status"], "CLOSED");
+}
+
+/// `action.yml` as JSON, read by PyYAML of the pinned Python tools (no YAML crate for one test).
+fn action_yml() -> Value {
+    let output = Command::new(python_tools().join("bin/python3"))
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(workspace().join("integrations/github/action.yml"))
+        .output()
+        .expect("python3 runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    serde_json::from_str(&stdout(&output)).expect("action.yml as JSON")
+}
+
+/// The action as a runner runs it: each step of `runs.steps` in action.yml, a `run:` step's
+/// shell with its `env:` after the `${{ ... }}` expressions it uses are filled in (inputs from
+/// `with`, else their defaults). The cache step hits (the CLI under test is on PATH, as the
+/// cached binary would be), so the install step's `if:` is false.
+#[test]
+fn the_github_action_runs_as_its_action_yml_says() {
+    let action = action_yml();
+    assert_eq!(action["runs"]["using"], "composite");
+    let (dir, repo) = shop_repo("github-action-yml");
+    let server = Server::start(&dir.0, &repo, "");
+    wait_for_prod(&server, &repo);
+    let first = git(&repo, &["rev-parse", "feature/eur"]);
+    let with = [("url", server.url.as_str()), ("api-token", TOKEN), ("repository", "shop")];
+    let expand = |text: &str| -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${{") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find("}}").expect("a closed expression") + start;
+            let expression = rest[start + 3..end].trim();
+            let value = match expression.strip_prefix("inputs.") {
+                Some(name) => match with.iter().find(|(key, _)| *key == name) {
+                    Some((_, value)) => value.to_string(),
+                    None => {
+                        let default = &action["inputs"][name]["default"];
+                        assert!(default.is_string(), "input `{name}` has no default");
+                        let default = default.as_str().expect("a string");
+                        assert!(!default.contains("${{ inputs."), "{default}");
+                        default.replace("${{ github.repository }}", "acme/shop")
+                    }
+                },
+                None if expression == "github.repository" => "acme/shop".to_owned(),
+                None => panic!("the test does not know the expression `{expression}`"),
+            };
+            out.push_str(&value);
+            rest = &rest[end + 2..];
+        }
+        out.push_str(rest);
+        out
+    };
+
+    let event_path = dir.0.join("event.json");
+    let output_path = dir.0.join("github-output");
+    std::fs::write(
+        &event_path,
+        event("opened", "feature/eur", &first, false, "acme/shop").to_string(),
+    )
+    .expect("event file");
+    std::fs::write(&output_path, "").expect("output file");
+    let binary_dir =
+        Path::new(env!("CARGO_BIN_EXE_offshoot")).parent().expect("bin dir").to_owned();
+    let mut ran = 0;
+    let mut cache_hit = false;
+    for step in action["runs"]["steps"].as_array().expect("steps") {
+        if let Some(uses) = step["uses"].as_str() {
+            assert!(uses.starts_with("actions/cache@"), "an unknown action: {uses}");
+            cache_hit = true;
+            continue;
+        }
+        if let Some(condition) = step["if"].as_str() {
+            assert_eq!(condition, "steps.cache.outputs.cache-hit != 'true'");
+            if cache_hit {
+                continue;
+            }
+        }
+        assert_eq!(step["shell"], "bash", "{step}");
+        let mut command = Command::new("bash");
+        command
+            .args(["--noprofile", "--norc", "-eo", "pipefail", "-c"])
+            .arg(step["run"].as_str().expect("a run step"));
+        for (key, _) in std::env::vars() {
+            if ["OFFSHOOT_", "DAGSTER_CLOUD_", "INPUT_", "GITHUB_"]
+                .iter()
+                .any(|p| key.starts_with(p))
+            {
+                command.env_remove(key);
+            }
+        }
+        for (key, value) in step["env"].as_object().into_iter().flatten() {
+            command.env(key, expand(value.as_str().expect("env values are text")));
+        }
+        let output = command
+            .env(
+                "PATH",
+                format!("{}:{}", binary_dir.display(), std::env::var("PATH").unwrap_or_default()),
+            )
+            .env("GITHUB_ACTION_PATH", workspace().join("integrations/github"))
+            .env("GITHUB_EVENT_PATH", &event_path)
+            .env("GITHUB_OUTPUT", &output_path)
+            .env("GITHUB_STEP_SUMMARY", dir.0.join("summary.md"))
+            .env("GITHUB_REPOSITORY", "acme/shop")
+            .output()
+            .expect("bash runs");
+        assert!(output.status.success(), "{step}: {}\n{}", stderr(&output), server.log());
+        ran += 1;
+    }
+    assert_eq!(ran, 1, "one step ran besides the cache and the skipped install");
+    let github_output = std::fs::read_to_string(&output_path).expect("output");
+    let name = github_output.trim().strip_prefix("deployment-name=").expect("output").to_owned();
+    let deployment = server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == first);
+    assert_eq!(deployment["pull_request"]["id"], "7", "{deployment}");
+    assert_eq!(deployment["snapshot_base"]["condition"], "merge-base", "the input's default");
 }

@@ -1183,3 +1183,104 @@ fn concurrent_pushes_never_exceed_the_open_cap() {
         open.as_array().expect("a list").iter().filter(|d| d["kind"] == "branch").count();
     assert_eq!(branches, 3, "{open}");
 }
+
+/// Dagster+'s `tag_concurrency_limits` across two servers sharing one PostgreSQL store: runs of
+/// two branch deployments tagged `export=nightly` under a limit of 1 run one at a time, whichever
+/// server claims them; the queued one says which tag limit it waits for; a run with another tag
+/// value is not held back; when the running one ends, the queued one starts.
+#[test]
+fn two_servers_on_one_store_keep_a_tag_concurrency_limit() {
+    if postgres_skipped() {
+        return;
+    }
+    let database = Database(format!("offshoot_tags_{}", std::process::id()));
+    psql("postgres", &format!("CREATE DATABASE {}", database.0));
+    let dir = TempDir::new("two-servers-tags");
+    let repo = dir.0.join("repo");
+    std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
+    std::fs::write(
+        repo.join("offshoot.toml"),
+        "[project]\nname = \"shop\"\ndialect = \"postgres\"\n",
+    )
+    .expect("manifest");
+    std::fs::write(repo.join("assets/slow.toml"), "command = \"sleep 30\"\n").expect("asset");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "Slow"]);
+    let main = git(&repo, &["rev-parse", "main"]);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{}", database.0);
+    let limits = "\n[[tag_concurrency_limits]]\nkey = \"export\"\nvalue = \"nightly\"\nlimit = 1\n";
+    let (dir_a, dir_b) = (dir.0.join("a"), dir.0.join("b"));
+    std::fs::create_dir_all(&dir_a).expect("mkdir");
+    std::fs::create_dir_all(&dir_b).expect("mkdir");
+    let config = |dir: &Path, id: &str| {
+        format!("{}{limits}", shared_postgres_config(dir, &repo, &url, id))
+            .replace("offshoot_branch_two_", "offshoot_branch_tags_")
+    };
+    let a = Server::start_with_config(&dir_a, &config(&dir_a, "server-a"));
+    wait_for_prod(&a, &repo);
+    let b = Server::start_with_config(&dir_b, &config(&dir_b, "server-b"));
+    let one = create_or_update(&a, "feature/one", &main);
+    let two = create_or_update(&b, "feature/two", &main);
+    for name in [&one, &two] {
+        a.wait_for_deployment(name, "ready", |d| d["current_revision"]["status"] == "ready");
+    }
+
+    // Launched with Offshoot's CLI, one through each server.
+    let launch = |server: &Server, deployment: &str, tag: &str| -> i64 {
+        let output = client(
+            server,
+            &["materialize", "--deployment", deployment, "--select", "key:slow", "--tag", tag],
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+        let runs = server.get(&format!("/api/v1/runs?deployment={deployment}&limit=1"));
+        runs[0]["id"].as_i64().expect("id")
+    };
+    let first = launch(&a, &one, "export=nightly");
+    let second = launch(&b, &two, "export=nightly");
+    let other = launch(&b, &two, "export=hourly");
+    assert_eq!(a.get(&format!("/api/v1/runs/{first}"))["tags"], json!({"export": "nightly"}));
+
+    // Both servers' executors pass several times (every 2 s at the latest).
+    let started = std::time::Instant::now();
+    loop {
+        let statuses: Vec<String> = [first, second, other]
+            .iter()
+            .map(|id| {
+                a.get(&format!("/api/v1/runs/{id}"))["status"].as_str().unwrap_or("").to_owned()
+            })
+            .collect();
+        if statuses.iter().filter(|s| *s == "running").count() == 2 {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 30, "runs never started: {statuses:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    let runs: Vec<serde_json::Value> =
+        [first, second].iter().map(|id| b.get(&format!("/api/v1/runs/{id}"))).collect();
+    let running: Vec<&serde_json::Value> =
+        runs.iter().filter(|r| r["status"] == "running").collect();
+    let queued: Vec<&serde_json::Value> = runs.iter().filter(|r| r["status"] == "queued").collect();
+    assert_eq!((running.len(), queued.len()), (1, 1), "one nightly run at a time: {runs:#?}");
+    assert_eq!(
+        queued[0]["waiting_for"],
+        "1 running runs are tagged export=nightly (limit 1): the tag limit (tag_concurrency_limits); it starts when one of them ends"
+    );
+    assert_eq!(b.get(&format!("/api/v1/runs/{other}"))["status"], "running", "another value runs");
+
+    // The running one ends; the queued one starts on whichever server claims it.
+    let (running_id, queued_id) =
+        (running[0]["id"].as_i64().expect("id"), queued[0]["id"].as_i64().expect("id"));
+    a.post(&format!("/api/v1/runs/{running_id}/cancel"), json!({}));
+    assert_eq!(a.wait_for_run(running_id)["status"], "canceled");
+    let started = std::time::Instant::now();
+    while a.get(&format!("/api/v1/runs/{queued_id}"))["status"] != "running" {
+        assert!(started.elapsed().as_secs() < 30, "the queued run never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for id in [queued_id, other] {
+        a.post(&format!("/api/v1/runs/{id}/cancel"), json!({}));
+        assert_eq!(a.wait_for_run(id)["status"], "canceled");
+    }
+}

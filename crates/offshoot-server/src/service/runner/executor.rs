@@ -90,21 +90,21 @@ fn lease(state: &AppState) -> Lease {
 /// Claims a run (a lifecycle event: granted to one server, only while the deployment is open)
 /// and executes it. A run found running under an expired lease is failed by the claim itself.
 async fn claim_and_execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
-    let outcome = match deployments::apply_event(
-        state,
-        run.deployment_id,
-        Event::ClaimRun {
-            run: run.id.0,
-            lease: lease(state),
-            max_running: state.config.max_concurrent_runs_per_branch_deployment,
-        },
-    )
-    .await
-    {
+    let event = Event::ClaimRun {
+        run: run.id.0,
+        lease: lease(state),
+        max_running: state.config.max_concurrent_runs_per_branch_deployment,
+    };
+    // Tag limits count every running run of the store, inside the claim's transaction.
+    let extras = deployments::Extras {
+        run_limits: state.config.tag_concurrency_limits.clone(),
+        ..deployments::Extras::default()
+    };
+    let outcome = match deployments::apply_with(state, run.deployment_id, event, extras).await {
         Ok(outcome) => outcome,
-        Err(LifecycleError::Refused(_)) | Err(LifecycleError::Store(StoreError::NotFound(_))) => {
-            return Ok(())
-        }
+        Err(LifecycleError::Refused(_))
+        | Err(LifecycleError::Limited(_))
+        | Err(LifecycleError::Store(StoreError::NotFound(_))) => return Ok(()),
         Err(error) => return Err(error),
     };
     if !outcome.claimed_run(run.id) {
@@ -126,6 +126,8 @@ pub(super) struct RunContext {
     pub(super) run_id: RunId,
     pub(super) checkout_dir: PathBuf,
     pub(super) repository_path: PathBuf,
+    /// The variables in force when the run started (API-set and configured).
+    pub(super) variables: Vec<crate::variables::Variable>,
 }
 
 /// Executes a run this server has claimed (it is `running` under this server's lease).
@@ -133,6 +135,8 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
     let deployment = state.store.get_deployment(run.deployment_id).await?;
     let revision = state.store.get_revision(run.revision_id).await?;
     let mut steps = state.store.list_steps(run.id).await?;
+    let variables =
+        crate::variables::in_force(state.store.as_ref(), &state.config.variables).await?;
     let (switch, cancelled) = watch::channel(false);
     state.cancel_switches.lock().expect("never poisoned").insert(run.id, switch);
 
@@ -170,6 +174,7 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
         .await;
     }
     let context = Arc::new(RunContext {
+        variables,
         state: state.clone(),
         target: state.target(&deployment),
         checkout_dir: state.config.checkouts_dir().join(revision.commit.sha.as_str()),
@@ -388,8 +393,7 @@ pub(super) async fn record_materialization(context: &RunContext, step: &RunStep,
 pub(super) async fn append_log(context: &RunContext, step: &RunStep, text: &str) {
     // Command output is arbitrary bytes; PostgreSQL text cannot hold NUL. A command that prints
     // a configured variable's value does not put it in the log.
-    let text =
-        crate::variables::redact(&context.state.config.variables, &text.replace('\0', "\u{fffd}"));
+    let text = crate::variables::redact(&context.variables, &text.replace('\0', "\u{fffd}"));
     if let Err(error) = context.state.store.append_step_log(step.id, &text).await {
         tracing::error!("step {} log: {error}", step.id.0);
     }
@@ -435,7 +439,7 @@ pub(super) fn deployment_environment(
     let deployment = &context.deployment;
     // The scoped variables first: Offshoot's own names are refused for them (`variables::check_name`).
     let mut env: Vec<(String, String)> =
-        crate::variables::for_deployment(&context.state.config.variables, deployment)
+        crate::variables::for_deployment(&context.variables, deployment)
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value.expose().to_owned()))
             .collect();

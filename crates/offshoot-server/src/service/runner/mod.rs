@@ -8,6 +8,8 @@ mod tool;
 
 pub use executor::executor;
 
+use std::collections::BTreeMap;
+
 use offshoot_core::lifecycle::Event;
 use offshoot_core::{diff, ChangeSet, DeploymentKind, RunPlan, RunStatus, Selection};
 use offshoot_store::{Deployment, Revision, Run, RunFilter};
@@ -24,9 +26,13 @@ pub async fn launch(
     state: &SharedState,
     deployment: &Deployment,
     selection_text: &str,
+    tags: &BTreeMap<String, String>,
 ) -> ServiceResult<Run> {
     let selection = Selection::parse(selection_text)
         .map_err(|e| ServiceError::invalid("invalid_selection", e.render(selection_text)))?;
+    check_tags(tags)?;
+    let run_tags: Vec<(String, String)> =
+        tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for _ in 0..deployments::ATTEMPTS {
         let (record, view) = deployments::read(state, deployment.id).await?;
         if !view.machine.open {
@@ -53,7 +59,11 @@ pub async fn launch(
             ));
         }
         let steps = plan.steps.iter().map(|s| s.key.clone()).collect();
-        let extras = Extras { run: Some((selection_text.to_owned(), steps)), ..Extras::default() };
+        let extras = Extras {
+            run: Some((selection_text.to_owned(), steps)),
+            run_tags: run_tags.clone(),
+            ..Extras::default()
+        };
         if let Some(outcome) =
             deployments::attempt(state, record, &view, Input { event: Event::LaunchRun, extras })
                 .await?
@@ -98,8 +108,34 @@ pub async fn head_and_changes(
     Ok((head, changes))
 }
 
-/// What a queued run waits for, said in the API: the branch deployment's own run limit when it
-/// is reached, else a slot of its pool. `None` for a run that is not queued.
+/// Why a run's tags are refused: they are stored as `key=value` lines and shown as given.
+fn check_tags(tags: &BTreeMap<String, String>) -> ServiceResult<()> {
+    if tags.len() > 32 {
+        return Err(ServiceError::invalid("invalid_request", "a run has at most 32 tags"));
+    }
+    for (key, value) in tags {
+        let control = |text: &str| text.chars().any(char::is_control);
+        if key.is_empty() || key.len() > 128 || key.contains('=') || control(key) {
+            return Err(ServiceError::invalid(
+                "invalid_request",
+                format!(
+                    "tag key {key:?} must be 1 to 128 characters without `=` or control characters"
+                ),
+            ));
+        }
+        if value.len() > 256 || control(value) {
+            return Err(ServiceError::invalid(
+                "invalid_request",
+                format!("the value of tag `{key}` must be at most 256 characters without control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a queued run waits for, said in the API: a tag limit it is over, the branch
+/// deployment's own run limit when it is reached, else a slot of its pool. `None` for a run
+/// that is not queued.
 pub async fn waiting_for(
     state: &AppState,
     run: &Run,
@@ -107,6 +143,21 @@ pub async fn waiting_for(
 ) -> ServiceResult<Option<String>> {
     if run.status != RunStatus::Queued {
         return Ok(None);
+    }
+    if state.config.tag_concurrency_limits.iter().any(|l| l.matches(&run.tags)) {
+        let filter =
+            RunFilter { deployment_id: None, statuses: vec![RunStatus::Running], limit: 0 };
+        let running: Vec<Vec<(String, String)>> =
+            state.store.list_runs(&filter).await?.into_iter().map(|r| r.tags).collect();
+        if let Some(reason) = offshoot_store::tag_limit_reached(
+            &run.tags,
+            &running,
+            &state.config.tag_concurrency_limits,
+        ) {
+            return Ok(Some(format!(
+                "{reason} (tag_concurrency_limits); it starts when one of them ends"
+            )));
+        }
     }
     if deployment.kind == DeploymentKind::Production {
         return Ok(Some(format!(
