@@ -213,6 +213,7 @@ export function runState(asset, isBranch) {
   if (step && step.status === 'queued') return { cls: 'queued', text: 'queued', long: 'queued in run ' + step.run_id };
   if (step && step.status === 'failed') return { cls: 'failed', text: 'failed', long: 'failed in run ' + step.run_id + (step.error ? ': ' + step.error : '') };
   if (asset.kind === 'source') return { cls: 'source', text: '', long: 'a source, read from production' };
+  if (asset.stale) return { cls: 'stale', text: 'stale', long: 'stale: its definition (code, partitions or an upstream) changed since its table here was built' };
   if (asset.data === 'branch' || (!isBranch && asset.data === 'production')) return { cls: 'built', text: isBranch ? 'built here' : 'built', long: isBranch ? 'built in this branch deployment' : 'built' };
   if (asset.data === 'production') return { cls: 'production', text: 'prod table', long: 'reads production\u2019s table (not rebuilt here)' };
   return { cls: 'never', text: 'never built', long: 'never built' + (isBranch ? ' here nor in production' : '') };

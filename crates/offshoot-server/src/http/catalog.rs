@@ -55,6 +55,10 @@ pub struct GraphNodeJson {
     data: &'static str,
     /// The asset's step in the newest of this deployment's recent runs that planned it, if any.
     last_step: Option<LastStepJson>,
+    /// Its own table was built from other definitions than the serving revision's: the
+    /// fingerprint recorded with that materialization differs (code, partitions or an
+    /// upstream's definition changed since). False when nothing was recorded to compare.
+    stale: bool,
 }
 
 /// An asset's latest step: "queued" (pending in an active run), "running", "succeeded",
@@ -200,10 +204,27 @@ async fn graph(
     let (project, changes) = head_and_changes(&state, &deployment, &revision).await?;
     let locations = DataLocations::read(&state, &state.target(&deployment)).await;
     let mut steps = last_steps(&state, deployment.id).await?;
+    let built: BTreeMap<AssetKey, _> = state
+        .store
+        .current_materializations(deployment.id)
+        .await?
+        .into_iter()
+        .filter_map(|m| Some((m.materialization.asset_key, m.provenance?.fingerprint)))
+        .collect();
+    let own_table = |key: &AssetKey, data: &str| match deployment.kind {
+        DeploymentKind::Production => data == "production",
+        DeploymentKind::Branch => data == "branch",
+    } && built.contains_key(key);
     let assets = project
         .snapshot
         .assets()
-        .map(|asset| GraphNodeJson {
+        .map(|asset| {
+            let data = locations.of(&asset.key, !asset.kind.is_materializable());
+            let stale = own_table(&asset.key, data)
+                && built.get(&asset.key).copied() != project.snapshot.fingerprint(&asset.key);
+            (asset, data, stale)
+        })
+        .map(|(asset, data, stale)| GraphNodeJson {
             key: asset.key.to_string(),
             kind: asset.kind.as_str(),
             kinds: asset.kinds.iter().cloned().collect(),
@@ -215,8 +236,9 @@ async fn graph(
             impacted_via: changes
                 .impacted(&asset.key)
                 .map(|i| i.path.iter().map(|k| k.to_string()).collect()),
-            data: locations.of(&asset.key, !asset.kind.is_materializable()),
+            data,
             last_step: steps.remove(&asset.key.to_string()),
+            stale,
         })
         .collect();
     let removed = changes

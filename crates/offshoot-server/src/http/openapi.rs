@@ -142,6 +142,7 @@ fn catalog_schemas() -> Value {
                     "description": {"type": "string", "nullable": true}, "deps": {"type": "array", "items": {"type": "string"}}, "tags": {"type": "object", "additionalProperties": {"type": "string"}},
                     "reasons": {"type": "array", "nullable": true, "items": {"type": "string"}}, "impacted_via": {"type": "array", "nullable": true, "items": {"type": "string"}},
                     "data": {"type": "string", "enum": ["branch", "production", "none"], "description": "where a read of it lands in this deployment"},
+                    "stale": {"type": "boolean", "description": "its own table in this deployment was built from other definitions than the serving revision's (the recorded fingerprint differs)"},
                     "last_step": {"type": "object", "nullable": true, "description": "its step in the newest of the deployment's recent runs that planned it", "properties": {
                         "run_id": {"type": "integer"}, "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "skipped", "canceled"]},
                         "error": {"type": "string", "nullable": true}, "finished_at": {"type": "integer", "nullable": true},
