@@ -932,7 +932,7 @@ impl Api {
         answer("GET", path, response)
     }
 
-    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let response = self
             .agent
             .post(&format!("{}{path}", self.base))
@@ -946,7 +946,7 @@ impl Api {
     /// the one serving (the server marks a revision ready a moment before it promotes it, and
     /// only then does `current_revision` point at it); returns that answer. A failed or
     /// superseded revision is an error.
-    fn wait_until_ready(&self, name: &str, commit: &str) -> anyhow::Result<Value> {
+    pub(crate) fn wait_until_ready(&self, name: &str, commit: &str) -> anyhow::Result<Value> {
         let start = Instant::now();
         let path = format!("/api/v1/deployments/{name}");
         loop {

@@ -45,6 +45,34 @@ pub struct ServerConfig {
     pub allow_unconfined_branch_commands: bool,
     /// Compute data diffs after every branch run and put them in the pull-request comment.
     pub data_diff_auto: bool,
+    /// What production does after a deploy (`[production] on_deploy`).
+    pub on_deploy: OnDeploy,
+    /// How long the production tables a catch-up replaced are kept for a rollback
+    /// (`[production] retention_hours`).
+    pub archive_retention: Duration,
+}
+
+/// What production does after a deploy: catch up (promote what branches built that is exactly
+/// what production would build, rebuild the rest of what changed) or nothing until asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDeploy {
+    CatchUp,
+    Manual,
+}
+
+impl OnDeploy {
+    pub const ALL: [OnDeploy; 2] = [OnDeploy::CatchUp, OnDeploy::Manual];
+
+    pub fn parse(text: &str) -> Option<OnDeploy> {
+        OnDeploy::ALL.into_iter().find(|o| o.as_str() == text)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDeploy::CatchUp => "catch-up",
+            OnDeploy::Manual => "manual",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +129,8 @@ impl ServerConfig {
             public_url: "http://127.0.0.1:3000".to_owned(),
             allow_unconfined_branch_commands: false,
             data_diff_auto: true,
+            on_deploy: OnDeploy::CatchUp,
+            archive_retention: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -243,6 +273,15 @@ pub struct ApiToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_deploy_is_catch_up_or_manual() {
+        for on_deploy in OnDeploy::ALL {
+            assert_eq!(OnDeploy::parse(on_deploy.as_str()), Some(on_deploy));
+        }
+        assert_eq!(OnDeploy::parse("catch_up"), None);
+        assert_eq!(ServerConfig::new("/tmp".into()).on_deploy, OnDeploy::CatchUp);
+    }
 
     #[test]
     fn roles_are_ordered_and_named() {
