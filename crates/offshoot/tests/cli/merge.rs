@@ -788,3 +788,155 @@ fn on_deploy_manual_waits_for_the_command_and_bad_values_are_refused() {
     let again = client(&s.server, &["deployment", "catch-up", "prod"]);
     assert!(stdout(&again).contains("prod is up to date"), "{}", stdout(&again));
 }
+
+/// The demo's shop (examples/shop, the fixture's feature branch rebased on main): merged, every
+/// asset it changed or impacted is promoted from the branch, checksums equal to the branch's
+/// tables, and no model's SQL runs in production.
+#[test]
+fn merging_the_demo_branch_promotes_what_it_built() {
+    let (dir, repo) = shop_repo("merge-shop");
+    let server = Server::start(&dir.0, &repo, "");
+    crate::server::wait_for_prod(&server, &repo);
+    crate::server::seed_production(&server);
+    let run = |deployment: &str, selection: &str| {
+        let run = server.post(
+            &format!("/api/v1/deployments/{deployment}/runs"),
+            json!({ "selection": selection }),
+        );
+        let run = server.wait_for_run(run["id"].as_i64().expect("id"));
+        assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+        run
+    };
+    run("prod", "key:*");
+    git(&repo, &["rebase", "-q", "main", "feature/eur"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    let sha = git(&repo, &["rev-parse", "feature/eur"]);
+    let name = crate::server::create_or_update(&server, "feature/eur", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let built = run(&name, "changed_in_branch:ANY+");
+    let keys: Vec<String> = built["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["asset_key"].as_str().expect("key").to_owned())
+        .collect();
+    assert!(
+        keys.contains(&"fct_orders".to_owned()) && keys.contains(&"weekly_revenue".to_owned()),
+        "{keys:?}"
+    );
+    let checksum = |deployment: &str, table: &str| {
+        use offshoot_warehouse::Warehouse;
+        let target = if deployment == "prod" {
+            crate::server::production_target()
+        } else {
+            branch_target(deployment)
+        };
+        crate::server::runtime()
+            .block_on(crate::server::warehouse(&server).table_checksum(&target, table))
+            .expect("checksum")
+    };
+    let branch: Vec<_> = keys.iter().map(|k| checksum(&name, k)).collect();
+
+    git(&repo, &["merge", "-q", "--no-ff", "-m", "Merge feature/eur", "feature/eur"]);
+    let main = git(&repo, &["rev-parse", "main"]);
+    crate::server::create_or_update(&server, "main", &main);
+    let prod =
+        server.wait_for_deployment("prod", "serving the merge", |d| serving_commit(d) == main);
+    let revision = prod["current_revision"]["id"].clone();
+    let started = Instant::now();
+    let catch_up = loop {
+        let runs = server.get("/api/v1/runs?deployment=prod&limit=20");
+        let found = runs
+            .as_array()
+            .expect("runs")
+            .iter()
+            .find(|r| r["kind"] == "catch-up" && r["revision_id"] == revision)
+            .cloned();
+        if let Some(found) = found {
+            break server.wait_for_run(found["id"].as_i64().expect("id"));
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no catch-up\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(catch_up["status"], "succeeded", "{catch_up:#}");
+    let done = steps(&catch_up);
+    let caught_up: Vec<&str> = done.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(caught_up.len(), keys.len(), "{done:?} vs {keys:?}");
+    for (key, action, _) in &done {
+        assert!(
+            action.starts_with(&format!("promoted (from {name}, run {})", built["id"])),
+            "{key}: {action}"
+        );
+    }
+    for step in catch_up["steps"].as_array().expect("steps") {
+        assert!(!step["log"].as_str().unwrap_or("").contains("from SQL"), "no SQL ran: {step:#}");
+    }
+    let production: Vec<_> = keys.iter().map(|k| checksum("prod", k)).collect();
+    assert_eq!(production, branch, "production holds the branch's tables: {keys:?}");
+}
+
+/// A Dagster code location (examples/dagster_shop on SQLite): the assets its IO manager stores
+/// in the branch's own file are promoted like native tables.
+#[test]
+fn dagster_assets_in_the_branch_schema_are_promoted() {
+    python_tools();
+    let dir = TempDir::new("merge-dagster");
+    let repo = dir.0.join("repo");
+    example_repo("dagster_shop", &repo);
+    let server = Server::start(&dir.0, &repo, "");
+    crate::server::wait_for_prod(&server, &repo);
+    let run = |deployment: &str, selection: &str| {
+        let run = server.post(
+            &format!("/api/v1/deployments/{deployment}/runs"),
+            json!({ "selection": selection }),
+        );
+        let run = server.wait_for_run(run["id"].as_i64().expect("id"));
+        assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+        run
+    };
+    run("prod", "key:*");
+    git(&repo, &["branch", "feature/dagster", "main"]);
+    let staging = std::fs::read_to_string(repo.join("dagster_shop/staging.py")).expect("read");
+    let changed = staging.replacen("code_version=\"2\"", "code_version=\"3\"", 1);
+    assert_ne!(changed, staging, "the example changed shape; update this test");
+    let sha = commit_file(
+        &repo,
+        "feature/dagster",
+        "dagster_shop/staging.py",
+        &changed,
+        "Version stg_orders",
+    );
+    let name = crate::server::create_or_update(&server, "feature/dagster", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let built = run(&name, "changed_in_branch:ANY+");
+    git(&repo, &["checkout", "-q", "main"]);
+    git(&repo, &["merge", "-q", "--no-ff", "-m", "Merge feature/dagster", "feature/dagster"]);
+    let main = git(&repo, &["rev-parse", "main"]);
+    crate::server::create_or_update(&server, "main", &main);
+    let prod =
+        server.wait_for_deployment("prod", "serving the merge", |d| serving_commit(d) == main);
+    let revision = prod["current_revision"]["id"].clone();
+    let started = Instant::now();
+    let catch_up = loop {
+        let runs = server.get("/api/v1/runs?deployment=prod&limit=20");
+        let found = runs
+            .as_array()
+            .expect("runs")
+            .iter()
+            .find(|r| r["kind"] == "catch-up" && r["revision_id"] == revision)
+            .cloned();
+        if let Some(found) = found {
+            break server.wait_for_run(found["id"].as_i64().expect("id"));
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no catch-up\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(catch_up["status"], "succeeded", "{catch_up:#}\n{}", server.log());
+    let done = steps(&catch_up);
+    assert!(
+        action(&done, "stg_orders")
+            .starts_with(&format!("promoted (from {name}, run {})", built["id"])),
+        "{done:?}"
+    );
+    assert_eq!(done.len(), built["steps"].as_array().expect("steps").len(), "{done:?}");
+}
