@@ -672,18 +672,29 @@ pub async fn expire_archives(state: &AppState) -> ServiceResult<u64> {
     Ok(expired)
 }
 
+/// What [`resume`] has looked at already.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    /// Per serving revision, its newest catch-up run then.
+    decided: BTreeSet<(offshoot_store::RevisionId, Option<RunId>)>,
+    /// Interrupted catch-ups whose committed promotions were looked for.
+    recovered: BTreeSet<RunId>,
+}
+
 /// After a restart: an interrupted catch-up whose promotion had committed (its archive holds
 /// the promoted tables) gets its promotions recorded, and production catches up again where a
 /// catch-up was interrupted or never started (the server stopped right after the deploy).
-pub async fn resume(state: &SharedState) -> ServiceResult<()> {
+/// `seen` keeps it from deciding the same situation twice (production up to date needs no run).
+pub async fn resume(state: &SharedState, seen: &mut Resumed) -> ServiceResult<()> {
     for repo in &state.config.repositories {
         let Some(production) = production_of(state, &repo.name).await? else { continue };
         let Some(serving) = production.current_revision else { continue };
         let serving = state.store.get_revision(serving).await?;
         let runs = catch_up_runs(state, &production).await?;
         for run in runs.iter().filter(|r| r.status == RunStatus::Failed) {
-            if run.error.as_deref() == Some(INTERRUPTED_RUN) {
+            if run.error.as_deref() == Some(INTERRUPTED_RUN) && !seen.recovered.contains(&run.id) {
                 record_committed_promotions(state, &production, run).await?;
+                seen.recovered.insert(run.id);
             }
         }
         if state.config.on_deploy != OnDeploy::CatchUp
@@ -693,6 +704,13 @@ pub async fn resume(state: &SharedState) -> ServiceResult<()> {
             continue;
         }
         let of_serving: Vec<&Run> = runs.iter().filter(|r| r.revision_id == serving.id).collect();
+        // One still going (or about to be failed as interrupted) is looked at again later.
+        if of_serving.first().is_some_and(|r| !r.status.is_finished()) {
+            continue;
+        }
+        if !seen.decided.insert((serving.id, of_serving.first().map(|r| r.id))) {
+            continue;
+        }
         let again = match of_serving.first() {
             None => true,
             Some(last) => {

@@ -172,6 +172,7 @@ pub async fn maintenance_loop(state: SharedState) {
     // The first look at production's catch-ups waits for the run executor to have failed the
     // runs this server was executing when it stopped.
     let mut last_catch_up_sweep = tokio::time::Instant::now() - Duration::from_secs(57);
+    let mut resumed = catch_up::Resumed::default();
     loop {
         if let Err(error) = sweep_expired(&state).await {
             tracing::error!("TTL sweep failed: {}", error.message);
@@ -186,7 +187,7 @@ pub async fn maintenance_loop(state: SharedState) {
         }
         if last_catch_up_sweep.elapsed() >= Duration::from_secs(60) {
             last_catch_up_sweep = tokio::time::Instant::now();
-            if let Err(error) = catch_up::resume(&state).await {
+            if let Err(error) = catch_up::resume(&state, &mut resumed).await {
                 tracing::error!("resuming production's catch-up failed: {}", error.message);
             }
             match catch_up::expire_archives(&state).await {
