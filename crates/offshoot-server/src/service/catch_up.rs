@@ -78,7 +78,7 @@ impl Plan {
 /// Why the warehouse cannot move a branch's table, in the step's words.
 fn unmovable(why: String) -> String {
     if why == "missing" {
-        "not a table in its schema (stored elsewhere, e.g. by an IO manager)".to_owned()
+        "not a table in its schema (dropped since, or stored elsewhere, e.g. by an IO manager)".to_owned()
     } else {
         why
     }
