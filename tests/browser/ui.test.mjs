@@ -565,3 +565,30 @@ test('a 1,000-asset branch deployment opens on its changes, the whole graph is o
   assert.ok(median < 25, 'panning a 1,000-asset graph keeps the frame rate: ' + median);
   assert.deepEqual(page.errors, []);
 });
+
+test('a merge: production catches up, each step says what it did, and the asset page says where production\'s table came from', async () => {
+  const repo = join(demoDir, 'repo');
+  const feature = (await api('GET', '/api/v1/deployments/' + branch)).branch;
+  execFileSync('git', ['-C', repo, '-c', 'user.name=T', '-c', 'user.email=t@example.com', 'merge', '-q', '--no-edit', feature]);
+  const main = execFileSync('git', ['-C', repo, 'rev-parse', 'main']).toString().trim();
+  // The demo watches the repository: prod deploys the merge, then catches up.
+  let run;
+  for (let i = 0; i < 600 && !run; i++) {
+    const prod = await api('GET', '/api/v1/deployments/prod');
+    if (prod.current_revision && prod.current_revision.commit.sha === main) {
+      const runs = await api('GET', '/api/v1/runs?deployment=prod');
+      run = runs.find((r) => r.kind === 'catch-up' && r.revision_id === prod.current_revision.id && ['succeeded', 'failed'].includes(r.status));
+    }
+    if (!run) await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.ok(run, 'production caught up with the merge');
+  const page = await newPage();
+  await page.goto(base + '/#/runs/' + run.id);
+  await page.getByText('Production catches up with its revision').waitFor();
+  // main changed stg_payments after the fork: fct_orders is rebuilt, and says why.
+  assert.match(await page.locator('tr[data-step="fct_orders"] [data-action]').innerText(), /^built \(changed; main changed upstream/);
+  await page.screenshot({ path: join(screenshots, 'catch-up.png') });
+  await page.goto(base + '/#/d/shop/prod/a/fct_orders');
+  assert.match(await page.locator('[data-provenance]').innerText(), new RegExp('^built in prod from commit [0-9a-f]{12} \\(run ' + run.id + '\\); reading production\'s'));
+  assert.deepEqual(page.errors, []);
+});

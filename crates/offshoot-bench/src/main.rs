@@ -7,11 +7,13 @@
 //! offshoot-bench --only load --repo PATH   # one load of PATH's `main` in this process; prints VmHWM
 //! offshoot-bench server [--runs 9] [--skip-10k] ...   # needs `cargo build --release -p offshoot -p offshoot-bench`
 //! offshoot-bench promotion [--models 1000] [--changed 29]   # merge → production: promote vs rebuild (src/promotion.rs)
+//! offshoot-bench catch-up [--models 1000] [--changed 29]   # the same through the server's catch-up (src/catch_up.rs)
 //! offshoot-bench incremental [--assets 10000,100000] ...   # parse once per blob (src/incremental.rs)
 //! offshoot-bench runs [--assets 1000] [--rows 1000] ...     # runs against the engine's floor (src/runs.rs)
 //! offshoot-bench webhooks [--clients 64] [--requests 384] [--body-mb 25]   # a flood of forged webhooks (src/webhooks.rs)
 //! ```
 
+mod catch_up;
 mod data_diff;
 mod incremental;
 mod project;
@@ -89,6 +91,10 @@ fn main() -> anyhow::Result<()> {
     if arguments.peek().map(String::as_str) == Some("data-diff") {
         arguments.next();
         return data_diff::run(&data_diff::parse_args(arguments)?);
+    }
+    if arguments.peek().map(String::as_str) == Some("catch-up") {
+        arguments.next();
+        return catch_up::run(&catch_up::parse_args(arguments)?);
     }
     if arguments.peek().map(String::as_str) == Some("promotion") {
         arguments.next();

@@ -33,6 +33,13 @@
 //!    step may have half-written a table); a deploy is simply claimed again (deploys are
 //!    idempotent).
 //! 7. Production is never closed or deleted.
+//! 8. **A merged branch keeps its tables for production's catch-up.** A close that holds the
+//!    teardown (the pull request merged; production's catch-up for the merge has not yet taken
+//!    what it can) marks it `Held`: nothing is dropped until the catch-up releases it
+//!    ([`Event::ReleaseTeardown`]); a reopen or a delete releases it too. The close and the push
+//!    to the production branch may arrive in either order: the caller decides whether to hold.
+//! 9. **Production rolls back to a revision it served before**: that revision serves again and
+//!    the one serving is superseded; the head stays (a later push deploys as usual).
 
 use std::collections::BTreeMap;
 
@@ -112,6 +119,9 @@ pub enum Teardown {
     /// Closed: to be dropped once nothing of the deployment runs.
     Pending,
     Running(Lease),
+    /// Closed after a merge: kept until production's catch-up has taken what it can of the
+    /// tables ([`Event::ReleaseTeardown`] makes it `Pending`).
+    Held,
 }
 
 /// One deployment's lifecycle. `revisions` holds at least every unfinished revision, the head
@@ -145,9 +155,19 @@ pub enum Event {
         opens: bool,
         redeploy: bool,
     },
+    /// `hold`: keep the warehouse objects until [`Event::ReleaseTeardown`] (a merge whose
+    /// production catch-up has not run yet).
     Close {
         reason: String,
         pull_request: Option<PullRequestStatus>,
+        hold: bool,
+    },
+    /// Production's catch-up has taken what it can of a held deployment's tables: the teardown
+    /// may go ahead. Nothing happens unless the teardown is held.
+    ReleaseTeardown,
+    /// Production serves revision `to` (one it served before) again.
+    Rollback {
+        to: u32,
     },
     Reopen,
     Delete,
@@ -257,6 +277,10 @@ pub enum Effect {
 pub enum Refusal {
     #[error("production cannot be closed or deleted")]
     Production,
+    #[error("only production rolls back")]
+    NotProduction,
+    #[error("revision {0} is serving already")]
+    AlreadyServing(u32),
     #[error("the deployment is closed; reopen it first")]
     Closed,
     #[error("the deployment has no ready revision yet")]
@@ -319,12 +343,19 @@ impl Lifecycle {
         let mut decision = Decision::default();
         match event {
             Event::Push { commit, relation, opens, redeploy } => {
-                self.push(&mut decision, commit, *relation, *opens, *redeploy)
+                self.push(&mut decision, commit, *relation, *opens, *redeploy, now)
             }
-            Event::Close { reason, pull_request } => {
-                self.close(&mut decision, reason, *pull_request, now)?
+            Event::Close { reason, pull_request, hold } => {
+                self.close(&mut decision, reason, *pull_request, *hold, now)?
             }
-            Event::Reopen => self.reopen(&mut decision),
+            Event::ReleaseTeardown => {
+                if self.teardown == Teardown::Held {
+                    decision.change(Change::Teardown(Teardown::Pending));
+                    self.teardown_if_quiet(&mut decision, now);
+                }
+            }
+            Event::Rollback { to } => self.rollback(&mut decision, *to)?,
+            Event::Reopen => self.reopen(&mut decision, now),
             Event::Delete => {
                 if self.production {
                     return Err(Refusal::Production);
@@ -333,10 +364,14 @@ impl Lifecycle {
                     decision.change(Change::DeleteRequested);
                 }
                 if self.open {
-                    self.close(&mut decision, "deleted", None, now)?;
+                    self.close(&mut decision, "deleted", None, false, now)?;
                 } else if self.teardown == Teardown::Done {
                     decision.change(Change::Delete);
                 } else {
+                    // A held teardown goes ahead: the deployment is deleted, tables and all.
+                    if self.teardown == Teardown::Held {
+                        decision.change(Change::Teardown(Teardown::Pending));
+                    }
                     self.teardown_if_quiet(&mut decision, now);
                 }
             }
@@ -393,6 +428,11 @@ impl Lifecycle {
                     // retried by the server holding it, whose heartbeat keeps the lease alive.
                     Teardown::Running(held) => !held.live(now) || held.owner == lease.owner,
                     Teardown::Done => false,
+                    Teardown::Held => {
+                        return Err(Refusal::NotClaimable(
+                            "production's catch-up may still take the deployment's tables",
+                        ))
+                    }
                 };
                 if !claimable {
                     return Err(Refusal::NotClaimable("no teardown is waiting"));
@@ -531,6 +571,7 @@ impl Lifecycle {
         relation: Option<CommitRelation>,
         opens: bool,
         redeploy: bool,
+        now: UnixMillis,
     ) {
         let number = self.next_revision;
         let head = self.head.and_then(|n| self.revisions.get(&n).map(|r| (n, &r.commit, &r.phase)));
@@ -540,7 +581,7 @@ impl Lifecycle {
             let reopening = !self.open && opens;
             if reopening {
                 decision.change(Change::Pushed);
-                self.reopen(decision);
+                self.reopen(decision, now);
                 return;
             }
             if !self.open {
@@ -588,7 +629,7 @@ impl Lifecycle {
             return;
         }
         if reopening {
-            self.reopen_changes(decision);
+            self.reopen_changes(decision, now);
         }
         self.supersede_queued(decision, &format!("superseded by {}", commit.sha.short()));
         decision.change(Change::NewRevision {
@@ -626,9 +667,14 @@ impl Lifecycle {
         }
     }
 
-    fn reopen_changes(&self, decision: &mut Decision) {
+    fn reopen_changes(&self, decision: &mut Decision, now: UnixMillis) {
         decision.change(Change::Open);
         decision.change(Change::PullRequest(PullRequestStatus::Open));
+        // Kept for a catch-up, perhaps partly taken by it: dropped now, and deployed afresh.
+        if self.teardown == Teardown::Held {
+            decision.change(Change::Teardown(Teardown::Pending));
+            self.teardown_if_quiet(decision, now);
+        }
         // The schema was (or is being) dropped: nothing serves until the head deploys again, and
         // what served before the close is history.
         if let Some(serving) = self.serving {
@@ -644,11 +690,11 @@ impl Lifecycle {
         }
     }
 
-    fn reopen(&self, decision: &mut Decision) {
+    fn reopen(&self, decision: &mut Decision, now: UnixMillis) {
         if self.open {
             return;
         }
-        self.reopen_changes(decision);
+        self.reopen_changes(decision, now);
         if let Some(commit) = self.head_commit().cloned() {
             self.queue_head_again(decision, &commit, "the deployment was reopened");
         }
@@ -659,6 +705,7 @@ impl Lifecycle {
         decision: &mut Decision,
         reason: &str,
         pull_request: Option<PullRequestStatus>,
+        hold: bool,
         now: UnixMillis,
     ) -> Result<(), Refusal> {
         if self.production {
@@ -679,6 +726,10 @@ impl Lifecycle {
             if state.phase.is_active() {
                 self.cancel_run(decision, *run, state, "the deployment was closed");
             }
+        }
+        if hold {
+            decision.change(Change::Teardown(Teardown::Held));
+            return Ok(());
         }
         decision.change(Change::Teardown(Teardown::Pending));
         // Queued runs were canceled above; a deploy or running run still holds the teardown back.
@@ -722,14 +773,41 @@ impl Lifecycle {
 
     /// After something stopped: a closed deployment whose work has all stopped may be torn down.
     fn teardown_if_quiet(&self, decision: &mut Decision, now: UnixMillis) {
-        if self.teardown != Teardown::Pending {
-            return;
-        }
         let mut after = self.clone();
         after.apply(decision, now);
+        if after.teardown != Teardown::Pending {
+            return;
+        }
         if !after.busy(now) {
             decision.effect(Effect::Teardown);
         }
+    }
+
+    /// Production serves `to` again; the serving revision is superseded.
+    fn rollback(&self, decision: &mut Decision, to: u32) -> Result<(), Refusal> {
+        if !self.production {
+            return Err(Refusal::NotProduction);
+        }
+        let serving = self.serving.ok_or(Refusal::NotServing)?;
+        if serving == to {
+            return Err(Refusal::AlreadyServing(to));
+        }
+        let target = self.revisions.get(&to).ok_or(Refusal::UnknownRevision(to))?;
+        if !matches!(target.phase, RevisionPhase::Ready | RevisionPhase::Superseded) {
+            return Err(Refusal::NotClaimable("the revision never finished deploying"));
+        }
+        decision.change(Change::Revision {
+            number: serving,
+            phase: RevisionPhase::Superseded,
+            note: Some(format!("rolled back to revision {to}")),
+        });
+        decision.change(Change::Revision {
+            number: to,
+            phase: RevisionPhase::Ready,
+            note: Some(format!("{SERVING_AGAIN}: revision {serving} was rolled back")),
+        });
+        decision.change(Change::Serving(Some(to)));
+        Ok(())
     }
 
     fn claim_deploy(
@@ -914,6 +992,12 @@ impl Lifecycle {
     }
 }
 
+/// The error of a run whose server stopped during it.
+pub const INTERRUPTED_RUN: &str = "the server stopped during the run; launch it again";
+
+/// How the note of a revision that serves again after a rollback begins.
+pub const SERVING_AGAIN: &str = "serving again";
+
 /// A run whose server stopped mid-way: a step may have half-written its table, so nothing is
 /// re-executed behind the user's back; it fails with the reason (or ends canceled if a cancel was
 /// asked for).
@@ -921,7 +1005,7 @@ fn interrupted(run: i64, state: &RunState) -> Change {
     let (phase, note) = if state.cancel_requested {
         (RunPhase::Canceled, "canceled; its server stopped before it could finish")
     } else {
-        (RunPhase::Failed, "the server stopped during the run; launch it again")
+        (RunPhase::Failed, INTERRUPTED_RUN)
     };
     Change::Run {
         run,

@@ -53,6 +53,34 @@ pub struct ServerConfig {
     /// Rows per side above which a keyed data diff matches a sample (by a hash of the key) and
     /// says so; `None`: always whole tables.
     pub data_diff_row_limit: Option<u64>,
+    /// What production does after a deploy (`[production] on_deploy`).
+    pub on_deploy: OnDeploy,
+    /// How long the production tables a catch-up replaced are kept for a rollback
+    /// (`[production] retention_hours`).
+    pub archive_retention: Duration,
+}
+
+/// What production does after a deploy: catch up (promote what branches built that is exactly
+/// what production would build, rebuild the rest of what changed) or nothing until asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDeploy {
+    CatchUp,
+    Manual,
+}
+
+impl OnDeploy {
+    pub const ALL: [OnDeploy; 2] = [OnDeploy::CatchUp, OnDeploy::Manual];
+
+    pub fn parse(text: &str) -> Option<OnDeploy> {
+        OnDeploy::ALL.into_iter().find(|o| o.as_str() == text)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDeploy::CatchUp => "catch-up",
+            OnDeploy::Manual => "manual",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +140,8 @@ impl ServerConfig {
             data_diff_auto: true,
             schedule_check_interval: Duration::from_secs(10),
             data_diff_row_limit: Some(1_000_000),
+            on_deploy: OnDeploy::CatchUp,
+            archive_retention: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -254,6 +284,15 @@ pub struct ApiToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_deploy_is_catch_up_or_manual() {
+        for on_deploy in OnDeploy::ALL {
+            assert_eq!(OnDeploy::parse(on_deploy.as_str()), Some(on_deploy));
+        }
+        assert_eq!(OnDeploy::parse("catch_up"), None);
+        assert_eq!(ServerConfig::new("/tmp".into()).on_deploy, OnDeploy::CatchUp);
+    }
 
     #[test]
     fn roles_are_ordered_and_named() {

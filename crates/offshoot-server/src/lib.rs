@@ -25,7 +25,7 @@ pub mod http;
 
 use std::future::Future;
 
-pub use config::{ApiToken, RepositoryConfig, Role, ServerConfig, WatchConfig};
+pub use config::{ApiToken, OnDeploy, RepositoryConfig, Role, ServerConfig, WatchConfig};
 pub use http::router;
 pub use state::{AppState, SharedState};
 
@@ -53,6 +53,7 @@ pub async fn serve(
     // Subscribers first, so they hear everything the others announce.
     workers.spawn(service::feedback::worker(state.clone()));
     workers.spawn(service::data_diff::worker(state.clone()));
+    workers.spawn(service::catch_up::worker(state.clone()));
     workers.spawn(service::deployer::worker(state.clone()));
     workers.spawn(service::runner::executor(state.clone()));
     workers.spawn(service::maintenance::maintenance_loop(state.clone()));

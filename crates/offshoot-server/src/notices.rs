@@ -2,7 +2,7 @@
 //! deployer and the runner never call feedback or data diffs directly. A broadcast channel: a
 //! subscriber that falls more than [`CAPACITY`] behind is told how many it missed.
 
-use offshoot_store::DeploymentId;
+use offshoot_store::{DeploymentId, RunId};
 use tokio::sync::{broadcast, watch};
 
 /// Notices held for slow subscribers.
@@ -16,6 +16,9 @@ pub enum Notice {
     RunFinished { deployment: DeploymentId },
     /// The deployment's data diffs were computed after a run.
     DataDiffsReady { deployment: DeploymentId },
+    /// Production's catch-up run `run` finished; `sources` are the branch deployments whose
+    /// tables it promoted.
+    CatchUpFinished { production: DeploymentId, run: RunId, sources: Vec<DeploymentId> },
 }
 
 pub struct Notices {

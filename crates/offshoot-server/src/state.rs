@@ -39,6 +39,9 @@ pub struct AppState {
     pub open_turn: tokio::sync::Mutex<()>,
     /// One teardown at a time on this server: a retry never overlaps an earlier attempt.
     pub teardown_turn: tokio::sync::Mutex<()>,
+    /// One production catch-up (or rollback) at a time on this server: two would replace the
+    /// same tables.
+    pub catch_up_turn: tokio::sync::Mutex<()>,
     /// Per running run: flipping the switch to `true` cancels it.
     pub cancel_switches: Mutex<HashMap<RunId, watch::Sender<bool>>>,
     pub metrics: Metrics,
@@ -69,6 +72,7 @@ impl AppState {
             load_locks: Mutex::new(HashMap::new()),
             open_turn: tokio::sync::Mutex::new(()),
             teardown_turn: tokio::sync::Mutex::new(()),
+            catch_up_turn: tokio::sync::Mutex::new(()),
             cancel_switches: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             landlock: offshoot_location::sandbox_support(),

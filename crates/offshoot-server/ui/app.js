@@ -606,6 +606,7 @@ function Asset({ repository, name, assetKey }) {
     ${asset.removed ? html`<p class="note" data-removed>This branch removes the asset: its definition below is the base's (merge-base commit), and the assets listed downstream read it there. Nothing builds it in this deployment.</p>` : ''}
     <dl class="kv">
       <dt>Reads come from</dt><dd>${readsFrom}</dd>
+      ${asset.provenance ? html`<dt>Provenance</dt><dd data-provenance>${asset.provenance.summary}${asset.provenance.matches_definition ? '' : html` <span class="note">(built from another definition than this revision's: it is rebuilt or promoted at the next catch-up)</span>`}</dd>` : ''}
       <dt>Kind · group</dt><dd>${kindLabel(asset)} · ${asset.group}</dd>
       <dt>Defined in</dt><dd class="mono">${asset.path}</dd>
       <dt>Code version</dt><dd class="mono">${asset.code_version_derived ? 'derived ' + asset.code_version.slice(0, 12) : asset.code_version}</dd>
@@ -652,7 +653,7 @@ function Run({ id }) {
   return html`
     <p class="note"><a href="#/">Deployments</a> / <a href=${'#/d/' + enc(run.repository) + '/' + enc(run.deployment)}>${run.deployment}</a> /</p>
     <h1>Run ${run.id} <${Status} status=${run.status} since=${run.started_at} /></h1>
-    <p class="sub"><span class="mono">${run.selection}</span> · ${plural(run.steps.length, 'step')}${run.error ? ' · ' + run.error : ''}</p>
+    <p class="sub">${run.kind === 'catch-up' ? html`Production catches up with its revision: each asset is promoted from a branch that built it exactly as production would (no code runs) or rebuilt` : html`<span class="mono">${run.selection}</span>`} · ${plural(run.steps.length, 'step')}${run.error ? ' · ' + run.error : ''}</p>
     <dl class="kv" aria-label="Run details">
       <dt>Started</dt><dd>${run.started_at ? html`<time datetime=${new Date(run.started_at).toISOString()}>${new Date(run.started_at).toLocaleString()}</time> (${ago(run.started_at)})` : 'not yet (queued ' + ago(run.created_at) + ')'}</dd>
       <dt>Duration</dt><dd>${run.started_at ? duration((run.finished_at || Date.now()) - run.started_at) + (run.finished_at ? '' : ' so far') : ''}</dd>
@@ -663,7 +664,7 @@ function Run({ id }) {
     <${ErrorBox} error=${cancelError} />
     <table aria-label="Steps"><thead><tr><th>Step</th><th>Status</th><th>Rows</th><th>Duration</th><th>Log</th></tr></thead>
       <tbody>${run.steps.map((s) => html`<tr data-step=${s.asset_key}>
-        <td><a href=${'#/d/' + enc(run.repository) + '/' + enc(run.deployment) + '/a/' + enc(s.asset_key)}>${s.asset_key}</a>${s.error ? html`<div class="note">${s.error}</div>` : ''}</td>
+        <td><a href=${'#/d/' + enc(run.repository) + '/' + enc(run.deployment) + '/a/' + enc(s.asset_key)}>${s.asset_key}</a>${s.action ? html`<div class="note" data-action>${s.action}</div>` : ''}${s.error ? html`<div class="note">${s.error}</div>` : ''}</td>
         <td><${Status} status=${s.status} since=${s.started_at} /></td><td>${s.row_count ?? ''}</td><td>${duration(s.duration_ms)}</td>
         <td>${s.log ? html`<button aria-expanded=${!!open[s.asset_key]} onClick=${() => setOpen({ ...open, [s.asset_key]: !open[s.asset_key] })}>${open[s.asset_key] ? 'Hide' : 'Show'} log</button>` : ''}
           ${open[s.asset_key] || s.status === 'running' ? html`<pre aria-live="polite">${s.log}</pre>` : ''}</td></tr>`)}</tbody></table>`;

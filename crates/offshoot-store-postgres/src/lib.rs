@@ -106,6 +106,7 @@ fn migrator() -> Migrator {
         migration(2, "leases", include_str!("../migrations/0002_leases.sql")),
         migration(3, "lifecycle", include_str!("../migrations/0003_lifecycle.sql")),
         migration(4, "provenance", include_str!("../migrations/0004_provenance.sql")),
+        migration(5, "catch_up", include_str!("../migrations/0005_catch_up.sql")),
         migration(6, "schedules", include_str!("../migrations/0006_schedules.sql")),
         migration(7, "dagster_plus", include_str!("../migrations/0007_dagster_plus.sql")),
     ])
@@ -489,14 +490,17 @@ impl Store for PostgresStore {
 
     async fn update_step(&self, step: &RunStep) -> StoreResult<()> {
         let result = sqlx::query(
-            "UPDATE run_steps SET status = $1, started_at = $2, finished_at = $3, row_count = $4, error = $5
-             WHERE id = $6",
+            "UPDATE run_steps SET status = $1, started_at = $2, finished_at = $3, row_count = $4, error = $5,
+                 action = $6, promoted_from = $7
+             WHERE id = $8",
         )
         .bind(step.status.as_str())
         .bind(step.started_at)
         .bind(step.finished_at)
         .bind(step.row_count)
         .bind(step.error.as_deref())
+        .bind(step.action.as_deref())
+        .bind(step.promoted_from.map(|m| m.0))
         .bind(step.id.0)
         .execute(&self.pool)
         .await
@@ -641,6 +645,27 @@ impl Store for PostgresStore {
         offshoot_store::rows::attach_reads(&mut one, reads);
         let [recorded] = one;
         Ok(recorded)
+    }
+
+    async fn materialization_before(
+        &self,
+        deployment: DeploymentId,
+        asset: &AssetKey,
+        before: MaterializationId,
+    ) -> StoreResult<Option<RecordedMaterialization>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT max(id) FROM materializations WHERE deployment_id = $1 AND asset_key = $2 AND id < $3",
+        )
+        .bind(deployment.0)
+        .bind(asset.as_str())
+        .bind(before.0)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(translate("materializations"))?;
+        match id {
+            Some(id) => self.get_materialization(MaterializationId(id)).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn record_intake(&self, new: NewIntake) -> StoreResult<Option<Intake>> {

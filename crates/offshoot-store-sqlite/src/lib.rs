@@ -84,6 +84,7 @@ fn migrator() -> Migrator {
         migration(2, "leases", include_str!("../migrations/0002_leases.sql")),
         migration(3, "lifecycle", include_str!("../migrations/0003_lifecycle.sql")),
         migration(4, "provenance", include_str!("../migrations/0004_provenance.sql")),
+        migration(5, "catch_up", include_str!("../migrations/0005_catch_up.sql")),
         migration(6, "schedules", include_str!("../migrations/0006_schedules.sql")),
         migration(7, "dagster_plus", include_str!("../migrations/0007_dagster_plus.sql")),
     ])
@@ -465,7 +466,8 @@ impl Store for SqliteStore {
 
     async fn update_step(&self, step: &RunStep) -> StoreResult<()> {
         let result = sqlx::query(
-            "UPDATE run_steps SET status = ?, started_at = ?, finished_at = ?, row_count = ?, error = ?
+            "UPDATE run_steps SET status = ?, started_at = ?, finished_at = ?, row_count = ?, error = ?,
+                 action = ?, promoted_from = ?
              WHERE id = ?",
         )
         .bind(step.status.as_str())
@@ -473,6 +475,8 @@ impl Store for SqliteStore {
         .bind(step.finished_at)
         .bind(step.row_count)
         .bind(step.error.as_deref())
+        .bind(step.action.as_deref())
+        .bind(step.promoted_from.map(|m| m.0))
         .bind(step.id.0)
         .execute(&self.pool)
         .await
@@ -617,6 +621,27 @@ impl Store for SqliteStore {
         offshoot_store::rows::attach_reads(&mut one, reads);
         let [recorded] = one;
         Ok(recorded)
+    }
+
+    async fn materialization_before(
+        &self,
+        deployment: DeploymentId,
+        asset: &AssetKey,
+        before: MaterializationId,
+    ) -> StoreResult<Option<RecordedMaterialization>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT max(id) FROM materializations WHERE deployment_id = ? AND asset_key = ? AND id < ?",
+        )
+        .bind(deployment.0)
+        .bind(asset.as_str())
+        .bind(before.0)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(translate("materializations"))?;
+        match id {
+            Some(id) => self.get_materialization(MaterializationId(id)).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn record_intake(&self, new: NewIntake) -> StoreResult<Option<Intake>> {

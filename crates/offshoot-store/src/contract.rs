@@ -456,6 +456,11 @@ pub async fn deployment_patches_change_exactly_the_fields_they_name(store: &dyn 
             Box::new(|d, _| d.teardown = Teardown::Pending),
         ),
         (
+            "a teardown is held for production's catch-up",
+            DeploymentPatch { teardown: Some(Teardown::Held), ..DeploymentPatch::default() },
+            Box::new(|d, _| d.teardown = Teardown::Held),
+        ),
+        (
             "a teardown runs under a lease",
             DeploymentPatch {
                 teardown: Some(Teardown::Running(lease.clone())),
@@ -1371,11 +1376,19 @@ pub async fn run_patches_move_a_run_and_end_its_steps(store: &dyn Store) {
         "running sets started_at to now and the lease"
     );
     let steps = store.list_steps(canceled.id).await.expect("list steps");
+    assert_eq!(
+        (&steps[0].action, steps[0].promoted_from),
+        (&None, None),
+        "a new step says nothing"
+    );
+    // A catch-up's step says what it does, and which materialization a promotion takes.
     let succeeded = RunStep {
         status: StepStatus::Succeeded,
         started_at: Some(3_100),
         finished_at: Some(3_200),
         row_count: Some(5),
+        action: Some("promoted (from feature-x, run 7)".to_owned()),
+        promoted_from: Some(MaterializationId(1 << 40)),
         ..steps[0].clone()
     };
     let started =
@@ -2929,6 +2942,34 @@ pub async fn materializations_keep_their_provenance(store: &dyn Store) {
     assert_eq!(
         store.current_materializations(feature.id).await.expect("current of the branch").len(),
         2
+    );
+
+    // What a later materialization replaced (a rollback puts it back): the one before it.
+    for (asset, id, expected, why) in [
+        ("orders", p_orders, Some(p_orders_old), "the one it replaced"),
+        ("revenue", p_promoted, Some(p_revenue), "by recording, not by time"),
+        ("orders", p_orders_old, None, "nothing before the first"),
+    ] {
+        let found = store.materialization_before(prod.id, &key(asset), id).await.expect("before");
+        assert_eq!(found.map(|m| m.id), expected, "{why}");
+    }
+    assert_eq!(
+        store
+            .materialization_before(prod.id, &key("revenue"), p_promoted)
+            .await
+            .expect("before")
+            .and_then(|m| m.provenance),
+        store.get_materialization(p_revenue).await.expect("get").provenance,
+        "with its provenance"
+    );
+    assert_eq!(
+        store
+            .materialization_before(feature.id, &key("orders"), p_orders)
+            .await
+            .expect("before")
+            .map(|m| m.id),
+        Some(b_orders),
+        "of the deployment asked about"
     );
 
     // A materialization recorded without provenance is current too, and has none.

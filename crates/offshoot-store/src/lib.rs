@@ -461,6 +461,11 @@ pub struct RunStep {
     pub error: Option<String>,
     /// Output of the step, appended while it runs.
     pub log: String,
+    /// In a catch-up run: what the step does to its asset, for people (`promoted (from
+    /// feature-x, run 7)`, `built (changed; never built in a branch)`); `None` elsewhere.
+    pub action: Option<String>,
+    /// In a catch-up run: the branch materialization a promotion takes.
+    pub promoted_from: Option<MaterializationId>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -664,7 +669,7 @@ pub trait Store: Send + Sync + 'static {
     async fn renew_leases(&self, owner: &str, until: UnixMillis) -> StoreResult<u64>;
     /// In plan order.
     async fn list_steps(&self, run: RunId) -> StoreResult<Vec<RunStep>>;
-    /// Writes status, times, row count and error (not the log).
+    /// Writes status, times, row count, error, action and promoted-from (not the log).
     async fn update_step(&self, step: &RunStep) -> StoreResult<()>;
     async fn append_step_log(&self, step: StepId, text: &str) -> StoreResult<()>;
     /// A step's outcome in one transaction: `update_step`'s fields, `log` appended, and, for a
@@ -704,6 +709,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: MaterializationId,
     ) -> StoreResult<RecordedMaterialization>;
+
+    /// The asset's last materialization in the deployment recorded before `before` (the one a
+    /// later materialization replaced), with its provenance; `None` if there was none.
+    async fn materialization_before(
+        &self,
+        deployment: DeploymentId,
+        asset: &AssetKey,
+        before: MaterializationId,
+    ) -> StoreResult<Option<RecordedMaterialization>>;
 
     // Durable intake of webhook deliveries.
     /// Records an accepted delivery; `None` when its delivery id was recorded before (a replay).

@@ -123,6 +123,8 @@ pub fn step(row: &dyn Columns) -> StoreResult<RunStep> {
         row_count: optional_integer(row, "row_count")?,
         error: optional_text(row, "error")?,
         log: text(row, "log")?,
+        action: optional_text(row, "action")?,
+        promoted_from: optional_integer(row, "promoted_from")?.map(MaterializationId),
     })
 }
 
@@ -217,11 +219,12 @@ fn lease(row: &dyn Columns) -> StoreResult<Option<Lease>> {
     }
 }
 
-/// `teardown` is `done`, `pending` or `running` (with the `teardown_lease_*` columns).
+/// `teardown` is `done`, `pending`, `held` or `running` (with the `teardown_lease_*` columns).
 fn teardown(row: &dyn Columns) -> StoreResult<Teardown> {
     match text(row, "teardown")?.as_str() {
         "done" => Ok(Teardown::Done),
         "pending" => Ok(Teardown::Pending),
+        "held" => Ok(Teardown::Held),
         "running" => match (
             optional_text(row, "teardown_lease_owner")?,
             optional_integer(row, "teardown_lease_expires_at")?,
@@ -239,6 +242,7 @@ pub fn teardown_text(teardown: &Teardown) -> &'static str {
         Teardown::Done => "done",
         Teardown::Pending => "pending",
         Teardown::Running(_) => "running",
+        Teardown::Held => "held",
     }
 }
 

@@ -417,6 +417,11 @@ async fn run_server(
         branch.name
     );
     println!("  git -C {} checkout -b feature/another && (edit, commit): a new branch deployment appears", dir.display());
+    println!(
+        "  git -C {} merge --no-edit {}: production catches up, promoting what the branch built (offshoot runs list; offshoot deployment rollback prod undoes it)",
+        dir.display(),
+        branch.branch
+    );
     if exit {
         let _ = stop.send(());
     } else {

@@ -146,6 +146,29 @@ pub enum DeploymentCommand {
         #[command(flatten)]
         scope: Scope,
     },
+    /// Catch production up with the revision it serves: promote what branches built with the
+    /// identical fingerprint, rebuild the rest of what changed (`[production] on_deploy =
+    /// "manual"` runs it only this way); `--wait` follows the run.
+    CatchUp {
+        /// `prod`.
+        name: String,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Undo production's last catch-up: the tables it replaced come back (they are kept for
+    /// `[production] retention_hours`) and the previous revision serves again.
+    Rollback {
+        /// `prod`.
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        #[command(flatten)]
+        scope: Scope,
+    },
 }
 
 #[derive(clap::Args)]
@@ -324,6 +347,51 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<Outcome> {
             }
             let failed = deployment["latest_revision"]["status"] == "failed";
             Ok(if wait && failed { Outcome::Failed } else { Outcome::Ok })
+        }
+        DeploymentCommand::CatchUp { name, wait, timeout_secs, scope } => {
+            let client = Client::new(&scope.client)?;
+            let path = format!("/api/v1/deployments/{}/catch-up{}", encode(&name), scope.query());
+            let answer = client.post(&path, &json!({}))?;
+            let run = &answer["run"];
+            let Some(id) = run["id"].as_i64() else {
+                println!("{name} is up to date: nothing to promote or rebuild");
+                return Ok(Outcome::Ok);
+            };
+            println!("catch-up run {id} in {name}:");
+            if !wait {
+                print_run(run, false);
+                return Ok(Outcome::Ok);
+            }
+            let run = wait_for_run(&client, id, Duration::from_secs(timeout_secs))?;
+            print_run(&run, false);
+            Ok(if run["status"] == "succeeded" { Outcome::Ok } else { Outcome::Failed })
+        }
+        DeploymentCommand::Rollback { name, format, scope } => {
+            let client = Client::new(&scope.client)?;
+            let path = format!("/api/v1/deployments/{}/rollback{}", encode(&name), scope.query());
+            let answer = client.post(&path, &json!({}))?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
+                _ => {
+                    let restored: Vec<&str> = answer["restored"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| k.as_str())
+                        .collect();
+                    let serving = &answer["serving_revision"];
+                    println!(
+                        "rolled {name} back from revision {} to revision {} ({}): undid catch-up run {}, {} table(s) restored{}",
+                        answer["rolled_back_revision"],
+                        serving["number"],
+                        serving["commit"]["sha"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or(""),
+                        answer["catch_up_run"],
+                        restored.len(),
+                        if restored.is_empty() { String::new() } else { format!(": {}", restored.join(", ")) }
+                    );
+                }
+            }
+            Ok(Outcome::Ok)
         }
     }
 }
@@ -520,11 +588,13 @@ fn print_run(run: &Value, with_logs: bool) {
     );
     for step in run["steps"].as_array().into_iter().flatten() {
         println!(
-            "  {:<30} {:<10} {:>8} {:>8}{}",
+            "  {:<30} {:<10} {:>8} {:>8}{}{}",
             step["asset_key"].as_str().unwrap_or(""),
             step["status"].as_str().unwrap_or(""),
             step["row_count"].as_i64().map(|n| format!("{n} rows")).unwrap_or_default(),
             step["duration_ms"].as_i64().map(|n| format!("{n} ms")).unwrap_or_default(),
+            // A catch-up's step says what it does: promoted (from feature-x, run 7), built (...).
+            step["action"].as_str().map(|a| format!("  {a}")).unwrap_or_default(),
             step["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default()
         );
         if with_logs {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use offshoot_core::{BranchName, DeploymentName, RepositoryName, SchemaName};
-use offshoot_server::config::{ForgeConfig, ForgeKind, RemoteConfig, Secret};
+use offshoot_server::config::{ForgeConfig, ForgeKind, OnDeploy, RemoteConfig, Secret};
 use offshoot_server::variables::{check_name, Scope, Variable};
 use offshoot_server::{
     ApiToken, AppState, RepositoryConfig, Role, ServerConfig, SharedState, WatchConfig,
@@ -128,6 +128,7 @@ struct FileConfig {
     schedule_check_interval_ms: Option<u64>,
     allow_unconfined_branch_commands: Option<bool>,
     data_diff: Option<FileDataDiff>,
+    production: Option<FileProduction>,
     log_level: Option<String>,
     #[serde(default)]
     repositories: Vec<FileRepository>,
@@ -367,6 +368,41 @@ struct FileDataDiff {
     auto: Option<bool>,
     /// Rows per side above which a keyed diff matches a sample; 0: no limit.
     row_limit: Option<u64>,
+}
+
+/// `[production]`: what production does after a deploy, and how long a catch-up's replaced
+/// tables are kept for a rollback.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileProduction {
+    /// `catch-up` (default) or `manual`.
+    on_deploy: Option<String>,
+    /// Hours (default 24).
+    retention_hours: Option<u64>,
+}
+
+/// Applies `[production]` to the configuration; a bad value is an error naming the good ones.
+fn production_settings(
+    config: &mut ServerConfig,
+    file: Option<FileProduction>,
+) -> anyhow::Result<()> {
+    let file = file.unwrap_or_default();
+    if let Some(text) = file.on_deploy {
+        config.on_deploy = OnDeploy::parse(&text).ok_or_else(|| {
+            let known: Vec<&str> = OnDeploy::ALL.iter().map(|o| o.as_str()).collect();
+            anyhow::anyhow!(
+                "[production] on_deploy `{text}` is not one of {} (\"catch-up\": production promotes what branches built and rebuilds the rest after every deploy; \"manual\": only `offshoot deployment catch-up prod` does)",
+                known.join(", ")
+            )
+        })?;
+    }
+    if let Some(hours) = file.retention_hours {
+        if hours == 0 {
+            bail!("[production] retention_hours must be at least 1: a rollback needs the replaced tables");
+        }
+        config.archive_retention = Duration::from_secs(hours.saturating_mul(3600));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -644,6 +680,10 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
     if let Some(limit) = file.data_diff.as_ref().and_then(|d| d.row_limit) {
         config.data_diff_row_limit = (limit > 0).then_some(limit);
     }
+    production_settings(&mut config, file.production).map_err(|e| match &args.config {
+        Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
+        None => e,
+    })?;
     if let Some(n) = args.branch_run_concurrency.or(file.branch_run_concurrency) {
         config.branch_run_concurrency = n;
     }

@@ -81,6 +81,7 @@ impl Script {
         self.event(Event::Close {
             reason: "pull request closed".into(),
             pull_request: Some(PullRequestStatus::Closed),
+            hold: false,
         })
         .expect("close")
     }
@@ -237,7 +238,7 @@ fn diverged_history_is_decided_by_commit_time_and_a_failed_head_is_retried() {
 fn production_is_never_closed_or_deleted() {
     let mut s = Script { state: Lifecycle::new(true), now: 0 };
     assert_eq!(
-        s.event(Event::Close { reason: "x".into(), pull_request: None }),
+        s.event(Event::Close { reason: "x".into(), pull_request: None, hold: false }),
         Err(Refusal::Production)
     );
     assert_eq!(s.event(Event::Delete), Err(Refusal::Production));
@@ -253,6 +254,110 @@ fn delete_waits_for_the_teardown() {
     s.event(Event::ClaimTeardown { lease: teardown }).expect("claim");
     let done = s.event(Event::TeardownFinished { owner: "a".into() }).expect("done");
     assert!(done.changes.contains(&Change::Delete));
+}
+
+fn merge(s: &mut Script, hold: bool) -> Decision {
+    s.event(Event::Close {
+        reason: "pull request merged".into(),
+        pull_request: Some(PullRequestStatus::Merged),
+        hold,
+    })
+    .expect("close")
+}
+
+#[test]
+fn a_held_teardown_waits_for_the_release_and_then_for_the_runs() {
+    let mut s = Script::new();
+    s.push(1);
+    s.claim(1, "a").expect("claim");
+    s.finish(1, "a").expect("finish");
+    s.event(Event::LaunchRun).expect("launch");
+    let run = *s.state.runs.keys().next().expect("a run");
+    let held = lease("a", s.now);
+    s.event(Event::ClaimRun { run, lease: held, max_running: None }).expect("claim run");
+    let closed = merge(&mut s, true);
+    assert_eq!(s.state.teardown, Teardown::Held);
+    assert!(!closed.effects.contains(&Effect::Teardown), "{closed:?}");
+    assert!(closed.effects.contains(&Effect::StopRun(run)), "runs still stop at a merge");
+    let stopped =
+        s.event(Event::RunFinished { run, owner: "a".into(), succeeded: true }).expect("finish");
+    assert!(!stopped.effects.contains(&Effect::Teardown), "still held: {stopped:?}");
+    let other = lease("b", s.now);
+    assert_eq!(
+        s.event(Event::ClaimTeardown { lease: other }),
+        Err(Refusal::NotClaimable("production's catch-up may still take the deployment's tables"))
+    );
+    let released = s.event(Event::ReleaseTeardown).expect("release");
+    assert_eq!(s.state.teardown, Teardown::Pending);
+    assert!(released.effects.contains(&Effect::Teardown), "{released:?}");
+    assert!(
+        s.event(Event::ReleaseTeardown).expect("again").is_empty(),
+        "a second release is nothing"
+    );
+    let teardown = lease("a", s.now);
+    s.event(Event::ClaimTeardown { lease: teardown }).expect("claim");
+    s.event(Event::TeardownFinished { owner: "a".into() }).expect("done");
+    assert_eq!(s.state.teardown, Teardown::Done);
+}
+
+#[test]
+fn a_merge_after_the_catch_up_tears_down_at_once_and_a_release_before_changes_nothing() {
+    let mut s = Script::new();
+    s.push(1);
+    s.claim(1, "a").expect("claim");
+    s.finish(1, "a").expect("finish");
+    assert!(s.event(Event::ReleaseTeardown).expect("release").is_empty());
+    let closed = merge(&mut s, false);
+    assert_eq!(s.state.teardown, Teardown::Pending);
+    assert!(closed.effects.contains(&Effect::Teardown));
+}
+
+#[test]
+fn reopen_and_delete_release_a_held_teardown() {
+    let mut s = Script::new();
+    s.push(1);
+    s.claim(1, "a").expect("claim");
+    s.finish(1, "a").expect("finish");
+    merge(&mut s, true);
+    let reopened = s.event(Event::Reopen).expect("reopen");
+    assert!(s.state.open);
+    assert_eq!(s.state.teardown, Teardown::Pending, "what the catch-up took is gone: redeploy");
+    assert!(reopened.effects.contains(&Effect::Teardown), "{reopened:?}");
+    let head = s.state.head.expect("head");
+    assert!(s.claim(head, "a").is_err(), "no deploy before the teardown");
+
+    let mut s = Script::new();
+    s.push(1);
+    merge(&mut s, true);
+    let deleted = s.event(Event::Delete).expect("delete");
+    assert_eq!(s.state.teardown, Teardown::Pending);
+    assert!(deleted.effects.contains(&Effect::Teardown), "{deleted:?}");
+}
+
+#[test]
+fn production_rolls_back_to_a_revision_it_served() {
+    let mut s = Script { state: Lifecycle::new(true), now: 0 };
+    s.push(1);
+    s.claim(1, "a").expect("claim");
+    s.finish(1, "a").expect("finish");
+    s.push(2);
+    s.claim(2, "a").expect("claim");
+    s.finish(2, "a").expect("finish");
+    assert_eq!(s.phase(1), RevisionPhase::Superseded);
+    s.event(Event::Rollback { to: 1 }).expect("rollback");
+    assert_eq!(s.serving_commit(), Some(1));
+    assert_eq!(s.phase(1), RevisionPhase::Ready);
+    assert_eq!(s.phase(2), RevisionPhase::Superseded);
+    assert_eq!(s.state.head, Some(2), "the head stays the newest delivered commit");
+    assert_eq!(s.event(Event::Rollback { to: 1 }), Err(Refusal::AlreadyServing(1)));
+    assert_eq!(s.event(Event::Rollback { to: 9 }), Err(Refusal::UnknownRevision(9)));
+    // Delivering the rolled-back commit again deploys it again.
+    let again = s.push(2);
+    assert!(again.effects.contains(&Effect::Deploy), "{again:?}");
+
+    let mut branch = Script::new();
+    branch.push(1);
+    assert_eq!(branch.event(Event::Rollback { to: 1 }), Err(Refusal::NotProduction));
 }
 
 #[test]
@@ -312,25 +417,50 @@ fn a_branch_deployment_runs_at_most_its_limit_of_runs_at_once() {
 /// doing and lets its leases expire.
 #[derive(Debug, Clone)]
 enum Action {
-    Deliver { commit: usize, opens: bool },
-    Close,
+    Deliver {
+        commit: usize,
+        opens: bool,
+    },
+    /// `merged`: the close holds the teardown for production's catch-up.
+    Close {
+        merged: bool,
+    },
+    /// Production's catch-up released a held teardown.
+    Release,
     Reopen,
-    ClaimDeploy { server: usize },
-    FinishDeploy { server: usize, ok: bool },
+    ClaimDeploy {
+        server: usize,
+    },
+    FinishDeploy {
+        server: usize,
+        ok: bool,
+    },
     Launch,
-    ClaimRun { server: usize },
-    FinishRun { server: usize, ok: bool },
+    ClaimRun {
+        server: usize,
+    },
+    FinishRun {
+        server: usize,
+        ok: bool,
+    },
     CancelRun,
-    ClaimTeardown { server: usize },
-    FinishTeardown { server: usize },
-    Crash { server: usize },
+    ClaimTeardown {
+        server: usize,
+    },
+    FinishTeardown {
+        server: usize,
+    },
+    Crash {
+        server: usize,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
     let server = 0..2usize;
     prop_oneof![
         4 => (0..COMMITS, proptest::bool::weighted(0.8)).prop_map(|(commit, opens)| Action::Deliver { commit, opens }),
-        1 => Just(Action::Close),
+        1 => any::<bool>().prop_map(|merged| Action::Close { merged }),
+        1 => Just(Action::Release),
         1 => Just(Action::Reopen),
         3 => server.clone().prop_map(|server| Action::ClaimDeploy { server }),
         3 => (server.clone(), proptest::bool::weighted(0.8)).prop_map(|(server, ok)| Action::FinishDeploy { server, ok }),
@@ -449,13 +579,19 @@ impl World {
                 self.event(event).expect("a push is never refused");
                 reference.deliver(commit, opens);
             }
-            Action::Close => {
+            Action::Close { merged } => {
+                let status =
+                    if merged { PullRequestStatus::Merged } else { PullRequestStatus::Closed };
                 self.event(Event::Close {
                     reason: "closed".into(),
-                    pull_request: Some(PullRequestStatus::Closed),
+                    pull_request: Some(status),
+                    hold: merged,
                 })
                 .expect("close");
                 reference.closed = true;
+            }
+            Action::Release => {
+                self.event(Event::ReleaseTeardown).expect("a release is never refused");
             }
             Action::Reopen => {
                 self.event(Event::Reopen).expect("reopen");
@@ -583,6 +719,14 @@ impl World {
             && !matches!(before.teardown, Teardown::Running(_))
         {
             assert!(!before.busy(now), "teardown claimed while work runs: {before:?}");
+            assert_ne!(before.teardown, Teardown::Held, "a held teardown was claimed");
+        }
+        if state.teardown == Teardown::Held {
+            assert!(!state.open, "held while open after {event:?}");
+            assert!(
+                !decision.effects.contains(&Effect::Teardown),
+                "a teardown effect while held after {event:?}"
+            );
         }
         for change in &decision.changes {
             if let Change::Run { phase: RunPhase::Running(_), run, .. } = change {
@@ -628,6 +772,8 @@ impl World {
         let server = 2;
         for _ in 0..50 {
             let before = self.state.clone();
+            // Production's catch-up has run by now.
+            self.event(Event::ReleaseTeardown).expect("release");
             self.claim_teardown(server);
             if self.tearing_down[server] {
                 self.act(&Action::FinishTeardown { server }, &mut Reference::default());

@@ -298,6 +298,168 @@ fn materialization_json(m: &Materialization) -> MaterializationJson {
     }
 }
 
+/// A materialization another one read or was promoted from.
+#[derive(Serialize)]
+pub struct ReadJson {
+    deployment: String,
+    run_id: i64,
+    materialization_id: i64,
+}
+
+#[derive(Serialize)]
+pub struct UpstreamReadJson {
+    upstream: String,
+    /// The upstream's fingerprint when the materialization was built.
+    fingerprint: String,
+    /// What the read landed on; null for a source or a table no recorded run built.
+    read: Option<ReadJson>,
+    source: bool,
+}
+
+/// Where the table a read of the asset lands on came from: its fingerprint, the commit and
+/// deployment whose code built it (the branch, for a promoted one), and what it read.
+#[derive(Serialize)]
+pub struct ProvenanceJson {
+    materialization_id: i64,
+    /// Whose materialization it is (the deployment whose table it is now).
+    deployment: String,
+    run_id: i64,
+    commit: String,
+    created_at: i64,
+    fingerprint: String,
+    code_version: String,
+    partitions: String,
+    /// Exactly what the serving revision would build (the same fingerprint).
+    matches_definition: bool,
+    /// Where its code ran: a promoted table was built in the branch it came from.
+    built_in: String,
+    built_commit: String,
+    built_run_id: i64,
+    promoted_from: Option<ReadJson>,
+    reads: Vec<UpstreamReadJson>,
+    /// In words: `built in feature-x from commit abc1234 (run 7), promoted into production by
+    /// run 12; reading production's fct_orders of run 12`.
+    summary: String,
+}
+
+/// The provenance of the materialization a read of `key` lands on in `deployment`.
+async fn provenance(
+    state: &AppState,
+    deployment: &Deployment,
+    snapshot: &offshoot_core::Snapshot,
+    key: &AssetKey,
+    lands_in_branch: bool,
+) -> ApiResult<Option<ProvenanceJson>> {
+    let production = match deployment.kind {
+        DeploymentKind::Production => Some(deployment.clone()),
+        DeploymentKind::Branch => {
+            state
+                .store
+                .find_deployment(
+                    &deployment.repository,
+                    &offshoot_core::DeploymentName::production(),
+                )
+                .await?
+        }
+    };
+    let owner = if lands_in_branch { Some(deployment) } else { production.as_ref() };
+    let Some(owner) = owner else { return Ok(None) };
+    let current = state.store.current_materializations(owner.id).await?;
+    let Some(recorded) = current.into_iter().find(|m| &m.materialization.asset_key == key) else {
+        return Ok(None);
+    };
+    let Some(provenance) = &recorded.provenance else { return Ok(None) };
+    let filter = offshoot_store::DeploymentFilter {
+        repository: Some(deployment.repository.clone()),
+        include_closed: true,
+    };
+    let names: BTreeMap<DeploymentId, String> = state
+        .store
+        .list_deployments(&filter)
+        .await?
+        .into_iter()
+        .map(|d| (d.id, d.name.to_string()))
+        .collect();
+    let production_id = production.as_ref().map(|p| p.id);
+    let name_of = |id: DeploymentId| {
+        names.get(&id).cloned().unwrap_or_else(|| "a deleted deployment".to_owned())
+    };
+    let whose = |id: DeploymentId| {
+        if Some(id) == production_id {
+            "production".to_owned()
+        } else {
+            name_of(id)
+        }
+    };
+    let read_json = |read: &offshoot_store::ReadMaterialization| ReadJson {
+        deployment: name_of(read.deployment_id),
+        run_id: read.run_id.0,
+        materialization_id: read.id.0,
+    };
+    let m = &recorded.materialization;
+    let (built_in, built_commit, built_run_id) = match &provenance.promoted_from {
+        Some(from) => {
+            let commit = state
+                .store
+                .get_materialization(from.materialization.id)
+                .await
+                .map(|b| b.materialization.commit.to_string())
+                .unwrap_or_else(|_| m.commit.to_string());
+            (from.deployment.to_string(), commit, from.materialization.run_id.0)
+        }
+        None => (name_of(m.deployment_id), m.commit.to_string(), m.run_id.0),
+    };
+    let reads: Vec<UpstreamReadJson> = provenance
+        .upstream
+        .iter()
+        .map(|u| UpstreamReadJson {
+            upstream: u.key.to_string(),
+            fingerprint: u.fingerprint.to_hex(),
+            read: u.read.as_ref().map(read_json),
+            source: snapshot.get(&u.key).is_some_and(|a| !a.kind.is_materializable()),
+        })
+        .collect();
+    let mut summary = format!(
+        "built in {built_in} from commit {} (run {built_run_id})",
+        &built_commit[..built_commit.len().min(12)]
+    );
+    if provenance.promoted_from.is_some() {
+        summary.push_str(&format!(", promoted into production by run {}", m.run_id.0));
+    }
+    let read_words: Vec<String> = provenance
+        .upstream
+        .iter()
+        .zip(&reads)
+        .map(|(u, json)| match &u.read {
+            Some(read) => {
+                format!("{}'s {} of run {}", whose(read.deployment_id), u.key, read.run_id.0)
+            }
+            None if json.source => format!("the source {}", u.key),
+            None => format!("{} (no recorded materialization)", u.key),
+        })
+        .collect();
+    if !read_words.is_empty() {
+        summary.push_str(&format!("; reading {}", read_words.join(", ")));
+    }
+    Ok(Some(ProvenanceJson {
+        materialization_id: recorded.id.0,
+        deployment: name_of(m.deployment_id),
+        run_id: m.run_id.0,
+        commit: m.commit.to_string(),
+        created_at: m.created_at,
+        fingerprint: provenance.fingerprint.to_hex(),
+        code_version: provenance.code_version.clone(),
+        partitions: provenance.partitions.clone(),
+        matches_definition: snapshot.fingerprint(key) == Some(provenance.fingerprint),
+        built_in,
+        built_commit,
+        built_run_id,
+        promoted_from: provenance.promoted_from.as_ref().map(|p| read_json(&p.materialization)),
+        reads,
+        summary,
+    }))
+}
+
 #[derive(Serialize)]
 pub struct AssetJson {
     key: String,
@@ -327,6 +489,8 @@ pub struct AssetJson {
     materializations: Vec<MaterializationJson>,
     /// In a branch deployment: production's history of this asset.
     production_materializations: Vec<MaterializationJson>,
+    /// Where the table a read of it lands on came from; null when none is recorded with it.
+    provenance: Option<ProvenanceJson>,
 }
 
 async fn asset(
@@ -373,7 +537,13 @@ async fn asset(
     } else {
         Vec::new()
     };
+    let data = locations.of(&key, !asset.kind.is_materializable());
+    let provenance = match data {
+        "none" => None,
+        _ => provenance(&state, &deployment, snapshot, &key, data == "branch").await?,
+    };
     Ok(Json(AssetJson {
+        provenance,
         key: asset.key.to_string(),
         kind: asset.kind.as_str(),
         kinds: asset.kinds.iter().cloned().collect(),
@@ -396,7 +566,7 @@ async fn asset(
         impacted_via: changes
             .impacted(&key)
             .map(|i| i.path.iter().map(|k| k.to_string()).collect()),
-        data: locations.of(&key, !asset.kind.is_materializable()),
+        data,
         materializations: materializations.iter().map(materialization_json).collect(),
         production_materializations: production_materializations
             .iter()

@@ -16,7 +16,7 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::Body;
 use crate::service::deployer::{self, Push, PushOutcome};
 use crate::service::lookup::{find_deployment, pick_repository};
-use crate::service::{deployments, remotes, runner};
+use crate::service::{catch_up, deployments, remotes, runner};
 use crate::state::{AppState, SharedState};
 
 #[derive(Deserialize, Default)]
@@ -262,7 +262,19 @@ pub(super) async fn close_deployment(
     let reason = status.map_or("closed by request".to_owned(), |s| {
         format!("pull request {}", s.as_str().to_lowercase())
     });
-    let deployment = deployments::close(&state, &deployment, &reason, status).await?;
+    let keep = match catch_up::hold_at_close(&state, &deployment, status).await {
+        true => deployments::Keep::TablesForCatchUp,
+        false => deployments::Keep::Nothing,
+    };
+    let deployment = deployments::close_with(
+        &state,
+        &deployment,
+        &reason,
+        status,
+        keep,
+        deployments::Extras::default(),
+    )
+    .await?;
     Ok(Json(deployment_view(&state, &deployment).await?))
 }
 
@@ -439,4 +451,51 @@ pub(super) async fn cancel_run(
         .require_for(&state.store.get_deployment(run.deployment_id).await?, "canceling a run of")?;
     runner::cancel(&state, &run).await?;
     Ok(Json(run_view(&state, id).await?))
+}
+
+/// Production's catch-up to the revision it serves (`[production] on_deploy = "manual"` runs it
+/// only this way): 201 with the run, or 200 with `run` null when production is up to date.
+pub(super) async fn catch_up_deployment(
+    State(state): State<SharedState>,
+    Writer(caller): Writer,
+    Path(name): Path<String>,
+    Query(query): Query<RepositoryQuery>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    caller.require(Role::Admin, "catching up production")?;
+    if deployment.kind != offshoot_core::DeploymentKind::Production {
+        return Err(ApiError::bad_request(
+            "not_production",
+            format!("`{name}` is a branch deployment; only production catches up"),
+        ));
+    }
+    match catch_up::launch(&state, &deployment).await? {
+        Some(run) => {
+            let steps = state.store.list_steps(run.id).await?;
+            let mut view = dto::run_json(&run, &deployment, &steps);
+            view.waiting_for = runner::waiting_for(&state, &run, &deployment).await?;
+            Ok((StatusCode::CREATED, Json(serde_json::json!({ "up_to_date": false, "run": view }))))
+        }
+        None => Ok((StatusCode::OK, Json(serde_json::json!({ "up_to_date": true, "run": null })))),
+    }
+}
+
+/// Undoes production's last catch-up: its replaced tables come back from the archive and the
+/// previous revision serves again.
+pub(super) async fn rollback_deployment(
+    State(state): State<SharedState>,
+    Writer(caller): Writer,
+    Path(name): Path<String>,
+    Query(query): Query<RepositoryQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let deployment = find_deployment(&state, query.repository.as_deref(), &name).await?;
+    caller.require(Role::Admin, "rolling back production")?;
+    let done = catch_up::rollback(&state, &deployment).await?;
+    Ok(Json(serde_json::json!({
+        "deployment": deployment.name.to_string(),
+        "catch_up_run": done.catch_up.id.0,
+        "rolled_back_revision": done.rolled_back,
+        "serving_revision": dto::revision_json(&done.serving),
+        "restored": done.restored.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+    })))
 }

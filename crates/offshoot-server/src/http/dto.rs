@@ -98,6 +98,11 @@ pub struct StepJson {
     pub row_count: Option<i64>,
     pub error: Option<String>,
     pub log: String,
+    /// In a catch-up run: what the step does to production's table, `promoted (from
+    /// feature-x, run 7)` or `built (changed; ...)` with the reason; `None` in other runs.
+    pub action: Option<String>,
+    /// In a catch-up run: the branch materialization a promotion takes.
+    pub promoted_from: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -106,6 +111,8 @@ pub struct RunJson {
     pub deployment: String,
     pub repository: String,
     pub revision_id: i64,
+    /// `run`, or `catch-up` (production's catch-up after a deploy: its steps say what each does).
+    pub kind: String,
     pub selection: String,
     pub status: String,
     pub error: Option<String>,
@@ -234,6 +241,8 @@ pub fn step_json(step: &RunStep) -> StepJson {
         row_count: step.row_count,
         error: step.error.clone(),
         log: step.log.clone(),
+        action: step.action.clone(),
+        promoted_from: step.promoted_from.map(|m| m.0),
     }
 }
 
@@ -243,6 +252,8 @@ pub fn run_json(run: &Run, deployment: &Deployment, steps: &[RunStep]) -> RunJso
         deployment: deployment.name.to_string(),
         repository: deployment.repository.to_string(),
         revision_id: run.revision_id.0,
+        kind: if crate::service::catch_up::is_catch_up(run) { "catch-up" } else { "run" }
+            .to_owned(),
         selection: run.selection.clone(),
         status: run.status.as_str().to_owned(),
         error: run.error.clone(),

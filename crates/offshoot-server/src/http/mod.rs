@@ -42,6 +42,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/deployments/{name}/revisions", get(list_revisions))
         .route("/api/v1/deployments/{name}/changes", get(show_changes))
         .route("/api/v1/deployments/{name}/runs", post(launch_run))
+        .route("/api/v1/deployments/{name}/catch-up", post(catch_up_deployment))
+        .route("/api/v1/deployments/{name}/rollback", post(rollback_deployment))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))

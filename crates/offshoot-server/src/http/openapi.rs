@@ -160,7 +160,17 @@ fn catalog_schemas() -> Value {
                     "owners": {"type": "array", "items": {"type": "string"}}, "partitions": {"type": "string", "nullable": true},
                     "change": {"type": "object", "nullable": true}, "impacted_via": {"type": "array", "nullable": true, "items": {"type": "string"}},
                     "data": {"type": "string", "enum": ["branch", "production", "none"]}, "removed": {"type": "boolean"},
-                    "materializations": {"type": "array", "items": {"type": "object"}}, "production_materializations": {"type": "array", "items": {"type": "object"}} } }
+                    "materializations": {"type": "array", "items": {"type": "object"}}, "production_materializations": {"type": "array", "items": {"type": "object"}},
+                    "provenance": {"allOf": [reference("Provenance")], "nullable": true, "description": "where the table a read of it lands on came from"} } },
+                "Provenance": { "type": "object", "description": "a materialization's fingerprint, where its code ran and what it read", "properties": {
+                    "materialization_id": {"type": "integer"}, "deployment": {"type": "string"}, "run_id": {"type": "integer"}, "commit": {"type": "string"}, "created_at": {"type": "integer"},
+                    "fingerprint": {"type": "string"}, "code_version": {"type": "string"}, "partitions": {"type": "string"},
+                    "matches_definition": {"type": "boolean", "description": "the serving revision would build exactly this (same fingerprint)"},
+                    "built_in": {"type": "string", "description": "the deployment whose run ran its code (a promoted table's branch)"}, "built_commit": {"type": "string"}, "built_run_id": {"type": "integer"},
+                    "promoted_from": {"type": "object", "nullable": true, "properties": {"deployment": {"type": "string"}, "run_id": {"type": "integer"}, "materialization_id": {"type": "integer"}}},
+                    "reads": {"type": "array", "items": {"type": "object", "properties": {"upstream": {"type": "string"}, "fingerprint": {"type": "string"}, "source": {"type": "boolean"},
+                        "read": {"type": "object", "nullable": true, "properties": {"deployment": {"type": "string"}, "run_id": {"type": "integer"}, "materialization_id": {"type": "integer"}}}}}},
+                    "summary": {"type": "string", "description": "`built in feature-x from commit abc1234 (run 7), promoted into production by run 12; reading production's fct_orders of run 12`"} } }
     })
 }
 
@@ -215,9 +225,12 @@ pub fn document() -> Value {
                 "Step": { "type": "object", "properties": {
                     "asset_key": {"type": "string"}, "status": {"type": "string", "enum": ["pending", "running", "succeeded", "failed", "skipped", "canceled"]},
                     "started_at": {"type": "integer", "nullable": true}, "finished_at": {"type": "integer", "nullable": true}, "duration_ms": {"type": "integer", "nullable": true},
-                    "row_count": {"type": "integer", "nullable": true}, "error": {"type": "string", "nullable": true}, "log": {"type": "string"} } },
+                    "row_count": {"type": "integer", "nullable": true}, "error": {"type": "string", "nullable": true}, "log": {"type": "string"},
+                    "action": {"type": "string", "nullable": true, "description": "in a catch-up run: `promoted (from feature-x, run 7)`, `built (changed; why it was not promoted)` or `up to date`"},
+                    "promoted_from": {"type": "integer", "nullable": true, "description": "in a catch-up run: the branch materialization a promotion takes"} } },
                 "Run": { "type": "object", "properties": {
                     "id": {"type": "integer"}, "deployment": {"type": "string"}, "repository": {"type": "string"}, "revision_id": {"type": "integer"},
+                    "kind": {"type": "string", "enum": ["run", "catch-up"], "description": "`catch-up`: production's catch-up after a deploy (selection `catch-up`)"},
                     "selection": {"type": "string"}, "tags": {"type": "object", "additionalProperties": {"type": "string"}}, "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
                     "error": {"type": "string", "nullable": true}, "created_at": {"type": "integer"}, "started_at": {"type": "integer", "nullable": true},
                     "finished_at": {"type": "integer", "nullable": true}, "cancel_requested": {"type": "boolean"}, "waiting_for": {"type": "string", "description": "a queued run: what it waits for"}, "steps": array_of("Step") } },
@@ -262,6 +275,11 @@ pub fn document() -> Value {
             "/api/v1/deployments/{name}/changes": { "get": read("the serving revision's change set", json!([name_parameter(), repository_parameter()]), ok(reference("Changes"))) },
             "/api/v1/deployments/{name}/runs": { "post": write("materialize a selection, e.g. `changed_in_branch:ANY+`", BRANCH_OR_PRODUCTION, json!([name_parameter(), repository_parameter()]),
                 Some(body(json!({"type": "object", "required": ["selection"], "properties": {"selection": {"type": "string"}, "tags": {"type": "object", "additionalProperties": {"type": "string"}, "description": "run tags, counted by tag_concurrency_limits"}}}))), ok(reference("Run"))) },
+            "/api/v1/deployments/{name}/catch-up": { "post": write("catch production up with the revision it serves: promote what branches built with the identical fingerprint, rebuild the rest of what changed (201 with the run; 200 with `run` null when up to date)", "`admin`", json!([name_parameter(), repository_parameter()]), None,
+                ok(json!({"type": "object", "properties": {"up_to_date": {"type": "boolean"}, "run": {"allOf": [reference("Run")], "nullable": true}}}))) },
+            "/api/v1/deployments/{name}/rollback": { "post": write("undo production's last catch-up: the tables it replaced come back from the archive (for [production] retention_hours) and the previous revision serves again", "`admin`", json!([name_parameter(), repository_parameter()]), None,
+                ok(json!({"type": "object", "properties": {"deployment": {"type": "string"}, "catch_up_run": {"type": "integer"}, "rolled_back_revision": {"type": "integer"},
+                    "serving_revision": reference("Revision"), "restored": {"type": "array", "items": {"type": "string"}}}}))) },
             "/api/v1/deployments/{name}/assets/{key}/data-diff": { "get": read("what the branch did to one asset's data: its table against production's (schema, rows by key, per-column equality, numeric stats, a sample)",
                 json!([name_parameter(), {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}, repository_parameter(),
                     {"name": "key", "in": "query", "description": "key columns, comma-separated (default: the asset's grain, else inferred)", "schema": {"type": "string"}},

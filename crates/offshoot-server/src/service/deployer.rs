@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use crate::adapters::project::{self as git, GitError};
 use crate::changes::ChangeSetJson;
 use crate::config::RepositoryConfig;
+use crate::service::catch_up;
 use crate::service::deployments::{self as lifecycle, Extras, Input, LifecycleError, Outcome};
 use crate::service::error::{ServiceError, ServiceResult};
 use crate::service::lookup::repository_config;
@@ -112,8 +113,12 @@ pub async fn create_or_update(state: &SharedState, push: Push) -> ServiceResult<
         let status = push.pull_request_status.expect("closing means a status");
         let reason = format!("pull request {}", status.as_str().to_lowercase());
         let extras = Extras { pull_request, ..Extras::default() };
+        let keep = match catch_up::hold_at_close(state, &deployment, Some(status)).await {
+            true => lifecycle::Keep::TablesForCatchUp,
+            false => lifecycle::Keep::Nothing,
+        };
         let deployment =
-            lifecycle::close_with(state, &deployment, &reason, Some(status), extras).await?;
+            lifecycle::close_with(state, &deployment, &reason, Some(status), keep, extras).await?;
         return Ok(PushOutcome { deployment, revision: None });
     }
     // Reopening counts against the limit: the check and the reopen are one step here.

@@ -129,6 +129,8 @@ fn refusal_error(refusal: Refusal) -> ServiceError {
             "production_protected",
             "`prod` is production; it cannot be closed or deleted",
         ),
+        Refusal::NotProduction => ServiceError::invalid("not_production", message),
+        Refusal::AlreadyServing(_) => ServiceError::conflict("nothing_to_roll_back", message),
         Refusal::Closed => ServiceError::conflict("deployment_closed", message),
         Refusal::NotServing => ServiceError::conflict("deployment_not_ready", message),
         Refusal::RunFinished(_) => ServiceError::conflict("run_finished", message),
@@ -627,20 +629,36 @@ pub async fn close(
     reason: &str,
     pull_request: Option<offshoot_core::PullRequestStatus>,
 ) -> ServiceResult<Deployment> {
-    close_with(state, deployment, reason, pull_request, Extras::default()).await
+    close_with(state, deployment, reason, pull_request, Keep::Nothing, Extras::default()).await
 }
 
-/// [`close`], recording the pull request's details too.
+/// What a close keeps of the deployment's warehouse objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Dropped once nothing of the deployment runs.
+    Nothing,
+    /// Kept for production's catch-up (a merge), until it releases them.
+    TablesForCatchUp,
+}
+
+/// [`close`], recording the pull request's details too, keeping the tables when asked.
 pub async fn close_with(
     state: &SharedState,
     deployment: &Deployment,
     reason: &str,
     pull_request: Option<offshoot_core::PullRequestStatus>,
+    keep: Keep,
     extras: Extras,
 ) -> ServiceResult<Deployment> {
-    let event = Event::Close { reason: reason.to_owned(), pull_request };
+    let hold = keep == Keep::TablesForCatchUp;
+    let event = Event::Close { reason: reason.to_owned(), pull_request, hold };
     let outcome = apply_with(state, deployment.id, event, extras).await?;
-    tracing::info!("closed {}/{}: {reason}", deployment.repository, deployment.name);
+    tracing::info!(
+        "closed {}/{}: {reason}{}",
+        deployment.repository,
+        deployment.name,
+        if hold { "; its tables are kept for production's catch-up" } else { "" }
+    );
     if outcome.decision.effects.contains(&Effect::Teardown) {
         // Nothing was running: the objects are dropped now, so the answer can say they are gone.
         return wait_for_teardown(state, deployment.id).await;

@@ -14,8 +14,10 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use offshoot_core::{DeploymentKind, DeploymentStatus, RevisionStatus};
-use offshoot_store::{Deployment, DeploymentId, Revision};
+use offshoot_core::{
+    DeploymentKind, DeploymentName, DeploymentStatus, PullRequestStatus, RevisionStatus,
+};
+use offshoot_store::{Deployment, DeploymentId, Revision, Run, RunFilter, RunStep};
 use tokio::sync::{broadcast, mpsc};
 
 pub use crate::adapters::forge::{parse_pull_request_url, FeedbackTarget, TLS};
@@ -52,6 +54,8 @@ enum Update {
     Revision(u32),
     /// The branch's data diffs were computed: the comment again, with them.
     DataDiffs,
+    /// Production's catch-up took tables from the branch: the comment again, saying so.
+    CatchUp,
 }
 
 /// Runs forever: routes notices to per-deployment writers.
@@ -59,11 +63,14 @@ pub async fn worker(state: SharedState) {
     let mut notices = state.notices.subscribe();
     let mut queues: HashMap<DeploymentId, mpsc::Sender<Update>> = HashMap::new();
     loop {
-        let (deployment, update) = match notices.recv().await {
+        let updates: Vec<(DeploymentId, Update)> = match notices.recv().await {
             Ok(Notice::RevisionFinished { deployment, number }) => {
-                (deployment, Update::Revision(number))
+                vec![(deployment, Update::Revision(number))]
             }
-            Ok(Notice::DataDiffsReady { deployment }) => (deployment, Update::DataDiffs),
+            Ok(Notice::DataDiffsReady { deployment }) => vec![(deployment, Update::DataDiffs)],
+            Ok(Notice::CatchUpFinished { sources, .. }) => {
+                sources.into_iter().map(|d| (d, Update::CatchUp)).collect()
+            }
             Ok(_) => continue,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!("pull-request feedback fell behind and missed {missed} notice(s)");
@@ -71,6 +78,21 @@ pub async fn worker(state: SharedState) {
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        for (deployment, update) in updates {
+            route(&state, &mut queues, deployment, update);
+        }
+        queues.retain(|_, queue| !queue.is_closed());
+    }
+}
+
+/// Hands one update to its deployment's writer (started if it has none).
+fn route(
+    state: &SharedState,
+    queues: &mut HashMap<DeploymentId, mpsc::Sender<Update>>,
+    deployment: DeploymentId,
+    update: Update,
+) {
+    {
         let sent = match queues.get(&deployment) {
             Some(queue) => queue.try_send(update),
             None => Err(mpsc::error::TrySendError::Closed(update)),
@@ -88,7 +110,6 @@ pub async fn worker(state: SharedState) {
                 tokio::spawn(writer(state.clone(), deployment, updates));
             }
         }
-        queues.retain(|_, queue| !queue.is_closed());
     }
 }
 
@@ -135,7 +156,7 @@ async fn write(
                 _ => return Ok(()),
             }
         }
-        Update::DataDiffs => match deployment.current_revision {
+        Update::DataDiffs | Update::CatchUp => match deployment.current_revision {
             Some(serving) => state.store.get_revision(serving).await?,
             None => return Ok(()),
         },
@@ -179,8 +200,17 @@ async fn publish(
         }
         None => Vec::new(),
     };
-    let comment =
-        target.number.map(|_| render_comment(&deployment, &shown, serving.as_ref(), &link, &diffs));
+    let catch_up = merged_into_production(state, &deployment).await.unwrap_or_else(|error| {
+        tracing::warn!("production's catch-up for the comment of {}: {error}", deployment.name);
+        None
+    });
+    let comment = target.number.map(|_| {
+        let mut body = render_comment(&deployment, &shown, serving.as_ref(), &link, &diffs);
+        if let Some((run, steps)) = &catch_up {
+            render_catch_up(&mut body, &deployment, run, steps);
+        }
+        body
+    });
     let status = CommitStatus::of(finished, &link);
     let client = ForgeClient::new(forge)?;
     tokio::task::spawn_blocking(move || {
@@ -193,6 +223,80 @@ async fn publish(
     })
     .await
     .map_err(|e| FeedbackError::Join(e.to_string()))?
+}
+
+/// Production's newest catch-up that promoted a table of this merged branch, with its steps.
+async fn merged_into_production(
+    state: &SharedState,
+    deployment: &Deployment,
+) -> Result<Option<(Run, Vec<RunStep>)>, FeedbackError> {
+    let merged =
+        deployment.pull_request.as_ref().is_some_and(|p| p.status == PullRequestStatus::Merged);
+    if !merged {
+        return Ok(None);
+    }
+    let Some(production) =
+        state.store.find_deployment(&deployment.repository, &DeploymentName::production()).await?
+    else {
+        return Ok(None);
+    };
+    let filter = RunFilter { deployment_id: Some(production.id), statuses: Vec::new(), limit: 50 };
+    let from = format!("promoted (from {},", deployment.name);
+    for run in state.store.list_runs(&filter).await? {
+        if !crate::service::catch_up::is_catch_up(&run) || run.created_at < deployment.created_at {
+            continue;
+        }
+        let steps = state.store.list_steps(run.id).await?;
+        if steps.iter().any(|s| s.action.as_deref().is_some_and(|a| a.starts_with(&from))) {
+            return Ok(Some((run, steps)));
+        }
+    }
+    Ok(None)
+}
+
+/// What production's catch-up did after the merge: each asset promoted from a branch (without
+/// running its code) or rebuilt, and why.
+fn render_catch_up(out: &mut String, deployment: &Deployment, run: &Run, steps: &[RunStep]) {
+    let from = format!("promoted (from {},", deployment.name);
+    let promoted =
+        steps.iter().filter(|s| s.action.as_deref().is_some_and(|a| a.starts_with(&from))).count();
+    let rebuilt = steps
+        .iter()
+        .filter(|s| s.action.as_deref().is_some_and(|a| a.starts_with("built")))
+        .count();
+    let state = match run.status.as_str() {
+        "succeeded" => "caught up",
+        "failed" => "caught up with failures",
+        "canceled" => "catch-up canceled",
+        _ => "is catching up",
+    };
+    let _ = writeln!(
+        out,
+        "\n### 🚀 Merged: production {state} (run {})\n\n{promoted} promoted from `{}` without running their code, {rebuilt} rebuilt.\n",
+        run.id.0, deployment.name
+    );
+    let mut table = String::from("| Asset | Production | Step |\n|---|---|---|\n");
+    for step in steps.iter().take(MAX_ROWS) {
+        let _ = writeln!(
+            table,
+            "| `{}` | {} | {} |",
+            step.asset_key,
+            step.action.as_deref().unwrap_or("").replace('|', "\\|"),
+            step.status.as_str()
+        );
+    }
+    if steps.len() > MAX_ROWS {
+        let _ = writeln!(table, "\nand {} more", steps.len() - MAX_ROWS);
+    }
+    if steps.len() > FOLD_AFTER {
+        let _ = writeln!(
+            out,
+            "<details><summary>{} assets</summary>\n\n{table}\n</details>",
+            steps.len()
+        );
+    } else {
+        let _ = writeln!(out, "{table}");
+    }
 }
 
 /// The UI's page of the deployment.
@@ -540,6 +644,74 @@ mod tests {
         let mut out = String::new();
         render_data_diffs(&mut out, &[diff(false)]);
         assert!(out.contains("| `orders` | 2,000,000 → 2,000,000 | 6 | 5 | 7 |  |"), "{out}");
+    }
+
+    #[test]
+    fn the_comment_says_what_production_took_after_the_merge() {
+        let deployment = Deployment {
+            id: DeploymentId(2),
+            repository: offshoot_core::RepositoryName::new("shop").expect("valid"),
+            name: DeploymentName::new("feature-x").expect("valid"),
+            kind: DeploymentKind::Branch,
+            branch: offshoot_core::BranchName::new("feature/x").expect("valid"),
+            status: DeploymentStatus::Closed,
+            pull_request: None,
+            base_deployment: None,
+            pinned: false,
+            current_revision: None,
+            created_at: 0,
+            updated_at: 0,
+            last_push_at: 0,
+            closed_at: Some(1),
+            close_reason: Some("pull request merged".into()),
+            version: 3,
+            head_revision: None,
+            teardown: offshoot_core::lifecycle::Teardown::Held,
+            delete_requested: false,
+            snapshot_base: offshoot_core::SnapshotBase::MergeBase,
+            snapshot_base_commit: None,
+        };
+        let run = Run {
+            id: offshoot_store::RunId(12),
+            deployment_id: DeploymentId(1),
+            revision_id: offshoot_store::RevisionId(4),
+            selection: "catch-up".into(),
+            status: offshoot_core::RunStatus::Succeeded,
+            error: None,
+            created_at: 0,
+            started_at: Some(1),
+            finished_at: Some(2),
+            cancel_requested: false,
+            lease: None,
+            tags: Vec::new(),
+        };
+        let step = |key: &str, action: &str| RunStep {
+            id: offshoot_store::StepId(1),
+            run_id: run.id,
+            position: 0,
+            asset_key: offshoot_core::AssetKey::new(key).expect("valid"),
+            status: offshoot_core::StepStatus::Succeeded,
+            started_at: None,
+            finished_at: None,
+            row_count: None,
+            error: None,
+            log: String::new(),
+            action: Some(action.into()),
+            promoted_from: None,
+        };
+        let steps = [
+            step("fct_orders", "promoted (from feature-x, run 7)"),
+            step("daily", "built (changed; main changed upstream stg | x after the fork)"),
+        ];
+        let mut out = String::new();
+        render_catch_up(&mut out, &deployment, &run, &steps);
+        assert_eq!(
+            out,
+            "\n### 🚀 Merged: production caught up (run 12)\n\n1 promoted from `feature-x` without running their code, 1 rebuilt.\n\n\
+             | Asset | Production | Step |\n|---|---|---|\n\
+             | `fct_orders` | promoted (from feature-x, run 7) | succeeded |\n\
+             | `daily` | built (changed; main changed upstream stg \\| x after the fork) | succeeded |\n\n"
+        );
     }
 
     #[test]

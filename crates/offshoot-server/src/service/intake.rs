@@ -381,7 +381,11 @@ async fn close_branch(
         }
     };
     // Closing a closed deployment records a merge that followed a close and changes nothing else.
-    deployments::close_with(state, &deployment, &reason, status, extras)
+    let keep = match crate::service::catch_up::hold_at_close(state, &deployment, status).await {
+        true => deployments::Keep::TablesForCatchUp,
+        false => deployments::Keep::Nothing,
+    };
+    deployments::close_with(state, &deployment, &reason, status, keep, extras)
         .await
         .map(|_| ())
         .map_err(|e| e.message)

@@ -1,5 +1,6 @@
-//! Upkeep: start-up reconciliation, the lease heartbeat, and the sweeps (TTL, waiting
-//! teardowns, per-commit folders). Each applies lifecycle events through `deployments`; which
+//! Upkeep: start-up reconciliation, the lease heartbeat, and the sweeps (TTL, merged branches
+//! held for production's catch-up, waiting teardowns, production's interrupted catch-ups and
+//! expired archives, per-commit folders). Each applies lifecycle events through `deployments`; which
 //! folders are live is the pure `offshoot_core::upkeep::live_folders`.
 
 use std::collections::BTreeSet;
@@ -12,9 +13,9 @@ use offshoot_store::LifecycleRecord;
 use offshoot_store::{DeploymentFilter, RunFilter};
 
 use crate::adapters::project;
-use crate::service::deployer;
 use crate::service::deployments::{apply, teardown, Input, View};
 use crate::service::error::{ServiceError, ServiceResult};
+use crate::service::{catch_up, deployer};
 use crate::state::{now, AppState, SharedState};
 
 /// Closes open branch deployments without a push for longer than the TTL, unless pinned. The
@@ -37,7 +38,11 @@ pub async fn sweep_expired(state: &SharedState) -> ServiceResult<usize> {
                     && !current.pinned
                     && current.last_push_at < cutoff;
                 Ok(still_expired.then(|| {
-                    Input::from(Event::Close { reason: reason.clone(), pull_request: None })
+                    Input::from(Event::Close {
+                        reason: reason.clone(),
+                        pull_request: None,
+                        hold: false,
+                    })
                 }))
             })
             .await?;
@@ -164,12 +169,32 @@ pub async fn maintenance_loop(state: SharedState) {
     // that wait for another server's runs are retried at the same pace (or at least every 5 s).
     let interval = (state.config.ttl / 24).clamp(Duration::from_secs(1), Duration::from_secs(5));
     let mut last_folder_sweep = tokio::time::Instant::now() - Duration::from_secs(3600);
+    // The first look at production's catch-ups waits for the run executor to have failed the
+    // runs this server was executing when it stopped.
+    let mut last_catch_up_sweep = tokio::time::Instant::now() - Duration::from_secs(57);
+    let mut resumed = catch_up::Resumed::default();
     loop {
         if let Err(error) = sweep_expired(&state).await {
             tracing::error!("TTL sweep failed: {}", error.message);
         }
+        for repo in &state.config.repositories {
+            if let Err(error) = catch_up::release_holds(&state, &repo.name).await {
+                tracing::error!("releasing merged branches of {}: {}", repo.name, error.message);
+            }
+        }
         if let Err(error) = sweep_teardowns(&state).await {
             tracing::error!("teardown sweep failed: {}", error.message);
+        }
+        if last_catch_up_sweep.elapsed() >= Duration::from_secs(60) {
+            last_catch_up_sweep = tokio::time::Instant::now();
+            if let Err(error) = catch_up::resume(&state, &mut resumed).await {
+                tracing::error!("resuming production's catch-up failed: {}", error.message);
+            }
+            match catch_up::expire_archives(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("dropped {n} archived production table(s) past retention"),
+                Err(error) => tracing::error!("expiring archives failed: {}", error.message),
+            }
         }
         if last_folder_sweep.elapsed() >= Duration::from_secs(60) {
             last_folder_sweep = tokio::time::Instant::now();

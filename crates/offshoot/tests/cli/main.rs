@@ -11,6 +11,7 @@ mod hooks;
 mod integrations;
 mod lifecycle;
 mod locations;
+mod merge;
 mod schedules;
 mod server;
 mod support;

@@ -10,10 +10,15 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use offshoot_core::fingerprint::FingerprintParts;
 use offshoot_core::lifecycle::{Event, Lease};
-use offshoot_core::{Asset, AssetKey, AssetKind, DeploymentKind, RunPlan, RunStatus, StepStatus};
+use offshoot_core::{
+    Asset, AssetKey, AssetKind, DeploymentKind, DeploymentName, RunPlan, RunStatus, Snapshot,
+    StepStatus,
+};
 use offshoot_store::{
-    Deployment, Materialization, Revision, Run, RunFilter, RunId, RunStep, StoreError,
+    Deployment, DeploymentId, Materialization, MaterializationId, Provenance, ReadMaterialization,
+    Revision, Run, RunFilter, RunId, RunStep, StoreError, UpstreamProvenance,
 };
 use offshoot_warehouse::Target;
 use tokio::sync::{watch, Semaphore};
@@ -128,6 +133,98 @@ pub(super) struct RunContext {
     pub(super) repository_path: PathBuf,
     /// The variables in force when the run started (API-set and configured).
     pub(super) variables: Vec<crate::variables::Variable>,
+    /// The revision's asset graph: every materialization is recorded with its fingerprint.
+    pub(super) snapshot: Arc<Snapshot>,
+    /// What a step's read of each upstream lands on, for its provenance.
+    pub(super) reads: std::sync::Mutex<Reads>,
+}
+
+/// The materialization behind each table a run's steps read: production's current ones and, in
+/// a branch, the branch's own (what it has built), as the run started and as it records more.
+pub(super) struct Reads {
+    production: BTreeMap<AssetKey, ReadMaterialization>,
+    own: BTreeMap<AssetKey, ReadMaterialization>,
+    /// In a branch: the tables its schema holds; a read of anything else lands in production's.
+    own_tables: BTreeSet<String>,
+    is_production: bool,
+}
+
+/// The table an asset's key names (a path key's, a Dagster asset's, is its last part).
+pub(super) fn table_of(key: &AssetKey) -> &str {
+    key.parts().last().unwrap_or_default()
+}
+
+impl Reads {
+    async fn load(state: &AppState, deployment: &Deployment, target: &Target) -> Reads {
+        let current = |id: DeploymentId| async move {
+            match state.store.current_materializations(id).await {
+                Ok(current) => current
+                    .into_iter()
+                    .map(|m| {
+                        let read = ReadMaterialization {
+                            id: m.id,
+                            deployment_id: m.materialization.deployment_id,
+                            run_id: m.materialization.run_id,
+                        };
+                        (m.materialization.asset_key, read)
+                    })
+                    .collect(),
+                Err(error) => {
+                    tracing::warn!("reading current materializations for provenance: {error}");
+                    BTreeMap::new()
+                }
+            }
+        };
+        let is_production = deployment.kind == DeploymentKind::Production;
+        let production_id = if is_production {
+            Some(deployment.id)
+        } else {
+            state
+                .store
+                .find_deployment(&deployment.repository, &DeploymentName::production())
+                .await
+                .ok()
+                .flatten()
+                .map(|p| p.id)
+        };
+        let production = match production_id {
+            Some(id) => current(id).await,
+            None => BTreeMap::new(),
+        };
+        let (own, own_tables) = if is_production {
+            (BTreeMap::new(), BTreeSet::new())
+        } else {
+            let tables = state.warehouse.own_tables(target).await.unwrap_or_else(|error| {
+                tracing::warn!("listing {}'s tables for provenance: {error}", target.schema);
+                Vec::new()
+            });
+            (current(deployment.id).await, tables.into_iter().collect())
+        };
+        Reads { production, own, own_tables, is_production }
+    }
+
+    /// What a read of `key` lands on now; `None`: a source, or a table no recorded run built.
+    pub(super) fn read(&self, key: &AssetKey) -> Option<ReadMaterialization> {
+        if !self.is_production && self.own_tables.contains(table_of(key)) {
+            return self.own.get(key).cloned();
+        }
+        self.production.get(key).cloned()
+    }
+
+    /// Production's current materializations, as the run started and as it recorded more.
+    pub(super) fn production(&self) -> &BTreeMap<AssetKey, ReadMaterialization> {
+        &self.production
+    }
+
+    /// The run recorded `read` for `key`: later reads of it land there.
+    pub(super) fn recorded(&mut self, key: &AssetKey, read: ReadMaterialization) {
+        if self.is_production {
+            self.production.insert(key.clone(), read);
+        } else {
+            self.own_tables.insert(table_of(key).to_owned());
+            self.own.insert(key.clone(), read);
+        }
+    }
 }
 
 /// Executes a run this server has claimed (it is `running` under this server's lease).
@@ -173,18 +270,25 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
         )
         .await;
     }
+    let target = state.target(&deployment);
+    let reads = Reads::load(state, &deployment, &target).await;
     let context = Arc::new(RunContext {
         variables,
         state: state.clone(),
-        target: state.target(&deployment),
+        target,
         checkout_dir: state.config.checkouts_dir().join(revision.commit.sha.as_str()),
         deployment,
         revision,
         run_id: run.id,
         repository_path,
+        snapshot: Arc::new(snapshot.clone()),
+        reads: std::sync::Mutex::new(reads),
     });
 
     let location = offshoot_location::for_manifest(&manifest);
+    if crate::service::catch_up::is_catch_up(&run) {
+        return super::catch_up::execute(&context, run, location, steps, cancelled).await;
+    }
     if location.kind() != "native" {
         let statuses =
             build_with_tool(&context, location, &snapshot, &mut steps, cancelled).await?;
@@ -192,10 +296,27 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
     }
 
     let mut statuses: Vec<StepStatus> = steps.iter().map(|s| s.status).collect();
+    run_native(&context, &plan, &mut steps, &mut statuses, &cancelled).await?;
+    finish(state, run, &context, &steps, &statuses).await
+}
+
+/// Executes the steps of a plan of SQL and command assets, in dependency order with bounded
+/// parallelism, until each has finished (a failure skips its downstream; a cancel stops at the
+/// next boundary).
+pub(super) async fn run_native(
+    context: &Arc<RunContext>,
+    plan: &RunPlan,
+    steps: &mut [RunStep],
+    statuses: &mut [StepStatus],
+    cancelled: &watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let state = &context.state;
+    let snapshot = &context.snapshot;
+    let run_id = context.run_id;
     let mut running: JoinSet<(usize, RunStep)> = JoinSet::new();
     let parallelism = state.config.step_parallelism.max(1);
     loop {
-        let cancel_now = *cancelled.borrow() || state.store.get_run(run.id).await?.cancel_requested;
+        let cancel_now = *cancelled.borrow() || state.store.get_run(run_id).await?.cancel_requested;
         if cancel_now {
             for (i, status) in statuses.iter_mut().enumerate() {
                 if *status == StepStatus::Pending {
@@ -206,7 +327,7 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
                 }
             }
         } else {
-            for index in plan.ready(&statuses) {
+            for index in plan.ready(statuses) {
                 if running.len() >= parallelism {
                     break;
                 }
@@ -226,16 +347,16 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
                 statuses[index] = step.status;
                 steps[index] = step;
             }
-            Err(error) => tracing::error!("a step task of run {} panicked: {error}", run.id.0),
+            Err(error) => tracing::error!("a step task of run {} panicked: {error}", run_id.0),
         }
-        for index in plan.skip_downstream_of_failures(&mut statuses) {
+        for index in plan.skip_downstream_of_failures(statuses) {
             steps[index].status = StepStatus::Skipped;
             steps[index].error = Some("an upstream step did not succeed".into());
             steps[index].finished_at = Some(now());
             state.store.update_step(&steps[index]).await?;
         }
     }
-    state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
+    state.cancel_switches.lock().expect("never poisoned").remove(&run_id);
     // Anything still pending here was never reachable (e.g. a step task panicked).
     for (i, status) in statuses.iter_mut().enumerate() {
         if !status.is_finished() {
@@ -245,12 +366,12 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
             state.store.update_step(&steps[i]).await?;
         }
     }
-    finish(state, run, &context, &steps, &statuses).await
+    Ok(())
 }
 
 /// Reports a run's outcome (from its steps') to the lifecycle: `canceled` if a cancel was
 /// asked for, whatever the steps did; a closed deployment's teardown may go ahead after it.
-async fn finish(
+pub(super) async fn finish(
     state: &SharedState,
     run: Run,
     context: &RunContext,
@@ -281,7 +402,7 @@ async fn finish(
     Ok(())
 }
 
-async fn report(
+pub(super) async fn report(
     state: &SharedState,
     run: &Run,
     succeeded: bool,
@@ -294,7 +415,7 @@ async fn report(
     Ok(())
 }
 
-async fn finish_early(
+pub(super) async fn finish_early(
     state: &SharedState,
     run: Run,
     steps: Vec<RunStep>,
@@ -310,7 +431,7 @@ async fn finish_early(
 }
 
 /// Executes one step and records its outcome; returns the step as stored.
-async fn run_step(
+pub(super) async fn run_step(
     context: &RunContext,
     mut step: RunStep,
     asset: Asset,
@@ -375,6 +496,8 @@ impl From<String> for StepError {
     }
 }
 
+/// Records what a step built, with its provenance: the asset's fingerprint and parts, and the
+/// materialization each upstream read landed on.
 pub(super) async fn record_materialization(context: &RunContext, step: &RunStep, duration_ms: i64) {
     let materialization = Materialization {
         deployment_id: context.deployment.id,
@@ -385,9 +508,51 @@ pub(super) async fn record_materialization(context: &RunContext, step: &RunStep,
         duration_ms,
         created_at: now(),
     };
-    if let Err(error) = context.state.store.record_materialization(&materialization).await {
-        tracing::error!("recording the materialization of {}: {error}", step.asset_key);
+    let provenance = provenance_of(context, &step.asset_key);
+    let recorded = match &provenance {
+        Some(provenance) => {
+            context.state.store.record_provenance(&materialization, provenance).await.map(Some)
+        }
+        None => context.state.store.record_materialization(&materialization).await.map(|()| None),
+    };
+    match recorded {
+        Ok(Some(id)) => recorded_read(context, &step.asset_key, id),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!("recording the materialization of {}: {error}", step.asset_key)
+        }
     }
+}
+
+/// Later reads of `key` in this run land on its materialization `id`.
+pub(super) fn recorded_read(context: &RunContext, key: &AssetKey, id: MaterializationId) {
+    let read =
+        ReadMaterialization { id, deployment_id: context.deployment.id, run_id: context.run_id };
+    context.reads.lock().expect("never poisoned").recorded(key, read);
+}
+
+/// What `key` is built from in this run: its fingerprint's parts and what each upstream read
+/// lands on now. `None` for a key the revision does not have.
+fn provenance_of(context: &RunContext, key: &AssetKey) -> Option<Provenance> {
+    let parts = FingerprintParts::of(&context.snapshot, key)?;
+    let fingerprint = context.snapshot.fingerprint(key)?;
+    let reads = context.reads.lock().expect("never poisoned");
+    let upstream = parts
+        .upstream
+        .iter()
+        .map(|(dep, fingerprint)| UpstreamProvenance {
+            key: dep.clone(),
+            fingerprint: *fingerprint,
+            read: reads.read(dep),
+        })
+        .collect();
+    Some(Provenance {
+        fingerprint,
+        code_version: parts.code_version,
+        partitions: parts.partitions,
+        upstream,
+        promoted_from: None,
+    })
 }
 
 pub(super) async fn append_log(context: &RunContext, step: &RunStep, text: &str) {

@@ -3,6 +3,7 @@
 //! of the revision's commit. A failed step skips its downstream; a cancel stops at step
 //! boundaries and kills running commands. Production and branches have separate run pools.
 
+mod catch_up;
 mod executor;
 mod tool;
 
@@ -28,6 +29,12 @@ pub async fn launch(
     selection_text: &str,
     tags: &BTreeMap<String, String>,
 ) -> ServiceResult<Run> {
+    if selection_text == crate::service::catch_up::SELECTION {
+        return Err(ServiceError::invalid(
+            "invalid_selection",
+            format!("`{selection_text}` is production's catch-up, not a selection; `offshoot deployment catch-up prod` starts one"),
+        ));
+    }
     let selection = Selection::parse(selection_text)
         .map_err(|e| ServiceError::invalid("invalid_selection", e.render(selection_text)))?;
     check_tags(tags)?;

@@ -1,0 +1,268 @@
+//! Executing production's catch-up (`service::catch_up` decides and launches it). The decision
+//! is made again when the run starts, on what is there then; every step says what it does.
+//! First every promotion, in one warehouse transaction (metadata only on PostgreSQL, a copy
+//! inside one transaction on SQLite; production's replaced tables go to the archive named by
+//! the run), recorded with the branch build's provenance; a promotion the warehouse refuses is
+//! rebuilt instead. Then the rebuilds, after their production tables are archived, built as any
+//! production run builds (SQL and commands step by step, dbt and Dagster in one invocation of
+//! the tool). A promotion never reads a rebuilt table (the decision only promotes what reads
+//! what production serves or what this catch-up promotes), so promotions can all go first.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use offshoot_core::catch_up::Action;
+use offshoot_core::{RunPlan, StepStatus};
+use offshoot_location::CodeLocation;
+use offshoot_store::{Run, RunStep};
+use offshoot_warehouse::{ArchiveId, Promotion};
+use tokio::sync::watch;
+
+use super::executor::{append_log, finish_early, recorded_read, report, run_native, RunContext};
+use super::tool::build_with_tool;
+use crate::notices::Notice;
+use crate::service::catch_up::{self, describe_step};
+use crate::service::deployments::LifecycleError;
+use crate::state::now;
+
+/// What a step says when the decision, made again at the start, finds nothing to do.
+const UP_TO_DATE: &str = "up to date";
+
+pub(super) async fn execute(
+    context: &Arc<RunContext>,
+    run: Run,
+    location: Box<dyn CodeLocation>,
+    mut steps: Vec<RunStep>,
+    cancelled: watch::Receiver<bool>,
+) -> Result<(), LifecycleError> {
+    let state = &context.state;
+    let _turn = state.catch_up_turn.lock().await;
+    let production = state.store.get_deployment(context.deployment.id).await?;
+    if production.current_revision != Some(context.revision.id) {
+        let message = "production serves another revision now; its own catch-up takes over";
+        return finish_early(state, run, steps, message.to_owned()).await;
+    }
+    let plan = match catch_up::plan(state, &production, &context.snapshot).await {
+        Ok(plan) => plan,
+        Err(error) => {
+            let message = format!("deciding the catch-up failed: {}", error.message);
+            return finish_early(state, run, steps, message).await;
+        }
+    };
+    // The decision again, on what is there now (a branch may have built since the launch).
+    let mut promotions = Vec::new();
+    let mut rebuilds = Vec::new();
+    for (index, step) in steps.iter_mut().enumerate() {
+        match plan.catch_up.action(&step.asset_key) {
+            Some(action @ Action::Promote { .. }) => {
+                describe_step(step, action, &plan);
+                promotions.push(index);
+            }
+            Some(action @ Action::Rebuild { .. }) => {
+                describe_step(step, action, &plan);
+                rebuilds.push(index);
+            }
+            Some(Action::UpToDate) | None => {
+                step.action = Some(UP_TO_DATE.to_owned());
+                step.promoted_from = None;
+                step.status = StepStatus::Skipped;
+                step.finished_at = Some(now());
+                append_log(context, step, "production's table is up to date now: nothing to do\n")
+                    .await;
+            }
+        }
+        state.store.update_step(step).await?;
+    }
+    let unplanned: Vec<String> = plan
+        .catch_up
+        .steps()
+        .filter(|d| !steps.iter().any(|s| s.asset_key == d.key))
+        .map(|d| d.key.to_string())
+        .collect();
+    if !unplanned.is_empty() {
+        tracing::warn!(
+            "catch-up run {}: {} more asset(s) need catching up since it was launched ({}); the next catch-up takes them",
+            run.id.0,
+            unplanned.len(),
+            unplanned.join(", ")
+        );
+    }
+    let canceled = || async {
+        *cancelled.borrow() || state.store.get_run(run.id).await.is_ok_and(|r| r.cancel_requested)
+    };
+    let schema = context.target.production.clone();
+    let archive = ArchiveId(run.id.0);
+    let mut sources = BTreeSet::new();
+
+    if !promotions.is_empty() && !canceled().await {
+        let started = Instant::now();
+        let mut moves = Vec::with_capacity(promotions.len());
+        for &index in &promotions {
+            let step = &mut steps[index];
+            step.status = StepStatus::Running;
+            step.started_at = Some(now());
+            state.store.update_step(step).await?;
+            let action = plan.catch_up.action(&step.asset_key).expect("planned");
+            let source = plan.source(action).expect("a promotion has its source");
+            moves.push(Promotion {
+                key: step.asset_key.clone(),
+                from: state.target(&source.deployment).schema,
+            });
+        }
+        match state.warehouse.promote(&schema, archive, &moves, now()).await {
+            Ok(()) => {
+                let each = started.elapsed().as_millis() as i64 / promotions.len() as i64;
+                for &index in &promotions {
+                    let step = &mut steps[index];
+                    let action = plan.catch_up.action(&step.asset_key).expect("planned");
+                    let source = plan.source(action).expect("a promotion has its source");
+                    sources.insert(source.deployment.id);
+                    let reads = context.reads.lock().expect("never poisoned").production().clone();
+                    let recorded = catch_up::record_promotion(
+                        state,
+                        &production,
+                        run.id,
+                        &context.revision.commit.sha,
+                        &step.asset_key,
+                        source,
+                        &reads,
+                        each,
+                    )
+                    .await;
+                    step.finished_at = Some(now());
+                    match recorded {
+                        Ok(id) => {
+                            recorded_read(context, &step.asset_key, id);
+                            step.status = StepStatus::Succeeded;
+                            step.row_count = source.materialization.materialization.row_count;
+                            let text = format!(
+                                "promoted {}'s table (run {}, commit {}) into {schema} without running the asset's code; production's previous table is kept in the archive of catch-up run {} for a rollback\n",
+                                source.deployment.name,
+                                source.materialization.materialization.run_id.0,
+                                source.materialization.materialization.commit.short(),
+                                run.id.0
+                            );
+                            append_log(context, step, &text).await;
+                        }
+                        Err(error) => {
+                            step.status = StepStatus::Failed;
+                            let message =
+                                format!("promoted, but recording it failed: {}", error.message);
+                            append_log(context, step, &format!("error: {message}\n")).await;
+                            step.error = Some(message);
+                        }
+                    }
+                    state.store.update_step(step).await?;
+                }
+            }
+            Err(error) => {
+                // Nothing moved: the warehouse refused the whole transaction. Rebuild them.
+                tracing::warn!(
+                    "catch-up run {}: promotion refused ({error}); rebuilding",
+                    run.id.0
+                );
+                for &index in &promotions {
+                    let step = &mut steps[index];
+                    step.action = Some(format!("built (the promotion failed: {error})"));
+                    step.promoted_from = None;
+                    step.status = StepStatus::Pending;
+                    step.started_at = None;
+                    state.store.update_step(step).await?;
+                    append_log(context, step, &format!("promotion refused: {error}\n")).await;
+                }
+                rebuilds.extend(promotions.iter().copied());
+                rebuilds.sort_unstable();
+            }
+        }
+    }
+
+    if !rebuilds.is_empty() && !canceled().await {
+        let keys: Vec<_> = rebuilds.iter().map(|&i| steps[i].asset_key.clone()).collect();
+        match state.warehouse.archive(&schema, archive, &keys, now()).await {
+            Err(error) => {
+                let message = format!(
+                    "production's table could not be kept for a rollback ({error}); not rebuilt"
+                );
+                for &index in &rebuilds {
+                    let step = &mut steps[index];
+                    step.status = StepStatus::Failed;
+                    step.finished_at = Some(now());
+                    append_log(context, step, &format!("error: {message}\n")).await;
+                    step.error = Some(message.clone());
+                    state.store.update_step(step).await?;
+                }
+            }
+            Ok(()) => {
+                let mut built: Vec<RunStep> = rebuilds.iter().map(|&i| steps[i].clone()).collect();
+                if location.kind() == "native" {
+                    let selected = keys.iter().cloned().collect();
+                    let sub_plan = RunPlan::new(&context.snapshot, &selected);
+                    // The sub-plan keeps the run's (topological) order.
+                    debug_assert!(sub_plan.steps.iter().map(|p| &p.key).eq(keys.iter()));
+                    let mut statuses: Vec<StepStatus> = built.iter().map(|s| s.status).collect();
+                    run_native(context, &sub_plan, &mut built, &mut statuses, &cancelled).await?;
+                } else {
+                    let snapshot = context.snapshot.clone();
+                    build_with_tool(context, location, &snapshot, &mut built, cancelled.clone())
+                        .await?;
+                }
+                for (&index, step) in rebuilds.iter().zip(built) {
+                    steps[index] = step;
+                }
+            }
+        }
+    }
+
+    // Whatever was not started (a cancel) ends canceled.
+    let canceled = canceled().await;
+    for step in steps.iter_mut().filter(|s| !s.status.is_finished()) {
+        step.status = StepStatus::Canceled;
+        step.finished_at = Some(now());
+        state.store.update_step(step).await?;
+    }
+    state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
+    let work: Vec<&RunStep> =
+        steps.iter().filter(|s| s.action.as_deref() != Some(UP_TO_DATE)).collect();
+    let succeeded = !canceled && work.iter().all(|s| s.status == StepStatus::Succeeded);
+    let failed: Vec<String> = work
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+        .map(|s| match s.error.as_deref().and_then(|e| e.lines().find(|l| !l.trim().is_empty())) {
+            Some(line) => format!("{} ({})", s.asset_key, line.trim()),
+            None => s.asset_key.to_string(),
+        })
+        .collect();
+    let error = (!succeeded).then(|| match (canceled, failed.is_empty()) {
+        (true, _) => "canceled".to_owned(),
+        (false, true) => "some steps did not finish".to_owned(),
+        (false, false) => format!("failed: {}", failed.join(", ")),
+    });
+    report(state, &run, succeeded, error).await?;
+    let promoted = steps
+        .iter()
+        .filter(|s| s.promoted_from.is_some() && s.status == StepStatus::Succeeded)
+        .count();
+    tracing::info!(
+        "catch-up run {} of {}/prod finished: {promoted} promoted, {} rebuilt",
+        run.id.0,
+        production.repository,
+        work.iter()
+            .filter(|s| s.promoted_from.is_none() && s.status == StepStatus::Succeeded)
+            .count()
+    );
+    state.notices.send(Notice::RunFinished { deployment: production.id });
+    state.notices.send(Notice::CatchUpFinished {
+        production: production.id,
+        run: run.id,
+        sources: sources.into_iter().collect(),
+    });
+    if let Err(error) = catch_up::release_holds(state, &production.repository).await {
+        tracing::warn!(
+            "releasing merged branches after catch-up run {}: {}",
+            run.id.0,
+            error.message
+        );
+    }
+    Ok(())
+}
