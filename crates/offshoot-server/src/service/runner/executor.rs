@@ -315,8 +315,16 @@ pub(super) async fn run_native(
     let run_id = context.run_id;
     let mut running: JoinSet<(usize, RunStep)> = JoinSet::new();
     let parallelism = state.config.step_parallelism.max(1);
+    // A cancel asked on this server flips `cancelled` at once; one asked on another server is
+    // in the store, looked at between steps but at most every CANCEL_LOOK.
+    let mut looked = None::<Instant>;
+    let mut cancel_now = false;
     loop {
-        let cancel_now = *cancelled.borrow() || state.store.get_run(run_id).await?.cancel_requested;
+        if !cancel_now && looked.is_none_or(|at| at.elapsed() >= CANCEL_LOOK) {
+            looked = Some(Instant::now());
+            cancel_now = state.store.get_run(run_id).await?.cancel_requested;
+        }
+        cancel_now |= *cancelled.borrow();
         if cancel_now {
             for (i, status) in statuses.iter_mut().enumerate() {
                 if *status == StepStatus::Pending {
@@ -430,7 +438,17 @@ pub(super) async fn finish_early(
     report(state, &run, false, Some(message)).await
 }
 
-/// Executes one step and records its outcome; returns the step as stored.
+/// How often a run looks in the store for a cancel asked on another server.
+const CANCEL_LOOK: Duration = Duration::from_millis(250);
+
+/// A step still running after this long is written as `running` (with its start) so that the
+/// UI shows it; a quicker one goes from pending to its outcome in one store write.
+const SHOW_RUNNING_AFTER: Duration = Duration::from_millis(100);
+
+/// Executes one step and records its outcome; returns the step as stored. A quick step is one
+/// store transaction (`Store::finish_step`: outcome, log and materialization together); a
+/// command's output is still appended as it comes, and a step that runs longer than
+/// `SHOW_RUNNING_AFTER` is shown running first.
 pub(super) async fn run_step(
     context: &RunContext,
     mut step: RunStep,
@@ -441,25 +459,39 @@ pub(super) async fn run_step(
     let started = Instant::now();
     step.status = StepStatus::Running;
     step.started_at = Some(now());
-    if let Err(error) = store.update_step(&step).await {
-        tracing::error!("step {}: {error}", step.id.0);
-    }
     Metrics::increment(&context.state.metrics.steps_executed);
-    let outcome = match asset.kind {
-        AssetKind::Sql => run_sql(context, &step, &asset).await,
-        AssetKind::Command => run_command(context, &step, &asset, cancelled).await,
-        AssetKind::Source => Err(StepError::failed("a source is not materialized")),
-        AssetKind::Tool => {
-            Err(StepError::failed("built by the code location's tool, not step by step"))
+    let mut log = String::new();
+    let outcome = {
+        let running = &step;
+        let work = async {
+            match asset.kind {
+                AssetKind::Sql => run_sql(context, &asset, &mut log).await,
+                AssetKind::Command => run_command(context, running, &asset, cancelled).await,
+                AssetKind::Source => Err(StepError::failed("a source is not materialized")),
+                AssetKind::Tool => {
+                    Err(StepError::failed("built by the code location's tool, not step by step"))
+                }
+            }
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            outcome = &mut work => outcome,
+            () = tokio::time::sleep(SHOW_RUNNING_AFTER) => {
+                if let Err(error) = store.update_step(running).await {
+                    tracing::error!("step {}: {error}", running.id.0);
+                }
+                work.await
+            }
         }
     };
     let duration_ms = started.elapsed().as_millis() as i64;
     step.finished_at = Some(now());
+    let mut built = None;
     match outcome {
         Ok(rows) => {
             step.status = StepStatus::Succeeded;
             step.row_count = rows.map(|r| r as i64);
-            record_materialization(context, &step, duration_ms).await;
+            built = Some(materialization_of(context, &step, duration_ms));
         }
         Err(StepError::Canceled) => {
             step.status = StepStatus::Canceled;
@@ -467,12 +499,23 @@ pub(super) async fn run_step(
         }
         Err(StepError::Failed(message)) => {
             step.status = StepStatus::Failed;
-            append_log(context, &step, &format!("error: {message}\n")).await;
+            log.push_str(&format!("error: {message}\n"));
             step.error = Some(message);
         }
     }
-    if let Err(error) = store.update_step(&step).await {
-        tracing::error!("step {}: {error}", step.id.0);
+    let provenance = built.as_ref().and_then(|_| provenance_of(context, &step.asset_key));
+    let log = log_text(context, &log);
+    match store.finish_step(&step, &log, built.as_ref().zip(provenance.as_ref())).await {
+        Ok(Some(id)) => recorded_read(context, &step.asset_key, id),
+        Ok(None) => {
+            // A key the revision does not have gets no provenance: recorded without it.
+            if let (Some(materialization), None) = (&built, &provenance) {
+                if let Err(error) = store.record_materialization(materialization).await {
+                    tracing::error!("recording the materialization of {}: {error}", step.asset_key);
+                }
+            }
+        }
+        Err(error) => tracing::error!("step {}: {error}", step.id.0),
     }
     step
 }
@@ -499,15 +542,7 @@ impl From<String> for StepError {
 /// Records what a step built, with its provenance: the asset's fingerprint and parts, and the
 /// materialization each upstream read landed on.
 pub(super) async fn record_materialization(context: &RunContext, step: &RunStep, duration_ms: i64) {
-    let materialization = Materialization {
-        deployment_id: context.deployment.id,
-        run_id: context.run_id,
-        asset_key: step.asset_key.clone(),
-        commit: context.revision.commit.sha.clone(),
-        row_count: step.row_count,
-        duration_ms,
-        created_at: now(),
-    };
+    let materialization = materialization_of(context, step, duration_ms);
     let provenance = provenance_of(context, &step.asset_key);
     let recorded = match &provenance {
         Some(provenance) => {
@@ -521,6 +556,19 @@ pub(super) async fn record_materialization(context: &RunContext, step: &RunStep,
         Err(error) => {
             tracing::error!("recording the materialization of {}: {error}", step.asset_key)
         }
+    }
+}
+
+/// What a step that succeeded built, as the store records it.
+fn materialization_of(context: &RunContext, step: &RunStep, duration_ms: i64) -> Materialization {
+    Materialization {
+        deployment_id: context.deployment.id,
+        run_id: context.run_id,
+        asset_key: step.asset_key.clone(),
+        commit: context.revision.commit.sha.clone(),
+        row_count: step.row_count,
+        duration_ms,
+        created_at: now(),
     }
 }
 
@@ -558,30 +606,31 @@ fn provenance_of(context: &RunContext, key: &AssetKey) -> Option<Provenance> {
 pub(super) async fn append_log(context: &RunContext, step: &RunStep, text: &str) {
     // Command output is arbitrary bytes; PostgreSQL text cannot hold NUL. A command that prints
     // a configured variable's value does not put it in the log.
-    let text = crate::variables::redact(&context.variables, &text.replace('\0', "\u{fffd}"));
+    let text = log_text(context, text);
     if let Err(error) = context.state.store.append_step_log(step.id, &text).await {
         tracing::error!("step {} log: {error}", step.id.0);
     }
 }
 
+/// A log line as stored: no NUL (PostgreSQL text cannot hold it), variables' values redacted.
+fn log_text(context: &RunContext, text: &str) -> String {
+    crate::variables::redact(&context.variables, &text.replace('\0', "\u{fffd}"))
+}
+
+/// Builds an SQL asset; its log lines go to `log`, written with the step's outcome.
 async fn run_sql(
     context: &RunContext,
-    step: &RunStep,
     asset: &Asset,
+    log: &mut String,
 ) -> Result<Option<u64>, StepError> {
-    append_log(
-        context,
-        step,
-        &format!("building {}.{} from SQL\n", context.target.schema, asset.key),
-    )
-    .await;
+    log.push_str(&format!("building {}.{} from SQL\n", context.target.schema, asset.key));
     let rows = context
         .state
         .warehouse
         .materialize_sql(&context.target, &asset.key, &asset.code)
         .await
         .map_err(|e| e.to_string())?;
-    append_log(context, step, &format!("{rows} rows\n")).await;
+    log.push_str(&format!("{rows} rows\n"));
     Ok(Some(rows))
 }
 
