@@ -258,3 +258,78 @@ fn above_the_row_limit_a_data_diff_is_a_sample_and_says_so() {
         stdout(&output)
     );
 }
+
+/// A table built from definitions the serving revision no longer has is "stale" in the graph
+/// (the fingerprint recorded with its materialization differs), until it is built again.
+#[test]
+fn a_table_built_from_older_definitions_is_stale_until_rebuilt() {
+    let dir = TempDir::new("stale");
+    let repo = dir.0.join("repo");
+    let orders = "SELECT id, amount FROM raw_orders WHERE amount > 0\n";
+    native_repo(
+        &repo,
+        "sqlite",
+        &["raw_orders"],
+        &[("orders.sql", orders), ("ids.sql", "SELECT id FROM orders\n")],
+    );
+    let server = Server::start(&dir.0, &repo, "");
+    wait_for_prod(&server, &repo);
+    runtime().block_on(async {
+        warehouse(&server)
+            .execute_production_script(&production_target().production, SEED)
+            .await
+            .expect("seed")
+    });
+    let run_to_success = |deployment: &str, selection: &str| {
+        let run = server.post(
+            &format!("/api/v1/deployments/{deployment}/runs"),
+            json!({"selection": selection}),
+        );
+        let id = run["id"].as_i64().expect("id");
+        assert_eq!(server.wait_for_run(id)["status"], "succeeded", "{}", server.log());
+    };
+    let stale = |deployment: &str| -> Vec<(String, bool, String)> {
+        let graph = server.get(&format!("/api/v1/deployments/{deployment}/graph"));
+        graph["assets"]
+            .as_array()
+            .expect("assets")
+            .iter()
+            .filter(|a| a["kind"] != "source")
+            .map(|a| {
+                let key = a["key"].as_str().expect("key").to_owned();
+                (key, a["stale"].as_bool().expect("stale"), a["data"].as_str().unwrap_or("").into())
+            })
+            .collect()
+    };
+    run_to_success("prod", "key:*");
+    let fresh = |data: &str| {
+        vec![("ids".into(), false, data.into()), ("orders".into(), false, data.into())]
+    };
+    assert_eq!(stale("prod"), fresh("production"));
+
+    git(&repo, &["branch", "feature/stale", "main"]);
+    let edited = "SELECT id, amount FROM raw_orders WHERE amount > 10\n";
+    let sha = commit_file(&repo, "feature/stale", "assets/orders.sql", edited, "Fewer orders");
+    let name = create_or_update(&server, "feature/stale", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    run_to_success(&name, "key:orders");
+    assert_eq!(
+        stale(&name),
+        vec![("ids".into(), false, "production".into()), ("orders".into(), false, "branch".into())]
+    );
+    // Another push changes orders again: the branch's table is from the older definition.
+    let again = "SELECT id, amount FROM raw_orders WHERE amount > 20\n";
+    let sha = commit_file(&repo, "feature/stale", "assets/orders.sql", again, "Fewer still");
+    create_or_update(&server, "feature/stale", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    assert_eq!(
+        stale(&name),
+        vec![("ids".into(), false, "production".into()), ("orders".into(), true, "branch".into())],
+        "orders was built from the previous push's SQL"
+    );
+    run_to_success(&name, "key:orders");
+    assert_eq!(
+        stale(&name),
+        vec![("ids".into(), false, "production".into()), ("orders".into(), false, "branch".into())]
+    );
+}
