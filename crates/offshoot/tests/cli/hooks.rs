@@ -1437,32 +1437,38 @@ fn webhook_bodies_are_bounded_and_refused_before_they_are_read() {
     );
 
     // 32 requests whose bodies are slow to come hold every slot: the next is refused at once.
+    // Each attempt opens its holders afresh (a loaded machine may answer a probe slowly, and a
+    // holder's slot ends with the 30 s body timeout), and waits a moment for the server to
+    // admit them before the probe.
     let probe = |length: usize| {
         answer_without_the_body(
             &server,
             "/hooks/github",
             &github_headers(Some(forged_signature()), length),
-            Duration::from_secs(3),
+            Duration::from_secs(10),
         )
     };
-    let holders: Vec<std::net::TcpStream> = (0..32)
-        .map(|_| {
-            let mut stream = std::net::TcpStream::connect(server.url.trim_start_matches("http://"))
-                .expect("connect");
-            send_head(
-                &mut stream,
-                "/hooks/github",
-                &github_headers(Some(forged_signature()), 1000),
-            );
-            stream
-        })
-        .collect();
     let busy = wait_until(&server, "a request refused while every slot is held", || {
-        probe(0).filter(|a| a.status == 503)
+        let holders: Vec<std::net::TcpStream> = (0..32)
+            .map(|_| {
+                let mut stream =
+                    std::net::TcpStream::connect(server.url.trim_start_matches("http://"))
+                        .expect("connect");
+                send_head(
+                    &mut stream,
+                    "/hooks/github",
+                    &github_headers(Some(forged_signature()), 1000),
+                );
+                stream
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let answer = probe(0).filter(|a| a.status == 503);
+        drop(holders);
+        answer
     });
     assert_eq!(busy.body["error"]["code"], "webhooks_busy", "{}", busy.body);
     assert!(busy.head.to_ascii_lowercase().contains("retry-after: 1"), "{}", busy.head);
-    drop(holders);
     // Freed as their connections go; a small forged delivery is read and refused again.
     wait_until(&server, "the slots freed", || probe(0).filter(|a| a.status == 401));
 
