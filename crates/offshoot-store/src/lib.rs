@@ -259,8 +259,11 @@ pub fn tag_limit_reached(
 ) -> Option<String> {
     limits.iter().filter(|limit| limit.matches(claimed)).find_map(|limit| {
         let count = running.iter().filter(|tags| limit.matches(tags)).count();
-        (count >= limit.limit as usize)
-            .then(|| format!("{count} running runs are tagged {}: the tag limit", limit.describe()))
+        (count >= limit.limit as usize).then(|| {
+            let runs =
+                if count == 1 { "1 running run is" } else { &format!("{count} running runs are") };
+            format!("{runs} tagged {}: the tag limit", limit.describe())
+        })
     })
 }
 

@@ -207,7 +207,10 @@ async fn publish(
     let comment = target.number.map(|_| {
         let mut body = render_comment(&deployment, &shown, serving.as_ref(), &link, &diffs);
         if let Some((run, steps)) = &catch_up {
-            render_catch_up(&mut body, &deployment, run, steps);
+            // Above the footer, which stays the comment's last line.
+            let mut section = String::new();
+            render_catch_up(&mut section, &deployment, run, steps);
+            insert_above_footer(&mut body, &section);
         }
         body
     });
@@ -346,6 +349,18 @@ impl CommitStatus {
     }
 }
 
+/// The comment's last line.
+const FOOTER: &str =
+    "\n<sub>Offshoot updates this comment on every push and after every run.</sub>\n";
+
+/// Adds a section to a rendered comment, above its footer (at the end if it has none).
+fn insert_above_footer(body: &mut String, section: &str) {
+    match body.rfind(FOOTER) {
+        Some(at) => body.insert_str(at, section),
+        None => body.push_str(section),
+    }
+}
+
 /// The comment's Markdown: marker, headline, link, changes (folded when long) or the failure.
 pub fn render_comment(
     deployment: &Deployment,
@@ -394,7 +409,7 @@ pub fn render_comment(
         }
     }
     render_data_diffs(&mut out, diffs);
-    out.push_str("\n<sub>Offshoot updates this comment on every push and after every run.</sub>\n");
+    out.push_str(FOOTER);
     out
 }
 
@@ -644,6 +659,17 @@ mod tests {
         let mut out = String::new();
         render_data_diffs(&mut out, &[diff(false)]);
         assert!(out.contains("| `orders` | 2,000,000 → 2,000,000 | 6 | 5 | 7 |  |"), "{out}");
+    }
+
+    #[test]
+    fn a_section_goes_above_the_footer() {
+        let mut body = format!("### headline\n\nchanges{FOOTER}");
+        insert_above_footer(&mut body, "\n#### Production\n\npromoted\n");
+        assert_eq!(body, format!("### headline\n\nchanges\n#### Production\n\npromoted\n{FOOTER}"));
+        assert!(body.ends_with(FOOTER));
+        let mut bare = String::from("no footer");
+        insert_above_footer(&mut bare, " + section");
+        assert_eq!(bare, "no footer + section");
     }
 
     #[test]

@@ -1265,7 +1265,7 @@ fn two_servers_on_one_store_keep_a_tag_concurrency_limit() {
     assert_eq!((running.len(), queued.len()), (1, 1), "one nightly run at a time: {runs:#?}");
     assert_eq!(
         queued[0]["waiting_for"],
-        "1 running runs are tagged export=nightly (limit 1): the tag limit (tag_concurrency_limits); it starts when one of them ends"
+        "1 running run is tagged export=nightly (limit 1): the tag limit (tag_concurrency_limits); it starts when one of them ends"
     );
     assert_eq!(b.get(&format!("/api/v1/runs/{other}"))["status"], "running", "another value runs");
 
