@@ -217,26 +217,7 @@ impl Setup {
 
     /// Production's catch-up of revision `revision`, once finished.
     fn catch_up(&self, revision: i64) -> Value {
-        let started = Instant::now();
-        loop {
-            let runs = self.server.get("/api/v1/runs?deployment=prod&limit=50");
-            let found = runs
-                .as_array()
-                .expect("runs")
-                .iter()
-                .find(|r| r["kind"] == "catch-up" && r["revision_id"] == revision);
-            if let Some(run) = found {
-                let run = self.server.wait_for_run(run["id"].as_i64().expect("id"));
-                assert_eq!(run["selection"], "catch-up");
-                return run;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no catch-up of revision {revision}: {runs:#}\n{}",
-                self.server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        catch_up_of(&self.server, revision)
     }
 
     fn schema_exists(&self, name: &str) -> bool {
@@ -265,6 +246,42 @@ impl Setup {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+}
+
+/// Production's catch-up of revision `revision`, once finished.
+fn catch_up_of(server: &Server, revision: i64) -> Value {
+    let started = Instant::now();
+    loop {
+        let runs = server.get("/api/v1/runs?deployment=prod&limit=50");
+        let found = runs
+            .as_array()
+            .expect("runs")
+            .iter()
+            .find(|r| r["kind"] == "catch-up" && r["revision_id"] == revision);
+        if let Some(run) = found {
+            let run = server.wait_for_run(run["id"].as_i64().expect("id"));
+            assert_eq!(run["selection"], "catch-up");
+            return run;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no catch-up of revision {revision}: {runs:#}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Merges `branch` into main (a merge commit), pushes main and returns production's catch-up
+/// of the merge, once finished.
+fn merge_and_catch_up(server: &Server, repo: &Path, branch: &str) -> Value {
+    git(repo, &["checkout", "-q", "main"]);
+    git(repo, &["merge", "-q", "--no-ff", "-m", &format!("Merge {branch}"), branch]);
+    let main = git(repo, &["rev-parse", "main"]);
+    crate::server::create_or_update(server, "main", &main);
+    let prod =
+        server.wait_for_deployment("prod", "serving the merge", |d| serving_commit(d) == main);
+    catch_up_of(server, prod["current_revision"]["id"].as_i64().expect("revision id"))
 }
 
 /// What each step of a catch-up did, by asset: its action and status.
@@ -694,28 +711,7 @@ fn dbt_tables_are_promoted_and_views_rebuilt() {
     let branch_oid =
         psql(&database.0, &format!("SELECT '\"{schema}\".revenue_daily'::regclass::oid"));
 
-    git(&repo, &["checkout", "-q", "main"]);
-    git(&repo, &["merge", "-q", "--no-ff", "-m", "Merge feature/dbt", "feature/dbt"]);
-    let main = git(&repo, &["rev-parse", "main"]);
-    crate::server::create_or_update(&server, "main", &main);
-    let prod =
-        server.wait_for_deployment("prod", "serving the merge", |d| serving_commit(d) == main);
-    let revision = prod["current_revision"]["id"].clone();
-    let started = Instant::now();
-    let catch_up = loop {
-        let runs = server.get("/api/v1/runs?deployment=prod&limit=20");
-        let found = runs
-            .as_array()
-            .expect("runs")
-            .iter()
-            .find(|r| r["kind"] == "catch-up" && r["revision_id"] == revision)
-            .cloned();
-        if let Some(found) = found {
-            break server.wait_for_run(found["id"].as_i64().expect("id"));
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no catch-up\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let catch_up = merge_and_catch_up(&server, &repo, "feature/dbt");
     assert_eq!(catch_up["status"], "succeeded", "{catch_up:#}\n{}", server.log());
     let done = steps(&catch_up);
     assert!(
@@ -837,27 +833,7 @@ fn merging_the_demo_branch_promotes_what_it_built() {
     };
     let branch: Vec<_> = keys.iter().map(|k| checksum(&name, k)).collect();
 
-    git(&repo, &["merge", "-q", "--no-ff", "-m", "Merge feature/eur", "feature/eur"]);
-    let main = git(&repo, &["rev-parse", "main"]);
-    crate::server::create_or_update(&server, "main", &main);
-    let prod =
-        server.wait_for_deployment("prod", "serving the merge", |d| serving_commit(d) == main);
-    let revision = prod["current_revision"]["id"].clone();
-    let started = Instant::now();
-    let catch_up = loop {
-        let runs = server.get("/api/v1/runs?deployment=prod&limit=20");
-        let found = runs
-            .as_array()
-            .expect("runs")
-            .iter()
-            .find(|r| r["kind"] == "catch-up" && r["revision_id"] == revision)
-            .cloned();
-        if let Some(found) = found {
-            break server.wait_for_run(found["id"].as_i64().expect("id"));
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no catch-up\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let catch_up = merge_and_catch_up(&server, &repo, "feature/eur");
     assert_eq!(catch_up["status"], "succeeded", "{catch_up:#}");
     let done = steps(&catch_up);
     let caught_up: Vec<&str> = done.iter().map(|(k, _, _)| k.as_str()).collect();
@@ -909,28 +885,7 @@ fn dagster_assets_in_the_branch_schema_are_promoted() {
     let name = crate::server::create_or_update(&server, "feature/dagster", &sha);
     server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
     let built = run(&name, "changed_in_branch:ANY+");
-    git(&repo, &["checkout", "-q", "main"]);
-    git(&repo, &["merge", "-q", "--no-ff", "-m", "Merge feature/dagster", "feature/dagster"]);
-    let main = git(&repo, &["rev-parse", "main"]);
-    crate::server::create_or_update(&server, "main", &main);
-    let prod =
-        server.wait_for_deployment("prod", "serving the merge", |d| serving_commit(d) == main);
-    let revision = prod["current_revision"]["id"].clone();
-    let started = Instant::now();
-    let catch_up = loop {
-        let runs = server.get("/api/v1/runs?deployment=prod&limit=20");
-        let found = runs
-            .as_array()
-            .expect("runs")
-            .iter()
-            .find(|r| r["kind"] == "catch-up" && r["revision_id"] == revision)
-            .cloned();
-        if let Some(found) = found {
-            break server.wait_for_run(found["id"].as_i64().expect("id"));
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no catch-up\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let catch_up = merge_and_catch_up(&server, &repo, "feature/dagster");
     assert_eq!(catch_up["status"], "succeeded", "{catch_up:#}\n{}", server.log());
     let done = steps(&catch_up);
     assert!(
