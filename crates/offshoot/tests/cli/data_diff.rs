@@ -11,20 +11,16 @@ use crate::support::*;
 /// raw_orders: ids 0..9 with amount = 3 × id.
 const SEED: &str = "CREATE TABLE raw_orders AS WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n < 9) SELECT CAST(n AS INTEGER) AS id, CAST(n * 3 AS INTEGER) AS amount FROM s;";
 
-#[test]
-fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
-    let dir = TempDir::new("data-diff");
+/// A native SQLite repository of `assets` over the source `raw_orders`, served with `extra`
+/// configuration, production ready and `raw_orders` seeded.
+fn seeded_server(
+    dir: &TempDir,
+    assets: &[(&str, &str)],
+    extra: &str,
+) -> (Server, std::path::PathBuf) {
     let repo = dir.0.join("repo");
-    // Production: ids 1..9 (amount > 0).
-    let orders =
-        "/* offshoot\ngrain = [\"id\"]\n*/\nSELECT id, amount FROM raw_orders WHERE amount > 0\n";
-    native_repo(
-        &repo,
-        "sqlite",
-        &["raw_orders"],
-        &[("orders.sql", orders), ("ids.sql", "SELECT id FROM orders\n")],
-    );
-    let server = Server::start(&dir.0, &repo, "");
+    native_repo(&repo, "sqlite", &["raw_orders"], assets);
+    let server = Server::start(&dir.0, &repo, extra);
     wait_for_prod(&server, &repo);
     runtime().block_on(async {
         warehouse(&server)
@@ -32,6 +28,17 @@ fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
             .await
             .expect("seed")
     });
+    (server, repo)
+}
+
+#[test]
+fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
+    let dir = TempDir::new("data-diff");
+    // Production: ids 1..9 (amount > 0).
+    let orders =
+        "/* offshoot\ngrain = [\"id\"]\n*/\nSELECT id, amount FROM raw_orders WHERE amount > 0\n";
+    let (server, repo) =
+        seeded_server(&dir, &[("orders.sql", orders), ("ids.sql", "SELECT id FROM orders\n")], "");
     let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
     assert_eq!(
         server.wait_for_run(run["id"].as_i64().expect("id"))["status"],
@@ -206,18 +213,10 @@ fn a_branch_data_diff_counts_rows_columns_and_samples_exactly() {
 #[test]
 fn above_the_row_limit_a_data_diff_is_a_sample_and_says_so() {
     let dir = TempDir::new("data-diff-sampled");
-    let repo = dir.0.join("repo");
     let orders =
         "/* offshoot\ngrain = [\"id\"]\n*/\nSELECT id, amount FROM raw_orders WHERE amount > 0\n";
-    native_repo(&repo, "sqlite", &["raw_orders"], &[("orders.sql", orders)]);
-    let server = Server::start(&dir.0, &repo, "[data_diff]\nrow_limit = 4\n");
-    wait_for_prod(&server, &repo);
-    runtime().block_on(async {
-        warehouse(&server)
-            .execute_production_script(&production_target().production, SEED)
-            .await
-            .expect("seed")
-    });
+    let (server, repo) =
+        seeded_server(&dir, &[("orders.sql", orders)], "[data_diff]\nrow_limit = 4\n");
     let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
     assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded");
     git(&repo, &["branch", "feature/fewer", "main"]);
@@ -264,22 +263,9 @@ fn above_the_row_limit_a_data_diff_is_a_sample_and_says_so() {
 #[test]
 fn a_table_built_from_older_definitions_is_stale_until_rebuilt() {
     let dir = TempDir::new("stale");
-    let repo = dir.0.join("repo");
     let orders = "SELECT id, amount FROM raw_orders WHERE amount > 0\n";
-    native_repo(
-        &repo,
-        "sqlite",
-        &["raw_orders"],
-        &[("orders.sql", orders), ("ids.sql", "SELECT id FROM orders\n")],
-    );
-    let server = Server::start(&dir.0, &repo, "");
-    wait_for_prod(&server, &repo);
-    runtime().block_on(async {
-        warehouse(&server)
-            .execute_production_script(&production_target().production, SEED)
-            .await
-            .expect("seed")
-    });
+    let (server, repo) =
+        seeded_server(&dir, &[("orders.sql", orders), ("ids.sql", "SELECT id FROM orders\n")], "");
     let run_to_success = |deployment: &str, selection: &str| {
         let run = server.post(
             &format!("/api/v1/deployments/{deployment}/runs"),
