@@ -35,14 +35,21 @@ impl Snapshot {
     /// Builds the graph. Loaders report unknown references and cycles as diagnostics first; this
     /// check is the invariant's guard, so a `Snapshot` is always a DAG over its own keys.
     pub fn new(assets: impl IntoIterator<Item = Asset>) -> Result<Snapshot, SnapshotError> {
+        Snapshot::build(assets).map_err(|(error, _)| error)
+    }
+
+    /// [`Snapshot::new`], handing the assets back with the error, so a loader that builds the
+    /// snapshot first (ordering the graph once) can still report every cycle with its position.
+    pub fn build(
+        assets: impl IntoIterator<Item = Asset>,
+    ) -> Result<Snapshot, (SnapshotError, Vec<Asset>)> {
         let assets: BTreeMap<AssetKey, Asset> =
             assets.into_iter().map(|a| (a.key.clone(), a)).collect();
         for asset in assets.values() {
             if let Some(dep) = asset.deps.iter().find(|d| !assets.contains_key(*d)) {
-                return Err(SnapshotError::UnknownDependency {
-                    key: asset.key.clone(),
-                    dep: dep.clone(),
-                });
+                let error =
+                    SnapshotError::UnknownDependency { key: asset.key.clone(), dep: dep.clone() };
+                return Err((error, assets.into_values().collect()));
             }
         }
         let deps: Dependencies = assets.iter().map(|(k, a)| (k.clone(), a.deps.clone())).collect();
@@ -53,7 +60,7 @@ impl Snapshot {
                     .into_iter()
                     .next()
                     .expect("a failed order has a cycle");
-                return Err(SnapshotError::Cycle(cycle));
+                return Err((SnapshotError::Cycle(cycle), assets.into_values().collect()));
             }
         };
         let mut fingerprints: BTreeMap<AssetKey, Fingerprint> = BTreeMap::new();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use offshoot_core::fingerprint::sha256_hex;
 use offshoot_core::graph::{self, Dependencies};
-use offshoot_core::snapshot::render_cycle;
+use offshoot_core::snapshot::{render_cycle, SnapshotError};
 use offshoot_core::{
     Asset, AssetKey, AssetKind, CodeVersion, Location, PartitionsDefinition, Snapshot, TimeCadence,
 };
@@ -279,34 +279,46 @@ pub fn load_cached(
         assets.push(draft.asset);
     }
 
+    // A valid project is ordered once, by `Snapshot::build`; the graph is ordered again only
+    // to find cycles among other problems, or to report the cycles a snapshot refused.
+    let assets = match manifest {
+        Some(manifest) if diagnostics.is_empty() => match Snapshot::build(assets) {
+            Ok(snapshot) => return Ok(Project { manifest, snapshot }),
+            Err((SnapshotError::Cycle(_), assets)) => assets,
+            Err((error, _)) => {
+                let at = Diagnostic::new(MANIFEST_PATH, (1, 1), error.to_string());
+                return Err(LoadError::Invalid(vec![at]));
+            }
+        },
+        _ => assets,
+    };
+    report_cycles(&assets, &reference_positions, &mut diagnostics);
+    diagnostics.sort();
+    diagnostics.dedup();
+    Err(LoadError::Invalid(diagnostics))
+}
+
+/// One diagnostic per dependency cycle, at the reference that closes it.
+fn report_cycles(
+    assets: &[Asset],
+    reference_positions: &BTreeMap<(AssetKey, AssetKey), (String, (u32, u32))>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     let dependencies: Dependencies =
         assets.iter().map(|a| (a.key.clone(), a.deps.clone())).collect();
-    if graph::topological_order(&dependencies).is_err() {
-        for cycle in graph::find_cycles(&dependencies) {
-            let next = cycle.get(1).unwrap_or(&cycle[0]);
-            let (path, position) = reference_positions
-                .get(&(cycle[0].clone(), next.clone()))
-                .cloned()
-                .unwrap_or_else(|| (MANIFEST_PATH.to_owned(), (1, 1)));
-            diagnostics.push(
-                Diagnostic::new(&path, position, format!("dependency cycle: {}", render_cycle(&cycle)))
-                    .hint("an asset cannot read from itself, directly or through other assets; break the cycle"),
-            );
-        }
+    if graph::topological_order(&dependencies).is_ok() {
+        return;
     }
-
-    match manifest {
-        Some(manifest) if diagnostics.is_empty() => {
-            let snapshot = Snapshot::new(assets).map_err(|error| {
-                LoadError::Invalid(vec![Diagnostic::new(MANIFEST_PATH, (1, 1), error.to_string())])
-            })?;
-            Ok(Project { manifest, snapshot })
-        }
-        _ => {
-            diagnostics.sort();
-            diagnostics.dedup();
-            Err(LoadError::Invalid(diagnostics))
-        }
+    for cycle in graph::find_cycles(&dependencies) {
+        let next = cycle.get(1).unwrap_or(&cycle[0]);
+        let (path, position) = reference_positions
+            .get(&(cycle[0].clone(), next.clone()))
+            .cloned()
+            .unwrap_or_else(|| (MANIFEST_PATH.to_owned(), (1, 1)));
+        diagnostics.push(
+            Diagnostic::new(&path, position, format!("dependency cycle: {}", render_cycle(&cycle)))
+                .hint("an asset cannot read from itself, directly or through other assets; break the cycle"),
+        );
     }
 }
 

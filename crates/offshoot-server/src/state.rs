@@ -125,7 +125,8 @@ pub type Loaded = Arc<Result<Project, Vec<Diagnostic>>>;
 
 /// Recently loaded snapshots by (repository, commit): loading is pure in the commit, so entries
 /// never go stale; the bound (in assets, most recently used kept) keeps memory flat with many
-/// open deployments. The newest entry is always kept, however large.
+/// open deployments. The two newest entries are always kept, however large: a deploy needs
+/// its commit and the base it compares with, and evicting one for the other would load twice.
 pub struct SnapshotCache {
     capacity_assets: usize,
     entries: Mutex<VecDeque<((RepositoryName, CommitSha), Loaded)>>,
@@ -159,8 +160,8 @@ impl SnapshotCache {
         entries.retain(|((r, c), _)| !(r == &repository && c == &commit));
         entries.push_front(((repository, commit), loaded));
         let mut total: usize = entries.iter().map(|(_, l)| weight(l)).sum();
-        while entries.len() > 1 && total > self.capacity_assets {
-            let (_, evicted) = entries.pop_back().expect("more than one entry");
+        while entries.len() > 2 && total > self.capacity_assets {
+            let (_, evicted) = entries.pop_back().expect("more than two entries");
             total -= weight(&evicted);
         }
     }
@@ -267,5 +268,40 @@ impl DiffCache {
             }
         }
         entries.1.insert(key, (tick, diff));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(weight: usize) -> Loaded {
+        Arc::new(Err((0..weight)
+            .map(|i| Diagnostic::new("a.sql", (1, 1), i.to_string()))
+            .collect()))
+    }
+
+    fn commit(digit: char) -> CommitSha {
+        CommitSha::new(&digit.to_string().repeat(40)).expect("a full sha")
+    }
+
+    #[test]
+    fn the_two_newest_snapshots_stay_however_large_and_older_ones_go_past_the_bound() {
+        let repository = RepositoryName::new("shop").expect("a repository name");
+        let cache = SnapshotCache::new(10);
+        cache.insert(repository.clone(), commit('a'), loaded(4));
+        cache.insert(repository.clone(), commit('b'), loaded(4));
+        assert!(cache.get(&repository, &commit('a')).is_some(), "8 of 10: both fit");
+        // `a` was just used, so `b` is the oldest when `c` comes: 12 assets, over the bound.
+        cache.insert(repository.clone(), commit('c'), loaded(4));
+        assert!(cache.get(&repository, &commit('b')).is_none());
+        assert!(cache.get(&repository, &commit('a')).is_some());
+        assert!(cache.get(&repository, &commit('c')).is_some());
+        // A head and its base larger than the bound together are both kept: a deploy needs both.
+        cache.insert(repository.clone(), commit('d'), loaded(30));
+        cache.insert(repository.clone(), commit('e'), loaded(30));
+        assert!(cache.get(&repository, &commit('d')).is_some());
+        assert!(cache.get(&repository, &commit('e')).is_some());
+        assert!(cache.get(&repository, &commit('c')).is_none());
     }
 }
