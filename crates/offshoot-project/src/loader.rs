@@ -219,8 +219,7 @@ pub fn load_cached(
     let external: Vec<String> = manifest.as_ref().map(|m| m.external.clone()).unwrap_or_default();
     let (keys, drafts) = check_duplicates(&sources, drafts, &mut diagnostics);
     let mut assets: Vec<Asset> = sources;
-    let mut reference_positions: BTreeMap<(AssetKey, AssetKey), (String, (u32, u32))> =
-        BTreeMap::new();
+    let mut reference_positions: ReferencePositions = BTreeMap::new();
     // One suggestion search per distinct unknown name: a deleted source read by thousands of
     // assets must not cost thousands of searches.
     let mut suggestions: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -298,10 +297,13 @@ pub fn load_cached(
     Err(LoadError::Invalid(diagnostics))
 }
 
+/// Where each dependency (reader, read) is first written: (path, (line, column)).
+type ReferencePositions = BTreeMap<(AssetKey, AssetKey), (String, (u32, u32))>;
+
 /// One diagnostic per dependency cycle, at the reference that closes it.
 fn report_cycles(
     assets: &[Asset],
-    reference_positions: &BTreeMap<(AssetKey, AssetKey), (String, (u32, u32))>,
+    reference_positions: &ReferencePositions,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
     let dependencies: Dependencies =
