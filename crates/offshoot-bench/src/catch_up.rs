@@ -92,14 +92,7 @@ fn tree(args: &Args, dialect: &str, bumped: &[usize], bump: u32) -> BTreeMap<Str
 }
 
 fn binary(args: &Args) -> anyhow::Result<PathBuf> {
-    let path = match &args.offshoot {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.parent().context("no folder")?.join("offshoot"),
-    };
-    if !path.is_file() {
-        bail!("no offshoot binary at {}: `cargo build --release -p offshoot -p offshoot-bench`, or --offshoot PATH", path.display());
-    }
-    Ok(path)
+    crate::server::offshoot_binary(args.offshoot.as_deref())
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

@@ -78,17 +78,7 @@ const LARGE_RSS_BAR_KB: u64 = 500 * 1024;
 const DIFF_RATIO_BAR: f64 = 1.2;
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let binary = match &args.offshoot {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("locating this binary")?
-            .parent()
-            .context("this binary has no folder")?
-            .join("offshoot"),
-    };
-    if !binary.is_file() {
-        bail!("no offshoot binary at {}: `cargo build --release -p offshoot -p offshoot-bench` first, or pass --offshoot", binary.display());
-    }
+    let binary = crate::server::offshoot_binary(args.offshoot.as_deref())?;
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = base.join(format!("offshoot-bench-incremental-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;

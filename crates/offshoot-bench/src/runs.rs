@@ -78,17 +78,7 @@ struct RunSample {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let binary = match &args.offshoot {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("locating this binary")?
-            .parent()
-            .context("this binary has no folder")?
-            .join("offshoot"),
-    };
-    if !binary.is_file() {
-        bail!("no offshoot binary at {}: `cargo build --release -p offshoot -p offshoot-bench` first, or pass --offshoot", binary.display());
-    }
+    let binary = crate::server::offshoot_binary(args.offshoot.as_deref())?;
     let work = std::env::temp_dir().join(format!("offshoot-bench-runs-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let result = measure(args, &binary, &work);

@@ -143,7 +143,7 @@ pub fn parse_args(arguments: impl Iterator<Item = String>) -> anyhow::Result<Arg
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let total = Instant::now();
-    let binary = offshoot_binary(args)?;
+    let binary = offshoot_binary(args.offshoot.as_deref())?;
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = base.join(format!("offshoot-bench-server-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -162,10 +162,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     result
 }
 
-/// `--offshoot`, or the `offshoot` binary cargo put next to this one.
-fn offshoot_binary(args: &Args) -> anyhow::Result<PathBuf> {
-    let path = match &args.offshoot {
-        Some(path) => path.clone(),
+/// `--offshoot`, or the `offshoot` binary cargo put next to this one: what every benchmark that
+/// starts a server runs.
+pub fn offshoot_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(path) => path.to_path_buf(),
         None => {
             let exe = std::env::current_exe().context("locating this binary")?;
             exe.parent().context("this binary has no folder")?.join("offshoot")
