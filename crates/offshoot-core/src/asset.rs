@@ -90,6 +90,13 @@ impl AssetKey {
     }
 }
 
+/// Keys order and hash as their text does, so maps keyed by them can be searched by a `&str`.
+impl std::borrow::Borrow<str> for AssetKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for AssetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

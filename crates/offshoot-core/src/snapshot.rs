@@ -1,6 +1,11 @@
 //! A snapshot: the validated asset graph of one commit, with fingerprints and a downstream index.
+//!
+//! Assets are shared (`Arc`), so a snapshot derived from another by a few changed files
+//! ([`Snapshot::with_changes`]) holds the rest of its assets in common with it: the work and the
+//! memory of a derived snapshot are in proportion to what changed and what is downstream of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 
 use crate::fingerprint::Fingerprint;
 use crate::graph::{self, Dependencies};
@@ -23,12 +28,20 @@ pub fn render_cycle(cycle: &[AssetKey]) -> String {
     parts.join(" -> ")
 }
 
+/// One asset of a snapshot with what the snapshot knows of it.
+#[derive(Debug, Clone)]
+struct Node {
+    asset: Arc<Asset>,
+    fingerprint: Fingerprint,
+    /// The keys that read this asset directly, sorted.
+    downstream: Arc<[AssetKey]>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    assets: BTreeMap<AssetKey, Asset>,
-    order: Vec<AssetKey>,
-    downstream: BTreeMap<AssetKey, Vec<AssetKey>>,
-    fingerprints: BTreeMap<AssetKey, Fingerprint>,
+    nodes: BTreeMap<AssetKey, Node>,
+    /// Worked out on first use: a derived snapshot is often only diffed, never ordered.
+    order: OnceLock<Vec<AssetKey>>,
 }
 
 impl Snapshot {
@@ -63,54 +76,392 @@ impl Snapshot {
                 return Err((SnapshotError::Cycle(cycle), assets.into_values().collect()));
             }
         };
-        let mut fingerprints: BTreeMap<AssetKey, Fingerprint> = BTreeMap::new();
+        let mut downstream = graph::downstream_index(&deps);
+        let mut fingerprints: HashMap<AssetKey, Fingerprint> = HashMap::with_capacity(order.len());
         for key in &order {
             let asset = &assets[key];
             let upstream: Vec<&Fingerprint> = asset.deps.iter().map(|d| &fingerprints[d]).collect();
-            let fingerprint = Fingerprint::compute(asset, upstream);
-            fingerprints.insert(key.clone(), fingerprint);
+            fingerprints.insert(key.clone(), Fingerprint::compute(asset, upstream));
         }
-        let downstream = graph::downstream_index(&deps);
-        Ok(Snapshot { assets, order, downstream, fingerprints })
+        let nodes = assets
+            .into_iter()
+            .map(|(key, asset)| {
+                let mut readers = downstream.remove(&key).unwrap_or_default();
+                readers.sort();
+                let node = Node {
+                    fingerprint: fingerprints[&key],
+                    asset: Arc::new(asset),
+                    downstream: readers.into(),
+                };
+                (key, node)
+            })
+            .collect();
+        Ok(Snapshot { nodes, order: OnceLock::from(order) })
+    }
+
+    /// This snapshot with `changed` assets added or replacing those of the same key and the
+    /// `removed` keys gone. The same as [`Snapshot::new`] over the resulting assets, with work in
+    /// proportion to the change: only the changed assets' edges are checked for cycles, only
+    /// they and what is downstream of them get new fingerprints, and every other asset is shared
+    /// with `self`.
+    pub fn with_changes(
+        &self,
+        changed: Vec<Asset>,
+        removed: &BTreeSet<AssetKey>,
+    ) -> Result<Snapshot, SnapshotError> {
+        let mut nodes = self.nodes.clone();
+        // Edges whose reader changed: (read, reader, added?).
+        let mut edge_changes: BTreeMap<AssetKey, (BTreeSet<AssetKey>, BTreeSet<AssetKey>)> =
+            BTreeMap::new();
+        let no_deps = BTreeSet::new();
+        for key in removed {
+            if let Some(node) = nodes.remove(key) {
+                for dep in &node.asset.deps {
+                    edge_changes.entry(dep.clone()).or_default().1.insert(key.clone());
+                }
+            }
+        }
+        let mut changed_keys: Vec<AssetKey> = Vec::with_capacity(changed.len());
+        for asset in changed {
+            let old_deps = self.nodes.get(&asset.key).map_or(&no_deps, |n| &n.asset.deps);
+            for dep in old_deps.difference(&asset.deps) {
+                edge_changes.entry(dep.clone()).or_default().1.insert(asset.key.clone());
+            }
+            for dep in asset.deps.difference(old_deps) {
+                edge_changes.entry(dep.clone()).or_default().0.insert(asset.key.clone());
+            }
+            let downstream =
+                self.nodes.get(&asset.key).map_or_else(|| Arc::from([]), |n| n.downstream.clone());
+            changed_keys.push(asset.key.clone());
+            let key = asset.key.clone();
+            // The fingerprint is worked out below, once every upstream has its own.
+            let fingerprint =
+                self.nodes.get(&key).map_or(Fingerprint::compute(&asset, []), |n| n.fingerprint);
+            nodes.insert(key, Node { asset: Arc::new(asset), fingerprint, downstream });
+        }
+        for key in &changed_keys {
+            let asset = &nodes[key].asset;
+            if let Some(dep) = asset.deps.iter().find(|d| !nodes.contains_key(*d)) {
+                return Err(SnapshotError::UnknownDependency {
+                    key: key.clone(),
+                    dep: dep.clone(),
+                });
+            }
+        }
+        for (read, (added, gone)) in edge_changes {
+            let Some(node) = nodes.get_mut(&read) else {
+                // A removed asset's reader that is still here reads what is gone.
+                if let Some(reader) = added.iter().next() {
+                    return Err(SnapshotError::UnknownDependency {
+                        key: reader.clone(),
+                        dep: read,
+                    });
+                }
+                continue;
+            };
+            let mut readers: BTreeSet<AssetKey> =
+                node.downstream.iter().filter(|k| !gone.contains(*k)).cloned().collect();
+            readers.extend(added);
+            node.downstream = readers.into_iter().collect::<Vec<_>>().into();
+        }
+        // What read a removed key and is neither removed nor changed now reads nothing there.
+        for key in removed {
+            if let Some(old) = self.nodes.get(key) {
+                if let Some(reader) = old
+                    .downstream
+                    .iter()
+                    .find(|r| nodes.get(*r).is_some_and(|n| n.asset.deps.contains(key)))
+                {
+                    return Err(SnapshotError::UnknownDependency {
+                        key: reader.clone(),
+                        dep: key.clone(),
+                    });
+                }
+            }
+        }
+        let mut snapshot = Snapshot { nodes, order: OnceLock::new() };
+        if let Some(cycle) = snapshot.cycle_through(&changed_keys) {
+            return Err(SnapshotError::Cycle(cycle));
+        }
+        snapshot.refingerprint(&changed_keys);
+        Ok(snapshot)
+    }
+
+    /// A cycle through any of `start`, if there is one: every cycle a change can make goes
+    /// through a changed asset's edges, so the search goes upstream from those assets only.
+    fn cycle_through(&self, start: &[AssetKey]) -> Option<Vec<AssetKey>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            OnStack,
+            Done,
+        }
+        let mut marks: HashMap<&AssetKey, Mark> = HashMap::new();
+        for first in start {
+            if marks.contains_key(first) {
+                continue;
+            }
+            let mut stack: Vec<(&AssetKey, std::collections::btree_set::Iter<'_, AssetKey>)> =
+                vec![(first, self.nodes[first].asset.deps.iter())];
+            marks.insert(first, Mark::OnStack);
+            while let Some((_, pending)) = stack.last_mut() {
+                match pending.next() {
+                    Some(next) => match marks.get(next) {
+                        None => {
+                            marks.insert(next, Mark::OnStack);
+                            stack.push((next, self.nodes[next].asset.deps.iter()));
+                        }
+                        Some(Mark::OnStack) => {
+                            // Reported as the full search reports it, from the lowest key.
+                            let deps: Dependencies = self
+                                .nodes
+                                .iter()
+                                .map(|(k, n)| (k.clone(), n.asset.deps.clone()))
+                                .collect();
+                            return graph::find_cycles(&deps).into_iter().next();
+                        }
+                        Some(Mark::Done) => {}
+                    },
+                    None => {
+                        let (done, _) = stack.pop().expect("non-empty");
+                        marks.insert(done, Mark::Done);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// New fingerprints for `changed` and everything downstream of them, each after its
+    /// upstream's.
+    fn refingerprint(&mut self, changed: &[AssetKey]) {
+        let mut affected: HashSet<AssetKey> = HashSet::new();
+        let mut pending: Vec<AssetKey> = changed.to_vec();
+        while let Some(key) = pending.pop() {
+            if affected.insert(key.clone()) {
+                pending.extend(self.nodes[&key].downstream.iter().cloned());
+            }
+        }
+        // Depth-first over the affected upstream edges: a key is done after its deps are.
+        let mut done: HashSet<AssetKey> = HashSet::with_capacity(affected.len());
+        let starts: Vec<AssetKey> = affected.iter().cloned().collect();
+        for first in starts {
+            let mut stack: Vec<(AssetKey, bool)> = vec![(first, false)];
+            while let Some((key, expanded)) = stack.pop() {
+                if done.contains(&key) {
+                    continue;
+                }
+                if expanded {
+                    let asset = &self.nodes[&key].asset;
+                    let upstream: Vec<Fingerprint> =
+                        asset.deps.iter().map(|d| self.nodes[d].fingerprint).collect();
+                    let fingerprint = Fingerprint::compute(asset, upstream.iter());
+                    self.nodes.get_mut(&key).expect("affected keys are nodes").fingerprint =
+                        fingerprint;
+                    done.insert(key);
+                    continue;
+                }
+                stack.push((key.clone(), true));
+                for dep in &self.nodes[&key].asset.deps {
+                    if affected.contains(dep) && !done.contains(dep) {
+                        stack.push((dep.clone(), false));
+                    }
+                }
+            }
+        }
     }
 
     pub fn get(&self, key: &AssetKey) -> Option<&Asset> {
-        self.assets.get(key)
+        self.nodes.get(key).map(|n| &*n.asset)
+    }
+
+    /// The asset as this snapshot shares it: two snapshots hold the same `Arc` for an asset a
+    /// derived one did not change.
+    pub fn shared(&self, key: &AssetKey) -> Option<&Arc<Asset>> {
+        self.nodes.get(key).map(|n| &n.asset)
     }
 
     pub fn contains(&self, key: &AssetKey) -> bool {
-        self.assets.contains_key(key)
+        self.nodes.contains_key(key)
+    }
+
+    /// The key spelled exactly `name`, if there is one.
+    pub fn key_named(&self, name: &str) -> Option<&AssetKey> {
+        self.nodes.get_key_value(name).map(|(k, _)| k)
     }
 
     /// Assets by key.
     pub fn assets(&self) -> impl Iterator<Item = &Asset> {
-        self.assets.values()
+        self.nodes.values().map(|n| &*n.asset)
     }
 
     pub fn len(&self) -> usize {
-        self.assets.len()
+        self.nodes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.assets.is_empty()
+        self.nodes.is_empty()
     }
 
     /// Keys with every dependency before its dependents.
     pub fn topological_order(&self) -> &[AssetKey] {
-        &self.order
+        self.order.get_or_init(|| {
+            let deps: Dependencies =
+                self.nodes.iter().map(|(k, n)| (k.clone(), n.asset.deps.clone())).collect();
+            graph::topological_order(&deps).expect("a snapshot is acyclic")
+        })
     }
 
     /// The keys that read `key` directly.
     pub fn downstream_of(&self, key: &AssetKey) -> &[AssetKey] {
-        self.downstream.get(key).map(Vec::as_slice).unwrap_or(&[])
+        self.nodes.get(key).map(|n| &*n.downstream).unwrap_or(&[])
     }
 
     /// The keys `key` reads directly.
     pub fn upstream_of(&self, key: &AssetKey) -> impl Iterator<Item = &AssetKey> {
-        self.assets.get(key).into_iter().flat_map(|a| a.deps.iter())
+        self.nodes.get(key).into_iter().flat_map(|n| n.asset.deps.iter())
     }
 
     pub fn fingerprint(&self, key: &AssetKey) -> Option<Fingerprint> {
-        self.fingerprints.get(key).copied()
+        self.nodes.get(key).map(|n| n.fingerprint)
+    }
+}
+
+/// Two snapshots are equal when they hold equal assets with equal fingerprints (the order and
+/// the downstream index follow from the assets).
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Snapshot) -> bool {
+        self.nodes.len() == other.nodes.len()
+            && self.nodes.iter().zip(&other.nodes).all(|((k, a), (l, b))| {
+                k == l
+                    && a.fingerprint == b.fingerprint
+                    && a.downstream == b.downstream
+                    && (Arc::ptr_eq(&a.asset, &b.asset) || a.asset == b.asset)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AssetKind, CodeVersion};
+    use proptest::prelude::*;
+
+    const KEYS: usize = 8;
+
+    fn key(i: usize) -> AssetKey {
+        AssetKey::new(&format!("k{i}")).expect("key")
+    }
+
+    /// An asset `k{i}` reading the keys in `deps`, with a code version.
+    fn asset(i: usize, deps: &[usize], version: u8) -> Asset {
+        let mut asset = Asset::new(key(i), AssetKind::Sql);
+        asset.deps = deps.iter().map(|d| key(*d)).collect();
+        asset.code_version = CodeVersion::explicit(version.to_string());
+        asset
+    }
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        /// Adds or replaces `k{i}`; its deps may be any key, so cycles and unknown keys happen.
+        Put(usize, Vec<usize>, u8),
+        Remove(usize),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            3 => (0..KEYS + 2, proptest::collection::vec(0..KEYS + 2, 0..3), 0..3u8)
+                .prop_map(|(i, deps, v)| Edit::Put(i, deps, v)),
+            1 => (0..KEYS + 2).prop_map(Edit::Remove),
+        ]
+    }
+
+    /// A DAG: each key reads some lower ones.
+    fn base() -> impl Strategy<Value = Vec<Asset>> {
+        proptest::collection::vec(
+            (proptest::collection::vec(any::<prop::sample::Index>(), 0..3), 0..3u8),
+            KEYS,
+        )
+        .prop_map(|specs| {
+            specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (deps, v))| {
+                    let deps: Vec<usize> =
+                        if i == 0 { Vec::new() } else { deps.iter().map(|d| d.index(i)).collect() };
+                    asset(i, &deps, v)
+                })
+                .collect()
+        })
+    }
+
+    fn same_error(a: &SnapshotError, b: &SnapshotError) -> bool {
+        match (a, b) {
+            (SnapshotError::Cycle(x), SnapshotError::Cycle(y)) => x == y,
+            (SnapshotError::UnknownDependency { .. }, SnapshotError::UnknownDependency { .. }) => {
+                true
+            }
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_derived_snapshot_equals_one_built_from_scratch(
+            assets in base(),
+            edits in proptest::collection::vec(proptest::collection::vec(edit(), 0..5), 1..5),
+        ) {
+            let mut current = Snapshot::new(assets).expect("a DAG");
+            for batch in edits {
+                let mut all: BTreeMap<AssetKey, Asset> =
+                    current.assets().map(|a| (a.key.clone(), a.clone())).collect();
+                let mut changed: BTreeMap<AssetKey, Asset> = BTreeMap::new();
+                let mut removed = BTreeSet::new();
+                for edit in batch {
+                    match edit {
+                        Edit::Put(i, deps, v) => {
+                            let asset = asset(i, &deps, v);
+                            removed.remove(&asset.key);
+                            all.insert(asset.key.clone(), asset.clone());
+                            changed.insert(asset.key.clone(), asset);
+                        }
+                        Edit::Remove(i) => {
+                            changed.remove(&key(i));
+                            if all.remove(&key(i)).is_some() {
+                                removed.insert(key(i));
+                            }
+                        }
+                    }
+                }
+                let scratch = Snapshot::new(all.into_values());
+                let derived = current.with_changes(changed.into_values().collect(), &removed);
+                match (&scratch, &derived) {
+                    (Ok(s), Ok(d)) => {
+                        prop_assert!(s == d, "{s:?} != {d:?}");
+                        prop_assert_eq!(s.topological_order(), d.topological_order());
+                        for k in s.topological_order() {
+                            prop_assert_eq!(s.downstream_of(k), d.downstream_of(k));
+                        }
+                    }
+                    (Err(s), Err(d)) => prop_assert!(same_error(s, d), "{s:?} vs {d:?}"),
+                    _ => prop_assert!(false, "scratch {scratch:?}, derived {derived:?}"),
+                }
+                if let Ok(next) = derived {
+                    current = next;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unchanged_assets_are_shared_with_the_snapshot_derived_from() {
+        let base =
+            Snapshot::new([asset(0, &[], 0), asset(1, &[0], 0), asset(2, &[1], 0)]).expect("a DAG");
+        let derived = base.with_changes(vec![asset(1, &[0], 1)], &BTreeSet::new()).expect("valid");
+        assert!(Arc::ptr_eq(
+            base.shared(&key(0)).expect("k0"),
+            derived.shared(&key(0)).expect("k0")
+        ));
+        assert_ne!(base.fingerprint(&key(2)), derived.fingerprint(&key(2)), "downstream moves too");
+        assert_eq!(base.fingerprint(&key(0)), derived.fingerprint(&key(0)));
     }
 }
