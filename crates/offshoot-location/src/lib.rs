@@ -154,7 +154,8 @@ pub fn for_manifest(manifest: &Manifest) -> Box<dyn CodeLocation> {
 /// Reads the manifest and loads the commit with its location: the one entry point for every
 /// caller (server, CLI). `checkout` is called only when the location needs the files on disk.
 /// A native project reuses `cache` for every file whose content id it has seen (parse once per
-/// blob); the tool locations do not use it.
+/// blob), and starts from `previous` (another commit's project, see
+/// [`offshoot_project::load_from`]) where it can; the tool locations use neither.
 pub fn load_project(
     files: &dyn ProjectFiles,
     checkout: impl FnOnce() -> Result<PathBuf, String>,
@@ -162,12 +163,15 @@ pub fn load_project(
     env: &[(String, String)],
     sandbox: Option<&Sandbox>,
     cache: Option<&dyn ParseCache>,
+    previous: Option<&Project>,
 ) -> Result<Project, LocationError> {
     let manifest = offshoot_project::read_manifest(files)?;
     if manifest.location == LocationConfig::Native {
-        let mut project = offshoot_project::load_cached(files, cache)?;
+        let mut project = offshoot_project::load_from(files, cache, previous)?;
         if !project.manifest.untracked_metadata.is_empty() {
             project.snapshot = normalized(&project.manifest, project.snapshot, &[])?;
+            // What a file says is no longer what the snapshot holds: nothing to start from.
+            project.blobs = None;
         }
         return Ok(project);
     }
@@ -188,7 +192,7 @@ pub fn load_project(
     }
     let replacements = environment_values(dir.as_deref(), work_dir, env);
     let snapshot = normalized(&manifest, snapshot, &replacements)?;
-    Ok(Project { manifest, snapshot })
+    Ok(Project::new(manifest, snapshot))
 }
 
 /// What ties a load to where and as which commit it ran, and what stands for it in a snapshot:

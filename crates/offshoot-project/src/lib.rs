@@ -17,7 +17,7 @@ mod toml_value;
 
 pub use diagnostic::Diagnostic;
 pub use files::{FileId, FilesError, MemoryFiles, ProjectFiles};
-pub use loader::{load, load_cached, read_manifest, LoadError, Project};
+pub use loader::{load, load_cached, load_from, read_manifest, Blobs, LoadError, Project};
 pub use manifest::{DagsterConfig, DbtConfig, Dialect, LocationConfig, Manifest};
 pub use offshoot_core::Snapshot;
 

@@ -1,6 +1,6 @@
 //! Loads a project from [`ProjectFiles`] into a validated [`Snapshot`], collecting every problem.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use offshoot_core::fingerprint::sha256_hex;
@@ -26,6 +26,27 @@ use crate::{toml_value, ASSETS_DIR, MANIFEST_PATH};
 pub struct Project {
     pub manifest: Manifest,
     pub snapshot: Snapshot,
+    /// What a native load read, when every file had a content id: the next load of another
+    /// commit ([`load_from`]) reuses the assets of the files whose content did not change.
+    pub blobs: Option<Arc<Blobs>>,
+}
+
+impl Project {
+    /// A project with nothing to reuse it by (a code location's tool loaded it).
+    pub fn new(manifest: Manifest, snapshot: Snapshot) -> Project {
+        Project { manifest, snapshot, blobs: None }
+    }
+}
+
+/// The content ids a native load read, and the keys its references resolve to.
+#[derive(Debug)]
+pub struct Blobs {
+    manifest: String,
+    /// Every asset file's path with its content id.
+    files: HashMap<Arc<str>, Arc<str>>,
+    /// Every key (sources included) by its lower-case spelling: where unquoted references
+    /// resolve. A valid project has no two keys that differ only in case.
+    folded: Arc<HashMap<String, AssetKey>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,54 +140,70 @@ fn read_manifest_into(
 
 /// Loads a native project (SQL and command assets under `assets/`).
 pub fn load(files: &dyn ProjectFiles) -> Result<Project, LoadError> {
-    load_cached(files, None)
+    load_from(files, None, None)
 }
 
 /// One SQL file waiting to be parsed: (position in the sorted paths, path, key, text, the
 /// cache key it will be kept under).
 type PendingSql<'p> = (usize, &'p str, AssetKey, String, Option<CacheKey>);
 
+/// One file's parse for this load: (position in the sorted paths, key, kind, the parse).
+type ParsedEntry = (usize, AssetKey, AssetKind, Arc<ParsedFile>);
+
 /// [`load`], reusing what `cache` holds for files whose content id it has seen (see
-/// [`crate::parse_cache`]) and keeping there what it had to parse. Only the per-file parse is
-/// reused: references, duplicates and cycles are worked out for the whole graph every time,
-/// so the result is the same as [`load`]'s.
+/// [`crate::parse_cache`]) and keeping there what it had to parse.
 pub fn load_cached(
     files: &dyn ProjectFiles,
     cache: Option<&dyn ParseCache>,
 ) -> Result<Project, LoadError> {
-    let mut diagnostics = Vec::new();
-    let manifest = read_manifest_into(files, &mut diagnostics)?;
-    let dialect = manifest.as_ref().map_or(crate::Dialect::Generic, |m| m.dialect);
+    load_from(files, cache, None)
+}
 
-    let mut paths = files.asset_paths()?;
-    paths.sort();
-    // Reading stays on this thread (the files may be a git handle); SQL parsing, most of the
-    // work, is pure and runs on every core.
-    let mut sql_files: Vec<PendingSql<'_>> = Vec::new();
-    let mut parsed: Vec<(usize, AssetKey, AssetKind, Arc<ParsedFile>)> = Vec::new();
-    let mut new_entries: Vec<(CacheKey, Arc<ParsedFile>)> = Vec::new();
-    for (index, path) in paths.iter().enumerate() {
-        let Some(kind) = asset_kind_of(path) else { continue };
-        let Some(key) = key_of(path, &mut diagnostics) else { continue };
-        let cache_key = match cache {
-            None => None,
-            Some(_) => match files.file_id(path)? {
-                FileId::Content(content) => {
-                    Some(CacheKey { kind, dialect, path: path.clone(), content })
-                }
-                FileId::Missing => continue,
-                FileId::Unavailable => None,
-            },
-        };
+/// [`load_cached`], starting from `previous`, a valid project loaded from other files (another
+/// commit): when `offshoot.toml` is the same and the changed files leave every reference of the
+/// unchanged ones resolving as before, only the changed files are parsed and resolved and the
+/// snapshot is derived from `previous`'s ([`Snapshot::with_changes`]). Anything else (a
+/// problem in a changed file, a duplicate, a key removed while still read, a cycle) loads the
+/// whole graph as [`load_cached`] does, so the result, diagnostics included, is always the same.
+pub fn load_from(
+    files: &dyn ProjectFiles,
+    cache: Option<&dyn ParseCache>,
+    previous: Option<&Project>,
+) -> Result<Project, LoadError> {
+    if let Some(previous) = previous {
+        if let Some(project) = load_changes(files, cache, previous)? {
+            return Ok(project);
+        }
+    }
+    load_whole(files, cache)
+}
+
+/// Files being parsed, through the cache where it can serve them.
+#[derive(Default)]
+struct Parsing<'p> {
+    sql_files: Vec<PendingSql<'p>>,
+    parsed: Vec<ParsedEntry>,
+    new_entries: Vec<(CacheKey, Arc<ParsedFile>)>,
+}
+
+impl<'p> Parsing<'p> {
+    /// Takes one asset file: from the cache, parsed now (a command asset), or queued (SQL).
+    fn add(
+        &mut self,
+        files: &dyn ProjectFiles,
+        cache: Option<&dyn ParseCache>,
+        (index, path, key, kind): (usize, &'p str, AssetKey, AssetKind),
+        cache_key: Option<CacheKey>,
+    ) -> Result<(), FilesError> {
         if let (Some(cache), Some(cache_key)) = (cache, &cache_key) {
             if let Some(found) = cache.get(&cache_key.digest()) {
                 if inputs_unchanged(&found, files)? {
-                    parsed.push((index, key, kind, found));
-                    continue;
+                    self.parsed.push((index, key, kind, found));
+                    return Ok(());
                 }
             }
         }
-        let Some(bytes) = files.read(path)? else { continue };
+        let Some(bytes) = files.read(path)? else { return Ok(()) };
         let text = match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(error) => {
@@ -175,12 +212,12 @@ pub fn load_cached(
                     diagnostics: vec![not_utf8(path, &error)],
                     inputs: Vec::new(),
                 };
-                remember(&mut parsed, &mut new_entries, (index, key, kind), cache_key, file);
-                continue;
+                self.remember((index, key, kind), cache_key, file);
+                return Ok(());
             }
         };
         match kind {
-            AssetKind::Sql => sql_files.push((index, path, key, text, cache_key)),
+            AssetKind::Sql => self.sql_files.push((index, path, key, text, cache_key)),
             _ => {
                 let mut found = Vec::new();
                 // The inputs' content ids, if there is an entry to check them later.
@@ -191,20 +228,244 @@ pub fn load_cached(
                 let cache_key = cache_key.filter(|_| inputs.is_some());
                 let file =
                     ParsedFile { draft, diagnostics: found, inputs: inputs.unwrap_or_default() };
-                remember(&mut parsed, &mut new_entries, (index, key, kind), cache_key, file);
+                self.remember((index, key, kind), cache_key, file);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps one file's parse for this load and, under `cache_key`, for the cache.
+    fn remember(
+        &mut self,
+        (index, key, kind): (usize, AssetKey, AssetKind),
+        cache_key: Option<CacheKey>,
+        file: ParsedFile,
+    ) {
+        let file = Arc::new(file);
+        if let Some(cache_key) = cache_key {
+            self.new_entries.push((cache_key, file.clone()));
+        }
+        self.parsed.push((index, key, kind, file));
+    }
+
+    /// Parses the queued SQL, keeps what was parsed in the cache, and returns every file's
+    /// parse in path order.
+    fn finish(
+        mut self,
+        cache: Option<&dyn ParseCache>,
+        dialect: crate::Dialect,
+    ) -> Vec<ParsedEntry> {
+        let sql_files = std::mem::take(&mut self.sql_files);
+        for (index, key, cache_key, file) in parse_sql_files(sql_files, dialect) {
+            self.remember((index, key, AssetKind::Sql), cache_key, file);
+        }
+        if let Some(cache) = cache {
+            if !self.new_entries.is_empty() {
+                cache.insert(self.new_entries);
+            }
+        }
+        self.parsed.sort_by_key(|(index, ..)| *index);
+        self.parsed
+    }
+}
+
+/// What one reference resolves to, with where it is written: the key, or the name as written.
+type Resolution = (Result<AssetKey, String>, (u32, u32));
+
+/// Resolves a draft's references (`find(name, exact)`: exact for quoted names and `deps`) and
+/// named dependencies; references to declared external tables are skipped.
+fn resolve(
+    draft: &Draft,
+    external: &[String],
+    find: impl Fn(&str, bool) -> Option<AssetKey>,
+) -> Vec<Resolution> {
+    let mut out = Vec::with_capacity(draft.references.len() + draft.named_deps.len());
+    for reference in &draft.references {
+        if !external.is_empty()
+            && (external.contains(&reference.written().to_lowercase())
+                || external.contains(
+                    &reference
+                        .parts
+                        .iter()
+                        .map(|(v, _)| v.to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join("."),
+                ))
+        {
+            continue;
+        }
+        let (name, quoted) = reference.parts.last().expect("references have at least one part");
+        let position = (reference.line, reference.column);
+        out.push((find(name, *quoted).ok_or_else(|| reference.written()), position));
+    }
+    for named in &draft.named_deps {
+        out.push((find(&named.name, true).ok_or_else(|| named.name.clone()), named.position));
+    }
+    out
+}
+
+/// [`load_from`]'s reuse of `previous`; `None` when the whole graph has to be loaded.
+fn load_changes(
+    files: &dyn ProjectFiles,
+    cache: Option<&dyn ParseCache>,
+    previous: &Project,
+) -> Result<Option<Project>, LoadError> {
+    let Some(blobs) = previous.blobs.as_ref() else { return Ok(None) };
+    // Metadata normalised after the load is not what a file alone says.
+    if !previous.manifest.untracked_metadata.is_empty() {
+        return Ok(None);
+    }
+    match files.file_id(MANIFEST_PATH)? {
+        FileId::Content(id) if id == blobs.manifest => {}
+        _ => return Ok(None),
+    }
+    let dialect = previous.manifest.dialect;
+    let paths = files.asset_paths()?;
+    let mut contents: HashMap<Arc<str>, Arc<str>> = HashMap::with_capacity(paths.len());
+    let mut changed: Vec<(usize, AssetKey, AssetKind, String)> = Vec::new();
+    let mut no_diagnostics = Vec::new();
+    for (index, path) in paths.iter().enumerate() {
+        let Some(kind) = asset_kind_of(path) else { continue };
+        let Some(key) = key_of(path, &mut no_diagnostics) else { return Ok(None) };
+        let FileId::Content(id) = files.file_id(path)? else { return Ok(None) };
+        match blobs.files.get_key_value(path.as_str()) {
+            // A command asset also depends on its inputs: the cache checks them.
+            Some((known, before)) if kind == AssetKind::Sql && **before == *id => {
+                contents.insert(known.clone(), before.clone());
+            }
+            _ => {
+                contents.insert(Arc::from(path.as_str()), Arc::from(id.as_str()));
+                changed.push((index, key, kind, id));
             }
         }
     }
-    for (index, key, cache_key, file) in parse_sql_files(sql_files, dialect) {
-        remember(&mut parsed, &mut new_entries, (index, key, AssetKind::Sql), cache_key, file);
-    }
-    if let Some(cache) = cache {
-        if !new_entries.is_empty() {
-            cache.insert(new_entries);
+    // The keys of files gone; a key whose file moved is changed, not removed.
+    let mut removed: BTreeSet<AssetKey> = BTreeSet::new();
+    for path in blobs.files.keys() {
+        if !contents.contains_key(path) {
+            removed.insert(
+                key_of(path, &mut no_diagnostics).expect("a valid project's file names are keys"),
+            );
         }
     }
-    parsed.sort_by_key(|(index, ..)| *index);
-    let drafts: Vec<Draft> = parsed
+    // Keys on new paths: a file moved (its key's old file is gone), a new key, or a duplicate.
+    let mut added: BTreeSet<AssetKey> = BTreeSet::new();
+    for (index, key, ..) in &changed {
+        if blobs.files.contains_key(paths[*index].as_str()) {
+            continue;
+        }
+        let fresh = if previous.snapshot.contains(key) {
+            removed.remove(key)
+        } else {
+            added.insert(key.clone())
+        };
+        if !fresh {
+            // Defined twice: the whole load reports where.
+            return Ok(None);
+        }
+    }
+    let folded = if added.is_empty() && removed.is_empty() {
+        blobs.folded.clone()
+    } else {
+        let mut folded = (*blobs.folded).clone();
+        for key in &removed {
+            folded.remove(&key.as_str().to_lowercase());
+        }
+        for key in &added {
+            // Two keys that differ only in case: the whole load reports the duplicate.
+            if folded.insert(key.as_str().to_lowercase(), key.clone()).is_some() {
+                return Ok(None);
+            }
+        }
+        Arc::new(folded)
+    };
+
+    let mut parsing = Parsing::default();
+    for (index, key, kind, id) in &changed {
+        let path = paths[*index].as_str();
+        let cache_key =
+            CacheKey { kind: *kind, dialect, path: path.to_owned(), content: id.clone() };
+        parsing.add(files, cache, (*index, path, key.clone(), *kind), Some(cache_key))?;
+    }
+    let external = &previous.manifest.external;
+    let find = |name: &str, exact: bool| {
+        let found = folded.get(&name.to_lowercase())?;
+        (!exact || found.as_str() == name).then(|| found.clone())
+    };
+    let mut assets = Vec::with_capacity(changed.len());
+    for (.., file) in parsing.finish(cache, dialect) {
+        let Some(draft) = file.draft.as_ref().filter(|_| file.diagnostics.is_empty()) else {
+            return Ok(None);
+        };
+        let mut asset = draft.asset.clone();
+        for (found, _) in resolve(draft, external, find) {
+            match found {
+                Ok(key) => {
+                    asset.deps.insert(key);
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+        assets.push(asset);
+    }
+    if assets.len() != changed.len() {
+        // A file listed but gone before it was read.
+        return Ok(None);
+    }
+    let Ok(snapshot) = previous.snapshot.with_changes(assets, &removed) else { return Ok(None) };
+    let blobs = Blobs { manifest: blobs.manifest.clone(), files: contents, folded };
+    Ok(Some(Project {
+        manifest: previous.manifest.clone(),
+        snapshot,
+        blobs: Some(Arc::new(blobs)),
+    }))
+}
+
+/// The whole graph: every file from the cache or parsed, every reference resolved, every
+/// problem reported.
+fn load_whole(
+    files: &dyn ProjectFiles,
+    cache: Option<&dyn ParseCache>,
+) -> Result<Project, LoadError> {
+    let mut diagnostics = Vec::new();
+    let manifest = read_manifest_into(files, &mut diagnostics)?;
+    let dialect = manifest.as_ref().map_or(crate::Dialect::Generic, |m| m.dialect);
+    let manifest_id = match (cache, files.file_id(MANIFEST_PATH)?) {
+        (Some(_), FileId::Content(id)) => Some(id),
+        _ => None,
+    };
+
+    let mut paths = files.asset_paths()?;
+    paths.sort();
+    // Reading stays on this thread (the files may be a git handle); SQL parsing, most of the
+    // work, is pure and runs on every core.
+    let mut parsing = Parsing::default();
+    // Every asset file's content id, while every one has one.
+    let mut contents: Option<HashMap<Arc<str>, Arc<str>>> =
+        manifest_id.as_ref().map(|_| HashMap::with_capacity(paths.len()));
+    for (index, path) in paths.iter().enumerate() {
+        let Some(kind) = asset_kind_of(path) else { continue };
+        let Some(key) = key_of(path, &mut diagnostics) else { continue };
+        let cache_key = match cache {
+            None => None,
+            Some(_) => match files.file_id(path)? {
+                FileId::Content(content) => {
+                    if let Some(contents) = contents.as_mut() {
+                        contents.insert(Arc::from(path.as_str()), Arc::from(content.as_str()));
+                    }
+                    Some(CacheKey { kind, dialect, path: path.clone(), content })
+                }
+                FileId::Missing => continue,
+                FileId::Unavailable => {
+                    contents = None;
+                    None
+                }
+            },
+        };
+        parsing.add(files, cache, (index, path, key, kind), cache_key)?;
+    }
+    let drafts: Vec<Draft> = parsing
+        .finish(cache, dialect)
         .into_iter()
         .map(|(index, key, kind, file)| {
             diagnostics.extend(file.diagnostics.iter().cloned());
@@ -223,53 +484,23 @@ pub fn load_cached(
     // One suggestion search per distinct unknown name: a deleted source read by thousands of
     // assets must not cost thousands of searches.
     let mut suggestions: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let find = |name: &str, exact: bool| {
+        if exact { keys.exact.get(name) } else { keys.folded.get(&name.to_lowercase()) }.cloned()
+    };
     for mut draft in drafts {
         let path = draft.asset.location.path.clone();
-        for reference in &draft.references {
-            if external.contains(&reference.written().to_lowercase())
-                || external.contains(
-                    &reference
-                        .parts
-                        .iter()
-                        .map(|(v, _)| v.to_lowercase())
-                        .collect::<Vec<_>>()
-                        .join("."),
-                )
-            {
-                continue;
-            }
-            let (name, quoted) = reference.parts.last().expect("references have at least one part");
-            let found =
-                if *quoted { keys.exact.get(name) } else { keys.folded.get(&name.to_lowercase()) };
-            let position = (reference.line, reference.column);
+        for (found, position) in resolve(&draft, &external, find) {
             match found {
-                Some(key) => {
+                Ok(key) => {
                     reference_positions
                         .entry((draft.asset.key.clone(), key.clone()))
                         .or_insert((path.clone(), position));
-                    draft.asset.deps.insert(key.clone());
+                    draft.asset.deps.insert(key);
                 }
-                None => diagnostics.push(unknown_reference(
+                Err(written) => diagnostics.push(unknown_reference(
                     &path,
                     position,
-                    &reference.written(),
-                    &keys,
-                    &mut suggestions,
-                )),
-            }
-        }
-        for named in &draft.named_deps {
-            match keys.exact.get(&named.name) {
-                Some(key) => {
-                    reference_positions
-                        .entry((draft.asset.key.clone(), key.clone()))
-                        .or_insert((path.clone(), named.position));
-                    draft.asset.deps.insert(key.clone());
-                }
-                None => diagnostics.push(unknown_reference(
-                    &path,
-                    named.position,
-                    &named.name,
+                    &written,
                     &keys,
                     &mut suggestions,
                 )),
@@ -282,7 +513,13 @@ pub fn load_cached(
     // to find cycles among other problems, or to report the cycles a snapshot refused.
     let assets = match manifest {
         Some(manifest) if diagnostics.is_empty() => match Snapshot::build(assets) {
-            Ok(snapshot) => return Ok(Project { manifest, snapshot }),
+            Ok(snapshot) => {
+                let blobs = manifest_id.zip(contents).map(|(manifest, files)| {
+                    let folded = keys.folded.into_iter().collect();
+                    Arc::new(Blobs { manifest, files, folded: Arc::new(folded) })
+                });
+                return Ok(Project { manifest, snapshot, blobs });
+            }
             Err((SnapshotError::Cycle(_), assets)) => assets,
             Err((error, _)) => {
                 let at = Diagnostic::new(MANIFEST_PATH, (1, 1), error.to_string());
@@ -322,21 +559,6 @@ fn report_cycles(
                 .hint("an asset cannot read from itself, directly or through other assets; break the cycle"),
         );
     }
-}
-
-/// Keeps one file's parse for this load and, under `cache_key`, for the cache.
-fn remember(
-    parsed: &mut Vec<(usize, AssetKey, AssetKind, Arc<ParsedFile>)>,
-    new_entries: &mut Vec<(CacheKey, Arc<ParsedFile>)>,
-    (index, key, kind): (usize, AssetKey, AssetKind),
-    cache_key: Option<CacheKey>,
-    file: ParsedFile,
-) {
-    let file = Arc::new(file);
-    if let Some(cache_key) = cache_key {
-        new_entries.push((cache_key, file.clone()));
-    }
-    parsed.push((index, key, kind, file));
 }
 
 /// Whether every input file a cached command asset hashed still has the content it had.

@@ -154,6 +154,18 @@ impl SnapshotCache {
         Some(loaded)
     }
 
+    /// The most recently used valid project of `repository` that another commit's load can
+    /// start from ([`offshoot_project::load_from`]).
+    pub fn latest_reusable(&self, repository: &RepositoryName) -> Option<Loaded> {
+        let entries = self.entries.lock().expect("cache lock is never poisoned: no panics inside");
+        entries
+            .iter()
+            .find(|((r, _), loaded)| {
+                r == repository && loaded.as_ref().as_ref().is_ok_and(|p| p.blobs.is_some())
+            })
+            .map(|(_, loaded)| loaded.clone())
+    }
+
     pub fn insert(&self, repository: RepositoryName, commit: CommitSha, loaded: Loaded) {
         let mut entries =
             self.entries.lock().expect("cache lock is never poisoned: no panics inside");

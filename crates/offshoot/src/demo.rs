@@ -270,8 +270,8 @@ fn print_change_set(dir: &std::path::Path, example: &Example) -> anyhow::Result<
     let head = repo.resolve(feature_branch)?;
     let compared = repo.merge_base(&base_tip.sha, &head.sha)?;
     let base =
-        crate::diff::load(&repo, &compared, "main", None)?.context("the example is valid")?;
-    let head_project = crate::diff::load(&repo, &head, feature_branch, None)?
+        crate::diff::load(&repo, &compared, "main", None, None)?.context("the example is valid")?;
+    let head_project = crate::diff::load(&repo, &head, feature_branch, None, None)?
         .context("the demo branch is valid")?;
     let changes = diff(&base.snapshot, &head_project.snapshot);
     let comparison = Comparison {

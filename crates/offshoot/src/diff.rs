@@ -60,10 +60,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     // Parse once per blob: the head shares most of its files with the base.
     let cache = (!args.no_cache).then(|| crate::locate::parse_cache(&repo));
     let cache = cache.as_ref().map(|c| c as &dyn ParseCache);
-    let Some(base_project) = load(&repo, &compared, &format!("base {}", args.base), cache)? else {
+    let Some(base_project) = load(&repo, &compared, &format!("base {}", args.base), cache, None)?
+    else {
         return Ok(Outcome::Failed);
     };
-    let Some(head_project) = load(&repo, &head, &format!("head {}", args.head), cache)? else {
+    // The head starts from the base: only the files that differ are read and parsed.
+    let head_what = format!("head {}", args.head);
+    let Some(head_project) = load(&repo, &head, &head_what, cache, Some(&base_project))? else {
         return Ok(Outcome::Failed);
     };
     let changes = diff(&base_project.snapshot, &head_project.snapshot);
@@ -101,14 +104,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Loads the project at `commit`; prints the diagnostics and returns `None` if it is invalid.
+/// Loads the project at `commit` (from `previous` where it can); prints the diagnostics and
+/// returns `None` if it is invalid.
 pub fn load(
     repo: &GitRepository,
     commit: &CommitInfo,
     what: &str,
     cache: Option<&dyn ParseCache>,
+    previous: Option<&Project>,
 ) -> anyhow::Result<Option<Project>> {
-    match crate::locate::load_commit(repo, &commit.sha, cache) {
+    match crate::locate::load_commit(repo, &commit.sha, cache, previous) {
         Ok(project) => Ok(Some(project)),
         Err(LocationError::Invalid(diagnostics)) => {
             for diagnostic in &diagnostics {

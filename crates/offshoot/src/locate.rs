@@ -53,11 +53,13 @@ pub fn parse_cache(repo: &GitRepository) -> DiskParseCache {
     DiskParseCache::open(&user.join("offshoot").join("parse-cache"), ParseCacheOptions::default())
 }
 
-/// Loads one commit; a native project reuses and fills `cache`.
+/// Loads one commit; a native project reuses and fills `cache`, and starts from `previous`
+/// (another commit's project) where it can.
 pub fn load_commit(
     repo: &GitRepository,
     sha: &str,
     cache: Option<&dyn ParseCache>,
+    previous: Option<&Project>,
 ) -> Result<Project, LocationError> {
     let files = repo.files_at(sha).map_err(|e| LocationError::Tool(e.to_string()))?;
     let scratch = Scratch::new(&format!("load-{}", &sha[..sha.len().min(12)]))
@@ -69,7 +71,7 @@ pub fn load_commit(
             .map_err(|e| e.to_string())
     };
     let work = scratch.0.join("work");
-    offshoot_location::load_project(&files, checkout, &work, &environment(), None, cache)
+    offshoot_location::load_project(&files, checkout, &work, &environment(), None, cache, previous)
 }
 
 pub fn load_working_directory(root: &Path) -> Result<Project, LocationError> {
@@ -80,6 +82,7 @@ pub fn load_working_directory(root: &Path) -> Result<Project, LocationError> {
         || Ok(root.to_path_buf()),
         &scratch.0.join("work"),
         &environment(),
+        None,
         None,
         None,
     )

@@ -26,7 +26,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             let commit = repo.resolve(rev)?;
             (
                 format!("{rev} ({})", &commit.sha[..12]),
-                crate::locate::load_commit(&repo, &commit.sha, None),
+                crate::locate::load_commit(&repo, &commit.sha, None, None),
             )
         }
         None => {

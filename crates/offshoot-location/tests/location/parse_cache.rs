@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use offshoot_location::{load_project, DiskParseCache, ParseCacheOptions};
 use offshoot_project::parse_cache::ParseCache;
+use offshoot_project::Project;
 use offshoot_repo::write::Tree;
 use offshoot_repo::GitRepository;
 use proptest::prelude::*;
@@ -154,27 +155,49 @@ fn apply(tree: &mut Tree, change: &Change) -> bool {
     true
 }
 
-/// A load's outcome in a comparable form: every asset with its fingerprint, or the diagnostics.
+/// A load's outcome in a comparable form: every asset with its fingerprint, or the diagnostics;
+/// with the project, for the next load to start from.
+fn load_and_show(
+    repo: &GitRepository,
+    sha: &str,
+    work: &Path,
+    cache: Option<&dyn ParseCache>,
+    previous: Option<&Project>,
+) -> (Result<Vec<String>, Vec<String>>, Option<Project>) {
+    let files = repo.files_at(sha).expect("the commit exists");
+    let checkout = || Err("native projects need no checkout".to_owned());
+    match load_project(&files, checkout, work, &[], None, cache, previous) {
+        Ok(project) => {
+            let shown = project
+                .snapshot
+                .assets()
+                .map(|asset| format!("{asset:?} {:?}", project.snapshot.fingerprint(&asset.key)))
+                .chain([format!("{:?}", project.manifest)])
+                .collect();
+            (Ok(shown), Some(project))
+        }
+        Err(offshoot_location::LocationError::Invalid(diagnostics)) => {
+            (Err(diagnostics.iter().map(|d| d.to_string()).collect()), None)
+        }
+        Err(offshoot_location::LocationError::Tool(message)) => (Err(vec![message]), None),
+    }
+}
+
 fn outcome(
     repo: &GitRepository,
     sha: &str,
     work: &Path,
     cache: Option<&dyn ParseCache>,
 ) -> Result<Vec<String>, Vec<String>> {
-    let files = repo.files_at(sha).expect("the commit exists");
-    let checkout = || Err("native projects need no checkout".to_owned());
-    match load_project(&files, checkout, work, &[], None, cache) {
-        Ok(project) => Ok(project
-            .snapshot
-            .assets()
-            .map(|asset| format!("{asset:?} {:?}", project.snapshot.fingerprint(&asset.key)))
-            .chain([format!("{:?}", project.manifest)])
-            .collect()),
-        Err(offshoot_location::LocationError::Invalid(diagnostics)) => {
-            Err(diagnostics.iter().map(|d| d.to_string()).collect())
-        }
-        Err(offshoot_location::LocationError::Tool(message)) => Err(vec![message]),
-    }
+    load_and_show(repo, sha, work, cache, None).0
+}
+
+/// The order and the readers of every asset: what a derived snapshot works out on its own.
+fn structure(project: &Option<Project>) -> Vec<String> {
+    let Some(project) = project else { return Vec::new() };
+    let snapshot = &project.snapshot;
+    let order = snapshot.topological_order().iter();
+    order.map(|k| format!("{k} <- {:?}", snapshot.downstream_of(k))).collect()
 }
 
 fn check_sequence(changes: &[Change]) {
@@ -189,6 +212,9 @@ fn check_sequence(changes: &[Change]) {
     apply(&mut tree, &Change::Input(Some(0)));
     let mut steps = vec![Change::Write { folder: 0, name: 0, sql: true, content: 1 }];
     steps.extend(changes.iter().cloned());
+    // The last valid project: each load starts from it, as the server's loads start from the
+    // snapshot it loaded last.
+    let mut previous: Option<Project> = None;
     for (index, change) in steps.iter().enumerate() {
         if !apply(&mut tree, change) {
             cache = DiskParseCache::open(&cache_dir, options);
@@ -196,12 +222,17 @@ fn check_sequence(changes: &[Change]) {
         let sha = repo
             .commit_tree("main", None, &tree, &format!("step {index}"), AUTHOR)
             .expect("the commit is written");
-        let scratch = outcome(&repo, &sha, &dir.0.join("work"), None);
-        let incremental = outcome(&repo, &sha, &dir.0.join("work"), Some(&cache));
-        assert_eq!(incremental, scratch, "step {index} ({change:?}) of {steps:?}");
+        let work = dir.0.join("work");
+        let (scratch, whole) = load_and_show(&repo, &sha, &work, None, None);
+        let cached = outcome(&repo, &sha, &work, Some(&cache));
+        assert_eq!(cached, scratch, "step {index} ({change:?}) of {steps:?}");
+        let (derived, project) = load_and_show(&repo, &sha, &work, Some(&cache), previous.as_ref());
+        assert_eq!(derived, scratch, "step {index} ({change:?}) from the last valid project");
+        assert_eq!(structure(&project), structure(&whole), "the order and readers of step {index}");
         // Loading the same commit again is served from the cache and still the same.
-        let again = outcome(&repo, &sha, &dir.0.join("work"), Some(&cache));
+        let (again, _) = load_and_show(&repo, &sha, &work, Some(&cache), project.as_ref());
         assert_eq!(again, scratch, "the repeated load of step {index} ({change:?})");
+        previous = project.or(previous);
     }
     assert_eq!(cache.stats().rejected, 0, "nothing on disk was corrupt");
 }

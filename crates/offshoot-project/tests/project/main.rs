@@ -2,6 +2,7 @@
 //! each written as `check(input, expect)` over in-memory projects.
 
 mod diff;
+mod incremental;
 mod validate;
 
 use offshoot_project::{load, LoadError, MemoryFiles, Project};

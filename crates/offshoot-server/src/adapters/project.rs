@@ -79,17 +79,21 @@ pub async fn load(
     path: PathBuf,
     commit: &CommitSha,
 ) -> Result<Loaded, GitError> {
-    load_for(state, repository, path, commit, None).await
+    load_for(state, repository, path, commit, None, None).await
 }
 
 /// [`load`], telling the tool the deployment it loads for (`None`: production), as Dagster+
-/// does; the result is still one per commit, shared by every deployment that serves it.
+/// does; the result is still one per commit, shared by every deployment that serves it. A
+/// native project starts from `previous` (a commit close to this one, such as the deploy's
+/// base), else from the snapshot loaded last, so a push that changes a few files costs a few
+/// files ([`offshoot_project::load_from`]); the result is the same either way.
 pub async fn load_for(
     state: &AppState,
     repository: &RepositoryName,
     path: PathBuf,
     commit: &CommitSha,
     deployment: Option<&offshoot_store::Deployment>,
+    previous: Option<Loaded>,
 ) -> Result<Loaded, GitError> {
     // A cached snapshot is trusted only while the commit's folder exists: a dbt branch build
     // defers to the manifest in it, so a folder swept away is rebuilt by loading again.
@@ -115,6 +119,9 @@ pub async fn load_for(
     // Parse once per blob, across commits, branches and restarts.
     let parse_cache = parse_cache_dir(state);
     let mut context = deployment_context(state, repository, deployment, None);
+    let previous = previous
+        .filter(|p| p.as_ref().as_ref().is_ok_and(|p| p.blobs.is_some()))
+        .or_else(|| state.snapshots.latest_reusable(repository));
     let loaded = blocking(path, move |repo| {
         // The same variables a build of this commit gets (`service::runner`'s `deployment_environment`).
         context.commit = commit_context(&commit_details(&repo.resolve(sha.as_str())?)?);
@@ -132,6 +139,7 @@ pub async fn load_for(
             &env,
             sandbox.as_ref(),
             Some(cache.as_ref()),
+            previous.as_ref().and_then(|p| p.as_ref().as_ref().ok()),
         );
         match loaded {
             Ok(project) => Ok(Ok(project)),

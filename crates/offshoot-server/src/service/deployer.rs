@@ -454,10 +454,19 @@ async fn prepare(
         .repository(&deployment.repository)
         .ok_or_else(|| format!("repository `{}` is no longer configured", deployment.repository))?
         .clone();
-    let loaded =
-        git::load_for(state, &repo.name, repo.path.clone(), &revision.commit.sha, Some(deployment))
-            .await
-            .map_err(|e| e.to_string())?;
+    // The base first: the commit's own load starts from it and parses only what differs.
+    let base = base_of(state, deployment, &repo, &revision.commit.sha).await?;
+    let previous = base.as_ref().map(|(_, loaded)| loaded.clone());
+    let loaded = git::load_for(
+        state,
+        &repo.name,
+        repo.path.clone(),
+        &revision.commit.sha,
+        Some(deployment),
+        previous,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let project = match loaded.as_ref() {
         Ok(project) => project,
         Err(diagnostics) => {
@@ -476,9 +485,7 @@ async fn prepare(
     };
     output.asset_count = project.snapshot.len() as u32;
 
-    if let Some((base_commit, base)) =
-        base_of(state, deployment, &repo, &revision.commit.sha).await?
-    {
+    if let Some((base_commit, base)) = base {
         if let Ok(base) = base.as_ref() {
             let changes = diff(&base.snapshot, &project.snapshot);
             record_changes(output, base_commit, &changes);

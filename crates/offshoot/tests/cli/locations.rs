@@ -862,6 +862,7 @@ fn every_example_loads_the_same_from_any_folder() {
                 &env,
                 None,
                 None,
+                None,
             )
             .unwrap_or_else(|e| panic!("{example} loads from {folder}: {e:?}"));
             format!("{:#?}", project.snapshot.assets().collect::<Vec<_>>())
