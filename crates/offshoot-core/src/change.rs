@@ -225,13 +225,14 @@ impl ChangeCounts {
 pub fn diff(base: &Snapshot, head: &Snapshot) -> ChangeSet {
     let mut changes = Vec::new();
     // Both iterate in key order: merge them.
-    let mut base_assets = base.assets().peekable();
-    let mut head_assets = head.assets().peekable();
+    let mut base_assets = base.shared_assets().peekable();
+    let mut head_assets = head.shared_assets().peekable();
     loop {
         let change = match (base_assets.peek(), head_assets.peek()) {
             (None, None) => break,
             (Some(b), Some(h)) if b.key == h.key => {
-                let change = compare(b, h);
+                // A snapshot derived from the other shares what it did not change.
+                let change = if Arc::ptr_eq(b, h) { None } else { compare(b, h) };
                 base_assets.next();
                 head_assets.next();
                 change

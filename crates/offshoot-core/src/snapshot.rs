@@ -289,6 +289,11 @@ impl Snapshot {
         self.nodes.get_key_value(name).map(|(k, _)| k)
     }
 
+    /// Assets by key, as this snapshot shares them.
+    pub fn shared_assets(&self) -> impl Iterator<Item = &Arc<Asset>> {
+        self.nodes.values().map(|n| &n.asset)
+    }
+
     /// Assets by key.
     pub fn assets(&self) -> impl Iterator<Item = &Asset> {
         self.nodes.values().map(|n| &*n.asset)

@@ -326,7 +326,6 @@ fn load_changes(
     let mut no_diagnostics = Vec::new();
     for (index, path) in paths.iter().enumerate() {
         let Some(kind) = asset_kind_of(path) else { continue };
-        let Some(key) = key_of(path, &mut no_diagnostics) else { return Ok(None) };
         let FileId::Content(id) = files.file_id(path)? else { return Ok(None) };
         match blobs.files.get_key_value(path.as_str()) {
             // A command asset also depends on its inputs: the cache checks them.
@@ -334,6 +333,7 @@ fn load_changes(
                 contents.insert(known.clone(), before.clone());
             }
             _ => {
+                let Some(key) = key_of(path, &mut no_diagnostics) else { return Ok(None) };
                 contents.insert(Arc::from(path.as_str()), Arc::from(id.as_str()));
                 changed.push((index, key, kind, id));
             }
