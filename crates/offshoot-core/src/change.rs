@@ -230,9 +230,14 @@ pub fn diff(base: &Snapshot, head: &Snapshot) -> ChangeSet {
     loop {
         let change = match (base_assets.peek(), head_assets.peek()) {
             (None, None) => break,
+            // A snapshot derived from the other shares what it did not change.
+            (Some(b), Some(h)) if Arc::ptr_eq(b, h) => {
+                base_assets.next();
+                head_assets.next();
+                None
+            }
             (Some(b), Some(h)) if b.key == h.key => {
-                // A snapshot derived from the other shares what it did not change.
-                let change = if Arc::ptr_eq(b, h) { None } else { compare(b, h) };
+                let change = compare(b, h);
                 base_assets.next();
                 head_assets.next();
                 change

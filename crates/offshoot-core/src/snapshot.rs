@@ -4,7 +4,7 @@
 //! ([`Snapshot::with_changes`]) holds the rest of its assets in common with it: the work and the
 //! memory of a derived snapshot are in proportion to what changed and what is downstream of it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use crate::fingerprint::Fingerprint;
@@ -122,8 +122,13 @@ impl Snapshot {
             }
         }
         let mut changed_keys: Vec<AssetKey> = Vec::with_capacity(changed.len());
+        // The changed assets that read something they did not: every new cycle goes through one.
+        let mut grew: Vec<AssetKey> = Vec::new();
         for asset in changed {
             let old_deps = self.nodes.get(&asset.key).map_or(&no_deps, |n| &n.asset.deps);
+            if !asset.deps.is_subset(old_deps) {
+                grew.push(asset.key.clone());
+            }
             for dep in old_deps.difference(&asset.deps) {
                 edge_changes.entry(dep.clone()).or_default().1.insert(asset.key.clone());
             }
@@ -180,7 +185,7 @@ impl Snapshot {
             }
         }
         let mut snapshot = Snapshot { nodes, order: OnceLock::new() };
-        if let Some(cycle) = snapshot.cycle_through(&changed_keys) {
+        if let Some(cycle) = snapshot.cycle_through(&grew) {
             return Err(SnapshotError::Cycle(cycle));
         }
         snapshot.refingerprint(&changed_keys);
@@ -188,7 +193,7 @@ impl Snapshot {
     }
 
     /// A cycle through any of `start`, if there is one: every cycle a change can make goes
-    /// through a changed asset's edges, so the search goes upstream from those assets only.
+    /// through an edge it added, so the search goes upstream from those edges' readers only.
     fn cycle_through(&self, start: &[AssetKey]) -> Option<Vec<AssetKey>> {
         #[derive(Clone, Copy, PartialEq)]
         enum Mark {
@@ -232,41 +237,48 @@ impl Snapshot {
     }
 
     /// New fingerprints for `changed` and everything downstream of them, each after its
-    /// upstream's.
+    /// upstream's (Kahn's algorithm over that part of the graph only).
     fn refingerprint(&mut self, changed: &[AssetKey]) {
-        let mut affected: HashSet<AssetKey> = HashSet::new();
+        let mut index: HashMap<AssetKey, usize> = HashMap::new();
+        let mut affected: Vec<(AssetKey, Arc<Asset>, Arc<[AssetKey]>)> = Vec::new();
         let mut pending: Vec<AssetKey> = changed.to_vec();
         while let Some(key) = pending.pop() {
-            if affected.insert(key.clone()) {
-                pending.extend(self.nodes[&key].downstream.iter().cloned());
+            if index.contains_key(&key) {
+                continue;
+            }
+            let node = &self.nodes[&key];
+            pending.extend(node.downstream.iter().cloned());
+            index.insert(key.clone(), affected.len());
+            affected.push((key, node.asset.clone(), node.downstream.clone()));
+        }
+        let mut waiting: Vec<usize> = affected
+            .iter()
+            .map(|(_, asset, _)| asset.deps.iter().filter(|d| index.contains_key(*d)).count())
+            .collect();
+        let mut ready: Vec<usize> = (0..affected.len()).filter(|i| waiting[*i] == 0).collect();
+        let mut fresh: Vec<Option<Fingerprint>> = vec![None; affected.len()];
+        while let Some(at) = ready.pop() {
+            let (_, asset, readers) = &affected[at];
+            let upstream: Vec<Fingerprint> = asset
+                .deps
+                .iter()
+                .map(|d| match index.get(d) {
+                    Some(i) => fresh[*i].expect("an affected dep is done before its readers"),
+                    None => self.nodes[d].fingerprint,
+                })
+                .collect();
+            fresh[at] = Some(Fingerprint::compute(asset, upstream.iter()));
+            for reader in readers.iter() {
+                let i = index[reader];
+                waiting[i] -= 1;
+                if waiting[i] == 0 {
+                    ready.push(i);
+                }
             }
         }
-        // Depth-first over the affected upstream edges: a key is done after its deps are.
-        let mut done: HashSet<AssetKey> = HashSet::with_capacity(affected.len());
-        let starts: Vec<AssetKey> = affected.iter().cloned().collect();
-        for first in starts {
-            let mut stack: Vec<(AssetKey, bool)> = vec![(first, false)];
-            while let Some((key, expanded)) = stack.pop() {
-                if done.contains(&key) {
-                    continue;
-                }
-                if expanded {
-                    let asset = &self.nodes[&key].asset;
-                    let upstream: Vec<Fingerprint> =
-                        asset.deps.iter().map(|d| self.nodes[d].fingerprint).collect();
-                    let fingerprint = Fingerprint::compute(asset, upstream.iter());
-                    self.nodes.get_mut(&key).expect("affected keys are nodes").fingerprint =
-                        fingerprint;
-                    done.insert(key);
-                    continue;
-                }
-                stack.push((key.clone(), true));
-                for dep in &self.nodes[&key].asset.deps {
-                    if affected.contains(dep) && !done.contains(dep) {
-                        stack.push((dep.clone(), false));
-                    }
-                }
-            }
+        for ((key, ..), fingerprint) in affected.iter().zip(fresh) {
+            self.nodes.get_mut(key).expect("affected keys are nodes").fingerprint =
+                fingerprint.expect("a snapshot is acyclic, so every affected key is done");
         }
     }
 
