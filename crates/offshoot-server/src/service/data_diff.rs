@@ -413,3 +413,28 @@ pub async fn worker(state: SharedState) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn against_is_current_built_against_or_a_run_id() {
+        for (text, expected) in [
+            ("current", Some(Against::Current)),
+            ("built-against", Some(Against::BuiltAgainst)),
+            (" 42 ", Some(Against::Run(RunId(42)))),
+            ("0", None),
+            ("-3", None),
+            ("Current", None),
+            ("built_against", None),
+            ("", None),
+            ("99999999999999999999", None),
+        ] {
+            assert_eq!(Against::parse(text), expected, "{text:?}");
+            if let Some(against) = expected {
+                assert_eq!(Against::parse(&against.as_text()), Some(against), "round trip");
+            }
+        }
+    }
+}
