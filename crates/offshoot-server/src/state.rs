@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use offshoot_core::{CommitSha, DeploymentName, RepositoryName, SchemaName, UnixMillis};
 use offshoot_project::{Diagnostic, Project};
 use offshoot_store::{Deployment, RunId, Store};
-use offshoot_warehouse::data_diff::DataDiff;
 use offshoot_warehouse::{Target, Warehouse};
 use tokio::sync::{watch, Notify};
 
@@ -47,8 +46,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The kernel's Landlock ABI, or why processes cannot be confined (see `confine`).
     pub landlock: Result<u32, String>,
-    /// Data diffs computed, per pair of materializations.
-    pub data_diffs: DiffCache,
     /// What happened, for subscribers (feedback, data diffs).
     pub notices: Notices,
     /// What time it is for schedules (frozen in tests, see `clock`).
@@ -76,7 +73,6 @@ impl AppState {
             cancel_switches: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             landlock: offshoot_location::sandbox_support(),
-            data_diffs: DiffCache::default(),
             notices: Notices::default(),
             clock: Clock::from_environment(),
         })
@@ -233,53 +229,6 @@ offshoot_parse_cache_lookups_total{{result=\"hit\"}} {}\noffshoot_parse_cache_lo
             parse_cache.rejected,
             parse_cache.entries,
         )
-    }
-}
-
-/// Most cached diffs kept; the oldest go first.
-const DIFF_CACHE_ENTRIES: usize = 512;
-
-/// Diffs already computed, by (deployment, asset, branch run, production run, options), with
-/// the tick each was last used at; the tick counter first.
-#[derive(Default)]
-pub struct DiffCache {
-    entries: Mutex<(u64, CacheEntries)>,
-}
-
-type CacheEntries = HashMap<DiffCacheKey, (u64, std::sync::Arc<DataDiff>)>;
-
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct DiffCacheKey {
-    pub deployment: i64,
-    pub asset: String,
-    pub branch_run: Option<i64>,
-    pub production_run: Option<i64>,
-    pub options: String,
-}
-
-impl DiffCache {
-    pub fn get(&self, key: &DiffCacheKey) -> Option<std::sync::Arc<DataDiff>> {
-        let mut entries = self.entries.lock().expect("never poisoned");
-        entries.0 += 1;
-        let tick = entries.0;
-        entries.1.get_mut(key).map(|(used, diff)| {
-            *used = tick;
-            diff.clone()
-        })
-    }
-
-    pub fn put(&self, key: DiffCacheKey, diff: std::sync::Arc<DataDiff>) {
-        let mut entries = self.entries.lock().expect("never poisoned");
-        entries.0 += 1;
-        let tick = entries.0;
-        if entries.1.len() >= DIFF_CACHE_ENTRIES {
-            if let Some(oldest) =
-                entries.1.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| k.clone())
-            {
-                entries.1.remove(&oldest);
-            }
-        }
-        entries.1.insert(key, (tick, diff));
     }
 }
 

@@ -18,11 +18,11 @@ use offshoot_core::{
     RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis, VariableScope,
 };
 use offshoot_store::{
-    Applied, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId, LifecycleRecord,
-    LifecycleWrite, Materialization, MaterializationId, NewDeployment, NewIntake, NewTick,
-    Provenance, RecordedMaterialization, Revision, RevisionId, Run, RunFilter, RunId, RunStep,
-    ScheduleState, ScheduleTick, StepId, Store, StoreError, StoreResult, StoredVariable, Teardown,
-    TickId, TickStatus,
+    Applied, DataDiffKey, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId,
+    LifecycleRecord, LifecycleWrite, Materialization, MaterializationId, NewDeployment, NewIntake,
+    NewTick, Provenance, RecordedMaterialization, Revision, RevisionId, Run, RunFilter, RunId,
+    RunStep, ScheduleState, ScheduleTick, StepId, Store, StoreError, StoreResult, StoredDataDiff,
+    StoredVariable, Teardown, TickId, TickStatus,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
@@ -109,6 +109,7 @@ fn migrator() -> Migrator {
         migration(5, "catch_up", include_str!("../migrations/0005_catch_up.sql")),
         migration(6, "schedules", include_str!("../migrations/0006_schedules.sql")),
         migration(7, "dagster_plus", include_str!("../migrations/0007_dagster_plus.sql")),
+        migration(8, "data_diffs", include_str!("../migrations/0008_data_diffs.sql")),
     ])
 }
 
@@ -666,6 +667,75 @@ impl Store for PostgresStore {
             Some(id) => self.get_materialization(MaterializationId(id)).await.map(Some),
             None => Ok(None),
         }
+    }
+
+    async fn cached_data_diff(&self, key: &DataDiffKey) -> StoreResult<Option<StoredDataDiff>> {
+        let found = sqlx::query(
+            "SELECT diff_json, computed_at FROM data_diffs
+             WHERE production_materialization_id = $1 AND branch_materialization_id = $2 AND key_columns = $3
+               AND tolerance = $4 AND row_limit = $5 AND sample = $6 AND format_version = $7",
+        )
+        .bind(key.production.0)
+        .bind(key.branch.0)
+        .bind(offshoot_store::key_columns_text(key.key_columns.as_deref()))
+        .bind(key.tolerance)
+        .bind(data_diff_row_limit(key)?)
+        .bind(i64::from(key.sample))
+        .bind(i64::from(key.format_version))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(translate("the cached data diff"))?;
+        found.as_ref().map(rows::stored_data_diff).transpose()
+    }
+
+    async fn cache_data_diff(
+        &self,
+        key: &DataDiffKey,
+        diff: &StoredDataDiff,
+        keep: u32,
+    ) -> StoreResult<()> {
+        let mut transaction = self.pool.begin().await.map_err(translate("the data diff"))?;
+        sqlx::query(
+            "INSERT INTO data_diffs (production_materialization_id, branch_materialization_id, key_columns, tolerance,
+                 row_limit, sample, format_version, diff_json, computed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (production_materialization_id, branch_materialization_id, key_columns, tolerance, row_limit, sample, format_version)
+             DO UPDATE SET diff_json = excluded.diff_json, computed_at = excluded.computed_at",
+        )
+        .bind(key.production.0)
+        .bind(key.branch.0)
+        .bind(offshoot_store::key_columns_text(key.key_columns.as_deref()))
+        .bind(key.tolerance)
+        .bind(data_diff_row_limit(key)?)
+        .bind(i64::from(key.sample))
+        .bind(i64::from(key.format_version))
+        .bind(&diff.diff_json)
+        .bind(diff.computed_at)
+        .execute(&mut *transaction)
+        .await
+        .map_err(translate("the data diff"))?;
+        // A materialization is current while no later one of its deployment's asset exists.
+        for side in ["production_materialization_id", "branch_materialization_id"] {
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM data_diffs WHERE NOT EXISTS (
+                     SELECT 1 FROM materializations AS m WHERE m.id = data_diffs.{side}
+                       AND NOT EXISTS (SELECT 1 FROM materializations AS later
+                                       WHERE later.deployment_id = m.deployment_id AND later.asset_key = m.asset_key AND later.id > m.id))"
+            )))
+            .execute(&mut *transaction)
+            .await
+            .map_err(translate("the data diff cache"))?;
+        }
+        sqlx::query(
+            "DELETE FROM data_diffs WHERE computed_at < (
+                 SELECT min(computed_at) FROM (SELECT computed_at FROM data_diffs ORDER BY computed_at DESC LIMIT $1) AS kept)",
+        )
+        .bind(i64::from(keep))
+        .execute(&mut *transaction)
+        .await
+        .map_err(translate("the data diff cache"))?;
+        transaction.commit().await.map_err(translate("the data diff"))?;
+        Ok(())
     }
 
     async fn record_intake(&self, new: NewIntake) -> StoreResult<Option<Intake>> {
@@ -1236,6 +1306,12 @@ async fn patch_deployment(
     Ok(())
 }
 
+/// `DataDiffKey::row_limit` as stored: 0 for no limit.
+fn data_diff_row_limit(key: &DataDiffKey) -> StoreResult<i64> {
+    i64::try_from(key.row_limit.unwrap_or(0))
+        .map_err(|_| StoreError::Backend("a data diff's row limit past i64".to_owned()))
+}
+
 /// A step's outcome with the rest of its log, in one statement.
 const SQL_FINISH_STEP: &str = "UPDATE run_steps SET status = $1, started_at = $2, finished_at = $3, row_count = $4, error = $5, log = log || $6 WHERE id = $7";
 
@@ -1247,10 +1323,12 @@ async fn insert_provenance(
     provenance: &Provenance,
 ) -> StoreResult<MaterializationId> {
     let promoted = provenance.promoted_from.as_ref();
+    let against = provenance.built_against.as_ref();
     let id: i64 = sqlx::query_scalar(
             "INSERT INTO materializations (deployment_id, run_id, asset_key, commit_sha, row_count, duration_ms, created_at,
-                 fingerprint, code_version, partitions, promoted_from_id, promoted_from_deployment_id, promoted_from_deployment, promoted_from_run_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+                 fingerprint, code_version, partitions, promoted_from_id, promoted_from_deployment_id, promoted_from_deployment, promoted_from_run_id,
+                 built_against_id, built_against_deployment_id, built_against_run_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
         )
         .bind(materialization.deployment_id.0)
         .bind(materialization.run_id.0)
@@ -1266,6 +1344,9 @@ async fn insert_provenance(
         .bind(promoted.map(|p| p.materialization.deployment_id.0))
         .bind(promoted.map(|p| p.deployment.as_str()))
         .bind(promoted.map(|p| p.materialization.run_id.0))
+        .bind(against.map(|a| a.id.0))
+        .bind(against.map(|a| a.deployment_id.0))
+        .bind(against.map(|a| a.run_id.0))
         .fetch_one(&mut *connection)
         .await
         .map_err(translate("the materialization"))?;

@@ -82,3 +82,7 @@ pub(crate) fn schedule_tick(row: &PgRow) -> StoreResult<offshoot_store::Schedule
 pub(crate) fn variable(row: &PgRow) -> StoreResult<offshoot_store::StoredVariable> {
     rows::variable(&Row(row))
 }
+
+pub(crate) fn stored_data_diff(row: &PgRow) -> StoreResult<offshoot_store::StoredDataDiff> {
+    rows::stored_data_diff(&Row(row))
+}

@@ -82,3 +82,7 @@ pub(crate) fn schedule_tick(row: &SqliteRow) -> StoreResult<offshoot_store::Sche
 pub(crate) fn variable(row: &SqliteRow) -> StoreResult<offshoot_store::StoredVariable> {
     rows::variable(&Row(row))
 }
+
+pub(crate) fn stored_data_diff(row: &SqliteRow) -> StoreResult<offshoot_store::StoredDataDiff> {
+    rows::stored_data_diff(&Row(row))
+}

@@ -43,11 +43,12 @@ use offshoot_core::{
 };
 
 use crate::{
-    Applied, CommitDetails, DeployOutput, Deployment, DeploymentFilter, DeploymentId,
+    Applied, CommitDetails, DataDiffKey, DeployOutput, Deployment, DeploymentFilter, DeploymentId,
     DeploymentPatch, Intake, IntakeId, Lease, LifecycleWrite, Materialization, MaterializationId,
     NewDeployment, NewIntake, NewRevision, NewRun, PromotedFrom, Provenance, PullRequest,
     ReadMaterialization, Revision, RevisionPatch, Run, RunFilter, RunId, RunPatch, RunStep, StepId,
-    Store, StoreError, StoreResult, StoredVariable, TagLimit, Teardown, UpstreamProvenance,
+    Store, StoreError, StoreResult, StoredDataDiff, StoredVariable, TagLimit, Teardown,
+    UpstreamProvenance,
 };
 use crate::{NewTick, ScheduleState, ScheduleTick, TickStatus};
 
@@ -71,6 +72,7 @@ pub async fn run_all(store: &dyn Store) {
     runs_are_listed_newest_first_with_filters(store).await;
     materializations_are_listed_newest_first(store).await;
     materializations_keep_their_provenance(store).await;
+    data_diffs_are_cached_per_pair_of_materializations(store).await;
     the_lifecycle_reads_unfinished_work_head_and_serving(store).await;
     renewing_leases_extends_one_owners_leases_without_a_new_version(store).await;
     intake_records_each_delivery_once(store).await;
@@ -1611,6 +1613,7 @@ pub async fn finishing_a_step_writes_its_outcome_log_and_materialization_at_once
             read: None,
         }],
         promoted_from: None,
+        built_against: None,
     };
     let built = materialization(deployment.id, run.id, "a", 4_500);
     let succeeded = RunStep {
@@ -2833,6 +2836,7 @@ pub async fn materializations_keep_their_provenance(store: &dyn Store) {
         partitions: String::new(),
         upstream,
         promoted_from: None,
+        built_against: None,
     };
     let record = |m: Materialization, p: Provenance| async move {
         store.record_provenance(&m, &p).await.expect("record with provenance")
@@ -2861,6 +2865,11 @@ pub async fn materializations_keep_their_provenance(store: &dyn Store) {
         materialization(feature.id, branch_run.id, "orders", 12_000),
         Provenance {
             partitions: "daily from 2024-01-01".to_owned(),
+            built_against: Some(ReadMaterialization {
+                id: p_orders_old,
+                deployment_id: prod.id,
+                run_id: prod_run.id,
+            }),
             ..provenance(4, "v1 'quoted' \u{e9}", vec![upstream("raw_orders", 9, None)])
         },
     )
@@ -2891,6 +2900,11 @@ pub async fn materializations_keep_their_provenance(store: &dyn Store) {
     assert_eq!(
         orders.provenance.as_ref().map(|p| (p.code_version.as_str(), p.partitions.as_str())),
         Some(("v1 'quoted' \u{e9}", "daily from 2024-01-01"))
+    );
+    assert_eq!(
+        orders.provenance.as_ref().and_then(|p| p.built_against.clone()),
+        Some(ReadMaterialization { id: p_orders_old, deployment_id: prod.id, run_id: prod_run.id }),
+        "the production materialization a branch built against round-trips"
     );
 
     // Production refreshes orders (a newer row of the same asset) and promotes the branch's
@@ -3009,6 +3023,146 @@ pub async fn materializations_keep_their_provenance(store: &dyn Store) {
         store.get_materialization(p_promoted).await.expect("the promoted one").provenance,
         Some(promoted)
     );
+}
+
+/// The data-diff cache: an entry matches only its exact key (both materializations and every
+/// option), a second write replaces it, concurrent writers of one key leave one whole entry,
+/// and a write prunes entries whose materializations are no longer current and the oldest past
+/// `keep`.
+pub async fn data_diffs_are_cached_per_pair_of_materializations(store: &dyn Store) {
+    let repo = repository("contract-data-diffs");
+    let prod = store
+        .ensure_deployment(NewDeployment {
+            kind: DeploymentKind::Production,
+            ..new_deployment(&repo, "prod", "main", 1_000)
+        })
+        .await
+        .expect("create prod");
+    let feature = store
+        .ensure_deployment(new_deployment(&repo, "feature-x", "feature-x", 1_000))
+        .await
+        .expect("create feature-x");
+    let prod_run = insert_run(store, prod.id, &["orders"], 2_000).await;
+    let branch_run = insert_run(store, feature.id, &["orders"], 2_000).await;
+    let provenance = Provenance {
+        fingerprint: Fingerprint::from_hex(&"ab".repeat(32)).expect("hex"),
+        code_version: "v0".to_owned(),
+        partitions: String::new(),
+        upstream: Vec::new(),
+        promoted_from: None,
+        built_against: None,
+    };
+    let record = |m: Materialization| {
+        let provenance = provenance.clone();
+        async move { store.record_provenance(&m, &provenance).await.expect("record") }
+    };
+    let p1 = record(materialization(prod.id, prod_run.id, "orders", 10_000)).await;
+    let b1 = record(materialization(feature.id, branch_run.id, "orders", 11_000)).await;
+    let p_customers = record(materialization(prod.id, prod_run.id, "customers", 10_000)).await;
+    let b_customers = record(materialization(feature.id, branch_run.id, "customers", 11_000)).await;
+    let diff_key = |production, branch| DataDiffKey {
+        production,
+        branch,
+        key_columns: Some(vec!["order_id".to_owned()]),
+        tolerance: 0.0,
+        row_limit: Some(1_000_000),
+        sample: 10,
+        format_version: 1,
+    };
+    let stored =
+        |text: &str, at: UnixMillis| StoredDataDiff { diff_json: text.to_owned(), computed_at: at };
+    let get = |key: DataDiffKey| async move {
+        store.cached_data_diff(&key).await.expect("read the cache")
+    };
+    let put = |key: DataDiffKey, diff: StoredDataDiff, keep: u32| async move {
+        store.cache_data_diff(&key, &diff, keep).await.expect("write the cache")
+    };
+
+    let key = diff_key(p1, b1);
+    assert_eq!(get(key.clone()).await, None, "nothing cached yet");
+    let hostile = "{\"notes\":[\"it's \\\"quoted\\\" \u{e9}\u{1f600}\"]}";
+    put(key.clone(), stored(hostile, 5_000), 100).await;
+    assert_eq!(
+        get(key.clone()).await,
+        Some(stored(hostile, 5_000)),
+        "the text round-trips exactly"
+    );
+
+    // Every field of the key counts; key column lists that join alike stay apart.
+    let others = [
+        DataDiffKey { production: b1, branch: p1, ..key.clone() },
+        DataDiffKey { key_columns: None, ..key.clone() },
+        DataDiffKey { key_columns: Some(Vec::new()), ..key.clone() },
+        DataDiffKey {
+            key_columns: Some(vec!["order_id".to_owned(), "x".to_owned()]),
+            ..key.clone()
+        },
+        DataDiffKey { key_columns: Some(vec!["ORDER_ID".to_owned()]), ..key.clone() },
+        DataDiffKey { tolerance: 0.001, ..key.clone() },
+        DataDiffKey { row_limit: None, ..key.clone() },
+        DataDiffKey { row_limit: Some(999_999), ..key.clone() },
+        DataDiffKey { sample: 0, ..key.clone() },
+        DataDiffKey { format_version: 2, ..key.clone() },
+    ];
+    for other in &others {
+        assert_eq!(get(other.clone()).await, None, "{other:?} is another entry");
+    }
+    let split =
+        DataDiffKey { key_columns: Some(vec!["a".to_owned(), "b".to_owned()]), ..key.clone() };
+    let joined = DataDiffKey { key_columns: Some(vec!["a\",\"b".to_owned()]), ..key.clone() };
+    put(split.clone(), stored("split", 5_100), 100).await;
+    assert_eq!(get(joined.clone()).await, None, "a name holding quote-comma-quote is one column");
+    put(joined.clone(), stored("joined", 5_200), 100).await;
+    assert_eq!(get(split.clone()).await, Some(stored("split", 5_100)));
+    let inferred = DataDiffKey { key_columns: None, row_limit: None, ..key.clone() };
+    put(inferred.clone(), stored("inferred, no limit", 5_300), 100).await;
+    assert_eq!(get(inferred.clone()).await, Some(stored("inferred, no limit", 5_300)));
+
+    // A second write of one key replaces it; two at once leave one of them, whole.
+    put(key.clone(), stored("again", 6_000), 100).await;
+    assert_eq!(get(key.clone()).await, Some(stored("again", 6_000)));
+    let (first, second) = (stored("first", 6_100), stored("second", 6_100));
+    let writes: Vec<Pin<Box<dyn Future<Output = StoreResult<()>> + '_>>> = vec![
+        Box::pin(store.cache_data_diff(&key, &first, 100)),
+        Box::pin(store.cache_data_diff(&key, &second, 100)),
+    ];
+    for result in all_at_once(writes).await {
+        result.expect("concurrent writes of one key both succeed");
+    }
+    let after = get(key.clone()).await.expect("one entry stays");
+    assert!(
+        ["first", "second"].contains(&after.diff_json.as_str()) && after.computed_at == 6_100,
+        "one of the two writes, whole: {after:?}"
+    );
+
+    // The branch rebuilds orders: entries of its old table go at the next write.
+    let customers = diff_key(p_customers, b_customers);
+    put(customers.clone(), stored("customers", 6_200), 100).await;
+    let b2 = record(materialization(feature.id, branch_run.id, "orders", 12_000)).await;
+    put(diff_key(p1, b2), stored("rebuilt branch", 7_000), 100).await;
+    for gone in [&key, &split, &joined, &inferred] {
+        assert_eq!(get(gone.clone()).await, None, "{gone:?} named the branch's replaced table");
+    }
+    assert_eq!(get(diff_key(p1, b2)).await, Some(stored("rebuilt branch", 7_000)));
+    assert_eq!(
+        get(customers.clone()).await,
+        Some(stored("customers", 6_200)),
+        "current pairs stay"
+    );
+    // Production rebuilds orders: the same.
+    let p2 = record(materialization(prod.id, prod_run.id, "orders", 13_000)).await;
+    put(diff_key(p2, b2), stored("rebuilt production", 8_000), 100).await;
+    assert_eq!(get(diff_key(p1, b2)).await, None, "named production's replaced table");
+    assert_eq!(get(diff_key(p2, b2)).await, Some(stored("rebuilt production", 8_000)));
+
+    // Past `keep`, the least recently computed go.
+    let tolerant = |t: f64| DataDiffKey { tolerance: t, ..diff_key(p2, b2) };
+    put(tolerant(0.1), stored("0.1", 9_000), 100).await;
+    put(tolerant(0.2), stored("0.2", 9_100), 3).await;
+    assert_eq!(get(customers.clone()).await, None, "the oldest of four goes with keep 3");
+    assert_eq!(get(diff_key(p2, b2)).await, Some(stored("rebuilt production", 8_000)));
+    assert_eq!(get(tolerant(0.1)).await, Some(stored("0.1", 9_000)));
+    assert_eq!(get(tolerant(0.2)).await, Some(stored("0.2", 9_100)));
 }
 
 fn change(deployment: DeploymentId, now: UnixMillis) -> LifecycleWrite {

@@ -507,6 +507,10 @@ pub struct Provenance {
     pub upstream: Vec<UpstreamProvenance>,
     /// Set on a production materialization that took a branch's table instead of running.
     pub promoted_from: Option<PromotedFrom>,
+    /// On a branch materialization: production's materialization of the same asset that was
+    /// current when the branch built it (the run's start), what "the branch against production
+    /// as it was" compares with; `None` in production or when production had none.
+    pub built_against: Option<ReadMaterialization>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -570,6 +574,47 @@ impl RecordedMaterialization {
             partitions: provenance.partitions.clone(),
             upstream,
         })
+    }
+}
+
+/// What a cached data diff was computed from: the pair of materializations (production's and
+/// the branch's) and every option that changes the answer, as fields of their own. An entry
+/// matches only when all of them are equal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataDiffKey {
+    pub production: MaterializationId,
+    pub branch: MaterializationId,
+    /// The key columns asked for; `None`: a key inferred from the data.
+    pub key_columns: Option<Vec<String>>,
+    pub tolerance: f64,
+    /// Rows above which the diff samples; `None`: no limit.
+    pub row_limit: Option<u64>,
+    pub sample: u32,
+    /// The stored form's version (the server's): an entry of another version never matches.
+    pub format_version: u32,
+}
+
+/// A cached data diff: the server's stored form (JSON text, opaque to the store) and when it
+/// was computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDataDiff {
+    pub diff_json: String,
+    pub computed_at: UnixMillis,
+}
+
+/// Most data diffs the store keeps; the least recently computed go first.
+pub const DATA_DIFF_CACHE_ENTRIES: u32 = 2_000;
+
+/// `DataDiffKey::key_columns` as one text column: `*` for an inferred key, else each column
+/// quoted as an SQL identifier (`"a","b""c"`), so distinct lists never share a text.
+pub fn key_columns_text(key_columns: Option<&[String]>) -> String {
+    match key_columns {
+        None => "*".to_owned(),
+        Some(columns) => columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(","),
     }
 }
 
@@ -721,6 +766,21 @@ pub trait Store: Send + Sync + 'static {
         asset: &AssetKey,
         before: MaterializationId,
     ) -> StoreResult<Option<RecordedMaterialization>>;
+
+    // Data diffs, cached per pair of materializations.
+    /// The cached diff of exactly `key`, if one is stored.
+    async fn cached_data_diff(&self, key: &DataDiffKey) -> StoreResult<Option<StoredDataDiff>>;
+    /// Stores (or replaces) the diff of `key`, and in the same transaction prunes the cache:
+    /// entries whose production or branch materialization is no longer the current one of its
+    /// deployment's asset (deleted, or replaced by a newer build: the table it described is
+    /// gone), then all but the `keep` most recently computed (the server keeps
+    /// [`DATA_DIFF_CACHE_ENTRIES`]).
+    async fn cache_data_diff(
+        &self,
+        key: &DataDiffKey,
+        diff: &StoredDataDiff,
+        keep: u32,
+    ) -> StoreResult<()>;
 
     // Durable intake of webhook deliveries.
     /// Records an accepted delivery; `None` when its delivery id was recorded before (a replay).

@@ -15,8 +15,8 @@ use crate::{
     CommitDetails, Deployment, DeploymentId, Intake, IntakeId, Lease, Materialization,
     MaterializationId, PromotedFrom, Provenance, PullRequest, ReadMaterialization,
     RecordedMaterialization, Revision, RevisionId, Run, RunId, RunStep, ScheduleState,
-    ScheduleTick, StepId, StoreError, StoreResult, StoredVariable, Teardown, TickId, TickStatus,
-    UpstreamProvenance,
+    ScheduleTick, StepId, StoreError, StoreResult, StoredDataDiff, StoredVariable, Teardown,
+    TickId, TickStatus, UpstreamProvenance,
 };
 
 /// One row's columns, by name; `None` is SQL NULL.
@@ -161,12 +161,28 @@ pub fn recorded_materialization(row: &dyn Columns) -> StoreResult<RecordedMateri
                     deployment: parsed(row, "promoted_from_deployment", DeploymentName::new)?,
                 }),
             },
+            built_against: match optional_integer(row, "built_against_id")? {
+                None => None,
+                Some(id) => Some(ReadMaterialization {
+                    id: MaterializationId(id),
+                    deployment_id: DeploymentId(integer(row, "built_against_deployment_id")?),
+                    run_id: RunId(integer(row, "built_against_run_id")?),
+                }),
+            },
         }),
     };
     Ok(RecordedMaterialization {
         id: MaterializationId(integer(row, "id")?),
         materialization: materialization(row)?,
         provenance,
+    })
+}
+
+/// A `data_diffs` row's value.
+pub fn stored_data_diff(row: &dyn Columns) -> StoreResult<StoredDataDiff> {
+    Ok(StoredDataDiff {
+        diff_json: text(row, "diff_json")?,
+        computed_at: integer(row, "computed_at")?,
     })
 }
 

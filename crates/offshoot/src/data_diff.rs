@@ -26,6 +26,12 @@ pub struct Args {
     /// Numbers closer than this are equal (default: exact).
     #[arg(long)]
     tolerance: Option<f64>,
+    /// Which production table to compare with: `current` (production's table now),
+    /// `built-against` (the one current when the branch built its own) or a production run's
+    /// id. A table production has replaced since is gone: the diff then compares with the
+    /// current one and says so.
+    #[arg(long, default_value = "current", value_parser = parse_against)]
+    against: String,
     /// The repository, when several have a deployment of this name.
     #[arg(long)]
     repository: Option<String>,
@@ -73,6 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if let Some(tolerance) = args.tolerance {
         query.push_str(&format!("&tolerance={tolerance}"));
     }
+    query.push_str(&format!("&against={}", encode(&args.against)));
     let mut diffs = Vec::new();
     for key in &keys {
         diffs.push(client.get(&format!(
@@ -94,6 +101,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         print!("{text}");
     }
     Ok(Outcome::Ok)
+}
+
+/// `--against`: checked here, so a typo is a usage error before any request.
+fn parse_against(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text == "current" || text == "built-against" || text.parse::<u64>().is_ok_and(|n| n > 0) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("`{text}` is none of `current`, `built-against` or a production run's id"))
+    }
 }
 
 fn count(value: &Value) -> String {
@@ -149,6 +166,15 @@ fn text_of(diff: &Value) -> String {
         run(&diff["branch_run"]).unwrap_or_else(|| "no recorded run".to_owned()),
         run(&diff["production_run"]).unwrap_or_else(|| "no recorded run".to_owned())
     );
+    let against = &diff["against"];
+    if against["requested"].as_str().is_some_and(|r| r != "current") {
+        let _ = writeln!(
+            out,
+            "  asked for production's table {}; compared with {}",
+            against_text(&against["requested"]),
+            against_text(&against["compared"])
+        );
+    }
     let key = &diff["key"];
     let columns: Vec<String> = key["columns"]
         .as_array()
@@ -281,6 +307,16 @@ fn text_of(diff: &Value) -> String {
         }
     }
     out
+}
+
+/// An `against` value for people: `current`, `built-against` or a run's id.
+fn against_text(value: &Value) -> String {
+    match value.as_str() {
+        Some("current") => "as it is now".to_owned(),
+        Some("built-against") => "the branch was built against".to_owned(),
+        Some(run) => format!("of run {run}"),
+        None => "?".to_owned(),
+    }
 }
 
 fn markdown_of(deployment: &str, diffs: &[Value]) -> String {

@@ -6,12 +6,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use offshoot_core::{AssetKey, DeploymentKind};
 use offshoot_store::Deployment;
-use offshoot_warehouse::data_diff::{DataDiff, DiffOptions, KeyRequest, NumericStats};
+use offshoot_warehouse::data_diff::{DiffOptions, KeyRequest, NumericStats};
 use serde::{Deserialize, Serialize};
 
 use crate::http::auth::Reader;
 use crate::http::error::{ApiError, ApiResult};
-use crate::service::data_diff::{compute, grain_of, state_of, summaries, DiffSummaryJson};
+use crate::service::data_diff::{
+    compute, grain_of, state_of, summaries, Against, ComputedDiff, DiffSummaryJson,
+};
 use crate::service::lookup::find_deployment;
 use crate::state::SharedState;
 
@@ -32,6 +34,8 @@ pub struct DiffQuery {
     key: Option<String>,
     sample: Option<usize>,
     tolerance: Option<f64>,
+    /// `current` (default), `built-against` or a production run's id.
+    against: Option<String>,
 }
 
 impl DiffQuery {
@@ -59,6 +63,20 @@ impl DiffQuery {
         }
         Ok(DiffOptions { key, sample, tolerance, row_limit: None })
     }
+
+    fn against(&self) -> ApiResult<Against> {
+        match self.against.as_deref() {
+            None => Ok(Against::Current),
+            Some(text) => Against::parse(text).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_request",
+                    format!(
+                        "`against` is `current`, `built-against` or a production run's id, not {text:?}"
+                    ),
+                )
+            }),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -73,6 +91,12 @@ pub struct DataDiffJson {
     /// The run that built the branch's table and production's, when known.
     branch_run: Option<i64>,
     production_run: Option<i64>,
+    /// Which production table the diff compared with.
+    against: AgainstJson,
+    /// Served from the store's cache (computed earlier, at `computed_at`).
+    cached: bool,
+    /// When the diff was computed, in milliseconds since the epoch.
+    computed_at: i64,
     key: KeyJson,
     rows: Option<RowsJson>,
     schema: SchemaJson,
@@ -82,6 +106,17 @@ pub struct DataDiffJson {
     /// Set above `[data_diff] row_limit`: `rows`, the columns' `equal` and the samples are of
     /// the rows of one key in every `modulus` (`production_rows` / `branch_rows` of them).
     sampled: Option<SampledJson>,
+}
+
+#[derive(Serialize)]
+struct AgainstJson {
+    /// What was asked for: `current` (the default), `built-against` or a production run's id.
+    requested: String,
+    /// What the diff compared with: the request, or `current` when that table is gone (a note
+    /// says why).
+    compared: String,
+    /// The request could not be met and the diff compares with production's current table.
+    fell_back: bool,
 }
 
 #[derive(Serialize)]
@@ -180,12 +215,8 @@ fn stats_json(stats: &Option<NumericStats>) -> Option<StatsJson> {
     })
 }
 
-fn diff_json(
-    deployment: &Deployment,
-    asset: &AssetKey,
-    runs: (Option<i64>, Option<i64>),
-    diff: &DataDiff,
-) -> DataDiffJson {
+fn diff_json(deployment: &Deployment, asset: &AssetKey, computed: &ComputedDiff) -> DataDiffJson {
+    let diff = &computed.diff;
     let matched = diff.rows.as_ref().map(|r| r.changed + r.equal);
     DataDiffJson {
         asset: asset.to_string(),
@@ -193,8 +224,15 @@ fn diff_json(
         state: state_of(diff),
         production_rows: diff.production_rows,
         branch_rows: diff.branch_rows,
-        branch_run: runs.0,
-        production_run: runs.1,
+        branch_run: computed.branch_run,
+        production_run: computed.production_run,
+        against: AgainstJson {
+            requested: computed.requested.as_text(),
+            compared: computed.compared.as_text(),
+            fell_back: computed.requested != computed.compared,
+        },
+        cached: computed.cached,
+        computed_at: computed.computed_at,
         key: KeyJson {
             columns: diff.key.clone(),
             source: diff.key_source.as_str(),
@@ -292,8 +330,9 @@ async fn asset_diff(
     let asset_key = AssetKey::new(&key).map_err(|_| missing())?;
     let grain = grain_of(&state, &deployment, &asset_key).await?.ok_or_else(missing)?;
     let options = query.options(&grain)?;
-    let (diff, runs) = compute(&state, &deployment, &asset_key, &options).await?;
-    Ok(Json(diff_json(&deployment, &asset_key, runs, &diff)))
+    let against = query.against()?;
+    let computed = compute(&state, &deployment, &asset_key, &options, against).await?;
+    Ok(Json(diff_json(&deployment, &asset_key, &computed)))
 }
 
 #[derive(Serialize)]

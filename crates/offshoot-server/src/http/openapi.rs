@@ -121,11 +121,17 @@ const BRANCH_OR_PRODUCTION: &str = "`deploy` for a branch deployment, `admin` fo
 /// The shape of one asset's data diff (kept apart: one `json!` for the whole document would
 /// exceed the macro's recursion limit).
 fn data_diff_schema() -> Value {
-    json!({"type": "object", "required": ["asset", "state", "key", "schema", "columns", "samples", "notes"], "properties": {
+    json!({"type": "object", "required": ["asset", "state", "against", "cached", "computed_at", "key", "schema", "columns", "samples", "notes"], "properties": {
                     "asset": {"type": "string"}, "deployment": {"type": "string"},
                     "state": {"type": "string", "enum": ["compared", "new_in_branch", "not_built_in_branch", "not_built"]},
                     "production_rows": {"type": ["integer", "null"]}, "branch_rows": {"type": ["integer", "null"]},
                     "branch_run": {"type": ["integer", "null"]}, "production_run": {"type": ["integer", "null"]},
+                    "against": {"type": "object", "description": "which production table the diff compared with", "properties": {
+                        "requested": {"type": "string", "description": "`current`, `built-against` or a production run's id"},
+                        "compared": {"type": "string", "description": "the request, or `current` when that table is gone"},
+                        "fell_back": {"type": "boolean"}}},
+                    "cached": {"type": "boolean", "description": "served from the store's cache of diffs per pair of materializations and options"},
+                    "computed_at": {"type": "integer", "description": "when the diff was computed (milliseconds since the epoch)"},
                     "key": {"type": "object"}, "rows": {"type": ["object", "null"]}, "schema": {"type": "object"},
                     "columns": {"type": "array"}, "samples": {"type": "object"}, "notes": {"type": "array", "items": {"type": "string"}},
                     "sampled": {"type": ["object", "null"], "properties": {"modulus": {"type": "integer"}, "production_rows": {"type": "integer"}, "branch_rows": {"type": "integer"}}}}})
@@ -284,7 +290,8 @@ pub fn document() -> Value {
                 json!([name_parameter(), {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}, repository_parameter(),
                     {"name": "key", "in": "query", "description": "key columns, comma-separated (default: the asset's grain, else inferred)", "schema": {"type": "string"}},
                     {"name": "sample", "in": "query", "description": "rows per sample, at most 100 (default 10)", "schema": {"type": "integer"}},
-                    {"name": "tolerance", "in": "query", "description": "numbers closer than this are equal (default 0)", "schema": {"type": "number"}}]),
+                    {"name": "tolerance", "in": "query", "description": "numbers closer than this are equal (default 0)", "schema": {"type": "number"}},
+                    {"name": "against", "in": "query", "description": "which production table: `current` (default: production's table now), `built-against` (the one current when the branch built its own) or a production run's id; one production has replaced since is gone, so the diff compares with the current one (`against.fell_back`, and a note says why)", "schema": {"type": "string"}}]),
                 ok(data_diff_schema())) },
             "/api/v1/deployments/{name}/data-diffs": { "get": read("one line per asset the branch built: rows before and after, added, removed, changed", json!([name_parameter(), repository_parameter()]),
                 ok(json!({"type": "object", "properties": {"deployment": {"type": "string"}, "diffs": {"type": "array", "items": {"type": "object"}}}}))) },

@@ -467,6 +467,8 @@ pub async fn record_promotion(
             },
             deployment: source.deployment.name.clone(),
         }),
+        // Production's own materialization: what the branch built against is the branch's.
+        built_against: None,
         ..provenance.clone()
     };
     for upstream in &mut provenance.upstream {

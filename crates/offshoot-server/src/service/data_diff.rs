@@ -1,11 +1,18 @@
 //! Data diffs of a branch deployment's assets against production (the warehouse computes them,
 //! see `offshoot_warehouse::data_diff`): one asset in full, or a one-line summary of every asset
 //! the branch built. Results are cached per pair of materializations (the newest run that built
-//! the asset in the branch, and in production) and options, and computed after every branch run
-//! for what it built, so pages and the pull-request comment find them ready.
+//! the asset in the branch, and in production) and options in the store, so they survive a
+//! restart, and computed after every branch run for what it built, so pages and the
+//! pull-request comment find them ready. A diff compares with production's table as it is now
+//! (the default), as it was when the branch built (`Against::BuiltAgainst`) or as a production
+//! run built it; production rebuilds its tables in place, so when that table has been replaced
+//! the diff compares with the current one and says so in a note.
 
-use offshoot_core::{AssetKey, DeploymentKind, DeploymentName};
-use offshoot_store::{Deployment, Materialization};
+use offshoot_core::{AssetKey, DeploymentKind, DeploymentName, UnixMillis};
+use offshoot_store::{
+    DataDiffKey, Deployment, DeploymentId, MaterializationId, RecordedMaterialization, RunId,
+    StoredDataDiff, DATA_DIFF_CACHE_ENTRIES,
+};
 use offshoot_warehouse::data_diff::{DataDiff, DiffOptions, KeyRequest};
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -13,7 +20,8 @@ use tokio::sync::broadcast;
 use crate::adapters::project;
 use crate::notices::Notice;
 use crate::service::error::{ServiceError, ServiceResult};
-use crate::state::{AppState, DiffCacheKey, SharedState};
+use crate::service::stored_diff;
+use crate::state::{now, AppState, SharedState};
 
 /// The state of an asset's data in the branch against production.
 pub fn state_of(diff: &DataDiff) -> &'static str {
@@ -25,53 +33,172 @@ pub fn state_of(diff: &DataDiff) -> &'static str {
     }
 }
 
-/// The newest materializations of `asset` in the branch and in production.
-async fn materializations(
+/// What the branch's table is compared with: a production table of the same asset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Against {
+    /// Production's table as it is now (the default).
+    Current,
+    /// Production's table as it was when the branch built its own (recorded with the branch's
+    /// materialization).
+    BuiltAgainst,
+    /// The table a given production run built.
+    Run(RunId),
+}
+
+impl Against {
+    /// `current`, `built-against` or a production run's id.
+    pub fn parse(text: &str) -> Option<Against> {
+        match text.trim() {
+            "current" => Some(Against::Current),
+            "built-against" => Some(Against::BuiltAgainst),
+            other => {
+                other.parse::<i64>().ok().filter(|id| *id > 0).map(|id| Against::Run(RunId(id)))
+            }
+        }
+    }
+
+    pub fn as_text(self) -> String {
+        match self {
+            Against::Current => "current".to_owned(),
+            Against::BuiltAgainst => "built-against".to_owned(),
+            Against::Run(run) => run.0.to_string(),
+        }
+    }
+}
+
+/// A diff with what it compared: the materializations (by their runs), what was asked and
+/// what was used (production's current table when the one asked for is gone), and whether it
+/// came from the cache.
+pub struct ComputedDiff {
+    pub diff: DataDiff,
+    pub branch_run: Option<i64>,
+    pub production_run: Option<i64>,
+    pub requested: Against,
+    /// What the diff compared with: the request, or `Current` when that table is gone.
+    pub compared: Against,
+    pub cached: bool,
+    pub computed_at: UnixMillis,
+}
+
+/// The current (last recorded) materialization of `asset` in `deployment`, with its provenance.
+async fn current_materialization(
     state: &AppState,
-    deployment: &Deployment,
+    deployment: DeploymentId,
     asset: &AssetKey,
-) -> ServiceResult<(Option<Materialization>, Option<Materialization>)> {
-    let branch =
-        state.store.list_materializations(deployment.id, Some(asset), 1).await?.into_iter().next();
-    let production = match state
-        .store
-        .find_deployment(&deployment.repository, &DeploymentName::production())
-        .await?
-    {
-        Some(production) => state
-            .store
-            .list_materializations(production.id, Some(asset), 1)
-            .await?
-            .into_iter()
-            .next(),
-        None => None,
-    };
-    Ok((branch, production))
+) -> ServiceResult<Option<RecordedMaterialization>> {
+    Ok(state.store.materialization_before(deployment, asset, MaterializationId(i64::MAX)).await?)
 }
 
 /// What a reader must know about the production table a diff compared with: production's
 /// table is the one it has now, which a production run may have rebuilt after the branch built
 /// its own (the branch was then built against an older production).
 fn production_note(
-    branch: Option<&Materialization>,
-    production: Option<&Materialization>,
+    branch: Option<&RecordedMaterialization>,
+    production: Option<&RecordedMaterialization>,
 ) -> Option<String> {
     let (branch, production) = (branch?, production?);
-    (production.created_at > branch.created_at).then(|| {
+    let built_against = branch.provenance.as_ref().and_then(|p| p.built_against.as_ref());
+    let rebuilt = match built_against {
+        Some(against) => against.id != production.id,
+        None => production.materialization.created_at > branch.materialization.created_at,
+    };
+    rebuilt.then(|| {
         format!(
             "production's table was rebuilt by run {} after the branch built its own (run {}): the diff compares with production's table as it is now",
-            production.run_id.0, branch.run_id.0
+            production.materialization.run_id.0, branch.materialization.run_id.0
         )
     })
 }
 
-/// The diff of `asset` (cached), with the runs it compares.
+/// Why the production table asked for cannot be compared with, so the diff compares with
+/// production's current table; `None` when the one asked for is the current one.
+async fn fallback_note(
+    state: &AppState,
+    production_id: Option<DeploymentId>,
+    asset: &AssetKey,
+    against: Against,
+    branch: Option<&RecordedMaterialization>,
+    production: Option<&RecordedMaterialization>,
+) -> ServiceResult<Option<String>> {
+    let current_run = production.map(|p| p.materialization.run_id.0);
+    let now_text = match current_run {
+        Some(run) => format!("production's current table (run {run})"),
+        None => "production as it is now (no recorded table)".to_owned(),
+    };
+    match against {
+        Against::Current => Ok(None),
+        Against::BuiltAgainst => {
+            let Some(branch) = branch else {
+                return Ok(Some(format!(
+                    "the branch has no recorded build of `{asset}`, so nothing says what it was built against: the diff compares with {now_text}"
+                )));
+            };
+            let built_against = branch.provenance.as_ref().and_then(|p| p.built_against.as_ref());
+            Ok(match built_against {
+                None => Some(format!(
+                    "the branch's table (run {}) was built when production had no recorded table of `{asset}` (or before Offshoot recorded it): the diff compares with {now_text}",
+                    branch.materialization.run_id.0
+                )),
+                Some(against) if production.is_some_and(|p| p.id == against.id) => None,
+                // Production rebuilds a table in place: the one the branch saw is gone.
+                Some(against) => Some(format!(
+                    "production's table the branch was built against (run {}) has been replaced since: the diff compares with {now_text}",
+                    against.run_id.0
+                )),
+            })
+        }
+        Against::Run(run) => {
+            if current_run == Some(run.0) {
+                return Ok(None);
+            }
+            let built = match production_id {
+                Some(id) => state.store.list_materializations(id, Some(asset), 0).await?,
+                None => Vec::new(),
+            };
+            if !built.iter().any(|m| m.run_id == run) {
+                return Err(ServiceError::not_found(
+                    "run_not_found",
+                    format!("production's run {} did not build `{asset}`", run.0),
+                ));
+            }
+            Ok(Some(format!(
+                "production's table built by run {} has been replaced since: the diff compares with {now_text}",
+                run.0
+            )))
+        }
+    }
+}
+
+/// The cache key of a diff of these materializations with `options`.
+fn cache_key(
+    production: &RecordedMaterialization,
+    branch: &RecordedMaterialization,
+    options: &DiffOptions,
+) -> DataDiffKey {
+    DataDiffKey {
+        production: production.id,
+        branch: branch.id,
+        key_columns: match &options.key {
+            KeyRequest::Declared(columns) => Some(columns.clone()),
+            KeyRequest::Infer => None,
+        },
+        tolerance: options.tolerance,
+        row_limit: options.row_limit,
+        sample: u32::try_from(options.sample).unwrap_or(u32::MAX),
+        format_version: stored_diff::FORMAT_VERSION,
+    }
+}
+
+/// The diff of `asset` against the production table `against` names (production's current
+/// one when that is gone, said in a note). Diffs of two recorded materializations are cached in
+/// the store; an entry that does not decode is recomputed.
 pub async fn compute(
     state: &AppState,
     deployment: &Deployment,
     asset: &AssetKey,
     options: &DiffOptions,
-) -> ServiceResult<(std::sync::Arc<DataDiff>, (Option<i64>, Option<i64>))> {
+    against: Against,
+) -> ServiceResult<ComputedDiff> {
     if deployment.kind != DeploymentKind::Branch {
         return Err(ServiceError::invalid(
             "not_a_branch_deployment",
@@ -82,42 +209,80 @@ pub async fn compute(
         ));
     }
     let options = &DiffOptions { row_limit: state.config.data_diff_row_limit, ..options.clone() };
-    let (branch_materialization, production_materialization) =
-        materializations(state, deployment, asset).await?;
-    let runs = (
-        branch_materialization.as_ref().map(|m| m.run_id.0),
-        production_materialization.as_ref().map(|m| m.run_id.0),
-    );
-    let key = DiffCacheKey {
-        deployment: deployment.id.0,
-        asset: asset.to_string(),
-        branch_run: runs.0,
-        production_run: runs.1,
-        options: format!("{:?}", options),
+    let branch = current_materialization(state, deployment.id, asset).await?;
+    let production_id = state
+        .store
+        .find_deployment(&deployment.repository, &DeploymentName::production())
+        .await?
+        .map(|p| p.id);
+    let production = match production_id {
+        Some(id) => current_materialization(state, id, asset).await?,
+        None => None,
     };
-    if let Some(diff) = state.data_diffs.get(&key) {
-        return Ok((diff, runs));
+    let fallback =
+        fallback_note(state, production_id, asset, against, branch.as_ref(), production.as_ref())
+            .await?;
+    let compared = if fallback.is_some() { Against::Current } else { against };
+    let key = branch.as_ref().zip(production.as_ref()).map(|(b, p)| cache_key(p, b, options));
+    let mut cached = None;
+    if let Some(key) = &key {
+        match state.store.cached_data_diff(key).await {
+            Ok(Some(stored)) => match stored_diff::decode(&stored.diff_json) {
+                Some(diff) => cached = Some((diff, stored.computed_at)),
+                None => tracing::warn!(
+                    "a cached data diff of {asset} does not decode (corrupt or of another version): computing it again"
+                ),
+            },
+            Ok(None) => {}
+            Err(error) => tracing::warn!("reading the data diff cache: {error}"),
+        }
     }
-    // A path key's table (a Dagster asset's) is named like its last part.
-    let table = asset.parts().last().unwrap_or_default().to_owned();
-    let diff = state
-        .warehouse
-        .data_diff(&state.target(deployment), &table, options)
-        .await
-        .map_err(ServiceError::from)?;
-    let mut diff = diff;
+    let was_cached = cached.is_some();
+    let (mut diff, computed_at) = match cached {
+        Some(found) => found,
+        None => {
+            // A path key's table (a Dagster asset's) is named like its last part.
+            let table = asset.parts().last().unwrap_or_default().to_owned();
+            let diff = state
+                .warehouse
+                .data_diff(&state.target(deployment), &table, options)
+                .await
+                .map_err(ServiceError::from)?;
+            let computed_at = now();
+            // Only diffs of two recorded materializations are cached: an unrecorded table may
+            // still change.
+            if let Some(key) = &key {
+                let stored = StoredDataDiff { diff_json: stored_diff::encode(&diff), computed_at };
+                if let Err(error) =
+                    state.store.cache_data_diff(key, &stored, DATA_DIFF_CACHE_ENTRIES).await
+                {
+                    tracing::warn!("caching the data diff of {asset}: {error}");
+                }
+            }
+            (diff, computed_at)
+        }
+    };
+    // Notes about what was compared depend on the request, so they are added after the cache.
     if diff.production_rows.is_some() && diff.branch_rows.is_some() {
-        diff.notes.extend(production_note(
-            branch_materialization.as_ref(),
-            production_materialization.as_ref(),
-        ));
+        match fallback {
+            Some(note) => diff.notes.push(note),
+            None if compared == Against::Current => {
+                diff.notes.extend(production_note(branch.as_ref(), production.as_ref()))
+            }
+            None => {}
+        }
+    } else {
+        diff.notes.extend(fallback);
     }
-    let diff = std::sync::Arc::new(diff);
-    // Only diffs of recorded materializations are cached: an unrecorded table may still change.
-    if runs.0.is_some() || diff.branch_rows.is_none() {
-        state.data_diffs.put(key, diff.clone());
-    }
-    Ok((diff, runs))
+    Ok(ComputedDiff {
+        diff,
+        branch_run: branch.as_ref().map(|m| m.materialization.run_id.0),
+        production_run: production.as_ref().map(|m| m.materialization.run_id.0),
+        requested: against,
+        compared,
+        cached: was_cached,
+        computed_at,
+    })
 }
 
 /// The declared grain of `asset` in the deployment's serving revision; `None` if it has no such
@@ -193,7 +358,7 @@ pub async fn summaries(
             KeyRequest::Declared(asset.grain.clone())
         };
         let options = DiffOptions { key, sample: 0, tolerance: 0.0, row_limit: None };
-        let (diff, _) = compute(state, deployment, &asset.key, &options).await?;
+        let diff = compute(state, deployment, &asset.key, &options, Against::Current).await?.diff;
         out.push(DiffSummaryJson {
             asset: asset.key.to_string(),
             state: state_of(&diff),
@@ -246,5 +411,30 @@ pub async fn worker(state: SharedState) {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn against_is_current_built_against_or_a_run_id() {
+        for (text, expected) in [
+            ("current", Some(Against::Current)),
+            ("built-against", Some(Against::BuiltAgainst)),
+            (" 42 ", Some(Against::Run(RunId(42)))),
+            ("0", None),
+            ("-3", None),
+            ("Current", None),
+            ("built_against", None),
+            ("", None),
+            ("99999999999999999999", None),
+        ] {
+            assert_eq!(Against::parse(text), expected, "{text:?}");
+            if let Some(against) = expected {
+                assert_eq!(Against::parse(&against.as_text()), Some(against), "round trip");
+            }
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! the heartbeat, the TTL, teardown and folder sweeps); `intake` carries out recorded webhooks;
 //! `remotes` fetches mirrors when needed; `feedback` writes pull-request comments when told a
 //! revision finished; `schedules` starts production's runs (and switched-on branches') when
-//! their cron patterns say; `data_diff` compares a branch's tables with production's; `watch` polls
+//! their cron patterns say; `data_diff` compares a branch's tables with production's (`stored_diff` is the form its
+//! cache keeps); `watch` polls
 //! local repositories. Every operation returns [`error::ServiceError`]; nothing here knows HTTP.
 
 pub mod catch_up;
@@ -20,4 +21,5 @@ pub mod maintenance;
 pub mod remotes;
 pub mod runner;
 pub mod schedules;
+pub mod stored_diff;
 pub mod watch;

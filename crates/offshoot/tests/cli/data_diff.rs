@@ -1,10 +1,16 @@
 //! Data diffs end to end: a branch rebuilds an asset with fewer rows, a changed value and a new
 //! column; the API, the CLI (text, JSON, markdown) and the summaries give the exact numbers.
+//! Diffs are cached in the store (they survive a restart, on SQLite and PostgreSQL; a corrupt
+//! entry is recomputed), and compare with production's table now, as the branch built against,
+//! or as a production run built it.
 
-use serde_json::json;
+use std::process::Command;
+
+use serde_json::{json, Value};
 
 use crate::server::{
-    client, commit_file, create_or_update, production_target, runtime, wait_for_prod, warehouse,
+    client, commit_file, create_or_update, drop_branch_roles, production_target, psql, runtime,
+    wait_for_prod, warehouse, Database,
 };
 use crate::support::*;
 
@@ -318,4 +324,322 @@ fn a_table_built_from_older_definitions_is_stale_until_rebuilt() {
         stale(&name),
         vec![("ids".into(), false, "production".into()), ("orders".into(), false, "branch".into())]
     );
+}
+
+/// Where a cache test's server keeps its store and warehouse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A server on `backend` serving one asset `orders` over a seeded `raw_orders` (ids 0..9,
+/// amount 3 × id), automatic diffs off (so every computation is the test's own), production
+/// built, and a branch `feature/fewer` that keeps ids 4..9 and sets id 9's amount to 0, built.
+struct CacheSetup {
+    server: Server,
+    backend: Backend,
+    database: Option<Database>,
+    /// PostgreSQL's branch group role, dropped with the setup (roles are cluster-wide).
+    branch_role: String,
+    name: String,
+    _dir: TempDir,
+}
+
+fn cache_setup(test: &str, backend: Backend) -> CacheSetup {
+    let dir = TempDir::new(&format!("data-diff-{test}-{backend:?}"));
+    let repo = dir.0.join("repo");
+    let orders =
+        "/* offshoot\ngrain = [\"id\"]\n*/\nSELECT id, amount FROM raw_orders WHERE amount > 0\n";
+    let dialect = if backend == Backend::Sqlite { "sqlite" } else { "postgres" };
+    native_repo(&repo, dialect, &["raw_orders"], &[("orders.sql", orders)]);
+    let branch_role = format!("offshoot_branch_dd_{test}_{}", std::process::id());
+    let role = &branch_role;
+    let (database, extra) = match backend {
+        Backend::Sqlite => (None, String::new()),
+        Backend::Postgres => {
+            let database = Database(format!("offshoot_dd_{test}_{}", std::process::id()));
+            psql("postgres", &format!("CREATE DATABASE {}", database.0));
+            let url = format!("postgres://postgres@127.0.0.1:5432/{}", database.0);
+            let extra = format!(
+                "metadata_url = \"{url}\"\nwarehouse_url = \"{url}\"\nbranch_role = \"{role}\"\n"
+            );
+            (Some(database), extra)
+        }
+    };
+    let server = Server::start(&dir.0, &repo, &format!("{extra}[data_diff]\nauto = false\n"));
+    wait_for_prod(&server, &repo);
+    match &database {
+        None => runtime().block_on(async {
+            warehouse(&server)
+                .execute_production_script(&production_target().production, SEED)
+                .await
+                .expect("seed")
+        }),
+        Some(database) => {
+            psql(&database.0, "CREATE TABLE shop__prod.raw_orders AS SELECT g AS id, g * 3 AS amount FROM generate_series(0, 9) AS g");
+        }
+    }
+    let mut setup =
+        CacheSetup { server, backend, database, branch_role, name: String::new(), _dir: dir };
+    setup.run_to_success("prod", "key:*");
+    git(&repo, &["branch", "feature/fewer", "main"]);
+    let edited = "/* offshoot\ngrain = [\"id\"]\n*/\nSELECT id, CASE WHEN id = 9 THEN 0 ELSE amount END AS amount FROM raw_orders WHERE amount > 10\n";
+    let sha = commit_file(&repo, "feature/fewer", "assets/orders.sql", edited, "Fewer orders");
+    let name = create_or_update(&setup.server, "feature/fewer", &sha);
+    setup.server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    setup.run_to_success(&name, "key:orders");
+    setup.name = name;
+    setup
+}
+
+impl CacheSetup {
+    fn run_to_success(&self, deployment: &str, selection: &str) -> i64 {
+        let run = self.server.post(
+            &format!("/api/v1/deployments/{deployment}/runs"),
+            json!({"selection": selection}),
+        );
+        let id = run["id"].as_i64().expect("id");
+        assert_eq!(self.server.wait_for_run(id)["status"], "succeeded", "{}", self.server.log());
+        id
+    }
+
+    fn diff(&self, query: &str) -> Value {
+        self.server
+            .get(&format!("/api/v1/deployments/{}/assets/orders/data-diff{query}", self.name))
+    }
+
+    /// SQL on the metadata store.
+    fn store_sql(&self, sql: &str) -> String {
+        match &self.database {
+            Some(database) => psql(&database.0, sql),
+            None => {
+                let output = Command::new("sqlite3")
+                    .arg(self.server.data_dir.join("offshoot.db"))
+                    .arg(sql)
+                    .output()
+                    .expect("sqlite3 runs");
+                assert!(output.status.success(), "sqlite3: {}", stderr(&output));
+                stdout(&output).trim().to_owned()
+            }
+        }
+    }
+
+    /// Drops production's `orders` table behind the server's back.
+    fn drop_production_orders(&self) {
+        match &self.database {
+            Some(database) => {
+                psql(&database.0, "DROP TABLE shop__prod.orders");
+            }
+            None => runtime().block_on(async {
+                warehouse(&self.server)
+                    .execute_production_script(&production_target().production, "DROP TABLE orders")
+                    .await
+                    .expect("drop production's orders")
+            }),
+        }
+    }
+}
+
+impl Drop for CacheSetup {
+    fn drop(&mut self) {
+        if self.backend == Backend::Postgres {
+            // The server first: its connections would keep the database.
+            let _ = self.server.child.kill();
+            let _ = self.server.child.wait();
+            drop(self.database.take());
+            drop_branch_roles(&self.branch_role);
+        }
+    }
+}
+
+/// The exact diff of the setup's branch: production ids 1..9, the branch 4..9 with id 9 changed.
+fn assert_fewer_orders(diff: &Value) {
+    assert_eq!(diff["state"], "compared", "{diff:#}");
+    assert_eq!(
+        diff["rows"],
+        json!({"only_in_production": 3, "only_in_branch": 0, "changed": 1, "equal": 5}),
+        "{diff:#}"
+    );
+    assert_eq!(
+        (diff["production_rows"].as_u64(), diff["branch_rows"].as_u64()),
+        (Some(9), Some(6))
+    );
+}
+
+/// A diff computed once is in the store: asked again, and after a restart, it is served from
+/// there (`cached`, the same `computed_at`), even with production's table dropped behind the
+/// server's back (a computation would now find no production table); a corrupt entry is
+/// computed again, never an error.
+fn a_data_diff_is_cached_across_restarts_and_a_corrupt_entry_recomputed(backend: Backend) {
+    let mut setup = cache_setup("cache", backend);
+    let first = setup.diff("");
+    assert_fewer_orders(&first);
+    assert_eq!(first["cached"], false, "{first:#}");
+    let computed_at = first["computed_at"].as_i64().expect("computed_at");
+    let second = setup.diff("");
+    assert_eq!(
+        (second["cached"].as_bool(), second["computed_at"].as_i64()),
+        (Some(true), Some(computed_at))
+    );
+    assert_eq!(setup.store_sql("SELECT count(*) FROM data_diffs"), "1");
+
+    setup.server.kill();
+    setup.server.restart();
+    let after_restart = setup.diff("");
+    assert_fewer_orders(&after_restart);
+    assert_eq!(
+        (after_restart["cached"].as_bool(), after_restart["computed_at"].as_i64()),
+        (Some(true), Some(computed_at)),
+        "a restarted server serves the stored diff: {after_restart:#}"
+    );
+
+    // Corrupt entries (cut short; another format) are computed again and replaced.
+    for corrupt in ["{\"version\":1,\"production_rows\":", "{\"version\":999}"] {
+        setup.store_sql(&format!("UPDATE data_diffs SET diff_json = '{corrupt}'"));
+        let recomputed = setup.diff("");
+        assert_fewer_orders(&recomputed);
+        assert_eq!(recomputed["cached"], false, "{corrupt}: {recomputed:#}");
+        let again = setup.diff("");
+        assert_eq!(again["cached"], true, "the recomputed diff replaced the corrupt one");
+        assert_eq!(again["computed_at"], recomputed["computed_at"]);
+    }
+
+    // Without its production table, only the cache can still answer the cached request; a
+    // request with other options is computed and sees the table gone.
+    setup.drop_production_orders();
+    let cached = setup.diff("");
+    assert_fewer_orders(&cached);
+    assert_eq!(cached["cached"], true);
+    let other = setup.diff("?sample=1");
+    assert_eq!(
+        (other["cached"].as_bool(), other["state"].as_str()),
+        (Some(false), Some("new_in_branch")),
+        "{other:#}"
+    );
+}
+
+#[test]
+fn a_data_diff_is_cached_across_restarts_and_a_corrupt_entry_recomputed_on_sqlite() {
+    a_data_diff_is_cached_across_restarts_and_a_corrupt_entry_recomputed(Backend::Sqlite);
+}
+
+#[test]
+fn a_data_diff_is_cached_across_restarts_and_a_corrupt_entry_recomputed_on_postgres() {
+    if postgres_skipped() {
+        return;
+    }
+    a_data_diff_is_cached_across_restarts_and_a_corrupt_entry_recomputed(Backend::Postgres);
+}
+
+/// `against`: while production's table is the one the branch built against, `built-against`
+/// compares with it; once production rebuilds it (with other data), that table is gone
+/// (production rebuilds in place), so `built-against` and the old run's id compare with the
+/// current table and say so, with the current table's exact numbers; the current run's id is
+/// that table.
+fn a_data_diff_compares_with_the_production_table_asked_for(backend: Backend) {
+    let setup = cache_setup("against", backend);
+    let built = setup.diff("?against=built-against");
+    assert_fewer_orders(&built);
+    assert_eq!(
+        built["against"],
+        json!({"requested": "built-against", "compared": "built-against", "fell_back": false}),
+        "{built:#}"
+    );
+    let old_run = built["production_run"].as_i64().expect("production's run");
+    let current = setup.diff("");
+    assert_eq!(
+        current["against"],
+        json!({"requested": "current", "compared": "current", "fell_back": false})
+    );
+    assert_eq!(setup.diff(&format!("?against={old_run}"))["against"]["fell_back"], false);
+
+    // Production rebuilds orders from changed data: amounts of ids 1..3 doubled, id 10 added.
+    let change = "UPDATE raw_orders SET amount = amount * 2 WHERE id <= 3; INSERT INTO raw_orders (id, amount) VALUES (10, 30);";
+    match &setup.database {
+        Some(database) => {
+            psql(&database.0, &change.replace("raw_orders", "shop__prod.raw_orders"));
+        }
+        None => runtime().block_on(async {
+            warehouse(&setup.server)
+                .execute_production_script(&production_target().production, change)
+                .await
+                .expect("change raw_orders")
+        }),
+    }
+    let rebuilt = setup.run_to_success("prod", "key:orders");
+    // Production now has ids 1..10; the branch 4..9 with id 9 changed.
+    let now_rows = json!({"only_in_production": 4, "only_in_branch": 0, "changed": 1, "equal": 5});
+    let current = setup.diff("");
+    assert_eq!(
+        (current["rows"].clone(), current["production_rows"].as_u64()),
+        (now_rows.clone(), Some(10)),
+        "{current:#}"
+    );
+    assert_eq!(current["production_run"].as_i64(), Some(rebuilt));
+    let notes = |diff: &Value| -> Vec<String> {
+        diff["notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect()
+    };
+    for (query, gone) in [
+        ("?against=built-against".to_owned(), format!("production's table the branch was built against (run {old_run}) has been replaced since")),
+        (format!("?against={old_run}"), format!("production's table built by run {old_run} has been replaced since")),
+    ] {
+        let diff = setup.diff(&query);
+        assert_eq!((diff["rows"].clone(), diff["production_rows"].as_u64()), (now_rows.clone(), Some(10)), "{query}: {diff:#}");
+        assert_eq!(diff["against"]["compared"], "current", "{query}: {diff:#}");
+        assert_eq!(diff["against"]["fell_back"], true, "{query}");
+        let expected = format!("{gone}: the diff compares with production's current table (run {rebuilt})");
+        assert!(notes(&diff).contains(&expected), "{query}: {:#?}", notes(&diff));
+        assert!(!notes(&diff).iter().any(|n| n.contains("was rebuilt by run")), "one note, not two: {:#?}", notes(&diff));
+    }
+    let by_current_run = setup.diff(&format!("?against={rebuilt}"));
+    assert_eq!(by_current_run["against"]["fell_back"], false);
+    assert_eq!(by_current_run["rows"], now_rows);
+    // Refusals: a run that did not build orders, and a value that is none of the three.
+    let path =
+        |query: &str| format!("/api/v1/deployments/{}/assets/orders/data-diff{query}", setup.name);
+    let (status, body) = setup.server.request("GET", &path("?against=999999"), None, None);
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("run_not_found")), "{body:#}");
+    let (status, body) = setup.server.request("GET", &path("?against=yesterday"), None, None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{body:#}"
+    );
+
+    // The CLI says what it compared.
+    let output = client(
+        &setup.server,
+        &["data-diff", "--deployment", &setup.name, "--against", "built-against"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains(
+            "asked for production's table the branch was built against; compared with as it is now"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("by id (declared): 4 removed, 0 added, 1 changed, 5 equal"), "{text}");
+    let output =
+        client(&setup.server, &["data-diff", "--deployment", &setup.name, "--against", "nope"]);
+    assert_eq!(output.status.code(), Some(2), "a usage error: {}", stderr(&output));
+}
+
+#[test]
+fn a_data_diff_compares_with_the_production_table_asked_for_on_sqlite() {
+    a_data_diff_compares_with_the_production_table_asked_for(Backend::Sqlite);
+}
+
+#[test]
+fn a_data_diff_compares_with_the_production_table_asked_for_on_postgres() {
+    if postgres_skipped() {
+        return;
+    }
+    a_data_diff_compares_with_the_production_table_asked_for(Backend::Postgres);
 }

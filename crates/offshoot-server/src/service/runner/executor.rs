@@ -211,6 +211,15 @@ impl Reads {
         self.production.get(key).cloned()
     }
 
+    /// In a branch: production's materialization of `key` as the run started, the one a branch
+    /// build of `key` is "built against"; `None` in production.
+    pub(super) fn built_against(&self, key: &AssetKey) -> Option<ReadMaterialization> {
+        if self.is_production {
+            return None;
+        }
+        self.production.get(key).cloned()
+    }
+
     /// Production's current materializations, as the run started and as it recorded more.
     pub(super) fn production(&self) -> &BTreeMap<AssetKey, ReadMaterialization> {
         &self.production
@@ -600,6 +609,7 @@ fn provenance_of(context: &RunContext, key: &AssetKey) -> Option<Provenance> {
         partitions: parts.partitions,
         upstream,
         promoted_from: None,
+        built_against: reads.built_against(key),
     })
 }
 
