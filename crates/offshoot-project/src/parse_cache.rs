@@ -216,15 +216,22 @@ pub struct DecodedSegment {
     pub rejected: u64,
 }
 
-/// The bytes of one segment holding `entries`.
-pub fn encode_segment(entries: &[(CacheKey, Arc<ParsedFile>)]) -> Vec<u8> {
+/// A segment's first bytes: the magic, the format version and the canonical version.
+pub fn segment_header() -> Vec<u8> {
     let canonical = crate::canonical::version();
-    let mut out = Vec::with_capacity(64 + entries.len() * 1024);
+    let mut out = Vec::with_capacity(64);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     let canonical = &canonical.as_bytes()[..canonical.len().min(u16::MAX as usize)];
     out.extend_from_slice(&(canonical.len() as u16).to_le_bytes());
     out.extend_from_slice(canonical);
+    out
+}
+
+/// The bytes of one segment holding `entries`.
+pub fn encode_segment(entries: &[(CacheKey, Arc<ParsedFile>)]) -> Vec<u8> {
+    let mut out = segment_header();
+    out.reserve(entries.len() * 1024);
     for (key, file) in entries {
         let record = Record::of(key, file);
         let Ok(payload) = serde_json::to_vec(&record) else { continue };
@@ -237,45 +244,77 @@ pub fn encode_segment(entries: &[(CacheKey, Arc<ParsedFile>)]) -> Vec<u8> {
     out
 }
 
-/// The entries of a segment that pass every check. A segment of another format or canonical
-/// version counts as one rejection; a record whose checksum or key does not match is rejected
-/// alone; a truncated tail ends the segment.
-pub fn decode_segment(bytes: &[u8]) -> DecodedSegment {
-    let mut decoded = DecodedSegment::default();
-    let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
-        decoded.rejected = 1;
-        return decoded;
-    };
-    let canonical = crate::canonical::version();
-    let header_ok = (|| {
-        let format = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?);
-        let length = u16::from_le_bytes(take(&mut rest, 2)?.try_into().ok()?) as usize;
-        let version = take(&mut rest, length)?;
-        Some(format == FORMAT_VERSION && version == canonical.as_bytes())
-    })();
-    if header_ok != Some(true) {
-        decoded.rejected = 1;
-        return decoded;
+/// Where a segment's records are, without decoding them: each record's digest and byte range
+/// (the whole record, framing included, as [`decode_record`] and a compaction take it).
+#[derive(Debug, Default)]
+pub struct SegmentIndex {
+    pub records: Vec<(EntryDigest, std::ops::Range<usize>)>,
+    /// Records whose checksum fails, a truncated tail, or a whole segment of another version.
+    pub rejected: u64,
+}
+
+/// Indexes a segment, checking its header and every record's checksum; a record that fails is
+/// left out and counted, a truncated tail ends the segment.
+pub fn index_segment(bytes: &[u8]) -> SegmentIndex {
+    let mut index = SegmentIndex::default();
+    let header = segment_header();
+    if !bytes.starts_with(&header) {
+        index.rejected = 1;
+        return index;
     }
-    while !rest.is_empty() {
-        let Some((digest, checksum, payload)) = (|| {
-            let length = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
-            let digest: EntryDigest = take(&mut rest, 32)?.try_into().ok()?;
-            let checksum: [u8; 32] = take(&mut rest, 32)?.try_into().ok()?;
-            Some((digest, checksum, take(&mut rest, length)?))
-        })() else {
-            decoded.rejected += 1;
+    let mut at = header.len();
+    while at < bytes.len() {
+        let Some((digest, end)) = frame(bytes, at) else {
+            index.rejected += 1;
             break;
         };
-        let entry = (|| {
-            if <[u8; 32]>::from(Sha256::digest(payload)) != checksum {
-                return None;
-            }
-            let record: Record = serde_json::from_slice(payload).ok()?;
-            let (key, file) = record.into_entry()?;
-            (key.digest() == digest).then_some((key, Arc::new(file)))
-        })();
-        match entry {
+        if checked_payload(&bytes[at..end]).is_some() {
+            index.records.push((digest, at..end));
+        } else {
+            index.rejected += 1;
+        }
+        at = end;
+    }
+    index
+}
+
+/// The record starting at `at`: its digest and where it ends.
+fn frame(bytes: &[u8], at: usize) -> Option<(EntryDigest, usize)> {
+    let mut rest = bytes.get(at..)?;
+    let length = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
+    let digest: EntryDigest = take(&mut rest, 32)?.try_into().ok()?;
+    take(&mut rest, 32 + length)?;
+    Some((digest, at + 4 + 64 + length))
+}
+
+/// A whole record's digest and payload, if its checksum holds.
+fn checked_payload(record: &[u8]) -> Option<(EntryDigest, &[u8])> {
+    let mut rest = record;
+    let length = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
+    let digest: EntryDigest = take(&mut rest, 32)?.try_into().ok()?;
+    let checksum: [u8; 32] = take(&mut rest, 32)?.try_into().ok()?;
+    let payload = take(&mut rest, length)?;
+    (rest.is_empty() && <[u8; 32]>::from(Sha256::digest(payload)) == checksum)
+        .then_some((digest, payload))
+}
+
+/// One whole record (as [`SegmentIndex`] locates it) decoded, if every check passes: the
+/// checksum, the encoding, and the key the payload names hashing to the digest it is filed
+/// under (an entry copied in from elsewhere does not).
+pub fn decode_record(record: &[u8]) -> Option<(CacheKey, Arc<ParsedFile>)> {
+    let (digest, payload) = checked_payload(record)?;
+    let record: Record = serde_json::from_slice(payload).ok()?;
+    let (key, file) = record.into_entry()?;
+    (key.digest() == digest).then_some((key, Arc::new(file)))
+}
+
+/// The entries of a segment that pass every check ([`index_segment`], then
+/// [`decode_record`]).
+pub fn decode_segment(bytes: &[u8]) -> DecodedSegment {
+    let index = index_segment(bytes);
+    let mut decoded = DecodedSegment { entries: Vec::new(), rejected: index.rejected };
+    for (_, range) in index.records {
+        match decode_record(&bytes[range]) {
             Some(entry) => decoded.entries.push(entry),
             None => decoded.rejected += 1,
         }
