@@ -206,10 +206,14 @@ pub trait Flavor: Send + Sync {
         false
     }
     /// Whether rows are matched without a `FULL OUTER JOIN` (SQLite, which joins unindexed
-    /// tables in nested loops there: a 100,000-row full join took 9 minutes here): the keys of
-    /// both sides are grouped once (which finds duplicates and the keys on one side only), then
-    /// production is `LEFT JOIN`ed to the branch (SQLite indexes the branch's key for it
-    /// automatically) and the branch's own rows are fetched by key. PostgreSQL hash-joins.
+    /// tables in nested loops there: a 100,000-row full join took 9 minutes here). Where the
+    /// branch's rows have ids ([`Tables::branch_row_id`]) its keys and ids are indexed in a
+    /// temporary table (which finds duplicates), production is `LEFT JOIN`ed to that index and
+    /// the branch's rows fetched by id, and the branch's rows whose key production lacks are
+    /// found with `NOT IN`. Otherwise the keys of both sides are grouped once (finding
+    /// duplicates and the keys on one side only), then production is `LEFT JOIN`ed to the
+    /// branch (SQLite indexes every branch column for it automatically) and the branch's own
+    /// rows are fetched by key. PostgreSQL hash-joins.
     fn match_by_grouping(&self) -> bool {
         false
     }
