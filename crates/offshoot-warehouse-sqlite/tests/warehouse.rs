@@ -577,6 +577,39 @@ async fn a_data_diff_counts_the_same_whatever_the_branch_tables_row_ids() {
     }
 }
 
+/// Keys compare as stored: production's `COLLATE NOCASE` key column does not make `a` match
+/// the branch's `A` (nor leave `A` counted both as matched and as the branch's own).
+#[tokio::test]
+async fn a_data_diff_matches_keys_as_stored_whatever_their_collation() {
+    let fixture = Fixture::new().await;
+    fixture
+        .warehouse
+        .execute_production_script(
+            &fixture.production.schema,
+            "CREATE TABLE cased (id TEXT COLLATE NOCASE, v INTEGER); INSERT INTO cased VALUES ('a', 1), ('B', 2), ('c', 3);",
+        )
+        .await
+        .expect("production");
+    fixture
+        .materialize(
+            &fixture.branch,
+            "cased",
+            "SELECT CAST('A' AS TEXT) AS id, CAST(1 AS INTEGER) AS v UNION ALL SELECT 'b', 2 UNION ALL SELECT 'c', 3",
+        )
+        .await
+        .expect("branch");
+    let options = offshoot_warehouse::data_diff::DiffOptions {
+        key: offshoot_warehouse::data_diff::KeyRequest::Declared(vec!["id".to_owned()]),
+        ..Default::default()
+    };
+    let diff = fixture.warehouse.data_diff(&fixture.branch, "cased", &options).await.expect("diff");
+    let counts = diff.rows.expect("rows");
+    assert_eq!(
+        (counts.only_in_production, counts.only_in_branch, counts.changed, counts.equal),
+        (2, 2, 0, 1)
+    );
+}
+
 #[tokio::test]
 async fn a_data_diff_handles_columns_of_mixed_types() {
     // SQLite only: one column holds numbers and text.

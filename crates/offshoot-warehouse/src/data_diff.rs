@@ -849,7 +849,10 @@ impl Plan<'_> {
     }
 
     /// Production's rows, each with the branch's row of its key (found in [`BRANCH_KEYS`] and
-    /// fetched by id) if there is one, in the shape of [`Plan::joined`].
+    /// fetched by id) if there is one, in the shape of [`Plan::joined`]. Keys compare as
+    /// stored (`COLLATE BINARY`, as [`BRANCH_KEYS`]'s index and its duplicate check do): a
+    /// production key column declared `COLLATE NOCASE` would otherwise make the index unusable
+    /// (a nested loop) and match keys that [`Plan::branch_not_in_production`] does not.
     fn looked_up(&self, key: &[String], row_id: &str) -> String {
         let mut select = vec![
             "1 AS p_present".to_owned(),
@@ -860,8 +863,11 @@ impl Plan<'_> {
             select.push(format!("p.{name} AS p_{i}"));
             select.push(format!("b.{name} AS b_{i}"));
         }
-        let on: Vec<String> =
-            key.iter().enumerate().map(|(i, k)| format!("p.{} = k.k_{i}", self.q(k))).collect();
+        let on: Vec<String> = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("p.{} COLLATE BINARY = k.k_{i}", self.q(k)))
+            .collect();
         format!(
             "SELECT {} FROM {} AS p LEFT JOIN {BRANCH_KEYS} AS k ON {} LEFT JOIN {} AS b ON b.{row_id} = k.r",
             select.join(", "),
@@ -882,7 +888,8 @@ impl Plan<'_> {
         let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
         let not_null =
             columns.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
-        let in_branch: Vec<String> = columns.iter().map(|c| format!("b.{c}")).collect();
+        let in_branch: Vec<String> =
+            columns.iter().map(|c| format!("b.{c} COLLATE BINARY")).collect();
         format!(
             "SELECT {} FROM {} AS b WHERE ({}) NOT IN (SELECT {} FROM {} AS t WHERE {not_null})",
             select.join(", "),
