@@ -693,7 +693,7 @@ impl Warehouse for PostgresWarehouse {
             }
             let production = describe(&mut connection, &target.production, table).await?;
             let branch = describe(&mut connection, &target.schema, table).await?;
-            let tables = Tables { production, branch };
+            let tables = Tables { production, branch, branch_row_id: None };
             let runners = Runners {
                 main: &mut Runner(&mut connection),
                 production: &mut Runner(&mut production_scan),

@@ -512,7 +512,11 @@ impl Warehouse for SqliteWarehouse {
         let result = async {
             let production = describe(&mut connection, PRODUCTION_ALIAS, table).await?;
             let branch = describe(&mut connection, "main", table).await?;
-            let tables = Tables { production, branch };
+            let branch_row_id = match &branch {
+                Some((reference, columns)) => row_id(&mut connection, reference, columns).await,
+                None => None,
+            };
+            let tables = Tables { production, branch, branch_row_id };
             let runners = Runners {
                 main: &mut Runner(&mut connection),
                 production: &mut Runner(&mut production_scan),
@@ -617,6 +621,24 @@ async fn describe(
         .map(|(name, data_type)| Column { numeric: numeric_affinity(&data_type), name, data_type })
         .collect();
     Ok(Some((format!("{}.{}", quote_identifier(schema), quote_identifier(&name)), columns)))
+}
+
+/// The name under which `table`'s rows have their integer ids (`rowid`, `_rowid_` or `oid`,
+/// whichever no column shadows); `None` for a view or a `WITHOUT ROWID` table, which have none
+/// (selecting it fails there).
+async fn row_id(
+    connection: &mut SqliteConnection,
+    table: &str,
+    columns: &[Column],
+) -> Option<String> {
+    let name = ["rowid", "_rowid_", "oid"]
+        .into_iter()
+        .find(|name| !columns.iter().any(|c| c.name.eq_ignore_ascii_case(name)))?;
+    sqlx::query(AssertSqlSafe(format!("SELECT {name} FROM {table} LIMIT 0")))
+        .fetch_all(&mut *connection)
+        .await
+        .ok()
+        .map(|_| name.to_owned())
 }
 
 /// TEXT affinity (section 3.1 of SQLite's datatype documentation): a number stored in such a

@@ -518,6 +518,98 @@ async fn a_sampled_data_diff_counts_exactly_the_keys_it_sampled() {
     assert_eq!(diff.columns[0].equal, Some(29));
 }
 
+/// Matching fetches the branch's rows by their `rowid` where the table has one under a name no
+/// column shadows; a `WITHOUT ROWID` table, a view and columns named `rowid`, `_rowid_` and
+/// `oid` (here with repeated values, which would match wrong rows if taken for ids) take the
+/// other ways and count the same.
+#[tokio::test]
+async fn a_data_diff_counts_the_same_whatever_the_branch_tables_row_ids() {
+    let fixture = Fixture::new().await;
+    let series = "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 105)";
+    // Production 1..100; the branch drops 1..5, adds 101..105 and changes every tenth amount.
+    let production = format!("{series} SELECT CAST(n % 7 AS INTEGER) AS \"rowid\", CAST(n % 7 AS INTEGER) AS \"_rowid_\", CAST(n AS INTEGER) AS id, CAST(n * 10 AS INTEGER) AS amount FROM s WHERE n <= 100");
+    let branch_rows = format!("{series} SELECT n % 7, n % 7, n, CASE WHEN n % 10 = 0 THEN n * 10 + 1 ELSE n * 10 END FROM s WHERE n > 5");
+    let tables = [
+        ("plain", "CREATE TABLE main.plain (\"rowid\" INTEGER, \"_rowid_\" INTEGER, id INTEGER, amount INTEGER)".to_owned()),
+        ("without_rowid", "CREATE TABLE main.without_rowid (\"rowid\" INTEGER, \"_rowid_\" INTEGER, id INTEGER PRIMARY KEY, amount INTEGER) WITHOUT ROWID".to_owned()),
+        ("shadowed", "CREATE TABLE main.shadowed (\"rowid\" INTEGER, \"_rowid_\" INTEGER, id INTEGER, amount INTEGER, oid INTEGER)".to_owned()),
+    ];
+    let mut connection =
+        fixture.warehouse.open_connection(&fixture.branch).await.expect("branch connection");
+    for (name, create) in &tables {
+        fixture.materialize(&fixture.production, name, &production).await.expect("production");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create.as_str()))
+            .execute(&mut connection)
+            .await
+            .expect(name);
+        let insert = if *name == "shadowed" {
+            format!("INSERT INTO main.shadowed (\"rowid\", \"_rowid_\", id, amount) {branch_rows}")
+        } else {
+            format!("INSERT INTO main.{name} {branch_rows}")
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(insert)).execute(&mut connection).await.expect(name);
+    }
+    fixture.materialize(&fixture.production, "viewed", &production).await.expect("production");
+    sqlx::raw_sql(sqlx::AssertSqlSafe("CREATE VIEW main.viewed AS SELECT * FROM main.plain"))
+        .execute(&mut connection)
+        .await
+        .expect("view");
+    connection.close().await.expect("close");
+    let options = offshoot_warehouse::data_diff::DiffOptions {
+        key: offshoot_warehouse::data_diff::KeyRequest::Declared(vec!["id".to_owned()]),
+        ..Default::default()
+    };
+    for name in ["plain", "without_rowid", "shadowed", "viewed"] {
+        let diff = fixture.warehouse.data_diff(&fixture.branch, name, &options).await.expect(name);
+        let counts = diff.rows.expect("rows");
+        assert_eq!(
+            (counts.only_in_production, counts.only_in_branch, counts.changed, counts.equal),
+            (5, 5, 10, 85),
+            "{name}"
+        );
+        let amount = diff.columns.iter().find(|c| c.name == "amount").expect("amount");
+        assert_eq!(amount.equal, Some(85), "{name}");
+        let rowid = diff.columns.iter().find(|c| c.name == "rowid").expect("rowid");
+        assert_eq!(rowid.equal, Some(95), "{name}: the column named rowid is compared as data");
+        let keys: Vec<_> =
+            diff.samples.added.iter().map(|r| r[2].clone().unwrap_or_default()).collect();
+        assert_eq!(keys, ["101", "102", "103", "104", "105"], "{name}");
+    }
+}
+
+/// Keys compare as stored: production's `COLLATE NOCASE` key column does not make `a` match
+/// the branch's `A` (nor leave `A` counted both as matched and as the branch's own).
+#[tokio::test]
+async fn a_data_diff_matches_keys_as_stored_whatever_their_collation() {
+    let fixture = Fixture::new().await;
+    fixture
+        .warehouse
+        .execute_production_script(
+            &fixture.production.schema,
+            "CREATE TABLE cased (id TEXT COLLATE NOCASE, v INTEGER); INSERT INTO cased VALUES ('a', 1), ('B', 2), ('c', 3);",
+        )
+        .await
+        .expect("production");
+    fixture
+        .materialize(
+            &fixture.branch,
+            "cased",
+            "SELECT CAST('A' AS TEXT) AS id, CAST(1 AS INTEGER) AS v UNION ALL SELECT 'b', 2 UNION ALL SELECT 'c', 3",
+        )
+        .await
+        .expect("branch");
+    let options = offshoot_warehouse::data_diff::DiffOptions {
+        key: offshoot_warehouse::data_diff::KeyRequest::Declared(vec!["id".to_owned()]),
+        ..Default::default()
+    };
+    let diff = fixture.warehouse.data_diff(&fixture.branch, "cased", &options).await.expect("diff");
+    let counts = diff.rows.expect("rows");
+    assert_eq!(
+        (counts.only_in_production, counts.only_in_branch, counts.changed, counts.equal),
+        (2, 2, 0, 1)
+    );
+}
+
 #[tokio::test]
 async fn a_data_diff_handles_columns_of_mixed_types() {
     // SQLite only: one column holds numbers and text.

@@ -206,10 +206,14 @@ pub trait Flavor: Send + Sync {
         false
     }
     /// Whether rows are matched without a `FULL OUTER JOIN` (SQLite, which joins unindexed
-    /// tables in nested loops there: a 100,000-row full join took 9 minutes here): the keys of
-    /// both sides are grouped once (which finds duplicates and the keys on one side only), then
-    /// production is `LEFT JOIN`ed to the branch (SQLite indexes the branch's key for it
-    /// automatically) and the branch's own rows are fetched by key. PostgreSQL hash-joins.
+    /// tables in nested loops there: a 100,000-row full join took 9 minutes here). Where the
+    /// branch's rows have ids ([`Tables::branch_row_id`]) its keys and ids are indexed in a
+    /// temporary table (which finds duplicates), production is `LEFT JOIN`ed to that index and
+    /// the branch's rows fetched by id, and the branch's rows whose key production lacks are
+    /// found with `NOT IN`. Otherwise the keys of both sides are grouped once (finding
+    /// duplicates and the keys on one side only), then production is `LEFT JOIN`ed to the
+    /// branch (SQLite indexes every branch column for it automatically) and the branch's own
+    /// rows are fetched by key. PostgreSQL hash-joins.
     fn match_by_grouping(&self) -> bool {
         false
     }
@@ -235,6 +239,11 @@ pub struct Runners<'a> {
 pub struct Tables {
     pub production: Option<(String, Vec<Column>)>,
     pub branch: Option<(String, Vec<Column>)>,
+    /// Where the branch's table stores each row under an integer id that fetches it directly
+    /// (SQLite's `rowid` of an ordinary table, under whichever of its names no column shadows):
+    /// that name. Matching then indexes only the branch's keys and ids, instead of every
+    /// column of the branch (see [`Flavor::match_by_grouping`]).
+    pub branch_row_id: Option<String>,
 }
 
 const PRESENT: &str = "\"__offshoot_present\"";
@@ -292,7 +301,8 @@ pub async fn diff(
         });
         return Ok(result);
     }
-    let plan = Plan { flavor, production, branch, common: &common, branch_columns };
+    let row_id = tables.branch_row_id.as_deref();
+    let plan = Plan { flavor, production, branch, common: &common, branch_columns, row_id };
 
     // The key: declared, or inferred from the data.
     let (key, source) = match &options.key {
@@ -384,9 +394,16 @@ pub async fn diff(
     });
     let matching_plan = match &sampled_tables {
         Some((production, branch)) => {
-            Plan { flavor, production, branch, common: &common, branch_columns }
+            Plan { flavor, production, branch, common: &common, branch_columns, row_id: None }
         }
-        None => Plan { flavor, production, branch, common: &common, branch_columns },
+        None => Plan { flavor, production, branch, common: &common, branch_columns, row_id },
+    };
+    // Where the branch's rows can be fetched by their ids (and the whole tables are matched),
+    // its keys are indexed with the ids instead of grouping both sides' keys and indexing every
+    // branch column.
+    let matching = match (matching, &condition, row_id) {
+        (Matching::KeysThenLeftJoin, None, Some(_)) => Matching::IndexedBranchKeys,
+        (matching, _, _) => matching,
     };
     // Where the flavor can cancel a running statement, the join starts at once and the
     // branch's key check runs beside it on the branch's connection, cancelling the join if it
@@ -455,6 +472,9 @@ pub async fn diff(
     }
     if matching == Matching::KeysThenLeftJoin {
         let _ = runner.rows(&format!("DROP TABLE IF EXISTS {KEYS}")).await;
+    }
+    if matching == Matching::IndexedBranchKeys {
+        let _ = runner.rows(&format!("DROP TABLE IF EXISTS {BRANCH_KEYS}")).await;
     }
     result.production_rows = Some(production_side.rows);
     result.branch_rows = Some(branch_side.rows);
@@ -603,6 +623,10 @@ const DIFFERING: &str = "offshoot_differing_rows";
 /// matching groups.
 const KEYS: &str = "offshoot_unmatched_keys";
 
+/// The temporary table of the branch's keys (without NULLs) and row ids, indexed by the keys,
+/// where matching looks the branch's rows up by id.
+const BRANCH_KEYS: &str = "offshoot_branch_keys";
+
 /// How rows are matched by their key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Matching {
@@ -616,6 +640,11 @@ enum Matching {
     /// [`KEYS`] first (one grouping of both sides' keys), then production `LEFT JOIN` the branch
     /// and the branch's rows whose key production lacks (SQLite).
     KeysThenLeftJoin,
+    /// [`BRANCH_KEYS`] first (checked for duplicates), then production `LEFT JOIN` it and the
+    /// branch's rows by id, and the branch's rows whose key production lacks (`NOT IN`, which
+    /// SQLite serves with a transient index of production's keys). Production's duplicates
+    /// show in the counts, as after a full join.
+    IndexedBranchKeys,
 }
 
 fn schema_change(production: &[Column], branch: &[Column]) -> SchemaChange {
@@ -668,6 +697,8 @@ struct Plan<'a> {
     branch: &'a str,
     common: &'a [&'a Column],
     branch_columns: &'a [Column],
+    /// [`Tables::branch_row_id`], where it is usable.
+    row_id: Option<&'a str>,
 }
 
 impl Plan<'_> {
@@ -777,6 +808,95 @@ impl Plan<'_> {
             self.production,
             self.branch,
             on.join(" AND ")
+        )
+    }
+
+    /// [`BRANCH_KEYS`]: the branch's keys (without NULLs) and row ids, indexed by the keys.
+    /// Returns whether a key is there more than once (a scan of the index, no sort).
+    async fn index_branch_keys(
+        &self,
+        runner: &mut dyn SqlRunner,
+        key: &[String],
+        row_id: &str,
+    ) -> WarehouseResult<bool> {
+        let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
+        let not_null =
+            columns.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+        let aliases: Vec<String> = (0..key.len()).map(|i| format!("k_{i}")).collect();
+        let renamed: Vec<String> =
+            columns.iter().zip(&aliases).map(|(c, a)| format!("{c} AS {a}")).collect();
+        let aliases = aliases.join(", ");
+        let _ = runner.rows(&format!("DROP TABLE IF EXISTS {BRANCH_KEYS}")).await;
+        runner
+            .rows(&format!(
+                "CREATE TEMPORARY TABLE {BRANCH_KEYS} AS SELECT {}, {row_id} AS r FROM {} AS t WHERE {not_null}",
+                renamed.join(", "),
+                self.branch
+            ))
+            .await?;
+        runner
+            .rows(&format!("CREATE INDEX {BRANCH_KEYS}_by_key ON {BRANCH_KEYS} ({aliases})"))
+            .await?;
+        let duplicates = number(&first(
+            runner
+                .rows(&format!(
+                    "SELECT {} FROM (SELECT 1 AS x FROM {BRANCH_KEYS} GROUP BY {aliases} HAVING count(*) > 1 LIMIT 1) AS d",
+                    self.flavor.text("count(*)")
+                ))
+                .await?,
+        ))?;
+        Ok(duplicates > 0)
+    }
+
+    /// Production's rows, each with the branch's row of its key (found in [`BRANCH_KEYS`] and
+    /// fetched by id) if there is one, in the shape of [`Plan::joined`]. Keys compare as
+    /// stored (`COLLATE BINARY`, as [`BRANCH_KEYS`]'s index and its duplicate check do): a
+    /// production key column declared `COLLATE NOCASE` would otherwise make the index unusable
+    /// (a nested loop) and match keys that [`Plan::branch_not_in_production`] does not.
+    fn looked_up(&self, key: &[String], row_id: &str) -> String {
+        let mut select = vec![
+            "1 AS p_present".to_owned(),
+            "CASE WHEN k.r IS NULL THEN NULL ELSE 1 END AS b_present".to_owned(),
+        ];
+        for (i, column) in self.common.iter().enumerate() {
+            let name = self.q(&column.name);
+            select.push(format!("p.{name} AS p_{i}"));
+            select.push(format!("b.{name} AS b_{i}"));
+        }
+        let on: Vec<String> = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("p.{} COLLATE BINARY = k.k_{i}", self.q(k)))
+            .collect();
+        format!(
+            "SELECT {} FROM {} AS p LEFT JOIN {BRANCH_KEYS} AS k ON {} LEFT JOIN {} AS b ON b.{row_id} = k.r",
+            select.join(", "),
+            self.production,
+            on.join(" AND "),
+            self.branch
+        )
+    }
+
+    /// The branch's rows whose key (without NULLs) production lacks, in the shape of
+    /// [`Plan::joined`].
+    fn branch_not_in_production(&self, key: &[String]) -> String {
+        let mut select = vec!["NULL AS p_present".to_owned(), "1 AS b_present".to_owned()];
+        for (i, column) in self.common.iter().enumerate() {
+            select.push(format!("NULL AS p_{i}"));
+            select.push(format!("b.{} AS b_{i}", self.q(&column.name)));
+        }
+        let columns: Vec<String> = key.iter().map(|k| self.q(k)).collect();
+        let not_null =
+            columns.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+        let in_branch: Vec<String> =
+            columns.iter().map(|c| format!("b.{c} COLLATE BINARY")).collect();
+        format!(
+            "SELECT {} FROM {} AS b WHERE ({}) NOT IN (SELECT {} FROM {} AS t WHERE {not_null})",
+            select.join(", "),
+            self.branch,
+            in_branch.join(", "),
+            columns.join(", "),
+            self.production
         )
     }
 
@@ -903,6 +1023,12 @@ impl Plan<'_> {
                     return Ok(Some(Matched::Duplicates(None)));
                 }
             }
+            Matching::IndexedBranchKeys => {
+                let row_id = self.row_id.expect("chosen only with a row id");
+                if self.index_branch_keys(runner, key, row_id).await? {
+                    return Ok(Some(Matched::Duplicates(None)));
+                }
+            }
         }
         let keyed = self.keyed(runner, key, matching, options.tolerance, options.sample, schema);
         keyed.await.map(Some)
@@ -941,6 +1067,9 @@ impl Plan<'_> {
         let _ = runner.rows(&format!("DROP TABLE IF EXISTS {DIFFERING}")).await;
         let source = match matching {
             Matching::KeysThenLeftJoin => self.left_joined(key),
+            Matching::IndexedBranchKeys => {
+                self.looked_up(key, self.row_id.expect("chosen only with a row id"))
+            }
             Matching::Grouping => self.grouped_by_key(key, schema),
             Matching::FullJoin | Matching::None => self.joined(key, schema),
         };
@@ -950,12 +1079,14 @@ impl Plan<'_> {
                 "CREATE TEMPORARY TABLE {DIFFERING} AS SELECT {select} FROM ({source}) AS j WHERE {differs}"
             ))
             .await?;
-        if matching == Matching::KeysThenLeftJoin {
+        let branch_only = match matching {
+            Matching::KeysThenLeftJoin => Some(self.branch_only(key)),
+            Matching::IndexedBranchKeys => Some(self.branch_not_in_production(key)),
+            _ => None,
+        };
+        if let Some(branch_only) = branch_only {
             runner
-                .rows(&format!(
-                    "INSERT INTO {DIFFERING} SELECT {select} FROM ({}) AS j",
-                    self.branch_only(key)
-                ))
+                .rows(&format!("INSERT INTO {DIFFERING} SELECT {select} FROM ({branch_only}) AS j"))
                 .await?;
         }
         let result = async {
@@ -996,7 +1127,10 @@ impl Plan<'_> {
             let (only_in_production, only_in_branch, changed) = (value(0)?, value(1)?, value(2)?);
             let differing_per_column =
                 (0..compared.len()).map(|k| value(3 + k)).collect::<WarehouseResult<Vec<u64>>>()?;
-            let production_only_duplicates = if matching == Matching::FullJoin {
+            let production_only_duplicates = if matches!(
+                matching,
+                Matching::FullJoin | Matching::IndexedBranchKeys
+            ) {
                 let keys: Vec<String> =
                     key.iter().map(|k| format!("p_{}", self.index_of(k))).collect();
                 let not_null =
