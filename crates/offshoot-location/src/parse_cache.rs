@@ -206,7 +206,8 @@ impl DiskParseCache {
     /// Copies the most recently used entries (at most `max_entries`) into one segment and
     /// deletes the others.
     fn compact(&self, disk: &mut Disk) -> std::io::Result<()> {
-        let mut live: Vec<(EntryDigest, Place)> = disk.index.iter().map(|(d, p)| (*d, *p)).collect();
+        let mut live: Vec<(EntryDigest, Place)> =
+            disk.index.iter().map(|(d, p)| (*d, *p)).collect();
         live.sort_by_key(|(_, place)| std::cmp::Reverse(place.used));
         live.truncate(self.options.max_entries);
         let mut bytes = segment_header();
@@ -248,7 +249,8 @@ impl ParseCache for DiskParseCache {
             (segment.file.clone(), place, segment.path.clone())
         };
         let mut record = vec![0; place.len as usize];
-        let decoded = file.read_exact_at(&mut record, place.start).ok().and_then(|()| decode_record(&record));
+        let decoded =
+            file.read_exact_at(&mut record, place.start).ok().and_then(|()| decode_record(&record));
         match decoded {
             Some((key, parsed)) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +261,11 @@ impl ParseCache for DiskParseCache {
                 self.misses.fetch_add(1, Ordering::Relaxed);
                 self.reject(1, &path);
                 let mut disk = self.disk.lock().expect("never poisoned: no panics inside");
-                if disk.index.get(digest).is_some_and(|p| p.segment == place.segment && p.start == place.start) {
+                if disk
+                    .index
+                    .get(digest)
+                    .is_some_and(|p| p.segment == place.segment && p.start == place.start)
+                {
                     disk.index.remove(digest);
                 }
                 None
