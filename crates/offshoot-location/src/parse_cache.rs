@@ -203,13 +203,15 @@ impl DiskParseCache {
         Ok(Segment { path, size: bytes.len() as u64, file })
     }
 
-    /// Copies the most recently used entries (at most `max_entries`) into one segment and
-    /// deletes the others.
+    /// Copies the most recently used entries into one segment and deletes the others. Past
+    /// `max_entries` it keeps three quarters of them, so the next loads do not compact again.
     fn compact(&self, disk: &mut Disk) -> std::io::Result<()> {
         let mut live: Vec<(EntryDigest, Place)> =
             disk.index.iter().map(|(d, p)| (*d, *p)).collect();
         live.sort_by_key(|(_, place)| std::cmp::Reverse(place.used));
-        live.truncate(self.options.max_entries);
+        if live.len() > self.options.max_entries {
+            live.truncate(self.options.max_entries - self.options.max_entries / 4);
+        }
         let mut bytes = segment_header();
         let mut records = Vec::with_capacity(live.len());
         let mut buffer = Vec::new();
