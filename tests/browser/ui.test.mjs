@@ -572,8 +572,10 @@ test('a merge: production catches up, each step says what it did, and the asset 
   execFileSync('git', ['-C', repo, '-c', 'user.name=T', '-c', 'user.email=t@example.com', 'merge', '-q', '--no-edit', feature]);
   const main = execFileSync('git', ['-C', repo, 'rev-parse', 'main']).toString().trim();
   // The demo watches the repository: prod deploys the merge, then catches up.
+  // Production first catches up with the 1,000 assets the test before added (one run at a
+  // time per deployment), then with the merge: minutes in a debug build, so wait by the clock.
   let run;
-  for (let i = 0; i < 600 && !run; i++) {
+  for (const deadline = Date.now() + 300000; Date.now() < deadline && !run;) {
     const prod = await api('GET', '/api/v1/deployments/prod');
     if (prod.current_revision && prod.current_revision.commit.sha === main) {
       const runs = await api('GET', '/api/v1/runs?deployment=prod');
