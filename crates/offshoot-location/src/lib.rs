@@ -31,7 +31,9 @@ pub use deployment::{
 };
 pub use native::NativeLocation;
 pub use parse_cache::{DiskParseCache, ParseCacheOptions};
-pub use process::{base_environment, kill_group, tail, ToolCommand, ToolOutput, MAX_OUTPUT};
+pub use process::{
+    base_environment, kill_group, release_freed_memory, tail, ToolCommand, ToolOutput, MAX_OUTPUT,
+};
 pub use sandbox::{support as sandbox_support, Sandbox};
 
 /// What a location needs to load one commit.

@@ -162,3 +162,16 @@ pub fn base_environment() -> Vec<(String, String)> {
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect()
 }
+
+/// Hands memory the allocator holds free back to the system. A load parses SQL on every core,
+/// and glibc keeps what each parse thread freed in that thread's arena until the next load:
+/// about 200 MB a server holds for nothing after loading 100,000 assets.
+#[allow(unsafe_code)] // malloc_trim(3); the block says why it is sound
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it returns the free pages of the allocator's own
+    // arenas to the system and leaves every allocation in place.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -19,6 +19,21 @@ pub trait ProjectFiles {
     fn file_id(&self, _path: &str) -> Result<FileId, FilesError> {
         Ok(FileId::Unavailable)
     }
+    /// An id of the whole `assets/` folder that changes whenever anything in it does (a git
+    /// tree id), `None` where there is none to be had cheaply.
+    fn assets_id(&self) -> Option<String> {
+        None
+    }
+    /// The files under `assets/` that differ from the `assets/` folder whose
+    /// [`ProjectFiles::assets_id`] was `since`: each path with its content id now
+    /// ([`FileId::Missing`] when it is gone), in any order. `None` when this source cannot
+    /// tell (no ids, or `since` is not known to it); the caller then lists every path.
+    fn assets_changed_since(
+        &self,
+        _since: &str,
+    ) -> Result<Option<Vec<(String, FileId)>>, FilesError> {
+        Ok(None)
+    }
 }
 
 /// What [`ProjectFiles::file_id`] knows of one path.

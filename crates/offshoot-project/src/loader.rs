@@ -42,6 +42,9 @@ impl Project {
 #[derive(Debug)]
 pub struct Blobs {
     manifest: String,
+    /// The `assets/` folder's id ([`ProjectFiles::assets_id`]): the next load asks the files
+    /// what changed since, instead of listing every path.
+    assets: Option<String>,
     /// Every asset file's path with its content id.
     files: HashMap<Arc<str>, Arc<str>>,
     /// Every key (sources included) by its lower-case spelling: where unquoted references
@@ -320,38 +323,25 @@ fn load_changes(
         _ => return Ok(None),
     }
     let dialect = previous.manifest.dialect;
-    let paths = files.asset_paths()?;
-    let mut contents: HashMap<Arc<str>, Arc<str>> = HashMap::with_capacity(paths.len());
-    let mut changed: Vec<(usize, AssetKey, AssetKind, String)> = Vec::new();
-    let mut no_diagnostics = Vec::new();
-    for (index, path) in paths.iter().enumerate() {
-        let Some(kind) = asset_kind_of(path) else { continue };
-        let FileId::Content(id) = files.file_id(path)? else { return Ok(None) };
-        match blobs.files.get_key_value(path.as_str()) {
-            // A command asset also depends on its inputs: the cache checks them.
-            Some((known, before)) if kind == AssetKind::Sql && **before == *id => {
-                contents.insert(known.clone(), before.clone());
-            }
-            _ => {
-                let Some(key) = key_of(path, &mut no_diagnostics) else { return Ok(None) };
-                contents.insert(Arc::from(path.as_str()), Arc::from(id.as_str()));
-                changed.push((index, key, kind, id));
-            }
-        }
-    }
+    let Some((contents, changes)) = changed_files(files, blobs)? else { return Ok(None) };
+    let mut changed: Vec<(&str, AssetKey, AssetKind, String)> = Vec::new();
     // The keys of files gone; a key whose file moved is changed, not removed.
     let mut removed: BTreeSet<AssetKey> = BTreeSet::new();
-    for path in blobs.files.keys() {
-        if !contents.contains_key(path) {
-            removed.insert(
-                key_of(path, &mut no_diagnostics).expect("a valid project's file names are keys"),
-            );
+    let mut no_diagnostics = Vec::new();
+    for (path, id) in &changes {
+        let Some(kind) = asset_kind_of(path) else { continue };
+        let Some(key) = key_of(path, &mut no_diagnostics) else { return Ok(None) };
+        match id {
+            Some(id) => changed.push((path.as_str(), key, kind, id.clone())),
+            None => {
+                removed.insert(key);
+            }
         }
     }
     // Keys on new paths: a file moved (its key's old file is gone), a new key, or a duplicate.
     let mut added: BTreeSet<AssetKey> = BTreeSet::new();
-    for (index, key, ..) in &changed {
-        if blobs.files.contains_key(paths[*index].as_str()) {
+    for (path, key, ..) in &changed {
+        if blobs.files.contains_key(*path) {
             continue;
         }
         let fresh = if previous.snapshot.contains(key) {
@@ -381,11 +371,10 @@ fn load_changes(
     };
 
     let mut parsing = Parsing::default();
-    for (index, key, kind, id) in &changed {
-        let path = paths[*index].as_str();
+    for (index, (path, key, kind, id)) in changed.iter().enumerate() {
         let cache_key =
-            CacheKey { kind: *kind, dialect, path: path.to_owned(), content: id.clone() };
-        parsing.add(files, cache, (*index, path, key.clone(), *kind), Some(cache_key))?;
+            CacheKey { kind: *kind, dialect, path: (*path).to_owned(), content: id.clone() };
+        parsing.add(files, cache, (index, path, key.clone(), *kind), Some(cache_key))?;
     }
     let external = &previous.manifest.external;
     let find = |name: &str, exact: bool| {
@@ -413,12 +402,84 @@ fn load_changes(
         return Ok(None);
     }
     let Ok(snapshot) = previous.snapshot.with_changes(assets, &removed) else { return Ok(None) };
-    let blobs = Blobs { manifest: blobs.manifest.clone(), files: contents, folded };
+    let blobs = Blobs {
+        manifest: blobs.manifest.clone(),
+        assets: files.assets_id(),
+        files: contents,
+        folded,
+    };
     Ok(Some(Project {
         manifest: previous.manifest.clone(),
         snapshot,
         blobs: Some(Arc::new(blobs)),
     }))
+}
+
+/// Every asset file's content id now, and the asset files that differ from `blobs`' (each
+/// with its id now, `None` when gone), sorted by path. A command asset is always listed: its
+/// inputs may have changed (the cache checks them). `None` when a file has no content id.
+type ChangedFiles = (HashMap<Arc<str>, Arc<str>>, Vec<(String, Option<String>)>);
+
+fn changed_files(
+    files: &dyn ProjectFiles,
+    blobs: &Blobs,
+) -> Result<Option<ChangedFiles>, FilesError> {
+    let mut changes: Vec<(String, Option<String>)> = Vec::new();
+    let diff = match &blobs.assets {
+        Some(since) => files.assets_changed_since(since)?,
+        None => None,
+    };
+    let contents = if let Some(diff) = diff {
+        let mut contents = blobs.files.clone();
+        for (path, id) in diff {
+            if asset_kind_of(&path).is_none() {
+                continue;
+            }
+            match id {
+                FileId::Content(id) => {
+                    contents.insert(Arc::from(path.as_str()), Arc::from(id.as_str()));
+                    changes.push((path, Some(id)));
+                }
+                FileId::Missing => {
+                    if contents.remove(path.as_str()).is_some() {
+                        changes.push((path, None));
+                    }
+                }
+                FileId::Unavailable => return Ok(None),
+            }
+        }
+        let listed: BTreeSet<String> = changes.iter().map(|(path, _)| path.clone()).collect();
+        for (path, id) in &contents {
+            if asset_kind_of(path) == Some(AssetKind::Command) && !listed.contains(&**path) {
+                changes.push((path.to_string(), Some(id.to_string())));
+            }
+        }
+        contents
+    } else {
+        let paths = files.asset_paths()?;
+        let mut contents: HashMap<Arc<str>, Arc<str>> = HashMap::with_capacity(paths.len());
+        for path in paths {
+            let Some(kind) = asset_kind_of(&path) else { continue };
+            let FileId::Content(id) = files.file_id(&path)? else { return Ok(None) };
+            match blobs.files.get_key_value(path.as_str()) {
+                Some((known, before)) if kind == AssetKind::Sql && **before == *id => {
+                    contents.insert(known.clone(), before.clone());
+                }
+                _ => {
+                    contents.insert(Arc::from(path.as_str()), Arc::from(id.as_str()));
+                    changes.push((path, Some(id)));
+                }
+            }
+        }
+        for path in blobs.files.keys() {
+            if !contents.contains_key(path) {
+                changes.push((path.to_string(), None));
+            }
+        }
+        contents
+    };
+    changes.sort();
+    Ok(Some((contents, changes)))
 }
 
 /// The whole graph: every file from the cache or parsed, every reference resolved, every
@@ -514,9 +575,10 @@ fn load_whole(
     let assets = match manifest {
         Some(manifest) if diagnostics.is_empty() => match Snapshot::build(assets) {
             Ok(snapshot) => {
+                let assets = files.assets_id();
                 let blobs = manifest_id.zip(contents).map(|(manifest, files)| {
                     let folded = keys.folded.into_iter().collect();
-                    Arc::new(Blobs { manifest, files, folded: Arc::new(folded) })
+                    Arc::new(Blobs { manifest, assets, files, folded: Arc::new(folded) })
                 });
                 return Ok(Project { manifest, snapshot, blobs });
             }

@@ -195,6 +195,62 @@ impl ProjectFiles for CommitFiles<'_> {
             None => FileId::Missing,
         })
     }
+
+    /// The id of the commit's `assets/` tree.
+    fn assets_id(&self) -> Option<String> {
+        let entry = self.tree.get_path(Path::new(ASSETS_DIR)).ok()?;
+        (entry.kind() == Some(ObjectType::Tree)).then(|| entry.id().to_string())
+    }
+
+    /// A diff of two `assets/` trees: libgit2 skips every subtree whose id both share, so a
+    /// push that edits a few files costs those files, not the project's size.
+    fn assets_changed_since(
+        &self,
+        since: &str,
+    ) -> Result<Option<Vec<(String, FileId)>>, FilesError> {
+        let Some(now) = self.assets_id() else { return Ok(None) };
+        let (Ok(before), Ok(now)) = (Oid::from_str(since), Oid::from_str(&now)) else {
+            return Ok(None);
+        };
+        // Not in this repository's object database: the caller lists every path.
+        let Ok(before) = self.repo.find_tree(before) else { return Ok(None) };
+        let now = self.repo.find_tree(now).map_err(|e| FilesError(e.message().to_owned()))?;
+        let mut options = git2::DiffOptions::new();
+        options.include_typechange(true).skip_binary_check(true);
+        let diff = self
+            .repo
+            .diff_tree_to_tree(Some(&before), Some(&now), Some(&mut options))
+            .map_err(|e| FilesError(e.message().to_owned()))?;
+        let definition = |file: &git2::DiffFile<'_>| {
+            matches!(
+                file.mode(),
+                git2::FileMode::Blob
+                    | git2::FileMode::BlobGroupWritable
+                    | git2::FileMode::BlobExecutable
+            )
+        };
+        let mut changes = Vec::with_capacity(diff.deltas().len());
+        let mut blobs = self.blobs.borrow_mut();
+        for delta in diff.deltas() {
+            let (old, new) = (delta.old_file(), delta.new_file());
+            if definition(&old) {
+                if let Some(name) = old.path_bytes() {
+                    let path = format!("{ASSETS_DIR}/{}", String::from_utf8_lossy(name));
+                    if !definition(&new) {
+                        changes.push((path, FileId::Missing));
+                    }
+                }
+            }
+            if definition(&new) {
+                if let Some(name) = new.path_bytes() {
+                    let path = format!("{ASSETS_DIR}/{}", String::from_utf8_lossy(name));
+                    blobs.insert(path.clone(), new.id());
+                    changes.push((path, FileId::Content(new.id().to_string())));
+                }
+            }
+        }
+        Ok(Some(changes))
+    }
 }
 
 impl CommitFiles<'_> {

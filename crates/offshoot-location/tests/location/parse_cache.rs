@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use offshoot_location::{load_project, DiskParseCache, ParseCacheOptions};
 use offshoot_project::parse_cache::ParseCache;
-use offshoot_project::Project;
+use offshoot_project::{Project, ProjectFiles};
 use offshoot_repo::write::Tree;
 use offshoot_repo::GitRepository;
 use proptest::prelude::*;
@@ -376,4 +376,142 @@ fn a_truncated_segment_keeps_its_whole_records() {
 #[test]
 fn a_file_that_is_not_a_segment_is_ignored() {
     check_damage(|bytes| *bytes = b"{\"not\": \"a cache\"}".to_vec(), 1, 3);
+}
+
+/// Runs `git` in `dir`; panics with its output when it fails.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@offshoot.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Every asset file with its content id, found by listing the whole tree.
+fn listing(
+    files: &dyn offshoot_project::ProjectFiles,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for path in files.asset_paths().expect("the tree lists") {
+        match files.file_id(&path).expect("an id") {
+            offshoot_project::FileId::Content(id) => {
+                out.insert(path, id);
+            }
+            other => panic!("{path} listed without a content id: {other:?}"),
+        }
+    }
+    out
+}
+
+/// A tree diff of `assets/` names exactly what listing both trees finds different, through
+/// executable bits, symbolic links, a file turned into a folder, a submodule-like gitlink and
+/// files outside `assets/`; and a load started from the previous commit's project equals a
+/// load from scratch at every commit.
+#[test]
+fn the_assets_tree_diff_agrees_with_listing_both_trees() {
+    let dir = TempDir::new("tree-diff");
+    let work = dir.0.join("repo");
+    std::fs::create_dir_all(&work).expect("a folder");
+    git(&work, &["init", "-q", "-b", "main"]);
+    let write = |path: &str, text: &str| {
+        let full = work.join(path);
+        std::fs::create_dir_all(full.parent().expect("a parent")).expect("folders");
+        std::fs::write(full, text).expect("a file");
+    };
+    write("offshoot.toml", "[project]\nname = \"p\"\n\n[sources.raw]\n");
+    write("assets/staging/orders.sql", "SELECT * FROM raw\n");
+    write("assets/staging/customers.sql", "SELECT * FROM orders\n");
+    write("assets/marts/revenue.sql", "SELECT * FROM customers\n");
+    write("assets/marts/notes.md", "not a definition\n");
+    write("README.md", "outside assets\n");
+    let steps: Vec<Box<dyn Fn()>> = vec![
+        Box::new(|| {}),
+        // An edit, an executable bit, a file outside assets/.
+        Box::new(|| {
+            write("assets/staging/orders.sql", "SELECT * FROM raw WHERE 1 = 1\n");
+            git(&work, &["update-index", "--chmod=+x", "assets/marts/revenue.sql"]);
+            write("README.md", "changed\n");
+        }),
+        // A symbolic link where a definition was, and a new definition through a new folder.
+        Box::new(|| {
+            std::fs::remove_file(work.join("assets/marts/revenue.sql")).expect("removed");
+            std::os::unix::fs::symlink(
+                "../staging/orders.sql",
+                work.join("assets/marts/revenue.sql"),
+            )
+            .expect("a link");
+            write("assets/deep/er/still/margin.sql", "SELECT * FROM customers\n");
+        }),
+        // The link becomes a file again; a definition becomes a folder of one.
+        Box::new(|| {
+            std::fs::remove_file(work.join("assets/marts/revenue.sql")).expect("removed");
+            write("assets/marts/revenue.sql", "SELECT * FROM orders\n");
+            std::fs::remove_file(work.join("assets/deep/er/still/margin.sql")).expect("removed");
+            write("assets/deep/er/still/margin.sql/kpis.sql", "SELECT * FROM revenue\n");
+        }),
+        // A rename across folders, a deleted folder and a gitlink (a submodule's entry).
+        Box::new(|| {
+            std::fs::rename(
+                work.join("assets/staging/customers.sql"),
+                work.join("assets/marts/customers.sql"),
+            )
+            .expect("renamed");
+            std::fs::remove_dir_all(work.join("assets/deep")).expect("removed");
+        }),
+    ];
+    let repo_dir = work.clone();
+    let mut previous: Option<(String, Project)> = None;
+    for (index, step) in steps.iter().enumerate() {
+        step();
+        git(&repo_dir, &["add", "-A"]);
+        if index == 4 {
+            let head = git(&repo_dir, &["rev-parse", "HEAD"]);
+            let gitlink = format!("160000,{head},assets/vendor");
+            git(&repo_dir, &["update-index", "--add", "--cacheinfo", &gitlink]);
+        }
+        git(&repo_dir, &["commit", "-q", "--allow-empty", "-m", &format!("step {index}")]);
+        let sha = git(&repo_dir, &["rev-parse", "HEAD"]);
+        let repo = GitRepository::open(&repo_dir).expect("the repository opens");
+        let files = repo.files_at(&sha).expect("the commit");
+        let now = listing(&files);
+        if let Some((before_sha, _)) = &previous {
+            let before_files = repo.files_at(before_sha).expect("the commit");
+            let before = listing(&before_files);
+            let since = before_files.assets_id().expect("an assets/ tree");
+            let mut diffed: Vec<(String, offshoot_project::FileId)> = files
+                .assets_changed_since(&since)
+                .expect("the diff runs")
+                .expect("both trees are in the repository");
+            diffed.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut expected = Vec::new();
+            for path in before.keys().chain(now.keys()).collect::<std::collections::BTreeSet<_>>() {
+                match (before.get(path), now.get(path)) {
+                    (Some(a), Some(b)) if a == b => {}
+                    (_, Some(b)) => {
+                        expected.push((path.clone(), offshoot_project::FileId::Content(b.clone())))
+                    }
+                    (Some(_), None) => {
+                        expected.push((path.clone(), offshoot_project::FileId::Missing))
+                    }
+                    (None, None) => unreachable!(),
+                }
+            }
+            // A changed mode alone is reported too; the loader treats it as an edit.
+            diffed.retain(|(path, id)| {
+                !matches!(id, offshoot_project::FileId::Content(id) if before.get(path).is_some_and(|b| b == id))
+            });
+            assert_eq!(diffed, expected, "step {index}");
+        }
+        let work_dir = dir.0.join("work");
+        let cache = DiskParseCache::open(&dir.0.join("cache"), ParseCacheOptions::default());
+        let (scratch, _) = load_and_show(&repo, &sha, &work_dir, None, None);
+        let start = previous.as_ref().map(|(_, project)| project);
+        let (derived, project) = load_and_show(&repo, &sha, &work_dir, Some(&cache), start);
+        assert_eq!(derived, scratch, "step {index} from the previous commit's project");
+        let project = project.expect("every step is a valid project");
+        previous = Some((sha, project));
+    }
 }
