@@ -8,10 +8,13 @@
 //! run built it; production rebuilds its tables in place, so when that table has been replaced
 //! the diff compares with the current one and says so in a note.
 
-use offshoot_core::{AssetKey, DeploymentKind, DeploymentName, UnixMillis};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use offshoot_core::{AssetKey, DeploymentKind, DeploymentName, RunStatus, UnixMillis};
 use offshoot_store::{
-    DataDiffKey, Deployment, DeploymentId, MaterializationId, RecordedMaterialization, RunId,
-    StoredDataDiff, DATA_DIFF_CACHE_ENTRIES,
+    DataDiffKey, Deployment, DeploymentId, MaterializationId, RecordedMaterialization, RunFilter,
+    RunId, StoredDataDiff, DATA_DIFF_CACHE_ENTRIES,
 };
 use offshoot_warehouse::data_diff::{DataDiff, DiffOptions, KeyRequest};
 use serde::Serialize;
@@ -330,7 +333,25 @@ pub async fn summaries(
     state: &AppState,
     deployment: &Deployment,
 ) -> ServiceResult<Vec<DiffSummaryJson>> {
-    let Some(revision_id) = deployment.current_revision else { return Ok(Vec::new()) };
+    Ok(summaries_unless(state, deployment, false).await?.unwrap_or_default())
+}
+
+/// [`summaries`]; with `yield_to_runs`, `None` as soon as a run of the deployment is queued or
+/// running: it would rebuild the tables being compared, and its end starts the diffs again.
+async fn summaries_unless(
+    state: &AppState,
+    deployment: &Deployment,
+    yield_to_runs: bool,
+) -> ServiceResult<Option<Vec<DiffSummaryJson>>> {
+    let run_active = || async {
+        let filter = RunFilter {
+            deployment_id: Some(deployment.id),
+            statuses: vec![RunStatus::Queued, RunStatus::Running],
+            limit: 1,
+        };
+        state.store.list_runs(&filter).await.map(|runs| !runs.is_empty())
+    };
+    let Some(revision_id) = deployment.current_revision else { return Ok(Some(Vec::new())) };
     let revision = state.store.get_revision(revision_id).await?;
     let repo = state
         .repository(&deployment.repository)
@@ -338,7 +359,7 @@ pub async fn summaries(
     let loaded = project::load(state, &repo.name, repo.path.clone(), &revision.commit.sha)
         .await
         .map_err(ServiceError::internal)?;
-    let Ok(project) = loaded.as_ref().as_ref() else { return Ok(Vec::new()) };
+    let Ok(project) = loaded.as_ref().as_ref() else { return Ok(Some(Vec::new())) };
     let own: std::collections::BTreeSet<String> = state
         .warehouse
         .own_tables(&state.target(deployment))
@@ -351,6 +372,9 @@ pub async fn summaries(
         let table = asset.key.parts().last().unwrap_or_default();
         if !own.contains(table) {
             continue;
+        }
+        if yield_to_runs && run_active().await? {
+            return Ok(None);
         }
         let key = if asset.grain.is_empty() {
             KeyRequest::Infer
@@ -373,13 +397,19 @@ pub async fn summaries(
             sampled: diff.sampled.is_some(),
         });
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// Runs forever: after every branch run, computes the summaries of what it built (filling the
-/// cache) and announces them, so the pull-request comment shows them.
+/// cache) and announces them, so the pull-request comment shows them. Background work that
+/// must not crowd out runs: one deployment's diffs at a time, a deployment's runs finishing
+/// while its diffs are computed coalesce into one more pass, and a pass stops when a run of
+/// the deployment is queued (that run's end starts the next).
 pub async fn worker(state: SharedState) {
     let mut notices = state.notices.subscribe();
+    // Deployments with a pass under way, each with whether a run finished since it began.
+    let passes: Arc<Mutex<HashMap<DeploymentId, bool>>> = Arc::default();
+    let turn = Arc::new(tokio::sync::Semaphore::new(1));
     loop {
         let deployment = match notices.recv().await {
             Ok(Notice::RunFinished { deployment }) => deployment,
@@ -393,21 +423,44 @@ pub async fn worker(state: SharedState) {
         if !state.config.data_diff_auto {
             continue;
         }
-        let state = state.clone();
-        tokio::spawn(async move {
-            let result = async {
-                let deployment = state.store.get_deployment(deployment).await?;
-                if deployment.kind != DeploymentKind::Branch {
-                    return Ok(false);
-                }
-                summaries(&state, &deployment).await.map(|_| true)
+        {
+            let mut passes = passes.lock().expect("never poisoned");
+            if let Some(again) = passes.get_mut(&deployment) {
+                *again = true;
+                continue;
             }
-            .await;
-            match result {
-                Ok(true) => state.notices.send(Notice::DataDiffsReady { deployment }),
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::warn!("data diffs of deployment {}: {}", deployment.0, error.message)
+            passes.insert(deployment, false);
+        }
+        let (state, passes, turn) = (state.clone(), passes.clone(), turn.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = turn.acquire().await else { return };
+                let result = async {
+                    let deployment = state.store.get_deployment(deployment).await?;
+                    if deployment.kind != DeploymentKind::Branch {
+                        return Ok(None);
+                    }
+                    summaries_unless(&state, &deployment, true).await
+                }
+                .await;
+                drop(permit);
+                match result {
+                    Ok(Some(_)) => state.notices.send(Notice::DataDiffsReady { deployment }),
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(
+                            "data diffs of deployment {}: {}",
+                            deployment.0,
+                            error.message
+                        )
+                    }
+                }
+                let mut passes = passes.lock().expect("never poisoned");
+                if passes.get(&deployment) == Some(&true) {
+                    passes.insert(deployment, false);
+                } else {
+                    passes.remove(&deployment);
+                    return;
                 }
             }
         });
