@@ -320,7 +320,18 @@ impl Warehouse for SqliteWarehouse {
     }
 
     async fn own_tables(&self, target: &Target) -> WarehouseResult<Vec<String>> {
-        let mut connection = self.connect(target, WhenMissing::Fail).await?;
+        // The target's own file alone: attaching production's, as other operations do, would
+        // make SQLite parse production's whole schema to list none of it (a few ms at 1,000
+        // tables, at the start of every run).
+        let own_path = self.file_of(target);
+        if !file_exists(&own_path).await? {
+            return Err(WarehouseError::Backend(format!(
+                "schema `{}` does not exist; prepare it first",
+                target.schema
+            )));
+        }
+        let options = SqliteConnectOptions::new().filename(&own_path).busy_timeout(BUSY_TIMEOUT);
+        let mut connection = options.connect().await.map_err(backend_error)?;
         let result = sqlx::query_scalar::<_, String>(
             "SELECT name FROM main.sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
         )
