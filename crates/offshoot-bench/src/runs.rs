@@ -30,9 +30,11 @@ pub struct Args {
     offshoot: Option<PathBuf>,
     /// One production run (to build what the branch reads), not measured.
     branch_only: bool,
+    /// `[data_diff] auto = false`: no data diffs between the branch's runs.
+    no_auto_diff: bool,
 }
 
-const USAGE: &str = "usage: offshoot-bench runs [--assets 1000] [--rows 1000] [--runs 3] [--downstream 29] [--branch-only] [--offshoot PATH]";
+const USAGE: &str = "usage: offshoot-bench runs [--assets 1000] [--rows 1000] [--runs 3] [--downstream 29] [--branch-only] [--no-auto-diff] [--offshoot PATH]";
 
 /// Bar of issue 19, item 3: a run's server time at most this many times its floor.
 const RATIO_BAR: f64 = 1.5;
@@ -45,6 +47,7 @@ pub fn parse_args(arguments: impl Iterator<Item = String>) -> anyhow::Result<Arg
         downstream: 29,
         offshoot: None,
         branch_only: false,
+        no_auto_diff: false,
     };
     let mut it = arguments;
     while let Some(flag) = it.next() {
@@ -56,6 +59,7 @@ pub fn parse_args(arguments: impl Iterator<Item = String>) -> anyhow::Result<Arg
             "--downstream" => args.downstream = value()?.parse().context("--downstream")?,
             "--offshoot" => args.offshoot = Some(PathBuf::from(value()?)),
             "--branch-only" => args.branch_only = true,
+            "--no-auto-diff" => args.no_auto_diff = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -98,7 +102,8 @@ fn measure(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<String> {
     let server_dir = work.join("server");
     let sources = project::source_names().len() as u64;
     seed_production(&server_dir.join("data"), args.rows * 170 * sources)?;
-    let server = Server::start(binary, &server_dir, &dir, "")?;
+    let settings = if args.no_auto_diff { "[data_diff]\nauto = false\n" } else { "" };
+    let server = Server::start(binary, &server_dir, &dir, settings)?;
     server.wait_for_production(&main_sha)?;
     let api = server.api();
 
@@ -176,12 +181,13 @@ fn measure(args: &Args, binary: &Path, work: &Path) -> anyhow::Result<String> {
 
     let mut out = String::new();
     out.push_str(&format!(
-        "## Runs against the engine's floor ({}, offshoot {}, `offshoot-bench runs --assets {n} --rows {} --runs {}{}`)\n\n",
+        "## Runs against the engine's floor ({}, offshoot {}, `offshoot-bench runs --assets {n} --rows {} --runs {}{}{}`)\n\n",
         machine(),
         workspace_commit(),
         args.rows,
         args.runs,
-        if args.branch_only { " --branch-only" } else { "" }
+        if args.branch_only { " --branch-only" } else { "" },
+        if args.no_auto_diff { " --no-auto-diff" } else { "" }
     ));
     out.push_str(&format!(
         "Embedded SQLite warehouse, {} sources of {} rows. The branch edits `{key}` ({downstream} models downstream). Medians of {} runs after one warm-up; floors are medians of {} passes.\n\n",

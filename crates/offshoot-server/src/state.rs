@@ -186,6 +186,8 @@ pub struct Metrics {
     pub runs_failed: AtomicU64,
     pub runs_canceled: AtomicU64,
     pub steps_executed: AtomicU64,
+    /// Data diffs the warehouse computed (not served from the cache).
+    pub data_diffs_computed: AtomicU64,
 }
 
 impl Metrics {
@@ -210,6 +212,7 @@ offshoot_deploys_total{{status=\"ready\"}} {}\noffshoot_deploys_total{{status=\"
 # HELP offshoot_runs_total Finished runs by outcome.\n# TYPE offshoot_runs_total counter\n\
 offshoot_runs_total{{status=\"succeeded\"}} {}\noffshoot_runs_total{{status=\"failed\"}} {}\noffshoot_runs_total{{status=\"canceled\"}} {}\n\
 # HELP offshoot_steps_total Run steps executed.\n# TYPE offshoot_steps_total counter\noffshoot_steps_total {}\n\
+# HELP offshoot_data_diffs_computed_total Data diffs computed in the warehouse (not served from the cache).\n# TYPE offshoot_data_diffs_computed_total counter\noffshoot_data_diffs_computed_total {}\n\
 # HELP offshoot_open_deployments Open deployments, production included.\n# TYPE offshoot_open_deployments gauge\noffshoot_open_deployments {}\n\
 # HELP offshoot_parse_cache_lookups_total Parsed asset files looked up in the parse cache, by result.\n# TYPE offshoot_parse_cache_lookups_total counter\n\
 offshoot_parse_cache_lookups_total{{result=\"hit\"}} {}\noffshoot_parse_cache_lookups_total{{result=\"miss\"}} {}\n\
@@ -223,6 +226,7 @@ offshoot_parse_cache_lookups_total{{result=\"hit\"}} {}\noffshoot_parse_cache_lo
             get(&self.runs_failed),
             get(&self.runs_canceled),
             get(&self.steps_executed),
+            get(&self.data_diffs_computed),
             open_deployments,
             parse_cache.hits,
             parse_cache.misses,

@@ -24,7 +24,7 @@ use crate::adapters::project;
 use crate::notices::Notice;
 use crate::service::error::{ServiceError, ServiceResult};
 use crate::service::stored_diff;
-use crate::state::{now, AppState, SharedState};
+use crate::state::{now, AppState, Metrics, SharedState};
 
 /// The state of an asset's data in the branch against production.
 pub fn state_of(diff: &DataDiff) -> &'static str {
@@ -246,6 +246,7 @@ pub async fn compute(
         None => {
             // A path key's table (a Dagster asset's) is named like its last part.
             let table = asset.parts().last().unwrap_or_default().to_owned();
+            Metrics::increment(&state.metrics.data_diffs_computed);
             let diff = state
                 .warehouse
                 .data_diff(&state.target(deployment), &table, options)

@@ -643,3 +643,84 @@ fn a_data_diff_compares_with_the_production_table_asked_for_on_postgres() {
     }
     a_data_diff_compares_with_the_production_table_asked_for(Backend::Postgres);
 }
+
+/// `offshoot_data_diffs_computed_total` from `/metrics`.
+fn diffs_computed(server: &Server) -> u64 {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().http_status_as_error(false).build(),
+    );
+    let mut response = agent
+        .get(&format!("{}/metrics", server.url))
+        .header("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .expect("the server answers");
+    let text = response.body_mut().read_to_string().expect("body");
+    text.lines()
+        .find_map(|l| l.strip_prefix("offshoot_data_diffs_computed_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no data diff counter in /metrics:\n{text}"))
+}
+
+/// Five branch runs launched back to back: the automatic diffs do not pile up behind them (a
+/// pass per run, every asset each time, all at once). Runs finishing during a pass coalesce into
+/// one more, a pass stops while a run is queued, and the last pass diffs what the last run
+/// built, so the deployment's summaries are then served from the cache.
+#[test]
+fn automatic_data_diffs_after_back_to_back_runs_coalesce_into_one_final_pass() {
+    let dir = TempDir::new("data-diff-auto");
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let files: Vec<(String, String)> = names
+        .iter()
+        .map(|n| (format!("{n}.sql"), "SELECT id, amount FROM raw_orders\n".to_owned()))
+        .collect();
+    let assets: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    let (server, repo) = seeded_server(&dir, &assets, "");
+    let run = server.post("/api/v1/deployments/prod/runs", json!({"selection": "key:*"}));
+    assert_eq!(server.wait_for_run(run["id"].as_i64().expect("id"))["status"], "succeeded");
+    git(&repo, &["branch", "feature/many-runs", "main"]);
+    let edited = "SELECT id, amount + 1 AS amount FROM raw_orders\n";
+    let sha = commit_file(&repo, "feature/many-runs", "assets/a.sql", edited, "Edit a");
+    let name = create_or_update(&server, "feature/many-runs", &sha);
+    server.wait_for_deployment(&name, "ready", |d| serving_commit(d) == sha);
+    let before = diffs_computed(&server);
+    let runs: Vec<i64> = (0..5)
+        .map(|_| {
+            let run = server
+                .post(&format!("/api/v1/deployments/{name}/runs"), json!({"selection": "key:*"}));
+            run["id"].as_i64().expect("id")
+        })
+        .collect();
+    for id in &runs {
+        assert_eq!(server.wait_for_run(*id)["status"], "succeeded", "{}", server.log());
+    }
+    // Until the counter has not moved for two seconds (a minute at most).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (mut last, mut since) = (diffs_computed(&server), std::time::Instant::now());
+    while since.elapsed() < std::time::Duration::from_secs(2) {
+        assert!(std::time::Instant::now() < deadline, "the diffs never settled");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = diffs_computed(&server);
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+    }
+    let computed = last - before;
+    // One full pass for the last run, and at most one asset for each run it yielded to.
+    assert!(
+        computed >= names.len() as u64 && computed <= (names.len() + runs.len()) as u64,
+        "{computed} diffs computed for {} assets after {} runs",
+        names.len(),
+        runs.len()
+    );
+    // The deployment's summaries (what the page and the pull-request comment show) are the
+    // last pass's: served from the cache, nothing computed again.
+    let summaries = server.get(&format!("/api/v1/deployments/{name}/data-diffs"));
+    let listed: Vec<&str> = summaries["diffs"]
+        .as_array()
+        .expect("diffs")
+        .iter()
+        .filter_map(|d| d["asset"].as_str())
+        .collect();
+    assert_eq!(listed, names, "{summaries:#}");
+    assert_eq!(diffs_computed(&server), last, "nothing was left to compute");
+}
