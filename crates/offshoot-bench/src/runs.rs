@@ -254,6 +254,17 @@ fn run_to_end(api: &Api, deployment: &str, selection: &str) -> anyhow::Result<Ru
                     .filter_map(|s| s["asset_key"].as_str().map(str::to_owned))
                     .collect();
                 let server = Duration::from_millis(u64::try_from(finished - started).unwrap_or(0));
+                // Where the server's time went: before the first step started, and after the
+                // last one finished.
+                let first = steps.iter().filter_map(|s| s["started_at"].as_i64()).min();
+                let last = steps.iter().filter_map(|s| s["finished_at"].as_i64()).max();
+                if let (Some(first), Some(last)) = (first, last) {
+                    eprintln!(
+                        "    run {id}: {} ms before the first step, {} ms after the last",
+                        first - started,
+                        finished - last
+                    );
+                }
                 return Ok(RunSample { server, client, order });
             }
             Some("failed" | "canceled") => {

@@ -625,6 +625,25 @@ impl Store for PostgresStore {
         Ok(current)
     }
 
+    async fn current_materialization_ids(
+        &self,
+        deployment: DeploymentId,
+    ) -> StoreResult<Vec<(AssetKey, offshoot_store::ReadMaterialization)>> {
+        let found = sqlx::query(
+            "SELECT m.asset_key, m.id, m.deployment_id, m.run_id FROM materializations AS m
+             WHERE m.deployment_id = $1 AND m.id = (SELECT max(id) FROM materializations WHERE deployment_id = $1 AND asset_key = m.asset_key)",
+        )
+        .bind(deployment.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate("materializations"))?;
+        let mut ids =
+            found.iter().map(rows::materialization_id).collect::<StoreResult<Vec<_>>>()?;
+        // By key as Rust orders it, whatever the database's collation.
+        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(ids)
+    }
+
     async fn get_materialization(
         &self,
         id: MaterializationId,

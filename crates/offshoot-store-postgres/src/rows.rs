@@ -59,6 +59,12 @@ pub(crate) fn intake(row: &PgRow) -> StoreResult<offshoot_store::Intake> {
     rows::intake(&Row(row))
 }
 
+pub(crate) fn materialization_id(
+    row: &PgRow,
+) -> StoreResult<(offshoot_core::AssetKey, offshoot_store::ReadMaterialization)> {
+    rows::materialization_id(&Row(row))
+}
+
 pub(crate) fn recorded_materialization(
     row: &PgRow,
 ) -> StoreResult<offshoot_store::RecordedMaterialization> {

@@ -2934,6 +2934,16 @@ pub async fn materializations_keep_their_provenance(store: &dyn Store) {
         [("orders", p_orders), ("revenue", p_promoted)]
     );
     assert_eq!(current[1].provenance, Some(promoted.clone()));
+    // The ids alone, as a run's provenance starts from them: the same materializations.
+    let ids = store.current_materialization_ids(prod.id).await.expect("ids of prod");
+    assert_eq!(
+        ids.iter().map(|(key, read)| (key.as_str(), read.id, read.run_id)).collect::<Vec<_>>(),
+        current
+            .iter()
+            .map(|m| (m.materialization.asset_key.as_str(), m.id, m.materialization.run_id))
+            .collect::<Vec<_>>()
+    );
+    assert!(ids.iter().all(|(_, read)| read.deployment_id == prod.id));
     // As the catch-up reads it: production's reads are production's, the branch's its own.
     let built = current[1].as_built(prod.id).expect("with provenance");
     assert_eq!(built.id, offshoot_core::catch_up::BuildId(p_promoted.0));

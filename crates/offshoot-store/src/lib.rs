@@ -753,6 +753,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         deployment: DeploymentId,
     ) -> StoreResult<Vec<RecordedMaterialization>>;
+    /// [`Store::current_materializations`]' ids alone (which materialization, of which run),
+    /// sorted by asset key: what a run's provenance starts from, without reading every row's
+    /// provenance and reads.
+    async fn current_materialization_ids(
+        &self,
+        deployment: DeploymentId,
+    ) -> StoreResult<Vec<(AssetKey, ReadMaterialization)>>;
     async fn get_materialization(
         &self,
         id: MaterializationId,

@@ -140,6 +140,18 @@ pub fn materialization(row: &dyn Columns) -> StoreResult<Materialization> {
     })
 }
 
+/// A row of `asset_key`, `id`, `deployment_id` and `run_id` of a materialization.
+pub fn materialization_id(row: &dyn Columns) -> StoreResult<(AssetKey, ReadMaterialization)> {
+    Ok((
+        parsed(row, "asset_key", AssetKey::new)?,
+        ReadMaterialization {
+            id: MaterializationId(integer(row, "id")?),
+            deployment_id: DeploymentId(integer(row, "deployment_id")?),
+            run_id: RunId(integer(row, "run_id")?),
+        },
+    ))
+}
+
 /// A materialization row with its provenance's own columns; the upstream reads are added from
 /// their rows with [`upstream_read`].
 pub fn recorded_materialization(row: &dyn Columns) -> StoreResult<RecordedMaterialization> {

@@ -572,9 +572,13 @@ async fn replace_table(
             .fetch_one(&mut *transaction)
             .await
             .map_err(backend_error)?;
-        execute(&mut transaction, format!("DROP TABLE IF EXISTS {table}"))
-            .await
-            .map_err(backend_error)?;
+        // A staging table a crashed promotion (or an older Offshoot) left behind goes too.
+        let staging = format!("main.{}", quote_identifier(&format!("{key}{STAGING_SUFFIX}")));
+        for stale in [&table, &staging] {
+            execute(&mut transaction, format!("DROP TABLE IF EXISTS {stale}"))
+                .await
+                .map_err(backend_error)?;
+        }
         execute(&mut transaction, format!("CREATE TABLE {table} AS {statement}"))
             .await
             .map_err(query_error)?;

@@ -157,18 +157,8 @@ pub(super) fn table_of(key: &AssetKey) -> &str {
 impl Reads {
     async fn load(state: &AppState, deployment: &Deployment, target: &Target) -> Reads {
         let current = |id: DeploymentId| async move {
-            match state.store.current_materializations(id).await {
-                Ok(current) => current
-                    .into_iter()
-                    .map(|m| {
-                        let read = ReadMaterialization {
-                            id: m.id,
-                            deployment_id: m.materialization.deployment_id,
-                            run_id: m.materialization.run_id,
-                        };
-                        (m.materialization.asset_key, read)
-                    })
-                    .collect(),
+            match state.store.current_materialization_ids(id).await {
+                Ok(current) => current.into_iter().collect(),
                 Err(error) => {
                     tracing::warn!("reading current materializations for provenance: {error}");
                     BTreeMap::new()
