@@ -10,6 +10,7 @@
 
 mod rows;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -628,12 +629,15 @@ impl Store for PostgresStore {
     async fn current_materialization_ids(
         &self,
         deployment: DeploymentId,
+        keys: Option<&BTreeSet<AssetKey>>,
     ) -> StoreResult<Vec<(AssetKey, offshoot_store::ReadMaterialization)>> {
         let found = sqlx::query(
             "SELECT m.asset_key, m.id, m.deployment_id, m.run_id FROM materializations AS m
-             WHERE m.deployment_id = $1 AND m.id = (SELECT max(id) FROM materializations WHERE deployment_id = $1 AND asset_key = m.asset_key)",
+             WHERE m.deployment_id = $1 AND ($2::text[] IS NULL OR m.asset_key = ANY($2))
+             AND m.id = (SELECT max(id) FROM materializations WHERE deployment_id = $1 AND asset_key = m.asset_key)",
         )
         .bind(deployment.0)
+        .bind(keys.map(|keys| keys.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>()))
         .fetch_all(&self.pool)
         .await
         .map_err(translate("materializations"))?;

@@ -7,6 +7,7 @@
 
 mod rows;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -605,12 +606,18 @@ impl Store for SqliteStore {
     async fn current_materialization_ids(
         &self,
         deployment: DeploymentId,
+        keys: Option<&BTreeSet<AssetKey>>,
     ) -> StoreResult<Vec<(AssetKey, offshoot_store::ReadMaterialization)>> {
         let found = sqlx::query(
             "SELECT m.asset_key, m.id, m.deployment_id, m.run_id FROM materializations AS m
-             WHERE m.deployment_id = ?1 AND m.id = (SELECT max(id) FROM materializations WHERE deployment_id = ?1 AND asset_key = m.asset_key)",
+             WHERE m.deployment_id = ?1 AND (?2 IS NULL OR m.asset_key IN (SELECT value FROM json_each(?2)))
+             AND m.id = (SELECT max(id) FROM materializations WHERE deployment_id = ?1 AND asset_key = m.asset_key)",
         )
         .bind(deployment.0)
+        .bind(keys.map(|keys| {
+            serde_json::Value::from(keys.iter().map(AssetKey::as_str).collect::<Vec<_>>())
+                .to_string()
+        }))
         .fetch_all(&self.pool)
         .await
         .map_err(translate("materializations"))?;

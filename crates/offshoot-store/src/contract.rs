@@ -2935,7 +2935,7 @@ pub async fn materializations_keep_their_provenance(store: &dyn Store) {
     );
     assert_eq!(current[1].provenance, Some(promoted.clone()));
     // The ids alone, as a run's provenance starts from them: the same materializations.
-    let ids = store.current_materialization_ids(prod.id).await.expect("ids of prod");
+    let ids = store.current_materialization_ids(prod.id, None).await.expect("ids of prod");
     assert_eq!(
         ids.iter().map(|(key, read)| (key.as_str(), read.id, read.run_id)).collect::<Vec<_>>(),
         current
@@ -2944,6 +2944,15 @@ pub async fn materializations_keep_their_provenance(store: &dyn Store) {
             .collect::<Vec<_>>()
     );
     assert!(ids.iter().all(|(_, read)| read.deployment_id == prod.id));
+    // Only some keys': those of them that have one, in the same order.
+    let some: std::collections::BTreeSet<_> = ["revenue", "nothing_yet", "raw/nothing"]
+        .into_iter()
+        .map(|k| AssetKey::new(k).expect("a key"))
+        .collect();
+    let only = store.current_materialization_ids(prod.id, Some(&some)).await.expect("some ids");
+    assert_eq!(only, ids[1..].to_vec());
+    let none = store.current_materialization_ids(prod.id, Some(&Default::default())).await;
+    assert_eq!(none.expect("no keys"), []);
     // As the catch-up reads it: production's reads are production's, the branch's its own.
     let built = current[1].as_built(prod.id).expect("with provenance");
     assert_eq!(built.id, offshoot_core::catch_up::BuildId(p_promoted.0));

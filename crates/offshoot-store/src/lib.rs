@@ -14,6 +14,8 @@
 pub mod contract;
 pub mod rows;
 
+use std::collections::BTreeSet;
+
 use async_trait::async_trait;
 use offshoot_core::catch_up;
 use offshoot_core::lifecycle::StepsEnd;
@@ -755,10 +757,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<RecordedMaterialization>>;
     /// [`Store::current_materializations`]' ids alone (which materialization, of which run),
     /// sorted by asset key: what a run's provenance starts from, without reading every row's
-    /// provenance and reads.
+    /// provenance and reads. `Some(keys)` reads only those keys' (a run reads what its steps
+    /// build and read, not the whole graph).
     async fn current_materialization_ids(
         &self,
         deployment: DeploymentId,
+        keys: Option<&BTreeSet<AssetKey>>,
     ) -> StoreResult<Vec<(AssetKey, ReadMaterialization)>>;
     async fn get_materialization(
         &self,

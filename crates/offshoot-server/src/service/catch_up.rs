@@ -413,20 +413,7 @@ pub async fn production_reads(
     state: &AppState,
     production: &Deployment,
 ) -> ServiceResult<BTreeMap<AssetKey, ReadMaterialization>> {
-    Ok(state
-        .store
-        .current_materializations(production.id)
-        .await?
-        .into_iter()
-        .map(|m| {
-            let read = ReadMaterialization {
-                id: m.id,
-                deployment_id: m.materialization.deployment_id,
-                run_id: m.materialization.run_id,
-            };
-            (m.materialization.asset_key, read)
-        })
-        .collect())
+    Ok(state.store.current_materialization_ids(production.id, None).await?.into_iter().collect())
 }
 
 /// Records that production's `key` is now `source`'s table, promoted by catch-up `run`: the
