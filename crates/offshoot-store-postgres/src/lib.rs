@@ -631,13 +631,22 @@ impl Store for PostgresStore {
         deployment: DeploymentId,
         keys: Option<&BTreeSet<AssetKey>>,
     ) -> StoreResult<Vec<(AssetKey, offshoot_store::ReadMaterialization)>> {
-        let found = sqlx::query(
-            "SELECT m.asset_key, m.id, m.deployment_id, m.run_id FROM materializations AS m
-             WHERE m.deployment_id = $1 AND ($2::text[] IS NULL OR m.asset_key = ANY($2))
-             AND m.id = (SELECT max(id) FROM materializations WHERE deployment_id = $1 AND asset_key = m.asset_key)",
-        )
-        .bind(deployment.0)
-        .bind(keys.map(|keys| keys.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>()))
+        let found = match keys {
+            None => sqlx::query(
+                "SELECT m.asset_key, m.id, m.deployment_id, m.run_id FROM materializations AS m
+                 WHERE m.deployment_id = $1
+                 AND m.id = (SELECT max(id) FROM materializations WHERE deployment_id = $1 AND asset_key = m.asset_key)",
+            )
+            .bind(deployment.0),
+            // One index search per key asked for, however many the deployment has.
+            Some(keys) => sqlx::query(
+                "SELECT m.asset_key, m.id, m.deployment_id, m.run_id FROM unnest($2::text[]) AS k(key)
+                 JOIN materializations AS m
+                 ON m.id = (SELECT max(id) FROM materializations WHERE deployment_id = $1 AND asset_key = k.key)",
+            )
+            .bind(deployment.0)
+            .bind(keys.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>()),
+        }
         .fetch_all(&self.pool)
         .await
         .map_err(translate("materializations"))?;

@@ -608,16 +608,25 @@ impl Store for SqliteStore {
         deployment: DeploymentId,
         keys: Option<&BTreeSet<AssetKey>>,
     ) -> StoreResult<Vec<(AssetKey, offshoot_store::ReadMaterialization)>> {
-        let found = sqlx::query(
-            "SELECT m.asset_key, m.id, m.deployment_id, m.run_id FROM materializations AS m
-             WHERE m.deployment_id = ?1 AND (?2 IS NULL OR m.asset_key IN (SELECT value FROM json_each(?2)))
-             AND m.id = (SELECT max(id) FROM materializations WHERE deployment_id = ?1 AND asset_key = m.asset_key)",
-        )
-        .bind(deployment.0)
-        .bind(keys.map(|keys| {
-            serde_json::Value::from(keys.iter().map(AssetKey::as_str).collect::<Vec<_>>())
-                .to_string()
-        }))
+        let found = match keys {
+            None => sqlx::query(
+                "SELECT m.asset_key, m.id, m.deployment_id, m.run_id FROM materializations AS m
+                 WHERE m.deployment_id = ?1
+                 AND m.id = (SELECT max(id) FROM materializations WHERE deployment_id = ?1 AND asset_key = m.asset_key)",
+            )
+            .bind(deployment.0),
+            // One index search per key asked for, however many the deployment has.
+            Some(keys) => sqlx::query(
+                "SELECT m.asset_key, m.id, m.deployment_id, m.run_id FROM json_each(?2) AS k
+                 JOIN materializations AS m
+                 ON m.id = (SELECT max(id) FROM materializations WHERE deployment_id = ?1 AND asset_key = k.value)",
+            )
+            .bind(deployment.0)
+            .bind(
+                serde_json::Value::from(keys.iter().map(AssetKey::as_str).collect::<Vec<_>>())
+                    .to_string(),
+            ),
+        }
         .fetch_all(&self.pool)
         .await
         .map_err(translate("materializations"))?;
