@@ -573,17 +573,21 @@ test('a merge: production catches up, each step says what it did, and the asset 
   const main = execFileSync('git', ['-C', repo, 'rev-parse', 'main']).toString().trim();
   // The demo watches the repository: prod deploys the merge, then catches up.
   // Production first catches up with the 1,000 assets the test before added (one run at a
-  // time per deployment), then with the merge: minutes in a debug build, so wait by the clock.
+  // time per deployment: about 3 minutes in a debug build on 2 cores), then with the merge
+  // (its decision made again marks some 950 steps up to date, about 2 minutes), so wait by
+  // the clock.
   let run;
-  for (const deadline = Date.now() + 300000; Date.now() < deadline && !run;) {
+  let seen = 'prod never served the merge';
+  for (const deadline = Date.now() + 600000; Date.now() < deadline && !run;) {
     const prod = await api('GET', '/api/v1/deployments/prod');
     if (prod.current_revision && prod.current_revision.commit.sha === main) {
       const runs = await api('GET', '/api/v1/runs?deployment=prod');
       run = runs.find((r) => r.kind === 'catch-up' && r.revision_id === prod.current_revision.id && ['succeeded', 'failed'].includes(r.status));
+      seen = JSON.stringify(runs.slice(0, 5).map((r) => [r.id, r.kind, r.status, r.revision_id]));
     }
     if (!run) await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  assert.ok(run, 'production caught up with the merge');
+  assert.ok(run, 'production caught up with the merge; its newest runs: ' + seen);
   const page = await newPage();
   await page.goto(base + '/#/runs/' + run.id);
   await page.getByText('Production catches up with its revision').waitFor();
