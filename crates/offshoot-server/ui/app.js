@@ -1,7 +1,7 @@
 // The Offshoot web UI: deployments, one deployment (lineage with change badges, table, revisions,
 // runs), one asset (definition, diff against the base, history), one run (steps, live logs).
 // Preact + htm render; data comes from the REST API; a hash router keeps pages linkable.
-import { html, render, useCallback, useEffect, useMemo, useRef, useState } from './vendor/preact-htm.js';
+import { html, render, useEffect, useMemo, useRef, useState } from './vendor/preact-htm.js';
 import hljs from './vendor/highlight-core.js';
 import sql from './vendor/highlight-sql.js';
 import diffLanguage from './vendor/highlight-diff.js';
@@ -152,12 +152,37 @@ function reconnectLive() {
 }
 window.addEventListener(TOKEN_EVENT, reconnectLive);
 
+/** `task` run at most once at a time: a call while it runs asks for one more run after it, however
+ * many calls come meanwhile. So a view whose fetch takes longer than changes take to arrive (a
+ * 1,000-step run on a slow machine) fetches back to back, never piling requests on the server. */
+function coalesced(task) {
+  let running = null;
+  let again = false;
+  const start = () => {
+    running = task().finally(() => {
+      running = null;
+      if (again) {
+        again = false;
+        start();
+      }
+    });
+    return running;
+  };
+  return () => {
+    if (running) {
+      again = true;
+      return running;
+    }
+    return start();
+  };
+}
+
 /** Loads with `load`, then again on every live change (or every `ms` while the stream is down,
  * and only while `active`); returns [data, error, reload]. */
 function usePolling(load, deps, ms, active = true) {
   const [state, setState] = useState({ data: null, error: null });
   const [streaming, setStreaming] = useState(live.open);
-  const reload = useCallback(() => load().then((data) => setState({ data, error: null }), (error) => setState((s) => ({ data: s.data, error }))), deps);
+  const reload = useMemo(() => coalesced(() => load().then((data) => setState({ data, error: null }), (error) => setState((s) => ({ data: s.data, error })))), deps);
   useEffect(() => {
     connectLive();
     const listener = (kind) => {

@@ -19,7 +19,7 @@ use offshoot_core::{
     RepositoryName, RevisionStatus, RunStatus, StepStatus, UnixMillis, VariableScope,
 };
 use offshoot_store::{
-    Applied, DataDiffKey, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId,
+    Activity, Applied, DataDiffKey, Deployment, DeploymentFilter, DeploymentId, Intake, IntakeId,
     LifecycleRecord, LifecycleWrite, Materialization, MaterializationId, NewDeployment, NewIntake,
     NewTick, Provenance, RecordedMaterialization, Revision, RevisionId, Run, RunFilter, RunId,
     RunStep, ScheduleState, ScheduleTick, StepId, Store, StoreError, StoreResult, StoredDataDiff,
@@ -518,6 +518,48 @@ impl Store for PostgresStore {
             .await
             .map_err(translate("the step's log"))?;
         touched(result, format!("step {}", step.0))
+    }
+
+    async fn update_steps(&self, steps: &[(&RunStep, &str)]) -> StoreResult<()> {
+        let mut transaction = self.pool.begin().await.map_err(translate("the step updates"))?;
+        for (step, log) in steps {
+            let result = sqlx::query(
+                "UPDATE run_steps SET status = $1, started_at = $2, finished_at = $3, row_count = $4, error = $5, action = $6, promoted_from = $7, log = log || $8 WHERE id = $9",
+            )
+            .bind(step.status.as_str())
+            .bind(step.started_at)
+            .bind(step.finished_at)
+            .bind(step.row_count)
+            .bind(step.error.as_deref())
+            .bind(step.action.as_deref())
+            .bind(step.promoted_from.map(|m| m.0))
+            .bind(*log)
+            .bind(step.id.0)
+            .execute(&mut *transaction)
+            .await
+            .map_err(translate("the step updates"))?;
+            touched(result, format!("step {}", step.id.0))?;
+        }
+        transaction.commit().await.map_err(translate("the step updates"))
+    }
+
+    async fn activity(&self) -> StoreResult<Activity> {
+        let [deployments, runs] = offshoot_store::rows::activity_queries();
+        // One read transaction: the deployments and the runs of one moment.
+        let mut transaction = self.pool.begin().await.map_err(translate("activity"))?;
+        let deployments = sqlx::query(AssertSqlSafe(deployments))
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(translate("activity"))?;
+        let runs = sqlx::query(AssertSqlSafe(runs))
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(translate("activity"))?;
+        transaction.commit().await.map_err(translate("activity"))?;
+        let deployments =
+            deployments.iter().map(rows::deployment_version).collect::<StoreResult<Vec<_>>>()?;
+        let runs = runs.iter().map(rows::activity_row).collect::<StoreResult<Vec<_>>>()?;
+        Ok(offshoot_store::rows::activity(deployments, runs))
     }
 
     async fn record_materialization(&self, materialization: &Materialization) -> StoreResult<()> {

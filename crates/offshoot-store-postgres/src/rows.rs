@@ -92,3 +92,11 @@ pub(crate) fn variable(row: &PgRow) -> StoreResult<offshoot_store::StoredVariabl
 pub(crate) fn stored_data_diff(row: &PgRow) -> StoreResult<offshoot_store::StoredDataDiff> {
     rows::stored_data_diff(&Row(row))
 }
+
+pub(crate) fn deployment_version(row: &PgRow) -> StoreResult<(offshoot_store::DeploymentId, i64)> {
+    rows::deployment_version(&Row(row))
+}
+
+pub(crate) fn activity_row(row: &PgRow) -> StoreResult<rows::ActivityRow> {
+    rows::activity_row(&Row(row))
+}

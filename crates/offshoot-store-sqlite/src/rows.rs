@@ -92,3 +92,13 @@ pub(crate) fn variable(row: &SqliteRow) -> StoreResult<offshoot_store::StoredVar
 pub(crate) fn stored_data_diff(row: &SqliteRow) -> StoreResult<offshoot_store::StoredDataDiff> {
     rows::stored_data_diff(&Row(row))
 }
+
+pub(crate) fn deployment_version(
+    row: &SqliteRow,
+) -> StoreResult<(offshoot_store::DeploymentId, i64)> {
+    rows::deployment_version(&Row(row))
+}
+
+pub(crate) fn activity_row(row: &SqliteRow) -> StoreResult<rows::ActivityRow> {
+    rows::activity_row(&Row(row))
+}

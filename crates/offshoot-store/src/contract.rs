@@ -42,6 +42,7 @@ use offshoot_core::{
     SnapshotBase, StepStatus, UnixMillis, VariableScope,
 };
 
+use crate::{Activity, NewTick, RunActivity, ScheduleState, ScheduleTick, TickStatus};
 use crate::{
     Applied, CommitDetails, DataDiffKey, DeployOutput, Deployment, DeploymentFilter, DeploymentId,
     DeploymentPatch, Intake, IntakeId, Lease, LifecycleWrite, Materialization, MaterializationId,
@@ -50,7 +51,6 @@ use crate::{
     Store, StoreError, StoreResult, StoredDataDiff, StoredVariable, TagLimit, Teardown,
     UpstreamProvenance,
 };
-use crate::{NewTick, ScheduleState, ScheduleTick, TickStatus};
 
 /// Runs every story of the contract, one after the other, on one store.
 pub async fn run_all(store: &dyn Store) {
@@ -69,6 +69,8 @@ pub async fn run_all(store: &dyn Store) {
     run_patches_move_a_run_and_end_its_steps(store).await;
     steps_are_updated_and_their_logs_appended(store).await;
     finishing_a_step_writes_its_outcome_log_and_materialization_at_once(store).await;
+    steps_are_updated_together_in_one_write(store).await;
+    activity_changes_with_what_live_views_show(store).await;
     runs_are_listed_newest_first_with_filters(store).await;
     materializations_are_listed_newest_first(store).await;
     materializations_keep_their_provenance(store).await;
@@ -1591,6 +1593,103 @@ pub async fn steps_are_updated_and_their_logs_appended(store: &dyn Store) {
         version, 1,
         "steps and logs are the executor's, not lifecycle changes: the version stays"
     );
+}
+
+pub async fn steps_are_updated_together_in_one_write(store: &dyn Store) {
+    let repo = repository("contract-step-batch");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let run = insert_run(store, deployment.id, &["a", "b", "c"], 3_000).await;
+    let steps = store.list_steps(run.id).await.expect("list steps");
+    store.append_step_log(steps[0].id, "before\n").await.expect("append");
+    let skipped = RunStep {
+        status: StepStatus::Skipped,
+        finished_at: Some(4_000),
+        action: Some("up to date".to_owned()),
+        log: "stale".to_owned(),
+        ..steps[0].clone()
+    };
+    let promoted = RunStep {
+        status: StepStatus::Succeeded,
+        started_at: Some(3_500),
+        finished_at: Some(4_000),
+        row_count: Some(7),
+        action: Some("promoted (from feature-x, run 7)".to_owned()),
+        promoted_from: Some(MaterializationId(1 << 40)),
+        ..steps[2].clone()
+    };
+    store
+        .update_steps(&[(&skipped, "nothing to do 🚀\n"), (&promoted, "")])
+        .await
+        .expect("update two steps");
+    let listed = store.list_steps(run.id).await.expect("list steps");
+    assert_eq!(
+        listed,
+        vec![
+            RunStep { log: "before\nnothing to do 🚀\n".to_owned(), ..skipped },
+            steps[1].clone(),
+            promoted.clone(),
+        ],
+        "every field is written and each text appended to its own step's log; the others stay"
+    );
+
+    // A step that is not there refuses the whole write: nothing of it is kept.
+    let missing = RunStep { id: StepId(1 << 40), ..promoted.clone() };
+    let failed = RunStep { status: StepStatus::Failed, ..steps[1].clone() };
+    let refused = store.update_steps(&[(&failed, "x"), (&missing, "y")]).await;
+    assert!(matches!(refused, Err(StoreError::NotFound(_))), "{refused:?}");
+    assert_eq!(
+        store.list_steps(run.id).await.expect("list steps"),
+        listed,
+        "a refused batch keeps nothing"
+    );
+    store.update_steps(&[]).await.expect("an empty batch writes nothing");
+}
+
+pub async fn activity_changes_with_what_live_views_show(store: &dyn Store) {
+    let repo = repository("contract-activity");
+    let deployment =
+        store.ensure_deployment(new_deployment(&repo, "a", "a", 1_000)).await.expect("create");
+    let activity = || async { store.activity().await.expect("activity") };
+    let before = activity().await;
+    assert!(before.deployments.contains(&(deployment.id, deployment.version)), "{before:?}");
+    assert_eq!(activity().await, before, "nothing happened: the same activity");
+
+    let run = insert_run(store, deployment.id, &["a", "b"], 3_000).await;
+    let queued = activity().await;
+    assert_ne!(queued, before, "a lifecycle write changes it");
+    let of_run = |activity: &Activity| activity.runs.iter().find(|r| r.run == run.id).cloned();
+    let pending = StepStatus::Pending.as_str().to_owned();
+    assert_eq!(
+        of_run(&queued),
+        Some(RunActivity {
+            run: run.id,
+            status: RunStatus::Queued.as_str().to_owned(),
+            steps: vec![(pending.clone(), 2, 0, 0)],
+        }),
+        "an active run, its steps counted per status"
+    );
+
+    let steps = store.list_steps(run.id).await.expect("list steps");
+    store.append_step_log(steps[0].id, "abc").await.expect("append");
+    let logged = activity().await;
+    assert_ne!(logged, queued, "a log write changes it");
+    let running = RunStep { status: StepStatus::Running, ..steps[0].clone() };
+    store.update_step(&running).await.expect("start a step");
+    let started = activity().await;
+    assert_ne!(started, logged, "a step's status changes it");
+    let described = RunStep { action: Some("built".to_owned()), ..steps[1].clone() };
+    store.update_step(&described).await.expect("describe a step");
+    let expected = vec![(pending, 1, 1, 0), (StepStatus::Running.as_str().to_owned(), 1, 0, 3)];
+    let mut steps_now = of_run(&activity().await).expect("still active").steps;
+    steps_now.sort();
+    assert_eq!(steps_now, expected, "a step's action changes it too");
+
+    patch_runs(store, deployment.id, vec![run_to(run.id, RunStatus::Succeeded)], 5_000).await;
+    let finished = activity().await;
+    assert_eq!(of_run(&finished), None, "a finished run is not active");
+    let version = store.get_deployment(deployment.id).await.expect("get").version;
+    assert!(finished.deployments.contains(&(deployment.id, version)), "{finished:?}");
 }
 
 pub async fn finishing_a_step_writes_its_outcome_log_and_materialization_at_once(

@@ -473,6 +473,27 @@ pub struct RunStep {
     pub promoted_from: Option<MaterializationId>,
 }
 
+/// A fingerprint of what live views show, cheap to read and to compare: it differs from the
+/// previous one whenever a lifecycle write bumped a deployment's version, or a step of an active
+/// (queued or running) run changed its status, got its action, or wrote to its log. Read by every
+/// event stream on every tick, so it is aggregated in the store, never a listing of every step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Every deployment (closed ones too) with its version, by id.
+    pub deployments: Vec<(DeploymentId, i64)>,
+    /// The active runs, by id.
+    pub runs: Vec<RunActivity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunActivity {
+    pub run: RunId,
+    pub status: String,
+    /// Per step status (its stored name), how many steps have it, how many of those have an
+    /// action, and their logs' total length; by status name.
+    pub steps: Vec<(String, i64, i64, i64)>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFilter {
     pub deployment_id: Option<DeploymentId>,
@@ -722,6 +743,12 @@ pub trait Store: Send + Sync + 'static {
     /// Writes status, times, row count, error, action and promoted-from (not the log).
     async fn update_step(&self, step: &RunStep) -> StoreResult<()>;
     async fn append_step_log(&self, step: StepId, text: &str) -> StoreResult<()>;
+    /// Several steps at once, in one transaction: each step's `update_step` fields written and
+    /// its text appended to its log. For many steps decided together (a catch-up's up-to-date
+    /// steps), one commit instead of two per step.
+    async fn update_steps(&self, steps: &[(&RunStep, &str)]) -> StoreResult<()>;
+    /// What live views depend on, aggregated ([`Activity`]).
+    async fn activity(&self) -> StoreResult<Activity>;
     /// A step's outcome in one transaction: `update_step`'s fields, `log` appended, and, for a
     /// step that built its asset, the materialization with its provenance (its id returned).
     /// One commit per finished step instead of one per write.

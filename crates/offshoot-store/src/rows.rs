@@ -12,9 +12,9 @@ use offshoot_core::{
 };
 
 use crate::{
-    CommitDetails, Deployment, DeploymentId, Intake, IntakeId, Lease, Materialization,
+    Activity, CommitDetails, Deployment, DeploymentId, Intake, IntakeId, Lease, Materialization,
     MaterializationId, PromotedFrom, Provenance, PullRequest, ReadMaterialization,
-    RecordedMaterialization, Revision, RevisionId, Run, RunId, RunStep, ScheduleState,
+    RecordedMaterialization, Revision, RevisionId, Run, RunActivity, RunId, RunStep, ScheduleState,
     ScheduleTick, StepId, StoreError, StoreResult, StoredDataDiff, StoredVariable, Teardown,
     TickId, TickStatus, UpstreamProvenance,
 };
@@ -384,4 +384,63 @@ pub fn variable(row: &dyn Columns) -> StoreResult<StoredVariable> {
         secret: boolean(row, "secret")?,
         updated_at: integer(row, "updated_at")?,
     })
+}
+
+/// [`crate::Store::activity`]'s queries, the same text for every SQL backend (no parameters):
+/// every deployment's version, and the active runs' steps counted per status.
+pub fn activity_queries() -> [String; 2] {
+    [
+        "SELECT id, version FROM deployments ORDER BY id".to_owned(),
+        format!(
+            "SELECT r.id AS run_id, r.status AS run_status, s.status AS step_status,
+                 count(s.id) AS steps, count(s.action) AS with_action,
+                 coalesce(sum(length(s.log)), 0) AS log_length
+             FROM runs AS r LEFT JOIN run_steps AS s ON s.run_id = r.id
+             WHERE r.status IN ('{}', '{}')
+             GROUP BY r.id, r.status, s.status ORDER BY r.id, s.status",
+            RunStatus::Queued.as_str(),
+            RunStatus::Running.as_str()
+        ),
+    ]
+}
+
+/// A row of the first of [`activity_queries`].
+pub fn deployment_version(row: &dyn Columns) -> StoreResult<(DeploymentId, i64)> {
+    Ok((DeploymentId(integer(row, "id")?), integer(row, "version")?))
+}
+
+/// A row of the second of [`activity_queries`], ordered by run.
+pub struct ActivityRow {
+    run: RunId,
+    run_status: String,
+    /// `None` for a run without steps.
+    step_status: Option<String>,
+    counts: (i64, i64, i64),
+}
+
+pub fn activity_row(row: &dyn Columns) -> StoreResult<ActivityRow> {
+    Ok(ActivityRow {
+        run: RunId(integer(row, "run_id")?),
+        run_status: text(row, "run_status")?,
+        step_status: optional_text(row, "step_status")?,
+        counts: (integer(row, "steps")?, integer(row, "with_action")?, integer(row, "log_length")?),
+    })
+}
+
+/// Groups [`activity_row`]s (ordered by run) into runs.
+pub fn activity(
+    deployments: Vec<(DeploymentId, i64)>,
+    rows: impl IntoIterator<Item = ActivityRow>,
+) -> Activity {
+    let mut runs: Vec<RunActivity> = Vec::new();
+    for row in rows {
+        if runs.last().is_none_or(|last| last.run != row.run) {
+            runs.push(RunActivity { run: row.run, status: row.run_status, steps: Vec::new() });
+        }
+        if let (Some(status), Some(run)) = (row.step_status, runs.last_mut()) {
+            let (steps, with_action, log_length) = row.counts;
+            run.steps.push((status, steps, with_action, log_length));
+        }
+    }
+    Activity { deployments, runs }
 }

@@ -3,7 +3,7 @@
 //! runs) or a step of an active run changes or writes to its log, and `ready` once at the start.
 //! Clients then refetch what they show; they poll only while the stream is down.
 //!
-//! Each stream watches the store itself (a few cheap reads per tick), so it also sees what other
+//! Each stream watches the store itself (one aggregate read per tick, `Store::activity`), so it also sees what other
 //! servers sharing the store did, which an in-process notification would miss. A lifecycle write
 //! on this server (`Notices::lifecycle_written`) wakes every stream at once, so waiting clients (`--wait` in the CLI)
 //! hear of it within milliseconds instead of at the next tick.
@@ -15,8 +15,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use axum::Router;
 use futures_util::stream::{self, Stream};
-use offshoot_core::RunStatus;
-use offshoot_store::{DeploymentFilter, RunFilter, StoreResult};
+use offshoot_store::{Activity, StoreResult};
 
 use crate::http::auth::Reader;
 use crate::state::{AppState, SharedState};
@@ -36,28 +35,10 @@ pub fn router() -> Router<SharedState> {
     Router::new().route("/api/v1/events", get(events))
 }
 
-/// What a client's view depends on, in a form that changes whenever that view would.
-async fn pulse(state: &AppState) -> StoreResult<String> {
-    let mut pulse = String::new();
-    for deployment in state
-        .store
-        .list_deployments(&DeploymentFilter { repository: None, include_closed: true })
-        .await?
-    {
-        pulse.push_str(&format!("d{}:{};", deployment.id.0, deployment.version));
-    }
-    let active = RunFilter {
-        deployment_id: None,
-        statuses: vec![RunStatus::Queued, RunStatus::Running],
-        limit: 0,
-    };
-    for run in state.store.list_runs(&active).await? {
-        pulse.push_str(&format!("r{}:{};", run.id.0, run.status.as_str()));
-        for step in state.store.list_steps(run.id).await? {
-            pulse.push_str(&format!("s{}:{}:{};", step.id.0, step.status.as_str(), step.log.len()));
-        }
-    }
-    Ok(pulse)
+/// What a client's view depends on, in a form that changes whenever that view would: one
+/// aggregate read of the store, however many steps the active runs have.
+async fn pulse(state: &AppState) -> StoreResult<Activity> {
+    state.store.activity().await
 }
 
 async fn events(
@@ -67,7 +48,7 @@ async fn events(
     // (state, nudges, the last pulse sent; None before the first event). Subscribed before the
     // first pulse, so a write between that pulse and the first wait still wakes the stream.
     let nudges = state.notices.lifecycle_writes();
-    let start = (state, nudges, None::<String>);
+    let start = (state, nudges, None::<Activity>);
     let stream = stream::unfold(start, |(state, mut nudges, last)| async move {
         loop {
             if last.is_some() {

@@ -68,12 +68,20 @@ pub(super) async fn execute(
                 step.promoted_from = None;
                 step.status = StepStatus::Skipped;
                 step.finished_at = Some(now());
-                append_log(context, step, "production's table is up to date now: nothing to do\n")
-                    .await;
             }
         }
-        state.store.update_step(step).await?;
     }
+    // Every step's decision in one write: a catch-up launched while another one ran can find
+    // hundreds of its steps up to date by now.
+    let nothing_to_do = "production's table is up to date now: nothing to do\n";
+    let decided: Vec<(&RunStep, &str)> = steps
+        .iter()
+        .map(|step| {
+            let log = if step.action.as_deref() == Some(UP_TO_DATE) { nothing_to_do } else { "" };
+            (step, log)
+        })
+        .collect();
+    state.store.update_steps(&decided).await?;
     let unplanned: Vec<String> = plan
         .catch_up
         .steps()
@@ -102,7 +110,6 @@ pub(super) async fn execute(
             let step = &mut steps[index];
             step.status = StepStatus::Running;
             step.started_at = Some(now());
-            state.store.update_step(step).await?;
             let action = plan.catch_up.action(&step.asset_key).expect("planned");
             let source = plan.source(action).expect("a promotion has its source");
             moves.push(Promotion {
@@ -110,6 +117,9 @@ pub(super) async fn execute(
                 from: state.target(&source.deployment).schema,
             });
         }
+        let running: Vec<(&RunStep, &str)> =
+            promotions.iter().map(|&index| (&steps[index], "")).collect();
+        state.store.update_steps(&running).await?;
         match state.warehouse.promote(&schema, archive, &moves, now()).await {
             Ok(()) => {
                 let each = started.elapsed().as_millis() as i64 / promotions.len() as i64;
