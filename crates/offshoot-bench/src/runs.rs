@@ -7,6 +7,7 @@
 //! one connection: into a copy of production's warehouse file for the production run, and for
 //! the branch run into a file of its own with that copy attached (as a branch builds). The run's server time is its
 //! `finished_at - started_at`; the client time adds the API call and the wait.
+//! `OFFSHOOT_BENCH_KEEP=1` keeps the work folder, the server's log (`server/server.log`) in it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -86,7 +87,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("offshoot-bench-runs-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let result = measure(args, &binary, &work);
-    let _ = std::fs::remove_dir_all(&work);
+    if std::env::var_os("OFFSHOOT_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     println!("{}", result?);
     Ok(())
 }

@@ -193,6 +193,43 @@ impl SqliteWarehouse {
         Ok(connection)
     }
 
+    /// The connection kept for `target`'s materializations (its slot locked by the caller),
+    /// opened if there is none and reopened if a file it opened was replaced since.
+    async fn kept_writer<'a>(
+        &self,
+        target: &Target,
+        kept: &'a mut Option<Writer>,
+    ) -> WarehouseResult<&'a mut Writer> {
+        let mut files = vec![self.file_of(target)];
+        if !target.is_production() {
+            files.push(self.production_file(&target.production));
+        }
+        let identity = identities(&files);
+        if kept.as_ref().is_some_and(|writer| Some(&writer.files) != identity.as_ref()) {
+            if let Some(writer) = kept.take() {
+                close(writer.connection).await;
+            }
+        }
+        if kept.is_none() {
+            let connection = self.connect(target, WhenMissing::Fail).await?;
+            match identities(&files) {
+                Some(files) => {
+                    *kept = Some(Writer { connection, files, used: std::time::Instant::now() })
+                }
+                None => {
+                    close(connection).await;
+                    return Err(WarehouseError::Backend(format!(
+                        "schema `{}` disappeared while it was opened",
+                        target.schema
+                    )));
+                }
+            }
+        }
+        let writer = kept.as_mut().expect("opened above");
+        writer.used = std::time::Instant::now();
+        Ok(writer)
+    }
+
     /// The schema (`main`, then `prod` for a branch) in which `table` resolves for `target`,
     /// the way an unqualified name does; `None` if neither has it.
     async fn resolve(
@@ -251,36 +288,9 @@ impl Warehouse for SqliteWarehouse {
             )));
         }
         let statement = single_statement(select)?;
-        let own = self.file_of(target);
-        let slot = self.writers.slot(&own);
+        let slot = self.writers.slot(&self.file_of(target));
         let mut kept = slot.lock().await;
-        let mut files = vec![own];
-        if !target.is_production() {
-            files.push(self.production_file(&target.production));
-        }
-        let identity = identities(&files).await;
-        if kept.as_ref().is_some_and(|writer| Some(&writer.files) != identity.as_ref()) {
-            if let Some(writer) = kept.take() {
-                close(writer.connection).await;
-            }
-        }
-        if kept.is_none() {
-            let connection = self.connect(target, WhenMissing::Fail).await?;
-            match identities(&files).await {
-                Some(files) => {
-                    *kept = Some(Writer { connection, files, used: std::time::Instant::now() })
-                }
-                None => {
-                    close(connection).await;
-                    return Err(WarehouseError::Backend(format!(
-                        "schema `{}` disappeared while it was opened",
-                        target.schema
-                    )));
-                }
-            }
-        }
-        let writer = kept.as_mut().expect("opened above");
-        writer.used = std::time::Instant::now();
+        let writer = self.kept_writer(target, &mut kept).await?;
         let result =
             replace_table(&mut writer.connection, search_path(target), key.as_str(), statement)
                 .await;
@@ -320,25 +330,23 @@ impl Warehouse for SqliteWarehouse {
     }
 
     async fn own_tables(&self, target: &Target) -> WarehouseResult<Vec<String>> {
-        // The target's own file alone: attaching production's, as other operations do, would
-        // make SQLite parse production's whole schema to list none of it (a few ms at 1,000
-        // tables, at the start of every run).
-        let own_path = self.file_of(target);
-        if !file_exists(&own_path).await? {
-            return Err(WarehouseError::Backend(format!(
-                "schema `{}` does not exist; prepare it first",
-                target.schema
-            )));
-        }
-        let options = SqliteConnectOptions::new().filename(&own_path).busy_timeout(BUSY_TIMEOUT);
-        let mut connection = options.connect().await.map_err(backend_error)?;
+        // Over the kept connection a run's steps materialize with: a fresh one would attach
+        // production's file and parse its whole schema (a few ms at 1,000 tables) at the start
+        // of every run, where the kept one has it parsed already.
+        let slot = self.writers.slot(&self.file_of(target));
+        let mut kept = slot.lock().await;
+        let writer = self.kept_writer(target, &mut kept).await?;
         let result = sqlx::query_scalar::<_, String>(
             "SELECT name FROM main.sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
         )
-        .fetch_all(&mut connection)
+        .fetch_all(&mut writer.connection)
         .await
         .map_err(backend_error);
-        close(connection).await;
+        if result.is_err() {
+            if let Some(writer) = kept.take() {
+                close(writer.connection).await;
+            }
+        }
         // Staging tables are a materialization's inside; the archive is no asset's.
         let mut tables: Vec<String> = result?
             .into_iter()
@@ -864,10 +872,12 @@ impl Writers {
 }
 
 /// The (device, inode) of each file, or `None` if one is missing.
-async fn identities(files: &[PathBuf]) -> Option<Vec<(u64, u64)>> {
+/// A `stat` each: quick on the local files a warehouse is, so not worth a blocking-pool trip
+/// per materialization.
+fn identities(files: &[PathBuf]) -> Option<Vec<(u64, u64)>> {
     let mut found = Vec::with_capacity(files.len());
     for file in files {
-        let metadata = tokio::fs::metadata(file).await.ok()?;
+        let metadata = std::fs::metadata(file).ok()?;
         found.push((metadata.dev(), metadata.ino()));
     }
     Some(found)

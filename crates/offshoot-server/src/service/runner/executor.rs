@@ -177,30 +177,38 @@ impl Reads {
             }
         };
         let is_production = deployment.kind == DeploymentKind::Production;
-        let production_id = if is_production {
-            Some(deployment.id)
-        } else {
-            state
-                .store
-                .find_deployment(&deployment.repository, &DeploymentName::production())
-                .await
-                .ok()
-                .flatten()
-                .map(|p| p.id)
+        let production = async {
+            let production_id = if is_production {
+                Some(deployment.id)
+            } else {
+                state
+                    .store
+                    .find_deployment(&deployment.repository, &DeploymentName::production())
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|p| p.id)
+            };
+            match production_id {
+                Some(id) => current(id).await,
+                None => BTreeMap::new(),
+            }
         };
-        let production = match production_id {
-            Some(id) => current(id).await,
-            None => BTreeMap::new(),
-        };
-        let (own, own_tables) = if is_production {
-            (BTreeMap::new(), BTreeSet::new())
-        } else {
-            let tables = state.warehouse.own_tables(target).await.unwrap_or_else(|error| {
+        let own = async {
+            if is_production {
+                return (BTreeMap::new(), BTreeSet::new());
+            }
+            let (tables, own) =
+                tokio::join!(state.warehouse.own_tables(target), current(deployment.id));
+            let tables = tables.unwrap_or_else(|error| {
                 tracing::warn!("listing {}'s tables for provenance: {error}", target.schema);
                 Vec::new()
             });
-            (current(deployment.id).await, tables.into_iter().collect())
+            (own, tables.into_iter().collect())
         };
+        // Production's side, the branch's materializations and its tables are independent
+        // reads: at once, not one after another, before the run's first step.
+        let (production, (own, own_tables)) = tokio::join!(production, own);
         Reads { production, own, own_tables, is_production }
     }
 
@@ -240,11 +248,14 @@ impl Reads {
 /// Executes a run this server has claimed (it is `running` under this server's lease).
 async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
     let preparing = Instant::now();
-    let deployment = state.store.get_deployment(run.deployment_id).await?;
-    let revision = state.store.get_revision(run.revision_id).await?;
-    let mut steps = state.store.list_steps(run.id).await?;
-    let variables =
-        crate::variables::in_force(state.store.as_ref(), &state.config.variables).await?;
+    // Independent reads, at once: each is a round trip to the store.
+    let (deployment, revision, steps, variables) = tokio::join!(
+        state.store.get_deployment(run.deployment_id),
+        state.store.get_revision(run.revision_id),
+        state.store.list_steps(run.id),
+        crate::variables::in_force(state.store.as_ref(), &state.config.variables),
+    );
+    let (deployment, revision, mut steps, variables) = (deployment?, revision?, steps?, variables?);
     let (switch, cancelled) = watch::channel(false);
     state.cancel_switches.lock().expect("never poisoned").insert(run.id, switch);
 
@@ -254,7 +265,10 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
             match project::load(state, &repo.name, repo.path.clone(), &revision.commit.sha).await {
                 Ok(loaded) => match loaded.as_ref() {
                     Ok(project) => {
-                        Ok((project.snapshot.clone(), project.manifest.clone(), repo.path.clone()))
+                        // Ordered once in the cache, so that no run sorts the graph again.
+                        project.snapshot.topological_order();
+                        let snapshot = Arc::new(project.snapshot.clone());
+                        Ok((snapshot, project.manifest.clone(), repo.path.clone()))
                     }
                     Err(_) => Err("the revision's definitions are invalid".to_owned()),
                 },
@@ -299,7 +313,7 @@ async fn execute(state: &SharedState, run: Run) -> Result<(), LifecycleError> {
         revision,
         run_id: run.id,
         repository_path,
-        snapshot: Arc::new(snapshot.clone()),
+        snapshot: snapshot.clone(),
         reads: std::sync::Mutex::new(reads),
     });
 
