@@ -534,6 +534,68 @@ fn what_differs_is_rebuilt_postgres() {
     what_differs_is_rebuilt(Backend::Postgres);
 }
 
+/// A run's steps are stored while their downstream steps already execute (the run's recorder):
+/// down a chain built in one branch run (orders, big_orders, totals), each step's provenance
+/// still names the materialization its upstream's step recorded in that same run, and the run
+/// is reported finished only once every step is stored.
+fn a_chain_reads_what_its_own_run_recorded(backend: Backend) {
+    if backend == Backend::Postgres && postgres_skipped() {
+        return;
+    }
+    let s = setup("chain", backend, "");
+    s.run("prod", "key:*");
+    let (name, _) = s.branch("feature/chain", &[("orders.sql", &ORDERS.replace("> 0", "> 1"))]);
+    let run = s.run(&name, "changed_in_branch:ANY+");
+    let run_id = run["id"].as_i64().expect("id");
+    let stored = s.server.get(&format!("/api/v1/runs/{run_id}"));
+    let statuses: Vec<(String, String)> = stored["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|step| {
+            (
+                step["asset_key"].as_str().unwrap_or("").to_owned(),
+                step["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(statuses.len(), 4, "orders and its three downstream: {statuses:?}");
+    assert!(statuses.iter().all(|(_, status)| status == "succeeded"), "{statuses:?}");
+    let provenance = |key: &str| {
+        s.server.get(&format!("/api/v1/deployments/{name}/assets/{key}"))["provenance"].clone()
+    };
+    for (key, upstream) in
+        [("big_orders", "orders"), ("totals", "big_orders"), ("report", "orders")]
+    {
+        let built = provenance(key);
+        assert_eq!(built["run_id"].as_i64(), Some(run_id), "{key}: {built:#}");
+        let read = built["reads"]
+            .as_array()
+            .expect("reads")
+            .iter()
+            .find(|r| r["upstream"] == upstream)
+            .unwrap_or_else(|| panic!("{key} reads {upstream}: {built:#}"))["read"]
+            .clone();
+        let upstream_built = provenance(upstream);
+        assert_eq!(read["deployment"], name.as_str(), "{key}: {built:#}");
+        assert_eq!(read["run_id"].as_i64(), Some(run_id), "{key}: {built:#}");
+        assert_eq!(
+            read["materialization_id"], upstream_built["materialization_id"],
+            "{key} read {upstream}'s materialization of this run: {built:#}\n{upstream_built:#}"
+        );
+    }
+}
+
+#[test]
+fn a_chain_reads_what_its_own_run_recorded_sqlite() {
+    a_chain_reads_what_its_own_run_recorded(Backend::Sqlite);
+}
+
+#[test]
+fn a_chain_reads_what_its_own_run_recorded_postgres() {
+    a_chain_reads_what_its_own_run_recorded(Backend::Postgres);
+}
+
 /// A model that takes seconds: a catch-up is still rebuilding it when the server is killed.
 fn slow_model(backend: Backend) -> String {
     let rows = match backend {

@@ -21,7 +21,7 @@ use offshoot_store::{
     Revision, Run, RunFilter, RunId, RunStep, StoreError, UpstreamProvenance,
 };
 use offshoot_warehouse::Target;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::tool::build_with_tool;
@@ -346,6 +346,8 @@ pub(super) async fn run_native(
     let snapshot = &context.snapshot;
     let run_id = context.run_id;
     let mut running: JoinSet<(usize, RunStep)> = JoinSet::new();
+    let (to_record, finished) = mpsc::unbounded_channel();
+    let recording = tokio::spawn(recorder(context.clone(), finished));
     let parallelism = state.config.step_parallelism.max(1);
     // A cancel asked on this server flips `cancelled` at once; one asked on another server is
     // in the store, looked at between steps but at most every CANCEL_LOOK.
@@ -376,9 +378,10 @@ pub(super) async fn run_native(
                 let step = steps[index].clone();
                 let context = context.clone();
                 let cancelled = cancelled.clone();
-                running.spawn(
-                    async move { (index, run_step(&context, step, asset, cancelled).await) },
-                );
+                let to_record = to_record.clone();
+                running.spawn(async move {
+                    (index, run_step(&context, step, asset, cancelled, &to_record).await)
+                });
             }
         }
         let Some(joined) = running.join_next().await else { break };
@@ -395,6 +398,11 @@ pub(super) async fn run_native(
             steps[index].finished_at = Some(now());
             state.store.update_step(&steps[index]).await?;
         }
+    }
+    // Every finished step stored before the run reports its outcome.
+    drop(to_record);
+    if let Err(error) = recording.await {
+        tracing::error!("the recorder of run {} panicked: {error}", run_id.0);
     }
     state.cancel_switches.lock().expect("never poisoned").remove(&run_id);
     // Anything still pending here was never reachable (e.g. a step task panicked).
@@ -477,15 +485,50 @@ const CANCEL_LOOK: Duration = Duration::from_millis(250);
 /// UI shows it; a quicker one goes from pending to its outcome in one store write.
 const SHOW_RUNNING_AFTER: Duration = Duration::from_millis(100);
 
-/// Executes one step and records its outcome; returns the step as stored. A quick step is one
-/// store transaction (`Store::finish_step`: outcome, log and materialization together); a
-/// command's output is still appended as it comes, and a step that runs longer than
-/// `SHOW_RUNNING_AFTER` is shown running first.
-pub(super) async fn run_step(
+/// A step that has finished its work, for the run's recorder to write.
+struct Finished {
+    step: RunStep,
+    log: String,
+    built: Option<Materialization>,
+}
+
+/// Writes the run's finished steps in the order they finished, one store transaction each
+/// (`Store::finish_step`: outcome, log and materialization together), while the steps they
+/// unblocked already execute: a step's commit to the store overlaps its downstream's statement
+/// instead of delaying its start. The order is what provenance needs: a step is sent here
+/// before any downstream of it starts, so by the time the downstream is recorded, the read of
+/// its upstream lands on the materialization just recorded.
+async fn recorder(context: Arc<RunContext>, mut finished: mpsc::UnboundedReceiver<Finished>) {
+    let store = &context.state.store;
+    while let Some(Finished { step, log, built }) = finished.recv().await {
+        let provenance = built.as_ref().and_then(|_| provenance_of(&context, &step.asset_key));
+        match store.finish_step(&step, &log, built.as_ref().zip(provenance.as_ref())).await {
+            Ok(Some(id)) => recorded_read(&context, &step.asset_key, id),
+            Ok(None) => {
+                // A key the revision does not have gets no provenance: recorded without it.
+                if let (Some(materialization), None) = (&built, &provenance) {
+                    if let Err(error) = store.record_materialization(materialization).await {
+                        tracing::error!(
+                            "recording the materialization of {}: {error}",
+                            step.asset_key
+                        );
+                    }
+                }
+            }
+            Err(error) => tracing::error!("step {}: {error}", step.id.0),
+        }
+    }
+}
+
+/// Executes one step and hands its outcome to the run's recorder (`recorder`); returns the step
+/// as it will be stored. A command's output is appended as it comes, and a step that runs
+/// longer than `SHOW_RUNNING_AFTER` is shown running first.
+async fn run_step(
     context: &RunContext,
     mut step: RunStep,
     asset: Asset,
     cancelled: watch::Receiver<bool>,
+    recorder: &mpsc::UnboundedSender<Finished>,
 ) -> RunStep {
     let store = &context.state.store;
     let started = Instant::now();
@@ -535,19 +578,12 @@ pub(super) async fn run_step(
             step.error = Some(message);
         }
     }
-    let provenance = built.as_ref().and_then(|_| provenance_of(context, &step.asset_key));
     let log = log_text(context, &log);
-    match store.finish_step(&step, &log, built.as_ref().zip(provenance.as_ref())).await {
-        Ok(Some(id)) => recorded_read(context, &step.asset_key, id),
-        Ok(None) => {
-            // A key the revision does not have gets no provenance: recorded without it.
-            if let (Some(materialization), None) = (&built, &provenance) {
-                if let Err(error) = store.record_materialization(materialization).await {
-                    tracing::error!("recording the materialization of {}: {error}", step.asset_key);
-                }
-            }
-        }
-        Err(error) => tracing::error!("step {}: {error}", step.id.0),
+    if recorder.send(Finished { step: step.clone(), log, built }).is_err() {
+        tracing::error!(
+            "step {}: the run's recorder stopped; its outcome is not stored",
+            step.id.0
+        );
     }
     step
 }
