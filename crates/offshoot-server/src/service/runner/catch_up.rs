@@ -19,7 +19,9 @@ use offshoot_store::{Run, RunStep};
 use offshoot_warehouse::{ArchiveId, Promotion};
 use tokio::sync::watch;
 
-use super::executor::{append_log, finish_early, recorded_read, report, run_native, RunContext};
+use super::executor::{
+    append_log, finish_early, log_text, recorded_read, report, run_native, RunContext,
+};
 use super::tool::build_with_tool;
 use crate::notices::Notice;
 use crate::service::catch_up::{self, describe_step};
@@ -123,6 +125,7 @@ pub(super) async fn execute(
         match state.warehouse.promote(&schema, archive, &moves, now()).await {
             Ok(()) => {
                 let each = started.elapsed().as_millis() as i64 / promotions.len() as i64;
+                let mut logs = Vec::with_capacity(promotions.len());
                 for &index in &promotions {
                     let step = &mut steps[index];
                     let action = plan.catch_up.action(&step.asset_key).expect("planned");
@@ -141,30 +144,38 @@ pub(super) async fn execute(
                     )
                     .await;
                     step.finished_at = Some(now());
-                    match recorded {
+                    let text = match recorded {
                         Ok(id) => {
                             recorded_read(context, &step.asset_key, id);
                             step.status = StepStatus::Succeeded;
                             step.row_count = source.materialization.materialization.row_count;
-                            let text = format!(
+                            format!(
                                 "promoted {}'s table (run {}, commit {}) into {schema} without running the asset's code; production's previous table is kept in the archive of catch-up run {} for a rollback\n",
                                 source.deployment.name,
                                 source.materialization.materialization.run_id.0,
                                 source.materialization.materialization.commit.short(),
                                 run.id.0
-                            );
-                            append_log(context, step, &text).await;
+                            )
                         }
                         Err(error) => {
                             step.status = StepStatus::Failed;
                             let message =
                                 format!("promoted, but recording it failed: {}", error.message);
-                            append_log(context, step, &format!("error: {message}\n")).await;
+                            let text = format!("error: {message}\n");
                             step.error = Some(message);
+                            text
                         }
-                    }
-                    state.store.update_step(step).await?;
+                    };
+                    logs.push(log_text(context, &text));
                 }
+                // The promoted steps' outcomes and logs in one write (each promotion's own
+                // record is its materialization, written above).
+                let outcomes: Vec<(&RunStep, &str)> = promotions
+                    .iter()
+                    .zip(&logs)
+                    .map(|(&index, log)| (&steps[index], log.as_str()))
+                    .collect();
+                state.store.update_steps(&outcomes).await?;
             }
             Err(error) => {
                 // Nothing moved: the warehouse refused the whole transaction. Rebuild them.
@@ -178,9 +189,11 @@ pub(super) async fn execute(
                     step.promoted_from = None;
                     step.status = StepStatus::Pending;
                     step.started_at = None;
-                    state.store.update_step(step).await?;
-                    append_log(context, step, &format!("promotion refused: {error}\n")).await;
                 }
+                let log = log_text(context, &format!("promotion refused: {error}\n"));
+                let refused: Vec<(&RunStep, &str)> =
+                    promotions.iter().map(|&index| (&steps[index], log.as_str())).collect();
+                state.store.update_steps(&refused).await?;
                 rebuilds.extend(promotions.iter().copied());
                 rebuilds.sort_unstable();
             }

@@ -682,7 +682,7 @@ pub(super) async fn append_log(context: &RunContext, step: &RunStep, text: &str)
 }
 
 /// A log line as stored: no NUL (PostgreSQL text cannot hold it), variables' values redacted.
-fn log_text(context: &RunContext, text: &str) -> String {
+pub(super) fn log_text(context: &RunContext, text: &str) -> String {
     crate::variables::redact(&context.variables, &text.replace('\0', "\u{fffd}"))
 }
 
