@@ -694,6 +694,73 @@ fn kill_during_a_catch_up_converges_after_the_restart(backend: Backend) {
     assert_eq!(provenance["built_in"], name.as_str(), "promoted, not rebuilt: {provenance:#}");
 }
 
+/// Catch-ups take turns on a server: one launched while another runs says in its steps' logs
+/// that it waits, and a cancel while it waits ends it at once, not after the other one.
+#[test]
+fn a_waiting_catch_up_says_so_and_is_canceled_at_once() {
+    let s = setup("turns", Backend::Sqlite, "");
+    s.run("prod", "key:*");
+    let (_, _) = s.branch("feature/slow", &[("slow.sql", &slow_model(Backend::Sqlite))]);
+    let first_revision = s.merge_and_push("feature/slow");
+    let catch_up_of_revision = |revision: i64| {
+        let runs = s.server.get("/api/v1/runs?deployment=prod&limit=50");
+        runs.as_array()
+            .expect("runs")
+            .iter()
+            .find(|r| r["kind"] == "catch-up" && r["revision_id"] == revision)
+            .map(|r| s.server.get(&format!("/api/v1/runs/{}", r["id"])))
+    };
+    let step_of = |run: &Value, key: &str| {
+        run["steps"].as_array().expect("steps").iter().find(|s| s["asset_key"] == key).cloned()
+    };
+    // The first catch-up rebuilds the slow model...
+    let started = Instant::now();
+    let first = loop {
+        if let Some(run) = catch_up_of_revision(first_revision) {
+            if step_of(&run, "slow").is_some_and(|step| step["status"] == "running") {
+                break run;
+            }
+            assert!(run["status"] != "succeeded", "the slow model was not slow enough: {run:#}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no catch-up\n{}", s.server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // ...while production deploys another commit, whose catch-up has to wait for it.
+    commit_file(&s.repo, "main", "assets/report.sql", &REPORT.replace("random()", "1"), "Report");
+    let second_revision = s.push_main();
+    let started = Instant::now();
+    let second = loop {
+        if let Some(run) = catch_up_of_revision(second_revision) {
+            let step = step_of(&run, "report").expect("the changed model is a step");
+            if step["log"].as_str().unwrap_or("").contains("waiting: another catch-up") {
+                break run;
+            }
+            assert!(
+                !run["status"].as_str().is_some_and(|s| s == "succeeded" || s == "failed"),
+                "{run:#}"
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no waiting catch-up\n{}",
+            s.server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    s.server.post(&format!("/api/v1/runs/{}/cancel", second["id"]), json!({}));
+    let second = s.server.wait_for_run(second["id"].as_i64().expect("id"));
+    assert_eq!(second["status"], "canceled", "{second:#}");
+    let step = step_of(&second, "report").expect("step");
+    assert_eq!(step["status"], "canceled", "{second:#}");
+    assert!(step["log"].as_str().unwrap_or("").contains("canceled before it started"), "{step:#}");
+    let first = s.server.wait_for_run(first["id"].as_i64().expect("id"));
+    assert_eq!(first["status"], "succeeded", "{first:#}");
+    assert!(
+        second["finished_at"].as_i64() < first["finished_at"].as_i64(),
+        "the canceled catch-up ended before the one it waited for: {second:#}\n{first:#}"
+    );
+}
+
 #[test]
 fn kill_during_a_catch_up_converges_after_the_restart_sqlite() {
     kill_during_a_catch_up_converges_after_the_restart(Backend::Sqlite);

@@ -26,10 +26,27 @@ use super::tool::build_with_tool;
 use crate::notices::Notice;
 use crate::service::catch_up::{self, describe_step};
 use crate::service::deployments::LifecycleError;
-use crate::state::now;
+use crate::state::{now, SharedState};
 
 /// What a step says when the decision, made again at the start, finds nothing to do.
 const UP_TO_DATE: &str = "up to date";
+
+/// A catch-up canceled while it waited for its turn: nothing was decided or moved.
+async fn cancel_waiting(
+    state: &SharedState,
+    run: Run,
+    mut steps: Vec<RunStep>,
+) -> Result<(), LifecycleError> {
+    for step in &mut steps {
+        step.status = StepStatus::Canceled;
+        step.finished_at = Some(now());
+    }
+    let canceled: Vec<(&RunStep, &str)> =
+        steps.iter().map(|step| (step, "canceled before it started\n")).collect();
+    state.store.update_steps(&canceled).await?;
+    state.cancel_switches.lock().expect("never poisoned").remove(&run.id);
+    report(state, &run, false, Some("canceled".to_owned())).await
+}
 
 pub(super) async fn execute(
     context: &Arc<RunContext>,
@@ -39,7 +56,28 @@ pub(super) async fn execute(
     cancelled: watch::Receiver<bool>,
 ) -> Result<(), LifecycleError> {
     let state = &context.state;
-    let _turn = state.catch_up_turn.lock().await;
+    // One catch-up or rollback at a time on this server. One that has to wait says so in its
+    // steps' logs, and a cancel asked on this server while it waits ends it at once.
+    let _turn = match state.catch_up_turn.try_lock() {
+        Ok(turn) => turn,
+        Err(_) => {
+            let log = "waiting: another catch-up or a rollback is running on this server; this one starts when it ends\n";
+            let waiting: Vec<(&RunStep, &str)> = steps.iter().map(|step| (step, log)).collect();
+            state.store.update_steps(&waiting).await?;
+            let mut cancel = cancelled.clone();
+            tokio::select! {
+                turn = state.catch_up_turn.lock() => turn,
+                // (The switch is dropped only when the run ends; never a cancel by itself.)
+                () = async {
+                    if cancel.wait_for(|asked| *asked).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => {
+                    return cancel_waiting(state, run, steps).await;
+                }
+            }
+        }
+    };
     let production = state.store.get_deployment(context.deployment.id).await?;
     if production.current_revision != Some(context.revision.id) {
         let message = "production serves another revision now; its own catch-up takes over";
