@@ -20,7 +20,7 @@ use offshoot_warehouse::{ArchiveId, Promotion};
 use tokio::sync::watch;
 
 use super::executor::{
-    append_log, finish_early, log_text, recorded_read, report, run_native, RunContext,
+    append_log, finish_early, log_text, recorded_read, report, run_native, RunContext, CANCEL_LOOK,
 };
 use super::tool::build_with_tool;
 use crate::notices::Notice;
@@ -57,7 +57,8 @@ pub(super) async fn execute(
 ) -> Result<(), LifecycleError> {
     let state = &context.state;
     // One catch-up or rollback at a time on this server. One that has to wait says so in its
-    // steps' logs, and a cancel asked on this server while it waits ends it at once.
+    // steps' logs, and a cancel while it waits ends it: at once when asked on this server,
+    // within CANCEL_LOOK when asked on another one (seen in the store).
     let _turn = match state.catch_up_turn.try_lock() {
         Ok(turn) => turn,
         Err(_) => {
@@ -71,6 +72,16 @@ pub(super) async fn execute(
                 () = async {
                     if cancel.wait_for(|asked| *asked).await.is_err() {
                         std::future::pending::<()>().await;
+                    }
+                } => {
+                    return cancel_waiting(state, run, steps).await;
+                }
+                () = async {
+                    loop {
+                        tokio::time::sleep(CANCEL_LOOK).await;
+                        if state.store.get_run(run.id).await.is_ok_and(|r| r.cancel_requested) {
+                            break;
+                        }
                     }
                 } => {
                     return cancel_waiting(state, run, steps).await;

@@ -479,7 +479,7 @@ pub(super) async fn finish_early(
 }
 
 /// How often a run looks in the store for a cancel asked on another server.
-const CANCEL_LOOK: Duration = Duration::from_millis(250);
+pub(super) const CANCEL_LOOK: Duration = Duration::from_millis(250);
 
 /// A step still running after this long is written as `running` (with its start) so that the
 /// UI shows it; a quicker one goes from pending to its outcome in one store write.
