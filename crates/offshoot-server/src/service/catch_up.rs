@@ -50,6 +50,17 @@ pub fn is_catch_up(run: &Run) -> bool {
     run.selection == SELECTION
 }
 
+/// The tag every catch-up run carries (its value: the repository). Reserved: no other run may
+/// carry it, so that the store can count running catch-ups when one is claimed.
+pub const CATCH_UP_TAG: &str = "offshoot/catch-up";
+
+/// At most one catch-up runs at a time in the store, across every server sharing it (each
+/// replaces production's tables from what it decided): checked inside the claim's transaction,
+/// as tag limits are. A second one stays queued until the first ends.
+pub fn catch_up_limit() -> offshoot_store::TagLimit {
+    offshoot_store::TagLimit { key: CATCH_UP_TAG.to_owned(), value: None, limit: 1 }
+}
+
 /// A branch materialization the catch-up may promote, with its deployment.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -230,7 +241,11 @@ pub async fn launch(state: &SharedState, production: &Deployment) -> ServiceResu
             return Ok(None);
         }
         let keys = plan.catch_up.steps().map(|d| d.key.clone()).collect();
-        let extras = Extras { run: Some((SELECTION.to_owned(), keys)), ..Extras::default() };
+        let extras = Extras {
+            run: Some((SELECTION.to_owned(), keys)),
+            run_tags: vec![(CATCH_UP_TAG.to_owned(), production.repository.to_string())],
+            ..Extras::default()
+        };
         let input = EventInput { event: Event::LaunchRun, extras };
         let Some(outcome) = deployments::attempt(state, record, &view, input).await? else {
             continue;

@@ -1240,6 +1240,25 @@ fn two_servers_on_one_store_keep_a_tag_concurrency_limit() {
     let second = launch(&b, &two, "export=nightly");
     let other = launch(&b, &two, "export=hourly");
     assert_eq!(a.get(&format!("/api/v1/runs/{first}"))["tags"], json!({"export": "nightly"}));
+    // The tag that counts production's catch-ups (one at a time) is no user's to set.
+    let reserved = client(
+        &a,
+        &[
+            "materialize",
+            "--deployment",
+            &one,
+            "--select",
+            "key:slow",
+            "--tag",
+            "offshoot/catch-up=x",
+        ],
+    );
+    assert!(!reserved.status.success(), "{}", stdout(&reserved));
+    assert!(
+        stderr(&reserved).contains("reserved for production's catch-ups"),
+        "{}",
+        stderr(&reserved)
+    );
 
     // Both servers' executors pass several times (every 2 s at the latest).
     let started = std::time::Instant::now();

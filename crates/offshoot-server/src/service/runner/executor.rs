@@ -100,9 +100,10 @@ async fn claim_and_execute(state: &SharedState, run: Run) -> Result<(), Lifecycl
         lease: lease(state),
         max_running: state.config.max_concurrent_runs_per_branch_deployment,
     };
-    // Tag limits count every running run of the store, inside the claim's transaction.
+    // Tag limits count every running run of the store, inside the claim's transaction (a
+    // catch-up's too: one at a time).
     let extras = deployments::Extras {
-        run_limits: state.config.tag_concurrency_limits.clone(),
+        run_limits: super::run_limits(state, &run),
         ..deployments::Extras::default()
     };
     let outcome = match deployments::apply_with(state, run.deployment_id, event, extras).await {

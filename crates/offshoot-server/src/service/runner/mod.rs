@@ -115,12 +115,28 @@ pub async fn head_and_changes(
     Ok((head, changes))
 }
 
+/// The tag limits a run's claim is checked against: the configured ones and, for a catch-up,
+/// one catch-up at a time in the store.
+pub(crate) fn run_limits(state: &AppState, run: &Run) -> Vec<offshoot_store::TagLimit> {
+    let mut limits = state.config.tag_concurrency_limits.clone();
+    if crate::service::catch_up::is_catch_up(run) {
+        limits.push(crate::service::catch_up::catch_up_limit());
+    }
+    limits
+}
+
 /// Why a run's tags are refused: they are stored as `key=value` lines and shown as given.
 fn check_tags(tags: &BTreeMap<String, String>) -> ServiceResult<()> {
     if tags.len() > 32 {
         return Err(ServiceError::invalid("invalid_request", "a run has at most 32 tags"));
     }
     for (key, value) in tags {
+        if key == crate::service::catch_up::CATCH_UP_TAG {
+            return Err(ServiceError::invalid(
+                "invalid_request",
+                format!("tag key `{key}` is reserved for production's catch-ups"),
+            ));
+        }
         let control = |text: &str| text.chars().any(char::is_control);
         if key.is_empty() || key.len() > 128 || key.contains('=') || control(key) {
             return Err(ServiceError::invalid(
@@ -151,19 +167,19 @@ pub async fn waiting_for(
     if run.status != RunStatus::Queued {
         return Ok(None);
     }
-    if state.config.tag_concurrency_limits.iter().any(|l| l.matches(&run.tags)) {
+    let limits = run_limits(state, run);
+    if limits.iter().any(|l| l.matches(&run.tags)) {
         let filter =
             RunFilter { deployment_id: None, statuses: vec![RunStatus::Running], limit: 0 };
         let running: Vec<Vec<(String, String)>> =
             state.store.list_runs(&filter).await?.into_iter().map(|r| r.tags).collect();
-        if let Some(reason) = offshoot_store::tag_limit_reached(
-            &run.tags,
-            &running,
-            &state.config.tag_concurrency_limits,
-        ) {
-            return Ok(Some(format!(
-                "{reason} (tag_concurrency_limits); it starts when one of them ends"
-            )));
+        if let Some(reason) = offshoot_store::tag_limit_reached(&run.tags, &running, &limits) {
+            let which = if crate::service::catch_up::is_catch_up(run) {
+                "one catch-up at a time, across the servers sharing the store"
+            } else {
+                "tag_concurrency_limits"
+            };
+            return Ok(Some(format!("{reason} ({which}); it starts when one of them ends")));
         }
     }
     if deployment.kind == DeploymentKind::Production {
