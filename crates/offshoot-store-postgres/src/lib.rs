@@ -491,23 +491,8 @@ impl Store for PostgresStore {
     }
 
     async fn update_step(&self, step: &RunStep) -> StoreResult<()> {
-        let result = sqlx::query(
-            "UPDATE run_steps SET status = $1, started_at = $2, finished_at = $3, row_count = $4, error = $5,
-                 action = $6, promoted_from = $7
-             WHERE id = $8",
-        )
-        .bind(step.status.as_str())
-        .bind(step.started_at)
-        .bind(step.finished_at)
-        .bind(step.row_count)
-        .bind(step.error.as_deref())
-        .bind(step.action.as_deref())
-        .bind(step.promoted_from.map(|m| m.0))
-        .bind(step.id.0)
-        .execute(&self.pool)
-        .await
-        .map_err(translate("the step update"))?;
-        touched(result, format!("step {}", step.id.0))
+        // The same write as a batch of one, with nothing appended to the log.
+        self.update_steps(&[(step, "")]).await
     }
 
     async fn append_step_log(&self, step: StepId, text: &str) -> StoreResult<()> {

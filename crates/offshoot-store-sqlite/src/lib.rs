@@ -467,23 +467,8 @@ impl Store for SqliteStore {
     }
 
     async fn update_step(&self, step: &RunStep) -> StoreResult<()> {
-        let result = sqlx::query(
-            "UPDATE run_steps SET status = ?, started_at = ?, finished_at = ?, row_count = ?, error = ?,
-                 action = ?, promoted_from = ?
-             WHERE id = ?",
-        )
-        .bind(step.status.as_str())
-        .bind(step.started_at)
-        .bind(step.finished_at)
-        .bind(step.row_count)
-        .bind(step.error.as_deref())
-        .bind(step.action.as_deref())
-        .bind(step.promoted_from.map(|m| m.0))
-        .bind(step.id.0)
-        .execute(&self.pool)
-        .await
-        .map_err(translate("the step update"))?;
-        touched(result, format!("step {}", step.id.0))
+        // The same write as a batch of one, with nothing appended to the log.
+        self.update_steps(&[(step, "")]).await
     }
 
     async fn append_step_log(&self, step: StepId, text: &str) -> StoreResult<()> {
